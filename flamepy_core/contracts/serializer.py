@@ -1,0 +1,40 @@
+"""The serializer contract: turn user values into bytes and back.
+
+The runtime never calls ``loads`` on a client's payload; only the user's own processes (client and
+service) do. ``domain`` names the family of values a serializer round-trips, so the conformance suite
+knows which values to generate for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Encodes and decodes values. Must be thread-safe and stateless between calls."""
+
+    name: str
+    domain: str
+    """One of ``"python"`` (any picklable value), ``"json"``, ``"msgpack"``, ``"bytes"``."""
+
+    def dumps(self, obj: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+SerializerFactory = Callable[..., Serializer]
+
+
+@dataclass(frozen=True)
+class SerializerSpec:
+    """What a serializer plugin declares; ``load`` is called only when the serializer is chosen."""
+
+    name: str
+    domain: str
+    load: Callable[[], SerializerFactory]
+    options: frozenset[str] = field(default_factory=frozenset)
+    requires: tuple[str, ...] = ()
+    description: str = ""

@@ -1,0 +1,185 @@
+"""The transport contract: move opaque byte messages for named methods.
+
+A transport knows nothing of sessions or tasks. It owns one or more URL schemes, connects a
+:class:`Channel` to an endpoint and serves a table of handlers on an endpoint. Method names are gRPC
+paths (``/flame.v1.Frontend/CreateTask``) on every transport, so the gRPC transport speaks Flame's own
+protocol with no translation.
+
+Error rules every transport keeps (the conformance suite checks each one):
+
+* a handler that raises ``FlameError(code, message)`` reaches the caller as the same ``FlameError``;
+  any other exception reaches it as ``FlameError(INTERNAL, ...)`` naming the exception type;
+* a method with no handler gives ``UNIMPLEMENTED``; a missed deadline ``DEADLINE_EXCEEDED``; a peer that
+  is not there (or vanished mid-call) ``UNAVAILABLE``, promptly, never a hang;
+* a message larger than ``capabilities.max_message_size`` is refused *before sending* with
+  ``MESSAGE_TOO_LARGE`` naming both sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, Union, runtime_checkable
+
+
+class _DefaultTimeout:
+    """Sentinel type: "use the channel's default deadline"."""
+
+    _instance: _DefaultTimeout | None = None
+
+    def __new__(cls) -> _DefaultTimeout:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DEFAULT_TIMEOUT"
+
+
+DEFAULT_TIMEOUT: Final = _DefaultTimeout()
+"""Pass as ``timeout`` to use the channel's default deadline (the default for every call)."""
+
+Timeout = Union[float, None, _DefaultTimeout]
+"""Seconds; ``None`` = no deadline (an explicit choice); ``DEFAULT_TIMEOUT`` = the channel's default."""
+
+
+class CallContext(Protocol):
+    """What a handler knows about the call it serves."""
+
+    @property
+    def method(self) -> str:
+        """The gRPC-style method path being served."""
+        ...
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the caller's deadline, or ``None`` when the caller set none."""
+        ...
+
+    def is_active(self) -> bool:
+        """False once the caller has gone away or the deadline passed: long handlers should stop."""
+        ...
+
+
+UnaryFn = Callable[[bytes, CallContext], bytes]
+StreamFn = Callable[[bytes, CallContext], Iterator[bytes]]
+
+
+@dataclass(frozen=True)
+class UnaryHandler:
+    """Answers one request with one response."""
+
+    fn: UnaryFn
+
+
+@dataclass(frozen=True)
+class StreamHandler:
+    """Answers one request with a stream of responses, in order; ends when the iterator ends."""
+
+    fn: StreamFn
+
+
+Handler = Union[UnaryHandler, StreamHandler]
+
+
+@dataclass(frozen=True)
+class TransportCapabilities:
+    """What a transport promises. Data, not code: the core and the conformance suite read it.
+
+    ``max_message_size`` is the largest payload (bytes) a call may carry each way. The others gate the
+    optional parts of the conformance suite: a transport is never failed for a feature it did not claim.
+    """
+
+    max_message_size: int
+    streaming: bool = True
+    cross_process: bool = True
+    tls: bool = False
+    auth: bool = False
+    restart_same_endpoint: bool = True
+    """A server stopped and started again on the same endpoint is reachable by an existing channel."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The capabilities as plain data, for ``flmctl plugins`` and reports."""
+        return {
+            "max_message_size": self.max_message_size,
+            "streaming": self.streaming,
+            "cross_process": self.cross_process,
+            "tls": self.tls,
+            "auth": self.auth,
+            "restart_same_endpoint": self.restart_same_endpoint,
+        }
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A client's link to one endpoint. Thread-safe: many threads may call at once."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
+        """Send one request, return the one response. Raises :class:`FlameError` on failure."""
+        ...
+
+    def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
+        """Send one request, iterate the responses in order. The deadline covers the whole stream.
+
+        Closing the returned iterator early (``close()`` or garbage collection) cancels the call.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the channel. Idempotent. Calls made afterwards raise ``FlameError(UNAVAILABLE)``."""
+        ...
+
+
+@runtime_checkable
+class Server(Protocol):
+    """A running server. ``endpoint`` is the bound address, with a requested port 0 resolved."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls; let running ones finish for up to ``grace`` seconds, then cancel them.
+
+        Idempotent. Returns once the endpoint is free to be bound again.
+        """
+        ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A configured transport: the factory of channels and servers for its schemes."""
+
+    name: str
+    schemes: tuple[str, ...]
+    capabilities: TransportCapabilities
+
+    def connect(self, endpoint: str) -> Channel:
+        """A channel to ``endpoint``. Connecting is lazy: an absent server shows on the first call."""
+        ...
+
+    def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> Server:
+        """Serve ``handlers`` (keyed by method path) on ``endpoint`` and return once it accepts calls."""
+        ...
+
+
+TransportFactory = Callable[..., Transport]
+
+
+@dataclass(frozen=True)
+class TransportSpec:
+    """What a transport plugin declares, cheaply, before anything heavy is imported.
+
+    ``load`` imports the implementation and returns its factory; it runs only when the transport is
+    chosen. ``options`` are the keyword options the factory accepts (checked before calling it), and
+    ``requires`` names the distributions to install when ``load`` fails with ImportError.
+    """
+
+    name: str
+    schemes: tuple[str, ...]
+    capabilities: TransportCapabilities
+    load: Callable[[], TransportFactory]
+    options: frozenset[str] = field(default_factory=frozenset)
+    requires: tuple[str, ...] = ()
+    description: str = ""

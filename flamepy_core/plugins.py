@@ -1,0 +1,386 @@
+"""The one plugin manager: entry-point discovery, runtime registration, selection by name or URL scheme.
+
+Discovery survives a broken plugin: entry points are loaded one by one and a failure becomes a
+:class:`PluginLoadWarning` (and an entry in :attr:`PluginRegistry.failures`) naming the entry point, its
+distribution and the cause, instead of breaking ``import flamepy``. Switches, read from the environment
+when not given explicitly:
+
+* ``FLAMEPY_DISABLE_PLUGIN_AUTOLOAD=1`` - do not scan entry points at all; only plugins named in
+  ``FLAMEPY_PLUGINS`` (comma-separated module names) or registered at run time are used;
+* ``FLAMEPY_STRICT_PLUGINS=1`` - a plugin that fails to load is an error, not a warning.
+
+Plugin modules are light: they declare specs whose ``load`` imports the implementation only when that
+transport or serializer is chosen, so an installed-but-broken dependency shows up as a clear error at
+the point of use ("installed but cannot be imported; install X").
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import os
+import threading
+import traceback
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from flamepy_core.contracts import hookspecs
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.hookspecs import PROJECT_NAME, hookimpl
+from flamepy_core.contracts.serializer import Serializer, SerializerSpec
+from flamepy_core.contracts.transport import Transport, TransportSpec
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_GROUP = "flamepy.transports"
+SERIALIZER_GROUP = "flamepy.serializers"
+GROUPS = (TRANSPORT_GROUP, SERIALIZER_GROUP)
+
+ENV_DISABLE_AUTOLOAD = "FLAMEPY_DISABLE_PLUGIN_AUTOLOAD"
+ENV_STRICT = "FLAMEPY_STRICT_PLUGINS"
+ENV_PLUGINS = "FLAMEPY_PLUGINS"
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin could not be loaded; flamepy goes on without it."""
+
+
+@dataclass(frozen=True)
+class PluginOrigin:
+    """Where a plugin came from: its registration name and, for entry points, its distribution."""
+
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A plugin that failed to load (or whose declaration hook raised)."""
+
+    group: str
+    entry_point: str
+    distribution: str | None
+    version: str | None
+    cause: str
+    traceback: str
+
+    def describe(self) -> str:
+        where = f" from distribution {self.distribution} {self.version or ''}".rstrip()
+        return f"plugin entry point '{self.entry_point}' (group {self.group}){where} failed to load: {self.cause}"
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A declaration together with the plugin that declared it."""
+
+    spec: Any
+    origin: PluginOrigin
+
+
+class _CoreRules:
+    """The core's own selection rule, consulted last so any plugin can override it."""
+
+    @hookimpl(trylast=True)
+    def flamepy_choose_transport(
+        self, scheme: str, candidates: Sequence[TransportSpec]
+    ) -> TransportSpec | None:
+        return candidates[-1] if candidates else None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _near(word: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class PluginRegistry:
+    """Finds, loads and selects flamepy plugins. Each instance is independent (tests make their own)."""
+
+    def __init__(self, *, autoload: bool | None = None, strict: bool | None = None) -> None:
+        self.autoload = (not _env_flag(ENV_DISABLE_AUTOLOAD)) if autoload is None else autoload
+        self.strict = _env_flag(ENV_STRICT) if strict is None else strict
+        self._pm = pluggy.PluginManager(PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._pm.register(_CoreRules(), name="flamepy-core-rules")
+        self._origins: dict[str, PluginOrigin] = {}
+        self._failures: list[LoadFailure] = []
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._transports: list[Chosen] | None = None
+        self._serializers: list[Chosen] | None = None
+
+    # -- loading -------------------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            if self.autoload:
+                for group in GROUPS:
+                    for ep in metadata.entry_points(group=group):
+                        self._load_entry_point(group, ep)
+            for module_name in filter(None, (m.strip() for m in os.environ.get(ENV_PLUGINS, "").split(","))):
+                self._load_module(module_name)
+            self._pm.check_pending()
+            self._loaded = True
+
+    def _record_failure(self, failure: LoadFailure, exc: BaseException) -> None:
+        if self.strict:
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG, f"{failure.describe()} (strict plugin loading is on)"
+            ) from exc
+        self._failures.append(failure)
+        warnings.warn(failure.describe(), PluginLoadWarning, stacklevel=4)
+
+    def _load_entry_point(self, group: str, ep: metadata.EntryPoint) -> None:
+        dist = getattr(ep, "dist", None)
+        origin = PluginOrigin(
+            plugin=f"{ep.name}", distribution=dist.name if dist else None, version=dist.version if dist else None
+        )
+        try:
+            plugin = ep.load()
+            self._register(plugin, f"{group}:{ep.name}", origin)
+        except Exception as exc:  # a broken plugin must never break discovery
+            self._record_failure(
+                LoadFailure(
+                    group=group,
+                    entry_point=f"{ep.name} = {ep.value}",
+                    distribution=origin.distribution,
+                    version=origin.version,
+                    cause=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc(),
+                ),
+                exc,
+            )
+
+    def _load_module(self, module_name: str) -> None:
+        try:
+            plugin = importlib.import_module(module_name)
+            self._register(plugin, module_name, PluginOrigin(plugin=module_name))
+        except Exception as exc:
+            self._record_failure(
+                LoadFailure(
+                    group=ENV_PLUGINS,
+                    entry_point=module_name,
+                    distribution=None,
+                    version=None,
+                    cause=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc(),
+                ),
+                exc,
+            )
+
+    def _register(self, plugin: object, name: str, origin: PluginOrigin) -> None:
+        if self._pm.is_registered(plugin):
+            return
+        self._pm.register(plugin, name=name)
+        self._origins[name] = origin
+        self._transports = self._serializers = None
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin at run time (tests, notebooks). It takes precedence over earlier ones."""
+        with self._lock:
+            self._ensure_loaded()
+            plugin_name = name or getattr(plugin, "__name__", None) or f"runtime-{id(plugin)}"
+            self._register(plugin, plugin_name, PluginOrigin(plugin=plugin_name))
+            self._pm.check_pending()
+
+    def unregister(self, plugin: object) -> None:
+        """Remove a plugin registered earlier."""
+        with self._lock:
+            name = self._pm.get_name(plugin)
+            self._pm.unregister(plugin)
+            if name:
+                self._origins.pop(name, None)
+            self._transports = self._serializers = None
+
+    @property
+    def failures(self) -> list[LoadFailure]:
+        """Plugins that failed to load, with their causes."""
+        self._ensure_loaded()
+        return list(self._failures)
+
+    # -- declarations --------------------------------------------------------------------------------
+
+    def _collect(self, hook_name: str, group: str) -> list[Chosen]:
+        chosen: list[Chosen] = []
+        hook = getattr(self._pm.hook, hook_name)
+        # pluggy returns implementations oldest first; keep that order so "registered last" is last.
+        for impl in hook.get_hookimpls():
+            origin = self._origins.get(impl.plugin_name, PluginOrigin(plugin=impl.plugin_name))
+            try:
+                specs = impl.function()
+            except Exception as exc:
+                self._record_failure(
+                    LoadFailure(
+                        group=group,
+                        entry_point=impl.plugin_name,
+                        distribution=origin.distribution,
+                        version=origin.version,
+                        cause=f"{hook_name}() raised {type(exc).__name__}: {exc}",
+                        traceback=traceback.format_exc(),
+                    ),
+                    exc,
+                )
+                continue
+            chosen.extend(Chosen(spec, origin) for spec in specs or ())
+        return chosen
+
+    def transports(self) -> list[Chosen]:
+        """Every declared transport (``Chosen.spec`` is a :class:`TransportSpec`), in registration order."""
+        with self._lock:
+            self._ensure_loaded()
+            if self._transports is None:
+                self._transports = self._collect("flamepy_add_transports", TRANSPORT_GROUP)
+            return list(self._transports)
+
+    def serializers(self) -> list[Chosen]:
+        """Every declared serializer (``Chosen.spec`` is a :class:`SerializerSpec`)."""
+        with self._lock:
+            self._ensure_loaded()
+            if self._serializers is None:
+                self._serializers = self._collect("flamepy_add_serializers", SERIALIZER_GROUP)
+            return list(self._serializers)
+
+    # -- selection -----------------------------------------------------------------------------------
+
+    def _installed_transports(self) -> str:
+        items = [f"{c.spec.name} ({', '.join(c.spec.schemes)})" for c in self.transports()]
+        return ", ".join(items) or "none"
+
+    def transport_spec(self, name: str) -> Chosen:
+        """The transport declared under ``name`` (the last one registered wins)."""
+        found = [c for c in self.transports() if c.spec.name == name]
+        if not found:
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"unknown transport '{name}'{_near(name, (c.spec.name for c in self.transports()))}. "
+                f"Installed transports: {self._installed_transports()}. "
+                f"To add one, install a package that declares a '{TRANSPORT_GROUP}' entry point.",
+            )
+        return found[-1]
+
+    def transport_spec_for_endpoint(self, endpoint: str) -> Chosen:
+        """The transport that owns ``endpoint``'s URL scheme."""
+        scheme, sep, _ = endpoint.partition("://")
+        if not sep or not scheme:
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"endpoint '{endpoint}' has no URL scheme; write it as SCHEME://ADDRESS, e.g. "
+                f"grpc://127.0.0.1:8080 or unix:///tmp/flame.sock. "
+                f"Installed transports: {self._installed_transports()}.",
+            )
+        scheme = scheme.lower()
+        chosen = self.transports()
+        candidates = [c for c in chosen if scheme in c.spec.schemes]
+        if not candidates:
+            all_schemes = {s for c in chosen for s in c.spec.schemes}
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"no transport handles the scheme '{scheme}' of endpoint '{endpoint}'"
+                f"{_near(scheme, all_schemes)}. Installed transports: {self._installed_transports()}. "
+                f"To add one, install a package that declares a '{TRANSPORT_GROUP}' entry point.",
+            )
+        winner = self._pm.hook.flamepy_choose_transport(
+            scheme=scheme, candidates=[c.spec for c in candidates]
+        )
+        for c in candidates:
+            if c.spec is winner:
+                log.debug("scheme %r -> transport %r from plugin %s", scheme, c.spec.name, c.origin.plugin)
+                return c
+        raise FlameError(  # a plugin's chooser returned something that was not a candidate
+            FlameErrorCode.INVALID_CONFIG,
+            f"flamepy_choose_transport returned {winner!r} for scheme '{scheme}', which is not one of the "
+            f"transports that declare it ({', '.join(c.spec.name for c in candidates)})",
+        )
+
+    def create_transport(self, chosen: Chosen, options: Mapping[str, Any] | None = None) -> Transport:
+        """Import the chosen transport's implementation and build it with ``options``."""
+        spec: TransportSpec = chosen.spec
+        factory = self._load_factory("transport", chosen)
+        return self._build("transport", chosen, factory, spec.options, options)  # type: ignore[no-any-return]
+
+    def transport(self, name_or_endpoint: str, **options: Any) -> Transport:
+        """A transport by name (``"grpc"``) or by an endpoint's scheme (``"grpc://host:1"``)."""
+        if "://" in name_or_endpoint:
+            chosen = self.transport_spec_for_endpoint(name_or_endpoint)
+        else:
+            chosen = self.transport_spec(name_or_endpoint)
+        return self.create_transport(chosen, options)
+
+    def serializer(self, name: str, **options: Any) -> Serializer:
+        """A serializer by name (``"cloudpickle"``)."""
+        found = [c for c in self.serializers() if c.spec.name == name]
+        if not found:
+            installed = ", ".join(c.spec.name for c in self.serializers()) or "none"
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"unknown serializer '{name}'{_near(name, (c.spec.name for c in self.serializers()))}. "
+                f"Installed serializers: {installed}. "
+                f"To add one, install a package that declares a '{SERIALIZER_GROUP}' entry point.",
+            )
+        chosen = found[-1]
+        spec: SerializerSpec = chosen.spec
+        factory = self._load_factory("serializer", chosen)
+        return self._build("serializer", chosen, factory, spec.options, options)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _load_factory(kind: str, chosen: Chosen) -> Any:
+        spec = chosen.spec
+        try:
+            return spec.load()
+        except ImportError as exc:
+            hint = f"pip install {' '.join(spec.requires)}" if spec.requires else "reinstall the plugin"
+            dist = f" (distribution {chosen.origin.distribution})" if chosen.origin.distribution else ""
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"{kind} '{spec.name}' from plugin {chosen.origin.plugin}{dist} is installed but cannot be "
+                f"imported: {type(exc).__name__}: {exc}. Install what it needs: {hint}",
+            ) from exc
+
+    @staticmethod
+    def _build(
+        kind: str, chosen: Chosen, factory: Any, accepted: frozenset[str], options: Mapping[str, Any] | None
+    ) -> Any:
+        options = dict(options or {})
+        unknown = sorted(set(options) - accepted)
+        name = chosen.spec.name
+        if unknown:
+            raise FlameError(
+                FlameErrorCode.INVALID_ARGUMENT,
+                f"{kind} '{name}' (plugin {chosen.origin.plugin}) does not accept the option(s) "
+                f"{', '.join(repr(u) for u in unknown)}; it accepts: {', '.join(sorted(accepted)) or 'none'}",
+            )
+        try:
+            return factory(**options)
+        except (TypeError, ValueError) as exc:
+            raise FlameError(
+                FlameErrorCode.INVALID_ARGUMENT,
+                f"{kind} '{name}' (plugin {chosen.origin.plugin}) rejected its options {options!r}: {exc}",
+            ) from exc
+
+
+_default: PluginRegistry | None = None
+_default_lock = threading.Lock()
+
+
+def get_registry() -> PluginRegistry:
+    """The process's registry, created on first use (entry points are scanned once)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = PluginRegistry()
+    return _default

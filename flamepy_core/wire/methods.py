@@ -1,0 +1,98 @@
+"""Method tables: every rpc of every service we speak, by name and by gRPC path.
+
+Transports move opaque bytes for a method named by its gRPC path (``/flame.v1.Frontend/CreateTask``
+on every transport, so the gRPC transport speaks Flame's own protocol unchanged).  Whoever sends or
+serves a call needs to know, for that path, which message class to serialize and parse and whether
+the response is a stream; these tables give exactly that.
+
+The tables are read from the compiled service descriptors rather than typed by hand, so they cannot
+drift from the ``.proto`` files: adding an rpc to a proto and regenerating is enough.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from flamepy_core.wire.proto import cache_pb2, frontend_pb2, shim_pb2
+
+__all__ = [
+    "ALL_METHODS",
+    "FRONTEND",
+    "INSTANCE",
+    "OBJECT_CACHE",
+    "Method",
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One rpc: where it lives, what it carries, and whether its answer is a stream.
+
+    ``service`` is the fully qualified service name (``flame.v1.Frontend``), because that, not the
+    bare name, is what appears in the gRPC path and keeps services of different packages apart.
+    Client streaming is deliberately absent: no rpc we speak has it and the transport contract
+    (unary and server-streaming calls) could not carry it.
+    """
+
+    service: str
+    name: str
+    request: type[Message]
+    response: type[Message]
+    server_streaming: bool
+
+    @property
+    def path(self) -> str:
+        """The gRPC method path, ``/<package>.<Service>/<Rpc>``: the method's name on every transport."""
+        return f"/{self.service}/{self.name}"
+
+
+def _method(descriptor: MethodDescriptor) -> Method:
+    """Build a `Method` from its descriptor, refusing what the transports cannot carry."""
+    if descriptor.client_streaming:
+        raise TypeError(
+            f"{descriptor.full_name} is client-streaming, which the transport contract does not support"
+        )
+    return Method(
+        service=descriptor.containing_service.full_name,
+        name=descriptor.name,
+        request=GetMessageClass(descriptor.input_type),
+        response=GetMessageClass(descriptor.output_type),
+        server_streaming=descriptor.server_streaming,
+    )
+
+
+def _service_table(file: FileDescriptor, service: str) -> Mapping[str, Method]:
+    """The read-only table of one service's rpcs, keyed by rpc name, in declaration order."""
+    methods = file.services_by_name[service].methods
+    return MappingProxyType({m.name: _method(m) for m in methods})
+
+
+FRONTEND: Mapping[str, Method] = _service_table(frontend_pb2.DESCRIPTOR, "Frontend")
+"""Flame's client API (``flame.v1.Frontend``), served by the session manager."""
+
+INSTANCE: Mapping[str, Method] = _service_table(shim_pb2.DESCRIPTOR, "Instance")
+"""Flame's service callbacks (``flame.v1.Instance``), served by a service process."""
+
+OBJECT_CACHE: Mapping[str, Method] = _service_table(cache_pb2.DESCRIPTOR, "ObjectCache")
+"""flamepy's object cache (``flamepy.cache.v1.ObjectCache``)."""
+
+
+def _by_path(*tables: Mapping[str, Method]) -> Mapping[str, Method]:
+    """Merge tables into one keyed by gRPC path; a duplicate path would be a routing bug, so refuse it."""
+    merged: dict[str, Method] = {}
+    for table in tables:
+        for method in table.values():
+            if method.path in merged:
+                raise ValueError(f"duplicate gRPC method path {method.path}")
+            merged[method.path] = method
+    return MappingProxyType(merged)
+
+
+ALL_METHODS: Mapping[str, Method] = _by_path(FRONTEND, INSTANCE, OBJECT_CACHE)
+"""Every method above keyed by its gRPC path: what a server dispatches on."""

@@ -1,0 +1,1 @@
+"""The cloudpickle serializer: flamepy's default, byte-compatible with Flame's own service layer."""

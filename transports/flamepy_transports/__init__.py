@@ -1,0 +1,1 @@
+"""Transport plugins bundled with flamepy. Each registers through the ``flamepy.transports`` entry point."""

@@ -1,0 +1,1 @@
+"""The in-memory transport (``inmem://NAME``): servers and channels inside one process."""

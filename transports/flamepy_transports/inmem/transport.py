@@ -1,0 +1,273 @@
+"""In-memory transport: a server is an entry in *this transport object's* table, a call is a thread hop.
+
+No class-level state: two ``InMemoryTransport`` objects are two separate worlds, so tests are isolated.
+Every request and response is copied into fresh ``bytes``, so no caller shares a mutable buffer with a
+handler. Handlers run on the server's thread pool, which is what lets a caller's deadline fire while a
+handler is still busy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import (
+    DEFAULT_TIMEOUT,
+    Handler,
+    StreamHandler,
+    Timeout,
+    TransportCapabilities,
+    UnaryHandler,
+)
+from flamepy_core.transport_kit import (
+    DEFAULT_CALL_TIMEOUT,
+    SimpleCallContext,
+    check_size,
+    deadline_exceeded,
+    error_from_handler,
+    resolve_timeout,
+    unavailable,
+    unimplemented,
+)
+from flamepy_transports.inmem.plugin import DEFAULT_MAX_MESSAGE_SIZE
+
+SCHEME = "inmem://"
+_END = object()
+
+
+def _name_of(endpoint: str) -> str:
+    if not endpoint.startswith(SCHEME):
+        raise FlameError(
+            FlameErrorCode.INVALID_ARGUMENT, f"in-memory endpoints look like inmem://NAME, got '{endpoint}'"
+        )
+    return endpoint[len(SCHEME) :]
+
+
+class InMemoryServer:
+    """A server registered in one transport's table; stopping it frees the name."""
+
+    def __init__(
+        self, transport: InMemoryTransport, name: str, handlers: Mapping[str, Handler], max_workers: int
+    ) -> None:
+        self._transport = transport
+        self._name = name
+        self._handlers = dict(handlers)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"inmem-{name}")
+        self._active: set[SimpleCallContext] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    @property
+    def endpoint(self) -> str:
+        return SCHEME + self._name
+
+    def _admit(self, method: str, timeout: float | None) -> tuple[Handler, SimpleCallContext]:
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise unimplemented(method, self.endpoint)
+        ctx = SimpleCallContext(method, timeout)
+        with self._lock:
+            if self._stopped.is_set():
+                raise unavailable(self.endpoint, "the server is shutting down")
+            self._active.add(ctx)
+        return handler, ctx
+
+    def _release(self, ctx: SimpleCallContext) -> None:
+        with self._lock:
+            self._active.discard(ctx)
+
+    def submit_unary(self, method: str, request: bytes, timeout: float | None) -> bytes:
+        handler, ctx = self._admit(method, timeout)
+        if not isinstance(handler, UnaryHandler):
+            self._release(ctx)
+            raise FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is a streaming method")
+        try:
+            future: Future[bytes] = self._pool.submit(handler.fn, request, ctx)
+        except RuntimeError as exc:  # the pool was shut down between admit and submit
+            self._release(ctx)
+            raise unavailable(self.endpoint, "the server is shutting down") from exc
+        future.add_done_callback(lambda _f: self._release(ctx))
+        try:
+            result = future.result(timeout=timeout)
+        except FutureTimeout:
+            ctx.cancel()
+            raise deadline_exceeded(method, self.endpoint, timeout) from None
+        except BaseException as exc:
+            if self._stopped.is_set() and not isinstance(exc, FlameError):
+                raise unavailable(self.endpoint, "the server stopped during the call") from exc
+            raise error_from_handler(method, exc) from exc
+        if not isinstance(result, (bytes, bytearray, memoryview)):
+            raise FlameError(
+                FlameErrorCode.INTERNAL,
+                f"handler for {method} returned {type(result).__name__}, not bytes",
+            )
+        return bytes(result)
+
+    def submit_stream(self, method: str, request: bytes, timeout: float | None) -> Iterator[bytes]:
+        handler, ctx = self._admit(method, timeout)
+        if not isinstance(handler, StreamHandler):
+            self._release(ctx)
+            raise FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is a unary method")
+        items: queue.Queue[object] = queue.Queue(maxsize=64)
+
+        def produce() -> None:
+            try:
+                for item in handler.fn(request, ctx):
+                    while ctx.is_active():
+                        try:
+                            items.put(bytes(item), timeout=0.05)
+                            break
+                        except queue.Full:
+                            continue
+                    if not ctx.is_active():
+                        return
+                items.put(_END)
+            except BaseException as exc:
+                items.put(error_from_handler(method, exc))
+            finally:
+                self._release(ctx)
+
+        try:
+            self._pool.submit(produce)
+        except RuntimeError as exc:
+            self._release(ctx)
+            raise unavailable(self.endpoint, "the server is shutting down") from exc
+        return self._consume(method, ctx, items, timeout)
+
+    def _consume(
+        self, method: str, ctx: SimpleCallContext, items: queue.Queue[object], timeout: float | None
+    ) -> Iterator[bytes]:
+        try:
+            while True:
+                remaining = ctx.time_remaining()
+                try:
+                    item = items.get(timeout=min(remaining, 0.1) if remaining is not None else 0.1)
+                except queue.Empty:
+                    if self._stopped.is_set() and not ctx.is_active():
+                        raise unavailable(self.endpoint, "the server stopped during the stream") from None
+                    if ctx.time_remaining() == 0.0:
+                        raise deadline_exceeded(method, self.endpoint, timeout) from None
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, FlameError):
+                    if self._stopped.is_set() and item.code == FlameErrorCode.INTERNAL:
+                        raise unavailable(self.endpoint, "the server stopped during the stream")
+                    raise item
+                assert isinstance(item, bytes)
+                yield item
+        finally:
+            ctx.cancel()
+
+    def stop(self, grace: float | None = None) -> None:
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+            active = list(self._active)
+        self._transport._unbind(self._name, self)
+        if grace:
+            # Running calls may finish within grace; new calls are already refused.
+            waited = threading.Event()
+            deadline = grace
+            step = 0.01
+            while deadline > 0 and any(c.is_active() for c in active):
+                waited.wait(step)
+                deadline -= step
+        for ctx in active:
+            ctx.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class InMemoryChannel:
+    """A channel that looks its server up on every call, so a restarted server is found again."""
+
+    def __init__(self, transport: InMemoryTransport, endpoint: str, default_timeout: float | None) -> None:
+        self._transport = transport
+        self._endpoint = endpoint
+        self._name = _name_of(endpoint)
+        self._default_timeout = default_timeout
+        self._closed = False
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def _server(self) -> InMemoryServer:
+        if self._closed:
+            raise unavailable(self._endpoint, "the channel is closed")
+        server = self._transport._lookup(self._name)
+        if server is None:
+            raise unavailable(self._endpoint, "no server is listening there")
+        return server
+
+    def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
+        limit = self._transport.capabilities.max_message_size
+        check_size(len(request), limit, what="request", endpoint=self._endpoint)
+        seconds = resolve_timeout(timeout, self._default_timeout)
+        response = self._server().submit_unary(method, bytes(request), seconds)
+        check_size(len(response), limit, what=f"response to {method}", endpoint=self._endpoint)
+        return response
+
+    def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
+        limit = self._transport.capabilities.max_message_size
+        check_size(len(request), limit, what="request", endpoint=self._endpoint)
+        seconds = resolve_timeout(timeout, self._default_timeout)
+        return self._server().submit_stream(method, bytes(request), seconds)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class InMemoryTransport:
+    """The in-memory transport. Each object is its own namespace of ``inmem://`` servers."""
+
+    name = "inmem"
+    schemes = ("inmem",)
+
+    def __init__(
+        self,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        default_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        max_workers: int = 32,
+    ) -> None:
+        if max_message_size <= 0:
+            raise ValueError(f"max_message_size must be positive, got {max_message_size}")
+        self.capabilities = TransportCapabilities(
+            max_message_size=max_message_size, streaming=True, cross_process=False
+        )
+        self._default_timeout = default_timeout
+        self._max_workers = max_workers
+        self._servers: dict[str, InMemoryServer] = {}
+        self._lock = threading.Lock()
+        self._anonymous = itertools.count(1)
+
+    def _lookup(self, name: str) -> InMemoryServer | None:
+        with self._lock:
+            return self._servers.get(name)
+
+    def _unbind(self, name: str, server: InMemoryServer) -> None:
+        with self._lock:
+            if self._servers.get(name) is server:
+                del self._servers[name]
+
+    def connect(self, endpoint: str) -> InMemoryChannel:
+        return InMemoryChannel(self, endpoint, self._default_timeout)
+
+    def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> InMemoryServer:
+        name = _name_of(endpoint)
+        with self._lock:
+            if name in ("", "0"):
+                name = f"anonymous-{next(self._anonymous)}"
+            if name in self._servers:
+                raise FlameError(
+                    FlameErrorCode.ALREADY_EXISTS, f"{SCHEME}{name} is already served by this transport"
+                )
+            server = InMemoryServer(self, name, handlers, self._max_workers)
+            self._servers[name] = server
+        return server
