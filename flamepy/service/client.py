@@ -1,0 +1,106 @@
+"""``Session``: the typed client of a ``FlameInstance`` service."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any
+
+from flamepy_core.client.api import create_session, open_session
+from flamepy_core.client.objects import get_object, put_object
+from flamepy_core.client.session import Session as CoreSession
+from flamepy_core.config import resolve_config
+from flamepy_core.contracts.serializer import Serializer
+from flamepy_core.model import ResourceRequirement, short_name
+from flamepy_core.objref import ObjectRef
+from flamepy_core.plugins import get_registry
+
+
+class Session:
+    """Create (``name``) or reopen (``session_id``) a session and invoke its service with Python objects."""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        ctx: Any = None,
+        session_id: str | None = None,
+        resreq: ResourceRequirement | dict[str, Any] | str | None = None,
+        *,
+        serializer: str | None = None,
+        min_instances: int = 0,
+        max_instances: int | None = None,
+    ) -> None:
+        if name is None and session_id is None:
+            raise ValueError("Either 'name' or 'session_id' must be provided")
+        if name is not None and session_id is not None:
+            raise ValueError("Cannot provide both 'name' and 'session_id'. They are mutually exclusive.")
+        self._serializer: Serializer = get_registry().serializer(serializer or resolve_config().serializer)
+        self._session: CoreSession | None
+        if session_id is not None:
+            self._session = open_session(session_id)
+            self.name = self._session.application
+        else:
+            assert name is not None
+            self.name = name
+            sid = short_name(name)
+            common_data = None
+            if ctx is not None:
+                common_data = put_object(f"{name}/{sid}", ctx).encode()
+            self._session = create_session(
+                name,
+                common_data,
+                session_id=sid,
+                min_instances=min_instances,
+                max_instances=max_instances,
+                resreq=ResourceRequirement.from_any(resreq),
+            )
+
+    def _core(self) -> CoreSession:
+        if self._session is None:
+            raise RuntimeError("Service session is not initialized")
+        return self._session
+
+    def id(self) -> str | None:
+        return self._session.id if self._session is not None else None
+
+    def invoke(self, request: Any = None, timeout: float | None = None) -> Any:
+        """Call the service's entrypoint with ``request``; returns its result (waits as long as it runs)."""
+        output = self._core().invoke(self._serializer.dumps(request), timeout=timeout)
+        return None if output is None else self._serializer.loads(output)
+
+    def run(self, request: Any = None) -> Future[Any]:
+        """Submit ``request`` now; the future holds the decoded result."""
+        inner = self._core().run(self._serializer.dumps(request))
+        outer: Future[Any] = Future()
+        outer.set_running_or_notify_cancel()
+
+        def settle(done: Future[bytes | None]) -> None:
+            try:
+                output = done.result()
+                outer.set_result(None if output is None else self._serializer.loads(output))
+            except BaseException as exc:
+                outer.set_exception(exc)
+
+        inner.add_done_callback(settle)
+        return outer
+
+    def context(self) -> Any:
+        """The session's shared context as the service last stored it, or None."""
+        data = self._core().common_data()
+        if not data:
+            return None
+        return get_object(ObjectRef.decode(data))
+
+    def close(self) -> None:
+        """Close the session (once; later calls do nothing)."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

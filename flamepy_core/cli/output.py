@@ -1,0 +1,32 @@
+"""Printing for flmctl: aligned tables and JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned table (as Flame's flmctl prints), empty cells as ``-``."""
+    cells = [[str(h) for h in headers]] + [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def when(dt: datetime | None) -> str:
+    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
+
+
+def to_json(value: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, datetime):
+            return o.isoformat()
+        if isinstance(o, bytes):
+            return f"<{len(o)} bytes>"
+        if hasattr(o, "name") and hasattr(o, "value"):
+            return o.name
+        return str(o)
+
+    return json.dumps(value, indent=2, default=default, sort_keys=False)

@@ -1,0 +1,216 @@
+"""``Connection``: Flame's Frontend API over any channel, returning the public model types.
+
+Errors keep the server's code (our server and transports carry it exactly) and read
+``"failed to <verb> <noun>: <server message>"`` as Flame's do.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from flamepy_core.config import ClientConfig, normalize_endpoint, resolve_config
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Channel, Timeout
+from flamepy_core.client.transports import shared_transport
+from flamepy_core.model import (
+    Application,
+    ApplicationAttributes,
+    SessionAttributes,
+    Task,
+    application_attributes_to_spec,
+    application_from_proto,
+    session_attributes_to_spec,
+    short_name,
+    task_from_proto,
+)
+from flamepy_core.wire.methods import FRONTEND
+from flamepy_core.wire.proto import frontend_pb2 as fe
+from flamepy_core.wire.proto import types_pb2 as pb
+
+M = TypeVar("M", bound=Message)
+
+
+class Connection:
+    """A client of one Frontend endpoint. Thread-safe; cheap calls share one channel."""
+
+    def __init__(self, addr: str, channel: Channel, *, cache_endpoint: str | None = None) -> None:
+        self.addr = addr
+        self.channel = channel
+        self.cache_endpoint = cache_endpoint or addr
+        self._pid = os.getpid()
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def call(self, rpc: str, request: Message, what: str, timeout: Timeout = DEFAULT_TIMEOUT) -> Any:
+        method = FRONTEND[rpc]
+        try:
+            raw = self.channel.unary(method.path, request.SerializeToString(), timeout=timeout)
+        except FlameError as exc:
+            raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
+        return method.response.FromString(raw)
+
+    def stream(self, rpc: str, request: Message, what: str, timeout: Timeout = None) -> Iterator[Any]:
+        method = FRONTEND[rpc]
+        try:
+            for raw in self.channel.stream(method.path, request.SerializeToString(), timeout=timeout):
+                yield method.response.FromString(raw)
+        except FlameError as exc:
+            raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- applications --------------------------------------------------------------------------------
+
+    def register_application(self, name: str, app_attrs: ApplicationAttributes | Mapping[str, Any]) -> None:
+        spec = application_attributes_to_spec(app_attrs)
+        self.call(
+            "RegisterApplication",
+            fe.RegisterApplicationRequest(name=name, application=spec),
+            f"register application {name}",
+        )
+
+    def update_application(self, name: str, app_attrs: ApplicationAttributes | Mapping[str, Any]) -> None:
+        spec = application_attributes_to_spec(app_attrs)
+        self.call(
+            "UpdateApplication",
+            fe.UpdateApplicationRequest(name=name, application=spec),
+            f"update application {name}",
+        )
+
+    def unregister_application(self, name: str) -> None:
+        self.call("UnregisterApplication", fe.UnregisterApplicationRequest(name=name), f"unregister application {name}")
+
+    def get_application(self, name: str) -> Application | None:
+        try:
+            app = self.call("GetApplication", fe.GetApplicationRequest(name=name), f"get application {name}")
+        except FlameError as exc:
+            if exc.code == FlameErrorCode.NOT_FOUND:
+                return None
+            raise
+        return application_from_proto(app)
+
+    def list_applications(self) -> list[Application]:
+        reply = self.call("ListApplication", fe.ListApplicationRequest(), "list applications")
+        return [application_from_proto(a) for a in reply.applications]
+
+    def list_executors(self) -> list[pb.Executor]:
+        return list(self.call("ListExecutor", fe.ListExecutorRequest(), "list executors").executors)
+
+    def list_nodes(self) -> list[pb.Node]:
+        return list(self.call("ListNodes", fe.ListNodesRequest(), "list nodes").nodes)
+
+    # -- sessions ------------------------------------------------------------------------------------
+
+    def create_session(self, attrs: SessionAttributes) -> Session:
+        spec = session_attributes_to_spec(attrs)
+        session_id = attrs.id or short_name(attrs.application)
+        reply = self.call(
+            "CreateSession", fe.CreateSessionRequest(session_id=session_id, session=spec), "create session"
+        )
+        return Session(self, reply)
+
+    def open_session(self, session_id: str, spec: SessionAttributes | None = None) -> Session:
+        request = fe.OpenSessionRequest(session_id=session_id)
+        if spec is not None:
+            request.session.CopyFrom(session_attributes_to_spec(spec))
+        return Session(self, self.call("OpenSession", request, "open session"))
+
+    def get_session(self, session_id: str) -> Session:
+        return Session(self, self.call("GetSession", fe.GetSessionRequest(session_id=session_id), "get session"))
+
+    def list_sessions(self) -> list[Session]:
+        reply = self.call("ListSession", fe.ListSessionRequest(), "list sessions")
+        return [Session(self, s) for s in reply.sessions]
+
+    def close_session(self, session_id: str) -> Session:
+        return Session(
+            self, self.call("CloseSession", fe.CloseSessionRequest(session_id=session_id), "close session")
+        )
+
+    # -- tasks ---------------------------------------------------------------------------------------
+
+    def create_task(self, session_id: str, input_data: bytes | None) -> pb.Task:
+        spec = pb.TaskSpec(session_id=session_id)
+        if input_data is not None:
+            spec.input = input_data
+        return self.call("CreateTask", fe.CreateTaskRequest(task=spec), "create task")
+
+    def get_task(self, session_id: str, task_id: str) -> Task:
+        reply = self.call("GetTask", fe.GetTaskRequest(session_id=session_id, task_id=task_id), "get task")
+        return task_from_proto(reply)
+
+    def list_tasks(self, session_id: str) -> Iterator[Task]:
+        for task in self.stream("ListTask", fe.ListTaskRequest(session_id=session_id), "list tasks"):
+            yield task_from_proto(task)
+
+    def watch_task(self, session_id: str, task_id: str) -> Iterator[pb.Task]:
+        """Raw task snapshots as the task changes; no deadline (a task may run for hours)."""
+        return self.stream(
+            "WatchTask", fe.WatchTaskRequest(session_id=session_id, task_id=task_id), "watch task", timeout=None
+        )
+
+
+def connect(addr: str, tls_config: object | None = None) -> Connection:
+    """A connection to a Frontend endpoint (``http://``, ``grpc://``, ``unix://``, ``zmq+...``, ``inmem://``)."""
+    if tls_config is not None:
+        raise FlameError(FlameErrorCode.INVALID_CONFIG, "TLS is not supported by this version of flamepy yet")
+    endpoint = normalize_endpoint(addr)
+    transport = shared_transport(endpoint)
+    return Connection(endpoint, transport.connect(endpoint))
+
+
+def connect_config(config: ClientConfig) -> Connection:
+    """A connection for a resolved configuration: its endpoint, or the local server for its home."""
+    if config.endpoint is None:
+        from flamepy_core.client.local import ensure_local_server
+
+        endpoint = ensure_local_server(config.home, transport=config.transport)
+    else:
+        endpoint = config.endpoint
+    if endpoint.startswith("inmem://"):
+        from flamepy_core.client.embedded import ensure_inprocess_server
+
+        ensure_inprocess_server(endpoint, config.home)
+    conn = connect(endpoint)
+    if config.cache_endpoint:
+        conn.cache_endpoint = config.cache_endpoint
+    return conn
+
+
+_default_lock = threading.Lock()
+_default: Connection | None = None
+
+
+def default_connection() -> Connection:
+    """The process's connection, from the configuration; with nothing configured, the local server.
+
+    Rebuilt after ``fork()`` (a channel must not cross processes) and after :func:`reset_default_connection`.
+    """
+    global _default
+    conn = _default
+    if conn is not None and conn._pid == os.getpid():
+        return conn
+    with _default_lock:
+        if _default is not None and _default._pid == os.getpid():
+            return _default
+        conn = connect_config(resolve_config())
+        _default = conn
+        return conn
+
+
+def reset_default_connection() -> None:
+    """Forget the process's connection (tests; after changing FLAME_* variables)."""
+    global _default
+    with _default_lock:
+        if _default is not None and _default._pid == os.getpid():
+            _default.close()
+        _default = None
+
+
+from flamepy_core.client.session import Session  # noqa: E402  (Session needs Connection's module loaded)

@@ -1,0 +1,126 @@
+"""Find the local server for a FLAME_HOME, or start one: the embedded default.
+
+The first client (or ``flmctl``) that finds no live server starts ``python -m flamepy_core.engine`` for
+that home in its own session (it outlives the client and exits after its idle timeout), guarded by
+``FLAME_HOME/start.lock`` so two clients never start two servers, and waits until it publishes its
+endpoint. A server that fails to start is reported with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.server import read_server_info, server_lock_held
+
+START_LOCK = "start.lock"
+SERVER_LOG = "server.log"
+
+
+def live_server(home: Path) -> dict[str, object] | None:
+    """The published info of a running server for ``home``, or None."""
+    info = read_server_info(home)
+    if info and server_lock_held(home):
+        return info
+    return None
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def start_server(home: Path, *, transport: str | None = None, timeout: float = 30.0, idle_exit: float | None = None) -> dict[str, object]:
+    """Start a detached server for ``home`` and wait until it is ready (or fail with its log)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
+    log_path = home / "logs" / SERVER_LOG
+    argv = [sys.executable, "-m", "flamepy_core.engine", "--home", str(home)]
+    if transport:
+        argv += ["--transport", transport]
+    if idle_exit is not None:
+        argv += ["--idle-exit", str(idle_exit)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = read_server_info(home)
+        if info and info.get("pid") == proc.pid:
+            return info
+        if proc.poll() is not None:
+            raise FlameError(
+                FlameErrorCode.UNAVAILABLE,
+                f"the local flamepy server for {home} exited with code {proc.returncode} while starting; "
+                f"its log ({log_path}) ends with:\n{_log_tail(log_path)}",
+            )
+        time.sleep(0.02)
+    proc.kill()
+    raise FlameError(
+        FlameErrorCode.UNAVAILABLE,
+        f"the local flamepy server for {home} did not become ready within {timeout} s; "
+        f"its log ({log_path}) ends with:\n{_log_tail(log_path)}",
+    )
+
+
+def ensure_local_server(home: Path, *, transport: str | None = None, timeout: float = 30.0) -> str:
+    """The endpoint of the live server for ``home``, starting one if there is none."""
+    info = live_server(home)
+    if info:
+        return str(info["endpoint"])
+    home.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(home / START_LOCK, "a+") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FlameError(
+                        FlameErrorCode.UNAVAILABLE,
+                        f"another process has been starting the local server for {home} for {timeout} s; "
+                        f"see {home / 'logs' / SERVER_LOG}",
+                    ) from None
+                time.sleep(0.02)
+        try:
+            info = live_server(home)  # someone else may have started it while we waited
+            if info:
+                return str(info["endpoint"])
+            return str(start_server(home, transport=transport, timeout=max(1.0, deadline - time.monotonic()))["endpoint"])
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def stop_server(home: Path, timeout: float = 30.0) -> bool:
+    """Stop the server for ``home`` (SIGTERM, then SIGKILL). False when none was running."""
+    info = live_server(home)
+    if not info:
+        return False
+    pid = int(str(info["pid"]))
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server_lock_held(home):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 5
+    while server_lock_held(home) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,197 @@
+"""The object cache from a client's or an instance's side: ``put_object``, ``get_object`` and friends.
+
+Values that are not bytes go through the serializer; bytes are stored as they are. Either way the blob
+starts with a small envelope (``FPY`` + kind + serializer name) so a reader decodes with the serializer
+that wrote it, or says clearly which one it lacks — never garbage. The server never decodes a blob.
+
+Readers keep the newest copy of each object they fetched (base, patches, version) and send that version,
+so an unchanged object costs a round trip but no payload, and a patched one only its new patches.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flamepy_core.client.transports import shared_transport
+from flamepy_core.config import resolve_config
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.serializer import Serializer
+from flamepy_core.contracts.transport import Channel
+from flamepy_core.objref import ObjectRef, parse_delete_prefix, parse_full_key, parse_prefix
+from flamepy_core.plugins import get_registry
+from flamepy_core.wire.methods import OBJECT_CACHE
+from flamepy_core.wire.proto import cache_pb2
+
+MAGIC = b"FPY"
+KIND_BYTES = 0
+KIND_SERIALIZED = 1
+LOCAL_CACHE_ENTRIES = 1000
+
+
+def encode_value(obj: Any, serializer: Serializer) -> bytes:
+    """The stored form of ``obj``: bytes as they are, anything else through ``serializer``."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return MAGIC + bytes([KIND_BYTES]) + bytes(obj)
+    name = serializer.name.encode()
+    return MAGIC + bytes([KIND_SERIALIZED, len(name)]) + name + serializer.dumps(obj)
+
+
+def decode_value(blob: bytes, serializer: Serializer | None = None) -> Any:
+    """Inverse of :func:`encode_value`; decodes with the serializer named in the blob."""
+    if not blob.startswith(MAGIC) or len(blob) < 4:
+        raise FlameError(
+            FlameErrorCode.INVALID_ARGUMENT,
+            f"cached object of {len(blob)} bytes (starting {blob[:8]!r}) was not written by flamepy's "
+            f"cache client; read it with a deserializer that takes raw bytes",
+        )
+    kind = blob[3]
+    if kind == KIND_BYTES:
+        return blob[4:]
+    if kind != KIND_SERIALIZED or len(blob) < 5:
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"cached object has an unknown envelope kind {kind}")
+    size = blob[4]
+    name = blob[5 : 5 + size].decode()
+    payload = blob[5 + size :]
+    chosen = serializer if serializer is not None and serializer.name == name else get_registry().serializer(name)
+    return chosen.loads(payload)
+
+
+@dataclass
+class _Copy:
+    version: int
+    base: bytes
+    patches: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+class CacheClient:
+    """A client of one object-cache endpoint, with a small local copy of what it read."""
+
+    def __init__(self, endpoint: str, channel: Channel) -> None:
+        self.endpoint = endpoint
+        self.channel = channel
+        self._copies: OrderedDict[str, _Copy] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _call(self, rpc: str, request: Any, what: str) -> Any:
+        method = OBJECT_CACHE[rpc]
+        try:
+            raw = self.channel.unary(method.path, request.SerializeToString())
+        except FlameError as exc:
+            raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
+        return method.response.FromString(raw)
+
+    def put(self, key_prefix: str, blob: bytes) -> ObjectRef:
+        parse_prefix(key_prefix)
+        reply = self._call("PutObject", cache_pb2.PutObjectRequest(key_prefix=key_prefix, data=blob), "put object")
+        return ObjectRef.from_proto(reply)
+
+    def update(self, key: str, blob: bytes) -> ObjectRef:
+        parse_full_key(key)
+        reply = self._call("UpdateObject", cache_pb2.UpdateObjectRequest(key=key, data=blob), f"update object {key}")
+        with self._lock:
+            self._copies.pop(key, None)
+        return ObjectRef.from_proto(reply)
+
+    def patch(self, key: str, delta: bytes) -> ObjectRef:
+        parse_full_key(key)
+        reply = self._call("PatchObject", cache_pb2.PatchObjectRequest(key=key, delta=delta), f"patch object {key}")
+        return ObjectRef.from_proto(reply)
+
+    def fetch(self, key: str, force_full: bool = False) -> tuple[bytes, list[bytes], int]:
+        """(base, patches, version) of the newest version, reusing the local copy when it is current."""
+        parse_full_key(key)
+        with self._lock:
+            copy = None if force_full else self._copies.get(key)
+        known = copy.version if copy else 0
+        reply = self._call(
+            "GetObject", cache_pb2.GetObjectRequest(key=key, known_version=known), f"get object {key}"
+        )
+        if reply.not_modified and copy is not None:
+            fresh = copy
+        elif reply.delta_only and copy is not None:
+            fresh = _Copy(reply.version, copy.base, copy.patches + [(p.version, p.data) for p in reply.patches])
+        elif reply.not_modified or reply.delta_only:  # raced with an eviction: ask for everything
+            return self.fetch(key, force_full=True)
+        else:
+            fresh = _Copy(reply.version, reply.base, [(p.version, p.data) for p in reply.patches])
+        with self._lock:
+            self._copies[key] = fresh
+            self._copies.move_to_end(key)
+            while len(self._copies) > LOCAL_CACHE_ENTRIES:
+                self._copies.popitem(last=False)
+        return fresh.base, [data for _, data in fresh.patches], fresh.version
+
+    def delete(self, key_prefix: str) -> int:
+        parse_delete_prefix(key_prefix)
+        reply = self._call("DeleteObjects", cache_pb2.DeleteObjectsRequest(key_prefix=key_prefix), "delete objects")
+        with self._lock:
+            stem = key_prefix[:-1] if key_prefix.endswith("*") else key_prefix
+            for key in [k for k in self._copies if k == key_prefix or k.startswith(stem.rstrip("/") + "/")]:
+                del self._copies[key]
+        return int(reply.deleted)
+
+
+_clients_lock = threading.Lock()
+_clients: dict[str, CacheClient] = {}
+
+
+def cache_client(endpoint: str | None = None) -> CacheClient:
+    """The process's client for ``endpoint``, or for the configured cache (the frontend's by default)."""
+    if endpoint is None:
+        config = resolve_config()
+        if config.cache_endpoint:
+            endpoint = config.cache_endpoint
+        else:
+            from flamepy_core.client.connection import default_connection
+
+            endpoint = default_connection().cache_endpoint
+    with _clients_lock:
+        client = _clients.get(endpoint)
+        if client is None or client._pid != os.getpid():
+            client = CacheClient(endpoint, shared_transport(endpoint).connect(endpoint))
+            _clients[endpoint] = client
+        return client
+
+
+def _serializer() -> Serializer:
+    return get_registry().serializer(resolve_config().serializer)
+
+
+def put_object(key_prefix: str, obj: Any) -> ObjectRef:
+    """Store ``obj`` under ``"<app>/<session>"``; the cache names it. Returns a ref at version 1."""
+    return cache_client().put(key_prefix, encode_value(obj, _serializer()))
+
+
+def get_object(ref: ObjectRef, deserializer: Callable[[Any, list[Any]], Any] | None = None) -> Any:
+    """The object ``ref`` names, at its newest version.
+
+    As in Flame: without ``deserializer`` the base value is returned and patches are ignored; with one,
+    the result is ``deserializer(base, [patch, ...])`` (patches in the order they were applied).
+    """
+    base, patches, _version = cache_client().fetch(ref.key, force_full=ref.version == 0)
+    serializer = _serializer()
+    value = decode_value(base, serializer)
+    if deserializer is None:
+        return value
+    return deserializer(value, [decode_value(p, serializer) for p in patches])
+
+
+def update_object(ref: ObjectRef, new_obj: Any) -> ObjectRef:
+    """Replace the object (patches dropped); the returned ref has the new version."""
+    return cache_client().update(ref.key, encode_value(new_obj, _serializer()))
+
+
+def patch_object(ref: ObjectRef, delta: Any) -> ObjectRef:
+    """Append ``delta`` to the object's patches; the returned ref has the new version."""
+    return cache_client().patch(ref.key, encode_value(delta, _serializer()))
+
+
+def delete_objects(key_prefix: str) -> None:
+    """Delete ``"<app>/<session>/<id>"``, everything under ``"<app>/<session>"``, or ``"<app>/*"``."""
+    cache_client().delete(key_prefix)

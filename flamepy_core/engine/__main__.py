@@ -1,0 +1,61 @@
+"""``python -m flamepy_core.engine``: run the server in the foreground (what ``flmctl server start`` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from flamepy_core.config import RuntimeSettings, flame_home
+from flamepy_core.contracts.errors import FlameError
+from flamepy_core.engine.server import FlameServer, default_listen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flamepy_core.engine", description=__doc__)
+    parser.add_argument("--home", type=Path, default=None, help="FLAME_HOME (default: $FLAME_HOME or ~/.flame)")
+    parser.add_argument("--listen", default=None, help="endpoint URL to listen on (default: a socket in FLAME_HOME)")
+    parser.add_argument("--transport", default=None, help="transport for the default listen endpoint (grpc, zmq)")
+    parser.add_argument("--instance-transport", default=None, help="transport between server and instances")
+    parser.add_argument("--idle-exit", type=float, default=None, help="exit after N idle seconds (0 = never)")
+    parser.add_argument("--durability", choices=("batched", "strict"), default="batched")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    home = (args.home or flame_home()).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    settings = RuntimeSettings.from_env()
+    idle_exit = settings.idle_exit if args.idle_exit is None else args.idle_exit
+    server = FlameServer(
+        home,
+        args.listen or default_listen(home, args.transport),
+        settings=settings,
+        instance_transport=args.instance_transport,
+        durability=args.durability,
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        server._stopped.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start()
+    except FlameError as exc:
+        print(f"flamepy server: {exc}", file=sys.stderr)
+        server.stop()
+        return 1
+    print(f"flamepy server listening on {server.endpoint}", flush=True)
+    server.serve_forever(idle_exit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

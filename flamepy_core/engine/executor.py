@@ -1,0 +1,225 @@
+"""Starting and stopping instance processes, the way Flame's executors do.
+
+An instance is the application's ``command`` + ``arguments`` run in its ``working_directory`` with its
+``environments`` (``$VAR``/``${VAR}`` expanded), plus ``FLAME_INSTANCE_ENDPOINT`` (where the instance
+must serve ``flame.v1.Instance``), ``FLAME_CACHE_ENDPOINT`` and ``FLAME_ENDPOINT``. With the gRPC instance
+link ``FLAME_INSTANCE_ENDPOINT`` is a bare unix-socket path, exactly what Flame passes, so a service
+written for Flame runs unchanged; other links pass a URL with a scheme. Output goes to
+``FLAME_HOME/logs/instances/<app>-<id>.out|.err``; the tail of ``.err`` explains a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import Channel, Transport
+from flamepy_core.wire.proto import types_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstanceLink:
+    """How the server reaches instances: a transport and a folder for their sockets."""
+
+    transport: Transport
+    socket_dir: Path
+
+    def endpoints(self, instance_id: str) -> tuple[str, str]:
+        """(value of FLAME_INSTANCE_ENDPOINT, URL the server connects to)."""
+        schemes = self.transport.schemes
+        if "unix" in schemes:
+            path = str(self.socket_dir / f"{instance_id}.sock")
+            return path, f"unix://{path}"
+        if "zmq+ipc" in schemes:
+            url = f"zmq+ipc://{self.socket_dir / instance_id}.ipc"
+            return url, url
+        raise FlameError(
+            FlameErrorCode.INVALID_CONFIG,
+            f"transport '{self.transport.name}' offers no local socket scheme (unix or zmq+ipc) "
+            f"for instances; choose another instance transport",
+        )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class InstanceProcess:
+    """One running service process and the channel to it."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        app_name: str,
+        popen: subprocess.Popen[bytes],
+        url: str,
+        channel: Channel,
+        err_path: Path,
+        socket_path: str | None,
+    ) -> None:
+        self.id = instance_id
+        self.app_name = app_name
+        self.popen = popen
+        self.url = url
+        self.channel = channel
+        self.err_path = err_path
+        self._socket_path = socket_path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def describe_exit(self, wait: float = 1.0) -> str:
+        """'exited with code N' / 'was killed by SIGKILL', plus the last lines of its stderr."""
+        try:
+            code = self.popen.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            how = "stopped answering (the process is still running)"
+        else:
+            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+        tail = self.stderr_tail()
+        detail = f"instance {self.id} (pid {self.pid}) of application {self.app_name} {how}"
+        if tail:
+            detail += f"; last lines of its stderr ({self.err_path}):\n{tail}"
+        return detail
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.err_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - 16384))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(deque(text.rstrip().splitlines(), maxlen=lines))
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; closes the channel and removes the socket."""
+        try:
+            self.channel.close()
+        except Exception:  # closing must never stop the shutdown
+            log.debug("closing the channel of instance %s failed", self.id, exc_info=True)
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait(timeout=10)
+        else:
+            self.popen.wait(timeout=1)
+        if self._socket_path:
+            try:
+                os.unlink(self._socket_path)
+            except FileNotFoundError:
+                pass
+
+
+class Launcher:
+    """Builds an instance's command line and environment from its application and starts it."""
+
+    def __init__(
+        self,
+        home: Path,
+        link: InstanceLink,
+        *,
+        cache_endpoint: str,
+        frontend_endpoint: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.home = home
+        self.link = link
+        self.cache_endpoint = cache_endpoint
+        self.frontend_endpoint = frontend_endpoint
+        self.extra_env = dict(extra_env or {})
+        self.log_dir = home / "logs" / "instances"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def _environment(self, app: pb.Application, instance_env: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        for item in app.spec.environments:
+            env[item.name] = _expand(item.value, env)
+        env["FLAME_INSTANCE_ENDPOINT"] = instance_env
+        env["FLAME_CACHE_ENDPOINT"] = self.cache_endpoint
+        env["FLAME_ENDPOINT"] = self.frontend_endpoint
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def start(self, app: pb.Application, instance_id: str) -> InstanceProcess:
+        name = app.metadata.name
+        spec = app.spec
+        if not spec.HasField("command") or not spec.command:
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"application {name} has no command; register it with spec.command (e.g. python) and "
+                f"spec.arguments (e.g. [my_service.py])",
+            )
+        instance_env, url = self.link.endpoints(instance_id)
+        env = self._environment(app, instance_env)
+        if spec.HasField("working_directory") and spec.working_directory:
+            cwd = Path(_expand(spec.working_directory, env))
+            if not cwd.is_dir():
+                raise FlameError(
+                    FlameErrorCode.INVALID_CONFIG,
+                    f"the working directory {cwd} of application {name} does not exist on this machine; "
+                    f"fix spec.working_directory and register the application again",
+                )
+        else:
+            cwd = self.home / "work" / name
+            cwd.mkdir(parents=True, exist_ok=True)
+        command = _expand(spec.command, env)
+        resolved = command if os.sep in command else shutil.which(command, path=env.get("PATH"))
+        if resolved is None or not os.path.exists(resolved if os.path.isabs(resolved) else cwd / resolved):
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"the command {command!r} of application {name} was not found (looked in PATH and {cwd}); "
+                f"fix spec.command and register the application again",
+            )
+        argv = [resolved, *(_expand(a, env) for a in spec.arguments)]
+        out_path = self.log_dir / f"{name}-{instance_id}.out"
+        err_path = self.log_dir / f"{name}-{instance_id}.err"
+        socket_path = instance_env if url.startswith("unix://") else None
+        if socket_path and os.path.exists(socket_path):
+            os.unlink(socket_path)
+        with open(out_path, "ab") as out, open(err_path, "ab") as err:
+            popen = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            )
+        log.info("started instance %s of %s: pid %d, %s", instance_id, name, popen.pid, " ".join(argv))
+        channel = self.link.transport.connect(url)
+        return InstanceProcess(instance_id, name, popen, url, channel, err_path, socket_path)
+
+
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """``$VAR`` and ``${VAR}`` from ``env`` (not from this process), as Flame's executors do.
+
+    Unknown variables are left as written, like ``os.path.expandvars``.
+    """
+    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), value)

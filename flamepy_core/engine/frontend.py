@@ -1,0 +1,148 @@
+"""The server's handler tables: flame.v1.Frontend and flamepy.cache.v1.ObjectCache over any transport.
+
+Each handler parses the request message, calls the engine, and serializes the answer. Errors are
+``FlameError`` with precise codes; the gRPC transport turns them into the statuses Flame's server uses,
+so Flame's own client sees what it expects (it folds almost everything into INTERNAL anyway), while our
+client gets the exact code back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import CallContext, Handler, StreamHandler, UnaryHandler
+from flamepy_core.engine.objects import ObjectCache
+from flamepy_core.engine.state import Engine
+from flamepy_core.wire.methods import FRONTEND, OBJECT_CACHE, Method
+from flamepy_core.wire.proto import cache_pb2, frontend_pb2
+from flamepy_core.wire.proto import types_pb2 as pb
+
+
+def _parse(method: Method, data: bytes) -> Any:
+    try:
+        return method.request.FromString(data)
+    except DecodeError as exc:
+        raise FlameError(
+            FlameErrorCode.INVALID_ARGUMENT,
+            f"{method.path}: the request is not a valid {method.request.DESCRIPTOR.full_name}: {exc}",
+        ) from exc
+
+
+def _unary(method: Method, fn: Callable[[Any], Message]) -> UnaryHandler:
+    def handle(data: bytes, ctx: CallContext) -> bytes:
+        return fn(_parse(method, data)).SerializeToString()
+
+    return UnaryHandler(handle)
+
+
+def _stream(method: Method, fn: Callable[[Any, CallContext], Iterator[Message]]) -> StreamHandler:
+    def handle(data: bytes, ctx: CallContext) -> Iterator[bytes]:
+        for message in fn(_parse(method, data), ctx):
+            yield message.SerializeToString()
+
+    return StreamHandler(handle)
+
+
+def _ok() -> pb.Result:
+    return pb.Result(return_code=0)
+
+
+def frontend_handlers(engine: Engine) -> dict[str, Handler]:
+    """The ``flame.v1.Frontend`` table."""
+
+    def require_spec(request: Any, what: str) -> None:
+        if not request.HasField("application"):
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"{what}: the request has no application spec")
+
+    def register(r: frontend_pb2.RegisterApplicationRequest) -> pb.Result:
+        require_spec(r, "RegisterApplication")
+        engine.register_application(r.name, r.application)
+        return _ok()
+
+    def update(r: frontend_pb2.UpdateApplicationRequest) -> pb.Result:
+        require_spec(r, "UpdateApplication")
+        engine.update_application(r.name, r.application)
+        return _ok()
+
+    def unregister(r: frontend_pb2.UnregisterApplicationRequest) -> pb.Result:
+        engine.unregister_application(r.name)
+        return _ok()
+
+    def list_apps(_r: Any) -> pb.ApplicationList:
+        return pb.ApplicationList(applications=engine.list_applications())
+
+    def create_session(r: frontend_pb2.CreateSessionRequest) -> pb.Session:
+        return engine.create_session(r.session_id, r.session)
+
+    def open_session(r: frontend_pb2.OpenSessionRequest) -> pb.Session:
+        return engine.open_session(r.session_id, r.session if r.HasField("session") else None)
+
+    def create_task(r: frontend_pb2.CreateTaskRequest) -> pb.Task:
+        return engine.create_task(r.task.session_id, r.task.input if r.task.HasField("input") else None)
+
+    def watch_task(r: frontend_pb2.WatchTaskRequest, ctx: CallContext) -> Iterator[pb.Task]:
+        return engine.watch_task(r.session_id, r.task_id, ctx.is_active)
+
+    def list_tasks(r: frontend_pb2.ListTaskRequest, ctx: CallContext) -> Iterator[pb.Task]:
+        return engine.list_tasks(r.session_id)
+
+    def not_here(what: str) -> Callable[[Any], Message]:
+        def refuse(_r: Any) -> Message:
+            raise FlameError(
+                FlameErrorCode.UNIMPLEMENTED,
+                f"{what} is a cluster feature; this local server has no executors or nodes to report",
+            )
+
+        return refuse
+
+    def list_executors(_r: Any) -> pb.ExecutorList:
+        return pb.ExecutorList()
+
+    def list_nodes(_r: Any) -> pb.NodeList:
+        return pb.NodeList()
+
+    unary: dict[str, Callable[[Any], Message]] = {
+        "RegisterApplication": register,
+        "UnregisterApplication": unregister,
+        "UpdateApplication": update,
+        "GetApplication": lambda r: engine.get_application(r.name),
+        "ListApplication": list_apps,
+        "ListExecutor": list_executors,
+        "ListNodes": list_nodes,
+        "GetNode": not_here("GetNode"),
+        "CreateSession": create_session,
+        "DeleteSession": lambda r: engine.delete_session(r.session_id),
+        "OpenSession": open_session,
+        "CloseSession": lambda r: engine.close_session(r.session_id),
+        "GetSession": lambda r: engine.get_session(r.session_id),
+        "ListSession": lambda r: pb.SessionList(sessions=engine.list_sessions()),
+        "CreateTask": create_task,
+        "GetTask": lambda r: engine.get_task(r.session_id, r.task_id),
+    }
+    streams: dict[str, Callable[[Any, CallContext], Iterator[Message]]] = {
+        "WatchTask": watch_task,
+        "ListTask": list_tasks,
+    }
+    table: dict[str, Handler] = {}
+    for name, method in FRONTEND.items():
+        if method.server_streaming:
+            table[method.path] = _stream(method, streams[name])
+        else:
+            table[method.path] = _unary(method, unary[name])
+    return table
+
+
+def cache_handlers(cache: ObjectCache) -> dict[str, Handler]:
+    """The ``flamepy.cache.v1.ObjectCache`` table."""
+    unary: dict[str, Callable[[Any], Message]] = {
+        "PutObject": lambda r: cache.put(r.key_prefix, r.data),
+        "UpdateObject": lambda r: cache.update(r.key, r.data),
+        "PatchObject": lambda r: cache.patch(r.key, r.delta),
+        "GetObject": lambda r: cache.get(r.key, r.known_version),
+        "DeleteObjects": lambda r: cache_pb2.DeleteObjectsResponse(deleted=cache.delete(r.key_prefix)),
+    }
+    return {method.path: _unary(method, unary[name]) for name, method in OBJECT_CACHE.items()}

@@ -1,0 +1,145 @@
+"""Serving a ``FlameService`` on ``FLAME_INSTANCE_ENDPOINT``.
+
+A bare path (what Flame's executors pass) is served as gRPC on that unix socket, so services written
+with this SDK run under Flame's executors; a URL with a scheme picks the transport by that scheme.
+The process exits when told to (SIGTERM/SIGINT) or when the executor that started it goes away, so an
+instance never outlives its server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from types import FrameType
+
+from flamepy_core.config import normalize_endpoint
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import CallContext, Handler, UnaryHandler
+from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
+from flamepy_core.plugins import get_registry
+from flamepy_core.wire.methods import INSTANCE
+from flamepy_core.wire.proto import shim_pb2
+from flamepy_core.wire.proto import types_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_ENV = "FLAME_INSTANCE_ENDPOINT"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """The failure text a client receives: type, message and the service-side traceback."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}\n\nTraceback in the service (most recent call last):\n{tb}"
+
+
+def instance_handlers(service: FlameService) -> dict[str, Handler]:
+    """The ``flame.v1.Instance`` table for ``service``. Calls are serialized: one at a time."""
+    lock = threading.Lock()
+
+    def enter(data: bytes, _ctx: CallContext) -> bytes:
+        request = shim_pb2.SessionContext.FromString(data)
+        app = request.application
+        context = SessionContext(
+            request.common_data if request.HasField("common_data") else None,
+            request.session_id,
+            ApplicationContext(
+                name=app.name,
+                image=app.image if app.HasField("image") else None,
+                command=app.command if app.HasField("command") else None,
+                working_directory=app.working_directory if app.HasField("working_directory") else None,
+                url=app.url if app.HasField("url") else None,
+            ),
+        )
+        with lock:
+            try:
+                service.on_session_enter(context)
+            except Exception as exc:
+                log.exception("on_session_enter failed")
+                return pb.Result(return_code=-1, message=describe_exception(exc)).SerializeToString()
+        return pb.Result(return_code=0).SerializeToString()
+
+    def invoke(data: bytes, _ctx: CallContext) -> bytes:
+        request = shim_pb2.TaskContext.FromString(data)
+        context = TaskContext(
+            request.task_id, request.session_id, request.input if request.HasField("input") else None
+        )
+        with lock:
+            try:
+                output = service.on_task_invoke(context)
+            except Exception as exc:
+                return pb.TaskResult(return_code=-1, message=describe_exception(exc)).SerializeToString()
+        result = pb.TaskResult(return_code=0)
+        if output is not None:
+            if not isinstance(output, (bytes, bytearray, memoryview)):
+                message = (
+                    f"TypeError: on_task_invoke of {type(service).__name__} returned "
+                    f"{type(output).__name__}; it must return bytes or None"
+                )
+                return pb.TaskResult(return_code=-1, message=message).SerializeToString()
+            result.output = bytes(output)
+        return result.SerializeToString()
+
+    def leave(_data: bytes, _ctx: CallContext) -> bytes:
+        with lock:
+            try:
+                service.on_session_leave()
+            except Exception as exc:
+                log.exception("on_session_leave failed")
+                return pb.Result(return_code=-1, message=describe_exception(exc)).SerializeToString()
+        return pb.Result(return_code=0).SerializeToString()
+
+    return {
+        INSTANCE["OnSessionEnter"].path: UnaryHandler(enter),
+        INSTANCE["OnTaskInvoke"].path: UnaryHandler(invoke),
+        INSTANCE["OnSessionLeave"].path: UnaryHandler(leave),
+    }
+
+
+def _watch_parent(stop: Callable[[], None], interval: float = 0.5) -> None:
+    parent = os.getppid()
+
+    def loop() -> None:
+        while True:
+            threading.Event().wait(interval)
+            if os.getppid() != parent:
+                log.warning("the process that started this instance (pid %d) is gone: exiting", parent)
+                stop()
+                return
+
+    threading.Thread(target=loop, name="flame-parent-watch", daemon=True).start()
+
+
+def run(service: FlameService, endpoint: str | None = None) -> None:
+    """Serve ``service`` until told to stop. The endpoint defaults to ``$FLAME_INSTANCE_ENDPOINT``."""
+    raw = endpoint or os.environ.get(ENDPOINT_ENV)
+    if not raw:
+        raise FlameError(
+            FlameErrorCode.INVALID_CONFIG,
+            f"{ENDPOINT_ENV} is not set: this process is a Flame service instance and is started by the "
+            f"runtime, not by hand. Register it as an application (flmctl register --file app.yaml) and call "
+            f"it with flamepy.service.Session(...).invoke(...)",
+        )
+    url = normalize_endpoint(raw)
+    transport = get_registry().transport(url)
+    server = transport.serve(url, instance_handlers(service))
+    done = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    _watch_parent(done.set)
+    log.info("instance serving on %s", server.endpoint)
+    try:
+        while not done.wait(timeout=1.0):
+            pass
+    finally:
+        server.stop(grace=1.0)
+    sys.stdout.flush()
