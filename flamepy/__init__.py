@@ -11,5 +11,7 @@ from flamepy.core import __all__ as _core_all
 
 __version__ = "0.1.0"
 
-__all__ = [name for name in _core_all if name not in ("ObjectKey", "WILDCARD_SESSION", "patch_object", "delete_objects")]
-__all__ += ["cache", "service", "util", "__version__"]
+__all__ = [
+    name for name in _core_all if name not in ("ObjectKey", "WILDCARD_SESSION", "patch_object", "delete_objects")
+]
+__all__ += ["__version__", "cache", "service", "util"]

@@ -88,9 +88,7 @@ class _CoreRules:
     """The core's own selection rule, consulted last so any plugin can override it."""
 
     @hookimpl(trylast=True)
-    def flamepy_choose_transport(
-        self, scheme: str, candidates: Sequence[TransportSpec]
-    ) -> TransportSpec | None:
+    def flamepy_choose_transport(self, scheme: str, candidates: Sequence[TransportSpec]) -> TransportSpec | None:
         return candidates[-1] if candidates else None
 
 
@@ -293,9 +291,7 @@ class PluginRegistry:
                 f"{_near(scheme, all_schemes)}. Installed transports: {self._installed_transports()}. "
                 f"To add one, install a package that declares a '{TRANSPORT_GROUP}' entry point.",
             )
-        winner = self._pm.hook.flamepy_choose_transport(
-            scheme=scheme, candidates=[c.spec for c in candidates]
-        )
+        winner = self._pm.hook.flamepy_choose_transport(scheme=scheme, candidates=[c.spec for c in candidates])
         for c in candidates:
             if c.spec is winner:
                 log.debug("scheme %r -> transport %r from plugin %s", scheme, c.spec.name, c.origin.plugin)

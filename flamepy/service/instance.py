@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flamepy_core.client.objects import get_object, update_object
+from flamepy_core.config import resolve_config
 from flamepy_core.contracts.errors import FlameError
 from flamepy_core.contracts.serializer import Serializer
-from flamepy_core.config import resolve_config
 from flamepy_core.instance.runtime import ENDPOINT_ENV
 from flamepy_core.instance.runtime import run as serve_instance
 from flamepy_core.instance.service import FlameService, SessionContext, TaskContext

@@ -16,6 +16,7 @@ from pathlib import Path
 from flamepy_core.cli.appspec import load_app_specs
 from flamepy_core.cli.output import table, to_json, when
 from flamepy_core.client.connection import Connection, connect_config
+from flamepy_core.client.session import Session
 from flamepy_core.config import ClientConfig, resolve_config
 from flamepy_core.contracts.errors import FlameError
 from flamepy_core.model import ApplicationAttributes, ResourceRequirement, SessionAttributes, short_name
@@ -149,7 +150,16 @@ def cmd_list(args: argparse.Namespace) -> int:
             table(
                 ["ID", "State", "App", "Pending", "Running", "Succeed", "Failed", "Created"],
                 [
-                    [s.id, s.state.name.capitalize(), s.application, s.pending, s.running, s.succeed, s.failed, when(s.creation_time)]
+                    [
+                        s.id,
+                        s.state.name.capitalize(),
+                        s.application,
+                        s.pending,
+                        s.running,
+                        s.succeed,
+                        s.failed,
+                        when(s.creation_time),
+                    ]
                     for s in sessions
                 ],
             )
@@ -182,10 +192,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _session_dict(s: object) -> dict[str, object]:
-    fields = ("id", "application", "state", "creation_time", "completion_time", "pending", "running", "succeed", "failed", "cancelled")
+def _session_dict(s: Session) -> dict[str, object]:
+    fields = (
+        "id",
+        "application",
+        "state",
+        "creation_time",
+        "completion_time",
+        "pending",
+        "running",
+        "succeed",
+        "failed",
+        "cancelled",
+    )
     data: dict[str, object] = {f: getattr(s, f) for f in fields}
-    data["events"] = [dataclasses.asdict(e) for e in getattr(s, "events")]
+    data["events"] = [dataclasses.asdict(e) for e in s.events]
     return data
 
 
@@ -277,7 +298,10 @@ def cmd_server(args: argparse.Namespace) -> int:
             argv += ["--idle-exit", str(args.idle_exit)]
         return serve(argv)
     if args.listen:
-        print("flmctl server start: --listen needs --foreground (the background server listens in FLAME_HOME)", file=sys.stderr)
+        print(
+            "flmctl server start: --listen needs --foreground (the background server listens in FLAME_HOME)",
+            file=sys.stderr,
+        )
         return 2
     info = local.start_server(home, transport=args.transport or config.transport, idle_exit=args.idle_exit)
     print(f"started a flamepy server for {home}: pid {info['pid']}, listening on {info['endpoint']}")
@@ -288,9 +312,13 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flmctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="flmctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=None, help="flame.yaml to use (default: $FLAME_HOME/flame.yaml)")
-    parser.add_argument("--endpoint", default=None, help="server endpoint URL (overrides FLAME_ENDPOINT and flame.yaml)")
+    parser.add_argument(
+        "--endpoint", default=None, help="server endpoint URL (overrides FLAME_ENDPOINT and flame.yaml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from flamepy_core.client.transports import shared_transport
 from flamepy_core.config import ClientConfig, normalize_endpoint, resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Channel, Timeout
-from flamepy_core.client.transports import shared_transport
 from flamepy_core.model import (
     Application,
     ApplicationAttributes,
@@ -129,9 +129,7 @@ class Connection:
         return [Session(self, s) for s in reply.sessions]
 
     def close_session(self, session_id: str) -> Session:
-        return Session(
-            self, self.call("CloseSession", fe.CloseSessionRequest(session_id=session_id), "close session")
-        )
+        return Session(self, self.call("CloseSession", fe.CloseSessionRequest(session_id=session_id), "close session"))
 
     # -- tasks ---------------------------------------------------------------------------------------
 
@@ -139,10 +137,11 @@ class Connection:
         spec = pb.TaskSpec(session_id=session_id)
         if input_data is not None:
             spec.input = input_data
-        return self.call("CreateTask", fe.CreateTaskRequest(task=spec), "create task")
+        task: pb.Task = self.call("CreateTask", fe.CreateTaskRequest(task=spec), "create task")
+        return task
 
     def get_task(self, session_id: str, task_id: str) -> Task:
-        reply = self.call("GetTask", fe.GetTaskRequest(session_id=session_id, task_id=task_id), "get task")
+        reply: pb.Task = self.call("GetTask", fe.GetTaskRequest(session_id=session_id, task_id=task_id), "get task")
         return task_from_proto(reply)
 
     def list_tasks(self, session_id: str) -> Iterator[Task]:

@@ -8,6 +8,7 @@ endpoint. A server that fails to start is reported with the tail of its log.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -38,7 +39,9 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def start_server(home: Path, *, transport: str | None = None, timeout: float = 30.0, idle_exit: float | None = None) -> dict[str, object]:
+def start_server(
+    home: Path, *, transport: str | None = None, timeout: float = 30.0, idle_exit: float | None = None
+) -> dict[str, object]:
     """Start a detached server for ``home`` and wait until it is ready (or fail with its log)."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
@@ -96,7 +99,9 @@ def ensure_local_server(home: Path, *, transport: str | None = None, timeout: fl
             info = live_server(home)  # someone else may have started it while we waited
             if info:
                 return str(info["endpoint"])
-            return str(start_server(home, transport=transport, timeout=max(1.0, deadline - time.monotonic()))["endpoint"])
+            return str(
+                start_server(home, transport=transport, timeout=max(1.0, deadline - time.monotonic()))["endpoint"]
+            )
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -116,10 +121,8 @@ def stop_server(home: Path, timeout: float = 30.0) -> bool:
         if not server_lock_held(home):
             return True
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + 5
     while server_lock_held(home) and time.monotonic() < deadline:
         time.sleep(0.05)

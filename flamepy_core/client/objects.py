@@ -109,9 +109,7 @@ class CacheClient:
         with self._lock:
             copy = None if force_full else self._copies.get(key)
         known = copy.version if copy else 0
-        reply = self._call(
-            "GetObject", cache_pb2.GetObjectRequest(key=key, known_version=known), f"get object {key}"
-        )
+        reply = self._call("GetObject", cache_pb2.GetObjectRequest(key=key, known_version=known), f"get object {key}")
         if reply.not_modified and copy is not None:
             fresh = copy
         elif reply.delta_only and copy is not None:

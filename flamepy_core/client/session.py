@@ -46,9 +46,7 @@ class TaskFailedError(FlameError):
 def task_failure(task: Task) -> FlameError:
     """The error a failed or cancelled task raises in the client."""
     if task.state.name == "CANCELLED":
-        return FlameError(
-            FlameErrorCode.INVALID_STATE, f"task {task.id} of session {task.session_id} was cancelled"
-        )
+        return FlameError(FlameErrorCode.INVALID_STATE, f"task {task.id} of session {task.session_id} was cancelled")
     message = next(
         (e.message for e in reversed(task.events or []) if e.code == int(pb.TaskState.Failed) and e.message),
         "Task failed without error message",
@@ -83,9 +81,7 @@ class Session:
         status = message.status
         self.state = SessionState(status.state)
         self.creation_time = ms_to_datetime(status.creation_time)
-        self.completion_time = (
-            ms_to_datetime(status.completion_time) if status.HasField("completion_time") else None
-        )
+        self.completion_time = ms_to_datetime(status.completion_time) if status.HasField("completion_time") else None
         self.pending: int = status.pending
         self.running: int = status.running
         self.succeed: int = status.succeed
@@ -93,9 +89,7 @@ class Session:
         self.cancelled: int = status.cancelled
         self.events: list[Event] = [event_from_proto(e) for e in status.events]
         self.min_instances: int = message.spec.min_instances
-        self.max_instances: int | None = (
-            message.spec.max_instances if message.spec.HasField("max_instances") else None
-        )
+        self.max_instances: int | None = message.spec.max_instances if message.spec.HasField("max_instances") else None
         self._common_data = message.spec.common_data if message.spec.HasField("common_data") else None
 
     def __repr__(self) -> str:

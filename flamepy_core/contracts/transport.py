@@ -39,7 +39,7 @@ class _DefaultTimeout:
 DEFAULT_TIMEOUT: Final = _DefaultTimeout()
 """Pass as ``timeout`` to use the channel's default deadline (the default for every call)."""
 
-Timeout = Union[float, None, _DefaultTimeout]
+Timeout = Union[float, None, _DefaultTimeout]  # noqa: UP007 - a runtime alias that must work on 3.10
 """Seconds; ``None`` = no deadline (an explicit choice); ``DEFAULT_TIMEOUT`` = the channel's default."""
 
 
@@ -78,7 +78,7 @@ class StreamHandler:
     fn: StreamFn
 
 
-Handler = Union[UnaryHandler, StreamHandler]
+Handler = Union[UnaryHandler, StreamHandler]  # noqa: UP007 - a runtime alias that must work on 3.10
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ written for Flame runs unchanged; other links pass a URL with a scheme. Output g
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -117,25 +118,19 @@ class InstanceProcess:
         except Exception:  # closing must never stop the shutdown
             log.debug("closing the channel of instance %s failed", self.id, exc_info=True)
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.popen.wait(timeout=10)
         else:
             self.popen.wait(timeout=1)
         if self._socket_path:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._socket_path)
-            except FileNotFoundError:
-                pass
 
 
 class Launcher:

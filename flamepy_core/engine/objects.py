@@ -52,9 +52,7 @@ class ObjectCache:
         if not rows:
             return None
         version, base_version, base = rows[0]
-        patches = self.store.query(
-            "SELECT version, data FROM object_patches WHERE key = ? ORDER BY version", key
-        )
+        patches = self.store.query("SELECT version, data FROM object_patches WHERE key = ? ORDER BY version", key)
         obj = CachedObject(version, base_version, bytes(base), [(v, bytes(d)) for v, d in patches])
         self._objects[key] = obj
         return obj
@@ -160,14 +158,21 @@ class ObjectCache:
             if like is None:
                 keys = [key_prefix] if self._lookup(key_prefix) is not None else []
             else:
-                stored = {k for (k,) in self.store.query("SELECT key FROM objects WHERE substr(key, 1, ?) = ?", len(like), like)}
+                stored = {
+                    k
+                    for (k,) in self.store.query("SELECT key FROM objects WHERE substr(key, 1, ?) = ?", len(like), like)
+                }
                 keys = sorted(stored | {k for k in self._objects if k.startswith(like)})
             for key in keys:
                 self._objects.pop(key, None)
             self.store.submit(
-                [op for key in keys for op in (
-                    ("DELETE FROM objects WHERE key = ?", (key,)),
-                    ("DELETE FROM object_patches WHERE key = ?", (key,)),
-                )]
+                [
+                    op
+                    for key in keys
+                    for op in (
+                        ("DELETE FROM objects WHERE key = ?", (key,)),
+                        ("DELETE FROM object_patches WHERE key = ?", (key,)),
+                    )
+                ]
             )
             return len(keys)

@@ -181,9 +181,7 @@ class InstanceDriver(threading.Thread):
     def _leave(self, session_id: str) -> None:
         assert self.process is not None
         try:
-            self.process.channel.unary(
-                ON_SESSION_LEAVE, b"", timeout=self.scheduler.settings.instance_call_timeout
-            )
+            self.process.channel.unary(ON_SESSION_LEAVE, b"", timeout=self.scheduler.settings.instance_call_timeout)
         except FlameError as exc:
             log.warning("instance %s: OnSessionLeave of %s failed: %s", self.instance_id, session_id, exc)
 

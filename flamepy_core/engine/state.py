@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -42,8 +43,18 @@ PENDING, RUNNING, SUCCEED, FAILED, CANCELLED = (
     pb.TaskState.Failed,
     pb.TaskState.Cancelled,
 )
-_COUNTER = {PENDING: "pending", RUNNING: "running", SUCCEED: "succeed", FAILED: "failed", CANCELLED: "cancelled"}
+_COUNTER: dict[int, str] = {
+    PENDING: "pending",
+    RUNNING: "running",
+    SUCCEED: "succeed",
+    FAILED: "failed",
+    CANCELLED: "cancelled",
+}
 TERMINAL = frozenset({SUCCEED, FAILED, CANCELLED})
+
+
+def _changed(task: pb.Task, entry: SessionEntry, state: int) -> bool:
+    return task.status.state != state or not entry.is_open
 
 
 def now_ms() -> int:
@@ -77,9 +88,9 @@ class Capacity:
 
     cpu: int = field(default_factory=lambda: os.cpu_count() or 1)
     memory: int = field(
-        default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        if hasattr(os, "sysconf")
-        else 1 << 34
+        default_factory=lambda: (
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 1 << 34
+        )
     )
     gpu: int = 0
 
@@ -88,7 +99,7 @@ class Capacity:
 class SessionEntry:
     """A live session: its message, its tasks (while open) and its queue of pending task ids."""
 
-    pb: pb.Session
+    message: pb.Session
     cond: threading.Condition
     tasks: dict[int, pb.Task] = field(default_factory=dict)
     pending: deque[int] = field(default_factory=deque)
@@ -98,11 +109,11 @@ class SessionEntry:
 
     @property
     def id(self) -> str:
-        return self.pb.metadata.id
+        return self.message.metadata.id
 
     @property
     def is_open(self) -> bool:
-        return self.pb.status.state == OPEN
+        return self.message.status.state == OPEN
 
 
 def _not_found(kind: str, name: str) -> FlameError:
@@ -149,7 +160,7 @@ class Engine:
         requeued = 0
         for (data,) in self.store.query("SELECT data FROM sessions"):
             session = pb.Session.FromString(data)
-            entry = SessionEntry(pb=session, cond=threading.Condition(self.lock))
+            entry = SessionEntry(message=session, cond=threading.Condition(self.lock))
             self._sessions[entry.id] = entry
             counts = dict(
                 self.store.query("SELECT state, COUNT(*) FROM tasks WHERE session_id = ? GROUP BY state", entry.id)
@@ -161,8 +172,8 @@ class Engine:
                 setattr(status, name, int(counts.get(int(state), 0)))
             if not entry.is_open:
                 continue
-            for tid, state, inp, out, st in self.store.query(
-                "SELECT id, state, input, output, status FROM tasks WHERE session_id = ? ORDER BY id", entry.id
+            for tid, inp, out, st in self.store.query(
+                "SELECT id, input, output, status FROM tasks WHERE session_id = ? ORDER BY id", entry.id
             ):
                 task = pb.Task()
                 task.metadata.id = str(tid)
@@ -185,15 +196,13 @@ class Engine:
     def pending_sessions(self) -> list[str]:
         """Open sessions with work waiting (used after a restart to start instances again)."""
         with self.lock:
-            return [s.id for s in self._sessions.values() if s.is_open and (s.pending or s.pb.spec.min_instances)]
+            return [s.id for s in self._sessions.values() if s.is_open and (s.pending or s.message.spec.min_instances)]
 
     # -- applications --------------------------------------------------------------------------------
 
     def _validate_app_spec(self, name: str, spec: pb.ApplicationSpec) -> None:
         _validate_name("application", name)
-        if spec.HasField("working_directory") and spec.working_directory and not os.path.isabs(
-            spec.working_directory
-        ):
+        if spec.HasField("working_directory") and spec.working_directory and not os.path.isabs(spec.working_directory):
             raise FlameError(
                 FlameErrorCode.INVALID_ARGUMENT,
                 f"working_directory of application {name} must be an absolute path, got "
@@ -244,7 +253,7 @@ class Engine:
             return app
 
     def _open_sessions_of(self, name: str) -> list[SessionEntry]:
-        return [s for s in self._sessions.values() if s.pb.spec.application == name and s.is_open]
+        return [s for s in self._sessions.values() if s.message.spec.application == name and s.is_open]
 
     def update_application(self, name: str, spec: pb.ApplicationSpec) -> pb.Application:
         self._validate_app_spec(name, spec)
@@ -272,7 +281,7 @@ class Engine:
                     f"{len(opened)} open sessions in the application {name}; close them before unregistering",
                 )
             del self._apps[name]
-            closed = [s.id for s in self._sessions.values() if s.pb.spec.application == name]
+            closed = [s.id for s in self._sessions.values() if s.message.spec.application == name]
             for sid in closed:
                 del self._sessions[sid]
             ops: list[tuple[str, tuple[object, ...]]] = [("DELETE FROM applications WHERE name = ?", (name,))]
@@ -299,7 +308,11 @@ class Engine:
         cap = self.capacity
         too_big = [
             f"{name}={want} (this machine has {have})"
-            for name, want, have in (("cpu", req.cpu, cap.cpu), ("memory", req.memory, cap.memory), ("gpu", req.gpu, cap.gpu))
+            for name, want, have in (
+                ("cpu", req.cpu, cap.cpu),
+                ("memory", req.memory, cap.memory),
+                ("gpu", req.gpu, cap.gpu),
+            )
             if want > have
         ]
         if too_big:
@@ -334,7 +347,7 @@ class Engine:
                 )
             session.status.state = OPEN
             session.status.creation_time = now_ms()
-            entry = SessionEntry(pb=session, cond=threading.Condition(self.lock))
+            entry = SessionEntry(message=session, cond=threading.Condition(self.lock))
             self._sessions[session_id] = entry
             self._save_session(entry)
         if spec.min_instances:
@@ -345,15 +358,15 @@ class Engine:
         self.store.execute(
             "INSERT OR REPLACE INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)",
             entry.id,
-            entry.pb.spec.application,
-            int(entry.pb.status.state),
-            entry.pb.SerializeToString(),
+            entry.message.spec.application,
+            int(entry.message.status.state),
+            entry.message.SerializeToString(),
         )
 
     def snapshot(self, entry: SessionEntry) -> pb.Session:
         with self.lock:
             copy = pb.Session()
-            copy.CopyFrom(entry.pb)
+            copy.CopyFrom(entry.message)
             return copy
 
     def _entry(self, session_id: str) -> SessionEntry:
@@ -384,7 +397,7 @@ class Engine:
         raise FlameError(FlameErrorCode.INTERNAL, f"session {session_id} could not be opened; try again")
 
     def _check_spec_matches(self, entry: SessionEntry, spec: pb.SessionSpec) -> None:
-        have = entry.pb.spec
+        have = entry.message.spec
         want_resreq = spec.resreq if spec.HasField("resreq") else self.default_resreq
 
         def text(r: pb.ResourceRequirement) -> str:
@@ -413,17 +426,17 @@ class Engine:
             entry = self._entry(session_id)
             if not entry.is_open:
                 return self.snapshot(entry)
-            if entry.pb.status.running:
+            if entry.message.status.running:
                 raise FlameError(
                     FlameErrorCode.INVALID_STATE,
                     f"Cannot close session with running tasks: session {session_id} has "
-                    f"{entry.pb.status.running} running; wait for them to finish, then close it",
+                    f"{entry.message.status.running} running; wait for them to finish, then close it",
                 )
             while entry.pending:
                 task = entry.tasks[entry.pending.popleft()]
                 self._set_state(entry, task, CANCELLED, "cancelled: the session was closed")
-            entry.pb.status.state = CLOSED
-            entry.pb.status.completion_time = now_ms()
+            entry.message.status.state = CLOSED
+            entry.message.status.completion_time = now_ms()
             self._save_session(entry)
             entry.tasks.clear()  # the store has them; closed sessions are read from there
             entry.attempts.clear()
@@ -461,8 +474,8 @@ class Engine:
             entry = self._sessions.get(session_id)
             if entry is None:
                 return
-            entry.pb.status.events.add(code=code, message=message, creation_time=now_ms())
-            del entry.pb.status.events[:-50]  # keep the newest; a flapping instance must not grow it forever
+            entry.message.status.events.add(code=code, message=message, creation_time=now_ms())
+            del entry.message.status.events[:-50]  # keep the newest; a flapping instance must not grow it forever
             self._save_session(entry)
 
     # -- tasks ---------------------------------------------------------------------------------------
@@ -492,7 +505,7 @@ class Engine:
 
     def _set_state(self, entry: SessionEntry, task: pb.Task, state: int, message: str | None = None) -> None:
         old = task.status.state
-        status = entry.pb.status
+        status = entry.message.status
         setattr(status, _COUNTER[old], getattr(status, _COUNTER[old]) - 1)
         setattr(status, _COUNTER[state], getattr(status, _COUNTER[state]) + 1)
         task.status.state = state  # type: ignore[assignment]
@@ -526,7 +539,7 @@ class Engine:
             task.status.events.add(code=EVENT_TASK_PENDING, creation_time=task.status.creation_time)
             entry.tasks[tid] = task
             entry.pending.append(tid)
-            entry.pb.status.pending += 1
+            entry.message.status.pending += 1
             self._persist_task(entry, task, with_input=True)
             entry.cond.notify_all()
             reply = pb.Task()
@@ -629,7 +642,7 @@ class Engine:
                 return
         while is_active():
             with self.lock:
-                entry.cond.wait_for(lambda: task.status.state != last or not entry.is_open, timeout=poll)
+                entry.cond.wait_for(partial(_changed, task, entry, last), timeout=poll)
                 if task.status.state == last:
                     if not entry.is_open and last not in TERMINAL:
                         return
@@ -673,7 +686,7 @@ class Engine:
             entry = self._sessions.get(session_id)
             if entry is None or not entry.is_open:
                 return 0
-            s = entry.pb
+            s = entry.message
             want = max(len(entry.pending) + s.status.running, s.spec.min_instances)
             if s.spec.HasField("max_instances"):
                 want = min(want, s.spec.max_instances)
@@ -717,7 +730,8 @@ class Engine:
                     entry,
                     task,
                     FAILED,
-                    f"{message}; gave up after {self.task_retry_limit} retries",
+                    f"{message}; gave up after {self.task_retry_limit} "
+                    f"{'retry' if self.task_retry_limit == 1 else 'retries'}",
                 )
                 return False
             self._set_state(entry, task, PENDING, f"retry {attempts}/{self.task_retry_limit}: {message}")

@@ -4,8 +4,8 @@ The engine keeps live state in memory and writes it behind through one writer th
 so a task costs no fsync and no commit of its own. Durability is a setting:
 
 * ``"batched"`` (default): changes are committed by the writer thread as soon as it gets to them, many
-  per transaction under load, with ``synchronous=NORMAL`` (WAL: durable across a process crash; a power loss may drop the last
-  few milliseconds of changes).
+  per transaction under load, with ``synchronous=NORMAL`` (WAL: durable across a process crash; a power
+  loss may drop the last few milliseconds of changes).
 * ``"strict"``: every change is committed, with ``synchronous=FULL``, before the call that made it returns.
 
 Rows hold the flame.v1 protobuf messages as blobs next to the columns we query by, so the on-disk

@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from flamepy_core.config import normalize_endpoint
@@ -31,10 +32,19 @@ log = logging.getLogger(__name__)
 ENDPOINT_ENV = "FLAME_INSTANCE_ENDPOINT"
 
 
+_RUNTIME_DIRS = tuple(str(Path(__file__).resolve().parent.parent.parent / pkg) for pkg in ("flamepy_core", "flamepy"))
+
+
 def describe_exception(exc: BaseException) -> str:
-    """The failure text a client receives: type, message and the service-side traceback."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return f"{type(exc).__name__}: {exc}\n\nTraceback in the service (most recent call last):\n{tb}"
+    """The failure text a client receives: type, message and the service's traceback.
+
+    Frames of the runtime itself are dropped: the user needs their own code's frames.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIRS):
+        tb = tb.tb_next
+    lines = "".join(traceback.format_exception(type(exc), exc, tb))
+    return f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}"
 
 
 def instance_handlers(service: FlameService) -> dict[str, Handler]:
@@ -65,9 +75,7 @@ def instance_handlers(service: FlameService) -> dict[str, Handler]:
 
     def invoke(data: bytes, _ctx: CallContext) -> bytes:
         request = shim_pb2.TaskContext.FromString(data)
-        context = TaskContext(
-            request.task_id, request.session_id, request.input if request.HasField("input") else None
-        )
+        context = TaskContext(request.task_id, request.session_id, request.input if request.HasField("input") else None)
         with lock:
             try:
                 output = service.on_task_invoke(context)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up, then run every check CI runs: ruff, mypy, the test suite, and the conformance suite against
+# each bundled transport. This is the README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+echo "== ruff"
+ruff check .
+echo "== mypy"
+mypy
+echo "== conformance suite against each bundled transport"
+for transport in inmem grpc zmq; do
+  flamepy-conformance --transport "$transport" -q
+done
+echo "== tests"
+python -m pytest "$@"

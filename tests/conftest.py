@@ -1,0 +1,112 @@
+"""Shared fixtures: a private FLAME_HOME with its own local server, and helpers to run real processes.
+
+Every server a test starts is stopped at teardown (which stops its instances), so no test leaves a
+process behind; ``no_leftover_processes`` checks that at the end of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flamepy_core.client import local
+from flamepy_core.client.connection import reset_default_connection
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+# Small runtime timings so failure paths take seconds (see flamepy_core.config.RuntimeSettings).
+FAST_SETTINGS = {
+    "FLAME_INSTANCE_START_TIMEOUT": "15",
+    "FLAME_SESSION_ENTER_TIMEOUT": "15",
+    "FLAME_DELAY_RELEASE": "2",
+    "FLAME_SHUTDOWN_GRACE": "2",
+    "FLAME_TASK_RETRY_LIMIT": "2",
+    "FLAME_INSTANCE_START_RETRY_LIMIT": "2",
+    "FLAME_HEARTBEAT_INTERVAL": "0.2",
+    "FLAME_IDLE_EXIT": "300",
+}
+
+
+class FlameEnv:
+    """A private FLAME_HOME: its environment, and helpers to run commands against it."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+
+    def run(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        timeout: float = 90,
+        check: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env, **(extra_env or {}))
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{argv} exited with {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            )
+        return proc
+
+    def python(
+        self,
+        code: str,
+        *,
+        cwd: Path | None = None,
+        timeout: float = 90,
+        check: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, timeout=timeout, check=check, extra_env=extra_env
+        )
+
+    def flmctl(self, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run([sys.executable, "-m", "flamepy_core.cli.main", *args], cwd=cwd, check=check)
+
+    def write_service(self, name: str, body: str, *, app: str | None = None, extra_spec: str = "") -> Path:
+        """Write ``<home>/apps/<name>/service.py`` and register it as application ``app`` (default ``name``)."""
+        folder = self.home / "apps" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "service.py").write_text(textwrap.dedent(body))
+        spec = folder / "app.yaml"
+        spec.write_text(
+            f"metadata:\n  name: {app or name}\nspec:\n  working_directory: .\n  command: {sys.executable}\n"
+            f"  arguments: [service.py]\n{textwrap.dedent(extra_spec)}"
+        )
+        self.flmctl("register", "--file", str(spec))
+        return folder
+
+
+@pytest.fixture
+def flame_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[FlameEnv]:
+    # A short path: unix socket paths must stay under ~100 characters.
+    home = Path(tempfile.mkdtemp(prefix="fh-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    env.update(FAST_SETTINGS)
+    env["FLAME_HOME"] = str(home)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    for key in [k for k in os.environ if k.startswith("FLAME_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("FLAME_"):
+            monkeypatch.setenv(key, value)
+    reset_default_connection()
+    try:
+        yield FlameEnv(home, env)
+    finally:
+        reset_default_connection()
+        local.stop_server(home, timeout=20)
+        shutil.rmtree(home, ignore_errors=True)
