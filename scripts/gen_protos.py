@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 PROTO_DIR = Path("flamepy_core") / "wire" / "proto"
-PROTOS = ("types.proto", "frontend.proto", "shim.proto", "cache.proto")
+PROTOS = ("types.proto", "frontend.proto", "shim.proto", "cache.proto", "ext.proto")
 
 # protoc's --pyi_out writes bare ``Mapping`` annotations, which ``mypy --strict`` rejects in every
 # module that imports the stubs; the header tells mypy not to report on generated stubs.

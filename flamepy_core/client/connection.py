@@ -28,7 +28,8 @@ from flamepy_core.model import (
     short_name,
     task_from_proto,
 )
-from flamepy_core.wire.methods import FRONTEND
+from flamepy_core.wire.methods import EXT, FRONTEND
+from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -42,6 +43,8 @@ class Connection:
         self.addr = addr
         self.channel = channel
         self.cache_endpoint = cache_endpoint or addr
+        self.has_extensions: bool | None = None
+        """Whether the server speaks flamepy.ext.v1 (None = not known yet)."""
         self._pid = os.getpid()
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -139,6 +142,36 @@ class Connection:
             spec.input = input_data
         task: pb.Task = self.call("CreateTask", fe.CreateTaskRequest(task=spec), "create task")
         return task
+
+    def get_task_message(self, session_id: str, task_id: str) -> pb.Task:
+        task: pb.Task = self.call("GetTask", fe.GetTaskRequest(session_id=session_id, task_id=task_id), "get task")
+        return task
+
+    def run_task(self, session_id: str, input_data: bytes | None, timeout: float | None = None) -> pb.Task:
+        """flamepy.ext.v1 RunTask: create the task and get it back completed, in one round trip."""
+        spec = pb.TaskSpec(session_id=session_id)
+        if input_data is not None:
+            spec.input = input_data
+        method = EXT["RunTask"]
+        try:
+            raw = self.channel.unary(method.path, fe.CreateTaskRequest(task=spec).SerializeToString(), timeout=timeout)
+        except FlameError as exc:
+            if exc.code == FlameErrorCode.DEADLINE_EXCEEDED and timeout is not None:
+                raise FlameError(
+                    exc.code, f"the task of session {session_id} did not finish within {timeout} s (it keeps running)"
+                ) from exc
+            raise FlameError(exc.code, f"failed to run task: {exc.message}") from exc
+        return pb.Task.FromString(raw)
+
+    def watch_session(self, session_id: str, after_task_id: int) -> Iterator[pb.Task]:
+        """flamepy.ext.v1 WatchSession: completed tasks of the session as they complete."""
+        method = EXT["WatchSession"]
+        request = ext_pb2.WatchSessionRequest(session_id=session_id, after_task_id=max(0, after_task_id))
+        try:
+            for raw in self.channel.stream(method.path, request.SerializeToString(), timeout=None):
+                yield pb.Task.FromString(raw)
+        except FlameError as exc:
+            raise FlameError(exc.code, f"failed to watch session {session_id}: {exc.message}") from exc
 
     def get_task(self, session_id: str, task_id: str) -> Task:
         reply: pb.Task = self.call("GetTask", fe.GetTaskRequest(session_id=session_id, task_id=task_id), "get task")

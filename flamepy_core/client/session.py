@@ -54,6 +54,146 @@ def task_failure(task: Task) -> FlameError:
     return TaskFailedError(task, message)
 
 
+def _outcome(task: Task) -> bytes | None:
+    """A completed task's output, or the error it stands for."""
+    if task.state.name == "SUCCEED":
+        return task.output
+    if task.is_completed():
+        raise task_failure(task)
+    raise FlameError(
+        FlameErrorCode.UNAVAILABLE,
+        f"the wait for task {task.id} ended while the task was {task.state.name}; the server may have stopped",
+    )
+
+
+class SessionWatcher:
+    """One WatchSession stream completing the futures of every task ``run()`` submitted in a session.
+
+    Results that arrive before their future is registered (the stream can be faster than CreateTask's
+    reply) wait in ``_early``. If the stream breaks it is reopened after the lowest pending id; after
+    ``RECONNECTS`` failed attempts the pending futures fail with the error.
+    """
+
+    RECONNECTS = 5
+    EARLY_LIMIT = 100_000
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future[bytes | None]] = {}
+        self._early: dict[int, pb.Task] = {}
+        self._thread: threading.Thread | None = None
+        self._unsupported = False
+
+    def add(self, task_id: int, future: Future[bytes | None]) -> bool:
+        """Take charge of ``future``; False when the server lacks WatchSession (use per-task watches)."""
+        with self._lock:
+            if self._unsupported:
+                return False
+            early = self._early.pop(task_id, None)
+            if early is None:
+                self._pending[task_id] = future
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(
+                        target=self._run, args=(task_id - 1,), name=f"flame-watch-{self.session.id}", daemon=True
+                    )
+                    self._thread.start()
+                return True
+        _settle(future, early)
+        return True
+
+    def _run(self, after: int) -> None:
+        failures = 0
+        while True:
+            try:
+                for snapshot in self.session.connection.watch_session(self.session.id, after):
+                    failures = 0
+                    self._deliver(snapshot)
+                    after = max(after, 0)
+                error: FlameError | None = None
+            except FlameError as exc:
+                error = exc
+            with self._lock:
+                if error is not None and error.code == FlameErrorCode.UNIMPLEMENTED:
+                    self._unsupported = True
+                    self.session.connection.has_extensions = False
+                    pending, self._pending = self._pending, {}
+                elif not self._pending:
+                    self._thread = None
+                    return
+                else:
+                    pending = {}
+                    after = min(self._pending) - 1
+            if pending:  # the server has no WatchSession: watch these one by one
+                for tid, future in pending.items():
+                    _watch_pool(self.session.connection).submit(_await_into, self.session, tid, future)
+                return
+            if error is None:
+                # The stream ended (the session closed): settle what is left from the tasks' final state.
+                self._settle_remaining()
+                return
+            failures += 1
+            if failures > self.RECONNECTS:
+                self._fail_all(error)
+                return
+            time.sleep(min(2.0, 0.1 * 2**failures))
+
+    def _deliver(self, snapshot: pb.Task) -> None:
+        tid = int(snapshot.metadata.id)
+        with self._lock:
+            future = self._pending.pop(tid, None)
+            if future is None:
+                if len(self._early) < self.EARLY_LIMIT:
+                    self._early[tid] = snapshot
+                return
+        _settle(future, snapshot)
+
+    def _settle_remaining(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._thread = None
+        for tid, future in pending.items():
+            try:
+                _settle(future, self.session.connection.get_task_message(self.session.id, str(tid)))
+            except FlameError as exc:
+                future.set_exception(exc)
+
+    def _fail_all(self, error: FlameError) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._thread = None
+        for future in pending.values():
+            future.set_exception(error)
+
+
+def _settle(future: Future[bytes | None], snapshot: pb.Task) -> None:
+    try:
+        future.set_result(_outcome(task_from_proto(snapshot)))
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
+def _await_into(session: Session, task_id: int, future: Future[bytes | None]) -> None:
+    try:
+        future.set_result(session._await(str(task_id)))
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
+_watchers_lock = threading.Lock()
+_watchers: dict[tuple[int, str], SessionWatcher] = {}
+
+
+def _session_watcher(session: Session) -> SessionWatcher:
+    key = (id(session.connection), session.id)
+    with _watchers_lock:
+        watcher = _watchers.get(key)
+        if watcher is None:
+            watcher = SessionWatcher(session)
+            _watchers[key] = watcher
+        return watcher
+
+
 class TaskWatcher:
     """Iterator of task snapshots until the task completes. ``timeout`` bounds the whole watch."""
 
@@ -119,21 +259,21 @@ class Session:
             last = snapshot
         if last is None:
             raise FlameError(FlameErrorCode.INTERNAL, f"the watch of task {task_id} ended without an answer")
-        task = task_from_proto(last)
-        if task.state.name == "SUCCEED":
-            return task.output
-        if task.is_completed():
-            raise task_failure(task)
-        raise FlameError(
-            FlameErrorCode.UNAVAILABLE,
-            f"the watch of task {task_id} ended while the task was {task.state.name}; the server may have stopped",
-        )
+        return _outcome(task_from_proto(last))
 
     def run(self, input_data: bytes | None) -> Future[bytes | None]:
-        """Create the task now (errors raise here), and return a future of its output."""
+        """Create the task now (errors raise here), and return a future of its output.
+
+        Against flamepy's server one stream per session completes every future; against Flame's, each
+        task is watched on a bounded pool shared by the connection.
+        """
         task = self.create_task(input_data)
         future: Future[bytes | None] = Future()
         future.set_running_or_notify_cancel()
+        if self.connection.has_extensions is not False:
+            watcher = _session_watcher(self)
+            if watcher.add(int(task.id), future):
+                return future
 
         def watch() -> None:
             try:
@@ -145,7 +285,22 @@ class Session:
         return future
 
     def invoke(self, input_data: bytes | None, timeout: float | None = None) -> bytes | None:
-        """Run one task and wait for its output; ``timeout`` (seconds) bounds the wait, default none."""
+        """Run one task and wait for its output; ``timeout`` (seconds) bounds the wait, default none.
+
+        Against flamepy's server this is one round trip (RunTask); against Flame's, CreateTask + WatchTask.
+        """
+        if input_data is not None and not isinstance(input_data, (bytes, bytearray, memoryview)):
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "input_data must be bytes in core API")
+        if self.connection.has_extensions is not False:
+            try:
+                done = self.connection.run_task(self.id, None if input_data is None else bytes(input_data), timeout)
+            except FlameError as exc:
+                if exc.code != FlameErrorCode.UNIMPLEMENTED:
+                    raise
+                self.connection.has_extensions = False
+            else:
+                self.connection.has_extensions = True
+                return _outcome(task_from_proto(done))
         task = self.create_task(input_data)
         if timeout is None:
             return self._await(task.id)

@@ -17,8 +17,8 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import CallContext, Handler, StreamHandler, UnaryHandler
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.state import Engine
-from flamepy_core.wire.methods import FRONTEND, OBJECT_CACHE, Method
-from flamepy_core.wire.proto import cache_pb2, frontend_pb2
+from flamepy_core.wire.methods import EXT, FRONTEND, OBJECT_CACHE, Method
+from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
 
@@ -146,3 +146,20 @@ def cache_handlers(cache: ObjectCache) -> dict[str, Handler]:
         "DeleteObjects": lambda r: cache_pb2.DeleteObjectsResponse(deleted=cache.delete(r.key_prefix)),
     }
     return {method.path: _unary(method, unary[name]) for name, method in OBJECT_CACHE.items()}
+
+
+def ext_handlers(engine: Engine) -> dict[str, Handler]:
+    """The ``flamepy.ext.v1.Tasks`` table: flamepy's faster paths for invoke and run()."""
+
+    def run_task(data: bytes, ctx: CallContext) -> bytes:
+        r: frontend_pb2.CreateTaskRequest = _parse(EXT["RunTask"], data)
+        task_input = r.task.input if r.task.HasField("input") else None
+        return engine.run_task(r.task.session_id, task_input, ctx.is_active).SerializeToString()
+
+    def watch_session(r: ext_pb2.WatchSessionRequest, ctx: CallContext) -> Iterator[pb.Task]:
+        return engine.watch_session(r.session_id, r.after_task_id, ctx.is_active)
+
+    return {
+        EXT["RunTask"].path: UnaryHandler(run_task),
+        EXT["WatchSession"].path: _stream(EXT["WatchSession"], watch_session),
+    }

@@ -24,7 +24,7 @@ from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import CallContext, Handler, Server, StreamHandler, Transport, UnaryHandler
 from flamepy_core.engine.executor import InstanceLink, Launcher
-from flamepy_core.engine.frontend import cache_handlers, frontend_handlers
+from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.scheduler import Scheduler
 from flamepy_core.engine.state import Engine
@@ -37,6 +37,7 @@ SERVER_FILE = "server.json"
 LOCK_FILE = "server.lock"
 DB_FILE = "flame.db"
 MAX_UNIX_PATH = 100
+SERVER_WORKERS = 512
 
 
 def default_listen(home: Path, transport: str | None = None) -> str:
@@ -139,7 +140,10 @@ class FlameServer:
         if self.publish:
             self._take_lock()
         options = {"max_message_size": self.settings.max_message_size}
-        frontend_transport = self._frontend_transport or self.registry.transport(self.listen, **options)
+        # Watches and RunTask hold a server thread while they wait: give the frontend plenty.
+        frontend_transport = self._frontend_transport or self.registry.transport(
+            self.listen, **options, max_workers=SERVER_WORKERS
+        )
         self.store = Store(self.db_path, durability=self.durability)
         self.engine = Engine(
             self.store,
@@ -149,7 +153,9 @@ class FlameServer:
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
         # cache handlers: build the cache with a placeholder, then fix its public endpoint once bound.
         self.cache = ObjectCache(self.store, endpoint="")
-        handlers = self.activity.wrap({**frontend_handlers(self.engine), **cache_handlers(self.cache)})
+        handlers = self.activity.wrap(
+            {**frontend_handlers(self.engine), **ext_handlers(self.engine), **cache_handlers(self.cache)}
+        )
         server = frontend_transport.serve(self.listen, handlers)
         self._servers.append(server)
         self.endpoint = server.endpoint

@@ -105,7 +105,9 @@ class SessionEntry:
     pending: deque[int] = field(default_factory=deque)
     attempts: dict[int, int] = field(default_factory=dict)
     next_id: int = 1
-    bind_failures: int = 0
+    completions: list[pb.Task] = field(default_factory=list)
+    """Tasks in the order they completed, for session watchers (kept while a watcher needs them)."""
+    watchers: int = 0
 
     @property
     def id(self) -> str:
@@ -440,6 +442,8 @@ class Engine:
             self._save_session(entry)
             entry.tasks.clear()  # the store has them; closed sessions are read from there
             entry.attempts.clear()
+            if not entry.watchers:
+                entry.completions = []
             entry.cond.notify_all()
             snapshot = self.snapshot(entry)
         self.scheduler.session_closed(session_id)
@@ -512,6 +516,7 @@ class Engine:
         ts = now_ms()
         if state in TERMINAL:
             task.status.completion_time = ts
+            entry.completions.append(task)
         event = task.status.events.add(code=int(state), creation_time=ts)
         if message is not None:
             event.message = message
@@ -653,6 +658,62 @@ class Engine:
             yield snap
             if last in TERMINAL:
                 return
+
+    def run_task(self, session_id: str, task_input: bytes | None, is_active: Callable[[], bool]) -> pb.Task:
+        """Create a task and return it once completed (flamepy's RunTask: one round trip per invoke)."""
+        created = self.create_task(session_id, task_input)
+        tid = int(created.metadata.id)
+        with self.lock:
+            entry = self._entry(session_id)
+            task = entry.tasks[tid]
+            while task.status.state not in TERMINAL:
+                if not is_active():
+                    raise FlameError(
+                        FlameErrorCode.CANCELLED, f"the caller stopped waiting for task {tid}; it keeps running"
+                    )
+                entry.cond.wait(timeout=0.5)
+            snap = pb.Task()
+            snap.CopyFrom(task)
+            return snap
+
+    def watch_session(
+        self, session_id: str, after_task_id: int, is_active: Callable[[], bool], poll: float = 0.5
+    ) -> Iterator[pb.Task]:
+        """Completed tasks of the session with id > ``after_task_id``, in completion order, until it closes."""
+        with self.lock:
+            entry = self._entry(session_id)
+            if not entry.is_open:
+                stored = self._iter_stored_tasks(session_id)
+                entry = None  # type: ignore[assignment]
+            else:
+                entry.watchers += 1
+        if entry is None:
+            for task in stored:
+                if int(task.metadata.id) > after_task_id and task.status.state in TERMINAL:
+                    yield task
+            return
+        index = 0
+        try:
+            while True:
+                with self.lock:
+                    if index >= len(entry.completions) and entry.is_open and is_active():
+                        entry.cond.wait(timeout=poll)
+                    batch = []
+                    for task in entry.completions[index:]:
+                        if int(task.metadata.id) > after_task_id:
+                            snap = pb.Task()
+                            snap.CopyFrom(task)
+                            batch.append(snap)
+                    index = len(entry.completions)
+                    finished = not entry.is_open or not is_active()
+                yield from batch
+                if finished:
+                    return
+        finally:
+            with self.lock:
+                entry.watchers -= 1
+                if not entry.is_open and not entry.watchers:
+                    entry.completions = []
 
     # -- what instance drivers call --------------------------------------------------------------------
 

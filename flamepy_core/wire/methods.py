@@ -19,10 +19,11 @@ from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from flamepy_core.wire.proto import cache_pb2, frontend_pb2, shim_pb2
+from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2, shim_pb2
 
 __all__ = [
     "ALL_METHODS",
+    "EXT",
     "FRONTEND",
     "INSTANCE",
     "OBJECT_CACHE",
@@ -82,6 +83,9 @@ INSTANCE: Mapping[str, Method] = _service_table(shim_pb2.DESCRIPTOR, "Instance")
 OBJECT_CACHE: Mapping[str, Method] = _service_table(cache_pb2.DESCRIPTOR, "ObjectCache")
 """flamepy's object cache (``flamepy.cache.v1.ObjectCache``)."""
 
+EXT: Mapping[str, Method] = _service_table(ext_pb2.DESCRIPTOR, "Tasks")
+"""flamepy's Frontend extensions (``flamepy.ext.v1.Tasks``): served by flamepy's server only."""
+
 
 def _by_path(*tables: Mapping[str, Method]) -> Mapping[str, Method]:
     """Merge tables into one keyed by gRPC path; a duplicate path would be a routing bug, so refuse it."""
@@ -94,5 +98,5 @@ def _by_path(*tables: Mapping[str, Method]) -> Mapping[str, Method]:
     return MappingProxyType(merged)
 
 
-ALL_METHODS: Mapping[str, Method] = _by_path(FRONTEND, INSTANCE, OBJECT_CACHE)
+ALL_METHODS: Mapping[str, Method] = _by_path(FRONTEND, INSTANCE, OBJECT_CACHE, EXT)
 """Every method above keyed by its gRPC path: what a server dispatches on."""

@@ -38,6 +38,6 @@ class CloudpickleSerializer:
             raise FlameError(
                 FlameErrorCode.INVALID_ARGUMENT,
                 f"serializer 'cloudpickle' cannot decode {len(data)} bytes "
-                f"(starting {bytes(data[:8])!r}): {type(exc).__name__}: {exc}. "
-                f"Were they written by another serializer, or is a class missing in this process?",
+                f"(starting {bytes(data[:8])!r}): {type(exc).__name__}: {str(exc).rstrip('.')}; "
+                f"were they written by another serializer, or is a class missing in this process?",
             ) from exc
