@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
 from flamepy_core.client.api import create_session, open_session
-from flamepy_core.client.objects import get_object, put_object
+from flamepy_core.client.objects import delete_objects, get_object, put_object
 from flamepy_core.client.session import Session as CoreSession
 from flamepy_core.config import resolve_config
 from flamepy_core.contracts.serializer import Serializer
@@ -46,14 +47,20 @@ class Session:
             common_data = None
             if ctx is not None:
                 common_data = put_object(f"{name}/{sid}", ctx).encode()
-            self._session = create_session(
-                name,
-                common_data,
-                session_id=sid,
-                min_instances=min_instances,
-                max_instances=max_instances,
-                resreq=ResourceRequirement.from_any(resreq),
-            )
+            try:
+                self._session = create_session(
+                    name,
+                    common_data,
+                    session_id=sid,
+                    min_instances=min_instances,
+                    max_instances=max_instances,
+                    resreq=ResourceRequirement.from_any(resreq),
+                )
+            except BaseException:
+                if common_data is not None:  # leave no orphan context behind
+                    with contextlib.suppress(Exception):
+                        delete_objects(f"{name}/{sid}")
+                raise
 
     def _core(self) -> CoreSession:
         if self._session is None:
@@ -94,8 +101,9 @@ class Session:
     def close(self) -> None:
         """Close the session (once; later calls do nothing)."""
         if self._session is not None:
-            session, self._session = self._session, None
-            session.close()
+            # Forget the session only once it is closed: a refused close (running tasks) leaves it usable.
+            self._session.close()
+            self._session = None
 
     def __enter__(self) -> Session:
         return self

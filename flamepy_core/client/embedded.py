@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from flamepy_core.client.transports import shared_transport
-from flamepy_core.engine.server import FlameServer
+from flamepy_core.engine.server import SERVER_WORKERS, FlameServer
 
 _lock = threading.Lock()
 _servers: dict[str, FlameServer] = {}
@@ -28,7 +28,7 @@ def ensure_inprocess_server(endpoint: str, home: Path) -> FlameServer:
                 home,
                 endpoint,
                 publish=False,
-                frontend_transport=shared_transport(endpoint),
+                frontend_transport=shared_transport(endpoint, max_workers=SERVER_WORKERS),
                 db_path=home / f"inmem-{name}.db",
             )
             server.start()

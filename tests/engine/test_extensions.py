@@ -1,0 +1,125 @@
+"""flamepy.ext.v1 (RunTask, WatchSession) and the client's fallback to plain flame.v1.
+
+The server here is the real engine behind the in-memory transport; a thread plays the instance (takes
+tasks, answers them), so the client paths are tested without processes. The same assertions run with
+and without the extension handlers: results must not depend on which path the client took.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import wait
+from pathlib import Path
+
+import pytest
+from flamepy_transports.inmem.transport import InMemoryTransport
+
+from flamepy_core.client.connection import Connection
+from flamepy_core.client.session import TaskFailedError
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.frontend import ext_handlers, frontend_handlers
+from flamepy_core.engine.state import Engine
+from flamepy_core.engine.store import Store
+from flamepy_core.model import SessionAttributes
+from flamepy_core.wire.proto import types_pb2 as pb
+
+
+class FakeInstance(threading.Thread):
+    """Answers every task of a session: the reversed input, or a failure for b"fail"."""
+
+    def __init__(self, engine: Engine, session_id: str) -> None:
+        super().__init__(daemon=True)
+        self.engine, self.session_id = engine, session_id
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                task = self.engine.take_task(self.session_id, timeout=0.05)
+            except FlameError:
+                return
+            if task is None:
+                continue
+            if task.spec.input == b"fail":
+                self.engine.fail_task(self.session_id, task.metadata.id, "ValueError: asked to fail")
+            else:
+                self.engine.complete_task(self.session_id, task.metadata.id, task.spec.input[::-1])
+
+
+@pytest.fixture(params=["with-extensions", "flame-v1-only"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Connection, Engine, bool]]:
+    store = Store(tmp_path / "flame.db")
+    engine = Engine(store)
+    engine.register_application("app", pb.ApplicationSpec(command="python"))
+    handlers = frontend_handlers(engine)
+    with_ext = request.param == "with-extensions"
+    if with_ext:
+        handlers.update(ext_handlers(engine))
+    transport = InMemoryTransport()
+    server = transport.serve("inmem://ext", handlers)
+    conn = Connection("inmem://ext", transport.connect("inmem://ext"))
+    try:
+        yield conn, engine, with_ext
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_invoke_and_run_give_the_same_answers_on_both_paths(setup: tuple[Connection, Engine, bool]) -> None:
+    conn, engine, with_ext = setup
+    session = conn.create_session(SessionAttributes("app", id="s1"))
+    worker = FakeInstance(engine, "s1")
+    worker.start()
+    try:
+        assert session.invoke(b"abc") == b"cba"
+        assert conn.has_extensions is with_ext
+        futures = [session.run(bytes([i, 1])) for i in range(60)]
+        done, not_done = wait(futures, timeout=20)
+        assert not not_done
+        assert [f.result() for f in futures] == [bytes([1, i]) for i in range(60)]
+        with pytest.raises(TaskFailedError) as info:
+            session.invoke(b"fail")
+        assert "asked to fail" in info.value.message
+        failing = session.run(b"fail")
+        assert isinstance(failing.exception(timeout=10), TaskFailedError)
+        assert engine.get_session("s1").status.succeed == 61
+    finally:
+        worker.stop.set()
+
+
+def test_invoke_timeout_says_the_task_keeps_running(setup: tuple[Connection, Engine, bool]) -> None:
+    conn, engine, _ = setup
+    session = conn.create_session(SessionAttributes("app", id="s2"))  # no instance: the task never runs
+    with pytest.raises(FlameError) as info:
+        session.invoke(b"x", timeout=0.3)
+    assert info.value.code == FlameErrorCode.DEADLINE_EXCEEDED
+    assert "keeps running" in info.value.message
+    assert engine.get_session("s2").status.pending == 1
+
+
+def test_pending_futures_settle_when_the_session_closes(setup: tuple[Connection, Engine, bool]) -> None:
+    conn, engine, _ = setup
+    session = conn.create_session(SessionAttributes("app", id="s3"))
+    futures = [session.run(b"x") for _ in range(3)]
+    conn.close_session("s3")
+    for future in futures:
+        error = future.exception(timeout=10)
+        assert isinstance(error, FlameError) and "cancelled" in error.message
+
+
+def test_watch_session_replays_tasks_completed_before_the_stream(tmp_path: Path) -> None:
+    store = Store(tmp_path / "flame.db")
+    engine = Engine(store)
+    engine.register_application("app", pb.ApplicationSpec(command="python"))
+    engine.create_session("s", pb.SessionSpec(application="app"))
+    for i in range(5):
+        engine.create_task("s", bytes([i]))
+        task = engine.take_task("s", timeout=0)
+        assert task is not None
+        engine.complete_task("s", task.metadata.id, b"ok")
+    stream = engine.watch_session("s", 2, lambda: True, poll=0.05)
+    assert [t.metadata.id for t in (next(stream), next(stream), next(stream))] == ["3", "4", "5"]
+    engine.close_session("s")
+    assert list(stream) == []
+    store.close()
