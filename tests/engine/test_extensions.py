@@ -75,7 +75,7 @@ def test_invoke_and_run_give_the_same_answers_on_both_paths(setup: tuple[Connect
         assert session.invoke(b"abc") == b"cba"
         assert conn.has_extensions is with_ext
         futures = [session.run(bytes([i, 1])) for i in range(60)]
-        done, not_done = wait(futures, timeout=20)
+        _done, not_done = wait(futures, timeout=20)
         assert not not_done
         assert [f.result() for f in futures] == [bytes([1, i]) for i in range(60)]
         with pytest.raises(TaskFailedError) as info:
@@ -99,7 +99,7 @@ def test_invoke_timeout_says_the_task_keeps_running(setup: tuple[Connection, Eng
 
 
 def test_pending_futures_settle_when_the_session_closes(setup: tuple[Connection, Engine, bool]) -> None:
-    conn, engine, _ = setup
+    conn, _engine, _ = setup
     session = conn.create_session(SessionAttributes("app", id="s3"))
     futures = [session.run(b"x") for _ in range(3)]
     conn.close_session("s3")
