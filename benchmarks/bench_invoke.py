@@ -3,7 +3,8 @@
 Measured in one run, on this machine:
 
 * ``raw two-hop``: a 100-byte unary call client -> relay process -> worker process -> back, with plain
-  grpcio (identity serializers) over unix sockets: the floor for any client -> server -> instance path.
+  grpcio (identity serializers) over unix sockets, or with ``--transport zmq`` plain pyzmq DEALER/ROUTER
+  over ipc: the floor of that transport for any client -> server -> instance path.
 * ``core invoke``: ``flamepy.core`` ``Session.invoke(bytes)`` on a warm session (instance already bound).
 * ``service invoke``: ``flamepy.service.Session.invoke(obj)`` (adds cloudpickle both ways).
 * ``run() throughput``: N no-op tasks submitted with ``Session.run()`` to one session with 2 instances.
@@ -89,6 +90,67 @@ def raw_two_hop(tmp: Path, iterations: int) -> list[float]:
             call(PAYLOAD, timeout=10)
             samples.append(time.perf_counter() - start)
         channel.close()
+        return samples
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join(5)
+
+
+def _zmq_worker(path: str, ready: mp.synchronize.Event) -> None:
+    import zmq
+
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(f"ipc://{path}")
+    ready.set()
+    while True:
+        sock.send_multipart(sock.recv_multipart())
+
+
+def _zmq_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    front = ctx.socket(zmq.ROUTER)
+    front.bind(f"ipc://{path}")
+    back = ctx.socket(zmq.DEALER)
+    back.connect(f"ipc://{worker}")
+    ready.set()
+    while True:
+        ident, payload = front.recv_multipart()
+        back.send(payload)
+        front.send_multipart([ident, back.recv()])
+
+
+def raw_two_hop_zmq(tmp: Path, iterations: int) -> list[float]:
+    import zmq
+
+    ctx = mp.get_context("spawn")
+    worker_path, relay_path = str(tmp / "w.ipc"), str(tmp / "r.ipc")
+    ready_w, ready_r = ctx.Event(), ctx.Event()
+    procs = [
+        ctx.Process(target=_zmq_worker, args=(worker_path, ready_w), daemon=True),
+        ctx.Process(target=_zmq_relay, args=(relay_path, worker_path, ready_r), daemon=True),
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        if not (ready_w.wait(30) and ready_r.wait(30)):
+            raise RuntimeError("raw baseline servers did not start")
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 10000)
+        sock.connect(f"ipc://{relay_path}")
+        for _ in range(200):
+            sock.send(PAYLOAD)
+            sock.recv()
+        samples = []
+        for _ in range(iterations):
+            start = time.perf_counter()
+            sock.send(PAYLOAD)
+            sock.recv()
+            samples.append(time.perf_counter() - start)
+        sock.close()
         return samples
     finally:
         for proc in procs:
@@ -200,14 +262,15 @@ def main() -> int:
     from flamepy_core.client.local import stop_server
 
     try:
-        raw = raw_two_hop(tmp, args.iterations)
+        raw = (raw_two_hop_zmq if args.transport == "zmq" else raw_two_hop)(tmp, args.iterations)
         ours = flamepy_numbers(tmp, args.iterations, args.tasks)
     finally:
         stop_server(tmp / "home")
         shutil.rmtree(tmp, ignore_errors=True)
 
     raw_med = statistics.median(raw)
-    rows = [("raw grpcio two hops (floor)", raw_med, _percentile(raw, 99), 1.0)]
+    floor = "raw pyzmq two hops (floor)" if args.transport == "zmq" else "raw grpcio two hops (floor)"
+    rows = [(floor, raw_med, _percentile(raw, 99), 1.0)]
     for key, label in (("core_invoke", "flamepy core invoke (warm)"), ("service_invoke", "flamepy service invoke")):
         samples = ours[key]
         assert isinstance(samples, list)
