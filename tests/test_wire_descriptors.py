@@ -417,8 +417,12 @@ def test_method_tables() -> None:
     assert methods.OBJECT_CACHE["GetObject"].path == "/flamepy.cache.v1.ObjectCache/GetObject"
 
     streaming = {m.path for m in methods.ALL_METHODS.values() if m.server_streaming}
-    assert streaming == {"/flame.v1.Frontend/WatchTask", "/flame.v1.Frontend/ListTask"}
-    assert len(methods.ALL_METHODS) == 18 + 3 + 5
+    assert streaming == {
+        "/flame.v1.Frontend/WatchTask",
+        "/flame.v1.Frontend/ListTask",
+        "/flamepy.ext.v1.Tasks/WatchSession",
+    }
+    assert len(methods.ALL_METHODS) == 18 + 3 + 5 + 2  # Frontend, Instance, ObjectCache, flamepy.ext.v1
     assert all(path == m.path for path, m in methods.ALL_METHODS.items())
 
     # The tables hand out the generated classes themselves, not look-alikes.
