@@ -222,7 +222,8 @@ def cmd_view(args: argparse.Namespace) -> int:
             print(to_json(data))
         else:
             for key, value in data.items():
-                print(f"{key + ':':<20}{when(value) if key == 'creation_time' else value}")
+                shown = when(value) if key == "creation_time" else getattr(value, "name", value)
+                print(f"{key + ':':<20}{shown}")
         return 0
     if args.session and args.task:
         task = conn.get_task(args.session, args.task)

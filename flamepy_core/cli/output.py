@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 
@@ -20,6 +21,16 @@ def when(dt: datetime | None) -> str:
 
 
 def to_json(value: Any) -> str:
+    def plain(o: Any) -> Any:
+        # json.dumps never calls ``default`` for IntEnum members (they are ints): name them here.
+        if isinstance(o, Enum):
+            return o.name
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [plain(v) for v in o]
+        return o
+
     def default(o: Any) -> Any:
         if isinstance(o, datetime):
             return o.isoformat()
@@ -29,4 +40,4 @@ def to_json(value: Any) -> str:
             return o.name
         return str(o)
 
-    return json.dumps(value, indent=2, default=default, sort_keys=False)
+    return json.dumps(plain(value), indent=2, default=default, sort_keys=False)

@@ -13,7 +13,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 def _load() -> TransportFactory:
     from flamepy_transports.inmem.transport import InMemoryTransport
 
-    return InMemoryTransport
+    return InMemoryTransport  # type: ignore[return-value]
 
 
 @hookimpl
