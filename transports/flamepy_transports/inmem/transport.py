@@ -40,6 +40,10 @@ SCHEME = "inmem://"
 _END = object()
 
 
+class _DeadlinePassed(Exception):
+    """The caller's deadline passed while waiting (distinct from a handler raising TimeoutError)."""
+
+
 def _name_of(endpoint: str) -> str:
     if not endpoint.startswith(SCHEME):
         raise FlameError(
@@ -93,8 +97,8 @@ class InMemoryServer:
             raise unavailable(self.endpoint, "the server is shutting down") from exc
         future.add_done_callback(lambda _f: self._release(ctx))
         try:
-            result = future.result(timeout=timeout)
-        except FutureTimeout:
+            result = self._await(future, ctx, method, timeout)
+        except _DeadlinePassed:
             ctx.cancel()
             raise deadline_exceeded(method, self.endpoint, timeout) from None
         except BaseException as exc:
@@ -108,6 +112,24 @@ class InMemoryServer:
             )
         return bytes(result)
 
+    def _await(self, future: Future[bytes], ctx: SimpleCallContext, method: str, timeout: float | None) -> bytes:
+        """The handler's result; _DeadlinePassed at the deadline; UNAVAILABLE once stop() cancels the call.
+
+        Waits in short slices so a call whose handler ignores cancellation still ends when the server's
+        grace runs out, instead of waiting for the handler (or the whole deadline).
+        """
+        while True:
+            remaining = ctx.time_remaining()
+            try:
+                return future.result(timeout=0.05 if remaining is None else min(remaining, 0.05))
+            except FutureTimeout:
+                if future.done():
+                    raise  # the handler's own TimeoutError: reported like any other handler error
+                if remaining is not None and ctx.time_remaining() == 0.0:
+                    raise _DeadlinePassed from None
+                if self._stopped.is_set() and not ctx.is_active():
+                    raise unavailable(self.endpoint, f"the server stopped during the call of {method}") from None
+
     def submit_stream(self, method: str, request: bytes, timeout: float | None) -> Iterator[bytes]:
         handler, ctx = self._admit(method, timeout)
         if not isinstance(handler, StreamHandler):
@@ -117,10 +139,13 @@ class InMemoryServer:
 
         def produce() -> None:
             try:
+                limit = self._transport.capabilities.max_message_size
                 for item in handler.fn(request, ctx):
+                    data = bytes(item)
+                    check_size(len(data), limit, what=f"response to {method}", endpoint=self.endpoint)
                     while ctx.is_active():
                         try:
-                            items.put(bytes(item), timeout=0.05)
+                            items.put(data, timeout=0.05)
                             break
                         except queue.Full:
                             continue
@@ -164,6 +189,11 @@ class InMemoryServer:
         finally:
             ctx.cancel()
 
+    def _running(self, ctx: SimpleCallContext) -> bool:
+        # A finished call is released from _active but its context stays "active" until its deadline.
+        with self._lock:
+            return ctx in self._active
+
     def stop(self, grace: float | None = None) -> None:
         with self._lock:
             if self._stopped.is_set():
@@ -176,7 +206,7 @@ class InMemoryServer:
             waited = threading.Event()
             deadline = grace
             step = 0.01
-            while deadline > 0 and any(c.is_active() for c in active):
+            while deadline > 0 and any(c.is_active() and self._running(c) for c in active):
                 waited.wait(step)
                 deadline -= step
         for ctx in active:

@@ -1,0 +1,5 @@
+from flamepy_conformance import TransportTests
+
+
+class TestZmqConformance(TransportTests):
+    transport_name = "zmq"
