@@ -1,0 +1,564 @@
+"""The gRPC transport: opaque bytes on gRPC method paths, so it speaks Flame's own protocol.
+
+Server: one :class:`grpc.GenericRpcHandler` routes the full method path (``/flame.v1.Frontend/CreateTask``)
+to our byte handler; no (de)serializer is installed, so message bytes pass through untouched and a Flame
+client stub lands on our handler. A handler's ``FlameError`` is sent with the status Flame's own server
+uses plus the trailer ``flame-error-code`` (see :mod:`flamepy_transports.grpc.status`).
+
+Client: :class:`GrpcChannel` wraps one ``grpc.Channel``. Calls are not ``wait_for_ready``, so a stopped
+server fails promptly with UNAVAILABLE. A connection-level UNAVAILABLE retires the ``grpc.Channel``
+and the next call dials a fresh one at once, so a server restarted on the same endpoint is reached by
+the next call instead of after gRPC's reconnect back-off (kept short anyway: 100 ms to 1 s).
+
+Fork hygiene follows gRPC's "use after fork" advice (doc/fork_support.md): a gRPC object made before
+``fork()`` is never used in the child. The channel wrapper records the pid that built its
+``grpc.Channel`` and, in another process, builds a fresh one; the parent's is kept referenced in the
+child, never closed or destroyed there. Every channel uses a *local* subchannel pool, so that fresh
+channel opens its own connection instead of picking the parent's inherited socket out of gRPC's global
+pool (without it, children fail intermittently). A server is refused by name in a forked child.
+``GRPC_ENABLE_FORK_SUPPORT``/``GRPC_POLL_STRATEGY=poll`` are deliberately not set: measured with grpcio
+1.85, they made forked children hang whenever the parent had calls in flight. gRPC itself cannot fork
+safely while another thread is inside it (its fork handlers are then skipped), so fork from a process
+that is a client between calls, not from one that runs a gRPC server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import (
+    DEFAULT_TIMEOUT,
+    Handler,
+    StreamHandler,
+    Timeout,
+    TransportCapabilities,
+    UnaryHandler,
+)
+from flamepy_core.transport_kit import (
+    DEFAULT_CALL_TIMEOUT,
+    check_size,
+    error_from_handler,
+    resolve_timeout,
+    unavailable,
+)
+from flamepy_transports.grpc.address import (
+    Address,
+    diagnose_bind_failure,
+    parse_endpoint,
+    prepare_unix_path,
+    remove_socket_file,
+)
+from flamepy_transports.grpc.plugin import DEFAULT_MAX_MESSAGE_SIZE, SCHEMES
+from flamepy_transports.grpc.status import (
+    MAX_METADATA_SIZE,
+    code_from_trailer,
+    error_from_status,
+    status_for,
+    trailer_for,
+    wire_message,
+)
+
+GRPC_MAX_MESSAGE_SIZE = 2**31 - 1
+"""gRPC message limits are signed 32-bit."""
+DEFAULT_KEEPALIVE_TIME_MS = 30_000
+DEFAULT_KEEPALIVE_TIMEOUT_MS = 10_000
+DEFAULT_MAX_WORKERS = 32
+STOP_WAIT = 10.0
+"""Seconds ``stop`` waits, beyond ``grace``, for gRPC to release the endpoint."""
+
+_inherited: list[Any] = []
+"""gRPC channels a forked child inherited: kept referenced so the child never closes or destroys them."""
+
+
+def _client_options(max_message_size: int, keepalive_time_ms: int, keepalive_timeout_ms: int) -> list[Any]:
+    return [
+        ("grpc.max_send_message_length", max_message_size),
+        ("grpc.max_receive_message_length", max_message_size),
+        ("grpc.max_metadata_size", MAX_METADATA_SIZE),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_SIZE),
+        ("grpc.keepalive_time_ms", keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        # A restarted server is found again quickly; a call is never queued waiting for one.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        # Each channel owns its connections: after fork a fresh channel never picks up the parent's.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
+def _server_options(max_message_size: int, keepalive_time_ms: int, keepalive_timeout_ms: int) -> list[Any]:
+    return [
+        ("grpc.max_send_message_length", max_message_size),
+        ("grpc.max_receive_message_length", max_message_size),
+        ("grpc.max_metadata_size", MAX_METADATA_SIZE),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_SIZE),
+        ("grpc.keepalive_time_ms", keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Accept our clients' keepalive pings (and anyone's at most this often) without a GOAWAY.
+        ("grpc.http2.min_ping_interval_without_data_ms", min(keepalive_time_ms, 10_000)),
+        ("grpc.http2.max_ping_strikes", 0),
+        # A port already served must fail to bind, not be silently shared.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+# -- server -----------------------------------------------------------------------------------------
+
+
+class GrpcCallContext:
+    """The server-side :class:`~flamepy_core.contracts.transport.CallContext` over a ServicerContext."""
+
+    __slots__ = ("_context", "_method")
+
+    def __init__(self, method: str, context: Any) -> None:
+        self._method = method
+        self._context = context
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    def time_remaining(self) -> float | None:
+        remaining = self._context.time_remaining()
+        if remaining is None or remaining > 1e9:  # gRPC reports "no deadline" as a huge number
+            return None
+        return max(0.0, float(remaining))
+
+    def is_active(self) -> bool:
+        if not self._context.is_active():
+            return False
+        remaining = self.time_remaining()
+        return remaining is None or remaining > 0.0
+
+
+def _abort(context: Any, error: FlameError) -> None:
+    """End the call with ``error``: Flame's status for it, the message, and the exact code as a trailer."""
+    context.set_trailing_metadata(trailer_for(error.code))
+    context.abort(status_for(error.code), wire_message(error.message))
+
+
+class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Routes a full method path to its byte handler; an unknown path gets gRPC's UNIMPLEMENTED."""
+
+    def __init__(self, handlers: Mapping[str, Handler], limit: int) -> None:
+        self.endpoint = "(not bound yet)"
+        """Where the server listens, for error messages; set once the address is bound."""
+        self._limit = limit
+        self._table: dict[str, Any] = {}
+        for method, handler in handlers.items():
+            if isinstance(handler, UnaryHandler):
+                self._table[method] = grpc.unary_unary_rpc_method_handler(self._unary(method, handler))
+            elif isinstance(handler, StreamHandler):
+                self._table[method] = grpc.unary_stream_rpc_method_handler(self._stream(method, handler))
+            else:
+                raise TypeError(
+                    f"handler for {method} is {type(handler).__name__}, not a UnaryHandler or StreamHandler"
+                )
+
+    def service(self, handler_call_details: Any) -> Any:
+        return self._table.get(handler_call_details.method)
+
+    def _checked(self, method: str, value: object) -> bytes | FlameError:
+        """A handler's output as bytes, or the error to send instead (not bytes, or too large)."""
+        if type(value) is not bytes:
+            if not isinstance(value, (bytearray, memoryview)):
+                return FlameError(
+                    FlameErrorCode.INTERNAL, f"handler for {method} returned {type(value).__name__}, not bytes"
+                )
+            value = bytes(value)
+        if len(value) > self._limit:
+            try:
+                check_size(len(value), self._limit, what=f"response to {method}", endpoint=self.endpoint)
+            except FlameError as exc:
+                return exc
+        return value
+
+    def _unary(self, method: str, handler: UnaryHandler) -> Any:
+        fn = handler.fn
+        limit = self._limit
+
+        def behavior(request: bytes, context: Any) -> bytes | None:
+            try:
+                result = fn(request, GrpcCallContext(method, context))
+            except Exception as exc:
+                _abort(context, error_from_handler(method, exc))
+                return None  # pragma: no cover - abort raises
+            if type(result) is bytes and len(result) <= limit:
+                return result  # the common case, kept short
+            checked = self._checked(method, result)
+            if isinstance(checked, FlameError):
+                _abort(context, checked)
+                return None  # pragma: no cover - abort raises
+            return checked
+
+        return behavior
+
+    def _stream(self, method: str, handler: StreamHandler) -> Any:
+        fn = handler.fn
+
+        def behavior(request: bytes, context: Any) -> Iterator[bytes]:
+            # Headers first: the caller's stream() learns at once that the call was accepted.
+            context.send_initial_metadata(())
+            error: FlameError | None = None
+            try:
+                for item in fn(request, GrpcCallContext(method, context)):
+                    checked = self._checked(method, item)
+                    if isinstance(checked, FlameError):
+                        error = checked
+                        break
+                    yield checked
+            except Exception as exc:
+                error = error_from_handler(method, exc)
+            if error is not None:
+                _abort(context, error)
+
+        return behavior
+
+
+class GrpcServer:
+    """A running gRPC server. ``endpoint`` is the bound address with a requested port 0 resolved."""
+
+    def __init__(self, address: Address, server: Any, pool: ThreadPoolExecutor) -> None:
+        self._address = address
+        self._server = server
+        self._pool = pool
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._stopped: threading.Event | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self._address.endpoint
+
+    def _check_process(self) -> None:
+        pid = os.getpid()
+        if pid != self._pid:
+            raise FlameError(
+                FlameErrorCode.INVALID_STATE,
+                f"the gRPC server on {self.endpoint} was created in process {self._pid} and cannot be used "
+                f"in process {pid} (a fork() child); gRPC servers do not survive fork, start a new one here",
+            )
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop; running calls get up to ``grace`` seconds. Idempotent; returns once the endpoint is free."""
+        self._check_process()
+        with self._lock:
+            first = self._stopped is None
+            if self._stopped is None:
+                self._stopped = self._server.stop(grace)
+            done = self._stopped
+        done.wait(timeout=(grace or 0.0) + STOP_WAIT)
+        if first:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._address.is_unix:
+                remove_socket_file(self._address)
+
+    def __repr__(self) -> str:
+        return f"GrpcServer({self.endpoint!r})"
+
+
+# -- client -----------------------------------------------------------------------------------------
+
+
+class _Link:
+    """One ``grpc.Channel`` and its cached callables, owned by the process that built it."""
+
+    __slots__ = ("channel", "pid", "streams", "unaries")
+
+    def __init__(self, target: str, options: list[Any]) -> None:
+        self.pid = os.getpid()
+        self.channel: Any = grpc.insecure_channel(target, options=options)
+        self.unaries: dict[str, Any] = {}
+        self.streams: dict[str, Any] = {}
+
+    def unary(self, method: str) -> Any:
+        call = self.unaries.get(method)
+        if call is None:
+            call = self.unaries[method] = self.channel.unary_unary(method)
+        return call
+
+    def stream(self, method: str) -> Any:
+        call = self.streams.get(method)
+        if call is None:
+            call = self.streams[method] = self.channel.unary_stream(method)
+        return call
+
+
+class ResponseStream(Iterator[bytes]):
+    """The iterator ``GrpcChannel.stream`` returns. Closing it early (or dropping it) cancels the call."""
+
+    def __init__(self, channel: GrpcChannel, link: _Link, method: str, call: Any, timeout: float | None) -> None:
+        self._channel = channel
+        self._link = link
+        self._method = method
+        self._call = call
+        self._timeout = timeout
+        self._finished = False
+
+    def __iter__(self) -> ResponseStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._finished:
+            raise StopIteration
+        try:
+            item: bytes = next(self._call)
+        except StopIteration:
+            self._finished = True
+            raise
+        except grpc.RpcError as exc:
+            self._finished = True
+            raise self._channel._error(exc, self._method, self._timeout, self._link) from None
+        return item
+
+    def close(self) -> None:
+        """Stop reading; cancels the call if it is still running. Idempotent."""
+        if not self._finished:
+            self._finished = True
+            self._call.cancel()
+
+    def __enter__(self) -> ResponseStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to cancel
+            self.close()
+
+
+class GrpcChannel:
+    """A thread-safe channel to one endpoint; rebuilt transparently in a forked child."""
+
+    def __init__(
+        self, address: Address, options: list[Any], default_timeout: float | None, max_message_size: int
+    ) -> None:
+        self._address = address
+        self._endpoint = address.endpoint
+        self._options = options
+        self._default_timeout = default_timeout
+        self._limit = max_message_size
+        self._lock = threading.Lock()
+        self._closed = False
+        self._link = _Link(address.target, options)
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def _closed_error(self) -> FlameError:
+        return unavailable(self._endpoint, "the channel is closed")
+
+    def _current(self) -> _Link:
+        link = self._link
+        if self._closed:
+            raise self._closed_error()
+        if link.pid == os.getpid():
+            return link
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            link = self._link
+            if link.pid != os.getpid():
+                # A forked child: never touch the parent's channel (keep it alive so it is not
+                # destroyed here either); open this process's own.
+                _inherited.append(link.channel)
+                link = self._link = _Link(self._address.target, self._options)
+            return link
+
+    def _error(self, exc: Any, method: str, timeout: float | None, link: _Link | None = None) -> FlameError:
+        """The FlameError for a failed call; a connection-level UNAVAILABLE also retires ``link``."""
+        code = exc.code() if hasattr(exc, "code") else None
+        if self._closed and code == grpc.StatusCode.CANCELLED:
+            return self._closed_error()
+        trailer = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        error = error_from_status(
+            code,
+            exc.details() if hasattr(exc, "details") else str(exc),
+            trailer,
+            endpoint=self._endpoint,
+            method=method,
+            timeout=timeout,
+        )
+        if link is not None and code == grpc.StatusCode.UNAVAILABLE and code_from_trailer(trailer) is None:
+            self._retire(link)
+        return error
+
+    def _retire(self, link: _Link) -> None:
+        """Replace a link whose connection failed, so the next call dials at once.
+
+        gRPC would otherwise wait out its reconnect back-off before trying again, and a server restarted
+        on the same endpoint would stay unreachable for that long. The old channel is dropped, not
+        closed: calls still running on it end on their own and it is freed with its last reference.
+        """
+        with self._lock:
+            if self._link is link and not self._closed and link.pid == os.getpid():
+                self._link = _Link(self._address.target, self._options)
+
+    def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
+        """Send one request, return the one response; every failure is a :class:`FlameError`."""
+        check_size(len(request), self._limit, what="request", endpoint=self._endpoint)
+        seconds = resolve_timeout(timeout, self._default_timeout)
+        link = self._current()
+        call = link.unary(method)
+        if type(request) is not bytes:
+            request = bytes(request)
+        try:
+            response: bytes = call(request, timeout=seconds)
+        except grpc.RpcError as exc:
+            raise self._error(exc, method, seconds, link) from None
+        except ValueError:  # "Cannot invoke RPC on closed channel!"
+            if self._closed:
+                raise self._closed_error() from None
+            raise
+        return response
+
+    def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> ResponseStream:
+        """Send one request and iterate the responses; one deadline covers the whole stream.
+
+        Returns once the server has accepted the call, so an unknown method or an absent server raises
+        here; a handler's own error is raised while iterating.
+        """
+        check_size(len(request), self._limit, what="request", endpoint=self._endpoint)
+        seconds = resolve_timeout(timeout, self._default_timeout)
+        link = self._current()
+        multi = link.stream(method)
+        if type(request) is not bytes:
+            request = bytes(request)
+        try:
+            call = multi(request, timeout=seconds)
+        except ValueError:
+            if self._closed:
+                raise self._closed_error() from None
+            raise
+        stream = ResponseStream(self, link, method, call, seconds)
+        try:
+            call.initial_metadata()  # headers, or the end of a call that failed before any
+            if call.done() and call.code() != grpc.StatusCode.OK and not _has_error_trailer(call):
+                raise self._error(call, method, seconds, link)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the channel is connected; ``FlameError(UNAVAILABLE)`` after ``timeout`` seconds."""
+        future = grpc.channel_ready_future(self._current().channel)
+        try:
+            future.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise unavailable(self._endpoint, f"the gRPC channel was not ready within {timeout} s") from None
+        finally:
+            future.cancel()
+
+    def close(self) -> None:
+        """Close the channel. Idempotent; later calls raise ``FlameError(UNAVAILABLE)``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            link = self._link
+        if link.pid == os.getpid():
+            link.channel.close()
+        else:
+            _inherited.append(link.channel)  # the parent's: leave it alone
+
+    def __enter__(self) -> GrpcChannel:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"GrpcChannel({self._endpoint!r}{', closed' if self._closed else ''})"
+
+
+def _has_error_trailer(call: Any) -> bool:
+    metadata: Iterable[Any] | None = call.trailing_metadata()
+    return code_from_trailer(metadata) is not None
+
+
+# -- transport --------------------------------------------------------------------------------------
+
+
+class GrpcTransport:
+    """The gRPC transport: channels and servers for ``grpc://``, ``http://`` and ``unix://``."""
+
+    name = "grpc"
+    schemes: tuple[str, ...] = SCHEMES
+
+    def __init__(
+        self,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        default_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        keepalive_time_ms: int = DEFAULT_KEEPALIVE_TIME_MS,
+        keepalive_timeout_ms: int = DEFAULT_KEEPALIVE_TIMEOUT_MS,
+    ) -> None:
+        if not 0 < max_message_size <= GRPC_MAX_MESSAGE_SIZE:
+            raise ValueError(
+                f"max_message_size must be between 1 and {GRPC_MAX_MESSAGE_SIZE} bytes (gRPC's limit), "
+                f"got {max_message_size}"
+            )
+        if default_timeout is not None and default_timeout <= 0:
+            raise ValueError(f"default_timeout must be > 0 seconds or None, got {default_timeout}")
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        if keepalive_time_ms < 1 or keepalive_timeout_ms < 1:
+            raise ValueError(
+                f"keepalive_time_ms and keepalive_timeout_ms must be >= 1, "
+                f"got {keepalive_time_ms} and {keepalive_timeout_ms}"
+            )
+        self.capabilities = TransportCapabilities(
+            max_message_size=max_message_size, streaming=True, cross_process=True, tls=False, auth=False
+        )
+        self._default_timeout = default_timeout
+        self._max_workers = max_workers
+        self._client_options = _client_options(max_message_size, keepalive_time_ms, keepalive_timeout_ms)
+        self._server_options = _server_options(max_message_size, keepalive_time_ms, keepalive_timeout_ms)
+
+    def connect(self, endpoint: str) -> GrpcChannel:
+        """A channel to ``endpoint``; lazy: an absent server shows on the first call (or ``wait_ready``)."""
+        address = parse_endpoint(endpoint)
+        return GrpcChannel(address, self._client_options, self._default_timeout, self.capabilities.max_message_size)
+
+    def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> GrpcServer:
+        """Serve ``handlers`` on ``endpoint`` (port 0 picks a free port) and return once it accepts calls."""
+        address = parse_endpoint(endpoint)
+        if address.is_unix:
+            prepare_unix_path(address)
+        router = _Router(handlers, self.capabilities.max_message_size)  # refuses a bad handler first
+        pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="flamepy-grpc")
+        server = grpc.server(pool, handlers=[router], options=self._server_options)
+        try:
+            port = server.add_insecure_port(address.target)
+        except RuntimeError:
+            port = 0
+        if not port:
+            server.stop(None)
+            pool.shutdown(wait=False)
+            code, reason = diagnose_bind_failure(address)
+            raise FlameError(code, f"cannot serve on {endpoint}: {reason}")
+        bound = address if address.is_unix else address.with_port(port)
+        router.endpoint = bound.endpoint
+        server.start()
+        return GrpcServer(bound, server, pool)
