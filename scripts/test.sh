@@ -11,7 +11,7 @@ echo "== mypy"
 mypy
 echo "== conformance suite against each bundled transport"
 for transport in inmem grpc zmq; do
-  flamepy-conformance --transport "$transport" -q
+  flamepy-conformance --transport "$transport"
 done
 echo "== tests"
 python -m pytest "$@"

@@ -46,7 +46,7 @@ class Session:
             sid = short_name(name)
             common_data = None
             if ctx is not None:
-                common_data = put_object(f"{name}/{sid}", ctx).encode()
+                common_data = put_object(f"{name}/{sid}", ctx, serializer=self._serializer).encode()
             try:
                 self._session = create_session(
                     name,

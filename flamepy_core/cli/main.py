@@ -128,7 +128,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         id=args.session or short_name(args.application),
         resreq=ResourceRequirement.from_string(args.resreq) if args.resreq else None,
     )
-    session = _connection(args).create_session(attrs)
+    session = _connection(args).create_session(attrs, priority=args.priority)
     print(f"Session {session.id} was created.")
     return 0
 

@@ -110,8 +110,9 @@ class Connection:
 
     # -- sessions ------------------------------------------------------------------------------------
 
-    def create_session(self, attrs: SessionAttributes) -> Session:
+    def create_session(self, attrs: SessionAttributes, *, priority: int = 0) -> Session:
         spec = session_attributes_to_spec(attrs)
+        spec.priority = priority
         session_id = attrs.id or short_name(attrs.application)
         reply = self.call(
             "CreateSession", fe.CreateSessionRequest(session_id=session_id, session=spec), "create session"

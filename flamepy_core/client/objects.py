@@ -161,9 +161,13 @@ def _serializer() -> Serializer:
     return get_registry().serializer(resolve_config().serializer)
 
 
-def put_object(key_prefix: str, obj: Any) -> ObjectRef:
-    """Store ``obj`` under ``"<app>/<session>"``; the cache names it. Returns a ref at version 1."""
-    return cache_client().put(key_prefix, encode_value(obj, _serializer()))
+def put_object(key_prefix: str, obj: Any, *, serializer: Serializer | None = None) -> ObjectRef:
+    """Store ``obj`` under ``"<app>/<session>"``; the cache names it. Returns a ref at version 1.
+
+    ``serializer`` (default: the configured one) encodes values that are not bytes; readers decode with
+    the serializer named in the stored blob, whatever their own configuration.
+    """
+    return cache_client().put(key_prefix, encode_value(obj, serializer or _serializer()))
 
 
 def get_object(ref: ObjectRef, deserializer: Callable[[Any, list[Any]], Any] | None = None) -> Any:

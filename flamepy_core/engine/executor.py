@@ -70,6 +70,7 @@ class InstanceProcess:
         channel: Channel,
         err_path: Path,
         socket_path: str | None,
+        tail_lines: int = 20,
     ) -> None:
         self.id = instance_id
         self.app_name = app_name
@@ -78,6 +79,7 @@ class InstanceProcess:
         self.channel = channel
         self.err_path = err_path
         self._socket_path = socket_path
+        self.tail_lines = tail_lines
 
     @property
     def pid(self) -> int:
@@ -100,7 +102,7 @@ class InstanceProcess:
             detail += f"; last lines of its stderr ({self.err_path}):\n{tail}"
         return detail
 
-    def stderr_tail(self, lines: int = 20) -> str:
+    def stderr_tail(self, lines: int | None = None) -> str:
         try:
             with open(self.err_path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
@@ -109,7 +111,7 @@ class InstanceProcess:
                 text = fh.read().decode("utf-8", "replace")
         except OSError:
             return ""
-        return "\n".join(deque(text.rstrip().splitlines(), maxlen=lines))
+        return "\n".join(deque(text.rstrip().splitlines(), maxlen=self.tail_lines if lines is None else lines))
 
     def stop(self, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; closes the channel and removes the socket."""
@@ -144,8 +146,10 @@ class Launcher:
         cache_endpoint: str,
         frontend_endpoint: str,
         extra_env: dict[str, str] | None = None,
+        stderr_tail_lines: int = 20,
     ) -> None:
         self.home = home
+        self.stderr_tail_lines = stderr_tail_lines
         self.link = link
         self.cache_endpoint = cache_endpoint
         self.frontend_endpoint = frontend_endpoint
@@ -206,7 +210,9 @@ class Launcher:
             )
         log.info("started instance %s of %s: pid %d, %s", instance_id, name, popen.pid, " ".join(argv))
         channel = self.link.transport.connect(url)
-        return InstanceProcess(instance_id, name, popen, url, channel, err_path, socket_path)
+        return InstanceProcess(
+            instance_id, name, popen, url, channel, err_path, socket_path, tail_lines=self.stderr_tail_lines
+        )
 
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")

@@ -51,8 +51,8 @@ def _ok() -> pb.Result:
     return pb.Result(return_code=0)
 
 
-def frontend_handlers(engine: Engine) -> dict[str, Handler]:
-    """The ``flame.v1.Frontend`` table."""
+def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[str, Handler]:
+    """The ``flame.v1.Frontend`` table. With ``cache``, unregistering an app also drops its objects."""
 
     def require_spec(request: Any, what: str) -> None:
         if not request.HasField("application"):
@@ -70,6 +70,8 @@ def frontend_handlers(engine: Engine) -> dict[str, Handler]:
 
     def unregister(r: frontend_pb2.UnregisterApplicationRequest) -> pb.Result:
         engine.unregister_application(r.name)
+        if cache is not None:  # its sessions are gone, so are their contexts and objects
+            cache.delete(f"{r.name}/*")
         return _ok()
 
     def list_apps(_r: Any) -> pb.ApplicationList:

@@ -130,6 +130,7 @@ class FlameServer:
         self._servers: list[Server] = []
         self._lock_file: IO[str] | None = None
         self._socket_dir: Path | None = None
+        self._own_socket_dir = False
         self._stopped = threading.Event()
         self.endpoint = ""
         self.cache_endpoint = ""
@@ -154,7 +155,7 @@ class FlameServer:
         # cache handlers: build the cache with a placeholder, then fix its public endpoint once bound.
         self.cache = ObjectCache(self.store, endpoint="")
         handlers = self.activity.wrap(
-            {**frontend_handlers(self.engine), **ext_handlers(self.engine), **cache_handlers(self.cache)}
+            {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
         )
         server = frontend_transport.serve(self.listen, handlers)
         self._servers.append(server)
@@ -166,6 +167,7 @@ class FlameServer:
         else:
             # An in-process frontend: instances (separate processes) reach the cache over the link.
             self._socket_dir = Path(tempfile.mkdtemp(prefix="flame-"))
+            self._own_socket_dir = True
             listen = (
                 f"unix://{self._socket_dir}/cache.sock"
                 if "unix" in link_transport.schemes
@@ -176,13 +178,19 @@ class FlameServer:
             self.cache_endpoint = cache_server.endpoint
         self.cache.endpoint = self.cache_endpoint
         if self._socket_dir is None:
-            self._socket_dir = Path(os.environ.get("FLAME_SOCKET_DIR") or tempfile.mkdtemp(prefix="flame-"))
-            self._socket_dir.mkdir(parents=True, exist_ok=True)
+            configured = os.environ.get("FLAME_SOCKET_DIR")
+            if configured:
+                self._socket_dir = Path(configured)
+                self._socket_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                self._socket_dir = Path(tempfile.mkdtemp(prefix="flame-"))
+                self._own_socket_dir = True
         self.launcher = Launcher(
             home,
             InstanceLink(link_transport, self._socket_dir),
             cache_endpoint=self.cache_endpoint,
             frontend_endpoint=self.endpoint,
+            stderr_tail_lines=self.settings.stderr_tail_lines,
         )
         self.scheduler = Scheduler(self.engine, self.launcher, self.settings)
         for session_id in self.engine.pending_sessions():
@@ -250,7 +258,7 @@ class FlameServer:
         store = getattr(self, "store", None)
         if store is not None:
             store.close()
-        if self._socket_dir is not None and self._socket_dir.name.startswith("flame-"):
+        if self._socket_dir is not None and self._own_socket_dir:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
         if self._lock_file is not None:
             self._lock_file.close()
