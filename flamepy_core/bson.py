@@ -95,8 +95,7 @@ def encode(doc: Mapping[str, Any]) -> bytes:
 def _encode_document(out: bytearray, doc: Mapping[Any, Any], path: str, depth: int) -> None:
     if depth >= MAX_DEPTH:
         raise ValueError(
-            f"BSON nesting deeper than {MAX_DEPTH} levels at {path or '<root>'} "
-            "(is the document self-referencing?)"
+            f"BSON nesting deeper than {MAX_DEPTH} levels at {path or '<root>'} (is the document self-referencing?)"
         )
     start = len(out)
     out += b"\x00\x00\x00\x00"  # length placeholder, patched below
@@ -112,9 +111,7 @@ def _encode_document(out: bytearray, doc: Mapping[Any, Any], path: str, depth: i
 
 def _encode_array(out: bytearray, items: list[Any] | tuple[Any, ...], path: str, depth: int) -> None:
     if depth >= MAX_DEPTH:
-        raise ValueError(
-            f"BSON nesting deeper than {MAX_DEPTH} levels at {path} (is the list self-referencing?)"
-        )
+        raise ValueError(f"BSON nesting deeper than {MAX_DEPTH} levels at {path} (is the list self-referencing?)")
     start = len(out)
     out += b"\x00\x00\x00\x00"
     for index, value in enumerate(items):
@@ -126,9 +123,7 @@ def _encode_array(out: bytearray, items: list[Any] | tuple[Any, ...], path: str,
 def _patch_length(out: bytearray, start: int, path: str) -> None:
     length = len(out) - start
     if length > _INT32_MAX:
-        raise ValueError(
-            f"BSON document at {path or '<root>'} is {length} bytes; the format's limit is 2**31-1"
-        )
+        raise ValueError(f"BSON document at {path or '<root>'} is {length} bytes; the format's limit is 2**31-1")
     _I32.pack_into(out, start, length)
 
 
@@ -226,9 +221,7 @@ def decode(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     return cast("dict[str, Any]", _decode_document(buf, 0, len(buf), 0, array=False))
 
 
-def _decode_document(
-    buf: bytes, start: int, end: int, depth: int, *, array: bool
-) -> dict[str, Any] | list[Any]:
+def _decode_document(buf: bytes, start: int, end: int, depth: int, *, array: bool) -> dict[str, Any] | list[Any]:
     """Decode the document spanning ``buf[start:end]`` (its length field already validated)."""
     if depth >= MAX_DEPTH:
         raise BSONDecodeError(f"nesting deeper than {MAX_DEPTH} levels", start)
@@ -252,9 +245,7 @@ def _decode_document(
         value, pos = _decode_value(buf, etype, type_pos, pos, end - 1, depth)
         if array:
             if key != str(len(items)):
-                raise BSONDecodeError(
-                    f"array key {key!r} out of sequence (expected {str(len(items))!r})", key_pos
-                )
+                raise BSONDecodeError(f"array key {key!r} out of sequence (expected {str(len(items))!r})", key_pos)
             items.append(value)
         else:
             if key in doc:

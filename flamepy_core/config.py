@@ -466,9 +466,7 @@ def load_flame_file(path: str | os.PathLike[str]) -> ContextEntry | None:
         if ctx.name == current:
             return ctx
     defined = ", ".join(c.name for c in contexts) or "none"
-    raise FlameError(
-        FlameErrorCode.INVALID_CONFIG, f"context {current} not found in {p}; contexts defined: {defined}"
-    )
+    raise FlameError(FlameErrorCode.INVALID_CONFIG, f"context {current} not found in {p}; contexts defined: {defined}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -675,9 +673,7 @@ class FlameContext:
     ``FLAME_HOME``. Use :func:`resolve_config` to know what the client will really use.
     """
 
-    def __init__(
-        self, *, home: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, *, home: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> None:
         e = _environ(env)
         self._home = Path(home).expanduser().absolute() if home is not None else flame_home(e)
         self._entry = load_flame_file(self._home / DEFAULT_FLAME_CONF)
@@ -840,9 +836,7 @@ class RuntimeSettings:
                 object.__setattr__(self, f.name, value)
             elif not isinstance(value, int):
                 if not (math.isfinite(value) and float(value).is_integer()):
-                    raise FlameError(
-                        FlameErrorCode.INVALID_CONFIG, f"{what} must be a whole number, got {value!r}"
-                    )
+                    raise FlameError(FlameErrorCode.INVALID_CONFIG, f"{what} must be a whole number, got {value!r}")
                 value = int(value)
                 object.__setattr__(self, f.name, value)
             _check_range(what, value, minimum)

@@ -125,15 +125,11 @@ def _enum_value(enum_cls: type[_E], value: Any, where: str) -> _E:
             raise ValueError(f"{where}: unknown {enum_cls.__name__} name {value!r}; accepted: {accepted}")
         return member
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{where} must be a {enum_cls.__name__}, got {type(value).__name__}; accepted: {accepted}"
-        )
+        raise TypeError(f"{where} must be a {enum_cls.__name__}, got {type(value).__name__}; accepted: {accepted}")
     try:
         return enum_cls(value)
     except ValueError:
-        raise ValueError(
-            f"{where}: {value} is not a {enum_cls.__name__} number; accepted: {accepted}"
-        ) from None
+        raise ValueError(f"{where}: {value} is not a {enum_cls.__name__} number; accepted: {accepted}") from None
 
 
 def _wire(member: IntEnum) -> Any:
@@ -167,9 +163,7 @@ def _check_opt_str_list(value: Any, where: str) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(
-            f"{where} must be a list of str, got {type(value).__name__} {value!r} (wrap one item in [...])"
-        )
+        raise TypeError(f"{where} must be a list of str, got {type(value).__name__} {value!r} (wrap one item in [...])")
     items = list(value)
     for i, item in enumerate(items):
         if not isinstance(item, str):
@@ -220,9 +214,7 @@ def datetime_to_ms(dt: datetime) -> int:
     if not isinstance(dt, datetime):
         raise TypeError(f"expected a datetime, got {type(dt).__name__}")
     if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(
-            f"datetime {dt.isoformat()} is naive; pass a tz-aware one, e.g. datetime.now(timezone.utc)"
-        )
+        raise ValueError(f"datetime {dt.isoformat()} is naive; pass a tz-aware one, e.g. datetime.now(timezone.utc)")
     return (dt - _EPOCH) // timedelta(milliseconds=1)
 
 
@@ -283,9 +275,7 @@ _MEMORY_HELP = (
     "use a whole number of bytes with an optional binary suffix k, m, g, t, p (also kb/ki/kib ...), "
     "e.g. 512, 4g, 1536mi; decimals such as 1.5g are not accepted"
 )
-_RESREQ_HELP = (
-    "expected comma-separated key=value pairs with keys cpu, mem (or memory), gpu, e.g. 'cpu=2,mem=4g'"
-)
+_RESREQ_HELP = "expected comma-separated key=value pairs with keys cpu, mem (or memory), gpu, e.g. 'cpu=2,mem=4g'"
 
 
 def parse_memory(value: int | str) -> int:
@@ -302,9 +292,7 @@ def parse_memory(value: int | str) -> int:
             raise ValueError(f"memory size must not be negative, got {value}")
         return value
     if not isinstance(value, str):
-        raise TypeError(
-            f"memory size must be an int or a str like '4g', got {type(value).__name__} {value!r}"
-        )
+        raise TypeError(f"memory size must be an int or a str like '4g', got {type(value).__name__} {value!r}")
     text = value.strip().lower()
     if not text:
         return 0
@@ -347,9 +335,7 @@ class ResourceRequirement:
 
     def __post_init__(self) -> None:
         _check_int(self.cpu, "ResourceRequirement.cpu", 0, _UINT64_MAX, " (whole CPUs)")
-        _check_int(
-            self.memory, "ResourceRequirement.memory", 0, _UINT64_MAX, " (bytes; parse_memory('4g') helps)"
-        )
+        _check_int(self.memory, "ResourceRequirement.memory", 0, _UINT64_MAX, " (bytes; parse_memory('4g') helps)")
         _check_int(self.gpu, "ResourceRequirement.gpu", 0, _INT32_MAX, " (whole GPUs)")
 
     @classmethod
@@ -381,9 +367,7 @@ class ResourceRequirement:
             raw_key, raw_value = entry.split("=")
             key, value = raw_key.strip().lower(), raw_value.strip()
             if not value:
-                raise ValueError(
-                    f"invalid resource requirement {s!r}: entry {entry!r} has no value; {_RESREQ_HELP}"
-                )
+                raise ValueError(f"invalid resource requirement {s!r}: entry {entry!r} has no value; {_RESREQ_HELP}")
             if key in ("mem", "memory"):
                 try:
                     values["memory"] = parse_memory(value)
@@ -421,9 +405,7 @@ class ResourceRequirement:
     def from_any(cls, value: ResourceRequirement | Mapping[str, Any] | str) -> ResourceRequirement: ...
 
     @classmethod
-    def from_any(
-        cls, value: ResourceRequirement | Mapping[str, Any] | str | None
-    ) -> ResourceRequirement | None:
+    def from_any(cls, value: ResourceRequirement | Mapping[str, Any] | str | None) -> ResourceRequirement | None:
         """Accept every form users write a resource requirement in.
 
         ``None`` (let the server apply its default), a ``ResourceRequirement`` (returned as is), a dict
@@ -440,9 +422,7 @@ class ResourceRequirement:
                 if key not in ("cpu", "memory", "mem", "gpu"):
                     raise ValueError(f"unknown resource requirement key {key!r}; {accepted}")
             if "memory" in value and "mem" in value:
-                raise ValueError(
-                    f"resource requirement has both 'memory' and 'mem'; give one of them ({accepted})"
-                )
+                raise ValueError(f"resource requirement has both 'memory' and 'mem'; give one of them ({accepted})")
             raw_memory = value.get("memory", value.get("mem", 0))
             try:
                 memory = parse_memory(raw_memory)
@@ -499,14 +479,10 @@ class SessionAttributes:
                 f"got {type(self.application).__name__}"
             )
         if not self.application:
-            raise ValueError(
-                "SessionAttributes.application cannot be empty; give the registered application's name"
-            )
+            raise ValueError("SessionAttributes.application cannot be empty; give the registered application's name")
         _check_opt_str(self.id, "SessionAttributes.id")
         _check_int(self.min_instances, "SessionAttributes.min_instances", 0, _UINT32_MAX)
-        _check_opt_int(
-            self.max_instances, "SessionAttributes.max_instances", 0, _UINT32_MAX, " (None = no limit)"
-        )
+        _check_opt_int(self.max_instances, "SessionAttributes.max_instances", 0, _UINT32_MAX, " (None = no limit)")
         _check_int(self.batch_size, "SessionAttributes.batch_size", 0, _UINT32_MAX)
         self.resreq = ResourceRequirement.from_any(self.resreq)
 
@@ -540,9 +516,7 @@ def session_attributes_to_spec(attrs: SessionAttributes) -> types_pb2.SessionSpe
     return spec
 
 
-def session_attributes_from_spec(
-    spec: types_pb2.SessionSpec, session_id: str | None = None
-) -> SessionAttributes:
+def session_attributes_from_spec(spec: types_pb2.SessionSpec, session_id: str | None = None) -> SessionAttributes:
     """``flame.v1.SessionSpec`` (plus the session id, which the spec does not carry) to attributes."""
     return SessionAttributes(
         application=spec.application,
@@ -633,9 +607,7 @@ class ApplicationAttributes:
             return value
         if isinstance(value, Mapping):
             return cls.from_dict(value)
-        raise TypeError(
-            f"application attributes must be ApplicationAttributes or a dict, got {type(value).__name__}"
-        )
+        raise TypeError(f"application attributes must be ApplicationAttributes or a dict, got {type(value).__name__}")
 
 
 def _normalise_app_fields(obj: ApplicationAttributes | Application, owner: str) -> None:
@@ -710,18 +682,14 @@ def application_attributes_to_spec(
     if attrs.arguments:
         spec.arguments.extend(attrs.arguments)
     if attrs.environments:
-        spec.environments.extend(
-            types_pb2.Environment(name=k, value=v) for k, v in attrs.environments.items()
-        )
+        spec.environments.extend(types_pb2.Environment(name=k, value=v) for k, v in attrs.environments.items())
     if attrs.max_instances is not None:
         spec.max_instances = attrs.max_instances
     if attrs.delay_release is not None:
         spec.delay_release = attrs.delay_release
     if attrs.schema is not None and not attrs.schema.is_blank():
         members = {f.name: getattr(attrs.schema, f.name) for f in fields(ApplicationSchema)}
-        spec.schema.CopyFrom(
-            types_pb2.ApplicationSchema(**{k: v for k, v in members.items() if v is not None})
-        )
+        spec.schema.CopyFrom(types_pb2.ApplicationSchema(**{k: v for k, v in members.items() if v is not None}))
     return spec
 
 
@@ -830,9 +798,7 @@ def task_from_proto(pb: types_pb2.Task) -> Task:
         creation_time=ms_to_datetime(pb.status.creation_time),
         input=pb.spec.input if pb.spec.HasField("input") else None,
         output=pb.spec.output if pb.spec.HasField("output") else None,
-        completion_time=ms_to_datetime(pb.status.completion_time)
-        if pb.status.HasField("completion_time")
-        else None,
+        completion_time=ms_to_datetime(pb.status.completion_time) if pb.status.HasField("completion_time") else None,
         events=[event_from_proto(e) for e in pb.status.events],
     )
 

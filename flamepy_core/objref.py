@@ -63,13 +63,9 @@ class ObjectRef:
 
     def __post_init__(self) -> None:
         if not isinstance(self.endpoint, str):
-            raise TypeError(
-                f"ObjectRef.endpoint must be a str (cache URI), got {type(self.endpoint).__name__}"
-            )
+            raise TypeError(f"ObjectRef.endpoint must be a str (cache URI), got {type(self.endpoint).__name__}")
         if not isinstance(self.key, str):
-            raise TypeError(
-                f"ObjectRef.key must be a str '<app>/<session>/<object-id>', got {type(self.key).__name__}"
-            )
+            raise TypeError(f"ObjectRef.key must be a str '<app>/<session>/<object-id>', got {type(self.key).__name__}")
         if isinstance(self.version, bool) or not isinstance(self.version, int):
             raise TypeError(f"ObjectRef.version must be an int, got {type(self.version).__name__}")
         if not 0 <= self.version <= _INT64_MAX:
@@ -94,9 +90,7 @@ class ObjectRef:
         fields of the wrong type.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"ObjectRef.decode() takes the bytes from ObjectRef.encode(), not {type(data).__name__}"
-            )
+            raise TypeError(f"ObjectRef.decode() takes the bytes from ObjectRef.encode(), not {type(data).__name__}")
         raw = bytes(data)
         try:
             doc = bson.decode(raw)
@@ -251,17 +245,14 @@ class ObjectKey:
         ``<app>/*``. Every rejection is a ``ValueError`` naming the string, the part at fault and the
         accepted forms.
         """
-        forms = [
-            f for f, on in ((_FORM_PREFIX, prefix), (_FORM_FULL, full), (_FORM_WILDCARD, wildcard)) if on
-        ]
+        forms = [f for f, on in ((_FORM_PREFIX, prefix), (_FORM_FULL, full), (_FORM_WILDCARD, wildcard)) if on]
         accepted = "accepted: " + ", ".join(forms)
         if not isinstance(text, str):
             raise TypeError(f"object key must be a str, got {type(text).__name__}; {accepted}")
         parts = text.split("/")
         if len(parts) not in (2, 3):
             raise ValueError(
-                f"invalid object key {text!r}: has {len(parts)} part(s) separated by '/', "
-                f"expected 2 or 3; {accepted}"
+                f"invalid object key {text!r}: has {len(parts)} part(s) separated by '/', expected 2 or 3; {accepted}"
             )
         app, session = parts[0], parts[1]
         object_id = parts[2] if len(parts) == 3 else None

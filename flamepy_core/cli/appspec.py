@@ -130,9 +130,7 @@ class _Doc:
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
                 suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise self.error(
-                    (*path, key), f"unknown key {key!r}{suggestion}; accepted keys: {', '.join(known)}"
-                )
+                raise self.error((*path, key), f"unknown key {key!r}{suggestion}; accepted keys: {', '.join(known)}")
         return value
 
     def string(self, value: Any, path: YamlPath, *, empty_ok: bool = False) -> str:
@@ -147,9 +145,7 @@ class _Doc:
             raise self.bad(value, path, "a list of strings")
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise self.bad(
-                    item, (*path, i), "a string; quote it so YAML keeps it as written (e.g. '8080')"
-                )
+                raise self.bad(item, (*path, i), "a string; quote it so YAML keeps it as written (e.g. '8080')")
         return list(value)
 
     def integer(self, value: Any, path: YamlPath, low: int, high: int, unit: str = "") -> int:
@@ -322,7 +318,5 @@ def load_app_specs(path: str | os.PathLike[str]) -> list[AppSpec]:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise FlameError(
-            FlameErrorCode.INVALID_ARGUMENT, f"cannot read application file {p}: {exc}"
-        ) from None
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"cannot read application file {p}: {exc}") from None
     return parse_app_specs(text, str(p), p.absolute().parent)

@@ -164,6 +164,10 @@ class InstanceDriver(threading.Thread):
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
             raw = self.process.channel.unary(ON_TASK_INVOKE, ctx.SerializeToString(), timeout=None)
         except FlameError as exc:
+            if self.stopping.is_set():
+                # The server is shutting down and stopped this instance: not the task's failure, so it
+                # spends no retry; it stays RUNNING in the store and is requeued when the server restarts.
+                return False
             if exc.code in _LINK_DOWN or not self.process.alive():
                 cause = self.process.describe_exit(wait=2.0)
                 engine.retry_task(session_id, task.metadata.id, cause)
@@ -215,6 +219,7 @@ class Scheduler:
                 return
             app_name = self.engine.get_session(session_id).spec.application
             app = self.engine.get_application(app_name)
+            leaving: int | None = None
             for _ in range(missing):
                 idle = self._idle.get(app_name)
                 if idle:
@@ -223,6 +228,14 @@ class Scheduler:
                     self._by_session[session_id].add(driver)
                     driver.assigned.set()
                     continue
+                if leaving is None:
+                    leaving = self._leaving(app_name)
+                if leaving:
+                    # An instance is leaving a closed session of this application (OnSessionLeave takes
+                    # a moment): it is rebound when it parks, or replaced when it stops. Starting a
+                    # process now would miss the warm one whenever sessions run back to back.
+                    leaving -= 1
+                    continue
                 running = sum(1 for d in self._drivers if d.app_name == app_name)
                 if running >= app.spec.max_instances:
                     break  # the application's cap; a busy instance will take the task when free
@@ -230,6 +243,20 @@ class Scheduler:
                 self._drivers.add(driver)
                 self._by_session[session_id].add(driver)
                 driver.start()
+
+    def _leaving(self, app_name: str) -> int:
+        """Instances of ``app_name`` still bound to a session that is closed (called with the lock held)."""
+        count = 0
+        for driver in self._drivers:
+            sid = driver.session_id
+            if driver.app_name != app_name or not sid or driver.stopping.is_set():
+                continue
+            try:
+                is_open = self.engine.session_entry(sid).is_open
+            except FlameError:
+                is_open = False  # deleted
+            count += not is_open
+        return count
 
     def session_closed(self, session_id: str) -> None:
         with self._lock:

@@ -151,7 +151,8 @@ class Engine:
         self.scheduler: SchedulerHooks = _NoScheduler()
         self._apps: dict[str, pb.Application] = {}
         self._sessions: dict[str, SessionEntry] = {}
-        self._load()
+        with self.lock:  # requeueing notifies the sessions' conditions, which needs the lock held
+            self._load()
 
     # -- recovery ------------------------------------------------------------------------------------
 

@@ -56,9 +56,7 @@ class Method:
 def _method(descriptor: MethodDescriptor) -> Method:
     """Build a `Method` from its descriptor, refusing what the transports cannot carry."""
     if descriptor.client_streaming:
-        raise TypeError(
-            f"{descriptor.full_name} is client-streaming, which the transport contract does not support"
-        )
+        raise TypeError(f"{descriptor.full_name} is client-streaming, which the transport contract does not support")
     return Method(
         service=descriptor.containing_service.full_name,
         name=descriptor.name,
