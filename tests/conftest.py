@@ -1,7 +1,7 @@
 """Shared fixtures: a private FLAME_HOME with its own local server, and helpers to run real processes.
 
 Every server a test starts is stopped at teardown (which stops its instances), so no test leaves a
-process behind; ``no_leftover_processes`` checks that at the end of the run.
+process behind.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class FlameEnv:
         spec = folder / "app.yaml"
         spec.write_text(
             f"metadata:\n  name: {app or name}\nspec:\n  working_directory: .\n  command: {sys.executable}\n"
-            f"  arguments: [service.py]\n{textwrap.dedent(extra_spec)}"
+            f"  arguments: [service.py]\n{textwrap.indent(textwrap.dedent(extra_spec), '  ')}"
         )
         self.flmctl("register", "--file", str(spec))
         return folder

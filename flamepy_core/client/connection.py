@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -43,27 +45,68 @@ class Connection:
         self.addr = addr
         self.channel = channel
         self.cache_endpoint = cache_endpoint or addr
+        self._last_ok = time.monotonic()
+        self.recover: Callable[[], bool] | None = None
+        """Set for the embedded local server: restarts it if it has gone; True when it did."""
         self.has_extensions: bool | None = None
         """Whether the server speaks flamepy.ext.v1 (None = not known yet)."""
         self._pid = os.getpid()
 
     # -- plumbing ------------------------------------------------------------------------------------
 
+    # Calls that change nothing, or change it the same way twice, are retried once after the local
+    # server was restarted; creating a task is not (the first attempt may have been stored).
+    _NOT_RETRIED = frozenset({"CreateTask", "RunTask"})
+
+    def unary(self, rpc: str, path: str, data: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
+        """One call on the channel; after the local server went away, restart it (and retry if safe)."""
+        if rpc in self._NOT_RETRIED and self.recover is not None and time.monotonic() - self._last_ok > 1.0:
+            # After a quiet spell the local server may have exited (idle exit): make sure it is there
+            # before a call that cannot be repeated safely.
+            self.recover()
+        try:
+            reply = self.channel.unary(path, data, timeout=timeout)
+        except FlameError as exc:
+            if exc.code != FlameErrorCode.UNAVAILABLE or self.recover is None or not self.recover():
+                raise
+            if rpc in self._NOT_RETRIED:
+                raise FlameError(
+                    exc.code,
+                    f"{exc.message}; the local server had stopped and was restarted: check whether the task "
+                    f"was created (list the session's tasks) before you submit it again",
+                ) from exc
+            reply = self.channel.unary(path, data, timeout=timeout)
+        self._last_ok = time.monotonic()
+        return reply
+
     def call(self, rpc: str, request: Message, what: str, timeout: Timeout = DEFAULT_TIMEOUT) -> Any:
         method = FRONTEND[rpc]
         try:
-            raw = self.channel.unary(method.path, request.SerializeToString(), timeout=timeout)
+            raw = self.unary(rpc, method.path, request.SerializeToString(), timeout=timeout)
         except FlameError as exc:
             raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
         return method.response.FromString(raw)
 
     def stream(self, rpc: str, request: Message, what: str, timeout: Timeout = None) -> Iterator[Any]:
         method = FRONTEND[rpc]
-        try:
-            for raw in self.channel.stream(method.path, request.SerializeToString(), timeout=timeout):
-                yield method.response.FromString(raw)
-        except FlameError as exc:
-            raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
+        data = request.SerializeToString()
+        for attempt in (1, 2):
+            received = False
+            try:
+                for raw in self.channel.stream(method.path, data, timeout=timeout):
+                    received = True
+                    yield method.response.FromString(raw)
+                return
+            except FlameError as exc:
+                retry = (
+                    attempt == 1
+                    and not received
+                    and exc.code == FlameErrorCode.UNAVAILABLE
+                    and self.recover is not None
+                    and self.recover()
+                )
+                if not retry:
+                    raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
 
     def close(self) -> None:
         self.channel.close()
@@ -155,7 +198,7 @@ class Connection:
             spec.input = input_data
         method = EXT["RunTask"]
         try:
-            raw = self.channel.unary(method.path, fe.CreateTaskRequest(task=spec).SerializeToString(), timeout=timeout)
+            raw = self.unary("RunTask", method.path, fe.CreateTaskRequest(task=spec).SerializeToString(), timeout)
         except FlameError as exc:
             if exc.code == FlameErrorCode.DEADLINE_EXCEEDED and timeout is not None:
                 raise FlameError(
@@ -213,7 +256,23 @@ def connect_config(config: ClientConfig) -> Connection:
     conn = connect(endpoint)
     if config.cache_endpoint:
         conn.cache_endpoint = config.cache_endpoint
+    if config.endpoint is None:
+        conn.recover = partial(_restart_local_server, conn, config)
     return conn
+
+
+def _restart_local_server(conn: Connection, config: ClientConfig) -> bool:
+    """Start the local server again if it has gone (idle exit, crash, ``flmctl server stop``)."""
+    from flamepy_core.client.local import ensure_local_server, live_server
+
+    if live_server(config.home):
+        return False  # it is there: the error was real
+    endpoint = ensure_local_server(config.home, transport=config.transport)
+    if endpoint != conn.addr:  # a TCP fallback listens on a new port each time
+        conn.channel.close()
+        conn.channel = shared_transport(endpoint).connect(endpoint)
+        conn.addr = conn.cache_endpoint = endpoint
+    return True
 
 
 _default_lock = threading.Lock()

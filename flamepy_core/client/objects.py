@@ -77,11 +77,20 @@ class CacheClient:
         self._copies: OrderedDict[str, _Copy] = OrderedDict()
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self.recover: Callable[[], bool] | None = None
 
     def _call(self, rpc: str, request: Any, what: str) -> Any:
         method = OBJECT_CACHE[rpc]
+        data = request.SerializeToString()
         try:
-            raw = self.channel.unary(method.path, request.SerializeToString())
+            try:
+                raw = self.channel.unary(method.path, data)
+            except FlameError as exc:
+                # The local server went away: restart it and repeat the call. Each cache call is safe to
+                # repeat; at worst a put that reached the dying server leaves one unreferenced object.
+                if exc.code != FlameErrorCode.UNAVAILABLE or self.recover is None or not self.recover():
+                    raise
+                raw = self.channel.unary(method.path, data)
         except FlameError as exc:
             raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
         return method.response.FromString(raw)
@@ -141,6 +150,7 @@ _clients: dict[str, CacheClient] = {}
 
 def cache_client(endpoint: str | None = None) -> CacheClient:
     """The process's client for ``endpoint``, or for the configured cache (the frontend's by default)."""
+    recover = None
     if endpoint is None:
         config = resolve_config()
         if config.cache_endpoint:
@@ -148,12 +158,14 @@ def cache_client(endpoint: str | None = None) -> CacheClient:
         else:
             from flamepy_core.client.connection import default_connection
 
-            endpoint = default_connection().cache_endpoint
+            conn = default_connection()
+            endpoint, recover = conn.cache_endpoint, conn.recover
     with _clients_lock:
         client = _clients.get(endpoint)
         if client is None or client._pid != os.getpid():
             client = CacheClient(endpoint, shared_transport(endpoint).connect(endpoint))
             _clients[endpoint] = client
+        client.recover = client.recover or recover
         return client
 
 

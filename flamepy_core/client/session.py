@@ -42,6 +42,9 @@ class TaskFailedError(FlameError):
         super().__init__(FlameErrorCode.INTERNAL, message)
         self.task = task
 
+    def __reduce__(self) -> tuple[type[TaskFailedError], tuple[Task, str]]:  # type: ignore[override]
+        return (type(self), (self.task, self.message))
+
 
 def task_failure(task: Task) -> FlameError:
     """The error a failed or cancelled task raises in the client."""

@@ -743,13 +743,20 @@ class Engine:
             return bool(entry and entry.is_open and entry.pending)
 
     def demand(self, session_id: str) -> int:
-        """How many instances the session could use now (pending + running, at least min_instances)."""
+        """How many instances the session could use now.
+
+        Pending + running tasks, at least ``min_instances``; at most ``max_instances`` (the session's and
+        the application's), and at most as many instances as this machine has room for at the session's
+        resource request (``cpu // resreq.cpu``): a burst of short tasks must not start a process each.
+        """
         with self.lock:
             entry = self._sessions.get(session_id)
             if entry is None or not entry.is_open:
                 return 0
             s = entry.message
             want = max(len(entry.pending) + s.status.running, s.spec.min_instances)
+            if s.spec.resreq.cpu:
+                want = min(want, max(1, self.capacity.cpu // s.spec.resreq.cpu, s.spec.min_instances))
             if s.spec.HasField("max_instances"):
                 want = min(want, s.spec.max_instances)
             app = self._apps.get(s.spec.application)
