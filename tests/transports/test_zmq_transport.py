@@ -1,0 +1,739 @@
+"""The zmq transport's own tests: what the conformance suite cannot see from outside.
+
+Each test pins down something a plausible wrong implementation would get wrong: replies matched to the
+wrong caller, late replies leaking into later calls, a dead server noticed only at the deadline,
+CURVE admitting the wrong key, a flood losing requests, an oversized message sent anyway, a forked
+child sharing its parent's socket, a restarted server not found again. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.auth
+from flamepy_transports.zmq import framing
+from flamepy_transports.zmq.config import STREAM_WINDOW_ITEMS
+
+from flamepy_core.contracts import FlameError, FlameErrorCode, StreamHandler, UnaryHandler
+from flamepy_core.contracts.transport import CallContext, Handler
+from flamepy_core.plugins import get_registry
+
+pytestmark = pytest.mark.timeout(60)
+
+ECHO = "/test.Zmq/Echo"
+SLEEP = "/test.Zmq/Sleep"
+HANG = "/test.Zmq/Hang"
+COUNT = "/test.Zmq/Count"
+BIG = "/test.Zmq/Big"
+FAIL = "/test.Zmq/Fail"
+
+# Small heartbeats: a silent peer is dropped within HEARTBEAT_BOUND seconds.
+FAST = {"heartbeat_ivl_ms": 200, "heartbeat_timeout_ms": 600, "connect_timeout": 1.0}
+HEARTBEAT_BOUND = (200 + 600) / 1000
+SLACK = 1.0
+
+
+def zmq_transport(**options: Any) -> Any:
+    return get_registry().transport("zmq", **{**FAST, **options})
+
+
+def endpoint_for(kind: str, tmp_path: Path) -> str:
+    if kind == "tcp":
+        return "zmq+tcp://127.0.0.1:0"
+    return f"zmq+ipc://{tmp_path}/s.ipc"
+
+
+def expect(code: FlameErrorCode, call: Callable[[], object], within: float | None = None) -> FlameError:
+    start = time.monotonic()
+    with pytest.raises(FlameError) as info:
+        call()
+    elapsed = time.monotonic() - start
+    assert info.value.code == code, f"expected {code.name}, got {info.value!r} after {elapsed:.2f} s"
+    if within is not None:
+        assert elapsed < within, f"{code.name} took {elapsed:.2f} s, bound {within} s"
+    return info.value
+
+
+def echo(request: bytes, ctx: CallContext) -> bytes:
+    return request
+
+
+def sleep_then_echo(request: bytes, ctx: CallContext) -> bytes:
+    # "<seconds>:<answer>"
+    seconds, _, answer = request.partition(b":")
+    time.sleep(float(seconds))
+    return answer
+
+
+@pytest.fixture()
+def tmp_short(tmp_path: Path) -> Iterator[Path]:
+    # AF_UNIX paths are limited to 107 bytes; pytest's tmp_path is usually short enough, check anyway.
+    assert len(str(tmp_path)) < 80, tmp_path
+    yield tmp_path
+
+
+class Served:
+    """A server plus a channel to it, both cleaned up."""
+
+    def __init__(self, transport: Any, endpoint: str, handlers: dict[str, Handler]) -> None:
+        self.transport = transport
+        self.server = transport.serve(endpoint, handlers)
+        self.channel = transport.connect(self.server.endpoint)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(0.2)
+
+
+@pytest.fixture()
+def served() -> Iterator[Callable[..., Served]]:
+    made: list[Served] = []
+
+    def make(endpoint: str, handlers: dict[str, Handler], **options: Any) -> Served:
+        s = Served(zmq_transport(**options), endpoint, handlers)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+# -- subprocess servers ------------------------------------------------------------------------------
+
+CHILD = """
+import json, sys, time
+from flamepy_core.contracts import UnaryHandler
+from flamepy_core.plugins import get_registry
+
+transport = get_registry().transport("zmq", **json.loads(sys.argv[2]))
+
+def echo(request, ctx):
+    return request
+
+def hang(request, ctx):
+    print("HANDLING", flush=True)
+    time.sleep(60)
+    return b"never"
+
+server = transport.serve(sys.argv[1], {"/test.Zmq/Echo": UnaryHandler(echo), "/test.Zmq/Hang": UnaryHandler(hang)})
+print("READY " + server.endpoint, flush=True)
+sys.stdin.read()
+server.stop(0)
+"""
+
+
+class Child:
+    def __init__(self, endpoint: str, options: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, endpoint, json.dumps(options)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            line = self.read_line(20.0)
+            assert line.startswith("READY "), f"child said {line!r}; stderr: {self._stderr()}"
+        except BaseException:
+            self.kill()
+            raise
+        self.endpoint = line.split(" ", 1)[1]
+
+    def read_line(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        data = b""
+        deadline = time.monotonic() + timeout
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError(f"no line from the child within {timeout} s (got {data!r})")
+            chunk = os.read(fd, 1)
+            if not chunk:
+                raise AssertionError(f"the child exited (got {data!r}); stderr: {self._stderr()}")
+            data += chunk
+        return data.decode().strip()
+
+    def _stderr(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture()
+def children() -> Iterator[Callable[[str, dict[str, Any]], Child]]:
+    made: list[Child] = []
+
+    def start(endpoint: str, options: dict[str, Any]) -> Child:
+        child = Child(endpoint, options)
+        made.append(child)
+        return child
+
+    yield start
+    for child in made:
+        if child.proc.poll() is None:
+            os.kill(child.proc.pid, signal.SIGCONT)  # (a frozen child) then kill it
+        child.kill()
+
+
+class Background:
+    """Run a call on a daemon thread; record its outcome and when it ended."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.ended = 0.0
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], object]) -> None:
+        try:
+            self.result = call()
+        except BaseException as exc:
+            self.error = exc
+        self.ended = time.monotonic()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the call did not end within {timeout} s"
+
+
+# -- the basics on both kinds of endpoint --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc"])
+def test_unary_stream_and_errors(kind: str, tmp_short: Path, served: Callable[..., Served]) -> None:
+    def count(request: bytes, ctx: CallContext) -> Iterator[bytes]:
+        for i in range(int(request)):
+            yield b"%d" % i
+
+    def fail(request: bytes, ctx: CallContext) -> bytes:
+        if request == b"flame":
+            raise FlameError(FlameErrorCode.NOT_FOUND, "no such thing: ✓")
+        raise KeyError("oops")
+
+    s = served(
+        endpoint_for(kind, tmp_short), {ECHO: UnaryHandler(echo), COUNT: StreamHandler(count), FAIL: UnaryHandler(fail)}
+    )
+    assert s.server.endpoint.startswith(f"zmq+{kind}://")
+    if kind == "tcp":
+        assert not s.server.endpoint.endswith(":0"), "port 0 must be resolved to the real port"
+    payload = random.Random(1).randbytes(300_000)  # above the zero-copy threshold
+    assert s.channel.unary(ECHO, payload, timeout=5) == payload
+    assert s.channel.unary(ECHO, b"", timeout=5) == b""
+    assert list(s.channel.stream(COUNT, b"1000", timeout=10)) == [b"%d" % i for i in range(1000)]
+    err = expect(FlameErrorCode.NOT_FOUND, lambda: s.channel.unary(FAIL, b"flame", timeout=5))
+    assert err.message == "no such thing: ✓"
+    err = expect(FlameErrorCode.INTERNAL, lambda: s.channel.unary(FAIL, b"other", timeout=5))
+    assert "KeyError" in err.message
+    expect(FlameErrorCode.UNIMPLEMENTED, lambda: s.channel.unary("/test.Zmq/Nope", b"", timeout=5))
+    expect(FlameErrorCode.UNIMPLEMENTED, lambda: list(s.channel.stream(ECHO, b"", timeout=5)))
+
+
+def test_wire_format_is_the_documented_frames(served: Callable[..., Served]) -> None:
+    """A raw DEALER speaking the documented five frames is answered; no pickling anywhere."""
+    s = served("zmq+tcp://127.0.0.1:0", {ECHO: UnaryHandler(echo)})
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(s.server.endpoint.replace("zmq+tcp", "tcp"))
+        sock.send_multipart(framing.request(framing.Kind.UNARY, 77, ECHO.encode(), 5.0, b"raw"))
+        assert sock.poll(5000), "no answer to a well-formed request"
+        frames = sock.recv_multipart()
+        assert frames[0] == b"FZ\x01\x10" and frames[1] == (77).to_bytes(8, "big") and frames[4] == b"raw"
+        # Another protocol version is refused with an explicit error carrying the same correlation id.
+        bad = [b"FZ\x09\x01", (78).to_bytes(8, "big"), ECHO.encode(), bytes(24), b"x"]
+        sock.send_multipart(bad)
+        assert sock.poll(5000)
+        reply = framing.decode(sock.recv_multipart())
+        assert reply.kind is framing.Kind.ERROR and reply.corr == 78
+        assert framing.error_of(reply).code == FlameErrorCode.INVALID_ARGUMENT
+        assert s.channel.unary(ECHO, b"still fine", timeout=5) == b"still fine"
+    finally:
+        sock.close()
+        ctx.term()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_vanished_caller_cancels_its_calls(streaming: bool, served: Callable[..., Served]) -> None:
+    """A caller that goes away mid-call turns ctx.is_active() false; a stream waiting for credit ends."""
+    ended = threading.Event()
+
+    def patient(request: bytes, ctx: CallContext) -> bytes:
+        while ctx.is_active():
+            time.sleep(0.01)
+        ended.set()
+        return b"nobody is listening"
+
+    def endless(request: bytes, ctx: CallContext) -> Iterator[bytes]:
+        try:
+            while True:
+                yield b"item"  # blocks once the caller's window of one item is used
+        finally:
+            ended.set()
+
+    s = served("zmq+tcp://127.0.0.1:0", {ECHO: UnaryHandler(patient), COUNT: StreamHandler(endless)})
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(s.server.endpoint.replace("zmq+tcp", "tcp"))
+    if streaming:
+        request = framing.request(framing.Kind.STREAM, 1, COUNT.encode(), None, b"", window_items=1)
+    else:
+        request = framing.request(framing.Kind.UNARY, 1, ECHO.encode(), None, b"")  # no deadline
+    sock.send_multipart(request)
+    time.sleep(0.3)
+    assert not ended.is_set()
+    gone = time.monotonic()
+    sock.close()
+    ctx.term()
+    assert ended.wait(5), "the call of a vanished caller was never cancelled"
+    took = time.monotonic() - gone
+    assert took < HEARTBEAT_BOUND + SLACK, f"noticed after {took:.2f} s"
+
+
+# -- correlation ---------------------------------------------------------------------------------------
+
+
+def test_many_threads_on_one_channel_get_their_own_answers(served: Callable[..., Served]) -> None:
+    def tagged(request: bytes, ctx: CallContext) -> bytes:
+        time.sleep(random.random() / 1000)  # shuffle completion order
+        return request[::-1]
+
+    s = served(f"zmq+ipc://@flamepy-test-many-{os.getpid()}", {ECHO: UnaryHandler(tagged)}, max_workers=8)
+    threads, per_thread = 32, 40
+    wrong: list[str] = []
+    done = [0]
+    lock = threading.Lock()
+
+    def worker(t: int) -> None:
+        for i in range(per_thread):
+            request = f"thread {t} call {i} {random.random()}".encode()
+            got = s.channel.unary(ECHO, request, timeout=20)
+            with lock:
+                done[0] += 1
+                if got != request[::-1]:
+                    wrong.append(f"{request!r} -> {got!r}")
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join(40)
+    assert not wrong, wrong[:5]
+    assert done[0] == threads * per_thread
+
+
+def test_late_reply_is_never_delivered_to_a_later_call(served: Callable[..., Served]) -> None:
+    s = served("zmq+tcp://127.0.0.1:0", {SLEEP: UnaryHandler(sleep_then_echo)})
+    assert s.channel.unary(SLEEP, b"0:warm", timeout=5) == b"warm"
+    # A answers at ~0.4 s, after its 0.1 s deadline; B is in flight then and must get B's answer.
+    expect(FlameErrorCode.DEADLINE_EXCEEDED, lambda: s.channel.unary(SLEEP, b"0.4:A", timeout=0.1), within=1.0)
+    later = Background(lambda: s.channel.unary(SLEEP, b"0.7:B", timeout=5))
+    quick = [s.channel.unary(SLEEP, b"0:C%d" % i, timeout=5) for i in range(5)]
+    later.join(5)
+    assert later.error is None and later.result == b"B", (later.error, later.result)
+    assert quick == [b"C%d" % i for i in range(5)]
+    deadline = time.monotonic() + 3
+    while s.channel.stats()["late_replies"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert s.channel.stats()["late_replies"] == 1, "A's late reply was not dropped by correlation id"
+    assert s.channel.stats()["socket_resets"] == 0, "a missed deadline must not cost the other calls their socket"
+
+
+def test_many_deadlines_interleaved_with_answers(served: Callable[..., Served]) -> None:
+    s = served("zmq+tcp://127.0.0.1:0", {SLEEP: UnaryHandler(sleep_then_echo)}, max_workers=16)
+    errors: list[str] = []
+
+    def worker(t: int) -> None:
+        for i in range(10):
+            if (t + i) % 3 == 0:
+                try:
+                    s.channel.unary(SLEEP, b"0.15:late", timeout=0.02)
+                    errors.append("a call past its deadline returned")
+                except FlameError as err:
+                    if err.code != FlameErrorCode.DEADLINE_EXCEEDED:
+                        errors.append(repr(err))
+            else:
+                answer = b"t%d-%d" % (t, i)
+                got = s.channel.unary(SLEEP, b"0.01:" + answer, timeout=10)
+                if got != answer:
+                    errors.append(f"{answer!r} got {got!r}")
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join(30)
+    assert not errors, errors[:5]
+
+
+# -- liveness: a server that dies or freezes -------------------------------------------------------------
+
+
+def test_server_killed_is_unavailable_within_the_heartbeat_bound(
+    children: Callable[[str, dict[str, Any]], Child],
+) -> None:
+    child = children("zmq+tcp://127.0.0.1:0", FAST)
+    transport = zmq_transport()
+    channel = transport.connect(child.endpoint)
+    try:
+        assert channel.unary(ECHO, b"alive", timeout=10) == b"alive"
+        call = Background(lambda: channel.unary(HANG, b"", timeout=30))
+        assert child.read_line(10) == "HANDLING"
+        killed = time.monotonic()
+        os.kill(child.proc.pid, signal.SIGKILL)
+        call.join(HEARTBEAT_BOUND + SLACK + 5)
+        assert isinstance(call.error, FlameError) and call.error.code == FlameErrorCode.UNAVAILABLE, call.error
+        assert call.ended - killed < HEARTBEAT_BOUND + SLACK, f"noticed after {call.ended - killed:.2f} s"
+        # Nobody listens now: a new call fails promptly, not at its 30 s deadline.
+        expect(FlameErrorCode.UNAVAILABLE, lambda: channel.unary(ECHO, b"?", timeout=30), within=1.5)
+        # A server back on the same endpoint is found by the same channel.
+        children(child.endpoint, FAST)
+        assert channel.unary(ECHO, b"back", timeout=10) == b"back"
+    finally:
+        channel.close()
+
+
+def test_frozen_server_is_unavailable_within_the_heartbeat_bound(
+    tmp_short: Path, children: Callable[[str, dict[str, Any]], Child]
+) -> None:
+    # SIGSTOP keeps the socket open: only ZMTP heartbeats can tell that nobody answers any more.
+    child = children(endpoint_for("ipc", tmp_short), FAST)
+    channel = zmq_transport().connect(child.endpoint)
+    try:
+        assert channel.unary(ECHO, b"alive", timeout=10) == b"alive"
+        call = Background(lambda: channel.unary(HANG, b"", timeout=30))
+        assert child.read_line(10) == "HANDLING"
+        frozen = time.monotonic()
+        os.kill(child.proc.pid, signal.SIGSTOP)
+        call.join(HEARTBEAT_BOUND + SLACK + 5)
+        assert isinstance(call.error, FlameError) and call.error.code == FlameErrorCode.UNAVAILABLE, call.error
+        took = call.ended - frozen
+        assert took < HEARTBEAT_BOUND + SLACK, f"a frozen server was noticed after {took:.2f} s"
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc"])
+def test_restart_on_the_same_endpoint_is_reachable_by_the_same_channel(kind: str, tmp_short: Path) -> None:
+    transport = zmq_transport()
+    first = transport.serve(endpoint_for(kind, tmp_short), {ECHO: UnaryHandler(lambda r, c: b"1" + r)})
+    channel = transport.connect(first.endpoint)
+    servers = [first]
+    try:
+        assert channel.unary(ECHO, b"x", timeout=5) == b"1x"
+        first.stop(0.5)
+        first.stop(0.5)  # idempotent
+        # stop() returned: the endpoint can be bound again at once.
+        servers.append(transport.serve(first.endpoint, {ECHO: UnaryHandler(lambda r, c: b"2" + r)}))
+        assert channel.unary(ECHO, b"y", timeout=5) == b"2y"
+    finally:
+        channel.close()
+        for server in servers:
+            server.stop(0)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc"])
+def test_endpoint_in_use_is_already_exists(kind: str, tmp_short: Path, served: Callable[..., Served]) -> None:
+    s = served(endpoint_for(kind, tmp_short), {ECHO: UnaryHandler(echo)})
+    expect(FlameErrorCode.ALREADY_EXISTS, lambda: zmq_transport().serve(s.server.endpoint, {}))
+    assert s.channel.unary(ECHO, b"still mine", timeout=5) == b"still mine"
+
+
+def test_bad_endpoints_are_invalid_argument() -> None:
+    transport = zmq_transport()
+    for endpoint in ("zmq+tcp://127.0.0.1", "zmq+ipc://relative/path", "zmq+tcp://::1:5", "zmq+udp://x:1"):
+        expect(FlameErrorCode.INVALID_ARGUMENT, lambda e=endpoint: transport.connect(e))
+    expect(FlameErrorCode.INVALID_ARGUMENT, lambda: transport.connect("zmq+tcp://127.0.0.1:0"))
+    expect(FlameErrorCode.INVALID_ARGUMENT, lambda: transport.serve("zmq+ipc:///" + "x" * 200, {}))
+
+
+# -- CURVE ---------------------------------------------------------------------------------------------
+
+
+def test_curve_admits_only_listed_client_keys(tmp_path: Path) -> None:
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    for d in (keys, allowed):
+        d.mkdir()
+    server_public, server_secret = zmq.auth.create_certificates(keys, "server")
+    good_public, good_secret = zmq.auth.create_certificates(keys, "good")
+    _, bad_secret = zmq.auth.create_certificates(keys, "bad")
+    (allowed / "good.key").write_bytes(Path(good_public).read_bytes())  # the server gets public keys only
+
+    handled = [0]
+
+    def counted(request: bytes, ctx: CallContext) -> bytes:
+        handled[0] += 1
+        return request
+
+    server_transport = zmq_transport(
+        curve_server_secret_key_file=server_secret, curve_client_public_keys_dir=str(allowed)
+    )
+    server = server_transport.serve("zmq+tcp://127.0.0.1:0", {ECHO: UnaryHandler(counted)})
+    channels = []
+    try:
+
+        def client(secret: str | None) -> Any:
+            options = (
+                {}
+                if secret is None
+                else {"curve_server_public_key_file": server_public, "curve_client_secret_key_file": secret}
+            )
+            channel = zmq_transport(**options).connect(server.endpoint)
+            channels.append(channel)
+            return channel
+
+        stranger = client(bad_secret)
+        err = expect(FlameErrorCode.UNAUTHENTICATED, lambda: stranger.unary(ECHO, b"let me in", timeout=30), within=2)
+        assert "CURVE key" in err.message
+        # Refused again on a later call (libzmq stops reconnecting after a refusal; the channel retries).
+        expect(FlameErrorCode.UNAUTHENTICATED, lambda: stranger.unary(ECHO, b"again", timeout=30), within=2)
+        # Without CURVE the client sees UNAUTHENTICATED when it reads the server's greeting before the
+        # server hangs up, else UNAVAILABLE naming CURVE (libzmq reports that race without detail).
+        plain = client(None)
+        with pytest.raises(FlameError) as info:
+            plain.unary(ECHO, b"no keys", timeout=2)
+        assert info.value.code in (FlameErrorCode.UNAUTHENTICATED, FlameErrorCode.UNAVAILABLE), info.value
+        assert "CURVE" in info.value.message
+        # The wrong server key: the server cannot be authenticated.
+        impostor_key = str(Path(bad_secret).with_suffix(".key"))
+        confused = zmq_transport(
+            curve_server_public_key_file=impostor_key, curve_client_secret_key_file=good_secret
+        ).connect(server.endpoint)
+        channels.append(confused)
+        err = expect(FlameErrorCode.UNAUTHENTICATED, lambda: confused.unary(ECHO, b"hm", timeout=30), within=2)
+        assert "curve_server_public_key_file" in err.message
+        assert handled[0] == 0, "an unauthenticated client reached a handler"
+        assert server.stats()["zap_denied"] >= 2
+
+        friend = client(good_secret)
+        assert friend.unary(ECHO, b"hello", timeout=10) == b"hello"
+        assert handled[0] == 1
+    finally:
+        for channel in channels:
+            channel.close()
+        server.stop(0)
+
+
+def test_curve_options_are_checked_up_front(tmp_path: Path) -> None:
+    _, secret = zmq.auth.create_certificates(tmp_path, "server")
+    with pytest.raises(FlameError) as info:
+        get_registry().transport("zmq", curve_server_secret_key_file=secret)  # no client keys allowed
+    assert info.value.code == FlameErrorCode.INVALID_ARGUMENT and "client" in info.value.message
+    with pytest.raises(FlameError):
+        get_registry().transport("zmq", curve_server_public_key_file=str(tmp_path / "server.key"))
+    with pytest.raises(FlameError):
+        get_registry().transport(
+            "zmq", curve_server_secret_key_file=str(tmp_path / "missing"), curve_client_public_keys_dir=str(tmp_path)
+        )
+
+
+# -- backpressure --------------------------------------------------------------------------------------
+
+
+def test_flooded_server_answers_or_refuses_every_request(served: Callable[..., Served]) -> None:
+    def work(request: bytes, ctx: CallContext) -> bytes:
+        time.sleep(0.002)
+        return request
+
+    s = served("zmq+tcp://127.0.0.1:0", {ECHO: UnaryHandler(work)}, max_workers=4, max_pending_calls=12)
+    channels = [s.transport.connect(s.server.endpoint) for _ in range(10)]
+    outcomes = {"sent": 0, "ok": 0, "exhausted": 0}
+    other: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 1.5
+
+    def client(n: int) -> None:
+        channel = channels[n % len(channels)]
+        i = 0
+        while time.monotonic() < stop_at:
+            request = b"%d/%d" % (n, i)
+            i += 1
+            with lock:
+                outcomes["sent"] += 1
+            try:
+                got = channel.unary(ECHO, request, timeout=10)
+            except FlameError as err:
+                with lock:
+                    if err.code == FlameErrorCode.RESOURCE_EXHAUSTED:
+                        outcomes["exhausted"] += 1
+                    else:
+                        other.append(repr(err))
+                continue
+            with lock:
+                if got == request:
+                    outcomes["ok"] += 1
+                else:
+                    other.append(f"{request!r} answered {got!r}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        assert not any(th.is_alive() for th in threads)
+        assert not other, other[:5]
+        assert outcomes["ok"] + outcomes["exhausted"] == outcomes["sent"], outcomes
+        stats = s.server.stats()
+        assert stats["accepted"] == outcomes["ok"] and stats["refused"] == outcomes["exhausted"], (stats, outcomes)
+        assert outcomes["ok"] > 50 and outcomes["exhausted"] > 0, outcomes
+        assert s.channel.unary(ECHO, b"after the flood", timeout=5) == b"after the flood"
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def test_stream_flow_control_holds_the_producer_back(served: Callable[..., Served]) -> None:
+    produced = [0]
+    closed = threading.Event()
+
+    def endless(request: bytes, ctx: CallContext) -> Iterator[bytes]:
+        try:
+            while ctx.is_active():
+                produced[0] += 1
+                yield b"x" * 100
+        finally:
+            closed.set()
+
+    s = served("zmq+tcp://127.0.0.1:0", {COUNT: StreamHandler(endless)})
+    items = s.channel.stream(COUNT, b"", timeout=20)
+    for _ in range(10):
+        next(items)
+    time.sleep(0.3)  # let the producer run as far as it may
+    assert produced[0] <= 10 + STREAM_WINDOW_ITEMS + 2, f"the producer ran {produced[0]} items ahead"
+    items.close()  # type: ignore[attr-defined]
+    assert closed.wait(5), "closing the stream did not stop the handler"
+
+
+def test_stream_deadline_mid_stream(served: Callable[..., Served]) -> None:
+    def stall(request: bytes, ctx: CallContext) -> Iterator[bytes]:
+        yield b"first"
+        time.sleep(1.0)
+        yield b"late"
+
+    s = served("zmq+tcp://127.0.0.1:0", {COUNT: StreamHandler(stall), ECHO: UnaryHandler(echo)})
+    items = s.channel.stream(COUNT, b"", timeout=0.3)
+    assert next(items) == b"first"
+    expect(FlameErrorCode.DEADLINE_EXCEEDED, lambda: next(items), within=1.0)
+    assert s.channel.unary(ECHO, b"fine", timeout=5) == b"fine"
+
+
+# -- message size ----------------------------------------------------------------------------------------
+
+
+def test_oversized_messages_are_refused_with_both_sizes(served: Callable[..., Served]) -> None:
+    handled = [0]
+
+    def big(request: bytes, ctx: CallContext) -> bytes:
+        handled[0] += 1
+        return b"y" * int(request)
+
+    s = served("zmq+tcp://127.0.0.1:0", {BIG: UnaryHandler(big)}, max_message_size=1024)
+    err = expect(FlameErrorCode.MESSAGE_TOO_LARGE, lambda: s.channel.unary(BIG, b"x" * 2000, timeout=5), within=0.5)
+    assert "2000" in err.message and "1024" in err.message
+    assert handled[0] == 0, "an oversized request was sent"
+    # A response too large is reported to the caller, not dropped.
+    err = expect(FlameErrorCode.MESSAGE_TOO_LARGE, lambda: s.channel.unary(BIG, b"5000", timeout=5), within=2)
+    assert "5000" in err.message and "1024" in err.message
+    assert s.channel.unary(BIG, b"10", timeout=5) == b"y" * 10
+    # The server enforces its own limit against a client configured with a larger one.
+    loose = zmq_transport(max_message_size=1 << 20).connect(s.server.endpoint)
+    try:
+        err = expect(FlameErrorCode.MESSAGE_TOO_LARGE, lambda: loose.unary(BIG, b"7" * 3000, timeout=5), within=2)
+        assert "3000" in err.message and "1024" in err.message
+    finally:
+        loose.close()
+    assert handled[0] == 2
+
+
+# -- fork ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_builds_its_own_socket(served: Callable[..., Served]) -> None:
+    s = served("zmq+tcp://127.0.0.1:0", {ECHO: UnaryHandler(lambda r, c: b"pid %d: " % os.getpid() + r)})
+    server_pid = os.getpid()
+    assert s.channel.unary(ECHO, b"parent", timeout=5) == b"pid %d: parent" % server_pid
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        code = 1
+        try:
+            answer = s.channel.unary(ECHO, b"child", timeout=5)
+            try:
+                s.server.stop(0)
+                stop_error = "no error"
+            except FlameError as err:
+                stop_error = f"{err.code.name}: {err.message}"
+            os.write(write_fd, json.dumps({"answer": answer.decode(), "stop": stop_error}).encode())
+            code = 0
+        except BaseException as exc:
+            os.write(write_fd, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        assert select.select([read_fd], [], [], 20)[0], "the child did not answer within 20 s"
+        report = json.loads(os.read(read_fd, 65536) or b"{}")
+    finally:
+        os.close(read_fd)
+        deadline = time.monotonic() + 10
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+    assert report.get("answer") == f"pid {server_pid}: child", report
+    assert report["stop"].startswith("INVALID_STATE") and str(server_pid) in report["stop"], report
+    assert str(pid) in report["stop"], report
+    # The parent's channel and server are untouched by the child.
+    assert s.channel.unary(ECHO, b"parent again", timeout=5) == b"pid %d: parent again" % server_pid
+
+
+# -- lifecycle -----------------------------------------------------------------------------------------
+
+
+def test_close_and_stop_release_threads(tmp_short: Path) -> None:
+    before = {t.name for t in threading.enumerate()}
+    transport = zmq_transport()
+    for kind in ("tcp", "ipc"):
+        server = transport.serve(endpoint_for(kind, tmp_short), {ECHO: UnaryHandler(echo)})
+        channel = transport.connect(server.endpoint)
+        assert channel.unary(ECHO, b"x", timeout=5) == b"x"
+        channel.close()
+        server.stop(0)
+        expect(FlameErrorCode.UNAVAILABLE, lambda c=channel: c.unary(ECHO, b"x", timeout=5), within=0.5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = {t.name for t in threading.enumerate() if t.name.startswith("flamepy-zmq")} - before
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, f"threads left behind: {left}"
+    assert not (tmp_short / "s.ipc").exists(), "the ipc socket file was left behind"

@@ -1,0 +1,551 @@
+"""The client side: a :class:`ZmqChannel` and the I/O thread that owns its DEALER socket.
+
+Threads. Any number of caller threads; one I/O thread per channel (per process). A caller registers
+its call under a fresh correlation id in the pending table, appends the frames to the outbox (a deque)
+and wakes the I/O thread through a :class:`~.waker.Waker`; then it waits on its own call object. The I/O
+thread alone touches the DEALER and its monitor: it sends what the outbox holds, reads replies and
+completes the call with the reply's correlation id, and reads monitor events to learn whether a server
+is there.
+
+Connection state, from the socket monitor:
+
+* handshake succeeded -> connected; queued calls go out;
+* disconnected after being connected -> every call in flight fails with ``UNAVAILABLE`` now (the server
+  closed, crashed, or missed ZMTP heartbeats for ``heartbeat_ivl_ms + heartbeat_timeout_ms``);
+* a connection attempt refused, or a handshake failing, while calls wait -> they fail with
+  ``UNAVAILABLE`` (``UNAUTHENTICATED`` when the server's ZAP handler refused our CURVE key, or one side
+  has CURVE and the other not); with no news at all they fail after ``connect_timeout``.
+
+Requests go out only on a connection the monitor has confirmed. When an established connection is
+lost, the replies that made it are read first, the calls still in flight fail, and the DEALER is
+replaced by a fresh one (so no request queued for the dead peer is delivered to a server that comes up
+later: its caller has already been told UNAVAILABLE). Otherwise libzmq reconnects by itself (every
+``RECONNECT_IVL_MS``), so a server restarted on the same endpoint is found again by the same channel. A
+socket in a broken state -- a peer speaking another protocol, a zmq error other than EAGAIN, a handshake
+refused (after which libzmq stops reconnecting) -- is replaced the same way.
+
+A missed deadline does not break a DEALER (unlike REQ, it has no send/receive lockstep): the caller
+gets ``DEADLINE_EXCEEDED``, a CANCEL goes to the server, and the late reply, matched by correlation id
+against the pending table, finds nothing and is dropped (counted in ``stats()["late_replies"]``).
+Correlation ids are never reused within a channel core, so a late reply cannot complete another call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import zmq
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Timeout
+from flamepy_core.transport_kit import (
+    check_size,
+    deadline_exceeded,
+    resolve_timeout,
+    unavailable,
+)
+from flamepy_transports.zmq import framing
+from flamepy_transports.zmq.auth import apply_client
+from flamepy_transports.zmq.calls import ClientCall, StreamCall, StreamResponses, UnaryCall
+from flamepy_transports.zmq.config import (
+    STREAM_WINDOW_BYTES,
+    STREAM_WINDOW_ITEMS,
+    ZmqConfig,
+    configure_dealer,
+)
+from flamepy_transports.zmq.endpoints import Address
+from flamepy_transports.zmq.monitor import MECHANISM_MISMATCH, Monitor
+from flamepy_transports.zmq.waker import Waker, readable
+
+log = logging.getLogger(__name__)
+
+STALE_EVENT_GUARD = 0.02
+"""A refused connection attempt fails only calls queued at least this long before it was seen, so an
+event from before a server (re)started never fails a call made after."""
+
+RECV_BATCH = 512
+JOIN_TIMEOUT = 5.0
+
+_Entry = tuple["ClientCall | None", list[bytes]]
+
+
+def _copy(err: FlameError) -> FlameError:
+    return FlameError(err.code, err.message)
+
+
+class _Core:
+    """One process's half of a channel: context, DEALER, monitor, I/O thread, pending calls."""
+
+    def __init__(self, address: Address, config: ZmqConfig) -> None:
+        self.pid = os.getpid()
+        self._address = address
+        self._endpoint = address.url
+        self._config = config
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+        self._lock = threading.Lock()
+        self._pending: dict[int, ClientCall] = {}
+        self._outbox: deque[_Entry] = deque()
+        self._waker = Waker()
+        self._ids = itertools.count(1)
+        self._method_frames: dict[str, bytes] = {}
+        self._closing = False
+        self._stop = False
+        self.alive = True
+        # Owned by the I/O thread.
+        self._sock: zmq.Socket[bytes] | None = None
+        self._monitor: Monitor | None = None
+        self._poller = zmq.Poller()
+        self._pollout = False
+        self._unsent: deque[_Entry] = deque()
+        self._connected = False
+        self._last_failure: FlameError | None = None
+        self._reset_reason: FlameError | None = None
+        self._completions: list[tuple[Callable[[Any], None], Any]] = []
+        self.late_replies = 0
+        self.socket_resets = 0
+        self._thread = threading.Thread(target=self._run, name=f"flamepy-zmq-channel[{self._endpoint}]", daemon=True)
+        self._thread.start()
+
+    # -- caller side -----------------------------------------------------------------------------------
+
+    def _method(self, method: str) -> bytes:
+        frame = self._method_frames.get(method)
+        if frame is None:
+            frame = method.encode("utf-8")
+            if len(self._method_frames) < 1024:
+                self._method_frames[method] = frame
+        return frame
+
+    def _submit(self, call: ClientCall, frames: list[bytes]) -> None:
+        with self._lock:
+            if self._closing:
+                raise unavailable(self._endpoint, "the channel is closed")
+            self._pending[call.corr] = call
+        self._outbox.append((call, frames))
+        self._waker.signal()
+
+    def unary(self, method: str, request: bytes, timeout: float | None) -> bytes:
+        corr = next(self._ids)
+        call = UnaryCall(corr, method, timeout)
+        self._submit(call, framing.request(framing.Kind.UNARY, corr, self._method(method), timeout, request))
+        return call.wait(self)
+
+    def stream(self, method: str, request: bytes, timeout: float | None) -> StreamResponses:
+        corr = next(self._ids)
+        call = StreamCall(corr, method, timeout)
+        frames = framing.request(
+            framing.Kind.STREAM,
+            corr,
+            self._method(method),
+            timeout,
+            request,
+            window_items=STREAM_WINDOW_ITEMS,
+            window_bytes=STREAM_WINDOW_BYTES,
+        )
+        self._submit(call, frames)
+        return StreamResponses(call, self)
+
+    def abandon(self, call: ClientCall) -> bool:
+        with self._lock:
+            if self._pending.pop(call.corr, None) is None:
+                return False
+            call.done = True
+        if call.sent:
+            self.send_control(framing.cancel(call.corr))
+        return True
+
+    def expired_error(self, call: ClientCall) -> FlameError:
+        failure = self._last_failure
+        if not call.sent and failure is not None and not self._connected:
+            return _copy(failure)  # never sent because nobody is there: say so rather than "too slow"
+        return deadline_exceeded(call.method, self._endpoint, call.timeout)
+
+    def send_control(self, frames: list[bytes]) -> None:
+        if not self._closing:
+            self._outbox.append((None, frames))
+            self._waker.signal()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connected": self._connected,
+            "pending": len(self._pending),
+            "late_replies": self.late_replies,
+            "socket_resets": self.socket_resets,
+        }
+
+    def shutdown(self, reason: str = "the channel is closed") -> None:
+        """Fail what is pending, stop the I/O thread, close the sockets, terminate the context."""
+        if self.pid != os.getpid():
+            return  # a parent's core seen from a forked child: never touch its sockets
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self._fail(lambda _c: True, lambda: unavailable(self._endpoint, reason))
+        self._stop = True
+        self._waker.signal()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(JOIN_TIMEOUT)
+        if self._thread.is_alive():
+            log.error("the I/O thread of the zmq channel to %s did not stop; leaving its context", self._endpoint)
+            return
+        self._ctx.term()
+        self._waker.close()
+
+    # -- I/O thread ------------------------------------------------------------------------------------
+
+    def _fail(self, which: Callable[[ClientCall], bool], error: Callable[[], FlameError]) -> int:
+        with self._lock:
+            victims = [call for call in self._pending.values() if which(call)]
+            for call in victims:
+                del self._pending[call.corr]
+                call.done = True
+        if threading.current_thread() is self._thread:
+            # Behind whatever this step already received, so a stream's items keep their order.
+            self._completions.extend((call.on_error, error()) for call in victims)
+        else:
+            for call in victims:
+                call.on_error(error())
+        return len(victims)
+
+    def _open(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        configure_dealer(sock, self._config, self._address)
+        if self._config.curve_client is not None:
+            apply_client(sock, self._config.curve_client)
+        self._monitor = Monitor(self._ctx, sock)
+        sock.connect(self._address.zmq_address)
+        self._sock = sock
+        self._connected = False
+        self._pollout = False
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._monitor.socket, zmq.POLLIN)
+        self._poller.register(self._waker.fileno(), zmq.POLLIN)
+
+    def _close_socket(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close()
+            self._monitor = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _reset(self, reason: FlameError) -> None:
+        """Replace a broken socket; calls sent on it can get no reply and fail with ``reason``."""
+        self.socket_resets += 1
+        log.info("zmq channel to %s: recreating its socket (%s)", self._endpoint, reason.message)
+        self._fail(lambda c: c.sent, lambda: _copy(reason))
+        self._close_socket()
+        self._reset_reason = None
+        self._open()
+
+    def _run(self) -> None:
+        try:
+            self._open()
+            while not self._stop:
+                self._step()
+        except Exception as exc:  # a bug, or the context terminated under us: fail loudly, not silently
+            if not self._stop:
+                log.exception("the I/O thread of the zmq channel to %s failed", self._endpoint)
+            failure = FlameError(FlameErrorCode.UNAVAILABLE, f"the zmq channel to {self._endpoint} failed: {exc!r}")
+            self._fail(lambda _c: True, lambda: _copy(failure))
+        finally:
+            self._complete()
+            self.alive = False
+            self._close_socket()
+
+    def _poll_timeout(self) -> int:
+        if not self._unsent:
+            return 1000
+        if self._connected:
+            return 100  # waiting for room in the send pipe (POLLOUT); re-check abandoned calls now and then
+        oldest = min((c.queued_at for c, _ in self._unsent if c is not None), default=None)
+        if oldest is None:
+            return 100
+        left = oldest + self._config.connect_timeout - time.monotonic()
+        return max(1, min(100, int(left * 1000) + 1))
+
+    def _step(self) -> None:
+        sock = self._sock
+        monitor = self._monitor
+        assert sock is not None and monitor is not None
+        ready = dict(self._poller.poll(self._poll_timeout()))
+        if sock in ready and ready[sock] & zmq.POLLIN:
+            self._receive(sock)
+        if monitor.socket in ready and self._monitor is monitor:  # (a reset replaced it: stale events)
+            events = monitor.events()
+            if self._sock is sock:
+                # A reply that arrived just before its connection went is readable now, though poll may
+                # have seen only the monitor: take it before "disconnected" fails the calls in flight.
+                self._receive(sock)
+            for event, value in events:
+                if self._monitor is not monitor:
+                    break  # the socket was replaced: the rest are about the old one
+                self._on_event(event, value)
+        if self._waker.fileno() in ready:
+            self._waker.drain()
+        if not self._stop:
+            self._flush()
+            if self._unsent and not self._connected:
+                self._expire_unconnected()
+        self._complete()
+
+    def _complete(self) -> None:
+        # Hand replies to their callers last, right before blocking in poll: a woken caller needs the
+        # GIL, which this thread holds until it blocks.
+        completions = self._completions
+        if completions:
+            self._completions = []
+            for complete, value in completions:
+                complete(value)
+
+    def _receive(self, sock: zmq.Socket[bytes]) -> None:
+        # Poll said readable: read until ZMQ_EVENTS says no more (cheaper than ending on EAGAIN).
+        for _ in range(RECV_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._dispatch(framing.decode(frames))
+            except framing.ProtocolError as exc:
+                self._reset(unavailable(self._endpoint, f"the server broke the protocol: {exc}"))
+                return
+            if not readable(sock):
+                return
+
+    def _dispatch(self, msg: framing.Message) -> None:
+        kind = msg.kind
+        if kind is framing.Kind.ITEM:
+            call = self._pending.get(msg.corr)
+            if call is None:
+                self.late_replies += 1
+            else:
+                self._completions.append((call.on_item, msg.payload))
+            return
+        if kind is framing.Kind.PING:
+            return  # the server checking that we are still here: arriving was the answer
+        if kind not in framing.RESPONSE_KINDS:
+            raise framing.ProtocolError(f"a server sent a {kind.name} message")
+        with self._lock:
+            call = self._pending.pop(msg.corr, None)
+            if call is not None:
+                call.done = True
+        if call is None:
+            self.late_replies += 1  # its caller gave up (deadline, closed stream): drop it
+        elif kind is framing.Kind.REPLY:
+            self._completions.append((call.on_reply, msg.payload))
+        elif kind is framing.Kind.ERROR:
+            self._completions.append((call.on_error, framing.error_of(msg)))
+        else:
+            self._completions.append((call.on_item_end, None))
+
+    def _on_event(self, event: int, value: int) -> None:
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._connected = True
+            self._last_failure = None
+            return
+        if event == zmq.EVENT_DISCONNECTED:
+            if self._connected:
+                failure = unavailable(
+                    self._endpoint,
+                    f"the connection was lost (the server closed or crashed, or was silent for more than "
+                    f"{self._config.liveness_bound:g} s)",
+                )
+                self._last_failure = failure
+                self._reset(failure)  # fails the calls in flight; drops what was queued for that peer
+            return
+        if event == zmq.EVENT_CONNECT_RETRIED:
+            failure = unavailable(self._endpoint, "nothing accepts connections there (connection refused)")
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            failure = FlameError(
+                FlameErrorCode.UNAUTHENTICATED,
+                f"{self._endpoint} refused this client's CURVE key (ZAP status {value}); the server must "
+                f"list the client's public key",
+            )
+            self._reset_reason = failure  # libzmq does not reconnect after a refusal: a new call retries
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if value == MECHANISM_MISMATCH:
+                failure = FlameError(
+                    FlameErrorCode.UNAUTHENTICATED,
+                    f"{self._endpoint} uses another security mechanism: CURVE is configured on one side "
+                    f"only (curve_server_public_key_file / curve_client_secret_key_file)",
+                )
+            else:
+                failure = unavailable(self._endpoint, f"ZMTP handshake failed (protocol error {value:#x})")
+            self._reset_reason = failure
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            if self._config.curve_client is not None:
+                failure = FlameError(
+                    FlameErrorCode.UNAUTHENTICATED,
+                    f"the CURVE handshake with {self._endpoint} failed: is curve_server_public_key_file "
+                    f"that server's public key?",
+                )
+            else:
+                # Also what a client without CURVE usually sees from a CURVE server: the server hangs
+                # up on the NULL greeting before this side has read the server's (a race in libzmq);
+                # when this side reads it first, the PROTOCOL event above says UNAUTHENTICATED.
+                failure = unavailable(
+                    self._endpoint,
+                    "the ZMTP handshake failed (does the server require CURVE? then configure "
+                    "curve_server_public_key_file and curve_client_secret_key_file)",
+                )
+        else:
+            return
+        self._last_failure = failure
+        if self._reset_reason is failure:
+            # A refusal is definitive and never stale: after one libzmq stops retrying, and only a new
+            # socket (made for calls queued later) tries again.
+            self._fail(lambda c: not c.sent, lambda: _copy(failure))
+            return
+        seen = time.monotonic() - STALE_EVENT_GUARD
+        self._fail(lambda c: not c.sent and c.queued_at <= seen, lambda: _copy(failure))
+
+    def _flush(self) -> None:
+        outbox, unsent = self._outbox, self._unsent
+        while outbox:
+            unsent.append(outbox.popleft())
+        if unsent and not self._connected:
+            # Send only on a connection the monitor has confirmed: right after a disconnect libzmq may
+            # still accept a message into the dying pipe and lose it, and no event would tell us.
+            # Meanwhile forget what cannot be sent any more: control messages, abandoned calls.
+            self._unsent = unsent = deque(e for e in unsent if e[0] is not None and not e[0].done)
+            if unsent and self._reset_reason is not None:
+                self._reset(self._reset_reason)  # refused before: libzmq will not retry by itself
+        if not unsent or not self._connected:
+            self._want_pollout(False)
+            return
+        sock = self._sock
+        assert sock is not None
+        while unsent:
+            call, frames = unsent[0]
+            if call is not None and call.done:
+                unsent.popleft()  # abandoned before it could be sent
+                continue
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                # The send pipe is at its high-water mark (or not attached yet): wait until writable.
+                self._want_pollout(True)
+                return
+            except zmq.ZMQError as exc:
+                # Not a full pipe: the socket is in a state we do not know. Replace it; this call
+                # and those sent on the old socket fail.
+                unsent.popleft()
+                if call is not None:
+                    call.sent = True
+                self._reset(unavailable(self._endpoint, f"the socket failed: {exc}"))
+                return
+            unsent.popleft()
+            if call is not None:
+                call.sent = True
+        self._want_pollout(False)
+
+    def _want_pollout(self, on: bool) -> None:
+        if on != self._pollout and self._sock is not None:
+            self._poller.modify(self._sock, zmq.POLLIN | zmq.POLLOUT if on else zmq.POLLIN)
+            self._pollout = on
+
+    def _expire_unconnected(self) -> None:
+        limit = time.monotonic() - self._config.connect_timeout
+        failure = self._last_failure or unavailable(
+            self._endpoint, f"no connection within connect_timeout={self._config.connect_timeout:g} s"
+        )
+        self._fail(lambda c: not c.sent and c.queued_at <= limit, lambda: _copy(failure))
+
+
+_CHANNELS: weakref.WeakSet[ZmqChannel] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork time stays held in the child forever: give every channel
+    # a fresh one. The child builds its own core on first use (the parent's is left untouched).
+    for channel in list(_CHANNELS):
+        channel._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ZmqChannel:
+    """A thread-safe channel to one ``zmq+tcp://`` or ``zmq+ipc://`` endpoint (connects lazily)."""
+
+    def __init__(self, address: Address, config: ZmqConfig) -> None:
+        self._address = address
+        self._config = config
+        self._lock = threading.Lock()
+        self._core: _Core | None = None
+        self._closed = False
+        self._parents: list[_Core] = []  # cores inherited through fork: kept alive, never used
+        _CHANNELS.add(self)
+
+    @property
+    def endpoint(self) -> str:
+        return self._address.url
+
+    def _get_core(self) -> _Core:
+        core = self._core
+        if core is not None and core.pid == os.getpid() and core.alive:
+            return core
+        with self._lock:
+            if self._closed:
+                raise unavailable(self.endpoint, "the channel is closed")
+            core = self._core
+            if core is None or core.pid != os.getpid() or not core.alive:
+                if core is not None and core.pid != os.getpid():
+                    self._parents.append(core)
+                elif core is not None:
+                    core.shutdown("the channel's I/O thread failed")
+                core = _Core(self._address, self._config)
+                weakref.finalize(self, core.shutdown)
+                self._core = core
+            return core
+
+    def _prepare(self, request: bytes, timeout: Timeout) -> tuple[bytes, float | None]:
+        if self._closed:
+            raise unavailable(self.endpoint, "the channel is closed")
+        data = request if type(request) is bytes else bytes(request)
+        check_size(len(data), self._config.max_message_size, what="request", endpoint=self.endpoint)
+        return data, resolve_timeout(timeout, self._config.default_timeout)
+
+    def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
+        data, seconds = self._prepare(request, timeout)
+        response = self._get_core().unary(method, data, seconds)
+        check_size(len(response), self._config.max_message_size, what=f"response to {method}", endpoint=self.endpoint)
+        return response
+
+    def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
+        data, seconds = self._prepare(request, timeout)
+        return self._get_core().stream(method, data, seconds)
+
+    def stats(self) -> dict[str, Any]:
+        """Connection state and counters of this process's core (for tests and diagnostics)."""
+        core = self._core
+        if core is None or core.pid != os.getpid():
+            return {"connected": False, "pending": 0, "late_replies": 0, "socket_resets": 0}
+        return core.stats()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            core, self._core = self._core, None
+        if core is not None:
+            core.shutdown()
+
+    def __enter__(self) -> ZmqChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,461 @@
+"""The server side: a ROUTER socket owned by one I/O thread, handlers on a worker pool.
+
+The I/O thread reads requests, answers at once what needs no handler (``UNIMPLEMENTED``, a request too
+large, ``RESOURCE_EXHAUSTED`` when ``max_pending_calls`` calls are already queued or running,
+``UNAVAILABLE`` while stopping), and submits the rest to the pool. Workers queue their replies in the
+outbox and wake the I/O thread, which sends them.
+
+``ZMQ_ROUTER_MANDATORY`` makes every send say what happened: EAGAIN (the peer's pipe is at its
+high-water mark) keeps the reply, and everything queued after it for the same peer, in a per-peer
+backlog retried every few milliseconds until it fits or its call's deadline passes; EHOSTUNREACH (the
+peer has gone) discards the reply and cancels the peer's calls. Nothing is dropped without a reason.
+
+Callers that vanish: every heartbeat interval, while calls run, the I/O thread sends a ``PING`` to each
+peer with a call in progress. ROUTER_MANDATORY makes that send fail once the peer's connection is gone
+(closed, or dropped by ZMTP heartbeats), and the peer's calls are cancelled: ``ctx.is_active()`` turns
+false and a stream waiting for credit stops, instead of running until its deadline (or forever).
+
+With CURVE the same I/O thread answers ZAP requests (see :mod:`.auth`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import Handler, StreamHandler, UnaryHandler
+from flamepy_core.transport_kit import check_size, unavailable, unimplemented
+from flamepy_transports.zmq import endpoints, framing
+from flamepy_transports.zmq.auth import ZapHandler, apply_server
+from flamepy_transports.zmq.config import (
+    STREAM_WINDOW_BYTES,
+    STREAM_WINDOW_ITEMS,
+    ZmqConfig,
+    configure_router,
+)
+from flamepy_transports.zmq.endpoints import Address
+from flamepy_transports.zmq.pool import WorkerPool
+from flamepy_transports.zmq.waker import Waker, readable
+from flamepy_transports.zmq.worker import ServerCall, StreamFlow, run_stream, run_unary
+
+log = logging.getLogger(__name__)
+
+RECV_BATCH = 256
+"""Requests read per wake-up before the I/O thread sends what the workers produced (fairness)."""
+BACKLOG_RETRY_MS = 5
+STOP_LINGER_MS = 200
+"""On stop, final replies get this long to leave before the socket closes."""
+START_TIMEOUT = 10.0
+JOIN_TIMEOUT = 5.0
+
+_Out = tuple[bytes, list[bytes], "float | None"]
+"""(routing id, frames, the call's deadline on this clock): a reply still unsent at the deadline is dropped,
+its caller having given up already."""
+
+
+def grace_bound(grace: float | None) -> float:
+    """How long a stop may take at most: the grace, the I/O thread's join, the linger of final replies."""
+    return (grace or 0.0) + JOIN_TIMEOUT + STOP_LINGER_MS / 1000.0 + 1.0
+
+
+def _bind_error(address: Address, exc: zmq.ZMQError) -> FlameError:
+    if exc.errno == errno.EADDRINUSE:
+        return FlameError(FlameErrorCode.ALREADY_EXISTS, f"{address.url} is already in use: {exc}")
+    return FlameError(FlameErrorCode.INVALID_ARGUMENT, f"cannot serve on {address.url}: {exc}")
+
+
+class _Engine:
+    """Everything a running server owns; the public :class:`ZmqServer` is a thin handle on it."""
+
+    def __init__(self, address: Address, handlers: Mapping[str, Handler], config: ZmqConfig) -> None:
+        self.pid = os.getpid()
+        self.address = address
+        self.endpoint = address.url
+        self.max_message_size = config.max_message_size
+        self._config = config
+        self._handlers = dict(handlers)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+        self._pool = WorkerPool(config.max_workers, "flamepy-zmq-worker")
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[bytes, int], ServerCall] = {}
+        self._outbox: deque[_Out] = deque()
+        self._waker = Waker()
+        self._stopping = False
+        self._exit = False
+        self._stopped = False
+        self._released = threading.Event()
+        self._ipc_inode: int | None = None
+        self.counters = {"accepted": 0, "refused": 0, "unimplemented": 0, "peer_gone": 0, "dropped_late": 0}
+        self._zap: ZapHandler | None = None
+        self._admitted: list[tuple[Any, ServerCall, Any, bytes]] = []
+        self._thread = threading.Thread(target=self._run, name=f"flamepy-zmq-server[{address.url}]", daemon=True)
+
+    # -- start -----------------------------------------------------------------------------------------
+
+    def start(self) -> str:
+        endpoints.check_ipc_free(self.address)
+        started: Future[str] = Future()
+        self._started = started
+        self._thread.start()
+        try:
+            endpoint = started.result(START_TIMEOUT)
+        except BaseException:
+            self._thread.join(JOIN_TIMEOUT)
+            self._pool.shutdown()
+            if not self._thread.is_alive():
+                self._ctx.term()
+            self._waker.close()
+            raise
+        self.endpoint = endpoint
+        return endpoint
+
+    def _bind(self) -> zmq.Socket[bytes]:
+        config = self._config
+        if config.curve_server is not None:
+            self._zap = ZapHandler(self._ctx, config.curve_server.allowed)  # before the ROUTER exists
+        sock = self._ctx.socket(zmq.ROUTER)
+        try:
+            configure_router(sock, config, self.address)
+            if config.curve_server is not None:
+                apply_server(sock, config.curve_server)
+            sock.bind(self.address.zmq_address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise _bind_error(self.address, exc) from exc
+        if self.address.is_ipc_file:
+            try:
+                self._ipc_inode = os.stat(self.address.path).st_ino
+            except OSError:
+                self._ipc_inode = None
+        last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._endpoint_bound = endpoints.served(self.address, last)
+        return sock
+
+    # -- worker side (Replies protocol) ----------------------------------------------------------------
+
+    def post(self, call: ServerCall, frames: list[bytes]) -> None:
+        if not call.finished:
+            self._outbox.append((call.ident, frames, call.deadline))
+            self._waker.signal()
+
+    def finish(self, call: ServerCall, frames: list[bytes] | None) -> None:
+        with self._lock:
+            if call.finished:
+                return
+            call.finished = True
+            if frames is not None:
+                # Queued before the call leaves the table: stop() waits for "no calls and nothing
+                # queued", so a final reply is never in neither.
+                self._outbox.append((call.ident, frames, call.deadline))
+            self._calls.pop(call.key, None)
+        if frames is not None:
+            self._waker.signal()
+
+    # -- I/O thread ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            sock = self._bind()
+        except BaseException as exc:
+            if self._zap is not None:
+                self._zap.close()
+            self._started.set_exception(exc)
+            return
+        self._started.set_result(self._endpoint_bound)
+        backlog: dict[bytes, deque[_Out]] = {}
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._waker.fileno(), zmq.POLLIN)
+        if self._zap is not None:
+            poller.register(self._zap.socket, zmq.POLLIN)
+        probe_every = self._config.heartbeat_ivl_ms / 1000.0
+        next_probe = time.monotonic() + probe_every
+        try:
+            while True:
+                timeout = BACKLOG_RETRY_MS if backlog else 1000
+                if self._calls:
+                    timeout = min(timeout, max(0, int((next_probe - time.monotonic()) * 1000) + 1))
+                ready = dict(poller.poll(timeout))
+                if self._zap is not None and self._zap.socket in ready:
+                    self._zap.handle_pending()
+                if sock in ready:
+                    self._receive(sock)
+                if self._waker.fileno() in ready:
+                    self._waker.drain()
+                self._send(sock, backlog)
+                self._start_admitted()
+                if self._exit:
+                    self._send(sock, backlog)  # what stop() queued after this round's sending
+                    break
+                if time.monotonic() >= next_probe:
+                    next_probe = time.monotonic() + probe_every
+                    self._probe_callers(sock)
+        except Exception:
+            log.exception("the I/O thread of the zmq server on %s failed", self.endpoint)
+        finally:
+            # Let final replies leave (bounded), then close; ctx.term() in stop() waits for this.
+            sock.close(linger=STOP_LINGER_MS if self._exit else 0)
+            if self._zap is not None:
+                self._zap.close()
+
+    def _receive(self, sock: zmq.Socket[bytes]) -> None:
+        for _ in range(RECV_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue  # (cannot answer: no frames to address a reply to)
+            ident = frames[0]
+            try:
+                msg = framing.decode(frames[1:])
+            except framing.ProtocolError as exc:
+                log.warning("zmq server on %s: a peer broke the protocol: %s", self.endpoint, exc)
+                if exc.corr is not None:
+                    err = FlameError(FlameErrorCode.INVALID_ARGUMENT, f"protocol error: {exc}")
+                    deadline = time.monotonic() + 5.0
+                    self._outbox.append((ident, framing.error(framing.pack_corr(exc.corr), err), deadline))
+                continue
+            self._handle(ident, msg)
+            if not readable(sock):
+                return
+
+    def _refuse(self, ident: bytes, msg: framing.Message, err: FlameError) -> None:
+        timeout = framing.timeout_of(msg)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._outbox.append((ident, framing.error(framing.pack_corr(msg.corr), err), deadline))
+
+    def _handle(self, ident: bytes, msg: framing.Message) -> None:
+        kind = msg.kind
+        if kind is framing.Kind.CANCEL or kind is framing.Kind.CREDIT:
+            with self._lock:
+                call = self._calls.get((ident, msg.corr))
+            if call is not None:
+                if kind is framing.Kind.CANCEL:
+                    call.cancel()
+                elif call.flow is not None:
+                    call.flow.grant(msg.a, msg.b)
+            return
+        if kind is not framing.Kind.UNARY and kind is not framing.Kind.STREAM:
+            self._refuse(ident, msg, FlameError(FlameErrorCode.INVALID_ARGUMENT, f"a {kind.name} request"))
+            return
+        method = msg.method.decode("utf-8", "replace")
+        if self._stopping:
+            self._refuse(ident, msg, unavailable(self.endpoint, "the server is shutting down"))
+            return
+        handler = self._handlers.get(method)
+        streaming = kind is framing.Kind.STREAM
+        if handler is None or isinstance(handler, StreamHandler) != streaming:
+            self.counters["unimplemented"] += 1
+            err = unimplemented(method, self.endpoint)
+            if handler is not None:
+                shape = "a streaming" if isinstance(handler, StreamHandler) else "a unary"
+                err = FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is {shape} method")
+            self._refuse(ident, msg, err)
+            return
+        payload: bytes = msg.payload
+        try:
+            check_size(len(payload), self.max_message_size, what=f"request to {method}", endpoint=self.endpoint)
+        except FlameError as err:
+            self._refuse(ident, msg, err)
+            return
+        timeout = framing.timeout_of(msg)
+        flow = None
+        if streaming:
+            # The caller's window, never more than ours: it bounds what a stream may queue here.
+            flow = StreamFlow(
+                min(msg.a or STREAM_WINDOW_ITEMS, STREAM_WINDOW_ITEMS),
+                min(msg.b or STREAM_WINDOW_BYTES, STREAM_WINDOW_BYTES),
+            )
+        call = ServerCall(ident, msg.corr, method, timeout, flow)
+        with self._lock:
+            full = len(self._calls) >= self._config.max_pending_calls
+            if not full:
+                self._calls[call.key] = call
+        if full:
+            self.counters["refused"] += 1
+            self._refuse(
+                ident,
+                msg,
+                FlameError(
+                    FlameErrorCode.RESOURCE_EXHAUSTED,
+                    f"the server at {self.endpoint} is busy: {self._config.max_pending_calls} calls are "
+                    f"queued or running (max_pending_calls); retry later",
+                ),
+            )
+            return
+        self.counters["accepted"] += 1
+        run = run_unary if isinstance(handler, UnaryHandler) else run_stream
+        self._admitted.append((run, call, handler.fn, payload))
+
+    def _start_admitted(self) -> None:
+        # Handed to workers last, right before blocking in poll: a woken worker needs the GIL, which
+        # this thread holds until it blocks.
+        admitted, self._admitted = self._admitted, []
+        for run, call, fn, payload in admitted:
+            try:
+                self._pool.submit(run, self, call, fn, payload)
+            except RuntimeError:  # the pool is shut down: we are stopping
+                err = unavailable(self.endpoint, "the server is shutting down")
+                self.finish(call, framing.error(call.corr, err))
+
+    def _send(self, sock: zmq.Socket[bytes], backlog: dict[bytes, deque[_Out]]) -> None:
+        now = time.monotonic()
+        for ident in list(backlog):
+            queue = backlog[ident]
+            while queue:
+                deadline = queue[0][2]
+                if deadline is not None and deadline <= now:
+                    queue.popleft()
+                    self.counters["dropped_late"] += 1
+                    continue
+                state = self._send_one(sock, queue[0])
+                if state == "again":
+                    break
+                queue.popleft()
+                if state == "gone":
+                    queue.clear()
+            if not queue:
+                del backlog[ident]
+        outbox = self._outbox
+        while outbox:
+            entry = outbox.popleft()
+            ident = entry[0]
+            if ident in backlog:
+                backlog[ident].append(entry)  # keep each peer's replies in order
+                continue
+            state = self._send_one(sock, entry)
+            if state == "again":
+                backlog[ident] = deque([entry])
+
+    def _send_one(self, sock: zmq.Socket[bytes], entry: _Out) -> str:
+        ident, frames, _deadline = entry
+        try:
+            # Routed by the first frame; a multipart message is queued whole or not at all, so EAGAIN
+            # and EHOSTUNREACH can only come from that first frame.
+            sock.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return "again"
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                self._peer_gone(ident)
+                return "gone"
+            raise
+        return "sent"
+
+    def _probe_callers(self, sock: zmq.Socket[bytes]) -> None:
+        with self._lock:
+            idents = {ident for ident, _corr in self._calls}
+        for ident in idents:
+            self._send_one(sock, (ident, framing.PING_FRAMES, None))  # "again" = alive but busy: fine
+
+    def _peer_gone(self, ident: bytes) -> None:
+        self.counters["peer_gone"] += 1
+        with self._lock:
+            calls = [call for key, call in self._calls.items() if key[0] == ident]
+        for call in calls:
+            call.cancel()
+
+    # -- stop ------------------------------------------------------------------------------------------
+
+    def stop(self, grace: float | None) -> None:
+        if self.pid != os.getpid():
+            raise FlameError(
+                FlameErrorCode.INVALID_STATE,
+                f"the zmq server on {self.endpoint} was started by process {self.pid} and cannot be used "
+                f"from process {os.getpid()} (a forked child); start a server in the child instead",
+            )
+        with self._lock:
+            first = not self._stopped
+            self._stopped = True
+        if not first:
+            self._released.wait(grace_bound(grace))  # another thread is stopping it: wait for that
+            return
+        try:
+            self._stop(grace)
+        finally:
+            self._released.set()
+
+    def _stop(self, grace: float | None) -> None:
+        self._stopping = True  # the I/O thread now answers new calls with UNAVAILABLE
+        deadline = time.monotonic() + (grace or 0.0)
+        while time.monotonic() < deadline and (self._calls or self._outbox):
+            time.sleep(0.005)
+        with self._lock:
+            remaining = list(self._calls.values())
+        for call in remaining:
+            call.cancel()
+            self.finish(
+                call,
+                framing.error(call.corr, unavailable(self.endpoint, "the server stopped during the call")),
+            )
+        self._exit = True
+        self._waker.signal()
+        self._thread.join(JOIN_TIMEOUT)
+        self._pool.shutdown()
+        if self._thread.is_alive():
+            log.error("the I/O thread of the zmq server on %s did not stop; leaving its context", self.endpoint)
+            return
+        self._ctx.term()  # returns once every socket is closed: the endpoint is free again
+        self._waker.close()
+        self._remove_ipc_file()
+
+    def _remove_ipc_file(self) -> None:
+        if self._ipc_inode is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self.address.path).st_ino == self._ipc_inode:
+                os.unlink(self.address.path)
+
+    def stop_at_exit(self) -> None:
+        if self.pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self.stop(0.0)
+
+
+class ZmqServer:
+    """A running zmq server; ``endpoint`` has a requested port 0 resolved."""
+
+    def __init__(self, address: Address, handlers: Mapping[str, Handler], config: ZmqConfig) -> None:
+        for method, handler in handlers.items():
+            if not isinstance(handler, (UnaryHandler, StreamHandler)):
+                raise FlameError(
+                    FlameErrorCode.INVALID_ARGUMENT,
+                    f"the handler for {method} is a {type(handler).__name__}, not a UnaryHandler or StreamHandler",
+                )
+        self._engine = _Engine(address, handlers, config)
+        self._endpoint = self._engine.start()
+        weakref.finalize(self, self._engine.stop_at_exit)
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the I/O thread: accepted, refused (RESOURCE_EXHAUSTED), unimplemented, ..."""
+        engine = self._engine
+        stats: dict[str, Any] = dict(engine.counters)
+        stats["running"] = len(engine._calls)
+        stats["zap_denied"] = engine._zap.denied if engine._zap is not None else 0
+        return stats
+
+    def stop(self, grace: float | None = None) -> None:
+        self._engine.stop(grace)
+
+    def __enter__(self) -> ZmqServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

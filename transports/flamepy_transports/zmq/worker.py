@@ -1,0 +1,175 @@
+"""What a server's worker threads do: run one handler, turn its outcome into reply frames.
+
+Workers never touch a socket. They hand frames to the server's I/O thread (:meth:`Replies.post`) and end
+every call exactly once (:meth:`Replies.finish`), with a final message or silently when nobody waits any
+more (the caller cancelled, its deadline passed, or the server already answered it while stopping).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import StreamFn, UnaryFn
+from flamepy_core.transport_kit import check_size, error_from_handler
+from flamepy_transports.zmq import framing
+
+CREDIT_POLL = 0.25
+"""A producer waiting for stream credit re-checks its call's deadline this often (seconds)."""
+
+
+class ServerContext:
+    """The :class:`CallContext` a handler gets: the caller's deadline and a cancel flag, no locks."""
+
+    __slots__ = ("_cancelled", "_method", "deadline")
+
+    def __init__(self, method: str, timeout: float | None) -> None:
+        self._method = method
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._cancelled = False
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    def time_remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def is_active(self) -> bool:
+        if self._cancelled:
+            return False
+        return self.deadline is None or time.monotonic() < self.deadline
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+
+class StreamFlow:
+    """Credit-based flow control of one server stream: the window the caller has left open."""
+
+    def __init__(self, items: int, nbytes: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._items = items
+        self._bytes = nbytes
+        self._closed = False
+
+    def grant(self, items: int, nbytes: int) -> None:
+        with self._cond:
+            self._items += items
+            self._bytes += nbytes
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def acquire(self, size: int, ctx: ServerContext) -> bool:
+        """Take credit for one item of ``size`` bytes; False when the call ended while waiting."""
+        with self._cond:
+            while not (self._items > 0 and self._bytes > 0):
+                if self._closed or not ctx.is_active():
+                    return False
+                remaining = ctx.time_remaining()
+                self._cond.wait(CREDIT_POLL if remaining is None else min(CREDIT_POLL, remaining))
+            if self._closed or not ctx.is_active():
+                return False
+            self._items -= 1
+            self._bytes -= size + framing.ITEM_OVERHEAD
+            return True
+
+
+class ServerCall:
+    """One call being served: who asked (routing id + correlation id), its context and stream window."""
+
+    __slots__ = ("corr", "ctx", "finished", "flow", "ident", "key", "method")
+
+    def __init__(self, ident: bytes, corr: int, method: str, timeout: float | None, flow: StreamFlow | None):
+        self.ident = ident
+        self.corr = framing.pack_corr(corr)
+        self.key = (ident, corr)
+        self.method = method
+        self.ctx = ServerContext(method, timeout)
+        self.flow = flow
+        self.finished = False
+
+    @property
+    def deadline(self) -> float | None:
+        return self.ctx.deadline
+
+    def cancel(self) -> None:
+        self.ctx.cancel()
+        if self.flow is not None:
+            self.flow.close()
+
+
+class Replies(Protocol):
+    endpoint: str
+    max_message_size: int
+
+    def post(self, call: ServerCall, frames: list[bytes]) -> None:
+        """Queue a non-final message (a stream item) for the call's caller."""
+        ...
+
+    def finish(self, call: ServerCall, frames: list[bytes] | None) -> None:
+        """End the call (once; later calls are no-ops), sending ``frames`` if given."""
+        ...
+
+
+def _as_bytes(method: str, value: object, what: str) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise FlameError(FlameErrorCode.INTERNAL, f"handler for {method} {what} {type(value).__name__}, not bytes")
+
+
+def run_unary(server: Replies, call: ServerCall, fn: UnaryFn, request: bytes) -> None:
+    if not call.ctx.is_active():
+        server.finish(call, None)  # the deadline passed while queued, or the caller cancelled
+        return
+    try:
+        data = _as_bytes(call.method, fn(request, call.ctx), "returned")
+        check_size(len(data), server.max_message_size, what=f"response to {call.method}", endpoint=server.endpoint)
+    except BaseException as exc:
+        server.finish(call, framing.error(call.corr, error_from_handler(call.method, exc)))
+    else:
+        server.finish(call, framing.reply(framing.Kind.REPLY, call.corr, data))
+
+
+def run_stream(server: Replies, call: ServerCall, fn: StreamFn, request: bytes) -> None:
+    ctx, flow = call.ctx, call.flow
+    assert flow is not None
+    if not ctx.is_active():
+        server.finish(call, None)
+        return
+    items: Iterator[bytes] | None = None
+    try:
+        items = iter(fn(request, ctx))
+        for item in items:
+            data = _as_bytes(call.method, item, "yielded")
+            check_size(
+                len(data),
+                server.max_message_size,
+                what=f"stream item of {call.method}",
+                endpoint=server.endpoint,
+            )
+            if not flow.acquire(len(data), ctx):
+                server.finish(call, None)  # cancelled, past its deadline, or the server is stopping
+                return
+            server.post(call, framing.reply(framing.Kind.ITEM, call.corr, data))
+    except BaseException as exc:
+        server.finish(call, framing.error(call.corr, error_from_handler(call.method, exc)))
+    else:
+        server.finish(call, framing.reply(framing.Kind.END, call.corr))
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
