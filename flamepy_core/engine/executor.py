@@ -29,26 +29,53 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class InstanceLink:
-    """How the server reaches instances: a transport and a folder for their sockets."""
+class LinkOption:
+    """One way to reach an instance: the socket file that appears when it listens, and how to call it."""
 
+    socket_path: str
+    url: str
     transport: Transport
-    socket_dir: Path
 
-    def endpoints(self, instance_id: str) -> tuple[str, str]:
-        """(value of FLAME_INSTANCE_ENDPOINT, URL the server connects to)."""
-        schemes = self.transport.schemes
+
+@dataclass(frozen=True)
+class InstanceLink:
+    """How the server reaches its instances.
+
+    ``compat`` is what ``FLAME_INSTANCE_ENDPOINT`` names: with gRPC a bare unix-socket path, exactly what
+    Flame's executors pass, so a service written for Flame runs unchanged. ``fast`` (optional) is offered
+    to services written with this SDK through ``FLAMEPY_INSTANCE_ENDPOINT``; our instance runtime prefers
+    it. The socket the instance creates tells the server which one it chose.
+    """
+
+    compat: Transport
+    socket_dir: Path
+    fast: Transport | None = None
+
+    def _endpoint(self, transport: Transport, name: str, *, bare: bool) -> tuple[str, LinkOption]:
+        schemes = transport.schemes
         if "unix" in schemes:
-            path = str(self.socket_dir / f"{instance_id}.sock")
-            return path, f"unix://{path}"
+            path = str(self.socket_dir / f"{name}.sock")
+            return (path if bare else f"unix://{path}"), LinkOption(path, f"unix://{path}", transport)
         if "zmq+ipc" in schemes:
-            url = f"zmq+ipc://{self.socket_dir / instance_id}.ipc"
-            return url, url
+            path = str(self.socket_dir / f"{name}.ipc")
+            url = f"zmq+ipc://{path}"
+            return url, LinkOption(path, url, transport)
         raise FlameError(
             FlameErrorCode.INVALID_CONFIG,
-            f"transport '{self.transport.name}' offers no local socket scheme (unix or zmq+ipc) "
+            f"transport '{transport.name}' offers no local socket scheme (unix or zmq+ipc) "
             f"for instances; choose another instance transport",
         )
+
+    def plan(self, instance_id: str) -> tuple[dict[str, str], list[LinkOption]]:
+        """The environment to give the instance, and the ways to reach it, preferred first."""
+        env_value, compat = self._endpoint(self.compat, instance_id, bare=True)
+        env = {"FLAME_INSTANCE_ENDPOINT": env_value}
+        options = [compat]
+        if self.fast is not None and self.fast.name != self.compat.name:
+            fast_value, fast = self._endpoint(self.fast, f"{instance_id}-fast", bare=False)
+            env["FLAMEPY_INSTANCE_ENDPOINT"] = fast_value
+            options.insert(0, fast)
+        return env, options
 
 
 def _signal_name(number: int) -> str:
@@ -59,27 +86,42 @@ def _signal_name(number: int) -> str:
 
 
 class InstanceProcess:
-    """One running service process and the channel to it."""
+    """One running service process and the channel to it (made once it listens)."""
 
     def __init__(
         self,
         instance_id: str,
         app_name: str,
         popen: subprocess.Popen[bytes],
-        url: str,
-        channel: Channel,
+        options: list[LinkOption],
         err_path: Path,
-        socket_path: str | None,
         tail_lines: int = 20,
     ) -> None:
         self.id = instance_id
         self.app_name = app_name
         self.popen = popen
-        self.url = url
-        self.channel = channel
+        self.options = options
         self.err_path = err_path
-        self._socket_path = socket_path
         self.tail_lines = tail_lines
+        self.url = options[0].url
+        self._channel: Channel | None = None
+
+    @property
+    def channel(self) -> Channel:
+        if self._channel is None:
+            raise FlameError(FlameErrorCode.UNAVAILABLE, f"instance {self.id} is not listening yet")
+        return self._channel
+
+    def connect_if_listening(self) -> bool:
+        """Connect to whichever endpoint the instance created its socket for; False while none exists."""
+        if self._channel is not None:
+            return True
+        for option in self.options:
+            if os.path.exists(option.socket_path):
+                self.url = option.url
+                self._channel = option.transport.connect(option.url)
+                return True
+        return False
 
     @property
     def pid(self) -> int:
@@ -115,10 +157,11 @@ class InstanceProcess:
 
     def stop(self, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; closes the channel and removes the socket."""
-        try:
-            self.channel.close()
-        except Exception:  # closing must never stop the shutdown
-            log.debug("closing the channel of instance %s failed", self.id, exc_info=True)
+        if self._channel is not None:
+            try:
+                self._channel.close()
+            except Exception:  # closing must never stop the shutdown
+                log.debug("closing the channel of instance %s failed", self.id, exc_info=True)
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
@@ -130,9 +173,9 @@ class InstanceProcess:
                 self.popen.wait(timeout=10)
         else:
             self.popen.wait(timeout=1)
-        if self._socket_path:
+        for option in self.options:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._socket_path)
+                os.unlink(option.socket_path)
 
 
 class Launcher:
@@ -157,12 +200,13 @@ class Launcher:
         self.log_dir = home / "logs" / "instances"
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
-    def _environment(self, app: pb.Application, instance_env: str) -> dict[str, str]:
+    def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
+        env.pop("FLAMEPY_INSTANCE_ENDPOINT", None)
         env.update(self.extra_env)
         for item in app.spec.environments:
             env[item.name] = _expand(item.value, env)
-        env["FLAME_INSTANCE_ENDPOINT"] = instance_env
+        env.update(link_env)
         env["FLAME_CACHE_ENDPOINT"] = self.cache_endpoint
         env["FLAME_ENDPOINT"] = self.frontend_endpoint
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -177,8 +221,8 @@ class Launcher:
                 f"application {name} has no command; register it with spec.command (e.g. python) and "
                 f"spec.arguments (e.g. [my_service.py])",
             )
-        instance_env, url = self.link.endpoints(instance_id)
-        env = self._environment(app, instance_env)
+        link_env, options = self.link.plan(instance_id)
+        env = self._environment(app, link_env)
         if spec.HasField("working_directory") and spec.working_directory:
             cwd = Path(_expand(spec.working_directory, env))
             if not cwd.is_dir():
@@ -201,18 +245,15 @@ class Launcher:
         argv = [resolved, *(_expand(a, env) for a in spec.arguments)]
         out_path = self.log_dir / f"{name}-{instance_id}.out"
         err_path = self.log_dir / f"{name}-{instance_id}.err"
-        socket_path = instance_env if url.startswith("unix://") else None
-        if socket_path and os.path.exists(socket_path):
-            os.unlink(socket_path)
+        for option in options:  # a stale socket would make a dead instance look alive
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(option.socket_path)
         with open(out_path, "ab") as out, open(err_path, "ab") as err:
             popen = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
             )
         log.info("started instance %s of %s: pid %d, %s", instance_id, name, popen.pid, " ".join(argv))
-        channel = self.link.transport.connect(url)
-        return InstanceProcess(
-            instance_id, name, popen, url, channel, err_path, socket_path, tail_lines=self.stderr_tail_lines
-        )
+        return InstanceProcess(instance_id, name, popen, options, err_path, tail_lines=self.stderr_tail_lines)
 
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")

@@ -106,6 +106,17 @@ class InstanceDriver(threading.Thread):
             if not self.process.alive():
                 sched.bind_failed(self, session_id, self.process.describe_exit())
                 return False
+            if not self.process.connect_if_listening():
+                if time.monotonic() < deadline:
+                    time.sleep(0.005)
+                    continue
+                detail = (
+                    f"instance {self.instance_id} did not start listening on {self.process.url} within "
+                    f"{settings.instance_start_timeout} s"
+                )
+                tail = self.process.stderr_tail(settings.stderr_tail_lines)
+                sched.bind_failed(self, session_id, detail + (f"; last lines of its stderr:\n{tail}" if tail else ""))
+                return False
             try:
                 reply = pb.Result.FromString(
                     self.process.channel.unary(ON_SESSION_ENTER, request, timeout=settings.session_enter_timeout)

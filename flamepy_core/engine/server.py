@@ -40,9 +40,13 @@ MAX_UNIX_PATH = 100
 SERVER_WORKERS = 512
 
 
+DEFAULT_TRANSPORT = "zmq"
+"""The local server's transport when none is configured: the fastest bundled one (see benchmarks/)."""
+
+
 def default_listen(home: Path, transport: str | None = None) -> str:
     """Where the embedded server listens: a socket in FLAME_HOME when the path is short enough."""
-    if transport == "zmq":
+    if (transport or DEFAULT_TRANSPORT) == "zmq":
         path = home / "flame.ipc"
         return f"zmq+ipc://{path}" if len(str(path)) < MAX_UNIX_PATH else "zmq+tcp://127.0.0.1:0"
     path = home / "flame.sock"
@@ -160,8 +164,14 @@ class FlameServer:
         server = frontend_transport.serve(self.listen, handlers)
         self._servers.append(server)
         self.endpoint = server.endpoint
-        link_name = self.instance_transport or ("zmq" if frontend_transport.name == "zmq" else "grpc")
-        link_transport = self.registry.transport(link_name, **options)
+        link = self.instance_transport or "auto"
+        if link == "auto":
+            # gRPC behind FLAME_INSTANCE_ENDPOINT for services written for Flame; ZeroMQ offered to ours.
+            link_transport = self.registry.transport("grpc", **options)
+            fast_transport = self._optional_transport("zmq", options)
+        else:
+            link_transport = self.registry.transport(link, **options)
+            fast_transport = None
         if frontend_transport.capabilities.cross_process:
             self.cache_endpoint = self.endpoint
         else:
@@ -187,7 +197,7 @@ class FlameServer:
                 self._own_socket_dir = True
         self.launcher = Launcher(
             home,
-            InstanceLink(link_transport, self._socket_dir),
+            InstanceLink(link_transport, self._socket_dir, fast=fast_transport),
             cache_endpoint=self.cache_endpoint,
             frontend_endpoint=self.endpoint,
             stderr_tail_lines=self.settings.stderr_tail_lines,
@@ -199,6 +209,13 @@ class FlameServer:
             self._publish()
         log.info("flamepy server for %s listening on %s (cache %s)", home, self.endpoint, self.cache_endpoint)
         return self
+
+    def _optional_transport(self, name: str, options: dict[str, Any]) -> Transport | None:
+        try:
+            return self.registry.transport(name, **options)
+        except FlameError as exc:
+            log.warning("transport %s is not available for instances (%s); using gRPC only", name, exc.message)
+            return None
 
     def _take_lock(self) -> None:
         self._lock_file = open(self.home / LOCK_FILE, "a+")  # noqa: SIM115 - held for the server's life
