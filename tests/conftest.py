@@ -91,12 +91,16 @@ class FlameEnv:
 
 
 @pytest.fixture
-def flame_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[FlameEnv]:
+def flame_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlameEnv]:
+    """A private FLAME_HOME. Parametrize indirectly with a transport name to run the local server on it."""
     # A short path: unix socket paths must stay under ~100 characters.
     home = Path(tempfile.mkdtemp(prefix="fh-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
     env.update(FAST_SETTINGS)
     env["FLAME_HOME"] = str(home)
+    transport = getattr(request, "param", None)
+    if transport:
+        env["FLAME_TRANSPORT"] = transport
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     for key in [k for k in os.environ if k.startswith("FLAME_")]:
         monkeypatch.delenv(key)

@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=None, help="FLAME_HOME (default: $FLAME_HOME or ~/.flame)")
     parser.add_argument("--listen", default=None, help="endpoint URL to listen on (default: a socket in FLAME_HOME)")
     parser.add_argument("--transport", default=None, help="transport for the default listen endpoint (grpc, zmq)")
-    parser.add_argument("--instance-transport", default=None, help="transport between server and instances")
+    parser.add_argument(
+        "--instance-transport",
+        default=None,
+        help="transport between server and instances: auto (gRPC on Flame's bare unix path, ZeroMQ offered to "
+        "services written with flamepy), grpc, zmq, ... (default: --transport if given, else auto)",
+    )
     parser.add_argument("--idle-exit", type=float, default=None, help="exit after N idle seconds (0 = never)")
     parser.add_argument("--durability", choices=("batched", "strict"), default="batched")
     parser.add_argument("--log-level", default="INFO")
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         home,
         args.listen or default_listen(home, args.transport),
         settings=settings,
-        instance_transport=args.instance_transport,
+        instance_transport=args.instance_transport or args.transport or "auto",
         durability=args.durability,
     )
 

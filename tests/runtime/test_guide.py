@@ -156,6 +156,7 @@ def test_guide_snippets_are_found_and_examples_are_verbatim(guide: str) -> None:
 # -- 1. the echo example --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("flame_env", ["zmq", "grpc"], indirect=True)
 def test_echo_guide_end_to_end(flame_env, guide: str) -> None:
     """Register with flmctl as the guide says, list, then run client.py twice: new session, new context."""
     with_venv_path(flame_env)
@@ -220,6 +221,7 @@ def test_guide_yaml_verbatim_registers_and_fails_clearly(flame_env, guide: str) 
 # -- 2. sessions by id, resources, context ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("flame_env", ["zmq", "grpc"], indirect=True)
 def test_open_existing_session_snippet_sees_context_from_another_process(flame_env, guide: str) -> None:
     """Process A makes echo-app-a1b2c3 and drives the service; the guide's snippet (process B) reads it."""
     folder = register_echo(flame_env, guide, flame_env.home / "echo")
@@ -332,6 +334,7 @@ def test_resource_requirements_snippet_and_resreq_forms(flame_env, guide: str) -
     assert len(sessions) == sessions_made, "a refused resreq creates no session"
 
 
+@pytest.mark.parametrize("flame_env", ["zmq", "grpc"], indirect=True)
 def test_session_context_snippets(flame_env, guide: str) -> None:
     """An agent-app whose entrypoint holds the guide's service lines; the guide's client lines print the state."""
     service_lines = python_block(guide, 'state = ins.context() or {"messages": []}')
@@ -413,6 +416,7 @@ def test_async_and_zero_parameter_entrypoints(flame_env) -> None:
 # -- 3. the object cache through the public API -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("flame_env", ["zmq", "grpc"], indirect=True)
 def test_object_cache_public_api(flame_env) -> None:
     out = flame_env.python(
         """
