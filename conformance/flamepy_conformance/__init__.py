@@ -1,17 +1,21 @@
-"""flamepy's conformance suite: proves that a transport plugin keeps the transport contract.
+"""flamepy's conformance suite: proves that a transport or serializer plugin keeps its contract.
 
 Ships in the wheel as a pytest plugin (``flamepy_conformance.pytest_plugin``, registered through the
-``pytest11`` entry point) and a command, ``flamepy-conformance --transport NAME``. A plugin author runs it
-from a ten-line test module::
+``pytest11`` entry point) and a command, ``flamepy-conformance --transport NAME`` /
+``flamepy-conformance --serializer NAME``. A plugin author runs it from a ten-line test module::
 
-    from flamepy_conformance import TransportTests
+    from flamepy_conformance import SerializerTests, TransportTests
 
     class TestMyTransport(TransportTests):
         transport_name = "mytcp"
 
-Public pieces: :class:`TransportTests` (the suite), :mod:`flamepy_conformance.strategies` (hypothesis
-strategies), :class:`Capability` with :func:`requires` / :func:`has_capability` / :func:`skip_unless`
-(capability gating) and :class:`ChannelLifecycleMachine` (the stateful test). Attributes are imported
+    class TestMySerializer(SerializerTests):
+        serializer_name = "cbor"
+
+Public pieces: :class:`TransportTests` and :class:`SerializerTests` (the suites),
+:mod:`flamepy_conformance.strategies` (hypothesis strategies, ``values_for_domain`` among them),
+:class:`Capability` with :func:`requires` / :func:`has_capability` / :func:`skip_unless` (capability
+gating) and :class:`ChannelLifecycleMachine` (the stateful test). Attributes are imported
 lazily: pytest imports this package on every run through the plugin, which must stay cheap and must not
 pull in hypothesis or a transport for test runs that never use the suite.
 """
@@ -24,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flamepy_conformance import strategies
     from flamepy_conformance.capabilities import Capability, has_capability, requires, skip_unless
+    from flamepy_conformance.serializer_suite import SerializerTests
     from flamepy_conformance.stateful import ChannelLifecycleMachine
     from flamepy_conformance.transport_suite import TransportTests
 
 __all__ = [
     "Capability",
     "ChannelLifecycleMachine",
+    "SerializerTests",
     "TransportTests",
     "has_capability",
     "requires",
@@ -43,6 +49,7 @@ _LAZY = {
     "requires": "flamepy_conformance.capabilities",
     "skip_unless": "flamepy_conformance.capabilities",
     "ChannelLifecycleMachine": "flamepy_conformance.stateful",
+    "SerializerTests": "flamepy_conformance.serializer_suite",
     "TransportTests": "flamepy_conformance.transport_suite",
 }
 

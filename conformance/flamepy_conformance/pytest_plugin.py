@@ -2,8 +2,8 @@
 
 Loaded into *every* pytest run of an environment where flamepy is installed, so it is kept cheap and
 inert: it only adds ``--flamepy-*`` options, registers the suite's markers and marks the suite's tests.
-It imports neither hypothesis nor a transport; the suite itself is imported only by test modules that
-subclass :class:`~flamepy_conformance.TransportTests`.
+It imports neither hypothesis nor a plugin; the suites are imported only by test modules that subclass
+:class:`~flamepy_conformance.TransportTests` or :class:`~flamepy_conformance.SerializerTests`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ import sys
 
 import pytest
 
-_REWRITE = ("flamepy_conformance.transport_suite", "flamepy_conformance.stateful")
+_REWRITE = (
+    "flamepy_conformance.transport_suite",
+    "flamepy_conformance.stateful",
+    "flamepy_conformance.serializer_suite",
+)
 """The suite's modules use plain asserts; pytest rewrites them for readable failures if it is told before
 they are imported (the lazy package ``__init__`` guarantees they are not imported early)."""
 
@@ -40,13 +44,20 @@ def _size_option(text: str) -> int:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("flamepy-conformance", "flamepy transport conformance suite")
+    group = parser.getgroup("flamepy-conformance", "flamepy conformance suite (transports and serializers)")
     group.addoption(
         "--flamepy-transport",
         dest="flamepy_transport",
         metavar="NAME",
         default=None,
         help="transport (registry name) for TransportTests subclasses that leave transport_name unset",
+    )
+    group.addoption(
+        "--flamepy-serializer",
+        dest="flamepy_serializer",
+        metavar="NAME",
+        default=None,
+        help="serializer (registry name) for SerializerTests subclasses that leave serializer_name unset",
     )
     group.addoption(
         "--flamepy-max-message",
@@ -73,7 +84,7 @@ def pytest_configure(config: pytest.Config) -> None:
     pending = [name for name in _REWRITE if name not in sys.modules]
     if pending:
         pytest.register_assert_rewrite(*pending)
-    config.addinivalue_line("markers", "flamepy_conformance: a test of the flamepy transport conformance suite")
+    config.addinivalue_line("markers", "flamepy_conformance: a test of the flamepy conformance suite")
     config.addinivalue_line(
         "markers",
         "flamepy_capability(name, ...): needs transport capabilities; skipped, naming the first one "

@@ -1,14 +1,20 @@
-"""Public hypothesis strategies for testing flamepy transports, bound to a transport by factories.
+"""Public hypothesis strategies for testing flamepy transports and serializers, bound by factories.
 
 Each function returns a fresh strategy sized by its arguments, so a plugin author's own tests draw the
 same kinds of cases as the suite (``payloads_for(transport)`` sizes payloads by what the transport
-declares). Large payloads are built from a drawn *size and seed* instead of drawn byte by byte: hypothesis
-then shrinks the size (to the smallest failing length) without having to generate megabytes.
+declares, ``values_for_domain(serializer.domain)`` draws what a serializer promises to round-trip). Large
+payloads are built from a drawn *size and seed* instead of drawn byte by byte: hypothesis then shrinks the
+size (to the smallest failing length) without having to generate megabytes.
 """
 
 from __future__ import annotations
 
+import datetime
 import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -16,12 +22,17 @@ from flamepy_core.contracts.errors import FlameErrorCode
 from flamepy_core.contracts.transport import Transport
 
 __all__ = [
+    "DOMAINS",
+    "ConformanceRecord",
     "error_codes",
     "error_messages",
+    "garbage",
     "method_paths",
     "payloads",
     "payloads_for",
     "stream_chunks",
+    "values_for_domain",
+    "values_outside_domain",
 ]
 
 _SMALL = 512
@@ -96,3 +107,153 @@ def error_messages(max_size: int = 200) -> st.SearchStrategy[str]:
 def stream_chunks(max_items: int = 16, max_size: int = 256) -> st.SearchStrategy[list[bytes]]:
     """The items of one stream: up to ``max_items`` payloads of up to ``max_size`` bytes (empty ones too)."""
     return st.lists(payloads(max_size), max_size=max_items)
+
+
+# -- serializer values -------------------------------------------------------------------------------
+
+DOMAINS = ("python", "json", "msgpack", "bytes")
+"""The value domains the suite knows how to draw (a serializer declares one as ``Serializer.domain``)."""
+
+
+@dataclass(frozen=True)
+class ConformanceRecord:
+    """A user-defined class at module level: what "classes by reference" must carry (domain ``python``)."""
+
+    name: str
+    values: tuple[int, ...]
+
+
+_UNICODE = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+"""Text that UTF-8 can carry: any character but lone surrogates (JSON and msgpack write real UTF-8)."""
+_ANY_TEXT = st.text(max_size=40)
+"""Any Python str, lone surrogates included (pickle carries them)."""
+_FINITE = st.floats(allow_nan=False, allow_infinity=False)
+_NO_NAN = st.floats(allow_nan=False)
+_INT64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+
+
+def _containers(
+    scalars: st.SearchStrategy[Any], extend: Callable[[st.SearchStrategy[Any]], st.SearchStrategy[Any]]
+) -> st.SearchStrategy[Any]:
+    return st.recursive(scalars, extend, max_leaves=25)
+
+
+def _json_values() -> st.SearchStrategy[Any]:
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), _FINITE, _UNICODE)
+    return _containers(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(_UNICODE, inner, max_size=6)),
+    )
+
+
+def _msgpack_values() -> st.SearchStrategy[Any]:
+    scalars = st.one_of(st.none(), st.booleans(), _INT64, _NO_NAN, _UNICODE, st.binary(max_size=64))
+    keys = st.one_of(st.none(), st.booleans(), _INT64, _NO_NAN, _UNICODE, st.binary(max_size=16))
+    return _containers(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(keys, inner, max_size=6)),
+    )
+
+
+def _python_values() -> st.SearchStrategy[Any]:
+    hashable = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        _NO_NAN,
+        _ANY_TEXT,
+        st.binary(max_size=32),
+        st.complex_numbers(allow_nan=False),
+        st.decimals(allow_nan=False),
+        st.fractions(),
+        st.datetimes(timezones=st.none() | st.just(datetime.timezone.utc)),
+        st.dates(),
+        st.timedeltas(),
+    )
+    records = st.builds(ConformanceRecord, _ANY_TEXT, st.tuples(st.integers(), st.integers()))
+    scalars = st.one_of(
+        hashable,
+        records,
+        st.binary(max_size=32).map(bytearray),
+        st.frozensets(hashable, max_size=5),
+        st.sets(hashable, max_size=5),
+    )
+    keys = st.one_of(hashable, st.tuples(hashable, hashable))
+    return _containers(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=6),
+            st.lists(inner, max_size=6).map(tuple),
+            st.dictionaries(keys, inner, max_size=6),
+        ),
+    )
+
+
+def values_for_domain(domain: str) -> st.SearchStrategy[Any]:
+    """Values a serializer of ``domain`` must round-trip exactly (same types, same values, same order).
+
+    * ``"json"``: None, bool, int, finite float, str (no lone surrogates), list, dict with str keys.
+    * ``"msgpack"``: None, bool, int in -2**63..2**64-1, float (no NaN: it equals nothing), str, bytes,
+      list, dict whose keys are those scalars.
+    * ``"python"``: what pickle carries, classes by reference: numbers of every kind, str (any), bytes,
+      bytearray, dates, sets, tuples, lists, dicts with hashable keys, :class:`ConformanceRecord`.
+    * ``"bytes"``: bytes.
+
+    Unknown domains are a ``ValueError`` naming the known ones (a serializer with its own domain supplies
+    its own strategy; see ``SerializerTests.values``).
+    """
+    makers: dict[str, Callable[[], st.SearchStrategy[Any]]] = {
+        "json": _json_values,
+        "msgpack": _msgpack_values,
+        "python": _python_values,
+        "bytes": lambda: st.binary(max_size=256),
+    }
+    maker = makers.get(domain)
+    if maker is None:
+        raise ValueError(f"no strategy for the value domain {domain!r}; known domains: {', '.join(DOMAINS)}")
+    return maker()
+
+
+def _generator() -> Iterator[int]:
+    yield 1
+
+
+def values_outside_domain(domain: str) -> st.SearchStrategy[Any] | None:
+    """Values a serializer of ``domain`` cannot carry, or None when the suite knows none for it.
+
+    Each draw is a fresh object. They must be refused when *encoding*, with a ``FlameError`` that names
+    the value's type and the serializer. For ``"python"`` these are objects no pickler can carry (a lock,
+    a generator), since what is outside differs between pickle and cloudpickle beyond those.
+    """
+    unpicklable = st.one_of(st.builds(threading.Lock), st.builds(_generator))
+    outside: dict[str, st.SearchStrategy[Any]] = {
+        "json": st.one_of(
+            st.tuples(st.integers()),
+            st.sets(st.integers(), max_size=3),
+            st.binary(max_size=8),
+            st.sampled_from([float("nan"), float("inf"), float("-inf")]),
+            st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=3),
+            st.complex_numbers(),
+            st.decimals(allow_nan=False),
+            st.builds(lambda: lambda: None),
+            unpicklable,
+        ),
+        "msgpack": st.one_of(
+            st.tuples(st.integers()),
+            st.sets(st.integers(), max_size=3),
+            st.integers(min_value=2**64),
+            st.integers(max_value=-(2**63) - 1),
+            st.complex_numbers(),
+            st.fractions(),
+            st.builds(lambda: lambda: None),
+            unpicklable,
+        ),
+        "python": unpicklable,
+        "bytes": st.one_of(st.text(max_size=8), st.integers(), st.none()),
+    }
+    return outside.get(domain)
+
+
+def garbage(max_size: int = 256) -> st.SearchStrategy[bytes]:
+    """Bytes no serializer wrote: what ``loads`` must refuse with a ``FlameError`` (or decode), never crash on."""
+    return st.binary(max_size=max_size)

@@ -1,4 +1,12 @@
-"""``Session``: the typed client of a ``FlameInstance`` service."""
+"""``Session``: the typed client of a ``FlameInstance`` service.
+
+Requests and results go through a serializer, chosen per session: ``Session(serializer=...)`` > the
+serializer the application was registered with (its ``FLAME_SERIALIZER`` environment, looked up once per
+process with ``get_application``; for ``session_id=...`` the session's application) > the configuration
+(``FLAME_SERIALIZER``, ``flame.yaml``) > cloudpickle. See :mod:`flamepy_core.serialization` for the
+payload framing and the mismatch errors. Values are encoded before anything is sent, so a value the
+serializer cannot carry fails here, in the caller, and creates no task.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +18,10 @@ from typing import Any
 from flamepy_core.client.api import create_session, open_session
 from flamepy_core.client.objects import delete_objects, get_object, put_object
 from flamepy_core.client.session import Session as CoreSession
-from flamepy_core.config import resolve_config
 from flamepy_core.contracts.serializer import Serializer
 from flamepy_core.model import ResourceRequirement, short_name
 from flamepy_core.objref import ObjectRef
-from flamepy_core.plugins import get_registry
+from flamepy_core.serialization import decode_payload, encode_payload, session_serializer
 
 
 class Session:
@@ -35,14 +42,17 @@ class Session:
             raise ValueError("Either 'name' or 'session_id' must be provided")
         if name is not None and session_id is not None:
             raise ValueError("Cannot provide both 'name' and 'session_id'. They are mutually exclusive.")
-        self._serializer: Serializer = get_registry().serializer(serializer or resolve_config().serializer)
+        self._serializer: Serializer
+        self._serializer_origin: str
         self._session: CoreSession | None
         if session_id is not None:
             self._session = open_session(session_id)
             self.name = self._session.application
+            self._serializer, self._serializer_origin = session_serializer(serializer, self.name)
         else:
             assert name is not None
             self.name = name
+            self._serializer, self._serializer_origin = session_serializer(serializer, name)
             sid = short_name(name)
             common_data = None
             if ctx is not None:
@@ -72,24 +82,35 @@ class Session:
 
     def invoke(self, request: Any = None, timeout: float | None = None) -> Any:
         """Call the service's entrypoint with ``request``; returns its result (waits as long as it runs)."""
-        output = self._core().invoke(self._serializer.dumps(request), timeout=timeout)
-        return None if output is None else self._serializer.loads(output)
+        payload = encode_payload(request, self._serializer)  # before anything is sent
+        output = self._core().invoke(payload, timeout=timeout)
+        return None if output is None else self._decode(output)
 
     def run(self, request: Any = None) -> Future[Any]:
         """Submit ``request`` now; the future holds the decoded result."""
-        inner = self._core().run(self._serializer.dumps(request))
+        inner = self._core().run(encode_payload(request, self._serializer))
         outer: Future[Any] = Future()
         outer.set_running_or_notify_cancel()
 
         def settle(done: Future[bytes | None]) -> None:
             try:
                 output = done.result()
-                outer.set_result(None if output is None else self._serializer.loads(output))
+                outer.set_result(None if output is None else self._decode(output))
             except BaseException as exc:
                 outer.set_exception(exc)
 
         inner.add_done_callback(settle)
         return outer
+
+    @property
+    def serializer(self) -> Serializer:
+        """The serializer of this session's requests and results."""
+        return self._serializer
+
+    def _decode(self, output: bytes) -> Any:
+        return decode_payload(
+            output, self._serializer, peer="service", what="result", chosen_by=self._serializer_origin
+        )
 
     def context(self) -> Any:
         """The session's shared context as the service last stored it, or None."""

@@ -1,8 +1,13 @@
 """``FlameInstance``: a typed service with one entrypoint and a session context, over ``FlameService``.
 
 Inputs and outputs travel through the serializer (cloudpickle by default: plain cloudpickle bytes, as
-Flame's SDK sends). The session context lives in the object cache; the session's common data is its
-``ObjectRef``, so every instance of the session and the client see the same, newest version.
+Flame's SDK sends). It is chosen per instance: ``FlameInstance(serializer=...)`` > ``FLAME_SERIALIZER``
+(how the executor passes the serializer an application was registered with: it is one of the
+application's ``environments``) > ``flame.yaml`` > cloudpickle. A request written by another serializer is
+refused with an error naming both (:mod:`flamepy_core.serialization`), never decoded into garbage.
+
+The session context lives in the object cache; the session's common data is its ``ObjectRef``, so every
+instance of the session and the client see the same, newest version.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from flamepy_core.instance.runtime import run as serve_instance
 from flamepy_core.instance.service import FlameService, SessionContext, TaskContext
 from flamepy_core.objref import ObjectRef
 from flamepy_core.plugins import get_registry
+from flamepy_core.serialization import decode_payload, encode_payload
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ class FlameInstance(FlameService):
     def __init__(self, serializer: str | None = None) -> None:
         self._serializer_name = serializer
         self._serializer: Serializer | None = None
+        self._serializer_origin = "argument"
         self._entrypoint: Callable[..., Any] | None = None
         self._takes_input = False
         self._is_async = False
@@ -53,8 +60,12 @@ class FlameInstance(FlameService):
 
     @property
     def serializer(self) -> Serializer:
+        """This instance's serializer, resolved on first use (so ``FLAME_SERIALIZER`` is read at run time)."""
         if self._serializer is None:
-            name = self._serializer_name or resolve_config().serializer
+            name = self._serializer_name
+            if name is None:
+                config = resolve_config()
+                name, self._serializer_origin = config.serializer, config.source.get("serializer", "default")
             self._serializer = get_registry().serializer(name)
         return self._serializer
 
@@ -93,7 +104,12 @@ class FlameInstance(FlameService):
             raise FlameError(
                 3, "this service has no entrypoint; decorate a function with @ins.entrypoint before ins.run()"
             )
-        request = None if context.input is None else self.serializer.loads(context.input)
+        serializer = self.serializer
+        request = None
+        if context.input is not None:
+            request = decode_payload(
+                context.input, serializer, peer="client", what="request", chosen_by=self._serializer_origin
+            )
         args = (request,) if self._takes_input else ()
         if self._is_async:
             if self._loop is None:
@@ -101,7 +117,7 @@ class FlameInstance(FlameService):
             result = self._loop.run_until_complete(self._entrypoint(*args))
         else:
             result = self._entrypoint(*args)
-        return None if result is None else self.serializer.dumps(result)
+        return None if result is None else encode_payload(result, serializer)
 
     # -- session context -----------------------------------------------------------------------------
 

@@ -13,13 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flamepy_core.cli.appspec import load_app_specs
+from flamepy_core.cli.appspec import AppSpec, load_app_specs
 from flamepy_core.cli.output import table, to_json, when
 from flamepy_core.client.connection import Connection, connect_config
 from flamepy_core.client.session import Session
 from flamepy_core.config import ClientConfig, resolve_config
 from flamepy_core.contracts.errors import FlameError
 from flamepy_core.model import ApplicationAttributes, ResourceRequirement, SessionAttributes, short_name
+from flamepy_core.serialization import application_environments
 
 
 def _config(args: argparse.Namespace) -> ClientConfig:
@@ -98,20 +99,36 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 # -- applications -----------------------------------------------------------------------------------
 
 
+def _attributes(spec: AppSpec) -> ApplicationAttributes:
+    """The spec's attributes, with ``spec.serializer`` carried as ``FLAME_SERIALIZER`` in ``environments``.
+
+    That variable is how the instance learns the serializer (the executor passes ``environments``) and how
+    a client finds it (``get_application``); see :mod:`flamepy_core.serialization`.
+    """
+    attributes = dict(spec.attributes)
+    if spec.serializer is not None:
+        attributes["environments"] = application_environments(
+            attributes.get("environments"), spec.serializer, source=spec.source
+        )
+    return ApplicationAttributes(**attributes)
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     specs = load_app_specs(args.file)
+    attributes = [_attributes(spec) for spec in specs]  # every document is checked before any is registered
     conn = _connection(args)
-    for spec in specs:
-        conn.register_application(spec.name, ApplicationAttributes(**spec.attributes))
+    for spec, attrs in zip(specs, attributes, strict=True):
+        conn.register_application(spec.name, attrs)
         print(f"Application {spec.name} was registered.")
     return 0
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     specs = load_app_specs(args.application)
+    attributes = [_attributes(spec) for spec in specs]
     conn = _connection(args)
-    for spec in specs:
-        conn.update_application(spec.name, ApplicationAttributes(**spec.attributes))
+    for spec, attrs in zip(specs, attributes, strict=True):
+        conn.update_application(spec.name, attrs)
         print(f"Application {spec.name} was updated.")
     return 0
 

@@ -1,0 +1,1 @@
+"""The pickle serializer: the standard library's pickle, classes and functions travel by reference."""
