@@ -9,9 +9,12 @@ echo "== ruff"
 ruff check .
 echo "== mypy"
 mypy
-echo "== conformance suite against each bundled transport"
+echo "== conformance suite against each bundled transport and serializer"
 for transport in inmem grpc zmq; do
   flamepy-conformance --transport "$transport"
+done
+for serializer in cloudpickle pickle json msgpack; do
+  flamepy-conformance --serializer "$serializer"
 done
 echo "== tests"
 python -m pytest "$@"
