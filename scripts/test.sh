@@ -16,5 +16,10 @@ done
 for serializer in cloudpickle pickle json msgpack; do
   flamepy-conformance --serializer "$serializer"
 done
+echo "== third-party transport example (examples/flamepy-transport-tcp), installed as a user would"
+python -m pip install --quiet --no-build-isolation -e examples/flamepy-transport-tcp
+mypy --strict examples/flamepy-transport-tcp/flamepy_transport_tcp
+flamepy-conformance --transport tcp
+python -m pytest -p no:cacheprovider examples/flamepy-transport-tcp/tests
 echo "== tests"
 python -m pytest "$@"

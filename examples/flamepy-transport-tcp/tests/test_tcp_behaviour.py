@@ -1,0 +1,167 @@
+"""What the conformance suite cannot see from outside: cancellation reaching the handler, fork, limits
+that differ between the two ends, and strangers on the port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from flamepy_core.contracts import CallContext, FlameError, FlameErrorCode, StreamHandler, UnaryHandler
+from flamepy_core.contracts.transport import Transport
+from flamepy_core.plugins import get_registry
+
+ECHO = "/test.Tcp/Echo"
+WAIT = "/test.Tcp/Wait"
+FOREVER = "/test.Tcp/Forever"
+
+
+def tcp(**options: object) -> Transport:
+    return get_registry().transport("tcp", **options)
+
+
+def echo(request: bytes, ctx: CallContext) -> bytes:
+    return request
+
+
+def test_closing_a_stream_early_cancels_it_on_the_server() -> None:
+    stopped = threading.Event()
+
+    def forever(request: bytes, ctx: CallContext) -> Iterator[bytes]:
+        try:
+            while ctx.is_active():
+                yield b"tick"
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+
+    transport = tcp()
+    server = transport.serve("tcp://127.0.0.1:0", {FOREVER: StreamHandler(forever)})
+    channel = transport.connect(server.endpoint)
+    try:
+        items = channel.stream(FOREVER, b"", timeout=None)
+        assert next(items) == b"tick"
+        items.close()  # type: ignore[attr-defined]
+        assert stopped.wait(3.0), "the handler kept streaming after the caller closed the stream"
+    finally:
+        channel.close()
+        server.stop(0.5)
+
+
+def test_handler_sees_inactive_when_the_client_goes_away() -> None:
+    started, noticed = threading.Event(), threading.Event()
+
+    def wait(request: bytes, ctx: CallContext) -> bytes:
+        started.set()
+        while ctx.is_active():
+            time.sleep(0.01)
+        noticed.set()
+        return b""
+
+    transport = tcp()
+    server = transport.serve("tcp://127.0.0.1:0", {WAIT: UnaryHandler(wait)})
+    channel = transport.connect(server.endpoint)
+    try:
+        errors: list[FlameError] = []
+
+        def call_and_keep_error() -> None:
+            try:
+                channel.unary(WAIT, b"", timeout=None)
+            except FlameError as exc:
+                errors.append(exc)
+
+        call = threading.Thread(target=call_and_keep_error)
+        call.start()
+        assert started.wait(5.0)
+        channel.close()
+        call.join(5.0)
+        assert [e.code for e in errors] == [FlameErrorCode.UNAVAILABLE], "a call in flight on close()"
+        assert noticed.wait(3.0), "ctx.is_active() stayed True after the client disconnected"
+    finally:
+        server.stop(0.5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_opens_its_own_connection() -> None:
+    transport = tcp()
+    server = transport.serve("tcp://127.0.0.1:0", {ECHO: UnaryHandler(echo)})
+    channel = transport.connect(server.endpoint)
+    try:
+        assert channel.unary(ECHO, b"parent") == b"parent"  # the parent's connection is open
+        pid = os.fork()
+        if pid == 0:  # the child: must not read from (or shut down) the parent's socket
+            ok = all(channel.unary(ECHO, b"child %d" % i, timeout=5) == b"child %d" % i for i in range(20))
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert channel.unary(ECHO, b"parent again", timeout=5) == b"parent again"
+    finally:
+        channel.close()
+        server.stop(0.5)
+
+
+def grow(request: bytes, ctx: CallContext) -> bytes:
+    return bytes(2 << 20)
+
+
+@pytest.mark.parametrize("server_limit, client_limit", [(4 << 20, 1 << 20), (1 << 20, 4 << 20)])
+def test_limits_that_differ_between_the_ends(server_limit: int, client_limit: int) -> None:
+    """2 MiB over a 1 MiB end: MESSAGE_TOO_LARGE naming both sizes, and the connection stays in step."""
+    handlers = {ECHO: UnaryHandler(echo), "/test.Tcp/Grow": UnaryHandler(grow)}
+    server = tcp(max_message_size=server_limit).serve("tcp://127.0.0.1:0", handlers)
+    channel = tcp(max_message_size=client_limit).connect(server.endpoint)
+    try:
+        with pytest.raises(FlameError) as too_big:
+            if server_limit > client_limit:
+                channel.unary("/test.Tcp/Grow", b"", timeout=5)  # the reply is over the client's limit
+            else:
+                channel.unary(ECHO, bytes(2 << 20), timeout=5)  # the request is over the server's limit
+        assert too_big.value.code == FlameErrorCode.MESSAGE_TOO_LARGE
+        assert str(2 << 20) in too_big.value.message and str(1 << 20) in too_big.value.message
+        assert channel.unary(ECHO, b"after", timeout=5) == b"after"
+    finally:
+        channel.close()
+        server.stop(0.5)
+
+
+def test_a_stranger_is_disconnected_and_others_are_served() -> None:
+    transport = tcp()
+    server = transport.serve("tcp://127.0.0.1:0", {ECHO: UnaryHandler(echo)})
+    channel = transport.connect(server.endpoint)
+    port = int(server.endpoint.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as stranger:
+            stranger.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert stranger.recv(100) == b"", "the server answered a stranger instead of hanging up"
+        assert channel.unary(ECHO, b"still here", timeout=5) == b"still here"
+    finally:
+        channel.close()
+        server.stop(0.5)
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1", "tcp://:80", "tcp://127.0.0.1:80/path", "grpc://h:1"])
+def test_bad_endpoints_are_invalid_arguments(endpoint: str) -> None:
+    transport = tcp()
+    with pytest.raises(FlameError) as err:
+        transport.connect(endpoint)
+    assert err.value.code == FlameErrorCode.INVALID_ARGUMENT
+
+
+def test_a_port_in_use_is_already_exists() -> None:
+    transport = tcp()
+    server = transport.serve("tcp://127.0.0.1:0", {})
+    try:
+        with pytest.raises(FlameError) as err:
+            transport.serve(server.endpoint, {})
+        assert err.value.code == FlameErrorCode.ALREADY_EXISTS
+    finally:
+        server.stop()
+
+
+def test_bad_options_are_refused_when_the_transport_is_built() -> None:
+    with pytest.raises(FlameError) as err:
+        tcp(max_message_size=0)
+    assert err.value.code == FlameErrorCode.INVALID_ARGUMENT and "max_message_size" in err.value.message
