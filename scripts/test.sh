@@ -21,5 +21,10 @@ python -m pip install --quiet --no-build-isolation -e examples/flamepy-transport
 mypy --strict examples/flamepy-transport-tcp/flamepy_transport_tcp
 flamepy-conformance --transport tcp
 python -m pytest -p no:cacheprovider examples/flamepy-transport-tcp/tests
+echo "== third-party serializer example (examples/flamepy-serializer-zjson)"
+python -m pip install --quiet --no-build-isolation -e examples/flamepy-serializer-zjson
+mypy --strict examples/flamepy-serializer-zjson/flamepy_serializer_zjson
+flamepy-conformance --serializer zjson
+python -m pytest -p no:cacheprovider examples/flamepy-serializer-zjson/tests
 echo "== tests"
 python -m pytest "$@"

@@ -155,4 +155,27 @@ class FlameInstance(FlameService):
                 file=sys.stderr,
             )
             raise SystemExit(2)
+        if self.serializer.name != "cloudpickle":
+            _name_main_module()
         serve_instance(self)
+
+
+def _name_main_module() -> None:
+    """Let serializers that pickle classes by reference find the types a service script defines.
+
+    Run as ``python echo_service.py``, the script is ``__main__``, so its ``EchoResponse`` would be pickled
+    as ``__main__.EchoResponse``, which the client's ``__main__`` does not have. Register the script under
+    its file name (``echo_service``, what the client imports) and name its classes after that module.
+    cloudpickle does not need this (it sends ``__main__`` classes by value), so it is left alone.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path or not path.endswith(".py"):
+        return
+    name = os.path.splitext(os.path.basename(path))[0]
+    if not name.isidentifier() or name in sys.modules:
+        return
+    sys.modules[name] = main
+    for value in list(vars(main).values()):
+        if isinstance(value, type) and value.__module__ == "__main__":
+            value.__module__ = name

@@ -1,0 +1,1 @@
+"""zlib-compressed JSON, a flamepy serializer plugin (entry point ``zjson`` in ``flamepy.serializers``)."""
