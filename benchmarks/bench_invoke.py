@@ -249,7 +249,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--tasks", type=int, default=10000)
-    parser.add_argument("--transport", default=None, help="local server transport (default: grpc)")
+    parser.add_argument(
+        "--transport",
+        default="zmq",
+        choices=("zmq", "grpc"),
+        help="the local server's transport, and the raw floor measured against it (default: zmq)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -257,8 +262,7 @@ def main() -> int:
     os.environ["FLAME_HOME"] = str(tmp / "home")
     for var in ("FLAME_ENDPOINT", "FLAME_CACHE_ENDPOINT"):
         os.environ.pop(var, None)
-    if args.transport:
-        os.environ["FLAME_TRANSPORT"] = args.transport
+    os.environ["FLAME_TRANSPORT"] = args.transport
     from flamepy_core.client.local import stop_server
 
     try:

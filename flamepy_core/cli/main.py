@@ -310,8 +310,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         argv = ["--home", str(home)]
         if args.listen:
             argv += ["--listen", args.listen]
-        if args.transport:
-            argv += ["--transport", args.transport]
+        transport = args.transport or config.transport
+        if transport:
+            argv += ["--transport", transport]
         if args.idle_exit is not None:
             argv += ["--idle-exit", str(args.idle_exit)]
         return serve(argv)
@@ -382,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     start = server_sub.add_parser("start", help="start the server (in the background unless --foreground)")
     start.add_argument("--listen", default=None, help="endpoint URL to listen on (with --foreground)")
     start.add_argument("--foreground", action="store_true")
-    start.add_argument("--transport", default=None, help="grpc (default) or zmq")
+    start.add_argument("--transport", default=None, help="zmq (default) or grpc; default: FLAME_TRANSPORT / flame.yaml")
     start.add_argument("--idle-exit", type=float, default=None, help="exit after N idle seconds (0 = never)")
     server_sub.add_parser("stop", help="stop the server")
     server_sub.add_parser("status", help="say whether a server runs, and where")
