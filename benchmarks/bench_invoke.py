@@ -25,10 +25,23 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 PAYLOAD = b"x" * 100
+
+
+def _measure(call: Callable[[], object], iterations: int, warmup: int = 200) -> list[float]:
+    """Seconds per call, after ``warmup`` calls that are not counted."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -82,13 +95,7 @@ def raw_two_hop(tmp: Path, iterations: int) -> list[float]:
             raise RuntimeError("raw baseline servers did not start")
         channel = grpc.insecure_channel(f"unix://{relay_path}")
         call = channel.unary_unary("/b.R/Relay")
-        for _ in range(200):
-            call(PAYLOAD, timeout=10)
-        samples = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            call(PAYLOAD, timeout=10)
-            samples.append(time.perf_counter() - start)
+        samples = _measure(lambda: call(PAYLOAD, timeout=10), iterations)
         channel.close()
         return samples
     finally:
@@ -141,15 +148,12 @@ def raw_two_hop_zmq(tmp: Path, iterations: int) -> list[float]:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 10000)
         sock.connect(f"ipc://{relay_path}")
-        for _ in range(200):
+
+        def round_trip() -> bytes:
             sock.send(PAYLOAD)
-            sock.recv()
-        samples = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            sock.send(PAYLOAD)
-            sock.recv()
-            samples.append(time.perf_counter() - start)
+            return sock.recv()
+
+        samples = _measure(round_trip, iterations)
         sock.close()
         return samples
     finally:
@@ -206,14 +210,7 @@ def flamepy_numbers(tmp: Path, iterations: int, tasks: int) -> dict[str, object]
     start = time.perf_counter()
     session.invoke(PAYLOAD)
     results["first_invoke_s"] = time.perf_counter() - start
-    for _ in range(200):
-        session.invoke(PAYLOAD)
-    samples = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        session.invoke(PAYLOAD)
-        samples.append(time.perf_counter() - start)
-    results["core_invoke"] = samples
+    results["core_invoke"] = _measure(lambda: session.invoke(PAYLOAD), iterations)
     session.close()
 
     # A new session on the warm instance left by the previous one.
@@ -224,13 +221,7 @@ def flamepy_numbers(tmp: Path, iterations: int, tasks: int) -> dict[str, object]
     session.close()
 
     with ServiceSession("bench-typed") as typed:
-        typed.invoke(PAYLOAD)
-        samples = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            typed.invoke(PAYLOAD)
-            samples.append(time.perf_counter() - start)
-        results["service_invoke"] = samples
+        results["service_invoke"] = _measure(lambda: typed.invoke(PAYLOAD), iterations)
 
     session = flamepy.create_session("bench", min_instances=2, max_instances=2)
     session.invoke(PAYLOAD)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -28,6 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit", type=float, default=None, help="exit after N idle seconds (0 = never)")
     parser.add_argument("--durability", choices=("batched", "strict"), default="batched")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--flight-listen",
+        default=os.environ.get("FLAME_FLIGHT_LISTEN") or None,
+        help="also serve Flame's Arrow Flight cache protocol on grpc://host:port, for clients written with "
+        "Flame's SDK (needs the flight extra; default: $FLAME_FLIGHT_LISTEN)",
+    )
+    parser.add_argument(
+        "--flight-for-instances",
+        action="store_true",
+        help="give instances the Flight cache (FLAME_CACHE_ENDPOINT + FLAME_CACHE_PROTOCOL=flight) instead of ours",
+    )
     args = parser.parse_args(argv)
     home = (args.home or flame_home()).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -43,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
         instance_transport=args.instance_transport or args.transport or "auto",
         durability=args.durability,
+        flight_listen=args.flight_listen,
+        flight_for_instances=args.flight_for_instances,
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -58,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         return 1
     print(f"flamepy server listening on {server.endpoint}", flush=True)
+    if server.flight_cache_endpoint:
+        print(f"Flame-compatible Flight cache on {server.flight_cache_endpoint}", flush=True)
     server.serve_forever(idle_exit)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -27,8 +28,12 @@ class CachedObject:
     patches: list[tuple[int, bytes]] = field(default_factory=list)
 
 
-def _bad_key(exc: ValueError) -> FlameError:
-    return FlameError(FlameErrorCode.INVALID_ARGUMENT, str(exc))
+def _checked(parse: Callable[[str], object], key: str) -> None:
+    """Apply a key rule; a broken rule is the caller's INVALID_ARGUMENT, with the rule's own message."""
+    try:
+        parse(key)
+    except ValueError as exc:
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, str(exc)) from exc
 
 
 class ObjectCache:
@@ -69,11 +74,8 @@ class ObjectCache:
         )
 
     def put(self, key_prefix: str, data: bytes) -> cache_pb2.ObjectRef:
-        try:
-            prefix = parse_prefix(key_prefix)
-        except ValueError as exc:
-            raise _bad_key(exc) from exc
-        key = f"{prefix}/{uuid.uuid4()}"
+        _checked(parse_prefix, key_prefix)
+        key = f"{key_prefix}/{uuid.uuid4()}"
         with self._lock:
             obj = CachedObject(version=1, base_version=1, base=bytes(data))
             self._objects[key] = obj
@@ -81,10 +83,7 @@ class ObjectCache:
         return self._ref(key, 1)
 
     def update(self, key: str, data: bytes) -> cache_pb2.ObjectRef:
-        try:
-            parse_full_key(key)
-        except ValueError as exc:
-            raise _bad_key(exc) from exc
+        _checked(parse_full_key, key)
         with self._lock:
             old = self._lookup(key)
             version = (old.version if old else 0) + 1
@@ -94,10 +93,7 @@ class ObjectCache:
         return self._ref(key, version)
 
     def patch(self, key: str, delta: bytes) -> cache_pb2.ObjectRef:
-        try:
-            parse_full_key(key)
-        except ValueError as exc:
-            raise _bad_key(exc) from exc
+        _checked(parse_full_key, key)
         with self._lock:
             obj = self._lookup(key)
             if obj is None:
@@ -121,10 +117,7 @@ class ObjectCache:
             return self._ref(key, obj.version)
 
     def get(self, key: str, known_version: int) -> cache_pb2.GetObjectResponse:
-        try:
-            parse_full_key(key)
-        except ValueError as exc:
-            raise _bad_key(exc) from exc
+        _checked(parse_full_key, key)
         with self._lock:
             obj = self._lookup(key)
             if obj is None:
@@ -143,10 +136,7 @@ class ObjectCache:
             return reply
 
     def delete(self, key_prefix: str) -> int:
-        try:
-            parse_delete_prefix(key_prefix)
-        except ValueError as exc:
-            raise _bad_key(exc) from exc
+        _checked(parse_delete_prefix, key_prefix)
         if key_prefix.endswith("/*"):
             like = key_prefix[:-1]
         elif key_prefix.count("/") == 1:

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,10 +26,12 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import CallContext, Handler, Server, StreamHandler, Transport, UnaryHandler
 from flamepy_core.engine.executor import InstanceLink, Launcher
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
+from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.scheduler import Scheduler
 from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
+from flamepy_core.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
 from flamepy_core.plugins import PluginRegistry, get_registry
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,41 @@ SERVER_WORKERS = 512
 
 DEFAULT_TRANSPORT = "zmq"
 """The local server's transport when none is configured: the fastest bundled one (see benchmarks/)."""
+
+TLS_SCHEMES = ("https", "grpcs")
+"""Listen endpoints served with TLS (by the gRPC transport)."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS of the server's endpoint (``https://`` or ``grpcs://``), as the gRPC transport's options.
+
+    ``cert_file``/``key_file``: the server's certificate (chain) and private key, PEM. ``client_ca_file``:
+    require every client to present a certificate signed by it (mutual TLS). ``ca_file``: the CA that
+    verifies the server's certificate; instances get it as ``FLAME_CA_FILE`` so they reach the object
+    cache, which is served on the same TLS endpoint (without it they inherit the server's own
+    ``FLAME_CA_FILE``, if any). Under mutual TLS instances present ``FLAME_CLIENT_CERT_FILE`` and
+    ``FLAME_CLIENT_KEY_FILE`` from the server's environment.
+    """
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    ca_file: str | None = None
+
+    def transport_options(self) -> dict[str, str]:
+        options = {"cert_file": _abs(self.cert_file), "key_file": _abs(self.key_file)}
+        if self.client_ca_file:
+            options["client_ca_file"] = _abs(self.client_ca_file)
+        return options
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def is_tls_endpoint(endpoint: str) -> bool:
+    return endpoint.partition("://")[0].lower() in TLS_SCHEMES
 
 
 def default_listen(home: Path, transport: str | None = None) -> str:
@@ -120,7 +158,17 @@ class FlameServer:
         publish: bool = True,
         frontend_transport: Transport | None = None,
         db_path: Path | None = None,
+        tls: ServerTls | None = None,
+        instance_mode: str = "process",
+        flight_listen: str | None = None,
+        flight_for_instances: bool = False,
     ) -> None:
+        if instance_mode not in INSTANCE_MODES:
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"unknown instance mode {instance_mode!r}; choose one of {', '.join(INSTANCE_MODES)}",
+            )
+        self.instance_mode = instance_mode
         self.home = Path(home)
         self.settings = settings or RuntimeSettings.from_env()
         self.registry = registry or get_registry()
@@ -128,6 +176,7 @@ class FlameServer:
         self.instance_transport = instance_transport
         self.durability = durability
         self.publish = publish
+        self.tls = tls
         self._frontend_transport = frontend_transport
         self.db_path = db_path or self.home / DB_FILE
         self.activity = _Activity()
@@ -138,16 +187,24 @@ class FlameServer:
         self._stopped = threading.Event()
         self.endpoint = ""
         self.cache_endpoint = ""
+        # Flame's Flight cache protocol next to ours (optional extra); see _start_flight.
+        if flight_for_instances and not flight_listen:
+            raise FlameError(FlameErrorCode.INVALID_CONFIG, "flight_for_instances needs flight_listen")
+        self.flight_listen = flight_listen
+        self.flight_for_instances = flight_for_instances
+        self.flight_server: Any = None
+        self.flight_cache_endpoint = ""
 
     def start(self) -> FlameServer:
         home = self.home
+        tls_options = self._tls_options()  # a TLS mismatch is refused before anything is taken
         (home / "logs").mkdir(parents=True, exist_ok=True)
         if self.publish:
             self._take_lock()
         options = {"max_message_size": self.settings.max_message_size}
         # Watches and RunTask hold a server thread while they wait: give the frontend plenty.
         frontend_transport = self._frontend_transport or self.registry.transport(
-            self.listen, **options, max_workers=SERVER_WORKERS
+            self.listen, **options, **tls_options, max_workers=SERVER_WORKERS
         )
         self.store = Store(self.db_path, durability=self.durability)
         self.engine = Engine(
@@ -195,13 +252,22 @@ class FlameServer:
             else:
                 self._socket_dir = Path(tempfile.mkdtemp(prefix="flame-"))
                 self._own_socket_dir = True
-        self.launcher = Launcher(
-            home,
-            InstanceLink(link_transport, self._socket_dir, fast=fast_transport),
-            cache_endpoint=self.cache_endpoint,
-            frontend_endpoint=self.endpoint,
-            stderr_tail_lines=self.settings.stderr_tail_lines,
-        )
+        self.launcher: Launcher
+        if self.instance_mode == "inprocess":
+            # The service file runs in this process, served on an in-memory endpoint (see engine.inprocess).
+            inmem = frontend_transport if "inmem" in frontend_transport.schemes else self.registry.transport("inmem")
+            self.launcher = InProcessLauncher(home, inmem)
+        else:
+            self.launcher = Launcher(
+                home,
+                InstanceLink(link_transport, self._socket_dir, fast=fast_transport),
+                cache_endpoint=self.cache_endpoint,
+                frontend_endpoint=self.endpoint,
+                stderr_tail_lines=self.settings.stderr_tail_lines,
+            )
+        self._start_flight()
+        if isinstance(self.launcher, Launcher):
+            self.launcher.extra_env.update(self._instance_env())
         self.scheduler = Scheduler(self.engine, self.launcher, self.settings)
         for session_id in self.engine.pending_sessions():
             self.scheduler.tasks_pending(session_id)
@@ -209,6 +275,76 @@ class FlameServer:
             self._publish()
         log.info("flamepy server for %s listening on %s (cache %s)", home, self.endpoint, self.cache_endpoint)
         return self
+
+    def _start_flight(self) -> None:
+        """Serve Flame's Flight cache protocol over the same ObjectCache when ``flight_listen`` is set.
+
+        Clients written for Flame's SDK use ``flight_cache_endpoint`` (published in server.json). Instances
+        keep FLAME_CACHE_ENDPOINT on our own cache, whose protocol is faster to reach locally, unless
+        ``flight_for_instances``: then they get the Flight endpoint with FLAME_CACHE_PROTOCOL=flight, which
+        services written for Flame's SDK need. Either way the launcher states the protocol, so a
+        FLAME_CACHE_PROTOCOL in the server's own environment never misleads an instance.
+        """
+        protocol = PROTOCOL_FLAMEPY
+        if self.flight_listen:
+            from flamepy_core.flight import require_pyarrow
+
+            require_pyarrow("--flight-listen")
+            from flamepy_core.flight.server import FlightCacheServer
+
+            def touch() -> None:  # Flight calls count as activity for the idle exit
+                self.activity._enter()
+                self.activity._exit()
+
+            self.flight_server = FlightCacheServer(self.cache, self.flight_listen, on_call=touch)
+            self.flight_cache_endpoint = self.flight_server.endpoint
+            if self.flight_for_instances:
+                protocol = PROTOCOL_FLIGHT
+                self.launcher.cache_endpoint = self.flight_cache_endpoint
+        if self.instance_mode == "process" and (protocol == PROTOCOL_FLIGHT or ENV_CACHE_PROTOCOL in os.environ):
+            self.launcher.extra_env[ENV_CACHE_PROTOCOL] = protocol
+
+    def _tls_options(self) -> dict[str, str]:
+        """The frontend transport's TLS options; a TLS endpoint without a certificate (or the reverse) is refused."""
+        tls_listen = is_tls_endpoint(self.listen)
+        if self.tls is None:
+            if tls_listen:
+                raise FlameError(
+                    FlameErrorCode.INVALID_CONFIG,
+                    f"cannot serve {self.listen}: a TLS endpoint needs the server's certificate and private key "
+                    f"(--tls-cert FILE --tls-key FILE)",
+                )
+            return {}
+        if not tls_listen:
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"a TLS certificate was given but the listen endpoint {self.listen} is not TLS; listen on "
+                f"https://HOST:PORT or grpcs://HOST:PORT",
+            )
+        return self.tls.transport_options()
+
+    def _instance_env(self) -> dict[str, str]:
+        """What instances need, beyond the server's environment, to reach the cache on a TLS endpoint."""
+        if self.tls is None or not is_tls_endpoint(self.cache_endpoint):
+            return {}
+        env: dict[str, str] = {}
+        if self.tls.ca_file:
+            env["FLAME_CA_FILE"] = _abs(self.tls.ca_file)
+        elif not os.environ.get("FLAME_CA_FILE"):
+            log.warning(
+                "instances will verify the object cache at %s with gRPC's default roots: pass the CA that signed "
+                "the server's certificate (--tls-ca, or FLAME_CA_FILE in the server's environment)",
+                self.cache_endpoint,
+            )
+        if self.tls.client_ca_file and not (
+            os.environ.get("FLAME_CLIENT_CERT_FILE") and os.environ.get("FLAME_CLIENT_KEY_FILE")
+        ):
+            log.warning(
+                "mutual TLS: instances present no client certificate, so they cannot reach the object cache at %s; "
+                "set FLAME_CLIENT_CERT_FILE and FLAME_CLIENT_KEY_FILE in the server's environment",
+                self.cache_endpoint,
+            )
+        return env
 
     def _optional_transport(self, name: str, options: dict[str, Any]) -> Transport | None:
         try:
@@ -237,6 +373,7 @@ class FlameServer:
             "pid": os.getpid(),
             "endpoint": self.endpoint,
             "cache_endpoint": self.cache_endpoint,
+            "flight_cache_endpoint": self.flight_cache_endpoint or None,
             "home": str(self.home),
             "started_at": time.time(),
         }
@@ -272,6 +409,9 @@ class FlameServer:
         for server in self._servers:
             server.stop(grace=1.0)
         self._servers.clear()
+        if self.flight_server is not None:
+            self.flight_server.stop()
+            self.flight_server = None
         store = getattr(self, "store", None)
         if store is not None:
             store.close()

@@ -53,6 +53,20 @@ _COUNTER: dict[int, str] = {
 TERMINAL = frozenset({SUCCEED, FAILED, CANCELLED})
 
 
+def _task_from_row(session_id: str, tid: int, inp: bytes | None, out: bytes | None, status: bytes) -> pb.Task:
+    """A task as the store keeps it: the id, the input and output columns, and the status message."""
+    task = pb.Task()
+    task.metadata.id = str(tid)
+    task.metadata.name = str(tid)
+    task.spec.session_id = session_id
+    if inp is not None:
+        task.spec.input = inp
+    if out is not None:
+        task.spec.output = out
+    task.status.CopyFrom(pb.TaskStatus.FromString(status))
+    return task
+
+
 def _changed(task: pb.Task, entry: SessionEntry, state: int) -> bool:
     return task.status.state != state or not entry.is_open
 
@@ -178,15 +192,7 @@ class Engine:
             for tid, inp, out, st in self.store.query(
                 "SELECT id, input, output, status FROM tasks WHERE session_id = ? ORDER BY id", entry.id
             ):
-                task = pb.Task()
-                task.metadata.id = str(tid)
-                task.metadata.name = str(tid)
-                task.spec.session_id = entry.id
-                if inp is not None:
-                    task.spec.input = inp
-                if out is not None:
-                    task.spec.output = out
-                task.status.CopyFrom(pb.TaskStatus.FromString(st))
+                task = _task_from_row(entry.id, tid, inp, out, st)
                 entry.tasks[tid] = task
                 if task.status.state == RUNNING:  # its instance died with the previous server
                     self._set_state(entry, task, PENDING, "requeued: the server restarted while it ran")
@@ -561,16 +567,7 @@ class Engine:
         if not rows:
             return None
         inp, out, st = rows[0]
-        task = pb.Task()
-        task.metadata.id = str(task_id)
-        task.metadata.name = str(task_id)
-        task.spec.session_id = session_id
-        if inp is not None:
-            task.spec.input = inp
-        if out is not None:
-            task.spec.output = out
-        task.status.CopyFrom(pb.TaskStatus.FromString(st))
-        return task
+        return _task_from_row(session_id, task_id, inp, out, st)
 
     @staticmethod
     def _task_id(task_id: str) -> int:
@@ -612,16 +609,7 @@ class Engine:
         for tid, inp, out, st in self.store.iter_query(
             "SELECT id, input, output, status FROM tasks WHERE session_id = ? ORDER BY id", session_id
         ):
-            task = pb.Task()
-            task.metadata.id = str(tid)
-            task.metadata.name = str(tid)
-            task.spec.session_id = session_id
-            if inp is not None:
-                task.spec.input = inp
-            if out is not None:
-                task.spec.output = out
-            task.status.CopyFrom(pb.TaskStatus.FromString(st))
-            yield task
+            yield _task_from_row(session_id, tid, inp, out, st)
 
     def watch_task(
         self, session_id: str, task_id: str, is_active: Callable[[], bool], poll: float = 0.5
