@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from flamepy_core.client.transports import shared_transport
-from flamepy_core.config import ClientConfig, normalize_endpoint, resolve_config
+from flamepy_core.client.transports import client_tls_options, shared_transport
+from flamepy_core.config import ClientConfig, FlameClientTls, normalize_endpoint, resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Channel, Timeout
 from flamepy_core.model import (
@@ -115,22 +115,19 @@ class Connection:
 
     def register_application(self, name: str, app_attrs: ApplicationAttributes | Mapping[str, Any]) -> None:
         spec = application_attributes_to_spec(app_attrs)
-        self.call(
-            "RegisterApplication",
-            fe.RegisterApplicationRequest(name=name, application=spec),
-            f"register application {name}",
-        )
+        request = fe.RegisterApplicationRequest(name=name, application=spec)
+        what = f"register application {name}"
+        _check_result(self.call("RegisterApplication", request, what), what)
 
     def update_application(self, name: str, app_attrs: ApplicationAttributes | Mapping[str, Any]) -> None:
         spec = application_attributes_to_spec(app_attrs)
-        self.call(
-            "UpdateApplication",
-            fe.UpdateApplicationRequest(name=name, application=spec),
-            f"update application {name}",
-        )
+        request = fe.UpdateApplicationRequest(name=name, application=spec)
+        what = f"update application {name}"
+        _check_result(self.call("UpdateApplication", request, what), what)
 
     def unregister_application(self, name: str) -> None:
-        self.call("UnregisterApplication", fe.UnregisterApplicationRequest(name=name), f"unregister application {name}")
+        what = f"unregister application {name}"
+        _check_result(self.call("UnregisterApplication", fe.UnregisterApplicationRequest(name=name), what), what)
 
     def get_application(self, name: str) -> Application | None:
         try:
@@ -232,12 +229,48 @@ class Connection:
         )
 
 
-def connect(addr: str, tls_config: object | None = None) -> Connection:
-    """A connection to a Frontend endpoint (``http://``, ``grpc://``, ``unix://``, ``zmq+...``, ``inmem://``)."""
-    if tls_config is not None:
-        raise FlameError(FlameErrorCode.INVALID_CONFIG, "TLS is not supported by this version of flamepy yet")
+_IN_BAND_CODES = (
+    ("already exist", FlameErrorCode.ALREADY_EXISTS),
+    ("not found", FlameErrorCode.NOT_FOUND),
+    ("open session", FlameErrorCode.INVALID_STATE),
+)
+
+
+def _check_result(result: pb.Result, what: str) -> None:
+    """Flame's server refuses register/update/unregister in-band (``return_code`` -1 with a message).
+
+    Our server answers with a status instead, but a Flame cluster does not: without this check a refused
+    registration would pass silently. The code is read from Flame's message where it says it plainly.
+    """
+    if result.return_code == 0:
+        return
+    message = result.message or "the server refused it without a message"
+    lowered = message.lower()
+    code = next((c for text, c in _IN_BAND_CODES if text in lowered), FlameErrorCode.INTERNAL)
+    raise FlameError(code, f"failed to {what}: {message}")
+
+
+def connect(addr: str, tls_config: FlameClientTls | None = None) -> Connection:
+    """A connection to a Frontend endpoint (``http://``, ``grpc://``, ``unix://``, ``zmq+...``, ``inmem://``).
+
+    ``https://`` and ``grpcs://`` are TLS (Flame's rule). The server is verified with
+    ``tls_config.ca_file``, else the configured CA (``flame.yaml`` ``tls.ca_file``, then ``FLAME_CA_FILE``),
+    else gRPC's default roots. For mutual TLS the client certificate is ``tls_config.cert_file`` and
+    ``key_file``, else ``FLAME_CLIENT_CERT_FILE`` and ``FLAME_CLIENT_KEY_FILE``. ``tls_config`` is ignored
+    for plain endpoints.
+    """
     endpoint = normalize_endpoint(addr)
-    transport = shared_transport(endpoint)
+    options = client_tls_options(
+        endpoint,
+        ca_file=getattr(tls_config, "ca_file", None),
+        cert_file=getattr(tls_config, "cert_file", None),
+        key_file=getattr(tls_config, "key_file", None),
+    )
+    return _connect(endpoint, options)
+
+
+def _connect(endpoint: str, tls_options: dict[str, str]) -> Connection:
+    transport = shared_transport(endpoint, None, **tls_options)
     return Connection(endpoint, transport.connect(endpoint))
 
 
@@ -253,7 +286,7 @@ def connect_config(config: ClientConfig) -> Connection:
         from flamepy_core.client.embedded import ensure_inprocess_server
 
         ensure_inprocess_server(endpoint, config.home)
-    conn = connect(endpoint)
+    conn = _connect(endpoint, client_tls_options(endpoint, config))
     if config.cache_endpoint:
         conn.cache_endpoint = config.cache_endpoint
     if config.endpoint is None:

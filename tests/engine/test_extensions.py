@@ -123,3 +123,34 @@ def test_watch_session_replays_tasks_completed_before_the_stream(tmp_path: Path)
     engine.close_session("s")
     assert list(stream) == []
     store.close()
+
+
+def test_refusals_reported_in_band_are_raised(tmp_path: Path) -> None:
+    """A Flame server answers a refused register/unregister with Result(return_code=-1), not a status."""
+    from flamepy_core.contracts.transport import UnaryHandler
+    from flamepy_core.wire.methods import FRONTEND
+
+    def refuse(message: str) -> UnaryHandler:
+        return UnaryHandler(lambda data, ctx: pb.Result(return_code=-1, message=message).SerializeToString())
+
+    transport = InMemoryTransport()
+    handlers = {
+        FRONTEND["RegisterApplication"].path: refuse("application echo already exists"),
+        FRONTEND["UnregisterApplication"].path: refuse("2 open sessions in the application"),
+        FRONTEND["UpdateApplication"].path: refuse("something else went wrong"),
+    }
+    server = transport.serve("inmem://flame-like", handlers)
+    conn = Connection("inmem://flame-like", transport.connect("inmem://flame-like"))
+    try:
+        cases = [
+            (lambda: conn.register_application("echo", {"command": "python"}), FlameErrorCode.ALREADY_EXISTS),
+            (lambda: conn.unregister_application("echo"), FlameErrorCode.INVALID_STATE),
+            (lambda: conn.update_application("echo", {"command": "python"}), FlameErrorCode.INTERNAL),
+        ]
+        for call, code in cases:
+            with pytest.raises(FlameError) as info:
+                call()
+            assert info.value.code == code
+            assert info.value.message.startswith("failed to ")
+    finally:
+        server.stop()
