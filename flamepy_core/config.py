@@ -91,6 +91,10 @@ ENV_ENDPOINT = "FLAME_ENDPOINT"
 ENV_CACHE_ENDPOINT = "FLAME_CACHE_ENDPOINT"
 ENV_CACHE_STORAGE = "FLAME_CACHE_STORAGE"
 ENV_CA_FILE = "FLAME_CA_FILE"
+ENV_CLIENT_CERT_FILE = "FLAME_CLIENT_CERT_FILE"
+"""flamepy only: the client certificate (PEM) presented to TLS servers that require one (mutual TLS)."""
+ENV_CLIENT_KEY_FILE = "FLAME_CLIENT_KEY_FILE"
+"""flamepy only: the private key (PEM, unencrypted) of ``FLAME_CLIENT_CERT_FILE``."""
 ENV_TRANSPORT = "FLAME_TRANSPORT"
 ENV_SERIALIZER = "FLAME_SERIALIZER"
 
@@ -490,6 +494,10 @@ class ClientConfig:
     ca_file: str | None = None
     cache_ca_file: str | None = None
     cache_storage: str | None = None
+    client_cert_file: str | None = None
+    """Client certificate for mutual TLS (``FLAME_CLIENT_CERT_FILE``), used with ``https://``/``grpcs://``."""
+    client_key_file: str | None = None
+    """Its private key (``FLAME_CLIENT_KEY_FILE``)."""
     source: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -553,6 +561,8 @@ def resolve_config(
 
     ``FLAME_CA_FILE`` is the one reversed rule, as in Flame: it fills the cluster and cache CA only where
     the file configures none, because a per-context CA is more specific than a global variable.
+    ``FLAME_CLIENT_CERT_FILE`` and ``FLAME_CLIENT_KEY_FILE`` (flamepy only; the file has no such keys)
+    give the client certificate for mutual TLS, to the cluster and the cache alike.
     """
     e = _environ(env)
     source: dict[str, str] = {}
@@ -604,6 +614,10 @@ def resolve_config(
     env_ca = _env_value(e, ENV_CA_FILE)
     ca, source["ca_file"] = _ca_choice(ctx.ca_file, fsrc, env_ca)
     cache_ca, source["cache_ca_file"] = _ca_choice(ctx.cache_ca_file, fsrc, env_ca)
+    cert, source["client_cert_file"] = _choose(
+        None, _env_value(e, ENV_CLIENT_CERT_FILE), ENV_CLIENT_CERT_FILE, None, fsrc
+    )
+    key, source["client_key_file"] = _choose(None, _env_value(e, ENV_CLIENT_KEY_FILE), ENV_CLIENT_KEY_FILE, None, fsrc)
 
     return ClientConfig(
         home=home_path,
@@ -614,6 +628,8 @@ def resolve_config(
         ca_file=ca,
         cache_ca_file=cache_ca,
         cache_storage=storage,
+        client_cert_file=cert,
+        client_key_file=key,
         source=source,
     )
 
@@ -624,9 +640,16 @@ def resolve_config(
 
 @dataclass
 class FlameClientTls:
-    """TLS settings of a connection: the CA bundle that verifies the server."""
+    """TLS settings of a connection: the CA bundle that verifies the server.
+
+    ``cert_file`` and ``key_file`` are a flamepy extension: the client certificate and key presented to
+    a server that requires one (mutual TLS). Left ``None``, ``connect`` takes them from
+    ``FLAME_CLIENT_CERT_FILE`` / ``FLAME_CLIENT_KEY_FILE``.
+    """
 
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 @dataclass

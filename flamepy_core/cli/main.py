@@ -315,6 +315,8 @@ def cmd_server(args: argparse.Namespace) -> int:
             argv += ["--transport", transport]
         if args.idle_exit is not None:
             argv += ["--idle-exit", str(args.idle_exit)]
+        for flag, value in _tls_flags(args):
+            argv += [flag, str(value)]
         return serve(argv)
     if args.listen:
         print(
@@ -322,9 +324,26 @@ def cmd_server(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if _tls_flags(args):
+        print(
+            "flmctl server start: --tls-* need --foreground and an https:// or grpcs:// --listen endpoint",
+            file=sys.stderr,
+        )
+        return 2
     info = local.start_server(home, transport=args.transport or config.transport, idle_exit=args.idle_exit)
     print(f"started a flamepy server for {home}: pid {info['pid']}, listening on {info['endpoint']}")
     return 0
+
+
+def _tls_flags(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The TLS flags given to ``server start``, as passed on to ``python -m flamepy_core.engine``."""
+    given = (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--tls-client-ca", args.tls_client_ca),
+        ("--tls-ca", args.tls_ca),
+    )
+    return [(flag, value) for flag, value in given if value is not None]
 
 
 # -- parser -----------------------------------------------------------------------------------------
@@ -385,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--foreground", action="store_true")
     start.add_argument("--transport", default=None, help="zmq (default) or grpc; default: FLAME_TRANSPORT / flame.yaml")
     start.add_argument("--idle-exit", type=float, default=None, help="exit after N idle seconds (0 = never)")
+    tls_help = {
+        "--tls-cert": "the server's certificate (PEM), to serve TLS on an https:// or grpcs:// --listen",
+        "--tls-key": "its private key (PEM)",
+        "--tls-client-ca": "mutual TLS: refuse clients without a certificate signed by this CA (PEM)",
+        "--tls-ca": "the CA that signed --tls-cert, given to instances as FLAME_CA_FILE (default: $FLAME_CA_FILE)",
+    }
+    for flag, text in tls_help.items():
+        start.add_argument(flag, type=Path, default=None, metavar="FILE", help=f"{text} (with --foreground)")
     server_sub.add_parser("stop", help="stop the server")
     server_sub.add_parser("status", help="say whether a server runs, and where")
     return parser

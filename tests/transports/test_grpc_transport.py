@@ -142,10 +142,10 @@ def sock_dir(tmp_path: Path) -> Iterator[Path]:
 def test_plugin_declares_grpc_without_importing_it() -> None:
     [spec] = grpc_plugin.flamepy_add_transports()
     assert spec.name == "grpc"
-    assert spec.schemes == ("grpc", "http", "unix")
+    assert spec.schemes == ("grpc", "http", "unix", "grpcs", "https")
     assert spec.capabilities.max_message_size == 256 * 1024 * 1024
     assert spec.capabilities.streaming and spec.capabilities.cross_process
-    assert not spec.capabilities.tls and not spec.capabilities.auth
+    assert spec.capabilities.tls and spec.capabilities.auth  # grpcs:// and https://, mutual TLS
     assert {"max_message_size", "default_timeout", "max_workers", "keepalive_time_ms"} <= spec.options
     assert spec.requires == ("grpcio",)
     entry_points = {ep.name: ep.value for ep in metadata.entry_points(group="flamepy.transports")}

@@ -1,4 +1,8 @@
-"""Endpoint parsing for the gRPC transport: ``grpc://HOST:PORT``, ``http://HOST:PORT``, ``unix:///PATH``."""
+"""Endpoint parsing for the gRPC transport.
+
+Plain: ``grpc://HOST:PORT``, ``http://HOST:PORT``, ``unix:///PATH``. TLS: ``grpcs://HOST:PORT`` and
+``https://HOST:PORT`` (Flame's rule: ``https://`` means TLS).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 DEFAULT_PORT = 8080
 """The port when an endpoint names none (Flame's default endpoint is ``http://127.0.0.1:8080``)."""
 
-TCP_SCHEMES = ("grpc", "http")
+TLS_SCHEMES = ("grpcs", "https")
+"""Schemes whose connections are TLS."""
+TCP_SCHEMES = ("grpc", "http", *TLS_SCHEMES)
 UNIX_SCHEME = "unix"
 MAX_UNIX_PATH_BYTES = 107  # sun_path is 108 bytes on Linux, NUL included
 
@@ -32,6 +38,11 @@ class Address:
     @property
     def is_unix(self) -> bool:
         return self.scheme == UNIX_SCHEME
+
+    @property
+    def is_tls(self) -> bool:
+        """Whether connections to this address use TLS (``grpcs://``, ``https://``)."""
+        return self.scheme in TLS_SCHEMES
 
     @property
     def target(self) -> str:
@@ -55,8 +66,8 @@ class Address:
 def _bad(endpoint: str, why: str) -> FlameError:
     return FlameError(
         FlameErrorCode.INVALID_ARGUMENT,
-        f"gRPC endpoint '{endpoint}' is not valid: {why}; write grpc://HOST:PORT, http://HOST:PORT "
-        f"or unix:///ABSOLUTE/PATH",
+        f"gRPC endpoint '{endpoint}' is not valid: {why}; write grpc://HOST:PORT, http://HOST:PORT, "
+        f"unix:///ABSOLUTE/PATH, or grpcs://HOST:PORT or https://HOST:PORT for TLS",
     )
 
 

@@ -128,11 +128,13 @@ def error_from_status(
     endpoint: str,
     method: str,
     timeout: float | None = None,
+    hint: str | None = None,
 ) -> FlameError:
     """The FlameError a failed call raises.
 
     With our trailer, the handler's own error comes back unchanged (code and message). Without it,
-    the message names the endpoint, the method, the gRPC status and the server's details.
+    the message names the endpoint, the method, the gRPC status and the server's details; ``hint`` (why
+    the peer could not be reached, e.g. a TLS mismatch) goes before gRPC's own words.
     """
     text = details or ""
     exact = code_from_trailer(trailing_metadata)
@@ -142,7 +144,8 @@ def error_from_status(
     status_name = status.name if status is not None else "no status"
     said = f": {text}" if text else ""
     if code == FlameErrorCode.UNAVAILABLE:
-        message = f"cannot reach {endpoint} for {method} (gRPC {status_name}{said})"
+        why = f": {hint}" if hint else ""
+        message = f"cannot reach {endpoint} for {method}{why} (gRPC {status_name}{said})"
     elif code == FlameErrorCode.DEADLINE_EXCEEDED:
         message = f"{method} on {endpoint} did not answer within its deadline of {timeout} s (gRPC {status_name}{said})"
     elif code == FlameErrorCode.UNIMPLEMENTED:

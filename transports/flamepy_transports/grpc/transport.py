@@ -5,6 +5,10 @@ to our byte handler; no (de)serializer is installed, so message bytes pass throu
 client stub lands on our handler. A handler's ``FlameError`` is sent with the status Flame's own server
 uses plus the trailer ``flame-error-code`` (see :mod:`flamepy_transports.grpc.status`).
 
+TLS: ``grpcs://`` and ``https://`` endpoints are served and dialled with TLS (mutual TLS when the server
+has ``client_ca_file``); the options and the explanations of failed handshakes live in
+:mod:`flamepy_transports.grpc.tls`. ``grpc://``, ``http://`` and ``unix://`` stay plain.
+
 Client: :class:`GrpcChannel` wraps one ``grpc.Channel``. Calls are not ``wait_for_ready``, so a stopped
 server fails promptly with UNAVAILABLE. A connection-level UNAVAILABLE retires the ``grpc.Channel``
 and the next call dials a fresh one at once, so a server restarted on the same endpoint is reached by
@@ -66,6 +70,7 @@ from flamepy_transports.grpc.status import (
     trailer_for,
     wire_message,
 )
+from flamepy_transports.grpc.tls import ClientTls, TlsOptions, client_tls, explain_unavailable, server_credentials
 
 GRPC_MAX_MESSAGE_SIZE = 2**31 - 1
 """gRPC message limits are signed 32-bit."""
@@ -279,9 +284,12 @@ class _Link:
 
     __slots__ = ("channel", "pid", "streams", "unaries")
 
-    def __init__(self, target: str, options: list[Any]) -> None:
+    def __init__(self, target: str, options: list[Any], tls: ClientTls | None = None) -> None:
         self.pid = os.getpid()
-        self.channel: Any = grpc.insecure_channel(target, options=options)
+        if tls is None:
+            self.channel: Any = grpc.insecure_channel(target, options=options)
+        else:  # credentials are made here, per channel, so a forked child never uses the parent's
+            self.channel = grpc.secure_channel(target, tls.credentials(), options=options + tls.channel_options())
         self.unaries: dict[str, Any] = {}
         self.streams: dict[str, Any] = {}
 
@@ -348,16 +356,22 @@ class GrpcChannel:
     """A thread-safe channel to one endpoint; rebuilt transparently in a forked child."""
 
     def __init__(
-        self, address: Address, options: list[Any], default_timeout: float | None, max_message_size: int
+        self,
+        address: Address,
+        options: list[Any],
+        default_timeout: float | None,
+        max_message_size: int,
+        tls: ClientTls | None = None,
     ) -> None:
         self._address = address
         self._endpoint = address.endpoint
         self._options = options
+        self._tls = tls
         self._default_timeout = default_timeout
         self._limit = max_message_size
         self._lock = threading.Lock()
         self._closed = False
-        self._link = _Link(address.target, options)
+        self._link = _Link(address.target, options, tls)
 
     @property
     def endpoint(self) -> str:
@@ -380,7 +394,7 @@ class GrpcChannel:
                 # A forked child: never touch the parent's channel (keep it alive so it is not
                 # destroyed here either); open this process's own.
                 _inherited.append(link.channel)
-                link = self._link = _Link(self._address.target, self._options)
+                link = self._link = _Link(self._address.target, self._options, self._tls)
             return link
 
     def _error(self, exc: Any, method: str, timeout: float | None, link: _Link | None = None) -> FlameError:
@@ -389,15 +403,22 @@ class GrpcChannel:
         if self._closed and code == grpc.StatusCode.CANCELLED:
             return self._closed_error()
         trailer = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        unreachable = code == grpc.StatusCode.UNAVAILABLE and code_from_trailer(trailer) is None
+        # A refused or mismatched TLS handshake is only "UNAVAILABLE: Socket closed" to gRPC: say why.
+        diagnosis = explain_unavailable(self._address, self._tls, details or "") if unreachable else None
         error = error_from_status(
             code,
-            exc.details() if hasattr(exc, "details") else str(exc),
+            details,
             trailer,
             endpoint=self._endpoint,
             method=method,
             timeout=timeout,
+            hint=diagnosis.reason if diagnosis is not None else None,
         )
-        if link is not None and code == grpc.StatusCode.UNAVAILABLE and code_from_trailer(trailer) is None:
+        if diagnosis is not None and diagnosis.code != error.code:
+            error = FlameError(diagnosis.code, error.message)
+        if link is not None and unreachable:
             self._retire(link)
         return error
 
@@ -410,7 +431,7 @@ class GrpcChannel:
         """
         with self._lock:
             if self._link is link and not self._closed and link.pid == os.getpid():
-                self._link = _Link(self._address.target, self._options)
+                self._link = _Link(self._address.target, self._options, self._tls)
 
     def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
         """Send one request, return the one response; every failure is a :class:`FlameError`."""
@@ -501,7 +522,15 @@ def _has_error_trailer(call: Any) -> bool:
 
 
 class GrpcTransport:
-    """The gRPC transport: channels and servers for ``grpc://``, ``http://`` and ``unix://``."""
+    """The gRPC transport: channels and servers for ``grpc://``, ``http://``, ``unix://`` and, with TLS,
+    ``grpcs://`` and ``https://``.
+
+    One transport serves and connects, so the TLS options cover both roles: ``cert_file``/``key_file`` are
+    a server's certificate, and a client's certificate for mutual TLS; ``ca_file`` verifies servers;
+    ``client_ca_file`` makes servers require client certificates; ``server_name_override`` is the name a
+    client checks the server's certificate against. Plain endpoints ignore them. See
+    :mod:`flamepy_transports.grpc.tls`.
+    """
 
     name = "grpc"
     schemes: tuple[str, ...] = SCHEMES
@@ -513,6 +542,11 @@ class GrpcTransport:
         max_workers: int = DEFAULT_MAX_WORKERS,
         keepalive_time_ms: int = DEFAULT_KEEPALIVE_TIME_MS,
         keepalive_timeout_ms: int = DEFAULT_KEEPALIVE_TIMEOUT_MS,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        client_ca_file: str | os.PathLike[str] | None = None,
+        server_name_override: str | None = None,
     ) -> None:
         if not 0 < max_message_size <= GRPC_MAX_MESSAGE_SIZE:
             raise ValueError(
@@ -528,8 +562,15 @@ class GrpcTransport:
                 f"keepalive_time_ms and keepalive_timeout_ms must be >= 1, "
                 f"got {keepalive_time_ms} and {keepalive_timeout_ms}"
             )
+        self._tls = TlsOptions.create(
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            client_ca_file=client_ca_file,
+            server_name_override=server_name_override,
+        )
         self.capabilities = TransportCapabilities(
-            max_message_size=max_message_size, streaming=True, cross_process=True, tls=False, auth=False
+            max_message_size=max_message_size, streaming=True, cross_process=True, tls=True, auth=True
         )
         self._default_timeout = default_timeout
         self._max_workers = max_workers
@@ -537,20 +578,31 @@ class GrpcTransport:
         self._server_options = _server_options(max_message_size, keepalive_time_ms, keepalive_timeout_ms)
 
     def connect(self, endpoint: str) -> GrpcChannel:
-        """A channel to ``endpoint``; lazy: an absent server shows on the first call (or ``wait_ready``)."""
+        """A channel to ``endpoint``; lazy: an absent server shows on the first call (or ``wait_ready``).
+
+        A TLS endpoint's files (``ca_file``, ``cert_file``, ``key_file``) are read and checked now.
+        """
         address = parse_endpoint(endpoint)
-        return GrpcChannel(address, self._client_options, self._default_timeout, self.capabilities.max_message_size)
+        tls = client_tls(self._tls, address.endpoint) if address.is_tls else None
+        return GrpcChannel(
+            address, self._client_options, self._default_timeout, self.capabilities.max_message_size, tls
+        )
 
     def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> GrpcServer:
         """Serve ``handlers`` on ``endpoint`` (port 0 picks a free port) and return once it accepts calls."""
         address = parse_endpoint(endpoint)
+        # A TLS endpoint needs cert_file and key_file: checked (and read) before anything is started.
+        credentials = server_credentials(self._tls, address.endpoint) if address.is_tls else None
         if address.is_unix:
             prepare_unix_path(address)
         router = _Router(handlers, self.capabilities.max_message_size)  # refuses a bad handler first
         pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="flamepy-grpc")
         server = grpc.server(pool, handlers=[router], options=self._server_options)
         try:
-            port = server.add_insecure_port(address.target)
+            if credentials is None:
+                port = server.add_insecure_port(address.target)
+            else:
+                port = server.add_secure_port(address.target, credentials)
         except RuntimeError:
             port = 0
         if not port:
