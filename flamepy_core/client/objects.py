@@ -150,7 +150,10 @@ _clients: dict[str, CacheClient] = {}
 
 def cache_client(endpoint: str | None = None) -> CacheClient:
     """The process's client for ``endpoint``, or for the configured cache (the frontend's by default)."""
+    from flamepy_core.flight import uses_flight  # pyarrow-free; the Flight client itself loads on demand
+
     recover = None
+    configured = True
     if endpoint is None:
         config = resolve_config()
         if config.cache_endpoint:
@@ -159,11 +162,21 @@ def cache_client(endpoint: str | None = None) -> CacheClient:
             from flamepy_core.client.connection import default_connection
 
             conn = default_connection()
-            endpoint, recover = conn.cache_endpoint, conn.recover
+            endpoint, recover, configured = conn.cache_endpoint, conn.recover, False
+    # Flame's protocol for flight:// endpoints, and for a configured grpc:// one under FLAME_CACHE_PROTOCOL=flight.
+    flight = uses_flight(endpoint, configured=configured)
     with _clients_lock:
         client = _clients.get(endpoint)
-        if client is None or client._pid != os.getpid():
-            client = CacheClient(endpoint, shared_transport(endpoint).connect(endpoint))
+        if client is None or client._pid != os.getpid() or getattr(client, "flight", False) != flight:
+            if flight:
+                from flamepy_core.flight import require_pyarrow
+
+                require_pyarrow(f"cache endpoint {endpoint}")
+                from flamepy_core.flight.client import FlightCacheClient
+
+                client = FlightCacheClient(endpoint)
+            else:
+                client = CacheClient(endpoint, shared_transport(endpoint).connect(endpoint))
             _clients[endpoint] = client
         client.recover = client.recover or recover
         return client

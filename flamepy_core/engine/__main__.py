@@ -11,8 +11,8 @@ from pathlib import Path
 from types import FrameType
 
 from flamepy_core.config import RuntimeSettings, flame_home
-from flamepy_core.contracts.errors import FlameError
-from flamepy_core.engine.server import FlameServer, default_listen
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.server import FlameServer, ServerTls, default_listen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit", type=float, default=None, help="exit after N idle seconds (0 = never)")
     parser.add_argument("--durability", choices=("batched", "strict"), default="batched")
     parser.add_argument("--log-level", default="INFO")
+    add_tls_arguments(parser)
     parser.add_argument(
         "--flight-listen",
         default=os.environ.get("FLAME_FLIGHT_LISTEN") or None,
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         help="give instances the Flight cache (FLAME_CACHE_ENDPOINT + FLAME_CACHE_PROTOCOL=flight) instead of ours",
     )
     args = parser.parse_args(argv)
+    try:
+        tls = server_tls(args)
+    except FlameError as exc:
+        print(f"flamepy server: {exc.message}", file=sys.stderr)
+        return 2
     home = (args.home or flame_home()).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
         instance_transport=args.instance_transport or args.transport or "auto",
         durability=args.durability,
+        tls=tls,
         flight_listen=args.flight_listen,
         flight_for_instances=args.flight_for_instances,
     )
@@ -76,6 +83,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Flame-compatible Flight cache on {server.flight_cache_endpoint}", flush=True)
     server.serve_forever(idle_exit)
     return 0
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """The TLS flags, shared with ``flmctl server start --foreground``."""
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the server's certificate (PEM); with --tls-key, serve TLS on an https:// or grpcs:// --listen",
+    )
+    parser.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="its private key (PEM)")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="mutual TLS: refuse clients without a certificate signed by this CA (PEM)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the CA that signed --tls-cert, given to instances as FLAME_CA_FILE to reach the object cache "
+        "(default: the server's own FLAME_CA_FILE)",
+    )
+
+
+def server_tls(args: argparse.Namespace) -> ServerTls | None:
+    """The server's TLS from the flags, or None; flags that make no sense alone are refused."""
+    if args.tls_cert is None and args.tls_key is None:
+        alone = [flag for flag, value in (("--tls-client-ca", args.tls_client_ca), ("--tls-ca", args.tls_ca)) if value]
+        if alone:
+            raise FlameError(FlameErrorCode.INVALID_CONFIG, f"{' and '.join(alone)} need --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        given, missing = ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
+        raise FlameError(
+            FlameErrorCode.INVALID_CONFIG, f"{given} needs {missing}: the server's certificate and its private key"
+        )
+    return ServerTls(
+        cert_file=str(args.tls_cert),
+        key_file=str(args.tls_key),
+        client_ca_file=str(args.tls_client_ca) if args.tls_client_ca else None,
+        ca_file=str(args.tls_ca) if args.tls_ca else None,
+    )
 
 
 if __name__ == "__main__":

@@ -301,7 +301,7 @@ class FlameServer:
             if self.flight_for_instances:
                 protocol = PROTOCOL_FLIGHT
                 self.launcher.cache_endpoint = self.flight_cache_endpoint
-        if self.instance_mode == "process" and (protocol == PROTOCOL_FLIGHT or ENV_CACHE_PROTOCOL in os.environ):
+        if self.instance_mode == "process" and (self.flight_listen or ENV_CACHE_PROTOCOL in os.environ):
             self.launcher.extra_env[ENV_CACHE_PROTOCOL] = protocol
 
     def _tls_options(self) -> dict[str, str]:
