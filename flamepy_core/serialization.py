@@ -171,6 +171,18 @@ def decode_payload(
 # Which serializer a session uses
 
 
+def decode_context(stored: Any, serializer: Serializer, *, peer: str) -> Any:
+    """A session context as read from the cache.
+
+    Contexts are stored as the serializer's payload bytes (what Flame's SDK does: ``cloudpickle.dumps(ctx)``
+    through ``put_object``), so services and clients written with either SDK read each other's. A value
+    that is not bytes was stored as an object by an older writer and is returned as it is.
+    """
+    if isinstance(stored, (bytes, bytearray, memoryview)):
+        return decode_payload(bytes(stored), serializer, peer=peer, what="session context")
+    return stored
+
+
 def application_environments(
     environments: Mapping[str, str] | None, serializer: str | None, *, source: str = "the application"
 ) -> dict[str, str] | None:

@@ -21,7 +21,7 @@ from flamepy_core.client.session import Session as CoreSession
 from flamepy_core.contracts.serializer import Serializer
 from flamepy_core.model import ResourceRequirement, short_name
 from flamepy_core.objref import ObjectRef
-from flamepy_core.serialization import decode_payload, encode_payload, session_serializer
+from flamepy_core.serialization import decode_context, decode_payload, encode_payload, session_serializer
 
 
 class Session:
@@ -56,7 +56,9 @@ class Session:
             sid = short_name(name)
             common_data = None
             if ctx is not None:
-                common_data = put_object(f"{name}/{sid}", ctx, serializer=self._serializer).encode()
+                # Stored as the serializer's bytes, as Flame's SDK stores it (cloudpickle bytes), so a
+                # service written with either SDK reads the same context.
+                common_data = put_object(f"{name}/{sid}", encode_payload(ctx, self._serializer)).encode()
             try:
                 self._session = create_session(
                     name,
@@ -117,7 +119,7 @@ class Session:
         data = self._core().common_data()
         if not data:
             return None
-        return get_object(ObjectRef.decode(data))
+        return decode_context(get_object(ObjectRef.decode(data)), self._serializer, peer="service")
 
     def close(self) -> None:
         """Close the session (once; later calls do nothing)."""

@@ -29,7 +29,7 @@ from flamepy_core.instance.runtime import run as serve_instance
 from flamepy_core.instance.service import FlameService, SessionContext, TaskContext
 from flamepy_core.objref import ObjectRef
 from flamepy_core.plugins import get_registry
-from flamepy_core.serialization import decode_payload, encode_payload
+from flamepy_core.serialization import decode_context, decode_payload, encode_payload
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class FlameInstance(FlameService):
         """The session's shared context (newest version), or None when the session has none."""
         if self._ref is None:
             return None
-        return get_object(self._ref)
+        return decode_context(get_object(self._ref), self.serializer, peer="client")
 
     def update_context(self, data: Any) -> None:
         """Store a new version of the session's context; clients and other instances see it next read."""
@@ -138,7 +138,7 @@ class FlameInstance(FlameService):
                 )
                 self._warned_no_context = True
             return
-        self._ref = update_object(self._ref, data)
+        self._ref = update_object(self._ref, encode_payload(data, self.serializer))
 
     # -- running ---------------------------------------------------------------------------------------
 
