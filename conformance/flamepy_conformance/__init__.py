@@ -50,6 +50,7 @@ _LAZY = {
     "skip_unless": "flamepy_conformance.capabilities",
     "ChannelLifecycleMachine": "flamepy_conformance.stateful",
     "SerializerTests": "flamepy_conformance.serializer_suite",
+    "ServiceTests": "flamepy_conformance.service_suite",
     "TransportTests": "flamepy_conformance.transport_suite",
 }
 

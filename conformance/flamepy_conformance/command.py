@@ -3,6 +3,7 @@
     flamepy-conformance --transport NAME [--max-message BYTES] [-k EXPR] [-x] [-v]
     flamepy-conformance --serializer NAME [--layer serializer] [--max-examples N]
     flamepy-conformance --transport NAME --serializer NAME          # both layers in one run
+    flamepy-conformance --layer service --transport NAME [--serializer NAME]   # the runtime over them
 
 It writes a throw-away test module that subclasses :class:`~flamepy_conformance.TransportTests` and/or
 :class:`~flamepy_conformance.SerializerTests`, runs pytest on it in this process (no cache, a per-test
@@ -34,8 +35,9 @@ from flamepy_core.contracts.errors import FlameError
 from flamepy_core.plugins import Chosen, PluginRegistry, get_registry
 
 USAGE_ERROR = 2
-LAYERS = ("transport", "serializer")
-"""Layers that have a suite. The service suite comes later."""
+LAYERS = ("transport", "serializer", "service")
+"""Layers that have a suite. ``service`` (a server on --transport, payloads in --serializer, default
+cloudpickle) runs only when asked for with ``--layer service``: it starts a server and instances."""
 
 _NO_REWRITE_WARNING = "ignore::pytest.PytestAssertRewriteWarning"
 
@@ -55,6 +57,14 @@ from flamepy_conformance import SerializerTests
 
 class TestSerializerConformance(SerializerTests):
     serializer_name = None  # taken from --flamepy-serializer
+""",
+    "service": """
+from flamepy_conformance import ServiceTests
+
+
+class TestServiceConformance(ServiceTests):
+    transport_name = None  # taken from --flamepy-transport
+    serializer_name = None  # taken from --flamepy-serializer (default cloudpickle)
 """,
 }
 
@@ -174,17 +184,16 @@ def _layers(args: argparse.Namespace) -> list[str] | str:
     """The layers to run, or the usage error."""
     if args.layer is not None:
         if args.layer not in LAYERS:
-            return (
-                f"no suite for layer '{args.layer}' yet; available: {', '.join(LAYERS)} (the service layer comes later)"
-            )
+            return f"no suite for layer '{args.layer}'; available: {', '.join(LAYERS)}"
         layers = [args.layer]
     else:
-        layers = [layer for layer in LAYERS if getattr(args, layer)]
+        layers = [layer for layer in LAYERS if getattr(args, layer, None)]
         if not layers:
             return "name a plugin to test: --transport NAME and/or --serializer NAME"
     for layer in layers:
-        if not getattr(args, layer):
-            return f"--{layer} NAME is required for --layer {layer}"
+        needed = "transport" if layer == "service" else layer
+        if not getattr(args, needed):
+            return f"--{needed} NAME is required for --layer {layer}"
     return layers
 
 
@@ -212,14 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = get_registry()
     described: list[str] = []
     plugin_args: list[str] = []
-    if "transport" in layers:
+    if "transport" in layers or "service" in layers:
         chosen = _choose(registry, args.transport)
         if isinstance(chosen, str):
             print(f"flamepy-conformance: cannot test transport '{args.transport}': {chosen}", file=err)
             return USAGE_ERROR
         described.append(_describe(chosen))
         plugin_args += ["--flamepy-transport", chosen.spec.name]
-    if "serializer" in layers:
+    if "serializer" in layers or ("service" in layers and args.serializer):
         chosen = _choose_serializer(registry, args.serializer)
         if isinstance(chosen, str):
             print(f"flamepy-conformance: cannot test serializer '{args.serializer}': {chosen}", file=err)

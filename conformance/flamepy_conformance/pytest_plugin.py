@@ -17,6 +17,7 @@ _REWRITE = (
     "flamepy_conformance.transport_suite",
     "flamepy_conformance.stateful",
     "flamepy_conformance.serializer_suite",
+    "flamepy_conformance.service_suite",
 )
 """The suite's modules use plain asserts; pytest rewrites them for readable failures if it is told before
 they are imported (the lazy package ``__init__`` guarantees they are not imported early)."""

@@ -21,6 +21,7 @@ calls to it, while an entrypoint that is running finishes in its thread.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import runpy
@@ -187,6 +188,10 @@ class InProcessInstance(InstanceProcess):
             except Exception:  # closing must never stop the shutdown
                 log.debug("closing the channel of in-process instance %s failed", self.id, exc_info=True)
         self._server.stop(grace=grace)
+        # A FlameInstance with an async entrypoint keeps one event loop; a process would take it along.
+        loop = getattr(self.service, "_loop", None)
+        if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running() and not loop.is_closed():
+            loop.close()
         self.service = None
 
 
@@ -207,6 +212,12 @@ class InProcessLauncher(Launcher):
         self.home = home
         self.transport = transport
         self.prefix = prefix or uuid.uuid4().hex[:8]
+        # Launcher's settings, kept so the server may set them as for processes; an in-process instance
+        # uses the host's environment and reaches the cache through the host's own client configuration.
+        self.extra_env: dict[str, str] = {}
+        self.cache_endpoint = ""
+        self.frontend_endpoint = ""
+        self.stderr_tail_lines = 0
 
     def start(self, app: pb.Application, instance_id: str) -> InProcessInstance:
         name = app.metadata.name
