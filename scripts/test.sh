@@ -26,5 +26,11 @@ python -m pip install --quiet --no-build-isolation -e examples/flamepy-serialize
 mypy --strict examples/flamepy-serializer-zjson/flamepy_serializer_zjson
 flamepy-conformance --serializer zjson
 python -m pytest -p no:cacheprovider examples/flamepy-serializer-zjson/tests
+echo "== the service layer for every transport x serializer pair (third-party plugins included)"
+for transport in inmem grpc zmq tcp; do
+  for serializer in cloudpickle pickle json msgpack zjson; do
+    flamepy-conformance --transport "$transport" --serializer "$serializer" --layer service
+  done
+done
 echo "== tests"
 python -m pytest "$@"
