@@ -98,6 +98,8 @@ def flame_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
     env.update(FAST_SETTINGS)
     env["FLAME_HOME"] = str(home)
+    # Instance sockets inside the home too, so nothing is left in /tmp even by a server a test kills.
+    env["FLAME_SOCKET_DIR"] = str(home / "s")
     transport = getattr(request, "param", None)
     if transport:
         env["FLAME_TRANSPORT"] = transport
