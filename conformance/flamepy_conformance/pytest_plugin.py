@@ -14,6 +14,7 @@ import sys
 import pytest
 
 _REWRITE = (
+    "flamepy_conformance.options",
     "flamepy_conformance.transport_suite",
     "flamepy_conformance.stateful",
     "flamepy_conformance.serializer_suite",

@@ -36,12 +36,13 @@ import functools
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from flamepy_conformance.options import SuiteOptions
 from flamepy_conformance.strategies import garbage, values_for_domain, values_outside_domain
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.serializer import Serializer
@@ -186,7 +187,7 @@ def expect_flame_error(call: Callable[[], object], what: str, *must_mention: str
     return error
 
 
-class SerializerTests:
+class SerializerTests(SuiteOptions):
     """The serializer conformance suite. Subclass it as ``Test...`` and set :attr:`serializer_name`."""
 
     __flamepy_conformance__: ClassVar[bool] = True
@@ -239,21 +240,9 @@ class SerializerTests:
         self.serializer = self.make_serializer()
         yield
 
-    def _option(self, name: str, default: T) -> T:
-        if self._flamepy_config is None:
-            return default
-        value = self._flamepy_config.getoption(name, default)
-        return default if value is None else cast(T, value)
-
     def resolved_serializer_name(self) -> str:
         """:attr:`serializer_name`, or the ``--flamepy-serializer`` option when that is ``None``."""
-        name = self.serializer_name or self._option("flamepy_serializer", "")
-        if not name:
-            pytest.fail(
-                f"{type(self).__name__}: set serializer_name = 'NAME', override make_serializer(), "
-                f"or run pytest with --flamepy-serializer NAME"
-            )
-        return name
+        return self._plugin_name(self.serializer_name, "flamepy_serializer", "serializer_name", "make_serializer")
 
     def examples(self, fraction: float = 1.0) -> int:
         """Hypothesis examples for a property test (a fraction of the budget for costly ones)."""

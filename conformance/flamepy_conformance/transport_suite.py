@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
 from flamepy_conformance.capabilities import MARKER, Capability, skip_unless
+from flamepy_conformance.options import SuiteOptions
 from flamepy_conformance.probe import (
     CHUNKS,
     ECHO,
@@ -231,7 +232,7 @@ def _read_line(stream: Any, timeout: float) -> str | None:
 # -- the suite ---------------------------------------------------------------------------------------
 
 
-class TransportTests:
+class TransportTests(SuiteOptions):
     """The transport conformance suite. Subclass it as ``Test...`` and set :attr:`transport_name`.
 
     Every test gets a fresh transport from :meth:`make_transport` (``self.transport``) and fresh
@@ -335,21 +336,9 @@ class TransportTests:
             for path in self._flamepy_tmpdirs:
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _option(self, name: str, default: T) -> T:
-        if self._flamepy_config is None:
-            return default
-        value = self._flamepy_config.getoption(name, default)
-        return default if value is None else cast(T, value)
-
     def resolved_transport_name(self) -> str:
         """:attr:`transport_name`, or the ``--flamepy-transport`` option when that is ``None``."""
-        name = self.transport_name or self._option("flamepy_transport", "")
-        if not name:
-            pytest.fail(
-                f"{type(self).__name__}: set transport_name = 'NAME', override make_transport(), "
-                f"or run pytest with --flamepy-transport NAME"
-            )
-        return name
+        return self._plugin_name(self.transport_name, "flamepy_transport", "transport_name", "make_transport")
 
     @property
     def max_message_cap(self) -> int:
