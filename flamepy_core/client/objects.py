@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flamepy_core.client.transports import shared_transport
-from flamepy_core.config import resolve_config
+from flamepy_core.config import DEFAULT_FLAME_CONF, ClientConfig, flame_home, resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.serializer import Serializer
 from flamepy_core.contracts.transport import Channel
@@ -155,7 +155,7 @@ def cache_client(endpoint: str | None = None) -> CacheClient:
     recover = None
     configured = True
     if endpoint is None:
-        config = resolve_config()
+        config = _config()
         if config.cache_endpoint:
             endpoint = config.cache_endpoint
         else:
@@ -182,8 +182,48 @@ def cache_client(endpoint: str | None = None) -> CacheClient:
         return client
 
 
+# Every cache call needs the configuration, and a service calls the cache on every task (context(),
+# update_context()): resolve it again only when a variable it reads or the flame.yaml file changed.
+_CONFIG_VARIABLES = (
+    "FLAME_HOME",
+    "FLAME_ENDPOINT",
+    "FLAME_CACHE_ENDPOINT",
+    "FLAME_CACHE_PROTOCOL",
+    "FLAME_CACHE_STORAGE",
+    "FLAME_SERIALIZER",
+    "FLAME_TRANSPORT",
+    "FLAME_CA_FILE",
+    "FLAME_CLIENT_CERT_FILE",
+    "FLAME_CLIENT_KEY_FILE",
+)
+_memo_lock = threading.Lock()
+_config_memo: tuple[tuple[object, ...], ClientConfig] | None = None
+_serializers: dict[str, Serializer] = {}
+
+
+def _config() -> ClientConfig:
+    global _config_memo
+    variables = tuple(os.environ.get(name) for name in _CONFIG_VARIABLES)
+    try:
+        stamp: object = os.stat(flame_home() / DEFAULT_FLAME_CONF).st_mtime_ns
+    except OSError:
+        stamp = None
+    key = (*variables, stamp)
+    memo = _config_memo
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    config = resolve_config()
+    with _memo_lock:
+        _config_memo = (key, config)
+    return config
+
+
 def _serializer() -> Serializer:
-    return get_registry().serializer(resolve_config().serializer)
+    name = _config().serializer
+    serializer = _serializers.get(name)
+    if serializer is None:
+        serializer = _serializers.setdefault(name, get_registry().serializer(name))
+    return serializer
 
 
 def put_object(key_prefix: str, obj: Any, *, serializer: Serializer | None = None) -> ObjectRef:
