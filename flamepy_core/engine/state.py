@@ -8,6 +8,7 @@ Closed sessions keep their summary in memory but their tasks only in the store.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -67,6 +68,15 @@ def _task_from_row(session_id: str, tid: int, inp: bytes | None, out: bytes | No
     return task
 
 
+def _trim_completions(entry: SessionEntry) -> None:
+    """Drop the completions every watcher has read (all of them when nobody watches)."""
+    low = min(entry.watch_positions.values(), default=entry.completions_offset + len(entry.completions))
+    drop = low - entry.completions_offset
+    if drop > 0:
+        del entry.completions[:drop]
+        entry.completions_offset = low
+
+
 def _changed(task: pb.Task, entry: SessionEntry, state: int) -> bool:
     return task.status.state != state or not entry.is_open
 
@@ -120,8 +130,11 @@ class SessionEntry:
     attempts: dict[int, int] = field(default_factory=dict)
     next_id: int = 1
     completions: list[pb.Task] = field(default_factory=list)
-    """Tasks in the order they completed, for session watchers (kept while a watcher needs them)."""
-    watchers: int = 0
+    """Tasks in the order they completed, kept only while a session watcher has not read them yet."""
+    completions_offset: int = 0
+    """How many completions were dropped from the front of ``completions`` (positions are absolute)."""
+    watch_positions: dict[int, int] = field(default_factory=dict)
+    """For each session watcher, the absolute position in ``completions`` it has read up to."""
 
     @property
     def id(self) -> str:
@@ -165,6 +178,7 @@ class Engine:
         self.scheduler: SchedulerHooks = _NoScheduler()
         self._apps: dict[str, pb.Application] = {}
         self._sessions: dict[str, SessionEntry] = {}
+        self._watch_ids = itertools.count(1)
         with self.lock:  # requeueing notifies the sessions' conditions, which needs the lock held
             self._load()
 
@@ -190,7 +204,10 @@ class Engine:
             if not entry.is_open:
                 continue
             for tid, inp, out, st in self.store.query(
-                "SELECT id, input, output, status FROM tasks WHERE session_id = ? ORDER BY id", entry.id
+                "SELECT id, input, output, status FROM tasks WHERE session_id = ? AND state IN (?, ?) ORDER BY id",
+                entry.id,
+                int(PENDING),
+                int(RUNNING),
             ):
                 task = _task_from_row(entry.id, tid, inp, out, st)
                 entry.tasks[tid] = task
@@ -449,8 +466,7 @@ class Engine:
             self._save_session(entry)
             entry.tasks.clear()  # the store has them; closed sessions are read from there
             entry.attempts.clear()
-            if not entry.watchers:
-                entry.completions = []
+            _trim_completions(entry)
             entry.cond.notify_all()
             snapshot = self.snapshot(entry)
         self.scheduler.session_closed(session_id)
@@ -523,11 +539,16 @@ class Engine:
         ts = now_ms()
         if state in TERMINAL:
             task.status.completion_time = ts
-            entry.completions.append(task)
+            if entry.watch_positions:
+                entry.completions.append(task)
         event = task.status.events.add(code=int(state), creation_time=ts)
         if message is not None:
             event.message = message
         self._persist_task(entry, task)
+        if state in TERMINAL:
+            # Finished tasks live in the store only: memory holds what is in flight, however many
+            # tasks a long session has run (readers and watchers hold their own references).
+            entry.tasks.pop(int(task.metadata.id), None)
         entry.cond.notify_all()
 
     def create_task(self, session_id: str, task_input: bytes | None) -> pb.Task:
@@ -594,14 +615,9 @@ class Engine:
 
     def list_tasks(self, session_id: str) -> Iterator[pb.Task]:
         with self.lock:
-            entry = self._entry(session_id)
-            if entry.is_open:
-                tasks = []
-                for task in entry.tasks.values():
-                    copy = pb.Task()
-                    copy.CopyFrom(task)
-                    tasks.append(copy)
-                return iter(tasks)
+            self._entry(session_id)  # NOT_FOUND for an unknown session
+        # Every state change is written before the lock is released; the read flushes first, so the
+        # store is the complete, current list (memory holds only the tasks in flight).
         return self._iter_stored_tasks(session_id)
 
     def _iter_stored_tasks(self, session_id: str) -> Iterator[pb.Task]:
@@ -654,7 +670,12 @@ class Engine:
         tid = int(created.metadata.id)
         with self.lock:
             entry = self._entry(session_id)
-            task = entry.tasks[tid]
+            task = entry.tasks.get(tid)
+            if task is None:  # already finished (and so only in the store)
+                stored = self._load_task(session_id, tid)
+                if stored is None:
+                    raise _not_found("task", f"{tid} of session {session_id}")
+                return stored
             while task.status.state not in TERMINAL:
                 if not is_active():
                     raise FlameError(
@@ -668,41 +689,50 @@ class Engine:
     def watch_session(
         self, session_id: str, after_task_id: int, is_active: Callable[[], bool], poll: float = 0.5
     ) -> Iterator[pb.Task]:
-        """Completed tasks of the session with id > ``after_task_id``, in completion order, until it closes."""
+        """Completed tasks of the session with id > ``after_task_id``, in completion order, until it closes.
+
+        Tasks that completed before the watcher came are read from the store first; later ones come from
+        ``completions``, which keeps each task only until every watcher has read it.
+        """
+        token = next(self._watch_ids)
         with self.lock:
             entry = self._entry(session_id)
+            # Under the lock no task completes, so store (flushed) + live list miss nothing, twice nothing.
+            replay = [
+                t
+                for t in self._iter_stored_tasks(session_id)
+                if int(t.metadata.id) > after_task_id and t.status.state in TERMINAL
+            ]
             if not entry.is_open:
-                stored = self._iter_stored_tasks(session_id)
-                entry = None  # type: ignore[assignment]
+                watching = False
             else:
-                entry.watchers += 1
-        if entry is None:
-            for task in stored:
-                if int(task.metadata.id) > after_task_id and task.status.state in TERMINAL:
-                    yield task
-            return
-        index = 0
+                watching = True
+                position = entry.completions_offset + len(entry.completions)
+                entry.watch_positions[token] = position
         try:
-            while True:
+            yield from sorted(replay, key=lambda t: t.status.completion_time)
+            while watching:
                 with self.lock:
-                    if index >= len(entry.completions) and entry.is_open and is_active():
+                    if position >= entry.completions_offset + len(entry.completions) and entry.is_open and is_active():
                         entry.cond.wait(timeout=poll)
                     batch = []
-                    for task in entry.completions[index:]:
+                    for task in entry.completions[position - entry.completions_offset :]:
                         if int(task.metadata.id) > after_task_id:
                             snap = pb.Task()
                             snap.CopyFrom(task)
                             batch.append(snap)
-                    index = len(entry.completions)
+                    position = entry.completions_offset + len(entry.completions)
+                    entry.watch_positions[token] = position
+                    _trim_completions(entry)
                     finished = not entry.is_open or not is_active()
                 yield from batch
                 if finished:
                     return
         finally:
-            with self.lock:
-                entry.watchers -= 1
-                if not entry.is_open and not entry.watchers:
-                    entry.completions = []
+            if watching:
+                with self.lock:
+                    entry.watch_positions.pop(token, None)
+                    _trim_completions(entry)
 
     # -- what instance drivers call --------------------------------------------------------------------
 
