@@ -1,0 +1,174 @@
+"""Does a server holding many open sessions and a million finished tasks answer as fast as an empty one?
+
+Two local servers are measured in the same run: one on an empty FLAME_HOME, one on a FLAME_HOME whose
+store was filled beforehand with ``--sessions`` open sessions holding ``--tasks`` finished tasks in all
+(written straight into sqlite, in the server's own format, so filling takes seconds, not hours). For
+each server: the time to start, then the median of a warm ``invoke`` on a new session, of
+``get_session`` on an open session, and of ``create_session`` + ``close``. Ratios are loaded / empty.
+
+Usage: ``python benchmarks/bench_scale.py [--sessions 1000] [--tasks 1000000] [--iterations 500]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+SERVICE = textwrap.dedent(
+    """
+    import flamepy
+
+    class Echo(flamepy.FlameService):
+        def on_task_invoke(self, context):
+            return context.input
+
+    if __name__ == "__main__":
+        flamepy.run(Echo())
+    """
+)
+
+
+def fill(home: Path, sessions: int, tasks: int) -> float:
+    """Write ``sessions`` open sessions with ``tasks`` finished tasks in all into home's store."""
+    from flamepy_core.engine.store import Store
+    from flamepy_core.wire.proto import types_pb2 as pb
+
+    start = time.perf_counter()
+    Store(home / "flame.db").close()  # creates the schema
+    now = int(time.time() * 1000)
+    per_session = max(1, tasks // sessions)
+    status = pb.TaskStatus(state=pb.TaskState.Succeed, creation_time=now, completion_time=now)
+    status.events.add(code=2, creation_time=now)
+    status_bytes = status.SerializeToString()
+    db = sqlite3.connect(home / "flame.db")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")
+    for i in range(sessions):
+        session = pb.Session()
+        session.metadata.id = session.metadata.name = f"big-{i}"
+        session.spec.application = "bench"
+        session.spec.resreq.cpu = 1
+        session.status.state = pb.SessionState.Open
+        session.status.creation_time = now
+        db.execute(
+            "INSERT INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)",
+            (f"big-{i}", "bench", 0, session.SerializeToString()),
+        )
+        db.executemany(
+            "INSERT INTO tasks (session_id, id, state, input, output, status) VALUES (?, ?, ?, ?, ?, ?)",
+            ((f"big-{i}", t, 2, b"x" * 100, b"x" * 100, status_bytes) for t in range(1, per_session + 1)),
+        )
+    db.commit()
+    db.close()
+    return time.perf_counter() - start
+
+
+def start_server(home: Path) -> tuple[subprocess.Popen[bytes], float]:
+    from flamepy_core.engine.server import read_server_info
+
+    env = dict(os.environ, FLAME_HOME=str(home))
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flamepy_core.engine", "--home", str(home), "--idle-exit", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(home / "server.err", "wb"),  # noqa: SIM115 - the child owns it
+    )
+    while True:
+        info = read_server_info(home)
+        if info and info.get("pid") == proc.pid:
+            return proc, time.perf_counter() - start
+        if proc.poll() is not None or time.perf_counter() - start > 600:
+            raise RuntimeError(f"server did not start: {(home / 'server.err').read_text()[-2000:]}")
+        time.sleep(0.01)
+
+
+def measure(home: Path, iterations: int, open_session: str | None) -> dict[str, float]:
+    """Medians measured by a client process; ``open_session`` None: open one first (the empty store)."""
+    code = textwrap.dedent(
+        f"""
+        import statistics, sys, time
+        import flamepy
+        app_dir = {str(home / "app")!r}
+        if flamepy.get_application("bench") is None:
+            flamepy.register_application("bench", {{"command": sys.executable, "arguments": ["svc.py"],
+                                         "working_directory": app_dir}})
+        def med(fn, n):
+            samples = []
+            for _ in range(n):
+                t = time.perf_counter(); fn(); samples.append(time.perf_counter() - t)
+            return statistics.median(samples)
+        target = {open_session!r} or flamepy.create_session("bench").id
+        s = flamepy.create_session("bench")
+        s.invoke(b"x")
+        invoke = med(lambda: s.invoke(b"x" * 100), {iterations})
+        s.close()
+        get = med(lambda: flamepy.get_session(target), {iterations})
+        def cycle():
+            flamepy.create_session("bench").close()
+        create = med(cycle, max(20, {iterations} // 5))
+        print(invoke, get, create)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, FLAME_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    ).stdout.split()
+    invoke, get, create = (float(x) for x in out[-3:])
+    return {"invoke": invoke, "get_session": get, "create_close": create}
+
+
+def prepare(home: Path) -> None:
+    (home / "app").mkdir(parents=True)
+    (home / "app" / "svc.py").write_text(SERVICE)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--iterations", type=int, default=500)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
+    results = {}
+    try:
+        for label, sessions in (("empty", 0), ("loaded", args.sessions)):
+            home = root / label
+            prepare(home)
+            filled = fill(home, sessions, args.tasks) if sessions else 0.0
+            proc, started = start_server(home)
+            try:
+                numbers = measure(home, args.iterations, "big-0" if sessions else None)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+            results[label] = {"fill_s": filled, "start_s": started, **numbers}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    empty, loaded = results["empty"], results["loaded"]
+    print(
+        f"loaded store: {args.sessions} open sessions, {args.tasks} finished tasks (filled in {loaded['fill_s']:.1f} s)"
+    )
+    print(f"{'measure':<28}{'empty':>12}{'loaded':>12}{'ratio':>8}")
+    print(f"{'server start':<28}{empty['start_s'] * 1e3:>10.0f}ms{loaded['start_s'] * 1e3:>10.0f}ms"
+          f"{loaded['start_s'] / empty['start_s']:>8.2f}")  # fmt: skip
+    for key in ("invoke", "get_session", "create_close"):
+        label = f"{key} (median)"
+        print(f"{label:<28}{empty[key] * 1e6:>10.0f}us{loaded[key] * 1e6:>10.0f}us{loaded[key] / empty[key]:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
