@@ -346,11 +346,7 @@ class Scheduler:
         return driver.session_id
 
     def _sessions_needing(self, app_name: str) -> list[str]:
-        return [
-            s.metadata.id
-            for s in self.engine.list_sessions()
-            if s.spec.application == app_name and s.status.state == pb.SessionState.Open and s.status.pending
-        ]
+        return self.engine.pending_sessions(app_name)
 
     def instance_gone(self, driver: InstanceDriver) -> None:
         with self._lock:

@@ -219,10 +219,19 @@ class Engine:
         if requeued:
             log.info("requeued %d tasks that were running when the server stopped", requeued)
 
-    def pending_sessions(self) -> list[str]:
-        """Open sessions with work waiting (used after a restart to start instances again)."""
+    def pending_sessions(self, application: str | None = None) -> list[str]:
+        """Open sessions with work waiting, of one application or all (no copies: the scheduler asks often).
+
+        Used after a restart to start instances again, and when an instance frees up.
+        """
         with self.lock:
-            return [s.id for s in self._sessions.values() if s.is_open and (s.pending or s.message.spec.min_instances)]
+            return [
+                s.id
+                for s in self._sessions.values()
+                if s.is_open
+                and (s.pending or s.message.spec.min_instances)
+                and (application is None or s.message.spec.application == application)
+            ]
 
     # -- applications --------------------------------------------------------------------------------
 
