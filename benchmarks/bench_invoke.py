@@ -16,6 +16,7 @@ Prints a table; ratios are ours / raw. No timing is asserted anywhere: this is a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -78,30 +79,39 @@ def _raw_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
     server.wait_for_termination()
 
 
-def raw_two_hop(tmp: Path, iterations: int) -> list[float]:
-    import grpc
-
+@contextlib.contextmanager
+def _two_hops(
+    worker: Callable[..., None], relay: Callable[..., None], worker_path: str, relay_path: str
+) -> Iterator[None]:
+    """A worker process and a relay process in front of it, both ready, stopped afterwards."""
     ctx = mp.get_context("spawn")
-    worker_path, relay_path = str(tmp / "w.sock"), str(tmp / "r.sock")
     ready_w, ready_r = ctx.Event(), ctx.Event()
     procs = [
-        ctx.Process(target=_raw_worker, args=(worker_path, ready_w), daemon=True),
-        ctx.Process(target=_raw_relay, args=(relay_path, worker_path, ready_r), daemon=True),
+        ctx.Process(target=worker, args=(worker_path, ready_w), daemon=True),
+        ctx.Process(target=relay, args=(relay_path, worker_path, ready_r), daemon=True),
     ]
     for proc in procs:
         proc.start()
     try:
         if not (ready_w.wait(30) and ready_r.wait(30)):
             raise RuntimeError("raw baseline servers did not start")
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join(5)
+
+
+def raw_two_hop(tmp: Path, iterations: int) -> list[float]:
+    import grpc
+
+    relay_path = str(tmp / "r.sock")
+    with _two_hops(_raw_worker, _raw_relay, str(tmp / "w.sock"), relay_path):
         channel = grpc.insecure_channel(f"unix://{relay_path}")
         call = channel.unary_unary("/b.R/Relay")
         samples = _measure(lambda: call(PAYLOAD, timeout=10), iterations)
         channel.close()
         return samples
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.join(5)
 
 
 def _zmq_worker(path: str, ready: mp.synchronize.Event) -> None:
@@ -132,18 +142,8 @@ def _zmq_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
 def raw_two_hop_zmq(tmp: Path, iterations: int) -> list[float]:
     import zmq
 
-    ctx = mp.get_context("spawn")
-    worker_path, relay_path = str(tmp / "w.ipc"), str(tmp / "r.ipc")
-    ready_w, ready_r = ctx.Event(), ctx.Event()
-    procs = [
-        ctx.Process(target=_zmq_worker, args=(worker_path, ready_w), daemon=True),
-        ctx.Process(target=_zmq_relay, args=(relay_path, worker_path, ready_r), daemon=True),
-    ]
-    for proc in procs:
-        proc.start()
-    try:
-        if not (ready_w.wait(30) and ready_r.wait(30)):
-            raise RuntimeError("raw baseline servers did not start")
+    relay_path = str(tmp / "r.ipc")
+    with _two_hops(_zmq_worker, _zmq_relay, str(tmp / "w.ipc"), relay_path):
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 10000)
@@ -156,10 +156,6 @@ def raw_two_hop_zmq(tmp: Path, iterations: int) -> list[float]:
         samples = _measure(round_trip, iterations)
         sock.close()
         return samples
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.join(5)
 
 
 # -- flamepy through the local server ----------------------------------------------------------------
