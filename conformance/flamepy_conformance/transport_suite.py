@@ -915,22 +915,26 @@ class TransportTests(SuiteOptions):
         """A channel to an endpoint nobody serves: UNAVAILABLE promptly, not a hang or a deadline."""
         channel = self.transport.connect(self.new_endpoint())
         try:
-            bound = self.prompt_unavailable_s + 2.0
-            expect_error(
-                FlameErrorCode.UNAVAILABLE,
-                lambda: channel.unary(ECHO, b"anyone?", timeout=bound),
-                "unary call where nobody listens",
-                within=self.prompt_unavailable_s,
-            )
-            if self.capabilities.streaming:
-                expect_error(
-                    FlameErrorCode.UNAVAILABLE,
-                    lambda: list(channel.stream(CHUNKS, pack_chunks([b"x"]), timeout=bound)),
-                    "stream where nobody listens",
-                    within=self.prompt_unavailable_s,
-                )
+            self._expect_prompt_unavailable(channel, "where nobody listens")
         finally:
             channel.close()
+
+    def _expect_prompt_unavailable(self, channel: Channel, where: str) -> None:
+        """A unary call (and a stream, if declared) on ``channel`` fail with UNAVAILABLE, promptly."""
+        bound = self.prompt_unavailable_s + 2.0
+        expect_error(
+            FlameErrorCode.UNAVAILABLE,
+            lambda: channel.unary(ECHO, b"anyone?", timeout=bound),
+            f"unary call {where}",
+            within=self.prompt_unavailable_s,
+        )
+        if self.capabilities.streaming:
+            expect_error(
+                FlameErrorCode.UNAVAILABLE,
+                lambda: list(channel.stream(CHUNKS, pack_chunks([b"x"]), timeout=bound)),
+                f"stream {where}",
+                within=self.prompt_unavailable_s,
+            )
 
     def test_stopped_server_is_unavailable(self) -> None:
         """After ``server.stop()``, calls on an existing channel give UNAVAILABLE promptly."""
@@ -939,20 +943,7 @@ class TransportTests(SuiteOptions):
         try:
             self.echo(channel, b"before stop")
             server.stop(self.stop_grace)
-            bound = self.prompt_unavailable_s + 2.0
-            expect_error(
-                FlameErrorCode.UNAVAILABLE,
-                lambda: channel.unary(ECHO, b"after stop", timeout=bound),
-                "unary call to a stopped server",
-                within=self.prompt_unavailable_s,
-            )
-            if self.capabilities.streaming:
-                expect_error(
-                    FlameErrorCode.UNAVAILABLE,
-                    lambda: list(channel.stream(CHUNKS, pack_chunks([b"x"]), timeout=bound)),
-                    "stream to a stopped server",
-                    within=self.prompt_unavailable_s,
-                )
+            self._expect_prompt_unavailable(channel, "to a stopped server")
         finally:
             channel.close()
             server.stop(self.stop_grace)

@@ -112,7 +112,6 @@ class SessionWatcher:
                 for snapshot in self.session.connection.watch_session(self.session.id, after):
                     failures = 0
                     self._deliver(snapshot)
-                    after = max(after, 0)
                 error: FlameError | None = None
             except FlameError as exc:
                 error = exc

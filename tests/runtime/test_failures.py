@@ -12,11 +12,11 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 import flamepy
 from flamepy.service import FlameInstance, Session
@@ -32,16 +32,6 @@ START_ATTEMPTS = 3
 BIND_FAILED = 1001
 RETRY_LIMIT = 1002
 FAIL_BOUND = 30.0  # a failing start must reach the client well within this
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def invoke_failure(session: Session, request: Any = None, timeout: float = FAIL_BOUND) -> FlameError:

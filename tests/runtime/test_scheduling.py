@@ -14,12 +14,13 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import pytest
+from conftest import wait_for
 
 import flamepy
 from flamepy.service import Session
@@ -28,16 +29,6 @@ from flamepy_core.client.local import live_server
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
 DELAY_RELEASE = 2.0  # tests/conftest.py FAST_SETTINGS
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def process_gone(pid: int) -> bool:
