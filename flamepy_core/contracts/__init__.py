@@ -8,9 +8,12 @@ from flamepy_core.contracts.hookspecs import PROJECT_NAME, hookimpl, hookspec
 from flamepy_core.contracts.serializer import Serializer, SerializerSpec
 from flamepy_core.contracts.transport import (
     DEFAULT_TIMEOUT,
+    AsyncChannel,
     CallContext,
     Channel,
+    DeferredHandler,
     Handler,
+    Responder,
     Server,
     StreamHandler,
     Timeout,
@@ -23,11 +26,14 @@ from flamepy_core.contracts.transport import (
 __all__ = [
     "DEFAULT_TIMEOUT",
     "PROJECT_NAME",
+    "AsyncChannel",
     "CallContext",
     "Channel",
+    "DeferredHandler",
     "FlameError",
     "FlameErrorCode",
     "Handler",
+    "Responder",
     "Serializer",
     "SerializerSpec",
     "Server",

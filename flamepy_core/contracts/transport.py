@@ -13,11 +13,17 @@ Error rules every transport keeps (the conformance suite checks each one):
   is not there (or vanished mid-call) ``UNAVAILABLE``, promptly, never a hang;
 * a message larger than ``capabilities.max_message_size`` is refused *before sending* with
   ``MESSAGE_TOO_LARGE`` naming both sizes.
+
+Two optional parts let long calls hold no thread (see :class:`DeferredHandler` and
+:meth:`AsyncChannel.unary_async`). A transport that implements them natively declares
+``deferred_replies`` / ``async_calls`` in its capabilities; for one that does not, the core adapts
+(:mod:`flamepy_core.transport_kit`), so every transport carries every handler.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, Union, runtime_checkable
 
@@ -78,7 +84,41 @@ class StreamHandler:
     fn: StreamFn
 
 
-Handler = Union[UnaryHandler, StreamHandler]  # noqa: UP007 - a runtime alias that must work on 3.10
+class Responder(Protocol):
+    """Completes the reply of one deferred call: exactly once, from any thread.
+
+    Both methods return True when this completion is the one that counts, False when the call was
+    completed already, or its caller has gone (cancelled, deadline passed, server stopping): the reply
+    is then dropped, never delivered to another call.
+    """
+
+    def send(self, response: bytes) -> bool:
+        """Complete the call with ``response`` (checked against the largest message first)."""
+        ...
+
+    def fail(self, error: BaseException) -> bool:
+        """Complete the call with an error: a ``FlameError`` as it is, anything else as INTERNAL."""
+        ...
+
+
+DeferredFn = Callable[[bytes, CallContext, Responder], None]
+
+
+@dataclass(frozen=True)
+class DeferredHandler:
+    """Answers one request later, without holding a server thread while it waits.
+
+    ``fn(request, ctx, responder)`` must return promptly: it may run on the transport's receiving thread,
+    so it starts work (queues it, sends a call of its own) and returns. The reply is completed through
+    ``responder``, later, from any thread (a callback of another call, a worker, a timer). If ``fn``
+    raises before completing the reply, the call fails with that error. A reply completed after the
+    caller's deadline, or after the caller went away, is dropped; ``ctx.is_active()`` tells which.
+    """
+
+    fn: DeferredFn
+
+
+Handler = Union[UnaryHandler, StreamHandler, DeferredHandler]  # noqa: UP007 - a runtime alias that must work on 3.10
 
 
 @dataclass(frozen=True)
@@ -96,6 +136,10 @@ class TransportCapabilities:
     auth: bool = False
     restart_same_endpoint: bool = True
     """A server stopped and started again on the same endpoint is reachable by an existing channel."""
+    deferred_replies: bool = False
+    """``serve`` runs :class:`DeferredHandler` natively: a deferred call holds no server thread."""
+    async_calls: bool = False
+    """Channels implement :meth:`AsyncChannel.unary_async` natively: a call in flight holds no thread."""
 
     def as_dict(self) -> dict[str, Any]:
         """The capabilities as plain data, for ``flmctl plugins`` and reports."""
@@ -106,6 +150,8 @@ class TransportCapabilities:
             "tls": self.tls,
             "auth": self.auth,
             "restart_same_endpoint": self.restart_same_endpoint,
+            "deferred_replies": self.deferred_replies,
+            "async_calls": self.async_calls,
         }
 
 
@@ -129,6 +175,19 @@ class Channel(Protocol):
 
     def close(self) -> None:
         """Release the channel. Idempotent. Calls made afterwards raise ``FlameError(UNAVAILABLE)``."""
+        ...
+
+
+@runtime_checkable
+class AsyncChannel(Channel, Protocol):
+    """A channel whose unary calls can complete later, on another thread (``async_calls``)."""
+
+    def unary_async(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Future[bytes]:
+        """Send one request now and return at once; the future completes with the response or a FlameError.
+
+        Callbacks added to the future run on the thread that completes it (often the channel's I/O
+        thread): they must not block. Errors are the same as :meth:`Channel.unary`'s.
+        """
         ...
 
 
