@@ -86,7 +86,7 @@ MODULE_TABLE = {
         "HttpStorage",
         "CacheStorage",
         "create_storage_backend",
-    },  # noqa: E501
+    },
     "flamepy.runner.runpy": {"FlameRunpyService", "main"},
     "flamepy.runner.e2e": {"run_runner_e2e", "RunnerE2EResult", "main"},
     "flamepy.tools.sandbox": {"Sandbox", "SandboxAttr", "SandboxOutput", "create_session", "open_session"},
