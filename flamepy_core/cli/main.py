@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from flamepy_core import validation
 from flamepy_core.cli.appspec import AppSpec, load_app_specs
 from flamepy_core.cli.output import table, to_json, when
 from flamepy_core.client.connection import Connection, connect_config
@@ -140,6 +141,10 @@ def cmd_unregister(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    # The server applies the same rules; checking here refuses a bad value before any connection.
+    validation.check_application_name(args.application, "-a/--application")
+    if args.session is not None:
+        validation.check_session_id(args.session, "-i/--session")
     attrs = SessionAttributes(
         application=args.application,
         id=args.session or short_name(args.application),

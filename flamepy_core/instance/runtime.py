@@ -22,6 +22,7 @@ from types import FrameType
 from flamepy_core.config import normalize_endpoint
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import CallContext, Handler, UnaryHandler
+from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.plugins import get_registry
 from flamepy_core.wire.methods import INSTANCE
@@ -47,7 +48,8 @@ def describe_exception(exc: BaseException) -> str:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIRS):
         tb = tb.tb_next
     lines = "".join(traceback.format_exception(type(exc), exc, tb))
-    return f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}"
+    # Bounded here too (the server bounds what it stores), so a huge message never crosses the link.
+    return bound_failure_text(f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}")
 
 
 def instance_handlers(service: FlameService) -> dict[str, Handler]:
