@@ -407,6 +407,7 @@ def test_method_tables() -> None:
         "PatchObject",
         "GetObject",
         "DeleteObjects",
+        "GetObjectPart",
     }
     assert methods.OBJECT_CACHE["GetObject"].path == "/flamepy.cache.v1.ObjectCache/GetObject"
 
@@ -416,7 +417,7 @@ def test_method_tables() -> None:
         "/flame.v1.Frontend/ListTask",
         "/flamepy.ext.v1.Tasks/WatchSession",
     }
-    assert len(methods.ALL_METHODS) == 18 + 3 + 5 + 2  # Frontend, Instance, ObjectCache, flamepy.ext.v1
+    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 2  # Frontend, Instance, ObjectCache, flamepy.ext.v1
     assert all(path == m.path for path, m in methods.ALL_METHODS.items())
 
     # The tables hand out the generated classes themselves, not look-alikes.

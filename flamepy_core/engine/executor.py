@@ -85,6 +85,20 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def describe_status(code: int) -> str:
+    """How a process ended, from its wait status: a signal named as a signal, an exit code as a code.
+
+    ``code`` is ``Popen.returncode``: negative for a signal. Codes 129-192 are what a shell exits with
+    when its child was killed by signal ``code - 128``: still an exit code, with that reading added.
+    """
+    if code < 0:
+        return f"was killed by {_signal_name(-code)}"
+    text = f"exited with code {code}"
+    if 128 < code <= 128 + 64:
+        text += f" (a shell reports a child killed by {_signal_name(code - 128)} this way)"
+    return text
+
+
 class InstanceProcess:
     """One running service process and the channel to it (made once it listens)."""
 
@@ -137,7 +151,7 @@ class InstanceProcess:
         except subprocess.TimeoutExpired:
             how = "stopped answering (the process is still running)"
         else:
-            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+            how = describe_status(code)
         tail = self.stderr_tail()
         detail = f"instance {self.id} (pid {self.pid}) of application {self.app_name} {how}"
         if tail:

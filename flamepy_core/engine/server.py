@@ -16,14 +16,23 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import CallContext, Handler, Server, StreamHandler, Transport, UnaryHandler
+from flamepy_core.contracts.transport import (
+    CallContext,
+    DeferredHandler,
+    Handler,
+    Responder,
+    Server,
+    StreamHandler,
+    Transport,
+    UnaryHandler,
+)
 from flamepy_core.engine.executor import InstanceLink, Launcher
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
@@ -33,6 +42,7 @@ from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
 from flamepy_core.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
 from flamepy_core.plugins import PluginRegistry, get_registry
+from flamepy_core.transport_kit import adapt_handlers
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +114,8 @@ class _Activity:
         for path, handler in handlers.items():
             if isinstance(handler, UnaryHandler):
                 wrapped[path] = UnaryHandler(self._unary(handler))
+            elif isinstance(handler, DeferredHandler):
+                wrapped[path] = DeferredHandler(self._deferred(handler))
             else:
                 wrapped[path] = StreamHandler(self._stream(handler))
         return wrapped
@@ -128,6 +140,18 @@ class _Activity:
 
         return call
 
+    def _deferred(self, handler: DeferredHandler) -> Any:
+        def call(data: bytes, ctx: CallContext, responder: Responder) -> None:
+            self._enter()
+            counted = _ExitOnReply(responder, self._exit)
+            try:
+                handler.fn(data, ctx, counted)
+            except BaseException:
+                counted.settled()
+                raise
+
+        return call
+
     def _stream(self, handler: StreamHandler) -> Any:
         def call(data: bytes, ctx: CallContext) -> Any:
             self._enter()
@@ -141,6 +165,33 @@ class _Activity:
     def idle_for(self) -> float:
         with self._lock:
             return 0.0 if self.in_flight else time.monotonic() - self.last
+
+
+class _ExitOnReply:
+    """A responder that tells the activity counter once, when the reply is completed (or given up)."""
+
+    def __init__(self, responder: Responder, on_done: Callable[[], None]) -> None:
+        self._responder = responder
+        self._on_done: Callable[[], None] | None = on_done
+        self._lock = threading.Lock()
+
+    def settled(self) -> None:
+        with self._lock:
+            on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
+
+    def send(self, response: bytes) -> bool:
+        try:
+            return self._responder.send(response)
+        finally:
+            self.settled()
+
+    def fail(self, error: BaseException) -> bool:
+        try:
+            return self._responder.fail(error)
+        finally:
+            self.settled()
 
 
 class FlameServer:
@@ -218,7 +269,7 @@ class FlameServer:
         handlers = self.activity.wrap(
             {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
         )
-        server = frontend_transport.serve(self.listen, handlers)
+        server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
         self._servers.append(server)
         self.endpoint = server.endpoint
         link = self.instance_transport or "auto"
@@ -240,7 +291,7 @@ class FlameServer:
                 if "unix" in link_transport.schemes
                 else f"zmq+ipc://{self._socket_dir}/cache.ipc"
             )
-            cache_server = link_transport.serve(listen, handlers)
+            cache_server = link_transport.serve(listen, adapt_handlers(handlers, link_transport.capabilities))
             self._servers.append(cache_server)
             self.cache_endpoint = cache_server.endpoint
         self.cache.endpoint = self.cache_endpoint

@@ -2,8 +2,8 @@
 
 A bare path (what Flame's executors pass) is served as gRPC on that unix socket, so services written
 with this SDK run under Flame's executors; a URL with a scheme picks the transport by that scheme.
-The process exits when told to (SIGTERM/SIGINT) or when the executor that started it goes away, so an
-instance never outlives its server.
+The process stops when told to (SIGTERM/SIGINT), and then ends by that same signal so its exit status
+names it, or when the executor that started it goes away, so an instance never outlives its server.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -145,8 +146,10 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     if server is None:
         server = get_registry().transport(url).serve(url, instance_handlers(service))
     done = threading.Event()
+    stopped_by: list[int] = []
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopped_by.append(signum)
         done.set()
 
     if threading.current_thread() is threading.main_thread():
@@ -160,3 +163,21 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     finally:
         server.stop(grace=1.0)
     sys.stdout.flush()
+    if stopped_by:
+        die_by_signal(stopped_by[0])
+
+
+def die_by_signal(signum: int) -> None:
+    """End this process by ``signum``, as if it had not been caught.
+
+    The instance catches SIGTERM/SIGINT only to stop serving cleanly. Its exit status must still say
+    that a signal ended it: the server reports an instance that died during a task by that status
+    ("was killed by SIGTERM"), and an exit code 0 would read as the service quitting on its own.
+    Flame's own SDK leaves these signals at their default, so its instances end the same way.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(1.0)  # the default action ends the process as the signal is delivered
+    os._exit(128 + signum)  # pragma: no cover - only if the signal could not end it
