@@ -6,13 +6,18 @@
 With nothing configured, a local server for ``FLAME_HOME`` (``~/.flame``) is started on first use.
 """
 
+from importlib import metadata as _metadata
 from typing import Any
 
 from flamepy import cache, service, util
 from flamepy.core import *  # noqa: F403
 from flamepy.core import __all__ as _core_all
 
-__version__ = "0.1.0"
+try:
+    # One source for the version: the installed distribution's metadata (pyproject.toml's ``version``).
+    __version__ = _metadata.version("flamepy")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _CORE_ONLY = frozenset(
     {

@@ -243,7 +243,7 @@ class Launcher:
                 raise FlameError(
                     FlameErrorCode.INVALID_CONFIG,
                     f"the working directory {cwd} of application {name} does not exist on this machine; "
-                    f"fix spec.working_directory and register the application again",
+                    f"fix spec.working_directory in its YAML, then run `flmctl update -a FILE`",
                 )
         else:
             cwd = self.home / "work" / name
@@ -254,7 +254,7 @@ class Launcher:
             raise FlameError(
                 FlameErrorCode.INVALID_CONFIG,
                 f"the command {command!r} of application {name} was not found (looked in PATH and {cwd}); "
-                f"fix spec.command and register the application again",
+                f"fix spec.command in its YAML, then run `flmctl update -a FILE`",
             )
         argv = [resolved, *(_expand(a, env) for a in spec.arguments)]
         out_path = self.log_dir / f"{name}-{instance_id}.out"
