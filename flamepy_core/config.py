@@ -820,6 +820,8 @@ class RuntimeSettings:
     stderr_tail_lines                lines of a dead instance's stderr      20
                                      quoted in its error
     warm_pool_max                    idle warm instances kept per app       8
+    store_retry_window               s a refused store write is retried     2
+                                     before the call that made it fails
     ===============================  =====================================  ===========================
 
     Seconds are floats; counts and bytes are integers. Negative values are refused, and so is zero where
@@ -840,6 +842,7 @@ class RuntimeSettings:
     heartbeat_interval: float = _setting(1.0, "seconds", ">0")
     stderr_tail_lines: int = _setting(20, "count", ">=0")
     warm_pool_max: int = _setting(8, "count", ">=0")
+    store_retry_window: float = _setting(2.0, "seconds", ">=0")
 
     @classmethod
     def env_var(cls, name: str) -> str:

@@ -23,7 +23,16 @@ from typing import IO, Any
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import CallContext, Handler, Server, StreamHandler, Transport, UnaryHandler
+from flamepy_core.contracts.transport import (
+    CallContext,
+    DeferredHandler,
+    Handler,
+    Responder,
+    Server,
+    StreamHandler,
+    Transport,
+    UnaryHandler,
+)
 from flamepy_core.engine.executor import InstanceLink, Launcher
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
@@ -33,6 +42,7 @@ from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
 from flamepy_core.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
 from flamepy_core.plugins import PluginRegistry, get_registry
+from flamepy_core.transport_kit import adapt_handlers
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +114,8 @@ class _Activity:
         for path, handler in handlers.items():
             if isinstance(handler, UnaryHandler):
                 wrapped[path] = UnaryHandler(self._unary(handler))
+            elif isinstance(handler, DeferredHandler):
+                wrapped[path] = DeferredHandler(self._deferred(handler))
             else:
                 wrapped[path] = StreamHandler(self._stream(handler))
         return wrapped
@@ -128,6 +140,18 @@ class _Activity:
 
         return call
 
+    def _deferred(self, handler: DeferredHandler) -> Any:
+        def call(data: bytes, ctx: CallContext, responder: Responder) -> None:
+            self._enter()
+            counted = _CountedResponder(responder, self._exit)
+            try:
+                handler.fn(data, ctx, counted)
+            except BaseException:
+                counted.release()
+                raise
+
+        return call
+
     def _stream(self, handler: StreamHandler) -> Any:
         def call(data: bytes, ctx: CallContext) -> Any:
             self._enter()
@@ -141,6 +165,37 @@ class _Activity:
     def idle_for(self) -> float:
         with self._lock:
             return 0.0 if self.in_flight else time.monotonic() - self.last
+
+
+class _CountedResponder:
+    """A responder that ends its call's count in :class:`_Activity` when the reply is completed."""
+
+    __slots__ = ("_inner", "_lock", "_release", "_released")
+
+    def __init__(self, inner: Responder, release: Any) -> None:
+        self._inner = inner
+        self._release = release
+        self._released = False
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._release()
+
+    def send(self, response: bytes) -> bool:
+        try:
+            return self._inner.send(response)
+        finally:
+            self.release()
+
+    def fail(self, error: BaseException) -> bool:
+        try:
+            return self._inner.fail(error)
+        finally:
+            self.release()
 
 
 class FlameServer:
@@ -206,7 +261,7 @@ class FlameServer:
         frontend_transport = self._frontend_transport or self.registry.transport(
             self.listen, **options, **tls_options, max_workers=SERVER_WORKERS
         )
-        self.store = Store(self.db_path, durability=self.durability)
+        self.store = Store(self.db_path, durability=self.durability, retry_window=self.settings.store_retry_window)
         self.engine = Engine(
             self.store,
             task_retry_limit=self.settings.task_retry_limit,
@@ -218,7 +273,7 @@ class FlameServer:
         handlers = self.activity.wrap(
             {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
         )
-        server = frontend_transport.serve(self.listen, handlers)
+        server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
         self._servers.append(server)
         self.endpoint = server.endpoint
         link = self.instance_transport or "auto"
@@ -240,7 +295,7 @@ class FlameServer:
                 if "unix" in link_transport.schemes
                 else f"zmq+ipc://{self._socket_dir}/cache.ipc"
             )
-            cache_server = link_transport.serve(listen, handlers)
+            cache_server = link_transport.serve(listen, adapt_handlers(handlers, link_transport.capabilities))
             self._servers.append(cache_server)
             self.cache_endpoint = cache_server.endpoint
         self.cache.endpoint = self.cache_endpoint
