@@ -920,7 +920,8 @@ class Engine:
                 return None
             copy = pb.Task()
             copy.CopyFrom(task)
-            return copy
+        self.store.commit()  # RUNNING is stored before the task can have done anything
+        return copy
 
     def _start_next(self, entry: SessionEntry) -> pb.Task | None:
         """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none."""
