@@ -23,6 +23,7 @@ from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel, Transport
+from flamepy_core.privacy import open_private, private_subdir
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,7 @@ class Launcher:
         self.cache_endpoint = cache_endpoint
         self.frontend_endpoint = frontend_endpoint
         self.extra_env = dict(extra_env or {})
-        self.log_dir = home / "logs" / "instances"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = private_subdir(home / "logs" / "instances")
 
     def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
@@ -247,7 +247,7 @@ class Launcher:
                 )
         else:
             cwd = self.home / "work" / name
-            cwd.mkdir(parents=True, exist_ok=True)
+            private_subdir(cwd)
         command = _expand(spec.command, env)
         resolved = command if os.sep in command else shutil.which(command, path=env.get("PATH"))
         if resolved is None or not os.path.exists(resolved if os.path.isabs(resolved) else cwd / resolved):
@@ -262,7 +262,11 @@ class Launcher:
         for option in options:  # a stale socket would make a dead instance look alive
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(option.socket_path)
-        with open(out_path, "ab") as out, open(err_path, "ab") as err:
+        append = os.O_WRONLY | os.O_APPEND
+        with (
+            os.fdopen(open_private(out_path, append), "ab") as out,
+            os.fdopen(open_private(err_path, append), "ab") as err,
+        ):
             popen = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
             )

@@ -22,8 +22,10 @@ from types import FrameType
 from flamepy_core.config import normalize_endpoint
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import CallContext, Handler, UnaryHandler
+from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.plugins import get_registry
+from flamepy_core.privacy import private_umask
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -47,7 +49,8 @@ def describe_exception(exc: BaseException) -> str:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIRS):
         tb = tb.tb_next
     lines = "".join(traceback.format_exception(type(exc), exc, tb))
-    return f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}"
+    # Bounded here too (the server bounds what it stores), so a huge message never crosses the link.
+    return bound_failure_text(f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}")
 
 
 def instance_handlers(service: FlameService) -> dict[str, Handler]:
@@ -138,13 +141,14 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     url = normalize_endpoint(raw)
     fast = None if endpoint else os.environ.get(FAST_ENDPOINT_ENV)
     server = None
-    if fast:
-        try:
-            server = get_registry().transport(fast).serve(fast, instance_handlers(service))
-        except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
-            log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, url)
-    if server is None:
-        server = get_registry().transport(url).serve(url, instance_handlers(service))
+    with private_umask():  # the socket is reachable by this user only (see flamepy_core.privacy)
+        if fast:
+            try:
+                server = get_registry().transport(fast).serve(fast, instance_handlers(service))
+            except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
+                log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, url)
+        if server is None:
+            server = get_registry().transport(url).serve(url, instance_handlers(service))
     done = threading.Event()
     stopped_by: list[int] = []
 

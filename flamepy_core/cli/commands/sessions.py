@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from flamepy_core import validation
 from flamepy_core.cli.common import SubParsers, add_command, connection
 from flamepy_core.model import ResourceRequirement, SessionAttributes, short_name
 
@@ -20,7 +21,13 @@ def add_parser(sub: SubParsers) -> None:
         ],
     )
     p.add_argument("-a", "--application", required=True, metavar="NAME", help="the application's name")
-    p.add_argument("-i", "--session", default=None, metavar="ID", help="the session id (default: <app>-<6 random>)")
+    p.add_argument(
+        "-i",
+        "--session",
+        default=None,
+        metavar="ID",
+        help="the session id (default: <app>-<6 random>); Flame's name rule applies, checked before connecting",
+    )
     p.add_argument(
         "-r", "--resreq", default=None, metavar="RESREQ", help='resources per instance, e.g. "cpu=2,mem=4g,gpu=0"'
     )
@@ -43,6 +50,10 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    # The server applies the same rules; checking here refuses a bad value before any connection.
+    validation.check_application_name(args.application, "-a/--application")
+    if args.session is not None:
+        validation.check_session_id(args.session, "-i/--session")
     attrs = SessionAttributes(
         application=args.application,
         id=args.session or short_name(args.application),
