@@ -105,7 +105,7 @@ def test_register_two_documents_list_and_view(flame_env) -> None:
     headers, rows = table_rows(flame_env.flmctl("list", "-a").stdout)
     assert headers == ["Name", "State", "Shim", "Tags", "Created", "Command"]
     by_name = {row[0]: row for row in rows}
-    assert set(by_name) == {"app-one", "app-two"}
+    assert set(by_name) == {"app-one", "app-two", "flmexec", "flmping", "flmrun"}  # with the built-ins
     assert by_name["app-one"][1:4] == ["Enabled", "Host", "demo,test"]
     assert by_name["app-one"][-2:] == [sys.executable, "service.py"]
 
