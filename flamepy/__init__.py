@@ -6,11 +6,15 @@
 With nothing configured, a local server for ``FLAME_HOME`` (``~/.flame``) is started on first use.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flamepy import cache, service, util
 from flamepy.core import *  # noqa: F403
 from flamepy.core import __all__ as _core_all
+
+if TYPE_CHECKING:  # loaded on first use, see __getattr__
+    from flamepy import proto as proto
+    from flamepy import runner, tools
 
 __version__ = "0.1.0"
 
@@ -27,10 +31,10 @@ _CORE_ONLY = frozenset(
         "FlameInstanceServicer",
     }
 )
-_LAZY_SUBMODULES = ("proto",)
+_LAZY_SUBMODULES = ("proto", "runner", "tools")
 
 __all__ = [name for name in _core_all if name not in _CORE_ONLY]
-__all__ += ["__version__", "cache", "service", "util"]
+__all__ += ["__version__", "cache", "runner", "service", "tools", "util"]
 
 
 def __getattr__(name: str) -> Any:
