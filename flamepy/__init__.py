@@ -6,6 +6,7 @@
 With nothing configured, a local server for ``FLAME_HOME`` (``~/.flame``) is started on first use.
 """
 
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from flamepy import cache, service, util
@@ -16,7 +17,11 @@ if TYPE_CHECKING:  # loaded on first use, see __getattr__
     from flamepy import proto as proto
     from flamepy import runner, tools
 
-__version__ = "0.1.0"
+try:
+    # One source for the version: the installed distribution's metadata (pyproject.toml's ``version``).
+    __version__ = _metadata.version("flamepy")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _CORE_ONLY = frozenset(
     {

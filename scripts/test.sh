@@ -7,6 +7,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 echo "== ruff"
 ruff check .
+ruff format --check .
 echo "== mypy"
 mypy
 echo "== conformance suite against each bundled transport and serializer"

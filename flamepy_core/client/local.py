@@ -18,6 +18,7 @@ from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.server import read_server_info, server_lock_held
+from flamepy_core.privacy import open_private, private_dir, private_subdir
 
 START_LOCK = "start.lock"
 SERVER_LOG = "server.log"
@@ -43,15 +44,14 @@ def start_server(
     home: Path, *, transport: str | None = None, timeout: float = 30.0, idle_exit: float | None = None
 ) -> dict[str, object]:
     """Start a detached server for ``home`` and wait until it is ready (or fail with its log)."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(exist_ok=True)
-    log_path = home / "logs" / SERVER_LOG
+    private_dir(home)
+    log_path = private_subdir(home / "logs") / SERVER_LOG
     argv = [sys.executable, "-m", "flamepy_core.engine", "--home", str(home)]
     if transport:
         argv += ["--transport", transport]
     if idle_exit is not None:
         argv += ["--idle-exit", str(idle_exit)]
-    with open(log_path, "ab") as log:
+    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
         )
@@ -80,9 +80,9 @@ def ensure_local_server(home: Path, *, transport: str | None = None, timeout: fl
     info = live_server(home)
     if info:
         return str(info["endpoint"])
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     deadline = time.monotonic() + timeout
-    with open(home / START_LOCK, "a+") as lock:
+    with os.fdopen(open_private(home / START_LOCK, os.O_RDWR | os.O_APPEND), "a+") as lock:
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -13,6 +13,7 @@ from types import FrameType
 from flamepy_core.config import RuntimeSettings, flame_home
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.server import FlameServer, ServerTls, default_listen
+from flamepy_core.privacy import private_dir, private_subdir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flamepy server: {exc.message}", file=sys.stderr)
         return 2
     home = (args.home or flame_home()).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(exist_ok=True)
+    private_subdir(private_dir(home) / "logs")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -47,6 +47,7 @@ from flamepy_core.apps.python_runtime import FLAME_PYTHON, FLAME_PYTHON_VERSION,
 from flamepy_core.client.objects import KIND_BYTES, MAGIC
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.objects import ObjectCache
+from flamepy_core.privacy import open_private, private_subdir
 from flamepy_core.wire.proto import types_pb2 as pb
 
 __all__ = [
@@ -167,8 +168,7 @@ class AppInstaller:
         """The unpacked (and installed) release of the package at the URL in ``key``; built once per digest."""
         url = key.split("\0", 1)[0]
         with self._lock(name):
-            apps = self.home / "apps" / name
-            apps.mkdir(parents=True, exist_ok=True)
+            apps = private_subdir(self.home / "apps" / name)
             with tempfile.TemporaryDirectory(prefix=".download-", dir=apps) as tmp:
                 package = self._download(name, url, Path(tmp))
                 digest = hashlib.sha256()
@@ -189,8 +189,7 @@ class AppInstaller:
                             f"No Python package found in {url}: its top folder needs one of {', '.join(PROJECT_FILES)}",
                         )
                     (staging / "deps").mkdir()
-                    log_dir = self.home / "logs" / "install"
-                    log_dir.mkdir(parents=True, exist_ok=True)
+                    log_dir = private_subdir(self.home / "logs" / "install")
                     install(src, staging / "deps", log_dir / f"{name}.log")
                     (staging / ".complete").write_text(url + "\n")
                     shutil.rmtree(release, ignore_errors=True)
@@ -303,7 +302,7 @@ def _pip(name: str, python: str, src: Path, deps: Path, log_path: Path) -> None:
         argv = [*base, str(src)]
         if python == sys.executable and importlib.util.find_spec("setuptools") is not None:
             argv.insert(4, "--no-build-isolation")  # works offline for setuptools projects
-    with open(log_path, "ab") as log_file:
+    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log_file:
         log_file.write(f"\n$ {' '.join(argv)}\n".encode())
         log_file.flush()
         try:

@@ -44,6 +44,14 @@ from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
 from flamepy_core.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
 from flamepy_core.plugins import PluginRegistry, get_registry
+from flamepy_core.privacy import (
+    create_private_file,
+    open_private,
+    private_dir,
+    private_subdir,
+    private_umask,
+    write_private_file,
+)
 from flamepy_core.transport_kit import adapt_handlers
 
 log = logging.getLogger(__name__)
@@ -251,7 +259,7 @@ class FlameServer:
     def start(self) -> FlameServer:
         home = self.home
         tls_options = self._tls_options()  # a TLS mismatch is refused before anything is taken
-        (home / "logs").mkdir(parents=True, exist_ok=True)
+        private_subdir(private_dir(home) / "logs")  # FLAME_HOME and its files are private (privacy.py)
         if self.publish:
             self._take_lock()
         options = {"max_message_size": self.settings.max_message_size}
@@ -259,6 +267,7 @@ class FlameServer:
         frontend_transport = self._frontend_transport or self.registry.transport(
             self.listen, **options, **tls_options, max_workers=SERVER_WORKERS
         )
+        create_private_file(self.db_path)  # 0600 from the start; sqlite's -wal and -shm take its mode
         self.store = Store(self.db_path, durability=self.durability)
         self.engine = Engine(
             self.store,
@@ -272,7 +281,8 @@ class FlameServer:
         handlers = self.activity.wrap(
             {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
         )
-        server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
+        with private_umask():  # a socket file gets no mode when bound
+            server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
         self._servers.append(server)
         self.endpoint = server.endpoint
         link = self.instance_transport or "auto"
@@ -294,15 +304,15 @@ class FlameServer:
                 if "unix" in link_transport.schemes
                 else f"zmq+ipc://{self._socket_dir}/cache.ipc"
             )
-            cache_server = link_transport.serve(listen, adapt_handlers(handlers, link_transport.capabilities))
+            with private_umask():
+                cache_server = link_transport.serve(listen, adapt_handlers(handlers, link_transport.capabilities))
             self._servers.append(cache_server)
             self.cache_endpoint = cache_server.endpoint
         self.cache.endpoint = self.cache_endpoint
         if self._socket_dir is None:
             configured = os.environ.get("FLAME_SOCKET_DIR")
             if configured:
-                self._socket_dir = Path(configured)
-                self._socket_dir.mkdir(parents=True, exist_ok=True)
+                self._socket_dir = private_dir(Path(configured), "FLAME_SOCKET_DIR")
             else:
                 self._socket_dir = Path(tempfile.mkdtemp(prefix="flame-"))
                 self._own_socket_dir = True
@@ -410,7 +420,8 @@ class FlameServer:
             return None
 
     def _take_lock(self) -> None:
-        self._lock_file = open(self.home / LOCK_FILE, "a+")  # noqa: SIM115 - held for the server's life
+        # Held for the server's life.
+        self._lock_file = os.fdopen(open_private(self.home / LOCK_FILE, os.O_RDWR | os.O_APPEND), "a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -433,9 +444,7 @@ class FlameServer:
             "home": str(self.home),
             "started_at": time.time(),
         }
-        tmp = self.home / f".{SERVER_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.home / SERVER_FILE)
+        write_private_file(self.home / SERVER_FILE, json.dumps(info).encode())
 
     def serve_forever(self, idle_exit: float | None = None) -> None:
         """Block until :meth:`stop` is called, or until idle for ``idle_exit`` seconds (0/None = never)."""
@@ -492,7 +501,7 @@ def server_lock_held(home: Path) -> bool:
     path = Path(home) / LOCK_FILE
     if not path.exists():
         return False
-    with open(path, "a+") as fh:
+    with os.fdopen(open_private(path, os.O_RDWR | os.O_APPEND), "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -61,8 +61,14 @@ def two_apps(folder: Path) -> Path:
     return path
 
 
+BUILTIN_APPS = ("flmexec", "flmping", "flmrun")
+
+
 def apps_json(flame_env) -> dict[str, dict]:
-    return {a["name"]: a for a in json.loads(flame_env.flmctl("list", "-a", "-o", "json").stdout)}
+    """The applications the test registered (every fresh server also has the built-ins)."""
+    listed = json.loads(flame_env.flmctl("list", "-a", "-o", "json").stdout)
+    assert {a["name"] for a in listed} >= set(BUILTIN_APPS)
+    return {a["name"]: a for a in listed if a["name"] not in BUILTIN_APPS}
 
 
 def table_rows(text: str) -> tuple[list[str], list[list[str]]]:

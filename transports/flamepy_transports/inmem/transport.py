@@ -295,9 +295,7 @@ class InMemoryTransport:
             if name in ("", "0"):
                 name = f"anonymous-{next(self._anonymous)}"
             if name in self._servers:
-                raise FlameError(
-                    FlameErrorCode.ALREADY_EXISTS, f"{SCHEME}{name} is already served by this transport"
-                )
+                raise FlameError(FlameErrorCode.ALREADY_EXISTS, f"{SCHEME}{name} is already served by this transport")
             server = InMemoryServer(self, name, handlers, self._max_workers)
             self._servers[name] = server
         return server
