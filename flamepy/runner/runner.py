@@ -262,8 +262,8 @@ class RunnerService:
 
     def close(self) -> None:
         """Close the service's session (once)."""
-        with self._lock:
-            if self._closed:
+        with self.__dict__.get("_lock") or contextlib.nullcontext():
+            if self.__dict__.get("_closed"):
                 return
             self._closed = True
         self._session.close()
@@ -451,7 +451,7 @@ class Runner:
                 pass
             except OSError as exc:
                 log.warning("could not remove %s: %s", self._package_path, exc)
-            if self._made_dist:
+            if getattr(self, "_made_dist", False):
                 with contextlib.suppress(OSError):
                     self._package_path.parent.rmdir()  # only if we made it and it is empty
 
@@ -465,7 +465,7 @@ class Runner:
         resreq: ResourceRequirement | None = None,
     ) -> RunnerService:
         """A service running ``execution_object`` (a function, a class or an object) in its own session."""
-        if self._closed:
+        if getattr(self, "_closed", False):
             raise FlameError(FlameErrorCode.INVALID_STATE, f"Runner {self._name} is closed")
         service = RunnerService(self._name, execution_object, autoscale, warmup, resreq)
         self._services.append(service)

@@ -299,3 +299,80 @@ def test_owners_and_users_of_an_application(flame_env, tmp_path, monkeypatch) ->
     with pytest.raises(FlameError) as bad:
         Runner("../escape")
     assert bad.value.code == flamepy.FlameErrorCode.INVALID_ARGUMENT
+
+
+CONFIGURED = """
+import json
+import os
+
+from flamepy import get_application
+from flamepy.runner import Runner
+
+
+def look():
+    here = os.getcwd()
+    src = [p for p in os.environ["PYTHONPATH"].split(os.pathsep) if p.endswith("src")][0]
+    return {"mark": os.environ.get("MARK"), "files": sorted(os.listdir(src))}
+
+
+with Runner("conf-app") as runner:
+    app = get_application("conf-app")
+    stored = sorted(os.listdir(os.environ["PKGS"]))
+    out = runner.service(look)().get()
+    out.update({"url": app.url, "stored": stored, "env": app.environments})
+out["stored_after"] = sorted(os.listdir(os.environ["PKGS"]))
+print(json.dumps(out))
+"""
+
+
+def test_flame_yaml_package_storage_excludes_and_template(flame_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    (flame_env.home / "flame.yaml").write_text(
+        "current-context: local\n"
+        "contexts:\n"
+        "  - name: local\n"
+        f"    package: {{storage: 'file://{pkgs}', excludes: ['*.secret']}}\n"
+        "    runner: {template: my-flmrun}\n"
+    )
+    flmrun = flamepy.get_application("flmrun")
+    assert flmrun is not None
+    flamepy.register_application(
+        "my-flmrun",
+        {
+            "command": flmrun.command,
+            "arguments": flmrun.arguments,
+            "installer": flmrun.installer,
+            "environments": {"MARK": "from-my-template"},
+        },
+    )
+    project = _project(tmp_path, {"keep.py": "X = 1\n", "token.secret": "hidden\n"})
+    flame_env.env["PKGS"] = str(pkgs)
+    out = _run(flame_env, project, CONFIGURED)
+    assert out["url"] == f"file://{pkgs}/conf-app.tar.gz" and out["stored"] == ["conf-app.tar.gz"]
+    assert out["mark"] == "from-my-template" and out["env"] == {"MARK": "from-my-template"}
+    assert "keep.py" in out["files"] and "main.py" in out["files"] and "pyproject.toml" in out["files"]
+    assert "token.secret" not in out["files"]
+    assert out["stored_after"] == []
+
+
+MISSING_PYTHON = """
+import json
+
+from flamepy.core import FlameError
+from flamepy.runner import Runner
+
+with Runner("py-app", python_version="3.99") as runner:
+    try:
+        runner.service(abs)(-1).get()
+        out = {"error": None}
+    except FlameError as exc:
+        out = {"error": exc.message}
+print(json.dumps(out))
+"""
+
+
+def test_a_python_version_that_is_not_installed_fails_clearly(flame_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = _run(flame_env, _project(tmp_path, {}), MISSING_PYTHON)
+    assert "application install failed (bind result 10)" in out["error"]
+    assert "Python 3.99 is not available on this machine" in out["error"]

@@ -301,9 +301,26 @@ def test_wrappers_expose_public_methods_only() -> None:
     assert function._function_wrapper is not None and "add" not in function.__dict__
 
 
-def test_runner_service_signature() -> None:
+def test_runner_service_signature(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TypeError):
         object.__new__(Runner).service(square, stateful=True)  # type: ignore[call-arg]
+    made: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(runner_module, "RunnerService", lambda *args: made.append(args) or "svc")
+    bare = object.__new__(Runner)
+    bare._name, bare._services = "app", []
+    assert bare.service(square, True, 2, None) == "svc" and bare._services == ["svc"]
+    assert made == [("app", square, True, 2, None)]
+
+
+def test_wrappers_and_close_on_a_bare_service() -> None:
+    """Flame's unit tests build a RunnerService from four attributes only."""
+    service = object.__new__(RunnerService)
+    service._app, service._execution_object = "app", Counter()
+    service._function_wrapper, service._session = None, FakeSession()  # type: ignore[assignment]
+    service._generate_wrappers()
+    service.close()
+    service.close()
+    assert service._session.closed == 1  # type: ignore[attr-defined]
 
 
 def test_runpy_resolves_refs_and_keeps_cached_none(monkeypatch: pytest.MonkeyPatch) -> None:
