@@ -911,6 +911,9 @@ class RuntimeSettings:
     stderr_tail_lines                lines of a dead instance's stderr      20
                                      quoted in its error
     warm_pool_max                    idle warm instances kept per app       8
+    store_check_timeout              s the start-up integrity check of the  10 (0 = no check)
+                                     store may take; a larger store is
+                                     checked that far
     ===============================  =====================================  ===========================
 
     Seconds are floats; counts and bytes are integers. Negative values are refused, and so is zero where
@@ -931,6 +934,7 @@ class RuntimeSettings:
     heartbeat_interval: float = _setting(1.0, "seconds", ">0")
     stderr_tail_lines: int = _setting(20, "count", ">=0")
     warm_pool_max: int = _setting(8, "count", ">=0")
+    store_check_timeout: float = _setting(10.0, "seconds", ">=0")
 
     @classmethod
     def env_var(cls, name: str) -> str:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -38,6 +39,7 @@ from flamepy_core.engine.executor import InstanceLink, Launcher
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
 from flamepy_core.engine.installer import AppInstaller, object_cache_reader
+from flamepy_core.engine.integrity import check_store, store_damaged
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.scheduler import Scheduler
 from flamepy_core.engine.state import Engine
@@ -57,6 +59,9 @@ from flamepy_core.transport_kit import adapt_handlers
 log = logging.getLogger(__name__)
 
 SERVER_FILE = "server.json"
+STARTUP_ERROR_PREFIX = "flamepy server: "
+"""How ``python -m flamepy_core.engine`` prints the error that stopped it from starting (one line, ending
+with ``(code: N)``), so whoever started it can relay it rather than a traceback."""
 LOCK_FILE = "server.lock"
 DB_FILE = "flame.db"
 MAX_UNIX_PATH = 100
@@ -267,13 +272,17 @@ class FlameServer:
         frontend_transport = self._frontend_transport or self.registry.transport(
             self.listen, **options, **tls_options, max_workers=SERVER_WORKERS
         )
+        check_store(self.db_path, self.settings.store_check_timeout)  # a damaged store is refused, never served
         create_private_file(self.db_path)  # 0600 from the start; sqlite's -wal and -shm take its mode
-        self.store = Store(self.db_path, durability=self.durability)
-        self.engine = Engine(
-            self.store,
-            task_retry_limit=self.settings.task_retry_limit,
-            delay_release=int(self.settings.delay_release),
-        )
+        try:
+            self.store = Store(self.db_path, durability=self.durability)
+            self.engine = Engine(
+                self.store,
+                task_retry_limit=self.settings.task_retry_limit,
+                delay_release=int(self.settings.delay_release),
+            )
+        except sqlite3.DatabaseError as exc:  # damage the bounded check did not reach, found while loading
+            raise store_damaged(self.db_path, str(exc)) from None
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
         # cache handlers: build the cache with a placeholder, then fix its public endpoint once bound.
         self.cache = ObjectCache(self.store, endpoint="")

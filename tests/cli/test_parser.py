@@ -177,3 +177,19 @@ def test_fish_completion_script_completes(tmp_path: Path) -> None:
     offered = [line.split("\t")[0] for line in proc.stdout.splitlines()]
     assert offered[:3] == ["start", "status", "stop"] or set(offered[:3]) == {"start", "status", "stop"}
     assert {"table", "wide", "json", "yaml"} <= set(offered)
+
+
+def test_cli_reference_page_names_every_command_flag_and_example() -> None:
+    from flamepy_core.cli.reference import markdown
+
+    page = markdown(build_parser())
+    for path, parser in all_parsers(build_parser()):
+        if path != "flmctl":
+            assert f"`{path}`" in page, f"{path} is missing from the reference"
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert f"`{option}`" in page, f"{path} {option} is missing from the reference"
+        for command, _what in parser.get_default("examples") or ():
+            assert command in page
+    assert "flmctl list -t -s echo-app-a1b2c3 -o json" in page

@@ -21,7 +21,13 @@ def add_parser(sub: SubParsers) -> None:
         ],
     )
     p.add_argument("-a", "--application", required=True, metavar="NAME", help="the application's name")
-    p.add_argument("-i", "--session", default=None, metavar="ID", help="the session id (default: <app>-<6 random>)")
+    p.add_argument(
+        "-i",
+        "--session",
+        default=None,
+        metavar="ID",
+        help="the session id (default: <app>-<6 random>); Flame's name rule applies, checked before connecting",
+    )
     p.add_argument(
         "-r", "--resreq", default=None, metavar="RESREQ", help='resources per instance, e.g. "cpu=2,mem=4g,gpu=0"'
     )
