@@ -92,6 +92,7 @@ MODULE_TABLE = {
     "flamepy.tools.sandbox": {"Sandbox", "SandboxAttr", "SandboxOutput", "create_session", "open_session"},
 }
 
+
 @pytest.mark.parametrize("module", sorted(ALL_LISTS))
 def test_all_matches_the_reference(module: str) -> None:
     size, expected, ours = ALL_LISTS[module]
