@@ -22,6 +22,7 @@ from typing import Protocol
 
 from flamepy_core import validation
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.store import Store
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -96,6 +97,10 @@ class SchedulerHooks(Protocol):
 
     def application_removed(self, name: str) -> None: ...
 
+    def instances(self) -> list[InstanceInfo]:
+        """Every instance process at this moment (cheap: for listings and live views)."""
+        ...
+
 
 class _NoScheduler:
     def tasks_pending(self, session_id: str) -> None:
@@ -106,6 +111,9 @@ class _NoScheduler:
 
     def application_removed(self, name: str) -> None:
         pass
+
+    def instances(self) -> list[InstanceInfo]:
+        return []
 
 
 @dataclass
