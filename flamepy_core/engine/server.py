@@ -275,7 +275,7 @@ class FlameServer:
         check_store(self.db_path, self.settings.store_check_timeout)  # a damaged store is refused, never served
         create_private_file(self.db_path)  # 0600 from the start; sqlite's -wal and -shm take its mode
         try:
-            self.store = Store(self.db_path, durability=self.durability)
+            self.store = Store(self.db_path, durability=self.durability, retry_window=self.settings.store_retry_window)
             self.engine = Engine(
                 self.store,
                 task_retry_limit=self.settings.task_retry_limit,
