@@ -50,6 +50,8 @@ class Connection:
         """Set for the embedded local server: restarts it if it has gone; True when it did."""
         self.has_extensions: bool | None = None
         """Whether the server speaks flamepy.ext.v1 (None = not known yet)."""
+        self.watches = TaskWatches()
+        """The watchers and the pool that complete this connection's ``run()`` futures."""
         self._pid = os.getpid()
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -109,6 +111,7 @@ class Connection:
                     raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
 
     def close(self) -> None:
+        self.watches.close()
         self.channel.close()
 
     # -- applications --------------------------------------------------------------------------------
@@ -338,4 +341,4 @@ def reset_default_connection() -> None:
         _default = None
 
 
-from flamepy_core.client.session import Session  # noqa: E402  (Session needs Connection's module loaded)
+from flamepy_core.client.session import Session, TaskWatches  # noqa: E402  (they need Connection's module loaded)

@@ -3,6 +3,8 @@
 A ``Session`` object is a snapshot of the session when it was made (as in Flame); ``flamepy.get_session``
 gives fresh counters. ``run()`` returns a real ``concurrent.futures.Future`` completed by a watcher on a
 bounded pool shared by the connection, so thousands of outstanding tasks cost a few threads, not one each.
+Both belong to the connection (:class:`TaskWatches`, ``Connection.watches``): a watcher lives while its
+session has tasks in flight, and the pool goes with the connection.
 """
 
 from __future__ import annotations
@@ -22,17 +24,6 @@ if TYPE_CHECKING:
     from flamepy_core.client.connection import Connection
 
 WATCH_WORKERS = 32
-_pools_lock = threading.Lock()
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _watch_pool(connection: Connection) -> ThreadPoolExecutor:
-    with _pools_lock:
-        pool = _pools.get(id(connection))
-        if pool is None:
-            pool = ThreadPoolExecutor(max_workers=WATCH_WORKERS, thread_name_prefix="flame-watch")
-            _pools[id(connection)] = pool
-        return pool
 
 
 class TaskFailedError(FlameError):
@@ -80,19 +71,21 @@ class SessionWatcher:
     RECONNECTS = 5
     EARLY_LIMIT = 100_000
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, watches: TaskWatches) -> None:
         self.session = session
+        self._watches = watches
         self._lock = threading.Lock()
         self._pending: dict[int, Future[bytes | None]] = {}
         self._early: dict[int, pb.Task] = {}
         self._thread: threading.Thread | None = None
         self._unsupported = False
 
-    def add(self, task_id: int, future: Future[bytes | None]) -> bool:
-        """Take charge of ``future``; False when the server lacks WatchSession (use per-task watches)."""
+    def register(self, task_id: int, future: Future[bytes | None]) -> tuple[bool, pb.Task | None]:
+        """Take charge of ``future``: ``(False, None)`` when the server lacks WatchSession (watch per task);
+        ``(True, snapshot)`` when its result arrived already (the caller settles it, outside any lock)."""
         with self._lock:
             if self._unsupported:
-                return False
+                return False, None
             early = self._early.pop(task_id, None)
             if early is None:
                 self._pending[task_id] = future
@@ -101,11 +94,20 @@ class SessionWatcher:
                         target=self._run, args=(task_id - 1,), name=f"flame-watch-{self.session.id}", daemon=True
                     )
                     self._thread.start()
-                return True
-        _settle(future, early)
-        return True
+            return True, early
+
+    def idle(self) -> bool:
+        """No task awaited and no stream open: the watcher can be dropped."""
+        with self._lock:
+            return self._thread is None and not self._pending
 
     def _run(self, after: int) -> None:
+        try:
+            self._watch(after)
+        finally:
+            self._watches.retire(self)
+
+    def _watch(self, after: int) -> None:
         failures = 0
         while True:
             try:
@@ -120,6 +122,7 @@ class SessionWatcher:
                     self._unsupported = True
                     self.session.connection.has_extensions = False
                     pending, self._pending = self._pending, {}
+                    self._thread = None
                 elif not self._pending:
                     self._thread = None
                     return
@@ -128,7 +131,7 @@ class SessionWatcher:
                     after = min(self._pending) - 1
             if pending:  # the server has no WatchSession: watch these one by one
                 for tid, future in pending.items():
-                    _watch_pool(self.session.connection).submit(_await_into, self.session, tid, future)
+                    self._watches.pool().submit(_await_into, self.session, tid, future)
                 return
             if error is None:
                 # The stream ended (the session closed): settle what is left from the tasks' final state.
@@ -182,18 +185,54 @@ def _await_into(session: Session, task_id: int, future: Future[bytes | None]) ->
         future.set_exception(exc)
 
 
-_watchers_lock = threading.Lock()
-_watchers: dict[tuple[int, str], SessionWatcher] = {}
+class TaskWatches:
+    """What one connection uses to complete the futures of ``run()`` (and of a timed ``invoke()``).
 
+    A bounded pool, made on first use, for per-task watches against a server without ``flamepy.ext.v1``;
+    and one :class:`SessionWatcher` per session with tasks in flight, dropped as soon as it has nothing
+    left to watch (its stream ends when the session closes), so a long-lived process that runs many
+    sessions keeps only the watchers of live ones. Owned by :class:`Connection` (``connection.watches``).
+    """
 
-def _session_watcher(session: Session) -> SessionWatcher:
-    key = (id(session.connection), session.id)
-    with _watchers_lock:
-        watcher = _watchers.get(key)
-        if watcher is None:
-            watcher = SessionWatcher(session)
-            _watchers[key] = watcher
-        return watcher
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._watchers: dict[str, SessionWatcher] = {}
+
+    def pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=WATCH_WORKERS, thread_name_prefix="flame-watch")
+            return self._pool
+
+    def add(self, session: Session, task_id: int, future: Future[bytes | None]) -> bool:
+        """Hand ``future`` to the session's watcher; False when the server lacks WatchSession."""
+        with self._lock:  # atomic with retire(): a future never lands on a watcher being dropped
+            watcher = self._watchers.get(session.id)
+            if watcher is None:
+                watcher = self._watchers[session.id] = SessionWatcher(session, self)
+            accepted, early = watcher.register(task_id, future)
+        if early is not None:
+            _settle(future, early)
+        return accepted
+
+    def retire(self, watcher: SessionWatcher) -> None:
+        """Drop ``watcher`` if it has nothing left to watch (called as its thread ends)."""
+        with self._lock:
+            if self._watchers.get(watcher.session.id) is watcher and watcher.idle():
+                del self._watchers[watcher.session.id]
+
+    def sessions(self) -> list[str]:
+        """Ids of the sessions that have a watcher now (diagnostics and tests)."""
+        with self._lock:
+            return list(self._watchers)
+
+    def close(self) -> None:
+        """Let the pool's threads go once their watches end (the connection is closing)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 class TaskWatcher:
@@ -272,10 +311,8 @@ class Session:
         task = self.create_task(input_data)
         future: Future[bytes | None] = Future()
         future.set_running_or_notify_cancel()
-        if self.connection.has_extensions is not False:
-            watcher = _session_watcher(self)
-            if watcher.add(int(task.id), future):
-                return future
+        if self.connection.has_extensions is not False and self.connection.watches.add(self, int(task.id), future):
+            return future
 
         def watch() -> None:
             try:
@@ -283,7 +320,7 @@ class Session:
             except BaseException as exc:
                 future.set_exception(exc)
 
-        _watch_pool(self.connection).submit(watch)
+        self.connection.watches.pool().submit(watch)
         return future
 
     def invoke(self, input_data: bytes | None, timeout: float | None = None) -> bytes | None:
@@ -306,7 +343,7 @@ class Session:
         task = self.create_task(input_data)
         if timeout is None:
             return self._await(task.id)
-        future = _watch_pool(self.connection).submit(self._await, task.id)
+        future = self.connection.watches.pool().submit(self._await, task.id)
         try:
             return future.result(timeout=timeout)
         except FutureTimeout:

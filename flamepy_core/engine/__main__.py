@@ -12,7 +12,8 @@ from types import FrameType
 
 from flamepy_core.config import RuntimeSettings, flame_home
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.server import FlameServer, ServerTls, default_listen
+from flamepy_core.engine.server import STARTUP_ERROR_PREFIX, FlameServer, ServerTls, default_listen
+from flamepy_core.privacy import private_dir, private_subdir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,26 +46,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tls = server_tls(args)
     except FlameError as exc:
-        print(f"flamepy server: {exc.message}", file=sys.stderr)
+        print(f"{STARTUP_ERROR_PREFIX}{exc}", file=sys.stderr)
         return 2
-    home = (args.home or flame_home()).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(exist_ok=True)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    settings = RuntimeSettings.from_env()
+    home = (args.home or flame_home()).expanduser().resolve()
+    try:
+        private_subdir(private_dir(home) / "logs")
+        settings = RuntimeSettings.from_env()
+        server = FlameServer(
+            home,
+            args.listen or default_listen(home, args.transport),
+            settings=settings,
+            instance_transport=args.instance_transport or args.transport or "auto",
+            durability=args.durability,
+            tls=tls,
+            flight_listen=args.flight_listen,
+            flight_for_instances=args.flight_for_instances,
+        )
+    except FlameError as exc:  # one line whoever started this server relays (see client.local)
+        print(f"{STARTUP_ERROR_PREFIX}{exc}", file=sys.stderr)
+        return 1
     idle_exit = settings.idle_exit if args.idle_exit is None else args.idle_exit
-    server = FlameServer(
-        home,
-        args.listen or default_listen(home, args.transport),
-        settings=settings,
-        instance_transport=args.instance_transport or args.transport or "auto",
-        durability=args.durability,
-        tls=tls,
-        flight_listen=args.flight_listen,
-        flight_for_instances=args.flight_for_instances,
-    )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger(__name__).info("signal %d: stopping", signum)
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
     except FlameError as exc:
-        print(f"flamepy server: {exc}", file=sys.stderr)
+        print(f"{STARTUP_ERROR_PREFIX}{exc}", file=sys.stderr)
         server.stop()
         return 1
     print(f"flamepy server listening on {server.endpoint}", flush=True)

@@ -13,30 +13,53 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import CallContext, Handler, Server, StreamHandler, Transport, UnaryHandler
+from flamepy_core.contracts.transport import (
+    CallContext,
+    DeferredHandler,
+    Handler,
+    Responder,
+    Server,
+    StreamHandler,
+    Transport,
+    UnaryHandler,
+)
 from flamepy_core.engine.executor import InstanceLink, Launcher
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
+from flamepy_core.engine.integrity import check_store, store_damaged
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.scheduler import Scheduler
 from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
 from flamepy_core.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
 from flamepy_core.plugins import PluginRegistry, get_registry
+from flamepy_core.privacy import (
+    create_private_file,
+    open_private,
+    private_dir,
+    private_subdir,
+    private_umask,
+    write_private_file,
+)
+from flamepy_core.transport_kit import adapt_handlers
 
 log = logging.getLogger(__name__)
 
 SERVER_FILE = "server.json"
+STARTUP_ERROR_PREFIX = "flamepy server: "
+"""How ``python -m flamepy_core.engine`` prints the error that stopped it from starting (one line, ending
+with ``(code: N)``), so whoever started it can relay it rather than a traceback."""
 LOCK_FILE = "server.lock"
 DB_FILE = "flame.db"
 MAX_UNIX_PATH = 100
@@ -104,6 +127,8 @@ class _Activity:
         for path, handler in handlers.items():
             if isinstance(handler, UnaryHandler):
                 wrapped[path] = UnaryHandler(self._unary(handler))
+            elif isinstance(handler, DeferredHandler):
+                wrapped[path] = DeferredHandler(self._deferred(handler))
             else:
                 wrapped[path] = StreamHandler(self._stream(handler))
         return wrapped
@@ -128,6 +153,18 @@ class _Activity:
 
         return call
 
+    def _deferred(self, handler: DeferredHandler) -> Any:
+        def call(data: bytes, ctx: CallContext, responder: Responder) -> None:
+            self._enter()
+            counted = _ExitOnReply(responder, self._exit)
+            try:
+                handler.fn(data, ctx, counted)
+            except BaseException:
+                counted.settled()
+                raise
+
+        return call
+
     def _stream(self, handler: StreamHandler) -> Any:
         def call(data: bytes, ctx: CallContext) -> Any:
             self._enter()
@@ -141,6 +178,33 @@ class _Activity:
     def idle_for(self) -> float:
         with self._lock:
             return 0.0 if self.in_flight else time.monotonic() - self.last
+
+
+class _ExitOnReply:
+    """A responder that tells the activity counter once, when the reply is completed (or given up)."""
+
+    def __init__(self, responder: Responder, on_done: Callable[[], None]) -> None:
+        self._responder = responder
+        self._on_done: Callable[[], None] | None = on_done
+        self._lock = threading.Lock()
+
+    def settled(self) -> None:
+        with self._lock:
+            on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
+
+    def send(self, response: bytes) -> bool:
+        try:
+            return self._responder.send(response)
+        finally:
+            self.settled()
+
+    def fail(self, error: BaseException) -> bool:
+        try:
+            return self._responder.fail(error)
+        finally:
+            self.settled()
 
 
 class FlameServer:
@@ -198,7 +262,7 @@ class FlameServer:
     def start(self) -> FlameServer:
         home = self.home
         tls_options = self._tls_options()  # a TLS mismatch is refused before anything is taken
-        (home / "logs").mkdir(parents=True, exist_ok=True)
+        private_subdir(private_dir(home) / "logs")  # FLAME_HOME and its files are private (privacy.py)
         if self.publish:
             self._take_lock()
         options = {"max_message_size": self.settings.max_message_size}
@@ -206,19 +270,25 @@ class FlameServer:
         frontend_transport = self._frontend_transport or self.registry.transport(
             self.listen, **options, **tls_options, max_workers=SERVER_WORKERS
         )
-        self.store = Store(self.db_path, durability=self.durability)
-        self.engine = Engine(
-            self.store,
-            task_retry_limit=self.settings.task_retry_limit,
-            delay_release=int(self.settings.delay_release),
-        )
+        check_store(self.db_path, self.settings.store_check_timeout)  # a damaged store is refused, never served
+        create_private_file(self.db_path)  # 0600 from the start; sqlite's -wal and -shm take its mode
+        try:
+            self.store = Store(self.db_path, durability=self.durability)
+            self.engine = Engine(
+                self.store,
+                task_retry_limit=self.settings.task_retry_limit,
+                delay_release=int(self.settings.delay_release),
+            )
+        except sqlite3.DatabaseError as exc:  # damage the bounded check did not reach, found while loading
+            raise store_damaged(self.db_path, str(exc)) from None
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
         # cache handlers: build the cache with a placeholder, then fix its public endpoint once bound.
         self.cache = ObjectCache(self.store, endpoint="")
         handlers = self.activity.wrap(
             {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
         )
-        server = frontend_transport.serve(self.listen, handlers)
+        with private_umask():  # a socket file gets no mode when bound
+            server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
         self._servers.append(server)
         self.endpoint = server.endpoint
         link = self.instance_transport or "auto"
@@ -240,15 +310,15 @@ class FlameServer:
                 if "unix" in link_transport.schemes
                 else f"zmq+ipc://{self._socket_dir}/cache.ipc"
             )
-            cache_server = link_transport.serve(listen, handlers)
+            with private_umask():
+                cache_server = link_transport.serve(listen, adapt_handlers(handlers, link_transport.capabilities))
             self._servers.append(cache_server)
             self.cache_endpoint = cache_server.endpoint
         self.cache.endpoint = self.cache_endpoint
         if self._socket_dir is None:
             configured = os.environ.get("FLAME_SOCKET_DIR")
             if configured:
-                self._socket_dir = Path(configured)
-                self._socket_dir.mkdir(parents=True, exist_ok=True)
+                self._socket_dir = private_dir(Path(configured), "FLAME_SOCKET_DIR")
             else:
                 self._socket_dir = Path(tempfile.mkdtemp(prefix="flame-"))
                 self._own_socket_dir = True
@@ -354,7 +424,8 @@ class FlameServer:
             return None
 
     def _take_lock(self) -> None:
-        self._lock_file = open(self.home / LOCK_FILE, "a+")  # noqa: SIM115 - held for the server's life
+        # Held for the server's life.
+        self._lock_file = os.fdopen(open_private(self.home / LOCK_FILE, os.O_RDWR | os.O_APPEND), "a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -377,9 +448,7 @@ class FlameServer:
             "home": str(self.home),
             "started_at": time.time(),
         }
-        tmp = self.home / f".{SERVER_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.home / SERVER_FILE)
+        write_private_file(self.home / SERVER_FILE, json.dumps(info).encode())
 
     def serve_forever(self, idle_exit: float | None = None) -> None:
         """Block until :meth:`stop` is called, or until idle for ``idle_exit`` seconds (0/None = never)."""
@@ -436,7 +505,7 @@ def server_lock_held(home: Path) -> bool:
     path = Path(home) / LOCK_FILE
     if not path.exists():
         return False
-    with open(path, "a+") as fh:
+    with os.fdopen(open_private(path, os.O_RDWR | os.O_APPEND), "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

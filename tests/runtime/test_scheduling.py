@@ -282,7 +282,11 @@ def test_two_hundred_quick_tasks_through_core_run(flame_env):
     assert 1 <= len(pids) <= 2
     snapshot = flamepy.get_session(session.id)
     assert (snapshot.succeed, snapshot.failed, snapshot.pending, snapshot.running) == (200, 0, 0, 0)
+    watches = session.connection.watches
+    assert watches.sessions() == [session.id]  # the connection owns the session's watcher while it is open
     session.close()
+    # Its stream ends with the session: the watcher goes, it does not live as long as the process.
+    wait_for(lambda: session.id not in watches.sessions(), 10, "the closed session's watcher to be dropped")
 
 
 # -- closing -----------------------------------------------------------------------------------------------
