@@ -25,10 +25,11 @@ ERROR_MESSAGE_KEPT_CHARS: Final = 1024
 """How much of an error message over :data:`MAX_ERROR_MESSAGE_BYTES` must survive: its first 1,024
 characters (at most 4 KiB of UTF-8, well inside the limit), where the reason usually is."""
 
-DEADLINE_ROUND_UP: Final = 0.01
+DEADLINE_ROUND_UP: Final = 0.05
 """How much more time a handler's ``ctx.time_remaining()`` may report than its caller has left, as a
 fraction of the caller's timeout: gRPC sends a deadline rounded up to three significant digits (a 1000.5 s
-timeout travels as 1010 s). Less is always allowed by the time the request took to arrive."""
+timeout travels as 1010 s), and its header compression may send instead a deadline it sent before that is
+up to 3 % longer. Less is always allowed by the time the request took to arrive."""
 
 DEADLINE_RESOLUTION_S: Final = 0.002
 """Absolute slack on either side of the deadline a handler sees (clock reads, millisecond encodings)."""
