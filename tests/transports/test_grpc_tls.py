@@ -457,7 +457,7 @@ def test_connect_with_tls_config_and_configuration(
     tls = FlameClientTls(ca_file=str(certs.ca), cert_file=str(certs.client_cert), key_file=str(certs.client_key))
     conn = connect(endpoint, tls_config=tls)
     try:
-        assert conn.list_applications() == []
+        assert [a.name for a in conn.list_applications()] == ["flmexec", "flmping", "flmrun"]  # the built-ins
     finally:
         conn.close()
 
@@ -475,7 +475,7 @@ def test_connect_with_tls_config_and_configuration(
     monkeypatch.setenv("FLAME_CLIENT_KEY_FILE", str(certs.client_key))
     for conn in (connect(endpoint), connect_config(resolve_config(endpoint=endpoint))):
         try:
-            assert conn.list_applications() == []
+            assert [a.name for a in conn.list_applications()] == ["flmexec", "flmping", "flmrun"]
         finally:
             conn.close()
 
