@@ -30,12 +30,16 @@ from flamepy_core.model import (
     short_name,
     task_from_proto,
 )
-from flamepy_core.wire.methods import EXT, FRONTEND, RUNTIME
+from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, RUNTIME
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
 
 M = TypeVar("M", bound=Message)
+
+CANCEL_TIMEOUT = 120.0
+"""Seconds a cancel or a forced close waits for the server, which first stops the instances of running
+tasks (SIGTERM, then SIGKILL after its ``shutdown_grace``)."""
 
 
 class Connection:
@@ -190,8 +194,45 @@ class Connection:
         reply = self.call("ListSession", fe.ListSessionRequest(), "list sessions")
         return [Session(self, s) for s in reply.sessions]
 
-    def close_session(self, session_id: str) -> Session:
-        return Session(self, self.call("CloseSession", fe.CloseSessionRequest(session_id=session_id), "close session"))
+    def close_session(self, session_id: str, force: bool = False, *, requested_by: str = "a client") -> Session:
+        """Close a session. ``force``: cancel its pending and running tasks first (flamepy's server only);
+        without it a session with a running task is refused, as in Flame."""
+        if not force:
+            request = fe.CloseSessionRequest(session_id=session_id)
+            return Session(self, self.call("CloseSession", request, "close session"))
+        forced = ext_pb2.CloseSessionRequest(session_id=session_id, force=True, requested_by=requested_by)
+        raw = self._control("CloseSession", forced, f"close session {session_id} by force")
+        return Session(self, pb.Session.FromString(raw))
+
+    def cancel_tasks(
+        self, session_id: str, task_id: str | None = None, *, requested_by: str = "a client"
+    ) -> list[pb.Task]:
+        """Cancel one task of a session, or (``task_id`` None) all its pending and running ones.
+
+        Returns the tasks once final, without payloads: CANCELLED, or the state a task reached before the
+        cancel could take effect. flamepy's ``flamepy.ext.v1.Control/CancelTasks``; a server without it (a
+        Flame cluster) is an ``UNIMPLEMENTED`` error.
+        """
+        request = ext_pb2.CancelTasksRequest(session_id=session_id, requested_by=requested_by)
+        if task_id is not None:
+            request.task_id = task_id
+            what = f"cancel task {task_id} of session {session_id}"
+        else:
+            what = f"cancel the tasks of session {session_id}"
+        return list(ext_pb2.CancelTasksReply.FromString(self._control("CancelTasks", request, what)).tasks)
+
+    def _control(self, rpc: str, request: Message, what: str) -> bytes:
+        method = CONTROL[rpc]
+        try:
+            return self.unary(rpc, method.path, request.SerializeToString(), timeout=CANCEL_TIMEOUT)
+        except FlameError as exc:
+            if exc.code == FlameErrorCode.UNIMPLEMENTED:
+                raise FlameError(
+                    exc.code,
+                    f"failed to {what}: the server at {self.addr} cannot cancel tasks (flame.v1 has no such call; "
+                    f"flamepy's own server has it): wait for the tasks to finish instead",
+                ) from exc
+            raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
 
     # -- tasks ---------------------------------------------------------------------------------------
 

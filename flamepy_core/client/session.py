@@ -9,12 +9,16 @@ session has tasks in flight, and the pool goes with the connection.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.model import Event, SessionState, Task, event_from_proto, ms_to_datetime, task_from_proto
@@ -25,8 +29,12 @@ from flamepy_core.wire.proto import types_pb2 as pb
 _EVENT_BIND_FAILED = 1001
 """The session event an instance that could not start or enter leaves (see the engine's state module)."""
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from flamepy_core.client.connection import Connection
+
+T = TypeVar("T")
 
 WATCH_WORKERS = 32
 
@@ -42,10 +50,99 @@ class TaskFailedError(FlameError):
         return (type(self), (self.task, self.message))
 
 
+class TaskCancelledError(FlameError):
+    """A task was cancelled (``INVALID_STATE``, as before there was a class for it). ``task`` is its last state."""
+
+    def __init__(self, task: Task) -> None:
+        how = next((e.message for e in reversed(task.events or []) if e.code == int(pb.TaskState.Cancelled)), None)
+        message = f"task {task.id} of session {task.session_id} was cancelled"
+        super().__init__(FlameErrorCode.INVALID_STATE, f"{message} ({how})" if how else message)
+        self.task = task
+
+    def __reduce__(self) -> tuple[type[TaskCancelledError], tuple[Task]]:  # type: ignore[override]
+        return (type(self), (self.task,))
+
+
+def requester(what: str) -> str:
+    """Who asks for a cancel, as the tasks' events name it: the call, this process and this host."""
+    return f"{what} in process {os.getpid()} on {socket.gethostname()}"
+
+
+class CancellableFuture(Future[T]):
+    """A future whose ``cancel()`` means something beyond this process (see :class:`TaskFuture`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ending = threading.Lock()
+
+    def end_cancelled(self) -> None:
+        """End cancelled, as ``Future.cancel`` does, and wake ``concurrent.futures.wait``/``as_completed``.
+
+        ``Future.cancel`` alone leaves their waiters asleep until ``set_running_or_notify_cancel``,
+        which an executor would call; these futures have no executor. The cancel call and the delivery
+        of the CANCELLED task may both get here: the lock makes the second one a no-op.
+        """
+        with self._ending:
+            if not self.cancelled() and Future.cancel(self):
+                self.set_running_or_notify_cancel()
+
+
+_warned_no_cancel = False
+
+
+class TaskFuture(CancellableFuture["bytes | None"]):
+    """The future of one task that ``run()`` submitted: its output, or the error it ended with.
+
+    ``cancel()`` cancels the task on the server: a pending task at once, a running one by stopping its
+    instance. It returns True once the task is CANCELLED (the future is then cancelled), False when the
+    task finished first (its outcome arrives as usual). Until it is done the future stays pending, never
+    "running": it can be cancelled all along.
+    """
+
+    def __init__(self, session: Session, task_id: str) -> None:
+        super().__init__()
+        self.session = session
+        self.task_id = task_id
+        self._cancel_asked = False
+
+    def cancel(self) -> bool:
+        global _warned_no_cancel
+        if self.done():
+            return self.cancelled()
+        self._cancel_asked = True
+        try:
+            tasks = self.session.connection.cancel_tasks(
+                self.session.id, self.task_id, requested_by=requester("Future.cancel")
+            )
+        except FlameError as exc:
+            self._cancel_asked = False
+            if exc.code != FlameErrorCode.UNIMPLEMENTED:
+                raise
+            if not _warned_no_cancel:  # a Flame cluster: a future cannot be cancelled there
+                _warned_no_cancel = True
+                log.warning("%s", exc.message)
+            return False
+        if tasks[0].status.state != pb.TaskState.Cancelled:
+            return False  # it finished before the cancel could take effect
+        self.end_cancelled()
+        return self.cancelled()
+
+    def set_result(self, result: bytes | None) -> None:
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile: the late outcome is dropped
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if self._cancel_asked and isinstance(exception, TaskCancelledError):
+            self.end_cancelled()  # the cancel this future asked for: it ends cancelled, not with an error
+            return
+        with contextlib.suppress(InvalidStateError):
+            super().set_exception(exception)
+
+
 def task_failure(task: Task) -> FlameError:
     """The error a failed or cancelled task raises in the client."""
     if task.state.name == "CANCELLED":
-        return FlameError(FlameErrorCode.INVALID_STATE, f"task {task.id} of session {task.session_id} was cancelled")
+        return TaskCancelledError(task)
     message = next(
         (e.message for e in reversed(task.events or []) if e.code == int(pb.TaskState.Failed) and e.message),
         "Task failed without error message",
@@ -307,15 +404,16 @@ class Session:
             raise FlameError(FlameErrorCode.INTERNAL, f"the watch of task {task_id} ended without an answer")
         return _outcome(task_from_proto(last))
 
-    def run(self, input_data: bytes | None) -> Future[bytes | None]:
+    def run(self, input_data: bytes | None) -> TaskFuture:
         """Create the task now (errors raise here), and return a future of its output.
+
+        ``future.cancel()`` cancels the task on the server (see :class:`TaskFuture`).
 
         Against flamepy's server one stream per session completes every future; against Flame's, each
         task is watched on a bounded pool shared by the connection.
         """
         task = self.create_task(input_data)
-        future: Future[bytes | None] = Future()
-        future.set_running_or_notify_cancel()
+        future = TaskFuture(self, task.id)
         if self.connection.has_extensions is not False and self.connection.watches.add(self, int(task.id), future):
             return future
 
@@ -372,6 +470,19 @@ class Session:
             line += f"; {len(failures)} failed to start: {failures[-1].message.splitlines()[0][:80]}"
         return line
 
-    def close(self) -> None:
-        closed = self.connection.close_session(self.id)
+    def cancel_task(self, task_id: str) -> Task:
+        """Cancel a task of this session; returns it once final (without its payloads).
+
+        A pending task is cancelled at once; a running one by stopping its instance (SIGTERM, then
+        SIGKILL after the server's ``shutdown_grace``; a fresh instance takes the session's other tasks).
+        The task comes back CANCELLED, or in the state it reached first when it finished before the cancel
+        could take effect. Needs flamepy's server (``UNIMPLEMENTED`` from a Flame cluster).
+        """
+        tasks = self.connection.cancel_tasks(self.id, str(task_id), requested_by=requester("Session.cancel_task"))
+        return task_from_proto(tasks[0])
+
+    def close(self, force: bool = False) -> None:
+        """Close the session. Refused while a task runs, unless ``force``: its tasks are cancelled first."""
+        what = requester("Session.close(force=True)")
+        closed = self.connection.close_session(self.id, force=force, requested_by=what)
         self.state = closed.state

@@ -26,7 +26,7 @@ from flamepy_core.contracts.transport import (
 from flamepy_core.engine.instances import executor_message, instance_message
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.state import Engine
-from flamepy_core.wire.methods import EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
+from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -44,6 +44,15 @@ def _parse(method: Method, data: bytes) -> Any:
 def _unary(method: Method, fn: Callable[[Any], Message]) -> UnaryHandler:
     def handle(data: bytes, ctx: CallContext) -> bytes:
         return fn(_parse(method, data)).SerializeToString()
+
+    return UnaryHandler(handle)
+
+
+def _unary_with_context(method: Method, fn: Callable[[Any, CallContext], Message]) -> UnaryHandler:
+    """A unary handler that needs its call's context (the caller's deadline)."""
+
+    def handle(data: bytes, ctx: CallContext) -> bytes:
+        return fn(_parse(method, data), ctx).SerializeToString()
 
     return UnaryHandler(handle)
 
@@ -76,6 +85,18 @@ def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None
             responder.send(message.SerializeToString())
 
     return settle
+
+
+FORCE_CLOSE_WAIT = 300.0
+"""Seconds a forced close waits for the instances of running tasks to stop when its caller set no deadline."""
+REQUESTED_BY_MAX = 200
+"""Characters of a cancel's ``requested_by`` kept for the tasks' events."""
+
+
+def _requested_by(text: str) -> str:
+    """Who asked for a cancel, as the events will say it: bounded, and never empty."""
+    text = " ".join(text.split())[:REQUESTED_BY_MAX]
+    return text or "a client"
 
 
 def _ok() -> pb.Result:
@@ -189,8 +210,8 @@ def cache_handlers(cache: ObjectCache) -> dict[str, Handler]:
 
 
 def ext_handlers(engine: Engine) -> dict[str, Handler]:
-    """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()) and ``Runtime`` (what
-    the server runs, for ``flmctl top`` and ``flmctl list -e``)."""
+    """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()), ``Runtime`` (what
+    the server runs, for ``flmctl top`` and ``flmctl list -e``) and ``Control`` (cancel, forced close)."""
 
     def run_task(r: frontend_pb2.CreateTaskRequest, _ctx: CallContext, responder: Responder) -> None:
         task_input = r.task.input if r.task.HasField("input") else None
@@ -203,8 +224,28 @@ def ext_handlers(engine: Engine) -> dict[str, Handler]:
     def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:
         return ext_pb2.InstanceList(instances=[instance_message(i) for i in engine.scheduler.instances()])
 
+    def cancel_tasks(r: ext_pb2.CancelTasksRequest, _ctx: CallContext, responder: Responder) -> None:
+        # Answered once the tasks are final; a running one first has its instance stopped.
+        def settle(tasks: list[pb.Task]) -> None:
+            responder.send(ext_pb2.CancelTasksReply(tasks=tasks).SerializeToString())
+
+        by = _requested_by(r.requested_by)
+        if r.HasField("task_id"):
+            engine.cancel_task(r.session_id, r.task_id, by, lambda task: settle([task]))
+        else:
+            engine.cancel_session_tasks(r.session_id, by, settle)
+
+    def close_session(r: ext_pb2.CloseSessionRequest, ctx: CallContext) -> pb.Session:
+        if not r.force:
+            return engine.close_session(r.session_id)
+        remaining = ctx.time_remaining()
+        wait = FORCE_CLOSE_WAIT if remaining is None else min(remaining, FORCE_CLOSE_WAIT)
+        return engine.force_close_session(r.session_id, _requested_by(r.requested_by), timeout=wait)
+
     return {
         EXT["RunTask"].path: _deferred(EXT["RunTask"], run_task),
         EXT["WatchSession"].path: _stream(EXT["WatchSession"], watch_session),
         RUNTIME["ListInstances"].path: _unary(RUNTIME["ListInstances"], list_instances),
+        CONTROL["CancelTasks"].path: _deferred(CONTROL["CancelTasks"], cancel_tasks),
+        CONTROL["CloseSession"].path: _unary_with_context(CONTROL["CloseSession"], close_session),
     }

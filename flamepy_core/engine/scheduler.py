@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -54,6 +55,10 @@ class InstanceDriver(threading.Thread):
         self.state: int = pb.ExecutorState.ExecutorVoid
         self.start_time_ms = int(time.time() * 1000)
         self.tasks_served = 0
+        self.current_task: int | None = None
+        """The id of the task sent to the instance and not answered yet."""
+        self.stopped_for_cancel = False
+        """Its process is being stopped because its task was cancelled: its death is nobody's failure."""
 
     def info(self) -> InstanceInfo:
         process = self.process
@@ -175,6 +180,8 @@ class InstanceDriver(threading.Thread):
             except FlameError:
                 return True  # the session closed (or vanished)
             if task is None:
+                if self.stopped_for_cancel:
+                    return False  # stopped to cancel a task that finished just before: not a failure
                 if not self.process.alive():
                     # Dying while idle is a failure to serve the session: count it, or a service that
                     # always dies after entering would be restarted forever.
@@ -191,10 +198,12 @@ class InstanceDriver(threading.Thread):
         ctx = shim_pb2.TaskContext(task_id=task.metadata.id, session_id=session_id)
         if task.spec.HasField("input"):
             ctx.input = task.spec.input
+        self.current_task = int(task.metadata.id)
         try:
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
             raw = self.process.channel.unary(ON_TASK_INVOKE, ctx.SerializeToString(), timeout=None)
         except FlameError as exc:
+            self.current_task = None
             if self.stopping.is_set():
                 # The server is shutting down and stopped this instance: not the task's failure, so it
                 # spends no retry; it stays RUNNING in the store and is requeued when the server restarts.
@@ -205,6 +214,7 @@ class InstanceDriver(threading.Thread):
                 return False
             engine.fail_task(session_id, task.metadata.id, f"calling the instance failed: {exc}")
             return True
+        self.current_task = None
         result = pb.TaskResult.FromString(raw)
         self.tasks_served += 1
         self.scheduler.served(session_id)
@@ -221,6 +231,20 @@ class InstanceDriver(threading.Thread):
             self.process.channel.unary(ON_SESSION_LEAVE, b"", timeout=self.scheduler.settings.instance_call_timeout)
         except FlameError as exc:
             log.warning("instance %s: OnSessionLeave of %s failed: %s", self.instance_id, session_id, exc)
+
+
+def _stop_for_cancel(process: InstanceProcess, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace``; the link is left to break as the process ends, so the
+    driver reports how it ended. An in-process instance (no process of its own) is just stopped."""
+    popen = getattr(process, "popen", None)
+    if popen is None:
+        process.stop(grace)
+        return
+    process.terminate()
+    try:
+        popen.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 class Scheduler:
@@ -303,6 +327,31 @@ class Scheduler:
             driver.stopping.set()
             driver.session_id = None
             driver.assigned.set()
+
+    def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
+        """Stop the process running a cancelled task (``flame.v1.Instance`` has no call to cancel one).
+
+        SIGTERM to its process group, SIGKILL after ``shutdown_grace``, on a thread of its own so the
+        caller never waits. The driver then sees the link break and reports the task through
+        ``retry_task``, which the engine records as CANCELLED; the driver ends and a fresh instance
+        takes the session's other tasks. Minimal on purpose: the lease scheduler carries it over.
+        """
+        with self._lock:
+            driver = next((d for d in self._by_session.get(session_id, ()) if d.current_task == task_id), None)
+        process = driver.process if driver is not None else None
+        if driver is None or process is None:
+            return False
+        log.info(
+            "session %s: stopping instance %s to cancel task %s (%s)", session_id, driver.instance_id, task_id, reason
+        )
+        driver.stopped_for_cancel = True
+        threading.Thread(
+            target=_stop_for_cancel,
+            args=(process, self.settings.shutdown_grace),
+            name=f"flame-cancel-{driver.instance_id}",
+            daemon=True,
+        ).start()
+        return True
 
     # -- driver callbacks ----------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2, shim_pb2
 
 __all__ = [
     "ALL_METHODS",
+    "CONTROL",
     "EXT",
     "FRONTEND",
     "INSTANCE",
@@ -89,6 +90,10 @@ RUNTIME: Mapping[str, Method] = _service_table(ext_pb2.DESCRIPTOR, "Runtime")
 """flamepy's view of what a server runs (``flamepy.ext.v1.Runtime``): served by flamepy's server only."""
 
 
+CONTROL: Mapping[str, Method] = _service_table(ext_pb2.DESCRIPTOR, "Control")
+"""flamepy's cancel and forced close (``flamepy.ext.v1.Control``): served by flamepy's server only."""
+
+
 def _by_path(*tables: Mapping[str, Method]) -> Mapping[str, Method]:
     """Merge tables into one keyed by gRPC path; a duplicate path would be a routing bug, so refuse it."""
     merged: dict[str, Method] = {}
@@ -100,5 +105,5 @@ def _by_path(*tables: Mapping[str, Method]) -> Mapping[str, Method]:
     return MappingProxyType(merged)
 
 
-ALL_METHODS: Mapping[str, Method] = _by_path(FRONTEND, INSTANCE, OBJECT_CACHE, EXT, RUNTIME)
+ALL_METHODS: Mapping[str, Method] = _by_path(FRONTEND, INSTANCE, OBJECT_CACHE, EXT, RUNTIME, CONTROL)
 """Every method above keyed by its gRPC path: what a server dispatches on."""

@@ -105,7 +105,8 @@ def _task_text(t: dict[str, Any]) -> str:
         for event in t["events"]:
             message = (event["message"] or "").splitlines()
             first = message[0] if message else ""
-            lines.append(f"  {event['code']:<3}{when(event['creation_time'])}  {first}".rstrip())
+            code = f"{event['code']} "  # 1003 is wider than the column
+            lines.append(f"  {code:<3}{when(event['creation_time'])}  {first}".rstrip())
     if t["error"]:
         lines.append("error:")
         lines.extend(f"  {line}".rstrip() for line in t["error"].rstrip().splitlines())

@@ -45,3 +45,29 @@ class InstanceList(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
+
+class CancelTasksRequest(_message.Message):
+    __slots__ = ("session_id", "task_id", "requested_by")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    task_id: str
+    requested_by: str
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
+
+class CancelTasksReply(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[_types_pb2.Task]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_types_pb2.Task, _Mapping]]] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id", "force", "requested_by")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    force: bool
+    requested_by: str
+    def __init__(self, session_id: _Optional[str] = ..., force: _Optional[bool] = ..., requested_by: _Optional[str] = ...) -> None: ...
