@@ -116,6 +116,7 @@ class PluginRegistry:
         self._loaded = False
         self._transports: list[Chosen] | None = None
         self._serializers: list[Chosen] | None = None
+        self._shared: dict[tuple[str, tuple[tuple[str, str], ...]], Transport] = {}
 
     # -- loading -------------------------------------------------------------------------------------
 
@@ -315,6 +316,26 @@ class PluginRegistry:
         else:
             chosen = self.transport_spec(name_or_endpoint)
         return self.create_transport(chosen, options)
+
+    def shared_transport(
+        self, endpoint: str, options: Mapping[str, Any] | None = None, identity: Mapping[str, Any] | None = None
+    ) -> Transport:
+        """This registry's one transport object for ``endpoint``'s transport, made on first use.
+
+        Sharing is what lets an in-process server and its clients meet (they must use the same in-memory
+        transport object), and it saves building the same transport twice. ``identity`` are options that
+        make a different transport (security settings: two clients with different CA files get two
+        objects); ``options`` only apply when this call is the one that builds it (a server's worker
+        count, say). Both go to the factory.
+        """
+        chosen = self.transport_spec_for_endpoint(endpoint)
+        key = (chosen.spec.name, tuple(sorted((name, str(value)) for name, value in (identity or {}).items())))
+        with self._lock:
+            transport = self._shared.get(key)
+            if transport is None:
+                transport = self.create_transport(chosen, {**(options or {}), **(identity or {})})
+                self._shared[key] = transport
+            return transport
 
     def serializer(self, name: str, **options: Any) -> Serializer:
         """A serializer by name (``"cloudpickle"``)."""

@@ -9,6 +9,8 @@ echo "== ruff"
 ruff check .
 echo "== mypy"
 mypy
+echo "== layering (import-linter: the core's imports point one way, see pyproject.toml)"
+lint-imports --no-cache
 echo "== conformance suite against each bundled transport and serializer"
 for transport in inmem grpc zmq; do
   flamepy-conformance --transport "$transport"

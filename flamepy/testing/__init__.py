@@ -33,8 +33,8 @@ from typing import Any
 
 from flamepy_core.client.api import register_application, unregister_application
 from flamepy_core.client.connection import reset_default_connection
-from flamepy_core.client.embedded import INSTANCE_MODE_ENV, ensure_inprocess_server, stop_inprocess_server
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.embedded import INSTANCE_MODE_ENV, ensure_inprocess_server, stop_inprocess_server
 from flamepy_core.engine.inprocess import INSTANCE_MODES
 from flamepy_core.engine.server import FlameServer
 from flamepy_core.model import ApplicationAttributes

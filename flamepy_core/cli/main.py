@@ -16,9 +16,11 @@ from pathlib import Path
 from flamepy_core.cli.appspec import AppSpec, load_app_specs
 from flamepy_core.cli.output import table, to_json, when
 from flamepy_core.client.connection import Connection, connect_config
+from flamepy_core.client.embedded import provide_inprocess_servers
 from flamepy_core.client.session import Session
 from flamepy_core.config import ClientConfig, resolve_config
 from flamepy_core.contracts.errors import FlameError
+from flamepy_core.engine import IN_PROCESS_SERVERS
 from flamepy_core.model import ApplicationAttributes, ResourceRequirement, SessionAttributes, short_name
 from flamepy_core.serialization import application_environments
 
@@ -419,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    provide_inprocess_servers(IN_PROCESS_SERVERS)  # flmctl assembles the process: in-process endpoints get the engine's
     try:
         return int(args.func(args))
     except FlameError as exc:

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from flamepy_core.client.embedded import ensure_inprocess_server
+from flamepy_core.client.local import ensure_local_server, live_server
 from flamepy_core.client.transports import client_tls_options, shared_transport
 from flamepy_core.config import ClientConfig, FlameClientTls, normalize_endpoint, resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -280,14 +282,10 @@ def _connect(endpoint: str, tls_options: dict[str, str]) -> Connection:
 def connect_config(config: ClientConfig) -> Connection:
     """A connection for a resolved configuration: its endpoint, or the local server for its home."""
     if config.endpoint is None:
-        from flamepy_core.client.local import ensure_local_server
-
         endpoint = ensure_local_server(config.home, transport=config.transport)
     else:
         endpoint = config.endpoint
     if endpoint.startswith("inmem://"):
-        from flamepy_core.client.embedded import ensure_inprocess_server
-
         ensure_inprocess_server(endpoint, config.home)
     conn = _connect(endpoint, client_tls_options(endpoint, config))
     if config.cache_endpoint:
@@ -299,8 +297,6 @@ def connect_config(config: ClientConfig) -> Connection:
 
 def _restart_local_server(conn: Connection, config: ClientConfig) -> bool:
     """Start the local server again if it has gone (idle exit, crash, ``flmctl server stop``)."""
-    from flamepy_core.client.local import ensure_local_server, live_server
-
     if live_server(config.home):
         return False  # it is there: the error was real
     endpoint = ensure_local_server(config.home, transport=config.transport)

@@ -17,18 +17,9 @@ import time
 from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.server import read_server_info, server_lock_held
+from flamepy_core.home import SERVER_LOG, START_LOCK, live_server, read_server_info, server_lock_held
 
-START_LOCK = "start.lock"
-SERVER_LOG = "server.log"
-
-
-def live_server(home: Path) -> dict[str, object] | None:
-    """The published info of a running server for ``home``, or None."""
-    info = read_server_info(home)
-    if info and server_lock_held(home):
-        return info
-    return None
+__all__ = ["ensure_local_server", "live_server", "start_server", "stop_server"]
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:

@@ -1,19 +1,16 @@
-"""One transport object per transport name (and TLS settings) in a process, shared by every connection.
+"""The client's transport for an endpoint: the registry's shared one, with the client's security options.
 
-Sharing matters for ``inmem://``: an in-process server and its clients must use the same in-memory
-transport object to see each other. For the others it saves building the same thing twice.
-
-TLS endpoints (``https://``, ``grpcs://``) get the client TLS options (:data:`TLS_OPTIONS`), and those are
-part of the sharing key: two connections with different CA files or client certificates get different
-transport objects. Other options keep "the first use builds it" (the in-process server passes
-``max_workers``, its clients pass nothing, and both must get the same object).
+The registry keeps one transport object per transport and security settings
+(:meth:`~flamepy_core.plugins.PluginRegistry.shared_transport`): an in-process server and its clients
+must use the same in-memory transport object to see each other, and it saves building the same thing
+twice. TLS endpoints (``https://``, ``grpcs://``) get the client TLS options (:data:`TLS_OPTIONS`), and
+those are part of the sharing key: two connections with different CA files or client certificates get
+different transport objects.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Mapping
 from typing import Any
 
 from flamepy_core.config import ENV_CLIENT_CERT_FILE, ENV_CLIENT_KEY_FILE, ClientConfig, resolve_config
@@ -25,9 +22,6 @@ TLS_SCHEMES = frozenset({"https", "grpcs"})
 """Endpoint schemes that mean TLS (Flame's rule: ``https://`` => TLS)."""
 TLS_OPTIONS = ("ca_file", "cert_file", "key_file", "client_ca_file", "server_name_override")
 """Transport options that configure TLS (the gRPC transport's names)."""
-
-_lock = threading.Lock()
-_shared: dict[tuple[int, str, tuple[tuple[str, str], ...]], Transport] = {}
 
 
 def is_tls_endpoint(endpoint: str) -> bool:
@@ -105,10 +99,6 @@ def client_tls_options(
     return options
 
 
-def _tls_key(options: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((name, str(options[name])) for name in TLS_OPTIONS if name in options))
-
-
 def shared_transport(endpoint: str, registry: PluginRegistry | None = None, **options: Any) -> Transport:
     """The process's transport for ``endpoint``'s scheme (created on first use, with ``options``).
 
@@ -117,14 +107,9 @@ def shared_transport(endpoint: str, registry: PluginRegistry | None = None, **op
     ``FLAME_CA_FILE`` and presents ``FLAME_CLIENT_CERT_FILE``. TLS options set to ``None`` are dropped.
     """
     reg = registry or get_registry()
-    chosen = reg.transport_spec_for_endpoint(endpoint)
     options = {name: value for name, value in options.items() if not (name in TLS_OPTIONS and value is None)}
     if is_tls_endpoint(endpoint) and not any(name in options for name in TLS_OPTIONS):
         options.update(client_tls_options(endpoint))
-    key = (id(reg), chosen.spec.name, _tls_key(options))
-    with _lock:
-        transport = _shared.get(key)
-        if transport is None:
-            transport = reg.create_transport(chosen, options)
-            _shared[key] = transport
-        return transport
+    identity = {name: value for name, value in options.items() if name in TLS_OPTIONS}
+    rest = {name: value for name, value in options.items() if name not in TLS_OPTIONS}
+    return reg.shared_transport(endpoint, rest, identity)

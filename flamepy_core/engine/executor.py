@@ -20,12 +20,58 @@ import subprocess
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel, Transport
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+
+class Instance(Protocol):
+    """One running instance as the scheduler drives it: a process (:class:`InstanceProcess`) or a service
+    loaded into the server's own process (:class:`~flamepy_core.engine.inprocess.InProcessInstance`)."""
+
+    id: str
+    app_name: str
+    url: str
+    """Where it is (or will be) reached; for messages."""
+
+    @property
+    def channel(self) -> Channel:
+        """The link to it; ``UNAVAILABLE`` until :meth:`connect_if_listening` succeeded."""
+        ...
+
+    @property
+    def pid(self) -> int: ...
+
+    def connect_if_listening(self) -> bool:
+        """Connect once it listens; False while it does not yet."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def describe_exit(self, wait: float = 1.0) -> str:
+        """Why it is gone (or stopped answering), for the error a task or session gets."""
+        ...
+
+    def stderr_tail(self, lines: int | None = None) -> str: ...
+
+    def stop(self, grace: float) -> None:
+        """Stop it (``grace`` seconds to finish) and release its link."""
+        ...
+
+
+class InstanceLauncher(Protocol):
+    """Starts instances of an application: :class:`Launcher` (processes) or ``InProcessLauncher``."""
+
+    extra_env: dict[str, str]
+    """Variables every instance gets beyond the server's environment (process instances only)."""
+    cache_endpoint: str
+    """The object cache instances are told to use."""
+
+    def start(self, app: pb.Application, instance_id: str) -> Instance: ...
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel, Server, Transport
-from flamepy_core.engine.executor import InstanceProcess, Launcher, _expand
+from flamepy_core.engine.executor import _expand
 from flamepy_core.instance.runtime import describe_exception, instance_handlers
 from flamepy_core.instance.service import FlameService
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -128,8 +128,8 @@ def _apply_serializer(service: FlameService, env: dict[str, str]) -> None:
         service._serializer_origin = f"the application's environment {_SERIALIZER_ENV}"  # type: ignore[attr-defined]
 
 
-class InProcessInstance(InstanceProcess):
-    """A loaded service served on an ``inmem://`` endpoint, with the interface of :class:`InstanceProcess`.
+class InProcessInstance:
+    """A loaded service served on an ``inmem://`` endpoint: an :class:`~flamepy_core.engine.executor.Instance`.
 
     It listens from the moment it exists; it is alive until :meth:`stop`. It has no process of its own:
     ``pid`` is the host's, and it writes no log files (its output is the host's).
@@ -138,13 +138,11 @@ class InProcessInstance(InstanceProcess):
     def __init__(
         self, instance_id: str, app_name: str, path: Path, service: FlameService, server: Server, transport: Transport
     ) -> None:
-        # Not InstanceProcess.__init__: there is no Popen and no socket file; only the interface is shared.
         self.id = instance_id
         self.app_name = app_name
         self.path = path
         self.service: FlameService | None = service
         self.url = server.endpoint
-        self.options = []
         self._server = server
         self._transport = transport
         self._channel: Channel | None = None
@@ -195,15 +193,14 @@ class InProcessInstance(InstanceProcess):
         self.service = None
 
 
-class InProcessLauncher(Launcher):
-    """Starts in-process instances; a drop-in for :class:`Launcher` in the scheduler.
+class InProcessLauncher:
+    """Starts in-process instances: an :class:`~flamepy_core.engine.executor.InstanceLauncher`.
 
     ``transport`` must be an in-memory transport: the same object serves the instances and connects to
     them. ``prefix`` keeps the endpoint names of two servers sharing one transport apart.
     """
 
     def __init__(self, home: Path, transport: Transport, *, prefix: str = "") -> None:
-        # Not Launcher.__init__: no command line, no environment, no log directory.
         if "inmem" not in transport.schemes:
             raise FlameError(
                 FlameErrorCode.INVALID_CONFIG,
@@ -212,12 +209,10 @@ class InProcessLauncher(Launcher):
         self.home = home
         self.transport = transport
         self.prefix = prefix or uuid.uuid4().hex[:8]
-        # Launcher's settings, kept so the server may set them as for processes; an in-process instance
-        # uses the host's environment and reaches the cache through the host's own client configuration.
+        # The server may set them as for processes; an in-process instance uses the host's environment
+        # and reaches the cache through the host's own client configuration.
         self.extra_env: dict[str, str] = {}
         self.cache_endpoint = ""
-        self.frontend_endpoint = ""
-        self.stderr_tail_lines = 0
 
     def start(self, app: pb.Application, instance_id: str) -> InProcessInstance:
         name = app.metadata.name

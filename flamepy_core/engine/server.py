@@ -1,15 +1,13 @@
 """The flamepy server: engine + object cache + scheduler behind one endpoint, on any transport.
 
 One server per ``FLAME_HOME``: it holds an exclusive lock on ``FLAME_HOME/server.lock`` for its whole
-life and publishes where it listens in ``FLAME_HOME/server.json``. Clients find it there, and start one
-when there is none (see :mod:`flamepy_core.client.local`). With ``idle_exit`` set it exits after that
-many seconds without a call and without a running task.
+life and publishes where it listens in ``FLAME_HOME/server.json`` (both in :mod:`flamepy_core.home`).
+Clients find it there, and start one when there is none (see :mod:`flamepy_core.client.local`). With
+``idle_exit`` set it exits after that many seconds without a call and without a running task.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import shutil
@@ -33,22 +31,25 @@ from flamepy_core.contracts.transport import (
     Transport,
     UnaryHandler,
 )
-from flamepy_core.engine.executor import InstanceLink, Launcher
+from flamepy_core.engine.executor import InstanceLauncher, InstanceLink, Launcher
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.scheduler import Scheduler
 from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
-from flamepy_core.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
+from flamepy_core.home import (
+    DB_FILE,
+    publish_server_info,
+    take_server_lock,
+    withdraw_server_info,
+)
 from flamepy_core.plugins import PluginRegistry, get_registry
 from flamepy_core.transport_kit import adapt_handlers
+from flamepy_core.wire.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
 
 log = logging.getLogger(__name__)
 
-SERVER_FILE = "server.json"
-LOCK_FILE = "server.lock"
-DB_FILE = "flame.db"
 MAX_UNIX_PATH = 100
 SERVER_WORKERS = 512
 
@@ -303,7 +304,7 @@ class FlameServer:
             else:
                 self._socket_dir = Path(tempfile.mkdtemp(prefix="flame-"))
                 self._own_socket_dir = True
-        self.launcher: Launcher
+        self.launcher: InstanceLauncher
         if self.instance_mode == "inprocess":
             # The service file runs in this process, served on an in-memory endpoint (see engine.inprocess).
             inmem = frontend_transport if "inmem" in frontend_transport.schemes else self.registry.transport("inmem")
@@ -338,10 +339,10 @@ class FlameServer:
         """
         protocol = PROTOCOL_FLAMEPY
         if self.flight_listen:
-            from flamepy_core.flight import require_pyarrow
+            from flamepy_core.wire.flight import require_pyarrow
 
             require_pyarrow("--flight-listen")
-            from flamepy_core.flight.server import FlightCacheServer
+            from flamepy_core.engine.flight import FlightCacheServer
 
             def touch() -> None:  # Flight calls count as activity for the idle exit
                 self.activity._enter()
@@ -405,32 +406,20 @@ class FlameServer:
             return None
 
     def _take_lock(self) -> None:
-        self._lock_file = open(self.home / LOCK_FILE, "a+")  # noqa: SIM115 - held for the server's life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            self._lock_file = None
-            info = read_server_info(self.home)
-            where = f" (pid {info.get('pid')}, {info.get('endpoint')})" if info else ""
-            raise FlameError(
-                FlameErrorCode.ALREADY_EXISTS,
-                f"another flamepy server is already running for {self.home}{where}; "
-                f"use it, or stop it with `flmctl server stop`",
-            ) from None
+        self._lock_file = take_server_lock(self.home)
 
     def _publish(self) -> None:
-        info = {
-            "pid": os.getpid(),
-            "endpoint": self.endpoint,
-            "cache_endpoint": self.cache_endpoint,
-            "flight_cache_endpoint": self.flight_cache_endpoint or None,
-            "home": str(self.home),
-            "started_at": time.time(),
-        }
-        tmp = self.home / f".{SERVER_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.home / SERVER_FILE)
+        publish_server_info(
+            self.home,
+            {
+                "pid": os.getpid(),
+                "endpoint": self.endpoint,
+                "cache_endpoint": self.cache_endpoint,
+                "flight_cache_endpoint": self.flight_cache_endpoint or None,
+                "home": str(self.home),
+                "started_at": time.time(),
+            },
+        )
 
     def serve_forever(self, idle_exit: float | None = None) -> None:
         """Block until :meth:`stop` is called, or until idle for ``idle_exit`` seconds (0/None = never)."""
@@ -448,12 +437,7 @@ class FlameServer:
             return
         self._stopped.set()
         if self.publish:
-            try:
-                info = read_server_info(self.home)
-                if info and info.get("pid") == os.getpid():
-                    (self.home / SERVER_FILE).unlink()
-            except FileNotFoundError:
-                pass
+            withdraw_server_info(self.home, os.getpid())
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown(timeout=self.settings.shutdown_grace + 5)
@@ -471,26 +455,3 @@ class FlameServer:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-
-
-def read_server_info(home: Path) -> dict[str, Any] | None:
-    """What ``FLAME_HOME/server.json`` says, or None."""
-    try:
-        data = json.loads((Path(home) / SERVER_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def server_lock_held(home: Path) -> bool:
-    """True when a server process holds FLAME_HOME's lock (so it is alive)."""
-    path = Path(home) / LOCK_FILE
-    if not path.exists():
-        return False
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False
