@@ -15,13 +15,17 @@ from pathlib import Path
 
 from flamepy_core.cli.appspec import AppSpec, load_app_specs
 from flamepy_core.cli.output import table, to_json, when
+from flamepy_core.client import local
 from flamepy_core.client.connection import Connection, connect_config
 from flamepy_core.client.embedded import provide_inprocess_servers
 from flamepy_core.client.session import Session
 from flamepy_core.config import ClientConfig, resolve_config
 from flamepy_core.contracts.errors import FlameError
+from flamepy_core.contracts.transport import KeyPairTransport
 from flamepy_core.engine import IN_PROCESS_SERVERS
+from flamepy_core.engine.security import add_security_arguments, security_argv
 from flamepy_core.model import ApplicationAttributes, ResourceRequirement, SessionAttributes, short_name
+from flamepy_core.plugins import get_registry
 from flamepy_core.serialization import application_environments
 
 
@@ -37,8 +41,6 @@ def _connection(args: argparse.Namespace) -> Connection:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from flamepy_core.plugins import get_registry
-
     registry = get_registry()
     transports = [
         {
@@ -286,16 +288,16 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from flamepy_core.client import local
-
     config = _config(args)
     home = config.home
+    registry = get_registry()
     if args.server_command == "status":
         info = local.live_server(home)
         if not info:
             print(f"no flamepy server is running for {home}")
             return 3
-        print(f"flamepy server for {home}: pid {info['pid']}, listening on {info['endpoint']}")
+        running = f" with {info['transport']}" if info.get("transport") else ""
+        print(f"flamepy server for {home}: pid {info['pid']}, listening on {info['endpoint']}{running}")
         return 0
     if args.server_command == "stop":
         stopped = local.stop_server(home)
@@ -306,46 +308,60 @@ def cmd_server(args: argparse.Namespace) -> int:
     if info:
         print(f"a flamepy server is already running for {home}: pid {info['pid']}, {info['endpoint']}")
         return 0 if not args.listen or args.listen == info["endpoint"] else 1
+    transport: str | None = args.transport or config.transport
+    if transport and not args.listen:
+        # An unknown name, or one that cannot listen privately in FLAME_HOME: refused before anything starts.
+        purpose = "for the server's default listen endpoint (a private socket in FLAME_HOME)"
+        registry.require(registry.transport_spec(transport), "local_schemes", purpose)
+    argv: list[str] = []
+    if args.listen:
+        argv += ["--listen", args.listen]
+    if args.idle_exit is not None:
+        argv += ["--idle-exit", str(args.idle_exit)]
+    argv += security_argv(args, registry)
     if args.foreground:
         from flamepy_core.engine.__main__ import main as serve
 
-        argv = ["--home", str(home)]
-        if args.listen:
-            argv += ["--listen", args.listen]
-        transport = args.transport or config.transport
-        if transport:
-            argv += ["--transport", transport]
-        if args.idle_exit is not None:
-            argv += ["--idle-exit", str(args.idle_exit)]
-        for flag, value in _tls_flags(args):
-            argv += [flag, str(value)]
-        return serve(argv)
-    if args.listen:
-        print(
-            "flmctl server start: --listen needs --foreground (the background server listens in FLAME_HOME)",
-            file=sys.stderr,
-        )
-        return 2
-    if _tls_flags(args):
-        print(
-            "flmctl server start: --tls-* need --foreground and an https:// or grpcs:// --listen endpoint",
-            file=sys.stderr,
-        )
-        return 2
-    info = local.start_server(home, transport=args.transport or config.transport, idle_exit=args.idle_exit)
-    print(f"started a flamepy server for {home}: pid {info['pid']}, listening on {info['endpoint']}")
+        return serve(["--home", str(home), *(["--transport", transport] if transport else []), *argv])
+    info = local.start_server(home, transport=transport, extra_argv=argv)
+    where = f" with {info['transport']}" if info.get("transport") else ""
+    print(f"started a flamepy server for {home}: pid {info['pid']}, listening on {info['endpoint']}{where}")
     return 0
 
 
-def _tls_flags(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    """The TLS flags given to ``server start``, as passed on to ``python -m flamepy_core.engine``."""
-    given = (
-        ("--tls-cert", args.tls_cert),
-        ("--tls-key", args.tls_key),
-        ("--tls-client-ca", args.tls_client_ca),
-        ("--tls-ca", args.tls_ca),
-    )
-    return [(flag, value) for flag, value in given if value is not None]
+# -- keys -------------------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Make a key pair with a transport that can (CURVE for ZeroMQ): ``NAME.key`` and ``NAME.key_secret``."""
+    registry = get_registry()
+    makers = [c for c in registry.transports() if isinstance(registry.create_transport(c), KeyPairTransport)]
+    if args.transport:
+        chosen = registry.transport_spec(args.transport)
+        if chosen not in makers:
+            able = ", ".join(c.spec.name for c in makers) or "none is installed"
+            print(f"flmctl keygen: transport '{args.transport}' makes no key pairs; these do: {able}", file=sys.stderr)
+            return 2
+    elif len(makers) == 1:
+        chosen = makers[0]
+    else:
+        able = ", ".join(c.spec.name for c in makers) or "none is installed"
+        print(f"flmctl keygen: choose the transport with --transport ({able})", file=sys.stderr)
+        return 2
+    transport = registry.create_transport(chosen)
+    assert isinstance(transport, KeyPairTransport)
+    directory = Path(args.dir).expanduser().resolve()
+    try:
+        public, secret = transport.make_key_pair(str(directory), args.name)
+    except FileExistsError as exc:
+        print(f"flmctl keygen: {exc}", file=sys.stderr)
+        return 1
+    security = chosen.spec.capabilities.security
+    mechanism = security.mechanism if security is not None else chosen.spec.name
+    print(f"{mechanism} key pair '{args.name}' for transport {chosen.spec.name}:")
+    print(f"  public key  {public}   (hand it out: servers list it to admit this key, clients name a server's)")
+    print(f"  key pair    {secret}   (keep it private: readable by you only)")
+    return 0
 
 
 # -- parser -----------------------------------------------------------------------------------------
@@ -402,20 +418,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("server", cmd_server, "start, stop or inspect the local server of FLAME_HOME")
     server_sub = p.add_subparsers(dest="server_command", required=True, metavar="ACTION")
     start = server_sub.add_parser("start", help="start the server (in the background unless --foreground)")
-    start.add_argument("--listen", default=None, help="endpoint URL to listen on (with --foreground)")
+    start.add_argument("--listen", default=None, help="endpoint URL to listen on (default: a socket in FLAME_HOME)")
     start.add_argument("--foreground", action="store_true")
-    start.add_argument("--transport", default=None, help="zmq (default) or grpc; default: FLAME_TRANSPORT / flame.yaml")
+    start.add_argument(
+        "--transport", default=None, help="the runtime's transport; default: FLAME_TRANSPORT / flame.yaml"
+    )
     start.add_argument("--idle-exit", type=float, default=None, help="exit after N idle seconds (0 = never)")
-    tls_help = {
-        "--tls-cert": "the server's certificate (PEM), to serve TLS on an https:// or grpcs:// --listen",
-        "--tls-key": "its private key (PEM)",
-        "--tls-client-ca": "mutual TLS: refuse clients without a certificate signed by this CA (PEM)",
-        "--tls-ca": "the CA that signed --tls-cert, given to instances as FLAME_CA_FILE (default: $FLAME_CA_FILE)",
-    }
-    for flag, text in tls_help.items():
-        start.add_argument(flag, type=Path, default=None, metavar="FILE", help=f"{text} (with --foreground)")
+    add_security_arguments(start, get_registry())
     server_sub.add_parser("stop", help="stop the server")
     server_sub.add_parser("status", help="say whether a server runs, and where")
+
+    p = add("keygen", cmd_keygen, "make a key pair for a transport's authentication (CURVE for ZeroMQ)")
+    p.add_argument("name", help="the pair's name: writes NAME.key (public) and NAME.key_secret (private)")
+    p.add_argument("--dir", default=".", help="where to write them (default: the current directory)")
+    p.add_argument("--transport", default=None, help="the transport whose keys to make (default: the only one able)")
     return parser
 
 

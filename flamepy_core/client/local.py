@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from flamepy_core.home import SERVER_LOG, START_LOCK, live_server, read_server_i
 
 __all__ = ["ensure_local_server", "live_server", "start_server", "stop_server"]
 
+log = logging.getLogger(__name__)
+
 
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
@@ -31,9 +34,17 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def start_server(
-    home: Path, *, transport: str | None = None, timeout: float = 30.0, idle_exit: float | None = None
+    home: Path,
+    *,
+    transport: str | None = None,
+    timeout: float = 30.0,
+    idle_exit: float | None = None,
+    extra_argv: list[str] | None = None,
 ) -> dict[str, object]:
-    """Start a detached server for ``home`` and wait until it is ready (or fail with its log)."""
+    """Start a detached server for ``home`` and wait until it is ready (or fail with its log).
+
+    ``extra_argv`` are more arguments of ``python -m flamepy_core.engine`` (``--listen``, security flags).
+    """
     home.mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
     log_path = home / "logs" / SERVER_LOG
@@ -42,6 +53,7 @@ def start_server(
         argv += ["--transport", transport]
     if idle_exit is not None:
         argv += ["--idle-exit", str(idle_exit)]
+    argv += extra_argv or []
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
@@ -66,10 +78,43 @@ def start_server(
     )
 
 
-def ensure_local_server(home: Path, *, transport: str | None = None, timeout: float = 30.0) -> str:
-    """The endpoint of the live server for ``home``, starting one if there is none."""
+_told: set[tuple[str, str, str]] = set()
+"""(home, transport asked for, transport of the live server) already reported: say it once per process."""
+
+
+def _say_transport(home: Path, info: dict[str, object], transport: str | None, asked_by: str | None) -> None:
+    running = str(info.get("transport") or "")
+    if not transport or not running or running == transport:
+        return
+    key = (str(home), transport, running)
+    if key in _told:
+        return
+    _told.add(key)
+    log.info(
+        "%s asks for transport %s, but the server for %s already runs with %s (pid %s, %s): connecting with %s. "
+        "To switch, stop it (`flmctl server stop`); the next client starts one with %s",
+        asked_by or "the configuration",
+        transport,
+        home,
+        running,
+        info.get("pid"),
+        info.get("endpoint"),
+        running,
+        transport,
+    )
+
+
+def ensure_local_server(
+    home: Path, *, transport: str | None = None, timeout: float = 30.0, asked_by: str | None = None
+) -> str:
+    """The endpoint of the live server for ``home``, starting one (with ``transport``) if there is none.
+
+    A live server on another transport than ``transport`` is used as it is: its clients connect with its
+    transport (the endpoint says which), and this is logged once at INFO, naming both.
+    """
     info = live_server(home)
     if info:
+        _say_transport(home, info, transport, asked_by)
         return str(info["endpoint"])
     home.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
@@ -89,6 +134,7 @@ def ensure_local_server(home: Path, *, transport: str | None = None, timeout: fl
         try:
             info = live_server(home)  # someone else may have started it while we waited
             if info:
+                _say_transport(home, info, transport, asked_by)
                 return str(info["endpoint"])
             return str(
                 start_server(home, transport=transport, timeout=max(1.0, deadline - time.monotonic()))["endpoint"]

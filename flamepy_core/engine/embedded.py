@@ -1,4 +1,4 @@
-"""``inmem://NAME``: the same engine inside the calling process (tests, notebooks).
+"""An in-process endpoint (``inmem://NAME``): the same engine inside the calling process (tests, notebooks).
 
 Its instances are still processes; they reach the object cache through a socket the in-process server
 also serves. With ``FLAME_INSTANCE_MODE=inprocess`` they run in this process too (the service file is
@@ -35,14 +35,15 @@ def ensure_inprocess_server(endpoint: str, home: Path, *, instance_mode: str | N
         server = _servers.get(endpoint)
         if server is None:
             home.mkdir(parents=True, exist_ok=True)
-            name = endpoint[len("inmem://") :].replace("/", "_") or "default"
+            scheme, _, rest = endpoint.partition("://")
+            name = rest.replace("/", "_") or "default"
             server = FlameServer(
                 home,
                 endpoint,
                 publish=False,
                 # The registry's shared transport object: this process's clients reach the server through it.
                 frontend_transport=get_registry().shared_transport(endpoint, {"max_workers": SERVER_WORKERS}),
-                db_path=home / f"inmem-{name}.db",
+                db_path=home / f"{scheme}-{name}.db",
                 instance_mode=instance_mode or os.environ.get(INSTANCE_MODE_ENV, "").strip() or "process",
             )
             server.start()

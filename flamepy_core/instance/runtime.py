@@ -1,7 +1,8 @@
 """Serving a ``FlameService`` on ``FLAME_INSTANCE_ENDPOINT``.
 
-A bare path (what Flame's executors pass) is served as gRPC on that unix socket, so services written
-with this SDK run under Flame's executors; a URL with a scheme picks the transport by that scheme.
+A bare path (what Flame's executors pass) is served by the transport that speaks Flame's protocol on a
+bare socket path (``bare_path_scheme``), so services written with this SDK run under Flame's executors;
+a URL with a scheme picks the transport by that scheme.
 The process exits when told to (SIGTERM/SIGINT) or when the executor that started it goes away, so an
 instance never outlives its server.
 """
@@ -20,9 +21,10 @@ from types import FrameType
 
 from flamepy_core.config import normalize_endpoint
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import CallContext, Handler, UnaryHandler
+from flamepy_core.contracts.transport import CallContext, Handler, Server, Transport, UnaryHandler
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.plugins import get_registry
+from flamepy_core.transport_kit import adapt_handlers
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -110,6 +112,10 @@ def instance_handlers(service: FlameService) -> dict[str, Handler]:
     }
 
 
+def _serve(transport: Transport, endpoint: str, service: FlameService) -> Server:
+    return transport.serve(endpoint, adapt_handlers(instance_handlers(service), transport.capabilities))
+
+
 def _watch_parent(stop: Callable[[], None], interval: float = 0.5) -> None:
     parent = os.getppid()
 
@@ -134,16 +140,17 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
             f"runtime, not by hand. Register it as an application (flmctl register --file app.yaml) and call "
             f"it with flamepy.service.Session(...).invoke(...)",
         )
-    url = normalize_endpoint(raw)
+    registry = get_registry()
+    url = registry.endpoint_url(normalize_endpoint(raw))
     fast = None if endpoint else os.environ.get(FAST_ENDPOINT_ENV)
     server = None
     if fast:
         try:
-            server = get_registry().transport(fast).serve(fast, instance_handlers(service))
+            server = _serve(registry.transport(fast), fast, service)
         except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
             log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, url)
     if server is None:
-        server = get_registry().transport(url).serve(url, instance_handlers(service))
+        server = _serve(registry.transport(url), url, service)
     done = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:

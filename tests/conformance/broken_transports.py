@@ -20,8 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Mapping
 
-from flamepy_transports.inmem.plugin import DEFAULT_MAX_MESSAGE_SIZE
-from flamepy_transports.inmem.transport import InMemoryTransport
+from flamepy_transports.inmem.transport import DEFAULT_MAX_MESSAGE_SIZE, InMemoryTransport
 
 from flamepy_core.contracts import TransportCapabilities, TransportSpec, hookimpl
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
