@@ -70,6 +70,7 @@ __all__ = [
     "load_flame_file",
     "load_yaml_documents",
     "normalize_endpoint",
+    "read_yaml_file",
     "resolve_config",
 ]
 
@@ -207,13 +208,99 @@ class _Walker:
         return out
 
 
+MAX_YAML_SIZE = 1024 * 1024
+"""Largest YAML file read (``flame.yaml``, application files), in characters: 1 MiB."""
+MAX_YAML_VALUES = 100_000
+"""Most values (scalars, lists, mappings) one YAML document may expand to, aliases counted each time
+they repeat their anchor: an alias bomb (a few lines that expand to billions of values) stops here."""
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of lists and mappings in one YAML document."""
+
+
+def read_yaml_file(path: Path, code: FlameErrorCode, what: str = "") -> str:
+    """The text of a YAML file, refused (``FlameError(code)``) when larger than :data:`MAX_YAML_SIZE`.
+
+    Read with a bound rather than after a size check, so a FIFO or a growing file cannot hold more.
+    ``FileNotFoundError`` is left to the caller (a missing ``flame.yaml`` is fine); other read errors
+    and non-UTF-8 text are ``FlameError(code)`` naming the file.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read(MAX_YAML_SIZE + 1)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FlameError(code, f"cannot read {what}{path}: {exc}") from None
+    if len(text) > MAX_YAML_SIZE:
+        raise FlameError(
+            code,
+            f"{path}: the file is larger than {MAX_YAML_SIZE} characters, the most a YAML file read here may "
+            f"hold; is it the right file?",
+        )
+    return text
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: Node, label: str, code: FlameErrorCode) -> None:
+    """Refuse a document that expands beyond :data:`MAX_YAML_VALUES` or :data:`MAX_YAML_DEPTH`, or loops.
+
+    Measured on the composed graph, where an alias is a second reference to its anchor's node, with one
+    memoised walk (no expansion): so a bomb is refused in time proportional to its text, before anything
+    (merge keys included) expands it.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+
+    def fail(node: Node, problem: str) -> FlameError:
+        return FlameError(code, f"{label}, line {node.start_mark.line + 1}: {problem}")
+
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            children = _children(node)
+            size[key] = min(MAX_YAML_VALUES + 1, 1 + sum(size[id(c)] for c in children))
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[key] > MAX_YAML_VALUES:
+                raise fail(
+                    node,
+                    f"this YAML expands to more than {MAX_YAML_VALUES} values (its aliases repeat their "
+                    f"anchors' content), the most a configuration may hold; write the values out, or use "
+                    f"fewer aliases",
+                )
+            if depth[key] > MAX_YAML_DEPTH:
+                raise fail(node, f"lists and mappings are nested more than {MAX_YAML_DEPTH} levels deep")
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise fail(node, "recursive YAML alias; a configuration must be a tree")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in size)
+
+
 def load_yaml_documents(text: str, source: str, code: FlameErrorCode) -> list[YamlDocument]:
     """Parse every document of ``text`` (``---``-separated) keeping line numbers.
 
     Empty documents come back with ``value=None`` so callers count documents as the user does. Any YAML
     error becomes ``FlameError(code, ...)`` naming ``source`` and the line and column, because a raw
-    ``yaml.YAMLError`` would not say which file was being read.
+    ``yaml.YAMLError`` would not say which file was being read. Input is bounded: at most
+    :data:`MAX_YAML_SIZE` characters, and each document at most :data:`MAX_YAML_VALUES` values once its
+    aliases are expanded and :data:`MAX_YAML_DEPTH` levels deep, so hostile YAML fails fast.
     """
+    if len(text) > MAX_YAML_SIZE:
+        raise FlameError(code, f"{source}: larger than {MAX_YAML_SIZE} characters, the most a YAML input may hold")
     loader = yaml.SafeLoader(text)
     docs: list[YamlDocument] = []
     try:
@@ -227,6 +314,7 @@ def load_yaml_documents(text: str, source: str, code: FlameErrorCode) -> list[Ya
             nodes.append(node)
         for index, node in enumerate(nodes, start=1):
             label = f"{source}, document {index}" if len(nodes) > 1 else source
+            _check_expansion(node, label, code)
             walker = _Walker(loader, label, code)
             value = walker.walk(node, ())
             docs.append(YamlDocument(value, index, node.start_mark.line + 1, walker.lines, walker.raw))
@@ -237,6 +325,11 @@ def load_yaml_documents(text: str, source: str, code: FlameErrorCode) -> list[Ya
         raise FlameError(code, f"{source}{where}: malformed YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise FlameError(code, f"{source}: malformed YAML: {exc}") from None
+    except RecursionError:
+        # The composer recurses once per nesting level: far deeper than MAX_YAML_DEPTH ends here.
+        raise FlameError(
+            code, f"{source}: lists and mappings are nested more than {MAX_YAML_DEPTH} levels deep"
+        ) from None
     finally:
         loader.dispose()
     return docs
@@ -461,11 +554,9 @@ def load_flame_file(path: str | os.PathLike[str]) -> ContextEntry | None:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_yaml_file(p, FlameErrorCode.INVALID_CONFIG)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FlameError(FlameErrorCode.INVALID_CONFIG, f"cannot read {p}: {exc}") from None
     docs = load_yaml_documents(text, str(p), FlameErrorCode.INVALID_CONFIG)
     if len(docs) > 1:
         raise FlameError(
@@ -845,6 +936,9 @@ class RuntimeSettings:
     stderr_tail_lines                lines of a dead instance's stderr      20
                                      quoted in its error
     warm_pool_max                    idle warm instances kept per app       8
+    store_check_timeout              s the start-up integrity check of the  10 (0 = no check)
+                                     store may take; a larger store is
+                                     checked that far
     ===============================  =====================================  ===========================
 
     Seconds are floats; counts and bytes are integers. Negative values are refused, and so is zero where
@@ -865,6 +959,7 @@ class RuntimeSettings:
     heartbeat_interval: float = _setting(1.0, "seconds", ">0")
     stderr_tail_lines: int = _setting(20, "count", ">=0")
     warm_pool_max: int = _setting(8, "count", ">=0")
+    store_check_timeout: float = _setting(10.0, "seconds", ">=0")
 
     @classmethod
     def env_var(cls, name: str) -> str:

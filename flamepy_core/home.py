@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.privacy import open_private, write_private_file
 
 SERVER_FILE = "server.json"
 """What the live server publishes: ``pid``, ``endpoint``, ``transport``, ``cache_endpoint``, ``home``..."""
 LOCK_FILE = "server.lock"
 """Held (``flock``) by the live server for its whole life."""
+STARTUP_ERROR_PREFIX = "flamepy server: "
+"""How ``python -m flamepy_core.engine`` prints the error that stopped it from starting (one line, ending
+with ``(code: N)``), so whoever started it can relay it rather than a traceback."""
 START_LOCK = "start.lock"
 """Held by a client while it starts a server, so two clients never start two."""
 DB_FILE = "flame.db"
@@ -43,7 +47,7 @@ def server_lock_held(home: Path) -> bool:
     path = Path(home) / LOCK_FILE
     if not path.exists():
         return False
-    with open(path, "a+") as fh:
+    with os.fdopen(open_private(path, os.O_RDWR | os.O_APPEND), "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,7 +66,7 @@ def live_server(home: Path) -> dict[str, Any] | None:
 
 def take_server_lock(home: Path) -> IO[str]:
     """The home's lock, held until the returned file is closed; ALREADY_EXISTS naming the live server if taken."""
-    lock = open(Path(home) / LOCK_FILE, "a+")  # noqa: SIM115 - held for the server's life
+    lock = os.fdopen(open_private(Path(home) / LOCK_FILE, os.O_RDWR | os.O_APPEND), "a+")  # held for its life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -78,10 +82,8 @@ def take_server_lock(home: Path) -> IO[str]:
 
 
 def publish_server_info(home: Path, info: dict[str, Any]) -> None:
-    """Write ``server.json`` atomically (a reader never sees half of it)."""
-    tmp = Path(home) / f".{SERVER_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, Path(home) / SERVER_FILE)
+    """Write ``server.json`` atomically (a reader never sees half of it), private to its owner (0600)."""
+    write_private_file(Path(home) / SERVER_FILE, json.dumps(info).encode())
 
 
 def withdraw_server_info(home: Path, pid: int) -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install flamepy with its dev extra into it. Safe to run again.
+# Create .venv (if needed) and install flamepy with its dev, docs and release extras into it. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -10,4 +10,4 @@ fi
 # every command run from the repository root: it is a build artifact, never the truth.
 rm -rf ./*.egg-info examples/*/*.egg-info
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,docs,release]"

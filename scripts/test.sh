@@ -7,10 +7,17 @@ bash scripts/setup.sh
 . .venv/bin/activate
 echo "== ruff"
 ruff check .
+ruff format --check .
 echo "== mypy"
 mypy
 echo "== layering (import-linter: the core's imports point one way, see pyproject.toml)"
 lint-imports --no-cache
+echo "== the docs site (mkdocs build --strict: a broken link or API reference fails it)"
+site_dir="$(mktemp -d)"
+trap 'rm -rf "$site_dir"' EXIT
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$site_dir"
+echo "== the distributions: build, twine check, contents, and the wheel alone in fresh virtualenvs"
+python scripts/check_dist.py
 echo "== conformance suite against each bundled transport and serializer"
 for transport in inmem grpc zmq; do
   flamepy-conformance --transport "$transport"

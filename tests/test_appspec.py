@@ -269,7 +269,7 @@ ERROR_CASES = [
     ),
     pytest.param(
         "metadata:\n  name: team/app\n",
-        "metadata.name", 2, ["'team/app' is not accepted", "without '/'"],
+        "metadata.name", 2, ["'team/app' is not accepted", "contains '/' at position 4", "characters of letters"],
         id="slash-in-name",
     ),
     pytest.param(

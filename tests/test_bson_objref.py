@@ -300,9 +300,7 @@ def test_large_version_is_int64_and_round_trips() -> None:
 
 
 def test_decode_accepts_any_key_order_and_missing_version() -> None:
-    assert ObjectRef.decode(bson.encode({"version": 3, "key": "a/b/c", "endpoint": "e"})) == ObjectRef(
-        "e", "a/b/c", 3
-    )
+    assert ObjectRef.decode(bson.encode({"version": 3, "key": "a/b/c", "endpoint": "e"})) == ObjectRef("e", "a/b/c", 3)
     assert ObjectRef.decode(bson.encode({"endpoint": "e", "key": "a/b/c"})) == ObjectRef("e", "a/b/c", 0)
 
 

@@ -127,9 +127,7 @@ def test_defaults_when_nothing_configured(tmp_path: Path) -> None:
         "cache_ca_file",
         "cache_storage",
     }
-    assert {k: v for k, v in cfg.source.items() if k != "home"} == dict.fromkeys(
-        set(cfg.source) - {"home"}, "default"
-    )
+    assert {k: v for k, v in cfg.source.items() if k != "home"} == dict.fromkeys(set(cfg.source) - {"home"}, "default")
     assert cfg.source["home"] == "argument"
 
 
@@ -144,13 +142,9 @@ def test_file_fields_and_cache_storage_precedence(tmp_path: Path) -> None:
 
 def test_flame_home_env_selects_the_file_and_home_argument_beats_it(tmp_path: Path) -> None:
     env_home = tmp_path / "env-home"
-    write_conf(
-        env_home, "current-context: a\ncontexts:\n  - name: a\n    cluster: {endpoint: 'grpc://e:1'}\n"
-    )
+    write_conf(env_home, "current-context: a\ncontexts:\n  - name: a\n    cluster: {endpoint: 'grpc://e:1'}\n")
     arg_home = tmp_path / "arg-home"
-    write_conf(
-        arg_home, "current-context: b\ncontexts:\n  - name: b\n    cluster: {endpoint: 'grpc://a:2'}\n"
-    )
+    write_conf(arg_home, "current-context: b\ncontexts:\n  - name: b\n    cluster: {endpoint: 'grpc://a:2'}\n")
 
     cfg = resolve_config(env={"FLAME_HOME": str(env_home)})
     assert (cfg.home, cfg.endpoint, cfg.source["home"]) == (env_home, "grpc://e:1", "env:FLAME_HOME")
@@ -184,9 +178,7 @@ def test_empty_env_var_counts_as_unset(tmp_path: Path) -> None:
 def test_endpoints_are_normalised_from_every_source(tmp_path: Path) -> None:
     write_conf(tmp_path, "current-context: a\ncontexts:\n  - name: a\n    cluster: {endpoint: 'file:8080'}\n")
     assert resolve_config(home=tmp_path, env={}).endpoint == "http://file:8080"
-    assert (
-        resolve_config(home=tmp_path, env={"FLAME_ENDPOINT": "/run/x.sock"}).endpoint == "/run/x.sock"
-    )
+    assert resolve_config(home=tmp_path, env={"FLAME_ENDPOINT": "/run/x.sock"}).endpoint == "/run/x.sock"
     assert resolve_config(home=tmp_path, endpoint="h:1").endpoint == "http://h:1"
     with pytest.raises(FlameError) as ei:
         resolve_config(home=tmp_path, endpoint="")

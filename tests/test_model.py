@@ -356,9 +356,7 @@ def test_task_completion_for_every_state(state: TaskState) -> None:
 
 def test_task_state_coerced_and_validated() -> None:
     assert Task("1", "s", 2, T0).state is TaskState.SUCCEED  # type: ignore[arg-type]
-    with pytest.raises(
-        ValueError, match=r"Task.state: 9 is not a TaskState number; accepted: .*CANCELLED \(4\)"
-    ):
+    with pytest.raises(ValueError, match=r"Task.state: 9 is not a TaskState number; accepted: .*CANCELLED \(4\)"):
         Task("1", "s", 9, T0)  # type: ignore[arg-type]
 
 
@@ -450,9 +448,7 @@ def test_session_attributes_defaults_and_validation() -> None:
     assert SessionAttributes("app", resreq="cpu=1").resreq == ResourceRequirement(cpu=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="application cannot be empty"):
         SessionAttributes("")
-    with pytest.raises(
-        ValueError, match=r"SessionAttributes.min_instances must be between 0 and \d+, got -1"
-    ):
+    with pytest.raises(ValueError, match=r"SessionAttributes.min_instances must be between 0 and \d+, got -1"):
         SessionAttributes("app", min_instances=-1)
     with pytest.raises(TypeError, match=r"SessionAttributes\.max_instances must be an int, got str"):
         SessionAttributes("app", max_instances="3")  # type: ignore[arg-type]
@@ -533,9 +529,7 @@ def test_application_attributes_normalisation() -> None:
         ({"schema": "{}"}, TypeError, "ApplicationAttributes.schema must be an ApplicationSchema"),
     ],
 )
-def test_application_attributes_validation(
-    kwargs: dict[str, object], exc: type[Exception], fragment: str
-) -> None:
+def test_application_attributes_validation(kwargs: dict[str, object], exc: type[Exception], fragment: str) -> None:
     with pytest.raises(exc, match=re.escape(fragment)):
         ApplicationAttributes(**kwargs)  # type: ignore[arg-type]
 
@@ -558,9 +552,7 @@ def test_application_spec_defaults_shim_and_leaves_optionals_unset() -> None:
     assert list(spec.labels) == [] and list(spec.environments) == []
 
 
-@pytest.mark.parametrize(
-    "schema", [ApplicationSchema(), ApplicationSchema(input="", output="  ", common_data="\n")]
-)
+@pytest.mark.parametrize("schema", [ApplicationSchema(), ApplicationSchema(input="", output="  ", common_data="\n")])
 def test_blank_schema_is_not_sent(schema: ApplicationSchema) -> None:
     assert not application_attributes_to_spec(ApplicationAttributes(schema=schema)).HasField("schema")
 

@@ -261,9 +261,7 @@ def descriptor_differences(expected: FileDescriptorProto, actual: FileDescriptor
                     diffs.append(f"rpc {svc}.{name}: {key} upstream {e}, ours {a}")
             for key in ("server_streaming", "client_streaming"):
                 if getattr(exp_m, key) != getattr(act_m, key):
-                    diffs.append(
-                        f"rpc {svc}.{name}: {key} upstream {getattr(exp_m, key)}, ours {getattr(act_m, key)}"
-                    )
+                    diffs.append(f"rpc {svc}.{name}: {key} upstream {getattr(exp_m, key)}, ours {getattr(act_m, key)}")
     return diffs
 
 
@@ -272,9 +270,7 @@ def descriptor_differences(expected: FileDescriptorProto, actual: FileDescriptor
 
 
 @pytest.mark.parametrize("stem", list(OURS))
-def test_descriptor_matches_published_wheel(
-    stem: str, upstream_descriptors: dict[str, FileDescriptorProto]
-) -> None:
+def test_descriptor_matches_published_wheel(stem: str, upstream_descriptors: dict[str, FileDescriptorProto]) -> None:
     published = upstream_descriptors[stem]
     assert published.package == PACKAGE
     diffs = descriptor_differences(published, ours(stem))
@@ -398,9 +394,7 @@ def test_method_tables() -> None:
         assert method.response.DESCRIPTOR.full_name == f"flame.v1.{response}"
     assert set(methods.FRONTEND) == set(FRONTEND_RPCS)
 
-    assert {
-        name: (m.request.DESCRIPTOR.name, m.response.DESCRIPTOR.name) for name, m in methods.INSTANCE.items()
-    } == {
+    assert {name: (m.request.DESCRIPTOR.name, m.response.DESCRIPTOR.name) for name, m in methods.INSTANCE.items()} == {
         "OnSessionEnter": ("SessionContext", "Result"),
         "OnTaskInvoke": ("TaskContext", "TaskResult"),
         "OnSessionLeave": ("EmptyRequest", "Result"),
@@ -413,6 +407,7 @@ def test_method_tables() -> None:
         "PatchObject",
         "GetObject",
         "DeleteObjects",
+        "GetObjectPart",
     }
     assert methods.OBJECT_CACHE["GetObject"].path == "/flamepy.cache.v1.ObjectCache/GetObject"
 
@@ -422,7 +417,7 @@ def test_method_tables() -> None:
         "/flame.v1.Frontend/ListTask",
         "/flamepy.ext.v1.Tasks/WatchSession",
     }
-    assert len(methods.ALL_METHODS) == 18 + 3 + 5 + 2  # Frontend, Instance, ObjectCache, flamepy.ext.v1
+    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 2  # Frontend, Instance, ObjectCache, flamepy.ext.v1
     assert all(path == m.path for path, m in methods.ALL_METHODS.items())
 
     # The tables hand out the generated classes themselves, not look-alikes.

@@ -1,10 +1,29 @@
 """``flamepy.core``: Flame's core API (client, service base classes, object cache, types).
 
-Thin: it re-exports from :mod:`flamepy_core`, which holds the machinery.
+Thin: it re-exports the implementation modules ``flamepy.core.client``, ``.types``, ``.service`` and
+``.cache`` (Flame's module names), which re-export from :mod:`flamepy_core`, where the machinery is.
 """
 
-from flamepy_core.client.api import (
+from flamepy.core.cache import (
+    WILDCARD_SESSION,
+    ObjectKey,
+    ObjectRef,
+    delete_objects,
+    download_object,
+    get_object,
+    patch_object,
+    put_object,
+    update_object,
+    upload_object,
+)
+from flamepy.core.client import (
+    Connection,
+    ConnectionInstance,
+    Session,
+    TaskFailedError,
+    TaskWatcher,
     close_session,
+    connect,
     create_session,
     get_application,
     get_session,
@@ -17,49 +36,58 @@ from flamepy_core.client.api import (
     unregister_application,
     update_application,
 )
-from flamepy_core.client.connection import Connection, connect
-from flamepy_core.client.objects import delete_objects, get_object, patch_object, put_object, update_object
-from flamepy_core.client.session import Session, TaskFailedError, TaskWatcher
-from flamepy_core.config import (
+from flamepy.core.service import (
+    ApplicationContext,
+    FlameInstanceServer,
+    FlameInstanceServicer,
+    FlameService,
+    SessionContext,
+    TaskContext,
+    run,
+)
+from flamepy.core.types import (
     DEFAULT_FLAME_CACHE_ENDPOINT,
     DEFAULT_FLAME_CONF,
     DEFAULT_FLAME_ENDPOINT,
     FLAME_INSTANCE_ENDPOINT,
-    FlameClientCache,
-    FlameClientTls,
-    FlameClusterConfig,
-    FlameContext,
-    FlameContextRunner,
-    FlamePackage,
-)
-from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.instance.runtime import run
-from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
-from flamepy_core.model import (
     Application,
     ApplicationAttributes,
+    ApplicationID,
     ApplicationSchema,
     ApplicationState,
+    CommonData,
     Event,
+    FlameContext,
+    FlameContextRunner,
+    FlameError,
+    FlameErrorCode,
+    FlamePackage,
+    Message,
     ResourceRequirement,
     SessionAttributes,
+    SessionID,
     SessionState,
     Shim,
     Task,
+    TaskID,
     TaskInformer,
+    TaskInput,
+    TaskOutput,
     TaskState,
     short_name,
 )
-from flamepy_core.objref import WILDCARD_SESSION, ObjectKey, ObjectRef
+from flamepy.core.types import (
+    FlameClientCache as FlameClientCache,
+)
+from flamepy.core.types import (
+    FlameClientTls as FlameClientTls,
+)
+from flamepy.core.types import (
+    FlameClusterConfig as FlameClusterConfig,
+)
 
-TaskID = str
-SessionID = str
-ApplicationID = str
-Message = bytes
-TaskInput = bytes
-TaskOutput = bytes
-CommonData = bytes
-
+# FlameClientCache, FlameClientTls and FlameClusterConfig are importable here but, as in Flame, live in
+# flamepy.core.types and are not part of __all__.
 __all__ = [
     "DEFAULT_FLAME_CACHE_ENDPOINT",
     "DEFAULT_FLAME_CONF",
@@ -74,14 +102,14 @@ __all__ = [
     "ApplicationState",
     "CommonData",
     "Connection",
+    "ConnectionInstance",
     "Event",
-    "FlameClientCache",
-    "FlameClientTls",
-    "FlameClusterConfig",
     "FlameContext",
     "FlameContextRunner",
     "FlameError",
     "FlameErrorCode",
+    "FlameInstanceServer",
+    "FlameInstanceServicer",
     "FlamePackage",
     "FlameService",
     "Message",
@@ -107,6 +135,7 @@ __all__ = [
     "connect",
     "create_session",
     "delete_objects",
+    "download_object",
     "get_application",
     "get_object",
     "get_session",
@@ -123,4 +152,5 @@ __all__ = [
     "unregister_application",
     "update_application",
     "update_object",
+    "upload_object",
 ]

@@ -3,7 +3,7 @@
 A file holds one or more YAML documents separated by ``---``; each describes one application::
 
     metadata:
-      name: echo-app                 # required, non-empty, no "/"
+      name: echo-app                 # required; Flame's name rule (flamepy_core.validation)
     spec:                            # every field optional
       shim: Host                     # Host|host or Wasm|wasm|WASM, normalised to "Host"/"Wasm"
       image: ...
@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flamepy_core.config import YamlDocument, YamlPath, format_key_path, load_yaml_documents
+from flamepy_core import validation
+from flamepy_core.config import YamlDocument, YamlPath, format_key_path, load_yaml_documents, read_yaml_file
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
 __all__ = ["AppSpec", "load_app_specs", "parse_app_specs"]
@@ -118,6 +119,16 @@ class _Doc:
     def bad(self, value: Any, path: YamlPath, expected: str) -> FlameError:
         return self.error(path, f"{self.show(value, path)} is not accepted; expected {expected}")
 
+    def rule(
+        self, check: Callable[[Any, str], None], value: Any, path: YamlPath, field: YamlPath | None = None
+    ) -> None:
+        """Apply one of the server's rules (:mod:`flamepy_core.validation`), reporting it with the line of
+        ``path``; ``field`` (default ``path``) is how the rule names the value."""
+        try:
+            check(value, format_key_path(path if field is None else field))
+        except FlameError as exc:
+            raise FlameError(exc.code, f"{self.label}, line {self.doc.line_of(path)}: {exc.message}") from None
+
     # -- shapes -------------------------------------------------------------------------------------
 
     def mapping(self, value: Any, path: YamlPath, known: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -148,6 +159,17 @@ class _Doc:
                 raise self.bad(item, (*path, i), "a string; quote it so YAML keeps it as written (e.g. '8080')")
         return list(value)
 
+    def arguments(self, value: Any, path: YamlPath) -> list[str]:
+        arguments = self.string_list(value, path)
+        for i, argument in enumerate(arguments):
+            self.rule(validation.check_argument, argument, (*path, i))
+        return arguments
+
+    def command(self, value: Any, path: YamlPath) -> str:
+        command = self.string(value, path)
+        self.rule(validation.check_command, command, path)
+        return command
+
     def integer(self, value: Any, path: YamlPath, low: int, high: int, unit: str = "") -> int:
         expected = f"an integer{unit} from {low} to {high}"
         if isinstance(value, bool) or not isinstance(value, int):
@@ -174,8 +196,7 @@ class _Doc:
         out: dict[str, str] = {}
         for name, v in value.items():
             p: YamlPath = (*path, name)
-            if not name or "=" in name or "\0" in name:
-                raise self.error(p, f"{name!r} is not a valid environment variable name (empty, '=' or NUL)")
+            self.rule(validation.check_environment, {name: ""}, p, field=path)
             if isinstance(v, str):
                 out[name] = v
             elif v is not None and not isinstance(v, (dict, list)) and p in self.doc.raw:
@@ -184,8 +205,7 @@ class _Doc:
                 out[name] = self.doc.raw[p]
             else:
                 raise self.bad(v, p, "a string, number or boolean (write '' for an empty value)")
-            if "\0" in out[name]:
-                raise self.error(p, "a value cannot contain a NUL character")
+            self.rule(validation.check_environment, {name: out[name]}, p, field=path)
         return out
 
     def working_directory(self, value: Any, path: YamlPath) -> str:
@@ -193,7 +213,9 @@ class _Doc:
         p = Path(text).expanduser()
         if not p.is_absolute():
             p = self.base_dir / p
-        return os.path.normpath(p)
+        resolved = os.path.normpath(p)
+        self.rule(validation.check_working_directory, resolved, path)
+        return resolved
 
     def schema(self, value: Any, path: YamlPath) -> dict[str, str]:
         raw = self.mapping(value, path, SCHEMA_KEYS, "a mapping with input, output and common_data")
@@ -228,8 +250,7 @@ class _Doc:
         if metadata.get("name") is None:
             raise self.error(("metadata", "name"), "missing; every application needs a name")
         name = self.string(metadata["name"], ("metadata", "name"))
-        if "/" in name:
-            raise self.bad(name, ("metadata", "name"), "a name without '/' (it is used in object keys)")
+        self.rule(validation.check_application_name, name, ("metadata", "name"))
 
         spec = self.mapping(top.get("spec"), ("spec",), (*_FIELDS, "serializer"), "a mapping")
         attributes: dict[str, Any] = {}
@@ -260,8 +281,8 @@ _FIELDS: dict[str, Callable[[_Doc, Any, YamlPath], Any]] = {
     "image": _str,
     "description": _any_str,
     "labels": _Doc.string_list,
-    "command": _str,
-    "arguments": _Doc.string_list,
+    "command": _Doc.command,
+    "arguments": _Doc.arguments,
     "environments": _Doc.environments,
     "working_directory": _Doc.working_directory,
     "max_instances": lambda d, v, p: d.integer(v, p, 1, _UINT32_MAX),
@@ -316,7 +337,7 @@ def load_app_specs(path: str | os.PathLike[str]) -> list[AppSpec]:
     """
     p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_yaml_file(p, FlameErrorCode.INVALID_ARGUMENT, "application file ")
+    except FileNotFoundError as exc:
         raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"cannot read application file {p}: {exc}") from None
     return parse_app_specs(text, str(p), p.absolute().parent)

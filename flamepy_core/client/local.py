@@ -3,7 +3,8 @@
 The first client (or ``flmctl``) that finds no live server starts ``python -m flamepy_core.engine`` for
 that home in its own session (it outlives the client and exits after its idle timeout), guarded by
 ``FLAME_HOME/start.lock`` so two clients never start two servers, and waits until it publishes its
-endpoint. A server that fails to start is reported with the tail of its log.
+endpoint. A server that fails to start is reported with its own start-up error (a damaged store, a bad
+setting), or else with what it wrote to its log while starting.
 """
 
 from __future__ import annotations
@@ -12,25 +13,62 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.home import SERVER_LOG, START_LOCK, live_server, read_server_info, server_lock_held
+from flamepy_core.home import (
+    SERVER_LOG,
+    START_LOCK,
+    STARTUP_ERROR_PREFIX,
+    live_server,
+    read_server_info,
+    server_lock_held,
+)
+from flamepy_core.privacy import open_private, private_dir, private_subdir
 
 __all__ = ["ensure_local_server", "live_server", "start_server", "stop_server"]
 
 log = logging.getLogger(__name__)
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
+def _log_since(path: Path, offset: int, limit: int = 64 * 1024) -> str:
+    """What the server wrote to its log from ``offset`` on (this start only), at most ``limit`` bytes."""
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as fh:
+            fh.seek(max(offset, fh.seek(0, os.SEEK_END) - limit))
+            return fh.read().decode("utf-8", "replace")
     except OSError:
-        return "(no log)"
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+        return ""
+
+
+def _log_tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(nothing)"
+
+
+_CODE = re.compile(r" \(code: (\d+)\)\s*$")
+
+
+def _startup_failure(home: Path, output: str, log_path: Path, how: str) -> FlameError:
+    """The error of a server that did not start: its own start-up error when it printed one, so the user
+    reads "the store ... is damaged" rather than a traceback; otherwise what it wrote while starting."""
+    for i, line in enumerate(output.splitlines()):
+        if line.startswith(STARTUP_ERROR_PREFIX):
+            text = "\n".join([line[len(STARTUP_ERROR_PREFIX) :], *output.splitlines()[i + 1 :]]).rstrip()
+            match = _CODE.search(text)
+            code = FlameErrorCode.UNAVAILABLE
+            if match:
+                with contextlib.suppress(ValueError):
+                    code = FlameErrorCode(int(match.group(1)))
+                text = text[: match.start()]
+            return FlameError(code, f"the local flamepy server for {home} could not start: {text}")
+    return FlameError(
+        FlameErrorCode.UNAVAILABLE,
+        f"the local flamepy server for {home} {how}; its log ({log_path}) ends with:\n{_log_tail(output)}",
+    )
 
 
 def start_server(
@@ -45,16 +83,16 @@ def start_server(
 
     ``extra_argv`` are more arguments of ``python -m flamepy_core.engine`` (``--listen``, security flags).
     """
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(exist_ok=True)
-    log_path = home / "logs" / SERVER_LOG
+    private_dir(home)
+    log_path = private_subdir(home / "logs") / SERVER_LOG
     argv = [sys.executable, "-m", "flamepy_core.engine", "--home", str(home)]
     if transport:
         argv += ["--transport", transport]
     if idle_exit is not None:
         argv += ["--idle-exit", str(idle_exit)]
     argv += extra_argv or []
-    with open(log_path, "ab") as log:
+    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
+        started_at = log.seek(0, os.SEEK_END)  # what this server writes comes after this
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
         )
@@ -64,18 +102,13 @@ def start_server(
         if info and info.get("pid") == proc.pid:
             return info
         if proc.poll() is not None:
-            raise FlameError(
-                FlameErrorCode.UNAVAILABLE,
-                f"the local flamepy server for {home} exited with code {proc.returncode} while starting; "
-                f"its log ({log_path}) ends with:\n{_log_tail(log_path)}",
-            )
+            how = f"exited with code {proc.returncode} while starting"
+            raise _startup_failure(home, _log_since(log_path, started_at), log_path, how)
         time.sleep(0.02)
     proc.kill()
-    raise FlameError(
-        FlameErrorCode.UNAVAILABLE,
-        f"the local flamepy server for {home} did not become ready within {timeout} s; "
-        f"its log ({log_path}) ends with:\n{_log_tail(log_path)}",
-    )
+    proc.wait(timeout=10)
+    how = f"did not become ready within {timeout} s"
+    raise _startup_failure(home, _log_since(log_path, started_at), log_path, how)
 
 
 _told: set[tuple[str, str, str]] = set()
@@ -116,9 +149,9 @@ def ensure_local_server(
     if info:
         _say_transport(home, info, transport, asked_by)
         return str(info["endpoint"])
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     deadline = time.monotonic() + timeout
-    with open(home / START_LOCK, "a+") as lock:
+    with os.fdopen(open_private(home / START_LOCK, os.O_RDWR | os.O_APPEND), "a+") as lock:
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -15,7 +15,9 @@ from flamepy_core.contracts.errors import FlameError
 from flamepy_core.engine.choice import default_listen
 from flamepy_core.engine.security import add_security_arguments, security_from_args, server_security_options
 from flamepy_core.engine.server import FlameServer
+from flamepy_core.home import STARTUP_ERROR_PREFIX
 from flamepy_core.plugins import get_registry
+from flamepy_core.privacy import private_dir, private_subdir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,27 +61,30 @@ def main(argv: list[str] | None = None) -> int:
         # Settings that cannot fit are refused before anything is started (exit code 2, as argparse does).
         server_security_options(listen, registry.transport_spec_for_endpoint(listen), security)
     except FlameError as exc:
-        print(f"flamepy server: {exc.message}", file=sys.stderr)
+        print(f"{STARTUP_ERROR_PREFIX}{exc}", file=sys.stderr)
         return 2
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(exist_ok=True)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    settings = RuntimeSettings.from_env()
+    try:
+        private_subdir(private_dir(home) / "logs")
+        settings = RuntimeSettings.from_env()
+        server = FlameServer(
+            home,
+            listen,
+            settings=settings,
+            registry=registry,
+            instance_transport=args.instance_transport or args.transport or "auto",
+            durability=args.durability,
+            security=security,
+            insecure=args.insecure,
+            flight_listen=args.flight_listen,
+            flight_for_instances=args.flight_for_instances,
+        )
+    except FlameError as exc:  # one line whoever started this server relays (see client.local)
+        print(f"{STARTUP_ERROR_PREFIX}{exc}", file=sys.stderr)
+        return 1
     idle_exit = settings.idle_exit if args.idle_exit is None else args.idle_exit
-    server = FlameServer(
-        home,
-        listen,
-        settings=settings,
-        registry=registry,
-        instance_transport=args.instance_transport or args.transport or "auto",
-        durability=args.durability,
-        security=security,
-        insecure=args.insecure,
-        flight_listen=args.flight_listen,
-        flight_for_instances=args.flight_for_instances,
-    )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger(__name__).info("signal %d: stopping", signum)
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
     except FlameError as exc:
-        print(f"flamepy server: {exc.message}", file=sys.stderr)
+        print(f"{STARTUP_ERROR_PREFIX}{exc}", file=sys.stderr)
         server.stop()
         return 1
     print(f"flamepy server listening on {server.endpoint} ({server.transport_name})", flush=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from flamepy_core.engine.server import SERVER_WORKERS, FlameServer
 from flamepy_core.plugins import get_registry
+from flamepy_core.privacy import private_dir
 
 INSTANCE_MODE_ENV = "FLAME_INSTANCE_MODE"
 """``process`` (default) or ``inprocess``: how an in-process server runs its instances."""
@@ -34,7 +35,7 @@ def ensure_inprocess_server(endpoint: str, home: Path, *, instance_mode: str | N
     with _lock:
         server = _servers.get(endpoint)
         if server is None:
-            home.mkdir(parents=True, exist_ok=True)
+            private_dir(home)
             scheme, _, rest = endpoint.partition("://")
             name = rest.replace("/", "_") or "default"
             server = FlameServer(

@@ -27,6 +27,7 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel, Transport
 from flamepy_core.engine.choice import local_endpoint, socket_path
 from flamepy_core.plugins import Chosen
+from flamepy_core.privacy import open_private, private_subdir
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,20 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def describe_status(code: int) -> str:
+    """How a process ended, from its wait status: a signal named as a signal, an exit code as a code.
+
+    ``code`` is ``Popen.returncode``: negative for a signal. Codes 129-192 are what a shell exits with
+    when its child was killed by signal ``code - 128``: still an exit code, with that reading added.
+    """
+    if code < 0:
+        return f"was killed by {_signal_name(-code)}"
+    text = f"exited with code {code}"
+    if 128 < code <= 128 + 64:
+        text += f" (a shell reports a child killed by {_signal_name(code - 128)} this way)"
+    return text
+
+
 class InstanceProcess:
     """One running service process and the channel to it (made once it listens)."""
 
@@ -211,7 +226,7 @@ class InstanceProcess:
         except subprocess.TimeoutExpired:
             how = "stopped answering (the process is still running)"
         else:
-            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+            how = describe_status(code)
         tail = self.stderr_tail()
         detail = f"instance {self.id} (pid {self.pid}) of application {self.app_name} {how}"
         if tail:
@@ -271,8 +286,7 @@ class Launcher:
         self.cache_endpoint = cache_endpoint
         self.frontend_endpoint = frontend_endpoint
         self.extra_env = dict(extra_env or {})
-        self.log_dir = home / "logs" / "instances"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = private_subdir(home / "logs" / "instances")
 
     def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
@@ -303,18 +317,18 @@ class Launcher:
                 raise FlameError(
                     FlameErrorCode.INVALID_CONFIG,
                     f"the working directory {cwd} of application {name} does not exist on this machine; "
-                    f"fix spec.working_directory and register the application again",
+                    f"fix spec.working_directory in its YAML, then run `flmctl update -a FILE`",
                 )
         else:
             cwd = self.home / "work" / name
-            cwd.mkdir(parents=True, exist_ok=True)
+            private_subdir(cwd)
         command = _expand(spec.command, env)
         resolved = command if os.sep in command else shutil.which(command, path=env.get("PATH"))
         if resolved is None or not os.path.exists(resolved if os.path.isabs(resolved) else cwd / resolved):
             raise FlameError(
                 FlameErrorCode.INVALID_CONFIG,
                 f"the command {command!r} of application {name} was not found (looked in PATH and {cwd}); "
-                f"fix spec.command and register the application again",
+                f"fix spec.command in its YAML, then run `flmctl update -a FILE`",
             )
         argv = [resolved, *(_expand(a, env) for a in spec.arguments)]
         out_path = self.log_dir / f"{name}-{instance_id}.out"
@@ -322,7 +336,11 @@ class Launcher:
         for option in options:  # a stale socket would make a dead instance look alive
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(option.socket_path)
-        with open(out_path, "ab") as out, open(err_path, "ab") as err:
+        append = os.O_WRONLY | os.O_APPEND
+        with (
+            os.fdopen(open_private(out_path, append), "ab") as out,
+            os.fdopen(open_private(err_path, append), "ab") as err,
+        ):
             popen = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
             )

@@ -146,6 +146,7 @@ def cache_handlers(cache: ObjectCache) -> dict[str, Handler]:
         "PatchObject": lambda r: cache.patch(r.key, r.delta),
         "GetObject": lambda r: cache.get(r.key, r.known_version),
         "DeleteObjects": lambda r: cache_pb2.DeleteObjectsResponse(deleted=cache.delete(r.key_prefix)),
+        "GetObjectPart": lambda r: cache.part(r.key, r.index),
     }
     return {method.path: _unary(method, unary[name]) for name, method in OBJECT_CACHE.items()}
 

@@ -135,6 +135,22 @@ class ObjectCache:
                 reply.patches.extend(cache_pb2.ObjectPatch(version=v, data=d) for v, d in obj.patches)
             return reply
 
+    def part(self, key: str, index: int) -> cache_pb2.GetObjectPartResponse:
+        """One part of an object (0 = the base, i = the i-th patch), so a large file crosses in chunks."""
+        _checked(parse_full_key, key)
+        with self._lock:
+            obj = self._lookup(key)
+            if obj is None:
+                raise FlameError(FlameErrorCode.NOT_FOUND, f"object {key} not found")
+            parts = 1 + len(obj.patches)
+            if index >= parts:
+                raise FlameError(
+                    FlameErrorCode.INVALID_ARGUMENT,
+                    f"object {key} has {parts} parts (0 to {parts - 1}); part {index} does not exist",
+                )
+            data = obj.base if index == 0 else obj.patches[index - 1][1]
+            return cache_pb2.GetObjectPartResponse(version=obj.version, parts=parts, data=data)
+
     def delete(self, key_prefix: str) -> int:
         _checked(parse_delete_prefix, key_prefix)
         if key_prefix.endswith("/*"):

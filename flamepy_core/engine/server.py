@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -41,6 +42,7 @@ from flamepy_core.engine.choice import (
 from flamepy_core.engine.executor import InstanceLauncher, InstanceLink, Launcher, client_env
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
+from flamepy_core.engine.integrity import check_store, store_damaged
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.scheduler import Scheduler
 from flamepy_core.engine.security import check_listen
@@ -53,6 +55,7 @@ from flamepy_core.home import (
     withdraw_server_info,
 )
 from flamepy_core.plugins import PluginRegistry, get_registry
+from flamepy_core.privacy import create_private_file, private_dir, private_subdir, private_umask
 from flamepy_core.transport_kit import adapt_handlers
 from flamepy_core.wire.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
 
@@ -223,7 +226,7 @@ class FlameServer:
         chosen = reg.transport_spec_for_endpoint(self.listen)
         # Refused before anything is taken: security that does not fit, an exposed listen without it.
         security_options = check_listen(self.listen, chosen, self.security, self.insecure)
-        (home / "logs").mkdir(parents=True, exist_ok=True)
+        private_subdir(private_dir(home) / "logs")  # FLAME_HOME and its files are private (privacy.py)
         if self.publish:
             self._take_lock()
         limits = {"max_message_size": self.settings.max_message_size}
@@ -240,19 +243,25 @@ class FlameServer:
                 )
                 frontend_transport = reg.create_transport(chosen, {**options, **admitted})
         self.transport_name = frontend_transport.name
-        self.store = Store(self.db_path, durability=self.durability)
-        self.engine = Engine(
-            self.store,
-            task_retry_limit=self.settings.task_retry_limit,
-            delay_release=int(self.settings.delay_release),
-        )
+        check_store(self.db_path, self.settings.store_check_timeout)  # a damaged store is refused, never served
+        create_private_file(self.db_path)  # 0600 from the start; sqlite's -wal and -shm take its mode
+        try:
+            self.store = Store(self.db_path, durability=self.durability)
+            self.engine = Engine(
+                self.store,
+                task_retry_limit=self.settings.task_retry_limit,
+                delay_release=int(self.settings.delay_release),
+            )
+        except sqlite3.DatabaseError as exc:  # damage the bounded check did not reach, found while loading
+            raise store_damaged(self.db_path, str(exc)) from None
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
         # cache handlers: build the cache with a placeholder, then fix its public endpoint once bound.
         self.cache = ObjectCache(self.store, endpoint="")
         handlers = self.activity.wrap(
             {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
         )
-        server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
+        with private_umask():  # a socket file gets no mode when bound
+            server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
         self._servers.append(server)
         self.endpoint = server.endpoint
         compat, fast = instance_link_transports(reg, self.instance_transport or "auto", limits)
@@ -265,15 +274,15 @@ class FlameServer:
             link = fast or compat
             assert link is not None
             listen = local_endpoint(link, self._socket_dir, "cache")
-            cache_server = link.serve(listen, adapt_handlers(handlers, link.capabilities))
+            with private_umask():
+                cache_server = link.serve(listen, adapt_handlers(handlers, link.capabilities))
             self._servers.append(cache_server)
             self.cache_endpoint = cache_server.endpoint
         self.cache.endpoint = self.cache_endpoint
         if self._socket_dir is None:
             configured = os.environ.get("FLAME_SOCKET_DIR")
             if configured:
-                self._socket_dir = Path(configured)
-                self._socket_dir.mkdir(parents=True, exist_ok=True)
+                self._socket_dir = private_dir(Path(configured), "FLAME_SOCKET_DIR")
             else:
                 self._socket_dir = Path(tempfile.mkdtemp(prefix="flame-"))
                 self._own_socket_dir = True
@@ -307,10 +316,7 @@ class FlameServer:
         return self
 
     def _private_dir(self) -> Path:
-        private = self.home / PRIVATE_DIR
-        private.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(private, 0o700)
-        return private
+        return private_subdir(self.home / PRIVATE_DIR)
 
     def _start_flight(self) -> None:
         """Serve Flame's Flight cache protocol over the same ObjectCache when ``flight_listen`` is set.

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
+from flamepy_core import validation
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.store import Store
+from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -149,14 +151,6 @@ def _not_found(kind: str, name: str) -> FlameError:
     return FlameError(FlameErrorCode.NOT_FOUND, f"{kind} {name} not found")
 
 
-def _validate_name(kind: str, name: str) -> None:
-    if not name or "/" in name or "\\" in name or ".." in name or name.strip() != name:
-        raise FlameError(
-            FlameErrorCode.INVALID_ARGUMENT,
-            f"invalid {kind} name {name!r}: it must be non-empty, without '/', '\\\\', '..' or surrounding spaces",
-        )
-
-
 class Engine:
     """The state machine of applications, sessions and tasks. Thread-safe."""
 
@@ -236,13 +230,7 @@ class Engine:
     # -- applications --------------------------------------------------------------------------------
 
     def _validate_app_spec(self, name: str, spec: pb.ApplicationSpec) -> None:
-        _validate_name("application", name)
-        if spec.HasField("working_directory") and spec.working_directory and not os.path.isabs(spec.working_directory):
-            raise FlameError(
-                FlameErrorCode.INVALID_ARGUMENT,
-                f"working_directory of application {name} must be an absolute path, got "
-                f"{spec.working_directory!r} (flmctl register resolves relative paths against the YAML file)",
-            )
+        validation.check_application(name, spec)  # names, command, arguments, environment, directory
         if spec.HasField("schema"):
             for part in ("input", "output", "common_data"):
                 if spec.schema.HasField(part) and getattr(spec.schema, part).strip():
@@ -358,7 +346,7 @@ class Engine:
             )
 
     def create_session(self, session_id: str, spec: pb.SessionSpec) -> pb.Session:
-        _validate_name("session", session_id)
+        validation.check_session_id(session_id)
         with self.lock:
             app = self.get_application(spec.application)
             if app.status.state != pb.ApplicationState.Enabled:
@@ -510,7 +498,7 @@ class Engine:
             entry = self._sessions.get(session_id)
             if entry is None:
                 return
-            entry.message.status.events.add(code=code, message=message, creation_time=now_ms())
+            entry.message.status.events.add(code=code, message=bound_failure_text(message), creation_time=now_ms())
             del entry.message.status.events[:-50]  # keep the newest; a flapping instance must not grow it forever
             self._save_session(entry)
 
@@ -552,7 +540,7 @@ class Engine:
                 entry.completions.append(task)
         event = task.status.events.add(code=int(state), creation_time=ts)
         if message is not None:
-            event.message = message
+            event.message = bound_failure_text(message)  # a service's text: bounded, controls escaped
         self._persist_task(entry, task)
         if state in TERMINAL:
             # Finished tasks live in the store only: memory holds what is in flight, however many

@@ -3,8 +3,8 @@
 A bare path (what Flame's executors pass) is served by the transport that speaks Flame's protocol on a
 bare socket path (``bare_path_scheme``), so services written with this SDK run under Flame's executors;
 a URL with a scheme picks the transport by that scheme.
-The process exits when told to (SIGTERM/SIGINT) or when the executor that started it goes away, so an
-instance never outlives its server.
+The process stops when told to (SIGTERM/SIGINT), and then ends by that same signal so its exit status
+names it, or when the executor that started it goes away, so an instance never outlives its server.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +23,10 @@ from types import FrameType
 from flamepy_core.config import normalize_endpoint
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import CallContext, Handler, Server, Transport, UnaryHandler
+from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.plugins import get_registry
+from flamepy_core.privacy import private_umask
 from flamepy_core.transport_kit import adapt_handlers
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.proto import shim_pb2
@@ -48,7 +51,8 @@ def describe_exception(exc: BaseException) -> str:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIRS):
         tb = tb.tb_next
     lines = "".join(traceback.format_exception(type(exc), exc, tb))
-    return f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}"
+    # Bounded here too (the server bounds what it stores), so a huge message never crosses the link.
+    return bound_failure_text(f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}")
 
 
 def instance_handlers(service: FlameService) -> dict[str, Handler]:
@@ -144,16 +148,19 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     url = registry.endpoint_url(normalize_endpoint(raw))
     fast = None if endpoint else os.environ.get(FAST_ENDPOINT_ENV)
     server = None
-    if fast:
-        try:
-            server = _serve(registry.transport(fast), fast, service)
-        except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
-            log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, url)
-    if server is None:
-        server = _serve(registry.transport(url), url, service)
+    with private_umask():  # the socket is reachable by this user only (see flamepy_core.privacy)
+        if fast:
+            try:
+                server = _serve(registry.transport(fast), fast, service)
+            except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
+                log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, url)
+        if server is None:
+            server = _serve(registry.transport(url), url, service)
     done = threading.Event()
+    stopped_by: list[int] = []
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopped_by.append(signum)
         done.set()
 
     if threading.current_thread() is threading.main_thread():
@@ -167,3 +174,21 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     finally:
         server.stop(grace=1.0)
     sys.stdout.flush()
+    if stopped_by:
+        die_by_signal(stopped_by[0])
+
+
+def die_by_signal(signum: int) -> None:
+    """End this process by ``signum``, as if it had not been caught.
+
+    The instance catches SIGTERM/SIGINT only to stop serving cleanly. Its exit status must still say
+    that a signal ended it: the server reports an instance that died during a task by that status
+    ("was killed by SIGTERM"), and an exit code 0 would read as the service quitting on its own.
+    Flame's own SDK leaves these signals at their default, so its instances end the same way.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(1.0)  # the default action ends the process as the signal is delivered
+    os._exit(128 + signum)  # pragma: no cover - only if the signal could not end it

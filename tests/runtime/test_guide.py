@@ -44,12 +44,36 @@ def _find_guide() -> Path | None:
     return None
 
 
+def _markdown_to_plain(text: str) -> str:
+    """The guide's text from its docs page: no fences, markers, note boxes or heading marks.
+
+    ``docs/guide.md`` holds the guide word for word as Markdown (headings, fenced code, notes marked as
+    flamepy's additions); this gives back the plain text the helpers below read.
+    """
+    lines: list[str] = []
+    in_note = False
+    for line in text.splitlines():
+        if line.startswith("!!! "):
+            in_note = True
+            continue
+        if in_note and (line.startswith("    ") or not line.strip()):
+            continue
+        in_note = False
+        if line.startswith(("```", "<!--")):
+            continue
+        if line.startswith("## ") or line.startswith("# flamepy.service Guide"):
+            line = line.lstrip("#").strip()
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 @pytest.fixture(scope="module")
 def guide() -> str:
     path = _find_guide()
     if path is None:
         pytest.skip(f"the service guide ({GUIDE_NAME}) was not found; point FLAMEPY_GUIDE at it")
-    return path.read_text()
+    text = path.read_text()
+    return _markdown_to_plain(text) if path.suffix == ".md" else text
 
 
 def _start(lines: list[str], first: str, after: str | None) -> int:
@@ -151,6 +175,19 @@ def test_guide_snippets_are_found_and_examples_are_verbatim(guide: str) -> None:
     assert (REPO / "examples/echo/client.py").read_text() == client
     yaml_block = plain_block(guide, "metadata:")
     assert "working_directory: /opt/examples/echo" in yaml_block and yaml_block.rstrip().endswith("INFO")
+
+
+def test_docs_guide_page_keeps_the_guide_text_word_for_word(guide: str) -> None:
+    """docs/guide.md renders the guide as Markdown; its text, less the notes marked as ours, is the guide's."""
+    page = REPO / "docs" / "guide.md"
+    if not page.is_file() or _find_guide() == page:
+        pytest.skip("needs both the seed guide and docs/guide.md")
+    seed_lines = [line for line in guide.splitlines() if line.strip()]
+    assert seed_lines.count(GUIDE_TITLE) == 2
+    # The seed repeats its title as the first heading; the page shows it once.
+    del seed_lines[seed_lines.index(GUIDE_TITLE, 1)]
+    page_lines = [line.strip("*") for line in _markdown_to_plain(page.read_text()).splitlines() if line.strip()]
+    assert page_lines == seed_lines
 
 
 # -- 1. the echo example --------------------------------------------------------------------------------

@@ -83,3 +83,21 @@ class DeleteObjectsResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: int
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class GetObjectPartRequest(_message.Message):
+    __slots__ = ("key", "index")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    index: int
+    def __init__(self, key: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class GetObjectPartResponse(_message.Message):
+    __slots__ = ("version", "parts", "data")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    parts: int
+    data: bytes
+    def __init__(self, version: _Optional[int] = ..., parts: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

@@ -1,0 +1,4 @@
+"""Flame's ``types_pb2``: the ``flame.v1`` messages of ``types.proto`` (flamepy's generated module, re-exported)."""
+
+from flamepy_core.wire.proto.types_pb2 import *  # noqa: F403
+from flamepy_core.wire.proto.types_pb2 import DESCRIPTOR as DESCRIPTOR
