@@ -936,6 +936,8 @@ class RuntimeSettings:
     stderr_tail_lines                lines of a dead instance's stderr      20
                                      quoted in its error
     warm_pool_max                    idle warm instances kept per app       8
+    store_retry_window               s a refused store write is retried     2
+                                     before the call that made it fails
     store_check_timeout              s the start-up integrity check of the  10 (0 = no check)
                                      store may take; a larger store is
                                      checked that far
@@ -959,6 +961,7 @@ class RuntimeSettings:
     heartbeat_interval: float = _setting(1.0, "seconds", ">0")
     stderr_tail_lines: int = _setting(20, "count", ">=0")
     warm_pool_max: int = _setting(8, "count", ">=0")
+    store_retry_window: float = _setting(2.0, "seconds", ">=0")
     store_check_timeout: float = _setting(10.0, "seconds", ">=0")
 
     @classmethod

@@ -26,6 +26,7 @@ ALLOWED: dict[str, str] = {
     "flamepy_core/flight/__main__.py": "Arrow Flight listen addresses",
     "flamepy_core/engine/__main__.py": "the --flight-listen help names an Arrow Flight address",
     "flamepy_core/config.py": "Flame's published default cache address (display only, never dialled)",
+    "flamepy/runner/storage.py": "Flame's package.storage URL forms (grpc(s):// names Flame's object cache)",
     "flamepy_core/cli/main.py": "flmctl's help text: an example endpoint (documentation shown by --help)",
     "flamepy_core/cli/commands/server.py": "flmctl server's examples (documentation shown by --help)",
 }

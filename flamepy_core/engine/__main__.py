@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # A file that cannot grow (RLIMIT_FSIZE, as a full disk) must be a write error the store reports and
+    # retries, not a signal that kills the server. Instances get the default back (subprocess restores it).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         server.start()
     except FlameError as exc:

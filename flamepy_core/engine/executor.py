@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -174,8 +174,18 @@ def describe_status(code: int) -> str:
     return text
 
 
+READY_FD_ENV = "FLAMEPY_READY_FD"
+"""The write end of a pipe the runtime passes to an instance: it writes one byte once it listens.
+
+A service written with this SDK signals readiness this way (no polling); one written with Flame's SDK
+ignores it, and is found ready when its socket file appears."""
+
+
 class InstanceProcess:
-    """One running service process and the channel to it (made once it listens)."""
+    """One running service process, the readiness pipe it was given, and the channel to it once it listens.
+
+    Nothing here blocks, except :meth:`stop`: the scheduler's supervisor polls these from its loop.
+    """
 
     def __init__(
         self,
@@ -185,6 +195,7 @@ class InstanceProcess:
         options: list[LinkOption],
         err_path: Path,
         tail_lines: int = 20,
+        ready_fd: int | None = None,
     ) -> None:
         self.id = instance_id
         self.app_name = app_name
@@ -192,8 +203,16 @@ class InstanceProcess:
         self.options = options
         self.err_path = err_path
         self.tail_lines = tail_lines
-        self.url = options[0].url
+        self.url = options[0].url if options else ""
         self._channel: Channel | None = None
+        self.ready_fd = ready_fd
+        """Read end of the readiness pipe (non-blocking); None once read or closed."""
+        self.pidfd: int | None = None
+        """A descriptor that becomes readable when the process exits (Linux), else None."""
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):
+                self.pidfd = os.pidfd_open(popen.pid)
+        self.command = " ".join(popen.args) if isinstance(popen.args, list) else str(popen.args)
 
     @property
     def channel(self) -> Channel:
@@ -201,16 +220,58 @@ class InstanceProcess:
             raise FlameError(FlameErrorCode.UNAVAILABLE, f"instance {self.id} is not listening yet")
         return self._channel
 
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None
+
+    def read_ready(self) -> bool | None:
+        """Drain the readiness pipe: True once the instance said it listens, None if it has not (yet).
+
+        The pipe closing without a byte (the process exited, or closed the descriptor) closes our end
+        too; readiness is then only known from the socket file.
+        """
+        fd = self.ready_fd
+        if fd is None:
+            return None
+        try:
+            data = os.read(fd, 64)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        self.close_ready()
+        return True if data else None
+
+    def close_ready(self) -> None:
+        if self.ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.ready_fd)
+            self.ready_fd = None
+
+    def listening(self) -> LinkOption | None:
+        """The endpoint whose socket file exists, preferred first; None while none does."""
+        for option in self.options:
+            if os.path.exists(option.socket_path):
+                return option
+        return None
+
+    def connect(self, option: LinkOption | None = None) -> Channel:
+        """Make the channel to ``option`` (or to the endpoint whose socket exists)."""
+        if self._channel is None:
+            chosen = option or self.listening() or self.options[0]
+            self.url = chosen.url
+            self._channel = chosen.transport.connect(chosen.url)
+        return self._channel
+
     def connect_if_listening(self) -> bool:
         """Connect to whichever endpoint the instance created its socket for; False while none exists."""
         if self._channel is not None:
             return True
-        for option in self.options:
-            if os.path.exists(option.socket_path):
-                self.url = option.url
-                self._channel = option.transport.connect(option.url)
-                return True
-        return False
+        option = self.listening()
+        if option is None:
+            return False
+        self.connect(option)
+        return True
 
     @property
     def pid(self) -> int:
@@ -244,27 +305,51 @@ class InstanceProcess:
             return ""
         return "\n".join(deque(text.rstrip().splitlines(), maxlen=self.tail_lines if lines is None else lines))
 
-    def stop(self, grace: float) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; closes the channel and removes the socket."""
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the instance's process group (it runs in a session of its own)."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, sig)
+
+    def terminate(self) -> None:
+        self.signal_group(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal_group(signal.SIGKILL)
+
+    def close_channel(self) -> None:
         if self._channel is not None:
+            channel, self._channel = self._channel, None
             try:
-                self._channel.close()
+                channel.close()
             except Exception:  # closing must never stop the shutdown
                 log.debug("closing the channel of instance %s failed", self.id, exc_info=True)
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-        else:
-            self.popen.wait(timeout=1)
+
+    def cleanup(self) -> None:
+        """After the process exited: close the channel and descriptors, remove its socket files."""
+        self.close_channel()
+        self.close_ready()
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None
         for option in self.options:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(option.socket_path)
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (blocking); then :meth:`cleanup`."""
+        self.close_channel()
+        if self.alive():
+            self.terminate()
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.popen.wait(timeout=10)
+        else:
+            self.popen.wait(timeout=1)
+        self.cleanup()
 
 
 class Launcher:
@@ -286,6 +371,8 @@ class Launcher:
         self.cache_endpoint = cache_endpoint
         self.frontend_endpoint = frontend_endpoint
         self.extra_env = dict(extra_env or {})
+        self.prepare: Callable[[pb.Application, dict[str, str]], None] | None = None
+        """Completes an instance's environment before it starts (the installer: engine/installer.py)."""
         self.log_dir = private_subdir(home / "logs" / "instances")
 
     def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
@@ -311,6 +398,8 @@ class Launcher:
             )
         link_env, options = self.link.plan(instance_id)
         env = self._environment(app, link_env)
+        if self.prepare is not None:
+            self.prepare(app, env)
         if spec.HasField("working_directory") and spec.working_directory:
             cwd = Path(_expand(spec.working_directory, env))
             if not cwd.is_dir():
@@ -336,16 +425,34 @@ class Launcher:
         for option in options:  # a stale socket would make a dead instance look alive
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(option.socket_path)
+        ready_read, ready_write = os.pipe()
+        env[READY_FD_ENV] = str(ready_write)
         append = os.O_WRONLY | os.O_APPEND
-        with (
-            os.fdopen(open_private(out_path, append), "ab") as out,
-            os.fdopen(open_private(err_path, append), "ab") as err,
-        ):
-            popen = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
-            )
+        try:
+            with (
+                os.fdopen(open_private(out_path, append), "ab") as out,
+                os.fdopen(open_private(err_path, append), "ab") as err,
+            ):
+                popen = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    pass_fds=(ready_write,),
+                )
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
+        os.set_blocking(ready_read, False)
         log.info("started instance %s of %s: pid %d, %s", instance_id, name, popen.pid, " ".join(argv))
-        return InstanceProcess(instance_id, name, popen, options, err_path, tail_lines=self.stderr_tail_lines)
+        return InstanceProcess(
+            instance_id, name, popen, options, err_path, tail_lines=self.stderr_tail_lines, ready_fd=ready_read
+        )
 
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")

@@ -8,16 +8,25 @@ client gets the exact code back.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import CallContext, Handler, StreamHandler, UnaryHandler
+from flamepy_core.contracts.transport import (
+    CallContext,
+    DeferredHandler,
+    Handler,
+    Responder,
+    StreamHandler,
+    UnaryHandler,
+)
+from flamepy_core.engine.instances import executor_message, instance_message
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.state import Engine
-from flamepy_core.wire.methods import EXT, FRONTEND, OBJECT_CACHE, Method
+from flamepy_core.wire.methods import EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -45,6 +54,28 @@ def _stream(method: Method, fn: Callable[[Any, CallContext], Iterator[Message]])
             yield message.SerializeToString()
 
     return StreamHandler(handle)
+
+
+def _deferred(method: Method, fn: Callable[[Any, CallContext, Responder], None]) -> DeferredHandler:
+    """A handler that answers from a callback (a commit, a task's result) and holds no thread meanwhile."""
+
+    def handle(data: bytes, ctx: CallContext, responder: Responder) -> None:
+        fn(_parse(method, data), ctx, responder)
+
+    return DeferredHandler(handle)
+
+
+def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None], None]:
+    """A callback completing ``responder`` with a message or an error."""
+
+    def settle(message: Message | None, error: FlameError | None) -> None:
+        if error is not None:
+            responder.fail(error)
+        else:
+            assert message is not None
+            responder.send(message.SerializeToString())
+
+    return settle
 
 
 def _ok() -> pb.Result:
@@ -83,8 +114,11 @@ def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[
     def open_session(r: frontend_pb2.OpenSessionRequest) -> pb.Session:
         return engine.open_session(r.session_id, r.session if r.HasField("session") else None)
 
-    def create_task(r: frontend_pb2.CreateTaskRequest) -> pb.Task:
-        return engine.create_task(r.task.session_id, r.task.input if r.task.HasField("input") else None)
+    def create_task(r: frontend_pb2.CreateTaskRequest, _ctx: CallContext, responder: Responder) -> None:
+        def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
+            _answer(responder)(tasks[0] if tasks else None, error)
+
+        engine.submit_tasks(r.task.session_id, [r.task.input if r.task.HasField("input") else None], created)
 
     def watch_task(r: frontend_pb2.WatchTaskRequest, ctx: CallContext) -> Iterator[pb.Task]:
         return engine.watch_task(r.session_id, r.task_id, ctx.is_active)
@@ -102,7 +136,9 @@ def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[
         return refuse
 
     def list_executors(_r: Any) -> pb.ExecutorList:
-        return pb.ExecutorList()
+        # Each instance process is one executor, so Flame's tools see what this server runs.
+        node = socket.gethostname()
+        return pb.ExecutorList(executors=[executor_message(i, node) for i in engine.scheduler.instances()])
 
     def list_nodes(_r: Any) -> pb.NodeList:
         return pb.NodeList()
@@ -122,15 +158,16 @@ def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[
         "CloseSession": lambda r: engine.close_session(r.session_id),
         "GetSession": lambda r: engine.get_session(r.session_id),
         "ListSession": lambda r: pb.SessionList(sessions=engine.list_sessions()),
-        "CreateTask": create_task,
         "GetTask": lambda r: engine.get_task(r.session_id, r.task_id),
     }
     streams: dict[str, Callable[[Any, CallContext], Iterator[Message]]] = {
         "WatchTask": watch_task,
         "ListTask": list_tasks,
     }
-    table: dict[str, Handler] = {}
+    table: dict[str, Handler] = {FRONTEND["CreateTask"].path: _deferred(FRONTEND["CreateTask"], create_task)}
     for name, method in FRONTEND.items():
+        if method.path in table:
+            continue
         if method.server_streaming:
             table[method.path] = _stream(method, streams[name])
         else:
@@ -152,17 +189,22 @@ def cache_handlers(cache: ObjectCache) -> dict[str, Handler]:
 
 
 def ext_handlers(engine: Engine) -> dict[str, Handler]:
-    """The ``flamepy.ext.v1.Tasks`` table: flamepy's faster paths for invoke and run()."""
+    """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()) and ``Runtime`` (what
+    the server runs, for ``flmctl top`` and ``flmctl list -e``)."""
 
-    def run_task(data: bytes, ctx: CallContext) -> bytes:
-        r: frontend_pb2.CreateTaskRequest = _parse(EXT["RunTask"], data)
+    def run_task(r: frontend_pb2.CreateTaskRequest, _ctx: CallContext, responder: Responder) -> None:
         task_input = r.task.input if r.task.HasField("input") else None
-        return engine.run_task(r.task.session_id, task_input, ctx.is_active).SerializeToString()
+        engine.run_task(r.task.session_id, task_input, _answer(responder))
 
     def watch_session(r: ext_pb2.WatchSessionRequest, ctx: CallContext) -> Iterator[pb.Task]:
-        return engine.watch_session(r.session_id, r.after_task_id, ctx.is_active)
+        for batch in engine.watch_session(r.session_id, r.after_task_id, ctx.is_active):
+            yield from batch
+
+    def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:
+        return ext_pb2.InstanceList(instances=[instance_message(i) for i in engine.scheduler.instances()])
 
     return {
-        EXT["RunTask"].path: UnaryHandler(run_task),
+        EXT["RunTask"].path: _deferred(EXT["RunTask"], run_task),
         EXT["WatchSession"].path: _stream(EXT["WatchSession"], watch_session),
+        RUNTIME["ListInstances"].path: _unary(RUNTIME["ListInstances"], list_instances),
     }

@@ -37,7 +37,7 @@ def _checked(parse: Callable[[str], object], key: str) -> None:
 
 
 class ObjectCache:
-    """The server side of ``flamepy.cache.v1.ObjectCache``. Thread-safe; write-behind to the store."""
+    """The server side of ``flamepy.cache.v1.ObjectCache``. Thread-safe; a change is answered once committed."""
 
     def __init__(self, store: Store, endpoint: str) -> None:
         self.store = store
@@ -52,7 +52,7 @@ class ObjectCache:
         obj = self._objects.get(key)
         if obj is not None:
             return obj
-        self.store.flush()
+        # Not in memory: either never stored, or committed (a write is acknowledged only once committed).
         rows = self.store.query("SELECT version, base_version, base FROM objects WHERE key = ?", key)
         if not rows:
             return None
@@ -63,7 +63,8 @@ class ObjectCache:
         return obj
 
     def _save_base(self, key: str, obj: CachedObject) -> None:
-        self.store.submit(
+        """Write a new base and wait for its commit; the caller then makes it visible (lock held)."""
+        self.store.write_wait(
             [
                 ("DELETE FROM object_patches WHERE key = ?", (key,)),
                 (
@@ -73,13 +74,16 @@ class ObjectCache:
             ]
         )
 
+    # Every change is committed before it is visible or answered (the store's callbacks never take this
+    # lock, so waiting for the commit while holding it cannot deadlock).
+
     def put(self, key_prefix: str, data: bytes) -> cache_pb2.ObjectRef:
         _checked(parse_prefix, key_prefix)
         key = f"{key_prefix}/{uuid.uuid4()}"
         with self._lock:
             obj = CachedObject(version=1, base_version=1, base=bytes(data))
-            self._objects[key] = obj
             self._save_base(key, obj)
+            self._objects[key] = obj
         return self._ref(key, 1)
 
     def update(self, key: str, data: bytes) -> cache_pb2.ObjectRef:
@@ -88,8 +92,8 @@ class ObjectCache:
             old = self._lookup(key)
             version = (old.version if old else 0) + 1
             obj = CachedObject(version=version, base_version=version, base=bytes(data))
-            self._objects[key] = obj
             self._save_base(key, obj)
+            self._objects[key] = obj
         return self._ref(key, version)
 
     def patch(self, key: str, delta: bytes) -> cache_pb2.ObjectRef:
@@ -103,18 +107,20 @@ class ObjectCache:
                     FlameErrorCode.RESOURCE_EXHAUSTED,
                     f"object {key} already has {MAX_PATCHES} patches; update it with a new base to compact it",
                 )
-            obj.version += 1
-            obj.patches.append((obj.version, bytes(delta)))
-            self.store.submit(
+            version = obj.version + 1
+            patch = bytes(delta)
+            self.store.write_wait(
                 [
-                    ("UPDATE objects SET version = ? WHERE key = ?", (obj.version, key)),
+                    ("UPDATE objects SET version = ? WHERE key = ?", (version, key)),
                     (
                         "INSERT OR REPLACE INTO object_patches (key, version, data) VALUES (?, ?, ?)",
-                        (key, obj.version, obj.patches[-1][1]),
+                        (key, version, patch),
                     ),
                 ]
             )
-            return self._ref(key, obj.version)
+            obj.version = version
+            obj.patches.append((version, patch))
+            return self._ref(key, version)
 
     def get(self, key: str, known_version: int) -> cache_pb2.GetObjectResponse:
         _checked(parse_full_key, key)
@@ -160,7 +166,6 @@ class ObjectCache:
         else:
             like = None
         with self._lock:
-            self.store.flush()
             if like is None:
                 keys = [key_prefix] if self._lookup(key_prefix) is not None else []
             else:
@@ -169,9 +174,7 @@ class ObjectCache:
                     for (k,) in self.store.query("SELECT key FROM objects WHERE substr(key, 1, ?) = ?", len(like), like)
                 }
                 keys = sorted(stored | {k for k in self._objects if k.startswith(like)})
-            for key in keys:
-                self._objects.pop(key, None)
-            self.store.submit(
+            self.store.write_wait(
                 [
                     op
                     for key in keys
@@ -181,4 +184,6 @@ class ObjectCache:
                     )
                 ]
             )
+            for key in keys:
+                self._objects.pop(key, None)
             return len(keys)

@@ -24,6 +24,7 @@ from collections import defaultdict
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.executor import Instance, InstanceLauncher
+from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_RETRY_LIMIT, Engine
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.proto import shim_pb2
@@ -49,6 +50,22 @@ class InstanceDriver(threading.Thread):
         self.process: Instance | None = None
         self.assigned = threading.Event()
         self.stopping = threading.Event()
+        # What `instances()` reports; plain attribute writes, read without a lock by listings.
+        self.state: int = pb.ExecutorState.ExecutorVoid
+        self.start_time_ms = int(time.time() * 1000)
+        self.tasks_served = 0
+
+    def info(self) -> InstanceInfo:
+        process = self.process
+        return InstanceInfo(
+            id=self.instance_id,
+            application=self.app_name,
+            state=self.state,
+            session_id=self.session_id,
+            pid=process.pid if process is not None else None,
+            start_time_ms=self.start_time_ms,
+            tasks_served=self.tasks_served,
+        )
 
     # -- the life of an instance -----------------------------------------------------------------------
 
@@ -77,6 +94,7 @@ class InstanceDriver(threading.Thread):
             if self.session_id:
                 sched.bind_failed(self, self.session_id, f"internal error in the instance driver: {exc!r}")
         finally:
+            self.state = pb.ExecutorState.ExecutorReleasing
             if self.process is not None:
                 self.process.stop(sched.settings.shutdown_grace)
             sched.instance_gone(self)
@@ -98,6 +116,7 @@ class InstanceDriver(threading.Thread):
     def _enter(self, session_id: str) -> bool:
         """OnSessionEnter; the first call also proves the process is up (retried while it starts)."""
         assert self.process is not None
+        self.state = pb.ExecutorState.ExecutorBinding
         sched = self.scheduler
         settings = sched.settings
         request = self._session_context(session_id)
@@ -141,6 +160,7 @@ class InstanceDriver(threading.Thread):
         if reply.return_code != 0:
             sched.bind_failed(self, session_id, f"on_session_enter raised: {reply.message}")
             return False
+        self.state = pb.ExecutorState.ExecutorBound
         sched.bound(self, session_id)
         return True
 
@@ -186,6 +206,7 @@ class InstanceDriver(threading.Thread):
             engine.fail_task(session_id, task.metadata.id, f"calling the instance failed: {exc}")
             return True
         result = pb.TaskResult.FromString(raw)
+        self.tasks_served += 1
         self.scheduler.served(session_id)
         if result.return_code == 0:
             engine.complete_task(session_id, task.metadata.id, result.output if result.HasField("output") else None)
@@ -195,6 +216,7 @@ class InstanceDriver(threading.Thread):
 
     def _leave(self, session_id: str) -> None:
         assert self.process is not None
+        self.state = pb.ExecutorState.ExecutorUnbinding
         try:
             self.process.channel.unary(ON_SESSION_LEAVE, b"", timeout=self.scheduler.settings.instance_call_timeout)
         except FlameError as exc:
@@ -333,6 +355,7 @@ class Scheduler:
             if delay <= 0 or len(self._idle[app_name]) >= self.settings.warm_pool_max:
                 return None
             self._idle[app_name].append(driver)
+            driver.state = pb.ExecutorState.ExecutorIdle
         # Someone may be waiting for an instance of this application right now.
         for session_id in self._sessions_needing(app_name):
             self.tasks_pending(session_id)
@@ -368,6 +391,12 @@ class Scheduler:
     def instance_count(self) -> int:
         with self._lock:
             return len(self._drivers)
+
+    def instances(self) -> list[InstanceInfo]:
+        """Every instance process now: id, application, state, session, pid (for listings and live views)."""
+        with self._lock:
+            drivers = list(self._drivers)
+        return sorted((d.info() for d in drivers), key=lambda i: (i.application, int(i.id.lstrip("i") or 0)))
 
     def shutdown(self, timeout: float = 30.0) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ from flamepy_core.contracts.transport import (
     Transport,
     UnaryHandler,
 )
+from flamepy_core.engine.builtins import seed_builtin_applications
 from flamepy_core.engine.choice import (
     accepted_options,
     default_listen,
@@ -42,6 +43,7 @@ from flamepy_core.engine.choice import (
 from flamepy_core.engine.executor import InstanceLauncher, InstanceLink, Launcher, client_env
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
+from flamepy_core.engine.installer import AppInstaller, object_cache_reader
 from flamepy_core.engine.integrity import check_store, store_damaged
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.scheduler import Scheduler
@@ -246,7 +248,7 @@ class FlameServer:
         check_store(self.db_path, self.settings.store_check_timeout)  # a damaged store is refused, never served
         create_private_file(self.db_path)  # 0600 from the start; sqlite's -wal and -shm take its mode
         try:
-            self.store = Store(self.db_path, durability=self.durability)
+            self.store = Store(self.db_path, durability=self.durability, retry_window=self.settings.store_retry_window)
             self.engine = Engine(
                 self.store,
                 task_retry_limit=self.settings.task_retry_limit,
@@ -257,6 +259,7 @@ class FlameServer:
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
         # cache handlers: build the cache with a placeholder, then fix its public endpoint once bound.
         self.cache = ObjectCache(self.store, endpoint="")
+        seed_builtin_applications(self.engine)  # flmrun, flmexec, flmping on a fresh store
         handlers = self.activity.wrap(
             {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
         )
@@ -300,6 +303,8 @@ class FlameServer:
                 stderr_tail_lines=self.settings.stderr_tail_lines,
             )
             self.launcher.extra_env.update(client_env(chosen, instance_client_options))
+        if isinstance(self.launcher, Launcher):  # packages and interpreters (installer: python)
+            self.launcher.prepare = AppInstaller(home, object_cache_reader(self.cache)).prepare
         self._start_flight()
         self.scheduler = Scheduler(self.engine, self.launcher, self.settings)
         for session_id in self.engine.pending_sessions():

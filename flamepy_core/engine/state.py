@@ -2,8 +2,21 @@
 
 Live state is held as flame.v1 protobuf messages (the wire format), so answering a call is a
 ``SerializeToString`` away and the store writes the same bytes. One lock guards everything; each session
-has its own condition so watchers and instance drivers of one session do not wake for another's news.
-Closed sessions keep their summary in memory but their tasks only in the store.
+has its own condition so watchers of one session do not wake for another's news. Closed sessions keep
+their summary in memory but their tasks only in the store.
+
+What a client is told is committed first (see :mod:`.store`):
+
+* a task exists for everyone (its id answered, queued for an instance) only once its row is committed;
+  a creation the store refuses is withdrawn and the caller gets the store's error;
+* a task's final state (SUCCEED, FAILED, CANCELLED) is applied in memory, delivered to waiters and
+  session watchers, only from the commit callback of its row. Until then the task stays RUNNING in
+  memory; its result is written durably (retried until the store accepts it);
+* sessions, applications, closing: the change is written, then applied (a refused write changes
+  nothing).
+
+A task becoming RUNNING, a retry and an event are written lazily: they are nobody's acknowledgement, and
+they share the next group commit.
 """
 
 from __future__ import annotations
@@ -15,14 +28,15 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from flamepy_core import validation
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.store import Store
+from flamepy_core.engine.instances import InstanceInfo
+from flamepy_core.engine.store import Op, Store
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -55,6 +69,16 @@ _COUNTER: dict[int, str] = {
 }
 TERMINAL = frozenset({SUCCEED, FAILED, CANCELLED})
 
+_INSERT_TASK = "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status) VALUES (?,?,?,?,?,?)"
+_UPDATE_TASK = "UPDATE tasks SET state = ?, output = ?, status = ? WHERE session_id = ? AND id = ?"
+_SAVE_SESSION = "INSERT OR REPLACE INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)"
+
+T = TypeVar("T")
+TaskWaiter = Callable[[pb.Task], None]
+"""Called, outside the engine lock, with a task once its final state is committed."""
+Created = Callable[[list[pb.Task] | None, FlameError | None], None]
+"""Called, outside the engine lock, with the created tasks once committed, or with why they were not."""
+
 
 def _task_from_row(session_id: str, tid: int, inp: bytes | None, out: bytes | None, status: bytes) -> pb.Task:
     """A task as the store keeps it: the id, the input and output columns, and the status message."""
@@ -68,6 +92,18 @@ def _task_from_row(session_id: str, tid: int, inp: bytes | None, out: bytes | No
         task.spec.output = out
     task.status.CopyFrom(pb.TaskStatus.FromString(status))
     return task
+
+
+def reply_task(task: pb.Task) -> pb.Task:
+    """What a caller waiting for a task reads: its id, state, output and events; not its input back."""
+    reply = pb.Task()
+    reply.metadata.id = task.metadata.id
+    reply.metadata.name = task.metadata.name
+    reply.spec.session_id = task.spec.session_id
+    if task.spec.HasField("output"):
+        reply.spec.output = task.spec.output
+    reply.status.CopyFrom(task.status)
+    return reply
 
 
 def _trim_completions(entry: SessionEntry) -> None:
@@ -96,6 +132,10 @@ class SchedulerHooks(Protocol):
 
     def application_removed(self, name: str) -> None: ...
 
+    def instances(self) -> list[InstanceInfo]:
+        """Every instance process at this moment (cheap: for listings and live views)."""
+        ...
+
 
 class _NoScheduler:
     def tasks_pending(self, session_id: str) -> None:
@@ -106,6 +146,9 @@ class _NoScheduler:
 
     def application_removed(self, name: str) -> None:
         pass
+
+    def instances(self) -> list[InstanceInfo]:
+        return []
 
 
 @dataclass
@@ -121,16 +164,22 @@ class Capacity:
     gpu: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class SessionEntry:
-    """A live session: its message, its tasks (while open) and its queue of pending task ids."""
+    """A live session: its message, its tasks in flight and its queue of pending task ids."""
 
     message: pb.Session
     cond: threading.Condition
     tasks: dict[int, pb.Task] = field(default_factory=dict)
+    """Pending and running tasks (committed), and finished ones until their final state is committed."""
     pending: deque[int] = field(default_factory=deque)
     attempts: dict[int, int] = field(default_factory=dict)
     next_id: int = 1
+    finishing: set[int] = field(default_factory=set)
+    """Tasks whose final state is being committed: no longer retried or cancelled."""
+    waiters: dict[int, list[TaskWaiter]] = field(default_factory=dict)
+    closing: bool = False
+    """A close is being committed: no new tasks, no dispatch."""
     completions: list[pb.Task] = field(default_factory=list)
     """Tasks in the order they completed, kept only while a session watcher has not read them yet."""
     completions_offset: int = 0
@@ -151,8 +200,50 @@ def _not_found(kind: str, name: str) -> FlameError:
     return FlameError(FlameErrorCode.NOT_FOUND, f"{kind} {name} not found")
 
 
+def _task_op(entry: SessionEntry, task: pb.Task, *, with_input: bool = False) -> Op:
+    """The statement that stores ``task`` as it is now."""
+    output = task.spec.output if task.spec.HasField("output") else None
+    if with_input:
+        return (
+            _INSERT_TASK,
+            (
+                entry.id,
+                int(task.metadata.id),
+                int(task.status.state),
+                task.spec.input if task.spec.HasField("input") else None,
+                output,
+                task.status.SerializeToString(),
+            ),
+        )
+    return (
+        _UPDATE_TASK,
+        (int(task.status.state), output, task.status.SerializeToString(), entry.id, int(task.metadata.id)),
+    )
+
+
+def _session_op(message: pb.Session) -> Op:
+    return (
+        _SAVE_SESSION,
+        (message.metadata.id, message.spec.application, int(message.status.state), message.SerializeToString()),
+    )
+
+
+def _mark(task: pb.Task, state: int, message: str | None, ts: int) -> None:
+    """Set ``task``'s state and add the event for it (the counters are the caller's business)."""
+    task.status.state = state  # type: ignore[assignment]
+    if state in TERMINAL:
+        task.status.completion_time = ts
+    event = task.status.events.add(code=int(state), creation_time=ts)
+    if message is not None:
+        event.message = bound_failure_text(message)  # a service's text: bounded, controls escaped
+
+
 class Engine:
-    """The state machine of applications, sessions and tasks. Thread-safe."""
+    """The state machine of applications, sessions and tasks. Thread-safe.
+
+    Methods that change what a client is told wait for the store (or take a callback): never call them
+    with the engine lock held.
+    """
 
     def __init__(
         self,
@@ -172,9 +263,14 @@ class Engine:
         self.scheduler: SchedulerHooks = _NoScheduler()
         self._apps: dict[str, pb.Application] = {}
         self._sessions: dict[str, SessionEntry] = {}
+        self._reserved: set[str] = set()
+        """Application and session names whose creation or removal is being committed."""
+        self._creating: dict[str, str] = {}
+        """Sessions being created (committed right now) and their application."""
         self._watch_ids = itertools.count(1)
-        with self.lock:  # requeueing notifies the sessions' conditions, which needs the lock held
+        with self.lock:
             self._load()
+        self.store.commit()
 
     # -- recovery ------------------------------------------------------------------------------------
 
@@ -206,9 +302,9 @@ class Engine:
                 task = _task_from_row(entry.id, tid, inp, out, st)
                 entry.tasks[tid] = task
                 if task.status.state == RUNNING:  # its instance died with the previous server
-                    self._set_state(entry, task, PENDING, "requeued: the server restarted while it ran")
+                    self._requeue(entry, task, "requeued: the server restarted while it ran")
                     requeued += 1
-                if task.status.state == PENDING:
+                else:
                     entry.pending.append(tid)
         if requeued:
             log.info("requeued %d tasks that were running when the server stopped", requeued)
@@ -255,63 +351,87 @@ class Engine:
         app.status.creation_time = creation_time
         return app
 
-    def _save_app(self, app: pb.Application) -> None:
-        self.store.execute(
+    @staticmethod
+    def _app_op(app: pb.Application) -> Op:
+        return (
             "INSERT OR REPLACE INTO applications (name, data) VALUES (?, ?)",
-            app.metadata.name,
-            app.SerializeToString(),
+            (app.metadata.name, app.SerializeToString()),
         )
+
+    def _reserve(self, key: str) -> None:
+        """Claim a name while its change is committed (called with the lock held)."""
+        if key in self._reserved:
+            raise FlameError(
+                FlameErrorCode.INVALID_STATE, f"{key.partition(':')[2]} is being changed by another call; try again"
+            )
+        self._reserved.add(key)
+
+    def _commit_then(self, key: str, ops: list[Op], apply: Callable[[], None]) -> None:
+        """Write ``ops``; once committed, ``apply`` under the lock. A refused write changes nothing."""
+        try:
+            self.store.write_wait(ops, durable=False)
+        except BaseException:
+            with self.lock:
+                self._reserved.discard(key)
+            raise
+        with self.lock:
+            self._reserved.discard(key)
+            apply()
 
     def register_application(self, name: str, spec: pb.ApplicationSpec) -> pb.Application:
         self._validate_app_spec(name, spec)
+        key = f"app:{name}"
         with self.lock:
             if name in self._apps:
                 raise FlameError(
                     FlameErrorCode.ALREADY_EXISTS,
                     f"application {name} already exists; unregister it first or use update",
                 )
+            self._reserve(key)
             app = self._app_message(name, spec, now_ms())
-            self._apps[name] = app
-            self._save_app(app)
-            return app
+        self._commit_then(key, [self._app_op(app)], lambda: self._apps.__setitem__(name, app))
+        return app
 
     def _open_sessions_of(self, name: str) -> list[SessionEntry]:
         return [s for s in self._sessions.values() if s.message.spec.application == name and s.is_open]
 
+    def _refuse_open_sessions(self, name: str, doing: str) -> None:
+        count = len(self._open_sessions_of(name)) + sum(app == name for app in self._creating.values())
+        if count:
+            raise FlameError(
+                FlameErrorCode.INVALID_STATE,
+                f"{count} open sessions in the application {name}; close them before {doing}",
+            )
+
     def update_application(self, name: str, spec: pb.ApplicationSpec) -> pb.Application:
         self._validate_app_spec(name, spec)
+        key = f"app:{name}"
         with self.lock:
             old = self.get_application(name)
-            opened = self._open_sessions_of(name)
-            if opened:
-                raise FlameError(
-                    FlameErrorCode.INVALID_STATE,
-                    f"{len(opened)} open sessions in the application {name}; close them before updating it",
-                )
+            self._refuse_open_sessions(name, "updating it")
+            self._reserve(key)
             app = self._app_message(name, spec, old.status.creation_time)
-            self._apps[name] = app
-            self._save_app(app)
-        self.scheduler.application_removed(name)  # warm instances run the old spec
+        self._commit_then(key, [self._app_op(app)], lambda: self._apps.__setitem__(name, app))
+        self.scheduler.application_removed(name)  # idle and spare instances run the old spec
         return app
 
     def unregister_application(self, name: str) -> None:
+        key = f"app:{name}"
         with self.lock:
             self.get_application(name)
-            opened = self._open_sessions_of(name)
-            if opened:
-                raise FlameError(
-                    FlameErrorCode.INVALID_STATE,
-                    f"{len(opened)} open sessions in the application {name}; close them before unregistering",
-                )
-            del self._apps[name]
+            self._refuse_open_sessions(name, "unregistering")
+            self._reserve(key)
             closed = [s.id for s in self._sessions.values() if s.message.spec.application == name]
+        ops: list[Op] = [("DELETE FROM applications WHERE name = ?", (name,))]
+        ops.extend(("DELETE FROM tasks WHERE session_id = ?", (sid,)) for sid in closed)
+        ops.append(("DELETE FROM sessions WHERE application = ?", (name,)))
+
+        def apply() -> None:
+            self._apps.pop(name, None)
             for sid in closed:
-                del self._sessions[sid]
-            ops: list[tuple[str, tuple[object, ...]]] = [("DELETE FROM applications WHERE name = ?", (name,))]
-            for sid in closed:
-                ops.append(("DELETE FROM tasks WHERE session_id = ?", (sid,)))
-            ops.append(("DELETE FROM sessions WHERE application = ?", (name,)))
-            self.store.submit(ops)
+                self._sessions.pop(sid, None)
+
+        self._commit_then(key, ops, apply)
         self.scheduler.application_removed(name)
 
     def get_application(self, name: str) -> pb.Application:
@@ -347,11 +467,17 @@ class Engine:
 
     def create_session(self, session_id: str, spec: pb.SessionSpec) -> pb.Session:
         validation.check_session_id(session_id)
+        key = f"session:{session_id}"
         with self.lock:
             app = self.get_application(spec.application)
             if app.status.state != pb.ApplicationState.Enabled:
                 raise FlameError(FlameErrorCode.INVALID_STATE, f"application {spec.application} is disabled")
-            if session_id in self._sessions:
+            if f"app:{spec.application}" in self._reserved:
+                raise FlameError(
+                    FlameErrorCode.INVALID_STATE,
+                    f"application {spec.application} is being changed by another call; try again",
+                )
+            if session_id in self._sessions or key in self._reserved:
                 raise FlameError(FlameErrorCode.ALREADY_EXISTS, f"session {session_id} already exists")
             session = pb.Session()
             session.metadata.id = session_id
@@ -370,21 +496,30 @@ class Engine:
                 )
             session.status.state = OPEN
             session.status.creation_time = now_ms()
+            self._reserve(key)
+            self._creating[session_id] = spec.application
             entry = SessionEntry(message=session, cond=threading.Condition(self.lock))
+
+        def apply() -> None:
             self._sessions[session_id] = entry
-            self._save_session(entry)
+
+        try:
+            self._commit_then(key, [_session_op(session)], apply)
+        finally:
+            with self.lock:
+                self._creating.pop(session_id, None)
         if spec.min_instances:
             self.scheduler.tasks_pending(session_id)
         return self.snapshot(entry)
 
     def _save_session(self, entry: SessionEntry) -> None:
-        self.store.execute(
-            "INSERT OR REPLACE INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)",
-            entry.id,
-            entry.message.spec.application,
-            int(entry.message.status.state),
-            entry.message.SerializeToString(),
-        )
+        """Write the session's message as it is now, with the next group commit (called with the lock held).
+
+        While a close is being committed nothing is written: the close writes the message last.
+        """
+        if entry.closing:
+            return
+        self.store.enqueue([_session_op(entry.message)], durable=True, lazy=True)
 
     def snapshot(self, entry: SessionEntry) -> pb.Session:
         with self.lock:
@@ -412,11 +547,12 @@ class Engine:
                 if spec is None:
                     raise _not_found("session", session_id)
             try:
-                # Outside the lock: creating may call the scheduler, which takes its own lock first.
+                # Outside the lock: creating waits for the store and may call the scheduler.
                 return self.create_session(session_id, spec)
             except FlameError as exc:
                 if exc.code != FlameErrorCode.ALREADY_EXISTS:
                     raise  # created concurrently: loop and open the one that won
+                time.sleep(0.01)
         raise FlameError(FlameErrorCode.INTERNAL, f"session {session_id} could not be opened; try again")
 
     def _check_spec_matches(self, entry: SessionEntry, spec: pb.SessionSpec) -> None:
@@ -445,8 +581,11 @@ class Engine:
                 )
 
     def close_session(self, session_id: str) -> pb.Session:
+        """Cancel the pending tasks and close; refused while a task runs. Returns once committed."""
         with self.lock:
             entry = self._entry(session_id)
+            while entry.closing:  # another call is closing it: its outcome is ours
+                entry.cond.wait(timeout=1.0)
             if not entry.is_open:
                 return self.snapshot(entry)
             if entry.message.status.running:
@@ -455,30 +594,64 @@ class Engine:
                     f"Cannot close session with running tasks: session {session_id} has "
                     f"{entry.message.status.running} running; wait for them to finish, then close it",
                 )
-            while entry.pending:
-                task = entry.tasks[entry.pending.popleft()]
-                self._set_state(entry, task, CANCELLED, "cancelled: the session was closed")
-            entry.message.status.state = CLOSED
-            entry.message.status.completion_time = now_ms()
-            self._save_session(entry)
-            entry.tasks.clear()  # the store has them; closed sessions are read from there
+            entry.closing = True
+            ts = now_ms()
+            cancelled: list[pb.Task] = []
+            ops: list[Op] = []
+            for tid in entry.pending:
+                final = pb.Task()
+                final.CopyFrom(entry.tasks[tid])
+                _mark(final, CANCELLED, "cancelled: the session was closed", ts)
+                cancelled.append(final)
+                ops.append(_task_op(entry, final))
+            closed = self.snapshot(entry)
+            closed.status.state = CLOSED
+            closed.status.completion_time = ts
+            closed.status.pending -= len(cancelled)
+            closed.status.cancelled += len(cancelled)
+            ops.append(_session_op(closed))
+        try:
+            self.store.write_wait(ops, durable=False)
+        except BaseException:
+            with self.lock:
+                entry.closing = False
+                entry.cond.notify_all()
+            raise
+        waiting: list[tuple[list[TaskWaiter], pb.Task]] = []
+        with self.lock:
+            for final in cancelled:
+                tid = int(final.metadata.id)
+                task = entry.tasks.pop(tid)
+                task.CopyFrom(final)
+                if entry.watch_positions:
+                    entry.completions.append(task)
+                waiting.append((entry.waiters.pop(tid, []), task))
+            entry.pending.clear()
+            status = entry.message.status
+            status.state = CLOSED
+            status.completion_time = ts
+            status.pending -= len(cancelled)
+            status.cancelled += len(cancelled)
             entry.attempts.clear()
+            entry.closing = False
+            self._save_session(entry)  # with the events added while the close was written
             _trim_completions(entry)
             entry.cond.notify_all()
             snapshot = self.snapshot(entry)
+        self._notify_waiters(waiting)
         self.scheduler.session_closed(session_id)
         return snapshot
 
     def delete_session(self, session_id: str) -> pb.Session:
         snapshot = self.close_session(session_id)
+        self.store.write_wait(
+            [
+                ("DELETE FROM tasks WHERE session_id = ?", (session_id,)),
+                ("DELETE FROM sessions WHERE id = ?", (session_id,)),
+            ]
+        )
         with self.lock:
             self._sessions.pop(session_id, None)
-            self.store.submit(
-                [
-                    ("DELETE FROM tasks WHERE session_id = ?", (session_id,)),
-                    ("DELETE FROM sessions WHERE id = ?", (session_id,)),
-                ]
-            )
         return snapshot
 
     def get_session(self, session_id: str) -> pb.Session:
@@ -502,83 +675,109 @@ class Engine:
             del entry.message.status.events[:-50]  # keep the newest; a flapping instance must not grow it forever
             self._save_session(entry)
 
-    # -- tasks ---------------------------------------------------------------------------------------
+    # -- creating tasks ------------------------------------------------------------------------------
 
-    def _persist_task(self, entry: SessionEntry, task: pb.Task, *, with_input: bool = False) -> None:
-        tid = int(task.metadata.id)
-        output = task.spec.output if task.spec.HasField("output") else None
-        if with_input:
-            self.store.execute(
-                "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status) VALUES (?,?,?,?,?,?)",
-                entry.id,
-                tid,
-                int(task.status.state),
-                task.spec.input if task.spec.HasField("input") else None,
-                output,
-                task.status.SerializeToString(),
-            )
-        else:
-            self.store.execute(
-                "UPDATE tasks SET state = ?, output = ?, status = ? WHERE session_id = ? AND id = ?",
-                int(task.status.state),
-                output,
-                task.status.SerializeToString(),
-                entry.id,
-                tid,
-            )
+    def submit_tasks(
+        self,
+        session_id: str,
+        inputs: Sequence[bytes | None],
+        on_created: Created,
+        waiter: TaskWaiter | None = None,
+    ) -> None:
+        """Create tasks; ``on_created`` gets them once committed (or the store's error, nothing created).
 
-    def _set_state(self, entry: SessionEntry, task: pb.Task, state: int, message: str | None = None) -> None:
-        old = task.status.state
-        status = entry.message.status
-        setattr(status, _COUNTER[old], getattr(status, _COUNTER[old]) - 1)
-        setattr(status, _COUNTER[state], getattr(status, _COUNTER[state]) + 1)
-        task.status.state = state  # type: ignore[assignment]
-        ts = now_ms()
-        if state in TERMINAL:
-            task.status.completion_time = ts
-            if entry.watch_positions:
-                entry.completions.append(task)
-        event = task.status.events.add(code=int(state), creation_time=ts)
-        if message is not None:
-            event.message = bound_failure_text(message)  # a service's text: bounded, controls escaped
-        self._persist_task(entry, task)
-        if state in TERMINAL:
-            # Finished tasks live in the store only: memory holds what is in flight, however many
-            # tasks a long session has run (readers and watchers hold their own references).
-            entry.tasks.pop(int(task.metadata.id), None)
-        entry.cond.notify_all()
-
-    def create_task(self, session_id: str, task_input: bytes | None) -> pb.Task:
+        ``waiter``, when given, is called with each task once its final state is committed. Raises at
+        once (nothing queued) for an unknown or closed session.
+        """
         with self.lock:
             entry = self._entry(session_id)
-            if not entry.is_open:
+            if not entry.is_open or entry.closing:
                 raise FlameError(
                     FlameErrorCode.INVALID_STATE,
                     f"Cannot create task in closed session {session_id}; open a new session",
                 )
-            tid = entry.next_id
-            entry.next_id += 1
-            task = pb.Task()
-            task.metadata.id = str(tid)
-            task.metadata.name = str(tid)
-            task.spec.session_id = session_id
-            if task_input is not None:
-                task.spec.input = task_input
-            task.status.state = PENDING
-            task.status.creation_time = now_ms()
-            task.status.events.add(code=EVENT_TASK_PENDING, creation_time=task.status.creation_time)
-            entry.tasks[tid] = task
-            entry.pending.append(tid)
-            entry.message.status.pending += 1
-            self._persist_task(entry, task, with_input=True)
+            ts = now_ms()
+            tasks: list[pb.Task] = []
+            ops: list[Op] = []
+            for task_input in inputs:
+                tid = entry.next_id
+                entry.next_id += 1
+                task = pb.Task()
+                task.metadata.id = str(tid)
+                task.metadata.name = str(tid)
+                task.spec.session_id = session_id
+                if task_input is not None:
+                    task.spec.input = task_input
+                task.status.state = PENDING
+                task.status.creation_time = ts
+                task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
+                tasks.append(task)
+                ops.append(_task_op(entry, task, with_input=True))
+            self.store.enqueue(ops, partial(self._created, entry, tasks, on_created, waiter), durable=False)
+        self.store.commit()
+
+    def _created(
+        self,
+        entry: SessionEntry,
+        tasks: list[pb.Task],
+        on_created: Created,
+        waiter: TaskWaiter | None,
+        error: FlameError | None,
+    ) -> None:
+        if error is not None:
+            on_created(None, error)  # withdrawn: no task exists, ids are not reused
+            return
+        late: list[tuple[list[TaskWaiter], pb.Task]] = []
+        with self.lock:
+            status = entry.message.status
+            if entry.is_open and not entry.closing:
+                for task in tasks:
+                    tid = int(task.metadata.id)
+                    entry.tasks[tid] = task
+                    entry.pending.append(tid)
+                    if waiter is not None:
+                        entry.waiters.setdefault(tid, []).append(waiter)
+                status.pending += len(tasks)
+            else:
+                # The session closed while these were being written: they are cancelled, as its other
+                # pending tasks were.
+                ts = now_ms()
+                for task in tasks:
+                    _mark(task, CANCELLED, "cancelled: the session was closed", ts)
+                    self.store.enqueue([_task_op(entry, task)], durable=True, lazy=True)
+                    if waiter is not None:
+                        late.append(([waiter], task))
+                status.cancelled += len(tasks)
             entry.cond.notify_all()
-            reply = pb.Task()
-            reply.CopyFrom(task)
-        self.scheduler.tasks_pending(session_id)
-        return reply
+            is_open = entry.is_open
+        on_created(tasks, None)
+        self._notify_waiters(late)
+        if is_open:
+            self.scheduler.tasks_pending(entry.id)
+
+    def create_task(self, session_id: str, task_input: bytes | None) -> pb.Task:
+        """Create one task and return it once committed (flame.v1 CreateTask)."""
+        done = _Outcome[list[pb.Task]]()
+        self.submit_tasks(session_id, [task_input], done.settle)
+        tasks = done.wait()
+        copy = pb.Task()
+        copy.CopyFrom(tasks[0])
+        return copy
+
+    def run_task(
+        self, session_id: str, task_input: bytes | None, on_done: Callable[[pb.Task | None, FlameError | None], None]
+    ) -> None:
+        """Create a task and call ``on_done`` with it once its final state is committed (flamepy's RunTask)."""
+
+        def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
+            if error is not None:
+                on_done(None, error)
+
+        self.submit_tasks(session_id, [task_input], created, waiter=lambda task: on_done(reply_task(task), None))
+
+    # -- reading tasks -------------------------------------------------------------------------------
 
     def _load_task(self, session_id: str, task_id: int) -> pb.Task | None:
-        self.store.flush()
         rows = self.store.query(
             "SELECT input, output, status FROM tasks WHERE session_id = ? AND id = ?", session_id, task_id
         )
@@ -613,14 +812,11 @@ class Engine:
     def list_tasks(self, session_id: str) -> Iterator[pb.Task]:
         with self.lock:
             self._entry(session_id)  # NOT_FOUND for an unknown session
-        # Every state change is written before the lock is released; the read flushes first, so the
-        # store is the complete, current list (memory holds only the tasks in flight).
         return self._iter_stored_tasks(session_id)
 
-    def _iter_stored_tasks(self, session_id: str) -> Iterator[pb.Task]:
-        self.store.flush()
+    def _iter_stored_tasks(self, session_id: str, after: int = 0) -> Iterator[pb.Task]:
         for tid, inp, out, st in self.store.iter_query(
-            "SELECT id, input, output, status FROM tasks WHERE session_id = ? ORDER BY id", session_id
+            "SELECT id, input, output, status FROM tasks WHERE session_id = ? AND id > ? ORDER BY id", session_id, after
         ):
             yield _task_from_row(session_id, tid, inp, out, st)
 
@@ -642,11 +838,6 @@ class Engine:
                 yield stored
                 return
             last = task.status.state
-            if last in TERMINAL:
-                snap = pb.Task()
-                snap.CopyFrom(task)
-                yield snap
-                return
         while is_active():
             with self.lock:
                 entry.cond.wait_for(partial(_changed, task, entry, last), timeout=poll)
@@ -661,68 +852,44 @@ class Engine:
             if last in TERMINAL:
                 return
 
-    def run_task(self, session_id: str, task_input: bytes | None, is_active: Callable[[], bool]) -> pb.Task:
-        """Create a task and return it once completed (flamepy's RunTask: one round trip per invoke)."""
-        created = self.create_task(session_id, task_input)
-        tid = int(created.metadata.id)
-        with self.lock:
-            entry = self._entry(session_id)
-            task = entry.tasks.get(tid)
-            if task is None:  # already finished (and so only in the store)
-                stored = self._load_task(session_id, tid)
-                if stored is None:
-                    raise _not_found("task", f"{tid} of session {session_id}")
-                return stored
-            while task.status.state not in TERMINAL:
-                if not is_active():
-                    raise FlameError(
-                        FlameErrorCode.CANCELLED, f"the caller stopped waiting for task {tid}; it keeps running"
-                    )
-                entry.cond.wait(timeout=0.5)
-            snap = pb.Task()
-            snap.CopyFrom(task)
-            return snap
-
     def watch_session(
         self, session_id: str, after_task_id: int, is_active: Callable[[], bool], poll: float = 0.5
-    ) -> Iterator[pb.Task]:
-        """Completed tasks of the session with id > ``after_task_id``, in completion order, until it closes.
+    ) -> Iterator[list[pb.Task]]:
+        """Batches of completed tasks of the session with id > ``after_task_id``, in completion order.
 
         Tasks that completed before the watcher came are read from the store first; later ones come from
-        ``completions``, which keeps each task only until every watcher has read it.
+        ``completions``, which keeps each task only until every watcher has read it. Ends when the
+        session closes (after its last completions) or the caller goes away.
         """
         token = next(self._watch_ids)
         with self.lock:
             entry = self._entry(session_id)
-            # Under the lock no task completes, so store (flushed) + live list miss nothing, twice nothing.
-            replay = [
-                t
-                for t in self._iter_stored_tasks(session_id)
-                if int(t.metadata.id) > after_task_id and t.status.state in TERMINAL
-            ]
-            if not entry.is_open:
-                watching = False
-            else:
-                watching = True
+            # Under the lock no final state is applied, so store + live list miss nothing. A task
+            # committed just before the read may show in both: the replayed ids are skipped below.
+            replay = [t for t in self._iter_stored_tasks(session_id, after_task_id) if t.status.state in TERMINAL]
+            watching = entry.is_open
+            if watching:
                 position = entry.completions_offset + len(entry.completions)
                 entry.watch_positions[token] = position
+        seen = {int(t.metadata.id) for t in replay}
         try:
-            yield from sorted(replay, key=lambda t: t.status.completion_time)
+            if replay:
+                yield sorted(replay, key=lambda t: t.status.completion_time)
             while watching:
                 with self.lock:
                     if position >= entry.completions_offset + len(entry.completions) and entry.is_open and is_active():
                         entry.cond.wait(timeout=poll)
                     batch = []
                     for task in entry.completions[position - entry.completions_offset :]:
-                        if int(task.metadata.id) > after_task_id:
-                            snap = pb.Task()
-                            snap.CopyFrom(task)
-                            batch.append(snap)
+                        tid = int(task.metadata.id)
+                        if tid > after_task_id and tid not in seen:
+                            batch.append(reply_task(task))
                     position = entry.completions_offset + len(entry.completions)
                     entry.watch_positions[token] = position
                     _trim_completions(entry)
                     finished = not entry.is_open or not is_active()
-                yield from batch
+                if batch:
+                    yield batch
                 if finished:
                     return
         finally:
@@ -731,26 +898,39 @@ class Engine:
                     entry.watch_positions.pop(token, None)
                     _trim_completions(entry)
 
-    # -- what instance drivers call --------------------------------------------------------------------
+    # -- what instances report -------------------------------------------------------------------------
 
-    def take_task(self, session_id: str, timeout: float) -> pb.Task | None:
+    def take_task(self, session_id: str, timeout: float = 0.0) -> pb.Task | None:
         """The next pending task of an open session, now RUNNING; None when none came within ``timeout``.
 
-        Raises FlameError(INVALID_STATE) once the session is closed, so the driver leaves it.
+        Raises FlameError(INVALID_STATE) once the session is closed, so the caller leaves it.
         """
         with self.lock:
             entry = self._entry(session_id)
-            if not entry.pending and entry.is_open:
+            if not entry.pending and entry.is_open and timeout > 0:
                 entry.cond.wait_for(lambda: bool(entry.pending) or not entry.is_open, timeout=timeout)
             if not entry.is_open:
                 raise FlameError(FlameErrorCode.INVALID_STATE, f"session {session_id} is closed")
-            if not entry.pending:
+            task = self._start_next(entry)
+            if task is None:
                 return None
-            task = entry.tasks[entry.pending.popleft()]
-            self._set_state(entry, task, RUNNING)
             copy = pb.Task()
             copy.CopyFrom(task)
-            return copy
+        self.store.commit()  # RUNNING is stored before the task can have done anything
+        return copy
+
+    def _start_next(self, entry: SessionEntry) -> pb.Task | None:
+        """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none."""
+        if not entry.pending or entry.closing:
+            return None
+        task = entry.tasks[entry.pending.popleft()]
+        status = entry.message.status
+        status.pending -= 1
+        status.running += 1
+        _mark(task, RUNNING, None, now_ms())
+        self.store.enqueue([_task_op(entry, task)], durable=True, lazy=True)
+        entry.cond.notify_all()
+        return task
 
     def has_pending(self, session_id: str) -> bool:
         with self.lock:
@@ -779,25 +959,120 @@ class Engine:
                 want = min(want, app.spec.max_instances)
             return want
 
-    def complete_task(self, session_id: str, task_id: str, output: bytes | None) -> None:
+    def finish_task(
+        self,
+        session_id: str,
+        task_id: int,
+        *,
+        output: bytes | None = None,
+        failure: str | None = None,
+        on_committed: Callable[[], None] | None = None,
+    ) -> bool:
+        """Record a running task's result: SUCCEED with ``output``, or FAILED with ``failure``.
+
+        The final state is written durably and applied (waiters and watchers told) once committed;
+        ``on_committed`` runs then. False when the task is not running (settled or cancelled meanwhile).
+        """
         with self.lock:
-            entry = self._entry(session_id)
-            task = entry.tasks.get(int(task_id))
-            if task is None or task.status.state != RUNNING:
-                return  # the session was closed under it, or it was already settled
-            if output is not None:
-                task.spec.output = output
-            self._set_state(entry, task, SUCCEED)
+            entry = self._sessions.get(session_id)
+            task = entry.tasks.get(task_id) if entry is not None else None
+            if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
+                return False
+            self._finalize(entry, task, SUCCEED if failure is None else FAILED, failure, output, on_committed)
+        self.store.commit()
+        return True
+
+    def _finalize(
+        self,
+        entry: SessionEntry,
+        task: pb.Task,
+        state: int,
+        message: str | None,
+        output: bytes | None = None,
+        on_committed: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue a task's final state; it is applied when committed (called with the lock held)."""
+        tid = int(task.metadata.id)
+        entry.finishing.add(tid)
+        if task.status.state == PENDING:
+            entry.pending.remove(tid)
+        final = pb.Task()
+        final.CopyFrom(task)
+        if output is not None:
+            final.spec.output = output
+        _mark(final, state, message, now_ms())
+        self.store.enqueue([_task_op(entry, final)], partial(self._finished, entry, final, on_committed))
+
+    def _finished(
+        self, entry: SessionEntry, final: pb.Task, on_committed: Callable[[], None] | None, error: FlameError | None
+    ) -> None:
+        if error is not None:  # only a bug can make a durable write fail for good
+            log.error("the final state of task %s of %s was not stored: %s", final.metadata.id, entry.id, error)
+        tid = int(final.metadata.id)
+        with self.lock:
+            entry.finishing.discard(tid)
+            task = entry.tasks.pop(tid, None)
+            if task is None:
+                return
+            status = entry.message.status
+            old = _COUNTER[task.status.state]
+            setattr(status, old, getattr(status, old) - 1)
+            new = _COUNTER[final.status.state]
+            setattr(status, new, getattr(status, new) + 1)
+            task.CopyFrom(final)  # in place: watch_task holds this object
+            entry.attempts.pop(tid, None)
+            if entry.watch_positions:
+                entry.completions.append(task)
+            waiters = entry.waiters.pop(tid, [])
+            entry.cond.notify_all()
+        self._notify_waiters([(waiters, task)])
+        if on_committed is not None:
+            on_committed()
+
+    @staticmethod
+    def _notify_waiters(waiting: list[tuple[list[TaskWaiter], pb.Task]]) -> None:
+        for waiters, task in waiting:
+            for waiter in waiters:
+                try:
+                    waiter(task)
+                except Exception:  # a waiter's bug must not stop the others
+                    log.exception("a task waiter failed")
+
+    def complete_task(self, session_id: str, task_id: str, output: bytes | None) -> None:
+        """Record success and return once committed (for callers that wait; the scheduler does not)."""
+        self._finish_and_wait(session_id, task_id, output=output)
 
     def fail_task(self, session_id: str, task_id: str, message: str) -> None:
+        """Record a failure of a running or pending task and return once committed."""
+        tid = int(task_id)
         with self.lock:
             entry = self._entry(session_id)
-            task = entry.tasks.get(int(task_id))
-            if task is None or task.status.state not in (RUNNING, PENDING):
+            task = entry.tasks.get(tid)
+            if task is None or task.status.state not in (RUNNING, PENDING) or tid in entry.finishing:
                 return
-            if task.status.state == PENDING:
-                entry.pending.remove(int(task_id))
-            self._set_state(entry, task, FAILED, message)
+            done = threading.Event()
+            self._finalize(entry, task, FAILED, message, on_committed=done.set)
+        self.store.commit()
+        done.wait()
+
+    def _finish_and_wait(self, session_id: str, task_id: str, *, output: bytes | None) -> None:
+        done = threading.Event()
+        if self.finish_task(session_id, int(task_id), output=output, on_committed=done.set):
+            done.wait()
+
+    def _requeue(self, entry: SessionEntry, task: pb.Task, message: str, *, front: bool = False) -> None:
+        """A RUNNING task back to PENDING (called with the lock held)."""
+        status = entry.message.status
+        status.running -= 1
+        status.pending += 1
+        _mark(task, PENDING, message, now_ms())
+        self.store.enqueue([_task_op(entry, task)], durable=True, lazy=True)
+        tid = int(task.metadata.id)
+        if front:
+            entry.pending.appendleft(tid)
+        else:
+            entry.pending.append(tid)
+        entry.cond.notify_all()
 
     def retry_task(self, session_id: str, task_id: str, message: str) -> bool:
         """Put a task whose instance died back at the head of the queue; False once retries are spent."""
@@ -805,33 +1080,56 @@ class Engine:
             entry = self._entry(session_id)
             tid = int(task_id)
             task = entry.tasks.get(tid)
-            if task is None or task.status.state != RUNNING:
+            if task is None or task.status.state != RUNNING or tid in entry.finishing:
                 return False
             attempts = entry.attempts.get(tid, 0) + 1
             entry.attempts[tid] = attempts
             if attempts > self.task_retry_limit:
-                self._set_state(
+                self._finalize(
                     entry,
                     task,
                     FAILED,
                     f"{message}; gave up after {self.task_retry_limit} "
                     f"{'retry' if self.task_retry_limit == 1 else 'retries'}",
                 )
-                return False
-            self._set_state(entry, task, PENDING, f"retry {attempts}/{self.task_retry_limit}: {message}")
-            entry.pending.appendleft(tid)
-        self.scheduler.tasks_pending(session_id)
-        return True
+                retried = False
+            else:
+                self._requeue(entry, task, f"retry {attempts}/{self.task_retry_limit}: {message}", front=True)
+                retried = True
+        self.store.commit()
+        if retried:
+            self.scheduler.tasks_pending(session_id)
+        return retried
 
     def fail_pending(self, session_id: str, message: str) -> int:
         """Fail every pending task of a session (its instances cannot start or enter it)."""
         with self.lock:
             entry = self._sessions.get(session_id)
-            if entry is None or not entry.is_open:
+            if entry is None or not entry.is_open or entry.closing:
                 return 0
             count = 0
-            while entry.pending:
-                task = entry.tasks[entry.pending.popleft()]
-                self._set_state(entry, task, FAILED, message)
+            for tid in list(entry.pending):
+                self._finalize(entry, entry.tasks[tid], FAILED, message)
                 count += 1
-            return count
+        self.store.commit()
+        return count
+
+
+class _Outcome(Generic[T]):
+    """A one-shot result for a caller that waits on a callback API."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: T | None = None
+        self._error: FlameError | None = None
+
+    def settle(self, value: T | None, error: FlameError | None) -> None:
+        self._value, self._error = value, error
+        self._done.set()
+
+    def wait(self) -> T:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value

@@ -1,12 +1,35 @@
-"""Persistence in sqlite (WAL) under ``FLAME_HOME/flame.db``.
+"""Persistence in sqlite (WAL) under ``FLAME_HOME/flame.db``, with commit callbacks.
 
-The engine keeps live state in memory and writes it behind through one writer thread that group-commits,
-so a task costs no fsync and no commit of its own. Durability is a setting:
+The engine keeps live state in memory and tells a client something (a task accepted, a task done, a
+session created, an object stored) only once it is committed. So every write carries a callback that
+fires after its COMMIT, or with the error that stopped it.
 
-* ``"batched"`` (default): changes are committed by the writer thread as soon as it gets to them, many
-  per transaction under load, with ``synchronous=NORMAL`` (WAL: durable across a process crash; a power
-  loss may drop the last few milliseconds of changes).
-* ``"strict"``: every change is committed, with ``synchronous=FULL``, before the call that made it returns.
+Group commit. Writes are queued (:meth:`Store.enqueue`); :meth:`Store.commit` then commits everything
+queued, in one transaction, on the calling thread, unless another thread is committing right now, in
+which case that thread takes the new writes into its next round. Under load many writes share one
+transaction; a lone write costs one commit and no thread hand-off. Writes marked ``lazy`` (state that
+nobody is told about, such as a task becoming RUNNING) wait for the next commit, or at most
+``LAZY_DELAY`` seconds for the writer thread. One connection writes; reads use another and never wait
+for writes (WAL).
+
+When a write fails. The transaction is rolled back and the writer thread retries with back-off:
+
+* a *withdrawable* write (what a client asked for and waits on: create a task, a session, store an
+  object) fails after ``retry_window`` seconds, or at its first failure while the store is already
+  failing; its callback receives the error and the engine withdraws the change, so a call that was
+  told "failed" never takes effect later;
+* a *durable* write (the result of work that was done, an event) stays queued and is retried until it
+  is committed; its callback then fires as usual.
+
+Errors are ``FlameError``: ``RESOURCE_EXHAUSTED`` when the disk is full or the file cannot grow (naming
+the file and sqlite's error), ``UNAVAILABLE`` when the database is locked or cannot be opened. When
+space returns, the next attempt succeeds and the store is healthy again, without a restart.
+
+Durability (``synchronous``): ``"batched"`` (default) runs with ``synchronous=NORMAL``: a commit
+survives a crash of the server process (the WAL is in the operating system's hands), while a power
+loss may drop the last transactions before the next checkpoint (the file stays consistent). ``"strict"``
+runs with ``synchronous=FULL``: every commit is fsync-ed, so it survives a power loss too, at the cost
+of an fsync per group commit.
 
 Rows hold the flame.v1 protobuf messages as blobs next to the columns we query by, so the on-disk
 format is the wire format and needs no second schema.
@@ -15,13 +38,16 @@ format is the wire format and needs no second schema.
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +87,90 @@ CREATE TABLE IF NOT EXISTS object_patches (
 """
 
 Op = tuple[str, tuple[Any, ...]]
+OnDone = Callable[[FlameError | None], None]
 DURABILITY = ("batched", "strict")
+
+LAZY_DELAY = 0.02
+"""Seconds a lazy write may wait for another write's commit before the writer thread commits it."""
+MAX_INLINE_ROUNDS = 4
+"""Group commits one caller runs in a row before it leaves the rest to the writer thread."""
+BACKOFF_FIRST = 0.02
+BACKOFF_MAX = 1.0
+
+_DISK_ERRORS = frozenset({"SQLITE_FULL", "SQLITE_NOMEM"})
+"""sqlite errors (besides every SQLITE_IOERR_*) that mean "no room": RESOURCE_EXHAUSTED."""
+_UNAVAILABLE_ERRORS = frozenset(
+    {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PROTOCOL"}
+)
+
+
+class _Write:
+    """Queued changes, their callback, and how a failure treats them."""
+
+    __slots__ = ("deadline", "durable", "on_done", "ops")
+
+    def __init__(self, ops: list[Op], on_done: OnDone | None, durable: bool) -> None:
+        self.ops = ops
+        self.on_done = on_done
+        self.durable = durable
+        self.deadline: float | None = None
+        """For a withdrawable write that failed: when it stops being retried."""
+
+
+def store_error(path: str, exc: BaseException) -> FlameError:
+    """A failed sqlite write as the error a caller sees: the file, sqlite's words and what to do."""
+    name = str(getattr(exc, "sqlite_errorname", "") or type(exc).__name__)
+    text = f"cannot write the store {path}: {exc} ({name})"
+    if name in _DISK_ERRORS or name.startswith("SQLITE_IOERR"):
+        return FlameError(
+            FlameErrorCode.RESOURCE_EXHAUSTED,
+            f"{text}; the disk is full or the file cannot grow: free space (or raise the file size limit), "
+            f"then retry. Work already done is kept in memory and written once space returns",
+        )
+    if name in _UNAVAILABLE_ERRORS:
+        return FlameError(FlameErrorCode.UNAVAILABLE, f"{text}; retry shortly")
+    return FlameError(FlameErrorCode.INTERNAL, text)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Failures of the disk or of locking, which may pass: not a bad statement (which is a bug)."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    if name:
+        return name in _DISK_ERRORS or name in _UNAVAILABLE_ERRORS or name.startswith("SQLITE_IOERR")
+    # Python < 3.11 has no error names: an OperationalError is about the database, not the statement.
+    return isinstance(exc, sqlite3.OperationalError) and "syntax" not in str(exc) and "no such" not in str(exc)
 
 
 class Store:
-    """sqlite persistence with a group-committing writer thread. Thread-safe."""
+    """sqlite persistence with group commit and commit callbacks. Thread-safe.
 
-    def __init__(self, path: Path | str, *, durability: str = "batched") -> None:
+    Never call :meth:`commit` (or :meth:`write_wait`) while holding a lock that a commit callback may
+    need: callbacks run on the committing thread.
+    """
+
+    def __init__(self, path: Path | str, *, durability: str = "batched", retry_window: float = 2.0) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
         self.path = str(path)
         self.durability = durability
-        self._queue: queue.Queue[list[Op] | Future[None] | None] = queue.Queue()
+        self.retry_window = retry_window
         self._write = self._connect()
         self._write.executescript(SCHEMA)
-        self._write.commit()
         self._read = self._connect()
         self._read_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Write] = deque()
+        self._leader = False
+        """A thread is committing: writes queued now go into its next round."""
+        self._lazy_due: float | None = None
+        self._failure: FlameError | None = None
+        self._backoff = BACKOFF_FIRST
+        self._retry_at = 0.0
+        self._untried = False
+        """Writes arrived that were never attempted (while failing, they are attempted at once)."""
+        self._closing = False
         self._closed = False
+        self.commits = 0
         self._writer = threading.Thread(target=self._run_writer, name="flame-store-writer", daemon=True)
         self._writer.start()
 
@@ -91,57 +183,207 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------------------
 
-    def submit(self, ops: list[Op]) -> None:
-        """Queue changes; in strict mode, return only once they are committed."""
-        if self._closed:
-            raise RuntimeError("the store is closed")
-        self._queue.put(ops)
-        if self.durability == "strict":
-            self.flush()
+    @property
+    def failure(self) -> FlameError | None:
+        """The last write error while the store cannot write; None when it is healthy."""
+        return self._failure
 
-    def execute(self, sql: str, *params: Any) -> None:
-        self.submit([(sql, params)])
+    def enqueue(
+        self, ops: list[Op], on_done: OnDone | None = None, *, durable: bool = True, lazy: bool = False
+    ) -> None:
+        """Queue ``ops`` as one unit; ``on_done(None)`` after their commit, ``on_done(error)`` if withdrawn.
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until everything submitted so far is committed."""
-        if self._closed:
-            return
+        Nothing is written until :meth:`commit` runs (here or on another thread), or, for a ``lazy``
+        write, at most ``LAZY_DELAY`` seconds later. Writes are committed in the order they were queued.
+        """
+        with self._cond:
+            if self._closed or self._closing:
+                raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
+            self._queue.append(_Write(ops, on_done, durable))
+            self._untried = True
+            if lazy and self._lazy_due is None:
+                self._lazy_due = time.monotonic() + LAZY_DELAY
+                self._cond.notify()
+
+    def commit(self) -> None:
+        """Commit what is queued, on this thread, unless another thread is at it (it takes ours too).
+
+        Callbacks of the committed writes run here, before this returns. While the store is failing,
+        or in strict mode, the writer thread does the work instead.
+        """
+        with self._cond:
+            if self._leader or not self._queue:
+                return
+            if self._failure is not None or self.durability == "strict":
+                self._cond.notify()
+                return
+            self._leader = True
+        for _ in range(MAX_INLINE_ROUNDS):
+            with self._cond:
+                batch = list(self._queue)
+                self._queue.clear()
+                self._untried = False
+                self._lazy_due = None
+            error = self._attempt(batch)
+            if error is not None:
+                with self._cond:
+                    self._queue.extendleft(reversed(batch))  # the writer retries them, in order
+                    self._untried = True
+                    self._leader = False
+                    self._cond.notify()
+                return
+            self._done(batch, None)
+            with self._cond:
+                if not self._queue:
+                    self._leader = False
+                    return
+        with self._cond:
+            self._leader = False
+            self._cond.notify()  # more keeps coming: the writer thread takes over
+
+    def write(self, ops: list[Op], on_done: OnDone | None = None, *, durable: bool = True) -> None:
+        """:meth:`enqueue` + :meth:`commit`."""
+        self.enqueue(ops, on_done, durable=durable)
+        self.commit()
+
+    def write_wait(self, ops: list[Op], *, durable: bool = False, timeout: float | None = None) -> None:
+        """Write and return once committed; raise the store's ``FlameError`` when it was withdrawn."""
         done: Future[None] = Future()
-        self._queue.put(done)
+
+        def settle(error: FlameError | None) -> None:
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        self.write(ops, settle, durable=durable)
         done.result(timeout=timeout)
 
+    def execute(self, sql: str, *params: Any) -> None:
+        """One durable statement, committed with the next group (nobody waits for it)."""
+        self.enqueue([(sql, params)], durable=True, lazy=True)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued so far is committed (or withdrawn)."""
+        if self._closed:
+            return
+        done = threading.Event()
+        try:
+            self.enqueue([], lambda _error: done.set(), durable=False)
+        except FlameError:
+            return  # closing: the final commit happens in close()
+        self.commit()
+        if not done.wait(timeout):
+            raise FlameError(
+                FlameErrorCode.UNAVAILABLE,
+                f"the store {self.path} did not finish writing within {timeout} s"
+                + (f": {self._failure.message}" if self._failure else ""),
+            )
+
+    def _attempt(self, batch: list[_Write]) -> BaseException | None:
+        """One transaction for ``batch``; the exception if it failed (rolled back)."""
+        conn = self._write
+        try:
+            conn.execute("BEGIN")
+            for item in batch:
+                for sql, params in item.ops:
+                    conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except BaseException as exc:  # sqlite errors, and anything else: never leave a transaction open
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.debug("rollback failed", exc_info=True)
+            return exc
+        self.commits += 1
+        return None
+
+    def _done(self, batch: Iterable[_Write], error: FlameError | None) -> None:
+        for item in batch:
+            if item.on_done is not None:
+                try:
+                    item.on_done(error)
+                except Exception:  # one callback's bug must not stop the others, nor the writer
+                    log.exception("a store commit callback failed")
+
+    # -- the writer thread: lazy writes, and retries while the store cannot write ---------------------
+
     def _run_writer(self) -> None:
-        # Group commit: block for the first change, then take everything queued meanwhile in the same
-        # transaction. Under load the queue fills while a commit runs, so batches grow by themselves.
         while True:
-            items = [self._queue.get()]
-            while True:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            batch = [i for i in items if isinstance(i, list)]
-            waiters = [i for i in items if isinstance(i, Future)]
-            error: BaseException | None = None
-            if batch:
-                try:
-                    self._write.execute("BEGIN")
-                    for ops in batch:
-                        for sql, params in ops:
-                            self._write.execute(sql, params)
-                    self._write.execute("COMMIT")
-                except BaseException as exc:  # keep the writer alive; report to flushers
-                    log.exception("store write failed")
-                    error = exc
-                    if self._write.in_transaction:
-                        self._write.execute("ROLLBACK")
-            for waiter in waiters:
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(error)
-            if any(i is None for i in items):
-                return
+            with self._cond:
+                while True:
+                    if self._closing and not self._leader:
+                        return
+                    now = time.monotonic()
+                    due = self._next_due(now)
+                    if due is not None and due <= now and not self._leader:
+                        break
+                    self._cond.wait(None if due is None else max(0.001, due - now))
+                self._leader = True
+                batch = list(self._queue)
+                self._queue.clear()
+                self._untried = False
+                self._lazy_due = None
+            try:
+                self._writer_round(batch)
+            finally:
+                with self._cond:
+                    self._leader = False
+                    self._cond.notify_all()
+
+    def _next_due(self, now: float) -> float | None:
+        """When the writer should commit next (called with the condition's lock held)."""
+        if not self._queue:
+            return None
+        if self._failure is not None:
+            return now if self._untried else self._retry_at
+        if self.durability == "strict" or (self._untried and self._lazy_due is None):
+            return now  # handed over by commit(), or queued by someone who did not commit
+        return self._lazy_due if self._lazy_due is not None else now
+
+    def _writer_round(self, batch: list[_Write]) -> None:
+        exc = self._attempt(batch)
+        if exc is None:
+            if self._failure is not None:
+                log.warning("the store %s is writable again", self.path)
+            self._failure = None
+            self._backoff = BACKOFF_FIRST
+            self._done(batch, None)
+            return
+        if not _is_transient(exc):
+            self._isolate(batch)
+            return
+        error = store_error(self.path, exc)
+        now = time.monotonic()
+        was_failing = self._failure is not None
+        if not was_failing:
+            log.error("%s", error.message)
+        self._failure = error
+        keep: list[_Write] = []
+        give_up: list[_Write] = []
+        for item in batch:
+            if not item.durable and item.deadline is None:
+                item.deadline = now if was_failing else now + self.retry_window
+            if item.durable or (item.deadline is not None and item.deadline > now):
+                keep.append(item)
+            else:
+                give_up.append(item)
+        with self._cond:
+            self._queue.extendleft(reversed(keep))
+            self._retry_at = now + self._backoff
+            self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+        self._done(give_up, error)
+
+    def _isolate(self, batch: list[_Write]) -> None:
+        """A statement failed for a reason of its own (a bug): commit the others, fail that one."""
+        for item in batch:
+            exc = self._attempt([item])
+            if exc is None:
+                self._done([item], None)
+                continue
+            log.error("store write dropped: %r failed: %s", item.ops[:1], exc)
+            self._done([item], store_error(self.path, exc))
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -159,11 +401,28 @@ class Store:
                 return
             offset += batch
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued (retrying for up to ``timeout`` s if the store is failing), then close."""
         if self._closed:
             return
-        self._queue.put(None)
-        self._writer.join(timeout=30)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.commit()
+            with self._cond:
+                if not self._queue and not self._leader:
+                    self._closing = True
+                    self._cond.notify_all()
+                    break
+                if time.monotonic() >= deadline:
+                    lost = len(self._queue)
+                    self._closing = True
+                    self._cond.notify_all()
+                    log.error(
+                        "closing the store %s with %d writes it could not commit: %s", self.path, lost, self._failure
+                    )
+                    break
+                self._cond.wait(0.05)
+        self._writer.join(timeout=timeout)
         self._closed = True
         self._write.close()
         self._read.close()

@@ -438,7 +438,7 @@ def test_garbage_frame_is_refused_and_the_server_keeps_answering(flame_env):
     finally:
         channel.close()
     # The same server still answers, on the same connection as before.
-    assert [a.name for a in flamepy.list_applications()] == ["frames"]
+    assert [a.name for a in flamepy.list_applications()] == ["flmexec", "flmping", "flmrun", "frames"]
     assert flamepy.create_session("frames").application == "frames"
 
 

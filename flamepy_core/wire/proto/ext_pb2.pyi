@@ -2,9 +2,11 @@
 # mypy: ignore-errors
 from flamepy_core.wire.proto import frontend_pb2 as _frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -15,3 +17,31 @@ class WatchSessionRequest(_message.Message):
     session_id: str
     after_task_id: int
     def __init__(self, session_id: _Optional[str] = ..., after_task_id: _Optional[int] = ...) -> None: ...
+
+class Instance(_message.Message):
+    __slots__ = ("id", "application", "state", "session_id", "pid", "start_time", "tasks_served")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    TASKS_SERVED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    application: str
+    state: _types_pb2.ExecutorState
+    session_id: str
+    pid: int
+    start_time: int
+    tasks_served: int
+    def __init__(self, id: _Optional[str] = ..., application: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.ExecutorState, str]] = ..., session_id: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., tasks_served: _Optional[int] = ...) -> None: ...
+
+class ListInstancesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InstanceList(_message.Message):
+    __slots__ = ("instances",)
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedCompositeFieldContainer[Instance]
+    def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...

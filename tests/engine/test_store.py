@@ -1,0 +1,131 @@
+"""The store's commit callbacks against a model, while the database fills up and frees up again.
+
+A full database is real sqlite behaviour: ``PRAGMA max_page_count`` at the current size makes every
+write that needs a new page fail with SQLITE_FULL, as a full disk does. The rules of the store:
+
+* a callback that got no error means the write is committed (and it stays, in order);
+* a withdrawable write that got an error was never committed, and never is later;
+* a durable write is never given up: once the database has room again, it is committed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.store import Store
+
+BLOB = 5000  # more than a page (4 KiB): every row needs new pages
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="fs-"))
+        self.store = Store(self.dir / "flame.db", retry_window=0.0)
+        self.store.write_wait([("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB)", ())])
+        self.full = False
+        self.next_id = 0
+        self.outcomes: dict[int, FlameError | None] = {}
+        self.durable: set[int] = set()
+        self.lock = threading.Lock()
+
+    def teardown(self) -> None:
+        if self.full:
+            self._set_full(False)
+        self.store.close(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _set_full(self, full: bool) -> None:
+        self.store.flush(timeout=0.5) if not self.full else None
+        pages = self.store.query("PRAGMA page_count")[0][0]
+        # The writer is between commits here (nothing of ours is in flight while healthy).
+        self.store._write.execute(f"PRAGMA max_page_count = {pages if full else 1_000_000_000}")
+        self.full = full
+
+    def _record(self, ident: int, error: FlameError | None) -> None:
+        with self.lock:
+            assert ident not in self.outcomes, f"write {ident} completed twice"
+            self.outcomes[ident] = error
+
+    @rule(durable=st.booleans(), count=st.integers(1, 3))
+    def write(self, durable: bool, count: int) -> None:
+        ident = self.next_id
+        self.next_id += 1
+        if durable:
+            self.durable.add(ident)
+        ops = [("INSERT INTO t (id, v) VALUES (?, ?)", (ident * 10 + i, b"x" * BLOB)) for i in range(count)]
+        self.store.write(ops, lambda error, ident=ident: self._record(ident, error), durable=durable)
+
+    @rule()
+    def disk_fills(self) -> None:
+        if not self.full:
+            self._set_full(True)
+
+    @rule()
+    def space_returns(self) -> None:
+        if self.full:
+            self._set_full(False)
+            self.store.flush(timeout=10)  # retried durable writes land now
+            with self.lock:
+                missing = self.durable - set(self.outcomes)
+            assert not missing, f"durable writes {sorted(missing)} were not committed once space returned"
+
+    @invariant()
+    def what_was_acknowledged_is_stored_and_what_was_refused_is_not(self) -> None:
+        if self.full:
+            return  # a write may be in the middle of its retries
+        self.store.flush(timeout=10)
+        stored = {row[0] // 10 for row in self.store.query("SELECT id FROM t")}
+        with self.lock:
+            outcomes = dict(self.outcomes)
+        assert set(outcomes) == set(range(self.next_id)), "every write got its callback"
+        for ident, error in outcomes.items():
+            if error is None:
+                assert ident in stored, f"write {ident} was acknowledged but is not stored"
+            else:
+                assert ident not in self.durable, f"durable write {ident} was given up: {error}"
+                assert ident not in stored, f"write {ident} was refused but is stored"
+                assert error.code == FlameErrorCode.RESOURCE_EXHAUSTED, error
+                assert "flame.db" in error.message and "SQLITE_FULL" in error.message, error.message
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+
+
+def test_a_lazy_write_is_committed_without_anyone_committing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "flame.db")
+    try:
+        store.write_wait([("CREATE TABLE t (v INTEGER)", ())])
+        done = threading.Event()
+        store.enqueue([("INSERT INTO t VALUES (1)", ())], lambda error: done.set(), lazy=True)
+        assert done.wait(5), "the writer thread did not commit a lazy write"
+        assert store.query("SELECT v FROM t") == [(1,)]
+    finally:
+        store.close()
+
+
+def test_a_bad_statement_fails_alone_and_the_others_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "flame.db")
+    try:
+        store.write_wait([("CREATE TABLE t (v INTEGER PRIMARY KEY)", ())])
+        results: list[FlameError | None] = []
+        store.enqueue([("INSERT INTO t VALUES (1)", ())], results.append)
+        store.enqueue([("INSERT INTO t VALUES (1)", ())], results.append)  # a duplicate key: a bug
+        store.enqueue([("INSERT INTO t VALUES (2)", ())], results.append)
+        store.commit()
+        store.flush()
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], FlameError) and "UNIQUE" in results[1].message
+        assert store.query("SELECT v FROM t ORDER BY v") == [(1,), (2,)]
+        assert store.failure is None
+    finally:
+        store.close()

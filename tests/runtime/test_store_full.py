@@ -1,0 +1,108 @@
+"""A store that cannot write loses no acknowledged task, refuses new work clearly, and recovers by itself.
+
+A real server, its file size limit shrunk from outside with ``prlimit`` (as a full disk would stop its
+files from growing; the server ignores SIGXFSZ, so its writes fail with EFBIG), then raised again.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import pytest
+from conftest import wait_for
+
+import flamepy
+from flamepy_core.client.connection import reset_default_connection
+from flamepy_core.client.local import live_server
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+
+SERVICE = """
+import time
+
+import flamepy
+from flamepy.core import FlameService
+
+
+class Reverse(FlameService):
+    def on_task_invoke(self, context):
+        if context.input.startswith(b"sleep"):
+            time.sleep(float(context.input[5:]))
+        return context.input[::-1]
+
+
+if __name__ == "__main__":
+    flamepy.run(Reverse())
+"""
+
+SMALL = 1024
+"""The file size limit while "the disk is full": no file of the server can be written past 1 KiB."""
+
+
+def set_file_limit(pid: int, soft: int) -> None:
+    _old_soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def expect_store_error(call, what: str) -> FlameError:  # type: ignore[no-untyped-def]
+    with pytest.raises(FlameError) as info:
+        call()
+    error = info.value
+    assert error.code == FlameErrorCode.RESOURCE_EXHAUSTED, f"{what}: {error!r}"
+    assert "flame.db" in error.message and "SQLITE_" in error.message, f"{what}: {error.message}"
+    return error
+
+
+def test_a_store_that_cannot_grow_loses_no_acknowledged_task_and_recovers_without_restart(flame_env):
+    flame_env.write_service("rev", SERVICE)
+    session = flamepy.create_session("rev")
+    acknowledged = {}
+    for i in range(5):
+        data = b"before-%d" % i
+        assert session.invoke(data) == data[::-1]
+    acknowledged.update({str(i + 1): (b"before-%d" % i)[::-1] for i in range(5)})
+    server = live_server(flame_env.home)
+    assert server
+    pid = int(server["pid"])
+
+    # A task that runs while the store stops being writable: its result is kept and written later.
+    running = session.run(b"sleep1.5")
+    wait_for(lambda: flamepy.get_session(session.id).running == 1, 10, "the long task to start")
+    set_file_limit(pid, SMALL)
+    try:
+        # New work is refused, naming the file and sqlite's error; nothing of it happens later.
+        expect_store_error(lambda: session.invoke(b"refused-invoke"), "invoke")
+        expect_store_error(lambda: session.create_task(b"refused-create"), "create_task")
+        expect_store_error(lambda: flamepy.create_session("rev"), "create_session")
+        expect_store_error(lambda: flamepy.put_object(f"rev/{session.id}", {"x": 1}), "put_object")
+        # The task that was running finished meanwhile, but its result is not acknowledged yet.
+        time.sleep(2.0)
+        assert not running.done(), "a result was reported before it was stored"
+    finally:
+        set_file_limit(pid, resource.RLIM_INFINITY)
+
+    # Space is back: the kept result is written and delivered, and new work succeeds, same server.
+    assert running.result(timeout=20) == b"5.1peels"
+    acknowledged["6"] = b"5.1peels"
+    for i in range(3):
+        data = b"after-%d" % i
+        task = session.create_task(data)
+        assert session.invoke(data) == data[::-1]
+        acknowledged[task.id] = None  # created (acknowledged), then run by the scheduler
+    assert int(live_server(flame_env.home)["pid"]) == pid
+    ref = flamepy.put_object(f"rev/{session.id}", {"x": 2})
+    assert flamepy.get_object(ref) == {"x": 2}
+
+    # After a restart every acknowledged task is there with its result; the refused ones never ran.
+    wait_for(lambda: flamepy.get_session(session.id).pending == 0, 20, "the created tasks to run")
+    flame_env.flmctl("server", "stop")
+    reset_default_connection()
+    tasks = {t.id: t for t in flamepy.get_session(session.id).list_tasks()}
+    for task_id, output in acknowledged.items():
+        assert tasks[task_id].state == flamepy.TaskState.SUCCEED, task_id
+        if output is not None:
+            assert tasks[task_id].output == output
+    inputs = {t.input for t in tasks.values()}
+    assert not {b"refused-invoke", b"refused-create"} & inputs
+    assert all(t.state == flamepy.TaskState.SUCCEED for t in tasks.values())
+    assert flamepy.get_object(ref) == {"x": 2}
