@@ -53,13 +53,14 @@ TOOLS = {"Sandbox", "SandboxAttr", "SandboxOutput"}
 OURS_TOP = {"__version__", "cache", "tools", "TaskFailedError", "update_application", "short_name"}
 OURS_CORE = {"TaskFailedError", "update_application", "delete_objects"}
 OURS_SERVICE = {"EntrypointError"}
+OURS_UTIL = {"progress"}
 
 ALL_LISTS = {
     "flamepy": (len(TOP_LEVEL), TOP_LEVEL, OURS_TOP),
     "flamepy.core": (61, CORE, OURS_CORE),
     "flamepy.cache": (6, CACHE, set()),
     "flamepy.service": (2, SERVICE, OURS_SERVICE),
-    "flamepy.util": (1, UTIL, set()),
+    "flamepy.util": (1, UTIL, OURS_UTIL),
     "flamepy.runner": (11, RUNNER, set()),
     "flamepy.tools": (3, TOOLS, set()),
 }
