@@ -24,12 +24,12 @@ pytestmark = pytest.mark.skipif(LINT_IMPORTS is None, reason="import-linter is n
 # Each layer, and the packages above it that importing it must not load.
 LAYERS: dict[str, tuple[str, ...]] = {
     "flamepy_core.contracts": ("flamepy_core.plugins", "flamepy_core.wire", "flamepy_core.client"),
-    "flamepy_core.plugins": ("flamepy_core.wire", "flamepy_core.config", "flamepy_core.client", "flamepy_core.engine"),
+    "flamepy_core.plugins": ("flamepy_core.wire", "flamepy_core.home", "flamepy_core.client", "flamepy_core.engine"),
     "flamepy_core.transport_kit": ("flamepy_core.plugins", "flamepy_core.client", "flamepy_core.engine"),
     "flamepy_core.wire.methods": ("flamepy_core.config", "flamepy_core.client", "flamepy_core.engine"),
-    "flamepy_core.wire.envelope": ("flamepy_core.config", "flamepy_core.client", "flamepy_core.engine"),
+    "flamepy_core.wire.envelope": ("flamepy_core.home", "flamepy_core.client", "flamepy_core.engine"),
     "flamepy_core.wire.flight": ("pyarrow", "flamepy_core.client", "flamepy_core.engine"),
-    "flamepy_core.config": ("flamepy_core.plugins", "flamepy_core.client", "flamepy_core.engine"),
+    "flamepy_core.config": ("flamepy_core.plugins", "flamepy_core.wire", "flamepy_core.client", "flamepy_core.engine"),
     "flamepy_core.home": ("flamepy_core.client", "flamepy_core.engine"),
     "flamepy_core.model": ("flamepy_core.client", "flamepy_core.engine", "flamepy_core.instance"),
     "flamepy_core.serialization": ("flamepy_core.client", "flamepy_core.engine", "flamepy_core.instance"),
