@@ -72,8 +72,9 @@ from flamepy_core.client.transports import shared_transport
 from flamepy_core.contracts.bounds import DEADLINE_RESOLUTION_S, PROMPT_FAILURE_S
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import TransportSpec
-from flamepy_core.engine.server import FlameServer, read_server_info
+from flamepy_core.engine.server import FlameServer
 from flamepy_core.failure_text import MAX_FAILURE_TEXT
+from flamepy_core.home import read_server_info
 from flamepy_core.model import ApplicationAttributes
 from flamepy_core.objref import ObjectRef
 from flamepy_core.plugins import get_registry
@@ -267,7 +268,7 @@ class ServiceRuntime:
         listen = self.listen_endpoint()
         if listen.startswith("inmem://"):
             # The embedded inmem server: the same one a client of FLAME_ENDPOINT=inmem://... would start.
-            from flamepy_core.client.embedded import ensure_inprocess_server
+            from flamepy_core.engine.embedded import ensure_inprocess_server
 
             self._inmem_endpoint = listen
             self._server = ensure_inprocess_server(listen, self.home, instance_mode="inprocess")
@@ -341,7 +342,7 @@ class ServiceRuntime:
         with contextlib.suppress(Exception):
             reset_default_connection()
         if self._inmem_endpoint is not None:
-            from flamepy_core.client.embedded import stop_inprocess_server
+            from flamepy_core.engine.embedded import stop_inprocess_server
 
             stop_inprocess_server(self._inmem_endpoint)
             self._inmem_endpoint = None
