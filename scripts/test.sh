@@ -16,6 +16,8 @@ ruff check .
 ruff format --check .
 stage "mypy"
 mypy
+stage "layering (import-linter: the core's imports point one way, see pyproject.toml)"
+lint-imports --no-cache
 stage "the docs site (mkdocs build --strict: a broken link or API reference fails it)"
 site_dir="$(mktemp -d)"
 trap 'rm -rf "$site_dir"' EXIT

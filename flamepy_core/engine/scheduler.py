@@ -23,7 +23,7 @@ from collections import defaultdict
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.executor import InstanceProcess, Launcher
+from flamepy_core.engine.executor import Instance, InstanceLauncher
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_RETRY_LIMIT, Engine
 from flamepy_core.wire.methods import INSTANCE
@@ -47,7 +47,7 @@ class InstanceDriver(threading.Thread):
         self.instance_id = instance_id
         self.app_name = app_name
         self.session_id: str | None = session_id
-        self.process: InstanceProcess | None = None
+        self.process: Instance | None = None
         self.assigned = threading.Event()
         self.stopping = threading.Event()
         # What `instances()` reports; plain attribute writes, read without a lock by listings.
@@ -226,7 +226,7 @@ class InstanceDriver(threading.Thread):
 class Scheduler:
     """Matches sessions that need instances with warm instances or new processes."""
 
-    def __init__(self, engine: Engine, launcher: Launcher, settings: RuntimeSettings) -> None:
+    def __init__(self, engine: Engine, launcher: InstanceLauncher, settings: RuntimeSettings) -> None:
         self.engine = engine
         self.launcher = launcher
         self.settings = settings
