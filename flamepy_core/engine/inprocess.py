@@ -4,7 +4,8 @@ Instead of starting ``command arguments``, the launcher loads the first ``.py`` 
 the application's ``working_directory``) with :func:`runpy.run_path` under the name
 ``__flamepy_inprocess__`` (so the file's ``if __name__ == "__main__": ins.run()`` does not fire), takes
 the one :class:`~flamepy_core.instance.service.FlameService` object the file defines, and serves
-:func:`~flamepy_core.instance.runtime.instance_handlers` for it on an ``inmem://`` endpoint. The scheduler
+:func:`~flamepy_core.instance.runtime.instance_handlers` for it on an endpoint of an in-process transport
+(``inmem://``). The scheduler
 drives it exactly as it drives a process (enter, invoke, leave, stop), through the same interface.
 
 Why: a test of a service (or of a transport-free runtime, such as the ``inmem`` one) then needs no
@@ -32,9 +33,11 @@ from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel, Server, Transport
-from flamepy_core.engine.executor import InstanceProcess, Launcher, _expand
+from flamepy_core.engine.choice import local_endpoint
+from flamepy_core.engine.executor import _expand
 from flamepy_core.instance.runtime import describe_exception, instance_handlers
 from flamepy_core.instance.service import FlameService
+from flamepy_core.transport_kit import adapt_handlers
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -128,8 +131,8 @@ def _apply_serializer(service: FlameService, env: dict[str, str]) -> None:
         service._serializer_origin = f"the application's environment {_SERIALIZER_ENV}"  # type: ignore[attr-defined]
 
 
-class InProcessInstance(InstanceProcess):
-    """A loaded service served on an ``inmem://`` endpoint, with the interface of :class:`InstanceProcess`.
+class InProcessInstance:
+    """A loaded service served on an in-process endpoint: an :class:`~flamepy_core.engine.executor.Instance`.
 
     It listens from the moment it exists; it is alive until :meth:`stop`. It has no process of its own:
     ``pid`` is the host's, and it writes no log files (its output is the host's).
@@ -138,13 +141,11 @@ class InProcessInstance(InstanceProcess):
     def __init__(
         self, instance_id: str, app_name: str, path: Path, service: FlameService, server: Server, transport: Transport
     ) -> None:
-        # Not InstanceProcess.__init__: there is no Popen and no socket file; only the interface is shared.
         self.id = instance_id
         self.app_name = app_name
         self.path = path
         self.service: FlameService | None = service
         self.url = server.endpoint
-        self.options = []
         self._server = server
         self._transport = transport
         self._channel: Channel | None = None
@@ -195,29 +196,27 @@ class InProcessInstance(InstanceProcess):
         self.service = None
 
 
-class InProcessLauncher(Launcher):
-    """Starts in-process instances; a drop-in for :class:`Launcher` in the scheduler.
+class InProcessLauncher:
+    """Starts in-process instances: an :class:`~flamepy_core.engine.executor.InstanceLauncher`.
 
-    ``transport`` must be an in-memory transport: the same object serves the instances and connects to
-    them. ``prefix`` keeps the endpoint names of two servers sharing one transport apart.
+    ``transport`` must declare ``in_process``: the same object serves the instances and connects to them.
+    ``prefix`` keeps the endpoint names of two servers sharing one transport apart.
     """
 
     def __init__(self, home: Path, transport: Transport, *, prefix: str = "") -> None:
-        # Not Launcher.__init__: no command line, no environment, no log directory.
-        if "inmem" not in transport.schemes:
+        if not transport.capabilities.in_process:
             raise FlameError(
                 FlameErrorCode.INVALID_CONFIG,
-                f"in-process instances need the in-memory transport, got '{transport.name}'",
+                f"in-process instances need a transport that declares the capability 'in_process', "
+                f"got '{transport.name}'",
             )
         self.home = home
         self.transport = transport
         self.prefix = prefix or uuid.uuid4().hex[:8]
-        # Launcher's settings, kept so the server may set them as for processes; an in-process instance
-        # uses the host's environment and reaches the cache through the host's own client configuration.
+        # The server may set them as for processes; an in-process instance uses the host's environment
+        # and reaches the cache through the host's own client configuration.
         self.extra_env: dict[str, str] = {}
         self.cache_endpoint = ""
-        self.frontend_endpoint = ""
-        self.stderr_tail_lines = 0
 
     def start(self, app: pb.Application, instance_id: str) -> InProcessInstance:
         name = app.metadata.name
@@ -227,7 +226,9 @@ class InProcessLauncher(Launcher):
         path = service_file(app, env)
         service = load_service(path)
         _apply_serializer(service, env)
-        endpoint = f"inmem://flamepy-instance-{self.prefix}-{name}-{instance_id}-{uuid.uuid4().hex[:6]}"
-        server = self.transport.serve(endpoint, instance_handlers(service))
+        endpoint = local_endpoint(
+            self.transport, self.home, f"flamepy-instance-{self.prefix}-{name}-{instance_id}-{uuid.uuid4().hex[:6]}"
+        )
+        server = self.transport.serve(endpoint, adapt_handlers(instance_handlers(service), self.transport.capabilities))
         log.info("started in-process instance %s of %s from %s on %s", instance_id, name, path, server.endpoint)
         return InProcessInstance(instance_id, name, path, service, server, self.transport)

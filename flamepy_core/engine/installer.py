@@ -4,7 +4,8 @@ The launcher calls :meth:`AppInstaller.prepare` with the instance's environment,
 their installers at bind time:
 
 * Every instance gets ``FLAME_PYTHON``: the interpreter of the server (so the built-in applications'
-  ``${FLAME_PYTHON}`` command runs Python with this SDK importable) unless the application sets it.
+  ``${FLAME_PYTHON}`` command runs Python with this SDK importable) unless the application's own
+  environments set it; a ``FLAME_PYTHON`` in the server's environment does not count.
 * ``installer: python`` picks the interpreter from the application's ``FLAME_PYTHON_VERSION`` (the
   server's own when it matches, else ``python<version>`` on ``PATH``, else the bind fails saying so).
   With a ``url`` the package is fetched (a path, ``file://``, ``http(s)://``, or the object cache: any
@@ -44,10 +45,10 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from flamepy_core.apps.python_runtime import FLAME_PYTHON, FLAME_PYTHON_VERSION, normalise_version, select_python
-from flamepy_core.client.objects import KIND_BYTES, MAGIC
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.privacy import open_private, private_subdir
+from flamepy_core.wire.envelope import KIND_BYTES, MAGIC
 from flamepy_core.wire.proto import types_pb2 as pb
 
 __all__ = [
@@ -130,14 +131,17 @@ class AppInstaller:
         """Complete ``env`` (the instance's environment, application variables already in) for ``app``."""
         name = app.metadata.name
         installer = app.spec.installer.strip().lower() if app.spec.HasField("installer") else ""
+        own_python = any(item.name == FLAME_PYTHON for item in app.spec.environments)
         if not installer:
-            env.setdefault(FLAME_PYTHON, sys.executable)
+            if not own_python:  # the server's interpreter, whatever the server's own environment says
+                env[FLAME_PYTHON] = sys.executable
             return
         url = app.spec.url.strip() if app.spec.HasField("url") else ""
         if installer == "python":
             self._python(name, url, env)
         elif installer == "binary":
-            env.setdefault(FLAME_PYTHON, sys.executable)
+            if not own_python:
+                env[FLAME_PYTHON] = sys.executable
             if url:
                 release = self._release(name, url, "binary", lambda src, deps, log_path: None)
                 _prepend(env, "PATH", str(release / "src" / "bin"), str(release / "src"))

@@ -24,7 +24,7 @@ from collections import defaultdict
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.executor import InstanceProcess, Launcher
+from flamepy_core.engine.executor import Instance, InstanceLauncher, InstanceProcess
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_RETRY_LIMIT, Engine
 from flamepy_core.wire.methods import INSTANCE
@@ -48,7 +48,7 @@ class InstanceDriver(threading.Thread):
         self.instance_id = instance_id
         self.app_name = app_name
         self.session_id: str | None = session_id
-        self.process: InstanceProcess | None = None
+        self.process: Instance | None = None
         self.assigned = threading.Event()
         self.stopping = threading.Event()
         # What `instances()` reports; plain attribute writes, read without a lock by listings.
@@ -233,16 +233,15 @@ class InstanceDriver(threading.Thread):
             log.warning("instance %s: OnSessionLeave of %s failed: %s", self.instance_id, session_id, exc)
 
 
-def _stop_for_cancel(process: InstanceProcess, grace: float) -> None:
+def _stop_for_cancel(process: Instance, grace: float) -> None:
     """SIGTERM, then SIGKILL after ``grace``; the link is left to break as the process ends, so the
     driver reports how it ended. An in-process instance (no process of its own) is just stopped."""
-    popen = getattr(process, "popen", None)
-    if popen is None:
+    if not isinstance(process, InstanceProcess):
         process.stop(grace)
         return
     process.terminate()
     try:
-        popen.wait(timeout=grace)
+        process.popen.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         process.kill()
 
@@ -250,7 +249,7 @@ def _stop_for_cancel(process: InstanceProcess, grace: float) -> None:
 class Scheduler:
     """Matches sessions that need instances with warm instances or new processes."""
 
-    def __init__(self, engine: Engine, launcher: Launcher, settings: RuntimeSettings) -> None:
+    def __init__(self, engine: Engine, launcher: InstanceLauncher, settings: RuntimeSettings) -> None:
         self.engine = engine
         self.launcher = launcher
         self.settings = settings

@@ -1,7 +1,8 @@
 """Serving a ``FlameService`` on ``FLAME_INSTANCE_ENDPOINT``.
 
-A bare path (what Flame's executors pass) is served as gRPC on that unix socket, so services written
-with this SDK run under Flame's executors; a URL with a scheme picks the transport by that scheme.
+A bare path (what Flame's executors pass) is served by the transport that speaks Flame's protocol on a
+bare socket path (``bare_path_scheme``), so services written with this SDK run under Flame's executors;
+a URL with a scheme picks the transport by that scheme.
 The process stops when told to (SIGTERM/SIGINT), and then ends by that same signal so its exit status
 names it, or when the executor that started it goes away, so an instance never outlives its server.
 """
@@ -21,11 +22,12 @@ from types import FrameType
 
 from flamepy_core.config import normalize_endpoint
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import CallContext, Handler, UnaryHandler
+from flamepy_core.contracts.transport import CallContext, Handler, Server, Transport, UnaryHandler
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.plugins import get_registry
 from flamepy_core.privacy import private_umask
+from flamepy_core.transport_kit import adapt_handlers
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -114,6 +116,10 @@ def instance_handlers(service: FlameService) -> dict[str, Handler]:
     }
 
 
+def _serve(transport: Transport, endpoint: str, service: FlameService) -> Server:
+    return transport.serve(endpoint, adapt_handlers(instance_handlers(service), transport.capabilities))
+
+
 def _watch_parent(stop: Callable[[], None], interval: float = 0.5) -> None:
     parent = os.getppid()
 
@@ -162,17 +168,18 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
             f"runtime, not by hand. Register it as an application (flmctl register --file app.yaml) and call "
             f"it with flamepy.service.Session(...).invoke(...)",
         )
-    url = normalize_endpoint(raw)
+    registry = get_registry()
+    url = registry.endpoint_url(normalize_endpoint(raw))
     fast = None if endpoint else os.environ.get(FAST_ENDPOINT_ENV)
     server = None
     with private_umask():  # the socket is reachable by this user only (see flamepy_core.privacy)
         if fast:
             try:
-                server = get_registry().transport(fast).serve(fast, instance_handlers(service))
+                server = _serve(registry.transport(fast), fast, service)
             except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
                 log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, url)
         if server is None:
-            server = get_registry().transport(url).serve(url, instance_handlers(service))
+            server = _serve(registry.transport(url), url, service)
     done = threading.Event()
     stopped_by: list[int] = []
 

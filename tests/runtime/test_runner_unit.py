@@ -363,3 +363,26 @@ def test_get_data_decodes_inputs_and_rejects_junk(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(RunnerError) as missing:
         get_data(ObjectRef("e", "app/s/gone", 1).encode())
     assert missing.value.error_type == ErrorType.CACHE_RETRIEVAL_ERROR and missing.value.key == "app/s/gone"
+
+
+def test_select_yields_in_completion_order_each_future_once() -> None:
+    from concurrent.futures import Future
+
+    from flamepy.runner.runner import ObjectFutureIterator
+
+    raw: list[Future[Any]] = [Future() for _ in range(3)]
+    futures = [ObjectFuture(f) for f in raw]
+    raw[1].set_exception(FlameError(FlameErrorCode.INTERNAL, "failed first"))  # failed ones are yielded too
+    selected = ObjectFutureIterator([*futures, futures[1], futures[0]])
+    assert len(selected) == 3
+    order = iter(selected)
+    assert next(order) is futures[1]
+    raw[2].set_result(ObjectRef("e", "a/s/2", 1).encode())
+    assert next(order) is futures[2]
+    raw[0].set_result(ObjectRef("e", "a/s/0", 1).encode())
+    assert next(order) is futures[0]
+    with pytest.raises(StopIteration):
+        next(order)
+    assert {id(f) for f in selected} == {id(f) for f in futures}  # iterable again
+    with pytest.raises(TypeError, match="ObjectFutures"):
+        ObjectFutureIterator([raw[0]])  # type: ignore[list-item]
