@@ -942,6 +942,8 @@ class RuntimeSettings:
     store_check_timeout              s the start-up integrity check of the  10 (0 = no check)
                                      store may take; a larger store is
                                      checked that far
+    payload_retention                s a finished task's input and output   3600 (0 = purge at once)
+                                     are kept, then purged
     ===============================  =====================================  ===========================
 
     Seconds are floats; counts and bytes are integers. Negative values are refused, and so is zero where
@@ -964,6 +966,7 @@ class RuntimeSettings:
     warm_pool_max: int = _setting(8, "count", ">=0")
     store_retry_window: float = _setting(2.0, "seconds", ">=0")
     store_check_timeout: float = _setting(10.0, "seconds", ">=0")
+    payload_retention: float = _setting(3600.0, "seconds", ">=0")
 
     @classmethod
     def env_var(cls, name: str) -> str:

@@ -40,6 +40,8 @@ from flamepy_core.wire.proto import types_pb2 as pb
 
 M = TypeVar("M", bound=Message)
 
+GC_TIMEOUT = 3600.0
+"""Seconds ``collect_garbage`` waits: a store created before incremental compaction is rebuilt whole."""
 CANCEL_TIMEOUT = 120.0
 """Seconds a cancel or a forced close waits for the server, which first stops the instances of running
 tasks (SIGTERM, then SIGKILL after its ``shutdown_grace``)."""
@@ -169,6 +171,27 @@ class Connection:
                 raise FlameError(exc.code, f"failed to list instances: {exc.message}") from exc
             return [_instance_from_executor(e) for e in self.list_executors()]
         return list(ext_pb2.InstanceList.FromString(raw).instances)
+
+    def collect_garbage(
+        self, older_than: float | None = None, timeout: float = GC_TIMEOUT
+    ) -> ext_pb2.CollectGarbageReply:
+        """Have the server purge finished tasks' payloads (older than ``older_than`` s; default: its
+        ``payload_retention``) and compact its store now: ``flamepy.ext.v1.Runtime/CollectGarbage``."""
+        request = ext_pb2.CollectGarbageRequest()
+        if older_than is not None:
+            request.older_than = older_than
+        method = RUNTIME["CollectGarbage"]
+        try:
+            raw = self.unary("CollectGarbage", method.path, request.SerializeToString(), timeout=timeout)
+        except FlameError as exc:
+            if exc.code == FlameErrorCode.UNIMPLEMENTED:
+                raise FlameError(
+                    exc.code,
+                    f"failed to collect garbage: the server at {self.addr} has no such call (flamepy's own server "
+                    f"has it; a Flame cluster manages its storage itself)",
+                ) from exc
+            raise FlameError(exc.code, f"failed to collect garbage: {exc.message}") from exc
+        return ext_pb2.CollectGarbageReply.FromString(raw)
 
     def list_nodes(self) -> list[pb.Node]:
         return list(self.call("ListNodes", fe.ListNodesRequest(), "list nodes").nodes)

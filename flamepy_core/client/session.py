@@ -21,7 +21,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.model import Event, SessionState, Task, event_from_proto, ms_to_datetime, task_from_proto
+from flamepy_core.model import (
+    EVENT_PAYLOADS_PURGED,
+    Event,
+    SessionState,
+    Task,
+    event_from_proto,
+    ms_to_datetime,
+    task_from_proto,
+)
 from flamepy_core.progress import waiting
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -153,6 +161,13 @@ def task_failure(task: Task) -> FlameError:
 def _outcome(task: Task) -> bytes | None:
     """A completed task's output, or the error it stands for."""
     if task.state.name == "SUCCEED":
+        if task.is_purged():  # its output is gone: never pass that off as a None result
+            why = next(e.message for e in reversed(task.events or []) if e.code == EVENT_PAYLOADS_PURGED)
+            raise FlameError(
+                FlameErrorCode.NOT_FOUND,
+                f"the output of task {task.id} of session {task.session_id} is no longer kept: {why}; the "
+                f"server keeps finished tasks' payloads for its payload_retention (FLAME_PAYLOAD_RETENTION)",
+            )
         return task.output
     if task.is_completed():
         raise task_failure(task)

@@ -25,6 +25,7 @@ from flamepy_core.contracts.transport import (
 )
 from flamepy_core.engine.instances import executor_message, instance_message
 from flamepy_core.engine.objects import ObjectCache
+from flamepy_core.engine.retention import Retention
 from flamepy_core.engine.state import Engine
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
@@ -103,8 +104,18 @@ def _ok() -> pb.Result:
     return pb.Result(return_code=0)
 
 
-def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[str, Handler]:
-    """The ``flame.v1.Frontend`` table. With ``cache``, unregistering an app also drops its objects."""
+def _nothing() -> None:
+    pass
+
+
+def frontend_handlers(
+    engine: Engine, cache: ObjectCache | None = None, *, on_freed: Callable[[], None] = _nothing
+) -> dict[str, Handler]:
+    """The ``flame.v1.Frontend`` table. With ``cache``, unregistering an app also drops its objects.
+
+    ``on_freed`` is called after a session is closed or deleted and an application unregistered: the
+    store may have payloads to purge or pages to give back (the server's retention sweep, woken).
+    """
 
     def require_spec(request: Any, what: str) -> None:
         if not request.HasField("application"):
@@ -124,7 +135,12 @@ def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[
         engine.unregister_application(r.name)
         if cache is not None:  # its sessions are gone, so are their contexts and objects
             cache.delete(f"{r.name}/*")
+        on_freed()
         return _ok()
+
+    def freeing(session: pb.Session) -> pb.Session:
+        on_freed()
+        return session
 
     def list_apps(_r: Any) -> pb.ApplicationList:
         return pb.ApplicationList(applications=engine.list_applications())
@@ -174,9 +190,9 @@ def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[
         "ListNodes": list_nodes,
         "GetNode": not_here("GetNode"),
         "CreateSession": create_session,
-        "DeleteSession": lambda r: engine.delete_session(r.session_id),
+        "DeleteSession": lambda r: freeing(engine.delete_session(r.session_id)),
         "OpenSession": open_session,
-        "CloseSession": lambda r: engine.close_session(r.session_id),
+        "CloseSession": lambda r: freeing(engine.close_session(r.session_id)),
         "GetSession": lambda r: engine.get_session(r.session_id),
         "ListSession": lambda r: pb.SessionList(sessions=engine.list_sessions()),
         "GetTask": lambda r: engine.get_task(r.session_id, r.task_id),
@@ -209,7 +225,7 @@ def cache_handlers(cache: ObjectCache) -> dict[str, Handler]:
     return {method.path: _unary(method, unary[name]) for name, method in OBJECT_CACHE.items()}
 
 
-def ext_handlers(engine: Engine) -> dict[str, Handler]:
+def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> dict[str, Handler]:
     """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()), ``Runtime`` (what
     the server runs, for ``flmctl top`` and ``flmctl list -e``) and ``Control`` (cancel, forced close)."""
 
@@ -237,10 +253,13 @@ def ext_handlers(engine: Engine) -> dict[str, Handler]:
 
     def close_session(r: ext_pb2.CloseSessionRequest, ctx: CallContext) -> pb.Session:
         if not r.force:
-            return engine.close_session(r.session_id)
-        remaining = ctx.time_remaining()
-        wait = FORCE_CLOSE_WAIT if remaining is None else min(remaining, FORCE_CLOSE_WAIT)
-        return engine.force_close_session(r.session_id, _requested_by(r.requested_by), timeout=wait)
+            closed = engine.close_session(r.session_id)
+        else:
+            remaining = ctx.time_remaining()
+            wait = FORCE_CLOSE_WAIT if remaining is None else min(remaining, FORCE_CLOSE_WAIT)
+            closed = engine.force_close_session(r.session_id, _requested_by(r.requested_by), timeout=wait)
+        on_freed()
+        return closed
 
     return {
         EXT["RunTask"].path: _deferred(EXT["RunTask"], run_task),
@@ -249,3 +268,25 @@ def ext_handlers(engine: Engine) -> dict[str, Handler]:
         CONTROL["CancelTasks"].path: _deferred(CONTROL["CancelTasks"], cancel_tasks),
         CONTROL["CloseSession"].path: _unary_with_context(CONTROL["CloseSession"], close_session),
     }
+
+
+def maintenance_handlers(retention: Retention) -> dict[str, Handler]:
+    """``flamepy.ext.v1.Runtime/CollectGarbage``: what ``flmctl gc`` asks for."""
+
+    def collect(r: ext_pb2.CollectGarbageRequest) -> ext_pb2.CollectGarbageReply:
+        if r.HasField("older_than") and not (r.older_than >= 0):  # also refuses NaN
+            raise FlameError(
+                FlameErrorCode.INVALID_ARGUMENT,
+                f"older_than must be a number of seconds, 0 or more, got {r.older_than!r}",
+            )
+        report = retention.collect(r.older_than if r.HasField("older_than") else None)
+        return ext_pb2.CollectGarbageReply(
+            tasks_purged=report.tasks_purged,
+            bytes_before=report.bytes_before,
+            bytes_after=report.bytes_after,
+            seconds=report.seconds,
+            older_than=report.older_than,
+            rebuilt=report.rebuilt,
+        )
+
+    return {RUNTIME["CollectGarbage"].path: _unary(RUNTIME["CollectGarbage"], collect)}

@@ -74,7 +74,7 @@ _COUNTER: dict[int, str] = {
 TERMINAL = frozenset({SUCCEED, FAILED, CANCELLED})
 
 _INSERT_TASK = "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status) VALUES (?,?,?,?,?,?)"
-_UPDATE_TASK = "UPDATE tasks SET state = ?, output = ?, status = ? WHERE session_id = ? AND id = ?"
+_UPDATE_TASK = "UPDATE tasks SET state = ?, output = ?, status = ?, finished = ? WHERE session_id = ? AND id = ?"
 _SAVE_SESSION = "INSERT OR REPLACE INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)"
 
 T = TypeVar("T")
@@ -235,9 +235,10 @@ def _task_op(entry: SessionEntry, task: pb.Task, *, with_input: bool = False) ->
                 task.status.SerializeToString(),
             ),
         )
+    finished = task.status.completion_time if task.status.state in TERMINAL else None  # when retention counts from
     return (
         _UPDATE_TASK,
-        (int(task.status.state), output, task.status.SerializeToString(), entry.id, int(task.metadata.id)),
+        (int(task.status.state), output, task.status.SerializeToString(), finished, entry.id, int(task.metadata.id)),
     )
 
 

@@ -33,6 +33,12 @@ of an fsync per group commit.
 
 Rows hold the flame.v1 protobuf messages as blobs next to the columns we query by, so the on-disk
 format is the wire format and needs no second schema.
+
+Space. A new store is created with ``auto_vacuum=INCREMENTAL``, so pages freed by purging finished
+tasks' payloads can be given back to the file system a few at a time (see :mod:`.retention`); the
+write-ahead log is truncated back to ``WAL_SIZE_LIMIT`` after checkpoints. A store created before
+(``auto_vacuum=NONE``) reuses its free pages but shrinks only after one full ``VACUUM``
+(:meth:`Store.exclusive`), which converts it.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
@@ -70,6 +76,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     input BLOB,
     output BLOB,
     status BLOB NOT NULL,                   -- flame.v1.TaskStatus (times, events)
+    finished INTEGER,                       -- completion time (epoch ms) once SUCCEED, FAILED or CANCELLED
     PRIMARY KEY (session_id, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS objects (
@@ -86,7 +93,18 @@ CREATE TABLE IF NOT EXISTS object_patches (
 ) WITHOUT ROWID;
 """
 
+PAYLOADS_DUE_INDEX = """
+CREATE INDEX IF NOT EXISTS tasks_payloads_by_finish ON tasks(finished)
+    WHERE finished IS NOT NULL AND (input IS NOT NULL OR output IS NOT NULL);
+"""
+"""Finished tasks that still hold a payload, oldest first: what the retention purges next (a task leaves
+the index once purged, so the purge never scans what it already did)."""
+
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+"""Bytes the write-ahead log is truncated back to after a checkpoint (sqlite's ``journal_size_limit``)."""
+
 Op = tuple[str, tuple[Any, ...]]
+T = TypeVar("T")
 OnDone = Callable[[FlameError | None], None]
 DURABILITY = ("batched", "strict")
 
@@ -155,7 +173,10 @@ class Store:
         self.durability = durability
         self.retry_window = retry_window
         self._write = self._connect()
+        self._write.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._write.executescript(SCHEMA)
+        _add_finished_column(self._write, self.path)
+        self._write.executescript(PAYLOADS_DUE_INDEX)
         self._read = self._connect()
         self._read_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -176,6 +197,8 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        # Takes effect on a new file only (before WAL and the first table), or at the next VACUUM.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'strict' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=OFF")
@@ -401,6 +424,26 @@ class Store:
                 return
             offset += batch
 
+    def exclusive(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the write connection between group commits, outside any transaction.
+
+        For what cannot run inside one (``VACUUM``, a ``wal_checkpoint``): writes queued meanwhile wait,
+        and are committed as soon as ``fn`` returns.
+        """
+        with self._cond:
+            if self._closed or self._closing:
+                raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
+            while self._leader:
+                self._cond.wait()
+            self._leader = True
+        try:
+            return fn(self._write)
+        finally:
+            with self._cond:
+                self._leader = False
+                self._cond.notify_all()
+            self.commit()
+
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued (retrying for up to ``timeout`` s if the store is failing), then close."""
         if self._closed:
@@ -426,6 +469,23 @@ class Store:
         self._closed = True
         self._write.close()
         self._read.close()
+
+
+def _add_finished_column(conn: sqlite3.Connection, path: str) -> None:
+    """Give a store from before payload retention its ``tasks.finished`` column.
+
+    The completion time of the tasks it already holds is inside their status blobs; rather than decode
+    every one at start, they count as finished now, so they keep their payloads one retention longer.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "finished" in columns:
+        return
+    now_ms = int(time.time() * 1000)
+    conn.execute("BEGIN")
+    conn.execute("ALTER TABLE tasks ADD COLUMN finished INTEGER")
+    conn.execute("UPDATE tasks SET finished = ? WHERE state IN (2, 3, 4)", (now_ms,))  # SUCCEED, FAILED, CANCELLED
+    conn.execute("COMMIT")
+    log.info("the store %s now records when tasks finish (for payload retention)", path)
 
 
 def upsert_many(table: str, columns: Iterable[str]) -> str:

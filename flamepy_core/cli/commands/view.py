@@ -97,8 +97,8 @@ def _task_text(t: dict[str, Any]) -> str:
         f"{'creation_time:':<18}{when(t['creation_time'])}",
         f"{'completion_time:':<18}{when(t['completion_time'])}",
         f"{'duration:':<18}{duration}",
-        f"{'input:':<18}{_size(t['input_size'])}",
-        f"{'output:':<18}{_size(t['output_size'])}",
+        f"{'input:':<18}{'purged' if t['payloads_purged'] else _size(t['input_size'])}",
+        f"{'output:':<18}{'purged' if t['payloads_purged'] else _size(t['output_size'])}",
     ]
     if t["events"]:
         lines.append("events:")

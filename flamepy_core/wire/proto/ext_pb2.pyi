@@ -40,6 +40,28 @@ class ListInstancesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CollectGarbageRequest(_message.Message):
+    __slots__ = ("older_than",)
+    OLDER_THAN_FIELD_NUMBER: _ClassVar[int]
+    older_than: float
+    def __init__(self, older_than: _Optional[float] = ...) -> None: ...
+
+class CollectGarbageReply(_message.Message):
+    __slots__ = ("tasks_purged", "bytes_before", "bytes_after", "seconds", "older_than", "rebuilt")
+    TASKS_PURGED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OLDER_THAN_FIELD_NUMBER: _ClassVar[int]
+    REBUILT_FIELD_NUMBER: _ClassVar[int]
+    tasks_purged: int
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    older_than: float
+    rebuilt: bool
+    def __init__(self, tasks_purged: _Optional[int] = ..., bytes_before: _Optional[int] = ..., bytes_after: _Optional[int] = ..., seconds: _Optional[float] = ..., older_than: _Optional[float] = ..., rebuilt: _Optional[bool] = ...) -> None: ...
+
 class InstanceList(_message.Message):
     __slots__ = ("instances",)
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
