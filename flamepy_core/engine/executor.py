@@ -17,12 +17,13 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import Channel, Transport
+from flamepy_core.contracts.transport import Channel, Transport, TransportCapabilities
 from flamepy_core.privacy import open_private, private_subdir
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -131,6 +132,7 @@ class InstanceProcess:
         self.tail_lines = tail_lines
         self.url = options[0].url if options else ""
         self._channel: Channel | None = None
+        self._link_capabilities: TransportCapabilities | None = None
         self.ready_fd = ready_fd
         """Read end of the readiness pipe (non-blocking); None once read or closed."""
         self.pidfd: int | None = None
@@ -139,6 +141,15 @@ class InstanceProcess:
             with contextlib.suppress(OSError):
                 self.pidfd = os.pidfd_open(popen.pid)
         self.command = " ".join(popen.args) if isinstance(popen.args, list) else str(popen.args)
+        self.started = time.monotonic()
+
+    ready_at_once = False
+    """True for an instance that listens from the moment it exists (no process to wait for)."""
+
+    @property
+    def link_capabilities(self) -> TransportCapabilities | None:
+        """The capabilities of the transport of the endpoint connected to (None before connecting)."""
+        return self._link_capabilities
 
     @property
     def channel(self) -> Channel:
@@ -187,6 +198,7 @@ class InstanceProcess:
             chosen = option or self.listening() or self.options[0]
             self.url = chosen.url
             self._channel = chosen.transport.connect(chosen.url)
+            self._link_capabilities = chosen.transport.capabilities
         return self._channel
 
     def connect_if_listening(self) -> bool:
@@ -205,6 +217,14 @@ class InstanceProcess:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to exit (and reap it); True once it has."""
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def describe_exit(self, wait: float = 1.0) -> str:
         """'exited with code N' / 'was killed by SIGKILL', plus the last lines of its stderr."""

@@ -49,6 +49,8 @@ EVENT_TASK_FAILED = 3
 EVENT_TASK_CANCELLED = 4
 EVENT_BIND_FAILED = 1001
 EVENT_RETRY_LIMIT = 1002
+EVENT_NO_EXECUTOR = 1003
+"""flamepy's session event: no executor of the application's shim exists here, so its tasks wait."""
 
 OPEN = pb.SessionState.Open
 CLOSED = pb.SessionState.Closed
@@ -911,6 +913,21 @@ class Engine:
         self.store.commit()  # RUNNING is stored before the task can have done anything
         return copy
 
+    def start_next(self, session_id: str) -> tuple[int, bytes | None] | None:
+        """For the scheduler: the oldest pending task of an open session, now RUNNING; None if none.
+
+        Returns the task's id and input. The RUNNING state is queued for the next group commit (the
+        caller commits once it has sent the task).
+        """
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or not entry.is_open:
+                return None
+            task = self._start_next(entry)
+            if task is None:
+                return None
+            return int(task.metadata.id), task.spec.input if task.spec.HasField("input") else None
+
     def _start_next(self, entry: SessionEntry) -> pb.Task | None:
         """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none."""
         if not entry.pending or entry.closing:
@@ -959,11 +976,13 @@ class Engine:
         output: bytes | None = None,
         failure: str | None = None,
         on_committed: Callable[[], None] | None = None,
+        commit: bool = True,
     ) -> bool:
         """Record a running task's result: SUCCEED with ``output``, or FAILED with ``failure``.
 
         The final state is written durably and applied (waiters and watchers told) once committed;
         ``on_committed`` runs then. False when the task is not running (settled or cancelled meanwhile).
+        With ``commit=False`` the caller commits (with other writes of its own, in one group).
         """
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -971,7 +990,8 @@ class Engine:
             if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
                 return False
             self._finalize(entry, task, SUCCEED if failure is None else FAILED, failure, output, on_committed)
-        self.store.commit()
+        if commit:
+            self.store.commit()
         return True
 
     def _finalize(
@@ -1093,7 +1113,7 @@ class Engine:
             self.scheduler.tasks_pending(session_id)
         return retried
 
-    def fail_pending(self, session_id: str, message: str) -> int:
+    def fail_pending(self, session_id: str, message: str, *, commit: bool = True) -> int:
         """Fail every pending task of a session (its instances cannot start or enter it)."""
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -1103,7 +1123,8 @@ class Engine:
             for tid in list(entry.pending):
                 self._finalize(entry, entry.tasks[tid], FAILED, message)
                 count += 1
-        self.store.commit()
+        if commit:
+            self.store.commit()
         return count
 
 

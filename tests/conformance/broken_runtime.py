@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytest
 
@@ -38,15 +39,17 @@ def lost_context_updates() -> None:
 
 def answered_with_another_tasks_output() -> None:
     """Each completed task of a session is stored with the output of the one completed before it."""
-    original = Engine.complete_task
+    original = Engine.finish_task
     previous: dict[str, bytes | None] = {}
 
-    def complete_task(self: Engine, session_id: str, task_id: str, output: bytes | None) -> None:
-        stored = previous.get(session_id, output)
-        previous[session_id] = output
-        original(self, session_id, task_id, stored)
+    def finish_task(self: Engine, session_id: str, task_id: int, **kwargs: Any) -> bool:
+        if kwargs.get("failure") is None:
+            output = kwargs.get("output")
+            kwargs["output"] = previous.get(session_id, output)
+            previous[session_id] = output
+        return original(self, session_id, task_id, **kwargs)
 
-    Engine.complete_task = complete_task  # type: ignore[method-assign]
+    Engine.finish_task = finish_task  # type: ignore[method-assign]
 
 
 def not_found_becomes_internal() -> None:
