@@ -851,6 +851,8 @@ class Engine:
     ) -> Iterator[list[pb.Task]]:
         """Batches of completed tasks of the session with id > ``after_task_id``, in completion order.
 
+        The tasks are the engine's own (final, never changed again): read them, do not change them.
+
         Tasks that completed before the watcher came are read from the store first; later ones come from
         ``completions``, which keeps each task only until every watcher has read it. Ends when the
         session closes (after its last completions) or the caller goes away.
@@ -877,7 +879,7 @@ class Engine:
                     for task in entry.completions[position - entry.completions_offset :]:
                         tid = int(task.metadata.id)
                         if tid > after_task_id and tid not in seen:
-                            batch.append(reply_task(task))
+                            batch.append(task)  # final: never changed again, so shared, not copied
                     position = entry.completions_offset + len(entry.completions)
                     entry.watch_positions[token] = position
                     _trim_completions(entry)
