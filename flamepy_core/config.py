@@ -65,6 +65,7 @@ __all__ = [
     "FlamePackage",
     "RuntimeSettings",
     "YamlDocument",
+    "configured_max_message_size",
     "flame_home",
     "format_key_path",
     "load_flame_file",
@@ -985,6 +986,20 @@ class RuntimeSettings:
             if text is not None:
                 values[name] = _parse_setting(var, text, f.metadata["kind"], f.metadata["minimum"])
         return cls(**values)  # type: ignore[arg-type]
+
+
+def configured_max_message_size(env: Mapping[str, str] | None = None) -> int | None:
+    """``FLAME_MAX_MESSAGE_SIZE`` as bytes, or ``None`` when it is not set (a bad value is INVALID_CONFIG).
+
+    The plugin registry gives it to every transport built without an explicit ``max_message_size``, so
+    the server, its instances and its clients on this machine agree on the limit and an oversized
+    message is refused by its sender, with both sizes, before it travels.
+    """
+    var = RuntimeSettings.env_var("max_message_size")
+    text = _env_value(_environ(env), var)
+    if text is None:
+        return None
+    return int(_parse_setting(var, text, "bytes", ">0"))
 
 
 def _check_range(what: str, value: float, minimum: str) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import pluggy
 
+from flamepy_core.config import configured_max_message_size
 from flamepy_core.contracts import hookspecs
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.hookspecs import PROJECT_NAME, hookimpl
@@ -303,8 +304,16 @@ class PluginRegistry:
         )
 
     def create_transport(self, chosen: Chosen, options: Mapping[str, Any] | None = None) -> Transport:
-        """Import the chosen transport's implementation and build it with ``options``."""
+        """Import the chosen transport's implementation and build it with ``options``.
+
+        A transport that accepts ``max_message_size`` and is given none gets ``FLAME_MAX_MESSAGE_SIZE``
+        when it is set: the one limit of the runtime, its instances and its clients.
+        """
         spec: TransportSpec = chosen.spec
+        if "max_message_size" in spec.options and not (options and "max_message_size" in options):
+            configured = configured_max_message_size()
+            if configured is not None:
+                options = {**(options or {}), "max_message_size": configured}
         factory = self._load_factory("transport", chosen)
         return self._build("transport", chosen, factory, spec.options, options)  # type: ignore[no-any-return]
 

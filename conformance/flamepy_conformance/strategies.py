@@ -18,6 +18,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from flamepy_core.contracts.bounds import MAX_ERROR_MESSAGE_BYTES, MAX_METHOD_PATH_BYTES
 from flamepy_core.contracts.errors import FlameErrorCode
 from flamepy_core.contracts.transport import Transport
 
@@ -27,10 +28,14 @@ __all__ = [
     "error_codes",
     "error_messages",
     "garbage",
+    "long_error_messages",
+    "long_method_paths",
+    "method_path_of_length",
     "method_paths",
     "payloads",
     "payloads_for",
     "stream_chunks",
+    "utf8_text_of_size",
     "values_for_domain",
     "values_outside_domain",
 ]
@@ -81,6 +86,32 @@ def method_paths() -> st.SearchStrategy[str]:
     return st.builds(lambda pkg, svc, meth: f"/{pkg}.{svc}/{meth}", package, _CAMEL, _CAMEL)
 
 
+_PATH_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+
+
+def method_path_of_length(length: int, seed: int = 0) -> str:
+    """A gRPC path of exactly ``length`` ASCII bytes (``length`` >= 6): ``/pkg.Service/Method``."""
+    rng = random.Random(seed)
+    body = length - 3  # the two slashes and the dot
+    package = rng.randint(1, body - 2)
+    service = rng.randint(1, body - package - 1)
+    method = body - package - service
+    parts = ["".join(rng.choice(_PATH_CHARS) for _ in range(n)) for n in (package, service, method)]
+    return f"/{parts[0]}.{parts[1]}/{parts[2]}"
+
+
+def long_method_paths(max_bytes: int = MAX_METHOD_PATH_BYTES, *, min_bytes: int = 6) -> st.SearchStrategy[str]:
+    """gRPC-style paths of ``min_bytes`` to ``max_bytes`` ASCII bytes, both ends and one-byte-length edges included.
+
+    The length is drawn (and shrinks), the characters come from a seed: a path of 4 KiB costs one draw.
+    """
+    if not 6 <= min_bytes <= max_bytes:
+        raise ValueError(f"need 6 <= min_bytes <= max_bytes, got {min_bytes} and {max_bytes}")
+    edges = [n for n in (min_bytes, 255, 256, 257, max_bytes) if min_bytes <= n <= max_bytes]
+    lengths = st.one_of(st.sampled_from(edges), st.integers(min_bytes, max_bytes))
+    return st.builds(method_path_of_length, lengths, st.integers(0, 2**32 - 1))
+
+
 def error_codes() -> st.SearchStrategy[FlameErrorCode]:
     """Every :class:`FlameErrorCode`: a handler may raise any of them and the caller must see it."""
     return st.sampled_from(list(FlameErrorCode))
@@ -102,6 +133,34 @@ def error_messages(max_size: int = 200) -> st.SearchStrategy[str]:
         "".join
     )
     return st.one_of(plain, astral)
+
+
+_WIDE_CHARS = ("a", "Z", " ", "\n", "é", "ß", "✓", "日", "\u202e", "\U0001f525", "\U0001d509", "\x00")
+"""Characters of every UTF-8 width (1 to 4 bytes), a bidi override and a NUL."""
+
+
+def utf8_text_of_size(size: int, seed: int = 0) -> str:
+    """Text of exactly ``size`` bytes of UTF-8, mixing characters of every width (see :data:`_WIDE_CHARS`)."""
+    rng = random.Random(seed)
+    parts: list[str] = []
+    left = size
+    while left:
+        char = rng.choice(_WIDE_CHARS)
+        width = len(char.encode("utf-8"))
+        if width > left:
+            char, width = "x", 1
+        parts.append(char)
+        left -= width
+    return "".join(parts)
+
+
+def long_error_messages(max_bytes: int = MAX_ERROR_MESSAGE_BYTES) -> st.SearchStrategy[str]:
+    """Error messages of up to ``max_bytes`` bytes of UTF-8, any width of character, the limit itself included.
+
+    The size is drawn (and shrinks); the text comes from a seed, so a 16 KiB message costs one draw.
+    """
+    sizes = st.one_of(st.sampled_from([0, 1023, 1024, 1025, 4096, max_bytes]), st.integers(0, max_bytes))
+    return st.builds(utf8_text_of_size, sizes.filter(lambda n: n <= max_bytes), st.integers(0, 2**32 - 1))
 
 
 def stream_chunks(max_items: int = 16, max_size: int = 256) -> st.SearchStrategy[list[bytes]]:

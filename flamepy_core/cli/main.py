@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from flamepy_core.cli.commands import applications, completion, listing, plugins, server, sessions, view
+from flamepy_core.cli.commands import applications, completion, listing, plugins, server, sessions, top, view
 from flamepy_core.cli.common import EXIT_ERROR, EXIT_USAGE, UsageError
 from flamepy_core.contracts.errors import FlameError
 
@@ -23,6 +23,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     sessions,
     listing,
     view,
+    top,
     server,
     plugins,
     completion,

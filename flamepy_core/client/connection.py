@@ -32,7 +32,7 @@ from flamepy_core.model import (
     task_from_proto,
 )
 from flamepy_core.transport_kit import unary_async
-from flamepy_core.wire.methods import EXT, FRONTEND
+from flamepy_core.wire.methods import EXT, FRONTEND, RUNTIME
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -151,6 +151,21 @@ class Connection:
 
     def list_executors(self) -> list[pb.Executor]:
         return list(self.call("ListExecutor", fe.ListExecutorRequest(), "list executors").executors)
+
+    def list_instances(self) -> list[ext_pb2.Instance]:
+        """The server's instance processes with their application, state, session and pid.
+
+        flamepy's ``flamepy.ext.v1.Runtime/ListInstances``; a server without it (a Flame cluster) is asked
+        ``ListExecutor`` instead, whose executors carry no pid (0) and, when idle, no application.
+        """
+        method = RUNTIME["ListInstances"]
+        try:
+            raw = self.unary("ListInstances", method.path, ext_pb2.ListInstancesRequest().SerializeToString())
+        except FlameError as exc:
+            if exc.code != FlameErrorCode.UNIMPLEMENTED:
+                raise FlameError(exc.code, f"failed to list instances: {exc.message}") from exc
+            return [_instance_from_executor(e) for e in self.list_executors()]
+        return list(ext_pb2.InstanceList.FromString(raw).instances)
 
     def list_nodes(self) -> list[pb.Node]:
         return list(self.call("ListNodes", fe.ListNodesRequest(), "list nodes").nodes)
@@ -281,6 +296,16 @@ class Connection:
         return self.stream(
             "WatchTask", fe.WatchTaskRequest(session_id=session_id, task_id=task_id), "watch task", timeout=None
         )
+
+
+def _instance_from_executor(executor: pb.Executor) -> ext_pb2.Instance:
+    instance = ext_pb2.Instance(id=executor.metadata.id, state=executor.status.state)
+    name = executor.metadata.name
+    if "/" in name:  # a flamepy server names its executors "<application>/<instance id>"
+        instance.application = name.split("/", 1)[0]
+    if executor.status.HasField("session_id"):
+        instance.session_id = executor.status.session_id
+    return instance
 
 
 _IN_BAND_CODES = (

@@ -21,6 +21,7 @@ from pathlib import Path
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.server import STARTUP_ERROR_PREFIX, read_server_info, server_lock_held
 from flamepy_core.privacy import open_private, private_dir, private_subdir
+from flamepy_core.progress import Waiting
 
 START_LOCK = "start.lock"
 SERVER_LOG = "server.log"
@@ -87,14 +88,16 @@ def start_server(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
         )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = read_server_info(home)
-        if info and info.get("pid") == proc.pid:
-            return info
-        if proc.poll() is not None:
-            how = f"exited with code {proc.returncode} while starting"
-            raise _startup_failure(home, _log_since(log_path, started_at), log_path, how)
-        time.sleep(0.02)
+    # On a terminal, a start that takes a moment says so (a first start imports grpc, zmq, sqlite...).
+    with Waiting(lambda t: f"flamepy: starting the local server for {home} ({t:.1f} s)", delay=0.3, interval=0.1):
+        while time.monotonic() < deadline:
+            info = read_server_info(home)
+            if info and info.get("pid") == proc.pid:
+                return info
+            if proc.poll() is not None:
+                how = f"exited with code {proc.returncode} while starting"
+                raise _startup_failure(home, _log_since(log_path, started_at), log_path, how)
+            time.sleep(0.02)
     proc.kill()
     proc.wait(timeout=10)
     how = f"did not become ready within {timeout} s"

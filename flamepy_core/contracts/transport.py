@@ -14,6 +14,10 @@ Error rules every transport keeps (the conformance suite checks each one):
 * a message larger than ``capabilities.max_message_size`` is refused *before sending* with
   ``MESSAGE_TOO_LARGE`` naming both sizes.
 
+The numbers behind these words - how long a method path or an error message must cross intact, how
+soon "promptly" is, how much a handler's view of the deadline may differ from its caller's, how long a
+stream may be - are in :mod:`flamepy_core.contracts.bounds`.
+
 Two optional parts let long calls hold no thread (see :class:`DeferredHandler` and
 :meth:`AsyncChannel.unary_async`). A transport that implements them natively declares
 ``deferred_replies`` / ``async_calls`` in its capabilities; for one that does not, the core adapts
@@ -43,7 +47,9 @@ class _DefaultTimeout:
 
 
 DEFAULT_TIMEOUT: Final = _DefaultTimeout()
-"""Pass as ``timeout`` to use the channel's default deadline (the default for every call)."""
+"""Pass as ``timeout`` to use the channel's default deadline (the default for every call): the kit's
+``DEFAULT_CALL_TIMEOUT`` (60 s) unless the transport's ``default_timeout`` option, or its documentation,
+says otherwise. Never "no deadline": that is ``None``."""
 
 Timeout = Union[float, None, _DefaultTimeout]  # noqa: UP007 - a runtime alias that must work on 3.10
 """Seconds; ``None`` = no deadline (an explicit choice); ``DEFAULT_TIMEOUT`` = the channel's default."""

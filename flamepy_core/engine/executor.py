@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,6 +318,8 @@ class Launcher:
         self.cache_endpoint = cache_endpoint
         self.frontend_endpoint = frontend_endpoint
         self.extra_env = dict(extra_env or {})
+        self.prepare: Callable[[pb.Application, dict[str, str]], None] | None = None
+        """Completes an instance's environment before it starts (the installer: engine/installer.py)."""
         self.log_dir = private_subdir(home / "logs" / "instances")
 
     def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
@@ -342,6 +345,8 @@ class Launcher:
             )
         link_env, options = self.link.plan(instance_id)
         env = self._environment(app, link_env)
+        if self.prepare is not None:
+            self.prepare(app, env)
         if spec.HasField("working_directory") and spec.working_directory:
             cwd = Path(_expand(spec.working_directory, env))
             if not cwd.is_dir():

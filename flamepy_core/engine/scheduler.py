@@ -47,6 +47,7 @@ from typing import Any
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.executor import InstanceProcess, Launcher
+from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_NO_EXECUTOR, EVENT_RETRY_LIMIT, Engine
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
@@ -112,21 +113,35 @@ class Instance:
     deliberate: bool = False
     """Stopped on purpose (left its session, spare expired...): its exit is no failure of a session."""
     ready: bool = False
+    start_time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    tasks_served: int = 0
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    def info(self) -> InstanceInfo:
+        return InstanceInfo(
+            id=self.id,
+            application=self.app,
+            state=_EXECUTOR_STATE[self.state],
+            session_id=self.session_id,
+            pid=self.pid,
+            start_time_ms=self.start_time_ms,
+            tasks_served=self.tasks_served,
+        )
 
-@dataclass(frozen=True)
-class InstanceInfo:
-    """A row of :meth:`Scheduler.instances` (for ``flmctl top`` and tests)."""
 
-    id: str
-    application: str
-    state: str
-    session_id: str | None
-    pid: int | None
+_EXECUTOR_STATE = {
+    State.STARTING: pb.ExecutorState.ExecutorVoid,
+    State.SPARE: pb.ExecutorState.ExecutorIdle,
+    State.ENTERING: pb.ExecutorState.ExecutorBinding,
+    State.IDLE: pb.ExecutorState.ExecutorBound,
+    State.BUSY: pb.ExecutorState.ExecutorBound,
+    State.LEAVING: pb.ExecutorState.ExecutorUnbinding,
+    State.STOPPING: pb.ExecutorState.ExecutorReleasing,
+}
+"""How an instance's state reads as Flame's executor state (ListExecutor, flmctl top)."""
 
 
 class Scheduler:
@@ -544,6 +559,7 @@ class Scheduler:
         error = future.exception()
         if error is None:
             result = pb.TaskResult.FromString(future.result())
+            inst.tasks_served += 1
             self._bind_failures.pop(session_id, None)  # the session's instances work
             if result.return_code == 0:
                 self.engine.finish_task(
@@ -644,9 +660,10 @@ class Scheduler:
     # -- introspection and shutdown ------------------------------------------------------------------------
 
     def instances(self) -> list[InstanceInfo]:
-        """Every instance: application, state, session and pid (cheap: for ``flmctl top``)."""
+        """Every instance process now: id, application, state, session, pid (cheap: for listings and live views)."""
         with self._lock:
-            return [InstanceInfo(i.id, i.app, i.state.value, i.session_id, i.pid) for i in self._instances.values()]
+            infos = [i.info() for i in self._instances.values()]
+        return sorted(infos, key=lambda i: (i.application, int(i.id.lstrip("i") or 0)))
 
     def instance_count(self) -> int:
         with self._lock:

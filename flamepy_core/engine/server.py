@@ -34,9 +34,11 @@ from flamepy_core.contracts.transport import (
     Transport,
     UnaryHandler,
 )
+from flamepy_core.engine.builtins import seed_builtin_applications
 from flamepy_core.engine.executor import InstanceLink, Launcher
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
+from flamepy_core.engine.installer import AppInstaller, object_cache_reader
 from flamepy_core.engine.integrity import check_store, store_damaged
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.scheduler import Scheduler
@@ -284,6 +286,7 @@ class FlameServer:
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
         # cache handlers: build the cache with a placeholder, then fix its public endpoint once bound.
         self.cache = ObjectCache(self.store, endpoint="")
+        seed_builtin_applications(self.engine)  # flmrun, flmexec, flmping on a fresh store
         handlers = self.activity.wrap(
             {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
         )
@@ -335,6 +338,8 @@ class FlameServer:
                 frontend_endpoint=self.endpoint,
                 stderr_tail_lines=self.settings.stderr_tail_lines,
             )
+        if isinstance(self.launcher, Launcher):  # packages and interpreters (installer: python)
+            self.launcher.prepare = AppInstaller(home, object_cache_reader(self.cache)).prepare
         self._start_flight()
         if isinstance(self.launcher, Launcher):
             self.launcher.extra_env.update(self._instance_env())

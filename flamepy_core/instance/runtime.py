@@ -231,8 +231,32 @@ def _watch_parent(stop: Callable[[], None], interval: float = 0.5) -> None:
     threading.Thread(target=loop, name="flame-parent-watch", daemon=True).start()
 
 
+LOG_LEVEL_ENVS = ("FLAME_LOG_LEVEL", "FLAME_LOG")
+"""The log level of a service process: ``FLAME_LOG_LEVEL`` (the guide's application YAML sets it), else
+``FLAME_LOG`` (what Flame's runner reads)."""
+
+
+def configure_logging() -> None:
+    """Log to stderr (the instance's ``.err`` file) at ``$FLAME_LOG_LEVEL``, unless logging is set up already.
+
+    Without it, what the runtime logs at INFO in a service (the instance's endpoint, a class pickled by
+    value) would be dropped by Python's default WARNING threshold.
+    """
+    level = next((os.environ[name] for name in LOG_LEVEL_ENVS if os.environ.get(name)), None)
+    root = logging.getLogger()
+    if level is None or root.handlers:
+        return
+    if not isinstance(logging.getLevelName(level.strip().upper()), int):
+        print(f"flamepy: ignoring the log level {level!r}: use DEBUG, INFO, WARNING or ERROR", file=sys.stderr)
+        return
+    logging.basicConfig(
+        level=level.strip().upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def run(service: FlameService, endpoint: str | None = None) -> None:
     """Serve ``service`` until told to stop. The endpoint defaults to ``$FLAME_INSTANCE_ENDPOINT``."""
+    configure_logging()
     raw = endpoint or os.environ.get(ENDPOINT_ENV)
     if not raw:
         raise FlameError(

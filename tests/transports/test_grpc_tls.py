@@ -393,15 +393,31 @@ class TestHttpsMutualTlsConformance(TransportTests):
         )
         return options
 
-    def make_transport(self) -> Transport:
-        registry = self.plugin_registry()
-        chosen = registry.transport_spec(self.resolved_transport_name())
-        server = registry.create_transport(chosen, self.options_for(chosen.spec))
-        client_options = dict(super().options_for(chosen.spec))
-        client_options.update(
+    def client_options(self, spec: TransportSpec) -> dict[str, Any]:
+        """What a client of these servers needs: the CA, and the client certificate it presents."""
+        options = dict(super().options_for(spec))
+        options.update(
             ca_file=str(self.certs.ca), cert_file=str(self.certs.client_cert), key_file=str(self.certs.client_key)
         )
-        return _SplitTransport(server, registry.create_transport(chosen, client_options))
+        return options
+
+    def make_transport(self) -> Transport:
+        return self.make_transport_with()
+
+    def make_transport_with(self, **options: Any) -> Transport:
+        registry = self.plugin_registry()
+        chosen = registry.transport_spec(self.resolved_transport_name())
+
+        def build(base: dict[str, Any]) -> Transport:
+            merged = {**base, **options}
+            return registry.create_transport(chosen, {k: v for k, v in merged.items() if v is not None})
+
+        return _SplitTransport(build(self.options_for(chosen.spec)), build(self.client_options(chosen.spec)))
+
+    def forking_client_argv(self) -> list[str]:
+        chosen = self.plugin_registry().transport_spec(self.resolved_transport_name())
+        argv = super().forking_client_argv()
+        return [*argv[:-1], repr(self.client_options(chosen.spec))]  # the client's options, not the server's
 
 
 # -- the client: connect, connect_config, shared transports ------------------------------------------
@@ -441,7 +457,7 @@ def test_connect_with_tls_config_and_configuration(
     tls = FlameClientTls(ca_file=str(certs.ca), cert_file=str(certs.client_cert), key_file=str(certs.client_key))
     conn = connect(endpoint, tls_config=tls)
     try:
-        assert conn.list_applications() == []
+        assert [a.name for a in conn.list_applications()] == ["flmexec", "flmping", "flmrun"]  # the built-ins
     finally:
         conn.close()
 
@@ -459,7 +475,7 @@ def test_connect_with_tls_config_and_configuration(
     monkeypatch.setenv("FLAME_CLIENT_KEY_FILE", str(certs.client_key))
     for conn in (connect(endpoint), connect_config(resolve_config(endpoint=endpoint))):
         try:
-            assert conn.list_applications() == []
+            assert [a.name for a in conn.list_applications()] == ["flmexec", "flmping", "flmrun"]
         finally:
             conn.close()
 

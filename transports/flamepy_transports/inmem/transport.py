@@ -9,6 +9,7 @@ handler is still busy.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping
@@ -65,6 +66,8 @@ class InMemoryServer:
         self._active: set[SimpleCallContext] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self.pid = os.getpid()
+        """The process whose threads serve it: after ``fork()`` a child has the object, not the threads."""
 
     @property
     def endpoint(self) -> str:
@@ -234,6 +237,12 @@ class InMemoryChannel:
         server = self._transport._lookup(self._name)
         if server is None:
             raise unavailable(self._endpoint, "no server is listening there")
+        if server.pid != os.getpid():
+            raise unavailable(
+                self._endpoint,
+                f"its server lives in process {server.pid} and this is process {os.getpid()}, a fork() child: "
+                f"in-memory servers do not cross processes (use a cross-process transport's endpoint here)",
+            )
         return server
 
     def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:

@@ -3,8 +3,10 @@
 Options (keyword arguments of the transport; every one has a default):
 
 ``max_message_size``
-    Largest payload in bytes, each way (default 256 MiB). Checked before sending on both sides and set
-    as libzmq's ``ZMQ_MAXMSGSIZE``; configure client and server alike.
+    Largest payload in bytes, each way (default 256 MiB). Checked before sending and on receipt on both
+    sides, each failure a ``MESSAGE_TOO_LARGE`` naming both sizes. libzmq's own ``ZMQ_MAXMSGSIZE`` is set
+    with headroom above it (twice it, at least 64 MiB more), so a peer configured with a larger limit
+    gets that error rather than a dropped connection; configure client and server alike all the same.
 ``default_timeout``
     Seconds a call may take when the caller gives no timeout (default 60; ``None`` = no deadline).
 ``connect_timeout``
