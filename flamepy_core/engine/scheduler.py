@@ -573,7 +573,7 @@ class Scheduler:
         assert isinstance(error, FlameError)
         if error.code == FlameErrorCode.MESSAGE_TOO_LARGE:
             # The instance answered, but too much: the task fails once, the instance is fine.
-            self.engine.finish_task(session_id, tid, failure=f"the task's result was refused: {error.message}")
+            self.engine.finish_task(session_id, tid, failure=f"the task's result was refused: {error}")
             self._dispatch(inst)
             return
         process = inst.process
