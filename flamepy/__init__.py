@@ -12,6 +12,12 @@ from typing import TYPE_CHECKING, Any
 from flamepy import cache, service, util
 from flamepy.core import *  # noqa: F403
 from flamepy.core import __all__ as _core_all
+from flamepy_core.client.embedded import provide_inprocess_servers
+from flamepy_core.engine import IN_PROCESS_SERVERS
+
+# The process is assembled here: the client gets the engine's in-process servers (``inmem://``) injected,
+# and never imports the engine itself. The engine loads only when such an endpoint is used.
+provide_inprocess_servers(IN_PROCESS_SERVERS)
 
 if TYPE_CHECKING:  # loaded on first use, see __getattr__
     from flamepy import proto as proto

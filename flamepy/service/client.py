@@ -18,11 +18,12 @@ from typing import Any
 
 from flamepy_core.client.api import create_session, open_session
 from flamepy_core.client.objects import delete_objects, get_object, put_object
+from flamepy_core.client.serializers import session_serializer
 from flamepy_core.client.session import Session as CoreSession
 from flamepy_core.contracts.serializer import Serializer
 from flamepy_core.model import ResourceRequirement, short_name
 from flamepy_core.objref import ObjectRef
-from flamepy_core.serialization import decode_context, decode_payload, encode_payload, session_serializer
+from flamepy_core.serialization import decode_context, decode_payload, encode_payload
 
 log = logging.getLogger(__name__)
 

@@ -45,10 +45,10 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from flamepy_core.apps.python_runtime import FLAME_PYTHON, FLAME_PYTHON_VERSION, normalise_version, select_python
-from flamepy_core.client.objects import KIND_BYTES, MAGIC
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.privacy import open_private, private_subdir
+from flamepy_core.wire.envelope import KIND_BYTES, MAGIC
 from flamepy_core.wire.proto import types_pb2 as pb
 
 __all__ = [

@@ -46,7 +46,8 @@ from typing import Any
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.executor import InstanceProcess, Launcher
+from flamepy_core.engine.executor import Instance as InstanceHandle
+from flamepy_core.engine.executor import InstanceLauncher
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_NO_EXECUTOR, EVENT_RETRY_LIMIT, Engine
 from flamepy_core.engine.supervisor import Supervisor
@@ -95,7 +96,7 @@ class Instance:
     app: str
     state: State
     since: float
-    process: InstanceProcess | None = None
+    process: InstanceHandle | None = None
     session_id: str | None = None
     """The session it serves, or (while STARTING) the one it was started for."""
     inflight: dict[int, float] = field(default_factory=dict)
@@ -147,7 +148,7 @@ _EXECUTOR_STATE = {
 class Scheduler:
     """Matches sessions that need instances with spares or new processes, and drives instances by events."""
 
-    def __init__(self, engine: Engine, launcher: Launcher, settings: RuntimeSettings) -> None:
+    def __init__(self, engine: Engine, launcher: InstanceLauncher, settings: RuntimeSettings) -> None:
         self.engine = engine
         self.launcher = launcher
         self.settings = settings
@@ -283,7 +284,7 @@ class Scheduler:
 
     # -- supervisor events -----------------------------------------------------------------------------
 
-    def on_started(self, inst: Instance, process: InstanceProcess | None, error: FlameError | None) -> None:
+    def on_started(self, inst: Instance, process: InstanceHandle | None, error: FlameError | None) -> None:
         """The supervisor started the process (or could not)."""
         if process is None:
             self._instances.pop(inst.id, None)

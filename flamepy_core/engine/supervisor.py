@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.executor import InstanceProcess
+from flamepy_core.engine.executor import Instance as InstanceHandle
 from flamepy_core.wire.proto import types_pb2 as pb
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class Supervisor(threading.Thread):
             return
         self._request(lambda: self._watch(inst, process))
 
-    def _watch(self, inst: Instance, process: InstanceProcess) -> None:
+    def _watch(self, inst: Instance, process: InstanceHandle) -> None:
         inst.process = process
         self._running.add(inst)
         self._starting.add(inst)
@@ -266,7 +266,7 @@ class Supervisor(threading.Thread):
             os.write(self._wake_write, b"\0")
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=5)
-        processes: list[InstanceProcess] = [i.process for i in instances if i.process is not None]
+        processes: list[InstanceHandle] = [i.process for i in instances if i.process is not None]
         for process in processes:
             process.close_channel()
             process.terminate()

@@ -21,8 +21,7 @@ from typing import Any
 
 from broken_transports import InmemWithFlaw, _Wrapped, channel_flaw
 from flamepy_transports.inmem.transport import InMemoryChannel, InMemoryServer
-from flamepy_transports.zmq.plugin import DEFAULT_MAX_MESSAGE_SIZE as ZMQ_MAX_MESSAGE_SIZE
-from flamepy_transports.zmq.plugin import OPTIONS as ZMQ_OPTIONS
+from flamepy_transports.zmq.plugin import ZmqTransport as _ZmqDeclared
 
 from flamepy_core.contracts import TransportCapabilities
 from flamepy_core.contracts.transport import (
@@ -162,13 +161,15 @@ class SharedZmqTransport:
     name = "broken-sharedzmq"
     schemes: tuple[str, ...] = ("zmq+tcp", "zmq+ipc")
     fault = "a zmq channel used in a fork() child keeps the parent's connection"
-    spec_capabilities = TransportCapabilities(max_message_size=ZMQ_MAX_MESSAGE_SIZE, cross_process=True)
-    spec_options = ZMQ_OPTIONS
+    spec_capabilities = TransportCapabilities(
+        max_message_size=_ZmqDeclared.capabilities.max_message_size, cross_process=True
+    )
+    spec_options = _ZmqDeclared.options
 
     def __new__(cls, **options: Any) -> Any:
         from flamepy_transports.zmq import endpoints
         from flamepy_transports.zmq.channel import ZmqChannel
-        from flamepy_transports.zmq.transport import ZmqTransport
+        from flamepy_transports.zmq.plugin import ZmqTransport
 
         class SharedChannel(ZmqChannel):
             def _get_core(self) -> Any:

@@ -26,8 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from flamepy_transports.inmem.plugin import DEFAULT_MAX_MESSAGE_SIZE
-from flamepy_transports.inmem.transport import InMemoryTransport
+from flamepy_transports.inmem.transport import DEFAULT_MAX_MESSAGE_SIZE, InMemoryTransport
 
 from flamepy_core.contracts import TransportCapabilities, TransportSpec, hookimpl
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode

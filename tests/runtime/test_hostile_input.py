@@ -20,8 +20,8 @@ import flamepy
 from flamepy.service import Session
 from flamepy_core.client.session import TaskFailedError
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.server import SERVER_FILE
 from flamepy_core.failure_text import MAX_FAILURE_TEXT
+from flamepy_core.home import SERVER_FILE
 from flamepy_core.validation import NAME_RULE
 
 

@@ -27,14 +27,14 @@ pytest.importorskip("flamepy_transports.grpc.transport")
 
 from conftest import FlameEnv
 from flamepy_conformance import TransportTests
-from flamepy_transports.grpc.transport import GrpcTransport
+from flamepy_transports.grpc.plugin import GrpcTransport
 
 from flamepy_core.client.connection import connect, connect_config
 from flamepy_core.client.transports import client_tls_options, shared_transport
 from flamepy_core.config import FlameClientTls, resolve_config
 from flamepy_core.contracts import CallContext, FlameError, FlameErrorCode, Handler, StreamHandler, UnaryHandler
 from flamepy_core.contracts.transport import Channel, Server, Transport, TransportSpec
-from flamepy_core.engine.server import FlameServer, ServerTls
+from flamepy_core.engine.server import FlameServer
 from flamepy_core.plugins import get_registry
 
 PROMPT_S = 3.0
@@ -442,7 +442,11 @@ def tls_flame_server(certs: Certs, clean_env: Path) -> Iterator[FlameServer]:
         "grpcs://127.0.0.1:0",
         publish=False,
         instance_transport="grpc",
-        tls=ServerTls(cert_file=str(certs.server_cert), key_file=str(certs.server_key), client_ca_file=str(certs.ca)),
+        security={
+            "--tls-cert": ("cert_file", str(certs.server_cert)),
+            "--tls-key": ("key_file", str(certs.server_key)),
+            "--tls-client-ca": ("client_ca_file", str(certs.ca)),
+        },
     )
     server.start()
     yield server
@@ -515,20 +519,23 @@ def test_shared_transports_are_keyed_by_tls_options(certs: Certs, clean_env: Pat
 def test_server_flags_are_checked(certs: Certs, tmp_path: Path) -> None:
     from flamepy_core.engine.__main__ import main
 
-    assert main(["--home", str(tmp_path), "--tls-cert", str(certs.server_cert)]) == 2
+    # Settings that cannot fit are refused before anything starts, with argparse's exit code.
+    assert main(["--home", str(tmp_path), "--tls-cert", str(certs.server_cert)]) == 2  # not the default's transport
     assert main(["--home", str(tmp_path), "--tls-client-ca", str(certs.ca)]) == 2
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
     for extra, needle in (
         (["--listen", "https://127.0.0.1:0"], "--tls-cert"),
+        (["--listen", "https://127.0.0.1:0", "--tls-cert", str(certs.server_cert)], "--tls-key"),
         (["--listen", "grpc://127.0.0.1:0", "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)],
          "is not TLS"),
     ):  # fmt: skip
         argv = [sys.executable, "-m", "flamepy_core.engine", "--home", str(tmp_path / "h"), *extra]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 1 and needle in done.stderr, done.stderr
+        assert done.returncode == 2 and needle in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
     flmctl = [sys.executable, "-m", "flamepy_core.cli.main", "server", "start", "--tls-cert", str(certs.server_cert)]
     done = subprocess.run(flmctl, env=dict(env, FLAME_HOME=str(tmp_path / "h")), capture_output=True, text=True)
-    assert done.returncode == 2 and "--foreground" in done.stderr, done.stderr
+    assert done.returncode == 1 and "--tls-cert" in done.stderr and "another transport" in done.stderr, done.stderr
 
 
 SERVICE = """

@@ -9,8 +9,7 @@ import zmq
 
 from flamepy_core.transport_kit import DEFAULT_CALL_TIMEOUT
 from flamepy_transports.zmq.auth import CurveClientKeys, CurveServerKeys, load_client_keys, load_server_keys
-from flamepy_transports.zmq.endpoints import Address
-from flamepy_transports.zmq.plugin import (
+from flamepy_transports.zmq.defaults import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HEARTBEAT_IVL_MS,
     DEFAULT_HEARTBEAT_TIMEOUT_MS,
@@ -19,6 +18,7 @@ from flamepy_transports.zmq.plugin import (
     DEFAULT_MAX_PENDING_CALLS,
     DEFAULT_MAX_WORKERS,
 )
+from flamepy_transports.zmq.endpoints import Address
 
 RECONNECT_IVL_MS = 100
 """How often a channel retries a connection to an absent server (libzmq adds jitter up to this much)."""
