@@ -72,7 +72,7 @@ def fill(home: Path, sessions: int, tasks: int) -> float:
 
 
 def start_server(home: Path) -> tuple[subprocess.Popen[bytes], float]:
-    from flamepy_core.engine.server import read_server_info
+    from flamepy_core.home import read_server_info
 
     env = dict(os.environ, FLAME_HOME=str(home))
     start = time.perf_counter()

@@ -45,7 +45,7 @@ def _echo(request: bytes, ctx: Any) -> bytes:
 
 
 def serve_ours(endpoint: str) -> None:
-    from flamepy_transports.grpc.transport import GrpcTransport
+    from flamepy_transports.grpc.plugin import GrpcTransport
 
     from flamepy_core.contracts import UnaryHandler
 
@@ -124,7 +124,7 @@ def measure(call: Callable[[], bytes], count: int, size: int, into: list[float])
 
 def run(iterations: int, payload_size: int, rounds: int, warmup: int) -> dict[str, Any]:
     import grpc
-    from flamepy_transports.grpc.transport import GrpcTransport
+    from flamepy_transports.grpc.plugin import GrpcTransport
     from flamepy_transports.inmem.transport import InMemoryTransport
 
     from flamepy_core.contracts import UnaryHandler

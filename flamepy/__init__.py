@@ -7,11 +7,21 @@ With nothing configured, a local server for ``FLAME_HOME`` (``~/.flame``) is sta
 """
 
 from importlib import metadata as _metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flamepy import cache, service, util
 from flamepy.core import *  # noqa: F403
 from flamepy.core import __all__ as _core_all
+from flamepy_core.client.embedded import provide_inprocess_servers
+from flamepy_core.engine import IN_PROCESS_SERVERS
+
+# The process is assembled here: the client gets the engine's in-process servers (``inmem://``) injected,
+# and never imports the engine itself. The engine loads only when such an endpoint is used.
+provide_inprocess_servers(IN_PROCESS_SERVERS)
+
+if TYPE_CHECKING:  # loaded on first use, see __getattr__
+    from flamepy import proto as proto
+    from flamepy import runner, tools
 
 try:
     # One source for the version: the installed distribution's metadata (pyproject.toml's ``version``).
@@ -32,10 +42,10 @@ _CORE_ONLY = frozenset(
         "FlameInstanceServicer",
     }
 )
-_LAZY_SUBMODULES = ("proto",)
+_LAZY_SUBMODULES = ("proto", "runner", "tools")
 
 __all__ = [name for name in _core_all if name not in _CORE_ONLY]
-__all__ += ["__version__", "cache", "service", "util"]
+__all__ += ["__version__", "cache", "runner", "service", "tools", "util"]
 
 
 def __getattr__(name: str) -> Any:

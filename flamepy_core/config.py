@@ -65,6 +65,7 @@ __all__ = [
     "FlamePackage",
     "RuntimeSettings",
     "YamlDocument",
+    "configured_max_message_size",
     "flame_home",
     "format_key_path",
     "load_flame_file",
@@ -345,8 +346,10 @@ _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}$")
 def normalize_endpoint(value: str) -> str:
     """Bring an address into URL form, as Flame's client does.
 
-    * a bare absolute path (how Flame's executors pass ``FLAME_INSTANCE_ENDPOINT``) -> ``unix://<path>``;
     * ``host:port`` without a scheme -> ``http://host:port`` (Flame's default scheme);
+    * a bare absolute path (how Flame's executors pass ``FLAME_INSTANCE_ENDPOINT``) is kept as it is: the
+      transport that declares ``bare_path_scheme`` serves it
+      (:meth:`flamepy_core.plugins.PluginRegistry.endpoint_url` gives its URL);
     * anything else is returned unchanged (the transport registry judges the scheme);
     * an empty or blank value -> ``FlameError(INVALID_CONFIG, "address cannot be empty")``.
 
@@ -357,10 +360,8 @@ def normalize_endpoint(value: str) -> str:
     v = value.strip()
     if not v:
         raise FlameError(FlameErrorCode.INVALID_CONFIG, "address cannot be empty")
-    if _SCHEME.match(v):
+    if _SCHEME.match(v) or v.startswith("/"):
         return v
-    if v.startswith("/"):
-        return f"unix://{v}"
     if _HOST_PORT.match(v):
         return f"http://{v}"
     return v
@@ -408,6 +409,10 @@ class ContextEntry:
     runner_template: str | None = None
     transport: str | None = None
     serializer: str | None = None
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The ``cluster`` and ``cache`` sections as written (type-checked), where the transports' declared
+    security settings are looked up (``SecuritySetting.config_key``: Flame's ``tls.ca_file``, or a key of
+    flamepy's ``security`` mapping such as a CURVE key file)."""
 
     @property
     def source(self) -> str:
@@ -418,8 +423,8 @@ class ContextEntry:
 _TOP_KEYS = ("current-context", "contexts")
 _CONTEXT_KEYS = ("name", "cluster", "cache", "package", "runner", "transport", "serializer")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "cluster": ("endpoint", "tls"),
-    "cache": ("endpoint", "tls", "storage"),
+    "cluster": ("endpoint", "tls", "security"),
+    "cache": ("endpoint", "tls", "storage", "security"),
     "package": ("storage", "excludes"),
     "runner": ("template",),
     "tls": ("ca_file",),
@@ -469,6 +474,17 @@ class _FileReader:
                 raise self.error(path, exc.message) from None
         return value
 
+    def string_mapping(self, value: Any, path: YamlPath) -> dict[str, str]:
+        """A mapping of strings to strings (``None`` reads as empty); its keys are the transports' to judge."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping, got {_describe(value)}")
+        for key, item in value.items():
+            if not isinstance(item, str) or not item.strip():
+                raise self.error((*path, key), f"expected a non-empty string, got {_describe(item)}")
+        return {key: item.strip() for key, item in value.items()}
+
     def string_list(self, value: Any, path: YamlPath) -> tuple[str, ...] | None:
         if value is None:
             return None
@@ -489,6 +505,8 @@ class _FileReader:
         cluster_tls = self.mapping(cluster.get("tls"), (*p, "cluster", "tls"), _SECTION_KEYS["tls"])
         cache = self.mapping(ctx.get("cache"), (*p, "cache"), _SECTION_KEYS["cache"])
         cache_tls = self.mapping(cache.get("tls"), (*p, "cache", "tls"), _SECTION_KEYS["tls"])
+        for section, values in (("cluster", cluster), ("cache", cache)):
+            self.string_mapping(values.get("security"), (*p, section, "security"))
         package = self.mapping(ctx.get("package"), (*p, "package"), _SECTION_KEYS["package"])
         runner = self.mapping(ctx.get("runner"), (*p, "runner"), _SECTION_KEYS["runner"])
         transport = self.string(ctx.get("transport"), (*p, "transport"))
@@ -515,6 +533,7 @@ class _FileReader:
             runner_template=self.string(runner.get("template"), (*p, "runner", "template")),
             transport=transport.strip() if transport else None,
             serializer=serializer.strip() if serializer else None,
+            sections={"cluster": dict(cluster), "cache": dict(cache)},
         )
 
 
@@ -590,6 +609,11 @@ class ClientConfig:
     client_key_file: str | None = None
     """Its private key (``FLAME_CLIENT_KEY_FILE``)."""
     source: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    """The ``FLAME_*`` variables as they were when resolved (blank ones dropped): where the transports'
+    declared security settings are read from, beside :attr:`context`."""
+    context: ContextEntry | None = None
+    """The ``flame.yaml`` context this configuration read, if any."""
 
     @property
     def config_file(self) -> Path:
@@ -722,6 +746,8 @@ def resolve_config(
         client_cert_file=cert,
         client_key_file=key,
         source=source,
+        env={name: value.strip() for name, value in e.items() if name.startswith("FLAME") and value.strip()},
+        context=ctx if ctx.name else None,
     )
 
 
@@ -985,6 +1011,20 @@ class RuntimeSettings:
             if text is not None:
                 values[name] = _parse_setting(var, text, f.metadata["kind"], f.metadata["minimum"])
         return cls(**values)  # type: ignore[arg-type]
+
+
+def configured_max_message_size(env: Mapping[str, str] | None = None) -> int | None:
+    """``FLAME_MAX_MESSAGE_SIZE`` as bytes, or ``None`` when it is not set (a bad value is INVALID_CONFIG).
+
+    The plugin registry gives it to every transport built without an explicit ``max_message_size``, so
+    the server, its instances and its clients on this machine agree on the limit and an oversized
+    message is refused by its sender, with both sizes, before it travels.
+    """
+    var = RuntimeSettings.env_var("max_message_size")
+    text = _env_value(_environ(env), var)
+    if text is None:
+        return None
+    return int(_parse_setting(var, text, "bytes", ">0"))
 
 
 def _check_range(what: str, value: float, minimum: str) -> None:

@@ -6,7 +6,8 @@ distribution and the cause, instead of breaking ``import flamepy``. Switches, re
 when not given explicitly:
 
 * ``FLAMEPY_DISABLE_PLUGIN_AUTOLOAD=1`` - do not scan entry points at all; only plugins named in
-  ``FLAMEPY_PLUGINS`` (comma-separated module names) or registered at run time are used;
+  ``FLAMEPY_PLUGINS`` (comma-separated ``module`` or ``module:Class`` names, like entry points) or
+  registered at run time are used;
 * ``FLAMEPY_STRICT_PLUGINS=1`` - a plugin that fails to load is an error, not a warning.
 
 Plugin modules are light: they declare specs whose ``load`` imports the implementation only when that
@@ -30,11 +31,12 @@ from typing import Any
 
 import pluggy
 
+from flamepy_core.config import configured_max_message_size
 from flamepy_core.contracts import hookspecs
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.hookspecs import PROJECT_NAME, hookimpl
 from flamepy_core.contracts.serializer import Serializer, SerializerSpec
-from flamepy_core.contracts.transport import Transport, TransportSpec
+from flamepy_core.contracts.transport import LocalTransport, Transport, TransportCapabilities, TransportSpec
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,79 @@ class Chosen:
     origin: PluginOrigin
 
 
+def transport_spec_of(cls: type) -> TransportSpec:
+    """The declaration a transport class carries: ``name``, ``schemes``, ``capabilities``, ``options``.
+
+    A plugin declares itself once, on its class, and its entry point names the class (``module:Class``).
+    Optional: ``requires`` (distributions to install when importing it fails) and ``description`` (else
+    the first line of its docstring). The class itself is the factory the registry builds with options.
+    """
+    name = getattr(cls, "name", None)
+    schemes = getattr(cls, "schemes", None)
+    capabilities = getattr(cls, "capabilities", None)
+    problems = []
+    if not isinstance(name, str) or not name:
+        problems.append("a class attribute `name` (str)")
+    if not isinstance(schemes, (tuple, list)) or not schemes or not all(isinstance(x, str) for x in schemes):
+        problems.append("a class attribute `schemes` (a tuple of URL schemes)")
+    if not isinstance(capabilities, TransportCapabilities):
+        problems.append("a class attribute `capabilities` (TransportCapabilities)")
+    if problems:
+        raise TypeError(f"transport class {cls.__module__}.{cls.__qualname__} lacks {', '.join(problems)}")
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return TransportSpec(
+        name=str(name),
+        schemes=tuple(str(x).lower() for x in schemes),  # type: ignore[union-attr]
+        capabilities=capabilities,  # type: ignore[arg-type]
+        load=lambda: cls,
+        options=frozenset(getattr(cls, "options", ())),
+        requires=tuple(getattr(cls, "requires", ())),
+        description=str(getattr(cls, "description", "") or (doc[0] if doc else "")),
+    )
+
+
+def serializer_spec_of(cls: type) -> SerializerSpec:
+    """The declaration a serializer class carries: ``name``, ``domain`` and optionally ``options``."""
+    name, domain = getattr(cls, "name", None), getattr(cls, "domain", None)
+    if not isinstance(name, str) or not name or not isinstance(domain, str) or not domain:
+        raise TypeError(f"serializer class {cls.__module__}.{cls.__qualname__} lacks `name` and `domain` (str)")
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return SerializerSpec(
+        name=name,
+        domain=domain,
+        load=lambda: cls,
+        options=frozenset(getattr(cls, "options", ())),
+        requires=tuple(getattr(cls, "requires", ())),
+        description=str(getattr(cls, "description", "") or (doc[0] if doc else "")),
+    )
+
+
+class _Declared:
+    """A class-declared plugin, seen by pluggy as the hook implementation that returns its one spec."""
+
+    def __init__(self, transports: Sequence[TransportSpec] = (), serializers: Sequence[SerializerSpec] = ()) -> None:
+        self._transports = list(transports)
+        self._serializers = list(serializers)
+
+    @hookimpl
+    def flamepy_add_transports(self) -> Sequence[TransportSpec]:
+        return self._transports
+
+    @hookimpl
+    def flamepy_add_serializers(self) -> Sequence[SerializerSpec]:
+        return self._serializers
+
+
+def _as_plugin(plugin: object, group: str | None) -> object:
+    """A class named by an entry point (or registered) becomes its declaration; anything else is a pluggy
+    plugin of hook implementations (the older way, still loaded)."""
+    if not isinstance(plugin, type):
+        return plugin
+    if group == SERIALIZER_GROUP or (group is None and hasattr(plugin, "domain") and not hasattr(plugin, "schemes")):
+        return _Declared(serializers=[serializer_spec_of(plugin)])
+    return _Declared(transports=[transport_spec_of(plugin)])
+
+
 class _CoreRules:
     """The core's own selection rule, consulted last so any plugin can override it."""
 
@@ -116,6 +191,8 @@ class PluginRegistry:
         self._loaded = False
         self._transports: list[Chosen] | None = None
         self._serializers: list[Chosen] | None = None
+        self._shared: dict[tuple[str, tuple[tuple[str, str], ...]], Transport] = {}
+        self._classes: dict[int, tuple[object, object]] = {}
 
     # -- loading -------------------------------------------------------------------------------------
 
@@ -148,7 +225,7 @@ class PluginRegistry:
             plugin=f"{ep.name}", distribution=dist.name if dist else None, version=dist.version if dist else None
         )
         try:
-            plugin = ep.load()
+            plugin = _as_plugin(ep.load(), group)
             self._register(plugin, f"{group}:{ep.name}", origin)
         except Exception as exc:  # a broken plugin must never break discovery
             self._record_failure(
@@ -164,8 +241,12 @@ class PluginRegistry:
             )
 
     def _load_module(self, module_name: str) -> None:
+        """``module`` (hook implementations) or ``module:Class`` (a class that declares itself)."""
         try:
-            plugin = importlib.import_module(module_name)
+            module, _, attribute = module_name.partition(":")
+            plugin: object = importlib.import_module(module)
+            if attribute:
+                plugin = _as_plugin(getattr(plugin, attribute), None)
             self._register(plugin, module_name, PluginOrigin(plugin=module_name))
         except Exception as exc:
             self._record_failure(
@@ -188,16 +269,25 @@ class PluginRegistry:
         self._transports = self._serializers = None
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register a plugin at run time (tests, notebooks). It takes precedence over earlier ones."""
+        """Register a plugin at run time (tests, notebooks). It takes precedence over earlier ones.
+
+        ``plugin`` is a transport or serializer class (it carries its declaration) or an object with hook
+        implementations."""
         with self._lock:
             self._ensure_loaded()
             plugin_name = name or getattr(plugin, "__name__", None) or f"runtime-{id(plugin)}"
-            self._register(plugin, plugin_name, PluginOrigin(plugin=plugin_name))
+            declared = _as_plugin(plugin, None)
+            if declared is not plugin:
+                self._classes[id(plugin)] = (plugin, declared)  # so unregister(cls) finds its declaration
+            self._register(declared, plugin_name, PluginOrigin(plugin=plugin_name))
             self._pm.check_pending()
 
     def unregister(self, plugin: object) -> None:
         """Remove a plugin registered earlier."""
         with self._lock:
+            known = self._classes.pop(id(plugin), None)
+            if known is not None and known[0] is plugin:
+                plugin = known[1]
             name = self._pm.get_name(plugin)
             self._pm.unregister(plugin)
             if name:
@@ -270,14 +360,83 @@ class PluginRegistry:
             )
         return found[-1]
 
-    def transport_spec_for_endpoint(self, endpoint: str) -> Chosen:
-        """The transport that owns ``endpoint``'s URL scheme."""
-        scheme, sep, _ = endpoint.partition("://")
-        if not sep or not scheme:
+    # -- what the runtime needs, by capability -------------------------------------------------------
+
+    def with_capability(self, capability: str) -> list[Chosen]:
+        """The declared transports whose capability ``capability`` is set (truthy), in registration order."""
+        return [c for c in self.transports() if getattr(c.spec.capabilities, capability)]
+
+    def local_default(self) -> Chosen:
+        """The runtime's transport when none is configured: the highest ``local_default_rank`` among the
+        cross-process transports that declare ``local_schemes`` (the first registered wins a tie)."""
+        candidates = [
+            c
+            for c in self.transports()
+            if c.spec.capabilities.local_schemes and c.spec.capabilities.cross_process
+            if c.spec.capabilities.local_default_rank > 0
+        ]
+        if not candidates:
             raise FlameError(
                 FlameErrorCode.INVALID_CONFIG,
-                f"endpoint '{endpoint}' has no URL scheme; write it as SCHEME://ADDRESS, e.g. "
-                f"grpc://127.0.0.1:8080 or unix:///tmp/flame.sock. "
+                f"no installed transport can be the local default (one that declares local_schemes and a "
+                f"local_default_rank above 0); installed transports: {self._installed_transports()}. "
+                f"Set FLAME_TRANSPORT, or FLAME_ENDPOINT to a server that runs elsewhere",
+            )
+        return max(candidates, key=lambda c: c.spec.capabilities.local_default_rank)
+
+    def require(self, chosen: Chosen, capability: str, purpose: str) -> Chosen:
+        """``chosen``, or INVALID_CONFIG naming the transport, the missing capability and what to choose instead."""
+        if getattr(chosen.spec.capabilities, capability):
+            return chosen
+        others = ", ".join(c.spec.name for c in self.with_capability(capability)) or "none is installed"
+        raise FlameError(
+            FlameErrorCode.INVALID_CONFIG,
+            f"transport '{chosen.spec.name}' cannot be used {purpose}: it does not declare the capability "
+            f"'{capability}'. Choose a transport that does (FLAME_TRANSPORT, flame.yaml `transport:`, or "
+            f"--transport): {others}",
+        )
+
+    def in_process_endpoint(self, directory: str | os.PathLike[str], name: str) -> str:
+        """An endpoint ``name`` of the in-process transport (the last registered that declares ``in_process``)."""
+        found = self.with_capability("in_process")
+        if not found:
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"no installed transport runs in-process (capability in_process); installed transports: "
+                f"{self._installed_transports()}",
+            )
+        return local_endpoint(self.create_transport(found[-1]), directory, name)
+
+    def bare_path_transport(self) -> Chosen | None:
+        """The transport that serves Flame's protocol on a bare unix-socket path (the last registered), or None."""
+        found = self.with_capability("bare_path_scheme")
+        return found[-1] if found else None
+
+    def endpoint_url(self, endpoint: str) -> str:
+        """``endpoint`` as a URL: a bare absolute path (Flame's ``FLAME_INSTANCE_ENDPOINT``) becomes the URL
+        of the transport that declares ``bare_path_scheme``; a URL is returned unchanged."""
+        if not endpoint.startswith("/"):
+            return endpoint
+        chosen = self.bare_path_transport()
+        if chosen is None:
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"'{endpoint}' is a bare socket path (what Flame's executors pass), but no installed transport "
+                f"speaks Flame's protocol on one (capability bare_path_scheme); installed transports: "
+                f"{self._installed_transports()}. Give a URL with a scheme instead",
+            )
+        return f"{chosen.spec.capabilities.bare_path_scheme}://{endpoint}"
+
+    def transport_spec_for_endpoint(self, endpoint: str) -> Chosen:
+        """The transport that owns ``endpoint``'s URL scheme (a bare path: see :meth:`endpoint_url`)."""
+        endpoint = self.endpoint_url(endpoint)
+        scheme, sep, _ = endpoint.partition("://")
+        if not sep or not scheme:
+            examples = " or ".join(f"{c.spec.schemes[0]}://..." for c in self.transports()[:2] if c.spec.schemes)
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"endpoint '{endpoint}' has no URL scheme; write it as SCHEME://ADDRESS"
+                f"{', e.g. ' + examples if examples else ''}. "
                 f"Installed transports: {self._installed_transports()}.",
             )
         scheme = scheme.lower()
@@ -303,18 +462,46 @@ class PluginRegistry:
         )
 
     def create_transport(self, chosen: Chosen, options: Mapping[str, Any] | None = None) -> Transport:
-        """Import the chosen transport's implementation and build it with ``options``."""
+        """Import the chosen transport's implementation and build it with ``options``.
+
+        A transport that accepts ``max_message_size`` and is given none gets ``FLAME_MAX_MESSAGE_SIZE``
+        when it is set: the one limit of the runtime, its instances and its clients.
+        """
         spec: TransportSpec = chosen.spec
+        if "max_message_size" in spec.options and not (options and "max_message_size" in options):
+            configured = configured_max_message_size()
+            if configured is not None:
+                options = {**(options or {}), "max_message_size": configured}
         factory = self._load_factory("transport", chosen)
         return self._build("transport", chosen, factory, spec.options, options)  # type: ignore[no-any-return]
 
     def transport(self, name_or_endpoint: str, **options: Any) -> Transport:
-        """A transport by name (``"grpc"``) or by an endpoint's scheme (``"grpc://host:1"``)."""
-        if "://" in name_or_endpoint:
+        """A transport by name or by an endpoint's scheme (``"SCHEME://ADDRESS"``, or a bare socket path)."""
+        if "://" in name_or_endpoint or name_or_endpoint.startswith("/"):
             chosen = self.transport_spec_for_endpoint(name_or_endpoint)
         else:
             chosen = self.transport_spec(name_or_endpoint)
         return self.create_transport(chosen, options)
+
+    def shared_transport(
+        self, endpoint: str, options: Mapping[str, Any] | None = None, identity: Mapping[str, Any] | None = None
+    ) -> Transport:
+        """This registry's one transport object for ``endpoint``'s transport, made on first use.
+
+        Sharing is what lets an in-process server and its clients meet (they must use the same in-memory
+        transport object), and it saves building the same transport twice. ``identity`` are options that
+        make a different transport (security settings: two clients with different CA files get two
+        objects); ``options`` only apply when this call is the one that builds it (a server's worker
+        count, say). Both go to the factory.
+        """
+        chosen = self.transport_spec_for_endpoint(endpoint)
+        key = (chosen.spec.name, tuple(sorted((name, str(value)) for name, value in (identity or {}).items())))
+        with self._lock:
+            transport = self._shared.get(key)
+            if transport is None:
+                transport = self.create_transport(chosen, {**(options or {}), **(identity or {})})
+                self._shared[key] = transport
+            return transport
 
     def serializer(self, name: str, **options: Any) -> Serializer:
         """A serializer by name (``"cloudpickle"``)."""
@@ -366,6 +553,21 @@ class PluginRegistry:
                 FlameErrorCode.INVALID_ARGUMENT,
                 f"{kind} '{name}' (plugin {chosen.origin.plugin}) rejected its options {options!r}: {exc}",
             ) from exc
+
+
+def local_endpoint(transport: Transport, directory: str | os.PathLike[str], name: str) -> str:
+    """``transport``'s private endpoint ``name`` in ``directory`` (it declared ``local_schemes`` or ``in_process``).
+
+    See :meth:`flamepy_core.contracts.transport.LocalTransport.local_endpoint`.
+    """
+    if not isinstance(transport, LocalTransport):
+        raise FlameError(
+            FlameErrorCode.INVALID_CONFIG,
+            f"transport '{transport.name}' has no local_endpoint() method, so the runtime cannot make a private "
+            f"endpoint on it; a plugin that declares local_schemes or in_process must implement it "
+            f"(see docs/plugin-authors.md)",
+        )
+    return transport.local_endpoint(os.fspath(directory), name)
 
 
 _default: PluginRegistry | None = None

@@ -19,7 +19,8 @@ the serializer first, and every failure becomes ``FlameError(INVALID_ARGUMENT)``
 and the serializer (the bundled serializers already say so; a third-party one that raises something else
 is wrapped here).
 
-**Choosing** (:func:`session_serializer`): explicit ``Session(serializer=...)`` > the serializer the
+**Choosing** (:func:`flamepy_core.client.serializers.session_serializer`, in the client because it asks
+the server): explicit ``Session(serializer=...)`` > the serializer the
 application was registered with > the configuration (``FLAME_SERIALIZER``, then ``flame.yaml``'s
 ``serializer``) > ``cloudpickle``. An application carries its serializer as the environment variable
 ``FLAME_SERIALIZER`` in its ``environments``: the executor passes ``environments`` to every instance it
@@ -34,26 +35,22 @@ Python, pass ``environments={"FLAME_SERIALIZER": "json"}`` to ``register_applica
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Mapping
 from typing import Any
 
-from flamepy_core.config import DEFAULT_SERIALIZER, ENV_SERIALIZER, resolve_config
+from flamepy_core.config import DEFAULT_SERIALIZER, ENV_SERIALIZER
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.serializer import Serializer
-from flamepy_core.plugins import get_registry
 
 __all__ = [
     "FRAME_MAGIC",
     "PLAIN_SERIALIZER",
     "application_environments",
-    "application_serializer",
+    "decode_context",
     "decode_payload",
     "encode_payload",
-    "forget_application_serializers",
     "frame_header",
     "payload_serializer",
-    "session_serializer",
 ]
 
 FRAME_MAGIC = b"\x00FPS"
@@ -205,53 +202,3 @@ def application_environments(
         )
     merged[ENV_SERIALIZER] = name
     return merged
-
-
-_apps_lock = threading.Lock()
-_app_serializers: dict[tuple[str, str], str | None] = {}
-
-
-def application_serializer(application: str) -> str | None:
-    """The serializer ``application`` was registered with (its ``FLAME_SERIALIZER``), or None.
-
-    Asked once per application and server for the life of the process. An application that is not
-    registered is not remembered, so registering it later is seen; the session's creation then reports
-    the missing application as before.
-    """
-    from flamepy_core.client.connection import default_connection  # the client stack, only when needed
-
-    conn = default_connection()
-    key = (conn.addr, application)
-    with _apps_lock:
-        if key in _app_serializers:
-            return _app_serializers[key]
-    app = conn.get_application(application)
-    if app is None:
-        return None
-    name = ((app.environments or {}).get(ENV_SERIALIZER) or "").strip() or None
-    with _apps_lock:
-        _app_serializers[key] = name
-    return name
-
-
-def forget_application_serializers() -> None:
-    """Drop what :func:`application_serializer` remembered (after re-registering an application)."""
-    with _apps_lock:
-        _app_serializers.clear()
-
-
-def session_serializer(explicit: str | None, application: str) -> tuple[Serializer, str]:
-    """``(serializer, where it came from)`` for a session of ``application``.
-
-    Precedence: ``explicit`` > the application's registered serializer > configuration > default.
-    """
-    if explicit is not None:
-        name, origin = explicit, "argument"
-    else:
-        registered = application_serializer(application)
-        if registered is not None:
-            name, origin = registered, f"the registration of application {application}"
-        else:
-            config = resolve_config()
-            name, origin = config.serializer, config.source.get("serializer", "default")
-    return get_registry().serializer(name), origin

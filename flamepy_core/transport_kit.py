@@ -43,13 +43,20 @@ def resolve_timeout(timeout: Timeout, default: float | None) -> float | None:
     return seconds
 
 
+RAISE_THE_LIMIT = (
+    "send less per call (e.g. put large data in the object cache), or raise the limit on both sides: "
+    "FLAME_MAX_MESSAGE_SIZE for the flamepy runtime and its clients (the transport option max_message_size)"
+)
+"""What a ``MESSAGE_TOO_LARGE`` error tells the user to do: every transport's size errors end with it."""
+
+
 def check_size(size: int, limit: int, *, what: str, endpoint: str) -> None:
-    """Refuse a message larger than ``limit`` before it is sent, naming both numbers."""
+    """Refuse a message larger than ``limit`` (before sending it, or on receipt), naming both numbers."""
     if size > limit:
         raise FlameError(
             FlameErrorCode.MESSAGE_TOO_LARGE,
             f"{what} of {size} bytes exceeds the largest message of {limit} bytes allowed on {endpoint}; "
-            f"send less per call (e.g. put large data in the object cache) or raise max_message_size",
+            f"{RAISE_THE_LIMIT}",
         )
 
 

@@ -10,6 +10,8 @@ ruff check .
 ruff format --check .
 echo "== mypy"
 mypy
+echo "== layering (import-linter: the core's imports point one way, see pyproject.toml)"
+lint-imports --no-cache
 echo "== the docs site (mkdocs build --strict: a broken link or API reference fails it)"
 site_dir="$(mktemp -d)"
 trap 'rm -rf "$site_dir"' EXIT

@@ -178,7 +178,7 @@ def test_empty_env_var_counts_as_unset(tmp_path: Path) -> None:
 def test_endpoints_are_normalised_from_every_source(tmp_path: Path) -> None:
     write_conf(tmp_path, "current-context: a\ncontexts:\n  - name: a\n    cluster: {endpoint: 'file:8080'}\n")
     assert resolve_config(home=tmp_path, env={}).endpoint == "http://file:8080"
-    assert resolve_config(home=tmp_path, env={"FLAME_ENDPOINT": "/run/x.sock"}).endpoint == "unix:///run/x.sock"
+    assert resolve_config(home=tmp_path, env={"FLAME_ENDPOINT": "/run/x.sock"}).endpoint == "/run/x.sock"
     assert resolve_config(home=tmp_path, endpoint="h:1").endpoint == "http://h:1"
     with pytest.raises(FlameError) as ei:
         resolve_config(home=tmp_path, endpoint="")
@@ -333,7 +333,7 @@ def test_missing_file_is_fine(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ("/run/flame/instance.sock", "unix:///run/flame/instance.sock"),
+        ("/run/flame/instance.sock", "/run/flame/instance.sock"),  # a bare socket path: see endpoint_url
         ("127.0.0.1:8080", "http://127.0.0.1:8080"),
         ("flame-session-manager:8080", "http://flame-session-manager:8080"),
         ("[::1]:8080", "http://[::1]:8080"),

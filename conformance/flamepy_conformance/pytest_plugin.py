@@ -15,8 +15,17 @@ import pytest
 
 _REWRITE = (
     "flamepy_conformance.options",
+    "flamepy_conformance.transport_base",
+    "flamepy_conformance.transport_bytes",
+    "flamepy_conformance.transport_concurrency",
+    "flamepy_conformance.transport_deadlines",
+    "flamepy_conformance.transport_resources",
+    "flamepy_conformance.transport_streams",
     "flamepy_conformance.transport_suite",
     "flamepy_conformance.stateful",
+    "flamepy_conformance.serializer_base",
+    "flamepy_conformance.serializer_domain",
+    "flamepy_conformance.serializer_scale",
     "flamepy_conformance.serializer_suite",
     "flamepy_conformance.service_suite",
 )

@@ -11,17 +11,21 @@ serializer cannot carry fails here, in the caller, and creates no task.
 from __future__ import annotations
 
 import contextlib
+import logging
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
 from flamepy_core.client.api import create_session, open_session
 from flamepy_core.client.objects import delete_objects, get_object, put_object
+from flamepy_core.client.serializers import session_serializer
 from flamepy_core.client.session import Session as CoreSession
 from flamepy_core.contracts.serializer import Serializer
 from flamepy_core.model import ResourceRequirement, short_name
 from flamepy_core.objref import ObjectRef
-from flamepy_core.serialization import decode_context, decode_payload, encode_payload, session_serializer
+from flamepy_core.serialization import decode_context, decode_payload, encode_payload
+
+log = logging.getLogger(__name__)
 
 
 class Session:
@@ -134,4 +138,20 @@ class Session:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        # Leaving because of an exception: that exception is what the caller must see. A close that
+        # fails too (a task still runs, the server is gone) is logged and noted on it, never raised.
+        session_id = self.id()
+        try:
+            self.close()
+        except Exception as close_error:
+            note = (
+                f"flamepy: leaving the `with Session` block did not close session {session_id}: {close_error}. "
+                f"It stays open; close it once its tasks are done: `flmctl close -s {session_id}`"
+            )
+            log.warning("%s", note)
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(note)

@@ -33,11 +33,12 @@ from typing import Any
 
 from flamepy_core.client.api import register_application, unregister_application
 from flamepy_core.client.connection import reset_default_connection
-from flamepy_core.client.embedded import INSTANCE_MODE_ENV, ensure_inprocess_server, stop_inprocess_server
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.embedded import INSTANCE_MODE_ENV, ensure_inprocess_server, stop_inprocess_server
 from flamepy_core.engine.inprocess import INSTANCE_MODES
 from flamepy_core.engine.server import FlameServer
 from flamepy_core.model import ApplicationAttributes
+from flamepy_core.plugins import get_registry
 
 __all__ = ["LocalRuntime", "local_runtime"]
 
@@ -110,7 +111,7 @@ def local_runtime(
         )
     own_home = home is None
     root = Path(tempfile.mkdtemp(prefix="flamepy-test-")) if home is None else Path(home).expanduser().resolve()
-    endpoint = f"inmem://flamepy-testing-{uuid.uuid4().hex[:12]}"
+    endpoint = get_registry().in_process_endpoint(root, f"flamepy-testing-{uuid.uuid4().hex[:12]}")
     saved = {name: os.environ.get(name) for name in _ENV_CLEARED}
     try:
         for name in _ENV_CLEARED:

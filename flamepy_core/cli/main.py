@@ -11,19 +11,24 @@ import argparse
 import platform
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 
-from flamepy_core.cli.commands import applications, completion, listing, plugins, server, sessions, view
+from flamepy_core.cli.commands import applications, completion, keys, listing, plugins, server, sessions, top, view
 from flamepy_core.cli.common import EXIT_ERROR, EXIT_USAGE, UsageError
+from flamepy_core.client.embedded import provide_inprocess_servers
 from flamepy_core.contracts.errors import FlameError
+from flamepy_core.engine import IN_PROCESS_SERVERS
 
 COMMANDS: tuple[ModuleType, ...] = (
     applications,
     sessions,
     listing,
     view,
+    top,
     server,
+    keys,
     plugins,
     completion,
 )
@@ -40,8 +45,7 @@ Run `flmctl COMMAND --help` for a command's flags and examples."""
 
 
 def version_text() -> str:
-    from flamepy import __version__
-
+    __version__ = metadata.version("flamepy")  # the distribution's: the CLI sits below the flamepy package
     return f"flmctl {__version__} (flamepy {__version__}, Python {platform.python_version()})"
 
 
@@ -72,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    provide_inprocess_servers(IN_PROCESS_SERVERS)  # flmctl assembles the process: in-process endpoints get the engine's
     try:
         return int(args.func(args))
     except UsageError as exc:

@@ -11,7 +11,8 @@ import dataclasses
 from typing import Any
 
 from flamepy_core.client.session import Session
-from flamepy_core.model import Application, Task, TaskState
+from flamepy_core.model import Application, Task, TaskState, ms_to_datetime
+from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
 SESSION_EVENT_BIND_FAILED = 1001
@@ -65,9 +66,21 @@ def task_record(task: Task) -> dict[str, Any]:
     }
 
 
-def executor_record(executor: pb.Executor) -> dict[str, Any]:
-    """Flame's ``Executor`` message: on a flamepy server, one per instance process."""
+def executor_record(executor: pb.Executor, instance: ext_pb2.Instance | None = None) -> dict[str, Any]:
+    """Flame's ``Executor`` message: on a flamepy server, one per instance process.
+
+    ``instance`` (flamepy's ``ListInstances`` answer for the same id) adds the application, the process id,
+    the tasks served and the start time; against a Flame cluster these stay None.
+    """
     status = executor.status
+    extra: dict[str, Any] = {"application": None, "pid": None, "tasks_served": None, "start_time": None}
+    if instance is not None:
+        extra = {
+            "application": instance.application or None,
+            "pid": instance.pid or None,
+            "tasks_served": instance.tasks_served,
+            "start_time": ms_to_datetime(instance.start_time) if instance.start_time else None,
+        }
     return {
         "id": executor.metadata.id,
         "state": pb.ExecutorState.Name(status.state).removeprefix("Executor"),
@@ -79,6 +92,7 @@ def executor_record(executor: pb.Executor) -> dict[str, Any]:
             "memory": executor.spec.resreq.memory,
             "gpu": executor.spec.resreq.gpu,
         },
+        **extra,
     }
 
 

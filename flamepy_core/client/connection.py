@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from flamepy_core.client.transports import client_tls_options, shared_transport
+from flamepy_core.client.embedded import ensure_inprocess_server
+from flamepy_core.client.local import ensure_local_server, live_server
+from flamepy_core.client.transports import client_security_options, client_tls_options, shared_transport
 from flamepy_core.config import ClientConfig, FlameClientTls, normalize_endpoint, resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Channel, Timeout
@@ -31,8 +33,9 @@ from flamepy_core.model import (
     short_name,
     task_from_proto,
 )
+from flamepy_core.plugins import get_registry, local_endpoint
 from flamepy_core.transport_kit import unary_async
-from flamepy_core.wire.methods import EXT, FRONTEND
+from flamepy_core.wire.methods import EXT, FRONTEND, RUNTIME
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -151,6 +154,21 @@ class Connection:
 
     def list_executors(self) -> list[pb.Executor]:
         return list(self.call("ListExecutor", fe.ListExecutorRequest(), "list executors").executors)
+
+    def list_instances(self) -> list[ext_pb2.Instance]:
+        """The server's instance processes with their application, state, session and pid.
+
+        flamepy's ``flamepy.ext.v1.Runtime/ListInstances``; a server without it (a Flame cluster) is asked
+        ``ListExecutor`` instead, whose executors carry no pid (0) and, when idle, no application.
+        """
+        method = RUNTIME["ListInstances"]
+        try:
+            raw = self.unary("ListInstances", method.path, ext_pb2.ListInstancesRequest().SerializeToString())
+        except FlameError as exc:
+            if exc.code != FlameErrorCode.UNIMPLEMENTED:
+                raise FlameError(exc.code, f"failed to list instances: {exc.message}") from exc
+            return [_instance_from_executor(e) for e in self.list_executors()]
+        return list(ext_pb2.InstanceList.FromString(raw).instances)
 
     def list_nodes(self) -> list[pb.Node]:
         return list(self.call("ListNodes", fe.ListNodesRequest(), "list nodes").nodes)
@@ -283,6 +301,16 @@ class Connection:
         )
 
 
+def _instance_from_executor(executor: pb.Executor) -> ext_pb2.Instance:
+    instance = ext_pb2.Instance(id=executor.metadata.id, state=executor.status.state)
+    name = executor.metadata.name
+    if "/" in name:  # a flamepy server names its executors "<application>/<instance id>"
+        instance.application = name.split("/", 1)[0]
+    if executor.status.HasField("session_id"):
+        instance.session_id = executor.status.session_id
+    return instance
+
+
 _IN_BAND_CODES = (
     ("already exist", FlameErrorCode.ALREADY_EXISTS),
     ("not found", FlameErrorCode.NOT_FOUND),
@@ -305,15 +333,16 @@ def _check_result(result: pb.Result, what: str) -> None:
 
 
 def connect(addr: str, tls_config: FlameClientTls | None = None) -> Connection:
-    """A connection to a Frontend endpoint (``http://``, ``grpc://``, ``unix://``, ``zmq+...``, ``inmem://``).
+    """A connection to a Frontend endpoint: a URL whose scheme picks the transport, or a bare socket path.
 
-    ``https://`` and ``grpcs://`` are TLS (Flame's rule). The server is verified with
-    ``tls_config.ca_file``, else the configured CA (``flame.yaml`` ``tls.ca_file``, then ``FLAME_CA_FILE``),
-    else gRPC's default roots. For mutual TLS the client certificate is ``tls_config.cert_file`` and
-    ``key_file``, else ``FLAME_CLIENT_CERT_FILE`` and ``FLAME_CLIENT_KEY_FILE``. ``tls_config`` is ignored
-    for plain endpoints.
+    An endpoint whose transport declares security (TLS on ``https://``/``grpcs://``, CURVE...) gets the
+    configured client settings (:func:`~flamepy_core.client.transports.client_security_options`). For TLS,
+    the server is verified with ``tls_config.ca_file``, else the configured CA (``flame.yaml``
+    ``tls.ca_file``, then ``FLAME_CA_FILE``), else gRPC's default roots; for mutual TLS the client
+    certificate is ``tls_config.cert_file`` and ``key_file``, else ``FLAME_CLIENT_CERT_FILE`` and
+    ``FLAME_CLIENT_KEY_FILE``. ``tls_config`` is ignored for plain endpoints.
     """
-    endpoint = normalize_endpoint(addr)
+    endpoint = get_registry().endpoint_url(normalize_endpoint(addr))
     options = client_tls_options(
         endpoint,
         ca_file=getattr(tls_config, "ca_file", None),
@@ -323,35 +352,49 @@ def connect(addr: str, tls_config: FlameClientTls | None = None) -> Connection:
     return _connect(endpoint, options)
 
 
-def _connect(endpoint: str, tls_options: dict[str, str]) -> Connection:
-    transport = shared_transport(endpoint, None, **tls_options)
+def _connect(endpoint: str, security_options: dict[str, Any]) -> Connection:
+    transport = shared_transport(endpoint, None, **security_options)
     return Connection(endpoint, transport.connect(endpoint))
 
 
-def connect_config(config: ClientConfig) -> Connection:
-    """A connection for a resolved configuration: its endpoint, or the local server for its home."""
-    if config.endpoint is None:
-        from flamepy_core.client.local import ensure_local_server
+def local_endpoint_for(config: ClientConfig) -> str:
+    """The endpoint of the runtime for ``config``'s home when no endpoint is configured, starting it if needed.
 
-        endpoint = ensure_local_server(config.home, transport=config.transport)
-    else:
-        endpoint = config.endpoint
-    if endpoint.startswith("inmem://"):
-        from flamepy_core.client.embedded import ensure_inprocess_server
-
+    The configured transport (``FLAME_TRANSPORT``, ``flame.yaml`` ``transport:``) or the local default: an
+    in-process one runs the runtime inside this process; any other runs it as the home's server process,
+    which must listen on a private local endpoint (``local_schemes``). A name that is not installed, or a
+    transport that cannot do this, is refused here, before anything starts.
+    """
+    registry = get_registry()
+    chosen = registry.transport_spec(config.transport) if config.transport else registry.local_default()
+    if chosen.spec.capabilities.in_process:
+        endpoint = local_endpoint(registry.create_transport(chosen), config.home, "flame")
         ensure_inprocess_server(endpoint, config.home)
-    conn = _connect(endpoint, client_tls_options(endpoint, config))
-    if config.cache_endpoint:
-        conn.cache_endpoint = config.cache_endpoint
+        return endpoint
+    registry.require(chosen, "local_schemes", "to run the local server (it listens on a private socket in FLAME_HOME)")
+    origin = config.source.get("transport", "default") if config.transport else None
+    return ensure_local_server(config.home, transport=config.transport, asked_by=origin)
+
+
+def connect_config(config: ClientConfig) -> Connection:
+    """A connection for a resolved configuration: its endpoint, or the local runtime for its home."""
+    registry = get_registry()
     if config.endpoint is None:
+        endpoint = local_endpoint_for(config)
+    else:
+        endpoint = registry.endpoint_url(config.endpoint)
+        if registry.transport_spec_for_endpoint(endpoint).spec.capabilities.in_process:
+            ensure_inprocess_server(endpoint, config.home)
+    conn = _connect(endpoint, client_security_options(endpoint, config))
+    if config.cache_endpoint:
+        conn.cache_endpoint = registry.endpoint_url(config.cache_endpoint)
+    if config.endpoint is None and not registry.transport_spec_for_endpoint(endpoint).spec.capabilities.in_process:
         conn.recover = partial(_restart_local_server, conn, config)
     return conn
 
 
 def _restart_local_server(conn: Connection, config: ClientConfig) -> bool:
     """Start the local server again if it has gone (idle exit, crash, ``flmctl server stop``)."""
-    from flamepy_core.client.local import ensure_local_server, live_server
-
     if live_server(config.home):
         return False  # it is there: the error was real
     endpoint = ensure_local_server(config.home, transport=config.transport)

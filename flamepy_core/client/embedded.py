@@ -1,59 +1,46 @@
-"""``inmem://NAME``: the same engine inside the calling process (tests, notebooks).
+"""Where the client gets an in-process server from: injected, so the client never imports the engine.
 
-Its instances are still processes; they reach the object cache through a socket the in-process server
-also serves. With ``FLAME_INSTANCE_MODE=inprocess`` they run in this process too (the service file is
-loaded, see :mod:`flamepy_core.engine.inprocess`): no process at all, for unit tests of services.
-The server lives until the process exits, or until :func:`stop_inprocess_server`.
+An endpoint of an in-process transport (``inmem://NAME``) names a server that runs inside the calling
+process. The client does not know how to build one; whoever assembles the process hands it a provider
+(:func:`provide_inprocess_servers`): ``import flamepy`` provides the engine's, so user code that imports
+``flamepy`` (every service and client) has it, and ``flmctl`` does the same.
 """
 
 from __future__ import annotations
 
-import atexit
-import os
 import threading
 from pathlib import Path
+from typing import Protocol
 
-from flamepy_core.client.transports import shared_transport
-from flamepy_core.engine.server import SERVER_WORKERS, FlameServer
-from flamepy_core.privacy import private_dir
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
-INSTANCE_MODE_ENV = "FLAME_INSTANCE_MODE"
-"""``process`` (default) or ``inprocess``: how an in-process server runs its instances."""
+
+class InProcessServers(Protocol):
+    """Starts (once) the server for an in-process endpoint in this process."""
+
+    def ensure(self, endpoint: str, home: Path) -> None:
+        """Make sure a server listens on ``endpoint`` in this process, with its state in ``home``."""
+        ...
+
 
 _lock = threading.Lock()
-_servers: dict[str, FlameServer] = {}
+_provider: InProcessServers | None = None
 
 
-def ensure_inprocess_server(endpoint: str, home: Path, *, instance_mode: str | None = None) -> FlameServer:
-    """The in-process server for ``endpoint``, started on first use.
-
-    ``instance_mode`` (default ``$FLAME_INSTANCE_MODE``, else ``process``) applies when it is started.
-    """
+def provide_inprocess_servers(provider: InProcessServers | None) -> None:
+    """Set what starts in-process servers for this process's clients (None: none can be started)."""
+    global _provider
     with _lock:
-        server = _servers.get(endpoint)
-        if server is None:
-            private_dir(home)
-            name = endpoint[len("inmem://") :].replace("/", "_") or "default"
-            server = FlameServer(
-                home,
-                endpoint,
-                publish=False,
-                frontend_transport=shared_transport(endpoint, max_workers=SERVER_WORKERS),
-                db_path=home / f"inmem-{name}.db",
-                instance_mode=instance_mode or os.environ.get(INSTANCE_MODE_ENV, "").strip() or "process",
-            )
-            server.start()
-            _servers[endpoint] = server
-            atexit.register(server.stop)
-        return server
+        _provider = provider
 
 
-def stop_inprocess_server(endpoint: str) -> bool:
-    """Stop the in-process server for ``endpoint`` and forget it (a test's runtime); False if none ran."""
-    with _lock:
-        server = _servers.pop(endpoint, None)
-    if server is None:
-        return False
-    server.stop()
-    atexit.unregister(server.stop)
-    return True
+def ensure_inprocess_server(endpoint: str, home: Path) -> None:
+    """Start the in-process server for ``endpoint`` through the provider, or say how to get one."""
+    provider = _provider
+    if provider is None:
+        raise FlameError(
+            FlameErrorCode.INVALID_CONFIG,
+            f"{endpoint} names a server inside this process, but nothing here can start one: `import flamepy` "
+            f"first (it provides the runtime's in-process server), or connect to a server that runs elsewhere",
+        )
+    provider.ensure(endpoint, home)

@@ -19,10 +19,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from flamepy_core.client.objects import KIND_BYTES, MAGIC, CacheClient, cache_client, decode_value
+from flamepy_core.client.objects import CacheClient, cache_client
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.objref import ObjectRef, parse_full_key, parse_key_or_prefix
+from flamepy_core.wire.envelope import KIND_BYTES, MAGIC, decode_value
 from flamepy_core.wire.proto import cache_pb2
 
 __all__ = ["CacheFileError", "chunk_size", "download_object", "upload_object"]
@@ -139,7 +140,7 @@ def download_object(ref: ObjectRef, dest_path: str | os.PathLike[str]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            if getattr(client, "flight", False):
+            if not isinstance(client, CacheClient):
                 # Flame's Flight cache has no message limit: the object comes whole.
                 base, patches, _version = client.fetch(ref.key, force_full=True)
                 for blob in (base, *patches):

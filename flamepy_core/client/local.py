@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import subprocess
@@ -19,19 +20,20 @@ import time
 from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.server import STARTUP_ERROR_PREFIX, read_server_info, server_lock_held
+from flamepy_core.home import (
+    SERVER_LOG,
+    START_LOCK,
+    STARTUP_ERROR_PREFIX,
+    live_server,
+    read_server_info,
+    server_lock_held,
+)
 from flamepy_core.privacy import open_private, private_dir, private_subdir
+from flamepy_core.progress import Waiting
 
-START_LOCK = "start.lock"
-SERVER_LOG = "server.log"
+__all__ = ["ensure_local_server", "live_server", "start_server", "stop_server"]
 
-
-def live_server(home: Path) -> dict[str, object] | None:
-    """The published info of a running server for ``home``, or None."""
-    info = read_server_info(home)
-    if info and server_lock_held(home):
-        return info
-    return None
+log = logging.getLogger(__name__)
 
 
 def _log_since(path: Path, offset: int, limit: int = 64 * 1024) -> str:
@@ -71,9 +73,17 @@ def _startup_failure(home: Path, output: str, log_path: Path, how: str) -> Flame
 
 
 def start_server(
-    home: Path, *, transport: str | None = None, timeout: float = 30.0, idle_exit: float | None = None
+    home: Path,
+    *,
+    transport: str | None = None,
+    timeout: float = 30.0,
+    idle_exit: float | None = None,
+    extra_argv: list[str] | None = None,
 ) -> dict[str, object]:
-    """Start a detached server for ``home`` and wait until it is ready (or fail with its log)."""
+    """Start a detached server for ``home`` and wait until it is ready (or fail with its log).
+
+    ``extra_argv`` are more arguments of ``python -m flamepy_core.engine`` (``--listen``, security flags).
+    """
     private_dir(home)
     log_path = private_subdir(home / "logs") / SERVER_LOG
     argv = [sys.executable, "-m", "flamepy_core.engine", "--home", str(home)]
@@ -81,30 +91,66 @@ def start_server(
         argv += ["--transport", transport]
     if idle_exit is not None:
         argv += ["--idle-exit", str(idle_exit)]
+    argv += extra_argv or []
     with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
         started_at = log.seek(0, os.SEEK_END)  # what this server writes comes after this
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
         )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = read_server_info(home)
-        if info and info.get("pid") == proc.pid:
-            return info
-        if proc.poll() is not None:
-            how = f"exited with code {proc.returncode} while starting"
-            raise _startup_failure(home, _log_since(log_path, started_at), log_path, how)
-        time.sleep(0.02)
+    # On a terminal, a start that takes a moment says so (a first start imports grpc, zmq, sqlite...).
+    with Waiting(lambda t: f"flamepy: starting the local server for {home} ({t:.1f} s)", delay=0.3, interval=0.1):
+        while time.monotonic() < deadline:
+            info = read_server_info(home)
+            if info and info.get("pid") == proc.pid:
+                return info
+            if proc.poll() is not None:
+                how = f"exited with code {proc.returncode} while starting"
+                raise _startup_failure(home, _log_since(log_path, started_at), log_path, how)
+            time.sleep(0.02)
     proc.kill()
     proc.wait(timeout=10)
     how = f"did not become ready within {timeout} s"
     raise _startup_failure(home, _log_since(log_path, started_at), log_path, how)
 
 
-def ensure_local_server(home: Path, *, transport: str | None = None, timeout: float = 30.0) -> str:
-    """The endpoint of the live server for ``home``, starting one if there is none."""
+_told: set[tuple[str, str, str]] = set()
+"""(home, transport asked for, transport of the live server) already reported: say it once per process."""
+
+
+def _say_transport(home: Path, info: dict[str, object], transport: str | None, asked_by: str | None) -> None:
+    running = str(info.get("transport") or "")
+    if not transport or not running or running == transport:
+        return
+    key = (str(home), transport, running)
+    if key in _told:
+        return
+    _told.add(key)
+    log.info(
+        "%s asks for transport %s, but the server for %s already runs with %s (pid %s, %s): connecting with %s. "
+        "To switch, stop it (`flmctl server stop`); the next client starts one with %s",
+        asked_by or "the configuration",
+        transport,
+        home,
+        running,
+        info.get("pid"),
+        info.get("endpoint"),
+        running,
+        transport,
+    )
+
+
+def ensure_local_server(
+    home: Path, *, transport: str | None = None, timeout: float = 30.0, asked_by: str | None = None
+) -> str:
+    """The endpoint of the live server for ``home``, starting one (with ``transport``) if there is none.
+
+    A live server on another transport than ``transport`` is used as it is: its clients connect with its
+    transport (the endpoint says which), and this is logged once at INFO, naming both.
+    """
     info = live_server(home)
     if info:
+        _say_transport(home, info, transport, asked_by)
         return str(info["endpoint"])
     private_dir(home)
     deadline = time.monotonic() + timeout
@@ -124,6 +170,7 @@ def ensure_local_server(home: Path, *, transport: str | None = None, timeout: fl
         try:
             info = live_server(home)  # someone else may have started it while we waited
             if info:
+                _say_transport(home, info, transport, asked_by)
                 return str(info["endpoint"])
             return str(
                 start_server(home, transport=transport, timeout=max(1.0, deadline - time.monotonic()))["endpoint"]

@@ -15,8 +15,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from flamepy_core.client.connection import default_connection
 from flamepy_core.client.transports import shared_transport
 from flamepy_core.config import DEFAULT_FLAME_CONF, ClientConfig, flame_home, resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -24,41 +25,34 @@ from flamepy_core.contracts.serializer import Serializer
 from flamepy_core.contracts.transport import Channel
 from flamepy_core.objref import ObjectRef, parse_delete_prefix, parse_full_key, parse_prefix
 from flamepy_core.plugins import get_registry
+from flamepy_core.wire.envelope import decode_value, encode_value
+from flamepy_core.wire.flight import require_pyarrow, uses_flight
 from flamepy_core.wire.methods import OBJECT_CACHE
 from flamepy_core.wire.proto import cache_pb2
 
-MAGIC = b"FPY"
-KIND_BYTES = 0
-KIND_SERIALIZED = 1
 LOCAL_CACHE_ENTRIES = 1000
 
 
-def encode_value(obj: Any, serializer: Serializer) -> bytes:
-    """The stored form of ``obj``: bytes as they are, anything else through ``serializer``."""
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return MAGIC + bytes([KIND_BYTES]) + bytes(obj)
-    name = serializer.name.encode()
-    return MAGIC + bytes([KIND_SERIALIZED, len(name)]) + name + serializer.dumps(obj)
+class ObjectCacheClient(Protocol):
+    """What the cache functions below need from a client of one cache endpoint.
 
+    Two implementations: :class:`CacheClient` (flamepy's ``flamepy.cache.v1`` over any transport) and
+    :class:`~flamepy_core.client.flight.FlightCacheClient` (Flame's Arrow Flight protocol).
+    """
 
-def decode_value(blob: bytes, serializer: Serializer | None = None) -> Any:
-    """Inverse of :func:`encode_value`; decodes with the serializer named in the blob."""
-    if not blob.startswith(MAGIC) or len(blob) < 4:
-        raise FlameError(
-            FlameErrorCode.INVALID_ARGUMENT,
-            f"cached object of {len(blob)} bytes (starting {blob[:8]!r}) was not written by flamepy's "
-            f"cache client; read it with a deserializer that takes raw bytes",
-        )
-    kind = blob[3]
-    if kind == KIND_BYTES:
-        return blob[4:]
-    if kind != KIND_SERIALIZED or len(blob) < 5:
-        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"cached object has an unknown envelope kind {kind}")
-    size = blob[4]
-    name = blob[5 : 5 + size].decode()
-    payload = blob[5 + size :]
-    chosen = serializer if serializer is not None and serializer.name == name else get_registry().serializer(name)
-    return chosen.loads(payload)
+    endpoint: str
+    recover: Callable[[], bool] | None
+    """Set for the embedded local server: restarts it if it has gone; True when it did."""
+
+    def put(self, key_prefix: str, blob: bytes) -> ObjectRef: ...
+
+    def update(self, key: str, blob: bytes) -> ObjectRef: ...
+
+    def patch(self, key: str, delta: bytes) -> ObjectRef: ...
+
+    def fetch(self, key: str, force_full: bool = False) -> tuple[bytes, list[bytes], int]: ...
+
+    def delete(self, key_prefix: str) -> int: ...
 
 
 @dataclass
@@ -145,12 +139,12 @@ class CacheClient:
 
 
 _clients_lock = threading.Lock()
-_clients: dict[str, CacheClient] = {}
+_clients: dict[str, tuple[int, bool, ObjectCacheClient]] = {}
+"""endpoint -> (pid that made it, whether it speaks Flight, the client)."""
 
 
-def cache_client(endpoint: str | None = None) -> CacheClient:
+def cache_client(endpoint: str | None = None) -> ObjectCacheClient:
     """The process's client for ``endpoint``, or for the configured cache (the frontend's by default)."""
-    from flamepy_core.flight import uses_flight  # pyarrow-free; the Flight client itself loads on demand
 
     recover = None
     configured = True
@@ -159,25 +153,24 @@ def cache_client(endpoint: str | None = None) -> CacheClient:
         if config.cache_endpoint:
             endpoint = config.cache_endpoint
         else:
-            from flamepy_core.client.connection import default_connection
-
             conn = default_connection()
             endpoint, recover, configured = conn.cache_endpoint, conn.recover, False
     # Flame's protocol for flight:// endpoints, and for a configured grpc:// one under FLAME_CACHE_PROTOCOL=flight.
     flight = uses_flight(endpoint, configured=configured)
     with _clients_lock:
-        client = _clients.get(endpoint)
-        if client is None or client._pid != os.getpid() or getattr(client, "flight", False) != flight:
+        known = _clients.get(endpoint)
+        client: ObjectCacheClient
+        if known is not None and known[:2] == (os.getpid(), flight):
+            client = known[2]
+        else:
             if flight:
-                from flamepy_core.flight import require_pyarrow
-
                 require_pyarrow(f"cache endpoint {endpoint}")
-                from flamepy_core.flight.client import FlightCacheClient
+                from flamepy_core.client.flight import FlightCacheClient  # pyarrow: only for a Flight cache
 
                 client = FlightCacheClient(endpoint)
             else:
                 client = CacheClient(endpoint, shared_transport(endpoint).connect(endpoint))
-            _clients[endpoint] = client
+            _clients[endpoint] = (os.getpid(), flight, client)
         client.recover = client.recover or recover
         return client
 

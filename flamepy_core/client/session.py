@@ -39,8 +39,13 @@ from flamepy_core.model import (
     ms_to_datetime,
     task_from_proto,
 )
+from flamepy_core.progress import waiting
 from flamepy_core.wire.proto import ext_pb2
+from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
+
+_EVENT_BIND_FAILED = 1001
+"""The session event an instance that could not start or enter leaves (see the engine's state module)."""
 
 if TYPE_CHECKING:
     from flamepy_core.client.connection import Connection
@@ -535,7 +540,8 @@ class Session:
             raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "input_data must be bytes in core API")
         if self.connection.has_extensions is not False:
             try:
-                done = self.connection.run_task(self.id, None if input_data is None else bytes(input_data), timeout)
+                with waiting(self._waiting_for_instance):
+                    done = self.connection.run_task(self.id, None if input_data is None else bytes(input_data), timeout)
             except FlameError as exc:
                 if exc.code != FlameErrorCode.UNIMPLEMENTED:
                     raise
@@ -545,7 +551,8 @@ class Session:
                 return _reply_outcome(done)
         task = self.create_task(input_data)
         if timeout is None:
-            return self._await(task.id)
+            with waiting(self._waiting_for_instance):
+                return self._await(task.id)
         future = self.connection.watches.pool().submit(self._await, task.id)
         try:
             return future.result(timeout=timeout)
@@ -554,6 +561,19 @@ class Session:
                 FlameErrorCode.DEADLINE_EXCEEDED,
                 f"task {task.id} of session {self.id} did not finish within {timeout} s (it keeps running)",
             ) from None
+
+    def _waiting_for_instance(self, elapsed: float) -> str | None:
+        """The progress line while ``invoke`` waits: only while no task of the session runs yet."""
+        status = self.connection.call(
+            "GetSession", fe.GetSessionRequest(session_id=self.id), "get session", timeout=5.0
+        ).status
+        if status.running or not status.pending:
+            return None
+        line = f"flamepy: waiting for an instance of {self.application} to start ({elapsed:.0f} s)"
+        failures = [e for e in status.events if e.code == _EVENT_BIND_FAILED]
+        if failures:
+            line += f"; {len(failures)} failed to start: {failures[-1].message.splitlines()[0][:80]}"
+        return line
 
     def close(self) -> None:
         closed = self.connection.close_session(self.id)

@@ -1,60 +1,120 @@
-"""One transport object per transport name (and TLS settings) in a process, shared by every connection.
+"""The client's transport for an endpoint: the registry's shared one, with the client's security settings.
 
-Sharing matters for ``inmem://``: an in-process server and its clients must use the same in-memory
-transport object to see each other. For the others it saves building the same thing twice.
-
-TLS endpoints (``https://``, ``grpcs://``) get the client TLS options (:data:`TLS_OPTIONS`), and those are
-part of the sharing key: two connections with different CA files or client certificates get different
-transport objects. Other options keep "the first use builds it" (the in-process server passes
-``max_workers``, its clients pass nothing, and both must get the same object).
+The registry keeps one transport object per transport and security settings
+(:meth:`~flamepy_core.plugins.PluginRegistry.shared_transport`): an in-process server and its clients
+must use the same in-process transport object to see each other, and it saves building the same thing
+twice. Which security options a connection needs is what the endpoint's transport declares
+(``capabilities.security``, see :class:`~flamepy_core.contracts.transport.TransportSecurity`): each
+client setting is read from an explicit argument, the environment and ``flame.yaml``, as declared. Those
+options are part of the sharing key: two connections with different CA files or keys get different
+transport objects.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 
-from flamepy_core.config import ENV_CLIENT_CERT_FILE, ENV_CLIENT_KEY_FILE, ClientConfig, resolve_config
+from flamepy_core.config import ClientConfig, resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import Transport
+from flamepy_core.contracts.transport import SecuritySetting, Transport, TransportSecurity
 from flamepy_core.plugins import PluginRegistry, get_registry
 
-TLS_SCHEMES = frozenset({"https", "grpcs"})
-"""Endpoint schemes that mean TLS (Flame's rule: ``https://`` => TLS)."""
-TLS_OPTIONS = ("ca_file", "cert_file", "key_file", "client_ca_file", "server_name_override")
-"""Transport options that configure TLS (the gRPC transport's names)."""
-
-_lock = threading.Lock()
-_shared: dict[tuple[int, str, tuple[tuple[str, str], ...]], Transport] = {}
+__all__ = ["client_security_options", "client_tls_options", "security_of", "shared_transport"]
 
 
-def is_tls_endpoint(endpoint: str) -> bool:
-    """Whether ``endpoint``'s scheme means TLS."""
-    scheme, sep, _ = endpoint.partition("://")
-    return bool(sep) and scheme.lower() in TLS_SCHEMES
+def security_of(endpoint: str, registry: PluginRegistry | None = None) -> TransportSecurity | None:
+    """The security ``endpoint`` speaks: its transport's, when its scheme is secured by it; else None."""
+    reg = registry or get_registry()
+    url = reg.endpoint_url(endpoint)
+    security: TransportSecurity | None = reg.transport_spec_for_endpoint(url).spec.capabilities.security
+    if security is None:
+        return None
+    if security.schemes and url.partition("://")[0].lower() not in security.schemes:
+        return None  # a plain scheme of a transport that has secure ones (http:// beside https://)
+    return security
 
 
-def _path(value: str | os.PathLike[str]) -> str:
+def _path(value: Any) -> str:
     # Absolute now: a relative path must not change meaning after a chdir, and it keys the shared transport.
-    return os.path.abspath(os.path.expanduser(os.fspath(value)))
+    return str(os.path.abspath(os.path.expanduser(os.fspath(value))))
 
 
-def _pair(
-    cert: str | None, key: str | None, names: tuple[str, str], sources: tuple[str, str] = ("", "")
-) -> dict[str, str]:
-    if cert is None and key is None:
+def _lookup(section: Mapping[str, Any], dotted: str) -> str | None:
+    value: Any = section
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _from_file(config: ClientConfig, setting: SecuritySetting, section: str) -> tuple[str, str] | None:
+    """The setting from one section (``cluster`` or ``cache``) of the flame.yaml context, with its origin."""
+    ctx = config.context
+    if ctx is None or setting.config_key is None:
+        return None
+    value = _lookup(ctx.sections.get(section, {}), setting.config_key)
+    return None if value is None else (value, f"{ctx.source} ({section}.{setting.config_key})")
+
+
+def _name(setting: SecuritySetting) -> str:
+    return setting.env or setting.option
+
+
+def client_security_options(
+    endpoint: str,
+    config: ClientConfig | None = None,
+    explicit: Mapping[str, Any] | None = None,
+    registry: PluginRegistry | None = None,
+) -> dict[str, Any]:
+    """The client security options for a connection to ``endpoint``: ``{}`` when it speaks no security.
+
+    Per declared client setting: the ``explicit`` value, else the environment and the endpoint's own
+    section of the ``flame.yaml`` context in the declared order (the file first when ``config_first``),
+    else the context's other section (from ``config``, resolved now when not given). The own section is
+    ``cache`` for the configured cache endpoint, else ``cluster``. A setting
+    given without its ``pair`` is ``FlameError(INVALID_CONFIG)`` naming both and where the one came from.
+    """
+    security = security_of(endpoint, registry)
+    if security is None:
         return {}
-    if cert is None or key is None:
-        given, missing = (0, 1) if key is None else (1, 0)
-        origin = f" ({sources[given]})" if sources[given] else ""
-        raise FlameError(
-            FlameErrorCode.INVALID_CONFIG,
-            f"{names[given]} is set{origin} but {names[missing]} is not: a client certificate for mutual TLS "
-            f"needs its private key (set both, or neither)",
-        )
-    return {"cert_file": _path(cert), "key_file": _path(key)}
+    given = {name: value for name, value in (explicit or {}).items() if value is not None}
+    settings = security.for_role("client")
+    cfg: ClientConfig | None = config
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for setting in settings:
+        if setting.option in given:
+            values[setting.option], origins[setting.option] = given[setting.option], "argument"
+            continue
+        if setting.pair is not None and setting.pair in given:
+            continue  # a pair given explicitly is taken whole, never half from elsewhere
+        if cfg is None:
+            cfg = resolve_config()
+        cache = cfg.cache_endpoint is not None and endpoint == cfg.cache_endpoint and endpoint != cfg.endpoint
+        own, other = ("cache", "cluster") if cache else ("cluster", "cache")
+        env = cfg.env.get(setting.env) if setting.env else None
+        from_env = (env, f"env:{setting.env}") if env else None
+        own_file, other_file = _from_file(cfg, setting, own), _from_file(cfg, setting, other)
+        order = (own_file, from_env, other_file) if setting.config_first else (from_env, own_file, other_file)
+        for found in order:
+            if found is not None:
+                values[setting.option], origins[setting.option] = found
+                break
+    for setting in settings:
+        partner = next((s for s in settings if s.option == setting.pair), None)
+        if partner is not None and setting.option in values and partner.option not in values:
+            explicit_pair = origins[setting.option] == "argument"
+            one, other = (setting.option, partner.option) if explicit_pair else (_name(setting), _name(partner))
+            where = "" if explicit_pair else f" ({origins[setting.option]})"
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"{'the ' + security.mechanism + ' ' if explicit_pair else ''}{one} is set{where} but {other} is "
+                f"not: {setting.help or 'they go together'} (set both, or neither)",
+            )
+    return {name: _path(value) if isinstance(value, (str, os.PathLike)) else value for name, value in values.items()}
 
 
 def client_tls_options(
@@ -64,67 +124,30 @@ def client_tls_options(
     ca_file: str | os.PathLike[str] | None = None,
     cert_file: str | os.PathLike[str] | None = None,
     key_file: str | os.PathLike[str] | None = None,
-) -> dict[str, str]:
-    """The client TLS options for ``endpoint``: ``{}`` unless it is ``https://`` or ``grpcs://``.
+) -> dict[str, Any]:
+    """:func:`client_security_options` with Flame's ``FlameClientTls`` fields as the explicit values.
 
-    Explicit arguments win. What they leave unset comes from ``config`` (resolved now when not given):
-    the CA is the context's ``tls.ca_file`` (the cache section's for the cache endpoint), else
-    ``FLAME_CA_FILE``, else none (gRPC's default roots); the client certificate and key (mutual TLS) are
-    ``FLAME_CLIENT_CERT_FILE`` and ``FLAME_CLIENT_KEY_FILE``. A certificate without its key, or the
-    reverse, is ``FlameError(INVALID_CONFIG)`` naming both.
+    Flame's TLS configuration names its files ``ca_file``, ``cert_file`` and ``key_file``; they fill the
+    client security settings of those option names when the endpoint's transport declares them.
     """
-    if not is_tls_endpoint(endpoint):
-        return {}
-    options: dict[str, str] = {}
-    if cert_file is not None or key_file is not None:
-        options.update(
-            _pair(
-                None if cert_file is None else os.fspath(cert_file),
-                None if key_file is None else os.fspath(key_file),
-                ("the TLS cert_file", "key_file"),
-            )
-        )
-    if ca_file is None or not options:
-        cfg = config if config is not None else resolve_config()
-        if ca_file is None:
-            if endpoint == cfg.cache_endpoint and endpoint != cfg.endpoint:
-                ca_file = cfg.cache_ca_file or cfg.ca_file
-            else:
-                ca_file = cfg.ca_file or cfg.cache_ca_file
-        if not options:
-            options.update(
-                _pair(
-                    cfg.client_cert_file,
-                    cfg.client_key_file,
-                    (ENV_CLIENT_CERT_FILE, ENV_CLIENT_KEY_FILE),
-                    (cfg.source.get("client_cert_file", ""), cfg.source.get("client_key_file", "")),
-                )
-            )
-    if ca_file is not None:
-        options["ca_file"] = _path(ca_file)
-    return options
-
-
-def _tls_key(options: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((name, str(options[name])) for name in TLS_OPTIONS if name in options))
+    explicit = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
+    return client_security_options(endpoint, config, explicit)
 
 
 def shared_transport(endpoint: str, registry: PluginRegistry | None = None, **options: Any) -> Transport:
     """The process's transport for ``endpoint``'s scheme (created on first use, with ``options``).
 
-    For a TLS endpoint given no TLS option, the configured ones apply (:func:`client_tls_options`), so a
-    caller that only knows an endpoint (the object cache client, say) still verifies the server with
-    ``FLAME_CA_FILE`` and presents ``FLAME_CLIENT_CERT_FILE``. TLS options set to ``None`` are dropped.
+    For an endpoint whose transport declares security, given none of its client options, the configured
+    ones apply (:func:`client_security_options`), so a caller that only knows an endpoint (the object
+    cache client, say) still verifies the server with ``FLAME_CA_FILE`` or presents its CURVE key.
+    Security options set to ``None`` are dropped.
     """
     reg = registry or get_registry()
-    chosen = reg.transport_spec_for_endpoint(endpoint)
-    options = {name: value for name, value in options.items() if not (name in TLS_OPTIONS and value is None)}
-    if is_tls_endpoint(endpoint) and not any(name in options for name in TLS_OPTIONS):
-        options.update(client_tls_options(endpoint))
-    key = (id(reg), chosen.spec.name, _tls_key(options))
-    with _lock:
-        transport = _shared.get(key)
-        if transport is None:
-            transport = reg.create_transport(chosen, options)
-            _shared[key] = transport
-        return transport
+    security = security_of(endpoint, reg)
+    names = {s.option for s in security.for_role("client")} if security is not None else set()
+    options = {name: value for name, value in options.items() if not (name in names and value is None)}
+    if security is not None and not names & set(options):
+        options.update(client_security_options(endpoint, registry=reg))
+    identity = {name: value for name, value in options.items() if name in names}
+    rest = {name: value for name, value in options.items() if name not in names}
+    return reg.shared_transport(endpoint, rest, identity)

@@ -14,6 +14,10 @@ Error rules every transport keeps (the conformance suite checks each one):
 * a message larger than ``capabilities.max_message_size`` is refused *before sending* with
   ``MESSAGE_TOO_LARGE`` naming both sizes.
 
+The numbers behind these words - how long a method path or an error message must cross intact, how
+soon "promptly" is, how much a handler's view of the deadline may differ from its caller's, how long a
+stream may be - are in :mod:`flamepy_core.contracts.bounds`.
+
 Two optional parts let long calls hold no thread (see :class:`DeferredHandler` and
 :meth:`AsyncChannel.unary_async`). A transport that implements them natively declares
 ``deferred_replies`` / ``async_calls`` in its capabilities; for one that does not, the core adapts
@@ -43,7 +47,9 @@ class _DefaultTimeout:
 
 
 DEFAULT_TIMEOUT: Final = _DefaultTimeout()
-"""Pass as ``timeout`` to use the channel's default deadline (the default for every call)."""
+"""Pass as ``timeout`` to use the channel's default deadline (the default for every call): the kit's
+``DEFAULT_CALL_TIMEOUT`` (60 s) unless the transport's ``default_timeout`` option, or its documentation,
+says otherwise. Never "no deadline": that is ``None``."""
 
 Timeout = Union[float, None, _DefaultTimeout]  # noqa: UP007 - a runtime alias that must work on 3.10
 """Seconds; ``None`` = no deadline (an explicit choice); ``DEFAULT_TIMEOUT`` = the channel's default."""
@@ -122,11 +128,63 @@ Handler = Union[UnaryHandler, StreamHandler, DeferredHandler]  # noqa: UP007 - a
 
 
 @dataclass(frozen=True)
+class SecuritySetting:
+    """One security option a transport takes, and where the runtime reads it from.
+
+    ``role`` says who sets it: ``"client"`` settings are read for every connection a client (or an
+    instance) makes to an endpoint of this transport: an explicit argument wins, then ``env``, then the
+    ``flame.yaml`` context's ``cluster``/``cache`` section at ``config_key`` (a dotted path, e.g.
+    ``tls.ca_file``) - or the file first when ``config_first`` (Flame's rule for CA files: a per-context
+    CA is more specific than a global variable). ``"server"`` settings are what the server needs to
+    listen securely: flags of ``python -m flamepy_core.engine`` and ``flmctl server start`` (``flag``),
+    or ``env`` in the server's environment. ``pair`` names a setting of the same role that must be given
+    with this one (a certificate and its key).
+    """
+
+    option: str
+    role: str
+    env: str | None = None
+    flag: str | None = None
+    config_key: str | None = None
+    config_first: bool = False
+    pair: str | None = None
+    required: bool = False
+    """A server setting without which the secure schemes cannot be served (a TLS certificate)."""
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class TransportSecurity:
+    """How a transport authenticates its peers (TLS, CURVE...), declared so the runtime needs no names.
+
+    ``schemes``: the schemes that are secure by themselves (``https``, ``grpcs``); empty means "every
+    scheme of the transport, once the server's settings are given" (CURVE on ``zmq+tcp``). The runtime
+    uses this to refuse a network listen that is neither loopback, local, nor secured (unless the server
+    is started with ``--insecure``).
+    """
+
+    mechanism: str
+    settings: tuple[SecuritySetting, ...] = ()
+    schemes: tuple[str, ...] = ()
+
+    def for_role(self, role: str) -> tuple[SecuritySetting, ...]:
+        return tuple(s for s in self.settings if s.role == role)
+
+    def secures(self, scheme: str, server_options: Mapping[str, Any]) -> bool:
+        """Whether a server on ``scheme`` with ``server_options`` authenticates its clients."""
+        if self.schemes:
+            return scheme in self.schemes
+        return any(server_options.get(s.option) for s in self.for_role("server") if s.required)
+
+
+@dataclass(frozen=True)
 class TransportCapabilities:
     """What a transport promises. Data, not code: the core and the conformance suite read it.
 
     ``max_message_size`` is the largest payload (bytes) a call may carry each way. The others gate the
-    optional parts of the conformance suite: a transport is never failed for a feature it did not claim.
+    optional parts of the conformance suite (a transport is never failed for a feature it did not claim)
+    and tell the runtime what it may use the transport for; ``docs/plugin-authors.md`` lists what the
+    runtime does with each.
     """
 
     max_message_size: int
@@ -140,6 +198,23 @@ class TransportCapabilities:
     """``serve`` runs :class:`DeferredHandler` natively: a deferred call holds no server thread."""
     async_calls: bool = False
     """Channels implement :meth:`AsyncChannel.unary_async` natively: a call in flight holds no thread."""
+    in_process: bool = False
+    """Servers and channels of one transport object meet inside one process: the runtime can run its server
+    inside a client (``FLAME_TRANSPORT`` = this transport) and instances in the server's process. Such a
+    transport implements :meth:`LocalTransport.local_endpoint` (a name in the transport's own namespace)."""
+    local_schemes: tuple[str, ...] = ()
+    """Schemes whose endpoints are private to this machine (a unix socket file, an ipc path). The runtime
+    listens there by default and links its instances there, through :meth:`LocalTransport.local_endpoint`;
+    a listen on one needs no TLS or CURVE."""
+    bare_path_scheme: str | None = None
+    """This transport speaks Flame's own protocol (``flame.v1`` as Flame's gRPC services do) on a unix socket
+    named by a bare path, the form Flame's executors pass in ``FLAME_INSTANCE_ENDPOINT``: a bare path ``P``
+    means ``<bare_path_scheme>://P``. The runtime offers it to services written with Flame's SDK."""
+    local_default_rank: int = 0
+    """Preference for the runtime's local default: with nothing configured, the installed transport with
+    ``local_schemes`` and the highest rank carries the runtime (0: never chosen by default)."""
+    security: TransportSecurity | None = None
+    """How it authenticates peers, and where the runtime reads the settings (see :class:`TransportSecurity`)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The capabilities as plain data, for ``flmctl plugins`` and reports."""
@@ -152,6 +227,11 @@ class TransportCapabilities:
             "restart_same_endpoint": self.restart_same_endpoint,
             "deferred_replies": self.deferred_replies,
             "async_calls": self.async_calls,
+            "in_process": self.in_process,
+            "local_schemes": list(self.local_schemes),
+            "bare_path_scheme": self.bare_path_scheme,
+            "local_default_rank": self.local_default_rank,
+            "security": None if self.security is None else self.security.mechanism,
         }
 
 
@@ -220,6 +300,45 @@ class Transport(Protocol):
 
     def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> Server:
         """Serve ``handlers`` (keyed by method path) on ``endpoint`` and return once it accepts calls."""
+        ...
+
+
+@runtime_checkable
+class LocalTransport(Transport, Protocol):
+    """A transport that declares ``local_schemes`` or ``in_process``: it makes private endpoints."""
+
+    def local_endpoint(self, directory: str, name: str) -> str:
+        """A private endpoint called ``name`` for a server of this machine (or this process), in ``directory``.
+
+        For a socket file this is ``<scheme>://<directory>/<name>.<suffix>``; when the path would be too
+        long for a socket the transport may answer a loopback endpoint with port 0 instead. The runtime
+        uses it for the server's default listen, for instance links (there the endpoint must be fixed
+        before anyone listens: a port-0 answer is refused) and for an in-process server's cache socket.
+        """
+        ...
+
+
+@runtime_checkable
+class SecureTransport(Transport, Protocol):
+    """A transport whose ``security`` needs its server to hand credentials to the runtime's own instances."""
+
+    def instance_credentials(
+        self, server_options: Mapping[str, Any], directory: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(server options, client options)``: the server's options extended so that the instances it
+        starts are admitted, and the client options those instances use (files go in ``directory``, which
+        is private to the server). The runtime passes the client options to instances through the
+        ``env`` of the matching client settings."""
+        ...
+
+
+@runtime_checkable
+class KeyPairTransport(Transport, Protocol):
+    """A transport whose security uses key pairs it can make (``flmctl keygen``)."""
+
+    def make_key_pair(self, directory: str, name: str) -> tuple[str, str]:
+        """Write a new key pair called ``name`` in ``directory``: ``(public file, secret file)``, the secret
+        file readable by its owner only. Existing files are never overwritten."""
         ...
 
 

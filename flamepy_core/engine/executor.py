@@ -19,15 +19,111 @@ import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel, Transport, TransportCapabilities
+from flamepy_core.engine.choice import local_endpoint, socket_path
+from flamepy_core.plugins import Chosen
 from flamepy_core.privacy import open_private, private_subdir
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+ENV_INSTANCE_ENDPOINT = "FLAME_INSTANCE_ENDPOINT"
+"""Where an instance must serve ``flame.v1.Instance``: Flame's own variable."""
+ENV_FAST_INSTANCE_ENDPOINT = "FLAMEPY_INSTANCE_ENDPOINT"
+"""A second endpoint offered to services written with this SDK (their runtime prefers it)."""
+
+
+class Instance(Protocol):
+    """One running instance as the scheduler drives it: a process (:class:`InstanceProcess`) or a service
+    loaded into the server's own process (:class:`~flamepy_core.engine.inprocess.InProcessInstance`)."""
+
+    id: str
+    app_name: str
+    url: str
+    """Where it is (or will be) reached; for messages."""
+
+    @property
+    def channel(self) -> Channel:
+        """The link to it; ``UNAVAILABLE`` until :meth:`connect_if_listening` succeeded."""
+        ...
+
+    @property
+    def pid(self) -> int: ...
+
+    def connect_if_listening(self) -> bool:
+        """Connect once it listens; False while it does not yet."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def describe_exit(self, wait: float = 1.0) -> str:
+        """Why it is gone (or stopped answering), for the error a task or session gets."""
+        ...
+
+    def stderr_tail(self, lines: int | None = None) -> str: ...
+
+    def stop(self, grace: float) -> None:
+        """Stop it (``grace`` seconds to finish) and release its link (blocking)."""
+        ...
+
+    # What the scheduler's supervisor watches, without blocking:
+
+    ready_fd: int | None
+    """The read end of its readiness pipe, while it has not said it listens; else None."""
+    pidfd: int | None
+    """Readable once it exited (Linux); None where there is none (then it is polled)."""
+    started: float
+    """``time.monotonic()`` when it was started."""
+    ready_at_once: bool
+    """It listens from the moment it exists (an in-process instance)."""
+
+    @property
+    def link_capabilities(self) -> TransportCapabilities | None:
+        """The capabilities of the transport it is reached with (None before connecting)."""
+        ...
+
+    def read_ready(self) -> bool | None:
+        """Drain the readiness pipe: True once it said it listens."""
+        ...
+
+    def close_ready(self) -> None: ...
+
+    def listening(self) -> LinkOption | None:
+        """The endpoint whose socket exists, or None."""
+        ...
+
+    def connect(self, option: LinkOption | None = None) -> Channel: ...
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for it to end (and reap it): True once it has."""
+        ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def close_channel(self) -> None: ...
+
+    def cleanup(self) -> None:
+        """After it ended: release its channel, descriptors and socket files."""
+        ...
+
+
+class InstanceLauncher(Protocol):
+    """Starts instances of an application: :class:`Launcher` (processes) or ``InProcessLauncher``."""
+
+    extra_env: dict[str, str]
+    """Variables every instance gets beyond the server's environment (process instances only)."""
+    cache_endpoint: str
+    """The object cache instances are told to use."""
+
+    def start(self, app: pb.Application, instance_id: str) -> Instance: ...
 
 
 @dataclass(frozen=True)
@@ -43,41 +139,61 @@ class LinkOption:
 class InstanceLink:
     """How the server reaches its instances.
 
-    ``compat`` is what ``FLAME_INSTANCE_ENDPOINT`` names: with gRPC a bare unix-socket path, exactly what
-    Flame's executors pass, so a service written for Flame runs unchanged. ``fast`` (optional) is offered
-    to services written with this SDK through ``FLAMEPY_INSTANCE_ENDPOINT``; our instance runtime prefers
-    it. The socket the instance creates tells the server which one it chose.
+    ``compat`` is what ``FLAME_INSTANCE_ENDPOINT`` names: for a transport that declares
+    ``bare_path_scheme`` a bare socket path, exactly what Flame's executors pass, so a service written for
+    Flame runs unchanged; otherwise the endpoint's URL. ``fast`` (optional) is offered to services written
+    with this SDK through ``FLAMEPY_INSTANCE_ENDPOINT``; our instance runtime prefers it. The socket the
+    instance creates tells the server which one it chose.
     """
 
     compat: Transport
     socket_dir: Path
     fast: Transport | None = None
 
-    def _endpoint(self, transport: Transport, name: str, *, bare: bool) -> tuple[str, LinkOption]:
-        schemes = transport.schemes
-        if "unix" in schemes:
-            path = str(self.socket_dir / f"{name}.sock")
-            return (path if bare else f"unix://{path}"), LinkOption(path, f"unix://{path}", transport)
-        if "zmq+ipc" in schemes:
-            path = str(self.socket_dir / f"{name}.ipc")
-            url = f"zmq+ipc://{path}"
-            return url, LinkOption(path, url, transport)
-        raise FlameError(
-            FlameErrorCode.INVALID_CONFIG,
-            f"transport '{transport.name}' offers no local socket scheme (unix or zmq+ipc) "
-            f"for instances; choose another instance transport",
-        )
+    def _endpoint(self, transport: Transport, name: str) -> tuple[str, LinkOption]:
+        url = local_endpoint(transport, self.socket_dir, name)
+        path = socket_path(transport, url)
+        if path is None:
+            raise FlameError(
+                FlameErrorCode.INVALID_CONFIG,
+                f"transport '{transport.name}' gave {url} as a local endpoint in {self.socket_dir}, which is not "
+                f"a socket file of its local_schemes ({', '.join(transport.capabilities.local_schemes) or 'none'}); "
+                f"an instance link needs an endpoint fixed before the instance listens: use a shorter "
+                f"FLAME_SOCKET_DIR, or another instance transport",
+            )
+        scheme = transport.capabilities.bare_path_scheme
+        value = path if scheme is not None and url == f"{scheme}://{path}" else url
+        return value, LinkOption(path, url, transport)
 
     def plan(self, instance_id: str) -> tuple[dict[str, str], list[LinkOption]]:
         """The environment to give the instance, and the ways to reach it, preferred first."""
-        env_value, compat = self._endpoint(self.compat, instance_id, bare=True)
-        env = {"FLAME_INSTANCE_ENDPOINT": env_value}
+        env_value, compat = self._endpoint(self.compat, instance_id)
+        env = {ENV_INSTANCE_ENDPOINT: env_value}
         options = [compat]
         if self.fast is not None and self.fast.name != self.compat.name:
-            fast_value, fast = self._endpoint(self.fast, f"{instance_id}-fast", bare=False)
-            env["FLAMEPY_INSTANCE_ENDPOINT"] = fast_value
+            _bare, fast = self._endpoint(self.fast, f"{instance_id}-fast")
+            env[ENV_FAST_INSTANCE_ENDPOINT] = fast.url
             options.insert(0, fast)
         return env, options
+
+
+def client_env(chosen: Chosen, options: Mapping[str, Any]) -> dict[str, str]:
+    """Client security ``options`` of ``chosen``'s transport as the variables its client settings declare."""
+    security = chosen.spec.capabilities.security
+    if security is None or not options:
+        return {}
+    by_option = {s.option: s for s in security.for_role("client")}
+    env: dict[str, str] = {}
+    for option, value in options.items():
+        setting = by_option.get(option)
+        if setting is None or setting.env is None:
+            raise FlameError(
+                FlameErrorCode.INTERNAL,
+                f"transport '{chosen.spec.name}' gave its instances the option {option}, which none of its client "
+                f"security settings passes through the environment",
+            )
+        env[setting.env] = str(value)
+    return env
 
 
 def _signal_name(number: int) -> str:
@@ -317,11 +433,13 @@ class Launcher:
         self.cache_endpoint = cache_endpoint
         self.frontend_endpoint = frontend_endpoint
         self.extra_env = dict(extra_env or {})
+        self.prepare: Callable[[pb.Application, dict[str, str]], None] | None = None
+        """Completes an instance's environment before it starts (the installer: engine/installer.py)."""
         self.log_dir = private_subdir(home / "logs" / "instances")
 
     def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
-        env.pop("FLAMEPY_INSTANCE_ENDPOINT", None)
+        env.pop(ENV_FAST_INSTANCE_ENDPOINT, None)
         env.update(self.extra_env)
         for item in app.spec.environments:
             env[item.name] = _expand(item.value, env)
@@ -342,6 +460,8 @@ class Launcher:
             )
         link_env, options = self.link.plan(instance_id)
         env = self._environment(app, link_env)
+        if self.prepare is not None:
+            self.prepare(app, env)
         if spec.HasField("working_directory") and spec.working_directory:
             cwd = Path(_expand(spec.working_directory, env))
             if not cwd.is_dir():

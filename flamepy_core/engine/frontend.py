@@ -8,6 +8,7 @@ client gets the exact code back.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,9 +23,10 @@ from flamepy_core.contracts.transport import (
     StreamHandler,
     UnaryHandler,
 )
+from flamepy_core.engine.instances import executor_message, instance_message
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.state import Engine, reply_task
-from flamepy_core.wire.methods import EXT, FRONTEND, OBJECT_CACHE, Method
+from flamepy_core.wire.methods import EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -134,7 +136,9 @@ def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[
         return refuse
 
     def list_executors(_r: Any) -> pb.ExecutorList:
-        return pb.ExecutorList()
+        # Each instance process is one executor, so Flame's tools see what this server runs.
+        node = socket.gethostname()
+        return pb.ExecutorList(executors=[executor_message(i, node) for i in engine.scheduler.instances()])
 
     def list_nodes(_r: Any) -> pb.NodeList:
         return pb.NodeList()
@@ -195,7 +199,8 @@ def outcome(task: pb.Task) -> ext_pb2.TaskOutcome:
 
 
 def ext_handlers(engine: Engine) -> dict[str, Handler]:
-    """The ``flamepy.ext.v1.Tasks`` table: flamepy's faster paths for invoke and run()."""
+    """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()) and ``Runtime`` (what
+    the server runs, for ``flmctl top`` and ``flmctl list -e``)."""
 
     def run_task(r: frontend_pb2.CreateTaskRequest, _ctx: CallContext, responder: Responder) -> None:
         task_input = r.task.input if r.task.HasField("input") else None
@@ -228,9 +233,13 @@ def ext_handlers(engine: Engine) -> dict[str, Handler]:
         for batch in engine.watch_session(r.session_id, r.after_task_id, ctx.is_active):
             yield ext_pb2.TaskOutcomes(tasks=[outcome(task) for task in batch])
 
+    def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:
+        return ext_pb2.InstanceList(instances=[instance_message(i) for i in engine.scheduler.instances()])
+
     return {
         EXT["RunTask"].path: _deferred(EXT["RunTask"], run_task),
         EXT["WatchSession"].path: _stream(EXT["WatchSession"], watch_session),
         EXT["CreateTasks"].path: _deferred(EXT["CreateTasks"], create_tasks),
         EXT["WatchOutcomes"].path: _stream(EXT["WatchOutcomes"], watch_outcomes),
+        RUNTIME["ListInstances"].path: _unary(RUNTIME["ListInstances"], list_instances),
     }

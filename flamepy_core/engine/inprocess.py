@@ -4,7 +4,8 @@ Instead of starting ``command arguments``, the launcher loads the first ``.py`` 
 the application's ``working_directory``) with :func:`runpy.run_path` under the name
 ``__flamepy_inprocess__`` (so the file's ``if __name__ == "__main__": ins.run()`` does not fire), takes
 the one :class:`~flamepy_core.instance.service.FlameService` object the file defines, and serves
-:func:`~flamepy_core.instance.runtime.instance_handlers` for it on an ``inmem://`` endpoint. The scheduler
+:func:`~flamepy_core.instance.runtime.instance_handlers` for it on an endpoint of an in-process transport
+(``inmem://``). The scheduler
 drives it exactly as it drives a process (enter, invoke, leave, stop), through the same interface.
 
 Why: a test of a service (or of a transport-free runtime, such as the ``inmem`` one) then needs no
@@ -32,10 +33,12 @@ import uuid
 from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import Channel, Server, Transport
-from flamepy_core.engine.executor import InstanceProcess, Launcher, _expand
+from flamepy_core.contracts.transport import Channel, Server, Transport, TransportCapabilities
+from flamepy_core.engine.choice import local_endpoint
+from flamepy_core.engine.executor import LinkOption, _expand
 from flamepy_core.instance.runtime import describe_exception, instance_handlers
 from flamepy_core.instance.service import FlameService
+from flamepy_core.transport_kit import adapt_handlers
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -129,25 +132,25 @@ def _apply_serializer(service: FlameService, env: dict[str, str]) -> None:
         service._serializer_origin = f"the application's environment {_SERIALIZER_ENV}"  # type: ignore[attr-defined]
 
 
-class InProcessInstance(InstanceProcess):
-    """A loaded service served on an ``inmem://`` endpoint, with the interface of :class:`InstanceProcess`.
+class InProcessInstance:
+    """A loaded service served on an in-process endpoint: an :class:`~flamepy_core.engine.executor.Instance`.
 
     It listens from the moment it exists; it is alive until :meth:`stop`. It has no process of its own:
     ``pid`` is the host's, and it writes no log files (its output is the host's).
     """
 
     ready_at_once = True
+    ready_fd: int | None = None
+    pidfd: int | None = None
 
     def __init__(
         self, instance_id: str, app_name: str, path: Path, service: FlameService, server: Server, transport: Transport
     ) -> None:
-        # Not InstanceProcess.__init__: there is no Popen and no socket file; only the interface is shared.
         self.id = instance_id
         self.app_name = app_name
         self.path = path
         self.service: FlameService | None = service
         self.url = server.endpoint
-        self.options = []
         self.command = str(path)
         self.started = time.monotonic()
         self.ready_fd = None
@@ -164,10 +167,10 @@ class InProcessInstance(InstanceProcess):
             raise FlameError(FlameErrorCode.UNAVAILABLE, f"in-process instance {self.id} is not connected")
         return self._channel
 
-    def listening(self) -> None:
+    def listening(self) -> LinkOption | None:
         return None
 
-    def connect(self, option: object = None) -> Channel:
+    def connect(self, option: LinkOption | None = None) -> Channel:
         if self._stopped:
             raise FlameError(FlameErrorCode.UNAVAILABLE, f"in-process instance {self.id} was stopped")
         if self._channel is None:
@@ -197,6 +200,30 @@ class InProcessInstance(InstanceProcess):
     def stderr_tail(self, lines: int | None = None) -> str:
         return ""  # its output is the host's own stderr
 
+    @property
+    def link_capabilities(self) -> TransportCapabilities | None:
+        return self._link_capabilities
+
+    def read_ready(self) -> bool | None:
+        return True  # no pipe: it listens from the start
+
+    def close_ready(self) -> None:
+        return None
+
+    def terminate(self) -> None:
+        self.stop(0.0)
+
+    def kill(self) -> None:
+        self.stop(0.0)
+
+    def close_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            try:
+                channel.close()
+            except Exception:  # closing must never stop the shutdown
+                log.debug("closing the channel of in-process instance %s failed", self.id, exc_info=True)
+
     def signal_group(self, sig: int) -> None:
         """No process to signal: any stop request stops serving at once."""
         self.stop(0.0)
@@ -218,29 +245,27 @@ class InProcessInstance(InstanceProcess):
         self.service = None
 
 
-class InProcessLauncher(Launcher):
-    """Starts in-process instances; a drop-in for :class:`Launcher` in the scheduler.
+class InProcessLauncher:
+    """Starts in-process instances: an :class:`~flamepy_core.engine.executor.InstanceLauncher`.
 
-    ``transport`` must be an in-memory transport: the same object serves the instances and connects to
-    them. ``prefix`` keeps the endpoint names of two servers sharing one transport apart.
+    ``transport`` must declare ``in_process``: the same object serves the instances and connects to them.
+    ``prefix`` keeps the endpoint names of two servers sharing one transport apart.
     """
 
     def __init__(self, home: Path, transport: Transport, *, prefix: str = "") -> None:
-        # Not Launcher.__init__: no command line, no environment, no log directory.
-        if "inmem" not in transport.schemes:
+        if not transport.capabilities.in_process:
             raise FlameError(
                 FlameErrorCode.INVALID_CONFIG,
-                f"in-process instances need the in-memory transport, got '{transport.name}'",
+                f"in-process instances need a transport that declares the capability 'in_process', "
+                f"got '{transport.name}'",
             )
         self.home = home
         self.transport = transport
         self.prefix = prefix or uuid.uuid4().hex[:8]
-        # Launcher's settings, kept so the server may set them as for processes; an in-process instance
-        # uses the host's environment and reaches the cache through the host's own client configuration.
+        # The server may set them as for processes; an in-process instance uses the host's environment
+        # and reaches the cache through the host's own client configuration.
         self.extra_env: dict[str, str] = {}
         self.cache_endpoint = ""
-        self.frontend_endpoint = ""
-        self.stderr_tail_lines = 0
 
     def start(self, app: pb.Application, instance_id: str) -> InProcessInstance:
         name = app.metadata.name
@@ -250,7 +275,9 @@ class InProcessLauncher(Launcher):
         path = service_file(app, env)
         service = load_service(path)
         _apply_serializer(service, env)
-        endpoint = f"inmem://flamepy-instance-{self.prefix}-{name}-{instance_id}-{uuid.uuid4().hex[:6]}"
-        server = self.transport.serve(endpoint, instance_handlers(service))
+        endpoint = local_endpoint(
+            self.transport, self.home, f"flamepy-instance-{self.prefix}-{name}-{instance_id}-{uuid.uuid4().hex[:6]}"
+        )
+        server = self.transport.serve(endpoint, adapt_handlers(instance_handlers(service), self.transport.capabilities))
         log.info("started in-process instance %s of %s from %s on %s", instance_id, name, path, server.endpoint)
         return InProcessInstance(instance_id, name, path, service, server, self.transport)

@@ -46,7 +46,9 @@ from typing import Any
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.executor import InstanceProcess, Launcher
+from flamepy_core.engine.executor import Instance as InstanceHandle
+from flamepy_core.engine.executor import InstanceLauncher
+from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_NO_EXECUTOR, EVENT_RETRY_LIMIT, Engine
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
@@ -94,7 +96,7 @@ class Instance:
     app: str
     state: State
     since: float
-    process: InstanceProcess | None = None
+    process: InstanceHandle | None = None
     session_id: str | None = None
     """The session it serves, or (while STARTING) the one it was started for."""
     inflight: dict[int, float] = field(default_factory=dict)
@@ -112,27 +114,41 @@ class Instance:
     deliberate: bool = False
     """Stopped on purpose (left its session, spare expired...): its exit is no failure of a session."""
     ready: bool = False
+    start_time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    tasks_served: int = 0
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    def info(self) -> InstanceInfo:
+        return InstanceInfo(
+            id=self.id,
+            application=self.app,
+            state=_EXECUTOR_STATE[self.state],
+            session_id=self.session_id,
+            pid=self.pid,
+            start_time_ms=self.start_time_ms,
+            tasks_served=self.tasks_served,
+        )
 
-@dataclass(frozen=True)
-class InstanceInfo:
-    """A row of :meth:`Scheduler.instances` (for ``flmctl top`` and tests)."""
 
-    id: str
-    application: str
-    state: str
-    session_id: str | None
-    pid: int | None
+_EXECUTOR_STATE = {
+    State.STARTING: pb.ExecutorState.ExecutorVoid,
+    State.SPARE: pb.ExecutorState.ExecutorIdle,
+    State.ENTERING: pb.ExecutorState.ExecutorBinding,
+    State.IDLE: pb.ExecutorState.ExecutorBound,
+    State.BUSY: pb.ExecutorState.ExecutorBound,
+    State.LEAVING: pb.ExecutorState.ExecutorUnbinding,
+    State.STOPPING: pb.ExecutorState.ExecutorReleasing,
+}
+"""How an instance's state reads as Flame's executor state (ListExecutor, flmctl top)."""
 
 
 class Scheduler:
     """Matches sessions that need instances with spares or new processes, and drives instances by events."""
 
-    def __init__(self, engine: Engine, launcher: Launcher, settings: RuntimeSettings) -> None:
+    def __init__(self, engine: Engine, launcher: InstanceLauncher, settings: RuntimeSettings) -> None:
         self.engine = engine
         self.launcher = launcher
         self.settings = settings
@@ -268,7 +284,7 @@ class Scheduler:
 
     # -- supervisor events -----------------------------------------------------------------------------
 
-    def on_started(self, inst: Instance, process: InstanceProcess | None, error: FlameError | None) -> None:
+    def on_started(self, inst: Instance, process: InstanceHandle | None, error: FlameError | None) -> None:
         """The supervisor started the process (or could not)."""
         if process is None:
             self._instances.pop(inst.id, None)
@@ -544,6 +560,7 @@ class Scheduler:
         error = future.exception()
         if error is None:
             result = pb.TaskResult.FromString(future.result())
+            inst.tasks_served += 1
             self._bind_failures.pop(session_id, None)  # the session's instances work
             if result.return_code == 0:
                 self.engine.finish_task(
@@ -644,9 +661,10 @@ class Scheduler:
     # -- introspection and shutdown ------------------------------------------------------------------------
 
     def instances(self) -> list[InstanceInfo]:
-        """Every instance: application, state, session and pid (cheap: for ``flmctl top``)."""
+        """Every instance process now: id, application, state, session, pid (cheap: for listings and live views)."""
         with self._lock:
-            return [InstanceInfo(i.id, i.app, i.state.value, i.session_id, i.pid) for i in self._instances.values()]
+            infos = [i.info() for i in self._instances.values()]
+        return sorted(infos, key=lambda i: (i.application, int(i.id.lstrip("i") or 0)))
 
     def instance_count(self) -> int:
         with self._lock:

@@ -1,15 +1,13 @@
 """The flamepy server: engine + object cache + scheduler behind one endpoint, on any transport.
 
 One server per ``FLAME_HOME``: it holds an exclusive lock on ``FLAME_HOME/server.lock`` for its whole
-life and publishes where it listens in ``FLAME_HOME/server.json``. Clients find it there, and start one
-when there is none (see :mod:`flamepy_core.client.local`). With ``idle_exit`` set it exits after that
-many seconds without a call and without a running task.
+life and publishes where it listens in ``FLAME_HOME/server.json`` (both in :mod:`flamepy_core.home`).
+Clients find it there, and start one when there is none (see :mod:`flamepy_core.client.local`). With
+``idle_exit`` set it exits after that many seconds without a call and without a running task.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import shutil
@@ -18,7 +16,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,89 +26,46 @@ from flamepy_core.contracts.transport import (
     DeferredHandler,
     Handler,
     Responder,
+    SecureTransport,
     Server,
     StreamHandler,
     Transport,
     UnaryHandler,
 )
-from flamepy_core.engine.executor import InstanceLink, Launcher
+from flamepy_core.engine.builtins import seed_builtin_applications
+from flamepy_core.engine.choice import (
+    accepted_options,
+    default_listen,
+    in_process_transport,
+    instance_link_transports,
+    local_endpoint,
+)
+from flamepy_core.engine.executor import InstanceLauncher, InstanceLink, Launcher, client_env
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
+from flamepy_core.engine.installer import AppInstaller, object_cache_reader
 from flamepy_core.engine.integrity import check_store, store_damaged
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.scheduler import Scheduler
+from flamepy_core.engine.security import check_listen
 from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
-from flamepy_core.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
-from flamepy_core.plugins import PluginRegistry, get_registry
-from flamepy_core.privacy import (
-    create_private_file,
-    open_private,
-    private_dir,
-    private_subdir,
-    private_umask,
-    write_private_file,
+from flamepy_core.home import (
+    DB_FILE,
+    publish_server_info,
+    take_server_lock,
+    withdraw_server_info,
 )
+from flamepy_core.plugins import PluginRegistry, get_registry
+from flamepy_core.privacy import create_private_file, private_dir, private_subdir, private_umask
 from flamepy_core.transport_kit import adapt_handlers
+from flamepy_core.wire.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
 
 log = logging.getLogger(__name__)
 
-SERVER_FILE = "server.json"
-STARTUP_ERROR_PREFIX = "flamepy server: "
-"""How ``python -m flamepy_core.engine`` prints the error that stopped it from starting (one line, ending
-with ``(code: N)``), so whoever started it can relay it rather than a traceback."""
-LOCK_FILE = "server.lock"
-DB_FILE = "flame.db"
-MAX_UNIX_PATH = 100
 SERVER_WORKERS = 512
-
-
-DEFAULT_TRANSPORT = "zmq"
-"""The local server's transport when none is configured: the fastest bundled one (see benchmarks/)."""
-
-TLS_SCHEMES = ("https", "grpcs")
-"""Listen endpoints served with TLS (by the gRPC transport)."""
-
-
-@dataclass(frozen=True)
-class ServerTls:
-    """TLS of the server's endpoint (``https://`` or ``grpcs://``), as the gRPC transport's options.
-
-    ``cert_file``/``key_file``: the server's certificate (chain) and private key, PEM. ``client_ca_file``:
-    require every client to present a certificate signed by it (mutual TLS). ``ca_file``: the CA that
-    verifies the server's certificate; instances get it as ``FLAME_CA_FILE`` so they reach the object
-    cache, which is served on the same TLS endpoint (without it they inherit the server's own
-    ``FLAME_CA_FILE``, if any). Under mutual TLS instances present ``FLAME_CLIENT_CERT_FILE`` and
-    ``FLAME_CLIENT_KEY_FILE`` from the server's environment.
-    """
-
-    cert_file: str
-    key_file: str
-    client_ca_file: str | None = None
-    ca_file: str | None = None
-
-    def transport_options(self) -> dict[str, str]:
-        options = {"cert_file": _abs(self.cert_file), "key_file": _abs(self.key_file)}
-        if self.client_ca_file:
-            options["client_ca_file"] = _abs(self.client_ca_file)
-        return options
-
-
-def _abs(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def is_tls_endpoint(endpoint: str) -> bool:
-    return endpoint.partition("://")[0].lower() in TLS_SCHEMES
-
-
-def default_listen(home: Path, transport: str | None = None) -> str:
-    """Where the embedded server listens: a socket in FLAME_HOME when the path is short enough."""
-    if (transport or DEFAULT_TRANSPORT) == "zmq":
-        path = home / "flame.ipc"
-        return f"zmq+ipc://{path}" if len(str(path)) < MAX_UNIX_PATH else "zmq+tcp://127.0.0.1:0"
-    path = home / "flame.sock"
-    return f"unix://{path}" if len(str(path)) < MAX_UNIX_PATH else "grpc://127.0.0.1:0"
+PRIVATE_DIR = "private"
+"""Inside FLAME_HOME: credentials the server makes for its own instances (mode 0700)."""
 
 
 class _Activity:
@@ -217,16 +171,23 @@ class FlameServer:
         *,
         settings: RuntimeSettings | None = None,
         registry: PluginRegistry | None = None,
+        transport: str | None = None,
         instance_transport: str | None = None,
         durability: str = "batched",
         publish: bool = True,
         frontend_transport: Transport | None = None,
         db_path: Path | None = None,
-        tls: ServerTls | None = None,
+        security: Mapping[str, tuple[str, str]] | None = None,
+        insecure: bool = False,
         instance_mode: str = "process",
         flight_listen: str | None = None,
         flight_for_instances: bool = False,
     ) -> None:
+        """``transport`` names the runtime's transport (default: the local default) for the default
+        ``listen`` endpoint; ``instance_transport`` is ``auto`` or a transport name for instance links.
+        ``security`` maps a flag (or variable) to ``(option, value)`` of the listen transport's declared
+        server settings (see :func:`flamepy_core.engine.security.security_from_args`); ``insecure`` allows a
+        network listen without them, with a warning."""
         if instance_mode not in INSTANCE_MODES:
             raise FlameError(
                 FlameErrorCode.INVALID_CONFIG,
@@ -236,11 +197,12 @@ class FlameServer:
         self.home = Path(home)
         self.settings = settings or RuntimeSettings.from_env()
         self.registry = registry or get_registry()
-        self.listen = listen or default_listen(self.home)
+        self.listen = listen or default_listen(self.home, transport, self.registry)
         self.instance_transport = instance_transport
         self.durability = durability
         self.publish = publish
-        self.tls = tls
+        self.security = dict(security or {})
+        self.insecure = insecure
         self._frontend_transport = frontend_transport
         self.db_path = db_path or self.home / DB_FILE
         self.activity = _Activity()
@@ -251,6 +213,7 @@ class FlameServer:
         self._stopped = threading.Event()
         self.endpoint = ""
         self.cache_endpoint = ""
+        self.transport_name = ""
         # Flame's Flight cache protocol next to ours (optional extra); see _start_flight.
         if flight_for_instances and not flight_listen:
             raise FlameError(FlameErrorCode.INVALID_CONFIG, "flight_for_instances needs flight_listen")
@@ -261,15 +224,27 @@ class FlameServer:
 
     def start(self) -> FlameServer:
         home = self.home
-        tls_options = self._tls_options()  # a TLS mismatch is refused before anything is taken
+        reg = self.registry
+        chosen = reg.transport_spec_for_endpoint(self.listen)
+        # Refused before anything is taken: security that does not fit, an exposed listen without it.
+        security_options = check_listen(self.listen, chosen, self.security, self.insecure)
         private_subdir(private_dir(home) / "logs")  # FLAME_HOME and its files are private (privacy.py)
         if self.publish:
             self._take_lock()
-        options = {"max_message_size": self.settings.max_message_size}
-        # Watches and RunTask hold a server thread while they wait: give the frontend plenty.
-        frontend_transport = self._frontend_transport or self.registry.transport(
-            self.listen, **options, **tls_options, max_workers=SERVER_WORKERS
-        )
+        limits = {"max_message_size": self.settings.max_message_size}
+        instance_client_options: dict[str, Any] = {}
+        frontend_transport = self._frontend_transport
+        if frontend_transport is None:
+            # Watches and RunTask hold a server thread while they wait: give the frontend plenty.
+            options = {**accepted_options(chosen, {**limits, "max_workers": SERVER_WORKERS}), **security_options}
+            frontend_transport = reg.create_transport(chosen, options)
+            if security_options and isinstance(frontend_transport, SecureTransport):
+                # Admit the instances this server starts: they reach the cache on the same endpoint.
+                admitted, instance_client_options = frontend_transport.instance_credentials(
+                    security_options, str(self._private_dir())
+                )
+                frontend_transport = reg.create_transport(chosen, {**options, **admitted})
+        self.transport_name = frontend_transport.name
         check_store(self.db_path, self.settings.store_check_timeout)  # a damaged store is refused, never served
         create_private_file(self.db_path)  # 0600 from the start; sqlite's -wal and -shm take its mode
         try:
@@ -284,6 +259,7 @@ class FlameServer:
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
         # cache handlers: build the cache with a placeholder, then fix its public endpoint once bound.
         self.cache = ObjectCache(self.store, endpoint="")
+        seed_builtin_applications(self.engine)  # flmrun, flmexec, flmping on a fresh store
         handlers = self.activity.wrap(
             {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
         )
@@ -291,27 +267,18 @@ class FlameServer:
             server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
         self._servers.append(server)
         self.endpoint = server.endpoint
-        link = self.instance_transport or "auto"
-        if link == "auto":
-            # gRPC behind FLAME_INSTANCE_ENDPOINT for services written for Flame; ZeroMQ offered to ours.
-            link_transport = self.registry.transport("grpc", **options)
-            fast_transport = self._optional_transport("zmq", options)
-        else:
-            link_transport = self.registry.transport(link, **options)
-            fast_transport = None
+        compat, fast = instance_link_transports(reg, self.instance_transport or "auto", limits)
         if frontend_transport.capabilities.cross_process:
             self.cache_endpoint = self.endpoint
         else:
             # An in-process frontend: instances (separate processes) reach the cache over the link.
             self._socket_dir = Path(tempfile.mkdtemp(prefix="flame-"))
             self._own_socket_dir = True
-            listen = (
-                f"unix://{self._socket_dir}/cache.sock"
-                if "unix" in link_transport.schemes
-                else f"zmq+ipc://{self._socket_dir}/cache.ipc"
-            )
+            link = fast or compat
+            assert link is not None
+            listen = local_endpoint(link, self._socket_dir, "cache")
             with private_umask():
-                cache_server = link_transport.serve(listen, adapt_handlers(handlers, link_transport.capabilities))
+                cache_server = link.serve(listen, adapt_handlers(handlers, link.capabilities))
             self._servers.append(cache_server)
             self.cache_endpoint = cache_server.endpoint
         self.cache.endpoint = self.cache_endpoint
@@ -322,29 +289,39 @@ class FlameServer:
             else:
                 self._socket_dir = Path(tempfile.mkdtemp(prefix="flame-"))
                 self._own_socket_dir = True
-        self.launcher: Launcher
+        self.launcher: InstanceLauncher
         if self.instance_mode == "inprocess":
-            # The service file runs in this process, served on an in-memory endpoint (see engine.inprocess).
-            inmem = frontend_transport if "inmem" in frontend_transport.schemes else self.registry.transport("inmem")
-            self.launcher = InProcessLauncher(home, inmem)
+            # The service file runs in this process, served on an in-process endpoint (see engine.inprocess).
+            self.launcher = InProcessLauncher(home, in_process_transport(reg, frontend_transport))
         else:
+            assert compat is not None
             self.launcher = Launcher(
                 home,
-                InstanceLink(link_transport, self._socket_dir, fast=fast_transport),
+                InstanceLink(compat, self._socket_dir, fast=fast),
                 cache_endpoint=self.cache_endpoint,
                 frontend_endpoint=self.endpoint,
                 stderr_tail_lines=self.settings.stderr_tail_lines,
             )
+            self.launcher.extra_env.update(client_env(chosen, instance_client_options))
+        if isinstance(self.launcher, Launcher):  # packages and interpreters (installer: python)
+            self.launcher.prepare = AppInstaller(home, object_cache_reader(self.cache)).prepare
         self._start_flight()
-        if isinstance(self.launcher, Launcher):
-            self.launcher.extra_env.update(self._instance_env())
         self.scheduler = Scheduler(self.engine, self.launcher, self.settings)
         for session_id in self.engine.pending_sessions():
             self.scheduler.tasks_pending(session_id)
         if self.publish:
             self._publish()
-        log.info("flamepy server for %s listening on %s (cache %s)", home, self.endpoint, self.cache_endpoint)
+        log.info(
+            "flamepy server for %s listening on %s with transport %s (cache %s)",
+            home,
+            self.endpoint,
+            self.transport_name,
+            self.cache_endpoint,
+        )
         return self
+
+    def _private_dir(self) -> Path:
+        return private_subdir(self.home / PRIVATE_DIR)
 
     def _start_flight(self) -> None:
         """Serve Flame's Flight cache protocol over the same ObjectCache when ``flight_listen`` is set.
@@ -357,10 +334,10 @@ class FlameServer:
         """
         protocol = PROTOCOL_FLAMEPY
         if self.flight_listen:
-            from flamepy_core.flight import require_pyarrow
+            from flamepy_core.wire.flight import require_pyarrow
 
             require_pyarrow("--flight-listen")
-            from flamepy_core.flight.server import FlightCacheServer
+            from flamepy_core.engine.flight import FlightCacheServer
 
             def touch() -> None:  # Flight calls count as activity for the idle exit
                 self.activity._enter()
@@ -374,81 +351,22 @@ class FlameServer:
         if self.instance_mode == "process" and (self.flight_listen or ENV_CACHE_PROTOCOL in os.environ):
             self.launcher.extra_env[ENV_CACHE_PROTOCOL] = protocol
 
-    def _tls_options(self) -> dict[str, str]:
-        """The frontend transport's TLS options; a TLS endpoint without a certificate (or the reverse) is refused."""
-        tls_listen = is_tls_endpoint(self.listen)
-        if self.tls is None:
-            if tls_listen:
-                raise FlameError(
-                    FlameErrorCode.INVALID_CONFIG,
-                    f"cannot serve {self.listen}: a TLS endpoint needs the server's certificate and private key "
-                    f"(--tls-cert FILE --tls-key FILE)",
-                )
-            return {}
-        if not tls_listen:
-            raise FlameError(
-                FlameErrorCode.INVALID_CONFIG,
-                f"a TLS certificate was given but the listen endpoint {self.listen} is not TLS; listen on "
-                f"https://HOST:PORT or grpcs://HOST:PORT",
-            )
-        return self.tls.transport_options()
-
-    def _instance_env(self) -> dict[str, str]:
-        """What instances need, beyond the server's environment, to reach the cache on a TLS endpoint."""
-        if self.tls is None or not is_tls_endpoint(self.cache_endpoint):
-            return {}
-        env: dict[str, str] = {}
-        if self.tls.ca_file:
-            env["FLAME_CA_FILE"] = _abs(self.tls.ca_file)
-        elif not os.environ.get("FLAME_CA_FILE"):
-            log.warning(
-                "instances will verify the object cache at %s with gRPC's default roots: pass the CA that signed "
-                "the server's certificate (--tls-ca, or FLAME_CA_FILE in the server's environment)",
-                self.cache_endpoint,
-            )
-        if self.tls.client_ca_file and not (
-            os.environ.get("FLAME_CLIENT_CERT_FILE") and os.environ.get("FLAME_CLIENT_KEY_FILE")
-        ):
-            log.warning(
-                "mutual TLS: instances present no client certificate, so they cannot reach the object cache at %s; "
-                "set FLAME_CLIENT_CERT_FILE and FLAME_CLIENT_KEY_FILE in the server's environment",
-                self.cache_endpoint,
-            )
-        return env
-
-    def _optional_transport(self, name: str, options: dict[str, Any]) -> Transport | None:
-        try:
-            return self.registry.transport(name, **options)
-        except FlameError as exc:
-            log.warning("transport %s is not available for instances (%s); using gRPC only", name, exc.message)
-            return None
-
     def _take_lock(self) -> None:
-        # Held for the server's life.
-        self._lock_file = os.fdopen(open_private(self.home / LOCK_FILE, os.O_RDWR | os.O_APPEND), "a+")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            self._lock_file = None
-            info = read_server_info(self.home)
-            where = f" (pid {info.get('pid')}, {info.get('endpoint')})" if info else ""
-            raise FlameError(
-                FlameErrorCode.ALREADY_EXISTS,
-                f"another flamepy server is already running for {self.home}{where}; "
-                f"use it, or stop it with `flmctl server stop`",
-            ) from None
+        self._lock_file = take_server_lock(self.home)
 
     def _publish(self) -> None:
-        info = {
-            "pid": os.getpid(),
-            "endpoint": self.endpoint,
-            "cache_endpoint": self.cache_endpoint,
-            "flight_cache_endpoint": self.flight_cache_endpoint or None,
-            "home": str(self.home),
-            "started_at": time.time(),
-        }
-        write_private_file(self.home / SERVER_FILE, json.dumps(info).encode())
+        publish_server_info(
+            self.home,
+            {
+                "pid": os.getpid(),
+                "endpoint": self.endpoint,
+                "transport": self.transport_name,
+                "cache_endpoint": self.cache_endpoint,
+                "flight_cache_endpoint": self.flight_cache_endpoint or None,
+                "home": str(self.home),
+                "started_at": time.time(),
+            },
+        )
 
     def serve_forever(self, idle_exit: float | None = None) -> None:
         """Block until :meth:`stop` is called, or until idle for ``idle_exit`` seconds (0/None = never)."""
@@ -466,12 +384,7 @@ class FlameServer:
             return
         self._stopped.set()
         if self.publish:
-            try:
-                info = read_server_info(self.home)
-                if info and info.get("pid") == os.getpid():
-                    (self.home / SERVER_FILE).unlink()
-            except FileNotFoundError:
-                pass
+            withdraw_server_info(self.home, os.getpid())
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown(timeout=self.settings.shutdown_grace + 5)
@@ -489,26 +402,3 @@ class FlameServer:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-
-
-def read_server_info(home: Path) -> dict[str, Any] | None:
-    """What ``FLAME_HOME/server.json`` says, or None."""
-    try:
-        data = json.loads((Path(home) / SERVER_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def server_lock_held(home: Path) -> bool:
-    """True when a server process holds FLAME_HOME's lock (so it is alive)."""
-    path = Path(home) / LOCK_FILE
-    if not path.exists():
-        return False
-    with os.fdopen(open_private(path, os.O_RDWR | os.O_APPEND), "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False

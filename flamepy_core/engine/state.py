@@ -35,6 +35,7 @@ from typing import Generic, Protocol, TypeVar
 
 from flamepy_core import validation
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.store import Op, Store
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -144,6 +145,10 @@ class SchedulerHooks(Protocol):
 
     def application_removed(self, name: str) -> None: ...
 
+    def instances(self) -> list[InstanceInfo]:
+        """Every instance process at this moment (cheap: for listings and live views)."""
+        ...
+
 
 class _NoScheduler:
     def tasks_pending(self, session_id: str) -> None:
@@ -154,6 +159,9 @@ class _NoScheduler:
 
     def application_removed(self, name: str) -> None:
         pass
+
+    def instances(self) -> list[InstanceInfo]:
+        return []
 
 
 @dataclass

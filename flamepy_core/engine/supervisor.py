@@ -1,8 +1,9 @@
 """The supervisor: one thread that starts instance processes and watches them.
 
-It does what may block, so that the scheduler's events never do: starting a process (fork/exec), making
-the channel to it, noticing that it listens, noticing that it exited, and timers. Everything it learns
-goes to the scheduler as an event.
+It does what may block, so that the scheduler's events never do: starting a process (fork/exec, and
+before it an application's installer, which may take a while: on a small pool of ``SPAWN_WORKERS``
+threads), making the channel to it, noticing that it listens, noticing that it exited, and timers.
+Everything it learns goes to the scheduler as an event.
 
 * **Readiness is signalled, not polled.** A service written with this SDK writes a byte to the pipe
   named by ``FLAMEPY_READY_FD`` once it listens; the supervisor waits on that pipe with the others in
@@ -27,11 +28,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.executor import InstanceProcess
+from flamepy_core.engine.executor import Instance as InstanceHandle
 from flamepy_core.wire.proto import types_pb2 as pb
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ TICK = 0.1
 """Seconds between the scheduler's timer checks (and exit polls where there is no pidfd)."""
 SOCKET_POLL = 0.005
 """Seconds between checks for the socket file of an instance that has not signalled readiness."""
+SPAWN_WORKERS = 4
+"""Threads that start processes (an application's installer may hold one for a long time)."""
 
 
 class Supervisor(threading.Thread):
@@ -67,6 +71,7 @@ class Supervisor(threading.Thread):
         """Processes not known to have exited."""
         self._stopping = False
         self._next_tick = 0.0
+        self._spawner = ThreadPoolExecutor(max_workers=SPAWN_WORKERS, thread_name_prefix="flame-spawn")
 
     # -- requests from other threads ---------------------------------------------------------------------
 
@@ -78,7 +83,10 @@ class Supervisor(threading.Thread):
 
     def spawn(self, inst: Instance, app: pb.Application) -> None:
         """Start the process of ``inst``; the scheduler hears ``on_started`` then ``on_ready`` (or ``on_exit``)."""
-        self._request(lambda: self._spawn(inst, app))
+        try:
+            self._spawner.submit(self._spawn, inst, app)
+        except RuntimeError:  # shutting down
+            return
 
     def stop(self, inst: Instance, grace: float) -> None:
         """SIGTERM to its process group now (the scheduler sends SIGKILL after ``grace`` if needed)."""
@@ -154,6 +162,7 @@ class Supervisor(threading.Thread):
     # -- starting --------------------------------------------------------------------------------------------
 
     def _spawn(self, inst: Instance, app: pb.Application) -> None:
+        """On a spawner thread: start the process, then hand it to the supervisor thread to watch."""
         try:
             process = self.scheduler.launcher.start(app, inst.id)
         except FlameError as exc:
@@ -164,6 +173,12 @@ class Supervisor(threading.Thread):
             error = FlameError(FlameErrorCode.INVALID_CONFIG, f"{type(exc).__name__}: {exc}")
             self.scheduler.post(self.scheduler.on_started, inst, None, error)
             return
+        if self._stopping:  # the server stopped while this one started: it must not outlive it
+            process.stop(self.settings.shutdown_grace)
+            return
+        self._request(lambda: self._watch(inst, process))
+
+    def _watch(self, inst: Instance, process: InstanceHandle) -> None:
         inst.process = process
         self._running.add(inst)
         self._starting.add(inst)
@@ -246,11 +261,12 @@ class Supervisor(threading.Thread):
         Blocking, on the caller's thread: the server is stopping.
         """
         self._stopping = True
+        self._spawner.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_write, b"\0")
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=5)
-        processes: list[InstanceProcess] = [i.process for i in instances if i.process is not None]
+        processes: list[InstanceHandle] = [i.process for i in instances if i.process is not None]
         for process in processes:
             process.close_channel()
             process.terminate()

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from flamepy_core.contracts.errors import FlameError
-from flamepy_core.flight import require_pyarrow
+from flamepy_core.wire.flight import require_pyarrow
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         require_pyarrow("python -m flamepy_core.flight")
-        from flamepy_core.flight.server import FlightCacheServer
+        from flamepy_core.engine.flight import FlightCacheServer
 
         server = FlightCacheServer.standalone(
             args.listen, db_path=args.db, storage=args.storage, public_endpoint=args.public_endpoint

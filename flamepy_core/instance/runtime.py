@@ -1,7 +1,8 @@
 """Serving a ``FlameService`` on ``FLAME_INSTANCE_ENDPOINT``.
 
-A bare path (what Flame's executors pass) is served as gRPC on that unix socket, so services written
-with this SDK run under Flame's executors; a URL with a scheme picks the transport by that scheme.
+A bare path (what Flame's executors pass) is served by the transport that speaks Flame's protocol on a
+bare socket path (``bare_path_scheme``), so services written with this SDK run under Flame's executors;
+a URL with a scheme picks the transport by that scheme.
 The process stops when told to (SIGTERM/SIGINT), and then ends by that same signal so its exit status
 names it, or when the executor that started it goes away, so an instance never outlives its server.
 """
@@ -22,7 +23,15 @@ from types import FrameType
 
 from flamepy_core.config import normalize_endpoint
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import CallContext, DeferredHandler, Handler, Responder, UnaryHandler
+from flamepy_core.contracts.transport import (
+    CallContext,
+    DeferredHandler,
+    Handler,
+    Responder,
+    Server,
+    Transport,
+    UnaryHandler,
+)
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.plugins import get_registry
@@ -214,6 +223,10 @@ PARENT_GONE_GRACE = 2.0
 """Seconds an instance whose server has gone gives its running callback before it exits anyway."""
 
 
+def _serve(transport: Transport, endpoint: str, handlers: dict[str, Handler]) -> Server:
+    return transport.serve(endpoint, adapt_handlers(handlers, transport.capabilities))
+
+
 def _watch_parent(stop: Callable[[], None], interval: float = 0.5) -> None:
     parent = os.getppid()
 
@@ -231,8 +244,32 @@ def _watch_parent(stop: Callable[[], None], interval: float = 0.5) -> None:
     threading.Thread(target=loop, name="flame-parent-watch", daemon=True).start()
 
 
+LOG_LEVEL_ENVS = ("FLAME_LOG_LEVEL", "FLAME_LOG")
+"""The log level of a service process: ``FLAME_LOG_LEVEL`` (the guide's application YAML sets it), else
+``FLAME_LOG`` (what Flame's runner reads)."""
+
+
+def configure_logging() -> None:
+    """Log to stderr (the instance's ``.err`` file) at ``$FLAME_LOG_LEVEL``, unless logging is set up already.
+
+    Without it, what the runtime logs at INFO in a service (the instance's endpoint, a class pickled by
+    value) would be dropped by Python's default WARNING threshold.
+    """
+    level = next((os.environ[name] for name in LOG_LEVEL_ENVS if os.environ.get(name)), None)
+    root = logging.getLogger()
+    if level is None or root.handlers:
+        return
+    if not isinstance(logging.getLevelName(level.strip().upper()), int):
+        print(f"flamepy: ignoring the log level {level!r}: use DEBUG, INFO, WARNING or ERROR", file=sys.stderr)
+        return
+    logging.basicConfig(
+        level=level.strip().upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def run(service: FlameService, endpoint: str | None = None) -> None:
     """Serve ``service`` until told to stop. The endpoint defaults to ``$FLAME_INSTANCE_ENDPOINT``."""
+    configure_logging()
     raw = endpoint or os.environ.get(ENDPOINT_ENV)
     if not raw:
         raise FlameError(
@@ -241,7 +278,8 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
             f"runtime, not by hand. Register it as an application (flmctl register --file app.yaml) and call "
             f"it with flamepy.service.Session(...).invoke(...)",
         )
-    url = normalize_endpoint(raw)
+    registry = get_registry()
+    url = registry.endpoint_url(normalize_endpoint(raw))
     fast = None if endpoint else os.environ.get(FAST_ENDPOINT_ENV)
     serving = MainThreadServing(service)
     handlers = serving.handlers()
@@ -249,13 +287,11 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     with private_umask():  # the socket is reachable by this user only (see flamepy_core.privacy)
         if fast:
             try:
-                transport = get_registry().transport(fast)
-                server = transport.serve(fast, adapt_handlers(handlers, transport.capabilities))
+                server = _serve(registry.transport(fast), fast, handlers)
             except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
                 log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, url)
         if server is None:
-            transport = get_registry().transport(url)
-            server = transport.serve(url, adapt_handlers(handlers, transport.capabilities))
+            server = _serve(registry.transport(url), url, handlers)
     stopped_by: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

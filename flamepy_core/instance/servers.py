@@ -18,7 +18,7 @@ from flamepy_core.contracts.transport import DeferredHandler, Handler, Server, U
 from flamepy_core.instance.runtime import ENDPOINT_ENV, instance_handlers
 from flamepy_core.instance.service import FlameService
 from flamepy_core.plugins import get_registry
-from flamepy_core.transport_kit import SimpleCallContext, blocking_unary
+from flamepy_core.transport_kit import SimpleCallContext, adapt_handlers, blocking_unary
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -60,8 +60,9 @@ class FlameInstanceServicer:
 class FlameInstanceServer:
     """Serves a ``FlameService`` on ``FLAME_INSTANCE_ENDPOINT`` (or ``endpoint``) until :meth:`stop`.
 
-    A bare path is served as gRPC on that unix socket, as Flame's executors expect; a URL picks its
-    transport by scheme. Unlike :func:`flamepy.run` it does not block: :meth:`start` returns once the
+    A bare path is served by the transport that speaks Flame's protocol on one (``bare_path_scheme``:
+    gRPC on that unix socket), as Flame's executors expect; a URL picks its transport by scheme. Unlike
+    :func:`flamepy.run` it does not block: :meth:`start` returns once the
     server listens.
     """
 
@@ -80,10 +81,12 @@ class FlameInstanceServer:
                 raise FlameError(
                     FlameErrorCode.INVALID_CONFIG,
                     f"Failed to start the instance server: {ENDPOINT_ENV} not found; the runtime sets it for the "
-                    f"processes it starts, or pass endpoint= (a unix socket path or a URL)",
+                    f"processes it starts, or pass endpoint= (a socket path or a URL)",
                 )
-            url = normalize_endpoint(raw)
-            self._server = get_registry().transport(url).serve(url, instance_handlers(self.service))
+            registry = get_registry()
+            url = registry.endpoint_url(normalize_endpoint(raw))
+            transport = registry.transport(url)
+            self._server = transport.serve(url, adapt_handlers(instance_handlers(self.service), transport.capabilities))
 
     @property
     def bound_endpoint(self) -> str | None:

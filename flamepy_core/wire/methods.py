@@ -27,6 +27,7 @@ __all__ = [
     "FRONTEND",
     "INSTANCE",
     "OBJECT_CACHE",
+    "RUNTIME",
     "Method",
 ]
 
@@ -84,6 +85,9 @@ OBJECT_CACHE: Mapping[str, Method] = _service_table(cache_pb2.DESCRIPTOR, "Objec
 EXT: Mapping[str, Method] = _service_table(ext_pb2.DESCRIPTOR, "Tasks")
 """flamepy's Frontend extensions (``flamepy.ext.v1.Tasks``): served by flamepy's server only."""
 
+RUNTIME: Mapping[str, Method] = _service_table(ext_pb2.DESCRIPTOR, "Runtime")
+"""flamepy's view of what a server runs (``flamepy.ext.v1.Runtime``): served by flamepy's server only."""
+
 
 def _by_path(*tables: Mapping[str, Method]) -> Mapping[str, Method]:
     """Merge tables into one keyed by gRPC path; a duplicate path would be a routing bug, so refuse it."""
@@ -96,5 +100,5 @@ def _by_path(*tables: Mapping[str, Method]) -> Mapping[str, Method]:
     return MappingProxyType(merged)
 
 
-ALL_METHODS: Mapping[str, Method] = _by_path(FRONTEND, INSTANCE, OBJECT_CACHE, EXT)
+ALL_METHODS: Mapping[str, Method] = _by_path(FRONTEND, INSTANCE, OBJECT_CACHE, EXT, RUNTIME)
 """Every method above keyed by its gRPC path: what a server dispatches on."""

@@ -1,6 +1,7 @@
-"""Four deliberately broken transports, to prove the conformance suite catches real contract bugs.
+"""Deliberately broken transports, to prove the conformance suite catches real contract bugs.
 
-Each wraps the in-memory transport and breaks exactly one rule, the way a real transport might:
+Each wraps the in-memory transport (or patches a bundled one) and breaks exactly one rule, the way a real
+transport might. The first four are here:
 
 * ``broken-dropbyte``  - loses one byte of unary responses longer than 40 bytes (short ones pass, so
   only a suite that tries longer payloads notices);
@@ -8,24 +9,29 @@ Each wraps the in-memory transport and breaks exactly one rule, the way a real t
 * ``broken-swallow``   - turns every ``FlameError`` into ``INTERNAL`` (keeping the message);
 * ``broken-deadlines`` - ignores the caller's deadline and waits for the handler however long it takes.
 
+The others, one module per area of the contract, are ``broken_timing.py`` (deadlines), ``broken_streams.py``,
+``broken_sizes.py`` (largest message, method paths, error messages), ``broken_ids.py`` (late replies) and
+``broken_resources.py`` (stop, leaks, fork); each module's docstring lists its faults.
+
 And one that is not broken but modest, ``limited-unary``: no streaming and no restart on a used endpoint,
 declared in its capabilities, so the suite must skip those parts rather than fail it.
 
-:class:`BrokenTransportsPlugin` declares all four for run-time registration in a registry of their own;
-nothing here is an entry point, so no other test can pick them up by accident.
+:class:`BrokenTransportsPlugin` declares them all for run-time registration in a registry of their own;
+nothing here is an entry point, so no other test can pick them up by accident (a test that needs them in
+another process names this module in ``FLAMEPY_PLUGINS``).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-from flamepy_transports.inmem.plugin import DEFAULT_MAX_MESSAGE_SIZE
-from flamepy_transports.inmem.transport import InMemoryTransport
+from flamepy_transports.inmem.transport import DEFAULT_MAX_MESSAGE_SIZE, InMemoryTransport
 
 from flamepy_core.contracts import TransportCapabilities, TransportSpec, hookimpl
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Channel, Handler, Server, Timeout, TransportFactory
+from flamepy_core.transport_kit import DEFAULT_CALL_TIMEOUT
 
 DROP_ABOVE = 40
 """broken-dropbyte only corrupts responses longer than this, so tiny probes would not notice."""
@@ -126,7 +132,7 @@ class IgnoreDeadlinesChannel(_Wrapped):
         return self._inner.stream(method, request, None)
 
 
-FLAWS: dict[str, Callable[[Channel], Channel]] = {
+CHANNEL_FLAWS: dict[str, Callable[[Channel], Channel]] = {
     "dropbyte": DropByteChannel,
     "reorder": ReorderChannel,
     "swallow": SwallowCodesChannel,
@@ -134,22 +140,48 @@ FLAWS: dict[str, Callable[[Channel], Channel]] = {
 }
 
 
-class BrokenTransport:
-    """The in-memory transport with one flaw in its channels (servers are the real in-memory ones)."""
+class InmemWithFlaw:
+    """The in-memory transport with one flaw; a subclass overrides the part it breaks.
 
+    It declares (``capabilities``) what the option asks for; :meth:`wire_limit` is what its wire really
+    carries, :meth:`wrap` what its channels do to calls, :meth:`serve` what its servers do.
+    """
+
+    name = "broken"
     schemes: tuple[str, ...] = ("inmem",)
+    fault = "no fault"
+    spec_capabilities = TransportCapabilities(max_message_size=DEFAULT_MAX_MESSAGE_SIZE, cross_process=False)
+    spec_options = frozenset({"max_message_size", "default_timeout"})
 
-    def __init__(self, flaw: str, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
-        self.name = f"broken-{flaw}"
-        self._wrap = FLAWS[flaw]
-        self._inner = InMemoryTransport(max_message_size=max_message_size)
-        self.capabilities: TransportCapabilities = self._inner.capabilities
+    def __init__(
+        self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, default_timeout: float | None = DEFAULT_CALL_TIMEOUT
+    ) -> None:
+        self.default_timeout = default_timeout
+        self._inner = InMemoryTransport(
+            max_message_size=self.wire_limit(max_message_size), default_timeout=default_timeout
+        )
+        self.capabilities = TransportCapabilities(max_message_size=max_message_size, cross_process=False)
+
+    def wire_limit(self, declared: int) -> int:
+        return declared
+
+    def wrap(self, channel: Channel) -> Channel:
+        return channel
 
     def connect(self, endpoint: str) -> Channel:
-        return self._wrap(self._inner.connect(endpoint))
+        return self.wrap(self._inner.connect(endpoint))
 
     def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> Server:
         return self._inner.serve(endpoint, handlers)
+
+
+def channel_flaw(name: str, wrapper: Callable[[Channel], Channel]) -> type[InmemWithFlaw]:
+    """An :class:`InmemWithFlaw` whose channels are wrapped in ``wrapper`` (whose docstring says the fault)."""
+    return type(
+        f"Broken_{name}",
+        (InmemWithFlaw,),
+        {"name": f"broken-{name}", "fault": (wrapper.__doc__ or name).strip(), "wrap": lambda self, c: wrapper(c)},
+    )
 
 
 class UnaryOnlyChannel(_Wrapped):
@@ -186,25 +218,39 @@ class LimitedTransport:
         return self._inner.serve(endpoint, handlers)
 
 
-def _factory(flaw: str) -> TransportFactory:
-    return functools.partial(BrokenTransport, flaw)
+def all_broken() -> list[type[Any]]:
+    """Every broken transport class, from this module and the per-area ones."""
+    import broken_ids
+    import broken_resources
+    import broken_sizes
+    import broken_streams
+    import broken_timing
+
+    found: list[type[Any]] = [channel_flaw(name, wrapper) for name, wrapper in CHANNEL_FLAWS.items()]
+    for module in (broken_timing, broken_streams, broken_sizes, broken_ids, broken_resources):
+        found += module.BROKEN
+    return found
+
+
+def _loader(cls: type[Any]) -> Callable[[], TransportFactory]:
+    return lambda: cls
 
 
 class BrokenTransportsPlugin:
-    """A flamepy plugin declaring ``broken-<flaw>`` for every flaw; register it at run time."""
+    """A flamepy plugin declaring every ``broken-<flaw>`` transport; register it at run time."""
 
     @hookimpl
     def flamepy_add_transports(self) -> list[TransportSpec]:
         return [
             TransportSpec(
-                name=f"broken-{flaw}",
-                schemes=BrokenTransport.schemes,
-                capabilities=TransportCapabilities(max_message_size=DEFAULT_MAX_MESSAGE_SIZE, cross_process=False),
-                load=functools.partial(_factory, flaw),
-                options=frozenset({"max_message_size"}),
-                description=f"the in-memory transport with a deliberate flaw: {flaw}",
+                name=cls.name,
+                schemes=cls.schemes,
+                capabilities=cls.spec_capabilities,
+                load=_loader(cls),
+                options=cls.spec_options,
+                description=f"a deliberately broken transport: {cls.fault}",
             )
-            for flaw in FLAWS
+            for cls in all_broken()
         ] + [
             TransportSpec(
                 name=LimitedTransport.name,

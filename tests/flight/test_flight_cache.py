@@ -39,14 +39,14 @@ import flamepy  # noqa: E402
 from flamepy.cache import ObjectRef, delete_objects, get_object, patch_object, put_object, update_object  # noqa: E402
 from flamepy.service import Session  # noqa: E402
 from flamepy_core import bson  # noqa: E402
+from flamepy_core.client.flight import FlightCacheClient  # noqa: E402
 from flamepy_core.client.objects import CacheClient, cache_client, decode_value, encode_value  # noqa: E402
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode  # noqa: E402
-from flamepy_core.engine.server import read_server_info  # noqa: E402
-from flamepy_core.flight.client import FlightCacheClient  # noqa: E402
-from flamepy_core.flight.payload import TAG_ARROW_TABLE, TAG_CLOUDPICKLE  # noqa: E402
-from flamepy_core.flight.protocol import ERROR_CODES, flame_code  # noqa: E402
-from flamepy_core.flight.server import FlightCacheServer  # noqa: E402
+from flamepy_core.engine.flight import FlightCacheServer  # noqa: E402
+from flamepy_core.home import read_server_info  # noqa: E402
 from flamepy_core.plugins import get_registry  # noqa: E402
+from flamepy_core.wire.flight.payload import TAG_ARROW_TABLE, TAG_CLOUDPICKLE  # noqa: E402
+from flamepy_core.wire.flight.protocol import ERROR_CODES, flame_code  # noqa: E402
 
 CLOUDPICKLE = get_registry().serializer("cloudpickle")
 PUT_SCHEMA = pa.schema([pa.field("version", pa.uint64()), pa.field("data", pa.binary())])

@@ -15,9 +15,9 @@ import pytest
 
 from flamepy_core.client.objects import decode_value, encode_value
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.flight import cache_protocol, flight_location, uses_flight
-from flamepy_core.flight.payload import TAG_CLOUDPICKLE, from_flame, to_flame, to_store, to_wire
 from flamepy_core.plugins import get_registry
+from flamepy_core.wire.flight import cache_protocol, flight_location, uses_flight
+from flamepy_core.wire.flight.payload import TAG_CLOUDPICKLE, from_flame, to_flame, to_store, to_wire
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -35,7 +35,7 @@ def test_importing_flamepy_leaves_pyarrow_out():
         """
         import sys
         import flamepy, flamepy.service, flamepy.cache
-        import flamepy_core.client.objects, flamepy_core.flight, flamepy_core.engine.server
+        import flamepy_core.client.objects, flamepy_core.wire.flight, flamepy_core.engine.server
         loaded = sorted(m for m in sys.modules if m == "pyarrow" or m.startswith("pyarrow."))
         print(loaded)
         """

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from flame_venv import TEST_TIMEOUT, clean_env, flame_python, run_script
 
-from flamepy_core.engine.server import read_server_info
+from flamepy_core.home import read_server_info
 
 pytest.importorskip("pyarrow", reason="the Flight cache needs the flight extra (pyarrow)")
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT)

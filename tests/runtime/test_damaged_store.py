@@ -19,7 +19,8 @@ from flamepy.service import Session
 from flamepy_core.client import local
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.integrity import check_store
-from flamepy_core.engine.server import SERVER_FILE, FlameServer
+from flamepy_core.engine.server import FlameServer
+from flamepy_core.home import SERVER_FILE
 
 SERVICE = """
     from flamepy import service

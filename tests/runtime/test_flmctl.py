@@ -61,8 +61,14 @@ def two_apps(folder: Path) -> Path:
     return path
 
 
+BUILTIN_APPS = ("flmexec", "flmping", "flmrun")
+
+
 def apps_json(flame_env) -> dict[str, dict]:
-    return {a["name"]: a for a in json.loads(flame_env.flmctl("list", "-a", "-o", "json").stdout)}
+    """The applications the test registered (every fresh server also has the built-ins)."""
+    listed = json.loads(flame_env.flmctl("list", "-a", "-o", "json").stdout)
+    assert {a["name"] for a in listed} >= set(BUILTIN_APPS)
+    return {a["name"]: a for a in listed if a["name"] not in BUILTIN_APPS}
 
 
 def table_rows(text: str) -> tuple[list[str], list[list[str]]]:
@@ -105,7 +111,7 @@ def test_register_two_documents_list_and_view(flame_env) -> None:
     headers, rows = table_rows(flame_env.flmctl("list", "-a").stdout)
     assert headers == ["Name", "State", "Shim", "Tags", "Created", "Command"]
     by_name = {row[0]: row for row in rows}
-    assert set(by_name) == {"app-one", "app-two"}
+    assert set(by_name) == {"app-one", "app-two", "flmexec", "flmping", "flmrun"}  # with the built-ins
     assert by_name["app-one"][1:4] == ["Enabled", "Host", "demo,test"]
     assert by_name["app-one"][-2:] == [sys.executable, "service.py"]
 

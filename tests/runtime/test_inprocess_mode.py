@@ -22,8 +22,8 @@ import flamepy
 from flamepy.service import Session
 from flamepy.testing import local_runtime
 from flamepy_core.client.connection import reset_default_connection
-from flamepy_core.client.embedded import stop_inprocess_server
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.embedded import stop_inprocess_server
 from flamepy_core.engine.server import FlameServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -443,7 +443,7 @@ def test_server_restart_keeps_state_and_leaves_no_instance_behind(flame_env):
         timeout=60,
     )
     seen = json.loads(probe.stdout.strip().splitlines()[-1])
-    assert seen["apps"] == ["keeper"]
+    assert seen["apps"] == ["flmexec", "flmping", "flmrun", "keeper"]  # the built-ins, and ours
     assert seen["states"] == ["CLOSED", "OPEN"]
     assert seen["succeed"] == [1, 1]
     assert seen["task"] == ["SUCCEED", 1]

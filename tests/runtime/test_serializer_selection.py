@@ -14,8 +14,8 @@ import pytest
 
 import flamepy
 from flamepy.service import Session
+from flamepy_core.client.serializers import forget_application_serializers
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.serialization import forget_application_serializers
 
 REPORTING_SERVICE = """
 import os

@@ -27,14 +27,14 @@ pytest.importorskip("flamepy_transports.grpc.transport")
 
 from conftest import FlameEnv
 from flamepy_conformance import TransportTests
-from flamepy_transports.grpc.transport import GrpcTransport
+from flamepy_transports.grpc.plugin import GrpcTransport
 
 from flamepy_core.client.connection import connect, connect_config
 from flamepy_core.client.transports import client_tls_options, shared_transport
 from flamepy_core.config import FlameClientTls, resolve_config
 from flamepy_core.contracts import CallContext, FlameError, FlameErrorCode, Handler, StreamHandler, UnaryHandler
 from flamepy_core.contracts.transport import Channel, Server, Transport, TransportSpec
-from flamepy_core.engine.server import FlameServer, ServerTls
+from flamepy_core.engine.server import FlameServer
 from flamepy_core.plugins import get_registry
 
 PROMPT_S = 3.0
@@ -393,15 +393,31 @@ class TestHttpsMutualTlsConformance(TransportTests):
         )
         return options
 
-    def make_transport(self) -> Transport:
-        registry = self.plugin_registry()
-        chosen = registry.transport_spec(self.resolved_transport_name())
-        server = registry.create_transport(chosen, self.options_for(chosen.spec))
-        client_options = dict(super().options_for(chosen.spec))
-        client_options.update(
+    def client_options(self, spec: TransportSpec) -> dict[str, Any]:
+        """What a client of these servers needs: the CA, and the client certificate it presents."""
+        options = dict(super().options_for(spec))
+        options.update(
             ca_file=str(self.certs.ca), cert_file=str(self.certs.client_cert), key_file=str(self.certs.client_key)
         )
-        return _SplitTransport(server, registry.create_transport(chosen, client_options))
+        return options
+
+    def make_transport(self) -> Transport:
+        return self.make_transport_with()
+
+    def make_transport_with(self, **options: Any) -> Transport:
+        registry = self.plugin_registry()
+        chosen = registry.transport_spec(self.resolved_transport_name())
+
+        def build(base: dict[str, Any]) -> Transport:
+            merged = {**base, **options}
+            return registry.create_transport(chosen, {k: v for k, v in merged.items() if v is not None})
+
+        return _SplitTransport(build(self.options_for(chosen.spec)), build(self.client_options(chosen.spec)))
+
+    def forking_client_argv(self) -> list[str]:
+        chosen = self.plugin_registry().transport_spec(self.resolved_transport_name())
+        argv = super().forking_client_argv()
+        return [*argv[:-1], repr(self.client_options(chosen.spec))]  # the client's options, not the server's
 
 
 # -- the client: connect, connect_config, shared transports ------------------------------------------
@@ -426,7 +442,11 @@ def tls_flame_server(certs: Certs, clean_env: Path) -> Iterator[FlameServer]:
         "grpcs://127.0.0.1:0",
         publish=False,
         instance_transport="grpc",
-        tls=ServerTls(cert_file=str(certs.server_cert), key_file=str(certs.server_key), client_ca_file=str(certs.ca)),
+        security={
+            "--tls-cert": ("cert_file", str(certs.server_cert)),
+            "--tls-key": ("key_file", str(certs.server_key)),
+            "--tls-client-ca": ("client_ca_file", str(certs.ca)),
+        },
     )
     server.start()
     yield server
@@ -441,7 +461,7 @@ def test_connect_with_tls_config_and_configuration(
     tls = FlameClientTls(ca_file=str(certs.ca), cert_file=str(certs.client_cert), key_file=str(certs.client_key))
     conn = connect(endpoint, tls_config=tls)
     try:
-        assert conn.list_applications() == []
+        assert [a.name for a in conn.list_applications()] == ["flmexec", "flmping", "flmrun"]  # the built-ins
     finally:
         conn.close()
 
@@ -459,7 +479,7 @@ def test_connect_with_tls_config_and_configuration(
     monkeypatch.setenv("FLAME_CLIENT_KEY_FILE", str(certs.client_key))
     for conn in (connect(endpoint), connect_config(resolve_config(endpoint=endpoint))):
         try:
-            assert conn.list_applications() == []
+            assert [a.name for a in conn.list_applications()] == ["flmexec", "flmping", "flmrun"]
         finally:
             conn.close()
 
@@ -499,20 +519,23 @@ def test_shared_transports_are_keyed_by_tls_options(certs: Certs, clean_env: Pat
 def test_server_flags_are_checked(certs: Certs, tmp_path: Path) -> None:
     from flamepy_core.engine.__main__ import main
 
-    assert main(["--home", str(tmp_path), "--tls-cert", str(certs.server_cert)]) == 2
+    # Settings that cannot fit are refused before anything starts, with argparse's exit code.
+    assert main(["--home", str(tmp_path), "--tls-cert", str(certs.server_cert)]) == 2  # not the default's transport
     assert main(["--home", str(tmp_path), "--tls-client-ca", str(certs.ca)]) == 2
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
     for extra, needle in (
         (["--listen", "https://127.0.0.1:0"], "--tls-cert"),
+        (["--listen", "https://127.0.0.1:0", "--tls-cert", str(certs.server_cert)], "--tls-key"),
         (["--listen", "grpc://127.0.0.1:0", "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)],
          "is not TLS"),
     ):  # fmt: skip
         argv = [sys.executable, "-m", "flamepy_core.engine", "--home", str(tmp_path / "h"), *extra]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 1 and needle in done.stderr, done.stderr
+        assert done.returncode == 2 and needle in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
     flmctl = [sys.executable, "-m", "flamepy_core.cli.main", "server", "start", "--tls-cert", str(certs.server_cert)]
     done = subprocess.run(flmctl, env=dict(env, FLAME_HOME=str(tmp_path / "h")), capture_output=True, text=True)
-    assert done.returncode == 2 and "--foreground" in done.stderr, done.stderr
+    assert done.returncode == 1 and "--tls-cert" in done.stderr and "another transport" in done.stderr, done.stderr
 
 
 SERVICE = """

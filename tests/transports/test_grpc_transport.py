@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 import pytest
-from flamepy_transports.grpc import plugin as grpc_plugin
+from flamepy_transports.grpc.plugin import GrpcTransport
 from flamepy_transports.grpc.status import (
     ERROR_CODE_KEY,
     FLAME_TO_GRPC,
@@ -33,7 +33,7 @@ from flamepy_transports.grpc.status import (
     error_from_status,
     flame_code_for,
 )
-from flamepy_transports.grpc.transport import GrpcChannel, GrpcServer, GrpcTransport
+from flamepy_transports.grpc.transport import GrpcChannel, GrpcServer
 
 from flamepy_core.contracts import (
     CallContext,
@@ -43,7 +43,7 @@ from flamepy_core.contracts import (
     StreamHandler,
     UnaryHandler,
 )
-from flamepy_core.plugins import PluginRegistry
+from flamepy_core.plugins import PluginRegistry, transport_spec_of
 from flamepy_core.wire.methods import FRONTEND
 from flamepy_core.wire.proto import frontend_pb2, types_pb2
 
@@ -140,23 +140,26 @@ def sock_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_plugin_declares_grpc_without_importing_it() -> None:
-    [spec] = grpc_plugin.flamepy_add_transports()
+    spec = transport_spec_of(GrpcTransport)
     assert spec.name == "grpc"
     assert spec.schemes == ("grpc", "http", "unix", "grpcs", "https")
     assert spec.capabilities.max_message_size == 256 * 1024 * 1024
     assert spec.capabilities.streaming and spec.capabilities.cross_process
     assert spec.capabilities.tls and spec.capabilities.auth  # grpcs:// and https://, mutual TLS
+    assert spec.capabilities.bare_path_scheme == "unix" and spec.capabilities.local_schemes == ("unix",)
+    assert spec.capabilities.security is not None and spec.capabilities.security.schemes == ("grpcs", "https")
+    assert not spec.capabilities.deferred_replies  # gRPC's synchronous server holds a thread per call
     assert {"max_message_size", "default_timeout", "max_workers", "keepalive_time_ms"} <= spec.options
     assert spec.requires == ("grpcio",)
     entry_points = {ep.name: ep.value for ep in metadata.entry_points(group="flamepy.transports")}
-    assert entry_points["grpc"] == "flamepy_transports.grpc.plugin"
+    assert entry_points["grpc"] == "flamepy_transports.grpc.plugin:GrpcTransport"
     probe = "import sys, flamepy_transports.grpc.plugin; sys.exit(1 if 'grpc' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", probe], timeout=30).returncode == 0
 
 
 def test_registry_builds_the_transport_and_checks_options(tmp_path: Path) -> None:
     registry = PluginRegistry(autoload=False)
-    registry.register(grpc_plugin, name="grpc-under-test")
+    registry.register(GrpcTransport, name="grpc-under-test")
     built = registry.transport(f"unix://{tmp_path}/x.sock", default_timeout=1.0)
     assert isinstance(built, GrpcTransport)
     with pytest.raises(FlameError) as info:
@@ -657,7 +660,7 @@ def test_stop_with_a_call_running_ends_it_with_unavailable(transport: GrpcTransp
 REMOTE_SERVER = """
 import sys
 from flamepy_core.contracts import StreamHandler, UnaryHandler
-from flamepy_transports.grpc.transport import GrpcTransport
+from flamepy_transports.grpc.plugin import GrpcTransport
 
 def count(request, ctx):
     for i in range(int(request)):
@@ -674,7 +677,7 @@ server.stop()
 
 FORKING_CLIENT = """
 import multiprocessing, os, sys
-from flamepy_transports.grpc.transport import GrpcTransport
+from flamepy_transports.grpc.plugin import GrpcTransport
 
 channel = GrpcTransport(default_timeout=5).connect(sys.argv[1])
 parent_link = channel._link

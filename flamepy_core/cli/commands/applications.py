@@ -13,6 +13,7 @@ from flamepy_core.cli.common import SubParsers, add_command, config, connection
 from flamepy_core.config import ClientConfig
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.model import ApplicationAttributes
+from flamepy_core.plugins import get_registry
 from flamepy_core.serialization import application_environments
 
 
@@ -75,8 +76,14 @@ def attributes(spec: AppSpec) -> ApplicationAttributes:
 
 
 def _is_local(cfg: ClientConfig) -> bool:
-    """Whether instances run on this machine (the local server or ``inmem://``), so paths can be checked."""
-    return cfg.endpoint is None or cfg.endpoint.startswith("inmem://")
+    """Whether instances run on this machine (the local server, an in-process one, or a server on a local
+    socket), so paths can be checked."""
+    if cfg.endpoint is None:
+        return True
+    registry = get_registry()
+    url = registry.endpoint_url(cfg.endpoint)
+    capabilities = registry.transport_spec_for_endpoint(url).spec.capabilities
+    return capabilities.in_process or url.partition("://")[0].lower() in capabilities.local_schemes
 
 
 def missing_paths(spec: AppSpec, file: Path) -> list[str]:

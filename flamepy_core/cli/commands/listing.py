@@ -85,7 +85,10 @@ EXECUTOR_COLUMNS = (
     Column("State", field("state")),
     Column("Session", field("session_id")),
     Column("Node", field("node")),
-    Column("Shim", field("shim"), wide=True),
+    Column("App", field("application"), wide=True),
+    Column("PID", field("pid"), wide=True),
+    Column("Tasks", field("tasks_served"), wide=True),
+    Column("Started", lambda e: when(e["start_time"]), wide=True),
 )
 NODE_COLUMNS = (
     Column("NAME", field("name")),
@@ -129,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     elif what == "tasks":
         records, columns = [task_record(t) for t in conn.list_tasks(args.session)], TASK_COLUMNS
     elif what == "executors":
-        records, columns = [executor_record(e) for e in conn.list_executors()], EXECUTOR_COLUMNS
+        instances = {i.id: i for i in conn.list_instances()}
+        records = [executor_record(e, instances.get(e.metadata.id)) for e in conn.list_executors()]
+        columns = EXECUTOR_COLUMNS
     elif what == "nodes":
         records, columns = [node_record(n) for n in conn.list_nodes()], NODE_COLUMNS
     else:

@@ -59,3 +59,31 @@ class TaskOutcomes(_message.Message):
     TASKS_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskOutcome]
     def __init__(self, tasks: _Optional[_Iterable[_Union[TaskOutcome, _Mapping]]] = ...) -> None: ...
+
+class Instance(_message.Message):
+    __slots__ = ("id", "application", "state", "session_id", "pid", "start_time", "tasks_served")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    TASKS_SERVED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    application: str
+    state: _types_pb2.ExecutorState
+    session_id: str
+    pid: int
+    start_time: int
+    tasks_served: int
+    def __init__(self, id: _Optional[str] = ..., application: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.ExecutorState, str]] = ..., session_id: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[int] = ..., tasks_served: _Optional[int] = ...) -> None: ...
+
+class ListInstancesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InstanceList(_message.Message):
+    __slots__ = ("instances",)
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedCompositeFieldContainer[Instance]
+    def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...

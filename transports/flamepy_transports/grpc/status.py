@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.transport_kit import RAISE_THE_LIMIT
 
 ERROR_CODE_KEY = "flame-error-code"
 """Trailing-metadata key carrying ``int(FlameErrorCode)`` from our server to our client."""
@@ -150,6 +151,9 @@ def error_from_status(
         message = f"{method} on {endpoint} did not answer within its deadline of {timeout} s (gRPC {status_name}{said})"
     elif code == FlameErrorCode.UNIMPLEMENTED:
         message = f"the server at {endpoint} has no method {method} (gRPC {status_name}{said})"
+    elif code == FlameErrorCode.MESSAGE_TOO_LARGE:
+        # gRPC's own words carry both sizes ("Received message larger than max (N vs. M)").
+        message = f"{method} on {endpoint}: a message is too large (gRPC {status_name}{said}); {RAISE_THE_LIMIT}"
     else:
         message = f"{method} on {endpoint} failed with gRPC {status_name}{said}"
     return FlameError(code, message)

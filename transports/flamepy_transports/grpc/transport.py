@@ -44,11 +44,9 @@ from flamepy_core.contracts.transport import (
     Handler,
     StreamHandler,
     Timeout,
-    TransportCapabilities,
     UnaryHandler,
 )
 from flamepy_core.transport_kit import (
-    DEFAULT_CALL_TIMEOUT,
     check_size,
     error_from_handler,
     resolve_timeout,
@@ -61,7 +59,6 @@ from flamepy_transports.grpc.address import (
     prepare_unix_path,
     remove_socket_file,
 )
-from flamepy_transports.grpc.plugin import DEFAULT_MAX_MESSAGE_SIZE, SCHEMES
 from flamepy_transports.grpc.status import (
     MAX_METADATA_SIZE,
     code_from_trailer,
@@ -72,11 +69,6 @@ from flamepy_transports.grpc.status import (
 )
 from flamepy_transports.grpc.tls import ClientTls, TlsOptions, client_tls, explain_unavailable, server_credentials
 
-GRPC_MAX_MESSAGE_SIZE = 2**31 - 1
-"""gRPC message limits are signed 32-bit."""
-DEFAULT_KEEPALIVE_TIME_MS = 30_000
-DEFAULT_KEEPALIVE_TIMEOUT_MS = 10_000
-DEFAULT_MAX_WORKERS = 32
 STOP_WAIT = 10.0
 """Seconds ``stop`` waits, beyond ``grace``, for gRPC to release the endpoint."""
 
@@ -521,96 +513,62 @@ def _has_error_trailer(call: Any) -> bool:
 # -- transport --------------------------------------------------------------------------------------
 
 
-class GrpcTransport:
-    """The gRPC transport: channels and servers for ``grpc://``, ``http://``, ``unix://`` and, with TLS,
-    ``grpcs://`` and ``https://``.
+# -- what the transport object builds ---------------------------------------------------------------
 
-    One transport serves and connects, so the TLS options cover both roles: ``cert_file``/``key_file`` are
-    a server's certificate, and a client's certificate for mutual TLS; ``ca_file`` verifies servers;
-    ``client_ca_file`` makes servers require client certificates; ``server_name_override`` is the name a
-    client checks the server's certificate against. Plain endpoints ignore them. See
-    :mod:`flamepy_transports.grpc.tls`.
-    """
 
-    name = "grpc"
-    schemes: tuple[str, ...] = SCHEMES
+class GrpcSettings:
+    """The validated options of one :class:`~flamepy_transports.grpc.plugin.GrpcTransport`, as gRPC wants them."""
 
     def __init__(
         self,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        default_timeout: float | None = DEFAULT_CALL_TIMEOUT,
-        max_workers: int = DEFAULT_MAX_WORKERS,
-        keepalive_time_ms: int = DEFAULT_KEEPALIVE_TIME_MS,
-        keepalive_timeout_ms: int = DEFAULT_KEEPALIVE_TIMEOUT_MS,
-        ca_file: str | os.PathLike[str] | None = None,
-        cert_file: str | os.PathLike[str] | None = None,
-        key_file: str | os.PathLike[str] | None = None,
-        client_ca_file: str | os.PathLike[str] | None = None,
-        server_name_override: str | None = None,
+        max_message_size: int,
+        default_timeout: float | None,
+        max_workers: int,
+        keepalive_time_ms: int,
+        keepalive_timeout_ms: int,
+        tls: TlsOptions,
     ) -> None:
-        if not 0 < max_message_size <= GRPC_MAX_MESSAGE_SIZE:
-            raise ValueError(
-                f"max_message_size must be between 1 and {GRPC_MAX_MESSAGE_SIZE} bytes (gRPC's limit), "
-                f"got {max_message_size}"
-            )
-        if default_timeout is not None and default_timeout <= 0:
-            raise ValueError(f"default_timeout must be > 0 seconds or None, got {default_timeout}")
-        if max_workers < 1:
-            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
-        if keepalive_time_ms < 1 or keepalive_timeout_ms < 1:
-            raise ValueError(
-                f"keepalive_time_ms and keepalive_timeout_ms must be >= 1, "
-                f"got {keepalive_time_ms} and {keepalive_timeout_ms}"
-            )
-        self._tls = TlsOptions.create(
-            ca_file=ca_file,
-            cert_file=cert_file,
-            key_file=key_file,
-            client_ca_file=client_ca_file,
-            server_name_override=server_name_override,
-        )
-        self.capabilities = TransportCapabilities(
-            max_message_size=max_message_size, streaming=True, cross_process=True, tls=True, auth=True
-        )
-        self._default_timeout = default_timeout
-        self._max_workers = max_workers
-        self._client_options = _client_options(max_message_size, keepalive_time_ms, keepalive_timeout_ms)
-        self._server_options = _server_options(max_message_size, keepalive_time_ms, keepalive_timeout_ms)
+        self.max_message_size = max_message_size
+        self.default_timeout = default_timeout
+        self.max_workers = max_workers
+        self.tls = tls
+        self.client_options = _client_options(max_message_size, keepalive_time_ms, keepalive_timeout_ms)
+        self.server_options = _server_options(max_message_size, keepalive_time_ms, keepalive_timeout_ms)
 
-    def connect(self, endpoint: str) -> GrpcChannel:
-        """A channel to ``endpoint``; lazy: an absent server shows on the first call (or ``wait_ready``).
 
-        A TLS endpoint's files (``ca_file``, ``cert_file``, ``key_file``) are read and checked now.
-        """
-        address = parse_endpoint(endpoint)
-        tls = client_tls(self._tls, address.endpoint) if address.is_tls else None
-        return GrpcChannel(
-            address, self._client_options, self._default_timeout, self.capabilities.max_message_size, tls
-        )
+def open_channel(endpoint: str, settings: GrpcSettings) -> GrpcChannel:
+    """A channel to ``endpoint``; lazy: an absent server shows on the first call (or ``wait_ready``).
 
-    def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> GrpcServer:
-        """Serve ``handlers`` on ``endpoint`` (port 0 picks a free port) and return once it accepts calls."""
-        address = parse_endpoint(endpoint)
-        # A TLS endpoint needs cert_file and key_file: checked (and read) before anything is started.
-        credentials = server_credentials(self._tls, address.endpoint) if address.is_tls else None
-        if address.is_unix:
-            prepare_unix_path(address)
-        router = _Router(handlers, self.capabilities.max_message_size)  # refuses a bad handler first
-        pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="flamepy-grpc")
-        server = grpc.server(pool, handlers=[router], options=self._server_options)
-        try:
-            if credentials is None:
-                port = server.add_insecure_port(address.target)
-            else:
-                port = server.add_secure_port(address.target, credentials)
-        except RuntimeError:
-            port = 0
-        if not port:
-            server.stop(None)
-            pool.shutdown(wait=False)
-            code, reason = diagnose_bind_failure(address)
-            raise FlameError(code, f"cannot serve on {endpoint}: {reason}")
-        bound = address if address.is_unix else address.with_port(port)
-        router.endpoint = bound.endpoint
-        server.start()
-        return GrpcServer(bound, server, pool)
+    A TLS endpoint's files (``ca_file``, ``cert_file``, ``key_file``) are read and checked now.
+    """
+    address = parse_endpoint(endpoint)
+    tls = client_tls(settings.tls, address.endpoint) if address.is_tls else None
+    return GrpcChannel(address, settings.client_options, settings.default_timeout, settings.max_message_size, tls)
+
+
+def start_server(endpoint: str, handlers: Mapping[str, Handler], settings: GrpcSettings) -> GrpcServer:
+    """Serve ``handlers`` on ``endpoint`` (port 0 picks a free port) and return once it accepts calls."""
+    address = parse_endpoint(endpoint)
+    # A TLS endpoint needs cert_file and key_file: checked (and read) before anything is started.
+    credentials = server_credentials(settings.tls, address.endpoint) if address.is_tls else None
+    if address.is_unix:
+        prepare_unix_path(address)
+    router = _Router(handlers, settings.max_message_size)  # refuses a bad handler first
+    pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="flamepy-grpc")
+    server = grpc.server(pool, handlers=[router], options=settings.server_options)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address.target)
+        else:
+            port = server.add_secure_port(address.target, credentials)
+    except RuntimeError:
+        port = 0
+    if not port:
+        server.stop(None)
+        pool.shutdown(wait=False)
+        code, reason = diagnose_bind_failure(address)
+        raise FlameError(code, f"cannot serve on {endpoint}: {reason}")
+    bound = address if address.is_unix else address.with_port(port)
+    router.endpoint = bound.endpoint
+    server.start()
+    return GrpcServer(bound, server, pool)

@@ -1,5 +1,8 @@
 """In-memory transport: a server is an entry in *this transport object's* table, a call is a thread hop.
 
+Declared once: :class:`InMemoryTransport` carries its name, schemes, capabilities and options, and the
+``flamepy.transports`` entry point names it (``flamepy_transports.inmem.transport:InMemoryTransport``).
+
 No class-level state: two ``InMemoryTransport`` objects are two separate worlds, so tests are isolated.
 Every request and response is copied into fresh ``bytes``, so no caller shares a mutable buffer with a
 handler. Handlers run on the server's thread pool, which is what lets a caller's deadline fire while a
@@ -8,12 +11,15 @@ handler is still busy.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import ClassVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
@@ -34,9 +40,10 @@ from flamepy_core.transport_kit import (
     unavailable,
     unimplemented,
 )
-from flamepy_transports.inmem.plugin import DEFAULT_MAX_MESSAGE_SIZE
 
+NAME = "inmem"
 SCHEME = "inmem://"
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 _END = object()
 
 
@@ -65,6 +72,8 @@ class InMemoryServer:
         self._active: set[SimpleCallContext] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self.pid = os.getpid()
+        """The process whose threads serve it: after ``fork()`` a child has the object, not the threads."""
 
     @property
     def endpoint(self) -> str:
@@ -234,6 +243,12 @@ class InMemoryChannel:
         server = self._transport._lookup(self._name)
         if server is None:
             raise unavailable(self._endpoint, "no server is listening there")
+        if server.pid != os.getpid():
+            raise unavailable(
+                self._endpoint,
+                f"its server lives in process {server.pid} and this is process {os.getpid()}, a fork() child: "
+                f"in-memory servers do not cross processes (use a cross-process transport's endpoint here)",
+            )
         return server
 
     def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
@@ -257,8 +272,13 @@ class InMemoryChannel:
 class InMemoryTransport:
     """The in-memory transport. Each object is its own namespace of ``inmem://`` servers."""
 
-    name = "inmem"
-    schemes = ("inmem",)
+    name: ClassVar[str] = NAME
+    schemes: ClassVar[tuple[str, ...]] = (NAME,)
+    capabilities: TransportCapabilities = TransportCapabilities(
+        max_message_size=DEFAULT_MAX_MESSAGE_SIZE, streaming=True, cross_process=False, in_process=True
+    )
+    options: ClassVar[frozenset[str]] = frozenset({"max_message_size", "default_timeout", "max_workers"})
+    description: ClassVar[str] = "in-process calls between threads; each transport object is its own namespace"
 
     def __init__(
         self,
@@ -268,9 +288,7 @@ class InMemoryTransport:
     ) -> None:
         if max_message_size <= 0:
             raise ValueError(f"max_message_size must be positive, got {max_message_size}")
-        self.capabilities = TransportCapabilities(
-            max_message_size=max_message_size, streaming=True, cross_process=False
-        )
+        self.capabilities = dataclasses.replace(type(self).capabilities, max_message_size=max_message_size)
         self._default_timeout = default_timeout
         self._max_workers = max_workers
         self._servers: dict[str, InMemoryServer] = {}
@@ -285,6 +303,10 @@ class InMemoryTransport:
         with self._lock:
             if self._servers.get(name) is server:
                 del self._servers[name]
+
+    def local_endpoint(self, directory: str, name: str) -> str:
+        """``inmem://<name>``: a name in this transport object's own namespace (``directory`` plays no part)."""
+        return SCHEME + name
 
     def connect(self, endpoint: str) -> InMemoryChannel:
         return InMemoryChannel(self, endpoint, self._default_timeout)

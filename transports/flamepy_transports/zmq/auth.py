@@ -143,3 +143,50 @@ class ZapHandler:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+
+
+def _write_key(path: str, public: bytes, secret: bytes | None, mode: int) -> None:
+    """A certificate file in the format ``zmq.auth.load_certificate`` reads, created with ``mode``."""
+    lines = [
+        "# flamepy CURVE " + ("key pair: keep it private" if secret else "public key: hand it out"),
+        "metadata",
+        "curve",
+        f'    public-key = "{public.decode("ascii")}"',
+    ]
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def make_key_pair(directory: str, name: str, *, reuse: bool) -> tuple[str, str]:
+    """``(<name>.key, <name>.key_secret)`` in ``directory``: a new CURVE key pair, the secret file 0600.
+
+    With ``reuse`` an existing pair is returned as it is; otherwise existing files are an error (a key in
+    use is never overwritten).
+    """
+    os.makedirs(directory, exist_ok=True)
+    public_path = os.path.join(directory, f"{name}.key")
+    secret_path = os.path.join(directory, f"{name}.key_secret")
+    present = [p for p in (public_path, secret_path) if os.path.exists(p)]
+    if present and reuse and len(present) == 2:
+        return public_path, secret_path
+    if present:
+        raise FileExistsError(f"{' and '.join(present)} already exist; choose another name or directory")
+    public, secret = zmq.curve_keypair()
+    _write_key(secret_path, public, secret, 0o600)
+    _write_key(public_path, public, None, 0o644)
+    return public_path, secret_path
+
+
+def public_key_file(secret_key_file: str, directory: str) -> str:
+    """A public-key file (``server.key`` in ``directory``) for the key pair in ``secret_key_file``."""
+    public, _ = _load(secret_key_file, need_secret=True, what="server secret key file")
+    path = os.path.join(directory, "server.key")
+    if os.path.exists(path):
+        if _load(path, need_secret=False, what="server public key file")[0] == public:
+            return path
+        os.unlink(path)
+    _write_key(path, public, None, 0o644)
+    return path

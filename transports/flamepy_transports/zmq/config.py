@@ -9,8 +9,7 @@ import zmq
 
 from flamepy_core.transport_kit import DEFAULT_CALL_TIMEOUT
 from flamepy_transports.zmq.auth import CurveClientKeys, CurveServerKeys, load_client_keys, load_server_keys
-from flamepy_transports.zmq.endpoints import Address
-from flamepy_transports.zmq.plugin import (
+from flamepy_transports.zmq.defaults import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HEARTBEAT_IVL_MS,
     DEFAULT_HEARTBEAT_TIMEOUT_MS,
@@ -19,12 +18,27 @@ from flamepy_transports.zmq.plugin import (
     DEFAULT_MAX_PENDING_CALLS,
     DEFAULT_MAX_WORKERS,
 )
+from flamepy_transports.zmq.endpoints import Address
 
 RECONNECT_IVL_MS = 100
 """How often a channel retries a connection to an absent server (libzmq adds jitter up to this much)."""
 
 MIN_FRAME_LIMIT = 64 * 1024
 """libzmq's ZMQ_MAXMSGSIZE is never set below this, so control frames and error texts always fit."""
+RECEIVE_HEADROOM = 64 * 1024 * 1024
+
+
+def receive_limit(max_message_size: int) -> int:
+    """libzmq's own limit (ZMQ_MAXMSGSIZE): twice ``max_message_size``, and at least 64 MiB above it.
+
+    libzmq drops the connection of a peer whose message is over its limit, and neither side learns why:
+    the caller only sees the connection lost. With this headroom, a message over ``max_message_size``
+    from a peer configured with a larger one is received, and refused (a request) or failed (a
+    response) with ``MESSAGE_TOO_LARGE`` naming both sizes. Only a message beyond the headroom still
+    costs the connection.
+    """
+    return max(MIN_FRAME_LIMIT, 2 * max_message_size, max_message_size + RECEIVE_HEADROOM)
+
 
 STREAM_WINDOW_ITEMS = 256
 STREAM_WINDOW_BYTES = 8 * 1024 * 1024
@@ -122,7 +136,7 @@ def _common(sock: zmq.Socket[bytes], config: ZmqConfig, address: Address) -> Non
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, config.sndhwm)
     sock.setsockopt(zmq.RCVHWM, config.rcvhwm)
-    sock.setsockopt(zmq.MAXMSGSIZE, max(config.max_message_size, MIN_FRAME_LIMIT))
+    sock.setsockopt(zmq.MAXMSGSIZE, receive_limit(config.max_message_size))
     sock.setsockopt(zmq.HEARTBEAT_IVL, config.heartbeat_ivl_ms)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, config.heartbeat_timeout_ms)
     sock.setsockopt(zmq.HEARTBEAT_TTL, config.heartbeat_timeout_ms)

@@ -14,11 +14,9 @@ import socket
 from dataclasses import dataclass
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_transports.zmq.defaults import IPC, IPC_PATH_MAX, SCHEMES, TCP
 
-TCP = "zmq+tcp"
-IPC = "zmq+ipc"
-SCHEMES = (TCP, IPC)
-IPC_PATH_MAX = 107
+__all__ = ["IPC", "SCHEMES", "TCP", "Address", "check_ipc_free", "parse", "served"]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Why: code written against Flame's SDK (``flamepy==0.6.0``: ``put_object``, ``get
 ``service.Session(ctx=...)``, Runner) talks to its cache with Arrow Flight. Serving that protocol from
 the runtime's own ``ObjectCache`` lets such code use a flamepy runtime, and — because both protocols
 share one store — objects written through either are readable through the other (payload translation in
-:mod:`flamepy_core.flight.payload`; only cloudpickle values and bytes cross, which is what Flame writes).
+:mod:`flamepy_core.wire.flight.payload`; only cloudpickle values and bytes cross, which is what Flame writes).
 
 Versions, patches, key rules and the patch cap are the ``ObjectCache``'s, which follow Flame's rules: a
 put or update is the current version + 1 (1 for a new key), a patch is + 1, an update drops the patches.
@@ -32,8 +32,9 @@ import pyarrow.flight as flight
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.store import Store
-from flamepy_core.flight.payload import to_store, to_wire
-from flamepy_core.flight.protocol import (
+from flamepy_core.objref import parse_delete_prefix, parse_full_key, parse_key_or_prefix
+from flamepy_core.wire.flight.payload import to_store, to_wire
+from flamepy_core.wire.flight.protocol import (
     CACHE_VERSION_KEY,
     DELETE_ACTION,
     FIELD_DATA,
@@ -47,7 +48,6 @@ from flamepy_core.flight.protocol import (
     is_native,
     parse_ticket,
 )
-from flamepy_core.objref import parse_delete_prefix, parse_full_key, parse_key_or_prefix
 
 __all__ = ["NATIVE_MARKER", "FlightCacheServer", "FlightStats"]
 

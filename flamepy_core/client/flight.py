@@ -1,13 +1,13 @@
 """A cache client that speaks Flame's Arrow Flight protocol, behind flamepy's ``CacheClient`` interface.
 
 ``flamepy_core.client.objects.cache_client()`` returns one of these for a Flight endpoint (the rule is in
-:mod:`flamepy_core.flight`), so ``put_object``/``get_object``/``update_object``/``patch_object``/
+:mod:`flamepy_core.wire.flight`), so ``put_object``/``get_object``/``update_object``/``patch_object``/
 ``delete_objects``, ``FlameInstance.context()`` and ``Session.context()`` work unchanged against a Flame
 cluster's cache or a flamepy server's ``--flight-listen`` cache.
 
 Like flamepy's own client it keeps the newest copy of each object it read (base, patches, version) and
 sends that version in the ticket, so an unchanged object costs an empty stream and a patched one only its
-new patch rows. Payloads are translated at this boundary (:mod:`flamepy_core.flight.payload`): what we
+new patch rows. Payloads are translated at this boundary (:mod:`flamepy_core.wire.flight.payload`): what we
 write, Flame's SDK reads as the same object, and the other way round.
 """
 
@@ -25,12 +25,14 @@ import cloudpickle
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flamepy_core.client.objects import LOCAL_CACHE_ENTRIES, CacheClient
+from flamepy_core.client.objects import LOCAL_CACHE_ENTRIES
 from flamepy_core.config import resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.flight import flight_location
-from flamepy_core.flight.payload import from_flame, pickled_envelope, to_flame
-from flamepy_core.flight.protocol import (
+from flamepy_core.objref import ObjectRef, parse_delete_prefix, parse_full_key, parse_prefix
+from flamepy_core.transport_kit import DEFAULT_CALL_TIMEOUT
+from flamepy_core.wire.flight import flight_location
+from flamepy_core.wire.flight.payload import from_flame, pickled_envelope, to_flame
+from flamepy_core.wire.flight.protocol import (
     DELETE_ACTION,
     FIELD_DATA,
     FIELD_KIND,
@@ -45,8 +47,6 @@ from flamepy_core.flight.protocol import (
     native_value,
     native_version,
 )
-from flamepy_core.objref import ObjectRef, parse_delete_prefix, parse_full_key, parse_prefix
-from flamepy_core.transport_kit import DEFAULT_CALL_TIMEOUT
 
 __all__ = ["FlightCacheClient", "FlightReply"]
 
@@ -74,21 +74,18 @@ class _Copy:
     patches: list[tuple[int, bytes]] = field(default_factory=list)
 
 
-class FlightCacheClient(CacheClient):
+class FlightCacheClient:
     """A client of one Flight cache endpoint, with a small local copy of what it read.
 
-    A subclass of :class:`~flamepy_core.client.objects.CacheClient` only so ``cache_client()`` keeps one
-    return type; it shares the interface (``put``/``update``/``patch``/``fetch``/``delete``, ``endpoint``,
-    ``recover``) and none of the transport plumbing. ``last_reply`` describes the latest ``do_get``
-    answer, for tests and diagnostics.
+    It keeps the :class:`~flamepy_core.client.objects.ObjectCacheClient` interface (``put``/``update``/
+    ``patch``/``fetch``/``delete``, ``endpoint``, ``recover``) and none of the transport plumbing of
+    flamepy's own ``CacheClient``. ``last_reply`` describes the latest ``do_get`` answer, for tests and
+    diagnostics.
     """
-
-    flight = True
 
     def __init__(
         self, endpoint: str, *, ca_file: str | os.PathLike[str] | None = None, timeout: float = DEFAULT_CALL_TIMEOUT
     ) -> None:
-        # CacheClient.__init__ is not called: it wants a flamepy Channel, and Flight brings its own.
         self.endpoint = endpoint
         self.location = flight_location(endpoint)
         self.timeout = timeout

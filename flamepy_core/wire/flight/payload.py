@@ -1,7 +1,7 @@
 """Translating cached values between flamepy's envelope and Flame's tagged payloads.
 
 flamepy's cache clients hand the cache a blob in flamepy's envelope (``FPY`` + kind + serializer name,
-see :mod:`flamepy_core.client.objects`); Flame's SDK writes ``FLM\\x00`` + cloudpickle (and, for numpy
+see :mod:`flamepy_core.wire.envelope`); Flame's SDK writes ``FLM\\x00`` + cloudpickle (and, for numpy
 arrays and Arrow values, ``FLM\\x01``..``FLM\\x04`` + Arrow IPC), and treats untagged bytes as plain
 cloudpickle. The two meet in two places, each translating at its own boundary so the other side never
 needs to know:
@@ -23,8 +23,8 @@ from typing import Any
 
 import cloudpickle
 
-from flamepy_core.client.objects import KIND_BYTES, KIND_SERIALIZED, MAGIC, decode_value
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.wire.envelope import KIND_BYTES, decode_value, parse, serialized
 
 __all__ = [
     "CLOUDPICKLE",
@@ -49,7 +49,6 @@ _ARROW_TAGS = (TAG_NUMPY, TAG_ARROW_TABLE, TAG_ARROW_ARRAY, TAG_ARROW_BATCH)
 TAG_LEN = 4
 
 CLOUDPICKLE = "cloudpickle"
-_CLOUDPICKLE_HEADER = MAGIC + bytes([KIND_SERIALIZED, len(CLOUDPICKLE)]) + CLOUDPICKLE.encode()
 
 
 def _pickle(value: Any) -> bytes:
@@ -59,25 +58,7 @@ def _pickle(value: Any) -> bytes:
 
 def pickled_envelope(payload: bytes) -> bytes:
     """flamepy's envelope around cloudpickle bytes: what ``put_object`` writes with the default serializer."""
-    return _CLOUDPICKLE_HEADER + payload
-
-
-def _envelope(blob: bytes) -> tuple[int, str | None, bytes] | None:
-    """(kind, serializer name, payload) of a flamepy envelope, or None when ``blob`` is not one."""
-    if not blob.startswith(MAGIC) or len(blob) < 4:
-        return None
-    kind = blob[3]
-    if kind == KIND_BYTES:
-        return kind, None, blob[4:]
-    if kind == KIND_SERIALIZED and len(blob) >= 5:
-        size = blob[4]
-        name = blob[5 : 5 + size]
-        if len(name) == size:
-            try:
-                return kind, name.decode(), blob[5 + size :]
-            except UnicodeDecodeError:
-                return None
-    return None
+    return serialized(CLOUDPICKLE, payload)
 
 
 # -- the client's side ---------------------------------------------------------------------------
@@ -89,7 +70,7 @@ def to_flame(blob: bytes) -> bytes:
     A value encoded by another serializer (json, msgpack...) is decoded and cloudpickled, because Flame's
     SDK reads only cloudpickle: the value survives, the choice of serializer does not.
     """
-    parts = _envelope(blob)
+    parts = parse(blob)
     if parts is None:
         return blob
     kind, name, payload = parts
@@ -112,7 +93,7 @@ def from_flame(data: bytes) -> bytes:
         return pickled_envelope(data[TAG_LEN:])
     if head in _ARROW_TAGS:
         return pickled_envelope(_pickle(decode_arrow_tagged(data)))
-    if _envelope(data) is not None:
+    if parse(data) is not None:
         return data
     return pickled_envelope(data)
 
@@ -153,7 +134,7 @@ def to_store(data: bytes) -> bytes:
 
 def to_wire(blob: bytes) -> bytes:
     """What a Flight reader gets for a stored blob: Flame's tag for what Flame's SDK can read, else as is."""
-    parts = _envelope(blob)
+    parts = parse(blob)
     if parts is None:
         return blob
     kind, name, payload = parts
