@@ -231,12 +231,18 @@ class Connection:
         if input_data is not None:
             spec.input = input_data
         method = EXT["RunTask"]
+        start = time.monotonic()
         try:
             raw = self.unary("RunTask", method.path, fe.CreateTaskRequest(task=spec).SerializeToString(), timeout)
         except FlameError as exc:
-            if exc.code == FlameErrorCode.DEADLINE_EXCEEDED and timeout is not None:
+            # The server drops the call when our deadline passes; its CANCELLED can beat our own timer.
+            timed_out = exc.code == FlameErrorCode.DEADLINE_EXCEEDED or (
+                exc.code == FlameErrorCode.CANCELLED and timeout is not None and time.monotonic() - start >= timeout
+            )
+            if timed_out and timeout is not None:
                 raise FlameError(
-                    exc.code, f"the task of session {session_id} did not finish within {timeout} s (it keeps running)"
+                    FlameErrorCode.DEADLINE_EXCEEDED,
+                    f"the task of session {session_id} did not finish within {timeout} s (it keeps running)",
                 ) from exc
             raise FlameError(exc.code, f"failed to run task: {exc.message}") from exc
         return pb.Task.FromString(raw)
