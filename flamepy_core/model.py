@@ -64,7 +64,7 @@ __all__ = [
     "task_to_proto",
 ]
 
-EVENT_PAYLOADS_PURGED = 1004
+EVENT_PAYLOADS_PURGED = 1005
 """Task event of flamepy's server: the finished task's input and output were purged after the retention
 (its message says when and why); the task keeps its state, times and other events."""
 

@@ -416,9 +416,11 @@ def test_method_tables() -> None:
         "/flame.v1.Frontend/WatchTask",
         "/flame.v1.Frontend/ListTask",
         "/flamepy.ext.v1.Tasks/WatchSession",
+        "/flamepy.ext.v1.Tasks/WatchOutcomes",
     }
-    assert set(methods.RUNTIME) == {"ListInstances"}
+    assert set(methods.EXT) == {"RunTask", "WatchSession", "CreateTasks", "WatchOutcomes"}
     assert methods.RUNTIME["ListInstances"].path == "/flamepy.ext.v1.Runtime/ListInstances"
+    assert set(methods.RUNTIME) == {"ListInstances", "CollectGarbage"}
     assert {
         name: (m.request.DESCRIPTOR.name, m.response.DESCRIPTOR.full_name) for name, m in methods.CONTROL.items()
     } == {
@@ -427,7 +429,7 @@ def test_method_tables() -> None:
     }
     assert methods.CONTROL["CancelTasks"].path == "/flamepy.ext.v1.Control/CancelTasks"
     # Frontend, Instance, ObjectCache, flamepy.ext.v1 (Tasks, Runtime, Control)
-    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 2 + 1 + 2
+    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 4 + 2 + 2
     assert all(path == m.path for path, m in methods.ALL_METHODS.items())
 
     # The tables hand out the generated classes themselves, not look-alikes.

@@ -4,7 +4,7 @@ Every task's input and output are written to ``flame.db``. Once a task is final 
 CANCELLED) its client has had its result; the payloads are kept ``payload_retention`` seconds after it
 finished (so a client that reconnects, ``get_task`` and a session watcher's replay still see them),
 then purged: input and output are removed, and the task keeps its state, times and events plus one
-event (``flamepy_core.model.EVENT_PAYLOADS_PURGED``, 1004) that says why its payloads are gone.
+event (``flamepy_core.model.EVENT_PAYLOADS_PURGED``, 1005) that says why its payloads are gone.
 
 Nothing here stops the world. A background thread purges in small transactions (``PURGE_BATCH``
 tasks each, found through an index of the finished tasks that still hold a payload, oldest first) and
@@ -54,11 +54,15 @@ CONVERT_AT_START_BYTES = 64 * 1024 * 1024
 """A store created before incremental compaction is converted at start (one VACUUM) up to this size."""
 
 _DUE = (
-    "SELECT session_id, id, status, finished FROM tasks WHERE finished < ? "
-    "AND (input IS NOT NULL OR output IS NOT NULL) ORDER BY finished LIMIT ?"
+    "SELECT t.session_id, t.id, t.status, t.finished, t.input IS NOT NULL OR t.output IS NOT NULL OR EXISTS "
+    "(SELECT 1 FROM task_payloads p WHERE p.session_id = t.session_id AND p.id = t.id) "
+    "FROM tasks t WHERE t.finished < ? ORDER BY t.finished LIMIT ?"
 )
-"""The finished tasks whose payloads are due, oldest first (through the store's partial index)."""
-_PURGE = "UPDATE tasks SET input = NULL, output = NULL, status = ? WHERE session_id = ? AND id = ?"
+"""Final tasks whose payloads are due, oldest first (the store's partial index on ``tasks.finished``), and
+whether they hold any (in ``task_payloads``, or in the columns of a store from before it)."""
+_DROP_PAYLOADS = "DELETE FROM task_payloads WHERE session_id = ? AND id = ?"
+_PURGED = "UPDATE tasks SET input = NULL, output = NULL, status = ?, finished = NULL WHERE session_id = ? AND id = ?"
+_NOTHING_HELD = "UPDATE tasks SET finished = NULL WHERE session_id = ? AND id = ?"
 _AUTO_VACUUM_NONE = 0
 
 
@@ -187,12 +191,13 @@ class Retention:
         return int((time.time() - horizon) * 1000)
 
     def _purge_due(self, cutoff_ms: int, why: str) -> int:
-        """Purge every task that finished before ``cutoff_ms``, a batch per transaction."""
+        """Purge every task that finished before ``cutoff_ms``, a batch per transaction; how many had
+        payloads to purge."""
         total = 0
         while not self._stopping.is_set():
-            count = self.purge_step(cutoff_ms, why)
-            total += count
-            if count < PURGE_BATCH:
+            seen, purged = self._purge_batch(cutoff_ms, why, PURGE_BATCH)
+            total += purged
+            if seen < PURGE_BATCH:
                 break
             time.sleep(STEP_PAUSE)
         if total:
@@ -200,23 +205,33 @@ class Retention:
         return total
 
     def purge_step(self, cutoff_ms: int, why: str, limit: int = PURGE_BATCH) -> int:
-        """Purge up to ``limit`` tasks that finished before ``cutoff_ms``; how many were purged."""
+        """Purge up to ``limit`` tasks that finished before ``cutoff_ms``; how many had payloads."""
+        return self._purge_batch(cutoff_ms, why, limit)[1]
+
+    def _purge_batch(self, cutoff_ms: int, why: str, limit: int) -> tuple[int, int]:
+        """One transaction: the tasks due (at most ``limit``) lose their payloads; (seen, purged)."""
         rows = self.store.query(_DUE, cutoff_ms, limit)
         if not rows:
-            return 0
+            return 0, 0
         now = int(time.time() * 1000)
         ops: list[Op] = []
-        for session_id, task_id, status_bytes, finished in rows:
+        purged = 0
+        for session_id, task_id, status_bytes, finished, holds_payload in rows:
+            if not holds_payload:  # nothing to purge (no input, no output): it just leaves the index
+                ops.append((_NOTHING_HELD, (session_id, task_id)))
+                continue
             status = pb.TaskStatus.FromString(status_bytes)
             status.events.add(
                 code=EVENT_PAYLOADS_PURGED,
                 message=f"input and output purged: {why} (finished {_age(now - finished)} before)",
                 creation_time=now,
             )
-            ops.append((_PURGE, (status.SerializeToString(), session_id, task_id)))
-        # A finished task never changes again, so what was read is what is rewritten.
+            ops.append((_DROP_PAYLOADS, (session_id, task_id)))
+            ops.append((_PURGED, (status.SerializeToString(), session_id, task_id)))
+            purged += 1
+        # A final task never changes again, so what was read is what is rewritten.
         self.store.write_wait(ops, durable=False)
-        return len(rows)
+        return len(rows), purged
 
     def _compact(self, keep: int) -> int:
         """Give free pages back, a step per transaction, until at most ``keep`` are left."""

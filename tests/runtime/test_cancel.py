@@ -44,7 +44,7 @@ if __name__ == "__main__":
     ins.run()
 """
 CANCELLED_EVENT = 4
-CANCEL_REQUESTED_EVENT = 1003
+CANCEL_REQUESTED_EVENT = 1004
 BOUND = 30.0
 
 
