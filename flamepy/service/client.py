@@ -39,7 +39,11 @@ class ResultFuture(CancellableFuture[Any]):
     def __init__(self, inner: TaskFuture) -> None:
         super().__init__()
         self._inner = inner
-        self.task_id = inner.task_id
+
+    @property
+    def task_id(self) -> str:
+        """The task's id (waits for the server to create it: ``run()`` submits in batches)."""
+        return self._inner.task_id
 
     def cancel(self) -> bool:
         if self.done():

@@ -134,26 +134,29 @@ class TaskFuture(CancellableFuture["bytes | None"]):
         self._cancel_asked = False
 
     @property
-    def task_id(self) -> str | None:
-        """The task's id, once the server has created it (None until then, or if it was refused)."""
-        created = self._created
-        if not created.done() or created.exception() is not None:
-            return None
-        return str(created.result())
+    def task_id(self) -> str:
+        """The task's id. ``run()`` submits in batches, so this waits for the server to create the task
+        (at most ``CREATE_WAIT`` seconds) and raises the error that refused it, if one did."""
+        return str(self._task_id())
+
+    def _task_id(self) -> int:
+        try:
+            return self._created.result(timeout=CREATE_WAIT)
+        except FutureTimeout:
+            raise FlameError(
+                FlameErrorCode.DEADLINE_EXCEEDED,
+                f"a task of session {self.session.id} was not created by the server within {CREATE_WAIT:g} s",
+            ) from None
 
     def cancel(self) -> bool:
         global _warned_no_cancel
         if self.done():
             return self.cancelled()
         try:
-            task_id = str(self._created.result(timeout=CREATE_WAIT))  # submitted in a batch: its id first
-        except FutureTimeout:
-            raise FlameError(
-                FlameErrorCode.DEADLINE_EXCEEDED,
-                f"cannot cancel a task of session {self.session.id}: the server did not create it within "
-                f"{CREATE_WAIT:g} s",
-            ) from None
-        except FlameError:
+            task_id = self.task_id  # submitted in a batch: its id first
+        except FlameError as exc:
+            if exc.code == FlameErrorCode.DEADLINE_EXCEEDED:
+                raise
             return False  # it was never created: its future holds why
         self._cancel_asked = True
         try:

@@ -50,6 +50,8 @@ STEP_PAUSE = 0.005
 """Seconds between two steps, so the engine's writes are not held up behind a long run of them."""
 MAX_SWEEP_INTERVAL = 60.0
 """The longest pause between two sweeps (a sweep with nothing due costs one indexed query)."""
+TRUNCATE_WAIT = 10.0
+"""Seconds ``collect`` retries truncating the write-ahead log while another checkpoint holds it."""
 CONVERT_AT_START_BYTES = 64 * 1024 * 1024
 """A store created before incremental compaction is converted at start (one VACUUM) up to this size."""
 
@@ -151,7 +153,7 @@ class Retention:
                     self._purge_due(self._cutoff(self.retention), f"payload_retention of {self.retention:g} s")
                     if self._compact(keep=self._keep_free()):
                         # The file shrinks when the log is copied back: now, not at some later write.
-                        self.store.exclusive(_checkpoint_passive)
+                        self.store.request_checkpoint()
             except FlameError as exc:  # the store cannot write now: try again at the next sweep
                 log.warning("payload retention: %s", exc.message)
             except Exception:  # a bug must not end the sweeps for good
@@ -174,7 +176,7 @@ class Retention:
                 self._rebuild()
             else:
                 self._compact(keep=0)
-                self.store.exclusive(_checkpoint)
+                self._truncate_log()
         return CollectReport(
             tasks_purged=purged,
             bytes_before=before,
@@ -265,22 +267,25 @@ class Retention:
     def _rebuild(self) -> None:
         """One full VACUUM: the store's connection asks for incremental compaction, which it then has."""
         self.store.exclusive(_vacuum)
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Copy the write-ahead log back and truncate it, retrying while the checkpointer thread is at it."""
+        deadline = time.monotonic() + TRUNCATE_WAIT
+        while not self.store.exclusive(_checkpoint) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _vacuum(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("VACUUM")
-    _checkpoint(conn)
 
 
-def _checkpoint_passive(conn: sqlite3.Connection) -> None:
-    """Copy what the write-ahead log holds into the database, as far as readers allow; never waits."""
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy the write-ahead log into the database and truncate both to what they hold."""
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+def _checkpoint(conn: sqlite3.Connection) -> bool:
+    """Copy the write-ahead log into the database and truncate both to what they hold; False when busy
+    (another checkpoint runs, or a reader still needs the log)."""
+    busy, _log, _copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return not busy
 
 
 def _age(ms: int) -> str:

@@ -479,6 +479,10 @@ class Store:
                 return
             offset += batch
 
+    def request_checkpoint(self) -> None:
+        """Have the checkpointer thread copy the WAL back now (a compacted file shrinks only then)."""
+        self._checkpoint_wanted.set()
+
     def exclusive(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the write connection between group commits, outside any transaction.
 
