@@ -215,8 +215,9 @@ class Scheduler:
         """Stop the instance running a cancelled task (``flame.v1.Instance`` has no call to cancel one).
 
         Its exit reports the task lost, as for any instance that dies (``retry_task``), and the engine
-        records it CANCELLED instead of retrying it; a task queued behind it on the same instance is
-        retried on a fresh one. Minimal on purpose (see issue 12): no call to the service first.
+        records it CANCELLED instead of retrying it; a task sent to the same instance behind it goes back
+        to the head of the queue without spending a retry. Minimal on purpose (see issue 12): no call to
+        the service first.
         """
         with self._lock:
             inst = next(

@@ -74,22 +74,23 @@ def test_a_steady_load_does_not_grow_the_store(flame_env, monkeypatch):
     with Session("steady") as session:
         sid = session.id()
         for _round in range(10):
-            futures = [session.run(os.urandom(256 * 1024)) for _ in range(16)]  # 8 MiB in and out per round
-            assert all(len(f.result(timeout=BOUND)) == 256 * 1024 for f in futures)
+            futures = [session.run(os.urandom(128 * 1024)) for _ in range(16)]  # 4 MiB in and out per round
+            assert all(len(f.result(timeout=BOUND)) == 128 * 1024 for f in futures)
             wait_for(lambda: all(purged(sid)), BOUND, "this round's payloads to be purged")
             sizes.append(db_size(flame_env))
-    written = 10 * 16 * 2 * 256 * 1024
-    assert max(sizes[5:]) <= max(sizes[:5]) + 4 * MIB, f"the store kept growing: {sizes}"
+    written = 10 * 16 * 2 * 128 * 1024
+    assert max(sizes[5:]) <= max(sizes[:5]) + 2 * MIB, f"the store kept growing: {sizes}"
     assert sizes[-1] < written / 2, f"{sizes[-1]} bytes after writing {written}: {sizes}"
 
 
 def test_unregistering_an_application_gives_its_space_back(flame_env, monkeypatch):
     echo_app(flame_env, monkeypatch, "bulky", retention=None)  # the default retention: nothing is due
     with Session("bulky") as session:
-        futures = [session.run(os.urandom(512 * 1024)) for _ in range(48)]  # 48 MiB in and out
+        futures = [session.run(os.urandom(256 * 1024)) for _ in range(48)]  # 24 MiB in and out
         assert all(f.result(timeout=BOUND) for f in futures)
+    flamepy.get_session(session.id()).list_tasks()  # the server has answered: its writes are committed
     before = db_size(flame_env)
-    assert before > 40 * MIB
+    assert before > 16 * MIB
     flame_env.flmctl("unregister", "-a", "bulky")
     wait_for(lambda: db_size(flame_env) < before / 2, BOUND, f"flame.db ({before} bytes) to shrink")
 
