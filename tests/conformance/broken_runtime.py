@@ -64,17 +64,19 @@ def lost_context_updates() -> None:
 
 
 def answered_with_another_tasks_output() -> None:
-    original = Engine.complete_task
+    """Each completed task of a session is stored with the output of the one completed before it."""
+    original = Engine.finish_task
     previous: dict[str, bytes | None] = {}
 
-    def complete_task(self: Engine, session_id: str, task_id: str, output: bytes | None) -> None:
-        if not _on("another-tasks-answer"):
-            return original(self, session_id, task_id, output)
-        stored = previous.get(session_id, output)
+    def finish_task(self: Engine, session_id: str, task_id: int, **kwargs: Any) -> bool:
+        if not _on("another-tasks-answer") or kwargs.get("failure") is not None:
+            return original(self, session_id, task_id, **kwargs)
+        output = kwargs.get("output")
+        kwargs["output"] = previous.get(session_id, output)
         previous[session_id] = output
-        return original(self, session_id, task_id, stored)
+        return original(self, session_id, task_id, **kwargs)
 
-    Engine.complete_task = complete_task  # type: ignore[method-assign]
+    Engine.finish_task = finish_task  # type: ignore[method-assign]
 
 
 def not_found_becomes_internal() -> None:

@@ -180,8 +180,10 @@ class TcpServer:
                 reply = self._checked(method, handler.fn(frame.payload, ctx))
                 if ctx.is_active():  # else the caller has given up: nobody would read it
                     peer.send(Kind.REPLY, call_id, reply)
-            else:
+            elif isinstance(handler, StreamHandler):
                 self._stream(peer, call_id, handler.fn(frame.payload, ctx), method, ctx)
+            else:  # this transport does not declare deferred_replies: the core adapts those for it
+                raise FlameError(FlameErrorCode.INTERNAL, f"{method}: deferred handlers are not served natively here")
         except BaseException as exc:  # whatever a handler raises becomes the caller's error, never a hang
             if ctx.is_active():
                 peer.send_error(call_id, error_from_handler(method, exc))
