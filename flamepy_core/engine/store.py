@@ -442,24 +442,24 @@ class Store:
 
     def _run_checkpointer(self) -> None:
         conn = self._connect()
-        truncated = True
+        truncated_at = 0  # the count of this store's commits when the log was last copied back and truncated
         try:
             while not self._closing:
                 wanted = self._checkpoint_wanted.wait(timeout=1.0)
                 self._checkpoint_wanted.clear()
                 if self._closing:
                     return
+                commits = self.commits
                 idle = time.monotonic() - self._last_commit > CHECKPOINT_IDLE
-                mode = "TRUNCATE" if idle and not truncated else "PASSIVE" if wanted else None
+                mode = "TRUNCATE" if idle and commits != truncated_at else "PASSIVE" if wanted else None
                 if mode is None:
                     continue
                 try:
-                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-                    truncated = mode == "TRUNCATE"
+                    busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+                    if mode == "TRUNCATE" and not busy:
+                        truncated_at = commits
                 except sqlite3.Error as exc:  # busy, or the disk is failing: the next round tries again
                     log.debug("checkpoint of %s failed: %s", self.path, exc)
-                if not idle:
-                    truncated = False
         finally:
             conn.close()
 
