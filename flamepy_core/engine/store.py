@@ -29,7 +29,9 @@ Checkpoints. sqlite would copy the WAL into the database file (and fsync both) i
 crosses its threshold, stalling that caller for as long as the copy takes (a second for a few large
 payloads on a busy disk). Here commits never checkpoint: a checkpointer thread with a connection of its
 own copies the WAL in the background (``PASSIVE``: it never blocks a writer) once it has grown past
-``CHECKPOINT_BYTES``, and truncates it when the store is quiet.
+``CHECKPOINT_BYTES``, and truncates it when the store is quiet. sqlite starts the WAL over from its
+beginning after a complete checkpoint without shrinking the file; ``journal_size_limit`` cuts it back
+then, so the file's size keeps measuring what was written since the last checkpoint.
 
 Durability (``synchronous``): ``"batched"`` (default) runs with ``synchronous=NORMAL``: a commit
 survives a crash of the server process (the WAL is in the operating system's hands), while a power
@@ -111,6 +113,12 @@ MAX_INLINE_ROUNDS = 4
 CHECKPOINT_BYTES = 32 << 20
 """The WAL is copied into the database (in the background) once it is larger than this."""
 CHECKPOINT_IDLE = 5.0
+WAL_KEPT_BYTES = 4 << 20
+"""The WAL file is cut back to this size when sqlite starts it over after a checkpoint
+(``journal_size_limit``): its size then measures what was written since, so the check against
+``CHECKPOINT_BYTES`` does not stay true for good once the file has grown past it once."""
+CHECKPOINT_MIN_INTERVAL = 0.5
+"""Seconds between two checkpoints asked for by size (a reader can keep one from completing)."""
 """Seconds without a commit after which the checkpointer also truncates the WAL."""
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
@@ -175,6 +183,7 @@ class Store:
         self._write = self._connect()
         self._write.executescript(SCHEMA)
         self._write.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit
+        self._write.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         self._read = self._connect()
         self._read_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -190,6 +199,8 @@ class Store:
         self._closing = False
         self._closed = False
         self.commits = 0
+        self.checkpoints = 0
+        """Checkpoints run by the checkpointer thread (diagnostics and tests)."""
         self._writer = threading.Thread(target=self._run_writer, name="flame-store-writer", daemon=True)
         self._writer.start()
         self._wal = self.path + "-wal"
@@ -432,11 +443,14 @@ class Store:
                     continue
                 try:
                     conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                    self.checkpoints += 1
                     truncated = mode == "TRUNCATE"
                 except sqlite3.Error as exc:  # busy, or the disk is failing: the next round tries again
                     log.debug("checkpoint of %s failed: %s", self.path, exc)
                 if not idle:
                     truncated = False
+                if wanted:  # the WAL may stay large a while (a reader kept it): not a checkpoint per commit
+                    time.sleep(CHECKPOINT_MIN_INTERVAL)
         finally:
             conn.close()
 
