@@ -133,12 +133,13 @@ _UNAVAILABLE_ERRORS = frozenset(
 class _Write:
     """Queued changes, their callback, and how a failure treats them."""
 
-    __slots__ = ("deadline", "durable", "on_done", "ops")
+    __slots__ = ("deadline", "durable", "lazy", "on_done", "ops")
 
-    def __init__(self, ops: list[Op], on_done: OnDone | None, durable: bool) -> None:
+    def __init__(self, ops: list[Op], on_done: OnDone | None, durable: bool, lazy: bool = False) -> None:
         self.ops = ops
         self.on_done = on_done
         self.durable = durable
+        self.lazy = lazy
         self.deadline: float | None = None
         """For a withdrawable write that failed: when it stops being retried."""
 
@@ -188,6 +189,8 @@ class Store:
         self._read_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Write] = deque()
+        self._urgent = 0
+        """Writes in the queue that are not lazy (someone waits for their commit)."""
         self._leader = False
         """A thread is committing: writes queued now go into its next round."""
         self._lazy_due: float | None = None
@@ -234,20 +237,24 @@ class Store:
         with self._cond:
             if self._closed or self._closing:
                 raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
-            self._queue.append(_Write(ops, on_done, durable))
+            self._queue.append(_Write(ops, on_done, durable, lazy))
             self._untried = True
+            if not lazy:
+                self._urgent += 1
             if lazy and self._lazy_due is None:
                 self._lazy_due = time.monotonic() + LAZY_DELAY
                 self._cond.notify()
 
-    def commit(self) -> None:
+    def commit(self, *, lazy: bool = True) -> None:
         """Commit what is queued, on this thread, unless another thread is at it (it takes ours too).
 
         Callbacks of the committed writes run here, before this returns. While the store is failing,
-        or in strict mode, the writer thread does the work instead.
+        or in strict mode, the writer thread does the work instead. With ``lazy=False`` a queue that
+        holds only lazy writes is left for the next commit (or the writer, ``LAZY_DELAY`` later): a
+        caller that wrote only those saves a transaction.
         """
         with self._cond:
-            if self._leader or not self._queue:
+            if self._leader or not self._queue or (not lazy and not self._urgent):
                 return
             if self._failure is not None or self.durability == "strict":
                 self._cond.notify()
@@ -257,12 +264,14 @@ class Store:
             with self._cond:
                 batch = list(self._queue)
                 self._queue.clear()
+                self._urgent = 0
                 self._untried = False
                 self._lazy_due = None
             error = self._attempt(batch)
             if error is not None:
                 with self._cond:
                     self._queue.extendleft(reversed(batch))  # the writer retries them, in order
+                    self._urgent += sum(1 for item in batch if not item.lazy)
                     self._untried = True
                     self._leader = False
                     self._cond.notify()
@@ -364,6 +373,7 @@ class Store:
                 self._leader = True
                 batch = list(self._queue)
                 self._queue.clear()
+                self._urgent = 0
                 self._untried = False
                 self._lazy_due = None
             try:
@@ -412,6 +422,7 @@ class Store:
                 give_up.append(item)
         with self._cond:
             self._queue.extendleft(reversed(keep))
+            self._urgent += sum(1 for item in keep if not item.lazy)
             self._retry_at = now + self._backoff
             self._backoff = min(BACKOFF_MAX, self._backoff * 2)
         self._done(give_up, error)

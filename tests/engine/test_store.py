@@ -163,3 +163,26 @@ def test_a_checkpoint_runs_once_per_wal_grown_past_the_threshold(tmp_path: Path,
         assert (tmp_path / "flame.db-wal").stat().st_size < store_module.CHECKPOINT_BYTES
     finally:
         store.close()
+
+
+def test_lazy_writes_alone_wait_for_the_next_commit(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``commit(lazy=False)`` leaves a queue of lazy writes (nobody's acknowledgement) to the next commit,
+    so a task becoming RUNNING does not cost a transaction of its own; an urgent write takes them along."""
+    from flamepy_core.engine import store as store_module
+
+    monkeypatch.setattr(store_module, "LAZY_DELAY", 60.0)  # the writer thread stays out of this test
+    store = Store(tmp_path / "flame.db")
+    try:
+        store.write_wait([("CREATE TABLE t (v INTEGER)", ())])
+        before = store.commits
+        order: list[str] = []
+        store.enqueue([("INSERT INTO t VALUES (1)", ())], lambda error: order.append("lazy"), lazy=True)
+        store.commit(lazy=False)
+        assert store.commits == before and order == [], "a queue of lazy writes was committed on its own"
+        store.enqueue([("INSERT INTO t VALUES (2)", ())], lambda error: order.append("urgent"))
+        store.commit(lazy=False)
+        assert store.commits == before + 1, "the urgent write and the lazy one were not one transaction"
+        assert order == ["lazy", "urgent"]
+        assert store.query("SELECT v FROM t ORDER BY v") == [(1,), (2,)]
+    finally:
+        store.close()
