@@ -26,8 +26,7 @@ import traceback
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -37,6 +36,9 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.hookspecs import PROJECT_NAME, hookimpl
 from flamepy_core.contracts.serializer import Serializer, SerializerSpec
 from flamepy_core.contracts.transport import LocalTransport, Transport, TransportCapabilities, TransportSpec
+
+if TYPE_CHECKING:
+    from importlib import metadata
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,8 @@ class PluginRegistry:
             if self._loaded:
                 return
             if self.autoload:
+                from importlib import metadata  # the scan is the only user: a process that never scans skips it
+
                 for group in GROUPS:
                     for ep in metadata.entry_points(group=group):
                         self._load_entry_point(group, ep)

@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -61,6 +60,8 @@ def describe_exception(exc: BaseException) -> str:
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIRS):
         tb = tb.tb_next
+    import traceback  # only when a service raises: not on the start path
+
     lines = "".join(traceback.format_exception(type(exc), exc, tb))
     # Bounded here too (the server bounds what it stores), so a huge message never crosses the link.
     return bound_failure_text(f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}")
