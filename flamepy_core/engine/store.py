@@ -113,13 +113,13 @@ MAX_INLINE_ROUNDS = 4
 CHECKPOINT_BYTES = 32 << 20
 """The WAL is copied into the database (in the background) once it is larger than this."""
 CHECKPOINT_IDLE = 5.0
+"""Seconds without a commit after which the checkpointer also truncates the WAL."""
 WAL_KEPT_BYTES = 4 << 20
 """The WAL file is cut back to this size when sqlite starts it over after a checkpoint
 (``journal_size_limit``): its size then measures what was written since, so the check against
 ``CHECKPOINT_BYTES`` does not stay true for good once the file has grown past it once."""
 CHECKPOINT_MIN_INTERVAL = 0.5
 """Seconds between two checkpoints asked for by size (a reader can keep one from completing)."""
-"""Seconds without a commit after which the checkpointer also truncates the WAL."""
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
 
