@@ -904,6 +904,11 @@ _BINARY_SUFFIXES = {
 }  # fmt: skip
 
 
+MEMORY_PER_INSTANCE = 256 << 20
+"""Physical memory counted per instance process when the machine-wide cap is computed (a Python service
+with its imports typically takes 30 to 200 MiB)."""
+
+
 def _setting(default: float, kind: str, minimum: str) -> Any:
     """A RuntimeSettings field: ``kind`` is seconds|count|bytes, ``minimum`` is ">=0" or ">0"."""
     return field(default=default, metadata={"kind": kind, "minimum": minimum})
@@ -942,6 +947,13 @@ class RuntimeSettings:
     store_check_timeout              s the start-up integrity check of the  10 (0 = no check)
                                      store may take; a larger store is
                                      checked that far
+    max_instance_processes           instance processes this machine runs   0 = automatic: 4 per CPU,
+                                     at once, all sessions together         at most one per 256 MiB of
+                                                                            memory, at least 2
+    busy_overflow_delay              s every instance of a session must     1
+                                     have waited (less than half a CPU)
+                                     in its current task before one more
+                                     may start beyond its CPU share
     ===============================  =====================================  ===========================
 
     Seconds are floats; counts and bytes are integers. Negative values are refused, and so is zero where
@@ -964,6 +976,8 @@ class RuntimeSettings:
     warm_pool_max: int = _setting(8, "count", ">=0")
     store_retry_window: float = _setting(2.0, "seconds", ">=0")
     store_check_timeout: float = _setting(10.0, "seconds", ">=0")
+    max_instance_processes: int = _setting(0, "count", ">=0")
+    busy_overflow_delay: float = _setting(1.0, "seconds", ">=0")
 
     @classmethod
     def env_var(cls, name: str) -> str:
@@ -1011,6 +1025,24 @@ class RuntimeSettings:
             if text is not None:
                 values[name] = _parse_setting(var, text, f.metadata["kind"], f.metadata["minimum"])
         return cls(**values)  # type: ignore[arg-type]
+
+    def instance_process_cap(self) -> int:
+        """The machine-wide cap on instance processes: ``max_instance_processes``, or when it is 0 the
+        automatic one, 4 per CPU but at most one per ``MEMORY_PER_INSTANCE`` of physical memory, at least 2.
+
+        Four per CPU, not one: a session is held to its CPU share only softly (a session whose instances
+        are all blocked may start more, see the scheduler), so the hard cap must leave room above the
+        share, as a thread pool that lets blocked workers be replaced does.
+        """
+        if self.max_instance_processes:
+            return self.max_instance_processes
+        cpus = os.cpu_count() or 1
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            memory = 0
+        by_memory = memory // MEMORY_PER_INSTANCE if memory > 0 else 4 * cpus
+        return max(2, min(4 * cpus, by_memory))
 
 
 def configured_max_message_size(env: Mapping[str, str] | None = None) -> int | None:

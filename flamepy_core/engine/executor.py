@@ -217,6 +217,21 @@ def describe_status(code: int) -> str:
     return text
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_status(pid: int) -> tuple[str, float] | None:
+    """``(state, cpu seconds)`` of a process from ``/proc/<pid>/stat``: its state letter (``R`` running,
+    ``S`` sleeping, ``T`` stopped by a signal, ``Z`` zombie...) and the CPU time it has used (user +
+    system). None where there is no ``/proc`` or no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 READY_FD_ENV = "FLAMEPY_READY_FD"
 """The write end of a pipe the runtime passes to an instance: it writes one byte once it listens.
 
