@@ -32,9 +32,11 @@ that cause (event 1002).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -47,9 +49,15 @@ from typing import Any
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.executor import Instance as InstanceHandle
-from flamepy_core.engine.executor import InstanceLauncher
+from flamepy_core.engine.executor import InstanceLauncher, process_status
 from flamepy_core.engine.instances import InstanceInfo
-from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_NO_EXECUTOR, EVENT_RETRY_LIMIT, Engine
+from flamepy_core.engine.state import (
+    EVENT_BIND_FAILED,
+    EVENT_NO_EXECUTOR,
+    EVENT_RETRY_LIMIT,
+    EVENT_WAITING_FOR_CAPACITY,
+    Engine,
+)
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
 from flamepy_core.wire.methods import INSTANCE
@@ -114,6 +122,12 @@ class Instance:
     deliberate: bool = False
     """Stopped on purpose (left its session, spare expired...): its exit is no failure of a session."""
     ready: bool = False
+    head_since: float = 0.0
+    """When the task it runs now (the first of ``inflight``) started: the head of its queue."""
+    blocked: bool = False
+    """Its current task has run ``busy_overflow_delay`` using less than half a CPU: it waits on something."""
+    cpu_mark: tuple[float, float] | None = None
+    """(when, CPU seconds of the process) sampled during its current task, to tell blocked from busy."""
     start_time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     tasks_served: int = 0
 
@@ -145,6 +159,19 @@ _EXECUTOR_STATE = {
 """How an instance's state reads as Flame's executor state (ListExecutor, flmctl top)."""
 
 
+class _Acquired(enum.Enum):
+    """What asking for one more instance for a session gave."""
+
+    YES = "yes"
+    """A spare was bound, a starting spare claimed, or a process started."""
+    APP_CAP = "app-cap"
+    """The application's max_instances is reached: one of its instances takes the tasks when free."""
+    MACHINE_CAP = "machine-cap"
+    """The machine-wide cap on instance processes is reached."""
+    GONE = "gone"
+    """The session or its application is gone, or nothing of its shim runs here."""
+
+
 class Scheduler:
     """Matches sessions that need instances with spares or new processes, and drives instances by events."""
 
@@ -161,6 +188,12 @@ class Scheduler:
         self._bind_failures: dict[str, int] = defaultdict(int)
         self._shim_noted: set[str] = set()
         """Sessions already told that no executor of their application's shim exists."""
+        self.cap = settings.instance_process_cap()
+        """The machine-wide cap on instance processes (every instance counts until its exit is known)."""
+        self._wanting: dict[str, float] = {}
+        """Sessions that want more instances than they have, and since when: served in this order."""
+        self._capacity_noted: set[str] = set()
+        """Sessions told (event 1006) that they wait for the machine-wide cap; forgotten once served."""
         self._closed = False
         self.supervisor = Supervisor(self, settings)
         engine.scheduler = self
@@ -189,10 +222,11 @@ class Scheduler:
                         handler(*args)
                 except Exception:  # a bug in one event must not stop the others
                     log.exception("scheduler event %s failed", getattr(handler, "__name__", handler))
-            # What the events wrote (tasks RUNNING, results) goes out in one group commit; its callbacks
-            # may post more events, which this loop then handles.
+            # What the events wrote (results, events) goes out in one group commit; its callbacks may post
+            # more events, which this loop then handles. Lazy writes alone (a task became RUNNING) wait
+            # for the next commit: on a warm invoke, its result's.
             try:
-                self.engine.store.commit()
+                self.engine.store.commit(lazy=False)
             except Exception:
                 log.exception("committing the scheduler's writes failed")
             with self._events_lock:
@@ -248,44 +282,175 @@ class Scheduler:
     def _on_tasks_pending(self, session_id: str) -> None:
         if self._closed:
             return
-        serving = [
-            i for i in self._instances.values() if i.session_id == session_id and i.state in (BOUND | {State.STARTING})
-        ]
-        for inst in serving:
+        for inst in self._serving(session_id):
             if inst.state in (State.IDLE, State.BUSY):
                 self._dispatch(inst)
-        missing = self.engine.demand(session_id) - len(serving)
-        if missing <= 0:
+        if self._missing(session_id) <= 0:
+            self._satisfied(session_id)
             return
+        self._wanting.setdefault(session_id, time.monotonic())
+        self._place()
+
+    def _serving(self, session_id: str) -> list[Instance]:
+        """The instances bound to the session, or starting for it."""
+        return [
+            i for i in self._instances.values() if i.session_id == session_id and i.state in (BOUND | {State.STARTING})
+        ]
+
+    def _missing(self, session_id: str) -> int:
+        """How many more instances the session should get now (0 when it has enough).
+
+        Its demand within its CPU share (``Engine.demand``), and beyond that share one more at a time
+        when it has pending tasks and every instance it has is blocked (see :meth:`_overflow`): tasks
+        that wait for tasks of their own session (a recursive Runner service) hold their instances, and
+        the share alone would deadlock them. The machine-wide cap stays hard; the session's and the
+        application's ``max_instances`` too.
+        """
+        serving = self._serving(session_id)
+        missing = self.engine.demand(session_id) - len(serving)
+        if missing > 0 or not serving or not self.engine.has_pending(session_id):
+            return missing
+        blocked = all(i.state == State.BUSY and i.blocked for i in serving)
+        if blocked and len(serving) < self.engine.demand(session_id, cpu_share=False):
+            return 1
+        return 0
+
+    def _satisfied(self, session_id: str) -> None:
+        self._wanting.pop(session_id, None)
+        self._capacity_noted.discard(session_id)
+
+    def _place(self) -> None:
+        """Give the sessions that want instances what the caps allow, fairly.
+
+        Sessions without any instance first (they make no progress at all), then in the order they
+        started waiting; one instance per session per round, so capacity is shared out rather than
+        taken by the first session with many tasks. When the machine-wide cap stops a session, room is
+        made for it (a spare of another application, or an idle instance, is stopped) and it waits,
+        with a session event saying why.
+        """
+        if self._closed:
+            return
+        progress = True
+        while progress and self._wanting:
+            progress = False
+            blocked: list[str] = []
+            order = sorted(self._wanting, key=lambda sid: (bool(self._serving(sid)), self._wanting[sid]))
+            for sid in order:
+                if self._missing(sid) <= 0:
+                    self._satisfied(sid)
+                    continue
+                outcome = self._acquire_for(sid)
+                if outcome is _Acquired.YES:
+                    progress = True
+                    if self._missing(sid) <= 0:
+                        self._satisfied(sid)
+                elif outcome is _Acquired.GONE:
+                    self._satisfied(sid)
+                elif outcome is _Acquired.MACHINE_CAP:
+                    blocked.append(sid)
+            if blocked and not progress:
+                self._make_room(blocked)
+
+    def _acquire_for(self, session_id: str) -> _Acquired:
         try:
             app_name = self.engine.get_session(session_id).spec.application
             app = self.engine.get_application(app_name)
         except FlameError:
-            return  # the session or its application is gone
+            return _Acquired.GONE  # the session or its application is gone
         if app.spec.shim != pb.Shim.Host:
             self._no_executor(session_id, app)
-            return
-        for _ in range(missing):
-            if not self._acquire(session_id, app):
-                break
+            return _Acquired.GONE
+        return self._acquire(session_id, app)
 
-    def _acquire(self, session_id: str, app: pb.Application) -> bool:
+    def _acquire(self, session_id: str, app: pb.Application) -> _Acquired:
         """Give ``session_id`` one more instance of ``app``: a spare, a starting spare, or a new process."""
         name = app.metadata.name
         spares = [i for i in self._instances.values() if i.app == name and i.state == State.SPARE]
         if spares:
             self._enter(spares[0], session_id)
-            return True
+            return _Acquired.YES
         starting = [i for i in self._instances.values() if i.app == name and i.state == State.STARTING]
         unclaimed = [i for i in starting if i.session_id is None]
         if unclaimed:
             unclaimed[0].session_id = session_id
-            return True
+            return _Acquired.YES
         alive = sum(1 for i in self._instances.values() if i.app == name and i.state != State.STOPPING)
         if alive >= app.spec.max_instances:
-            return False  # the application's cap: a busy instance takes the task when it is free
+            return _Acquired.APP_CAP  # the application's cap: a busy instance takes the task when it is free
+        if len(self._instances) >= self.cap:
+            self._note_capacity(session_id)
+            return _Acquired.MACHINE_CAP
         self._spawn(app, session_id)
-        return True
+        return _Acquired.YES
+
+    def _note_capacity(self, session_id: str) -> None:
+        """Tell a session, once per wait, that it waits for the machine-wide cap."""
+        if session_id in self._capacity_noted:
+            return
+        self._capacity_noted.add(session_id)
+        message = (
+            f"waiting for an instance: this machine runs at most {self.cap} instance processes at once "
+            f"(max_instance_processes) and all of them are in use; the session's tasks stay pending until one "
+            f"is free (an instance is freed when its session closes, has been idle for its delay_release, or "
+            f"is idle while other sessions wait)"
+        )
+        log.info("session %s: %s", session_id, message)
+        self.engine.add_session_event(session_id, EVENT_WAITING_FOR_CAPACITY, message)
+
+    def _make_room(self, blocked: list[str]) -> None:
+        """Stop what holds capacity without using it, so the sessions in ``blocked`` can have it.
+
+        Spares first (they serve nobody), then instances idle in sessions that have nothing pending
+        (beyond their ``min_instances``), the longest idle first. Only as many as the blocked sessions
+        need, counting instances already on their way out.
+        """
+        leaving = sum(1 for i in self._instances.values() if i.state in (State.LEAVING, State.STOPPING))
+        needed = len(blocked) - leaving
+        if needed <= 0:
+            return
+        apps = set()
+        for sid in blocked:
+            with contextlib.suppress(FlameError):
+                apps.add(self.engine.get_session(sid).spec.application)
+        spares = sorted(
+            (i for i in self._instances.values() if i.state == State.SPARE and i.app not in apps),
+            key=lambda i: i.since,
+        )
+        for inst in spares[:needed]:
+            log.info("stopping spare instance %s of %s: sessions wait for the machine-wide cap", inst.id, inst.app)
+            self._stop(inst, deliberate=True)
+            needed -= 1
+        if needed <= 0:
+            return
+        for inst in self._idle_instances()[:needed]:
+            log.info(
+                "instance %s leaves session %s, idle while other sessions wait for the machine-wide cap",
+                inst.id,
+                inst.session_id,
+            )
+            self._leave(inst, replace=False)
+
+    def _idle_instances(self) -> list[Instance]:
+        """Instances bound to a session that has nothing pending, beyond its ``min_instances``: longest idle first."""
+        by_session: dict[str, list[Instance]] = defaultdict(list)
+        for inst in self._instances.values():
+            if inst.state == State.IDLE and inst.session_id is not None:
+                by_session[inst.session_id].append(inst)
+        idle: list[Instance] = []
+        for sid, instances in by_session.items():
+            if self.engine.has_pending(sid):
+                continue
+            bound = len(self._bound_to(sid))
+            keep = self._min_instances(sid)
+            instances.sort(key=lambda i: i.since)
+            idle.extend(instances[: max(0, min(len(instances), bound - keep))])
+        return sorted(idle, key=lambda i: i.since)
+
+    def _min_instances(self, session_id: str) -> int:
+        try:
+            return int(self.engine.session_entry(session_id).message.spec.min_instances)
+        except FlameError:
+            return 0
 
     def _no_executor(self, session_id: str, app: pb.Application) -> None:
         """This server runs Host applications only: the session's tasks wait, and the session says why."""
@@ -358,6 +523,8 @@ class Scheduler:
             if inst.state != State.SPARE:
                 break
             self._on_tasks_pending(session_id)
+        if inst.state == State.SPARE and self._wanting:
+            self._place()  # sessions of other applications may wait for the capacity it holds
 
     def on_exit(self, inst: Instance) -> None:
         """The process has exited (its status is known)."""
@@ -385,9 +552,13 @@ class Scheduler:
                 self._bind_failed(sid, inst.app, description)
         for session_id in self._sessions_wanting(inst.app):
             self._on_tasks_pending(session_id)
+        self._place()  # its place under the machine-wide cap is free
 
     def on_tick(self, now: float) -> None:
-        """Timers: start deadlines, spare expiry, SIGKILL after the grace period."""
+        """Timers: start deadlines, spare expiry, idle release, going beyond a CPU share, SIGKILL after the
+        grace period."""
+        self._release_idle(now)
+        self._overflow(now)
         for inst in list(self._instances.values()):
             if inst.state == State.STARTING and inst.process is not None:
                 if now - inst.since > self.settings.instance_start_timeout:
@@ -399,6 +570,58 @@ class Scheduler:
                 inst.kill_at = None
                 if inst.process is not None:
                     inst.process.kill()
+
+    def _release_idle(self, now: float) -> None:
+        """An instance idle for its application's ``delay_release`` leaves its session (keeping the
+        session's ``min_instances``): an open session nobody uses (its client died, or forgot it) does not
+        hold processes. The session gets an instance again when work arrives."""
+        for inst in self._idle_instances():
+            try:
+                delay = float(self.engine.get_application(inst.app).spec.delay_release)
+            except FlameError:
+                delay = 0.0
+            if now - inst.since >= delay:
+                log.info(
+                    "instance %s leaves session %s: idle for %.0f s (delay_release of %s)",
+                    inst.id,
+                    inst.session_id,
+                    now - inst.since,
+                    inst.app,
+                )
+                self._leave(inst, replace=False)
+
+    def _overflow(self, now: float) -> None:
+        """Find instances that are blocked, and give their sessions one more instance beyond their CPU share.
+
+        An instance is blocked when its current task has run ``busy_overflow_delay`` seconds while its
+        process used less than half a CPU (measured over another such period, from ``/proc``): it waits
+        for something, such as tasks of its own session. A session with pending tasks whose every
+        instance is blocked may start one more (see :meth:`_missing`); one computing flat out may not, so
+        a burst of long CPU-bound tasks stays within the CPU share. Only instances of sessions with
+        pending tasks are measured.
+        """
+        delay = self.settings.busy_overflow_delay
+        waiting: dict[str, bool] = {}
+        for inst in self._instances.values():
+            sid = inst.session_id
+            if sid is None or inst.state != State.BUSY or inst.blocked or now - inst.head_since < delay:
+                continue
+            if sid not in waiting:
+                waiting[sid] = self.engine.has_pending(sid)
+            if not waiting[sid]:
+                continue
+            status = process_status(inst.pid) if inst.pid is not None and inst.pid != os.getpid() else None
+            if status is None:
+                inst.blocked = True  # nothing to measure (an in-process instance): its wait is what counts
+            elif inst.cpu_mark is None:
+                inst.cpu_mark = (now, status[1])
+            elif now - inst.cpu_mark[0] >= delay:
+                used = (status[1] - inst.cpu_mark[1]) / (now - inst.cpu_mark[0])
+                inst.blocked = used < 0.5
+                inst.cpu_mark = (now, status[1])
+        for sid, pending in waiting.items():
+            if pending and sid not in self._wanting and self._missing(sid) > 0:
+                self._on_tasks_pending(sid)
 
     def _start_timed_out(self, inst: Instance) -> None:
         process = inst.process
@@ -509,6 +732,7 @@ class Scheduler:
     def _on_session_closed(self, session_id: str) -> None:
         self._bind_failures.pop(session_id, None)
         self._shim_noted.discard(session_id)
+        self._satisfied(session_id)
         for inst in list(self._instances.values()):
             if inst.session_id != session_id:
                 continue
@@ -523,19 +747,21 @@ class Scheduler:
                 inst.expires = time.monotonic() + delay
             # ENTERING: leaves once it has entered; BUSY: leaves when its last task is answered.
 
-    def _leave(self, inst: Instance) -> None:
+    def _leave(self, inst: Instance, *, replace: bool = True) -> None:
+        """OnSessionLeave, then stop the process; with ``replace`` a spare of the application takes its place."""
         inst.state = State.LEAVING
         inst.since = time.monotonic()
-        self._call(inst, ON_SESSION_LEAVE, b"", self.settings.instance_call_timeout, self._on_left)
+        self._call(inst, ON_SESSION_LEAVE, b"", self.settings.instance_call_timeout, self._on_left, replace)
 
-    def _on_left(self, inst: Instance, future: Future[bytes]) -> None:
+    def _on_left(self, inst: Instance, replace: bool, future: Future[bytes]) -> None:
         if inst.state != State.LEAVING:
             return
         error = future.exception()
         if error is not None:
             log.warning("instance %s: OnSessionLeave of %s failed: %s", inst.id, inst.session_id, error)
         self._stop(inst, deliberate=True)
-        self._replace_with_spare(inst.app)
+        if replace:
+            self._replace_with_spare(inst.app)
 
     def _replace_with_spare(self, app_name: str) -> None:
         """Keep the capacity a session used: a fresh process of the application, started ahead."""
@@ -555,9 +781,17 @@ class Scheduler:
         alive = sum(1 for i in self._instances.values() if i.app == app_name and i.state != State.STOPPING)
         if len(waiting) >= self.settings.warm_pool_max or alive >= app.spec.max_instances:
             return
+        if self._wanting or len(self._instances) >= self.cap:
+            return  # the capacity goes to sessions that wait, or there is none: no spare
         self._spawn(app, None)
 
     # -- tasks ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _new_head(inst: Instance, now: float) -> None:
+        inst.head_since = now
+        inst.blocked = False
+        inst.cpu_mark = None
 
     def _dispatch(self, inst: Instance) -> None:
         """Send the instance pending tasks of its session until it holds ``depth`` of them."""
@@ -573,19 +807,24 @@ class Scheduler:
             ctx = shim_pb2.TaskContext(task_id=str(tid), session_id=sid)
             if task_input is not None:
                 ctx.input = task_input
-            inst.inflight[tid] = time.monotonic()
+            now = time.monotonic()
+            if not inst.inflight:
+                self._new_head(inst, now)
+            inst.inflight[tid] = now
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
             self._call(inst, ON_TASK_INVOKE, ctx.SerializeToString(), None, self._on_task_done, sid, tid)
         if inst.inflight:
             inst.state = State.BUSY
         elif inst.state == State.BUSY:
             inst.state = State.IDLE
+            inst.since = time.monotonic()  # idle from now: delay_release counts from here
         if inst.state == State.IDLE and not self._session_open(sid):
             self._leave(inst)
 
     def _on_task_done(self, inst: Instance, session_id: str, tid: int, future: Future[bytes]) -> None:
         if inst.inflight.pop(tid, None) is None or self._closed:
             return  # settled elsewhere (its instance was lost), or the server is stopping
+        self._new_head(inst, time.monotonic())  # the task queued behind it (if any) starts now
         error = future.exception()
         if error is None:
             result = pb.TaskResult.FromString(future.result())

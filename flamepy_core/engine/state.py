@@ -54,6 +54,8 @@ EVENT_NO_EXECUTOR = 1003
 """flamepy's session event: no executor of the application's shim exists here, so its tasks wait."""
 EVENT_CANCEL_REQUESTED = 1004
 """Task event: someone asked to cancel the task while it ran; its instance is being stopped."""
+EVENT_WAITING_FOR_CAPACITY = 1006
+"""flamepy's session event: the machine-wide cap on instance processes is reached, so its tasks wait."""
 FORCE_CLOSE_ROUNDS = 3
 """Rounds of cancel-then-close a forced close tries while new tasks keep starting in the session."""
 
@@ -1042,12 +1044,15 @@ class Engine:
             entry = self._sessions.get(session_id)
             return bool(entry and entry.is_open and entry.pending)
 
-    def demand(self, session_id: str) -> int:
+    def demand(self, session_id: str, *, cpu_share: bool = True) -> int:
         """How many instances the session could use now.
 
         Pending + running tasks, at least ``min_instances``; at most ``max_instances`` (the session's and
-        the application's), and at most as many instances as this machine has room for at the session's
-        resource request (``cpu // resreq.cpu``): a burst of short tasks must not start a process each.
+        the application's), and, with ``cpu_share``, at most as many instances as this machine has room
+        for at the session's resource request (``cpu // resreq.cpu``): a burst of short tasks must not
+        start a process each. That share is soft: the scheduler goes beyond it (``cpu_share=False``) when
+        every instance of the session is blocked, so tasks that wait for tasks of their own session
+        (recursion) cannot deadlock.
         """
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -1055,7 +1060,7 @@ class Engine:
                 return 0
             s = entry.message
             want = max(len(entry.pending) + s.status.running, s.spec.min_instances)
-            if s.spec.resreq.cpu:
+            if cpu_share and s.spec.resreq.cpu:
                 want = min(want, max(1, self.capacity.cpu // s.spec.resreq.cpu, s.spec.min_instances))
             if s.spec.HasField("max_instances"):
                 want = min(want, s.spec.max_instances)
