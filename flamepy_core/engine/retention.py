@@ -58,7 +58,7 @@ CONVERT_AT_START_BYTES = 64 * 1024 * 1024
 _DUE = (
     "SELECT t.session_id, t.id, t.status, t.finished, t.input IS NOT NULL OR t.output IS NOT NULL OR EXISTS "
     "(SELECT 1 FROM task_payloads p WHERE p.session_id = t.session_id AND p.id = t.id) "
-    "FROM tasks t WHERE t.finished < ? ORDER BY t.finished LIMIT ?"
+    "FROM tasks t WHERE t.finished <= ? ORDER BY t.finished LIMIT ?"
 )
 """Final tasks whose payloads are due, oldest first (the store's partial index on ``tasks.finished``), and
 whether they hold any (in ``task_payloads``, or in the columns of a store from before it)."""
@@ -193,7 +193,7 @@ class Retention:
         return int((time.time() - horizon) * 1000)
 
     def _purge_due(self, cutoff_ms: int, why: str) -> int:
-        """Purge every task that finished before ``cutoff_ms``, a batch per transaction; how many had
+        """Purge every task that finished at or before ``cutoff_ms``, a batch per transaction; how many had
         payloads to purge."""
         total = 0
         while not self._stopping.is_set():
@@ -207,7 +207,7 @@ class Retention:
         return total
 
     def purge_step(self, cutoff_ms: int, why: str, limit: int = PURGE_BATCH) -> int:
-        """Purge up to ``limit`` tasks that finished before ``cutoff_ms``; how many had payloads."""
+        """Purge up to ``limit`` tasks that finished at or before ``cutoff_ms``; how many had payloads."""
         return self._purge_batch(cutoff_ms, why, limit)[1]
 
     def _purge_batch(self, cutoff_ms: int, why: str, limit: int) -> tuple[int, int]:
