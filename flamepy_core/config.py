@@ -41,12 +41,13 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
-
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+
+if TYPE_CHECKING:  # PyYAML loads when a YAML file is read: a service process starts without it
+    import yaml
+    from yaml.nodes import Node
 
 __all__ = [
     "DEFAULT_FLAME_CACHE_ENDPOINT",
@@ -190,6 +191,8 @@ class _Walker:
         return FlameError(self.code, f"{where}: {format_key_path(path)}: {problem}")
 
     def walk(self, node: Node, path: YamlPath) -> Any:
+        from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
         if id(node) in self._active:
             raise self.fail(node, path, "recursive YAML alias; a configuration must be a tree")
         self._active.add(id(node))
@@ -209,7 +212,9 @@ class _Walker:
         finally:
             self._active.discard(id(node))
 
-    def _mapping(self, node: MappingNode, path: YamlPath) -> dict[str, Any]:
+    def _mapping(self, node: yaml.MappingNode, path: YamlPath) -> dict[str, Any]:
+        from yaml.nodes import ScalarNode
+
         # Resolve "<<: *anchor" merge keys exactly as yaml.safe_load would.
         self.loader.flatten_mapping(node)
         out: dict[str, Any] = {}
@@ -265,6 +270,8 @@ def read_yaml_file(path: Path, code: FlameErrorCode, what: str = "") -> str:
 
 
 def _children(node: Node) -> list[Node]:
+    from yaml.nodes import MappingNode, SequenceNode
+
     if isinstance(node, MappingNode):
         return [part for pair in node.value for part in pair]
     if isinstance(node, SequenceNode):
@@ -325,6 +332,8 @@ def load_yaml_documents(text: str, source: str, code: FlameErrorCode) -> list[Ya
     """
     if len(text) > MAX_YAML_SIZE:
         raise FlameError(code, f"{source}: larger than {MAX_YAML_SIZE} characters, the most a YAML input may hold")
+    import yaml
+
     loader = yaml.SafeLoader(text)
     docs: list[YamlDocument] = []
     try:

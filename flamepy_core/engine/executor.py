@@ -37,6 +37,16 @@ ENV_INSTANCE_ENDPOINT = "FLAME_INSTANCE_ENDPOINT"
 """Where an instance must serve ``flame.v1.Instance``: Flame's own variable."""
 ENV_FAST_INSTANCE_ENDPOINT = "FLAMEPY_INSTANCE_ENDPOINT"
 """A second endpoint offered to services written with this SDK (their runtime prefers it)."""
+ENV_INSTANCE_TRANSPORTS = "FLAMEPY_INSTANCE_TRANSPORTS"
+"""The classes (``module:Class``) of the transports of both endpoints: a service written with this SDK
+builds its transport from them instead of scanning every installed plugin (a cold start's largest
+cost after the imports). It scans when they are not importable there."""
+
+
+def class_path(transport: Transport) -> str:
+    """``module:Class`` of a transport object: what ``FLAMEPY_INSTANCE_TRANSPORTS`` lists."""
+    cls = type(transport)
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 class Instance(Protocol):
@@ -174,6 +184,7 @@ class InstanceLink:
             _bare, fast = self._endpoint(self.fast, f"{instance_id}-fast")
             env[ENV_FAST_INSTANCE_ENDPOINT] = fast.url
             options.insert(0, fast)
+        env[ENV_INSTANCE_TRANSPORTS] = ",".join(class_path(option.transport) for option in options)
         return env, options
 
 
@@ -455,6 +466,7 @@ class Launcher:
     def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
         env.pop(ENV_FAST_INSTANCE_ENDPOINT, None)
+        env.pop(ENV_INSTANCE_TRANSPORTS, None)
         env.update(self.extra_env)
         for item in app.spec.environments:
             env[item.name] = _expand(item.value, env)

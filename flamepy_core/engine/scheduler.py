@@ -233,10 +233,11 @@ class Scheduler:
                         handler(*args)
                 except Exception:  # a bug in one event must not stop the others
                     log.exception("scheduler event %s failed", getattr(handler, "__name__", handler))
-            # What the events wrote (tasks RUNNING, results) goes out in one group commit; its callbacks
-            # may post more events, which this loop then handles.
+            # What the events wrote (results, events) goes out in one group commit; its callbacks may post
+            # more events, which this loop then handles. Lazy writes alone (a task became RUNNING) wait
+            # for the next commit: on a warm invoke, its result's.
             try:
-                self.engine.store.commit()
+                self.engine.store.commit(lazy=False)
             except Exception:
                 log.exception("committing the scheduler's writes failed")
             with self._events_lock:

@@ -29,7 +29,9 @@ Checkpoints. sqlite would copy the WAL into the database file (and fsync both) i
 crosses its threshold, stalling that caller for as long as the copy takes (a second for a few large
 payloads on a busy disk). Here commits never checkpoint: a checkpointer thread with a connection of its
 own copies the WAL in the background (``PASSIVE``: it never blocks a writer) once it has grown past
-``CHECKPOINT_BYTES``, and truncates it when the store is quiet.
+``CHECKPOINT_BYTES``, and truncates it when the store is quiet. sqlite starts the WAL over from its
+beginning after a complete checkpoint without shrinking the file; ``journal_size_limit`` cuts it back
+then, so the file's size keeps measuring what was written since the last checkpoint.
 
 Durability (``synchronous``): ``"batched"`` (default) runs with ``synchronous=NORMAL``: a commit
 survives a crash of the server process (the WAL is in the operating system's hands), while a power
@@ -112,6 +114,12 @@ CHECKPOINT_BYTES = 32 << 20
 """The WAL is copied into the database (in the background) once it is larger than this."""
 CHECKPOINT_IDLE = 5.0
 """Seconds without a commit after which the checkpointer also truncates the WAL."""
+WAL_KEPT_BYTES = 4 << 20
+"""The WAL file is cut back to this size when sqlite starts it over after a checkpoint
+(``journal_size_limit``): its size then measures what was written since, so the check against
+``CHECKPOINT_BYTES`` does not stay true for good once the file has grown past it once."""
+CHECKPOINT_MIN_INTERVAL = 0.5
+"""Seconds between two checkpoints asked for by size (a reader can keep one from completing)."""
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
 
@@ -125,12 +133,13 @@ _UNAVAILABLE_ERRORS = frozenset(
 class _Write:
     """Queued changes, their callback, and how a failure treats them."""
 
-    __slots__ = ("deadline", "durable", "on_done", "ops")
+    __slots__ = ("deadline", "durable", "lazy", "on_done", "ops")
 
-    def __init__(self, ops: list[Op], on_done: OnDone | None, durable: bool) -> None:
+    def __init__(self, ops: list[Op], on_done: OnDone | None, durable: bool, lazy: bool = False) -> None:
         self.ops = ops
         self.on_done = on_done
         self.durable = durable
+        self.lazy = lazy
         self.deadline: float | None = None
         """For a withdrawable write that failed: when it stops being retried."""
 
@@ -175,10 +184,13 @@ class Store:
         self._write = self._connect()
         self._write.executescript(SCHEMA)
         self._write.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit
+        self._write.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         self._read = self._connect()
         self._read_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Write] = deque()
+        self._urgent = 0
+        """Writes in the queue that are not lazy (someone waits for their commit)."""
         self._leader = False
         """A thread is committing: writes queued now go into its next round."""
         self._lazy_due: float | None = None
@@ -190,6 +202,8 @@ class Store:
         self._closing = False
         self._closed = False
         self.commits = 0
+        self.checkpoints = 0
+        """Checkpoints run by the checkpointer thread (diagnostics and tests)."""
         self._writer = threading.Thread(target=self._run_writer, name="flame-store-writer", daemon=True)
         self._writer.start()
         self._wal = self.path + "-wal"
@@ -223,20 +237,24 @@ class Store:
         with self._cond:
             if self._closed or self._closing:
                 raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
-            self._queue.append(_Write(ops, on_done, durable))
+            self._queue.append(_Write(ops, on_done, durable, lazy))
             self._untried = True
+            if not lazy:
+                self._urgent += 1
             if lazy and self._lazy_due is None:
                 self._lazy_due = time.monotonic() + LAZY_DELAY
                 self._cond.notify()
 
-    def commit(self) -> None:
+    def commit(self, *, lazy: bool = True) -> None:
         """Commit what is queued, on this thread, unless another thread is at it (it takes ours too).
 
         Callbacks of the committed writes run here, before this returns. While the store is failing,
-        or in strict mode, the writer thread does the work instead.
+        or in strict mode, the writer thread does the work instead. With ``lazy=False`` a queue that
+        holds only lazy writes is left for the next commit (or the writer, ``LAZY_DELAY`` later): a
+        caller that wrote only those saves a transaction.
         """
         with self._cond:
-            if self._leader or not self._queue:
+            if self._leader or not self._queue or (not lazy and not self._urgent):
                 return
             if self._failure is not None or self.durability == "strict":
                 self._cond.notify()
@@ -246,12 +264,14 @@ class Store:
             with self._cond:
                 batch = list(self._queue)
                 self._queue.clear()
+                self._urgent = 0
                 self._untried = False
                 self._lazy_due = None
             error = self._attempt(batch)
             if error is not None:
                 with self._cond:
                     self._queue.extendleft(reversed(batch))  # the writer retries them, in order
+                    self._urgent += sum(1 for item in batch if not item.lazy)
                     self._untried = True
                     self._leader = False
                     self._cond.notify()
@@ -353,6 +373,7 @@ class Store:
                 self._leader = True
                 batch = list(self._queue)
                 self._queue.clear()
+                self._urgent = 0
                 self._untried = False
                 self._lazy_due = None
             try:
@@ -401,6 +422,7 @@ class Store:
                 give_up.append(item)
         with self._cond:
             self._queue.extendleft(reversed(keep))
+            self._urgent += sum(1 for item in keep if not item.lazy)
             self._retry_at = now + self._backoff
             self._backoff = min(BACKOFF_MAX, self._backoff * 2)
         self._done(give_up, error)
@@ -432,11 +454,14 @@ class Store:
                     continue
                 try:
                     conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                    self.checkpoints += 1
                     truncated = mode == "TRUNCATE"
                 except sqlite3.Error as exc:  # busy, or the disk is failing: the next round tries again
                     log.debug("checkpoint of %s failed: %s", self.path, exc)
                 if not idle:
                     truncated = False
+                if wanted:  # the WAL may stay large a while (a reader kept it): not a checkpoint per commit
+                    time.sleep(CHECKPOINT_MIN_INTERVAL)
         finally:
             conn.close()
 
