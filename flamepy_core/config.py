@@ -100,6 +100,29 @@ ENV_CLIENT_KEY_FILE = "FLAME_CLIENT_KEY_FILE"
 """flamepy only: the private key (PEM, unencrypted) of ``FLAME_CLIENT_CERT_FILE``."""
 ENV_TRANSPORT = "FLAME_TRANSPORT"
 ENV_SERIALIZER = "FLAME_SERIALIZER"
+ENV_TASK_TIMEOUT = "FLAMEPY_TASK_TIMEOUT"
+"""flamepy only: an application's default task timeout in seconds, carried in its ``environments``.
+
+``spec.task_timeout`` in an application's YAML is stored there by ``flmctl register`` (flame.v1's
+ApplicationSpec has no such field, and flamepy adds none to Flame's messages)."""
+
+
+def parse_task_timeout(value: object, origin: str) -> float:
+    """A task timeout in seconds (a number > 0) from ``value``; ``origin`` names where it came from.
+
+    Anything else is ``FlameError(INVALID_ARGUMENT)`` naming the origin and the value.
+    """
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise FlameError(
+            FlameErrorCode.INVALID_ARGUMENT,
+            f"{origin}: task timeout {value!r} is not a number of seconds above 0; give one such as 30 or 0.5, "
+            f"or leave it out for no timeout",
+        )
+    return seconds
 
 
 class FlameConfigWarning(UserWarning):

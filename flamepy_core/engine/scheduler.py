@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from flamepy_core.config import RuntimeSettings
+from flamepy_core.config import ENV_TASK_TIMEOUT, RuntimeSettings, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.executor import Instance as InstanceHandle
 from flamepy_core.engine.executor import InstanceLauncher, process_status
@@ -74,6 +74,15 @@ LOST_GRACE = 1.0
 """Seconds to wait for the exit of an instance whose link broke, before calling it unresponsive."""
 ENTER_RETRY_DELAY = 0.01
 """Seconds between OnSessionEnter attempts while a service found by its socket file starts serving."""
+
+
+def application_task_timeout(app: pb.Application) -> float | None:
+    """The application's default task timeout (``spec.task_timeout``, carried as ``FLAMEPY_TASK_TIMEOUT``
+    in its environments), or None: its tasks may run forever."""
+    for env in app.spec.environments:
+        if env.name == ENV_TASK_TIMEOUT:
+            return parse_task_timeout(env.value, f"application {app.metadata.name}, {ENV_TASK_TIMEOUT}")
+    return None
 
 
 class State(enum.Enum):
@@ -128,6 +137,8 @@ class Instance:
     """Its current task has run ``busy_overflow_delay`` using less than half a CPU: it waits on something."""
     cpu_mark: tuple[float, float] | None = None
     """(when, CPU seconds of the process) sampled during its current task, to tell blocked from busy."""
+    task_timeout: float | None = None
+    """The task timeout of its session's application (seconds); a task's own timeout overrides it."""
     start_time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     tasks_served: int = 0
 
@@ -555,8 +566,9 @@ class Scheduler:
         self._place()  # its place under the machine-wide cap is free
 
     def on_tick(self, now: float) -> None:
-        """Timers: start deadlines, spare expiry, idle release, going beyond a CPU share, SIGKILL after the
-        grace period."""
+        """Timers: task timeouts, start deadlines, spare expiry, idle release, going beyond a CPU share,
+        SIGKILL after the grace period."""
+        self._expire_tasks(now)
         self._release_idle(now)
         self._overflow(now)
         for inst in list(self._instances.values()):
@@ -570,6 +582,40 @@ class Scheduler:
                 inst.kill_at = None
                 if inst.process is not None:
                     inst.process.kill()
+
+    def _expire_tasks(self, now: float) -> None:
+        """Fail each task that has run longer than its task timeout, and stop the instance running it.
+
+        The timeout counts from when the instance started the task (a task queued behind another on the
+        same instance starts when that one is answered), and is the task's own (``task_timeout`` of the
+        call) or else the application's (``spec.task_timeout``). The instance is never reused: it gets
+        SIGTERM, SIGKILL after ``shutdown_grace``, and the session's next task runs on a fresh one.
+        """
+        for inst in list(self._instances.values()):
+            sid = inst.session_id
+            if inst.state != State.BUSY or sid is None or not inst.inflight:
+                continue
+            tid = next(iter(inst.inflight))
+            own = self.engine.task_timeout(sid, tid)
+            timeout = own if own is not None else inst.task_timeout
+            if timeout is not None and now - inst.head_since > timeout:
+                self._task_timed_out(inst, sid, tid, timeout)
+
+    def _task_timed_out(self, inst: Instance, session_id: str, tid: int, timeout: float) -> None:
+        pid = inst.pid
+        failure = (
+            f"task {tid} of session {session_id} exceeded the task timeout of {timeout:g} s; its instance "
+            f"{inst.id} (pid {pid}) of application {inst.app} was stopped (SIGTERM, then SIGKILL after "
+            f"{self.settings.shutdown_grace:g} s) and is replaced by a fresh one"
+        )
+        log.warning("%s", failure)
+        del inst.inflight[tid]
+        self.engine.finish_task(session_id, tid, failure=failure, commit=False)
+        for other in list(inst.inflight):  # sent behind it: back to the queue, as the instance is lost
+            del inst.inflight[other]
+            self.engine.retry_task(session_id, str(other), f"its instance {inst.id} was stopped: {failure}")
+        self._stop(inst, deliberate=True)
+        self._on_tasks_pending(session_id)
 
     def _release_idle(self, now: float) -> None:
         """An instance idle for its application's ``delay_release`` leaves its session (keeping the
@@ -662,6 +708,7 @@ class Scheduler:
         inst.expires = None
         try:
             request = self._session_context(session_id, inst.app)
+            inst.task_timeout = application_task_timeout(self.engine.get_application(inst.app))
         except FlameError as exc:
             self._stop(inst, deliberate=True)
             log.info("instance %s: session %s is gone (%s)", inst.id, session_id, exc.message)

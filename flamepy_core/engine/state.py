@@ -34,6 +34,7 @@ from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 from flamepy_core import validation
+from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.store import Op, Store
@@ -212,6 +213,8 @@ class SessionEntry:
     cancelling: dict[int, str] = field(default_factory=dict)
     """Running tasks being cancelled, and by whom: their instances are being stopped; they end CANCELLED
     unless they succeed first."""
+    timeouts: dict[int, float] = field(default_factory=dict)
+    """Pending and running tasks created with a task timeout of their own (seconds), by id."""
     waiters: dict[int, list[TaskWaiter]] = field(default_factory=dict)
     closing: bool = False
     """A close is being committed: no new tasks, no dispatch."""
@@ -416,6 +419,9 @@ class Engine:
 
     def _validate_app_spec(self, name: str, spec: pb.ApplicationSpec) -> None:
         validation.check_application(name, spec)  # names, command, arguments, environment, directory
+        for env in spec.environments:
+            if env.name == ENV_TASK_TIMEOUT:
+                parse_task_timeout(env.value, f"application {name}, environments {ENV_TASK_TIMEOUT}")
         if spec.HasField("schema"):
             for part in ("input", "output", "common_data"):
                 if spec.schema.HasField(part) and getattr(spec.schema, part).strip():
@@ -718,6 +724,8 @@ class Engine:
                     entry.completions.append(task)
                 waiting.append((entry.waiters.pop(tid, []), task))
             entry.pending.clear()
+            for tid in [tid for tid in entry.timeouts if tid not in entry.tasks]:
+                del entry.timeouts[tid]
             status = entry.message.status
             status.state = CLOSED
             status.completion_time = ts
@@ -775,10 +783,12 @@ class Engine:
         inputs: Sequence[bytes | None],
         on_created: Created,
         waiter: TaskWaiter | None = None,
+        timeouts: Sequence[float | None] | None = None,
     ) -> None:
         """Create tasks; ``on_created`` gets them once committed (or the store's error, nothing created).
 
-        ``waiter``, when given, is called with each task once its final state is committed. Raises at
+        ``waiter``, when given, is called with each task once its final state is committed. ``timeouts``,
+        when given, holds each task's own task timeout (seconds, or None for the application's). Raises at
         once (nothing queued) for an unknown or closed session.
         """
         with self.lock:
@@ -805,7 +815,12 @@ class Engine:
                 task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
                 tasks.append(task)
                 ops.extend(_task_ops(entry, task, created=True))
-            self.store.enqueue(ops, partial(self._created, entry, tasks, on_created, waiter), durable=False)
+            own = {
+                int(task.metadata.id): seconds
+                for task, seconds in zip(tasks, timeouts or [None] * len(tasks), strict=True)
+                if seconds is not None
+            }
+            self.store.enqueue(ops, partial(self._created, entry, tasks, on_created, waiter, own), durable=False)
         self.store.commit()
 
     def _created(
@@ -814,6 +829,7 @@ class Engine:
         tasks: list[pb.Task],
         on_created: Created,
         waiter: TaskWaiter | None,
+        timeouts: dict[int, float],
         error: FlameError | None,
     ) -> None:
         if error is not None:
@@ -823,6 +839,7 @@ class Engine:
         with self.lock:
             status = entry.message.status
             if entry.is_open and not entry.closing:
+                entry.timeouts.update(timeouts)
                 for task in tasks:
                     tid = int(task.metadata.id)
                     entry.tasks[tid] = task
@@ -1039,6 +1056,12 @@ class Engine:
         entry.cond.notify_all()
         return task
 
+    def task_timeout(self, session_id: str, task_id: int) -> float | None:
+        """The task timeout the task was created with (seconds), or None when it has none of its own."""
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            return entry.timeouts.get(task_id) if entry is not None else None
+
     def has_pending(self, session_id: str) -> bool:
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -1137,6 +1160,7 @@ class Engine:
             setattr(status, new, getattr(status, new) + 1)
             task.CopyFrom(final)  # in place: watch_task holds this object
             entry.attempts.pop(tid, None)
+            entry.timeouts.pop(tid, None)
             if entry.watch_positions:
                 entry.completions.append(task)
             waiters = entry.waiters.pop(tid, [])
