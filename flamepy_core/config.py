@@ -984,6 +984,9 @@ class RuntimeSettings:
     max_instance_processes           instance processes this machine runs   0 = automatic: 4 per CPU,
                                      at once, all sessions together         at most one per 256 MiB of
                                                                             memory, at least 2
+    liveness_timeout                 s an instance may send no heartbeat    30
+                                     (or stay stopped by a signal) before
+                                     it is handled as crashed
     busy_overflow_delay              s every instance of a session must     1
                                      have waited (less than half a CPU)
                                      in its current task before one more
@@ -1012,6 +1015,7 @@ class RuntimeSettings:
     store_check_timeout: float = _setting(10.0, "seconds", ">=0")
     payload_retention: float = _setting(3600.0, "seconds", ">=0")
     max_instance_processes: int = _setting(0, "count", ">=0")
+    liveness_timeout: float = _setting(30.0, "seconds", ">0")
     busy_overflow_delay: float = _setting(1.0, "seconds", ">=0")
 
     @classmethod

@@ -139,6 +139,9 @@ class Instance:
     """(when, CPU seconds of the process) sampled during its current task, to tell blocked from busy."""
     task_timeout: float | None = None
     """The task timeout of its session's application (seconds); a task's own timeout overrides it."""
+    stopped_since: float | None = None
+    """Since when its process has been seen stopped by a signal (``/proc`` state T), for an instance
+    that sends no heartbeats; None while it is not."""
     start_time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     tasks_served: int = 0
 
@@ -566,9 +569,10 @@ class Scheduler:
         self._place()  # its place under the machine-wide cap is free
 
     def on_tick(self, now: float) -> None:
-        """Timers: task timeouts, start deadlines, spare expiry, idle release, going beyond a CPU share,
-        SIGKILL after the grace period."""
+        """Timers: task timeouts, liveness, start deadlines, spare expiry, idle release, going beyond a CPU
+        share, SIGKILL after the grace period."""
         self._expire_tasks(now)
+        self._check_liveness(now)
         self._release_idle(now)
         self._overflow(now)
         for inst in list(self._instances.values()):
@@ -616,6 +620,54 @@ class Scheduler:
             self.engine.retry_task(session_id, str(other), f"its instance {inst.id} was stopped: {failure}")
         self._stop(inst, deliberate=True)
         self._on_tasks_pending(session_id)
+
+    def _check_liveness(self, now: float) -> None:
+        """Handle as crashed an instance that has shown no sign of life for ``liveness_timeout``.
+
+        A sign of life is a heartbeat (an instance of this SDK writes one every ``heartbeat_interval``
+        from a thread of its own: none comes while the process is frozen or a callback holds the GIL);
+        for an instance that sends none (written with Flame's SDK), its process not being stopped by a
+        signal (``/proc/<pid>/stat`` state T). The process is killed (SIGKILL: a frozen or GIL-bound
+        process cannot act on SIGTERM) and its exit is handled as any crash: its task is retried per the
+        retry rules, with this cause in the task's events.
+        """
+        limit = self.settings.liveness_timeout
+        for inst in list(self._instances.values()):
+            process = inst.process
+            if process is None or inst.state in (State.STARTING, State.STOPPING) or inst.pid == os.getpid():
+                continue
+            beat = process.last_beat
+            state: str | None = None
+            if beat is None:  # no heartbeats: only a stopped process is known to be unresponsive
+                state = self._process_state(process.pid)
+                if state in ("T", "t"):
+                    inst.stopped_since = inst.stopped_since or now
+                else:
+                    inst.stopped_since = None
+                beat = inst.stopped_since
+            if beat is not None and now - beat > limit:
+                self._unresponsive(inst, now - beat, state or self._process_state(process.pid))
+
+    @staticmethod
+    def _process_state(pid: int) -> str:
+        status = process_status(pid)
+        return status[0] if status is not None else "?"
+
+    def _unresponsive(self, inst: Instance, silent: float, state: str) -> None:
+        how = "stopped by a signal (state T)" if state in ("T", "t") else f"in state {state}"
+        inst.cause = (
+            f"instance {inst.id} (pid {inst.pid}) of application {inst.app} stopped answering: no sign of "
+            f"life for {silent:.1f} s (liveness_timeout {self.settings.liveness_timeout:g} s), the process "
+            f"{how}; it was killed"
+        )
+        log.warning("%s", inst.cause)
+        deliberate = inst.session_id is None or inst.state == State.LEAVING
+        inst.state = State.STOPPING
+        inst.since = time.monotonic()
+        inst.deliberate = deliberate
+        inst.kill_at = None
+        assert inst.process is not None
+        inst.process.kill()
 
     def _release_idle(self, now: float) -> None:
         """An instance idle for its application's ``delay_release`` leaves its session (keeping the

@@ -9,6 +9,7 @@ names it, or when the executor that started it goes away, so an instance never o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -46,6 +47,9 @@ ENDPOINT_ENV = "FLAME_INSTANCE_ENDPOINT"
 FAST_ENDPOINT_ENV = "FLAMEPY_INSTANCE_ENDPOINT"
 """Offered by flamepy's runtime next to FLAME_INSTANCE_ENDPOINT: a faster link our instances prefer."""
 READY_FD_ENV = "FLAMEPY_READY_FD"
+HEARTBEAT_INTERVAL_ENV = "FLAMEPY_HEARTBEAT_INTERVAL"
+"""Seconds between heartbeats on the readiness pipe (flamepy_core.engine.executor describes both)."""
+HEARTBEAT_READY = b"H"
 """A pipe flamepy's runtime passes: one byte written to it says "listening" (no polling for the socket)."""
 TRANSPORTS_ENV = "FLAMEPY_INSTANCE_TRANSPORTS"
 """The transport classes (``module:Class``, comma-separated) of the endpoints flamepy's runtime offers: a
@@ -211,16 +215,48 @@ class MainThreadServing:
 
 
 def _signal_ready() -> None:
-    """Tell the runtime that started this process that it listens (see FLAMEPY_READY_FD)."""
+    """Tell the runtime that started this process that it listens (see FLAMEPY_READY_FD), then send it
+    heartbeats on the same pipe every ``FLAMEPY_HEARTBEAT_INTERVAL`` seconds, when it asks for them.
+
+    The heartbeats come from a thread of their own, in Python: they stop when the process is frozen
+    (SIGSTOP) or when a callback holds the GIL (a C extension that never releases it), which is exactly
+    what the runtime must notice; a callback that computes in Python or waits lets them through.
+    """
     raw = os.environ.pop(READY_FD_ENV, "")
+    interval_text = os.environ.pop(HEARTBEAT_INTERVAL_ENV, "")
     if not raw:
         return  # started by Flame's executors, or by hand: they find the socket
     try:
         fd = int(raw)
-        os.write(fd, b"1")
-        os.close(fd)
-    except (ValueError, OSError) as exc:
+        interval = float(interval_text) if interval_text else 0.0
+    except ValueError as exc:
         log.debug("could not signal readiness on %s=%r: %s", READY_FD_ENV, raw, exc)
+        return
+    try:
+        if interval > 0:
+            os.set_blocking(fd, False)  # a server too busy to read must never block this process
+            os.write(fd, HEARTBEAT_READY)
+            threading.Thread(target=_beat, args=(fd, interval), name="flame-heartbeat", daemon=True).start()
+        else:
+            os.write(fd, b"1")
+            os.close(fd)
+    except OSError as exc:
+        log.debug("could not signal readiness on %s=%r: %s", READY_FD_ENV, raw, exc)
+
+
+def _beat(fd: int, interval: float) -> None:
+    """Write one byte on ``fd`` every ``interval`` seconds, until the reading end is gone."""
+    wait = threading.Event().wait
+    while True:
+        wait(interval)
+        try:
+            os.write(fd, b".")
+        except BlockingIOError:
+            continue  # the pipe is full: the server has not read for a while, and will
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            return
 
 
 PARENT_GONE_GRACE = 2.0
