@@ -979,6 +979,8 @@ class RuntimeSettings:
     store_check_timeout              s the start-up integrity check of the  10 (0 = no check)
                                      store may take; a larger store is
                                      checked that far
+    payload_retention                s a finished task's input and output   3600 (0 = purge at once)
+                                     are kept, then purged
     max_instance_processes           instance processes this machine runs   0 = automatic: 4 per CPU,
                                      at once, all sessions together         at most one per 256 MiB of
                                                                             memory, at least 2
@@ -1011,6 +1013,7 @@ class RuntimeSettings:
     warm_pool_max: int = _setting(8, "count", ">=0")
     store_retry_window: float = _setting(2.0, "seconds", ">=0")
     store_check_timeout: float = _setting(10.0, "seconds", ">=0")
+    payload_retention: float = _setting(3600.0, "seconds", ">=0")
     max_instance_processes: int = _setting(0, "count", ">=0")
     liveness_timeout: float = _setting(30.0, "seconds", ">0")
     busy_overflow_delay: float = _setting(1.0, "seconds", ">=0")

@@ -264,6 +264,35 @@ class Scheduler:
     def application_removed(self, name: str) -> None:
         self.post(self._on_application_removed, name)
 
+    def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
+        """Stop the instance running a cancelled task (``flame.v1.Instance`` has no call to cancel one).
+
+        Its exit reports the task lost, as for any instance that dies (``retry_task``), and the engine
+        records it CANCELLED instead of retrying it; a task sent to the same instance behind it goes back
+        to the head of the queue without spending a retry. Minimal on purpose (see issue 12): no call to
+        the service first.
+        """
+        with self._lock:
+            inst = next(
+                (i for i in self._instances.values() if i.session_id == session_id and task_id in i.inflight), None
+            )
+        if inst is None:
+            return False
+        self.post(self._on_cancel, inst, task_id, reason)
+        return True
+
+    def _on_cancel(self, inst: Instance, task_id: int, reason: str) -> None:
+        if task_id not in inst.inflight and task_id not in {tid for _sid, tid in inst.lost}:
+            return  # answered meanwhile
+        log.info("instance %s: stopping it to cancel task %s of %s (%s)", inst.id, task_id, inst.session_id, reason)
+        sid = inst.session_id
+        if sid is not None:  # tasks sent along with it go back to the queue, without spending a retry
+            for other in [tid for tid in inst.inflight if tid != task_id]:
+                why = f"requeued: instance {inst.id} was stopped to cancel task {task_id}"
+                if self.engine.requeue_task(sid, other, why):
+                    del inst.inflight[other]  # else its exit reports it, as any task in flight
+        self._stop(inst, deliberate=True)  # SIGTERM, SIGKILL after shutdown_grace; on_exit reports the task
+
     # -- placing sessions ------------------------------------------------------------------------------
 
     def _bound_to(self, session_id: str) -> list[Instance]:
@@ -890,7 +919,7 @@ class Scheduler:
         """Send the instance pending tasks of its session until it holds ``depth`` of them."""
         sid = inst.session_id
         process = inst.process
-        if sid is None or process is None or self._closed:
+        if sid is None or process is None or self._closed or inst.state == State.STOPPING:
             return
         while len(inst.inflight) < inst.depth:
             started = self.engine.start_next(sid)

@@ -41,6 +41,12 @@ of an fsync per group commit.
 
 Rows hold the flame.v1 protobuf messages as blobs next to the columns we query by, so the on-disk
 format is the wire format and needs no second schema.
+
+Space. A new store is created with ``auto_vacuum=INCREMENTAL``, so pages freed by purging finished
+tasks' payloads can be given back to the file system a few at a time (see :mod:`.retention`); the
+write-ahead log is truncated back to ``WAL_KEPT_BYTES`` after checkpoints. A store created before
+(``auto_vacuum=NONE``) reuses its free pages but shrinks only after one full ``VACUUM``
+(:meth:`Store.exclusive`), which converts it.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
@@ -79,6 +85,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     input BLOB,                             -- payloads of stores written before task_payloads
     output BLOB,                            -- (now NULL: see task_payloads)
     status BLOB NOT NULL,                   -- flame.v1.TaskStatus (times, events)
+    finished INTEGER,                       -- completion time (epoch ms) of a final task whose payloads are
+                                            -- kept; NULL before it is final and once they are purged
     PRIMARY KEY (session_id, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS task_payloads (
@@ -102,7 +110,14 @@ CREATE TABLE IF NOT EXISTS object_patches (
 ) WITHOUT ROWID;
 """
 
+PAYLOADS_DUE_INDEX = """
+CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks(finished) WHERE finished IS NOT NULL;
+"""
+"""Final tasks whose payloads are kept, oldest first: what the retention purges next (a task leaves the
+index once purged, so the purge never scans what it already did)."""
+
 Op = tuple[str, tuple[Any, ...]]
+T = TypeVar("T")
 OnDone = Callable[[FlameError | None], None]
 DURABILITY = ("batched", "strict")
 
@@ -183,6 +198,8 @@ class Store:
         self.retry_window = retry_window
         self._write = self._connect()
         self._write.executescript(SCHEMA)
+        _add_finished_column(self._write, self.path)
+        self._write.executescript(PAYLOADS_DUE_INDEX)
         self._write.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit
         self._write.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         self._read = self._connect()
@@ -214,6 +231,8 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        # Takes effect on a new file only (before WAL and the first table), or at the next VACUUM.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'strict' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=OFF")
@@ -441,25 +460,25 @@ class Store:
 
     def _run_checkpointer(self) -> None:
         conn = self._connect()
-        truncated = True
+        truncated_at = 0  # the count of this store's commits when the log was last copied back and truncated
         try:
             while not self._closing:
                 wanted = self._checkpoint_wanted.wait(timeout=1.0)
                 self._checkpoint_wanted.clear()
                 if self._closing:
                     return
+                commits = self.commits
                 idle = time.monotonic() - self._last_commit > CHECKPOINT_IDLE
-                mode = "TRUNCATE" if idle and not truncated else "PASSIVE" if wanted else None
+                mode = "TRUNCATE" if idle and commits != truncated_at else "PASSIVE" if wanted else None
                 if mode is None:
                     continue
                 try:
-                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                    busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
                     self.checkpoints += 1
-                    truncated = mode == "TRUNCATE"
+                    if mode == "TRUNCATE" and not busy:
+                        truncated_at = commits
                 except sqlite3.Error as exc:  # busy, or the disk is failing: the next round tries again
                     log.debug("checkpoint of %s failed: %s", self.path, exc)
-                if not idle:
-                    truncated = False
                 if wanted:  # the WAL may stay large a while (a reader kept it): not a checkpoint per commit
                     time.sleep(CHECKPOINT_MIN_INTERVAL)
         finally:
@@ -480,6 +499,30 @@ class Store:
             if len(rows) < batch:
                 return
             offset += batch
+
+    def request_checkpoint(self) -> None:
+        """Have the checkpointer thread copy the WAL back now (a compacted file shrinks only then)."""
+        self._checkpoint_wanted.set()
+
+    def exclusive(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the write connection between group commits, outside any transaction.
+
+        For what cannot run inside one (``VACUUM``, a ``wal_checkpoint``): writes queued meanwhile wait,
+        and are committed as soon as ``fn`` returns.
+        """
+        with self._cond:
+            if self._closed or self._closing:
+                raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
+            while self._leader:
+                self._cond.wait()
+            self._leader = True
+        try:
+            return fn(self._write)
+        finally:
+            with self._cond:
+                self._leader = False
+                self._cond.notify_all()
+            self.commit()
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued (retrying for up to ``timeout`` s if the store is failing), then close."""
@@ -508,6 +551,23 @@ class Store:
         self._closed = True
         self._write.close()
         self._read.close()
+
+
+def _add_finished_column(conn: sqlite3.Connection, path: str) -> None:
+    """Give a store from before payload retention its ``tasks.finished`` column.
+
+    The completion time of the tasks it already holds is inside their status blobs; rather than decode
+    every one at start, they count as finished now, so they keep their payloads one retention longer.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "finished" in columns:
+        return
+    now_ms = int(time.time() * 1000)
+    conn.execute("BEGIN")
+    conn.execute("ALTER TABLE tasks ADD COLUMN finished INTEGER")
+    conn.execute("UPDATE tasks SET finished = ? WHERE state IN (2, 3, 4)", (now_ms,))  # SUCCEED, FAILED, CANCELLED
+    conn.execute("COMMIT")
+    log.info("the store %s now records when tasks finish (for payload retention)", path)
 
 
 def upsert_many(table: str, columns: Iterable[str]) -> str:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_METHODS",
+    "CONTROL",
     "EXT",
     "FRONTEND",
     "INSTANCE",
@@ -93,6 +94,9 @@ EXT: Mapping[str, Method]
 RUNTIME: Mapping[str, Method]
 """flamepy's view of what a server runs (``flamepy.ext.v1.Runtime``): served by flamepy's server only."""
 
+CONTROL: Mapping[str, Method]
+"""flamepy's cancel and forced close (``flamepy.ext.v1.Control``): served by flamepy's server only."""
+
 ALL_METHODS: Mapping[str, Method]
 """Every method above keyed by its gRPC path: what a server dispatches on."""
 
@@ -102,6 +106,7 @@ _SOURCES = {
     "OBJECT_CACHE": ("cache_pb2", "ObjectCache"),
     "EXT": ("ext_pb2", "Tasks"),
     "RUNTIME": ("ext_pb2", "Runtime"),
+    "CONTROL": ("ext_pb2", "Control"),
 }
 """Each table's generated module (in ``flamepy_core.wire.proto``) and service name."""
 

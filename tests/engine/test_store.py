@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine import store as store_module
 from flamepy_core.engine.store import Store
 
 BLOB = 5000  # more than a page (4 KiB): every row needs new pages
@@ -128,6 +129,26 @@ def test_a_bad_statement_fails_alone_and_the_others_commit(tmp_path: Path) -> No
         assert isinstance(results[1], FlameError) and "UNIQUE" in results[1].message
         assert store.query("SELECT v FROM t ORDER BY v") == [(1,), (2,)]
         assert store.failure is None
+    finally:
+        store.close()
+
+
+def test_a_store_left_idle_copies_its_log_back_and_truncates_it(tmp_path: Path, monkeypatch) -> None:
+    """Writes smaller than the checkpoint threshold still reach the database file once the store is idle."""
+    monkeypatch.setattr(store_module, "CHECKPOINT_IDLE", 0.2)
+    store = Store(tmp_path / "flame.db")
+    wal = tmp_path / "flame.db-wal"
+    try:
+        store.write_wait([("CREATE TABLE t (v BLOB)", ())])
+        for _ in range(2):  # a second burst after the first truncation is copied back too
+            store.write_wait([("INSERT INTO t VALUES (?)", (bytes(BLOB * 40),))])
+            assert wal.stat().st_size > BLOB * 40, "the write is in the log first"
+            deadline = time.monotonic() + 10
+            while wal.exists() and wal.stat().st_size > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert wal.stat().st_size == 0, "the idle store did not truncate its write-ahead log"
+        assert (tmp_path / "flame.db").stat().st_size > 2 * BLOB * 40
+        assert len(store.query("SELECT v FROM t")) == 2
     finally:
         store.close()
 
