@@ -74,6 +74,9 @@ LOST_GRACE = 1.0
 """Seconds to wait for the exit of an instance whose link broke, before calling it unresponsive."""
 ENTER_RETRY_DELAY = 0.01
 """Seconds between OnSessionEnter attempts while a service found by its socket file starts serving."""
+SPARE_DELAY = 0.1
+"""Seconds after a session's process left before its replacement spare starts, and between checks while
+a session waits for a process of its own to start (spares give way to it)."""
 
 
 def application_task_timeout(app: pb.Application) -> float | None:
@@ -208,6 +211,8 @@ class Scheduler:
         """Sessions that want more instances than they have, and since when: served in this order."""
         self._capacity_noted: set[str] = set()
         """Sessions told (event 1006) that they wait for the machine-wide cap; forgotten once served."""
+        self._spares_due: set[str] = set()
+        """Applications whose replacement spare is to start (see :meth:`_replace_with_spare`)."""
         self._closed = False
         self.supervisor = Supervisor(self, settings)
         engine.scheduler = self
@@ -864,7 +869,25 @@ class Scheduler:
             self._replace_with_spare(inst.app)
 
     def _replace_with_spare(self, app_name: str) -> None:
-        """Keep the capacity a session used: a fresh process of the application, started ahead."""
+        """Keep the capacity a session used: a fresh process of the application, started ahead.
+
+        Started ``SPARE_DELAY`` later, and put off while a session waits for a process of its own to
+        start: a spare is for a session that may come and must not take the CPU from one waiting now (a
+        new application's first session, opened as the previous session closes).
+        """
+        if self._closed or app_name in self._spares_due:
+            return
+        self._spares_due.add(app_name)
+        self.supervisor.later(SPARE_DELAY, partial(self.post, self._spare_due, app_name))
+
+    def _spare_due(self, app_name: str) -> None:
+        if not self._closed and any(i.state == State.STARTING and i.session_id for i in self._instances.values()):
+            self.supervisor.later(SPARE_DELAY, partial(self.post, self._spare_due, app_name))
+            return
+        self._spares_due.discard(app_name)
+        self._spawn_spare(app_name)
+
+    def _spawn_spare(self, app_name: str) -> None:
         if self._closed:
             return
         try:
