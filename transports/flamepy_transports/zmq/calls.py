@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, InvalidStateError
 from typing import Protocol
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -104,6 +105,30 @@ class UnaryCall(ClientCall):
         if self.error is not None:
             raise self.error
         return self.result
+
+
+class AsyncCall(ClientCall):
+    """A unary call whose caller does not wait: the I/O thread completes its future (callbacks run there)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, corr: int, method: str, timeout: float | None) -> None:
+        super().__init__(corr, method, timeout)
+        self.future: Future[bytes] = Future()
+        self.future.set_running_or_notify_cancel()
+
+    def on_reply(self, payload: bytes) -> None:
+        self.future.set_result(payload)
+
+    def on_error(self, err: FlameError) -> None:
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_exception(err)
+
+    def on_item(self, payload: bytes) -> None:
+        self.on_error(_wrong_kind(self, "a stream item"))
+
+    def on_end(self) -> None:
+        self.on_error(_wrong_kind(self, "a stream end"))
 
 
 _END = object()
