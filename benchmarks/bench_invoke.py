@@ -7,7 +7,12 @@ Measured in one run, on this machine:
   over ipc: the floor of that transport for any client -> server -> instance path.
 * ``core invoke``: ``flamepy.core`` ``Session.invoke(bytes)`` on a warm session (instance already bound).
 * ``service invoke``: ``flamepy.service.Session.invoke(obj)`` (adds cloudpickle both ways).
+* ``16 MiB``: a 16 MiB request answered with 16 MiB, raw two hops against ``flamepy.core`` ``invoke``.
 * ``run() throughput``: N no-op tasks submitted with ``Session.run()`` to one session with 2 instances.
+* cold start: ``spawn until it answers`` (the floor: start a Python process that imports the transport's
+  library, listens on a unix socket and answers one call) against ``new session + first invoke`` of an
+  application with no process yet; and ``new session + first invoke`` when a spare process of the
+  application is ready (started ahead when the previous session's process left).
 
 Usage: ``python benchmarks/bench_invoke.py [--iterations 2000] [--tasks 10000] [--transport grpc|zmq]``.
 Prints a table; ratios are ours / raw. No timing is asserted anywhere: this is a measurement.
@@ -31,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 PAYLOAD = b"x" * 100
+LARGE = b"y" * (16 << 20)
+GRPC_UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
 def _measure(call: Callable[[], object], iterations: int, warmup: int = 200) -> list[float]:
@@ -56,7 +63,7 @@ def _percentile(values: list[float], p: float) -> float:
 def _raw_worker(path: str, ready: mp.synchronize.Event) -> None:
     import grpc
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), options=GRPC_UNLIMITED)
     handler = grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("b.W", {"Echo": handler}),))
     server.add_insecure_port(f"unix://{path}")
@@ -68,9 +75,9 @@ def _raw_worker(path: str, ready: mp.synchronize.Event) -> None:
 def _raw_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
     import grpc
 
-    channel = grpc.insecure_channel(f"unix://{worker}")
+    channel = grpc.insecure_channel(f"unix://{worker}", options=GRPC_UNLIMITED)
     forward = channel.unary_unary("/b.W/Echo")
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), options=GRPC_UNLIMITED)
     handler = grpc.unary_unary_rpc_method_handler(lambda req, ctx: forward(req))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("b.R", {"Relay": handler}),))
     server.add_insecure_port(f"unix://{path}")
@@ -102,16 +109,18 @@ def _two_hops(
             proc.join(5)
 
 
-def raw_two_hop(tmp: Path, iterations: int) -> list[float]:
+def raw_two_hop(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
+    """The raw grpcio two-hop floor: 100-byte samples and 16 MiB samples."""
     import grpc
 
     relay_path = str(tmp / "r.sock")
     with _two_hops(_raw_worker, _raw_relay, str(tmp / "w.sock"), relay_path):
-        channel = grpc.insecure_channel(f"unix://{relay_path}")
+        channel = grpc.insecure_channel(f"unix://{relay_path}", options=GRPC_UNLIMITED)
         call = channel.unary_unary("/b.R/Relay")
         samples = _measure(lambda: call(PAYLOAD, timeout=10), iterations)
+        large = _measure(lambda: call(LARGE, timeout=60), large_iterations, warmup=3)
         channel.close()
-        return samples
+        return samples, large
 
 
 def _zmq_worker(path: str, ready: mp.synchronize.Event) -> None:
@@ -139,23 +148,85 @@ def _zmq_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
         front.send_multipart([ident, back.recv()])
 
 
-def raw_two_hop_zmq(tmp: Path, iterations: int) -> list[float]:
+def raw_two_hop_zmq(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
+    """The raw pyzmq two-hop floor: 100-byte samples and 16 MiB samples."""
     import zmq
 
     relay_path = str(tmp / "r.ipc")
     with _two_hops(_zmq_worker, _zmq_relay, str(tmp / "w.ipc"), relay_path):
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, 10000)
+        sock.setsockopt(zmq.RCVTIMEO, 60000)
         sock.connect(f"ipc://{relay_path}")
 
-        def round_trip() -> bytes:
-            sock.send(PAYLOAD)
+        def round_trip(payload: bytes) -> bytes:
+            sock.send(payload)
             return sock.recv()
 
-        samples = _measure(round_trip, iterations)
+        samples = _measure(lambda: round_trip(PAYLOAD), iterations)
+        large = _measure(lambda: round_trip(LARGE), large_iterations, warmup=3)
         sock.close()
-        return samples
+        return samples, large
+
+
+# -- the cold-start floor: spawn a process until it answers -------------------------------------------
+
+SPAWN_ZMQ = """
+import sys, zmq
+sock = zmq.Context().socket(zmq.ROUTER)
+sock.bind("ipc://" + sys.argv[1])
+ident, message = sock.recv_multipart()
+sock.send_multipart([ident, message])
+sock.close(linger=1000)
+"""
+SPAWN_GRPC = """
+import sys, threading, grpc
+from concurrent.futures import ThreadPoolExecutor
+done = threading.Event()
+def echo(request, context):
+    done.set()
+    return request
+server = grpc.server(ThreadPoolExecutor(max_workers=2))
+handler = grpc.unary_unary_rpc_method_handler(echo)
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("b.S", {"Hello": handler}),))
+server.add_insecure_port("unix://" + sys.argv[1])
+server.start()
+done.wait(30)
+server.stop(1).wait()
+"""
+
+
+def spawn_floor(tmp: Path, transport: str, runs: int) -> list[float]:
+    """Seconds from starting a Python process (which imports the transport's library and listens on a
+    unix socket) to its first answer: what any runtime pays to start an instance, before its own work."""
+    import subprocess
+
+    samples = []
+    for run in range(runs):
+        path = str(tmp / f"spawn{run}.{'ipc' if transport == 'zmq' else 'sock'}")
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-c", SPAWN_ZMQ if transport == "zmq" else SPAWN_GRPC, path])
+        while not os.path.exists(path):  # connect once it listens (both libraries back off when refused)
+            time.sleep(0.0005)
+        if transport == "zmq":
+            import zmq
+
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, 30000)
+            sock.connect(f"ipc://{path}")
+            sock.send(b"hello")
+            sock.recv()
+            sock.close()
+        else:
+            import grpc
+
+            channel = grpc.insecure_channel(f"unix://{path}")
+            channel.unary_unary("/b.S/Hello")(b"hello", timeout=30, wait_for_ready=True)
+            channel.close()
+        samples.append(time.perf_counter() - start)
+        child.wait(30)
+    return samples
 
 
 # -- flamepy through the local server ----------------------------------------------------------------
@@ -188,33 +259,56 @@ TYPED_SERVICE = textwrap.dedent(
 )
 
 
-def flamepy_numbers(tmp: Path, iterations: int, tasks: int) -> dict[str, object]:
+def _register(app_dir: Path, name: str, code: str) -> None:
+    import flamepy
+
+    (app_dir / f"{name}.py").write_text(code)
+    flamepy.register_application(
+        name, {"command": sys.executable, "arguments": [f"{name}.py"], "working_directory": str(app_dir)}
+    )
+
+
+SPARE_WAIT = 2.0
+"""Seconds between closing a session and opening the next, so that the spare is ready."""
+
+
+def flamepy_numbers(tmp: Path, iterations: int, tasks: int, large_iterations: int, cold_runs: int) -> dict[str, object]:
     import flamepy
     from flamepy.service import Session as ServiceSession
 
     app_dir = tmp / "app"
     app_dir.mkdir()
-    for name, code in (("bench", CORE_SERVICE), ("bench-typed", TYPED_SERVICE)):
-        (app_dir / f"{name}.py").write_text(code)
-        flamepy.register_application(
-            name,
-            {"command": sys.executable, "arguments": [f"{name}.py"], "working_directory": str(app_dir)},
-        )
+    _register(app_dir, "bench", CORE_SERVICE)
+    _register(app_dir, "bench-typed", TYPED_SERVICE)
     results: dict[str, object] = {}
 
+    # Cold: a new application has no process, so its first session starts one.
+    cold = []
+    for run in range(cold_runs):
+        _register(app_dir, f"cold{run}", CORE_SERVICE)
+        start = time.perf_counter()
+        session = flamepy.create_session(f"cold{run}")
+        session.invoke(PAYLOAD)
+        cold.append(time.perf_counter() - start)
+        session.close()
+    results["new_session_cold_s"] = cold
+
     session = flamepy.create_session("bench", min_instances=1, max_instances=1)
-    start = time.perf_counter()
     session.invoke(PAYLOAD)
-    results["first_invoke_s"] = time.perf_counter() - start
     results["core_invoke"] = _measure(lambda: session.invoke(PAYLOAD), iterations)
+    results["core_invoke_16mib"] = _measure(lambda: session.invoke(LARGE), large_iterations, warmup=3)
     session.close()
 
-    # A new session on the warm instance left by the previous one.
-    start = time.perf_counter()
-    session = flamepy.create_session("bench")
-    session.invoke(PAYLOAD)
-    results["new_session_warm_s"] = time.perf_counter() - start
-    session.close()
+    # A spare of the application is started when the previous session's process leaves.
+    spare = []
+    for _ in range(cold_runs):
+        time.sleep(SPARE_WAIT)
+        start = time.perf_counter()
+        session = flamepy.create_session("bench")
+        session.invoke(PAYLOAD)
+        spare.append(time.perf_counter() - start)
+        session.close()
+    results["new_session_spare_s"] = spare
 
     with ServiceSession("bench-typed") as typed:
         results["service_invoke"] = _measure(lambda: typed.invoke(PAYLOAD), iterations)
@@ -236,6 +330,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--tasks", type=int, default=10000)
+    parser.add_argument("--large-iterations", type=int, default=20, help="16 MiB round trips (default 20)")
+    parser.add_argument("--cold-runs", type=int, default=5, help="cold starts and spare starts measured (5)")
     parser.add_argument(
         "--transport",
         default="zmq",
@@ -253,11 +349,19 @@ def main() -> int:
     from flamepy_core.client.local import stop_server
 
     try:
-        raw = (raw_two_hop_zmq if args.transport == "zmq" else raw_two_hop)(tmp, args.iterations)
-        ours = flamepy_numbers(tmp, args.iterations, args.tasks)
+        raw, raw_large = (raw_two_hop_zmq if args.transport == "zmq" else raw_two_hop)(
+            tmp, args.iterations, args.large_iterations
+        )
+        spawn = spawn_floor(tmp, args.transport, args.cold_runs)
+        ours = flamepy_numbers(tmp, args.iterations, args.tasks, args.large_iterations, args.cold_runs)
     finally:
         stop_server(tmp / "home")
         shutil.rmtree(tmp, ignore_errors=True)
+
+    def row(label: str, samples: object, floor: float, tail: float) -> tuple[str, float, float, float]:
+        assert isinstance(samples, list)
+        med = statistics.median(samples)
+        return (label, med, tail, med / floor)
 
     raw_med = statistics.median(raw)
     floor = "raw pyzmq two hops (floor)" if args.transport == "zmq" else "raw grpcio two hops (floor)"
@@ -265,16 +369,36 @@ def main() -> int:
     for key, label in (("core_invoke", "flamepy core invoke (warm)"), ("service_invoke", "flamepy service invoke")):
         samples = ours[key]
         assert isinstance(samples, list)
-        med = statistics.median(samples)
-        rows.append((label, med, _percentile(samples, 99), med / raw_med))
+        rows.append(row(label, samples, raw_med, _percentile(samples, 99)))
+    large_med = statistics.median(raw_large)
+    ours_large = ours["core_invoke_16mib"]
+    assert isinstance(ours_large, list)
+    large_rows = [
+        ("raw two hops, 16 MiB each way (floor)", large_med, _percentile(raw_large, 99), 1.0),
+        row("flamepy core invoke, 16 MiB", ours_large, large_med, _percentile(ours_large, 99)),
+    ]
+    spawn_med = statistics.median(spawn)
+    cold = ours["new_session_cold_s"]
+    spare = ours["new_session_spare_s"]
+    assert isinstance(cold, list) and isinstance(spare, list)
+    start_rows = [
+        ("spawn until it answers (floor)", spawn_med, max(spawn), 1.0),
+        row("new session + first invoke, cold", cold, spawn_med, max(cold)),
+        row("new session + first invoke, spare", spare, spawn_med, max(spare)),
+    ]
+    scalars = {k: v for k, v in ours.items() if not isinstance(v, list)}
     if args.json:
-        print(json.dumps({"rows": rows, **{k: v for k, v in ours.items() if not isinstance(v, list)}}, indent=2))
+        print(json.dumps({"rows": rows, "large_rows": large_rows, "start_rows": start_rows, **scalars}, indent=2))
         return 0
-    print(f"{'path (100-byte payload)':<32}{'median':>12}{'p99':>12}{'ratio':>8}")
+    print(f"{'path (100-byte payload)':<40}{'median':>12}{'p99':>12}{'ratio':>8}")
     for label, med, p99, ratio in rows:
-        print(f"{label:<32}{med * 1e6:>10.0f}us{p99 * 1e6:>10.0f}us{ratio:>8.2f}")
-    print(f"first invoke of a new session (cold instance): {float(ours['first_invoke_s']) * 1000:.0f} ms")  # type: ignore[arg-type]
-    print(f"new session + first invoke on a warm instance: {float(ours['new_session_warm_s']) * 1000:.1f} ms")  # type: ignore[arg-type]
+        print(f"{label:<40}{med * 1e6:>10.0f}us{p99 * 1e6:>10.0f}us{ratio:>8.2f}")
+    print(f"{'path (16 MiB request and response)':<40}{'median':>12}{'p99':>12}{'ratio':>8}")
+    for label, med, p99, ratio in large_rows:
+        print(f"{label:<40}{med * 1e3:>10.1f}ms{p99 * 1e3:>10.1f}ms{ratio:>8.2f}")
+    print(f"{'start (new session + first invoke)':<40}{'median':>12}{'max':>12}{'ratio':>8}")
+    for label, med, worst, ratio in start_rows:
+        print(f"{label:<40}{med * 1e3:>10.1f}ms{worst * 1e3:>10.1f}ms{ratio:>8.2f}")
     print(
         f"run() throughput, {args.tasks} no-op tasks, 2 instances: "
         f"{float(ours['throughput_tasks_per_s']):.0f} tasks/s ({ours['throughput_failed']} failed)"  # type: ignore[arg-type]

@@ -5,32 +5,38 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-echo "== ruff"
+# Each stage says how long the one before it took (bash's SECONDS), so a slow CI run shows where.
+stage_started=$SECONDS
+stage() {
+  echo "== ($((SECONDS - stage_started)) s) $1"
+  stage_started=$SECONDS
+}
+stage "ruff"
 ruff check .
 ruff format --check .
-echo "== mypy"
+stage "mypy"
 mypy
-echo "== layering (import-linter: the core's imports point one way, see pyproject.toml)"
+stage "layering (import-linter: the core's imports point one way, see pyproject.toml)"
 lint-imports --no-cache
-echo "== the docs site (mkdocs build --strict: a broken link or API reference fails it)"
+stage "the docs site (mkdocs build --strict: a broken link or API reference fails it)"
 site_dir="$(mktemp -d)"
 trap 'rm -rf "$site_dir"' EXIT
 NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$site_dir"
-echo "== the distributions: build, twine check, contents, and the wheel alone in fresh virtualenvs"
+stage "the distributions: build, twine check, contents, and the wheel alone in fresh virtualenvs"
 python scripts/check_dist.py
-echo "== conformance suite against each bundled transport and serializer"
+stage "conformance suite against each bundled transport and serializer"
 for transport in inmem grpc zmq; do
   flamepy-conformance --transport "$transport"
 done
 for serializer in cloudpickle pickle json msgpack; do
   flamepy-conformance --serializer "$serializer"
 done
-echo "== third-party transport example (examples/flamepy-transport-tcp), installed as a user would"
+stage "third-party transport example (examples/flamepy-transport-tcp), installed as a user would"
 python -m pip install --quiet --no-build-isolation -e examples/flamepy-transport-tcp
 mypy --strict examples/flamepy-transport-tcp/flamepy_transport_tcp
 flamepy-conformance --transport tcp
 python -m pytest -p no:cacheprovider examples/flamepy-transport-tcp/tests
-echo "== the echo example on each transport (FLAME_TRANSPORT runs server, instance links and client on it)"
+stage "the echo example on each transport (FLAME_TRANSPORT runs server, instance links and client on it)"
 for transport in inmem grpc zmq tcp; do
   echo_home="$(mktemp -d)"
   out="$(FLAME_HOME="$echo_home" FLAME_TRANSPORT="$transport" bash examples/echo/run.sh)"
@@ -43,16 +49,16 @@ for transport in inmem grpc zmq tcp; do
   rm -rf "$echo_home"
   echo "echo example on $transport: HELLO, 1, session id"
 done
-echo "== third-party serializer example (examples/flamepy-serializer-zjson)"
+stage "third-party serializer example (examples/flamepy-serializer-zjson)"
 python -m pip install --quiet --no-build-isolation -e examples/flamepy-serializer-zjson
 mypy --strict examples/flamepy-serializer-zjson/flamepy_serializer_zjson
 flamepy-conformance --serializer zjson
 python -m pytest -p no:cacheprovider examples/flamepy-serializer-zjson/tests
-echo "== the service layer for every transport x serializer pair (third-party plugins included)"
+stage "the service layer for every transport x serializer pair (third-party plugins included)"
 for transport in inmem grpc zmq tcp; do
   for serializer in cloudpickle pickle json msgpack zjson; do
     flamepy-conformance --transport "$transport" --serializer "$serializer" --layer service
   done
 done
-echo "== tests"
-python -m pytest "$@"
+stage "tests"
+python -m pytest "$@"  # last: CI reads pytest's closing line

@@ -82,7 +82,7 @@ def test_importable_classes_are_not_reported(tmp_path: Path) -> None:
 
 
 def test_the_echo_service_logs_it_in_its_instance_log(flame_env) -> None:
-    """The guide's service returns EchoResponse from __main__: its .err log says so, once."""
+    """The guide's service returns EchoResponse from __main__: its .err log says so, once per process."""
     folder = flame_env.home / "echo"
     shutil.copytree(REPO / "examples" / "echo", folder)
     flame_env.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), flame_env.env.get("PATH", "")])
@@ -91,7 +91,9 @@ def test_the_echo_service_logs_it_in_its_instance_log(flame_env) -> None:
         client = flame_env.run([sys.executable, "client.py"], cwd=folder)
         assert client.stdout.splitlines()[:2] == ["HELLO", "1"]
         assert "by value" not in client.stderr, "the client's EchoRequest is importable: nothing to report"
+    # Each session has a process of its own (one process per session binding): each says it once.
     logs = sorted((flame_env.home / "logs" / "instances").glob("echo-app-*.err"))
     text = "".join(path.read_text() for path in logs)
-    assert text.count("cloudpickle sends class EchoResponse by value") == 1, text
+    said = [path.read_text().count("cloudpickle sends class EchoResponse by value") for path in logs]
+    assert said.count(1) == 2 and set(said) <= {0, 1}, text
     assert " INFO flamepy_serializers.cloudpickle.serializer: " in text, "FLAME_LOG_LEVEL: INFO from the YAML"

@@ -416,11 +416,13 @@ def test_method_tables() -> None:
         "/flame.v1.Frontend/WatchTask",
         "/flame.v1.Frontend/ListTask",
         "/flamepy.ext.v1.Tasks/WatchSession",
+        "/flamepy.ext.v1.Tasks/WatchOutcomes",
     }
+    assert set(methods.EXT) == {"RunTask", "WatchSession", "CreateTasks", "WatchOutcomes"}
     assert set(methods.RUNTIME) == {"ListInstances"}
     assert methods.RUNTIME["ListInstances"].path == "/flamepy.ext.v1.Runtime/ListInstances"
     # Frontend, Instance, ObjectCache, flamepy.ext.v1 (Tasks, Runtime)
-    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 2 + 1
+    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 4 + 1
     assert all(path == m.path for path, m in methods.ALL_METHODS.items())
 
     # The tables hand out the generated classes themselves, not look-alikes.

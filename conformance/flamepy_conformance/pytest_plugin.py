@@ -23,6 +23,9 @@ _REWRITE = (
     "flamepy_conformance.transport_streams",
     "flamepy_conformance.transport_suite",
     "flamepy_conformance.stateful",
+    "flamepy_conformance.serializer_base",
+    "flamepy_conformance.serializer_domain",
+    "flamepy_conformance.serializer_scale",
     "flamepy_conformance.serializer_suite",
     "flamepy_conformance.service_suite",
 )

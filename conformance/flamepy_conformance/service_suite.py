@@ -22,10 +22,15 @@ it, points this process's default connection at the server and restores everythi
 
 What is checked, against a plain in-memory model of the expected behaviour (results compared by value,
 errors by code): the deterministic tests each pin one promise, so a broken runtime fails the test that
-names what broke; :class:`ServiceMachine` then drives everything in random orders (hypothesis stateful
-testing) and shrinks a failure to the shortest sequence of calls. Optional behaviour is gated on the
-transport's declared capabilities (``Session.run()`` futures need ``streaming``) and skips, naming the
-capability, when it is not declared.
+names what broke. Among them: a context update is visible to every reader as soon as the task that made
+it has returned; ``invoke(timeout=...)`` raises ``DEADLINE_EXCEEDED`` after the timeout while the task runs
+on; a ``close()`` refused because a task runs is reported (``INVALID_STATE``) and leaves the session open;
+a failed task's message and traceback arrive whole up to the runtime's failure-text limit
+(:data:`flamepy_core.failure_text.MAX_FAILURE_TEXT`), and longer ones keep their head and tail.
+:class:`ServiceMachine` then drives everything in random orders (hypothesis stateful testing) and shrinks
+a failure to the shortest sequence of calls. Optional behaviour is gated on the transport's declared
+capabilities (``Session.run()`` futures need ``streaming``) and skips, naming the capability, when it is
+not declared.
 """
 
 from __future__ import annotations
@@ -64,9 +69,11 @@ import flamepy
 from flamepy.service import Session
 from flamepy_core.client.connection import reset_default_connection
 from flamepy_core.client.transports import shared_transport
+from flamepy_core.contracts.bounds import DEADLINE_RESOLUTION_S, PROMPT_FAILURE_S
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import TransportSpec
 from flamepy_core.engine.server import FlameServer
+from flamepy_core.failure_text import MAX_FAILURE_TEXT
 from flamepy_core.home import read_server_info
 from flamepy_core.model import ApplicationAttributes
 from flamepy_core.objref import ObjectRef
@@ -80,6 +87,18 @@ import time
 from flamepy.service import FlameInstance
 
 ins = FlameInstance(serializer={serializer!r})
+
+
+def _level_three(message):
+    raise ValueError(message)
+
+
+def _level_two(message):
+    _level_three(message)
+
+
+def _level_one(message):
+    _level_two(message)
 
 
 @ins.entrypoint
@@ -99,6 +118,8 @@ def handle(req):
         return {{"context": ins.context()}}
     if op == "fail":
         raise ValueError(req["message"])
+    if op == "fail_deep":  # three frames deep, so the traceback has something to show
+        _level_one(req["message"])
     raise KeyError(f"unknown operation {{op!r}}")
 
 
@@ -149,6 +170,12 @@ def service_values() -> st.SearchStrategy[Any]:
 def failure_messages() -> st.SearchStrategy[str]:
     """Messages the model service raises: must reach the client verbatim, inside the failure text."""
     return st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=30)
+
+
+def _printable_text(length: int) -> str:
+    """``length`` characters of every UTF-8 width, spaces and newlines, none the runtime escapes."""
+    pattern = "Flame ✓ 日本語 🔥 é\n"
+    return (pattern * (length // len(pattern) + 1))[:length]
 
 
 # -- the runtime under test --------------------------------------------------------------------------------
@@ -774,6 +801,10 @@ class ServiceTests:
     startup_timeout: ClassVar[float] = 60.0
     concurrency: ClassVar[int] = 4
     """Threads invoking one session at once."""
+    slow_task_s: ClassVar[float] = 1.5
+    """How long the task runs that a short ``invoke`` timeout and a refused ``close`` meet."""
+    short_invoke_timeout_s: ClassVar[float] = 0.3
+    """The ``invoke(timeout=...)`` set on that task."""
     shrink_failures: ClassVar[bool] = True
     """Shrink a failing example to the shortest one (hypothesis's shrink phase). Shrinking a stateful
     failure replays hundreds of examples (tens of seconds); False reports the first failure as found."""
@@ -949,6 +980,119 @@ class ServiceTests:
             prefix = obj.ref.key.rsplit("/", 1)[0]
             missing = ObjectRef(endpoint=obj.ref.endpoint, key=f"{prefix}/nosuchobject", version=1)
             expect_flame_error(FlameErrorCode.NOT_FOUND, lambda: flamepy.get_object(missing), "get_object of no object")
+
+    def test_context_update_is_visible_when_its_task_returns(self) -> None:
+        """Once the task that called ``update_context`` has returned, every reader sees the update at once:
+        the session that invoked it, another ``Session`` object of it, the service's next task, and after a
+        ``run()`` future completes."""
+        with self.session(ctx=["start"]) as handle:
+            reader = self.client.reopen(handle.session)
+            assert reader is not None
+            for i in range(4):
+                self.client.append(handle, f"invoke {i}")  # reads the context back at once, through handle
+                self.client.check_client_context(reader)
+                self.client.service_context(handle)
+            if self.runtime.streaming:
+                for i in range(3):
+                    value = f"run {i}"
+                    assert handle.session.context is not None
+                    handle.session.context.append(value)
+                    future = handle.client.run({"op": "append", "value": value})
+                    got = future.result(timeout=self.invoke_timeout)
+                    handle.session.succeeded += 1
+                    assert got == {"length": len(handle.session.context)}, f"run(append {value!r}) gave {got!r}"
+                    self.client.check_client_context(handle)
+                    self.client.check_client_context(reader)
+            self.client.check_counters(handle.session)
+
+    def test_invoke_timeout_is_honoured_end_to_end(self) -> None:
+        """``invoke(timeout=t)`` on a longer task: DEADLINE_EXCEEDED after ``t``, not before and not when the task
+        ends; the task keeps running and its result is stored; the session goes on."""
+        short, task = self.short_invoke_timeout_s, self.slow_task_s
+        with self.session() as handle:
+            self.client.echo(handle, "warm-up: an instance is bound, so the timeout meets the task itself")
+            request = {"op": "sleep", "seconds": task, "value": "slow"}
+            started = time.monotonic()
+            expect_flame_error(
+                FlameErrorCode.DEADLINE_EXCEEDED,
+                lambda: handle.client.invoke(request, timeout=short),
+                f"invoke(timeout={short}) of a task that runs {task} s",
+            )
+            took = time.monotonic() - started
+            assert took >= short - DEADLINE_RESOLUTION_S, f"invoke(timeout={short}) gave up after {took:.2f} s"
+            assert took <= short + PROMPT_FAILURE_S, (
+                f"invoke(timeout={short}) raised after {took:.2f} s; it must come within {PROMPT_FAILURE_S} s of "
+                f"the timeout, not when the task ends"
+            )
+            handle.session.succeeded += 1  # it keeps running, and its result is stored
+            deadline = time.monotonic() + task + self.invoke_timeout
+            while flamepy.get_session(handle.session.id).succeed < handle.session.succeeded:
+                assert time.monotonic() < deadline, "the task whose invoke timed out never finished"
+                time.sleep(0.05)
+            got = handle.client.invoke({"op": "sleep", "seconds": 0.05, "value": "quick"}, timeout=task + short)
+            handle.session.succeeded += 1
+            assert got == {"echo": "quick"}, f"invoke(timeout={task + short}) of a 0.05 s task gave {got!r}"
+            self.client.check_counters(handle.session)
+
+    def test_refused_close_is_reported_not_swallowed(self) -> None:
+        """``close()`` while a task runs is refused with INVALID_STATE; the session stays open and usable."""
+        with self.session() as handle:
+            self.client.echo(handle, "warm-up")
+            request = {"op": "sleep", "seconds": self.slow_task_s, "value": "busy"}
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flamepy-service-suite") as pool:
+                running = pool.submit(handle.client.invoke, request, timeout=self.invoke_timeout)
+                deadline = time.monotonic() + self.invoke_timeout
+                while flamepy.get_session(handle.session.id).running < 1:
+                    assert time.monotonic() < deadline and not running.done(), "the slow task never ran"
+                    time.sleep(0.02)
+                expect_flame_error(
+                    FlameErrorCode.INVALID_STATE,
+                    handle.client.close,
+                    f"close() of session {handle.session.id} while a task runs",
+                )
+                state = flamepy.get_session(handle.session.id).state.name
+                assert state == "OPEN", f"a refused close() left session {handle.session.id} {state}"
+                assert running.result(timeout=self.invoke_timeout) == {"echo": "busy"}
+            handle.session.succeeded += 1
+            self.client.echo(handle, "the Session object whose close() was refused still works")
+            self.client.check_counters(handle.session)
+
+    def test_failed_task_message_and_traceback_arrive_whole(self) -> None:
+        """A failing task's exception message (of any width of character) and its traceback arrive whole up to
+        the documented limit; a longer text keeps its head and its tail."""
+        limit = MAX_FAILURE_TEXT
+        with self.session() as handle:
+            message = _printable_text((limit - 4096) // 2)  # it shows twice: the summary and the traceback's end
+            what = f"a task raising ValueError with a message of {len(message)} characters, three frames deep"
+            err = expect_flame_error(
+                FlameErrorCode.INTERNAL,
+                lambda: handle.client.invoke({"op": "fail_deep", "message": message}, timeout=self.invoke_timeout),
+                what,
+            )
+            handle.session.failed += 1
+            text = err.message
+            assert text.startswith(f"ValueError: {message}"), (
+                f"{what}: the text must begin with the whole message ({len(message)} characters; texts up to "
+                f"{limit} arrive whole); it is {len(text)} characters: {text[:80]!r}...{text[-80:]!r}"
+            )
+            assert "Traceback (most recent call last)" in text, f"{what}: no traceback in {len(text)} characters"
+            frames = [text.find(f"in {name}") for name in ("_level_one", "_level_two", "_level_three")]
+            assert -1 not in frames and frames == sorted(frames), (
+                f"{what}: the traceback must show _level_one, _level_two and _level_three in order ({frames})"
+            )
+            huge = _printable_text(2 * limit)
+            what = f"a task raising ValueError with a message of {len(huge)} characters"
+            err = expect_flame_error(
+                FlameErrorCode.INTERNAL,
+                lambda: handle.client.invoke({"op": "fail_deep", "message": huge}, timeout=self.invoke_timeout),
+                what,
+            )
+            handle.session.failed += 1
+            text = err.message
+            assert len(text) <= limit + 100, f"{what}: {len(text)} characters arrived; the limit is {limit}"
+            assert text.startswith(f"ValueError: {huge[:1000]}"), f"{what}: the head was not kept: {text[:80]!r}"
+            assert text.rstrip().endswith(huge[-1000:].rstrip()), f"{what}: the tail was not kept: {text[-80:]!r}"
+            self.client.check_counters(handle.session)
 
     def test_service_state_machine(self) -> None:
         """Everything above in random orders (:class:`ServiceMachine`), shrunk to the shortest failure."""

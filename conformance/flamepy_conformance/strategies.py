@@ -9,7 +9,9 @@ size (to the smallest failing length) without having to generate megabytes.
 
 from __future__ import annotations
 
+import collections
 import datetime
+import enum
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -18,16 +20,25 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from flamepy_core.contracts.bounds import MAX_ERROR_MESSAGE_BYTES, MAX_METHOD_PATH_BYTES
+from flamepy_core.contracts.bounds import LARGE_DOCUMENT_BYTES, MAX_ERROR_MESSAGE_BYTES, MAX_METHOD_PATH_BYTES
 from flamepy_core.contracts.errors import FlameErrorCode
 from flamepy_core.contracts.transport import Transport
 
 __all__ = [
     "DOMAINS",
+    "ConformanceBytes",
+    "ConformanceColour",
+    "ConformanceDict",
+    "ConformanceFloat",
+    "ConformanceInt",
+    "ConformanceList",
     "ConformanceRecord",
+    "ConformanceStr",
+    "domain_subclass_values",
     "error_codes",
     "error_messages",
     "garbage",
+    "large_documents",
     "long_error_messages",
     "long_method_paths",
     "method_path_of_length",
@@ -271,6 +282,88 @@ def values_for_domain(domain: str) -> st.SearchStrategy[Any]:
     if maker is None:
         raise ValueError(f"no strategy for the value domain {domain!r}; known domains: {', '.join(DOMAINS)}")
     return maker()
+
+
+class ConformanceInt(int):
+    """A subclass of a domain type (module level, so pickle carries it by reference)."""
+
+
+class ConformanceFloat(float):
+    """A ``float`` subclass."""
+
+
+class ConformanceStr(str):
+    """A ``str`` subclass."""
+
+
+class ConformanceBytes(bytes):
+    """A ``bytes`` subclass."""
+
+
+class ConformanceList(list):  # type: ignore[type-arg]
+    """A ``list`` subclass."""
+
+
+class ConformanceDict(dict):  # type: ignore[type-arg]
+    """A ``dict`` subclass."""
+
+
+class ConformanceColour(enum.IntEnum):
+    """An ``IntEnum``: an ``int`` subclass that JSON and msgpack would quietly turn into its value."""
+
+    RED = 1
+    GREEN = 2
+
+
+def domain_subclass_values() -> st.SearchStrategy[Any]:
+    """Instances of subclasses of the domain types (``int``, ``float``, ``str``, ``bytes``, ``list``, ``dict``,
+    ``IntEnum``, ``OrderedDict``), alone or nested in a plain list or dict.
+
+    A serializer must give each back as exactly what was sent (pickle does: the classes live at module
+    level) or refuse it in ``dumps``; turning one into its base type is a silent change of the value.
+    """
+    small = st.integers(-1000, 1000)
+    text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8)
+    alone = st.one_of(
+        small.map(ConformanceInt),
+        st.floats(allow_nan=False, allow_infinity=False).map(ConformanceFloat),
+        text.map(ConformanceStr),
+        st.binary(max_size=8).map(ConformanceBytes),
+        st.lists(small, max_size=3).map(ConformanceList),
+        st.dictionaries(text, small, max_size=3).map(ConformanceDict),
+        st.sampled_from(list(ConformanceColour)),
+        st.dictionaries(text, small, min_size=1, max_size=3).map(collections.OrderedDict),
+    )
+    return st.one_of(alone, alone.map(lambda v: [1, v]), st.tuples(text, alone).map(lambda kv: {kv[0]: kv[1]}))
+
+
+def large_documents(domain: str, size: int = LARGE_DOCUMENT_BYTES) -> list[tuple[str, Any]]:
+    """Named documents of ``domain`` for the round trip of large ones: megabytes each.
+
+    A string of ``size`` bytes of UTF-8 (characters of every width), a list and a dict of ``size // 512``
+    strings of about 512 bytes, a list of ``size // 128`` small numbers and, where the domain has them,
+    ``size`` raw bytes. Built from a fixed seed, so every run sends the same documents. An unknown domain
+    is a ``ValueError`` (a serializer with a domain of its own overrides ``SerializerTests.large_values``).
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"no large documents for the value domain {domain!r}; known domains: {', '.join(DOMAINS)}")
+    blob = random.Random(size).randbytes(size)
+    if domain == "bytes":
+        return [(f"bytes of {size}", blob)]
+    chunk = utf8_text_of_size(64 * 1024, seed=size)  # repeated: drawing 8 MiB character by character is slow
+    text = chunk * (size // len(chunk.encode("utf-8"))) + utf8_text_of_size(size % (64 * 1024))
+    count = size // 512
+    pieces = [text[i * 256 : i * 256 + 256] for i in range(count)]  # 256 characters, ~512 bytes each
+    many = count * 4
+    documents: list[tuple[str, Any]] = [
+        (f"a str of {size} bytes of UTF-8", text),
+        (f"a list of {count} strings of 256 characters", pieces),
+        (f"a dict of {count} keys to strings of 256 characters", {f"key {i:06d}": p for i, p in enumerate(pieces)}),
+        (f"a list of {many} small numbers", [i * (-1) ** i for i in range(many)]),
+    ]
+    if domain in ("msgpack", "python"):
+        documents.append((f"bytes of {size}", blob))
+    return documents
 
 
 def _generator() -> Iterator[int]:

@@ -45,6 +45,7 @@ from flamepy_core.client.session import Session
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.model import ApplicationAttributes, ResourceRequirement, SessionAttributes, SessionState, short_name
 from flamepy_core.objref import ObjectRef
+from flamepy_core.progress import waiting
 
 __all__ = ["ObjectFuture", "ObjectFutureIterator", "ObjectRef", "Runner", "RunnerService", "get_object"]
 
@@ -331,8 +332,13 @@ class Runner:
         self._storage = create_storage_backend(package.storage if package else None, app_name=self._name)
         url: str | None = None
         try:
-            self._package_path = self._create_package()
-            url = self._storage.upload(self._package_path, self._filename())
+            # Both can take a while for a big project: on a terminal, each says so after half a second.
+            archive = f"dist/{self._filename()}"
+            with waiting(lambda t: f"flamepy: packaging {Path.cwd()} into {archive} ({t:.0f} s)", delay=0.5):
+                self._package_path = self._create_package()
+            size = self._package_path.stat().st_size / (1 << 20)
+            with waiting(lambda t: f"flamepy: uploading {archive} ({size:.1f} MiB, {t:.0f} s)", delay=0.5):
+                url = self._storage.upload(self._package_path, self._filename())
             template_name = self._context.runner.template or "flmrun"
             template = get_application(template_name)
             if template is None:

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from functools import partial
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from flamepy_core.model import (
     task_from_proto,
 )
 from flamepy_core.plugins import get_registry, local_endpoint
+from flamepy_core.transport_kit import unary_async
 from flamepy_core.wire.methods import EXT, FRONTEND, RUNTIME
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
@@ -53,6 +55,8 @@ class Connection:
         """Set for the embedded local server: restarts it if it has gone; True when it did."""
         self.has_extensions: bool | None = None
         """Whether the server speaks flamepy.ext.v1 (None = not known yet)."""
+        self.has_batches: bool | None = None
+        """Whether the server has flamepy.ext.v1's CreateTasks and WatchOutcomes (None = not known yet)."""
         self.watches = TaskWatches()
         """The watchers and the pool that complete this connection's ``run()`` futures."""
         self._pid = os.getpid()
@@ -194,7 +198,19 @@ class Connection:
         return [Session(self, s) for s in reply.sessions]
 
     def close_session(self, session_id: str) -> Session:
-        return Session(self, self.call("CloseSession", fe.CloseSessionRequest(session_id=session_id), "close session"))
+        """Close once the tasks this connection's ``run()`` submitted to it are created (pending ones are
+        then cancelled, as Flame's do: a close never overtakes a submission made before it)."""
+        self.watches.flush(session_id)
+        request = fe.CloseSessionRequest(session_id=session_id)
+        closed = Session(self, self.call("CloseSession", request, "close session"))
+        self.watches.refuse(
+            session_id,
+            FlameError(
+                FlameErrorCode.INVALID_STATE,
+                f"Cannot create task in closed session {session_id}; open a new session",
+            ),
+        )
+        return closed
 
     # -- tasks ---------------------------------------------------------------------------------------
 
@@ -215,15 +231,56 @@ class Connection:
         if input_data is not None:
             spec.input = input_data
         method = EXT["RunTask"]
+        start = time.monotonic()
         try:
             raw = self.unary("RunTask", method.path, fe.CreateTaskRequest(task=spec).SerializeToString(), timeout)
         except FlameError as exc:
-            if exc.code == FlameErrorCode.DEADLINE_EXCEEDED and timeout is not None:
+            # The server drops the call when our deadline passes; its CANCELLED can beat our own timer.
+            timed_out = exc.code == FlameErrorCode.DEADLINE_EXCEEDED or (
+                exc.code == FlameErrorCode.CANCELLED and timeout is not None and time.monotonic() - start >= timeout
+            )
+            if timed_out and timeout is not None:
                 raise FlameError(
-                    exc.code, f"the task of session {session_id} did not finish within {timeout} s (it keeps running)"
+                    FlameErrorCode.DEADLINE_EXCEEDED,
+                    f"the task of session {session_id} did not finish within {timeout} s (it keeps running)",
                 ) from exc
             raise FlameError(exc.code, f"failed to run task: {exc.message}") from exc
         return pb.Task.FromString(raw)
+
+    def create_tasks_async(self, session_id: str, inputs: list[bytes | None]) -> Future[ext_pb2.CreateTasksResponse]:
+        """flamepy.ext.v1 CreateTasks, sent now: the future completes once the tasks are committed."""
+        request = ext_pb2.CreateTasksRequest(session_id=session_id)
+        for data in inputs:
+            item = request.tasks.add()
+            if data is not None:
+                item.input = data
+        if self.recover is not None and time.monotonic() - self._last_ok > 1.0:
+            self.recover()  # as for CreateTask: make sure the local server is there before a call not repeated
+        sent = unary_async(self.channel, EXT["CreateTasks"].path, request.SerializeToString())
+        answer: Future[ext_pb2.CreateTasksResponse] = Future()
+
+        def settle(done: Future[bytes]) -> None:
+            error = done.exception()
+            if error is None:
+                self._last_ok = time.monotonic()
+                answer.set_result(ext_pb2.CreateTasksResponse.FromString(done.result()))
+            elif isinstance(error, FlameError):
+                answer.set_exception(FlameError(error.code, f"failed to create tasks: {error.message}"))
+            else:
+                answer.set_exception(error)
+
+        sent.add_done_callback(settle)
+        return answer
+
+    def watch_outcomes(self, session_id: str, after_task_id: int) -> Iterator[ext_pb2.TaskOutcomes]:
+        """flamepy.ext.v1 WatchOutcomes: batches of completed tasks of the session as they complete."""
+        method = EXT["WatchOutcomes"]
+        request = ext_pb2.WatchSessionRequest(session_id=session_id, after_task_id=max(0, after_task_id))
+        try:
+            for raw in self.channel.stream(method.path, request.SerializeToString(), timeout=None):
+                yield ext_pb2.TaskOutcomes.FromString(raw)
+        except FlameError as exc:
+            raise FlameError(exc.code, f"failed to watch session {session_id}: {exc.message}") from exc
 
     def watch_session(self, session_id: str, after_task_id: int) -> Iterator[pb.Task]:
         """flamepy.ext.v1 WatchSession: completed tasks of the session as they complete."""

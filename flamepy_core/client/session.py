@@ -1,24 +1,46 @@
 """The core ``Session``: tasks of opaque bytes, with Flame's semantics, plus ``run()`` futures.
 
 A ``Session`` object is a snapshot of the session when it was made (as in Flame); ``flamepy.get_session``
-gives fresh counters. ``run()`` returns a real ``concurrent.futures.Future`` completed by a watcher on a
-bounded pool shared by the connection, so thousands of outstanding tasks cost a few threads, not one each.
-Both belong to the connection (:class:`TaskWatches`, ``Connection.watches``): a watcher lives while its
-session has tasks in flight, and the pool goes with the connection.
+gives fresh counters. ``run()`` returns a real ``concurrent.futures.Future``.
+
+Against flamepy's own server, ``run()`` submits in batches and completes its futures from one stream:
+
+* submissions are coalesced (:class:`TaskSubmitter`): a lone ``run()`` is sent at once, and while one
+  batch is in flight the next submissions queue and go together in one ``CreateTasks`` message, so a loop
+  of ``run()`` calls pays a round trip per batch, not per task;
+* completions arrive in batches on one ``WatchOutcomes`` stream per session (:class:`SessionWatcher`),
+  each matched to its future through a dict: O(1) per task.
+
+Against a Flame server (no ``flamepy.ext.v1``) every task is created with ``CreateTask`` before ``run()``
+returns and watched with ``WatchTask`` on a bounded pool, so thousands of outstanding tasks cost a few
+threads, not one each. Submitters, watchers and the pool belong to the connection (:class:`TaskWatches`,
+``Connection.watches``): a watcher lives while its session has tasks in flight, and the pool goes with
+the connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.model import Event, SessionState, Task, event_from_proto, ms_to_datetime, task_from_proto
+from flamepy_core.model import (
+    Event,
+    SessionState,
+    Task,
+    TaskState,
+    event_from_proto,
+    ms_to_datetime,
+    task_from_proto,
+)
 from flamepy_core.progress import waiting
+from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -29,6 +51,9 @@ if TYPE_CHECKING:
     from flamepy_core.client.connection import Connection
 
 WATCH_WORKERS = 32
+BATCH_MAX_TASKS = 4096
+BATCH_MAX_BYTES = 4 << 20
+"""A CreateTasks message carries at most this many tasks / input bytes (the rest go in the next one)."""
 
 
 class TaskFailedError(FlameError):
@@ -65,11 +90,132 @@ def _outcome(task: Task) -> bytes | None:
     )
 
 
-class SessionWatcher:
-    """One WatchSession stream completing the futures of every task ``run()`` submitted in a session.
+def _reply_outcome(reply: pb.Task) -> bytes | None:
+    """The output of a task as RunTask answers it, reading only what decides the result."""
+    if reply.status.state == pb.TaskState.Succeed:
+        return reply.spec.output if reply.spec.HasField("output") else None
+    return _outcome(task_from_proto(reply))  # a failure: the error carries the whole task
 
-    Results that arrive before their future is registered (the stream can be faster than CreateTask's
-    reply) wait in ``_early``. If the stream breaks it is reopened after the lowest pending id; after
+
+def _settle_outcome(future: Future[bytes | None], outcome: ext_pb2.TaskOutcome, session_id: str) -> None:
+    """Complete ``future`` from a WatchOutcomes entry."""
+    state = outcome.state
+    if state == pb.TaskState.Succeed:
+        future.set_result(outcome.output if outcome.HasField("output") else None)
+        return
+    tid = str(outcome.task_id)
+    if state == pb.TaskState.Cancelled:
+        future.set_exception(
+            FlameError(FlameErrorCode.INVALID_STATE, f"task {tid} of session {session_id} was cancelled")
+        )
+        return
+    message = outcome.message or "Task failed without error message"
+    now = datetime.now(timezone.utc)
+    task = Task(
+        id=tid,
+        session_id=session_id,
+        state=TaskState(int(state)),
+        creation_time=now,
+        completion_time=now,
+        events=[Event(code=int(pb.TaskState.Failed), message=message, creation_time=now)],
+    )
+    future.set_exception(TaskFailedError(task, message))
+
+
+class TaskSubmitter:
+    """Coalesces one session's submissions into ``CreateTasks`` batches (see the module's docstring).
+
+    ``submit`` returns a future of the task's id at once. A submission made while nothing is in flight
+    is sent at once (no added latency); those made while a batch is in flight wait for its answer and
+    go together in the next one, in order.
+    """
+
+    def __init__(self, session: Session, watches: TaskWatches) -> None:
+        self.session = session
+        self._watches = watches
+        self._lock = threading.Lock()
+        self._queue: list[tuple[bytes | None, Future[int]]] = []
+        self._in_flight = False
+        self._last: Future[int] | None = None
+
+    def submit(self, data: bytes | None) -> Future[int]:
+        future: Future[int] = Future()
+        with self._lock:
+            self._queue.append((data, future))
+            self._last = future
+            if self._in_flight:
+                return future
+            self._in_flight = True
+            batch = self._take()
+        self._send(batch)
+        return future
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._in_flight and not self._queue
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every submission made so far has its answer (created, or refused)."""
+        with self._lock:
+            last = self._last
+        if last is not None:
+            with contextlib.suppress(FutureTimeout):
+                last.exception(timeout=timeout)
+
+    def _take(self) -> list[tuple[bytes | None, Future[int]]]:
+        """The next batch from the queue (called with the lock held)."""
+        size = count = 0
+        for data, _future in self._queue:
+            size += len(data) if data is not None else 0
+            count += 1
+            if count >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
+                break
+        batch, self._queue = self._queue[:count], self._queue[count:]
+        return batch
+
+    def _send(self, batch: list[tuple[bytes | None, Future[int]]]) -> None:
+        try:
+            sent = self.session.connection.create_tasks_async(self.session.id, [data for data, _ in batch])
+        except FlameError as exc:
+            sent = Future()
+            sent.set_exception(exc)
+        sent.add_done_callback(lambda done: self._answered(batch, done))
+
+    def _answered(
+        self, batch: list[tuple[bytes | None, Future[int]]], done: Future[ext_pb2.CreateTasksResponse]
+    ) -> None:
+        error = done.exception()
+        if isinstance(error, FlameError) and error.code == FlameErrorCode.UNIMPLEMENTED:
+            # An older or a Flame server: one CreateTask per task, off the channel's thread.
+            self.session.connection.has_batches = False
+            self._watches.pool().submit(self._create_one_by_one, batch)
+        elif error is not None:
+            for _data, future in batch:
+                future.set_exception(error)
+        else:
+            reply = done.result()
+            for offset, (_data, future) in enumerate(batch):
+                future.set_result(reply.first_task_id + offset)
+        with self._lock:
+            if not self._queue:
+                self._in_flight = False
+                return
+            following = self._take()
+        self._send(following)
+
+    def _create_one_by_one(self, batch: list[tuple[bytes | None, Future[int]]]) -> None:
+        for data, future in batch:
+            try:
+                future.set_result(int(self.session.connection.create_task(self.session.id, data).metadata.id))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+class SessionWatcher:
+    """One WatchOutcomes stream completing the futures of every task ``run()`` submitted in a session.
+
+    Results that arrive before their future is registered (the stream can be faster than the answer to
+    CreateTasks) wait in ``_early``. If the stream breaks it is reopened after the lowest pending id; after
     ``RECONNECTS`` failed attempts the pending futures fail with the error.
     """
 
@@ -81,12 +227,12 @@ class SessionWatcher:
         self._watches = watches
         self._lock = threading.Lock()
         self._pending: dict[int, Future[bytes | None]] = {}
-        self._early: dict[int, pb.Task] = {}
+        self._early: dict[int, ext_pb2.TaskOutcome] = {}
         self._thread: threading.Thread | None = None
         self._unsupported = False
 
-    def register(self, task_id: int, future: Future[bytes | None]) -> tuple[bool, pb.Task | None]:
-        """Take charge of ``future``: ``(False, None)`` when the server lacks WatchSession (watch per task);
+    def register(self, task_id: int, future: Future[bytes | None]) -> tuple[bool, ext_pb2.TaskOutcome | None]:
+        """Take charge of ``future``: ``(False, None)`` when the server lacks WatchOutcomes (watch per task);
         ``(True, snapshot)`` when its result arrived already (the caller settles it, outside any lock)."""
         with self._lock:
             if self._unsupported:
@@ -116,16 +262,16 @@ class SessionWatcher:
         failures = 0
         while True:
             try:
-                for snapshot in self.session.connection.watch_session(self.session.id, after):
+                for batch in self.session.connection.watch_outcomes(self.session.id, after):
                     failures = 0
-                    self._deliver(snapshot)
+                    self._deliver(batch.tasks)
                 error: FlameError | None = None
             except FlameError as exc:
                 error = exc
             with self._lock:
                 if error is not None and error.code == FlameErrorCode.UNIMPLEMENTED:
                     self._unsupported = True
-                    self.session.connection.has_extensions = False
+                    self.session.connection.has_batches = False
                     pending, self._pending = self._pending, {}
                     self._thread = None
                 elif not self._pending:
@@ -134,7 +280,7 @@ class SessionWatcher:
                 else:
                     pending = {}
                     after = min(self._pending) - 1
-            if pending:  # the server has no WatchSession: watch these one by one
+            if pending:  # the server has no WatchOutcomes: watch these one by one
                 for tid, future in pending.items():
                     self._watches.pool().submit(_await_into, self.session, tid, future)
                 return
@@ -148,15 +294,19 @@ class SessionWatcher:
                 return
             time.sleep(min(2.0, 0.1 * 2**failures))
 
-    def _deliver(self, snapshot: pb.Task) -> None:
-        tid = int(snapshot.metadata.id)
+    def _deliver(self, outcomes: Iterable[ext_pb2.TaskOutcome]) -> None:
+        ready: list[tuple[Future[bytes | None], ext_pb2.TaskOutcome]] = []
         with self._lock:
-            future = self._pending.pop(tid, None)
-            if future is None:
-                if len(self._early) < self.EARLY_LIMIT:
-                    self._early[tid] = snapshot
-                return
-        _settle(future, snapshot)
+            for outcome in outcomes:
+                future = self._pending.pop(outcome.task_id, None)
+                if future is None:
+                    if len(self._early) < self.EARLY_LIMIT:
+                        self._early[outcome.task_id] = outcome
+                else:
+                    ready.append((future, outcome))
+        session_id = self.session.id
+        for future, outcome in ready:
+            _settle_outcome(future, outcome, session_id)
 
     def _settle_remaining(self) -> None:
         with self._lock:
@@ -203,6 +353,43 @@ class TaskWatches:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._watchers: dict[str, SessionWatcher] = {}
+        self._submitters: dict[str, TaskSubmitter] = {}
+        self._refused: dict[str, FlameError] = {}
+        """Sessions the server said are closed or gone (newest last): run() raises at once for them."""
+
+    REFUSED_KEPT = 10_000
+
+    def refuse(self, session_id: str, error: FlameError) -> None:
+        """Remember that ``session_id`` takes no more tasks (it was closed, or does not exist)."""
+        with self._lock:
+            self._refused.pop(session_id, None)
+            self._refused[session_id] = error
+            while len(self._refused) > self.REFUSED_KEPT:
+                del self._refused[next(iter(self._refused))]
+
+    def refusal(self, session_id: str) -> FlameError | None:
+        """Why ``session_id`` takes no tasks, when this connection knows it; else None."""
+        return self._refused.get(session_id)
+
+    def submit(self, session: Session, data: bytes | None) -> Future[int]:
+        """Queue a task for creation in the session's next CreateTasks batch; a future of its id."""
+        with self._lock:
+            submitter = self._submitters.get(session.id)
+            if submitter is None:
+                submitter = self._submitters[session.id] = TaskSubmitter(session, self)
+            else:
+                # Drop idle submitters of other sessions as we go: a process that runs many sessions
+                # keeps only the live ones.
+                for sid in [sid for sid, s in self._submitters.items() if sid != session.id and s.idle()]:
+                    del self._submitters[sid]
+        return submitter.submit(data)
+
+    def flush(self, session_id: str) -> None:
+        """Wait until the submissions made so far in ``session_id`` are answered."""
+        with self._lock:
+            submitter = self._submitters.get(session_id)
+        if submitter is not None:
+            submitter.flush()
 
     def pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -211,14 +398,14 @@ class TaskWatches:
             return self._pool
 
     def add(self, session: Session, task_id: int, future: Future[bytes | None]) -> bool:
-        """Hand ``future`` to the session's watcher; False when the server lacks WatchSession."""
+        """Hand ``future`` to the session's watcher; False when the server lacks WatchOutcomes."""
         with self._lock:  # atomic with retire(): a future never lands on a watcher being dropped
             watcher = self._watchers.get(session.id)
             if watcher is None:
                 watcher = self._watchers[session.id] = SessionWatcher(session, self)
             accepted, early = watcher.register(task_id, future)
         if early is not None:
-            _settle(future, early)
+            _settle_outcome(future, early, session.id)
         return accepted
 
     def retire(self, watcher: SessionWatcher) -> None:
@@ -308,25 +495,41 @@ class Session:
         return _outcome(task_from_proto(last))
 
     def run(self, input_data: bytes | None) -> Future[bytes | None]:
-        """Create the task now (errors raise here), and return a future of its output.
+        """Submit a task and return a future of its output.
 
-        Against flamepy's server one stream per session completes every future; against Flame's, each
-        task is watched on a bounded pool shared by the connection.
+        Against flamepy's server the task is created in a batch with the session's other submissions
+        (see the module's docstring): an error creating it completes the future. Once this connection
+        knows the session takes no tasks (it closed it, or the server refused a submission because the
+        session is closed or gone), ``run()`` raises that error at once. Against Flame's, the task is
+        created before this returns (errors raise here) and watched on a bounded pool shared by the
+        connection.
         """
-        task = self.create_task(input_data)
+        if input_data is not None and not isinstance(input_data, (bytes, bytearray, memoryview)):
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "input_data must be bytes in core API")
+        refused = self.connection.watches.refusal(self.id)
+        if refused is not None:
+            raise FlameError(refused.code, refused.message)
+        data = bytes(input_data) if input_data is not None else None
         future: Future[bytes | None] = Future()
         future.set_running_or_notify_cancel()
-        if self.connection.has_extensions is not False and self.connection.watches.add(self, int(task.id), future):
+        connection = self.connection
+        if connection.has_extensions is not False and connection.has_batches is not False:
+            connection.watches.submit(self, data).add_done_callback(lambda created: self._created(created, future))
             return future
-
-        def watch() -> None:
-            try:
-                future.set_result(self._await(task.id))
-            except BaseException as exc:
-                future.set_exception(exc)
-
-        self.connection.watches.pool().submit(watch)
+        task = self.create_task(data)
+        connection.watches.pool().submit(_await_into, self, int(task.id), future)
         return future
+
+    def _created(self, created: Future[int], future: Future[bytes | None]) -> None:
+        error = created.exception()
+        if error is not None:
+            if isinstance(error, FlameError) and error.code in (FlameErrorCode.INVALID_STATE, FlameErrorCode.NOT_FOUND):
+                self.connection.watches.refuse(self.id, error)
+            future.set_exception(error)
+            return
+        tid = created.result()
+        if not self.connection.watches.add(self, tid, future):
+            self.connection.watches.pool().submit(_await_into, self, tid, future)
 
     def invoke(self, input_data: bytes | None, timeout: float | None = None) -> bytes | None:
         """Run one task and wait for its output; ``timeout`` (seconds) bounds the wait, default none.
@@ -345,7 +548,7 @@ class Session:
                 self.connection.has_extensions = False
             else:
                 self.connection.has_extensions = True
-                return _outcome(task_from_proto(done))
+                return _reply_outcome(done)
         task = self.create_task(input_data)
         if timeout is None:
             with waiting(self._waiting_for_instance):

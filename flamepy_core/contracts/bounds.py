@@ -1,8 +1,9 @@
-"""The numbers behind the transport contract's words: how long is "intact", how soon is "promptly".
+"""The numbers behind the contracts' words: how long is "intact", how soon is "promptly", how large "large".
 
-The contract (:mod:`flamepy_core.contracts.transport`) says a handler's error reaches the caller
+The transport contract (:mod:`flamepy_core.contracts.transport`) says a handler's error reaches the caller
 *intact*, a cancelled stream stops its handler *promptly*, ``stop(grace)`` does not wait for handlers
-that ignore it. A plugin author needs numbers to build against, and the conformance suite needs the same
+that ignore it; the serializer contract (:mod:`flamepy_core.contracts.serializer`) that documents of any
+size round-trip. A plugin author needs numbers to build against, and the conformance suite needs the same
 numbers to check; both come from here. Each constant says what it bounds and why it has its value.
 """
 
@@ -61,3 +62,8 @@ LEAK_TOLERANCE: Final = 0.01
 """Calls leave nothing behind: after a batch of calls has settled, the process holds at most this
 fraction of the batch's size in extra threads or file descriptors (pools may grow a little, a thread or
 descriptor per call may not)."""
+
+LARGE_DOCUMENT_BYTES: Final = 8 * 1024 * 1024
+"""A serializer round-trips documents of any size; the suite's large documents hold about this many bytes
+each (a string, a list and a dict of long strings, a long list of numbers and, where the domain has them,
+raw bytes), so a 16-bit length field, a fixed buffer of a few MiB or a decompression cap shows."""

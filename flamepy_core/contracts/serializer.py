@@ -3,6 +3,18 @@
 The runtime never calls ``loads`` on a client's payload; only the user's own processes (client and
 service) do. ``domain`` names the family of values a serializer round-trips, so the conformance suite
 knows which values to generate for it.
+
+What a serializer keeps (the conformance suite checks each):
+
+* every value of its domain comes back exactly (same types all the way down), whatever its size
+  (documents of :data:`~flamepy_core.contracts.bounds.LARGE_DOCUMENT_BYTES` and more);
+* one serializer object is shared by many threads: concurrent ``dumps`` and ``loads`` give the same bytes
+  and values as one thread would;
+* a value outside the domain, a subclass of a domain type included, is refused in ``dumps`` with
+  ``FlameError(INVALID_ARGUMENT)`` naming its type and the serializer, the same error every time; it is
+  never silently turned into a domain value (an ``IntEnum`` into an ``int``) unless it comes back as
+  exactly what was sent;
+* bytes it did not write give a ``FlameError`` naming it (or decode), never another exception or a hang.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     # A file that cannot grow (RLIMIT_FSIZE, as a full disk) must be a write error the store reports and
     # retries, not a signal that kills the server. Instances get the default back (subprocess restores it).
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # `kill -USR1 <server pid>` writes every thread's stack to the server's log: a hang explains itself.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         server.start()
     except FlameError as exc:

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import Channel, Transport
+from flamepy_core.contracts.transport import Channel, Transport, TransportCapabilities
 from flamepy_core.engine.choice import local_endpoint, socket_path
 from flamepy_core.plugins import Chosen
 from flamepy_core.privacy import open_private, private_subdir
@@ -68,7 +69,49 @@ class Instance(Protocol):
     def stderr_tail(self, lines: int | None = None) -> str: ...
 
     def stop(self, grace: float) -> None:
-        """Stop it (``grace`` seconds to finish) and release its link."""
+        """Stop it (``grace`` seconds to finish) and release its link (blocking)."""
+        ...
+
+    # What the scheduler's supervisor watches, without blocking:
+
+    ready_fd: int | None
+    """The read end of its readiness pipe, while it has not said it listens; else None."""
+    pidfd: int | None
+    """Readable once it exited (Linux); None where there is none (then it is polled)."""
+    started: float
+    """``time.monotonic()`` when it was started."""
+    ready_at_once: bool
+    """It listens from the moment it exists (an in-process instance)."""
+
+    @property
+    def link_capabilities(self) -> TransportCapabilities | None:
+        """The capabilities of the transport it is reached with (None before connecting)."""
+        ...
+
+    def read_ready(self) -> bool | None:
+        """Drain the readiness pipe: True once it said it listens."""
+        ...
+
+    def close_ready(self) -> None: ...
+
+    def listening(self) -> LinkOption | None:
+        """The endpoint whose socket exists, or None."""
+        ...
+
+    def connect(self, option: LinkOption | None = None) -> Channel: ...
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for it to end (and reap it): True once it has."""
+        ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def close_channel(self) -> None: ...
+
+    def cleanup(self) -> None:
+        """After it ended: release its channel, descriptors and socket files."""
         ...
 
 
@@ -205,6 +248,7 @@ class InstanceProcess:
         self.tail_lines = tail_lines
         self.url = options[0].url if options else ""
         self._channel: Channel | None = None
+        self._link_capabilities: TransportCapabilities | None = None
         self.ready_fd = ready_fd
         """Read end of the readiness pipe (non-blocking); None once read or closed."""
         self.pidfd: int | None = None
@@ -213,6 +257,15 @@ class InstanceProcess:
             with contextlib.suppress(OSError):
                 self.pidfd = os.pidfd_open(popen.pid)
         self.command = " ".join(popen.args) if isinstance(popen.args, list) else str(popen.args)
+        self.started = time.monotonic()
+
+    ready_at_once = False
+    """True for an instance that listens from the moment it exists (no process to wait for)."""
+
+    @property
+    def link_capabilities(self) -> TransportCapabilities | None:
+        """The capabilities of the transport of the endpoint connected to (None before connecting)."""
+        return self._link_capabilities
 
     @property
     def channel(self) -> Channel:
@@ -261,6 +314,7 @@ class InstanceProcess:
             chosen = option or self.listening() or self.options[0]
             self.url = chosen.url
             self._channel = chosen.transport.connect(chosen.url)
+            self._link_capabilities = chosen.transport.capabilities
         return self._channel
 
     def connect_if_listening(self) -> bool:
@@ -279,6 +333,14 @@ class InstanceProcess:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to exit (and reap it); True once it has."""
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def describe_exit(self, wait: float = 1.0) -> str:
         """'exited with code N' / 'was killed by SIGKILL', plus the last lines of its stderr."""

@@ -25,7 +25,7 @@ from flamepy_core.contracts.transport import (
 )
 from flamepy_core.engine.instances import executor_message, instance_message
 from flamepy_core.engine.objects import ObjectCache
-from flamepy_core.engine.state import Engine
+from flamepy_core.engine.state import Engine, reply_task
 from flamepy_core.wire.methods import EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -188,6 +188,16 @@ def cache_handlers(cache: ObjectCache) -> dict[str, Handler]:
     return {method.path: _unary(method, unary[name]) for name, method in OBJECT_CACHE.items()}
 
 
+def outcome(task: pb.Task) -> ext_pb2.TaskOutcome:
+    """A completed task as its caller reads it: id, state, output, and why it failed (if it did)."""
+    result = ext_pb2.TaskOutcome(task_id=int(task.metadata.id), state=task.status.state)
+    if task.spec.HasField("output"):
+        result.output = task.spec.output
+    if task.status.state != pb.TaskState.Succeed and task.status.events:
+        result.message = task.status.events[-1].message
+    return result
+
+
 def ext_handlers(engine: Engine) -> dict[str, Handler]:
     """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()) and ``Runtime`` (what
     the server runs, for ``flmctl top`` and ``flmctl list -e``)."""
@@ -196,9 +206,32 @@ def ext_handlers(engine: Engine) -> dict[str, Handler]:
         task_input = r.task.input if r.task.HasField("input") else None
         engine.run_task(r.task.session_id, task_input, _answer(responder))
 
+    def create_tasks(r: ext_pb2.CreateTasksRequest, _ctx: CallContext, responder: Responder) -> None:
+        if not r.tasks:
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "CreateTasks: the request has no task")
+
+        def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
+            if error is not None or not tasks:
+                responder.fail(error or FlameError(FlameErrorCode.INTERNAL, "CreateTasks created nothing"))
+                return
+            reply = ext_pb2.CreateTasksResponse(
+                first_task_id=int(tasks[0].metadata.id),
+                count=len(tasks),
+                creation_time=tasks[0].status.creation_time,
+            )
+            responder.send(reply.SerializeToString())
+
+        inputs = [t.input if t.HasField("input") else None for t in r.tasks]
+        engine.submit_tasks(r.session_id, inputs, created)
+
     def watch_session(r: ext_pb2.WatchSessionRequest, ctx: CallContext) -> Iterator[pb.Task]:
         for batch in engine.watch_session(r.session_id, r.after_task_id, ctx.is_active):
-            yield from batch
+            for task in batch:
+                yield reply_task(task)
+
+    def watch_outcomes(r: ext_pb2.WatchSessionRequest, ctx: CallContext) -> Iterator[ext_pb2.TaskOutcomes]:
+        for batch in engine.watch_session(r.session_id, r.after_task_id, ctx.is_active):
+            yield ext_pb2.TaskOutcomes(tasks=[outcome(task) for task in batch])
 
     def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:
         return ext_pb2.InstanceList(instances=[instance_message(i) for i in engine.scheduler.instances()])
@@ -206,5 +239,7 @@ def ext_handlers(engine: Engine) -> dict[str, Handler]:
     return {
         EXT["RunTask"].path: _deferred(EXT["RunTask"], run_task),
         EXT["WatchSession"].path: _stream(EXT["WatchSession"], watch_session),
+        EXT["CreateTasks"].path: _deferred(EXT["CreateTasks"], create_tasks),
+        EXT["WatchOutcomes"].path: _stream(EXT["WatchOutcomes"], watch_outcomes),
         RUNTIME["ListInstances"].path: _unary(RUNTIME["ListInstances"], list_instances),
     }

@@ -28,13 +28,14 @@ import os
 import runpy
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import Channel, Server, Transport
+from flamepy_core.contracts.transport import Channel, Server, Transport, TransportCapabilities
 from flamepy_core.engine.choice import local_endpoint
-from flamepy_core.engine.executor import _expand
+from flamepy_core.engine.executor import LinkOption, _expand
 from flamepy_core.instance.runtime import describe_exception, instance_handlers
 from flamepy_core.instance.service import FlameService
 from flamepy_core.transport_kit import adapt_handlers
@@ -138,6 +139,10 @@ class InProcessInstance:
     ``pid`` is the host's, and it writes no log files (its output is the host's).
     """
 
+    ready_at_once = True
+    ready_fd: int | None = None
+    pidfd: int | None = None
+
     def __init__(
         self, instance_id: str, app_name: str, path: Path, service: FlameService, server: Server, transport: Transport
     ) -> None:
@@ -146,9 +151,14 @@ class InProcessInstance:
         self.path = path
         self.service: FlameService | None = service
         self.url = server.endpoint
+        self.command = str(path)
+        self.started = time.monotonic()
+        self.ready_fd = None
+        self.pidfd = None
         self._server = server
         self._transport = transport
         self._channel: Channel | None = None
+        self._link_capabilities = transport.capabilities
         self._stopped = False
 
     @property
@@ -157,11 +167,20 @@ class InProcessInstance:
             raise FlameError(FlameErrorCode.UNAVAILABLE, f"in-process instance {self.id} is not connected")
         return self._channel
 
+    def listening(self) -> LinkOption | None:
+        return None
+
+    def connect(self, option: LinkOption | None = None) -> Channel:
+        if self._stopped:
+            raise FlameError(FlameErrorCode.UNAVAILABLE, f"in-process instance {self.id} was stopped")
+        if self._channel is None:
+            self._channel = self._transport.connect(self.url)
+        return self._channel
+
     def connect_if_listening(self) -> bool:
         if self._stopped:
             return False
-        if self._channel is None:
-            self._channel = self._transport.connect(self.url)
+        self.connect()
         return True
 
     @property
@@ -171,6 +190,9 @@ class InProcessInstance:
     def alive(self) -> bool:
         return not self._stopped
 
+    def wait_exit(self, timeout: float) -> bool:
+        return self._stopped
+
     def describe_exit(self, wait: float = 1.0) -> str:
         state = "was stopped" if self._stopped else "stopped answering"
         return f"in-process instance {self.id} of application {self.app_name} ({self.path}) {state}"
@@ -178,16 +200,43 @@ class InProcessInstance:
     def stderr_tail(self, lines: int | None = None) -> str:
         return ""  # its output is the host's own stderr
 
+    @property
+    def link_capabilities(self) -> TransportCapabilities | None:
+        return self._link_capabilities
+
+    def read_ready(self) -> bool | None:
+        return True  # no pipe: it listens from the start
+
+    def close_ready(self) -> None:
+        return None
+
+    def terminate(self) -> None:
+        self.stop(0.0)
+
+    def kill(self) -> None:
+        self.stop(0.0)
+
+    def close_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            try:
+                channel.close()
+            except Exception:  # closing must never stop the shutdown
+                log.debug("closing the channel of in-process instance %s failed", self.id, exc_info=True)
+
+    def signal_group(self, sig: int) -> None:
+        """No process to signal: any stop request stops serving at once."""
+        self.stop(0.0)
+
+    def cleanup(self) -> None:
+        self.close_channel()
+
     def stop(self, grace: float) -> None:
         """Stop serving and drop the module; a running entrypoint finishes in its thread."""
         if self._stopped:
             return
         self._stopped = True
-        if self._channel is not None:
-            try:
-                self._channel.close()
-            except Exception:  # closing must never stop the shutdown
-                log.debug("closing the channel of in-process instance %s failed", self.id, exc_info=True)
+        self.close_channel()
         self._server.stop(grace=grace)
         # A FlameInstance with an async entrypoint keeps one event loop; a process would take it along.
         loop = getattr(self.service, "_loop", None)

@@ -1,10 +1,27 @@
-"""The scheduler and the instance drivers: which process serves which session, and what happens when one
-fails.
+"""The scheduler: which instance serves which session. Instances are leases, not threads.
 
-Each instance has one driver thread (never one per task): it starts the process, enters a session
-(``OnSessionEnter``), runs that session's tasks one at a time (``OnTaskInvoke``), leaves when the session
-closes (``OnSessionLeave``), then waits warm for ``delay_release`` seconds to be bound to another session
-of the same application before it is stopped.
+Each instance is a record with a state and a channel (:class:`Instance`); nothing waits on it. A task
+committed for a session with an idle bound instance is marked RUNNING and sent (``OnTaskInvoke``,
+asynchronously) by the very thread that learnt of it: the server thread that received the call, or the
+channel thread that received the previous result. When the result comes back, the same callback records
+it and sends that instance its next pending task at once, back to back.
+
+State changes arrive as events (new tasks, results, readiness, exits, timers) from many threads and are
+handled one at a time under one lock, by whichever thread posted while nobody else was handling: it
+handles the queue to the end, then commits what the events wrote (one group commit) before letting go.
+No event blocks; the work that can (starting a process, waiting for its readiness and its exit) is the
+:class:`Supervisor`'s, one thread whatever the number of sessions.
+
+Life of an instance (as Flame's executors: **one process per session binding**)::
+
+    STARTING -> SPARE ---------------> ENTERING -> IDLE <-> BUSY -> LEAVING -> STOPPING -> gone
+       \\______ (claimed by a session) _/
+
+A process is started for a session (or ahead of one, as a spare), enters exactly one session, serves its
+tasks one at a time, leaves when the session closes, and is stopped: the next session gets a fresh
+process, so no state leaks from one session to the next. Speed comes from spares: when an instance
+leaves, a fresh process of the same application is started ahead (imported and listening, bound to no
+session) and kept for the application's ``delay_release`` seconds, so the next session binds it at once.
 
 Failures have bounds, so no client waits forever: an instance that dies during a task has the task
 retried on a fresh instance up to ``task_retry_limit`` times (each retry is a task event), then failed
@@ -15,17 +32,26 @@ that cause (event 1002).
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.executor import Instance, InstanceLauncher
+from flamepy_core.engine.executor import Instance as InstanceHandle
+from flamepy_core.engine.executor import InstanceLauncher
 from flamepy_core.engine.instances import InstanceInfo
-from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_RETRY_LIMIT, Engine
+from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_NO_EXECUTOR, EVENT_RETRY_LIMIT, Engine
+from flamepy_core.engine.supervisor import Supervisor
+from flamepy_core.transport_kit import unary_async
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -36,73 +62,335 @@ ON_SESSION_ENTER = INSTANCE["OnSessionEnter"].path
 ON_TASK_INVOKE = INSTANCE["OnTaskInvoke"].path
 ON_SESSION_LEAVE = INSTANCE["OnSessionLeave"].path
 _LINK_DOWN = frozenset({FlameErrorCode.UNAVAILABLE, FlameErrorCode.CANCELLED})
+LOST_GRACE = 1.0
+"""Seconds to wait for the exit of an instance whose link broke, before calling it unresponsive."""
+ENTER_RETRY_DELAY = 0.01
+"""Seconds between OnSessionEnter attempts while a service found by its socket file starts serving."""
 
 
-class InstanceDriver(threading.Thread):
-    """Drives one instance process through sessions until it is no longer needed."""
+class State(enum.Enum):
+    STARTING = "starting"
+    """The process runs; it has not said (or shown) that it listens."""
+    SPARE = "spare"
+    """Listening, bound to no session: started ahead, waiting for one."""
+    ENTERING = "entering"
+    """OnSessionEnter is in flight."""
+    IDLE = "idle"
+    """Bound to a session, no task in flight."""
+    BUSY = "busy"
+    """Bound, running a task (and maybe holding the next one, queued behind it)."""
+    LEAVING = "leaving"
+    """OnSessionLeave is in flight."""
+    STOPPING = "stopping"
+    """Told to stop (SIGTERM); SIGKILL after the grace period."""
 
-    def __init__(self, scheduler: Scheduler, instance_id: str, app_name: str, session_id: str) -> None:
-        super().__init__(name=f"flame-instance-{instance_id}", daemon=True)
-        self.scheduler = scheduler
-        self.instance_id = instance_id
-        self.app_name = app_name
-        self.session_id: str | None = session_id
-        self.process: Instance | None = None
-        self.assigned = threading.Event()
-        self.stopping = threading.Event()
-        # What `instances()` reports; plain attribute writes, read without a lock by listings.
-        self.state: int = pb.ExecutorState.ExecutorVoid
-        self.start_time_ms = int(time.time() * 1000)
-        self.tasks_served = 0
+
+BOUND = frozenset({State.ENTERING, State.IDLE, State.BUSY})
+
+
+@dataclass(eq=False)
+class Instance:
+    """One instance's lease: its state, its process and what it is doing."""
+
+    id: str
+    app: str
+    state: State
+    since: float
+    process: InstanceHandle | None = None
+    session_id: str | None = None
+    """The session it serves, or (while STARTING) the one it was started for."""
+    inflight: dict[int, float] = field(default_factory=dict)
+    """Tasks sent and not answered: id -> when sent."""
+    depth: int = 1
+    """How many tasks it may hold at once (1 running + queued behind it); 1 unless the link is asynchronous."""
+    expires: float | None = None
+    """A spare is stopped at this time if no session took it."""
+    kill_at: float | None = None
+    """A stopping instance is killed (SIGKILL) at this time."""
+    cause: str | None = None
+    """Why it is stopping, when that is not its exit status (it stopped answering...)."""
+    lost: list[tuple[str, int]] = field(default_factory=list)
+    """Tasks (session, id) that were in flight when its link broke: retried once its exit is known."""
+    deliberate: bool = False
+    """Stopped on purpose (left its session, spare expired...): its exit is no failure of a session."""
+    ready: bool = False
+    start_time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    tasks_served: int = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     def info(self) -> InstanceInfo:
-        process = self.process
         return InstanceInfo(
-            id=self.instance_id,
-            application=self.app_name,
-            state=self.state,
+            id=self.id,
+            application=self.app,
+            state=_EXECUTOR_STATE[self.state],
             session_id=self.session_id,
-            pid=process.pid if process is not None else None,
+            pid=self.pid,
             start_time_ms=self.start_time_ms,
             tasks_served=self.tasks_served,
         )
 
-    # -- the life of an instance -----------------------------------------------------------------------
 
-    def run(self) -> None:
-        sched = self.scheduler
-        try:
-            try:
-                app = sched.engine.get_application(self.app_name)
-                self.process = sched.launcher.start(app, self.instance_id)
-            except FlameError as exc:
-                if self.session_id:
-                    sched.bind_failed(self, self.session_id, f"instance could not start: {exc.message}")
+_EXECUTOR_STATE = {
+    State.STARTING: pb.ExecutorState.ExecutorVoid,
+    State.SPARE: pb.ExecutorState.ExecutorIdle,
+    State.ENTERING: pb.ExecutorState.ExecutorBinding,
+    State.IDLE: pb.ExecutorState.ExecutorBound,
+    State.BUSY: pb.ExecutorState.ExecutorBound,
+    State.LEAVING: pb.ExecutorState.ExecutorUnbinding,
+    State.STOPPING: pb.ExecutorState.ExecutorReleasing,
+}
+"""How an instance's state reads as Flame's executor state (ListExecutor, flmctl top)."""
+
+
+class Scheduler:
+    """Matches sessions that need instances with spares or new processes, and drives instances by events."""
+
+    def __init__(self, engine: Engine, launcher: InstanceLauncher, settings: RuntimeSettings) -> None:
+        self.engine = engine
+        self.launcher = launcher
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._events: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._events_lock = threading.Lock()
+        self._draining = False
+        self._ids = itertools.count(1)
+        self._instances: dict[str, Instance] = {}
+        self._bind_failures: dict[str, int] = defaultdict(int)
+        self._shim_noted: set[str] = set()
+        """Sessions already told that no executor of their application's shim exists."""
+        self._closed = False
+        self.supervisor = Supervisor(self, settings)
+        engine.scheduler = self
+        self.supervisor.start()
+
+    # -- events ----------------------------------------------------------------------------------------
+
+    def post(self, handler: Callable[..., None], *args: Any) -> None:
+        """Handle an event now on this thread, or queue it for the thread already handling events."""
+        with self._events_lock:
+            self._events.append((handler, args))
+            if self._draining:
                 return
-            while self.session_id and not self.stopping.is_set():
-                session_id = self.session_id
-                if not self._enter(session_id):
-                    return
-                if not self._serve(session_id):
-                    return  # the process died; the scheduler starts another if there is work
-                self._leave(session_id)
-                self.session_id = sched.park(self)
-        except Exception as exc:
-            # A bug here must cost a bounded number of attempts, like any other failure, never a
-            # respawn loop: count it against the session.
-            log.exception("instance driver %s crashed", self.instance_id)
-            if self.session_id:
-                sched.bind_failed(self, self.session_id, f"internal error in the instance driver: {exc!r}")
-        finally:
-            self.state = pb.ExecutorState.ExecutorReleasing
-            if self.process is not None:
-                self.process.stop(sched.settings.shutdown_grace)
-            sched.instance_gone(self)
+            self._draining = True
+        self._drain()
 
-    def _session_context(self, session_id: str) -> bytes:
-        engine = self.scheduler.engine
-        session = engine.get_session(session_id)
-        app = engine.get_application(self.app_name)
+    def _drain(self) -> None:
+        while True:
+            while True:
+                with self._events_lock:
+                    if not self._events:
+                        break
+                    handler, args = self._events.popleft()
+                try:
+                    with self._lock:
+                        handler(*args)
+                except Exception:  # a bug in one event must not stop the others
+                    log.exception("scheduler event %s failed", getattr(handler, "__name__", handler))
+            # What the events wrote (tasks RUNNING, results) goes out in one group commit; its callbacks
+            # may post more events, which this loop then handles.
+            try:
+                self.engine.store.commit()
+            except Exception:
+                log.exception("committing the scheduler's writes failed")
+            with self._events_lock:
+                if not self._events:
+                    self._draining = False
+                    return
+
+    # -- engine hooks (called without the engine lock) ------------------------------------------------
+
+    def tasks_pending(self, session_id: str) -> None:
+        self.post(self._on_tasks_pending, session_id)
+
+    def session_closed(self, session_id: str) -> None:
+        self.post(self._on_session_closed, session_id)
+
+    def application_removed(self, name: str) -> None:
+        self.post(self._on_application_removed, name)
+
+    # -- placing sessions ------------------------------------------------------------------------------
+
+    def _bound_to(self, session_id: str) -> list[Instance]:
+        return [i for i in self._instances.values() if i.session_id == session_id and i.state in BOUND]
+
+    def _on_tasks_pending(self, session_id: str) -> None:
+        if self._closed:
+            return
+        serving = [
+            i for i in self._instances.values() if i.session_id == session_id and i.state in (BOUND | {State.STARTING})
+        ]
+        for inst in serving:
+            if inst.state in (State.IDLE, State.BUSY):
+                self._dispatch(inst)
+        missing = self.engine.demand(session_id) - len(serving)
+        if missing <= 0:
+            return
+        try:
+            app_name = self.engine.get_session(session_id).spec.application
+            app = self.engine.get_application(app_name)
+        except FlameError:
+            return  # the session or its application is gone
+        if app.spec.shim != pb.Shim.Host:
+            self._no_executor(session_id, app)
+            return
+        for _ in range(missing):
+            if not self._acquire(session_id, app):
+                break
+
+    def _acquire(self, session_id: str, app: pb.Application) -> bool:
+        """Give ``session_id`` one more instance of ``app``: a spare, a starting spare, or a new process."""
+        name = app.metadata.name
+        spares = [i for i in self._instances.values() if i.app == name and i.state == State.SPARE]
+        if spares:
+            self._enter(spares[0], session_id)
+            return True
+        starting = [i for i in self._instances.values() if i.app == name and i.state == State.STARTING]
+        unclaimed = [i for i in starting if i.session_id is None]
+        if unclaimed:
+            unclaimed[0].session_id = session_id
+            return True
+        alive = sum(1 for i in self._instances.values() if i.app == name and i.state != State.STOPPING)
+        if alive >= app.spec.max_instances:
+            return False  # the application's cap: a busy instance takes the task when it is free
+        self._spawn(app, session_id)
+        return True
+
+    def _no_executor(self, session_id: str, app: pb.Application) -> None:
+        """This server runs Host applications only: the session's tasks wait, and the session says why."""
+        if session_id in self._shim_noted:
+            return
+        self._shim_noted.add(session_id)
+        shim = pb.Shim.Name(app.spec.shim)
+        message = (
+            f"no executor of shim {shim} exists on this server (it runs {pb.Shim.Name(pb.Shim.Host)} applications "
+            f"only): the tasks of application {app.metadata.name} stay pending; register it with shim: Host, or "
+            f"connect to a Flame cluster that has {shim} executors (FLAME_ENDPOINT)"
+        )
+        log.warning("session %s: %s", session_id, message)
+        self.engine.add_session_event(session_id, EVENT_NO_EXECUTOR, message)
+
+    def _spawn(self, app: pb.Application, session_id: str | None) -> Instance:
+        now = time.monotonic()
+        inst = Instance(id=f"i{next(self._ids)}", app=app.metadata.name, state=State.STARTING, since=now)
+        inst.session_id = session_id
+        if session_id is None:
+            inst.expires = now + float(app.spec.delay_release)
+        self._instances[inst.id] = inst
+        self.supervisor.spawn(inst, app)
+        return inst
+
+    # -- supervisor events -----------------------------------------------------------------------------
+
+    def on_started(self, inst: Instance, process: InstanceHandle | None, error: FlameError | None) -> None:
+        """The supervisor started the process (or could not)."""
+        if process is None:
+            self._instances.pop(inst.id, None)
+            detail = f"instance could not start: {error.message if error else 'unknown error'}"
+            if inst.session_id is not None:
+                self._bind_failed(inst.session_id, inst.app, detail)
+            else:
+                log.warning("spare instance %s of %s: %s", inst.id, inst.app, detail)
+            return
+        inst.process = process
+        if inst.state == State.STOPPING or self._closed:
+            self.supervisor.stop(inst, self.settings.shutdown_grace)
+
+    def on_ready(self, inst: Instance) -> None:
+        """The process listens (it said so, or its socket appeared) and the channel to it is made."""
+        if inst.state != State.STARTING or self._closed:
+            return
+        inst.ready = True
+        process = inst.process
+        assert process is not None
+        caps = process.link_capabilities
+        inst.depth = 2 if caps is not None and caps.deferred_replies and caps.async_calls else 1
+        if inst.session_id is not None:
+            sid = inst.session_id
+            if self.engine.demand(sid) > 0 and self._session_open(sid):
+                self._enter(inst, sid)
+                return
+            inst.session_id = None  # the session it was started for no longer needs it
+        self._make_spare(inst)
+
+    def _make_spare(self, inst: Instance) -> None:
+        inst.state = State.SPARE
+        inst.since = time.monotonic()
+        try:
+            delay = float(self.engine.get_application(inst.app).spec.delay_release)
+        except FlameError:
+            self._stop(inst, deliberate=True)
+            return
+        inst.expires = inst.since + delay
+        # Somebody may be waiting for an instance of this application right now.
+        for session_id in self.engine.pending_sessions(inst.app):
+            if inst.state != State.SPARE:
+                break
+            self._on_tasks_pending(session_id)
+
+    def on_exit(self, inst: Instance) -> None:
+        """The process has exited (its status is known)."""
+        if self._instances.pop(inst.id, None) is None:
+            return
+        process = inst.process
+        state = inst.state
+        description = inst.cause or (process.describe_exit(wait=0) if process is not None else "the instance ended")
+        if process is not None:
+            process.cleanup()
+        if self._closed:
+            return
+        lost = list(inst.lost) + [(inst.session_id, tid) for tid in inst.inflight if inst.session_id]
+        inst.inflight.clear()
+        inst.lost.clear()
+        for session_id, tid in lost:  # a task never stays RUNNING without its instance
+            self.engine.retry_task(session_id, str(tid), description)
+        if not inst.deliberate:
+            sid = inst.session_id
+            if state in (State.STARTING, State.ENTERING) and sid is not None:
+                self._bind_failed(sid, inst.app, description)
+            elif state in (State.IDLE, State.BUSY) and sid is not None and not lost and self._session_open(sid):
+                # Dying while idle is a failure to serve the session: count it, or a service that always
+                # dies after entering would be restarted forever.
+                self._bind_failed(sid, inst.app, description)
+        for session_id in self._sessions_wanting(inst.app):
+            self._on_tasks_pending(session_id)
+
+    def on_tick(self, now: float) -> None:
+        """Timers: start deadlines, spare expiry, SIGKILL after the grace period."""
+        for inst in list(self._instances.values()):
+            if inst.state == State.STARTING and inst.process is not None:
+                if now - inst.since > self.settings.instance_start_timeout:
+                    self._start_timed_out(inst)
+            elif inst.state == State.SPARE and inst.expires is not None and now >= inst.expires:
+                log.info("spare instance %s of %s was not used within delay_release: stopping it", inst.id, inst.app)
+                self._stop(inst, deliberate=True)
+            elif inst.state == State.STOPPING and inst.kill_at is not None and now >= inst.kill_at:
+                inst.kill_at = None
+                if inst.process is not None:
+                    inst.process.kill()
+
+    def _start_timed_out(self, inst: Instance) -> None:
+        process = inst.process
+        assert process is not None
+        detail = (
+            f"instance {inst.id} did not start listening on {process.url} within "
+            f"{self.settings.instance_start_timeout} s"
+        )
+        tail = process.stderr_tail(self.settings.stderr_tail_lines)
+        if tail:
+            detail += f"; last lines of its stderr:\n{tail}"
+        sid = inst.session_id
+        self._stop(inst, deliberate=True)
+        if sid is not None:
+            self._bind_failed(sid, inst.app, detail)
+
+    # -- entering and leaving sessions ----------------------------------------------------------------
+
+    def _session_context(self, session_id: str, app_name: str) -> bytes:
+        session = self.engine.get_session(session_id)
+        app = self.engine.get_application(app_name)
         ctx = shim_pb2.SessionContext(session_id=session_id)
         ctx.application.name = app.metadata.name
         ctx.application.shim = app.spec.shim
@@ -113,302 +401,279 @@ class InstanceDriver(threading.Thread):
             ctx.common_data = session.spec.common_data
         return ctx.SerializeToString()
 
-    def _enter(self, session_id: str) -> bool:
-        """OnSessionEnter; the first call also proves the process is up (retried while it starts)."""
-        assert self.process is not None
-        self.state = pb.ExecutorState.ExecutorBinding
-        sched = self.scheduler
-        settings = sched.settings
-        request = self._session_context(session_id)
-        deadline = time.monotonic() + settings.instance_start_timeout
-        while True:
-            if not self.process.alive():
-                sched.bind_failed(self, session_id, self.process.describe_exit())
-                return False
-            if not self.process.connect_if_listening():
-                if time.monotonic() < deadline:
-                    time.sleep(0.005)
-                    continue
+    def _enter(self, inst: Instance, session_id: str) -> None:
+        process = inst.process
+        assert process is not None
+        inst.state = State.ENTERING
+        inst.since = time.monotonic()
+        inst.session_id = session_id
+        inst.expires = None
+        try:
+            request = self._session_context(session_id, inst.app)
+        except FlameError as exc:
+            self._stop(inst, deliberate=True)
+            log.info("instance %s: session %s is gone (%s)", inst.id, session_id, exc.message)
+            return
+        self._call(inst, ON_SESSION_ENTER, request, self.settings.session_enter_timeout, self._on_entered, session_id)
+
+    def _call(
+        self, inst: Instance, method: str, request: bytes, timeout: float | None, then: Callable[..., None], *args: Any
+    ) -> None:
+        """Call the instance asynchronously; ``then(inst, *args, future)`` runs as an event when it answers."""
+        process = inst.process
+        assert process is not None
+        try:
+            future = unary_async(process.channel, method, request, timeout)
+        except FlameError as exc:
+            future = Future()
+            future.set_exception(exc)
+        future.add_done_callback(lambda f: self.post(then, inst, *args, f))
+
+    def _on_entered(self, inst: Instance, session_id: str, future: Future[bytes]) -> None:
+        if inst.state != State.ENTERING or inst.session_id != session_id:
+            return
+        process = inst.process
+        assert process is not None
+        error = future.exception()
+        if error is not None:
+            assert isinstance(error, FlameError)
+            if (
+                error.code in _LINK_DOWN
+                and process.alive()
+                and time.monotonic() - process.started < self.settings.instance_start_timeout
+            ):
+                # A service found by its socket file may not serve yet: try again shortly.
+                self.supervisor.later(ENTER_RETRY_DELAY, partial(self.post, self._retry_enter, inst, session_id))
+                return
+            if error.code in _LINK_DOWN:
+                if not process.alive():
+                    return  # its exit event reports the cause
                 detail = (
-                    f"instance {self.instance_id} did not start listening on {self.process.url} within "
-                    f"{settings.instance_start_timeout} s"
+                    f"instance {inst.id} did not start serving {process.url} within "
+                    f"{self.settings.instance_start_timeout} s"
                 )
-                tail = self.process.stderr_tail(settings.stderr_tail_lines)
-                sched.bind_failed(self, session_id, detail + (f"; last lines of its stderr:\n{tail}" if tail else ""))
-                return False
-            try:
-                reply = pb.Result.FromString(
-                    self.process.channel.unary(ON_SESSION_ENTER, request, timeout=settings.session_enter_timeout)
-                )
-                break
-            except FlameError as exc:
-                if exc.code in _LINK_DOWN and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                    continue
-                if exc.code in _LINK_DOWN:
-                    detail = (
-                        f"instance {self.instance_id} did not start serving {self.process.url} within "
-                        f"{settings.instance_start_timeout} s"
-                    )
-                    tail = self.process.stderr_tail(settings.stderr_tail_lines)
-                    if tail:
-                        detail += f"; last lines of its stderr:\n{tail}"
-                else:
-                    detail = f"OnSessionEnter failed: {exc.message}"
-                sched.bind_failed(self, session_id, detail)
-                return False
+                tail = process.stderr_tail(self.settings.stderr_tail_lines)
+                if tail:
+                    detail += f"; last lines of its stderr:\n{tail}"
+            else:
+                detail = f"OnSessionEnter failed: {error.message}"
+            self._stop(inst, deliberate=True)
+            self._bind_failed(session_id, inst.app, detail)
+            return
+        reply = pb.Result.FromString(future.result())
         if reply.return_code != 0:
-            sched.bind_failed(self, session_id, f"on_session_enter raised: {reply.message}")
-            return False
-        self.state = pb.ExecutorState.ExecutorBound
-        sched.bound(self, session_id)
-        return True
+            self._stop(inst, deliberate=True)
+            self._bind_failed(session_id, inst.app, f"on_session_enter raised: {reply.message}")
+            return
+        inst.state = State.IDLE
+        inst.since = time.monotonic()
+        log.debug("instance %s entered session %s", inst.id, session_id)
+        if not self._session_open(session_id):
+            self._leave(inst)
+            return
+        self._dispatch(inst)
 
-    def _serve(self, session_id: str) -> bool:
-        """Run tasks until the session closes (True) or the process dies (False)."""
-        assert self.process is not None
-        sched = self.scheduler
-        engine = sched.engine
-        while not self.stopping.is_set():
-            try:
-                task = engine.take_task(session_id, timeout=sched.settings.heartbeat_interval)
-            except FlameError:
-                return True  # the session closed (or vanished)
-            if task is None:
-                if not self.process.alive():
-                    # Dying while idle is a failure to serve the session: count it, or a service that
-                    # always dies after entering would be restarted forever.
-                    sched.bind_failed(self, session_id, self.process.describe_exit())
-                    return False
+    def _retry_enter(self, inst: Instance, session_id: str) -> None:
+        if inst.state == State.ENTERING and inst.session_id == session_id and not self._closed:
+            self._enter(inst, session_id)
+
+    def _on_session_closed(self, session_id: str) -> None:
+        self._bind_failures.pop(session_id, None)
+        self._shim_noted.discard(session_id)
+        for inst in list(self._instances.values()):
+            if inst.session_id != session_id:
                 continue
-            if not self._invoke(session_id, task):
-                return False
-        return True
+            if inst.state == State.IDLE:
+                self._leave(inst)
+            elif inst.state == State.STARTING:
+                inst.session_id = None  # it becomes a spare when it is ready
+                try:
+                    delay = float(self.engine.get_application(inst.app).spec.delay_release)
+                except FlameError:
+                    delay = 0.0
+                inst.expires = time.monotonic() + delay
+            # ENTERING: leaves once it has entered; BUSY: leaves when its last task is answered.
 
-    def _invoke(self, session_id: str, task: pb.Task) -> bool:
-        assert self.process is not None
-        engine = self.scheduler.engine
-        ctx = shim_pb2.TaskContext(task_id=task.metadata.id, session_id=session_id)
-        if task.spec.HasField("input"):
-            ctx.input = task.spec.input
+    def _leave(self, inst: Instance) -> None:
+        inst.state = State.LEAVING
+        inst.since = time.monotonic()
+        self._call(inst, ON_SESSION_LEAVE, b"", self.settings.instance_call_timeout, self._on_left)
+
+    def _on_left(self, inst: Instance, future: Future[bytes]) -> None:
+        if inst.state != State.LEAVING:
+            return
+        error = future.exception()
+        if error is not None:
+            log.warning("instance %s: OnSessionLeave of %s failed: %s", inst.id, inst.session_id, error)
+        self._stop(inst, deliberate=True)
+        self._replace_with_spare(inst.app)
+
+    def _replace_with_spare(self, app_name: str) -> None:
+        """Keep the capacity a session used: a fresh process of the application, started ahead."""
+        if self._closed:
+            return
         try:
-            # A task may run for hours: no deadline here. A dead process breaks the link at once.
-            raw = self.process.channel.unary(ON_TASK_INVOKE, ctx.SerializeToString(), timeout=None)
-        except FlameError as exc:
-            if self.stopping.is_set():
-                # The server is shutting down and stopped this instance: not the task's failure, so it
-                # spends no retry; it stays RUNNING in the store and is requeued when the server restarts.
-                return False
-            if exc.code in _LINK_DOWN or not self.process.alive():
-                cause = self.process.describe_exit(wait=2.0)
-                engine.retry_task(session_id, task.metadata.id, cause)
-                return False
-            engine.fail_task(session_id, task.metadata.id, f"calling the instance failed: {exc}")
-            return True
-        result = pb.TaskResult.FromString(raw)
-        self.tasks_served += 1
-        self.scheduler.served(session_id)
-        if result.return_code == 0:
-            engine.complete_task(session_id, task.metadata.id, result.output if result.HasField("output") else None)
-        else:
-            engine.fail_task(session_id, task.metadata.id, result.message or "the task failed without a message")
-        return True
-
-    def _leave(self, session_id: str) -> None:
-        assert self.process is not None
-        self.state = pb.ExecutorState.ExecutorUnbinding
-        try:
-            self.process.channel.unary(ON_SESSION_LEAVE, b"", timeout=self.scheduler.settings.instance_call_timeout)
-        except FlameError as exc:
-            log.warning("instance %s: OnSessionLeave of %s failed: %s", self.instance_id, session_id, exc)
-
-
-class Scheduler:
-    """Matches sessions that need instances with warm instances or new processes."""
-
-    def __init__(self, engine: Engine, launcher: InstanceLauncher, settings: RuntimeSettings) -> None:
-        self.engine = engine
-        self.launcher = launcher
-        self.settings = settings
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._drivers: set[InstanceDriver] = set()
-        self._by_session: dict[str, set[InstanceDriver]] = defaultdict(set)
-        self._idle: dict[str, list[InstanceDriver]] = defaultdict(list)
-        self._bind_failures: dict[str, int] = defaultdict(int)
-        self._closed = False
-        engine.scheduler = self
-
-    # -- engine hooks ------------------------------------------------------------------------------------
-
-    def tasks_pending(self, session_id: str) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            want = self.engine.demand(session_id)
-            have = self._by_session.get(session_id)
-            missing = want - (len(have) if have else 0)
-            if missing <= 0:
-                return
-            app_name = self.engine.get_session(session_id).spec.application
             app = self.engine.get_application(app_name)
-            leaving: int | None = None
-            for _ in range(missing):
-                idle = self._idle.get(app_name)
-                if idle:
-                    driver = idle.pop()
-                    driver.session_id = session_id
-                    self._by_session[session_id].add(driver)
-                    driver.assigned.set()
-                    continue
-                if leaving is None:
-                    leaving = self._leaving(app_name)
-                if leaving:
-                    # An instance is leaving a closed session of this application (OnSessionLeave takes
-                    # a moment): it is rebound when it parks, or replaced when it stops. Starting a
-                    # process now would miss the warm one whenever sessions run back to back.
-                    leaving -= 1
-                    continue
-                running = sum(1 for d in self._drivers if d.app_name == app_name)
-                if running >= app.spec.max_instances:
-                    break  # the application's cap; a busy instance will take the task when free
-                driver = InstanceDriver(self, f"i{next(self._ids)}", app_name, session_id)
-                self._drivers.add(driver)
-                self._by_session[session_id].add(driver)
-                driver.start()
+        except FlameError:
+            return
+        if app.spec.delay_release <= 0:
+            return
+        waiting = [
+            i
+            for i in self._instances.values()
+            if i.app == app_name and (i.state == State.SPARE or (i.state == State.STARTING and i.session_id is None))
+        ]
+        alive = sum(1 for i in self._instances.values() if i.app == app_name and i.state != State.STOPPING)
+        if len(waiting) >= self.settings.warm_pool_max or alive >= app.spec.max_instances:
+            return
+        self._spawn(app, None)
 
-    def _leaving(self, app_name: str) -> int:
-        """Instances of ``app_name`` still bound to a session that is closed (called with the lock held)."""
-        count = 0
-        for driver in self._drivers:
-            sid = driver.session_id
-            if driver.app_name != app_name or not sid or driver.stopping.is_set():
-                continue
-            try:
-                is_open = self.engine.session_entry(sid).is_open
-            except FlameError:
-                is_open = False  # deleted
-            count += not is_open
-        return count
+    # -- tasks ---------------------------------------------------------------------------------------
 
-    def session_closed(self, session_id: str) -> None:
-        with self._lock:
-            self._bind_failures.pop(session_id, None)
-        # Drivers notice through take_task and leave on their own.
+    def _dispatch(self, inst: Instance) -> None:
+        """Send the instance pending tasks of its session until it holds ``depth`` of them."""
+        sid = inst.session_id
+        process = inst.process
+        if sid is None or process is None or self._closed:
+            return
+        while len(inst.inflight) < inst.depth:
+            started = self.engine.start_next(sid)
+            if started is None:
+                break
+            tid, task_input = started
+            ctx = shim_pb2.TaskContext(task_id=str(tid), session_id=sid)
+            if task_input is not None:
+                ctx.input = task_input
+            inst.inflight[tid] = time.monotonic()
+            # A task may run for hours: no deadline here. A dead process breaks the link at once.
+            self._call(inst, ON_TASK_INVOKE, ctx.SerializeToString(), None, self._on_task_done, sid, tid)
+        if inst.inflight:
+            inst.state = State.BUSY
+        elif inst.state == State.BUSY:
+            inst.state = State.IDLE
+        if inst.state == State.IDLE and not self._session_open(sid):
+            self._leave(inst)
 
-    def application_removed(self, name: str) -> None:
-        with self._lock:
-            idle = self._idle.pop(name, [])
-        for driver in idle:
-            driver.stopping.set()
-            driver.session_id = None
-            driver.assigned.set()
+    def _on_task_done(self, inst: Instance, session_id: str, tid: int, future: Future[bytes]) -> None:
+        if inst.inflight.pop(tid, None) is None or self._closed:
+            return  # settled elsewhere (its instance was lost), or the server is stopping
+        error = future.exception()
+        if error is None:
+            result = pb.TaskResult.FromString(future.result())
+            inst.tasks_served += 1
+            self._bind_failures.pop(session_id, None)  # the session's instances work
+            if result.return_code == 0:
+                self.engine.finish_task(
+                    session_id, tid, output=result.output if result.HasField("output") else None, commit=False
+                )
+            else:
+                failure = result.message or "the task failed without a message"
+                self.engine.finish_task(session_id, tid, failure=failure, commit=False)
+            self._dispatch(inst)
+            return
+        assert isinstance(error, FlameError)
+        if error.code == FlameErrorCode.MESSAGE_TOO_LARGE:
+            # The instance answered, but too much: the task fails once, the instance is fine.
+            self.engine.finish_task(session_id, tid, failure=f"the task's result was refused: {error}")
+            self._dispatch(inst)
+            return
+        process = inst.process
+        if error.code in _LINK_DOWN or (process is not None and not process.alive()):
+            self._lost(inst, session_id, tid, error)
+            return
+        self.engine.finish_task(session_id, tid, failure=f"calling the instance failed: {error}", commit=False)
+        self._dispatch(inst)
 
-    # -- driver callbacks ----------------------------------------------------------------------------------
+    def _lost(self, inst: Instance, session_id: str, tid: int, error: FlameError) -> None:
+        """The link to an instance broke during a task: the task is retried once the process is gone.
 
-    def bound(self, driver: InstanceDriver, session_id: str) -> None:
-        log.debug("instance %s entered session %s", driver.instance_id, session_id)
+        A process that died closes its sockets a moment before its exit status can be read: give it
+        ``LOST_GRACE`` seconds to be seen exiting (its status is then the cause); one still running then
+        has stopped answering, and is stopped.
+        """
+        inst.lost.append((session_id, tid))
+        if inst.state == State.STOPPING:
+            return
+        inst.state = State.STOPPING
+        inst.since = time.monotonic()
+        self.supervisor.later(LOST_GRACE, partial(self.post, self._still_lost, inst, error))
 
-    def served(self, session_id: str) -> None:
-        """An instance answered a task: the session's instances work, so forget earlier failures."""
-        if self._bind_failures.get(session_id):
-            with self._lock:
-                self._bind_failures.pop(session_id, None)
+    def _still_lost(self, inst: Instance, error: FlameError) -> None:
+        if inst.id not in self._instances or inst.kill_at is not None:
+            return  # it exited meanwhile (or is being stopped)
+        process = inst.process
+        if process is not None:
+            inst.cause = (
+                f"instance {inst.id} (pid {process.pid}) of application {inst.app} stopped answering "
+                f"(the process is still running): {error.message}"
+            )
+        inst.state = State.LEAVING  # not STOPPING yet, so _stop proceeds
+        self._stop(inst, deliberate=False)
 
-    def bind_failed(self, driver: InstanceDriver, session_id: str, detail: str) -> None:
+    def _stop(self, inst: Instance, *, deliberate: bool) -> None:
+        """SIGTERM now, SIGKILL after the grace period; its exit event finishes the job."""
+        if inst.state == State.STOPPING:
+            return
+        inst.state = State.STOPPING
+        inst.since = time.monotonic()
+        inst.deliberate = deliberate
+        inst.kill_at = inst.since + self.settings.shutdown_grace
+        if inst.process is not None:
+            self.supervisor.stop(inst, self.settings.shutdown_grace)
+
+    # -- failures of a session's instances --------------------------------------------------------------
+
+    def _bind_failed(self, session_id: str, app_name: str, detail: str) -> None:
         """An instance could not start or enter the session: count it; past the limit fail the tasks."""
         log.warning("session %s: %s", session_id, detail)
         self.engine.add_session_event(session_id, EVENT_BIND_FAILED, f"failed to bind session: {detail}")
-        with self._lock:
-            self._by_session[session_id].discard(driver)
-            self._bind_failures[session_id] += 1
-            failures = self._bind_failures[session_id]
-            exhausted = failures > self.settings.instance_start_retry_limit
-            if exhausted:
-                self._bind_failures.pop(session_id, None)
-        if exhausted:
+        self._bind_failures[session_id] += 1
+        failures = self._bind_failures[session_id]
+        if failures > self.settings.instance_start_retry_limit:
+            self._bind_failures.pop(session_id, None)
             message = (
-                f"no instance of application {driver.app_name} could serve session {session_id} after "
+                f"no instance of application {app_name} could serve session {session_id} after "
                 f"{failures} attempts; last error: {detail}"
             )
             self.engine.add_session_event(session_id, EVENT_RETRY_LIMIT, message)
-            self.engine.fail_pending(session_id, message)
-        driver.session_id = None
-        driver.stopping.set()
+            self.engine.fail_pending(session_id, message, commit=False)
+            return
+        self._on_tasks_pending(session_id)
 
-    def park(self, driver: InstanceDriver) -> str | None:
-        """An instance left its session: rebind it at once, keep it warm, or let it stop."""
-        app_name = driver.app_name
-        with self._lock:
-            if driver.session_id:
-                self._by_session[driver.session_id].discard(driver)
-                if not self._by_session[driver.session_id]:
-                    del self._by_session[driver.session_id]
-            driver.session_id = None
-            driver.assigned.clear()
-            if self._closed:
-                return None
-            try:
-                delay = float(self.engine.get_application(app_name).spec.delay_release)
-            except FlameError:
-                return None  # the application is gone
-            if delay <= 0 or len(self._idle[app_name]) >= self.settings.warm_pool_max:
-                return None
-            self._idle[app_name].append(driver)
-            driver.state = pb.ExecutorState.ExecutorIdle
-        # Someone may be waiting for an instance of this application right now.
-        for session_id in self._sessions_needing(app_name):
-            self.tasks_pending(session_id)
-        if driver.assigned.wait(timeout=delay):
-            return driver.session_id
-        with self._lock:
-            if driver in self._idle.get(app_name, []):
-                self._idle[app_name].remove(driver)
-                return None
-        driver.assigned.wait(timeout=1.0)  # assigned in the same instant it timed out
-        return driver.session_id
+    # -- other events ----------------------------------------------------------------------------------
 
-    def _sessions_needing(self, app_name: str) -> list[str]:
+    def _on_application_removed(self, name: str) -> None:
+        for inst in list(self._instances.values()):
+            if inst.app == name and (
+                inst.state == State.SPARE or (inst.state == State.STARTING and not inst.session_id)
+            ):
+                self._stop(inst, deliberate=True)
+
+    def _session_open(self, session_id: str) -> bool:
+        try:
+            return self.engine.session_entry(session_id).is_open
+        except FlameError:
+            return False
+
+    def _sessions_wanting(self, app_name: str) -> list[str]:
         return self.engine.pending_sessions(app_name)
-
-    def instance_gone(self, driver: InstanceDriver) -> None:
-        with self._lock:
-            self._drivers.discard(driver)
-            for members in self._by_session.values():
-                members.discard(driver)
-            idle = self._idle.get(driver.app_name)
-            if idle and driver in idle:
-                idle.remove(driver)
-            retry = [sid for sid in list(self._by_session) if self.engine.has_pending(sid)] if not self._closed else []
-        for session_id in retry:
-            self.tasks_pending(session_id)
-        if not self._closed:
-            for session_id in self._sessions_needing(driver.app_name):
-                self.tasks_pending(session_id)
 
     # -- introspection and shutdown ------------------------------------------------------------------------
 
+    def instances(self) -> list[InstanceInfo]:
+        """Every instance process now: id, application, state, session, pid (cheap: for listings and live views)."""
+        with self._lock:
+            infos = [i.info() for i in self._instances.values()]
+        return sorted(infos, key=lambda i: (i.application, int(i.id.lstrip("i") or 0)))
+
     def instance_count(self) -> int:
         with self._lock:
-            return len(self._drivers)
-
-    def instances(self) -> list[InstanceInfo]:
-        """Every instance process now: id, application, state, session, pid (for listings and live views)."""
-        with self._lock:
-            drivers = list(self._drivers)
-        return sorted((d.info() for d in drivers), key=lambda i: (i.application, int(i.id.lstrip("i") or 0)))
+            return len(self._instances)
 
     def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop every instance (tasks in flight stay RUNNING in the store: requeued at the next start)."""
         with self._lock:
             self._closed = True
-            drivers = list(self._drivers)
-        for driver in drivers:
-            driver.stopping.set()
-            driver.session_id = None
-            driver.assigned.set()
-        deadline = time.monotonic() + timeout
-        for driver in drivers:
-            driver.join(timeout=max(0.1, deadline - time.monotonic()))
-            if driver.is_alive() and driver.process is not None:
-                # Busy with a long task: stop the process; the driver thread then ends by itself.
-                driver.process.stop(self.settings.shutdown_grace)
+            instances = list(self._instances.values())
+            self._instances.clear()
+        self.supervisor.shutdown([i for i in instances if i.process is not None], timeout)

@@ -50,6 +50,8 @@ EVENT_TASK_FAILED = 3
 EVENT_TASK_CANCELLED = 4
 EVENT_BIND_FAILED = 1001
 EVENT_RETRY_LIMIT = 1002
+EVENT_NO_EXECUTOR = 1003
+"""flamepy's session event: no executor of the application's shim exists here, so its tasks wait."""
 
 OPEN = pb.SessionState.Open
 CLOSED = pb.SessionState.Closed
@@ -69,8 +71,19 @@ _COUNTER: dict[int, str] = {
 }
 TERMINAL = frozenset({SUCCEED, FAILED, CANCELLED})
 
-_INSERT_TASK = "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status) VALUES (?,?,?,?,?,?)"
-_UPDATE_TASK = "UPDATE tasks SET state = ?, output = ?, status = ? WHERE session_id = ? AND id = ?"
+_INSERT_TASK = "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status) VALUES (?,?,?,NULL,NULL,?)"
+_UPDATE_TASK = "UPDATE tasks SET state = ?, status = ? WHERE session_id = ? AND id = ?"
+_SAVE_PAYLOAD = "INSERT OR REPLACE INTO task_payloads (session_id, id, kind, data) VALUES (?, ?, ?, ?)"
+INPUT, OUTPUT = 0, 1
+"""``task_payloads.kind``: a task's input and output are rows of their own, each written once, so a change
+of state rewrites a small row, not the payloads (sqlite rewrites a whole row on every update)."""
+_SELECT_TASKS = (
+    "SELECT t.id, COALESCE(i.data, t.input), COALESCE(o.data, t.output), t.status FROM tasks t "
+    "LEFT JOIN task_payloads i ON i.session_id = t.session_id AND i.id = t.id AND i.kind = 0 "
+    "LEFT JOIN task_payloads o ON o.session_id = t.session_id AND o.id = t.id AND o.kind = 1 "
+    "WHERE t.session_id = ?"
+)
+"""Tasks with their payloads (stores written before the split keep them in ``tasks.input``/``output``)."""
 _SAVE_SESSION = "INSERT OR REPLACE INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)"
 
 T = TypeVar("T")
@@ -200,25 +213,20 @@ def _not_found(kind: str, name: str) -> FlameError:
     return FlameError(FlameErrorCode.NOT_FOUND, f"{kind} {name} not found")
 
 
-def _task_op(entry: SessionEntry, task: pb.Task, *, with_input: bool = False) -> Op:
-    """The statement that stores ``task`` as it is now."""
-    output = task.spec.output if task.spec.HasField("output") else None
-    if with_input:
-        return (
-            _INSERT_TASK,
-            (
-                entry.id,
-                int(task.metadata.id),
-                int(task.status.state),
-                task.spec.input if task.spec.HasField("input") else None,
-                output,
-                task.status.SerializeToString(),
-            ),
-        )
-    return (
-        _UPDATE_TASK,
-        (int(task.status.state), output, task.status.SerializeToString(), entry.id, int(task.metadata.id)),
-    )
+def _task_ops(entry: SessionEntry, task: pb.Task, *, created: bool = False) -> list[Op]:
+    """The statements that store ``task`` as it is now: its row, plus its input when it is created and its
+    output when it is final (each payload is written once)."""
+    tid = int(task.metadata.id)
+    status = task.status.SerializeToString()
+    if created:
+        ops: list[Op] = [(_INSERT_TASK, (entry.id, tid, int(task.status.state), status))]
+        if task.spec.HasField("input"):
+            ops.append((_SAVE_PAYLOAD, (entry.id, tid, INPUT, task.spec.input)))
+    else:
+        ops = [(_UPDATE_TASK, (int(task.status.state), status, entry.id, tid))]
+    if task.status.state in TERMINAL and task.spec.HasField("output"):
+        ops.append((_SAVE_PAYLOAD, (entry.id, tid, OUTPUT, task.spec.output)))
+    return ops
 
 
 def _session_op(message: pb.Session) -> Op:
@@ -294,7 +302,7 @@ class Engine:
             if not entry.is_open:
                 continue
             for tid, inp, out, st in self.store.query(
-                "SELECT id, input, output, status FROM tasks WHERE session_id = ? AND state IN (?, ?) ORDER BY id",
+                f"{_SELECT_TASKS} AND t.state IN (?, ?) ORDER BY t.id",
                 entry.id,
                 int(PENDING),
                 int(RUNNING),
@@ -423,7 +431,9 @@ class Engine:
             self._reserve(key)
             closed = [s.id for s in self._sessions.values() if s.message.spec.application == name]
         ops: list[Op] = [("DELETE FROM applications WHERE name = ?", (name,))]
-        ops.extend(("DELETE FROM tasks WHERE session_id = ?", (sid,)) for sid in closed)
+        for sid in closed:
+            ops.append(("DELETE FROM tasks WHERE session_id = ?", (sid,)))
+            ops.append(("DELETE FROM task_payloads WHERE session_id = ?", (sid,)))
         ops.append(("DELETE FROM sessions WHERE application = ?", (name,)))
 
         def apply() -> None:
@@ -603,7 +613,7 @@ class Engine:
                 final.CopyFrom(entry.tasks[tid])
                 _mark(final, CANCELLED, "cancelled: the session was closed", ts)
                 cancelled.append(final)
-                ops.append(_task_op(entry, final))
+                ops.extend(_task_ops(entry, final))
             closed = self.snapshot(entry)
             closed.status.state = CLOSED
             closed.status.completion_time = ts
@@ -647,6 +657,7 @@ class Engine:
         self.store.write_wait(
             [
                 ("DELETE FROM tasks WHERE session_id = ?", (session_id,)),
+                ("DELETE FROM task_payloads WHERE session_id = ?", (session_id,)),
                 ("DELETE FROM sessions WHERE id = ?", (session_id,)),
             ]
         )
@@ -712,7 +723,7 @@ class Engine:
                 task.status.creation_time = ts
                 task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
                 tasks.append(task)
-                ops.append(_task_op(entry, task, with_input=True))
+                ops.extend(_task_ops(entry, task, created=True))
             self.store.enqueue(ops, partial(self._created, entry, tasks, on_created, waiter), durable=False)
         self.store.commit()
 
@@ -744,7 +755,7 @@ class Engine:
                 ts = now_ms()
                 for task in tasks:
                     _mark(task, CANCELLED, "cancelled: the session was closed", ts)
-                    self.store.enqueue([_task_op(entry, task)], durable=True, lazy=True)
+                    self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
                     if waiter is not None:
                         late.append(([waiter], task))
                 status.cancelled += len(tasks)
@@ -778,12 +789,10 @@ class Engine:
     # -- reading tasks -------------------------------------------------------------------------------
 
     def _load_task(self, session_id: str, task_id: int) -> pb.Task | None:
-        rows = self.store.query(
-            "SELECT input, output, status FROM tasks WHERE session_id = ? AND id = ?", session_id, task_id
-        )
+        rows = self.store.query(f"{_SELECT_TASKS} AND t.id = ?", session_id, task_id)
         if not rows:
             return None
-        inp, out, st = rows[0]
+        _tid, inp, out, st = rows[0]
         return _task_from_row(session_id, task_id, inp, out, st)
 
     @staticmethod
@@ -816,7 +825,7 @@ class Engine:
 
     def _iter_stored_tasks(self, session_id: str, after: int = 0) -> Iterator[pb.Task]:
         for tid, inp, out, st in self.store.iter_query(
-            "SELECT id, input, output, status FROM tasks WHERE session_id = ? AND id > ? ORDER BY id", session_id, after
+            f"{_SELECT_TASKS} AND t.id > ? ORDER BY t.id", session_id, after
         ):
             yield _task_from_row(session_id, tid, inp, out, st)
 
@@ -857,6 +866,8 @@ class Engine:
     ) -> Iterator[list[pb.Task]]:
         """Batches of completed tasks of the session with id > ``after_task_id``, in completion order.
 
+        The tasks are the engine's own (final, never changed again): read them, do not change them.
+
         Tasks that completed before the watcher came are read from the store first; later ones come from
         ``completions``, which keeps each task only until every watcher has read it. Ends when the
         session closes (after its last completions) or the caller goes away.
@@ -883,7 +894,7 @@ class Engine:
                     for task in entry.completions[position - entry.completions_offset :]:
                         tid = int(task.metadata.id)
                         if tid > after_task_id and tid not in seen:
-                            batch.append(reply_task(task))
+                            batch.append(task)  # final: never changed again, so shared, not copied
                     position = entry.completions_offset + len(entry.completions)
                     entry.watch_positions[token] = position
                     _trim_completions(entry)
@@ -919,6 +930,21 @@ class Engine:
         self.store.commit()  # RUNNING is stored before the task can have done anything
         return copy
 
+    def start_next(self, session_id: str) -> tuple[int, bytes | None] | None:
+        """For the scheduler: the oldest pending task of an open session, now RUNNING; None if none.
+
+        Returns the task's id and input. The RUNNING state is queued for the next group commit (the
+        caller commits once it has sent the task).
+        """
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or not entry.is_open:
+                return None
+            task = self._start_next(entry)
+            if task is None:
+                return None
+            return int(task.metadata.id), task.spec.input if task.spec.HasField("input") else None
+
     def _start_next(self, entry: SessionEntry) -> pb.Task | None:
         """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none."""
         if not entry.pending or entry.closing:
@@ -928,7 +954,7 @@ class Engine:
         status.pending -= 1
         status.running += 1
         _mark(task, RUNNING, None, now_ms())
-        self.store.enqueue([_task_op(entry, task)], durable=True, lazy=True)
+        self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
         entry.cond.notify_all()
         return task
 
@@ -967,11 +993,13 @@ class Engine:
         output: bytes | None = None,
         failure: str | None = None,
         on_committed: Callable[[], None] | None = None,
+        commit: bool = True,
     ) -> bool:
         """Record a running task's result: SUCCEED with ``output``, or FAILED with ``failure``.
 
         The final state is written durably and applied (waiters and watchers told) once committed;
         ``on_committed`` runs then. False when the task is not running (settled or cancelled meanwhile).
+        With ``commit=False`` the caller commits (with other writes of its own, in one group).
         """
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -979,7 +1007,8 @@ class Engine:
             if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
                 return False
             self._finalize(entry, task, SUCCEED if failure is None else FAILED, failure, output, on_committed)
-        self.store.commit()
+        if commit:
+            self.store.commit()
         return True
 
     def _finalize(
@@ -1001,7 +1030,7 @@ class Engine:
         if output is not None:
             final.spec.output = output
         _mark(final, state, message, now_ms())
-        self.store.enqueue([_task_op(entry, final)], partial(self._finished, entry, final, on_committed))
+        self.store.enqueue(_task_ops(entry, final), partial(self._finished, entry, final, on_committed))
 
     def _finished(
         self, entry: SessionEntry, final: pb.Task, on_committed: Callable[[], None] | None, error: FlameError | None
@@ -1066,7 +1095,7 @@ class Engine:
         status.running -= 1
         status.pending += 1
         _mark(task, PENDING, message, now_ms())
-        self.store.enqueue([_task_op(entry, task)], durable=True, lazy=True)
+        self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
         tid = int(task.metadata.id)
         if front:
             entry.pending.appendleft(tid)
@@ -1101,7 +1130,7 @@ class Engine:
             self.scheduler.tasks_pending(session_id)
         return retried
 
-    def fail_pending(self, session_id: str, message: str) -> int:
+    def fail_pending(self, session_id: str, message: str, *, commit: bool = True) -> int:
         """Fail every pending task of a session (its instances cannot start or enter it)."""
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -1111,7 +1140,8 @@ class Engine:
             for tid in list(entry.pending):
                 self._finalize(entry, entry.tasks[tid], FAILED, message)
                 count += 1
-        self.store.commit()
+        if commit:
+            self.store.commit()
         return count
 
 

@@ -25,6 +25,12 @@ Errors are ``FlameError``: ``RESOURCE_EXHAUSTED`` when the disk is full or the f
 the file and sqlite's error), ``UNAVAILABLE`` when the database is locked or cannot be opened. When
 space returns, the next attempt succeeds and the store is healthy again, without a restart.
 
+Checkpoints. sqlite would copy the WAL into the database file (and fsync both) inside whichever commit
+crosses its threshold, stalling that caller for as long as the copy takes (a second for a few large
+payloads on a busy disk). Here commits never checkpoint: a checkpointer thread with a connection of its
+own copies the WAL in the background (``PASSIVE``: it never blocks a writer) once it has grown past
+``CHECKPOINT_BYTES``, and truncates it when the store is quiet.
+
 Durability (``synchronous``): ``"batched"`` (default) runs with ``synchronous=NORMAL``: a commit
 survives a crash of the server process (the WAL is in the operating system's hands), while a power
 loss may drop the last transactions before the next checkpoint (the file stays consistent). ``"strict"``
@@ -38,6 +44,7 @@ format is the wire format and needs no second schema.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -67,11 +74,18 @@ CREATE TABLE IF NOT EXISTS tasks (
     session_id TEXT NOT NULL,
     id INTEGER NOT NULL,
     state INTEGER NOT NULL,
-    input BLOB,
-    output BLOB,
+    input BLOB,                             -- payloads of stores written before task_payloads
+    output BLOB,                            -- (now NULL: see task_payloads)
     status BLOB NOT NULL,                   -- flame.v1.TaskStatus (times, events)
     PRIMARY KEY (session_id, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS task_payloads (
+    session_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    kind INTEGER NOT NULL,                  -- 0 input, 1 output (see engine.state)
+    data BLOB NOT NULL,
+    PRIMARY KEY (session_id, id, kind)
+);
 CREATE TABLE IF NOT EXISTS objects (
     key TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -94,6 +108,10 @@ LAZY_DELAY = 0.02
 """Seconds a lazy write may wait for another write's commit before the writer thread commits it."""
 MAX_INLINE_ROUNDS = 4
 """Group commits one caller runs in a row before it leaves the rest to the writer thread."""
+CHECKPOINT_BYTES = 32 << 20
+"""The WAL is copied into the database (in the background) once it is larger than this."""
+CHECKPOINT_IDLE = 5.0
+"""Seconds without a commit after which the checkpointer also truncates the WAL."""
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
 
@@ -156,6 +174,7 @@ class Store:
         self.retry_window = retry_window
         self._write = self._connect()
         self._write.executescript(SCHEMA)
+        self._write.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit
         self._read = self._connect()
         self._read_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -173,6 +192,11 @@ class Store:
         self.commits = 0
         self._writer = threading.Thread(target=self._run_writer, name="flame-store-writer", daemon=True)
         self._writer.start()
+        self._wal = self.path + "-wal"
+        self._last_commit = time.monotonic()
+        self._checkpoint_wanted = threading.Event()
+        self._checkpointer = threading.Thread(target=self._run_checkpointer, name="flame-store-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -297,6 +321,12 @@ class Store:
                 log.debug("rollback failed", exc_info=True)
             return exc
         self.commits += 1
+        self._last_commit = time.monotonic()
+        try:
+            if os.stat(self._wal).st_size > CHECKPOINT_BYTES:
+                self._checkpoint_wanted.set()
+        except OSError:
+            pass
         return None
 
     def _done(self, batch: Iterable[_Write], error: FlameError | None) -> None:
@@ -385,6 +415,31 @@ class Store:
             log.error("store write dropped: %r failed: %s", item.ops[:1], exc)
             self._done([item], store_error(self.path, exc))
 
+    # -- the checkpointer thread ------------------------------------------------------------------------
+
+    def _run_checkpointer(self) -> None:
+        conn = self._connect()
+        truncated = True
+        try:
+            while not self._closing:
+                wanted = self._checkpoint_wanted.wait(timeout=1.0)
+                self._checkpoint_wanted.clear()
+                if self._closing:
+                    return
+                idle = time.monotonic() - self._last_commit > CHECKPOINT_IDLE
+                mode = "TRUNCATE" if idle and not truncated else "PASSIVE" if wanted else None
+                if mode is None:
+                    continue
+                try:
+                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                    truncated = mode == "TRUNCATE"
+                except sqlite3.Error as exc:  # busy, or the disk is failing: the next round tries again
+                    log.debug("checkpoint of %s failed: %s", self.path, exc)
+                if not idle:
+                    truncated = False
+        finally:
+            conn.close()
+
     # -- reads ---------------------------------------------------------------------------------------
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -423,6 +478,8 @@ class Store:
                     break
                 self._cond.wait(0.05)
         self._writer.join(timeout=timeout)
+        self._checkpoint_wanted.set()
+        self._checkpointer.join(timeout=timeout)
         self._closed = True
         self._write.close()
         self._read.close()

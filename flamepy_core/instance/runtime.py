@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -22,7 +23,15 @@ from types import FrameType
 
 from flamepy_core.config import normalize_endpoint
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import CallContext, Handler, Server, Transport, UnaryHandler
+from flamepy_core.contracts.transport import (
+    CallContext,
+    DeferredHandler,
+    Handler,
+    Responder,
+    Server,
+    Transport,
+    UnaryHandler,
+)
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.plugins import get_registry
@@ -37,6 +46,8 @@ log = logging.getLogger(__name__)
 ENDPOINT_ENV = "FLAME_INSTANCE_ENDPOINT"
 FAST_ENDPOINT_ENV = "FLAMEPY_INSTANCE_ENDPOINT"
 """Offered by flamepy's runtime next to FLAME_INSTANCE_ENDPOINT: a faster link our instances prefer."""
+READY_FD_ENV = "FLAMEPY_READY_FD"
+"""A pipe flamepy's runtime passes: one byte written to it says "listening" (no polling for the socket)."""
 
 
 _RUNTIME_DIRS = tuple(str(Path(__file__).resolve().parent.parent.parent / pkg) for pkg in ("flamepy_core", "flamepy"))
@@ -55,11 +66,13 @@ def describe_exception(exc: BaseException) -> str:
     return bound_failure_text(f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}")
 
 
-def instance_handlers(service: FlameService) -> dict[str, Handler]:
-    """The ``flame.v1.Instance`` table for ``service``. Calls are serialized: one at a time."""
-    lock = threading.Lock()
+class _Callbacks:
+    """The three ``flame.v1.Instance`` callbacks of one service, as functions from request to response bytes."""
 
-    def enter(data: bytes, _ctx: CallContext) -> bytes:
+    def __init__(self, service: FlameService) -> None:
+        self.service = service
+
+    def enter(self, data: bytes) -> bytes:
         request = shim_pb2.SessionContext.FromString(data)
         app = request.application
         context = SessionContext(
@@ -73,51 +86,145 @@ def instance_handlers(service: FlameService) -> dict[str, Handler]:
                 url=app.url if app.HasField("url") else None,
             ),
         )
-        with lock:
-            try:
-                service.on_session_enter(context)
-            except Exception as exc:
-                log.exception("on_session_enter failed")
-                return pb.Result(return_code=-1, message=describe_exception(exc)).SerializeToString()
-        return pb.Result(return_code=0).SerializeToString()
+        try:
+            self.service.on_session_enter(context)
+        except Exception as exc:
+            log.exception("on_session_enter failed")
+            return pb.Result(return_code=-1, message=describe_exception(exc)).SerializeToString()
+        return _OK
 
-    def invoke(data: bytes, _ctx: CallContext) -> bytes:
+    def invoke(self, data: bytes) -> bytes:
         request = shim_pb2.TaskContext.FromString(data)
         context = TaskContext(request.task_id, request.session_id, request.input if request.HasField("input") else None)
-        with lock:
-            try:
-                output = service.on_task_invoke(context)
-            except Exception as exc:
-                return pb.TaskResult(return_code=-1, message=describe_exception(exc)).SerializeToString()
+        try:
+            output = self.service.on_task_invoke(context)
+        except Exception as exc:
+            return pb.TaskResult(return_code=-1, message=describe_exception(exc)).SerializeToString()
         result = pb.TaskResult(return_code=0)
         if output is not None:
             if not isinstance(output, (bytes, bytearray, memoryview)):
                 message = (
-                    f"TypeError: on_task_invoke of {type(service).__name__} returned "
+                    f"TypeError: on_task_invoke of {type(self.service).__name__} returned "
                     f"{type(output).__name__}; it must return bytes or None"
                 )
                 return pb.TaskResult(return_code=-1, message=message).SerializeToString()
             result.output = bytes(output)
         return result.SerializeToString()
 
-    def leave(_data: bytes, _ctx: CallContext) -> bytes:
-        with lock:
+    def leave(self, _data: bytes) -> bytes:
+        try:
+            self.service.on_session_leave()
+        except Exception as exc:
+            log.exception("on_session_leave failed")
+            return pb.Result(return_code=-1, message=describe_exception(exc)).SerializeToString()
+        return _OK
+
+    def table(self) -> dict[str, Callable[[bytes], bytes]]:
+        return {
+            INSTANCE["OnSessionEnter"].path: self.enter,
+            INSTANCE["OnTaskInvoke"].path: self.invoke,
+            INSTANCE["OnSessionLeave"].path: self.leave,
+        }
+
+
+_OK = pb.Result(return_code=0).SerializeToString()
+
+
+def instance_handlers(service: FlameService) -> dict[str, Handler]:
+    """The ``flame.v1.Instance`` table for ``service``, run on the transport's threads one at a time.
+
+    For in-process instances, which have no thread of their own; a service process uses
+    :class:`MainThreadServing` instead.
+    """
+    lock = threading.Lock()
+
+    def serialized(call: Callable[[bytes], bytes]) -> UnaryHandler:
+        def handle(data: bytes, _ctx: CallContext) -> bytes:
+            with lock:
+                return call(data)
+
+        return UnaryHandler(handle)
+
+    return {path: serialized(call) for path, call in _Callbacks(service).table().items()}
+
+
+class Interrupted(BaseException):
+    """Raised into the service's running callback (from a signal handler) to stop it now.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that a service's ``except Exception`` does not
+    swallow it; ``finally`` blocks still run.
+    """
+
+
+class MainThreadServing:
+    """Runs the service's callbacks on one thread (the main thread), fed by the transport.
+
+    The transport's receiving thread only queues each call (a deferred reply: it holds no thread); the
+    serving thread runs them in arrival order, one at a time, and completes each reply. So the service
+    never runs two callbacks at once, and a signal sent to the process reaches the thread that runs
+    the service's code (it can interrupt a blocking call).
+    """
+
+    def __init__(self, service: FlameService) -> None:
+        self._calls = _Callbacks(service).table()
+        self._queue: queue.SimpleQueue[tuple[Callable[[bytes], bytes], bytes, Responder] | None] = queue.SimpleQueue()
+        self.busy = False
+        """A callback of the service is running (on the serving thread)."""
+
+    def handlers(self) -> dict[str, Handler]:
+        def deferred(call: Callable[[bytes], bytes]) -> DeferredHandler:
+            def handle(data: bytes, _ctx: CallContext, responder: Responder) -> None:
+                self._queue.put((call, data, responder))
+
+            return DeferredHandler(handle)
+
+        return {path: deferred(call) for path, call in self._calls.items()}
+
+    def stop(self) -> None:
+        """End :meth:`serve` after the call it is running (safe from a signal handler: the queue is reentrant)."""
+        self._queue.put(None)
+
+    def serve(self) -> None:
+        """Run queued calls until :meth:`stop`."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            call, data, responder = item
+            self.busy = True
             try:
-                service.on_session_leave()
-            except Exception as exc:
-                log.exception("on_session_leave failed")
-                return pb.Result(return_code=-1, message=describe_exception(exc)).SerializeToString()
-        return pb.Result(return_code=0).SerializeToString()
+                reply = call(data)
+            except Interrupted:
+                return  # stopped in the middle: nobody gets this reply
+            except BaseException as exc:  # a bug of ours (the callbacks catch the service's exceptions)
+                responder.fail(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            finally:
+                self.busy = False
+            responder.send(reply)
 
-    return {
-        INSTANCE["OnSessionEnter"].path: UnaryHandler(enter),
-        INSTANCE["OnTaskInvoke"].path: UnaryHandler(invoke),
-        INSTANCE["OnSessionLeave"].path: UnaryHandler(leave),
-    }
+
+def _signal_ready() -> None:
+    """Tell the runtime that started this process that it listens (see FLAMEPY_READY_FD)."""
+    raw = os.environ.pop(READY_FD_ENV, "")
+    if not raw:
+        return  # started by Flame's executors, or by hand: they find the socket
+    try:
+        fd = int(raw)
+        os.write(fd, b"1")
+        os.close(fd)
+    except (ValueError, OSError) as exc:
+        log.debug("could not signal readiness on %s=%r: %s", READY_FD_ENV, raw, exc)
 
 
-def _serve(transport: Transport, endpoint: str, service: FlameService) -> Server:
-    return transport.serve(endpoint, adapt_handlers(instance_handlers(service), transport.capabilities))
+PARENT_GONE_GRACE = 2.0
+"""Seconds an instance whose server has gone gives its running callback before it exits anyway."""
+
+
+def _serve(transport: Transport, endpoint: str, handlers: dict[str, Handler]) -> Server:
+    return transport.serve(endpoint, adapt_handlers(handlers, transport.capabilities))
 
 
 def _watch_parent(stop: Callable[[], None], interval: float = 0.5) -> None:
@@ -129,7 +236,10 @@ def _watch_parent(stop: Callable[[], None], interval: float = 0.5) -> None:
             if os.getppid() != parent:
                 log.warning("the process that started this instance (pid %d) is gone: exiting", parent)
                 stop()
-                return
+                # Nobody will read what a running task returns: do not let it hold the process.
+                threading.Event().wait(PARENT_GONE_GRACE)
+                sys.stdout.flush()
+                os._exit(1)
 
     threading.Thread(target=loop, name="flame-parent-watch", daemon=True).start()
 
@@ -171,30 +281,35 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     registry = get_registry()
     url = registry.endpoint_url(normalize_endpoint(raw))
     fast = None if endpoint else os.environ.get(FAST_ENDPOINT_ENV)
+    serving = MainThreadServing(service)
+    handlers = serving.handlers()
     server = None
     with private_umask():  # the socket is reachable by this user only (see flamepy_core.privacy)
         if fast:
             try:
-                server = _serve(registry.transport(fast), fast, service)
+                server = _serve(registry.transport(fast), fast, handlers)
             except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
                 log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, url)
         if server is None:
-            server = _serve(registry.transport(url), url, service)
-    done = threading.Event()
+            server = _serve(registry.transport(url), url, handlers)
     stopped_by: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stopped_by.append(signum)
-        done.set()
+        serving.stop()
+        if serving.busy:
+            raise Interrupted(f"stopped by {signal.Signals(signum).name}")  # a task must not hold the process
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    _watch_parent(done.set)
+    _watch_parent(serving.stop)
     log.info("instance serving on %s", server.endpoint)
+    _signal_ready()
     try:
-        while not done.wait(timeout=1.0):
-            pass
+        serving.serve()
+    except Interrupted:
+        pass  # a signal arrived just as a callback started
     finally:
         server.stop(grace=1.0)
     sys.stdout.flush()

@@ -130,7 +130,7 @@ def test_command_runs_the_serializer_layer_by_name() -> None:
     assert result.returncode == 0, output
     assert "serializer 'json' (plugin json, distribution flamepy" in output and "domain json" in output, output
     assert "transport '" not in output, output  # --transport is optional when only the serializer layer runs
-    assert "9 passed, 0 failed, 0 error, 0 skipped" in output, output
+    assert "13 passed, 0 failed, 0 error, 0 skipped" in output, output
 
 
 def test_command_with_layer_serializer_needs_a_serializer() -> None:

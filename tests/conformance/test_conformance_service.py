@@ -46,7 +46,7 @@ def test_command_runs_the_service_layer_by_name() -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "transport 'inmem'" in output and "serializer 'json'" in output, output
-    assert "9 passed, 0 failed, 0 error, 0 skipped" in output, output
+    assert "13 passed, 0 failed, 0 error, 0 skipped" in output, output
 
 
 def test_command_service_layer_needs_a_transport() -> None:

@@ -1,33 +1,45 @@
 """The service suite fails a runtime that breaks the service contract, and fails the *right* tests.
 
-Each flaw of ``broken_runtime.py`` is injected into a pytester subprocess that runs
-:class:`~flamepy_conformance.ServiceTests` with transport ``inmem``, so the engine the flaw patches is the
-one serving the suite (a ``zmq`` or ``grpc`` run would start its server in another process). A flaw must
-fail exactly the tests about it, for its reason (the evidence text), and leave the others passing; the
-control run, with no flaw, passes everything: a suite that fails everything proves nothing.
+The flaws of ``broken_runtime.py`` are installed in one pytest subprocess that runs
+:class:`~flamepy_conformance.ServiceTests` with transport ``inmem``, so the engine the flaws patch is the one
+serving the suite (a ``zmq`` or ``grpc`` run would start its server in another process); each test class
+switches on one flaw for its own tests. A flaw must fail exactly the tests about it, for its reason (the
+evidence text), and leave the others passing; the control class, with no flaw, passes everything: a suite
+that fails everything proves nothing.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
-_TEST_MODULE = """
+_HEADER = """
+import pytest
 from flamepy_conformance import ServiceTests
 
 
-class TestBrokenRuntime(ServiceTests):
+class Base(ServiceTests):
     transport_name = "inmem"
     serializer_name = "cloudpickle"
     shrink_failures = False  # the verdict is what counts here; shrinking would add tens of seconds
 """
 
-_RESULT_LINE = re.compile(r"^(PASSED|FAILED|ERROR) \S+::TestBrokenRuntime::(test_\w+)")
+_CLASS = """
+
+@pytest.mark.usefixtures("broken_runtime_flaw")
+class {cls}(Base):
+    flaw = "{flaw}"
+"""
+
+_RESULT_LINE = re.compile(r"^(PASSED|FAILED|ERROR) \S+::(\w+)::(test_\w+)")
+_SECTION = re.compile(r"^_+ (\w+)\.(test_\w+) _+$", re.MULTILINE)
+CONTROL = "TestIntactRuntime"
 
 ALL_TESTS = frozenset(
     {
@@ -39,6 +51,10 @@ ALL_TESTS = frozenset(
         "test_failed_task_raises_its_message",
         "test_session_lifecycle_error_codes",
         "test_objects_put_patch_update_get",
+        "test_context_update_is_visible_when_its_task_returns",
+        "test_invoke_timeout_is_honoured_end_to_end",
+        "test_refused_close_is_reported_not_swallowed",
+        "test_failed_task_message_and_traceback_arrive_whole",
         "test_service_state_machine",
     }
 )
@@ -57,7 +73,12 @@ FLAWS = [
     Flaw(
         "lost-context-updates",
         frozenset(
-            {"test_context_updates_reach_the_client", "test_objects_put_patch_update_get", "test_service_state_machine"}
+            {
+                "test_context_updates_reach_the_client",
+                "test_objects_put_patch_update_get",
+                "test_context_update_is_visible_when_its_task_returns",
+                "test_service_state_machine",
+            }
         ),
         ("session.context() of", "(what the service stored)", "get_object("),
     ),
@@ -70,6 +91,9 @@ FLAWS = [
                 "test_run_futures_each_hold_their_own_answer",
                 "test_context_updates_reach_the_client",
                 "test_session_without_context",
+                "test_context_update_is_visible_when_its_task_returns",
+                "test_invoke_timeout_is_honoured_end_to_end",
+                "test_refused_close_is_reported_not_swallowed",
                 "test_service_state_machine",
             }
         ),
@@ -80,46 +104,93 @@ FLAWS = [
         frozenset({"test_session_lifecycle_error_codes", "test_service_state_machine"}),
         ("expected FlameError(NOT_FOUND), got FlameError(INTERNAL)",),
     ),
+    Flaw(
+        "context-written-behind",
+        frozenset(
+            {
+                "test_context_update_is_visible_when_its_task_returns",
+                "test_context_updates_reach_the_client",
+                "test_service_state_machine",
+            }
+        ),
+        ("(what the service stored)",),
+    ),
+    Flaw(
+        "invoke-timeout-dropped",
+        frozenset({"test_invoke_timeout_is_honoured_end_to_end"}),
+        ("expected FlameError(DEADLINE_EXCEEDED), but it returned {'echo': 'slow'}",),
+    ),
+    Flaw(
+        "refused-close-swallowed",
+        frozenset({"test_refused_close_is_reported_not_swallowed"}),
+        ("expected FlameError(INVALID_STATE), but it returned None",),
+    ),
+    Flaw(
+        "failure-text-cut",
+        frozenset({"test_failed_task_message_and_traceback_arrive_whole"}),
+        ("the text must begin with the whole message",),
+    ),
 ]
 
 
-def _run_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, flaw: str) -> pytest.RunResult:
-    """The service suite against the in-process engine with ``flaw`` injected (none when empty)."""
-    pytester.makepyfile(broken_runtime=Path(__file__).with_name("broken_runtime.py").read_text("utf-8"))
-    pytester.makepyfile(test_broken_runtime=_TEST_MODULE)
-    monkeypatch.setenv("FLAMEPY_BROKEN_RUNTIME", flaw)
-    return pytester.runpytest_subprocess(
-        "-p",
-        "broken_runtime",
-        "-p",
-        "no:cacheprovider",
-        "-o",
-        "timeout=90",
-        "-rA",
-        "--hypothesis-seed=0",
-        timeout=150,
+@dataclass
+class Run:
+    """The one pytest run of every broken runtime: outcomes and failure reports by class."""
+
+    output: str
+    outcomes: dict[str, dict[str, str]] = field(default_factory=dict)
+    reports: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, output: str) -> Run:
+        run = cls(output)
+        for match in map(_RESULT_LINE.match, output.splitlines()):
+            if match:
+                run.outcomes.setdefault(match.group(2), {})[match.group(3)] = match.group(1)
+        sections = list(_SECTION.finditer(output))
+        for i, section in enumerate(sections):
+            end = sections[i + 1].start() if i + 1 < len(sections) else len(output)
+            run.reports[section.group(1)] = run.reports.get(section.group(1), "") + output[section.start() : end]
+        return run
+
+
+def _class_name(flaw: str) -> str:
+    return "TestBroken_" + flaw.replace("-", "_")
+
+
+@pytest.fixture(scope="module")
+def broken_runs(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The service suite against the in-process engine, once per flaw and once intact, in one process."""
+    workdir = tmp_path_factory.mktemp("broken-runtime")
+    (workdir / "broken_runtime.py").write_text(Path(__file__).with_name("broken_runtime.py").read_text("utf-8"))
+    classes = [_CLASS.format(cls=_class_name(f.name), flaw=f.name) for f in FLAWS]
+    classes.append(_CLASS.format(cls=CONTROL, flaw=""))
+    (workdir / "test_broken_runtime.py").write_text(_HEADER + "".join(classes), "utf-8")
+    (workdir / "pytest.ini").write_text("[pytest]\n", "utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "FLAME_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(workdir), *sys.path])
+    argv = [sys.executable, "-m", "pytest", "-p", "broken_runtime", "-p", "no:cacheprovider", "-o", "timeout=90"]
+    argv += ["-rA", "--hypothesis-seed=0", "test_broken_runtime.py"]
+    result = subprocess.run(
+        argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL
     )
-
-
-def _outcomes(result: pytest.RunResult) -> dict[str, str]:
-    return {m.group(2): m.group(1) for m in map(_RESULT_LINE.match, result.outlines) if m}
+    return Run.parse(result.stdout + result.stderr)
 
 
 @pytest.mark.parametrize("flaw", FLAWS, ids=[f.name for f in FLAWS])
-def test_service_suite_fails_the_broken_runtime(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, flaw: Flaw
-) -> None:
-    result = _run_suite(pytester, monkeypatch, flaw.name)
-    report = result.stdout.str()
-    expected = {name: "FAILED" if name in flaw.must_fail else "PASSED" for name in ALL_TESTS}
-    assert _outcomes(result) == expected, f"{flaw.name}: outcomes {_outcomes(result)}, expected {expected}\n{report}"
+def test_service_suite_fails_the_broken_runtime(broken_runs: Run, flaw: Flaw) -> None:
+    name = _class_name(flaw.name)
+    outcomes = broken_runs.outcomes.get(name, {})
+    report = broken_runs.reports.get(name, "") or broken_runs.output[-5000:]
+    expected = {test: "FAILED" if test in flaw.must_fail else "PASSED" for test in ALL_TESTS}
+    assert outcomes == expected, f"{flaw.name}: outcomes {outcomes}, expected {expected}\n{report}"
     for text in flaw.evidence:
         assert text in report, f"{flaw.name}: no failure says {text!r}\n{report}"
 
 
-def test_service_suite_passes_the_intact_runtime(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_service_suite_passes_the_intact_runtime(broken_runs: Run) -> None:
     """The control: the same run without a flaw passes every test, so the failures above are the flaws'."""
-    result = _run_suite(pytester, monkeypatch, "")
-    report = result.stdout.str()
-    assert _outcomes(result) == dict.fromkeys(ALL_TESTS, "PASSED"), report
-    assert result.ret == 0, report
+    outcomes = broken_runs.outcomes.get(CONTROL, {})
+    assert outcomes == dict.fromkeys(ALL_TESTS, "PASSED"), (
+        broken_runs.reports.get(CONTROL) or broken_runs.output[-5000:]
+    )

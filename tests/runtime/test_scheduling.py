@@ -142,40 +142,76 @@ def assert_serial_per_pid(results: list[dict[str, Any]]) -> None:
 # -- warm instances ---------------------------------------------------------------------------------------
 
 
-def test_sessions_in_sequence_reuse_the_warm_instance_until_delay_release(flame_env):
+def test_each_session_gets_a_fresh_process_and_a_spare_is_started_ahead_for_the_next(flame_env):
+    """One process per session binding, as Flame's executors do; spares keep new sessions fast."""
     folder = write_probe(flame_env, "warm")
     with Session("warm") as first:
-        pid = first.invoke({})["pid"]
+        pid1 = first.invoke({})["pid"]
         sid1 = first.id()
-    # Back to back, as a script that opens one session after another does.
+    # The instance left and is stopped; a fresh process of the application is started ahead of need.
+    wait_gone([pid1], timeout=10)
+    spare = wait_for(
+        lambda: [p for p, kind, _ in read_events(folder) if kind == "start" and p != pid1], 15, "a spare process"
+    )[0]
     with Session("warm") as second:
-        assert second.invoke({})["pid"] == pid
+        pid2 = second.invoke({})["pid"]
         sid2 = second.id()
-    time.sleep(DELAY_RELEASE / 2)
-    with Session("warm") as third:
-        assert third.invoke({})["pid"] == pid  # still within delay_release
-        sid3 = third.id()
-    closed_at = time.monotonic()
-    # The instance left each session before entering the next, in order.
-    wait_for(lambda: (pid, "leave", sid3) in read_events(folder), 10, "the last OnSessionLeave")
-    events = [e for e in read_events(folder) if e[0] == pid]
-    assert [(k, s) for _, k, s in events] == [
-        ("start", ""),
-        ("enter", sid1),
-        ("leave", sid1),
-        ("enter", sid2),
-        ("leave", sid2),
-        ("enter", sid3),
-        ("leave", sid3),
-    ]
-    # Idle past delay_release, the instance is stopped, not before.
-    wait_gone([pid], timeout=DELAY_RELEASE + 10)
-    idle = time.monotonic() - closed_at
-    assert idle >= DELAY_RELEASE * 0.75, f"the warm instance was stopped after {idle:.2f} s"
-    with Session("warm") as fourth:
-        fresh = fourth.invoke({})["pid"]
-    assert fresh != pid
-    assert len({p for p, kind, _ in read_events(folder) if kind == "start"}) == 2
+    assert pid2 == spare, "the next session takes the spare"
+    wait_gone([pid2], timeout=10)
+    # Every process served exactly one session: started, entered once, left once.
+    for pid, sid in ((pid1, sid1), (pid2, sid2)):
+        assert [(k, s) for p, k, s in read_events(folder) if p == pid] == [
+            ("start", ""),
+            ("enter", sid),
+            ("leave", sid),
+        ]
+    # A spare nobody takes is stopped after delay_release, not before.
+    third = wait_for(
+        lambda: [p for p, kind, _ in read_events(folder) if kind == "start" and p not in (pid1, pid2)],
+        15,
+        "a spare after the second session",
+    )[0]
+    started = time.monotonic()
+    wait_gone([third], timeout=DELAY_RELEASE + 10)
+    idle = time.monotonic() - started
+    assert idle >= DELAY_RELEASE * 0.5, f"the spare was stopped after {idle:.2f} s"
+    assert [k for p, k, _ in read_events(folder) if p == third] == ["start"]
+
+
+def test_a_service_counting_its_sessions_sees_one_per_process(flame_env):
+    flame_env.write_service(
+        "counter",
+        """
+        import os
+        from flamepy import service
+
+
+        class Counting(service.FlameInstance):
+            entered = 0
+
+            def on_session_enter(self, context):
+                super().on_session_enter(context)
+                Counting.entered += 1
+
+
+        ins = Counting()
+
+
+        @ins.entrypoint
+        def count(req):
+            return os.getpid(), Counting.entered
+
+
+        if __name__ == "__main__":
+            ins.run()
+        """,
+    )
+    seen = []
+    for _ in range(4):
+        with Session("counter") as session:
+            seen.append(session.invoke(None))
+    assert [entered for _pid, entered in seen] == [1, 1, 1, 1]
+    assert len({pid for pid, _entered in seen}) == 4
 
 
 def test_application_with_delay_release_zero_is_not_kept_warm(flame_env):
@@ -206,6 +242,7 @@ def test_application_max_instances_one_caps_every_session(flame_env):
     folder = write_probe(flame_env, "single", max_instances=1)
     first = Session("single")
     second = Session("single")
+    sids = [first.id(), second.id()]
     futures = [first.run({"i": i, "sleep": 0.2}) for i in range(4)]
     waiting = [second.run({"i": 10 + i}) for i in range(2)]
     results = [f.result(timeout=60) for f in futures]
@@ -218,9 +255,13 @@ def test_application_max_instances_one_caps_every_session(flame_env):
     assert not any(f.done() for f in waiting)
     first.close()
     later = [f.result(timeout=30) for f in waiting]
-    assert {r["pid"] for r in later} == {results[0]["pid"]}
+    # The second session gets the application's one instance once the first let it go: a fresh
+    # process (one process per session binding), never two serving at once.
+    assert len({r["pid"] for r in later}) == 1 and later[0]["pid"] != results[0]["pid"]
+    wait_gone([results[0]["pid"]])
     second.close()
-    assert len([e for e in read_events(folder) if e[1] == "start"]) == 1
+    entered = [(p, s) for p, kind, s in read_events(folder) if kind == "enter"]
+    assert entered == [(results[0]["pid"], sids[0]), (later[0]["pid"], sids[1])]
 
 
 def test_min_instances_starts_an_instance_before_any_task(flame_env):
@@ -498,3 +539,26 @@ def test_killed_server_leaves_no_instance_behind_and_its_running_task_is_requeue
     output = cloudpickle.loads(task.output)
     assert output["i"] == 99 and output["pid"] != busy_pid
     assert any("the server restarted while it ran" in (e.message or "") for e in task.events or [])
+
+
+# -- shims ------------------------------------------------------------------------------------------------
+
+
+def test_a_wasm_application_is_accepted_and_its_tasks_wait_with_an_event_saying_why(flame_env):
+    folder = write_probe(flame_env, "wasm-app", shim="Wasm")
+    assert flamepy.get_application("wasm-app").shim == flamepy.Shim.WASM
+    session = flamepy.create_session("wasm-app")
+    future = session.run(b"x")
+    event = wait_for(
+        lambda: [e for e in flamepy.get_session(session.id).events or [] if e.code == 1003], 10, "the shim event"
+    )[0]
+    assert "no executor of shim Wasm" in event.message and "wasm-app" in event.message
+    time.sleep(1.0)  # nothing starts, nothing fails: the task waits for an executor that may come
+    snapshot = flamepy.get_session(session.id)
+    assert (snapshot.state, snapshot.pending, snapshot.failed) == (flamepy.SessionState.OPEN, 1, 0)
+    assert not future.done()
+    assert not read_events(folder), "no process was started for it"
+    assert len([e for e in snapshot.events or [] if e.code == 1003]) == 1, "said once"
+    session.close()
+    with pytest.raises(FlameError):
+        future.result(timeout=10)

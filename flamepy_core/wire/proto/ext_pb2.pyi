@@ -18,6 +18,48 @@ class WatchSessionRequest(_message.Message):
     after_task_id: int
     def __init__(self, session_id: _Optional[str] = ..., after_task_id: _Optional[int] = ...) -> None: ...
 
+class TaskInput(_message.Message):
+    __slots__ = ("input",)
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    input: bytes
+    def __init__(self, input: _Optional[bytes] = ...) -> None: ...
+
+class CreateTasksRequest(_message.Message):
+    __slots__ = ("session_id", "tasks")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInput]
+    def __init__(self, session_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ...) -> None: ...
+
+class CreateTasksResponse(_message.Message):
+    __slots__ = ("first_task_id", "count", "creation_time")
+    FIRST_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATION_TIME_FIELD_NUMBER: _ClassVar[int]
+    first_task_id: int
+    count: int
+    creation_time: int
+    def __init__(self, first_task_id: _Optional[int] = ..., count: _Optional[int] = ..., creation_time: _Optional[int] = ...) -> None: ...
+
+class TaskOutcome(_message.Message):
+    __slots__ = ("task_id", "state", "output", "message")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    state: _types_pb2.TaskState
+    output: bytes
+    message: str
+    def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[_types_pb2.TaskState, str]] = ..., output: _Optional[bytes] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TaskOutcomes(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskOutcome]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskOutcome, _Mapping]]] = ...) -> None: ...
+
 class Instance(_message.Message):
     __slots__ = ("id", "application", "state", "session_id", "pid", "start_time", "tasks_served")
     ID_FIELD_NUMBER: _ClassVar[int]
