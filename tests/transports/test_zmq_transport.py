@@ -352,6 +352,35 @@ def test_many_threads_on_one_channel_get_their_own_answers(served: Callable[...,
     assert done[0] == threads * per_thread
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_slow_call_does_not_hold_up_the_calls_made_meanwhile(direct: bool, served: Callable[..., Served]) -> None:
+    """A call that takes long (made on the idle channel's socket by its caller, with direct_calls) lets
+    the calls other threads make meanwhile through at once, with their own answers."""
+    release = threading.Event()
+
+    def slow(request: bytes, ctx: CallContext) -> bytes:
+        release.wait(10)
+        return b"slow " + request
+
+    s = served("zmq+tcp://127.0.0.1:0", {SLEEP: UnaryHandler(slow), ECHO: UnaryHandler(echo)}, direct_calls=direct)
+    assert s.channel.unary(ECHO, b"warm", timeout=5) == b"warm"  # connected: the next call may go direct
+    slow_answer: list[bytes] = []
+    caller = threading.Thread(target=lambda: slow_answer.append(s.channel.unary(SLEEP, b"x", timeout=20)))
+    caller.start()
+    try:
+        time.sleep(0.2)  # the slow call is in flight
+        for i in range(5):
+            start = time.monotonic()
+            assert s.channel.unary(ECHO, f"quick {i}".encode(), timeout=5) == f"quick {i}".encode()
+            took = time.monotonic() - start
+            assert took < 1.0, f"a quick call waited {took:.2f} s behind a slow one"
+    finally:
+        release.set()
+        caller.join(20)
+    assert slow_answer == [b"slow x"]
+    assert s.channel.unary(ECHO, b"after", timeout=5) == b"after"
+
+
 def test_late_reply_is_never_delivered_to_a_later_call(served: Callable[..., Served]) -> None:
     s = served("zmq+tcp://127.0.0.1:0", {SLEEP: UnaryHandler(sleep_then_echo)})
     assert s.channel.unary(SLEEP, b"0:warm", timeout=5) == b"warm"

@@ -101,6 +101,9 @@ class _Core:
         self._pending: dict[int, ClientCall] = {}
         self._outbox: deque[_Entry] = deque()
         self._waker = Waker()
+        self._want = Waker()
+        """Signalled by the I/O thread when it needs the socket back from a direct caller, who then hands
+        its call over at once: a slow direct call never holds up the calls made meanwhile."""
         self._ids = itertools.count(1)
         self._method_frames: dict[str, bytes] = {}
         self._deadlines: list[tuple[float, int]] = []
@@ -156,7 +159,8 @@ class _Core:
         reply on the socket, watching the connection's monitor too, and gives the socket back. This saves
         the two thread hand-offs of the I/O thread's path; streams, concurrent calls and asynchronous
         calls stay with the I/O thread. Should the connection have news while the caller waits (lost,
-        re-established), the call is handed to the I/O thread as sent, exactly as if it had sent it.
+        re-established), or another call need the socket, the call is handed to the I/O thread as sent,
+        exactly as if it had sent it.
         """
         if self._closing or not self._connected or self._busy() or self._reset_reason is not None:
             return None
@@ -231,7 +235,7 @@ class _Core:
                     raise FlameError(
                         FlameErrorCode.INTERNAL, f"the server sent a {msg.kind.name} to the call of {method}"
                     )
-            if monitor.socket in ready:
+            if monitor.socket in ready or self._want.fileno() in ready:
                 return self._hand_over(corr, method, timeout, deadline)
             if self._closing:
                 raise unavailable(self._endpoint, "the channel is closed")
@@ -319,6 +323,7 @@ class _Core:
             return
         self._ctx.term()
         self._waker.close()
+        self._want.close()
 
     # -- I/O thread ------------------------------------------------------------------------------------
 
@@ -355,6 +360,7 @@ class _Core:
         self._direct_poller = zmq.Poller()
         self._direct_poller.register(sock, zmq.POLLIN)
         self._direct_poller.register(self._monitor.socket, zmq.POLLIN)
+        self._direct_poller.register(self._want.fileno(), zmq.POLLIN)
 
     def _close_socket(self) -> None:
         if self._monitor is not None:
@@ -365,9 +371,12 @@ class _Core:
             self._sock = None
 
     def _hold(self) -> None:
-        """Take the socket's lease back from a direct caller (which gives it up at its next slice)."""
+        """Take the socket's lease back; a direct caller holding it hands its call over and lets go at once."""
         if not self._holding:
-            self._lease.acquire()
+            if not self._lease.acquire(blocking=False):
+                self._want.signal()
+                self._lease.acquire()
+            self._want.drain()
             self._holding = True
 
     def _busy(self) -> bool:
