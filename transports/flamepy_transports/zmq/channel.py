@@ -255,7 +255,7 @@ class _Core:
 
     def unary_async(self, method: str, request: bytes, timeout: float | None) -> Future[bytes]:
         corr = next(self._ids)
-        call = AsyncCall(corr, method, timeout)
+        call = AsyncCall(corr, method, timeout, self._config.max_message_size, self._endpoint)
         if call.deadline is not None:
             with self._lock:
                 heapq.heappush(self._deadlines, (call.deadline, corr))
