@@ -41,12 +41,13 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
-
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+
+if TYPE_CHECKING:  # PyYAML loads when a YAML file is read: a service process starts without it
+    import yaml
+    from yaml.nodes import Node
 
 __all__ = [
     "DEFAULT_FLAME_CACHE_ENDPOINT",
@@ -99,6 +100,29 @@ ENV_CLIENT_KEY_FILE = "FLAME_CLIENT_KEY_FILE"
 """flamepy only: the private key (PEM, unencrypted) of ``FLAME_CLIENT_CERT_FILE``."""
 ENV_TRANSPORT = "FLAME_TRANSPORT"
 ENV_SERIALIZER = "FLAME_SERIALIZER"
+ENV_TASK_TIMEOUT = "FLAMEPY_TASK_TIMEOUT"
+"""flamepy only: an application's default task timeout in seconds, carried in its ``environments``.
+
+``spec.task_timeout`` in an application's YAML is stored there by ``flmctl register`` (flame.v1's
+ApplicationSpec has no such field, and flamepy adds none to Flame's messages)."""
+
+
+def parse_task_timeout(value: object, origin: str) -> float:
+    """A task timeout in seconds (a number > 0) from ``value``; ``origin`` names where it came from.
+
+    Anything else is ``FlameError(INVALID_ARGUMENT)`` naming the origin and the value.
+    """
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise FlameError(
+            FlameErrorCode.INVALID_ARGUMENT,
+            f"{origin}: task timeout {value!r} is not a number of seconds above 0; give one such as 30 or 0.5, "
+            f"or leave it out for no timeout",
+        )
+    return seconds
 
 
 class FlameConfigWarning(UserWarning):
@@ -167,6 +191,8 @@ class _Walker:
         return FlameError(self.code, f"{where}: {format_key_path(path)}: {problem}")
 
     def walk(self, node: Node, path: YamlPath) -> Any:
+        from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
         if id(node) in self._active:
             raise self.fail(node, path, "recursive YAML alias; a configuration must be a tree")
         self._active.add(id(node))
@@ -186,7 +212,9 @@ class _Walker:
         finally:
             self._active.discard(id(node))
 
-    def _mapping(self, node: MappingNode, path: YamlPath) -> dict[str, Any]:
+    def _mapping(self, node: yaml.MappingNode, path: YamlPath) -> dict[str, Any]:
+        from yaml.nodes import ScalarNode
+
         # Resolve "<<: *anchor" merge keys exactly as yaml.safe_load would.
         self.loader.flatten_mapping(node)
         out: dict[str, Any] = {}
@@ -242,6 +270,8 @@ def read_yaml_file(path: Path, code: FlameErrorCode, what: str = "") -> str:
 
 
 def _children(node: Node) -> list[Node]:
+    from yaml.nodes import MappingNode, SequenceNode
+
     if isinstance(node, MappingNode):
         return [part for pair in node.value for part in pair]
     if isinstance(node, SequenceNode):
@@ -302,6 +332,8 @@ def load_yaml_documents(text: str, source: str, code: FlameErrorCode) -> list[Ya
     """
     if len(text) > MAX_YAML_SIZE:
         raise FlameError(code, f"{source}: larger than {MAX_YAML_SIZE} characters, the most a YAML input may hold")
+    import yaml
+
     loader = yaml.SafeLoader(text)
     docs: list[YamlDocument] = []
     try:
@@ -904,6 +936,11 @@ _BINARY_SUFFIXES = {
 }  # fmt: skip
 
 
+MEMORY_PER_INSTANCE = 256 << 20
+"""Physical memory counted per instance process when the machine-wide cap is computed (a Python service
+with its imports typically takes 30 to 200 MiB)."""
+
+
 def _setting(default: float, kind: str, minimum: str) -> Any:
     """A RuntimeSettings field: ``kind`` is seconds|count|bytes, ``minimum`` is ">=0" or ">0"."""
     return field(default=default, metadata={"kind": kind, "minimum": minimum})
@@ -942,6 +979,18 @@ class RuntimeSettings:
     store_check_timeout              s the start-up integrity check of the  10 (0 = no check)
                                      store may take; a larger store is
                                      checked that far
+    payload_retention                s a finished task's input and output   3600 (0 = purge at once)
+                                     are kept, then purged
+    max_instance_processes           instance processes this machine runs   0 = automatic: 4 per CPU,
+                                     at once, all sessions together         at most one per 256 MiB of
+                                                                            memory, at least 2
+    liveness_timeout                 s an instance may send no heartbeat    30
+                                     (or stay stopped by a signal) before
+                                     it is handled as crashed
+    busy_overflow_delay              s every instance of a session must     1
+                                     have waited (less than half a CPU)
+                                     in its current task before one more
+                                     may start beyond its CPU share
     ===============================  =====================================  ===========================
 
     Seconds are floats; counts and bytes are integers. Negative values are refused, and so is zero where
@@ -964,6 +1013,10 @@ class RuntimeSettings:
     warm_pool_max: int = _setting(8, "count", ">=0")
     store_retry_window: float = _setting(2.0, "seconds", ">=0")
     store_check_timeout: float = _setting(10.0, "seconds", ">=0")
+    payload_retention: float = _setting(3600.0, "seconds", ">=0")
+    max_instance_processes: int = _setting(0, "count", ">=0")
+    liveness_timeout: float = _setting(30.0, "seconds", ">0")
+    busy_overflow_delay: float = _setting(1.0, "seconds", ">=0")
 
     @classmethod
     def env_var(cls, name: str) -> str:
@@ -1011,6 +1064,24 @@ class RuntimeSettings:
             if text is not None:
                 values[name] = _parse_setting(var, text, f.metadata["kind"], f.metadata["minimum"])
         return cls(**values)  # type: ignore[arg-type]
+
+    def instance_process_cap(self) -> int:
+        """The machine-wide cap on instance processes: ``max_instance_processes``, or when it is 0 the
+        automatic one, 4 per CPU but at most one per ``MEMORY_PER_INSTANCE`` of physical memory, at least 2.
+
+        Four per CPU, not one: a session is held to its CPU share only softly (a session whose instances
+        are all blocked may start more, see the scheduler), so the hard cap must leave room above the
+        share, as a thread pool that lets blocked workers be replaced does.
+        """
+        if self.max_instance_processes:
+            return self.max_instance_processes
+        cpus = os.cpu_count() or 1
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            memory = 0
+        by_memory = memory // MEMORY_PER_INSTANCE if memory > 0 else 4 * cpus
+        return max(2, min(4 * cpus, by_memory))
 
 
 def configured_max_message_size(env: Mapping[str, str] | None = None) -> int | None:

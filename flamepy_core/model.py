@@ -33,6 +33,7 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.wire.proto import types_pb2
 
 __all__ = [
+    "EVENT_PAYLOADS_PURGED",
     "Application",
     "ApplicationAttributes",
     "ApplicationSchema",
@@ -62,6 +63,10 @@ __all__ = [
     "task_from_proto",
     "task_to_proto",
 ]
+
+EVENT_PAYLOADS_PURGED = 1005
+"""Task event of flamepy's server: the finished task's input and output were purged after the retention
+(its message says when and why); the task keeps its state, times and other events."""
 
 _UINT32_MAX = 2**32 - 1
 _INT32_MAX = 2**31 - 1
@@ -785,8 +790,13 @@ class Task:
         return self.state == TaskState.FAILED
 
     def is_cancelled(self) -> bool:
-        """True for CANCELLED (pending when its session was closed)."""
+        """True for CANCELLED (cancelled, or pending when its session was closed)."""
         return self.state == TaskState.CANCELLED
+
+    def is_purged(self) -> bool:
+        """True once the server purged this finished task's input and output (its retention passed):
+        ``input`` and ``output`` are then None whatever they were, and an event says so."""
+        return any(e.code == EVENT_PAYLOADS_PURGED for e in self.events or ())
 
 
 def task_from_proto(pb: types_pb2.Task) -> Task:

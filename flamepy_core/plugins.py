@@ -26,8 +26,7 @@ import traceback
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -37,6 +36,9 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.hookspecs import PROJECT_NAME, hookimpl
 from flamepy_core.contracts.serializer import Serializer, SerializerSpec
 from flamepy_core.contracts.transport import LocalTransport, Transport, TransportCapabilities, TransportSpec
+
+if TYPE_CHECKING:
+    from importlib import metadata
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,8 @@ class PluginRegistry:
             if self._loaded:
                 return
             if self.autoload:
+                from importlib import metadata  # the scan is the only user: a process that never scans skips it
+
                 for group in GROUPS:
                     for ep in metadata.entry_points(group=group):
                         self._load_entry_point(group, ep)
@@ -474,6 +478,31 @@ class PluginRegistry:
                 options = {**(options or {}), "max_message_size": configured}
         factory = self._load_factory("transport", chosen)
         return self._build("transport", chosen, factory, spec.options, options)  # type: ignore[no-any-return]
+
+    def transport_of_class(self, class_path: str, endpoint: str) -> tuple[Transport, str] | None:
+        """The transport class ``module:Class`` built for ``endpoint``, and the endpoint as its URL, without
+        scanning entry points; None when the class cannot be imported or does not own the endpoint (its
+        scheme, or for a bare socket path its ``bare_path_scheme``): then ask :meth:`transport`.
+
+        For a process told which classes serve its endpoints by the one that started it (the server tells
+        its instances: ``FLAMEPY_INSTANCE_TRANSPORTS``), so it starts without reading every installed
+        distribution's metadata and importing every plugin.
+        """
+        module_name, _, attribute = class_path.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attribute)
+            spec = transport_spec_of(cls)
+        except Exception as exc:  # moved or broken: the scan finds what is installed
+            log.debug("transport class %s is not usable here (%s); scanning the plugins", class_path, exc)
+            return None
+        if endpoint.startswith("/"):
+            scheme = spec.capabilities.bare_path_scheme
+            if scheme is None:
+                return None
+            endpoint = f"{scheme}://{endpoint}"
+        elif endpoint.partition("://")[0].lower() not in spec.schemes:
+            return None
+        return self.create_transport(Chosen(spec, PluginOrigin(plugin=class_path))), endpoint
 
     def transport(self, name_or_endpoint: str, **options: Any) -> Transport:
         """A transport by name or by an endpoint's scheme (``"SCHEME://ADDRESS"``, or a bare socket path)."""

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import stat
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +126,8 @@ def create_private_file(path: Path | str) -> bool:
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically with ``data``, the new file 0600 from the start (``mkstemp``)."""
+    import tempfile  # here, not at import: a service process (which only needs private_umask) skips it
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:

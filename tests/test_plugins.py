@@ -168,3 +168,24 @@ def test_shared_transports_are_owned_by_the_registry_and_keyed_by_identity() -> 
     keyed = reg.shared_transport("decl://a", identity={"colour": "red"})
     assert keyed is not first and reg.shared_transport("decl://c", identity={"colour": "red"}) is keyed
     assert registry(_Declared).shared_transport("decl://a") is not first  # another registry, its own
+
+
+def test_a_transport_named_by_its_class_is_built_without_a_scan_when_it_owns_the_endpoint(tmp_path: Any) -> None:
+    """What a service process does with ``FLAMEPY_INSTANCE_TRANSPORTS``: the class the server named serves
+    the endpoint if its schemes own it; anything else (another scheme, a class that does not import) is
+    None, so the caller falls back to the scan rather than serving with the wrong transport."""
+    from flamepy_transports.zmq.plugin import ZmqTransport
+
+    reg = PluginRegistry(autoload=False)  # nothing registered: only the named class can answer
+    endpoint = f"zmq+ipc://{tmp_path}/i.sock"
+    found = reg.transport_of_class("flamepy_transports.zmq.plugin:ZmqTransport", endpoint)
+    assert found is not None
+    transport, url = found
+    assert type(transport) is ZmqTransport and url == endpoint
+    assert reg.transport_of_class("flamepy_transports.zmq.plugin:ZmqTransport", "grpc+unix:///x.sock") is None
+    assert reg.transport_of_class("flamepy_transports.zmq.plugin:NoSuchTransport", endpoint) is None
+    assert reg.transport_of_class("no_such_module_here:ZmqTransport", endpoint) is None
+    grpc_class = "flamepy_transports.grpc.plugin:GrpcTransport"
+    bare = reg.transport_of_class(grpc_class, f"{tmp_path}/g.sock")
+    assert bare is not None and bare[1] == f"unix://{tmp_path}/g.sock", "a bare path takes bare_path_scheme"
+    assert reg.transport_of_class("flamepy_transports.zmq.plugin:ZmqTransport", f"{tmp_path}/z.sock") is None

@@ -141,3 +141,17 @@ def test_importing_flamepy_stays_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_service_process_starts_without_the_client_side() -> None:
+    """What a service process imports to serve (``flamepy``, ``FlameInstance``, the instance runtime) leaves
+    out what only a client, a YAML file or an async entrypoint needs: its cold start is mostly imports."""
+    heavy = ("grpc", "yaml", "asyncio", "importlib.metadata", "flamepy_core.client.session", "flamepy.cache")
+    code = (
+        "import sys, flamepy\n"
+        "from flamepy.service import FlameInstance\n"
+        "import flamepy_core.instance.runtime\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "", f"loaded on a service's start path: {out.stdout.strip()}"

@@ -419,10 +419,17 @@ def test_method_tables() -> None:
         "/flamepy.ext.v1.Tasks/WatchOutcomes",
     }
     assert set(methods.EXT) == {"RunTask", "WatchSession", "CreateTasks", "WatchOutcomes"}
-    assert set(methods.RUNTIME) == {"ListInstances"}
     assert methods.RUNTIME["ListInstances"].path == "/flamepy.ext.v1.Runtime/ListInstances"
-    # Frontend, Instance, ObjectCache, flamepy.ext.v1 (Tasks, Runtime)
-    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 4 + 1
+    assert set(methods.RUNTIME) == {"ListInstances", "CollectGarbage"}
+    assert {
+        name: (m.request.DESCRIPTOR.name, m.response.DESCRIPTOR.full_name) for name, m in methods.CONTROL.items()
+    } == {
+        "CancelTasks": ("CancelTasksRequest", "flamepy.ext.v1.CancelTasksReply"),
+        "CloseSession": ("CloseSessionRequest", "flame.v1.Session"),
+    }
+    assert methods.CONTROL["CancelTasks"].path == "/flamepy.ext.v1.Control/CancelTasks"
+    # Frontend, Instance, ObjectCache, flamepy.ext.v1 (Tasks, Runtime, Control)
+    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 4 + 2 + 2
     assert all(path == m.path for path, m in methods.ALL_METHODS.items())
 
     # The tables hand out the generated classes themselves, not look-alikes.

@@ -19,13 +19,37 @@ from typing import Any
 from flamepy_core.client.api import create_session, open_session
 from flamepy_core.client.objects import delete_objects, get_object, put_object
 from flamepy_core.client.serializers import session_serializer
+from flamepy_core.client.session import CancellableFuture, TaskFuture
 from flamepy_core.client.session import Session as CoreSession
 from flamepy_core.contracts.serializer import Serializer
-from flamepy_core.model import ResourceRequirement, short_name
+from flamepy_core.model import ResourceRequirement, Task, short_name
 from flamepy_core.objref import ObjectRef
 from flamepy_core.serialization import decode_context, decode_payload, encode_payload
 
 log = logging.getLogger(__name__)
+
+
+class ResultFuture(CancellableFuture[Any]):
+    """The future of ``Session.run()``: the decoded result of one task.
+
+    ``cancel()`` cancels the task on the server (see :class:`flamepy_core.client.session.TaskFuture`):
+    True once the task is CANCELLED, False when it finished first. ``task_id`` names the task.
+    """
+
+    def __init__(self, inner: TaskFuture) -> None:
+        super().__init__()
+        self._inner = inner
+
+    @property
+    def task_id(self) -> str:
+        """The task's id (waits for the server to create it: ``run()`` submits in batches)."""
+        return self._inner.task_id
+
+    def cancel(self) -> bool:
+        if self.done():
+            return self.cancelled()
+        self._inner.cancel()  # when it cancels the task, its callback has cancelled this future too
+        return self.cancelled()
 
 
 class Session:
@@ -92,13 +116,15 @@ class Session:
         output = self._core().invoke(payload, timeout=timeout)
         return None if output is None else self._decode(output)
 
-    def run(self, request: Any = None) -> Future[Any]:
-        """Submit ``request`` now; the future holds the decoded result."""
+    def run(self, request: Any = None) -> ResultFuture:
+        """Submit ``request`` now; the future holds the decoded result, and ``cancel()`` cancels the task."""
         inner = self._core().run(encode_payload(request, self._serializer))
-        outer: Future[Any] = Future()
-        outer.set_running_or_notify_cancel()
+        outer = ResultFuture(inner)
 
         def settle(done: Future[bytes | None]) -> None:
+            if done.cancelled():
+                outer.end_cancelled()
+                return
             try:
                 output = done.result()
                 outer.set_result(None if output is None else self._decode(output))
@@ -125,11 +151,20 @@ class Session:
             return None
         return decode_context(get_object(ObjectRef.decode(data)), self._serializer, peer="service")
 
-    def close(self) -> None:
-        """Close the session (once; later calls do nothing)."""
+    def cancel_task(self, task_id: str) -> Task:
+        """Cancel one task of this session (a ``run()`` future names its task: ``future.task_id``).
+
+        Returns the task once final: CANCELLED, or the state it reached first. A running task's instance
+        is stopped, and a fresh one takes the session's other tasks.
+        """
+        return self._core().cancel_task(task_id)
+
+    def close(self, force: bool = False) -> None:
+        """Close the session (once; later calls do nothing). Refused while a task runs, unless ``force``:
+        then its pending and running tasks are cancelled (their instances stopped) first."""
         if self._session is not None:
             # Forget the session only once it is closed: a refused close (running tasks) leaves it usable.
-            self._session.close()
+            self._session.close(force=force)
             self._session = None
 
     def __enter__(self) -> Session:
@@ -149,7 +184,8 @@ class Session:
         except Exception as close_error:
             note = (
                 f"flamepy: leaving the `with Session` block did not close session {session_id}: {close_error}. "
-                f"It stays open; close it once its tasks are done: `flmctl close -s {session_id}`"
+                f"It stays open; cancel its tasks with `flmctl cancel -s {session_id}`, or close it with "
+                f"`flmctl close --force -s {session_id}`"
             )
             log.warning("%s", note)
             add_note = getattr(exc, "add_note", None)  # Python 3.11+

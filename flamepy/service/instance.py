@@ -12,15 +12,13 @@ instance of the session and the client see the same, newest version.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from flamepy_core.client.objects import get_object, update_object
 from flamepy_core.config import resolve_config
 from flamepy_core.contracts.errors import FlameError
 from flamepy_core.contracts.serializer import Serializer
@@ -30,6 +28,12 @@ from flamepy_core.instance.service import FlameService, SessionContext, TaskCont
 from flamepy_core.objref import ObjectRef
 from flamepy_core.plugins import get_registry
 from flamepy_core.serialization import decode_context, decode_payload, encode_payload
+
+if TYPE_CHECKING:
+    import asyncio
+
+# Loaded when first needed, not at start: asyncio (an async entrypoint's first call) and the object-cache
+# client (the first ins.context() / ins.update_context()). A service process listens sooner without them.
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +66,16 @@ class FlameInstance(FlameService):
     def serializer(self) -> Serializer:
         """This instance's serializer, resolved on first use (so ``FLAME_SERIALIZER`` is read at run time)."""
         if self._serializer is None:
-            name = self._serializer_name
-            if name is None:
-                config = resolve_config()
-                name, self._serializer_origin = config.serializer, config.source.get("serializer", "default")
-            self._serializer = get_registry().serializer(name)
+            self._serializer = get_registry().serializer(self._chosen_serializer())
         return self._serializer
+
+    def _chosen_serializer(self) -> str:
+        """The serializer's name: the argument, else the configuration (no plugin is loaded to know it)."""
+        if self._serializer_name is None:
+            config = resolve_config()
+            self._serializer_name = config.serializer
+            self._serializer_origin = config.source.get("serializer", "default")
+        return self._serializer_name
 
     def entrypoint(self, fn: F) -> F:
         """Register ``fn`` as the entrypoint: zero or one positional-or-keyword parameter, sync or async."""
@@ -113,6 +121,8 @@ class FlameInstance(FlameService):
         args = (request,) if self._takes_input else ()
         if self._is_async:
             if self._loop is None:
+                import asyncio
+
                 self._loop = asyncio.new_event_loop()  # one loop for the instance: async state survives tasks
             result = self._loop.run_until_complete(self._entrypoint(*args))
         else:
@@ -125,6 +135,8 @@ class FlameInstance(FlameService):
         """The session's shared context (newest version), or None when the session has none."""
         if self._ref is None:
             return None
+        from flamepy_core.client.objects import get_object
+
         return decode_context(get_object(self._ref), self.serializer, peer="client")
 
     def update_context(self, data: Any) -> None:
@@ -138,6 +150,8 @@ class FlameInstance(FlameService):
                 )
                 self._warned_no_context = True
             return
+        from flamepy_core.client.objects import update_object
+
         self._ref = update_object(self._ref, encode_payload(data, self.serializer))
 
     # -- running ---------------------------------------------------------------------------------------
@@ -155,7 +169,7 @@ class FlameInstance(FlameService):
                 file=sys.stderr,
             )
             raise SystemExit(2)
-        if self.serializer.name != "cloudpickle":
+        if self._chosen_serializer() != "cloudpickle":
             _name_main_module()
         serve_instance(self)
 

@@ -19,6 +19,7 @@ A file holds one or more YAML documents separated by ``---``; each describes one
       url: file:///opt/pkg.whl
       installer: python              # python | binary
       serializer: cloudpickle        # flamepy only
+      task_timeout: 300              # flamepy only: seconds > 0 a task may run
 
 Decisions, and why:
 
@@ -38,7 +39,9 @@ Decisions, and why:
   Absolute paths are kept.
 * ``serializer`` is flamepy's own key; it is returned in :attr:`AppSpec.serializer`, not in
   :attr:`AppSpec.attributes`, so that ``ApplicationAttributes(**spec.attributes)`` keeps working with
-  Flame's field set.
+  Flame's field set. ``task_timeout`` likewise (:attr:`AppSpec.task_timeout`); ``flmctl register``
+  carries both in ``environments`` (``FLAME_SERIALIZER``, ``FLAMEPY_TASK_TIMEOUT``), never in a field
+  Flame's messages lack.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class AppSpec:
     source: str
     serializer: str | None = field(default=None)
     """flamepy's ``spec.serializer``; ``None`` when the file does not choose one."""
+    task_timeout: float | None = field(default=None)
+    """flamepy's ``spec.task_timeout`` in seconds; ``None`` when the file sets none (tasks may run forever)."""
 
 
 class _Doc:
@@ -252,9 +257,10 @@ class _Doc:
         name = self.string(metadata["name"], ("metadata", "name"))
         self.rule(validation.check_application_name, name, ("metadata", "name"))
 
-        spec = self.mapping(top.get("spec"), ("spec",), (*_FIELDS, "serializer"), "a mapping")
+        spec = self.mapping(top.get("spec"), ("spec",), (*_FIELDS, "serializer", "task_timeout"), "a mapping")
         attributes: dict[str, Any] = {}
         serializer: str | None = None
+        task_timeout: float | None = None
         for key, value in spec.items():
             path: YamlPath = ("spec", key)
             if value is None:  # "key:" with nothing after it: not set, as in Flame.
@@ -262,10 +268,17 @@ class _Doc:
             if key == "serializer":
                 serializer = self.string(value, path).strip()
                 continue
+            if key == "task_timeout":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                    raise self.bad(value, path, "a number of seconds above 0 (such as 300 or 0.5)")
+                task_timeout = float(value)
+                continue
             attributes[key] = _FIELDS[key](self, value, path)
         # Flame's field order, whatever order the file used.
         ordered = {k: attributes[k] for k in _FIELDS if k in attributes}
-        return AppSpec(name=name, attributes=ordered, source=self.label, serializer=serializer)
+        return AppSpec(
+            name=name, attributes=ordered, source=self.label, serializer=serializer, task_timeout=task_timeout
+        )
 
 
 def _str(self: _Doc, v: Any, p: YamlPath) -> str:

@@ -15,7 +15,18 @@ from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 
-from flamepy_core.cli.commands import applications, completion, keys, listing, plugins, server, sessions, top, view
+from flamepy_core.cli.commands import (
+    applications,
+    completion,
+    gc,
+    keys,
+    listing,
+    plugins,
+    server,
+    sessions,
+    top,
+    view,
+)
 from flamepy_core.cli.common import EXIT_ERROR, EXIT_USAGE, UsageError
 from flamepy_core.client.embedded import provide_inprocess_servers
 from flamepy_core.contracts.errors import FlameError
@@ -27,6 +38,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     listing,
     view,
     top,
+    gc,
     server,
     keys,
     plugins,

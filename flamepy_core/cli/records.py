@@ -61,6 +61,7 @@ def task_record(task: Task) -> dict[str, Any]:
         "duration": duration,
         "input_size": None if task.input is None else len(task.input),
         "output_size": None if task.output is None else len(task.output),
+        "payloads_purged": task.is_purged(),
         "error": task_error(task),
         "events": [dataclasses.asdict(e) for e in task.events or []],
     }

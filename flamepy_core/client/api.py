@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flamepy_core.client.connection import default_connection
-from flamepy_core.client.session import Session
+from flamepy_core.client.session import Session, requester
 from flamepy_core.model import (
     Application,
     ApplicationAttributes,
@@ -83,5 +83,8 @@ def list_sessions() -> list[Session]:
     return default_connection().list_sessions()
 
 
-def close_session(session_id: str) -> Session:
-    return default_connection().close_session(session_id)
+def close_session(session_id: str, force: bool = False) -> Session:
+    """Close a session; refused while a task runs, unless ``force`` (its tasks are cancelled first)."""
+    return default_connection().close_session(
+        session_id, force=force, requested_by=requester("close_session(force=True)")
+    )

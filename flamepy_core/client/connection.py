@@ -35,12 +35,18 @@ from flamepy_core.model import (
 )
 from flamepy_core.plugins import get_registry, local_endpoint
 from flamepy_core.transport_kit import unary_async
-from flamepy_core.wire.methods import EXT, FRONTEND, RUNTIME
+from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, RUNTIME
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
 
 M = TypeVar("M", bound=Message)
+
+GC_TIMEOUT = 3600.0
+"""Seconds ``collect_garbage`` waits: a store created before incremental compaction is rebuilt whole."""
+CANCEL_TIMEOUT = 120.0
+"""Seconds a cancel or a forced close waits for the server, which first stops the instances of running
+tasks (SIGTERM, then SIGKILL after its ``shutdown_grace``)."""
 
 
 class Connection:
@@ -170,6 +176,27 @@ class Connection:
             return [_instance_from_executor(e) for e in self.list_executors()]
         return list(ext_pb2.InstanceList.FromString(raw).instances)
 
+    def collect_garbage(
+        self, older_than: float | None = None, timeout: float = GC_TIMEOUT
+    ) -> ext_pb2.CollectGarbageReply:
+        """Have the server purge finished tasks' payloads (older than ``older_than`` s; default: its
+        ``payload_retention``) and compact its store now: ``flamepy.ext.v1.Runtime/CollectGarbage``."""
+        request = ext_pb2.CollectGarbageRequest()
+        if older_than is not None:
+            request.older_than = older_than
+        method = RUNTIME["CollectGarbage"]
+        try:
+            raw = self.unary("CollectGarbage", method.path, request.SerializeToString(), timeout=timeout)
+        except FlameError as exc:
+            if exc.code == FlameErrorCode.UNIMPLEMENTED:
+                raise FlameError(
+                    exc.code,
+                    f"failed to collect garbage: the server at {self.addr} has no such call (flamepy's own server "
+                    f"has it; a Flame cluster manages its storage itself)",
+                ) from exc
+            raise FlameError(exc.code, f"failed to collect garbage: {exc.message}") from exc
+        return ext_pb2.CollectGarbageReply.FromString(raw)
+
     def list_nodes(self) -> list[pb.Node]:
         return list(self.call("ListNodes", fe.ListNodesRequest(), "list nodes").nodes)
 
@@ -197,12 +224,21 @@ class Connection:
         reply = self.call("ListSession", fe.ListSessionRequest(), "list sessions")
         return [Session(self, s) for s in reply.sessions]
 
-    def close_session(self, session_id: str) -> Session:
+    def close_session(self, session_id: str, force: bool = False, *, requested_by: str = "a client") -> Session:
         """Close once the tasks this connection's ``run()`` submitted to it are created (pending ones are
-        then cancelled, as Flame's do: a close never overtakes a submission made before it)."""
+        then cancelled, as Flame's do: a close never overtakes a submission made before it).
+
+        ``force``: cancel its running tasks too (their instances are stopped), then close (flamepy's
+        server only); without it a session with a running task is refused, as in Flame.
+        """
         self.watches.flush(session_id)
-        request = fe.CloseSessionRequest(session_id=session_id)
-        closed = Session(self, self.call("CloseSession", request, "close session"))
+        if force:
+            forced = ext_pb2.CloseSessionRequest(session_id=session_id, force=True, requested_by=requested_by)
+            raw = self._control("CloseSession", forced, f"close session {session_id} by force")
+            closed = Session(self, pb.Session.FromString(raw))
+        else:
+            request = fe.CloseSessionRequest(session_id=session_id)
+            closed = Session(self, self.call("CloseSession", request, "close session"))
         self.watches.refuse(
             session_id,
             FlameError(
@@ -211,6 +247,36 @@ class Connection:
             ),
         )
         return closed
+
+    def cancel_tasks(
+        self, session_id: str, task_id: str | None = None, *, requested_by: str = "a client"
+    ) -> list[pb.Task]:
+        """Cancel one task of a session, or (``task_id`` None) all its pending and running ones.
+
+        Returns the tasks once final, without payloads: CANCELLED, or the state a task reached before the
+        cancel could take effect. flamepy's ``flamepy.ext.v1.Control/CancelTasks``; a server without it (a
+        Flame cluster) is an ``UNIMPLEMENTED`` error.
+        """
+        request = ext_pb2.CancelTasksRequest(session_id=session_id, requested_by=requested_by)
+        if task_id is not None:
+            request.task_id = task_id
+            what = f"cancel task {task_id} of session {session_id}"
+        else:
+            what = f"cancel the tasks of session {session_id}"
+        return list(ext_pb2.CancelTasksReply.FromString(self._control("CancelTasks", request, what)).tasks)
+
+    def _control(self, rpc: str, request: Message, what: str) -> bytes:
+        method = CONTROL[rpc]
+        try:
+            return self.unary(rpc, method.path, request.SerializeToString(), timeout=CANCEL_TIMEOUT)
+        except FlameError as exc:
+            if exc.code == FlameErrorCode.UNIMPLEMENTED:
+                raise FlameError(
+                    exc.code,
+                    f"failed to {what}: the server at {self.addr} cannot cancel tasks (flame.v1 has no such call; "
+                    f"flamepy's own server has it): wait for the tasks to finish instead",
+                ) from exc
+            raise FlameError(exc.code, f"failed to {what}: {exc.message}") from exc
 
     # -- tasks ---------------------------------------------------------------------------------------
 

@@ -21,16 +21,20 @@ the connection.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.model import (
+    EVENT_PAYLOADS_PURGED,
     Event,
     SessionState,
     Task,
@@ -47,13 +51,19 @@ from flamepy_core.wire.proto import types_pb2 as pb
 _EVENT_BIND_FAILED = 1001
 """The session event an instance that could not start or enter leaves (see the engine's state module)."""
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from flamepy_core.client.connection import Connection
+
+T = TypeVar("T")
 
 WATCH_WORKERS = 32
 BATCH_MAX_TASKS = 4096
 BATCH_MAX_BYTES = 4 << 20
 """A CreateTasks message carries at most this many tasks / input bytes (the rest go in the next one)."""
+CREATE_WAIT = 120.0
+"""Seconds ``TaskFuture.cancel()`` waits for the server to create the task it is to cancel."""
 
 
 class TaskFailedError(FlameError):
@@ -67,10 +77,121 @@ class TaskFailedError(FlameError):
         return (type(self), (self.task, self.message))
 
 
+class TaskCancelledError(FlameError):
+    """A task was cancelled (``INVALID_STATE``, as before there was a class for it). ``task`` is its last state."""
+
+    def __init__(self, task: Task) -> None:
+        how = next((e.message for e in reversed(task.events or []) if e.code == int(pb.TaskState.Cancelled)), None)
+        message = f"task {task.id} of session {task.session_id} was cancelled"
+        super().__init__(FlameErrorCode.INVALID_STATE, f"{message} ({how})" if how else message)
+        self.task = task
+
+    def __reduce__(self) -> tuple[type[TaskCancelledError], tuple[Task]]:  # type: ignore[override]
+        return (type(self), (self.task,))
+
+
+def requester(what: str) -> str:
+    """Who asks for a cancel, as the tasks' events name it: the call, this process and this host."""
+    return f"{what} in process {os.getpid()} on {socket.gethostname()}"
+
+
+class CancellableFuture(Future[T]):
+    """A future whose ``cancel()`` means something beyond this process (see :class:`TaskFuture`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ending = threading.Lock()
+
+    def end_cancelled(self) -> None:
+        """End cancelled, as ``Future.cancel`` does, and wake ``concurrent.futures.wait``/``as_completed``.
+
+        ``Future.cancel`` alone leaves their waiters asleep until ``set_running_or_notify_cancel``,
+        which an executor would call; these futures have no executor. The cancel call and the delivery
+        of the CANCELLED task may both get here: the lock makes the second one a no-op.
+        """
+        with self._ending:
+            if not self.cancelled() and Future.cancel(self):
+                self.set_running_or_notify_cancel()
+
+
+_warned_no_cancel = False
+
+
+class TaskFuture(CancellableFuture["bytes | None"]):
+    """The future of one task that ``run()`` submitted: its output, or the error it ended with.
+
+    ``cancel()`` cancels the task on the server: a pending task at once, a running one by stopping its
+    instance. It returns True once the task is CANCELLED (the future is then cancelled), False when the
+    task finished first (its outcome arrives as usual). Until it is done the future stays pending, never
+    "running": it can be cancelled all along.
+    """
+
+    def __init__(self, session: Session, created: Future[int]) -> None:
+        super().__init__()
+        self.session = session
+        self._created = created
+        """The task's id once the server created it (run() submits in batches)."""
+        self._cancel_asked = False
+
+    @property
+    def task_id(self) -> str:
+        """The task's id. ``run()`` submits in batches, so this waits for the server to create the task
+        (at most ``CREATE_WAIT`` seconds) and raises the error that refused it, if one did."""
+        return str(self._task_id())
+
+    def _task_id(self) -> int:
+        try:
+            return self._created.result(timeout=CREATE_WAIT)
+        except FutureTimeout:
+            raise FlameError(
+                FlameErrorCode.DEADLINE_EXCEEDED,
+                f"a task of session {self.session.id} was not created by the server within {CREATE_WAIT:g} s",
+            ) from None
+
+    def cancel(self) -> bool:
+        global _warned_no_cancel
+        if self.done():
+            return self.cancelled()
+        try:
+            task_id = self.task_id  # submitted in a batch: its id first
+        except FlameError as exc:
+            if exc.code == FlameErrorCode.DEADLINE_EXCEEDED:
+                raise
+            return False  # it was never created: its future holds why
+        self._cancel_asked = True
+        try:
+            tasks = self.session.connection.cancel_tasks(
+                self.session.id, task_id, requested_by=requester("Future.cancel")
+            )
+        except FlameError as exc:
+            self._cancel_asked = False
+            if exc.code != FlameErrorCode.UNIMPLEMENTED:
+                raise
+            if not _warned_no_cancel:  # a Flame cluster: a future cannot be cancelled there
+                _warned_no_cancel = True
+                log.warning("%s", exc.message)
+            return False
+        if tasks[0].status.state != pb.TaskState.Cancelled:
+            return False  # it finished before the cancel could take effect
+        self.end_cancelled()
+        return self.cancelled()
+
+    def set_result(self, result: bytes | None) -> None:
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile: the late outcome is dropped
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if self._cancel_asked and isinstance(exception, TaskCancelledError):
+            self.end_cancelled()  # the cancel this future asked for: it ends cancelled, not with an error
+            return
+        with contextlib.suppress(InvalidStateError):
+            super().set_exception(exception)
+
+
 def task_failure(task: Task) -> FlameError:
     """The error a failed or cancelled task raises in the client."""
     if task.state.name == "CANCELLED":
-        return FlameError(FlameErrorCode.INVALID_STATE, f"task {task.id} of session {task.session_id} was cancelled")
+        return TaskCancelledError(task)
     message = next(
         (e.message for e in reversed(task.events or []) if e.code == int(pb.TaskState.Failed) and e.message),
         "Task failed without error message",
@@ -78,9 +199,21 @@ def task_failure(task: Task) -> FlameError:
     return TaskFailedError(task, message)
 
 
+def _purged(task_id: str, session_id: str, why: str) -> FlameError:
+    """What asking for an output the server no longer keeps raises: never a None result."""
+    return FlameError(
+        FlameErrorCode.NOT_FOUND,
+        f"the output of task {task_id} of session {session_id} is no longer kept: {why}; the server keeps "
+        f"finished tasks' payloads for its payload_retention (FLAME_PAYLOAD_RETENTION)",
+    )
+
+
 def _outcome(task: Task) -> bytes | None:
     """A completed task's output, or the error it stands for."""
     if task.state.name == "SUCCEED":
+        if task.is_purged():  # its output is gone
+            why = next(e.message for e in reversed(task.events or []) if e.code == EVENT_PAYLOADS_PURGED)
+            raise _purged(task.id, task.session_id, why or "purged")
         return task.output
     if task.is_completed():
         raise task_failure(task)
@@ -100,17 +233,20 @@ def _reply_outcome(reply: pb.Task) -> bytes | None:
 def _settle_outcome(future: Future[bytes | None], outcome: ext_pb2.TaskOutcome, session_id: str) -> None:
     """Complete ``future`` from a WatchOutcomes entry."""
     state = outcome.state
+    tid = str(outcome.task_id)
     if state == pb.TaskState.Succeed:
+        if outcome.purged:  # read back from the store after the retention
+            future.set_exception(_purged(tid, session_id, outcome.message or "purged"))
+            return
         future.set_result(outcome.output if outcome.HasField("output") else None)
         return
-    tid = str(outcome.task_id)
+    now = datetime.now(timezone.utc)
     if state == pb.TaskState.Cancelled:
-        future.set_exception(
-            FlameError(FlameErrorCode.INVALID_STATE, f"task {tid} of session {session_id} was cancelled")
-        )
+        events = [Event(code=int(state), message=outcome.message or None, creation_time=now)]
+        cancelled = Task(id=tid, session_id=session_id, state=TaskState.CANCELLED, creation_time=now, events=events)
+        future.set_exception(TaskCancelledError(cancelled))
         return
     message = outcome.message or "Task failed without error message"
-    now = datetime.now(timezone.utc)
     task = Task(
         id=tid,
         session_id=session_id,
@@ -494,8 +630,9 @@ class Session:
             raise FlameError(FlameErrorCode.INTERNAL, f"the watch of task {task_id} ended without an answer")
         return _outcome(task_from_proto(last))
 
-    def run(self, input_data: bytes | None) -> Future[bytes | None]:
-        """Submit a task and return a future of its output.
+    def run(self, input_data: bytes | None) -> TaskFuture:
+        """Submit a task and return a future of its output; ``future.cancel()`` cancels the task on the
+        server (see :class:`TaskFuture`).
 
         Against flamepy's server the task is created in a batch with the session's other submissions
         (see the module's docstring): an error creating it completes the future. Once this connection
@@ -510,13 +647,16 @@ class Session:
         if refused is not None:
             raise FlameError(refused.code, refused.message)
         data = bytes(input_data) if input_data is not None else None
-        future: Future[bytes | None] = Future()
-        future.set_running_or_notify_cancel()
         connection = self.connection
         if connection.has_extensions is not False and connection.has_batches is not False:
-            connection.watches.submit(self, data).add_done_callback(lambda created: self._created(created, future))
+            created = connection.watches.submit(self, data)
+            future = TaskFuture(self, created)
+            created.add_done_callback(lambda done: self._created(done, future))
             return future
         task = self.create_task(data)
+        known: Future[int] = Future()
+        known.set_result(int(task.id))
+        future = TaskFuture(self, known)
         connection.watches.pool().submit(_await_into, self, int(task.id), future)
         return future
 
@@ -575,6 +715,19 @@ class Session:
             line += f"; {len(failures)} failed to start: {failures[-1].message.splitlines()[0][:80]}"
         return line
 
-    def close(self) -> None:
-        closed = self.connection.close_session(self.id)
+    def cancel_task(self, task_id: str) -> Task:
+        """Cancel a task of this session; returns it once final (without its payloads).
+
+        A pending task is cancelled at once; a running one by stopping its instance (SIGTERM, then
+        SIGKILL after the server's ``shutdown_grace``; a fresh instance takes the session's other tasks).
+        The task comes back CANCELLED, or in the state it reached first when it finished before the cancel
+        could take effect. Needs flamepy's server (``UNIMPLEMENTED`` from a Flame cluster).
+        """
+        tasks = self.connection.cancel_tasks(self.id, str(task_id), requested_by=requester("Session.cancel_task"))
+        return task_from_proto(tasks[0])
+
+    def close(self, force: bool = False) -> None:
+        """Close the session. Refused while a task runs, unless ``force``: its tasks are cancelled first."""
+        what = requester("Session.close(force=True)")
+        closed = self.connection.close_session(self.id, force=force, requested_by=what)
         self.state = closed.state

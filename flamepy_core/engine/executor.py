@@ -37,6 +37,16 @@ ENV_INSTANCE_ENDPOINT = "FLAME_INSTANCE_ENDPOINT"
 """Where an instance must serve ``flame.v1.Instance``: Flame's own variable."""
 ENV_FAST_INSTANCE_ENDPOINT = "FLAMEPY_INSTANCE_ENDPOINT"
 """A second endpoint offered to services written with this SDK (their runtime prefers it)."""
+ENV_INSTANCE_TRANSPORTS = "FLAMEPY_INSTANCE_TRANSPORTS"
+"""The classes (``module:Class``) of the transports of both endpoints: a service written with this SDK
+builds its transport from them instead of scanning every installed plugin (a cold start's largest
+cost after the imports). It scans when they are not importable there."""
+
+
+def class_path(transport: Transport) -> str:
+    """``module:Class`` of a transport object: what ``FLAMEPY_INSTANCE_TRANSPORTS`` lists."""
+    cls = type(transport)
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 class Instance(Protocol):
@@ -75,7 +85,10 @@ class Instance(Protocol):
     # What the scheduler's supervisor watches, without blocking:
 
     ready_fd: int | None
-    """The read end of its readiness pipe, while it has not said it listens; else None."""
+    """The read end of its readiness pipe, while it has not said it listens or sends heartbeats on it;
+    else None."""
+    last_beat: float | None
+    """``time.monotonic()`` of its last heartbeat; None for an instance that sends none."""
     pidfd: int | None
     """Readable once it exited (Linux); None where there is none (then it is polled)."""
     started: float
@@ -174,6 +187,7 @@ class InstanceLink:
             _bare, fast = self._endpoint(self.fast, f"{instance_id}-fast")
             env[ENV_FAST_INSTANCE_ENDPOINT] = fast.url
             options.insert(0, fast)
+        env[ENV_INSTANCE_TRANSPORTS] = ",".join(class_path(option.transport) for option in options)
         return env, options
 
 
@@ -217,11 +231,32 @@ def describe_status(code: int) -> str:
     return text
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_status(pid: int) -> tuple[str, float] | None:
+    """``(state, cpu seconds)`` of a process from ``/proc/<pid>/stat``: its state letter (``R`` running,
+    ``S`` sleeping, ``T`` stopped by a signal, ``Z`` zombie...) and the CPU time it has used (user +
+    system). None where there is no ``/proc`` or no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 READY_FD_ENV = "FLAMEPY_READY_FD"
 """The write end of a pipe the runtime passes to an instance: it writes one byte once it listens.
 
 A service written with this SDK signals readiness this way (no polling); one written with Flame's SDK
-ignores it, and is found ready when its socket file appears."""
+ignores it, and is found ready when its socket file appears. Its first byte is ``HEARTBEAT_READY`` when
+the instance goes on writing a byte every ``FLAMEPY_HEARTBEAT_INTERVAL`` seconds from a thread of its
+own: its heartbeats, which stop when the process is frozen or a callback holds the GIL."""
+HEARTBEAT_INTERVAL_ENV = "FLAMEPY_HEARTBEAT_INTERVAL"
+"""Seconds between an instance's heartbeats on its readiness pipe (the server's ``heartbeat_interval``)."""
+HEARTBEAT_READY = b"H"
+"""The readiness byte of an instance that sends heartbeats after it."""
 
 
 class InstanceProcess:
@@ -250,7 +285,10 @@ class InstanceProcess:
         self._channel: Channel | None = None
         self._link_capabilities: TransportCapabilities | None = None
         self.ready_fd = ready_fd
-        """Read end of the readiness pipe (non-blocking); None once read or closed."""
+        """Read end of the readiness pipe (non-blocking); None once closed."""
+        self.last_beat: float | None = None
+        """When it last wrote on the pipe, once it said it sends heartbeats; else None."""
+        self._said_ready = False
         self.pidfd: int | None = None
         """A descriptor that becomes readable when the process exits (Linux), else None."""
         if hasattr(os, "pidfd_open"):
@@ -280,20 +318,30 @@ class InstanceProcess:
     def read_ready(self) -> bool | None:
         """Drain the readiness pipe: True once the instance said it listens, None if it has not (yet).
 
-        The pipe closing without a byte (the process exited, or closed the descriptor) closes our end
-        too; readiness is then only known from the socket file.
+        An instance whose readiness byte is ``HEARTBEAT_READY`` keeps the pipe open and writes on it
+        every heartbeat interval: each read then records the time in ``last_beat``. The pipe closing (the
+        process exited, or closed the descriptor, as one that sends no heartbeats does after its byte)
+        closes our end too; without a byte, readiness is then only known from the socket file.
         """
         fd = self.ready_fd
         if fd is None:
             return None
         try:
-            data = os.read(fd, 64)
+            data = os.read(fd, 4096)
         except BlockingIOError:
-            return None
+            return True if self._said_ready else None
         except OSError:
             data = b""
-        self.close_ready()
-        return True if data else None
+        if not data:
+            self.close_ready()
+            self.last_beat = None  # no more heartbeats: liveness falls back to the process state
+            return True if self._said_ready else None
+        if (not self._said_ready and data.startswith(HEARTBEAT_READY)) or self.last_beat is not None:
+            self.last_beat = time.monotonic()
+        self._said_ready = True
+        if self.last_beat is None:
+            self.close_ready()  # it said it listens and sends nothing more
+        return True
 
     def close_ready(self) -> None:
         if self.ready_fd is not None:
@@ -426,9 +474,11 @@ class Launcher:
         frontend_endpoint: str,
         extra_env: dict[str, str] | None = None,
         stderr_tail_lines: int = 20,
+        heartbeat_interval: float = 1.0,
     ) -> None:
         self.home = home
         self.stderr_tail_lines = stderr_tail_lines
+        self.heartbeat_interval = heartbeat_interval
         self.link = link
         self.cache_endpoint = cache_endpoint
         self.frontend_endpoint = frontend_endpoint
@@ -440,6 +490,7 @@ class Launcher:
     def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
         env.pop(ENV_FAST_INSTANCE_ENDPOINT, None)
+        env.pop(ENV_INSTANCE_TRANSPORTS, None)
         env.update(self.extra_env)
         for item in app.spec.environments:
             env[item.name] = _expand(item.value, env)
@@ -489,6 +540,7 @@ class Launcher:
                 os.unlink(option.socket_path)
         ready_read, ready_write = os.pipe()
         env[READY_FD_ENV] = str(ready_write)
+        env[HEARTBEAT_INTERVAL_ENV] = f"{self.heartbeat_interval:g}"
         append = os.O_WRONLY | os.O_APPEND
         try:
             with (

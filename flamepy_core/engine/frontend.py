@@ -25,8 +25,10 @@ from flamepy_core.contracts.transport import (
 )
 from flamepy_core.engine.instances import executor_message, instance_message
 from flamepy_core.engine.objects import ObjectCache
+from flamepy_core.engine.retention import Retention
 from flamepy_core.engine.state import Engine, reply_task
-from flamepy_core.wire.methods import EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
+from flamepy_core.model import EVENT_PAYLOADS_PURGED
+from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -44,6 +46,15 @@ def _parse(method: Method, data: bytes) -> Any:
 def _unary(method: Method, fn: Callable[[Any], Message]) -> UnaryHandler:
     def handle(data: bytes, ctx: CallContext) -> bytes:
         return fn(_parse(method, data)).SerializeToString()
+
+    return UnaryHandler(handle)
+
+
+def _unary_with_context(method: Method, fn: Callable[[Any, CallContext], Message]) -> UnaryHandler:
+    """A unary handler that needs its call's context (the caller's deadline)."""
+
+    def handle(data: bytes, ctx: CallContext) -> bytes:
+        return fn(_parse(method, data), ctx).SerializeToString()
 
     return UnaryHandler(handle)
 
@@ -78,12 +89,34 @@ def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None
     return settle
 
 
+FORCE_CLOSE_WAIT = 300.0
+"""Seconds a forced close waits for the instances of running tasks to stop when its caller set no deadline."""
+REQUESTED_BY_MAX = 200
+"""Characters of a cancel's ``requested_by`` kept for the tasks' events."""
+
+
+def _requested_by(text: str) -> str:
+    """Who asked for a cancel, as the events will say it: bounded, and never empty."""
+    text = " ".join(text.split())[:REQUESTED_BY_MAX]
+    return text or "a client"
+
+
 def _ok() -> pb.Result:
     return pb.Result(return_code=0)
 
 
-def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[str, Handler]:
-    """The ``flame.v1.Frontend`` table. With ``cache``, unregistering an app also drops its objects."""
+def _nothing() -> None:
+    pass
+
+
+def frontend_handlers(
+    engine: Engine, cache: ObjectCache | None = None, *, on_freed: Callable[[], None] = _nothing
+) -> dict[str, Handler]:
+    """The ``flame.v1.Frontend`` table. With ``cache``, unregistering an app also drops its objects.
+
+    ``on_freed`` is called after a session is closed or deleted and an application unregistered: the
+    store may have payloads to purge or pages to give back (the server's retention sweep, woken).
+    """
 
     def require_spec(request: Any, what: str) -> None:
         if not request.HasField("application"):
@@ -103,7 +136,12 @@ def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[
         engine.unregister_application(r.name)
         if cache is not None:  # its sessions are gone, so are their contexts and objects
             cache.delete(f"{r.name}/*")
+        on_freed()
         return _ok()
+
+    def freeing(session: pb.Session) -> pb.Session:
+        on_freed()
+        return session
 
     def list_apps(_r: Any) -> pb.ApplicationList:
         return pb.ApplicationList(applications=engine.list_applications())
@@ -153,9 +191,9 @@ def frontend_handlers(engine: Engine, cache: ObjectCache | None = None) -> dict[
         "ListNodes": list_nodes,
         "GetNode": not_here("GetNode"),
         "CreateSession": create_session,
-        "DeleteSession": lambda r: engine.delete_session(r.session_id),
+        "DeleteSession": lambda r: freeing(engine.delete_session(r.session_id)),
         "OpenSession": open_session,
-        "CloseSession": lambda r: engine.close_session(r.session_id),
+        "CloseSession": lambda r: freeing(engine.close_session(r.session_id)),
         "GetSession": lambda r: engine.get_session(r.session_id),
         "ListSession": lambda r: pb.SessionList(sessions=engine.list_sessions()),
         "GetTask": lambda r: engine.get_task(r.session_id, r.task_id),
@@ -189,18 +227,26 @@ def cache_handlers(cache: ObjectCache) -> dict[str, Handler]:
 
 
 def outcome(task: pb.Task) -> ext_pb2.TaskOutcome:
-    """A completed task as its caller reads it: id, state, output, and why it failed (if it did)."""
+    """A completed task as its caller reads it: id, state, output, and why it failed (if it did), or
+    that its output was purged after the retention (read back from the store late)."""
     result = ext_pb2.TaskOutcome(task_id=int(task.metadata.id), state=task.status.state)
     if task.spec.HasField("output"):
         result.output = task.spec.output
-    if task.status.state != pb.TaskState.Succeed and task.status.events:
-        result.message = task.status.events[-1].message
+    events = task.status.events
+    purge = next((e for e in reversed(events) if e.code == EVENT_PAYLOADS_PURGED), None)
+    result.purged = purge is not None
+    if task.status.state == pb.TaskState.Succeed:
+        if purge is not None:
+            result.message = purge.message
+    elif events:  # the event of its final state (a purge may have come after it)
+        state = int(task.status.state)
+        result.message = next((e.message for e in reversed(events) if e.code == state), events[-1].message)
     return result
 
 
-def ext_handlers(engine: Engine) -> dict[str, Handler]:
-    """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()) and ``Runtime`` (what
-    the server runs, for ``flmctl top`` and ``flmctl list -e``)."""
+def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> dict[str, Handler]:
+    """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()), ``Runtime`` (what
+    the server runs, for ``flmctl top`` and ``flmctl list -e``) and ``Control`` (cancel, forced close)."""
 
     def run_task(r: frontend_pb2.CreateTaskRequest, _ctx: CallContext, responder: Responder) -> None:
         task_input = r.task.input if r.task.HasField("input") else None
@@ -236,10 +282,55 @@ def ext_handlers(engine: Engine) -> dict[str, Handler]:
     def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:
         return ext_pb2.InstanceList(instances=[instance_message(i) for i in engine.scheduler.instances()])
 
+    def cancel_tasks(r: ext_pb2.CancelTasksRequest, _ctx: CallContext, responder: Responder) -> None:
+        # Answered once the tasks are final; a running one first has its instance stopped.
+        def settle(tasks: list[pb.Task]) -> None:
+            responder.send(ext_pb2.CancelTasksReply(tasks=tasks).SerializeToString())
+
+        by = _requested_by(r.requested_by)
+        if r.HasField("task_id"):
+            engine.cancel_task(r.session_id, r.task_id, by, lambda task: settle([task]))
+        else:
+            engine.cancel_session_tasks(r.session_id, by, settle)
+
+    def close_session(r: ext_pb2.CloseSessionRequest, ctx: CallContext) -> pb.Session:
+        if not r.force:
+            closed = engine.close_session(r.session_id)
+        else:
+            remaining = ctx.time_remaining()
+            wait = FORCE_CLOSE_WAIT if remaining is None else min(remaining, FORCE_CLOSE_WAIT)
+            closed = engine.force_close_session(r.session_id, _requested_by(r.requested_by), timeout=wait)
+        on_freed()
+        return closed
+
     return {
         EXT["RunTask"].path: _deferred(EXT["RunTask"], run_task),
         EXT["WatchSession"].path: _stream(EXT["WatchSession"], watch_session),
         EXT["CreateTasks"].path: _deferred(EXT["CreateTasks"], create_tasks),
         EXT["WatchOutcomes"].path: _stream(EXT["WatchOutcomes"], watch_outcomes),
         RUNTIME["ListInstances"].path: _unary(RUNTIME["ListInstances"], list_instances),
+        CONTROL["CancelTasks"].path: _deferred(CONTROL["CancelTasks"], cancel_tasks),
+        CONTROL["CloseSession"].path: _unary_with_context(CONTROL["CloseSession"], close_session),
     }
+
+
+def maintenance_handlers(retention: Retention) -> dict[str, Handler]:
+    """``flamepy.ext.v1.Runtime/CollectGarbage``: what ``flmctl gc`` asks for."""
+
+    def collect(r: ext_pb2.CollectGarbageRequest) -> ext_pb2.CollectGarbageReply:
+        if r.HasField("older_than") and not (r.older_than >= 0):  # also refuses NaN
+            raise FlameError(
+                FlameErrorCode.INVALID_ARGUMENT,
+                f"older_than must be a number of seconds, 0 or more, got {r.older_than!r}",
+            )
+        report = retention.collect(r.older_than if r.HasField("older_than") else None)
+        return ext_pb2.CollectGarbageReply(
+            tasks_purged=report.tasks_purged,
+            bytes_before=report.bytes_before,
+            bytes_after=report.bytes_after,
+            seconds=report.seconds,
+            older_than=report.older_than,
+            rebuilt=report.rebuilt,
+        )
+
+    return {RUNTIME["CollectGarbage"].path: _unary(RUNTIME["CollectGarbage"], collect)}

@@ -141,6 +141,8 @@ class InProcessInstance:
 
     ready_at_once = True
     ready_fd: int | None = None
+    last_beat: float | None = None
+    """No heartbeats: it is the server's own process."""
     pidfd: int | None = None
 
     def __init__(

@@ -32,9 +32,11 @@ that cause (event 1002).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -44,12 +46,18 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from flamepy_core.config import RuntimeSettings
+from flamepy_core.config import ENV_TASK_TIMEOUT, RuntimeSettings, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.executor import Instance as InstanceHandle
-from flamepy_core.engine.executor import InstanceLauncher
+from flamepy_core.engine.executor import InstanceLauncher, process_status
 from flamepy_core.engine.instances import InstanceInfo
-from flamepy_core.engine.state import EVENT_BIND_FAILED, EVENT_NO_EXECUTOR, EVENT_RETRY_LIMIT, Engine
+from flamepy_core.engine.state import (
+    EVENT_BIND_FAILED,
+    EVENT_NO_EXECUTOR,
+    EVENT_RETRY_LIMIT,
+    EVENT_WAITING_FOR_CAPACITY,
+    Engine,
+)
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
 from flamepy_core.wire.methods import INSTANCE
@@ -66,6 +74,18 @@ LOST_GRACE = 1.0
 """Seconds to wait for the exit of an instance whose link broke, before calling it unresponsive."""
 ENTER_RETRY_DELAY = 0.01
 """Seconds between OnSessionEnter attempts while a service found by its socket file starts serving."""
+SPARE_DELAY = 0.1
+"""Seconds after a session's process left before its replacement spare starts, and between checks while
+a session waits for a process of its own to start (spares give way to it)."""
+
+
+def application_task_timeout(app: pb.Application) -> float | None:
+    """The application's default task timeout (``spec.task_timeout``, carried as ``FLAMEPY_TASK_TIMEOUT``
+    in its environments), or None: its tasks may run forever."""
+    for env in app.spec.environments:
+        if env.name == ENV_TASK_TIMEOUT:
+            return parse_task_timeout(env.value, f"application {app.metadata.name}, {ENV_TASK_TIMEOUT}")
+    return None
 
 
 class State(enum.Enum):
@@ -117,6 +137,17 @@ class Instance:
     deliberate: bool = False
     """Stopped on purpose (left its session, spare expired...): its exit is no failure of a session."""
     ready: bool = False
+    head_since: float = 0.0
+    """When the task it runs now (the first of ``inflight``) started: the head of its queue."""
+    blocked: bool = False
+    """Its current task has run ``busy_overflow_delay`` using less than half a CPU: it waits on something."""
+    cpu_mark: tuple[float, float] | None = None
+    """(when, CPU seconds of the process) sampled during its current task, to tell blocked from busy."""
+    task_timeout: float | None = None
+    """The task timeout of its session's application (seconds); a task's own timeout overrides it."""
+    stopped_since: float | None = None
+    """Since when its process has been seen stopped by a signal (``/proc`` state T), for an instance
+    that sends no heartbeats; None while it is not."""
     start_time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     tasks_served: int = 0
 
@@ -148,6 +179,19 @@ _EXECUTOR_STATE = {
 """How an instance's state reads as Flame's executor state (ListExecutor, flmctl top)."""
 
 
+class _Acquired(enum.Enum):
+    """What asking for one more instance for a session gave."""
+
+    YES = "yes"
+    """A spare was bound, a starting spare claimed, or a process started."""
+    APP_CAP = "app-cap"
+    """The application's max_instances is reached: one of its instances takes the tasks when free."""
+    MACHINE_CAP = "machine-cap"
+    """The machine-wide cap on instance processes is reached."""
+    GONE = "gone"
+    """The session or its application is gone, or nothing of its shim runs here."""
+
+
 class Scheduler:
     """Matches sessions that need instances with spares or new processes, and drives instances by events."""
 
@@ -164,6 +208,14 @@ class Scheduler:
         self._bind_failures: dict[str, int] = defaultdict(int)
         self._shim_noted: set[str] = set()
         """Sessions already told that no executor of their application's shim exists."""
+        self.cap = settings.instance_process_cap()
+        """The machine-wide cap on instance processes (every instance counts until its exit is known)."""
+        self._wanting: dict[str, float] = {}
+        """Sessions that want more instances than they have, and since when: served in this order."""
+        self._capacity_noted: set[str] = set()
+        """Sessions told (event 1006) that they wait for the machine-wide cap; forgotten once served."""
+        self._spares_due: set[str] = set()
+        """Applications whose replacement spare is to start (see :meth:`_replace_with_spare`)."""
         self._closed = False
         self.supervisor = Supervisor(self, settings)
         engine.scheduler = self
@@ -192,10 +244,11 @@ class Scheduler:
                         handler(*args)
                 except Exception:  # a bug in one event must not stop the others
                     log.exception("scheduler event %s failed", getattr(handler, "__name__", handler))
-            # What the events wrote (tasks RUNNING, results) goes out in one group commit; its callbacks
-            # may post more events, which this loop then handles.
+            # What the events wrote (results, events) goes out in one group commit; its callbacks may post
+            # more events, which this loop then handles. Lazy writes alone (a task became RUNNING) wait
+            # for the next commit: on a warm invoke, its result's.
             try:
-                self.engine.store.commit()
+                self.engine.store.commit(lazy=False)
             except Exception:
                 log.exception("committing the scheduler's writes failed")
             with self._events_lock:
@@ -214,6 +267,35 @@ class Scheduler:
     def application_removed(self, name: str) -> None:
         self.post(self._on_application_removed, name)
 
+    def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
+        """Stop the instance running a cancelled task (``flame.v1.Instance`` has no call to cancel one).
+
+        Its exit reports the task lost, as for any instance that dies (``retry_task``), and the engine
+        records it CANCELLED instead of retrying it; a task sent to the same instance behind it goes back
+        to the head of the queue without spending a retry. Minimal on purpose (see issue 12): no call to
+        the service first.
+        """
+        with self._lock:
+            inst = next(
+                (i for i in self._instances.values() if i.session_id == session_id and task_id in i.inflight), None
+            )
+        if inst is None:
+            return False
+        self.post(self._on_cancel, inst, task_id, reason)
+        return True
+
+    def _on_cancel(self, inst: Instance, task_id: int, reason: str) -> None:
+        if task_id not in inst.inflight and task_id not in {tid for _sid, tid in inst.lost}:
+            return  # answered meanwhile
+        log.info("instance %s: stopping it to cancel task %s of %s (%s)", inst.id, task_id, inst.session_id, reason)
+        sid = inst.session_id
+        if sid is not None:  # tasks sent along with it go back to the queue, without spending a retry
+            for other in [tid for tid in inst.inflight if tid != task_id]:
+                why = f"requeued: instance {inst.id} was stopped to cancel task {task_id}"
+                if self.engine.requeue_task(sid, other, why):
+                    del inst.inflight[other]  # else its exit reports it, as any task in flight
+        self._stop(inst, deliberate=True)  # SIGTERM, SIGKILL after shutdown_grace; on_exit reports the task
+
     # -- placing sessions ------------------------------------------------------------------------------
 
     def _bound_to(self, session_id: str) -> list[Instance]:
@@ -222,44 +304,175 @@ class Scheduler:
     def _on_tasks_pending(self, session_id: str) -> None:
         if self._closed:
             return
-        serving = [
-            i for i in self._instances.values() if i.session_id == session_id and i.state in (BOUND | {State.STARTING})
-        ]
-        for inst in serving:
+        for inst in self._serving(session_id):
             if inst.state in (State.IDLE, State.BUSY):
                 self._dispatch(inst)
-        missing = self.engine.demand(session_id) - len(serving)
-        if missing <= 0:
+        if self._missing(session_id) <= 0:
+            self._satisfied(session_id)
             return
+        self._wanting.setdefault(session_id, time.monotonic())
+        self._place()
+
+    def _serving(self, session_id: str) -> list[Instance]:
+        """The instances bound to the session, or starting for it."""
+        return [
+            i for i in self._instances.values() if i.session_id == session_id and i.state in (BOUND | {State.STARTING})
+        ]
+
+    def _missing(self, session_id: str) -> int:
+        """How many more instances the session should get now (0 when it has enough).
+
+        Its demand within its CPU share (``Engine.demand``), and beyond that share one more at a time
+        when it has pending tasks and every instance it has is blocked (see :meth:`_overflow`): tasks
+        that wait for tasks of their own session (a recursive Runner service) hold their instances, and
+        the share alone would deadlock them. The machine-wide cap stays hard; the session's and the
+        application's ``max_instances`` too.
+        """
+        serving = self._serving(session_id)
+        missing = self.engine.demand(session_id) - len(serving)
+        if missing > 0 or not serving or not self.engine.has_pending(session_id):
+            return missing
+        blocked = all(i.state == State.BUSY and i.blocked for i in serving)
+        if blocked and len(serving) < self.engine.demand(session_id, cpu_share=False):
+            return 1
+        return 0
+
+    def _satisfied(self, session_id: str) -> None:
+        self._wanting.pop(session_id, None)
+        self._capacity_noted.discard(session_id)
+
+    def _place(self) -> None:
+        """Give the sessions that want instances what the caps allow, fairly.
+
+        Sessions without any instance first (they make no progress at all), then in the order they
+        started waiting; one instance per session per round, so capacity is shared out rather than
+        taken by the first session with many tasks. When the machine-wide cap stops a session, room is
+        made for it (a spare of another application, or an idle instance, is stopped) and it waits,
+        with a session event saying why.
+        """
+        if self._closed:
+            return
+        progress = True
+        while progress and self._wanting:
+            progress = False
+            blocked: list[str] = []
+            order = sorted(self._wanting, key=lambda sid: (bool(self._serving(sid)), self._wanting[sid]))
+            for sid in order:
+                if self._missing(sid) <= 0:
+                    self._satisfied(sid)
+                    continue
+                outcome = self._acquire_for(sid)
+                if outcome is _Acquired.YES:
+                    progress = True
+                    if self._missing(sid) <= 0:
+                        self._satisfied(sid)
+                elif outcome is _Acquired.GONE:
+                    self._satisfied(sid)
+                elif outcome is _Acquired.MACHINE_CAP:
+                    blocked.append(sid)
+            if blocked and not progress:
+                self._make_room(blocked)
+
+    def _acquire_for(self, session_id: str) -> _Acquired:
         try:
             app_name = self.engine.get_session(session_id).spec.application
             app = self.engine.get_application(app_name)
         except FlameError:
-            return  # the session or its application is gone
+            return _Acquired.GONE  # the session or its application is gone
         if app.spec.shim != pb.Shim.Host:
             self._no_executor(session_id, app)
-            return
-        for _ in range(missing):
-            if not self._acquire(session_id, app):
-                break
+            return _Acquired.GONE
+        return self._acquire(session_id, app)
 
-    def _acquire(self, session_id: str, app: pb.Application) -> bool:
+    def _acquire(self, session_id: str, app: pb.Application) -> _Acquired:
         """Give ``session_id`` one more instance of ``app``: a spare, a starting spare, or a new process."""
         name = app.metadata.name
         spares = [i for i in self._instances.values() if i.app == name and i.state == State.SPARE]
         if spares:
             self._enter(spares[0], session_id)
-            return True
+            return _Acquired.YES
         starting = [i for i in self._instances.values() if i.app == name and i.state == State.STARTING]
         unclaimed = [i for i in starting if i.session_id is None]
         if unclaimed:
             unclaimed[0].session_id = session_id
-            return True
+            return _Acquired.YES
         alive = sum(1 for i in self._instances.values() if i.app == name and i.state != State.STOPPING)
         if alive >= app.spec.max_instances:
-            return False  # the application's cap: a busy instance takes the task when it is free
+            return _Acquired.APP_CAP  # the application's cap: a busy instance takes the task when it is free
+        if len(self._instances) >= self.cap:
+            self._note_capacity(session_id)
+            return _Acquired.MACHINE_CAP
         self._spawn(app, session_id)
-        return True
+        return _Acquired.YES
+
+    def _note_capacity(self, session_id: str) -> None:
+        """Tell a session, once per wait, that it waits for the machine-wide cap."""
+        if session_id in self._capacity_noted:
+            return
+        self._capacity_noted.add(session_id)
+        message = (
+            f"waiting for an instance: this machine runs at most {self.cap} instance processes at once "
+            f"(max_instance_processes) and all of them are in use; the session's tasks stay pending until one "
+            f"is free (an instance is freed when its session closes, has been idle for its delay_release, or "
+            f"is idle while other sessions wait)"
+        )
+        log.info("session %s: %s", session_id, message)
+        self.engine.add_session_event(session_id, EVENT_WAITING_FOR_CAPACITY, message)
+
+    def _make_room(self, blocked: list[str]) -> None:
+        """Stop what holds capacity without using it, so the sessions in ``blocked`` can have it.
+
+        Spares first (they serve nobody), then instances idle in sessions that have nothing pending
+        (beyond their ``min_instances``), the longest idle first. Only as many as the blocked sessions
+        need, counting instances already on their way out.
+        """
+        leaving = sum(1 for i in self._instances.values() if i.state in (State.LEAVING, State.STOPPING))
+        needed = len(blocked) - leaving
+        if needed <= 0:
+            return
+        apps = set()
+        for sid in blocked:
+            with contextlib.suppress(FlameError):
+                apps.add(self.engine.get_session(sid).spec.application)
+        spares = sorted(
+            (i for i in self._instances.values() if i.state == State.SPARE and i.app not in apps),
+            key=lambda i: i.since,
+        )
+        for inst in spares[:needed]:
+            log.info("stopping spare instance %s of %s: sessions wait for the machine-wide cap", inst.id, inst.app)
+            self._stop(inst, deliberate=True)
+            needed -= 1
+        if needed <= 0:
+            return
+        for inst in self._idle_instances()[:needed]:
+            log.info(
+                "instance %s leaves session %s, idle while other sessions wait for the machine-wide cap",
+                inst.id,
+                inst.session_id,
+            )
+            self._leave(inst, replace=False)
+
+    def _idle_instances(self) -> list[Instance]:
+        """Instances bound to a session that has nothing pending, beyond its ``min_instances``: longest idle first."""
+        by_session: dict[str, list[Instance]] = defaultdict(list)
+        for inst in self._instances.values():
+            if inst.state == State.IDLE and inst.session_id is not None:
+                by_session[inst.session_id].append(inst)
+        idle: list[Instance] = []
+        for sid, instances in by_session.items():
+            if self.engine.has_pending(sid):
+                continue
+            bound = len(self._bound_to(sid))
+            keep = self._min_instances(sid)
+            instances.sort(key=lambda i: i.since)
+            idle.extend(instances[: max(0, min(len(instances), bound - keep))])
+        return sorted(idle, key=lambda i: i.since)
+
+    def _min_instances(self, session_id: str) -> int:
+        try:
+            return int(self.engine.session_entry(session_id).message.spec.min_instances)
+        except FlameError:
+            return 0
 
     def _no_executor(self, session_id: str, app: pb.Application) -> None:
         """This server runs Host applications only: the session's tasks wait, and the session says why."""
@@ -330,6 +543,8 @@ class Scheduler:
             if inst.state != State.SPARE:
                 break
             self._on_tasks_pending(session_id)
+        if inst.state == State.SPARE and self._wanting:
+            self._place()  # sessions of other applications may wait for the capacity it holds
 
     def on_exit(self, inst: Instance) -> None:
         """The process has exited (its status is known)."""
@@ -357,9 +572,15 @@ class Scheduler:
                 self._bind_failed(sid, inst.app, description)
         for session_id in self._sessions_wanting(inst.app):
             self._on_tasks_pending(session_id)
+        self._place()  # its place under the machine-wide cap is free
 
     def on_tick(self, now: float) -> None:
-        """Timers: start deadlines, spare expiry, SIGKILL after the grace period."""
+        """Timers: task timeouts, liveness, start deadlines, spare expiry, idle release, going beyond a CPU
+        share, SIGKILL after the grace period."""
+        self._expire_tasks(now)
+        self._check_liveness(now)
+        self._release_idle(now)
+        self._overflow(now)
         for inst in list(self._instances.values()):
             if inst.state == State.STARTING and inst.process is not None:
                 if now - inst.since > self.settings.instance_start_timeout:
@@ -371,6 +592,140 @@ class Scheduler:
                 inst.kill_at = None
                 if inst.process is not None:
                     inst.process.kill()
+
+    def _expire_tasks(self, now: float) -> None:
+        """Fail each task that has run longer than its task timeout, and stop the instance running it.
+
+        The timeout counts from when the instance started the task (a task queued behind another on the
+        same instance starts when that one is answered), and is the task's own (``task_timeout`` of the
+        call) or else the application's (``spec.task_timeout``). The instance is never reused: it gets
+        SIGTERM, SIGKILL after ``shutdown_grace``, and the session's next task runs on a fresh one.
+        """
+        for inst in list(self._instances.values()):
+            sid = inst.session_id
+            if inst.state != State.BUSY or sid is None or not inst.inflight:
+                continue
+            tid = next(iter(inst.inflight))
+            own = self.engine.task_timeout(sid, tid)
+            timeout = own if own is not None else inst.task_timeout
+            if timeout is not None and now - inst.head_since > timeout:
+                self._task_timed_out(inst, sid, tid, timeout)
+
+    def _task_timed_out(self, inst: Instance, session_id: str, tid: int, timeout: float) -> None:
+        pid = inst.pid
+        failure = (
+            f"task {tid} of session {session_id} exceeded the task timeout of {timeout:g} s; its instance "
+            f"{inst.id} (pid {pid}) of application {inst.app} was stopped (SIGTERM, then SIGKILL after "
+            f"{self.settings.shutdown_grace:g} s) and is replaced by a fresh one"
+        )
+        log.warning("%s", failure)
+        del inst.inflight[tid]
+        self.engine.finish_task(session_id, tid, failure=failure, commit=False)
+        for other in list(inst.inflight):  # sent behind it: back to the queue, as the instance is lost
+            del inst.inflight[other]
+            self.engine.retry_task(session_id, str(other), f"its instance {inst.id} was stopped: {failure}")
+        self._stop(inst, deliberate=True)
+        self._on_tasks_pending(session_id)
+
+    def _check_liveness(self, now: float) -> None:
+        """Handle as crashed an instance that has shown no sign of life for ``liveness_timeout``.
+
+        A sign of life is a heartbeat (an instance of this SDK writes one every ``heartbeat_interval``
+        from a thread of its own: none comes while the process is frozen or a callback holds the GIL);
+        for an instance that sends none (written with Flame's SDK), its process not being stopped by a
+        signal (``/proc/<pid>/stat`` state T). The process is killed (SIGKILL: a frozen or GIL-bound
+        process cannot act on SIGTERM) and its exit is handled as any crash: its task is retried per the
+        retry rules, with this cause in the task's events.
+        """
+        limit = self.settings.liveness_timeout
+        for inst in list(self._instances.values()):
+            process = inst.process
+            if process is None or inst.state in (State.STARTING, State.STOPPING) or inst.pid == os.getpid():
+                continue
+            beat = process.last_beat
+            state: str | None = None
+            if beat is None:  # no heartbeats: only a stopped process is known to be unresponsive
+                state = self._process_state(process.pid)
+                if state in ("T", "t"):
+                    inst.stopped_since = inst.stopped_since or now
+                else:
+                    inst.stopped_since = None
+                beat = inst.stopped_since
+            if beat is not None and now - beat > limit:
+                self._unresponsive(inst, now - beat, state or self._process_state(process.pid))
+
+    @staticmethod
+    def _process_state(pid: int) -> str:
+        status = process_status(pid)
+        return status[0] if status is not None else "?"
+
+    def _unresponsive(self, inst: Instance, silent: float, state: str) -> None:
+        how = "stopped by a signal (state T)" if state in ("T", "t") else f"in state {state}"
+        inst.cause = (
+            f"instance {inst.id} (pid {inst.pid}) of application {inst.app} stopped answering: no sign of "
+            f"life for {silent:.1f} s (liveness_timeout {self.settings.liveness_timeout:g} s), the process "
+            f"{how}; it was killed"
+        )
+        log.warning("%s", inst.cause)
+        deliberate = inst.session_id is None or inst.state == State.LEAVING
+        inst.state = State.STOPPING
+        inst.since = time.monotonic()
+        inst.deliberate = deliberate
+        inst.kill_at = None
+        assert inst.process is not None
+        inst.process.kill()
+
+    def _release_idle(self, now: float) -> None:
+        """An instance idle for its application's ``delay_release`` leaves its session (keeping the
+        session's ``min_instances``): an open session nobody uses (its client died, or forgot it) does not
+        hold processes. The session gets an instance again when work arrives."""
+        for inst in self._idle_instances():
+            try:
+                delay = float(self.engine.get_application(inst.app).spec.delay_release)
+            except FlameError:
+                delay = 0.0
+            if now - inst.since >= delay:
+                log.info(
+                    "instance %s leaves session %s: idle for %.0f s (delay_release of %s)",
+                    inst.id,
+                    inst.session_id,
+                    now - inst.since,
+                    inst.app,
+                )
+                self._leave(inst, replace=False)
+
+    def _overflow(self, now: float) -> None:
+        """Find instances that are blocked, and give their sessions one more instance beyond their CPU share.
+
+        An instance is blocked when its current task has run ``busy_overflow_delay`` seconds while its
+        process used less than half a CPU (measured over another such period, from ``/proc``): it waits
+        for something, such as tasks of its own session. A session with pending tasks whose every
+        instance is blocked may start one more (see :meth:`_missing`); one computing flat out may not, so
+        a burst of long CPU-bound tasks stays within the CPU share. Only instances of sessions with
+        pending tasks are measured.
+        """
+        delay = self.settings.busy_overflow_delay
+        waiting: dict[str, bool] = {}
+        for inst in self._instances.values():
+            sid = inst.session_id
+            if sid is None or inst.state != State.BUSY or inst.blocked or now - inst.head_since < delay:
+                continue
+            if sid not in waiting:
+                waiting[sid] = self.engine.has_pending(sid)
+            if not waiting[sid]:
+                continue
+            status = process_status(inst.pid) if inst.pid is not None and inst.pid != os.getpid() else None
+            if status is None:
+                inst.blocked = True  # nothing to measure (an in-process instance): its wait is what counts
+            elif inst.cpu_mark is None:
+                inst.cpu_mark = (now, status[1])
+            elif now - inst.cpu_mark[0] >= delay:
+                used = (status[1] - inst.cpu_mark[1]) / (now - inst.cpu_mark[0])
+                inst.blocked = used < 0.5
+                inst.cpu_mark = (now, status[1])
+        for sid, pending in waiting.items():
+            if pending and sid not in self._wanting and self._missing(sid) > 0:
+                self._on_tasks_pending(sid)
 
     def _start_timed_out(self, inst: Instance) -> None:
         process = inst.process
@@ -411,6 +766,7 @@ class Scheduler:
         inst.expires = None
         try:
             request = self._session_context(session_id, inst.app)
+            inst.task_timeout = application_task_timeout(self.engine.get_application(inst.app))
         except FlameError as exc:
             self._stop(inst, deliberate=True)
             log.info("instance %s: session %s is gone (%s)", inst.id, session_id, exc.message)
@@ -481,6 +837,7 @@ class Scheduler:
     def _on_session_closed(self, session_id: str) -> None:
         self._bind_failures.pop(session_id, None)
         self._shim_noted.discard(session_id)
+        self._satisfied(session_id)
         for inst in list(self._instances.values()):
             if inst.session_id != session_id:
                 continue
@@ -495,22 +852,42 @@ class Scheduler:
                 inst.expires = time.monotonic() + delay
             # ENTERING: leaves once it has entered; BUSY: leaves when its last task is answered.
 
-    def _leave(self, inst: Instance) -> None:
+    def _leave(self, inst: Instance, *, replace: bool = True) -> None:
+        """OnSessionLeave, then stop the process; with ``replace`` a spare of the application takes its place."""
         inst.state = State.LEAVING
         inst.since = time.monotonic()
-        self._call(inst, ON_SESSION_LEAVE, b"", self.settings.instance_call_timeout, self._on_left)
+        self._call(inst, ON_SESSION_LEAVE, b"", self.settings.instance_call_timeout, self._on_left, replace)
 
-    def _on_left(self, inst: Instance, future: Future[bytes]) -> None:
+    def _on_left(self, inst: Instance, replace: bool, future: Future[bytes]) -> None:
         if inst.state != State.LEAVING:
             return
         error = future.exception()
         if error is not None:
             log.warning("instance %s: OnSessionLeave of %s failed: %s", inst.id, inst.session_id, error)
         self._stop(inst, deliberate=True)
-        self._replace_with_spare(inst.app)
+        if replace:
+            self._replace_with_spare(inst.app)
 
     def _replace_with_spare(self, app_name: str) -> None:
-        """Keep the capacity a session used: a fresh process of the application, started ahead."""
+        """Keep the capacity a session used: a fresh process of the application, started ahead.
+
+        Started ``SPARE_DELAY`` later, and put off while a session waits for a process of its own to
+        start: a spare is for a session that may come and must not take the CPU from one waiting now (a
+        new application's first session, opened as the previous session closes).
+        """
+        if self._closed or app_name in self._spares_due:
+            return
+        self._spares_due.add(app_name)
+        self.supervisor.later(SPARE_DELAY, partial(self.post, self._spare_due, app_name))
+
+    def _spare_due(self, app_name: str) -> None:
+        if not self._closed and any(i.state == State.STARTING and i.session_id for i in self._instances.values()):
+            self.supervisor.later(SPARE_DELAY, partial(self.post, self._spare_due, app_name))
+            return
+        self._spares_due.discard(app_name)
+        self._spawn_spare(app_name)
+
+    def _spawn_spare(self, app_name: str) -> None:
         if self._closed:
             return
         try:
@@ -527,15 +904,23 @@ class Scheduler:
         alive = sum(1 for i in self._instances.values() if i.app == app_name and i.state != State.STOPPING)
         if len(waiting) >= self.settings.warm_pool_max or alive >= app.spec.max_instances:
             return
+        if self._wanting or len(self._instances) >= self.cap:
+            return  # the capacity goes to sessions that wait, or there is none: no spare
         self._spawn(app, None)
 
     # -- tasks ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _new_head(inst: Instance, now: float) -> None:
+        inst.head_since = now
+        inst.blocked = False
+        inst.cpu_mark = None
 
     def _dispatch(self, inst: Instance) -> None:
         """Send the instance pending tasks of its session until it holds ``depth`` of them."""
         sid = inst.session_id
         process = inst.process
-        if sid is None or process is None or self._closed:
+        if sid is None or process is None or self._closed or inst.state == State.STOPPING:
             return
         while len(inst.inflight) < inst.depth:
             started = self.engine.start_next(sid)
@@ -545,19 +930,24 @@ class Scheduler:
             ctx = shim_pb2.TaskContext(task_id=str(tid), session_id=sid)
             if task_input is not None:
                 ctx.input = task_input
-            inst.inflight[tid] = time.monotonic()
+            now = time.monotonic()
+            if not inst.inflight:
+                self._new_head(inst, now)
+            inst.inflight[tid] = now
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
             self._call(inst, ON_TASK_INVOKE, ctx.SerializeToString(), None, self._on_task_done, sid, tid)
         if inst.inflight:
             inst.state = State.BUSY
         elif inst.state == State.BUSY:
             inst.state = State.IDLE
+            inst.since = time.monotonic()  # idle from now: delay_release counts from here
         if inst.state == State.IDLE and not self._session_open(sid):
             self._leave(inst)
 
     def _on_task_done(self, inst: Instance, session_id: str, tid: int, future: Future[bytes]) -> None:
         if inst.inflight.pop(tid, None) is None or self._closed:
             return  # settled elsewhere (its instance was lost), or the server is stopping
+        self._new_head(inst, time.monotonic())  # the task queued behind it (if any) starts now
         error = future.exception()
         if error is None:
             result = pb.TaskResult.FromString(future.result())

@@ -41,11 +41,12 @@ from flamepy_core.engine.choice import (
     local_endpoint,
 )
 from flamepy_core.engine.executor import InstanceLauncher, InstanceLink, Launcher, client_env
-from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers
+from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers, maintenance_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
 from flamepy_core.engine.installer import AppInstaller, object_cache_reader
 from flamepy_core.engine.integrity import check_store, store_damaged
 from flamepy_core.engine.objects import ObjectCache
+from flamepy_core.engine.retention import Retention
 from flamepy_core.engine.scheduler import Scheduler
 from flamepy_core.engine.security import check_listen
 from flamepy_core.engine.state import Engine
@@ -256,12 +257,19 @@ class FlameServer:
             )
         except sqlite3.DatabaseError as exc:  # damage the bounded check did not reach, found while loading
             raise store_damaged(self.db_path, str(exc)) from None
+        self.retention = Retention(self.store, self.settings.payload_retention)
+        self.retention.start()  # purges and compacts in the background from now on
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
         # cache handlers: build the cache with a placeholder, then fix its public endpoint once bound.
         self.cache = ObjectCache(self.store, endpoint="")
         seed_builtin_applications(self.engine)  # flmrun, flmexec, flmping on a fresh store
         handlers = self.activity.wrap(
-            {**frontend_handlers(self.engine, self.cache), **ext_handlers(self.engine), **cache_handlers(self.cache)}
+            {
+                **frontend_handlers(self.engine, self.cache, on_freed=self.retention.wake),
+                **ext_handlers(self.engine, on_freed=self.retention.wake),
+                **maintenance_handlers(self.retention),
+                **cache_handlers(self.cache),
+            }
         )
         with private_umask():  # a socket file gets no mode when bound
             server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
@@ -301,6 +309,7 @@ class FlameServer:
                 cache_endpoint=self.cache_endpoint,
                 frontend_endpoint=self.endpoint,
                 stderr_tail_lines=self.settings.stderr_tail_lines,
+                heartbeat_interval=self.settings.heartbeat_interval,
             )
             self.launcher.extra_env.update(client_env(chosen, instance_client_options))
         if isinstance(self.launcher, Launcher):  # packages and interpreters (installer: python)
@@ -394,6 +403,9 @@ class FlameServer:
         if self.flight_server is not None:
             self.flight_server.stop()
             self.flight_server = None
+        retention = getattr(self, "retention", None)
+        if retention is not None:
+            retention.stop()
         store = getattr(self, "store", None)
         if store is not None:
             store.close()

@@ -34,6 +34,7 @@ from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 from flamepy_core import validation
+from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.store import Op, Store
@@ -52,6 +53,12 @@ EVENT_BIND_FAILED = 1001
 EVENT_RETRY_LIMIT = 1002
 EVENT_NO_EXECUTOR = 1003
 """flamepy's session event: no executor of the application's shim exists here, so its tasks wait."""
+EVENT_CANCEL_REQUESTED = 1004
+"""Task event: someone asked to cancel the task while it ran; its instance is being stopped."""
+EVENT_WAITING_FOR_CAPACITY = 1006
+"""flamepy's session event: the machine-wide cap on instance processes is reached, so its tasks wait."""
+FORCE_CLOSE_ROUNDS = 3
+"""Rounds of cancel-then-close a forced close tries while new tasks keep starting in the session."""
 
 OPEN = pb.SessionState.Open
 CLOSED = pb.SessionState.Closed
@@ -72,7 +79,7 @@ _COUNTER: dict[int, str] = {
 TERMINAL = frozenset({SUCCEED, FAILED, CANCELLED})
 
 _INSERT_TASK = "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status) VALUES (?,?,?,NULL,NULL,?)"
-_UPDATE_TASK = "UPDATE tasks SET state = ?, status = ? WHERE session_id = ? AND id = ?"
+_UPDATE_TASK = "UPDATE tasks SET state = ?, status = ?, finished = ? WHERE session_id = ? AND id = ?"
 _SAVE_PAYLOAD = "INSERT OR REPLACE INTO task_payloads (session_id, id, kind, data) VALUES (?, ?, ?, ?)"
 INPUT, OUTPUT = 0, 1
 """``task_payloads.kind``: a task's input and output are rows of their own, each written once, so a change
@@ -149,6 +156,16 @@ class SchedulerHooks(Protocol):
         """Every instance process at this moment (cheap: for listings and live views)."""
         ...
 
+    def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
+        """Stop the instance running this task, because the task was cancelled; False if none runs it.
+
+        Must not block. When the instance is gone, report the task as for any lost instance
+        (``retry_task``): the engine records it CANCELLED instead of retrying it. A result that comes
+        back first is kept (the task finished before it could be cancelled). On False the engine records
+        the task CANCELLED at once and drops whatever result comes later.
+        """
+        ...
+
 
 class _NoScheduler:
     def tasks_pending(self, session_id: str) -> None:
@@ -162,6 +179,9 @@ class _NoScheduler:
 
     def instances(self) -> list[InstanceInfo]:
         return []
+
+    def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
+        return False
 
 
 @dataclass
@@ -190,6 +210,11 @@ class SessionEntry:
     next_id: int = 1
     finishing: set[int] = field(default_factory=set)
     """Tasks whose final state is being committed: no longer retried or cancelled."""
+    cancelling: dict[int, str] = field(default_factory=dict)
+    """Running tasks being cancelled, and by whom: their instances are being stopped; they end CANCELLED
+    unless they succeed first."""
+    timeouts: dict[int, float] = field(default_factory=dict)
+    """Pending and running tasks created with a task timeout of their own (seconds), by id."""
     waiters: dict[int, list[TaskWaiter]] = field(default_factory=dict)
     closing: bool = False
     """A close is being committed: no new tasks, no dispatch."""
@@ -223,7 +248,9 @@ def _task_ops(entry: SessionEntry, task: pb.Task, *, created: bool = False) -> l
         if task.spec.HasField("input"):
             ops.append((_SAVE_PAYLOAD, (entry.id, tid, INPUT, task.spec.input)))
     else:
-        ops = [(_UPDATE_TASK, (int(task.status.state), status, entry.id, tid))]
+        # ``finished``: when the payload retention counts from (see engine.retention); NULL until final.
+        finished = task.status.completion_time if task.status.state in TERMINAL else None
+        ops = [(_UPDATE_TASK, (int(task.status.state), status, finished, entry.id, tid))]
     if task.status.state in TERMINAL and task.spec.HasField("output"):
         ops.append((_SAVE_PAYLOAD, (entry.id, tid, OUTPUT, task.spec.output)))
     return ops
@@ -234,6 +261,59 @@ def _session_op(message: pb.Session) -> Op:
         _SAVE_SESSION,
         (message.metadata.id, message.spec.application, int(message.status.state), message.SerializeToString()),
     )
+
+
+def _cancelled_while_running(by: str, how: str | None) -> str:
+    """The CANCELLED event's text for a task that ran when it was cancelled: who, and how it ended."""
+    text = f"cancelled by {by} while it ran"
+    detail = (how or "").strip().splitlines()
+    return f"{text}; its instance was stopped: {detail[0]}" if detail else text
+
+
+def _cancel_requested(task: pb.Task) -> bool:
+    """Whether a cancel was asked for since the task last started running (its latest events say so)."""
+    for event in reversed(task.status.events):
+        if event.code == EVENT_CANCEL_REQUESTED:
+            return True
+        if event.code in (EVENT_TASK_PENDING, EVENT_TASK_RUNNING):
+            return False
+    return False
+
+
+def _set_when_settled(event: threading.Event, _tasks: list[pb.Task]) -> None:
+    event.set()
+
+
+def _status_reply(task: pb.Task) -> pb.Task:
+    """A task without its payloads: what a cancel answers (ids, state, times, events)."""
+    reply = pb.Task()
+    reply.metadata.CopyFrom(task.metadata)
+    reply.spec.session_id = task.spec.session_id
+    reply.status.CopyFrom(task.status)
+    return reply
+
+
+class _Gather:
+    """Collects the final states of ``count`` tasks, from any thread; calls ``on_done`` once with all."""
+
+    def __init__(self, count: int, on_done: Callable[[list[pb.Task]], None]) -> None:
+        self._lock = threading.Lock()
+        self._left = count
+        self._tasks: dict[int, pb.Task] = {}
+        self._on_done = on_done
+        if count == 0:
+            on_done([])
+
+    def add(self, task: pb.Task) -> None:
+        with self._lock:
+            tid = int(task.metadata.id)
+            if tid in self._tasks:
+                return
+            self._tasks[tid] = _status_reply(task)
+            self._left -= 1
+            if self._left:
+                return
+        self._on_done([self._tasks[tid] for tid in sorted(self._tasks)])
 
 
 def _mark(task: pb.Task, state: int, message: str | None, ts: int) -> None:
@@ -309,7 +389,11 @@ class Engine:
             ):
                 task = _task_from_row(entry.id, tid, inp, out, st)
                 entry.tasks[tid] = task
-                if task.status.state == RUNNING:  # its instance died with the previous server
+                if task.status.state == RUNNING and _cancel_requested(task):  # it was being cancelled
+                    self._finalize(
+                        entry, task, CANCELLED, "cancelled: the server restarted while it was being cancelled"
+                    )
+                elif task.status.state == RUNNING:  # its instance died with the previous server
                     self._requeue(entry, task, "requeued: the server restarted while it ran")
                     requeued += 1
                 else:
@@ -335,6 +419,9 @@ class Engine:
 
     def _validate_app_spec(self, name: str, spec: pb.ApplicationSpec) -> None:
         validation.check_application(name, spec)  # names, command, arguments, environment, directory
+        for env in spec.environments:
+            if env.name == ENV_TASK_TIMEOUT:
+                parse_task_timeout(env.value, f"application {name}, environments {ENV_TASK_TIMEOUT}")
         if spec.HasField("schema"):
             for part in ("input", "output", "common_data"):
                 if spec.schema.HasField(part) and getattr(spec.schema, part).strip():
@@ -637,6 +724,8 @@ class Engine:
                     entry.completions.append(task)
                 waiting.append((entry.waiters.pop(tid, []), task))
             entry.pending.clear()
+            for tid in [tid for tid in entry.timeouts if tid not in entry.tasks]:
+                del entry.timeouts[tid]
             status = entry.message.status
             status.state = CLOSED
             status.completion_time = ts
@@ -694,10 +783,12 @@ class Engine:
         inputs: Sequence[bytes | None],
         on_created: Created,
         waiter: TaskWaiter | None = None,
+        timeouts: Sequence[float | None] | None = None,
     ) -> None:
         """Create tasks; ``on_created`` gets them once committed (or the store's error, nothing created).
 
-        ``waiter``, when given, is called with each task once its final state is committed. Raises at
+        ``waiter``, when given, is called with each task once its final state is committed. ``timeouts``,
+        when given, holds each task's own task timeout (seconds, or None for the application's). Raises at
         once (nothing queued) for an unknown or closed session.
         """
         with self.lock:
@@ -724,7 +815,12 @@ class Engine:
                 task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
                 tasks.append(task)
                 ops.extend(_task_ops(entry, task, created=True))
-            self.store.enqueue(ops, partial(self._created, entry, tasks, on_created, waiter), durable=False)
+            own = {
+                int(task.metadata.id): seconds
+                for task, seconds in zip(tasks, timeouts or [None] * len(tasks), strict=True)
+                if seconds is not None
+            }
+            self.store.enqueue(ops, partial(self._created, entry, tasks, on_created, waiter, own), durable=False)
         self.store.commit()
 
     def _created(
@@ -733,6 +829,7 @@ class Engine:
         tasks: list[pb.Task],
         on_created: Created,
         waiter: TaskWaiter | None,
+        timeouts: dict[int, float],
         error: FlameError | None,
     ) -> None:
         if error is not None:
@@ -742,6 +839,7 @@ class Engine:
         with self.lock:
             status = entry.message.status
             if entry.is_open and not entry.closing:
+                entry.timeouts.update(timeouts)
                 for task in tasks:
                     tid = int(task.metadata.id)
                     entry.tasks[tid] = task
@@ -958,17 +1056,26 @@ class Engine:
         entry.cond.notify_all()
         return task
 
+    def task_timeout(self, session_id: str, task_id: int) -> float | None:
+        """The task timeout the task was created with (seconds), or None when it has none of its own."""
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            return entry.timeouts.get(task_id) if entry is not None else None
+
     def has_pending(self, session_id: str) -> bool:
         with self.lock:
             entry = self._sessions.get(session_id)
             return bool(entry and entry.is_open and entry.pending)
 
-    def demand(self, session_id: str) -> int:
+    def demand(self, session_id: str, *, cpu_share: bool = True) -> int:
         """How many instances the session could use now.
 
         Pending + running tasks, at least ``min_instances``; at most ``max_instances`` (the session's and
-        the application's), and at most as many instances as this machine has room for at the session's
-        resource request (``cpu // resreq.cpu``): a burst of short tasks must not start a process each.
+        the application's), and, with ``cpu_share``, at most as many instances as this machine has room
+        for at the session's resource request (``cpu // resreq.cpu``): a burst of short tasks must not
+        start a process each. That share is soft: the scheduler goes beyond it (``cpu_share=False``) when
+        every instance of the session is blocked, so tasks that wait for tasks of their own session
+        (recursion) cannot deadlock.
         """
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -976,7 +1083,7 @@ class Engine:
                 return 0
             s = entry.message
             want = max(len(entry.pending) + s.status.running, s.spec.min_instances)
-            if s.spec.resreq.cpu:
+            if cpu_share and s.spec.resreq.cpu:
                 want = min(want, max(1, self.capacity.cpu // s.spec.resreq.cpu, s.spec.min_instances))
             if s.spec.HasField("max_instances"):
                 want = min(want, s.spec.max_instances)
@@ -1025,6 +1132,9 @@ class Engine:
         entry.finishing.add(tid)
         if task.status.state == PENDING:
             entry.pending.remove(tid)
+        cancelled_by = entry.cancelling.pop(tid, None)
+        if cancelled_by is not None and state != SUCCEED:  # stopping it for the cancel is what ended it
+            state, message = CANCELLED, _cancelled_while_running(cancelled_by, message)
         final = pb.Task()
         final.CopyFrom(task)
         if output is not None:
@@ -1050,6 +1160,7 @@ class Engine:
             setattr(status, new, getattr(status, new) + 1)
             task.CopyFrom(final)  # in place: watch_task holds this object
             entry.attempts.pop(tid, None)
+            entry.timeouts.pop(tid, None)
             if entry.watch_positions:
                 entry.completions.append(task)
             waiters = entry.waiters.pop(tid, [])
@@ -1113,7 +1224,10 @@ class Engine:
                 return False
             attempts = entry.attempts.get(tid, 0) + 1
             entry.attempts[tid] = attempts
-            if attempts > self.task_retry_limit:
+            if tid in entry.cancelling:  # its instance was stopped to cancel it: never retried
+                self._finalize(entry, task, CANCELLED, message)
+                retried = False
+            elif attempts > self.task_retry_limit:
                 self._finalize(
                     entry,
                     task,
@@ -1143,6 +1257,120 @@ class Engine:
         if commit:
             self.store.commit()
         return count
+
+    # -- cancelling ----------------------------------------------------------------------------------------
+
+    def cancel_task(self, session_id: str, task_id: str, by: str, on_done: TaskWaiter) -> None:
+        """Cancel one task; ``on_done`` gets it (no payloads) once its final state is committed.
+
+        A pending task is cancelled at once (event: ``cancelled by <by>``). A running one is handed to
+        the scheduler, which stops its instance; it ends CANCELLED, unless its result came first. A task
+        that already finished is left as it was, and ``on_done`` gets it at once. Raises NOT_FOUND for an
+        unknown session or task.
+        """
+        tid = self._task_id(task_id)
+        with self.lock:
+            entry = self._entry(session_id)
+            task = entry.tasks.get(tid)
+            if task is not None:
+                stop = self._cancel_locked(entry, task, by, _Gather(1, lambda tasks: on_done(tasks[0])).add)
+        if task is None:  # finished (its final state is in the store), or it never existed
+            stored = self._load_task(session_id, tid)
+            if stored is None:
+                raise _not_found("task", f"{task_id} of session {session_id}")
+            on_done(_status_reply(stored))
+            return
+        self.store.commit()
+        if stop:
+            self._stop_running(session_id, tid, by)
+
+    def cancel_session_tasks(self, session_id: str, by: str, on_done: Callable[[list[pb.Task]], None]) -> None:
+        """Cancel every pending and running task of a session, as :meth:`cancel_task` does one.
+
+        ``on_done`` gets the tasks (no payloads, in id order) once all of them are final; at once, with
+        none, when nothing was pending or running. Raises NOT_FOUND for an unknown session.
+        """
+        with self.lock:
+            entry = self._entry(session_id)
+            targets = sorted(entry.tasks)
+            gather = _Gather(len(targets), on_done)
+            stop = [tid for tid in targets if self._cancel_locked(entry, entry.tasks[tid], by, gather.add)]
+        self.store.commit()
+        for tid in stop:
+            self._stop_running(session_id, tid, by)
+
+    def _cancel_locked(self, entry: SessionEntry, task: pb.Task, by: str, waiter: TaskWaiter) -> bool:
+        """Cancel ``task`` (called with the lock held); True when its instance must be stopped."""
+        tid = int(task.metadata.id)
+        entry.waiters.setdefault(tid, []).append(waiter)
+        if tid in entry.finishing or tid in entry.cancelling:
+            return False  # its final state is on its way; the waiter gets it
+        if task.status.state == PENDING:
+            self._finalize(entry, task, CANCELLED, f"cancelled by {by}")
+            return False
+        entry.cancelling[tid] = by
+        task.status.events.add(
+            code=EVENT_CANCEL_REQUESTED,
+            message=bound_failure_text(f"cancel requested by {by}; stopping its instance"),
+            creation_time=now_ms(),
+        )
+        # Stored, so a server that stops now cancels it at its next start instead of running it again.
+        self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
+        return True
+
+    def _stop_running(self, session_id: str, tid: int, by: str) -> None:
+        """Have the scheduler stop the task's instance; if none runs it, the task is cancelled now."""
+        if self.scheduler.cancel_running(session_id, tid, f"cancelled by {by}"):
+            return
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            task = entry.tasks.get(tid) if entry is not None else None
+            if entry is None or task is None or tid in entry.finishing or tid not in entry.cancelling:
+                return
+            self._finalize(entry, task, CANCELLED, None)
+        self.store.commit()
+
+    def requeue_task(self, session_id: str, task_id: int, message: str) -> bool:
+        """A running task back to the head of the queue without spending a retry: its instance is being
+        stopped for another task's cancel. False when it is not running (settled meanwhile)."""
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            task = entry.tasks.get(task_id) if entry is not None else None
+            if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
+                return False
+            if task_id in entry.cancelling:  # cancelled too: its own instance stop settles it
+                return False
+            self._requeue(entry, task, message, front=True)
+        self.scheduler.tasks_pending(session_id)
+        return True
+
+    def force_close_session(self, session_id: str, by: str, timeout: float) -> pb.Session:
+        """Cancel the session's pending and running tasks, then close it (``close_session(force=True)``).
+
+        Blocks until the running tasks' instances are stopped, at most ``timeout`` seconds: call it from
+        a thread that may wait, never from a store commit callback.
+        """
+        deadline = time.monotonic() + timeout
+        by = f"a forced close of the session by {by}"
+        for _ in range(FORCE_CLOSE_ROUNDS):
+            settled = threading.Event()
+            self.cancel_session_tasks(session_id, by, partial(_set_when_settled, settled))
+            if not settled.wait(max(0.0, deadline - time.monotonic())):
+                raise FlameError(
+                    FlameErrorCode.DEADLINE_EXCEEDED,
+                    f"session {session_id}: its running tasks were not stopped within {timeout:g} s, so it stays "
+                    f"open; close it again with force to retry",
+                )
+            try:
+                return self.close_session(session_id)
+            except FlameError as exc:
+                if exc.code != FlameErrorCode.INVALID_STATE or not self.get_session(session_id).status.running:
+                    raise
+        raise FlameError(
+            FlameErrorCode.INVALID_STATE,
+            f"session {session_id} kept starting new tasks while it was being closed by force "
+            f"({FORCE_CLOSE_ROUNDS} rounds); stop submitting tasks to it, then close it again",
+        )
 
 
 class _Outcome(Generic[T]):

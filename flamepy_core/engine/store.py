@@ -29,7 +29,9 @@ Checkpoints. sqlite would copy the WAL into the database file (and fsync both) i
 crosses its threshold, stalling that caller for as long as the copy takes (a second for a few large
 payloads on a busy disk). Here commits never checkpoint: a checkpointer thread with a connection of its
 own copies the WAL in the background (``PASSIVE``: it never blocks a writer) once it has grown past
-``CHECKPOINT_BYTES``, and truncates it when the store is quiet.
+``CHECKPOINT_BYTES``, and truncates it when the store is quiet. sqlite starts the WAL over from its
+beginning after a complete checkpoint without shrinking the file; ``journal_size_limit`` cuts it back
+then, so the file's size keeps measuring what was written since the last checkpoint.
 
 Durability (``synchronous``): ``"batched"`` (default) runs with ``synchronous=NORMAL``: a commit
 survives a crash of the server process (the WAL is in the operating system's hands), while a power
@@ -39,6 +41,12 @@ of an fsync per group commit.
 
 Rows hold the flame.v1 protobuf messages as blobs next to the columns we query by, so the on-disk
 format is the wire format and needs no second schema.
+
+Space. A new store is created with ``auto_vacuum=INCREMENTAL``, so pages freed by purging finished
+tasks' payloads can be given back to the file system a few at a time (see :mod:`.retention`); the
+write-ahead log is truncated back to ``WAL_KEPT_BYTES`` after checkpoints. A store created before
+(``auto_vacuum=NONE``) reuses its free pages but shrinks only after one full ``VACUUM``
+(:meth:`Store.exclusive`), which converts it.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
@@ -77,6 +85,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     input BLOB,                             -- payloads of stores written before task_payloads
     output BLOB,                            -- (now NULL: see task_payloads)
     status BLOB NOT NULL,                   -- flame.v1.TaskStatus (times, events)
+    finished INTEGER,                       -- completion time (epoch ms) of a final task whose payloads are
+                                            -- kept; NULL before it is final and once they are purged
     PRIMARY KEY (session_id, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS task_payloads (
@@ -100,7 +110,14 @@ CREATE TABLE IF NOT EXISTS object_patches (
 ) WITHOUT ROWID;
 """
 
+PAYLOADS_DUE_INDEX = """
+CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks(finished) WHERE finished IS NOT NULL;
+"""
+"""Final tasks whose payloads are kept, oldest first: what the retention purges next (a task leaves the
+index once purged, so the purge never scans what it already did)."""
+
 Op = tuple[str, tuple[Any, ...]]
+T = TypeVar("T")
 OnDone = Callable[[FlameError | None], None]
 DURABILITY = ("batched", "strict")
 
@@ -112,6 +129,12 @@ CHECKPOINT_BYTES = 32 << 20
 """The WAL is copied into the database (in the background) once it is larger than this."""
 CHECKPOINT_IDLE = 5.0
 """Seconds without a commit after which the checkpointer also truncates the WAL."""
+WAL_KEPT_BYTES = 4 << 20
+"""The WAL file is cut back to this size when sqlite starts it over after a checkpoint
+(``journal_size_limit``): its size then measures what was written since, so the check against
+``CHECKPOINT_BYTES`` does not stay true for good once the file has grown past it once."""
+CHECKPOINT_MIN_INTERVAL = 0.5
+"""Seconds between two checkpoints asked for by size (a reader can keep one from completing)."""
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
 
@@ -125,12 +148,13 @@ _UNAVAILABLE_ERRORS = frozenset(
 class _Write:
     """Queued changes, their callback, and how a failure treats them."""
 
-    __slots__ = ("deadline", "durable", "on_done", "ops")
+    __slots__ = ("deadline", "durable", "lazy", "on_done", "ops")
 
-    def __init__(self, ops: list[Op], on_done: OnDone | None, durable: bool) -> None:
+    def __init__(self, ops: list[Op], on_done: OnDone | None, durable: bool, lazy: bool = False) -> None:
         self.ops = ops
         self.on_done = on_done
         self.durable = durable
+        self.lazy = lazy
         self.deadline: float | None = None
         """For a withdrawable write that failed: when it stops being retried."""
 
@@ -174,11 +198,16 @@ class Store:
         self.retry_window = retry_window
         self._write = self._connect()
         self._write.executescript(SCHEMA)
+        _add_finished_column(self._write, self.path)
+        self._write.executescript(PAYLOADS_DUE_INDEX)
         self._write.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit
+        self._write.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         self._read = self._connect()
         self._read_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Write] = deque()
+        self._urgent = 0
+        """Writes in the queue that are not lazy (someone waits for their commit)."""
         self._leader = False
         """A thread is committing: writes queued now go into its next round."""
         self._lazy_due: float | None = None
@@ -190,6 +219,8 @@ class Store:
         self._closing = False
         self._closed = False
         self.commits = 0
+        self.checkpoints = 0
+        """Checkpoints run by the checkpointer thread (diagnostics and tests)."""
         self._writer = threading.Thread(target=self._run_writer, name="flame-store-writer", daemon=True)
         self._writer.start()
         self._wal = self.path + "-wal"
@@ -200,6 +231,8 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        # Takes effect on a new file only (before WAL and the first table), or at the next VACUUM.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'strict' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=OFF")
@@ -223,20 +256,24 @@ class Store:
         with self._cond:
             if self._closed or self._closing:
                 raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
-            self._queue.append(_Write(ops, on_done, durable))
+            self._queue.append(_Write(ops, on_done, durable, lazy))
             self._untried = True
+            if not lazy:
+                self._urgent += 1
             if lazy and self._lazy_due is None:
                 self._lazy_due = time.monotonic() + LAZY_DELAY
                 self._cond.notify()
 
-    def commit(self) -> None:
+    def commit(self, *, lazy: bool = True) -> None:
         """Commit what is queued, on this thread, unless another thread is at it (it takes ours too).
 
         Callbacks of the committed writes run here, before this returns. While the store is failing,
-        or in strict mode, the writer thread does the work instead.
+        or in strict mode, the writer thread does the work instead. With ``lazy=False`` a queue that
+        holds only lazy writes is left for the next commit (or the writer, ``LAZY_DELAY`` later): a
+        caller that wrote only those saves a transaction.
         """
         with self._cond:
-            if self._leader or not self._queue:
+            if self._leader or not self._queue or (not lazy and not self._urgent):
                 return
             if self._failure is not None or self.durability == "strict":
                 self._cond.notify()
@@ -246,12 +283,14 @@ class Store:
             with self._cond:
                 batch = list(self._queue)
                 self._queue.clear()
+                self._urgent = 0
                 self._untried = False
                 self._lazy_due = None
             error = self._attempt(batch)
             if error is not None:
                 with self._cond:
                     self._queue.extendleft(reversed(batch))  # the writer retries them, in order
+                    self._urgent += sum(1 for item in batch if not item.lazy)
                     self._untried = True
                     self._leader = False
                     self._cond.notify()
@@ -353,6 +392,7 @@ class Store:
                 self._leader = True
                 batch = list(self._queue)
                 self._queue.clear()
+                self._urgent = 0
                 self._untried = False
                 self._lazy_due = None
             try:
@@ -401,6 +441,7 @@ class Store:
                 give_up.append(item)
         with self._cond:
             self._queue.extendleft(reversed(keep))
+            self._urgent += sum(1 for item in keep if not item.lazy)
             self._retry_at = now + self._backoff
             self._backoff = min(BACKOFF_MAX, self._backoff * 2)
         self._done(give_up, error)
@@ -419,24 +460,27 @@ class Store:
 
     def _run_checkpointer(self) -> None:
         conn = self._connect()
-        truncated = True
+        truncated_at = 0  # the count of this store's commits when the log was last copied back and truncated
         try:
             while not self._closing:
                 wanted = self._checkpoint_wanted.wait(timeout=1.0)
                 self._checkpoint_wanted.clear()
                 if self._closing:
                     return
+                commits = self.commits
                 idle = time.monotonic() - self._last_commit > CHECKPOINT_IDLE
-                mode = "TRUNCATE" if idle and not truncated else "PASSIVE" if wanted else None
+                mode = "TRUNCATE" if idle and commits != truncated_at else "PASSIVE" if wanted else None
                 if mode is None:
                     continue
                 try:
-                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-                    truncated = mode == "TRUNCATE"
+                    busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+                    self.checkpoints += 1
+                    if mode == "TRUNCATE" and not busy:
+                        truncated_at = commits
                 except sqlite3.Error as exc:  # busy, or the disk is failing: the next round tries again
                     log.debug("checkpoint of %s failed: %s", self.path, exc)
-                if not idle:
-                    truncated = False
+                if wanted:  # the WAL may stay large a while (a reader kept it): not a checkpoint per commit
+                    time.sleep(CHECKPOINT_MIN_INTERVAL)
         finally:
             conn.close()
 
@@ -455,6 +499,30 @@ class Store:
             if len(rows) < batch:
                 return
             offset += batch
+
+    def request_checkpoint(self) -> None:
+        """Have the checkpointer thread copy the WAL back now (a compacted file shrinks only then)."""
+        self._checkpoint_wanted.set()
+
+    def exclusive(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the write connection between group commits, outside any transaction.
+
+        For what cannot run inside one (``VACUUM``, a ``wal_checkpoint``): writes queued meanwhile wait,
+        and are committed as soon as ``fn`` returns.
+        """
+        with self._cond:
+            if self._closed or self._closing:
+                raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
+            while self._leader:
+                self._cond.wait()
+            self._leader = True
+        try:
+            return fn(self._write)
+        finally:
+            with self._cond:
+                self._leader = False
+                self._cond.notify_all()
+            self.commit()
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued (retrying for up to ``timeout`` s if the store is failing), then close."""
@@ -483,6 +551,23 @@ class Store:
         self._closed = True
         self._write.close()
         self._read.close()
+
+
+def _add_finished_column(conn: sqlite3.Connection, path: str) -> None:
+    """Give a store from before payload retention its ``tasks.finished`` column.
+
+    The completion time of the tasks it already holds is inside their status blobs; rather than decode
+    every one at start, they count as finished now, so they keep their payloads one retention longer.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "finished" in columns:
+        return
+    now_ms = int(time.time() * 1000)
+    conn.execute("BEGIN")
+    conn.execute("ALTER TABLE tasks ADD COLUMN finished INTEGER")
+    conn.execute("UPDATE tasks SET finished = ? WHERE state IN (2, 3, 4)", (now_ms,))  # SUCCEED, FAILED, CANCELLED
+    conn.execute("COMMIT")
+    log.info("the store %s now records when tasks finish (for payload retention)", path)
 
 
 def upsert_many(table: str, columns: Iterable[str]) -> str:

@@ -9,6 +9,9 @@ Everything it learns goes to the scheduler as an event.
   named by ``FLAMEPY_READY_FD`` once it listens; the supervisor waits on that pipe with the others in
   one ``select``. A service written with Flame's SDK knows no such pipe: it is found ready when its
   socket file appears (checked every ``SOCKET_POLL`` seconds while such an instance starts).
+* **Heartbeats** come on the same pipe: an instance of this SDK writes a byte on it every
+  ``heartbeat_interval`` from a thread of its own, and the supervisor notes when (``last_beat``); the
+  scheduler handles an instance silent for ``liveness_timeout`` as crashed.
 * **Exits are noticed at once** through a pidfd (Linux), else by polling every ``TICK`` seconds.
 * **Timers**: ``later(delay, fn)``, and a tick to the scheduler every ``TICK`` seconds (start deadlines,
   spare expiry, SIGKILL after the grace period).
@@ -191,13 +194,14 @@ class Supervisor(threading.Thread):
             self._became_ready(inst)
 
     def _on_ready_pipe(self, inst: Instance) -> None:
+        """Readiness, then (from an instance that sends them) heartbeats: ``process.last_beat``."""
         process = inst.process
         assert process is not None and process.ready_fd is not None
         fd = process.ready_fd
         said = process.read_ready()
         if process.ready_fd is None:
             self._unregister(fd)
-        if said:
+        if said and inst in self._starting:
             self._became_ready(inst)
         # Without a byte (the pipe closed): the socket check or the exit decides.
 
@@ -207,9 +211,8 @@ class Supervisor(threading.Thread):
         self._starting.discard(inst)
         process = inst.process
         assert process is not None
-        if process.ready_fd is not None:
-            self._unregister(process.ready_fd)
-            process.close_ready()
+        # The pipe stays watched: heartbeats may follow (or the readiness byte, when the socket file
+        # was seen first); it is closed at its end of file or at the process's exit.
         try:
             process.connect()
         except FlameError as exc:

@@ -9,6 +9,7 @@ names it, or when the executor that started it goes away, so an instance never o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -16,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -34,7 +34,7 @@ from flamepy_core.contracts.transport import (
 )
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
-from flamepy_core.plugins import get_registry
+from flamepy_core.plugins import PluginRegistry, get_registry
 from flamepy_core.privacy import private_umask
 from flamepy_core.transport_kit import adapt_handlers
 from flamepy_core.wire.methods import INSTANCE
@@ -47,7 +47,13 @@ ENDPOINT_ENV = "FLAME_INSTANCE_ENDPOINT"
 FAST_ENDPOINT_ENV = "FLAMEPY_INSTANCE_ENDPOINT"
 """Offered by flamepy's runtime next to FLAME_INSTANCE_ENDPOINT: a faster link our instances prefer."""
 READY_FD_ENV = "FLAMEPY_READY_FD"
+HEARTBEAT_INTERVAL_ENV = "FLAMEPY_HEARTBEAT_INTERVAL"
+"""Seconds between heartbeats on the readiness pipe (flamepy_core.engine.executor describes both)."""
+HEARTBEAT_READY = b"H"
 """A pipe flamepy's runtime passes: one byte written to it says "listening" (no polling for the socket)."""
+TRANSPORTS_ENV = "FLAMEPY_INSTANCE_TRANSPORTS"
+"""The transport classes (``module:Class``, comma-separated) of the endpoints flamepy's runtime offers: a
+service process builds its transport from them without scanning every installed plugin."""
 
 
 _RUNTIME_DIRS = tuple(str(Path(__file__).resolve().parent.parent.parent / pkg) for pkg in ("flamepy_core", "flamepy"))
@@ -61,6 +67,8 @@ def describe_exception(exc: BaseException) -> str:
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIRS):
         tb = tb.tb_next
+    import traceback  # only when a service raises: not on the start path
+
     lines = "".join(traceback.format_exception(type(exc), exc, tb))
     # Bounded here too (the server bounds what it stores), so a huge message never crosses the link.
     return bound_failure_text(f"{type(exc).__name__}: {exc}\n\nIn the service:\n{lines}")
@@ -207,16 +215,48 @@ class MainThreadServing:
 
 
 def _signal_ready() -> None:
-    """Tell the runtime that started this process that it listens (see FLAMEPY_READY_FD)."""
+    """Tell the runtime that started this process that it listens (see FLAMEPY_READY_FD), then send it
+    heartbeats on the same pipe every ``FLAMEPY_HEARTBEAT_INTERVAL`` seconds, when it asks for them.
+
+    The heartbeats come from a thread of their own, in Python: they stop when the process is frozen
+    (SIGSTOP) or when a callback holds the GIL (a C extension that never releases it), which is exactly
+    what the runtime must notice; a callback that computes in Python or waits lets them through.
+    """
     raw = os.environ.pop(READY_FD_ENV, "")
+    interval_text = os.environ.pop(HEARTBEAT_INTERVAL_ENV, "")
     if not raw:
         return  # started by Flame's executors, or by hand: they find the socket
     try:
         fd = int(raw)
-        os.write(fd, b"1")
-        os.close(fd)
-    except (ValueError, OSError) as exc:
+        interval = float(interval_text) if interval_text else 0.0
+    except ValueError as exc:
         log.debug("could not signal readiness on %s=%r: %s", READY_FD_ENV, raw, exc)
+        return
+    try:
+        if interval > 0:
+            os.set_blocking(fd, False)  # a server too busy to read must never block this process
+            os.write(fd, HEARTBEAT_READY)
+            threading.Thread(target=_beat, args=(fd, interval), name="flame-heartbeat", daemon=True).start()
+        else:
+            os.write(fd, b"1")
+            os.close(fd)
+    except OSError as exc:
+        log.debug("could not signal readiness on %s=%r: %s", READY_FD_ENV, raw, exc)
+
+
+def _beat(fd: int, interval: float) -> None:
+    """Write one byte on ``fd`` every ``interval`` seconds, until the reading end is gone."""
+    wait = threading.Event().wait
+    while True:
+        wait(interval)
+        try:
+            os.write(fd, b".")
+        except BlockingIOError:
+            continue  # the pipe is full: the server has not read for a while, and will
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            return
 
 
 PARENT_GONE_GRACE = 2.0
@@ -225,6 +265,17 @@ PARENT_GONE_GRACE = 2.0
 
 def _serve(transport: Transport, endpoint: str, handlers: dict[str, Handler]) -> Server:
     return transport.serve(endpoint, adapt_handlers(handlers, transport.capabilities))
+
+
+def _instance_transport(registry: PluginRegistry, endpoint: str, hints: list[str]) -> tuple[Transport, str]:
+    """The transport for ``endpoint`` and the endpoint as a URL: one of the classes the server named
+    (``FLAMEPY_INSTANCE_TRANSPORTS``) when one owns it, else the one the installed plugins give."""
+    for class_path in hints:
+        found = registry.transport_of_class(class_path, endpoint)
+        if found is not None:
+            return found
+    url = registry.endpoint_url(endpoint)
+    return registry.transport(url), url
 
 
 def _watch_parent(stop: Callable[[], None], interval: float = 0.5) -> None:
@@ -279,19 +330,22 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
             f"it with flamepy.service.Session(...).invoke(...)",
         )
     registry = get_registry()
-    url = registry.endpoint_url(normalize_endpoint(raw))
+    raw = normalize_endpoint(raw)
     fast = None if endpoint else os.environ.get(FAST_ENDPOINT_ENV)
+    hints = [] if endpoint else [c for c in os.environ.get(TRANSPORTS_ENV, "").split(",") if c]
     serving = MainThreadServing(service)
     handlers = serving.handlers()
     server = None
     with private_umask():  # the socket is reachable by this user only (see flamepy_core.privacy)
         if fast:
             try:
-                server = _serve(registry.transport(fast), fast, handlers)
+                transport, fast = _instance_transport(registry, fast, hints)
+                server = _serve(transport, fast, handlers)
             except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
-                log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, url)
+                log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, raw)
         if server is None:
-            server = _serve(registry.transport(url), url, handlers)
+            transport, url = _instance_transport(registry, raw, hints)
+            server = _serve(transport, url, handlers)
     stopped_by: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

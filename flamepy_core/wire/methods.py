@@ -7,22 +7,26 @@ the response is a stream; these tables give exactly that.
 
 The tables are read from the compiled service descriptors rather than typed by hand, so they cannot
 drift from the ``.proto`` files: adding an rpc to a proto and regenerating is enough.
+
+Each table is built on first use, from its own ``.proto`` module only: a service process, which needs
+``INSTANCE``, does not load the descriptors of the Frontend, the cache and the extensions.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
-from google.protobuf.message import Message
-from google.protobuf.message_factory import GetMessageClass
-
-from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2, shim_pb2
+if TYPE_CHECKING:
+    from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
+    from google.protobuf.message import Message
 
 __all__ = [
     "ALL_METHODS",
+    "CONTROL",
     "EXT",
     "FRONTEND",
     "INSTANCE",
@@ -56,6 +60,8 @@ class Method:
 
 def _method(descriptor: MethodDescriptor) -> Method:
     """Build a `Method` from its descriptor, refusing what the transports cannot carry."""
+    from google.protobuf.message_factory import GetMessageClass
+
     if descriptor.client_streaming:
         raise TypeError(f"{descriptor.full_name} is client-streaming, which the transport contract does not support")
     return Method(
@@ -73,20 +79,36 @@ def _service_table(file: FileDescriptor, service: str) -> Mapping[str, Method]:
     return MappingProxyType({m.name: _method(m) for m in methods})
 
 
-FRONTEND: Mapping[str, Method] = _service_table(frontend_pb2.DESCRIPTOR, "Frontend")
+FRONTEND: Mapping[str, Method]
 """Flame's client API (``flame.v1.Frontend``), served by the session manager."""
 
-INSTANCE: Mapping[str, Method] = _service_table(shim_pb2.DESCRIPTOR, "Instance")
+INSTANCE: Mapping[str, Method]
 """Flame's service callbacks (``flame.v1.Instance``), served by a service process."""
 
-OBJECT_CACHE: Mapping[str, Method] = _service_table(cache_pb2.DESCRIPTOR, "ObjectCache")
+OBJECT_CACHE: Mapping[str, Method]
 """flamepy's object cache (``flamepy.cache.v1.ObjectCache``)."""
 
-EXT: Mapping[str, Method] = _service_table(ext_pb2.DESCRIPTOR, "Tasks")
+EXT: Mapping[str, Method]
 """flamepy's Frontend extensions (``flamepy.ext.v1.Tasks``): served by flamepy's server only."""
 
-RUNTIME: Mapping[str, Method] = _service_table(ext_pb2.DESCRIPTOR, "Runtime")
+RUNTIME: Mapping[str, Method]
 """flamepy's view of what a server runs (``flamepy.ext.v1.Runtime``): served by flamepy's server only."""
+
+CONTROL: Mapping[str, Method]
+"""flamepy's cancel and forced close (``flamepy.ext.v1.Control``): served by flamepy's server only."""
+
+ALL_METHODS: Mapping[str, Method]
+"""Every method above keyed by its gRPC path: what a server dispatches on."""
+
+_SOURCES = {
+    "FRONTEND": ("frontend_pb2", "Frontend"),
+    "INSTANCE": ("shim_pb2", "Instance"),
+    "OBJECT_CACHE": ("cache_pb2", "ObjectCache"),
+    "EXT": ("ext_pb2", "Tasks"),
+    "RUNTIME": ("ext_pb2", "Runtime"),
+    "CONTROL": ("ext_pb2", "Control"),
+}
+"""Each table's generated module (in ``flamepy_core.wire.proto``) and service name."""
 
 
 def _by_path(*tables: Mapping[str, Method]) -> Mapping[str, Method]:
@@ -100,5 +122,15 @@ def _by_path(*tables: Mapping[str, Method]) -> Mapping[str, Method]:
     return MappingProxyType(merged)
 
 
-ALL_METHODS: Mapping[str, Method] = _by_path(FRONTEND, INSTANCE, OBJECT_CACHE, EXT, RUNTIME)
-"""Every method above keyed by its gRPC path: what a server dispatches on."""
+def __getattr__(name: str) -> Mapping[str, Method]:
+    """Build a table on first use and keep it (a module attribute from then on)."""
+    if name == "ALL_METHODS":
+        table = _by_path(*(__getattr__(table_name) for table_name in _SOURCES))
+    elif name in _SOURCES:
+        module_name, service = _SOURCES[name]
+        module = importlib.import_module(f"flamepy_core.wire.proto.{module_name}")
+        table = _service_table(module.DESCRIPTOR, service)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = table
+    return table

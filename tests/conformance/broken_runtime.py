@@ -15,7 +15,9 @@ The flaws, each the kind of change a contributor might make:
   sooner: the task has returned before its update is visible;
 * ``invoke-timeout-dropped``     - ``Session.invoke`` accepts ``timeout`` but does not pass it on;
 * ``refused-close-swallowed``    - the core session's ``close`` swallows the server's refusal;
-* ``failure-text-cut``           - the engine stores failure texts in a 4,096-character column.
+* ``failure-text-cut``           - the engine stores failure texts in a 4,096-character column;
+* ``traceback-dropped``          - the instance reports a failed task as ``Type: message`` alone (the
+  service's traceback "is noise for users").
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from flamepy_core.contracts.transport import CallContext, Handler, UnaryHandler
 from flamepy_core.engine import server, state
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.state import Engine
+from flamepy_core.failure_text import bound_failure_text
+from flamepy_core.instance import runtime
 from flamepy_core.objref import ObjectRef
 from flamepy_core.serialization import encode_payload
 from flamepy_core.wire.proto import cache_pb2
@@ -151,6 +155,17 @@ def failure_text_cut() -> None:
     state.bound_failure_text = bound_failure_text  # type: ignore[assignment]
 
 
+def traceback_dropped() -> None:
+    original = runtime.describe_exception
+
+    def describe_exception(exc: BaseException) -> str:
+        if not _on("traceback-dropped"):
+            return original(exc)
+        return bound_failure_text(f"{type(exc).__name__}: {exc}")
+
+    runtime.describe_exception = describe_exception
+
+
 FLAWS: dict[str, Callable[[], None]] = {
     "lost-context-updates": lost_context_updates,
     "another-tasks-answer": answered_with_another_tasks_output,
@@ -159,6 +174,7 @@ FLAWS: dict[str, Callable[[], None]] = {
     "invoke-timeout-dropped": invoke_timeout_dropped,
     "refused-close-swallowed": refused_close_swallowed,
     "failure-text-cut": failure_text_cut,
+    "traceback-dropped": traceback_dropped,
 }
 
 

@@ -2,6 +2,9 @@
 
 * ``broken-keepopen``   - keeps every stream it opened in a list (to close them all with the channel), and
   its iterator's ``close()`` only stops reading: the call is never cancelled, so the handler runs on;
+* ``broken-dropnocancel`` - tracks its open streams so that closing the channel can cancel them: a
+  stream's ``close()`` cancels it and forgets it, but a stream its caller drops without closing stays
+  tracked, so its call is never cancelled and the handler runs on;
 * ``broken-ringbuffer`` - reads ahead into a ring buffer of 64 items to bound memory, dropping the oldest
   when the reader is slow: long streams lose items;
 * ``broken-bytecredit`` - flow control whose producer spends the window in bytes while the reader gives
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +49,63 @@ class KeepStreamsChannel(_Wrapped):
             if close is not None:
                 close()
         super().close()
+
+
+class TrackedStreamsChannel(_Wrapped):
+    """Tracks open streams to cancel them with the channel; a dropped stream stays tracked (and running)."""
+
+    def __init__(self, inner: Channel) -> None:
+        super().__init__(inner)
+        self._open: dict[int, Iterator[bytes]] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+
+    def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
+        call_id = next(self._ids)
+        inner = self._inner.stream(method, request, timeout)
+        with self._lock:
+            self._open[call_id] = inner  # the channel's reference keeps the call alive until forgotten
+        return _TrackedStream(self, call_id, inner)
+
+    def forget(self, call_id: int) -> Iterator[bytes] | None:
+        with self._lock:
+            return self._open.pop(call_id, None)
+
+    def close(self) -> None:
+        with self._lock:
+            still_open, self._open = list(self._open.values()), {}
+        for inner in still_open:
+            _close(inner)
+        super().close()
+
+
+def _close(items: Iterator[bytes]) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
+
+
+class _TrackedStream:
+    """One stream of a :class:`TrackedStreamsChannel`: ``close()`` and the stream's end forget it; nothing
+    else does (no ``__del__``)."""
+
+    def __init__(self, channel: TrackedStreamsChannel, call_id: int, inner: Iterator[bytes]) -> None:
+        self._channel, self._id, self._inner = channel, call_id, inner
+
+    def __iter__(self) -> _TrackedStream:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._inner)
+        except (StopIteration, FlameError):
+            self._channel.forget(self._id)
+            raise
+
+    def close(self) -> None:
+        inner = self._channel.forget(self._id)
+        if inner is not None:
+            _close(inner)
 
 
 class _ReadAhead:
@@ -140,6 +201,7 @@ class ByteCreditChannel(_Wrapped):
 
 BROKEN = [
     channel_flaw("keepopen", KeepStreamsChannel),
+    channel_flaw("dropnocancel", TrackedStreamsChannel),
     channel_flaw("ringbuffer", RingBufferChannel),
     channel_flaw("bytecredit", ByteCreditChannel),
 ]

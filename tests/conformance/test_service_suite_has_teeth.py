@@ -130,6 +130,11 @@ FLAWS = [
         frozenset({"test_failed_task_message_and_traceback_arrive_whole"}),
         ("the text must begin with the whole message",),
     ),
+    Flaw(
+        "traceback-dropped",
+        frozenset({"test_failed_task_message_and_traceback_arrive_whole"}),
+        ("no traceback in",),
+    ),
 ]
 
 

@@ -152,6 +152,13 @@ FLAWS = [
         "default_timeout_is_the_documented_default unary_round_trip",
         "with timeout=None to a handler idle for 0.9 s was cut",
     ),
+    _flaw(
+        "idlecut",
+        "no_deadline or stream_keeps_order or stream_deadline_exceeded",
+        "no_deadline_means_no_deadline",
+        "stream_keeps_order stream_deadline_exceeded",
+        "a stream with timeout=None idle for 0.9 s after 1 item(s) was cut: FlameError(UNAVAILABLE",
+    ),
     # -- streams (broken_streams.py) --
     _flaw(
         "keepopen",
@@ -159,6 +166,13 @@ FLAWS = [
         "closing_or_dropping_a_stream_cancels_its_handler",
         "stream_keeps_order stream_error_after_items",
         "its handler was still running",
+    ),
+    _flaw(
+        "dropnocancel",
+        "cancels_its_handler or stream_keeps_order or stream_error_after",
+        "closing_or_dropping_a_stream_cancels_its_handler",
+        "stream_keeps_order stream_error_after_items",
+        "a stream dropped (its last reference gone) after 3 items: its handler was still running",
     ),
     _flaw(
         "ringbuffer",

@@ -155,3 +155,62 @@ def test_refusals_reported_in_band_are_raised(tmp_path: Path) -> None:
             assert info.value.message.startswith("failed to ")
     finally:
         server.stop()
+
+
+def test_cancel_goes_through_the_extension_and_says_so_without_it(setup: tuple[Connection, Engine, bool]) -> None:
+    conn, engine, with_ext = setup
+    session = conn.create_session(SessionAttributes("app", id="c1"))  # no instance: its tasks stay pending
+    future, other = session.run(b"x"), session.run(b"y")
+    if with_ext:
+        assert future.cancel() is True and future.cancelled()
+        done, _ = wait([future], timeout=5)
+        assert done == {future}, "concurrent.futures.wait sees a cancelled future"
+        cancelled = session.cancel_task(other.task_id)
+        assert cancelled.state.name == "CANCELLED" and cancelled.input is None
+        error = other.exception(timeout=10)  # cancelled by another call: the error says by whom
+        assert isinstance(error, FlameError) and "cancelled by Session.cancel_task in process" in error.message
+        assert engine.get_session("c1").status.cancelled == 2
+        session.close(force=True)
+        assert engine.get_session("c1").status.state == pb.SessionState.Closed
+        return
+    # A Flame session manager has no cancel: the future cannot be cancelled, and the calls say why.
+    assert future.cancel() is False and not future.done()
+    for call in (lambda: session.cancel_task(future.task_id), lambda: session.close(force=True)):
+        with pytest.raises(FlameError) as info:
+            call()
+        assert info.value.code == FlameErrorCode.UNIMPLEMENTED
+        assert "cannot cancel tasks (flame.v1 has no such call" in info.value.message
+    session.close()  # the plain close cancels what waits, as Flame's does
+    assert isinstance(future.exception(timeout=10), FlameError)
+
+
+def test_a_purged_output_is_an_error_never_a_none_result(tmp_path: Path) -> None:
+    """A result read back from the store after its retention (a watcher's replay) is NOT_FOUND, saying why."""
+    from flamepy_core.client.session import TaskFuture
+    from flamepy_core.engine.retention import Retention
+
+    store = Store(tmp_path / "flame.db")
+    engine = Engine(store)
+    engine.register_application("app", pb.ApplicationSpec(command="python"))
+    engine.create_session("s", pb.SessionSpec(application="app"))
+    engine.create_task("s", b"in")
+    task = engine.take_task("s", timeout=0)
+    assert task is not None
+    engine.complete_task("s", task.metadata.id, b"out")
+    Retention(store, retention=0).collect(older_than=-1)  # everything finished is due
+    transport = InMemoryTransport()
+    handlers = {**frontend_handlers(engine), **ext_handlers(engine)}
+    server = transport.serve("inmem://purged", adapt_handlers(handlers, transport.capabilities))
+    conn = Connection("inmem://purged", transport.connect("inmem://purged"))
+    try:
+        session = conn.open_session("s")
+        assert session.get_task("1").is_purged() and session.get_task("1").output is None
+        future = TaskFuture(session, "1")
+        assert conn.watches.add(session, 1, future)  # what run() does: the watcher replays it from the store
+        error = future.exception(timeout=10)
+        assert isinstance(error, FlameError) and error.code == FlameErrorCode.NOT_FOUND
+        assert "the output of task 1 of session s is no longer kept: input and output purged" in error.message
+    finally:
+        conn.close()
+        server.stop()
+        store.close()

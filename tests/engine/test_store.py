@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from hypothesis import settings
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine import store as store_module
 from flamepy_core.engine.store import Store
 
 BLOB = 5000  # more than a page (4 KiB): every row needs new pages
@@ -127,5 +129,81 @@ def test_a_bad_statement_fails_alone_and_the_others_commit(tmp_path: Path) -> No
         assert isinstance(results[1], FlameError) and "UNIQUE" in results[1].message
         assert store.query("SELECT v FROM t ORDER BY v") == [(1,), (2,)]
         assert store.failure is None
+    finally:
+        store.close()
+
+
+def test_a_store_left_idle_copies_its_log_back_and_truncates_it(tmp_path: Path, monkeypatch) -> None:
+    """Writes smaller than the checkpoint threshold still reach the database file once the store is idle."""
+    monkeypatch.setattr(store_module, "CHECKPOINT_IDLE", 0.2)
+    store = Store(tmp_path / "flame.db")
+    wal = tmp_path / "flame.db-wal"
+    try:
+        store.write_wait([("CREATE TABLE t (v BLOB)", ())])
+        for _ in range(2):  # a second burst after the first truncation is copied back too
+            store.write_wait([("INSERT INTO t VALUES (?)", (bytes(BLOB * 40),))])
+            assert wal.stat().st_size > BLOB * 40, "the write is in the log first"
+            deadline = time.monotonic() + 10
+            while wal.exists() and wal.stat().st_size > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert wal.stat().st_size == 0, "the idle store did not truncate its write-ahead log"
+        assert (tmp_path / "flame.db").stat().st_size > 2 * BLOB * 40
+        assert len(store.query("SELECT v FROM t")) == 2
+    finally:
+        store.close()
+
+
+def test_a_checkpoint_runs_once_per_wal_grown_past_the_threshold(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Once the WAL file has grown past ``CHECKPOINT_BYTES``, small commits must not each ask for a checkpoint.
+
+    sqlite keeps a WAL file at its largest size when it starts it over; measured by file size, the WAL
+    would look "too large" forever, and the checkpointer would run (and fsync) after every commit.
+    """
+    from flamepy_core.engine import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_BYTES", 256 << 10)
+    monkeypatch.setattr(store_module, "WAL_KEPT_BYTES", 32 << 10)
+    monkeypatch.setattr(store_module, "CHECKPOINT_MIN_INTERVAL", 0.0)
+    store = Store(tmp_path / "flame.db")
+    try:
+        store.write_wait([("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", ())])
+        for i in range(40):  # ~400 KiB of pages: past the threshold
+            store.write_wait([("INSERT INTO t VALUES (?, ?)", (i, b"x" * 10_000))])
+        deadline = time.monotonic() + 5
+        while store.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store.checkpoints >= 1, "no checkpoint ran although the WAL passed the threshold"
+        time.sleep(0.2)
+        settled = store.checkpoints
+        for i in range(100, 150):  # small commits after the WAL was started over
+            store.write_wait([("INSERT INTO t VALUES (?, ?)", (i, b"y"))])
+        time.sleep(0.3)
+        assert store.checkpoints == settled, (
+            f"{store.checkpoints - settled} checkpoints for 50 small commits: the WAL file still reads as too large"
+        )
+        assert (tmp_path / "flame.db-wal").stat().st_size < store_module.CHECKPOINT_BYTES
+    finally:
+        store.close()
+
+
+def test_lazy_writes_alone_wait_for_the_next_commit(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``commit(lazy=False)`` leaves a queue of lazy writes (nobody's acknowledgement) to the next commit,
+    so a task becoming RUNNING does not cost a transaction of its own; an urgent write takes them along."""
+    from flamepy_core.engine import store as store_module
+
+    monkeypatch.setattr(store_module, "LAZY_DELAY", 60.0)  # the writer thread stays out of this test
+    store = Store(tmp_path / "flame.db")
+    try:
+        store.write_wait([("CREATE TABLE t (v INTEGER)", ())])
+        before = store.commits
+        order: list[str] = []
+        store.enqueue([("INSERT INTO t VALUES (1)", ())], lambda error: order.append("lazy"), lazy=True)
+        store.commit(lazy=False)
+        assert store.commits == before and order == [], "a queue of lazy writes was committed on its own"
+        store.enqueue([("INSERT INTO t VALUES (2)", ())], lambda error: order.append("urgent"))
+        store.commit(lazy=False)
+        assert store.commits == before + 1, "the urgent write and the lazy one were not one transaction"
+        assert order == ["lazy", "urgent"]
+        assert store.query("SELECT v FROM t ORDER BY v") == [(1,), (2,)]
     finally:
         store.close()

@@ -535,3 +535,53 @@ def test_close_with_running_task_is_refused_and_pending_tasks_are_cancelled(serv
     [[task_id, state, messages]] = ours["tasks"]
     assert (task_id, state) == ("1", "CANCELLED")
     assert any("session was closed" in (m or "") for m in messages)
+
+
+def test_a_task_our_client_cancels_reads_as_flame_reads_any_cancelled_task(server: OurGrpcServer) -> None:
+    """Flame 0.6 cannot cancel; ours can, on our server. Flame's client then meets wire value 4, as it does
+    for the pending tasks of a closed session: what docs/flame-cluster.md says stays true."""
+    started = server.flame_client(
+        """
+        import time
+        import flamepy
+
+        flamepy.register_application(
+            p["app"], {"command": p["python"], "arguments": ["service.py"], "working_directory": p["svc"]}
+        )
+        s = flamepy.create_session(p["app"], session_id=p["app"] + "-1")
+        task = s.create_task(b"sleep:120")
+        deadline = time.monotonic() + 30
+        while flamepy.get_session(s.id).running == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        emit({"sid": s.id, "task": task.id, "close_running": error_of(flamepy.close_session, s.id)})
+        """,
+        app="cancel-echo",
+    )
+    assert "Cannot close session with running tasks" in started["close_running"]["message"]
+    ours = server.our_client(
+        """
+        import flamepy
+
+        s = flamepy.open_session(p["sid"])
+        task = s.cancel_task(p["task"])
+        emit({"state": task.state.name, "last": task.events[-1].message})
+        """,
+        sid=started["sid"],
+        task=started["task"],
+    )
+    assert ours["state"] == "CANCELLED" and ours["last"].startswith("cancelled by Session.cancel_task in process")
+    after = server.flame_client(
+        """
+        import flamepy
+
+        s = flamepy.open_session(p["sid"])
+        r = {"get": error_of(s.get_task, p["task"]), "closed": flamepy.close_session(p["sid"]).state.name}
+        flamepy.unregister_application(p["app"])
+        emit(r)
+        """,
+        sid=started["sid"],
+        task=started["task"],
+        app="cancel-echo",
+    )
+    assert after["get"]["type"] == "ValueError" and "4 is not a valid TaskState" in after["get"]["message"]
+    assert after["closed"] == "CLOSED", "nothing runs any more: Flame's plain close works"

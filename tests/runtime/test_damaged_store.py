@@ -52,11 +52,12 @@ def fill_store(flame_env) -> Path:
 
 
 def overflow_page(db: Path) -> tuple[int, int]:
-    """(page number, page size) of an overflow page of the task payloads table: read only when an input is."""
+    """(page number, page size) of an overflow page of the payloads table: read only when an input is."""
     conn = sqlite3.connect(db)
     try:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        rows = conn.execute("SELECT pageno FROM dbstat WHERE name = 'task_payloads' AND pagetype = 'overflow'").fetchall()
+        query = "SELECT pageno FROM dbstat WHERE name = 'task_payloads' AND pagetype = 'overflow'"
+        rows = conn.execute(query).fetchall()
     except sqlite3.OperationalError as exc:  # pragma: no cover - sqlite built without dbstat
         pytest.skip(f"this sqlite has no dbstat table to find an overflow page: {exc}")
     finally:

@@ -173,12 +173,6 @@ def test_recursive_service_depth_1(flame_env, tmp_path) -> None:  # type: ignore
     assert out["pids"] >= 2  # the parent task waits in one process while its children run in others
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the scheduler caps a session's instances at cpu_count // resreq.cpu (2 here): the three blocked "
-    "parents and their children need more, so depth 2 deadlocks until the engine's instance cap counts "
-    "tasks blocked on sub-tasks (engine work, issue 13); reported to the lead",
-)
 def test_recursive_service_depth_2(flame_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
     project = _project(tmp_path, {})
     flame_env.env["DEPTH_N"] = "3"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flamepy_core.cli.appspec import AppSpec, load_app_specs
 from flamepy_core.cli.common import SubParsers, add_command, config, connection
-from flamepy_core.config import ClientConfig
+from flamepy_core.config import ENV_TASK_TIMEOUT, ClientConfig, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.model import ApplicationAttributes
 from flamepy_core.plugins import get_registry
@@ -62,7 +62,8 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def attributes(spec: AppSpec) -> ApplicationAttributes:
-    """The spec's attributes, with ``spec.serializer`` carried as ``FLAME_SERIALIZER`` in ``environments``.
+    """The spec's attributes, with ``spec.serializer`` carried as ``FLAME_SERIALIZER`` in ``environments``
+    (and ``spec.task_timeout`` as ``FLAMEPY_TASK_TIMEOUT``).
 
     That variable is how the instance learns the serializer (the executor passes ``environments``) and how
     a client finds it (``get_application``); see :mod:`flamepy_core.serialization`.
@@ -72,6 +73,18 @@ def attributes(spec: AppSpec) -> ApplicationAttributes:
         values["environments"] = application_environments(
             values.get("environments"), spec.serializer, source=spec.source
         )
+    if spec.task_timeout is not None:
+        environments = dict(values.get("environments") or {})
+        already = environments.get(ENV_TASK_TIMEOUT)
+        if already is not None and parse_task_timeout(already, spec.source) != spec.task_timeout:
+            raise FlameError(
+                FlameErrorCode.INVALID_ARGUMENT,
+                f"{spec.source}: task_timeout {spec.task_timeout:g} contradicts environments "
+                f"{ENV_TASK_TIMEOUT}={already!r}; set one of them (the timeout is stored as {ENV_TASK_TIMEOUT})",
+            )
+        seconds = spec.task_timeout
+        environments[ENV_TASK_TIMEOUT] = str(int(seconds)) if seconds.is_integer() else repr(seconds)
+        values["environments"] = environments
     return ApplicationAttributes(**values)
 
 

@@ -97,15 +97,16 @@ def _task_text(t: dict[str, Any]) -> str:
         f"{'creation_time:':<18}{when(t['creation_time'])}",
         f"{'completion_time:':<18}{when(t['completion_time'])}",
         f"{'duration:':<18}{duration}",
-        f"{'input:':<18}{_size(t['input_size'])}",
-        f"{'output:':<18}{_size(t['output_size'])}",
+        f"{'input:':<18}{'purged' if t['payloads_purged'] else _size(t['input_size'])}",
+        f"{'output:':<18}{'purged' if t['payloads_purged'] else _size(t['output_size'])}",
     ]
     if t["events"]:
         lines.append("events:")
         for event in t["events"]:
             message = (event["message"] or "").splitlines()
             first = message[0] if message else ""
-            lines.append(f"  {event['code']:<3}{when(event['creation_time'])}  {first}".rstrip())
+            code = f"{event['code']} "  # 1003 is wider than the column
+            lines.append(f"  {code:<3}{when(event['creation_time'])}  {first}".rstrip())
     if t["error"]:
         lines.append("error:")
         lines.extend(f"  {line}".rstrip() for line in t["error"].rstrip().splitlines())

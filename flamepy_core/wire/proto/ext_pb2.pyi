@@ -43,16 +43,18 @@ class CreateTasksResponse(_message.Message):
     def __init__(self, first_task_id: _Optional[int] = ..., count: _Optional[int] = ..., creation_time: _Optional[int] = ...) -> None: ...
 
 class TaskOutcome(_message.Message):
-    __slots__ = ("task_id", "state", "output", "message")
+    __slots__ = ("task_id", "state", "output", "message", "purged")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PURGED_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     state: _types_pb2.TaskState
     output: bytes
     message: str
-    def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[_types_pb2.TaskState, str]] = ..., output: _Optional[bytes] = ..., message: _Optional[str] = ...) -> None: ...
+    purged: bool
+    def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[_types_pb2.TaskState, str]] = ..., output: _Optional[bytes] = ..., message: _Optional[str] = ..., purged: _Optional[bool] = ...) -> None: ...
 
 class TaskOutcomes(_message.Message):
     __slots__ = ("tasks",)
@@ -82,8 +84,56 @@ class ListInstancesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CollectGarbageRequest(_message.Message):
+    __slots__ = ("older_than",)
+    OLDER_THAN_FIELD_NUMBER: _ClassVar[int]
+    older_than: float
+    def __init__(self, older_than: _Optional[float] = ...) -> None: ...
+
+class CollectGarbageReply(_message.Message):
+    __slots__ = ("tasks_purged", "bytes_before", "bytes_after", "seconds", "older_than", "rebuilt")
+    TASKS_PURGED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OLDER_THAN_FIELD_NUMBER: _ClassVar[int]
+    REBUILT_FIELD_NUMBER: _ClassVar[int]
+    tasks_purged: int
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    older_than: float
+    rebuilt: bool
+    def __init__(self, tasks_purged: _Optional[int] = ..., bytes_before: _Optional[int] = ..., bytes_after: _Optional[int] = ..., seconds: _Optional[float] = ..., older_than: _Optional[float] = ..., rebuilt: _Optional[bool] = ...) -> None: ...
+
 class InstanceList(_message.Message):
     __slots__ = ("instances",)
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
+
+class CancelTasksRequest(_message.Message):
+    __slots__ = ("session_id", "task_id", "requested_by")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    task_id: str
+    requested_by: str
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
+
+class CancelTasksReply(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[_types_pb2.Task]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_types_pb2.Task, _Mapping]]] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id", "force", "requested_by")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    force: bool
+    requested_by: str
+    def __init__(self, session_id: _Optional[str] = ..., force: _Optional[bool] = ..., requested_by: _Optional[str] = ...) -> None: ...
