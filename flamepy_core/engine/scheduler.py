@@ -621,9 +621,10 @@ class Scheduler:
         log.warning("%s", failure)
         del inst.inflight[tid]
         self.engine.finish_task(session_id, tid, failure=failure, commit=False)
-        for other in list(inst.inflight):  # sent behind it: back to the queue, as the instance is lost
-            del inst.inflight[other]
-            self.engine.retry_task(session_id, str(other), f"its instance {inst.id} was stopped: {failure}")
+        for other in list(inst.inflight):  # sent behind it: back to the queue, without spending a retry
+            why = f"requeued: instance {inst.id} was stopped because task {tid} exceeded its task timeout"
+            if self.engine.requeue_task(session_id, other, why):
+                del inst.inflight[other]  # else its exit reports it, as any task in flight
         self._stop(inst, deliberate=True)
         self._on_tasks_pending(session_id)
 
