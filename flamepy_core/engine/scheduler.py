@@ -123,7 +123,10 @@ class Instance:
     inflight: dict[int, float] = field(default_factory=dict)
     """Tasks sent and not answered: id -> when sent."""
     depth: int = 1
-    """How many tasks it may hold at once (1 running + queued behind it); 1 unless the link is asynchronous."""
+    """How many tasks it may hold at once. Always 1, as in Flame (an executor runs one task at a time): a
+    task queued behind a running one of the same session may be the very task that one waits for (a
+    recursive service, Runner inside Runner), and would never start; it also waits while another instance
+    may be idle."""
     expires: float | None = None
     """A spare is stopped at this time if no session took it."""
     kill_at: float | None = None
@@ -519,8 +522,6 @@ class Scheduler:
         inst.ready = True
         process = inst.process
         assert process is not None
-        caps = process.link_capabilities
-        inst.depth = 2 if caps is not None and caps.deferred_replies and caps.async_calls else 1
         if inst.session_id is not None:
             sid = inst.session_id
             if self.engine.demand(sid) > 0 and self._session_open(sid):
