@@ -296,13 +296,14 @@ class Connection:
 
     def run_task(self, session_id: str, input_data: bytes | None, timeout: float | None = None) -> pb.Task:
         """flamepy.ext.v1 RunTask: create the task and get it back completed, in one round trip."""
-        spec = pb.TaskSpec(session_id=session_id)
+        request = fe.CreateTaskRequest()  # built in place: CreateTaskRequest(task=spec) would copy the input
+        request.task.session_id = session_id
         if input_data is not None:
-            spec.input = input_data
+            request.task.input = input_data
         method = EXT["RunTask"]
         start = time.monotonic()
         try:
-            raw = self.unary("RunTask", method.path, fe.CreateTaskRequest(task=spec).SerializeToString(), timeout)
+            raw = self.unary("RunTask", method.path, request.SerializeToString(), timeout)
         except FlameError as exc:
             # The server drops the call when our deadline passes; its CANCELLED can beat our own timer.
             timed_out = exc.code == FlameErrorCode.DEADLINE_EXCEEDED or (

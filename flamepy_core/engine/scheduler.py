@@ -61,6 +61,7 @@ from flamepy_core.engine.state import (
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
 from flamepy_core.wire.methods import INSTANCE
+from flamepy_core.wire.payload_messages import task_context
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -928,15 +929,13 @@ class Scheduler:
             if started is None:
                 break
             tid, task_input = started
-            ctx = shim_pb2.TaskContext(task_id=str(tid), session_id=sid)
-            if task_input is not None:
-                ctx.input = task_input
             now = time.monotonic()
             if not inst.inflight:
                 self._new_head(inst, now)
             inst.inflight[tid] = now
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
-            self._call(inst, ON_TASK_INVOKE, ctx.SerializeToString(), None, self._on_task_done, sid, tid)
+            ctx = task_context(str(tid), sid, task_input)  # one copy of the input, however large
+            self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid)
         if inst.inflight:
             inst.state = State.BUSY
         elif inst.state == State.BUSY:
