@@ -127,8 +127,8 @@ def context_written_behind() -> None:
 def invoke_timeout_dropped() -> None:
     original = typed_client.Session.invoke
 
-    def invoke(self: typed_client.Session, request: Any = None, timeout: float | None = None) -> Any:
-        return original(self, request, None if _on("invoke-timeout-dropped") else timeout)
+    def invoke(self: typed_client.Session, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
+        return original(self, request, None if _on("invoke-timeout-dropped") else timeout, **kwargs)
 
     typed_client.Session.invoke = invoke  # type: ignore[method-assign]
 
@@ -136,11 +136,11 @@ def invoke_timeout_dropped() -> None:
 def refused_close_swallowed() -> None:
     original = core_session.Session.close
 
-    def close(self: core_session.Session) -> None:
+    def close(self: core_session.Session, *args: Any, **kwargs: Any) -> None:
         if not _on("refused-close-swallowed"):
-            return original(self)
+            return original(self, *args, **kwargs)
         with contextlib.suppress(FlameError):  # "closing must never raise"
-            original(self)
+            original(self, *args, **kwargs)
 
     core_session.Session.close = close  # type: ignore[method-assign]
 
