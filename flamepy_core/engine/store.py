@@ -211,6 +211,11 @@ class Store:
         self._leader = False
         """A thread is committing: writes queued now go into its next round."""
         self._lazy_due: float | None = None
+        self._writer_wakes_at: float | None = None
+        """When the writer thread is to look at the queue next by itself (None: only when notified). Kept
+        until then even if the queue empties meanwhile: lazy writes due later need no wake-up."""
+        self.writer_wakeups = 0
+        """Times the writer thread was notified of a lazy write (diagnostics and tests)."""
         self._failure: FlameError | None = None
         self._backoff = BACKOFF_FIRST
         self._retry_at = 0.0
@@ -262,7 +267,14 @@ class Store:
                 self._urgent += 1
             if lazy and self._lazy_due is None:
                 self._lazy_due = time.monotonic() + LAZY_DELAY
-                self._cond.notify()
+                wakes_at = self._writer_wakes_at
+                if wakes_at is None or wakes_at > self._lazy_due:
+                    # Only when the writer would sleep past the deadline: on a busy server the lazy writes
+                    # go out with the next commit, and waking the writer for each would cost a thread
+                    # switch per task. A writer that looks earlier by itself just waits again.
+                    self._writer_wakes_at = self._lazy_due
+                    self.writer_wakeups += 1
+                    self._cond.notify()
 
     def commit(self, *, lazy: bool = True) -> None:
         """Commit what is queued, on this thread, unless another thread is at it (it takes ours too).
@@ -388,6 +400,10 @@ class Store:
                     due = self._next_due(now)
                     if due is not None and due <= now and not self._leader:
                         break
+                    kept = self._writer_wakes_at
+                    if due is None and kept is not None and kept > now:
+                        due = kept  # the queue emptied, but lazy writes queued until then count on this
+                    self._writer_wakes_at = None if due is None else max(now + 0.001, due)
                     self._cond.wait(None if due is None else max(0.001, due - now))
                 self._leader = True
                 batch = list(self._queue)

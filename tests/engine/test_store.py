@@ -207,3 +207,24 @@ def test_lazy_writes_alone_wait_for_the_next_commit(tmp_path: Path, monkeypatch)
         assert store.query("SELECT v FROM t ORDER BY v") == [(1,), (2,)]
     finally:
         store.close()
+
+
+def test_lazy_writes_that_commits_take_along_do_not_wake_the_writer_each_time(tmp_path: Path) -> None:
+    """On a busy server each task's lazy write (RUNNING) goes out with the next commit: the writer thread
+    is woken only when it would otherwise sleep past a lazy write's deadline, not once per write, and a
+    lazy write nobody commits is still committed by it."""
+    store = Store(tmp_path / "flame.db")
+    try:
+        store.write_wait([("CREATE TABLE t (v INTEGER)", ())])
+        rounds = 200
+        for i in range(rounds):
+            store.enqueue([("INSERT INTO t VALUES (?)", (i,))], lazy=True)
+            store.enqueue([("INSERT INTO t VALUES (?)", (-i - 1,))])
+            store.commit(lazy=False)
+        assert store.writer_wakeups < rounds // 2, f"the writer was woken {store.writer_wakeups} times"
+        done = threading.Event()
+        store.enqueue([("INSERT INTO t VALUES (1000)", ())], lambda error: done.set(), lazy=True)
+        assert done.wait(5), "a lazy write alone was not committed by the writer"
+        assert store.query("SELECT COUNT(*) FROM t") == [(2 * rounds + 1,)]
+    finally:
+        store.close()
