@@ -6,9 +6,15 @@ payload size it prints the median and p99 round trip of both, and ours as a mult
     python benchmarks/bench_zmq.py                       # 100 B and 16 MiB, about 15 s
     python benchmarks/bench_zmq.py --payload-size 100 --iterations 5000
 
-The raw side is the floor: one DEALER, one ROUTER echoing frames zero-copy, no threads. Ours adds what
-the transport does per call: a hand-off from the caller to the channel's I/O thread and back, framing,
-a hand-off to a worker thread on the server and back to its I/O thread.
+The raw side is the floor: one DEALER, one ROUTER echoing frames zero-copy, no threads. Ours is
+measured three ways in the same run, so each row shows what one design choice costs:
+
+* ``I/O thread``: the caller hands its call to the channel's I/O thread and waits (``direct_calls=False``),
+  and the server runs the handler on a worker thread: four thread hand-offs per call;
+* ``caller I/O``: the caller uses the idle channel's socket itself (the default, ``direct_calls=True``):
+  two hand-offs, both on the server;
+* ``+ deferred``: as above, and the server's handler is a ``DeferredHandler`` that answers on the
+  server's I/O thread (what a server does when it has the answer at hand): no hand-off at all.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ ECHO = "/bench.Zmq/Echo"
 
 OURS_SERVER = f"""
 import sys
-from flamepy_core.contracts import UnaryHandler
+from flamepy_core.contracts import DeferredHandler, UnaryHandler
 from flamepy_core.plugins import get_registry
 
-handlers = {{"{ECHO}": UnaryHandler(lambda request, ctx: request)}}
-server = get_registry().transport("zmq").serve(sys.argv[1], handlers)
+if sys.argv[2] == "deferred":
+    handler = DeferredHandler(lambda request, ctx, responder: responder.send(request))
+else:
+    handler = UnaryHandler(lambda request, ctx: request)
+server = get_registry().transport("zmq").serve(sys.argv[1], {{"{ECHO}": handler}})
 print("READY " + server.endpoint, flush=True)
 sys.stdin.read()
 server.stop(0)
@@ -64,9 +73,9 @@ ctx.term()
 class Child:
     """A server process that prints ``READY <endpoint>`` and exits when its stdin closes."""
 
-    def __init__(self, script: str, endpoint: str) -> None:
+    def __init__(self, script: str, endpoint: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", script, endpoint], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-c", script, endpoint, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -112,10 +121,10 @@ def summary(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), p99
 
 
-def bench_ours(endpoint: str, payload: bytes, iterations: int, warmup: int) -> list[float]:
+def bench_ours(endpoint: str, payload: bytes, iterations: int, warmup: int, direct: bool) -> list[float]:
     from flamepy_core.plugins import get_registry
 
-    channel = get_registry().transport("zmq").connect(endpoint)
+    channel = get_registry().transport("zmq", direct_calls=direct).connect(endpoint)
     try:
 
         def call() -> None:
@@ -167,26 +176,38 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.payload_size or [100, 16 * 1024 * 1024]
 
     tmp = tempfile.mkdtemp(prefix="fzb")
-    ours = Child(OURS_SERVER, f"zmq+ipc://{tmp}/ours.ipc")
+    unary = Child(OURS_SERVER, f"zmq+ipc://{tmp}/ours.ipc", "unary")
+    deferred = Child(OURS_SERVER, f"zmq+ipc://{tmp}/deferred.ipc", "deferred")
     raw = Child(RAW_SERVER, f"ipc://{tmp}/raw.ipc")
+    rows = (
+        ("flamepy, I/O thread", unary, False),
+        ("flamepy, caller I/O", unary, True),
+        ("  + deferred", deferred, True),
+    )
     try:
-        print(f"flamepy zmq+ipc vs raw pyzmq DEALER/ROUTER ipc (pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()})")
-        print(f"{'payload':>10}  {'path':<10} {'median':>12} {'p99':>12}  {'ratio median':>12} {'ratio p99':>10}")
+        load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+        print(
+            f"flamepy zmq+ipc vs raw pyzmq DEALER/ROUTER ipc (pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, "
+            f"{os.cpu_count()} cpus, load average {load})"
+        )
+        print(f"{'payload':>10}  {'path':<20} {'median':>12} {'p99':>12}  {'ratio median':>12} {'ratio p99':>10}")
         for size in sizes:
             payload = os.urandom(size)
             large = size >= 1 << 20
             iterations = args.large_iterations if large else args.iterations
             warmup = 3 if large else args.warmup
             raw_med, raw_p99 = summary(bench_raw(raw.endpoint, payload, iterations, warmup))
-            our_med, our_p99 = summary(bench_ours(ours.endpoint, payload, iterations, warmup))
             unit, scale = ("ms", 1e3) if large else ("us", 1e6)
-            print(f"{human(size):>10}  {'raw pyzmq':<10} {raw_med * scale:>9.1f} {unit} {raw_p99 * scale:>9.1f} {unit}")
-            print(
-                f"{'':>10}  {'flamepy':<10} {our_med * scale:>9.1f} {unit} {our_p99 * scale:>9.1f} {unit}"
-                f"  {our_med / raw_med:>11.2f}x {our_p99 / raw_p99:>9.2f}x"
-            )
+            print(f"{human(size):>10}  {'raw pyzmq':<20} {raw_med * scale:>9.1f} {unit} {raw_p99 * scale:>9.1f} {unit}")
+            for label, server, direct in rows:
+                our_med, our_p99 = summary(bench_ours(server.endpoint, payload, iterations, warmup, direct))
+                print(
+                    f"{'':>10}  {label:<20} {our_med * scale:>9.1f} {unit} {our_p99 * scale:>9.1f} {unit}"
+                    f"  {our_med / raw_med:>11.2f}x {our_p99 / raw_p99:>9.2f}x"
+                )
     finally:
-        ours.close()
+        unary.close()
+        deferred.close()
         raw.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -36,6 +36,19 @@ python -m pip install --quiet --no-build-isolation -e examples/flamepy-transport
 mypy --strict examples/flamepy-transport-tcp/flamepy_transport_tcp
 flamepy-conformance --transport tcp
 python -m pytest -p no:cacheprovider examples/flamepy-transport-tcp/tests
+stage "the echo example on each transport (FLAME_TRANSPORT runs server, instance links and client on it)"
+for transport in inmem grpc zmq tcp; do
+  echo_home="$(mktemp -d)"
+  out="$(FLAME_HOME="$echo_home" FLAME_TRANSPORT="$transport" bash examples/echo/run.sh)"
+  printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ' | grep -Eq '^HELLO 1 echo-app-[A-Za-z0-9]+ $' \
+    || { printf 'echo example on %s:\n%s\n' "$transport" "$out"; exit 1; }
+  if [ "$transport" != inmem ]; then  # inmem serves inside the client: no server process, no server log
+    grep -q "with transport $transport " "$echo_home/logs/server.log" \
+      || { echo "echo example on $transport: the server did not run on $transport"; exit 1; }
+  fi
+  rm -rf "$echo_home"
+  echo "echo example on $transport: HELLO, 1, session id"
+done
 stage "third-party serializer example (examples/flamepy-serializer-zjson)"
 python -m pip install --quiet --no-build-isolation -e examples/flamepy-serializer-zjson
 mypy --strict examples/flamepy-serializer-zjson/flamepy_serializer_zjson

@@ -26,6 +26,8 @@ class Capability(str, Enum):
     TLS = "tls"
     AUTH = "auth"
     RESTART_SAME_ENDPOINT = "restart_same_endpoint"
+    DEFERRED_REPLIES = "deferred_replies"
+    ASYNC_CALLS = "async_calls"
 
     def __str__(self) -> str:
         return self.value

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
 from flamepy_conformance.capabilities import Capability
+from flamepy_conformance.deferred_suite import DeferredReplyTests
 from flamepy_conformance.probe import (
     CHUNKS,
     ECHO,
@@ -99,7 +100,9 @@ _UNICODE_SAMPLE = "naïve café ✓ Ωmega — 日本語 🔥 𝔉𝔩𝔞𝔪�
 """A message with accents, CJK, non-BMP characters, a bidi override and a NUL: must cross intact."""
 
 
-class TransportTests(DeadlineTests, StreamTests, BytesTests, ConcurrencyTests, ResourceTests, TransportSuiteBase):
+class TransportTests(
+    DeadlineTests, StreamTests, BytesTests, ConcurrencyTests, ResourceTests, DeferredReplyTests, TransportSuiteBase
+):
     """The transport conformance suite. Subclass it as ``Test...`` and set :attr:`transport_name`.
 
     The tests below are the core of the contract; the mixins it derives from add one area each. Hooks and

@@ -110,15 +110,22 @@ class Session:
     def id(self) -> str | None:
         return self._session.id if self._session is not None else None
 
-    def invoke(self, request: Any = None, timeout: float | None = None) -> Any:
-        """Call the service's entrypoint with ``request``; returns its result (waits as long as it runs)."""
+    def invoke(self, request: Any = None, timeout: float | None = None, *, task_timeout: float | None = None) -> Any:
+        """Call the service's entrypoint with ``request``; returns its result (waits as long as it runs).
+
+        ``timeout`` bounds this call's wait (the task keeps running past it); ``task_timeout`` (seconds,
+        flamepy's server only) bounds the task itself, overriding the application's ``spec.task_timeout``:
+        past it the task fails and its instance is stopped and replaced.
+        """
         payload = encode_payload(request, self._serializer)  # before anything is sent
-        output = self._core().invoke(payload, timeout=timeout)
+        output = self._core().invoke(payload, timeout=timeout, task_timeout=task_timeout)
         return None if output is None else self._decode(output)
 
-    def run(self, request: Any = None) -> ResultFuture:
-        """Submit ``request`` now; the future holds the decoded result, and ``cancel()`` cancels the task."""
-        inner = self._core().run(encode_payload(request, self._serializer))
+    def run(self, request: Any = None, *, task_timeout: float | None = None) -> ResultFuture:
+        """Submit ``request`` now; the future holds the decoded result, and ``cancel()`` cancels the task.
+
+        ``task_timeout``: as for :meth:`invoke`."""
+        inner = self._core().run(encode_payload(request, self._serializer), task_timeout=task_timeout)
         outer = ResultFuture(inner)
 
         def settle(done: Future[bytes | None]) -> None:

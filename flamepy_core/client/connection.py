@@ -293,13 +293,14 @@ class Connection:
 
     def run_task(self, session_id: str, input_data: bytes | None, timeout: float | None = None) -> pb.Task:
         """flamepy.ext.v1 RunTask: create the task and get it back completed, in one round trip."""
-        spec = pb.TaskSpec(session_id=session_id)
+        request = fe.CreateTaskRequest()  # built in place: CreateTaskRequest(task=spec) would copy the input
+        request.task.session_id = session_id
         if input_data is not None:
-            spec.input = input_data
+            request.task.input = input_data
         method = EXT["RunTask"]
         start = time.monotonic()
         try:
-            raw = self.unary("RunTask", method.path, fe.CreateTaskRequest(task=spec).SerializeToString(), timeout)
+            raw = self.unary("RunTask", method.path, request.SerializeToString(), timeout)
         except FlameError as exc:
             # The server drops the call when our deadline passes; its CANCELLED can beat our own timer.
             timed_out = exc.code == FlameErrorCode.DEADLINE_EXCEEDED or (
@@ -313,13 +314,20 @@ class Connection:
             raise FlameError(exc.code, f"failed to run task: {exc.message}") from exc
         return pb.Task.FromString(raw)
 
-    def create_tasks_async(self, session_id: str, inputs: list[bytes | None]) -> Future[ext_pb2.CreateTasksResponse]:
-        """flamepy.ext.v1 CreateTasks, sent now: the future completes once the tasks are committed."""
+    def create_tasks_async(
+        self, session_id: str, inputs: list[bytes | None], timeouts: list[float | None] | None = None
+    ) -> Future[ext_pb2.CreateTasksResponse]:
+        """flamepy.ext.v1 CreateTasks, sent now: the future completes once the tasks are committed.
+
+        ``timeouts``, when given, holds each task's own task timeout in seconds (None: the application's).
+        """
         request = ext_pb2.CreateTasksRequest(session_id=session_id)
-        for data in inputs:
+        for i, data in enumerate(inputs):
             item = request.tasks.add()
             if data is not None:
                 item.input = data
+            if timeouts is not None and timeouts[i] is not None:
+                item.task_timeout = timeouts[i]  # type: ignore[assignment]
         if self.recover is not None and time.monotonic() - self._last_ok > 1.0:
             self.recover()  # as for CreateTask: make sure the local server is there before a call not repeated
         sent = unary_async(self.channel, EXT["CreateTasks"].path, request.SerializeToString())

@@ -32,6 +32,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, TypeVar
 
+from flamepy_core.config import parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.model import (
     EVENT_PAYLOADS_PURGED,
@@ -258,6 +259,25 @@ def _settle_outcome(future: Future[bytes | None], outcome: ext_pb2.TaskOutcome, 
     future.set_exception(TaskFailedError(task, message))
 
 
+_Submission = tuple["bytes | None", "Future[int]", "float | None"]
+"""One ``run()`` waiting for its CreateTasks batch: its input, the future of its id, its task timeout."""
+
+
+def _no_task_timeout(connection: Connection) -> FlameError:
+    return FlameError(
+        FlameErrorCode.UNIMPLEMENTED,
+        f"task_timeout is a flamepy extension (flamepy.ext.v1 CreateTasks), and the server at {connection.addr} "
+        f"does not have it (a Flame cluster has no task timeout): leave task_timeout out, and bound the wait "
+        f"with invoke(timeout=...) instead",
+    )
+
+
+def _checked_task_timeout(task_timeout: float | None) -> float | None:
+    if task_timeout is None:
+        return None
+    return parse_task_timeout(task_timeout, "task_timeout")
+
+
 class TaskSubmitter:
     """Coalesces one session's submissions into ``CreateTasks`` batches (see the module's docstring).
 
@@ -270,14 +290,14 @@ class TaskSubmitter:
         self.session = session
         self._watches = watches
         self._lock = threading.Lock()
-        self._queue: list[tuple[bytes | None, Future[int]]] = []
+        self._queue: list[_Submission] = []
         self._in_flight = False
         self._last: Future[int] | None = None
 
-    def submit(self, data: bytes | None) -> Future[int]:
+    def submit(self, data: bytes | None, task_timeout: float | None = None) -> Future[int]:
         future: Future[int] = Future()
         with self._lock:
-            self._queue.append((data, future))
+            self._queue.append((data, future, task_timeout))
             self._last = future
             if self._in_flight:
                 return future
@@ -298,10 +318,10 @@ class TaskSubmitter:
             with contextlib.suppress(FutureTimeout):
                 last.exception(timeout=timeout)
 
-    def _take(self) -> list[tuple[bytes | None, Future[int]]]:
+    def _take(self) -> list[_Submission]:
         """The next batch from the queue (called with the lock held)."""
         size = count = 0
-        for data, _future in self._queue:
+        for data, _future, _timeout in self._queue:
             size += len(data) if data is not None else 0
             count += 1
             if count >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
@@ -309,28 +329,31 @@ class TaskSubmitter:
         batch, self._queue = self._queue[:count], self._queue[count:]
         return batch
 
-    def _send(self, batch: list[tuple[bytes | None, Future[int]]]) -> None:
+    def _send(self, batch: list[_Submission]) -> None:
+        timeouts = [timeout for _data, _future, timeout in batch]
         try:
-            sent = self.session.connection.create_tasks_async(self.session.id, [data for data, _ in batch])
+            sent = self.session.connection.create_tasks_async(
+                self.session.id,
+                [data for data, _future, _timeout in batch],
+                timeouts if any(t is not None for t in timeouts) else None,
+            )
         except FlameError as exc:
             sent = Future()
             sent.set_exception(exc)
         sent.add_done_callback(lambda done: self._answered(batch, done))
 
-    def _answered(
-        self, batch: list[tuple[bytes | None, Future[int]]], done: Future[ext_pb2.CreateTasksResponse]
-    ) -> None:
+    def _answered(self, batch: list[_Submission], done: Future[ext_pb2.CreateTasksResponse]) -> None:
         error = done.exception()
         if isinstance(error, FlameError) and error.code == FlameErrorCode.UNIMPLEMENTED:
             # An older or a Flame server: one CreateTask per task, off the channel's thread.
             self.session.connection.has_batches = False
             self._watches.pool().submit(self._create_one_by_one, batch)
         elif error is not None:
-            for _data, future in batch:
+            for _data, future, _timeout in batch:
                 future.set_exception(error)
         else:
             reply = done.result()
-            for offset, (_data, future) in enumerate(batch):
+            for offset, (_data, future, _timeout) in enumerate(batch):
                 future.set_result(reply.first_task_id + offset)
         with self._lock:
             if not self._queue:
@@ -339,8 +362,11 @@ class TaskSubmitter:
             following = self._take()
         self._send(following)
 
-    def _create_one_by_one(self, batch: list[tuple[bytes | None, Future[int]]]) -> None:
-        for data, future in batch:
+    def _create_one_by_one(self, batch: list[_Submission]) -> None:
+        for data, future, timeout in batch:
+            if timeout is not None:
+                future.set_exception(_no_task_timeout(self.session.connection))
+                continue
             try:
                 future.set_result(int(self.session.connection.create_task(self.session.id, data).metadata.id))
             except BaseException as exc:
@@ -507,7 +533,7 @@ class TaskWatches:
         """Why ``session_id`` takes no tasks, when this connection knows it; else None."""
         return self._refused.get(session_id)
 
-    def submit(self, session: Session, data: bytes | None) -> Future[int]:
+    def submit(self, session: Session, data: bytes | None, task_timeout: float | None = None) -> Future[int]:
         """Queue a task for creation in the session's next CreateTasks batch; a future of its id."""
         with self._lock:
             submitter = self._submitters.get(session.id)
@@ -518,7 +544,7 @@ class TaskWatches:
                 # keeps only the live ones.
                 for sid in [sid for sid, s in self._submitters.items() if sid != session.id and s.idle()]:
                     del self._submitters[sid]
-        return submitter.submit(data)
+        return submitter.submit(data, task_timeout)
 
     def flush(self, session_id: str) -> None:
         """Wait until the submissions made so far in ``session_id`` are answered."""
@@ -630,9 +656,13 @@ class Session:
             raise FlameError(FlameErrorCode.INTERNAL, f"the watch of task {task_id} ended without an answer")
         return _outcome(task_from_proto(last))
 
-    def run(self, input_data: bytes | None) -> TaskFuture:
+    def run(self, input_data: bytes | None, *, task_timeout: float | None = None) -> TaskFuture:
         """Submit a task and return a future of its output; ``future.cancel()`` cancels the task on the
         server (see :class:`TaskFuture`).
+
+        ``task_timeout`` (seconds, flamepy's server only) bounds how long the task may run once an
+        instance starts it, instead of the application's ``spec.task_timeout``: past it the task fails
+        ("exceeded the task timeout of N s") and its instance is stopped and replaced.
 
         Against flamepy's server the task is created in a batch with the session's other submissions
         (see the module's docstring): an error creating it completes the future. Once this connection
@@ -647,12 +677,15 @@ class Session:
         if refused is not None:
             raise FlameError(refused.code, refused.message)
         data = bytes(input_data) if input_data is not None else None
+        task_timeout = _checked_task_timeout(task_timeout)
         connection = self.connection
         if connection.has_extensions is not False and connection.has_batches is not False:
-            created = connection.watches.submit(self, data)
+            created = connection.watches.submit(self, data, task_timeout)
             future = TaskFuture(self, created)
             created.add_done_callback(lambda done: self._created(done, future))
             return future
+        if task_timeout is not None:
+            raise _no_task_timeout(connection)
         task = self.create_task(data)
         known: Future[int] = Future()
         known.set_result(int(task.id))
@@ -671,13 +704,27 @@ class Session:
         if not self.connection.watches.add(self, tid, future):
             self.connection.watches.pool().submit(_await_into, self, tid, future)
 
-    def invoke(self, input_data: bytes | None, timeout: float | None = None) -> bytes | None:
+    def invoke(
+        self, input_data: bytes | None, timeout: float | None = None, *, task_timeout: float | None = None
+    ) -> bytes | None:
         """Run one task and wait for its output; ``timeout`` (seconds) bounds the wait, default none.
 
         Against flamepy's server this is one round trip (RunTask); against Flame's, CreateTask + WatchTask.
+        ``task_timeout`` bounds the task itself, as in :meth:`run` (the wait then ends with its failure);
+        ``timeout`` only bounds how long this call waits, and the task keeps running past it.
         """
         if input_data is not None and not isinstance(input_data, (bytes, bytearray, memoryview)):
             raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "input_data must be bytes in core API")
+        if task_timeout is not None:  # RunTask carries Flame's CreateTaskRequest: the batched path has room
+            submitted = self.run(input_data, task_timeout=task_timeout)
+            try:
+                with waiting(self._waiting_for_instance):
+                    return submitted.result(timeout=timeout)
+            except FutureTimeout:
+                raise FlameError(
+                    FlameErrorCode.DEADLINE_EXCEEDED,
+                    f"a task of session {self.id} did not finish within {timeout} s (it keeps running)",
+                ) from None
         if self.connection.has_extensions is not False:
             try:
                 with waiting(self._waiting_for_instance):

@@ -14,6 +14,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
+from flamepy_core.config import parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
     CallContext,
@@ -268,7 +269,15 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
             responder.send(reply.SerializeToString())
 
         inputs = [t.input if t.HasField("input") else None for t in r.tasks]
-        engine.submit_tasks(r.session_id, inputs, created)
+        timeouts = None
+        if any(t.HasField("task_timeout") for t in r.tasks):
+            timeouts = [
+                parse_task_timeout(t.task_timeout, f"CreateTasks, task {i + 1} of the request")
+                if t.HasField("task_timeout")
+                else None
+                for i, t in enumerate(r.tasks)
+            ]
+        engine.submit_tasks(r.session_id, inputs, created, timeouts=timeouts)
 
     def watch_session(r: ext_pb2.WatchSessionRequest, ctx: CallContext) -> Iterator[pb.Task]:
         for batch in engine.watch_session(r.session_id, r.after_task_id, ctx.is_active):

@@ -61,6 +61,7 @@ from flamepy_core.engine.state import (
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
 from flamepy_core.wire.methods import INSTANCE
+from flamepy_core.wire.payload_messages import task_context
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -74,6 +75,9 @@ LOST_GRACE = 1.0
 """Seconds to wait for the exit of an instance whose link broke, before calling it unresponsive."""
 ENTER_RETRY_DELAY = 0.01
 """Seconds between OnSessionEnter attempts while a service found by its socket file starts serving."""
+SPARE_DELAY = 0.1
+"""Seconds after a session's process left before its replacement spare starts, and between checks while
+a session waits for a process of its own to start (spares give way to it)."""
 
 
 def application_task_timeout(app: pb.Application) -> float | None:
@@ -119,7 +123,10 @@ class Instance:
     inflight: dict[int, float] = field(default_factory=dict)
     """Tasks sent and not answered: id -> when sent."""
     depth: int = 1
-    """How many tasks it may hold at once (1 running + queued behind it); 1 unless the link is asynchronous."""
+    """How many tasks it may hold at once. Always 1, as in Flame (an executor runs one task at a time): a
+    task queued behind a running one of the same session may be the very task that one waits for (a
+    recursive service, Runner inside Runner), and would never start; it also waits while another instance
+    may be idle."""
     expires: float | None = None
     """A spare is stopped at this time if no session took it."""
     kill_at: float | None = None
@@ -208,6 +215,8 @@ class Scheduler:
         """Sessions that want more instances than they have, and since when: served in this order."""
         self._capacity_noted: set[str] = set()
         """Sessions told (event 1006) that they wait for the machine-wide cap; forgotten once served."""
+        self._spares_due: set[str] = set()
+        """Applications whose replacement spare is to start (see :meth:`_replace_with_spare`)."""
         self._closed = False
         self.supervisor = Supervisor(self, settings)
         engine.scheduler = self
@@ -513,8 +522,6 @@ class Scheduler:
         inst.ready = True
         process = inst.process
         assert process is not None
-        caps = process.link_capabilities
-        inst.depth = 2 if caps is not None and caps.deferred_replies and caps.async_calls else 1
         if inst.session_id is not None:
             sid = inst.session_id
             if self.engine.demand(sid) > 0 and self._session_open(sid):
@@ -615,9 +622,10 @@ class Scheduler:
         log.warning("%s", failure)
         del inst.inflight[tid]
         self.engine.finish_task(session_id, tid, failure=failure, commit=False)
-        for other in list(inst.inflight):  # sent behind it: back to the queue, as the instance is lost
-            del inst.inflight[other]
-            self.engine.retry_task(session_id, str(other), f"its instance {inst.id} was stopped: {failure}")
+        for other in list(inst.inflight):  # sent behind it: back to the queue, without spending a retry
+            why = f"requeued: instance {inst.id} was stopped because task {tid} exceeded its task timeout"
+            if self.engine.requeue_task(session_id, other, why):
+                del inst.inflight[other]  # else its exit reports it, as any task in flight
         self._stop(inst, deliberate=True)
         self._on_tasks_pending(session_id)
 
@@ -863,7 +871,25 @@ class Scheduler:
             self._replace_with_spare(inst.app)
 
     def _replace_with_spare(self, app_name: str) -> None:
-        """Keep the capacity a session used: a fresh process of the application, started ahead."""
+        """Keep the capacity a session used: a fresh process of the application, started ahead.
+
+        Started ``SPARE_DELAY`` later, and put off while a session waits for a process of its own to
+        start: a spare is for a session that may come and must not take the CPU from one waiting now (a
+        new application's first session, opened as the previous session closes).
+        """
+        if self._closed or app_name in self._spares_due:
+            return
+        self._spares_due.add(app_name)
+        self.supervisor.later(SPARE_DELAY, partial(self.post, self._spare_due, app_name))
+
+    def _spare_due(self, app_name: str) -> None:
+        if not self._closed and any(i.state == State.STARTING and i.session_id for i in self._instances.values()):
+            self.supervisor.later(SPARE_DELAY, partial(self.post, self._spare_due, app_name))
+            return
+        self._spares_due.discard(app_name)
+        self._spawn_spare(app_name)
+
+    def _spawn_spare(self, app_name: str) -> None:
         if self._closed:
             return
         try:
@@ -903,15 +929,13 @@ class Scheduler:
             if started is None:
                 break
             tid, task_input = started
-            ctx = shim_pb2.TaskContext(task_id=str(tid), session_id=sid)
-            if task_input is not None:
-                ctx.input = task_input
             now = time.monotonic()
             if not inst.inflight:
                 self._new_head(inst, now)
             inst.inflight[tid] = now
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
-            self._call(inst, ON_TASK_INVOKE, ctx.SerializeToString(), None, self._on_task_done, sid, tid)
+            ctx = task_context(str(tid), sid, task_input)  # one copy of the input, however large
+            self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid)
         if inst.inflight:
             inst.state = State.BUSY
         elif inst.state == State.BUSY:

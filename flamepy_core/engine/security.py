@@ -69,7 +69,8 @@ def add_security_arguments(parser: argparse.ArgumentParser, registry: PluginRegi
             continue
         seen.add(setting.flag)
         env = f"; default: ${setting.env}" if setting.env else ""
-        mechanism = chosen.spec.capabilities.security.mechanism  # type: ignore[union-attr]
+        security = chosen.spec.capabilities.security
+        mechanism = security.mechanism if security is not None else chosen.spec.name
         parser.add_argument(
             setting.flag,
             dest=_dest(setting),

@@ -38,6 +38,7 @@ from flamepy_core.plugins import PluginRegistry, get_registry
 from flamepy_core.privacy import private_umask
 from flamepy_core.transport_kit import adapt_handlers
 from flamepy_core.wire.methods import INSTANCE
+from flamepy_core.wire.payload_messages import task_result
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -107,17 +108,14 @@ class _Callbacks:
         try:
             output = self.service.on_task_invoke(context)
         except Exception as exc:
-            return pb.TaskResult(return_code=-1, message=describe_exception(exc)).SerializeToString()
-        result = pb.TaskResult(return_code=0)
-        if output is not None:
-            if not isinstance(output, (bytes, bytearray, memoryview)):
-                message = (
-                    f"TypeError: on_task_invoke of {type(self.service).__name__} returned "
-                    f"{type(output).__name__}; it must return bytes or None"
-                )
-                return pb.TaskResult(return_code=-1, message=message).SerializeToString()
-            result.output = bytes(output)
-        return result.SerializeToString()
+            return task_result(-1, message=describe_exception(exc))
+        if output is not None and not isinstance(output, (bytes, bytearray, memoryview)):
+            message = (
+                f"TypeError: on_task_invoke of {type(self.service).__name__} returned "
+                f"{type(output).__name__}; it must return bytes or None"
+            )
+            return task_result(-1, message=message)
+        return task_result(0, None if output is None else bytes(output))  # encoded with one copy of output
 
     def leave(self, _data: bytes) -> bytes:
         try:

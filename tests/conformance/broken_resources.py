@@ -184,7 +184,9 @@ class SharedZmqTransport:
             def connect(self, endpoint: str) -> ZmqChannel:
                 return SharedChannel(endpoints.parse(endpoint, serving=False), self.config)
 
-        return Shared(**options)
+        # Calls through the (absent) I/O thread, as the docstring says: with direct_calls a child would
+        # use the parent's socket itself and hang in libzmq instead of reaching its deadline.
+        return Shared(**{**options, "direct_calls": False})
 
 
 BROKEN = [

@@ -178,6 +178,63 @@ def test_each_session_gets_a_fresh_process_and_a_spare_is_started_ahead_for_the_
     assert [k for p, k, _ in read_events(folder) if p == third] == ["start"]
 
 
+TIMED_START_SERVICE = """
+    import os
+    import time
+
+    with open("times.log", "a") as fh:
+        fh.write(f"{os.getpid()} start {time.time()}\\n")
+    time.sleep(float(os.environ.get("IMPORT_SECONDS", "0")))  # a heavy import
+    with open("times.log", "a") as fh:
+        fh.write(f"{os.getpid()} listening {time.time()}\\n")
+
+    from flamepy import service
+
+    ins = service.FlameInstance()
+
+
+    @ins.entrypoint
+    def pid(req):
+        return os.getpid()
+
+
+    if __name__ == "__main__":
+        ins.run()
+"""
+
+
+def _times(folder: Path) -> list[tuple[int, str, float]]:
+    path = folder / "times.log"
+    rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return [(int(pid), what, float(when)) for pid, what, when in rows]
+
+
+def test_a_spare_gives_way_to_a_session_waiting_for_its_process_to_start(flame_env):
+    """A session's process that is starting gets the CPU: the spare that replaces another session's process
+    starts once it listens, not while it imports (a new application's first session would pay for it)."""
+    import threading
+
+    warm = flame_env.write_service("giveway", TIMED_START_SERVICE)
+    slow = flame_env.write_service(
+        "slowstart", TIMED_START_SERVICE, extra_spec="environments:\n  IMPORT_SECONDS: '2'\n"
+    )
+    with Session("giveway") as first:
+        pid1 = first.invoke(None)
+        results: list[Any] = []
+        with Session("slowstart") as waiting:
+            caller = threading.Thread(target=lambda: results.append(waiting.invoke(None)), daemon=True)
+            caller.start()
+            wait_for(lambda: _times(slow), 15, "the slow process to start")
+            first.close()  # its process leaves now, while the slow one imports: a spare is due
+            caller.join(timeout=30)
+            assert len(results) == 1
+    spare_started = wait_for(
+        lambda: [when for pid, what, when in _times(warm) if what == "start" and pid != pid1], 15, "a spare"
+    )[0]
+    listening = next(when for _pid, what, when in _times(slow) if what == "listening")
+    assert spare_started >= listening, f"the spare started {listening - spare_started:.2f} s before the other listened"
+
+
 def test_a_service_counting_its_sessions_sees_one_per_process(flame_env):
     flame_env.write_service(
         "counter",

@@ -144,3 +144,32 @@ def test_an_instance_that_does_not_leave_in_time_is_killed_never_reused(
     assert int(second.invoke(b"", timeout=30) or b"0") != pid
     assert time.monotonic() - started < 15  # no enter timeout waited out on a parked instance
     second.close()
+
+
+def test_a_calls_own_task_timeout_overrides_the_applications(flame_env: FlameEnv) -> None:
+    flame_env.write_service("percall", SERVICE, extra_spec="task_timeout: 1\n")
+    with Session("percall") as session:
+        first = session.invoke({}, timeout=60)
+        # Longer than the application's: the task runs to its end on the same instance.
+        assert session.invoke({"sleep": 2}, timeout=60, task_timeout=30) == first
+        # Shorter, through run(): it fails, and its instance is replaced.
+        future = session.run({"sleep": 600}, task_timeout=0.5)
+        with pytest.raises(TaskFailedError) as info:
+            future.result(timeout=60)
+        assert "exceeded the task timeout of 0.5 s" in info.value.message, info.value.message
+        wait_for(lambda: not alive(first), GRACE + 10, f"instance {first} to be killed")
+        # Other tasks keep the application's timeout.
+        with pytest.raises(TaskFailedError) as info:
+            session.invoke({"sleep": 600}, timeout=60)
+        assert "exceeded the task timeout of 1 s" in info.value.message, info.value.message
+
+
+def test_a_bad_task_timeout_of_a_call_is_refused_before_anything_is_sent(flame_env: FlameEnv) -> None:
+    flame_env.write_service("refuse", SERVICE)
+    with Session("refuse") as session:
+        for bad in (0, -1, float("nan"), "soon"):
+            with pytest.raises(FlameError) as info:
+                session.invoke({}, timeout=60, task_timeout=bad)  # type: ignore[arg-type]
+            assert "task_timeout: task timeout" in info.value.message and "above 0" in info.value.message
+        session_id = session.id() or ""
+        assert flamepy.get_session(session_id).succeed == 0 and not list(flamepy.get_session(session_id).list_tasks())

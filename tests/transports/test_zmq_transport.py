@@ -253,7 +253,7 @@ def test_unary_stream_and_errors(kind: str, tmp_short: Path, served: Callable[..
 
 
 def test_wire_format_is_the_documented_frames(served: Callable[..., Served]) -> None:
-    """A raw DEALER speaking the documented five frames is answered; no pickling anywhere."""
+    """A raw DEALER speaking the documented two frames is answered; no pickling anywhere."""
     s = served("zmq+tcp://127.0.0.1:0", {ECHO: UnaryHandler(echo)})
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -263,14 +263,19 @@ def test_wire_format_is_the_documented_frames(served: Callable[..., Served]) -> 
         sock.send_multipart(framing.request(framing.Kind.UNARY, 77, ECHO.encode(), 5.0, b"raw"))
         assert sock.poll(5000), "no answer to a well-formed request"
         frames = sock.recv_multipart()
-        assert frames[0] == b"FZ\x01\x10" and frames[1] == (77).to_bytes(8, "big") and frames[4] == b"raw"
-        # Another protocol version is refused with an explicit error carrying the same correlation id.
-        bad = [b"FZ\x09\x01", (78).to_bytes(8, "big"), ECHO.encode(), bytes(24), b"x"]
-        sock.send_multipart(bad)
-        assert sock.poll(5000)
-        reply = framing.decode(sock.recv_multipart())
-        assert reply.kind is framing.Kind.ERROR and reply.corr == 78
-        assert framing.error_of(reply).code == FlameErrorCode.INVALID_ARGUMENT
+        assert len(frames) == 2 and frames[1] == b"raw"
+        assert frames[0] == b"FZ\x02\x10" + (77).to_bytes(8, "big") + bytes(24)
+        # Another protocol version is refused with an explicit error carrying the same correlation id,
+        # and so is version 1's five-frame message.
+        newer = [b"FZ\x09\x01" + (78).to_bytes(8, "big") + bytes(24) + ECHO.encode(), b"x"]
+        older = [b"FZ\x01\x01", (79).to_bytes(8, "big"), ECHO.encode(), bytes(24), b"x"]
+        for corr, bad in ((78, newer), (79, older)):
+            sock.send_multipart(bad)
+            assert sock.poll(5000)
+            reply = framing.decode(sock.recv_multipart())
+            assert reply.kind is framing.Kind.ERROR and reply.corr == corr
+            assert framing.error_of(reply).code == FlameErrorCode.INVALID_ARGUMENT
+            assert "version" in framing.error_of(reply).message
         assert s.channel.unary(ECHO, b"still fine", timeout=5) == b"still fine"
     finally:
         sock.close()
@@ -345,6 +350,35 @@ def test_many_threads_on_one_channel_get_their_own_answers(served: Callable[...,
         th.join(40)
     assert not wrong, wrong[:5]
     assert done[0] == threads * per_thread
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_slow_call_does_not_hold_up_the_calls_made_meanwhile(direct: bool, served: Callable[..., Served]) -> None:
+    """A call that takes long (made on the idle channel's socket by its caller, with direct_calls) lets
+    the calls other threads make meanwhile through at once, with their own answers."""
+    release = threading.Event()
+
+    def slow(request: bytes, ctx: CallContext) -> bytes:
+        release.wait(10)
+        return b"slow " + request
+
+    s = served("zmq+tcp://127.0.0.1:0", {SLEEP: UnaryHandler(slow), ECHO: UnaryHandler(echo)}, direct_calls=direct)
+    assert s.channel.unary(ECHO, b"warm", timeout=5) == b"warm"  # connected: the next call may go direct
+    slow_answer: list[bytes] = []
+    caller = threading.Thread(target=lambda: slow_answer.append(s.channel.unary(SLEEP, b"x", timeout=20)))
+    caller.start()
+    try:
+        time.sleep(0.2)  # the slow call is in flight
+        for i in range(5):
+            start = time.monotonic()
+            assert s.channel.unary(ECHO, f"quick {i}".encode(), timeout=5) == f"quick {i}".encode()
+            took = time.monotonic() - start
+            assert took < 1.0, f"a quick call waited {took:.2f} s behind a slow one"
+    finally:
+        release.set()
+        caller.join(20)
+    assert slow_answer == [b"slow x"]
+    assert s.channel.unary(ECHO, b"after", timeout=5) == b"after"
 
 
 def test_late_reply_is_never_delivered_to_a_later_call(served: Callable[..., Served]) -> None:

@@ -1,79 +1,96 @@
-"""The tcp transport: the factory of :class:`TcpChannel` and :class:`TcpServer` for ``tcp://`` endpoints.
+"""The tcp transport: flamepy's framed kit over plain sockets. ``tcp://HOST:PORT`` and ``tcp+unix:///PATH``.
 
-What each module does: :mod:`.frames` is the wire format, :mod:`.address` parses endpoints and opens
-sockets, :mod:`.client` multiplexes calls over one connection per channel, :mod:`.server` accepts
-connections and runs handlers. This class only validates options and wires them together.
+All a transport built on :class:`~flamepy.plugin.FramedTransport` writes is what is its own: the
+declaration (name, schemes, capabilities, options), its endpoints, and how to open a link (``dial``) and
+accept links (``listen``). Call ids, deadlines, cancellation, stream windows, the error rules, size
+limits, deferred replies, ``unary_async``, reconnection and fork safety are the kit's.
+
+``tcp+unix://`` is the same protocol over a unix socket: the private local endpoint that lets this
+transport carry the whole runtime (``FLAME_TRANSPORT=tcp``: the server's listen and its instance links).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
+import os
+import urllib.parse
+from typing import ClassVar
 
-from flamepy_core.contracts.transport import Handler, StreamHandler, TransportCapabilities, UnaryHandler
-from flamepy_core.transport_kit import DEFAULT_CALL_TIMEOUT
+from flamepy.plugin import (
+    FRAMED_OPTIONS,
+    FlameError,
+    FlameErrorCode,
+    FramedTransport,
+    Link,
+    Listener,
+    SocketLink,
+    SocketListener,
+    TransportCapabilities,
+    dial_tcp,
+    dial_unix,
+    listen_tcp,
+    listen_unix,
+)
 
-from flamepy_transport_tcp.address import listen, parse_endpoint
-from flamepy_transport_tcp.client import TcpChannel
-from flamepy_transport_tcp.frames import MAX_PAYLOAD
-from flamepy_transport_tcp.plugin import DEFAULT_MAX_MESSAGE_SIZE, NAME, SCHEMES
-from flamepy_transport_tcp.server import TcpServer
-
-DEFAULT_MAX_WORKERS = 32
-DEFAULT_CONNECT_TIMEOUT = 5.0
+TCP, UNIX = "tcp", "tcp+unix"
+PREAMBLE = b"FLMTCP2\n"
+"""The first bytes a client sends: the protocol's name and version. A stranger is hung up on."""
+UNIX_PATH_MAX = 100
 
 
-class TcpTransport:
-    """Plain TCP, length-prefixed frames, one multiplexed connection per channel. No TLS, no auth."""
-
-    name = NAME
-    schemes: tuple[str, ...] = SCHEMES
-
-    def __init__(
-        self,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        default_timeout: float | None = DEFAULT_CALL_TIMEOUT,
-        max_workers: int = DEFAULT_MAX_WORKERS,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    ) -> None:
-        """Options (all checked here, so a bad one fails when the transport is built, not on first use):
-
-        ``max_message_size`` bytes each way per message (at most 4 GiB - 1, the frame's length field);
-        ``default_timeout`` seconds for calls made without a timeout (``None``: no deadline);
-        ``max_workers`` handler threads per server; ``connect_timeout`` seconds to open a connection.
-        """
-        if not 0 < max_message_size <= MAX_PAYLOAD:
-            raise ValueError(f"max_message_size must be between 1 and {MAX_PAYLOAD} bytes, got {max_message_size}")
-        if default_timeout is not None and default_timeout <= 0:
-            raise ValueError(f"default_timeout must be > 0 seconds or None, got {default_timeout}")
-        if max_workers < 1:
-            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
-        if connect_timeout <= 0:
-            raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout}")
-        self.capabilities = TransportCapabilities(
-            max_message_size=max_message_size, streaming=True, cross_process=True, tls=False, auth=False
+def _address(endpoint: str) -> tuple[str, str, int]:
+    """``(scheme, host or path, port)``; anything malformed is ``INVALID_ARGUMENT`` naming the forms."""
+    parts = urllib.parse.urlsplit(endpoint)
+    scheme = parts.scheme.lower()
+    if scheme == UNIX and parts.path.startswith("/") and not parts.netloc:
+        return scheme, parts.path, 0
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if scheme != TCP or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise FlameError(
+            FlameErrorCode.INVALID_ARGUMENT,
+            f"tcp endpoints look like tcp://HOST:PORT (port 0 picks a free one) or tcp+unix:///PATH, got '{endpoint}'",
         )
-        self._default_timeout = default_timeout
-        self._max_workers = max_workers
-        self._connect_timeout = connect_timeout
+    return scheme, parts.hostname, port
 
-    def connect(self, endpoint: str) -> TcpChannel:
-        """A channel to ``endpoint``. Lazy: an absent server shows as UNAVAILABLE on the first call."""
-        return TcpChannel(
-            parse_endpoint(endpoint),
-            endpoint,
-            self.capabilities.max_message_size,
-            self._default_timeout,
-            self._connect_timeout,
-        )
 
-    def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> TcpServer:
-        """Serve ``handlers`` on ``endpoint`` (port 0 picks a free port); returns once it accepts calls."""
-        for method, handler in handlers.items():
-            if not isinstance(handler, (UnaryHandler, StreamHandler)):
-                kind = type(handler).__name__
-                raise TypeError(f"handler for {method} is {kind}, not a UnaryHandler or StreamHandler")
-        address = parse_endpoint(endpoint)
-        listener = listen(address)
-        bound = dataclasses.replace(address, port=listener.getsockname()[1])
-        return TcpServer(listener, bound.endpoint, handlers, self.capabilities.max_message_size, self._max_workers)
+class TcpTransport(FramedTransport):
+    """Length-prefixed frames over one plain TCP (or unix) connection per channel. No TLS, no auth."""
+
+    name: ClassVar[str] = "tcp"
+    schemes: ClassVar[tuple[str, ...]] = (TCP, UNIX)
+    capabilities = TransportCapabilities(
+        max_message_size=64 * 1024 * 1024,
+        streaming=True,
+        cross_process=True,
+        deferred_replies=True,
+        async_calls=True,
+        local_schemes=(UNIX,),
+    )
+    options: ClassVar[frozenset[str]] = FRAMED_OPTIONS
+    requires: ClassVar[tuple[str, ...]] = ("flamepy-transport-tcp",)
+    description: ClassVar[str] = "length-prefixed frames over one plain TCP or unix connection (example plugin)"
+
+    def check_endpoint(self, endpoint: str) -> None:
+        _address(endpoint)
+
+    def dial(self, endpoint: str, timeout: float) -> Link:
+        scheme, where, port = _address(endpoint)
+        sock = dial_unix(where, endpoint, timeout) if scheme == UNIX else dial_tcp(where, port, endpoint, timeout)
+        return SocketLink(sock, self.max_message_size, preamble=PREAMBLE, dialled=True)
+
+    def listen(self, endpoint: str) -> Listener:
+        scheme, where, port = _address(endpoint)
+        if scheme == UNIX:
+            sock = listen_unix(where, endpoint)
+            return SocketListener(sock, endpoint, self.max_message_size, preamble=PREAMBLE, path=where)
+        sock = listen_tcp(where, port, endpoint)
+        host = f"[{where}]" if ":" in where else where
+        bound = f"{TCP}://{host}:{sock.getsockname()[1]}"
+        return SocketListener(sock, bound, self.max_message_size, preamble=PREAMBLE)
+
+    def local_endpoint(self, directory: str, name: str) -> str:
+        """``tcp+unix://<directory>/<name>.sock``, or a free loopback port when that path is too long."""
+        path = os.path.join(directory, f"{name}.sock")
+        return f"{UNIX}://{path}" if len(path.encode()) <= UNIX_PATH_MAX else f"{TCP}://127.0.0.1:0"

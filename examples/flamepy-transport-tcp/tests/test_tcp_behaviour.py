@@ -1,13 +1,17 @@
 """What the conformance suite cannot see from outside: cancellation reaching the handler, fork, limits
-that differ between the two ends, and strangers on the port."""
+that differ between the two ends, strangers on the port, the unix scheme and the declaration."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flamepy_core.contracts import CallContext, FlameError, FlameErrorCode, StreamHandler, UnaryHandler
@@ -165,3 +169,38 @@ def test_bad_options_are_refused_when_the_transport_is_built() -> None:
     with pytest.raises(FlameError) as err:
         tcp(max_message_size=0)
     assert err.value.code == FlameErrorCode.INVALID_ARGUMENT and "max_message_size" in err.value.message
+
+
+def test_the_unix_scheme_and_the_local_endpoint(tmp_path: Path) -> None:
+    """``tcp+unix://`` is the same protocol on a socket file; ``local_endpoint`` names one in a directory."""
+    short = Path(tempfile.mkdtemp(prefix="tcpu-"))
+    try:
+        transport = tcp()
+        endpoint = transport.local_endpoint(str(short), "flame")  # type: ignore[attr-defined]
+        assert endpoint == f"tcp+unix://{short}/flame.sock"
+        server = transport.serve(endpoint, {ECHO: UnaryHandler(echo)})
+        channel = transport.connect(server.endpoint)
+        try:
+            assert server.endpoint == endpoint and (short / "flame.sock").exists()
+            assert stat.S_IMODE((short / "flame.sock").stat().st_mode) & 0o077 == 0, "the socket is private"
+            assert channel.unary(ECHO, b"over a socket file", timeout=5) == b"over a socket file"
+        finally:
+            channel.close()
+            server.stop(0.5)
+        assert not (short / "flame.sock").exists(), "stop() removes the socket file"
+        long = str(tmp_path / ("d" * 120))
+        assert transport.local_endpoint(long, "flame").startswith("tcp://127.0.0.1:")  # type: ignore[attr-defined]
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_the_class_declares_itself_once() -> None:
+    from importlib import metadata
+
+    from flamepy_transport_tcp.transport import TcpTransport
+
+    [entry] = [ep for ep in metadata.entry_points(group="flamepy.transports") if ep.name == "tcp"]
+    assert entry.value == "flamepy_transport_tcp.transport:TcpTransport"
+    assert get_registry().transport_spec("tcp").spec.capabilities is TcpTransport.capabilities
+    assert TcpTransport.capabilities.local_schemes == ("tcp+unix",)
+    assert TcpTransport.capabilities.deferred_replies and TcpTransport.capabilities.async_calls

@@ -26,7 +26,12 @@ def add_parser(sub: SubParsers) -> None:
 
 def _caps(capabilities: dict[str, Any]) -> str:
     flags = [k for k, v in capabilities.items() if v is True]
-    return f"max={capabilities['max_message_size']} " + ",".join(flags)
+    extra = [
+        f"{key}={','.join(value) if isinstance(value, list) else value}"
+        for key in ("local_schemes", "bare_path_scheme", "local_default_rank", "security")
+        if (value := capabilities.get(key))
+    ]
+    return " ".join([f"max={capabilities['max_message_size']}", *extra, ",".join(flags)])
 
 
 TRANSPORT_COLUMNS = (

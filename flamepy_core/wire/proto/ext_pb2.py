@@ -26,7 +26,7 @@ from flamepy_core.wire.proto import frontend_pb2 as flamepy__core_dot_wire_dot_p
 from flamepy_core.wire.proto import types_pb2 as flamepy__core_dot_wire_dot_proto_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!flamepy_core/wire/proto/ext.proto\x12\x0e\x66lamepy.ext.v1\x1a&flamepy_core/wire/proto/frontend.proto\x1a#flamepy_core/wire/proto/types.proto\"@\n\x13WatchSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rafter_task_id\x18\x02 \x01(\x04\")\n\tTaskInput\x12\x12\n\x05input\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x42\x08\n\x06_input\"R\n\x12\x43reateTasksRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x05tasks\x18\x02 \x03(\x0b\x32\x19.flamepy.ext.v1.TaskInput\"R\n\x13\x43reateTasksResponse\x12\x15\n\rfirst_task_id\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x15\n\rcreation_time\x18\x03 \x01(\x03\"\x83\x01\n\x0bTaskOutcome\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.flame.v1.TaskState\x12\x13\n\x06output\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06purged\x18\x05 \x01(\x08\x42\t\n\x07_output\":\n\x0cTaskOutcomes\x12*\n\x05tasks\x18\x01 \x03(\x0b\x32\x1b.flamepy.ext.v1.TaskOutcome\"\xb2\x01\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.flame.v1.ExecutorState\x12\x17\n\nsession_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0b\n\x03pid\x18\x05 \x01(\x03\x12\x12\n\nstart_time\x18\x06 \x01(\x03\x12\x14\n\x0ctasks_served\x18\x07 \x01(\x04\x42\r\n\x0b_session_id\"\x16\n\x14ListInstancesRequest\"?\n\x15\x43ollectGarbageRequest\x12\x17\n\nolder_than\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_older_than\"\x8c\x01\n\x13\x43ollectGarbageReply\x12\x14\n\x0ctasks_purged\x18\x01 \x01(\x04\x12\x14\n\x0c\x62ytes_before\x18\x02 \x01(\x04\x12\x13\n\x0b\x62ytes_after\x18\x03 \x01(\x04\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12\x12\n\nolder_than\x18\x05 \x01(\x01\x12\x0f\n\x07rebuilt\x18\x06 \x01(\x08\";\n\x0cInstanceList\x12+\n\tinstances\x18\x01 \x03(\x0b\x32\x18.flamepy.ext.v1.Instance\"`\n\x12\x43\x61ncelTasksRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x07task_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x0crequested_by\x18\x03 \x01(\tB\n\n\x08_task_id\"1\n\x10\x43\x61ncelTasksReply\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.flame.v1.Task\"N\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x14\n\x0crequested_by\x18\x03 \x01(\t2\xbc\x02\n\x05Tasks\x12\x38\n\x07RunTask\x12\x1b.flame.v1.CreateTaskRequest\x1a\x0e.flame.v1.Task\"\x00\x12G\n\x0cWatchSession\x12#.flamepy.ext.v1.WatchSessionRequest\x1a\x0e.flame.v1.Task\"\x00\x30\x01\x12X\n\x0b\x43reateTasks\x12\".flamepy.ext.v1.CreateTasksRequest\x1a#.flamepy.ext.v1.CreateTasksResponse\"\x00\x12V\n\rWatchOutcomes\x12#.flamepy.ext.v1.WatchSessionRequest\x1a\x1c.flamepy.ext.v1.TaskOutcomes\"\x00\x30\x01\x32\xc0\x01\n\x07Runtime\x12U\n\rListInstances\x12$.flamepy.ext.v1.ListInstancesRequest\x1a\x1c.flamepy.ext.v1.InstanceList\"\x00\x12^\n\x0e\x43ollectGarbage\x12%.flamepy.ext.v1.CollectGarbageRequest\x1a#.flamepy.ext.v1.CollectGarbageReply\"\x00\x32\xaa\x01\n\x07\x43ontrol\x12U\n\x0b\x43\x61ncelTasks\x12\".flamepy.ext.v1.CancelTasksRequest\x1a .flamepy.ext.v1.CancelTasksReply\"\x00\x12H\n\x0c\x43loseSession\x12#.flamepy.ext.v1.CloseSessionRequest\x1a\x11.flame.v1.Session\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!flamepy_core/wire/proto/ext.proto\x12\x0e\x66lamepy.ext.v1\x1a&flamepy_core/wire/proto/frontend.proto\x1a#flamepy_core/wire/proto/types.proto\"@\n\x13WatchSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rafter_task_id\x18\x02 \x01(\x04\"U\n\tTaskInput\x12\x12\n\x05input\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\x19\n\x0ctask_timeout\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06_inputB\x0f\n\r_task_timeout\"R\n\x12\x43reateTasksRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x05tasks\x18\x02 \x03(\x0b\x32\x19.flamepy.ext.v1.TaskInput\"R\n\x13\x43reateTasksResponse\x12\x15\n\rfirst_task_id\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x15\n\rcreation_time\x18\x03 \x01(\x03\"\x83\x01\n\x0bTaskOutcome\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.flame.v1.TaskState\x12\x13\n\x06output\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06purged\x18\x05 \x01(\x08\x42\t\n\x07_output\":\n\x0cTaskOutcomes\x12*\n\x05tasks\x18\x01 \x03(\x0b\x32\x1b.flamepy.ext.v1.TaskOutcome\"\xb2\x01\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.flame.v1.ExecutorState\x12\x17\n\nsession_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0b\n\x03pid\x18\x05 \x01(\x03\x12\x12\n\nstart_time\x18\x06 \x01(\x03\x12\x14\n\x0ctasks_served\x18\x07 \x01(\x04\x42\r\n\x0b_session_id\"\x16\n\x14ListInstancesRequest\"?\n\x15\x43ollectGarbageRequest\x12\x17\n\nolder_than\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_older_than\"\x8c\x01\n\x13\x43ollectGarbageReply\x12\x14\n\x0ctasks_purged\x18\x01 \x01(\x04\x12\x14\n\x0c\x62ytes_before\x18\x02 \x01(\x04\x12\x13\n\x0b\x62ytes_after\x18\x03 \x01(\x04\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12\x12\n\nolder_than\x18\x05 \x01(\x01\x12\x0f\n\x07rebuilt\x18\x06 \x01(\x08\";\n\x0cInstanceList\x12+\n\tinstances\x18\x01 \x03(\x0b\x32\x18.flamepy.ext.v1.Instance\"`\n\x12\x43\x61ncelTasksRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x07task_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x0crequested_by\x18\x03 \x01(\tB\n\n\x08_task_id\"1\n\x10\x43\x61ncelTasksReply\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.flame.v1.Task\"N\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x14\n\x0crequested_by\x18\x03 \x01(\t2\xbc\x02\n\x05Tasks\x12\x38\n\x07RunTask\x12\x1b.flame.v1.CreateTaskRequest\x1a\x0e.flame.v1.Task\"\x00\x12G\n\x0cWatchSession\x12#.flamepy.ext.v1.WatchSessionRequest\x1a\x0e.flame.v1.Task\"\x00\x30\x01\x12X\n\x0b\x43reateTasks\x12\".flamepy.ext.v1.CreateTasksRequest\x1a#.flamepy.ext.v1.CreateTasksResponse\"\x00\x12V\n\rWatchOutcomes\x12#.flamepy.ext.v1.WatchSessionRequest\x1a\x1c.flamepy.ext.v1.TaskOutcomes\"\x00\x30\x01\x32\xc0\x01\n\x07Runtime\x12U\n\rListInstances\x12$.flamepy.ext.v1.ListInstancesRequest\x1a\x1c.flamepy.ext.v1.InstanceList\"\x00\x12^\n\x0e\x43ollectGarbage\x12%.flamepy.ext.v1.CollectGarbageRequest\x1a#.flamepy.ext.v1.CollectGarbageReply\"\x00\x32\xaa\x01\n\x07\x43ontrol\x12U\n\x0b\x43\x61ncelTasks\x12\".flamepy.ext.v1.CancelTasksRequest\x1a .flamepy.ext.v1.CancelTasksReply\"\x00\x12H\n\x0c\x43loseSession\x12#.flamepy.ext.v1.CloseSessionRequest\x1a\x11.flame.v1.Session\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,35 +36,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHSESSIONREQUEST']._serialized_start=130
   _globals['_WATCHSESSIONREQUEST']._serialized_end=194
   _globals['_TASKINPUT']._serialized_start=196
-  _globals['_TASKINPUT']._serialized_end=237
-  _globals['_CREATETASKSREQUEST']._serialized_start=239
-  _globals['_CREATETASKSREQUEST']._serialized_end=321
-  _globals['_CREATETASKSRESPONSE']._serialized_start=323
-  _globals['_CREATETASKSRESPONSE']._serialized_end=405
-  _globals['_TASKOUTCOME']._serialized_start=408
-  _globals['_TASKOUTCOME']._serialized_end=539
-  _globals['_TASKOUTCOMES']._serialized_start=541
-  _globals['_TASKOUTCOMES']._serialized_end=599
-  _globals['_INSTANCE']._serialized_start=602
-  _globals['_INSTANCE']._serialized_end=780
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=782
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=804
-  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=806
-  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=869
-  _globals['_COLLECTGARBAGEREPLY']._serialized_start=872
-  _globals['_COLLECTGARBAGEREPLY']._serialized_end=1012
-  _globals['_INSTANCELIST']._serialized_start=1014
-  _globals['_INSTANCELIST']._serialized_end=1073
-  _globals['_CANCELTASKSREQUEST']._serialized_start=1075
-  _globals['_CANCELTASKSREQUEST']._serialized_end=1171
-  _globals['_CANCELTASKSREPLY']._serialized_start=1173
-  _globals['_CANCELTASKSREPLY']._serialized_end=1222
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1224
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1302
-  _globals['_TASKS']._serialized_start=1305
-  _globals['_TASKS']._serialized_end=1621
-  _globals['_RUNTIME']._serialized_start=1624
-  _globals['_RUNTIME']._serialized_end=1816
-  _globals['_CONTROL']._serialized_start=1819
-  _globals['_CONTROL']._serialized_end=1989
+  _globals['_TASKINPUT']._serialized_end=281
+  _globals['_CREATETASKSREQUEST']._serialized_start=283
+  _globals['_CREATETASKSREQUEST']._serialized_end=365
+  _globals['_CREATETASKSRESPONSE']._serialized_start=367
+  _globals['_CREATETASKSRESPONSE']._serialized_end=449
+  _globals['_TASKOUTCOME']._serialized_start=452
+  _globals['_TASKOUTCOME']._serialized_end=583
+  _globals['_TASKOUTCOMES']._serialized_start=585
+  _globals['_TASKOUTCOMES']._serialized_end=643
+  _globals['_INSTANCE']._serialized_start=646
+  _globals['_INSTANCE']._serialized_end=824
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=826
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=848
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=850
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=913
+  _globals['_COLLECTGARBAGEREPLY']._serialized_start=916
+  _globals['_COLLECTGARBAGEREPLY']._serialized_end=1056
+  _globals['_INSTANCELIST']._serialized_start=1058
+  _globals['_INSTANCELIST']._serialized_end=1117
+  _globals['_CANCELTASKSREQUEST']._serialized_start=1119
+  _globals['_CANCELTASKSREQUEST']._serialized_end=1215
+  _globals['_CANCELTASKSREPLY']._serialized_start=1217
+  _globals['_CANCELTASKSREPLY']._serialized_end=1266
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1268
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1346
+  _globals['_TASKS']._serialized_start=1349
+  _globals['_TASKS']._serialized_end=1665
+  _globals['_RUNTIME']._serialized_start=1668
+  _globals['_RUNTIME']._serialized_end=1860
+  _globals['_CONTROL']._serialized_start=1863
+  _globals['_CONTROL']._serialized_end=2033
 # @@protoc_insertion_point(module_scope)

@@ -19,10 +19,12 @@ class WatchSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., after_task_id: _Optional[int] = ...) -> None: ...
 
 class TaskInput(_message.Message):
-    __slots__ = ("input",)
+    __slots__ = ("input", "task_timeout")
     INPUT_FIELD_NUMBER: _ClassVar[int]
+    TASK_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     input: bytes
-    def __init__(self, input: _Optional[bytes] = ...) -> None: ...
+    task_timeout: float
+    def __init__(self, input: _Optional[bytes] = ..., task_timeout: _Optional[float] = ...) -> None: ...
 
 class CreateTasksRequest(_message.Message):
     __slots__ = ("session_id", "tasks")

@@ -11,27 +11,32 @@ handler is still busy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import ClassVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
     DEFAULT_TIMEOUT,
+    DeferredHandler,
     Handler,
     StreamHandler,
     Timeout,
     TransportCapabilities,
     UnaryHandler,
 )
-from flamepy_core.transport_kit import (
+from flamepy_core.kit import (
     DEFAULT_CALL_TIMEOUT,
+    Deadlines,
+    FutureResponder,
     SimpleCallContext,
     check_size,
     deadline_exceeded,
@@ -59,6 +64,22 @@ def _name_of(endpoint: str) -> str:
     return endpoint[len(SCHEME) :]
 
 
+class _Responder(FutureResponder):
+    """A deferred call's responder: completes once, from any thread; dropped once the caller has gone."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: SimpleCallContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+
+    def send(self, response: bytes) -> bool:
+        return self._ctx.is_active() and super().send(response)
+
+    def fail(self, error: BaseException) -> bool:
+        return self._ctx.is_active() and super().fail(error)
+
+
 class InMemoryServer:
     """A server registered in one transport's table; stopping it frees the name."""
 
@@ -70,6 +91,8 @@ class InMemoryServer:
         self._handlers = dict(handlers)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"inmem-{name}")
         self._active: set[SimpleCallContext] = set()
+        self._waiting: set[Future[bytes]] = set()
+        self._deadlines = Deadlines(f"inmem-{name}-deadlines")
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self.pid = os.getpid()
@@ -94,8 +117,21 @@ class InMemoryServer:
         with self._lock:
             self._active.discard(ctx)
 
-    def submit_unary(self, method: str, request: bytes, timeout: float | None) -> bytes:
+    def _start(self, method: str, request: bytes, timeout: float | None) -> tuple[Future[bytes], SimpleCallContext]:
+        """Start a unary or deferred call: a future of the handler's answer, and the call's context.
+
+        A unary handler runs on the server's pool; a deferred one's ``fn`` on the caller's thread (it only
+        starts work), its responder completing the future later, from any thread.
+        """
         handler, ctx = self._admit(method, timeout)
+        if isinstance(handler, DeferredHandler):
+            responder = _Responder(ctx)
+            responder.future.add_done_callback(lambda _f: self._release(ctx))
+            try:
+                handler.fn(request, ctx, responder)
+            except BaseException as exc:  # raised before completing the reply: the call fails with it
+                responder.fail(exc)
+            return responder.future, ctx
         if not isinstance(handler, UnaryHandler):
             self._release(ctx)
             raise FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is a streaming method")
@@ -105,21 +141,70 @@ class InMemoryServer:
             self._release(ctx)
             raise unavailable(self.endpoint, "the server is shutting down") from exc
         future.add_done_callback(lambda _f: self._release(ctx))
+        return future, ctx
+
+    def _outcome(self, method: str, result: object) -> bytes:
+        if not isinstance(result, (bytes, bytearray, memoryview)):
+            raise FlameError(
+                FlameErrorCode.INTERNAL, f"handler for {method} returned {type(result).__name__}, not bytes"
+            )
+        data = bytes(result)
+        check_size(
+            len(data),
+            self._transport.capabilities.max_message_size,
+            what=f"response to {method}",
+            endpoint=self.endpoint,
+        )
+        return data
+
+    def _error(self, method: str, exc: BaseException) -> FlameError:
+        if self._stopped.is_set() and not isinstance(exc, FlameError):
+            return unavailable(self.endpoint, "the server stopped during the call")
+        return error_from_handler(method, exc)
+
+    def submit_unary(self, method: str, request: bytes, timeout: float | None) -> bytes:
+        future, ctx = self._start(method, request, timeout)
         try:
             result = self._await(future, ctx, method, timeout)
         except _DeadlinePassed:
             ctx.cancel()
+            future.cancel()  # a deferred reply not sent yet: releases the call now; a late one is dropped
             raise deadline_exceeded(method, self.endpoint, timeout) from None
         except BaseException as exc:
-            if self._stopped.is_set() and not isinstance(exc, FlameError):
-                raise unavailable(self.endpoint, "the server stopped during the call") from exc
-            raise error_from_handler(method, exc) from exc
-        if not isinstance(result, (bytes, bytearray, memoryview)):
-            raise FlameError(
-                FlameErrorCode.INTERNAL,
-                f"handler for {method} returned {type(result).__name__}, not bytes",
-            )
-        return bytes(result)
+            raise self._error(method, exc) from exc
+        return self._outcome(method, result)
+
+    def submit_async(self, method: str, request: bytes, timeout: float | None) -> Future[bytes]:
+        """The call's answer as a future no thread waits on; its deadline is kept by the server's timer."""
+        answer: Future[bytes] = Future()
+        answer.set_running_or_notify_cancel()
+        future, ctx = self._start(method, request, timeout)
+
+        def settle(done: Future[bytes]) -> None:
+            try:
+                value = self._outcome(method, done.result())
+            except BaseException as exc:
+                error = exc if isinstance(exc, FlameError) else self._error(method, exc)
+                with contextlib.suppress(InvalidStateError):
+                    answer.set_exception(error)
+            else:
+                with contextlib.suppress(InvalidStateError):
+                    answer.set_result(value)
+
+        def expire() -> None:
+            if not answer.done():
+                with contextlib.suppress(InvalidStateError):
+                    answer.set_exception(deadline_exceeded(method, self.endpoint, timeout))
+                ctx.cancel()
+                future.cancel()  # settles nothing more: the answer is already DEADLINE_EXCEEDED
+
+        future.add_done_callback(settle)
+        if timeout is not None:
+            self._deadlines.add(time.monotonic() + timeout, expire)
+        with self._lock:
+            self._waiting.add(answer)
+        answer.add_done_callback(self._waiting.discard)
+        return answer
 
     def _await(self, future: Future[bytes], ctx: SimpleCallContext, method: str, timeout: float | None) -> bytes:
         """The handler's result; _DeadlinePassed at the deadline; UNAVAILABLE once stop() cancels the call.
@@ -220,6 +305,12 @@ class InMemoryServer:
                 deadline -= step
         for ctx in active:
             ctx.cancel()
+        with self._lock:
+            waiting = list(self._waiting)
+        for answer in waiting:  # asynchronous calls nobody waits on: told now, not at their deadline
+            with contextlib.suppress(InvalidStateError):
+                answer.set_exception(unavailable(self.endpoint, "the server stopped during the call"))
+        self._deadlines.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -255,9 +346,19 @@ class InMemoryChannel:
         limit = self._transport.capabilities.max_message_size
         check_size(len(request), limit, what="request", endpoint=self._endpoint)
         seconds = resolve_timeout(timeout, self._default_timeout)
-        response = self._server().submit_unary(method, bytes(request), seconds)
-        check_size(len(response), limit, what=f"response to {method}", endpoint=self._endpoint)
-        return response
+        return self._server().submit_unary(method, bytes(request), seconds)
+
+    def unary_async(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Future[bytes]:
+        """The call started now; the future completes with the response or a FlameError (no thread waits)."""
+        try:
+            limit = self._transport.capabilities.max_message_size
+            check_size(len(request), limit, what="request", endpoint=self._endpoint)
+            seconds = resolve_timeout(timeout, self._default_timeout)
+            return self._server().submit_async(method, bytes(request), seconds)
+        except FlameError as exc:
+            failed: Future[bytes] = Future()
+            failed.set_exception(exc)
+            return failed
 
     def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
         limit = self._transport.capabilities.max_message_size
@@ -275,7 +376,12 @@ class InMemoryTransport:
     name: ClassVar[str] = NAME
     schemes: ClassVar[tuple[str, ...]] = (NAME,)
     capabilities: TransportCapabilities = TransportCapabilities(
-        max_message_size=DEFAULT_MAX_MESSAGE_SIZE, streaming=True, cross_process=False, in_process=True
+        max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+        streaming=True,
+        cross_process=False,
+        in_process=True,
+        deferred_replies=True,
+        async_calls=True,
     )
     options: ClassVar[frozenset[str]] = frozenset({"max_message_size", "default_timeout", "max_workers"})
     description: ClassVar[str] = "in-process calls between threads; each transport object is its own namespace"

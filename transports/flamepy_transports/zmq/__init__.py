@@ -1,11 +1,13 @@
 """The ZeroMQ transport: ``zmq+tcp://HOST:PORT`` and ``zmq+ipc:///PATH``.
 
-Shape. A channel owns one DEALER socket, a server one ROUTER socket; each socket is owned by exactly one
-I/O thread (zmq sockets are not thread-safe). Callers of a channel never touch the socket: they register
-a call under a fresh correlation id, append its frames to a queue and wake the I/O thread; the I/O thread
-sends, receives, and hands each reply to the call with that correlation id. Server handlers run on a
-worker pool and hand their replies back to the server's I/O thread the same way. The wire format is in
-:mod:`.framing` (five frames, no pickling).
+Shape. A channel owns one DEALER socket, a server one ROUTER socket; one thread at a time uses a socket
+(zmq sockets are not thread-safe). A channel's I/O thread carries its calls: callers register a call under
+a fresh correlation id, append its frames to a queue and wake the I/O thread, which sends, receives, and
+hands each reply to the call with that correlation id. A synchronous call on an idle channel instead
+uses the socket itself, lent by the I/O thread for that one call (``direct_calls``). Server handlers run
+on a worker pool and hand their replies back to the server's I/O thread the same way; a deferred
+handler's ``fn`` runs on the I/O thread and its responder queues the reply later, from any thread. The
+wire format is in :mod:`.framing` (five frames, no pickling).
 
 High-water marks (``sndhwm`` / ``rcvhwm``, default 1000 messages per connection). They bound the memory
 libzmq queues per peer; they are never what sheds load, and nothing is ever dropped silently when one is

@@ -13,9 +13,11 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, InvalidStateError
 from typing import Protocol
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.transport_kit import check_size
 from flamepy_transports.zmq import framing
 from flamepy_transports.zmq.config import STREAM_WINDOW_BYTES, STREAM_WINDOW_ITEMS
 
@@ -104,6 +106,41 @@ class UnaryCall(ClientCall):
         if self.error is not None:
             raise self.error
         return self.result
+
+
+class AsyncCall(ClientCall):
+    """A unary call whose caller does not wait: the I/O thread completes its future (callbacks run there).
+
+    A response larger than ``limit`` fails the future with ``MESSAGE_TOO_LARGE``, as a blocking call's
+    would: no caller thread is there to check it afterwards.
+    """
+
+    __slots__ = ("endpoint", "future", "limit")
+
+    def __init__(self, corr: int, method: str, timeout: float | None, limit: int, endpoint: str) -> None:
+        super().__init__(corr, method, timeout)
+        self.limit = limit
+        self.endpoint = endpoint
+        self.future: Future[bytes] = Future()
+        self.future.set_running_or_notify_cancel()
+
+    def on_reply(self, payload: bytes) -> None:
+        try:
+            check_size(len(payload), self.limit, what=f"response to {self.method}", endpoint=self.endpoint)
+        except FlameError as exc:
+            self.future.set_exception(exc)
+            return
+        self.future.set_result(payload)
+
+    def on_error(self, err: FlameError) -> None:
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_exception(err)
+
+    def on_item(self, payload: bytes) -> None:
+        self.on_error(_wrong_kind(self, "a stream item"))
+
+    def on_end(self) -> None:
+        self.on_error(_wrong_kind(self, "a stream end"))
 
 
 _END = object()

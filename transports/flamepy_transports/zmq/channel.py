@@ -32,6 +32,8 @@ Correlation ids are never reused within a channel core, so a late reply cannot c
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import itertools
 import logging
 import os
@@ -40,6 +42,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import zmq
@@ -54,7 +57,7 @@ from flamepy_core.transport_kit import (
 )
 from flamepy_transports.zmq import framing
 from flamepy_transports.zmq.auth import apply_client
-from flamepy_transports.zmq.calls import ClientCall, StreamCall, StreamResponses, UnaryCall
+from flamepy_transports.zmq.calls import AsyncCall, ClientCall, StreamCall, StreamResponses, UnaryCall
 from flamepy_transports.zmq.config import (
     STREAM_WINDOW_BYTES,
     STREAM_WINDOW_ITEMS,
@@ -72,6 +75,10 @@ STALE_EVENT_GUARD = 0.02
 event from before a server (re)started never fails a call made after."""
 
 RECV_BATCH = 512
+DIRECT_SLICE_MS = 20
+"""A caller using the socket itself re-checks this often that the channel is not closing (ms)."""
+IDLE_LOOK_MS = 250
+"""An idle channel's I/O thread takes the socket back this often to read its connection's news (ms)."""
 JOIN_TIMEOUT = 5.0
 
 _Entry = tuple["ClientCall | None", list[bytes]]
@@ -94,16 +101,28 @@ class _Core:
         self._pending: dict[int, ClientCall] = {}
         self._outbox: deque[_Entry] = deque()
         self._waker = Waker()
+        self._want = Waker()
+        """Signalled by the I/O thread when it needs the socket back from a direct caller, who then hands
+        its call over at once: a slow direct call never holds up the calls made meanwhile."""
         self._ids = itertools.count(1)
         self._method_frames: dict[str, bytes] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        """(deadline, corr) of asynchronous calls: nobody waits on them, so the I/O thread expires them."""
         self._closing = False
         self._stop = False
         self.alive = True
         # Owned by the I/O thread.
         self._sock: zmq.Socket[bytes] | None = None
         self._monitor: Monitor | None = None
-        self._poller = zmq.Poller()
+        self._busy_poller = zmq.Poller()
+        self._idle_poller = zmq.Poller()
+        self._direct_poller = zmq.Poller()
         self._pollout = False
+        # The lease of the DEALER and its monitor: whoever holds it may touch them. The I/O thread holds it
+        # while it has calls to carry; an idle channel lends it to one synchronous caller at a time (see
+        # direct_unary), and takes it back now and then to read the connection's news.
+        self._lease = threading.Lock()
+        self._holding = False
         self._unsent: deque[_Entry] = deque()
         self._connected = False
         self._last_failure: FlameError | None = None
@@ -132,11 +151,116 @@ class _Core:
         self._outbox.append((call, frames))
         self._waker.signal()
 
+    def direct_unary(self, method: str, request: bytes, timeout: float | None) -> bytes | None:
+        """The call made on the socket by the calling thread itself, or None when that cannot be now.
+
+        Only on an idle, connected channel: no call in flight, nothing queued, no connection news unread,
+        and the I/O thread has lent the socket (its lease is free). The caller sends and waits for its
+        reply on the socket, watching the connection's monitor too, and gives the socket back. This saves
+        the two thread hand-offs of the I/O thread's path; streams, concurrent calls and asynchronous
+        calls stay with the I/O thread. Should the connection have news while the caller waits (lost,
+        re-established), or another call need the socket, the call is handed to the I/O thread as sent,
+        exactly as if it had sent it.
+        """
+        if self._closing or not self._connected or self._busy() or self._reset_reason is not None:
+            return None
+        if not self._lease.acquire(blocking=False):
+            return None
+        handed: UnaryCall | None = None
+        try:
+            sock = self._sock
+            monitor = self._monitor
+            if sock is None or monitor is None or self._closing or not self._connected or self._busy():
+                return None
+            sock.get(zmq.EVENTS)  # lets libzmq act on what happened to the connection since it was last used
+            if readable(monitor.socket):
+                return None  # news the I/O thread has not read (a lost connection?): it goes first
+            corr = next(self._ids)
+            frames = framing.request(framing.Kind.UNARY, corr, self._method(method), timeout, request)
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None  # the pipe is full: the I/O thread's path waits for room
+            outcome = self._await_direct(sock, monitor, corr, method, timeout)
+            if not isinstance(outcome, UnaryCall):
+                return outcome
+            handed = outcome
+        finally:
+            self._lease.release()
+            if handed is not None or self._busy():
+                self._waker.signal()  # the I/O thread takes over: a handed call, or callers queued meanwhile
+        return handed.wait(self)
+
+    def _hand_over(self, corr: int, method: str, timeout: float | None, deadline: float | None) -> UnaryCall:
+        """Make a call sent directly an I/O thread's call in flight, keeping its deadline."""
+        call = UnaryCall(corr, method, timeout)
+        call.deadline = deadline
+        call.sent = True
+        with self._lock:
+            if self._closing:
+                raise unavailable(self._endpoint, "the channel is closed")
+            self._pending[corr] = call
+        return call
+
+    def _await_direct(
+        self, sock: zmq.Socket[bytes], monitor: Monitor, corr: int, method: str, timeout: float | None
+    ) -> bytes | UnaryCall:
+        """The reply, read by the caller; or the call handed to the I/O thread when the monitor has news."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = self._direct_poller
+        while True:
+            wait = (
+                DIRECT_SLICE_MS
+                if deadline is None
+                else max(0, min(DIRECT_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
+            )
+            ready = dict(poller.poll(wait))
+            if sock in ready:
+                while True:
+                    try:
+                        msg = framing.decode(sock.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+                    except framing.ProtocolError as exc:
+                        self._reset_reason = unavailable(self._endpoint, f"the server broke the protocol: {exc}")
+                        raise _copy(self._reset_reason) from None
+                    if msg.corr != corr:
+                        if msg.kind is not framing.Kind.PING:
+                            self.late_replies += 1
+                        continue
+                    if msg.kind is framing.Kind.REPLY:
+                        return bytes(msg.payload)
+                    if msg.kind is framing.Kind.ERROR:
+                        raise framing.error_of(msg)
+                    raise FlameError(
+                        FlameErrorCode.INTERNAL, f"the server sent a {msg.kind.name} to the call of {method}"
+                    )
+            if monitor.socket in ready or self._want.fileno() in ready:
+                return self._hand_over(corr, method, timeout, deadline)
+            if self._closing:
+                raise unavailable(self._endpoint, "the channel is closed")
+            if deadline is not None and time.monotonic() >= deadline:
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.send_multipart(framing.cancel(corr), zmq.NOBLOCK)
+                raise deadline_exceeded(method, self._endpoint, timeout)
+
     def unary(self, method: str, request: bytes, timeout: float | None) -> bytes:
+        direct = self.direct_unary(method, request, timeout) if self._config.direct_calls else None
+        if direct is not None:
+            return direct
         corr = next(self._ids)
         call = UnaryCall(corr, method, timeout)
         self._submit(call, framing.request(framing.Kind.UNARY, corr, self._method(method), timeout, request))
         return call.wait(self)
+
+    def unary_async(self, method: str, request: bytes, timeout: float | None) -> Future[bytes]:
+        corr = next(self._ids)
+        call = AsyncCall(corr, method, timeout, self._config.max_message_size, self._endpoint)
+        if call.deadline is not None:
+            with self._lock:
+                heapq.heappush(self._deadlines, (call.deadline, corr))
+        self._submit(call, framing.request(framing.Kind.UNARY, corr, self._method(method), timeout, request))
+        return call.future
 
     def stream(self, method: str, request: bytes, timeout: float | None) -> StreamResponses:
         corr = next(self._ids)
@@ -199,6 +323,7 @@ class _Core:
             return
         self._ctx.term()
         self._waker.close()
+        self._want.close()
 
     # -- I/O thread ------------------------------------------------------------------------------------
 
@@ -226,10 +351,16 @@ class _Core:
         self._sock = sock
         self._connected = False
         self._pollout = False
-        self._poller = zmq.Poller()
-        self._poller.register(sock, zmq.POLLIN)
-        self._poller.register(self._monitor.socket, zmq.POLLIN)
-        self._poller.register(self._waker.fileno(), zmq.POLLIN)
+        self._busy_poller = zmq.Poller()
+        self._busy_poller.register(sock, zmq.POLLIN)
+        self._busy_poller.register(self._monitor.socket, zmq.POLLIN)
+        self._busy_poller.register(self._waker.fileno(), zmq.POLLIN)
+        self._idle_poller = zmq.Poller()
+        self._idle_poller.register(self._waker.fileno(), zmq.POLLIN)
+        self._direct_poller = zmq.Poller()
+        self._direct_poller.register(sock, zmq.POLLIN)
+        self._direct_poller.register(self._monitor.socket, zmq.POLLIN)
+        self._direct_poller.register(self._want.fileno(), zmq.POLLIN)
 
     def _close_socket(self) -> None:
         if self._monitor is not None:
@@ -239,8 +370,21 @@ class _Core:
             self._sock.close(linger=0)
             self._sock = None
 
+    def _hold(self) -> None:
+        """Take the socket's lease back; a direct caller holding it hands its call over and lets go at once."""
+        if not self._holding:
+            if not self._lease.acquire(blocking=False):
+                self._want.signal()
+                self._lease.acquire()
+            self._want.drain()
+            self._holding = True
+
+    def _busy(self) -> bool:
+        return bool(self._pending or self._unsent or self._outbox)
+
     def _reset(self, reason: FlameError) -> None:
         """Replace a broken socket; calls sent on it can get no reply and fail with ``reason``."""
+        self._hold()
         self.socket_resets += 1
         log.info("zmq channel to %s: recreating its socket (%s)", self._endpoint, reason.message)
         self._fail(lambda c: c.sent, lambda: _copy(reason))
@@ -261,9 +405,32 @@ class _Core:
         finally:
             self._complete()
             self.alive = False
+            self._hold()  # a direct caller sees the channel closing and gives the socket back
             self._close_socket()
 
     def _poll_timeout(self) -> int:
+        timeout = self._poll_timeout_io()
+        if self._deadlines:
+            timeout = min(timeout, max(0, int((self._deadlines[0][0] - time.monotonic()) * 1000) + 1))
+        return timeout
+
+    def _expire_async(self) -> None:
+        """Fail the asynchronous calls whose deadline passed (DEADLINE_EXCEEDED), telling the server."""
+        now = time.monotonic()
+        expired: list[ClientCall] = []
+        with self._lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _deadline, corr = heapq.heappop(self._deadlines)
+                call = self._pending.pop(corr, None)
+                if call is not None:
+                    call.done = True
+                    expired.append(call)
+        for call in expired:
+            if call.sent:
+                self._outbox.append((None, framing.cancel(call.corr)))
+            self._completions.append((call.on_error, self.expired_error(call)))
+
+    def _poll_timeout_io(self) -> int:
         if not self._unsent:
             return 1000
         if self._connected:
@@ -278,12 +445,29 @@ class _Core:
         sock = self._sock
         monitor = self._monitor
         assert sock is not None and monitor is not None
-        ready = dict(self._poller.poll(self._poll_timeout()))
-        if sock in ready and ready[sock] & zmq.POLLIN:
+        if self._busy() or not self._config.direct_calls:
+            self._hold()  # waits for a direct caller to finish its one call
+        elif self._holding:
+            self._holding = False  # idle: a synchronous caller may use the socket itself
+            self._lease.release()
+        if self._holding:
+            ready = dict(self._busy_poller.poll(self._poll_timeout()))
+        else:
+            ready = dict(self._idle_poller.poll(IDLE_LOOK_MS))
+            if self._busy():
+                self._hold()  # a call was queued: the socket's news first, then the call
+            elif not ready and self._lease.acquire(blocking=False):
+                self._holding = True  # nobody calls: a look at the connection's news and stray replies
+            if self._holding:
+                ready.update(self._busy_poller.poll(0))
+        if self._holding and sock in ready and ready[sock] & zmq.POLLIN:
             self._receive(sock)
-        if monitor.socket in ready and self._monitor is monitor:  # (a reset replaced it: stale events)
+        news = monitor.socket in ready or (self._holding and readable(monitor.socket))
+        if news and self._monitor is monitor:  # (a reset replaced it: stale events)
+            # Read before sending anything: news a direct caller saw and left (a lost connection, then
+            # a new one) must not be taken for news about a call sent after it.
             events = monitor.events()
-            if self._sock is sock:
+            if self._holding and self._sock is sock:
                 # A reply that arrived just before its connection went is readable now, though poll may
                 # have seen only the monitor: take it before "disconnected" fails the calls in flight.
                 self._receive(sock)
@@ -294,6 +478,8 @@ class _Core:
         if self._waker.fileno() in ready:
             self._waker.drain()
         if not self._stop:
+            if self._deadlines:
+                self._expire_async()
             self._flush()
             if self._unsent and not self._connected:
                 self._expire_unconnected()
@@ -424,6 +610,7 @@ class _Core:
         if not unsent or not self._connected:
             self._want_pollout(False)
             return
+        self._hold()
         sock = self._sock
         assert sock is not None
         while unsent:
@@ -452,7 +639,7 @@ class _Core:
 
     def _want_pollout(self, on: bool) -> None:
         if on != self._pollout and self._sock is not None:
-            self._poller.modify(self._sock, zmq.POLLIN | zmq.POLLOUT if on else zmq.POLLIN)
+            self._busy_poller.modify(self._sock, zmq.POLLIN | zmq.POLLOUT if on else zmq.POLLIN)
             self._pollout = on
 
     def _expire_unconnected(self) -> None:
@@ -523,6 +710,20 @@ class ZmqChannel:
         response = self._get_core().unary(method, data, seconds)
         check_size(len(response), self._config.max_message_size, what=f"response to {method}", endpoint=self.endpoint)
         return response
+
+    def unary_async(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Future[bytes]:
+        """Send one request now and return at once; the future completes with the response or a FlameError.
+
+        No thread waits: the channel's I/O thread completes the future (so callbacks run there and must not
+        block), and fails it with ``DEADLINE_EXCEEDED`` when its deadline passes.
+        """
+        try:
+            data, seconds = self._prepare(request, timeout)
+            return self._get_core().unary_async(method, data, seconds)
+        except FlameError as exc:
+            failed: Future[bytes] = Future()
+            failed.set_exception(exc)
+            return failed
 
     def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
         data, seconds = self._prepare(request, timeout)

@@ -59,6 +59,8 @@ class ZmqConfig:
     max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS
     curve_server: CurveServerKeys | None = None
     curve_client: CurveClientKeys | None = None
+    direct_calls: bool = True
+    """A synchronous call on an idle channel uses the socket from the caller's thread (see ``channel``)."""
 
     @property
     def liveness_bound(self) -> float:
@@ -98,6 +100,7 @@ def build_config(
     curve_client_public_key_files: Sequence[str] | None,
     curve_server_public_key_file: str | None,
     curve_client_secret_key_file: str | None,
+    direct_calls: bool = True,
 ) -> ZmqConfig:
     """Validate the options and read the CURVE key files (ValueError names the bad option)."""
     curve_server = None
@@ -127,6 +130,7 @@ def build_config(
         max_pending_calls=int(max_pending_calls),
         curve_server=curve_server,
         curve_client=curve_client,
+        direct_calls=bool(direct_calls),
     )
     config.validate()
     return config

@@ -1,13 +1,18 @@
-"""The wire format of the zmq transport: five frames per message, no pickling.
+"""The wire format of the zmq transport: two frames per message, no pickling.
 
-Every message, either way, is exactly five ZeroMQ frames (the ROUTER adds the peer's routing id in front
-on the server side, and strips it when replying)::
+Every message, either way, is exactly two ZeroMQ frames (the ROUTER adds the peer's routing id in front
+on the server side, and strips it when replying): a small header and the payload, which travels as its
+own frame so a large one is never copied into the header::
 
-    0  header   b"FZ" + version (u8) + kind (u8)        4 bytes
-    1  corr     correlation id (u64, big-endian)         8 bytes; chosen by the client, unique per channel
-    2  method   UTF-8 gRPC path on requests, empty otherwise
-    3  meta     flags (u32), a (u32), b (u64), c (u64)   24 bytes, big-endian; meaning depends on the kind
-    4  payload  the opaque bytes (request, response, stream item) or a UTF-8 error message
+    0  header   36 bytes, big-endian, then the method:
+                  b"FZ" + version (u8) + kind (u8)        4 bytes
+                  correlation id (u64)                    8 bytes; chosen by the client, unique per channel
+                  meta: flags (u32), a (u32), b (u64), c (u64)   24 bytes; meaning depends on the kind
+                  method                                  UTF-8 gRPC path on requests, nothing otherwise
+    1  payload  the opaque bytes (request, response, stream item) or a UTF-8 error message
+
+Version 1 sent the same five fields as five frames; each extra frame costs a ZeroMQ send and receive on
+both sides, which a small call notices (``benchmarks/bench_zmq.py``), so version 2 packs the small ones.
 
 Kinds and their ``meta``:
 
@@ -40,8 +45,8 @@ from typing import Any, NamedTuple
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
 MAGIC = b"FZ"
-VERSION = 1
-FRAME_COUNT = 5
+VERSION = 2
+FRAME_COUNT = 2
 MAX_ERROR_MESSAGE = 16 * 1024
 """Error messages are cut to this many bytes so an error always fits, whatever max_message_size is."""
 
@@ -51,9 +56,13 @@ FLAG_DEADLINE = 0x1
 ITEM_OVERHEAD = 64
 """Bytes charged per stream item against the byte window, so empty items are not free."""
 
-_HEADER = struct.Struct("!2sBB")
+_PREFIX = struct.Struct("!2sBB")
 _CORR = struct.Struct("!Q")
 _META = struct.Struct("!IIQQ")
+_HEADER = struct.Struct("!2sBBQIIQQ")
+HEADER_SIZE = _HEADER.size
+_CORR_AT = _PREFIX.size
+_META_AT = _CORR_AT + _CORR.size
 
 
 class Kind(IntEnum):
@@ -71,8 +80,8 @@ class Kind(IntEnum):
 REQUEST_KINDS = frozenset({Kind.UNARY, Kind.STREAM, Kind.CANCEL, Kind.CREDIT})
 RESPONSE_KINDS = frozenset({Kind.REPLY, Kind.ITEM, Kind.END, Kind.ERROR})
 
-_HEADERS: dict[Kind, bytes] = {kind: _HEADER.pack(MAGIC, VERSION, kind) for kind in Kind}
-_KIND_OF: dict[bytes, Kind] = {header: kind for kind, header in _HEADERS.items()}
+_PREFIXES: dict[Kind, bytes] = {kind: _PREFIX.pack(MAGIC, VERSION, kind) for kind in Kind}
+_KIND_OF: dict[bytes, Kind] = {prefix: kind for kind, prefix in _PREFIXES.items()}
 _NO_META = _META.pack(0, 0, 0, 0)
 _EMPTY = b""
 
@@ -112,59 +121,57 @@ def request(
 ) -> list[bytes]:
     """The frames of a ``UNARY`` or ``STREAM`` request."""
     if timeout is None:
-        meta = _META.pack(0, window_items, window_bytes, 0)
+        header = _HEADER.pack(MAGIC, VERSION, kind, corr, 0, window_items, window_bytes, 0)
     else:
-        meta = _META.pack(FLAG_DEADLINE, window_items, window_bytes, int(timeout * 1_000_000))
-    return [_HEADERS[kind], _CORR.pack(corr), method, meta, payload]
+        header = _HEADER.pack(
+            MAGIC, VERSION, kind, corr, FLAG_DEADLINE, window_items, window_bytes, int(timeout * 1_000_000)
+        )
+    return [header + method, payload]
 
 
 def cancel(corr: int) -> list[bytes]:
-    return [_HEADERS[Kind.CANCEL], _CORR.pack(corr), _EMPTY, _NO_META, _EMPTY]
+    return [_PREFIXES[Kind.CANCEL] + _CORR.pack(corr) + _NO_META, _EMPTY]
 
 
 def credit(corr: int, items: int, nbytes: int) -> list[bytes]:
-    return [_HEADERS[Kind.CREDIT], _CORR.pack(corr), _EMPTY, _META.pack(0, items, nbytes, 0), _EMPTY]
+    return [_HEADER.pack(MAGIC, VERSION, Kind.CREDIT, corr, 0, items, nbytes, 0), _EMPTY]
 
 
 def reply(kind: Kind, corr: bytes, payload: bytes = _EMPTY) -> list[bytes]:
-    """A ``REPLY``, ``ITEM`` or ``END``; ``corr`` is the request's correlation frame, echoed as is."""
-    return [_HEADERS[kind], corr, _EMPTY, _NO_META, payload]
+    """A ``REPLY``, ``ITEM`` or ``END``; ``corr`` is the request's packed correlation id, echoed as is."""
+    return [_PREFIXES[kind] + corr + _NO_META, payload]
 
 
-PING_FRAMES = [_HEADERS[Kind.PING], _CORR.pack(0), _EMPTY, _NO_META, _EMPTY]
+PING_FRAMES = [_PREFIXES[Kind.PING] + _CORR.pack(0) + _NO_META, _EMPTY]
 
 
 def error(corr: bytes, err: FlameError) -> list[bytes]:
-    """An ``ERROR`` frame set carrying ``err``'s code and (UTF-8, bounded) message."""
+    """An ``ERROR`` message carrying ``err``'s code and (UTF-8, bounded) message."""
     message = err.message.encode("utf-8", "replace")
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[: MAX_ERROR_MESSAGE - 3] + b"..."
-    return [_HEADERS[Kind.ERROR], corr, _EMPTY, _META.pack(0, int(err.code), 0, 0), message]
+    return [_PREFIXES[Kind.ERROR] + corr + _META.pack(0, int(err.code), 0, 0), message]
 
 
 def decode(frames: list[Any]) -> Message:
     """Parse one message (without the ROUTER's routing id). Raises :class:`ProtocolError`."""
-    if len(frames) != FRAME_COUNT:
-        corr = _try_corr(frames)
-        raise ProtocolError(f"expected {FRAME_COUNT} frames, got {len(frames)}", corr)
-    header = bytes(frames[0])
-    kind = _KIND_OF.get(header)
+    header = bytes(frames[0]) if frames else b""
+    kind = _KIND_OF.get(header[:_CORR_AT])
     if kind is None:
         corr = _try_corr(frames)
-        if len(header) == _HEADER.size and header[:2] == MAGIC:
+        if len(header) >= _PREFIX.size and header[:2] == MAGIC:
             raise ProtocolError(
                 f"peer speaks flamepy-zmq protocol version {header[2]} (kind {header[3]}); "
                 f"this side speaks version {VERSION}",
                 corr,
             )
         raise ProtocolError(f"not a flamepy-zmq message (header {header[:8]!r})", corr)
-    corr_frame = bytes(frames[1])
-    meta = bytes(frames[3])
-    if len(corr_frame) != _CORR.size or len(meta) != _META.size:
-        raise ProtocolError("malformed correlation or meta frame")
-    (corr,) = _CORR.unpack(corr_frame)
-    flags, a, b, c = _META.unpack(meta)
-    return Message(kind, corr, bytes(frames[2]), flags, a, b, c, frames[4])
+    if len(frames) != FRAME_COUNT:
+        raise ProtocolError(f"expected {FRAME_COUNT} frames, got {len(frames)}", _try_corr(frames))
+    if len(header) < HEADER_SIZE:
+        raise ProtocolError("malformed header frame")
+    _magic, _version, _kind, corr, flags, a, b, c = _HEADER.unpack_from(header)
+    return Message(kind, corr, header[HEADER_SIZE:], flags, a, b, c, frames[1])
 
 
 def timeout_of(msg: Message) -> float | None:
@@ -183,9 +190,16 @@ def error_of(msg: Message) -> FlameError:
 
 
 def _try_corr(frames: list[Any]) -> int | None:
-    if len(frames) >= 2:
+    """The correlation id of a message this side cannot read, if it has one where either version puts it."""
+    if not frames:
+        return None
+    header = bytes(frames[0])
+    if len(header) >= _META_AT and header[:2] == MAGIC and header[2] >= 2:
+        value: int = _CORR.unpack_from(header, _CORR_AT)[0]
+        return value
+    if len(frames) >= 2:  # version 1: the correlation id was the second of five frames
         raw = bytes(frames[1])
         if len(raw) == _CORR.size:
-            value: int = _CORR.unpack(raw)[0]
-            return value
+            old: int = _CORR.unpack(raw)[0]
+            return old
     return None

@@ -30,6 +30,13 @@ Options (keyword arguments; every one has a default):
     of them, a list of them, or both).
 ``curve_server_public_key_file``, ``curve_client_secret_key_file``
     Client side of CURVE: the server's ``.key`` and this client's ``.key_secret``.
+``direct_calls``
+    A synchronous call on an idle channel uses the socket from the caller's thread, saving the hand-off
+    to the channel's I/O thread and back (default ``True``; see :mod:`.channel`).
+
+Deferred replies are native (a ``DeferredHandler``'s ``fn`` runs on the server's I/O thread, and its
+responder queues the reply from any thread) and so is ``unary_async`` (the channel's I/O thread completes
+the future and expires it at its deadline).
 """
 
 from __future__ import annotations
@@ -116,6 +123,8 @@ class ZmqTransport:
         tls=False,
         auth=True,
         restart_same_endpoint=True,
+        deferred_replies=True,
+        async_calls=True,
         local_schemes=(IPC,),
         local_default_rank=20,
         security=CURVE,
@@ -136,6 +145,7 @@ class ZmqTransport:
             "curve_client_public_key_files",
             "curve_server_public_key_file",
             "curve_client_secret_key_file",
+            "direct_calls",
         }
     )
     requires: ClassVar[tuple[str, ...]] = ("pyzmq",)
@@ -157,6 +167,7 @@ class ZmqTransport:
         curve_client_public_key_files: Sequence[str] | None = None,
         curve_server_public_key_file: str | None = None,
         curve_client_secret_key_file: str | None = None,
+        direct_calls: bool = True,
     ) -> None:
         from flamepy_transports.zmq.config import build_config  # pyzmq: when a transport is built
 
@@ -175,6 +186,7 @@ class ZmqTransport:
             curve_client_public_key_files=curve_client_public_key_files,
             curve_server_public_key_file=curve_server_public_key_file,
             curve_client_secret_key_file=curve_client_secret_key_file,
+            direct_calls=direct_calls,
         )
         self.capabilities = dataclasses.replace(type(self).capabilities, max_message_size=self.config.max_message_size)
 

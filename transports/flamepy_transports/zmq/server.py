@@ -3,7 +3,9 @@
 The I/O thread reads requests, answers at once what needs no handler (``UNIMPLEMENTED``, a request too
 large, ``RESOURCE_EXHAUSTED`` when ``max_pending_calls`` calls are already queued or running,
 ``UNAVAILABLE`` while stopping), and submits the rest to the pool. Workers queue their replies in the
-outbox and wake the I/O thread, which sends them.
+outbox and wake the I/O thread, which sends them. A :class:`DeferredHandler`'s ``fn`` runs on the I/O
+thread itself (it must only start work and return); its responder queues the reply the same way, later,
+from whatever thread completes it, so a deferred call holds no thread while it waits.
 
 ``ZMQ_ROUTER_MANDATORY`` makes every send say what happened: EAGAIN (the peer's pipe is at its
 high-water mark) keeps the reply, and everything queued after it for the same peer, in a per-peer
@@ -35,7 +37,7 @@ from typing import Any
 import zmq
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import Handler, StreamHandler, UnaryHandler
+from flamepy_core.contracts.transport import DeferredHandler, Handler, StreamHandler, UnaryHandler
 from flamepy_core.transport_kit import check_size, unavailable, unimplemented
 from flamepy_transports.zmq import endpoints, framing
 from flamepy_transports.zmq.auth import ZapHandler, apply_server
@@ -48,7 +50,7 @@ from flamepy_transports.zmq.config import (
 from flamepy_transports.zmq.endpoints import Address
 from flamepy_transports.zmq.pool import WorkerPool
 from flamepy_transports.zmq.waker import Waker, readable
-from flamepy_transports.zmq.worker import ServerCall, StreamFlow, run_stream, run_unary
+from flamepy_transports.zmq.worker import ServerCall, StreamFlow, run_deferred, run_stream, run_unary
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class _Engine:
         self.counters = {"accepted": 0, "refused": 0, "unimplemented": 0, "peer_gone": 0, "dropped_late": 0}
         self._zap: ZapHandler | None = None
         self._admitted: list[tuple[Any, ServerCall, Any, bytes]] = []
+        self._io_ident: int | None = None
+        """The I/O thread's: a reply it queues itself (a deferred handler answering at once) needs no wake-up."""
         self._thread = threading.Thread(target=self._run, name=f"flamepy-zmq-server[{address.url}]", daemon=True)
 
     # -- start -----------------------------------------------------------------------------------------
@@ -148,24 +152,27 @@ class _Engine:
     def post(self, call: ServerCall, frames: list[bytes]) -> None:
         if not call.finished:
             self._outbox.append((call.ident, frames, call.deadline))
-            self._waker.signal()
+            if threading.get_ident() != self._io_ident:
+                self._waker.signal()
 
-    def finish(self, call: ServerCall, frames: list[bytes] | None) -> None:
+    def finish(self, call: ServerCall, frames: list[bytes] | None) -> bool:
         with self._lock:
             if call.finished:
-                return
+                return False
             call.finished = True
             if frames is not None:
                 # Queued before the call leaves the table: stop() waits for "no calls and nothing
                 # queued", so a final reply is never in neither.
                 self._outbox.append((call.ident, frames, call.deadline))
             self._calls.pop(call.key, None)
-        if frames is not None:
-            self._waker.signal()
+        if frames is not None and threading.get_ident() != self._io_ident:
+            self._waker.signal()  # (the I/O thread itself sends what it queued before it polls again)
+        return True
 
     # -- I/O thread ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._io_ident = threading.get_ident()
         try:
             sock = self._bind()
         except BaseException as exc:
@@ -297,6 +304,9 @@ class _Engine:
             )
             return
         self.counters["accepted"] += 1
+        if isinstance(handler, DeferredHandler):
+            run_deferred(self, call, handler.fn, payload)  # here, on the I/O thread: it starts work and returns
+            return
         run = run_unary if isinstance(handler, UnaryHandler) else run_stream
         self._admitted.append((run, call, handler.fn, payload))
 
@@ -430,10 +440,11 @@ class ZmqServer:
 
     def __init__(self, address: Address, handlers: Mapping[str, Handler], config: ZmqConfig) -> None:
         for method, handler in handlers.items():
-            if not isinstance(handler, (UnaryHandler, StreamHandler)):
+            if not isinstance(handler, (UnaryHandler, StreamHandler, DeferredHandler)):
                 raise FlameError(
                     FlameErrorCode.INVALID_ARGUMENT,
-                    f"the handler for {method} is a {type(handler).__name__}, not a UnaryHandler or StreamHandler",
+                    f"the handler for {method} is a {type(handler).__name__}, not a UnaryHandler, StreamHandler "
+                    f"or DeferredHandler",
                 )
         self._engine = _Engine(address, handlers, config)
         self._endpoint = self._engine.start()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import StreamFn, UnaryFn
+from flamepy_core.contracts.transport import DeferredFn, StreamFn, UnaryFn
 from flamepy_core.transport_kit import check_size, error_from_handler
 from flamepy_transports.zmq import framing
 
@@ -117,8 +117,8 @@ class Replies(Protocol):
         """Queue a non-final message (a stream item) for the call's caller."""
         ...
 
-    def finish(self, call: ServerCall, frames: list[bytes] | None) -> None:
-        """End the call (once; later calls are no-ops), sending ``frames`` if given."""
+    def finish(self, call: ServerCall, frames: list[bytes] | None) -> bool:
+        """End the call (once; later calls are no-ops, returning False), sending ``frames`` if given."""
         ...
 
 
@@ -173,3 +173,50 @@ def run_stream(server: Replies, call: ServerCall, fn: StreamFn, request: bytes) 
         if close is not None:
             with contextlib.suppress(Exception):
                 close()
+
+
+class DeferredReply:
+    """The :class:`~flamepy_core.contracts.transport.Responder` of one deferred call: completes it once,
+    from any thread, and drops a reply whose caller has gone or whose deadline passed."""
+
+    __slots__ = ("_call", "_server")
+
+    def __init__(self, server: Replies, call: ServerCall) -> None:
+        self._server = server
+        self._call = call
+
+    def send(self, response: bytes) -> bool:
+        call = self._call
+        if call.finished or not call.ctx.is_active():
+            self._server.finish(call, None)
+            return False
+        try:
+            data = _as_bytes(call.method, response, "completed with")
+            check_size(
+                len(data),
+                self._server.max_message_size,
+                what=f"response to {call.method}",
+                endpoint=self._server.endpoint,
+            )
+        except FlameError as exc:
+            return self.fail(exc)
+        return self._server.finish(call, framing.reply(framing.Kind.REPLY, call.corr, data))
+
+    def fail(self, error: BaseException) -> bool:
+        call = self._call
+        if call.finished or not call.ctx.is_active():
+            self._server.finish(call, None)
+            return False
+        return self._server.finish(call, framing.error(call.corr, error_from_handler(call.method, error)))
+
+
+def run_deferred(server: Replies, call: ServerCall, fn: DeferredFn, request: bytes) -> None:
+    """Start a deferred handler (on the server's I/O thread); a raise before it completed fails the call."""
+    if not call.ctx.is_active():
+        server.finish(call, None)
+        return
+    reply = DeferredReply(server, call)
+    try:
+        fn(request, call.ctx, reply)
+    except BaseException as exc:
+        reply.fail(exc)

@@ -1,0 +1,249 @@
+"""Small helpers every transport needs, so each one only moves frames.
+
+Public for transport authors (through :mod:`flamepy.plugin`): deadline arithmetic, the size check with
+an error that names both sizes, the mapping of a handler's exception to the error the caller sees, a
+ready-made :class:`CallContext`, and adapters that give deferred replies and asynchronous calls to a
+transport that does not implement them natively.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import (
+    DEFAULT_TIMEOUT,
+    CallContext,
+    Channel,
+    DeferredHandler,
+    Handler,
+    Timeout,
+    TransportCapabilities,
+    UnaryHandler,
+)
+
+DEFAULT_CALL_TIMEOUT = 60.0
+"""Seconds a call may take when the caller passes no timeout of its own."""
+
+
+def resolve_timeout(timeout: Timeout, default: float | None) -> float | None:
+    """Seconds for this call: the caller's value, the channel default, or ``None`` (no deadline)."""
+    if timeout is DEFAULT_TIMEOUT:
+        return default
+    if timeout is None:
+        return None
+    seconds = float(timeout)  # type: ignore[arg-type]
+    if seconds < 0:
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"timeout must be >= 0 seconds or None, got {timeout}")
+    return seconds
+
+
+RAISE_THE_LIMIT = (
+    "send less per call (e.g. put large data in the object cache), or raise the limit on both sides: "
+    "FLAME_MAX_MESSAGE_SIZE for the flamepy runtime and its clients (the transport option max_message_size)"
+)
+"""What a ``MESSAGE_TOO_LARGE`` error tells the user to do: every transport's size errors end with it."""
+
+
+def check_size(size: int, limit: int, *, what: str, endpoint: str) -> None:
+    """Refuse a message larger than ``limit`` (before sending it, or on receipt), naming both numbers."""
+    if size > limit:
+        raise FlameError(
+            FlameErrorCode.MESSAGE_TOO_LARGE,
+            f"{what} of {size} bytes exceeds the largest message of {limit} bytes allowed on {endpoint}; "
+            f"{RAISE_THE_LIMIT}",
+        )
+
+
+def error_from_handler(method: str, exc: BaseException) -> FlameError:
+    """What the caller sees when a handler raises: the same FlameError, or INTERNAL naming the type."""
+    if isinstance(exc, FlameError):
+        return exc
+    return FlameError(FlameErrorCode.INTERNAL, f"handler for {method} raised {type(exc).__name__}: {exc}")
+
+
+def deadline_exceeded(method: str, endpoint: str, timeout: float | None) -> FlameError:
+    return FlameError(
+        FlameErrorCode.DEADLINE_EXCEEDED,
+        f"{method} on {endpoint} did not answer within its deadline of {timeout} s",
+    )
+
+
+def unavailable(endpoint: str, detail: str) -> FlameError:
+    return FlameError(FlameErrorCode.UNAVAILABLE, f"cannot reach {endpoint}: {detail}")
+
+
+def unimplemented(method: str, endpoint: str) -> FlameError:
+    return FlameError(FlameErrorCode.UNIMPLEMENTED, f"the server at {endpoint} has no method {method}")
+
+
+class SimpleCallContext:
+    """A :class:`~flamepy_core.contracts.transport.CallContext` driven by a deadline and a cancel flag."""
+
+    def __init__(self, method: str, timeout: float | None) -> None:
+        self._method = method
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._cancelled = threading.Event()
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    def is_active(self) -> bool:
+        if self._cancelled.is_set():
+            return False
+        return self._deadline is None or time.monotonic() < self._deadline
+
+    def cancel(self) -> None:
+        """Mark the call as abandoned by the caller."""
+        self._cancelled.set()
+
+
+# -- deferred replies and asynchronous calls, for transports that do not provide them natively ---------
+
+
+class FutureResponder:
+    """A :class:`~flamepy_core.contracts.transport.Responder` over a future: the first completion wins.
+
+    Transports can use it as their responder and complete the wire reply from the future's callback;
+    the kit's adapter below waits on it from a server thread.
+    """
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: Future[bytes] = Future()
+
+    def send(self, response: bytes) -> bool:
+        try:
+            self.future.set_result(response)
+        except InvalidStateError:
+            return False
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        try:
+            self.future.set_exception(error)
+        except InvalidStateError:
+            return False
+        return True
+
+    def abandon(self) -> None:
+        """The caller has gone: later completions return False."""
+        self.fail(FlameError(FlameErrorCode.CANCELLED, "the caller went away before the reply was ready"))
+
+
+WAIT_SLICE = 0.5
+"""How often a server thread blocked on a deferred reply re-checks that its caller still waits (seconds)."""
+
+
+def blocking_unary(handler: DeferredHandler) -> UnaryHandler:
+    """A deferred handler as a plain unary one, for a transport without ``deferred_replies``.
+
+    The server thread waits for the reply (so it costs a thread, as any unary handler does), re-checking
+    every :data:`WAIT_SLICE` that the caller is still there; when it has gone, the responder is abandoned
+    so a late completion is dropped.
+    """
+
+    def call(request: bytes, ctx: CallContext) -> bytes:
+        responder = FutureResponder()
+        handler.fn(request, ctx, responder)
+        while True:
+            try:
+                return responder.future.result(timeout=WAIT_SLICE)
+            except FutureTimeout:
+                if not ctx.is_active():
+                    responder.abandon()  # unless the reply won the race, this raises CANCELLED below
+                    return responder.future.result()
+
+    return UnaryHandler(call)
+
+
+def adapt_handlers(handlers: Mapping[str, Handler], capabilities: TransportCapabilities) -> dict[str, Handler]:
+    """``handlers`` as the transport can serve them: deferred ones made blocking unless it runs them natively."""
+    if capabilities.deferred_replies:
+        return dict(handlers)
+    return {
+        path: blocking_unary(handler) if isinstance(handler, DeferredHandler) else handler
+        for path, handler in handlers.items()
+    }
+
+
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+ASYNC_FALLBACK_WORKERS = 16
+
+
+def _fallback_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():  # a pool's threads do not survive fork()
+            _pool = (os.getpid(), ThreadPoolExecutor(ASYNC_FALLBACK_WORKERS, thread_name_prefix="flamepy-async-call"))
+        return _pool[1]
+
+
+def unary_async(channel: Channel, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Future[bytes]:
+    """``channel.unary_async`` when the channel has it; otherwise the blocking call on a small shared pool."""
+    native = getattr(channel, "unary_async", None)
+    if native is not None:
+        return native(method, request, timeout)  # type: ignore[no-any-return]
+    return _fallback_pool().submit(channel.unary, method, request, timeout)
+
+
+class Deadlines:
+    """One daemon thread that runs a callback when its deadline passes; for futures nobody waits on.
+
+    ``add(deadline, callback)`` (``deadline`` on the ``time.monotonic()`` clock) returns at once; the
+    callback runs on the timer thread, so it must be quick. The thread starts on first use and ends with
+    :meth:`close`.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._ids = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, deadline: float, callback: Callable[[], None]) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            heapq.heappush(self._heap, (deadline, next(self._ids), callback))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic()))
+                if self._closed:
+                    return
+                _deadline, _id, callback = heapq.heappop(self._heap)
+            try:
+                callback()
+            except Exception:  # a callback's bug must not stop the other deadlines
+                logging.getLogger(__name__).exception("a deadline callback failed")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify_all()

@@ -1,0 +1,482 @@
+"""The client half of the framed base: a channel multiplexes every call over one link, by call id.
+
+Each call registers under a fresh call id, sends its request and waits on its own slot (a unary call, a
+stream's queue, or a future for :meth:`FramedChannel.unary_async`); the link's reader thread hands each
+answer to the call with its id. Whoever removes a call from the table owns its outcome, so a call ends
+exactly once: a caller whose deadline passes removes it and sends ``CANCEL``, and an answer arriving
+later finds no call and is dropped. A lost link wakes every call at once with ``UNAVAILABLE``; the next
+call dials again, which is how a restarted server is found. In a forked child the parent's link is left
+alone and the child dials its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Timeout
+from flamepy_core.kit import frames
+from flamepy_core.kit.basics import check_size, deadline_exceeded, resolve_timeout, unavailable
+from flamepy_core.kit.frames import Frame, Kind
+from flamepy_core.kit.links import Link, Oversized
+
+STREAM_WINDOW_ITEMS = 256
+STREAM_WINDOW_KIB = 8 * 1024
+"""A stream's flow control: at most this many items / KiB sent and not yet read by the caller."""
+ITEM_OVERHEAD = 64
+"""Bytes charged per stream item against the window, so empty items are not free."""
+
+Dial = Callable[[float], Link]
+"""Opens a link to the channel's endpoint within the given seconds (raises ``FlameError(UNAVAILABLE)``)."""
+
+
+class _Call:
+    """One call in flight; :meth:`answer` and :meth:`fail` run on the reader thread (or the failing one)."""
+
+    __slots__ = ("call_id", "deadline", "method", "timeout")
+
+    def __init__(self, call_id: int, method: str, timeout: float | None) -> None:
+        self.call_id = call_id
+        self.method = method
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def answer(self, frame: Frame) -> bool:
+        """Take one answer; True when it ends the call."""
+        raise NotImplementedError
+
+    def fail(self, error: FlameError) -> None:
+        raise NotImplementedError
+
+
+def _wrong(call: _Call, what: str) -> FlameError:
+    return FlameError(FlameErrorCode.INTERNAL, f"the server sent {what} to the call of {call.method}")
+
+
+class _Unary(_Call):
+    __slots__ = ("error", "ready", "result")
+
+    def __init__(self, call_id: int, method: str, timeout: float | None) -> None:
+        super().__init__(call_id, method, timeout)
+        self.ready = threading.Event()
+        self.result: bytes = b""
+        self.error: FlameError | None = None
+
+    def answer(self, frame: Frame) -> bool:
+        if frame.kind is Kind.REPLY:
+            self.result = bytes(frame.payload)
+        else:
+            self.error = frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name)
+        self.ready.set()
+        return True
+
+    def fail(self, error: FlameError) -> None:
+        self.error = error
+        self.ready.set()
+
+
+class _Async(_Call):
+    __slots__ = ("future",)
+
+    def __init__(self, call_id: int, method: str, timeout: float | None) -> None:
+        super().__init__(call_id, method, timeout)
+        self.future: Future[bytes] = Future()
+        self.future.set_running_or_notify_cancel()
+
+    def answer(self, frame: Frame) -> bool:
+        if frame.kind is Kind.REPLY:
+            self.future.set_result(bytes(frame.payload))
+        else:
+            self.fail(frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name))
+        return True
+
+    def fail(self, error: FlameError) -> None:
+        with contextlib.suppress(Exception):  # already completed
+            self.future.set_exception(error)
+
+
+_END = object()
+
+
+class _Stream(_Call):
+    __slots__ = ("items",)
+
+    def __init__(self, call_id: int, method: str, timeout: float | None) -> None:
+        super().__init__(call_id, method, timeout)
+        self.items: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+    def answer(self, frame: Frame) -> bool:
+        if frame.kind is Kind.ITEM:
+            self.items.put(bytes(frame.payload))
+            return False
+        if frame.kind is Kind.END:
+            self.items.put(_END)
+        else:
+            self.items.put(frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name))
+        return True
+
+    def fail(self, error: FlameError) -> None:
+        self.items.put(error)
+
+
+class _Connection:
+    """One link of a channel, its reader thread, the calls waiting on it and their deadline timer."""
+
+    def __init__(self, link: Link, endpoint: str, limit: int) -> None:
+        self.link = link
+        self.endpoint = endpoint
+        self.limit = limit
+        self.pid = os.getpid()
+        self.dead: FlameError | None = None
+        self._calls: dict[int, _Call] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._timers: list[tuple[float, int]] = []
+        self._timer_wake = threading.Condition(self._lock)
+        self._timer: threading.Thread | None = None
+        threading.Thread(target=self._read, name=f"flamepy-kit-reader {endpoint}", daemon=True).start()
+
+    def usable(self) -> bool:
+        return self.dead is None and self.pid == os.getpid()
+
+    def start(self, call: _Call, kind: Kind, method: bytes, request: bytes, window: bool = False) -> None:
+        """Register ``call`` and send its request (the call id is chosen here)."""
+        with self._lock:
+            if self.dead is not None:
+                raise self.dead
+            call.call_id = next(self._ids)
+            self._calls[call.call_id] = call
+            if isinstance(call, _Async) and call.deadline is not None:
+                heapq.heappush(self._timers, (call.deadline, call.call_id))
+                self._ensure_timer()
+        remaining = None if call.deadline is None else max(0.0, call.deadline - time.monotonic())
+        parts = frames.encode(
+            kind,
+            call.call_id,
+            request,
+            method=method,
+            timeout=remaining,
+            a=STREAM_WINDOW_ITEMS if window else 0,
+            b=STREAM_WINDOW_KIB if window else 0,
+        )
+        try:
+            self.link.send(parts)
+        except OSError as exc:
+            self.fail(unavailable(self.endpoint, f"the connection broke while sending: {exc}"))
+            raise (self.dead or unavailable(self.endpoint, str(exc))) from exc
+
+    def take(self, call_id: int) -> _Call | None:
+        """Remove a call: whoever gets it owns its outcome."""
+        with self._lock:
+            return self._calls.pop(call_id, None)
+
+    def give_up(self, call: _Call) -> bool:
+        """The caller stops waiting: True when it removed the call (then the server is told to cancel)."""
+        if self.take(call.call_id) is None:
+            return False
+        self.control(frames.encode(Kind.CANCEL, call.call_id))
+        return True
+
+    def control(self, parts: list[bytes | memoryview]) -> None:
+        if self.dead is None:
+            with contextlib.suppress(OSError):
+                self.link.send(parts)
+
+    def _read(self) -> None:
+        reason = "the server closed the connection"
+        try:
+            while True:
+                message = self.link.recv()
+                if isinstance(message, Oversized):
+                    self._oversized(message)
+                    continue
+                frame = frames.decode(message)
+                if frame.kind not in frames.ANSWERS:
+                    raise frames.ProtocolError(f"a server sent a {frame.kind.name} frame")
+                self._dispatch(frame)
+        except frames.ProtocolError as exc:
+            reason = f"the server broke the protocol: {exc}"
+        except (EOFError, OSError, ValueError) as exc:
+            if not isinstance(exc, EOFError):
+                reason = f"the connection broke: {exc}"
+        finally:
+            self.fail(unavailable(self.endpoint, reason))
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.kind is Kind.ITEM:
+            with self._lock:
+                call = self._calls.get(frame.call_id)
+            if call is not None:
+                call.answer(frame)
+            return
+        call = self.take(frame.call_id)
+        if call is None:
+            return  # its caller gave up (deadline, a closed stream): dropped, never another call's
+        if frame.kind is Kind.REPLY and len(frame.payload) > self.limit:
+            call.fail(_too_large(len(frame.payload), self.limit, call.method, self.endpoint))
+            return
+        call.answer(frame)
+
+    def _oversized(self, message: Oversized) -> None:
+        found = frames.peek(message.head)
+        if found is None:
+            raise frames.ProtocolError("an oversized message that is not a frame")
+        call = self.take(found[1])
+        if call is not None:
+            size = message.size - frames.HEADER.size
+            call.fail(_too_large(size, self.limit, call.method, self.endpoint))
+            self.control(frames.encode(Kind.CANCEL, call.call_id))
+
+    def fail(self, error: FlameError) -> None:
+        """Mark the connection dead and fail every waiting call with ``error``. Idempotent."""
+        with self._lock:
+            if self.dead is not None:
+                return
+            self.dead = error
+            waiting = list(self._calls.values())
+            self._calls.clear()
+            self._timer_wake.notify_all()
+        for call in waiting:
+            call.fail(FlameError(error.code, error.message))
+        self.link.close()
+
+    # -- deadlines of asynchronous calls (the blocking ones wait with their own) ------------------------
+
+    def _ensure_timer(self) -> None:
+        # Called with the lock held.
+        if self._timer is None:
+            self._timer = threading.Thread(
+                target=self._expire, name=f"flamepy-kit-deadlines {self.endpoint}", daemon=True
+            )
+            self._timer.start()
+        else:
+            self._timer_wake.notify()
+
+    def _expire(self) -> None:
+        while True:
+            with self._lock:
+                while self.dead is None and (not self._timers or self._timers[0][0] > time.monotonic()):
+                    wait = None if not self._timers else max(0.0, self._timers[0][0] - time.monotonic())
+                    self._timer_wake.wait(wait)
+                if self.dead is not None:
+                    return
+                _deadline, call_id = heapq.heappop(self._timers)
+                call = self._calls.pop(call_id, None)
+            if call is not None:
+                self.control(frames.encode(Kind.CANCEL, call_id))
+                call.fail(deadline_exceeded(call.method, self.endpoint, call.timeout))
+
+
+def _too_large(size: int, limit: int, method: str, endpoint: str) -> FlameError:
+    try:
+        check_size(size, limit, what=f"response to {method}", endpoint=endpoint)
+    except FlameError as exc:
+        return exc
+    return FlameError(FlameErrorCode.MESSAGE_TOO_LARGE, f"response to {method} is too large for {endpoint}")
+
+
+class StreamResponses(Iterator[bytes]):
+    """What :meth:`FramedChannel.stream` returns. Closing it early (or dropping it) cancels the call."""
+
+    def __init__(self, call: _Stream, conn: _Connection) -> None:
+        self._call = call
+        self._conn = conn
+        self._finished = False
+        self._items = 0
+        self._bytes = 0
+
+    def __iter__(self) -> StreamResponses:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._finished:
+            raise StopIteration
+        call = self._call
+        try:
+            remaining = None if call.deadline is None else max(0.0, call.deadline - time.monotonic())
+            item = call.items.get(timeout=remaining)
+        except queue.Empty:
+            if self._conn.give_up(call):
+                self._finished = True
+                raise deadline_exceeded(call.method, self._conn.endpoint, call.timeout) from None
+            item = call.items.get()  # ended by the reader first: its last word is queued
+        if item is _END:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, FlameError):
+            self._finished = True
+            raise item
+        assert isinstance(item, bytes)
+        self._consumed(len(item))
+        return item
+
+    def _consumed(self, size: int) -> None:
+        # Give the window back in halves, so the server rarely waits and CREDIT frames stay few.
+        self._items += 1
+        self._bytes += size + ITEM_OVERHEAD
+        if self._items >= STREAM_WINDOW_ITEMS // 2 or self._bytes >= STREAM_WINDOW_KIB * 512:
+            kib = -(-self._bytes // 1024)
+            self._conn.control(frames.encode(Kind.CREDIT, self._call.call_id, a=self._items, b=kib))
+            self._items = self._bytes = 0
+
+    def close(self) -> None:
+        """Stop reading: the server is told to cancel the call. Idempotent."""
+        if not self._finished:
+            self._finished = True
+            self._conn.give_up(self._call)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit there may be nothing left to cancel
+            self.close()
+
+
+class FramedChannel:
+    """A thread-safe channel over :class:`Link` s that ``dial`` opens: lazily, and again after a failure."""
+
+    def __init__(self, endpoint: str, dial: Dial, limit: int, default_timeout: float | None, connect_timeout: float):
+        self._endpoint = endpoint
+        self._dial = dial
+        self.limit = limit
+        self.default_timeout = default_timeout
+        self.connect_timeout = connect_timeout
+        self._conn: _Connection | None = None
+        self._dial_lock = threading.Lock()
+        self._closed = False
+        self._methods: dict[str, bytes] = {}
+        _channels.add(self)
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def _closed_error(self) -> FlameError:
+        return unavailable(self._endpoint, "the channel is closed")
+
+    def _connection(self, deadline: float | None, seconds: float | None) -> _Connection:
+        conn = self._conn
+        if self._closed:
+            raise self._closed_error()
+        if conn is not None and conn.usable():
+            return conn
+        with self._dial_lock:
+            conn = self._conn
+            if conn is None or not conn.usable():
+                if conn is not None and conn.pid != os.getpid():
+                    conn.link.abandon()  # a fork the at-fork hook did not see
+                budget = self.connect_timeout
+                if deadline is not None:
+                    budget = min(budget, max(0.0, deadline - time.monotonic()))
+                try:
+                    conn = self._conn = _Connection(self._dial(budget), self._endpoint, self.limit)
+                except FlameError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise deadline_exceeded("connect", self._endpoint, seconds) from None
+                    raise
+        if self._closed:  # close() ran while we dialled
+            conn.fail(self._closed_error())
+            raise self._closed_error()
+        return conn
+
+    def _method(self, method: str) -> bytes:
+        encoded = self._methods.get(method)
+        if encoded is None:
+            encoded = method.encode("utf-8")
+            if len(self._methods) < 1024:
+                self._methods[method] = encoded
+        return encoded
+
+    def _prepare(self, request: bytes, timeout: Timeout) -> tuple[bytes, float | None]:
+        data = request if type(request) is bytes else bytes(request)
+        check_size(len(data), self.limit, what="request", endpoint=self._endpoint)
+        return data, resolve_timeout(timeout, self.default_timeout)
+
+    def _begin(self, call: _Call, kind: Kind, request: bytes, window: bool = False) -> _Connection:
+        conn = self._connection(call.deadline, call.timeout)
+        conn.start(call, kind, self._method(call.method), request, window)
+        return conn
+
+    def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
+        """Send one request and return the one response; every failure is a :class:`FlameError`."""
+        data, seconds = self._prepare(request, timeout)
+        call = _Unary(0, method, seconds)
+        conn = self._begin(call, Kind.UNARY, data)
+        if call.deadline is None:
+            call.ready.wait()
+        elif not call.ready.wait(max(0.0, call.deadline - time.monotonic())):
+            if conn.give_up(call):
+                raise deadline_exceeded(method, self._endpoint, seconds)
+            call.ready.wait()  # answered by the reader first: its outcome is being delivered
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def unary_async(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Future[bytes]:
+        """Send one request now and return at once; the future completes with the response or a FlameError.
+
+        No thread waits for it: the link's reader completes the future (callbacks run there, so they must
+        not block), and one timer thread per connection fails those whose deadline passes.
+        """
+        call: _Async | None = None
+        try:
+            data, seconds = self._prepare(request, timeout)
+            call = _Async(0, method, seconds)
+            self._begin(call, Kind.UNARY, data)
+        except FlameError as exc:
+            failed: Future[bytes] = Future()
+            failed.set_exception(exc)
+            return failed
+        return call.future
+
+    def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
+        """Send one request and iterate the responses; one deadline covers the whole stream."""
+        data, seconds = self._prepare(request, timeout)
+        call = _Stream(0, method, seconds)
+        conn = self._begin(call, Kind.STREAM, data, window=True)
+        return StreamResponses(call, conn)
+
+    def close(self) -> None:
+        """Close the link and fail the calls in flight with ``UNAVAILABLE``. Idempotent."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.pid == os.getpid():
+            conn.fail(self._closed_error())
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # a dropped channel must not leave its reader thread behind
+            self.close()
+
+    def _after_fork_in_child(self) -> None:
+        """Forget the parent's link (and a dial lock a parent thread may have held at fork time)."""
+        self._dial_lock = threading.Lock()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.link.abandon()
+
+    def stats(self) -> dict[str, Any]:
+        conn = self._conn
+        return {"connected": conn is not None and conn.usable()}
+
+    def __repr__(self) -> str:
+        return f"FramedChannel({self._endpoint!r}{', closed' if self._closed else ''})"
+
+
+_channels: weakref.WeakSet[FramedChannel] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for channel in list(_channels):
+        channel._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,364 @@
+"""The server half of the framed base: an accept thread, a reader thread per link, handlers on a pool.
+
+A reader thread only routes: it answers what it can at once (an unknown method, a request too large, a
+server shutting down), runs a :class:`DeferredHandler`'s ``fn`` itself (it must return promptly; the
+reply goes out when its responder completes, from any thread, and holds no thread meanwhile), and hands
+unary and stream handlers to the pool, so a slow handler never holds up the other calls on its link.
+Each call's context is cancelled when the client sends ``CANCEL``, its deadline passes or its link
+drops: ``ctx.is_active()`` turns false, a stream waiting for window stops, and a deferred reply
+completed after that is dropped. A stream sends only as much as the caller's window allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import DeferredHandler, Handler, StreamHandler, UnaryHandler
+from flamepy_core.kit import frames
+from flamepy_core.kit.basics import SimpleCallContext, check_size, error_from_handler, unavailable, unimplemented
+from flamepy_core.kit.framed_client import ITEM_OVERHEAD
+from flamepy_core.kit.frames import Frame, Kind
+from flamepy_core.kit.links import Link, Listener, Oversized
+
+STOP_WAIT = 5.0
+"""Seconds ``stop`` waits, after the grace, for reader threads to notice their links were closed."""
+WINDOW_POLL = 0.25
+"""A stream waiting for window re-checks that its caller is still there this often (seconds)."""
+
+
+class _Window:
+    """A stream's flow control: what the caller's window still allows."""
+
+    def __init__(self, items: int, kib: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._items = items or 1
+        self._bytes = (kib or 1) * 1024
+
+    def grant(self, items: int, kib: int) -> None:
+        with self._cond:
+            self._items += items
+            self._bytes += kib * 1024
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def take(self, size: int, ctx: SimpleCallContext) -> bool:
+        """Room for one item of ``size`` bytes; False once the call ended while waiting."""
+        with self._cond:
+            while not (self._items > 0 and self._bytes > 0):
+                if not ctx.is_active():
+                    return False
+                remaining = ctx.time_remaining()
+                self._cond.wait(WINDOW_POLL if remaining is None else min(WINDOW_POLL, remaining))
+            if not ctx.is_active():
+                return False
+            self._items -= 1
+            self._bytes -= size + ITEM_OVERHEAD
+            return True
+
+
+class _Served:
+    """One call being served: where its answers go, and whether they still may."""
+
+    __slots__ = ("call_id", "ctx", "deferred", "ended", "method", "peer", "window")
+
+    def __init__(self, peer: _Peer, call_id: int, method: str, timeout: float | None, window: _Window | None):
+        self.deferred = False
+        self.peer = peer
+        self.call_id = call_id
+        self.method = method
+        self.ctx = SimpleCallContext(method, timeout)
+        self.window = window
+        self.ended = False
+
+    def cancel(self) -> None:
+        self.ctx.cancel()
+        if self.window is not None:
+            self.window.wake()
+
+    def end(self, parts: list[bytes | memoryview] | None) -> bool:
+        """End the call (once), sending ``parts`` when its caller still waits; True when this ended it."""
+        with self.peer.lock:
+            if self.ended:
+                return False
+            self.ended = True
+            self.peer.calls.pop(self.call_id, None)
+        if parts is not None and self.ctx.is_active():
+            self.peer.send(parts)
+        self.peer.server.finished()
+        return True
+
+
+class _Responder:
+    """Completes a deferred call exactly once, from any thread; dropped once its caller has gone."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: _Served) -> None:
+        self._call = call
+
+    def send(self, response: bytes) -> bool:
+        call = self._call
+        if call.ended or not call.ctx.is_active():
+            call.end(None)  # late: the caller has gone or its deadline passed; dropped
+            return False
+        try:
+            data = _checked(call.method, response, call.peer.server.limit, call.peer.server.endpoint)
+        except FlameError as exc:
+            return self.fail(exc)
+        return call.end(frames.encode(Kind.REPLY, call.call_id, data))
+
+    def fail(self, error: BaseException) -> bool:
+        call = self._call
+        if call.ended or not call.ctx.is_active():
+            call.end(None)
+            return False
+        return call.end(frames.error(call.call_id, error_from_handler(call.method, error)))
+
+
+def _checked(method: str, value: object, limit: int, endpoint: str) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise FlameError(FlameErrorCode.INTERNAL, f"handler for {method} returned {type(value).__name__}, not bytes")
+    check_size(len(value), limit, what=f"response to {method}", endpoint=endpoint)
+    return value if type(value) is bytes else bytes(value)
+
+
+class _Peer:
+    """One client link: its reader thread and the calls it has in flight."""
+
+    def __init__(self, server: FramedServer, link: Link) -> None:
+        self.server = server
+        self.link = link
+        self.calls: dict[int, _Served] = {}
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, name="flamepy-kit-peer", daemon=True)
+
+    def send(self, parts: list[bytes | memoryview]) -> None:
+        with contextlib.suppress(OSError):  # the client has gone: its reader cleans up
+            self.link.send(parts)
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self.link.recv()
+                if isinstance(message, Oversized):
+                    self._oversized(message)
+                    continue
+                frame = frames.decode(message)
+                if frame.kind in frames.REQUESTS:
+                    self.server._admit(self, frame)
+                elif frame.kind is Kind.CANCEL or frame.kind is Kind.CREDIT:
+                    with self.lock:
+                        call = self.calls.get(frame.call_id)
+                    if call is not None and frame.kind is Kind.CANCEL:
+                        call.cancel()
+                    elif call is not None and call.window is not None:
+                        call.window.grant(frame.a, frame.b)
+                else:
+                    break  # an answer from a client: not this protocol
+        except (EOFError, OSError, ValueError, frames.ProtocolError):
+            pass  # the client went away, spoke another protocol, or stop() closed the link
+        finally:
+            with self.lock:
+                calls = list(self.calls.values())
+            for call in calls:
+                call.cancel()  # nobody waits for these answers any more
+                if call.deferred:
+                    call.end(None)  # its responder may come later, or never: it finds the call ended
+            self.link.close()
+            self.server._forget(self)
+
+    def _oversized(self, message: Oversized) -> None:
+        """A request over this server's limit, read and dropped: its caller gets MESSAGE_TOO_LARGE."""
+        found = frames.peek(message.head)
+        if found is None:
+            raise frames.ProtocolError("an oversized message that is not a frame")
+        kind, call_id, method = found
+        if kind in frames.REQUESTS:
+            size = message.size - frames.HEADER.size - len(method.encode())
+            server = self.server
+            error = FlameError(
+                FlameErrorCode.MESSAGE_TOO_LARGE,
+                f"request to {method} of {size} bytes exceeds the largest message of {server.limit} bytes allowed "
+                f"on {server.endpoint}; send less per call (e.g. put large data in the object cache) or raise "
+                f"max_message_size",
+            )
+            self.send(frames.error(call_id, error))
+
+
+class FramedServer:
+    """A running server over a :class:`Listener`. ``endpoint`` is the bound address, a port 0 resolved."""
+
+    def __init__(self, listener: Listener, handlers: Mapping[str, Handler], limit: int, max_workers: int) -> None:
+        for method, handler in handlers.items():
+            if not isinstance(handler, (UnaryHandler, StreamHandler, DeferredHandler)):
+                raise TypeError(
+                    f"handler for {method} is a {type(handler).__name__}, not a Unary/Stream/DeferredHandler"
+                )
+        self.limit = limit
+        self.endpoint = listener.endpoint
+        self._listener = listener
+        self._handlers = dict(handlers)
+        self._pid = os.getpid()
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flamepy-kit-handler")
+        self._peers: set[_Peer] = set()
+        self._running = 0
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._acceptor = threading.Thread(target=self._accept, name=f"flamepy-kit-accept {self.endpoint}", daemon=True)
+        self._acceptor.start()
+
+    # -- accepting and routing ----------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while True:
+            link = self._listener.accept()
+            if link is None:
+                return
+            peer = _Peer(self, link)
+            with self._lock:
+                if self._stopping:
+                    link.close()
+                    return
+                self._peers.add(peer)
+            peer.thread.start()
+
+    def _forget(self, peer: _Peer) -> None:
+        with self._lock:
+            self._peers.discard(peer)
+
+    def finished(self) -> None:
+        with self._lock:
+            self._running -= 1
+            self._lock.notify_all()
+
+    def _refuse(self, peer: _Peer, call_id: int, error: FlameError) -> None:
+        peer.send(frames.error(call_id, error))
+
+    def _admit(self, peer: _Peer, frame: Frame) -> None:
+        """Route one request: refuse it at once, run a deferred handler here, or hand it to the pool."""
+        method, call_id = frame.method, frame.call_id
+        handler = self._handlers.get(method)
+        streaming = frame.kind is Kind.STREAM
+        if handler is None:
+            self._refuse(peer, call_id, unimplemented(method, self.endpoint))
+            return
+        if isinstance(handler, StreamHandler) != streaming:
+            shape = "a streaming" if isinstance(handler, StreamHandler) else "a unary"
+            self._refuse(
+                peer,
+                call_id,
+                FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is {shape} method"),
+            )
+            return
+        try:
+            check_size(len(frame.payload), self.limit, what=f"request to {method}", endpoint=self.endpoint)
+        except FlameError as exc:
+            self._refuse(peer, call_id, exc)
+            return
+        with self._lock:
+            if self._stopping:
+                self._refuse(peer, call_id, unavailable(self.endpoint, "the server is shutting down"))
+                return
+            self._running += 1
+        window = _Window(frame.a, frame.b) if streaming else None
+        call = _Served(peer, call_id, method, frame.timeout, window)
+        with peer.lock:
+            peer.calls[call_id] = call
+        request = bytes(frame.payload)
+        if isinstance(handler, DeferredHandler):
+            call.deferred = True
+            responder = _Responder(call)
+            try:
+                handler.fn(request, call.ctx, responder)
+            except BaseException as exc:  # raised before completing the reply: the call fails with it
+                responder.fail(exc)
+            return
+        try:
+            if isinstance(handler, UnaryHandler):
+                self._pool.submit(self._run_unary, call, handler, request)
+            else:
+                self._pool.submit(self._run_stream, call, handler, request)
+        except RuntimeError:  # the pool was shut down between the check and the submit
+            call.end(frames.error(call_id, unavailable(self.endpoint, "the server is shutting down")))
+
+    # -- running handlers ---------------------------------------------------------------------------
+
+    def _run_unary(self, call: _Served, handler: UnaryHandler, request: bytes) -> None:
+        if not call.ctx.is_active():
+            call.end(None)  # the deadline passed while queued, or the caller cancelled
+            return
+        try:
+            data = _checked(call.method, handler.fn(request, call.ctx), self.limit, self.endpoint)
+        except BaseException as exc:  # whatever a handler raises becomes the caller's error, never a hang
+            call.end(frames.error(call.call_id, error_from_handler(call.method, exc)))
+        else:
+            call.end(frames.encode(Kind.REPLY, call.call_id, data))
+
+    def _run_stream(self, call: _Served, handler: StreamHandler, request: bytes) -> None:
+        window = call.window
+        assert window is not None
+        items: Iterator[bytes] | None = None
+        try:
+            if not call.ctx.is_active():
+                call.end(None)
+                return
+            items = iter(handler.fn(request, call.ctx))
+            for item in items:
+                data = _checked(call.method, item, self.limit, self.endpoint)
+                if not window.take(len(data), call.ctx):
+                    call.end(None)  # cancelled, past its deadline, or the caller has gone
+                    return
+                call.peer.send(frames.encode(Kind.ITEM, call.call_id, data))
+            call.end(frames.encode(Kind.END, call.call_id))
+        except BaseException as exc:
+            call.end(frames.error(call.call_id, error_from_handler(call.method, exc)))
+        finally:
+            close = getattr(items, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+
+    # -- stopping -----------------------------------------------------------------------------------
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let running ones finish for up to ``grace`` s, then drop every link.
+
+        Idempotent. Returns once the endpoint can be bound again. A handler that ignores its context may
+        keep running in its thread, but its caller already has ``UNAVAILABLE``.
+        """
+        if os.getpid() != self._pid:
+            raise FlameError(
+                FlameErrorCode.INVALID_STATE,
+                f"the server on {self.endpoint} was started by process {self._pid} and cannot be stopped from "
+                f"process {os.getpid()} (a forked child); start a server in the child instead",
+            )
+        with self._lock:
+            first, self._stopping = not self._stopping, True
+        if not first:
+            self._stopped.wait((grace or 0.0) + STOP_WAIT)
+            return
+        self._listener.close()
+        self._acceptor.join(STOP_WAIT)
+        deadline = time.monotonic() + (grace or 0.0)
+        with self._lock:
+            self._lock.wait_for(lambda: self._running <= 0, timeout=max(0.0, deadline - time.monotonic()))
+            peers = list(self._peers)
+        for peer in peers:
+            peer.link.close()  # its reader cancels the calls and exits; callers get UNAVAILABLE
+        for peer in peers:
+            peer.thread.join(STOP_WAIT)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._stopped.set()
+
+    def __repr__(self) -> str:
+        return f"FramedServer({self.endpoint!r})"

@@ -1,0 +1,333 @@
+"""What a framed transport supplies: a :class:`Link` (whole messages both ways) and a :class:`Listener`.
+
+Most transports move bytes over a stream socket; :class:`SocketLink` turns one into a link (each message
+length-prefixed, the connection opened by a short preamble so a stranger speaking another protocol is
+hung up on), and :func:`listen_tcp` / :func:`listen_unix` / :func:`dial_tcp` / :func:`dial_unix` open
+the sockets with errors that name the endpoint. A transport over something else (a message queue, a
+pipe, shared memory) implements the two protocols itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import socket
+import struct
+import threading
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.kit.basics import unavailable
+
+__all__ = [
+    "Link",
+    "Listener",
+    "Oversized",
+    "SocketLink",
+    "SocketListener",
+    "dial_tcp",
+    "dial_unix",
+    "listen_tcp",
+    "listen_unix",
+]
+
+Part = bytes | memoryview
+
+
+class Oversized(NamedTuple):
+    """A message larger than the receiver accepts: read and dropped; ``head`` is its start (the header)."""
+
+    head: bytes
+    size: int
+
+
+class Link(Protocol):
+    """One connection, carrying whole messages both ways."""
+
+    def send(self, parts: Sequence[Part]) -> None:
+        """Send one message made of ``parts``, whole, even when several threads send at once.
+
+        Raises ``OSError`` once the peer has gone.
+        """
+        ...
+
+    def recv(self) -> bytes | Oversized:
+        """The next message (one reader thread calls this). Raises ``EOFError`` or ``OSError`` once closed,
+        having released what the link holds (the reader thread is the last to use it)."""
+        ...
+
+    def close(self) -> None:
+        """End the connection, waking a ``recv`` in progress. Idempotent, from any thread."""
+        ...
+
+    def abandon(self) -> None:
+        """In a forked child: drop this process's hold on the connection without ending the parent's."""
+        ...
+
+
+class Listener(Protocol):
+    """Where a server accepts links."""
+
+    @property
+    def endpoint(self) -> str:
+        """The bound endpoint, a requested port 0 resolved."""
+        ...
+
+    def accept(self) -> Link | None:
+        """The next link, blocking; None once :meth:`close` was called."""
+        ...
+
+    def close(self) -> None:
+        """Stop accepting and release the address (it can be bound again when this returns). Idempotent."""
+        ...
+
+
+_LENGTH = struct.Struct("!Q")
+_DISCARD = 1 << 20
+_COALESCE = 64 * 1024
+HEAD_KEEP = 64 * 1024 + 64
+"""Bytes of an oversized message kept for the receiver (enough for the kit's header and any method)."""
+
+
+class SocketLink:
+    """A :class:`Link` over a connected stream socket: each message is an 8-byte length, then its bytes.
+
+    ``limit`` bounds the messages this side keeps (larger ones are read and dropped, their start handed
+    back as :class:`Oversized` so the connection stays in step). ``preamble`` is sent first by the side
+    that dialled and checked by the side that accepted.
+    """
+
+    def __init__(self, sock: socket.socket, limit: int, *, preamble: bytes, dialled: bool) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.limit = limit
+        self.pid = os.getpid()
+        self._preamble = preamble
+        self._greeted = dialled
+        self._reader = sock.makefile("rb", buffering=_COALESCE)
+        self._send_lock = threading.Lock()
+        self._closed = False
+        if dialled:
+            sock.sendall(preamble)
+
+    def send(self, parts: Sequence[Part]) -> None:
+        size = sum(len(p) for p in parts)
+        with self._send_lock:
+            if size <= _COALESCE:
+                self.sock.sendall(b"".join([_LENGTH.pack(size), *parts]))
+            else:
+                self.sock.sendall(_LENGTH.pack(size) + bytes(parts[0]))
+                for part in parts[1:]:
+                    self.sock.sendall(part)
+
+    def _read(self, size: int) -> bytes:
+        data = self._reader.read(size) if size else b""
+        if len(data) < size:
+            raise EOFError("the peer closed the connection")
+        return data
+
+    def recv(self) -> bytes | Oversized:
+        try:
+            return self._recv()
+        except BaseException:
+            self._release()  # the reader thread owns the buffered reader: it closes it, nobody else
+            raise
+
+    def _recv(self) -> bytes | Oversized:
+        if not self._greeted:
+            if self._read(len(self._preamble)) != self._preamble:
+                raise ConnectionError("the peer does not speak this protocol (wrong preamble)")
+            self._greeted = True
+        (size,) = _LENGTH.unpack(self._read(_LENGTH.size))
+        if size <= self.limit + HEAD_KEEP:
+            return self._read(size)
+        head = self._read(HEAD_KEEP)
+        for start in range(HEAD_KEEP, size, _DISCARD):
+            self._read(min(_DISCARD, size - start))
+        return Oversized(head, size)
+
+    def close(self) -> None:
+        """Shut the connection down: the peer sees it closed and a ``recv`` in progress wakes with EOF (which
+        then releases the socket). Other threads never close the buffered reader under the reader thread."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):  # already shut down, or never fully connected
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _release(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._reader.close()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def abandon(self) -> None:
+        # shutdown() would end the parent's connection too, and the reader's buffer lock may have been
+        # held by a parent thread at fork time: only this process's descriptor goes.
+        self._closed = True
+        with contextlib.suppress(OSError):
+            os.close(self.sock.detach())
+
+
+class SocketListener:
+    """A :class:`Listener` over a listening stream socket; accepted sockets become :class:`SocketLink`.
+
+    One thread accepts (the server's); :meth:`close` may come from any other and wakes it.
+    """
+
+    def __init__(
+        self, sock: socket.socket, endpoint: str, limit: int, *, preamble: bytes, path: str | None = None
+    ) -> None:
+        self._sock = sock
+        self._endpoint = endpoint
+        self._limit = limit
+        self._preamble = preamble
+        self._path = path
+        self._inode = os.stat(path).st_ino if path else None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._closed = False
+        sock.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(sock, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def accept(self) -> Link | None:
+        while not self._closed:
+            try:
+                ready = {key.fileobj for key, _ in self._selector.select()}
+            except (OSError, ValueError):
+                if self._closed:
+                    break
+                raise
+            if self._wake_r in ready or self._closed:
+                break
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # the client gave up before we got to it
+            except OSError:
+                if self._closed:
+                    break
+                threading.Event().wait(0.05)  # e.g. out of descriptors: do not spin
+                continue
+            try:
+                conn.setblocking(True)
+                return SocketLink(conn, self._limit, preamble=self._preamble, dialled=False)
+            except OSError:  # reset already: one lost client must not end accepting
+                conn.close()
+        self._release_wake()
+        return None
+
+    def _release_wake(self) -> None:
+        # The accepting thread is the last to use these.
+        with contextlib.suppress(Exception):
+            self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._sock.close()
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                if os.stat(self._path).st_ino == self._inode:
+                    os.unlink(self._path)
+
+
+def _bind_error(endpoint: str, exc: OSError) -> FlameError:
+    if exc.errno == errno.EADDRINUSE:
+        return FlameError(FlameErrorCode.ALREADY_EXISTS, f"{endpoint} is already in use")
+    if exc.errno == errno.EACCES:
+        return FlameError(FlameErrorCode.PERMISSION_DENIED, f"not allowed to listen on {endpoint}: {exc}")
+    return FlameError(FlameErrorCode.INVALID_ARGUMENT, f"cannot listen on {endpoint}: {exc}")
+
+
+def listen_tcp(host: str, port: int, endpoint: str, backlog: int = 128) -> socket.socket:
+    """A listening TCP socket. ``SO_REUSEADDR`` (a stopped server's port can be bound again at once), never
+    ``SO_REUSEPORT`` (a port in use fails with ``ALREADY_EXISTS``)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError as exc:
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"cannot resolve host '{host}' of {endpoint}: {exc}") from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(endpoint, exc) from exc
+    return sock
+
+
+def listen_unix(path: str, endpoint: str, backlog: int = 128) -> socket.socket:
+    """A listening unix socket at ``path``, created owner-only; a stale file from a dead server is replaced,
+    a live server's is ``ALREADY_EXISTS``."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # nobody listens there: a leftover
+        else:
+            raise FlameError(FlameErrorCode.ALREADY_EXISTS, f"{endpoint} is already served by another process")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(endpoint, exc) from exc
+    finally:
+        os.umask(old)
+    return sock
+
+
+def _dial(family: int, address: Any, endpoint: str, timeout: float) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except TimeoutError as exc:
+        sock.close()
+        raise unavailable(endpoint, f"no answer to connect within {timeout:.3g} s") from exc
+    except OSError as exc:
+        sock.close()
+        refused = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
+        raise unavailable(endpoint, "nothing listens there" if refused else str(exc)) from exc
+    sock.settimeout(None)
+    return sock
+
+
+def dial_tcp(host: str, port: int, endpoint: str, timeout: float) -> socket.socket:
+    """A connected TCP socket, or ``UNAVAILABLE`` (refused, unresolvable, or silent for ``timeout`` s)."""
+    try:
+        family, _kind, _proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise unavailable(endpoint, f"cannot resolve host '{host}': {exc}") from exc
+    return _dial(family, address, endpoint, timeout)
+
+
+def dial_unix(path: str, endpoint: str, timeout: float) -> socket.socket:
+    """A connected unix socket, or ``UNAVAILABLE``."""
+    return _dial(socket.AF_UNIX, path, endpoint, timeout)

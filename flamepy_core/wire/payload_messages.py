@@ -1,0 +1,60 @@
+"""The two messages that carry a task's payload to and from an instance, encoded by hand.
+
+``TaskContext`` (server -> instance) and ``TaskResult`` (instance -> server) are the hot messages of
+every task, and their payload may be large. Through the protobuf runtime, a bytes field is copied into
+the message when set and again when it is serialized: about 40 ms for 16 MiB. Their wire format is
+simple (two strings, a number, two optional byte strings), so they are written here with one join, in
+field-number order as protobuf's own serializer writes them: the bytes are the same (the tests compare
+them with ``SerializeToString``). Decoding stays with protobuf, which does not copy a large field.
+"""
+
+from __future__ import annotations
+
+__all__ = ["task_context", "task_result"]
+
+_LEN = 2
+"""Wire type of a length-delimited field (bytes, string)."""
+_VARINT = 0
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(parts: list[bytes], number: int, data: bytes) -> None:
+    parts.append(_varint(number << 3 | _LEN))
+    parts.append(_varint(len(data)))
+    parts.append(data)
+
+
+def task_context(task_id: str, session_id: str, task_input: bytes | None) -> bytes:
+    """``flame.v1.TaskContext`` (task_id = 1, session_id = 2, optional input = 4), serialized."""
+    parts: list[bytes] = []
+    if task_id:
+        _length_delimited(parts, 1, task_id.encode())
+    if session_id:
+        _length_delimited(parts, 2, session_id.encode())
+    if task_input is not None:
+        _length_delimited(parts, 4, task_input)
+    return b"".join(parts)
+
+
+def task_result(return_code: int, output: bytes | None = None, message: str | None = None) -> bytes:
+    """``flame.v1.TaskResult`` (int32 return_code = 1, optional output = 2, optional message = 3), serialized."""
+    if not -(1 << 31) <= return_code < 1 << 31:
+        raise ValueError(f"return_code {return_code} does not fit an int32")
+    parts: list[bytes] = []
+    if return_code:
+        # A negative int32 is written as its 64-bit two's complement (ten bytes), as protobuf does.
+        parts.append(_varint(1 << 3 | _VARINT))
+        parts.append(_varint(return_code & 0xFFFFFFFFFFFFFFFF))
+    if output is not None:
+        _length_delimited(parts, 2, output)
+    if message is not None:
+        _length_delimited(parts, 3, message.encode())
+    return b"".join(parts)
