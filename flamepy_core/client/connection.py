@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -59,6 +60,8 @@ class Connection:
         self._last_ok = time.monotonic()
         self.recover: Callable[[], bool] | None = None
         """Set for the embedded local server: restarts it if it has gone; True when it did."""
+        self.local_home: Path | None = None
+        """The ``FLAME_HOME`` of the embedded local server this connection talks to (where its logs are)."""
         self.has_extensions: bool | None = None
         """Whether the server speaks flamepy.ext.v1 (None = not known yet)."""
         self.has_batches: bool | None = None
@@ -470,6 +473,7 @@ def connect_config(config: ClientConfig) -> Connection:
         conn.cache_endpoint = registry.endpoint_url(config.cache_endpoint)
     if config.endpoint is None and not registry.transport_spec_for_endpoint(endpoint).spec.capabilities.in_process:
         conn.recover = partial(_restart_local_server, conn, config)
+        conn.local_home = config.home
     return conn
 
 

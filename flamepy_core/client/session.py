@@ -50,6 +50,9 @@ from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
 
 _EVENT_BIND_FAILED = 1001
+_EVENT_WAITING_FOR_CAPACITY = 1006
+STARTING_NOTICE_DELAY = 1.0
+"""Seconds ``invoke`` waits before it logs (at INFO) which instance it waits for."""
 """The session event an instance that could not start or enter leaves (see the engine's state module)."""
 
 log = logging.getLogger(__name__)
@@ -718,7 +721,7 @@ class Session:
         if task_timeout is not None:  # RunTask carries Flame's CreateTaskRequest: the batched path has room
             submitted = self.run(input_data, task_timeout=task_timeout)
             try:
-                with waiting(self._waiting_for_instance):
+                with self._waiting():
                     return submitted.result(timeout=timeout)
             except FutureTimeout:
                 raise FlameError(
@@ -727,7 +730,7 @@ class Session:
                 ) from None
         if self.connection.has_extensions is not False:
             try:
-                with waiting(self._waiting_for_instance):
+                with self._waiting():
                     done = self.connection.run_task(self.id, None if input_data is None else bytes(input_data), timeout)
             except FlameError as exc:
                 if exc.code != FlameErrorCode.UNIMPLEMENTED:
@@ -738,7 +741,7 @@ class Session:
                 return _reply_outcome(done)
         task = self.create_task(input_data)
         if timeout is None:
-            with waiting(self._waiting_for_instance):
+            with self._waiting():
                 return self._await(task.id)
         future = self.connection.watches.pool().submit(self._await, task.id)
         try:
@@ -748,6 +751,59 @@ class Session:
                 FlameErrorCode.DEADLINE_EXCEEDED,
                 f"task {task.id} of session {self.id} did not finish within {timeout} s (it keeps running)",
             ) from None
+
+    def _waiting(self) -> contextlib.AbstractContextManager[object]:
+        """While ``invoke`` waits: the progress line on a terminal, and, when this module logs at INFO, one
+        line after ``STARTING_NOTICE_DELAY`` s saying which instance is being started (the application, its
+        command, where its log is). Neither costs a thread otherwise."""
+        shown = waiting(self._waiting_for_instance)
+        if not log.isEnabledFor(logging.INFO):
+            return shown
+        stack = contextlib.ExitStack()
+        stack.enter_context(shown)
+        timer = threading.Timer(STARTING_NOTICE_DELAY, self._log_starting)
+        timer.daemon = True
+        timer.start()
+        stack.callback(timer.cancel)
+        return stack
+
+    def _log_starting(self) -> None:
+        """Log at INFO what this session waits for, when no task of it runs yet (never raises)."""
+        try:
+            notice = self._starting_notice()
+        except Exception:  # a notice must never break what it describes
+            log.debug("could not tell what session %s waits for", self.id, exc_info=True)
+            return
+        if notice:
+            log.info("%s", notice)
+
+    def _starting_notice(self) -> str | None:
+        status = self.connection.call(
+            "GetSession", fe.GetSessionRequest(session_id=self.id), "get session", timeout=5.0
+        ).status
+        if status.running or not status.pending:
+            return None
+        app = self.connection.get_application(self.application)
+        command = " ".join([app.command or "", *(app.arguments or [])]).strip() if app else ""
+        where = f" in {app.working_directory}" if app and app.working_directory else ""
+        starting = [
+            i
+            for i in self.connection.list_instances()
+            if i.session_id == self.id and i.state == pb.ExecutorState.ExecutorVoid
+        ]
+        text = f"session {self.id} waits for an instance of application {self.application}"
+        if not starting:
+            waits = [e.message for e in status.events if e.code in (_EVENT_WAITING_FOR_CAPACITY, _EVENT_BIND_FAILED)]
+            return text + (f": {waits[-1].splitlines()[0]}" if waits else " (none is starting yet)")
+        inst = starting[0]
+        text += f": instance {inst.id}" + (f" (pid {inst.pid})" if inst.pid else "") + " is starting"
+        text += f", command `{command}`{where}" if command else ""
+        if self.connection.local_home is not None:
+            logs = self.connection.local_home / "logs" / "instances" / f"{self.application}-{inst.id}"
+            text += f"; its log: {logs}.err (stdout: {logs}.out)"
+        else:
+            text += f"; its log is on the server, logs/instances/{self.application}-{inst.id}.err under its FLAME_HOME"
+        return text
 
     def _waiting_for_instance(self, elapsed: float) -> str | None:
         """The progress line while ``invoke`` waits: only while no task of the session runs yet."""

@@ -40,7 +40,7 @@ if __name__ == "__main__":
 
 SESSIONS = 4
 TASKS = 25
-PROBLEMS = re.compile(r"Traceback|ERROR|CRITICAL|store is closed|failed:", re.IGNORECASE)
+PROBLEMS = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|store is closed|failed:")
 
 
 def alive(pid: int) -> bool:
