@@ -341,6 +341,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()  # other work on the machine inflates every row: say how much there was
     tmp = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))
     os.environ["FLAME_HOME"] = str(tmp / "home")
     for var in ("FLAME_ENDPOINT", "FLAME_CACHE_ENDPOINT"):
@@ -387,9 +388,15 @@ def main() -> int:
         row("new session + first invoke, spare", spare, spawn_med, max(spare)),
     ]
     scalars = {k: v for k, v in ours.items() if not isinstance(v, list)}
+    load_after = os.getloadavg()
+    python = sys.version.split()[0]
     if args.json:
-        print(json.dumps({"rows": rows, "large_rows": large_rows, "start_rows": start_rows, **scalars}, indent=2))
+        machine = {"cpus": os.cpu_count(), "python": python, "load_average": [load_before, load_after]}
+        doc = {"machine": machine, "rows": rows, "large_rows": large_rows, "start_rows": start_rows, **scalars}
+        print(json.dumps(doc, indent=2))
         return 0
+    before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
+    print(f"transport {args.transport}, {os.cpu_count()} CPUs, Python {python}, load average {before} -> {after}")
     print(f"{'path (100-byte payload)':<40}{'median':>12}{'p99':>12}{'ratio':>8}")
     for label, med, p99, ratio in rows:
         print(f"{label:<40}{med * 1e6:>10.0f}us{p99 * 1e6:>10.0f}us{ratio:>8.2f}")

@@ -51,6 +51,7 @@ write-ahead log is truncated back to ``WAL_KEPT_BYTES`` after checkpoints. A sto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -210,7 +211,14 @@ class Store:
         """Writes in the queue that are not lazy (someone waits for their commit)."""
         self._leader = False
         """A thread is committing: writes queued now go into its next round."""
+        self._exclusive_waiting = 0
+        """Threads waiting in :meth:`exclusive`: no new commit round starts before they had their turn."""
         self._lazy_due: float | None = None
+        self._writer_wakes_at: float | None = None
+        """When the writer thread is to look at the queue next by itself (None: only when notified). Kept
+        until then even if the queue empties meanwhile: lazy writes due later need no wake-up."""
+        self.writer_wakeups = 0
+        """Times the writer thread was notified of a lazy write (diagnostics and tests)."""
         self._failure: FlameError | None = None
         self._backoff = BACKOFF_FIRST
         self._retry_at = 0.0
@@ -262,7 +270,14 @@ class Store:
                 self._urgent += 1
             if lazy and self._lazy_due is None:
                 self._lazy_due = time.monotonic() + LAZY_DELAY
-                self._cond.notify()
+                wakes_at = self._writer_wakes_at
+                if wakes_at is None or wakes_at > self._lazy_due:
+                    # Only when the writer would sleep past the deadline: on a busy server the lazy writes
+                    # go out with the next commit, and waking the writer for each would cost a thread
+                    # switch per task. A writer that looks earlier by itself just waits again.
+                    self._writer_wakes_at = self._lazy_due
+                    self.writer_wakeups += 1
+                    self._cond.notify()
 
     def commit(self, *, lazy: bool = True) -> None:
         """Commit what is queued, on this thread, unless another thread is at it (it takes ours too).
@@ -273,7 +288,7 @@ class Store:
         caller that wrote only those saves a transaction.
         """
         with self._cond:
-            if self._leader or not self._queue or (not lazy and not self._urgent):
+            if self._leader or self._exclusive_waiting or not self._queue or (not lazy and not self._urgent):
                 return
             if self._failure is not None or self.durability == "strict":
                 self._cond.notify()
@@ -293,16 +308,18 @@ class Store:
                     self._urgent += sum(1 for item in batch if not item.lazy)
                     self._untried = True
                     self._leader = False
-                    self._cond.notify()
+                    self._cond.notify_all()
                 return
             self._done(batch, None)
             with self._cond:
-                if not self._queue:
+                if not self._queue or self._exclusive_waiting:
                     self._leader = False
+                    if self._queue or self._exclusive_waiting:  # else nobody waits for this: no thread to wake
+                        self._cond.notify_all()  # an exclusive() waiting, then the writer for what is queued
                     return
         with self._cond:
             self._leader = False
-            self._cond.notify()  # more keeps coming: the writer thread takes over
+            self._cond.notify_all()  # more keeps coming: the writer thread takes over
 
     def write(self, ops: list[Op], on_done: OnDone | None = None, *, durable: bool = True) -> None:
         """:meth:`enqueue` + :meth:`commit`."""
@@ -386,8 +403,12 @@ class Store:
                         return
                     now = time.monotonic()
                     due = self._next_due(now)
-                    if due is not None and due <= now and not self._leader:
+                    if due is not None and due <= now and not self._leader and not self._exclusive_waiting:
                         break
+                    kept = self._writer_wakes_at
+                    if due is None and kept is not None and kept > now:
+                        due = kept  # the queue emptied, but lazy writes queued until then count on this
+                    self._writer_wakes_at = None if due is None else max(now + 0.001, due)
                     self._cond.wait(None if due is None else max(0.001, due - now))
                 self._leader = True
                 batch = list(self._queue)
@@ -477,12 +498,25 @@ class Store:
                     self.checkpoints += 1
                     if mode == "TRUNCATE" and not busy:
                         truncated_at = commits
+                    elif mode == "PASSIVE":
+                        self._catch_up()
                 except sqlite3.Error as exc:  # busy, or the disk is failing: the next round tries again
                     log.debug("checkpoint of %s failed: %s", self.path, exc)
                 if wanted:  # the WAL may stay large a while (a reader kept it): not a checkpoint per commit
                     time.sleep(CHECKPOINT_MIN_INTERVAL)
         finally:
             conn.close()
+
+    def _catch_up(self) -> None:
+        """Copy back what was committed during a checkpoint, with writes held for that moment.
+
+        sqlite starts the log over (and cuts it to ``WAL_KEPT_BYTES``) only at a write that finds it
+        wholly copied back. Under a steady load commits land while the checkpointer copies, so that
+        never happens and the log grows without bound; copying the last few frames between two group
+        commits lets the next write start it over.
+        """
+        with contextlib.suppress(FlameError):  # closing: the last connection's close copies the log back
+            self.exclusive(lambda write: write.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -513,8 +547,12 @@ class Store:
         with self._cond:
             if self._closed or self._closing:
                 raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
-            while self._leader:
-                self._cond.wait()
+            self._exclusive_waiting += 1
+            try:
+                while self._leader:
+                    self._cond.wait()
+            finally:
+                self._exclusive_waiting -= 1
             self._leader = True
         try:
             return fn(self._write)
