@@ -54,11 +54,16 @@ python -m pip install --quiet --no-build-isolation -e examples/flamepy-serialize
 mypy --strict examples/flamepy-serializer-zjson/flamepy_serializer_zjson
 flamepy-conformance --serializer zjson
 python -m pytest -p no:cacheprovider examples/flamepy-serializer-zjson/tests
-stage "the service layer for every transport x serializer pair (third-party plugins included)"
+stage "the service layer on every transport, with every serializer, and the two third-party plugins together"
+# A transport carries a serializer's output as opaque bytes, so each plugin is proven once on the whole path
+# (every transport with the default serializer, every serializer on the default transport), plus the pair
+# of third-party plugins; the full matrix took four minutes of CI for no extra coverage.
 for transport in inmem grpc zmq tcp; do
-  for serializer in cloudpickle pickle json msgpack zjson; do
-    flamepy-conformance --transport "$transport" --serializer "$serializer" --layer service
-  done
+  flamepy-conformance --transport "$transport" --serializer cloudpickle --layer service
 done
+for serializer in pickle json msgpack zjson; do
+  flamepy-conformance --transport zmq --serializer "$serializer" --layer service
+done
+flamepy-conformance --transport tcp --serializer zjson --layer service
 stage "tests"
 python -m pytest "$@"  # last: CI reads pytest's closing line
