@@ -66,4 +66,6 @@ for serializer in pickle json msgpack zjson; do
 done
 flamepy-conformance --transport tcp --serializer zjson --layer service
 stage "tests"
-python -m pytest "$@"  # last: CI reads pytest's closing line
+# Three workers, one test file each at a time (a file's tests share fixtures and run in their order);
+# --durations names the slowest tests, so a slow CI run shows where its time went.
+python -m pytest -n 3 --dist loadfile --durations=15 "$@"  # last: CI reads pytest's closing line
