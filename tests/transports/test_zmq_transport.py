@@ -352,6 +352,69 @@ def test_many_threads_on_one_channel_get_their_own_answers(served: Callable[...,
     assert done[0] == threads * per_thread
 
 
+def test_a_burst_of_blocking_streams_and_calls_from_many_threads_is_all_answered(
+    served: Callable[..., Served],
+) -> None:
+    """Sixty threads each open a stream whose handler blocks until that thread's unary call ends it.
+
+    Every handler must get a worker at once (``max_workers`` is far above the burst), also when some
+    workers are idle from earlier calls: a request left queued while every worker is busy in a stream
+    waits for the next request, and the last ones for ever -- the unary call that would end a stream
+    never runs, and the stream never ends.
+    """
+    ends: dict[bytes, threading.Event] = {}
+    lock = threading.Lock()
+
+    def end_of(key: bytes) -> threading.Event:
+        with lock:
+            return ends.setdefault(key, threading.Event())
+
+    def watch(request: bytes, ctx: CallContext) -> Iterator[bytes]:
+        yield b"open " + request
+        while ctx.is_active() and not end_of(request).wait(0.05):
+            pass
+        yield b"end " + request
+
+    def finish(request: bytes, ctx: CallContext) -> bytes:
+        end_of(request).set()
+        return b"ended " + request
+
+    s = served(
+        f"zmq+ipc://@flamepy-test-burst-{os.getpid()}",
+        {COUNT: StreamHandler(watch), ECHO: UnaryHandler(finish), SLEEP: UnaryHandler(sleep_then_echo)},
+        max_workers=512,
+    )
+    warm = [threading.Thread(target=s.channel.unary, args=(SLEEP, b"0.2:w", 5)) for _ in range(8)]
+    for th in warm:
+        th.start()
+    for th in warm:
+        th.join(10)  # a few workers now idle: the burst first wakes them, then needs new ones
+    threads = 60
+    barrier = threading.Barrier(threads, timeout=10)
+    failures: list[str] = []
+
+    def caller(t: int) -> None:
+        key = str(t).encode()
+        try:
+            barrier.wait()  # all streams at once, then all the calls that end them at once
+            stream = s.channel.stream(COUNT, key, timeout=8)
+            assert next(stream) == b"open " + key
+            barrier.wait()
+            assert s.channel.unary(ECHO, key, timeout=8) == b"ended " + key
+            assert list(stream) == [b"end " + key]
+        except BaseException as exc:  # every failure is reported below
+            failures.append(f"{key!r}: {exc!r}")
+            barrier.abort()
+
+    pool = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join(30)
+    assert not failures, f"{len(failures)} of {threads} callers failed: {failures[:3]}"
+    assert s.channel.stats()["pending"] == 0
+
+
 @pytest.mark.parametrize("direct", [True, False])
 def test_a_slow_call_does_not_hold_up_the_calls_made_meanwhile(direct: bool, served: Callable[..., Served]) -> None:
     """A call that takes long (made on the idle channel's socket by its caller, with direct_calls) lets
