@@ -53,14 +53,21 @@ RAISE_THE_LIMIT = (
 """What a ``MESSAGE_TOO_LARGE`` error tells the user to do: every transport's size errors end with it."""
 
 
+def message_too_large(size: int, limit: int, *, what: str, endpoint: str) -> FlameError:
+    """The ``MESSAGE_TOO_LARGE`` error for a message of ``size`` bytes over ``limit``, naming both numbers.
+
+    For code that delivers the error rather than raising it (a future, a call failed from an I/O thread).
+    """
+    return FlameError(
+        FlameErrorCode.MESSAGE_TOO_LARGE,
+        f"{what} of {size} bytes exceeds the largest message of {limit} bytes allowed on {endpoint}; {RAISE_THE_LIMIT}",
+    )
+
+
 def check_size(size: int, limit: int, *, what: str, endpoint: str) -> None:
     """Refuse a message larger than ``limit`` (before sending it, or on receipt), naming both numbers."""
     if size > limit:
-        raise FlameError(
-            FlameErrorCode.MESSAGE_TOO_LARGE,
-            f"{what} of {size} bytes exceeds the largest message of {limit} bytes allowed on {endpoint}; "
-            f"{RAISE_THE_LIMIT}",
-        )
+        raise message_too_large(size, limit, what=what, endpoint=endpoint)
 
 
 def error_from_handler(method: str, exc: BaseException) -> FlameError:

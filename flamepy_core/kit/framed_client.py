@@ -26,7 +26,13 @@ from typing import Any
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Timeout
 from flamepy_core.kit import frames
-from flamepy_core.kit.basics import check_size, deadline_exceeded, resolve_timeout, unavailable
+from flamepy_core.kit.basics import (
+    check_size,
+    deadline_exceeded,
+    message_too_large,
+    resolve_timeout,
+    unavailable,
+)
 from flamepy_core.kit.frames import Frame, Kind
 from flamepy_core.kit.links import Link, Oversized
 
@@ -223,7 +229,11 @@ class _Connection:
         if call is None:
             return  # its caller gave up (deadline, a closed stream): dropped, never another call's
         if frame.kind is Kind.REPLY and len(frame.payload) > self.limit:
-            call.fail(_too_large(len(frame.payload), self.limit, call.method, self.endpoint))
+            call.fail(
+                message_too_large(
+                    len(frame.payload), self.limit, what=f"response to {call.method}", endpoint=self.endpoint
+                )
+            )
             return
         call.answer(frame)
 
@@ -234,7 +244,7 @@ class _Connection:
         call = self.take(found[1])
         if call is not None:
             size = message.size - frames.HEADER.size
-            call.fail(_too_large(size, self.limit, call.method, self.endpoint))
+            call.fail(message_too_large(size, self.limit, what=f"response to {call.method}", endpoint=self.endpoint))
             self.control(frames.encode(Kind.CANCEL, call.call_id))
 
     def fail(self, error: FlameError) -> None:
@@ -275,14 +285,6 @@ class _Connection:
             if call is not None:
                 self.control(frames.encode(Kind.CANCEL, call_id))
                 call.fail(deadline_exceeded(call.method, self.endpoint, call.timeout))
-
-
-def _too_large(size: int, limit: int, method: str, endpoint: str) -> FlameError:
-    try:
-        check_size(size, limit, what=f"response to {method}", endpoint=endpoint)
-    except FlameError as exc:
-        return exc
-    return FlameError(FlameErrorCode.MESSAGE_TOO_LARGE, f"response to {method} is too large for {endpoint}")
 
 
 class StreamResponses(Iterator[bytes]):

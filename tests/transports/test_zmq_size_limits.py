@@ -64,11 +64,18 @@ def test_a_server_with_a_smaller_limit_refuses_a_request_naming_both_sizes(endpo
         server.stop()
 
 
-def test_a_client_with_a_smaller_limit_fails_a_response_naming_both_sizes(endpoint: str) -> None:
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["unary", "unary_async"])
+def test_a_client_with_a_smaller_limit_fails_a_response_naming_both_sizes(endpoint: str, asynchronous: bool) -> None:
+    """Blocking and asynchronous calls alike: an asynchronous call's future fails (the engine's instance
+    link uses those, and an oversized result must fail its task, not reach the store)."""
     server = transport().serve(endpoint, handlers())
     channel = transport(max_message_size=SMALL).connect(server.endpoint)
+    request = str(SMALL * 2).encode()
     try:
-        err = too_large(lambda: channel.unary(GROW, str(SMALL * 2).encode(), timeout=10))
+        if asynchronous:
+            err = too_large(lambda: channel.unary_async(GROW, request, timeout=10).result(timeout=10))
+        else:
+            err = too_large(lambda: channel.unary(GROW, request, timeout=10))
         assert f"of {SMALL * 2} bytes exceeds the largest message of {SMALL} bytes" in err.message, err.message
         assert channel.unary(ECHO, b"still connected", timeout=10) == b"still connected"
     finally:

@@ -17,7 +17,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Protocol
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.transport_kit import check_size
+from flamepy_core.kit.basics import message_too_large
 from flamepy_transports.zmq import framing
 from flamepy_transports.zmq.config import STREAM_WINDOW_BYTES, STREAM_WINDOW_ITEMS
 
@@ -125,10 +125,9 @@ class AsyncCall(ClientCall):
         self.future.set_running_or_notify_cancel()
 
     def on_reply(self, payload: bytes) -> None:
-        try:
-            check_size(len(payload), self.limit, what=f"response to {self.method}", endpoint=self.endpoint)
-        except FlameError as exc:
-            self.future.set_exception(exc)
+        if len(payload) > self.limit:
+            what = f"response to {self.method}"
+            self.future.set_exception(message_too_large(len(payload), self.limit, what=what, endpoint=self.endpoint))
             return
         self.future.set_result(payload)
 
