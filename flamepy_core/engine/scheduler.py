@@ -99,7 +99,7 @@ class State(enum.Enum):
     IDLE = "idle"
     """Bound to a session, no task in flight."""
     BUSY = "busy"
-    """Bound, running a task (and maybe holding the next one, queued behind it)."""
+    """Bound, running a task."""
     LEAVING = "leaving"
     """OnSessionLeave is in flight."""
     STOPPING = "stopping"
@@ -122,11 +122,6 @@ class Instance:
     """The session it serves, or (while STARTING) the one it was started for."""
     inflight: dict[int, float] = field(default_factory=dict)
     """Tasks sent and not answered: id -> when sent."""
-    depth: int = 1
-    """How many tasks it may hold at once. Always 1, as in Flame (an executor runs one task at a time): a
-    task queued behind a running one of the same session may be the very task that one waits for (a
-    recursive service, Runner inside Runner), and would never start; it also waits while another instance
-    may be idle."""
     expires: float | None = None
     """A spare is stopped at this time if no session took it."""
     kill_at: float | None = None
@@ -139,7 +134,7 @@ class Instance:
     """Stopped on purpose (left its session, spare expired...): its exit is no failure of a session."""
     ready: bool = False
     head_since: float = 0.0
-    """When the task it runs now (the first of ``inflight``) started: the head of its queue."""
+    """When the task it runs now started (or, while it runs none, when its last one ended)."""
     blocked: bool = False
     """Its current task has run ``busy_overflow_delay`` using less than half a CPU: it waits on something."""
     cpu_mark: tuple[float, float] | None = None
@@ -289,12 +284,6 @@ class Scheduler:
         if task_id not in inst.inflight and task_id not in {tid for _sid, tid in inst.lost}:
             return  # answered meanwhile
         log.info("instance %s: stopping it to cancel task %s of %s (%s)", inst.id, task_id, inst.session_id, reason)
-        sid = inst.session_id
-        if sid is not None:  # tasks sent along with it go back to the queue, without spending a retry
-            for other in [tid for tid in inst.inflight if tid != task_id]:
-                why = f"requeued: instance {inst.id} was stopped to cancel task {task_id}"
-                if self.engine.requeue_task(sid, other, why):
-                    del inst.inflight[other]  # else its exit reports it, as any task in flight
         self._stop(inst, deliberate=True)  # SIGTERM, SIGKILL after shutdown_grace; on_exit reports the task
 
     # -- placing sessions ------------------------------------------------------------------------------
@@ -597,10 +586,10 @@ class Scheduler:
     def _expire_tasks(self, now: float) -> None:
         """Fail each task that has run longer than its task timeout, and stop the instance running it.
 
-        The timeout counts from when the instance started the task (a task queued behind another on the
-        same instance starts when that one is answered), and is the task's own (``task_timeout`` of the
-        call) or else the application's (``spec.task_timeout``). The instance is never reused: it gets
-        SIGTERM, SIGKILL after ``shutdown_grace``, and the session's next task runs on a fresh one.
+        The timeout counts from when the task was sent to its instance, and is the task's own
+        (``task_timeout`` of the call) or else the application's (``spec.task_timeout``). The instance is
+        never reused: it gets SIGTERM, SIGKILL after ``shutdown_grace``, and the session's next task runs
+        on a fresh one.
         """
         for inst in list(self._instances.values()):
             sid = inst.session_id
@@ -622,10 +611,6 @@ class Scheduler:
         log.warning("%s", failure)
         del inst.inflight[tid]
         self.engine.finish_task(session_id, tid, failure=failure, commit=False)
-        for other in list(inst.inflight):  # sent behind it: back to the queue, without spending a retry
-            why = f"requeued: instance {inst.id} was stopped because task {tid} exceeded its task timeout"
-            if self.engine.requeue_task(session_id, other, why):
-                del inst.inflight[other]  # else its exit reports it, as any task in flight
         self._stop(inst, deliberate=True)
         self._on_tasks_pending(session_id)
 
@@ -919,19 +904,21 @@ class Scheduler:
         inst.cpu_mark = None
 
     def _dispatch(self, inst: Instance) -> None:
-        """Send the instance pending tasks of its session until it holds ``depth`` of them."""
+        """Send the instance its session's next pending task if it holds none.
+
+        One task at a time, as a Flame executor runs them: a task queued behind a running one of the same
+        session may be the very task that one waits for (a recursive service, Runner inside Runner), and
+        would never start; it would also wait while another instance may be idle.
+        """
         sid = inst.session_id
         process = inst.process
         if sid is None or process is None or self._closed or inst.state == State.STOPPING:
             return
-        while len(inst.inflight) < inst.depth:
-            started = self.engine.start_next(sid)
-            if started is None:
-                break
+        started = None if inst.inflight else self.engine.start_next(sid)
+        if started is not None:
             tid, task_input = started
             now = time.monotonic()
-            if not inst.inflight:
-                self._new_head(inst, now)
+            self._new_head(inst, now)
             inst.inflight[tid] = now
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
             ctx = task_context(str(tid), sid, task_input)  # one copy of the input, however large
@@ -947,7 +934,7 @@ class Scheduler:
     def _on_task_done(self, inst: Instance, session_id: str, tid: int, future: Future[bytes]) -> None:
         if inst.inflight.pop(tid, None) is None or self._closed:
             return  # settled elsewhere (its instance was lost), or the server is stopping
-        self._new_head(inst, time.monotonic())  # the task queued behind it (if any) starts now
+        self._new_head(inst, time.monotonic())  # no task runs: not blocked, nothing measured
         error = future.exception()
         if error is None:
             result = pb.TaskResult.FromString(future.result())

@@ -1330,20 +1330,6 @@ class Engine:
             self._finalize(entry, task, CANCELLED, None)
         self.store.commit()
 
-    def requeue_task(self, session_id: str, task_id: int, message: str) -> bool:
-        """A running task back to the head of the queue without spending a retry: its instance is being
-        stopped for another task's cancel. False when it is not running (settled meanwhile)."""
-        with self.lock:
-            entry = self._sessions.get(session_id)
-            task = entry.tasks.get(task_id) if entry is not None else None
-            if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
-                return False
-            if task_id in entry.cancelling:  # cancelled too: its own instance stop settles it
-                return False
-            self._requeue(entry, task, message, front=True)
-        self.scheduler.tasks_pending(session_id)
-        return True
-
     def force_close_session(self, session_id: str, by: str, timeout: float) -> pb.Session:
         """Cancel the session's pending and running tasks, then close it (``close_session(force=True)``).
 
