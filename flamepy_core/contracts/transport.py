@@ -18,10 +18,11 @@ The numbers behind these words - how long a method path or an error message must
 soon "promptly" is, how much a handler's view of the deadline may differ from its caller's, how long a
 stream may be - are in :mod:`flamepy_core.contracts.bounds`.
 
-Two optional parts let long calls hold no thread (see :class:`DeferredHandler` and
-:meth:`AsyncChannel.unary_async`). A transport that implements them natively declares
-``deferred_replies`` / ``async_calls`` in its capabilities; for one that does not, the core adapts
-(:mod:`flamepy_core.transport_kit`), so every transport carries every handler.
+Three optional parts let long calls hold no thread (see :class:`DeferredHandler`,
+:class:`DeferredStreamHandler` and :meth:`AsyncChannel.unary_async`). A transport that implements them
+natively declares ``deferred_replies`` / ``deferred_streams`` / ``async_calls`` in its capabilities; for
+one that does not, the core adapts (:func:`flamepy_core.kit.adapt_handlers`), so every transport carries
+every handler.
 """
 
 from __future__ import annotations
@@ -124,7 +125,46 @@ class DeferredHandler:
     fn: DeferredFn
 
 
-Handler = Union[UnaryHandler, StreamHandler, DeferredHandler]  # noqa: UP007 - a runtime alias that must work on 3.10
+class StreamWriter(Protocol):
+    """Feeds the responses of one deferred stream, in order, from any thread (one call at a time).
+
+    ``send`` never blocks: responses the caller has not taken yet wait in the transport. Every method
+    returns True when it took effect, False once the stream has ended (closed, failed, its caller gone,
+    its deadline passed, the server stopping): the caller of a False should stop producing.
+    """
+
+    def send(self, response: bytes) -> bool:
+        """Queue one response (checked against the largest message first: too large fails the stream)."""
+        ...
+
+    def close(self) -> bool:
+        """End the stream normally, after the responses sent so far."""
+        ...
+
+    def fail(self, error: BaseException) -> bool:
+        """End the stream with an error, after the responses sent so far (a ``FlameError`` as it is,
+        anything else as INTERNAL)."""
+        ...
+
+
+DeferredStreamFn = Callable[[bytes, CallContext, StreamWriter], None]
+
+
+@dataclass(frozen=True)
+class DeferredStreamHandler:
+    """Answers one request with a stream fed later, without holding a server thread while it is open.
+
+    ``fn(request, ctx, writer)`` must return promptly (it may run on the transport's receiving thread):
+    it keeps ``writer`` and feeds it from whatever produces the responses (callbacks, timers), then
+    closes it. If ``fn`` raises before the stream ends, the stream fails with that error. A stream whose
+    caller has gone reports it through ``ctx.is_active()`` and through ``send`` returning False; a
+    producer that may stay silent for long should check ``ctx.is_active()`` now and then, so it can let go.
+    """
+
+    fn: DeferredStreamFn
+
+
+Handler = Union[UnaryHandler, StreamHandler, DeferredHandler, DeferredStreamHandler]  # noqa: UP007 - a runtime alias that must work on 3.10
 
 
 @dataclass(frozen=True)
@@ -196,6 +236,8 @@ class TransportCapabilities:
     """A server stopped and started again on the same endpoint is reachable by an existing channel."""
     deferred_replies: bool = False
     """``serve`` runs :class:`DeferredHandler` natively: a deferred call holds no server thread."""
+    deferred_streams: bool = False
+    """``serve`` runs :class:`DeferredStreamHandler` natively: an open deferred stream holds no server thread."""
     async_calls: bool = False
     """Channels implement :meth:`AsyncChannel.unary_async` natively: a call in flight holds no thread."""
     in_process: bool = False
@@ -226,6 +268,7 @@ class TransportCapabilities:
             "auth": self.auth,
             "restart_same_endpoint": self.restart_same_endpoint,
             "deferred_replies": self.deferred_replies,
+            "deferred_streams": self.deferred_streams,
             "async_calls": self.async_calls,
             "in_process": self.in_process,
             "local_schemes": list(self.local_schemes),

@@ -24,11 +24,13 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
     CallContext,
     DeferredHandler,
+    DeferredStreamHandler,
     Handler,
     Responder,
     SecureTransport,
     Server,
     StreamHandler,
+    StreamWriter,
     Transport,
     UnaryHandler,
 )
@@ -84,6 +86,8 @@ class _Activity:
                 wrapped[path] = UnaryHandler(self._unary(handler))
             elif isinstance(handler, DeferredHandler):
                 wrapped[path] = DeferredHandler(self._deferred(handler))
+            elif isinstance(handler, DeferredStreamHandler):
+                wrapped[path] = DeferredStreamHandler(self._deferred_stream(handler))
             else:
                 wrapped[path] = StreamHandler(self._stream(handler))
         return wrapped
@@ -112,6 +116,18 @@ class _Activity:
         def call(data: bytes, ctx: CallContext, responder: Responder) -> None:
             self._enter()
             counted = _ExitOnReply(responder, self._exit)
+            try:
+                handler.fn(data, ctx, counted)
+            except BaseException:
+                counted.settled()
+                raise
+
+        return call
+
+    def _deferred_stream(self, handler: DeferredStreamHandler) -> Any:
+        def call(data: bytes, ctx: CallContext, writer: StreamWriter) -> None:
+            self._enter()
+            counted = _ExitOnEnd(writer, self._exit)
             try:
                 handler.fn(data, ctx, counted)
             except BaseException:
@@ -158,6 +174,39 @@ class _ExitOnReply:
     def fail(self, error: BaseException) -> bool:
         try:
             return self._responder.fail(error)
+        finally:
+            self.settled()
+
+
+class _ExitOnEnd:
+    """A stream writer that tells the activity counter once, when the stream ends (or is given up)."""
+
+    def __init__(self, writer: StreamWriter, on_done: Callable[[], None]) -> None:
+        self._writer = writer
+        self._on_done: Callable[[], None] | None = on_done
+        self._lock = threading.Lock()
+
+    def settled(self) -> None:
+        with self._lock:
+            on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
+
+    def send(self, response: bytes) -> bool:
+        taken = self._writer.send(response)
+        if not taken:  # the stream ended under us (its caller went away)
+            self.settled()
+        return taken
+
+    def close(self) -> bool:
+        try:
+            return self._writer.close()
+        finally:
+            self.settled()
+
+    def fail(self, error: BaseException) -> bool:
+        try:
+            return self._writer.fail(error)
         finally:
             self.settled()
 

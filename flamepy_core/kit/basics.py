@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -24,7 +25,9 @@ from flamepy_core.contracts.transport import (
     CallContext,
     Channel,
     DeferredHandler,
+    DeferredStreamHandler,
     Handler,
+    StreamHandler,
     Timeout,
     TransportCapabilities,
     UnaryHandler,
@@ -179,14 +182,112 @@ def blocking_unary(handler: DeferredHandler) -> UnaryHandler:
     return UnaryHandler(call)
 
 
+class QueueWriter:
+    """A :class:`~flamepy_core.contracts.transport.StreamWriter` over an in-memory queue.
+
+    Transports can feed their wire stream from it; the kit's adapter below drains it on a server thread.
+    ``next_event`` hands out what was sent, then the end of the stream (``None``) or its error (raised).
+    """
+
+    def __init__(self, max_message_size: int | None = None, method: str = "") -> None:
+        self._cond = threading.Condition()
+        self._items: deque[bytes] = deque()
+        self._ended = False
+        self._error: BaseException | None = None
+        self._limit = max_message_size
+        self._method = method
+
+    def send(self, response: bytes) -> bool:
+        if self._limit is not None and len(response) > self._limit:
+            too_large = message_too_large(len(response), self._limit, what="stream response", endpoint=self._method)
+            return self.fail(too_large)
+        with self._cond:
+            if self._ended:
+                return False
+            self._items.append(response)
+            self._cond.notify()
+        return True
+
+    def close(self) -> bool:
+        return self._end(None)
+
+    def fail(self, error: BaseException) -> bool:
+        return self._end(error)
+
+    def abandon(self) -> None:
+        """The caller has gone: drop what waits, later sends return False."""
+        with self._cond:
+            self._items.clear()
+        self._end(FlameError(FlameErrorCode.CANCELLED, "the caller went away"))
+
+    @property
+    def ended(self) -> bool:
+        with self._cond:
+            return self._ended
+
+    def _end(self, error: BaseException | None) -> bool:
+        with self._cond:
+            if self._ended:
+                return False
+            self._ended = True
+            self._error = error
+            self._cond.notify_all()
+        return True
+
+    def next_event(self, timeout: float | None) -> tuple[bool, bytes | None]:
+        """``(True, response)`` for the next response, ``(True, None)`` at the end of the stream, ``(False,
+        None)`` if nothing came within ``timeout``; raises the error a failed stream ended with."""
+        with self._cond:
+            if not self._items and not self._ended:
+                self._cond.wait(timeout)
+            if self._items:
+                return True, self._items.popleft()
+            if not self._ended:
+                return False, None
+            if self._error is not None:
+                raise self._error
+            return True, None
+
+
+def blocking_stream(handler: DeferredStreamHandler) -> StreamHandler:
+    """A deferred stream handler as a plain stream one, for a transport without ``deferred_streams``.
+
+    A server thread yields what the handler's writer receives (so the open stream costs a thread, as
+    any stream handler does), re-checking every :data:`WAIT_SLICE` that the caller is still there.
+    """
+
+    def call(request: bytes, ctx: CallContext) -> Iterator[bytes]:
+        writer = QueueWriter()
+        try:
+            handler.fn(request, ctx, writer)
+        except BaseException as exc:
+            writer.fail(exc)
+        try:
+            while True:
+                got, response = writer.next_event(WAIT_SLICE)
+                if got:
+                    if response is None:
+                        return
+                    yield response
+                elif not ctx.is_active():
+                    return
+        finally:
+            writer.abandon()  # closed early by the caller, or its deadline: later sends return False
+
+    return StreamHandler(call)
+
+
 def adapt_handlers(handlers: Mapping[str, Handler], capabilities: TransportCapabilities) -> dict[str, Handler]:
     """``handlers`` as the transport can serve them: deferred ones made blocking unless it runs them natively."""
-    if capabilities.deferred_replies:
-        return dict(handlers)
-    return {
-        path: blocking_unary(handler) if isinstance(handler, DeferredHandler) else handler
-        for path, handler in handlers.items()
-    }
+    adapted: dict[str, Handler] = {}
+    for path, handler in handlers.items():
+        if isinstance(handler, DeferredHandler) and not capabilities.deferred_replies:
+            adapted[path] = blocking_unary(handler)
+        elif isinstance(handler, DeferredStreamHandler) and not capabilities.deferred_streams:
+            adapted[path] = blocking_stream(handler)
+        else:
+            adapted[path] = handler
+    return adapted
 
 
 _pool_lock = threading.Lock()

@@ -21,7 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import DeferredHandler, Handler, StreamHandler, UnaryHandler
 from flamepy_core.kit import frames
-from flamepy_core.kit.basics import SimpleCallContext, check_size, error_from_handler, unavailable, unimplemented
+from flamepy_core.kit.basics import (
+    SimpleCallContext,
+    blocking_stream,
+    check_size,
+    error_from_handler,
+    unavailable,
+    unimplemented,
+)
 from flamepy_core.kit.framed_client import ITEM_OVERHEAD
 from flamepy_core.kit.frames import Frame, Kind
 from flamepy_core.kit.links import Link, Listener, Oversized
@@ -286,8 +293,10 @@ class FramedServer:
         try:
             if isinstance(handler, UnaryHandler):
                 self._pool.submit(self._run_unary, call, handler, request)
-            else:
+            elif isinstance(handler, StreamHandler):
                 self._pool.submit(self._run_stream, call, handler, request)
+            else:  # not served natively yet: a server thread drains the writer
+                self._pool.submit(self._run_stream, call, blocking_stream(handler), request)
         except RuntimeError:  # the pool was shut down between the check and the submit
             call.end(frames.error(call_id, unavailable(self.endpoint, "the server is shutting down")))
 
