@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import select
 import signal
@@ -350,6 +351,60 @@ def test_many_threads_on_one_channel_get_their_own_answers(served: Callable[...,
         th.join(40)
     assert not wrong, wrong[:5]
     assert done[0] == threads * per_thread
+
+
+def test_replies_completed_on_other_threads_are_sent_by_those_threads(served: Callable[..., Served]) -> None:
+    """A deferred call completed by another thread while the I/O thread waits is sent by that thread.
+
+    That thread uses the socket while the I/O thread waits on its descriptor, so a request arriving
+    meanwhile must still be read: callers on their own channels mix deferred calls (completed by a
+    completer thread) with plain ones, and every caller gets its own answer.
+    """
+    from flamepy_core.contracts.transport import DeferredHandler, Responder
+
+    later: queue.SimpleQueue[tuple[bytes, Responder] | None] = queue.SimpleQueue()
+
+    def defer(request: bytes, ctx: CallContext, responder: Responder) -> None:
+        later.put((request, responder))
+
+    def complete() -> None:
+        while (item := later.get()) is not None:
+            request, responder = item
+            time.sleep(random.random() / 2000)  # now and then the I/O thread is busy: the reply is queued
+            responder.send(request[::-1])
+
+    completer = threading.Thread(target=complete, daemon=True)
+    completer.start()
+    s = served(
+        f"zmq+ipc://@flamepy-test-direct-{os.getpid()}", {ECHO: UnaryHandler(echo), SLEEP: DeferredHandler(defer)}
+    )
+    try:
+        for i in range(50):  # one caller: the completer finds the I/O thread waiting
+            assert s.channel.unary(SLEEP, b"call %d" % i, timeout=20) == (b"call %d" % i)[::-1]
+        assert s.server.stats()["sent_direct"] > 0, "no reply was sent by the thread that completed it"
+        wrong: list[str] = []
+
+        def caller(t: int) -> None:
+            channel = s.transport.connect(s.server.endpoint)
+            try:
+                for i in range(60):
+                    request = f"caller {t} call {i}".encode()
+                    deferred = i % 2 == 0
+                    got = channel.unary(SLEEP if deferred else ECHO, request, timeout=20)
+                    if got != (request[::-1] if deferred else request):
+                        wrong.append(f"{request!r} -> {got!r}")
+            finally:
+                channel.close()
+
+        pool = [threading.Thread(target=caller, args=(t,)) for t in range(6)]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join(40)
+        assert not any(th.is_alive() for th in pool), "a caller was left waiting"
+        assert not wrong, wrong[:5]
+    finally:
+        later.put(None)
 
 
 def test_a_burst_of_blocking_streams_and_calls_from_many_threads_is_all_answered(

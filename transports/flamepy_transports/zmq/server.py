@@ -4,8 +4,18 @@ The I/O thread reads requests, answers at once what needs no handler (``UNIMPLEM
 large, ``RESOURCE_EXHAUSTED`` when ``max_pending_calls`` calls are already queued or running,
 ``UNAVAILABLE`` while stopping), and submits the rest to the pool. Workers queue their replies in the
 outbox and wake the I/O thread, which sends them. A :class:`DeferredHandler`'s ``fn`` runs on the I/O
-thread itself (it must only start work and return); its responder queues the reply the same way, later,
-from whatever thread completes it, so a deferred call holds no thread while it waits.
+thread itself (it must only start work and return); its responder completes the call later, from
+whatever thread has the answer, so a deferred call holds no thread while it waits.
+
+Who touches the socket. The ROUTER is used under one lock, the socket lock: the I/O thread holds it
+while it receives, handles and sends, and lets go of it while it waits. It waits on the socket's file
+descriptor (``ZMQ_FD``), which is the operating system's and not the socket, so while it waits another
+thread may take the lock and use the socket. That is what a call's final reply does when it can (see
+:meth:`_Engine.finish`): the thread that completes a deferred call (the engine's, when a task's result
+arrives) sends the reply itself when the I/O thread is waiting and nothing is queued before it, instead
+of waking the I/O thread to send it: one thread hand-off less per call. ``ZMQ_FD`` signals only changes
+the socket has not yet processed: after a send by another thread, that thread looks whether a request
+became readable meanwhile, and wakes the I/O thread if so.
 
 ``ZMQ_ROUTER_MANDATORY`` makes every send say what happened: EAGAIN (the peer's pipe is at its
 high-water mark) keeps the reply, and everything queued after it for the same peer, in a per-peer
@@ -99,11 +109,25 @@ class _Engine:
         self._stopped = False
         self._released = threading.Event()
         self._ipc_inode: int | None = None
-        self.counters = {"accepted": 0, "refused": 0, "unimplemented": 0, "peer_gone": 0, "dropped_late": 0}
+        self.counters = {
+            "accepted": 0,
+            "refused": 0,
+            "unimplemented": 0,
+            "peer_gone": 0,
+            "dropped_late": 0,
+            "sent_direct": 0,
+        }
         self._zap: ZapHandler | None = None
         self._admitted: list[tuple[Any, ServerCall, Any, bytes]] = []
         self._io_ident: int | None = None
         """The I/O thread's: a reply it queues itself (a deferred handler answering at once) needs no wake-up."""
+        self._sock: zmq.Socket[bytes] | None = None
+        self._sock_lock = threading.Lock()
+        """Whoever holds it may use the ROUTER (see the module's docstring); None above once it is closed."""
+        self._backlog: dict[bytes, deque[_Out]] = {}
+        """Replies kept for peers whose pipe was full, in order (used under the socket lock)."""
+        self._sending = 0
+        """Final replies being sent by the threads that completed them (stop() waits for them)."""
         self._thread = threading.Thread(target=self._run, name=f"flamepy-zmq-server[{address.url}]", daemon=True)
 
     # -- start -----------------------------------------------------------------------------------------
@@ -156,18 +180,56 @@ class _Engine:
                 self._waker.signal()
 
     def finish(self, call: ServerCall, frames: list[bytes] | None) -> bool:
+        on_io_thread = threading.get_ident() == self._io_ident
         with self._lock:
             if call.finished:
                 return False
             call.finished = True
-            if frames is not None:
-                # Queued before the call leaves the table: stop() waits for "no calls and nothing
-                # queued", so a final reply is never in neither.
+            direct = frames is not None and not on_io_thread and not self._outbox
+            if direct:
+                self._sending += 1
+            elif frames is not None:
+                # Queued before the call leaves the table: stop() waits for "no calls, nothing queued
+                # and nothing being sent", so a final reply is never in none of them.
                 self._outbox.append((call.ident, frames, call.deadline))
             self._calls.pop(call.key, None)
-        if frames is not None and threading.get_ident() != self._io_ident:
+        if direct:
+            assert frames is not None
+            try:
+                if self._send_direct((call.ident, frames, call.deadline)):
+                    return True
+                self._outbox.append((call.ident, frames, call.deadline))
+            finally:
+                with self._lock:
+                    self._sending -= 1
+        if frames is not None and not on_io_thread:
             self._waker.signal()  # (the I/O thread itself sends what it queued before it polls again)
         return True
+
+    def _send_direct(self, entry: _Out) -> bool:
+        """Send a final reply from this thread while the I/O thread waits; False when it must queue it.
+
+        Only when the socket lock is free at once (the I/O thread is waiting, nobody else sends), nothing
+        is queued (what was queued first goes first) and the peer has no backlog. Called outside
+        ``self._lock``.
+        """
+        if not self._sock_lock.acquire(blocking=False):
+            return False
+        try:
+            sock = self._sock
+            if sock is None or self._outbox or entry[0] in self._backlog:
+                return False
+            self.counters["sent_direct"] += 1
+            if self._send_one(sock, entry) == "again":
+                self._backlog[entry[0]] = deque([entry])  # the I/O thread retries it with the others
+                self._waker.signal()
+            elif readable(sock):
+                # The send let libzmq take in what arrived: the I/O thread, waiting on ZMQ_FD, may not
+                # be told of a request already readable.
+                self._waker.signal()
+            return True
+        finally:
+            self._sock_lock.release()
 
     # -- I/O thread ------------------------------------------------------------------------------------
 
@@ -181,26 +243,35 @@ class _Engine:
             self._started.set_exception(exc)
             return
         self._started.set_result(self._endpoint_bound)
-        backlog: dict[bytes, deque[_Out]] = {}
+        backlog = self._backlog
+        sock_fd = sock.getsockopt(zmq.FD)
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller.register(sock_fd, zmq.POLLIN)  # the socket's descriptor, not the socket: see the docstring
         poller.register(self._waker.fileno(), zmq.POLLIN)
         if self._zap is not None:
             poller.register(self._zap.socket, zmq.POLLIN)
         probe_every = self._config.heartbeat_ivl_ms / 1000.0
         next_probe = time.monotonic() + probe_every
+        lock = self._sock_lock
+        lock.acquire()
+        self._sock = sock
         try:
             while True:
                 timeout = BACKLOG_RETRY_MS if backlog else 1000
                 if self._calls:
                     timeout = min(timeout, max(0, int((next_probe - time.monotonic()) * 1000) + 1))
-                ready = dict(poller.poll(timeout))
+                if readable(sock):
+                    timeout = 0  # ZMQ_FD would not say so again
+                lock.release()
+                try:
+                    ready = dict(poller.poll(timeout))
+                finally:
+                    lock.acquire()
                 if self._zap is not None and self._zap.socket in ready:
                     self._zap.handle_pending()
-                if sock in ready:
-                    self._receive(sock)
                 if self._waker.fileno() in ready:
                     self._waker.drain()
+                self._receive(sock)
                 self._send(sock, backlog)
                 self._start_admitted()
                 if self._exit:
@@ -213,11 +284,15 @@ class _Engine:
             log.exception("the I/O thread of the zmq server on %s failed", self.endpoint)
         finally:
             # Let final replies leave (bounded), then close; ctx.term() in stop() waits for this.
+            self._sock = None
             sock.close(linger=STOP_LINGER_MS if self._exit else 0)
+            lock.release()
             if self._zap is not None:
                 self._zap.close()
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
+        if not readable(sock):
+            return
         for _ in range(RECV_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -401,7 +476,7 @@ class _Engine:
     def _stop(self, grace: float | None) -> None:
         self._stopping = True  # the I/O thread now answers new calls with UNAVAILABLE
         deadline = time.monotonic() + (grace or 0.0)
-        while time.monotonic() < deadline and (self._calls or self._outbox):
+        while time.monotonic() < deadline and (self._calls or self._outbox or self._sending):
             time.sleep(0.005)
         with self._lock:
             remaining = list(self._calls.values())

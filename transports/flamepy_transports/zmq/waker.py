@@ -46,7 +46,11 @@ class Waker:
         self._writer.close()
 
 
+_POLLIN = int(zmq.POLLIN)
+"""A plain int: ``events & zmq.POLLIN`` would build a ``PollEvent`` flag on every call."""
+
+
 def readable(sock: zmq.Socket[bytes]) -> bool:
     """Whether another message is waiting on ``sock`` (ZMQ_EVENTS: cheaper than a recv ending in EAGAIN)."""
     events = sock.getsockopt(zmq.EVENTS)
-    return isinstance(events, int) and bool(events & zmq.POLLIN)
+    return isinstance(events, int) and bool(events & _POLLIN)
