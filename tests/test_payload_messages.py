@@ -1,4 +1,4 @@
-"""The hand-encoded TaskContext and TaskResult are byte for byte what protobuf writes, for any values."""
+"""The hand-encoded TaskContext, TaskResult and RunTask's Task are what protobuf writes, for any values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flamepy_core.wire.payload_messages import task_context, task_result
+from flamepy_core.engine.state import reply_task
+from flamepy_core.wire.payload_messages import task_context, task_reply, task_result
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -34,6 +35,55 @@ def test_task_result_is_what_protobuf_writes(return_code: int, output: bytes | N
     assert encoded == expected.SerializeToString()
     decoded = pb.TaskResult.FromString(encoded)
     assert decoded == expected and decoded.HasField("output") == (output is not None)
+
+
+_EVENTS = st.lists(
+    st.builds(
+        pb.Event,
+        code=st.integers(min_value=0, max_value=2000),
+        message=st.none() | st.text(),
+        creation_time=st.integers(min_value=0, max_value=1 << 62),
+    ),
+    max_size=4,
+)
+
+
+@given(
+    task_id=st.text(),
+    session_id=st.text(),
+    task_input=st.none() | st.binary(),
+    output=st.none() | st.binary(),
+    state=st.sampled_from(list(pb.TaskState.values())),
+    completion_time=st.none() | st.integers(min_value=0, max_value=1 << 62),
+    events=_EVENTS,
+)
+def test_task_reply_is_what_reply_task_serializes(
+    task_id: str,
+    session_id: str,
+    task_input: bytes | None,
+    output: bytes | None,
+    state: int,
+    completion_time: int | None,
+    events: list[pb.Event],
+) -> None:
+    """RunTask's answer written by hand equals the message ``reply_task`` builds: no input back."""
+    task = pb.Task()
+    task.metadata.id = task.metadata.name = task_id
+    task.spec.session_id = session_id
+    if task_input is not None:
+        task.spec.input = task_input
+    if output is not None:
+        task.spec.output = output
+    task.status.state = state  # type: ignore[assignment]
+    if completion_time is not None:
+        task.status.completion_time = completion_time
+    task.status.events.extend(events)
+    encoded = task_reply(task_id, session_id, output, task.status.SerializeToString())
+    expected = reply_task(task)
+    assert encoded == expected.SerializeToString()
+    decoded = pb.Task.FromString(encoded)
+    assert decoded == expected and not decoded.spec.HasField("input")
+    assert decoded.spec.HasField("output") == (output is not None)
 
 
 def test_a_large_payload_keeps_its_length_prefix() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
@@ -30,6 +31,7 @@ from flamepy_core.engine.retention import Retention
 from flamepy_core.engine.state import Engine, reply_task
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
+from flamepy_core.wire.payload_messages import task_reply
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -88,6 +90,17 @@ def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None
             responder.send(message.SerializeToString())
 
     return settle
+
+
+def _send_task(responder: Responder, task: pb.Task | None, error: FlameError | None) -> None:
+    """Answer ``RunTask``: the task's id, state, output and events (``reply_task``), not its input back;
+    serialized by hand, without building the reply message (one copy of the output, however large)."""
+    if error is not None:
+        responder.fail(error)
+        return
+    assert task is not None
+    output = task.spec.output if task.spec.HasField("output") else None
+    responder.send(task_reply(task.metadata.id, task.spec.session_id, output, task.status.SerializeToString()))
 
 
 FORCE_CLOSE_WAIT = 300.0
@@ -251,7 +264,7 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
 
     def run_task(r: frontend_pb2.CreateTaskRequest, _ctx: CallContext, responder: Responder) -> None:
         task_input = r.task.input if r.task.HasField("input") else None
-        engine.run_task(r.task.session_id, task_input, _answer(responder))
+        engine.run_task(r.task.session_id, task_input, partial(_send_task, responder))
 
     def create_tasks(r: ext_pb2.CreateTasksRequest, _ctx: CallContext, responder: Responder) -> None:
         if not r.tasks:

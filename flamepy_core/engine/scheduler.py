@@ -294,9 +294,16 @@ class Scheduler:
     def _on_tasks_pending(self, session_id: str) -> None:
         if self._closed:
             return
-        for inst in self._serving(session_id):
+        serving = self._serving(session_id)
+        for inst in serving:
             if inst.state in (State.IDLE, State.BUSY):
                 self._dispatch(inst)
+        if session_id not in self._wanting and self.engine.covered(
+            session_id, sum(1 for i in serving if i.state in BOUND or i.state == State.STARTING)
+        ):
+            # The warm case (its instance took the task, nothing else waits): no capacity to account for.
+            self._satisfied(session_id)
+            return
         if self._missing(session_id) <= 0:
             self._satisfied(session_id)
             return

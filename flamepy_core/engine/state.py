@@ -126,6 +126,10 @@ def reply_task(task: pb.Task) -> pb.Task:
     return reply
 
 
+def _task_done(on_done: Callable[[pb.Task | None, FlameError | None], None], task: pb.Task) -> None:
+    on_done(task, None)
+
+
 def _trim_completions(entry: SessionEntry) -> None:
     """Drop the completions every watcher has read (all of them when nobody watches)."""
     low = min(entry.watch_positions.values(), default=entry.completions_offset + len(entry.completions))
@@ -238,19 +242,14 @@ def _not_found(kind: str, name: str) -> FlameError:
     return FlameError(FlameErrorCode.NOT_FOUND, f"{kind} {name} not found")
 
 
-def _task_ops(entry: SessionEntry, task: pb.Task, *, created: bool = False) -> list[Op]:
-    """The statements that store ``task`` as it is now: its row, plus its input when it is created and its
-    output when it is final (each payload is written once)."""
+def _task_ops(entry: SessionEntry, task: pb.Task) -> list[Op]:
+    """The statements that store a change of ``task``'s state: its row, plus its output when it is final
+    (each payload is written once; a new task's rows are written by ``submit_tasks``)."""
     tid = int(task.metadata.id)
     status = task.status.SerializeToString()
-    if created:
-        ops: list[Op] = [(_INSERT_TASK, (entry.id, tid, int(task.status.state), status))]
-        if task.spec.HasField("input"):
-            ops.append((_SAVE_PAYLOAD, (entry.id, tid, INPUT, task.spec.input)))
-    else:
-        # ``finished``: when the payload retention counts from (see engine.retention); NULL until final.
-        finished = task.status.completion_time if task.status.state in TERMINAL else None
-        ops = [(_UPDATE_TASK, (int(task.status.state), status, finished, entry.id, tid))]
+    # ``finished``: when the payload retention counts from (see engine.retention); NULL until final.
+    finished = task.status.completion_time if task.status.state in TERMINAL else None
+    ops: list[Op] = [(_UPDATE_TASK, (int(task.status.state), status, finished, entry.id, tid))]
     if task.status.state in TERMINAL and task.spec.HasField("output"):
         ops.append((_SAVE_PAYLOAD, (entry.id, tid, OUTPUT, task.spec.output)))
     return ops
@@ -801,20 +800,22 @@ class Engine:
             ts = now_ms()
             tasks: list[pb.Task] = []
             ops: list[Op] = []
+            # Every task of the batch starts with the same status: built and serialized once.
+            pending = pb.TaskStatus(state=PENDING, creation_time=ts)
+            pending.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
+            status = pending.SerializeToString()
             for task_input in inputs:
                 tid = entry.next_id
                 entry.next_id += 1
                 task = pb.Task()
-                task.metadata.id = str(tid)
-                task.metadata.name = str(tid)
+                task.metadata.id = task.metadata.name = str(tid)
                 task.spec.session_id = session_id
+                task.status.CopyFrom(pending)
+                ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
                 if task_input is not None:
                     task.spec.input = task_input
-                task.status.state = PENDING
-                task.status.creation_time = ts
-                task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
+                    ops.append((_SAVE_PAYLOAD, (session_id, tid, INPUT, task_input)))  # (not read back: a copy)
                 tasks.append(task)
-                ops.extend(_task_ops(entry, task, created=True))
             own = {
                 int(task.metadata.id): seconds
                 for task, seconds in zip(tasks, timeouts or [None] * len(tasks), strict=True)
@@ -876,13 +877,17 @@ class Engine:
     def run_task(
         self, session_id: str, task_input: bytes | None, on_done: Callable[[pb.Task | None, FlameError | None], None]
     ) -> None:
-        """Create a task and call ``on_done`` with it once its final state is committed (flamepy's RunTask)."""
+        """Create a task and call ``on_done`` with it once its final state is committed (flamepy's RunTask).
+
+        The task is the engine's own, final: read it (:func:`reply_task` is what a caller is sent), never
+        change it.
+        """
 
         def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
             if error is not None:
                 on_done(None, error)
 
-        self.submit_tasks(session_id, [task_input], created, waiter=lambda task: on_done(reply_task(task), None))
+        self.submit_tasks(session_id, [task_input], created, waiter=partial(_task_done, on_done))
 
     # -- reading tasks -------------------------------------------------------------------------------
 
@@ -1067,6 +1072,19 @@ class Engine:
             entry = self._sessions.get(session_id)
             return bool(entry and entry.is_open and entry.pending)
 
+    def covered(self, session_id: str, instances: int) -> bool:
+        """Whether ``instances`` serving the session are all it can use now (``demand`` <= ``instances``),
+        answered cheaply for the common case: nothing pending, no more running tasks and no higher
+        ``min_instances`` than that. False means "maybe not": ask :meth:`demand`."""
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or not entry.is_open:
+                return True
+            if entry.pending:
+                return False
+            s = entry.message
+            return s.status.running <= instances and s.spec.min_instances <= instances
+
     def demand(self, session_id: str, *, cpu_share: bool = True) -> int:
         """How many instances the session could use now.
 
@@ -1135,19 +1153,35 @@ class Engine:
         cancelled_by = entry.cancelling.pop(tid, None)
         if cancelled_by is not None and state != SUCCEED:  # stopping it for the cancel is what ended it
             state, message = CANCELLED, _cancelled_while_running(cancelled_by, message)
-        final = pb.Task()
-        final.CopyFrom(task)
+        # The final status alone is built apart from the task (which stays as it is until the commit):
+        # copying the whole task would copy its input, however large.
+        final = pb.TaskStatus()
+        final.CopyFrom(task.status)
+        ts = now_ms()
+        final.state = state  # type: ignore[assignment]
+        final.completion_time = ts
+        event = final.events.add(code=int(state), creation_time=ts)
+        if message is not None:
+            event.message = bound_failure_text(message)  # a service's text: bounded, controls escaped
+        status_bytes = final.SerializeToString()
+        ops: list[Op] = [(_UPDATE_TASK, (int(state), status_bytes, ts, entry.id, tid))]
         if output is not None:
-            final.spec.output = output
-        _mark(final, state, message, now_ms())
-        self.store.enqueue(_task_ops(entry, final), partial(self._finished, entry, final, on_committed))
+            ops.append((_SAVE_PAYLOAD, (entry.id, tid, OUTPUT, output)))
+        elif task.spec.HasField("output"):  # (a task finished twice over a restart keeps its output)
+            ops.append((_SAVE_PAYLOAD, (entry.id, tid, OUTPUT, task.spec.output)))
+        self.store.enqueue(ops, partial(self._finished, entry, tid, final, output, on_committed))
 
     def _finished(
-        self, entry: SessionEntry, final: pb.Task, on_committed: Callable[[], None] | None, error: FlameError | None
+        self,
+        entry: SessionEntry,
+        tid: int,
+        final: pb.TaskStatus,
+        output: bytes | None,
+        on_committed: Callable[[], None] | None,
+        error: FlameError | None,
     ) -> None:
         if error is not None:  # only a bug can make a durable write fail for good
-            log.error("the final state of task %s of %s was not stored: %s", final.metadata.id, entry.id, error)
-        tid = int(final.metadata.id)
+            log.error("the final state of task %s of %s was not stored: %s", tid, entry.id, error)
         with self.lock:
             entry.finishing.discard(tid)
             task = entry.tasks.pop(tid, None)
@@ -1156,9 +1190,12 @@ class Engine:
             status = entry.message.status
             old = _COUNTER[task.status.state]
             setattr(status, old, getattr(status, old) - 1)
-            new = _COUNTER[final.status.state]
+            new = _COUNTER[final.state]
             setattr(status, new, getattr(status, new) + 1)
-            task.CopyFrom(final)  # in place: watch_task holds this object
+            # In place: watch_task holds this object.
+            task.status.CopyFrom(final)
+            if output is not None:
+                task.spec.output = output
             entry.attempts.pop(tid, None)
             entry.timeouts.pop(tid, None)
             if entry.watch_positions:

@@ -134,6 +134,9 @@ WAL_KEPT_BYTES = 4 << 20
 """The WAL file is cut back to this size when sqlite starts it over after a checkpoint
 (``journal_size_limit``): its size then measures what was written since, so the check against
 ``CHECKPOINT_BYTES`` does not stay true for good once the file has grown past it once."""
+WAL_CHECK_INTERVAL = 0.01
+"""Seconds between two looks at the WAL's size after a commit (a ``stat`` per commit costs more than
+the checkpoint needs: at disk speed the log grows by a few MiB at most meanwhile)."""
 CHECKPOINT_MIN_INTERVAL = 0.5
 """Seconds between two checkpoints asked for by size (a reader can keep one from completing)."""
 BACKOFF_FIRST = 0.02
@@ -233,6 +236,8 @@ class Store:
         self._writer.start()
         self._wal = self.path + "-wal"
         self._last_commit = time.monotonic()
+        self._wal_checked = 0.0
+        """When a commit last looked at the WAL's size."""
         self._checkpoint_wanted = threading.Event()
         self._checkpointer = threading.Thread(target=self._run_checkpointer, name="flame-store-checkpoint", daemon=True)
         self._checkpointer.start()
@@ -312,9 +317,12 @@ class Store:
                 return
             self._done(batch, None)
             with self._cond:
-                if not self._queue or self._exclusive_waiting:
+                # Lazy writes queued meanwhile (by the callbacks just run: a task sent to its instance
+                # became RUNNING) are nobody's acknowledgement: they wait for the next commit, or the writer
+                # thread's LAZY_DELAY (see enqueue), rather than cost a transaction of their own now.
+                if not self._urgent or self._exclusive_waiting:
                     self._leader = False
-                    if self._queue or self._exclusive_waiting:  # else nobody waits for this: no thread to wake
+                    if self._exclusive_waiting:
                         self._cond.notify_all()  # an exclusive() waiting, then the writer for what is queued
                     return
         with self._cond:
@@ -377,12 +385,14 @@ class Store:
                 log.debug("rollback failed", exc_info=True)
             return exc
         self.commits += 1
-        self._last_commit = time.monotonic()
-        try:
-            if os.stat(self._wal).st_size > CHECKPOINT_BYTES:
-                self._checkpoint_wanted.set()
-        except OSError:
-            pass
+        now = self._last_commit = time.monotonic()
+        if now - self._wal_checked >= WAL_CHECK_INTERVAL:
+            self._wal_checked = now
+            try:
+                if os.stat(self._wal).st_size > CHECKPOINT_BYTES:
+                    self._checkpoint_wanted.set()
+            except OSError:
+                pass
         return None
 
     def _done(self, batch: Iterable[_Write], error: FlameError | None) -> None:
