@@ -123,6 +123,18 @@ class _Core:
         # direct_unary), and takes it back now and then to read the connection's news.
         self._lease = threading.Lock()
         self._holding = False
+        self._watching_fd = False
+        """The idle I/O thread waits on the DEALER's descriptor too (``ZMQ_FD``), so a reply to an
+        asynchronous call sent by its caller wakes it with no wake-up from that caller (see unary_async)."""
+        self._async_callers = False
+        """Set by an asynchronous call sent by its caller, cleared by a synchronous one: the idle I/O thread
+        watches the descriptor only for a channel used for asynchronous calls (an instance link), since a
+        synchronous caller's reply, which that caller reads itself, would wake it for nothing."""
+        self._fd_quiet_until = 0.0
+        """Until then the idle I/O thread waits on its waker alone: something else than a reply it must
+        read woke it through the descriptor (a synchronous caller's reply)."""
+        self._sock_fd = -1
+        self._watch_poller = zmq.Poller()
         self._unsent: deque[_Entry] = deque()
         self._connected = False
         self._last_failure: FlameError | None = None
@@ -164,6 +176,7 @@ class _Core:
         """
         if self._closing or not self._connected or self._busy() or self._reset_reason is not None:
             return None
+        self._async_callers = False
         if not self._lease.acquire(blocking=False):
             return None
         handed: UnaryCall | None = None
@@ -259,8 +272,53 @@ class _Core:
         if call.deadline is not None:
             with self._lock:
                 heapq.heappush(self._deadlines, (call.deadline, corr))
-        self._submit(call, framing.request(framing.Kind.UNARY, corr, self._method(method), timeout, request))
+        frames = framing.request(framing.Kind.UNARY, corr, self._method(method), timeout, request)
+        if not (self._config.direct_calls and self._send_async_now(call, frames)):
+            self._submit(call, frames)
         return call.future
+
+    def _send_async_now(self, call: AsyncCall, frames: list[bytes]) -> bool:
+        """Send an asynchronous call from the calling thread; False when the I/O thread must send it.
+
+        Only on an idle, connected channel whose I/O thread has lent the socket, as for
+        :meth:`direct_unary`; the I/O thread then reads the reply and completes the future. It wakes by
+        itself when the reply arrives if it is waiting on the socket's descriptor (the usual idle wait),
+        so the call costs no thread hand-off at all; otherwise (it waits on its waker alone, or a
+        deadline must be watched, or something is readable already, which ``ZMQ_FD`` would not say
+        again) it is woken.
+        """
+        if self._closing or not self._connected or self._busy() or self._reset_reason is not None:
+            return False
+        if not self._lease.acquire(blocking=False):
+            return False
+        try:
+            sock = self._sock
+            monitor = self._monitor
+            if sock is None or monitor is None or self._closing or not self._connected or self._busy():
+                return False
+            sock.get(zmq.EVENTS)  # lets libzmq act on what happened to the connection since it was last used
+            if readable(monitor.socket):
+                return False  # news the I/O thread has not read (a lost connection?): it goes first
+            with self._lock:
+                if self._closing:
+                    return False
+                self._pending[call.corr] = call  # before the send: the I/O thread may read the reply at once
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError:  # a full pipe, or worse: the I/O thread's path handles both
+                with self._lock:
+                    self._pending.pop(call.corr, None)
+                return False
+            call.sent = True
+            # Read after the call is pending: an I/O thread that stops watching the descriptor looks
+            # whether a call is pending before it waits again.
+            wake = call.deadline is not None or not self._watching_fd or readable(sock)
+            self._async_callers = True
+        finally:
+            self._lease.release()
+        if wake:
+            self._waker.signal()
+        return True
 
     def stream(self, method: str, request: bytes, timeout: float | None) -> StreamResponses:
         corr = next(self._ids)
@@ -357,6 +415,12 @@ class _Core:
         self._busy_poller.register(self._waker.fileno(), zmq.POLLIN)
         self._idle_poller = zmq.Poller()
         self._idle_poller.register(self._waker.fileno(), zmq.POLLIN)
+        sock_fd = sock.getsockopt(zmq.FD)
+        assert isinstance(sock_fd, int)
+        self._sock_fd = sock_fd
+        self._watch_poller = zmq.Poller()
+        self._watch_poller.register(self._waker.fileno(), zmq.POLLIN)
+        self._watch_poller.register(self._sock_fd, zmq.POLLIN)
         self._direct_poller = zmq.Poller()
         self._direct_poller.register(sock, zmq.POLLIN)
         self._direct_poller.register(self._monitor.socket, zmq.POLLIN)
@@ -453,9 +517,21 @@ class _Core:
         if self._holding:
             ready = dict(self._busy_poller.poll(self._poll_timeout()))
         else:
-            ready = dict(self._idle_poller.poll(IDLE_LOOK_MS))
+            # Idle: the socket is lent. Wait on the waker, and on the socket's descriptor unless a
+            # synchronous caller was seen reading its own reply lately (see _send_async_now).
+            watch = self._async_callers and time.monotonic() >= self._fd_quiet_until
+            self._watching_fd = watch  # set before looking for calls: _send_async_now reads it after adding one
+            ready = (
+                {} if self._busy() else dict((self._watch_poller if watch else self._idle_poller).poll(IDLE_LOOK_MS))
+            )
+            self._watching_fd = False
             if self._busy():
-                self._hold()  # a call was queued: the socket's news first, then the call
+                self._hold()  # a call was queued (or sent by its caller): the socket's news first, then the call
+            elif self._sock_fd in ready:
+                # No call of ours: a stray reply, the connection's news, or a synchronous caller's reply
+                # (that caller reads it): wait on the waker alone for a while, after a look if possible.
+                self._fd_quiet_until = time.monotonic() + IDLE_LOOK_MS / 1000.0
+                self._holding = self._lease.acquire(blocking=False)
             elif not ready and self._lease.acquire(blocking=False):
                 self._holding = True  # nobody calls: a look at the connection's news and stray replies
             if self._holding:
