@@ -3,11 +3,13 @@
 Shape. A channel owns one DEALER socket, a server one ROUTER socket; one thread at a time uses a socket
 (zmq sockets are not thread-safe). A channel's I/O thread carries its calls: callers register a call under
 a fresh correlation id, append its frames to a queue and wake the I/O thread, which sends, receives, and
-hands each reply to the call with that correlation id. A synchronous call on an idle channel instead
-uses the socket itself, lent by the I/O thread for that one call (``direct_calls``). Server handlers run
-on a worker pool and hand their replies back to the server's I/O thread the same way; a deferred
-handler's ``fn`` runs on the I/O thread and its responder queues the reply later, from any thread. The
-wire format is in :mod:`.framing` (five frames, no pickling).
+hands each reply to the call with that correlation id. A call on an idle channel instead uses the socket
+itself, lent by the I/O thread (``direct_calls``): a synchronous caller sends and reads its reply, an
+asynchronous one sends and leaves the reply to the I/O thread, which waits on the socket's descriptor
+(``ZMQ_FD``) and so needs no wake-up. Server handlers run on a worker pool; a deferred handler's ``fn``
+runs on the I/O thread. Their replies are sent by the thread that completes them when the server's I/O
+thread is waiting (it waits on the ROUTER's descriptor, leaving the socket free), else queued for it. The
+wire format is in :mod:`.framing` (two frames, no pickling).
 
 High-water marks (``sndhwm`` / ``rcvhwm``, default 1000 messages per connection). They bound the memory
 libzmq queues per peer; they are never what sheds load, and nothing is ever dropped silently when one is

@@ -3,9 +3,12 @@
 Threads. Any number of caller threads; one I/O thread per channel (per process). A caller registers
 its call under a fresh correlation id in the pending table, appends the frames to the outbox (a deque)
 and wakes the I/O thread through a :class:`~.waker.Waker`; then it waits on its own call object. The I/O
-thread alone touches the DEALER and its monitor: it sends what the outbox holds, reads replies and
-completes the call with the reply's correlation id, and reads monitor events to learn whether a server
-is there.
+thread touches the DEALER and its monitor: it sends what the outbox holds, reads replies and completes
+the call with the reply's correlation id, and reads monitor events to learn whether a server is there.
+While it has nothing to do it lends the socket (its lease) to callers, who then send themselves: a
+synchronous caller also reads its reply (:meth:`_Core.direct_unary`), an asynchronous one leaves the
+reply to the I/O thread, which waits on the DEALER's descriptor (``ZMQ_FD``) as well as its waker, so
+the reply wakes it without the caller waking it (:meth:`_Core._send_async_now`).
 
 Connection state, from the socket monitor:
 

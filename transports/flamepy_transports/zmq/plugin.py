@@ -31,8 +31,8 @@ Options (keyword arguments; every one has a default):
 ``curve_server_public_key_file``, ``curve_client_secret_key_file``
     Client side of CURVE: the server's ``.key`` and this client's ``.key_secret``.
 ``direct_calls``
-    A synchronous call on an idle channel uses the socket from the caller's thread, saving the hand-off
-    to the channel's I/O thread and back (default ``True``; see :mod:`.channel`).
+    A call on an idle channel uses the socket from the caller's thread, saving the hand-off to the
+    channel's I/O thread (and back, for a synchronous call) (default ``True``; see :mod:`.channel`).
 
 Deferred replies are native (a ``DeferredHandler``'s ``fn`` runs on the server's I/O thread, and its
 responder queues the reply from any thread) and so is ``unary_async`` (the channel's I/O thread completes
