@@ -1,19 +1,21 @@
-"""The messages of ``flame.v1.Instance``, encoded and decoded by hand.
+"""The messages that carry a task's payload, and the rest of ``flame.v1.Instance``, by hand.
 
 ``TaskContext`` (server -> instance) and ``TaskResult`` (instance -> server) are the hot messages of
-every task, and their payload may be large. Through the protobuf runtime, a bytes field is copied into
-the message when set and again when it is serialized: about 40 ms for 16 MiB, and parsing one costs
-about 20 ms more. Their wire format is simple (two strings, a number, two optional byte strings), so
-they are written here with one join, in field-number order as protobuf's own serializer writes them
-(the bytes are the same: the tests compare them with ``SerializeToString``), and read with one slice.
+every task; ``CreateTaskRequest`` carries an ``invoke``'s input from the client, and the ``Task`` that
+answers it carries the output back. Their payload may be large. Through the protobuf runtime, a bytes
+field is copied into the message when set and again when it is serialized: about 20 ms for 16 MiB.
+Their wire format is simple (strings, a number, optional byte strings), so they are written here with
+one join, in field-number order as protobuf's own serializer writes them: the bytes are the same (the
+tests compare them with ``SerializeToString``).
 
-A service process reads and writes only these (and ``SessionContext`` and ``Result``), so with them
-its start path imports no protobuf at all: the runtime (``protobuf``'s descriptor pool and message
-classes) is a cold start's largest import. The readers follow protobuf's parsing rules, which the
-tests check against protobuf itself: the last value of a repeated scalar field wins, repeated
-sub-messages merge, unknown fields (and fields of a known number with another wire type) are
-skipped, strings must be UTF-8, truncated or malformed input is an error (a ``ValueError`` saying what is
-wrong, where protobuf raises its ``DecodeError``).
+A service process also reads ``TaskContext`` and ``SessionContext`` and writes ``Result`` here, so its
+start path imports no protobuf at all (protobuf's descriptor pool and message classes were a cold
+start's largest import), and a task's input is read with one slice (protobuf's parse of a 16 MiB input
+costs about 20 ms). The readers follow protobuf's parsing rules, which the tests check against
+protobuf itself: the last value of a repeated scalar field wins, repeated sub-messages merge, unknown
+fields (and fields of a known number with another wire type) are skipped, strings must be UTF-8,
+truncated or malformed input is an error (a ``ValueError`` saying what is wrong, where protobuf raises
+its ``DecodeError``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ __all__ = [
     "ON_SESSION_ENTER",
     "ON_SESSION_LEAVE",
     "ON_TASK_INVOKE",
+    "create_task_request",
     "read_session_context",
     "read_task_context",
     "result",
     "task_context",
+    "task_reply",
     "task_result",
 ]
 
@@ -80,6 +84,51 @@ def task_result(return_code: int, output: bytes | None = None, message: str | No
         _length_delimited(parts, 2, output)
     if message is not None:
         _length_delimited(parts, 3, message.encode())
+    return b"".join(parts)
+
+
+def create_task_request(session_id: str, task_input: bytes | None) -> bytes:
+    """``flame.v1.CreateTaskRequest`` (task = 1: ``TaskSpec`` with session_id = 2, optional input = 3), serialized.
+
+    The nested message's length is computed, not built, so the input is copied once, by the join.
+    """
+    inner: list[bytes] = []
+    if session_id:
+        _length_delimited(inner, 2, session_id.encode())
+    if task_input is not None:
+        inner.append(_varint(3 << 3 | _LEN))
+        inner.append(_varint(len(task_input)))
+    size = sum(len(part) for part in inner) + (0 if task_input is None else len(task_input))
+    parts = [_varint(1 << 3 | _LEN), _varint(size), *inner]
+    if task_input is not None:
+        parts.append(task_input)
+    return b"".join(parts)
+
+
+def _small_message(fields: list[tuple[int, str]]) -> bytes:
+    """A message of string fields (set ones only), serialized: small, so built then embedded."""
+    parts: list[bytes] = []
+    for number, value in fields:
+        if value:
+            _length_delimited(parts, number, value.encode())
+    return b"".join(parts)
+
+
+def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, status: bytes) -> bytes:
+    """A ``flame.v1.Task`` as RunTask answers it (metadata, spec without the input, and ``status`` already
+    serialized), serialized with one copy of the output.
+
+    metadata = 1 (id = 1, name = 2), spec = 2 (session_id = 2, optional output = 4), status = 3.
+    """
+    spec = _small_message([(2, session_id)])
+    output_head = b"" if output is None else _varint(4 << 3 | _LEN) + _varint(len(output))
+    spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
+    parts: list[bytes] = []
+    _length_delimited(parts, 1, _small_message([(1, task_id), (2, name)]))
+    parts += [_varint(2 << 3 | _LEN), _varint(spec_size), spec, output_head]
+    if output is not None:
+        parts.append(output)
+    _length_delimited(parts, 3, status)
     return b"".join(parts)
 
 
