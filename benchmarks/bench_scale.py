@@ -38,6 +38,7 @@ SERVICE = textwrap.dedent(
 
 def fill(home: Path, sessions: int, tasks: int) -> float:
     """Write ``sessions`` open sessions with ``tasks`` finished tasks in all into home's store."""
+    from flamepy_core.engine.state import INPUT, OUTPUT
     from flamepy_core.engine.store import Store
     from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -62,9 +63,14 @@ def fill(home: Path, sessions: int, tasks: int) -> float:
             "INSERT INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)",
             (f"big-{i}", "bench", 0, session.SerializeToString()),
         )
+        ids = range(1, per_session + 1)
         db.executemany(
-            "INSERT INTO tasks (session_id, id, state, input, output, status) VALUES (?, ?, ?, ?, ?, ?)",
-            ((f"big-{i}", t, 2, b"x" * 100, b"x" * 100, status_bytes) for t in range(1, per_session + 1)),
+            "INSERT INTO tasks (session_id, id, state, input, output, status, finished) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((f"big-{i}", t, int(pb.TaskState.Succeed), None, None, status_bytes, now) for t in ids),
+        )
+        db.executemany(  # payloads in rows of their own, as the server writes them
+            "INSERT INTO task_payloads (session_id, id, kind, data) VALUES (?, ?, ?, ?)",
+            ((f"big-{i}", t, kind, b"x" * 100) for t in ids for kind in (INPUT, OUTPUT)),
         )
     db.commit()
     db.close()
