@@ -37,7 +37,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.privacy import PRIVATE_FILE_MODE, private_subdir
@@ -52,6 +52,13 @@ _PREFIX = "p-"
 _TEMP_SUFFIX = ".part"
 
 E = TypeVar("E")
+
+
+class PayloadFile(NamedTuple):
+    """A payload written to a file of its own: the file's name (in the folder) and the payload's size."""
+
+    name: str
+    size: int
 
 
 class PayloadFiles:
@@ -72,8 +79,8 @@ class PayloadFiles:
 
     # -- writing ---------------------------------------------------------------------------------------
 
-    def spill(self, data: bytes | None) -> str | None:
-        """Write ``data`` to a new file when it is large; the file's name, or None to keep it inline.
+    def spill(self, data: bytes | None) -> PayloadFile | None:
+        """Write ``data`` to a new file when it is large; the file, or None to keep it inline.
 
         None too when the file cannot be written (full disk, file size limit): the row then holds the
         bytes and the store's handling of a full disk applies. The name stays ``pending`` until
@@ -96,7 +103,7 @@ class PayloadFiles:
                 exc,
             )
             return None
-        return name
+        return PayloadFile(name, len(data))
 
     def _write(self, name: str, data: bytes) -> None:
         if not self._made_dir:
@@ -129,9 +136,9 @@ class PayloadFiles:
         finally:
             os.close(fd)
 
-    def settled(self, names: Iterable[str | None], error: object | None) -> None:
-        """The rows naming ``names`` were committed (``error`` None) or given up (their files go)."""
-        taken = [name for name in names if name is not None]
+    def settled(self, files: Iterable[PayloadFile | None], error: object | None) -> None:
+        """The rows naming ``files`` were committed (``error`` None) or given up (their files go)."""
+        taken = [file.name for file in files if file is not None]
         if not taken:
             return
         with self._lock:
@@ -139,13 +146,13 @@ class PayloadFiles:
         if error is not None:
             self.remove(taken)
 
-    def on_settled(self, names: list[str | None], then: Callable[[E], None]) -> Callable[[E], None]:
-        """A store commit callback: settle ``names`` with its outcome, then call ``then`` with it."""
-        if not any(names):
+    def on_settled(self, files: list[PayloadFile | None], then: Callable[[E], None]) -> Callable[[E], None]:
+        """A store commit callback: settle ``files`` with its outcome, then call ``then`` with it."""
+        if not any(files):
             return then
 
         def settle(error: E) -> None:
-            self.settled(names, error)
+            self.settled(files, error)
             then(error)
 
         return settle

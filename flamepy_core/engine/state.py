@@ -37,7 +37,7 @@ from flamepy_core import validation
 from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
-from flamepy_core.engine.payload_files import PayloadFiles
+from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
 from flamepy_core.engine.store import Op, Store
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -259,8 +259,8 @@ def _task_ops(
     task: pb.Task,
     *,
     created: bool = False,
-    input_file: str | None = None,
-    output_file: str | None = None,
+    input_file: PayloadFile | None = None,
+    output_file: PayloadFile | None = None,
 ) -> list[Op]:
     """The statements that store ``task`` as it is now: its row, plus its input when it is created and its
     output when it is final (each payload is written once). ``input_file``/``output_file``: the payload was
@@ -270,20 +270,22 @@ def _task_ops(
     if created:
         ops: list[Op] = [(_INSERT_TASK, (entry.id, tid, int(task.status.state), status))]
         if task.spec.HasField("input"):
-            ops.append(_payload_op(entry.id, tid, INPUT, task.spec.input, input_file))
+            ops.append(_payload_op(entry.id, tid, INPUT, task, input_file))
     else:
         # ``finished``: when the payload retention counts from (see engine.retention); NULL until final.
         finished = task.status.completion_time if task.status.state in TERMINAL else None
         ops = [(_UPDATE_TASK, (int(task.status.state), status, finished, entry.id, tid))]
     if task.status.state in TERMINAL and task.spec.HasField("output"):
-        ops.append(_payload_op(entry.id, tid, OUTPUT, task.spec.output, output_file))
+        ops.append(_payload_op(entry.id, tid, OUTPUT, task, output_file))
     return ops
 
 
-def _payload_op(session_id: str, tid: int, kind: int, data: bytes, file: str | None) -> Op:
-    if file is None:
-        return (_SAVE_PAYLOAD, (session_id, tid, kind, data))
-    return (_SAVE_PAYLOAD_FILE, (session_id, tid, kind, file, len(data)))
+def _payload_op(session_id: str, tid: int, kind: int, task: pb.Task, file: PayloadFile | None) -> Op:
+    """The row of the task's input or output: the bytes, or the file that holds them (whose bytes are
+    then not asked for: protobuf copies a field's bytes each time they are read)."""
+    if file is not None:
+        return (_SAVE_PAYLOAD_FILE, (session_id, tid, kind, file.name, file.size))
+    return (_SAVE_PAYLOAD, (session_id, tid, kind, task.spec.input if kind == INPUT else task.spec.output))
 
 
 def _session_op(message: pb.Session) -> Op:
@@ -854,7 +856,7 @@ class Engine:
         self,
         session_id: str,
         inputs: Sequence[bytes | None],
-        spilled: list[str | None],
+        spilled: list[PayloadFile | None],
         on_created: Created,
         waiter: TaskWaiter | None,
         timeouts: Sequence[float | None] | None,
@@ -1202,7 +1204,7 @@ class Engine:
         output: bytes | None = None,
         on_committed: Callable[[], None] | None = None,
         *,
-        output_file: str | None = None,
+        output_file: PayloadFile | None = None,
     ) -> None:
         """Queue a task's final state; it is applied when committed (called with the lock held).
 

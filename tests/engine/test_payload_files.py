@@ -242,11 +242,12 @@ def test_a_file_that_cannot_be_written_leaves_the_payload_in_the_row(folder: Pat
 
 def test_a_file_whose_row_is_not_committed_yet_is_no_orphan(folder: Path) -> None:
     files = PayloadFiles(folder / "payloads", sync=False, threshold=1)
-    name = files.spill(b"data")
-    assert name is not None
+    written = files.spill(b"data")
+    assert written is not None and written.size == 4
+    name = written.name
     files.remove_orphans(set)  # no row names it, but it is being committed
     assert files_in(folder) == {name}
-    files.settled([name], None)  # committed: from now on only a row keeps it
+    files.settled([written], None)  # committed: from now on only a row keeps it
     assert files.remove_orphans(lambda: {name}) == 0
     assert files.remove_orphans(set) == 1 and files_in(folder) == set()
     withdrawn = files.spill(b"data")
