@@ -249,7 +249,14 @@ def version_of(peer: str) -> str | None:
     modules = ("dask", "distributed") if peer == "dask" else (peer,)
     if any(importlib.util.find_spec(module) is None for module in modules):
         return None
-    return " ".join(f"{m} {importlib.metadata.version(m)}" for m in modules)
+    return " ".join(f"{m} {_installed_version(m)}" for m in modules)
+
+
+def _installed_version(module: str) -> str:
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:  # importable without a distribution (a source tree)
+        return "(version unknown)"
 
 
 # -- the report -----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``benchmarks/bench_peers.py`` runs where Ray and Dask are not installed (CI has neither).
 
 A peer that is not installed must be a printed ``skipped: pip install ...`` row, never an error, and
-flamepy's own rows must still be measured: a tiny workload through a real local server. No timing is
+flamepy's own rows must still be measured: a tiny workload through a real local server. A peer that is
+installed but cannot start is a ``failed: ...`` row naming why, and the run exits 1. No timing is
 asserted (the numbers are whatever this machine gives); what is checked is that each row is there.
 """
 
@@ -25,8 +26,13 @@ MISSING = [
 ]
 
 
-def _run(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
+TINY = ("--iterations", "3", "--tasks", "10", "--large-iterations", "1", "--cold-runs", "1")
+
+
+def _run(*args: str, timeout: float = 100, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH", "")]))
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -47,8 +53,7 @@ def test_an_unknown_peer_is_refused_by_name() -> None:
 
 @pytest.mark.skipif(not MISSING, reason="Ray and Dask are both installed here: no peer to show as skipped")
 def test_peers_not_installed_are_skipped_rows_and_flamepy_is_measured() -> None:
-    tiny = ("--iterations", "3", "--tasks", "10", "--large-iterations", "1", "--cold-runs", "1")
-    proc = _run(*tiny, "--peers", ",".join(MISSING))
+    proc = _run(*TINY, "--peers", ",".join(MISSING))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     lines = proc.stdout.splitlines()
     for peer in MISSING:
@@ -59,3 +64,29 @@ def test_peers_not_installed_are_skipped_rows_and_flamepy_is_measured() -> None:
     flamepy = [line for line in lines if line.strip().startswith("flamepy:")]
     assert len(flamepy) == 5, proc.stdout  # warm, throughput, 16 MiB, and two cold starts
     assert "(0 failed)" in next(line for line in flamepy if "Session.run()" in line)
+
+
+BROKEN_RAY = """
+def remote(obj):
+    return obj
+
+
+def init(**options):
+    raise RuntimeError("no cluster here")
+
+
+def shutdown():
+    pass
+"""
+
+
+def test_a_peer_that_cannot_start_is_a_failed_row_naming_why_and_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text(BROKEN_RAY)  # importable, but it cannot start
+    proc = _run(*TINY, "--peers", "ray", pythonpath=tmp_path)
+    assert proc.returncode == 1, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    failed = [line for line in proc.stdout.splitlines() if line.strip().startswith("ray:")]
+    assert len(failed) == 4, proc.stdout
+    assert all(line.rstrip().endswith("failed: RuntimeError: no cluster here") for line in failed)
+    assert "RuntimeError: no cluster here" in proc.stderr  # the traceback, for whoever runs it
+    assert sum(1 for line in proc.stdout.splitlines() if line.strip().startswith("flamepy:")) == 5
