@@ -274,6 +274,52 @@ SPARE_WAIT = 2.0
 """Seconds between closing a session and opening the next, so that the spare is ready."""
 
 
+def first_invokes_of_new_applications(
+    app_dir: Path, runs: int, prefix: str = "cold", before_each: Callable[[int], object] | None = None
+) -> list[float]:
+    """Seconds from a new application's first ``create_session`` to its first answer, ``runs`` times.
+
+    A new application has no process, so its first session starts one: the cold start of an instance,
+    with the server already up. Each run registers ``{prefix}{run}`` in ``app_dir`` and starts on a quiet
+    server: the spare the previous application gets when its session closes has started by then
+    (``SPARE_WAIT``), so it does not take the CPU from this start (on 2 cores it would, and a floor has no
+    such neighbour). ``before_each(run)`` runs right before each (a floor's sample, so both see the same
+    load on the machine)."""
+    import flamepy
+
+    cold = []
+    for run in range(runs):
+        _register(app_dir, f"{prefix}{run}", CORE_SERVICE)
+        if run:
+            time.sleep(SPARE_WAIT)
+        if before_each is not None:
+            before_each(run)
+        start = time.perf_counter()
+        session = flamepy.create_session(f"{prefix}{run}")
+        session.invoke(PAYLOAD)
+        cold.append(time.perf_counter() - start)
+        session.close()
+    return cold
+
+
+def run_throughput(application: str, tasks: int) -> tuple[float, int]:
+    """``tasks`` no-op ``Session.run()`` calls on one session of ``application`` with two instances:
+    tasks per second until every future is done, and how many failed (or were not done after 600 s)."""
+    import flamepy
+
+    session = flamepy.create_session(application, min_instances=2, max_instances=2)
+    try:
+        session.invoke(PAYLOAD)
+        start = time.perf_counter()
+        futures = [session.run(PAYLOAD) for _ in range(tasks)]
+        wait(futures, timeout=600)
+        elapsed = time.perf_counter() - start
+        failed = sum(1 for f in futures if not f.done() or f.exception() is not None)
+    finally:
+        session.close()
+    return tasks / elapsed, failed
+
+
 def flamepy_numbers(
     tmp: Path, iterations: int, tasks: int, large_iterations: int, cold_runs: int, transport: str
 ) -> dict[str, object]:
@@ -286,23 +332,10 @@ def flamepy_numbers(
     _register(app_dir, "bench-typed", TYPED_SERVICE)
     results: dict[str, object] = {}
 
-    # Cold: a new application has no process, so its first session starts one. Each sample follows a
-    # sample of the spawn floor, so both see the same load on the machine. Each starts on a quiet server:
-    # the spare the previous application gets when its session closes has started by then, so it does not
-    # take the CPU from this start (on 2 cores it would, and the floor has no such neighbour).
-    cold = []
     floor: list[float] = []
-    for run in range(cold_runs):
-        _register(app_dir, f"cold{run}", CORE_SERVICE)
-        if run:
-            time.sleep(SPARE_WAIT)
-        floor += spawn_floor(tmp, transport, 1, first=run)
-        start = time.perf_counter()
-        session = flamepy.create_session(f"cold{run}")
-        session.invoke(PAYLOAD)
-        cold.append(time.perf_counter() - start)
-        session.close()
-    results["new_session_cold_s"] = cold
+    results["new_session_cold_s"] = first_invokes_of_new_applications(
+        app_dir, cold_runs, before_each=lambda run: floor.extend(spawn_floor(tmp, transport, 1, first=run))
+    )
     results["spawn_floor_s"] = floor
 
     session = flamepy.create_session("bench", min_instances=1, max_instances=1)
@@ -325,16 +358,7 @@ def flamepy_numbers(
     with ServiceSession("bench-typed") as typed:
         results["service_invoke"] = _measure(lambda: typed.invoke(PAYLOAD), iterations)
 
-    session = flamepy.create_session("bench", min_instances=2, max_instances=2)
-    session.invoke(PAYLOAD)
-    start = time.perf_counter()
-    futures = [session.run(PAYLOAD) for _ in range(tasks)]
-    wait(futures, timeout=600)
-    elapsed = time.perf_counter() - start
-    failed = sum(1 for f in futures if not f.done() or f.exception() is not None)
-    results["throughput_tasks_per_s"] = tasks / elapsed
-    results["throughput_failed"] = failed
-    session.close()
+    results["throughput_tasks_per_s"], results["throughput_failed"] = run_throughput("bench", tasks)
     return results
 
 
