@@ -3,19 +3,22 @@
 The I/O thread reads requests, answers at once what needs no handler (``UNIMPLEMENTED``, a request too
 large, ``RESOURCE_EXHAUSTED`` when ``max_pending_calls`` calls are already queued or running,
 ``UNAVAILABLE`` while stopping), and submits the rest to the pool. Workers queue their replies in the
-outbox and wake the I/O thread, which sends them. A :class:`DeferredHandler`'s ``fn`` runs on the I/O
-thread itself (it must only start work and return); its responder completes the call later, from
-whatever thread has the answer, so a deferred call holds no thread while it waits.
+outbox and wake the I/O thread, which sends them. A :class:`DeferredHandler`'s or
+:class:`DeferredStreamHandler`'s ``fn`` runs on the I/O thread itself (it must only start work and
+return); its responder completes the call later, from whatever thread has the answer, and its stream
+writer queues each response, so a deferred call or an open deferred stream holds no thread while it
+waits. A deferred stream's responses beyond the caller's credit wait in its writer, in order, until a
+``CREDIT`` arrives; the I/O thread then posts them.
 
 Who touches the socket. The ROUTER is used under one lock, the socket lock: the I/O thread holds it
 while it receives, handles and sends, and lets go of it while it waits. It waits on the socket's file
 descriptor (``ZMQ_FD``), which is the operating system's and not the socket, so while it waits another
 thread may take the lock and use the socket. That is what a call's final reply does when it can (see
-:meth:`_Engine.finish`): the thread that completes a deferred call (the engine's, when a task's result
-arrives) sends the reply itself when the I/O thread is waiting and nothing is queued before it, instead
-of waking the I/O thread to send it: one thread hand-off less per call. ``ZMQ_FD`` signals only changes
-the socket has not yet processed: after a send by another thread, that thread looks whether a request
-became readable meanwhile, and wakes the I/O thread if so.
+:meth:`_Engine.finish`): the thread that completes a call (a worker, or the engine's thread that has a
+task's result) sends the reply itself when the I/O thread is waiting and nothing is queued before it,
+instead of waking the I/O thread to send it: one thread hand-off less per call. ``ZMQ_FD`` signals only
+changes the socket has not yet processed: after a send by another thread, that thread looks whether a
+request became readable meanwhile, and wakes the I/O thread if so.
 
 ``ZMQ_ROUTER_MANDATORY`` makes every send say what happened: EAGAIN (the peer's pipe is at its
 high-water mark) keeps the reply, and everything queued after it for the same peer, in a per-peer
@@ -47,7 +50,13 @@ from typing import Any
 import zmq
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import DeferredHandler, Handler, StreamHandler, UnaryHandler
+from flamepy_core.contracts.transport import (
+    DeferredHandler,
+    DeferredStreamHandler,
+    Handler,
+    StreamHandler,
+    UnaryHandler,
+)
 from flamepy_core.transport_kit import check_size, unavailable, unimplemented
 from flamepy_transports.zmq import endpoints, framing
 from flamepy_transports.zmq.auth import ZapHandler, apply_server
@@ -60,7 +69,14 @@ from flamepy_transports.zmq.config import (
 from flamepy_transports.zmq.endpoints import Address
 from flamepy_transports.zmq.pool import WorkerPool
 from flamepy_transports.zmq.waker import Waker, readable
-from flamepy_transports.zmq.worker import ServerCall, StreamFlow, run_deferred, run_stream, run_unary
+from flamepy_transports.zmq.worker import (
+    ServerCall,
+    StreamFlow,
+    run_deferred,
+    run_deferred_stream,
+    run_stream,
+    run_unary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -326,9 +342,11 @@ class _Engine:
                 call = self._calls.get((ident, msg.corr))
             if call is not None:
                 if kind is framing.Kind.CANCEL:
-                    call.cancel()
+                    self._cancel(call)
                 elif call.flow is not None:
                     call.flow.grant(msg.a, msg.b)
+                    if call.writer is not None:
+                        call.writer.pump()  # what a deferred stream kept back for this credit
             return
         if kind is not framing.Kind.UNARY and kind is not framing.Kind.STREAM:
             self._refuse(ident, msg, FlameError(FlameErrorCode.INVALID_ARGUMENT, f"a {kind.name} request"))
@@ -339,11 +357,11 @@ class _Engine:
             return
         handler = self._handlers.get(method)
         streaming = kind is framing.Kind.STREAM
-        if handler is None or isinstance(handler, StreamHandler) != streaming:
+        if handler is None or isinstance(handler, (StreamHandler, DeferredStreamHandler)) != streaming:
             self.counters["unimplemented"] += 1
             err = unimplemented(method, self.endpoint)
             if handler is not None:
-                shape = "a streaming" if isinstance(handler, StreamHandler) else "a unary"
+                shape = "a unary" if streaming else "a streaming"
                 err = FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is {shape} method")
             self._refuse(ident, msg, err)
             return
@@ -381,6 +399,9 @@ class _Engine:
         self.counters["accepted"] += 1
         if isinstance(handler, DeferredHandler):
             run_deferred(self, call, handler.fn, payload)  # here, on the I/O thread: it starts work and returns
+            return
+        if isinstance(handler, DeferredStreamHandler):
+            run_deferred_stream(self, call, handler.fn, payload)  # likewise: its writer is fed later
             return
         run = run_unary if isinstance(handler, UnaryHandler) else run_stream
         self._admitted.append((run, call, handler.fn, payload))
@@ -451,7 +472,13 @@ class _Engine:
         with self._lock:
             calls = [call for key, call in self._calls.items() if key[0] == ident]
         for call in calls:
-            call.cancel()
+            self._cancel(call)
+
+    def _cancel(self, call: ServerCall) -> None:
+        """The caller has gone: its handler sees it; a deferred stream ends now (nobody will read it)."""
+        call.cancel()
+        if call.writer is not None:
+            call.writer.abandon()
 
     # -- stop ------------------------------------------------------------------------------------------
 
@@ -515,11 +542,11 @@ class ZmqServer:
 
     def __init__(self, address: Address, handlers: Mapping[str, Handler], config: ZmqConfig) -> None:
         for method, handler in handlers.items():
-            if not isinstance(handler, (UnaryHandler, StreamHandler, DeferredHandler)):
+            if not isinstance(handler, (UnaryHandler, StreamHandler, DeferredHandler, DeferredStreamHandler)):
                 raise FlameError(
                     FlameErrorCode.INVALID_ARGUMENT,
-                    f"the handler for {method} is a {type(handler).__name__}, not a UnaryHandler, StreamHandler "
-                    f"or DeferredHandler",
+                    f"the handler for {method} is a {type(handler).__name__}, not a UnaryHandler, StreamHandler, "
+                    f"DeferredHandler or DeferredStreamHandler",
                 )
         self._engine = _Engine(address, handlers, config)
         self._endpoint = self._engine.start()
