@@ -214,6 +214,43 @@ def test_lazy_writes_alone_wait_for_the_next_commit(tmp_path: Path, monkeypatch)
         store.close()
 
 
+def test_lazy_writes_queued_by_a_commits_callbacks_wait_for_the_next_commit(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A task created, committed, then sent to its instance queues its RUNNING (lazy) from the creation's
+    commit callback: that write waits for the next commit (its result's) rather than costing a
+    transaction of its own; an urgent write queued the same way is committed before ``commit`` returns."""
+    from flamepy_core.engine import store as store_module
+
+    monkeypatch.setattr(store_module, "LAZY_DELAY", 60.0)  # the writer thread stays out of this test
+    store = Store(tmp_path / "flame.db")
+    try:
+        store.write_wait([("CREATE TABLE t (v INTEGER)", ())])
+        before = store.commits
+        order: list[str] = []
+
+        def created(error: FlameError | None) -> None:
+            order.append("created")
+            store.enqueue([("INSERT INTO t VALUES (2)", ())], lambda error: order.append("running"), lazy=True)
+            store.commit(lazy=False)  # what the scheduler does after sending the task: nothing to commit
+
+        store.enqueue([("INSERT INTO t VALUES (1)", ())], created)
+        store.commit()
+        assert store.commits == before + 1, "the lazy write queued by the callback got a transaction of its own"
+        assert order == ["created"]
+        store.enqueue([("INSERT INTO t VALUES (3)", ())], lambda error: order.append("done"))
+        store.commit()
+        assert store.commits == before + 2 and order == ["created", "running", "done"]
+
+        def urgent_follows(error: FlameError | None) -> None:
+            store.enqueue([("INSERT INTO t VALUES (5)", ())], lambda error: order.append("urgent"))
+
+        store.enqueue([("INSERT INTO t VALUES (4)", ())], urgent_follows)
+        store.commit()
+        assert order[-1] == "urgent", "an urgent write queued by a callback was left behind"
+        assert store.query("SELECT v FROM t ORDER BY v") == [(1,), (2,), (3,), (4,), (5,)]
+    finally:
+        store.close()
+
+
 def test_lazy_writes_that_commits_take_along_do_not_wake_the_writer_each_time(tmp_path: Path) -> None:
     """On a busy server each task's lazy write (RUNNING) goes out with the next commit: the writer thread
     is woken only when it would otherwise sleep past a lazy write's deadline, not once per write, and a
