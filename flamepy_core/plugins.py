@@ -30,12 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from flamepy_core.config import configured_max_message_size
 from flamepy_core.contracts import hookspecs
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.hookspecs import PROJECT_NAME, hookimpl
 from flamepy_core.contracts.serializer import Serializer, SerializerSpec
-from flamepy_core.contracts.transport import LocalTransport, Transport, TransportCapabilities, TransportSpec
+from flamepy_core.contracts.transport import LocalTransport, Transport, TransportSpec
+from flamepy_core.plugin_classes import (
+    build_plugin,
+    owned_endpoint,
+    spec_of_class,
+    with_configured_max_message_size,
+)
+from flamepy_core.plugin_classes import transport_spec_of as transport_spec_of
 
 if TYPE_CHECKING:
     from importlib import metadata
@@ -86,37 +92,6 @@ class Chosen:
 
     spec: Any
     origin: PluginOrigin
-
-
-def transport_spec_of(cls: type) -> TransportSpec:
-    """The declaration a transport class carries: ``name``, ``schemes``, ``capabilities``, ``options``.
-
-    A plugin declares itself once, on its class, and its entry point names the class (``module:Class``).
-    Optional: ``requires`` (distributions to install when importing it fails) and ``description`` (else
-    the first line of its docstring). The class itself is the factory the registry builds with options.
-    """
-    name = getattr(cls, "name", None)
-    schemes = getattr(cls, "schemes", None)
-    capabilities = getattr(cls, "capabilities", None)
-    problems = []
-    if not isinstance(name, str) or not name:
-        problems.append("a class attribute `name` (str)")
-    if not isinstance(schemes, (tuple, list)) or not schemes or not all(isinstance(x, str) for x in schemes):
-        problems.append("a class attribute `schemes` (a tuple of URL schemes)")
-    if not isinstance(capabilities, TransportCapabilities):
-        problems.append("a class attribute `capabilities` (TransportCapabilities)")
-    if problems:
-        raise TypeError(f"transport class {cls.__module__}.{cls.__qualname__} lacks {', '.join(problems)}")
-    doc = (cls.__doc__ or "").strip().splitlines()
-    return TransportSpec(
-        name=str(name),
-        schemes=tuple(str(x).lower() for x in schemes),  # type: ignore[union-attr]
-        capabilities=capabilities,  # type: ignore[arg-type]
-        load=lambda: cls,
-        options=frozenset(getattr(cls, "options", ())),
-        requires=tuple(getattr(cls, "requires", ())),
-        description=str(getattr(cls, "description", "") or (doc[0] if doc else "")),
-    )
 
 
 def serializer_spec_of(cls: type) -> SerializerSpec:
@@ -472,10 +447,7 @@ class PluginRegistry:
         when it is set: the one limit of the runtime, its instances and its clients.
         """
         spec: TransportSpec = chosen.spec
-        if "max_message_size" in spec.options and not (options and "max_message_size" in options):
-            configured = configured_max_message_size()
-            if configured is not None:
-                options = {**(options or {}), "max_message_size": configured}
+        options = with_configured_max_message_size(spec, options)
         factory = self._load_factory("transport", chosen)
         return self._build("transport", chosen, factory, spec.options, options)  # type: ignore[no-any-return]
 
@@ -486,23 +458,14 @@ class PluginRegistry:
 
         For a process told which classes serve its endpoints by the one that started it (the server tells
         its instances: ``FLAMEPY_INSTANCE_TRANSPORTS``), so it starts without reading every installed
-        distribution's metadata and importing every plugin.
+        distribution's metadata and importing every plugin. (A service process does the same without a
+        registry at all: :func:`flamepy_core.plugin_classes.build_transport_of_class`.)
         """
-        module_name, _, attribute = class_path.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attribute)
-            spec = transport_spec_of(cls)
-        except Exception as exc:  # moved or broken: the scan finds what is installed
-            log.debug("transport class %s is not usable here (%s); scanning the plugins", class_path, exc)
+        spec = spec_of_class(class_path)
+        url = None if spec is None else owned_endpoint(spec, endpoint)
+        if spec is None or url is None:
             return None
-        if endpoint.startswith("/"):
-            scheme = spec.capabilities.bare_path_scheme
-            if scheme is None:
-                return None
-            endpoint = f"{scheme}://{endpoint}"
-        elif endpoint.partition("://")[0].lower() not in spec.schemes:
-            return None
-        return self.create_transport(Chosen(spec, PluginOrigin(plugin=class_path))), endpoint
+        return self.create_transport(Chosen(spec, PluginOrigin(plugin=class_path))), url
 
     def transport(self, name_or_endpoint: str, **options: Any) -> Transport:
         """A transport by name or by an endpoint's scheme (``"SCHEME://ADDRESS"``, or a bare socket path)."""
@@ -566,22 +529,7 @@ class PluginRegistry:
     def _build(
         kind: str, chosen: Chosen, factory: Any, accepted: frozenset[str], options: Mapping[str, Any] | None
     ) -> Any:
-        options = dict(options or {})
-        unknown = sorted(set(options) - accepted)
-        name = chosen.spec.name
-        if unknown:
-            raise FlameError(
-                FlameErrorCode.INVALID_ARGUMENT,
-                f"{kind} '{name}' (plugin {chosen.origin.plugin}) does not accept the option(s) "
-                f"{', '.join(repr(u) for u in unknown)}; it accepts: {', '.join(sorted(accepted)) or 'none'}",
-            )
-        try:
-            return factory(**options)
-        except (TypeError, ValueError) as exc:
-            raise FlameError(
-                FlameErrorCode.INVALID_ARGUMENT,
-                f"{kind} '{name}' (plugin {chosen.origin.plugin}) rejected its options {options!r}: {exc}",
-            ) from exc
+        return build_plugin(kind, chosen.spec.name, chosen.origin.plugin, factory, accepted, options or {})
 
 
 def local_endpoint(transport: Transport, directory: str | os.PathLike[str], name: str) -> str:

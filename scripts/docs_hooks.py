@@ -29,7 +29,16 @@ def capability_table() -> str:
 
     registry = get_registry()
     bundled = [c for c in registry.transports() if c.origin.distribution == "flamepy"]
-    flags = ("streaming", "cross_process", "tls", "auth", "restart_same_endpoint", "deferred_replies", "async_calls")
+    flags = (
+        "streaming",
+        "cross_process",
+        "tls",
+        "auth",
+        "restart_same_endpoint",
+        "deferred_replies",
+        "deferred_streams",
+        "async_calls",
+    )
     lines = [
         "| transport | schemes | largest message | " + " | ".join(f"`{f}`" for f in flags) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in flags) + " |",

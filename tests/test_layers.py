@@ -26,6 +26,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "flamepy_core.contracts": ("flamepy_core.plugins", "flamepy_core.wire", "flamepy_core.client"),
     "flamepy_core.plugins": ("flamepy_core.wire", "flamepy_core.home", "flamepy_core.client", "flamepy_core.engine"),
     "flamepy_core.transport_kit": ("flamepy_core.plugins", "flamepy_core.client", "flamepy_core.engine"),
+    "flamepy_core.plugin_classes": ("flamepy_core.plugins", "pluggy", "flamepy_core.config", "flamepy_core.wire"),
+    "flamepy_core.addresses": ("flamepy_core.config", "flamepy_core.plugins", "flamepy_core.kit"),
     "flamepy_core.wire.methods": ("flamepy_core.config", "flamepy_core.client", "flamepy_core.engine"),
     "flamepy_core.wire.envelope": ("flamepy_core.home", "flamepy_core.client", "flamepy_core.engine"),
     "flamepy_core.wire.flight": ("pyarrow", "flamepy_core.client", "flamepy_core.engine"),

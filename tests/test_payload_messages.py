@@ -1,13 +1,28 @@
-"""The hand-encoded TaskContext and TaskResult are byte for byte what protobuf writes, for any values."""
+"""The hand-written flame.v1.Instance messages: what protobuf writes, byte for byte, and read as protobuf
+reads them, for any values."""
 
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flamepy_core.wire.payload_messages import task_context, task_result
-from flamepy_core.wire.proto import shim_pb2
+from flamepy_core.engine.state import reply_task
+from flamepy_core.wire.methods import INSTANCE
+from flamepy_core.wire.payload_messages import (
+    ON_SESSION_ENTER,
+    ON_SESSION_LEAVE,
+    ON_TASK_INVOKE,
+    create_task_request,
+    read_session_context,
+    read_task_context,
+    result,
+    task_context,
+    task_reply,
+    task_result,
+)
+from flamepy_core.wire.proto import frontend_pb2, shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
 _INT32 = st.integers(min_value=-(1 << 31), max_value=(1 << 31) - 1)
@@ -36,12 +51,179 @@ def test_task_result_is_what_protobuf_writes(return_code: int, output: bytes | N
     assert decoded == expected and decoded.HasField("output") == (output is not None)
 
 
+@given(session_id=st.text(), task_input=st.none() | st.binary())
+def test_create_task_request_is_what_protobuf_writes(session_id: str, task_input: bytes | None) -> None:
+    expected = frontend_pb2.CreateTaskRequest()
+    expected.task.session_id = session_id
+    if task_input is not None:
+        expected.task.input = task_input
+    encoded = create_task_request(session_id, task_input)
+    assert encoded == expected.SerializeToString()
+    decoded = frontend_pb2.CreateTaskRequest.FromString(encoded)
+    assert decoded == expected and decoded.task.HasField("input") == (task_input is not None)
+
+
+_IDS = st.text(min_size=1, max_size=40)
+
+
+@given(
+    task_id=_IDS,
+    session_id=_IDS,
+    task_input=st.none() | st.binary(),
+    output=st.none() | st.binary(),
+    state=st.sampled_from(list(pb.TaskState.values())),
+    events=st.lists(st.tuples(st.integers(0, 100), st.text(max_size=30)), max_size=3),
+)
+def test_task_reply_is_what_protobuf_writes_for_the_reply(
+    task_id: str,
+    session_id: str,
+    task_input: bytes | None,
+    output: bytes | None,
+    state: int,
+    events: list[tuple[int, str]],
+) -> None:
+    """The hand-written RunTask answer equals ``reply_task(task).SerializeToString()``: no input echoed."""
+    task = pb.Task()
+    task.metadata.id = task.metadata.name = task_id
+    task.spec.session_id = session_id
+    if task_input is not None:
+        task.spec.input = task_input
+    if output is not None:
+        task.spec.output = output
+    task.status.state = state  # type: ignore[assignment]
+    for code, message in events:
+        task.status.events.add(code=code, message=message, creation_time=1)
+    encoded = task_reply(task_id, task_id, session_id, output, task.status.SerializeToString())
+    assert encoded == reply_task(task).SerializeToString()
+    assert not pb.Task.FromString(encoded).spec.HasField("input")
+
+
 def test_a_large_payload_keeps_its_length_prefix() -> None:
     """Lengths past one varint byte (here three bytes: 2**21 needs them) come out right."""
     payload = bytes(range(256)) * (1 << 13)
     assert pb.TaskResult.FromString(task_result(0, payload)).output == payload
+    assert frontend_pb2.CreateTaskRequest.FromString(create_task_request("s", payload)).task.input == payload
+    assert pb.Task.FromString(task_reply("1", "1", "s", payload, b"")).spec.output == payload
 
 
 def test_a_return_code_outside_int32_is_refused() -> None:
     with pytest.raises(ValueError, match="int32"):
         task_result(1 << 31)
+
+
+# -- the readers a service process uses instead of protobuf -----------------------------------------------
+
+_OPTIONAL_APP_FIELDS = ("image", "command", "working_directory", "url", "installer")
+
+
+@st.composite
+def _session_contexts(draw: st.DrawFn) -> shim_pb2.SessionContext:
+    message = shim_pb2.SessionContext(session_id=draw(st.text()))
+    if draw(st.booleans()):
+        app = message.application
+        app.name = draw(st.text())
+        app.shim = draw(st.sampled_from([pb.Shim.Host, pb.Shim.Wasm]))
+        for name in _OPTIONAL_APP_FIELDS:
+            value = draw(st.none() | st.text())
+            if value is not None:
+                setattr(app, name, value)
+    common_data = draw(st.none() | st.binary())
+    if common_data is not None:
+        message.common_data = common_data
+    return message
+
+
+def _as_read(message: shim_pb2.SessionContext) -> tuple[str, bytes | None, dict[str, str]]:
+    app = message.application
+    fields = {"name": app.name, **{n: getattr(app, n) for n in _OPTIONAL_APP_FIELDS if app.HasField(n)}}
+    return message.session_id, message.common_data if message.HasField("common_data") else None, fields
+
+
+_UNKNOWN_FIELDS = st.lists(
+    st.tuples(st.integers(min_value=8, max_value=2000), st.sampled_from([0, 1, 2, 3, 5]), st.binary(max_size=20))
+)
+
+
+def _unknown(fields: list[tuple[int, int, bytes]]) -> bytes:
+    """Fields of numbers flame.v1 does not use, of every wire type, which protobuf skips (a group holds a
+    varint field and a string field)."""
+    from flamepy_core.wire.payload_messages import _varint
+
+    out = bytearray()
+    for number, wire, data in fields:
+        out += _varint(number << 3 | wire)
+        if wire == 0:
+            out += _varint(int.from_bytes(data[:8], "little"))
+        elif wire == 1:
+            out += data[:8].ljust(8, b"\0")
+        elif wire == 5:
+            out += data[:4].ljust(4, b"\0")
+        elif wire == 3:
+            out += _varint(1 << 3) + _varint(len(data)) + _varint(2 << 3 | 2) + _varint(len(data)) + data
+            out += _varint(number << 3 | 4)
+        else:
+            out += _varint(len(data)) + data
+    return bytes(out)
+
+
+@given(first=_session_contexts(), second=st.none() | _session_contexts(), unknown=_UNKNOWN_FIELDS)
+def test_session_context_is_read_as_protobuf_reads_it(
+    first: shim_pb2.SessionContext, second: shim_pb2.SessionContext | None, unknown: list[tuple[int, int, bytes]]
+) -> None:
+    """Any SessionContext, with unknown fields, and two concatenated (protobuf merges them: the last value
+    of a field wins, the application messages merge field by field)."""
+    data = first.SerializeToString() + _unknown(unknown)
+    if second is not None:
+        data += second.SerializeToString()
+    assert read_session_context(data) == _as_read(shim_pb2.SessionContext.FromString(data))
+
+
+@given(task_id=st.text(), session_id=st.text(), task_input=st.none() | st.binary(), unknown=_UNKNOWN_FIELDS)
+def test_task_context_is_read_as_protobuf_reads_it(
+    task_id: str, session_id: str, task_input: bytes | None, unknown: list[tuple[int, int, bytes]]
+) -> None:
+    data = _unknown(unknown) + task_context(task_id, session_id, task_input)
+    parsed = shim_pb2.TaskContext.FromString(data)
+    expected = (parsed.task_id, parsed.session_id, parsed.input if parsed.HasField("input") else None)
+    assert read_task_context(data) == expected == (task_id, session_id, task_input)
+    assert read_task_context(memoryview(data)) == expected
+
+
+@given(return_code=_INT32, message=st.none() | st.text())
+def test_result_is_what_protobuf_writes(return_code: int, message: str | None) -> None:
+    expected = pb.Result(return_code=return_code)
+    if message is not None:
+        expected.message = message
+    assert result(return_code, message) == expected.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\x0a\x05abc", "truncated"),  # a 5-byte string with 3 bytes left
+        (b"\x08", "truncated"),  # a varint field without its value
+        (b"\x08" + b"\xff" * 11, "ten bytes"),
+        (b"\x00\x01", "field number 0"),
+        (b"\x0c", "wire type 4"),  # the end of a group that never started
+        (b"\x0b\x14", "group 1 ends with the marker of 2"),
+        (b"\x0b" * 101 + b"\x0c" * 101, "nested more than 100"),
+        (b"\x0f", "wire type 7"),
+        (b"\x0a\x02\xff\xfe", "decode"),  # a string that is not UTF-8
+    ],
+)
+def test_a_malformed_message_is_refused(data: bytes, why: str) -> None:
+    """What protobuf refuses (with its DecodeError) is a ValueError naming the problem, never a wrong read."""
+    with pytest.raises(ValueError, match=why):
+        read_task_context(data)
+    with pytest.raises(ValueError, match=why):
+        read_session_context(data)
+    with pytest.raises(DecodeError):
+        shim_pb2.TaskContext.FromString(data)
+
+
+def test_the_instance_paths_are_the_descriptors() -> None:
+    assert tuple(INSTANCE[name].path for name in ("OnSessionEnter", "OnTaskInvoke", "OnSessionLeave")) == (
+        ON_SESSION_ENTER,
+        ON_TASK_INVOKE,
+        ON_SESSION_LEAVE,
+    )

@@ -4,11 +4,12 @@ runtime makes by capability (local default, bare socket paths, what a role needs
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pytest
 
+from flamepy_core.config import RuntimeSettings
 from flamepy_core.contracts import (
     FlameError,
     FlameErrorCode,
@@ -17,6 +18,7 @@ from flamepy_core.contracts import (
     TransportSpec,
     hookimpl,
 )
+from flamepy_core.plugin_classes import MAX_MESSAGE_SIZE_ENV, build_transport_of_class
 from flamepy_core.plugins import PluginRegistry, local_endpoint, transport_spec_of
 
 CAPS = TransportCapabilities(max_message_size=1024)
@@ -170,22 +172,47 @@ def test_shared_transports_are_owned_by_the_registry_and_keyed_by_identity() -> 
     assert registry(_Declared).shared_transport("decl://a") is not first  # another registry, its own
 
 
-def test_a_transport_named_by_its_class_is_built_without_a_scan_when_it_owns_the_endpoint(tmp_path: Any) -> None:
+_BY_CLASS: dict[str, Callable[[str, str], tuple[Any, str] | None]] = {
+    "registry": PluginRegistry(autoload=False).transport_of_class,  # nothing registered: only the class answers
+    "no registry": build_transport_of_class,  # what a service process uses: no pluggy, no scan
+}
+
+
+@pytest.mark.parametrize("how", sorted(_BY_CLASS))
+def test_a_transport_named_by_its_class_is_built_without_a_scan_when_it_owns_the_endpoint(
+    tmp_path: Any, how: str
+) -> None:
     """What a service process does with ``FLAMEPY_INSTANCE_TRANSPORTS``: the class the server named serves
     the endpoint if its schemes own it; anything else (another scheme, a class that does not import) is
     None, so the caller falls back to the scan rather than serving with the wrong transport."""
     from flamepy_transports.zmq.plugin import ZmqTransport
 
-    reg = PluginRegistry(autoload=False)  # nothing registered: only the named class can answer
+    of_class = _BY_CLASS[how]
     endpoint = f"zmq+ipc://{tmp_path}/i.sock"
-    found = reg.transport_of_class("flamepy_transports.zmq.plugin:ZmqTransport", endpoint)
+    found = of_class("flamepy_transports.zmq.plugin:ZmqTransport", endpoint)
     assert found is not None
     transport, url = found
     assert type(transport) is ZmqTransport and url == endpoint
-    assert reg.transport_of_class("flamepy_transports.zmq.plugin:ZmqTransport", "grpc+unix:///x.sock") is None
-    assert reg.transport_of_class("flamepy_transports.zmq.plugin:NoSuchTransport", endpoint) is None
-    assert reg.transport_of_class("no_such_module_here:ZmqTransport", endpoint) is None
+    assert of_class("flamepy_transports.zmq.plugin:ZmqTransport", "grpc+unix:///x.sock") is None
+    assert of_class("flamepy_transports.zmq.plugin:NoSuchTransport", endpoint) is None
+    assert of_class("no_such_module_here:ZmqTransport", endpoint) is None
     grpc_class = "flamepy_transports.grpc.plugin:GrpcTransport"
-    bare = reg.transport_of_class(grpc_class, f"{tmp_path}/g.sock")
+    bare = of_class(grpc_class, f"{tmp_path}/g.sock")
     assert bare is not None and bare[1] == f"unix://{tmp_path}/g.sock", "a bare path takes bare_path_scheme"
-    assert reg.transport_of_class("flamepy_transports.zmq.plugin:ZmqTransport", f"{tmp_path}/z.sock") is None
+    assert of_class("flamepy_transports.zmq.plugin:ZmqTransport", f"{tmp_path}/z.sock") is None
+
+
+@pytest.mark.parametrize("how", sorted(_BY_CLASS))
+def test_a_transport_built_from_its_class_gets_the_configured_message_size(
+    tmp_path: Any, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FLAME_MAX_MESSAGE_SIZE`` reaches a transport built from its class, as one the registry chose: the
+    server, its instances and its clients agree on the limit. A bad value is refused, naming it."""
+    assert RuntimeSettings.env_var("max_message_size") == MAX_MESSAGE_SIZE_ENV
+    endpoint = f"zmq+ipc://{tmp_path}/i.sock"
+    monkeypatch.setenv(MAX_MESSAGE_SIZE_ENV, "1234567")
+    found = _BY_CLASS[how]("flamepy_transports.zmq.plugin:ZmqTransport", endpoint)
+    assert found is not None and found[0].capabilities.max_message_size == 1234567
+    monkeypatch.setenv(MAX_MESSAGE_SIZE_ENV, "a lot")
+    with pytest.raises(FlameError, match="a lot"):
+        _BY_CLASS[how]("flamepy_transports.zmq.plugin:ZmqTransport", endpoint)

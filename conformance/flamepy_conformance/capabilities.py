@@ -27,6 +27,7 @@ class Capability(str, Enum):
     AUTH = "auth"
     RESTART_SAME_ENDPOINT = "restart_same_endpoint"
     DEFERRED_REPLIES = "deferred_replies"
+    DEFERRED_STREAMS = "deferred_streams"
     ASYNC_CALLS = "async_calls"
 
     def __str__(self) -> str:

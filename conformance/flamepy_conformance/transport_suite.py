@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
 from flamepy_conformance.capabilities import Capability
+from flamepy_conformance.deferred_stream_suite import DeferredStreamTests
 from flamepy_conformance.deferred_suite import DeferredReplyTests
 from flamepy_conformance.probe import (
     CHUNKS,
@@ -101,7 +102,14 @@ _UNICODE_SAMPLE = "naïve café ✓ Ωmega — 日本語 🔥 𝔉𝔩𝔞𝔪�
 
 
 class TransportTests(
-    DeadlineTests, StreamTests, BytesTests, ConcurrencyTests, ResourceTests, DeferredReplyTests, TransportSuiteBase
+    DeadlineTests,
+    StreamTests,
+    BytesTests,
+    ConcurrencyTests,
+    ResourceTests,
+    DeferredReplyTests,
+    DeferredStreamTests,
+    TransportSuiteBase,
 ):
     """The transport conformance suite. Subclass it as ``Test...`` and set :attr:`transport_name`.
 

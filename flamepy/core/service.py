@@ -1,8 +1,19 @@
-"""``flamepy.core.service``: the service side — ``FlameService``, its contexts, ``run`` and the servers."""
+"""``flamepy.core.service``: the service side — ``FlameService``, its contexts, ``run`` and the servers.
 
-from flamepy_core.instance.runtime import run
-from flamepy_core.instance.servers import FlameInstanceServer, FlameInstanceServicer
-from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
+Each name is imported on first use (PEP 562): a service process that calls ``flamepy.run`` never loads
+``FlameInstanceServer`` and ``FlameInstanceServicer`` (they build their transport through the plugin
+registry), which keeps its cold start short.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flamepy_core.instance.runtime import run
+    from flamepy_core.instance.servers import FlameInstanceServer, FlameInstanceServicer
+    from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 
 __all__ = [
     "ApplicationContext",
@@ -13,3 +24,26 @@ __all__ = [
     "TaskContext",
     "run",
 ]
+
+_WHERE = {
+    "ApplicationContext": "flamepy_core.instance.service",
+    "FlameService": "flamepy_core.instance.service",
+    "SessionContext": "flamepy_core.instance.service",
+    "TaskContext": "flamepy_core.instance.service",
+    "FlameInstanceServer": "flamepy_core.instance.servers",
+    "FlameInstanceServicer": "flamepy_core.instance.servers",
+    "run": "flamepy_core.instance.runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

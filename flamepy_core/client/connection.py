@@ -37,6 +37,7 @@ from flamepy_core.model import (
 from flamepy_core.plugins import get_registry, local_endpoint
 from flamepy_core.transport_kit import unary_async
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, RUNTIME
+from flamepy_core.wire.payload_messages import create_task_request
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -296,14 +297,11 @@ class Connection:
 
     def run_task(self, session_id: str, input_data: bytes | None, timeout: float | None = None) -> pb.Task:
         """flamepy.ext.v1 RunTask: create the task and get it back completed, in one round trip."""
-        request = fe.CreateTaskRequest()  # built in place: CreateTaskRequest(task=spec) would copy the input
-        request.task.session_id = session_id
-        if input_data is not None:
-            request.task.input = input_data
+        request = create_task_request(session_id, input_data)  # by hand: protobuf would copy the input twice
         method = EXT["RunTask"]
         start = time.monotonic()
         try:
-            raw = self.unary("RunTask", method.path, request.SerializeToString(), timeout)
+            raw = self.unary("RunTask", method.path, request, timeout)
         except FlameError as exc:
             # The server drops the call when our deadline passes; its CANCELLED can beat our own timer.
             timed_out = exc.code == FlameErrorCode.DEADLINE_EXCEEDED or (

@@ -134,7 +134,8 @@ class StreamWriter(Protocol):
     """
 
     def send(self, response: bytes) -> bool:
-        """Queue one response (checked against the largest message first: too large fails the stream)."""
+        """Queue one response (checked against the largest message first: a response too large is not
+        sent, the stream fails with ``MESSAGE_TOO_LARGE`` naming both sizes, and ``send`` returns False)."""
         ...
 
     def close(self) -> bool:

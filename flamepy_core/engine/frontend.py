@@ -33,6 +33,7 @@ from flamepy_core.engine.state import Engine, reply_task
 from flamepy_core.engine.watches import StreamFeed
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
+from flamepy_core.wire.payload_messages import task_reply
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -122,6 +123,22 @@ def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None
         else:
             assert message is not None
             responder.send(message.SerializeToString())
+
+    return settle
+
+
+def _answer_task(responder: Responder) -> Callable[[pb.Task | None, FlameError | None], None]:
+    """A callback completing ``responder`` with a final task as RunTask answers it: no input echoed, the
+    output copied once (a 16 MiB output through ``reply_task`` and protobuf was copied three times)."""
+
+    def settle(task: pb.Task | None, error: FlameError | None) -> None:
+        if error is not None:
+            responder.fail(error)
+            return
+        assert task is not None
+        output = task.spec.output if task.spec.HasField("output") else None
+        meta = task.metadata
+        responder.send(task_reply(meta.id, meta.name, task.spec.session_id, output, task.status.SerializeToString()))
 
     return settle
 
@@ -313,7 +330,7 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
 
     def run_task(r: frontend_pb2.CreateTaskRequest, _ctx: CallContext, responder: Responder) -> None:
         task_input = r.task.input if r.task.HasField("input") else None
-        engine.run_task(r.task.session_id, task_input, _answer(responder))
+        engine.run_task(r.task.session_id, task_input, _answer_task(responder))
 
     def create_tasks(r: ext_pb2.CreateTasksRequest, _ctx: CallContext, responder: Responder) -> None:
         if not r.tasks:

@@ -885,13 +885,16 @@ class Engine:
     def run_task(
         self, session_id: str, task_input: bytes | None, on_done: Callable[[pb.Task | None, FlameError | None], None]
     ) -> None:
-        """Create a task and call ``on_done`` with it once its final state is committed (flamepy's RunTask)."""
+        """Create a task and call ``on_done`` with it once its final state is committed (flamepy's RunTask).
+
+        The task given is the engine's own, final, never changed again: read it, do not change it.
+        """
 
         def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
             if error is not None:
                 on_done(None, error)
 
-        self.submit_tasks(session_id, [task_input], created, waiter=lambda task: on_done(reply_task(task), None))
+        self.submit_tasks(session_id, [task_input], created, waiter=lambda task: on_done(task, None))
 
     # -- reading tasks -------------------------------------------------------------------------------
 

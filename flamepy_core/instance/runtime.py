@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from flamepy_core.config import normalize_endpoint
+from flamepy_core.addresses import normalize_endpoint
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
     CallContext,
@@ -34,13 +34,17 @@ from flamepy_core.contracts.transport import (
 )
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
-from flamepy_core.plugins import PluginRegistry, get_registry
+from flamepy_core.plugin_classes import build_transport_of_class
 from flamepy_core.privacy import private_umask
-from flamepy_core.transport_kit import adapt_handlers
-from flamepy_core.wire.methods import INSTANCE
-from flamepy_core.wire.payload_messages import task_result
-from flamepy_core.wire.proto import shim_pb2
-from flamepy_core.wire.proto import types_pb2 as pb
+from flamepy_core.wire.payload_messages import (
+    ON_SESSION_ENTER,
+    ON_SESSION_LEAVE,
+    ON_TASK_INVOKE,
+    read_session_context,
+    read_task_context,
+    result,
+    task_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,29 +86,27 @@ class _Callbacks:
         self.service = service
 
     def enter(self, data: bytes) -> bytes:
-        request = shim_pb2.SessionContext.FromString(data)
-        app = request.application
+        session_id, common_data, app = read_session_context(data)
         context = SessionContext(
-            request.common_data if request.HasField("common_data") else None,
-            request.session_id,
+            common_data,
+            session_id,
             ApplicationContext(
-                name=app.name,
-                image=app.image if app.HasField("image") else None,
-                command=app.command if app.HasField("command") else None,
-                working_directory=app.working_directory if app.HasField("working_directory") else None,
-                url=app.url if app.HasField("url") else None,
+                name=app["name"],
+                image=app.get("image"),
+                command=app.get("command"),
+                working_directory=app.get("working_directory"),
+                url=app.get("url"),
             ),
         )
         try:
             self.service.on_session_enter(context)
         except Exception as exc:
             log.exception("on_session_enter failed")
-            return pb.Result(return_code=-1, message=describe_exception(exc)).SerializeToString()
+            return result(-1, describe_exception(exc))
         return _OK
 
     def invoke(self, data: bytes) -> bytes:
-        request = shim_pb2.TaskContext.FromString(data)
-        context = TaskContext(request.task_id, request.session_id, request.input if request.HasField("input") else None)
+        context = TaskContext(*read_task_context(data))
         try:
             output = self.service.on_task_invoke(context)
         except Exception as exc:
@@ -122,18 +124,14 @@ class _Callbacks:
             self.service.on_session_leave()
         except Exception as exc:
             log.exception("on_session_leave failed")
-            return pb.Result(return_code=-1, message=describe_exception(exc)).SerializeToString()
+            return result(-1, describe_exception(exc))
         return _OK
 
     def table(self) -> dict[str, Callable[[bytes], bytes]]:
-        return {
-            INSTANCE["OnSessionEnter"].path: self.enter,
-            INSTANCE["OnTaskInvoke"].path: self.invoke,
-            INSTANCE["OnSessionLeave"].path: self.leave,
-        }
+        return {ON_SESSION_ENTER: self.enter, ON_TASK_INVOKE: self.invoke, ON_SESSION_LEAVE: self.leave}
 
 
-_OK = pb.Result(return_code=0).SerializeToString()
+_OK = result(0)
 
 
 def instance_handlers(service: FlameService) -> dict[str, Handler]:
@@ -262,16 +260,24 @@ PARENT_GONE_GRACE = 2.0
 
 
 def _serve(transport: Transport, endpoint: str, handlers: dict[str, Handler]) -> Server:
-    return transport.serve(endpoint, adapt_handlers(handlers, transport.capabilities))
+    if not transport.capabilities.deferred_replies:
+        from flamepy_core.transport_kit import adapt_handlers  # only a transport without deferred replies needs it
+
+        return transport.serve(endpoint, adapt_handlers(handlers, transport.capabilities))
+    return transport.serve(endpoint, handlers)
 
 
-def _instance_transport(registry: PluginRegistry, endpoint: str, hints: list[str]) -> tuple[Transport, str]:
+def _instance_transport(endpoint: str, hints: list[str]) -> tuple[Transport, str]:
     """The transport for ``endpoint`` and the endpoint as a URL: one of the classes the server named
-    (``FLAMEPY_INSTANCE_TRANSPORTS``) when one owns it, else the one the installed plugins give."""
+    (``FLAMEPY_INSTANCE_TRANSPORTS``) when one owns it, built from its class alone; else the one the
+    installed plugins give (the plugin registry, imported only then: it scans every installed plugin)."""
     for class_path in hints:
-        found = registry.transport_of_class(class_path, endpoint)
+        found = build_transport_of_class(class_path, endpoint)
         if found is not None:
             return found
+    from flamepy_core.plugins import get_registry
+
+    registry = get_registry()
     url = registry.endpoint_url(endpoint)
     return registry.transport(url), url
 
@@ -327,7 +333,6 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
             f"runtime, not by hand. Register it as an application (flmctl register --file app.yaml) and call "
             f"it with flamepy.service.Session(...).invoke(...)",
         )
-    registry = get_registry()
     raw = normalize_endpoint(raw)
     fast = None if endpoint else os.environ.get(FAST_ENDPOINT_ENV)
     hints = [] if endpoint else [c for c in os.environ.get(TRANSPORTS_ENV, "").split(",") if c]
@@ -337,12 +342,12 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     with private_umask():  # the socket is reachable by this user only (see flamepy_core.privacy)
         if fast:
             try:
-                transport, fast = _instance_transport(registry, fast, hints)
+                transport, fast = _instance_transport(fast, hints)
                 server = _serve(transport, fast, handlers)
             except FlameError as exc:  # e.g. the transport is not installed here: the compatible link works
                 log.warning("cannot serve %s (%s); serving %s instead", fast, exc.message, raw)
         if server is None:
-            transport, url = _instance_transport(registry, raw, hints)
+            transport, url = _instance_transport(raw, hints)
             server = _serve(transport, url, handlers)
     stopped_by: list[int] = []
 

@@ -9,42 +9,51 @@
   stream sockets (TCP, unix).
 
 Plugin authors import all of it, with the contracts and ``hookimpl``, from :mod:`flamepy.plugin`.
+
+Each name is imported on first use (PEP 562): a transport that uses only :mod:`.basics` (the zmq and gRPC
+transports, and so every service process) does not load the framed base, its threads or the socket links.
 """
 
-from flamepy_core.kit.basics import (
-    ASYNC_FALLBACK_WORKERS,
-    DEFAULT_CALL_TIMEOUT,
-    RAISE_THE_LIMIT,
-    WAIT_SLICE,
-    Deadlines,
-    FutureResponder,
-    QueueWriter,
-    SimpleCallContext,
-    adapt_handlers,
-    blocking_stream,
-    blocking_unary,
-    check_size,
-    deadline_exceeded,
-    error_from_handler,
-    resolve_timeout,
-    unary_async,
-    unavailable,
-    unimplemented,
-)
-from flamepy_core.kit.framed import FRAMED_OPTIONS, FramedTransport
-from flamepy_core.kit.framed_client import FramedChannel
-from flamepy_core.kit.framed_server import FramedServer
-from flamepy_core.kit.links import (
-    Link,
-    Listener,
-    Oversized,
-    SocketLink,
-    SocketListener,
-    dial_tcp,
-    dial_unix,
-    listen_tcp,
-    listen_unix,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flamepy_core.kit.basics import (
+        ASYNC_FALLBACK_WORKERS,
+        DEFAULT_CALL_TIMEOUT,
+        RAISE_THE_LIMIT,
+        WAIT_SLICE,
+        Deadlines,
+        FutureResponder,
+        QueueWriter,
+        SimpleCallContext,
+        adapt_handlers,
+        blocking_stream,
+        blocking_unary,
+        check_size,
+        deadline_exceeded,
+        error_from_handler,
+        resolve_timeout,
+        unary_async,
+        unavailable,
+        unimplemented,
+    )
+    from flamepy_core.kit.framed import FRAMED_OPTIONS, FramedTransport
+    from flamepy_core.kit.framed_client import FramedChannel
+    from flamepy_core.kit.framed_server import FramedServer
+    from flamepy_core.kit.links import (
+        Link,
+        Listener,
+        Oversized,
+        SocketLink,
+        SocketListener,
+        dial_tcp,
+        dial_unix,
+        listen_tcp,
+        listen_unix,
+    )
 
 __all__ = [
     "ASYNC_FALLBACK_WORKERS",
@@ -79,3 +88,51 @@ __all__ = [
     "unavailable",
     "unimplemented",
 ]
+
+_WHERE: dict[str, str] = {
+    "ASYNC_FALLBACK_WORKERS": "flamepy_core.kit.basics",
+    "DEFAULT_CALL_TIMEOUT": "flamepy_core.kit.basics",
+    "Deadlines": "flamepy_core.kit.basics",
+    "FRAMED_OPTIONS": "flamepy_core.kit.framed",
+    "FramedChannel": "flamepy_core.kit.framed_client",
+    "FramedServer": "flamepy_core.kit.framed_server",
+    "FramedTransport": "flamepy_core.kit.framed",
+    "FutureResponder": "flamepy_core.kit.basics",
+    "Link": "flamepy_core.kit.links",
+    "Listener": "flamepy_core.kit.links",
+    "Oversized": "flamepy_core.kit.links",
+    "QueueWriter": "flamepy_core.kit.basics",
+    "RAISE_THE_LIMIT": "flamepy_core.kit.basics",
+    "SimpleCallContext": "flamepy_core.kit.basics",
+    "SocketLink": "flamepy_core.kit.links",
+    "SocketListener": "flamepy_core.kit.links",
+    "WAIT_SLICE": "flamepy_core.kit.basics",
+    "adapt_handlers": "flamepy_core.kit.basics",
+    "blocking_stream": "flamepy_core.kit.basics",
+    "blocking_unary": "flamepy_core.kit.basics",
+    "check_size": "flamepy_core.kit.basics",
+    "deadline_exceeded": "flamepy_core.kit.basics",
+    "dial_tcp": "flamepy_core.kit.links",
+    "dial_unix": "flamepy_core.kit.links",
+    "error_from_handler": "flamepy_core.kit.basics",
+    "listen_tcp": "flamepy_core.kit.links",
+    "listen_unix": "flamepy_core.kit.links",
+    "resolve_timeout": "flamepy_core.kit.basics",
+    "unary_async": "flamepy_core.kit.basics",
+    "unavailable": "flamepy_core.kit.basics",
+    "unimplemented": "flamepy_core.kit.basics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The kit's names, each imported from its module on first use."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

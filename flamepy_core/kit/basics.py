@@ -187,20 +187,34 @@ class QueueWriter:
 
     Transports can feed their wire stream from it; the kit's adapter below drains it on a server thread.
     ``next_event`` hands out what was sent, then the end of the stream (``None``) or its error (raised).
+    Given the call's ``ctx``, every method returns False (and drops what waits) once the call is no longer
+    active, so a producer learns that its caller has gone at its next ``send``, whoever drains the queue.
+    Given ``max_message_size``, a larger response fails the stream with ``MESSAGE_TOO_LARGE``.
     """
 
-    def __init__(self, max_message_size: int | None = None, method: str = "") -> None:
+    def __init__(self, max_message_size: int | None = None, method: str = "", ctx: CallContext | None = None) -> None:
         self._cond = threading.Condition()
         self._items: deque[bytes] = deque()
         self._ended = False
         self._error: BaseException | None = None
         self._limit = max_message_size
         self._method = method
+        self._ctx = ctx
+
+    def _gone(self) -> bool:
+        """Whether the call ended under the writer (its caller left, its deadline passed); abandons it then."""
+        if self._ctx is None or self._ctx.is_active():
+            return False
+        self.abandon()
+        return True
 
     def send(self, response: bytes) -> bool:
+        if self._gone():
+            return False
         if self._limit is not None and len(response) > self._limit:
-            too_large = message_too_large(len(response), self._limit, what="stream response", endpoint=self._method)
-            return self.fail(too_large)
+            what = f"stream response to {self._method or 'a deferred stream'}"
+            self.fail(message_too_large(len(response), self._limit, what=what, endpoint="this server"))
+            return False  # not taken, and the stream is over: the producer should stop
         with self._cond:
             if self._ended:
                 return False
@@ -209,10 +223,10 @@ class QueueWriter:
         return True
 
     def close(self) -> bool:
-        return self._end(None)
+        return not self._gone() and self._end(None)
 
     def fail(self, error: BaseException) -> bool:
-        return self._end(error)
+        return not self._gone() and self._end(error)
 
     def abandon(self) -> None:
         """The caller has gone: drop what waits, later sends return False."""
@@ -249,15 +263,17 @@ class QueueWriter:
             return True, None
 
 
-def blocking_stream(handler: DeferredStreamHandler) -> StreamHandler:
+def blocking_stream(handler: DeferredStreamHandler, max_message_size: int | None = None) -> StreamHandler:
     """A deferred stream handler as a plain stream one, for a transport without ``deferred_streams``.
 
     A server thread yields what the handler's writer receives (so the open stream costs a thread, as
-    any stream handler does), re-checking every :data:`WAIT_SLICE` that the caller is still there.
+    any stream handler does), re-checking every :data:`WAIT_SLICE` that the caller is still there. The
+    writer knows the call's context, so ``send`` says False once the caller has gone even while the
+    transport keeps that thread waiting; ``max_message_size`` (the transport's) is checked at ``send``.
     """
 
     def call(request: bytes, ctx: CallContext) -> Iterator[bytes]:
-        writer = QueueWriter()
+        writer = QueueWriter(max_message_size, ctx.method, ctx)
         try:
             handler.fn(request, ctx, writer)
         except BaseException as exc:
@@ -284,7 +300,7 @@ def adapt_handlers(handlers: Mapping[str, Handler], capabilities: TransportCapab
         if isinstance(handler, DeferredHandler) and not capabilities.deferred_replies:
             adapted[path] = blocking_unary(handler)
         elif isinstance(handler, DeferredStreamHandler) and not capabilities.deferred_streams:
-            adapted[path] = blocking_stream(handler)
+            adapted[path] = blocking_stream(handler, capabilities.max_message_size)
         else:
             adapted[path] = handler
     return adapted

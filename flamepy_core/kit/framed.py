@@ -7,9 +7,10 @@ Subclass :class:`FramedTransport`, declare the class attributes every transport 
 * :meth:`FramedTransport.listen` - bind a :class:`~flamepy_core.kit.links.Listener` on an endpoint.
 
 Everything else is the base's: call ids, deadlines (carried to the server), cancellation, stream windows
-(flow control), the error rules of the contract, size limits on both ends, deferred replies served
-natively (a deferred call holds no thread), ``unary_async`` natively (a call in flight holds no thread),
-a lost link failing every call at once, reconnection, and fork safety. A transport over stream sockets
+(flow control), the error rules of the contract, size limits on both ends, deferred replies and
+deferred streams served natively (a deferred call, or an open deferred stream, holds no thread),
+``unary_async`` natively (a call in flight holds no thread), a lost link failing every call at once,
+reconnection, and fork safety. A transport over stream sockets
 also uses :class:`~flamepy_core.kit.links.SocketLink` and the ``listen_*``/``dial_*`` helpers, so it
 writes its address parsing and little more (the TCP example in ``examples/flamepy-transport-tcp``).
 """
@@ -35,10 +36,10 @@ FRAMED_OPTIONS = frozenset({"max_message_size", "default_timeout", "max_workers"
 class FramedTransport:
     """The base of a framed transport. Subclasses declare themselves and implement :meth:`dial` and :meth:`listen`.
 
-    Declare ``capabilities`` with ``deferred_replies=True`` and ``async_calls=True``: the base provides
-    both. Options: ``max_message_size`` (bytes each way), ``default_timeout`` (seconds for calls made
-    without one; ``None``: no deadline), ``max_workers`` (handler threads per server) and
-    ``connect_timeout`` (seconds to open a link).
+    Declare ``capabilities`` with ``deferred_replies=True``, ``deferred_streams=True`` and
+    ``async_calls=True``: the base provides all three. Options: ``max_message_size`` (bytes each way),
+    ``default_timeout`` (seconds for calls made without one; ``None``: no deadline), ``max_workers``
+    (handler threads per server) and ``connect_timeout`` (seconds to open a link).
     """
 
     name: ClassVar[str]

@@ -1,12 +1,15 @@
 """The server half of the framed base: an accept thread, a reader thread per link, handlers on a pool.
 
 A reader thread only routes: it answers what it can at once (an unknown method, a request too large, a
-server shutting down), runs a :class:`DeferredHandler`'s ``fn`` itself (it must return promptly; the
-reply goes out when its responder completes, from any thread, and holds no thread meanwhile), and hands
-unary and stream handlers to the pool, so a slow handler never holds up the other calls on its link.
-Each call's context is cancelled when the client sends ``CANCEL``, its deadline passes or its link
-drops: ``ctx.is_active()`` turns false, a stream waiting for window stops, and a deferred reply
-completed after that is dropped. A stream sends only as much as the caller's window allows.
+server shutting down), runs a :class:`DeferredHandler`'s or :class:`DeferredStreamHandler`'s ``fn``
+itself (it must return promptly; the reply, or each response of the stream, goes out when its responder
+or writer is fed, from any thread, and holds no thread meanwhile), and hands unary and stream handlers to
+the pool, so a slow handler never holds up the other calls on its link. Each call's context is cancelled
+when the client sends ``CANCEL``, its deadline passes or its link drops: ``ctx.is_active()`` turns
+false, a stream waiting for window stops, and a deferred reply or response sent after that is dropped
+(``send`` says False). A stream sends only as much as the caller's window allows: a stream handler's
+thread waits for window; a deferred stream's writer keeps what does not fit, in order, in memory, and the
+reader thread sends it as the caller's ``CREDIT`` returns.
 """
 
 from __future__ import annotations
@@ -15,15 +18,21 @@ import contextlib
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import DeferredHandler, Handler, StreamHandler, UnaryHandler
+from flamepy_core.contracts.transport import (
+    DeferredHandler,
+    DeferredStreamHandler,
+    Handler,
+    StreamHandler,
+    UnaryHandler,
+)
 from flamepy_core.kit import frames
 from flamepy_core.kit.basics import (
     SimpleCallContext,
-    blocking_stream,
     check_size,
     error_from_handler,
     unavailable,
@@ -71,14 +80,24 @@ class _Window:
             self._bytes -= size + ITEM_OVERHEAD
             return True
 
+    def try_take(self, size: int) -> bool:
+        """Room for one item of ``size`` bytes now, without waiting (a deferred stream's writer)."""
+        with self._cond:
+            if not (self._items > 0 and self._bytes > 0):
+                return False
+            self._items -= 1
+            self._bytes -= size + ITEM_OVERHEAD
+            return True
+
 
 class _Served:
     """One call being served: where its answers go, and whether they still may."""
 
-    __slots__ = ("call_id", "ctx", "deferred", "ended", "method", "peer", "window")
+    __slots__ = ("call_id", "ctx", "deferred", "ended", "method", "peer", "window", "writer")
 
     def __init__(self, peer: _Peer, call_id: int, method: str, timeout: float | None, window: _Window | None):
         self.deferred = False
+        self.writer: _Writer | None = None
         self.peer = peer
         self.call_id = call_id
         self.method = method
@@ -90,6 +109,15 @@ class _Served:
         self.ctx.cancel()
         if self.window is not None:
             self.window.wake()
+        if self.writer is not None:
+            self.writer.abandon()  # its caller has gone: drop what waits for window, end the call now
+
+    def grant(self, items: int, kib: int) -> None:
+        """The caller's ``CREDIT``: more window, and a deferred stream sends what waited for it."""
+        if self.window is not None:
+            self.window.grant(items, kib)
+        if self.writer is not None:
+            self.writer.pump()
 
     def end(self, parts: list[bytes | memoryview] | None) -> bool:
         """End the call (once), sending ``parts`` when its caller still waits; True when this ended it."""
@@ -131,10 +159,104 @@ class _Responder:
         return call.end(frames.error(call.call_id, error_from_handler(call.method, error)))
 
 
-def _checked(method: str, value: object, limit: int, endpoint: str) -> bytes:
+class _Writer:
+    """The :class:`~flamepy_core.contracts.transport.StreamWriter` of one deferred stream.
+
+    ``send`` never waits: a response goes out at once while the caller's window allows, else it waits in
+    ``_pending`` (in order, in memory) for the ``CREDIT`` that the link's reader thread turns into
+    :meth:`pump`. ``close``/``fail`` end the stream after what is pending. One lock orders everything a
+    producer and the reader thread do, so responses leave in the order they were sent.
+    """
+
+    __slots__ = ("_call", "_final", "_lock", "_pending", "_stopped")
+
+    def __init__(self, call: _Served) -> None:
+        self._call = call
+        self._lock = threading.Lock()
+        self._pending: deque[bytes] = deque()
+        self._final: list[bytes | memoryview] | None = None
+        """The END or ERROR frame, once ``close``/``fail`` was called; sent after ``_pending``."""
+        self._stopped = False
+        """No more sends: ``close``/``fail`` was called, or the call ended."""
+
+    def _live(self) -> bool:
+        """Whether the stream still takes responses (called with the lock held); ends a call whose caller left."""
+        call = self._call
+        if self._stopped:
+            return False
+        if call.ended or not call.ctx.is_active():
+            self._drop()
+            return False
+        return True
+
+    def _drop(self) -> None:
+        self._stopped = True
+        self._pending.clear()
+        self._final = None
+        self._call.end(None)  # late: its caller has gone or its deadline passed; nothing more goes out
+
+    def send(self, response: bytes) -> bool:
+        call = self._call
+        server = call.peer.server
+        try:
+            data = _checked(call.method, response, server.limit, server.endpoint, what="stream response")
+        except FlameError as exc:
+            self.fail(exc)
+            return False  # not sent, and the stream is over: the producer should stop
+        with self._lock:
+            if not self._live():
+                return False
+            self._pending.append(data)
+            self._flush()
+        return True
+
+    def close(self) -> bool:
+        return self._end(frames.encode(Kind.END, self._call.call_id))
+
+    def fail(self, error: BaseException) -> bool:
+        call = self._call
+        return self._end(frames.error(call.call_id, error_from_handler(call.method, error)))
+
+    def _end(self, final: list[bytes | memoryview]) -> bool:
+        with self._lock:
+            if not self._live():
+                return False
+            self._stopped = True
+            self._final = final
+            self._flush()
+        return True
+
+    def pump(self) -> None:
+        """Send what the window allows now (the reader thread, after a ``CREDIT``)."""
+        with self._lock:
+            call = self._call
+            if call.ended:
+                return
+            if not call.ctx.is_active():
+                self._drop()
+                return
+            self._flush()
+
+    def abandon(self) -> None:
+        """The call was cancelled (its caller left, or the server stops): later sends return False."""
+        with self._lock:
+            self._drop()
+
+    def _flush(self) -> None:
+        # With the lock held.
+        call, window, pending = self._call, self._call.window, self._pending
+        assert window is not None
+        while pending and window.try_take(len(pending[0])):
+            call.peer.send(frames.encode(Kind.ITEM, call.call_id, pending.popleft()))
+        if not pending and self._final is not None:
+            final, self._final = self._final, None
+            call.end(final)
+
+
+def _checked(method: str, value: object, limit: int, endpoint: str, what: str = "response") -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise FlameError(FlameErrorCode.INTERNAL, f"handler for {method} returned {type(value).__name__}, not bytes")
-    check_size(len(value), limit, what=f"response to {method}", endpoint=endpoint)
+    check_size(len(value), limit, what=f"{what} to {method}", endpoint=endpoint)
     return value if type(value) is bytes else bytes(value)
 
 
@@ -167,8 +289,8 @@ class _Peer:
                         call = self.calls.get(frame.call_id)
                     if call is not None and frame.kind is Kind.CANCEL:
                         call.cancel()
-                    elif call is not None and call.window is not None:
-                        call.window.grant(frame.a, frame.b)
+                    elif call is not None:
+                        call.grant(frame.a, frame.b)
                 else:
                     break  # an answer from a client: not this protocol
         except (EOFError, OSError, ValueError, frames.ProtocolError):
@@ -206,9 +328,10 @@ class FramedServer:
 
     def __init__(self, listener: Listener, handlers: Mapping[str, Handler], limit: int, max_workers: int) -> None:
         for method, handler in handlers.items():
-            if not isinstance(handler, (UnaryHandler, StreamHandler, DeferredHandler)):
+            if not isinstance(handler, (UnaryHandler, StreamHandler, DeferredHandler, DeferredStreamHandler)):
                 raise TypeError(
-                    f"handler for {method} is a {type(handler).__name__}, not a Unary/Stream/DeferredHandler"
+                    f"handler for {method} is a {type(handler).__name__}, not a Unary/Stream/Deferred/"
+                    f"DeferredStreamHandler"
                 )
         self.limit = limit
         self.endpoint = listener.endpoint
@@ -259,8 +382,8 @@ class FramedServer:
         if handler is None:
             self._refuse(peer, call_id, unimplemented(method, self.endpoint))
             return
-        if isinstance(handler, StreamHandler) != streaming:
-            shape = "a streaming" if isinstance(handler, StreamHandler) else "a unary"
+        if isinstance(handler, (StreamHandler, DeferredStreamHandler)) != streaming:
+            shape = "a unary" if streaming else "a streaming"
             self._refuse(
                 peer,
                 call_id,
@@ -290,13 +413,19 @@ class FramedServer:
             except BaseException as exc:  # raised before completing the reply: the call fails with it
                 responder.fail(exc)
             return
+        if isinstance(handler, DeferredStreamHandler):
+            call.deferred = True
+            writer = call.writer = _Writer(call)
+            try:
+                handler.fn(request, call.ctx, writer)
+            except BaseException as exc:  # raised before the stream ended: it fails with that error
+                writer.fail(exc)
+            return
         try:
             if isinstance(handler, UnaryHandler):
                 self._pool.submit(self._run_unary, call, handler, request)
-            elif isinstance(handler, StreamHandler):
+            else:
                 self._pool.submit(self._run_stream, call, handler, request)
-            else:  # not served natively yet: a server thread drains the writer
-                self._pool.submit(self._run_stream, call, blocking_stream(handler), request)
         except RuntimeError:  # the pool was shut down between the check and the submit
             call.end(frames.error(call_id, unavailable(self.endpoint, "the server is shutting down")))
 

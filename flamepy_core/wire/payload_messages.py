@@ -1,16 +1,43 @@
-"""The two messages that carry a task's payload to and from an instance, encoded by hand.
+"""The messages that carry a task's payload, and the rest of ``flame.v1.Instance``, by hand.
 
 ``TaskContext`` (server -> instance) and ``TaskResult`` (instance -> server) are the hot messages of
-every task, and their payload may be large. Through the protobuf runtime, a bytes field is copied into
-the message when set and again when it is serialized: about 40 ms for 16 MiB. Their wire format is
-simple (two strings, a number, two optional byte strings), so they are written here with one join, in
-field-number order as protobuf's own serializer writes them: the bytes are the same (the tests compare
-them with ``SerializeToString``). Decoding stays with protobuf, which does not copy a large field.
+every task; ``CreateTaskRequest`` carries an ``invoke``'s input from the client, and the ``Task`` that
+answers it carries the output back. Their payload may be large. Through the protobuf runtime, a bytes
+field is copied into the message when set and again when it is serialized: about 20 ms for 16 MiB.
+Their wire format is simple (strings, a number, optional byte strings), so they are written here with
+one join, in field-number order as protobuf's own serializer writes them: the bytes are the same (the
+tests compare them with ``SerializeToString``).
+
+A service process also reads ``TaskContext`` and ``SessionContext`` and writes ``Result`` here, so its
+start path imports no protobuf at all (protobuf's descriptor pool and message classes were a cold
+start's largest import), and a task's input is read with one slice (protobuf's parse of a 16 MiB input
+costs about 20 ms). The readers follow protobuf's parsing rules, which the tests check against
+protobuf itself: the last value of a repeated scalar field wins, repeated sub-messages merge, unknown
+fields (and fields of a known number with another wire type) are skipped, strings must be UTF-8,
+truncated or malformed input is an error (a ``ValueError`` saying what is wrong, where protobuf raises
+its ``DecodeError``).
 """
 
 from __future__ import annotations
 
-__all__ = ["task_context", "task_result"]
+__all__ = [
+    "ON_SESSION_ENTER",
+    "ON_SESSION_LEAVE",
+    "ON_TASK_INVOKE",
+    "create_task_request",
+    "read_session_context",
+    "read_task_context",
+    "result",
+    "task_context",
+    "task_reply",
+    "task_result",
+]
+
+ON_SESSION_ENTER = "/flame.v1.Instance/OnSessionEnter"
+ON_TASK_INVOKE = "/flame.v1.Instance/OnTaskInvoke"
+ON_SESSION_LEAVE = "/flame.v1.Instance/OnSessionLeave"
+"""The paths of the three ``flame.v1.Instance`` rpcs (``flamepy_core.wire.methods.INSTANCE`` reads them
+from the descriptors; a test keeps these equal to those)."""
 
 _LEN = 2
 """Wire type of a length-delimited field (bytes, string)."""
@@ -58,3 +85,187 @@ def task_result(return_code: int, output: bytes | None = None, message: str | No
     if message is not None:
         _length_delimited(parts, 3, message.encode())
     return b"".join(parts)
+
+
+def create_task_request(session_id: str, task_input: bytes | None) -> bytes:
+    """``flame.v1.CreateTaskRequest`` (task = 1: ``TaskSpec`` with session_id = 2, optional input = 3), serialized.
+
+    The nested message's length is computed, not built, so the input is copied once, by the join.
+    """
+    inner: list[bytes] = []
+    if session_id:
+        _length_delimited(inner, 2, session_id.encode())
+    if task_input is not None:
+        inner.append(_varint(3 << 3 | _LEN))
+        inner.append(_varint(len(task_input)))
+    size = sum(len(part) for part in inner) + (0 if task_input is None else len(task_input))
+    parts = [_varint(1 << 3 | _LEN), _varint(size), *inner]
+    if task_input is not None:
+        parts.append(task_input)
+    return b"".join(parts)
+
+
+def _small_message(fields: list[tuple[int, str]]) -> bytes:
+    """A message of string fields (set ones only), serialized: small, so built then embedded."""
+    parts: list[bytes] = []
+    for number, value in fields:
+        if value:
+            _length_delimited(parts, number, value.encode())
+    return b"".join(parts)
+
+
+def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, status: bytes) -> bytes:
+    """A ``flame.v1.Task`` as RunTask answers it (metadata, spec without the input, and ``status`` already
+    serialized), serialized with one copy of the output.
+
+    metadata = 1 (id = 1, name = 2), spec = 2 (session_id = 2, optional output = 4), status = 3.
+    """
+    spec = _small_message([(2, session_id)])
+    output_head = b"" if output is None else _varint(4 << 3 | _LEN) + _varint(len(output))
+    spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
+    parts: list[bytes] = []
+    _length_delimited(parts, 1, _small_message([(1, task_id), (2, name)]))
+    parts += [_varint(2 << 3 | _LEN), _varint(spec_size), spec, output_head]
+    if output is not None:
+        parts.append(output)
+    _length_delimited(parts, 3, status)
+    return b"".join(parts)
+
+
+def result(return_code: int, message: str | None = None) -> bytes:
+    """``flame.v1.Result`` (int32 return_code = 1, optional message = 2), serialized."""
+    if not -(1 << 31) <= return_code < 1 << 31:
+        raise ValueError(f"return_code {return_code} does not fit an int32")
+    parts: list[bytes] = []
+    if return_code:
+        parts.append(_varint(1 << 3 | _VARINT))
+        parts.append(_varint(return_code & 0xFFFFFFFFFFFFFFFF))
+    if message is not None:
+        _length_delimited(parts, 2, message.encode())
+    return b"".join(parts)
+
+
+_I64 = 1
+_I32 = 5
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    end = len(data)
+    while True:
+        if pos >= end:
+            raise ValueError("truncated message: it ends inside a varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value & 0xFFFFFFFFFFFFFFFF, pos
+        shift += 7
+        if shift >= 70:
+            raise ValueError("malformed message: a varint longer than ten bytes")
+
+
+_START_GROUP = 3
+_END_GROUP = 4
+
+
+_MAX_GROUP_DEPTH = 100
+"""Groups nested deeper are refused, as protobuf refuses them (its recursion limit)."""
+
+
+def _skip(data: bytes, pos: int, number: int, wire: int, depth: int = 0) -> int:
+    """The position after the value of field ``number`` (of wire type ``wire``) that starts at ``pos``."""
+    if number == 0:
+        raise ValueError("malformed message: field number 0")
+    if wire == _VARINT:
+        return _read_varint(data, pos)[1]
+    if wire == _LEN:
+        length, pos = _read_varint(data, pos)
+        if length > len(data) - pos:
+            raise ValueError("truncated message: a field is longer than what is left")
+        return pos + length
+    if wire in (_I64, _I32):
+        pos += 8 if wire == _I64 else 4
+        if pos > len(data):
+            raise ValueError("truncated message: it ends inside a fixed-size field")
+        return pos
+    if wire == _START_GROUP:  # a (deprecated) group: its fields, up to the end marker of the same number
+        if depth >= _MAX_GROUP_DEPTH:
+            raise ValueError(f"malformed message: groups nested more than {_MAX_GROUP_DEPTH} deep")
+        while True:
+            key, pos = _read_varint(data, pos)
+            if key & 7 == _END_GROUP:
+                if key >> 3 != number:
+                    raise ValueError(f"malformed message: group {number} ends with the marker of {key >> 3}")
+                return pos
+            pos = _skip(data, pos, key >> 3, key & 7, depth + 1)
+    raise ValueError(f"malformed message: wire type {wire} (field {number}) where a field starts")
+
+
+def _fields(data: bytes) -> list[tuple[int, int, int]]:
+    """The length-delimited fields of a serialized message, as ``(number, start, end)`` (the contents are
+    ``data[start:end]``), in order. Fields of other wire types are skipped: flame.v1's readers here need
+    strings, bytes and sub-messages only."""
+    out: list[tuple[int, int, int]] = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == _LEN and number != 0:
+            length, pos = _read_varint(data, pos)
+            if length > end - pos:
+                raise ValueError("truncated message: a field is longer than what is left")
+            out.append((number, pos, pos + length))
+            pos += length
+        else:
+            pos = _skip(data, pos, number, wire)
+    return out
+
+
+def _text(data: bytes, start: int, end: int) -> str:
+    return data[start:end].decode()  # strict: protobuf refuses a string that is not UTF-8
+
+
+def read_task_context(data: bytes) -> tuple[str, str, bytes | None]:
+    """``flame.v1.TaskContext`` -> ``(task_id, session_id, input or None)``; the input is one slice."""
+    data = bytes(data)  # a no-op for bytes; a buffer (memoryview, frame) is read as bytes
+    task_id = session_id = ""
+    task_input: bytes | None = None
+    for number, start, end in _fields(data):
+        if number == 1:
+            task_id = _text(data, start, end)
+        elif number == 2:
+            session_id = _text(data, start, end)
+        elif number == 4:
+            task_input = data[start:end]
+    return task_id, session_id, task_input
+
+
+_APPLICATION_STRINGS = {1: "name", 3: "image", 4: "command", 5: "working_directory", 6: "url", 7: "installer"}
+"""``flame.v1.ApplicationContext``'s string fields by number (2, ``shim``, is an enum, not read here)."""
+
+
+def read_session_context(data: bytes) -> tuple[str, bytes | None, dict[str, str]]:
+    """``flame.v1.SessionContext`` -> ``(session_id, common_data or None, application)``.
+
+    ``application`` holds the string fields of ``ApplicationContext`` that are present, by name (``name``
+    always, ``""`` when unset, as protobuf reads it; the optional ones only when set).
+    """
+    data = bytes(data)
+    session_id = ""
+    common_data: bytes | None = None
+    application = {"name": ""}
+    for number, start, end in _fields(data):
+        if number == 1:
+            session_id = _text(data, start, end)
+        elif number == 2:  # a sub-message: repeated occurrences merge, field by field
+            inner = data[start:end]
+            for sub_number, sub_start, sub_end in _fields(inner):
+                name = _APPLICATION_STRINGS.get(sub_number)
+                if name is not None:
+                    application[name] = _text(inner, sub_start, sub_end)
+        elif number == 3:
+            common_data = data[start:end]
+    return session_id, common_data, application

@@ -65,6 +65,7 @@ class TcpTransport(FramedTransport):
         streaming=True,
         cross_process=True,
         deferred_replies=True,
+        deferred_streams=True,
         async_calls=True,
         local_schemes=(UNIX,),
     )

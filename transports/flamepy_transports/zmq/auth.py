@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import zmq
-import zmq.auth
 import zmq.utils.z85
 
 log = logging.getLogger(__name__)
@@ -51,6 +50,10 @@ class CurveClientKeys:
 
 
 def _load(path: str, *, need_secret: bool, what: str) -> tuple[bytes, bytes | None]:
+    # pyzmq's certificate reader, imported only when keys are configured: it costs a process without
+    # CURVE (every service instance) a noticeable part of its start.
+    import zmq.auth
+
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:

@@ -34,9 +34,10 @@ Options (keyword arguments; every one has a default):
     A synchronous call on an idle channel uses the socket from the caller's thread, saving the hand-off
     to the channel's I/O thread and back (default ``True``; see :mod:`.channel`).
 
-Deferred replies are native (a ``DeferredHandler``'s ``fn`` runs on the server's I/O thread, and its
-responder queues the reply from any thread) and so is ``unary_async`` (the channel's I/O thread completes
-the future and expires it at its deadline).
+Deferred replies and deferred streams are native (a ``DeferredHandler``'s or ``DeferredStreamHandler``'s
+``fn`` runs on the server's I/O thread, and its responder or stream writer queues the reply or each
+response from any thread: an open deferred stream holds no thread) and so is ``unary_async`` (the
+channel's I/O thread completes the future and expires it at its deadline).
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class ZmqTransport:
         auth=True,
         restart_same_endpoint=True,
         deferred_replies=True,
+        deferred_streams=True,
         async_calls=True,
         local_schemes=(IPC,),
         local_default_rank=20,

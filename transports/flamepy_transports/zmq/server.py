@@ -3,9 +3,12 @@
 The I/O thread reads requests, answers at once what needs no handler (``UNIMPLEMENTED``, a request too
 large, ``RESOURCE_EXHAUSTED`` when ``max_pending_calls`` calls are already queued or running,
 ``UNAVAILABLE`` while stopping), and submits the rest to the pool. Workers queue their replies in the
-outbox and wake the I/O thread, which sends them. A :class:`DeferredHandler`'s ``fn`` runs on the I/O
-thread itself (it must only start work and return); its responder queues the reply the same way, later,
-from whatever thread completes it, so a deferred call holds no thread while it waits.
+outbox and wake the I/O thread, which sends them. A :class:`DeferredHandler`'s or
+:class:`DeferredStreamHandler`'s ``fn`` runs on the I/O thread itself (it must only start work and
+return); its responder queues the reply the same way, later, from whatever thread completes it, and its
+stream writer each response, so a deferred call or an open deferred stream holds no thread while it
+waits. A deferred stream's responses beyond the caller's credit wait in its writer, in order, until a
+``CREDIT`` arrives; the I/O thread then posts them.
 
 ``ZMQ_ROUTER_MANDATORY`` makes every send say what happened: EAGAIN (the peer's pipe is at its
 high-water mark) keeps the reply, and everything queued after it for the same peer, in a per-peer
@@ -37,7 +40,13 @@ from typing import Any
 import zmq
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import DeferredHandler, Handler, StreamHandler, UnaryHandler
+from flamepy_core.contracts.transport import (
+    DeferredHandler,
+    DeferredStreamHandler,
+    Handler,
+    StreamHandler,
+    UnaryHandler,
+)
 from flamepy_core.transport_kit import check_size, unavailable, unimplemented
 from flamepy_transports.zmq import endpoints, framing
 from flamepy_transports.zmq.auth import ZapHandler, apply_server
@@ -50,7 +59,14 @@ from flamepy_transports.zmq.config import (
 from flamepy_transports.zmq.endpoints import Address
 from flamepy_transports.zmq.pool import WorkerPool
 from flamepy_transports.zmq.waker import Waker, readable
-from flamepy_transports.zmq.worker import ServerCall, StreamFlow, run_deferred, run_stream, run_unary
+from flamepy_transports.zmq.worker import (
+    ServerCall,
+    StreamFlow,
+    run_deferred,
+    run_deferred_stream,
+    run_stream,
+    run_unary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +267,11 @@ class _Engine:
                 call = self._calls.get((ident, msg.corr))
             if call is not None:
                 if kind is framing.Kind.CANCEL:
-                    call.cancel()
+                    self._cancel(call)
                 elif call.flow is not None:
                     call.flow.grant(msg.a, msg.b)
+                    if call.writer is not None:
+                        call.writer.pump()  # what a deferred stream kept back for this credit
             return
         if kind is not framing.Kind.UNARY and kind is not framing.Kind.STREAM:
             self._refuse(ident, msg, FlameError(FlameErrorCode.INVALID_ARGUMENT, f"a {kind.name} request"))
@@ -264,11 +282,11 @@ class _Engine:
             return
         handler = self._handlers.get(method)
         streaming = kind is framing.Kind.STREAM
-        if handler is None or isinstance(handler, StreamHandler) != streaming:
+        if handler is None or isinstance(handler, (StreamHandler, DeferredStreamHandler)) != streaming:
             self.counters["unimplemented"] += 1
             err = unimplemented(method, self.endpoint)
             if handler is not None:
-                shape = "a streaming" if isinstance(handler, StreamHandler) else "a unary"
+                shape = "a unary" if streaming else "a streaming"
                 err = FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is {shape} method")
             self._refuse(ident, msg, err)
             return
@@ -306,6 +324,9 @@ class _Engine:
         self.counters["accepted"] += 1
         if isinstance(handler, DeferredHandler):
             run_deferred(self, call, handler.fn, payload)  # here, on the I/O thread: it starts work and returns
+            return
+        if isinstance(handler, DeferredStreamHandler):
+            run_deferred_stream(self, call, handler.fn, payload)  # likewise: its writer is fed later
             return
         run = run_unary if isinstance(handler, UnaryHandler) else run_stream
         self._admitted.append((run, call, handler.fn, payload))
@@ -376,7 +397,13 @@ class _Engine:
         with self._lock:
             calls = [call for key, call in self._calls.items() if key[0] == ident]
         for call in calls:
-            call.cancel()
+            self._cancel(call)
+
+    def _cancel(self, call: ServerCall) -> None:
+        """The caller has gone: its handler sees it; a deferred stream ends now (nobody will read it)."""
+        call.cancel()
+        if call.writer is not None:
+            call.writer.abandon()
 
     # -- stop ------------------------------------------------------------------------------------------
 
@@ -440,11 +467,11 @@ class ZmqServer:
 
     def __init__(self, address: Address, handlers: Mapping[str, Handler], config: ZmqConfig) -> None:
         for method, handler in handlers.items():
-            if not isinstance(handler, (UnaryHandler, StreamHandler, DeferredHandler)):
+            if not isinstance(handler, (UnaryHandler, StreamHandler, DeferredHandler, DeferredStreamHandler)):
                 raise FlameError(
                     FlameErrorCode.INVALID_ARGUMENT,
-                    f"the handler for {method} is a {type(handler).__name__}, not a UnaryHandler, StreamHandler "
-                    f"or DeferredHandler",
+                    f"the handler for {method} is a {type(handler).__name__}, not a UnaryHandler, StreamHandler, "
+                    f"DeferredHandler or DeferredStreamHandler",
                 )
         self._engine = _Engine(address, handlers, config)
         self._endpoint = self._engine.start()

@@ -1,4 +1,5 @@
-"""What a server's worker threads do: run one handler, turn its outcome into reply frames.
+"""What a server's worker threads do: run one handler, turn its outcome into reply frames; and the
+responders of deferred calls and the writers of deferred streams, which need no worker at all.
 
 Workers never touch a socket. They hand frames to the server's I/O thread (:meth:`Replies.post`) and end
 every call exactly once (:meth:`Replies.finish`), with a final message or silently when nobody waits any
@@ -10,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Protocol
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.transport import DeferredFn, StreamFn, UnaryFn
+from flamepy_core.contracts.transport import DeferredFn, DeferredStreamFn, StreamFn, UnaryFn
 from flamepy_core.transport_kit import check_size, error_from_handler
 from flamepy_transports.zmq import framing
 
@@ -84,13 +86,24 @@ class StreamFlow:
             self._bytes -= size + framing.ITEM_OVERHEAD
             return True
 
+    def try_acquire(self, size: int) -> bool:
+        """Take credit for one item of ``size`` bytes if the window has it now (never waits)."""
+        with self._cond:
+            if self._closed or not (self._items > 0 and self._bytes > 0):
+                return False
+            self._items -= 1
+            self._bytes -= size + framing.ITEM_OVERHEAD
+            return True
+
 
 class ServerCall:
     """One call being served: who asked (routing id + correlation id), its context and stream window."""
 
-    __slots__ = ("corr", "ctx", "finished", "flow", "ident", "key", "method")
+    __slots__ = ("corr", "ctx", "finished", "flow", "ident", "key", "method", "writer")
 
     def __init__(self, ident: bytes, corr: int, method: str, timeout: float | None, flow: StreamFlow | None):
+        self.writer: DeferredStream | None = None
+        """A deferred stream's writer: CREDIT pumps it, CANCEL abandons it."""
         self.ident = ident
         self.corr = framing.pack_corr(corr)
         self.key = (ident, corr)
@@ -220,3 +233,114 @@ def run_deferred(server: Replies, call: ServerCall, fn: DeferredFn, request: byt
         fn(request, call.ctx, reply)
     except BaseException as exc:
         reply.fail(exc)
+
+
+class DeferredStream:
+    """The :class:`~flamepy_core.contracts.transport.StreamWriter` of one deferred stream.
+
+    ``send`` never waits: a response is posted to the I/O thread at once while the caller's window has
+    credit, else it waits in ``_pending`` (in order, in memory) for the ``CREDIT`` that the I/O thread
+    turns into :meth:`pump`. ``close``/``fail`` end the call after what is pending. One lock orders what
+    producers and the I/O thread do, so responses leave in the order they were sent. Once the call is
+    over (cancelled, past its deadline, its peer gone, the server stopping) every method returns False
+    and what was pending is dropped.
+    """
+
+    __slots__ = ("_call", "_final", "_lock", "_pending", "_server", "_stopped")
+
+    def __init__(self, server: Replies, call: ServerCall) -> None:
+        self._server = server
+        self._call = call
+        self._lock = threading.Lock()
+        self._pending: deque[bytes] = deque()
+        self._final: list[bytes] | None = None
+        """The END or ERROR message once ``close``/``fail`` was called, sent after ``_pending``."""
+        self._stopped = False
+        """No more sends: ``close``/``fail`` was called, or the call is over."""
+
+    def send(self, response: bytes) -> bool:
+        call = self._call
+        try:
+            data = _as_bytes(call.method, response, "sent")
+            check_size(
+                len(data),
+                self._server.max_message_size,
+                what=f"stream response to {call.method}",
+                endpoint=self._server.endpoint,
+            )
+        except FlameError as exc:
+            self.fail(exc)
+            return False  # not sent, and the stream is over: the producer should stop
+        with self._lock:
+            if not self._live():
+                return False
+            self._pending.append(data)
+            self._flush()
+        return True
+
+    def close(self) -> bool:
+        return self._end(framing.reply(framing.Kind.END, self._call.corr))
+
+    def fail(self, error: BaseException) -> bool:
+        call = self._call
+        return self._end(framing.error(call.corr, error_from_handler(call.method, error)))
+
+    def pump(self) -> None:
+        """Send what the window allows now (the I/O thread, after a CREDIT)."""
+        with self._lock:
+            if self._live() or self._final is not None:
+                self._flush()
+
+    def abandon(self) -> None:
+        """The caller has gone (CANCEL, its peer unreachable): end the call without a word."""
+        with self._lock:
+            self._drop()
+
+    def _end(self, final: list[bytes]) -> bool:
+        with self._lock:
+            if not self._live():
+                return False
+            self._stopped = True
+            self._final = final
+            self._flush()
+        return True
+
+    def _live(self) -> bool:
+        # With the lock held: whether the stream still takes responses; a call whose caller left ends here.
+        if self._stopped:
+            if self._final is not None and not self._call.ctx.is_active():
+                self._drop()  # closed, but its caller left before the rest went out
+            return False
+        call = self._call
+        if call.finished or not call.ctx.is_active():
+            self._drop()
+            return False
+        return True
+
+    def _drop(self) -> None:
+        self._stopped = True
+        self._pending.clear()
+        self._final = None
+        self._server.finish(self._call, None)  # a no-op when the call was already ended (server stopping)
+
+    def _flush(self) -> None:
+        # With the lock held.
+        call, pending, flow = self._call, self._pending, self._call.flow
+        assert flow is not None
+        while pending and flow.try_acquire(len(pending[0])):
+            self._server.post(call, framing.reply(framing.Kind.ITEM, call.corr, pending.popleft()))
+        if not pending and self._final is not None:
+            final, self._final = self._final, None
+            self._server.finish(call, final)
+
+
+def run_deferred_stream(server: Replies, call: ServerCall, fn: DeferredStreamFn, request: bytes) -> None:
+    """Start a deferred stream (on the server's I/O thread); a raise before it ended fails the stream."""
+    if not call.ctx.is_active():
+        server.finish(call, None)
+        return
+    writer = call.writer = DeferredStream(server, call)
+    try:
+        fn(request, call.ctx, writer)
+    except BaseException as exc:
+        writer.fail(exc)

@@ -1,0 +1,135 @@
+"""A plugin's declaration read from its class, and a transport built from ``module:Class`` alone.
+
+A plugin declares itself once, on its class (``name``, ``schemes``, ``capabilities``, ``options``...).
+The registry (:mod:`flamepy_core.plugins`) reads these declarations for every installed plugin, through
+pluggy and the entry points. A process told which class serves its endpoint needs only that one class:
+a service process is (the server names the classes in ``FLAMEPY_INSTANCE_TRANSPORTS``), and with
+:func:`build_transport_of_class` it starts without the registry, pluggy or the configuration module,
+which are a noticeable part of an instance's cold start.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import Transport, TransportCapabilities, TransportSpec
+
+__all__ = [
+    "MAX_MESSAGE_SIZE_ENV",
+    "build_plugin",
+    "build_transport_of_class",
+    "owned_endpoint",
+    "spec_of_class",
+    "transport_spec_of",
+    "with_configured_max_message_size",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_SIZE_ENV = "FLAME_MAX_MESSAGE_SIZE"
+"""The runtime's one message-size limit (``RuntimeSettings.max_message_size``; a test keeps the names equal)."""
+
+
+def transport_spec_of(cls: type) -> TransportSpec:
+    """The declaration a transport class carries: ``name``, ``schemes``, ``capabilities``, ``options``.
+
+    A plugin declares itself once, on its class, and its entry point names the class (``module:Class``).
+    Optional: ``requires`` (distributions to install when importing it fails) and ``description`` (else
+    the first line of its docstring). The class itself is the factory the registry builds with options.
+    """
+    name = getattr(cls, "name", None)
+    schemes = getattr(cls, "schemes", None)
+    capabilities = getattr(cls, "capabilities", None)
+    problems = []
+    if not isinstance(name, str) or not name:
+        problems.append("a class attribute `name` (str)")
+    if not isinstance(schemes, (tuple, list)) or not schemes or not all(isinstance(x, str) for x in schemes):
+        problems.append("a class attribute `schemes` (a tuple of URL schemes)")
+    if not isinstance(capabilities, TransportCapabilities):
+        problems.append("a class attribute `capabilities` (TransportCapabilities)")
+    if problems:
+        raise TypeError(f"transport class {cls.__module__}.{cls.__qualname__} lacks {', '.join(problems)}")
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return TransportSpec(
+        name=str(name),
+        schemes=tuple(str(x).lower() for x in schemes),  # type: ignore[union-attr]
+        capabilities=capabilities,  # type: ignore[arg-type]
+        load=lambda: cls,
+        options=frozenset(getattr(cls, "options", ())),
+        requires=tuple(getattr(cls, "requires", ())),
+        description=str(getattr(cls, "description", "") or (doc[0] if doc else "")),
+    )
+
+
+def spec_of_class(class_path: str) -> TransportSpec | None:
+    """The declaration of the transport class ``module:Class``; None when it cannot be imported or is no
+    transport class (moved, broken: the caller then asks the registry, which explains what is wrong)."""
+    module_name, _, attribute = class_path.partition(":")
+    try:
+        return transport_spec_of(getattr(importlib.import_module(module_name), attribute))
+    except Exception as exc:
+        log.debug("transport class %s is not usable here (%s)", class_path, exc)
+        return None
+
+
+def owned_endpoint(spec: TransportSpec, endpoint: str) -> str | None:
+    """``endpoint`` as a URL of ``spec``'s transport, or None when it is not one of its endpoints (its
+    schemes; for a bare socket path, its ``bare_path_scheme``)."""
+    if endpoint.startswith("/"):
+        scheme = spec.capabilities.bare_path_scheme
+        return None if scheme is None else f"{scheme}://{endpoint}"
+    if endpoint.partition("://")[0].lower() not in spec.schemes:
+        return None
+    return endpoint
+
+
+def with_configured_max_message_size(spec: TransportSpec, options: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """``options`` plus ``FLAME_MAX_MESSAGE_SIZE`` as ``max_message_size`` when the transport accepts it and
+    none was given: the one limit of the runtime, its instances and its clients."""
+    options = options or {}
+    if "max_message_size" not in spec.options or "max_message_size" in options:
+        return options
+    if not os.environ.get(MAX_MESSAGE_SIZE_ENV, "").strip():
+        return options  # not set: the configuration module (which parses it) is not even imported
+    from flamepy_core.config import configured_max_message_size
+
+    configured = configured_max_message_size()
+    return options if configured is None else {**options, "max_message_size": configured}
+
+
+def build_plugin(
+    kind: str, name: str, plugin: str, factory: Callable[..., Any], accepted: frozenset[str], options: Mapping[str, Any]
+) -> Any:
+    """``factory(**options)``, with an option it does not accept, or one it rejects, as ``INVALID_ARGUMENT``."""
+    options = dict(options)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise FlameError(
+            FlameErrorCode.INVALID_ARGUMENT,
+            f"{kind} '{name}' (plugin {plugin}) does not accept the option(s) "
+            f"{', '.join(repr(u) for u in unknown)}; it accepts: {', '.join(sorted(accepted)) or 'none'}",
+        )
+    try:
+        return factory(**options)
+    except (TypeError, ValueError) as exc:
+        raise FlameError(
+            FlameErrorCode.INVALID_ARGUMENT,
+            f"{kind} '{name}' (plugin {plugin}) rejected its options {options!r}: {exc}",
+        ) from exc
+
+
+def build_transport_of_class(class_path: str, endpoint: str) -> tuple[Transport, str] | None:
+    """The transport class ``module:Class`` built for ``endpoint``, and the endpoint as its URL, without the
+    registry; None when the class is not usable here or does not own the endpoint."""
+    spec = spec_of_class(class_path)
+    url = None if spec is None else owned_endpoint(spec, endpoint)
+    if spec is None or url is None:
+        return None
+    options = with_configured_max_message_size(spec, None)
+    transport = build_plugin("transport", spec.name, class_path, spec.load(), spec.options, options)
+    return transport, url
