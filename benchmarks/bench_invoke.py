@@ -11,8 +11,10 @@ Measured in one run, on this machine:
 * ``run() throughput``: N no-op tasks submitted with ``Session.run()`` to one session with 2 instances.
 * cold start: ``spawn until it answers`` (the floor: start a Python process that imports the transport's
   library, listens on a unix socket and answers one call) against ``new session + first invoke`` of an
-  application with no process yet; and ``new session + first invoke`` when a spare process of the
-  application is ready (started ahead when the previous session's process left).
+  application with no process yet (each cold sample right after a floor sample, so both see the same
+  load); and ``new session + first invoke`` when a spare process of the application is ready (started
+  ahead when the previous session's process left). flamepy's packages are compiled to bytecode first, as
+  an installed wheel is (``--no-compile`` to skip).
 
 Usage: ``python benchmarks/bench_invoke.py [--iterations 2000] [--tasks 10000] [--transport grpc|zmq]``.
 Prints a table; ratios are ours / raw. No timing is asserted anywhere: this is a measurement.
@@ -196,13 +198,13 @@ server.stop(1).wait()
 """
 
 
-def spawn_floor(tmp: Path, transport: str, runs: int) -> list[float]:
+def spawn_floor(tmp: Path, transport: str, runs: int, first: int = 0) -> list[float]:
     """Seconds from starting a Python process (which imports the transport's library and listens on a
     unix socket) to its first answer: what any runtime pays to start an instance, before its own work."""
     import subprocess
 
     samples = []
-    for run in range(runs):
+    for run in range(first, first + runs):
         path = str(tmp / f"spawn{run}.{'ipc' if transport == 'zmq' else 'sock'}")
         start = time.perf_counter()
         child = subprocess.Popen([sys.executable, "-c", SPAWN_ZMQ if transport == "zmq" else SPAWN_GRPC, path])
@@ -272,7 +274,55 @@ SPARE_WAIT = 2.0
 """Seconds between closing a session and opening the next, so that the spare is ready."""
 
 
-def flamepy_numbers(tmp: Path, iterations: int, tasks: int, large_iterations: int, cold_runs: int) -> dict[str, object]:
+def first_invokes_of_new_applications(
+    app_dir: Path, runs: int, prefix: str = "cold", before_each: Callable[[int], object] | None = None
+) -> list[float]:
+    """Seconds from a new application's first ``create_session`` to its first answer, ``runs`` times.
+
+    A new application has no process, so its first session starts one: the cold start of an instance,
+    with the server already up. Each run registers ``{prefix}{run}`` in ``app_dir`` and starts on a quiet
+    server: the spare the previous application gets when its session closes has started by then
+    (``SPARE_WAIT``), so it does not take the CPU from this start (on 2 cores it would, and a floor has no
+    such neighbour). ``before_each(run)`` runs right before each (a floor's sample, so both see the same
+    load on the machine)."""
+    import flamepy
+
+    cold = []
+    for run in range(runs):
+        _register(app_dir, f"{prefix}{run}", CORE_SERVICE)
+        if run:
+            time.sleep(SPARE_WAIT)
+        if before_each is not None:
+            before_each(run)
+        start = time.perf_counter()
+        session = flamepy.create_session(f"{prefix}{run}")
+        session.invoke(PAYLOAD)
+        cold.append(time.perf_counter() - start)
+        session.close()
+    return cold
+
+
+def run_throughput(application: str, tasks: int) -> tuple[float, int]:
+    """``tasks`` no-op ``Session.run()`` calls on one session of ``application`` with two instances:
+    tasks per second until every future is done, and how many failed (or were not done after 600 s)."""
+    import flamepy
+
+    session = flamepy.create_session(application, min_instances=2, max_instances=2)
+    try:
+        session.invoke(PAYLOAD)
+        start = time.perf_counter()
+        futures = [session.run(PAYLOAD) for _ in range(tasks)]
+        wait(futures, timeout=600)
+        elapsed = time.perf_counter() - start
+        failed = sum(1 for f in futures if not f.done() or f.exception() is not None)
+    finally:
+        session.close()
+    return tasks / elapsed, failed
+
+
+def flamepy_numbers(
+    tmp: Path, iterations: int, tasks: int, large_iterations: int, cold_runs: int, transport: str
+) -> dict[str, object]:
     import flamepy
     from flamepy.service import Session as ServiceSession
 
@@ -282,16 +332,11 @@ def flamepy_numbers(tmp: Path, iterations: int, tasks: int, large_iterations: in
     _register(app_dir, "bench-typed", TYPED_SERVICE)
     results: dict[str, object] = {}
 
-    # Cold: a new application has no process, so its first session starts one.
-    cold = []
-    for run in range(cold_runs):
-        _register(app_dir, f"cold{run}", CORE_SERVICE)
-        start = time.perf_counter()
-        session = flamepy.create_session(f"cold{run}")
-        session.invoke(PAYLOAD)
-        cold.append(time.perf_counter() - start)
-        session.close()
-    results["new_session_cold_s"] = cold
+    floor: list[float] = []
+    results["new_session_cold_s"] = first_invokes_of_new_applications(
+        app_dir, cold_runs, before_each=lambda run: floor.extend(spawn_floor(tmp, transport, 1, first=run))
+    )
+    results["spawn_floor_s"] = floor
 
     session = flamepy.create_session("bench", min_instances=1, max_instances=1)
     session.invoke(PAYLOAD)
@@ -313,17 +358,29 @@ def flamepy_numbers(tmp: Path, iterations: int, tasks: int, large_iterations: in
     with ServiceSession("bench-typed") as typed:
         results["service_invoke"] = _measure(lambda: typed.invoke(PAYLOAD), iterations)
 
-    session = flamepy.create_session("bench", min_instances=2, max_instances=2)
-    session.invoke(PAYLOAD)
-    start = time.perf_counter()
-    futures = [session.run(PAYLOAD) for _ in range(tasks)]
-    wait(futures, timeout=600)
-    elapsed = time.perf_counter() - start
-    failed = sum(1 for f in futures if not f.done() or f.exception() is not None)
-    results["throughput_tasks_per_s"] = tasks / elapsed
-    results["throughput_failed"] = failed
-    session.close()
+    results["throughput_tasks_per_s"], results["throughput_failed"] = run_throughput("bench", tasks)
     return results
+
+
+def compile_packages() -> list[str]:
+    """Compile flamepy's packages to bytecode (``__pycache__`` next to the sources), as installing them does.
+
+    A wheel installed by pip carries its modules compiled; a source checkout installed in editable mode
+    does not, and under ``PYTHONDONTWRITEBYTECODE`` every process compiles every module it imports from
+    source, again and again. The spawn floor imports pyzmq, which pip compiled: without this, a cold
+    start would be compared with the floor partly by the cost of compiling flamepy's sources, which no
+    installed flamepy pays. Returns the package directories compiled.
+    """
+    import compileall
+    import importlib.util
+
+    compiled = []
+    for package in ("flamepy", "flamepy_core", "flamepy_transports", "flamepy_serializers"):
+        spec = importlib.util.find_spec(package)
+        for directory in (spec.submodule_search_locations or []) if spec is not None else []:
+            if compileall.compile_dir(directory, quiet=1, workers=1):
+                compiled.append(directory)
+    return compiled
 
 
 def main() -> int:
@@ -338,8 +395,14 @@ def main() -> int:
         choices=("zmq", "grpc"),
         help="the local server's transport, and the raw floor measured against it (default: zmq)",
     )
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="do not compile flamepy's packages to bytecode first (measures a source checkout as it is)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    compiled = [] if args.no_compile else compile_packages()
 
     load_before = os.getloadavg()  # other work on the machine inflates every row: say how much there was
     tmp = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))
@@ -353,8 +416,7 @@ def main() -> int:
         raw, raw_large = (raw_two_hop_zmq if args.transport == "zmq" else raw_two_hop)(
             tmp, args.iterations, args.large_iterations
         )
-        spawn = spawn_floor(tmp, args.transport, args.cold_runs)
-        ours = flamepy_numbers(tmp, args.iterations, args.tasks, args.large_iterations, args.cold_runs)
+        ours = flamepy_numbers(tmp, args.iterations, args.tasks, args.large_iterations, args.cold_runs, args.transport)
     finally:
         stop_server(tmp / "home")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -378,6 +440,8 @@ def main() -> int:
         ("raw two hops, 16 MiB each way (floor)", large_med, _percentile(raw_large, 99), 1.0),
         row("flamepy core invoke, 16 MiB", ours_large, large_med, _percentile(ours_large, 99)),
     ]
+    spawn = ours.pop("spawn_floor_s")
+    assert isinstance(spawn, list)
     spawn_med = statistics.median(spawn)
     cold = ours["new_session_cold_s"]
     spare = ours["new_session_spare_s"]
@@ -391,12 +455,21 @@ def main() -> int:
     load_after = os.getloadavg()
     python = sys.version.split()[0]
     if args.json:
-        machine = {"cpus": os.cpu_count(), "python": python, "load_average": [load_before, load_after]}
+        machine = {
+            "cpus": os.cpu_count(),
+            "python": python,
+            "load_average": [load_before, load_after],
+            "bytecode_compiled": bool(compiled),
+        }
         doc = {"machine": machine, "rows": rows, "large_rows": large_rows, "start_rows": start_rows, **scalars}
         print(json.dumps(doc, indent=2))
         return 0
     before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
-    print(f"transport {args.transport}, {os.cpu_count()} CPUs, Python {python}, load average {before} -> {after}")
+    bytecode = "flamepy compiled to bytecode first" if compiled else "flamepy's bytecode as found (--no-compile)"
+    print(
+        f"transport {args.transport}, {os.cpu_count()} CPUs, Python {python}, load average {before} -> {after}, "
+        f"{bytecode}"
+    )
     print(f"{'path (100-byte payload)':<40}{'median':>12}{'p99':>12}{'ratio':>8}")
     for label, med, p99, ratio in rows:
         print(f"{label:<40}{med * 1e6:>10.0f}us{p99 * 1e6:>10.0f}us{ratio:>8.2f}")

@@ -3,10 +3,13 @@
 Two local servers are measured in the same run: one on an empty FLAME_HOME, one on a FLAME_HOME whose
 store was filled beforehand with ``--sessions`` open sessions holding ``--tasks`` finished tasks in all
 (written straight into sqlite, in the server's own format, so filling takes seconds, not hours). For
-each server: the time to start, then the median of a warm ``invoke`` on a new session, of
-``get_session`` on an open session, and of ``create_session`` + ``close``. Ratios are loaded / empty.
+each server: the time to start (and to start again with the start-up store check off, which reads the
+whole file), then the median of a warm ``invoke`` on a new session, of ``get_session`` on an open session,
+and of ``create_session`` + ``close``. Both servers run at once and are measured in ``--rounds``
+alternating rounds, so other work on the machine weighs on both alike; each figure is the median of the
+rounds' medians. Ratios are loaded / empty.
 
-Usage: ``python benchmarks/bench_scale.py [--sessions 1000] [--tasks 1000000] [--iterations 500]``.
+Usage: ``python benchmarks/bench_scale.py [--sessions 1000] [--tasks 1000000] [--iterations 500] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +42,7 @@ SERVICE = textwrap.dedent(
 
 def fill(home: Path, sessions: int, tasks: int) -> float:
     """Write ``sessions`` open sessions with ``tasks`` finished tasks in all into home's store."""
+    from flamepy_core.engine.state import INPUT, OUTPUT
     from flamepy_core.engine.store import Store
     from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -62,19 +67,25 @@ def fill(home: Path, sessions: int, tasks: int) -> float:
             "INSERT INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)",
             (f"big-{i}", "bench", 0, session.SerializeToString()),
         )
+        ids = range(1, per_session + 1)
         db.executemany(
-            "INSERT INTO tasks (session_id, id, state, input, output, status) VALUES (?, ?, ?, ?, ?, ?)",
-            ((f"big-{i}", t, 2, b"x" * 100, b"x" * 100, status_bytes) for t in range(1, per_session + 1)),
+            "INSERT INTO tasks (session_id, id, state, input, output, status, finished) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((f"big-{i}", t, int(pb.TaskState.Succeed), None, None, status_bytes, now) for t in ids),
+        )
+        db.executemany(  # payloads in rows of their own, as the server writes them
+            "INSERT INTO task_payloads (session_id, id, kind, data) VALUES (?, ?, ?, ?)",
+            ((f"big-{i}", t, kind, b"x" * 100) for t in ids for kind in (INPUT, OUTPUT)),
         )
     db.commit()
     db.close()
     return time.perf_counter() - start
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen[bytes], float]:
+def start_server(home: Path, **settings: str) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a server on ``home`` (``settings``: extra FLAME_ variables) and time it until it is ready."""
     from flamepy_core.home import read_server_info
 
-    env = dict(os.environ, FLAME_HOME=str(home))
+    env = dict(os.environ, FLAME_HOME=str(home), **settings)
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "flamepy_core.engine", "--home", str(home), "--idle-exit", "0"],
@@ -135,38 +146,54 @@ def prepare(home: Path) -> None:
     (home / "app" / "svc.py").write_text(SERVICE)
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--tasks", type=int, default=1_000_000)
-    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--iterations", type=int, default=500, help="calls per measure and round (500)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds on the two servers (3)")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
-    results = {}
+    homes = {"empty": root / "empty", "loaded": root / "loaded"}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    started: dict[str, float] = {}
+    unchecked: dict[str, float] = {}
+    rounds: dict[str, list[dict[str, float]]] = {"empty": [], "loaded": []}
     try:
-        for label, sessions in (("empty", 0), ("loaded", args.sessions)):
-            home = root / label
+        for home in homes.values():
             prepare(home)
-            filled = fill(home, sessions, args.tasks) if sessions else 0.0
-            proc, started = start_server(home)
-            try:
-                numbers = measure(home, args.iterations, "big-0" if sessions else None)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=60)
-            results[label] = {"fill_s": filled, "start_s": started, **numbers}
+        filled = fill(homes["loaded"], args.sessions, args.tasks)
+        for label, home in homes.items():  # the start-up store check off: what is left is loading the store
+            proc, unchecked[label] = start_server(home, FLAME_STORE_CHECK_TIMEOUT="0")
+            stop(proc)
+        for label, home in homes.items():
+            procs[label], started[label] = start_server(home)
+        for _ in range(args.rounds):
+            for label, home in homes.items():
+                open_session = "big-0" if label == "loaded" and args.sessions else None
+                rounds[label].append(measure(home, args.iterations, open_session))
     finally:
+        for proc in procs.values():
+            stop(proc)
         shutil.rmtree(root, ignore_errors=True)
-    empty, loaded = results["empty"], results["loaded"]
-    print(
-        f"loaded store: {args.sessions} open sessions, {args.tasks} finished tasks (filled in {loaded['fill_s']:.1f} s)"
-    )
-    print(f"{'measure':<28}{'empty':>12}{'loaded':>12}{'ratio':>8}")
-    print(f"{'server start':<28}{empty['start_s'] * 1e3:>10.0f}ms{loaded['start_s'] * 1e3:>10.0f}ms"
-          f"{loaded['start_s'] / empty['start_s']:>8.2f}")  # fmt: skip
+    medians = {label: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for label, runs in rounds.items()}
+    empty, loaded = medians["empty"], medians["loaded"]
+    before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, os.getloadavg()))
+    print(f"loaded store: {args.sessions} open sessions, {args.tasks} finished tasks (filled in {filled:.1f} s)")
+    print(f"{os.cpu_count()} CPUs, load average {before} -> {after}; {args.rounds} rounds of {args.iterations} calls")
+    print(f"{'measure':<36}{'empty':>12}{'loaded':>12}{'ratio':>8}")
+    for label, times in (("server start", started), ("server start, no store check", unchecked)):
+        print(f"{label:<36}{times['empty'] * 1e3:>10.0f}ms{times['loaded'] * 1e3:>10.0f}ms"
+              f"{times['loaded'] / times['empty']:>8.2f}")  # fmt: skip
     for key in ("invoke", "get_session", "create_close"):
         label = f"{key} (median)"
-        print(f"{label:<28}{empty[key] * 1e6:>10.0f}us{loaded[key] * 1e6:>10.0f}us{loaded[key] / empty[key]:>8.2f}")
+        print(f"{label:<36}{empty[key] * 1e6:>10.0f}us{loaded[key] * 1e6:>10.0f}us{loaded[key] / empty[key]:>8.2f}")
     return 0
 
 

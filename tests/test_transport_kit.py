@@ -1,4 +1,6 @@
-"""The kit's adapters: deferred handlers on a transport without native support, async calls on any channel."""
+"""The kit's adapters: deferred handlers and streams on a transport without native support, async calls on
+any channel. (The conformance suite runs deferred streams through the adapter on gRPC; these tests cover
+what a transport cannot show: the writer's own rules, and the adapter's generator left or cancelled.)"""
 
 from __future__ import annotations
 
@@ -6,13 +8,26 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from flamepy_core.contracts import DeferredHandler, FlameError, FlameErrorCode, StreamHandler, UnaryHandler
-from flamepy_core.contracts.transport import TransportCapabilities
+from flamepy_core.contracts import (
+    DeferredHandler,
+    DeferredStreamHandler,
+    FlameError,
+    FlameErrorCode,
+    StreamHandler,
+    StreamWriter,
+    UnaryHandler,
+)
+from flamepy_core.contracts.transport import CallContext, TransportCapabilities
 from flamepy_core.transport_kit import (
+    WAIT_SLICE,
     FutureResponder,
+    QueueWriter,
     SimpleCallContext,
     adapt_handlers,
+    blocking_stream,
     blocking_unary,
     unary_async,
 )
@@ -70,6 +85,172 @@ def test_adapt_handlers_only_touches_deferred_ones_and_only_when_needed() -> Non
     assert isinstance(plain["/d"], UnaryHandler)
     native = adapt_handlers(table, TransportCapabilities(max_message_size=1, deferred_replies=True))
     assert native["/d"] is deferred
+
+
+def test_adapt_handlers_makes_deferred_streams_blocking_only_without_the_capability() -> None:
+    deferred = DeferredStreamHandler(lambda data, ctx, writer: None)
+    plain = adapt_handlers({"/ds": deferred}, TransportCapabilities(max_message_size=1, deferred_replies=True))
+    assert isinstance(plain["/ds"], StreamHandler)
+    native = adapt_handlers({"/ds": deferred}, TransportCapabilities(max_message_size=1, deferred_streams=True))
+    assert native["/ds"] is deferred
+
+
+# -- QueueWriter: the writer's rules, as a model ------------------------------------------------------------
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.binary(max_size=8)),
+        st.tuples(st.just("close"), st.none()),
+        st.tuples(st.just("fail"), st.sampled_from([FlameErrorCode.NOT_FOUND, FlameErrorCode.INTERNAL])),
+        st.tuples(st.just("abandon"), st.none()),
+    ),
+    max_size=20,
+)
+
+
+def _drain(writer: QueueWriter) -> tuple[list[bytes], FlameError | None]:
+    """Everything the writer hands out, then how it ended; asserts that it did end."""
+    items: list[bytes] = []
+    while True:
+        try:
+            got, item = writer.next_event(0.0)
+        except FlameError as err:
+            return items, err
+        assert got, "the stream has not ended, though the model says it has"
+        if item is None:
+            return items, None
+        items.append(item)
+
+
+@given(ops=_OPS)
+def test_queue_writer_delivers_what_was_sent_before_the_first_end(ops: list[tuple[str, object]]) -> None:
+    """Sends before the first end (close, fail, abandon) take effect and are handed out in order, then
+    that end; every operation after it returns False; abandon (its caller gone) drops what was waiting."""
+    writer = QueueWriter()
+    expected: list[bytes] = []
+    end: tuple[str, object] | None = None
+    for op, arg in ops:
+        if op == "send":
+            assert isinstance(arg, bytes)
+            assert writer.send(arg) is (end is None), (op, end)
+            if end is None:
+                expected.append(arg)
+        elif op == "close":
+            assert writer.close() is (end is None)
+            end = end or ("close", None)
+        elif op == "fail":
+            assert isinstance(arg, FlameErrorCode)
+            assert writer.fail(FlameError(arg, "failed")) is (end is None)
+            end = end or ("fail", arg)
+        else:
+            writer.abandon()
+            expected.clear()  # nobody will read them, even after the stream ended
+            end = end or ("abandon", FlameErrorCode.CANCELLED)
+    if end is None:
+        assert not writer.ended
+        if not expected:
+            assert writer.next_event(0.0) == (False, None), "a stream that did not end yet handed out an end"
+        assert writer.close()
+        end = ("close", None)
+    assert writer.ended
+    items, error = _drain(writer)
+    assert items == expected
+    if end[0] == "close":
+        assert error is None
+    else:
+        assert error is not None and error.code == end[1], (end, error)
+
+
+def test_queue_writer_refuses_an_oversized_response_after_delivering_the_rest() -> None:
+    writer = QueueWriter(max_message_size=4, method="/svc/Watch")
+    assert writer.send(b"four")
+    assert writer.send(b"fives") is False  # not taken: the stream failed
+    assert writer.send(b"ok") is False
+    items, error = _drain(writer)
+    assert items == [b"four"]
+    assert error is not None and error.code == FlameErrorCode.MESSAGE_TOO_LARGE
+    assert "5 bytes" in error.message and "4 bytes" in error.message and "/svc/Watch" in error.message
+
+
+def test_queue_writer_refuses_everything_once_its_call_is_no_longer_active() -> None:
+    ctx = SimpleCallContext("/svc/Watch", None)
+    writer = QueueWriter(ctx=ctx)
+    assert writer.send(b"one")
+    ctx.cancel()
+    assert writer.send(b"two") is False
+    assert writer.close() is False
+    assert writer.fail(FlameError(FlameErrorCode.INTERNAL, "late")) is False
+    _items, error = _drain(writer)  # what waited was dropped: its caller has gone
+    assert _items == [] and error is not None and error.code == FlameErrorCode.CANCELLED
+
+
+def test_queue_writer_waits_for_a_response_from_another_thread() -> None:
+    writer = QueueWriter()
+    assert writer.next_event(0.01) == (False, None)
+    threading.Timer(0.05, writer.send, args=(b"later",)).start()
+    assert writer.next_event(5.0) == (True, b"later")
+
+
+# -- blocking_stream: the adapter's generator ------------------------------------------------------------
+
+
+def _parked_stream() -> tuple[StreamHandler, list[tuple[CallContext, StreamWriter]]]:
+    parked: list[tuple[CallContext, StreamWriter]] = []
+
+    def start(request: bytes, ctx: CallContext, writer: StreamWriter) -> None:
+        writer.send(request)
+        parked.append((ctx, writer))
+
+    return blocking_stream(DeferredStreamHandler(start), max_message_size=1024), parked
+
+
+def test_blocking_stream_yields_what_another_thread_sends_then_ends() -> None:
+    handler, parked = _parked_stream()
+    items = iter(handler.fn(b"first", SimpleCallContext("/m", 5.0)))
+    assert next(items) == b"first"
+    _ctx, writer = parked[0]
+
+    def feed() -> None:
+        for i in range(3):
+            writer.send(b"%d" % i)
+        writer.close()
+
+    threading.Timer(0.05, feed).start()
+    assert list(items) == [b"0", b"1", b"2"]
+
+
+def test_blocking_stream_raises_what_fn_raised_after_what_it_sent() -> None:
+    def start(request: bytes, ctx: CallContext, writer: StreamWriter) -> None:
+        writer.send(b"sent")
+        raise LookupError("no such session")
+
+    items = iter(blocking_stream(DeferredStreamHandler(start)).fn(b"", SimpleCallContext("/m", 5.0)))
+    assert next(items) == b"sent"
+    with pytest.raises(LookupError, match="no such session"):  # the transport maps it to INTERNAL
+        next(items)
+
+
+def test_blocking_stream_closed_by_the_transport_refuses_later_sends() -> None:
+    """The transport closes the generator (the caller left): the writer says False from then on."""
+    handler, parked = _parked_stream()
+    items = handler.fn(b"first", SimpleCallContext("/m", 5.0))
+    assert next(iter(items)) == b"first"
+    items.close()  # type: ignore[attr-defined]
+    _ctx, writer = parked[0]
+    assert writer.send(b"anyone?") is False
+    assert writer.close() is False
+
+
+def test_blocking_stream_ends_soon_after_its_caller_goes_though_nothing_is_sent() -> None:
+    handler, parked = _parked_stream()
+    ctx = SimpleCallContext("/m", None)
+    items = iter(handler.fn(b"first", ctx))
+    assert next(items) == b"first"
+    threading.Timer(0.05, ctx.cancel).start()
+    began = time.monotonic()
+    assert list(items) == []  # the thread lets go: a silent producer does not hold it until its deadline
+    assert time.monotonic() - began < WAIT_SLICE + 2.0
+    assert parked[0][1].send(b"late") is False
 
 
 class _BlockingChannel:

@@ -23,6 +23,7 @@ import urllib.parse
 from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.payload_files import DIRECTORY_NAME as PAYLOADS_DIRECTORY
 
 __all__ = ["check_store", "store_damaged"]
 
@@ -39,8 +40,9 @@ def store_damaged(path: Path, detail: str) -> FlameError:
     return FlameError(
         FlameErrorCode.INVALID_STATE,
         f"the store {path} is damaged, so the server will not serve it (sqlite: {detail}). Nothing was changed "
-        f"in it. Stop anything using it; then move it aside together with its -wal and -shm files (e.g. "
-        f"mv {path} {path}.damaged, and likewise {path}-wal and {path}-shm) to start with an empty store, or "
+        f"in it. Stop anything using it; then move it aside together with its -wal and -shm files and the "
+        f"folder of its large payloads (e.g. mv {path} {path}.damaged, and likewise {path}-wal, {path}-shm and "
+        f"{Path(path).parent / PAYLOADS_DIRECTORY}) to start with an empty store, or "
         f"put back a copy you trust. `sqlite3 {path} .recover` can salvage the rows that are still readable.",
     )
 

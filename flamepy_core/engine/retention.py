@@ -1,10 +1,13 @@
 """Payload retention: purge finished tasks' input and output after a while, and give the space back.
 
-Every task's input and output are written to ``flame.db``. Once a task is final (SUCCEED, FAILED,
-CANCELLED) its client has had its result; the payloads are kept ``payload_retention`` seconds after it
-finished (so a client that reconnects, ``get_task`` and a session watcher's replay still see them),
-then purged: input and output are removed, and the task keeps its state, times and events plus one
-event (``flamepy_core.model.EVENT_PAYLOADS_PURGED``, 1005) that says why its payloads are gone.
+Every task's input and output are written to ``flame.db`` (large ones to files of their own, which its
+rows name: see :mod:`.payload_files`). Once a task is final (SUCCEED, FAILED, CANCELLED) its client has
+had its result; the payloads are kept ``payload_retention`` seconds after it finished (so a client that
+reconnects, ``get_task`` and a session watcher's replay still see them), then purged: input and output
+are removed (their files once the rows are committed gone), and the task keeps its state, times and
+events plus one event (``flamepy_core.model.EVENT_PAYLOADS_PURGED``, 1005) that says why its payloads
+are gone. Payload files that no row names (a crash between a file and its commit) are removed at
+start and by ``collect``.
 
 Nothing here stops the world. A background thread purges in small transactions (``PURGE_BATCH``
 tasks each, found through an index of the finished tasks that still hold a payload, oldest first) and
@@ -30,8 +33,10 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError
+from flamepy_core.engine.payload_files import DIRECTORY_NAME as PAYLOADS_DIRECTORY
 from flamepy_core.engine.store import Op, Store
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -57,11 +62,14 @@ CONVERT_AT_START_BYTES = 64 * 1024 * 1024
 
 _DUE = (
     "SELECT t.session_id, t.id, t.status, t.finished, t.input IS NOT NULL OR t.output IS NOT NULL OR EXISTS "
-    "(SELECT 1 FROM task_payloads p WHERE p.session_id = t.session_id AND p.id = t.id) "
+    "(SELECT 1 FROM task_payloads p WHERE p.session_id = t.session_id AND p.id = t.id), "
+    "(SELECT group_concat(f.file, '/') FROM task_payloads f "
+    "WHERE f.session_id = t.session_id AND f.id = t.id AND f.file IS NOT NULL) "
     "FROM tasks t WHERE t.finished <= ? ORDER BY t.finished LIMIT ?"
 )
-"""Final tasks whose payloads are due, oldest first (the store's partial index on ``tasks.finished``), and
-whether they hold any (in ``task_payloads``, or in the columns of a store from before it)."""
+"""Final tasks whose payloads are due, oldest first (the store's partial index on ``tasks.finished``),
+whether they hold any (in ``task_payloads``, or in the columns of a store from before it), and the files
+that hold the large ones (names joined by ``/``, which no name contains)."""
 _DROP_PAYLOADS = "DELETE FROM task_payloads WHERE session_id = ? AND id = ?"
 _PURGED = "UPDATE tasks SET input = NULL, output = NULL, status = ?, finished = NULL WHERE session_id = ? AND id = ?"
 _NOTHING_HELD = "UPDATE tasks SET finished = NULL WHERE session_id = ? AND id = ?"
@@ -82,11 +90,15 @@ class CollectReport:
 
 
 def store_bytes(path: str) -> int:
-    """The store's size on disk: the database file and its write-ahead log."""
+    """The store's size on disk: the database file, its write-ahead log and the payload files."""
     total = 0
     for name in (path, f"{path}-wal"):
         with contextlib.suppress(FileNotFoundError):
             total += os.path.getsize(name)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(Path(path).parent / PAYLOADS_DIRECTORY):
+            with contextlib.suppress(FileNotFoundError):
+                total += entry.stat().st_size
     return total
 
 
@@ -111,7 +123,9 @@ class Retention:
     # -- the background sweep ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Convert a small store from before incremental compaction, then sweep in the background."""
+        """Remove payload files no task names, convert a small store from before incremental compaction,
+        then sweep in the background."""
+        self.store.remove_orphan_payload_files()  # a crash between a payload's file and its commit
         if self._auto_vacuum() == _AUTO_VACUUM_NONE:
             size = store_bytes(self.store.path)
             if size <= self.convert_at_start_bytes:
@@ -171,6 +185,7 @@ class Retention:
         before = store_bytes(self.store.path)
         with self._work:
             purged = self._purge_due(self._cutoff(horizon), f"flmctl gc (older than {horizon:g} s)")
+            self.store.remove_orphan_payload_files()
             rebuilt = self._auto_vacuum() == _AUTO_VACUUM_NONE
             if rebuilt:
                 self._rebuild()
@@ -217,8 +232,9 @@ class Retention:
             return 0, 0
         now = int(time.time() * 1000)
         ops: list[Op] = []
+        files: list[str] = []
         purged = 0
-        for session_id, task_id, status_bytes, finished, holds_payload in rows:
+        for session_id, task_id, status_bytes, finished, holds_payload, in_files in rows:
             if not holds_payload:  # nothing to purge (no input, no output): it just leaves the index
                 ops.append((_NOTHING_HELD, (session_id, task_id)))
                 continue
@@ -230,9 +246,12 @@ class Retention:
             )
             ops.append((_DROP_PAYLOADS, (session_id, task_id)))
             ops.append((_PURGED, (status.SerializeToString(), session_id, task_id)))
+            if in_files:
+                files.extend(in_files.split("/"))
             purged += 1
         # A final task never changes again, so what was read is what is rewritten.
         self.store.write_wait(ops, durable=False)
+        self.store.payloads.remove(files)  # after the commit: a row never names a removed file
         return len(rows), purged
 
     def _compact(self, keep: int) -> int:

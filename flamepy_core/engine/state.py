@@ -33,12 +33,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from flamepy_core import validation
 from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
+from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
 from flamepy_core.engine.store import Op, Store
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
@@ -85,16 +86,24 @@ _COUNTER: dict[int, str] = {
 _INSERT_TASK = "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status) VALUES (?,?,?,NULL,NULL,?)"
 _UPDATE_TASK = "UPDATE tasks SET state = ?, status = ?, finished = ? WHERE session_id = ? AND id = ?"
 _SAVE_PAYLOAD = "INSERT OR REPLACE INTO task_payloads (session_id, id, kind, data) VALUES (?, ?, ?, ?)"
+_SAVE_PAYLOAD_FILE = (
+    "INSERT OR REPLACE INTO task_payloads (session_id, id, kind, file, file_size, data) VALUES (?, ?, ?, ?, ?, X'')"
+)
+"""A large payload: its row names the file that holds it (see engine.payload_files)."""
 INPUT, OUTPUT = 0, 1
 """``task_payloads.kind``: a task's input and output are rows of their own, each written once, so a change
 of state rewrites a small row, not the payloads (sqlite rewrites a whole row on every update)."""
 _SELECT_TASKS = (
-    "SELECT t.id, COALESCE(i.data, t.input), COALESCE(o.data, t.output), t.status FROM tasks t "
+    "SELECT t.id, COALESCE(i.data, t.input), i.file, i.file_size, COALESCE(o.data, t.output), o.file, o.file_size, "
+    "t.status FROM tasks t "
     "LEFT JOIN task_payloads i ON i.session_id = t.session_id AND i.id = t.id AND i.kind = 0 "
     "LEFT JOIN task_payloads o ON o.session_id = t.session_id AND o.id = t.id AND o.kind = 1 "
     "WHERE t.session_id = ?"
 )
-"""Tasks with their payloads (stores written before the split keep them in ``tasks.input``/``output``)."""
+"""Tasks with their payloads, each as its bytes or as a file and its size (stores written before the split
+keep them in ``tasks.input``/``output``): rows for :func:`_task_from_row`."""
+_DROP_INPUT = f"DELETE FROM task_payloads WHERE session_id = ? AND id = ? AND kind = {INPUT}"
+_PAYLOAD_FILES_OF_SESSION = "SELECT file FROM task_payloads WHERE session_id = ? AND file IS NOT NULL"
 _SAVE_SESSION = "INSERT OR REPLACE INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)"
 
 T = TypeVar("T")
@@ -104,14 +113,21 @@ Created = Callable[[list[pb.Task] | None, FlameError | None], None]
 """Called, outside the engine lock, with the created tasks once committed, or with why they were not."""
 
 
-def _task_from_row(session_id: str, tid: int, inp: bytes | None, out: bytes | None, status: bytes) -> pb.Task:
-    """A task as the store keeps it: the id, the input and output columns, and the status message."""
+def _task_from_row(files: PayloadFiles, session_id: str, row: tuple[Any, ...]) -> pb.Task:
+    """A task as the store keeps it (a row of ``_SELECT_TASKS``): the id, the input and output (inline or
+    in a file), and the status message. A payload file that is missing or short raises a FlameError
+    naming the file."""
+    tid, inp, inp_file, inp_size, out, out_file, out_size, status = row
     task = pb.Task()
     task.metadata.id = str(tid)
     task.metadata.name = str(tid)
     task.spec.session_id = session_id
+    if inp_file is not None:
+        inp = files.read(inp_file, inp_size, f"the input of task {tid} of session {session_id}")
     if inp is not None:
         task.spec.input = inp
+    if out_file is not None:
+        out = files.read(out_file, out_size, f"the output of task {tid} of session {session_id}")
     if out is not None:
         task.spec.output = out
     task.status.CopyFrom(pb.TaskStatus.FromString(status))
@@ -241,22 +257,38 @@ def _not_found(kind: str, name: str) -> FlameError:
     return FlameError(FlameErrorCode.NOT_FOUND, f"{kind} {name} not found")
 
 
-def _task_ops(entry: SessionEntry, task: pb.Task, *, created: bool = False) -> list[Op]:
+def _task_ops(
+    entry: SessionEntry,
+    task: pb.Task,
+    *,
+    created: bool = False,
+    input_file: PayloadFile | None = None,
+    output_file: PayloadFile | None = None,
+) -> list[Op]:
     """The statements that store ``task`` as it is now: its row, plus its input when it is created and its
-    output when it is final (each payload is written once)."""
+    output when it is final (each payload is written once). ``input_file``/``output_file``: the payload was
+    written to that file (:meth:`PayloadFiles.spill`), and its row names the file instead of holding it."""
     tid = int(task.metadata.id)
     status = task.status.SerializeToString()
     if created:
         ops: list[Op] = [(_INSERT_TASK, (entry.id, tid, int(task.status.state), status))]
         if task.spec.HasField("input"):
-            ops.append((_SAVE_PAYLOAD, (entry.id, tid, INPUT, task.spec.input)))
+            ops.append(_payload_op(entry.id, tid, INPUT, task, input_file))
     else:
         # ``finished``: when the payload retention counts from (see engine.retention); NULL until final.
         finished = task.status.completion_time if task.status.state in TERMINAL else None
         ops = [(_UPDATE_TASK, (int(task.status.state), status, finished, entry.id, tid))]
     if task.status.state in TERMINAL and task.spec.HasField("output"):
-        ops.append((_SAVE_PAYLOAD, (entry.id, tid, OUTPUT, task.spec.output)))
+        ops.append(_payload_op(entry.id, tid, OUTPUT, task, output_file))
     return ops
+
+
+def _payload_op(session_id: str, tid: int, kind: int, task: pb.Task, file: PayloadFile | None) -> Op:
+    """The row of the task's input or output: the bytes, or the file that holds them (whose bytes are
+    then not asked for: protobuf copies a field's bytes each time they are read)."""
+    if file is not None:
+        return (_SAVE_PAYLOAD_FILE, (session_id, tid, kind, file.name, file.size))
+    return (_SAVE_PAYLOAD, (session_id, tid, kind, task.spec.input if kind == INPUT else task.spec.output))
 
 
 def _session_op(message: pb.Session) -> Op:
@@ -389,13 +421,24 @@ class Engine:
                 setattr(status, name, int(counts.get(int(state), 0)))
             if not entry.is_open:
                 continue
-            for tid, inp, out, st in self.store.query(
+            for row in self.store.query(
                 f"{_SELECT_TASKS} AND t.state IN (?, ?) ORDER BY t.id",
                 entry.id,
                 int(PENDING),
                 int(RUNNING),
             ):
-                task = _task_from_row(entry.id, tid, inp, out, st)
+                tid = row[0]
+                try:
+                    task = _task_from_row(self.store.payloads, entry.id, row)
+                except FlameError as exc:  # its input's file is gone: it cannot run, and says why
+                    log.error("%s", exc.message)
+                    task = _task_from_row(self.store.payloads, entry.id, (tid, *[None] * 6, row[-1]))
+                    entry.tasks[tid] = task
+                    if task.status.state == PENDING:
+                        entry.pending.append(tid)
+                    self._finalize(entry, task, FAILED, exc.message)
+                    self.store.execute(_DROP_INPUT, entry.id, tid)  # the row named what is gone
+                    continue
                 entry.tasks[tid] = task
                 if task.status.state == RUNNING and _cancel_requested(task):  # it was being cancelled
                     self._finalize(
@@ -530,6 +573,7 @@ class Engine:
             ops.append(("DELETE FROM tasks WHERE session_id = ?", (sid,)))
             ops.append(("DELETE FROM task_payloads WHERE session_id = ?", (sid,)))
         ops.append(("DELETE FROM sessions WHERE application = ?", (name,)))
+        files = self._payload_files_of(closed)
 
         def apply() -> None:
             self._apps.pop(name, None)
@@ -537,6 +581,7 @@ class Engine:
                 self._sessions.pop(sid, None)
 
         self._commit_then(key, ops, apply)
+        self.store.payloads.remove(files)  # after the commit: a row never names a removed file
         self.scheduler.application_removed(name)
 
     def get_application(self, name: str) -> pb.Application:
@@ -752,6 +797,7 @@ class Engine:
 
     def delete_session(self, session_id: str) -> pb.Session:
         snapshot = self.close_session(session_id)
+        files = self._payload_files_of([session_id])
         self.store.write_wait(
             [
                 ("DELETE FROM tasks WHERE session_id = ?", (session_id,)),
@@ -759,9 +805,14 @@ class Engine:
                 ("DELETE FROM sessions WHERE id = ?", (session_id,)),
             ]
         )
+        self.store.payloads.remove(files)  # after the commit: a row never names a removed file
         with self.lock:
             self._sessions.pop(session_id, None)
         return snapshot
+
+    def _payload_files_of(self, session_ids: list[str]) -> list[str]:
+        """The payload files of closed sessions' tasks (what deleting them leaves to remove)."""
+        return [name for sid in session_ids for (name,) in self.store.query(_PAYLOAD_FILES_OF_SESSION, sid)]
 
     def get_session(self, session_id: str) -> pb.Session:
         with self.lock:
@@ -800,6 +851,25 @@ class Engine:
         when given, holds each task's own task timeout (seconds, or None for the application's). Raises at
         once (nothing queued) for an unknown or closed session.
         """
+        files = self.store.payloads
+        # Large inputs are written to their files here, before the lock: not while everyone waits.
+        spilled = [files.spill(task_input) for task_input in inputs]
+        try:
+            self._submit(session_id, inputs, spilled, on_created, waiter, timeouts)
+        except BaseException:
+            files.settled(spilled, "not submitted")
+            raise
+        self.store.commit()
+
+    def _submit(
+        self,
+        session_id: str,
+        inputs: Sequence[bytes | None],
+        spilled: list[PayloadFile | None],
+        on_created: Created,
+        waiter: TaskWaiter | None,
+        timeouts: Sequence[float | None] | None,
+    ) -> None:
         with self.lock:
             entry = self._entry(session_id)
             if not entry.is_open or entry.closing:
@@ -810,7 +880,7 @@ class Engine:
             ts = now_ms()
             tasks: list[pb.Task] = []
             ops: list[Op] = []
-            for task_input in inputs:
+            for task_input, input_file in zip(inputs, spilled, strict=True):
                 tid = entry.next_id
                 entry.next_id += 1
                 task = pb.Task()
@@ -823,14 +893,14 @@ class Engine:
                 task.status.creation_time = ts
                 task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
                 tasks.append(task)
-                ops.extend(_task_ops(entry, task, created=True))
+                ops.extend(_task_ops(entry, task, created=True, input_file=input_file))
             own = {
                 int(task.metadata.id): seconds
                 for task, seconds in zip(tasks, timeouts or [None] * len(tasks), strict=True)
                 if seconds is not None
             }
-            self.store.enqueue(ops, partial(self._created, entry, tasks, on_created, waiter, own), durable=False)
-        self.store.commit()
+            created = partial(self._created, entry, tasks, on_created, waiter, own)
+            self.store.enqueue(ops, self.store.payloads.on_settled(spilled, created), durable=False)
 
     def _created(
         self,
@@ -902,8 +972,7 @@ class Engine:
         rows = self.store.query(f"{_SELECT_TASKS} AND t.id = ?", session_id, task_id)
         if not rows:
             return None
-        _tid, inp, out, st = rows[0]
-        return _task_from_row(session_id, task_id, inp, out, st)
+        return _task_from_row(self.store.payloads, session_id, rows[0])
 
     @staticmethod
     def _task_id(task_id: str) -> int:
@@ -934,10 +1003,8 @@ class Engine:
         return self._iter_stored_tasks(session_id)
 
     def _iter_stored_tasks(self, session_id: str, after: int = 0) -> Iterator[pb.Task]:
-        for tid, inp, out, st in self.store.iter_query(
-            f"{_SELECT_TASKS} AND t.id > ? ORDER BY t.id", session_id, after
-        ):
-            yield _task_from_row(session_id, tid, inp, out, st)
+        for row in self.store.iter_query(f"{_SELECT_TASKS} AND t.id > ? ORDER BY t.id", session_id, after):
+            yield _task_from_row(self.store.payloads, session_id, row)
 
     def _replay(self, entry: SessionEntry, after: int) -> list[pb.Task]:
         """The session's tasks with an id above ``after`` whose final state is in the store, oldest
@@ -1212,12 +1279,19 @@ class Engine:
         ``on_committed`` runs then. False when the task is not running (settled or cancelled meanwhile).
         With ``commit=False`` the caller commits (with other writes of its own, in one group).
         """
+        output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
         with self.lock:
             entry = self._sessions.get(session_id)
             task = entry.tasks.get(task_id) if entry is not None else None
-            if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
-                return False
-            self._finalize(entry, task, SUCCEED if failure is None else FAILED, failure, output, on_committed)
+            running = task is not None and task.status.state == RUNNING
+            queued = entry is not None and task is not None and running and task_id not in entry.finishing
+            if queued:
+                assert entry is not None and task is not None
+                state = SUCCEED if failure is None else FAILED
+                self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
+        if not queued:
+            self.store.payloads.settled([output_file], "the task is not running")
+            return False
         if commit:
             self.store.commit()
         return True
@@ -1230,8 +1304,12 @@ class Engine:
         message: str | None,
         output: bytes | None = None,
         on_committed: Callable[[], None] | None = None,
+        *,
+        output_file: PayloadFile | None = None,
     ) -> None:
-        """Queue a task's final state; it is applied when committed (called with the lock held)."""
+        """Queue a task's final state; it is applied when committed (called with the lock held).
+
+        ``output_file``: the output is already in that file (:meth:`PayloadFiles.spill`)."""
         tid = int(task.metadata.id)
         entry.finishing.add(tid)
         if task.status.state == PENDING:
@@ -1244,7 +1322,10 @@ class Engine:
         if output is not None:
             final.spec.output = output
         _mark(final, state, message, now_ms())
-        self.store.enqueue(_task_ops(entry, final), partial(self._finished, entry, final, on_committed))
+        finished = partial(self._finished, entry, final, on_committed)
+        self.store.enqueue(
+            _task_ops(entry, final, output_file=output_file), self.store.payloads.on_settled([output_file], finished)
+        )
 
     def _finished(
         self, entry: SessionEntry, final: pb.Task, on_committed: Callable[[], None] | None, error: FlameError | None

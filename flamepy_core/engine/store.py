@@ -39,6 +39,10 @@ loss may drop the last transactions before the next checkpoint (the file stays c
 runs with ``synchronous=FULL``: every commit is fsync-ed, so it survives a power loss too, at the cost
 of an fsync per group commit.
 
+Large payloads. A task's input or output of ``FILE_PAYLOAD_BYTES`` (1 MiB) or more is kept in a file of
+its own under ``payloads/`` next to the database, written before the row that names it is committed;
+the row holds the file's name and size. See :mod:`.payload_files` for why, and for what survives what.
+
 Rows hold the flame.v1 protobuf messages as blobs next to the columns we query by, so the on-disk
 format is the wire format and needs no second schema.
 
@@ -64,6 +68,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.payload_files import DIRECTORY_NAME as PAYLOADS_DIRECTORY
+from flamepy_core.engine.payload_files import PayloadFiles
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +100,9 @@ CREATE TABLE IF NOT EXISTS task_payloads (
     session_id TEXT NOT NULL,
     id INTEGER NOT NULL,
     kind INTEGER NOT NULL,                  -- 0 input, 1 output (see engine.state)
-    data BLOB NOT NULL,
+    file TEXT,                              -- a large payload's file in payloads/ (engine.payload_files),
+    file_size INTEGER,                      -- and its size; NULL: the payload is ``data``
+    data BLOB NOT NULL,                     -- empty when ``file`` holds the payload
     PRIMARY KEY (session_id, id, kind)
 );
 CREATE TABLE IF NOT EXISTS objects (
@@ -116,6 +124,11 @@ CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks(finished) WHERE finished IS 
 """
 """Final tasks whose payloads are kept, oldest first: what the retention purges next (a task leaves the
 index once purged, so the purge never scans what it already did)."""
+PAYLOAD_FILES_INDEX = """
+CREATE INDEX IF NOT EXISTS task_payload_files ON task_payloads(session_id, id, file) WHERE file IS NOT NULL;
+"""
+"""The payloads held in files, by task: what a purge or a delete removes, and what an orphan is not
+(reading ``file`` from the table itself would walk the overflow pages of every large inline payload)."""
 
 Op = tuple[str, tuple[Any, ...]]
 T = TypeVar("T")
@@ -200,11 +213,14 @@ class Store:
         self._write = self._connect()
         self._write.executescript(SCHEMA)
         _add_finished_column(self._write, self.path)
-        self._write.executescript(PAYLOADS_DUE_INDEX)
+        _add_payload_file_columns(self._write, self.path)
+        self._write.executescript(PAYLOADS_DUE_INDEX + PAYLOAD_FILES_INDEX)
         self._write.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit
         self._write.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         self._read = self._connect()
         self._read_lock = threading.Lock()
+        self.payloads = PayloadFiles(Path(self.path).parent / PAYLOADS_DIRECTORY, sync=durability == "strict")
+        """Large task payloads, in files of their own (see :mod:`.payload_files`)."""
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Write] = deque()
         self._urgent = 0
@@ -524,6 +540,14 @@ class Store:
         with self._read_lock:
             return list(self._read.execute(sql, params))
 
+    def payload_file_names(self) -> set[str]:
+        """The payload files the store's rows name (from the partial index: no payload is read)."""
+        return {name for (name,) in self.query("SELECT file FROM task_payloads WHERE file IS NOT NULL")}
+
+    def remove_orphan_payload_files(self) -> int:
+        """Remove the payload files no row names (a crash between a file and its commit left them)."""
+        return self.payloads.remove_orphans(self.payload_file_names)
+
     def iter_query(self, sql: str, *params: Any, batch: int = 500) -> Iterator[tuple[Any, ...]]:
         """Stream rows in batches without holding the read lock between batches."""
         offset = 0
@@ -606,6 +630,18 @@ def _add_finished_column(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("UPDATE tasks SET finished = ? WHERE state IN (2, 3, 4)", (now_ms,))  # SUCCEED, FAILED, CANCELLED
     conn.execute("COMMIT")
     log.info("the store %s now records when tasks finish (for payload retention)", path)
+
+
+def _add_payload_file_columns(conn: sqlite3.Connection, path: str) -> None:
+    """Give a store from before payload files the ``task_payloads.file`` and ``file_size`` columns."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(task_payloads)")}
+    if "file" in columns:
+        return
+    conn.execute("BEGIN")
+    conn.execute("ALTER TABLE task_payloads ADD COLUMN file TEXT")
+    conn.execute("ALTER TABLE task_payloads ADD COLUMN file_size INTEGER")
+    conn.execute("COMMIT")
+    log.info("the store %s can now keep large payloads in files of their own", path)
 
 
 def upsert_many(table: str, columns: Iterable[str]) -> str:

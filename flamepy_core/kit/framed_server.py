@@ -9,7 +9,9 @@ when the client sends ``CANCEL``, its deadline passes or its link drops: ``ctx.i
 false, a stream waiting for window stops, and a deferred reply or response sent after that is dropped
 (``send`` says False). A stream sends only as much as the caller's window allows: a stream handler's
 thread waits for window; a deferred stream's writer keeps what does not fit, in order, in memory, and the
-reader thread sends it as the caller's ``CREDIT`` returns.
+reader thread releases it as the caller's ``CREDIT`` returns. What a deferred stream releases is written
+by one sender thread per link (started when the first such response is posted), so a producer never
+blocks on a socket whose client reads slowly or not at all: threads grow with links, not with streams.
 """
 
 from __future__ import annotations
@@ -119,15 +121,21 @@ class _Served:
         if self.writer is not None:
             self.writer.pump()
 
-    def end(self, parts: list[bytes | memoryview] | None) -> bool:
-        """End the call (once), sending ``parts`` when its caller still waits; True when this ended it."""
+    def end(self, parts: list[bytes | memoryview] | None, *, posted: bool = False) -> bool:
+        """End the call (once), sending ``parts`` when its caller still waits; True when this ended it.
+
+        ``posted``: through the peer's sender thread, behind the responses a deferred stream posted there.
+        """
         with self.peer.lock:
             if self.ended:
                 return False
             self.ended = True
             self.peer.calls.pop(self.call_id, None)
         if parts is not None and self.ctx.is_active():
-            self.peer.send(parts)
+            if posted:
+                self.peer.post(parts)
+            else:
+                self.peer.send(parts)
         self.peer.server.finished()
         return True
 
@@ -162,8 +170,9 @@ class _Responder:
 class _Writer:
     """The :class:`~flamepy_core.contracts.transport.StreamWriter` of one deferred stream.
 
-    ``send`` never waits: a response goes out at once while the caller's window allows, else it waits in
-    ``_pending`` (in order, in memory) for the ``CREDIT`` that the link's reader thread turns into
+    ``send`` never waits: a response is posted to the link's sender thread at once while the caller's
+    window allows (a socket write may block on a slow or frozen client: the producer never does), else it
+    waits in ``_pending`` (in order, in memory) for the ``CREDIT`` that the link's reader thread turns into
     :meth:`pump`. ``close``/``fail`` end the stream after what is pending. One lock orders everything a
     producer and the reader thread do, so responses leave in the order they were sent.
     """
@@ -247,10 +256,10 @@ class _Writer:
         call, window, pending = self._call, self._call.window, self._pending
         assert window is not None
         while pending and window.try_take(len(pending[0])):
-            call.peer.send(frames.encode(Kind.ITEM, call.call_id, pending.popleft()))
+            call.peer.post(frames.encode(Kind.ITEM, call.call_id, pending.popleft()))
         if not pending and self._final is not None:
             final, self._final = self._final, None
-            call.end(final)
+            call.end(final, posted=True)
 
 
 def _checked(method: str, value: object, limit: int, endpoint: str, what: str = "response") -> bytes:
@@ -261,7 +270,8 @@ def _checked(method: str, value: object, limit: int, endpoint: str, what: str = 
 
 
 class _Peer:
-    """One client link: its reader thread and the calls it has in flight."""
+    """One client link: its reader thread, the calls it has in flight, and (once a deferred stream posts
+    a response) a sender thread that writes what deferred streams post, in order."""
 
     def __init__(self, server: FramedServer, link: Link) -> None:
         self.server = server
@@ -269,10 +279,41 @@ class _Peer:
         self.calls: dict[int, _Served] = {}
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._read, name="flamepy-kit-peer", daemon=True)
+        self._posted: deque[list[bytes | memoryview]] = deque()
+        self._post_cond = threading.Condition(threading.Lock())
+        self._sender: threading.Thread | None = None
+        self._gone = False
 
     def send(self, parts: list[bytes | memoryview]) -> None:
         with contextlib.suppress(OSError):  # the client has gone: its reader cleans up
             self.link.send(parts)
+
+    def post(self, parts: list[bytes | memoryview]) -> None:
+        """Queue ``parts`` for the sender thread (started on first use): never blocks the caller."""
+        with self._post_cond:
+            if self._gone:
+                return
+            self._posted.append(parts)
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_posted, name="flamepy-kit-sender", daemon=True)
+                self._sender.start()
+            self._post_cond.notify()
+
+    def _send_posted(self) -> None:
+        while True:
+            with self._post_cond:
+                while not self._posted and not self._gone:
+                    self._post_cond.wait()
+                if self._gone:
+                    return
+                parts = self._posted.popleft()
+            self.send(parts)
+
+    def _stop_sending(self) -> None:
+        with self._post_cond:
+            self._gone = True
+            self._posted.clear()
+            self._post_cond.notify()
 
     def _read(self) -> None:
         try:
@@ -302,6 +343,7 @@ class _Peer:
                 call.cancel()  # nobody waits for these answers any more
                 if call.deferred:
                     call.end(None)  # its responder may come later, or never: it finds the call ended
+            self._stop_sending()
             self.link.close()
             self.server._forget(self)
 

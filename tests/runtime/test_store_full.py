@@ -28,6 +28,7 @@ class Reverse(FlameService):
     def on_task_invoke(self, context):
         if context.input.startswith(b"sleep"):
             time.sleep(float(context.input[5:]))
+            return context.input[::-1] * (1 << 18)  # 2 MiB: an output large enough for a file of its own
         return context.input[::-1]
 
 
@@ -35,6 +36,8 @@ if __name__ == "__main__":
     flamepy.run(Reverse())
 """
 
+LONG_OUTPUT = b"5.1peels" * (1 << 18)
+"""What the task that runs while the store cannot write returns: 2 MiB, written once space returns."""
 SMALL = 1024
 """The file size limit while "the disk is full": no file of the server can be written past 1 KiB."""
 
@@ -72,6 +75,9 @@ def test_a_store_that_cannot_grow_loses_no_acknowledged_task_and_recovers_withou
     try:
         # New work is refused, naming the file and sqlite's error; nothing of it happens later.
         expect_store_error(lambda: session.invoke(b"refused-invoke"), "invoke")
+        # A large input cannot have its file either: it is refused the same way, and leaves no file.
+        expect_store_error(lambda: session.invoke(b"L" * (2 << 20)), "a 2 MiB invoke")
+        assert not list((flame_env.home / "payloads").glob("*")), "a refused input leaves no file"
         expect_store_error(lambda: session.create_task(b"refused-create"), "create_task")
         expect_store_error(lambda: flamepy.create_session("rev"), "create_session")
         expect_store_error(lambda: flamepy.put_object(f"rev/{session.id}", {"x": 1}), "put_object")
@@ -82,8 +88,8 @@ def test_a_store_that_cannot_grow_loses_no_acknowledged_task_and_recovers_withou
         set_file_limit(pid, resource.RLIM_INFINITY)
 
     # Space is back: the kept result is written and delivered, and new work succeeds, same server.
-    assert running.result(timeout=20) == b"5.1peels"
-    acknowledged["6"] = b"5.1peels"
+    assert running.result(timeout=20) == LONG_OUTPUT
+    acknowledged["6"] = LONG_OUTPUT
     for i in range(3):
         data = b"after-%d" % i
         task = session.create_task(data)
@@ -103,6 +109,6 @@ def test_a_store_that_cannot_grow_loses_no_acknowledged_task_and_recovers_withou
         if output is not None:
             assert tasks[task_id].output == output
     inputs = {t.input for t in tasks.values()}
-    assert not {b"refused-invoke", b"refused-create"} & inputs
+    assert not {b"refused-invoke", b"refused-create", b"L" * (2 << 20)} & inputs
     assert all(t.state == flamepy.TaskState.SUCCEED for t in tasks.values())
     assert flamepy.get_object(ref) == {"x": 2}

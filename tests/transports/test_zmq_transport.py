@@ -27,7 +27,14 @@ import zmq.auth
 from flamepy_transports.zmq import framing
 from flamepy_transports.zmq.config import STREAM_WINDOW_ITEMS
 
-from flamepy_core.contracts import FlameError, FlameErrorCode, StreamHandler, UnaryHandler
+from flamepy_core.contracts import (
+    DeferredStreamHandler,
+    FlameError,
+    FlameErrorCode,
+    StreamHandler,
+    StreamWriter,
+    UnaryHandler,
+)
 from flamepy_core.contracts.transport import CallContext, Handler
 from flamepy_core.plugins import get_registry
 
@@ -39,6 +46,7 @@ HANG = "/test.Zmq/Hang"
 COUNT = "/test.Zmq/Count"
 BIG = "/test.Zmq/Big"
 FAIL = "/test.Zmq/Fail"
+WATCH = "/test.Zmq/Watch"
 
 # Small heartbeats: a silent peer is dropped within HEARTBEAT_BOUND seconds.
 FAST = {"heartbeat_ivl_ms": 200, "heartbeat_timeout_ms": 600, "connect_timeout": 1.0}
@@ -282,10 +290,22 @@ def test_wire_format_is_the_documented_frames(served: Callable[..., Served]) -> 
         ctx.term()
 
 
-@pytest.mark.parametrize("streaming", [False, True])
-def test_a_vanished_caller_cancels_its_calls(streaming: bool, served: Callable[..., Served]) -> None:
-    """A caller that goes away mid-call turns ctx.is_active() false; a stream waiting for credit ends."""
+@pytest.mark.parametrize("kind", ["unary", "stream", "deferred stream"])
+def test_a_vanished_caller_cancels_its_calls(kind: str, served: Callable[..., Served]) -> None:
+    """A caller that goes away mid-call turns ctx.is_active() false; a stream waiting for credit ends; a
+    deferred stream that sends nothing ends too (its writer's ``send`` says False)."""
     ended = threading.Event()
+    writers: list[StreamWriter] = []
+
+    def silent(request: bytes, ctx: CallContext, writer: StreamWriter) -> None:
+        writers.append(writer)  # sends nothing: only the server's probes can notice the caller leave
+
+        def watch() -> None:
+            while ctx.is_active():
+                time.sleep(0.01)
+            ended.set()
+
+        threading.Thread(target=watch, daemon=True).start()
 
     def patient(request: bytes, ctx: CallContext) -> bytes:
         while ctx.is_active():
@@ -300,13 +320,16 @@ def test_a_vanished_caller_cancels_its_calls(streaming: bool, served: Callable[.
         finally:
             ended.set()
 
-    s = served("zmq+tcp://127.0.0.1:0", {ECHO: UnaryHandler(patient), COUNT: StreamHandler(endless)})
+    handlers = {ECHO: UnaryHandler(patient), COUNT: StreamHandler(endless), WATCH: DeferredStreamHandler(silent)}
+    s = served("zmq+tcp://127.0.0.1:0", handlers)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.connect(s.server.endpoint.replace("zmq+tcp", "tcp"))
-    if streaming:
+    if kind == "stream":
         request = framing.request(framing.Kind.STREAM, 1, COUNT.encode(), None, b"", window_items=1)
+    elif kind == "deferred stream":
+        request = framing.request(framing.Kind.STREAM, 1, WATCH.encode(), None, b"")  # no deadline
     else:
         request = framing.request(framing.Kind.UNARY, 1, ECHO.encode(), None, b"")  # no deadline
     sock.send_multipart(request)
@@ -318,6 +341,12 @@ def test_a_vanished_caller_cancels_its_calls(streaming: bool, served: Callable[.
     assert ended.wait(5), "the call of a vanished caller was never cancelled"
     took = time.monotonic() - gone
     assert took < HEARTBEAT_BOUND + SLACK, f"noticed after {took:.2f} s"
+    if writers:  # the server ended the stream itself, before its producer says anything more
+        give_up = time.monotonic() + SLACK
+        while s.server.stats()["running"] and time.monotonic() < give_up:
+            time.sleep(0.01)
+        assert s.server.stats()["running"] == 0, "the deferred stream of a vanished caller was left open"
+        assert writers[0].send(b"late") is False, "a deferred stream's writer took a response for a vanished caller"
 
 
 # -- correlation ---------------------------------------------------------------------------------------

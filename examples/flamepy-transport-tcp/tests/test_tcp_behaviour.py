@@ -1,5 +1,6 @@
 """What the conformance suite cannot see from outside: cancellation reaching the handler, fork, limits
-that differ between the two ends, strangers on the port, the unix scheme and the declaration."""
+that differ between the two ends, strangers on the port, a client that stops reading its socket, the
+unix scheme and the declaration."""
 
 from __future__ import annotations
 
@@ -14,11 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flamepy_core.contracts import CallContext, FlameError, FlameErrorCode, StreamHandler, UnaryHandler
+from flamepy_core.contracts import (
+    CallContext,
+    DeferredStreamHandler,
+    FlameError,
+    FlameErrorCode,
+    StreamHandler,
+    StreamWriter,
+    UnaryHandler,
+)
 from flamepy_core.contracts.transport import Transport
 from flamepy_core.plugins import get_registry
 
 ECHO = "/test.Tcp/Echo"
+WATCH = "/test.Tcp/Watch"
 WAIT = "/test.Tcp/Wait"
 FOREVER = "/test.Tcp/Forever"
 
@@ -146,6 +156,52 @@ def test_a_stranger_is_disconnected_and_others_are_served() -> None:
         server.stop(0.5)
 
 
+def test_a_deferred_stream_never_blocks_its_producer_on_a_client_that_stops_reading() -> None:
+    """A client opens a stream with a vast window and then never reads its socket: the socket's buffers
+    fill, yet ``send`` keeps returning at once (the link's sender thread waits, not the producer); when the
+    client hangs up, ``send`` says False."""
+    from flamepy_core.kit import frames
+    from flamepy_core.kit.frames import Kind
+    from flamepy_core.kit.links import SocketLink
+
+    from flamepy_transport_tcp.transport import PREAMBLE
+
+    parked: list[StreamWriter] = []
+    arrived = threading.Event()
+
+    def watch(request: bytes, ctx: CallContext, writer: StreamWriter) -> None:
+        parked.append(writer)
+        arrived.set()
+
+    transport = tcp()
+    server = transport.serve("tcp://127.0.0.1:0", {WATCH: DeferredStreamHandler(watch), ECHO: UnaryHandler(echo)})
+    port = int(server.endpoint.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    link = SocketLink(sock, 1 << 30, preamble=PREAMBLE, dialled=True)
+    try:
+        link.send(frames.encode(Kind.STREAM, 1, b"", method=WATCH.encode(), a=1 << 20, b=1 << 30))
+        assert arrived.wait(5.0), "the stream never reached its handler"
+        [writer] = parked
+        chunk = b"x" * (1 << 20)
+        sent = threading.Thread(target=lambda: [writer.send(chunk) for _ in range(64)], daemon=True)
+        sent.start()  # 64 MiB: far more than any socket buffer between the two ends
+        sent.join(10.0)
+        assert not sent.is_alive(), "send() blocked on a client that does not read its socket"
+        channel = transport.connect(server.endpoint)  # the server goes on serving others meanwhile
+        try:
+            assert channel.unary(ECHO, b"still here", timeout=5) == b"still here"
+        finally:
+            channel.close()
+    finally:
+        link.close()
+        sock.close()
+    deadline = time.monotonic() + 5.0
+    while writer.send(b"anyone?") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not writer.send(b"anyone?"), "send() still said True 5 s after the client hung up"
+    server.stop(0.5)
+
+
 @pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1", "tcp://:80", "tcp://127.0.0.1:80/path", "grpc://h:1"])
 def test_bad_endpoints_are_invalid_arguments(endpoint: str) -> None:
     transport = tcp()
@@ -204,3 +260,4 @@ def test_the_class_declares_itself_once() -> None:
     assert get_registry().transport_spec("tcp").spec.capabilities is TcpTransport.capabilities
     assert TcpTransport.capabilities.local_schemes == ("tcp+unix",)
     assert TcpTransport.capabilities.deferred_replies and TcpTransport.capabilities.async_calls
+    assert TcpTransport.capabilities.deferred_streams

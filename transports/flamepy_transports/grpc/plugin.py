@@ -6,10 +6,17 @@ imports no grpcio: listing the installed plugins stays cheap, and grpcio loads w
 Capabilities worth knowing: ``bare_path_scheme="unix"`` (a bare socket path, what Flame's executors pass in
 ``FLAME_INSTANCE_ENDPOINT``, is served and dialled as ``unix://PATH``, so services written with Flame's
 SDK run under our server); ``local_schemes=("unix",)``; TLS as its ``security``; and *no*
-``deferred_replies``: gRPC's synchronous server runs each call on a pool thread until the handler returns,
-so a deferred handler is served by the kit's adapter, which waits on that thread
+``deferred_replies`` or ``deferred_streams``: gRPC's synchronous server runs each call on a pool thread until
+the handler returns, so a deferred handler is served by the kit's adapter, which waits on that thread
 (:func:`flamepy_core.transport_kit.adapt_handlers`). Its asyncio server could free the thread; it would be
 a second server implementation, and gRPC is the compatibility path here, not the fast one.
+
+What that costs: a deferred reply holds a server thread until it is sent, and an open deferred stream (the
+runtime's watches: ``WatchTask``, ``WatchSession``, ``WatchOutcomes``) holds one for as long as it is open,
+as a plain stream handler always did. The threads are the server's ``max_workers`` (default 32; the
+runtime's server asks for 512): with that many open, further calls wait for one to end. A runtime that
+watches many sessions at once runs its frontend on ZeroMQ (the default), where an open watch holds no
+thread.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ Declared once: :class:`InMemoryTransport` carries its name, schemes, capabilitie
 No class-level state: two ``InMemoryTransport`` objects are two separate worlds, so tests are isolated.
 Every request and response is copied into fresh ``bytes``, so no caller shares a mutable buffer with a
 handler. Handlers run on the server's thread pool, which is what lets a caller's deadline fire while a
-handler is still busy.
+handler is still busy. Deferred handlers take no pool thread: a ``DeferredHandler``'s or
+``DeferredStreamHandler``'s ``fn`` runs on the caller's thread (it only starts work), and its responder
+or stream writer hands the reply, or each response, straight to the waiting caller, so an open deferred
+stream holds no thread at all.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import ClassVar
@@ -27,6 +30,7 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
     DEFAULT_TIMEOUT,
     DeferredHandler,
+    DeferredStreamHandler,
     Handler,
     StreamHandler,
     Timeout,
@@ -78,6 +82,75 @@ class _Responder(FutureResponder):
 
     def fail(self, error: BaseException) -> bool:
         return self._ctx.is_active() and super().fail(error)
+
+
+class _StreamWriter:
+    """A deferred stream's writer: puts each response on the caller's queue (unbounded: ``send`` never
+    waits); False once the stream ended or its caller has gone (``ctx`` inactive)."""
+
+    def __init__(self, server: InMemoryServer, method: str, ctx: SimpleCallContext, items: queue.Queue[object]):
+        self._server = server
+        self._method = method
+        self._ctx = ctx
+        self._items = items
+        self._lock = threading.Lock()
+        self._ended = False
+
+    def send(self, response: bytes) -> bool:
+        try:
+            data = self._server._outcome(self._method, response, "stream response")
+        except FlameError as exc:
+            self.fail(exc)
+            return False  # not sent, and the stream is over: the producer should stop
+        with self._lock:
+            if not self._live():
+                return False
+            self._items.put(data)
+        return True
+
+    def close(self) -> bool:
+        return self._end(_END)
+
+    def fail(self, error: BaseException) -> bool:
+        return self._end(error_from_handler(self._method, error))
+
+    def _end(self, final: object) -> bool:
+        with self._lock:
+            if not self._live():
+                return False
+            self._ended = True
+            self._items.put(final)
+        self._server._release(self._ctx)
+        return True
+
+    def _live(self) -> bool:
+        # With the lock held.
+        if self._ended:
+            return False
+        if not self._ctx.is_active():
+            self._ended = True
+            self._server._release(self._ctx)
+            return False
+        return True
+
+
+class _Responses(Iterator[bytes]):
+    """A stream's responses; closing it (or dropping it) before its end cancels the call, read or not."""
+
+    def __init__(self, items: Generator[bytes, None, None], ctx: SimpleCallContext) -> None:
+        self._items = items
+        self._ctx = ctx
+
+    def __next__(self) -> bytes:
+        return next(self._items)
+
+    def close(self) -> None:
+        self._ctx.cancel()
+        self._items.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 class InMemoryServer:
@@ -143,7 +216,7 @@ class InMemoryServer:
         future.add_done_callback(lambda _f: self._release(ctx))
         return future, ctx
 
-    def _outcome(self, method: str, result: object) -> bytes:
+    def _outcome(self, method: str, result: object, what: str = "response") -> bytes:
         if not isinstance(result, (bytes, bytearray, memoryview)):
             raise FlameError(
                 FlameErrorCode.INTERNAL, f"handler for {method} returned {type(result).__name__}, not bytes"
@@ -152,7 +225,7 @@ class InMemoryServer:
         check_size(
             len(data),
             self._transport.capabilities.max_message_size,
-            what=f"response to {method}",
+            what=f"{what} to {method}",
             endpoint=self.endpoint,
         )
         return data
@@ -226,6 +299,14 @@ class InMemoryServer:
 
     def submit_stream(self, method: str, request: bytes, timeout: float | None) -> Iterator[bytes]:
         handler, ctx = self._admit(method, timeout)
+        if isinstance(handler, DeferredStreamHandler):
+            responses: queue.Queue[object] = queue.Queue()
+            writer = _StreamWriter(self, method, ctx, responses)
+            try:
+                handler.fn(request, ctx, writer)
+            except BaseException as exc:  # raised before the stream ended: it fails with that error
+                writer.fail(exc)
+            return _Responses(self._consume(method, ctx, responses, timeout), ctx)
         if not isinstance(handler, StreamHandler):
             self._release(ctx)
             raise FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is a unary method")
@@ -256,11 +337,11 @@ class InMemoryServer:
         except RuntimeError as exc:
             self._release(ctx)
             raise unavailable(self.endpoint, "the server is shutting down") from exc
-        return self._consume(method, ctx, items, timeout)
+        return _Responses(self._consume(method, ctx, items, timeout), ctx)
 
     def _consume(
         self, method: str, ctx: SimpleCallContext, items: queue.Queue[object], timeout: float | None
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         try:
             while True:
                 remaining = ctx.time_remaining()
@@ -381,6 +462,7 @@ class InMemoryTransport:
         cross_process=False,
         in_process=True,
         deferred_replies=True,
+        deferred_streams=True,
         async_calls=True,
     )
     options: ClassVar[frozenset[str]] = frozenset({"max_message_size", "default_timeout", "max_workers"})

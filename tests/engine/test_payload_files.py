@@ -1,0 +1,289 @@
+"""Large payloads in files of their own, against a real sqlite store and real files, without processes.
+
+A hypothesis state machine creates, runs, purges and deletes tasks with payloads on both sides of the
+threshold, restarts the engine on the same files, and drops stray files in the folder; after every step
+the files on disk are exactly those the rows name (strays aside, until a start or ``gc`` removes them),
+each private, and every task reads back byte for byte. Then the faults: a missing or short file is an
+error naming the file (and a pending task whose input is gone fails, saying so, rather than stopping the
+start), a file that cannot be written leaves the payload in the row, and a file still being committed is
+never taken for an orphan. A store from before payload files gains their columns and keeps its rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.payload_files import FILE_PAYLOAD_BYTES, PayloadFiles
+from flamepy_core.engine.retention import Retention
+from flamepy_core.engine.state import Engine
+from flamepy_core.engine.store import Store
+from flamepy_core.wire.proto import types_pb2 as pb
+
+S = pb.TaskState
+THRESHOLD = 64
+"""The machine's threshold (the real one is 1 MiB): small payloads keep the steps fast."""
+SIZES = st.sampled_from([None, 0, 5, THRESHOLD - 1, THRESHOLD, 3 * THRESHOLD])
+
+
+def open_engine(folder: Path, *, threshold: int = THRESHOLD, durability: str = "batched") -> Engine:
+    store = Store(folder / "flame.db", durability=durability)
+    store.payloads.threshold = threshold
+    return Engine(store)
+
+
+def payload(size: int | None, tag: int) -> bytes | None:
+    return None if size is None else bytes((tag + i) % 251 for i in range(size))
+
+
+def files_in(folder: Path) -> set[str]:
+    directory = folder / "payloads"
+    return {p.name for p in directory.iterdir()} if directory.exists() else set()
+
+
+def run_one(engine: Engine, sid: str, data: bytes | None, output: bytes | None) -> str:
+    """Create a task in ``sid`` (which has no other pending task) and finish it with ``output``."""
+    tid = engine.create_task(sid, data).metadata.id
+    taken = engine.take_task(sid, timeout=0)
+    assert taken is not None and taken.metadata.id == tid and taken.spec.input == (data or b"")
+    engine.complete_task(sid, tid, output)
+    return tid
+
+
+class PayloadFilesMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="fpf-"))
+        self.engine = open_engine(self.dir)
+        self.engine.register_application("app", pb.ApplicationSpec(command="python"))
+        self.engine.create_session("waiting", pb.SessionSpec(application="app"))  # its tasks stay pending
+        self.sessions = ["waiting"]
+        self.model: dict[tuple[str, str], tuple[bytes | None, bytes | None]] = {}
+        """(session, task) -> the input and output it must read back (None: absent or purged)."""
+        self.strays: set[str] = set()
+        self.count = 0
+
+    def teardown(self) -> None:
+        self.engine.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _tag(self) -> int:
+        self.count += 1
+        return self.count
+
+    @rule()
+    def new_session(self) -> None:
+        sid = f"s{self._tag()}"
+        self.engine.create_session(sid, pb.SessionSpec(application="app"))
+        self.sessions.append(sid)
+
+    @precondition(lambda self: len(self.sessions) > 1)
+    @rule(data=st.data(), in_size=SIZES, out_size=SIZES)
+    def run_task(self, data: st.DataObject, in_size: int | None, out_size: int | None) -> None:
+        sid = data.draw(st.sampled_from(self.sessions[1:]))
+        tag = self._tag()
+        inp, out = payload(in_size, tag), payload(out_size, tag + 7)
+        tid = run_one(self.engine, sid, inp, out)
+        self.model[(sid, tid)] = (inp, out)
+
+    @rule(in_size=SIZES)
+    def leave_pending(self, in_size: int | None) -> None:
+        inp = payload(in_size, self._tag())
+        tid = self.engine.create_task("waiting", inp).metadata.id
+        self.model[("waiting", tid)] = (inp, None)
+
+    @precondition(lambda self: len(self.sessions) > 1)
+    @rule(data=st.data())
+    def delete_session(self, data: st.DataObject) -> None:
+        sid = data.draw(st.sampled_from(self.sessions[1:]))
+        self.engine.delete_session(sid)
+        self.sessions.remove(sid)
+        self.model = {key: value for key, value in self.model.items() if key[0] != sid}
+
+    @rule()
+    def gc(self) -> None:
+        """``flmctl gc --older-than 0``: every finished task's payloads go, strays too."""
+        Retention(self.engine.store, 3600).collect(older_than=0)
+        self.model = {key: (value if key[0] == "waiting" else (None, None)) for key, value in self.model.items()}
+        self.strays.clear()
+
+    @rule()
+    def stray_file(self) -> None:
+        """What a crash between a file and its commit leaves: a payload file no row names."""
+        directory = self.dir / "payloads"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        name = f"p-stray{self._tag()}"
+        (directory / name).write_bytes(b"left behind")
+        os.chmod(directory / name, 0o600)
+        self.strays.add(name)
+
+    @rule()
+    def restart(self) -> None:
+        self.engine.store.close()
+        self.engine = open_engine(self.dir)
+        retention = Retention(self.engine.store, 3600)
+        retention.start()  # as the server does: strays are removed before anything is served
+        retention.stop()
+        self.strays.clear()
+
+    @invariant()
+    def the_files_are_exactly_the_rows(self) -> None:
+        on_disk = files_in(self.dir)
+        assert on_disk - self.strays == self.engine.store.payload_file_names()
+        directory = self.dir / "payloads"
+        if directory.exists():
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        for name in on_disk:
+            assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
+
+    @invariant()
+    def every_task_reads_back(self) -> None:
+        listed: dict[tuple[str, str], pb.Task] = {}
+        for sid in self.sessions:
+            listed.update({(sid, t.metadata.id): t for t in self.engine.list_tasks(sid)})
+        assert set(listed) == set(self.model)
+        for (sid, tid), (inp, out) in self.model.items():
+            for task in (listed[(sid, tid)], self.engine.get_task(sid, tid)):
+                assert task.spec.input == (inp or b"") and task.spec.HasField("input") == (inp is not None)
+                assert task.spec.output == (out or b"") and task.spec.HasField("output") == (out is not None)
+
+
+PayloadFilesMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=15, deadline=None)
+test_payload_files_machine = PayloadFilesMachine.TestCase
+
+
+@pytest.fixture
+def folder():  # type: ignore[no-untyped-def]
+    path = Path(tempfile.mkdtemp(prefix="fpf-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _session(engine: Engine, sid: str = "s") -> None:
+    engine.register_application("app", pb.ApplicationSpec(command="python"))
+    engine.create_session(sid, pb.SessionSpec(application="app"))
+
+
+def test_the_real_threshold_is_one_mib_and_a_large_task_reads_back_in_strict_mode(folder: Path) -> None:
+    assert FILE_PAYLOAD_BYTES == 1 << 20
+    engine = open_engine(folder, threshold=FILE_PAYLOAD_BYTES, durability="strict")
+    _session(engine)
+    small, large = b"s" * (FILE_PAYLOAD_BYTES - 1), b"L" * FILE_PAYLOAD_BYTES
+    run_one(engine, "s", small, large)
+    assert len(files_in(folder)) == 1, "only the output reaches the threshold"
+    engine.store.close()
+    engine = open_engine(folder, threshold=FILE_PAYLOAD_BYTES)
+    task = engine.get_task("s", "1")
+    assert (task.spec.input, task.spec.output) == (small, large)
+    engine.store.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "short"])
+def test_a_missing_or_short_file_is_an_error_naming_it(folder: Path, damage: str) -> None:
+    engine = open_engine(folder)
+    _session(engine)
+    run_one(engine, "s", b"i" * 100, b"o" * 100)
+    names = sorted(files_in(folder))
+    assert len(names) == 2 and set(names) == engine.store.payload_file_names()
+    victim = folder / "payloads" / names[0]
+    if damage == "missing":
+        victim.unlink()
+    else:
+        victim.write_bytes(b"cut")
+    for read in (lambda: engine.get_task("s", "1"), lambda: list(engine.list_tasks("s"))):
+        with pytest.raises(FlameError) as info:
+            read()
+        assert info.value.code == FlameErrorCode.INTERNAL
+        assert str(victim) in info.value.message and "task 1 of session s" in info.value.message
+        if damage == "short":
+            assert "holds 3 bytes where 100 were written" in info.value.message
+    engine.store.close()
+
+
+def test_a_pending_task_whose_input_file_is_gone_fails_at_start_saying_why(folder: Path) -> None:
+    engine = open_engine(folder)
+    _session(engine)
+    engine.create_task("s", b"x" * 100)
+    engine.create_task("s", b"kept")
+    (name,) = files_in(folder)
+    engine.store.close()
+    (folder / "payloads" / name).unlink()
+    engine = open_engine(folder)  # starts: the other task is still served
+    lost = engine.get_task("s", "1")
+    assert lost.status.state == S.Failed
+    assert name in lost.status.events[-1].message and "cannot be read" in lost.status.events[-1].message
+    taken = engine.take_task("s", timeout=0)
+    assert taken is not None and taken.spec.input == b"kept"
+    engine.store.close()
+
+
+def test_a_file_that_cannot_be_written_leaves_the_payload_in_the_row(folder: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    engine = open_engine(folder)
+    _session(engine)
+    (folder / "payloads").write_bytes(b"not a folder")  # every payload file write fails
+    run_one(engine, "s", b"i" * 100, b"o" * 100)
+    assert "stored in the database instead" in caplog.text
+    assert engine.store.payload_file_names() == set()
+    engine.store.close()
+    engine = open_engine(folder)
+    task = engine.get_task("s", "1")
+    assert (task.spec.input, task.spec.output) == (b"i" * 100, b"o" * 100)
+    engine.store.close()
+
+
+def test_a_file_whose_row_is_not_committed_yet_is_no_orphan(folder: Path) -> None:
+    files = PayloadFiles(folder / "payloads", sync=False, threshold=1)
+    written = files.spill(b"data")
+    assert written is not None and written.size == 4
+    name = written.name
+    files.remove_orphans(set)  # no row names it, but it is being committed
+    assert files_in(folder) == {name}
+    files.settled([written], None)  # committed: from now on only a row keeps it
+    assert files.remove_orphans(lambda: {name}) == 0
+    assert files.remove_orphans(set) == 1 and files_in(folder) == set()
+    withdrawn = files.spill(b"data")
+    files.settled([withdrawn], "refused")  # a creation the store refused: its file goes at once
+    assert files_in(folder) == set()
+
+
+def test_a_store_from_before_payload_files_gains_the_columns_and_keeps_its_rows(folder: Path) -> None:
+    with contextlib.closing(sqlite3.connect(folder / "flame.db")) as old:
+        old.execute(
+            "CREATE TABLE task_payloads (session_id TEXT NOT NULL, id INTEGER NOT NULL, kind INTEGER NOT NULL, "
+            "data BLOB NOT NULL, PRIMARY KEY (session_id, id, kind))"
+        )
+        old.execute("INSERT INTO task_payloads VALUES ('s', 1, 0, ?)", (b"old input",))
+        old.commit()
+    store = Store(folder / "flame.db")
+    columns = [row[1] for row in store.query("PRAGMA table_info(task_payloads)")]
+    assert columns == ["session_id", "id", "kind", "data", "file", "file_size"]
+    assert store.query("SELECT data, file FROM task_payloads") == [(b"old input", None)]
+    plan = " ".join(
+        str(row) for row in store.query("EXPLAIN QUERY PLAN SELECT file FROM task_payloads WHERE file IS NOT NULL")
+    )
+    assert "task_payload_files" in plan, plan
+    store.close()
+
+
+def test_the_folder_is_made_private_when_first_needed_and_again_if_removed(folder: Path) -> None:
+    engine = open_engine(folder)
+    _session(engine)
+    run_one(engine, "s", b"small", b"tiny")
+    assert not (folder / "payloads").exists(), "no large payload yet: no folder"
+    for _ in range(2):
+        tid = run_one(engine, "s", b"i" * 100, None)
+        assert stat.S_IMODE((folder / "payloads").stat().st_mode) == 0o700
+        assert engine.get_task("s", tid).spec.input == b"i" * 100
+        shutil.rmtree(folder / "payloads")  # removed by hand while the server runs
+    engine.store.close()
