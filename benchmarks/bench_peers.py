@@ -51,6 +51,7 @@ from bench_invoke import (  # a sibling script, found through the line above
     _measure,
     _percentile,
     _register,
+    compile_packages,
     first_invokes_of_new_applications,
     run_throughput,
 )
@@ -315,6 +316,12 @@ def main() -> int:
     parser.add_argument(
         "--transport", default="zmq", choices=("zmq", "grpc"), help="flamepy's transport (default: zmq)"
     )
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="do not compile flamepy's packages to bytecode first, as bench_invoke.py does (Ray and Dask come "
+        "compiled by pip)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -324,6 +331,7 @@ def main() -> int:
     if min(args.iterations, args.tasks, args.large_iterations, args.cold_runs) < 1:
         parser.error("--iterations, --tasks, --large-iterations and --cold-runs must each be at least 1")
 
+    compiled = [] if args.no_compile else compile_packages()
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="fp-", dir="/tmp"))  # short: unix socket paths stay short
     for var in ("FLAME_ENDPOINT", "FLAME_CACHE_ENDPOINT"):
@@ -354,13 +362,19 @@ def main() -> int:
     report = with_ratios(rows)
     python = sys.version.split()[0]
     if args.json:
-        machine = {"cpus": os.cpu_count(), "python": python, "load_average": [load_before, load_after]}
+        machine = {
+            "cpus": os.cpu_count(),
+            "python": python,
+            "load_average": [load_before, load_after],
+            "bytecode_compiled": bool(compiled),
+        }
         print(json.dumps({"machine": machine, "versions": versions, "tasks": args.tasks, "rows": report}, indent=2))
     else:
         before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
         names = ", ".join(f"{name} {version}" if name == "flamepy" else version for name, version in versions.items())
         header = (
-            f"{names}; flamepy on {args.transport}; {os.cpu_count()} CPUs, Python {python}, "
+            f"{names}; flamepy on {args.transport}{'' if compiled else ' (bytecode as found: --no-compile)'}; "
+            f"{os.cpu_count()} CPUs, Python {python}, "
             f"load average {before} -> {after}; ratio: peer's time / flamepy's"
         )
         print_table(report, header, args.tasks)

@@ -16,11 +16,13 @@ are what keeps a key from escaping its application's directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flamepy_core import bson
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.wire.proto import cache_pb2
+
+if TYPE_CHECKING:
+    from flamepy_core.wire.proto import cache_pb2
 
 __all__ = [
     "WILDCARD_SESSION",
@@ -136,6 +138,9 @@ class ObjectRef:
 
     def to_proto(self) -> cache_pb2.ObjectRef:
         """The ``flamepy.cache.v1.ObjectRef`` message for this ref."""
+        # protobuf only here: a service process decodes refs (BSON) and never needs it to start.
+        from flamepy_core.wire.proto import cache_pb2
+
         return cache_pb2.ObjectRef(endpoint=self.endpoint, key=self.key, version=self.version)
 
     @classmethod

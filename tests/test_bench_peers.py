@@ -26,7 +26,7 @@ MISSING = [
 ]
 
 
-TINY = ("--iterations", "3", "--tasks", "10", "--large-iterations", "1", "--cold-runs", "1")
+TINY = ("--iterations", "3", "--tasks", "10", "--large-iterations", "1", "--cold-runs", "1", "--no-compile")
 
 
 def _run(*args: str, timeout: float = 100, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -41,7 +41,7 @@ def _run(*args: str, timeout: float = 100, pythonpath: Path | None = None) -> su
 def test_help_names_every_option() -> None:
     proc = _run("--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for option in ("--iterations", "--tasks", "--large-iterations", "--cold-runs", "--peers", "--json"):
+    for option in ("--iterations", "--tasks", "--large-iterations", "--cold-runs", "--peers", "--no-compile", "--json"):
         assert option in proc.stdout
 
 

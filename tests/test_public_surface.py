@@ -146,7 +146,15 @@ def test_importing_flamepy_stays_cheap() -> None:
 def test_a_service_process_starts_without_the_client_side() -> None:
     """What a service process imports to serve (``flamepy``, ``FlameInstance``, the instance runtime) leaves
     out what only a client, a YAML file or an async entrypoint needs: its cold start is mostly imports."""
-    heavy = ("grpc", "yaml", "asyncio", "importlib.metadata", "flamepy_core.client.session", "flamepy.cache")
+    heavy = (
+        "grpc",
+        "yaml",
+        "asyncio",
+        "importlib.metadata",
+        "google.protobuf",
+        "flamepy_core.client.session",
+        "flamepy.cache",
+    )
     code = (
         "import sys, flamepy\n"
         "from flamepy.service import FlameInstance\n"

@@ -220,6 +220,7 @@ class LimitedTransport:
 
 def all_broken() -> list[type[Any]]:
     """Every broken transport class, from this module and the per-area ones."""
+    import broken_deferred
     import broken_ids
     import broken_resources
     import broken_sizes
@@ -227,7 +228,7 @@ def all_broken() -> list[type[Any]]:
     import broken_timing
 
     found: list[type[Any]] = [channel_flaw(name, wrapper) for name, wrapper in CHANNEL_FLAWS.items()]
-    for module in (broken_timing, broken_streams, broken_sizes, broken_ids, broken_resources):
+    for module in (broken_timing, broken_streams, broken_sizes, broken_ids, broken_resources, broken_deferred):
         found += module.BROKEN
     return found
 

@@ -266,6 +266,35 @@ FLAWS = [
         "unary_round_trip cross_process_call",
         "must say so within 3.0 s",
     ),
+    # -- deferred streams (broken_deferred.py) --
+    _flaw(
+        "threadperstream",
+        "hold_no_server_thread or sends_arrive_in_order",
+        "open_deferred_streams_hold_no_server_thread",
+        "deferred_stream_sends_arrive_in_order_then_its_end",
+        "holds no thread per open stream",
+    ),
+    _flaw(
+        "blockingsend",
+        "far_past_the_window or sends_arrive_in_order",
+        "sends_far_past_the_window_before_any_read_all_arrive",
+        "deferred_stream_sends_arrive_in_order_then_its_end",
+        "send must never wait for the caller",
+    ),
+    _flaw(
+        "keepsending",
+        "left_by_its_caller or sends_arrive_in_order",
+        "a_deferred_stream_left_by_its_caller_refuses_sends",
+        "deferred_stream_sends_arrive_in_order_then_its_end",
+        "send() still returned True",
+    ),
+    _flaw(
+        "endtwice",
+        "ends_once or sends_arrive_in_order",
+        "a_deferred_stream_ends_once",
+        "deferred_stream_sends_arrive_in_order_then_its_end",
+        "a second close() must return False",
+    ),
 ]
 
 BROKEN_MODULES = (
@@ -275,6 +304,7 @@ BROKEN_MODULES = (
     "broken_sizes",
     "broken_ids",
     "broken_resources",
+    "broken_deferred",
 )
 LIMITED = "TestLimited"
 

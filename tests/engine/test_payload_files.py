@@ -6,13 +6,15 @@ the files on disk are exactly those the rows name (strays aside, until a start o
 each private, and every task reads back byte for byte. Then the faults: a missing or short file is an
 error naming the file (and a pending task whose input is gone fails, saying so, rather than stopping the
 start), a file that cannot be written leaves the payload in the row, and a file still being committed is
-never taken for an orphan.
+never taken for an orphan. A store from before payload files gains their columns and keeps its rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sqlite3
 import stat
 import tempfile
 from pathlib import Path
@@ -253,3 +255,35 @@ def test_a_file_whose_row_is_not_committed_yet_is_no_orphan(folder: Path) -> Non
     withdrawn = files.spill(b"data")
     files.settled([withdrawn], "refused")  # a creation the store refused: its file goes at once
     assert files_in(folder) == set()
+
+
+def test_a_store_from_before_payload_files_gains_the_columns_and_keeps_its_rows(folder: Path) -> None:
+    with contextlib.closing(sqlite3.connect(folder / "flame.db")) as old:
+        old.execute(
+            "CREATE TABLE task_payloads (session_id TEXT NOT NULL, id INTEGER NOT NULL, kind INTEGER NOT NULL, "
+            "data BLOB NOT NULL, PRIMARY KEY (session_id, id, kind))"
+        )
+        old.execute("INSERT INTO task_payloads VALUES ('s', 1, 0, ?)", (b"old input",))
+        old.commit()
+    store = Store(folder / "flame.db")
+    columns = [row[1] for row in store.query("PRAGMA table_info(task_payloads)")]
+    assert columns == ["session_id", "id", "kind", "data", "file", "file_size"]
+    assert store.query("SELECT data, file FROM task_payloads") == [(b"old input", None)]
+    plan = " ".join(
+        str(row) for row in store.query("EXPLAIN QUERY PLAN SELECT file FROM task_payloads WHERE file IS NOT NULL")
+    )
+    assert "task_payload_files" in plan, plan
+    store.close()
+
+
+def test_the_folder_is_made_private_when_first_needed_and_again_if_removed(folder: Path) -> None:
+    engine = open_engine(folder)
+    _session(engine)
+    run_one(engine, "s", b"small", b"tiny")
+    assert not (folder / "payloads").exists(), "no large payload yet: no folder"
+    for _ in range(2):
+        tid = run_one(engine, "s", b"i" * 100, None)
+        assert stat.S_IMODE((folder / "payloads").stat().st_mode) == 0o700
+        assert engine.get_task("s", tid).spec.input == b"i" * 100
+        shutil.rmtree(folder / "payloads")  # removed by hand while the server runs
+    engine.store.close()
