@@ -1179,20 +1179,29 @@ class Engine:
         With ``commit=False`` the caller commits (with other writes of its own, in one group).
         """
         output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
-        with self.lock:
-            entry = self._sessions.get(session_id)
-            task = entry.tasks.get(task_id) if entry is not None else None
-            running = task is not None and task.status.state == RUNNING
-            queued = entry is not None and task is not None and running and task_id not in entry.finishing
-            if queued:
-                assert entry is not None and task is not None
-                state = SUCCEED if failure is None else FAILED
-                self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
-        if not queued:
+        if not self._finish(session_id, task_id, output, output_file, failure, on_committed):
             self.store.payloads.settled([output_file], "the task is not running")
             return False
         if commit:
             self.store.commit()
+        return True
+
+    def _finish(
+        self,
+        session_id: str,
+        task_id: int,
+        output: bytes | None,
+        output_file: PayloadFile | None,
+        failure: str | None,
+        on_committed: Callable[[], None] | None,
+    ) -> bool:
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            task = entry.tasks.get(task_id) if entry is not None else None
+            if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
+                return False
+            state = SUCCEED if failure is None else FAILED
+            self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
         return True
 
     def _finalize(
