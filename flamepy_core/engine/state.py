@@ -968,11 +968,13 @@ class Engine:
 
     # -- reading tasks -------------------------------------------------------------------------------
 
-    def _load_task(self, session_id: str, task_id: int) -> pb.Task | None:
+    def _load_task(self, session_id: str, task_id: int, *, payloads: bool = True) -> pb.Task | None:
+        """A task from the store; with ``payloads=False`` without its payload files (nor their reading)."""
         rows = self.store.query(f"{_SELECT_TASKS} AND t.id = ?", session_id, task_id)
         if not rows:
             return None
-        return _task_from_row(self.store.payloads, session_id, rows[0])
+        row = rows[0] if payloads else (*rows[0][:2], None, None, rows[0][4], None, None, rows[0][7])
+        return _task_from_row(self.store.payloads, session_id, row)
 
     @staticmethod
     def _task_id(task_id: str) -> int:
@@ -1475,7 +1477,7 @@ class Engine:
             if task is not None:
                 stop = self._cancel_locked(entry, task, by, _Gather(1, lambda tasks: on_done(tasks[0])).add)
         if task is None:  # finished (its final state is in the store), or it never existed
-            stored = self._load_task(session_id, tid)
+            stored = self._load_task(session_id, tid, payloads=False)  # the answer carries none
             if stored is None:
                 raise _not_found("task", f"{task_id} of session {session_id}")
             on_done(_status_reply(stored))
