@@ -9,7 +9,7 @@ client gets the exact code back.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
@@ -19,15 +19,18 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
     CallContext,
     DeferredHandler,
+    DeferredStreamHandler,
     Handler,
     Responder,
     StreamHandler,
+    StreamWriter,
     UnaryHandler,
 )
 from flamepy_core.engine.instances import executor_message, instance_message
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.retention import Retention
 from flamepy_core.engine.state import Engine, reply_task
+from flamepy_core.engine.watches import StreamFeed
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
 from flamepy_core.wire.payload_messages import task_reply
@@ -76,6 +79,39 @@ def _deferred(method: Method, fn: Callable[[Any, CallContext, Responder], None])
         fn(_parse(method, data), ctx, responder)
 
     return DeferredHandler(handle)
+
+
+def _deferred_stream(method: Method, fn: Callable[[Any, CallContext, StreamWriter], None]) -> DeferredStreamHandler:
+    """A stream fed from callbacks (a watch: see :mod:`.watches`): an open one holds no server thread."""
+
+    def handle(data: bytes, ctx: CallContext, writer: StreamWriter) -> None:
+        fn(_parse(method, data), ctx, writer)
+
+    return DeferredStreamHandler(handle)
+
+
+def _watch_feed(
+    writer: StreamWriter, ctx: CallContext, encode: Callable[[list[pb.Task]], Iterable[bytes]]
+) -> StreamFeed:
+    """What an engine watch delivers to: ``writer``, each batch as ``encode`` makes it messages."""
+
+    def send(tasks: list[pb.Task]) -> bool:
+        return all(writer.send(message) for message in encode(tasks))  # stops at the first refusal
+
+    def finish(error: FlameError | None) -> bool:
+        return writer.close() if error is None else writer.fail(error)
+
+    return StreamFeed(send, finish, ctx.is_active)
+
+
+def _each_task(tasks: list[pb.Task]) -> Iterator[bytes]:
+    for task in tasks:
+        yield task.SerializeToString()
+
+
+def _each_reply(tasks: list[pb.Task]) -> Iterator[bytes]:
+    for task in tasks:
+        yield reply_task(task).SerializeToString()
 
 
 def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None], None]:
@@ -176,8 +212,10 @@ def frontend_handlers(
 
         engine.submit_tasks(r.task.session_id, [r.task.input if r.task.HasField("input") else None], created)
 
-    def watch_task(r: frontend_pb2.WatchTaskRequest, ctx: CallContext) -> Iterator[pb.Task]:
-        return engine.watch_task(r.session_id, r.task_id, ctx.is_active)
+    def watch_task(r: frontend_pb2.WatchTaskRequest, ctx: CallContext, writer: StreamWriter) -> None:
+        # Flame's semantics: the initial state is not sent unless the task is complete; ends after a
+        # final state (see Engine.watch_task).
+        engine.watch_task(r.session_id, r.task_id, _watch_feed(writer, ctx, _each_task))
 
     def list_tasks(r: frontend_pb2.ListTaskRequest, ctx: CallContext) -> Iterator[pb.Task]:
         return engine.list_tasks(r.session_id)
@@ -217,10 +255,12 @@ def frontend_handlers(
         "GetTask": lambda r: engine.get_task(r.session_id, r.task_id),
     }
     streams: dict[str, Callable[[Any, CallContext], Iterator[Message]]] = {
-        "WatchTask": watch_task,
         "ListTask": list_tasks,
     }
-    table: dict[str, Handler] = {FRONTEND["CreateTask"].path: _deferred(FRONTEND["CreateTask"], create_task)}
+    table: dict[str, Handler] = {
+        FRONTEND["CreateTask"].path: _deferred(FRONTEND["CreateTask"], create_task),
+        FRONTEND["WatchTask"].path: _deferred_stream(FRONTEND["WatchTask"], watch_task),
+    }
     for name, method in FRONTEND.items():
         if method.path in table:
             continue
@@ -262,6 +302,28 @@ def outcome(task: pb.Task) -> ext_pb2.TaskOutcome:
     return result
 
 
+OUTCOMES_MESSAGE_BYTES = 4 << 20
+"""Outputs one ``TaskOutcomes`` message carries at most (a larger single output goes alone): a long replay
+is split rather than refused as too large."""
+
+
+def outcome_messages(tasks: list[pb.Task]) -> Iterator[bytes]:
+    """``tasks`` as ``TaskOutcomes`` messages of at most about ``OUTCOMES_MESSAGE_BYTES`` each."""
+    batch = ext_pb2.TaskOutcomes()
+    size = 0
+    for task in tasks:
+        item = outcome(task)
+        item_size = item.ByteSize()
+        if batch.tasks and size + item_size > OUTCOMES_MESSAGE_BYTES:
+            yield batch.SerializeToString()
+            batch = ext_pb2.TaskOutcomes()
+            size = 0
+        batch.tasks.append(item)
+        size += item_size
+    if batch.tasks:
+        yield batch.SerializeToString()
+
+
 def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> dict[str, Handler]:
     """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()), ``Runtime`` (what
     the server runs, for ``flmctl top`` and ``flmctl list -e``) and ``Control`` (cancel, forced close)."""
@@ -296,14 +358,11 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
             ]
         engine.submit_tasks(r.session_id, inputs, created, timeouts=timeouts)
 
-    def watch_session(r: ext_pb2.WatchSessionRequest, ctx: CallContext) -> Iterator[pb.Task]:
-        for batch in engine.watch_session(r.session_id, r.after_task_id, ctx.is_active):
-            for task in batch:
-                yield reply_task(task)
+    def watch_session(r: ext_pb2.WatchSessionRequest, ctx: CallContext, writer: StreamWriter) -> None:
+        engine.watch_session(r.session_id, r.after_task_id, _watch_feed(writer, ctx, _each_reply))
 
-    def watch_outcomes(r: ext_pb2.WatchSessionRequest, ctx: CallContext) -> Iterator[ext_pb2.TaskOutcomes]:
-        for batch in engine.watch_session(r.session_id, r.after_task_id, ctx.is_active):
-            yield ext_pb2.TaskOutcomes(tasks=[outcome(task) for task in batch])
+    def watch_outcomes(r: ext_pb2.WatchSessionRequest, ctx: CallContext, writer: StreamWriter) -> None:
+        engine.watch_session(r.session_id, r.after_task_id, _watch_feed(writer, ctx, outcome_messages))
 
     def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:
         return ext_pb2.InstanceList(instances=[instance_message(i) for i in engine.scheduler.instances()])
@@ -331,9 +390,9 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
 
     return {
         EXT["RunTask"].path: _deferred(EXT["RunTask"], run_task),
-        EXT["WatchSession"].path: _stream(EXT["WatchSession"], watch_session),
+        EXT["WatchSession"].path: _deferred_stream(EXT["WatchSession"], watch_session),
         EXT["CreateTasks"].path: _deferred(EXT["CreateTasks"], create_tasks),
-        EXT["WatchOutcomes"].path: _stream(EXT["WatchOutcomes"], watch_outcomes),
+        EXT["WatchOutcomes"].path: _deferred_stream(EXT["WatchOutcomes"], watch_outcomes),
         RUNTIME["ListInstances"].path: _unary(RUNTIME["ListInstances"], list_instances),
         CONTROL["CancelTasks"].path: _deferred(CONTROL["CancelTasks"], cancel_tasks),
         CONTROL["CloseSession"].path: _unary_with_context(CONTROL["CloseSession"], close_session),

@@ -72,7 +72,6 @@ class PayloadFiles:
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         """Files written whose row is not committed (or given up) yet: never taken for orphans."""
-        self._made_dir = False
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -106,11 +105,13 @@ class PayloadFiles:
         return PayloadFile(name, len(data))
 
     def _write(self, name: str, data: bytes) -> None:
-        if not self._made_dir:
-            private_subdir(self.directory)
-            self._made_dir = True
         temp = self.path(name + _TEMP_SUFFIX)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(temp, flags, PRIVATE_FILE_MODE)
+        except FileNotFoundError:  # the first large payload (or the folder was removed): made 0700
+            private_subdir(self.directory)
+            fd = os.open(temp, flags, PRIVATE_FILE_MODE)
         try:
             try:
                 view = memoryview(data)

@@ -566,7 +566,9 @@ class Scheduler:
 
     def on_tick(self, now: float) -> None:
         """Timers: task timeouts, liveness, start deadlines, spare expiry, idle release, going beyond a CPU
-        share, SIGKILL after the grace period."""
+        share, SIGKILL after the grace period; and the engine's sweep of watch streams whose caller has
+        gone (at most once per ``WATCH_SWEEP``)."""
+        self.engine.sweep_watches(now)
         self._expire_tasks(now)
         self._check_liveness(now)
         self._release_idle(now)

@@ -2,8 +2,10 @@
 
 Live state is held as flame.v1 protobuf messages (the wire format), so answering a call is a
 ``SerializeToString`` away and the store writes the same bytes. One lock guards everything; each session
-has its own condition so watchers of one session do not wake for another's news. Closed sessions keep
-their summary in memory but their tasks only in the store.
+has its own condition so callers waiting on one session (``take_task``, a close) do not wake for
+another's news. Watch streams wait on nothing: they are subscriptions, fed by whoever changes what they
+watch (see :mod:`.watches`), so an open watch holds no thread. Closed sessions keep their summary in
+memory but their tasks only in the store.
 
 What a client is told is committed first (see :mod:`.store`):
 
@@ -39,6 +41,7 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
 from flamepy_core.engine.store import Op, Store
+from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -59,6 +62,8 @@ EVENT_CANCEL_REQUESTED = 1004
 EVENT_WAITING_FOR_CAPACITY = 1006
 """flamepy's session event: the machine-wide cap on instance processes is reached, so its tasks wait."""
 FORCE_CLOSE_ROUNDS = 3
+WATCH_SWEEP = 1.0
+"""Seconds between checks that the callers of open watch streams are still there (see sweep_watches)."""
 """Rounds of cancel-then-close a forced close tries while new tasks keep starting in the session."""
 
 OPEN = pb.SessionState.Open
@@ -77,7 +82,6 @@ _COUNTER: dict[int, str] = {
     FAILED: "failed",
     CANCELLED: "cancelled",
 }
-TERMINAL = frozenset({SUCCEED, FAILED, CANCELLED})
 
 _INSERT_TASK = "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status) VALUES (?,?,?,NULL,NULL,?)"
 _UPDATE_TASK = "UPDATE tasks SET state = ?, status = ?, finished = ? WHERE session_id = ? AND id = ?"
@@ -144,15 +148,11 @@ def reply_task(task: pb.Task) -> pb.Task:
 
 def _trim_completions(entry: SessionEntry) -> None:
     """Drop the completions every watcher has read (all of them when nobody watches)."""
-    low = min(entry.watch_positions.values(), default=entry.completions_offset + len(entry.completions))
+    low = min((w.position for w in entry.watches.values()), default=entry.completions_offset + len(entry.completions))
     drop = low - entry.completions_offset
     if drop > 0:
         del entry.completions[:drop]
         entry.completions_offset = low
-
-
-def _changed(task: pb.Task, entry: SessionEntry, state: int) -> bool:
-    return task.status.state != state or not entry.is_open
 
 
 def now_ms() -> int:
@@ -238,8 +238,11 @@ class SessionEntry:
     """Tasks in the order they completed, kept only while a session watcher has not read them yet."""
     completions_offset: int = 0
     """How many completions were dropped from the front of ``completions`` (positions are absolute)."""
-    watch_positions: dict[int, int] = field(default_factory=dict)
-    """For each session watcher, the absolute position in ``completions`` it has read up to."""
+    watches: dict[int, SessionWatch] = field(default_factory=dict)
+    """The session's watchers (WatchOutcomes, WatchSession), by token; each knows the absolute position in
+    ``completions`` it has read up to (see :mod:`.watches`)."""
+    task_watches: dict[int, list[TaskWatch]] = field(default_factory=dict)
+    """Watchers of one task each (WatchTask), by task id."""
 
     @property
     def id(self) -> str:
@@ -388,6 +391,11 @@ class Engine:
         self._creating: dict[str, str] = {}
         """Sessions being created (committed right now) and their application."""
         self._watch_ids = itertools.count(1)
+        self._open_watches: dict[Watch, SessionEntry] = {}
+        """Every open watch stream and its session (for the sweep)."""
+        self._due: deque[tuple[SessionEntry, Watch]] = deque()
+        """Watches claimed under the lock, to be pumped once it is released (see :meth:`_run_due`)."""
+        self._next_sweep = 0.0
         with self.lock:
             self._load()
         self.store.commit()
@@ -765,7 +773,7 @@ class Engine:
                 tid = int(final.metadata.id)
                 task = entry.tasks.pop(tid)
                 task.CopyFrom(final)
-                if entry.watch_positions:
+                if entry.watches:
                     entry.completions.append(task)
                 waiting.append((entry.waiters.pop(tid, []), task))
             entry.pending.clear()
@@ -779,10 +787,11 @@ class Engine:
             entry.attempts.clear()
             entry.closing = False
             self._save_session(entry)  # with the events added while the close was written
-            _trim_completions(entry)
+            self._claim_all_watches(entry)  # the cancelled tasks, then the end of the stream
             entry.cond.notify_all()
             snapshot = self.snapshot(entry)
         self._notify_waiters(waiting)
+        self._run_due()
         self.scheduler.session_closed(session_id)
         return snapshot
 
@@ -959,11 +968,13 @@ class Engine:
 
     # -- reading tasks -------------------------------------------------------------------------------
 
-    def _load_task(self, session_id: str, task_id: int) -> pb.Task | None:
+    def _load_task(self, session_id: str, task_id: int, *, payloads: bool = True) -> pb.Task | None:
+        """A task from the store; with ``payloads=False`` without its payload files (nor their reading)."""
         rows = self.store.query(f"{_SELECT_TASKS} AND t.id = ?", session_id, task_id)
         if not rows:
             return None
-        return _task_from_row(self.store.payloads, session_id, rows[0])
+        row = rows[0] if payloads else (*rows[0][:2], None, None, rows[0][4], None, None, rows[0][7])
+        return _task_from_row(self.store.payloads, session_id, row)
 
     @staticmethod
     def _task_id(task_id: str) -> int:
@@ -997,85 +1008,171 @@ class Engine:
         for row in self.store.iter_query(f"{_SELECT_TASKS} AND t.id > ? ORDER BY t.id", session_id, after):
             yield _task_from_row(self.store.payloads, session_id, row)
 
-    def watch_task(
-        self, session_id: str, task_id: str, is_active: Callable[[], bool], poll: float = 0.5
-    ) -> Iterator[pb.Task]:
-        """Yield the task each time its state changes; end after it completes.
+    def _replay(self, entry: SessionEntry, after: int) -> list[pb.Task]:
+        """The session's tasks with an id above ``after`` whose final state is in the store, oldest
+        completion first (called with the lock held).
 
-        As in Flame, the initial state is not sent unless the task is already complete.
+        The store is not read when every id above ``after`` is a task in flight (a watcher opened right
+        after its first task, as ``run()``'s is): nothing there can be final.
+        """
+        above = entry.next_id - 1 - after
+        if above <= 0 or (len(entry.tasks) >= above and sum(1 for tid in entry.tasks if tid > after) == above):
+            return []
+        replay = [t for t in self._iter_stored_tasks(entry.id, after) if t.status.state in TERMINAL]
+        return sorted(replay, key=lambda t: t.status.completion_time)
+
+    def watch_session(self, session_id: str, after_task_id: int, feed: WatchFeed) -> None:
+        """Feed ``feed`` the completed tasks of the session with id > ``after_task_id``, in batches, in
+        completion order, each once; then end it when the session closes (after its last completions).
+
+        Returns at once: the watch holds no thread (see :mod:`.watches`). Raises NOT_FOUND for an unknown
+        session. The tasks delivered are the engine's own (final, never changed again): read them, do
+        not change them.
+
+        Tasks that completed before the watcher came are read from the store first; later ones come from
+        ``completions``, which keeps each task only until every watcher has read it. Under the lock no
+        final state is applied, so store + live list miss nothing; a task committed just before the read
+        may show in both, and is sent once (the replayed ids are skipped).
+        """
+        with self.lock:
+            entry = self._entry(session_id)
+            replay = self._replay(entry, after_task_id)
+            position = entry.completions_offset + len(entry.completions)
+            watch = SessionWatch(
+                next(self._watch_ids), feed, after_task_id, {int(t.metadata.id) for t in replay}, position
+            )
+            watch.busy = True  # ours until the replay is sent: news meanwhile only marks it
+            if entry.is_open:
+                watch.registered = True
+                entry.watches[watch.token] = watch
+                self._open_watches[watch] = entry
+        if replay and not self._deliver(watch, replay):
+            with self.lock:
+                watch.gone = True
+        self._pump(entry, watch)
+
+    def watch_task(self, session_id: str, task_id: str, feed: WatchFeed) -> None:
+        """Feed ``feed`` the task (a copy) each time its state changes; end it after a final state.
+
+        As in Flame, the initial state is not sent unless the task is already complete (then it is sent
+        alone, from the store). Returns at once; raises NOT_FOUND for an unknown session or task.
         """
         tid = self._task_id(task_id)
         with self.lock:
             entry = self._entry(session_id)
             task = entry.tasks.get(tid)
-            if task is None:
-                stored = self._load_task(session_id, tid)
-                if stored is None:
-                    raise _not_found("task", f"{task_id} of session {session_id}")
-                yield stored
-                return
-            last = task.status.state
-        while is_active():
-            with self.lock:
-                entry.cond.wait_for(partial(_changed, task, entry, last), timeout=poll)
-                if task.status.state == last:
-                    if not entry.is_open and last not in TERMINAL:
-                        return
-                    continue
-                last = task.status.state
-                snap = pb.Task()
-                snap.CopyFrom(task)
-            yield snap
-            if last in TERMINAL:
-                return
+            if task is not None:
+                watch = TaskWatch(feed, task)
+                watch.busy = True
+                entry.task_watches.setdefault(tid, []).append(watch)
+                self._open_watches[watch] = entry
+        if task is not None:
+            self._pump(entry, watch)
+            return
+        # Finished: its final state was committed before it left ``entry.tasks``.
+        stored = self._load_task(session_id, tid)
+        if stored is None:
+            raise _not_found("task", f"{task_id} of session {session_id}")
+        done = TaskWatch(feed, stored)
+        done.gone = not self._deliver(done, [stored])
+        self._finish_watch(done)
 
-    def watch_session(
-        self, session_id: str, after_task_id: int, is_active: Callable[[], bool], poll: float = 0.5
-    ) -> Iterator[list[pb.Task]]:
-        """Batches of completed tasks of the session with id > ``after_task_id``, in completion order.
+    def sweep_watches(self, now: float | None = None) -> int:
+        """End the watches whose caller has gone (its context inactive); at most once per
+        ``WATCH_SWEEP`` seconds. Returns how many were found gone.
 
-        The tasks are the engine's own (final, never changed again): read them, do not change them.
-
-        Tasks that completed before the watcher came are read from the store first; later ones come from
-        ``completions``, which keeps each task only until every watcher has read it. Ends when the
-        session closes (after its last completions) or the caller goes away.
+        A send to a vanished caller says so too, but a watch may wait long for news (a task that runs
+        for hours): the scheduler's tick calls this, so such a watch does not pin its session's memory,
+        its stream, or the server's idle exit. Each ``is_active`` is asked without the engine lock.
         """
-        token = next(self._watch_ids)
+        now = time.monotonic() if now is None else now
         with self.lock:
-            entry = self._entry(session_id)
-            # Under the lock no final state is applied, so store + live list miss nothing. A task
-            # committed just before the read may show in both: the replayed ids are skipped below.
-            replay = [t for t in self._iter_stored_tasks(session_id, after_task_id) if t.status.state in TERMINAL]
-            watching = entry.is_open
-            if watching:
-                position = entry.completions_offset + len(entry.completions)
-                entry.watch_positions[token] = position
-        seen = {int(t.metadata.id) for t in replay}
+            if now < self._next_sweep:
+                return 0
+            self._next_sweep = now + WATCH_SWEEP
+            watches = list(self._open_watches.items())
+        gone = [(watch, entry) for watch, entry in watches if not self._active(watch)]
+        if gone:
+            with self.lock:
+                for watch, entry in gone:
+                    if watch in self._open_watches:
+                        watch.gone = True
+                        claim(watch, self._due, entry)
+            self._run_due()
+        return len(gone)
+
+    def open_watches(self) -> int:
+        """How many watch streams are open (for tests and diagnostics)."""
+        with self.lock:
+            return len(self._open_watches)
+
+    @staticmethod
+    def _active(watch: Watch) -> bool:
         try:
-            if replay:
-                yield sorted(replay, key=lambda t: t.status.completion_time)
-            while watching:
-                with self.lock:
-                    if position >= entry.completions_offset + len(entry.completions) and entry.is_open and is_active():
-                        entry.cond.wait(timeout=poll)
-                    batch = []
-                    for task in entry.completions[position - entry.completions_offset :]:
-                        tid = int(task.metadata.id)
-                        if tid > after_task_id and tid not in seen:
-                            batch.append(task)  # final: never changed again, so shared, not copied
-                    position = entry.completions_offset + len(entry.completions)
-                    entry.watch_positions[token] = position
-                    _trim_completions(entry)
-                    finished = not entry.is_open or not is_active()
-                if batch:
-                    yield batch
-                if finished:
+            return watch.feed.is_active()
+        except Exception:  # a context that cannot say: its caller is as good as gone
+            log.exception("a watch's caller could not be checked; the watch is ended")
+            return False
+
+    @staticmethod
+    def _deliver(watch: Watch, batch: list[pb.Task]) -> bool:
+        try:
+            return watch.feed.deliver(batch)
+        except Exception:  # a bug in encoding: end this stream, never the caller's thread
+            log.exception("a watch stream could not be fed; it is ended")
+            return False
+
+    @staticmethod
+    def _finish_watch(watch: Watch) -> None:
+        try:
+            watch.finish()
+        except Exception:
+            log.exception("a watch stream could not be ended")
+
+    def _run_due(self) -> None:
+        """Pump the watches claimed so far (call without the lock held, after changing what they watch)."""
+        while True:
+            with self.lock:
+                if not self._due:
                     return
-        finally:
-            if watching:
+                entry, watch = self._due.popleft()
+            self._pump(entry, watch)
+
+    def _pump(self, entry: SessionEntry, watch: Watch) -> None:
+        """Feed a claimed watch until nothing new is left; end it when it is over (see :mod:`.watches`)."""
+        while True:
+            with self.lock:
+                watch.again = False
+                batch, end = watch.take(entry)
+                if end:
+                    watch.detach(entry)
+                    self._open_watches.pop(watch, None)
+                _trim_completions(entry)
+            if batch and not self._deliver(watch, batch):
                 with self.lock:
-                    entry.watch_positions.pop(token, None)
-                    _trim_completions(entry)
+                    watch.gone = True
+                if not end:
+                    continue  # the next round ends it
+            if end:
+                self._finish_watch(watch)
+                return
+            with self.lock:
+                if not watch.again and not watch.gone:
+                    watch.busy = False
+                    return
+
+    def _claim_task_watches(self, entry: SessionEntry, tid: int) -> None:
+        """The task changed state: its watchers have news (called with the lock held)."""
+        for watch in entry.task_watches.get(tid, ()):
+            claim(watch, self._due, entry)
+
+    def _claim_all_watches(self, entry: SessionEntry) -> None:
+        """Every watcher of the session has news (called with the lock held)."""
+        for watch in entry.watches.values():
+            claim(watch, self._due, entry)
+        for watches in entry.task_watches.values():
+            for task_watch in watches:
+                claim(task_watch, self._due, entry)
 
     # -- what instances report -------------------------------------------------------------------------
 
@@ -1096,6 +1193,8 @@ class Engine:
             copy = pb.Task()
             copy.CopyFrom(task)
         self.store.commit()  # RUNNING is stored before the task can have done anything
+        if self._due:
+            self._run_due()
         return copy
 
     def start_next(self, session_id: str) -> tuple[int, bytes | None] | None:
@@ -1111,7 +1210,10 @@ class Engine:
             task = self._start_next(entry)
             if task is None:
                 return None
-            return int(task.metadata.id), task.spec.input if task.spec.HasField("input") else None
+            started = int(task.metadata.id), task.spec.input if task.spec.HasField("input") else None
+        if self._due:  # WatchTask streams of this task (read without the lock: a hint; the pump locks)
+            self._run_due()
+        return started
 
     def _start_next(self, entry: SessionEntry) -> pb.Task | None:
         """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none."""
@@ -1123,6 +1225,7 @@ class Engine:
         status.running += 1
         _mark(task, RUNNING, None, now_ms())
         self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
+        self._claim_task_watches(entry, int(task.metadata.id))
         entry.cond.notify_all()
         return task
 
@@ -1179,20 +1282,29 @@ class Engine:
         With ``commit=False`` the caller commits (with other writes of its own, in one group).
         """
         output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
-        with self.lock:
-            entry = self._sessions.get(session_id)
-            task = entry.tasks.get(task_id) if entry is not None else None
-            running = task is not None and task.status.state == RUNNING
-            queued = entry is not None and task is not None and running and task_id not in entry.finishing
-            if queued:
-                assert entry is not None and task is not None
-                state = SUCCEED if failure is None else FAILED
-                self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
-        if not queued:
+        if not self._finish(session_id, task_id, output, output_file, failure, on_committed):
             self.store.payloads.settled([output_file], "the task is not running")
             return False
         if commit:
             self.store.commit()
+        return True
+
+    def _finish(
+        self,
+        session_id: str,
+        task_id: int,
+        output: bytes | None,
+        output_file: PayloadFile | None,
+        failure: str | None,
+        on_committed: Callable[[], None] | None,
+    ) -> bool:
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            task = entry.tasks.get(task_id) if entry is not None else None
+            if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
+                return False
+            state = SUCCEED if failure is None else FAILED
+            self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
         return True
 
     def _finalize(
@@ -1245,11 +1357,15 @@ class Engine:
             task.CopyFrom(final)  # in place: watch_task holds this object
             entry.attempts.pop(tid, None)
             entry.timeouts.pop(tid, None)
-            if entry.watch_positions:
+            if entry.watches:
                 entry.completions.append(task)
+                for watch in entry.watches.values():
+                    claim(watch, self._due, entry)
+            self._claim_task_watches(entry, tid)
             waiters = entry.waiters.pop(tid, [])
             entry.cond.notify_all()
         self._notify_waiters([(waiters, task)])
+        self._run_due()
         if on_committed is not None:
             on_committed()
 
@@ -1296,6 +1412,7 @@ class Engine:
             entry.pending.appendleft(tid)
         else:
             entry.pending.append(tid)
+        self._claim_task_watches(entry, tid)
         entry.cond.notify_all()
 
     def retry_task(self, session_id: str, task_id: str, message: str) -> bool:
@@ -1324,6 +1441,7 @@ class Engine:
                 self._requeue(entry, task, f"retry {attempts}/{self.task_retry_limit}: {message}", front=True)
                 retried = True
         self.store.commit()
+        self._run_due()
         if retried:
             self.scheduler.tasks_pending(session_id)
         return retried
@@ -1359,7 +1477,7 @@ class Engine:
             if task is not None:
                 stop = self._cancel_locked(entry, task, by, _Gather(1, lambda tasks: on_done(tasks[0])).add)
         if task is None:  # finished (its final state is in the store), or it never existed
-            stored = self._load_task(session_id, tid)
+            stored = self._load_task(session_id, tid, payloads=False)  # the answer carries none
             if stored is None:
                 raise _not_found("task", f"{task_id} of session {session_id}")
             on_done(_status_reply(stored))

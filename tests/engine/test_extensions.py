@@ -109,23 +109,6 @@ def test_pending_futures_settle_when_the_session_closes(setup: tuple[Connection,
         assert isinstance(error, FlameError) and "cancelled" in error.message
 
 
-def test_watch_session_replays_tasks_completed_before_the_stream(tmp_path: Path) -> None:
-    store = Store(tmp_path / "flame.db")
-    engine = Engine(store)
-    engine.register_application("app", pb.ApplicationSpec(command="python"))
-    engine.create_session("s", pb.SessionSpec(application="app"))
-    for i in range(5):
-        engine.create_task("s", bytes([i]))
-        task = engine.take_task("s", timeout=0)
-        assert task is not None
-        engine.complete_task("s", task.metadata.id, b"ok")
-    stream = engine.watch_session("s", 2, lambda: True, poll=0.05)
-    assert [t.metadata.id for t in next(stream)] == ["3", "4", "5"]
-    engine.close_session("s")
-    assert list(stream) == []
-    store.close()
-
-
 def test_refusals_reported_in_band_are_raised(tmp_path: Path) -> None:
     """A Flame server answers a refused register/unregister with Result(return_code=-1), not a status."""
     from flamepy_core.contracts.transport import UnaryHandler

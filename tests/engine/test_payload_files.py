@@ -208,6 +208,9 @@ def test_a_missing_or_short_file_is_an_error_naming_it(folder: Path, damage: str
         assert str(victim) in info.value.message and "task 1 of session s" in info.value.message
         if damage == "short":
             assert "holds 3 bytes where 100 were written" in info.value.message
+    answers: list[pb.Task] = []
+    engine.cancel_task("s", "1", "the test", answers.append)  # answers with the state: reads no payload
+    assert [t.status.state for t in answers] == [S.Succeed]
     engine.store.close()
 
 
@@ -274,3 +277,16 @@ def test_a_store_from_before_payload_files_gains_the_columns_and_keeps_its_rows(
     )
     assert "task_payload_files" in plan, plan
     store.close()
+
+
+def test_the_folder_is_made_private_when_first_needed_and_again_if_removed(folder: Path) -> None:
+    engine = open_engine(folder)
+    _session(engine)
+    run_one(engine, "s", b"small", b"tiny")
+    assert not (folder / "payloads").exists(), "no large payload yet: no folder"
+    for _ in range(2):
+        tid = run_one(engine, "s", b"i" * 100, None)
+        assert stat.S_IMODE((folder / "payloads").stat().st_mode) == 0o700
+        assert engine.get_task("s", tid).spec.input == b"i" * 100
+        shutil.rmtree(folder / "payloads")  # removed by hand while the server runs
+    engine.store.close()
