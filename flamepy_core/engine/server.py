@@ -67,6 +67,11 @@ from flamepy_core.wire.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTO
 log = logging.getLogger(__name__)
 
 SERVER_WORKERS = 512
+SERVER_PENDING_CALLS = 16384
+"""Calls the frontend holds at once (a transport's inbox bound, ZeroMQ's ``max_pending_calls``, 1024 by
+default). An open watch is a call in flight that holds no thread but one slot, and every session using
+``run()`` keeps one open: at the transport's default, a thousand watched sessions made the server refuse
+every other call. A slot of an open watch costs a few KB."""
 PRIVATE_DIR = "private"
 """Inside FLAME_HOME: credentials the server makes for its own instances (mode 0700)."""
 
@@ -285,8 +290,9 @@ class FlameServer:
         instance_client_options: dict[str, Any] = {}
         frontend_transport = self._frontend_transport
         if frontend_transport is None:
-            # Watches and RunTask hold a server thread while they wait: give the frontend plenty.
-            options = {**accepted_options(chosen, {**limits, "max_workers": SERVER_WORKERS}), **security_options}
+            # Calls that block hold a worker; open watches hold a slot of the inbox: room for both.
+            runtime_options = {**limits, "max_workers": SERVER_WORKERS, "max_pending_calls": SERVER_PENDING_CALLS}
+            options = {**accepted_options(chosen, runtime_options), **security_options}
             frontend_transport = reg.create_transport(chosen, options)
             if security_options and isinstance(frontend_transport, SecureTransport):
                 # Admit the instances this server starts: they reach the cache on the same endpoint.

@@ -965,11 +965,13 @@ class Engine:
 
     # -- reading tasks -------------------------------------------------------------------------------
 
-    def _load_task(self, session_id: str, task_id: int) -> pb.Task | None:
+    def _load_task(self, session_id: str, task_id: int, *, payloads: bool = True) -> pb.Task | None:
+        """A task from the store; with ``payloads=False`` without its payload files (nor their reading)."""
         rows = self.store.query(f"{_SELECT_TASKS} AND t.id = ?", session_id, task_id)
         if not rows:
             return None
-        return _task_from_row(self.store.payloads, session_id, rows[0])
+        row = rows[0] if payloads else (*rows[0][:2], None, None, rows[0][4], None, None, rows[0][7])
+        return _task_from_row(self.store.payloads, session_id, row)
 
     @staticmethod
     def _task_id(task_id: str) -> int:
@@ -1290,20 +1292,29 @@ class Engine:
         With ``commit=False`` the caller commits (with other writes of its own, in one group).
         """
         output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
-        with self.lock:
-            entry = self._sessions.get(session_id)
-            task = entry.tasks.get(task_id) if entry is not None else None
-            running = task is not None and task.status.state == RUNNING
-            queued = entry is not None and task is not None and running and task_id not in entry.finishing
-            if queued:
-                assert entry is not None and task is not None
-                state = SUCCEED if failure is None else FAILED
-                self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
-        if not queued:
+        if not self._finish(session_id, task_id, output, output_file, failure, on_committed):
             self.store.payloads.settled([output_file], "the task is not running")
             return False
         if commit:
             self.store.commit()
+        return True
+
+    def _finish(
+        self,
+        session_id: str,
+        task_id: int,
+        output: bytes | None,
+        output_file: PayloadFile | None,
+        failure: str | None,
+        on_committed: Callable[[], None] | None,
+    ) -> bool:
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            task = entry.tasks.get(task_id) if entry is not None else None
+            if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
+                return False
+            state = SUCCEED if failure is None else FAILED
+            self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
         return True
 
     def _finalize(
@@ -1492,7 +1503,7 @@ class Engine:
             if task is not None:
                 stop = self._cancel_locked(entry, task, by, _Gather(1, lambda tasks: on_done(tasks[0])).add)
         if task is None:  # finished (its final state is in the store), or it never existed
-            stored = self._load_task(session_id, tid)
+            stored = self._load_task(session_id, tid, payloads=False)  # the answer carries none
             if stored is None:
                 raise _not_found("task", f"{task_id} of session {session_id}")
             on_done(_status_reply(stored))

@@ -208,6 +208,9 @@ def test_a_missing_or_short_file_is_an_error_naming_it(folder: Path, damage: str
         assert str(victim) in info.value.message and "task 1 of session s" in info.value.message
         if damage == "short":
             assert "holds 3 bytes where 100 were written" in info.value.message
+    answers: list[pb.Task] = []
+    engine.cancel_task("s", "1", "the test", answers.append)  # answers with the state: reads no payload
+    assert [t.status.state for t in answers] == [S.Succeed]
     engine.store.close()
 
 

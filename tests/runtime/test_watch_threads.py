@@ -22,7 +22,10 @@ from test_capacity import server_pid, set_server_env, thread_count
 
 import flamepy
 from flamepy.service import Session
+from flamepy_core.client.connection import default_connection
 from flamepy_core.client.local import live_server
+from flamepy_core.wire.methods import EXT
+from flamepy_core.wire.proto import ext_pb2
 
 BLOCKER = """
 import os
@@ -177,3 +180,20 @@ def test_a_killed_clients_watch_is_dropped_and_the_server_can_idle_exit(
     took = time.monotonic() - killed_at
     assert took >= idle_exit - 0.5, f"the server exited {took:.1f} s after the kill, before its idle exit"
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 20, "the server process to end")
+
+
+@pytest.mark.timeout(120)
+def test_more_open_watches_than_the_transports_default_inbox_leave_room_for_calls(flame_env: FlameEnv) -> None:
+    """An open watch holds no thread but a slot of the server's inbox (ZeroMQ's ``max_pending_calls``,
+    1024 by default). 1100 watches open (more sessions than that, watched by ``run()``, are as many) and
+    calls still get through; the session's close ends every one of them."""
+    register_blocker(flame_env)
+    session = Session("blocker")  # no task: nothing runs, only the watches are open
+    sid = session.id() or ""
+    channel = default_connection().channel
+    request = ext_pb2.WatchSessionRequest(session_id=sid).SerializeToString()
+    streams = [channel.stream(EXT["WatchOutcomes"].path, request, timeout=90) for _ in range(1100)]
+    # Sent after the 1100 requests on the same socket, so served after them.
+    assert flamepy.get_session(sid).state == flamepy.SessionState.OPEN
+    session.close()
+    assert all(list(stream) == [] for stream in streams), "a watch did not end with its session"
