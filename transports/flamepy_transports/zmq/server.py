@@ -144,6 +144,9 @@ class _Engine:
         """Replies kept for peers whose pipe was full, in order (used under the socket lock)."""
         self._sending = 0
         """Final replies being sent by the threads that completed them (stop() waits for them)."""
+        self._io_awake = False
+        """True while the I/O thread works (it holds the socket lock): it looks at the outbox after this
+        turns False and before it waits, so what is queued while it is True needs no wake-up."""
         self._thread = threading.Thread(target=self._run, name=f"flamepy-zmq-server[{address.url}]", daemon=True)
 
     # -- start -----------------------------------------------------------------------------------------
@@ -192,7 +195,7 @@ class _Engine:
     def post(self, call: ServerCall, frames: list[bytes]) -> None:
         if not call.finished:
             self._outbox.append((call.ident, frames, call.deadline))
-            if threading.get_ident() != self._io_ident:
+            if not self._io_awake:
                 self._waker.signal()
 
     def finish(self, call: ServerCall, frames: list[bytes] | None) -> bool:
@@ -218,8 +221,8 @@ class _Engine:
             finally:
                 with self._lock:
                     self._sending -= 1
-        if frames is not None and not on_io_thread:
-            self._waker.signal()  # (the I/O thread itself sends what it queued before it polls again)
+        if frames is not None and not self._io_awake:
+            self._waker.signal()  # (an I/O thread at work sends what is queued before it waits again)
         return True
 
     def _send_direct(self, entry: _Out) -> bool:
@@ -270,19 +273,22 @@ class _Engine:
         next_probe = time.monotonic() + probe_every
         lock = self._sock_lock
         lock.acquire()
+        self._io_awake = True
         self._sock = sock
         try:
             while True:
                 timeout = BACKLOG_RETRY_MS if backlog else 1000
                 if self._calls:
                     timeout = min(timeout, max(0, int((next_probe - time.monotonic()) * 1000) + 1))
-                if readable(sock):
-                    timeout = 0  # ZMQ_FD would not say so again
+                self._io_awake = False  # before the last look at the outbox (see post and finish)
+                if self._outbox or readable(sock):
+                    timeout = 0  # queued while this thread worked; or readable, which ZMQ_FD would not say again
                 lock.release()
                 try:
                     ready = dict(poller.poll(timeout))
                 finally:
                     lock.acquire()
+                    self._io_awake = True
                 if self._zap is not None and self._zap.socket in ready:
                     self._zap.handle_pending()
                 if self._waker.fileno() in ready:
@@ -300,6 +306,7 @@ class _Engine:
             log.exception("the I/O thread of the zmq server on %s failed", self.endpoint)
         finally:
             # Let final replies leave (bounded), then close; ctx.term() in stop() waits for this.
+            self._io_awake = False
             self._sock = None
             sock.close(linger=STOP_LINGER_MS if self._exit else 0)
             lock.release()
