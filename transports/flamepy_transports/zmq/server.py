@@ -18,7 +18,8 @@ thread may take the lock and use the socket. That is what a call's final reply d
 task's result) sends the reply itself when the I/O thread is waiting and nothing is queued before it,
 instead of waking the I/O thread to send it: one thread hand-off less per call. ``ZMQ_FD`` signals only
 changes the socket has not yet processed: after a send by another thread, that thread looks whether a
-request became readable meanwhile, and wakes the I/O thread if so.
+request became readable meanwhile, and wakes the I/O thread if so. What is queued while the I/O thread
+is at work (``_io_awake``) needs no wake-up either: it looks at the outbox before it waits again.
 
 ``ZMQ_ROUTER_MANDATORY`` makes every send say what happened: EAGAIN (the peer's pipe is at its
 high-water mark) keeps the reply, and everything queued after it for the same peer, in a per-peer
