@@ -147,9 +147,6 @@ WAL_KEPT_BYTES = 4 << 20
 """The WAL file is cut back to this size when sqlite starts it over after a checkpoint
 (``journal_size_limit``): its size then measures what was written since, so the check against
 ``CHECKPOINT_BYTES`` does not stay true for good once the file has grown past it once."""
-WAL_CHECK_INTERVAL = 0.01
-"""Seconds between two looks at the WAL's size after a commit (a ``stat`` per commit costs more than
-the checkpoint needs: at disk speed the log grows by a few MiB at most meanwhile)."""
 CHECKPOINT_MIN_INTERVAL = 0.5
 """Seconds between two checkpoints asked for by size (a reader can keep one from completing)."""
 BACKOFF_FIRST = 0.02
@@ -252,8 +249,6 @@ class Store:
         self._writer.start()
         self._wal = self.path + "-wal"
         self._last_commit = time.monotonic()
-        self._wal_checked = 0.0
-        """When a commit last looked at the WAL's size."""
         self._checkpoint_wanted = threading.Event()
         self._checkpointer = threading.Thread(target=self._run_checkpointer, name="flame-store-checkpoint", daemon=True)
         self._checkpointer.start()
@@ -401,14 +396,12 @@ class Store:
                 log.debug("rollback failed", exc_info=True)
             return exc
         self.commits += 1
-        now = self._last_commit = time.monotonic()
-        if now - self._wal_checked >= WAL_CHECK_INTERVAL:
-            self._wal_checked = now
-            try:
-                if os.stat(self._wal).st_size > CHECKPOINT_BYTES:
-                    self._checkpoint_wanted.set()
-            except OSError:
-                pass
+        self._last_commit = time.monotonic()
+        try:
+            if os.stat(self._wal).st_size > CHECKPOINT_BYTES:
+                self._checkpoint_wanted.set()
+        except OSError:
+            pass
         return None
 
     def _done(self, batch: Iterable[_Write], error: FlameError | None) -> None:
