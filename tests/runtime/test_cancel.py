@@ -179,9 +179,11 @@ def test_flmctl_cancel_and_close_force(flame_env):
         sid = session.id()
         session.run("sleep")
         session.run("sleep")
+        # The first task must be running before the block is left (a slow instance start would otherwise
+        # leave only pending tasks, which the block's close cancels, and nothing would be refused).
+        wait_for(lambda: running(sid) == 1, BOUND, "the first task to run")
         session.invoke("sleep", timeout=1.0)
     assert timed_out.value.code == FlameErrorCode.DEADLINE_EXCEEDED
-    wait_for(lambda: running(sid) == 1, BOUND, "the first task to run")
     (pid,) = wait_for(lambda: instance_pids(sid), BOUND, "the instance's pid")
 
     refused = flame_env.flmctl("close", "-s", sid, check=False)
