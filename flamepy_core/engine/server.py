@@ -156,11 +156,10 @@ class _Activity:
             return 0.0 if self.in_flight else time.monotonic() - self.last
 
 
-class _ExitOnReply:
-    """A responder that tells the activity counter once, when the reply is completed (or given up)."""
+class _Once:
+    """Calls ``on_done`` once, on the first :meth:`settled` (the activity counter's exit for one call)."""
 
-    def __init__(self, responder: Responder, on_done: Callable[[], None]) -> None:
-        self._responder = responder
+    def __init__(self, on_done: Callable[[], None]) -> None:
         self._on_done: Callable[[], None] | None = on_done
         self._lock = threading.Lock()
 
@@ -169,6 +168,14 @@ class _ExitOnReply:
             on_done, self._on_done = self._on_done, None
         if on_done is not None:
             on_done()
+
+
+class _ExitOnReply(_Once):
+    """A responder that tells the activity counter once, when the reply is completed (or given up)."""
+
+    def __init__(self, responder: Responder, on_done: Callable[[], None]) -> None:
+        super().__init__(on_done)
+        self._responder = responder
 
     def send(self, response: bytes) -> bool:
         try:
@@ -183,19 +190,12 @@ class _ExitOnReply:
             self.settled()
 
 
-class _ExitOnEnd:
+class _ExitOnEnd(_Once):
     """A stream writer that tells the activity counter once, when the stream ends (or is given up)."""
 
     def __init__(self, writer: StreamWriter, on_done: Callable[[], None]) -> None:
+        super().__init__(on_done)
         self._writer = writer
-        self._on_done: Callable[[], None] | None = on_done
-        self._lock = threading.Lock()
-
-    def settled(self) -> None:
-        with self._lock:
-            on_done, self._on_done = self._on_done, None
-        if on_done is not None:
-            on_done()
 
     def send(self, response: bytes) -> bool:
         taken = self._writer.send(response)
