@@ -71,15 +71,19 @@ def task_context(task_id: str, session_id: str, task_input: bytes | None) -> byt
     return b"".join(parts)
 
 
-def task_result(return_code: int, output: bytes | None = None, message: str | None = None) -> bytes:
-    """``flame.v1.TaskResult`` (int32 return_code = 1, optional output = 2, optional message = 3), serialized."""
+def _return_code(return_code: int) -> list[bytes]:
+    """The parts of field 1, an int32 ``return_code`` (omitted when 0), to start a message with."""
     if not -(1 << 31) <= return_code < 1 << 31:
         raise ValueError(f"return_code {return_code} does not fit an int32")
-    parts: list[bytes] = []
-    if return_code:
-        # A negative int32 is written as its 64-bit two's complement (ten bytes), as protobuf does.
-        parts.append(_varint(1 << 3 | _VARINT))
-        parts.append(_varint(return_code & 0xFFFFFFFFFFFFFFFF))
+    if not return_code:
+        return []
+    # A negative int32 is written as its 64-bit two's complement (ten bytes), as protobuf does.
+    return [_varint(1 << 3 | _VARINT), _varint(return_code & 0xFFFFFFFFFFFFFFFF)]
+
+
+def task_result(return_code: int, output: bytes | None = None, message: str | None = None) -> bytes:
+    """``flame.v1.TaskResult`` (int32 return_code = 1, optional output = 2, optional message = 3), serialized."""
+    parts = _return_code(return_code)
     if output is not None:
         _length_delimited(parts, 2, output)
     if message is not None:
@@ -134,12 +138,7 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
 
 def result(return_code: int, message: str | None = None) -> bytes:
     """``flame.v1.Result`` (int32 return_code = 1, optional message = 2), serialized."""
-    if not -(1 << 31) <= return_code < 1 << 31:
-        raise ValueError(f"return_code {return_code} does not fit an int32")
-    parts: list[bytes] = []
-    if return_code:
-        parts.append(_varint(1 << 3 | _VARINT))
-        parts.append(_varint(return_code & 0xFFFFFFFFFFFFFFFF))
+    parts = _return_code(return_code)
     if message is not None:
         _length_delimited(parts, 2, message.encode())
     return b"".join(parts)
