@@ -46,7 +46,7 @@ from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
-from flamepy_core.engine.store import Op, Store
+from flamepy_core.engine.store import Op, Store, session_deletion
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -410,20 +410,19 @@ class Engine:
             app = pb.Application.FromString(data)
             self._apps[app.metadata.name] = app
         requeued = 0
+        all_counts = self.store.task_counts()  # kept by the store: a start never counts the tasks
         for (data,) in self.store.query("SELECT data FROM sessions"):
             session = pb.Session.FromString(data)
             entry = SessionEntry(message=session, cond=threading.Condition(self.lock))
             self._sessions[entry.id] = entry
-            counts = dict(
-                self.store.query("SELECT state, COUNT(*) FROM tasks WHERE session_id = ? GROUP BY state", entry.id)
-            )
             max_id = self.store.query("SELECT MAX(id) FROM tasks WHERE session_id = ?", entry.id)[0][0]
             entry.next_id = (max_id or 0) + 1
             status = session.status
+            counts = all_counts.get(entry.id, (0,) * len(_COUNTER))
             for state, name in _COUNTER.items():
-                setattr(status, name, int(counts.get(int(state), 0)))
-            if not entry.is_open:
-                continue
+                setattr(status, name, int(counts[int(state)]))
+            if not entry.is_open or not (status.pending or status.running):
+                continue  # nothing in flight: its tasks' rows are not read
             for row in self.store.query(
                 f"{_SELECT_TASKS} AND t.state IN (?, ?) ORDER BY t.id",
                 entry.id,
@@ -573,8 +572,7 @@ class Engine:
             closed = [s.id for s in self._sessions.values() if s.message.spec.application == name]
         ops: list[Op] = [("DELETE FROM applications WHERE name = ?", (name,))]
         for sid in closed:
-            ops.append(("DELETE FROM tasks WHERE session_id = ?", (sid,)))
-            ops.append(("DELETE FROM task_payloads WHERE session_id = ?", (sid,)))
+            ops.extend(session_deletion(sid))
         ops.append(("DELETE FROM sessions WHERE application = ?", (name,)))
         files = self._payload_files_of(closed)
 
@@ -801,13 +799,7 @@ class Engine:
     def delete_session(self, session_id: str) -> pb.Session:
         snapshot = self.close_session(session_id)
         files = self._payload_files_of([session_id])
-        self.store.write_wait(
-            [
-                ("DELETE FROM tasks WHERE session_id = ?", (session_id,)),
-                ("DELETE FROM task_payloads WHERE session_id = ?", (session_id,)),
-                ("DELETE FROM sessions WHERE id = ?", (session_id,)),
-            ]
-        )
+        self.store.write_wait(session_deletion(session_id))
         self.store.payloads.remove(files)  # after the commit: a row never names a removed file
         with self.lock:
             self._sessions.pop(session_id, None)
