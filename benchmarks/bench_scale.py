@@ -3,9 +3,11 @@
 Two local servers are measured in the same run: one on an empty FLAME_HOME, one on a FLAME_HOME whose
 store was filled beforehand with ``--sessions`` open sessions holding ``--tasks`` finished tasks in all
 (written straight into sqlite, in the server's own format, so filling takes seconds, not hours). For
-each server: the time to start (and to start again with the start-up store check off, which reads the
-whole file), then the median of a warm ``invoke`` on a new session, of ``get_session`` on an open session,
-and of ``create_session`` + ``close``. Both servers run at once and are measured in ``--rounds``
+each server, three starts: with the start-up store check off; the first start with it (the store was
+written by another program, so the check reads the whole file); and a restart after that server's clean
+stop (the store is as it left it: its seal spares the check), once per round, the median of the rounds.
+After each restart, the median of a warm ``invoke`` on a new session, of ``get_session`` on an open
+session, and of ``create_session`` + ``close``. Both servers run at once and are measured in ``--rounds``
 alternating rounds, so other work on the machine weighs on both alike; each figure is the median of the
 rounds' medians. Ratios are loaded / empty.
 
@@ -38,6 +40,10 @@ SERVICE = textwrap.dedent(
         flamepy.run(Echo())
     """
 )
+
+
+RESTART, FIRST = "server start after a clean stop", "first start, whole store check"
+START_ROWS = (RESTART, FIRST, "server start, no store check")
 
 
 def fill(home: Path, sessions: int, tasks: int) -> float:
@@ -162,33 +168,39 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
     homes = {"empty": root / "empty", "loaded": root / "loaded"}
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    started: dict[str, float] = {}
-    unchecked: dict[str, float] = {}
+    starts: dict[str, dict[str, float]] = {label: {} for label in START_ROWS}
     rounds: dict[str, list[dict[str, float]]] = {"empty": [], "loaded": []}
     try:
         for home in homes.values():
             prepare(home)
         filled = fill(homes["loaded"], args.sessions, args.tasks)
-        for label, home in homes.items():  # the start-up store check off: what is left is loading the store
-            proc, unchecked[label] = start_server(home, FLAME_STORE_CHECK_TIMEOUT="0")
-            stop(proc)
-        for label, home in homes.items():
-            procs[label], started[label] = start_server(home)
-        for _ in range(args.rounds):
+        # The start-up store check off (what is left is loading the store), then the first start with it
+        # (a whole check: another program wrote the store); each server stops cleanly, sealing its store.
+        for row, settings in (("server start, no store check", {"FLAME_STORE_CHECK_TIMEOUT": "0"}), (FIRST, {})):
             for label, home in homes.items():
+                proc, starts[row][label] = start_server(home, **settings)
+                stop(proc)
+        restarts: dict[str, list[float]] = {label: [] for label in homes}
+        for _ in range(args.rounds):
+            for label, home in homes.items():  # a restart after a clean stop, then the calls
+                if label in procs:
+                    stop(procs.pop(label))
+                procs[label], took = start_server(home)
+                restarts[label].append(took)
                 open_session = "big-0" if label == "loaded" and args.sessions else None
                 rounds[label].append(measure(home, args.iterations, open_session))
     finally:
         for proc in procs.values():
             stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+    starts[RESTART] = {label: statistics.median(times) for label, times in restarts.items()}
     medians = {label: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for label, runs in rounds.items()}
     empty, loaded = medians["empty"], medians["loaded"]
     before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, os.getloadavg()))
     print(f"loaded store: {args.sessions} open sessions, {args.tasks} finished tasks (filled in {filled:.1f} s)")
     print(f"{os.cpu_count()} CPUs, load average {before} -> {after}; {args.rounds} rounds of {args.iterations} calls")
     print(f"{'measure':<36}{'empty':>12}{'loaded':>12}{'ratio':>8}")
-    for label, times in (("server start", started), ("server start, no store check", unchecked)):
+    for label, times in starts.items():
         print(f"{label:<36}{times['empty'] * 1e3:>10.0f}ms{times['loaded'] * 1e3:>10.0f}ms"
               f"{times['loaded'] / times['empty']:>8.2f}")  # fmt: skip
     for key in ("invoke", "get_session", "create_close"):

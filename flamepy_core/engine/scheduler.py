@@ -712,8 +712,9 @@ class Scheduler:
         """Find instances that are blocked, and give their sessions one more instance beyond their CPU share.
 
         An instance is blocked when its current task has run ``busy_overflow_delay`` seconds while its
-        process used less than half a CPU (measured over another such period, from ``/proc``): it waits
-        for something, such as tasks of its own session. A session with pending tasks whose every
+        process used less than half a CPU (measured over another such period, from ``/proc``) and is not
+        runnable when measured (on a loaded machine a computing process may get less than half a CPU): it
+        waits for something, such as tasks of its own session. A session with pending tasks whose every
         instance is blocked may start one more (see :meth:`_missing`); one computing flat out may not, so
         a burst of long CPU-bound tasks stays within the CPU share. Only instances of sessions with
         pending tasks are measured.
@@ -735,7 +736,9 @@ class Scheduler:
                 inst.cpu_mark = (now, status[1])
             elif now - inst.cpu_mark[0] >= delay:
                 used = (status[1] - inst.cpu_mark[1]) / (now - inst.cpu_mark[0])
-                inst.blocked = used < 0.5
+                # A process that wants the CPU (state R: running, or runnable on a busy machine) computes,
+                # however little CPU the machine gave it: only one that sleeps waits for something.
+                inst.blocked = used < 0.5 and status[0] != "R"
                 inst.cpu_mark = (now, status[1])
         for sid, pending in waiting.items():
             if pending and sid not in self._wanting and self._missing(sid) > 0:

@@ -46,7 +46,7 @@ from flamepy_core.engine.executor import InstanceLauncher, InstanceLink, Launche
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers, maintenance_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
 from flamepy_core.engine.installer import AppInstaller, object_cache_reader
-from flamepy_core.engine.integrity import check_store, store_damaged
+from flamepy_core.engine.integrity import check_store, seal_store, store_damaged
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.retention import Retention
 from flamepy_core.engine.scheduler import Scheduler
@@ -275,6 +275,8 @@ class FlameServer:
         self.flight_listen = flight_listen
         self.flight_for_instances = flight_for_instances
         self.flight_server: Any = None
+        self._store_sound = False
+        """The start found the store sound (see engine.integrity): a clean stop seals it."""
         self.flight_cache_endpoint = ""
 
     def start(self) -> FlameServer:
@@ -301,7 +303,8 @@ class FlameServer:
                 )
                 frontend_transport = reg.create_transport(chosen, {**options, **admitted})
         self.transport_name = frontend_transport.name
-        check_store(self.db_path, self.settings.store_check_timeout)  # a damaged store is refused, never served
+        # A damaged store is refused, never served; one found sound is sealed again at a clean stop.
+        sound = check_store(self.db_path, self.settings.store_check_timeout)
         create_private_file(self.db_path)  # 0600 from the start; sqlite's -wal and -shm take its mode
         try:
             self.store = Store(self.db_path, durability=self.durability, retry_window=self.settings.store_retry_window)
@@ -312,6 +315,7 @@ class FlameServer:
             )
         except sqlite3.DatabaseError as exc:  # damage the bounded check did not reach, found while loading
             raise store_damaged(self.db_path, str(exc)) from None
+        self._store_sound = sound
         self.retention = Retention(self.store, self.settings.payload_retention)
         self.retention.start()  # purges and compacts in the background from now on
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
@@ -365,6 +369,7 @@ class FlameServer:
                 frontend_endpoint=self.endpoint,
                 stderr_tail_lines=self.settings.stderr_tail_lines,
                 heartbeat_interval=self.settings.heartbeat_interval,
+                registry=reg,
             )
             self.launcher.extra_env.update(client_env(chosen, instance_client_options))
         if isinstance(self.launcher, Launcher):  # packages and interpreters (installer: python)
@@ -462,8 +467,8 @@ class FlameServer:
         if retention is not None:
             retention.stop()
         store = getattr(self, "store", None)
-        if store is not None:
-            store.close()
+        if store is not None and store.close() and self._store_sound:
+            seal_store(self.db_path)  # the next start need not read it again (see engine.integrity)
         if self._socket_dir is not None and self._own_socket_dir:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
         if self._lock_file is not None:

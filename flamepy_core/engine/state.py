@@ -9,8 +9,14 @@ memory but their tasks only in the store.
 
 What a client is told is committed first (see :mod:`.store`):
 
-* a task exists for everyone (its id answered, queued for an instance) only once its row is committed;
-  a creation the store refuses is withdrawn and the caller gets the store's error;
+* a task created with ``CreateTask`` or ``CreateTasks`` exists for everyone (its id answered, queued for
+  an instance) only once its row is committed; a creation the store refuses is withdrawn and the caller
+  gets the store's error;
+* a task created by ``RunTask`` acknowledges nothing but its result, so its creation is not committed
+  before it runs: it is queued lazily and rides with the commit of its result (one transaction per
+  task), or with any commit before. A creation the store refuses is withdrawn all the same (the caller
+  gets the store's error, a result that comes later is dropped); a crash before the commit loses a task
+  nobody was told of, and its caller gets an error;
 * a task's final state (SUCCEED, FAILED, CANCELLED) is applied in memory, delivered to waiters and
   session watchers, only from the commit callback of its row. Until then the task stays RUNNING in
   memory; its result is written durably (retried until the store accepts it);
@@ -40,7 +46,7 @@ from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
-from flamepy_core.engine.store import Op, Store
+from flamepy_core.engine.store import Op, Store, session_deletion
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -102,6 +108,8 @@ _SELECT_TASKS = (
 )
 """Tasks with their payloads, each as its bytes or as a file and its size (stores written before the split
 keep them in ``tasks.input``/``output``): rows for :func:`_task_from_row`."""
+_DELETE_TASK = "DELETE FROM tasks WHERE session_id = ? AND id = ?"
+_DELETE_PAYLOADS = "DELETE FROM task_payloads WHERE session_id = ? AND id = ?"
 _DROP_INPUT = f"DELETE FROM task_payloads WHERE session_id = ? AND id = ? AND kind = {INPUT}"
 _PAYLOAD_FILES_OF_SESSION = "SELECT file FROM task_payloads WHERE session_id = ? AND file IS NOT NULL"
 _SAVE_SESSION = "INSERT OR REPLACE INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)"
@@ -405,20 +413,19 @@ class Engine:
             app = pb.Application.FromString(data)
             self._apps[app.metadata.name] = app
         requeued = 0
+        all_counts = self.store.task_counts()  # kept by the store: a start never counts the tasks
         for (data,) in self.store.query("SELECT data FROM sessions"):
             session = pb.Session.FromString(data)
             entry = SessionEntry(message=session, cond=threading.Condition(self.lock))
             self._sessions[entry.id] = entry
-            counts = dict(
-                self.store.query("SELECT state, COUNT(*) FROM tasks WHERE session_id = ? GROUP BY state", entry.id)
-            )
             max_id = self.store.query("SELECT MAX(id) FROM tasks WHERE session_id = ?", entry.id)[0][0]
             entry.next_id = (max_id or 0) + 1
             status = session.status
+            counts = all_counts.get(entry.id, (0,) * len(_COUNTER))
             for state, name in _COUNTER.items():
-                setattr(status, name, int(counts.get(int(state), 0)))
-            if not entry.is_open:
-                continue
+                setattr(status, name, int(counts[int(state)]))
+            if not entry.is_open or not (status.pending or status.running):
+                continue  # nothing in flight: its tasks' rows are not read
             for row in self.store.query(
                 f"{_SELECT_TASKS} AND t.state IN (?, ?) ORDER BY t.id",
                 entry.id,
@@ -568,8 +575,7 @@ class Engine:
             closed = [s.id for s in self._sessions.values() if s.message.spec.application == name]
         ops: list[Op] = [("DELETE FROM applications WHERE name = ?", (name,))]
         for sid in closed:
-            ops.append(("DELETE FROM tasks WHERE session_id = ?", (sid,)))
-            ops.append(("DELETE FROM task_payloads WHERE session_id = ?", (sid,)))
+            ops.extend(session_deletion(sid))
         ops.append(("DELETE FROM sessions WHERE application = ?", (name,)))
         files = self._payload_files_of(closed)
 
@@ -798,13 +804,7 @@ class Engine:
     def delete_session(self, session_id: str) -> pb.Session:
         snapshot = self.close_session(session_id)
         files = self._payload_files_of([session_id])
-        self.store.write_wait(
-            [
-                ("DELETE FROM tasks WHERE session_id = ?", (session_id,)),
-                ("DELETE FROM task_payloads WHERE session_id = ?", (session_id,)),
-                ("DELETE FROM sessions WHERE id = ?", (session_id,)),
-            ]
-        )
+        self.store.write_wait(session_deletion(session_id))
         self.store.payloads.remove(files)  # after the commit: a row never names a removed file
         with self.lock:
             self._sessions.pop(session_id, None)
@@ -844,22 +844,34 @@ class Engine:
         on_created: Created,
         waiter: TaskWaiter | None = None,
         timeouts: Sequence[float | None] | None = None,
+        *,
+        acknowledged: bool = True,
     ) -> None:
         """Create tasks; ``on_created`` gets them once committed (or the store's error, nothing created).
 
         ``waiter``, when given, is called with each task once its final state is committed. ``timeouts``,
         when given, holds each task's own task timeout (seconds, or None for the application's). Raises at
         once (nothing queued) for an unknown or closed session.
+
+        ``acknowledged=False``: nobody is told that the tasks exist before their results (RunTask), so
+        they are queued for instances at once and their creation is committed with the first commit
+        that comes (their results' at the latest); ``on_created`` then hears only of a refused creation
+        (``None`` and the store's error: the tasks are withdrawn, their waiters never called). While the
+        store is failing they are created as acknowledged ones, so a refusal comes before they run.
         """
         files = self.store.payloads
         # Large inputs are written to their files here, before the lock: not while everyone waits.
         spilled = [files.spill(task_input) for task_input in inputs]
+        early = not acknowledged and self.store.failure is None
         try:
-            self._submit(session_id, inputs, spilled, on_created, waiter, timeouts)
+            self._submit(session_id, inputs, spilled, on_created, waiter, timeouts, early)
         except BaseException:
             files.settled(spilled, "not submitted")
             raise
-        self.store.commit()
+        if early:
+            self.scheduler.tasks_pending(session_id)
+        else:
+            self.store.commit()
 
     def _submit(
         self,
@@ -869,6 +881,7 @@ class Engine:
         on_created: Created,
         waiter: TaskWaiter | None,
         timeouts: Sequence[float | None] | None,
+        early: bool,
     ) -> None:
         with self.lock:
             entry = self._entry(session_id)
@@ -903,8 +916,61 @@ class Engine:
                 for task, seconds in zip(tasks, timeouts or [None] * len(tasks), strict=True)
                 if seconds is not None
             }
+            if early:
+                self._queue_created(entry, tasks, waiter, own)
+                withdraw = partial(self._withdraw_unacknowledged, entry, tasks, on_created)
+                self.store.enqueue(ops, self.store.payloads.on_settled(spilled, withdraw), durable=False, lazy=True)
+                return
             created = partial(self._created, entry, tasks, on_created, waiter, own)
             self.store.enqueue(ops, self.store.payloads.on_settled(spilled, created), durable=False)
+
+    @staticmethod
+    def _queue_created(
+        entry: SessionEntry, tasks: list[pb.Task], waiter: TaskWaiter | None, timeouts: dict[int, float]
+    ) -> None:
+        """Make new tasks pending in an open session (called with the lock held)."""
+        entry.timeouts.update(timeouts)
+        for task in tasks:
+            tid = int(task.metadata.id)
+            entry.tasks[tid] = task
+            entry.pending.append(tid)
+            if waiter is not None:
+                entry.waiters.setdefault(tid, []).append(waiter)
+        entry.message.status.pending += len(tasks)
+        entry.cond.notify_all()
+
+    def _withdraw_unacknowledged(
+        self, entry: SessionEntry, tasks: list[pb.Task], on_created: Created, error: FlameError | None
+    ) -> None:
+        """The commit callback of an unacknowledged creation: on a refusal, the tasks are withdrawn.
+
+        Pending ones leave the queue; a running one's result will find no task and be dropped; one whose
+        result is queued already has that write undone by a write queued after it. Their waiters are
+        never called: ``on_created`` gets the store's error instead.
+        """
+        if error is None:
+            return
+        with self.lock:
+            status = entry.message.status
+            for task in tasks:
+                tid = int(task.metadata.id)
+                if entry.tasks.pop(tid, None) is None:
+                    continue
+                state = task.status.state
+                if state == PENDING:
+                    entry.pending.remove(tid)
+                name = _COUNTER[state]
+                setattr(status, name, getattr(status, name) - 1)
+                if tid in entry.finishing:  # its result's rows are queued (committed after this): undo them
+                    entry.finishing.discard(tid)
+                    self.store.execute(_DELETE_TASK, entry.id, tid)
+                    self.store.execute(_DELETE_PAYLOADS, entry.id, tid)
+                entry.attempts.pop(tid, None)
+                entry.timeouts.pop(tid, None)
+                entry.cancelling.pop(tid, None)
+                entry.waiters.pop(tid, None)
+            entry.cond.notify_all()
+        on_created(None, error)
 
     def _created(
         self,
@@ -922,14 +988,7 @@ class Engine:
         with self.lock:
             status = entry.message.status
             if entry.is_open and not entry.closing:
-                entry.timeouts.update(timeouts)
-                for task in tasks:
-                    tid = int(task.metadata.id)
-                    entry.tasks[tid] = task
-                    entry.pending.append(tid)
-                    if waiter is not None:
-                        entry.waiters.setdefault(tid, []).append(waiter)
-                status.pending += len(tasks)
+                self._queue_created(entry, tasks, waiter, timeouts)
             else:
                 # The session closed while these were being written: they are cancelled, as its other
                 # pending tasks were.
@@ -968,7 +1027,9 @@ class Engine:
             if error is not None:
                 on_done(None, error)
 
-        self.submit_tasks(session_id, [task_input], created, waiter=lambda task: on_done(task, None))
+        self.submit_tasks(
+            session_id, [task_input], created, waiter=lambda task: on_done(task, None), acknowledged=False
+        )
 
     # -- reading tasks -------------------------------------------------------------------------------
 

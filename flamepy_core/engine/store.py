@@ -43,6 +43,12 @@ Large payloads. A task's input or output of ``FILE_PAYLOAD_BYTES`` (1 MiB) or mo
 its own under ``payloads/`` next to the database, written before the row that names it is committed;
 the row holds the file's name and size. See :mod:`.payload_files` for why, and for what survives what.
 
+Task counts. ``task_counts`` holds each session's number of tasks in every state, kept by triggers on
+``tasks`` inside the statement that inserts, updates or deletes a task row, so the counts are exact in
+every committed transaction whoever writes (the engine, the retention, a migration) and a start reads one
+row per session instead of counting its tasks. A store from before gets the table, its triggers and its
+counts once, at the first start of this version (:func:`_add_task_counts`).
+
 Rows hold the flame.v1 protobuf messages as blobs next to the columns we query by, so the on-disk
 format is the wire format and needs no second schema.
 
@@ -130,6 +136,62 @@ CREATE INDEX IF NOT EXISTS task_payload_files ON task_payloads(session_id, id, f
 """The payloads held in files, by task: what a purge or a delete removes, and what an orphan is not
 (reading ``file`` from the table itself would walk the overflow pages of every large inline payload)."""
 
+TASK_COUNTS = [
+    """
+    CREATE TABLE task_counts (
+        session_id TEXT PRIMARY KEY,
+        pending INTEGER NOT NULL,
+        running INTEGER NOT NULL,
+        succeed INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        cancelled INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
+        INSERT INTO task_counts VALUES
+            (new.session_id, new.state = 0, new.state = 1, new.state = 2, new.state = 3, new.state = 4)
+        ON CONFLICT (session_id) DO UPDATE SET
+            pending = pending + excluded.pending, running = running + excluded.running,
+            succeed = succeed + excluded.succeed, failed = failed + excluded.failed,
+            cancelled = cancelled + excluded.cancelled;
+    END
+    """,
+    """
+    CREATE TRIGGER task_counts_update AFTER UPDATE OF state ON tasks WHEN old.state IS NOT new.state BEGIN
+        UPDATE task_counts SET
+            pending = pending - (old.state = 0) + (new.state = 0),
+            running = running - (old.state = 1) + (new.state = 1),
+            succeed = succeed - (old.state = 2) + (new.state = 2),
+            failed = failed - (old.state = 3) + (new.state = 3),
+            cancelled = cancelled - (old.state = 4) + (new.state = 4)
+        WHERE session_id = new.session_id;
+    END
+    """,
+    """
+    CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
+        UPDATE task_counts SET
+            pending = pending - (old.state = 0), running = running - (old.state = 1),
+            succeed = succeed - (old.state = 2), failed = failed - (old.state = 3),
+            cancelled = cancelled - (old.state = 4)
+        WHERE session_id = old.session_id;
+    END
+    """,
+]
+"""Each session's tasks by state (Pending 0, Running 1, Succeed 2, Failed 3, Cancelled 4), kept by triggers.
+
+One row per session, one column per state: a change of state is one update of one row. A task never
+moves to another session (``session_id`` is part of its key), so the update trigger watches ``state``
+only. ``INSERT OR REPLACE`` deletes the row it replaces without firing delete triggers unless
+``recursive_triggers`` is on, which every connection of the store turns on. Deleting a session's tasks
+leaves its row at zeros: the engine deletes the row with the session."""
+TASK_COUNTS_COLUMNS = ("pending", "running", "succeed", "failed", "cancelled")
+"""``task_counts``' columns after ``session_id``, in the order of the task states."""
+_BACKFILL_TASK_COUNTS = (
+    "INSERT INTO task_counts SELECT session_id, SUM(state = 0), SUM(state = 1), SUM(state = 2), "
+    "SUM(state = 3), SUM(state = 4) FROM tasks GROUP BY session_id"
+)
+
 Op = tuple[str, tuple[Any, ...]]
 T = TypeVar("T")
 OnDone = Callable[[FlameError | None], None]
@@ -214,6 +276,7 @@ class Store:
         self._write.executescript(SCHEMA)
         _add_finished_column(self._write, self.path)
         _add_payload_file_columns(self._write, self.path)
+        _add_task_counts(self._write, self.path)
         self._write.executescript(PAYLOADS_DUE_INDEX + PAYLOAD_FILES_INDEX)
         self._write.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit
         self._write.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
@@ -242,6 +305,8 @@ class Store:
         """Writes arrived that were never attempted (while failing, they are attempted at once)."""
         self._closing = False
         self._closed = False
+        self.damage_seen = False
+        """sqlite said the file is damaged, on a read or a write (see :meth:`_note_damage`)."""
         self.commits = 0
         self.checkpoints = 0
         """Checkpoints run by the checkpointer thread (diagnostics and tests)."""
@@ -260,6 +325,7 @@ class Store:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'strict' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute("PRAGMA recursive_triggers=ON")  # a task row that INSERT OR REPLACE replaces is uncounted
         return conn
 
     # -- writes --------------------------------------------------------------------------------------
@@ -389,6 +455,7 @@ class Store:
                     conn.execute(sql, params)
             conn.execute("COMMIT")
         except BaseException as exc:  # sqlite errors, and anything else: never leave a transaction open
+            self._note_damage(exc)
             try:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -541,7 +608,23 @@ class Store:
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with self._read_lock:
-            return list(self._read.execute(sql, params))
+            try:
+                return list(self._read.execute(sql, params))
+            except sqlite3.DatabaseError as exc:
+                self._note_damage(exc)
+                raise
+
+    def _note_damage(self, exc: BaseException) -> None:
+        """Remember an error that says the file is damaged: the store is then not sealed at close."""
+        name = str(getattr(exc, "sqlite_errorname", "") or "")  # SQLITE_CORRUPT_INDEX, ... too
+        if name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT") or "malformed" in str(exc):
+            self.damage_seen = True
+
+    def task_counts(self) -> dict[str, tuple[int, ...]]:
+        """Each session's number of tasks per state (see ``TASK_COUNTS``); a session without tasks may be
+        missing. One row per session: nothing proportional to the tasks is read."""
+        columns = ", ".join(TASK_COUNTS_COLUMNS)
+        return {row[0]: row[1:] for row in self.query(f"SELECT session_id, {columns} FROM task_counts")}
 
     def payload_file_names(self) -> set[str]:
         """The payload files the store's rows name (from the partial index: no payload is read)."""
@@ -589,10 +672,15 @@ class Store:
                 self._cond.notify_all()
             self.commit()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Commit what is queued (retrying for up to ``timeout`` s if the store is failing), then close."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Commit what is queued (retrying for up to ``timeout`` s if the store is failing), then close.
+
+        True: a clean close (everything committed, every connection closed, no damage met): the file is
+        as sqlite left it, which is what sealing it means (see engine.integrity).
+        """
         if self._closed:
-            return
+            return False
+        clean = True
         deadline = time.monotonic() + timeout
         while True:
             self.commit()
@@ -602,6 +690,7 @@ class Store:
                     self._cond.notify_all()
                     break
                 if time.monotonic() >= deadline:
+                    clean = False
                     lost = len(self._queue)
                     self._closing = True
                     self._cond.notify_all()
@@ -616,6 +705,8 @@ class Store:
         self._closed = True
         self._write.close()
         self._read.close()
+        threads_left = self._writer.is_alive() or self._checkpointer.is_alive()
+        return clean and not threads_left and not self.damage_seen
 
 
 def _add_finished_column(conn: sqlite3.Connection, path: str) -> None:
@@ -645,6 +736,51 @@ def _add_payload_file_columns(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("ALTER TABLE task_payloads ADD COLUMN file_size INTEGER")
     conn.execute("COMMIT")
     log.info("the store %s can now keep large payloads in files of their own", path)
+
+
+def _add_task_counts(conn: sqlite3.Connection, path: str) -> None:
+    """Give a store from before stored task counts its ``task_counts`` table and triggers, counted once.
+
+    The table, its triggers and the counts are made in one transaction, so no write lands between the
+    count and the first trigger; a start that dies half-way leaves the store as it was, and the next
+    start does it again.
+    """
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'task_counts'").fetchone():
+        return
+    started = time.monotonic()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in TASK_COUNTS:
+            conn.execute(statement)
+        conn.execute(_BACKFILL_TASK_COUNTS)
+        sessions, tasks = conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM({' + '.join(TASK_COUNTS_COLUMNS)}), 0) FROM task_counts"
+        ).fetchone()
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if tasks:
+        log.info(
+            "the store %s now keeps each session's task counts: counted %d tasks of %d sessions once, in %.1f s "
+            "(a start no longer counts them)",
+            path,
+            tasks,
+            sessions,
+            time.monotonic() - started,
+        )
+
+
+def session_deletion(session_id: str) -> list[Op]:
+    """The statements that delete a session and all its task rows: its counts first, so the triggers of the
+    tasks' deletion find no row to update."""
+    return [
+        ("DELETE FROM task_counts WHERE session_id = ?", (session_id,)),
+        ("DELETE FROM tasks WHERE session_id = ?", (session_id,)),
+        ("DELETE FROM task_payloads WHERE session_id = ?", (session_id,)),
+        ("DELETE FROM sessions WHERE id = ?", (session_id,)),
+    ]
 
 
 def upsert_many(table: str, columns: Iterable[str]) -> str:

@@ -4,11 +4,15 @@ Real faults in a real store: a server runs tasks (their inputs large enough to n
 stops, and then a page the start-up path never reads is scribbled, or the file's header is broken. The
 next ``flmctl`` call must relay the server's refusal (not a traceback), and the file must be left byte
 for byte as it was. Following the advice (moving the files aside) must then give a working server.
+
+A clean stop seals the store, and a start that finds the files as sealed skips the whole-file check; any
+write since (even one that puts the modification time back) or a missing seal means the whole check.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -18,7 +22,7 @@ import pytest
 from flamepy.service import Session
 from flamepy_core.client import local
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.integrity import check_store
+from flamepy_core.engine.integrity import check_store, seal_path, seal_store
 from flamepy_core.engine.server import FlameServer
 from flamepy_core.home import SERVER_FILE
 
@@ -146,3 +150,61 @@ def test_the_check_is_bounded_in_time(tmp_path: Path, caplog: pytest.LogCaptureF
         check_store(db, 1e-9)  # cut short: served, and said so
     assert "stopped after" in caplog.text and "FLAME_STORE_CHECK_TIMEOUT" in caplog.text
     check_store(db, 0)  # 0: no check
+
+
+def sound_store(db: Path) -> None:
+    """A sound sqlite file, large enough that a check has to look at the clock, with overflow pages."""
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", ((i, bytes([i % 256]) * 100) for i in range(20_000)))
+    conn.executemany("INSERT INTO t VALUES (?, ?)", ((-i, bytes([i]) * 20_000) for i in range(1, 21)))
+    conn.commit()
+    conn.close()
+
+
+def test_a_clean_stop_seals_the_store_and_a_start_takes_the_seal(flame_env) -> None:
+    db = fill_store(flame_env)  # the server ran and stopped cleanly; the checkpoint above wrote the file since
+    assert not check_store(db, 0), "no check: not found sound"
+    assert check_store(db, 10), "a whole check that passes finds it sound"
+    seal_store(db)
+    assert flame_env.flmctl("list").returncode == 0  # starts the server: it takes the seal
+    assert not seal_path(db).exists(), "a running server's store has no seal (a crash leaves none)"
+    assert local.stop_server(flame_env.home)
+    assert seal_path(db).exists(), "its clean stop sealed it again"
+
+
+def test_a_sealed_store_is_not_read_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "flame.db"
+    sound_store(db)
+    seal_store(db)
+    with caplog.at_level(logging.INFO, logger="flamepy_core.engine.integrity"):
+        assert check_store(db, 1e-9), "a matching seal: sound without reading it (no time to read it)"
+    assert "not checked again" in caplog.text and "stopped after" not in caplog.text
+    assert not seal_path(db).exists(), "a seal is used once"
+    assert not check_store(db, 1e-9), "no seal: the check runs (and is cut short here)"
+
+
+def test_a_write_after_the_seal_is_caught_even_with_the_times_put_back(tmp_path: Path) -> None:
+    db = tmp_path / "flame.db"
+    sound_store(db)
+    seal_store(db)
+    before = db.stat()
+    scribble(db, 4096 * 3, b"\xde\xad\xbe\xef" * 1024)  # inside the rows' pages
+    os.utime(db, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `touch -r` or a careful tool would
+    assert db.stat().st_mtime_ns == before.st_mtime_ns and db.stat().st_size == before.st_size
+    with pytest.raises(FlameError) as info:
+        check_store(db, 10)
+    assert f"the store {db} is damaged" in info.value.message
+
+
+def test_a_copy_put_in_place_of_a_sealed_store_is_checked(tmp_path: Path) -> None:
+    db = tmp_path / "flame.db"
+    sound_store(db)
+    seal_store(db)
+    damaged = tmp_path / "copy.db"
+    shutil.copy2(db, damaged)  # same bytes and times, another file
+    scribble(damaged, 0, b"this is no db!!\x00")
+    os.replace(damaged, db)
+    with pytest.raises(FlameError) as info:
+        check_store(db, 10)
+    assert "file is not a database" in info.value.message
