@@ -969,6 +969,7 @@ class Engine:
                 entry.timeouts.pop(tid, None)
                 entry.cancelling.pop(tid, None)
                 entry.waiters.pop(tid, None)
+                entry.input_files.pop(tid, None)
             entry.cond.notify_all()
         on_created(None, error)
 

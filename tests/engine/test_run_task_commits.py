@@ -65,7 +65,7 @@ def test_a_run_tasks_creation_is_committed_with_its_result(engine: Engine) -> No
     assert stored(engine, 1) == ([], []), "the task is in the store before anything was committed"
 
     started = engine.start_next("s1")
-    assert started == (1, b"in"), "a RunTask's task was not queued for an instance at once"
+    assert started == (1, b"in", None), "a RunTask's task was not queued for an instance at once"
     engine.store.commit(lazy=False)  # what the scheduler does after sending it: lazy writes wait
     assert engine.store.commits == before and not outcomes
 
@@ -103,7 +103,7 @@ def test_a_refused_creation_withdraws_a_pending_run_task(engine: Engine) -> None
 def test_a_refused_creation_withdraws_a_run_task_whose_result_is_queued(engine: Engine) -> None:
     outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
     engine.run_task("s1", BIG, lambda task, error: outcomes.append((task, error)))
-    assert engine.start_next("s1") == (1, BIG)
+    assert engine.start_next("s1") == (1, BIG, None)
     fill_up(engine.store)
     # The result is durable: kept and retried; the creation it rides with is given up.
     assert engine.finish_task("s1", 1, output=b"o" * 5000)
