@@ -19,7 +19,8 @@ What a client is told is committed first (see :mod:`.store`):
   nobody was told of, and its caller gets an error;
 * a task's final state (SUCCEED, FAILED, CANCELLED) is applied in memory, delivered to waiters and
   session watchers, only from the commit callback of its row. Until then the task stays RUNNING in
-  memory; its result is written durably (retried until the store accepts it);
+  memory; its result is written durably (retried until the store accepts it). In a burst, a result
+  nobody waits on alone may wait ``RESULT_LINGER`` for the results behind it, to share their commit;
 * sessions, applications, closing: the change is written, then applied (a refused write changes
   nothing).
 
@@ -67,6 +68,10 @@ EVENT_CANCEL_REQUESTED = 1004
 """Task event: someone asked to cancel the task while it ran; its instance is being stopped."""
 EVENT_WAITING_FOR_CAPACITY = 1006
 """flamepy's session event: the machine-wide cap on instance processes is reached, so its tasks wait."""
+RESULT_LINGER = 0.002
+"""Seconds a task's result may wait to be committed with the results behind it, when more of its
+session's tasks are in flight and no caller waits for this one alone (``run()`` bursts; never
+``invoke``): the transaction and the watchers' message are then shared by many results."""
 FORCE_CLOSE_ROUNDS = 3
 WATCH_SWEEP = 1.0
 """Seconds between checks that the callers of open watch streams are still there (see sweep_watches)."""
@@ -402,6 +407,7 @@ class Engine:
         self._due: deque[tuple[SessionEntry, Watch]] = deque()
         """Watches claimed under the lock, to be pumped once it is released (see :meth:`_run_due`)."""
         self._next_sweep = 0.0
+        store.after_callbacks = self._after_commit
         with self.lock:
             self._load()
         self.store.commit()
@@ -1195,6 +1201,11 @@ class Engine:
         except Exception:
             log.exception("a watch stream could not be ended")
 
+    def _after_commit(self) -> None:
+        """After a commit's callbacks: feed the watches they claimed (read without the lock: a hint)."""
+        if self._due:
+            self._run_due()
+
     def _run_due(self) -> None:
         """Pump the watches claimed so far (call without the lock held, after changing what they watch)."""
         while True:
@@ -1396,7 +1407,15 @@ class Engine:
             if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
                 return False
             state = SUCCEED if failure is None else FAILED
-            self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
+            # In a burst (more of the session's tasks in flight) a result nobody waits on by itself may
+            # wait RESULT_LINGER for the results behind it: one transaction and one delivery to the
+            # session's watchers for all of them, instead of one each.
+            linger = (
+                on_committed is None
+                and task_id not in entry.waiters
+                and (bool(entry.pending) or entry.message.status.running - len(entry.finishing) > 1)
+            )
+            self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file, linger=linger)
         return True
 
     def _finalize(
@@ -1409,10 +1428,12 @@ class Engine:
         on_committed: Callable[[], None] | None = None,
         *,
         output_file: PayloadFile | None = None,
+        linger: bool = False,
     ) -> None:
         """Queue a task's final state; it is applied when committed (called with the lock held).
 
-        ``output_file``: the output is already in that file (:meth:`PayloadFiles.spill`)."""
+        ``output_file``: the output is already in that file (:meth:`PayloadFiles.spill`). ``linger``: the
+        commit may wait up to ``RESULT_LINGER`` for other writes (or come with the next commit)."""
         tid = int(task.metadata.id)
         entry.finishing.add(tid)
         if task.status.state == PENDING:
@@ -1436,7 +1457,8 @@ class Engine:
         elif task.spec.HasField("output"):  # (a task finished twice over a restart keeps its output)
             ops.append(_payload_op(entry.id, tid, OUTPUT, task, None))
         finished = partial(self._finished, entry, tid, final, output, on_committed)
-        self.store.enqueue(ops, self.store.payloads.on_settled([output_file], finished))
+        on_done = self.store.payloads.on_settled([output_file], finished)
+        self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
 
     def _finished(
         self,
@@ -1474,7 +1496,8 @@ class Engine:
             waiters = entry.waiters.pop(tid, [])
             entry.cond.notify_all()
         self._notify_waiters([(waiters, task)])
-        self._run_due()
+        # The watchers claimed here are fed once every result of this commit is applied
+        # (``Store.after_callbacks``): one message for all of them.
         if on_committed is not None:
             on_committed()
 

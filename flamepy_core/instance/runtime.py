@@ -186,6 +186,10 @@ class Interrupted(BaseException):
     """
 
 
+SIGNAL_CHECK = 0.25
+"""Seconds the serving thread waits for a call at most before it looks for a signal to handle."""
+
+
 class MainThreadServing:
     """Runs the service's callbacks on one thread (the main thread), fed by the transport.
 
@@ -215,9 +219,17 @@ class MainThreadServing:
         self._queue.put(None)
 
     def serve(self) -> None:
-        """Run queued calls until :meth:`stop`."""
+        """Run queued calls until :meth:`stop`.
+
+        The wait is cut every ``SIGNAL_CHECK`` seconds: a signal the kernel hands to another thread of the
+        process (a transport's, the heartbeat's) runs its Python handler, which stops this loop, only when
+        the main thread runs Python code again, and a main thread blocked in an endless wait never would.
+        """
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=SIGNAL_CHECK)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             call, data, responder = item
