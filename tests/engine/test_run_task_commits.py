@@ -144,12 +144,12 @@ def test_results_of_a_burst_share_one_commit_and_one_delivery(engine: Engine, mo
     engine.watch_session("s1", 0, feed)
     ids = [int(engine.create_task("s1", b"t%d" % i).metadata.id) for i in range(3)]
     before = engine.store.commits
-    assert [engine.start_next("s1"), engine.start_next("s1")] == [(ids[0], b"t0"), (ids[1], b"t1")]
+    assert [engine.start_next("s1"), engine.start_next("s1")] == [(ids[0], b"t0", None), (ids[1], b"t1", None)]
     for tid, output in ((ids[0], b"r0"), (ids[1], b"r1")):
         assert engine.finish_task("s1", tid, output=output, commit=False)
         engine.store.commit(lazy=False)  # as the scheduler commits after each result
     assert engine.store.commits == before and feed.batches == [], "a result of a burst was committed alone"
-    assert engine.start_next("s1") == (ids[2], b"t2")
+    assert engine.start_next("s1") == (ids[2], b"t2", None)
     assert engine.finish_task("s1", ids[2], output=b"r2", commit=False)  # the last: nothing else in flight
     engine.store.commit(lazy=False)
     assert engine.store.commits == before + 1, "the last result of a burst waited, or went alone"
@@ -162,7 +162,7 @@ def test_a_result_someone_waits_for_is_committed_at_once(engine: Engine, monkeyp
     outcomes: list[pb.Task | None] = []
     engine.create_task("s1", b"other")  # in flight too: a burst, but the RunTask's caller waits
     engine.run_task("s1", b"in", lambda task, _error: outcomes.append(task))
-    assert engine.start_next("s1") is not None and engine.start_next("s1") == (2, b"in")
+    assert engine.start_next("s1") is not None and engine.start_next("s1") == (2, b"in", None)
     assert engine.finish_task("s1", 2, output=b"out", commit=False)
     engine.store.commit(lazy=False)
     assert len(outcomes) == 1 and outcomes[0] is not None and outcomes[0].spec.output == b"out"
