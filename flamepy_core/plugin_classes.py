@@ -15,11 +15,13 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.contracts.serializer import Serializer, SerializerSpec
 from flamepy_core.contracts.transport import Transport, TransportCapabilities, TransportSpec
+
+if TYPE_CHECKING:  # imported when a serializer is built: a core service's start path has no serializer
+    from flamepy_core.contracts.serializer import Serializer, SerializerSpec
 
 __all__ = [
     "MAX_MESSAGE_SIZE_ENV",
@@ -77,6 +79,8 @@ def transport_spec_of(cls: type) -> TransportSpec:
 
 def serializer_spec_of(cls: type) -> SerializerSpec:
     """The declaration a serializer class carries: ``name``, ``domain`` and optionally ``options``."""
+    from flamepy_core.contracts.serializer import SerializerSpec
+
     name, domain = getattr(cls, "name", None), getattr(cls, "domain", None)
     if not isinstance(name, str) or not name or not isinstance(domain, str) or not domain:
         raise TypeError(f"serializer class {cls.__module__}.{cls.__qualname__} lacks `name` and `domain` (str)")

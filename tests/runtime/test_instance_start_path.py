@@ -45,6 +45,10 @@ NOT_ON_THE_START_PATH = (
     "flamepy_core.instance.servers",
     "flamepy_core.client.session",
     "zmq.auth",
+    "flamepy_transports.zmq.auth",
+    "flamepy_core.contracts.serializer",
+    "socket",
+    "glob",
     "grpc",
     "yaml",
 )

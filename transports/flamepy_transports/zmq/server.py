@@ -40,13 +40,14 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -60,7 +61,6 @@ from flamepy_core.contracts.transport import (
 )
 from flamepy_core.transport_kit import check_size, unavailable, unimplemented
 from flamepy_transports.zmq import endpoints, framing
-from flamepy_transports.zmq.auth import ZapHandler, apply_server
 from flamepy_transports.zmq.config import (
     STREAM_WINDOW_BYTES,
     STREAM_WINDOW_ITEMS,
@@ -78,6 +78,9 @@ from flamepy_transports.zmq.worker import (
     run_stream,
     run_unary,
 )
+
+if TYPE_CHECKING:  # CURVE (.auth) is imported only when a server is given keys
+    from flamepy_transports.zmq.auth import ZapHandler
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +177,15 @@ class _Engine:
     def _bind(self) -> zmq.Socket[bytes]:
         config = self._config
         if config.curve_server is not None:
+            from flamepy_transports.zmq.auth import ZapHandler  # CURVE only: not on a service instance's start
+
             self._zap = ZapHandler(self._ctx, config.curve_server.allowed)  # before the ROUTER exists
         sock = self._ctx.socket(zmq.ROUTER)
         try:
             configure_router(sock, config, self.address)
             if config.curve_server is not None:
+                from flamepy_transports.zmq.auth import apply_server
+
                 apply_server(sock, config.curve_server)
             sock.bind(self.address.zmq_address)
         except zmq.ZMQError as exc:
@@ -267,8 +274,10 @@ class _Engine:
         self._started.set_result(self._endpoint_bound)
         backlog = self._backlog
         sock_fd = sock.getsockopt(zmq.FD)
-        poller = zmq.Poller()
-        poller.register(sock_fd, zmq.POLLIN)  # the socket's descriptor, not the socket: see the docstring
+        # The socket's descriptor, not the socket (see the docstring). With plain descriptors alone the wait is
+        # poll(2) itself: zmq_poll would first look once without waiting (a system call more per wait).
+        poller: Any = select.poll() if self._zap is None else zmq.Poller()
+        poller.register(sock_fd, zmq.POLLIN)
         poller.register(self._waker.fileno(), zmq.POLLIN)
         if self._zap is not None:
             poller.register(self._zap.socket, zmq.POLLIN)
