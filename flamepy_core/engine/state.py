@@ -19,7 +19,8 @@ What a client is told is committed first (see :mod:`.store`):
   nobody was told of, and its caller gets an error;
 * a task's final state (SUCCEED, FAILED, CANCELLED) is applied in memory, delivered to waiters and
   session watchers, only from the commit callback of its row. Until then the task stays RUNNING in
-  memory; its result is written durably (retried until the store accepts it);
+  memory; its result is written durably (retried until the store accepts it). In a burst, a result
+  nobody waits on alone may wait ``RESULT_LINGER`` for the results behind it, to share their commit;
 * sessions, applications, closing: the change is written, then applied (a refused write changes
   nothing).
 
@@ -67,6 +68,10 @@ EVENT_CANCEL_REQUESTED = 1004
 """Task event: someone asked to cancel the task while it ran; its instance is being stopped."""
 EVENT_WAITING_FOR_CAPACITY = 1006
 """flamepy's session event: the machine-wide cap on instance processes is reached, so its tasks wait."""
+RESULT_LINGER = 0.002
+"""Seconds a task's result may wait to be committed with the results behind it, when more of its
+session's tasks are in flight and no caller waits for this one alone (``run()`` bursts; never
+``invoke``): the transaction and the watchers' message are then shared by many results."""
 FORCE_CLOSE_ROUNDS = 3
 WATCH_SWEEP = 1.0
 """Seconds between checks that the callers of open watch streams are still there (see sweep_watches)."""
@@ -251,6 +256,9 @@ class SessionEntry:
     ``completions`` it has read up to (see :mod:`.watches`)."""
     task_watches: dict[int, list[TaskWatch]] = field(default_factory=dict)
     """Watchers of one task each (WatchTask), by task id."""
+    input_files: dict[int, PayloadFile] = field(default_factory=dict)
+    """The payload files of the large inputs of pending and running tasks created by this server, by id:
+    an instance that takes payload files reads the input there (``wire.payload_handoff``)."""
 
     @property
     def id(self) -> str:
@@ -399,6 +407,7 @@ class Engine:
         self._due: deque[tuple[SessionEntry, Watch]] = deque()
         """Watches claimed under the lock, to be pumped once it is released (see :meth:`_run_due`)."""
         self._next_sweep = 0.0
+        store.after_callbacks = self._after_commit
         with self.lock:
             self._load()
         self.store.commit()
@@ -780,6 +789,8 @@ class Engine:
             entry.pending.clear()
             for tid in [tid for tid in entry.timeouts if tid not in entry.tasks]:
                 del entry.timeouts[tid]
+            for tid in [tid for tid in entry.input_files if tid not in entry.tasks]:
+                del entry.input_files[tid]
             status = entry.message.status
             status.state = CLOSED
             status.completion_time = ts
@@ -903,6 +914,8 @@ class Engine:
                 if task_input is not None:
                     task.spec.input = task_input
                     ops.append(_payload_row(session_id, tid, INPUT, task_input, input_file))
+                if input_file is not None:
+                    entry.input_files[tid] = input_file
                 tasks.append(task)
             own = {
                 int(task.metadata.id): seconds
@@ -962,6 +975,7 @@ class Engine:
                 entry.timeouts.pop(tid, None)
                 entry.cancelling.pop(tid, None)
                 entry.waiters.pop(tid, None)
+                entry.input_files.pop(tid, None)
             entry.cond.notify_all()
         on_created(None, error)
 
@@ -1187,6 +1201,11 @@ class Engine:
         except Exception:
             log.exception("a watch stream could not be ended")
 
+    def _after_commit(self) -> None:
+        """After a commit's callbacks: feed the watches they claimed (read without the lock: a hint)."""
+        if self._due:
+            self._run_due()
+
     def _run_due(self) -> None:
         """Pump the watches claimed so far (call without the lock held, after changing what they watch)."""
         while True:
@@ -1255,11 +1274,15 @@ class Engine:
             self._run_due()
         return copy
 
-    def start_next(self, session_id: str) -> tuple[int, bytes | None] | None:
+    def start_next(
+        self, session_id: str, *, input_as_file: bool = False
+    ) -> tuple[int, bytes | None, PayloadFile | None] | None:
         """For the scheduler: the oldest pending task of an open session, now RUNNING; None if none.
 
-        Returns the task's id and input. The RUNNING state is queued for the next group commit (the
-        caller commits once it has sent the task).
+        Returns the task's id, input and input file. With ``input_as_file``, a task whose input is in a
+        payload file has that file and no input bytes (not copied out of the task); otherwise the file
+        is None. The RUNNING state is queued for the next group commit (the caller commits once it has
+        sent the task).
         """
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -1268,7 +1291,12 @@ class Engine:
             task = self._start_next(entry)
             if task is None:
                 return None
-            started = int(task.metadata.id), task.spec.input if task.spec.HasField("input") else None
+            tid = int(task.metadata.id)
+            input_file = entry.input_files.get(tid) if input_as_file else None
+            if input_file is not None:
+                started: tuple[int, bytes | None, PayloadFile | None] = (tid, None, input_file)
+            else:
+                started = (tid, task.spec.input if task.spec.HasField("input") else None, None)
         if self._due:  # WatchTask streams of this task (read without the lock: a hint; the pump locks)
             self._run_due()
         return started
@@ -1345,14 +1373,18 @@ class Engine:
         failure: str | None = None,
         on_committed: Callable[[], None] | None = None,
         commit: bool = True,
+        output_file: PayloadFile | None = None,
     ) -> bool:
         """Record a running task's result: SUCCEED with ``output``, or FAILED with ``failure``.
 
         The final state is written durably and applied (waiters and watchers told) once committed;
         ``on_committed`` runs then. False when the task is not running (settled or cancelled meanwhile).
         With ``commit=False`` the caller commits (with other writes of its own, in one group).
+        ``output_file``: a large output is already in that payload file (:meth:`PayloadFiles.spill`
+        before a lock, or written by the instance and adopted), which is settled with the row.
         """
-        output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
+        if output_file is None:
+            output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
         if not self._finish(session_id, task_id, output, output_file, failure, on_committed):
             self.store.payloads.settled([output_file], "the task is not running")
             return False
@@ -1375,7 +1407,15 @@ class Engine:
             if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
                 return False
             state = SUCCEED if failure is None else FAILED
-            self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
+            # In a burst (more of the session's tasks in flight) a result nobody waits on by itself may
+            # wait RESULT_LINGER for the results behind it: one transaction and one delivery to the
+            # session's watchers for all of them, instead of one each.
+            linger = (
+                on_committed is None
+                and task_id not in entry.waiters
+                and (bool(entry.pending) or entry.message.status.running - len(entry.finishing) > 1)
+            )
+            self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file, linger=linger)
         return True
 
     def _finalize(
@@ -1388,10 +1428,12 @@ class Engine:
         on_committed: Callable[[], None] | None = None,
         *,
         output_file: PayloadFile | None = None,
+        linger: bool = False,
     ) -> None:
         """Queue a task's final state; it is applied when committed (called with the lock held).
 
-        ``output_file``: the output is already in that file (:meth:`PayloadFiles.spill`)."""
+        ``output_file``: the output is already in that file (:meth:`PayloadFiles.spill`). ``linger``: the
+        commit may wait up to ``RESULT_LINGER`` for other writes (or come with the next commit)."""
         tid = int(task.metadata.id)
         entry.finishing.add(tid)
         if task.status.state == PENDING:
@@ -1415,7 +1457,8 @@ class Engine:
         elif task.spec.HasField("output"):  # (a task finished twice over a restart keeps its output)
             ops.append(_payload_op(entry.id, tid, OUTPUT, task, None))
         finished = partial(self._finished, entry, tid, final, output, on_committed)
-        self.store.enqueue(ops, self.store.payloads.on_settled([output_file], finished))
+        on_done = self.store.payloads.on_settled([output_file], finished)
+        self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
 
     def _finished(
         self,
@@ -1444,6 +1487,7 @@ class Engine:
                 task.spec.output = output
             entry.attempts.pop(tid, None)
             entry.timeouts.pop(tid, None)
+            entry.input_files.pop(tid, None)
             if entry.watches:
                 entry.completions.append(task)
                 for watch in entry.watches.values():
@@ -1452,7 +1496,8 @@ class Engine:
             waiters = entry.waiters.pop(tid, [])
             entry.cond.notify_all()
         self._notify_waiters([(waiters, task)])
-        self._run_due()
+        # The watchers claimed here are fed once every result of this commit is applied
+        # (``Store.after_callbacks``): one message for all of them.
         if on_committed is not None:
             on_committed()
 

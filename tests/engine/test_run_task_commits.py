@@ -20,6 +20,7 @@ import pytest
 from conftest import wait_for
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine import state as state_module
 from flamepy_core.engine import store as store_module
 from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
@@ -65,7 +66,7 @@ def test_a_run_tasks_creation_is_committed_with_its_result(engine: Engine) -> No
     assert stored(engine, 1) == ([], []), "the task is in the store before anything was committed"
 
     started = engine.start_next("s1")
-    assert started == (1, b"in"), "a RunTask's task was not queued for an instance at once"
+    assert started == (1, b"in", None), "a RunTask's task was not queued for an instance at once"
     engine.store.commit(lazy=False)  # what the scheduler does after sending it: lazy writes wait
     assert engine.store.commits == before and not outcomes
 
@@ -103,7 +104,7 @@ def test_a_refused_creation_withdraws_a_pending_run_task(engine: Engine) -> None
 def test_a_refused_creation_withdraws_a_run_task_whose_result_is_queued(engine: Engine) -> None:
     outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
     engine.run_task("s1", BIG, lambda task, error: outcomes.append((task, error)))
-    assert engine.start_next("s1") == (1, BIG)
+    assert engine.start_next("s1") == (1, BIG, None)
     fill_up(engine.store)
     # The result is durable: kept and retried; the creation it rides with is given up.
     assert engine.finish_task("s1", 1, output=b"o" * 5000)
@@ -116,3 +117,52 @@ def test_a_refused_creation_withdraws_a_run_task_whose_result_is_queued(engine: 
     assert len(outcomes) == 1, "a withdrawn task's result was reported too"
     session = engine.get_session("s1").status
     assert (session.pending, session.running, session.succeed) == (0, 0, 0)
+
+
+class Batches:
+    """A watch feed that records what each delivery carried (the ids of its tasks)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def deliver(self, tasks: list[pb.Task]) -> bool:
+        self.batches.append([int(t.metadata.id) for t in tasks])
+        return True
+
+    def end(self, error: FlameError | None) -> None:
+        pass
+
+    def is_active(self) -> bool:
+        return True
+
+
+def test_results_of_a_burst_share_one_commit_and_one_delivery(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While more of the session's tasks are in flight, a result nobody waits on alone waits for company
+    (here: for ever, so the test sees it); the last one of the burst is committed at once, with them."""
+    monkeypatch.setattr(state_module, "RESULT_LINGER", 60.0)
+    feed = Batches()
+    engine.watch_session("s1", 0, feed)
+    ids = [int(engine.create_task("s1", b"t%d" % i).metadata.id) for i in range(3)]
+    before = engine.store.commits
+    assert [engine.start_next("s1"), engine.start_next("s1")] == [(ids[0], b"t0", None), (ids[1], b"t1", None)]
+    for tid, output in ((ids[0], b"r0"), (ids[1], b"r1")):
+        assert engine.finish_task("s1", tid, output=output, commit=False)
+        engine.store.commit(lazy=False)  # as the scheduler commits after each result
+    assert engine.store.commits == before and feed.batches == [], "a result of a burst was committed alone"
+    assert engine.start_next("s1") == (ids[2], b"t2", None)
+    assert engine.finish_task("s1", ids[2], output=b"r2", commit=False)  # the last: nothing else in flight
+    engine.store.commit(lazy=False)
+    assert engine.store.commits == before + 1, "the last result of a burst waited, or went alone"
+    assert feed.batches == [ids], "the session's watcher was not fed the burst's results in one delivery"
+    assert [stored(engine, tid)[0] for tid in ids] == [[(int(pb.TaskState.Succeed),)]] * 3
+
+
+def test_a_result_someone_waits_for_is_committed_at_once(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "RESULT_LINGER", 60.0)
+    outcomes: list[pb.Task | None] = []
+    engine.create_task("s1", b"other")  # in flight too: a burst, but the RunTask's caller waits
+    engine.run_task("s1", b"in", lambda task, _error: outcomes.append(task))
+    assert engine.start_next("s1") is not None and engine.start_next("s1") == (2, b"in", None)
+    assert engine.finish_task("s1", 2, output=b"out", commit=False)
+    engine.store.commit(lazy=False)
+    assert len(outcomes) == 1 and outcomes[0] is not None and outcomes[0].spec.output == b"out"

@@ -46,7 +46,7 @@ import weakref
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -60,7 +60,6 @@ from flamepy_core.contracts.transport import (
 )
 from flamepy_core.transport_kit import check_size, unavailable, unimplemented
 from flamepy_transports.zmq import endpoints, framing
-from flamepy_transports.zmq.auth import ZapHandler, apply_server
 from flamepy_transports.zmq.config import (
     STREAM_WINDOW_BYTES,
     STREAM_WINDOW_ITEMS,
@@ -78,6 +77,9 @@ from flamepy_transports.zmq.worker import (
     run_stream,
     run_unary,
 )
+
+if TYPE_CHECKING:  # CURVE (.auth) is imported only when a server is given keys
+    from flamepy_transports.zmq.auth import ZapHandler
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,8 @@ class _Engine:
         """Replies kept for peers whose pipe was full, in order (used under the socket lock)."""
         self._sending = 0
         """Final replies being sent by the threads that completed them (stop() waits for them)."""
+        self._sends = 0
+        """Sends on the ROUTER so far (under the socket lock): the I/O thread's loop notices its own."""
         self._io_awake = False
         """True while the I/O thread works (it holds the socket lock): it looks at the outbox after this
         turns False and before it waits, so what is queued while it is True needs no wake-up."""
@@ -172,11 +176,15 @@ class _Engine:
     def _bind(self) -> zmq.Socket[bytes]:
         config = self._config
         if config.curve_server is not None:
+            from flamepy_transports.zmq.auth import ZapHandler  # CURVE only: not on a service instance's start
+
             self._zap = ZapHandler(self._ctx, config.curve_server.allowed)  # before the ROUTER exists
         sock = self._ctx.socket(zmq.ROUTER)
         try:
             configure_router(sock, config, self.address)
             if config.curve_server is not None:
+                from flamepy_transports.zmq.auth import apply_server
+
                 apply_server(sock, config.curve_server)
             sock.bind(self.address.zmq_address)
         except zmq.ZMQError as exc:
@@ -276,13 +284,15 @@ class _Engine:
         lock.acquire()
         self._io_awake = True
         self._sock = sock
+        quiet = False
+        """The last look found nothing to read and nothing was sent since: no need to ask again."""
         try:
             while True:
                 timeout = BACKLOG_RETRY_MS if backlog else 1000
                 if self._calls:
                     timeout = min(timeout, max(0, int((next_probe - time.monotonic()) * 1000) + 1))
                 self._io_awake = False  # before the last look at the outbox (see post and finish)
-                if self._outbox or readable(sock):
+                if self._outbox or (not quiet and readable(sock)):
                     timeout = 0  # queued while this thread worked; or readable, which ZMQ_FD would not say again
                 lock.release()
                 try:
@@ -294,7 +304,8 @@ class _Engine:
                     self._zap.handle_pending()
                 if self._waker.fileno() in ready:
                     self._waker.drain()
-                self._receive(sock)
+                drained = self._receive(sock)
+                sends = self._sends
                 self._send(sock, backlog)
                 self._start_admitted()
                 if self._exit:
@@ -303,6 +314,9 @@ class _Engine:
                 if time.monotonic() >= next_probe:
                     next_probe = time.monotonic() + probe_every
                     self._probe_callers(sock)
+                # A send lets libzmq take in what arrived (which ZMQ_FD would then not signal): only a
+                # socket left alone since it had nothing to read needs no second look before the wait.
+                quiet = drained and self._sends == sends
         except Exception:
             log.exception("the I/O thread of the zmq server on %s failed", self.endpoint)
         finally:
@@ -314,14 +328,15 @@ class _Engine:
             if self._zap is not None:
                 self._zap.close()
 
-    def _receive(self, sock: zmq.Socket[bytes]) -> None:
+    def _receive(self, sock: zmq.Socket[bytes]) -> bool:
+        """Read and handle what is waiting (up to ``RECV_BATCH``); True when it ended finding nothing more."""
         if not readable(sock):
-            return
+            return True
         for _ in range(RECV_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return True
             if len(frames) < 2:
                 continue  # (cannot answer: no frames to address a reply to)
             ident = frames[0]
@@ -336,7 +351,8 @@ class _Engine:
                 continue
             self._handle(ident, msg)
             if not readable(sock):
-                return
+                return True
+        return False
 
     def _refuse(self, ident: bytes, msg: framing.Message, err: FlameError) -> None:
         timeout = framing.timeout_of(msg)
@@ -456,6 +472,7 @@ class _Engine:
 
     def _send_one(self, sock: zmq.Socket[bytes], entry: _Out) -> str:
         ident, frames, _deadline = entry
+        self._sends += 1
         try:
             # Routed by the first frame; a multipart message is queued whole or not at all, so EAGAIN
             # and EHOSTUNREACH can only come from that first frame.
