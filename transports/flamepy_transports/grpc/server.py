@@ -29,7 +29,6 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
@@ -48,7 +47,7 @@ from flamepy_core.contracts.transport import (
     UnaryHandler,
 )
 from flamepy_core.kit.basics import message_too_large
-from flamepy_core.transport_kit import error_from_handler
+from flamepy_core.transport_kit import SimpleCallContext, error_from_handler
 from flamepy_transports.grpc.address import (
     Address,
     diagnose_bind_failure,
@@ -119,36 +118,16 @@ class ServerLoop:
 # -- one call -----------------------------------------------------------------------------------------
 
 
-class GrpcCallContext:
+class GrpcCallContext(SimpleCallContext):
     """The :class:`~flamepy_core.contracts.transport.CallContext` of one call, readable from any thread.
 
-    The deadline is read from gRPC once, when the call starts; "gone" is set when the call's coroutine
-    ends (completed, cancelled by its caller, by its deadline or by the server's stop).
+    The deadline is read from gRPC once, when the call starts; the call is cancelled (``is_active`` False)
+    when its coroutine ends: completed, cancelled by its caller, by its deadline or by the server's stop.
     """
 
-    __slots__ = ("_deadline", "_method", "gone")
-
     def __init__(self, method: str, context: Any) -> None:
-        self._method = method
         remaining = context.time_remaining()
-        self._deadline: float | None = (
-            None if remaining is None or remaining > NO_DEADLINE else time.monotonic() + float(remaining)
-        )
-        self.gone = False
-
-    @property
-    def method(self) -> str:
-        return self._method
-
-    def time_remaining(self) -> float | None:
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
-
-    def is_active(self) -> bool:
-        if self.gone:
-            return False
-        return self._deadline is None or time.monotonic() < self._deadline
+        super().__init__(method, None if remaining is None or remaining > NO_DEADLINE else float(remaining))
 
 
 async def _abort(context: Any, error: FlameError) -> None:
@@ -346,7 +325,7 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
                 await _abort(context, error_from_handler(method, exc))
                 return None  # pragma: no cover - abort raises
             finally:
-                ctx.gone = True
+                ctx.cancel()
             if type(result) is bytes and len(result) <= limits.limit:
                 return result  # the common case, kept short
             checked = limits.checked(method, result)
@@ -383,7 +362,7 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
             except Exception as exc:
                 error = error_from_handler(method, exc)
             finally:
-                ctx.gone = True
+                ctx.cancel()
                 if items is not None and step is not None:  # closed once its running step is over
                     step.add_done_callback(lambda _done: _close_quietly(items))
             if error is not None:
@@ -407,7 +386,7 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
                     reply.fail(exc)
                 outcome = await future
             finally:
-                ctx.gone = True
+                ctx.cancel()
             if isinstance(outcome, FlameError):
                 await _abort(context, outcome)
                 return None  # pragma: no cover - abort raises
@@ -438,7 +417,7 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
                     elif ended and not batch:  # everything sent before the end is out
                         break
             finally:
-                ctx.gone = True
+                ctx.cancel()
                 writer.abandon()
             if error is not None:
                 await _abort(context, error)
