@@ -52,7 +52,13 @@ _LEN = 2
 _VARINT = 0
 
 
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+"""Every varint of one byte: tags and most lengths are, and these run several times per message."""
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

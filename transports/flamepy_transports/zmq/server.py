@@ -40,6 +40,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import threading
 import time
 import weakref
@@ -273,8 +274,10 @@ class _Engine:
         self._started.set_result(self._endpoint_bound)
         backlog = self._backlog
         sock_fd = sock.getsockopt(zmq.FD)
-        poller = zmq.Poller()
-        poller.register(sock_fd, zmq.POLLIN)  # the socket's descriptor, not the socket: see the docstring
+        # The socket's descriptor, not the socket (see the docstring). With plain descriptors alone the wait is
+        # poll(2) itself: zmq_poll would first look once without waiting (a system call more per wait).
+        poller: Any = select.poll() if self._zap is None else zmq.Poller()
+        poller.register(sock_fd, zmq.POLLIN)
         poller.register(self._waker.fileno(), zmq.POLLIN)
         if self._zap is not None:
             poller.register(self._zap.socket, zmq.POLLIN)
