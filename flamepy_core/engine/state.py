@@ -263,6 +263,9 @@ class SessionEntry:
     ``completions`` it has read up to (see :mod:`.watches`)."""
     task_watches: dict[int, list[TaskWatch]] = field(default_factory=dict)
     """Watchers of one task each (WatchTask), by task id."""
+    input_files: dict[int, PayloadFile] = field(default_factory=dict)
+    """The payload files of the large inputs of pending and running tasks created by this server, by id:
+    an instance that takes payload files reads the input there (``wire.payload_handoff``)."""
 
     @property
     def id(self) -> str:
@@ -795,6 +798,8 @@ class Engine:
             entry.pending.clear()
             for tid in [tid for tid in entry.timeouts if tid not in entry.tasks]:
                 del entry.timeouts[tid]
+            for tid in [tid for tid in entry.input_files if tid not in entry.tasks]:
+                del entry.input_files[tid]
             status = entry.message.status
             status.state = CLOSED
             status.completion_time = ts
@@ -918,6 +923,8 @@ class Engine:
                 if task_input is not None:
                     task.spec.input = task_input
                     ops.append(_payload_row(session_id, tid, INPUT, task_input, input_file))
+                if input_file is not None:
+                    entry.input_files[tid] = input_file
                 tasks.append(task)
             own = {
                 int(task.metadata.id): seconds
@@ -977,6 +984,7 @@ class Engine:
                 entry.timeouts.pop(tid, None)
                 entry.cancelling.pop(tid, None)
                 entry.waiters.pop(tid, None)
+                entry.input_files.pop(tid, None)
             entry.cond.notify_all()
         on_created(None, error)
 
@@ -1275,11 +1283,15 @@ class Engine:
             self._run_due()
         return copy
 
-    def start_next(self, session_id: str) -> tuple[int, bytes | None] | None:
+    def start_next(
+        self, session_id: str, *, input_as_file: bool = False
+    ) -> tuple[int, bytes | None, PayloadFile | None] | None:
         """For the scheduler: the oldest pending task of an open session, now RUNNING; None if none.
 
-        Returns the task's id and input. The RUNNING state is queued for the next group commit (the
-        caller commits once it has sent the task).
+        Returns the task's id, input and input file. With ``input_as_file``, a task whose input is in a
+        payload file has that file and no input bytes (not copied out of the task); otherwise the file
+        is None. The RUNNING state is queued for the next group commit (the caller commits once it has
+        sent the task).
         """
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -1288,7 +1300,12 @@ class Engine:
             task = self._start_next(entry)
             if task is None:
                 return None
-            started = int(task.metadata.id), task.spec.input if task.spec.HasField("input") else None
+            tid = int(task.metadata.id)
+            input_file = entry.input_files.get(tid) if input_as_file else None
+            if input_file is not None:
+                started: tuple[int, bytes | None, PayloadFile | None] = (tid, None, input_file)
+            else:
+                started = (tid, task.spec.input if task.spec.HasField("input") else None, None)
         if self._due:  # WatchTask streams of this task (read without the lock: a hint; the pump locks)
             self._run_due()
         return started
@@ -1365,14 +1382,18 @@ class Engine:
         failure: str | None = None,
         on_committed: Callable[[], None] | None = None,
         commit: bool = True,
+        output_file: PayloadFile | None = None,
     ) -> bool:
         """Record a running task's result: SUCCEED with ``output``, or FAILED with ``failure``.
 
         The final state is written durably and applied (waiters and watchers told) once committed;
         ``on_committed`` runs then. False when the task is not running (settled or cancelled meanwhile).
         With ``commit=False`` the caller commits (with other writes of its own, in one group).
+        ``output_file``: a large output is already in that payload file (:meth:`PayloadFiles.spill`
+        before a lock, or written by the instance and adopted), which is settled with the row.
         """
-        output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
+        if output_file is None:
+            output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
         if not self._finish(session_id, task_id, output, output_file, failure, on_committed):
             self.store.payloads.settled([output_file], "the task is not running")
             return False
@@ -1475,6 +1496,7 @@ class Engine:
                 task.spec.output = output
             entry.attempts.pop(tid, None)
             entry.timeouts.pop(tid, None)
+            entry.input_files.pop(tid, None)
             if entry.watches:
                 entry.completions.append(task)
                 for watch in entry.watches.values():

@@ -66,7 +66,7 @@ def test_a_run_tasks_creation_is_committed_with_its_result(engine: Engine) -> No
     assert stored(engine, 1) == ([], []), "the task is in the store before anything was committed"
 
     started = engine.start_next("s1")
-    assert started == (1, b"in"), "a RunTask's task was not queued for an instance at once"
+    assert started == (1, b"in", None), "a RunTask's task was not queued for an instance at once"
     engine.store.commit(lazy=False)  # what the scheduler does after sending it: lazy writes wait
     assert engine.store.commits == before and not outcomes
 
@@ -104,7 +104,7 @@ def test_a_refused_creation_withdraws_a_pending_run_task(engine: Engine) -> None
 def test_a_refused_creation_withdraws_a_run_task_whose_result_is_queued(engine: Engine) -> None:
     outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
     engine.run_task("s1", BIG, lambda task, error: outcomes.append((task, error)))
-    assert engine.start_next("s1") == (1, BIG)
+    assert engine.start_next("s1") == (1, BIG, None)
     fill_up(engine.store)
     # The result is durable: kept and retried; the creation it rides with is given up.
     assert engine.finish_task("s1", 1, output=b"o" * 5000)
@@ -144,12 +144,12 @@ def test_results_of_a_burst_share_one_commit_and_one_delivery(engine: Engine, mo
     engine.watch_session("s1", 0, feed)
     ids = [int(engine.create_task("s1", b"t%d" % i).metadata.id) for i in range(3)]
     before = engine.store.commits
-    assert [engine.start_next("s1"), engine.start_next("s1")] == [(ids[0], b"t0"), (ids[1], b"t1")]
+    assert [engine.start_next("s1"), engine.start_next("s1")] == [(ids[0], b"t0", None), (ids[1], b"t1", None)]
     for tid, output in ((ids[0], b"r0"), (ids[1], b"r1")):
         assert engine.finish_task("s1", tid, output=output, commit=False)
         engine.store.commit(lazy=False)  # as the scheduler commits after each result
     assert engine.store.commits == before and feed.batches == [], "a result of a burst was committed alone"
-    assert engine.start_next("s1") == (ids[2], b"t2")
+    assert engine.start_next("s1") == (ids[2], b"t2", None)
     assert engine.finish_task("s1", ids[2], output=b"r2", commit=False)  # the last: nothing else in flight
     engine.store.commit(lazy=False)
     assert engine.store.commits == before + 1, "the last result of a burst waited, or went alone"
@@ -162,7 +162,7 @@ def test_a_result_someone_waits_for_is_committed_at_once(engine: Engine, monkeyp
     outcomes: list[pb.Task | None] = []
     engine.create_task("s1", b"other")  # in flight too: a burst, but the RunTask's caller waits
     engine.run_task("s1", b"in", lambda task, _error: outcomes.append(task))
-    assert engine.start_next("s1") is not None and engine.start_next("s1") == (2, b"in")
+    assert engine.start_next("s1") is not None and engine.start_next("s1") == (2, b"in", None)
     assert engine.finish_task("s1", 2, output=b"out", commit=False)
     engine.store.commit(lazy=False)
     assert len(outcomes) == 1 and outcomes[0] is not None and outcomes[0].spec.output == b"out"

@@ -119,7 +119,7 @@ class _Core:
         self._sock: zmq.Socket[bytes] | None = None
         self._monitor: Monitor | None = None
         self._busy_poller = zmq.Poller()
-        self._idle_poller = zmq.Poller()
+        self._idle_poller = select.poll()
         self._direct_poller = select.poll()
         """A direct caller's wait: the descriptors (``ZMQ_FD``) of the DEALER and of its monitor, and ``_want``."""
         self._monitor_fd = -1
@@ -140,7 +140,7 @@ class _Core:
         """Until then the idle I/O thread waits on its waker alone: something else than a reply it must
         read woke it through the descriptor (a synchronous caller's reply)."""
         self._sock_fd = -1
-        self._watch_poller = zmq.Poller()
+        self._watch_poller = select.poll()
         self._unsent: deque[_Entry] = deque()
         self._connected = False
         self._last_failure: FlameError | None = None
@@ -422,14 +422,16 @@ class _Core:
         self._busy_poller.register(sock, zmq.POLLIN)
         self._busy_poller.register(self._monitor.socket, zmq.POLLIN)
         self._busy_poller.register(self._waker.fileno(), zmq.POLLIN)
-        self._idle_poller = zmq.Poller()
-        self._idle_poller.register(self._waker.fileno(), zmq.POLLIN)
+        # Plain descriptors are waited on with poll(2) itself: zmq_poll would look once without waiting
+        # before every wait (one system call more each time the thread goes idle).
+        self._idle_poller = select.poll()
+        self._idle_poller.register(self._waker.fileno(), select.POLLIN)
         sock_fd = sock.getsockopt(zmq.FD)
         assert isinstance(sock_fd, int)
         self._sock_fd = sock_fd
-        self._watch_poller = zmq.Poller()
-        self._watch_poller.register(self._waker.fileno(), zmq.POLLIN)
-        self._watch_poller.register(self._sock_fd, zmq.POLLIN)
+        self._watch_poller = select.poll()
+        self._watch_poller.register(self._waker.fileno(), select.POLLIN)
+        self._watch_poller.register(self._sock_fd, select.POLLIN)
         monitor_fd = self._monitor.socket.getsockopt(zmq.FD)
         assert isinstance(monitor_fd, int)
         self._monitor_fd = monitor_fd
@@ -545,8 +547,8 @@ class _Core:
                 self._holding = self._lease.acquire(blocking=False)
             elif not ready and self._lease.acquire(blocking=False):
                 self._holding = True  # nobody calls: a look at the connection's news and stray replies
-            if self._holding:
-                ready.update(self._busy_poller.poll(0))
+            if self._holding and readable(sock):
+                ready[sock] = zmq.POLLIN  # the monitor's news is looked at below, the waker was in the wait
         if self._holding and sock in ready and ready[sock] & zmq.POLLIN:
             self._receive(sock)
         news = monitor.socket in ready or (self._holding and readable(monitor.socket))
