@@ -465,15 +465,21 @@ class GrpcServer:
                 self._dropped.detach()
                 self._stopped = self._loop.submit(self._server.stop(grace))
             done = self._stopped
-        if self._loop.on_loop():
+        if self._loop.on_loop():  # a handler stops its own server: the rest follows the stop
+            if first:
+                done.add_done_callback(lambda _stopped: self._release())
             return
         with contextlib.suppress(Exception):  # a stop that failed or outlasted its wait still frees what it can
             done.result(timeout=(grace or 0.0) + STOP_WAIT)
         if first:
-            self._loop.close(STOP_WAIT)
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            if self._address.is_unix:
-                remove_socket_file(self._address)
+            self._release()
+
+    def _release(self) -> None:
+        """After the stop: end the loop thread and the pool, and remove a unix socket's file."""
+        self._loop.close(STOP_WAIT)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._address.is_unix:
+            remove_socket_file(self._address)
 
     def __repr__(self) -> str:
         return f"GrpcServer({self.endpoint!r})"
