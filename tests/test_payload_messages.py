@@ -16,7 +16,9 @@ from flamepy_core.wire.payload_messages import (
     ON_TASK_INVOKE,
     TaskCall,
     create_task_request,
+    read_create_task_request,
     read_enter_result,
+    read_run_task_reply,
     read_session_context,
     read_task_call,
     read_task_context,
@@ -223,6 +225,48 @@ def test_a_malformed_message_is_refused(data: bytes, why: str) -> None:
         read_session_context(data)
     with pytest.raises(DecodeError):
         shim_pb2.TaskContext.FromString(data)
+
+
+@st.composite
+def _task_specs(draw: st.DrawFn) -> pb.TaskSpec:
+    spec = pb.TaskSpec(session_id=draw(st.text()))
+    for name in ("input", "output"):
+        value = draw(st.none() | st.binary())
+        if value is not None:
+            setattr(spec, name, value)
+    return spec
+
+
+@given(specs=st.lists(_task_specs(), max_size=3), unknown=_UNKNOWN_FIELDS)
+def test_a_create_task_request_is_read_as_protobuf_reads_it(
+    specs: list[pb.TaskSpec], unknown: list[tuple[int, int, bytes]]
+) -> None:
+    """Any request, its task given in pieces (protobuf merges them: the last value of each field wins),
+    with unknown fields; what the server's RunTask reads by hand instead of through protobuf."""
+    data = _unknown(unknown) + b"".join(frontend_pb2.CreateTaskRequest(task=spec).SerializeToString() for spec in specs)
+    task = frontend_pb2.CreateTaskRequest.FromString(data).task
+    assert read_create_task_request(data) == (task.session_id, task.input if task.HasField("input") else None)
+
+
+@given(
+    first=_task_specs(),
+    second=st.none() | _task_specs(),
+    state=st.sampled_from(list(pb.TaskState.values())),
+    unknown=_UNKNOWN_FIELDS,
+)
+def test_a_run_task_reply_is_read_as_protobuf_reads_it(
+    first: pb.TaskSpec, second: pb.TaskSpec | None, state: int, unknown: list[tuple[int, int, bytes]]
+) -> None:
+    message = pb.Task(spec=first)
+    message.metadata.id = "7"
+    message.status.state = state  # type: ignore[assignment]
+    message.status.events.add(code=state, message="done")
+    data = message.SerializeToString() + _unknown(unknown)
+    if second is not None:
+        data += pb.Task(spec=second).SerializeToString()
+    parsed = pb.Task.FromString(data)
+    expected = (parsed.status.state, parsed.spec.output if parsed.spec.HasField("output") else None)
+    assert read_run_task_reply(data) == expected
 
 
 # -- the payload files handed to and from flamepy's own instances (wire.payload_handoff) ------------------

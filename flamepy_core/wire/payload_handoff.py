@@ -35,6 +35,7 @@ __all__ = [
     "OUTPUT_SIZE",
     "OUTPUT_SYNC",
     "TEMP_SUFFIX",
+    "WRITE_CHUNK",
     "read_payload_file",
     "write_payload_file",
 ]
@@ -55,6 +56,10 @@ OUTPUT_SIZE = 1001
 """``flame.v1.TaskResult``, varint: the output was written to ``OUTPUT_FILE`` and holds this many bytes."""
 TEMP_SUFFIX = ".part"
 """A file being written; renamed to its final name once complete."""
+WRITE_CHUNK = 1 << 20
+"""Bytes per write(2). Measured on a 2-core machine (ext4, others writing too), alternating in one run:
+a 16 MiB payload written in one call took a median of 27 ms (often 40 ms: the kernel pauses a writer
+that dirties many pages in one call), in 1 MiB calls 5 ms; in 4 MiB calls no better than one call."""
 FILE_MODE = 0o600
 """Owner only: ``flamepy_core.privacy.PRIVATE_FILE_MODE`` (a sibling layer this one may not import; a test
 keeps them equal)."""
@@ -72,7 +77,7 @@ def write_payload_file(path: Path, data: bytes | bytearray | memoryview, *, sync
         try:
             view = memoryview(data)
             while view:  # a write may be short (a file size limit reached part way)
-                view = view[os.write(fd, view) :]
+                view = view[os.write(fd, view[:WRITE_CHUNK]) :]
             if sync:
                 os.fsync(fd)
         finally:

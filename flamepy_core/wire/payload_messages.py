@@ -30,7 +30,9 @@ __all__ = [
     "ON_TASK_INVOKE",
     "TaskCall",
     "create_task_request",
+    "read_create_task_request",
     "read_enter_result",
+    "read_run_task_reply",
     "read_session_context",
     "read_task_call",
     "read_task_context",
@@ -198,7 +200,9 @@ _I64 = 1
 _I32 = 5
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    if pos < len(data) and data[pos] < 0x80:  # one byte: most keys, lengths and small integers
+        return data[pos], pos + 1
     value = 0
     shift = 0
     end = len(data)
@@ -223,7 +227,7 @@ _MAX_GROUP_DEPTH = 100
 """Groups nested deeper are refused, as protobuf refuses them (its recursion limit)."""
 
 
-def _skip(data: bytes, pos: int, number: int, wire: int, depth: int = 0) -> int:
+def _skip(data: bytes | memoryview, pos: int, number: int, wire: int, depth: int = 0) -> int:
     """The position after the value of field ``number`` (of wire type ``wire``) that starts at ``pos``."""
     if number == 0:
         raise ValueError("malformed message: field number 0")
@@ -252,7 +256,7 @@ def _skip(data: bytes, pos: int, number: int, wire: int, depth: int = 0) -> int:
     raise ValueError(f"malformed message: wire type {wire} (field {number}) where a field starts")
 
 
-def _fields(data: bytes, varints: dict[int, int] | None = None) -> list[tuple[int, int, int]]:
+def _fields(data: bytes | memoryview, varints: dict[int, int] | None = None) -> list[tuple[int, int, int]]:
     """The length-delimited fields of a serialized message, as ``(number, start, end)`` (the contents are
     ``data[start:end]``), in order. Fields of other wire types are skipped: flame.v1's readers here need
     strings, bytes and sub-messages, and (into ``varints`` when given, the last value of each number)
@@ -261,10 +265,18 @@ def _fields(data: bytes, varints: dict[int, int] | None = None) -> list[tuple[in
     pos = 0
     end = len(data)
     while pos < end:
-        key, pos = _read_varint(data, pos)
+        key = data[pos]  # a one-byte key (fields 1 to 15) read inline: this loop is on every call's path
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _read_varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == _LEN and number != 0:
-            length, pos = _read_varint(data, pos)
+            if pos < end and data[pos] < 0x80:
+                length = data[pos]
+                pos += 1
+            else:
+                length, pos = _read_varint(data, pos)
             if length > end - pos:
                 raise ValueError("truncated message: a field is longer than what is left")
             out.append((number, pos, pos + length))
@@ -278,6 +290,51 @@ def _fields(data: bytes, varints: dict[int, int] | None = None) -> list[tuple[in
 
 def _text(data: bytes, start: int, end: int) -> str:
     return data[start:end].decode()  # strict: protobuf refuses a string that is not UTF-8
+
+
+def _sub_fields(data: bytes, number: int, varints: dict[int, int] | None = None) -> list[tuple[int, int, int]]:
+    """The fields of every occurrence of sub-message ``number`` of ``data``, in order, as ``(number, start,
+    end)`` into ``data``: read in order, the last value of each wins, which is protobuf's merge of repeated
+    occurrences of a sub-message."""
+    out: list[tuple[int, int, int]] = []
+    for outer, start, end in _fields(data):
+        if outer == number:
+            view = memoryview(data)[start:end]  # no copy: positions are shifted back into ``data``
+            out += [(n, start + s, start + e) for n, s, e in _fields(view, varints)]
+    return out
+
+
+def read_create_task_request(data: bytes) -> tuple[str, bytes | None]:
+    """``flame.v1.CreateTaskRequest`` -> ``(task.session_id, task.input or None)``; the input is one slice
+    (protobuf's parse and then its accessor copied a 16 MiB input twice)."""
+    data = bytes(data)
+    session_id = ""
+    task_input: bytes | None = None
+    for number, start, end in _sub_fields(data, 1):
+        if number == 2:
+            session_id = _text(data, start, end)
+        elif number == 3:
+            task_input = data[start:end]
+    return session_id, task_input
+
+
+def read_run_task_reply(data: bytes) -> tuple[int, bytes | None]:
+    """A ``flame.v1.Task`` as RunTask answers it -> ``(status.state, spec.output or None)``, the output one
+    slice; for a caller that reads the rest (a failure's events) from protobuf only when it needs it."""
+    data = bytes(data)
+    view = memoryview(data)
+    output: bytes | None = None
+    state = 0
+    for outer, start, end in _fields(data):  # one pass; the last value of each wins, as in _sub_fields
+        if outer == 2:
+            for number, first, last in _fields(view[start:end]):
+                if number == 4:
+                    output = data[start + first : start + last]
+        elif outer == 3:
+            states: dict[int, int] = {}
+            _fields(view[start:end], states)
+            state = states.get(1, state)
+    return _int32(state), output
 
 
 class TaskCall(NamedTuple):

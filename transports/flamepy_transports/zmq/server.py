@@ -5,7 +5,8 @@ large, ``RESOURCE_EXHAUSTED`` when ``max_pending_calls`` calls are already queue
 ``UNAVAILABLE`` while stopping), and submits the rest to the pool. Workers queue their replies in the
 outbox and wake the I/O thread, which sends them. A :class:`DeferredHandler`'s or
 :class:`DeferredStreamHandler`'s ``fn`` runs on the I/O thread itself (it must only start work and
-return); its responder completes the call later, from whatever thread has the answer, and its stream
+return; a deferred unary one at the end of the round, after what was received was read and what was
+queued was sent); its responder completes the call later, from whatever thread has the answer, and its stream
 writer queues each response, so a deferred call or an open deferred stream holds no thread while it
 waits. A deferred stream's responses beyond the caller's credit wait in its writer, in order, until a
 ``CREDIT`` arrives; the I/O thread then posts them.
@@ -425,7 +426,9 @@ class _Engine:
             return
         self.counters["accepted"] += 1
         if isinstance(handler, DeferredHandler):
-            run_deferred(self, call, handler.fn, payload)  # here, on the I/O thread: it starts work and returns
+            # Started on this thread too, but after this round's receiving and sending (_start_admitted): a
+            # handler that wakes another thread (a service's main thread) then finds this one about to wait.
+            self._admitted.append((run_deferred, call, handler.fn, payload))
             return
         if isinstance(handler, DeferredStreamHandler):
             run_deferred_stream(self, call, handler.fn, payload)  # likewise: its writer is fed later
@@ -435,9 +438,15 @@ class _Engine:
 
     def _start_admitted(self) -> None:
         # Handed to workers last, right before blocking in poll: a woken worker needs the GIL, which
-        # this thread holds until it blocks.
+        # this thread holds until it blocks. Deferred handlers run here, on this thread, for the same
+        # reason: one that hands its call to another thread (a service process's main thread) used to
+        # wake it while this thread still had a round to finish, and the woken thread went back to sleep
+        # waiting for the GIL (measured: 5.2 futex calls per warm invoke in a service process, 2.1 after).
         admitted, self._admitted = self._admitted, []
         for run, call, fn, payload in admitted:
+            if run is run_deferred:
+                run_deferred(self, call, fn, payload)  # it starts work and returns
+                continue
             try:
                 self._pool.submit(run, self, call, fn, payload)
             except RuntimeError:  # the pool is shut down: we are stopping
