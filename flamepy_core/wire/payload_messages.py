@@ -201,6 +201,8 @@ _I32 = 5
 
 
 def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    if pos < len(data) and data[pos] < 0x80:  # one byte: most keys, lengths and small integers
+        return data[pos], pos + 1
     value = 0
     shift = 0
     end = len(data)
@@ -263,10 +265,18 @@ def _fields(data: bytes | memoryview, varints: dict[int, int] | None = None) -> 
     pos = 0
     end = len(data)
     while pos < end:
-        key, pos = _read_varint(data, pos)
+        key = data[pos]  # a one-byte key (fields 1 to 15) read inline: this loop is on every call's path
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _read_varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == _LEN and number != 0:
-            length, pos = _read_varint(data, pos)
+            if pos < end and data[pos] < 0x80:
+                length = data[pos]
+                pos += 1
+            else:
+                length, pos = _read_varint(data, pos)
             if length > end - pos:
                 raise ValueError("truncated message: a field is longer than what is left")
             out.append((number, pos, pos + length))
@@ -312,13 +322,19 @@ def read_run_task_reply(data: bytes) -> tuple[int, bytes | None]:
     """A ``flame.v1.Task`` as RunTask answers it -> ``(status.state, spec.output or None)``, the output one
     slice; for a caller that reads the rest (a failure's events) from protobuf only when it needs it."""
     data = bytes(data)
+    view = memoryview(data)
     output: bytes | None = None
-    for number, start, end in _sub_fields(data, 2):
-        if number == 4:
-            output = data[start:end]
-    states: dict[int, int] = {}
-    _sub_fields(data, 3, states)
-    return _int32(states.get(1, 0)), output
+    state = 0
+    for outer, start, end in _fields(data):  # one pass; the last value of each wins, as in _sub_fields
+        if outer == 2:
+            for number, first, last in _fields(view[start:end]):
+                if number == 4:
+                    output = data[start + first : start + last]
+        elif outer == 3:
+            states: dict[int, int] = {}
+            _fields(view[start:end], states)
+            state = states.get(1, state)
+    return _int32(state), output
 
 
 class TaskCall(NamedTuple):

@@ -44,6 +44,8 @@ class Handoff(FlameService):
             while not os.path.exists(marker) and time.monotonic() < deadline:
                 time.sleep(0.02)
             return b"waited"
+        if data.startswith(b"big:"):
+            return b"o" * int(data[4:])
         if data.startswith(b"fail"):
             raise ValueError(f"refused an input of {len(data)} bytes ending {data[-4:].hex()}")
         return data[::-1]
@@ -75,6 +77,19 @@ def test_a_payload_round_trips_byte_for_byte_and_reads_back_after_a_restart(flam
     reset_default_connection()
     (task,) = flamepy.get_session(session.id).list_tasks()
     assert (task.input, task.output) == (data, data[::-1])
+
+
+def test_a_large_output_of_a_small_input_is_written_by_the_service_in_a_folder_made_private(flame_env) -> None:
+    """The server's first payload file is the service's: the server makes the folder (0700) before it
+    names a file in it, so the service writes there and does not fall back to sending the bytes."""
+    flame_env.write_service("handoff", SERVICE)
+    session = flamepy.create_session("handoff")
+    assert not (flame_env.home / "payloads").exists()
+    assert session.invoke(b"big:%d" % (2 * MIB)) == b"o" * (2 * MIB)
+    assert (flame_env.home / "payloads").stat().st_mode & 0o777 == 0o700
+    assert len(payload_names(flame_env.home)) == 1, "the output's file"
+    errors = "".join(p.read_text() for p in (flame_env.home / "logs" / "instances").glob("*.err"))
+    assert "cannot write the output" not in errors, errors
 
 
 def test_a_service_that_fails_after_reading_a_file_input_fails_the_task_and_keeps_the_input(flame_env) -> None:
