@@ -141,7 +141,9 @@ def test_the_service_side_writes_a_large_output_into_the_file_it_is_given(tmp_pa
     data = os.urandom(MIB + 7)
     source.write_bytes(data)
     target = tmp_path / "p-out"
-    request = task_context("1", "s", None, input_file=(str(source), len(data)), output_file=(str(target), MIB, True))
+    request = task_context(
+        "1", "s", None, input_file=(str(source), len(data)), output_file=(str(target), MIB, 64 * MIB, True)
+    )
 
     return_code, output, message, output_size = read_task_result(handler.fn(request, CONTEXT))
     assert (return_code, output, message, output_size) == (0, None, None, len(data)), "no bytes on the link"
@@ -150,9 +152,15 @@ def test_the_service_side_writes_a_large_output_into_the_file_it_is_given(tmp_pa
 
     # An output below the threshold travels inline, and the file is not made.
     small = tmp_path / "p-small"
-    reply = handler.fn(task_context("2", "s", b"tiny", output_file=(str(small), MIB, False)), CONTEXT)
+    reply = handler.fn(task_context("2", "s", b"tiny", output_file=(str(small), MIB, 64 * MIB, False)), CONTEXT)
     assert read_task_result(reply) == (0, b"tiny", None, None)
     assert not small.exists()
+
+    # One too large to be answered at all is sent inline, where the message limit refuses it (not here).
+    over = tmp_path / "p-over"
+    reply = handler.fn(task_context("4", "s", data, output_file=(str(over), MIB, len(data), False)), CONTEXT)
+    assert read_task_result(reply) == (0, data, None, None)
+    assert not over.exists()
 
     # A short input file is refused before the service runs, naming the file and both sizes.
     reply = handler.fn(task_context("3", "s", None, input_file=(str(source), len(data) + 1)), CONTEXT)
