@@ -1,11 +1,12 @@
-"""A plugin's declaration read from its class, and a transport built from ``module:Class`` alone.
+"""A plugin's declaration read from its class, and a transport or serializer built from ``module:Class`` alone.
 
 A plugin declares itself once, on its class (``name``, ``schemes``, ``capabilities``, ``options``...).
 The registry (:mod:`flamepy_core.plugins`) reads these declarations for every installed plugin, through
 pluggy and the entry points. A process told which class serves its endpoint needs only that one class:
-a service process is (the server names the classes in ``FLAMEPY_INSTANCE_TRANSPORTS``), and with
-:func:`build_transport_of_class` it starts without the registry, pluggy or the configuration module,
-which are a noticeable part of an instance's cold start.
+a service process is (the server names the classes in ``FLAMEPY_INSTANCE_TRANSPORTS``, and its
+serializer's in ``FLAMEPY_INSTANCE_SERIALIZER``), and with :func:`build_transport_of_class` and
+:func:`serializer_of_class` it starts and answers its first task without the registry, pluggy or the
+entry-point scan, which are a noticeable part of an instance's cold start.
 """
 
 from __future__ import annotations
@@ -14,16 +15,22 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Transport, TransportCapabilities, TransportSpec
 
+if TYPE_CHECKING:  # imported when a serializer is built: a core service's start path has no serializer
+    from flamepy_core.contracts.serializer import Serializer, SerializerSpec
+
 __all__ = [
     "MAX_MESSAGE_SIZE_ENV",
+    "SERIALIZER_HINT_ENV",
     "build_plugin",
     "build_transport_of_class",
     "owned_endpoint",
+    "serializer_of_class",
+    "serializer_spec_of",
     "spec_of_class",
     "transport_spec_of",
     "with_configured_max_message_size",
@@ -33,6 +40,10 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_SIZE_ENV = "FLAME_MAX_MESSAGE_SIZE"
 """The runtime's one message-size limit (``RuntimeSettings.max_message_size``; a test keeps the names equal)."""
+SERIALIZER_HINT_ENV = "FLAMEPY_INSTANCE_SERIALIZER"
+"""``module:Class`` of the serializer the runtime expects a service process to use (the one its
+configuration names): a ``FlameInstance`` builds it from that class alone when it is the serializer it
+chose, and asks the plugin registry otherwise."""
 
 
 def transport_spec_of(cls: type) -> TransportSpec:
@@ -63,6 +74,25 @@ def transport_spec_of(cls: type) -> TransportSpec:
         options=frozenset(getattr(cls, "options", ())),
         requires=tuple(getattr(cls, "requires", ())),
         description=str(getattr(cls, "description", "") or (doc[0] if doc else "")),
+    )
+
+
+def serializer_spec_of(cls: type) -> SerializerSpec:
+    """The declaration a serializer class carries: ``name``, ``domain`` and optionally ``options``."""
+    from flamepy_core.contracts.serializer import SerializerSpec
+
+    name, domain = getattr(cls, "name", None), getattr(cls, "domain", None)
+    if not isinstance(name, str) or not name or not isinstance(domain, str) or not domain:
+        raise TypeError(f"serializer class {cls.__module__}.{cls.__qualname__} lacks `name` and `domain` (str)")
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return SerializerSpec(
+        name=name,
+        domain=domain,
+        load=lambda: cls,
+        options=frozenset(getattr(cls, "options", ())),
+        requires=tuple(getattr(cls, "requires", ())),
+        description=str(getattr(cls, "description", "") or (doc[0] if doc else "")),
+        factory_path=f"{cls.__module__}:{cls.__qualname__}",
     )
 
 
@@ -133,3 +163,43 @@ def build_transport_of_class(class_path: str, endpoint: str) -> tuple[Transport,
     options = with_configured_max_message_size(spec, None)
     transport = build_plugin("transport", spec.name, class_path, spec.load(), spec.options, options)
     return transport, url
+
+
+def serializer_of_class(class_path: str, name: str) -> Serializer | None:
+    """The serializer ``name`` built from its class ``module:Class`` (``FLAMEPY_INSTANCE_SERIALIZER``),
+    without the registry; None when that module is not installed here or the class is another serializer
+    (the caller then asks the registry, which finds ``name`` among the installed plugins or says why not).
+
+    A value that is not ``module:Class``, or names something that is not a serializer class, is a
+    mistake in the environment, not a plugin missing here: ``INVALID_CONFIG``, naming it.
+    """
+    module_name, colon, qualname = class_path.strip().partition(":")
+    fix = (
+        f"the runtime sets {SERIALIZER_HINT_ENV} for the service processes it starts; unset it (the service then "
+        f"finds its serializer among the installed plugins) or name a serializer class"
+    )
+    if not colon or not module_name or not all(part.isidentifier() for part in qualname.split(".")):
+        raise FlameError(
+            FlameErrorCode.INVALID_CONFIG,
+            f"{SERIALIZER_HINT_ENV}={class_path!r} is not a class as module:Class "
+            f"(e.g. flamepy_serializers.json.serializer:JsonSerializer); {fix}",
+        )
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as exc:  # not installed where this service runs: the installed plugins decide
+        log.debug("serializer class %s is not importable here (%s)", class_path, exc)
+        return None
+    try:
+        for part in qualname.split("."):
+            found = getattr(found, part)
+        spec = serializer_spec_of(found) if isinstance(found, type) else None
+    except (AttributeError, TypeError) as exc:
+        raise FlameError(FlameErrorCode.INVALID_CONFIG, f"{SERIALIZER_HINT_ENV}={class_path!r}: {exc}; {fix}") from exc
+    if spec is None:
+        raise FlameError(
+            FlameErrorCode.INVALID_CONFIG,
+            f"{SERIALIZER_HINT_ENV}={class_path!r} names a {type(found).__name__}, not a serializer class; {fix}",
+        )
+    if spec.name != name:
+        return None
+    return build_plugin("serializer", name, class_path, found, spec.options, {})  # type: ignore[no-any-return]

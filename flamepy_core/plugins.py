@@ -41,6 +41,7 @@ from flamepy_core.plugin_classes import (
     spec_of_class,
     with_configured_max_message_size,
 )
+from flamepy_core.plugin_classes import serializer_spec_of as serializer_spec_of
 from flamepy_core.plugin_classes import transport_spec_of as transport_spec_of
 
 if TYPE_CHECKING:
@@ -92,22 +93,6 @@ class Chosen:
 
     spec: Any
     origin: PluginOrigin
-
-
-def serializer_spec_of(cls: type) -> SerializerSpec:
-    """The declaration a serializer class carries: ``name``, ``domain`` and optionally ``options``."""
-    name, domain = getattr(cls, "name", None), getattr(cls, "domain", None)
-    if not isinstance(name, str) or not name or not isinstance(domain, str) or not domain:
-        raise TypeError(f"serializer class {cls.__module__}.{cls.__qualname__} lacks `name` and `domain` (str)")
-    doc = (cls.__doc__ or "").strip().splitlines()
-    return SerializerSpec(
-        name=name,
-        domain=domain,
-        load=lambda: cls,
-        options=frozenset(getattr(cls, "options", ())),
-        requires=tuple(getattr(cls, "requires", ())),
-        description=str(getattr(cls, "description", "") or (doc[0] if doc else "")),
-    )
 
 
 class _Declared:

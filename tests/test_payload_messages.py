@@ -14,9 +14,15 @@ from flamepy_core.wire.payload_messages import (
     ON_SESSION_ENTER,
     ON_SESSION_LEAVE,
     ON_TASK_INVOKE,
+    TaskCall,
     create_task_request,
+    read_create_task_request,
+    read_enter_result,
+    read_run_task_reply,
     read_session_context,
+    read_task_call,
     read_task_context,
+    read_task_result,
     result,
     task_context,
     task_reply,
@@ -219,6 +225,115 @@ def test_a_malformed_message_is_refused(data: bytes, why: str) -> None:
         read_session_context(data)
     with pytest.raises(DecodeError):
         shim_pb2.TaskContext.FromString(data)
+
+
+@st.composite
+def _task_specs(draw: st.DrawFn) -> pb.TaskSpec:
+    spec = pb.TaskSpec(session_id=draw(st.text()))
+    for name in ("input", "output"):
+        value = draw(st.none() | st.binary())
+        if value is not None:
+            setattr(spec, name, value)
+    return spec
+
+
+@given(specs=st.lists(_task_specs(), max_size=3), unknown=_UNKNOWN_FIELDS)
+def test_a_create_task_request_is_read_as_protobuf_reads_it(
+    specs: list[pb.TaskSpec], unknown: list[tuple[int, int, bytes]]
+) -> None:
+    """Any request, its task given in pieces (protobuf merges them: the last value of each field wins),
+    with unknown fields; what the server's RunTask reads by hand instead of through protobuf."""
+    data = _unknown(unknown) + b"".join(frontend_pb2.CreateTaskRequest(task=spec).SerializeToString() for spec in specs)
+    task = frontend_pb2.CreateTaskRequest.FromString(data).task
+    assert read_create_task_request(data) == (task.session_id, task.input if task.HasField("input") else None)
+
+
+@given(
+    first=_task_specs(),
+    second=st.none() | _task_specs(),
+    state=st.sampled_from(list(pb.TaskState.values())),
+    unknown=_UNKNOWN_FIELDS,
+)
+def test_a_run_task_reply_is_read_as_protobuf_reads_it(
+    first: pb.TaskSpec, second: pb.TaskSpec | None, state: int, unknown: list[tuple[int, int, bytes]]
+) -> None:
+    message = pb.Task(spec=first)
+    message.metadata.id = "7"
+    message.status.state = state  # type: ignore[assignment]
+    message.status.events.add(code=state, message="done")
+    data = message.SerializeToString() + _unknown(unknown)
+    if second is not None:
+        data += pb.Task(spec=second).SerializeToString()
+    parsed = pb.Task.FromString(data)
+    expected = (parsed.status.state, parsed.spec.output if parsed.spec.HasField("output") else None)
+    assert read_run_task_reply(data) == expected
+
+
+# -- the payload files handed to and from flamepy's own instances (wire.payload_handoff) ------------------
+
+_PATHS = st.text(min_size=1)
+_SIZES = st.integers(min_value=0, max_value=1 << 40)
+
+
+@given(
+    task_id=st.text(),
+    session_id=st.text(),
+    task_input=st.none() | st.binary(),
+    input_file=st.none() | st.tuples(_PATHS, _SIZES),
+    output_file=st.none() | st.tuples(_PATHS, _SIZES, st.booleans()),
+)
+def test_a_task_context_naming_payload_files_reads_back_and_is_a_task_context_to_protobuf(
+    task_id: str,
+    session_id: str,
+    task_input: bytes | None,
+    input_file: tuple[str, int] | None,
+    output_file: tuple[str, int, bool] | None,
+) -> None:
+    encoded = task_context(task_id, session_id, task_input, input_file=input_file, output_file=output_file)
+    assert read_task_call(encoded) == TaskCall(task_id, session_id, task_input, input_file, output_file)
+    parsed = shim_pb2.TaskContext.FromString(encoded)  # the files are fields protobuf skips
+    assert (parsed.task_id, parsed.session_id) == (task_id, session_id)
+    assert parsed.HasField("input") == (task_input is not None)
+
+
+@given(
+    return_code=_INT32,
+    output=st.none() | st.binary(),
+    message=st.none() | st.text(),
+    output_size=st.none() | _SIZES,
+    unknown=_UNKNOWN_FIELDS,
+)
+def test_a_task_result_is_read_as_protobuf_reads_it_with_the_output_file_size(
+    return_code: int,
+    output: bytes | None,
+    message: str | None,
+    output_size: int | None,
+    unknown: list[tuple[int, int, bytes]],
+) -> None:
+    data = _unknown(unknown) + task_result(return_code, output, message, output_size=output_size)
+    parsed = pb.TaskResult.FromString(data)
+    as_protobuf = (
+        parsed.return_code,
+        parsed.output if parsed.HasField("output") else None,
+        parsed.message if parsed.HasField("message") else None,
+    )
+    read = read_task_result(data)
+    assert read[:3] == as_protobuf == (return_code, output, message)
+    if not any(number == 1001 for number, _wire, _data in unknown):
+        assert read[3] == output_size
+
+
+@given(return_code=_INT32, message=st.none() | st.text(), offered=st.booleans())
+def test_an_instance_offers_payload_files_in_a_result_protobuf_reads_as_ever(
+    return_code: int, message: str | None, offered: bool
+) -> None:
+    encoded = result(return_code, message, handoff_offered=offered)
+    parsed = pb.Result.FromString(encoded)
+    assert (parsed.return_code, parsed.message) == (return_code, message or "")
+    assert read_enter_result(encoded) == (return_code, message or "", offered)
+    # What Flame's SDK (protobuf) answers offers nothing.
+    flame = pb.Result(return_code=return_code, message=message or "").SerializeToString()
+    assert read_enter_result(flame) == (return_code, message or "", False)
 
 
 def test_the_instance_paths_are_the_descriptors() -> None:

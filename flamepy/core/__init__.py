@@ -9,8 +9,9 @@ Every name is imported on first use (PEP 562): ``import flamepy`` in a service p
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from flamepy_core.lazy_names import LazyNames
 
 if TYPE_CHECKING:
     from flamepy.core.cache import (
@@ -250,14 +251,12 @@ _WHERE: dict[str, str] = {
 side the implementation modules themselves (``flamepy.core.service`` also loads the gRPC-style servers)."""
 
 
+_names = LazyNames(__name__, _WHERE)
+
+
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _names.load(name)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_WHERE})
+    return _names.listing()

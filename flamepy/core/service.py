@@ -7,8 +7,9 @@ registry), which keeps its cold start short.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from flamepy_core.lazy_names import LazyNames
 
 if TYPE_CHECKING:
     from flamepy_core.instance.runtime import run
@@ -36,14 +37,12 @@ _WHERE = {
 }
 
 
+_names = LazyNames(__name__, _WHERE, __all__)
+
+
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _names.load(name)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return _names.listing()

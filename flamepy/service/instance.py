@@ -26,7 +26,7 @@ from flamepy_core.instance.runtime import ENDPOINT_ENV
 from flamepy_core.instance.runtime import run as serve_instance
 from flamepy_core.instance.service import FlameService, SessionContext, TaskContext
 from flamepy_core.objref import ObjectRef
-from flamepy_core.plugins import get_registry
+from flamepy_core.plugin_classes import SERIALIZER_HINT_ENV, serializer_of_class
 from flamepy_core.serialization import decode_context, decode_payload, encode_payload
 
 if TYPE_CHECKING:
@@ -64,9 +64,22 @@ class FlameInstance(FlameService):
 
     @property
     def serializer(self) -> Serializer:
-        """This instance's serializer, resolved on first use (so ``FLAME_SERIALIZER`` is read at run time)."""
+        """This instance's serializer, resolved on first use (so ``FLAME_SERIALIZER`` is read at run time).
+
+        Started by the runtime, the process is told the class of the serializer its configuration names
+        (``FLAMEPY_INSTANCE_SERIALIZER``) and builds it from that class alone; the plugin registry (pluggy
+        and the scan of every installed plugin, a large part of a first task's time) is asked only when
+        there is no such hint or it names another serializer than the one chosen here.
+        """
         if self._serializer is None:
-            self._serializer = get_registry().serializer(self._chosen_serializer())
+            name = self._chosen_serializer()
+            hint = os.environ.get(SERIALIZER_HINT_ENV, "").strip()
+            found = serializer_of_class(hint, name) if hint else None
+            if found is None:
+                from flamepy_core.plugins import get_registry
+
+                found = get_registry().serializer(name)
+            self._serializer = found
         return self._serializer
 
     def _chosen_serializer(self) -> str:

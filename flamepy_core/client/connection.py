@@ -295,8 +295,11 @@ class Connection:
         task: pb.Task = self.call("GetTask", fe.GetTaskRequest(session_id=session_id, task_id=task_id), "get task")
         return task
 
-    def run_task(self, session_id: str, input_data: bytes | None, timeout: float | None = None) -> pb.Task:
-        """flamepy.ext.v1 RunTask: create the task and get it back completed, in one round trip."""
+    def run_task(self, session_id: str, input_data: bytes | None, timeout: float | None = None) -> bytes:
+        """flamepy.ext.v1 RunTask: create the task and get it back completed, in one round trip.
+
+        The answer is the serialized ``flame.v1.Task``, for the caller to read only what it needs
+        (``payload_messages.read_run_task_reply``: protobuf copies a large output twice)."""
         request = create_task_request(session_id, input_data)  # by hand: protobuf would copy the input twice
         method = EXT["RunTask"]
         start = time.monotonic()
@@ -313,7 +316,7 @@ class Connection:
                     f"the task of session {session_id} did not finish within {timeout} s (it keeps running)",
                 ) from exc
             raise FlameError(exc.code, f"failed to run task: {exc.message}") from exc
-        return pb.Task.FromString(raw)
+        return raw
 
     def create_tasks_async(
         self, session_id: str, inputs: list[bytes | None], timeouts: list[float | None] | None = None

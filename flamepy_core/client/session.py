@@ -45,6 +45,7 @@ from flamepy_core.model import (
     task_from_proto,
 )
 from flamepy_core.progress import waiting
+from flamepy_core.wire.payload_messages import read_run_task_reply
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -227,11 +228,13 @@ def _outcome(task: Task) -> bytes | None:
     )
 
 
-def _reply_outcome(reply: pb.Task) -> bytes | None:
-    """The output of a task as RunTask answers it, reading only what decides the result."""
-    if reply.status.state == pb.TaskState.Succeed:
-        return reply.spec.output if reply.spec.HasField("output") else None
-    return _outcome(task_from_proto(reply))  # a failure: the error carries the whole task
+def _reply_outcome(reply: bytes) -> bytes | None:
+    """The output of a task as RunTask answers it (serialized), reading only what decides the result: the
+    output is one slice of the reply."""
+    state, output = read_run_task_reply(reply)
+    if state == pb.TaskState.Succeed:
+        return output
+    return _outcome(task_from_proto(pb.Task.FromString(reply)))  # a failure: the error carries the whole task
 
 
 def _settle_outcome(future: Future[bytes | None], outcome: ext_pb2.TaskOutcome, session_id: str) -> None:

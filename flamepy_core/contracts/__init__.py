@@ -7,8 +7,9 @@ Every other name is imported on first use too (PEP 562), from its own module, so
 ``flamepy_core.contracts.errors`` loads the errors alone.
 """
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from flamepy_core.lazy_names import LazyNames
 
 if TYPE_CHECKING:
     from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -100,14 +101,12 @@ _WHERE: dict[str, str] = {
 }
 
 
+_names = LazyNames(__name__, _WHERE, __all__)
+
+
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _names.load(name)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return _names.listing()

@@ -50,3 +50,7 @@ class SerializerSpec:
     options: frozenset[str] = field(default_factory=frozenset)
     requires: tuple[str, ...] = ()
     description: str = ""
+    factory_path: str = ""
+    """``module:Class`` of what ``load`` returns, when it is known without importing it; empty when not.
+    The runtime names it to a service process (``FLAMEPY_INSTANCE_SERIALIZER``), which then builds its
+    serializer from that class alone, without scanning every installed plugin at its start."""

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from flamepy_core.config import ENV_SERIALIZER, resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel, Transport, TransportCapabilities
 from flamepy_core.engine.choice import local_endpoint, socket_path
-from flamepy_core.plugins import Chosen
+from flamepy_core.plugin_classes import SERIALIZER_HINT_ENV
+from flamepy_core.plugins import Chosen, PluginRegistry, get_registry
 from flamepy_core.privacy import open_private, private_subdir
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -41,6 +43,9 @@ ENV_INSTANCE_TRANSPORTS = "FLAMEPY_INSTANCE_TRANSPORTS"
 """The classes (``module:Class``) of the transports of both endpoints: a service written with this SDK
 builds its transport from them instead of scanning every installed plugin (a cold start's largest
 cost after the imports). It scans when they are not importable there."""
+ENV_INSTANCE_SERIALIZER = SERIALIZER_HINT_ENV
+"""The class (``module:Class``) of the serializer the instance's configuration names: a ``FlameInstance``
+builds it from that class instead of scanning every installed plugin at its first task."""
 
 
 def class_path(transport: Transport) -> str:
@@ -475,6 +480,7 @@ class Launcher:
         extra_env: dict[str, str] | None = None,
         stderr_tail_lines: int = 20,
         heartbeat_interval: float = 1.0,
+        registry: PluginRegistry | None = None,
     ) -> None:
         self.home = home
         self.stderr_tail_lines = stderr_tail_lines
@@ -486,15 +492,42 @@ class Launcher:
         self.prepare: Callable[[pb.Application, dict[str, str]], None] | None = None
         """Completes an instance's environment before it starts (the installer: engine/installer.py)."""
         self.log_dir = private_subdir(home / "logs" / "instances")
+        self.registry = registry
+        self._configured_serializer: str | None = None
+        self._serializer_classes: dict[str, str] = {}
+
+    def _serializer_hint(self, env: Mapping[str, str]) -> str:
+        """``module:Class`` of the serializer an instance with ``env`` will choose if it names none itself
+        (``FLAME_SERIALIZER``, else the configuration as this server read it first), or "" when its plugin
+        does not declare its class (``SerializerSpec.factory_path``). A wrong guess costs only the hint:
+        the instance checks the class's name against its own choice and asks its registry otherwise."""
+        name = (env.get(ENV_SERIALIZER) or "").strip()
+        if not name:
+            if self._configured_serializer is None:
+                try:
+                    self._configured_serializer = resolve_config().serializer
+                except FlameError as exc:  # a broken flame.yaml: the instance reports it, if it reads it
+                    log.debug("no serializer hint for instances: %s", exc.message)
+                    self._configured_serializer = ""
+            name = self._configured_serializer
+        if name and name not in self._serializer_classes:
+            registry = self.registry or get_registry()
+            found = [c.spec.factory_path for c in registry.serializers() if c.spec.name == name]
+            self._serializer_classes[name] = found[-1] if found else ""  # the last declared wins, as in the registry
+        return self._serializer_classes.get(name, "")
 
     def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
         env.pop(ENV_FAST_INSTANCE_ENDPOINT, None)
         env.pop(ENV_INSTANCE_TRANSPORTS, None)
+        env.pop(ENV_INSTANCE_SERIALIZER, None)
         env.update(self.extra_env)
         for item in app.spec.environments:
             env[item.name] = _expand(item.value, env)
         env.update(link_env)
+        hint = self._serializer_hint(env)
+        if hint:
+            env[ENV_INSTANCE_SERIALIZER] = hint
         env["FLAME_CACHE_ENDPOINT"] = self.cache_endpoint
         env["FLAME_ENDPOINT"] = self.frontend_endpoint
         env.setdefault("PYTHONUNBUFFERED", "1")

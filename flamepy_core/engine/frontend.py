@@ -33,7 +33,7 @@ from flamepy_core.engine.state import Engine, reply_task
 from flamepy_core.engine.watches import StreamFeed
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
-from flamepy_core.wire.payload_messages import task_reply
+from flamepy_core.wire.payload_messages import read_create_task_request, task_reply
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -42,10 +42,14 @@ def _parse(method: Method, data: bytes) -> Any:
     try:
         return method.request.FromString(data)
     except DecodeError as exc:
-        raise FlameError(
-            FlameErrorCode.INVALID_ARGUMENT,
-            f"{method.path}: the request is not a valid {method.request.DESCRIPTOR.full_name}: {exc}",
-        ) from exc
+        raise _not_valid(method, exc) from exc
+
+
+def _not_valid(method: Method, why: Exception) -> FlameError:
+    return FlameError(
+        FlameErrorCode.INVALID_ARGUMENT,
+        f"{method.path}: the request is not a valid {method.request.DESCRIPTOR.full_name}: {why}",
+    )
 
 
 def _unary(method: Method, fn: Callable[[Any], Message]) -> UnaryHandler:
@@ -328,9 +332,13 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
     """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()), ``Runtime`` (what
     the server runs, for ``flmctl top`` and ``flmctl list -e``) and ``Control`` (cancel, forced close)."""
 
-    def run_task(r: frontend_pb2.CreateTaskRequest, _ctx: CallContext, responder: Responder) -> None:
-        task_input = r.task.input if r.task.HasField("input") else None
-        engine.run_task(r.task.session_id, task_input, _answer_task(responder))
+    def run_task(data: bytes, _ctx: CallContext, responder: Responder) -> None:
+        # Read by hand: protobuf's parse and accessor copied a large input twice.
+        try:
+            session_id, task_input = read_create_task_request(data)
+        except ValueError as exc:
+            raise _not_valid(EXT["RunTask"], exc) from None
+        engine.run_task(session_id, task_input, _answer_task(responder))
 
     def create_tasks(r: ext_pb2.CreateTasksRequest, _ctx: CallContext, responder: Responder) -> None:
         if not r.tasks:
@@ -389,7 +397,7 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
         return closed
 
     return {
-        EXT["RunTask"].path: _deferred(EXT["RunTask"], run_task),
+        EXT["RunTask"].path: DeferredHandler(run_task),
         EXT["WatchSession"].path: _deferred_stream(EXT["WatchSession"], watch_session),
         EXT["CreateTasks"].path: _deferred(EXT["CreateTasks"], create_tasks),
         EXT["WatchOutcomes"].path: _deferred_stream(EXT["WatchOutcomes"], watch_outcomes),

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.privacy import PRIVATE_FILE_MODE, private_subdir
+from flamepy_core.privacy import private_subdir
+from flamepy_core.wire.payload_handoff import TEMP_SUFFIX, read_payload_file, write_payload_file
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ FILE_PAYLOAD_BYTES = 1 << 20
 DIRECTORY_NAME = "payloads"
 """The folder, next to the store's file, that holds the payload files."""
 _PREFIX = "p-"
-_TEMP_SUFFIX = ".part"
 
 E = TypeVar("E")
 
@@ -87,9 +87,7 @@ class PayloadFiles:
         """
         if data is None or len(data) < self.threshold:
             return None
-        name = f"{_PREFIX}{secrets.token_hex(16)}"
-        with self._lock:
-            self._pending.add(name)
+        name = self.reserve()
         try:
             self._write(name, data)
         except OSError as exc:
@@ -104,38 +102,26 @@ class PayloadFiles:
             return None
         return PayloadFile(name, len(data))
 
+    def reserve(self) -> str:
+        """A new file name, ``pending`` until settled: for a file written here or by an instance."""
+        name = f"{_PREFIX}{secrets.token_hex(16)}"
+        with self._lock:
+            self._pending.add(name)
+        return name
+
+    def release(self, name: str) -> None:
+        """A reserved name that was not used (or whose file is not taken): no longer pending, and whatever
+        was written under it, whole or in part, removed."""
+        with self._lock:
+            self._pending.discard(name)
+        self.remove([name, name + TEMP_SUFFIX])
+
     def _write(self, name: str, data: bytes) -> None:
-        temp = self.path(name + _TEMP_SUFFIX)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd = os.open(temp, flags, PRIVATE_FILE_MODE)
+            write_payload_file(self.path(name), data, sync=self.sync)
         except FileNotFoundError:  # the first large payload (or the folder was removed): made 0700
             private_subdir(self.directory)
-            fd = os.open(temp, flags, PRIVATE_FILE_MODE)
-        try:
-            try:
-                view = memoryview(data)
-                while view:  # a write may be short (a file size limit reached part way)
-                    view = view[os.write(fd, view) :]
-                if self.sync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            # Renamed once complete: a file under its final name is never one a crash left half written.
-            os.rename(temp, self.path(name))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        if self.sync:
-            self._sync_directory()
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            write_payload_file(self.path(name), data, sync=self.sync)
 
     def settled(self, files: Iterable[PayloadFile | None], error: object | None) -> None:
         """The rows naming ``files`` were committed (``error`` None) or given up (their files go)."""
@@ -167,13 +153,11 @@ class PayloadFiles:
         """
         path = self.path(name)
         try:
-            with open(path, "rb", buffering=0) as fh:
-                data = fh.readall()  # one buffer of the file's size (FileIO sizes it with fstat)
+            return read_payload_file(path, size)
         except OSError as exc:
             raise self._unreadable(what, path, f"it cannot be read: {exc.strerror or exc}") from None
-        if len(data) != size:
-            raise self._unreadable(what, path, f"it holds {len(data)} bytes where {size} were written")
-        return data
+        except ValueError as exc:
+            raise self._unreadable(what, path, str(exc)) from None
 
     @staticmethod
     def _unreadable(what: str, path: Path, why: str) -> FlameError:
@@ -209,7 +193,7 @@ class PayloadFiles:
         named = named_by_rows()
         orphans = []
         for name in present:
-            base = name.removesuffix(_TEMP_SUFFIX)
+            base = name.removesuffix(TEMP_SUFFIX)
             if base in pending or (name == base and name in named):
                 continue
             orphans.append(name)

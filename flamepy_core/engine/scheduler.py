@@ -51,6 +51,7 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.executor import Instance as InstanceHandle
 from flamepy_core.engine.executor import InstanceLauncher, process_status
 from flamepy_core.engine.instances import InstanceInfo
+from flamepy_core.engine.payload_files import PayloadFile
 from flamepy_core.engine.state import (
     EVENT_BIND_FAILED,
     EVENT_NO_EXECUTOR,
@@ -61,7 +62,8 @@ from flamepy_core.engine.state import (
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
 from flamepy_core.wire.methods import INSTANCE
-from flamepy_core.wire.payload_messages import task_context
+from flamepy_core.wire.payload_handoff import read_payload_file
+from flamepy_core.wire.payload_messages import read_enter_result, read_task_result, task_context
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -146,6 +148,8 @@ class Instance:
     that sends no heartbeats; None while it is not."""
     start_time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     tasks_served: int = 0
+    handoff: bool = False
+    """Its process takes large payloads as files (it said so entering its session: ``wire.payload_handoff``)."""
 
     @property
     def pid(self) -> int | None:
@@ -186,6 +190,20 @@ class _Acquired(enum.Enum):
     """The machine-wide cap on instance processes is reached."""
     GONE = "gone"
     """The session or its application is gone, or nothing of its shim runs here."""
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """An OnTaskInvoke's answer, read (see :meth:`Scheduler._task_outcome`)."""
+
+    error: FlameError | None = None
+    """The call failed (the task did not answer)."""
+    return_code: int = 0
+    output: bytes | None = None
+    message: str = ""
+    """Why the task failed (``return_code`` not 0)."""
+    output_file: PayloadFile | None = None
+    """The payload file holding a large output, pending until its row is settled."""
 
 
 class Scheduler:
@@ -694,8 +712,9 @@ class Scheduler:
         """Find instances that are blocked, and give their sessions one more instance beyond their CPU share.
 
         An instance is blocked when its current task has run ``busy_overflow_delay`` seconds while its
-        process used less than half a CPU (measured over another such period, from ``/proc``): it waits
-        for something, such as tasks of its own session. A session with pending tasks whose every
+        process used less than half a CPU (measured over another such period, from ``/proc``) and is not
+        runnable when measured (on a loaded machine a computing process may get less than half a CPU): it
+        waits for something, such as tasks of its own session. A session with pending tasks whose every
         instance is blocked may start one more (see :meth:`_missing`); one computing flat out may not, so
         a burst of long CPU-bound tasks stays within the CPU share. Only instances of sessions with
         pending tasks are measured.
@@ -717,7 +736,9 @@ class Scheduler:
                 inst.cpu_mark = (now, status[1])
             elif now - inst.cpu_mark[0] >= delay:
                 used = (status[1] - inst.cpu_mark[1]) / (now - inst.cpu_mark[0])
-                inst.blocked = used < 0.5
+                # A process that wants the CPU (state R: running, or runnable on a busy machine) computes,
+                # however little CPU the machine gave it: only one that sleeps waits for something.
+                inst.blocked = used < 0.5 and status[0] != "R"
                 inst.cpu_mark = (now, status[1])
         for sid, pending in waiting.items():
             if pending and sid not in self._wanting and self._missing(sid) > 0:
@@ -770,9 +791,20 @@ class Scheduler:
         self._call(inst, ON_SESSION_ENTER, request, self.settings.session_enter_timeout, self._on_entered, session_id)
 
     def _call(
-        self, inst: Instance, method: str, request: bytes, timeout: float | None, then: Callable[..., None], *args: Any
+        self,
+        inst: Instance,
+        method: str,
+        request: bytes,
+        timeout: float | None,
+        then: Callable[..., None],
+        *args: Any,
+        prepare: Callable[[Future[bytes]], Any] | None = None,
     ) -> None:
-        """Call the instance asynchronously; ``then(inst, *args, future)`` runs as an event when it answers."""
+        """Call the instance asynchronously; ``then(inst, *args, future)`` runs as an event when it answers.
+
+        ``prepare``, when given, turns the answered future into what ``then`` gets instead, on the thread
+        that completed it, before the event is posted: for work that must not hold the scheduler's lock.
+        """
         process = inst.process
         assert process is not None
         try:
@@ -780,7 +812,10 @@ class Scheduler:
         except FlameError as exc:
             future = Future()
             future.set_exception(exc)
-        future.add_done_callback(lambda f: self.post(then, inst, *args, f))
+        if prepare is None:
+            future.add_done_callback(lambda f: self.post(then, inst, *args, f))
+        else:
+            future.add_done_callback(lambda f: self.post(then, inst, *args, prepare(f)))
 
     def _on_entered(self, inst: Instance, session_id: str, future: Future[bytes]) -> None:
         if inst.state != State.ENTERING or inst.session_id != session_id:
@@ -813,10 +848,10 @@ class Scheduler:
             self._stop(inst, deliberate=True)
             self._bind_failed(session_id, inst.app, detail)
             return
-        reply = pb.Result.FromString(future.result())
-        if reply.return_code != 0:
+        return_code, message, inst.handoff = read_enter_result(future.result())
+        if return_code != 0:
             self._stop(inst, deliberate=True)
-            self._bind_failed(session_id, inst.app, f"on_session_enter raised: {reply.message}")
+            self._bind_failed(session_id, inst.app, f"on_session_enter raised: {message}")
             return
         inst.state = State.IDLE
         inst.since = time.monotonic()
@@ -923,15 +958,16 @@ class Scheduler:
         process = inst.process
         if sid is None or process is None or self._closed or inst.state == State.STOPPING:
             return
-        started = None if inst.inflight else self.engine.start_next(sid)
+        started = None if inst.inflight else self.engine.start_next(sid, input_as_file=inst.handoff)
         if started is not None:
-            tid, task_input = started
+            tid, task_input, input_file = started
             now = time.monotonic()
             self._new_head(inst, now)
             inst.inflight[tid] = now
+            ctx, output_name = self._task_context(inst, sid, tid, task_input, input_file)
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
-            ctx = task_context(str(tid), sid, task_input)  # one copy of the input, however large
-            self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid)
+            prepare = partial(self._task_outcome, sid, tid, output_name)
+            self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare)
         if inst.inflight:
             inst.state = State.BUSY
         elif inst.state == State.BUSY:
@@ -940,22 +976,76 @@ class Scheduler:
         if inst.state == State.IDLE and not self._session_open(sid):
             self._leave(inst)
 
-    def _on_task_done(self, inst: Instance, session_id: str, tid: int, future: Future[bytes]) -> None:
-        if inst.inflight.pop(tid, None) is None or self._closed:
-            return  # settled elsewhere (its instance was lost), or the server is stopping
-        self._new_head(inst, time.monotonic())  # no task runs: not blocked, nothing measured
+    def _task_context(
+        self, inst: Instance, sid: str, tid: int, task_input: bytes | None, input_file: PayloadFile | None
+    ) -> tuple[bytes, str | None]:
+        """The OnTaskInvoke request, and the payload file name reserved for a large output (or None).
+
+        An instance that takes payload files reads a large input from its file (the request is small)
+        and writes a large output to a file reserved here; others get the input in the request, copied
+        once, however large."""
+        if not inst.handoff:
+            return task_context(str(tid), sid, task_input), None
+        files = self.engine.store.payloads
+        output_name = files.reserve()
+        given = None if input_file is None else (str(files.path(input_file.name)), input_file.size)
+        output = (str(files.path(output_name)), files.threshold, files.sync)
+        return task_context(str(tid), sid, task_input, input_file=given, output_file=output), output_name
+
+    def _task_outcome(self, session_id: str, tid: int, output_name: str | None, future: Future[bytes]) -> _Outcome:
+        """What the instance answered to OnTaskInvoke, read on the thread that received it (not under the
+        scheduler's lock): the result parsed, and a large output in its payload file (written here, or
+        written by the instance and read back for the waiting client)."""
+        files = self.engine.store.payloads
         error = future.exception()
+        try:
+            if error is not None:
+                if not isinstance(error, FlameError):  # a bug below the transport's contract
+                    error = FlameError(FlameErrorCode.INTERNAL, f"calling the instance failed: {error!r}")
+                return _Outcome(error=error)
+            try:
+                return_code, output, message, output_size = read_task_result(future.result())
+            except ValueError as exc:
+                return _Outcome(return_code=-1, message=f"the instance answered a malformed TaskResult: {exc}")
+            if return_code != 0:
+                return _Outcome(return_code=return_code, message=message or "the task failed without a message")
+            if output_size is None or output_name is None:
+                return _Outcome(output=output, output_file=files.spill(output))
+            path = files.path(output_name)
+            try:
+                output = read_payload_file(path, output_size)
+            except (OSError, ValueError) as exc:
+                why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+                failure = (
+                    f"the service wrote the output of task {tid} of session {session_id} to {path}, but it "
+                    f"cannot be read back ({why}): the file was removed or damaged meanwhile. Run the task again"
+                )
+                return _Outcome(return_code=-1, message=failure)
+            taken, output_name = PayloadFile(output_name, output_size), None
+            return _Outcome(output=output, output_file=taken)
+        except Exception as exc:  # a bug here must not leave the task running forever: it fails, saying so
+            log.exception("reading the result of task %s of %s failed", tid, session_id)
+            return _Outcome(return_code=-1, message=f"reading the task's result failed: {exc!r}")
+        finally:
+            if output_name is not None:
+                files.release(output_name)
+
+    def _on_task_done(self, inst: Instance, session_id: str, tid: int, outcome: _Outcome) -> None:
+        if inst.inflight.pop(tid, None) is None or self._closed:
+            # Settled elsewhere (its instance was lost), or the server is stopping: its file is not kept.
+            self.engine.store.payloads.settled([outcome.output_file], "the task is no longer running")
+            return
+        self._new_head(inst, time.monotonic())  # no task runs: not blocked, nothing measured
+        error = outcome.error
         if error is None:
-            result = pb.TaskResult.FromString(future.result())
             inst.tasks_served += 1
             self._bind_failures.pop(session_id, None)  # the session's instances work
-            if result.return_code == 0:
+            if outcome.return_code == 0:
                 self.engine.finish_task(
-                    session_id, tid, output=result.output if result.HasField("output") else None, commit=False
+                    session_id, tid, output=outcome.output, output_file=outcome.output_file, commit=False
                 )
             else:
-                failure = result.message or "the task failed without a message"
-                self.engine.finish_task(session_id, tid, failure=failure, commit=False)
+                self.engine.finish_task(session_id, tid, failure=outcome.message, commit=False)
             self._dispatch(inst)
             return
         assert isinstance(error, FlameError)

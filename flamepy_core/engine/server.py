@@ -369,6 +369,7 @@ class FlameServer:
                 frontend_endpoint=self.endpoint,
                 stderr_tail_lines=self.settings.stderr_tail_lines,
                 heartbeat_interval=self.settings.heartbeat_interval,
+                registry=reg,
             )
             self.launcher.extra_env.update(client_env(chosen, instance_client_options))
         if isinstance(self.launcher, Launcher):  # packages and interpreters (installer: python)

@@ -9,11 +9,18 @@ memory but their tasks only in the store.
 
 What a client is told is committed first (see :mod:`.store`):
 
-* a task exists for everyone (its id answered, queued for an instance) only once its row is committed;
-  a creation the store refuses is withdrawn and the caller gets the store's error;
+* a task created with ``CreateTask`` or ``CreateTasks`` exists for everyone (its id answered, queued for
+  an instance) only once its row is committed; a creation the store refuses is withdrawn and the caller
+  gets the store's error;
+* a task created by ``RunTask`` acknowledges nothing but its result, so its creation is not committed
+  before it runs: it is queued lazily and rides with the commit of its result (one transaction per
+  task), or with any commit before. A creation the store refuses is withdrawn all the same (the caller
+  gets the store's error, a result that comes later is dropped); a crash before the commit loses a task
+  nobody was told of, and its caller gets an error;
 * a task's final state (SUCCEED, FAILED, CANCELLED) is applied in memory, delivered to waiters and
   session watchers, only from the commit callback of its row. Until then the task stays RUNNING in
-  memory; its result is written durably (retried until the store accepts it);
+  memory; its result is written durably (retried until the store accepts it). In a burst, a result
+  nobody waits on alone may wait ``RESULT_LINGER`` for the results behind it, to share their commit;
 * sessions, applications, closing: the change is written, then applied (a refused write changes
   nothing).
 
@@ -61,6 +68,10 @@ EVENT_CANCEL_REQUESTED = 1004
 """Task event: someone asked to cancel the task while it ran; its instance is being stopped."""
 EVENT_WAITING_FOR_CAPACITY = 1006
 """flamepy's session event: the machine-wide cap on instance processes is reached, so its tasks wait."""
+RESULT_LINGER = 0.002
+"""Seconds a task's result may wait to be committed with the results behind it, when more of its
+session's tasks are in flight and no caller waits for this one alone (``run()`` bursts; never
+``invoke``): the transaction and the watchers' message are then shared by many results."""
 FORCE_CLOSE_ROUNDS = 3
 WATCH_SWEEP = 1.0
 """Seconds between checks that the callers of open watch streams are still there (see sweep_watches)."""
@@ -102,6 +113,8 @@ _SELECT_TASKS = (
 )
 """Tasks with their payloads, each as its bytes or as a file and its size (stores written before the split
 keep them in ``tasks.input``/``output``): rows for :func:`_task_from_row`."""
+_DELETE_TASK = "DELETE FROM tasks WHERE session_id = ? AND id = ?"
+_DELETE_PAYLOADS = "DELETE FROM task_payloads WHERE session_id = ? AND id = ?"
 _DROP_INPUT = f"DELETE FROM task_payloads WHERE session_id = ? AND id = ? AND kind = {INPUT}"
 _PAYLOAD_FILES_OF_SESSION = "SELECT file FROM task_payloads WHERE session_id = ? AND file IS NOT NULL"
 _SAVE_SESSION = "INSERT OR REPLACE INTO sessions (id, application, state, data) VALUES (?, ?, ?, ?)"
@@ -243,6 +256,9 @@ class SessionEntry:
     ``completions`` it has read up to (see :mod:`.watches`)."""
     task_watches: dict[int, list[TaskWatch]] = field(default_factory=dict)
     """Watchers of one task each (WatchTask), by task id."""
+    input_files: dict[int, PayloadFile] = field(default_factory=dict)
+    """The payload files of the large inputs of pending and running tasks created by this server, by id:
+    an instance that takes payload files reads the input there (``wire.payload_handoff``)."""
 
     @property
     def id(self) -> str:
@@ -391,6 +407,7 @@ class Engine:
         self._due: deque[tuple[SessionEntry, Watch]] = deque()
         """Watches claimed under the lock, to be pumped once it is released (see :meth:`_run_due`)."""
         self._next_sweep = 0.0
+        store.after_callbacks = self._after_commit
         with self.lock:
             self._load()
         self.store.commit()
@@ -772,6 +789,8 @@ class Engine:
             entry.pending.clear()
             for tid in [tid for tid in entry.timeouts if tid not in entry.tasks]:
                 del entry.timeouts[tid]
+            for tid in [tid for tid in entry.input_files if tid not in entry.tasks]:
+                del entry.input_files[tid]
             status = entry.message.status
             status.state = CLOSED
             status.completion_time = ts
@@ -831,22 +850,34 @@ class Engine:
         on_created: Created,
         waiter: TaskWaiter | None = None,
         timeouts: Sequence[float | None] | None = None,
+        *,
+        acknowledged: bool = True,
     ) -> None:
         """Create tasks; ``on_created`` gets them once committed (or the store's error, nothing created).
 
         ``waiter``, when given, is called with each task once its final state is committed. ``timeouts``,
         when given, holds each task's own task timeout (seconds, or None for the application's). Raises at
         once (nothing queued) for an unknown or closed session.
+
+        ``acknowledged=False``: nobody is told that the tasks exist before their results (RunTask), so
+        they are queued for instances at once and their creation is committed with the first commit
+        that comes (their results' at the latest); ``on_created`` then hears only of a refused creation
+        (``None`` and the store's error: the tasks are withdrawn, their waiters never called). While the
+        store is failing they are created as acknowledged ones, so a refusal comes before they run.
         """
         files = self.store.payloads
         # Large inputs are written to their files here, before the lock: not while everyone waits.
         spilled = [files.spill(task_input) for task_input in inputs]
+        early = not acknowledged and self.store.failure is None
         try:
-            self._submit(session_id, inputs, spilled, on_created, waiter, timeouts)
+            self._submit(session_id, inputs, spilled, on_created, waiter, timeouts, early)
         except BaseException:
             files.settled(spilled, "not submitted")
             raise
-        self.store.commit()
+        if early:
+            self.scheduler.tasks_pending(session_id)
+        else:
+            self.store.commit()
 
     def _submit(
         self,
@@ -856,6 +887,7 @@ class Engine:
         on_created: Created,
         waiter: TaskWaiter | None,
         timeouts: Sequence[float | None] | None,
+        early: bool,
     ) -> None:
         with self.lock:
             entry = self._entry(session_id)
@@ -882,14 +914,70 @@ class Engine:
                 if task_input is not None:
                     task.spec.input = task_input
                     ops.append(_payload_row(session_id, tid, INPUT, task_input, input_file))
+                if input_file is not None:
+                    entry.input_files[tid] = input_file
                 tasks.append(task)
             own = {
                 int(task.metadata.id): seconds
                 for task, seconds in zip(tasks, timeouts or [None] * len(tasks), strict=True)
                 if seconds is not None
             }
+            if early:
+                self._queue_created(entry, tasks, waiter, own)
+                withdraw = partial(self._withdraw_unacknowledged, entry, tasks, on_created)
+                self.store.enqueue(ops, self.store.payloads.on_settled(spilled, withdraw), durable=False, lazy=True)
+                return
             created = partial(self._created, entry, tasks, on_created, waiter, own)
             self.store.enqueue(ops, self.store.payloads.on_settled(spilled, created), durable=False)
+
+    @staticmethod
+    def _queue_created(
+        entry: SessionEntry, tasks: list[pb.Task], waiter: TaskWaiter | None, timeouts: dict[int, float]
+    ) -> None:
+        """Make new tasks pending in an open session (called with the lock held)."""
+        entry.timeouts.update(timeouts)
+        for task in tasks:
+            tid = int(task.metadata.id)
+            entry.tasks[tid] = task
+            entry.pending.append(tid)
+            if waiter is not None:
+                entry.waiters.setdefault(tid, []).append(waiter)
+        entry.message.status.pending += len(tasks)
+        entry.cond.notify_all()
+
+    def _withdraw_unacknowledged(
+        self, entry: SessionEntry, tasks: list[pb.Task], on_created: Created, error: FlameError | None
+    ) -> None:
+        """The commit callback of an unacknowledged creation: on a refusal, the tasks are withdrawn.
+
+        Pending ones leave the queue; a running one's result will find no task and be dropped; one whose
+        result is queued already has that write undone by a write queued after it. Their waiters are
+        never called: ``on_created`` gets the store's error instead.
+        """
+        if error is None:
+            return
+        with self.lock:
+            status = entry.message.status
+            for task in tasks:
+                tid = int(task.metadata.id)
+                if entry.tasks.pop(tid, None) is None:
+                    continue
+                state = task.status.state
+                if state == PENDING:
+                    entry.pending.remove(tid)
+                name = _COUNTER[state]
+                setattr(status, name, getattr(status, name) - 1)
+                if tid in entry.finishing:  # its result's rows are queued (committed after this): undo them
+                    entry.finishing.discard(tid)
+                    self.store.execute(_DELETE_TASK, entry.id, tid)
+                    self.store.execute(_DELETE_PAYLOADS, entry.id, tid)
+                entry.attempts.pop(tid, None)
+                entry.timeouts.pop(tid, None)
+                entry.cancelling.pop(tid, None)
+                entry.waiters.pop(tid, None)
+                entry.input_files.pop(tid, None)
+            entry.cond.notify_all()
+        on_created(None, error)
 
     def _created(
         self,
@@ -907,14 +995,7 @@ class Engine:
         with self.lock:
             status = entry.message.status
             if entry.is_open and not entry.closing:
-                entry.timeouts.update(timeouts)
-                for task in tasks:
-                    tid = int(task.metadata.id)
-                    entry.tasks[tid] = task
-                    entry.pending.append(tid)
-                    if waiter is not None:
-                        entry.waiters.setdefault(tid, []).append(waiter)
-                status.pending += len(tasks)
+                self._queue_created(entry, tasks, waiter, timeouts)
             else:
                 # The session closed while these were being written: they are cancelled, as its other
                 # pending tasks were.
@@ -953,7 +1034,9 @@ class Engine:
             if error is not None:
                 on_done(None, error)
 
-        self.submit_tasks(session_id, [task_input], created, waiter=lambda task: on_done(task, None))
+        self.submit_tasks(
+            session_id, [task_input], created, waiter=lambda task: on_done(task, None), acknowledged=False
+        )
 
     # -- reading tasks -------------------------------------------------------------------------------
 
@@ -1118,6 +1201,11 @@ class Engine:
         except Exception:
             log.exception("a watch stream could not be ended")
 
+    def _after_commit(self) -> None:
+        """After a commit's callbacks: feed the watches they claimed (read without the lock: a hint)."""
+        if self._due:
+            self._run_due()
+
     def _run_due(self) -> None:
         """Pump the watches claimed so far (call without the lock held, after changing what they watch)."""
         while True:
@@ -1186,11 +1274,15 @@ class Engine:
             self._run_due()
         return copy
 
-    def start_next(self, session_id: str) -> tuple[int, bytes | None] | None:
+    def start_next(
+        self, session_id: str, *, input_as_file: bool = False
+    ) -> tuple[int, bytes | None, PayloadFile | None] | None:
         """For the scheduler: the oldest pending task of an open session, now RUNNING; None if none.
 
-        Returns the task's id and input. The RUNNING state is queued for the next group commit (the
-        caller commits once it has sent the task).
+        Returns the task's id, input and input file. With ``input_as_file``, a task whose input is in a
+        payload file has that file and no input bytes (not copied out of the task); otherwise the file
+        is None. The RUNNING state is queued for the next group commit (the caller commits once it has
+        sent the task).
         """
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -1199,7 +1291,12 @@ class Engine:
             task = self._start_next(entry)
             if task is None:
                 return None
-            started = int(task.metadata.id), task.spec.input if task.spec.HasField("input") else None
+            tid = int(task.metadata.id)
+            input_file = entry.input_files.get(tid) if input_as_file else None
+            if input_file is not None:
+                started: tuple[int, bytes | None, PayloadFile | None] = (tid, None, input_file)
+            else:
+                started = (tid, task.spec.input if task.spec.HasField("input") else None, None)
         if self._due:  # WatchTask streams of this task (read without the lock: a hint; the pump locks)
             self._run_due()
         return started
@@ -1276,14 +1373,18 @@ class Engine:
         failure: str | None = None,
         on_committed: Callable[[], None] | None = None,
         commit: bool = True,
+        output_file: PayloadFile | None = None,
     ) -> bool:
         """Record a running task's result: SUCCEED with ``output``, or FAILED with ``failure``.
 
         The final state is written durably and applied (waiters and watchers told) once committed;
         ``on_committed`` runs then. False when the task is not running (settled or cancelled meanwhile).
         With ``commit=False`` the caller commits (with other writes of its own, in one group).
+        ``output_file``: a large output is already in that payload file (:meth:`PayloadFiles.spill`
+        before a lock, or written by the instance and adopted), which is settled with the row.
         """
-        output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
+        if output_file is None:
+            output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
         if not self._finish(session_id, task_id, output, output_file, failure, on_committed):
             self.store.payloads.settled([output_file], "the task is not running")
             return False
@@ -1306,7 +1407,15 @@ class Engine:
             if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
                 return False
             state = SUCCEED if failure is None else FAILED
-            self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file)
+            # In a burst (more of the session's tasks in flight) a result nobody waits on by itself may
+            # wait RESULT_LINGER for the results behind it: one transaction and one delivery to the
+            # session's watchers for all of them, instead of one each.
+            linger = (
+                on_committed is None
+                and task_id not in entry.waiters
+                and (bool(entry.pending) or entry.message.status.running - len(entry.finishing) > 1)
+            )
+            self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file, linger=linger)
         return True
 
     def _finalize(
@@ -1319,10 +1428,12 @@ class Engine:
         on_committed: Callable[[], None] | None = None,
         *,
         output_file: PayloadFile | None = None,
+        linger: bool = False,
     ) -> None:
         """Queue a task's final state; it is applied when committed (called with the lock held).
 
-        ``output_file``: the output is already in that file (:meth:`PayloadFiles.spill`)."""
+        ``output_file``: the output is already in that file (:meth:`PayloadFiles.spill`). ``linger``: the
+        commit may wait up to ``RESULT_LINGER`` for other writes (or come with the next commit)."""
         tid = int(task.metadata.id)
         entry.finishing.add(tid)
         if task.status.state == PENDING:
@@ -1346,7 +1457,8 @@ class Engine:
         elif task.spec.HasField("output"):  # (a task finished twice over a restart keeps its output)
             ops.append(_payload_op(entry.id, tid, OUTPUT, task, None))
         finished = partial(self._finished, entry, tid, final, output, on_committed)
-        self.store.enqueue(ops, self.store.payloads.on_settled([output_file], finished))
+        on_done = self.store.payloads.on_settled([output_file], finished)
+        self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
 
     def _finished(
         self,
@@ -1375,6 +1487,7 @@ class Engine:
                 task.spec.output = output
             entry.attempts.pop(tid, None)
             entry.timeouts.pop(tid, None)
+            entry.input_files.pop(tid, None)
             if entry.watches:
                 entry.completions.append(task)
                 for watch in entry.watches.values():
@@ -1383,7 +1496,8 @@ class Engine:
             waiters = entry.waiters.pop(tid, [])
             entry.cond.notify_all()
         self._notify_waiters([(waiters, task)])
-        self._run_due()
+        # The watchers claimed here are fed once every result of this commit is applied
+        # (``Store.after_callbacks``): one message for all of them.
         if on_committed is not None:
             on_committed()
 

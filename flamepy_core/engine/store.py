@@ -284,6 +284,9 @@ class Store:
         self._read_lock = threading.Lock()
         self.payloads = PayloadFiles(Path(self.path).parent / PAYLOADS_DIRECTORY, sync=durability == "strict")
         """Large task payloads, in files of their own (see :mod:`.payload_files`)."""
+        self.after_callbacks: Callable[[], None] | None = None
+        """Called on the committing thread after the callbacks of each batch: work they queued that is
+        cheaper done once for all of them (the engine feeds its watchers there)."""
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Write] = deque()
         self._urgent = 0
@@ -336,12 +339,20 @@ class Store:
         return self._failure
 
     def enqueue(
-        self, ops: list[Op], on_done: OnDone | None = None, *, durable: bool = True, lazy: bool = False
+        self,
+        ops: list[Op],
+        on_done: OnDone | None = None,
+        *,
+        durable: bool = True,
+        lazy: bool = False,
+        within: float | None = None,
     ) -> None:
         """Queue ``ops`` as one unit; ``on_done(None)`` after their commit, ``on_done(error)`` if withdrawn.
 
         Nothing is written until :meth:`commit` runs (here or on another thread), or, for a ``lazy``
-        write, at most ``LAZY_DELAY`` seconds later. Writes are committed in the order they were queued.
+        write, at most ``LAZY_DELAY`` seconds later (``within`` seconds, when given: a write someone will
+        be told of, which may wait that long for others to share its transaction). Writes are committed
+        in the order they were queued.
         """
         with self._cond:
             if self._closed or self._closing:
@@ -350,8 +361,11 @@ class Store:
             self._untried = True
             if not lazy:
                 self._urgent += 1
-            if lazy and self._lazy_due is None:
-                self._lazy_due = time.monotonic() + LAZY_DELAY
+            if lazy and (self._lazy_due is None or within is not None):
+                due = time.monotonic() + (LAZY_DELAY if within is None else within)
+                if self._lazy_due is not None and self._lazy_due <= due:
+                    return
+                self._lazy_due = due
                 wakes_at = self._writer_wakes_at
                 if wakes_at is None or wakes_at > self._lazy_due:
                     # Only when the writer would sleep past the deadline: on a busy server the lazy writes
@@ -478,6 +492,11 @@ class Store:
                     item.on_done(error)
                 except Exception:  # one callback's bug must not stop the others, nor the writer
                     log.exception("a store commit callback failed")
+        if self.after_callbacks is not None:
+            try:
+                self.after_callbacks()
+            except Exception:
+                log.exception("a store's after-callbacks hook failed")
 
     # -- the writer thread: lazy writes, and retries while the store cannot write ---------------------
 

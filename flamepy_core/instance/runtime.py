@@ -36,12 +36,13 @@ from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.plugin_classes import build_transport_of_class
 from flamepy_core.privacy import private_umask
+from flamepy_core.wire.payload_handoff import read_payload_file, write_payload_file
 from flamepy_core.wire.payload_messages import (
     ON_SESSION_ENTER,
     ON_SESSION_LEAVE,
     ON_TASK_INVOKE,
     read_session_context,
-    read_task_context,
+    read_task_call,
     result,
     task_result,
 )
@@ -103,10 +104,17 @@ class _Callbacks:
         except Exception as exc:
             log.exception("on_session_enter failed")
             return result(-1, describe_exception(exc))
-        return _OK
+        return _ENTERED
 
     def invoke(self, data: bytes) -> bytes:
-        context = TaskContext(*read_task_context(data))
+        call = read_task_call(data)
+        task_input = call.input
+        if call.input_file is not None:
+            try:
+                task_input = read_payload_file(Path(call.input_file[0]), call.input_file[1])
+            except (OSError, ValueError) as exc:
+                return task_result(-1, message=_unreadable_input(call.input_file[0], exc))
+        context = TaskContext(call.task_id, call.session_id, task_input)
         try:
             output = self.service.on_task_invoke(context)
         except Exception as exc:
@@ -117,6 +125,13 @@ class _Callbacks:
                 f"{type(output).__name__}; it must return bytes or None"
             )
             return task_result(-1, message=message)
+        if output is not None and call.output_file is not None and len(output) >= call.output_file[1]:
+            path, _least, sync = call.output_file
+            try:
+                write_payload_file(Path(path), output, sync=sync)
+                return task_result(0, output_size=len(output))
+            except OSError as exc:  # a full disk: the output travels inline, and the server decides
+                log.warning("cannot write the output of task %s to %s (%s): sent inline", call.task_id, path, exc)
         return task_result(0, None if output is None else bytes(output))  # encoded with one copy of output
 
     def leave(self, _data: bytes) -> bytes:
@@ -132,6 +147,17 @@ class _Callbacks:
 
 
 _OK = result(0)
+_ENTERED = result(0, handoff_offered=True)
+"""OnSessionEnter's answer: entered, and payload files are welcome (see ``wire.payload_handoff``)."""
+
+
+def _unreadable_input(path: str, exc: OSError | ValueError) -> str:
+    why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+    return (
+        f"the task's input could not be read from its payload file {path} ({why}); the service did not run. "
+        f"The file is the server's: it was removed or damaged outside flamepy (a payload_retention purge, "
+        f"a cleanup of FLAME_HOME). Submit the task again"
+    )
 
 
 def instance_handlers(service: FlameService) -> dict[str, Handler]:
@@ -158,6 +184,10 @@ class Interrupted(BaseException):
     A ``BaseException``, like ``KeyboardInterrupt``, so that a service's ``except Exception`` does not
     swallow it; ``finally`` blocks still run.
     """
+
+
+SIGNAL_CHECK = 0.25
+"""Seconds the serving thread waits for a call at most before it looks for a signal to handle."""
 
 
 class MainThreadServing:
@@ -189,9 +219,17 @@ class MainThreadServing:
         self._queue.put(None)
 
     def serve(self) -> None:
-        """Run queued calls until :meth:`stop`."""
+        """Run queued calls until :meth:`stop`.
+
+        The wait is cut every ``SIGNAL_CHECK`` seconds: a signal the kernel hands to another thread of the
+        process (a transport's, the heartbeat's) runs its Python handler, which stops this loop, only when
+        the main thread runs Python code again, and a main thread blocked in an endless wait never would.
+        """
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=SIGNAL_CHECK)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             call, data, responder = item

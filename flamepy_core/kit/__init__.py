@@ -16,8 +16,9 @@ transports, and so every service process) does not load the framed base, its thr
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from flamepy_core.lazy_names import LazyNames
 
 if TYPE_CHECKING:
     from flamepy_core.kit.basics import (
@@ -124,15 +125,13 @@ _WHERE: dict[str, str] = {
 }
 
 
+_names = LazyNames(__name__, _WHERE, __all__)
+
+
 def __getattr__(name: str) -> Any:
     """The kit's names, each imported from its module on first use."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _names.load(name)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return _names.listing()

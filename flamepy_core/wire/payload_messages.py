@@ -20,13 +20,23 @@ its ``DecodeError``).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from flamepy_core.wire import payload_handoff as handoff
+
 __all__ = [
     "ON_SESSION_ENTER",
     "ON_SESSION_LEAVE",
     "ON_TASK_INVOKE",
+    "TaskCall",
     "create_task_request",
+    "read_create_task_request",
+    "read_enter_result",
+    "read_run_task_reply",
     "read_session_context",
+    "read_task_call",
     "read_task_context",
+    "read_task_result",
     "result",
     "task_context",
     "task_reply",
@@ -44,7 +54,13 @@ _LEN = 2
 _VARINT = 0
 
 
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+"""Every varint of one byte: tags and most lengths are, and these run several times per message."""
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -59,8 +75,25 @@ def _length_delimited(parts: list[bytes], number: int, data: bytes) -> None:
     parts.append(data)
 
 
-def task_context(task_id: str, session_id: str, task_input: bytes | None) -> bytes:
-    """``flame.v1.TaskContext`` (task_id = 1, session_id = 2, optional input = 4), serialized."""
+def _varint_field(parts: list[bytes], number: int, value: int) -> None:
+    parts.append(_varint(number << 3 | _VARINT))
+    parts.append(_varint(value))
+
+
+def task_context(
+    task_id: str,
+    session_id: str,
+    task_input: bytes | None,
+    *,
+    input_file: tuple[str, int] | None = None,
+    output_file: tuple[str, int, bool] | None = None,
+) -> bytes:
+    """``flame.v1.TaskContext`` (task_id = 1, session_id = 2, optional input = 4), serialized.
+
+    For an instance that takes payload files (:mod:`.payload_handoff`): ``input_file`` is the path and
+    size of the file holding the input (then ``task_input`` is None), ``output_file`` the path where an
+    output of at least the given size is to be written, and whether to fsync it.
+    """
     parts: list[bytes] = []
     if task_id:
         _length_delimited(parts, 1, task_id.encode())
@@ -68,6 +101,13 @@ def task_context(task_id: str, session_id: str, task_input: bytes | None) -> byt
         _length_delimited(parts, 2, session_id.encode())
     if task_input is not None:
         _length_delimited(parts, 4, task_input)
+    if input_file is not None:
+        _length_delimited(parts, handoff.INPUT_FILE, input_file[0].encode())
+        _varint_field(parts, handoff.INPUT_SIZE, input_file[1])
+    if output_file is not None:
+        _length_delimited(parts, handoff.OUTPUT_FILE, output_file[0].encode())
+        _varint_field(parts, handoff.OUTPUT_MIN, output_file[1])
+        _varint_field(parts, handoff.OUTPUT_SYNC, int(output_file[2]))
     return b"".join(parts)
 
 
@@ -81,13 +121,20 @@ def _return_code(return_code: int) -> list[bytes]:
     return [_varint(1 << 3 | _VARINT), _varint(return_code & 0xFFFFFFFFFFFFFFFF)]
 
 
-def task_result(return_code: int, output: bytes | None = None, message: str | None = None) -> bytes:
-    """``flame.v1.TaskResult`` (int32 return_code = 1, optional output = 2, optional message = 3), serialized."""
+def task_result(
+    return_code: int, output: bytes | None = None, message: str | None = None, *, output_size: int | None = None
+) -> bytes:
+    """``flame.v1.TaskResult`` (int32 return_code = 1, optional output = 2, optional message = 3), serialized.
+
+    ``output_size``: the output was written to the file the server named instead (:mod:`.payload_handoff`).
+    """
     parts = _return_code(return_code)
     if output is not None:
         _length_delimited(parts, 2, output)
     if message is not None:
         _length_delimited(parts, 3, message.encode())
+    if output_size is not None:
+        _varint_field(parts, handoff.OUTPUT_SIZE, output_size)
     return b"".join(parts)
 
 
@@ -136,11 +183,16 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
     return b"".join(parts)
 
 
-def result(return_code: int, message: str | None = None) -> bytes:
-    """``flame.v1.Result`` (int32 return_code = 1, optional message = 2), serialized."""
+def result(return_code: int, message: str | None = None, *, handoff_offered: bool = False) -> bytes:
+    """``flame.v1.Result`` (int32 return_code = 1, optional message = 2), serialized.
+
+    ``handoff_offered``: this instance takes payload files (:mod:`.payload_handoff`), said in OnSessionEnter's.
+    """
     parts = _return_code(return_code)
     if message is not None:
         _length_delimited(parts, 2, message.encode())
+    if handoff_offered:
+        _varint_field(parts, handoff.HANDOFF, 1)
     return b"".join(parts)
 
 
@@ -148,7 +200,7 @@ _I64 = 1
 _I32 = 5
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     value = 0
     shift = 0
     end = len(data)
@@ -173,7 +225,7 @@ _MAX_GROUP_DEPTH = 100
 """Groups nested deeper are refused, as protobuf refuses them (its recursion limit)."""
 
 
-def _skip(data: bytes, pos: int, number: int, wire: int, depth: int = 0) -> int:
+def _skip(data: bytes | memoryview, pos: int, number: int, wire: int, depth: int = 0) -> int:
     """The position after the value of field ``number`` (of wire type ``wire``) that starts at ``pos``."""
     if number == 0:
         raise ValueError("malformed message: field number 0")
@@ -202,10 +254,11 @@ def _skip(data: bytes, pos: int, number: int, wire: int, depth: int = 0) -> int:
     raise ValueError(f"malformed message: wire type {wire} (field {number}) where a field starts")
 
 
-def _fields(data: bytes) -> list[tuple[int, int, int]]:
+def _fields(data: bytes | memoryview, varints: dict[int, int] | None = None) -> list[tuple[int, int, int]]:
     """The length-delimited fields of a serialized message, as ``(number, start, end)`` (the contents are
     ``data[start:end]``), in order. Fields of other wire types are skipped: flame.v1's readers here need
-    strings, bytes and sub-messages only."""
+    strings, bytes and sub-messages, and (into ``varints`` when given, the last value of each number)
+    integers."""
     out: list[tuple[int, int, int]] = []
     pos = 0
     end = len(data)
@@ -218,6 +271,8 @@ def _fields(data: bytes) -> list[tuple[int, int, int]]:
                 raise ValueError("truncated message: a field is longer than what is left")
             out.append((number, pos, pos + length))
             pos += length
+        elif wire == _VARINT and number != 0 and varints is not None:
+            varints[number], pos = _read_varint(data, pos)
         else:
             pos = _skip(data, pos, number, wire)
     return out
@@ -227,19 +282,118 @@ def _text(data: bytes, start: int, end: int) -> str:
     return data[start:end].decode()  # strict: protobuf refuses a string that is not UTF-8
 
 
-def read_task_context(data: bytes) -> tuple[str, str, bytes | None]:
-    """``flame.v1.TaskContext`` -> ``(task_id, session_id, input or None)``; the input is one slice."""
+def _sub_fields(data: bytes, number: int, varints: dict[int, int] | None = None) -> list[tuple[int, int, int]]:
+    """The fields of every occurrence of sub-message ``number`` of ``data``, in order, as ``(number, start,
+    end)`` into ``data``: read in order, the last value of each wins, which is protobuf's merge of repeated
+    occurrences of a sub-message."""
+    out: list[tuple[int, int, int]] = []
+    for outer, start, end in _fields(data):
+        if outer == number:
+            view = memoryview(data)[start:end]  # no copy: positions are shifted back into ``data``
+            out += [(n, start + s, start + e) for n, s, e in _fields(view, varints)]
+    return out
+
+
+def read_create_task_request(data: bytes) -> tuple[str, bytes | None]:
+    """``flame.v1.CreateTaskRequest`` -> ``(task.session_id, task.input or None)``; the input is one slice
+    (protobuf's parse and then its accessor copied a 16 MiB input twice)."""
+    data = bytes(data)
+    session_id = ""
+    task_input: bytes | None = None
+    for number, start, end in _sub_fields(data, 1):
+        if number == 2:
+            session_id = _text(data, start, end)
+        elif number == 3:
+            task_input = data[start:end]
+    return session_id, task_input
+
+
+def read_run_task_reply(data: bytes) -> tuple[int, bytes | None]:
+    """A ``flame.v1.Task`` as RunTask answers it -> ``(status.state, spec.output or None)``, the output one
+    slice; for a caller that reads the rest (a failure's events) from protobuf only when it needs it."""
+    data = bytes(data)
+    output: bytes | None = None
+    for number, start, end in _sub_fields(data, 2):
+        if number == 4:
+            output = data[start:end]
+    states: dict[int, int] = {}
+    _sub_fields(data, 3, states)
+    return _int32(states.get(1, 0)), output
+
+
+class TaskCall(NamedTuple):
+    """A ``flame.v1.TaskContext`` as read, with the payload files the server named (:mod:`.payload_handoff`)."""
+
+    task_id: str
+    session_id: str
+    input: bytes | None
+    input_file: tuple[str, int] | None = None
+    """The path and size of the file holding the input (``input`` is then None)."""
+    output_file: tuple[str, int, bool] | None = None
+    """The path where an output of at least the given size is written, and whether to fsync it."""
+
+
+def read_task_call(data: bytes) -> TaskCall:
+    """``flame.v1.TaskContext`` -> :class:`TaskCall`; the input is one slice."""
     data = bytes(data)  # a no-op for bytes; a buffer (memoryview, frame) is read as bytes
     task_id = session_id = ""
     task_input: bytes | None = None
-    for number, start, end in _fields(data):
+    input_path = output_path = None
+    numbers: dict[int, int] = {}
+    for number, start, end in _fields(data, numbers):
         if number == 1:
             task_id = _text(data, start, end)
         elif number == 2:
             session_id = _text(data, start, end)
         elif number == 4:
             task_input = data[start:end]
-    return task_id, session_id, task_input
+        elif number == handoff.INPUT_FILE:
+            input_path = _text(data, start, end)
+        elif number == handoff.OUTPUT_FILE:
+            output_path = _text(data, start, end)
+    input_file = None if input_path is None else (input_path, numbers.get(handoff.INPUT_SIZE, 0))
+    output_file = None
+    if output_path is not None:
+        output_file = (output_path, numbers.get(handoff.OUTPUT_MIN, 0), bool(numbers.get(handoff.OUTPUT_SYNC)))
+    return TaskCall(task_id, session_id, task_input, input_file, output_file)
+
+
+def read_task_context(data: bytes) -> tuple[str, str, bytes | None]:
+    """``flame.v1.TaskContext`` -> ``(task_id, session_id, input or None)``; the input is one slice."""
+    call = read_task_call(data)
+    return call.task_id, call.session_id, call.input
+
+
+def _int32(value: int) -> int:
+    """A varint read as protobuf reads an int32: its low 32 bits, signed."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def read_task_result(data: bytes) -> tuple[int, bytes | None, str | None, int | None]:
+    """``flame.v1.TaskResult`` -> ``(return_code, output or None, message or None, output_size or None)``;
+    the output is one slice (``output_size``: it is in the file the server named, :mod:`.payload_handoff`)."""
+    data = bytes(data)
+    output: bytes | None = None
+    message: str | None = None
+    numbers: dict[int, int] = {}
+    for number, start, end in _fields(data, numbers):
+        if number == 2:
+            output = data[start:end]
+        elif number == 3:
+            message = _text(data, start, end)
+    return _int32(numbers.get(1, 0)), output, message, numbers.get(handoff.OUTPUT_SIZE)
+
+
+def read_enter_result(data: bytes) -> tuple[int, str, bool]:
+    """``flame.v1.Result`` -> ``(return_code, message, handoff offered)`` (:mod:`.payload_handoff`)."""
+    data = bytes(data)
+    message = ""
+    numbers: dict[int, int] = {}
+    for number, start, end in _fields(data, numbers):
+        if number == 2:
+            message = _text(data, start, end)
+    return _int32(numbers.get(1, 0)), message, numbers.get(handoff.HANDOFF) == 1
 
 
 _APPLICATION_STRINGS = {1: "name", 3: "image", 4: "command", 5: "working_directory", 6: "url", 7: "installer"}

@@ -21,6 +21,7 @@ def flamepy_add_serializers() -> Sequence[SerializerSpec]:
             name="cloudpickle",
             domain="python",
             load=_load,
+            factory_path="flamepy_serializers.cloudpickle.serializer:CloudpickleSerializer",
             options=frozenset({"protocol"}),
             requires=("cloudpickle",),
             description="any picklable Python value, functions and classes by value (the default)",

@@ -21,6 +21,7 @@ def flamepy_add_serializers() -> Sequence[SerializerSpec]:
             name="json",
             domain="json",
             load=_load,
+            factory_path="flamepy_serializers.json.serializer:JsonSerializer",
             requires=(),
             description="None, bool, int, finite float, str, list, dict with str keys; anything else is refused",
         )

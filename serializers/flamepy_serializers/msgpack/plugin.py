@@ -26,6 +26,7 @@ def flamepy_add_serializers() -> Sequence[SerializerSpec]:
             name="msgpack",
             domain="msgpack",
             load=_load,
+            factory_path="flamepy_serializers.msgpack.serializer:MsgpackSerializer",
             requires=("msgpack",),
             description="None, bool, 64-bit int, float, str, bytes, list, dict with scalar keys",
         )

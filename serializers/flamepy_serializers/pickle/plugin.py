@@ -21,6 +21,7 @@ def flamepy_add_serializers() -> Sequence[SerializerSpec]:
             name="pickle",
             domain="python",
             load=_load,
+            factory_path="flamepy_serializers.pickle.serializer:PickleSerializer",
             options=frozenset({"protocol"}),
             requires=(),
             description="any picklable Python value; classes and functions by reference (importable on both sides)",

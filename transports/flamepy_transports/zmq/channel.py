@@ -40,6 +40,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import threading
 import time
 import weakref
@@ -118,8 +119,10 @@ class _Core:
         self._sock: zmq.Socket[bytes] | None = None
         self._monitor: Monitor | None = None
         self._busy_poller = zmq.Poller()
-        self._idle_poller = zmq.Poller()
-        self._direct_poller = zmq.Poller()
+        self._idle_poller = select.poll()
+        self._direct_poller = select.poll()
+        """A direct caller's wait: the descriptors (``ZMQ_FD``) of the DEALER and of its monitor, and ``_want``."""
+        self._monitor_fd = -1
         self._pollout = False
         # The lease of the DEALER and its monitor: whoever holds it may touch them. The I/O thread holds it
         # while it has calls to carry; an idle channel lends it to one synchronous caller at a time (see
@@ -137,7 +140,7 @@ class _Core:
         """Until then the idle I/O thread waits on its waker alone: something else than a reply it must
         read woke it through the descriptor (a synchronous caller's reply)."""
         self._sock_fd = -1
-        self._watch_poller = zmq.Poller()
+        self._watch_poller = select.poll()
         self._unsent: deque[_Entry] = deque()
         self._connected = False
         self._last_failure: FlameError | None = None
@@ -225,13 +228,10 @@ class _Core:
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = self._direct_poller
         while True:
-            wait = (
-                DIRECT_SLICE_MS
-                if deadline is None
-                else max(0, min(DIRECT_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
-            )
-            ready = dict(poller.poll(wait))
-            if sock in ready:
+            # Read what libzmq has taken in before waiting on the descriptors: ZMQ_FD signals only what
+            # arrives after. Waiting on plain descriptors, not on the sockets through zmq_poll, spares
+            # the ZMQ_EVENTS look at each socket before and after the wait (a system call each).
+            if readable(sock):
                 while True:
                     try:
                         msg = framing.decode(sock.recv_multipart(zmq.NOBLOCK))
@@ -251,7 +251,13 @@ class _Core:
                     raise FlameError(
                         FlameErrorCode.INTERNAL, f"the server sent a {msg.kind.name} to the call of {method}"
                     )
-            if monitor.socket in ready or self._want.fileno() in ready:
+            wait = (
+                DIRECT_SLICE_MS
+                if deadline is None
+                else max(0, min(DIRECT_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
+            )
+            ready = {fd for fd, _event in poller.poll(wait)}
+            if self._want.fileno() in ready or (self._monitor_fd in ready and readable(monitor.socket)):
                 return self._hand_over(corr, method, timeout, deadline)
             if self._closing:
                 raise unavailable(self._endpoint, "the channel is closed")
@@ -416,18 +422,22 @@ class _Core:
         self._busy_poller.register(sock, zmq.POLLIN)
         self._busy_poller.register(self._monitor.socket, zmq.POLLIN)
         self._busy_poller.register(self._waker.fileno(), zmq.POLLIN)
-        self._idle_poller = zmq.Poller()
-        self._idle_poller.register(self._waker.fileno(), zmq.POLLIN)
+        # Plain descriptors are waited on with poll(2) itself: zmq_poll would look once without waiting
+        # before every wait (one system call more each time the thread goes idle).
+        self._idle_poller = select.poll()
+        self._idle_poller.register(self._waker.fileno(), select.POLLIN)
         sock_fd = sock.getsockopt(zmq.FD)
         assert isinstance(sock_fd, int)
         self._sock_fd = sock_fd
-        self._watch_poller = zmq.Poller()
-        self._watch_poller.register(self._waker.fileno(), zmq.POLLIN)
-        self._watch_poller.register(self._sock_fd, zmq.POLLIN)
-        self._direct_poller = zmq.Poller()
-        self._direct_poller.register(sock, zmq.POLLIN)
-        self._direct_poller.register(self._monitor.socket, zmq.POLLIN)
-        self._direct_poller.register(self._want.fileno(), zmq.POLLIN)
+        self._watch_poller = select.poll()
+        self._watch_poller.register(self._waker.fileno(), select.POLLIN)
+        self._watch_poller.register(self._sock_fd, select.POLLIN)
+        monitor_fd = self._monitor.socket.getsockopt(zmq.FD)
+        assert isinstance(monitor_fd, int)
+        self._monitor_fd = monitor_fd
+        self._direct_poller = select.poll()
+        for fd in (sock_fd, monitor_fd, self._want.fileno()):
+            self._direct_poller.register(fd, select.POLLIN)
 
     def _close_socket(self) -> None:
         if self._monitor is not None:
@@ -537,8 +547,8 @@ class _Core:
                 self._holding = self._lease.acquire(blocking=False)
             elif not ready and self._lease.acquire(blocking=False):
                 self._holding = True  # nobody calls: a look at the connection's news and stray replies
-            if self._holding:
-                ready.update(self._busy_poller.poll(0))
+            if self._holding and readable(sock):
+                ready[sock] = zmq.POLLIN  # the monitor's news is looked at below, the waker was in the wait
         if self._holding and sock in ready and ready[sock] & zmq.POLLIN:
             self._receive(sock)
         news = monitor.socket in ready or (self._holding and readable(monitor.socket))

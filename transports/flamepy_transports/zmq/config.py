@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 
 from flamepy_core.transport_kit import DEFAULT_CALL_TIMEOUT
-from flamepy_transports.zmq.auth import CurveClientKeys, CurveServerKeys, load_client_keys, load_server_keys
 from flamepy_transports.zmq.defaults import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HEARTBEAT_IVL_MS,
@@ -19,6 +19,9 @@ from flamepy_transports.zmq.defaults import (
     DEFAULT_MAX_WORKERS,
 )
 from flamepy_transports.zmq.endpoints import Address
+
+if TYPE_CHECKING:  # CURVE (.auth) is imported only when keys are configured: not by every service instance
+    from flamepy_transports.zmq.auth import CurveClientKeys, CurveServerKeys
 
 RECONNECT_IVL_MS = 100
 """How often a channel retries a connection to an absent server (libzmq adds jitter up to this much)."""
@@ -105,6 +108,8 @@ def build_config(
     """Validate the options and read the CURVE key files (ValueError names the bad option)."""
     curve_server = None
     if curve_server_secret_key_file is not None:
+        from flamepy_transports.zmq.auth import load_server_keys
+
         curve_server = load_server_keys(
             curve_server_secret_key_file, curve_client_public_keys_dir, curve_client_public_key_files
         )
@@ -117,6 +122,8 @@ def build_config(
                 "a CURVE client needs both curve_server_public_key_file (the server's '.key') and "
                 "curve_client_secret_key_file (its own '.key_secret')"
             )
+        from flamepy_transports.zmq.auth import load_client_keys
+
         curve_client = load_client_keys(curve_server_public_key_file, curve_client_secret_key_file)
     config = ZmqConfig(
         max_message_size=int(max_message_size),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from dataclasses import dataclass
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -91,6 +90,8 @@ def check_ipc_free(address: Address) -> None:
     """Refuse to bind an ipc path another live server listens on (libzmq would silently steal it)."""
     if not address.is_ipc_file or not os.path.exists(address.path):
         return
+    import socket  # only for a path already there: a service instance's start does without the module
+
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:

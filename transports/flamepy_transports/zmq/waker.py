@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import _socket
 import contextlib
-import socket
 
 import zmq
 
@@ -19,7 +19,9 @@ class Waker:
     """
 
     def __init__(self) -> None:
-        self._reader, self._writer = socket.socketpair()
+        # The C module's socket pair: the same sockets as ``socket.socketpair()``, without importing the
+        # ``socket`` module (its enums and ``selectors``), which every service instance would load at start.
+        self._reader, self._writer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self._reader.setblocking(False)
         self._writer.setblocking(False)
         self._signalled = False

@@ -1,0 +1,168 @@
+"""A RunTask's creation is committed with its result: one transaction per task, never a lost result.
+
+RunTask acknowledges nothing but the task's result, so the engine does not commit the creation before
+the task runs (as it must for CreateTask, whose answer is the id). The rules tested here, on a real
+sqlite store driven the way the scheduler drives it (``start_next``, then ``finish_task``):
+
+* the result is reported only once committed, and the task's rows (created, input, output, final state)
+  go in that same transaction when nothing else committed meanwhile;
+* a creation the store refuses is withdrawn: the caller gets the store's error, the result that comes
+  later is dropped, and nothing of the task is left in the store once space returns;
+* CreateTask still commits the creation before answering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine import state as state_module
+from flamepy_core.engine import store as store_module
+from flamepy_core.engine.state import Engine
+from flamepy_core.engine.store import Store
+from flamepy_core.wire.proto import types_pb2 as pb
+
+BIG = b"i" * 5000
+"""More than a page (4 KiB): its row needs a new page, which a full store refuses."""
+
+
+@pytest.fixture
+def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    monkeypatch.setattr(store_module, "LAZY_DELAY", 60.0)  # the writer thread commits nothing by itself here
+    store = Store(tmp_path / "flame.db", retry_window=0.0)
+    engine = Engine(store)
+    engine.register_application("app", pb.ApplicationSpec(command="python"))
+    engine.create_session("s1", pb.SessionSpec(application="app"))
+    try:
+        yield engine
+    finally:
+        store._write.execute("PRAGMA max_page_count = 1000000000")
+        store.close(timeout=5)
+
+
+def stored(engine: Engine, tid: int) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The task's row (state) and its payload rows (kind, data), as committed."""
+    rows = engine.store.query("SELECT state FROM tasks WHERE session_id = 's1' AND id = ?", tid)
+    payloads = engine.store.query(
+        "SELECT kind, data FROM task_payloads WHERE session_id = 's1' AND id = ? ORDER BY kind", tid
+    )
+    return rows, payloads
+
+
+def fill_up(store: Store) -> None:
+    pages = store.query("PRAGMA page_count")[0][0]
+    store._write.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_a_run_tasks_creation_is_committed_with_its_result(engine: Engine) -> None:
+    outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
+    before = engine.store.commits
+    engine.run_task("s1", b"in", lambda task, error: outcomes.append((task, error)))
+    assert engine.store.commits == before, "the creation of a RunTask got a transaction of its own"
+    assert stored(engine, 1) == ([], []), "the task is in the store before anything was committed"
+
+    started = engine.start_next("s1")
+    assert started == (1, b"in", None), "a RunTask's task was not queued for an instance at once"
+    engine.store.commit(lazy=False)  # what the scheduler does after sending it: lazy writes wait
+    assert engine.store.commits == before and not outcomes
+
+    assert engine.finish_task("s1", 1, output=b"out")
+    assert engine.store.commits == before + 1, "creation and result were not one transaction"
+    assert len(outcomes) == 1 and outcomes[0][1] is None
+    task = outcomes[0][0]
+    assert task is not None and task.status.state == pb.TaskState.Succeed and task.spec.output == b"out"
+    assert stored(engine, 1) == ([(int(pb.TaskState.Succeed),)], [(0, b"in"), (1, b"out")])
+    session = engine.get_session("s1").status
+    assert (session.pending, session.running, session.succeed) == (0, 0, 1)
+
+
+def test_create_task_still_commits_before_it_answers(engine: Engine) -> None:
+    before = engine.store.commits
+    task = engine.create_task("s1", b"in")
+    assert engine.store.commits == before + 1
+    assert stored(engine, int(task.metadata.id)) == ([(int(pb.TaskState.Pending),)], [(0, b"in")])
+
+
+def test_a_refused_creation_withdraws_a_pending_run_task(engine: Engine) -> None:
+    outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
+    engine.run_task("s1", BIG, lambda task, error: outcomes.append((task, error)))
+    fill_up(engine.store)
+    engine.store.commit()  # the creation is tried, refused and given up (no retry window here)
+    wait_for(lambda: outcomes, 10, "the caller to hear that its task was withdrawn")
+    assert len(outcomes) == 1 and outcomes[0][0] is None
+    error = outcomes[0][1]
+    assert error is not None and error.code == FlameErrorCode.RESOURCE_EXHAUSTED and "flame.db" in error.message
+    assert engine.start_next("s1") is None, "a withdrawn task was still sent to an instance"
+    session = engine.get_session("s1").status
+    assert (session.pending, session.running) == (0, 0)
+
+
+def test_a_refused_creation_withdraws_a_run_task_whose_result_is_queued(engine: Engine) -> None:
+    outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
+    engine.run_task("s1", BIG, lambda task, error: outcomes.append((task, error)))
+    assert engine.start_next("s1") == (1, BIG, None)
+    fill_up(engine.store)
+    # The result is durable: kept and retried; the creation it rides with is given up.
+    assert engine.finish_task("s1", 1, output=b"o" * 5000)
+    wait_for(lambda: outcomes, 10, "the caller to hear that its task was withdrawn")
+    task, error = outcomes[0]
+    assert task is None and error is not None and error.code == FlameErrorCode.RESOURCE_EXHAUSTED
+    engine.store._write.execute("PRAGMA max_page_count = 1000000000")  # space returns
+    engine.store.flush(timeout=10)
+    assert stored(engine, 1) == ([], []), "a withdrawn task's result was left in the store"
+    assert len(outcomes) == 1, "a withdrawn task's result was reported too"
+    session = engine.get_session("s1").status
+    assert (session.pending, session.running, session.succeed) == (0, 0, 0)
+
+
+class Batches:
+    """A watch feed that records what each delivery carried (the ids of its tasks)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def deliver(self, tasks: list[pb.Task]) -> bool:
+        self.batches.append([int(t.metadata.id) for t in tasks])
+        return True
+
+    def end(self, error: FlameError | None) -> None:
+        pass
+
+    def is_active(self) -> bool:
+        return True
+
+
+def test_results_of_a_burst_share_one_commit_and_one_delivery(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While more of the session's tasks are in flight, a result nobody waits on alone waits for company
+    (here: for ever, so the test sees it); the last one of the burst is committed at once, with them."""
+    monkeypatch.setattr(state_module, "RESULT_LINGER", 60.0)
+    feed = Batches()
+    engine.watch_session("s1", 0, feed)
+    ids = [int(engine.create_task("s1", b"t%d" % i).metadata.id) for i in range(3)]
+    before = engine.store.commits
+    assert [engine.start_next("s1"), engine.start_next("s1")] == [(ids[0], b"t0", None), (ids[1], b"t1", None)]
+    for tid, output in ((ids[0], b"r0"), (ids[1], b"r1")):
+        assert engine.finish_task("s1", tid, output=output, commit=False)
+        engine.store.commit(lazy=False)  # as the scheduler commits after each result
+    assert engine.store.commits == before and feed.batches == [], "a result of a burst was committed alone"
+    assert engine.start_next("s1") == (ids[2], b"t2", None)
+    assert engine.finish_task("s1", ids[2], output=b"r2", commit=False)  # the last: nothing else in flight
+    engine.store.commit(lazy=False)
+    assert engine.store.commits == before + 1, "the last result of a burst waited, or went alone"
+    assert feed.batches == [ids], "the session's watcher was not fed the burst's results in one delivery"
+    assert [stored(engine, tid)[0] for tid in ids] == [[(int(pb.TaskState.Succeed),)]] * 3
+
+
+def test_a_result_someone_waits_for_is_committed_at_once(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "RESULT_LINGER", 60.0)
+    outcomes: list[pb.Task | None] = []
+    engine.create_task("s1", b"other")  # in flight too: a burst, but the RunTask's caller waits
+    engine.run_task("s1", b"in", lambda task, _error: outcomes.append(task))
+    assert engine.start_next("s1") is not None and engine.start_next("s1") == (2, b"in", None)
+    assert engine.finish_task("s1", 2, output=b"out", commit=False)
+    engine.store.commit(lazy=False)
+    assert len(outcomes) == 1 and outcomes[0] is not None and outcomes[0].spec.output == b"out"

@@ -1,0 +1,79 @@
+"""A service process stops on SIGTERM whichever of its threads the kernel hands the signal to.
+
+Python runs a signal's handler on the main thread, when that thread next runs Python code. A service's
+main thread waits for calls; if the kernel delivers SIGTERM to another thread (a transport's I/O thread,
+the heartbeat), the handler, which is what ends that wait, must still run. The service here directs the
+signal at one of its own other threads (``pthread_kill``), which is the case that used to leave the
+process serving forever; it must end by SIGTERM, as the server expects.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from flamepy_core.engine.executor import class_path
+from flamepy_core.plugins import get_registry
+from flamepy_core.wire.payload_messages import ON_TASK_INVOKE, task_context
+from flamepy_core.wire.proto import types_pb2 as pb
+
+SERVICE = """
+import signal, threading
+import flamepy
+
+class Stopper(flamepy.FlameService):
+    def on_task_invoke(self, context):
+        parked = threading.Event()
+
+        def other_thread():
+            parked.wait(0.5)  # the answer is out and the main thread waits for the next call
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+            parked.wait(60)
+
+        threading.Thread(target=other_thread, daemon=True).start()
+        return b"ok"
+
+if __name__ == "__main__":
+    flamepy.run(Stopper())
+"""
+
+
+def test_sigterm_handed_to_another_thread_still_stops_the_service(tmp_path: Path) -> None:
+    endpoint = f"zmq+ipc://{tmp_path}/instance.ipc"
+    transport = get_registry().transport(endpoint)
+    script = tmp_path / "service.py"
+    script.write_text(SERVICE)
+    ready_read, ready_write = os.pipe()
+    env = {
+        **os.environ,
+        "FLAME_INSTANCE_ENDPOINT": endpoint,
+        "FLAMEPY_INSTANCE_TRANSPORTS": class_path(transport),
+        "FLAMEPY_READY_FD": str(ready_write),
+        "FLAMEPY_HEARTBEAT_INTERVAL": "0",
+    }
+    env.pop("FLAMEPY_INSTANCE_ENDPOINT", None)
+    process = subprocess.Popen([sys.executable, str(script)], env=env, pass_fds=(ready_write,), stderr=subprocess.PIPE)
+    os.close(ready_write)
+    channel = None
+    try:
+        readable, _, _ = select.select([ready_read], [], [], 60)
+        assert readable and os.read(ready_read, 1) == b"1", "the service did not signal readiness"
+        channel = transport.connect(endpoint)
+        reply = pb.TaskResult.FromString(channel.unary(ON_TASK_INVOKE, task_context("1", "s1", b""), 30))
+        assert reply.return_code == 0, reply.message
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("SIGTERM handed to a thread other than the main one did not stop it") from None
+        assert process.returncode == -signal.SIGTERM, f"ended with {process.returncode}, not by SIGTERM"
+    finally:
+        if channel is not None:
+            channel.close()
+        os.close(ready_read)
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)

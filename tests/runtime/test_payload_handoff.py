@@ -1,0 +1,169 @@
+"""Large payloads handed to and from flamepy's own service processes as payload files (wire.payload_handoff):
+byte for byte at the threshold's edges and after a restart; a service that fails after reading a file
+input; an input file gone before the service read it fails that task with a clear error, and the next
+task runs; the service side writes a large output into the file it is given, and a writer killed part way
+leaves no file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+import flamepy
+from flamepy_core.client.connection import reset_default_connection
+from flamepy_core.contracts.transport import UnaryHandler
+from flamepy_core.engine.payload_files import PayloadFiles
+from flamepy_core.instance.runtime import instance_handlers
+from flamepy_core.instance.service import FlameService, TaskContext
+from flamepy_core.kit.basics import SimpleCallContext
+from flamepy_core.privacy import PRIVATE_FILE_MODE
+from flamepy_core.wire import payload_handoff
+from flamepy_core.wire.payload_messages import ON_TASK_INVOKE, read_task_result, task_context
+
+MIB = 1 << 20
+
+SERVICE = """
+import os, time
+import flamepy
+from flamepy.core import FlameService
+
+
+class Handoff(FlameService):
+    def on_task_invoke(self, context):
+        data = context.input
+        if data.startswith(b"wait:"):  # hold the instance until the file named in the input exists
+            marker = data[5:100].split(b"|")[0].decode()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(marker) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return b"waited"
+        if data.startswith(b"fail"):
+            raise ValueError(f"refused an input of {len(data)} bytes ending {data[-4:].hex()}")
+        return data[::-1]
+
+
+if __name__ == "__main__":
+    flamepy.run(Handoff())
+"""
+
+
+def payload_names(home: Path) -> set[str]:
+    directory = home / "payloads"
+    return {p.name for p in directory.iterdir()} if directory.exists() else set()
+
+
+@pytest.mark.parametrize("size", [MIB - 1, MIB, 16 * MIB])
+def test_a_payload_round_trips_byte_for_byte_and_reads_back_after_a_restart(flame_env, size: int) -> None:
+    flame_env.write_service("handoff", SERVICE)
+    session = flamepy.create_session("handoff")
+    data = os.urandom(size)
+    assert session.invoke(data) == data[::-1]
+    files = payload_names(flame_env.home)
+    # Below the threshold both stay in the database; at it, input and output have a file each (the
+    # output's written by the service process), and nothing half written or reserved is left over.
+    assert len(files) == (0 if size < MIB else 2), files
+    assert not [name for name in files if name.endswith(".part")]
+
+    flame_env.flmctl("server", "stop")
+    reset_default_connection()
+    (task,) = flamepy.get_session(session.id).list_tasks()
+    assert (task.input, task.output) == (data, data[::-1])
+
+
+def test_a_service_that_fails_after_reading_a_file_input_fails_the_task_and_keeps_the_input(flame_env) -> None:
+    flame_env.write_service("handoff", SERVICE)
+    session = flamepy.create_session("handoff")
+    data = b"fail" + os.urandom(16 * MIB)
+    with pytest.raises(flamepy.FlameError) as failed:
+        session.invoke(data)
+    # The service read all of it: its size and last bytes are in the service's error.
+    assert f"refused an input of {len(data)} bytes ending {data[-4:].hex()}" in str(failed.value)
+    (task,) = session.list_tasks()
+    assert task.state == flamepy.TaskState.FAILED and task.input == data
+    assert len(payload_names(flame_env.home)) == 1, "the input's file only: the unused output name is released"
+    assert session.invoke(b"ok" * MIB) == (b"ok" * MIB)[::-1], "the instance keeps serving"
+
+
+def test_an_input_file_gone_before_the_service_reads_it_fails_that_task_saying_which_file(flame_env, tmp_path) -> None:
+    flame_env.write_service("handoff", SERVICE)
+    session = flamepy.create_session("handoff", min_instances=1, max_instances=1)
+    marker = tmp_path / "go"
+    holding = session.create_task(f"wait:{marker}|".encode())
+    wait_for(lambda: session.get_task(holding.id).state == flamepy.TaskState.RUNNING, 60, "the first task to run")
+    before = payload_names(flame_env.home)
+    queued = session.run(os.urandom(2 * MIB))  # pending behind the running one
+    (name,) = wait_for(lambda: payload_names(flame_env.home) - before, 60, "the input's file")
+    (flame_env.home / "payloads" / name).unlink()
+    marker.touch()
+
+    error = queued.exception(timeout=60)
+    assert isinstance(error, flamepy.FlameError)
+    assert f"could not be read from its payload file {flame_env.home / 'payloads' / name}" in str(error), error
+    assert "the service did not run" in str(error)
+    data = os.urandom(3 * MIB)
+    assert session.invoke(data) == data[::-1], "the next task runs"
+
+
+CONTEXT = SimpleCallContext(ON_TASK_INVOKE, None)
+
+
+class _Echo(FlameService):
+    def on_task_invoke(self, context: TaskContext) -> bytes | None:
+        return context.input
+
+
+def test_the_service_side_writes_a_large_output_into_the_file_it_is_given(tmp_path: Path) -> None:
+    handler = instance_handlers(_Echo())[ON_TASK_INVOKE]
+    assert isinstance(handler, UnaryHandler)
+    source = tmp_path / "p-in"
+    data = os.urandom(MIB + 7)
+    source.write_bytes(data)
+    target = tmp_path / "p-out"
+    request = task_context("1", "s", None, input_file=(str(source), len(data)), output_file=(str(target), MIB, True))
+
+    return_code, output, message, output_size = read_task_result(handler.fn(request, CONTEXT))
+    assert (return_code, output, message, output_size) == (0, None, None, len(data)), "no bytes on the link"
+    assert target.read_bytes() == data
+    assert target.stat().st_mode & 0o777 == PRIVATE_FILE_MODE == payload_handoff.FILE_MODE
+
+    # An output below the threshold travels inline, and the file is not made.
+    small = tmp_path / "p-small"
+    reply = handler.fn(task_context("2", "s", b"tiny", output_file=(str(small), MIB, False)), CONTEXT)
+    assert read_task_result(reply) == (0, b"tiny", None, None)
+    assert not small.exists()
+
+    # A short input file is refused before the service runs, naming the file and both sizes.
+    reply = handler.fn(task_context("3", "s", None, input_file=(str(source), len(data) + 1)), CONTEXT)
+    return_code, _output, message, _size = read_task_result(reply)
+    assert return_code == -1 and message is not None
+    assert f"{source} (it holds {len(data)} bytes where {len(data) + 1} were written)" in message
+
+
+KILLED_WRITER = """
+import resource, signal, sys
+from pathlib import Path
+from flamepy_core.wire.payload_handoff import write_payload_file
+
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: restore the kill it is by default
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # killed at the first write past 1 MiB
+write_payload_file(Path(sys.argv[1]), b"z" * (8 << 20), sync=False)
+"""
+
+
+def test_a_writer_killed_part_way_leaves_no_file_under_the_final_name(tmp_path: Path) -> None:
+    folder = tmp_path / "payloads"
+    folder.mkdir()
+    target = folder / "p-0123"
+    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], timeout=60, check=False)
+    assert child.returncode == -signal.SIGXFSZ, "killed in the middle of its write, by a signal nothing handles"
+    assert not target.exists()
+    assert (folder / "p-0123.part").stat().st_size == 1 << 20, "the half-written file is the .part"
+    assert PayloadFiles(folder, sync=False).remove_orphans(set) == 1
+    assert list(folder.iterdir()) == []
