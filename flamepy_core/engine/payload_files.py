@@ -102,8 +102,13 @@ class PayloadFiles:
             return None
         return PayloadFile(name, len(data))
 
-    def reserve(self) -> str:
-        """A new file name, ``pending`` until settled: for a file written here or by an instance."""
+    def reserve(self, *, for_instance: bool = False) -> str:
+        """A new file name, ``pending`` until settled: for a file written here or by an instance.
+
+        ``for_instance``: the folder is made first if it is missing (0700), as an instance writing the
+        server's first large payload cannot make it private itself."""
+        if for_instance and not self.directory.is_dir():
+            private_subdir(self.directory)
         name = f"{_PREFIX}{secrets.token_hex(16)}"
         with self._lock:
             self._pending.add(name)

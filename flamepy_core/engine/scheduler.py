@@ -275,6 +275,9 @@ class Scheduler:
     def tasks_pending(self, session_id: str) -> None:
         self.post(self._on_tasks_pending, session_id)
 
+    def session_opened(self, session_id: str) -> None:
+        self.post(self._on_session_opened, session_id)
+
     def session_closed(self, session_id: str) -> None:
         self.post(self._on_session_closed, session_id)
 
@@ -918,6 +921,28 @@ class Scheduler:
         self._spares_due.discard(app_name)
         self._spawn_spare(app_name)
 
+    def _on_session_opened(self, session_id: str) -> None:
+        """Start a process for a new session's application now, as a spare, if it has none ready or starting.
+
+        Its first task usually follows at once (``invoke`` right after ``create_session``). Started here,
+        the process starts while the client gets its reply and sends the task, instead of after (a round
+        trip and the task's commit off a new application's first invoke); that task then claims it
+        (:meth:`_acquire`). One at a time per application, under the spare rules (caps, sessions waiting
+        first, ``delay_release`` 0 keeps none): a session that never runs a task leaves a spare, as a
+        closed session does, stopped after ``delay_release``.
+        """
+        try:
+            app = self.engine.get_application(self.engine.get_session(session_id).spec.application)
+        except FlameError:
+            return
+        name = app.metadata.name
+        if app.spec.shim != pb.Shim.Host or any(
+            i.app == name and (i.state == State.SPARE or (i.state == State.STARTING and i.session_id is None))
+            for i in self._instances.values()
+        ):
+            return
+        self._spawn_spare(name)
+
     def _spawn_spare(self, app_name: str) -> None:
         if self._closed:
             return
@@ -987,9 +1012,9 @@ class Scheduler:
         if not inst.handoff:
             return task_context(str(tid), sid, task_input), None
         files = self.engine.store.payloads
-        output_name = files.reserve()
+        output_name = files.reserve(for_instance=True)
         given = None if input_file is None else (str(files.path(input_file.name)), input_file.size)
-        output = (str(files.path(output_name)), files.threshold, files.sync)
+        output = (str(files.path(output_name)), files.threshold, self.settings.max_message_size, files.sync)
         return task_context(str(tid), sid, task_input, input_file=given, output_file=output), output_name
 
     def _task_outcome(self, session_id: str, tid: int, output_name: str | None, future: Future[bytes]) -> _Outcome:

@@ -177,6 +177,10 @@ class SchedulerHooks(Protocol):
 
     def tasks_pending(self, session_id: str) -> None: ...
 
+    def session_opened(self, session_id: str) -> None:
+        """A session was created without ``min_instances``: its first task is likely to follow."""
+        ...
+
     def session_closed(self, session_id: str) -> None: ...
 
     def application_removed(self, name: str) -> None: ...
@@ -198,6 +202,9 @@ class SchedulerHooks(Protocol):
 
 class _NoScheduler:
     def tasks_pending(self, session_id: str) -> None:
+        pass
+
+    def session_opened(self, session_id: str) -> None:
         pass
 
     def session_closed(self, session_id: str) -> None:
@@ -670,6 +677,8 @@ class Engine:
                 self._creating.pop(session_id, None)
         if spec.min_instances:
             self.scheduler.tasks_pending(session_id)
+        else:
+            self.scheduler.session_opened(session_id)
         return self.snapshot(entry)
 
     def _save_session(self, entry: SessionEntry) -> None:

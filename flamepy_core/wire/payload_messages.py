@@ -86,13 +86,13 @@ def task_context(
     task_input: bytes | None,
     *,
     input_file: tuple[str, int] | None = None,
-    output_file: tuple[str, int, bool] | None = None,
+    output_file: tuple[str, int, int, bool] | None = None,
 ) -> bytes:
     """``flame.v1.TaskContext`` (task_id = 1, session_id = 2, optional input = 4), serialized.
 
     For an instance that takes payload files (:mod:`.payload_handoff`): ``input_file`` is the path and
     size of the file holding the input (then ``task_input`` is None), ``output_file`` the path where an
-    output of at least the given size is to be written, and whether to fsync it.
+    output of at least the first size and at most the second is to be written, and whether to fsync it.
     """
     parts: list[bytes] = []
     if task_id:
@@ -107,7 +107,8 @@ def task_context(
     if output_file is not None:
         _length_delimited(parts, handoff.OUTPUT_FILE, output_file[0].encode())
         _varint_field(parts, handoff.OUTPUT_MIN, output_file[1])
-        _varint_field(parts, handoff.OUTPUT_SYNC, int(output_file[2]))
+        _varint_field(parts, handoff.OUTPUT_SYNC, int(output_file[3]))
+        _varint_field(parts, handoff.OUTPUT_MAX, output_file[2])
     return b"".join(parts)
 
 
@@ -201,6 +202,8 @@ _I32 = 5
 
 
 def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    if pos < len(data) and data[pos] < 0x80:  # one byte: most keys, lengths and small integers
+        return data[pos], pos + 1
     value = 0
     shift = 0
     end = len(data)
@@ -263,10 +266,18 @@ def _fields(data: bytes | memoryview, varints: dict[int, int] | None = None) -> 
     pos = 0
     end = len(data)
     while pos < end:
-        key, pos = _read_varint(data, pos)
+        key = data[pos]  # a one-byte key (fields 1 to 15) read inline: this loop is on every call's path
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _read_varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == _LEN and number != 0:
-            length, pos = _read_varint(data, pos)
+            if pos < end and data[pos] < 0x80:
+                length = data[pos]
+                pos += 1
+            else:
+                length, pos = _read_varint(data, pos)
             if length > end - pos:
                 raise ValueError("truncated message: a field is longer than what is left")
             out.append((number, pos, pos + length))
@@ -312,13 +323,19 @@ def read_run_task_reply(data: bytes) -> tuple[int, bytes | None]:
     """A ``flame.v1.Task`` as RunTask answers it -> ``(status.state, spec.output or None)``, the output one
     slice; for a caller that reads the rest (a failure's events) from protobuf only when it needs it."""
     data = bytes(data)
+    view = memoryview(data)
     output: bytes | None = None
-    for number, start, end in _sub_fields(data, 2):
-        if number == 4:
-            output = data[start:end]
-    states: dict[int, int] = {}
-    _sub_fields(data, 3, states)
-    return _int32(states.get(1, 0)), output
+    state = 0
+    for outer, start, end in _fields(data):  # one pass; the last value of each wins, as in _sub_fields
+        if outer == 2:
+            for number, first, last in _fields(view[start:end]):
+                if number == 4:
+                    output = data[start + first : start + last]
+        elif outer == 3:
+            states: dict[int, int] = {}
+            _fields(view[start:end], states)
+            state = states.get(1, state)
+    return _int32(state), output
 
 
 class TaskCall(NamedTuple):
@@ -329,8 +346,9 @@ class TaskCall(NamedTuple):
     input: bytes | None
     input_file: tuple[str, int] | None = None
     """The path and size of the file holding the input (``input`` is then None)."""
-    output_file: tuple[str, int, bool] | None = None
-    """The path where an output of at least the given size is written, and whether to fsync it."""
+    output_file: tuple[str, int, int, bool] | None = None
+    """The path where an output of at least the first size and at most the second is written, and
+    whether to fsync it."""
 
 
 def read_task_call(data: bytes) -> TaskCall:
@@ -354,7 +372,8 @@ def read_task_call(data: bytes) -> TaskCall:
     input_file = None if input_path is None else (input_path, numbers.get(handoff.INPUT_SIZE, 0))
     output_file = None
     if output_path is not None:
-        output_file = (output_path, numbers.get(handoff.OUTPUT_MIN, 0), bool(numbers.get(handoff.OUTPUT_SYNC)))
+        least, most = numbers.get(handoff.OUTPUT_MIN, 0), numbers.get(handoff.OUTPUT_MAX, 0)
+        output_file = (output_path, least, most, bool(numbers.get(handoff.OUTPUT_SYNC)))
     return TaskCall(task_id, session_id, task_input, input_file, output_file)
 
 

@@ -47,6 +47,9 @@ class PlayedScheduler:
     def tasks_pending(self, session_id: str) -> None:
         pass
 
+    def session_opened(self, session_id: str) -> None:
+        pass
+
     def session_closed(self, session_id: str) -> None:
         pass
 

@@ -44,6 +44,8 @@ class Handoff(FlameService):
             while not os.path.exists(marker) and time.monotonic() < deadline:
                 time.sleep(0.02)
             return b"waited"
+        if data.startswith(b"big:"):
+            return b"o" * int(data[4:])
         if data.startswith(b"fail"):
             raise ValueError(f"refused an input of {len(data)} bytes ending {data[-4:].hex()}")
         return data[::-1]
@@ -75,6 +77,19 @@ def test_a_payload_round_trips_byte_for_byte_and_reads_back_after_a_restart(flam
     reset_default_connection()
     (task,) = flamepy.get_session(session.id).list_tasks()
     assert (task.input, task.output) == (data, data[::-1])
+
+
+def test_a_large_output_of_a_small_input_is_written_by_the_service_in_a_folder_made_private(flame_env) -> None:
+    """The server's first payload file is the service's: the server makes the folder (0700) before it
+    names a file in it, so the service writes there and does not fall back to sending the bytes."""
+    flame_env.write_service("handoff", SERVICE)
+    session = flamepy.create_session("handoff")
+    assert not (flame_env.home / "payloads").exists()
+    assert session.invoke(b"big:%d" % (2 * MIB)) == b"o" * (2 * MIB)
+    assert (flame_env.home / "payloads").stat().st_mode & 0o777 == 0o700
+    assert len(payload_names(flame_env.home)) == 1, "the output's file"
+    errors = "".join(p.read_text() for p in (flame_env.home / "logs" / "instances").glob("*.err"))
+    assert "cannot write the output" not in errors, errors
 
 
 def test_a_service_that_fails_after_reading_a_file_input_fails_the_task_and_keeps_the_input(flame_env) -> None:
@@ -126,7 +141,9 @@ def test_the_service_side_writes_a_large_output_into_the_file_it_is_given(tmp_pa
     data = os.urandom(MIB + 7)
     source.write_bytes(data)
     target = tmp_path / "p-out"
-    request = task_context("1", "s", None, input_file=(str(source), len(data)), output_file=(str(target), MIB, True))
+    request = task_context(
+        "1", "s", None, input_file=(str(source), len(data)), output_file=(str(target), MIB, 64 * MIB, True)
+    )
 
     return_code, output, message, output_size = read_task_result(handler.fn(request, CONTEXT))
     assert (return_code, output, message, output_size) == (0, None, None, len(data)), "no bytes on the link"
@@ -135,9 +152,15 @@ def test_the_service_side_writes_a_large_output_into_the_file_it_is_given(tmp_pa
 
     # An output below the threshold travels inline, and the file is not made.
     small = tmp_path / "p-small"
-    reply = handler.fn(task_context("2", "s", b"tiny", output_file=(str(small), MIB, False)), CONTEXT)
+    reply = handler.fn(task_context("2", "s", b"tiny", output_file=(str(small), MIB, 64 * MIB, False)), CONTEXT)
     assert read_task_result(reply) == (0, b"tiny", None, None)
     assert not small.exists()
+
+    # One too large to be answered at all is sent inline, where the message limit refuses it (not here).
+    over = tmp_path / "p-over"
+    reply = handler.fn(task_context("4", "s", data, output_file=(str(over), MIB, len(data), False)), CONTEXT)
+    assert read_task_result(reply) == (0, data, None, None)
+    assert not over.exists()
 
     # A short input file is refused before the service runs, naming the file and both sizes.
     reply = handler.fn(task_context("3", "s", None, input_file=(str(source), len(data) + 1)), CONTEXT)

@@ -7,10 +7,12 @@ Every wait has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import signal
+import sqlite3
 import sys
 import textwrap
 import time
@@ -27,6 +29,7 @@ from flamepy.service import Session
 from flamepy_core.client.connection import reset_default_connection
 from flamepy_core.client.local import live_server
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.wire.proto import types_pb2 as pb
 
 DELAY_RELEASE = 2.0  # tests/conftest.py FAST_SETTINGS
 
@@ -118,6 +121,13 @@ def read_events(folder: Path) -> list[tuple[int, str, str]]:
         pid, kind, *rest = line.split()
         rows.append((int(pid), kind, rest[0] if rest else ""))
     return rows
+
+
+def stored_task_state(home: Path, session_id: str, task_id: int) -> int | None:
+    """The state of a task as committed in the server's store (read-only), or None if it has no row."""
+    with contextlib.closing(sqlite3.connect(f"file:{home / 'flame.db'}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT state FROM tasks WHERE session_id = ? AND id = ?", (session_id, task_id)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def peak_concurrency(results: list[dict[str, Any]]) -> int:
@@ -330,6 +340,21 @@ def test_min_instances_starts_an_instance_before_any_task(flame_env):
         )
         assert flamepy.get_session(sid).succeed == 0  # no task was involved
         assert session.invoke({})["pid"] == entered[0]
+
+
+def test_a_new_session_starts_a_process_before_its_first_task_which_then_runs_on_it(flame_env):
+    """A first task usually follows a new session at once: its application's process starts with the session."""
+    folder = write_probe(flame_env, "ahead")
+    first = flamepy.create_session("ahead")
+    try:
+        started = wait_for(lambda: [p for p, kind, _ in read_events(folder) if kind == "start"], 20, "a process")
+        second = flamepy.create_session("ahead")  # one started ahead is waiting: no other
+        second.close()
+        assert not [kind for _, kind, _ in read_events(folder) if kind == "enter"], "bound before any task"
+        assert Session(session_id=first.id).invoke({})["pid"] == started[0]
+        assert [p for p, kind, _ in read_events(folder) if kind == "start"] == started
+    finally:
+        first.close()
 
 
 # -- order and throughput ------------------------------------------------------------------------------------
@@ -582,6 +607,10 @@ def test_killed_server_leaves_no_instance_behind_and_its_running_task_is_requeue
     busy.run({"i": 99, "sleep": 3})
     wait_for(lambda: [p for p, kind, i in read_events(folder) if kind == "task" and i == "99"], 20, "task 99 to start")
     busy_pid = next(p for p, kind, i in read_events(folder) if kind == "task" and i == "99")
+    # A task's RUNNING state is a lazy write (it goes out with the next commit, within the store's
+    # LAZY_DELAY): the crash must come after it, or the next server finds the task PENDING, not running.
+    running = int(pb.TaskState.Running)
+    wait_for(lambda: stored_task_state(flame_env.home, busy_id, 1) == running, 10, "task 99 RUNNING in the store")
     server = live_server(flame_env.home)
     assert server
     os.kill(int(server["pid"]), signal.SIGKILL)

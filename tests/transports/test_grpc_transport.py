@@ -26,7 +26,6 @@ from typing import Any
 import grpc
 import pytest
 from flamepy_transports.grpc.plugin import GrpcTransport
-from flamepy_transports.grpc.server import GrpcServer
 from flamepy_transports.grpc.status import (
     ERROR_CODE_KEY,
     FLAME_TO_GRPC,
@@ -34,7 +33,7 @@ from flamepy_transports.grpc.status import (
     error_from_status,
     flame_code_for,
 )
-from flamepy_transports.grpc.transport import GrpcChannel
+from flamepy_transports.grpc.transport import GrpcChannel, GrpcServer
 
 from flamepy_core.contracts import (
     CallContext,
@@ -149,7 +148,7 @@ def test_plugin_declares_grpc_without_importing_it() -> None:
     assert spec.capabilities.tls and spec.capabilities.auth  # grpcs:// and https://, mutual TLS
     assert spec.capabilities.bare_path_scheme == "unix" and spec.capabilities.local_schemes == ("unix",)
     assert spec.capabilities.security is not None and spec.capabilities.security.schemes == ("grpcs", "https")
-    assert spec.capabilities.deferred_replies and spec.capabilities.deferred_streams  # the asyncio server
+    assert not spec.capabilities.deferred_replies  # gRPC's synchronous server holds a thread per call
     assert {"max_message_size", "default_timeout", "max_workers", "keepalive_time_ms"} <= spec.options
     assert spec.requires == ("grpcio",)
     entry_points = {ep.name: ep.value for ep in metadata.entry_points(group="flamepy.transports")}
