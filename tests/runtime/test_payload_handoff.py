@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -113,12 +114,13 @@ def test_an_input_file_gone_before_the_service_reads_it_fails_that_task_saying_w
     holding = session.create_task(f"wait:{marker}|".encode())
     wait_for(lambda: session.get_task(holding.id).state == flamepy.TaskState.RUNNING, 60, "the first task to run")
     before = payload_names(flame_env.home)
-    queued = session.run(os.urandom(2 * MIB))  # pending behind the running one
-    (name,) = wait_for(lambda: payload_names(flame_env.home) - before, 60, "the input's file")
-    (flame_env.home / "payloads" / name).unlink()
-    marker.touch()
-
-    error = queued.exception(timeout=60)
+    with ThreadPoolExecutor(1) as pool:
+        # invoke's answer is the final task itself (a watch would read the task back with its input).
+        queued = pool.submit(session.invoke, os.urandom(2 * MIB))  # pending behind the running one
+        (name,) = wait_for(lambda: payload_names(flame_env.home) - before, 60, "the input's file")
+        (flame_env.home / "payloads" / name).unlink()
+        marker.touch()
+        error = queued.exception(timeout=60)
     assert isinstance(error, flamepy.FlameError)
     assert f"could not be read from its payload file {flame_env.home / 'payloads' / name}" in str(error), error
     assert "the service did not run" in str(error)
