@@ -405,9 +405,10 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    _watch_parent(serving.stop)
     log.info("instance serving on %s", server.endpoint)
     _signal_ready()
+    # After the readiness byte: starting a thread waits until it runs, which the server need not wait for.
+    _watch_parent(serving.stop)
     try:
         serving.serve()
     except Interrupted:
