@@ -280,14 +280,14 @@ _SIZES = st.integers(min_value=0, max_value=1 << 40)
     session_id=st.text(),
     task_input=st.none() | st.binary(),
     input_file=st.none() | st.tuples(_PATHS, _SIZES),
-    output_file=st.none() | st.tuples(_PATHS, _SIZES, st.booleans()),
+    output_file=st.none() | st.tuples(_PATHS, _SIZES, _SIZES, st.booleans()),
 )
 def test_a_task_context_naming_payload_files_reads_back_and_is_a_task_context_to_protobuf(
     task_id: str,
     session_id: str,
     task_input: bytes | None,
     input_file: tuple[str, int] | None,
-    output_file: tuple[str, int, bool] | None,
+    output_file: tuple[str, int, int, bool] | None,
 ) -> None:
     encoded = task_context(task_id, session_id, task_input, input_file=input_file, output_file=output_file)
     assert read_task_call(encoded) == TaskCall(task_id, session_id, task_input, input_file, output_file)

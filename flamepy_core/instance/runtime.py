@@ -36,7 +36,7 @@ from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.plugin_classes import build_transport_of_class
 from flamepy_core.privacy import private_umask
-from flamepy_core.wire.payload_handoff import read_payload_file, write_payload_file
+from flamepy_core.wire.payload_handoff import REPLY_ROOM, read_payload_file, write_payload_file
 from flamepy_core.wire.payload_messages import (
     ON_SESSION_ENTER,
     ON_SESSION_LEAVE,
@@ -125,8 +125,8 @@ class _Callbacks:
                 f"{type(output).__name__}; it must return bytes or None"
             )
             return task_result(-1, message=message)
-        if output is not None and call.output_file is not None and len(output) >= call.output_file[1]:
-            path, _least, sync = call.output_file
+        if output is not None and call.output_file is not None and _to_file(len(output), call.output_file):
+            path, _least, _most, sync = call.output_file
             try:
                 write_payload_file(Path(path), output, sync=sync)
                 return task_result(0, output_size=len(output))
@@ -149,6 +149,13 @@ class _Callbacks:
 _OK = result(0)
 _ENTERED = result(0, handoff_offered=True)
 """OnSessionEnter's answer: entered, and payload files are welcome (see ``wire.payload_handoff``)."""
+
+
+def _to_file(size: int, offer: tuple[str, int, int, bool]) -> bool:
+    """Whether an output of ``size`` bytes goes to the offered file: large enough, and small enough to be
+    answered at all (a larger one is sent inline, where the message limit refuses it)."""
+    _path, least, most, _sync = offer
+    return least <= size <= most - REPLY_ROOM
 
 
 def _unreadable_input(path: str, exc: OSError | ValueError) -> str:
@@ -398,9 +405,10 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    _watch_parent(serving.stop)
     log.info("instance serving on %s", server.endpoint)
     _signal_ready()
+    # After the readiness byte: starting a thread waits until it runs, which the server need not wait for.
+    _watch_parent(serving.stop)
     try:
         serving.serve()
     except Interrupted:

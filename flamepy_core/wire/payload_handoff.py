@@ -31,9 +31,11 @@ __all__ = [
     "INPUT_FILE",
     "INPUT_SIZE",
     "OUTPUT_FILE",
+    "OUTPUT_MAX",
     "OUTPUT_MIN",
     "OUTPUT_SIZE",
     "OUTPUT_SYNC",
+    "REPLY_ROOM",
     "TEMP_SUFFIX",
     "WRITE_CHUNK",
     "read_payload_file",
@@ -52,6 +54,13 @@ OUTPUT_MIN = 1004
 """``flame.v1.TaskContext``, varint: the smallest output written to ``OUTPUT_FILE`` (smaller ones travel inline)."""
 OUTPUT_SYNC = 1005
 """``flame.v1.TaskContext``, varint: 1 = fsync the output file and its folder before answering."""
+OUTPUT_MAX = 1006
+"""``flame.v1.TaskContext``, varint: the server's largest message. A larger output is not written to the
+file but sent inline, where the message limit refuses it as it refuses any answer that large (the task
+fails with MESSAGE_TOO_LARGE): the client could not receive it either."""
+REPLY_ROOM = 64 * 1024
+"""Bytes of a message left for what surrounds an output (the reply's other fields): an output that
+close to the largest message is sent inline too, and the transport decides."""
 OUTPUT_SIZE = 1001
 """``flame.v1.TaskResult``, varint: the output was written to ``OUTPUT_FILE`` and holds this many bytes."""
 TEMP_SUFFIX = ".part"

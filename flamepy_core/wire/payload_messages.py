@@ -86,13 +86,13 @@ def task_context(
     task_input: bytes | None,
     *,
     input_file: tuple[str, int] | None = None,
-    output_file: tuple[str, int, bool] | None = None,
+    output_file: tuple[str, int, int, bool] | None = None,
 ) -> bytes:
     """``flame.v1.TaskContext`` (task_id = 1, session_id = 2, optional input = 4), serialized.
 
     For an instance that takes payload files (:mod:`.payload_handoff`): ``input_file`` is the path and
     size of the file holding the input (then ``task_input`` is None), ``output_file`` the path where an
-    output of at least the given size is to be written, and whether to fsync it.
+    output of at least the first size and at most the second is to be written, and whether to fsync it.
     """
     parts: list[bytes] = []
     if task_id:
@@ -107,7 +107,8 @@ def task_context(
     if output_file is not None:
         _length_delimited(parts, handoff.OUTPUT_FILE, output_file[0].encode())
         _varint_field(parts, handoff.OUTPUT_MIN, output_file[1])
-        _varint_field(parts, handoff.OUTPUT_SYNC, int(output_file[2]))
+        _varint_field(parts, handoff.OUTPUT_SYNC, int(output_file[3]))
+        _varint_field(parts, handoff.OUTPUT_MAX, output_file[2])
     return b"".join(parts)
 
 
@@ -345,8 +346,9 @@ class TaskCall(NamedTuple):
     input: bytes | None
     input_file: tuple[str, int] | None = None
     """The path and size of the file holding the input (``input`` is then None)."""
-    output_file: tuple[str, int, bool] | None = None
-    """The path where an output of at least the given size is written, and whether to fsync it."""
+    output_file: tuple[str, int, int, bool] | None = None
+    """The path where an output of at least the first size and at most the second is written, and
+    whether to fsync it."""
 
 
 def read_task_call(data: bytes) -> TaskCall:
@@ -370,7 +372,8 @@ def read_task_call(data: bytes) -> TaskCall:
     input_file = None if input_path is None else (input_path, numbers.get(handoff.INPUT_SIZE, 0))
     output_file = None
     if output_path is not None:
-        output_file = (output_path, numbers.get(handoff.OUTPUT_MIN, 0), bool(numbers.get(handoff.OUTPUT_SYNC)))
+        least, most = numbers.get(handoff.OUTPUT_MIN, 0), numbers.get(handoff.OUTPUT_MAX, 0)
+        output_file = (output_path, least, most, bool(numbers.get(handoff.OUTPUT_SYNC)))
     return TaskCall(task_id, session_id, task_input, input_file, output_file)
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -113,12 +114,13 @@ def test_an_input_file_gone_before_the_service_reads_it_fails_that_task_saying_w
     holding = session.create_task(f"wait:{marker}|".encode())
     wait_for(lambda: session.get_task(holding.id).state == flamepy.TaskState.RUNNING, 60, "the first task to run")
     before = payload_names(flame_env.home)
-    queued = session.run(os.urandom(2 * MIB))  # pending behind the running one
-    (name,) = wait_for(lambda: payload_names(flame_env.home) - before, 60, "the input's file")
-    (flame_env.home / "payloads" / name).unlink()
-    marker.touch()
-
-    error = queued.exception(timeout=60)
+    with ThreadPoolExecutor(1) as pool:
+        # invoke's answer is the final task itself (a watch would read the task back with its input).
+        queued = pool.submit(session.invoke, os.urandom(2 * MIB))  # pending behind the running one
+        (name,) = wait_for(lambda: payload_names(flame_env.home) - before, 60, "the input's file")
+        (flame_env.home / "payloads" / name).unlink()
+        marker.touch()
+        error = queued.exception(timeout=60)
     assert isinstance(error, flamepy.FlameError)
     assert f"could not be read from its payload file {flame_env.home / 'payloads' / name}" in str(error), error
     assert "the service did not run" in str(error)
@@ -141,7 +143,9 @@ def test_the_service_side_writes_a_large_output_into_the_file_it_is_given(tmp_pa
     data = os.urandom(MIB + 7)
     source.write_bytes(data)
     target = tmp_path / "p-out"
-    request = task_context("1", "s", None, input_file=(str(source), len(data)), output_file=(str(target), MIB, True))
+    request = task_context(
+        "1", "s", None, input_file=(str(source), len(data)), output_file=(str(target), MIB, 64 * MIB, True)
+    )
 
     return_code, output, message, output_size = read_task_result(handler.fn(request, CONTEXT))
     assert (return_code, output, message, output_size) == (0, None, None, len(data)), "no bytes on the link"
@@ -150,9 +154,15 @@ def test_the_service_side_writes_a_large_output_into_the_file_it_is_given(tmp_pa
 
     # An output below the threshold travels inline, and the file is not made.
     small = tmp_path / "p-small"
-    reply = handler.fn(task_context("2", "s", b"tiny", output_file=(str(small), MIB, False)), CONTEXT)
+    reply = handler.fn(task_context("2", "s", b"tiny", output_file=(str(small), MIB, 64 * MIB, False)), CONTEXT)
     assert read_task_result(reply) == (0, b"tiny", None, None)
     assert not small.exists()
+
+    # One too large to be answered at all is sent inline, where the message limit refuses it (not here).
+    over = tmp_path / "p-over"
+    reply = handler.fn(task_context("4", "s", data, output_file=(str(over), MIB, len(data), False)), CONTEXT)
+    assert read_task_result(reply) == (0, data, None, None)
+    assert not over.exists()
 
     # A short input file is refused before the service runs, naming the file and both sizes.
     reply = handler.fn(task_context("3", "s", None, input_file=(str(source), len(data) + 1)), CONTEXT)

@@ -72,15 +72,13 @@ def settled_threads(pid: int, seconds: float = 1.5) -> int:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("flame_env", [None, "grpc"], indirect=True, ids=["default", "grpc"])
 def test_server_threads_do_not_grow_with_the_number_of_watched_sessions(
     flame_env: FlameEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Issue 12 evidence ("server threads stay bounded whatever the number of sessions"): one client opens
     10, then 150 sessions, each with a task that blocks and a ``run()`` future watching it (one
     WatchOutcomes stream per session; at the cap of 2 instance processes most tasks are pending, their
-    watches open). The server's thread count is the same within ``GROWTH_BOUND`` at 10 and at 150, on the
-    default transport and on gRPC (its asyncio server feeds a watch from its loop thread).
+    watches open). The server's thread count is the same within ``GROWTH_BOUND`` at 10 and at 150.
 
     Then every future completes through its watch: the running tasks are released and return their
     results, and the waiting sessions are closed by force (a fresh process per session, 148 of them at

@@ -26,7 +26,6 @@ from typing import Any
 import grpc
 import pytest
 from flamepy_transports.grpc.plugin import GrpcTransport
-from flamepy_transports.grpc.server import GrpcServer
 from flamepy_transports.grpc.status import (
     ERROR_CODE_KEY,
     FLAME_TO_GRPC,
@@ -34,7 +33,7 @@ from flamepy_transports.grpc.status import (
     error_from_status,
     flame_code_for,
 )
-from flamepy_transports.grpc.transport import GrpcChannel
+from flamepy_transports.grpc.transport import GrpcChannel, GrpcServer
 
 from flamepy_core.contracts import (
     CallContext,
@@ -44,7 +43,6 @@ from flamepy_core.contracts import (
     StreamHandler,
     UnaryHandler,
 )
-from flamepy_core.contracts.transport import DeferredHandler, DeferredStreamHandler, Responder, StreamWriter
 from flamepy_core.plugins import PluginRegistry, transport_spec_of
 from flamepy_core.wire.methods import FRONTEND
 from flamepy_core.wire.proto import frontend_pb2, types_pb2
@@ -150,7 +148,7 @@ def test_plugin_declares_grpc_without_importing_it() -> None:
     assert spec.capabilities.tls and spec.capabilities.auth  # grpcs:// and https://, mutual TLS
     assert spec.capabilities.bare_path_scheme == "unix" and spec.capabilities.local_schemes == ("unix",)
     assert spec.capabilities.security is not None and spec.capabilities.security.schemes == ("grpcs", "https")
-    assert spec.capabilities.deferred_replies and spec.capabilities.deferred_streams  # the asyncio server
+    assert not spec.capabilities.deferred_replies  # gRPC's synchronous server holds a thread per call
     assert {"max_message_size", "default_timeout", "max_workers", "keepalive_time_ms"} <= spec.options
     assert spec.requires == ("grpcio",)
     entry_points = {ep.name: ep.value for ep in metadata.entry_points(group="flamepy.transports")}
@@ -606,95 +604,6 @@ def test_close_is_idempotent_and_final(transport: GrpcTransport, server: GrpcSer
         assert info.value.code == FlameErrorCode.UNAVAILABLE and "channel is closed" in info.value.message
     server.stop()
     server.stop()
-
-
-# -- the asyncio server: deferred calls on its loop thread, blocking handlers on its pool -----------------
-
-
-def _loop_threads() -> int:
-    return sum(1 for thread in threading.enumerate() if thread.name == "flamepy-grpc-loop")
-
-
-def _until(condition: Any, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
-
-
-def test_blocking_handlers_leave_deferred_calls_answered() -> None:
-    """With the only pool thread held by a blocking handler, deferred replies and deferred streams are still
-    answered (they run on the loop thread); the blocked call returns once released."""
-    transport = GrpcTransport(max_workers=1, default_timeout=10.0)
-    entered, release = threading.Event(), threading.Event()
-
-    def block(request: bytes, ctx: CallContext) -> bytes:
-        entered.set()
-        release.wait(10)
-        return b"released"
-
-    def answer(request: bytes, ctx: CallContext, responder: Responder) -> None:
-        threading.Thread(target=responder.send, args=(b"deferred:" + request,)).start()
-
-    def feed(request: bytes, ctx: CallContext, writer: StreamWriter) -> None:
-        for i in range(3):
-            writer.send(b"%d" % i)
-        writer.close()
-
-    srv = transport.serve(
-        "grpc://127.0.0.1:0",
-        {
-            "/t.L/Block": UnaryHandler(block),
-            "/t.L/Answer": DeferredHandler(answer),
-            "/t.L/Feed": DeferredStreamHandler(feed),
-        },
-    )
-    channel = transport.connect(srv.endpoint)
-    blocked = ThreadPoolExecutor(1).submit(channel.unary, "/t.L/Block", b"", 10.0)
-    try:
-        assert entered.wait(10), "the blocking handler never started"
-        assert channel.unary("/t.L/Answer", b"x", timeout=5.0) == b"deferred:x"
-        assert list(channel.stream("/t.L/Feed", b"", timeout=5.0)) == [b"0", b"1", b"2"]
-        assert not blocked.done(), "the blocking handler returned before it was released"
-    finally:
-        release.set()
-        assert blocked.result(10) == b"released"
-        channel.close()
-        srv.stop()
-
-
-def test_a_handler_that_stops_its_own_server_frees_the_endpoint(transport: GrpcTransport, sock_dir: Path) -> None:
-    """``stop`` from the server's own loop thread cannot wait there: the stop goes on, and the endpoint
-    and the loop thread are released after it."""
-    before = _loop_threads()
-    endpoint = f"unix://{sock_dir}/self-stop.sock"
-    servers: list[GrpcServer] = []
-
-    def stop_it(request: bytes, ctx: CallContext, responder: Responder) -> None:
-        responder.send(b"stopping")
-        servers[0].stop(1.0)
-
-    servers.append(transport.serve(endpoint, {"/t.S/Stop": DeferredHandler(stop_it)}))
-    channel = transport.connect(endpoint)
-    try:
-        assert channel.unary("/t.S/Stop", b"", timeout=5.0) == b"stopping"
-        assert _until(lambda: _loop_threads() == before), "the loop thread of a server stopped by its handler lives on"
-        again = transport.serve(endpoint, handlers())  # the endpoint is free again
-        again.stop()
-    finally:
-        channel.close()
-        servers[0].stop()
-
-
-def test_a_dropped_server_ends_its_loop_thread(transport: GrpcTransport) -> None:
-    before = _loop_threads()
-    srv = transport.serve("grpc://127.0.0.1:0", handlers())
-    assert _loop_threads() == before + 1
-    del srv
-    gc.collect()
-    assert _until(lambda: _loop_threads() == before), "a server dropped without stop() kept its loop thread"
 
 
 @pytest.mark.parametrize("kind", ["tcp", "unix"])

@@ -5,14 +5,20 @@ imports no grpcio: listing the installed plugins stays cheap, and grpcio loads w
 
 Capabilities worth knowing: ``bare_path_scheme="unix"`` (a bare socket path, what Flame's executors pass in
 ``FLAME_INSTANCE_ENDPOINT``, is served and dialled as ``unix://PATH``, so services written with Flame's
-SDK run under our server); ``local_schemes=("unix",)``; TLS as its ``security``; ``deferred_replies`` and
-``deferred_streams``: the server is grpcio's asyncio server (:mod:`flamepy_transports.grpc.server`), so a
-deferred reply waiting for its answer, or an open deferred stream (the runtime's watches: ``WatchTask``,
-``WatchSession``, ``WatchOutcomes``), is a coroutine on the server's loop thread and holds no thread.
-Plain handlers (user code that may block) run on the server's pool of ``max_workers`` threads (default
-32): with that many blocking calls running, further plain calls wait for one to end. ``async_calls`` is
-not declared: a channel's call in flight holds its caller's thread (the kit's small pool for
-``unary_async``).
+SDK run under our server); ``local_schemes=("unix",)``; TLS as its ``security``; and *no*
+``deferred_replies`` or ``deferred_streams``: gRPC's synchronous server runs each call on a pool thread until
+the handler returns, so a deferred handler is served by the kit's adapter, which waits on that thread
+(:func:`flamepy_core.transport_kit.adapt_handlers`). Its asyncio server would free the thread, but measured
+it made every call slower (each completion wakes the event loop from grpcio's poller thread; the numbers
+are in ``docs/benchmarks.md``, "gRPC's asyncio server: measured, not used"), and gRPC is the compatibility
+path here, not the fast one.
+
+What that costs: a deferred reply holds a server thread until it is sent, and an open deferred stream (the
+runtime's watches: ``WatchTask``, ``WatchSession``, ``WatchOutcomes``) holds one for as long as it is open,
+as a plain stream handler always did. The threads are the server's ``max_workers`` (default 32; the
+runtime's server asks for 512): with that many open, further calls wait for one to end. A runtime that
+watches many sessions at once runs its frontend on ZeroMQ (the default), where an open watch holds no
+thread.
 """
 
 from __future__ import annotations
@@ -40,8 +46,7 @@ from flamepy_transports.grpc.defaults import (
 )
 
 if TYPE_CHECKING:
-    from flamepy_transports.grpc.server import GrpcServer
-    from flamepy_transports.grpc.transport import GrpcChannel, GrpcSettings
+    from flamepy_transports.grpc.transport import GrpcChannel, GrpcServer, GrpcSettings
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +126,6 @@ class GrpcTransport:
         cross_process=True,
         tls=True,
         auth=True,
-        deferred_replies=True,
-        deferred_streams=True,
         local_schemes=(UNIX_SCHEME,),
         bare_path_scheme=UNIX_SCHEME,
         local_default_rank=10,
@@ -202,7 +205,7 @@ class GrpcTransport:
 
     def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> GrpcServer:
         """Serve ``handlers`` on ``endpoint`` (port 0 picks a free port) and return once it accepts calls."""
-        from flamepy_transports.grpc.server import start_server
+        from flamepy_transports.grpc.transport import start_server
 
         return start_server(endpoint, handlers, self._settings)
 

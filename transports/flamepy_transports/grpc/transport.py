@@ -1,10 +1,9 @@
 """The gRPC transport: opaque bytes on gRPC method paths, so it speaks Flame's own protocol.
 
-Server (:mod:`flamepy_transports.grpc.server`): grpcio's asyncio server on a loop thread of its own; one
-:class:`grpc.GenericRpcHandler` routes the full method path (``/flame.v1.Frontend/CreateTask``) to our byte
-handler; no (de)serializer is installed, so message bytes pass through untouched and a Flame client stub
-lands on our handler. A handler's ``FlameError`` is sent with the status Flame's own server uses plus the
-trailer ``flame-error-code`` (see :mod:`flamepy_transports.grpc.status`).
+Server: one :class:`grpc.GenericRpcHandler` routes the full method path (``/flame.v1.Frontend/CreateTask``)
+to our byte handler; no (de)serializer is installed, so message bytes pass through untouched and a Flame
+client stub lands on our handler. A handler's ``FlameError`` is sent with the status Flame's own server
+uses plus the trailer ``flame-error-code`` (see :mod:`flamepy_transports.grpc.status`).
 
 TLS: ``grpcs://`` and ``https://`` endpoints are served and dialled with TLS (mutual TLS when the server
 has ``client_ca_file``); the options and the explanations of failed handshakes live in
@@ -32,32 +31,43 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
 import grpc
 
-from flamepy_core.contracts.errors import FlameError
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
     DEFAULT_TIMEOUT,
+    Handler,
+    StreamHandler,
     Timeout,
+    UnaryHandler,
 )
 from flamepy_core.transport_kit import (
     check_size,
+    error_from_handler,
     resolve_timeout,
     unavailable,
 )
 from flamepy_transports.grpc.address import (
     Address,
+    diagnose_bind_failure,
     parse_endpoint,
+    prepare_unix_path,
+    remove_socket_file,
 )
 from flamepy_transports.grpc.status import (
     MAX_METADATA_SIZE,
     code_from_trailer,
     error_from_status,
+    status_for,
+    trailer_for,
+    wire_message,
 )
-from flamepy_transports.grpc.tls import ClientTls, TlsOptions, client_tls, explain_unavailable
+from flamepy_transports.grpc.tls import ClientTls, TlsOptions, client_tls, explain_unavailable, server_credentials
 
 STOP_WAIT = 10.0
 """Seconds ``stop`` waits, beyond ``grace``, for gRPC to release the endpoint."""
@@ -101,6 +111,161 @@ def _server_options(max_message_size: int, keepalive_time_ms: int, keepalive_tim
         # A port already served must fail to bind, not be silently shared.
         ("grpc.so_reuseport", 0),
     ]
+
+
+# -- server -----------------------------------------------------------------------------------------
+
+
+class GrpcCallContext:
+    """The server-side :class:`~flamepy_core.contracts.transport.CallContext` over a ServicerContext."""
+
+    __slots__ = ("_context", "_method")
+
+    def __init__(self, method: str, context: Any) -> None:
+        self._method = method
+        self._context = context
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    def time_remaining(self) -> float | None:
+        remaining = self._context.time_remaining()
+        if remaining is None or remaining > 1e9:  # gRPC reports "no deadline" as a huge number
+            return None
+        return max(0.0, float(remaining))
+
+    def is_active(self) -> bool:
+        if not self._context.is_active():
+            return False
+        remaining = self.time_remaining()
+        return remaining is None or remaining > 0.0
+
+
+def _abort(context: Any, error: FlameError) -> None:
+    """End the call with ``error``: Flame's status for it, the message, and the exact code as a trailer."""
+    context.set_trailing_metadata(trailer_for(error.code))
+    context.abort(status_for(error.code), wire_message(error.message))
+
+
+class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Routes a full method path to its byte handler; an unknown path gets gRPC's UNIMPLEMENTED."""
+
+    def __init__(self, handlers: Mapping[str, Handler], limit: int) -> None:
+        self.endpoint = "(not bound yet)"
+        """Where the server listens, for error messages; set once the address is bound."""
+        self._limit = limit
+        self._table: dict[str, Any] = {}
+        for method, handler in handlers.items():
+            if isinstance(handler, UnaryHandler):
+                self._table[method] = grpc.unary_unary_rpc_method_handler(self._unary(method, handler))
+            elif isinstance(handler, StreamHandler):
+                self._table[method] = grpc.unary_stream_rpc_method_handler(self._stream(method, handler))
+            else:
+                raise TypeError(
+                    f"handler for {method} is {type(handler).__name__}, not a UnaryHandler or StreamHandler"
+                )
+
+    def service(self, handler_call_details: Any) -> Any:
+        return self._table.get(handler_call_details.method)
+
+    def _checked(self, method: str, value: object) -> bytes | FlameError:
+        """A handler's output as bytes, or the error to send instead (not bytes, or too large)."""
+        if type(value) is not bytes:
+            if not isinstance(value, (bytearray, memoryview)):
+                return FlameError(
+                    FlameErrorCode.INTERNAL, f"handler for {method} returned {type(value).__name__}, not bytes"
+                )
+            value = bytes(value)
+        if len(value) > self._limit:
+            try:
+                check_size(len(value), self._limit, what=f"response to {method}", endpoint=self.endpoint)
+            except FlameError as exc:
+                return exc
+        return value
+
+    def _unary(self, method: str, handler: UnaryHandler) -> Any:
+        fn = handler.fn
+        limit = self._limit
+
+        def behavior(request: bytes, context: Any) -> bytes | None:
+            try:
+                result = fn(request, GrpcCallContext(method, context))
+            except Exception as exc:
+                _abort(context, error_from_handler(method, exc))
+                return None  # pragma: no cover - abort raises
+            if type(result) is bytes and len(result) <= limit:
+                return result  # the common case, kept short
+            checked = self._checked(method, result)
+            if isinstance(checked, FlameError):
+                _abort(context, checked)
+                return None  # pragma: no cover - abort raises
+            return checked
+
+        return behavior
+
+    def _stream(self, method: str, handler: StreamHandler) -> Any:
+        fn = handler.fn
+
+        def behavior(request: bytes, context: Any) -> Iterator[bytes]:
+            # Headers first: the caller's stream() learns at once that the call was accepted.
+            context.send_initial_metadata(())
+            error: FlameError | None = None
+            try:
+                for item in fn(request, GrpcCallContext(method, context)):
+                    checked = self._checked(method, item)
+                    if isinstance(checked, FlameError):
+                        error = checked
+                        break
+                    yield checked
+            except Exception as exc:
+                error = error_from_handler(method, exc)
+            if error is not None:
+                _abort(context, error)
+
+        return behavior
+
+
+class GrpcServer:
+    """A running gRPC server. ``endpoint`` is the bound address with a requested port 0 resolved."""
+
+    def __init__(self, address: Address, server: Any, pool: ThreadPoolExecutor) -> None:
+        self._address = address
+        self._server = server
+        self._pool = pool
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._stopped: threading.Event | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self._address.endpoint
+
+    def _check_process(self) -> None:
+        pid = os.getpid()
+        if pid != self._pid:
+            raise FlameError(
+                FlameErrorCode.INVALID_STATE,
+                f"the gRPC server on {self.endpoint} was created in process {self._pid} and cannot be used "
+                f"in process {pid} (a fork() child); gRPC servers do not survive fork, start a new one here",
+            )
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop; running calls get up to ``grace`` seconds. Idempotent; returns once the endpoint is free."""
+        self._check_process()
+        with self._lock:
+            first = self._stopped is None
+            if self._stopped is None:
+                self._stopped = self._server.stop(grace)
+            done = self._stopped
+        done.wait(timeout=(grace or 0.0) + STOP_WAIT)
+        if first:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._address.is_unix:
+                remove_socket_file(self._address)
+
+    def __repr__(self) -> str:
+        return f"GrpcServer({self.endpoint!r})"
 
 
 # -- client -----------------------------------------------------------------------------------------
@@ -379,3 +544,31 @@ def open_channel(endpoint: str, settings: GrpcSettings) -> GrpcChannel:
     address = parse_endpoint(endpoint)
     tls = client_tls(settings.tls, address.endpoint) if address.is_tls else None
     return GrpcChannel(address, settings.client_options, settings.default_timeout, settings.max_message_size, tls)
+
+
+def start_server(endpoint: str, handlers: Mapping[str, Handler], settings: GrpcSettings) -> GrpcServer:
+    """Serve ``handlers`` on ``endpoint`` (port 0 picks a free port) and return once it accepts calls."""
+    address = parse_endpoint(endpoint)
+    # A TLS endpoint needs cert_file and key_file: checked (and read) before anything is started.
+    credentials = server_credentials(settings.tls, address.endpoint) if address.is_tls else None
+    if address.is_unix:
+        prepare_unix_path(address)
+    router = _Router(handlers, settings.max_message_size)  # refuses a bad handler first
+    pool = ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="flamepy-grpc")
+    server = grpc.server(pool, handlers=[router], options=settings.server_options)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address.target)
+        else:
+            port = server.add_secure_port(address.target, credentials)
+    except RuntimeError:
+        port = 0
+    if not port:
+        server.stop(None)
+        pool.shutdown(wait=False)
+        code, reason = diagnose_bind_failure(address)
+        raise FlameError(code, f"cannot serve on {endpoint}: {reason}")
+    bound = address if address.is_unix else address.with_port(port)
+    router.endpoint = bound.endpoint
+    server.start()
+    return GrpcServer(bound, server, pool)
