@@ -5,7 +5,8 @@ store was filled beforehand with ``--sessions`` open sessions holding ``--tasks`
 (written straight into sqlite, in the server's own format, so filling takes seconds, not hours). For
 each server, three starts: with the start-up store check off; the first start with it (the store was
 written by another program, so the check reads the whole file); and a restart after that server's clean
-stop (the store is as it left it: its seal spares the check), once per round, the median of the rounds.
+stop (the store is as it left it: its seal spares the check), once per round, the median of the rounds;
+each start also as the CPU time its server process used until ready, which other work moves less.
 After each restart, the median of a warm ``invoke`` on a new session, of ``get_session`` on an open
 session, and of ``create_session`` + ``close``. Both servers run at once and are measured in ``--rounds``
 alternating rounds, so other work on the machine weighs on both alike; each figure is the median of the
@@ -17,6 +18,7 @@ Usage: ``python benchmarks/bench_scale.py [--sessions 1000] [--tasks 1000000] [-
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sqlite3
@@ -87,8 +89,9 @@ def fill(home: Path, sessions: int, tasks: int) -> float:
     return time.perf_counter() - start
 
 
-def start_server(home: Path, **settings: str) -> tuple[subprocess.Popen[bytes], float]:
-    """Start a server on ``home`` (``settings``: extra FLAME_ variables) and time it until it is ready."""
+def start_server(home: Path, **settings: str) -> tuple[subprocess.Popen[bytes], float, float]:
+    """Start a server on ``home`` (``settings``: extra FLAME_ variables); the seconds until it is ready,
+    and the CPU seconds the server process used until then (what other work on the machine moves less)."""
     from flamepy_core.home import read_server_info
 
     env = dict(os.environ, FLAME_HOME=str(home), **settings)
@@ -102,10 +105,19 @@ def start_server(home: Path, **settings: str) -> tuple[subprocess.Popen[bytes], 
     while True:
         info = read_server_info(home)
         if info and info.get("pid") == proc.pid:
-            return proc, time.perf_counter() - start
+            return proc, time.perf_counter() - start, cpu_seconds(proc.pid)
         if proc.poll() is not None or time.perf_counter() - start > 600:
             raise RuntimeError(f"server did not start: {(home / 'server.err').read_text()[-2000:]}")
         time.sleep(0.01)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux's /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def measure(home: Path, iterations: int, open_session: str | None) -> dict[str, float]:
@@ -168,7 +180,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
     homes = {"empty": root / "empty", "loaded": root / "loaded"}
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    starts: dict[str, dict[str, float]] = {label: {} for label in START_ROWS}
+    starts: dict[str, dict[str, tuple[float, float]]] = {label: {} for label in START_ROWS}
+    """Per start row and store: (wall seconds, server CPU seconds) until the server was ready."""
     rounds: dict[str, list[dict[str, float]]] = {"empty": [], "loaded": []}
     try:
         for home in homes.values():
@@ -178,22 +191,25 @@ def main() -> int:
         # (a whole check: another program wrote the store); each server stops cleanly, sealing its store.
         for row, settings in (("server start, no store check", {"FLAME_STORE_CHECK_TIMEOUT": "0"}), (FIRST, {})):
             for label, home in homes.items():
-                proc, starts[row][label] = start_server(home, **settings)
+                proc, *starts[row][label] = start_server(home, **settings)
                 stop(proc)
-        restarts: dict[str, list[float]] = {label: [] for label in homes}
+        restarts: dict[str, list[tuple[float, float]]] = {label: [] for label in homes}
         for _ in range(args.rounds):
             for label, home in homes.items():  # a restart after a clean stop, then the calls
                 if label in procs:
                     stop(procs.pop(label))
-                procs[label], took = start_server(home)
-                restarts[label].append(took)
+                procs[label], wall, cpu = start_server(home)
+                restarts[label].append((wall, cpu))
                 open_session = "big-0" if label == "loaded" and args.sessions else None
                 rounds[label].append(measure(home, args.iterations, open_session))
     finally:
         for proc in procs.values():
             stop(proc)
         shutil.rmtree(root, ignore_errors=True)
-    starts[RESTART] = {label: statistics.median(times) for label, times in restarts.items()}
+    starts[RESTART] = {
+        label: (statistics.median(w for w, _ in times), statistics.median(c for _, c in times))
+        for label, times in restarts.items()
+    }
     medians = {label: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for label, runs in rounds.items()}
     empty, loaded = medians["empty"], medians["loaded"]
     before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, os.getloadavg()))
@@ -201,8 +217,9 @@ def main() -> int:
     print(f"{os.cpu_count()} CPUs, load average {before} -> {after}; {args.rounds} rounds of {args.iterations} calls")
     print(f"{'measure':<36}{'empty':>12}{'loaded':>12}{'ratio':>8}")
     for label, times in starts.items():
-        print(f"{label:<36}{times['empty'] * 1e3:>10.0f}ms{times['loaded'] * 1e3:>10.0f}ms"
-              f"{times['loaded'] / times['empty']:>8.2f}")  # fmt: skip
+        for i, what in enumerate((label, "  its server CPU until ready")):
+            empty_s, loaded_s = times["empty"][i], times["loaded"][i]
+            print(f"{what:<36}{empty_s * 1e3:>10.0f}ms{loaded_s * 1e3:>10.0f}ms{loaded_s / empty_s:>8.2f}")
     for key in ("invoke", "get_session", "create_close"):
         label = f"{key} (median)"
         print(f"{label:<36}{empty[key] * 1e6:>10.0f}us{loaded[key] * 1e6:>10.0f}us{loaded[key] / empty[key]:>8.2f}")

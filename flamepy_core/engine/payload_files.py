@@ -31,6 +31,7 @@ Private: the directory is 0700 and each file is created 0600 (see :mod:`flamepy_
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -72,6 +73,11 @@ class PayloadFiles:
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         """Files written whose row is not committed (or given up) yet: never taken for orphans."""
+        self._names_prefix = secrets.token_hex(8)
+        self._names = itertools.count()
+        """Reserved names: ``p-`` + this random prefix + a counter, 32 hex digits like a spilled file's."""
+        self._made = False
+        """The folder was made (by :meth:`reserve`)."""
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -105,21 +111,27 @@ class PayloadFiles:
     def reserve(self, *, for_instance: bool = False) -> str:
         """A new file name, ``pending`` until settled: for a file written here or by an instance.
 
-        ``for_instance``: the folder is made first if it is missing (0700), as an instance writing the
-        server's first large payload cannot make it private itself."""
-        if for_instance and not self.directory.is_dir():
+        Every task offered to an instance gets one, whatever its output turns out to be, so this costs no
+        system call: the name is this server's random prefix and a counter. ``for_instance``: the folder
+        is made first if it was not yet (0700), as an instance writing the server's first large payload
+        cannot make it private itself (one removed later makes that write fail: the output is then sent
+        inline and written here)."""
+        if for_instance and not self._made:
             private_subdir(self.directory)
-        name = f"{_PREFIX}{secrets.token_hex(16)}"
+            self._made = True
+        name = f"{_PREFIX}{self._names_prefix}{next(self._names):016x}"
         with self._lock:
             self._pending.add(name)
         return name
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, *, written: bool = True) -> None:
         """A reserved name that was not used (or whose file is not taken): no longer pending, and whatever
-        was written under it, whole or in part, removed."""
+        was written under it, whole or in part, removed. ``written=False``: nothing was (an instance that
+        answered without using it cleans up its own failed writes), so nothing is looked for."""
         with self._lock:
             self._pending.discard(name)
-        self.remove([name, name + TEMP_SUFFIX])
+        if written:
+            self.remove([name, name + TEMP_SUFFIX])
 
     def _write(self, name: str, data: bytes) -> None:
         try:

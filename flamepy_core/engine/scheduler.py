@@ -1023,6 +1023,7 @@ class Scheduler:
         written by the instance and read back for the waiting client)."""
         files = self.engine.store.payloads
         error = future.exception()
+        written = True  # for all we know, something was written under ``output_name``
         try:
             if error is not None:
                 if not isinstance(error, FlameError):  # a bug below the transport's contract
@@ -1032,6 +1033,8 @@ class Scheduler:
                 return_code, output, message, output_size = read_task_result(future.result())
             except ValueError as exc:
                 return _Outcome(return_code=-1, message=f"the instance answered a malformed TaskResult: {exc}")
+            if output_size is None:
+                written = False  # it answered without the file: it wrote none under that name
             if return_code != 0:
                 return _Outcome(return_code=return_code, message=message or "the task failed without a message")
             if output_size is None or output_name is None:
@@ -1053,7 +1056,7 @@ class Scheduler:
             return _Outcome(return_code=-1, message=f"reading the task's result failed: {exc!r}")
         finally:
             if output_name is not None:
-                files.release(output_name)
+                files.release(output_name, written=written)
 
     def _on_task_done(self, inst: Instance, session_id: str, tid: int, outcome: _Outcome) -> None:
         if inst.inflight.pop(tid, None) is None or self._closed:

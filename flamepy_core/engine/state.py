@@ -898,6 +898,8 @@ class Engine:
         timeouts: Sequence[float | None] | None,
         early: bool,
     ) -> None:
+        if timeouts is not None and len(timeouts) != len(inputs):
+            raise ValueError(f"{len(inputs)} task inputs but {len(timeouts)} task timeouts")
         with self.lock:
             entry = self._entry(session_id)
             if not entry.is_open or entry.closing:
@@ -926,11 +928,12 @@ class Engine:
                 if input_file is not None:
                     entry.input_files[tid] = input_file
                 tasks.append(task)
-            own = {
-                int(task.metadata.id): seconds
-                for task, seconds in zip(tasks, timeouts or [None] * len(tasks), strict=True)
-                if seconds is not None
-            }
+            first = entry.next_id - len(tasks)
+            own = (
+                {}
+                if timeouts is None
+                else {first + i: seconds for i, seconds in enumerate(timeouts) if seconds is not None}
+            )
             if early:
                 self._queue_created(entry, tasks, waiter, own)
                 withdraw = partial(self._withdraw_unacknowledged, entry, tasks, on_created)

@@ -1,10 +1,11 @@
 """Each session's task counts, kept in the store by triggers, stay exact; a store from before gets them once.
 
 The machine drives a real engine on a real sqlite store through every way a task changes state or leaves
-the table (create, run, finish, fail, cancel, retry, the retention's purge, closing and deleting a session,
-a restart that requeues what ran), and after every step compares three things: the ``task_counts`` rows,
-a ``COUNT(*)`` over ``tasks`` grouped by state, and the counters the engine reports. A start reads the
-counts from ``task_counts`` only, so the restart rule also checks that what a start loads is exact.
+the table (create, RunTask's lazily committed creation, run, finish, fail, cancel, retry, the retention's
+purge, closing and deleting a session, a restart that requeues what ran), and after every step compares
+three things: the ``task_counts`` rows, a ``COUNT(*)`` over ``tasks`` grouped by state, and the counters
+the engine reports. A start reads the counts from ``task_counts`` only, so the restart rule also checks
+that what a start loads is exact.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ class TaskCountsMachine(RuleBasedStateMachine):
         if self.is_open(sid):
             for _ in range(n):
                 self.engine.create_task(sid, b"in")
+
+    @rule(sid=SESSIONS)
+    def run_task(self, sid: str) -> None:
+        """A RunTask: its creation is committed lazily, with the next commit or its result's."""
+        if self.is_open(sid):
+            self.engine.run_task(sid, b"in", lambda _task, _error: None)
 
     @rule(sid=SESSIONS)
     def take(self, sid: str) -> None:
