@@ -1366,7 +1366,11 @@ class Engine:
             if entry is None or not entry.is_open:
                 return 0
             s = entry.message
-            want = max(len(entry.pending) + s.status.running, s.spec.min_instances)
+            running = s.status.running
+            if entry.finishing:  # results being committed (a burst's may wait a moment): no instance needed
+                tasks = entry.tasks
+                running -= sum(1 for tid in entry.finishing if tid in tasks and tasks[tid].status.state == RUNNING)
+            want = max(len(entry.pending) + running, s.spec.min_instances)
             if cpu_share and s.spec.resreq.cpu:
                 want = min(want, max(1, self.capacity.cpu // s.spec.resreq.cpu, s.spec.min_instances))
             if s.spec.HasField("max_instances"):
