@@ -901,6 +901,8 @@ class Engine:
         timeouts: Sequence[float | None] | None,
         early: bool,
     ) -> None:
+        if timeouts is not None and len(timeouts) != len(inputs):
+            raise ValueError(f"{len(inputs)} task inputs but {len(timeouts)} task timeouts")
         with self.lock:
             entry = self._entry(session_id)
             if not entry.is_open or entry.closing:
@@ -929,11 +931,12 @@ class Engine:
                 if input_file is not None:
                     entry.input_files[tid] = input_file
                 tasks.append(task)
-            own = {
-                int(task.metadata.id): seconds
-                for task, seconds in zip(tasks, timeouts or [None] * len(tasks), strict=True)
-                if seconds is not None
-            }
+            first = entry.next_id - len(tasks)
+            own = (
+                {}
+                if timeouts is None
+                else {first + i: seconds for i, seconds in enumerate(timeouts) if seconds is not None}
+            )
             if early:
                 self._queue_created(entry, tasks, waiter, own)
                 withdraw = partial(self._withdraw_unacknowledged, entry, tasks, on_created)
@@ -1369,7 +1372,11 @@ class Engine:
             if entry is None or not entry.is_open:
                 return 0
             s = entry.message
-            want = max(len(entry.pending) + s.status.running, s.spec.min_instances)
+            running = s.status.running
+            if entry.finishing:  # results being committed (a burst's may wait a moment): no instance needed
+                tasks = entry.tasks
+                running -= sum(1 for tid in entry.finishing if tid in tasks and tasks[tid].status.state == RUNNING)
+            want = max(len(entry.pending) + running, s.spec.min_instances)
             if cpu_share and s.spec.resreq.cpu:
                 want = min(want, max(1, self.capacity.cpu // s.spec.resreq.cpu, s.spec.min_instances))
             if s.spec.HasField("max_instances"):

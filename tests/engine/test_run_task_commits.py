@@ -185,3 +185,17 @@ def test_a_withdrawn_task_whose_result_is_queued_loses_the_output_file_its_insta
     wait_for(lambda: outcomes, 10, "the caller to hear that its task was withdrawn")
     assert outcomes[0][0] is None
     assert not files.path(name).exists(), "the withdrawn task's output file was left behind"
+
+
+def test_a_result_waiting_for_its_commit_needs_no_instance(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst's result that waits to share a commit keeps its task RUNNING until then: the session's
+    demand must not count it, or the tail of a burst would start a process for a task already done."""
+    monkeypatch.setattr(state_module, "RESULT_LINGER", 60.0)
+    for i in range(3):
+        engine.create_task("s1", b"t%d" % i)
+    first, _second = engine.start_next("s1"), engine.start_next("s1")
+    assert first is not None
+    assert engine.demand("s1", cpu_share=False) == 3  # one pending, two running
+    assert engine.finish_task("s1", first[0], output=b"r", commit=False)
+    engine.store.commit(lazy=False)
+    assert engine.demand("s1", cpu_share=False) == 2, "a result waiting for its commit was counted as work"
