@@ -269,6 +269,9 @@ class SessionEntry:
     input_files: dict[int, PayloadFile] = field(default_factory=dict)
     """The payload files of the large inputs of pending and running tasks created by this server, by id:
     an instance that takes payload files reads the input there (``wire.payload_handoff``)."""
+    output_files: dict[int, PayloadFile] = field(default_factory=dict)
+    """The payload files of the large outputs of finishing tasks (result queued, not committed), by id:
+    removed if the task is withdrawn meanwhile."""
 
     @property
     def id(self) -> str:
@@ -986,6 +989,9 @@ class Engine:
                     entry.finishing.discard(tid)
                     self.store.execute(_DELETE_TASK, entry.id, tid)
                     self.store.execute(_DELETE_PAYLOADS, entry.id, tid)
+                    output_file = entry.output_files.pop(tid, None)  # (written by an instance, say)
+                    if output_file is not None:  # nobody was told of this task: its file goes now
+                        self.store.payloads.remove([output_file.name])
                 entry.attempts.pop(tid, None)
                 entry.timeouts.pop(tid, None)
                 entry.cancelling.pop(tid, None)
@@ -1477,6 +1483,8 @@ class Engine:
             ops.append(_payload_row(entry.id, tid, OUTPUT, output, output_file))
         elif task.spec.HasField("output"):  # (a task finished twice over a restart keeps its output)
             ops.append(_payload_op(entry.id, tid, OUTPUT, task, None))
+        if output_file is not None:
+            entry.output_files[tid] = output_file
         finished = partial(self._finished, entry, tid, final, output, on_committed)
         on_done = self.store.payloads.on_settled([output_file], finished)
         self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
@@ -1497,6 +1505,7 @@ class Engine:
             log.error("the final state of task %s of %s was not stored: %s", tid, entry.id, error)
         with self.lock:
             entry.finishing.discard(tid)
+            entry.output_files.pop(tid, None)
             task = entry.tasks.pop(tid, None)
             if task is None:
                 return
