@@ -22,8 +22,10 @@ from conftest import wait_for
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine import state as state_module
 from flamepy_core.engine import store as store_module
+from flamepy_core.engine.payload_files import PayloadFile
 from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
+from flamepy_core.wire.payload_handoff import write_payload_file
 from flamepy_core.wire.proto import types_pb2 as pb
 
 BIG = b"i" * 5000
@@ -168,6 +170,23 @@ def test_a_result_someone_waits_for_is_committed_at_once(engine: Engine, monkeyp
     assert len(outcomes) == 1 and outcomes[0] is not None and outcomes[0].spec.output == b"out"
 
 
+def test_a_withdrawn_task_whose_result_is_queued_loses_the_output_file_its_instance_wrote(engine: Engine) -> None:
+    """A service process writes a large output into a file the server reserved (wire.payload_handoff);
+    when the task's creation is refused after that result was queued, the file goes with the task."""
+    outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
+    engine.run_task("s1", BIG, lambda task, error: outcomes.append((task, error)))
+    assert engine.start_next("s1", input_as_file=True) == (1, BIG, None), "a small input stays in memory"
+    files = engine.store.payloads
+    name = files.reserve(for_instance=True)
+    output = b"o" * (files.threshold + 1)
+    write_payload_file(files.path(name), output, sync=False)  # as the service process does
+    fill_up(engine.store)
+    assert engine.finish_task("s1", 1, output=output, output_file=PayloadFile(name, len(output)))
+    wait_for(lambda: outcomes, 10, "the caller to hear that its task was withdrawn")
+    assert outcomes[0][0] is None
+    assert not files.path(name).exists(), "the withdrawn task's output file was left behind"
+
+
 def test_a_result_waiting_for_its_commit_needs_no_instance(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst's result that waits to share a commit keeps its task RUNNING until then: the session's
     demand must not count it, or the tail of a burst would start a process for a task already done."""
@@ -180,3 +199,31 @@ def test_a_result_waiting_for_its_commit_needs_no_instance(engine: Engine, monke
     assert engine.finish_task("s1", first[0], output=b"r", commit=False)
     engine.store.commit(lazy=False)
     assert engine.demand("s1", cpu_share=False) == 2, "a result waiting for its commit was counted as work"
+
+
+def running_rows(statements: list[str]) -> int:
+    """How many statements set a task's row to RUNNING (state 1)."""
+    return sum(1 for s in statements if s.startswith(f"UPDATE tasks SET state = {int(pb.TaskState.Running)},"))
+
+
+def test_a_running_row_overwritten_in_the_same_commit_is_not_written(engine: Engine) -> None:
+    statements: list[str] = []
+    engine.store._write.set_trace_callback(statements.append)
+    engine.run_task("s1", b"in", lambda _task, _error: None)
+    assert engine.start_next("s1") is not None
+    engine.store.commit(lazy=False)  # the scheduler's commit after sending it: lazy writes wait
+    assert engine.finish_task("s1", 1, output=b"out")
+    assert running_rows(statements) == 0, "the RUNNING row was written, then overwritten in the same commit"
+    assert stored(engine, 1) == ([(int(pb.TaskState.Succeed),)], [(0, b"in"), (1, b"out")])
+
+
+def test_a_running_row_committed_before_the_result_is_written(engine: Engine) -> None:
+    statements: list[str] = []
+    engine.store._write.set_trace_callback(statements.append)
+    engine.run_task("s1", b"in", lambda _task, _error: None)
+    assert engine.start_next("s1") is not None
+    engine.store.commit()  # something else commits now: the task is RUNNING in the store
+    assert stored(engine, 1)[0] == [(int(pb.TaskState.Running),)]
+    assert engine.finish_task("s1", 1, output=b"out")
+    assert running_rows(statements) > 0, "a RUNNING row a commit took was not written"
+    assert stored(engine, 1)[0] == [(int(pb.TaskState.Succeed),)]
