@@ -932,16 +932,20 @@ class Scheduler:
         closed session does, stopped after ``delay_release``.
         """
         try:
-            app = self.engine.get_application(self.engine.get_session(session_id).spec.application)
+            name = self.engine.session_entry(session_id).message.spec.application
         except FlameError:
             return
-        name = app.metadata.name
-        if app.spec.shim != pb.Shim.Host or any(
+        if any(
             i.app == name and (i.state == State.SPARE or (i.state == State.STARTING and i.session_id is None))
             for i in self._instances.values()
         ):
+            return  # the usual case, checked first: it reads no copy of the session or the application
+        try:
+            shim = self.engine.get_application(name).spec.shim
+        except FlameError:
             return
-        self._spawn_spare(name)
+        if shim == pb.Shim.Host:
+            self._spawn_spare(name)
 
     def _spawn_spare(self, app_name: str) -> None:
         if self._closed:
