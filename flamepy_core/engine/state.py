@@ -47,7 +47,7 @@ from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
-from flamepy_core.engine.store import Op, Store, session_deletion
+from flamepy_core.engine.store import Op, QueuedWrite, Store, session_deletion
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -263,6 +263,9 @@ class SessionEntry:
     ``completions`` it has read up to (see :mod:`.watches`)."""
     task_watches: dict[int, list[TaskWatch]] = field(default_factory=dict)
     """Watchers of one task each (WatchTask), by task id."""
+    running_writes: dict[int, QueuedWrite] = field(default_factory=dict)
+    """The queued write of each running task's RUNNING row: dropped when its final state is queued
+    before a commit took it (the final row overwrites it in the same transaction)."""
     input_files: dict[int, PayloadFile] = field(default_factory=dict)
     """The payload files of the large inputs of pending and running tasks created by this server, by id:
     an instance that takes payload files reads the input there (``wire.payload_handoff``)."""
@@ -994,6 +997,7 @@ class Engine:
                 entry.cancelling.pop(tid, None)
                 entry.waiters.pop(tid, None)
                 entry.input_files.pop(tid, None)
+                entry.running_writes.pop(tid, None)
             entry.cond.notify_all()
         on_created(None, error)
 
@@ -1328,8 +1332,9 @@ class Engine:
         status.pending -= 1
         status.running += 1
         _mark(task, RUNNING, None, now_ms())
-        self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
-        self._claim_task_watches(entry, int(task.metadata.id))
+        tid = int(task.metadata.id)
+        entry.running_writes[tid] = self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
+        self._claim_task_watches(entry, tid)
         entry.cond.notify_all()
         return task
 
@@ -1483,6 +1488,9 @@ class Engine:
         finished = partial(self._finished, entry, tid, final, output, on_committed)
         on_done = self.store.payloads.on_settled([output_file], finished)
         self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
+        running = entry.running_writes.pop(tid, None)
+        if running is not None:  # queued before the final row, so taken by the same commit or an earlier one
+            self.store.drop(running)
 
     def _finished(
         self,
@@ -1565,6 +1573,7 @@ class Engine:
         _mark(task, PENDING, message, now_ms())
         self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
         tid = int(task.metadata.id)
+        entry.running_writes.pop(tid, None)
         if front:
             entry.pending.appendleft(tid)
         else:

@@ -224,7 +224,7 @@ _UNAVAILABLE_ERRORS = frozenset(
 class _Write:
     """Queued changes, their callback, and how a failure treats them."""
 
-    __slots__ = ("deadline", "durable", "lazy", "on_done", "ops")
+    __slots__ = ("deadline", "durable", "lazy", "on_done", "ops", "seq")
 
     def __init__(self, ops: list[Op], on_done: OnDone | None, durable: bool, lazy: bool = False) -> None:
         self.ops = ops
@@ -232,7 +232,13 @@ class _Write:
         self.durable = durable
         self.lazy = lazy
         self.deadline: float | None = None
+        self.seq = 0
+        """Its place in the order of writes queued (see :meth:`Store.drop`)."""
         """For a withdrawable write that failed: when it stops being retried."""
+
+
+QueuedWrite = _Write
+"""A queued write, as :meth:`Store.enqueue` returns it (for :meth:`Store.drop`)."""
 
 
 def store_error(path: str, exc: BaseException) -> FlameError:
@@ -289,6 +295,9 @@ class Store:
         cheaper done once for all of them (the engine feeds its watchers there)."""
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Write] = deque()
+        self._seq = 0
+        self._taken_seq = 0
+        """Every write with a ``seq`` up to this was taken by a commit (see :meth:`drop`)."""
         self._urgent = 0
         """Writes in the queue that are not lazy (someone waits for their commit)."""
         self._leader = False
@@ -346,7 +355,7 @@ class Store:
         durable: bool = True,
         lazy: bool = False,
         within: float | None = None,
-    ) -> None:
+    ) -> QueuedWrite:
         """Queue ``ops`` as one unit; ``on_done(None)`` after their commit, ``on_done(error)`` if withdrawn.
 
         Nothing is written until :meth:`commit` runs (here or on another thread), or, for a ``lazy``
@@ -357,14 +366,17 @@ class Store:
         with self._cond:
             if self._closed or self._closing:
                 raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
-            self._queue.append(_Write(ops, on_done, durable, lazy))
+            write = _Write(ops, on_done, durable, lazy)
+            self._seq += 1
+            write.seq = self._seq
+            self._queue.append(write)
             self._untried = True
             if not lazy:
                 self._urgent += 1
             if lazy and (self._lazy_due is None or within is not None):
                 due = time.monotonic() + (LAZY_DELAY if within is None else within)
                 if self._lazy_due is not None and self._lazy_due <= due:
-                    return
+                    return write
                 self._lazy_due = due
                 wakes_at = self._writer_wakes_at
                 if wakes_at is None or wakes_at > self._lazy_due:
@@ -374,6 +386,17 @@ class Store:
                     self._writer_wakes_at = self._lazy_due
                     self.writer_wakeups += 1
                     self._cond.notify()
+        return write
+
+    def drop(self, write: QueuedWrite) -> bool:
+        """Empty a queued lazy write that no commit has taken yet and nobody awaits: a write queued after
+        it makes it redundant (a task's RUNNING row, overwritten by its final state in the same group).
+        False when it was taken already (it is committed, or being committed, as it was)."""
+        with self._cond:
+            if write.seq <= self._taken_seq or not write.lazy or write.on_done is not None:
+                return False
+            write.ops = []
+            return True
 
     def commit(self, *, lazy: bool = True) -> None:
         """Commit what is queued, on this thread, unless another thread is at it (it takes ours too).
@@ -394,6 +417,7 @@ class Store:
             with self._cond:
                 batch = list(self._queue)
                 self._queue.clear()
+                self._taken_seq = self._seq
                 self._urgent = 0
                 self._untried = False
                 self._lazy_due = None
@@ -518,6 +542,7 @@ class Store:
                 self._leader = True
                 batch = list(self._queue)
                 self._queue.clear()
+                self._taken_seq = self._seq
                 self._urgent = 0
                 self._untried = False
                 self._lazy_due = None

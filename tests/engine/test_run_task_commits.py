@@ -199,3 +199,31 @@ def test_a_result_waiting_for_its_commit_needs_no_instance(engine: Engine, monke
     assert engine.finish_task("s1", first[0], output=b"r", commit=False)
     engine.store.commit(lazy=False)
     assert engine.demand("s1", cpu_share=False) == 2, "a result waiting for its commit was counted as work"
+
+
+def running_rows(statements: list[str]) -> int:
+    """How many statements set a task's row to RUNNING (state 1)."""
+    return sum(1 for s in statements if s.startswith(f"UPDATE tasks SET state = {int(pb.TaskState.Running)},"))
+
+
+def test_a_running_row_overwritten_in_the_same_commit_is_not_written(engine: Engine) -> None:
+    statements: list[str] = []
+    engine.store._write.set_trace_callback(statements.append)
+    engine.run_task("s1", b"in", lambda _task, _error: None)
+    assert engine.start_next("s1") is not None
+    engine.store.commit(lazy=False)  # the scheduler's commit after sending it: lazy writes wait
+    assert engine.finish_task("s1", 1, output=b"out")
+    assert running_rows(statements) == 0, "the RUNNING row was written, then overwritten in the same commit"
+    assert stored(engine, 1) == ([(int(pb.TaskState.Succeed),)], [(0, b"in"), (1, b"out")])
+
+
+def test_a_running_row_committed_before_the_result_is_written(engine: Engine) -> None:
+    statements: list[str] = []
+    engine.store._write.set_trace_callback(statements.append)
+    engine.run_task("s1", b"in", lambda _task, _error: None)
+    assert engine.start_next("s1") is not None
+    engine.store.commit()  # something else commits now: the task is RUNNING in the store
+    assert stored(engine, 1)[0] == [(int(pb.TaskState.Running),)]
+    assert engine.finish_task("s1", 1, output=b"out")
+    assert running_rows(statements) > 0, "a RUNNING row a commit took was not written"
+    assert stored(engine, 1)[0] == [(int(pb.TaskState.Succeed),)]
