@@ -235,7 +235,7 @@ class SerializerTests(SerializerScaleTests, SerializerDomainTests, SerializerSui
             found = difference(value, decode_payload(payload, self.serializer, peer="client"))
             assert found is None, f"a framed payload did not round-trip: {found}"
             with pytest.raises(FlameError) as info:
-                decode_payload(payload, other, peer="client")  # type: ignore[arg-type]
+                decode_payload(payload, other, peer="client")
             message = info.value.message
             assert info.value.code == FlameErrorCode.INVALID_ARGUMENT, message
             assert f"'{mine}'" in message and f"'{other.name}'" in message, f"both names must be in: {message}"
@@ -247,7 +247,7 @@ class SerializerTests(SerializerScaleTests, SerializerDomainTests, SerializerSui
         """A payload framed by another serializer (or plain cloudpickle bytes) is refused by name, not decoded."""
         mine = self.serializer.name
         other = _Other(self._peer_name())
-        foreign = encode_payload([1, "two"], other)  # type: ignore[arg-type]
+        foreign = encode_payload([1, "two"], other)
         with pytest.raises(FlameError) as info:
             decode_payload(foreign, self.serializer, peer="service", what="result")
         message = info.value.message

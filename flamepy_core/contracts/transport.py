@@ -99,9 +99,9 @@ class _HandlerFn:
         raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
+        if not isinstance(other, _HandlerFn) or other.__class__ is not self.__class__:
             return NotImplemented
-        return bool(self.fn == other.fn)  # type: ignore[attr-defined]  # same class: it has fn
+        return bool(self.fn == other.fn)
 
     def __hash__(self) -> int:
         return hash((self.__class__, self.fn))

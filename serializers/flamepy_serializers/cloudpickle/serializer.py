@@ -72,7 +72,7 @@ def classes_by_value(obj: Any, protocol: int | None = None) -> list[type]:
     """
     found: list[type] = []
 
-    class Watching(cloudpickle.CloudPickler):  # type: ignore[misc, name-defined]
+    class Watching(cloudpickle.CloudPickler):  # type: ignore[misc]
         def reducer_override(self, value: Any) -> Any:
             if isinstance(value, type) and value.__module__ == "__main__" and value not in found:
                 found.append(value)
