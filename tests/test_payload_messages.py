@@ -20,15 +20,20 @@ from flamepy_core.wire.payload_messages import (
     read_enter_result,
     read_run_task_reply,
     read_session_context,
+    read_task_batch,
     read_task_call,
     read_task_context,
     read_task_result,
+    read_withdrawn_tasks,
     result,
+    task_batch,
     task_context,
     task_reply,
     task_result,
+    tasks_offered,
+    withdrawn_tasks,
 )
-from flamepy_core.wire.proto import frontend_pb2, shim_pb2
+from flamepy_core.wire.proto import ext_pb2, frontend_pb2, shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
 _INT32 = st.integers(min_value=-(1 << 31), max_value=(1 << 31) - 1)
@@ -342,3 +347,30 @@ def test_the_instance_paths_are_the_descriptors() -> None:
         ON_TASK_INVOKE,
         ON_SESSION_LEAVE,
     )
+
+
+@given(return_code=_INT32, message=st.none() | st.text(), handoff=st.booleans(), batches=st.booleans())
+def test_an_instance_offers_batches_in_a_result_protobuf_reads_as_ever(
+    return_code: int, message: str | None, handoff: bool, batches: bool
+) -> None:
+    encoded = result(return_code, message, handoff_offered=handoff, tasks_offered=batches)
+    parsed = pb.Result.FromString(encoded)
+    assert (parsed.return_code, parsed.message) == (return_code, message or "")
+    assert read_enter_result(encoded) == (return_code, message or "", handoff)
+    assert tasks_offered(encoded) is batches
+    # What Flame's SDK (protobuf) answers offers no batches: such an instance gets one task per call.
+    assert not tasks_offered(pb.Result(return_code=return_code, message=message or "").SerializeToString())
+
+
+@given(tasks=st.lists(st.binary(max_size=64), max_size=8))
+def test_a_task_batch_is_what_protobuf_writes_and_reads_back(tasks: list[bytes]) -> None:
+    encoded = task_batch(tasks)
+    assert encoded == ext_pb2.TaskBatch(tasks=tasks).SerializeToString()
+    assert read_task_batch(encoded) == tasks
+
+
+@given(ids=st.lists(st.text(max_size=12), max_size=8))
+def test_withdrawn_tasks_are_what_protobuf_writes_and_read_back(ids: list[str]) -> None:
+    encoded = withdrawn_tasks(ids)
+    assert encoded == ext_pb2.WithdrawnTasks(task_ids=ids).SerializeToString()
+    assert read_withdrawn_tasks(encoded) == ids

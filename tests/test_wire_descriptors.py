@@ -38,7 +38,7 @@ from google.protobuf.message_factory import GetMessageClass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flamepy_core.wire import methods
+from flamepy_core.wire import methods, payload_messages
 from flamepy_core.wire.proto import frontend_pb2, shim_pb2, types_pb2
 
 UPSTREAM_REQUIREMENT = "flamepy==0.6.0"
@@ -417,7 +417,12 @@ def test_method_tables() -> None:
         "/flame.v1.Frontend/ListTask",
         "/flamepy.ext.v1.Tasks/WatchSession",
         "/flamepy.ext.v1.Tasks/WatchOutcomes",
+        "/flamepy.ext.v1.InstanceTasks/RunTasks",
     }
+    # The batch paths the instance runtime and the scheduler use without loading the descriptors.
+    assert methods.INSTANCE_TASKS["RunTasks"].path == payload_messages.RUN_TASKS
+    assert methods.INSTANCE_TASKS["WithdrawTasks"].path == payload_messages.WITHDRAW_TASKS
+    assert methods.INSTANCE_TASKS["RunTasks"].response.DESCRIPTOR.full_name == "flame.v1.TaskResult"
     assert set(methods.EXT) == {"RunTask", "WatchSession", "CreateTasks", "WatchOutcomes"}
     assert methods.RUNTIME["ListInstances"].path == "/flamepy.ext.v1.Runtime/ListInstances"
     assert set(methods.RUNTIME) == {"ListInstances", "CollectGarbage"}
@@ -428,8 +433,8 @@ def test_method_tables() -> None:
         "CloseSession": ("CloseSessionRequest", "flame.v1.Session"),
     }
     assert methods.CONTROL["CancelTasks"].path == "/flamepy.ext.v1.Control/CancelTasks"
-    # Frontend, Instance, ObjectCache, flamepy.ext.v1 (Tasks, Runtime, Control)
-    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 4 + 2 + 2
+    # Frontend, Instance, ObjectCache, flamepy.ext.v1 (Tasks, Runtime, Control, InstanceTasks)
+    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 4 + 2 + 2 + 2
     assert all(path == m.path for path, m in methods.ALL_METHODS.items())
 
     # The tables hand out the generated classes themselves, not look-alikes.

@@ -63,7 +63,16 @@ from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.payload_handoff import read_payload_file
-from flamepy_core.wire.payload_messages import read_enter_result, read_task_result, task_context
+from flamepy_core.wire.payload_messages import (
+    RUN_TASKS,
+    WITHDRAW_TASKS,
+    read_enter_result,
+    read_task_result,
+    read_withdrawn_tasks,
+    task_batch,
+    task_context,
+    tasks_offered,
+)
 from flamepy_core.wire.proto import shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -80,6 +89,18 @@ ENTER_RETRY_DELAY = 0.01
 SPARE_DELAY = 0.1
 """Seconds after a session's process left before its replacement spare starts, and between checks while
 a session waits for a process of its own to start (spares give way to it)."""
+BATCH_MAX = 32
+"""Tasks in flight to one instance at most when they go in batches (``RunTasks``); a new batch tops
+them up once half have answered."""
+BATCH_BYTES = 1 << 20
+"""Input bytes in one batch at most (beyond its first task): a batch is one message."""
+BATCH_SHORT = 0.005
+"""Seconds: an instance gets tasks queued behind the one it runs only while its tasks take less than this
+(its last result came sooner after the one before). Longer tasks go one at a time, as to any instance."""
+BATCH_HOLD = 0.05
+"""Seconds a task may run with tasks queued behind it on its instance before they are withdrawn and go
+back to the queue (checked on the scheduler's tick): a long task holds no other, and a task that waits
+for one of its session's tasks cannot wait for one queued behind itself."""
 
 
 def application_task_timeout(app: pb.Application) -> float | None:
@@ -109,6 +130,7 @@ class State(enum.Enum):
 
 
 BOUND = frozenset({State.ENTERING, State.IDLE, State.BUSY})
+_SERVING = BOUND | {State.STARTING}
 
 
 @dataclass(eq=False)
@@ -123,15 +145,14 @@ class Instance:
     session_id: str | None = None
     """The session it serves, or (while STARTING) the one it was started for."""
     inflight: dict[int, float] = field(default_factory=dict)
-    """Tasks sent and not answered: id -> when sent."""
+    """Tasks sent and not answered, in the order it runs them: id -> when sent. The first is the one it
+    runs; the others (sent in batches) have not started."""
     expires: float | None = None
     """A spare is stopped at this time if no session took it."""
     kill_at: float | None = None
     """A stopping instance is killed (SIGKILL) at this time."""
     cause: str | None = None
     """Why it is stopping, when that is not its exit status (it stopped answering...)."""
-    lost: list[tuple[str, int]] = field(default_factory=list)
-    """Tasks (session, id) that were in flight when its link broke: retried once its exit is known."""
     deliberate: bool = False
     """Stopped on purpose (left its session, spare expired...): its exit is no failure of a session."""
     ready: bool = False
@@ -150,6 +171,15 @@ class Instance:
     tasks_served: int = 0
     handoff: bool = False
     """Its process takes large payloads as files (it said so entering its session: ``wire.payload_handoff``)."""
+    batches: bool = False
+    """Its process takes tasks in batches (``RunTasks``: it said so entering its session, and its link
+    can feed a stream to a callback)."""
+    short: bool = False
+    """Its last task took less than ``BATCH_SHORT``: tasks may be queued behind the one it runs."""
+    withdrawing: bool = False
+    """A ``WithdrawTasks`` is in flight: nothing more is sent until it is answered."""
+    cancels: dict[int, str] = field(default_factory=dict)
+    """Tasks queued on it that were cancelled, and why: withdrawn, or it is stopped if one started."""
 
     @property
     def pid(self) -> int | None:
@@ -302,8 +332,14 @@ class Scheduler:
         return True
 
     def _on_cancel(self, inst: Instance, task_id: int, reason: str) -> None:
-        if task_id not in inst.inflight and task_id not in {tid for _sid, tid in inst.lost}:
+        if task_id not in inst.inflight:
             return  # answered meanwhile
+        if task_id != next(iter(inst.inflight)) and inst.state != State.STOPPING:
+            # Queued behind the task it runs: taken back, then cancelled (the engine), no instance stopped;
+            # should it have started meanwhile, its instance is stopped once the withdrawal answers.
+            inst.cancels[task_id] = reason
+            self._withdraw(inst)
+            return
         log.info("instance %s: stopping it to cancel task %s of %s (%s)", inst.id, task_id, inst.session_id, reason)
         self._stop(inst, deliberate=True)  # SIGTERM, SIGKILL after shutdown_grace; on_exit reports the task
 
@@ -575,11 +611,13 @@ class Scheduler:
             process.cleanup()
         if self._closed:
             return
-        lost = list(inst.lost) + [(inst.session_id, tid) for tid in inst.inflight if inst.session_id]
+        lost = list(inst.inflight) if inst.session_id else []
         inst.inflight.clear()
-        inst.lost.clear()
-        for session_id, tid in lost:  # a task never stays RUNNING without its instance
-            self.engine.retry_task(session_id, str(tid), description)
+        if lost:  # a task never stays RUNNING without its instance
+            assert inst.session_id is not None
+            if len(lost) > 1:  # queued behind the one it ran (first, so that one goes back ahead of them)
+                self._return(inst.session_id, lost[1:], f"not started: instance {inst.id} ended ({description})")
+            self.engine.retry_task(inst.session_id, str(lost[0]), description)
         if not inst.deliberate:
             sid = inst.session_id
             if state in (State.STARTING, State.ENTERING) and sid is not None:
@@ -593,11 +631,14 @@ class Scheduler:
         self._place()  # its place under the machine-wide cap is free
 
     def on_tick(self, now: float) -> None:
-        """Timers: task timeouts, liveness, start deadlines, spare expiry, idle release, going beyond a CPU
-        share, SIGKILL after the grace period; and the engine's sweep of watch streams whose caller has
-        gone (at most once per ``WATCH_SWEEP``)."""
+        """Timers: task timeouts, tasks queued behind a long one, liveness, start deadlines, spare expiry,
+        idle release, going beyond a CPU share, SIGKILL after the grace period; and the engine's sweep of
+        watch streams whose caller has gone (at most once per ``WATCH_SWEEP``)."""
         self.engine.sweep_watches(now)
         self._expire_tasks(now)
+        for inst in list(self._instances.values()):
+            if len(inst.inflight) > 1 and inst.state == State.BUSY and now - inst.head_since > BATCH_HOLD:
+                self._withdraw(inst)
         self._check_liveness(now)
         self._release_idle(now)
         self._overflow(now)
@@ -641,6 +682,9 @@ class Scheduler:
         log.warning("%s", failure)
         del inst.inflight[tid]
         self.engine.finish_task(session_id, tid, failure=failure, commit=False)
+        if inst.inflight:  # queued behind it, never started
+            self._return(session_id, list(inst.inflight), f"not started: task {tid} before it timed out")
+            inst.inflight.clear()
         self._stop(inst, deliberate=True)
         self._on_tasks_pending(session_id)
 
@@ -851,7 +895,9 @@ class Scheduler:
             self._stop(inst, deliberate=True)
             self._bind_failed(session_id, inst.app, detail)
             return
-        return_code, message, inst.handoff = read_enter_result(future.result())
+        answer = future.result()
+        return_code, message, inst.handoff = read_enter_result(answer)
+        inst.batches = tasks_offered(answer) and callable(getattr(process.channel, "stream_async", None))
         if return_code != 0:
             self._stop(inst, deliberate=True)
             self._bind_failed(session_id, inst.app, f"on_session_enter raised: {message}")
@@ -977,11 +1023,16 @@ class Scheduler:
         inst.cpu_mark = None
 
     def _dispatch(self, inst: Instance) -> None:
-        """Send the instance its session's next pending task if it holds none.
+        """Send the instance its session's next pending task if it holds none; and, to an instance of ours
+        whose tasks are short, a batch of the next ones behind it.
 
-        One task at a time, as a Flame executor runs them: a task queued behind a running one of the same
-        session may be the very task that one waits for (a recursive service, Runner inside Runner), and
-        would never start; it would also wait while another instance may be idle.
+        A Flame executor runs one task at a time, and any instance gets one task while it has none. Only
+        flamepy's own instance runtime takes batches (``RunTasks``: one message for many tasks, run in
+        order, each result streamed back as it is done), and only while its tasks are short: a task queued
+        behind a running one of the same session may be the very task that one waits for (a recursive
+        service, Runner inside Runner), and would never start; it would also wait while another instance
+        may be idle. So a batch holds at most the instance's share of the queue, and what is queued behind
+        a task that runs past ``BATCH_HOLD`` is withdrawn (see :meth:`on_tick`).
         """
         sid = inst.session_id
         process = inst.process
@@ -997,6 +1048,19 @@ class Scheduler:
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
             prepare = partial(self._task_outcome, sid, tid, output_name)
             self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare)
+        if (
+            inst.batches
+            and inst.short
+            and inst.inflight
+            and not inst.withdrawing
+            and len(inst.inflight) <= BATCH_MAX // 2
+        ):
+            share = sum(1 for i in self._instances.values() if i.session_id == sid and i.state in _SERVING)
+            batch = self.engine.start_many(
+                sid, BATCH_MAX - len(inst.inflight), share, BATCH_BYTES, input_as_file=inst.handoff
+            )
+            if batch:
+                self._send_batch(inst, sid, batch)
         if inst.inflight:
             inst.state = State.BUSY
         elif inst.state == State.BUSY:
@@ -1004,6 +1068,102 @@ class Scheduler:
             inst.since = time.monotonic()  # idle from now: delay_release counts from here
         if inst.state == State.IDLE and not self._session_open(sid):
             self._leave(inst)
+
+    def _send_batch(self, inst: Instance, sid: str, batch: list[tuple[int, bytes | None, PayloadFile | None]]) -> None:
+        """``RunTasks`` with these tasks: each result comes back as a stream item, in order, and is handled
+        as an ``OnTaskInvoke``'s answer (on the link's thread, then as an event)."""
+        process = inst.process
+        assert process is not None
+        now = time.monotonic()
+        contexts: list[bytes] = []
+        expected: deque[tuple[int, str | None]] = deque()
+        for tid, task_input, input_file in batch:
+            inst.inflight[tid] = now
+            ctx, output_name = self._task_context(inst, sid, tid, task_input, input_file)
+            contexts.append(ctx)
+            expected.append((tid, output_name))
+
+        def on_item(payload: bytes) -> None:
+            if not expected:  # more results than tasks: a bug of the instance's; its tasks were answered
+                log.warning("instance %s answered more results than the batch had tasks", inst.id)
+                return
+            tid, output_name = expected.popleft()
+            self.post(self._on_task_done, inst, sid, tid, self._task_outcome(sid, tid, output_name, payload))
+
+        def on_end(error: FlameError | None) -> None:
+            left = list(expected)
+            expected.clear()
+            files = self.engine.store.payloads
+            for _tid, output_name in left:
+                if output_name is not None:
+                    files.release(output_name, written=error is not None)
+            if left and error is not None:
+                self.post(self._on_batch_failed, inst, sid, [tid for tid, _name in left], error)
+            # Ended with tasks left and no error: they were withdrawn (``_on_withdrawn`` has them).
+
+        process.channel.stream_async(RUN_TASKS, task_batch(contexts), on_item, on_end, None)  # type: ignore[attr-defined]
+
+    def _on_batch_failed(self, inst: Instance, sid: str, tids: list[int], error: FlameError) -> None:
+        """A batch's stream failed before all its tasks answered. A broken link is a lost instance (its
+        exit sorts out which task ran); otherwise the first task left fails with the error, and the
+        others, which never started (the instance stops a batch whose stream failed), are queued again."""
+        tids = [tid for tid in tids if tid in inst.inflight]
+        if not tids:
+            return
+        if self._link_lost(inst, error):
+            return
+        head, rest = tids[0], tids[1:]
+        for tid in tids:
+            del inst.inflight[tid]
+        if rest:
+            self._return(sid, rest, f"not started: the batch's stream failed ({error.message})")
+        if error.code == FlameErrorCode.MESSAGE_TOO_LARGE:
+            failure = f"the task's result was refused: {error}"
+        else:
+            failure = f"calling the instance failed: {error}"
+        self.engine.finish_task(sid, head, failure=failure, commit=False)
+        self._new_head(inst, time.monotonic())
+        self._dispatch(inst)
+
+    def _withdraw(self, inst: Instance) -> None:
+        """Take back the tasks queued behind the one the instance runs (``WithdrawTasks``)."""
+        if inst.withdrawing or inst.process is None or inst.state == State.STOPPING:
+            return
+        inst.withdrawing = True
+        inst.short = False
+        self._call(inst, WITHDRAW_TASKS, b"", self.settings.instance_call_timeout, self._on_withdrawn)
+
+    def _on_withdrawn(self, inst: Instance, future: Future[bytes]) -> None:
+        inst.withdrawing = False
+        sid = inst.session_id
+        error = future.exception()
+        if error is not None or sid is None:
+            # A broken link: its exit requeues what it had not started. Anything else: they run there.
+            log.info("instance %s: WithdrawTasks failed: %s", inst.id, error)
+            return
+        try:
+            ids = [int(tid) for tid in read_withdrawn_tasks(future.result())]
+        except ValueError as exc:
+            log.warning("instance %s answered a malformed WithdrawTasks: %s", inst.id, exc)
+            return
+        taken = [tid for tid in ids if tid in inst.inflight]
+        for tid in taken:
+            del inst.inflight[tid]
+        if taken:
+            self._return(sid, taken, f"not started: withdrawn from instance {inst.id} behind a longer task")
+        cancels, inst.cancels = inst.cancels, {}
+        started = [tid for tid in cancels if tid in inst.inflight]
+        if started:  # a cancelled task started before the withdrawal came: stopped, as any running one
+            log.info(
+                "instance %s: stopping it to cancel task %s of %s (%s)", inst.id, started[0], sid, cancels[started[0]]
+            )
+            self._stop(inst, deliberate=True)
+            return
+        self._dispatch(inst)
+
+    def _return(self, sid: str, tids: list[int], why: str) -> None:
+        """Tasks an instance never started go back to the head of the queue, in order, no retry spent."""
+        self.engine.return_tasks(sid, tids, why)
 
     def _task_context(
         self, inst: Instance, sid: str, tid: int, task_input: bytes | None, input_file: PayloadFile | None
@@ -1021,12 +1181,14 @@ class Scheduler:
         output = (str(files.path(output_name)), files.threshold, self.settings.max_message_size, files.sync)
         return task_context(str(tid), sid, task_input, input_file=given, output_file=output), output_name
 
-    def _task_outcome(self, session_id: str, tid: int, output_name: str | None, future: Future[bytes]) -> _Outcome:
-        """What the instance answered to OnTaskInvoke, read on the thread that received it (not under the
-        scheduler's lock): the result parsed, and a large output in its payload file (written here, or
-        written by the instance and read back for the waiting client)."""
+    def _task_outcome(
+        self, session_id: str, tid: int, output_name: str | None, answer: Future[bytes] | bytes
+    ) -> _Outcome:
+        """What the instance answered to OnTaskInvoke (or in a batch's stream), read on the thread that
+        received it (not under the scheduler's lock): the result parsed, and a large output in its payload
+        file (written here, or written by the instance and read back for the waiting client)."""
         files = self.engine.store.payloads
-        error = future.exception()
+        error = None if isinstance(answer, bytes) else answer.exception()
         written = True  # for all we know, something was written under ``output_name``
         try:
             if error is not None:
@@ -1034,7 +1196,8 @@ class Scheduler:
                     error = FlameError(FlameErrorCode.INTERNAL, f"calling the instance failed: {error!r}")
                 return _Outcome(error=error)
             try:
-                return_code, output, message, output_size = read_task_result(future.result())
+                data = answer if isinstance(answer, bytes) else answer.result()
+                return_code, output, message, output_size = read_task_result(data)
             except ValueError as exc:
                 return _Outcome(return_code=-1, message=f"the instance answered a malformed TaskResult: {exc}")
             if output_size is None:
@@ -1063,12 +1226,18 @@ class Scheduler:
                 files.release(output_name, written=written)
 
     def _on_task_done(self, inst: Instance, session_id: str, tid: int, outcome: _Outcome) -> None:
-        if inst.inflight.pop(tid, None) is None or self._closed:
-            # Settled elsewhere (its instance was lost), or the server is stopping: its file is not kept.
+        if tid not in inst.inflight or self._closed:
+            # Settled elsewhere (it timed out, its instance was lost), or the server is stopping: its file
+            # is not kept.
             self.engine.store.payloads.settled([outcome.output_file], "the task is no longer running")
             return
-        self._new_head(inst, time.monotonic())  # no task runs: not blocked, nothing measured
         error = outcome.error
+        if error is not None and self._link_lost(inst, error):
+            return
+        del inst.inflight[tid]
+        now = time.monotonic()
+        inst.short = now - inst.head_since < BATCH_SHORT  # since it started (the previous result, or sent idle)
+        self._new_head(inst, now)  # the next one in flight starts now; if none, nothing runs or is measured
         if error is None:
             inst.tasks_served += 1
             self._bind_failures.pop(session_id, None)  # the session's instances work
@@ -1080,32 +1249,31 @@ class Scheduler:
                 self.engine.finish_task(session_id, tid, failure=outcome.message, commit=False)
             self._dispatch(inst)
             return
-        assert isinstance(error, FlameError)
         if error.code == FlameErrorCode.MESSAGE_TOO_LARGE:
             # The instance answered, but too much: the task fails once, the instance is fine.
             self.engine.finish_task(session_id, tid, failure=f"the task's result was refused: {error}")
             self._dispatch(inst)
             return
-        process = inst.process
-        if error.code in _LINK_DOWN or (process is not None and not process.alive()):
-            self._lost(inst, session_id, tid, error)
-            return
         self.engine.finish_task(session_id, tid, failure=f"calling the instance failed: {error}", commit=False)
         self._dispatch(inst)
 
-    def _lost(self, inst: Instance, session_id: str, tid: int, error: FlameError) -> None:
-        """The link to an instance broke during a task: the task is retried once the process is gone.
+    def _link_lost(self, inst: Instance, error: FlameError) -> bool:
+        """Whether ``error`` means the instance is lost (its link broke, or its process is gone); if so, its
+        tasks in flight are settled once the process is gone (:meth:`on_exit`: the first is retried, the
+        ones queued behind it go back to the queue).
 
         A process that died closes its sockets a moment before its exit status can be read: give it
         ``LOST_GRACE`` seconds to be seen exiting (its status is then the cause); one still running then
         has stopped answering, and is stopped.
         """
-        inst.lost.append((session_id, tid))
-        if inst.state == State.STOPPING:
-            return
-        inst.state = State.STOPPING
-        inst.since = time.monotonic()
-        self.supervisor.later(LOST_GRACE, partial(self.post, self._still_lost, inst, error))
+        process = inst.process
+        if error.code not in _LINK_DOWN and (process is None or process.alive()):
+            return False
+        if inst.state != State.STOPPING:
+            inst.state = State.STOPPING
+            inst.since = time.monotonic()
+            self.supervisor.later(LOST_GRACE, partial(self.post, self._still_lost, inst, error))
+        return True
 
     def _still_lost(self, inst: Instance, error: FlameError) -> None:
         if inst.id not in self._instances or inst.kill_at is not None:

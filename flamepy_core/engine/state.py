@@ -1323,6 +1323,60 @@ class Engine:
             self._run_due()
         return started
 
+    def start_many(
+        self, session_id: str, limit: int, share: int, max_bytes: int, *, input_as_file: bool = False
+    ) -> list[tuple[int, bytes | None, PayloadFile | None]]:
+        """For the scheduler's batches: up to ``limit`` pending tasks, now RUNNING, as :meth:`start_next`'s.
+
+        At most this instance's share of the queue (``len(pending) / share``, rounded up: the other
+        ``share - 1`` instances of the session get theirs), and no more input than ``max_bytes`` beyond
+        the first task: a batch is one message.
+        """
+        started: list[tuple[int, bytes | None, PayloadFile | None]] = []
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or not entry.is_open:
+                return started
+            limit = min(limit, -(-len(entry.pending) // max(1, share)))
+            size = 0
+            while len(started) < limit and size <= max_bytes:
+                task = self._start_next(entry)
+                if task is None:
+                    break
+                tid = int(task.metadata.id)
+                input_file = entry.input_files.get(tid) if input_as_file else None
+                if input_file is not None:
+                    started.append((tid, None, input_file))
+                    continue
+                task_input = task.spec.input if task.spec.HasField("input") else None
+                size += len(task_input or b"")
+                started.append((tid, task_input, None))
+        if started and self._due:
+            self._run_due()
+        return started
+
+    def return_tasks(self, session_id: str, task_ids: list[int], message: str) -> None:
+        """Put tasks sent to an instance that never started them back at the head of the queue, in their
+        order, without spending a retry (a cancelled one is CANCELLED). The caller commits."""
+        returned = False
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            if entry is None:
+                return
+            for tid in reversed(task_ids):
+                task = entry.tasks.get(tid)
+                if task is None or task.status.state != RUNNING or tid in entry.finishing:
+                    continue
+                by = entry.cancelling.pop(tid, None)
+                if by is not None:  # cancelled before it started
+                    self._finalize(entry, task, CANCELLED, f"cancelled by {by}")
+                    continue
+                self._requeue(entry, task, message, front=True)
+                returned = True
+        self._run_due()
+        if returned:
+            self.scheduler.tasks_pending(session_id)
+
     def _start_next(self, entry: SessionEntry) -> pb.Task | None:
         """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none."""
         if not entry.pending or entry.closing:

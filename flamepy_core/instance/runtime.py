@@ -26,9 +26,11 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
     CallContext,
     DeferredHandler,
+    DeferredStreamHandler,
     Handler,
     Responder,
     Server,
+    StreamWriter,
     Transport,
     UnaryHandler,
 )
@@ -41,10 +43,14 @@ from flamepy_core.wire.payload_messages import (
     ON_SESSION_ENTER,
     ON_SESSION_LEAVE,
     ON_TASK_INVOKE,
+    RUN_TASKS,
+    WITHDRAW_TASKS,
     read_session_context,
+    read_task_batch,
     read_task_call,
     result,
     task_result,
+    withdrawn_tasks,
 )
 
 log = logging.getLogger(__name__)
@@ -83,8 +89,9 @@ def describe_exception(exc: BaseException) -> str:
 class _Callbacks:
     """The three ``flame.v1.Instance`` callbacks of one service, as functions from request to response bytes."""
 
-    def __init__(self, service: FlameService) -> None:
+    def __init__(self, service: FlameService, *, batches: bool = False) -> None:
         self.service = service
+        self._entered = _ENTERED_BATCHES if batches else _ENTERED
 
     def enter(self, data: bytes) -> bytes:
         session_id, common_data, app = read_session_context(data)
@@ -104,7 +111,7 @@ class _Callbacks:
         except Exception as exc:
             log.exception("on_session_enter failed")
             return result(-1, describe_exception(exc))
-        return _ENTERED
+        return self._entered
 
     def invoke(self, data: bytes) -> bytes:
         call = read_task_call(data)
@@ -149,6 +156,8 @@ class _Callbacks:
 _OK = result(0)
 _ENTERED = result(0, handoff_offered=True)
 """OnSessionEnter's answer: entered, and payload files are welcome (see ``wire.payload_handoff``)."""
+_ENTERED_BATCHES = result(0, handoff_offered=True, tasks_offered=True)
+"""The same from a service process, which also takes tasks in batches (``RunTasks``, see :class:`_Batch`)."""
 
 
 def _to_file(size: int, offer: tuple[str, int, int, bool]) -> bool:
@@ -197,6 +206,27 @@ SIGNAL_CHECK = 0.25
 """Seconds the serving thread waits for a call at most before it looks for a signal to handle."""
 
 
+class _Batch:
+    """One ``RunTasks`` call: its tasks, run in order on the serving thread, and the stream of their results.
+
+    ``started``, ``done`` and ``end`` count tasks from the front and change under the serving's lock:
+    a withdrawal takes the tasks from ``started`` to ``end`` (none of them has begun) and moves ``end``
+    back; the stream is closed by whoever sees ``done`` reach ``end``.
+    """
+
+    __slots__ = ("done", "end", "started", "tasks", "writer")
+
+    def __init__(self, tasks: list[bytes], writer: StreamWriter) -> None:
+        self.tasks = tasks
+        self.writer = writer
+        self.started = 0
+        self.done = 0
+        self.end = len(tasks)
+
+
+_Item = tuple[Callable[[bytes], bytes], bytes, Responder] | tuple[_Batch, int] | None
+
+
 class MainThreadServing:
     """Runs the service's callbacks on one thread (the main thread), fed by the transport.
 
@@ -204,11 +234,23 @@ class MainThreadServing:
     serving thread runs them in arrival order, one at a time, and completes each reply. So the service
     never runs two callbacks at once, and a signal sent to the process reaches the thread that runs
     the service's code (it can interrupt a blocking call).
+
+    Tasks also come in batches (``RunTasks``, from flamepy's own server: one message for many tasks):
+    each is queued as a call of its own, in order, and its result is sent on the batch's stream as soon
+    as it is done, before the next task starts, so only the task running can be lost with the process.
+    ``WithdrawTasks`` is answered by the receiving thread itself while a task runs: it takes back every
+    queued task that has not started (the server sends them elsewhere: a long task must not hold tasks
+    queued behind it, one of which it may be waiting for).
     """
 
     def __init__(self, service: FlameService) -> None:
-        self._calls = _Callbacks(service).table()
-        self._queue: queue.SimpleQueue[tuple[Callable[[bytes], bytes], bytes, Responder] | None] = queue.SimpleQueue()
+        callbacks = _Callbacks(service, batches=True)
+        self._calls = callbacks.table()
+        self._invoke = callbacks.invoke
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._open: list[_Batch] = []
+        """Batches with tasks not done: what a withdrawal looks at."""
         self.busy = False
         """A callback of the service is running (on the serving thread)."""
 
@@ -219,7 +261,35 @@ class MainThreadServing:
 
             return DeferredHandler(handle)
 
-        return {path: deferred(call) for path, call in self._calls.items()}
+        table: dict[str, Handler] = {path: deferred(call) for path, call in self._calls.items()}
+        table[RUN_TASKS] = DeferredStreamHandler(self._run_tasks)
+        table[WITHDRAW_TASKS] = UnaryHandler(self._withdraw)
+        return table
+
+    def _run_tasks(self, data: bytes, _ctx: CallContext, writer: StreamWriter) -> None:
+        batch = _Batch(read_task_batch(data), writer)
+        if not batch.tasks:
+            writer.close()
+            return
+        with self._lock:
+            self._open.append(batch)
+        for index in range(batch.end):
+            self._queue.put((batch, index))
+
+    def _withdraw(self, _data: bytes, _ctx: CallContext) -> bytes:
+        taken: list[bytes] = []
+        finished: list[_Batch] = []
+        with self._lock:
+            for batch in self._open:
+                taken += batch.tasks[batch.started : batch.end]
+                batch.end = batch.started
+                if batch.done >= batch.end:
+                    finished.append(batch)
+            for batch in finished:
+                self._open.remove(batch)
+        for batch in finished:
+            batch.writer.close()
+        return withdrawn_tasks([read_task_call(task).task_id for task in taken])
 
     def stop(self) -> None:
         """End :meth:`serve` after the call it is running (safe from a signal handler: the queue is reentrant)."""
@@ -239,6 +309,10 @@ class MainThreadServing:
                 continue
             if item is None:
                 return
+            if len(item) == 2:
+                if self._batch_task(*item):
+                    return
+                continue
             call, data, responder = item
             self.busy = True
             try:
@@ -253,6 +327,45 @@ class MainThreadServing:
             finally:
                 self.busy = False
             responder.send(reply)
+
+    def _batch_task(self, batch: _Batch, index: int) -> bool:
+        """Run one task of a batch unless it was withdrawn; True when a signal interrupted it."""
+        with self._lock:
+            if index >= batch.end:
+                return False  # withdrawn: the server sent it elsewhere
+            batch.started = index + 1
+            self.busy = True
+        try:
+            reply = self._invoke(batch.tasks[index])
+        except Interrupted:
+            return True
+        except BaseException as exc:  # a bug of ours: the stream fails, and the batch's other tasks with it
+            self._end_batch(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        finally:
+            self.busy = False
+        if not batch.writer.send(reply):  # the stream ended (its result too large, the server gone)
+            self._end_batch(batch, None)
+            return False
+        with self._lock:
+            batch.done = index + 1
+            last = batch.done >= batch.end
+            if last:
+                self._open.remove(batch)
+        if last:
+            batch.writer.close()
+        return False
+
+    def _end_batch(self, batch: _Batch, error: BaseException | None) -> None:
+        """No more of this batch runs here: the server takes its failed stream's tasks back."""
+        with self._lock:
+            batch.end = batch.started
+            if batch in self._open:
+                self._open.remove(batch)
+        if error is not None:
+            batch.writer.fail(error)
 
 
 def _signal_ready() -> None:

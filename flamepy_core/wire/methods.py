@@ -30,6 +30,7 @@ __all__ = [
     "EXT",
     "FRONTEND",
     "INSTANCE",
+    "INSTANCE_TASKS",
     "OBJECT_CACHE",
     "RUNTIME",
     "Method",
@@ -97,6 +98,10 @@ RUNTIME: Mapping[str, Method]
 CONTROL: Mapping[str, Method]
 """flamepy's cancel and forced close (``flamepy.ext.v1.Control``): served by flamepy's server only."""
 
+INSTANCE_TASKS: Mapping[str, Method]
+"""Tasks in batches (``flamepy.ext.v1.InstanceTasks``): between flamepy's server and its own instance
+runtime only, never a Flame executor or a service written with Flame's SDK."""
+
 ALL_METHODS: Mapping[str, Method]
 """Every method above keyed by its gRPC path: what a server dispatches on."""
 
@@ -107,6 +112,7 @@ _SOURCES = {
     "EXT": ("ext_pb2", "Tasks"),
     "RUNTIME": ("ext_pb2", "Runtime"),
     "CONTROL": ("ext_pb2", "Control"),
+    "INSTANCE_TASKS": ("ext_pb2", "InstanceTasks"),
 }
 """Each table's generated module (in ``flamepy_core.wire.proto``) and service name."""
 

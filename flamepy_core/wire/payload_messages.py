@@ -28,19 +28,27 @@ __all__ = [
     "ON_SESSION_ENTER",
     "ON_SESSION_LEAVE",
     "ON_TASK_INVOKE",
+    "RUN_TASKS",
+    "TASKS_OFFERED",
+    "WITHDRAW_TASKS",
     "TaskCall",
     "create_task_request",
     "read_create_task_request",
     "read_enter_result",
     "read_run_task_reply",
     "read_session_context",
+    "read_task_batch",
     "read_task_call",
     "read_task_context",
     "read_task_result",
+    "read_withdrawn_tasks",
     "result",
+    "task_batch",
     "task_context",
     "task_reply",
     "task_result",
+    "tasks_offered",
+    "withdrawn_tasks",
 ]
 
 ON_SESSION_ENTER = "/flame.v1.Instance/OnSessionEnter"
@@ -48,6 +56,14 @@ ON_TASK_INVOKE = "/flame.v1.Instance/OnTaskInvoke"
 ON_SESSION_LEAVE = "/flame.v1.Instance/OnSessionLeave"
 """The paths of the three ``flame.v1.Instance`` rpcs (``flamepy_core.wire.methods.INSTANCE`` reads them
 from the descriptors; a test keeps these equal to those)."""
+
+RUN_TASKS = "/flamepy.ext.v1.InstanceTasks/RunTasks"
+WITHDRAW_TASKS = "/flamepy.ext.v1.InstanceTasks/WithdrawTasks"
+"""Tasks in batches, between flamepy's server and its own instance runtime (``flamepy.ext.v1.InstanceTasks``;
+a test keeps these equal to the descriptors' paths)."""
+TASKS_OFFERED = 1002
+"""``flame.v1.Result`` of OnSessionEnter, varint: 1 = this instance takes ``RunTasks`` (an unknown field to
+Flame's executors, which never receive it: it travels instance -> server only)."""
 
 _LEN = 2
 """Wire type of a length-delimited field (bytes, string)."""
@@ -184,16 +200,37 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
     return b"".join(parts)
 
 
-def result(return_code: int, message: str | None = None, *, handoff_offered: bool = False) -> bytes:
+def result(
+    return_code: int, message: str | None = None, *, handoff_offered: bool = False, tasks_offered: bool = False
+) -> bytes:
     """``flame.v1.Result`` (int32 return_code = 1, optional message = 2), serialized.
 
-    ``handoff_offered``: this instance takes payload files (:mod:`.payload_handoff`), said in OnSessionEnter's.
+    ``handoff_offered``: this instance takes payload files (:mod:`.payload_handoff`), said in OnSessionEnter's;
+    ``tasks_offered``: it takes tasks in batches (``RunTasks``, :data:`TASKS_OFFERED`).
     """
     parts = _return_code(return_code)
     if message is not None:
         _length_delimited(parts, 2, message.encode())
     if handoff_offered:
         _varint_field(parts, handoff.HANDOFF, 1)
+    if tasks_offered:
+        _varint_field(parts, TASKS_OFFERED, 1)
+    return b"".join(parts)
+
+
+def task_batch(contexts: list[bytes]) -> bytes:
+    """``flamepy.ext.v1.TaskBatch`` (repeated bytes tasks = 1), each a serialized ``TaskContext``."""
+    parts: list[bytes] = []
+    for context in contexts:
+        _length_delimited(parts, 1, context)
+    return b"".join(parts)
+
+
+def withdrawn_tasks(task_ids: list[str]) -> bytes:
+    """``flamepy.ext.v1.WithdrawnTasks`` (repeated string task_ids = 1), serialized."""
+    parts: list[bytes] = []
+    for task_id in task_ids:
+        _length_delimited(parts, 1, task_id.encode())
     return b"".join(parts)
 
 
@@ -413,6 +450,25 @@ def read_enter_result(data: bytes) -> tuple[int, str, bool]:
         if number == 2:
             message = _text(data, start, end)
     return _int32(numbers.get(1, 0)), message, numbers.get(handoff.HANDOFF) == 1
+
+
+def tasks_offered(data: bytes) -> bool:
+    """Whether OnSessionEnter's ``flame.v1.Result`` says the instance takes ``RunTasks``."""
+    numbers: dict[int, int] = {}
+    _fields(bytes(data), numbers)
+    return numbers.get(TASKS_OFFERED) == 1
+
+
+def read_task_batch(data: bytes) -> list[bytes]:
+    """``flamepy.ext.v1.TaskBatch`` -> its tasks (each a serialized ``TaskContext``), in order."""
+    data = bytes(data)
+    return [data[start:end] for number, start, end in _fields(data) if number == 1]
+
+
+def read_withdrawn_tasks(data: bytes) -> list[str]:
+    """``flamepy.ext.v1.WithdrawnTasks`` -> the task ids, in order."""
+    data = bytes(data)
+    return [_text(data, start, end) for number, start, end in _fields(data) if number == 1]
 
 
 _APPLICATION_STRINGS = {1: "name", 3: "image", 4: "command", 5: "working_directory", 6: "url", 7: "installer"}

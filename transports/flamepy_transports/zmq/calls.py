@@ -12,7 +12,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from typing import Protocol
 
@@ -160,6 +160,50 @@ class StreamCall(ClientCall):
 
     def on_error(self, err: FlameError) -> None:
         self.items.put(err)
+
+    def on_reply(self, payload: bytes) -> None:
+        self.on_error(_wrong_kind(self, "a unary reply"))
+
+
+class CallbackStreamCall(ClientCall):
+    """A stream whose items go to a callback on the I/O thread, as they arrive: no thread waits for them.
+
+    ``on_item(payload)`` runs for each item, then ``on_end(None)`` once at the end, or ``on_end(error)``
+    once if the call fails. The window is granted back as items are handed over, in halves as
+    :class:`StreamResponses` does.
+    """
+
+    __slots__ = ("_bytes", "_end", "_item", "_items", "_link")
+
+    def __init__(
+        self,
+        corr: int,
+        method: str,
+        timeout: float | None,
+        link: Link,
+        on_item: Callable[[bytes], None],
+        on_end: Callable[[FlameError | None], None],
+    ) -> None:
+        super().__init__(corr, method, timeout)
+        self._link = link
+        self._item = on_item
+        self._end = on_end
+        self._items = 0
+        self._bytes = 0
+
+    def on_item(self, payload: bytes) -> None:
+        self._items += 1
+        self._bytes += len(payload) + framing.ITEM_OVERHEAD
+        if self._items >= STREAM_WINDOW_ITEMS // 2 or self._bytes >= STREAM_WINDOW_BYTES // 2:
+            self._link.send_control(framing.credit(self.corr, self._items, self._bytes))
+            self._items = self._bytes = 0
+        self._item(payload)
+
+    def on_end(self) -> None:
+        self._end(None)
+
+    def on_error(self, err: FlameError) -> None:
+        self._end(err)
 
     def on_reply(self, payload: bytes) -> None:
         self.on_error(_wrong_kind(self, "a unary reply"))

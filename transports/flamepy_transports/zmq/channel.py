@@ -61,7 +61,14 @@ from flamepy_core.transport_kit import (
 )
 from flamepy_transports.zmq import framing
 from flamepy_transports.zmq.auth import apply_client
-from flamepy_transports.zmq.calls import AsyncCall, ClientCall, StreamCall, StreamResponses, UnaryCall
+from flamepy_transports.zmq.calls import (
+    AsyncCall,
+    CallbackStreamCall,
+    ClientCall,
+    StreamCall,
+    StreamResponses,
+    UnaryCall,
+)
 from flamepy_transports.zmq.config import (
     STREAM_WINDOW_BYTES,
     STREAM_WINDOW_ITEMS,
@@ -286,7 +293,32 @@ class _Core:
             self._submit(call, frames)
         return call.future
 
-    def _send_async_now(self, call: AsyncCall, frames: list[bytes]) -> bool:
+    def stream_async(
+        self,
+        method: str,
+        request: bytes,
+        timeout: float | None,
+        on_item: Callable[[bytes], None],
+        on_end: Callable[[FlameError | None], None],
+    ) -> None:
+        corr = next(self._ids)
+        call = CallbackStreamCall(corr, method, timeout, self, on_item, on_end)
+        if call.deadline is not None:
+            with self._lock:
+                heapq.heappush(self._deadlines, (call.deadline, corr))
+        frames = framing.request(
+            framing.Kind.STREAM,
+            corr,
+            self._method(method),
+            timeout,
+            request,
+            window_items=STREAM_WINDOW_ITEMS,
+            window_bytes=STREAM_WINDOW_BYTES,
+        )
+        if not (self._config.direct_calls and self._send_async_now(call, frames)):
+            self._submit(call, frames)
+
+    def _send_async_now(self, call: ClientCall, frames: list[bytes]) -> bool:
         """Send an asynchronous call from the calling thread; False when the I/O thread must send it.
 
         Only on an idle, connected channel whose I/O thread has lent the socket, as for
@@ -817,6 +849,26 @@ class ZmqChannel:
     def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
         data, seconds = self._prepare(request, timeout)
         return self._get_core().stream(method, data, seconds)
+
+    def stream_async(
+        self,
+        method: str,
+        request: bytes,
+        on_item: Callable[[bytes], None],
+        on_end: Callable[[FlameError | None], None],
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        """Open a server stream and return at once: ``on_item`` gets each item, then ``on_end`` gets None
+        (the stream ended) or the error that ended it, exactly once.
+
+        Both run on the channel's I/O thread and must not block. For a peer that answers many requests
+        in one call (the server's batches of tasks to its own instances): no thread waits on the stream.
+        """
+        try:
+            data, seconds = self._prepare(request, timeout)
+            self._get_core().stream_async(method, data, seconds, on_item, on_end)
+        except FlameError as exc:
+            on_end(exc)
 
     def stats(self) -> dict[str, Any]:
         """Connection state and counters of this process's core (for tests and diagnostics)."""

@@ -1,0 +1,278 @@
+"""Tasks sent to flamepy's own instances in batches (``flamepy.ext.v1.InstanceTasks``), one at a time there.
+
+The server sends an instance of this SDK many short tasks in one ``RunTasks`` message; the instance runs
+them in order and streams each result back before it starts the next. What is queued on an instance but
+not started is never lost and never run twice: it goes back to the queue when the instance dies (kill -9
+mid-batch), and is withdrawn when the task ahead of it runs long (it may be the very task that one waits
+for). A Flame-protocol instance still gets one ``OnTaskInvoke`` per task.
+
+The serving loop is tested in-process first (ordering, withdrawal, the stream's end), then the whole path
+with real processes (``flame_env``). Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from conftest import FlameEnv, wait_for
+from test_instance_links import FLAME_STYLE_SERVICE
+
+from flamepy.service import Session
+from flamepy_core.client.connection import default_connection
+from flamepy_core.contracts.transport import CallContext, DeferredStreamHandler, UnaryHandler
+from flamepy_core.instance.runtime import MainThreadServing
+from flamepy_core.instance.service import FlameService, TaskContext
+from flamepy_core.wire.payload_messages import (
+    ON_SESSION_ENTER,
+    RUN_TASKS,
+    WITHDRAW_TASKS,
+    read_task_result,
+    read_withdrawn_tasks,
+    task_batch,
+    task_context,
+    tasks_offered,
+)
+
+# -- the serving loop, in-process -------------------------------------------------------------------------
+
+
+class _Writer:
+    """A stream writer that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+
+    def send(self, response: bytes) -> bool:
+        assert not self.ended.is_set(), "an item after the stream ended"
+        self.items.append(response)
+        return True
+
+    def close(self) -> bool:
+        assert not self.ended.is_set(), "the stream ended twice"
+        self.ended.set()
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        self.error = error
+        return self.close()
+
+
+class _Recorder(FlameService):
+    """Records each task it runs; task ``block`` waits until released."""
+
+    def __init__(self, block: str | None = None) -> None:
+        self.ran: list[str] = []
+        self.block = block
+        self.blocked = threading.Event()
+        self.release = threading.Event()
+
+    def on_task_invoke(self, context: TaskContext) -> bytes | None:
+        self.ran.append(context.task_id)
+        if context.task_id == self.block:
+            self.blocked.set()
+            assert self.release.wait(10), "never released"
+        return b"out-" + (context.input or b"")
+
+
+class _Ctx:
+    method = RUN_TASKS
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def is_active(self) -> bool:
+        return True
+
+
+def _batch(ids: range) -> bytes:
+    return task_batch([task_context(str(i), "s", str(i).encode()) for i in ids])
+
+
+def _serving(service: FlameService) -> tuple[MainThreadServing, threading.Thread]:
+    serving = MainThreadServing(service)
+    thread = threading.Thread(target=serving.serve, daemon=True)
+    thread.start()
+    return serving, thread
+
+
+def _outputs(writer: _Writer) -> list[bytes | None]:
+    return [read_task_result(item)[1] for item in writer.items]
+
+
+def test_an_instance_of_this_sdk_offers_batches_on_entering() -> None:
+    serving = MainThreadServing(_Recorder())
+    handlers = serving.handlers()
+    assert isinstance(handlers[RUN_TASKS], DeferredStreamHandler)
+    assert isinstance(handlers[WITHDRAW_TASKS], UnaryHandler)
+    enter = handlers[ON_SESSION_ENTER]
+    answered: list[bytes] = []
+
+    class _Responder:
+        def send(self, response: bytes) -> bool:
+            answered.append(response)
+            return True
+
+        def fail(self, error: BaseException) -> bool:
+            raise AssertionError(error)
+
+    thread = threading.Thread(target=serving.serve, daemon=True)
+    thread.start()
+    try:
+        context: CallContext = _Ctx()
+        enter.fn(b"", context, _Responder())
+        wait_for(lambda: answered, 10, "the enter answer")
+    finally:
+        serving.stop()
+        thread.join(10)
+    assert tasks_offered(answered[0])
+
+
+def test_batches_run_in_order_one_at_a_time_and_each_stream_ends_after_its_last_result() -> None:
+    service = _Recorder()
+    serving, thread = _serving(service)
+    run = serving.handlers()[RUN_TASKS]
+    first, second = _Writer(), _Writer()
+    try:
+        run.fn(_batch(range(0, 5)), _Ctx(), first)
+        run.fn(_batch(range(5, 8)), _Ctx(), second)
+        assert first.ended.wait(10) and second.ended.wait(10)
+    finally:
+        serving.stop()
+        thread.join(10)
+    assert service.ran == [str(i) for i in range(8)]
+    assert _outputs(first) == [b"out-%d" % i for i in range(5)]
+    assert _outputs(second) == [b"out-%d" % i for i in range(5, 8)]
+    assert first.error is None and second.error is None
+
+
+def test_a_withdrawal_takes_back_every_task_not_started_and_the_running_one_still_answers() -> None:
+    service = _Recorder(block="2")
+    serving, thread = _serving(service)
+    handlers = serving.handlers()
+    first, second = _Writer(), _Writer()
+    try:
+        handlers[RUN_TASKS].fn(_batch(range(0, 5)), _Ctx(), first)
+        handlers[RUN_TASKS].fn(_batch(range(5, 7)), _Ctx(), second)
+        assert service.blocked.wait(10)
+        taken = read_withdrawn_tasks(handlers[WITHDRAW_TASKS].fn(b"", _Ctx()))
+        # The second batch had not started: its stream ends now, empty.
+        assert second.ended.wait(10) and second.items == []
+        assert not first.ended.is_set(), "task 2 still runs: its result is still to come"
+        service.release.set()
+        assert first.ended.wait(10)
+        # Nothing is left to withdraw.
+        assert read_withdrawn_tasks(handlers[WITHDRAW_TASKS].fn(b"", _Ctx())) == []
+    finally:
+        service.release.set()
+        serving.stop()
+        thread.join(10)
+    assert taken == ["3", "4", "5", "6"]
+    assert service.ran == ["0", "1", "2"], "a withdrawn task never runs here"
+    assert _outputs(first) == [b"out-0", b"out-1", b"out-2"]
+
+
+# -- the whole path, real processes ------------------------------------------------------------------------
+
+LOGGING_SERVICE = """
+import os
+import signal
+import time
+from flamepy import service
+
+ins = service.FlameInstance()
+
+
+@ins.entrypoint
+def handle(req):
+    i, action = req
+    with open("runs.log", "a") as fh:
+        fh.write(f"{os.getpid()} {i}\\n")
+    if action == "die" and not os.path.exists("died"):
+        open("died", "w").close()
+        time.sleep(0.02)  # the result before this one leaves the process (it was sent before this began)
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of a batch
+    if action == "wait":  # until the task behind it has run (it signals with a file)
+        deadline = time.monotonic() + 20
+        while not os.path.exists("go") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return os.path.exists("go")
+    if action == "go":
+        open("go", "w").close()
+    return i
+
+
+if __name__ == "__main__":
+    ins.run()
+"""
+
+
+def _runs(folder: Path) -> list[tuple[int, int]]:
+    rows = (line.split() for line in (folder / "runs.log").read_text().splitlines())
+    return [(int(pid), int(i)) for pid, i in rows]
+
+
+def test_kill_9_mid_batch_loses_no_task_and_reruns_only_the_one_running(flame_env: FlameEnv) -> None:
+    folder = flame_env.write_service("batchkill", LOGGING_SERVICE, extra_spec="max_instances: 1\n")
+    count, victim = 600, 300
+    with Session("batchkill") as session:
+        futures = [session.run((i, "die" if i == victim else "")) for i in range(count)]
+        results = [f.result(timeout=120) for f in futures]
+        tasks = {t.id: t for t in default_connection().list_tasks(session.id())}
+    assert results == list(range(count)), "every task succeeded, with its own result"
+    runs = _runs(folder)
+    order = [i for _pid, i in runs]
+    # One instance: the order of submission; the killed task ran twice, nothing else did, and what was
+    # queued behind it on the dead instance ran afterwards, in order.
+    assert order == [*range(victim + 1), *range(victim, count)]
+    assert len({pid for pid, _i in runs}) == 2
+    # Tasks were queued behind the killed one (a batch), and went back without spending a retry.
+    returned = [t for t in tasks.values() if any("not started" in (e.message or "") for e in t.events or [])]
+    assert returned, "no task was queued behind the killed one: batches were not used"
+    victim_events = [e.message or "" for e in tasks[str(victim + 1)].events or []]
+    assert any("retry 1/" in m for m in victim_events), victim_events
+    assert not any("retry" in (e.message or "") for t in returned for e in t.events or [])
+
+
+def test_a_task_queued_behind_a_long_one_is_withdrawn_and_runs_elsewhere(flame_env: FlameEnv) -> None:
+    # Task "wait" waits for task "go", submitted right behind it: were "go" stuck behind "wait" on the
+    # same instance, "wait" would time out (20 s) and answer False.
+    folder = flame_env.write_service("batchwait", LOGGING_SERVICE, extra_spec="max_instances: 2\n")
+    with Session("batchwait", max_instances=2) as session:
+        before = [session.run((i, "")) for i in range(400)]
+        waiting = session.run((400, "wait"))
+        go = session.run((401, "go"))
+        after = [session.run((i, "")) for i in range(402, 600)]
+        assert [f.result(timeout=120) for f in before] == list(range(400))
+        assert waiting.result(timeout=60) is True
+        assert go.result(timeout=60) == 401
+        assert [f.result(timeout=120) for f in after] == list(range(402, 600))
+    order = [i for _pid, i in _runs(folder)]
+    assert sorted(order) == list(range(600)), "each task ran once"
+
+
+def test_ten_thousand_no_op_tasks_on_two_instances_none_failed(flame_env: FlameEnv) -> None:
+    flame_env.write_service("batchmany", LOGGING_SERVICE.replace('with open("runs.log", "a") as fh:', "if 0:"))
+    with Session("batchmany", max_instances=2) as session:
+        futures = [session.run((i, "")) for i in range(10_000)]
+        results = [f.result(timeout=300) for f in futures]
+    assert results == list(range(10_000))
+
+
+def test_a_flame_protocol_instance_still_gets_one_task_per_call(flame_env: FlameEnv) -> None:
+    # It offers no batches (it knows nothing of RunTasks): a batch sent to it would fail every task.
+    count = 300
+    flame_env.write_service("rawgrpc", FLAME_STYLE_SERVICE)
+    out = flame_env.python(
+        f"""
+        import flamepy
+        s = flamepy.create_session("rawgrpc")
+        futures = [s.run(b"%d" % i) for i in range({count})]
+        print([f.result(timeout=120) for f in futures] == [b"raw:%d" % i for i in range({count})])
+        s.close()
+        """,
+        timeout=180,
+    )
+    assert out.stdout.strip() == "True", out.stdout + out.stderr
