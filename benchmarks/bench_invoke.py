@@ -12,9 +12,11 @@ Measured in one run, on this machine:
 * cold start: ``spawn until it answers`` (the floor: start a Python process that imports the transport's
   library, listens on a unix socket and answers one call) against ``new session + first invoke`` of an
   application with no process yet (each cold sample right after a floor sample, so both see the same
-  load); and ``new session + first invoke`` when a spare process of the application is ready (started
-  ahead when the previous session's process left). flamepy's packages are compiled to bytecode first, as
-  an installed wheel is (``--no-compile`` to skip).
+  load): ``cold``, whose first instance the server hands to its generic process (the runtime already
+  imported, see docs/runtime.md), and ``cold, own process``, registered with ``python -u`` (an interpreter
+  option: never handed over), started as a process of its own; and ``new session + first invoke`` when a
+  spare process of the application is ready (started ahead when the previous session's process left).
+  flamepy's packages are compiled to bytecode first, as an installed wheel is (``--no-compile`` to skip).
 
 Usage: ``python benchmarks/bench_invoke.py [--iterations 2000] [--tasks 10000] [--transport grpc|zmq]``.
 Prints a table; ratios are ours / raw. No timing is asserted anywhere: this is a measurement.
@@ -261,12 +263,13 @@ TYPED_SERVICE = textwrap.dedent(
 )
 
 
-def _register(app_dir: Path, name: str, code: str) -> None:
+def _register(app_dir: Path, name: str, code: str, options: tuple[str, ...] = ()) -> None:
     import flamepy
 
     (app_dir / f"{name}.py").write_text(code)
     flamepy.register_application(
-        name, {"command": sys.executable, "arguments": [f"{name}.py"], "working_directory": str(app_dir)}
+        name,
+        {"command": sys.executable, "arguments": [*options, f"{name}.py"], "working_directory": str(app_dir)},
     )
 
 
@@ -275,7 +278,11 @@ SPARE_WAIT = 2.0
 
 
 def first_invokes_of_new_applications(
-    app_dir: Path, runs: int, prefix: str = "cold", before_each: Callable[[int], object] | None = None
+    app_dir: Path,
+    runs: int,
+    prefix: str = "cold",
+    before_each: Callable[[int], object] | None = None,
+    options: tuple[str, ...] = (),
 ) -> list[float]:
     """Seconds from a new application's first ``create_session`` to its first answer, ``runs`` times.
 
@@ -284,12 +291,13 @@ def first_invokes_of_new_applications(
     server: the spare the previous application gets when its session closes has started by then
     (``SPARE_WAIT``), so it does not take the CPU from this start (on 2 cores it would, and a floor has no
     such neighbour). ``before_each(run)`` runs right before each (a floor's sample, so both see the same
-    load on the machine)."""
+    load on the machine). ``options`` go before the script (``-u``: an application the server's generic
+    process is never handed, so it starts as a process of its own)."""
     import flamepy
 
     cold = []
     for run in range(runs):
-        _register(app_dir, f"{prefix}{run}", CORE_SERVICE)
+        _register(app_dir, f"{prefix}{run}", CORE_SERVICE, options)
         if run:
             time.sleep(SPARE_WAIT)
         if before_each is not None:
@@ -337,6 +345,16 @@ def flamepy_numbers(
         app_dir, cold_runs, before_each=lambda run: floor.extend(spawn_floor(tmp, transport, 1, first=run))
     )
     results["spawn_floor_s"] = floor
+    time.sleep(SPARE_WAIT)
+    own_floor: list[float] = []
+    results["new_session_own_process_s"] = first_invokes_of_new_applications(
+        app_dir,
+        cold_runs,
+        prefix="own",
+        before_each=lambda run: own_floor.extend(spawn_floor(tmp, transport, 1, first=cold_runs + run)),
+        options=("-u",),
+    )
+    floor.extend(own_floor)
 
     session = flamepy.create_session("bench", min_instances=1, max_instances=1)
     session.invoke(PAYLOAD)
@@ -444,11 +462,13 @@ def main() -> int:
     assert isinstance(spawn, list)
     spawn_med = statistics.median(spawn)
     cold = ours["new_session_cold_s"]
+    own = ours["new_session_own_process_s"]
     spare = ours["new_session_spare_s"]
-    assert isinstance(cold, list) and isinstance(spare, list)
+    assert isinstance(cold, list) and isinstance(own, list) and isinstance(spare, list)
     start_rows = [
         ("spawn until it answers (floor)", spawn_med, max(spawn), 1.0),
         row("new session + first invoke, cold", cold, spawn_med, max(cold)),
+        row("cold, own process (no generic)", own, spawn_med, max(own)),
         row("new session + first invoke, spare", spare, spawn_med, max(spare)),
     ]
     scalars = {k: v for k, v in ours.items() if not isinstance(v, list)}

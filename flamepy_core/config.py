@@ -965,6 +965,10 @@ class RuntimeSettings:
                                      have waited (less than half a CPU)
                                      in its current task before one more
                                      may start beyond its CPU share
+    generic_instance                 1: keep a generic process (runtime     1
+                                     imported, no application) ready for
+                                     the next new instance that fits it;
+                                     0: none
     ===============================  =====================================  ===========================
 
     Seconds are floats; counts and bytes are integers. Negative values are refused, and so is zero where
@@ -991,6 +995,7 @@ class RuntimeSettings:
     max_instance_processes: int = _setting(0, "count", ">=0")
     liveness_timeout: float = _setting(30.0, "seconds", ">0")
     busy_overflow_delay: float = _setting(1.0, "seconds", ">=0")
+    generic_instance: int = _setting(1, "count", ">=0")
 
     @classmethod
     def env_var(cls, name: str) -> str:

@@ -11,12 +11,15 @@ written for Flame runs unchanged; other links pass a URL with a scheme. Output g
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -28,9 +31,10 @@ from flamepy_core.config import ENV_SERIALIZER, resolve_config
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel, Transport, TransportCapabilities
 from flamepy_core.engine.choice import local_endpoint, socket_path
+from flamepy_core.instance.generic import startup_variable
 from flamepy_core.plugin_classes import SERIALIZER_HINT_ENV
 from flamepy_core.plugins import Chosen, PluginRegistry, get_registry
-from flamepy_core.privacy import open_private, private_subdir
+from flamepy_core.privacy import create_private_file, open_private, private_subdir
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -141,7 +145,9 @@ class InstanceLauncher(Protocol):
     cache_endpoint: str
     """The object cache instances are told to use."""
 
-    def start(self, app: pb.Application, instance_id: str) -> Instance: ...
+    def start(self, app: pb.Application, instance_id: str, *, awaited: bool = True) -> Instance:
+        """Start one instance; ``awaited`` when a session waits for it (a spare started ahead is not)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,12 @@ class InstanceLink:
         scheme = transport.capabilities.bare_path_scheme
         value = path if scheme is not None and url == f"{scheme}://{path}" else url
         return value, LinkOption(path, url, transport)
+
+    def transports(self) -> list[Transport]:
+        """The transports of the endpoints :meth:`plan` offers, preferred first."""
+        if self.fast is not None and self.fast.name != self.compat.name:
+            return [self.fast, self.compat]
+        return [self.compat]
 
     def plan(self, instance_id: str) -> tuple[dict[str, str], list[LinkOption]]:
         """The environment to give the instance, and the ways to reach it, preferred first."""
@@ -495,6 +507,8 @@ class Launcher:
         self.registry = registry
         self._configured_serializer: str | None = None
         self._serializer_classes: dict[str, str] = {}
+        self.generic: GenericSlot | None = None
+        """The generic process kept ready (``generic_instance``), when the server keeps one."""
 
     def _serializer_hint(self, env: Mapping[str, str]) -> str:
         """``module:Class`` of the serializer an instance with ``env`` will choose if it names none itself
@@ -516,14 +530,16 @@ class Launcher:
             self._serializer_classes[name] = found[-1] if found else ""  # the last declared wins, as in the registry
         return self._serializer_classes.get(name, "")
 
-    def _environment(self, app: pb.Application, link_env: dict[str, str]) -> dict[str, str]:
+    def _environment(self, app: pb.Application | None, link_env: dict[str, str]) -> dict[str, str]:
+        """An instance's environment; without ``app``, the generic process's (no application's variables)."""
         env = dict(os.environ)
         env.pop(ENV_FAST_INSTANCE_ENDPOINT, None)
         env.pop(ENV_INSTANCE_TRANSPORTS, None)
         env.pop(ENV_INSTANCE_SERIALIZER, None)
         env.update(self.extra_env)
-        for item in app.spec.environments:
-            env[item.name] = _expand(item.value, env)
+        if app is not None:
+            for item in app.spec.environments:
+                env[item.name] = _expand(item.value, env)
         env.update(link_env)
         hint = self._serializer_hint(env)
         if hint:
@@ -533,7 +549,10 @@ class Launcher:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
-    def start(self, app: pb.Application, instance_id: str) -> InstanceProcess:
+    def start(self, app: pb.Application, instance_id: str, *, awaited: bool = True) -> InstanceProcess:
+        """Start one instance of ``app``. One that a session waits for (``awaited``) is handed to the generic
+        process when it fits it; a spare started ahead, whose start nobody waits for, never is: the generic
+        process stays for the next new application."""
         name = app.metadata.name
         spec = app.spec
         if not spec.HasField("command") or not spec.command:
@@ -571,9 +590,26 @@ class Launcher:
         for option in options:  # a stale socket would make a dead instance look alive
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(option.socket_path)
+        env[HEARTBEAT_INTERVAL_ENV] = f"{self.heartbeat_interval:g}"
+        if self.generic is not None and awaited:
+            handed = self.generic.hand_over(argv, cwd, env, out_path, err_path)
+            if handed is not None:
+                log.info(
+                    "instance %s of %s: the generic process (pid %d) runs %s", instance_id, name, handed.pid, argv[1]
+                )
+                process = InstanceProcess(
+                    instance_id,
+                    name,
+                    handed.popen,
+                    options,
+                    err_path,
+                    tail_lines=self.stderr_tail_lines,
+                    ready_fd=handed.ready_read,
+                )
+                process.command = " ".join(argv)
+                return process
         ready_read, ready_write = os.pipe()
         env[READY_FD_ENV] = str(ready_write)
-        env[HEARTBEAT_INTERVAL_ENV] = f"{self.heartbeat_interval:g}"
         append = os.O_WRONLY | os.O_APPEND
         try:
             with (
@@ -600,6 +636,181 @@ class Launcher:
         return InstanceProcess(
             instance_id, name, popen, options, err_path, tail_lines=self.stderr_tail_lines, ready_fd=ready_read
         )
+
+    def start_generic(self) -> GenericProcess:
+        """Start a generic process (blocking: fork and exec): ``python -m flamepy_core.instance.generic``
+        in a private empty directory, with what every instance's environment has and no application's."""
+        link_env = {ENV_INSTANCE_TRANSPORTS: ",".join(class_path(t) for t in self.link.transports())}
+        env = self._environment(None, link_env)
+        env[HEARTBEAT_INTERVAL_ENV] = f"{self.heartbeat_interval:g}"
+        cwd = private_subdir(self.home / "work" / GENERIC_DIR)
+        err_path = self.log_dir / "generic.err"
+        ready_read, ready_write = os.pipe()
+        env[READY_FD_ENV] = str(ready_write)
+        executable = os.path.abspath(sys.executable)
+        try:
+            with os.fdopen(open_private(err_path, os.O_WRONLY | os.O_APPEND), "ab") as err:
+                popen = subprocess.Popen(
+                    [executable, "-m", GENERIC_MODULE],
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=err,
+                    stderr=err,
+                    start_new_session=True,
+                    pass_fds=(ready_write,),
+                )
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
+        os.set_blocking(ready_read, False)
+        log.debug("started the generic instance process: pid %d", popen.pid)
+        return GenericProcess(popen, executable, env, ready_read)
+
+
+GENERIC_MODULE = "flamepy_core.instance.generic"
+"""What a generic process runs (``python -m``): see that module for what it does and what it promises."""
+GENERIC_DIR = ".generic"
+"""The generic process's working directory until the handover, under ``FLAME_HOME/work/`` (an application
+name cannot start with a dot, so no application's directory is this one)."""
+
+
+class GenericProcess:
+    """A generic process (``flamepy_core.instance.generic``), waiting on its standard input to become an
+    instance. ``env`` is the environment it was started with, ``executable`` its interpreter."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], executable: str, env: dict[str, str], ready_read: int) -> None:
+        self.popen = popen
+        self.executable = executable
+        self.env = env
+        self.ready_read = ready_read
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def unfit(self, argv: list[str], cwd: Path, env: Mapping[str, str]) -> str | None:
+        """Why ``argv`` in ``cwd`` with ``env`` would not run as it does in a process of its own, or None
+        when it would (the rules: ``flamepy_core.instance.generic``)."""
+        command = os.path.normpath(os.path.join(cwd, argv[0]))
+        if command != self.executable:
+            return f"its command {argv[0]} is not the server's Python {self.executable}"
+        if len(argv) < 2 or not argv[1] or argv[1].startswith("-"):
+            return "its first argument is not a script (an interpreter option, or none)"
+        for name in set(env) | set(self.env):
+            if env.get(name) != self.env.get(name) and startup_variable(name):
+                return f"its environment sets {name}, which the interpreter reads as it starts"
+        return None
+
+    def hand_over(self, argv: list[str], cwd: Path, env: dict[str, str], out: Path, err: Path) -> bool:
+        """Tell the process to become this instance; False when it cannot hear it (it exited)."""
+        message = {"argv": argv, "cwd": str(cwd), "env": env, "out": str(out), "err": str(err)}
+        stdin = self.popen.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps(message).encode())
+            stdin.close()
+        except (OSError, ValueError):
+            return False
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        """Kill it (it runs nobody's code yet) and reap it."""
+        with contextlib.suppress(OSError, ValueError):
+            assert self.popen.stdin is not None
+            self.popen.stdin.close()
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+        with contextlib.suppress(OSError):
+            os.close(self.ready_read)
+
+
+class GenericSlot:
+    """At most one generic process, kept ready for the next instance that fits it (thread-safe).
+
+    The scheduler decides when to start one (:meth:`fill`, on a spawner thread) and counts it under the
+    machine-wide cap (:meth:`held`); the launcher hands an instance to it (:meth:`hand_over`).
+    """
+
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+        self._lock = threading.Lock()
+        self._process: GenericProcess | None = None
+        self._starting = False
+        self._cancelled = False
+        """:meth:`drop` or :meth:`close` came while one was starting: it is stopped once started."""
+        self._closed = False
+
+    def held(self) -> int:
+        """1 while a generic process is held or starting, else 0."""
+        with self._lock:
+            return 1 if self._process is not None or self._starting else 0
+
+    def fill(self) -> None:
+        """Start a generic process unless one is held (blocking)."""
+        with self._lock:
+            if self._process is not None or self._starting or self._closed:
+                return
+            self._starting = True
+            self._cancelled = False
+        process: GenericProcess | None = None
+        try:
+            process = self.launcher.start_generic()
+        except Exception:  # no generic process: instances start as before
+            log.warning("could not start a generic instance process", exc_info=True)
+        finally:
+            with self._lock:
+                self._starting = False
+                if process is not None and not self._closed and not self._cancelled:
+                    self._process, process = process, None
+        if process is not None:  # dropped or closed meanwhile
+            process.stop()
+
+    def hand_over(self, argv: list[str], cwd: Path, env: dict[str, str], out: Path, err: Path) -> GenericProcess | None:
+        """Make the held generic process this instance, if there is one that is alive and the instance fits
+        it: the process, its readiness pipe already set in ``env``; else None (start one as before)."""
+        with self._lock:
+            process = self._process
+            if process is None:
+                return None
+            env[READY_FD_ENV] = process.env[READY_FD_ENV]
+            why = process.unfit(argv, cwd, env)
+            if why is not None:
+                del env[READY_FD_ENV]
+                log.debug("not handed to the generic process: %s", why)
+                return None
+            self._process = None
+        for path in (out, err):  # created private, as for a spawned instance; the process opens them
+            create_private_file(path)
+        if process.hand_over(argv, cwd, env, out, err):
+            return process
+        log.info("the generic instance process (pid %d) had exited: starting the instance anew", process.pid)
+        del env[READY_FD_ENV]
+        process.stop()
+        return None
+
+    def drop(self) -> None:
+        """Stop the held generic process (its place under the cap is needed), if any."""
+        with self._lock:
+            process, self._process = self._process, None
+            self._cancelled = self._starting
+        if process is not None:
+            log.debug("stopping the generic instance process (pid %d)", process.pid)
+            process.stop()
+
+    def close(self) -> None:
+        """Stop it for good (the server stops)."""
+        with self._lock:
+            self._closed = True
+        self.drop()
+        deadline = time.monotonic() + 10.0
+        while self.held() and time.monotonic() < deadline:  # one starting: fill() stops it once started
+            time.sleep(0.005)
 
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")

@@ -269,7 +269,7 @@ class InProcessLauncher:
         self.extra_env: dict[str, str] = {}
         self.cache_endpoint = ""
 
-    def start(self, app: pb.Application, instance_id: str) -> InProcessInstance:
+    def start(self, app: pb.Application, instance_id: str, *, awaited: bool = True) -> InProcessInstance:
         name = app.metadata.name
         env = dict(os.environ)
         for item in app.spec.environments:

@@ -40,7 +40,7 @@ import os
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -48,8 +48,8 @@ from typing import Any
 
 from flamepy_core.config import ENV_TASK_TIMEOUT, RuntimeSettings, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.executor import GenericSlot, InstanceLauncher, process_status
 from flamepy_core.engine.executor import Instance as InstanceHandle
-from flamepy_core.engine.executor import InstanceLauncher, process_status
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.payload_files import PayloadFile
 from flamepy_core.engine.state import (
@@ -58,6 +58,7 @@ from flamepy_core.engine.state import (
     EVENT_RETRY_LIMIT,
     EVENT_WAITING_FOR_CAPACITY,
     Engine,
+    task_key,
 )
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
@@ -77,6 +78,9 @@ LOST_GRACE = 1.0
 """Seconds to wait for the exit of an instance whose link broke, before calling it unresponsive."""
 ENTER_RETRY_DELAY = 0.01
 """Seconds between OnSessionEnter attempts while a service found by its socket file starts serving."""
+GENERIC_DELAY = 0.25
+"""Seconds after the scheduler starts, or after the generic process was handed to an instance, before a
+generic process starts (then put off like a spare while a session waits for a process to start)."""
 SPARE_DELAY = 0.1
 """Seconds after a session's process left before its replacement spare starts, and between checks while
 a session waits for a process of its own to start (spares give way to it)."""
@@ -132,6 +136,8 @@ class Instance:
     """Why it is stopping, when that is not its exit status (it stopped answering...)."""
     lost: list[tuple[str, int]] = field(default_factory=list)
     """Tasks (session, id) that were in flight when its link broke: retried once its exit is known."""
+    awaited: bool = True
+    """Started for a session that waits for it (or will: its first), not as a spare replacing one that left."""
     deliberate: bool = False
     """Stopped on purpose (left its session, spare expired...): its exit is no failure of a session."""
     ready: bool = False
@@ -209,9 +215,19 @@ class _Outcome:
 class Scheduler:
     """Matches sessions that need instances with spares or new processes, and drives instances by events."""
 
-    def __init__(self, engine: Engine, launcher: InstanceLauncher, settings: RuntimeSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        launcher: InstanceLauncher,
+        settings: RuntimeSettings,
+        generic: GenericSlot | None = None,
+    ) -> None:
         self.engine = engine
         self.launcher = launcher
+        self.generic = generic
+        """The generic process kept ready for a new application's first instance (``generic_instance``):
+        it counts under the machine-wide cap, and gives its place to any instance that needs it."""
+        self._generic_due = False
         self.settings = settings
         self._lock = threading.RLock()
         self._events: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
@@ -234,6 +250,7 @@ class Scheduler:
         self.supervisor = Supervisor(self, settings)
         engine.scheduler = self
         self.supervisor.start()
+        self._want_generic()
 
     # -- events ----------------------------------------------------------------------------------------
 
@@ -417,7 +434,7 @@ class Scheduler:
         alive = sum(1 for i in self._instances.values() if i.app == name and i.state != State.STOPPING)
         if alive >= app.spec.max_instances:
             return _Acquired.APP_CAP  # the application's cap: a busy instance takes the task when it is free
-        if len(self._instances) >= self.cap:
+        if not self._room():
             self._note_capacity(session_id)
             return _Acquired.MACHINE_CAP
         self._spawn(app, session_id)
@@ -506,10 +523,11 @@ class Scheduler:
         log.warning("session %s: %s", session_id, message)
         self.engine.add_session_event(session_id, EVENT_NO_EXECUTOR, message)
 
-    def _spawn(self, app: pb.Application, session_id: str | None) -> Instance:
+    def _spawn(self, app: pb.Application, session_id: str | None, *, awaited: bool = True) -> Instance:
         now = time.monotonic()
         inst = Instance(id=f"i{next(self._ids)}", app=app.metadata.name, state=State.STARTING, since=now)
         inst.session_id = session_id
+        inst.awaited = awaited
         if session_id is None:
             inst.expires = now + float(app.spec.delay_release)
         self._instances[inst.id] = inst
@@ -531,6 +549,8 @@ class Scheduler:
         inst.process = process
         if inst.state == State.STOPPING or self._closed:
             self.supervisor.stop(inst, self.settings.shutdown_grace)
+        elif self.generic is not None and not self.generic.held():
+            self._want_generic()  # this instance may have been the generic process
 
     def on_ready(self, inst: Instance) -> None:
         """The process listens (it said so, or its socket appeared) and the channel to it is made."""
@@ -591,6 +611,8 @@ class Scheduler:
         for session_id in self._sessions_wanting(inst.app):
             self._on_tasks_pending(session_id)
         self._place()  # its place under the machine-wide cap is free
+        if self.generic is not None and not self.generic.held():
+            self._want_generic()
 
     def on_tick(self, now: float) -> None:
         """Timers: task timeouts, liveness, start deadlines, spare expiry, idle release, going beyond a CPU
@@ -802,16 +824,19 @@ class Scheduler:
         then: Callable[..., None],
         *args: Any,
         prepare: Callable[[Future[bytes]], Any] | None = None,
+        answers: Hashable | None = None,
     ) -> None:
         """Call the instance asynchronously; ``then(inst, *args, future)`` runs as an event when it answers.
 
         ``prepare``, when given, turns the answered future into what ``then`` gets instead, on the thread
         that completed it, before the event is posted: for work that must not hold the scheduler's lock.
+        ``answers`` names the call for :func:`flamepy_core.transport_kit.answering` (a task's, whose
+        result is the reply a waiting RunTask thread sends).
         """
         process = inst.process
         assert process is not None
         try:
-            future = unary_async(process.channel, method, request, timeout)
+            future = unary_async(process.channel, method, request, timeout, answers=answers)
         except FlameError as exc:
             future = Future()
             future.set_exception(exc)
@@ -919,7 +944,7 @@ class Scheduler:
             self.supervisor.later(SPARE_DELAY, partial(self.post, self._spare_due, app_name))
             return
         self._spares_due.discard(app_name)
-        self._spawn_spare(app_name)
+        self._spawn_spare(app_name, awaited=False)
 
     def _on_session_opened(self, session_id: str) -> None:
         """Start a process for a new session's application now, as a spare, if it has none ready or starting.
@@ -947,7 +972,7 @@ class Scheduler:
         if shim == pb.Shim.Host:
             self._spawn_spare(name)
 
-    def _spawn_spare(self, app_name: str) -> None:
+    def _spawn_spare(self, app_name: str, *, awaited: bool = True) -> None:
         if self._closed:
             return
         try:
@@ -964,9 +989,42 @@ class Scheduler:
         alive = sum(1 for i in self._instances.values() if i.app == app_name and i.state != State.STOPPING)
         if len(waiting) >= self.settings.warm_pool_max or alive >= app.spec.max_instances:
             return
-        if self._wanting or len(self._instances) >= self.cap:
+        if self._wanting or not self._room():
             return  # the capacity goes to sessions that wait, or there is none: no spare
-        self._spawn(app, None)
+        self._spawn(app, None, awaited=awaited)
+
+    def _room(self) -> bool:
+        """Whether one more instance fits under the machine-wide cap; the generic process, which counts
+        under it, gives its place when it is what is in the way (an instance about to start may be handed
+        it anyway)."""
+        if len(self._instances) >= self.cap:
+            return False
+        if self.generic is not None and len(self._instances) + self.generic.held() >= self.cap:
+            self.generic.drop()
+        return True
+
+    # -- the generic process ---------------------------------------------------------------------------
+
+    def _want_generic(self) -> None:
+        """Have a generic process started ``GENERIC_DELAY`` from now, if the server keeps one."""
+        if self.generic is None or self._closed or self._generic_due:
+            return
+        self._generic_due = True
+        self.supervisor.later(GENERIC_DELAY, partial(self.post, self._generic_check))
+
+    def _generic_check(self) -> None:
+        """Start a generic process when there is none, it would not take the last place under the cap, and
+        no session waits (for the cap, or for a process of its own to start: that start has the CPU)."""
+        self._generic_due = False
+        generic = self.generic
+        if generic is None or self._closed or generic.held():
+            return
+        if len(self._instances) + 1 >= self.cap:
+            return  # asked again when an instance exits
+        if self._wanting or any(i.state == State.STARTING and i.session_id for i in self._instances.values()):
+            self._want_generic()
+            return
+        self.supervisor.run_blocking(generic.fill)
 
     # -- tasks ---------------------------------------------------------------------------------------
 
@@ -996,7 +1054,8 @@ class Scheduler:
             ctx, output_name = self._task_context(inst, sid, tid, task_input, input_file)
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
             prepare = partial(self._task_outcome, sid, tid, output_name)
-            self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare)
+            key = task_key(sid, tid)
+            self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare, answers=key)
         if inst.inflight:
             inst.state = State.BUSY
         elif inst.state == State.BUSY:
@@ -1186,4 +1245,6 @@ class Scheduler:
             self._closed = True
             instances = list(self._instances.values())
             self._instances.clear()
+        if self.generic is not None:
+            self.generic.close()
         self.supervisor.shutdown([i for i in instances if i.process is not None], timeout)

@@ -42,7 +42,7 @@ from flamepy_core.engine.choice import (
     instance_link_transports,
     local_endpoint,
 )
-from flamepy_core.engine.executor import InstanceLauncher, InstanceLink, Launcher, client_env
+from flamepy_core.engine.executor import GenericSlot, InstanceLauncher, InstanceLink, Launcher, client_env
 from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_handlers, maintenance_handlers
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
 from flamepy_core.engine.installer import AppInstaller, object_cache_reader
@@ -375,7 +375,10 @@ class FlameServer:
         if isinstance(self.launcher, Launcher):  # packages and interpreters (installer: python)
             self.launcher.prepare = AppInstaller(home, object_cache_reader(self.cache)).prepare
         self._start_flight()
-        self.scheduler = Scheduler(self.engine, self.launcher, self.settings)
+        generic = None
+        if isinstance(self.launcher, Launcher) and self.settings.generic_instance:
+            generic = self.launcher.generic = GenericSlot(self.launcher)
+        self.scheduler = Scheduler(self.engine, self.launcher, self.settings, generic)
         for session_id in self.engine.pending_sessions():
             self.scheduler.tasks_pending(session_id)
         if self.publish:

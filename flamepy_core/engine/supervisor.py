@@ -91,6 +91,13 @@ class Supervisor(threading.Thread):
         except RuntimeError:  # shutting down
             return
 
+    def run_blocking(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (which may block: it starts a process) on a spawner thread."""
+        try:
+            self._spawner.submit(fn)
+        except RuntimeError:  # shutting down
+            return
+
     def stop(self, inst: Instance, grace: float) -> None:
         """SIGTERM to its process group now (the scheduler sends SIGKILL after ``grace`` if needed)."""
         self._request(lambda: self._terminate(inst))
@@ -167,7 +174,7 @@ class Supervisor(threading.Thread):
     def _spawn(self, inst: Instance, app: pb.Application) -> None:
         """On a spawner thread: start the process, then hand it to the supervisor thread to watch."""
         try:
-            process = self.scheduler.launcher.start(app, inst.id)
+            process = self.scheduler.launcher.start(app, inst.id, awaited=inst.awaited)
         except FlameError as exc:
             self.scheduler.post(self.scheduler.on_started, inst, None, exc)
             return

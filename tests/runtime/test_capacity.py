@@ -73,8 +73,19 @@ def server_pid(flame_env: FlameEnv) -> int:
     return int(info["pid"])
 
 
+def waiting_generic(pid: int) -> bool:
+    """Whether ``pid`` is the server's generic process still waiting for an application (it reads a pipe;
+    the handover gives it /dev/null): not an instance yet (docs/runtime.md, the generic process)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return b"flamepy_core.instance.generic" in cmdline and os.readlink(f"/proc/{pid}/fd/0").startswith("pipe:")
+    except OSError:
+        return False
+
+
 def children(pid: int) -> list[int]:
-    """The live (not zombie) child processes of ``pid``, read from /proc."""
+    """The live (not zombie) instance processes of the server ``pid``: its children, read from /proc, but
+    its generic process while it waits for an application."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -84,7 +95,7 @@ def children(pid: int) -> list[int]:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[1]) == pid and fields[0] != "Z" and not waiting_generic(int(entry)):
             found.append(int(entry))
     return found
 

@@ -145,6 +145,9 @@ class GrpcTransport:
             "server_name_override",
         }
     )
+    serve_modules: ClassVar[tuple[str, ...]] = ("flamepy_transports.grpc.tls", "flamepy_transports.grpc.transport")
+    """What building and serving imports: a process about to serve may import them ahead (the runtime's
+    generic instance process does, before it knows its application)."""
     requires: ClassVar[tuple[str, ...]] = ("grpcio",)
     description: ClassVar[str] = (
         "Flame's own gRPC protocol over TCP (grpc://, http://), TLS (grpcs://, https://; mutual TLS "

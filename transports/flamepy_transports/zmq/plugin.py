@@ -150,6 +150,13 @@ class ZmqTransport:
             "direct_calls",
         }
     )
+    serve_modules: ClassVar[tuple[str, ...]] = (
+        "flamepy_transports.zmq.config",
+        "flamepy_transports.zmq.endpoints",
+        "flamepy_transports.zmq.server",
+    )
+    """What building and serving imports: a process about to serve may import them ahead (the runtime's
+    generic instance process does, before it knows its application)."""
     requires: ClassVar[tuple[str, ...]] = ("pyzmq",)
     description: ClassVar[str] = "ZeroMQ DEALER/ROUTER over tcp or unix sockets; heartbeats, backpressure, CURVE auth"
 
