@@ -747,9 +747,22 @@ class GenericSlot:
         self._closed = False
 
     def held(self) -> int:
-        """1 while a generic process is held or starting, else 0."""
+        """1 while a generic process is held or starting, else 0. One that exited on its own (it could not
+        import the runtime, or was killed) is reaped here and no longer held."""
         with self._lock:
-            return 1 if self._process is not None or self._starting else 0
+            dead = self._process if self._process is not None and self._process.popen.poll() is not None else None
+            if dead is not None:
+                self._process = None
+            held = 1 if self._process is not None or self._starting else 0
+        if dead is not None:
+            log.warning(
+                "the generic instance process (pid %d) exited on its own (%s): see %s",
+                dead.pid,
+                describe_status(dead.popen.returncode),
+                self.launcher.log_dir / "generic.err",
+            )
+            dead.stop()
+        return held
 
     def fill(self) -> None:
         """Start a generic process unless one is held (blocking)."""

@@ -238,6 +238,20 @@ def test_the_generic_process_counts_under_the_machine_wide_cap(flame_env, monkey
         two.close()
 
 
+def test_a_generic_process_killed_while_it_waits_costs_nothing_but_itself(flame_env):
+    register(flame_env, "after-kill")
+    flamepy.list_applications()
+    generic = wait_generic(flame_env.home)
+    os.kill(generic, signal.SIGKILL)
+    wait_gone([generic], timeout=10)
+    seen = first_invoke("after-kill")  # started anew, as a process of its own
+    assert seen["pid"] != generic and seen["preimported"] is False
+    wait_generic(flame_env.home)  # and another generic process replaces the dead one
+    # The dead one was reaped by the server (no zombie child left behind).
+    with open(f"/proc/{generic}/stat") if os.path.exists(f"/proc/{generic}") else open(os.devnull) as fh:
+        assert not fh.read(), "the killed generic process is still a zombie of the server"
+
+
 def test_no_generic_process_outlives_its_server_stopped_or_killed(flame_env):
     flamepy.list_applications()
     generic = wait_generic(flame_env.home)
