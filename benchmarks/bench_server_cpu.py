@@ -9,14 +9,17 @@ fresh ``FLAME_HOME`` and measures, after a warm-up:
 
 For each it prints the server's CPU per task (user + system, all its threads: the ZeroMQ library's own
 I/O threads included), split by thread; the instances' (the server's child processes) and the
-client's; and the invoke median or the tasks per second.
+client's; and the invoke median or the tasks per second. For ``invoke`` also the voluntary context
+switches per invoke of the server's and the instance's threads (``server_waits``, ``instance_waits``):
+each thread hand-off on the path is one, so they count hand-offs whatever the load.
 
-A/B: ``--checkout DIR`` (repeatable) runs the same measurement with each checkout's ``flamepy`` and
-``flamepy_core`` first on the path (the server and the instances inherit it), alternating checkouts
-for ``--rounds`` rounds, so both see the same load. Linux only (``/proc``).
+A/B: ``--checkout DIR`` (repeatable) runs the same measurement with each checkout's ``flamepy``,
+``flamepy_core`` and bundled transports (``DIR/transports``) first on the path (the server and the
+instances inherit it), alternating checkouts for ``--rounds`` rounds, so both see the same load.
+``--transport grpc`` runs the server (and its instance links) on gRPC. Linux only (``/proc``).
 
 Usage: ``python benchmarks/bench_server_cpu.py [--invokes 3000] [--tasks 10000] [--rounds 3]
-[--checkout OLD --checkout NEW]``. Nothing is asserted: this is a measurement.
+[--checkout OLD --checkout NEW] [--transport grpc]``. Nothing is asserted: this is a measurement.
 """
 
 from __future__ import annotations
@@ -61,6 +64,38 @@ def children_cpu(pid: int) -> float:
                     total += process_cpu(int(entry))
             except (OSError, IndexError, ValueError):
                 continue  # gone meanwhile
+    return total
+
+
+def waits(pid: int, children: bool = False) -> int:
+    """Voluntary context switches of the live threads of ``pid`` (or of its live children): how often a
+    thread went to sleep waiting (for a socket, a lock, another thread). Each thread hand-off is one such
+    wait, so the count per task moves with the hand-offs, not with the machine's load; threads that ended
+    meanwhile are not counted."""
+    pids = [pid]
+    if children:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if int(_stat(f"/proc/{entry}/stat")[1]) == pid:
+                        pids.append(int(entry))
+                except (OSError, IndexError, ValueError):
+                    continue
+    total = 0
+    for one in pids:
+        try:
+            tids = os.listdir(f"/proc/{one}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{one}/task/{tid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
     return total
 
 
@@ -114,6 +149,7 @@ def measure(invokes: int, tasks: int) -> dict[str, object]:
             for _ in range(200):
                 session.invoke(PAYLOAD)
             server, instances, client = process_cpu(pid), children_cpu(pid), time.process_time()
+            server_waits, instance_waits = waits(pid), waits(pid, children=True)
             threads = thread_cpu(pid)
             samples = []
             for _ in range(invokes):
@@ -125,6 +161,8 @@ def measure(invokes: int, tasks: int) -> dict[str, object]:
                 "instances_us": (children_cpu(pid) - instances) / invokes * 1e6,
                 "client_us": (time.process_time() - client) / invokes * 1e6,
                 "median_us": statistics.median(samples) * 1e6,
+                "server_waits": (waits(pid) - server_waits) / invokes,
+                "instance_waits": (waits(pid, children=True) - instance_waits) / invokes,
                 "server_threads_us": thread_split(threads, thread_cpu(pid), invokes),
             }
             session.close()
@@ -156,9 +194,14 @@ def measure(invokes: int, tasks: int) -> dict[str, object]:
 
 def run_checkout(checkout: str, invokes: int, tasks: int) -> dict[str, object]:
     """``measure`` in a child process whose path starts with ``checkout`` (inherited by the server)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")])))
+    # The bundled transports live in their own folder of the tree: theirs too, or a transport change is not measured.
+    transports = str(Path(checkout) / "transports")
+    path = [checkout, transports if Path(transports).is_dir() else "", os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
     argv = [sys.executable, __file__, "--child", "--invokes", str(invokes), "--tasks", str(tasks)]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    # Run from the checkout: the server it starts (``python -m flamepy_core.engine``) puts its working
+    # directory first on its path, so from any other source tree it would import that tree's runtime.
+    proc = subprocess.run(argv, env=env, cwd=checkout, capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"the run with {checkout} failed:\n{proc.stderr[-3000:]}")
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -171,8 +214,13 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--checkout", action="append", default=[], help="a source tree to measure (repeatable)")
+    parser.add_argument(
+        "--transport", choices=("zmq", "grpc"), help="the local server's transport (FLAME_TRANSPORT; default: zmq)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.transport:
+        os.environ["FLAME_TRANSPORT"] = args.transport  # the children and their server inherit it
     if args.child:
         print(json.dumps(measure(args.invokes, args.tasks)))
         return 0
@@ -185,7 +233,11 @@ def main() -> int:
                 data = result.get(row)
                 if not isinstance(data, dict):
                     continue
-                numbers = "  ".join(f"{k} {v:.0f}" for k, v in data.items() if isinstance(v, float | int))
+                numbers = "  ".join(
+                    f"{k} {v:.1f}" if k.endswith("_waits") else f"{k} {v:.0f}"
+                    for k, v in data.items()
+                    if isinstance(v, float | int)
+                )
                 print(f"round {round_ + 1} {checkout} {row}: {numbers}")
                 print(f"    server threads (µs per task): {', '.join(data['server_threads_us'])}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

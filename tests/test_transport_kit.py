@@ -20,13 +20,14 @@ from flamepy_core.contracts import (
     StreamWriter,
     UnaryHandler,
 )
-from flamepy_core.contracts.transport import CallContext, TransportCapabilities
+from flamepy_core.contracts.transport import CallContext, Responder, TransportCapabilities
 from flamepy_core.transport_kit import (
     WAIT_SLICE,
     FutureResponder,
     QueueWriter,
     SimpleCallContext,
     adapt_handlers,
+    answering,
     blocking_stream,
     blocking_unary,
     unary_async,
@@ -268,3 +269,118 @@ def test_unary_async_falls_back_to_a_pool_for_a_blocking_channel() -> None:
     with pytest.raises(FlameError) as info:
         unary_async(channel, "/fail", b"").result(timeout=5)  # type: ignore[arg-type]
     assert info.value.code == FlameErrorCode.UNAVAILABLE
+
+
+class _RecordingChannel:
+    """A blocking channel that notes the thread of each call; ``/slow`` takes a while, ``/fail`` fails."""
+
+    endpoint = "test://recording"
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def unary(self, method: str, request: bytes, timeout: object = None) -> bytes:
+        self.threads.append(threading.current_thread().name)
+        if method == "/fail":
+            raise FlameError(FlameErrorCode.UNAVAILABLE, "gone")
+        if method == "/slow":
+            time.sleep(1.0)
+        return b"answer:" + request
+
+
+def _answered_by(channel: _RecordingChannel, method: str, key: object, call_key: object) -> DeferredHandler:
+    """A deferred handler that, as the runtime's RunTask does, replies with the outcome of one call."""
+
+    def start(request: bytes, ctx: CallContext, responder: Responder) -> None:
+        with answering(key):
+            future = unary_async(channel, method, request, answers=call_key)  # type: ignore[arg-type]
+        future.add_done_callback(
+            lambda f: responder.fail(f.exception()) if f.exception() else responder.send(f.result())  # type: ignore[arg-type]
+        )
+
+    return DeferredHandler(start)
+
+
+def _serve_on(name: str, handler: UnaryHandler, request: bytes) -> tuple[bytes | BaseException, str]:
+    """Run ``handler`` on a thread called ``name``, as a transport's server thread would."""
+    out: list[bytes | BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(handler.fn(request, SimpleCallContext("/m", 5.0)))
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and out, "the adapted handler did not return"
+    return out[0], name
+
+
+def test_the_waiting_thread_makes_the_call_its_reply_waits_for() -> None:
+    channel = _RecordingChannel()
+    handler = blocking_unary(_answered_by(channel, "/ok", ("s", 1), ("s", 1)))
+    reply, name = _serve_on("server-thread", handler, b"x")
+    assert reply == b"answer:x"
+    assert channel.threads == [name], "the call went to another thread: two hand-offs the adapter's thread saves"
+
+
+def test_a_failed_call_made_by_the_waiting_thread_fails_the_reply() -> None:
+    channel = _RecordingChannel()
+    reply, name = _serve_on("server-thread", blocking_unary(_answered_by(channel, "/fail", "k", "k")), b"")
+    assert isinstance(reply, FlameError) and reply.code == FlameErrorCode.UNAVAILABLE, repr(reply)
+    assert channel.threads == [name]
+
+
+def test_only_the_named_call_waits_for_the_server_thread() -> None:
+    """A call started under another key (another task) is not made by this thread: it must not wait for it."""
+    channel = _RecordingChannel()
+    reply, name = _serve_on("server-thread", blocking_unary(_answered_by(channel, "/ok", ("s", 1), ("s", 2))), b"y")
+    assert reply == b"answer:y"
+    assert channel.threads and name not in channel.threads
+
+
+def test_a_reply_already_sent_is_not_held_by_a_call_started_for_it() -> None:
+    channel = _RecordingChannel()
+    finished = threading.Event()
+
+    def start(request: bytes, ctx: CallContext, responder: Responder) -> None:
+        with answering("k"):
+            unary_async(channel, "/slow", request, answers="k").add_done_callback(  # type: ignore[arg-type]
+                lambda f: finished.set()
+            )
+        responder.send(b"at once")
+
+    began = time.monotonic()
+    reply, name = _serve_on("server-thread", blocking_unary(DeferredHandler(start)), b"")
+    assert reply == b"at once"
+    assert time.monotonic() - began < 0.8, "the reply waited for a call it did not need"
+    assert finished.wait(5) and channel.threads and name not in channel.threads
+
+
+def test_answering_without_the_adapter_changes_nothing() -> None:
+    """On a transport that defers natively there is no waiting thread: the call goes out as usual, at once."""
+    channel = _RecordingChannel()
+    with answering("k"):
+        future = unary_async(channel, "/ok", b"z", answers="k")  # type: ignore[arg-type]
+        assert future.result(timeout=5) == b"answer:z"
+    assert channel.threads and channel.threads[0] != threading.current_thread().name
+
+
+def test_a_handler_that_raises_fails_at_once_and_its_call_still_goes_out() -> None:
+    channel = _RecordingChannel()
+    finished = threading.Event()
+
+    def start(request: bytes, ctx: CallContext, responder: Responder) -> None:
+        with answering("k"):
+            unary_async(channel, "/slow", request, answers="k").add_done_callback(  # type: ignore[arg-type]
+                lambda f: finished.set()
+            )
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "refused after starting")
+
+    began = time.monotonic()
+    reply, name = _serve_on("server-thread", blocking_unary(DeferredHandler(start)), b"")
+    assert isinstance(reply, FlameError) and reply.code == FlameErrorCode.INVALID_ARGUMENT, repr(reply)
+    assert time.monotonic() - began < 0.8, "the error waited for the call"
+    assert finished.wait(5) and channel.threads and name not in channel.threads

@@ -40,7 +40,7 @@ import os
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,6 +58,7 @@ from flamepy_core.engine.state import (
     EVENT_RETRY_LIMIT,
     EVENT_WAITING_FOR_CAPACITY,
     Engine,
+    task_key,
 )
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import unary_async
@@ -823,16 +824,19 @@ class Scheduler:
         then: Callable[..., None],
         *args: Any,
         prepare: Callable[[Future[bytes]], Any] | None = None,
+        answers: Hashable | None = None,
     ) -> None:
         """Call the instance asynchronously; ``then(inst, *args, future)`` runs as an event when it answers.
 
         ``prepare``, when given, turns the answered future into what ``then`` gets instead, on the thread
         that completed it, before the event is posted: for work that must not hold the scheduler's lock.
+        ``answers`` names the call for :func:`flamepy_core.transport_kit.answering` (a task's, whose
+        result is the reply a waiting RunTask thread sends).
         """
         process = inst.process
         assert process is not None
         try:
-            future = unary_async(process.channel, method, request, timeout)
+            future = unary_async(process.channel, method, request, timeout, answers=answers)
         except FlameError as exc:
             future = Future()
             future.set_exception(exc)
@@ -1050,7 +1054,8 @@ class Scheduler:
             ctx, output_name = self._task_context(inst, sid, tid, task_input, input_file)
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
             prepare = partial(self._task_outcome, sid, tid, output_name)
-            self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare)
+            key = task_key(sid, tid)
+            self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare, answers=key)
         if inst.inflight:
             inst.state = State.BUSY
         elif inst.state == State.BUSY:

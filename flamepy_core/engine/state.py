@@ -50,6 +50,7 @@ from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
 from flamepy_core.engine.store import Op, QueuedWrite, Store, session_deletion
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
+from flamepy_core.transport_kit import answering
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,11 @@ def _trim_completions(entry: SessionEntry) -> None:
     if drop > 0:
         del entry.completions[:drop]
         entry.completions_offset = low
+
+
+def task_key(session_id: str, task_id: int) -> tuple[str, int]:
+    """What names a task's call to its instance, to :func:`flamepy_core.transport_kit.answering`."""
+    return (session_id, task_id)
 
 
 def now_ms() -> int:
@@ -885,11 +891,17 @@ class Engine:
         spilled = [files.spill(task_input) for task_input in inputs]
         early = not acknowledged and self.store.failure is None
         try:
-            self._submit(session_id, inputs, spilled, on_created, waiter, timeouts, early)
+            first = self._submit(session_id, inputs, spilled, on_created, waiter, timeouts, early)
         except BaseException:
             files.settled(spilled, "not submitted")
             raise
-        if early:
+        if early and len(inputs) == 1:
+            # RunTask: its reply is this task's result. On a server thread that waits for the reply anyway
+            # (a transport without deferred replies), the scheduler's call to the instance is made by
+            # that thread itself (see flamepy_core.kit.answering).
+            with answering(task_key(session_id, first)):
+                self.scheduler.tasks_pending(session_id)
+        elif early:
             self.scheduler.tasks_pending(session_id)
         else:
             self.store.commit()
@@ -903,7 +915,8 @@ class Engine:
         waiter: TaskWaiter | None,
         timeouts: Sequence[float | None] | None,
         early: bool,
-    ) -> None:
+    ) -> int:
+        """Queue the tasks (see :meth:`submit_tasks`); returns the first one's id."""
         if timeouts is not None and len(timeouts) != len(inputs):
             raise ValueError(f"{len(inputs)} task inputs but {len(timeouts)} task timeouts")
         with self.lock:
@@ -944,9 +957,10 @@ class Engine:
                 self._queue_created(entry, tasks, waiter, own)
                 withdraw = partial(self._withdraw_unacknowledged, entry, tasks, on_created)
                 self.store.enqueue(ops, self.store.payloads.on_settled(spilled, withdraw), durable=False, lazy=True)
-                return
+                return first
             created = partial(self._created, entry, tasks, on_created, waiter, own)
             self.store.enqueue(ops, self.store.payloads.on_settled(spilled, created), durable=False)
+            return first
 
     @staticmethod
     def _queue_created(

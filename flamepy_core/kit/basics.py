@@ -8,6 +8,7 @@ transport that does not implement them natively.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -15,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -160,17 +161,103 @@ WAIT_SLICE = 0.5
 """How often a server thread blocked on a deferred reply re-checks that its caller still waits (seconds)."""
 
 
+_Deferred = tuple[Channel, str, bytes, Timeout, "Future[bytes]"]
+"""A call left for the waiting thread: the channel, method, request, timeout, and the future to complete."""
+
+
+class _ReplyScope:
+    """The calls a waiting server thread makes itself once its deferred handler returns (see :func:`answering`)."""
+
+    __slots__ = ("calls", "key")
+
+    def __init__(self) -> None:
+        self.key: Hashable | None = None
+        self.calls: list[_Deferred] = []
+
+
+class _WaitingThread(threading.local):
+    scope: _ReplyScope | None = None
+
+
+_waiting = _WaitingThread()
+
+
+@contextlib.contextmanager
+def answering(key: Hashable) -> Iterator[None]:
+    """Declare, around the work a deferred handler starts, that its reply is the outcome of ``key``'s call.
+
+    On a transport without ``deferred_replies`` the kit's adapter holds a server thread until the reply
+    is sent anyway. A :func:`unary_async` made inside this block with ``answers=key`` is therefore not
+    handed to another thread: it is made by that waiting thread itself, as a blocking call, once the
+    handler has returned, and its callbacks (which complete the reply) run there too. Two thread
+    hand-offs fewer: to the thread that would have made the call, and back with the reply. Only the call
+    named by ``key`` is taken: another call started on the way (a task of another session, say) must not
+    wait for this thread. Without the adapter's thread (a transport that defers natively) it does nothing.
+    """
+    scope = _waiting.scope
+    if scope is None:
+        yield
+        return
+    outer, scope.key = scope.key, key
+    try:
+        yield
+    finally:
+        scope.key = outer
+
+
+def _run_on_waiting_thread(calls: list[_Deferred], reply: Future[bytes]) -> None:
+    """Make the calls :func:`answering` gave this thread, each as a blocking call, while the reply waits on them.
+
+    Once the reply is complete, the rest no longer hold it up: they start as ordinary asynchronous calls.
+    """
+    for index, (channel, method, request, timeout, future) in enumerate(calls):
+        if reply.done():
+            _start_elsewhere(calls[index:])
+            return
+        try:
+            response = channel.unary(method, request, timeout)
+        except Exception as exc:  # a FlameError as the channel raised it; anything else as the pool would give it
+            future.set_exception(exc)
+        else:
+            future.set_result(response)
+
+
+def _start_elsewhere(calls: list[_Deferred]) -> None:
+    """Start calls left for the waiting thread as ordinary asynchronous ones, each completing its future."""
+    for channel, method, request, timeout, target in calls:
+
+        def copy(done: Future[bytes], target: Future[bytes] = target) -> None:
+            error = done.exception()
+            if error is not None:
+                target.set_exception(error)
+            else:
+                target.set_result(done.result())
+
+        unary_async(channel, method, request, timeout).add_done_callback(copy)
+
+
 def blocking_unary(handler: DeferredHandler) -> UnaryHandler:
     """A deferred handler as a plain unary one, for a transport without ``deferred_replies``.
 
     The server thread waits for the reply (so it costs a thread, as any unary handler does), re-checking
     every :data:`WAIT_SLICE` that the caller is still there; when it has gone, the responder is abandoned
-    so a late completion is dropped.
+    so a late completion is dropped. A call the handler started for its reply under :func:`answering` is
+    made by this thread itself, before it waits.
     """
 
     def call(request: bytes, ctx: CallContext) -> bytes:
         responder = FutureResponder()
-        handler.fn(request, ctx, responder)
+        scope = _ReplyScope()
+        outer, _waiting.scope = _waiting.scope, scope
+        try:
+            handler.fn(request, ctx, responder)
+        except BaseException:
+            _waiting.scope = outer
+            _start_elsewhere(scope.calls)  # the call fails now: what the handler started must not wait for it
+            raise
+        _waiting.scope = outer
+        if scope.calls:
+            _run_on_waiting_thread(scope.calls, responder.future)
         while True:
             try:
                 return responder.future.result(timeout=WAIT_SLICE)
@@ -319,8 +406,26 @@ def _fallback_pool() -> ThreadPoolExecutor:
         return _pool[1]
 
 
-def unary_async(channel: Channel, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Future[bytes]:
-    """``channel.unary_async`` when the channel has it; otherwise the blocking call on a small shared pool."""
+def unary_async(
+    channel: Channel,
+    method: str,
+    request: bytes,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    *,
+    answers: Hashable | None = None,
+) -> Future[bytes]:
+    """``channel.unary_async`` when the channel has it; otherwise the blocking call on a small shared pool.
+
+    ``answers``: the key of an enclosing :func:`answering` block whose reply this call's outcome makes; on
+    the kit adapter's waiting thread the call is then left for that thread to make (see :func:`answering`).
+    """
+    if answers is not None:
+        scope = _waiting.scope
+        if scope is not None and scope.key == answers:
+            future: Future[bytes] = Future()
+            future.set_running_or_notify_cancel()
+            scope.calls.append((channel, method, request, timeout, future))
+            return future
     native = getattr(channel, "unary_async", None)
     if native is not None:
         return native(method, request, timeout)  # type: ignore[no-any-return]
