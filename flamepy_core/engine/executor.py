@@ -670,6 +670,9 @@ class Launcher:
         return GenericProcess(popen, executable, env, ready_read)
 
 
+OWN_PROCESS_ENV = "FLAMEPY_OWN_PROCESS"
+"""Set to anything but "" or "0" in an application's environment: its instances are never handed to the
+generic process (say, a script that puts another flamepy on ``sys.path`` before importing it)."""
 GENERIC_MODULE = "flamepy_core.instance.generic"
 """What a generic process runs (``python -m``): see that module for what it does and what it promises."""
 GENERIC_DIR = ".generic"
@@ -699,6 +702,8 @@ class GenericProcess:
             return f"its command {argv[0]} is not the server's Python {self.executable}"
         if len(argv) < 2 or not argv[1] or argv[1].startswith("-"):
             return "its first argument is not a script (an interpreter option, or none)"
+        if env.get(OWN_PROCESS_ENV, "").strip() not in ("", "0"):
+            return f"its environment sets {OWN_PROCESS_ENV}"
         for name in set(env) | set(self.env):
             if env.get(name) != self.env.get(name) and startup_variable(name):
                 return f"its environment sets {name}, which the interpreter reads as it starts"

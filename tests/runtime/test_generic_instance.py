@@ -147,8 +147,9 @@ def test_a_new_applications_first_instance_is_the_generic_process_and_sees_what_
     [
         ("environments:\n  PYTHONHASHSEED: '7'\n", "[service.py, one, two]"),  # read as the interpreter starts
         ("", "[-u, service.py, one, two]"),  # an interpreter option
+        ("environments:\n  FLAMEPY_OWN_PROCESS: '1'\n", "[service.py, one, two]"),  # asked for
     ],
-    ids=["startup-variable", "interpreter-option"],
+    ids=["startup-variable", "interpreter-option", "own-process-asked-for"],
 )
 def test_an_application_the_generic_process_cannot_honour_gets_a_process_of_its_own(flame_env, spec, arguments):
     register(flame_env, "own", spec, arguments)
@@ -283,6 +284,8 @@ def test_the_hand_over_rules():
     assert "PYTHONUNBUFFERED" in (
         generic.unfit(fits, here, {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}) or ""
     )
+    assert "FLAMEPY_OWN_PROCESS" in (generic.unfit(fits, here, dict(env, FLAMEPY_OWN_PROCESS="1")) or "")
+    assert generic.unfit(fits, here, dict(env, FLAMEPY_OWN_PROCESS="0")) is None
     assert generic.unfit([sys.executable, "-m", "service"], here, env) is not None
     assert generic.unfit([sys.executable], here, env) is not None
     assert generic.unfit(["/usr/bin/env", "service.py"], here, env) is not None
