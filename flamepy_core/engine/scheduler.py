@@ -1112,6 +1112,7 @@ class Scheduler:
                     f"cannot be read back ({why}): the file was removed or damaged meanwhile. Run the task again"
                 )
                 return _Outcome(return_code=-1, message=failure)
+            files.cached(output_name)  # written by the instance, read once here: its pages leave the cache
             taken, output_name = PayloadFile(output_name, output_size), None
             return _Outcome(output=output, output_file=taken)
         except Exception as exc:  # a bug here must not leave the task running forever: it fails, saying so

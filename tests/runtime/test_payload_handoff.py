@@ -1,16 +1,21 @@
 """Large payloads handed to and from flamepy's own service processes as payload files (wire.payload_handoff):
-byte for byte at the threshold's edges and after a restart; a service that fails after reading a file
-input; an input file gone before the service read it fails that task with a clear error, and the next
-task runs; the service side writes a large output into the file it is given, and a writer killed part way
-leaves no file under the final name.
+on each bundled transport the service process itself reads and writes a large invoke's files (the bytes
+cross no instance link); byte for byte at the threshold's edges and after a restart; a service that fails
+after reading a file input; an input file gone before the service read it fails that task with a clear
+error, and the next task runs; the service side writes a large output into the file it is given, and a
+writer killed part way leaves no file under the final name; payload files leave the page cache once read
+and on the disk.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from conftest import wait_for
 import flamepy
 from flamepy_core.client.connection import reset_default_connection
 from flamepy_core.contracts.transport import UnaryHandler
-from flamepy_core.engine.payload_files import PayloadFiles
+from flamepy_core.engine.payload_files import DROP_CACHED_AFTER, PayloadFiles
 from flamepy_core.instance.runtime import instance_handlers
 from flamepy_core.instance.service import FlameService, TaskContext
 from flamepy_core.kit.basics import SimpleCallContext
@@ -39,6 +44,8 @@ from flamepy.core import FlameService
 class Handoff(FlameService):
     def on_task_invoke(self, context):
         data = context.input
+        if data == b"pid":
+            return str(os.getpid()).encode()
         if data.startswith(b"wait:"):  # hold the instance until the file named in the input exists
             marker = data[5:100].split(b"|")[0].decode()
             deadline = time.monotonic() + 60
@@ -60,6 +67,34 @@ if __name__ == "__main__":
 def payload_names(home: Path) -> set[str]:
     directory = home / "payloads"
     return {p.name for p in directory.iterdir()} if directory.exists() else set()
+
+
+def file_io(pid: int) -> tuple[int, int]:
+    """Bytes process ``pid`` moved with read(2) and write(2) so far (``rchar``, ``wchar``).
+
+    Why these: the kernel counts a file's read and write there, and not a socket's recv or send, which
+    both bundled transports use: so a payload that came by its file shows, one that came over the
+    instance link does not."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["rchar"]), int(fields["wchar"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads the service process's I/O counters in /proc")
+@pytest.mark.parametrize("flame_env", ["zmq", "grpc"], indirect=True)
+def test_a_large_invoke_goes_by_payload_files_the_service_process_reads_and_writes(flame_env) -> None:
+    """Fails when the handoff silently stops (an instance that did not offer it, a server that stopped
+    naming files): the 16 MiB would then cross the instance link both ways, still correct, but slower."""
+    flame_env.write_service("handoff", SERVICE)
+    session = flamepy.create_session("handoff", min_instances=1, max_instances=1)
+    pid = int(session.invoke(b"pid"))
+    data = os.urandom(16 * MIB)
+    read_before, written_before = file_io(pid)
+    assert session.invoke(data) == data[::-1]
+    read, written = file_io(pid)
+    assert read - read_before >= len(data), "the service process read the input from its payload file"
+    assert written - written_before >= len(data), "the service process wrote the output to a payload file"
+    assert session.invoke(b"small") == b"llams"
+    assert file_io(pid)[0] - read < MIB and file_io(pid)[1] - written < MIB, "a small payload travels inline"
 
 
 @pytest.mark.parametrize("size", [MIB - 1, MIB, 16 * MIB])
@@ -193,3 +228,81 @@ def test_a_writer_killed_part_way_leaves_no_file_under_the_final_name(tmp_path: 
     assert (folder / "p-0123.part").stat().st_size == 1 << 20, "the half-written file is the .part"
     assert PayloadFiles(folder, sync=False).remove_orphans(set) == 1
     assert list(folder.iterdir()) == []
+
+
+PAGE = mmap.PAGESIZE
+
+
+def cached_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache (mincore(2) on a mapping of it)."""
+    size = path.stat().st_size
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    pages = (ctypes.c_ubyte * ((size + PAGE - 1) // PAGE))()
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        start = ctypes.c_char.from_buffer(mapped)
+        try:
+            if libc.mincore(ctypes.addressof(start), size, pages) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            del start  # the mapping cannot close while a buffer points into it
+    return sum(page & 1 for page in pages)
+
+
+def on_the_disk(path: Path) -> None:
+    """Wait until the file's pages are written back (clean), as they are some milliseconds after a write."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def drops_clean_pages(folder: Path) -> bool:
+    """Whether this file system lets a clean page go on POSIX_FADV_DONTNEED (tmpfs, for one, cannot)."""
+    probe = folder / "probe"
+    probe.write_bytes(b"p" * (64 * PAGE))
+    on_the_disk(probe)
+    payload_handoff.drop_cached(probe)
+    dropped = cached_pages(probe) == 0
+    probe.unlink()
+    return dropped
+
+
+needs_fadvise = pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise and mincore: Linux")
+
+
+@needs_fadvise
+def test_a_payload_file_read_once_leaves_the_page_cache_when_it_is_on_the_disk(tmp_path: Path) -> None:
+    if not drops_clean_pages(tmp_path):
+        pytest.skip("this file system keeps clean pages cached")
+    path = tmp_path / "p-read"
+    data = os.urandom(4 * MIB)
+    payload_handoff.write_payload_file(path, data, sync=True)
+    assert cached_pages(path) > 0, "written, and still cached: nobody has read it yet"
+    assert payload_handoff.read_payload_file(path, len(data)) == data
+    assert cached_pages(path) == 0
+    assert payload_handoff.read_payload_file(path, len(data)) == data, "read back from the disk"
+
+
+@needs_fadvise
+@pytest.mark.parametrize("flame_env", ["zmq"], indirect=True)
+def test_the_files_of_a_large_invoke_leave_the_page_cache_by_a_later_one(flame_env) -> None:
+    """The server drops a payload file it wrote or read back at its next payload file after
+    ``DROP_CACHED_AFTER``: without it, each 16 MiB invoke grew the page cache by 32 MiB (the reads alone
+    leave what was still being written back)."""
+    flame_env.write_service("handoff", SERVICE)
+    session = flamepy.create_session("handoff", min_instances=1, max_instances=1)
+    data = os.urandom(4 * MIB)
+    assert session.invoke(data) == data[::-1]
+    first = sorted(flame_env.home / "payloads" / name for name in payload_names(flame_env.home))
+    assert len(first) == 2, first
+    if not drops_clean_pages(flame_env.home):
+        pytest.skip("this file system keeps clean pages cached")
+    for path in first:
+        on_the_disk(path)  # as a quiet disk has them by the time of the next invoke
+        assert path.read_bytes() in (data, data[::-1])  # and cached again, whatever the reads dropped
+    assert all(cached_pages(path) > 0 for path in first)
+    time.sleep(DROP_CACHED_AFTER[-1])  # each file's next drop has come due (a slow first invoke took one)
+    assert session.invoke(data) == data[::-1]
+    assert [cached_pages(path) for path in first] == [0, 0], "dropped by the server at the next invoke"
