@@ -9,9 +9,9 @@ fresh ``FLAME_HOME`` and measures, after a warm-up:
 
 For each it prints the server's CPU per task (user + system, all its threads: the ZeroMQ library's own
 I/O threads included), split by thread; the instances' (the server's child processes) and the
-client's; and the invoke median or the tasks per second. For ``invoke`` also the voluntary context
-switches per invoke of the server's and the instance's threads (``server_waits``, ``instance_waits``):
-each thread hand-off on the path is one, so they count hand-offs whatever the load.
+client's; and the invoke median or the tasks per second. Also the voluntary context switches per task
+of the server's and the instances' threads (``server_waits``, ``instance_waits``): each thread hand-off
+on the path is one, so they count hand-offs whatever the load.
 
 A/B: ``--checkout DIR`` (repeatable) runs the same measurement with each checkout's ``flamepy``,
 ``flamepy_core`` and bundled transports (``DIR/transports``) first on the path (the server and the
@@ -172,6 +172,7 @@ def measure(invokes: int, tasks: int) -> dict[str, object]:
             session = flamepy.create_session("echo", min_instances=2, max_instances=2)
             wait([session.run(PAYLOAD) for _ in range(200)], timeout=120)
             server, instances, client = process_cpu(pid), children_cpu(pid), time.process_time()
+            server_waits, instance_waits = waits(pid), waits(pid, children=True)
             threads = thread_cpu(pid)
             start = time.perf_counter()
             futures = [session.run(PAYLOAD) for _ in range(tasks)]
@@ -182,6 +183,8 @@ def measure(invokes: int, tasks: int) -> dict[str, object]:
                 "instances_us": (children_cpu(pid) - instances) / tasks * 1e6,
                 "client_us": (time.process_time() - client) / tasks * 1e6,
                 "tasks_per_s": tasks / elapsed,
+                "server_waits": (waits(pid) - server_waits) / tasks,
+                "instance_waits": (waits(pid, children=True) - instance_waits) / tasks,
                 "failed": sum(1 for f in futures if not f.done() or f.exception() is not None),
                 "server_threads_us": thread_split(threads, thread_cpu(pid), tasks),
             }

@@ -37,9 +37,11 @@ from flamepy_core.contracts.transport import (
     CallContext,
     Channel,
     DeferredHandler,
+    Handler,
     Responder,
     UnaryHandler,
 )
+from flamepy_core.transport_kit import adapt_handlers
 
 _SERVICE = "/flamepy.conformance.Deferred"
 _LATER = f"{_SERVICE}/Later"
@@ -218,6 +220,14 @@ class DeferredReplyTests(TransportSuiteBase):
 
     # -- asynchronous calls ----------------------------------------------------------------------------
 
+    def _adapted(self, handlers: dict[str, Handler]) -> dict[str, Handler]:
+        """The server side of the ``unary_async`` tests, as the runtime serves it on this transport.
+
+        Those tests check the client: they park calls in a deferred handler only to complete them when
+        they choose, so on a transport without ``deferred_replies`` the kit's adapter serves it.
+        """
+        return adapt_handlers(handlers, self.transport.capabilities)
+
     def _async(self, channel: Channel) -> AsyncChannel:
         assert isinstance(channel, AsyncChannel), (
             f"transport {self.transport.name} declares async_calls but its channel has no unary_async"
@@ -228,7 +238,8 @@ class DeferredReplyTests(TransportSuiteBase):
     def test_unary_async_futures_complete_with_their_results(self) -> None:
         """Futures return at once and complete with their own responses, whatever the completion order."""
         parked = _Parked()
-        with self.served({_LATER: DeferredHandler(parked), _ECHO: UnaryHandler(lambda r, c: r)}) as (_s, channel):
+        handlers = self._adapted({_LATER: DeferredHandler(parked), _ECHO: UnaryHandler(lambda r, c: r)})
+        with self.served(handlers) as (_s, channel):
             async_channel = self._async(channel)
 
             @given(data=payloads(4096))
@@ -270,7 +281,7 @@ class DeferredReplyTests(TransportSuiteBase):
     @requires("async_calls")
     def test_unary_async_deadline_and_absent_server(self) -> None:
         parked = _Parked()
-        with self.served({_LATER: DeferredHandler(parked)}) as (_server, channel):
+        with self.served(self._adapted({_LATER: DeferredHandler(parked)})) as (_server, channel):
             start = time.monotonic()
             future = self._async(channel).unary_async(_LATER, b"", timeout=self.deadline_timeout)
             error = future.exception(self.deadline_timeout + self.prompt_deadline_s)

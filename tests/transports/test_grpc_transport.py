@@ -651,6 +651,142 @@ def test_stop_with_a_call_running_ends_it_with_unavailable(transport: GrpcTransp
     assert time.monotonic() - started < 2.0
 
 
+# -- unary_async: grpcio's own future() ----------------------------------------------------------------
+
+
+def _failure(call: Any) -> tuple[int, str]:
+    try:
+        call()
+    except FlameError as exc:
+        return exc.code, exc.message
+    raise AssertionError("the call did not fail")
+
+
+@pytest.mark.parametrize(
+    ("method", "request_bytes", "timeout"),
+    [
+        ("/test.Echo/Raise", b"%d" % FlameErrorCode.NOT_FOUND, 5.0),
+        ("/test.Echo/Raise", b"%d" % FlameErrorCode.ALREADY_EXISTS, 5.0),
+        ("/test.Echo/Oops", b"", 5.0),
+        ("/test.Echo/Missing", b"", 5.0),
+        ("/test.Echo/Slow", b"2", 0.2),
+        ("/test.Echo/Sized", b"%d" % (LIMIT + 1), 5.0),
+        ("/test.Echo/Echo", b"r" * (LIMIT + 1), 5.0),
+    ],
+    ids=["flame-error", "another-code", "other-exception", "unimplemented", "deadline", "large-reply", "large-request"],
+)
+def test_unary_async_fails_exactly_as_unary_does(
+    channel: GrpcChannel, method: str, request_bytes: bytes, timeout: float
+) -> None:
+    """The future's error is the FlameError the blocking call raises: same code, same message."""
+    expected = _failure(lambda: channel.unary(method, request_bytes, timeout=timeout))
+    future = channel.unary_async(method, request_bytes, timeout=timeout)
+    error = future.exception(timeout=10)
+    assert isinstance(error, FlameError), repr(error)
+    assert (error.code, error.message) == expected
+
+
+def test_unary_async_completes_on_grpcs_thread_and_cannot_be_cancelled(channel: GrpcChannel) -> None:
+    """No thread of ours waits: the callback runs on grpcio's completion thread, never the caller's."""
+    seen: list[str] = []
+    done = threading.Event()
+    future = channel.unary_async("/test.Echo/Slow", b"0.2", timeout=5)
+    assert not future.cancel(), "a call on the wire cannot be cancelled by its future"
+    future.add_done_callback(lambda f: (seen.append(threading.current_thread().name), done.set()))
+    assert done.wait(10) and future.result() == b"late"
+    assert seen != [threading.current_thread().name]
+    assert not any(t.name.startswith("flamepy-async-call") for t in threading.enumerate()), "the kit's pool ran it"
+
+
+def test_unary_async_on_a_closed_channel_and_one_closed_under_it(transport: GrpcTransport, server: GrpcServer) -> None:
+    channel = transport.connect(server.endpoint)
+    running = channel.unary_async("/test.Echo/Slow", b"3", timeout=10)
+    time.sleep(0.2)
+    started = time.monotonic()
+    channel.close()
+    error = running.exception(timeout=5)
+    assert time.monotonic() - started < 2.0
+    assert isinstance(error, FlameError) and error.code == FlameErrorCode.UNAVAILABLE, repr(error)
+    assert "channel is closed" in error.message
+    later = channel.unary_async("/test.Echo/Echo", b"x").exception(timeout=5)
+    assert isinstance(later, FlameError) and later.code == FlameErrorCode.UNAVAILABLE, repr(later)
+    assert "channel is closed" in later.message
+
+
+def test_unary_async_reaches_a_restarted_server_at_once(transport: GrpcTransport, sock_dir: Path) -> None:
+    """An UNAVAILABLE future retires the connection as the blocking call does: the next call dials afresh."""
+    endpoint = f"unix://{sock_dir}/async-restart.sock"
+    srv = transport.serve(endpoint, handlers())
+    channel = transport.connect(endpoint)
+    try:
+        assert channel.unary_async("/test.Echo/Echo", b"one").result(timeout=5) == b"one"
+        srv.stop(grace=0.5)
+        error = channel.unary_async("/test.Echo/Echo", b"two", timeout=10).exception(timeout=5)
+        assert isinstance(error, FlameError) and error.code == FlameErrorCode.UNAVAILABLE, repr(error)
+        assert endpoint in error.message
+        srv = transport.serve(endpoint, handlers())
+        # Well inside gRPC's reconnect back-off (100 ms, doubling): only a fresh connection answers this soon.
+        assert channel.unary_async("/test.Echo/Echo", b"three", timeout=1).result(timeout=5) == b"three"
+    finally:
+        srv.stop()
+        channel.close()
+
+
+def _completion_thread(channel: GrpcChannel) -> threading.Thread:
+    """The thread that completed one unary_async call of ``channel`` (slow enough to be watched)."""
+    seen: list[threading.Thread] = []
+    done = threading.Event()
+    future = channel.unary_async("/test.Echo/Slow", b"0.05", timeout=5)
+    future.add_done_callback(lambda f: (seen.append(threading.current_thread()), done.set()))
+    assert done.wait(10) and future.result() == b"late"
+    assert seen[0] is not threading.current_thread(), "the call was over before its callback was added"
+    return seen[0]
+
+
+def test_one_completion_thread_serves_calls_made_one_at_a_time(channel: GrpcChannel) -> None:
+    """grpcio would start (and end) a thread per call when none overlap: the channel keeps one."""
+    threads = [_completion_thread(channel) for _ in range(20)]  # all held: no thread object is reused
+    assert len({id(t) for t in threads}) == 1, f"{len({id(t) for t in threads})} threads for 20 calls"
+    assert threads[0].is_alive()
+
+
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_the_kept_completion_thread_ends_quietly_with_its_channel(
+    transport: GrpcTransport, server: GrpcServer, how: str
+) -> None:
+    errors: list[Any] = []
+    previous = threading.excepthook
+    threading.excepthook = errors.append
+    try:
+        channel = transport.connect(server.endpoint)
+        thread = _completion_thread(channel)
+        if how == "close":
+            channel.close()
+        else:
+            del channel
+            gc.collect()
+        thread.join(5)
+        assert not thread.is_alive(), "grpcio's completion thread outlived its channel"
+    finally:
+        threading.excepthook = previous
+    assert errors == [], f"the thread ended with an error: {errors[0].exc_value!r}"
+
+
+def test_a_retired_connection_lets_its_completion_thread_go(transport: GrpcTransport, sock_dir: Path) -> None:
+    endpoint = f"unix://{sock_dir}/retire.sock"
+    srv = transport.serve(endpoint, handlers())
+    channel = transport.connect(endpoint)
+    try:
+        thread = _completion_thread(channel)
+        srv.stop(grace=0.5)
+        error = channel.unary_async("/test.Echo/Echo", b"", timeout=5).exception(timeout=5)
+        assert isinstance(error, FlameError) and error.code == FlameErrorCode.UNAVAILABLE, repr(error)
+        thread.join(5)
+        assert not thread.is_alive(), "the dropped connection kept its completion thread"
+    finally:
+        channel.close()
+
+
 # -- fork ------------------------------------------------------------------------------------------
 
 # gRPC runs its fork handlers only when no other thread is inside gRPC at that moment, and a process

@@ -5,7 +5,9 @@ imports no grpcio: listing the installed plugins stays cheap, and grpcio loads w
 
 Capabilities worth knowing: ``bare_path_scheme="unix"`` (a bare socket path, what Flame's executors pass in
 ``FLAME_INSTANCE_ENDPOINT``, is served and dialled as ``unix://PATH``, so services written with Flame's
-SDK run under our server); ``local_schemes=("unix",)``; TLS as its ``security``; and *no*
+SDK run under our server); ``local_schemes=("unix",)``; TLS as its ``security``; ``async_calls`` (a
+channel's ``unary_async`` is grpcio's own ``future()`` call, completed on grpcio's completion thread of
+the channel, kept while the channel is open: no thread of ours waits for it); and *no*
 ``deferred_replies`` or ``deferred_streams``: gRPC's synchronous server runs each call on a pool thread until
 the handler returns, so a deferred handler is served by the kit's adapter, which waits on that thread
 (:func:`flamepy_core.transport_kit.adapt_handlers`). Its asyncio server would free the thread, but measured
@@ -130,6 +132,7 @@ class GrpcTransport:
         bare_path_scheme=UNIX_SCHEME,
         local_default_rank=10,
         security=TLS,
+        async_calls=True,
     )
     options: ClassVar[frozenset[str]] = frozenset(
         {

@@ -32,7 +32,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -271,10 +271,14 @@ class GrpcServer:
 # -- client -----------------------------------------------------------------------------------------
 
 
+_RELEASE = "/flamepy.grpc.Channel/Release"
+"""The method of the call that lets a held completion thread end (it expires before it is sent)."""
+
+
 class _Link:
     """One ``grpc.Channel`` and its cached callables, owned by the process that built it."""
 
-    __slots__ = ("channel", "pid", "streams", "unaries")
+    __slots__ = ("channel", "held", "pid", "streams", "tried", "unaries")
 
     def __init__(self, target: str, options: list[Any], tls: ClientTls | None = None) -> None:
         self.pid = os.getpid()
@@ -284,6 +288,47 @@ class _Link:
             self.channel = grpc.secure_channel(target, tls.credentials(), options=options + tls.channel_options())
         self.unaries: dict[str, Any] = {}
         self.streams: dict[str, Any] = {}
+        self.tried = False
+        self.held: Any = None
+
+    def hold_completion_thread(self) -> None:
+        """Keep grpcio's completion thread of this channel alive between ``future()`` calls.
+
+        grpcio completes a channel's ``future()`` calls on one thread that it starts when a call begins
+        with none in flight and that ends when the last one completes: one call at a time (a warm
+        session's tasks) would start a thread per call, which costs more than the kit's pool did
+        (measured: docs/benchmarks.md). Counting one call more than are in flight keeps it. This reads
+        grpcio's private call state (``_call_state.managed_calls``, in every grpcio since 1.x); if it is
+        not there, calls still complete, only with a thread each. Called once a call is in flight.
+        """
+        self.tried = True
+        state: Any = getattr(self.channel, "_call_state", None)
+        lock = getattr(state, "lock", None)
+        if lock is None or not isinstance(getattr(state, "managed_calls", None), int):
+            return
+        with lock:
+            if state.managed_calls > 0:  # the thread runs (it ends only once the count is zero)
+                state.managed_calls += 1
+                self.held = state
+
+    def release(self) -> None:
+        """Let the held completion thread end: before the channel closes, or when the link is dropped.
+
+        A thread waiting with nothing in flight would only wake at the channel's close, with an event
+        grpcio's loop cannot handle (a traceback): so one last call, which expires at once, is started
+        first, and its completion is what the thread sees the count reach zero with.
+        """
+        state, self.held = self.held, None
+        if state is None or self.pid != os.getpid():
+            return
+        with contextlib.suppress(Exception):
+            self.channel.unary_unary(_RELEASE).future(b"", timeout=0.0)
+        with state.lock:
+            state.managed_calls -= 1
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to release
+            self.release()
 
     def unary(self, method: str) -> Any:
         call = self.unaries.get(method)
@@ -424,6 +469,7 @@ class GrpcChannel:
         with self._lock:
             if self._link is link and not self._closed and link.pid == os.getpid():
                 self._link = _Link(self._address.target, self._options, self._tls)
+                link.release()
 
     def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
         """Send one request, return the one response; every failure is a :class:`FlameError`."""
@@ -442,6 +488,48 @@ class GrpcChannel:
                 raise self._closed_error() from None
             raise
         return response
+
+    def unary_async(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Future[bytes]:
+        """Send one request now and return at once; the future completes with the response or a FlameError.
+
+        gRPC's own ``future()`` call: no thread of ours waits for it. grpcio completes it on the channel's
+        completion thread (it runs while the channel has calls in flight), and the callback there maps a
+        failure exactly as :meth:`unary` does, so callbacks added to the returned future run on that thread
+        and must not block.
+        """
+        result: Future[bytes] = Future()
+        result.set_running_or_notify_cancel()  # a call on the wire cannot be taken back by the caller
+        try:
+            check_size(len(request), self._limit, what="request", endpoint=self._endpoint)
+            seconds = resolve_timeout(timeout, self._default_timeout)
+            link = self._current()
+            if type(request) is not bytes:
+                request = bytes(request)
+            call = link.unary(method).future(request, timeout=seconds)
+            if not link.tried:
+                link.hold_completion_thread()
+        except FlameError as exc:
+            result.set_exception(exc)
+            return result
+        except ValueError:  # "Cannot invoke RPC on closed channel!"
+            if not self._closed:
+                raise
+            result.set_exception(self._closed_error())
+            return result
+
+        def done(call: Any) -> None:
+            # Runs once, on grpcio's completion thread (or here, if the call is over already).
+            try:
+                response = call.result()
+            except grpc.RpcError as exc:
+                result.set_exception(self._error(exc, method, seconds, link))
+            except grpc.FutureCancelledError:  # cancelled by the channel's close (nothing else cancels it)
+                result.set_exception(self._closed_error())
+            else:
+                result.set_result(response)
+
+        call.add_done_callback(done)
+        return result
 
     def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> ResponseStream:
         """Send one request and iterate the responses; one deadline covers the whole stream.
@@ -489,6 +577,7 @@ class GrpcChannel:
             self._closed = True
             link = self._link
         if link.pid == os.getpid():
+            link.release()
             link.channel.close()
         else:
             _inherited.append(link.channel)  # the parent's: leave it alone
