@@ -290,7 +290,9 @@ def first_invokes_of_new_applications(
     with the server already up. Each run registers ``{prefix}{run}`` in ``app_dir`` and starts on a quiet
     server: the spare the previous application gets when its session closes has started by then
     (``SPARE_WAIT``), so it does not take the CPU from this start (on 2 cores it would, and a floor has no
-    such neighbour). ``before_each(run)`` runs right before each (a floor's sample, so both see the same
+    such neighbour); each is unregistered after its run, which stops its spare (spares kept for every run
+    would fill the machine-wide cap, and the generic process is started only while two places are free).
+    ``before_each(run)`` runs right before each (a floor's sample, so both see the same
     load on the machine). ``options`` go before the script (``-u``: an application the server's generic
     process is never handed, so it starts as a process of its own)."""
     import flamepy

@@ -670,6 +670,9 @@ class Launcher:
         return GenericProcess(popen, executable, env, ready_read)
 
 
+OWN_PROCESS_ENV = "FLAMEPY_OWN_PROCESS"
+"""Set to anything but "" or "0" in an application's environment: its instances are never handed to the
+generic process (say, a script that puts another flamepy on ``sys.path`` before importing it)."""
 GENERIC_MODULE = "flamepy_core.instance.generic"
 """What a generic process runs (``python -m``): see that module for what it does and what it promises."""
 GENERIC_DIR = ".generic"
@@ -699,6 +702,8 @@ class GenericProcess:
             return f"its command {argv[0]} is not the server's Python {self.executable}"
         if len(argv) < 2 or not argv[1] or argv[1].startswith("-"):
             return "its first argument is not a script (an interpreter option, or none)"
+        if env.get(OWN_PROCESS_ENV, "").strip() not in ("", "0"):
+            return f"its environment sets {OWN_PROCESS_ENV}"
         for name in set(env) | set(self.env):
             if env.get(name) != self.env.get(name) and startup_variable(name):
                 return f"its environment sets {name}, which the interpreter reads as it starts"
@@ -747,9 +752,22 @@ class GenericSlot:
         self._closed = False
 
     def held(self) -> int:
-        """1 while a generic process is held or starting, else 0."""
+        """1 while a generic process is held or starting, else 0. One that exited on its own (it could not
+        import the runtime, or was killed) is reaped here and no longer held."""
         with self._lock:
-            return 1 if self._process is not None or self._starting else 0
+            dead = self._process if self._process is not None and self._process.popen.poll() is not None else None
+            if dead is not None:
+                self._process = None
+            held = 1 if self._process is not None or self._starting else 0
+        if dead is not None:
+            log.warning(
+                "the generic instance process (pid %d) exited on its own (%s): see %s",
+                dead.pid,
+                describe_status(dead.popen.returncode),
+                self.launcher.log_dir / "generic.err",
+            )
+            dead.stop()
+        return held
 
     def fill(self) -> None:
         """Start a generic process unless one is held (blocking)."""

@@ -147,8 +147,9 @@ def test_a_new_applications_first_instance_is_the_generic_process_and_sees_what_
     [
         ("environments:\n  PYTHONHASHSEED: '7'\n", "[service.py, one, two]"),  # read as the interpreter starts
         ("", "[-u, service.py, one, two]"),  # an interpreter option
+        ("environments:\n  FLAMEPY_OWN_PROCESS: '1'\n", "[service.py, one, two]"),  # asked for
     ],
-    ids=["startup-variable", "interpreter-option"],
+    ids=["startup-variable", "interpreter-option", "own-process-asked-for"],
 )
 def test_an_application_the_generic_process_cannot_honour_gets_a_process_of_its_own(flame_env, spec, arguments):
     register(flame_env, "own", spec, arguments)
@@ -238,6 +239,20 @@ def test_the_generic_process_counts_under_the_machine_wide_cap(flame_env, monkey
         two.close()
 
 
+def test_a_generic_process_killed_while_it_waits_costs_nothing_but_itself(flame_env):
+    register(flame_env, "after-kill")
+    flamepy.list_applications()
+    generic = wait_generic(flame_env.home)
+    os.kill(generic, signal.SIGKILL)
+    wait_gone([generic], timeout=10)
+    seen = first_invoke("after-kill")  # started anew, as a process of its own
+    assert seen["pid"] != generic and seen["preimported"] is False
+    wait_generic(flame_env.home)  # and another generic process replaces the dead one
+    # The dead one was reaped by the server (no zombie child left behind).
+    with open(f"/proc/{generic}/stat") if os.path.exists(f"/proc/{generic}") else open(os.devnull) as fh:
+        assert not fh.read(), "the killed generic process is still a zombie of the server"
+
+
 def test_no_generic_process_outlives_its_server_stopped_or_killed(flame_env):
     flamepy.list_applications()
     generic = wait_generic(flame_env.home)
@@ -269,6 +284,8 @@ def test_the_hand_over_rules():
     assert "PYTHONUNBUFFERED" in (
         generic.unfit(fits, here, {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}) or ""
     )
+    assert "FLAMEPY_OWN_PROCESS" in (generic.unfit(fits, here, dict(env, FLAMEPY_OWN_PROCESS="1")) or "")
+    assert generic.unfit(fits, here, dict(env, FLAMEPY_OWN_PROCESS="0")) is None
     assert generic.unfit([sys.executable, "-m", "service"], here, env) is not None
     assert generic.unfit([sys.executable], here, env) is not None
     assert generic.unfit(["/usr/bin/env", "service.py"], here, env) is not None
