@@ -33,7 +33,7 @@ from flamepy_transports.grpc.status import (
     error_from_status,
     flame_code_for,
 )
-from flamepy_transports.grpc.transport import GrpcChannel, GrpcServer
+from flamepy_transports.grpc.transport import _RELEASE, GrpcChannel, GrpcServer
 
 from flamepy_core.contracts import (
     CallContext,
@@ -765,6 +765,59 @@ def test_the_kept_completion_thread_ends_quietly_with_its_channel(
         else:
             del channel
             gc.collect()
+        thread.join(5)
+        assert not thread.is_alive(), "grpcio's completion thread outlived its channel"
+    finally:
+        threading.excepthook = previous
+    assert errors == [], f"the thread ended with an error: {errors[0].exc_value!r}"
+
+
+class _ReleaseCompletesFirst:
+    """A grpc channel whose first release call has completed, and been counted down, before it returns.
+
+    That is the order a busy machine can give: the short call answered and grpcio's completion thread
+    counted it before the channel looked at the count again.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.raced = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        call = self.inner.unary_unary(method, *args, **kwargs)
+        if method != _RELEASE or self.raced:
+            return call
+        self.raced = True
+        state = self.inner._call_state
+
+        class Completed:
+            def future(self, *args: Any, **kwargs: Any) -> Any:
+                future = call.future(*args, **kwargs)
+                future.exception(timeout=5)
+                deadline = time.monotonic() + 5
+                while state.managed_calls > 1 and time.monotonic() < deadline:
+                    time.sleep(0.001)  # the completion thread counts the call down just after its callbacks
+                assert state.managed_calls == 1, "the release call was not counted down"
+                return future
+
+        return Completed()
+
+
+def test_the_kept_completion_thread_ends_quietly_when_the_release_call_completes_first(
+    transport: GrpcTransport, server: GrpcServer
+) -> None:
+    errors: list[Any] = []
+    previous = threading.excepthook
+    threading.excepthook = errors.append
+    try:
+        channel = transport.connect(server.endpoint)
+        thread = _completion_thread(channel)
+        link = channel._link  # type: ignore[attr-defined]
+        link.channel = _ReleaseCompletesFirst(link.channel)
+        channel.close()
         thread.join(5)
         assert not thread.is_alive(), "grpcio's completion thread outlived its channel"
     finally:

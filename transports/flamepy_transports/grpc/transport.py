@@ -272,7 +272,11 @@ class GrpcServer:
 
 
 _RELEASE = "/flamepy.grpc.Channel/Release"
-"""The method of the call that lets a held completion thread end (it expires before it is sent)."""
+"""The method of the short call that lets a held completion thread end (no server has it: it fails)."""
+_RELEASE_TIMEOUT = 0.05
+"""Seconds the short call may stay in flight: until its server answers (UNIMPLEMENTED) or this passes."""
+_RELEASE_TRIES = 8
+"""Short calls started at the most when each completes before it is checked."""
 
 
 class _Link:
@@ -315,15 +319,24 @@ class _Link:
         """Let the held completion thread end: before the channel closes, or when the link is dropped.
 
         A thread waiting with nothing in flight would only wake at the channel's close, with an event
-        grpcio's loop cannot handle (a traceback): so one last call, which expires at once, is started
-        first, and its completion is what the thread sees the count reach zero with.
+        grpcio's loop cannot handle (a traceback). So our extra count is given up only while a call is in
+        flight besides it (checked and given up under grpcio's lock, which its thread counts down under
+        too): that call's completion is then what ends the thread. With none in flight, one short call is
+        started to be that call, and the check made again; it is made again rather than assumed, since
+        the short call may complete before the check (a busy machine), and giving up the count after it
+        would leave the thread waiting on nothing.
         """
         state, self.held = self.held, None
         if state is None or self.pid != os.getpid():
             return
-        with contextlib.suppress(Exception):
-            self.channel.unary_unary(_RELEASE).future(b"", timeout=0.0)
-        with state.lock:
+        for _ in range(_RELEASE_TRIES):
+            with state.lock:
+                if state.managed_calls > 1:
+                    state.managed_calls -= 1
+                    return
+            with contextlib.suppress(Exception):
+                self.channel.unary_unary(_RELEASE).future(b"", timeout=_RELEASE_TIMEOUT)
+        with state.lock:  # every short call completed before its check: give the count up all the same
             state.managed_calls -= 1
 
     def __del__(self) -> None:
