@@ -608,30 +608,12 @@ class Launcher:
                 )
                 process.command = " ".join(argv)
                 return process
-        ready_read, ready_write = os.pipe()
-        env[READY_FD_ENV] = str(ready_write)
         append = os.O_WRONLY | os.O_APPEND
-        try:
-            with (
-                os.fdopen(open_private(out_path, append), "ab") as out,
-                os.fdopen(open_private(err_path, append), "ab") as err,
-            ):
-                popen = subprocess.Popen(
-                    argv,
-                    cwd=cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                    pass_fds=(ready_write,),
-                )
-        except BaseException:
-            os.close(ready_read)
-            raise
-        finally:
-            os.close(ready_write)
-        os.set_blocking(ready_read, False)
+        with (
+            os.fdopen(open_private(out_path, append), "ab") as out,
+            os.fdopen(open_private(err_path, append), "ab") as err,
+        ):
+            popen, ready_read = _spawn_with_ready_pipe(argv, cwd, env, subprocess.DEVNULL, out, err)
         log.info("started instance %s of %s: pid %d, %s", instance_id, name, popen.pid, " ".join(argv))
         return InstanceProcess(
             instance_id, name, popen, options, err_path, tail_lines=self.stderr_tail_lines, ready_fd=ready_read
@@ -645,27 +627,11 @@ class Launcher:
         env[HEARTBEAT_INTERVAL_ENV] = f"{self.heartbeat_interval:g}"
         cwd = private_subdir(self.home / "work" / GENERIC_DIR)
         err_path = self.log_dir / "generic.err"
-        ready_read, ready_write = os.pipe()
-        env[READY_FD_ENV] = str(ready_write)
         executable = os.path.abspath(sys.executable)
-        try:
-            with os.fdopen(open_private(err_path, os.O_WRONLY | os.O_APPEND), "ab") as err:
-                popen = subprocess.Popen(
-                    [executable, "-m", GENERIC_MODULE],
-                    cwd=cwd,
-                    env=env,
-                    stdin=subprocess.PIPE,
-                    stdout=err,
-                    stderr=err,
-                    start_new_session=True,
-                    pass_fds=(ready_write,),
-                )
-        except BaseException:
-            os.close(ready_read)
-            raise
-        finally:
-            os.close(ready_write)
-        os.set_blocking(ready_read, False)
+        with os.fdopen(open_private(err_path, os.O_WRONLY | os.O_APPEND), "ab") as err:
+            popen, ready_read = _spawn_with_ready_pipe(
+                [executable, "-m", GENERIC_MODULE], cwd, env, subprocess.PIPE, err, err
+            )
         log.debug("started the generic instance process: pid %d", popen.pid)
         return GenericProcess(popen, executable, env, ready_read)
 
@@ -840,3 +806,33 @@ def _expand(value: str, env: dict[str, str]) -> str:
     Unknown variables are left as written, like ``os.path.expandvars``.
     """
     return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), value)
+
+
+def _spawn_with_ready_pipe(
+    argv: list[str], cwd: Path | str, env: dict[str, str], stdin: Any, stdout: Any, stderr: Any
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``argv`` in a session of its own, with the write end of a pipe it signals readiness on.
+
+    The child learns the pipe from ``READY_FD_ENV`` (set in ``env``: readiness is signalled, not
+    discovered); the parent keeps only the read end, non-blocking, so looking never stalls the server.
+    """
+    ready_read, ready_write = os.pipe()
+    env[READY_FD_ENV] = str(ready_write)
+    try:
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            pass_fds=(ready_write,),
+        )
+    except BaseException:
+        os.close(ready_read)
+        raise
+    finally:
+        os.close(ready_write)
+    os.set_blocking(ready_read, False)
+    return popen, ready_read

@@ -306,15 +306,7 @@ class _Core:
         if call.deadline is not None:
             with self._lock:
                 heapq.heappush(self._deadlines, (call.deadline, corr))
-        frames = framing.request(
-            framing.Kind.STREAM,
-            corr,
-            self._method(method),
-            timeout,
-            request,
-            window_items=STREAM_WINDOW_ITEMS,
-            window_bytes=STREAM_WINDOW_BYTES,
-        )
+        frames = self._stream_request(corr, method, timeout, request)
         if not (self._config.direct_calls and self._send_async_now(call, frames)):
             self._submit(call, frames)
 
@@ -361,10 +353,9 @@ class _Core:
             self._waker.signal()
         return True
 
-    def stream(self, method: str, request: bytes, timeout: float | None) -> StreamResponses:
-        corr = next(self._ids)
-        call = StreamCall(corr, method, timeout)
-        frames = framing.request(
+    def _stream_request(self, corr: int, method: str, timeout: float | None, request: bytes) -> list[bytes]:
+        """The frames that open a stream call, with this transport's flow-control window."""
+        return framing.request(
             framing.Kind.STREAM,
             corr,
             self._method(method),
@@ -373,6 +364,11 @@ class _Core:
             window_items=STREAM_WINDOW_ITEMS,
             window_bytes=STREAM_WINDOW_BYTES,
         )
+
+    def stream(self, method: str, request: bytes, timeout: float | None) -> StreamResponses:
+        corr = next(self._ids)
+        call = StreamCall(corr, method, timeout)
+        frames = self._stream_request(corr, method, timeout, request)
         self._submit(call, frames)
         return StreamResponses(call, self)
 
