@@ -5,6 +5,7 @@ Every wait here has a deadline; the module runs in a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -750,14 +751,24 @@ def test_one_completion_thread_serves_calls_made_one_at_a_time(channel: GrpcChan
     assert threads[0].is_alive()
 
 
-@pytest.mark.parametrize("how", ["close", "drop"])
-def test_the_kept_completion_thread_ends_quietly_with_its_channel(
-    transport: GrpcTransport, server: GrpcServer, how: str
-) -> None:
+@contextlib.contextmanager
+def _no_thread_errors() -> Iterator[None]:
+    """Fail the test if any thread ends with an exception while the block runs (grpcio's own included)."""
     errors: list[Any] = []
     previous = threading.excepthook
     threading.excepthook = errors.append
     try:
+        yield
+    finally:
+        threading.excepthook = previous
+    assert errors == [], f"a thread ended with an error: {errors[0].exc_value!r}"
+
+
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_the_kept_completion_thread_ends_quietly_with_its_channel(
+    transport: GrpcTransport, server: GrpcServer, how: str
+) -> None:
+    with _no_thread_errors():
         channel = transport.connect(server.endpoint)
         thread = _completion_thread(channel)
         if how == "close":
@@ -767,9 +778,6 @@ def test_the_kept_completion_thread_ends_quietly_with_its_channel(
             gc.collect()
         thread.join(5)
         assert not thread.is_alive(), "grpcio's completion thread outlived its channel"
-    finally:
-        threading.excepthook = previous
-    assert errors == [], f"the thread ended with an error: {errors[0].exc_value!r}"
 
 
 class _ReleaseCompletesFirst:
@@ -809,10 +817,7 @@ class _ReleaseCompletesFirst:
 def test_the_kept_completion_thread_ends_quietly_when_the_release_call_completes_first(
     transport: GrpcTransport, server: GrpcServer
 ) -> None:
-    errors: list[Any] = []
-    previous = threading.excepthook
-    threading.excepthook = errors.append
-    try:
+    with _no_thread_errors():
         channel = transport.connect(server.endpoint)
         thread = _completion_thread(channel)
         link = channel._link  # type: ignore[attr-defined]
@@ -820,9 +825,6 @@ def test_the_kept_completion_thread_ends_quietly_when_the_release_call_completes
         channel.close()
         thread.join(5)
         assert not thread.is_alive(), "grpcio's completion thread outlived its channel"
-    finally:
-        threading.excepthook = previous
-    assert errors == [], f"the thread ended with an error: {errors[0].exc_value!r}"
 
 
 def test_a_retired_connection_lets_its_completion_thread_go(transport: GrpcTransport, sock_dir: Path) -> None:
