@@ -1148,7 +1148,13 @@ class Scheduler:
 
         def on_item(payload: bytes) -> None:
             if not expected:  # more results than tasks: a bug of the instance's; its tasks were answered
-                log.warning("instance %s answered more results than the batch had tasks", inst.id)
+                log.warning(
+                    "instance %s of session %s answered more results than its batch of %d tasks had: the extra "
+                    "one is ignored (a bug in the instance's runtime: report it with this log)",
+                    inst.id,
+                    sid,
+                    len(batch),
+                )
                 return
             tid, output_name = expected.popleft()
             self.post(self._on_task_done, inst, sid, tid, self._task_outcome(sid, tid, output_name, payload))
