@@ -290,8 +290,8 @@ class InMemoryServer:
             try:
                 return future.result(timeout=0.05 if remaining is None else min(remaining, 0.05))
             except FutureTimeout:
-                if future.done():
-                    raise  # the handler's own TimeoutError: reported like any other handler error
+                if future.done():  # done after all: it finished just as the wait ran out, or its handler
+                    return future.result()  # raised a TimeoutError of its own (raised again here, as is)
                 if remaining is not None and ctx.time_remaining() == 0.0:
                     raise _DeadlinePassed from None
                 if self._stopped.is_set() and not ctx.is_active():
