@@ -8,7 +8,7 @@ result (two thread hand-offs fewer per task). What must hold, checked here:
 
 * the task runs on the serving thread, through the server's submission (in-process), and, when grpcio
   ignores the request (simulated by turning its per-method pool off), on the pool path as before, with
-  the same answers;
+  the same answers; once the loop is stopped (a signal), nothing queued before starts;
 * in a real service process: the task runs on the main thread, sees what ``on_session_enter`` set in a
   context variable, a long task does not hold the process's other calls (``WithdrawTasks``), and SIGTERM
   interrupts the running task (its ``finally`` runs) and ends the process by that signal.
@@ -38,13 +38,16 @@ from flamepy_core.contracts.transport import Channel, Server
 from flamepy_core.engine.executor import class_path
 from flamepy_core.instance.runtime import MainThreadServing, _serve
 from flamepy_core.instance.service import FlameService, TaskContext
+from flamepy_core.transport_kit import SimpleCallContext
 from flamepy_core.wire.payload_messages import (
     ON_SESSION_ENTER,
     ON_SESSION_LEAVE,
     ON_TASK_INVOKE,
+    RUN_TASKS,
     WITHDRAW_TASKS,
     read_task_result,
     read_withdrawn_tasks,
+    task_batch,
     task_context,
 )
 from flamepy_core.wire.proto import shim_pb2
@@ -67,6 +70,17 @@ class _Threads(FlameService):
 
     def on_task_invoke(self, context: TaskContext) -> bytes | None:
         return threading.current_thread().name.encode()
+
+
+class _Ran(FlameService):
+    """Records the tasks it runs."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def on_task_invoke(self, context: TaskContext) -> bytes | None:
+        self.ran.append(context.task_id)
+        return None
 
 
 class _CountingServing(MainThreadServing):
@@ -132,6 +146,43 @@ def test_without_grpcios_per_method_pool_a_task_takes_the_pool_path_with_the_sam
     channel.unary(ON_SESSION_ENTER, _enter_request("s"))
     assert [_task(channel, str(n)) for n in range(3)] == ["serving"] * 3
     assert serving.submitted == 0
+
+
+def test_once_stopped_no_queued_callback_or_batch_task_starts() -> None:
+    """A signal stops the loop: what was queued before it (a task, a batch's tasks) does not start then."""
+    service = _Ran()
+    serving = MainThreadServing(service)
+    handlers = serving.handlers()
+    answered: list[bytes] = []
+
+    class _Responder:
+        def send(self, response: bytes) -> bool:
+            answered.append(response)
+            return True
+
+        def fail(self, error: BaseException) -> bool:
+            raise AssertionError(error)
+
+    class _Writer:
+        def send(self, response: bytes) -> bool:
+            answered.append(response)
+            return True
+
+        def close(self) -> bool:
+            return True
+
+        def fail(self, error: BaseException) -> bool:
+            raise AssertionError(error)
+
+    context = SimpleCallContext(ON_TASK_INVOKE, 10.0)
+    handlers[ON_TASK_INVOKE].fn(task_context("1", "s", b""), context, _Responder())
+    handlers[RUN_TASKS].fn(task_batch([task_context("2", "s", b"")]), context, _Writer())
+    serving.stop()  # what a signal handler does, with both queued ahead of it
+    thread = threading.Thread(target=serving.serve, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the loop did not stop"
+    assert service.ran == [] and answered == []
 
 
 # -- a real service process ----------------------------------------------------------------------------------
