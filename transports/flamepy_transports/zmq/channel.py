@@ -77,7 +77,8 @@ from flamepy_transports.zmq.config import (
 )
 from flamepy_transports.zmq.endpoints import Address
 from flamepy_transports.zmq.monitor import MECHANISM_MISMATCH, Monitor
-from flamepy_transports.zmq.waker import Waker, readable
+from flamepy_transports.zmq.sockio import receive_frames, send_frames
+from flamepy_transports.zmq.waker import EVENTS_OPTION, Waker, readable
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +204,13 @@ class _Core:
             monitor = self._monitor
             if sock is None or monitor is None or self._closing or not self._connected or self._busy():
                 return None
-            sock.get(zmq.EVENTS)  # lets libzmq act on what happened to the connection since it was last used
+            sock.getsockopt(EVENTS_OPTION)  # lets libzmq act on what happened to the connection since it was last used
             if readable(monitor.socket):
                 return None  # news the I/O thread has not read (a lost connection?): it goes first
             corr = next(self._ids)
             frames = framing.request(framing.Kind.UNARY, corr, self._method(method), timeout, request)
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                send_frames(sock, frames)
             except zmq.Again:
                 return None  # the pipe is full: the I/O thread's path waits for room
             outcome = self._await_direct(sock, monitor, corr, method, timeout)
@@ -246,7 +247,7 @@ class _Core:
             if readable(sock):
                 while True:
                     try:
-                        msg = framing.decode(sock.recv_multipart(zmq.NOBLOCK))
+                        msg = framing.decode(receive_frames(sock))
                     except zmq.Again:
                         break
                     except framing.ProtocolError as exc:
@@ -334,7 +335,7 @@ class _Core:
             monitor = self._monitor
             if sock is None or monitor is None or self._closing or not self._connected or self._busy():
                 return False
-            sock.get(zmq.EVENTS)  # lets libzmq act on what happened to the connection since it was last used
+            sock.getsockopt(EVENTS_OPTION)  # lets libzmq act on what happened to the connection since it was last used
             if readable(monitor.socket):
                 return False  # news the I/O thread has not read (a lost connection?): it goes first
             with self._lock:
@@ -342,7 +343,7 @@ class _Core:
                     return False
                 self._pending[call.corr] = call  # before the send: the I/O thread may read the reply at once
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                send_frames(sock, frames)
             except zmq.ZMQError:  # a full pipe, or worse: the I/O thread's path handles both
                 with self._lock:
                     self._pending.pop(call.corr, None)
@@ -625,7 +626,7 @@ class _Core:
         # Poll said readable: read until ZMQ_EVENTS says no more (cheaper than ending on EAGAIN).
         for _ in range(RECV_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = receive_frames(sock)
             except zmq.Again:
                 return
             try:
@@ -746,7 +747,7 @@ class _Core:
                 unsent.popleft()  # abandoned before it could be sent
                 continue
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                send_frames(sock, frames)
             except zmq.Again:
                 # The send pipe is at its high-water mark (or not attached yet): wait until writable.
                 self._want_pollout(True)

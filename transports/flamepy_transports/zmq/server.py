@@ -70,6 +70,7 @@ from flamepy_transports.zmq.config import (
 )
 from flamepy_transports.zmq.endpoints import Address
 from flamepy_transports.zmq.pool import WorkerPool
+from flamepy_transports.zmq.sockio import receive_frames, send_frames
 from flamepy_transports.zmq.waker import Waker, readable
 from flamepy_transports.zmq.worker import (
     ServerCall,
@@ -338,7 +339,7 @@ class _Engine:
             return True
         for _ in range(RECV_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = receive_frames(sock)
             except zmq.Again:
                 return True
             if len(frames) < 2:
@@ -490,7 +491,7 @@ class _Engine:
         try:
             # Routed by the first frame; a multipart message is queued whole or not at all, so EAGAIN
             # and EHOSTUNREACH can only come from that first frame.
-            sock.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
+            send_frames(sock, [ident, *frames])
         except zmq.Again:
             return "again"
         except zmq.ZMQError as exc:

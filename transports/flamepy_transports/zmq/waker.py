@@ -50,9 +50,12 @@ class Waker:
 
 _POLLIN = int(zmq.POLLIN)
 """A plain int: ``events & zmq.POLLIN`` would build a ``PollEvent`` flag on every call."""
+EVENTS_OPTION = int(zmq.EVENTS)
+"""A plain int too: pyzmq reads an enum option's value on every call (0.4 us of a 1.8 us call); a warm
+invoke asks about eight times in the server."""
 
 
 def readable(sock: zmq.Socket[bytes]) -> bool:
     """Whether another message is waiting on ``sock`` (ZMQ_EVENTS: cheaper than a recv ending in EAGAIN)."""
-    events = sock.getsockopt(zmq.EVENTS)
+    events = sock.getsockopt(EVENTS_OPTION)
     return isinstance(events, int) and bool(events & _POLLIN)
