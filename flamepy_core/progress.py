@@ -27,14 +27,16 @@ DISABLE_ENV = "FLAMEPY_PROGRESS"
 def enabled(stream: TextIO | None = None) -> bool:
     """Whether progress may be drawn on ``stream`` (stderr by default): a terminal, and not turned off."""
     stream = stream if stream is not None else sys.stderr
-    if os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if os.environ.get("TERM") == "dumb":
-        return False
     try:
-        return stream.isatty()
+        # First: where stderr is not a terminal (a pipe, a log file) this settles it, without reading the
+        # environment (twice) on every invoke.
+        if not stream.isatty():
+            return False
     except (AttributeError, ValueError):  # closed, or not a real stream
         return False
+    if os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return os.environ.get("TERM") != "dumb"
 
 
 class StatusLine:

@@ -235,11 +235,15 @@ def _outcome(task: Task) -> bytes | None:
     )
 
 
+_SUCCEED = int(pb.TaskState.Succeed)
+"""A plain int: ``pb.TaskState.Succeed`` looks the name up in the enum's descriptor on every use."""
+
+
 def _reply_outcome(reply: bytes) -> bytes | None:
     """The output of a task as RunTask answers it (serialized), reading only what decides the result: the
     output is one slice of the reply."""
     state, output = read_run_task_reply(reply)
-    if state == pb.TaskState.Succeed:
+    if state == _SUCCEED:
         return output
     return _outcome(task_from_proto(pb.Task.FromString(reply)))  # a failure: the error carries the whole task
 

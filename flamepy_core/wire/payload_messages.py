@@ -166,7 +166,7 @@ def create_task_request(session_id: str, task_input: bytes | None) -> bytes:
     if task_input is not None:
         inner.append(_varint(3 << 3 | _LEN))
         inner.append(_varint(len(task_input)))
-    size = sum(len(part) for part in inner) + (0 if task_input is None else len(task_input))
+    size = sum(map(len, inner)) + (0 if task_input is None else len(task_input))
     parts = [_varint(1 << 3 | _LEN), _varint(size), *inner]
     if task_input is not None:
         parts.append(task_input)

@@ -77,8 +77,7 @@ from flamepy_transports.zmq.config import (
 )
 from flamepy_transports.zmq.endpoints import Address
 from flamepy_transports.zmq.monitor import MECHANISM_MISMATCH, Monitor
-from flamepy_transports.zmq.sockio import receive_frames, send_frames
-from flamepy_transports.zmq.waker import EVENTS_OPTION, Waker, readable
+from flamepy_transports.zmq.waker import Waker, readable, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +192,15 @@ class _Core:
         re-established), or another call need the socket, the call is handed to the I/O thread as sent,
         exactly as if it had sent it.
         """
-        if self._closing or not self._connected or self._busy() or self._reset_reason is not None:
+        # (``_busy()`` written out: this runs on every synchronous call.)
+        if (
+            self._closing
+            or not self._connected
+            or self._pending
+            or self._unsent
+            or self._outbox
+            or self._reset_reason is not None
+        ):
             return None
         self._async_callers = False
         if not self._lease.acquire(blocking=False):
@@ -204,13 +211,13 @@ class _Core:
             monitor = self._monitor
             if sock is None or monitor is None or self._closing or not self._connected or self._busy():
                 return None
-            sock.getsockopt(EVENTS_OPTION)  # lets libzmq act on what happened to the connection since it was last used
+            readable(sock)  # lets libzmq act on what happened to the connection since it was last used
             if readable(monitor.socket):
                 return None  # news the I/O thread has not read (a lost connection?): it goes first
             corr = next(self._ids)
             frames = framing.request(framing.Kind.UNARY, corr, self._method(method), timeout, request)
             try:
-                send_frames(sock, frames)
+                send_frames(sock, frames, copy=False)
             except zmq.Again:
                 return None  # the pipe is full: the I/O thread's path waits for room
             outcome = self._await_direct(sock, monitor, corr, method, timeout)
@@ -240,6 +247,7 @@ class _Core:
         """The reply, read by the caller; or the call handed to the I/O thread when the monitor has news."""
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = self._direct_poller
+        want_fd = self._want.fileno()
         while True:
             # Read what libzmq has taken in before waiting on the descriptors: ZMQ_FD signals only what
             # arrives after. Waiting on plain descriptors, not on the sockets through zmq_poll, spares
@@ -247,7 +255,7 @@ class _Core:
             if readable(sock):
                 while True:
                     try:
-                        msg = framing.decode(receive_frames(sock))
+                        msg = framing.decode(recv_frames(sock))
                     except zmq.Again:
                         break
                     except framing.ProtocolError as exc:
@@ -269,9 +277,9 @@ class _Core:
                 if deadline is None
                 else max(0, min(DIRECT_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
             )
-            ready = {fd for fd, _event in poller.poll(wait)}
-            if self._want.fileno() in ready or (self._monitor_fd in ready and readable(monitor.socket)):
-                return self._hand_over(corr, method, timeout, deadline)
+            for fd, _event in poller.poll(wait):  # usually the socket's descriptor alone: no set built
+                if fd == want_fd or (fd == self._monitor_fd and readable(monitor.socket)):
+                    return self._hand_over(corr, method, timeout, deadline)
             if self._closing:
                 raise unavailable(self._endpoint, "the channel is closed")
             if deadline is not None and time.monotonic() >= deadline:
@@ -335,7 +343,7 @@ class _Core:
             monitor = self._monitor
             if sock is None or monitor is None or self._closing or not self._connected or self._busy():
                 return False
-            sock.getsockopt(EVENTS_OPTION)  # lets libzmq act on what happened to the connection since it was last used
+            readable(sock)  # lets libzmq act on what happened to the connection since it was last used
             if readable(monitor.socket):
                 return False  # news the I/O thread has not read (a lost connection?): it goes first
             with self._lock:
@@ -343,7 +351,7 @@ class _Core:
                     return False
                 self._pending[call.corr] = call  # before the send: the I/O thread may read the reply at once
             try:
-                send_frames(sock, frames)
+                send_frames(sock, frames, copy=False)
             except zmq.ZMQError:  # a full pipe, or worse: the I/O thread's path handles both
                 with self._lock:
                     self._pending.pop(call.corr, None)
@@ -626,7 +634,7 @@ class _Core:
         # Poll said readable: read until ZMQ_EVENTS says no more (cheaper than ending on EAGAIN).
         for _ in range(RECV_BATCH):
             try:
-                frames = receive_frames(sock)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return
             try:
@@ -747,7 +755,7 @@ class _Core:
                 unsent.popleft()  # abandoned before it could be sent
                 continue
             try:
-                send_frames(sock, frames)
+                send_frames(sock, frames, copy=False)
             except zmq.Again:
                 # The send pipe is at its high-water mark (or not attached yet): wait until writable.
                 self._want_pollout(True)

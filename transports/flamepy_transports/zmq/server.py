@@ -70,8 +70,7 @@ from flamepy_transports.zmq.config import (
 )
 from flamepy_transports.zmq.endpoints import Address
 from flamepy_transports.zmq.pool import WorkerPool
-from flamepy_transports.zmq.sockio import receive_frames, send_frames
-from flamepy_transports.zmq.waker import Waker, readable
+from flamepy_transports.zmq.waker import Waker, readable, recv_frames, send_frames
 from flamepy_transports.zmq.worker import (
     ServerCall,
     StreamFlow,
@@ -311,8 +310,10 @@ class _Engine:
                     self._waker.drain()
                 drained = self._receive(sock)
                 sends = self._sends
-                self._send(sock, backlog)
-                self._start_admitted()
+                if backlog or self._outbox:
+                    self._send(sock, backlog)
+                if self._admitted:
+                    self._start_admitted()
                 if self._exit:
                     self._send(sock, backlog)  # what stop() queued after this round's sending
                     break
@@ -339,7 +340,7 @@ class _Engine:
             return True
         for _ in range(RECV_BATCH):
             try:
-                frames = receive_frames(sock)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return True
             if len(frames) < 2:
@@ -491,7 +492,7 @@ class _Engine:
         try:
             # Routed by the first frame; a multipart message is queued whole or not at all, so EAGAIN
             # and EHOSTUNREACH can only come from that first frame.
-            send_frames(sock, [ident, *frames])
+            send_frames(sock, [ident, *frames], copy=False)
         except zmq.Again:
             return "again"
         except zmq.ZMQError as exc:
