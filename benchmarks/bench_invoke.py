@@ -453,26 +453,30 @@ def main() -> int:
         samples = ours[key]
         assert isinstance(samples, list)
         rows.append(row(label, samples, raw_med, _percentile(samples, 99)))
-    large_med = statistics.median(raw_large)
     ours_large = ours["core_invoke_16mib"]
     assert isinstance(ours_large, list)
-    large_rows = [
-        ("raw two hops, 16 MiB each way (floor)", large_med, _percentile(raw_large, 99), 1.0),
-        row("flamepy core invoke, 16 MiB", ours_large, large_med, _percentile(ours_large, 99)),
-    ]
+    large_rows = []
+    if raw_large and ours_large:  # none with --large-iterations 0
+        large_med = statistics.median(raw_large)
+        large_rows = [
+            ("raw two hops, 16 MiB each way (floor)", large_med, _percentile(raw_large, 99), 1.0),
+            row("flamepy core invoke, 16 MiB", ours_large, large_med, _percentile(ours_large, 99)),
+        ]
     spawn = ours.pop("spawn_floor_s")
     assert isinstance(spawn, list)
-    spawn_med = statistics.median(spawn)
     cold = ours["new_session_cold_s"]
     own = ours["new_session_own_process_s"]
     spare = ours["new_session_spare_s"]
     assert isinstance(cold, list) and isinstance(own, list) and isinstance(spare, list)
-    start_rows = [
-        ("spawn until it answers (floor)", spawn_med, max(spawn), 1.0),
-        row("new session + first invoke, cold", cold, spawn_med, max(cold)),
-        row("cold, own process (no generic)", own, spawn_med, max(own)),
-        row("new session + first invoke, spare", spare, spawn_med, max(spare)),
-    ]
+    start_rows = []
+    if spawn and cold and own and spare:  # none with --cold-runs 0
+        spawn_med = statistics.median(spawn)
+        start_rows = [
+            ("spawn until it answers (floor)", spawn_med, max(spawn), 1.0),
+            row("new session + first invoke, cold", cold, spawn_med, max(cold)),
+            row("cold, own process (no generic)", own, spawn_med, max(own)),
+            row("new session + first invoke, spare", spare, spawn_med, max(spare)),
+        ]
     scalars = {k: v for k, v in ours.items() if not isinstance(v, list)}
     load_after = os.getloadavg()
     python = sys.version.split()[0]

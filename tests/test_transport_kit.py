@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given
@@ -30,6 +31,8 @@ from flamepy_core.transport_kit import (
     answering,
     blocking_stream,
     blocking_unary,
+    calls_run_on,
+    run_calls_on,
     unary_async,
 )
 
@@ -74,6 +77,20 @@ def test_blocking_unary_abandons_the_reply_when_the_caller_goes() -> None:
     assert info.value.code == FlameErrorCode.CANCELLED
     assert time.monotonic() - began < 5
     assert not kept[0].send(b"too late")  # the late reply is dropped, not delivered
+
+
+def test_blocking_unary_keeps_the_executor_its_handler_asked_to_run_calls_on() -> None:
+    def start(request: bytes, ctx: object, responder: FutureResponder) -> None:
+        responder.send(request)
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        assert calls_run_on(start) is None
+        assert calls_run_on(blocking_unary(DeferredHandler(start)).fn) is None  # type: ignore[arg-type]
+        marked = run_calls_on(start, executor)
+        assert marked is start and calls_run_on(start) is executor
+        assert calls_run_on(blocking_unary(DeferredHandler(marked)).fn) is executor  # type: ignore[arg-type]
+    setattr(start, "flamepy_calls_run_on", "not an executor")  # noqa: B010 - what a stray attribute looks like
+    assert calls_run_on(start) is None
 
 
 def test_adapt_handlers_only_touches_deferred_ones_and_only_when_needed() -> None:

@@ -10,6 +10,7 @@ names it, or when the executor that started it goes away, so an instance never o
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import queue
@@ -18,8 +19,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from types import FrameType
+from typing import ParamSpec, TypeVar
 
 from flamepy_core.addresses import normalize_endpoint
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -36,6 +39,7 @@ from flamepy_core.contracts.transport import (
 )
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
+from flamepy_core.kit.basics import run_calls_on
 from flamepy_core.plugin_classes import build_transport_of_class
 from flamepy_core.privacy import private_umask
 from flamepy_core.wire.payload_handoff import REPLY_ROOM, read_payload_file, write_payload_file
@@ -224,10 +228,41 @@ class _Batch:
         self.end = len(tasks)
 
 
-_Item = tuple[Callable[[bytes], bytes], bytes, Responder] | tuple[_Batch, int] | None
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
-class MainThreadServing:
+class _Routine:
+    """A routine a server submitted to run on the serving thread (:meth:`MainThreadServing.submit`)."""
+
+    __slots__ = ("args", "fn", "future", "kwargs")
+
+    def __init__(
+        self, future: Future[object], fn: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> None:
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            outcome = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise  # Interrupted: the serving ends
+            log.exception("a routine the server submitted failed")
+        else:
+            self.future.set_result(outcome)
+
+
+_Item = tuple[Callable[[bytes], bytes], bytes, Responder] | tuple[_Batch, int] | _Routine | None
+
+
+class MainThreadServing(Executor):
     """Runs the service's callbacks on one thread (the main thread), fed by the transport.
 
     The transport's receiving thread only queues each call (a deferred reply: it holds no thread); the
@@ -253,15 +288,26 @@ class MainThreadServing:
         """Batches with tasks not done: what a withdrawal looks at."""
         self.busy = False
         """A callback of the service is running (on the serving thread)."""
+        self._thread: int | None = None
+        """The serving thread's id, once :meth:`serve` runs."""
+        self._stopping = False
+        """:meth:`stop` was called: no callback starts any more (a call queued meanwhile gets no reply)."""
+        self._context = contextvars.copy_context()
+        """The context every callback runs in, whoever submitted it: what one callback sets, the next sees."""
 
     def handlers(self) -> dict[str, Handler]:
-        def deferred(call: Callable[[bytes], bytes]) -> DeferredHandler:
+        def deferred(call: Callable[[bytes], bytes], here: bool) -> DeferredHandler:
             def handle(data: bytes, _ctx: CallContext, responder: Responder) -> None:
-                self._queue.put((call, data, responder))
+                if threading.get_ident() == self._thread:  # the server runs this call here (see submit)
+                    self._answer(call, data, responder)
+                else:
+                    self._queue.put((call, data, responder))
 
+            if here:
+                run_calls_on(handle, self)
             return DeferredHandler(handle)
 
-        table: dict[str, Handler] = {path: deferred(call) for path, call in self._calls.items()}
+        table: dict[str, Handler] = {path: deferred(call, path == ON_TASK_INVOKE) for path, call in self._calls.items()}
         table[RUN_TASKS] = DeferredStreamHandler(self._run_tasks)
         table[WITHDRAW_TASKS] = UnaryHandler(self._withdraw)
         return table
@@ -293,6 +339,7 @@ class MainThreadServing:
 
     def stop(self) -> None:
         """End :meth:`serve` after the call it is running (safe from a signal handler: the queue is reentrant)."""
+        self._stopping = True
         self._queue.put(None)
 
     def serve(self) -> None:
@@ -302,6 +349,7 @@ class MainThreadServing:
         process (a transport's, the heartbeat's) runs its Python handler, which stops this loop, only when
         the main thread runs Python code again, and a main thread blocked in an endless wait never would.
         """
+        self._thread = threading.get_ident()
         while True:
             try:
                 item = self._queue.get(timeout=SIGNAL_CHECK)
@@ -309,34 +357,61 @@ class MainThreadServing:
                 continue
             if item is None:
                 return
-            if len(item) == 2:
-                if self._batch_task(*item):
-                    return
-                continue
-            call, data, responder = item
-            self.busy = True
             try:
-                reply = call(data)
+                if isinstance(item, _Routine):
+                    item.run()
+                elif len(item) == 2:
+                    if self._batch_task(*item):
+                        return
+                else:
+                    self._answer(*item)
             except Interrupted:
                 return  # stopped in the middle: nobody gets this reply
-            except BaseException as exc:  # a bug of ours (the callbacks catch the service's exceptions)
-                responder.fail(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            finally:
-                self.busy = False
-            responder.send(reply)
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """Run ``fn(*args, **kwargs)`` on the serving thread, in turn with the queued calls.
+
+        A server that runs each call as one routine (grpcio's) submits the routine of an ``OnTaskInvoke``
+        here (the handler asks for it with ``run_calls_on``): the serving thread then receives the
+        request, runs the task and sends the reply itself, and no server thread waits for it.
+        """
+        future: Future[_T] = Future()
+        self._queue.put(_Routine(future, fn, args, kwargs))  # type: ignore[arg-type]
+        return future
+
+    def _answer(self, call: Callable[[bytes], bytes], data: bytes, responder: Responder) -> None:
+        """Run one callback and complete its reply (on the serving thread); ``Interrupted`` passes through.
+
+        Once stopped, a callback does not start: the server's routine of a task (see :meth:`submit`) may
+        have been waiting for its request when the signal came, and the task must not run to its end.
+        """
+        if self._stopping:
+            raise Interrupted("stopped before the callback started")
+        self.busy = True
+        try:
+            reply = self._context.run(call, data)
+        except Interrupted:
+            raise  # stopped in the middle: nobody gets this reply
+        except BaseException as exc:  # a bug of ours (the callbacks catch the service's exceptions)
+            responder.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self.busy = False
+        responder.send(reply)
 
     def _batch_task(self, batch: _Batch, index: int) -> bool:
         """Run one task of a batch unless it was withdrawn; True when a signal interrupted it."""
+        if self._stopping:
+            return True  # the tasks not started go back to the server's queue with this process
         with self._lock:
             if index >= batch.end:
                 return False  # withdrawn: the server sent it elsewhere
             batch.started = index + 1
             self.busy = True
         try:
-            reply = self._invoke(batch.tasks[index])
+            reply = self._context.run(self._invoke, batch.tasks[index])
         except Interrupted:
             return True
         except BaseException as exc:  # a bug of ours: the stream fails, and the batch's other tasks with it

@@ -17,8 +17,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
@@ -236,6 +237,32 @@ def _start_elsewhere(calls: list[_Deferred]) -> None:
         unary_async(channel, method, request, timeout).add_done_callback(copy)
 
 
+_RUNS_ON = "flamepy_calls_run_on"
+"""The attribute of a handler's function that :func:`run_calls_on` sets."""
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def run_calls_on(fn: _Fn, executor: Executor) -> _Fn:
+    """Mark a handler's function: a server may run each whole call to it on ``executor``; returns ``fn``.
+
+    A hint for a transport whose server runs each call as one routine on a thread of its choosing
+    (receive the request, run the handler, send the reply, as grpcio's synchronous server does): it may
+    submit that routine to ``executor`` instead of its own pool, so the handler runs where its work
+    would be handed anyway (a service process's main thread) and no thread waits in between. A
+    transport that does not look for the hint, or cannot follow it, runs the call as usual: the handler
+    must work on any thread. The kit's adapters keep the hint (:func:`blocking_unary`).
+    """
+    setattr(fn, _RUNS_ON, executor)
+    return fn
+
+
+def calls_run_on(fn: Callable[..., Any]) -> Executor | None:
+    """The executor :func:`run_calls_on` named for a handler's function, if any."""
+    executor = getattr(fn, _RUNS_ON, None)
+    return executor if isinstance(executor, Executor) else None
+
+
 def blocking_unary(handler: DeferredHandler) -> UnaryHandler:
     """A deferred handler as a plain unary one, for a transport without ``deferred_replies``.
 
@@ -266,6 +293,9 @@ def blocking_unary(handler: DeferredHandler) -> UnaryHandler:
                     responder.abandon()  # unless the reply won the race, this raises CANCELLED below
                     return responder.future.result()
 
+    executor = calls_run_on(handler.fn)
+    if executor is not None:
+        run_calls_on(call, executor)
     return UnaryHandler(call)
 
 

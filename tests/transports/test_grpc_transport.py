@@ -45,6 +45,7 @@ from flamepy_core.contracts import (
     UnaryHandler,
 )
 from flamepy_core.plugins import PluginRegistry, transport_spec_of
+from flamepy_core.transport_kit import run_calls_on
 from flamepy_core.wire.methods import FRONTEND
 from flamepy_core.wire.proto import frontend_pb2, types_pb2
 
@@ -288,6 +289,41 @@ def test_a_long_unicode_message_crosses_intact(transport: GrpcTransport) -> None
         assert (info.value.code, info.value.message) == (FlameErrorCode.NOT_FOUND, text)
     finally:
         srv.stop()
+
+
+def test_a_handler_marked_run_calls_on_runs_each_call_on_that_executor(transport: GrpcTransport) -> None:
+    """``run_calls_on``: grpcio submits the whole call's routine to the named executor, not to its pool."""
+    submitted: list[str] = []
+
+    class Recording(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            submitted.append(threading.current_thread().name)
+            return super().submit(fn, *args, **kwargs)
+
+    executor = Recording(max_workers=1, thread_name_prefix="chosen")
+
+    def where(request: bytes, ctx: CallContext) -> bytes:
+        if request == b"fail":
+            raise FlameError(FlameErrorCode.NOT_FOUND, "failed where it was sent")
+        return threading.current_thread().name.encode()
+
+    table: dict[str, Handler] = {
+        "/t.W/Marked": UnaryHandler(run_calls_on(where, executor)),
+        "/t.W/Plain": UnaryHandler(lambda request, ctx: threading.current_thread().name.encode()),
+    }
+    srv = transport.serve("grpc://127.0.0.1:0", table)
+    ch = transport.connect(srv.endpoint)
+    try:
+        assert ch.unary("/t.W/Marked", b"").startswith(b"chosen")
+        with pytest.raises(FlameError) as info:  # errors map as on any handler
+            ch.unary("/t.W/Marked", b"fail")
+        assert (info.value.code, info.value.message) == (FlameErrorCode.NOT_FOUND, "failed where it was sent")
+        assert ch.unary("/t.W/Plain", b"").startswith(b"flamepy-grpc")
+        assert len(submitted) == 2, submitted  # the two marked calls, submitted by grpcio's own thread
+    finally:
+        ch.close()
+        srv.stop()
+        executor.shutdown()
 
 
 def test_unknown_method_is_unimplemented(channel: GrpcChannel, raw: grpc.Channel) -> None:

@@ -31,8 +31,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -47,6 +47,7 @@ from flamepy_core.contracts.transport import (
     UnaryHandler,
 )
 from flamepy_core.transport_kit import (
+    calls_run_on,
     check_size,
     error_from_handler,
     resolve_timeout,
@@ -148,6 +149,27 @@ def _abort(context: Any, error: FlameError) -> None:
     context.abort(status_for(error.code), wire_message(error.message))
 
 
+class _Submitting(ThreadPoolExecutor):
+    """Hands grpcio's routine for each call of one method to the executor its handler named (``run_calls_on``).
+
+    grpcio's synchronous server runs a call (wait for the request, run the handler, send the reply) by
+    submitting one routine to the server's pool, unless the method's behavior carries an
+    ``experimental_thread_pool`` that is a ``ThreadPoolExecutor``: then it submits it there. This is
+    one, in name only (it starts no thread). Without that hook (another grpcio), the call runs on the
+    server's pool as any other: the same answer, one hand-off more.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(max_workers=1)
+        self._target = executor
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._target.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to stop here: the executor it hands to belongs to whoever made the handler."""
+
+
 class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Routes a full method path to its byte handler; an unknown path gets gRPC's UNIMPLEMENTED."""
 
@@ -202,6 +224,9 @@ class _Router(grpc.GenericRpcHandler):  # type: ignore[misc]
                 return None  # pragma: no cover - abort raises
             return checked
 
+        executor = calls_run_on(fn)
+        if executor is not None:
+            behavior.experimental_thread_pool = _Submitting(executor)  # type: ignore[attr-defined]
         return behavior
 
     def _stream(self, method: str, handler: StreamHandler) -> Any:
