@@ -276,6 +276,9 @@ class MainThreadServing(Executor):
     ``WithdrawTasks`` is answered by the receiving thread itself while a task runs: it takes back every
     queued task that has not started (the server sends them elsewhere: a long task must not hold tasks
     queued behind it, one of which it may be waiting for).
+
+    A server that can lend its socket (zmq's ``host_wait``, see :meth:`host_on`) has the serving thread
+    receive the calls itself while it has nothing to run: no hand-off from the transport's thread.
     """
 
     def __init__(self, service: FlameService) -> None:
@@ -294,11 +297,26 @@ class MainThreadServing(Executor):
         """:meth:`stop` was called: no callback starts any more (a call queued meanwhile gets no reply)."""
         self._context = contextvars.copy_context()
         """The context every callback runs in, whoever submitted it: what one callback sets, the next sees."""
+        self._host: Callable[[float], bool] | None = None
+        """The server's ``host_wait``: wait for calls on this thread, receiving them here (None: the queue)."""
+        self._wake: Callable[[], None] | None = None
+        self._hosting = False
+        """The serving thread is in the server's ``host_wait``: a call it receives there is queued, and run
+        once it has left it (not inside the server's round, which holds the socket)."""
+
+    def host_on(self, server: Server) -> None:
+        """Receive ``server``'s calls on the serving thread while it waits, when the server can
+        (``host_wait(timeout) -> bool`` and ``wake_host()``, as zmq's server has them): the calls then
+        reach the service with no thread hand-off (a warm invoke's instance CPU, see docs/benchmarks.md)."""
+        host = getattr(server, "host_wait", None)
+        wake = getattr(server, "wake_host", None)
+        if callable(host) and callable(wake):
+            self._host, self._wake = host, wake
 
     def handlers(self) -> dict[str, Handler]:
         def deferred(call: Callable[[bytes], bytes], here: bool) -> DeferredHandler:
             def handle(data: bytes, _ctx: CallContext, responder: Responder) -> None:
-                if threading.get_ident() == self._thread:  # the server runs this call here (see submit)
+                if threading.get_ident() == self._thread and not self._hosting:  # a routine: see submit
                     self._answer(call, data, responder)
                 else:
                     self._queue.put((call, data, responder))
@@ -341,6 +359,9 @@ class MainThreadServing(Executor):
         """End :meth:`serve` after the call it is running (safe from a signal handler: the queue is reentrant)."""
         self._stopping = True
         self._queue.put(None)
+        wake = self._wake
+        if wake is not None:
+            wake()  # a serving thread waiting in host_wait returns to its queue
 
     def serve(self) -> None:
         """Run queued calls until :meth:`stop`.
@@ -351,9 +372,19 @@ class MainThreadServing(Executor):
         """
         self._thread = threading.get_ident()
         while True:
+            host = self._host
             try:
-                item = self._queue.get(timeout=SIGNAL_CHECK)
+                item = self._queue.get(timeout=SIGNAL_CHECK) if host is None else self._queue.get_nowait()
             except queue.Empty:
+                # Nothing queued: receive calls here until a handler queues one (or the wait is cut, as
+                # above); a server that cannot lend its socket (any more) leaves the waiting to the queue.
+                if host is not None:
+                    self._hosting = True
+                    try:
+                        if not host(SIGNAL_CHECK):
+                            self._host = None
+                    finally:
+                        self._hosting = False
                 continue
             if item is None:
                 return
@@ -571,7 +602,7 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     hints = [] if endpoint else [c for c in os.environ.get(TRANSPORTS_ENV, "").split(",") if c]
     serving = MainThreadServing(service)
     handlers = serving.handlers()
-    server = None
+    server: Server | None = None
     with private_umask():  # the socket is reachable by this user only (see flamepy_core.privacy)
         if fast:
             try:
@@ -593,6 +624,7 @@ def run(service: FlameService, endpoint: str | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+    serving.host_on(server)
     log.info("instance serving on %s", server.endpoint)
     _signal_ready()
     # After the readiness byte: starting a thread waits until it runs, which the server need not wait for.

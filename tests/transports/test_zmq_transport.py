@@ -436,6 +436,71 @@ def test_replies_completed_on_other_threads_are_sent_by_those_threads(served: Ca
         later.put(None)
 
 
+def test_a_host_thread_receives_its_calls_itself_and_the_io_thread_reads_while_it_is_away(
+    served: Callable[..., Served],
+) -> None:
+    """``host_wait``: the waiting thread receives the calls itself (a service process's main thread, with no
+    hand-off from the I/O thread); while it is away running a call, the I/O thread reads the socket again
+    (a plain call is answered, a deferred one is started) and wakes the host's next wait."""
+    from flamepy_core.contracts.transport import DeferredHandler, Responder
+
+    seen: list[tuple[int, bytes, Responder]] = []
+
+    def defer(request: bytes, ctx: CallContext, responder: Responder) -> None:
+        seen.append((threading.get_ident(), request, responder))
+
+    s = served(f"zmq+ipc://@flamepy-test-host-{os.getpid()}", {ECHO: UnaryHandler(echo), SLEEP: DeferredHandler(defer)})
+    here = threading.get_ident()
+    by_host = 0
+    for i in range(20):
+        request = b"call %d" % i
+        call = Background(lambda request=request: s.channel.unary(SLEEP, request, timeout=20))
+        deadline = time.monotonic() + 20
+        while not seen:
+            assert time.monotonic() < deadline, "the call was never received"
+            assert s.server.host_wait(1.0), "the zmq server cannot lend its socket"
+        ident, got, responder = seen.pop()
+        assert got == request
+        by_host += ident == here
+        responder.send(got[::-1])
+        call.join(20)
+        assert call.error is None and call.result == request[::-1]
+    # The first call may reach the I/O thread (the socket was not lent yet), and a host slowed down by a
+    # busy machine may find the I/O thread reading again; not every one.
+    assert by_host > 0, "no call was received by the host thread"
+
+    # Away (not waiting) for longer than the I/O thread's look: a plain call is still answered.
+    assert s.channel.unary(ECHO, b"meanwhile", timeout=20) == b"meanwhile"
+    # A deferred call arriving now is started by the I/O thread, which wakes the host's next wait.
+    call = Background(lambda: s.channel.unary(SLEEP, b"while away", timeout=20))
+    deadline = time.monotonic() + 20
+    while not seen:
+        assert time.monotonic() < deadline, "the call was never received"
+        time.sleep(0.01)
+    assert seen[0][0] != here
+    started = time.monotonic()
+    assert s.server.host_wait(30.0)
+    assert time.monotonic() - started < 25, "the host's wait ended by its timeout, not by the I/O thread's wake"
+    seen.pop()[2].send(b"done")
+    call.join(20)
+    assert call.result == b"done"
+
+
+def test_wake_host_ends_a_host_wait(served: Callable[..., Served]) -> None:
+    """``wake_host`` (what a service's stop does, from a signal handler or another thread) ends the wait."""
+    s = served(f"zmq+ipc://@flamepy-test-wake-{os.getpid()}", {ECHO: UnaryHandler(echo)})
+    assert s.server.host_wait(0.01)  # lends the socket; nothing came
+    timer = threading.Timer(0.05, s.server.wake_host)
+    timer.start()
+    started = time.monotonic()
+    try:
+        assert s.server.host_wait(30.0)
+        assert time.monotonic() - started < 25, "the wait ended by its timeout, not by wake_host"
+    finally:
+        timer.cancel()
+    assert s.channel.unary(ECHO, b"after", timeout=20) == b"after"
+
+
 def test_a_burst_of_blocking_streams_and_calls_from_many_threads_is_all_answered(
     served: Callable[..., Served],
 ) -> None:

@@ -33,6 +33,15 @@ peer with a call in progress. ROUTER_MANDATORY makes that send fail once the pee
 false and a stream waiting for credit stops, instead of running until its deadline (or forever).
 
 With CURVE the same I/O thread answers ZAP requests (see :mod:`.auth`).
+
+A host thread. A service process runs its service's calls on one thread of its own (its main thread),
+which the deferred handlers feed; the I/O thread receiving each call and handing it to that thread costs
+two thread wake-ups and a tussle for the GIL per call. So that thread may receive them itself: while it
+has nothing to run it waits in :meth:`_Engine.host_wait`, which receives (and starts the deferred
+handlers) on that thread, and the I/O thread meanwhile waits on its waker alone (the socket is *lent*).
+When the host thread has been away longer than ``HOST_LOOK_MS`` (running a call), the I/O thread takes
+the socket back and receives as usual, so what a long call must not hold up (a withdrawal, a cancel)
+is read at once; the host's next wait lends it again.
 """
 
 from __future__ import annotations
@@ -92,6 +101,13 @@ STOP_LINGER_MS = 200
 """On stop, final replies get this long to leave before the socket closes."""
 START_TIMEOUT = 10.0
 JOIN_TIMEOUT = 5.0
+HOST_LOOK_MS = 20
+"""While the socket is lent to a host thread, the I/O thread looks this often (ms) whether that thread has
+gone to run a call, and then watches the socket itself until the host waits again."""
+HOST_IDLE = 0.1
+"""A host thread waiting this long (s) is idle: the I/O thread then sleeps its usual long wait, and the host
+wakes it when it leaves its wait to run a call (so an idle instance does not wake every ``HOST_LOOK_MS``,
+and one whose calls come back to back is not woken for each)."""
 
 _Out = tuple[bytes, list[bytes], "float | None"]
 """(routing id, frames, the call's deadline on this clock): a reply still unsent at the deadline is dropped,
@@ -153,7 +169,24 @@ class _Engine:
         """Sends on the ROUTER so far (under the socket lock): the I/O thread's loop notices its own."""
         self._io_awake = False
         """True while the I/O thread works (it holds the socket lock): it looks at the outbox after this
-        turns False and before it waits, so what is queued while it is True needs no wake-up."""
+        turns False and before it waits, so what is queued while it is True needs no wake-up. (A host
+        thread's round sets it too: it also sends what is queued before it waits.)"""
+        self._sock_fd = -1
+        self._host_waker: Waker | None = None
+        """Wakes a host thread's wait (see :meth:`host_wait`); made by the first one."""
+        self._host_poller: Any = None
+        self._host_failed = False
+        self._lent = False
+        """The socket is lent to the host thread: the I/O thread waits on its waker alone (socket lock)."""
+        self._host_waiting = False
+        self._host_since = 0.0
+        """When the host thread last left its wait (while it is not waiting)."""
+        self._host_worked = True
+        """The host thread left its last wait to run what it received (not at the wait's end)."""
+        self._host_idle_since = 0.0
+        """When the host thread entered the first of the waits it has been in since it last worked."""
+        self._io_napping = False
+        """The I/O thread sleeps its long wait while lent (the host idle): a host leaving its wait wakes it."""
         self._thread = threading.Thread(target=self._run, name=f"flamepy-zmq-server[{address.url}]", daemon=True)
 
     # -- start -----------------------------------------------------------------------------------------
@@ -254,9 +287,13 @@ class _Engine:
                 self._backlog[entry[0]] = deque([entry])  # the I/O thread retries it with the others
                 self._waker.signal()
             elif readable(sock):
-                # The send let libzmq take in what arrived: the I/O thread, waiting on ZMQ_FD, may not
-                # be told of a request already readable.
-                self._waker.signal()
+                # The send let libzmq take in what arrived: the thread waiting on ZMQ_FD (the I/O thread,
+                # or a host thread while the socket is lent) may not be told of a request already readable.
+                # (A host not waiting reads the socket first thing in its next wait.)
+                if not self._lent:
+                    self._waker.signal()
+                elif self._host_waiting and self._host_waker is not None:
+                    self._host_waker.signal()
             return True
         finally:
             self._sock_lock.release()
@@ -272,7 +309,6 @@ class _Engine:
                 self._zap.close()
             self._started.set_exception(exc)
             return
-        self._started.set_result(self._endpoint_bound)
         backlog = self._backlog
         sock_fd = sock.getsockopt(zmq.FD)
         # The socket's descriptor, not the socket (see the docstring). With plain descriptors alone the wait is
@@ -284,10 +320,14 @@ class _Engine:
             poller.register(self._zap.socket, zmq.POLLIN)
         probe_every = self._config.heartbeat_ivl_ms / 1000.0
         next_probe = time.monotonic() + probe_every
+        lent_poller = select.poll()
+        lent_poller.register(self._waker.fileno(), zmq.POLLIN)
         lock = self._sock_lock
         lock.acquire()
         self._io_awake = True
         self._sock = sock
+        self._sock_fd = sock_fd if isinstance(sock_fd, int) else -1
+        self._started.set_result(self._endpoint_bound)  # with the socket in place, for a host's first wait
         quiet = False
         """The last look found nothing to read and nothing was sent since: no need to ask again."""
         try:
@@ -295,15 +335,22 @@ class _Engine:
                 timeout = BACKLOG_RETRY_MS if backlog else 1000
                 if self._calls:
                     timeout = min(timeout, max(0, int((next_probe - time.monotonic()) * 1000) + 1))
+                lent = self._lent
+                if lent:
+                    timeout = self._lent_timeout(timeout)
                 self._io_awake = False  # before the last look at the outbox (see post and finish)
                 if self._outbox or (not quiet and readable(sock)):
                     timeout = 0  # queued while this thread worked; or readable, which ZMQ_FD would not say again
                 lock.release()
                 try:
-                    ready = dict(poller.poll(timeout))
+                    ready = dict((lent_poller if lent else poller).poll(timeout))
                 finally:
                     lock.acquire()
                     self._io_awake = True
+                    self._io_napping = False
+                if self._lent and not self._host_waiting and time.monotonic() - self._host_since >= HOST_LOOK_MS / 1000:
+                    self._lent = False  # the host runs a call: watch the socket meanwhile (see host_wait)
+                    quiet = False
                 if self._zap is not None and self._zap.socket in ready:
                     self._zap.handle_pending()
                 if self._waker.fileno() in ready:
@@ -333,6 +380,99 @@ class _Engine:
             lock.release()
             if self._zap is not None:
                 self._zap.close()
+
+    def _lent_timeout(self, timeout: int) -> int:
+        """The I/O thread's wait while the socket is lent: short, to notice a host gone to run a call; as
+        usual when the host has been waiting long (idle), the host then waking it when it leaves."""
+        if self._host_waiting and time.monotonic() - self._host_idle_since >= HOST_IDLE:
+            self._io_napping = True
+            if self._host_waiting:  # read again after the flag: host_wait clears its own, then reads ours
+                return timeout
+            self._io_napping = False
+        return min(timeout, HOST_LOOK_MS)
+
+    # -- host thread -----------------------------------------------------------------------------------
+
+    def host_wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for calls on this thread, receiving them itself (see the module's
+        docstring): deferred handlers then run on this thread, which may then run what they queued. One
+        thread only (the host) calls it.
+
+        Returns after a round that started handlers, after :meth:`wake_host`, or at the timeout; False when
+        this server cannot lend its socket (CURVE, stopping, another process, a failure): the caller then
+        waits for its calls as before.
+        """
+        if self._zap is not None or self._stopping or self._host_failed or self.pid != os.getpid():
+            return False
+        if threading.get_ident() == self._io_ident or self._sock_fd < 0:
+            return False
+        waker = self._host_waker
+        if waker is None:
+            waker = self._host_waker = Waker()
+            self._host_poller = select.poll()
+            self._host_poller.register(self._sock_fd, zmq.POLLIN)
+            self._host_poller.register(waker.fileno(), zmq.POLLIN)
+        now = time.monotonic()
+        if self._host_worked:  # idle from now (a wait that ends at its timeout is followed by another)
+            self._host_idle_since = now
+            self._host_worked = False
+        self._host_waiting = True
+        deadline = now + timeout
+        lock = self._sock_lock
+        try:
+            while True:
+                with lock:
+                    sock = self._sock
+                    if sock is None:  # closed: the caller is stopping
+                        return True
+                    if not self._lent:
+                        self._lent = True
+                        self._waker.signal()  # the I/O thread stops watching the socket
+                    self._io_awake = True
+                    try:
+                        self._receive(sock)
+                        started = bool(self._admitted)
+                        if started:
+                            self._start_admitted()
+                        if self._outbox:
+                            self._send(sock, self._backlog)
+                        if self._backlog:
+                            self._waker.signal()  # the I/O thread retries what did not fit
+                    finally:
+                        self._io_awake = False
+                    again = bool(self._outbox) or readable(sock)
+                if started:
+                    self._host_worked = True
+                    return True
+                if again:
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                ready = self._host_poller.poll(int(left * 1000) + 1)
+                if not ready:
+                    return True
+                if any(fd == waker.fileno() for fd, _event in ready):
+                    waker.drain()
+                    return True
+        except Exception:
+            log.exception("the zmq server on %s failed on the host thread; the I/O thread receives", self.endpoint)
+            self._host_failed = True
+            return False
+        finally:
+            self._host_waiting = False  # before reading _io_napping (see _lent_timeout)
+            self._host_since = time.monotonic()
+            if self._host_failed:
+                self._lent = False
+                self._waker.signal()
+            elif self._io_napping and self._host_worked:
+                self._waker.signal()  # it sleeps long, the host was idle: it must look while this call runs
+
+    def wake_host(self) -> None:
+        """End a host thread's :meth:`host_wait` now (safe from a signal handler)."""
+        waker = self._host_waker
+        if waker is not None:
+            waker.signal()
 
     def _receive(self, sock: zmq.Socket[bytes]) -> bool:
         """Read and handle what is waiting (up to ``RECV_BATCH``); True when it ended finding nothing more."""
@@ -447,9 +587,12 @@ class _Engine:
         # wake it while this thread still had a round to finish, and the woken thread went back to sleep
         # waiting for the GIL (measured: 5.2 futex calls per warm invoke in a service process, 2.1 after).
         admitted, self._admitted = self._admitted, []
+        host = self._host_waker
         for run, call, fn, payload in admitted:
             if run is run_deferred or run is run_deferred_stream:
                 run(self, call, fn, payload)  # it starts work and returns
+                if host is not None and threading.get_ident() == self._io_ident:
+                    host.signal()  # what it queued may be for a host thread, which waits on the socket
                 continue
             try:
                 self._pool.submit(run, self, call, fn, payload)
@@ -543,6 +686,8 @@ class _Engine:
 
     def _stop(self, grace: float | None) -> None:
         self._stopping = True  # the I/O thread now answers new calls with UNAVAILABLE
+        self._lent = False  # (it reads them itself from now on: nobody hosts while stopping)
+        self._waker.signal()
         deadline = time.monotonic() + (grace or 0.0)
         while time.monotonic() < deadline and (self._calls or self._outbox or self._sending):
             time.sleep(0.005)
@@ -563,6 +708,8 @@ class _Engine:
             return
         self._ctx.term()  # returns once every socket is closed: the endpoint is free again
         self._waker.close()
+        if self._host_waker is not None:
+            self._host_waker.close()
         self._remove_ipc_file()
 
     def _remove_ipc_file(self) -> None:
@@ -604,6 +751,14 @@ class ZmqServer:
         stats["running"] = len(engine._calls)
         stats["zap_denied"] = engine._zap.denied if engine._zap is not None else 0
         return stats
+
+    def host_wait(self, timeout: float) -> bool:
+        """Wait for calls on the calling thread, receiving them itself (see :meth:`_Engine.host_wait`)."""
+        return self._engine.host_wait(timeout)
+
+    def wake_host(self) -> None:
+        """End the calling thread's :meth:`host_wait` early (from another thread or a signal handler)."""
+        self._engine.wake_host()
 
     def stop(self, grace: float | None = None) -> None:
         self._engine.stop(grace)
