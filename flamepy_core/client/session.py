@@ -131,12 +131,17 @@ class TaskFuture(CancellableFuture["bytes | None"]):
     "running": it can be cancelled all along.
     """
 
-    def __init__(self, session: Session, created: Future[int]) -> None:
+    def __init__(self, session: Session, created: TaskCreation | None) -> None:
         super().__init__()
         self.session = session
         self._created = created
-        """The task's id once the server created it (run() submits in batches)."""
+        """The task's id once the server created it (run() submits in batches); set by :meth:`attach`
+        before ``run()`` returns the future when the batch is still to be sent."""
         self._cancel_asked = False
+
+    def attach(self, created: TaskCreation) -> None:
+        """The creation of this future's task, given once, before ``run()`` returns the future."""
+        self._created = created
 
     @property
     def task_id(self) -> str:
@@ -146,7 +151,9 @@ class TaskFuture(CancellableFuture["bytes | None"]):
 
     def _task_id(self) -> int:
         try:
-            return self._created.result(timeout=CREATE_WAIT)
+            created = self._created
+            assert created is not None, "run() attaches the creation before returning the future"
+            return created.task_id(CREATE_WAIT)
         except FutureTimeout:
             raise FlameError(
                 FlameErrorCode.DEADLINE_EXCEEDED,
@@ -269,8 +276,58 @@ def _settle_outcome(future: Future[bytes | None], outcome: ext_pb2.TaskOutcome, 
     future.set_exception(TaskFailedError(task, message))
 
 
-_Submission = tuple["bytes | None", "Future[int]", "float | None"]
-"""One ``run()`` waiting for its CreateTasks batch: its input, the future of its id, its task timeout."""
+class TaskCreation:
+    """Whether the server created one task that ``run()`` submitted: its id, or the error that refused it.
+
+    Not a ``Future``: ``run()`` makes one per task, and a future costs a lock and a condition of its own
+    plus a callback; these share their submitter's condition (one batch answers many at once), and what
+    happens once the answer is known is the submitter's call to :meth:`Session._created`.
+    """
+
+    __slots__ = ("_cond", "_done", "_error", "_task_id")
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+        self._done = False
+        self._task_id = 0
+        self._error: BaseException | None = None
+
+    @classmethod
+    def known(cls, task_id: int) -> TaskCreation:
+        """A task created before ``run()`` returned (against a Flame server)."""
+        creation = cls(threading.Condition())
+        creation._task_id, creation._done = task_id, True
+        return creation
+
+    def _settle(self, task_id: int, error: BaseException | None) -> None:
+        """Record the answer (called with the condition held; the caller notifies)."""
+        self._task_id, self._error, self._done = task_id, error, True
+
+    def done(self) -> bool:
+        return self._done
+
+    def exception(self) -> BaseException | None:
+        """The error that refused the task (None if it was created); only once :meth:`done`."""
+        return self._error
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait at most ``timeout`` seconds for the answer; whether it came."""
+        if not self._done:
+            with self._cond:
+                return self._cond.wait_for(self.done, timeout)
+        return True
+
+    def task_id(self, timeout: float | None) -> int:
+        """The task's id, waiting at most ``timeout`` seconds (``FutureTimeout`` then); raises the refusal."""
+        if not self.wait(timeout):
+            raise FutureTimeout()
+        if self._error is not None:
+            raise self._error
+        return self._task_id
+
+
+_Submission = tuple["bytes | None", TaskCreation, "TaskFuture", "float | None"]
+"""One ``run()`` waiting for its CreateTasks batch: its input, its creation, its future, its task timeout."""
 
 
 def _no_task_timeout(connection: Connection) -> FlameError:
@@ -291,30 +348,35 @@ def _checked_task_timeout(task_timeout: float | None) -> float | None:
 class TaskSubmitter:
     """Coalesces one session's submissions into ``CreateTasks`` batches (see the module's docstring).
 
-    ``submit`` returns a future of the task's id at once. A submission made while nothing is in flight
-    is sent at once (no added latency); those made while a batch is in flight wait for its answer and
-    go together in the next one, in order.
+    ``submit`` returns the task's :class:`TaskCreation` at once. A submission made while nothing is in
+    flight is sent at once (no added latency); those made while a batch is in flight wait for its answer
+    and go together in the next one, in order. Once a batch is answered, each of its futures is handed on
+    (:meth:`Session._created`) by the thread that received the answer.
     """
 
     def __init__(self, session: Session, watches: TaskWatches) -> None:
         self.session = session
         self._watches = watches
         self._lock = threading.Lock()
+        self._answered_cond = threading.Condition(self._lock)
+        """Notified when a batch's creations are settled (their waiters: ``TaskFuture.task_id``, flush)."""
         self._queue: list[_Submission] = []
         self._in_flight = False
-        self._last: Future[int] | None = None
+        self._last: TaskCreation | None = None
 
-    def submit(self, data: bytes | None, task_timeout: float | None = None) -> Future[int]:
-        future: Future[int] = Future()
+    def submit(self, data: bytes | None, future: TaskFuture, task_timeout: float | None = None) -> TaskCreation:
+        """Queue ``future``'s task; its creation (given to ``future`` by the caller before it is shared)."""
+        creation = TaskCreation(self._answered_cond)
+        future.attach(creation)
         with self._lock:
-            self._queue.append((data, future, task_timeout))
-            self._last = future
+            self._queue.append((data, creation, future, task_timeout))
+            self._last = creation
             if self._in_flight:
-                return future
+                return creation
             self._in_flight = True
             batch = self._take()
         self._send(batch)
-        return future
+        return creation
 
     def idle(self) -> bool:
         with self._lock:
@@ -325,13 +387,12 @@ class TaskSubmitter:
         with self._lock:
             last = self._last
         if last is not None:
-            with contextlib.suppress(FutureTimeout):
-                last.exception(timeout=timeout)
+            last.wait(timeout)
 
     def _take(self) -> list[_Submission]:
         """The next batch from the queue (called with the lock held)."""
         size = count = 0
-        for data, _future, _timeout in self._queue:
+        for data, _creation, _future, _timeout in self._queue:
             size += len(data) if data is not None else 0
             count += 1
             if count >= BATCH_MAX_TASKS or size >= BATCH_MAX_BYTES:
@@ -340,17 +401,27 @@ class TaskSubmitter:
         return batch
 
     def _send(self, batch: list[_Submission]) -> None:
-        timeouts = [timeout for _data, _future, timeout in batch]
+        timeouts = [submission[3] for submission in batch]
         try:
             sent = self.session.connection.create_tasks_async(
                 self.session.id,
-                [data for data, _future, _timeout in batch],
+                [submission[0] for submission in batch],
                 timeouts if any(t is not None for t in timeouts) else None,
             )
         except FlameError as exc:
             sent = Future()
             sent.set_exception(exc)
         sent.add_done_callback(lambda done: self._answered(batch, done))
+
+    def _settle(self, batch: list[_Submission], first_id: int, error: BaseException | None) -> None:
+        """Record the batch's answer, wake its waiters, then hand each future on (outside the lock)."""
+        with self._lock:
+            for offset, (_data, creation, _future, _timeout) in enumerate(batch):
+                creation._settle(first_id + offset, error)
+            self._answered_cond.notify_all()
+        session = self.session
+        for _data, creation, future, _timeout in batch:
+            session._created(creation, future)
 
     def _answered(self, batch: list[_Submission], done: Future[ext_pb2.CreateTasksResponse]) -> None:
         error = done.exception()
@@ -359,12 +430,9 @@ class TaskSubmitter:
             self.session.connection.has_batches = False
             self._watches.pool().submit(self._create_one_by_one, batch)
         elif error is not None:
-            for _data, future, _timeout in batch:
-                future.set_exception(error)
+            self._settle(batch, 0, error)
         else:
-            reply = done.result()
-            for offset, (_data, future, _timeout) in enumerate(batch):
-                future.set_result(reply.first_task_id + offset)
+            self._settle(batch, done.result().first_task_id, None)
         with self._lock:
             if not self._queue:
                 self._in_flight = False
@@ -373,14 +441,15 @@ class TaskSubmitter:
         self._send(following)
 
     def _create_one_by_one(self, batch: list[_Submission]) -> None:
-        for data, future, timeout in batch:
-            if timeout is not None:
-                future.set_exception(_no_task_timeout(self.session.connection))
-                continue
+        for submission in batch:
+            data, timeout = submission[0], submission[3]
             try:
-                future.set_result(int(self.session.connection.create_task(self.session.id, data).metadata.id))
+                if timeout is not None:
+                    raise _no_task_timeout(self.session.connection)
+                task_id, error = int(self.session.connection.create_task(self.session.id, data).metadata.id), None
             except BaseException as exc:
-                future.set_exception(exc)
+                task_id, error = 0, exc
+            self._settle([submission], task_id, error)
 
 
 class SessionWatcher:
@@ -543,8 +612,10 @@ class TaskWatches:
         """Why ``session_id`` takes no tasks, when this connection knows it; else None."""
         return self._refused.get(session_id)
 
-    def submit(self, session: Session, data: bytes | None, task_timeout: float | None = None) -> Future[int]:
-        """Queue a task for creation in the session's next CreateTasks batch; a future of its id."""
+    def submit(
+        self, session: Session, data: bytes | None, future: TaskFuture, task_timeout: float | None = None
+    ) -> TaskCreation:
+        """Queue ``future``'s task for creation in the session's next CreateTasks batch; its creation."""
         with self._lock:
             submitter = self._submitters.get(session.id)
             if submitter is None:
@@ -554,7 +625,7 @@ class TaskWatches:
                 # keeps only the live ones.
                 for sid in [sid for sid, s in self._submitters.items() if sid != session.id and s.idle()]:
                     del self._submitters[sid]
-        return submitter.submit(data, task_timeout)
+        return submitter.submit(data, future, task_timeout)
 
     def flush(self, session_id: str) -> None:
         """Wait until the submissions made so far in ``session_id`` are answered."""
@@ -690,27 +761,25 @@ class Session:
         task_timeout = _checked_task_timeout(task_timeout)
         connection = self.connection
         if connection.has_extensions is not False and connection.has_batches is not False:
-            created = connection.watches.submit(self, data, task_timeout)
-            future = TaskFuture(self, created)
-            created.add_done_callback(lambda done: self._created(done, future))
+            future = TaskFuture(self, None)
+            connection.watches.submit(self, data, future, task_timeout)
             return future
         if task_timeout is not None:
             raise _no_task_timeout(connection)
         task = self.create_task(data)
-        known: Future[int] = Future()
-        known.set_result(int(task.id))
-        future = TaskFuture(self, known)
+        future = TaskFuture(self, TaskCreation.known(int(task.id)))
         connection.watches.pool().submit(_await_into, self, int(task.id), future)
         return future
 
-    def _created(self, created: Future[int], future: Future[bytes | None]) -> None:
+    def _created(self, created: TaskCreation, future: Future[bytes | None]) -> None:
+        """The answer to the creation of ``future``'s task: the future fails with a refusal, or is watched."""
         error = created.exception()
         if error is not None:
             if isinstance(error, FlameError) and error.code in (FlameErrorCode.INVALID_STATE, FlameErrorCode.NOT_FOUND):
                 self.connection.watches.refuse(self.id, error)
             future.set_exception(error)
             return
-        tid = created.result()
+        tid = created.task_id(0)
         if not self.connection.watches.add(self, tid, future):
             self.connection.watches.pool().submit(_await_into, self, tid, future)
 

@@ -80,6 +80,7 @@ class PayloadFiles:
 
     def __init__(self, directory: Path, *, sync: bool, threshold: int = FILE_PAYLOAD_BYTES) -> None:
         self.directory = directory
+        self._prefix_text = os.path.join(str(directory), "")
         self.sync = sync
         """fsync each file and its directory entry before its row is queued (``strict`` durability)."""
         self.threshold = threshold
@@ -96,6 +97,10 @@ class PayloadFiles:
 
     def path(self, name: str) -> Path:
         return self.directory / name
+
+    def path_text(self, name: str) -> str:
+        """``str(path(name))`` without building a ``Path``: every task sent to an instance names one."""
+        return self._prefix_text + name
 
     # -- writing ---------------------------------------------------------------------------------------
 

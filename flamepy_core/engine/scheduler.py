@@ -1246,8 +1246,8 @@ class Scheduler:
             return task_context(str(tid), sid, task_input), None
         files = self.engine.store.payloads
         output_name = files.reserve(for_instance=True)
-        given = None if input_file is None else (str(files.path(input_file.name)), input_file.size)
-        output = (str(files.path(output_name)), files.threshold, self.settings.max_message_size, files.sync)
+        given = None if input_file is None else (files.path_text(input_file.name), input_file.size)
+        output = (files.path_text(output_name), files.threshold, self.settings.max_message_size, files.sync)
         return task_context(str(tid), sid, task_input, input_file=given, output_file=output), output_name
 
     def _task_outcome(

@@ -16,7 +16,7 @@ import pytest
 from flamepy_transports.inmem.transport import InMemoryTransport
 
 from flamepy_core.client.connection import Connection
-from flamepy_core.client.session import TaskFailedError
+from flamepy_core.client.session import TaskFailedError, TaskFuture
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.frontend import ext_handlers, frontend_handlers
 from flamepy_core.engine.state import Engine
@@ -107,6 +107,58 @@ def test_pending_futures_settle_when_the_session_closes(setup: tuple[Connection,
     for future in futures:
         error = future.exception(timeout=10)
         assert isinstance(error, FlameError) and "cancelled" in error.message
+
+
+def test_runs_from_many_threads_get_distinct_ids_and_their_own_results(setup: tuple[Connection, Engine, bool]) -> None:
+    """Submissions from several threads go out in shared batches: each future still learns its own
+    task's id (``task_id``) and gets its own task's output."""
+    conn, engine, _ = setup
+    session = conn.create_session(SessionAttributes("app", id="m1"))
+    worker = FakeInstance(engine, "m1")
+    worker.start()
+    futures: dict[bytes, TaskFuture] = {}
+    lock = threading.Lock()
+
+    def submit(thread: int) -> None:
+        for i in range(40):
+            data = f"{thread}-{i}".encode()
+            future = session.run(data)
+            with lock:
+                futures[data] = future
+
+    try:
+        threads = [threading.Thread(target=submit, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        _done, not_done = wait(list(futures.values()), timeout=30)
+        assert not not_done
+        ids = {data: int(future.task_id) for data, future in futures.items()}
+        assert sorted(ids.values()) == list(range(1, 161))
+        for data, future in futures.items():
+            assert future.result() == data[::-1]
+            task = engine.get_task("m1", str(ids[data]))
+            assert task.spec.input == data
+    finally:
+        worker.stop.set()
+
+
+def test_a_refused_submission_fails_its_future_and_its_task_id(setup: tuple[Connection, Engine, bool]) -> None:
+    """A session closed behind this client's back: the batch is refused, the future holds the refusal, and
+    asking the future for its task's id raises it too (it was never created)."""
+    conn, engine, _ = setup
+    conn.create_session(SessionAttributes("app", id="r1"))
+    session = conn.open_session("r1")
+    engine.close_session("r1")
+    future = session.run(b"x")
+    error = future.exception(timeout=10)
+    assert isinstance(error, FlameError) and error.code == FlameErrorCode.INVALID_STATE
+    with pytest.raises(FlameError) as info:
+        _ = future.task_id
+    assert info.value is error
+    with pytest.raises(FlameError):
+        session.run(b"y")  # the connection remembers the refusal: raised at once
 
 
 def test_refusals_reported_in_band_are_raised(tmp_path: Path) -> None:

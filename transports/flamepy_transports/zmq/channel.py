@@ -155,6 +155,8 @@ class _Core:
         self._completions: list[tuple[Callable[[Any], None], Any]] = []
         self.late_replies = 0
         self.socket_resets = 0
+        self._io_ident: int | None = None
+        """The I/O thread's ident, once it runs: calls it makes itself need no wake-up."""
         self._thread = threading.Thread(target=self._run, name=f"flamepy-zmq-channel[{self._endpoint}]", daemon=True)
         self._thread.start()
 
@@ -174,7 +176,10 @@ class _Core:
                 raise unavailable(self._endpoint, "the channel is closed")
             self._pending[call.corr] = call
         self._outbox.append((call, frames))
-        self._waker.signal()
+        if threading.get_ident() != self._io_ident:
+            self._waker.signal()
+        # else: a completion running on the I/O thread (a stream's next request made from its last
+        # item's callback): the thread sends it right after its completions, without waking itself.
 
     def direct_unary(self, method: str, request: bytes, timeout: float | None) -> bytes | None:
         """The call made on the socket by the calling thread itself, or None when that cannot be now.
@@ -338,7 +343,7 @@ class _Core:
             monitor = self._monitor
             if sock is None or monitor is None or self._closing or not self._connected or self._busy():
                 return False
-            sock.get(zmq.EVENTS)  # lets libzmq act on what happened to the connection since it was last used
+            readable(sock)  # lets libzmq act on what happened to the connection since it was last used
             if readable(monitor.socket):
                 return False  # news the I/O thread has not read (a lost connection?): it goes first
             with self._lock:
@@ -507,6 +512,7 @@ class _Core:
         self._open()
 
     def _run(self) -> None:
+        self._io_ident = threading.get_ident()
         try:
             self._open()
             while not self._stop:
@@ -610,6 +616,10 @@ class _Core:
             if self._unsent and not self._connected:
                 self._expire_unconnected()
         self._complete()
+        while self._outbox and not self._stop:
+            # Calls the completions made on this thread (see _submit): sent now, not after a wake-up.
+            self._flush()
+            self._complete()
 
     def _complete(self) -> None:
         # Hand replies to their callers last, right before blocking in poll: a woken caller needs the
