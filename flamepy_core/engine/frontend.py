@@ -288,21 +288,42 @@ def cache_handlers(cache: ObjectCache) -> dict[str, Handler]:
     return {method.path: _unary(method, unary[name]) for name, method in OBJECT_CACHE.items()}
 
 
-def outcome(task: pb.Task) -> ext_pb2.TaskOutcome:
-    """A completed task as its caller reads it: id, state, output, and why it failed (if it did), or
-    that its output was purged after the retention (read back from the store late)."""
-    result = ext_pb2.TaskOutcome(task_id=int(task.metadata.id), state=task.status.state)
+def _fill_outcome(result: ext_pb2.TaskOutcome, task: pb.Task) -> int:
+    """``task`` as its caller reads it, written into ``result``: id, state, output, and why it failed (if it
+    did), or that its output was purged after the retention (read back from the store late). Returns about
+    how many bytes it adds to a message (its output's and its message's)."""
+    status = task.status
+    state = status.state
+    result.task_id = int(task.metadata.id)
+    result.state = state
+    size = 16
     if task.spec.HasField("output"):
-        result.output = task.spec.output
-    events = task.status.events
+        output = task.spec.output
+        result.output = output
+        size += len(output)
+    events = status.events
+    if not events:
+        return size
+    last = events[-1]
+    if last.code == state:  # the usual case: nothing came after the final state (no purge)
+        if state != pb.TaskState.Succeed and last.message:
+            result.message = last.message
+            size += len(result.message)
+        return size
     purge = next((e for e in reversed(events) if e.code == EVENT_PAYLOADS_PURGED), None)
     result.purged = purge is not None
-    if task.status.state == pb.TaskState.Succeed:
+    if state == pb.TaskState.Succeed:
         if purge is not None:
             result.message = purge.message
-    elif events:  # the event of its final state (a purge may have come after it)
-        state = int(task.status.state)
-        result.message = next((e.message for e in reversed(events) if e.code == state), events[-1].message)
+    else:  # the event of its final state (a purge may have come after it)
+        result.message = next((e.message for e in reversed(events) if e.code == state), last.message)
+    return size + len(result.message)
+
+
+def outcome(task: pb.Task) -> ext_pb2.TaskOutcome:
+    """A completed task as its caller reads it (see :func:`_fill_outcome`)."""
+    result = ext_pb2.TaskOutcome()
+    _fill_outcome(result, task)
     return result
 
 
@@ -312,18 +333,18 @@ is split rather than refused as too large."""
 
 
 def outcome_messages(tasks: list[pb.Task]) -> Iterator[bytes]:
-    """``tasks`` as ``TaskOutcomes`` messages of at most about ``OUTCOMES_MESSAGE_BYTES`` each."""
+    """``tasks`` as ``TaskOutcomes`` messages of at most about ``OUTCOMES_MESSAGE_BYTES`` each.
+
+    Each outcome is written in place in its message (no copy of its output); a task whose output would
+    take the message past the limit starts the next one, so a message is over it only by one output."""
     batch = ext_pb2.TaskOutcomes()
     size = 0
     for task in tasks:
-        item = outcome(task)
-        item_size = item.ByteSize()
-        if batch.tasks and size + item_size > OUTCOMES_MESSAGE_BYTES:
+        if batch.tasks and size + len(task.spec.output) > OUTCOMES_MESSAGE_BYTES:
             yield batch.SerializeToString()
             batch = ext_pb2.TaskOutcomes()
             size = 0
-        batch.tasks.append(item)
-        size += item_size
+        size += _fill_outcome(batch.tasks.add(), task)
     if batch.tasks:
         yield batch.SerializeToString()
 

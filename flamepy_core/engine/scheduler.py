@@ -93,7 +93,7 @@ generic process starts (then put off like a spare while a session waits for a pr
 SPARE_DELAY = 0.1
 """Seconds after a session's process left before its replacement spare starts, and between checks while
 a session waits for a process of its own to start (spares give way to it)."""
-BATCH_MAX = 32
+BATCH_MAX = 64
 """Tasks in flight to one instance at most when they go in batches (``RunTasks``); a new batch tops
 them up once half have answered."""
 BATCH_BYTES = 1 << 20

@@ -423,14 +423,15 @@ class _Engine:
             while True:
                 with lock:
                     sock = self._sock
-                    if sock is None:  # closed: the caller is stopping
-                        return True
+                    if sock is None:  # closed (stopped, or its I/O thread failed): wait as before, not here
+                        return False
                     if not self._lent:
                         self._lent = True
                         self._waker.signal()  # the I/O thread stops watching the socket
                     self._io_awake = True
+                    sends = self._sends
                     try:
-                        self._receive(sock)
+                        drained = self._receive(sock)
                         started = bool(self._admitted)
                         if started:
                             self._start_admitted()
@@ -440,7 +441,9 @@ class _Engine:
                             self._waker.signal()  # the I/O thread retries what did not fit
                     finally:
                         self._io_awake = False
-                    again = bool(self._outbox) or readable(sock)
+                    # Another look only when the socket was used since the last one found it empty (as the I/O
+                    # thread's ``quiet``): each is a system call.
+                    again = bool(self._outbox) or ((not drained or self._sends != sends) and readable(sock))
                 if started:
                     self._host_worked = True
                     return True
