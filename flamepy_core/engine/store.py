@@ -95,8 +95,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     session_id TEXT NOT NULL,
     id INTEGER NOT NULL,
     state INTEGER NOT NULL,
-    input BLOB,                             -- payloads of stores written before task_payloads
-    output BLOB,                            -- (now NULL: see task_payloads)
+    input BLOB,                             -- a payload of at most INLINE_PAYLOAD_BYTES (engine.state),
+    output BLOB,                            -- else NULL and in task_payloads
     status BLOB NOT NULL,                   -- flame.v1.TaskStatus (times, events)
     finished INTEGER,                       -- completion time (epoch ms) of a final task whose payloads are
                                             -- kept; NULL before it is final and once they are purged

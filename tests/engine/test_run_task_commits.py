@@ -47,12 +47,15 @@ def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
 
 
 def stored(engine: Engine, tid: int) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-    """The task's row (state) and its payload rows (kind, data), as committed."""
+    """The task's row (state) and its payloads (kind, data), as committed: in rows of their own, or in the
+    task's row when small (``INLINE_PAYLOAD_BYTES``)."""
     rows = engine.store.query("SELECT state FROM tasks WHERE session_id = 's1' AND id = ?", tid)
-    payloads = engine.store.query(
-        "SELECT kind, data FROM task_payloads WHERE session_id = 's1' AND id = ? ORDER BY kind", tid
-    )
-    return rows, payloads
+    payloads = engine.store.query("SELECT kind, data FROM task_payloads WHERE session_id = 's1' AND id = ?", tid)
+    for inline_input, inline_output in engine.store.query(
+        "SELECT input, output FROM tasks WHERE session_id = 's1' AND id = ?", tid
+    ):
+        payloads += [(kind, data) for kind, data in ((0, inline_input), (1, inline_output)) if data is not None]
+    return rows, sorted(payloads)
 
 
 def fill_up(store: Store) -> None:

@@ -66,16 +66,18 @@ AGES = st.one_of(st.integers(0, HOUR_MS - 60_000), st.integers(HOUR_MS + 60_000,
 
 
 @settings(max_examples=25, deadline=None)
-@given(tasks=st.lists(st.tuples(OUTCOMES, AGES, st.booleans()), max_size=12))
-def test_exactly_the_finished_tasks_past_the_retention_are_purged(tasks: list[tuple[str, int, bool]]) -> None:
+@given(tasks=st.lists(st.tuples(OUTCOMES, AGES, st.sampled_from([0, 20, 300])), max_size=12))
+def test_exactly_the_finished_tasks_past_the_retention_are_purged(tasks: list[tuple[str, int, int]]) -> None:
+    """Inputs of 20 bytes are kept in the task's row, of 300 in rows of their own (``INLINE_PAYLOAD_BYTES``):
+    both are purged alike."""
     with tempfile.TemporaryDirectory(prefix="fr-") as folder:
         engine = _engine(Path(folder) / "flame.db")
         store = engine.store
         made = []
-        for i, (outcome, age_ms, has_input) in enumerate(tasks):
+        for i, (outcome, age_ms, input_size) in enumerate(tasks):
             sid = f"s{i}"  # a session each: a pending task stays pending
             engine.create_session(sid, pb.SessionSpec(application="app"))
-            _finish(engine, outcome, b"in" * 10 if has_input else None, sid)
+            _finish(engine, outcome, b"in" * (input_size // 2) if input_size else None, sid)
             if outcome in ("succeed", "failed", "cancelled"):
                 _age(store, "1", age_ms, sid)
             made.append((sid, outcome, age_ms))

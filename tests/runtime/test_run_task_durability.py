@@ -47,7 +47,7 @@ def test_every_reported_invoke_survives_a_kill_of_the_server(flame_env: FlameEnv
     db = sqlite3.connect(f"file:{flame_env.home / 'flame.db'}?mode=ro", uri=True)
     try:
         rows = db.execute(
-            "SELECT t.id, t.state, i.data, o.data FROM tasks t "
+            "SELECT t.id, t.state, COALESCE(i.data, t.input), COALESCE(o.data, t.output) FROM tasks t "
             "LEFT JOIN task_payloads i ON i.session_id = t.session_id AND i.id = t.id AND i.kind = 0 "
             "LEFT JOIN task_payloads o ON o.session_id = t.session_id AND o.id = t.id AND o.kind = 1 "
             "WHERE t.session_id = ? ORDER BY t.id",
