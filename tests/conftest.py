@@ -7,6 +7,7 @@ process behind.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,52 @@ FAST_SETTINGS = {
     "FLAME_HEARTBEAT_INTERVAL": "0.2",
     "FLAME_IDLE_EXIT": "300",
 }
+
+
+def start_service_as_runtime(
+    tmp_path: Path,
+    code: str,
+    endpoint: str,
+    transport_class: str,
+    *,
+    args: tuple[str, ...] = (),
+    env_extra: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """Start ``code`` as flamepy's runtime starts a service process, and return it once it is ready.
+
+    Written to ``tmp_path/service.py`` and run with ``args``; it gets the instance endpoint, the link's
+    transport (``transport_class``, ``module:Class``) and a readiness pipe, as the executor gives them, no
+    heartbeat, and ``env_extra``; ``unset`` (and ``FLAMEPY_INSTANCE_ENDPOINT``) are left out of its
+    environment. Waits at most 60 s for the ready byte; stderr is piped. The caller stops the process.
+    """
+    script = tmp_path / "service.py"
+    script.write_text(code)
+    ready_read, ready_write = os.pipe()
+    env = {
+        **os.environ,
+        "FLAME_HOME": str(tmp_path / "home"),
+        "FLAME_INSTANCE_ENDPOINT": endpoint,
+        "FLAMEPY_INSTANCE_TRANSPORTS": transport_class,
+        "FLAMEPY_READY_FD": str(ready_write),
+        "FLAMEPY_HEARTBEAT_INTERVAL": "0",
+        **(env_extra or {}),
+    }
+    for name in ("FLAMEPY_INSTANCE_ENDPOINT", *unset):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, str(script), *args], env=env, pass_fds=(ready_write,), stderr=subprocess.PIPE
+    )
+    os.close(ready_write)
+    try:
+        readable, _, _ = select.select([ready_read], [], [], 60)
+        if not readable or os.read(ready_read, 1) != b"1":
+            process.kill()
+            _out, err = process.communicate(timeout=30)
+            raise AssertionError(f"the service did not signal readiness within 60 s: {err.decode(errors='replace')}")
+    finally:
+        os.close(ready_read)
+    return process
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
