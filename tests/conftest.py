@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,43 @@ FAST_SETTINGS = {
     "FLAME_HEARTBEAT_INTERVAL": "0.2",
     "FLAME_IDLE_EXIT": "300",
 }
+
+
+class RecordingResponder:
+    """A ``Responder`` for a handler a test calls directly: keeps the answers; a failure fails the test."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def send(self, response: bytes) -> bool:
+        self.items.append(response)
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        raise AssertionError(error)
+
+
+class RecordingWriter:
+    """A stream writer for a handler a test calls directly: keeps the items, the end and the error."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+
+    def send(self, response: bytes) -> bool:
+        assert not self.ended.is_set(), "an item after the stream ended"
+        self.items.append(response)
+        return True
+
+    def close(self) -> bool:
+        assert not self.ended.is_set(), "the stream ended twice"
+        self.ended.set()
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        self.error = error
+        return self.close()
 
 
 def start_service_as_runtime(

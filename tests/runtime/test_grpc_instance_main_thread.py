@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc._server
 import pytest
-from conftest import start_service_as_runtime
+from conftest import RecordingResponder, RecordingWriter, start_service_as_runtime
 from flamepy_transports.grpc.plugin import GrpcTransport
 
 from flamepy_core.contracts.transport import Channel, Server
@@ -151,36 +151,17 @@ def test_once_stopped_no_queued_callback_or_batch_task_starts() -> None:
     service = _Ran()
     serving = MainThreadServing(service)
     handlers = serving.handlers()
-    answered: list[bytes] = []
-
-    class _Responder:
-        def send(self, response: bytes) -> bool:
-            answered.append(response)
-            return True
-
-        def fail(self, error: BaseException) -> bool:
-            raise AssertionError(error)
-
-    class _Writer:
-        def send(self, response: bytes) -> bool:
-            answered.append(response)
-            return True
-
-        def close(self) -> bool:
-            return True
-
-        def fail(self, error: BaseException) -> bool:
-            raise AssertionError(error)
+    responder, writer = RecordingResponder(), RecordingWriter()
 
     context = SimpleCallContext(ON_TASK_INVOKE, 10.0)
-    handlers[ON_TASK_INVOKE].fn(task_context("1", "s", b""), context, _Responder())
-    handlers[RUN_TASKS].fn(task_batch([task_context("2", "s", b"")]), context, _Writer())
+    handlers[ON_TASK_INVOKE].fn(task_context("1", "s", b""), context, responder)
+    handlers[RUN_TASKS].fn(task_batch([task_context("2", "s", b"")]), context, writer)
     serving.stop()  # what a signal handler does, with both queued ahead of it
     thread = threading.Thread(target=serving.serve, daemon=True)
     thread.start()
     thread.join(10)
     assert not thread.is_alive(), "the loop did not stop"
-    assert service.ran == [] and answered == []
+    assert service.ran == [] and responder.items == [] and writer.items == []
 
 
 # -- a real service process ----------------------------------------------------------------------------------
