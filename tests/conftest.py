@@ -7,11 +7,13 @@ process behind.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +38,89 @@ FAST_SETTINGS = {
     "FLAME_HEARTBEAT_INTERVAL": "0.2",
     "FLAME_IDLE_EXIT": "300",
 }
+
+
+class RecordingResponder:
+    """A ``Responder`` for a handler a test calls directly: keeps the answers; a failure fails the test."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def send(self, response: bytes) -> bool:
+        self.items.append(response)
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        raise AssertionError(error)
+
+
+class RecordingWriter:
+    """A stream writer for a handler a test calls directly: keeps the items, the end and the error."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+
+    def send(self, response: bytes) -> bool:
+        assert not self.ended.is_set(), "an item after the stream ended"
+        self.items.append(response)
+        return True
+
+    def close(self) -> bool:
+        assert not self.ended.is_set(), "the stream ended twice"
+        self.ended.set()
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        self.error = error
+        return self.close()
+
+
+def start_service_as_runtime(
+    tmp_path: Path,
+    code: str,
+    endpoint: str,
+    transport_class: str,
+    *,
+    args: tuple[str, ...] = (),
+    env_extra: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """Start ``code`` as flamepy's runtime starts a service process, and return it once it is ready.
+
+    Written to ``tmp_path/service.py`` and run with ``args``; it gets the instance endpoint, the link's
+    transport (``transport_class``, ``module:Class``) and a readiness pipe, as the executor gives them, no
+    heartbeat, and ``env_extra``; ``unset`` (and ``FLAMEPY_INSTANCE_ENDPOINT``) are left out of its
+    environment. Waits at most 60 s for the ready byte; stderr is piped. The caller stops the process.
+    """
+    script = tmp_path / "service.py"
+    script.write_text(code)
+    ready_read, ready_write = os.pipe()
+    env = {
+        **os.environ,
+        "FLAME_HOME": str(tmp_path / "home"),
+        "FLAME_INSTANCE_ENDPOINT": endpoint,
+        "FLAMEPY_INSTANCE_TRANSPORTS": transport_class,
+        "FLAMEPY_READY_FD": str(ready_write),
+        "FLAMEPY_HEARTBEAT_INTERVAL": "0",
+        **(env_extra or {}),
+    }
+    for name in ("FLAMEPY_INSTANCE_ENDPOINT", *unset):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, str(script), *args], env=env, pass_fds=(ready_write,), stderr=subprocess.PIPE
+    )
+    os.close(ready_write)
+    try:
+        readable, _, _ = select.select([ready_read], [], [], 60)
+        if not readable or os.read(ready_read, 1) != b"1":
+            process.kill()
+            _out, err = process.communicate(timeout=30)
+            raise AssertionError(f"the service did not signal readiness within 60 s: {err.decode(errors='replace')}")
+    finally:
+        os.close(ready_read)
+    return process
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

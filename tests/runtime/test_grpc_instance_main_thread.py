@@ -18,11 +18,8 @@ Every wait has a deadline.
 
 from __future__ import annotations
 
-import os
-import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc._server
 import pytest
+from conftest import RecordingResponder, RecordingWriter, start_service_as_runtime
 from flamepy_transports.grpc.plugin import GrpcTransport
 
 from flamepy_core.contracts.transport import Channel, Server
@@ -153,36 +151,17 @@ def test_once_stopped_no_queued_callback_or_batch_task_starts() -> None:
     service = _Ran()
     serving = MainThreadServing(service)
     handlers = serving.handlers()
-    answered: list[bytes] = []
-
-    class _Responder:
-        def send(self, response: bytes) -> bool:
-            answered.append(response)
-            return True
-
-        def fail(self, error: BaseException) -> bool:
-            raise AssertionError(error)
-
-    class _Writer:
-        def send(self, response: bytes) -> bool:
-            answered.append(response)
-            return True
-
-        def close(self) -> bool:
-            return True
-
-        def fail(self, error: BaseException) -> bool:
-            raise AssertionError(error)
+    responder, writer = RecordingResponder(), RecordingWriter()
 
     context = SimpleCallContext(ON_TASK_INVOKE, 10.0)
-    handlers[ON_TASK_INVOKE].fn(task_context("1", "s", b""), context, _Responder())
-    handlers[RUN_TASKS].fn(task_batch([task_context("2", "s", b"")]), context, _Writer())
+    handlers[ON_TASK_INVOKE].fn(task_context("1", "s", b""), context, responder)
+    handlers[RUN_TASKS].fn(task_batch([task_context("2", "s", b"")]), context, writer)
     serving.stop()  # what a signal handler does, with both queued ahead of it
     thread = threading.Thread(target=serving.serve, daemon=True)
     thread.start()
     thread.join(10)
     assert not thread.is_alive(), "the loop did not stop"
-    assert service.ran == [] and answered == []
+    assert service.ran == [] and responder.items == [] and writer.items == []
 
 
 # -- a real service process ----------------------------------------------------------------------------------
@@ -220,28 +199,9 @@ class _Process:
     def __init__(self, tmp_path: Path) -> None:
         transport = GrpcTransport(default_timeout=30.0)
         endpoint = f"unix://{tmp_path}/instance.sock"
-        script = tmp_path / "service.py"
-        script.write_text(SERVICE)
-        ready_read, ready_write = os.pipe()
-        env = {
-            **os.environ,
-            "FLAME_HOME": str(tmp_path / "home"),
-            "FLAME_INSTANCE_ENDPOINT": endpoint,
-            "FLAMEPY_INSTANCE_TRANSPORTS": class_path(transport),
-            "FLAMEPY_READY_FD": str(ready_write),
-            "FLAMEPY_HEARTBEAT_INTERVAL": "0",
-        }
-        env.pop("FLAMEPY_INSTANCE_ENDPOINT", None)
-        self.process = subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path)], env=env, pass_fds=(ready_write,), stderr=subprocess.PIPE
+        self.process = start_service_as_runtime(
+            tmp_path, SERVICE, endpoint, class_path(transport), args=(str(tmp_path),)
         )
-        os.close(ready_write)
-        try:
-            readable, _, _ = select.select([ready_read], [], [], 60)
-            assert readable, "the service did not signal readiness within 60 s"
-            assert os.read(ready_read, 1) == b"1", "the readiness pipe closed without the byte: the service failed"
-        finally:
-            os.close(ready_read)
         self.channel: Any = transport.connect(endpoint)
 
     def stop(self) -> tuple[int, str]:

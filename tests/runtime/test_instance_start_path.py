@@ -13,16 +13,12 @@ A hint that is not a serializer class is refused with an error naming it.
 from __future__ import annotations
 
 import json
-import os
-import select
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import cloudpickle
 import pytest
-from conftest import FlameEnv
+from conftest import FlameEnv, start_service_as_runtime
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.executor import ENV_INSTANCE_SERIALIZER, class_path
@@ -103,27 +99,16 @@ def first_answer(tmp_path: Path, code: str, payload: bytes, env_extra: dict[str,
     registry = get_registry()
     endpoint = f"zmq+ipc://{tmp_path}/instance.ipc"
     transport = registry.transport(endpoint)
-    script = tmp_path / "service.py"
-    script.write_text(code)
-    ready_read, ready_write = os.pipe()
-    env = {
-        **os.environ,
-        "FLAME_HOME": str(tmp_path / "home"),
-        "FLAME_INSTANCE_ENDPOINT": endpoint,
-        "FLAMEPY_INSTANCE_TRANSPORTS": class_path(transport),
-        "FLAMEPY_READY_FD": str(ready_write),
-        "FLAMEPY_HEARTBEAT_INTERVAL": "0",
-        **(env_extra or {}),
-    }
-    for name in ("FLAMEPY_INSTANCE_ENDPOINT", "FLAME_MAX_MESSAGE_SIZE", "FLAME_SERIALIZER"):
-        env.pop(name, None)
-    process = subprocess.Popen([sys.executable, str(script)], env=env, pass_fds=(ready_write,), stderr=subprocess.PIPE)
-    os.close(ready_write)
+    process = start_service_as_runtime(
+        tmp_path,
+        code,
+        endpoint,
+        class_path(transport),
+        env_extra=env_extra,
+        unset=("FLAME_MAX_MESSAGE_SIZE", "FLAME_SERIALIZER"),
+    )
     channel = None
     try:
-        readable, _, _ = select.select([ready_read], [], [], 60)
-        assert readable, "the service did not signal readiness within 60 s"
-        assert os.read(ready_read, 1) == b"1", "the readiness pipe closed without the byte: the service failed"
         channel = transport.connect(endpoint)
         context = shim_pb2.SessionContext(session_id="s1")
         context.application.name = "start-path"
@@ -132,7 +117,6 @@ def first_answer(tmp_path: Path, code: str, payload: bytes, env_extra: dict[str,
     finally:
         if channel is not None:
             channel.close()
-        os.close(ready_read)
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=30)
         assert process.returncode == -signal.SIGTERM, err.decode(errors="replace")

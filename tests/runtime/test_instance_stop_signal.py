@@ -9,12 +9,11 @@ process serving forever; it must end by SIGTERM, as the server expects.
 
 from __future__ import annotations
 
-import os
-import select
 import signal
 import subprocess
-import sys
 from pathlib import Path
+
+from conftest import start_service_as_runtime
 
 from flamepy_core.engine.executor import class_path
 from flamepy_core.plugins import get_registry
@@ -45,23 +44,9 @@ if __name__ == "__main__":
 def test_sigterm_handed_to_another_thread_still_stops_the_service(tmp_path: Path) -> None:
     endpoint = f"zmq+ipc://{tmp_path}/instance.ipc"
     transport = get_registry().transport(endpoint)
-    script = tmp_path / "service.py"
-    script.write_text(SERVICE)
-    ready_read, ready_write = os.pipe()
-    env = {
-        **os.environ,
-        "FLAME_INSTANCE_ENDPOINT": endpoint,
-        "FLAMEPY_INSTANCE_TRANSPORTS": class_path(transport),
-        "FLAMEPY_READY_FD": str(ready_write),
-        "FLAMEPY_HEARTBEAT_INTERVAL": "0",
-    }
-    env.pop("FLAMEPY_INSTANCE_ENDPOINT", None)
-    process = subprocess.Popen([sys.executable, str(script)], env=env, pass_fds=(ready_write,), stderr=subprocess.PIPE)
-    os.close(ready_write)
+    process = start_service_as_runtime(tmp_path, SERVICE, endpoint, class_path(transport))
     channel = None
     try:
-        readable, _, _ = select.select([ready_read], [], [], 60)
-        assert readable and os.read(ready_read, 1) == b"1", "the service did not signal readiness"
         channel = transport.connect(endpoint)
         reply = pb.TaskResult.FromString(channel.unary(ON_TASK_INVOKE, task_context("1", "s1", b""), 30))
         assert reply.return_code == 0, reply.message
@@ -73,7 +58,6 @@ def test_sigterm_handed_to_another_thread_still_stops_the_service(tmp_path: Path
     finally:
         if channel is not None:
             channel.close()
-        os.close(ready_read)
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=30)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from conftest import FlameEnv, wait_for
+from conftest import FlameEnv, RecordingResponder, RecordingWriter, wait_for
 from test_instance_links import FLAME_STYLE_SERVICE
 
 from flamepy.service import Session
@@ -35,29 +35,6 @@ from flamepy_core.wire.payload_messages import (
 )
 
 # -- the serving loop, in-process -------------------------------------------------------------------------
-
-
-class _Writer:
-    """A stream writer that keeps what it was given."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-        self.ended = threading.Event()
-        self.error: BaseException | None = None
-
-    def send(self, response: bytes) -> bool:
-        assert not self.ended.is_set(), "an item after the stream ended"
-        self.items.append(response)
-        return True
-
-    def close(self) -> bool:
-        assert not self.ended.is_set(), "the stream ended twice"
-        self.ended.set()
-        return True
-
-    def fail(self, error: BaseException) -> bool:
-        self.error = error
-        return self.close()
 
 
 class _Recorder(FlameService):
@@ -98,7 +75,7 @@ def _serving(service: FlameService) -> tuple[MainThreadServing, threading.Thread
     return serving, thread
 
 
-def _outputs(writer: _Writer) -> list[bytes | None]:
+def _outputs(writer: RecordingWriter) -> list[bytes | None]:
     return [read_task_result(item)[1] for item in writer.items]
 
 
@@ -108,33 +85,25 @@ def test_an_instance_of_this_sdk_offers_batches_on_entering() -> None:
     assert isinstance(handlers[RUN_TASKS], DeferredStreamHandler)
     assert isinstance(handlers[WITHDRAW_TASKS], UnaryHandler)
     enter = handlers[ON_SESSION_ENTER]
-    answered: list[bytes] = []
-
-    class _Responder:
-        def send(self, response: bytes) -> bool:
-            answered.append(response)
-            return True
-
-        def fail(self, error: BaseException) -> bool:
-            raise AssertionError(error)
+    responder = RecordingResponder()
 
     thread = threading.Thread(target=serving.serve, daemon=True)
     thread.start()
     try:
         context: CallContext = _Ctx()
-        enter.fn(b"", context, _Responder())
-        wait_for(lambda: answered, 10, "the enter answer")
+        enter.fn(b"", context, responder)
+        wait_for(lambda: responder.items, 10, "the enter answer")
     finally:
         serving.stop()
         thread.join(10)
-    assert tasks_offered(answered[0])
+    assert tasks_offered(responder.items[0])
 
 
 def test_batches_run_in_order_one_at_a_time_and_each_stream_ends_after_its_last_result() -> None:
     service = _Recorder()
     serving, thread = _serving(service)
     run = serving.handlers()[RUN_TASKS]
-    first, second = _Writer(), _Writer()
+    first, second = RecordingWriter(), RecordingWriter()
     try:
         run.fn(_batch(range(0, 5)), _Ctx(), first)
         run.fn(_batch(range(5, 8)), _Ctx(), second)
@@ -152,7 +121,7 @@ def test_a_withdrawal_takes_back_every_task_not_started_and_the_running_one_stil
     service = _Recorder(block="2")
     serving, thread = _serving(service)
     handlers = serving.handlers()
-    first, second = _Writer(), _Writer()
+    first, second = RecordingWriter(), RecordingWriter()
     try:
         handlers[RUN_TASKS].fn(_batch(range(0, 5)), _Ctx(), first)
         handlers[RUN_TASKS].fn(_batch(range(5, 7)), _Ctx(), second)
