@@ -636,6 +636,9 @@ class Launcher:
         return GenericProcess(popen, executable, env, ready_read)
 
 
+HANDOVER_START_WAIT = 2.0
+"""Seconds an instance waits for a generic process that is being started (a fork and an exec, usually a
+few ms) before it starts a process of its own instead."""
 OWN_PROCESS_ENV = "FLAMEPY_OWN_PROCESS"
 """Set to anything but "" or "0" in an application's environment: its instances are never handed to the
 generic process (say, a script that puts another flamepy on ``sys.path`` before importing it)."""
@@ -711,6 +714,8 @@ class GenericSlot:
     def __init__(self, launcher: Launcher) -> None:
         self.launcher = launcher
         self._lock = threading.Lock()
+        self._started = threading.Condition(self._lock)
+        """Notified when a start ends (:meth:`fill`): an instance handed over meanwhile waits for it."""
         self._process: GenericProcess | None = None
         self._starting = False
         self._cancelled = False
@@ -752,6 +757,7 @@ class GenericSlot:
                 self._starting = False
                 if process is not None and not self._closed and not self._cancelled:
                     self._process, process = process, None
+                self._started.notify_all()
         if process is not None:  # dropped or closed meanwhile
             process.stop()
 
@@ -759,6 +765,9 @@ class GenericSlot:
         """Make the held generic process this instance, if there is one that is alive and the instance fits
         it: the process, its readiness pipe already set in ``env``; else None (start one as before)."""
         with self._lock:
+            # One being started (forked, not yet exec-ed and recorded): wait for it rather than start a
+            # process of our own beside it, which would leave it in the way under the cap.
+            self._started.wait_for(lambda: not self._starting, timeout=HANDOVER_START_WAIT)
             process = self._process
             if process is None:
                 return None
