@@ -1205,7 +1205,9 @@ class Engine:
             entry = self._entry(session_id)
             task = entry.tasks.get(tid)
             if task is not None:
-                watch = TaskWatch(feed, task, partial(self._add_input, entry))
+                input_file = entry.input_files.get(tid)  # (dropped from there when the task ends)
+                add_input = None if input_file is None else partial(self._add_input, entry.id, tid, input_file)
+                watch = TaskWatch(feed, task, add_input)
                 watch.busy = True
                 entry.task_watches.setdefault(tid, []).append(watch)
                 self._open_watches[watch] = entry
@@ -1449,20 +1451,17 @@ class Engine:
         what = f"the input of task {tid} of session {entry.id}"
         return self.store.payloads.read(input_file.name, input_file.size, what)
 
-    def _add_input(self, entry: SessionEntry, snapshot: pb.Task) -> None:
-        """Give a WatchTask snapshot its input when that lives in its file (called with the lock held).
+    def _add_input(self, session_id: str, tid: int, input_file: PayloadFile, snapshot: pb.Task) -> None:
+        """Give a WatchTask snapshot its input, which lives in ``input_file`` (called with the lock held):
+        every snapshot, the final one too, carries the input, as Flame's do.
 
         A file that cannot be read leaves the snapshot without it: the watch is about the task's state,
         and the task itself fails, saying why, when it is started."""
-        if snapshot.spec.HasField("input"):
-            return
+        what = f"the input of task {tid} of session {session_id}"
         try:
-            spilled = self._spilled_input(entry, int(snapshot.metadata.id))
+            snapshot.spec.input = self.store.payloads.read(input_file.name, input_file.size, what)
         except FlameError as exc:
             log.warning("%s", exc.message)
-            return
-        if spilled is not None:
-            snapshot.spec.input = spilled
 
     def _with_input(self, entry: SessionEntry, task: pb.Task) -> pb.Task:
         """A copy of ``task`` to hand out, with its input (read from its file when it lives there)."""
