@@ -224,12 +224,19 @@ def test_a_missing_or_short_file_is_an_error_naming_it(folder: Path, damage: str
     engine.store.close()
 
 
-def test_a_pending_task_whose_input_file_is_gone_fails_at_start_saying_why(folder: Path) -> None:
+def _two_waiting_tasks(folder: Path) -> tuple[Engine, str]:
+    """An engine whose session s has two pending tasks: 1, whose input is in a file (its name returned), and
+    2, whose input is not."""
     engine = open_engine(folder)
     _session(engine)
     engine.create_task("s", b"x" * 100)
     engine.create_task("s", b"kept")
     (name,) = files_in(folder)
+    return engine, name
+
+
+def test_a_pending_task_whose_input_file_is_gone_fails_at_start_saying_why(folder: Path) -> None:
+    engine, name = _two_waiting_tasks(folder)
     engine.store.close()
     (folder / "payloads" / name).unlink()
     engine = open_engine(folder)  # starts: the other task is still served
@@ -329,11 +336,7 @@ def test_a_large_input_waits_in_its_file_only_and_every_way_to_start_or_read_it_
 
 
 def test_a_waiting_input_whose_file_is_removed_fails_its_task_when_started_saying_why(folder: Path) -> None:
-    engine = open_engine(folder)
-    _session(engine)
-    engine.create_task("s", b"x" * 100)
-    engine.create_task("s", b"kept")
-    (name,) = files_in(folder)
+    engine, name = _two_waiting_tasks(folder)
     (folder / "payloads" / name).unlink()  # removed by hand while the server runs
     with pytest.raises(FlameError) as info:
         engine.get_task("s", "1")
