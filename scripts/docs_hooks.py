@@ -38,6 +38,7 @@ def capability_table() -> str:
         "deferred_replies",
         "deferred_streams",
         "async_calls",
+        "async_streams",
     )
     lines = [
         "| transport | schemes | largest message | " + " | ".join(f"`{f}`" for f in flags) + " |",

@@ -29,6 +29,7 @@ class Capability(str, Enum):
     DEFERRED_REPLIES = "deferred_replies"
     DEFERRED_STREAMS = "deferred_streams"
     ASYNC_CALLS = "async_calls"
+    ASYNC_STREAMS = "async_streams"
 
     def __str__(self) -> str:
         return self.value

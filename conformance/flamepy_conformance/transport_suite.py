@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
+from flamepy_conformance.async_stream_suite import AsyncStreamTests
 from flamepy_conformance.capabilities import Capability
 from flamepy_conformance.deferred_stream_suite import DeferredStreamTests
 from flamepy_conformance.deferred_suite import DeferredReplyTests
@@ -109,6 +110,7 @@ class TransportTests(
     ResourceTests,
     DeferredReplyTests,
     DeferredStreamTests,
+    AsyncStreamTests,
     TransportSuiteBase,
 ):
     """The transport conformance suite. Subclass it as ``Test...`` and set :attr:`transport_name`.

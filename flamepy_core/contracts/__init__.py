@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from flamepy_core.contracts.transport import (
         DEFAULT_TIMEOUT,
         AsyncChannel,
+        AsyncStreamChannel,
         CallContext,
         Channel,
         DeferredHandler,
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "PROJECT_NAME",
     "AsyncChannel",
+    "AsyncStreamChannel",
     "CallContext",
     "Channel",
     "DeferredHandler",
@@ -73,6 +75,7 @@ __all__ = [
 
 _WHERE: dict[str, str] = {
     "AsyncChannel": "flamepy_core.contracts.transport",
+    "AsyncStreamChannel": "flamepy_core.contracts.transport",
     "CallContext": "flamepy_core.contracts.transport",
     "Channel": "flamepy_core.contracts.transport",
     "DEFAULT_TIMEOUT": "flamepy_core.contracts.transport",

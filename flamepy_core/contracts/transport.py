@@ -18,11 +18,12 @@ The numbers behind these words - how long a method path or an error message must
 soon "promptly" is, how much a handler's view of the deadline may differ from its caller's, how long a
 stream may be - are in :mod:`flamepy_core.contracts.bounds`.
 
-Three optional parts let long calls hold no thread (see :class:`DeferredHandler`,
-:class:`DeferredStreamHandler` and :meth:`AsyncChannel.unary_async`). A transport that implements them
-natively declares ``deferred_replies`` / ``deferred_streams`` / ``async_calls`` in its capabilities; for
-one that does not, the core adapts (:func:`flamepy_core.kit.adapt_handlers`), so every transport carries
-every handler.
+Four optional parts let long calls hold no thread (see :class:`DeferredHandler`,
+:class:`DeferredStreamHandler`, :meth:`AsyncChannel.unary_async` and
+:meth:`AsyncStreamChannel.stream_async`). A transport that implements them natively declares
+``deferred_replies`` / ``deferred_streams`` / ``async_calls`` / ``async_streams`` in its capabilities; for
+one that does not, the core adapts (:func:`flamepy_core.kit.adapt_handlers`, :func:`flamepy_core.kit.unary_async`,
+:func:`flamepy_core.kit.stream_async`), so every transport carries every handler and every call.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, Union, runtime_checkable
+from typing import Any, Final, Optional, Protocol, Union, runtime_checkable
+
+from flamepy_core.contracts.errors import FlameError
 
 
 class _DefaultTimeout:
@@ -286,6 +289,10 @@ class TransportCapabilities:
     """``serve`` runs :class:`DeferredStreamHandler` natively: an open deferred stream holds no server thread."""
     async_calls: bool = False
     """Channels implement :meth:`AsyncChannel.unary_async` natively: a call in flight holds no thread."""
+    async_streams: bool = False
+    """Channels implement :meth:`AsyncStreamChannel.stream_async` natively: an open stream's responses reach
+    callbacks on the transport's own thread, and no thread waits on the stream. Without it, the kit's
+    :func:`~flamepy_core.kit.stream_async` gives each open stream a thread that reads it."""
     in_process: bool = False
     """Servers and channels of one transport object meet inside one process: the runtime can run its server
     inside a client (``FLAME_TRANSPORT`` = this transport) and instances in the server's process. Such a
@@ -316,6 +323,7 @@ class TransportCapabilities:
             "deferred_replies": self.deferred_replies,
             "deferred_streams": self.deferred_streams,
             "async_calls": self.async_calls,
+            "async_streams": self.async_streams,
             "in_process": self.in_process,
             "local_schemes": list(self.local_schemes),
             "bare_path_scheme": self.bare_path_scheme,
@@ -356,6 +364,36 @@ class AsyncChannel(Channel, Protocol):
 
         Callbacks added to the future run on the thread that completes it (often the channel's I/O
         thread): they must not block. Errors are the same as :meth:`Channel.unary`'s.
+        """
+        ...
+
+
+StreamItemFn = Callable[[bytes], None]
+StreamEndFn = Callable[[Optional[FlameError]], None]  # noqa: UP045 - a runtime alias that must work on 3.10
+
+
+@runtime_checkable
+class AsyncStreamChannel(Channel, Protocol):
+    """A channel that feeds a server stream's responses to callbacks as they arrive (``async_streams``)."""
+
+    def stream_async(
+        self,
+        method: str,
+        request: bytes,
+        on_item: StreamItemFn,
+        on_end: StreamEndFn,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        """Open a server stream and return at once.
+
+        ``on_item(response)`` runs for each response, in order; then ``on_end(None)`` when the stream
+        ended, or ``on_end(error)`` (a :class:`FlameError`, with the codes :meth:`Channel.stream` would
+        raise) when it failed, exactly once, after the last ``on_item``. An error found before sending (a
+        request too large, a closed channel) is given to ``on_end`` too, never raised. Both run on a
+        thread of the transport's (or on the caller's, for an error found at once): they must not block,
+        and what they raise is the caller's bug (logged; the stream is not retried). For a caller that
+        reads many streams at once and holds no thread per stream (the server's batches of tasks to its
+        instances).
         """
         ...
 

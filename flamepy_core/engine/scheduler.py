@@ -61,7 +61,7 @@ from flamepy_core.engine.state import (
     task_key,
 )
 from flamepy_core.engine.supervisor import Supervisor
-from flamepy_core.transport_kit import unary_async
+from flamepy_core.transport_kit import left_to_waiting_thread, stream_async, unary_async
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.payload_handoff import read_payload_file
 from flamepy_core.wire.payload_messages import (
@@ -114,6 +114,21 @@ def application_task_timeout(app: pb.Application) -> float | None:
         if env.name == ENV_TASK_TIMEOUT:
             return parse_task_timeout(env.value, f"application {app.metadata.name}, {ENV_TASK_TIMEOUT}")
     return None
+
+
+def may_send_batch(inst: Instance) -> bool:
+    """Whether the instance may be sent a batch now (see :meth:`Scheduler._dispatch`): it takes batches,
+    its tasks are short, nothing is being withdrawn, at most half of ``BATCH_MAX`` is in flight, and
+    nothing sent before may still be overtaken (a batch that has not answered, a task's ``OnTaskInvoke``
+    that its ``RunTask``'s thread will make later)."""
+    return (
+        inst.batches
+        and inst.short
+        and not inst.withdrawing
+        and len(inst.inflight) <= BATCH_MAX // 2
+        and not inst.unheard
+        and inst.lone not in inst.inflight
+    )
 
 
 class State(enum.Enum):
@@ -178,8 +193,13 @@ class Instance:
     handoff: bool = False
     """Its process takes large payloads as files (it said so entering its session: ``wire.payload_handoff``)."""
     batches: bool = False
-    """Its process takes tasks in batches (``RunTasks``: it said so entering its session, and its link
-    can feed a stream to a callback)."""
+    """Its process takes tasks in batches (``RunTasks``: it said so entering its session)."""
+    unheard: int = 0
+    """Batches sent to it that have not answered yet (no result, no end): one may still be on its way, and
+    another sent now could overtake it (see :meth:`Scheduler._dispatch`)."""
+    lone: int | None = None
+    """A task whose ``OnTaskInvoke`` was left for the thread that answers its ``RunTask`` to make, later:
+    no batch goes behind it until it has answered."""
     short: bool = False
     """Its last task took less than ``BATCH_SHORT``: tasks may be queued behind the one it runs."""
     withdrawing: bool = False
@@ -922,7 +942,7 @@ class Scheduler:
             return
         answer = future.result()
         return_code, message, inst.handoff = read_enter_result(answer)
-        inst.batches = tasks_offered(answer) and callable(getattr(process.channel, "stream_async", None))
+        inst.batches = tasks_offered(answer)
         if return_code != 0:
             self._stop(inst, deliberate=True)
             self._bind_failed(session_id, inst.app, f"on_session_enter raised: {message}")
@@ -1091,12 +1111,20 @@ class Scheduler:
         service, Runner inside Runner), and would never start; it would also wait while another instance
         may be idle. So a batch holds at most the instance's share of the queue, and what is queued behind
         a task that runs past ``BATCH_HOLD`` is withdrawn (see :meth:`on_tick`).
+
+        The instance must get its calls in the order they were sent. A batch sent behind another that has
+        not answered yet could overtake it: on a transport whose server hands each call to a thread of a
+        pool (gRPC's), two batches' requests are read by two threads, in either order. So a batch goes only
+        once every earlier batch has answered once (a result, or its end: its tasks are then queued there),
+        and never behind an ``OnTaskInvoke`` that the thread answering ``RunTask`` will make later
+        (``left_to_waiting_thread``). Calls already sent arrive in order on every transport: the instance's
+        server queues a call's work (or grpcio's routine for it) as the call arrives.
         """
         sid = inst.session_id
         process = inst.process
         if sid is None or process is None or self._closed or inst.state == State.STOPPING:
             return
-        if inst.batches and inst.short and not inst.withdrawing and len(inst.inflight) <= BATCH_MAX // 2:
+        if may_send_batch(inst):
             # An idle instance gets a batch only for two tasks or more: a lone task (a warm invoke) goes
             # as OnTaskInvoke, and nothing is sent behind it here (its call may still be waiting to be made
             # by the thread that answers it, ``answers`` below, and must reach the instance first).
@@ -1121,6 +1149,7 @@ class Scheduler:
             # A task may run for hours: no deadline here. A dead process breaks the link at once.
             prepare = partial(self._task_outcome, sid, tid, output_name)
             key = task_key(sid, tid)
+            inst.lone = tid if left_to_waiting_thread(key) else None
             self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare, answers=key)
         if inst.inflight:
             inst.state = State.BUSY
@@ -1140,6 +1169,8 @@ class Scheduler:
             self._new_head(inst, now)  # its first task starts now
         contexts: list[bytes] = []
         expected: deque[tuple[int, str | None]] = deque()
+        inst.unheard += 1
+        heard = False
         for tid, task_input, input_file in batch:
             inst.inflight[tid] = now
             ctx, output_name = self._task_context(inst, sid, tid, task_input, input_file)
@@ -1147,6 +1178,10 @@ class Scheduler:
             expected.append((tid, output_name))
 
         def on_item(payload: bytes) -> None:
+            nonlocal heard
+            if not heard:
+                heard = True
+                self.post(self._on_batch_heard, inst)
             if not expected:  # more results than tasks: a bug of the instance's; its tasks were answered
                 log.warning(
                     "instance %s of session %s answered more results than its batch of %d tasks had: the extra "
@@ -1160,6 +1195,10 @@ class Scheduler:
             self.post(self._on_task_done, inst, sid, tid, self._task_outcome(sid, tid, output_name, payload))
 
         def on_end(error: FlameError | None) -> None:
+            nonlocal heard
+            if not heard:
+                heard = True
+                self.post(self._on_batch_heard, inst)
             left = list(expected)
             expected.clear()
             files = self.engine.store.payloads
@@ -1170,7 +1209,11 @@ class Scheduler:
                 self.post(self._on_batch_failed, inst, sid, [tid for tid, _name in left], error)
             # Ended with tasks left and no error: they were withdrawn (``_on_withdrawn`` has them).
 
-        process.channel.stream_async(RUN_TASKS, task_batch(contexts), on_item, on_end, None)  # type: ignore[attr-defined]
+        stream_async(process.channel, RUN_TASKS, task_batch(contexts), on_item, on_end, None)
+
+    def _on_batch_heard(self, inst: Instance) -> None:
+        """A batch answered for the first time: its tasks are queued on the instance, another may follow."""
+        inst.unheard -= 1
 
     def _on_batch_failed(self, inst: Instance, sid: str, tids: list[int], error: FlameError) -> None:
         """A batch's stream failed before all its tasks answered. A broken link is a lost instance (its
@@ -1296,6 +1339,8 @@ class Scheduler:
                 files.release(output_name, written=written)
 
     def _on_task_done(self, inst: Instance, session_id: str, tid: int, outcome: _Outcome) -> None:
+        if tid == inst.lone:
+            inst.lone = None
         if tid not in inst.inflight or self._closed:
             # Settled elsewhere (it timed out, its instance was lost), or the server is stopping: its file
             # is not kept.

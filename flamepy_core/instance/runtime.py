@@ -335,10 +335,10 @@ class MainThreadServing(Executor):
         if not batch.tasks:
             writer.close()
             return
-        with self._lock:
+        with self._lock:  # queued whole: a batch read by another thread at once cannot cut into this one
             self._open.append(batch)
-        for index in range(batch.end):
-            self._queue.put((batch, index))
+            for index in range(batch.end):
+                self._queue.put((batch, index))
 
     def _withdraw(self, _data: bytes, _ctx: CallContext) -> bytes:
         taken: list[bytes] = []

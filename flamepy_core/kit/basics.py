@@ -2,8 +2,8 @@
 
 Public for transport authors (through :mod:`flamepy.plugin`): deadline arithmetic, the size check with
 an error that names both sizes, the mapping of a handler's exception to the error the caller sees, a
-ready-made :class:`CallContext`, and adapters that give deferred replies and asynchronous calls to a
-transport that does not implement them natively.
+ready-made :class:`CallContext`, and adapters that give deferred replies, asynchronous calls and streams
+read by callbacks to a transport that does not implement them natively.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from flamepy_core.contracts.transport import (
     DeferredHandler,
     DeferredStreamHandler,
     Handler,
+    StreamEndFn,
     StreamHandler,
+    StreamItemFn,
     Timeout,
     TransportCapabilities,
     UnaryHandler,
@@ -204,6 +206,18 @@ def answering(key: Hashable) -> Iterator[None]:
         yield
     finally:
         scope.key = outer
+
+
+def left_to_waiting_thread(key: Hashable) -> bool:
+    """Whether a :func:`unary_async` made now with ``answers=key`` would be left for this thread to make once
+    its deferred handler returns (see :func:`answering`), rather than sent now.
+
+    Such a call reaches its server only later, after anything sent meanwhile on the same channel by other
+    threads: a caller that sends calls which must arrive after it (tasks queued behind it on one
+    instance) waits for its answer first.
+    """
+    scope = _waiting.scope
+    return scope is not None and scope.key == key
 
 
 def _run_on_waiting_thread(calls: list[_Deferred], reply: Future[bytes]) -> None:
@@ -460,6 +474,58 @@ def unary_async(
     if native is not None:
         return native(method, request, timeout)  # type: ignore[no-any-return]
     return _fallback_pool().submit(channel.unary, method, request, timeout)
+
+
+def stream_async(
+    channel: Channel,
+    method: str,
+    request: bytes,
+    on_item: StreamItemFn,
+    on_end: StreamEndFn,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> None:
+    """``channel.stream_async`` when the channel has it; otherwise a thread that reads ``channel.stream``.
+
+    Either way ``on_item`` gets each response in order, then ``on_end`` gets None or the
+    :class:`FlameError` that ended the stream, exactly once (see
+    :meth:`~flamepy_core.contracts.transport.AsyncStreamChannel.stream_async`). The fallback costs one
+    thread per open stream, for as long as it is open: a thread of its own rather than one of a bounded
+    pool, since a stream may stay open for as long as its server takes (a batch of tasks whose first runs
+    for hours) and streams queued behind it must not wait for it.
+    """
+    native = getattr(channel, "stream_async", None)
+    if native is not None:
+        native(method, request, on_item, on_end, timeout)
+        return
+    thread = threading.Thread(
+        target=_read_stream,
+        args=(channel, method, request, on_item, on_end, timeout),
+        name="flamepy-stream-reader",
+        daemon=True,
+    )
+    thread.start()
+
+
+def _read_stream(
+    channel: Channel, method: str, request: bytes, on_item: StreamItemFn, on_end: StreamEndFn, timeout: Timeout
+) -> None:
+    """Read one stream to its end on this thread, handing each response and then its end to the callbacks."""
+    error: FlameError | None = None
+    try:
+        responses = channel.stream(method, request, timeout)
+        try:
+            for response in responses:
+                on_item(response)
+        finally:
+            close = getattr(responses, "close", None)
+            if close is not None:
+                close()  # a callback that raised leaves the stream unread: cancel it, not leave it open
+    except FlameError as exc:
+        error = exc
+    except Exception as exc:  # a callback's bug (or the transport's): the stream ends with it, said once
+        logging.getLogger(__name__).exception("reading the stream of %s failed", method)
+        error = error_from_handler(method, exc)
+    on_end(error)
 
 
 class Deadlines:

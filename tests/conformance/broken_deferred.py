@@ -10,23 +10,36 @@ Each declares ``deferred_streams`` and serves the in-memory transport's streams 
   caller closed the stream or its deadline passed;
 * ``broken-endtwice`` - its writer's ``close`` and ``fail`` always say True, so a producer cannot tell
   that the stream had already ended.
+
+Two more declare ``async_streams`` (channels read streams into callbacks) and get it wrong:
+
+* ``broken-readerthread`` - its ``stream_async`` reads each stream on a thread of its own;
+* ``broken-asyncendtwice`` - its ``stream_async`` tells a failed stream's end twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
+import threading
 from collections.abc import Iterator, Mapping
 
 from broken_transports import InmemWithFlaw
 from flamepy_transports.inmem.transport import DEFAULT_MAX_MESSAGE_SIZE, InMemoryTransport
 
+from flamepy_core.contracts.errors import FlameError
 from flamepy_core.contracts.transport import (
+    DEFAULT_TIMEOUT,
     CallContext,
+    Channel,
     DeferredStreamHandler,
     Handler,
     Server,
+    StreamEndFn,
     StreamHandler,
+    StreamItemFn,
     StreamWriter,
+    Timeout,
     TransportCapabilities,
 )
 from flamepy_core.transport_kit import DEFAULT_CALL_TIMEOUT, blocking_stream
@@ -170,4 +183,87 @@ class EndTwice(_wrapping(_AlwaysEnds)):  # type: ignore[misc]
     fault = (__doc__ or "").strip()
 
 
-BROKEN = [ThreadPerStream, BlockingSend, KeepSending, EndTwice]
+class _AsyncStreamChannel:
+    """A channel with ``stream_async``: the in-memory channel underneath, read by a thread per stream."""
+
+    def __init__(self, inner: Channel) -> None:
+        self.inner = inner
+
+    @property
+    def endpoint(self) -> str:
+        return self.inner.endpoint
+
+    def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
+        return self.inner.unary(method, request, timeout)
+
+    def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
+        return self.inner.stream(method, request, timeout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def stream_async(
+        self,
+        method: str,
+        request: bytes,
+        on_item: StreamItemFn,
+        on_end: StreamEndFn,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        threading.Thread(target=self.read, args=(method, request, on_item, on_end, timeout), daemon=True).start()
+
+    def read(self, method: str, request: bytes, on_item: StreamItemFn, on_end: StreamEndFn, timeout: Timeout) -> None:
+        try:
+            for item in self.inner.stream(method, request, timeout):
+                on_item(item)
+        except FlameError as exc:
+            on_end(exc)
+            return
+        on_end(None)
+
+
+class _EndsTwice(_AsyncStreamChannel):
+    """Tells a failed stream's end twice: its error, then a normal end."""
+
+    def read(self, method: str, request: bytes, on_item: StreamItemFn, on_end: StreamEndFn, timeout: Timeout) -> None:
+        ends: list[FlameError | None] = []
+
+        def end(error: FlameError | None) -> None:
+            ends.append(error)
+            on_end(error)
+
+        super().read(method, request, on_item, end, timeout)
+        if ends and ends[0] is not None:
+            on_end(None)
+
+
+class _DeclaresAsyncStreams(_DeclaresDeferredStreams):
+    spec_capabilities = dataclasses.replace(_CAPABILITIES, async_streams=True)
+    channel: type[_AsyncStreamChannel] = _AsyncStreamChannel
+
+    def __init__(
+        self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, default_timeout: float | None = DEFAULT_CALL_TIMEOUT
+    ) -> None:
+        super().__init__(max_message_size, default_timeout)
+        self.capabilities = dataclasses.replace(self.capabilities, async_streams=True)
+
+    def connect(self, endpoint: str) -> Channel:
+        return self.channel(self._inner.connect(endpoint))  # type: ignore[return-value]
+
+
+class ReaderThread(_DeclaresAsyncStreams):
+    """Its stream_async reads each stream on a thread of its own, and claims an open stream holds none."""
+
+    name = "broken-readerthread"
+    fault = (__doc__ or "").strip()
+
+
+class AsyncEndTwice(_DeclaresAsyncStreams):
+    """Its stream_async calls on_end twice for a failed stream: the error, then a normal end."""
+
+    name = "broken-asyncendtwice"
+    fault = (__doc__ or "").strip()
+    channel = _EndsTwice
+
+
+BROKEN = [ThreadPerStream, BlockingSend, KeepSending, EndTwice, ReaderThread, AsyncEndTwice]

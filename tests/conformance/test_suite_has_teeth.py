@@ -295,6 +295,21 @@ FLAWS = [
         "deferred_stream_sends_arrive_in_order_then_its_end",
         "a second close() must return False",
     ),
+    # -- streams read by callbacks (broken_deferred.py) --
+    _flaw(
+        "readerthread",
+        "hold_no_caller_thread or hands_over_every_item",
+        "open_async_streams_hold_no_caller_thread",
+        "stream_async_hands_over_every_item_in_order_then_the_end",
+        "holds a thread per stream, which async_streams says it does not",
+    ),
+    _flaw(
+        "asyncendtwice",
+        "ends_with_the_handlers_error or hands_over_every_item",
+        "stream_async_ends_with_the_handlers_error_after_its_items",
+        "stream_async_hands_over_every_item_in_order_then_the_end",
+        "on_end was called 2 times",
+    ),
 ]
 
 BROKEN_MODULES = (

@@ -4,7 +4,10 @@ The server sends an instance of this SDK many short tasks in one ``RunTasks`` me
 them in order and streams each result back before it starts the next. What is queued on an instance but
 not started is never lost and never run twice: it goes back to the queue when the instance dies (kill -9
 mid-batch), and is withdrawn when the task ahead of it runs long (it may be the very task that one waits
-for). A Flame-protocol instance still gets one ``OnTaskInvoke`` per task.
+for). A Flame-protocol instance still gets one ``OnTaskInvoke`` per task. The whole path runs on ZeroMQ and on
+gRPC: on gRPC the server reads each batch's stream through the kit's ``stream_async`` (a thread per open
+stream), and the instance's pool threads may read two batches' requests in either order, so the order
+checks there hold the scheduler to sending a batch only behind batches that have answered.
 
 The serving loop is tested in-process first (ordering, withdrawal, the stream's end), then the whole path
 with real processes (``flame_env``). Every wait has a deadline.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import FlameEnv, RecordingResponder, RecordingWriter, wait_for
 from test_instance_links import FLAME_STYLE_SERVICE
 
@@ -183,6 +187,7 @@ def _runs(folder: Path) -> list[tuple[int, int]]:
     return [(int(pid), int(i)) for pid, i in rows]
 
 
+@pytest.mark.parametrize("flame_env", ["zmq", "grpc"], indirect=True)
 def test_kill_9_mid_batch_loses_no_task_and_reruns_only_the_one_running(flame_env: FlameEnv) -> None:
     folder = flame_env.write_service("batchkill", LOGGING_SERVICE, extra_spec="max_instances: 1\n")
     count, victim = 600, 300
@@ -205,6 +210,7 @@ def test_kill_9_mid_batch_loses_no_task_and_reruns_only_the_one_running(flame_en
     assert not any("retry" in (e.message or "") for t in returned for e in t.events or [])
 
 
+@pytest.mark.parametrize("flame_env", ["zmq", "grpc"], indirect=True)
 def test_a_task_queued_behind_a_long_one_is_withdrawn_and_runs_elsewhere(flame_env: FlameEnv) -> None:
     # Task "wait" waits for task "go", submitted right behind it: were "go" stuck behind "wait" on the
     # same instance, "wait" would time out (20 s) and answer False.

@@ -127,6 +127,7 @@ class ZmqTransport:
         deferred_replies=True,
         deferred_streams=True,
         async_calls=True,
+        async_streams=True,
         local_schemes=(IPC,),
         local_default_rank=20,
         security=CURVE,
