@@ -140,6 +140,9 @@ def _return_code(return_code: int) -> list[bytes]:
     return [_varint(1 << 3 | _VARINT), _varint(return_code & 0xFFFFFFFFFFFFFFFF)]
 
 
+_OUTPUT_KEY = _varint(2 << 3 | _LEN)
+
+
 def task_result(
     return_code: int, output: bytes | None = None, message: str | None = None, *, output_size: int | None = None
 ) -> bytes:
@@ -147,6 +150,8 @@ def task_result(
 
     ``output_size``: the output was written to the file the server named instead (:mod:`.payload_handoff`).
     """
+    if output is not None and not return_code and message is None and output_size is None:
+        return b"".join((_OUTPUT_KEY, _varint(len(output)), output))  # every successful task's answer
     parts = _return_code(return_code)
     if output is not None:
         _length_delimited(parts, 2, output)
@@ -241,12 +246,22 @@ _I32 = 5
 
 
 def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    if pos + 1 < len(data):
-        first = data[pos]
-        if first < 0x80:  # one byte: most keys, lengths and small integers
-            return first, pos + 1
-        if data[pos + 1] < 0x80:  # two: the length of a payload of 128 bytes to 16 KiB
-            return first & 0x7F | data[pos + 1] << 7, pos + 2
+    if pos + 3 < len(data):  # up to four bytes unrolled: keys, lengths and sizes under 256 MiB
+        byte = data[pos]
+        if byte < 0x80:
+            return byte, pos + 1
+        value = byte & 0x7F
+        byte = data[pos + 1]
+        if byte < 0x80:
+            return value | byte << 7, pos + 2
+        value |= (byte & 0x7F) << 7
+        byte = data[pos + 2]
+        if byte < 0x80:
+            return value | byte << 14, pos + 3
+        value |= (byte & 0x7F) << 14
+        byte = data[pos + 3]
+        if byte < 0x80:
+            return value | byte << 21, pos + 4
     elif pos < len(data) and data[pos] < 0x80:
         return data[pos], pos + 1
     value = 0
