@@ -14,6 +14,7 @@ from flamepy_core.wire.payload_messages import (
     ON_SESSION_ENTER,
     ON_SESSION_LEAVE,
     ON_TASK_INVOKE,
+    VIEW_BYTES,
     TaskCall,
     create_task_request,
     read_create_task_request,
@@ -251,6 +252,17 @@ def test_a_create_task_request_is_read_as_protobuf_reads_it(
     data = _unknown(unknown) + b"".join(frontend_pb2.CreateTaskRequest(task=spec).SerializeToString() for spec in specs)
     task = frontend_pb2.CreateTaskRequest.FromString(data).task
     assert read_create_task_request(data) == (task.session_id, task.input if task.HasField("input") else None)
+
+
+@given(size=st.sampled_from([VIEW_BYTES - 1, VIEW_BYTES, VIEW_BYTES + 1, 3 * VIEW_BYTES]))
+def test_a_large_input_is_read_as_a_view_into_the_request_not_a_copy(size: int) -> None:
+    task_input = bytes(range(256)) * (size // 256) + b"e" * (size % 256)
+    data = frontend_pb2.CreateTaskRequest(task=pb.TaskSpec(session_id="s", input=task_input)).SerializeToString()
+    session_id, read = read_create_task_request(data)
+    assert session_id == "s" and read is not None and bytes(read) == task_input
+    assert isinstance(read, memoryview) == (size >= VIEW_BYTES)
+    if isinstance(read, memoryview):
+        assert read.obj is data, "a view into the request it was read from"
 
 
 _TIMES = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)

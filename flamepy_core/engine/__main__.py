@@ -14,6 +14,7 @@ from types import FrameType
 from flamepy_core.config import RuntimeSettings, flame_home
 from flamepy_core.contracts.errors import FlameError
 from flamepy_core.engine.choice import default_listen
+from flamepy_core.engine.heap import keep_large_buffers
 from flamepy_core.engine.security import add_security_arguments, security_from_args, server_security_options
 from flamepy_core.engine.server import FlameServer
 from flamepy_core.home import STARTUP_ERROR_PREFIX
@@ -22,6 +23,7 @@ from flamepy_core.privacy import private_dir, private_subdir
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_large_buffers()  # before any thread starts (see flamepy_core.engine.heap)
     registry = get_registry()
     parser = argparse.ArgumentParser(prog="python -m flamepy_core.engine", description=__doc__)
     parser.add_argument("--home", type=Path, default=None, help="FLAME_HOME (default: $FLAME_HOME or ~/.flame)")

@@ -29,7 +29,7 @@ from flamepy_core.contracts.transport import (
 from flamepy_core.engine.instances import executor_message, instance_message
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.retention import Retention
-from flamepy_core.engine.state import Engine, reply_task
+from flamepy_core.engine.state import Engine, reply_task, with_input
 from flamepy_core.engine.watches import StreamFeed
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
@@ -211,10 +211,12 @@ def frontend_handlers(
         return engine.open_session(r.session_id, r.session if r.HasField("session") else None)
 
     def create_task(r: frontend_pb2.CreateTaskRequest, _ctx: CallContext, responder: Responder) -> None:
-        def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
-            _answer(responder)(tasks[0] if tasks else None, error)
+        task_input = r.task.input if r.task.HasField("input") else None
 
-        engine.submit_tasks(r.task.session_id, [r.task.input if r.task.HasField("input") else None], created)
+        def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
+            _answer(responder)(with_input(tasks[0], task_input) if tasks else None, error)
+
+        engine.submit_tasks(r.task.session_id, [task_input], created)
 
     def watch_task(r: frontend_pb2.WatchTaskRequest, ctx: CallContext, writer: StreamWriter) -> None:
         # Flame's semantics: the initial state is not sent unless the task is complete; ends after a

@@ -104,7 +104,7 @@ class PayloadFiles:
 
     # -- writing ---------------------------------------------------------------------------------------
 
-    def spill(self, data: bytes | None) -> PayloadFile | None:
+    def spill(self, data: bytes | memoryview | None) -> PayloadFile | None:
         """Write ``data`` to a new file when it is large; the file, or None to keep it inline.
 
         None too when the file cannot be written (full disk, file size limit): the row then holds the
@@ -175,7 +175,7 @@ class PayloadFiles:
         for old in due:
             drop_cached(self.path(old))
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, data: bytes | memoryview) -> None:
         try:
             write_payload_file(self.path(name), data, sync=self.sync)
         except FileNotFoundError:  # the first large payload (or the folder was removed): made 0700
@@ -217,6 +217,16 @@ class PayloadFiles:
             raise self._unreadable(what, path, f"it cannot be read: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise self._unreadable(what, path, str(exc)) from None
+
+    def check(self, name: str, size: int, what: str) -> None:
+        """That file ``name`` holds ``size`` bytes, without reading them; the FlameError of :meth:`read` if not."""
+        path = self.path(name)
+        try:
+            found = os.stat(path).st_size
+        except OSError as exc:
+            raise self._unreadable(what, path, f"it cannot be read: {exc.strerror or exc}") from None
+        if found != size:
+            raise self._unreadable(what, path, f"it holds {found} bytes where {size} were written")
 
     @staticmethod
     def _unreadable(what: str, path: Path, why: str) -> FlameError:

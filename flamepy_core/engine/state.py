@@ -160,6 +160,16 @@ def _task_from_row(files: PayloadFiles, session_id: str, row: tuple[Any, ...]) -
     return task
 
 
+def with_input(task: pb.Task, task_input: bytes | None) -> pb.Task:
+    """A copy of a task just created from ``task_input``, with that input: CreateTask echoes it, as Flame's
+    does, though a large input lives in its payload file only (``SessionEntry.input_files``)."""
+    copy = pb.Task()
+    copy.CopyFrom(task)
+    if task_input is not None and not copy.spec.HasField("input"):
+        copy.spec.input = task_input
+    return copy
+
+
 def reply_task(task: pb.Task) -> pb.Task:
     """What a caller waiting for a task reads: its id, state, output and events; not its input back."""
     reply = pb.Task()
@@ -285,8 +295,11 @@ class SessionEntry:
     """The queued write of each running task's RUNNING row: dropped when its final state is queued
     before a commit took it (the final row overwrites it in the same transaction)."""
     input_files: dict[int, PayloadFile] = field(default_factory=dict)
-    """The payload files of the large inputs of pending and running tasks created by this server, by id:
-    an instance that takes payload files reads the input there (``wire.payload_handoff``)."""
+    """The payload files of the large inputs of pending and running tasks, by id. Such an input lives there
+    only: the task's message in memory has no ``spec.input`` (a thousand queued 16 MiB inputs would
+    otherwise hold 16 GiB of the server's memory, on top of their files). An instance that takes payload
+    files reads it there (``wire.payload_handoff``); everything else that hands the input out reads the
+    file (:meth:`Engine._with_input`)."""
     output_files: dict[int, PayloadFile] = field(default_factory=dict)
     """The payload files of the large outputs of finishing tasks (result queued, not committed), by id:
     removed if the task is withdrawn meanwhile."""
@@ -471,7 +484,7 @@ class Engine:
             ):
                 tid = row[0]
                 try:
-                    task = _task_from_row(self.store.payloads, entry.id, row)
+                    task = self._restored_task(entry, row)
                 except FlameError as exc:  # its input's file is gone: it cannot run, and says why
                     log.error("%s", exc.message)
                     task = _task_from_row(self.store.payloads, entry.id, (tid, *[None] * 6, row[-1]))
@@ -879,7 +892,7 @@ class Engine:
     def submit_tasks(
         self,
         session_id: str,
-        inputs: Sequence[bytes | None],
+        inputs: Sequence[bytes | memoryview | None],
         on_created: Created,
         waiter: TaskWaiter | None = None,
         timeouts: Sequence[float | None] | None = None,
@@ -901,6 +914,11 @@ class Engine:
         files = self.store.payloads
         # Large inputs are written to their files here, before the lock: not while everyone waits.
         spilled = [files.spill(task_input) for task_input in inputs]
+        # An input given as a view into its request (RunTask's large ones) is kept as bytes if not in a file.
+        inputs = [
+            bytes(task_input) if isinstance(task_input, memoryview) and spilled_file is None else task_input
+            for task_input, spilled_file in zip(inputs, spilled, strict=True)
+        ]
         early = not acknowledged and self.store.failure is None
         try:
             first = self._submit(session_id, inputs, spilled, on_created, waiter, timeouts, early)
@@ -921,7 +939,7 @@ class Engine:
     def _submit(
         self,
         session_id: str,
-        inputs: Sequence[bytes | None],
+        inputs: Sequence[bytes | memoryview | None],
         spilled: list[PayloadFile | None],
         on_created: Created,
         waiter: TaskWaiter | None,
@@ -952,16 +970,19 @@ class Engine:
                 task.metadata.id = task.metadata.name = str(tid)
                 task.spec.session_id = session_id
                 task.status.CopyFrom(pending)
-                if task_input is not None:
+                if input_file is not None:  # a large input lives in its file only (see SessionEntry.input_files)
+                    ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
+                    ops.append(_payload_row(session_id, tid, INPUT, b"", input_file))
+                    entry.input_files[tid] = input_file
+                elif isinstance(task_input, bytes):  # (submit_tasks made any view that is not in a file bytes)
                     task.spec.input = task_input
-                if task_input is not None and input_file is None and len(task_input) <= INLINE_PAYLOAD_BYTES:
-                    ops.append((_INSERT_TASK_WITH_INPUT, (session_id, tid, int(PENDING), task_input, status)))
+                    if len(task_input) <= INLINE_PAYLOAD_BYTES:
+                        ops.append((_INSERT_TASK_WITH_INPUT, (session_id, tid, int(PENDING), task_input, status)))
+                    else:
+                        ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
+                        ops.append(_payload_row(session_id, tid, INPUT, task_input, None))
                 else:
                     ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
-                    if task_input is not None:
-                        ops.append(_payload_row(session_id, tid, INPUT, task_input, input_file))
-                if input_file is not None:
-                    entry.input_files[tid] = input_file
                 tasks.append(task)
             first = entry.next_id - len(tasks)
             own = (
@@ -1069,13 +1090,13 @@ class Engine:
         """Create one task and return it once committed (flame.v1 CreateTask)."""
         done = _Outcome[list[pb.Task]]()
         self.submit_tasks(session_id, [task_input], done.settle)
-        tasks = done.wait()
-        copy = pb.Task()
-        copy.CopyFrom(tasks[0])
-        return copy
+        return with_input(done.wait()[0], task_input)
 
     def run_task(
-        self, session_id: str, task_input: bytes | None, on_done: Callable[[pb.Task | None, FlameError | None], None]
+        self,
+        session_id: str,
+        task_input: bytes | memoryview | None,
+        on_done: Callable[[pb.Task | None, FlameError | None], None],
     ) -> None:
         """Create a task and call ``on_done`` with it once its final state is committed (flamepy's RunTask).
 
@@ -1115,9 +1136,7 @@ class Engine:
             entry = self._entry(session_id)
             task = entry.tasks.get(tid)
             if task is not None:
-                copy = pb.Task()
-                copy.CopyFrom(task)
-                return copy
+                return self._with_input(entry, task)
         loaded = self._load_task(session_id, tid)
         if loaded is None:
             raise _not_found("task", f"{task_id} of session {session_id}")
@@ -1186,7 +1205,9 @@ class Engine:
             entry = self._entry(session_id)
             task = entry.tasks.get(tid)
             if task is not None:
-                watch = TaskWatch(feed, task)
+                input_file = entry.input_files.get(tid)  # (dropped from there when the task ends)
+                add_input = None if input_file is None else partial(self._add_input, entry.id, tid, input_file)
+                watch = TaskWatch(feed, task, add_input)
                 watch.busy = True
                 entry.task_watches.setdefault(tid, []).append(watch)
                 self._open_watches[watch] = entry
@@ -1316,11 +1337,12 @@ class Engine:
                 entry.cond.wait_for(lambda: bool(entry.pending) or not entry.is_open, timeout=timeout)
             if not entry.is_open:
                 raise FlameError(FlameErrorCode.INVALID_STATE, f"session {session_id} is closed")
-            task = self._start_next(entry)
-            if task is None:
-                return None
-            copy = pb.Task()
-            copy.CopyFrom(task)
+            copy = None
+            while copy is None:
+                task = self._start_next(entry)
+                if task is None:
+                    break
+                copy = self._with_input_or_fail(entry, task)
         self.store.commit()  # RUNNING is stored before the task can have done anything
         if self._due:
             self._run_due()
@@ -1340,15 +1362,12 @@ class Engine:
             entry = self._sessions.get(session_id)
             if entry is None or not entry.is_open:
                 return None
-            task = self._start_next(entry)
-            if task is None:
-                return None
-            tid = int(task.metadata.id)
-            input_file = entry.input_files.get(tid) if input_as_file else None
-            if input_file is not None:
-                started: tuple[int, bytes | None, PayloadFile | None] = (tid, None, input_file)
-            else:
-                started = (tid, task.spec.input if task.spec.HasField("input") else None, None)
+            started = None
+            while started is None:
+                task = self._start_next(entry)
+                if task is None:
+                    return None
+                started = self._started(entry, task, input_as_file)
         if self._due:  # WatchTask streams of this task (read without the lock: a hint; the pump locks)
             self._run_due()
         return started
@@ -1382,14 +1401,10 @@ class Engine:
                 task = self._start_next(entry)
                 if task is None:
                     break
-                tid = int(task.metadata.id)
-                input_file = entry.input_files.get(tid) if input_as_file else None
-                if input_file is not None:
-                    started.append((tid, None, input_file))
-                    continue
-                task_input = task.spec.input if task.spec.HasField("input") else None
-                size += len(task_input or b"")
-                started.append((tid, task_input, None))
+                one = self._started(entry, task, input_as_file)
+                if one is not None:
+                    size += len(one[1] or b"")
+                    started.append(one)
         if started and self._due:
             self._run_due()
         return started
@@ -1415,6 +1430,78 @@ class Engine:
         self._run_due()
         if returned:
             self.scheduler.tasks_pending(session_id)
+
+    def _restored_task(self, entry: SessionEntry, row: tuple[Any, ...]) -> pb.Task:
+        """A pending or running task read back at a start: an input in a file stays there (checked, not
+        read: see ``SessionEntry.input_files``). Raises the file's FlameError when it is missing or short."""
+        tid, _inp, inp_file, inp_size = row[:4]
+        if inp_file is None:
+            return _task_from_row(self.store.payloads, entry.id, row)
+        self.store.payloads.check(inp_file, inp_size, f"the input of task {tid} of session {entry.id}")
+        task = _task_from_row(self.store.payloads, entry.id, (tid, None, None, None, *row[4:]))
+        entry.input_files[tid] = PayloadFile(inp_file, inp_size)
+        return task
+
+    def _spilled_input(self, entry: SessionEntry, tid: int) -> bytes | None:
+        """The input of a task that lives in its payload file only (None if it has none there); raises
+        the file's FlameError (which names it) when it cannot be read."""
+        input_file = entry.input_files.get(tid)
+        if input_file is None:
+            return None
+        what = f"the input of task {tid} of session {entry.id}"
+        return self.store.payloads.read(input_file.name, input_file.size, what)
+
+    def _add_input(self, session_id: str, tid: int, input_file: PayloadFile, snapshot: pb.Task) -> None:
+        """Give a WatchTask snapshot its input, which lives in ``input_file`` (called with the lock held):
+        every snapshot, the final one too, carries the input, as Flame's do.
+
+        A file that cannot be read leaves the snapshot without it: the watch is about the task's state,
+        and the task itself fails, saying why, when it is started."""
+        what = f"the input of task {tid} of session {session_id}"
+        try:
+            snapshot.spec.input = self.store.payloads.read(input_file.name, input_file.size, what)
+        except FlameError as exc:
+            log.warning("%s", exc.message)
+
+    def _with_input(self, entry: SessionEntry, task: pb.Task) -> pb.Task:
+        """A copy of ``task`` to hand out, with its input (read from its file when it lives there)."""
+        copy = pb.Task()
+        copy.CopyFrom(task)
+        if not copy.spec.HasField("input"):
+            spilled = self._spilled_input(entry, int(task.metadata.id))
+            if spilled is not None:
+                copy.spec.input = spilled
+        return copy
+
+    def _with_input_or_fail(self, entry: SessionEntry, task: pb.Task) -> pb.Task | None:
+        """:meth:`_with_input` for a task just started; None when its input's file cannot be read: the
+        task then fails, saying so (it cannot run), as one found so at a restart does."""
+        try:
+            return self._with_input(entry, task)
+        except FlameError as exc:
+            self._input_lost(entry, task, exc)
+            return None
+
+    def _started(
+        self, entry: SessionEntry, task: pb.Task, input_as_file: bool
+    ) -> tuple[int, bytes | None, PayloadFile | None] | None:
+        """A task just started as :meth:`start_next` returns it; None when its input is lost (it failed)."""
+        tid = int(task.metadata.id)
+        input_file = entry.input_files.get(tid) if input_as_file else None
+        if input_file is not None:
+            return tid, None, input_file
+        if task.spec.HasField("input"):
+            return tid, task.spec.input, None
+        try:
+            return tid, self._spilled_input(entry, tid), None
+        except FlameError as exc:
+            self._input_lost(entry, task, exc)
+            return None
+
+    def _input_lost(self, entry: SessionEntry, task: pb.Task, error: FlameError) -> None:
+        log.error("%s", error.message)
+        self._finalize(entry, task, FAILED, error.message)
+        self.store.execute(_DROP_INPUT, entry.id, int(task.metadata.id))  # the row named what is gone
 
     def _start_next(self, entry: SessionEntry) -> pb.Task | None:
         """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none."""

@@ -135,12 +135,15 @@ class TaskWatch(Watch):
     """One task's state changes (Flame's ``WatchTask``): a copy each time its state differs from the
     last one sent; ends after a final state, or when the session closed under a task that never got one.
 
-    ``task`` is the engine's object for the task, changed in place (its final state too).
+    ``task`` is the engine's object for the task, changed in place (its final state too). ``add_input``,
+    when given, completes each snapshot with what the engine keeps out of that object (a large input
+    lives in its payload file only).
     """
 
-    def __init__(self, feed: WatchFeed, task: pb.Task) -> None:
+    def __init__(self, feed: WatchFeed, task: pb.Task, add_input: Callable[[pb.Task], None] | None = None) -> None:
         super().__init__(feed)
         self.task = task
+        self.add_input = add_input
         self.task_id = int(task.metadata.id)
         self.last = task.status.state
 
@@ -150,6 +153,8 @@ class TaskWatch(Watch):
         if state != self.last:
             snapshot = pb.Task()
             snapshot.CopyFrom(self.task)
+            if self.add_input is not None:
+                self.add_input(snapshot)
             batch.append(snapshot)
             self.last = state
         return batch, self.gone or state in TERMINAL or not entry.is_open

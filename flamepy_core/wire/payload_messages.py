@@ -30,6 +30,7 @@ __all__ = [
     "ON_TASK_INVOKE",
     "RUN_TASKS",
     "TASKS_OFFERED",
+    "VIEW_BYTES",
     "WITHDRAW_TASKS",
     "TaskCall",
     "create_task_request",
@@ -370,17 +371,25 @@ def _sub_fields(data: bytes, number: int, varints: dict[int, int] | None = None)
     return out
 
 
-def read_create_task_request(data: bytes) -> tuple[str, bytes | None]:
-    """``flame.v1.CreateTaskRequest`` -> ``(task.session_id, task.input or None)``; the input is one slice
-    (protobuf's parse and then its accessor copied a 16 MiB input twice)."""
+VIEW_BYTES = 64 * 1024
+"""An input this large is read as a view into its request, not copied out of it (see below)."""
+
+
+def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | None]:
+    """``flame.v1.CreateTaskRequest`` -> ``(task.session_id, task.input or None)``.
+
+    The input is one slice (protobuf's parse and then its accessor copied a 16 MiB input twice); one of
+    ``VIEW_BYTES`` or more is a ``memoryview`` into ``data``, not a copy: the server writes a large input
+    straight to its payload file and keeps no other copy of it.
+    """
     data = bytes(data)
     session_id = ""
-    task_input: bytes | None = None
+    task_input: bytes | memoryview | None = None
     for number, start, end in _sub_fields(data, 1):
         if number == 2:
             session_id = _text(data, start, end)
         elif number == 3:
-            task_input = data[start:end]
+            task_input = data[start:end] if end - start < VIEW_BYTES else memoryview(data)[start:end]
     return session_id, task_input
 
 

@@ -29,6 +29,7 @@ from flamepy_core.engine.payload_files import FILE_PAYLOAD_BYTES, PayloadFiles
 from flamepy_core.engine.retention import Retention
 from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
+from flamepy_core.engine.watches import StreamFeed
 from flamepy_core.wire.proto import types_pb2 as pb
 
 S = pb.TaskState
@@ -146,6 +147,15 @@ class PayloadFilesMachine(RuleBasedStateMachine):
             assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         for name in on_disk:
             assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
+
+    @invariant()
+    def a_waiting_input_in_a_file_is_not_also_in_memory(self) -> None:
+        entry = self.engine._sessions["waiting"]
+        for tid, task in entry.tasks.items():
+            inp = self.model[("waiting", str(tid))][0]
+            in_file = inp is not None and len(inp) >= THRESHOLD
+            assert (tid in entry.input_files) == in_file, (tid, inp)
+            assert task.spec.HasField("input") == (inp is not None and not in_file), (tid, inp)
 
     @invariant()
     def every_task_reads_back(self) -> None:
@@ -289,4 +299,62 @@ def test_the_folder_is_made_private_when_first_needed_and_again_if_removed(folde
         assert stat.S_IMODE((folder / "payloads").stat().st_mode) == 0o700
         assert engine.get_task("s", tid).spec.input == b"i" * 100
         shutil.rmtree(folder / "payloads")  # removed by hand while the server runs
+    engine.store.close()
+
+
+def test_a_large_input_waits_in_its_file_only_and_every_way_to_start_or_read_it_reads_the_file(folder: Path) -> None:
+    """Only the file holds a large pending input; get_task, CreateTask's answer, WatchTask, take_task and
+    both of the scheduler's starts (file-taking instance or not) hand out the same bytes."""
+    engine = open_engine(folder)
+    _session(engine)
+    inputs = {str(n): payload(THRESHOLD + n, n) for n in range(1, 6)}
+    for data in inputs.values():
+        assert engine.create_task("s", data).spec.input == data  # echoed, as Flame's CreateTask does
+    entry = engine._sessions["s"]
+    assert all(not task.spec.HasField("input") for task in entry.tasks.values())
+    assert sorted(entry.input_files) == [1, 2, 3, 4, 5]
+    assert engine.get_task("s", "1").spec.input == inputs["1"]
+    seen: list[pb.Task] = []
+    engine.watch_task("s", "1", StreamFeed(lambda tasks: seen.extend(tasks) or True, lambda _e: None, lambda: True))
+    taken = engine.take_task("s", timeout=0)
+    assert taken is not None and (taken.metadata.id, taken.spec.input) == ("1", inputs["1"])
+    engine.complete_task("s", "1", b"done")  # the final snapshot carries the input too, as Flame's does
+    assert [(t.status.state, t.spec.input) for t in seen] == [(S.Running, inputs["1"]), (S.Succeed, inputs["1"])]
+    tid, data, file = engine.start_next("s") or (0, None, None)
+    assert (tid, data, file) == (2, inputs["2"], None)
+    tid, data, file = engine.start_next("s", input_as_file=True) or (0, None, None)
+    assert (tid, data, file) == (3, None, entry.input_files[3])
+    assert engine.start_many("s", 8, 1, 1 << 20) == [(4, inputs["4"], None), (5, inputs["5"], None)]
+    engine.store.close()
+
+
+def test_a_waiting_input_whose_file_is_removed_fails_its_task_when_started_saying_why(folder: Path) -> None:
+    engine = open_engine(folder)
+    _session(engine)
+    engine.create_task("s", b"x" * 100)
+    engine.create_task("s", b"kept")
+    (name,) = files_in(folder)
+    (folder / "payloads" / name).unlink()  # removed by hand while the server runs
+    with pytest.raises(FlameError) as info:
+        engine.get_task("s", "1")
+    assert name in info.value.message and "task 1 of session s" in info.value.message
+    started = engine.start_next("s")
+    assert started == (2, b"kept", None), "the lost one failed; the next one starts"
+    engine.store.commit()
+    lost = engine.get_task("s", "1")
+    assert lost.status.state == S.Failed and name in lost.status.events[-1].message
+    engine.store.close()
+
+
+def test_a_restart_leaves_a_waiting_input_in_its_file_and_hands_it_out_from_there(folder: Path) -> None:
+    engine = open_engine(folder)
+    _session(engine)
+    engine.create_task("s", b"i" * 100)
+    engine.store.close()
+    engine = open_engine(folder)
+    entry = engine._sessions["s"]
+    assert not entry.tasks[1].spec.HasField("input") and entry.input_files[1].size == 100
+    started = engine.start_next("s", input_as_file=True)
+    assert started is not None and started[2] is not None
+    assert (folder / "payloads" / started[2].name).read_bytes() == b"i" * 100
     engine.store.close()

@@ -73,6 +73,12 @@ from flamepy_transports.grpc.tls import ClientTls, TlsOptions, client_tls, expla
 STOP_WAIT = 10.0
 """Seconds ``stop`` waits, beyond ``grace``, for gRPC to release the endpoint."""
 
+SINGLE_THREADED_STREAMS = "SingleThreadedUnaryStream"
+"""grpcio's channel option ``grpc.experimental.ChannelOptions.SingleThreadedUnaryStream`` (spelled out, so
+the experimental module is not imported for it): the thread that iterates a server stream polls the
+call's completion queue itself. Every stream here is read by one thread at a time (``ResponseStream``),
+the only use the option allows; ``close`` from another thread cancels the call, which ends that poll."""
+
 _inherited: list[Any] = []
 """gRPC channels a forked child inherited: kept referenced so the child never closes or destroys them."""
 
@@ -93,6 +99,9 @@ def _client_options(max_message_size: int, keepalive_time_ms: int, keepalive_tim
         ("grpc.max_reconnect_backoff_ms", 1000),
         # Each channel owns its connections: after fork a fresh channel never picks up the parent's.
         ("grpc.use_local_subchannel_pool", 1),
+        # A stream's reader polls for its next response itself, instead of waiting for the channel's
+        # spin thread to hand it over: a hand-off less per response (docs/benchmarks.md, gRPC run()).
+        (SINGLE_THREADED_STREAMS, 1),
     ]
 
 
