@@ -131,16 +131,16 @@ def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None
     return settle
 
 
-def _answer_task(responder: Responder) -> Callable[[pb.Task | None, FlameError | None], None]:
-    """A callback completing ``responder`` with a final task as RunTask answers it: no input echoed, the
-    output copied once (a 16 MiB output through ``reply_task`` and protobuf was copied three times)."""
+def _answer_task(responder: Responder) -> Callable[[pb.Task | None, bytes | None, FlameError | None], None]:
+    """A callback completing ``responder`` with a final task and its output as RunTask answers it: no input
+    echoed, the output copied once, into the answer (through ``reply_task`` and protobuf a 16 MiB output
+    was copied three times; the engine now hands it over as it came, see ``state.OutputWaiter``)."""
 
-    def settle(task: pb.Task | None, error: FlameError | None) -> None:
+    def settle(task: pb.Task | None, output: bytes | None, error: FlameError | None) -> None:
         if error is not None:
             responder.fail(error)
             return
         assert task is not None
-        output = task.spec.output if task.spec.HasField("output") else None
         meta = task.metadata
         responder.send(task_reply(meta.id, meta.name, task.spec.session_id, output, task.status.SerializeToString()))
 

@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from flamepy_core import validation
 from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
@@ -135,6 +135,19 @@ _SAVE_SESSION = "INSERT OR REPLACE INTO sessions (id, application, state, data) 
 T = TypeVar("T")
 TaskWaiter = Callable[[pb.Task], None]
 """Called, outside the engine lock, with a task once its final state is committed."""
+
+
+class OutputWaiter(NamedTuple):
+    """A waiter given the task's output itself, beside the task (RunTask's answer is built from both).
+
+    Why: protobuf copies a bytes field in when it is set and out again each time it is read, two copies
+    of a 16 MiB output that nobody else reads when the session has no watcher. With only such waiters,
+    the engine leaves the output out of the task's message."""
+
+    call: Callable[[pb.Task, bytes | None], None]
+
+
+Waiter = TaskWaiter | OutputWaiter
 Created = Callable[[list[pb.Task] | None, FlameError | None], None]
 """Called, outside the engine lock, with the created tasks once committed, or with why they were not."""
 
@@ -279,7 +292,7 @@ class SessionEntry:
     unless they succeed first."""
     timeouts: dict[int, float] = field(default_factory=dict)
     """Pending and running tasks created with a task timeout of their own (seconds), by id."""
-    waiters: dict[int, list[TaskWaiter]] = field(default_factory=dict)
+    waiters: dict[int, list[Waiter]] = field(default_factory=dict)
     closing: bool = False
     """A close is being committed: no new tasks, no dispatch."""
     completions: list[pb.Task] = field(default_factory=list)
@@ -823,7 +836,7 @@ class Engine:
                 entry.closing = False
                 entry.cond.notify_all()
             raise
-        waiting: list[tuple[list[TaskWaiter], pb.Task]] = []
+        waiting: list[tuple[list[Waiter], pb.Task]] = []
         with self.lock:
             for final in cancelled:
                 tid = int(final.metadata.id)
@@ -894,7 +907,7 @@ class Engine:
         session_id: str,
         inputs: Sequence[bytes | memoryview | None],
         on_created: Created,
-        waiter: TaskWaiter | None = None,
+        waiter: Waiter | None = None,
         timeouts: Sequence[float | None] | None = None,
         *,
         acknowledged: bool = True,
@@ -942,7 +955,7 @@ class Engine:
         inputs: Sequence[bytes | memoryview | None],
         spilled: list[PayloadFile | None],
         on_created: Created,
-        waiter: TaskWaiter | None,
+        waiter: Waiter | None,
         timeouts: Sequence[float | None] | None,
         early: bool,
     ) -> int:
@@ -1001,7 +1014,7 @@ class Engine:
 
     @staticmethod
     def _queue_created(
-        entry: SessionEntry, tasks: list[pb.Task], waiter: TaskWaiter | None, timeouts: dict[int, float]
+        entry: SessionEntry, tasks: list[pb.Task], waiter: Waiter | None, timeouts: dict[int, float]
     ) -> None:
         """Make new tasks pending in an open session (called with the lock held)."""
         entry.timeouts.update(timeouts)
@@ -1057,14 +1070,14 @@ class Engine:
         entry: SessionEntry,
         tasks: list[pb.Task],
         on_created: Created,
-        waiter: TaskWaiter | None,
+        waiter: Waiter | None,
         timeouts: dict[int, float],
         error: FlameError | None,
     ) -> None:
         if error is not None:
             on_created(None, error)  # withdrawn: no task exists, ids are not reused
             return
-        late: list[tuple[list[TaskWaiter], pb.Task]] = []
+        late: list[tuple[list[Waiter], pb.Task]] = []
         with self.lock:
             status = entry.message.status
             if entry.is_open and not entry.closing:
@@ -1096,20 +1109,21 @@ class Engine:
         self,
         session_id: str,
         task_input: bytes | memoryview | None,
-        on_done: Callable[[pb.Task | None, FlameError | None], None],
+        on_done: Callable[[pb.Task | None, bytes | None, FlameError | None], None],
     ) -> None:
-        """Create a task and call ``on_done`` with it once its final state is committed (flamepy's RunTask).
+        """Create a task and call ``on_done`` with it and its output once its final state is committed
+        (flamepy's RunTask), or with the error.
 
-        The task given is the engine's own, final, never changed again: read it, do not change it.
+        The task given is the engine's own, final, never changed again: read it, do not change it. Its
+        message may lack the output (see :class:`OutputWaiter`): read the output given beside it.
         """
 
         def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
             if error is not None:
-                on_done(None, error)
+                on_done(None, None, error)
 
-        self.submit_tasks(
-            session_id, [task_input], created, waiter=lambda task: on_done(task, None), acknowledged=False
-        )
+        done = OutputWaiter(lambda task, output: on_done(task, output, None))
+        self.submit_tasks(session_id, [task_input], created, waiter=done, acknowledged=False)
 
     # -- reading tasks -------------------------------------------------------------------------------
 
@@ -1701,7 +1715,10 @@ class Engine:
             setattr(status, new, getattr(status, new) + 1)
             # In place: watch_task holds this object.
             task.status.CopyFrom(final)
-            if output is not None:
+            waiters = entry.waiters.pop(tid, [])
+            watched = bool(entry.watches) or tid in entry.task_watches
+            # Only OutputWaiters wanting it, they get it as it came (see OutputWaiter).
+            if output is not None and (watched or not all(isinstance(w, OutputWaiter) for w in waiters)):
                 task.spec.output = output
             entry.attempts.pop(tid, None)
             entry.timeouts.pop(tid, None)
@@ -1711,20 +1728,25 @@ class Engine:
                 for watch in entry.watches.values():
                     claim(watch, self._due, entry)
             self._claim_task_watches(entry, tid)
-            waiters = entry.waiters.pop(tid, [])
             entry.cond.notify_all()
-        self._notify_waiters([(waiters, task)])
+        self._notify_waiters([(waiters, task)], output)
         # The watchers claimed here are fed once every result of this commit is applied
         # (``Store.after_callbacks``): one message for all of them.
         if on_committed is not None:
             on_committed()
 
     @staticmethod
-    def _notify_waiters(waiting: list[tuple[list[TaskWaiter], pb.Task]]) -> None:
+    def _notify_waiters(waiting: list[tuple[list[Waiter], pb.Task]], output: bytes | None = None) -> None:
+        """Call each task's waiters; ``output``, when given, is the output of the one task of ``waiting``
+        (which may have been left out of its message: see :class:`OutputWaiter`)."""
         for waiters, task in waiting:
             for waiter in waiters:
                 try:
-                    waiter(task)
+                    if isinstance(waiter, OutputWaiter):
+                        given = output if output is not None or not task.spec.HasField("output") else task.spec.output
+                        waiter.call(task, given)
+                    else:
+                        waiter(task)
                 except Exception:  # a waiter's bug must not stop the others
                     log.exception("a task waiter failed")
 

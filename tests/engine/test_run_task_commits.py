@@ -25,6 +25,7 @@ from flamepy_core.engine import store as store_module
 from flamepy_core.engine.payload_files import PayloadFile
 from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
+from flamepy_core.engine.watches import StreamFeed
 from flamepy_core.wire.payload_handoff import write_payload_file
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -64,9 +65,9 @@ def fill_up(store: Store) -> None:
 
 
 def test_a_run_tasks_creation_is_committed_with_its_result(engine: Engine) -> None:
-    outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
+    outcomes: list[tuple[pb.Task | None, bytes | None, FlameError | None]] = []
     before = engine.store.commits
-    engine.run_task("s1", b"in", lambda task, error: outcomes.append((task, error)))
+    engine.run_task("s1", b"in", lambda task, output, error: outcomes.append((task, output, error)))
     assert engine.store.commits == before, "the creation of a RunTask got a transaction of its own"
     assert stored(engine, 1) == ([], []), "the task is in the store before anything was committed"
 
@@ -77,9 +78,9 @@ def test_a_run_tasks_creation_is_committed_with_its_result(engine: Engine) -> No
 
     assert engine.finish_task("s1", 1, output=b"out")
     assert engine.store.commits == before + 1, "creation and result were not one transaction"
-    assert len(outcomes) == 1 and outcomes[0][1] is None
-    task = outcomes[0][0]
-    assert task is not None and task.status.state == pb.TaskState.Succeed and task.spec.output == b"out"
+    assert len(outcomes) == 1 and outcomes[0][2] is None
+    task, output = outcomes[0][:2]
+    assert task is not None and task.status.state == pb.TaskState.Succeed and output == b"out"
     assert stored(engine, 1) == ([(int(pb.TaskState.Succeed),)], [(0, b"in"), (1, b"out")])
     session = engine.get_session("s1").status
     assert (session.pending, session.running, session.succeed) == (0, 0, 1)
@@ -94,7 +95,7 @@ def test_create_task_still_commits_before_it_answers(engine: Engine) -> None:
 
 def test_a_refused_creation_withdraws_a_pending_run_task(engine: Engine) -> None:
     outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
-    engine.run_task("s1", BIG, lambda task, error: outcomes.append((task, error)))
+    engine.run_task("s1", BIG, lambda task, _output, error: outcomes.append((task, error)))
     fill_up(engine.store)
     engine.store.commit()  # the creation is tried, refused and given up (no retry window here)
     wait_for(lambda: outcomes, 10, "the caller to hear that its task was withdrawn")
@@ -108,7 +109,7 @@ def test_a_refused_creation_withdraws_a_pending_run_task(engine: Engine) -> None
 
 def test_a_refused_creation_withdraws_a_run_task_whose_result_is_queued(engine: Engine) -> None:
     outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
-    engine.run_task("s1", BIG, lambda task, error: outcomes.append((task, error)))
+    engine.run_task("s1", BIG, lambda task, _output, error: outcomes.append((task, error)))
     assert engine.start_next("s1") == (1, BIG, None)
     fill_up(engine.store)
     # The result is durable: kept and retried; the creation it rides with is given up.
@@ -164,20 +165,20 @@ def test_results_of_a_burst_share_one_commit_and_one_delivery(engine: Engine, mo
 
 def test_a_result_someone_waits_for_is_committed_at_once(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state_module, "RESULT_LINGER", 60.0)
-    outcomes: list[pb.Task | None] = []
+    outcomes: list[tuple[pb.Task | None, bytes | None]] = []
     engine.create_task("s1", b"other")  # in flight too: a burst, but the RunTask's caller waits
-    engine.run_task("s1", b"in", lambda task, _error: outcomes.append(task))
+    engine.run_task("s1", b"in", lambda task, output, _error: outcomes.append((task, output)))
     assert engine.start_next("s1") is not None and engine.start_next("s1") == (2, b"in", None)
     assert engine.finish_task("s1", 2, output=b"out", commit=False)
     engine.store.commit(lazy=False)
-    assert len(outcomes) == 1 and outcomes[0] is not None and outcomes[0].spec.output == b"out"
+    assert len(outcomes) == 1 and outcomes[0][0] is not None and outcomes[0][1] == b"out"
 
 
 def test_a_withdrawn_task_whose_result_is_queued_loses_the_output_file_its_instance_wrote(engine: Engine) -> None:
     """A service process writes a large output into a file the server reserved (wire.payload_handoff);
     when the task's creation is refused after that result was queued, the file goes with the task."""
     outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
-    engine.run_task("s1", BIG, lambda task, error: outcomes.append((task, error)))
+    engine.run_task("s1", BIG, lambda task, _output, error: outcomes.append((task, error)))
     assert engine.start_next("s1", input_as_file=True) == (1, BIG, None), "a small input stays in memory"
     files = engine.store.payloads
     name = files.reserve(for_instance=True)
@@ -212,7 +213,7 @@ def running_rows(statements: list[str]) -> int:
 def test_a_running_row_overwritten_in_the_same_commit_is_not_written(engine: Engine) -> None:
     statements: list[str] = []
     engine.store._write.set_trace_callback(statements.append)
-    engine.run_task("s1", b"in", lambda _task, _error: None)
+    engine.run_task("s1", b"in", lambda _task, _output, _error: None)
     assert engine.start_next("s1") is not None
     engine.store.commit(lazy=False)  # the scheduler's commit after sending it: lazy writes wait
     assert engine.finish_task("s1", 1, output=b"out")
@@ -223,10 +224,33 @@ def test_a_running_row_overwritten_in_the_same_commit_is_not_written(engine: Eng
 def test_a_running_row_committed_before_the_result_is_written(engine: Engine) -> None:
     statements: list[str] = []
     engine.store._write.set_trace_callback(statements.append)
-    engine.run_task("s1", b"in", lambda _task, _error: None)
+    engine.run_task("s1", b"in", lambda _task, _output, _error: None)
     assert engine.start_next("s1") is not None
     engine.store.commit()  # something else commits now: the task is RUNNING in the store
     assert stored(engine, 1)[0] == [(int(pb.TaskState.Running),)]
     assert engine.finish_task("s1", 1, output=b"out")
     assert running_rows(statements) > 0, "a RUNNING row a commit took was not written"
     assert stored(engine, 1)[0] == [(int(pb.TaskState.Succeed),)]
+
+
+@pytest.mark.parametrize("watched", ["no one", "WatchSession", "WatchTask"])
+def test_a_run_tasks_output_is_handed_over_and_kept_in_its_message_for_watchers(engine: Engine, watched: str) -> None:
+    """Protobuf copies a bytes field in and out: with no watcher, a RunTask's output goes to its caller as
+    it came, not through the task's message; a watcher still reads it there."""
+    outcomes: list[tuple[pb.Task | None, bytes | None]] = []
+    engine.run_task("s1", b"in", lambda task, output, _error: outcomes.append((task, output)))
+    delivered: list[pb.Task] = []
+    feed = StreamFeed(lambda tasks: delivered.extend(tasks) or True, lambda _error: None, lambda: True)
+    if watched == "WatchSession":
+        engine.watch_session("s1", 0, feed)
+    elif watched == "WatchTask":
+        engine.watch_task("s1", "1", feed)
+    assert engine.start_next("s1") == (1, b"in", None)
+    output = b"o" * 5000
+    assert engine.finish_task("s1", 1, output=output)
+    ((task, given),) = outcomes
+    assert given is output, "the caller gets the output as the instance gave it"
+    assert task is not None and task.spec.HasField("output") == (watched != "no one")
+    finals = [t for t in delivered if t.status.state == pb.TaskState.Succeed]
+    assert [t.spec.output for t in finals] == ([] if watched == "no one" else [output])
+    assert engine.get_task("s1", "1").spec.output == output, "the store has it"
