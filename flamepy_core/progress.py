@@ -24,15 +24,34 @@ T = TypeVar("T")
 DISABLE_ENV = "FLAMEPY_PROGRESS"
 
 
+_stderr_seen: tuple[object, bool] = (None, False)
+"""The ``sys.stderr`` last asked about and whether it is a terminal: ``isatty`` is a system call (an
+``ioctl``) and ``invoke`` asks on every call. A stream keeps its descriptor; a replaced ``sys.stderr`` is
+another object, asked again, and so is a closed one."""
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a real stream
+        return False
+
+
+def _stderr_isatty() -> bool:
+    global _stderr_seen
+    stream = sys.stderr
+    seen, answer = _stderr_seen
+    if seen is not stream or getattr(stream, "closed", True):
+        answer = _isatty(stream)
+        _stderr_seen = (stream, answer)
+    return answer
+
+
 def enabled(stream: TextIO | None = None) -> bool:
     """Whether progress may be drawn on ``stream`` (stderr by default): a terminal, and not turned off."""
-    stream = stream if stream is not None else sys.stderr
-    try:
-        # First: where stderr is not a terminal (a pipe, a log file) this settles it, without reading the
-        # environment (twice) on every invoke.
-        if not stream.isatty():
-            return False
-    except (AttributeError, ValueError):  # closed, or not a real stream
+    # First: where stderr is not a terminal (a pipe, a log file) this settles it, without reading the
+    # environment (twice) on every invoke.
+    if not (_stderr_isatty() if stream is None else _isatty(stream)):
         return False
     if os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False

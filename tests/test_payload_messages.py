@@ -19,7 +19,6 @@ from flamepy_core.wire.payload_messages import (
     create_task_request,
     read_create_task_request,
     read_enter_result,
-    read_run_task_reply,
     read_session_context,
     read_task_batch,
     read_task_call,
@@ -27,6 +26,7 @@ from flamepy_core.wire.payload_messages import (
     read_task_result,
     read_withdrawn_tasks,
     result,
+    run_task_reply_parts,
     task_batch,
     task_context,
     task_reply,
@@ -265,25 +265,49 @@ def test_a_large_input_is_read_as_a_view_into_the_request_not_a_copy(size: int) 
         assert read.obj is data, "a view into the request it was read from"
 
 
+_TIMES = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
+
+
 @given(
     first=_task_specs(),
     second=st.none() | _task_specs(),
     state=st.sampled_from(list(pb.TaskState.values())),
+    times=st.tuples(_TIMES, _TIMES),
     unknown=_UNKNOWN_FIELDS,
+    in_status=_UNKNOWN_FIELDS,
+    later_state=st.none() | st.integers(min_value=-(1 << 31), max_value=(1 << 31) - 1),
 )
 def test_a_run_task_reply_is_read_as_protobuf_reads_it(
-    first: pb.TaskSpec, second: pb.TaskSpec | None, state: int, unknown: list[tuple[int, int, bytes]]
+    first: pb.TaskSpec,
+    second: pb.TaskSpec | None,
+    state: int,
+    times: tuple[int, int],
+    unknown: list[tuple[int, int, bytes]],
+    in_status: list[tuple[int, int, bytes]],
+    later_state: int | None,
 ) -> None:
+    """Any reply, its status with unknown fields, and given in pieces (the last value of each field wins,
+    sub-messages merge): the status read from its parts is the one protobuf reads in the whole."""
+    from flamepy_core.wire.payload_messages import _varint
+
     message = pb.Task(spec=first)
     message.metadata.id = "7"
     message.status.state = state  # type: ignore[assignment]
+    message.status.creation_time, message.status.completion_time = times
     message.status.events.add(code=state, message="done")
-    data = message.SerializeToString() + _unknown(unknown)
+    status = message.status.SerializeToString() + _unknown(in_status)
+    message.ClearField("status")
+    data = message.SerializeToString() + b"\x1a" + _varint(len(status)) + status + _unknown(unknown)
     if second is not None:
         data += pb.Task(spec=second).SerializeToString()
+    if later_state is not None:
+        later = pb.Task()
+        later.status.state = later_state  # type: ignore[assignment]
+        data += later.SerializeToString()
     parsed = pb.Task.FromString(data)
-    expected = (parsed.status.state, parsed.spec.output if parsed.spec.HasField("output") else None)
-    assert read_run_task_reply(data) == expected
+    status, output = run_task_reply_parts(data)
+    assert pb.TaskStatus.FromString(status) == parsed.status
+    assert output == (parsed.spec.output if parsed.spec.HasField("output") else None)
 
 
 # -- the payload files handed to and from flamepy's own instances (wire.payload_handoff) ------------------

@@ -82,6 +82,19 @@ def test_progress_can_be_turned_off(terminal, monkeypatch: pytest.MonkeyPatch) -
     assert read_all(master) == "end\r\n"
 
 
+def test_stderr_is_asked_again_when_replaced_or_closed(terminal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``enabled()`` keeps stderr's isatty answer (invoke asks on every call), for that stream only."""
+    _master, stream = terminal
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert enabled() and enabled()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not enabled()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert enabled()
+    stream.close()
+    assert not enabled(), "a closed stderr is no terminal any more"
+
+
 def test_waiting_shows_only_after_its_delay_and_clears_itself(terminal) -> None:
     master, stream = terminal
     with Waiting(lambda t: f"waiting {t:.1f}", delay=0.5, interval=0.05, stream=stream):

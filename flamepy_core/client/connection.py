@@ -299,7 +299,7 @@ class Connection:
         """flamepy.ext.v1 RunTask: create the task and get it back completed, in one round trip.
 
         The answer is the serialized ``flame.v1.Task``, for the caller to read only what it needs
-        (``payload_messages.read_run_task_reply``: protobuf copies a large output twice)."""
+        (``payload_messages.run_task_reply_parts``: protobuf copies a large output twice)."""
         request = create_task_request(session_id, input_data)  # by hand: protobuf would copy the input twice
         method = EXT["RunTask"]
         start = time.monotonic()

@@ -45,7 +45,7 @@ from flamepy_core.model import (
     task_from_proto,
 )
 from flamepy_core.progress import waiting
-from flamepy_core.wire.payload_messages import read_run_task_reply
+from flamepy_core.wire.payload_messages import run_task_reply_parts
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -237,13 +237,14 @@ def _outcome(task: Task) -> bytes | None:
 
 _SUCCEED = int(pb.TaskState.Succeed)
 """A plain int: ``pb.TaskState.Succeed`` looks the name up in the enum's descriptor on every use."""
+_STATUS = pb.TaskStatus.FromString
 
 
 def _reply_outcome(reply: bytes) -> bytes | None:
     """The output of a task as RunTask answers it (serialized), reading only what decides the result: the
-    output is one slice of the reply."""
-    state, output = read_run_task_reply(reply)
-    if state == _SUCCEED:
+    output is one slice of the reply, the state protobuf's read of the status alone."""
+    status, output = run_task_reply_parts(reply)
+    if _STATUS(status).state == _SUCCEED:
         return output
     return _outcome(task_from_proto(pb.Task.FromString(reply)))  # a failure: the error carries the whole task
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -53,9 +54,10 @@ class Method:
     response: type[Message]
     server_streaming: bool
 
-    @property
+    @cached_property
     def path(self) -> str:
-        """The gRPC method path, ``/<package>.<Service>/<Rpc>``: the method's name on every transport."""
+        """The gRPC method path, ``/<package>.<Service>/<Rpc>``: the method's name on every transport (built
+        once: every call asks)."""
         return f"/{self.service}/{self.name}"
 
 

@@ -291,6 +291,20 @@ def test_wire_format_is_the_documented_frames(served: Callable[..., Served]) -> 
         ctx.term()
 
 
+def test_only_the_exact_reply_is_read_without_decoding() -> None:
+    """A synchronous caller takes the payload of the REPLY to its own call at once (no Message built);
+    anything else, another call's reply, an error, a wrong frame count, goes through decode."""
+    reply = framing.reply(framing.Kind.REPLY, framing.pack_corr(5), b"answer")
+    assert framing.reply_payload(reply, 5) == b"answer"
+    assert framing.reply_payload(reply, 6) is None, "another call's (late) reply"
+    err = framing.error(framing.pack_corr(5), FlameError(FlameErrorCode.NOT_FOUND, "gone"))
+    assert framing.reply_payload(err, 5) is None
+    assert framing.reply_payload(framing.reply(framing.Kind.ITEM, framing.pack_corr(5), b"x"), 5) is None
+    assert framing.reply_payload([*reply, b"extra"], 5) is None
+    assert framing.reply_payload([reply[0][:20], reply[1]], 5) is None, "a short header"
+    assert framing.reply_payload([b"FZ\x03\x10" + reply[0][4:], reply[1]], 5) is None, "another version"
+
+
 @pytest.mark.parametrize("kind", ["unary", "stream", "deferred stream"])
 def test_a_vanished_caller_cancels_its_calls(kind: str, served: Callable[..., Served]) -> None:
     """A caller that goes away mid-call turns ctx.is_active() false; a stream waiting for credit ends; a

@@ -248,14 +248,21 @@ class _Core:
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = self._direct_poller
         want_fd = self._want.fileno()
+        woken = False
         while True:
             # Read what libzmq has taken in before waiting on the descriptors: ZMQ_FD signals only what
             # arrives after. Waiting on plain descriptors, not on the sockets through zmq_poll, spares
-            # the ZMQ_EVENTS look at each socket before and after the wait (a system call each).
-            if readable(sock):
+            # the ZMQ_EVENTS look at each socket before and after the wait (a system call each). Once the
+            # socket's descriptor has woken this thread, a receive asks no ZMQ_EVENTS first: libzmq reads
+            # its commands itself when it finds nothing, and zmq.Again then sends the thread back to wait.
+            if woken or readable(sock):
                 while True:
                     try:
-                        msg = framing.decode(recv_frames(sock))
+                        frames = recv_frames(sock)
+                        payload = framing.reply_payload(frames, corr)
+                        if payload is not None:
+                            return bytes(payload)
+                        msg = framing.decode(frames)
                     except zmq.Again:
                         break
                     except framing.ProtocolError as exc:
@@ -277,9 +284,11 @@ class _Core:
                 if deadline is None
                 else max(0, min(DIRECT_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
             )
+            woken = False
             for fd, _event in poller.poll(wait):  # usually the socket's descriptor alone: no set built
                 if fd == want_fd or (fd == self._monitor_fd and readable(monitor.socket)):
                     return self._hand_over(corr, method, timeout, deadline)
+                woken = woken or fd == self._sock_fd
             if self._closing:
                 raise unavailable(self._endpoint, "the channel is closed")
             if deadline is not None and time.monotonic() >= deadline:
@@ -789,9 +798,16 @@ class _Core:
 _CHANNELS: weakref.WeakSet[ZmqChannel] = weakref.WeakSet()
 
 
+_pid = os.getpid()
+"""This process's id, renewed in a forked child (below): ``os.getpid()`` is a system call, and every call
+on a channel asks whether its core is this process's."""
+
+
 def _after_fork_in_child() -> None:
     # A lock held by another thread at fork time stays held in the child forever: give every channel
     # a fresh one. The child builds its own core on first use (the parent's is left untouched).
+    global _pid
+    _pid = os.getpid()
     for channel in list(_CHANNELS):
         channel._lock = threading.Lock()
 
@@ -818,7 +834,7 @@ class ZmqChannel:
 
     def _get_core(self) -> _Core:
         core = self._core
-        if core is not None and core.pid == os.getpid() and core.alive:
+        if core is not None and core.pid == _pid and core.alive:
             return core
         with self._lock:
             if self._closed:
@@ -838,13 +854,16 @@ class ZmqChannel:
         if self._closed:
             raise unavailable(self.endpoint, "the channel is closed")
         data = request if type(request) is bytes else bytes(request)
-        check_size(len(data), self._config.max_message_size, what="request", endpoint=self.endpoint)
+        if len(data) > self._config.max_message_size:  # (the test written out: this runs on every call)
+            check_size(len(data), self._config.max_message_size, what="request", endpoint=self.endpoint)
         return data, resolve_timeout(timeout, self._config.default_timeout)
 
     def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
         data, seconds = self._prepare(request, timeout)
         response = self._get_core().unary(method, data, seconds)
-        check_size(len(response), self._config.max_message_size, what=f"response to {method}", endpoint=self.endpoint)
+        limit = self._config.max_message_size
+        if len(response) > limit:
+            check_size(len(response), limit, what=f"response to {method}", endpoint=self.endpoint)
         return response
 
     def unary_async(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Future[bytes]:

@@ -83,6 +83,7 @@ RESPONSE_KINDS = frozenset({Kind.REPLY, Kind.ITEM, Kind.END, Kind.ERROR})
 _PREFIXES: dict[Kind, bytes] = {kind: _PREFIX.pack(MAGIC, VERSION, kind) for kind in Kind}
 _KIND_OF: dict[bytes, Kind] = {prefix: kind for kind, prefix in _PREFIXES.items()}
 _NO_META = _META.pack(0, 0, 0, 0)
+_REPLY_PREFIX = _PREFIXES[Kind.REPLY]
 _EMPTY = b""
 
 
@@ -172,6 +173,20 @@ def decode(frames: list[Any]) -> Message:
         raise ProtocolError("malformed header frame")
     _magic, _version, _kind, corr, flags, a, b, c = _HEADER.unpack_from(header)
     return Message(kind, corr, header[HEADER_SIZE:], flags, a, b, c, frames[1])
+
+
+def reply_payload(frames: list[Any], corr: int) -> Any:
+    """The payload of ``frames`` when they are exactly the ``REPLY`` to call ``corr``, else None (read them
+    with :func:`decode`). A synchronous caller's usual answer, read without building a :class:`Message`."""
+    if len(frames) == FRAME_COUNT:
+        header = frames[0]
+        if (
+            header[:_CORR_AT] == _REPLY_PREFIX
+            and len(header) >= HEADER_SIZE
+            and _CORR.unpack_from(header, _CORR_AT)[0] == corr
+        ):
+            return frames[1]
+    return None
 
 
 def timeout_of(msg: Message) -> float | None:

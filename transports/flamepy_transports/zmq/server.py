@@ -286,10 +286,12 @@ class _Engine:
             if self._send_one(sock, entry) == "again":
                 self._backlog[entry[0]] = deque([entry])  # the I/O thread retries it with the others
                 self._waker.signal()
-            elif readable(sock):
+            elif (not self._lent or self._host_waiting) and readable(sock):
                 # The send let libzmq take in what arrived: the thread waiting on ZMQ_FD (the I/O thread,
                 # or a host thread while the socket is lent) may not be told of a request already readable.
-                # (A host not waiting reads the socket first thing in its next wait.)
+                # A host not waiting (usually the sender: a service process's main thread answering its
+                # task) reads the socket first thing in its next wait, and the I/O thread of a lent socket
+                # watches only its waker: nobody to tell, so no ZMQ_EVENTS look (a system call).
                 if not self._lent:
                     self._waker.signal()
                 elif self._host_waiting and self._host_waker is not None:
