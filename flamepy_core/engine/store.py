@@ -322,12 +322,17 @@ class Store:
         self.commits = 0
         self.checkpoints = 0
         """Checkpoints run by the checkpointer thread (diagnostics and tests)."""
+        # Connected here, before any write: a connection's set-up (its PRAGMAs) waits for the write lock,
+        # which writes that never pause kept from it for its whole busy timeout (30 s), while the log grew.
+        checkpoint_conn = self._connect()
         self._writer = threading.Thread(target=self._run_writer, name="flame-store-writer", daemon=True)
         self._writer.start()
         self._wal = self.path + "-wal"
         self._last_commit = time.monotonic()
         self._checkpoint_wanted = threading.Event()
-        self._checkpointer = threading.Thread(target=self._run_checkpointer, name="flame-store-checkpoint", daemon=True)
+        self._checkpointer = threading.Thread(
+            target=self._run_checkpointer, args=(checkpoint_conn,), name="flame-store-checkpoint", daemon=True
+        )
         self._checkpointer.start()
 
     def _connect(self) -> sqlite3.Connection:
@@ -609,8 +614,7 @@ class Store:
 
     # -- the checkpointer thread ------------------------------------------------------------------------
 
-    def _run_checkpointer(self) -> None:
-        conn = self._connect()
+    def _run_checkpointer(self, conn: sqlite3.Connection) -> None:
         truncated_at = 0  # the count of this store's commits when the log was last copied back and truncated
         try:
             while not self._closing:
