@@ -340,7 +340,7 @@ def _task_ops(entry: SessionEntry, task: pb.Task) -> list[Op]:
     finished = task.status.completion_time if task.status.state in TERMINAL else None
     ops: list[Op] = [(_UPDATE_TASK, (int(task.status.state), status, finished, entry.id, tid))]
     if task.status.state in TERMINAL and task.spec.HasField("output"):
-        ops.append(_payload_op(entry.id, tid, OUTPUT, task, None))
+        ops.append(_output_op(entry.id, tid, task))
     return ops
 
 
@@ -351,12 +351,10 @@ def _payload_row(session_id: str, tid: int, kind: int, data: bytes, file: Payloa
     return (_SAVE_PAYLOAD, (session_id, tid, kind, data))
 
 
-def _payload_op(session_id: str, tid: int, kind: int, task: pb.Task, file: PayloadFile | None) -> Op:
-    """The row of the task's input or output: the bytes, or the file that holds them (whose bytes are
-    then not asked for: protobuf copies a field's bytes each time they are read)."""
-    if file is not None:
-        return (_SAVE_PAYLOAD_FILE, (session_id, tid, kind, file.name, file.size))
-    return (_SAVE_PAYLOAD, (session_id, tid, kind, task.spec.input if kind == INPUT else task.spec.output))
+def _output_op(session_id: str, tid: int, task: pb.Task) -> Op:
+    """The row of an output the task's message holds (a result given with a file is stored by
+    ``_payload_row``, and its bytes are not asked for: protobuf copies a field's bytes each time)."""
+    return (_SAVE_PAYLOAD, (session_id, tid, OUTPUT, task.spec.output))
 
 
 def _session_op(message: pb.Session) -> Op:
@@ -1681,7 +1679,7 @@ class Engine:
         else:
             ops = [(_UPDATE_TASK, (int(state), final.SerializeToString(), ts, entry.id, tid))]
             if task.spec.HasField("output"):  # (a task finished twice over a restart keeps its output)
-                ops.append(_payload_op(entry.id, tid, OUTPUT, task, None))
+                ops.append(_output_op(entry.id, tid, task))
         if output_file is not None:
             entry.output_files[tid] = output_file
         finished = partial(self._finished, entry, tid, final, output, on_committed)
