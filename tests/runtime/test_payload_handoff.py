@@ -97,30 +97,6 @@ def test_a_large_invoke_goes_by_payload_files_the_service_process_reads_and_writ
     assert file_io(pid)[0] - read < MIB and file_io(pid)[1] - written < MIB, "a small payload travels inline"
 
 
-def minor_faults(pid: int) -> int:
-    """Pages process ``pid`` faulted in so far without reading a disk (``minflt`` of ``/proc/PID/stat``)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the server's fault count in /proc")
-def test_the_server_reuses_its_large_buffers_rather_than_fault_in_fresh_memory(flame_env) -> None:
-    """Fails when the server's heap settings are lost (flamepy_core.engine.heap): glibc then maps each 16 MiB
-    buffer anew and the server faults in at least 4,096 pages per invoke (8,192 measured)."""
-    from flamepy_core.home import live_server
-
-    flame_env.write_service("handoff", SERVICE)
-    session = flamepy.create_session("handoff", min_instances=1, max_instances=1)
-    data = os.urandom(16 * MIB)
-    for _ in range(3):  # the heap grows to what an invoke needs
-        assert session.invoke(data) == data[::-1]
-    server = int(live_server(flame_env.home)["pid"])
-    before = minor_faults(server)
-    for _ in range(4):
-        assert session.invoke(data) == data[::-1]
-    per_invoke = (minor_faults(server) - before) / 4
-    assert per_invoke < 1024, f"the server faulted in {per_invoke:.0f} pages per 16 MiB invoke"
-
-
 @pytest.mark.parametrize("size", [MIB - 1, MIB, 16 * MIB])
 def test_a_payload_round_trips_byte_for_byte_and_reads_back_after_a_restart(flame_env, size: int) -> None:
     flame_env.write_service("handoff", SERVICE)
