@@ -15,6 +15,8 @@ import termios
 import time
 from pathlib import Path
 
+from conftest import wait_for
+
 from flamepy_core.cli.commands.top import ENTER_SCREEN, HOME, LEAVE_SCREEN
 from flamepy_core.cli.top import Throughput, frame
 from flamepy_core.client.session import Session
@@ -154,14 +156,21 @@ def test_top_through_a_pipe_prints_plain_frames_and_never_starts_a_server(flame_
     assert not (Path(flame_env.home) / "server.json").exists(), "top watches; it does not start a server"
 
     holder, session_id = start_busy_session(flame_env)
+    bound = r"^worker +i\d+ +Bound +" + session_id + r" +\d+ "
     try:
+        # The 30 tasks may all be done by the first instance before the second has entered the session.
+        wait_for(
+            lambda: len(re.findall(bound, flame_env.flmctl("top", "-n", "1").stdout, re.M)) == 2,
+            30,
+            "both instances bound to the session",
+        )
         out = flame_env.run([*FLMCTL, "top", "-n", "2", "-d", "0.2"]).stdout
         assert "\x1b" not in out, "no escape sequences when the output is not a terminal"
         frames = out.split("flmctl top - ")[1:]
         assert len(frames) == 2
         for text in frames:
             assert "SESSIONS: 1 open, 0 closed" in text and session_id in text
-            assert len(re.findall(r"^worker +i\d+ +Bound +" + session_id + r" +\d+ ", text, re.M)) == 2, text
+            assert len(re.findall(bound, text, re.M)) == 2, text
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
