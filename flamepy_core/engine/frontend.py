@@ -29,7 +29,7 @@ from flamepy_core.contracts.transport import (
 from flamepy_core.engine.instances import executor_message, instance_message
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.retention import Retention
-from flamepy_core.engine.state import Engine, reply_task, with_input
+from flamepy_core.engine.state import Engine, echo_input, reply_task
 from flamepy_core.engine.watches import StreamFeed
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
@@ -214,7 +214,7 @@ def frontend_handlers(
         task_input = r.task.input if r.task.HasField("input") else None
 
         def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
-            _answer(responder)(with_input(tasks[0], task_input) if tasks else None, error)
+            _answer(responder)(echo_input(tasks[0], task_input) if tasks else None, error)
 
         engine.submit_tasks(r.task.session_id, [task_input], created)
 

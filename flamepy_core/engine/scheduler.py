@@ -1177,11 +1177,15 @@ class Scheduler:
             contexts.append(ctx)
             expected.append((tid, output_name))
 
-        def on_item(payload: bytes) -> None:
+        def hear() -> None:
+            """The batch's first answer (a result or its end): its tasks are queued on the instance."""
             nonlocal heard
             if not heard:
                 heard = True
                 self.post(self._on_batch_heard, inst)
+
+        def on_item(payload: bytes) -> None:
+            hear()
             if not expected:  # more results than tasks: a bug of the instance's; its tasks were answered
                 log.warning(
                     "instance %s of session %s answered more results than its batch of %d tasks had: the extra "
@@ -1195,10 +1199,7 @@ class Scheduler:
             self.post(self._on_task_done, inst, sid, tid, self._task_outcome(sid, tid, output_name, payload))
 
         def on_end(error: FlameError | None) -> None:
-            nonlocal heard
-            if not heard:
-                heard = True
-                self.post(self._on_batch_heard, inst)
+            hear()
             left = list(expected)
             expected.clear()
             files = self.engine.store.payloads

@@ -173,7 +173,7 @@ def _task_from_row(files: PayloadFiles, session_id: str, row: tuple[Any, ...]) -
     return task
 
 
-def with_input(task: pb.Task, task_input: bytes | None) -> pb.Task:
+def echo_input(task: pb.Task, task_input: bytes | None) -> pb.Task:
     """A copy of a task just created from ``task_input``, with that input: CreateTask echoes it, as Flame's
     does, though a large input lives in its payload file only (``SessionEntry.input_files``)."""
     copy = pb.Task()
@@ -346,9 +346,12 @@ def _task_ops(entry: SessionEntry, task: pb.Task) -> list[Op]:
 
 def _payload_row(session_id: str, tid: int, kind: int, data: bytes, file: PayloadFile | None) -> Op:
     """The row of a task's input or output given as bytes: the bytes, or the file that holds them."""
-    if file is not None:
-        return (_SAVE_PAYLOAD_FILE, (session_id, tid, kind, file.name, file.size))
-    return (_SAVE_PAYLOAD, (session_id, tid, kind, data))
+    return (_SAVE_PAYLOAD, (session_id, tid, kind, data)) if file is None else _file_row(session_id, tid, kind, file)
+
+
+def _file_row(session_id: str, tid: int, kind: int, file: PayloadFile) -> Op:
+    """The row of a task's input or output that lives in a payload file: the file's name and size."""
+    return (_SAVE_PAYLOAD_FILE, (session_id, tid, kind, file.name, file.size))
 
 
 def _output_op(session_id: str, tid: int, task: pb.Task) -> Op:
@@ -925,11 +928,6 @@ class Engine:
         files = self.store.payloads
         # Large inputs are written to their files here, before the lock: not while everyone waits.
         spilled = [files.spill(task_input) for task_input in inputs]
-        # An input given as a view into its request (RunTask's large ones) is kept as bytes if not in a file.
-        inputs = [
-            bytes(task_input) if isinstance(task_input, memoryview) and spilled_file is None else task_input
-            for task_input, spilled_file in zip(inputs, spilled, strict=True)
-        ]
         early = not acknowledged and self.store.failure is None
         try:
             first = self._submit(session_id, inputs, spilled, on_created, waiter, timeouts, early)
@@ -983,15 +981,17 @@ class Engine:
                 task.status.CopyFrom(pending)
                 if input_file is not None:  # a large input lives in its file only (see SessionEntry.input_files)
                     ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
-                    ops.append(_payload_row(session_id, tid, INPUT, b"", input_file))
+                    ops.append(_file_row(session_id, tid, INPUT, input_file))
                     entry.input_files[tid] = input_file
-                elif isinstance(task_input, bytes):  # (submit_tasks made any view that is not in a file bytes)
-                    task.spec.input = task_input
-                    if len(task_input) <= INLINE_PAYLOAD_BYTES:
-                        ops.append((_INSERT_TASK_WITH_INPUT, (session_id, tid, int(PENDING), task_input, status)))
+                elif task_input is not None:
+                    # (the same object when bytes; a view into a RunTask request whose file failed: copied)
+                    data = bytes(task_input)
+                    task.spec.input = data
+                    if len(data) <= INLINE_PAYLOAD_BYTES:
+                        ops.append((_INSERT_TASK_WITH_INPUT, (session_id, tid, int(PENDING), data, status)))
                     else:
                         ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
-                        ops.append(_payload_row(session_id, tid, INPUT, task_input, None))
+                        ops.append(_payload_row(session_id, tid, INPUT, data, None))
                 else:
                     ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
                 tasks.append(task)
@@ -1101,7 +1101,7 @@ class Engine:
         """Create one task and return it once committed (flame.v1 CreateTask)."""
         done = _Outcome[list[pb.Task]]()
         self.submit_tasks(session_id, [task_input], done.settle)
-        return with_input(done.wait()[0], task_input)
+        return echo_input(done.wait()[0], task_input)
 
     def run_task(
         self,
@@ -1458,9 +1458,11 @@ class Engine:
         """The input of a task that lives in its payload file only (None if it has none there); raises
         the file's FlameError (which names it) when it cannot be read."""
         input_file = entry.input_files.get(tid)
-        if input_file is None:
-            return None
-        what = f"the input of task {tid} of session {entry.id}"
+        return None if input_file is None else self._read_input(entry.id, tid, input_file)
+
+    def _read_input(self, session_id: str, tid: int, input_file: PayloadFile) -> bytes:
+        """The task's input from its payload file; the file's FlameError (which names it) if it is unreadable."""
+        what = f"the input of task {tid} of session {session_id}"
         return self.store.payloads.read(input_file.name, input_file.size, what)
 
     def _add_input(self, session_id: str, tid: int, input_file: PayloadFile, snapshot: pb.Task) -> None:
@@ -1469,9 +1471,8 @@ class Engine:
 
         A file that cannot be read leaves the snapshot without it: the watch is about the task's state,
         and the task itself fails, saying why, when it is started."""
-        what = f"the input of task {tid} of session {session_id}"
         try:
-            snapshot.spec.input = self.store.payloads.read(input_file.name, input_file.size, what)
+            snapshot.spec.input = self._read_input(session_id, tid, input_file)
         except FlameError as exc:
             log.warning("%s", exc.message)
 
@@ -1741,7 +1742,9 @@ class Engine:
             for waiter in waiters:
                 try:
                     if isinstance(waiter, OutputWaiter):
-                        given = output if output is not None or not task.spec.HasField("output") else task.spec.output
+                        given = output
+                        if given is None and task.spec.HasField("output"):  # (kept from before a restart)
+                            given = task.spec.output
                         waiter.call(task, given)
                     else:
                         waiter(task)
