@@ -16,7 +16,8 @@ on the path is one, so they count hand-offs whatever the load.
 A/B: ``--checkout DIR`` (repeatable) runs the same measurement with each checkout's ``flamepy``,
 ``flamepy_core`` and bundled transports (``DIR/transports``) first on the path (the server and the
 instances inherit it), alternating checkouts for ``--rounds`` rounds, so both see the same load.
-``--transport grpc`` runs the server (and its instance links) on gRPC. Linux only (``/proc``).
+``--transport grpc`` runs the server and its instance links on gRPC (``FLAME_INSTANCE_TRANSPORT``). Linux
+only (``/proc``).
 
 Usage: ``python benchmarks/bench_server_cpu.py [--invokes 3000] [--tasks 10000] [--rounds 3]
 [--checkout OLD --checkout NEW] [--transport grpc]``. Nothing is asserted: this is a measurement.
@@ -223,7 +224,9 @@ def main() -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.transport:
-        os.environ["FLAME_TRANSPORT"] = args.transport  # the children and their server inherit it
+        # The children and their server inherit both; the instance links too, so that ``grpc`` measures
+        # gRPC's path (a gRPC server links services written with flamepy over zmq unless told otherwise).
+        os.environ["FLAME_TRANSPORT"] = os.environ["FLAME_INSTANCE_TRANSPORT"] = args.transport
     if args.child:
         print(json.dumps(measure(args.invokes, args.tasks)))
         return 0
