@@ -1141,10 +1141,12 @@ class Scheduler:
         process = inst.process
         if sid is None or process is None or self._closed or inst.state == State.STOPPING:
             return
-        if may_send_batch(inst):
-            # An idle instance gets a batch only for two tasks or more: a lone task (a warm invoke) goes
-            # as OnTaskInvoke, and nothing is sent behind it here (its call may still be waiting to be made
-            # by the thread that answers it, ``answers`` below, and must reach the instance first).
+        # Nothing queued (an instance that answered a warm invoke): nothing to ask the engine for.
+        queued = self.engine.pending_hint(sid)
+        # An idle instance gets a batch only for two tasks or more: a lone task (a warm invoke) goes as
+        # OnTaskInvoke, and nothing is sent behind it here (its call may still be waiting to be made by the
+        # thread that answers it, ``answers`` below, and must reach the instance first).
+        if queued >= (1 if inst.inflight else 2) and may_send_batch(inst):
             share = sum(1 for i in self._instances.values() if i.session_id == sid and i.state in _SERVING)
             batch = self.engine.start_many(
                 sid,
@@ -1156,7 +1158,7 @@ class Scheduler:
             )
             if batch:
                 self._send_batch(inst, sid, batch)
-        started = None if inst.inflight else self.engine.start_next(sid, input_as_file=inst.handoff)
+        started = None if inst.inflight or not queued else self.engine.start_next(sid, input_as_file=inst.handoff)
         if started is not None:
             tid, task_input, input_file = started
             now = time.monotonic()

@@ -1537,6 +1537,13 @@ class Engine:
             entry = self._sessions.get(session_id)
             return entry.timeouts.get(task_id) if entry is not None else None
 
+    def pending_hint(self, session_id: str) -> int:
+        """How many tasks of the session are queued, read without the lock: a hint for the scheduler to skip
+        asking for tasks when there are none (a task queued right after is announced by ``tasks_pending``,
+        which dispatches again)."""
+        entry = self._sessions.get(session_id)
+        return len(entry.pending) if entry is not None else 0
+
     def has_pending(self, session_id: str) -> bool:
         with self.lock:
             entry = self._sessions.get(session_id)
