@@ -7,6 +7,8 @@ Measured in one run, on this machine:
   over ipc: the floor of that transport for any client -> server -> instance path.
 * ``core invoke``: ``flamepy.core`` ``Session.invoke(bytes)`` on a warm session (instance already bound).
 * ``service invoke``: ``flamepy.service.Session.invoke(obj)`` (adds cloudpickle both ways).
+* with ``--transport grpc``, ``core invoke, gRPC instance link too``: a server started with
+  ``--instance-transport grpc`` (a gRPC server links these services over zmq by default).
 * ``16 MiB``: a 16 MiB request answered with 16 MiB, raw two hops against ``flamepy.core`` ``invoke``.
 * ``run() throughput``: N no-op tasks submitted with ``Session.run()`` to one session with 2 instances.
 * cold start: ``spawn until it answers`` (the floor: start a Python process that imports the transport's
@@ -31,6 +33,7 @@ import multiprocessing as mp
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -379,7 +382,48 @@ def flamepy_numbers(
         results["service_invoke"] = _measure(lambda: typed.invoke(PAYLOAD), iterations)
 
     results["throughput_tasks_per_s"], results["throughput_failed"] = run_throughput("bench", tasks)
+    if transport == "grpc":
+        results["core_invoke_grpc_link"] = warm_invoke_linked_by(tmp, app_dir, "grpc", iterations)
     return results
+
+
+def warm_invoke_linked_by(tmp: Path, app_dir: Path, link: str, iterations: int) -> list[float]:
+    """Warm core invokes through a gRPC server of its own whose instances are linked with ``link``.
+
+    A gRPC server links a service written with this SDK over the local default (zmq) unless told
+    otherwise (see docs/architecture.md); this row measures the path with a second gRPC hop instead,
+    ``--instance-transport grpc``, so the table shows what that choice costs.
+    """
+    from flamepy.core import SessionAttributes
+    from flamepy_core.client.connection import connect
+    from flamepy_core.home import live_server
+
+    home = tmp / f"home-{link}-link"
+    home.mkdir(mode=0o700)
+    argv = [sys.executable, "-m", "flamepy_core.engine", "--home", str(home), "--transport", "grpc"]
+    argv += ["--instance-transport", link, "--idle-exit", "0", "--log-level", "WARNING"]
+    server = subprocess.Popen(argv, cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while (info := live_server(home)) is None:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server with --instance-transport {link} did not start (exit {server.poll()})")
+            time.sleep(0.05)
+        connection = connect(str(info["endpoint"]))
+        try:
+            attrs = {"command": sys.executable, "arguments": ["bench.py"], "working_directory": str(app_dir)}
+            connection.register_application("bench", attrs)
+            session = connection.create_session(
+                SessionAttributes(application="bench", min_instances=1, max_instances=1)
+            )
+            samples = _measure(lambda: session.invoke(PAYLOAD), iterations)
+            session.close()
+        finally:
+            connection.close()
+    finally:
+        server.terminate()
+        server.wait(60)
+    return samples
 
 
 def compile_packages() -> list[str]:
@@ -449,10 +493,14 @@ def main() -> int:
     raw_med = statistics.median(raw)
     floor = "raw pyzmq two hops (floor)" if args.transport == "zmq" else "raw grpcio two hops (floor)"
     rows = [(floor, raw_med, _percentile(raw, 99), 1.0)]
-    for key, label in (("core_invoke", "flamepy core invoke (warm)"), ("service_invoke", "flamepy service invoke")):
-        samples = ours[key]
-        assert isinstance(samples, list)
-        rows.append(row(label, samples, raw_med, _percentile(samples, 99)))
+    for key, label in (
+        ("core_invoke", "flamepy core invoke (warm)"),
+        ("service_invoke", "flamepy service invoke"),
+        ("core_invoke_grpc_link", "core invoke, gRPC instance link too"),
+    ):
+        samples = ours.get(key)
+        if isinstance(samples, list):  # the gRPC link row only with --transport grpc
+            rows.append(row(label, samples, raw_med, _percentile(samples, 99)))
     ours_large = ours["core_invoke_16mib"]
     assert isinstance(ours_large, list)
     large_rows = []

@@ -190,7 +190,8 @@ class FlameEnv:
 
 @pytest.fixture
 def flame_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlameEnv]:
-    """A private FLAME_HOME. Parametrize indirectly with a transport name to run the local server on it."""
+    """A private FLAME_HOME. Parametrize indirectly with a transport name to run the local server on it,
+    instance links included (``FLAME_INSTANCE_TRANSPORT``: gRPC alone links them over zmq by default)."""
     # A short path: unix socket paths must stay under ~100 characters.
     home = Path(tempfile.mkdtemp(prefix="fh-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
@@ -200,7 +201,7 @@ def flame_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     env["FLAME_SOCKET_DIR"] = str(home / "s")
     transport = getattr(request, "param", None)
     if transport:
-        env["FLAME_TRANSPORT"] = transport
+        env["FLAME_TRANSPORT"] = env["FLAME_INSTANCE_TRANSPORT"] = transport
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     for key in [k for k in os.environ if k.startswith("FLAME_")]:
         monkeypatch.delenv(key)

@@ -13,7 +13,7 @@ from types import FrameType
 
 from flamepy_core.config import RuntimeSettings, flame_home
 from flamepy_core.contracts.errors import FlameError
-from flamepy_core.engine.choice import default_listen
+from flamepy_core.engine.choice import default_listen, instance_link_choice
 from flamepy_core.engine.heap import keep_large_buffers
 from flamepy_core.engine.security import add_security_arguments, security_from_args, server_security_options
 from flamepy_core.engine.server import FlameServer
@@ -36,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--instance-transport",
-        default=None,
+        default=os.environ.get("FLAME_INSTANCE_TRANSPORT") or None,
         help="transport between server and instances: auto (Flame's protocol on a bare socket path, plus the "
         "local default offered to services written with flamepy) or a transport name "
-        "(default: --transport if given, else auto)",
+        "(default: $FLAME_INSTANCE_TRANSPORT, else auto, or --transport if given unless that is the bare-path "
+        "transport, grpc, which auto already uses for Flame's services)",
     )
     parser.add_argument("--idle-exit", type=float, default=None, help="exit after N idle seconds (0 = never)")
     parser.add_argument("--durability", choices=("batched", "strict"), default="batched")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             listen,
             settings=settings,
             registry=registry,
-            instance_transport=args.instance_transport or args.transport or "auto",
+            instance_transport=instance_link_choice(registry, args.transport, args.instance_transport),
             durability=args.durability,
             security=security,
             insecure=args.insecure,

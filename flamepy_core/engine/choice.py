@@ -5,7 +5,10 @@
   ``local_default_rank``);
 * the **instance links**: with one transport configured, that transport alone; otherwise (``auto``) the
   transport that speaks Flame's protocol on a bare socket path (``bare_path_scheme``), for services
-  written with Flame's SDK, plus the local default offered to services written with this SDK;
+  written with Flame's SDK, plus the local default offered to services written with this SDK. A
+  configured transport that *is* Flame's bare-path transport (gRPC) gets ``auto`` too, since that link
+  already is it for Flame's services, and services written with this SDK get the faster one
+  (:func:`instance_link_choice`);
 * the **in-process** transport (``in_process``) for instances run inside the server.
 
 A transport that lacks what a role needs is refused up front, naming the transport, the capability and
@@ -26,6 +29,7 @@ __all__ = [
     "accepted_options",
     "default_listen",
     "in_process_transport",
+    "instance_link_choice",
     "instance_link_transports",
     "local_endpoint",
     "runtime_transport",
@@ -65,6 +69,24 @@ def default_listen(home: Path, transport: str | None = None, registry: PluginReg
         )
     reg.require(chosen, "local_schemes", "for the server's default listen endpoint (a private socket in FLAME_HOME)")
     return local_endpoint(reg.create_transport(chosen), home, "flame")
+
+
+def instance_link_choice(registry: PluginRegistry, transport: str | None, instance_transport: str | None) -> str:
+    """What links a server's instances when ``--instance-transport`` is ``instance_transport`` (None: not
+    given) and the runtime's transport is ``transport`` (None: the local default): ``auto`` or a name.
+
+    A named runtime transport links the instances alone (a third party's carries the whole runtime), except
+    the one that declares ``bare_path_scheme``: ``auto`` links Flame's services with that very transport
+    already, and offers services written with this SDK the local default beside it, which costs a third
+    less per call than a second gRPC hop (see docs/benchmarks.md).
+    """
+    if instance_transport:
+        return instance_transport
+    if not transport:
+        return "auto"
+    chosen = registry.transport_spec(transport)
+    bare = registry.bare_path_transport()
+    return "auto" if bare is not None and bare.spec.name == chosen.spec.name else transport
 
 
 def instance_link_transports(

@@ -194,6 +194,9 @@ class Instance:
     """Its process takes large payloads as files (it said so entering its session: ``wire.payload_handoff``)."""
     batches: bool = False
     """Its process takes tasks in batches (``RunTasks``: it said so entering its session)."""
+    may_take_generic: bool = False
+    """Spawned while a generic process was held and not started yet: its start may be handed that process,
+    so until it has a process the generic one counts as its place under the cap, not as another."""
     unheard: int = 0
     """Batches sent to it that have not answered yet (no result, no end): one may still be on its way, and
     another sent now could overtake it (see :meth:`Scheduler._dispatch`)."""
@@ -586,6 +589,7 @@ class Scheduler:
         inst.awaited = awaited
         if session_id is None:
             inst.expires = now + float(app.spec.delay_release)
+        inst.may_take_generic = self.generic is not None and bool(self.generic.held())
         self._instances[inst.id] = inst
         self.supervisor.spawn(inst, app)
         return inst
@@ -594,6 +598,7 @@ class Scheduler:
 
     def on_started(self, inst: Instance, process: InstanceHandle | None, error: FlameError | None) -> None:
         """The supervisor started the process (or could not)."""
+        inst.may_take_generic = False
         if process is None:
             self._instances.pop(inst.id, None)
             detail = f"instance could not start: {error.message if error else 'unknown error'}"
@@ -603,6 +608,8 @@ class Scheduler:
                 log.warning("spare instance %s of %s: %s", inst.id, inst.app, detail)
             return
         inst.process = process
+        if self.generic is not None and len(self._instances) + self._generic_place() > self.cap:
+            self.generic.drop()  # this start did not take it, and a start counted on it: over the cap by it
         if inst.state == State.STOPPING or self._closed:
             self.supervisor.stop(inst, self.settings.shutdown_grace)
         elif self.generic is not None and not self.generic.held():
@@ -1065,9 +1072,19 @@ class Scheduler:
         it anyway)."""
         if len(self._instances) >= self.cap:
             return False
-        if self.generic is not None and len(self._instances) + self.generic.held() >= self.cap:
+        if self.generic is not None and len(self._instances) + self._generic_place() >= self.cap:
             self.generic.drop()
         return True
+
+    def _generic_place(self) -> int:
+        """The place the generic process takes under the cap besides the instances: none while an instance
+        whose start may be handed it has no process yet (dropping it then would start that instance cold,
+        and the one asking for room would start a process of its own anyway: both cold, the test of the
+        cap saw it on a loaded machine); :meth:`on_started` settles the count once that start is done."""
+        if self.generic is None or not self.generic.held():
+            return 0
+        pending = any(i.may_take_generic and i.process is None for i in self._instances.values())
+        return 0 if pending else 1
 
     # -- the generic process ---------------------------------------------------------------------------
 

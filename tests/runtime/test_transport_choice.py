@@ -3,6 +3,8 @@
 * a name that is not installed gets the registry's error (installed list, near match), and nothing starts;
 * a transport that lacks what the local runtime needs is refused up front, naming what to choose;
 * ``FLAME_TRANSPORT`` picks the local server's transport, recorded in ``server.json``;
+* with gRPC, a service written with this SDK is linked over the local default, and Flame's bare path is
+  still named for one written with Flame's SDK; ``--instance-transport grpc`` keeps gRPC alone;
 * a live server on another transport is used with its own transport, and the client says so once;
 * an in-process transport runs the runtime inside the client: no server process.
 """
@@ -17,7 +19,9 @@ from pathlib import Path
 
 from conftest import REPO, FlameEnv
 
+from flamepy_core.engine.choice import instance_link_choice
 from flamepy_core.home import live_server
+from flamepy_core.plugins import get_registry
 
 PLUGINS = REPO / "tests" / "plugins"
 
@@ -88,6 +92,54 @@ def test_flame_transport_picks_the_local_servers_transport(flame_env: FlameEnv) 
     out = flame_env.python(INVOKE, extra_env={"FLAME_TRANSPORT": "grpc"})
     assert out.stdout.split() == ["b'echo:hi'", "b'echo:hi'"], out.stdout + out.stderr
     assert "asks for transport" not in out.stderr, "the server runs the transport asked for: nothing to say"
+
+
+LINKS = """
+import os
+from flamepy.core import FlameService
+import flamepy
+
+class Links(FlameService):
+    def on_task_invoke(self, context):
+        named = (os.environ.get(var, "-") for var in ("FLAMEPY_INSTANCE_ENDPOINT", "FLAME_INSTANCE_ENDPOINT"))
+        return " ".join(named).encode()
+
+if __name__ == "__main__":
+    flamepy.run(Links())
+"""
+
+ASK_LINKS = """
+import flamepy
+s = flamepy.create_session("links")
+print(s.invoke(b"").decode())
+s.close()
+"""
+
+
+def test_a_grpc_server_links_a_flamepy_service_over_the_local_default(flame_env: FlameEnv) -> None:
+    """gRPC for clients; the instance of a service written with this SDK gets the zmq link offered, and
+    Flame's bare socket path stays named for a service written with Flame's SDK. FLAME_INSTANCE_TRANSPORT
+    (the server's --instance-transport) keeps gRPC alone."""
+    on_grpc = {"FLAME_TRANSPORT": "grpc"}
+    flmctl(flame_env, "server", "start", extra_env=on_grpc)
+    flame_env.write_service("links", LINKS)
+    fast, compat = flame_env.python(ASK_LINKS, extra_env=on_grpc).stdout.split()
+    assert fast.startswith("zmq+ipc://") and fast.endswith(".ipc"), fast
+    assert compat.startswith("/") and compat.endswith(".sock"), f"Flame's bare path, for gRPC: {compat}"
+    flame_env.flmctl("server", "stop")
+    alone = {**on_grpc, "FLAME_INSTANCE_TRANSPORT": "grpc"}  # what --instance-transport grpc does
+    flmctl(flame_env, "server", "start", extra_env=alone)
+    fast, compat = flame_env.python(ASK_LINKS, extra_env=alone).stdout.split()
+    assert fast == "-" and compat.startswith("/") and compat.endswith(".sock"), (fast, compat)
+
+
+def test_the_instance_link_follows_the_runtime_transport_except_for_flames_own() -> None:
+    registry = get_registry()
+    assert instance_link_choice(registry, None, None) == "auto"
+    assert instance_link_choice(registry, "zmq", None) == "zmq", "one transport configured carries the runtime"
+    assert instance_link_choice(registry, "grpc", None) == "auto", "auto already links Flame's services by gRPC"
+    assert instance_link_choice(registry, "grpc", "grpc") == "grpc", "asked for: gRPC alone"
+    assert instance_link_choice(registry, "zmq", "auto") == "auto"
 
 
 def test_a_live_server_on_another_transport_is_used_and_the_client_says_so_once(flame_env: FlameEnv) -> None:
