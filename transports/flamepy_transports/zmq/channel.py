@@ -14,7 +14,9 @@ Connection state, from the socket monitor:
 
 * handshake succeeded -> connected; queued calls go out;
 * disconnected after being connected -> every call in flight fails with ``UNAVAILABLE`` now (the server
-  closed, crashed, or missed ZMTP heartbeats for ``heartbeat_ivl_ms + heartbeat_timeout_ms``);
+  closed, crashed, or missed ZMTP heartbeats for ``heartbeat_ivl_ms + heartbeat_timeout_ms``), saying
+  that it may or may not have run: even a request written just as the connection went may have reached
+  the old server, so it is never sent again (see :meth:`_Core._on_event`);
 * a connection attempt refused, or a handshake failing, while calls wait -> they fail with
   ``UNAVAILABLE`` (``UNAUTHENTICATED`` when the server's ZAP handler refused our CURVE key, or one side
   has CURVE and the other not); with no news at all they fail after ``connect_timeout``.
@@ -687,13 +689,29 @@ class _Core:
             return
         if event == zmq.EVENT_DISCONNECTED:
             if self._connected:
-                failure = unavailable(
-                    self._endpoint,
+                lost = (
                     f"the connection was lost (the server closed or crashed, or was silent for more than "
-                    f"{self._config.liveness_bound:g} s)",
+                    f"{self._config.liveness_bound:g} s)"
                 )
-                self._last_failure = failure
-                self._reset(failure)  # fails the calls in flight; drops what was queued for that peer
+                # For calls queued later and never sent (they fail with it after connect_timeout).
+                self._last_failure = unavailable(self._endpoint, lost)
+                # The calls sent on this connection fail, and are never sent again. A request written just
+                # before libzmq saw the peer go (a server stopped while a call was being made, then started
+                # again on the same endpoint) went one of two ways, and nothing libzmq tells us says which:
+                # its engine wrote it to the dying connection, where the old server may have read it (a
+                # frozen or cut-off server is still running), or it stayed in the socket's pipe, which
+                # libzmq would hand to the next connection -- the new server. Sending it again could run it
+                # twice; keeping the socket could run it on the new server after its caller was told it
+                # failed. So the socket is replaced, which drops the pipe, and the caller gets UNAVAILABLE
+                # with what to do: a unary call runs at most once.
+                self._reset(
+                    unavailable(
+                        self._endpoint,
+                        f"{lost} after the request was sent: it may or may not have run there; call again "
+                        f"if running it twice is harmless (the channel reconnects by itself, also to a server "
+                        f"started again on the same endpoint)",
+                    )
+                )
             return
         if event == zmq.EVENT_CONNECT_RETRIED:
             failure = unavailable(self._endpoint, "nothing accepts connections there (connection refused)")
