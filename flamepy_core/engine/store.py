@@ -28,10 +28,14 @@ space returns, the next attempt succeeds and the store is healthy again, without
 Checkpoints. sqlite would copy the WAL into the database file (and fsync both) inside whichever commit
 crosses its threshold, stalling that caller for as long as the copy takes (a second for a few large
 payloads on a busy disk). Here commits never checkpoint: a checkpointer thread with a connection of its
-own copies the WAL in the background (``PASSIVE``: it never blocks a writer) once it has grown past
-``CHECKPOINT_BYTES``, and truncates it when the store is quiet. sqlite starts the WAL over from its
-beginning after a complete checkpoint without shrinking the file; ``journal_size_limit`` cuts it back
-then, so the file's size keeps measuring what was written since the last checkpoint.
+own copies the WAL in the background (``PASSIVE``: it never blocks a writer) once it holds more than
+``CHECKPOINT_BYTES`` (read from the WAL index's header: the frames written since the log was last
+started over), and truncates it when the store is quiet. sqlite starts the WAL over from its beginning
+after a complete checkpoint without shrinking the file, and the file is kept so: commits then write
+into blocks the file already has. Cutting it back there (``journal_size_limit``) made the commit that
+started the log over drop ~32 MiB of it, 8 to 11 ms during which every other commit waited, and every
+later commit grow the file again. ``WAL_SIZE_LIMIT`` cuts back only a log that a burst grew far past
+the threshold.
 
 Durability (``synchronous``): ``"batched"`` (default) runs with ``synchronous=NORMAL``: a commit
 survives a crash of the server process (the WAL is in the operating system's hands), while a power
@@ -54,7 +58,7 @@ format is the wire format and needs no second schema.
 
 Space. A new store is created with ``auto_vacuum=INCREMENTAL``, so pages freed by purging finished
 tasks' payloads can be given back to the file system a few at a time (see :mod:`.retention`); the
-write-ahead log is truncated back to ``WAL_KEPT_BYTES`` after checkpoints. A store created before
+write-ahead log is truncated when the store is quiet. A store created before
 (``auto_vacuum=NONE``) reuses its free pages but shrinks only after one full ``VACUUM``
 (:meth:`Store.exclusive`), which converts it.
 """
@@ -65,6 +69,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -205,10 +210,14 @@ CHECKPOINT_BYTES = 32 << 20
 """The WAL is copied into the database (in the background) once it is larger than this."""
 CHECKPOINT_IDLE = 5.0
 """Seconds without a commit after which the checkpointer also truncates the WAL."""
-WAL_KEPT_BYTES = 4 << 20
-"""The WAL file is cut back to this size when sqlite starts it over after a checkpoint
-(``journal_size_limit``): its size then measures what was written since, so the check against
-``CHECKPOINT_BYTES`` does not stay true for good once the file has grown past it once."""
+WAL_SIZE_LIMIT = 4 * CHECKPOINT_BYTES
+"""A WAL file larger than this is cut back to it when sqlite starts the log over (``journal_size_limit``):
+only after a burst (a reader kept checkpoints from finishing); a steady load keeps its log under it."""
+WAL_INDEX_MX_FRAME = 16
+"""Byte offset of ``mxFrame`` (u32, native byte order) in the WAL index's header (``-shm``): the frames in
+the log since it was last started over (sqlite's file format, walformat.html)."""
+WAL_FRAME_HEADER = 24
+"""Bytes of a WAL frame's header, before its page."""
 CHECKPOINT_MIN_INTERVAL = 0.5
 """Seconds between two checkpoints asked for by size (a reader can keep one from completing)."""
 BACKOFF_FIRST = 0.02
@@ -265,6 +274,15 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "syntax" not in str(exc) and "no such" not in str(exc)
 
 
+def _open_wal_index(path: str) -> int | None:
+    """A descriptor of the WAL index (``-shm``), to read how much the log holds; None if it cannot be opened
+    (then the log's file size stands in)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 class Store:
     """sqlite persistence with group commit and commit callbacks. Thread-safe.
 
@@ -285,7 +303,8 @@ class Store:
         _add_task_counts(self._write, self.path)
         self._write.executescript(PAYLOADS_DUE_INDEX + PAYLOAD_FILES_INDEX)
         self._write.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit
-        self._write.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
+        self._write.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        self._frame_bytes = int(self._write.execute("PRAGMA page_size").fetchone()[0]) + WAL_FRAME_HEADER
         self._read = self._connect()
         self._read_lock = threading.Lock()
         self.payloads = PayloadFiles(Path(self.path).parent / PAYLOADS_DIRECTORY, sync=durability == "strict")
@@ -328,6 +347,7 @@ class Store:
         self._writer = threading.Thread(target=self._run_writer, name="flame-store-writer", daemon=True)
         self._writer.start()
         self._wal = self.path + "-wal"
+        self._wal_index = _open_wal_index(self.path + "-shm")
         self._last_commit = time.monotonic()
         self._checkpoint_wanted = threading.Event()
         self._checkpointer = threading.Thread(
@@ -507,12 +527,24 @@ class Store:
             return exc
         self.commits += 1
         self._last_commit = time.monotonic()
-        try:
-            if os.stat(self._wal).st_size > CHECKPOINT_BYTES:
-                self._checkpoint_wanted.set()
-        except OSError:
-            pass
+        if self.log_bytes() > CHECKPOINT_BYTES:
+            self._checkpoint_wanted.set()
         return None
+
+    def log_bytes(self) -> int:
+        """Bytes written to the WAL since sqlite last started it over (its file keeps its largest size).
+
+        Read from the WAL index's header; from the file's size where that cannot be read (an over-estimate,
+        which at worst asks for a checkpoint more often)."""
+        if self._wal_index is not None:
+            with contextlib.suppress(OSError):
+                header = os.pread(self._wal_index, 4, WAL_INDEX_MX_FRAME)
+                if len(header) == 4:
+                    return int.from_bytes(header, sys.byteorder) * self._frame_bytes
+        try:
+            return os.stat(self._wal).st_size
+        except OSError:
+            return 0
 
     def _done(self, batch: Iterable[_Write], error: FlameError | None) -> None:
         for item in batch:
@@ -644,7 +676,7 @@ class Store:
     def _catch_up(self) -> None:
         """Copy back what was committed during a checkpoint, with writes held for that moment.
 
-        sqlite starts the log over (and cuts it to ``WAL_KEPT_BYTES``) only at a write that finds it
+        sqlite starts the log over only at a write that finds it
         wholly copied back. Under a steady load commits land while the checkpointer copies, so that
         never happens and the log grows without bound; copying the last few frames between two group
         commits lets the next write start it over.
@@ -753,6 +785,9 @@ class Store:
         self._closed = True
         self._write.close()
         self._read.close()
+        if self._wal_index is not None:
+            os.close(self._wal_index)
+            self._wal_index = None
         threads_left = self._writer.is_alive() or self._checkpointer.is_alive()
         return clean and not threads_left and not self.damage_seen
 

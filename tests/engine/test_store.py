@@ -155,15 +155,15 @@ def test_a_store_left_idle_copies_its_log_back_and_truncates_it(tmp_path: Path, 
 
 
 def test_a_checkpoint_runs_once_per_wal_grown_past_the_threshold(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Once the WAL file has grown past ``CHECKPOINT_BYTES``, small commits must not each ask for a checkpoint.
+    """Once the WAL has grown past ``CHECKPOINT_BYTES``, small commits must not each ask for a checkpoint.
 
     sqlite keeps a WAL file at its largest size when it starts it over; measured by file size, the WAL
-    would look "too large" forever, and the checkpointer would run (and fsync) after every commit.
+    would look "too large" forever, and the checkpointer would run (and fsync) after every commit. What it
+    holds is read from the WAL index instead.
     """
     from flamepy_core.engine import store as store_module
 
     monkeypatch.setattr(store_module, "CHECKPOINT_BYTES", 256 << 10)
-    monkeypatch.setattr(store_module, "WAL_KEPT_BYTES", 32 << 10)
     monkeypatch.setattr(store_module, "CHECKPOINT_MIN_INTERVAL", 0.0)
     store = Store(tmp_path / "flame.db")
     try:
@@ -186,7 +186,32 @@ def test_a_checkpoint_runs_once_per_wal_grown_past_the_threshold(tmp_path: Path,
         assert store.checkpoints == settled, (
             f"{store.checkpoints - settled} checkpoints for 50 small commits: the WAL file still reads as too large"
         )
-        assert (tmp_path / "flame.db-wal").stat().st_size < store_module.CHECKPOINT_BYTES
+        assert store.log_bytes() < store_module.CHECKPOINT_BYTES
+        assert (tmp_path / "flame.db-wal").stat().st_size >= store_module.CHECKPOINT_BYTES, (
+            "the log's file was cut back when started over: the commit that did it paid for the cut"
+        )
+    finally:
+        store.close()
+
+
+def test_what_the_log_holds_is_read_from_the_wal_index_as_sqlite_counts_it(tmp_path: Path) -> None:
+    """``log_bytes`` is the frames sqlite says the log holds (its checkpoint's count), whatever the file's
+    size: it grows with commits, and is back to nothing once the log is started over, in place."""
+    store = Store(tmp_path / "flame.db")
+    try:
+        page = store.query("PRAGMA page_size")[0][0]
+        store.write_wait([("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", ())])
+        before = store.log_bytes()
+        for i in range(20):
+            store.write_wait([("INSERT INTO t VALUES (?, ?)", (i, b"x" * 10_000))])
+        held = store.log_bytes()
+        assert held > before + 20 * 10_000, (before, held)
+        checkpointed = store.exclusive(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+        assert held == checkpointed[1] * (page + 24), (held, checkpointed)
+        size = (tmp_path / "flame.db-wal").stat().st_size
+        store.write_wait([("INSERT INTO t VALUES (?, ?)", (100, b"y"))])  # finds the log copied back: starts it over
+        assert 0 < store.log_bytes() < 10 * (page + 24), store.log_bytes()
+        assert (tmp_path / "flame.db-wal").stat().st_size == size, "started over in place, not cut back"
     finally:
         store.close()
 
@@ -273,21 +298,22 @@ def test_lazy_writes_that_commits_take_along_do_not_wake_the_writer_each_time(tm
 
 
 def test_the_log_starts_over_under_a_steady_load(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Commits that never pause still let sqlite start the log over (and cut it back), again and again:
-    the log does not grow with what is written. (Checkpoints alone, racing the commits, never finish
-    copying the log back, and it is only started over at a write that finds it wholly copied.)"""
+    """Commits that never pause still let sqlite start the log over, again and again: the log does not grow
+    with what is written. (Checkpoints alone, racing the commits, never finish copying the log back, and it
+    is only started over at a write that finds it wholly copied.) Its file is not cut back meanwhile."""
     monkeypatch.setattr(store_module, "CHECKPOINT_BYTES", 256 << 10)
-    monkeypatch.setattr(store_module, "WAL_KEPT_BYTES", 64 << 10)
     monkeypatch.setattr(store_module, "CHECKPOINT_MIN_INTERVAL", 0.0)
     store = Store(tmp_path / "flame.db")
     wal = tmp_path / "flame.db-wal"
     try:
         store.write_wait([("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", ())])
-        sizes = []
+        held, files = [], []
         for i in range(3000):  # 30 MB written, one of 20 rows rewritten each time: the table stays small
             store.write_wait([("INSERT OR REPLACE INTO t VALUES (?, ?)", (i % 20, bytes(10_000)))])
-            sizes.append(wal.stat().st_size)
-        restarts = sum(1 for before, after in itertools.pairwise(sizes) if after < before)
-        assert restarts >= 3, f"the log was started over {restarts} times; it grew to {max(sizes)} bytes"
+            held.append(store.log_bytes())
+            files.append(wal.stat().st_size)
+        restarts = sum(1 for before, after in itertools.pairwise(held) if after < before)
+        assert restarts >= 3, f"the log was started over {restarts} times; it grew to {max(held)} bytes"
+        assert files == sorted(files), "the log's file was cut back under load (by the commit that started it over)"
     finally:
         store.close()
