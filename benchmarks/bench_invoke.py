@@ -33,7 +33,6 @@ import multiprocessing as mp
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -396,19 +395,11 @@ def warm_invoke_linked_by(tmp: Path, app_dir: Path, link: str, iterations: int) 
     """
     from flamepy.core import SessionAttributes
     from flamepy_core.client.connection import connect
-    from flamepy_core.home import live_server
+    from flamepy_core.client.local import start_server, stop_server
 
     home = tmp / f"home-{link}-link"
-    home.mkdir(mode=0o700)
-    argv = [sys.executable, "-m", "flamepy_core.engine", "--home", str(home), "--transport", "grpc"]
-    argv += ["--instance-transport", link, "--idle-exit", "0", "--log-level", "WARNING"]
-    server = subprocess.Popen(argv, cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    info = start_server(home, transport="grpc", idle_exit=0, extra_argv=["--instance-transport", link])
     try:
-        deadline = time.monotonic() + 60
-        while (info := live_server(home)) is None:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server with --instance-transport {link} did not start (exit {server.poll()})")
-            time.sleep(0.05)
         connection = connect(str(info["endpoint"]))
         try:
             attrs = {"command": sys.executable, "arguments": ["bench.py"], "working_directory": str(app_dir)}
@@ -421,8 +412,7 @@ def warm_invoke_linked_by(tmp: Path, app_dir: Path, link: str, iterations: int) 
         finally:
             connection.close()
     finally:
-        server.terminate()
-        server.wait(60)
+        stop_server(home)
     return samples
 
 

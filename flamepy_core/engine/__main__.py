@@ -13,7 +13,7 @@ from types import FrameType
 
 from flamepy_core.config import RuntimeSettings, flame_home
 from flamepy_core.contracts.errors import FlameError
-from flamepy_core.engine.choice import default_listen, instance_link_choice
+from flamepy_core.engine.choice import default_listen
 from flamepy_core.engine.heap import keep_large_buffers
 from flamepy_core.engine.security import add_security_arguments, security_from_args, server_security_options
 from flamepy_core.engine.server import FlameServer
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             listen,
             settings=settings,
             registry=registry,
-            instance_transport=instance_link_choice(registry, args.transport, args.instance_transport),
+            transport=args.transport,
+            instance_transport=args.instance_transport,
             durability=args.durability,
             security=security,
             insecure=args.insecure,

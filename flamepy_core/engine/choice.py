@@ -81,6 +81,13 @@ def instance_link_choice(registry: PluginRegistry, transport: str | None, instan
     costs about a fifth less than over a second gRPC hop (see docs/benchmarks.md).
     """
     if instance_transport:
+        if instance_transport != "auto":
+            try:
+                registry.transport_spec(instance_transport)
+            except FlameError as exc:  # say which setting named it: it may come from the environment
+                raise FlameError(
+                    exc.code, f"the instance link (--instance-transport, or FLAME_INSTANCE_TRANSPORT): {exc.message}"
+                ) from exc
         return instance_transport
     if not transport:
         return "auto"

@@ -39,6 +39,7 @@ from flamepy_core.engine.choice import (
     accepted_options,
     default_listen,
     in_process_transport,
+    instance_link_choice,
     instance_link_transports,
     local_endpoint,
 )
@@ -239,7 +240,8 @@ class FlameServer:
         flight_for_instances: bool = False,
     ) -> None:
         """``transport`` names the runtime's transport (default: the local default) for the default
-        ``listen`` endpoint; ``instance_transport`` is ``auto`` or a transport name for instance links.
+        ``listen`` endpoint and the instance links; ``instance_transport`` is ``auto`` or a transport name
+        for instance links, when they are to be another (:func:`~flamepy_core.engine.choice.instance_link_choice`).
         ``security`` maps a flag (or variable) to ``(option, value)`` of the listen transport's declared
         server settings (see :func:`flamepy_core.engine.security.security_from_args`); ``insecure`` allows a
         network listen without them, with a warning."""
@@ -253,7 +255,7 @@ class FlameServer:
         self.settings = settings or RuntimeSettings.from_env()
         self.registry = registry or get_registry()
         self.listen = listen or default_listen(self.home, transport, self.registry)
-        self.instance_transport = instance_transport
+        self.instance_transport = instance_link_choice(self.registry, transport, instance_transport)
         self.durability = durability
         self.publish = publish
         self.security = dict(security or {})
@@ -334,7 +336,7 @@ class FlameServer:
             server = frontend_transport.serve(self.listen, adapt_handlers(handlers, frontend_transport.capabilities))
         self._servers.append(server)
         self.endpoint = server.endpoint
-        compat, fast = instance_link_transports(reg, self.instance_transport or "auto", limits)
+        compat, fast = instance_link_transports(reg, self.instance_transport, limits)
         if frontend_transport.capabilities.cross_process:
             self.cache_endpoint = self.endpoint
         else:

@@ -344,10 +344,10 @@ class Store:
         # Connected here, before any write: a connection's set-up (its PRAGMAs) waits for the write lock,
         # which writes that never pause kept from it for its whole busy timeout (30 s), while the log grew.
         checkpoint_conn = self._connect()
+        self._wal = self.path + "-wal"
+        self._wal_index = _open_wal_index(self.path + "-shm")  # (read by every commit: before any thread runs)
         self._writer = threading.Thread(target=self._run_writer, name="flame-store-writer", daemon=True)
         self._writer.start()
-        self._wal = self.path + "-wal"
-        self._wal_index = _open_wal_index(self.path + "-shm")
         self._last_commit = time.monotonic()
         self._checkpoint_wanted = threading.Event()
         self._checkpointer = threading.Thread(

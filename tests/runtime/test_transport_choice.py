@@ -133,6 +133,15 @@ def test_a_grpc_server_links_a_flamepy_service_over_the_local_default(flame_env:
     assert fast == "-" and compat.startswith("/") and compat.endswith(".sock"), (fast, compat)
 
 
+def test_an_unknown_instance_transport_is_refused_naming_the_setting(flame_env: FlameEnv) -> None:
+    done = flmctl(flame_env, "server", "start", check=False, extra_env={"FLAME_INSTANCE_TRANSPORT": "zmqq"})
+    assert done.returncode != 0, done.stdout + done.stderr
+    message = done.stdout + done.stderr
+    assert "FLAME_INSTANCE_TRANSPORT" in message and "unknown transport 'zmqq'" in message, message
+    assert "did you mean 'zmq'" in message, message
+    assert live_server(flame_env.home) is None
+
+
 def test_the_instance_link_follows_the_runtime_transport_except_for_flames_own() -> None:
     registry = get_registry()
     assert instance_link_choice(registry, None, None) == "auto"
