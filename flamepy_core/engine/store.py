@@ -312,7 +312,10 @@ class Store:
         self.after_callbacks: Callable[[], None] | None = None
         """Called on the committing thread after the callbacks of each batch: work they queued that is
         cheaper done once for all of them (the engine feeds its watchers there)."""
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        """Waits and wake-ups of the writer and of exclusive(); the hot paths (enqueue, drop, commit) take
+        ``_mutex``, the same lock, directly: a Condition's ``with`` is two Python calls more each time."""
         self._queue: deque[_Write] = deque()
         self._seq = 0
         self._taken_seq = 0
@@ -388,7 +391,7 @@ class Store:
         be told of, which may wait that long for others to share its transaction). Writes are committed
         in the order they were queued.
         """
-        with self._cond:
+        with self._mutex:
             if self._closed or self._closing:
                 raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
             write = _Write(ops, on_done, durable, lazy)
@@ -417,7 +420,7 @@ class Store:
         """Empty a queued lazy write that no commit has taken yet and nobody awaits: a write queued after
         it makes it redundant (a task's RUNNING row, overwritten by its final state in the same group).
         False when it was taken already (it is committed, or being committed, as it was)."""
-        with self._cond:
+        with self._mutex:
             if write.seq <= self._taken_seq or not write.lazy or write.on_done is not None:
                 return False
             write.ops = []
@@ -431,7 +434,7 @@ class Store:
         holds only lazy writes is left for the next commit (or the writer, ``LAZY_DELAY`` later): a
         caller that wrote only those saves a transaction.
         """
-        with self._cond:
+        with self._mutex:
             if self._leader or self._exclusive_waiting or not self._queue or (not lazy and not self._urgent):
                 return
             if self._failure is not None or self.durability == "strict":
@@ -439,7 +442,7 @@ class Store:
                 return
             self._leader = True
         for _ in range(MAX_INLINE_ROUNDS):
-            with self._cond:
+            with self._mutex:
                 batch = list(self._queue)
                 self._queue.clear()
                 self._taken_seq = self._seq
@@ -448,7 +451,7 @@ class Store:
                 self._lazy_due = None
             error = self._attempt(batch)
             if error is not None:
-                with self._cond:
+                with self._mutex:
                     self._queue.extendleft(reversed(batch))  # the writer retries them, in order
                     self._urgent += sum(1 for item in batch if not item.lazy)
                     self._untried = True
@@ -456,7 +459,7 @@ class Store:
                     self._cond.notify_all()
                 return
             self._done(batch, None)
-            with self._cond:
+            with self._mutex:
                 # Lazy writes queued meanwhile (by the callbacks just run: a task sent to its instance
                 # became RUNNING) are nobody's acknowledgement: they wait for the next commit, or the writer
                 # thread's LAZY_DELAY (see enqueue), rather than cost a transaction of their own now.
@@ -465,7 +468,7 @@ class Store:
                     if self._exclusive_waiting:
                         self._cond.notify_all()  # an exclusive() waiting, then the writer for what is queued
                     return
-        with self._cond:
+        with self._mutex:
             self._leader = False
             self._cond.notify_all()  # more keeps coming: the writer thread takes over
 

@@ -185,8 +185,28 @@ class _WaitingThread(threading.local):
 _waiting = _WaitingThread()
 
 
-@contextlib.contextmanager
-def answering(key: Hashable) -> Iterator[None]:
+class _Answering:
+    """The block of :func:`answering` on a thread the kit's adapter holds: names the reply's call."""
+
+    __slots__ = ("key", "outer", "scope")
+
+    def __init__(self, scope: _ReplyScope, key: Hashable) -> None:
+        self.scope = scope
+        self.key = key
+        self.outer: Hashable | None = None
+
+    def __enter__(self) -> None:
+        self.outer, self.scope.key = self.scope.key, self.key
+
+    def __exit__(self, *exc: object) -> None:
+        self.scope.key = self.outer
+
+
+_NOT_ANSWERING = contextlib.nullcontext()
+"""The block of :func:`answering` elsewhere (a transport that defers natively): it does nothing."""
+
+
+def answering(key: Hashable) -> contextlib.AbstractContextManager[None]:
     """Declare, around the work a deferred handler starts, that its reply is the outcome of ``key``'s call.
 
     On a transport without ``deferred_replies`` the kit's adapter holds a server thread until the reply
@@ -196,16 +216,11 @@ def answering(key: Hashable) -> Iterator[None]:
     hand-offs fewer: to the thread that would have made the call, and back with the reply. Only the call
     named by ``key`` is taken: another call started on the way (a task of another session, say) must not
     wait for this thread. Without the adapter's thread (a transport that defers natively) it does nothing.
+
+    (A context manager object, not a generator's: this is on every RunTask's path.)
     """
     scope = _waiting.scope
-    if scope is None:
-        yield
-        return
-    outer, scope.key = scope.key, key
-    try:
-        yield
-    finally:
-        scope.key = outer
+    return _NOT_ANSWERING if scope is None else _Answering(scope, key)
 
 
 def left_to_waiting_thread(key: Hashable) -> bool:

@@ -75,6 +75,13 @@ _ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
 """Every varint of one byte: tags and most lengths are, and these run several times per message."""
 
 
+_TASK_ID_KEY = bytes((1 << 3 | _LEN,))
+_SESSION_ID_KEY = bytes((2 << 3 | _LEN,))
+_INPUT_KEY = bytes((4 << 3 | _LEN,))
+"""The keys of ``TaskContext``'s fields 1, 2 and 4 (length-delimited): the same bytes in ``TaskSpec``
+(``session_id`` = 2) and, for fields 1 and 2, in ``Task`` and ``TaskMetadata``."""
+
+
 def _varint(value: int) -> bytes:
     if 0 <= value < 0x80:
         return _ONE_BYTE[value]
@@ -113,22 +120,41 @@ def task_context(
     size of the file holding the input (then ``task_input`` is None), ``output_file`` the path where an
     output of at least the first size and at most the second is to be written, and whether to fsync it.
     """
+    # Keys and lengths written out (one-byte lengths looked up): this runs for every task the server sends.
+    tid = task_id.encode()
+    sid = session_id.encode()
     parts: list[bytes] = []
-    if task_id:
-        _length_delimited(parts, 1, task_id.encode())
-    if session_id:
-        _length_delimited(parts, 2, session_id.encode())
+    if tid:
+        parts += (_TASK_ID_KEY, _ONE_BYTE[len(tid)] if len(tid) < 0x80 else _varint(len(tid)), tid)
+    if sid:
+        parts += (_SESSION_ID_KEY, _ONE_BYTE[len(sid)] if len(sid) < 0x80 else _varint(len(sid)), sid)
     if task_input is not None:
-        _length_delimited(parts, 4, task_input)
+        parts += (_INPUT_KEY, _varint(len(task_input)), task_input)
     if input_file is not None:
         _length_delimited(parts, handoff.INPUT_FILE, input_file[0].encode())
         _varint_field(parts, handoff.INPUT_SIZE, input_file[1])
-    if output_file is not None:
-        _length_delimited(parts, handoff.OUTPUT_FILE, output_file[0].encode())
-        _varint_field(parts, handoff.OUTPUT_MIN, output_file[1])
-        _varint_field(parts, handoff.OUTPUT_SYNC, int(output_file[3]))
-        _varint_field(parts, handoff.OUTPUT_MAX, output_file[2])
+    if output_file is not None:  # (named for every task of an instance that takes payload files)
+        path, least, most, sync = output_file
+        name = path.encode()
+        parts += (
+            _OUTPUT_FILE_KEY,
+            _varint(len(name)),
+            name,
+            _OUTPUT_MIN_KEY,
+            _ONE_BYTE[least] if 0 <= least < 0x80 else _varint(least),
+            _OUTPUT_SYNC_KEY,
+            _ONE_BYTE[1] if sync else _ONE_BYTE[0],
+            _OUTPUT_MAX_KEY,
+            _ONE_BYTE[most] if 0 <= most < 0x80 else _varint(most),
+        )
     return b"".join(parts)
+
+
+_OUTPUT_FILE_KEY = _varint(handoff.OUTPUT_FILE << 3 | _LEN)
+_OUTPUT_MIN_KEY = _varint(handoff.OUTPUT_MIN << 3 | _VARINT)
+_OUTPUT_SYNC_KEY = _varint(handoff.OUTPUT_SYNC << 3 | _VARINT)
+_OUTPUT_MAX_KEY = _varint(handoff.OUTPUT_MAX << 3 | _VARINT)
+"""The keys of the payload-file fields the server names in a ``TaskContext`` (:mod:`.payload_handoff`)."""
 
 
 def _return_code(return_code: int) -> list[bytes]:
@@ -168,26 +194,17 @@ def create_task_request(session_id: str, task_input: bytes | None) -> bytes:
 
     The nested message's length is computed, not built, so the input is copied once, by the join.
     """
-    inner: list[bytes] = []
-    if session_id:
-        _length_delimited(inner, 2, session_id.encode())
-    if task_input is not None:
-        inner.append(_varint(3 << 3 | _LEN))
-        inner.append(_varint(len(task_input)))
-    size = sum(map(len, inner)) + (0 if task_input is None else len(task_input))
-    parts = [_varint(1 << 3 | _LEN), _varint(size), *inner]
-    if task_input is not None:
-        parts.append(task_input)
-    return b"".join(parts)
+    sid = session_id.encode()
+    head = (_SESSION_ID_KEY + (_ONE_BYTE[len(sid)] if len(sid) < 0x80 else _varint(len(sid))) + sid) if sid else b""
+    if task_input is None:
+        return b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head)), head))
+    head += _INPUT_IN_SPEC_KEY + _varint(len(task_input))
+    return b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head) + len(task_input)), head, task_input))
 
 
-def _small_message(fields: list[tuple[int, str]]) -> bytes:
-    """A message of string fields (set ones only), serialized: small, so built then embedded."""
-    parts: list[bytes] = []
-    for number, value in fields:
-        if value:
-            _length_delimited(parts, number, value.encode())
-    return b"".join(parts)
+_SPEC_IN_REQUEST_KEY = bytes((1 << 3 | _LEN,))
+_INPUT_IN_SPEC_KEY = bytes((3 << 3 | _LEN,))
+"""The keys of ``CreateTaskRequest``'s task (1) and of ``TaskSpec``'s input (3)."""
 
 
 def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, status: bytes) -> bytes:
@@ -196,16 +213,31 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
 
     metadata = 1 (id = 1, name = 2), spec = 2 (session_id = 2, optional output = 4), status = 3.
     """
-    spec = _small_message([(2, session_id)])
-    output_head = b"" if output is None else _varint(4 << 3 | _LEN) + _varint(len(output))
+    # Keys and lengths written out, as in task_context: every RunTask's answer is built here.
+    tid = task_id.encode()
+    tname = name.encode()
+    sid = session_id.encode()
+    meta: list[bytes] = []
+    if tid:
+        meta += (_TASK_ID_KEY, _ONE_BYTE[len(tid)] if len(tid) < 0x80 else _varint(len(tid)), tid)
+    if tname:
+        meta += (_SESSION_ID_KEY, _ONE_BYTE[len(tname)] if len(tname) < 0x80 else _varint(len(tname)), tname)
+    metadata = b"".join(meta)
+    spec = (_SESSION_ID_KEY + (_ONE_BYTE[len(sid)] if len(sid) < 0x80 else _varint(len(sid))) + sid) if sid else b""
+    output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
     spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
-    parts: list[bytes] = []
-    _length_delimited(parts, 1, _small_message([(1, task_id), (2, name)]))
-    parts += [_varint(2 << 3 | _LEN), _varint(spec_size), spec, output_head]
+    parts = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
     if output is not None:
         parts.append(output)
-    _length_delimited(parts, 3, status)
+    parts += (_STATUS_KEY, _varint(len(status)), status)
     return b"".join(parts)
+
+
+_METADATA_KEY = bytes((1 << 3 | _LEN,))
+_SPEC_KEY = bytes((2 << 3 | _LEN,))
+_STATUS_KEY = bytes((3 << 3 | _LEN,))
+_OUTPUT_IN_SPEC_KEY = bytes((4 << 3 | _LEN,))
+"""The keys of ``Task``'s metadata (1), spec (2) and status (3), and of ``TaskSpec``'s output (4)."""
 
 
 def result(
@@ -330,9 +362,14 @@ def _fields(
     if end < 0:
         end = len(data)
     while pos < end:
-        key = data[pos]  # a one-byte key (fields 1 to 15) read inline: this loop is on every call's path
+        # Keys of one byte (fields 1 to 15) and two (to 2047: the payload-file fields) read inline, and
+        # so are one-byte numbers: this loop is on every call's path.
+        key = data[pos]
         if key < 0x80:
             pos += 1
+        elif pos + 1 < end and data[pos + 1] < 0x80:
+            key = (key & 0x7F) | data[pos + 1] << 7
+            pos += 2
         else:
             key, pos = _read_varint(data, pos)
         number, wire = key >> 3, key & 7
@@ -347,7 +384,11 @@ def _fields(
             out.append((number, pos, pos + length))
             pos += length
         elif wire == _VARINT and number != 0 and varints is not None:
-            varints[number], pos = _read_varint(data, pos)
+            if pos < end and data[pos] < 0x80:
+                varints[number] = data[pos]
+                pos += 1
+            else:
+                varints[number], pos = _read_varint(data, pos)
         else:
             pos = _skip(data, pos, number, wire)
         if pos > end:
