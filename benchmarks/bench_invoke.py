@@ -39,6 +39,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 PAYLOAD = b"x" * 100
@@ -95,11 +96,12 @@ def _raw_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
 @contextlib.contextmanager
 def _two_hops(
     worker: Callable[..., None], relay: Callable[..., None], worker_path: str, relay_path: str
-) -> Iterator[None]:
-    """A worker process and a relay process in front of it, both ready, stopped afterwards."""
+) -> Iterator[list[BaseProcess]]:
+    """A worker process and a relay process in front of it, both ready, stopped afterwards. Yields the two
+    processes (worker, relay): ``bench_server_cpu.py`` reads their CPU from ``/proc``."""
     ctx = mp.get_context("spawn")
     ready_w, ready_r = ctx.Event(), ctx.Event()
-    procs = [
+    procs: list[BaseProcess] = [
         ctx.Process(target=worker, args=(worker_path, ready_w), daemon=True),
         ctx.Process(target=relay, args=(relay_path, worker_path, ready_r), daemon=True),
     ]
@@ -108,7 +110,7 @@ def _two_hops(
     try:
         if not (ready_w.wait(30) and ready_r.wait(30)):
             raise RuntimeError("raw baseline servers did not start")
-        yield
+        yield procs
     finally:
         for proc in procs:
             proc.terminate()
