@@ -1036,3 +1036,38 @@ def test_close_and_stop_release_threads(tmp_short: Path) -> None:
         time.sleep(0.05)
     assert not left, f"threads left behind: {left}"
     assert not (tmp_short / "s.ipc").exists(), "the ipc socket file was left behind"
+
+
+def test_readable_and_recv_frames_answer_as_zmq_does_and_refuse_a_closed_socket() -> None:
+    """The socket helpers on every call's path: ``readable`` asks through ``zmq_poll``, whose pyzmq would
+    poll file descriptor 0 for a closed socket (its handle is NULL) and answer from whatever stdin holds;
+    ``recv_frames`` reads ``more`` from each frame. A closed socket is refused as ``getsockopt`` refuses it."""
+    from flamepy_transports.zmq.waker import readable, recv_frames
+
+    ctx = zmq.Context()
+    try:
+        a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+        a.bind("inproc://readable-test")
+        b.connect("inproc://readable-test")
+        assert not readable(b)
+        a.send_multipart([b"head", b"", b"x" * 100_000])
+        deadline = time.monotonic() + 10
+        while not readable(b):
+            assert time.monotonic() < deadline, "a message sent on inproc never became readable"
+            time.sleep(0.001)
+        assert recv_frames(b) == [b"head", b"", b"x" * 100_000]
+        assert not readable(b)
+        a.send(b"single")
+        while not readable(b):
+            assert time.monotonic() < deadline, "the second message never became readable"
+            time.sleep(0.001)
+        assert recv_frames(b) == [b"single"]
+        with pytest.raises(zmq.Again):
+            recv_frames(b)
+        b.close()
+        with pytest.raises(zmq.ZMQError) as closed:
+            readable(b)
+        assert closed.value.errno == zmq.ENOTSOCK
+        a.close()
+    finally:
+        ctx.term()

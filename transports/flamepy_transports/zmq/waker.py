@@ -4,7 +4,6 @@ sending and receiving a multipart message with the least Python work (every call
 from __future__ import annotations
 
 import _socket
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,14 +36,18 @@ class Waker:
         if self._signalled:
             return
         self._signalled = True
-        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is pending anyway
+        try:  # noqa: SIM105 (contextlib.suppress costs three Python calls more, on every hand-off)
             self._writer.send(b"\x00")
+        except OSError:  # full (BlockingIOError): a wake-up is pending anyway
+            pass
 
     def drain(self) -> None:
         # Usually one byte is waiting; a short read means the buffer is empty (no EAGAIN round).
-        with contextlib.suppress(BlockingIOError, OSError):
+        try:
             while len(self._reader.recv(4096)) == 4096:
                 pass
+        except OSError:  # BlockingIOError: nothing (more) to read
+            pass
         self._signalled = False
 
     def close(self) -> None:
@@ -54,8 +57,6 @@ class Waker:
 
 _POLLIN = int(zmq.POLLIN)
 """A plain int: ``events & zmq.POLLIN`` would build a ``PollEvent`` flag on every call."""
-_EVENTS = int(zmq.EVENTS)
-_RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 """Plain ints, as above: or-ing the ``Flag`` members builds a new one on each frame sent."""
@@ -65,13 +66,20 @@ _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 # about 1 µs a frame (measured: 2.5 µs -> 0.6 µs to send a two-frame message).
 _send = _BackendSocket.send
 _recv = _BackendSocket.recv
-_get = _BackendSocket.get
+_zmq_poll = zmq.zmq_poll
 
 
 def readable(sock: zmq.Socket[bytes]) -> bool:
-    """Whether another message is waiting on ``sock`` (ZMQ_EVENTS: cheaper than a recv ending in EAGAIN)."""
-    events = _get(sock, _EVENTS)
-    return isinstance(events, int) and bool(events & _POLLIN)
+    """Whether another message is waiting on ``sock``: ``ZMQ_EVENTS``, as ``zmq_poll`` without waiting
+    reads it (cheaper than a recv ending in EAGAIN). Through ``zmq_poll`` rather than ``getsockopt``:
+    pyzmq turns the option number of every ``getsockopt`` into its ``SocketOption`` member first, two
+    Python calls that cost more than the poll's one system call (measured: 0.8 µs against 1.1 µs).
+
+    A closed socket raises ``ENOTSOCK``, as ``getsockopt`` does: pyzmq's ``zmq_poll`` would poll file
+    descriptor 0 in its place (a closed socket's handle is NULL)."""
+    if sock.closed:
+        raise zmq.ZMQError(zmq.ENOTSOCK)
+    return bool(_zmq_poll([(sock, _POLLIN)], 0))
 
 
 def send_frames(sock: zmq.Socket[bytes], frames: Sequence[Any], copy: bool = True) -> None:
@@ -87,8 +95,15 @@ def send_frames(sock: zmq.Socket[bytes], frames: Sequence[Any], copy: bool = Tru
 
 
 def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """``sock.recv_multipart(zmq.NOBLOCK)``: the frames of the next message; ``zmq.Again`` when none waits."""
-    frames = [_recv(sock, _NOBLOCK)]
-    while _get(sock, _RCVMORE):
-        frames.append(_recv(sock, _NOBLOCK))
+    """``sock.recv_multipart(zmq.NOBLOCK)``: the frames of the next message; ``zmq.Again`` when none waits.
+
+    Each frame is received as a ``zmq.Frame`` and copied out once (as ``recv`` with ``copy=True`` would),
+    and whether more follow is the frame's own ``more``: asking ``ZMQ_RCVMORE`` of the socket costs the
+    option's ``SocketOption`` conversion (see :func:`readable`) on every frame.
+    """
+    frame = _recv(sock, _NOBLOCK, False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, _NOBLOCK, False)
+        frames.append(frame.bytes)
     return frames
