@@ -293,6 +293,10 @@ class SessionEntry:
     timeouts: dict[int, float] = field(default_factory=dict)
     """Pending and running tasks created with a task timeout of their own (seconds), by id."""
     waiters: dict[int, list[Waiter]] = field(default_factory=dict)
+    sleepers: int = 0
+    """Threads waiting on ``cond`` now (``close_session``, ``take_task``), counted under the lock: a change
+    wakes them only when there are some, since ``notify_all`` runs Python code even when nobody waits, and
+    several changes of every task notify."""
     closing: bool = False
     """A close is being committed: no new tasks, no dispatch."""
     completions: list[pb.Task] = field(default_factory=list)
@@ -805,7 +809,11 @@ class Engine:
         with self.lock:
             entry = self._entry(session_id)
             while entry.closing:  # another call is closing it: its outcome is ours
-                entry.cond.wait(timeout=1.0)
+                entry.sleepers += 1
+                try:
+                    entry.cond.wait(timeout=1.0)
+                finally:
+                    entry.sleepers -= 1
             if not entry.is_open:
                 return self.snapshot(entry)
             if entry.message.status.running:
@@ -835,7 +843,8 @@ class Engine:
         except BaseException:
             with self.lock:
                 entry.closing = False
-                entry.cond.notify_all()
+                if entry.sleepers:
+                    entry.cond.notify_all()
             raise
         waiting: list[tuple[list[Waiter], pb.Task]] = []
         with self.lock:
@@ -860,7 +869,8 @@ class Engine:
             entry.closing = False
             self._save_session(entry)  # with the events added while the close was written
             self._claim_all_watches(entry)  # the cancelled tasks, then the end of the stream
-            entry.cond.notify_all()
+            if entry.sleepers:
+                entry.cond.notify_all()
             snapshot = self.snapshot(entry)
         self._notify_waiters(waiting)
         self._run_due()
@@ -1023,7 +1033,8 @@ class Engine:
             if waiter is not None:
                 entry.waiters.setdefault(tid, []).append(waiter)
         entry.message.status.pending += len(tasks)
-        entry.cond.notify_all()
+        if entry.sleepers:
+            entry.cond.notify_all()
 
     def _withdraw_unacknowledged(
         self, entry: SessionEntry, tasks: list[pb.Task], on_created: Created, error: FlameError | None
@@ -1060,7 +1071,8 @@ class Engine:
                 entry.waiters.pop(tid, None)
                 entry.input_files.pop(tid, None)
                 entry.running_writes.pop(tid, None)
-            entry.cond.notify_all()
+            if entry.sleepers:
+                entry.cond.notify_all()
         on_created(None, error)
 
     def _created(
@@ -1090,7 +1102,8 @@ class Engine:
                     if waiter is not None:
                         late.append(([waiter], task))
                 status.cancelled += len(tasks)
-            entry.cond.notify_all()
+            if entry.sleepers:
+                entry.cond.notify_all()
             is_open = entry.is_open
         on_created(tasks, None)
         self._notify_waiters(late)
@@ -1346,7 +1359,11 @@ class Engine:
         with self.lock:
             entry = self._entry(session_id)
             if not entry.pending and entry.is_open and timeout > 0:
-                entry.cond.wait_for(lambda: bool(entry.pending) or not entry.is_open, timeout=timeout)
+                entry.sleepers += 1
+                try:
+                    entry.cond.wait_for(lambda: bool(entry.pending) or not entry.is_open, timeout=timeout)
+                finally:
+                    entry.sleepers -= 1
             if not entry.is_open:
                 raise FlameError(FlameErrorCode.INVALID_STATE, f"session {session_id} is closed")
             copy = None
@@ -1527,8 +1544,10 @@ class Engine:
         _mark(task, RUNNING, None, now_ms())
         tid = int(task.metadata.id)
         entry.running_writes[tid] = self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
-        self._claim_task_watches(entry, tid)
-        entry.cond.notify_all()
+        if entry.task_watches:  # (a call less per task where nobody watches one)
+            self._claim_task_watches(entry, tid)
+        if entry.sleepers:
+            entry.cond.notify_all()
         return task
 
     def task_timeout(self, session_id: str, task_id: int) -> float | None:
@@ -1733,8 +1752,10 @@ class Engine:
                 entry.completions.append(task)
                 for watch in entry.watches.values():
                     claim(watch, self._due, entry)
-            self._claim_task_watches(entry, tid)
-            entry.cond.notify_all()
+            if entry.task_watches:  # (a call less per task where nobody watches one)
+                self._claim_task_watches(entry, tid)
+            if entry.sleepers:
+                entry.cond.notify_all()
         self._notify_waiters([(waiters, task)], output)
         # The watchers claimed here are fed once every result of this commit is applied
         # (``Store.after_callbacks``): one message for all of them.
@@ -1793,8 +1814,10 @@ class Engine:
             entry.pending.appendleft(tid)
         else:
             entry.pending.append(tid)
-        self._claim_task_watches(entry, tid)
-        entry.cond.notify_all()
+        if entry.task_watches:  # (a call less per task where nobody watches one)
+            self._claim_task_watches(entry, tid)
+        if entry.sleepers:
+            entry.cond.notify_all()
 
     def retry_task(self, session_id: str, task_id: str, message: str) -> bool:
         """Put a task whose instance died back at the head of the queue; False once retries are spent."""

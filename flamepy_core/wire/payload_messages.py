@@ -125,9 +125,11 @@ def task_context(
     sid = session_id.encode()
     parts: list[bytes] = []
     if tid:
-        parts += (_TASK_ID_KEY, _ONE_BYTE[len(tid)] if len(tid) < 0x80 else _varint(len(tid)), tid)
+        size = len(tid)
+        parts += (_TASK_ID_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), tid)
     if sid:
-        parts += (_SESSION_ID_KEY, _ONE_BYTE[len(sid)] if len(sid) < 0x80 else _varint(len(sid)), sid)
+        size = len(sid)
+        parts += (_SESSION_ID_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), sid)
     if task_input is not None:
         parts += (_INPUT_KEY, _varint(len(task_input)), task_input)
     if input_file is not None:
@@ -219,11 +221,16 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
     sid = session_id.encode()
     meta: list[bytes] = []
     if tid:
-        meta += (_TASK_ID_KEY, _ONE_BYTE[len(tid)] if len(tid) < 0x80 else _varint(len(tid)), tid)
+        size = len(tid)
+        meta += (_TASK_ID_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), tid)
     if tname:
-        meta += (_SESSION_ID_KEY, _ONE_BYTE[len(tname)] if len(tname) < 0x80 else _varint(len(tname)), tname)
+        size = len(tname)
+        meta += (_SESSION_ID_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), tname)
     metadata = b"".join(meta)
-    spec = (_SESSION_ID_KEY + (_ONE_BYTE[len(sid)] if len(sid) < 0x80 else _varint(len(sid))) + sid) if sid else b""
+    spec = b""
+    if sid:
+        size = len(sid)
+        spec = _SESSION_ID_KEY + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + sid
     output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
     spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
     parts = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
