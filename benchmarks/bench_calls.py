@@ -50,12 +50,24 @@ COUNTER = textwrap.dedent(
     """
     import json as _json, os as _os, sys as _sys, threading as _threading, time as _time
 
-    _calls = {"call": 0, "c_call": 0}
+    _calls = {"call": 0, "c_call": 0, "opcode": 0}
     _watcher = []
 
     def _count(frame, event, arg, _calls=_calls, _ident=_threading.get_ident, _watcher=_watcher):
         if (event == "call" or event == "c_call") and (not _watcher or _ident() != _watcher[0]):
             _calls[event] += 1
+
+    def _opcodes(frame, event, arg, _calls=_calls):
+        if event == "opcode":
+            _calls["opcode"] += 1
+        return _opcodes
+
+    def _trace(frame, event, arg, _ident=_threading.get_ident, _watcher=_watcher):
+        if _watcher and _ident() == _watcher[0]:
+            return None
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        return _opcodes
 
     def _snapshots(folder, role):
         _watcher.append(_threading.get_ident())
@@ -73,6 +85,9 @@ COUNTER = textwrap.dedent(
     _threading.Thread(target=_snapshots, args=(__FOLDER__, __ROLE__), daemon=True, name="bench-calls").start()
     _sys.setprofile(_count)
     _threading.setprofile(_count)
+    if __OPCODES__:
+        _sys.settrace(_trace)
+        _threading.settrace(_trace)
     """
 )
 """Counts the calls of a whole process from here on (every thread started later, too), and writes them to
@@ -97,9 +112,14 @@ getattr(bench_invoke, __FUNCTION__)(*__PATHS__, _Ready())
 """Runs one of the floor's processes (``bench_invoke``'s relay or worker) after the counting prelude."""
 
 
-def counter(folder: Path, role: str) -> str:
-    """The counting prelude of a process, writing its snapshots as ``role`` into ``folder``."""
-    return COUNTER.replace("__FOLDER__", repr(str(folder))).replace("__ROLE__", repr(role))
+def counter(folder: Path, role: str, opcodes: bool) -> str:
+    """The counting prelude of a process, writing its snapshots as ``role`` into ``folder`` (and counting
+    the bytecode instructions it runs, with ``opcodes``)."""
+    return (
+        COUNTER.replace("__FOLDER__", repr(str(folder)))
+        .replace("__ROLE__", repr(role))
+        .replace("__OPCODES__", repr(opcodes))
+    )
 
 
 class Snapshots:
@@ -128,30 +148,49 @@ class Snapshots:
 Counts = dict[str, dict[str, int]]
 
 
+KINDS = ("call", "c_call", "opcode")
+"""What is counted: calls into Python functions, calls into C functions, bytecode instructions run."""
+
+
 def per_call(before: Counts, after: Counts, n: int) -> dict[str, dict[str, float]]:
-    """Calls per invoke of each counted process between two snapshots."""
-    return {role: {kind: (after[role][kind] - before[role][kind]) / n for kind in ("call", "c_call")} for role in after}
+    """Counts per invoke of each counted process between two snapshots."""
+    return {role: {kind: (after[role][kind] - before[role][kind]) / n for kind in KINDS} for role in after}
 
 
-def count_here(run: Callable[[], Any], n: int) -> tuple[dict[str, float], float]:
-    """Calls per ``run()`` made by this thread, and the median time of one (slowed by the counting)."""
-    calls = {"call": 0, "c_call": 0}
+def count_here(run: Callable[[], Any], n: int, opcodes: bool) -> tuple[dict[str, float], float]:
+    """Counts per ``run()`` on this thread, and the median time of one (slowed by the counting)."""
+    calls = {"call": 0, "c_call": 0, "opcode": 0}
 
     def count(frame: FrameType, event: str, arg: Any) -> None:
         if event == "call" or event == "c_call":
             calls[event] += 1
 
+    def count_opcodes(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            calls["opcode"] += 1
+        return count_opcodes
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        return count_opcodes
+
     samples = []
     sys.setprofile(count)
+    if opcodes:
+        sys.settrace(trace)
     try:
         for _ in range(n):
             start = time.perf_counter()
             run()
             samples.append(time.perf_counter() - start)
     finally:
+        sys.settrace(None)
         sys.setprofile(None)
     # The two calls to time.perf_counter per round are the benchmark's, not the call's.
-    return {"call": calls["call"] / n, "c_call": calls["c_call"] / n - 2}, statistics.median(samples)
+    per_run = {kind: calls[kind] / n for kind in KINDS}
+    per_run["c_call"] -= 2
+    return per_run, statistics.median(samples)
 
 
 def wait_for(path: Path, what: str, timeout: float = 30.0) -> None:
@@ -162,7 +201,7 @@ def wait_for(path: Path, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def measure_floor(tmp: Path, invokes: int) -> tuple[dict[str, dict[str, float]], float]:
+def measure_floor(tmp: Path, invokes: int, opcodes: bool) -> tuple[dict[str, dict[str, float]], float]:
     """The raw pyzmq two hops, each process counted: per round trip."""
     import zmq
 
@@ -181,7 +220,7 @@ def measure_floor(tmp: Path, invokes: int) -> tuple[dict[str, dict[str, float]],
                 .replace("__FUNCTION__", repr(function))
                 .replace("__PATHS__", repr(paths))
             )
-            procs.append(subprocess.Popen([sys.executable, "-c", counter(folder, role) + main]))
+            procs.append(subprocess.Popen([sys.executable, "-c", counter(folder, role, opcodes) + main]))
             wait_for(Path(path), f"the floor's {role} socket")
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -196,7 +235,7 @@ def measure_floor(tmp: Path, invokes: int) -> tuple[dict[str, dict[str, float]],
             round_trip()
         snapshots = Snapshots(folder, ["relay", "worker"])
         before = snapshots.take()
-        client, median = count_here(round_trip, invokes)
+        client, median = count_here(round_trip, invokes, opcodes)
         counts = per_call(before, snapshots.take(), invokes)
         counts["client"] = client
         sock.close()
@@ -207,7 +246,7 @@ def measure_floor(tmp: Path, invokes: int) -> tuple[dict[str, dict[str, float]],
             proc.wait(timeout=30)
 
 
-def measure_flamepy(tmp: Path, invokes: int) -> tuple[dict[str, dict[str, float]], float]:
+def measure_flamepy(tmp: Path, invokes: int, opcodes: bool) -> tuple[dict[str, dict[str, float]], float]:
     """A warm invoke through the local server, each process counted: per invoke."""
     import flamepy
     from flamepy_core.client.local import stop_server
@@ -222,10 +261,10 @@ def measure_flamepy(tmp: Path, invokes: int) -> tuple[dict[str, dict[str, float]
         os.environ.pop(var, None)
     app = tmp / "app"
     app.mkdir()
-    (app / "echo.py").write_text(counter(folder, "instance") + CORE_SERVICE)
+    (app / "echo.py").write_text(counter(folder, "instance", opcodes) + CORE_SERVICE)
     log = (tmp / "server.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-c", counter(folder, "server") + SERVER_MAIN, "--home", str(home)],
+        [sys.executable, "-c", counter(folder, "server", opcodes) + SERVER_MAIN, "--home", str(home)],
         stdout=log,
         stderr=log,
         cwd=str(tmp),
@@ -244,7 +283,7 @@ def measure_flamepy(tmp: Path, invokes: int) -> tuple[dict[str, dict[str, float]
             session.invoke(PAYLOAD)
         snapshots = Snapshots(folder, ["server", "instance"])
         before = snapshots.take()
-        client, median = count_here(lambda: session.invoke(PAYLOAD), invokes)
+        client, median = count_here(lambda: session.invoke(PAYLOAD), invokes, opcodes)
         counts = per_call(before, snapshots.take(), invokes)
         counts["client"] = client
         session.close()
@@ -260,29 +299,34 @@ def measure_flamepy(tmp: Path, invokes: int) -> tuple[dict[str, dict[str, float]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--invokes", type=int, default=2000)
+    parser.add_argument(
+        "--opcodes", action="store_true", help="count the bytecode instructions run too (slower: every one is traced)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fcalls-"))
     try:
-        floor, floor_median = measure_floor(tmp, args.invokes)
-        ours, our_median = measure_flamepy(tmp, args.invokes)
+        floor, floor_median = measure_floor(tmp, args.invokes, args.opcodes)
+        ours, our_median = measure_flamepy(tmp, args.invokes, args.opcodes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"calls per warm invoke (100 bytes), {args.invokes} invokes, Python {sys.version.split()[0]}")
+    kinds = KINDS if args.opcodes else KINDS[:2]
+    titles = {"call": "Python calls", "c_call": "C calls", "opcode": "bytecodes"}
+    print(f"per warm invoke (100 bytes), {args.invokes} invokes, Python {sys.version.split()[0]}: flamepy / floor")
     slowed = f"floor {floor_median * 1e6:.0f} us, flamepy {our_median * 1e6:.0f} us"
     print(f"(medians while counted, slowed by the counting: {slowed})")
-    print(f"{'process (flamepy / floor)':28} {'Python calls':>22} {'C calls':>22}")
+    print(f"{'process':20}" + "".join(f"{titles[kind]:>26}" for kind in kinds))
     for ours_role, floor_role in (("client", "client"), ("server", "relay"), ("instance", "worker")):
         mine, base = ours[ours_role], floor[floor_role]
         cells = []
-        for kind in ("call", "c_call"):
-            ratio = mine[kind] / base[kind] if base[kind] > 0 else float("inf")
-            cells.append(f"{mine[kind]:7.1f} / {base[kind]:5.1f} {ratio:5.0f}x")
-        print(f"{ours_role + ' / ' + floor_role:28} {cells[0]:>22} {cells[1]:>22}")
-    total = {kind: sum(ours[r][kind] for r in ours) for kind in ("call", "c_call")}
-    base_total = {kind: sum(floor[r][kind] for r in floor) for kind in ("call", "c_call")}
-    python_calls = f"{total['call']:7.1f} / {base_total['call']:5.1f}"
-    c_calls = f"{total['c_call']:7.1f} / {base_total['c_call']:5.1f}"
-    print(f"{'all three':28} {python_calls:>22} {c_calls:>22}")
+        for kind in kinds:
+            ratio = f"{mine[kind] / base[kind]:5.0f}x" if base[kind] > 0 else "     -"
+            cells.append(f"{mine[kind]:8.1f} / {base[kind]:7.1f} {ratio}")
+        print(f"{ours_role + ' / ' + floor_role:20}" + "".join(f"{cell:>26}" for cell in cells))
+    totals = []
+    for kind in kinds:
+        mine_total, base_total = sum(ours[r][kind] for r in ours), sum(floor[r][kind] for r in floor)
+        totals.append(f"{mine_total:8.1f} / {base_total:7.1f} {mine_total / max(base_total, 1e-9):5.0f}x")
+    print(f"{'all three':20}" + "".join(f"{cell:>26}" for cell in totals))
     return 0
 
 
