@@ -428,3 +428,36 @@ def test_withdrawn_tasks_are_what_protobuf_writes_and_read_back(ids: list[str]) 
     encoded = withdrawn_tasks(ids)
     assert encoded == ext_pb2.WithdrawnTasks(task_ids=ids).SerializeToString()
     assert read_withdrawn_tasks(encoded) == ids
+
+
+@given(
+    task_id=st.text(),
+    session_id=st.text(),
+    task_input=st.none() | st.binary(),
+    output_file=st.none() | st.tuples(_PATHS, _SIZES, _SIZES, st.booleans()),
+    before=_UNKNOWN_TO_TASK_CALL,
+    after=_UNKNOWN_TO_TASK_CALL,
+    again=st.none() | st.text(),
+)
+def test_a_task_context_with_more_than_the_server_writes_is_read_by_protobufs_rules(
+    task_id: str,
+    session_id: str,
+    task_input: bytes | None,
+    output_file: tuple[str, int, int, bool] | None,
+    before: list[tuple[int, int, bytes]],
+    after: list[tuple[int, int, bytes]],
+    again: str | None,
+) -> None:
+    """The reader takes the layout task_context writes straight through and remembers the sizes after an
+    output file's path: anything around it (unknown fields before or after, a task id given again, which
+    then wins) must still read as protobuf's rules say, through the general reader."""
+    written = task_context(task_id, session_id, task_input, output_file=output_file)
+    extra = b"" if again is None else shim_pb2.TaskContext(task_id=again).SerializeToString()
+    data = _unknown(before) + written + _unknown(after) + extra
+    parsed = shim_pb2.TaskContext.FromString(data)
+    call = read_task_call(data)
+    assert (call.task_id, call.session_id) == (parsed.task_id, parsed.session_id)
+    assert call.input == (parsed.input if parsed.HasField("input") else None)
+    assert call.output_file == output_file
+    # The same bytes read twice (the second time, the sizes come from what the first remembered).
+    assert read_task_call(data) == call

@@ -138,25 +138,32 @@ def task_context(
     if output_file is not None:  # (named for every task of an instance that takes payload files)
         path, least, most, sync = output_file
         name = path.encode()
-        parts += (
-            _OUTPUT_FILE_KEY,
-            _varint(len(name)),
-            name,
-            _OUTPUT_MIN_KEY,
-            _ONE_BYTE[least] if 0 <= least < 0x80 else _varint(least),
-            _OUTPUT_SYNC_KEY,
-            _ONE_BYTE[1] if sync else _ONE_BYTE[0],
-            _OUTPUT_MAX_KEY,
-            _ONE_BYTE[most] if 0 <= most < 0x80 else _varint(most),
-        )
+        # The sizes and the fsync flag are the server's settings, the same for every task: written once.
+        tail = _output_file_tails.get((least, most, sync))
+        if tail is None:
+            tail = _output_file_tail(least, most, sync)
+        parts += (_OUTPUT_FILE_KEY, _varint(len(name)), name, tail)
     return b"".join(parts)
 
 
+_output_file_tails: dict[tuple[int, int, bool], bytes] = {}
+"""The fields after an output file's path (its least and most sizes, whether to fsync), serialized, by value."""
+
+
+def _output_file_tail(least: int, most: int, sync: bool) -> bytes:
+    parts: list[bytes] = []
+    _varint_field(parts, handoff.OUTPUT_MIN, least)
+    _varint_field(parts, handoff.OUTPUT_SYNC, int(sync))
+    _varint_field(parts, handoff.OUTPUT_MAX, most)
+    tail = b"".join(parts)
+    if len(_output_file_tails) >= 64:  # settings do not change often; a test may try many
+        _output_file_tails.clear()
+    _output_file_tails[(least, most, sync)] = tail
+    return tail
+
+
 _OUTPUT_FILE_KEY = _varint(handoff.OUTPUT_FILE << 3 | _LEN)
-_OUTPUT_MIN_KEY = _varint(handoff.OUTPUT_MIN << 3 | _VARINT)
-_OUTPUT_SYNC_KEY = _varint(handoff.OUTPUT_SYNC << 3 | _VARINT)
-_OUTPUT_MAX_KEY = _varint(handoff.OUTPUT_MAX << 3 | _VARINT)
-"""The keys of the payload-file fields the server names in a ``TaskContext`` (:mod:`.payload_handoff`)."""
+"""The key of the output file's path in a ``TaskContext`` (:mod:`.payload_handoff`)."""
 
 
 def _return_code(return_code: int) -> list[bytes]:
@@ -433,6 +440,25 @@ def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | Non
     data = bytes(data)
     session_id = ""
     task_input: bytes | memoryview | None = None
+    # The layout this module's create_task_request writes (one task: its session id, then its input), read
+    # straight through; anything else (fields repeated, unknown, out of order) by the general reader.
+    end = len(data)
+    if end > 1 and data[0] == _SPEC_IN_REQUEST_KEY[0]:
+        size, pos = _read_varint(data, 1)
+        if pos + size == end:
+            if pos < end and data[pos] == _SESSION_ID_KEY[0]:
+                size, pos = _read_varint(data, pos + 1)
+                if pos + size <= end:
+                    session_id = _text(data, pos, pos + size)
+                    pos += size
+            if pos < end and data[pos] == _INPUT_IN_SPEC_KEY[0]:
+                size, pos = _read_varint(data, pos + 1)
+                if pos + size == end:
+                    task_input = data[pos:end] if size < VIEW_BYTES else memoryview(data)[pos:end]
+                    pos = end
+            if pos == end:
+                return session_id, task_input
+        session_id, task_input = "", None
     for number, start, end in _sub_fields(data, 1):
         if number == 2:
             session_id = _text(data, start, end)
@@ -476,6 +502,9 @@ class TaskCall(NamedTuple):
 def read_task_call(data: bytes) -> TaskCall:
     """``flame.v1.TaskContext`` -> :class:`TaskCall`; the input is one slice."""
     data = bytes(data)  # a no-op for bytes; a buffer (memoryview, frame) is read as bytes
+    call = _read_task_call_as_written(data)
+    if call is not None:
+        return call
     task_id = session_id = ""
     task_input: bytes | None = None
     input_path = output_path = None
@@ -499,6 +528,61 @@ def read_task_call(data: bytes) -> TaskCall:
     return TaskCall(task_id, session_id, task_input, input_file, output_file)
 
 
+_output_file_tail_values: dict[bytes, tuple[int, int, bool]] = {}
+"""The least and most sizes and the fsync flag of an output file, by the serialized fields that follow its
+path (the same in every task a server sends: see task_context)."""
+
+
+def _read_task_call_as_written(data: bytes) -> TaskCall | None:
+    """A ``TaskContext`` in the layout :func:`task_context` writes for a task whose input travels inline
+    (task id, session id, input, then an output file's path and sizes), read straight through; None for
+    any other layout, which the general reader then reads (protobuf's rules: fields repeated, out of
+    order, unknown). The sizes after the path are the server's settings: read once, then looked up."""
+    end = len(data)
+    pos = 0
+    task_id = session_id = ""
+    task_input: bytes | None = None
+    if pos < end and data[pos] == _TASK_ID_KEY[0]:
+        size, pos = _read_varint(data, pos + 1)
+        if pos + size > end:
+            return None
+        task_id = _text(data, pos, pos + size)
+        pos += size
+    if pos < end and data[pos] == _SESSION_ID_KEY[0]:
+        size, pos = _read_varint(data, pos + 1)
+        if pos + size > end:
+            return None
+        session_id = _text(data, pos, pos + size)
+        pos += size
+    if pos < end and data[pos] == _INPUT_KEY[0]:
+        size, pos = _read_varint(data, pos + 1)
+        if pos + size > end:
+            return None
+        task_input = data[pos : pos + size]
+        pos += size
+    if pos == end:
+        return TaskCall(task_id, session_id, task_input)
+    if not data.startswith(_OUTPUT_FILE_KEY, pos):
+        return None
+    size, pos = _read_varint(data, pos + len(_OUTPUT_FILE_KEY))
+    if pos + size > end:
+        return None
+    output_path = _text(data, pos, pos + size)
+    tail = data[pos + size :]
+    values = _output_file_tail_values.get(tail)
+    if values is None:
+        numbers: dict[int, int] = {}
+        if _fields(tail, numbers):  # strings after the path (an input file's, unknown ones): not this layout
+            return None
+        least, most = numbers.get(handoff.OUTPUT_MIN, 0), numbers.get(handoff.OUTPUT_MAX, 0)
+        values = (least, most, bool(numbers.get(handoff.OUTPUT_SYNC)))
+        if len(_output_file_tail_values) >= 64:
+            _output_file_tail_values.clear()
+        _output_file_tail_values[tail] = values
+    least, most, sync = values
+    return TaskCall(task_id, session_id, task_input, None, (output_path, least, most, sync))
+
+
 def read_task_context(data: bytes) -> tuple[str, str, bytes | None]:
     """``flame.v1.TaskContext`` -> ``(task_id, session_id, input or None)``; the input is one slice."""
     call = read_task_call(data)
@@ -515,6 +599,11 @@ def read_task_result(data: bytes) -> tuple[int, bytes | None, str | None, int | 
     """``flame.v1.TaskResult`` -> ``(return_code, output or None, message or None, output_size or None)``;
     the output is one slice (``output_size``: it is in the file the server named, :mod:`.payload_handoff`)."""
     data = bytes(data)
+    # A success with its output, as task_result writes it (the output field alone): read straight through.
+    if len(data) > 1 and data[0] == _OUTPUT_KEY[0]:
+        size, pos = _read_varint(data, 1)
+        if pos + size == len(data):
+            return 0, data[pos:], None, None
     output: bytes | None = None
     message: str | None = None
     numbers: dict[int, int] = {}
