@@ -467,6 +467,36 @@ def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | Non
     return session_id, task_input
 
 
+def _run_task_reply_as_written(data: bytes) -> tuple[bytes, bytes | None] | None:
+    """:func:`run_task_reply_parts` of a reply in the layout :func:`task_reply` writes (metadata; a spec of
+    session id and output; status), read straight through; None for any other layout."""
+    end = len(data)
+    if end < 2 or data[0] != _METADATA_KEY[0]:
+        return None
+    size, pos = _read_varint(data, 1)
+    pos += size
+    if pos >= end or data[pos] != _SPEC_KEY[0]:
+        return None
+    size, pos = _read_varint(data, pos + 1)
+    spec_end = pos + size
+    if spec_end > end:
+        return None
+    if pos < spec_end and data[pos] == _SESSION_ID_KEY[0]:
+        size, pos = _read_varint(data, pos + 1)
+        pos += size
+    output = None
+    if pos < spec_end and data[pos] == _OUTPUT_IN_SPEC_KEY[0]:
+        size, pos = _read_varint(data, pos + 1)
+        output = data[pos : pos + size]
+        pos += size
+    if pos != spec_end or pos >= end or data[pos] != _STATUS_KEY[0]:
+        return None
+    size, pos = _read_varint(data, pos + 1)
+    if pos + size != end:
+        return None
+    return data[pos:end], output
+
+
 def run_task_reply_parts(data: bytes) -> tuple[bytes, bytes | None]:
     """A ``flame.v1.Task`` as RunTask answers it -> ``(status, spec.output or None)``: the serialized
     ``TaskStatus`` (every occurrence, joined: protobuf merges them as it would in the whole message) for
@@ -474,6 +504,9 @@ def run_task_reply_parts(data: bytes) -> tuple[bytes, bytes | None]:
     is small and holds 6-byte timestamps and the task's events, which protobuf's parser reads five times
     faster than Python can step over them."""
     data = bytes(data)
+    read = _run_task_reply_as_written(data)
+    if read is not None:
+        return read
     output: bytes | None = None
     status: list[bytes] = []
     for outer, start, end in _fields(data):  # one pass; the last value of each wins, as in _sub_fields
