@@ -444,15 +444,27 @@ def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | Non
     # straight through; anything else (fields repeated, unknown, out of order) by the general reader.
     end = len(data)
     if end > 1 and data[0] == _SPEC_IN_REQUEST_KEY[0]:
-        size, pos = _read_varint(data, 1)
+        size = data[1]  # (a one-byte length read inline)
+        if size < 0x80:
+            pos = 2
+        else:
+            size, pos = _read_varint(data, 1)
         if pos + size == end:
             if pos < end and data[pos] == _SESSION_ID_KEY[0]:
-                size, pos = _read_varint(data, pos + 1)
+                size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
+                if size < 0x80:
+                    pos += 2
+                else:
+                    size, pos = _read_varint(data, pos + 1)
                 if pos + size <= end:
                     session_id = _text(data, pos, pos + size)
                     pos += size
             if pos < end and data[pos] == _INPUT_IN_SPEC_KEY[0]:
-                size, pos = _read_varint(data, pos + 1)
+                size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
+                if size < 0x80:
+                    pos += 2
+                else:
+                    size, pos = _read_varint(data, pos + 1)
                 if pos + size == end:
                     task_input = data[pos:end] if size < VIEW_BYTES else memoryview(data)[pos:end]
                     pos = end
@@ -473,25 +485,45 @@ def _run_task_reply_as_written(data: bytes) -> tuple[bytes, bytes | None] | None
     end = len(data)
     if end < 2 or data[0] != _METADATA_KEY[0]:
         return None
-    size, pos = _read_varint(data, 1)
+    size = data[1]  # (a one-byte length read inline)
+    if size < 0x80:
+        pos = 2
+    else:
+        size, pos = _read_varint(data, 1)
     pos += size
     if pos >= end or data[pos] != _SPEC_KEY[0]:
         return None
-    size, pos = _read_varint(data, pos + 1)
+    size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
+    if size < 0x80:
+        pos += 2
+    else:
+        size, pos = _read_varint(data, pos + 1)
     spec_end = pos + size
     if spec_end > end:
         return None
     if pos < spec_end and data[pos] == _SESSION_ID_KEY[0]:
-        size, pos = _read_varint(data, pos + 1)
+        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
+        if size < 0x80:
+            pos += 2
+        else:
+            size, pos = _read_varint(data, pos + 1)
         pos += size
     output = None
     if pos < spec_end and data[pos] == _OUTPUT_IN_SPEC_KEY[0]:
-        size, pos = _read_varint(data, pos + 1)
+        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
+        if size < 0x80:
+            pos += 2
+        else:
+            size, pos = _read_varint(data, pos + 1)
         output = data[pos : pos + size]
         pos += size
     if pos != spec_end or pos >= end or data[pos] != _STATUS_KEY[0]:
         return None
-    size, pos = _read_varint(data, pos + 1)
+    size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
+    if size < 0x80:
+        pos += 2
+    else:
+        size, pos = _read_varint(data, pos + 1)
     if pos + size != end:
         return None
     return data[pos:end], output
@@ -576,19 +608,31 @@ def _read_task_call_as_written(data: bytes) -> TaskCall | None:
     task_id = session_id = ""
     task_input: bytes | None = None
     if pos < end and data[pos] == _TASK_ID_KEY[0]:
-        size, pos = _read_varint(data, pos + 1)
+        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
+        if size < 0x80:
+            pos += 2
+        else:
+            size, pos = _read_varint(data, pos + 1)
         if pos + size > end:
             return None
         task_id = _text(data, pos, pos + size)
         pos += size
     if pos < end and data[pos] == _SESSION_ID_KEY[0]:
-        size, pos = _read_varint(data, pos + 1)
+        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
+        if size < 0x80:
+            pos += 2
+        else:
+            size, pos = _read_varint(data, pos + 1)
         if pos + size > end:
             return None
         session_id = _text(data, pos, pos + size)
         pos += size
     if pos < end and data[pos] == _INPUT_KEY[0]:
-        size, pos = _read_varint(data, pos + 1)
+        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
+        if size < 0x80:
+            pos += 2
+        else:
+            size, pos = _read_varint(data, pos + 1)
         if pos + size > end:
             return None
         task_input = data[pos : pos + size]
@@ -633,9 +677,14 @@ def read_task_result(data: bytes) -> tuple[int, bytes | None, str | None, int | 
     the output is one slice (``output_size``: it is in the file the server named, :mod:`.payload_handoff`)."""
     data = bytes(data)
     # A success with its output, as task_result writes it (the output field alone): read straight through.
-    if len(data) > 1 and data[0] == _OUTPUT_KEY[0]:
-        size, pos = _read_varint(data, 1)
-        if pos + size == len(data):
+    end = len(data)
+    if end > 1 and data[0] == _OUTPUT_KEY[0]:
+        size = data[1]
+        if size < 0x80:  # (a one-byte length read inline)
+            pos = 2
+        else:
+            size, pos = _read_varint(data, 1)
+        if pos + size == end:
             return 0, data[pos:], None, None
     output: bytes | None = None
     message: str | None = None
