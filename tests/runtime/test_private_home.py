@@ -46,10 +46,16 @@ def open_umask() -> Iterator[None]:
 
 
 def loose_entries(root: Path) -> list[str]:
-    """Every path under ``root`` (itself included) with a group or other permission bit, with its mode."""
+    """Every path under ``root`` (itself included) with a group or other permission bit, with its mode.
+
+    An entry gone between the listing and its look (an instance's socket, removed as the instance leaves
+    after its session closed) is skipped: what no longer exists is open to no one."""
     found = []
     for path in [root, *root.rglob("*")]:
-        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        try:
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            continue
         if mode & 0o077:
             found.append(f"{path.relative_to(root.parent)} {mode:04o}")
     return found
