@@ -78,6 +78,7 @@ _ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
 _TASK_ID_KEY = bytes((1 << 3 | _LEN,))
 _SESSION_ID_KEY = bytes((2 << 3 | _LEN,))
 _INPUT_KEY = bytes((4 << 3 | _LEN,))
+_CONTEXT_KEYS = (_TASK_ID_KEY[0], _SESSION_ID_KEY[0], _INPUT_KEY[0])
 """The keys of ``TaskContext``'s fields 1, 2 and 4 (length-delimited): the same bytes in ``TaskSpec``
 (``session_id`` = 2) and, for fields 1 and 2, in ``Task`` and ``TaskMetadata``."""
 
@@ -106,6 +107,12 @@ def _varint_field(parts: list[bytes], number: int, value: int) -> None:
     parts.append(_varint(value))
 
 
+def _field(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """A length-delimited field's parts: its key, its length (a one-byte length looked up), its bytes."""
+    size = len(data)
+    return key, _ONE_BYTE[size] if size < 0x80 else _varint(size), data
+
+
 def task_context(
     task_id: str,
     session_id: str,
@@ -120,16 +127,14 @@ def task_context(
     size of the file holding the input (then ``task_input`` is None), ``output_file`` the path where an
     output of at least the first size and at most the second is to be written, and whether to fsync it.
     """
-    # Keys and lengths written out (one-byte lengths looked up): this runs for every task the server sends.
+    # Keys and lengths written without a helper call per field: this runs for every task the server sends.
     tid = task_id.encode()
     sid = session_id.encode()
     parts: list[bytes] = []
     if tid:
-        size = len(tid)
-        parts += (_TASK_ID_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), tid)
+        parts += _field(_TASK_ID_KEY, tid)
     if sid:
-        size = len(sid)
-        parts += (_SESSION_ID_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), sid)
+        parts += _field(_SESSION_ID_KEY, sid)
     if task_input is not None:
         parts += (_INPUT_KEY, _varint(len(task_input)), task_input)
     if input_file is not None:
@@ -204,7 +209,7 @@ def create_task_request(session_id: str, task_input: bytes | None) -> bytes:
     The nested message's length is computed, not built, so the input is copied once, by the join.
     """
     sid = session_id.encode()
-    head = (_SESSION_ID_KEY + (_ONE_BYTE[len(sid)] if len(sid) < 0x80 else _varint(len(sid))) + sid) if sid else b""
+    head = b"".join(_field(_SESSION_ID_KEY, sid)) if sid else b""
     if task_input is None:
         return b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head)), head))
     head += _INPUT_IN_SPEC_KEY + _varint(len(task_input))
@@ -228,16 +233,11 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
     sid = session_id.encode()
     meta: list[bytes] = []
     if tid:
-        size = len(tid)
-        meta += (_TASK_ID_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), tid)
+        meta += _field(_TASK_ID_KEY, tid)
     if tname:
-        size = len(tname)
-        meta += (_SESSION_ID_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), tname)
+        meta += _field(_SESSION_ID_KEY, tname)
     metadata = b"".join(meta)
-    spec = b""
-    if sid:
-        size = len(sid)
-        spec = _SESSION_ID_KEY + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + sid
+    spec = b"".join(_field(_SESSION_ID_KEY, sid)) if sid else b""
     output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
     spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
     parts = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
@@ -325,6 +325,14 @@ def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
         shift += 7
         if shift >= 70:
             raise ValueError("malformed message: a varint longer than ten bytes")
+
+
+def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The length (a varint) at ``pos`` and the position after it, a one-byte length read inline: the
+    straight-through readers below take every field's length here."""
+    if pos < end and data[pos] < 0x80:
+        return data[pos], pos + 1
+    return _read_varint(data, pos)
 
 
 _START_GROUP = 3
@@ -444,27 +452,15 @@ def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | Non
     # straight through; anything else (fields repeated, unknown, out of order) by the general reader.
     end = len(data)
     if end > 1 and data[0] == _SPEC_IN_REQUEST_KEY[0]:
-        size = data[1]  # (a one-byte length read inline)
-        if size < 0x80:
-            pos = 2
-        else:
-            size, pos = _read_varint(data, 1)
+        size, pos = _length(data, 1, end)
         if pos + size == end:
             if pos < end and data[pos] == _SESSION_ID_KEY[0]:
-                size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
-                if size < 0x80:
-                    pos += 2
-                else:
-                    size, pos = _read_varint(data, pos + 1)
+                size, pos = _length(data, pos + 1, end)
                 if pos + size <= end:
                     session_id = _text(data, pos, pos + size)
                     pos += size
             if pos < end and data[pos] == _INPUT_IN_SPEC_KEY[0]:
-                size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
-                if size < 0x80:
-                    pos += 2
-                else:
-                    size, pos = _read_varint(data, pos + 1)
+                size, pos = _length(data, pos + 1, end)
                 if pos + size == end:
                     task_input = data[pos:end] if size < VIEW_BYTES else memoryview(data)[pos:end]
                     pos = end
@@ -485,45 +481,25 @@ def _run_task_reply_as_written(data: bytes) -> tuple[bytes, bytes | None] | None
     end = len(data)
     if end < 2 or data[0] != _METADATA_KEY[0]:
         return None
-    size = data[1]  # (a one-byte length read inline)
-    if size < 0x80:
-        pos = 2
-    else:
-        size, pos = _read_varint(data, 1)
+    size, pos = _length(data, 1, end)
     pos += size
     if pos >= end or data[pos] != _SPEC_KEY[0]:
         return None
-    size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
-    if size < 0x80:
-        pos += 2
-    else:
-        size, pos = _read_varint(data, pos + 1)
+    size, pos = _length(data, pos + 1, end)
     spec_end = pos + size
     if spec_end > end:
         return None
     if pos < spec_end and data[pos] == _SESSION_ID_KEY[0]:
-        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
-        if size < 0x80:
-            pos += 2
-        else:
-            size, pos = _read_varint(data, pos + 1)
+        size, pos = _length(data, pos + 1, end)
         pos += size
     output = None
     if pos < spec_end and data[pos] == _OUTPUT_IN_SPEC_KEY[0]:
-        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
-        if size < 0x80:
-            pos += 2
-        else:
-            size, pos = _read_varint(data, pos + 1)
+        size, pos = _length(data, pos + 1, end)
         output = data[pos : pos + size]
         pos += size
     if pos != spec_end or pos >= end or data[pos] != _STATUS_KEY[0]:
         return None
-    size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
-    if size < 0x80:
-        pos += 2
-    else:
-        size, pos = _read_varint(data, pos + 1)
+    size, pos = _length(data, pos + 1, end)
     if pos + size != end:
         return None
     return data[pos:end], output
@@ -605,38 +581,17 @@ def _read_task_call_as_written(data: bytes) -> TaskCall | None:
     order, unknown). The sizes after the path are the server's settings: read once, then looked up."""
     end = len(data)
     pos = 0
-    task_id = session_id = ""
-    task_input: bytes | None = None
-    if pos < end and data[pos] == _TASK_ID_KEY[0]:
-        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
-        if size < 0x80:
-            pos += 2
-        else:
-            size, pos = _read_varint(data, pos + 1)
-        if pos + size > end:
-            return None
-        task_id = _text(data, pos, pos + size)
-        pos += size
-    if pos < end and data[pos] == _SESSION_ID_KEY[0]:
-        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
-        if size < 0x80:
-            pos += 2
-        else:
-            size, pos = _read_varint(data, pos + 1)
-        if pos + size > end:
-            return None
-        session_id = _text(data, pos, pos + size)
-        pos += size
-    if pos < end and data[pos] == _INPUT_KEY[0]:
-        size = data[pos + 1] if pos + 1 < end else 0x80  # (a one-byte length read inline)
-        if size < 0x80:
-            pos += 2
-        else:
-            size, pos = _read_varint(data, pos + 1)
-        if pos + size > end:
-            return None
-        task_input = data[pos : pos + size]
-        pos += size
+    fields: list[bytes | None] = [None, None, None]  # task id, session id, input: each at most once, in order
+    for index, key in enumerate(_CONTEXT_KEYS):
+        if pos < end and data[pos] == key:
+            size, pos = _length(data, pos + 1, end)
+            if pos + size > end:
+                return None
+            fields[index] = data[pos : pos + size]
+            pos += size
+    raw_id, raw_session, task_input = fields
+    task_id = "" if raw_id is None else raw_id.decode()  # strict, as _text: a string must be UTF-8
+    session_id = "" if raw_session is None else raw_session.decode()
     if pos == end:
         return TaskCall(task_id, session_id, task_input)
     if not data.startswith(_OUTPUT_FILE_KEY, pos):
@@ -679,11 +634,7 @@ def read_task_result(data: bytes) -> tuple[int, bytes | None, str | None, int | 
     # A success with its output, as task_result writes it (the output field alone): read straight through.
     end = len(data)
     if end > 1 and data[0] == _OUTPUT_KEY[0]:
-        size = data[1]
-        if size < 0x80:  # (a one-byte length read inline)
-            pos = 2
-        else:
-            size, pos = _read_varint(data, 1)
+        size, pos = _length(data, 1, end)
         if pos + size == end:
             return 0, data[pos:], None, None
     output: bytes | None = None
