@@ -294,9 +294,9 @@ class SessionEntry:
     """Pending and running tasks created with a task timeout of their own (seconds), by id."""
     waiters: dict[int, list[Waiter]] = field(default_factory=dict)
     sleepers: int = 0
-    """Threads waiting on ``cond`` now (``close_session``, ``take_task``), counted under the lock: a change
-    wakes them only when there are some, since ``notify_all`` runs Python code even when nobody waits, and
-    several changes of every task notify."""
+    """Threads in :meth:`sleep` now (``close_session``, ``take_task``): :meth:`wake` notifies only when there
+    are some, since ``notify_all`` runs Python code even when nobody waits, and several changes of every
+    task wake."""
     closing: bool = False
     """A close is being committed: no new tasks, no dispatch."""
     completions: list[pb.Task] = field(default_factory=list)
@@ -328,6 +328,23 @@ class SessionEntry:
     @property
     def is_open(self) -> bool:
         return self.message.status.state == OPEN
+
+    def sleep(self, timeout: float, until: Callable[[], bool] | None = None) -> None:
+        """Wait on ``cond`` (the engine's lock held) up to ``timeout`` seconds, or until ``until()`` holds;
+        counted in ``sleepers`` meanwhile, so that :meth:`wake` wakes this thread."""
+        self.sleepers += 1
+        try:
+            if until is None:
+                self.cond.wait(timeout)
+            else:
+                self.cond.wait_for(until, timeout)
+        finally:
+            self.sleepers -= 1
+
+    def wake(self) -> None:
+        """The session changed (called with the engine's lock held): wake the threads in :meth:`sleep`."""
+        if self.sleepers:
+            self.cond.notify_all()
 
 
 def _not_found(kind: str, name: str) -> FlameError:
@@ -809,11 +826,7 @@ class Engine:
         with self.lock:
             entry = self._entry(session_id)
             while entry.closing:  # another call is closing it: its outcome is ours
-                entry.sleepers += 1
-                try:
-                    entry.cond.wait(timeout=1.0)
-                finally:
-                    entry.sleepers -= 1
+                entry.sleep(1.0)
             if not entry.is_open:
                 return self.snapshot(entry)
             if entry.message.status.running:
@@ -843,8 +856,7 @@ class Engine:
         except BaseException:
             with self.lock:
                 entry.closing = False
-                if entry.sleepers:
-                    entry.cond.notify_all()
+                entry.wake()
             raise
         waiting: list[tuple[list[Waiter], pb.Task]] = []
         with self.lock:
@@ -869,8 +881,7 @@ class Engine:
             entry.closing = False
             self._save_session(entry)  # with the events added while the close was written
             self._claim_all_watches(entry)  # the cancelled tasks, then the end of the stream
-            if entry.sleepers:
-                entry.cond.notify_all()
+            entry.wake()
             snapshot = self.snapshot(entry)
         self._notify_waiters(waiting)
         self._run_due()
@@ -1033,8 +1044,7 @@ class Engine:
             if waiter is not None:
                 entry.waiters.setdefault(tid, []).append(waiter)
         entry.message.status.pending += len(tasks)
-        if entry.sleepers:
-            entry.cond.notify_all()
+        entry.wake()
 
     def _withdraw_unacknowledged(
         self, entry: SessionEntry, tasks: list[pb.Task], on_created: Created, error: FlameError | None
@@ -1071,8 +1081,7 @@ class Engine:
                 entry.waiters.pop(tid, None)
                 entry.input_files.pop(tid, None)
                 entry.running_writes.pop(tid, None)
-            if entry.sleepers:
-                entry.cond.notify_all()
+            entry.wake()
         on_created(None, error)
 
     def _created(
@@ -1102,8 +1111,7 @@ class Engine:
                     if waiter is not None:
                         late.append(([waiter], task))
                 status.cancelled += len(tasks)
-            if entry.sleepers:
-                entry.cond.notify_all()
+            entry.wake()
             is_open = entry.is_open
         on_created(tasks, None)
         self._notify_waiters(late)
@@ -1359,11 +1367,7 @@ class Engine:
         with self.lock:
             entry = self._entry(session_id)
             if not entry.pending and entry.is_open and timeout > 0:
-                entry.sleepers += 1
-                try:
-                    entry.cond.wait_for(lambda: bool(entry.pending) or not entry.is_open, timeout=timeout)
-                finally:
-                    entry.sleepers -= 1
+                entry.sleep(timeout, lambda: bool(entry.pending) or not entry.is_open)
             if not entry.is_open:
                 raise FlameError(FlameErrorCode.INVALID_STATE, f"session {session_id} is closed")
             copy = None
@@ -1546,8 +1550,7 @@ class Engine:
         entry.running_writes[tid] = self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
         if entry.task_watches:  # (a call less per task where nobody watches one)
             self._claim_task_watches(entry, tid)
-        if entry.sleepers:
-            entry.cond.notify_all()
+        entry.wake()
         return task
 
     def task_timeout(self, session_id: str, task_id: int) -> float | None:
@@ -1754,8 +1757,7 @@ class Engine:
                     claim(watch, self._due, entry)
             if entry.task_watches:  # (a call less per task where nobody watches one)
                 self._claim_task_watches(entry, tid)
-            if entry.sleepers:
-                entry.cond.notify_all()
+            entry.wake()
         self._notify_waiters([(waiters, task)], output)
         # The watchers claimed here are fed once every result of this commit is applied
         # (``Store.after_callbacks``): one message for all of them.
@@ -1816,8 +1818,7 @@ class Engine:
             entry.pending.append(tid)
         if entry.task_watches:  # (a call less per task where nobody watches one)
             self._claim_task_watches(entry, tid)
-        if entry.sleepers:
-            entry.cond.notify_all()
+        entry.wake()
 
     def retry_task(self, session_id: str, task_id: str, message: str) -> bool:
         """Put a task whose instance died back at the head of the queue; False once retries are spent."""

@@ -107,10 +107,15 @@ def _varint_field(parts: list[bytes], number: int, value: int) -> None:
     parts.append(_varint(value))
 
 
-def _field(key: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
-    """A length-delimited field's parts: its key, its length (a one-byte length looked up), its bytes."""
-    size = len(data)
-    return key, _ONE_BYTE[size] if size < 0x80 else _varint(size), data
+def _strings(*fields: tuple[bytes, bytes]) -> list[bytes]:
+    """The parts of length-delimited string fields, each given as (key, its bytes): key, length (a one-byte
+    length looked up), bytes; an empty one is left out, as protobuf leaves out a string field not set."""
+    parts: list[bytes] = []
+    for key, data in fields:
+        if data:
+            size = len(data)
+            parts += (key, _ONE_BYTE[size] if size < 0x80 else _varint(size), data)
+    return parts
 
 
 def task_context(
@@ -127,14 +132,8 @@ def task_context(
     size of the file holding the input (then ``task_input`` is None), ``output_file`` the path where an
     output of at least the first size and at most the second is to be written, and whether to fsync it.
     """
-    # Keys and lengths written without a helper call per field: this runs for every task the server sends.
-    tid = task_id.encode()
-    sid = session_id.encode()
-    parts: list[bytes] = []
-    if tid:
-        parts += _field(_TASK_ID_KEY, tid)
-    if sid:
-        parts += _field(_SESSION_ID_KEY, sid)
+    # Keys written as constants, one-byte lengths looked up: this runs for every task the server sends.
+    parts = _strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, session_id.encode()))
     if task_input is not None:
         parts += (_INPUT_KEY, _varint(len(task_input)), task_input)
     if input_file is not None:
@@ -208,8 +207,7 @@ def create_task_request(session_id: str, task_input: bytes | None) -> bytes:
 
     The nested message's length is computed, not built, so the input is copied once, by the join.
     """
-    sid = session_id.encode()
-    head = b"".join(_field(_SESSION_ID_KEY, sid)) if sid else b""
+    head = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
     if task_input is None:
         return b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head)), head))
     head += _INPUT_IN_SPEC_KEY + _varint(len(task_input))
@@ -227,17 +225,9 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
 
     metadata = 1 (id = 1, name = 2), spec = 2 (session_id = 2, optional output = 4), status = 3.
     """
-    # Keys and lengths written out, as in task_context: every RunTask's answer is built here.
-    tid = task_id.encode()
-    tname = name.encode()
-    sid = session_id.encode()
-    meta: list[bytes] = []
-    if tid:
-        meta += _field(_TASK_ID_KEY, tid)
-    if tname:
-        meta += _field(_SESSION_ID_KEY, tname)
-    metadata = b"".join(meta)
-    spec = b"".join(_field(_SESSION_ID_KEY, sid)) if sid else b""
+    # As task_context: every RunTask's answer is built here.
+    metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
+    spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
     output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
     spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
     parts = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
@@ -438,6 +428,33 @@ VIEW_BYTES = 64 * 1024
 """An input this large is read as a view into its request, not copied out of it (see below)."""
 
 
+def _create_task_request_as_written(data: bytes) -> tuple[str, bytes | memoryview | None] | None:
+    """:func:`read_create_task_request` of a request in the layout :func:`create_task_request` writes (one
+    task: its session id, then its input), read straight through; None for any other layout (fields
+    repeated, unknown, out of order), which the general reader then reads."""
+    end = len(data)
+    if end < 2 or data[0] != _SPEC_IN_REQUEST_KEY[0]:
+        return None
+    size, pos = _length(data, 1, end)
+    if pos + size != end:
+        return None
+    session_id = ""
+    if pos < end and data[pos] == _SESSION_ID_KEY[0]:
+        size, pos = _length(data, pos + 1, end)
+        if pos + size > end:
+            return None
+        session_id = _text(data, pos, pos + size)
+        pos += size
+    if pos == end:
+        return session_id, None
+    if data[pos] != _INPUT_IN_SPEC_KEY[0]:
+        return None
+    size, pos = _length(data, pos + 1, end)
+    if pos + size != end:
+        return None
+    return session_id, data[pos:end] if size < VIEW_BYTES else memoryview(data)[pos:end]
+
+
 def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | None]:
     """``flame.v1.CreateTaskRequest`` -> ``(task.session_id, task.input or None)``.
 
@@ -446,27 +463,11 @@ def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | Non
     straight to its payload file and keeps no other copy of it.
     """
     data = bytes(data)
+    read = _create_task_request_as_written(data)
+    if read is not None:
+        return read
     session_id = ""
     task_input: bytes | memoryview | None = None
-    # The layout this module's create_task_request writes (one task: its session id, then its input), read
-    # straight through; anything else (fields repeated, unknown, out of order) by the general reader.
-    end = len(data)
-    if end > 1 and data[0] == _SPEC_IN_REQUEST_KEY[0]:
-        size, pos = _length(data, 1, end)
-        if pos + size == end:
-            if pos < end and data[pos] == _SESSION_ID_KEY[0]:
-                size, pos = _length(data, pos + 1, end)
-                if pos + size <= end:
-                    session_id = _text(data, pos, pos + size)
-                    pos += size
-            if pos < end and data[pos] == _INPUT_IN_SPEC_KEY[0]:
-                size, pos = _length(data, pos + 1, end)
-                if pos + size == end:
-                    task_input = data[pos:end] if size < VIEW_BYTES else memoryview(data)[pos:end]
-                    pos = end
-            if pos == end:
-                return session_id, task_input
-        session_id, task_input = "", None
     for number, start, end in _sub_fields(data, 1):
         if number == 2:
             session_id = _text(data, start, end)

@@ -204,10 +204,8 @@ class DeferredReply:
         if call.finished or not call.ctx.is_active():
             self._server.finish(call, None)
             return False
-        data = response if type(response) is bytes else None
         try:
-            if data is None:
-                data = _as_bytes(call.method, response, "completed with")
+            data = _as_bytes(call.method, response, "completed with")
             if len(data) > self._server.max_message_size:  # (the test written out: every reply runs it)
                 what = f"response to {call.method}"
                 check_size(len(data), self._server.max_message_size, what=what, endpoint=self._server.endpoint)
