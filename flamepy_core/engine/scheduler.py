@@ -299,6 +299,8 @@ class Scheduler:
         self._idle: dict[str, Instance] = {}
         """The instance of each session that went idle last: where :meth:`run_warm` looks first (checked
         there; an entry is dropped when its session closes)."""
+        self.warm_runs = 0
+        """How many tasks took the warm lane (:meth:`run_warm`): for tests and benchmarks."""
         """Sessions that want more instances than they have, and since when: served in this order."""
         self._capacity_noted: set[str] = set()
         """Sessions told (event 1006) that they wait for the machine-wide cap; forgotten once served."""
@@ -409,6 +411,7 @@ class Scheduler:
             self._new_head(inst, now)
             inst.inflight[tid] = now
             inst.state = State.BUSY
+            self.warm_runs += 1
             data = task_input if task_input is None or type(task_input) is bytes else bytes(task_input)
             ctx, output_name = self._task_context(inst, session_id, tid, data, None)
             key = task_key(session_id, tid)

@@ -125,3 +125,29 @@ def test_a_store_that_cannot_grow_loses_no_acknowledged_task_and_recovers_withou
     assert not {b"refused-invoke", b"refused-create", b"L" * (2 << 20)} & inputs
     assert all(t.state == flamepy.TaskState.SUCCEED for t in tasks.values())
     assert flamepy.get_object(ref) == {"x": 2}
+
+
+def test_a_warm_invoke_the_store_refuses_is_withdrawn_and_never_stored(flame_env):
+    """An idle instance takes a warm invoke at once (the scheduler's warm lane, before anything is written):
+    a store that cannot write its creation and result must still refuse it, and keep nothing of it."""
+    flame_env.write_service("rev", SERVICE)
+    session = flamepy.create_session("rev")
+    for data in (b"warm-1", b"warm-2"):  # the second runs on the instance the first left idle
+        assert session.invoke(data) == data[::-1]
+    server = live_server(flame_env.home)
+    assert server
+    pid = int(server["pid"])
+    set_file_limit(pid, SMALL)
+    try:
+        expect_store_error(lambda: session.invoke(b"refused-warm"), "a warm invoke")
+    finally:
+        set_file_limit(pid, resource.RLIM_INFINITY)
+    assert session.invoke(b"warm-3") == b"3-mraw"
+    counts = flamepy.get_session(session.id)
+    assert (counts.succeed, counts.running, counts.pending, counts.failed) == (3, 0, 0, 0)
+
+    flame_env.flmctl("server", "stop")
+    reset_default_connection()
+    tasks = list(flamepy.get_session(session.id).list_tasks())
+    assert sorted(t.input for t in tasks) == [b"warm-1", b"warm-2", b"warm-3"], "the refused task was stored"
+    assert all(t.state == flamepy.TaskState.SUCCEED for t in tasks)

@@ -1,0 +1,117 @@
+"""RunTask's warm lane: a task for a session with an idle instance goes to that instance from the thread
+that received it (``Scheduler.run_warm``), without the queue and the event that the general path takes.
+
+The lane is only worth having if nobody can tell it from the general path: the task it leaves behind
+(states, events, counters, the stored row) must be the one the general path leaves, and everything
+that can happen to a running task (its instance dies, the store refuses its creation) must be handled
+as for any other. Real service processes, a real store.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import flamepy
+from flamepy.testing import LocalRuntime, local_runtime
+from flamepy_core.client.connection import default_connection, reset_default_connection
+from flamepy_core.wire.proto import types_pb2 as pb
+
+REVERSE = """
+import os
+import flamepy
+from flamepy.core import FlameService
+
+
+class Reverse(FlameService):
+    def on_task_invoke(self, context):
+        if context.input == b"die once" and not os.path.exists("died"):
+            open("died", "w").close()
+            os._exit(3)  # a crash in the middle of the task: its instance is lost
+        return context.input[::-1]
+
+
+if __name__ == "__main__":
+    flamepy.run(Reverse())
+"""
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalRuntime]:
+    for key in [k for k in os.environ if k.startswith("FLAME_")]:
+        monkeypatch.delenv(key)
+    reset_default_connection()
+    service = tmp_path / "svc" / "reverse_service.py"
+    service.parent.mkdir()
+    service.write_text(textwrap.dedent(REVERSE))
+    with local_runtime(tmp_path / "home", instances="process") as rt:
+        rt.register("rev", service)
+        yield rt
+    reset_default_connection()
+
+
+def _task(session_id: str, task_id: int) -> pb.Task:
+    return default_connection().get_task_message(session_id, str(task_id))
+
+
+def _stored(rt: LocalRuntime, session_id: str) -> list[tuple[object, ...]]:
+    store = rt.server.engine.store
+    store.flush()
+    return store.query("SELECT id, state, input, output FROM tasks WHERE session_id = ? ORDER BY id", session_id)
+
+
+def test_a_warm_invoke_takes_the_lane_and_leaves_what_the_general_path_leaves(runtime: LocalRuntime) -> None:
+    scheduler = runtime.server.scheduler
+    session = flamepy.create_session("rev")
+    before = scheduler.warm_runs
+    assert session.invoke(b"first") == b"tsrif"  # no instance yet: the general path starts one
+    assert scheduler.warm_runs == before, "a task with no idle instance took the warm lane"
+    for i in range(5):
+        assert session.invoke(b"warm %d" % i) == (b"warm %d" % i)[::-1]
+    assert scheduler.warm_runs == before + 5, "warm invokes did not take the lane"
+
+    general, warm = _task(session.id, 1), _task(session.id, 2)
+    for task in (general, warm):
+        assert task.status.state == pb.TaskState.Succeed
+        assert [event.code for event in task.status.events] == [e.code for e in general.status.events]
+        assert task.status.creation_time <= task.status.completion_time
+    assert warm.spec.output == b"0 mraw" and warm.spec.input == b"warm 0"
+    succeed = int(pb.TaskState.Succeed)
+    assert _stored(runtime, session.id) == [
+        (1, succeed, b"first", b"tsrif"),
+        *[(2 + i, succeed, b"warm %d" % i, (b"warm %d" % i)[::-1]) for i in range(5)],
+    ]
+    counts = flamepy.get_session(session.id)
+    assert (counts.succeed, counts.running, counts.pending, counts.failed) == (6, 0, 0, 0)
+    session.close()
+
+
+def test_a_lane_task_whose_instance_dies_is_retried_as_any_other(runtime: LocalRuntime) -> None:
+    scheduler = runtime.server.scheduler
+    session = flamepy.create_session("rev")
+    assert session.invoke(b"warm up") == b"pu mraw"
+    before = scheduler.warm_runs
+    assert session.invoke(b"die once") == b"ecno eid", "the task was not retried on a new instance"
+    assert scheduler.warm_runs == before + 1, "the task did not take the lane"
+    task = _task(session.id, 2)
+    codes = [event.code for event in task.status.events]
+    assert task.status.state == pb.TaskState.Succeed
+    assert codes.count(int(pb.TaskState.Running)) == 2, f"not run twice: {codes}"
+    counts = flamepy.get_session(session.id)
+    assert (counts.succeed, counts.running, counts.failed) == (2, 0, 0)
+    assert session.invoke(b"after") == b"retfa"
+    session.close()
+
+
+def test_a_closed_session_refuses_a_warm_task(runtime: LocalRuntime) -> None:
+    session = flamepy.create_session("rev")
+    assert session.invoke(b"x") == b"x"
+    sid = session.id
+    flamepy.close_session(sid)
+    with pytest.raises(flamepy.FlameError) as raised:
+        default_connection().run_task(sid, b"late")
+    assert "closed" in str(raised.value)
