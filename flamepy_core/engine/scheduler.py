@@ -382,7 +382,8 @@ class Scheduler:
     ) -> bool:
         """RunTask's warm lane: the session has an idle instance, so the task is created RUNNING for it and
         sent to it at once, on this thread (the one that received RunTask); False, with nothing done, when
-        the general path must take it (no idle instance, tasks queued, a large input, a failing store...).
+        the general path must take it (no idle instance, tasks queued, an input large enough for a payload
+        file, a failing store...).
 
         The general path queues the task, posts an event, and the event's handler looks for an instance,
         takes the task from the queue and marks it RUNNING: about a thousand bytecodes more on a warm

@@ -1167,11 +1167,12 @@ class Engine:
         The task is what :meth:`submit_tasks` (unacknowledged) and :meth:`start_next` together make of it,
         without passing through the queue: the same events (PENDING, then RUNNING, at one time), the same
         counters, the same waiter, and its creation queued for the next commit (its result's at the
-        latest) with the same withdrawal should the store refuse it. Only a small input that is not
-        queued behind other tasks of an open session, on a store that writes, takes this lane.
+        latest) with the same withdrawal should the store refuse it. Only an input kept in the store (not
+        in a payload file of its own), not queued behind other tasks of an open session, on a store that
+        writes, takes this lane.
         """
         data = task_input if task_input is None or type(task_input) is bytes else bytes(task_input)
-        if (data is not None and len(data) > INLINE_PAYLOAD_BYTES) or self.store.failure is not None:
+        if (data is not None and len(data) >= self.store.payloads.threshold) or self.store.failure is not None:
             return None
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -1190,12 +1191,18 @@ class Engine:
             status.creation_time = ts
             status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
             status.events.add(code=int(RUNNING), creation_time=ts)
-            row = (session_id, tid, int(RUNNING), data, status.SerializeToString())
+            row = status.SerializeToString()
+            ops: list[Op]
+            if data is None or len(data) <= INLINE_PAYLOAD_BYTES:
+                ops = [(_INSERT_TASK_WITH_INPUT, (session_id, tid, int(RUNNING), data, row))]
+            else:
+                ops = [(_INSERT_TASK, (session_id, tid, int(RUNNING), row))]
+                ops.append(_payload_row(session_id, tid, INPUT, data, None))
             entry.tasks[tid] = task
             entry.waiters[tid] = [waiter]
             entry.message.status.running += 1
             withdraw = partial(self._withdraw_unacknowledged, entry, [task], on_created)
-            self.store.enqueue([(_INSERT_TASK_WITH_INPUT, row)], withdraw, durable=False, lazy=True)
+            self.store.enqueue(ops, withdraw, durable=False, lazy=True)
             if entry.task_watches:  # (a call less per task where nobody watches one)
                 self._claim_task_watches(entry, tid)
             entry.wake()

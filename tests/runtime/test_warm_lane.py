@@ -59,9 +59,16 @@ def _task(session_id: str, task_id: int) -> pb.Task:
 
 
 def _stored(rt: LocalRuntime, session_id: str) -> list[tuple[object, ...]]:
+    """Each task's id, state, input and output as committed (a payload in the task's row or in one of its own)."""
     store = rt.server.engine.store
     store.flush()
-    return store.query("SELECT id, state, input, output FROM tasks WHERE session_id = ? ORDER BY id", session_id)
+    return store.query(
+        "SELECT t.id, t.state, COALESCE(i.data, t.input), COALESCE(o.data, t.output) FROM tasks t "
+        "LEFT JOIN task_payloads i ON i.session_id = t.session_id AND i.id = t.id AND i.kind = 0 "
+        "LEFT JOIN task_payloads o ON o.session_id = t.session_id AND o.id = t.id AND o.kind = 1 "
+        "WHERE t.session_id = ? ORDER BY t.id",
+        session_id,
+    )
 
 
 def test_a_warm_invoke_takes_the_lane_and_leaves_what_the_general_path_leaves(runtime: LocalRuntime) -> None:
@@ -73,6 +80,9 @@ def test_a_warm_invoke_takes_the_lane_and_leaves_what_the_general_path_leaves(ru
     for i in range(5):
         assert session.invoke(b"warm %d" % i) == (b"warm %d" % i)[::-1]
     assert scheduler.warm_runs == before + 5, "warm invokes did not take the lane"
+    medium = b"m" * 5000 + b"!"  # a payload row of its own, not the task's row (INLINE_PAYLOAD_BYTES)
+    assert session.invoke(medium) == medium[::-1]
+    assert scheduler.warm_runs == before + 6, "a medium input did not take the lane"
 
     general, warm = _task(session.id, 1), _task(session.id, 2)
     for task in (general, warm):
@@ -84,9 +94,10 @@ def test_a_warm_invoke_takes_the_lane_and_leaves_what_the_general_path_leaves(ru
     assert _stored(runtime, session.id) == [
         (1, succeed, b"first", b"tsrif"),
         *[(2 + i, succeed, b"warm %d" % i, (b"warm %d" % i)[::-1]) for i in range(5)],
+        (7, succeed, medium, medium[::-1]),
     ]
     counts = flamepy.get_session(session.id)
-    assert (counts.succeed, counts.running, counts.pending, counts.failed) == (6, 0, 0, 0)
+    assert (counts.succeed, counts.running, counts.pending, counts.failed) == (7, 0, 0, 0)
     session.close()
 
 
