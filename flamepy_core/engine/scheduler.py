@@ -413,25 +413,43 @@ class Scheduler:
             inst.inflight[tid] = now
             inst.state = State.BUSY
             self.warm_runs += 1
-            data = task_input if task_input is None or type(task_input) is bytes else bytes(task_input)
-            ctx, output_name = self._task_context(inst, session_id, tid, data, None)
-            key = task_key(session_id, tid)
-            with answering(key):
-                inst.lone = tid if left_to_waiting_thread(key) else None
-                prepare = partial(self._task_outcome, session_id, tid, output_name)
-                self._call(
-                    inst,
-                    ON_TASK_INVOKE,
-                    ctx,
-                    None,
-                    self._on_task_done,
-                    session_id,
-                    tid,
-                    prepare=prepare,
-                    answers=key,
-                    now=True,
-                )
+            try:
+                self._send_warm(inst, session_id, tid, task_input)
+            except Exception as exc:  # a bug below: the task fails, saying so, rather than stay Running for ever
+                log.exception("sending task %s of %s to instance %s failed", tid, session_id, inst.id)
+                del inst.inflight[tid]
+                inst.lone = None
+                inst.state = State.IDLE
+                failure = f"sending the task to instance {inst.id} failed: {exc!r}"
+                self.engine.finish_task(session_id, tid, failure=failure, commit=False)
+                failed = True
+            else:
+                failed = False
+        if failed:
+            self.engine.store.commit(lazy=False)  # the failure is the caller's answer
         return True
+
+    def _send_warm(self, inst: Instance, session_id: str, tid: int, task_input: bytes | memoryview | None) -> None:
+        """Send a warm lane task (:meth:`run_warm`, under the lock) to its instance; its result is handled at
+        once on the thread that reads it."""
+        data = task_input if task_input is None or type(task_input) is bytes else bytes(task_input)
+        ctx, output_name = self._task_context(inst, session_id, tid, data, None)
+        key = task_key(session_id, tid)
+        with answering(key):
+            inst.lone = tid if left_to_waiting_thread(key) else None
+            prepare = partial(self._task_outcome, session_id, tid, output_name)
+            self._call(
+                inst,
+                ON_TASK_INVOKE,
+                ctx,
+                None,
+                self._on_task_done,
+                session_id,
+                tid,
+                prepare=prepare,
+                answers=key,
+                now=True,
+            )
 
     def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
         """Stop the instance running a cancelled task (``flame.v1.Instance`` has no call to cancel one).

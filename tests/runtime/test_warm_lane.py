@@ -126,3 +126,30 @@ def test_a_closed_session_refuses_a_warm_task(runtime: LocalRuntime) -> None:
     with pytest.raises(flamepy.FlameError) as raised:
         default_connection().run_task(sid, b"late")
     assert "closed" in str(raised.value)
+
+
+def test_a_lane_task_that_cannot_be_sent_fails_saying_why_and_the_instance_serves_on(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = runtime.server.scheduler
+    session = flamepy.create_session("rev")
+    assert session.invoke(b"warm up") == b"pu mraw"
+    real = scheduler._task_context
+    calls = []
+
+    def broken_once(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError("the payload folder is gone")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler, "_task_context", broken_once)
+    with pytest.raises(Exception, match=r"sending the task to instance .* failed: OSError") as raised:
+        session.invoke(b"lost")
+    assert "the payload folder is gone" in str(raised.value)
+    assert _task(session.id, 2).status.state == pb.TaskState.Failed
+    before = scheduler.warm_runs
+    assert session.invoke(b"next") == b"txen", "the instance did not serve on"
+    assert scheduler.warm_runs == before + 1
+    counts = flamepy.get_session(session.id)
+    assert (counts.succeed, counts.failed, counts.running) == (2, 1, 0)
