@@ -25,6 +25,7 @@ Usage: ``python benchmarks/bench_calls.py [--invokes 2000]``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -246,34 +247,32 @@ def measure_floor(tmp: Path, invokes: int, opcodes: bool) -> tuple[dict[str, dic
             proc.wait(timeout=30)
 
 
-def measure_flamepy(tmp: Path, invokes: int, opcodes: bool) -> tuple[dict[str, dict[str, float]], float]:
-    """A warm invoke through the local server, each process counted: per invoke."""
+@contextlib.contextmanager
+def warm_echo_session(tmp: Path, server_code: str, service_prelude: str, what: str) -> Iterator[Any]:
+    """A local server run as ``python -c server_code --home <tmp>/home`` (its entry point after a prelude of
+    the benchmark's), and a session of an echo service (``service_prelude`` + ``CORE_SERVICE``) with one
+    instance, warmed up: the session, for the ``with`` block. ``what`` names the server in errors."""
     import flamepy
     from flamepy_core.client.local import stop_server
     from flamepy_core.home import live_server
 
-    folder = tmp / "flamepy-counts"
-    folder.mkdir()
     home = tmp / "home"
     home.mkdir(mode=0o700)
     os.environ["FLAME_HOME"] = str(home)
-    for var in ("FLAME_ENDPOINT", "FLAME_CACHE_ENDPOINT"):
+    for var in ("FLAME_ENDPOINT", "FLAME_CACHE_ENDPOINT", "FLAME_TRANSPORT"):
         os.environ.pop(var, None)
     app = tmp / "app"
     app.mkdir()
-    (app / "echo.py").write_text(counter(folder, "instance", opcodes) + CORE_SERVICE)
+    (app / "echo.py").write_text(service_prelude + CORE_SERVICE)
     log = (tmp / "server.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-c", counter(folder, "server", opcodes) + SERVER_MAIN, "--home", str(home)],
-        stdout=log,
-        stderr=log,
-        cwd=str(tmp),
+        [sys.executable, "-c", server_code, "--home", str(home)], stdout=log, stderr=log, cwd=str(tmp)
     )
     try:
         deadline = time.monotonic() + 60
         while live_server(home) is None:
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the counted server did not start: see {tmp / 'server.log'}")
+                raise SystemExit(f"the {what} server did not start: see {tmp / 'server.log'}")
             time.sleep(0.05)
         flamepy.register_application(
             "echo", {"command": sys.executable, "arguments": ["echo.py"], "working_directory": str(app)}
@@ -281,19 +280,28 @@ def measure_flamepy(tmp: Path, invokes: int, opcodes: bool) -> tuple[dict[str, d
         session = flamepy.create_session("echo", min_instances=1, max_instances=1)
         for _ in range(200):
             session.invoke(PAYLOAD)
-        snapshots = Snapshots(folder, ["server", "instance"])
-        before = snapshots.take()
-        client, median = count_here(lambda: session.invoke(PAYLOAD), invokes, opcodes)
-        counts = per_call(before, snapshots.take(), invokes)
-        counts["client"] = client
+        yield session
         session.close()
-        return counts, median
     finally:
         stop_server(home)
         if server.poll() is None:
             server.kill()
         server.wait(timeout=30)
         log.close()
+
+
+def measure_flamepy(tmp: Path, invokes: int, opcodes: bool) -> tuple[dict[str, dict[str, float]], float]:
+    """A warm invoke through the local server, each process counted: per invoke."""
+    folder = tmp / "flamepy-counts"
+    folder.mkdir()
+    server_code = counter(folder, "server", opcodes) + SERVER_MAIN
+    with warm_echo_session(tmp, server_code, counter(folder, "instance", opcodes), "counted") as session:
+        snapshots = Snapshots(folder, ["server", "instance"])
+        before = snapshots.take()
+        client, median = count_here(lambda: session.invoke(PAYLOAD), invokes, opcodes)
+        counts = per_call(before, snapshots.take(), invokes)
+        counts["client"] = client
+        return counts, median
 
 
 def main() -> int:

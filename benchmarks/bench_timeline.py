@@ -34,15 +34,14 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_invoke import CORE_SERVICE, raw_two_hop_zmq  # this folder is first on the path when it runs
+from bench_calls import PAYLOAD, warm_echo_session  # this folder is first on the path when it runs
+from bench_invoke import raw_two_hop_zmq
 
-PAYLOAD = b"x" * 100
 STAMPS = """
 import json as _json, os as _os, threading as _threading, time as _time
 
@@ -136,35 +135,10 @@ def rounds(marks: list[tuple[str, int]]) -> list[dict[str, int]]:
 
 
 def measure(tmp: Path, invokes: int) -> tuple[list[dict[str, int]], float]:
-    import flamepy
-    from flamepy_core.client.local import stop_server
-    from flamepy_core.home import live_server
-
-    home = tmp / "home"
-    home.mkdir(mode=0o700)
-    os.environ["FLAME_HOME"] = str(home)
-    for var in ("FLAME_ENDPOINT", "FLAME_CACHE_ENDPOINT", "FLAME_TRANSPORT"):
-        os.environ.pop(var, None)
-    app = tmp / "app"
-    app.mkdir()
-    (app / "echo.py").write_text(CORE_SERVICE)
+    """The stamped server's invokes (each a dict of its marks) and the client's median (µs)."""
     marks = tmp / "marks.json"
-    log = (tmp / "server.log").open("wb")
-    server_main = STAMPS.replace("__MARKS__", repr(str(marks)))
-    server = subprocess.Popen(
-        [sys.executable, "-c", server_main, "--home", str(home)], stdout=log, stderr=log, cwd=str(tmp)
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while live_server(home) is None:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the stamped server did not start: see {tmp / 'server.log'}")
-            time.sleep(0.05)
-        flamepy.register_application(
-            "echo", {"command": sys.executable, "arguments": ["echo.py"], "working_directory": str(app)}
-        )
-        session = flamepy.create_session("echo", min_instances=1, max_instances=1)
-        for _ in range(300):
+    with warm_echo_session(tmp, STAMPS.replace("__MARKS__", repr(str(marks))), "", "stamped") as session:
+        for _ in range(100):
             session.invoke(PAYLOAD)
         samples = []
         for _ in range(invokes):
@@ -177,15 +151,8 @@ def measure(tmp: Path, invokes: int) -> tuple[list[dict[str, int]], float]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"the stamped server wrote no marks: see {tmp / 'server.log'}")
             time.sleep(0.05)
-        session.close()
-        found = rounds([tuple(mark) for mark in json.loads(marks.read_text())])  # type: ignore[misc]
-        return found[-invokes:], statistics.median(samples) / 1000
-    finally:
-        stop_server(home)
-        if server.poll() is None:
-            server.kill()
-        server.wait(timeout=30)
-        log.close()
+    found = rounds([tuple(mark) for mark in json.loads(marks.read_text())])  # type: ignore[misc]
+    return found[-invokes:], statistics.median(samples) / 1000
 
 
 def main() -> int:

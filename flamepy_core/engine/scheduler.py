@@ -330,18 +330,11 @@ class Scheduler:
                     if not self._events:
                         break
                     handler, args = self._events.popleft()
-                try:
-                    with self._lock:
-                        handler(*args)
-                except Exception:  # a bug in one event must not stop the others
-                    log.exception("scheduler event %s failed", getattr(handler, "__name__", handler))
+                self._run_event(handler, args)
             # What the events wrote (results, events) goes out in one group commit; its callbacks may post
             # more events, which this loop then handles. Lazy writes alone (a task became RUNNING) wait
             # for the next commit: on a warm invoke, its result's.
-            try:
-                self.engine.store.commit(lazy=False)
-            except Exception:
-                log.exception("committing the scheduler's writes failed")
+            self._commit_events()
             with self._events_lock:
                 if not self._events:
                     self._draining = False
@@ -353,11 +346,17 @@ class Scheduler:
         be queued, taken off the queue and committed by the same thread anyway, unless another thread is
         handling events (this one then waits for the lock instead: the order of two threads' events is
         theirs)."""
+        self._run_event(handler, args)
+        self._commit_events()
+
+    def _run_event(self, handler: Callable[..., None], args: tuple[Any, ...]) -> None:
         try:
             with self._lock:
                 handler(*args)
         except Exception:  # a bug in one event must not stop the others
             log.exception("scheduler event %s failed", getattr(handler, "__name__", handler))
+
+    def _commit_events(self) -> None:
         try:
             self.engine.store.commit(lazy=False)
         except Exception:
