@@ -99,6 +99,10 @@ _INSERT_TASK = "INSERT OR REPLACE INTO tasks (session_id, id, state, input, outp
 _INSERT_TASK_WITH_INPUT = (
     "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status) VALUES (?,?,?,?,NULL,?)"
 )
+_INSERT_FINAL_TASK = (
+    "INSERT OR REPLACE INTO tasks (session_id, id, state, input, output, status, finished) VALUES (?,?,?,?,?,?,?)"
+)
+"""A warm lane task's one row when its creation was not committed yet: created and final at once."""
 _UPDATE_TASK = "UPDATE tasks SET state = ?, status = ?, finished = ? WHERE session_id = ? AND id = ?"
 _UPDATE_TASK_WITH_OUTPUT = (
     "UPDATE tasks SET state = ?, status = ?, finished = ?, output = ? WHERE session_id = ? AND id = ?"
@@ -323,6 +327,10 @@ class SessionEntry:
     running_writes: dict[int, QueuedWrite] = field(default_factory=dict)
     """The queued write of each running task's RUNNING row: dropped when its final state is queued
     before a commit took it (the final row overwrites it in the same transaction)."""
+    creations: dict[int, tuple[QueuedWrite, bytes | None]] = field(default_factory=dict)
+    """The queued creation (and the input in its row) of each warm lane task (``Engine.start_warm``) whose
+    input is in its row: its final state is written into that same row, one statement instead of two,
+    when no commit has taken the creation yet and nothing was queued after it (``Store.refill``)."""
     input_files: dict[int, PayloadFile] = field(default_factory=dict)
     """The payload files of the large inputs of pending and running tasks, by id. Such an input lives there
     only: the task's message in memory has no ``spec.input`` (a thousand queued 16 MiB inputs would
@@ -1093,6 +1101,7 @@ class Engine:
                 entry.waiters.pop(tid, None)
                 entry.input_files.pop(tid, None)
                 entry.running_writes.pop(tid, None)
+                entry.creations.pop(tid, None)
             entry.wake()
         on_created(None, error)
 
@@ -1202,7 +1211,9 @@ class Engine:
             entry.waiters[tid] = [waiter]
             entry.message.status.running += 1
             withdraw = partial(self._withdraw_unacknowledged, entry, [task], on_created)
-            self.store.enqueue(ops, withdraw, durable=False, lazy=True)
+            creation = self.store.enqueue(ops, withdraw, durable=False, lazy=True)
+            if len(ops) == 1:
+                entry.creations[tid] = (creation, data)
             if entry.task_watches:  # (a call less per task where nobody watches one)
                 self._claim_task_watches(entry, tid)
             entry.wake()
@@ -1767,7 +1778,18 @@ class Engine:
         if message is not None:
             event.message = bound_failure_text(message)  # a service's text: bounded, controls escaped
         ops: list[Op]
-        if output is not None and output_file is None and len(output) <= INLINE_PAYLOAD_BYTES:
+        creation = entry.creations.pop(tid, None) if entry.creations else None
+        if (
+            creation is not None
+            and output_file is None
+            and (output is None or len(output) <= INLINE_PAYLOAD_BYTES)
+            and self.store.refill(
+                creation[0],
+                [(_INSERT_FINAL_TASK, (entry.id, tid, int(state), creation[1], output, final.SerializeToString(), ts))],
+            )
+        ):
+            ops = []  # the creation, not committed yet, now writes the final row (see SessionEntry.creations)
+        elif output is not None and output_file is None and len(output) <= INLINE_PAYLOAD_BYTES:
             ops = [(_UPDATE_TASK_WITH_OUTPUT, (int(state), final.SerializeToString(), ts, output, entry.id, tid))]
         elif output is not None:
             ops = [(_UPDATE_TASK, (int(state), final.SerializeToString(), ts, entry.id, tid))]

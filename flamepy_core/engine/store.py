@@ -283,6 +283,14 @@ def _open_wal_index(path: str) -> int | None:
         return None
 
 
+def _single_statement(batch: list[_Write]) -> Op | None:
+    """The one statement of a batch that has exactly one (a warm invoke's usual commit), else None."""
+    if len(batch) > 2:
+        return None
+    ops = [op for item in batch for op in item.ops]
+    return ops[0] if len(ops) == 1 else None
+
+
 class Store:
     """sqlite persistence with group commit and commit callbacks. Thread-safe.
 
@@ -426,6 +434,16 @@ class Store:
             write.ops = []
             return True
 
+    def refill(self, write: QueuedWrite, ops: list[Op]) -> bool:
+        """Replace the statements of a queued write that no commit has taken yet and after which nothing was
+        queued (a warm task's creation, which then writes its final row: ``SessionEntry.creations``); False
+        when it was taken already, or another write came after it (which may be about the same row)."""
+        with self._mutex:
+            if write.seq != self._seq or write.seq <= self._taken_seq:
+                return False
+            write.ops = ops
+            return True
+
     def commit(self, *, lazy: bool = True) -> None:
         """Commit what is queued, on this thread, unless another thread is at it (it takes ours too).
 
@@ -514,12 +532,16 @@ class Store:
     def _attempt(self, batch: list[_Write]) -> BaseException | None:
         """One transaction for ``batch``; the exception if it failed (rolled back)."""
         conn = self._write
+        single = _single_statement(batch)
         try:
-            conn.execute("BEGIN")
-            for item in batch:
-                for sql, params in item.ops:
-                    conn.execute(sql, params)
-            conn.execute("COMMIT")
+            if single is not None:
+                conn.execute(*single)  # sqlite's own transaction for one statement: as atomic, two calls fewer
+            else:
+                conn.execute("BEGIN")
+                for item in batch:
+                    for sql, params in item.ops:
+                        conn.execute(sql, params)
+                conn.execute("COMMIT")
         except BaseException as exc:  # sqlite errors, and anything else: never leave a transaction open
             self._note_damage(exc)
             try:

@@ -254,3 +254,82 @@ def test_a_run_tasks_output_is_handed_over_and_kept_in_its_message_for_watchers(
     finals = [t for t in delivered if t.status.state == pb.TaskState.Succeed]
     assert [t.spec.output for t in finals] == ([] if watched == "no one" else [output])
     assert engine.get_task("s1", "1").spec.output == output, "the store has it"
+
+
+class _Recorder:
+    """What ``run_task`` callers hear: (task, output, error) per call."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[pb.Task | None, bytes | None, FlameError | None]] = []
+
+    def __call__(self, task: pb.Task | None, output: bytes | None, error: FlameError | None) -> None:
+        self.heard.append((task, output, error))
+
+
+def _start_warm(engine: Engine, data: bytes, recorder: _Recorder) -> int:
+    """A warm lane task, as ``Scheduler.run_warm`` makes it (the engine's half of it)."""
+    waiter = state_module.OutputWaiter(lambda task, output: recorder(task, output, None))
+    tid = engine.start_warm("s1", data, waiter, lambda _tasks, error: recorder(None, None, error))
+    assert tid is not None
+    return tid
+
+
+def _statements(engine: Engine) -> list[str]:
+    """Every statement the store's write connection runs from now on (sqlite's trace callback)."""
+    seen: list[str] = []
+    engine.store._write.set_trace_callback(seen.append)
+    return seen
+
+
+def _counts(engine: Engine) -> tuple[int, ...]:
+    """The session's stored counts: pending, running, succeed, failed, cancelled."""
+    rows = engine.store.query(
+        "SELECT pending, running, succeed, failed, cancelled FROM task_counts WHERE session_id = 's1'"
+    )
+    return tuple(rows[0]) if rows else (0, 0, 0, 0, 0)
+
+
+def test_a_warm_tasks_creation_and_result_are_one_statement_when_nothing_came_between(engine: Engine) -> None:
+    recorder = _Recorder()
+    tid = _start_warm(engine, b"in", recorder)
+    seen = _statements(engine)
+    assert engine.finish_task("s1", tid, output=b"out")
+    # (sqlite traces a statement again for each trigger it fires: the same text)
+    assert {s.split(" (")[0] for s in seen} == {"INSERT OR REPLACE INTO tasks"}, "not one statement, alone"
+    assert stored(engine, tid) == ([(int(pb.TaskState.Succeed),)], [(0, b"in"), (1, b"out")])
+    ((task, output, error),) = recorder.heard
+    assert error is None and output == b"out" and task is not None
+    assert [e.code for e in task.status.events] == [0, int(pb.TaskState.Running), int(pb.TaskState.Succeed)]
+    assert _counts(engine) == (0, 0, 1, 0, 0), "the session's stored counts are off"
+
+
+@pytest.mark.parametrize("between", ["another task created", "a commit", "a cancel", "a requeue"])
+def test_a_warm_task_whose_creation_is_not_last_is_still_stored_right(engine: Engine, between: str) -> None:
+    """Something written after the creation (of any task) or a commit that took it: the final state is its
+    own statement, and the row, the counts and what the caller hears are as when nothing came between."""
+    recorder = _Recorder()
+    tid = _start_warm(engine, b"in", recorder)
+    final = pb.TaskState.Succeed
+    others = 0
+    if between == "another task created":
+        engine.create_task("s1", b"other")
+        others = 1
+    elif between == "a commit":
+        engine.store.commit()  # the creation is taken: its row exists, Running
+    elif between == "a requeue":  # its instance gave it back unstarted, then it ran again: writes queued after
+        engine.return_tasks("s1", [tid], "withdrawn")
+        assert engine.start_next("s1") == (tid, b"in", None)
+    else:
+        final = pb.TaskState.Cancelled  # no scheduler here runs it: the engine cancels it at once
+        engine.cancel_task("s1", str(tid), "a test", lambda _task: None)
+    assert engine.finish_task("s1", tid, output=b"out") == (between != "a cancel")
+    engine.store.flush(timeout=10)
+    rows, _payloads = stored(engine, tid)
+    assert rows == [(int(final),)]
+    expected = [0] * 5
+    expected[int(final)] += 1
+    expected[0] += others
+    assert _counts(engine) == tuple(expected), "the session's stored counts are off"
+    if between != "a cancel":
+        ((task, output, error),) = recorder.heard
+        assert error is None and output == b"out" and task is not None
