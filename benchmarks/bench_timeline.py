@@ -21,7 +21,10 @@ send and receive, the store's transaction), per invoke, and prints their medians
   the wake-ups of the server's threads.
 
 The sum is one invoke's round trip as the server sees it; the client's median and the raw pyzmq
-two-hop floor (``bench_invoke``'s) are measured in the same run beside it. The stamps cost a little
+two-hop floor (``bench_invoke``'s) are measured in the same run beside it, and so is that floor with its
+second hop on a plain unix socket (length-prefixed messages, a blocking thread) instead of ZeroMQ: libzmq
+moves each message through an I/O thread on both sides, which a plain socket does not, so the difference
+is what a link to the instance that bypasses libzmq could at best save. The stamps cost a little
 (about 1 µs each, a dozen per invoke): read the windows, not the total, against ``bench_invoke.py``.
 
 Usage: ``python benchmarks/bench_timeline.py [--invokes 2000]`` (Linux or macOS; nothing is asserted).
@@ -33,14 +36,17 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench_calls import PAYLOAD, warm_echo_session  # this folder is first on the path when it runs
-from bench_invoke import raw_two_hop_zmq
+from bench_invoke import _two_hops, raw_two_hop_zmq
 
 STAMPS = """
 import json as _json, os as _os, threading as _threading, time as _time
@@ -113,6 +119,60 @@ WINDOWS = (
 ORDER = ("runtask_in", "task_out", "result_in", "commit_start", "commit_end", "answer_send", "answer_out")
 
 
+def _unix_worker(path: str, ready: Any) -> None:
+    """The mixed floor's worker: echoes length-prefixed messages on a unix socket, one blocking thread."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    ready.set()
+    conn, _ = listener.accept()
+    while True:
+        head = conn.recv(4, socket.MSG_WAITALL)
+        if len(head) < 4:
+            return
+        conn.sendall(head + conn.recv(struct.unpack("!I", head)[0], socket.MSG_WAITALL))
+
+
+def _zmq_to_unix_relay(path: str, worker: str, ready: Any) -> None:
+    """The mixed floor's relay: a ZeroMQ ROUTER in front (as the server's frontend), a unix socket behind."""
+    import zmq
+
+    front = zmq.Context().socket(zmq.ROUTER)
+    front.bind(f"ipc://{path}")
+    back = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    back.connect(worker)
+    ready.set()
+    while True:
+        ident, payload = front.recv_multipart()
+        back.sendall(struct.pack("!I", len(payload)) + payload)
+        head = back.recv(4, socket.MSG_WAITALL)
+        front.send_multipart([ident, back.recv(struct.unpack("!I", head)[0], socket.MSG_WAITALL)])
+
+
+def mixed_floor(tmp: Path, invokes: int) -> float:
+    """The two-hop floor with the second hop on a plain unix socket instead of ZeroMQ (median, µs): what a
+    link to the instance that bypasses libzmq's I/O threads could at best save."""
+    import zmq
+
+    relay_path = str(tmp / "mixed-relay.ipc")
+    with _two_hops(_unix_worker, _zmq_to_unix_relay, str(tmp / "mixed-worker.sock"), relay_path):
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 60000)
+        sock.connect(f"ipc://{relay_path}")
+        for _ in range(200):
+            sock.send(PAYLOAD)
+            sock.recv()
+        samples = []
+        for _ in range(invokes):
+            start = time.perf_counter_ns()
+            sock.send(PAYLOAD)
+            sock.recv()
+            samples.append(time.perf_counter_ns() - start)
+        sock.close()
+    return statistics.median(samples) / 1000
+
+
 def rounds(marks: list[tuple[str, int]]) -> list[dict[str, int]]:
     """The marks cut into invokes: each from one ``runtask_in`` to the next, every step's first mark in
     order (a background commit or a stray receive elsewhere is skipped); incomplete ones are dropped."""
@@ -163,6 +223,7 @@ def main() -> int:
     try:
         floor_samples, _large = raw_two_hop_zmq(tmp, args.invokes, 1)
         floor = statistics.median(floor_samples) * 1e6
+        mixed = mixed_floor(tmp, args.invokes)
         found, client_median = measure(tmp, args.invokes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -184,6 +245,7 @@ def main() -> int:
     print(f"{'sum of the medians':34}{total:8.1f}us")
     print(f"{'the client: invoke median':34}{client_median:8.1f}us")
     print(f"{'raw pyzmq two hops (floor) median':34}{floor:8.1f}us")
+    print(f"{'  second hop a unix socket instead':34}{mixed:8.1f}us")
     return 0
 
 
