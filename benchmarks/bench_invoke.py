@@ -156,12 +156,22 @@ def _zmq_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
         front.send_multipart([ident, back.recv()])
 
 
-def raw_two_hop_zmq(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
-    """The raw pyzmq two-hop floor: 100-byte samples and 16 MiB samples."""
+def raw_two_hop_zmq(
+    tmp: Path,
+    iterations: int,
+    large_iterations: int,
+    *,
+    worker: Callable[..., None] = _zmq_worker,
+    relay: Callable[..., None] = _zmq_relay,
+    worker_name: str = "w.ipc",
+) -> tuple[list[float], list[float]]:
+    """The raw pyzmq two-hop floor: 100-byte samples and 16 MiB samples (none when ``large_iterations`` is
+    0). Another ``worker`` and ``relay`` (and the worker's socket file name) measure a variant of it: the
+    client's hop stays a ZeroMQ DEALER to the relay's ``ipc`` socket."""
     import zmq
 
-    relay_path = str(tmp / "r.ipc")
-    with _two_hops(_zmq_worker, _zmq_relay, str(tmp / "w.ipc"), relay_path):
+    relay_path = str(tmp / f"r-{Path(worker_name).stem}.ipc")
+    with _two_hops(worker, relay, str(tmp / worker_name), relay_path):
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 60000)
@@ -172,7 +182,7 @@ def raw_two_hop_zmq(tmp: Path, iterations: int, large_iterations: int) -> tuple[
             return sock.recv()
 
         samples = _measure(lambda: round_trip(PAYLOAD), iterations)
-        large = _measure(lambda: round_trip(LARGE), large_iterations, warmup=3)
+        large = _measure(lambda: round_trip(LARGE), large_iterations, warmup=3) if large_iterations else []
         sock.close()
         return samples, large
 

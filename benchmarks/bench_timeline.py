@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_calls import PAYLOAD, warm_echo_session  # this folder is first on the path when it runs
-from bench_invoke import _two_hops, raw_two_hop_zmq
+from bench_invoke import raw_two_hop_zmq
 
 STAMPS = """
 import json as _json, os as _os, threading as _threading, time as _time
@@ -152,25 +152,10 @@ def _zmq_to_unix_relay(path: str, worker: str, ready: Any) -> None:
 def mixed_floor(tmp: Path, invokes: int) -> float:
     """The two-hop floor with the second hop on a plain unix socket instead of ZeroMQ (median, µs): what a
     link to the instance that bypasses libzmq's I/O threads could at best save."""
-    import zmq
-
-    relay_path = str(tmp / "mixed-relay.ipc")
-    with _two_hops(_unix_worker, _zmq_to_unix_relay, str(tmp / "mixed-worker.sock"), relay_path):
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, 60000)
-        sock.connect(f"ipc://{relay_path}")
-        for _ in range(200):
-            sock.send(PAYLOAD)
-            sock.recv()
-        samples = []
-        for _ in range(invokes):
-            start = time.perf_counter_ns()
-            sock.send(PAYLOAD)
-            sock.recv()
-            samples.append(time.perf_counter_ns() - start)
-        sock.close()
-    return statistics.median(samples) / 1000
+    samples, _large = raw_two_hop_zmq(
+        tmp, invokes, 0, worker=_unix_worker, relay=_zmq_to_unix_relay, worker_name="mixed-worker.sock"
+    )
+    return statistics.median(samples) * 1e6
 
 
 def rounds(marks: list[tuple[str, int]]) -> list[dict[str, int]]:
@@ -221,7 +206,7 @@ def main() -> int:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ftimeline-"))
     try:
-        floor_samples, _large = raw_two_hop_zmq(tmp, args.invokes, 1)
+        floor_samples, _large = raw_two_hop_zmq(tmp, args.invokes, 0)
         floor = statistics.median(floor_samples) * 1e6
         mixed = mixed_floor(tmp, args.invokes)
         found, client_median = measure(tmp, args.invokes)
