@@ -65,10 +65,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from bench_invoke import CORE_SERVICE  # this folder is first on the path when a benchmark runs
+from bench_invoke import CORE_SERVICE, _measure  # this folder is first on the path when a benchmark runs
 
 PAYLOAD = b"x" * 100
 TICK = os.sysconf("SC_CLK_TCK")
@@ -78,6 +79,14 @@ ZMQ_THREAD = "ZMQbg"
 """How libzmq names its own threads (``ZMQbg/IO/0``, ``ZMQbg/Reaper``): every other thread is counted as
 a Python thread."""
 FLOOR_WARMUP = 500
+
+
+def timed(call: Callable[[], object], n: int) -> tuple[list[float], float]:
+    """``call()`` run ``n`` times (``bench_invoke``'s ``_measure``, no warm-up): each one's seconds, and the
+    seconds of all of them together (the wall-clock mean the CPU per call is set beside)."""
+    began = time.perf_counter()
+    samples = _measure(call, n, warmup=0)
+    return samples, time.perf_counter() - began
 
 
 def _stat(path: str) -> list[str]:
@@ -295,13 +304,7 @@ def measure(invokes: int, tasks: int) -> dict[str, object]:
             threads = thread_cpu(pid)
             processes = {"client": [os.getpid()], "server": [pid], "instance": children(pid)}
             before = snapshot(processes)
-            samples = []
-            began = time.perf_counter()
-            for _ in range(invokes):
-                start = time.perf_counter()
-                session.invoke(PAYLOAD)
-                samples.append(time.perf_counter() - start)
-            elapsed = time.perf_counter() - began
+            samples, elapsed = timed(lambda: session.invoke(PAYLOAD), invokes)
             split = cpu_split(before, snapshot({**processes, "instance": children(pid)}), invokes)
             out["invoke"] = {
                 "server_us": (process_cpu(pid) - server) / invokes * 1e6,
@@ -370,14 +373,7 @@ def measure_floor(round_trips: int) -> dict[str, object]:
                     sock.recv()
                 processes = {"client": [os.getpid()], "relay": [int(str(relay.pid))], "worker": [int(str(worker.pid))]}
                 before = snapshot(processes)
-                samples = []
-                began = time.perf_counter()
-                for _ in range(round_trips):
-                    start = time.perf_counter()
-                    sock.send(PAYLOAD)
-                    sock.recv()
-                    samples.append(time.perf_counter() - start)
-                elapsed = time.perf_counter() - began
+                samples, elapsed = timed(lambda: (sock.send(PAYLOAD), sock.recv()), round_trips)
                 split = cpu_split(before, snapshot(processes), round_trips)
             finally:
                 sock.close()

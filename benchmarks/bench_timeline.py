@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_calls import PAYLOAD, warm_echo_session  # this folder is first on the path when it runs
-from bench_invoke import raw_two_hop_zmq
+from bench_invoke import _measure, raw_two_hop_zmq
 
 STAMPS = """
 import json as _json, os as _os, threading as _threading, time as _time
@@ -183,13 +183,7 @@ def measure(tmp: Path, invokes: int) -> tuple[list[dict[str, int]], float]:
     """The stamped server's invokes (each a dict of its marks) and the client's median (µs)."""
     marks = tmp / "marks.json"
     with warm_echo_session(tmp, STAMPS.replace("__MARKS__", repr(str(marks))), "", "stamped") as session:
-        for _ in range(100):
-            session.invoke(PAYLOAD)
-        samples = []
-        for _ in range(invokes):
-            start = time.perf_counter_ns()
-            session.invoke(PAYLOAD)
-            samples.append(time.perf_counter_ns() - start)
+        samples = _measure(lambda: session.invoke(PAYLOAD), invokes, warmup=0)  # (warmed up already)
         Path(str(marks) + ".go").touch()
         deadline = time.monotonic() + 30
         while not marks.exists():
@@ -197,7 +191,7 @@ def measure(tmp: Path, invokes: int) -> tuple[list[dict[str, int]], float]:
                 raise SystemExit(f"the stamped server wrote no marks: see {tmp / 'server.log'}")
             time.sleep(0.05)
     found = rounds([tuple(mark) for mark in json.loads(marks.read_text())])  # type: ignore[misc]
-    return found[-invokes:], statistics.median(samples) / 1000
+    return found[-invokes:], statistics.median(samples) * 1e6
 
 
 def main() -> int:

@@ -296,12 +296,12 @@ class Scheduler:
         self.cap = settings.instance_process_cap()
         """The machine-wide cap on instance processes (every instance counts until its exit is known)."""
         self._wanting: dict[str, float] = {}
+        """Sessions that want more instances than they have, and since when: served in this order."""
         self._idle: dict[str, Instance] = {}
         """The instance of each session that went idle last: where :meth:`run_warm` looks first (checked
         there; an entry is dropped when its session closes)."""
         self.warm_runs = 0
         """How many tasks took the warm lane (:meth:`run_warm`): for tests and benchmarks."""
-        """Sessions that want more instances than they have, and since when: served in this order."""
         self._capacity_noted: set[str] = set()
         """Sessions told (event 1006) that they wait for the machine-wide cap; forgotten once served."""
         self._spares_due: set[str] = set()
@@ -376,13 +376,10 @@ class Scheduler:
     def application_removed(self, name: str) -> None:
         self.post(self._on_application_removed, name)
 
-    def run_warm(
-        self, session_id: str, task_input: bytes | memoryview | None, waiter: OutputWaiter, on_created: Created
-    ) -> bool:
+    def run_warm(self, session_id: str, data: bytes | None, waiter: OutputWaiter, on_created: Created) -> bool:
         """RunTask's warm lane: the session has an idle instance, so the task is created RUNNING for it and
         sent to it at once, on this thread (the one that received RunTask); False, with nothing done, when
-        the general path must take it (no idle instance, tasks queued, an input large enough for a payload
-        file, a failing store...).
+        the general path must take it (no idle instance, tasks queued, a failing store...).
 
         The general path queues the task, posts an event, and the event's handler looks for an instance,
         takes the task from the queue and marks it RUNNING: about a thousand bytecodes more on a warm
@@ -393,62 +390,40 @@ class Scheduler:
         inst = self._idle.get(session_id)
         if inst is None:
             return False
+        failed = False
         with self._lock:
-            process = inst.process
             if (
                 self._closed
                 or inst.state != State.IDLE
                 or inst.session_id != session_id
                 or inst.inflight
-                or process is None
+                or inst.process is None
                 or session_id in self._wanting
             ):
                 return False
-            tid = self.engine.start_warm(session_id, task_input, waiter, on_created)
+            tid = self.engine.start_warm(session_id, data, waiter, on_created)
             if tid is None:
                 return False
-            now = time.monotonic()
-            self._new_head(inst, now)
-            inst.inflight[tid] = now
             inst.state = State.BUSY
             self.warm_runs += 1
             try:
-                self._send_warm(inst, session_id, tid, task_input)
+                # Outside the engine's own ``answering`` block (submit_tasks'): this task's, named here.
+                with answering(task_key(session_id, tid)):
+                    self._send_task(inst, session_id, tid, data, None, now=True)
             except Exception as exc:  # a bug below: the task fails, saying so, rather than stay Running for ever
                 log.exception("sending task %s of %s to instance %s failed", tid, session_id, inst.id)
-                del inst.inflight[tid]
+                inst.inflight.pop(tid, None)
                 inst.lone = None
                 inst.state = State.IDLE
-                failure = f"sending the task to instance {inst.id} failed: {exc!r}"
+                failure = (
+                    f"sending the task to instance {inst.id} failed: {exc!r}; it did not run: run it again "
+                    "(the server's log has the traceback)"
+                )
                 self.engine.finish_task(session_id, tid, failure=failure, commit=False)
                 failed = True
-            else:
-                failed = False
         if failed:
-            self.engine.store.commit(lazy=False)  # the failure is the caller's answer
+            self._commit_events()  # the failure is the caller's answer
         return True
-
-    def _send_warm(self, inst: Instance, session_id: str, tid: int, task_input: bytes | memoryview | None) -> None:
-        """Send a warm lane task (:meth:`run_warm`, under the lock) to its instance; its result is handled at
-        once on the thread that reads it."""
-        data = task_input if task_input is None or type(task_input) is bytes else bytes(task_input)
-        ctx, output_name = self._task_context(inst, session_id, tid, data, None)
-        key = task_key(session_id, tid)
-        with answering(key):
-            inst.lone = tid if left_to_waiting_thread(key) else None
-            prepare = partial(self._task_outcome, session_id, tid, output_name)
-            self._call(
-                inst,
-                ON_TASK_INVOKE,
-                ctx,
-                None,
-                self._on_task_done,
-                session_id,
-                tid,
-                prepare=prepare,
-                answers=key,
-                now=True,
-            )
 
     def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
         """Stop the instance running a cancelled task (``flame.v1.Instance`` has no call to cancel one).
@@ -1260,16 +1235,7 @@ class Scheduler:
                 self._send_batch(inst, sid, batch)
         started = None if inst.inflight or not queued else self.engine.start_next(sid, input_as_file=inst.handoff)
         if started is not None:
-            tid, task_input, input_file = started
-            now = time.monotonic()
-            self._new_head(inst, now)
-            inst.inflight[tid] = now
-            ctx, output_name = self._task_context(inst, sid, tid, task_input, input_file)
-            # A task may run for hours: no deadline here. A dead process breaks the link at once.
-            prepare = partial(self._task_outcome, sid, tid, output_name)
-            key = task_key(sid, tid)
-            inst.lone = tid if left_to_waiting_thread(key) else None
-            self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare, answers=key)
+            self._send_task(inst, sid, *started)
         if inst.inflight:
             inst.state = State.BUSY
         elif inst.state == State.BUSY:
@@ -1280,6 +1246,28 @@ class Scheduler:
                 self._idle[sid] = inst  # the next RunTask of the session may take the warm lane (run_warm)
             else:
                 self._leave(inst)
+
+    def _send_task(
+        self,
+        inst: Instance,
+        sid: str,
+        tid: int,
+        task_input: bytes | None,
+        input_file: PayloadFile | None,
+        *,
+        now: bool = False,
+    ) -> None:
+        """Send one started task to the instance (``OnTaskInvoke``), which runs it next; its result is handled
+        by ``_on_task_done`` (at once on the thread that reads it, with ``now``: see :meth:`_call`)."""
+        sent = time.monotonic()
+        self._new_head(inst, sent)
+        inst.inflight[tid] = sent
+        ctx, output_name = self._task_context(inst, sid, tid, task_input, input_file)
+        # A task may run for hours: no deadline here. A dead process breaks the link at once.
+        prepare = partial(self._task_outcome, sid, tid, output_name)
+        key = task_key(sid, tid)
+        inst.lone = tid if left_to_waiting_thread(key) else None
+        self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare, answers=key, now=now)
 
     def _send_batch(self, inst: Instance, sid: str, batch: list[tuple[int, bytes | None, PayloadFile | None]]) -> None:
         """``RunTasks`` with these tasks: each result comes back as a stream item, in order, and is handled

@@ -234,9 +234,7 @@ class SchedulerHooks(Protocol):
         """Every instance process at this moment (cheap: for listings and live views)."""
         ...
 
-    def run_warm(
-        self, session_id: str, task_input: bytes | memoryview | None, waiter: OutputWaiter, on_created: Created
-    ) -> bool:
+    def run_warm(self, session_id: str, data: bytes | None, waiter: OutputWaiter, on_created: Created) -> bool:
         """RunTask on a session with an idle instance: create the task (:meth:`Engine.start_warm`) and send
         it to that instance now; False (nothing done) when the general path must take it."""
         ...
@@ -268,9 +266,7 @@ class _NoScheduler:
     def instances(self) -> list[InstanceInfo]:
         return []
 
-    def run_warm(
-        self, session_id: str, task_input: bytes | memoryview | None, waiter: OutputWaiter, on_created: Created
-    ) -> bool:
+    def run_warm(self, session_id: str, data: bytes | None, waiter: OutputWaiter, on_created: Created) -> bool:
         return False
 
     def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
@@ -383,6 +379,14 @@ def _task_ops(entry: SessionEntry, task: pb.Task) -> list[Op]:
     if task.status.state in TERMINAL and task.spec.HasField("output"):
         ops.append(_output_op(entry.id, tid, task))
     return ops
+
+
+def _creation_ops(session_id: str, tid: int, state: int, data: bytes | None, status: bytes) -> list[Op]:
+    """The rows of a new task whose input (if any) is kept in the store: in the task's own row when small
+    (``INLINE_PAYLOAD_BYTES``), else in a ``task_payloads`` row of its own."""
+    if data is None or len(data) <= INLINE_PAYLOAD_BYTES:
+        return [(_INSERT_TASK_WITH_INPUT, (session_id, tid, state, data, status))]
+    return [(_INSERT_TASK, (session_id, tid, state, status)), _payload_row(session_id, tid, INPUT, data, None)]
 
 
 def _payload_row(session_id: str, tid: int, kind: int, data: bytes, file: PayloadFile | None) -> Op:
@@ -1024,17 +1028,12 @@ class Engine:
                     ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
                     ops.append(_file_row(session_id, tid, INPUT, input_file))
                     entry.input_files[tid] = input_file
-                elif task_input is not None:
-                    # (the same object when bytes; a view into a RunTask request whose file failed: copied)
-                    data = bytes(task_input)
-                    task.spec.input = data
-                    if len(data) <= INLINE_PAYLOAD_BYTES:
-                        ops.append((_INSERT_TASK_WITH_INPUT, (session_id, tid, int(PENDING), data, status)))
-                    else:
-                        ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
-                        ops.append(_payload_row(session_id, tid, INPUT, data, None))
                 else:
-                    ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
+                    # (the same object when bytes; a view into a RunTask request whose file failed: copied)
+                    data = None if task_input is None else bytes(task_input)
+                    if data is not None:
+                        task.spec.input = data
+                    ops += _creation_ops(session_id, tid, int(PENDING), data, status)
                 tasks.append(task)
             first = entry.next_id - len(tasks)
             own = (
@@ -1163,25 +1162,26 @@ class Engine:
                 on_done(None, None, error)
 
         done = OutputWaiter(lambda task, output: on_done(task, output, None))
-        if self.scheduler.run_warm(session_id, task_input, done, created):
-            return
+        # The warm lane (Scheduler.run_warm) takes an input kept in the store, not one for a payload file.
+        if task_input is None or len(task_input) < self.store.payloads.threshold:
+            data = task_input if task_input is None or type(task_input) is bytes else bytes(task_input)
+            if self.scheduler.run_warm(session_id, data, done, created):
+                return
+            task_input = data  # (copied once, if it was a view)
         self.submit_tasks(session_id, [task_input], created, waiter=done, acknowledged=False)
 
-    def start_warm(
-        self, session_id: str, task_input: bytes | memoryview | None, waiter: OutputWaiter, on_created: Created
-    ) -> int | None:
+    def start_warm(self, session_id: str, data: bytes | None, waiter: OutputWaiter, on_created: Created) -> int | None:
         """For the scheduler's warm lane (:meth:`Scheduler.run_warm`): create RunTask's task already RUNNING,
         for the idle instance the scheduler holds; its id, or None when the general path must take it.
 
         The task is what :meth:`submit_tasks` (unacknowledged) and :meth:`start_next` together make of it,
         without passing through the queue: the same events (PENDING, then RUNNING, at one time), the same
         counters, the same waiter, and its creation queued for the next commit (its result's at the
-        latest) with the same withdrawal should the store refuse it. Only an input kept in the store (not
-        in a payload file of its own), not queued behind other tasks of an open session, on a store that
-        writes, takes this lane.
+        latest) with the same withdrawal should the store refuse it. Only a task not queued behind others
+        of an open session, on a store that writes, takes this lane; ``data`` is small enough to be kept
+        in the store (``run_task`` sees to it).
         """
-        data = task_input if task_input is None or type(task_input) is bytes else bytes(task_input)
-        if (data is not None and len(data) >= self.store.payloads.threshold) or self.store.failure is not None:
+        if self.store.failure is not None:
             return None
         with self.lock:
             entry = self._sessions.get(session_id)
@@ -1195,24 +1195,16 @@ class Engine:
             task.spec.session_id = session_id
             if data is not None:
                 task.spec.input = data
-            status = task.status
-            status.state = RUNNING
-            status.creation_time = ts
-            status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
-            status.events.add(code=int(RUNNING), creation_time=ts)
-            row = status.SerializeToString()
-            ops: list[Op]
-            if data is None or len(data) <= INLINE_PAYLOAD_BYTES:
-                ops = [(_INSERT_TASK_WITH_INPUT, (session_id, tid, int(RUNNING), data, row))]
-            else:
-                ops = [(_INSERT_TASK, (session_id, tid, int(RUNNING), row))]
-                ops.append(_payload_row(session_id, tid, INPUT, data, None))
+            task.status.creation_time = ts
+            task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
+            _mark(task, RUNNING, None, ts)
+            ops = _creation_ops(session_id, tid, int(RUNNING), data, task.status.SerializeToString())
             entry.tasks[tid] = task
             entry.waiters[tid] = [waiter]
             entry.message.status.running += 1
             withdraw = partial(self._withdraw_unacknowledged, entry, [task], on_created)
             creation = self.store.enqueue(ops, withdraw, durable=False, lazy=True)
-            if len(ops) == 1:
+            if len(ops) == 1:  # the input in the task's row: the result may be written into it (_finalize)
                 entry.creations[tid] = (creation, data)
             if entry.task_watches:  # (a call less per task where nobody watches one)
                 self._claim_task_watches(entry, tid)
@@ -1778,24 +1770,24 @@ class Engine:
         if message is not None:
             event.message = bound_failure_text(message)  # a service's text: bounded, controls escaped
         ops: list[Op]
+        row = final.SerializeToString()
         creation = entry.creations.pop(tid, None) if entry.creations else None
         if (
             creation is not None
             and output_file is None
             and (output is None or len(output) <= INLINE_PAYLOAD_BYTES)
             and self.store.refill(
-                creation[0],
-                [(_INSERT_FINAL_TASK, (entry.id, tid, int(state), creation[1], output, final.SerializeToString(), ts))],
+                creation[0], [(_INSERT_FINAL_TASK, (entry.id, tid, int(state), creation[1], output, row, ts))]
             )
         ):
             ops = []  # the creation, not committed yet, now writes the final row (see SessionEntry.creations)
         elif output is not None and output_file is None and len(output) <= INLINE_PAYLOAD_BYTES:
-            ops = [(_UPDATE_TASK_WITH_OUTPUT, (int(state), final.SerializeToString(), ts, output, entry.id, tid))]
+            ops = [(_UPDATE_TASK_WITH_OUTPUT, (int(state), row, ts, output, entry.id, tid))]
         elif output is not None:
-            ops = [(_UPDATE_TASK, (int(state), final.SerializeToString(), ts, entry.id, tid))]
+            ops = [(_UPDATE_TASK, (int(state), row, ts, entry.id, tid))]
             ops.append(_payload_row(entry.id, tid, OUTPUT, output, output_file))
         else:
-            ops = [(_UPDATE_TASK, (int(state), final.SerializeToString(), ts, entry.id, tid))]
+            ops = [(_UPDATE_TASK, (int(state), row, ts, entry.id, tid))]
             if task.spec.HasField("output"):  # (a task finished twice over a restart keeps its output)
                 ops.append(_output_op(entry.id, tid, task))
         if output_file is not None:

@@ -59,7 +59,7 @@ class PlayedScheduler:
     def instances(self) -> list[InstanceInfo]:
         return []
 
-    def run_warm(self, session_id: str, task_input: object, waiter: object, on_created: object) -> bool:
+    def run_warm(self, session_id: str, data: object, waiter: object, on_created: object) -> bool:
         return False
 
     def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:

@@ -19,6 +19,7 @@ import pytest
 import flamepy
 from flamepy.testing import LocalRuntime, local_runtime
 from flamepy_core.client.connection import default_connection, reset_default_connection
+from flamepy_core.client.session import TaskFailedError
 from flamepy_core.wire.proto import types_pb2 as pb
 
 REVERSE = """
@@ -144,7 +145,7 @@ def test_a_lane_task_that_cannot_be_sent_fails_saying_why_and_the_instance_serve
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(scheduler, "_task_context", broken_once)
-    with pytest.raises(Exception, match=r"sending the task to instance .* failed: OSError") as raised:
+    with pytest.raises(TaskFailedError, match=r"sending the task to instance .* failed: OSError") as raised:
         session.invoke(b"lost")
     assert "the payload folder is gone" in str(raised.value)
     assert _task(session.id, 2).status.state == pb.TaskState.Failed
