@@ -348,6 +348,20 @@ class PluginRegistry:
             )
         return max(candidates, key=lambda c: c.spec.capabilities.local_default_rank)
 
+    def instance_link_default(self) -> Chosen:
+        """What links the service processes written with this SDK when nothing is configured: the highest
+        ``instance_link_rank`` among the cross-process transports that declare ``local_schemes``, else the
+        local default (:meth:`local_default`, whose error says what is missing)."""
+        candidates = [
+            c
+            for c in self.transports()
+            if c.spec.capabilities.local_schemes and c.spec.capabilities.cross_process
+            if c.spec.capabilities.instance_link_rank > 0
+        ]
+        if not candidates:
+            return self.local_default()
+        return max(candidates, key=lambda c: c.spec.capabilities.instance_link_rank)
+
     def require(self, chosen: Chosen, capability: str, purpose: str) -> Chosen:
         """``chosen``, or INVALID_CONFIG naming the transport, the missing capability and what to choose instead."""
         if getattr(chosen.spec.capabilities, capability):

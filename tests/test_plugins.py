@@ -216,3 +216,16 @@ def test_a_transport_built_from_its_class_gets_the_configured_message_size(
     monkeypatch.setenv(MAX_MESSAGE_SIZE_ENV, "a lot")
     with pytest.raises(FlameError, match="a lot"):
         _BY_CLASS[how]("flamepy_transports.zmq.plugin:ZmqTransport", endpoint)
+
+
+def test_the_instance_link_is_the_highest_instance_link_rank_else_the_local_default() -> None:
+    """Services written with this SDK are linked by the transport ranked for it; with none ranked, by the
+    local default (a third party's transport set may have no such transport)."""
+    default = _declared("default", 5)
+    link_low = _declared("linklow", 0, instance_link_rank=2)
+    link_high = _declared("linkhigh", 0, instance_link_rank=7)
+    in_process = _declared("mem", 0, cross_process=False, in_process=True, instance_link_rank=50)
+    reg = registry(default, link_low, link_high, in_process)
+    assert reg.instance_link_default().spec.name == "linkhigh"
+    assert reg.local_default().spec.name == "default", "the link's rank does not make it the clients' default"
+    assert registry(default, _declared("unranked", 0)).instance_link_default().spec.name == "default"

@@ -251,7 +251,8 @@ class TransportSuiteBase(SuiteOptions):
         """A fresh endpoint nobody listens on yet, derived from the transport's (first) scheme.
 
         ``inmem`` -> ``inmem://<uuid>``; ``unix`` -> ``unix://<short tmp dir>/s.sock``; ``zmq+ipc`` ->
-        ``zmq+ipc://<short tmp dir>/s.ipc``; anything else -> ``<scheme>://127.0.0.1:<free port>``.
+        ``zmq+ipc://<short tmp dir>/s.ipc``; another of the transport's ``local_schemes`` -> its
+        ``local_endpoint(<short tmp dir>, "s")``; anything else -> ``<scheme>://127.0.0.1:<free port>``.
         Socket paths live in a short directory of their own (AF_UNIX paths must be < 100 characters,
         and pytest's ``tmp_path`` can be longer); it is removed after the test.
         """
@@ -262,6 +263,9 @@ class TransportSuiteBase(SuiteOptions):
             return f"unix://{self.short_tmpdir()}/s.sock"
         if scheme == "zmq+ipc":
             return f"zmq+ipc://{self.short_tmpdir()}/s.ipc"
+        transport = self.transport
+        if scheme in transport.capabilities.local_schemes and callable(getattr(transport, "local_endpoint", None)):
+            return str(transport.local_endpoint(self.short_tmpdir(), "s"))  # type: ignore[attr-defined]
         return f"{scheme}://127.0.0.1:{free_tcp_port()}"
 
     def make_transport_with(self, **options: Any) -> Transport:

@@ -308,6 +308,10 @@ class TransportCapabilities:
     local_default_rank: int = 0
     """Preference for the runtime's local default: with nothing configured, the installed transport with
     ``local_schemes`` and the highest rank carries the runtime (0: never chosen by default)."""
+    instance_link_rank: int = 0
+    """Preference for linking the runtime's service processes written with this SDK (with nothing
+    configured, the installed transport with ``local_schemes`` and the highest rank links them; 0: never
+    chosen for that, and with none above 0 the local default links them)."""
     security: TransportSecurity | None = None
     """How it authenticates peers, and where the runtime reads the settings (see :class:`TransportSecurity`)."""
 
@@ -328,6 +332,7 @@ class TransportCapabilities:
             "local_schemes": list(self.local_schemes),
             "bare_path_scheme": self.bare_path_scheme,
             "local_default_rank": self.local_default_rank,
+            "instance_link_rank": self.instance_link_rank,
             "security": None if self.security is None else self.security.mechanism,
         }
 

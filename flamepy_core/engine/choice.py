@@ -111,7 +111,7 @@ def instance_link_transports(
         return registry.create_transport(chosen, accepted_options(chosen, options)), None
     compat_spec = registry.bare_path_transport()
     try:
-        fast_spec: Chosen | None = registry.local_default()
+        fast_spec: Chosen | None = registry.instance_link_default()
     except FlameError:
         fast_spec = None
     if compat_spec is None and fast_spec is None:

@@ -100,12 +100,17 @@ def unimplemented(method: str, endpoint: str) -> FlameError:
 
 
 class SimpleCallContext:
-    """A :class:`~flamepy_core.contracts.transport.CallContext` driven by a deadline and a cancel flag."""
+    """A :class:`~flamepy_core.contracts.transport.CallContext` driven by a deadline and a cancel flag.
+
+    The flag is a plain attribute (nobody waits on it; a ``threading.Event`` would build a lock and a
+    condition for every call served)."""
+
+    __slots__ = ("_cancelled", "_deadline", "_method")
 
     def __init__(self, method: str, timeout: float | None) -> None:
         self._method = method
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._cancelled = threading.Event()
+        self._cancelled = False
 
     @property
     def method(self) -> str:
@@ -117,13 +122,13 @@ class SimpleCallContext:
         return max(0.0, self._deadline - time.monotonic())
 
     def is_active(self) -> bool:
-        if self._cancelled.is_set():
+        if self._cancelled:
             return False
         return self._deadline is None or time.monotonic() < self._deadline
 
     def cancel(self) -> None:
         """Mark the call as abandoned by the caller."""
-        self._cancelled.set()
+        self._cancelled = True
 
 
 # -- deferred replies and asynchronous calls, for transports that do not provide them natively ---------

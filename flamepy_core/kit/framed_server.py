@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 from collections import deque
@@ -42,6 +43,7 @@ from flamepy_core.kit.basics import (
 )
 from flamepy_core.kit.framed_client import ITEM_OVERHEAD
 from flamepy_core.kit.frames import Frame, Kind
+from flamepy_core.kit.lease import LinkLease, Waker, lendable
 from flamepy_core.kit.links import Link, Listener, Oversized
 
 STOP_WAIT = 5.0
@@ -283,6 +285,10 @@ class _Peer:
         self._post_cond = threading.Condition(threading.Lock())
         self._sender: threading.Thread | None = None
         self._gone = False
+        self.lease: LinkLease | None = None
+        """Set when the server is hosted (see :meth:`FramedServer.host_wait`): the link may be lent."""
+        if server.hosted and lendable(link):
+            self.lease = LinkLease(link, self.handle, server.host_waker)
 
     def send(self, parts: list[bytes | memoryview]) -> None:
         with contextlib.suppress(OSError):  # the client has gone: its reader cleans up
@@ -315,25 +321,43 @@ class _Peer:
             self._posted.clear()
             self._post_cond.notify()
 
+    def handle(self, message: bytes | Oversized) -> bool:
+        """Handle one message of the link (on whichever thread read it); True when a deferred handler ran.
+
+        Raises ``frames.ProtocolError`` for what no client sends (the link then ends)."""
+        if isinstance(message, Oversized):
+            self._oversized(message)
+            return False
+        frame = frames.decode(message)
+        if frame.kind in frames.REQUESTS:
+            return self.server._admit(self, frame)
+        if frame.kind is Kind.CANCEL or frame.kind is Kind.CREDIT:
+            with self.lock:
+                call = self.calls.get(frame.call_id)
+            if call is not None and frame.kind is Kind.CANCEL:
+                call.cancel()
+            elif call is not None:
+                call.grant(frame.a, frame.b)
+            return False
+        raise frames.ProtocolError("an answer from a client: not this protocol")
+
     def _read(self) -> None:
+        server = self.server
+        lease: LinkLease | None = None
         try:
             while True:
-                message = self.link.recv()
-                if isinstance(message, Oversized):
-                    self._oversized(message)
+                lease = self.lease  # (a host may give this link a lease on its first wait: see host_wait)
+                if lease is None:
+                    admitted = self.handle(self.link.recv())
+                elif not lease.reader_turn():
                     continue
-                frame = frames.decode(message)
-                if frame.kind in frames.REQUESTS:
-                    self.server._admit(self, frame)
-                elif frame.kind is Kind.CANCEL or frame.kind is Kind.CREDIT:
-                    with self.lock:
-                        call = self.calls.get(frame.call_id)
-                    if call is not None and frame.kind is Kind.CANCEL:
-                        call.cancel()
-                    elif call is not None:
-                        call.grant(frame.a, frame.b)
                 else:
-                    break  # an answer from a client: not this protocol
+                    with lease.read_lock:
+                        if not lease.readable():
+                            continue  # the host read it first
+                        admitted = self.handle(self.link.recv())
+                if admitted and server.hosted:
+                    server.host_waker.signal()  # a host waiting elsewhere runs what this queued
         except (EOFError, OSError, ValueError, frames.ProtocolError):
             pass  # the client went away, spoke another protocol, or stop() closed the link
         finally:
@@ -346,6 +370,9 @@ class _Peer:
             self._stop_sending()
             self.link.close()
             self.server._forget(self)
+            if lease is not None:
+                self.lease = None  # (the lease's handler refers to this peer)
+                lease.close()
 
     def _oversized(self, message: Oversized) -> None:
         """A request over this server's limit, read and dropped: its caller gets MESSAGE_TOO_LARGE."""
@@ -386,6 +413,10 @@ class FramedServer:
         self._lock = threading.Condition()
         self._stopping = False
         self._stopped = threading.Event()
+        self.hosted = False
+        """A thread has called :meth:`host_wait`: links accepted from then on may be lent to it."""
+        self.host_waker = Waker()
+        """Ends a host's wait: :meth:`wake_host`, a new link, a call a reader thread queued, :meth:`stop`."""
         self._acceptor = threading.Thread(target=self._accept, name=f"flamepy-kit-accept {self.endpoint}", daemon=True)
         self._acceptor.start()
 
@@ -403,6 +434,8 @@ class FramedServer:
                     return
                 self._peers.add(peer)
             peer.thread.start()
+            if self.hosted:
+                self.host_waker.signal()  # a host waiting with no link to read looks again
 
     def _forget(self, peer: _Peer) -> None:
         with self._lock:
@@ -416,14 +449,15 @@ class FramedServer:
     def _refuse(self, peer: _Peer, call_id: int, error: FlameError) -> None:
         peer.send(frames.error(call_id, error))
 
-    def _admit(self, peer: _Peer, frame: Frame) -> None:
-        """Route one request: refuse it at once, run a deferred handler here, or hand it to the pool."""
+    def _admit(self, peer: _Peer, frame: Frame) -> bool:
+        """Route one request: refuse it at once, run a deferred handler here, or hand it to the pool. True when
+        a deferred handler ran: what it queued may be work for a host thread (see :meth:`host_wait`)."""
         method, call_id = frame.method, frame.call_id
         handler = self._handlers.get(method)
         streaming = frame.kind is Kind.STREAM
         if handler is None:
             self._refuse(peer, call_id, unimplemented(method, self.endpoint))
-            return
+            return False
         if isinstance(handler, (StreamHandler, DeferredStreamHandler)) != streaming:
             shape = "a unary" if streaming else "a streaming"
             self._refuse(
@@ -431,16 +465,16 @@ class FramedServer:
                 call_id,
                 FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is {shape} method"),
             )
-            return
+            return False
         try:
             check_size(len(frame.payload), self.limit, what=f"request to {method}", endpoint=self.endpoint)
         except FlameError as exc:
             self._refuse(peer, call_id, exc)
-            return
+            return False
         with self._lock:
             if self._stopping:
                 self._refuse(peer, call_id, unavailable(self.endpoint, "the server is shutting down"))
-                return
+                return False
             self._running += 1
         window = _Window(frame.a, frame.b) if streaming else None
         call = _Served(peer, call_id, method, frame.timeout, window)
@@ -454,7 +488,7 @@ class FramedServer:
                 handler.fn(request, call.ctx, responder)
             except BaseException as exc:  # raised before completing the reply: the call fails with it
                 responder.fail(exc)
-            return
+            return True
         if isinstance(handler, DeferredStreamHandler):
             call.deferred = True
             writer = call.writer = _Writer(call)
@@ -462,7 +496,7 @@ class FramedServer:
                 handler.fn(request, call.ctx, writer)
             except BaseException as exc:  # raised before the stream ended: it fails with that error
                 writer.fail(exc)
-            return
+            return True
         try:
             if isinstance(handler, UnaryHandler):
                 self._pool.submit(self._run_unary, call, handler, request)
@@ -470,6 +504,7 @@ class FramedServer:
                 self._pool.submit(self._run_stream, call, handler, request)
         except RuntimeError:  # the pool was shut down between the check and the submit
             call.end(frames.error(call_id, unavailable(self.endpoint, "the server is shutting down")))
+        return False
 
     # -- running handlers ---------------------------------------------------------------------------
 
@@ -508,6 +543,46 @@ class FramedServer:
                 with contextlib.suppress(Exception):
                     close()
 
+    # -- a host thread ------------------------------------------------------------------------------
+
+    def host_wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for calls on this thread, reading the link itself (see
+        :mod:`~flamepy_core.kit.lease`): a deferred handler then runs on this thread, and whatever it queues
+        for this thread is there to run when this returns. One thread only (the host) calls it.
+
+        Returns after a wait that ran a deferred handler, after :meth:`wake_host` (or a link accepted, or a
+        call that a reader thread queued meanwhile), or at the timeout. A link is lent only while it is the
+        only one (a service process has one: its server's); with none, or several, this waits for the
+        wake-up instead. False when this server cannot host (stopping, another process): the caller then
+        waits for its calls as before.
+        """
+        if self._stopping or os.getpid() != self._pid:
+            return False
+        self.hosted = True
+        with self._lock:
+            peers = list(self._peers)
+        if len(peers) == 1:
+            peer = peers[0]
+            lease = peer.lease
+            if lease is None and lendable(peer.link):
+                try:
+                    lease = peer.lease = LinkLease(peer.link, peer.handle, self.host_waker)  # its reader takes it up
+                except (OSError, ValueError):
+                    lease = None  # the link closed meanwhile (its descriptor is gone): its reader ends it
+            if lease is not None and lease.joined:
+                lease.host(time.monotonic() + timeout)
+                return True
+        waker = self.host_waker
+        poller = select.poll()
+        poller.register(waker.fd, select.POLLIN)
+        if poller.poll(int(timeout * 1000) + 1):
+            waker.drain()
+        return True
+
+    def wake_host(self) -> None:
+        """End a host thread's :meth:`host_wait` now (from another thread, or a signal handler)."""
+        self.host_waker.signal()
+
     # -- stopping -----------------------------------------------------------------------------------
 
     def stop(self, grace: float | None = None) -> None:
@@ -524,6 +599,7 @@ class FramedServer:
             )
         with self._lock:
             first, self._stopping = not self._stopping, True
+        self.host_waker.signal()  # a host's wait ends: it waits for its calls as before
         if not first:
             self._stopped.wait((grace or 0.0) + STOP_WAIT)
             return

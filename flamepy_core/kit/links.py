@@ -108,7 +108,10 @@ class SocketLink:
         self.pid = os.getpid()
         self._preamble = preamble
         self._greeted = dialled
-        self._reader = sock.makefile("rb", buffering=_COALESCE)
+        self._buffer = bytearray()
+        """Bytes read from the socket and not yet handed out: the start of the next message(s)."""
+        self._start = 0
+        """Where in ``_buffer`` the bytes not handed out begin."""
         self._send_lock = threading.Lock()
         self._closed = False
         if dialled:
@@ -124,17 +127,54 @@ class SocketLink:
                 for part in parts[1:]:
                     self.sock.sendall(part)
 
+    def fileno(self) -> int:
+        """The socket's descriptor, to wait on (with :meth:`pending`): readable when more bytes arrived."""
+        return self.sock.fileno()
+
+    def pending(self) -> bool:
+        """Whether bytes of a next message were read already: a wait on :meth:`fileno` would not see them."""
+        return self._start < len(self._buffer)
+
     def _read(self, size: int) -> bytes:
-        data = self._reader.read(size) if size else b""
-        if len(data) < size:
-            raise EOFError("the peer closed the connection")
-        return data
+        """The next ``size`` bytes; ``EOFError`` when the peer closed first. One system call brings a small
+        message in whole (and what follows it, kept for the next call); a large one is read into place."""
+        buffer, start = self._buffer, self._start
+        have = len(buffer) - start
+        if have < size <= have + _COALESCE:
+            if start:
+                del buffer[:start]
+                start = self._start = 0
+            while len(buffer) < size:
+                chunk = self.sock.recv(_COALESCE)
+                if not chunk:
+                    raise EOFError("the peer closed the connection")
+                buffer += chunk
+            have = len(buffer)
+        if have >= size:
+            data = bytes(buffer[start : start + size])
+            if start + size == len(buffer):
+                buffer.clear()
+                self._start = 0
+            else:
+                self._start = start + size
+            return data
+        whole = bytearray(size)
+        whole[:have] = buffer[start:]
+        buffer.clear()
+        self._start = 0
+        view, filled = memoryview(whole), have
+        while filled < size:
+            got = self.sock.recv_into(view[filled:])
+            if not got:
+                raise EOFError("the peer closed the connection")
+            filled += got
+        return bytes(whole)
 
     def recv(self) -> bytes | Oversized:
         try:
             return self._recv()
         except BaseException:
-            self._release()  # the reader thread owns the buffered reader: it closes it, nobody else
+            self._release()  # the reading thread closes the socket, nobody else
             raise
 
     def _recv(self) -> bytes | Oversized:
@@ -152,7 +192,7 @@ class SocketLink:
 
     def close(self) -> None:
         """Shut the connection down: the peer sees it closed and a ``recv`` in progress wakes with EOF (which
-        then releases the socket). Other threads never close the buffered reader under the reader thread."""
+        then releases the socket). Other threads never close the socket under the reading thread."""
         if self._closed:
             return
         self._closed = True
@@ -161,8 +201,6 @@ class SocketLink:
 
     def _release(self) -> None:
         self._closed = True
-        with contextlib.suppress(OSError):
-            self._reader.close()
         with contextlib.suppress(OSError):
             self.sock.close()
 

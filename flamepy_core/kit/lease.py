@@ -1,0 +1,191 @@
+"""A link lent to a host thread: a framed server's calls received on the thread that runs them.
+
+A framed server reads each link on a reader thread of its own. A process that runs every call on one
+thread (a service process runs its service on the main thread) then pays two wake-ups per call: the
+reader's, which queues the call, and the main thread's. Lent the link while it waits for work
+(:meth:`~flamepy_core.kit.framed_server.FramedServer.host_wait`), the main thread reads the link itself,
+and a call reaches it with one.
+
+The reader thread keeps the link whenever the host is away: a ``CANCEL``, a credit or another call must
+be read while the host runs a call. While the link is lent the reader naps; it looks every ``HOST_LOOK``
+seconds whether the host has left to run a call, and then reads the link itself until the host waits
+again (which takes it back with a wake-up of the reader, off the call's path). A host idle for
+``HOST_IDLE`` seconds lets the reader sleep without a deadline, and wakes it when it leaves. Whoever
+reads holds ``read_lock`` from reading a message until it has handled it, so messages are handled in
+the order they came. The ZeroMQ transport's server lends its socket the same way.
+
+A link can be lent when it has ``fileno()`` (a descriptor that turns readable when bytes arrive) and
+``pending()`` (bytes of a next message already read): :class:`~flamepy_core.kit.links.SocketLink` has both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["HOST_IDLE", "HOST_LOOK", "LinkLease", "Waker", "lendable"]
+
+HOST_LOOK = 0.02
+"""While the link is lent, the reader looks this often (seconds) whether the host has left to run a call."""
+HOST_IDLE = 0.1
+"""A host waiting this long (seconds) is idle: the reader then naps without a deadline, and the host wakes
+it when it leaves (an idle service process does not wake every ``HOST_LOOK``)."""
+
+
+def lendable(link: object) -> bool:
+    """Whether a host thread can read ``link``: it says when to look (``fileno``) and what it holds (``pending``)."""
+    return callable(getattr(link, "fileno", None)) and callable(getattr(link, "pending", None))
+
+
+class Waker:
+    """Ends a ``poll`` from another thread, or from a signal handler (``signal`` is one send).
+
+    A socket pair: once closed, a late ``signal`` fails on the closed socket object instead of writing
+    into whatever file took its descriptor number."""
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+        self.fd = self._read.fileno()
+
+    def signal(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway), or closed
+            self._write.send(b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._read.recv(512):
+                pass
+
+    def close(self) -> None:
+        self._read.close()
+        self._write.close()
+
+
+class LinkLease:
+    """Who reads one link now: its reader thread, or the host thread it is lent to.
+
+    ``handle(message)`` handles one message the link gave, on whichever thread read it, and returns True
+    when it admitted a call (the host then returns to run it); it raises to end the link.
+    """
+
+    def __init__(self, link: Any, handle: Callable[[Any], bool], host_waker: Waker) -> None:
+        self.link = link
+        self.handle = handle
+        self.read_lock = threading.Lock()
+        """Held from reading a message until it is handled, by the reader or the host."""
+        self.lent = False
+        """The host reads the link: the reader naps (and takes it back once the host has left for a while)."""
+        self.host_waiting = False
+        self.host_since = 0.0
+        """When the host last left its wait."""
+        self.host_idle_since = 0.0
+        self.host_worked = False
+        """The host's last wait admitted a call."""
+        self._napping = False
+        """The reader naps without a deadline: the host must wake it when it leaves to run a call."""
+        self.joined = False
+        """The reader thread reads the link through this lease (only then may the host read it too)."""
+        self._waker = Waker()
+        fd = link.fileno()
+        self._watch = select.poll()
+        self._watch.register(fd, select.POLLIN)
+        self._watch.register(self._waker.fd, select.POLLIN)
+        self._nap = select.poll()
+        self._nap.register(self._waker.fd, select.POLLIN)
+        self._probe = select.poll()
+        self._probe.register(fd, select.POLLIN)
+        self._host_watch = select.poll()
+        self._host_watch.register(fd, select.POLLIN)
+        self._host_watch.register(host_waker.fd, select.POLLIN)
+        self._host_waker = host_waker
+        self._fd = fd
+
+    def readable(self) -> bool:
+        """With ``read_lock`` held: whether a message (or its start) can be read now without waiting."""
+        return self.link.pending() or bool(self._probe.poll(0))
+
+    # -- the reader thread ----------------------------------------------------------------------------
+
+    def reader_turn(self) -> bool:
+        """Wait, on the reader thread, for its turn; True when the link looks readable (check :meth:`readable`
+        holding ``read_lock`` before reading: the host may have read it first)."""
+        self.joined = True
+        if self.lent:
+            forever = self.host_waiting and time.monotonic() - self.host_idle_since >= HOST_IDLE
+            if forever:
+                self._napping = True
+                if not self.host_waiting:  # read again after the flag: the host clears its own, then reads ours
+                    self._napping = forever = False
+            try:
+                woken = self._nap.poll(None if forever else int(HOST_LOOK * 1000))
+            finally:
+                self._napping = False
+            if woken:
+                self._waker.drain()
+            if self.lent and not self.host_waiting and time.monotonic() - self.host_since >= HOST_LOOK:
+                self.lent = False  # the host runs a call: read the link meanwhile
+            return False
+        if self.link.pending():
+            return True
+        ready = dict(self._watch.poll())
+        if self._waker.fd in ready:
+            self._waker.drain()
+        return self._fd in ready
+
+    # -- the host thread ------------------------------------------------------------------------------
+
+    def host(self, deadline: float) -> None:
+        """Read the link on this thread until a call was admitted, the host waker rang, or ``deadline``.
+
+        A link that fails here (its peer gone, a protocol broken) is closed and handed back to the reader,
+        which ends it as when it fails there."""
+        now = time.monotonic()
+        if self.host_worked:  # idle from now (a wait that ends at its deadline is followed by another)
+            self.host_idle_since = now
+            self.host_worked = False
+        self.host_waiting = True
+        if not self.lent:
+            self.lent = True
+            self._waker.signal()  # the reader stops watching the link
+        failed = False
+        timed_out = False
+        try:
+            while True:
+                with self.read_lock:
+                    while self.readable():
+                        if self.handle(self.link.recv()):
+                            self.host_worked = True
+                            return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    return
+                ready = dict(self._host_watch.poll(int(left * 1000) + 1))
+                if self._host_waker.fd in ready:
+                    self._host_waker.drain()
+                    return
+        except Exception:
+            failed = True
+            self.link.close()
+        finally:
+            self.host_waiting = False  # before reading _napping (see reader_turn)
+            self.host_since = time.monotonic()
+            if failed:
+                self.lent = False
+                self._waker.signal()
+            elif self._napping and not timed_out:
+                # It naps without a deadline, and the host leaves for a call (or was woken: it may not be
+                # back soon): the reader must watch the link meanwhile. A wait that timed out is followed
+                # by another at once, and needs no wake-up.
+                self._waker.signal()
+
+    def close(self) -> None:
+        """Release the reader's waker (the reader thread, on its way out)."""
+        self._waker.close()

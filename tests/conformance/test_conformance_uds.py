@@ -1,0 +1,5 @@
+from flamepy_conformance import TransportTests
+
+
+class TestUdsConformance(TransportTests):
+    transport_name = "uds"

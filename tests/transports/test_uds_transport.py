@@ -1,0 +1,281 @@
+"""The ``uds`` transport and the framed kit's host thread (``FramedServer.host_wait``).
+
+The conformance suite checks the contract (``tests/conformance/test_conformance_uds.py``); these check
+what is the transport's own: its endpoints, that it is what links the runtime's service processes, and
+the kit's lending of a link to a host thread (a service process's main thread receives its calls
+itself): who reads, that nothing is read twice or out of order whoever reads, and that a link failing on
+the host is ended as on the reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, FlameEnv
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flamepy_core.contracts import CallContext, FlameError, FlameErrorCode, UnaryHandler
+from flamepy_core.contracts.transport import DeferredHandler, Responder
+from flamepy_core.kit.lease import HOST_LOOK
+from flamepy_core.plugins import get_registry
+
+ECHO = "/test.Uds/Echo"
+DEFER = "/test.Uds/Defer"
+
+
+def echo(request: bytes, ctx: CallContext) -> bytes:
+    return request
+
+
+class Hosted:
+    """A uds server whose deferred calls are recorded (thread, request, responder), and a channel to it."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="fl-uds-", dir="/tmp")
+        self.seen: list[tuple[int, bytes, Responder]] = []
+        self.lock = threading.Lock()
+        self.transport = get_registry().transport("uds")
+        self.server: Any = self.transport.serve(
+            f"uds://{self.dir}/s.sock", {ECHO: UnaryHandler(echo), DEFER: DeferredHandler(self._defer)}
+        )
+        self.channel: Any = self.transport.connect(self.server.endpoint)
+
+    def _defer(self, request: bytes, ctx: CallContext, responder: Responder) -> None:
+        with self.lock:
+            self.seen.append((threading.get_ident(), request, responder))
+
+    def take(self, deadline: float = 20.0) -> tuple[int, bytes, Responder]:
+        """The next recorded call, hosting (``host_wait``) until one came."""
+        end = time.monotonic() + deadline
+        while True:
+            with self.lock:
+                if self.seen:
+                    return self.seen.pop(0)
+            assert time.monotonic() < end, "no call was received"
+            assert self.server.host_wait(1.0), "the framed server refused to host"
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(0.2)
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        os.rmdir(self.dir)
+
+
+def send_when_hosted(hosted: Hosted, request: bytes) -> Future[bytes]:
+    """``request`` sent as soon as the host waits with the link lent to it (at once with no link yet; after at
+    most a few seconds otherwise)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        peers = list(hosted.server._peers)
+        if not peers:
+            break  # the call makes the link
+        lease = peers[0].lease if len(peers) == 1 else None
+        if lease is not None and lease.lent and lease.host_waiting:
+            break
+        time.sleep(0.001)
+    return hosted.channel.unary_async(DEFER, request, timeout=20)
+
+
+@pytest.fixture()
+def hosted() -> Iterator[Hosted]:
+    h = Hosted()
+    yield h
+    h.close()
+
+
+def test_a_host_thread_receives_its_calls_itself_and_the_reader_reads_while_it_is_away(hosted: Hosted) -> None:
+    """The waiting thread reads the link and runs the deferred handler itself (one wake-up a call); away
+    longer than the reader's look, the reader thread reads again (a plain call is answered, a deferred one
+    started), and the host's next wait ends at once for what the reader queued."""
+    here = threading.get_ident()
+    by_host = 0
+    for i in range(20):
+        request = b"call %d" % i
+        answers: list[Future[bytes]] = []
+        # Sent once the host waits with the link lent (the first calls, before the link has its lease, and
+        # any while the host is away, are the reader's).
+        sender = threading.Thread(target=lambda r=request, a=answers: a.append(send_when_hosted(hosted, r)))
+        sender.start()
+        ident, got, responder = hosted.take()
+        sender.join(20)
+        assert got == request
+        by_host += ident == here
+        responder.send(got[::-1])
+        assert answers[0].result(20) == request[::-1]
+    assert by_host >= 15, f"only {by_host} of 20 calls were received by the host thread"
+
+    time.sleep(HOST_LOOK * 5)  # away: the reader takes the link back
+    assert hosted.channel.unary(ECHO, b"meanwhile", timeout=20) == b"meanwhile"
+    answer = hosted.channel.unary_async(DEFER, b"while away", timeout=20)
+    deadline = time.monotonic() + 20
+    while not hosted.seen:
+        assert time.monotonic() < deadline, "the reader never read the call"
+        time.sleep(0.01)
+    assert hosted.seen[0][0] != here
+    started = time.monotonic()
+    assert hosted.server.host_wait(30.0)
+    assert time.monotonic() - started < 25, "the host's wait ended by its timeout, not by the reader's wake-up"
+    hosted.seen.pop()[2].send(b"done")
+    assert answer.result(20) == b"done"
+
+
+def test_wake_host_ends_a_host_wait(hosted: Hosted) -> None:
+    assert hosted.channel.unary(ECHO, b"link", timeout=20) == b"link"  # a link to lend
+    assert hosted.server.host_wait(0.01)
+    timer = threading.Timer(0.05, hosted.server.wake_host)
+    timer.start()
+    started = time.monotonic()
+    try:
+        assert hosted.server.host_wait(30.0)
+        assert time.monotonic() - started < 25, "the wait ended by its timeout, not by wake_host"
+    finally:
+        timer.cancel()
+    assert hosted.channel.unary(ECHO, b"after", timeout=20) == b"after"
+
+
+def test_a_host_waiting_before_any_link_is_woken_by_the_first_call() -> None:
+    """A service process waits before its server has connected: the first link's call ends that wait."""
+    h = Hosted()
+    try:
+        h.channel.close()
+        h.channel = h.transport.connect(h.server.endpoint)  # not dialled yet: no link
+        answer: list[Future[bytes]] = []
+        timer = threading.Timer(0.1, lambda: answer.append(h.channel.unary_async(DEFER, b"first", timeout=20)))
+        timer.start()
+        started = time.monotonic()
+        _ident, got, responder = h.take(deadline=25.0)
+        assert got == b"first" and time.monotonic() - started < 20
+        responder.send(b"ok")
+        timer.join(20)  # (the call may reach the host before unary_async has returned to the timer's thread)
+        assert answer[0].result(20) == b"ok"
+    finally:
+        h.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pauses=st.lists(st.sampled_from([0.0, 0.001, HOST_LOOK * 2]), min_size=1, max_size=6))
+def test_calls_are_handled_once_each_and_in_the_order_sent_whoever_reads(pauses: list[float]) -> None:
+    """A burst of pipelined calls while the host waits, leaves to run a call and comes back (``pauses``:
+    how long it stays away each time, the longest past the reader's look): every call is handled exactly
+    once, in the order it was sent, whether the host or the reader read it."""
+    h = Hosted()
+    try:
+        sent = [b"%03d" % i for i in range(40)]
+        answers = [h.channel.unary_async(DEFER, r, timeout=30) for r in sent]
+        handled: list[bytes] = []
+        turn = 0
+        while len(handled) < len(sent):
+            _ident, got, responder = h.take()
+            handled.append(got)
+            responder.send(got)
+            time.sleep(pauses[turn % len(pauses)])
+            turn += 1
+        assert handled == sent
+        assert [a.result(20) for a in answers] == sent
+        with h.lock:
+            assert not h.seen, "a call was handled twice"
+    finally:
+        h.close()
+
+
+def test_a_link_that_fails_on_the_host_is_ended_and_a_new_one_served(hosted: Hosted) -> None:
+    """The client goes while the host reads its link: the server ends that link (its calls cancelled)
+    and the host goes on waiting; the next client is served, by the host."""
+    answer = hosted.channel.unary_async(DEFER, b"pending", timeout=20)
+    _ident, _got, responder = hosted.take()
+    hosted.channel.close()
+    with pytest.raises(FlameError):
+        answer.result(20)
+    deadline = time.monotonic() + 20
+    while hosted.server._peers:  # the reader ends the link it was handed back
+        assert time.monotonic() < deadline, "the failed link was never ended"
+        assert hosted.server.host_wait(0.05)
+    assert responder.send(b"late") is False, "a reply to a caller that left was sent"
+    hosted.channel = hosted.transport.connect(hosted.server.endpoint)
+    answer = hosted.channel.unary_async(DEFER, b"next", timeout=20)
+    _ident, got, responder = hosted.take()
+    assert got == b"next"
+    responder.send(b"served")
+    assert answer.result(20) == b"served"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["uds://relative/path.sock", "uds:/missing-slashes", "tcp:///tmp/x.sock", "uds:///" + "d" * 120 + "/s.sock"],
+)
+def test_a_bad_endpoint_is_refused_naming_it_and_the_form(endpoint: str) -> None:
+    transport = get_registry().transport("uds")
+    with pytest.raises(FlameError) as refused:
+        transport.connect(endpoint)
+    assert refused.value.code == FlameErrorCode.INVALID_ARGUMENT
+    message = refused.value.message
+    assert endpoint in message, message
+    assert "uds:///ABSOLUTE/PATH" in message or "over the 100 a unix socket allows" in message, message
+
+
+def test_it_is_chosen_by_configuration_only() -> None:
+    """ZeroMQ stays the clients' default and the instances' link until uds measures faster on every row of
+    bench_invoke (docs/transports/uds.md: its 16 MiB path is not yet)."""
+    registry = get_registry()
+    assert registry.local_default().spec.name == "zmq"
+    assert registry.instance_link_default().spec.name == "zmq"
+
+
+def test_a_local_endpoint_too_long_for_a_socket_moves_to_a_private_short_folder(tmp_path: Path) -> None:
+    """A FLAME_HOME too deep for a unix socket path still gets a server: its socket goes to a private folder
+    of this user's under the temporary directory, the same one each time for that FLAME_HOME."""
+    transport = get_registry().transport("uds")
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    endpoint = transport.local_endpoint(str(deep), "flame")
+    assert endpoint == transport.local_endpoint(str(deep), "flame"), "a restarted server must listen where it did"
+    path = endpoint.removeprefix("uds://")
+    folder = os.path.dirname(path)
+    assert len(path.encode()) <= 100 and not folder.startswith(str(tmp_path)), endpoint
+    assert os.stat(folder).st_mode & 0o777 == 0o700 and os.stat(folder).st_uid == os.getuid()
+    server = transport.serve(endpoint, {ECHO: UnaryHandler(echo)})
+    channel = transport.connect(endpoint)
+    try:
+        assert channel.unary(ECHO, b"deep", timeout=20) == b"deep"
+    finally:
+        channel.close()
+        server.stop(0.2)
+    os.chmod(folder, 0o755)  # no longer private: refused, naming the folder and what to do
+    try:
+        with pytest.raises(FlameError) as refused:
+            transport.local_endpoint(str(deep), "flame")
+        assert refused.value.code == FlameErrorCode.INVALID_CONFIG and folder in refused.value.message
+    finally:
+        os.rmdir(folder)
+
+
+def test_flame_transport_uds_carries_the_whole_runtime(flame_env: FlameEnv, tmp_path: Path) -> None:
+    """By configuration alone, the guide's echo example end to end over unix sockets with no libzmq: the
+    local server listens on uds:// and links its instances with it."""
+    folder = tmp_path / "echo"
+    shutil.copytree(EXAMPLES / "echo", folder)
+    flame_env.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), flame_env.env.get("PATH", "")])
+    on_uds = {"FLAME_TRANSPORT": "uds"}
+    flame_env.run(
+        [sys.executable, "-m", "flamepy_core.cli.main", "register", "--file", "echo-app.yaml"],
+        cwd=folder,
+        extra_env=on_uds,
+    )
+    run = flame_env.run([sys.executable, "client.py"], cwd=folder, extra_env=on_uds)
+    lines = run.stdout.splitlines()
+    assert lines[:2] == ["HELLO", "1"] and lines[2].startswith("echo-app-"), run.stdout + run.stderr
+    info = json.loads((flame_env.home / "server.json").read_text())
+    assert info["transport"] == "uds" and info["endpoint"] == f"uds://{flame_env.home}/flame.sock", info
