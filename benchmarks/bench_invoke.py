@@ -20,7 +20,10 @@ Measured in one run, on this machine:
   spare process of the application is ready (started ahead when the previous session's process left).
   flamepy's packages are compiled to bytecode first, as an installed wheel is (``--no-compile`` to skip).
 
-Usage: ``python benchmarks/bench_invoke.py [--iterations 2000] [--tasks 10000] [--transport grpc|zmq]``.
+With ``--transport uds``, the floor is plain unix sockets over two hops (length-prefixed messages, a blocking
+thread in each process), and the raw pyzmq floor is printed beside it as a reference.
+
+Usage: ``python benchmarks/bench_invoke.py [--iterations 2000] [--tasks 10000] [--transport grpc|zmq|uds]``.
 Prints a table; ratios are ours / raw. No timing is asserted anywhere: this is a measurement.
 """
 
@@ -32,7 +35,9 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import statistics
+import struct
 import sys
 import tempfile
 import textwrap
@@ -187,6 +192,79 @@ def raw_two_hop_zmq(
         return samples, large
 
 
+def unix_send(sock: socket.socket, payload: bytes | bytearray) -> None:
+    """One length-prefixed message (a 4-byte length): one system call for a small one, no copy of a large one."""
+    head = struct.pack("!I", len(payload))
+    if len(payload) <= 65536:
+        sock.sendall(head + bytes(payload))
+    else:
+        sock.sendall(head)
+        sock.sendall(payload)
+
+
+def unix_recv(sock: socket.socket) -> bytes | bytearray:
+    """One length-prefixed message; ``EOFError`` when the peer closed."""
+    head = _recv_exactly(sock, 4)
+    return _recv_exactly(sock, struct.unpack("!I", head)[0])
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
+    data = bytearray(size)
+    view, got = memoryview(data), 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if not n:
+            raise EOFError
+        got += n
+    return data
+
+
+def _unix_worker(path: str, ready: mp.synchronize.Event) -> None:
+    """The raw unix floor's worker: echoes each message on one blocking thread."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    ready.set()
+    conn, _ = listener.accept()
+    with contextlib.suppress(EOFError, OSError):
+        while True:
+            unix_send(conn, unix_recv(conn))
+
+
+def _unix_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
+    """The raw unix floor's relay: each message from its client forwarded to the worker, and back."""
+    back = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    back.connect(worker)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    ready.set()
+    front, _ = listener.accept()
+    with contextlib.suppress(EOFError, OSError):
+        while True:
+            unix_send(back, unix_recv(front))
+            unix_send(front, unix_recv(back))
+
+
+def raw_two_hop_unix(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
+    """The raw unix-socket two-hop floor (length-prefixed messages, a blocking thread in each process): the
+    floor of the ``uds`` transport. 100-byte samples and 16 MiB samples (none when ``large_iterations`` is 0)."""
+    relay_path = str(tmp / "r-unix.sock")
+    with _two_hops(_unix_worker, _unix_relay, str(tmp / "w-unix.sock"), relay_path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(60)
+        sock.connect(relay_path)
+
+        def round_trip(payload: bytes) -> bytes:
+            unix_send(sock, payload)
+            return unix_recv(sock)
+
+        samples = _measure(lambda: round_trip(PAYLOAD), iterations)
+        large = _measure(lambda: round_trip(LARGE), large_iterations, warmup=3) if large_iterations else []
+        sock.close()
+        return samples, large
+
+
 # -- the cold-start floor: spawn a process until it answers -------------------------------------------
 
 SPAWN_ZMQ = """
@@ -214,6 +292,18 @@ server.stop(1).wait()
 """
 
 
+SPAWN_UNIX = """
+import socket, struct, sys
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen(1)
+conn, _ = listener.accept()
+head = conn.recv(4, socket.MSG_WAITALL)
+conn.sendall(head + conn.recv(struct.unpack("!I", head)[0], socket.MSG_WAITALL))
+conn.close()
+"""
+
+
 def spawn_floor(tmp: Path, transport: str, runs: int, first: int = 0) -> list[float]:
     """Seconds from starting a Python process (which imports the transport's library and listens on a
     unix socket) to its first answer: what any runtime pays to start an instance, before its own work."""
@@ -223,10 +313,23 @@ def spawn_floor(tmp: Path, transport: str, runs: int, first: int = 0) -> list[fl
     for run in range(first, first + runs):
         path = str(tmp / f"spawn{run}.{'ipc' if transport == 'zmq' else 'sock'}")
         start = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", SPAWN_ZMQ if transport == "zmq" else SPAWN_GRPC, path])
+        code = {"zmq": SPAWN_ZMQ, "uds": SPAWN_UNIX}.get(transport, SPAWN_GRPC)
+        child = subprocess.Popen([sys.executable, "-c", code, path])
         while not os.path.exists(path):  # connect once it listens (both libraries back off when refused)
             time.sleep(0.0005)
-        if transport == "zmq":
+        if transport == "uds":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(30)
+            while True:  # the file appears at bind, before listen: a refused connect is tried again
+                try:
+                    sock.connect(path)
+                    break
+                except ConnectionRefusedError:
+                    time.sleep(0.0005)
+            unix_send(sock, b"hello")
+            unix_recv(sock)
+            sock.close()
+        elif transport == "zmq":
             import zmq
 
             sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -458,8 +561,9 @@ def main() -> int:
     parser.add_argument(
         "--transport",
         default="zmq",
-        choices=("zmq", "grpc"),
-        help="the local server's transport, and the raw floor measured against it (default: zmq)",
+        choices=("zmq", "grpc", "uds"),
+        help="the local server's transport, and the raw floor measured against it (default: zmq); with uds, "
+        "the raw pyzmq floor is measured too, as a reference",
     )
     parser.add_argument(
         "--no-compile",
@@ -479,9 +583,10 @@ def main() -> int:
     from flamepy_core.client.local import stop_server
 
     try:
-        raw, raw_large = (raw_two_hop_zmq if args.transport == "zmq" else raw_two_hop)(
-            tmp, args.iterations, args.large_iterations
-        )
+        measure_floor = {"zmq": raw_two_hop_zmq, "uds": raw_two_hop_unix}.get(args.transport, raw_two_hop)
+        raw, raw_large = measure_floor(tmp, args.iterations, args.large_iterations)
+        # With uds, the raw pyzmq floor too: the reference issue 10's targets are written against.
+        zmq_raw = raw_two_hop_zmq(tmp, args.iterations, 0)[0] if args.transport == "uds" else []
         ours = flamepy_numbers(tmp, args.iterations, args.tasks, args.large_iterations, args.cold_runs, args.transport)
     finally:
         stop_server(tmp / "home")
@@ -493,8 +598,8 @@ def main() -> int:
         return (label, med, tail, med / floor)
 
     raw_med = statistics.median(raw)
-    floor = "raw pyzmq two hops (floor)" if args.transport == "zmq" else "raw grpcio two hops (floor)"
-    rows = [(floor, raw_med, _percentile(raw, 99), 1.0)]
+    floor = {"zmq": "raw pyzmq two hops", "uds": "raw unix two hops"}.get(args.transport, "raw grpcio two hops")
+    rows = [(f"{floor} (floor)", raw_med, _percentile(raw, 99), 1.0)]
     for key, label in (
         ("core_invoke", "flamepy core invoke (warm)"),
         ("service_invoke", "flamepy service invoke"),
@@ -503,6 +608,14 @@ def main() -> int:
         samples = ours.get(key)
         if isinstance(samples, list):  # the gRPC link row only with --transport grpc
             rows.append(row(label, samples, raw_med, _percentile(samples, 99)))
+    if zmq_raw:
+        zmq_med = statistics.median(zmq_raw)
+        rows.append(("raw pyzmq two hops (reference)", zmq_med, _percentile(zmq_raw, 99), zmq_med / raw_med))
+        for key, label in (("core_invoke", "  core invoke / pyzmq floor"), ("service_invoke", "  service / pyzmq")):
+            samples = ours[key]
+            assert isinstance(samples, list)
+            med = statistics.median(samples)
+            rows.append((label, med, _percentile(samples, 99), med / zmq_med))
     ours_large = ours["core_invoke_16mib"]
     assert isinstance(ours_large, list)
     large_rows = []
