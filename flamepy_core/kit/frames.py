@@ -91,7 +91,7 @@ def error(call_id: int, err: FlameError) -> list[bytes | memoryview]:
     return encode(Kind.ERROR, call_id, message, code=int(err.code))
 
 
-def decode(message: bytes | memoryview) -> Frame:
+def decode(message: bytes | bytearray | memoryview) -> Frame:
     """Parse one frame; :class:`ProtocolError` for anything else."""
     view = memoryview(message)
     if len(view) < HEADER.size:

@@ -54,8 +54,8 @@ class Link(Protocol):
         """
         ...
 
-    def recv(self) -> bytes | Oversized:
-        """The next message (one reader thread calls this). Raises ``EOFError`` or ``OSError`` once closed,
+    def recv(self) -> bytes | bytearray | Oversized:
+        """The next message (one reader thread calls this; a large one may come as a ``bytearray``). Raises ``EOFError`` or ``OSError`` once closed,
         having released what the link holds (the reader thread is the last to use it)."""
         ...
 
@@ -135,7 +135,7 @@ class SocketLink:
         """Whether bytes of a next message were read already: a wait on :meth:`fileno` would not see them."""
         return self._start < len(self._buffer)
 
-    def _read(self, size: int) -> bytes:
+    def _read(self, size: int) -> bytes | bytearray:
         """The next ``size`` bytes; ``EOFError`` when the peer closed first. One system call brings a small
         message in whole (and what follows it, kept for the next call); a large one is read into place."""
         buffer, start = self._buffer, self._start
@@ -168,16 +168,16 @@ class SocketLink:
             if not got:
                 raise EOFError("the peer closed the connection")
             filled += got
-        return bytes(whole)
+        return whole  # as read: the frame's payload is copied out of it once, into the bytes a handler gets
 
-    def recv(self) -> bytes | Oversized:
+    def recv(self) -> bytes | bytearray | Oversized:
         try:
             return self._recv()
         except BaseException:
             self._release()  # the reading thread closes the socket, nobody else
             raise
 
-    def _recv(self) -> bytes | Oversized:
+    def _recv(self) -> bytes | bytearray | Oversized:
         if not self._greeted:
             if self._read(len(self._preamble)) != self._preamble:
                 raise ConnectionError("the peer does not speak this protocol (wrong preamble)")
@@ -185,7 +185,7 @@ class SocketLink:
         (size,) = _LENGTH.unpack(self._read(_LENGTH.size))
         if size <= self.limit + HEAD_KEEP:
             return self._read(size)
-        head = self._read(HEAD_KEEP)
+        head = bytes(self._read(HEAD_KEEP))
         for start in range(HEAD_KEEP, size, _DISCARD):
             self._read(min(_DISCARD, size - start))
         return Oversized(head, size)
