@@ -279,3 +279,31 @@ def test_flame_transport_uds_carries_the_whole_runtime(flame_env: FlameEnv, tmp_
     assert lines[:2] == ["HELLO", "1"] and lines[2].startswith("echo-app-"), run.stdout + run.stderr
     info = json.loads((flame_env.home / "server.json").read_text())
     assert info["transport"] == "uds" and info["endpoint"] == f"uds://{flame_env.home}/flame.sock", info
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, 65_536 + 17, 3 * 1024 * 1024 + 5])
+def test_a_socket_link_hands_back_each_message_whole_and_in_order(size: int) -> None:
+    """SocketLink reads into a buffer of its own (a small message, and the start of the next, in one system
+    call) or straight into place (a large one): either way each message comes back whole, in order, and a
+    large one as it was read (no copy more), while the next message's start stays buffered (``pending``)."""
+    import socket
+
+    from flamepy_core.kit.links import SocketLink
+
+    left, right = socket.socketpair()
+    sender = SocketLink(left, 1 << 30, preamble=b"P\n", dialled=True)
+    receiver = SocketLink(right, 1 << 30, preamble=b"P\n", dialled=False)
+    first, second = os.urandom(size), b"after"
+    done = threading.Thread(target=lambda: (sender.send([first[:7], first[7:]]), sender.send([second])))
+    done.start()
+    try:
+        got = receiver.recv()
+        assert bytes(got) == first  # type: ignore[arg-type]
+        assert receiver.recv() == second
+        assert not receiver.pending()
+        done.join(20)
+    finally:
+        sender.close()
+        receiver.close()
+        left.close()
+        right.close()
