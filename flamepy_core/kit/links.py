@@ -55,8 +55,9 @@ class Link(Protocol):
         ...
 
     def recv(self) -> bytes | bytearray | Oversized:
-        """The next message (one reader thread calls this; a large one may come as a ``bytearray``). Raises ``EOFError`` or ``OSError`` once closed,
-        having released what the link holds (the reader thread is the last to use it)."""
+        """The next message (one reader thread calls this; a large one may come as a ``bytearray``). Raises
+        ``EOFError`` or ``OSError`` once closed, having released what the link holds (the reader thread is
+        the last to use it)."""
         ...
 
     def close(self) -> None:
