@@ -36,8 +36,8 @@ FRAMED_OPTIONS = frozenset({"max_message_size", "default_timeout", "max_workers"
 class FramedTransport:
     """The base of a framed transport. Subclasses declare themselves and implement :meth:`dial` and :meth:`listen`.
 
-    Declare ``capabilities`` with ``deferred_replies=True``, ``deferred_streams=True`` and
-    ``async_calls=True``: the base provides all three. Options: ``max_message_size`` (bytes each way),
+    Declare ``capabilities`` with ``deferred_replies=True``, ``deferred_streams=True``, ``async_calls=True``
+    and ``async_streams=True``: the base provides all four. Options: ``max_message_size`` (bytes each way),
     ``default_timeout`` (seconds for calls made without one; ``None``: no deadline), ``max_workers``
     (handler threads per server) and ``connect_timeout`` (seconds to open a link).
     """

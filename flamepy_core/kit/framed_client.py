@@ -34,6 +34,7 @@ from flamepy_core.kit.basics import (
     unavailable,
 )
 from flamepy_core.kit.frames import Frame, Kind
+from flamepy_core.kit.lease import LinkLease, Waker, lendable
 from flamepy_core.kit.links import Link, Oversized
 
 STREAM_WINDOW_ITEMS = 256
@@ -41,6 +42,8 @@ STREAM_WINDOW_KIB = 8 * 1024
 """A stream's flow control: at most this many items / KiB sent and not yet read by the caller."""
 ITEM_OVERHEAD = 64
 """Bytes charged per stream item against the window, so empty items are not free."""
+HOST_SLICE = 1.0
+"""A caller reading its own answer looks this often (seconds) whether its connection has died meanwhile."""
 
 Dial = Callable[[float], Link]
 """Opens a link to the channel's endpoint within the given seconds (raises ``FlameError(UNAVAILABLE)``)."""
@@ -150,6 +153,16 @@ class _Connection:
         self._timers: list[tuple[float, int]] = []
         self._timer_wake = threading.Condition(self._lock)
         self._timer: threading.Thread | None = None
+        self.replies_read_by_caller = 0
+        """Blocking calls whose answer their caller read itself (see :meth:`host_until`)."""
+        self._host_lock = threading.Lock()
+        self._hosting: _Unary | None = None
+        self._host_ident = 0
+        self._host_waker: Waker | None = None
+        self.lease: LinkLease | None = None
+        if lendable(link):
+            self._host_waker = Waker()
+            self.lease = LinkLease(link, self._take, self._host_waker)
         threading.Thread(target=self._read, name=f"flamepy-kit-reader {endpoint}", daemon=True).start()
 
     def usable(self) -> bool:
@@ -162,7 +175,7 @@ class _Connection:
                 raise self.dead
             call.call_id = next(self._ids)
             self._calls[call.call_id] = call
-            if isinstance(call, _Async) and call.deadline is not None:
+            if isinstance(call, (_Async, _CallbackStream)) and call.deadline is not None:
                 heapq.heappush(self._timers, (call.deadline, call.call_id))
                 self._ensure_timer()
         remaining = None if call.deadline is None else max(0.0, call.deadline - time.monotonic())
@@ -200,16 +213,15 @@ class _Connection:
 
     def _read(self) -> None:
         reason = "the server closed the connection"
+        lease = self.lease
         try:
             while True:
-                message = self.link.recv()
-                if isinstance(message, Oversized):
-                    self._oversized(message)
-                    continue
-                frame = frames.decode(message)
-                if frame.kind not in frames.ANSWERS:
-                    raise frames.ProtocolError(f"a server sent a {frame.kind.name} frame")
-                self._dispatch(frame)
+                if lease is None:
+                    self._take(self.link.recv())
+                elif lease.reader_turn():
+                    with lease.read_lock:
+                        if lease.readable():  # (else a caller reading its own answer read it first)
+                            self._take(self.link.recv())
         except frames.ProtocolError as exc:
             reason = f"the server broke the protocol: {exc}"
         except (EOFError, OSError, ValueError) as exc:
@@ -217,6 +229,48 @@ class _Connection:
                 reason = f"the connection broke: {exc}"
         finally:
             self.fail(unavailable(self.endpoint, reason))
+            if lease is not None:
+                lease.close()
+
+    def _take(self, message: bytes | bytearray | Oversized) -> bool:
+        """Handle one message, on the reader thread or a caller's; True when it ended the call of the caller
+        reading the link (which then returns to it)."""
+        if isinstance(message, Oversized):
+            self._oversized(message)
+            return False
+        frame = frames.decode(message)
+        if frame.kind not in frames.ANSWERS:
+            raise frames.ProtocolError(f"a server sent a {frame.kind.name} frame")
+        self._dispatch(frame)
+        hosting = self._hosting
+        if hosting is None or frame.call_id != hosting.call_id or not hosting.ready.is_set():
+            return False
+        if threading.get_ident() == self._host_ident:
+            self.replies_read_by_caller += 1
+        elif self._host_waker is not None:
+            self._host_waker.signal()  # the reader got there first: the caller stops reading
+        return True
+
+    def host_until(self, call: _Unary) -> None:
+        """Read the link on the calling thread until ``call`` is answered, its deadline passes or the link
+        dies: on an idle channel the answer wakes its caller, not the reader thread and then the caller. The
+        link is lent as :mod:`~flamepy_core.kit.lease` says; another caller already reading it, or a link that
+        cannot be lent, leaves the waiting to ``call`` itself."""
+        lease = self.lease
+        if lease is None or not self._host_lock.acquire(blocking=False):
+            return
+        try:
+            self._host_ident = threading.get_ident()
+            self._hosting = call
+            while not call.ready.is_set() and self.dead is None:
+                now = time.monotonic()
+                if call.deadline is not None and now >= call.deadline:
+                    return
+                lease.host(now + HOST_SLICE if call.deadline is None else min(call.deadline, now + HOST_SLICE))
+        finally:
+            self._hosting = None
+            self._host_ident = 0
+            self._host_lock.release()
 
     def _dispatch(self, frame: Frame) -> None:
         if frame.kind is Kind.ITEM:
@@ -285,6 +339,55 @@ class _Connection:
             if call is not None:
                 self.control(frames.encode(Kind.CANCEL, call_id))
                 call.fail(deadline_exceeded(call.method, self.endpoint, call.timeout))
+
+
+class _CallbackStream(_Call):
+    """A stream whose items go to callbacks as they arrive, on whichever thread reads the link: no thread
+    waits on it. ``on_item`` gets each item in order, then ``on_end`` None or the error, exactly once. The
+    window is given back in halves as the items are handed over, as :class:`StreamResponses` does."""
+
+    __slots__ = ("_bytes", "_ended", "_items", "conn", "on_end", "on_item")
+
+    def __init__(
+        self,
+        call_id: int,
+        method: str,
+        timeout: float | None,
+        on_item: Callable[[bytes], None],
+        on_end: Callable[[FlameError | None], None],
+    ) -> None:
+        super().__init__(call_id, method, timeout)
+        self.on_item = on_item
+        self.on_end = on_end
+        self.conn: _Connection | None = None
+        self._items = 0
+        self._bytes = 0
+        self._ended = False
+
+    def answer(self, frame: Frame) -> bool:
+        if frame.kind is Kind.ITEM:
+            item = bytes(frame.payload)
+            self._items += 1
+            self._bytes += len(item) + ITEM_OVERHEAD
+            if (self._items >= STREAM_WINDOW_ITEMS // 2 or self._bytes >= STREAM_WINDOW_KIB * 512) and self.conn:
+                kib = -(-self._bytes // 1024)
+                self.conn.control(frames.encode(Kind.CREDIT, self.call_id, a=self._items, b=kib))
+                self._items = self._bytes = 0
+            self.on_item(item)
+            return False
+        if frame.kind is Kind.END:
+            self._end(None)
+        else:
+            self._end(frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name))
+        return True
+
+    def fail(self, error: FlameError) -> None:
+        self._end(error)
+
+    def _end(self, error: FlameError | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self.on_end(error)
 
 
 class StreamResponses(Iterator[bytes]):
@@ -412,6 +515,7 @@ class FramedChannel:
         data, seconds = self._prepare(request, timeout)
         call = _Unary(0, method, seconds)
         conn = self._begin(call, Kind.UNARY, data)
+        conn.host_until(call)
         if call.deadline is None:
             call.ready.wait()
         elif not call.ready.wait(max(0.0, call.deadline - time.monotonic())):
@@ -446,6 +550,31 @@ class FramedChannel:
         conn = self._begin(call, Kind.STREAM, data, window=True)
         return StreamResponses(call, conn)
 
+    def stream_async(
+        self,
+        method: str,
+        request: bytes,
+        on_item: Callable[[bytes], None],
+        on_end: Callable[[FlameError | None], None],
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        """Open a stream and return at once: ``on_item`` gets each response in order, then ``on_end`` None
+        or the error that ended the stream, exactly once. Both run on the thread reading the link (the
+        reader thread, or a caller reading its own answer) and must not block; no thread waits on the
+        stream. An error found before sending goes to ``on_end`` too."""
+        call: _CallbackStream | None = None
+        try:
+            data, seconds = self._prepare(request, timeout)
+            call = _CallbackStream(0, method, seconds, on_item, on_end)
+            conn = self._connection(call.deadline, call.timeout)
+            call.conn = conn
+            conn.start(call, Kind.STREAM, self._method(method), data, window=True)
+        except FlameError as exc:
+            if call is None:
+                on_end(exc)
+            else:
+                call.fail(exc)  # once: a link lost while sending may have failed it already
+
     def close(self) -> None:
         """Close the link and fail the calls in flight with ``UNAVAILABLE``. Idempotent."""
         self._closed = True
@@ -466,7 +595,10 @@ class FramedChannel:
 
     def stats(self) -> dict[str, Any]:
         conn = self._conn
-        return {"connected": conn is not None and conn.usable()}
+        return {
+            "connected": conn is not None and conn.usable(),
+            "replies_read_by_caller": 0 if conn is None else conn.replies_read_by_caller,
+        }
 
     def __repr__(self) -> str:
         return f"FramedChannel({self._endpoint!r}{', closed' if self._closed else ''})"

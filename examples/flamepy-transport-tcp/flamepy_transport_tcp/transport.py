@@ -67,6 +67,7 @@ class TcpTransport(FramedTransport):
         deferred_replies=True,
         deferred_streams=True,
         async_calls=True,
+        async_streams=True,
         local_schemes=(UNIX,),
     )
     options: ClassVar[frozenset[str]] = FRAMED_OPTIONS

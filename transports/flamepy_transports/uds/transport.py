@@ -55,6 +55,7 @@ class UdsTransport(FramedTransport):
         deferred_replies=True,
         deferred_streams=True,
         async_calls=True,
+        async_streams=True,
         local_schemes=(SCHEME,),
     )
     options: ClassVar[frozenset[str]] = FRAMED_OPTIONS
