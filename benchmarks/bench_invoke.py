@@ -219,13 +219,18 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
     return data
 
 
-def _unix_worker(path: str, ready: mp.synchronize.Event) -> None:
-    """The raw unix floor's worker: echoes each message on one blocking thread."""
+def _accept_one(path: str, ready: mp.synchronize.Event) -> socket.socket:
+    """Listen on the unix socket ``path``, say so through ``ready``, and return the first connection."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
     ready.set()
-    conn, _ = listener.accept()
+    return listener.accept()[0]
+
+
+def _unix_worker(path: str, ready: mp.synchronize.Event) -> None:
+    """The raw unix floor's worker: echoes each message on one blocking thread."""
+    conn = _accept_one(path, ready)
     with contextlib.suppress(EOFError, OSError):
         while True:
             unix_send(conn, unix_recv(conn))
@@ -234,12 +239,16 @@ def _unix_worker(path: str, ready: mp.synchronize.Event) -> None:
 def _unix_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
     """The raw unix floor's relay: each message from its client forwarded to the worker, and back."""
     back = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    back.connect(worker)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    ready.set()
-    front, _ = listener.accept()
+    deadline = time.monotonic() + 30
+    while True:  # the worker starts beside this process: it may not listen yet
+        try:
+            back.connect(worker)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+    front = _accept_one(path, ready)
     with contextlib.suppress(EOFError, OSError):
         while True:
             unix_send(back, unix_recv(front))

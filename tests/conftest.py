@@ -6,6 +6,7 @@ process behind.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -132,6 +133,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def echo_example_over(flame_env: FlameEnv, folder: Path, transport: str) -> tuple[list[str], dict[str, Any]]:
+    """The guide's echo example end to end with ``FLAME_TRANSPORT=transport`` (copied into ``folder``):
+    registered with ``flmctl``, then its client run; the client's output lines and ``server.json``."""
+    shutil.copytree(EXAMPLES / "echo", folder)
+    flame_env.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), flame_env.env.get("PATH", "")])
+    chosen = {"FLAME_TRANSPORT": transport}
+    flame_env.run(
+        [sys.executable, "-m", "flamepy_core.cli.main", "register", "--file", "echo-app.yaml"],
+        cwd=folder,
+        extra_env=chosen,
+    )
+    run = flame_env.run([sys.executable, "client.py"], cwd=folder, extra_env=chosen)
+    return run.stdout.splitlines(), json.loads((flame_env.home / "server.json").read_text())
 
 
 class FlameEnv:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, FlameEnv
+from conftest import EXAMPLES, FlameEnv, echo_example_over
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("flamepy_transport_tcp") is None,
@@ -102,19 +102,8 @@ def test_echo_example_runs_over_the_tcp_plugin(flame_env: FlameEnv, tcp_server: 
 
 def test_flame_transport_tcp_carries_the_whole_runtime(flame_env: FlameEnv, tmp_path: Path) -> None:
     """By configuration alone: the local server listens on tcp+unix:// and links its instances with it."""
-    folder = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", folder)
-    flame_env.env["PATH"] = os.pathsep.join([VENV_BIN, flame_env.env.get("PATH", "")])
-    on_tcp = {"FLAME_TRANSPORT": "tcp"}
-    flame_env.run(
-        [sys.executable, "-m", "flamepy_core.cli.main", "register", "--file", "echo-app.yaml"],
-        cwd=folder,
-        extra_env=on_tcp,
-    )
-    run = flame_env.run([sys.executable, "client.py"], cwd=folder, extra_env=on_tcp)
-    lines = run.stdout.splitlines()
-    assert lines[:2] == ["HELLO", "1"] and SESSION_ID.fullmatch(lines[2]), run.stdout + run.stderr
-    info = json.loads((flame_env.home / "server.json").read_text())
+    lines, info = echo_example_over(flame_env, tmp_path / "echo", "tcp")
+    assert lines[:2] == ["HELLO", "1"] and SESSION_ID.fullmatch(lines[2]), lines
     assert info["transport"] == "tcp" and info["endpoint"] == f"tcp+unix://{flame_env.home}/flame.sock", info
     links = [p.name for p in (flame_env.home / "s").iterdir()] if (flame_env.home / "s").exists() else []
     assert not any(name.endswith((".ipc", "-fast.sock")) for name in links), f"only tcp links: {links}"

@@ -9,10 +9,7 @@ the host is ended as on the reader.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, FlameEnv
+from conftest import FlameEnv, echo_example_over
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -265,19 +262,8 @@ def test_a_local_endpoint_too_long_for_a_socket_moves_to_a_private_short_folder(
 def test_flame_transport_uds_carries_the_whole_runtime(flame_env: FlameEnv, tmp_path: Path) -> None:
     """By configuration alone, the guide's echo example end to end over unix sockets with no libzmq: the
     local server listens on uds:// and links its instances with it."""
-    folder = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "echo", folder)
-    flame_env.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), flame_env.env.get("PATH", "")])
-    on_uds = {"FLAME_TRANSPORT": "uds"}
-    flame_env.run(
-        [sys.executable, "-m", "flamepy_core.cli.main", "register", "--file", "echo-app.yaml"],
-        cwd=folder,
-        extra_env=on_uds,
-    )
-    run = flame_env.run([sys.executable, "client.py"], cwd=folder, extra_env=on_uds)
-    lines = run.stdout.splitlines()
-    assert lines[:2] == ["HELLO", "1"] and lines[2].startswith("echo-app-"), run.stdout + run.stderr
-    info = json.loads((flame_env.home / "server.json").read_text())
+    lines, info = echo_example_over(flame_env, tmp_path / "echo", "uds")
+    assert lines[:2] == ["HELLO", "1"] and lines[2].startswith("echo-app-"), lines
     assert info["transport"] == "uds" and info["endpoint"] == f"uds://{flame_env.home}/flame.sock", info
 
 
