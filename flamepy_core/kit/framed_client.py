@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -44,6 +45,8 @@ ITEM_OVERHEAD = 64
 """Bytes charged per stream item against the window, so empty items are not free."""
 HOST_SLICE = 1.0
 """A caller reading its own answer looks this often (seconds) whether its connection has died meanwhile."""
+
+log = logging.getLogger(__name__)
 
 Dial = Callable[[float], Link]
 """Opens a link to the channel's endpoint within the given seconds (raises ``FlameError(UNAVAILABLE)``)."""
@@ -266,7 +269,8 @@ class _Connection:
                 now = time.monotonic()
                 if call.deadline is not None and now >= call.deadline:
                     return
-                lease.host(now + HOST_SLICE if call.deadline is None else min(call.deadline, now + HOST_SLICE))
+                if not lease.host(now + HOST_SLICE if call.deadline is None else min(call.deadline, now + HOST_SLICE)):
+                    return  # the link failed on this thread: the reader ends it, and the call with it
         finally:
             self._hosting = None
             self._host_ident = 0
@@ -373,7 +377,13 @@ class _CallbackStream(_Call):
                 kib = -(-self._bytes // 1024)
                 self.conn.control(frames.encode(Kind.CREDIT, self.call_id, a=self._items, b=kib))
                 self._items = self._bytes = 0
-            self.on_item(item)
+            try:
+                self.on_item(item)
+            except Exception as exc:  # the caller's bug: this stream ends with it, the link and other calls go on
+                log.exception("on_item of a stream of %s raised; the stream is cancelled", self.method)
+                if self.conn is not None:
+                    self.conn.give_up(self)
+                self._end(FlameError(FlameErrorCode.INTERNAL, f"on_item raised {type(exc).__name__}: {exc}"))
             return False
         if frame.kind is Kind.END:
             self._end(None)

@@ -141,11 +141,11 @@ class LinkLease:
 
     # -- the host thread ------------------------------------------------------------------------------
 
-    def host(self, deadline: float) -> None:
+    def host(self, deadline: float) -> bool:
         """Read the link on this thread until a call was admitted, the host waker rang, or ``deadline``.
 
         A link that fails here (its peer gone, a protocol broken) is closed and handed back to the reader,
-        which ends it as when it fails there."""
+        which ends it as when it fails there: False then (do not host it again)."""
         now = time.monotonic()
         if self.host_worked:  # idle from now (a wait that ends at its deadline is followed by another)
             self.host_idle_since = now
@@ -162,18 +162,19 @@ class LinkLease:
                     while self.readable():
                         if self.handle(self.link.recv()):
                             self.host_worked = True
-                            return
+                            return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = True
-                    return
+                    return True
                 ready = dict(self._host_watch.poll(int(left * 1000) + 1))
                 if self._host_waker.fd in ready:
                     self._host_waker.drain()
-                    return
+                    return True
         except Exception:
             failed = True
             self.link.close()
+            return False
         finally:
             self.host_waiting = False  # before reading _napping (see reader_turn)
             self.host_since = time.monotonic()

@@ -23,17 +23,23 @@ from conftest import FlameEnv, echo_example_over
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flamepy_core.contracts import CallContext, FlameError, FlameErrorCode, UnaryHandler
+from flamepy_core.contracts import CallContext, FlameError, FlameErrorCode, StreamHandler, UnaryHandler
 from flamepy_core.contracts.transport import DeferredHandler, Responder
 from flamepy_core.kit.lease import HOST_LOOK
 from flamepy_core.plugins import get_registry
 
 ECHO = "/test.Uds/Echo"
 DEFER = "/test.Uds/Defer"
+COUNT = "/test.Uds/Count"
 
 
 def echo(request: bytes, ctx: CallContext) -> bytes:
     return request
+
+
+def count(request: bytes, ctx: CallContext) -> Iterator[bytes]:
+    for i in range(int(request)):
+        yield b"%d" % i
 
 
 class Hosted:
@@ -45,7 +51,8 @@ class Hosted:
         self.lock = threading.Lock()
         self.transport = get_registry().transport("uds")
         self.server: Any = self.transport.serve(
-            f"uds://{self.dir}/s.sock", {ECHO: UnaryHandler(echo), DEFER: DeferredHandler(self._defer)}
+            f"uds://{self.dir}/s.sock",
+            {ECHO: UnaryHandler(echo), DEFER: DeferredHandler(self._defer), COUNT: StreamHandler(count)},
         )
         self.channel: Any = self.transport.connect(self.server.endpoint)
 
@@ -317,3 +324,28 @@ def test_a_blocking_call_on_an_idle_channel_reads_its_own_answer(hosted: Hosted)
     for thread in threads:
         thread.join(60)
     assert answers == {key: b"%d" % key for key in answers} and len(answers) == 120
+
+
+def test_a_stream_callback_that_raises_ends_its_stream_alone(hosted: Hosted) -> None:
+    """``stream_async``'s ``on_item`` raising is the caller's bug: that stream ends once, with an error naming
+    it, and the link and the channel's other calls go on."""
+    seen: list[bytes] = []
+    ended: list[FlameError | None] = []
+    done = threading.Event()
+
+    def on_item(item: bytes) -> None:
+        seen.append(item)
+        if item == b"2":
+            raise ValueError("boom")
+
+    def on_end(error: FlameError | None) -> None:
+        ended.append(error)
+        done.set()
+
+    hosted.channel.stream_async(COUNT, b"1000", on_item, on_end, timeout=20)
+    assert done.wait(20), "on_end never came"
+    time.sleep(0.2)  # items still in flight must not reach the callbacks, nor a second on_end
+    assert seen[:3] == [b"0", b"1", b"2"] and len(seen) == 3, seen
+    assert len(ended) == 1 and ended[0] is not None and ended[0].code == FlameErrorCode.INTERNAL
+    assert "ValueError" in ended[0].message and "boom" in ended[0].message
+    assert hosted.channel.unary(ECHO, b"still", timeout=20) == b"still"
