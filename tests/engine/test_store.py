@@ -49,8 +49,11 @@ class StoreMachine(RuleBasedStateMachine):
     def _set_full(self, full: bool) -> None:
         self.store.flush(timeout=0.5) if not self.full else None
         pages = self.store.query("PRAGMA page_count")[0][0]
-        # The writer is between commits here (nothing of ours is in flight while healthy).
-        self.store._write.execute(f"PRAGMA max_page_count = {pages if full else 1_000_000_000}")
+        # Between the writer's attempts: while the store is full, its writer retries on the write connection,
+        # and a pragma run there from this thread in the middle of a retry's transaction could make an
+        # attempt that committed look failed (then retried: a duplicate key).
+        limit = pages if full else 1_000_000_000
+        self.store.exclusive(lambda write: write.execute(f"PRAGMA max_page_count = {limit}"))
         self.full = full
 
     def _record(self, ident: int, error: FlameError | None) -> None:
