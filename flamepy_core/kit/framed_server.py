@@ -287,8 +287,16 @@ class _Peer:
         self._gone = False
         self.lease: LinkLease | None = None
         """Set when the server is hosted (see :meth:`FramedServer.host_wait`): the link may be lent."""
-        if server.hosted and lendable(link):
-            self.lease = LinkLease(link, self.handle, server.host_waker)
+        if server.hosted:
+            self.give_lease()
+
+    def give_lease(self) -> LinkLease | None:
+        """The link's lease, made now if the link can be lent (its reader takes it up at its next turn);
+        None when it cannot, or has just closed (its descriptor is gone: its reader ends it)."""
+        if self.lease is None and lendable(self.link):
+            with contextlib.suppress(OSError, ValueError):
+                self.lease = LinkLease(self.link, self.handle, self.server.host_waker)
+        return self.lease
 
     def send(self, parts: list[bytes | memoryview]) -> None:
         with contextlib.suppress(OSError):  # the client has gone: its reader cleans up
@@ -417,6 +425,9 @@ class FramedServer:
         """A thread has called :meth:`host_wait`: links accepted from then on may be lent to it."""
         self.host_waker = Waker()
         """Ends a host's wait: :meth:`wake_host`, a new link, a call a reader thread queued, :meth:`stop`."""
+        self._host_alone = select.poll()
+        """A host's wait with no link of its own to read: on the waker alone."""
+        self._host_alone.register(self.host_waker.fd, select.POLLIN)
         self._acceptor = threading.Thread(target=self._accept, name=f"flamepy-kit-accept {self.endpoint}", daemon=True)
         self._acceptor.start()
 
@@ -562,21 +573,12 @@ class FramedServer:
         with self._lock:
             peers = list(self._peers)
         if len(peers) == 1:
-            peer = peers[0]
-            lease = peer.lease
-            if lease is None and lendable(peer.link):
-                try:
-                    lease = peer.lease = LinkLease(peer.link, peer.handle, self.host_waker)  # its reader takes it up
-                except (OSError, ValueError):
-                    lease = None  # the link closed meanwhile (its descriptor is gone): its reader ends it
+            lease = peers[0].give_lease()
             if lease is not None and lease.joined:
                 lease.host(time.monotonic() + timeout)
                 return True
-        waker = self.host_waker
-        poller = select.poll()
-        poller.register(waker.fd, select.POLLIN)
-        if poller.poll(int(timeout * 1000) + 1):
-            waker.drain()
+        if self._host_alone.poll(int(timeout * 1000) + 1):
+            self.host_waker.drain()
         return True
 
     def wake_host(self) -> None:
