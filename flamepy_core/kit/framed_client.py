@@ -235,7 +235,7 @@ class _Connection:
             if lease is not None:
                 lease.close()
 
-    def _take(self, message: bytes | bytearray | Oversized) -> bool:
+    def _take(self, message: bytes | bytearray | memoryview | Oversized) -> bool:
         """Handle one message, on the reader thread or a caller's; True when it ended the call of the caller
         reading the link (which then returns to it)."""
         if isinstance(message, Oversized):

@@ -329,7 +329,7 @@ class _Peer:
             self._posted.clear()
             self._post_cond.notify()
 
-    def handle(self, message: bytes | bytearray | Oversized) -> bool:
+    def handle(self, message: bytes | bytearray | memoryview | Oversized) -> bool:
         """Handle one message of the link (on whichever thread read it); True when a deferred handler ran.
 
         Raises ``frames.ProtocolError`` for what no client sends (the link then ends)."""

@@ -54,10 +54,13 @@ class Link(Protocol):
         """
         ...
 
-    def recv(self) -> bytes | bytearray | Oversized:
-        """The next message (one reader thread calls this; a large one may come as a ``bytearray``). Raises
-        ``EOFError`` or ``OSError`` once closed, having released what the link holds (the reader thread is
-        the last to use it)."""
+    def recv(self) -> bytes | bytearray | memoryview | Oversized:
+        """The next message (one reader thread calls this). Raises ``EOFError`` or ``OSError`` once closed,
+        having released what the link holds (the reader thread is the last to use it).
+
+        A large message may come as a ``bytearray``, or as a ``memoryview`` of a buffer the link reads the
+        next large message into: whoever calls ``recv`` copies what it keeps of a message before calling it
+        again (the kit's client and server copy a frame's payload as they take it)."""
         ...
 
     def close(self) -> None:
@@ -93,6 +96,47 @@ HEAD_KEEP = 64 * 1024 + 64
 """Bytes of an oversized message kept for the receiver (enough for the kit's header and any method)."""
 
 
+KEPT_BUFFERS_BUDGET = 64 * 1024 * 1024
+"""Bytes of large receive buffers this process keeps for reuse, over all its links (see :class:`_KeptBuffers`)."""
+
+
+class _KeptBuffers:
+    """The process's budget for large receive buffers kept between messages.
+
+    Why keep one: a fresh 16 MiB buffer costs its page faults (4,096 of them, about as long as copying the
+    bytes twice) every time; a buffer kept from the previous large message of the link costs none. Why a
+    budget: a server has one link per client, and each would otherwise keep the largest message it ever
+    received. Past the budget a link reads into a fresh buffer each time, as it did before.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.left = budget
+        self.lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self.lock:
+            if size > self.left:
+                return False
+            self.left -= size
+            return True
+
+    def give(self, size: int) -> None:
+        with self.lock:
+            self.left = min(self.budget, self.left + size)
+
+    def after_fork_in_child(self) -> None:
+        # The links a child inherits are abandoned, not released: start its own count (and a lock that no
+        # thread of the parent can hold).
+        self.left = self.budget
+        self.lock = threading.Lock()
+
+
+_kept_buffers = _KeptBuffers(KEPT_BUFFERS_BUDGET)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_kept_buffers.after_fork_in_child)
+
+
 class SocketLink:
     """A :class:`Link` over a connected stream socket: each message is an 8-byte length, then its bytes.
 
@@ -113,6 +157,8 @@ class SocketLink:
         """Bytes read from the socket and not yet handed out: the start of the next message(s)."""
         self._start = 0
         """Where in ``_buffer`` the bytes not handed out begin."""
+        self._large: bytearray | None = None
+        """The buffer the last large message was read into, kept for the next one (see :class:`_KeptBuffers`)."""
         self._send_lock = threading.Lock()
         self._closed = False
         if dialled:
@@ -136,7 +182,7 @@ class SocketLink:
         """Whether bytes of a next message were read already: a wait on :meth:`fileno` would not see them."""
         return self._start < len(self._buffer)
 
-    def _read(self, size: int) -> bytes | bytearray:
+    def _read(self, size: int) -> bytes | memoryview:
         """The next ``size`` bytes; ``EOFError`` when the peer closed first. One system call brings a small
         message in whole (and what follows it, kept for the next call); a large one is read into place."""
         buffer, start = self._buffer, self._start
@@ -159,26 +205,43 @@ class SocketLink:
             else:
                 self._start = start + size
             return data
-        whole = bytearray(size)
-        whole[:have] = buffer[start:]
+        view = self._large_buffer(size)
+        view[:have] = buffer[start:]
         buffer.clear()
         self._start = 0
-        view, filled = memoryview(whole), have
+        filled = have
         while filled < size:
             got = self.sock.recv_into(view[filled:])
             if not got:
                 raise EOFError("the peer closed the connection")
             filled += got
-        return whole  # as read: the frame's payload is copied out of it once, into the bytes a handler gets
+        return view  # as read: the frame's payload is copied out of it once, into the bytes a handler gets
 
-    def recv(self) -> bytes | bytearray | Oversized:
+    def _large_buffer(self, size: int) -> memoryview:
+        """Where a large message of ``size`` bytes is read: the kept buffer when it fits (and is not more
+        than twice as large), else a fresh one, kept in its place if the process's budget allows."""
+        kept = self._large
+        if kept is not None and size <= len(kept) <= 2 * size:
+            return memoryview(kept)[:size]
+        self._drop_large()
+        fresh = bytearray(size)
+        if _kept_buffers.take(size):
+            self._large = fresh
+        return memoryview(fresh)
+
+    def _drop_large(self) -> None:
+        if self._large is not None:
+            _kept_buffers.give(len(self._large))
+            self._large = None
+
+    def recv(self) -> bytes | bytearray | memoryview | Oversized:
         try:
             return self._recv()
         except BaseException:
             self._release()  # the reading thread closes the socket, nobody else
             raise
 
-    def _recv(self) -> bytes | bytearray | Oversized:
+    def _recv(self) -> bytes | bytearray | memoryview | Oversized:
         if not self._greeted:
             if self._read(len(self._preamble)) != self._preamble:
                 raise ConnectionError("the peer does not speak this protocol (wrong preamble)")
@@ -202,6 +265,7 @@ class SocketLink:
 
     def _release(self) -> None:
         self._closed = True
+        self._drop_large()
         with contextlib.suppress(OSError):
             self.sock.close()
 

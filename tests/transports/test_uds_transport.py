@@ -302,6 +302,79 @@ def test_a_socket_link_hands_back_each_message_whole_and_in_order(size: int) -> 
         right.close()
 
 
+def socket_links() -> tuple[Any, Any, Any]:
+    """A sending and a receiving SocketLink over a socketpair, and a closer for both."""
+    import socket
+
+    from flamepy_core.kit.links import SocketLink
+
+    left, right = socket.socketpair()
+    sender = SocketLink(left, 1 << 30, preamble=b"P\n", dialled=True)
+    receiver = SocketLink(right, 1 << 30, preamble=b"P\n", dialled=False)
+
+    def close() -> None:
+        for end in (sender, receiver):
+            end.close()
+        left.close()
+        right.close()
+
+    return sender, receiver, close
+
+
+def test_a_socket_link_reads_large_messages_into_one_kept_buffer_within_the_process_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large message is read into the buffer the previous one was read into (no fresh buffer's page faults
+    each time), while it fits and is not more than twice too large; each comes back whole at the time it is
+    read. A process keeps no more than its budget in such buffers; a link gives its share back when it ends."""
+    from flamepy_core.kit import links
+
+    budget = links._KeptBuffers(5 << 20)
+    monkeypatch.setattr(links, "_kept_buffers", budget)
+    sender, receiver, close = socket_links()
+    messages = [os.urandom(2 << 20), os.urandom(2 << 20), os.urandom(1 << 20), os.urandom(6 << 20), b"end"]
+    feeder = threading.Thread(target=lambda: [sender.send([m]) for m in messages])
+    feeder.start()
+    try:
+        first = receiver.recv()
+        assert bytes(first) == messages[0]
+        second = receiver.recv()
+        assert bytes(second) == messages[1]
+        assert isinstance(second, memoryview) and second.obj is first.obj  # the same buffer, read again
+        assert budget.left == 3 << 20
+        third = receiver.recv()  # half the kept buffer's size: still read into it
+        assert bytes(third) == messages[2] and third.obj is first.obj
+        fourth = receiver.recv()  # larger than the kept buffer, and over the budget: read, not kept
+        assert bytes(fourth) == messages[3] and fourth.obj is not first.obj
+        assert budget.left == 5 << 20 and receiver._large is None
+        assert receiver.recv() == b"end"
+        feeder.join(20)
+    finally:
+        close()
+    with pytest.raises((EOFError, OSError)):
+        receiver.recv()  # the reader sees the end and releases what the link holds
+    assert budget.left == budget.budget
+
+
+@settings(max_examples=6, deadline=None)
+@given(size=st.integers(64 * 1024, 3 << 20), count=st.integers(2, 5))
+def test_large_requests_held_together_each_keep_their_own_bytes(size: int, count: int) -> None:
+    """Large requests held by a deferred handler all at once, while the link reads each next one into the
+    buffer it keeps: each handler keeps its own request and each caller gets its own answer (the kit copies
+    a payload out of the link's buffer as it takes the frame)."""
+    h = Hosted()
+    try:
+        payloads = [os.urandom(size - i) for i in range(count)]
+        futures = [h.channel.unary_async(DEFER, payload, timeout=60) for payload in payloads]
+        held = [h.take() for _ in payloads]
+        assert [request for _, request, _ in held] == payloads
+        for _, request, responder in held:
+            responder.send(request)
+        assert [f.result(timeout=60) for f in futures] == payloads
+    finally:
+        h.close()
+
+
 def test_a_blocking_call_on_an_idle_channel_reads_its_own_answer(hosted: Hosted) -> None:
     """The caller of ``unary`` reads the link itself while its call is the one waiting (no hand-off from
     the reader thread), and calls made from several threads at once are all answered, whoever reads."""
