@@ -46,8 +46,8 @@ if TYPE_CHECKING:
         unavailable,
         unimplemented,
     )
-    from flamepy_core.kit.framed import FRAMED_OPTIONS, FramedTransport
-    from flamepy_core.kit.framed_client import FramedChannel
+    from flamepy_core.kit.framed import FRAMED_OPTIONS, PEER_WATCH_OPTIONS, FramedTransport
+    from flamepy_core.kit.framed_client import FramedChannel, PeerWatch
     from flamepy_core.kit.framed_server import FramedServer
     from flamepy_core.kit.links import (
         Link,
@@ -65,6 +65,7 @@ __all__ = [
     "ASYNC_FALLBACK_WORKERS",
     "DEFAULT_CALL_TIMEOUT",
     "FRAMED_OPTIONS",
+    "PEER_WATCH_OPTIONS",
     "RAISE_THE_LIMIT",
     "WAIT_SLICE",
     "Deadlines",
@@ -75,6 +76,7 @@ __all__ = [
     "Link",
     "Listener",
     "Oversized",
+    "PeerWatch",
     "QueueWriter",
     "SimpleCallContext",
     "SocketLink",
@@ -112,6 +114,8 @@ _WHERE: dict[str, str] = {
     "Link": "flamepy_core.kit.links",
     "Listener": "flamepy_core.kit.links",
     "Oversized": "flamepy_core.kit.links",
+    "PEER_WATCH_OPTIONS": "flamepy_core.kit.framed",
+    "PeerWatch": "flamepy_core.kit.framed_client",
     "QueueWriter": "flamepy_core.kit.basics",
     "RAISE_THE_LIMIT": "flamepy_core.kit.basics",
     "SimpleCallContext": "flamepy_core.kit.basics",

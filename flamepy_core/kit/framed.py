@@ -23,14 +23,27 @@ from typing import ClassVar
 
 from flamepy_core.contracts.transport import Handler, TransportCapabilities
 from flamepy_core.kit.basics import DEFAULT_CALL_TIMEOUT
-from flamepy_core.kit.framed_client import FramedChannel
+from flamepy_core.kit.framed_client import FramedChannel, PeerWatch
 from flamepy_core.kit.framed_server import FramedServer
 from flamepy_core.kit.links import Link, Listener
 
-__all__ = ["FRAMED_OPTIONS", "FramedTransport"]
+__all__ = [
+    "DEFAULT_HEARTBEAT_IVL_MS",
+    "DEFAULT_HEARTBEAT_TIMEOUT_MS",
+    "FRAMED_OPTIONS",
+    "PEER_WATCH_OPTIONS",
+    "FramedTransport",
+]
 
 FRAMED_OPTIONS = frozenset({"max_message_size", "default_timeout", "max_workers", "connect_timeout"})
 """The options :class:`FramedTransport` takes; a subclass may add its own."""
+PEER_WATCH_OPTIONS = frozenset({"heartbeat_ivl_ms", "heartbeat_timeout_ms"})
+"""The options of the watch for a stopped server (:class:`~flamepy_core.kit.framed_client.PeerWatch`). The base
+takes them too; a subclass whose links can tell a stopped peer (unix sockets) declares them beside
+:data:`FRAMED_OPTIONS`. Named as ZeroMQ's heartbeat options, with their defaults and their bound, so a
+setting means the same on either local transport; no heartbeat frames are sent."""
+DEFAULT_HEARTBEAT_IVL_MS = 1000
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 3000
 
 
 class FramedTransport:
@@ -39,7 +52,10 @@ class FramedTransport:
     Declare ``capabilities`` with ``deferred_replies=True``, ``deferred_streams=True``, ``async_calls=True``
     and ``async_streams=True``: the base provides all four. Options: ``max_message_size`` (bytes each way),
     ``default_timeout`` (seconds for calls made without one; ``None``: no deadline), ``max_workers``
-    (handler threads per server) and ``connect_timeout`` (seconds to open a link).
+    (handler threads per server) and ``connect_timeout`` (seconds to open a link); and
+    ``heartbeat_ivl_ms`` / ``heartbeat_timeout_ms``: while calls wait, a client whose link can tell
+    (``peer_stopped``: unix sockets on Linux) looks whether the server process is stopped every interval,
+    and fails its calls with ``UNAVAILABLE`` once it has been stopped for the timeout.
     """
 
     name: ClassVar[str]
@@ -55,6 +71,8 @@ class FramedTransport:
         default_timeout: float | None = DEFAULT_CALL_TIMEOUT,
         max_workers: int = 32,
         connect_timeout: float = 5.0,
+        heartbeat_ivl_ms: int = DEFAULT_HEARTBEAT_IVL_MS,
+        heartbeat_timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS,
     ) -> None:
         size = type(self).capabilities.max_message_size if max_message_size is None else max_message_size
         if not 0 < size <= self.max_message_limit:
@@ -65,11 +83,16 @@ class FramedTransport:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout}")
+        for option, ms in (("heartbeat_ivl_ms", heartbeat_ivl_ms), ("heartbeat_timeout_ms", heartbeat_timeout_ms)):
+            if isinstance(ms, bool) or not isinstance(ms, int) or ms <= 0:
+                raise ValueError(f"{option} must be a whole number of milliseconds > 0, got {ms!r}")
         self.capabilities = dataclasses.replace(type(self).capabilities, max_message_size=size)
         self.max_message_size = size
         self.default_timeout = default_timeout
         self.max_workers = max_workers
         self.connect_timeout = connect_timeout
+        self.peer_watch = PeerWatch(heartbeat_ivl_ms / 1000.0, heartbeat_timeout_ms / 1000.0)
+        """How this transport's channels watch for a stopped server."""
 
     # -- the primitives a subclass supplies ---------------------------------------------------------
 
@@ -99,6 +122,7 @@ class FramedTransport:
             self.max_message_size,
             self.default_timeout,
             self.connect_timeout,
+            self.peer_watch,
         )
 
     def serve(self, endpoint: str, handlers: Mapping[str, Handler]) -> FramedServer:

@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NamedTuple
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Timeout
@@ -50,6 +50,23 @@ log = logging.getLogger(__name__)
 
 Dial = Callable[[float], Link]
 """Opens a link to the channel's endpoint within the given seconds (raises ``FlameError(UNAVAILABLE)``)."""
+
+
+class PeerWatch(NamedTuple):
+    """How a connection watches for a stopped server while calls wait on it (seconds).
+
+    A server stopped by ``SIGSTOP`` keeps its socket open: its callers would wait until their deadlines,
+    or for ever without one. While a call waits, the connection's timer thread asks the link whether the
+    server process is stopped (its optional ``peer_stopped``, see :class:`~flamepy_core.kit.links.Link`)
+    every ``interval``; seen stopped at every look for ``timeout``, the connection fails with
+    ``UNAVAILABLE``. So a call fails within ``interval + timeout`` of the server stopping (or of the call
+    starting, if the server was stopped before). The answer comes from the process's state, never from
+    silence: no frames are sent, so a server that is slow, or whose handler holds the GIL, is never
+    failed. An idle connection is not watched: its timer thread sleeps without a deadline.
+    """
+
+    interval: float
+    timeout: float
 
 
 class _Call:
@@ -141,10 +158,23 @@ class _Stream(_Call):
         self.items.put(error)
 
 
-class _Connection:
-    """One link of a channel, its reader thread, the calls waiting on it and their deadline timer."""
+def _can_tell_stopped(link: Link) -> bool:
+    """Whether ``link`` can tell that its peer is stopped (asked once, when the connection is made: a link
+    that cannot costs its connection no timer thread)."""
+    look = getattr(link, "peer_stopped", None)
+    if not callable(look):
+        return False
+    try:
+        return look() is not None
+    except Exception:  # an optional ability that fails is an ability it does not have
+        return False
 
-    def __init__(self, link: Link, endpoint: str, limit: int) -> None:
+
+class _Connection:
+    """One link of a channel, its reader thread, the calls waiting on it, and a timer thread (started with
+    the first call that needs it) for the deadlines of calls no thread waits on and the :class:`PeerWatch`."""
+
+    def __init__(self, link: Link, endpoint: str, limit: int, watch: PeerWatch | None = None) -> None:
         self.link = link
         self.endpoint = endpoint
         self.limit = limit
@@ -166,6 +196,20 @@ class _Connection:
         if lendable(link):
             self._host_waker = Waker()
             self.lease = LinkLease(link, self._take, self._host_waker)
+        self._watch = watch if watch is not None and _can_tell_stopped(link) else None
+        """The peer watch, None when off (not asked for, or the link cannot tell)."""
+        self._watch_at: float | None = None
+        """When the timer next looks at the peer; None while the connection is idle (the timer then sleeps)."""
+        self._last_id = 0
+        """The id of the last call started (the timer sees from it whether calls came since its last look)."""
+        self._seen_id = 0
+        """``_last_id`` at the timer's last look."""
+        self._stopped_since: float | None = None
+        """When the peer was first seen stopped, by the looks since which it has been stopped at each."""
+        self.timer_wakes = 0
+        """How often the timer thread woke (the tests see from it that an idle connection costs nothing)."""
+        self.peer_looks = 0
+        """How often the timer looked at the peer's state."""
         threading.Thread(target=self._read, name=f"flamepy-kit-reader {endpoint}", daemon=True).start()
 
     def usable(self) -> bool:
@@ -176,11 +220,13 @@ class _Connection:
         with self._lock:
             if self.dead is not None:
                 raise self.dead
-            call.call_id = next(self._ids)
+            call.call_id = self._last_id = next(self._ids)
             self._calls[call.call_id] = call
             if isinstance(call, (_Async, _CallbackStream)) and call.deadline is not None:
                 heapq.heappush(self._timers, (call.deadline, call.call_id))
                 self._ensure_timer()
+            if self._watch_at is None and self._watch is not None:
+                self._arm_watch()  # only the first call after an idle interval: a warm call pays nothing
         remaining = None if call.deadline is None else max(0.0, call.deadline - time.monotonic())
         parts = frames.encode(
             kind,
@@ -318,31 +364,104 @@ class _Connection:
             call.fail(FlameError(error.code, error.message))
         self.link.close()
 
-    # -- deadlines of asynchronous calls (the blocking ones wait with their own) ------------------------
+    # -- the timer thread: deadlines of asynchronous calls (the blocking ones wait with their own), and the
+    # -- peer watch ------------------------------------------------------------------------------------
 
     def _ensure_timer(self) -> None:
         # Called with the lock held.
         if self._timer is None:
-            self._timer = threading.Thread(
-                target=self._expire, name=f"flamepy-kit-deadlines {self.endpoint}", daemon=True
-            )
+            self._timer = threading.Thread(target=self._expire, name=f"flamepy-kit-timer {self.endpoint}", daemon=True)
             self._timer.start()
         else:
             self._timer_wake.notify()
 
+    def _next_due(self) -> float | None:
+        # With the lock held: when the timer has something to do, None for nothing.
+        due = self._timers[0][0] if self._timers else None
+        if self._watch_at is not None and (due is None or self._watch_at < due):
+            due = self._watch_at
+        return due
+
     def _expire(self) -> None:
         while True:
+            look = False
             with self._lock:
-                while self.dead is None and (not self._timers or self._timers[0][0] > time.monotonic()):
-                    wait = None if not self._timers else max(0.0, self._timers[0][0] - time.monotonic())
-                    self._timer_wake.wait(wait)
-                if self.dead is not None:
-                    return
-                _deadline, call_id = heapq.heappop(self._timers)
-                call = self._calls.pop(call_id, None)
+                while True:
+                    if self.dead is not None:
+                        return
+                    due, now = self._next_due(), time.monotonic()
+                    if due is not None and due <= now:
+                        break
+                    self._timer_wake.wait(None if due is None else due - now)
+                    self.timer_wakes += 1
+                call = None
+                if self._timers and self._timers[0][0] <= now:
+                    _deadline, call_id = heapq.heappop(self._timers)
+                    call = self._calls.pop(call_id, None)
+                if self._watch_at is not None and self._watch_at <= now:
+                    look = self._watch_turn(now)
             if call is not None:
-                self.control(frames.encode(Kind.CANCEL, call_id))
+                self.control(frames.encode(Kind.CANCEL, call.call_id))
                 call.fail(deadline_exceeded(call.method, self.endpoint, call.timeout))
+            if look:
+                self._look()
+
+    def _arm_watch(self) -> None:
+        # With the lock held: calls wait again, look at the peer in an interval.
+        assert self._watch is not None
+        self._watch_at = time.monotonic() + self._watch.interval
+        self._ensure_timer()
+
+    def _watch_turn(self, now: float) -> bool:
+        """With the lock held, when a look is due: True to look at the peer (calls wait). With none waiting
+        and none started for a whole interval, the watch sleeps until the next call arms it again."""
+        assert self._watch is not None
+        busy = bool(self._calls)
+        came = self._last_id != self._seen_id
+        self._seen_id = self._last_id
+        if not busy:
+            self._stopped_since = None
+            self._watch_at = now + self._watch.interval if came else None
+            return False
+        self._watch_at = now + self._watch.interval
+        return True
+
+    def _look(self) -> None:
+        """Ask the link whether the server is stopped (a read of ``/proc``, off the lock); fail the connection
+        once it has been seen stopped at every look for the watch's timeout."""
+        self.peer_looks += 1
+        try:
+            stopped = self.link.peer_stopped()  # type: ignore[attr-defined]
+        except Exception:
+            stopped = None
+        now = time.monotonic()
+        with self._lock:
+            watch = self._watch
+            if self.dead is not None or watch is None:
+                return
+            if stopped is None:  # it could tell before and cannot now (e.g. the pid names another process)
+                log.debug("%s: the server's state can no longer be read; it is not watched any more", self.endpoint)
+                self._watch = self._watch_at = None
+                return
+            if not stopped:
+                self._stopped_since = None
+                return
+            if self._stopped_since is None:
+                self._stopped_since = now
+            seen = now - self._stopped_since
+            if seen < watch.timeout:
+                # Look again at the interval, and exactly when the timeout is up (the bound is interval + timeout).
+                self._watch_at = min(now + watch.interval, self._stopped_since + watch.timeout)
+                return
+        pid = getattr(self.link, "peer_pid", lambda: None)()
+        who = "the server process" if pid is None else f"the server process {pid}"
+        self.fail(
+            unavailable(
+                self.endpoint,
+                f"{who} has been stopped (SIGSTOP?) for at least {seen:.1f} s, so the calls waiting on it were "
+                f"failed; they may or may not have run",
+            )
+        )
 
 
 class _CallbackStream(_Call):
@@ -458,8 +577,18 @@ class StreamResponses(Iterator[bytes]):
 class FramedChannel:
     """A thread-safe channel over :class:`Link` s that ``dial`` opens: lazily, and again after a failure."""
 
-    def __init__(self, endpoint: str, dial: Dial, limit: int, default_timeout: float | None, connect_timeout: float):
+    def __init__(
+        self,
+        endpoint: str,
+        dial: Dial,
+        limit: int,
+        default_timeout: float | None,
+        connect_timeout: float,
+        watch: PeerWatch | None = None,
+    ):
         self._endpoint = endpoint
+        self.watch = watch
+        """Whether (and how) each connection watches for a stopped server (see :class:`PeerWatch`)."""
         self._dial = dial
         self.limit = limit
         self.default_timeout = default_timeout
@@ -492,7 +621,7 @@ class FramedChannel:
                 if deadline is not None:
                     budget = min(budget, max(0.0, deadline - time.monotonic()))
                 try:
-                    conn = self._conn = _Connection(self._dial(budget), self._endpoint, self.limit)
+                    conn = self._conn = _Connection(self._dial(budget), self._endpoint, self.limit, self.watch)
                 except FlameError:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise deadline_exceeded("connect", self._endpoint, seconds) from None

@@ -45,7 +45,21 @@ class Oversized(NamedTuple):
 
 
 class Link(Protocol):
-    """One connection, carrying whole messages both ways."""
+    """One connection, carrying whole messages both ways.
+
+    Two methods are optional: a client looks for them (as :func:`~flamepy_core.kit.lease.lendable` looks for
+    ``fileno`` and ``pending``), and a link without them works as before.
+
+    * ``peer_stopped() -> bool | None``: whether the process at the other end is stopped now (``SIGSTOP``,
+      or held by a debugger), or None when the link cannot tell. A stopped server keeps its socket open, so
+      nothing else shows it: a client fails a connection whose server stays stopped while calls wait on
+      it (:class:`~flamepy_core.kit.framed_client.PeerWatch`). The answer must be certain, never guessed
+      from silence: a server that is slow, or busy holding its GIL, runs, and is never called stopped. A
+      link that answers None, or lacks the method, is never judged.
+    * ``peer_pid() -> int | None``: that process's id, for the message that names it.
+
+    :class:`SocketLink` has both, and can tell over a unix socket on Linux (``/proc``) only.
+    """
 
     def send(self, parts: Sequence[Part]) -> None:
         """Send one message made of ``parts``, whole, even when several threads send at once.
@@ -275,6 +289,90 @@ class SocketLink:
         self._closed = True
         with contextlib.suppress(OSError):
             os.close(self.sock.detach())
+
+    # -- the peer process (the optional methods of Link): asked by a client's timer while calls wait ----
+
+    _peer_pid: int | None = -1
+    """The peer's pid once asked (-1: not yet; None: unknown)."""
+    _peer_start: int | None = None
+    """The peer's start time (clock ticks after boot) when first read: a pid taken by another process later
+    reads another, and is then no longer judged."""
+
+    def peer_pid(self) -> int | None:
+        """The pid of the process at the other end of a unix socket (for a client, the one that listened),
+        from ``SO_PEERCRED`` (Linux); None over TCP, elsewhere, or for a peer in a pid namespace this process
+        cannot see."""
+        if self._peer_pid == -1:
+            self._peer_pid = _peer_pid_of(self.sock)
+        return self._peer_pid
+
+    def peer_stopped(self) -> bool | None:
+        """Whether the peer process is stopped (state ``T`` or ``t`` in ``/proc/<pid>/stat``: ``SIGSTOP``,
+        ``SIGTSTP``, a debugger). None when that cannot be known, and then the peer is never judged: no
+        peer pid (TCP, not Linux, another pid namespace), a ``/proc`` that is not this process's pid
+        namespace's, a ``/proc/<pid>/stat`` that cannot be read (permission, ``hidepid``), the peer is this
+        process, or its pid now names another process (its start time changed)."""
+        pid = self.peer_pid()
+        if pid is None or pid == os.getpid() or not _proc_is_ours():
+            return None
+        found = _proc_state(pid)
+        if found is None:
+            return None
+        state, start = found
+        if self._peer_start is None:
+            self._peer_start = start
+        elif start != self._peer_start:
+            return None
+        return state in ("T", "t")
+
+
+_CRED = struct.Struct("3i")
+"""``struct ucred``: pid, uid, gid."""
+
+
+def _peer_pid_of(sock: socket.socket) -> int | None:
+    option = getattr(socket, "SO_PEERCRED", None)  # Linux; macOS's LOCAL_PEERPID would serve nothing: no /proc
+    if option is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        pid, _uid, _gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _CRED.size))
+    except OSError:
+        return None
+    return pid if pid > 0 else None  # 0: the peer's pid namespace is not visible from here
+
+
+_proc_ours: dict[int, bool] = {}
+"""Per pid of this process (a forked child asks again): whether ``/proc`` shows this pid namespace."""
+
+
+def _proc_is_ours() -> bool:
+    """Whether ``/proc`` is mounted for this process's pid namespace, so ``/proc/<pid>`` is the process
+    ``SO_PEERCRED`` named (a container may show another namespace's ``/proc``)."""
+    me = os.getpid()
+    ours = _proc_ours.get(me)
+    if ours is None:
+        try:
+            ours = os.readlink("/proc/self") == str(me)
+        except OSError:
+            ours = False
+        _proc_ours[me] = ours
+    return ours
+
+
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """The state letter and start time of process ``pid`` (fields 3 and 22 of ``/proc/<pid>/stat``), or None
+    when it cannot be read. The fields are counted after the last ``)``: the command name before it may
+    hold anything, spaces and parentheses included."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        fields = data[data.rindex(b")") + 1 :].split()
+        return fields[0].decode("ascii"), int(fields[19])
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return None
 
 
 class SocketListener:

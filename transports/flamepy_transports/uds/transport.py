@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import TransportCapabilities
-from flamepy_core.kit.framed import FRAMED_OPTIONS, FramedTransport
+from flamepy_core.kit.framed import FRAMED_OPTIONS, PEER_WATCH_OPTIONS, FramedTransport
 from flamepy_core.kit.links import Link, Listener, SocketLink, SocketListener, dial_unix, listen_unix
 
 SCHEME = "uds"
@@ -44,7 +44,12 @@ def socket_path(endpoint: str) -> str:
 
 
 class UdsTransport(FramedTransport):
-    """Length-prefixed frames over one unix-socket connection per channel (this machine only; no TLS needed)."""
+    """Length-prefixed frames over one unix-socket connection per channel (this machine only; no TLS needed).
+
+    A server process that is stopped (``SIGSTOP``) keeps its socket open; while calls wait on it, a channel
+    looks at its state in ``/proc`` every ``heartbeat_ivl_ms`` and fails them with ``UNAVAILABLE`` once it
+    has been stopped for ``heartbeat_timeout_ms`` (1 s and 3 s, as ZeroMQ's heartbeats; Linux only).
+    """
 
     name: ClassVar[str] = "uds"
     schemes: ClassVar[tuple[str, ...]] = (SCHEME,)
@@ -58,7 +63,7 @@ class UdsTransport(FramedTransport):
         async_streams=True,
         local_schemes=(SCHEME,),
     )
-    options: ClassVar[frozenset[str]] = FRAMED_OPTIONS
+    options: ClassVar[frozenset[str]] = FRAMED_OPTIONS | PEER_WATCH_OPTIONS
     description: ClassVar[str] = "length-prefixed frames over a plain unix socket (this machine only)"
 
     def check_endpoint(self, endpoint: str) -> None:
