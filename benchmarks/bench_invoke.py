@@ -569,10 +569,10 @@ def main() -> int:
     parser.add_argument("--cold-runs", type=int, default=5, help="cold starts and spare starts measured (5)")
     parser.add_argument(
         "--transport",
-        default="zmq",
+        default="uds",
         choices=("zmq", "grpc", "uds"),
-        help="the local server's transport, and the raw floor measured against it (default: zmq); with uds, "
-        "the raw pyzmq floor is measured too, as a reference",
+        help="the local server's transport, and the raw floor measured against it (default: uds, the local "
+        "default); with uds, the raw pyzmq floor is measured too, as the reference issue 10's targets name",
     )
     parser.add_argument(
         "--no-compile",

@@ -28,7 +28,7 @@ child processes, the session's instance and an idle generic process if one is ke
 Read from ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds: run time, run-queue wait); where the kernel
 has none, from ``/proc`` stat's clock ticks (10 ms: use more invokes) with no run-queue wait ("n/a").
 
-The floor (``--floor``, on by default; with ``--transport zmq`` only): in each round, after the
+The floor (``--floor``, on by default; not with ``--transport grpc``): in each round, after the
 checkouts, the raw pyzmq two-hop path of ``bench_invoke.py`` (a DEALER in this process -> its relay
 process, ROUTER then DEALER -> its worker process, ROUTER, which echoes) is run N times with 100
 bytes and split the same way, client / relay / worker standing where client / server / instance stand.
@@ -46,8 +46,10 @@ how much. On a loaded machine the wall clock grows, the CPU much less.
 A/B: ``--checkout DIR`` (repeatable) runs the same measurement with each checkout's ``flamepy``,
 ``flamepy_core`` and bundled transports (``DIR/transports``) first on the path (the server and the
 instances inherit it), alternating checkouts for ``--rounds`` rounds, so both see the same load; the
-floor runs once per round and each checkout is compared with it. ``--transport grpc`` runs the server
-and its instance links on gRPC (``FLAME_INSTANCE_TRANSPORT``). Linux only (``/proc``).
+floor runs once per round and each checkout is compared with it. ``--transport grpc`` (or ``zmq``)
+runs the server and its instance links on gRPC (ZeroMQ) (``FLAME_INSTANCE_TRANSPORT``); without it, on
+the local default (uds). With uds, no thread is a libzmq I/O thread: the split's libzmq column is 0.
+Linux only (``/proc``).
 
 Usage: ``python benchmarks/bench_server_cpu.py [--invokes 3000] [--tasks 10000] [--rounds 3]
 [--checkout OLD --checkout NEW] [--transport grpc] [--no-floor]``. Nothing is asserted: this is a
@@ -466,7 +468,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--checkout", action="append", default=[], help="a source tree to measure (repeatable)")
     parser.add_argument(
-        "--transport", choices=("zmq", "grpc"), help="the local server's transport (FLAME_TRANSPORT; default: zmq)"
+        "--transport",
+        choices=("zmq", "grpc", "uds"),
+        help="the local server's transport (FLAME_TRANSPORT; default: the local default, uds)",
     )
     parser.add_argument(
         "--floor",

@@ -76,5 +76,5 @@ def test_an_sdk_service_takes_the_fast_link(flame_env: FlameEnv) -> None:
         """
     )
     fast, exists, compat = eval(out.stdout.strip())
-    assert fast.startswith("zmq+ipc://") and exists, out.stdout
+    assert fast.startswith("uds://") and exists, out.stdout
     assert compat.startswith("/") and "://" not in compat, "FLAME_INSTANCE_ENDPOINT stays a bare path"

@@ -83,7 +83,7 @@ def test_a_transport_without_local_schemes_is_refused_up_front(flame_env: FlameE
 def test_flame_transport_picks_the_local_servers_transport(flame_env: FlameEnv) -> None:
     flame_env.write_service("echo", ECHO)  # flmctl starts the server: with the default, the local default
     info = json.loads((flame_env.home / "server.json").read_text())
-    assert info["transport"] == "zmq" and info["endpoint"].startswith("zmq+ipc://"), info
+    assert info["transport"] == "uds" and info["endpoint"].startswith("uds://"), info
     flame_env.flmctl("server", "stop")
     started = flmctl(flame_env, "server", "start", extra_env={"FLAME_TRANSPORT": "grpc"})
     assert "with grpc" in started.stdout, started.stdout
@@ -117,14 +117,14 @@ s.close()
 
 
 def test_a_grpc_server_links_a_flamepy_service_over_the_local_default(flame_env: FlameEnv) -> None:
-    """gRPC for clients; the instance of a service written with this SDK gets the zmq link offered, and
+    """gRPC for clients; the instance of a service written with this SDK gets the uds link offered, and
     Flame's bare socket path stays named for a service written with Flame's SDK. FLAME_INSTANCE_TRANSPORT
     (the server's --instance-transport) keeps gRPC alone."""
     on_grpc = {"FLAME_TRANSPORT": "grpc"}
     flmctl(flame_env, "server", "start", extra_env=on_grpc)
     flame_env.write_service("links", LINKS)
     fast, compat = flame_env.python(ASK_LINKS, extra_env=on_grpc).stdout.split()
-    assert fast.startswith("zmq+ipc://") and fast.endswith(".ipc"), fast
+    assert fast.startswith("uds://") and fast.endswith(".sock"), fast
     assert compat.startswith("/") and compat.endswith(".sock"), f"Flame's bare path, for gRPC: {compat}"
     flame_env.flmctl("server", "stop")
     alone = {**on_grpc, "FLAME_INSTANCE_TRANSPORT": "grpc"}  # what --instance-transport grpc does
@@ -152,15 +152,15 @@ def test_the_instance_link_follows_the_runtime_transport_except_for_flames_own()
 
 
 def test_a_live_server_on_another_transport_is_used_and_the_client_says_so_once(flame_env: FlameEnv) -> None:
-    flame_env.write_service("echo", ECHO)  # the server runs with zmq
+    flame_env.write_service("echo", ECHO)  # the server runs with uds, the local default
     out = flame_env.python(INVOKE, extra_env={"FLAME_TRANSPORT": "grpc"})
     assert out.stdout.split() == ["b'echo:hi'", "b'echo:hi'"], out.stdout + out.stderr
     notes = [line for line in out.stderr.splitlines() if "asks for transport grpc" in line]
     assert len(notes) == 1, out.stderr
     assert notes[0].startswith("INFO ") and "env:FLAME_TRANSPORT" in notes[0], notes[0]
-    assert "already runs with zmq" in notes[0] and "flmctl server stop" in notes[0], notes[0]
+    assert "already runs with uds" in notes[0] and "flmctl server stop" in notes[0], notes[0]
     status = flmctl(flame_env, "server", "status", extra_env={"FLAME_TRANSPORT": "grpc"})
-    assert "with zmq" in status.stdout, status.stdout
+    assert "with uds" in status.stdout, status.stdout
 
 
 def test_an_in_process_transport_runs_the_runtime_inside_the_client(flame_env: FlameEnv) -> None:

@@ -230,12 +230,12 @@ def test_a_bad_endpoint_is_refused_naming_it_and_the_form(endpoint: str) -> None
     assert "uds:///ABSOLUTE/PATH" in message or "over the 100 a unix socket allows" in message, message
 
 
-def test_it_is_chosen_by_configuration_only() -> None:
-    """ZeroMQ stays the clients' default and the instances' link until uds measures faster on every row of
-    bench_invoke (docs/transports/uds.md: its 16 MiB path is not yet)."""
+def test_it_is_the_local_default_and_the_instances_link() -> None:
+    """With nothing configured, uds carries the local runtime: the clients' server and the link of the service
+    processes written with this SDK (the fastest bundled local transport: docs/transports/uds.md)."""
     registry = get_registry()
-    assert registry.local_default().spec.name == "zmq"
-    assert registry.instance_link_default().spec.name == "zmq"
+    assert registry.local_default().spec.name == "uds"
+    assert registry.instance_link_default().spec.name == "uds"
 
 
 def test_a_local_endpoint_too_long_for_a_socket_moves_to_a_private_short_folder(tmp_path: Path) -> None:

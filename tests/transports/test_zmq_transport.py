@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import zmq
+from conftest import FlameEnv, echo_example_over
 import zmq.auth
 from flamepy_transports.zmq import framing
 from flamepy_transports.zmq.config import STREAM_WINDOW_ITEMS
@@ -1071,3 +1072,11 @@ def test_readable_and_recv_frames_answer_as_zmq_does_and_refuse_a_closed_socket(
         a.close()
     finally:
         ctx.term()
+
+
+def test_flame_transport_zmq_carries_the_whole_runtime(flame_env: FlameEnv, tmp_path: Path) -> None:
+    """uds is the local default; ZeroMQ by configuration alone still carries the guide's echo example end to
+    end: the local server listens on zmq+ipc:// and links its instances with it."""
+    lines, info = echo_example_over(flame_env, tmp_path / "echo", "zmq")
+    assert lines[:2] == ["HELLO", "1"] and lines[2].startswith("echo-app-"), lines
+    assert info["transport"] == "zmq" and info["endpoint"] == f"zmq+ipc://{flame_env.home}/flame.ipc", info

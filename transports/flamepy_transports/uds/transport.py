@@ -62,6 +62,7 @@ class UdsTransport(FramedTransport):
         async_calls=True,
         async_streams=True,
         local_schemes=(SCHEME,),
+        local_default_rank=30,
     )
     options: ClassVar[frozenset[str]] = FRAMED_OPTIONS | PEER_WATCH_OPTIONS
     description: ClassVar[str] = "length-prefixed frames over a plain unix socket (this machine only)"
