@@ -7,8 +7,9 @@ three quarters ``libpython``, the rest the kernel, sqlite and libzmq. How much P
 best counted, not timed: the count does not move with the machine's load, and a change that removes
 layers shows as fewer calls whatever else runs.
 
-One run starts a local server in a fresh ``FLAME_HOME`` (its process, and the echo service's, count
-their calls from the start with ``sys.setprofile``/``threading.setprofile``), warms a session with one
+One run starts a local server on the local default transport (uds: the client, the server and the echo
+service talk over unix sockets, with no libzmq) in a fresh ``FLAME_HOME`` (its process, and the echo
+service's, count their calls from the start with ``sys.setprofile``/``threading.setprofile``), warms a session with one
 instance up, and counts over N invokes of 100 bytes: calls into Python functions and calls into C
 functions (builtins, pyzmq, sqlite3, protobuf), per invoke, in each process (every thread of the server
 and of the instance; the client's calling thread, which makes the call and waits on its socket itself).

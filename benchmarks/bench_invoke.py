@@ -2,13 +2,15 @@
 
 Measured in one run, on this machine:
 
-* ``raw two-hop``: a 100-byte unary call client -> relay process -> worker process -> back, with plain
-  grpcio (identity serializers) over unix sockets, or with ``--transport zmq`` plain pyzmq DEALER/ROUTER
-  over ipc: the floor of that transport for any client -> server -> instance path.
+* ``raw two-hop``: a 100-byte call client -> relay process -> worker process -> back, with the transport's
+  own library and nothing else: plain unix sockets (length-prefixed messages, a blocking thread in each
+  process) for uds, the default; plain pyzmq DEALER/ROUTER over ipc with ``--transport zmq``; plain grpcio
+  (identity serializers) over unix sockets with ``--transport grpc``. The floor of that transport for any
+  client -> server -> instance path.
 * ``core invoke``: ``flamepy.core`` ``Session.invoke(bytes)`` on a warm session (instance already bound).
 * ``service invoke``: ``flamepy.service.Session.invoke(obj)`` (adds cloudpickle both ways).
 * with ``--transport grpc``, ``core invoke, gRPC instance link too``: a server started with
-  ``--instance-transport grpc`` (a gRPC server links these services over zmq by default).
+  ``--instance-transport grpc`` (a gRPC server links these services over the local default, uds, otherwise).
 * ``16 MiB``: a 16 MiB request answered with 16 MiB, raw two hops against ``flamepy.core`` ``invoke``.
 * ``run() throughput``: N no-op tasks submitted with ``Session.run()`` to one session with 2 instances.
 * cold start: ``spawn until it answers`` (the floor: start a Python process that imports the transport's
@@ -20,8 +22,7 @@ Measured in one run, on this machine:
   spare process of the application is ready (started ahead when the previous session's process left).
   flamepy's packages are compiled to bytecode first, as an installed wheel is (``--no-compile`` to skip).
 
-With ``--transport uds``, the floor is plain unix sockets over two hops (length-prefixed messages, a blocking
-thread in each process), and the raw pyzmq floor is printed beside it as a reference.
+With uds, the raw pyzmq floor is printed beside its own as a reference: the floor issue 10's targets name.
 
 Usage: ``python benchmarks/bench_invoke.py [--iterations 2000] [--tasks 10000] [--transport grpc|zmq|uds]``.
 Prints a table; ratios are ours / raw. No timing is asserted anywhere: this is a measurement.

@@ -1,4 +1,4 @@
-"""A warm invoke's critical path through the server, timed step by step on the default transport (ZeroMQ).
+"""A warm invoke's critical path through the server, timed step by step on ZeroMQ (``--transport zmq``).
 
 ``bench_calls.py`` counts how much Python each process runs and ``bench_server_cpu.py`` how much CPU it
 uses; neither says which of it the client waits for. On this machine kind a warm invoke's processes run
@@ -102,7 +102,7 @@ _threading.Thread(target=_dump_when_asked, args=(__MARKS__,), daemon=True, name=
 
 from flamepy_core.engine.__main__ import main as _main
 import sys as _sys
-_sys.exit(_main(_sys.argv[1:]))
+_sys.exit(_main([*_sys.argv[1:], "--transport", "zmq"]))  # the stamps are on ZeroMQ's classes
 """
 """The server's entry point with the stamps put in first; the marks are written to ``__MARKS__`` when
 ``__MARKS__.go`` appears."""

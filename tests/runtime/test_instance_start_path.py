@@ -6,7 +6,9 @@ readiness pipe), a service built on ``flamepy.run`` must serve and answer its fi
 plugin registry (pluggy, the entry-point scan), protobuf (the hand-written ``flame.v1.Instance`` messages
 replace it), the configuration module, the kit's framed base, or pyzmq's CURVE helpers; a typed service
 (``FlameInstance``) without the registry, pluggy or the entry-point scan either. A real process is started
-here as the runtime starts one, called over a real ZeroMQ socket, and asked which of those it has loaded.
+here as the runtime starts one, called over a real socket of each local link (uds, the default, whose link
+is the kit's framed base over a unix socket, so those are on its path; and ZeroMQ), and asked which of those
+it has loaded.
 A hint that is not a serializer class is refused with an error naming it.
 """
 
@@ -93,12 +95,21 @@ if __name__ == "__main__":
 
 CLOUDPICKLE_CLASS = "flamepy_serializers.cloudpickle.serializer:CloudpickleSerializer"
 
+LINKS = ("uds", "zmq")
+THE_LINK_ITSELF = {
+    "uds": {"flamepy_core.kit.framed", "flamepy_core.kit.links", "socket"},  # the uds link is the kit over a socket
+    "zmq": set(),
+}
+"""Of the modules kept off the start path, those a link's own transport is made of."""
 
-def first_answer(tmp_path: Path, code: str, payload: bytes, env_extra: dict[str, str] | None = None) -> pb.TaskResult:
-    """Start ``code`` as the runtime starts a service, enter a session, run one task: its reply."""
-    registry = get_registry()
-    endpoint = f"zmq+ipc://{tmp_path}/instance.ipc"
-    transport = registry.transport(endpoint)
+
+def first_answer(
+    tmp_path: Path, code: str, payload: bytes, env_extra: dict[str, str] | None = None, link: str = "uds"
+) -> pb.TaskResult:
+    """Start ``code`` as the runtime starts a service linked with ``link``, enter a session, run one task:
+    its reply."""
+    transport = get_registry().transport(link)
+    endpoint = transport.local_endpoint(str(tmp_path), "instance")
     process = start_service_as_runtime(
         tmp_path,
         code,
@@ -122,17 +133,20 @@ def first_answer(tmp_path: Path, code: str, payload: bytes, env_extra: dict[str,
         assert process.returncode == -signal.SIGTERM, err.decode(errors="replace")
 
 
-def test_a_service_serves_its_first_task_without_the_registry_protobuf_or_config(tmp_path: Path) -> None:
-    reply = first_answer(tmp_path, SERVICE, b"hello")
+@pytest.mark.parametrize("link", LINKS)
+def test_a_service_serves_its_first_task_without_the_registry_protobuf_or_config(tmp_path: Path, link: str) -> None:
+    reply = first_answer(tmp_path, SERVICE, b"hello", link=link)
     assert reply.return_code == 0, reply.message
     answer = json.loads(reply.output)
     assert answer["app"] == "start-path" and answer["input"] == "hello"
-    assert answer["loaded"] == [], f"loaded on a service's start path: {answer['loaded']}"
+    extra = set(answer["loaded"]) - THE_LINK_ITSELF[link]
+    assert not extra, f"loaded on a service's start path over {link}: {sorted(extra)}"
 
 
-def test_a_typed_service_answers_its_first_task_without_the_registry(tmp_path: Path) -> None:
+@pytest.mark.parametrize("link", LINKS)
+def test_a_typed_service_answers_its_first_task_without_the_registry(tmp_path: Path, link: str) -> None:
     reply = first_answer(
-        tmp_path, TYPED_SERVICE, cloudpickle.dumps({"x": 1}), {ENV_INSTANCE_SERIALIZER: CLOUDPICKLE_CLASS}
+        tmp_path, TYPED_SERVICE, cloudpickle.dumps({"x": 1}), {ENV_INSTANCE_SERIALIZER: CLOUDPICKLE_CLASS}, link
     )
     assert reply.return_code == 0, reply.message
     answer = cloudpickle.loads(reply.output)

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 import zmq
-from conftest import FlameEnv, echo_example_over
 import zmq.auth
+from conftest import FlameEnv, echo_example_over
 from flamepy_transports.zmq import framing
 from flamepy_transports.zmq.config import STREAM_WINDOW_ITEMS
 
