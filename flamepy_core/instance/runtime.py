@@ -277,8 +277,9 @@ class MainThreadServing(Executor):
     queued task that has not started (the server sends them elsewhere: a long task must not hold tasks
     queued behind it, one of which it may be waiting for).
 
-    A server that can lend its socket (zmq's ``host_wait``, see :meth:`host_on`) has the serving thread
-    receive the calls itself while it has nothing to run: no hand-off from the transport's thread.
+    A server that can lend its socket (``host_wait``: the kit's framed servers, uds's among them, and
+    zmq's; see :meth:`host_on`) has the serving thread receive the calls itself while it has nothing to
+    run: no hand-off from the transport's thread.
     """
 
     def __init__(self, service: FlameService) -> None:
@@ -306,8 +307,9 @@ class MainThreadServing(Executor):
 
     def host_on(self, server: Server) -> None:
         """Receive ``server``'s calls on the serving thread while it waits, when the server can
-        (``host_wait(timeout) -> bool`` and ``wake_host()``, as zmq's server has them): the calls then
-        reach the service with no thread hand-off (a warm invoke's instance CPU, see docs/benchmarks.md)."""
+        (``host_wait(timeout) -> bool`` and ``wake_host()``, as the kit's framed servers and zmq's have
+        them): the calls then reach the service with no thread hand-off (a warm invoke's instance CPU, see
+        docs/benchmarks.md)."""
         host = getattr(server, "host_wait", None)
         wake = getattr(server, "wake_host", None)
         if callable(host) and callable(wake):
