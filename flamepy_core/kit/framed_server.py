@@ -12,6 +12,9 @@ thread waits for window; a deferred stream's writer keeps what does not fit, in 
 reader thread releases it as the caller's ``CREDIT`` returns. What a deferred stream releases is written
 by one sender thread per link (started when the first such response is posted), so a producer never
 blocks on a socket whose client reads slowly or not at all: threads grow with links, not with streams.
+Every other answer goes the same way when the link can send without waiting (``send_nowait``, see
+:class:`~flamepy_core.kit.links.Link`): the thread that completes it writes what the socket takes at once,
+and the sender thread the rest, so a frozen client with a 16 MiB reply holds no thread but its own sender.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -44,7 +47,7 @@ from flamepy_core.kit.basics import (
 from flamepy_core.kit.framed_client import ITEM_OVERHEAD
 from flamepy_core.kit.frames import Frame, Kind
 from flamepy_core.kit.lease import LinkLease, Waker, lendable
-from flamepy_core.kit.links import Link, Listener, Oversized
+from flamepy_core.kit.links import Link, Listener, Oversized, sends_nowait
 
 STOP_WAIT = 5.0
 """Seconds ``stop`` waits, after the grace, for reader threads to notice their links were closed."""
@@ -264,6 +267,10 @@ class _Writer:
             call.end(final, posted=True)
 
 
+def _nothing() -> None:
+    """The ``flush`` of a link that cannot send without waiting: it never keeps anything."""
+
+
 def _checked(method: str, value: object, limit: int, endpoint: str, what: str = "response") -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise FlameError(FlameErrorCode.INTERNAL, f"handler for {method} returned {type(value).__name__}, not bytes")
@@ -272,8 +279,13 @@ def _checked(method: str, value: object, limit: int, endpoint: str, what: str = 
 
 
 class _Peer:
-    """One client link: its reader thread, the calls it has in flight, and (once a deferred stream posts
-    a response) a sender thread that writes what deferred streams post, in order."""
+    """One client link: its reader thread, the calls it has in flight, and (started on first use) a sender
+    thread that writes, in order, what deferred streams post and what the socket did not take at once.
+
+    An answer that does not go at once waits in memory, with every later one to this client, until the
+    sender thread has written it. Nothing bounds that but the answers themselves: they are what the
+    handlers produced for this client (a stream's by its window), held until it reads them or leaves.
+    """
 
     def __init__(self, server: FramedServer, link: Link) -> None:
         self.server = server
@@ -281,10 +293,18 @@ class _Peer:
         self.calls: dict[int, _Served] = {}
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._read, name="flamepy-kit-peer", daemon=True)
-        self._posted: deque[list[bytes | memoryview]] = deque()
+        self._posted: deque[list[bytes | memoryview] | None] = deque()
+        """What the sender thread writes next, in order; None: the rest a ``send_nowait`` kept (``flush``)."""
         self._post_cond = threading.Condition(threading.Lock())
         self._sender: threading.Thread | None = None
         self._gone = False
+        self._backlog = False
+        """Something was posted and is not written yet: later answers queue behind it (read without the lock)."""
+        self._nowait: Callable[[list[bytes | memoryview]], bool | None] | None = None
+        """The link's ``send_nowait``, when it has one (with ``flush``): None, and every send blocks."""
+        self._flush: Callable[[], None] = _nothing
+        if sends_nowait(link):
+            self._nowait, self._flush = link.send_nowait, link.flush
         self.lease: LinkLease | None = None
         """Set when the server is hosted (see :meth:`FramedServer.host_wait`): the link may be lent."""
         if server.hosted:
@@ -299,15 +319,51 @@ class _Peer:
         return self.lease
 
     def send(self, parts: list[bytes | memoryview]) -> None:
-        with contextlib.suppress(OSError):  # the client has gone: its reader cleans up
-            self.link.send(parts)
+        """Send one answer without waiting for the client (a link without ``send_nowait``: blocking).
 
-    def post(self, parts: list[bytes | memoryview]) -> None:
-        """Queue ``parts`` for the sender thread (started on first use): never blocks the caller."""
+        On an idle link what the socket takes goes at once, from this thread, in one system call: a small
+        answer whole. The rest, and every answer sent while something waits for the sender thread, is the
+        sender thread's. A hosted server's threads finish their writes themselves instead: its client is
+        the one process its host serves, and waiting for it holds up nobody else (no hand-off then)."""
+        nowait = self._nowait
+        try:
+            if nowait is None:
+                self.link.send(parts)
+                return
+            if not self._backlog:
+                sent = nowait(parts)
+                if sent:
+                    return
+                if not self.server.hosted:
+                    self.post(parts if sent is False else None)
+                elif sent is None:
+                    self._flush()
+                else:
+                    self._write(parts)
+                return
+        except OSError:
+            return  # the client has gone: its reader cleans up
+        self.post(parts)
+
+    def _write(self, parts: list[bytes | memoryview]) -> None:
+        """Write ``parts`` whole, waiting for the client as needed (the sender thread; a hosted server's)."""
+        nowait = self._nowait
+        if nowait is None:
+            self.link.send(parts)
+            return
+        while (sent := nowait(parts)) is False:
+            self._flush()  # the rest of an earlier answer goes first
+        if sent is None:
+            self._flush()
+
+    def post(self, parts: list[bytes | memoryview] | None) -> None:
+        """Queue ``parts`` for the sender thread (started on first use): never blocks the caller. None: the
+        link's ``flush``, for the rest of an answer that ``send_nowait`` did not send whole."""
         with self._post_cond:
             if self._gone:
                 return
             self._posted.append(parts)
+            self._backlog = True
             if self._sender is None:
                 self._sender = threading.Thread(target=self._send_posted, name="flamepy-kit-sender", daemon=True)
                 self._sender.start()
@@ -317,11 +373,16 @@ class _Peer:
         while True:
             with self._post_cond:
                 while not self._posted and not self._gone:
+                    self._backlog = False  # all written: the next answer may go at once again
                     self._post_cond.wait()
                 if self._gone:
                     return
                 parts = self._posted.popleft()
-            self.send(parts)
+            with contextlib.suppress(OSError):  # the client has gone: its reader cleans up
+                if parts is None:
+                    self._flush()
+                else:
+                    self._write(parts)
 
     def _stop_sending(self) -> None:
         with self._post_cond:

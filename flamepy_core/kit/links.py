@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeGuard
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.kit.basics import unavailable
@@ -25,6 +25,7 @@ from flamepy_core.kit.basics import unavailable
 __all__ = [
     "Link",
     "Listener",
+    "NowaitLink",
     "Oversized",
     "SocketLink",
     "SocketListener",
@@ -32,6 +33,7 @@ __all__ = [
     "dial_unix",
     "listen_tcp",
     "listen_unix",
+    "sends_nowait",
 ]
 
 Part = bytes | memoryview
@@ -47,7 +49,7 @@ class Oversized(NamedTuple):
 class Link(Protocol):
     """One connection, carrying whole messages both ways.
 
-    Two methods are optional: a client looks for them (as :func:`~flamepy_core.kit.lease.lendable` looks for
+    Some methods are optional. Two a client looks for (as :func:`~flamepy_core.kit.lease.lendable` looks for
     ``fileno`` and ``pending``), and a link without them works as before.
 
     * ``peer_stopped() -> bool | None``: whether the process at the other end is stopped now (``SIGSTOP``,
@@ -59,6 +61,20 @@ class Link(Protocol):
     * ``peer_pid() -> int | None``: that process's id, for the message that names it.
 
     :class:`SocketLink` has both, and can tell over a unix socket on Linux (``/proc``) only.
+
+    Optionally, a link can also send without waiting for its peer (:func:`sends_nowait` says whether it
+    can; :class:`SocketLink` does). A framed server then never holds a thread on a client that reads
+    slowly or not at all (frozen, stopped): what the connection does not take at once is written by the
+    peer's sender thread. Without it, the server sends blocking, with :meth:`send`. The two methods:
+
+    * ``send_nowait(parts) -> bool | None`` sends one message with what the connection takes now, never
+      waiting: True when it went whole; None when the link keeps what did not go (all of it, maybe) for
+      ``flush``; False when it sent nothing because it keeps the rest of an earlier message (``flush``,
+      then send this one again). Raises ``OSError`` once the peer has gone.
+    * ``flush()`` writes what the link keeps, waiting for the peer as long as it takes, and without
+      holding up other threads' ``send_nowait`` meanwhile (they get False). ``send`` writes it first too.
+
+    Messages never interleave: whatever ``send_nowait`` keeps goes out before any later message.
     """
 
     def send(self, parts: Sequence[Part]) -> None:
@@ -86,6 +102,14 @@ class Link(Protocol):
         ...
 
 
+class NowaitLink(Protocol):
+    """The optional part of a :class:`Link`: sending without waiting for the peer (described there)."""
+
+    def send_nowait(self, parts: Sequence[Part]) -> bool | None: ...
+
+    def flush(self) -> None: ...
+
+
 class Listener(Protocol):
     """Where a server accepts links."""
 
@@ -104,6 +128,7 @@ class Listener(Protocol):
 
 
 _LENGTH = struct.Struct("!Q")
+_DONTWAIT = socket.MSG_DONTWAIT
 _DISCARD = 1 << 20
 _COALESCE = 64 * 1024
 HEAD_KEEP = 64 * 1024 + 64
@@ -174,6 +199,12 @@ class SocketLink:
         self._large: bytearray | None = None
         """The buffer the last large message was read into, kept for the next one (see :class:`_KeptBuffers`)."""
         self._send_lock = threading.Lock()
+        """Held while a message is written, never while waiting for the peer, except by :meth:`send`."""
+        self._rest: list[memoryview] | None = None
+        """What :meth:`send_nowait` kept of a message the socket did not take whole: written next."""
+        self._flushing = False
+        """A :meth:`flush` writes ``_rest`` without the lock: nobody else writes until it has."""
+        self._flushed = threading.Condition(self._send_lock)
         self._closed = False
         if dialled:
             sock.sendall(preamble)
@@ -181,12 +212,82 @@ class SocketLink:
     def send(self, parts: Sequence[Part]) -> None:
         size = sum(len(p) for p in parts)
         with self._send_lock:
+            if self._rest is not None:
+                self._write_rest()
             if size <= _COALESCE:
                 self.sock.sendall(b"".join([_LENGTH.pack(size), *parts]))
             else:
                 self.sock.sendall(_LENGTH.pack(size) + bytes(parts[0]))
                 for part in parts[1:]:
                     self.sock.sendall(part)
+
+    def send_nowait(self, parts: Sequence[Part]) -> bool | None:
+        """Send one message with what the socket takes now (see :class:`Link`): True when it went whole, None
+        when the rest is kept for :meth:`flush`, False when a rest of an earlier message is kept (nothing sent).
+
+        One system call either way: the small message of a warm call goes as :meth:`send` sends it, a large
+        one from its parts without a copy. The lock is only ever held for such a call here, so a thread
+        never waits behind a write that waits for the peer.
+        """
+        size = sum(len(p) for p in parts)
+        with self._send_lock:
+            if self._rest is not None:
+                return False
+            if size <= _COALESCE:
+                data = b"".join([_LENGTH.pack(size), *parts])
+                try:
+                    sent = self.sock.send(data, _DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return True
+                self._rest = [memoryview(data)[sent:]]
+                return None
+            buffers = [_LENGTH.pack(size), *parts]
+            try:
+                sent = self.sock.sendmsg(buffers, (), _DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == _LENGTH.size + size:
+                return True
+            self._rest = _after(buffers, sent)
+            return None
+
+    def flush(self) -> None:
+        """Write what :meth:`send_nowait` kept, blocking until the peer has taken it; at once when nothing is kept.
+
+        The write waits for the peer without the lock: meanwhile other threads' ``send_nowait`` gets False
+        (it does not wait), so one frozen client holds the flushing thread only. A write that fails midway
+        leaves the connection out of step: it is shut down (its reader then ends it), and the error raised.
+        """
+        with self._send_lock:
+            while self._flushing:
+                self._flushed.wait()
+            rest = self._rest
+            if rest is None:
+                return
+            self._flushing = True
+        written = False
+        try:
+            for part in rest:
+                self.sock.sendall(part)
+            written = True
+        finally:
+            with self._send_lock:
+                self._flushing = False
+                if written:
+                    self._rest = None
+                self._flushed.notify_all()
+            if not written:
+                self.close()
+
+    def _write_rest(self) -> None:
+        """With the lock held (:meth:`send`): the kept rest written first, or waited for while a flush writes it."""
+        while self._flushing:
+            self._flushed.wait()
+        rest, self._rest = self._rest, None
+        for part in rest or ():
+            self.sock.sendall(part)
 
     def fileno(self) -> int:
         """The socket's descriptor, to wait on (with :meth:`pending`): readable when more bytes arrived."""
@@ -281,6 +382,10 @@ class SocketLink:
         self._closed = True
         self._drop_large()
         with contextlib.suppress(OSError):
+            # A sender thread may be blocked writing to this peer (a flush to a client that half-closed and
+            # stopped reading): closing the descriptor would not wake it, shutting the socket down does.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
             self.sock.close()
 
     def abandon(self) -> None:
@@ -373,6 +478,20 @@ def _proc_state(pid: int) -> tuple[str, int] | None:
         return fields[0].decode("ascii"), int(fields[19])
     except (OSError, ValueError, IndexError, UnicodeDecodeError):
         return None
+
+
+def _after(buffers: Sequence[Part], sent: int) -> list[memoryview]:
+    """What is left of ``buffers`` once their first ``sent`` bytes are written (views: no copy)."""
+    for index, buffer in enumerate(buffers):
+        if sent < len(buffer):
+            return [memoryview(buffer)[sent:], *(memoryview(b) for b in buffers[index + 1 :])]
+        sent -= len(buffer)
+    return []
+
+
+def sends_nowait(link: object) -> TypeGuard[NowaitLink]:
+    """Whether ``link`` can send without waiting for its peer: it has ``send_nowait`` and ``flush`` (:class:`Link`)."""
+    return callable(getattr(link, "send_nowait", None)) and callable(getattr(link, "flush", None))
 
 
 class SocketListener:
