@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -570,6 +571,8 @@ class StreamResponses(Iterator[bytes]):
             self._conn.give_up(self._call)
 
     def __del__(self) -> None:
+        if sys.is_finalizing():
+            return  # see FramedChannel.__del__: the connection's lock may be held by a thread stopped for good
         with contextlib.suppress(Exception):  # at interpreter exit there may be nothing left to cancel
             self.close()
 
@@ -723,6 +726,14 @@ class FramedChannel:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # a dropped channel must not leave its reader thread behind
+            if sys.is_finalizing():
+                # The interpreter is exiting: its daemon threads (the reader, the timer) stop for good where
+                # they next take the GIL, the timer perhaps just woken with the connection's lock in hand,
+                # so taking that lock here could wait for ever. Ending the link takes no lock.
+                conn = self._conn
+                if conn is not None and conn.pid == os.getpid():
+                    conn.link.close()
+                return
             self.close()
 
     def _after_fork_in_child(self) -> None:

@@ -444,3 +444,49 @@ def test_the_watch_defaults_to_zeromqs_heartbeat_bound() -> None:
     transport = get_registry().transport("uds")
     assert (transport.peer_watch.interval, transport.peer_watch.timeout) == (1.0, 3.0)
     assert get_registry().transport("uds", heartbeat_ivl_ms=250).peer_watch.interval == 0.25
+
+
+EXITING_CLIENT = """
+import sys, threading
+from flamepy_transports.uds.transport import UdsTransport
+
+channel = UdsTransport().connect(sys.argv[1])
+assert channel.unary("/test.Live/Echo", b"x", timeout=30) == b"x"
+channel.unary_async("/test.Live/Hold", b"", timeout=60)  # in flight as the interpreter exits
+# As a daemon thread (the timer, the reader) stopped for good at exit while it held the connection's lock
+# leaves it: held, and by nobody who will release it. The channel is never closed: it is dropped as the
+# interpreter exits.
+taker = threading.Thread(target=channel._conn._lock.acquire)
+taker.start()
+taker.join(30)
+del taker
+"""
+
+
+def test_a_client_exiting_while_a_daemon_thread_holds_its_connection_lock_exits(tmp_path: Path) -> None:
+    """An interpreter stops its daemon threads for good where they next take the GIL: the timer or the reader,
+    preempted with the connection's lock in hand, keeps it. The channel dropped as the interpreter exits must
+    not wait for that lock (it did: a client process hung at exit after its work was done, under load)."""
+    from flamepy_core.contracts import DeferredHandler, UnaryHandler
+
+    held: list[Any] = []
+    server = UdsTransport().serve(
+        UdsTransport().local_endpoint(str(tmp_path), "exit"),
+        {
+            ECHO: UnaryHandler(lambda request, ctx: request),
+            "/test.Live/Hold": DeferredHandler(lambda request, ctx, responder: held.append(responder)),
+        },
+    )
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", EXITING_CLIENT, server.endpoint], stderr=subprocess.PIPE, text=True
+        )
+        try:
+            _out, err = child.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate(timeout=20)
+            pytest.fail("a client whose connection lock a stopped thread holds hung at exit")
+        assert child.returncode == 0, err
+    finally:
+        server.stop(0.2)
