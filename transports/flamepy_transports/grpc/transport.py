@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -374,6 +375,8 @@ class _Link:
             state.managed_calls -= 1
 
     def __del__(self) -> None:
+        if sys.is_finalizing():
+            return  # exiting: a thread stopped for good may hold a lock this would take
         with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to release
             self.release()
 
@@ -432,6 +435,8 @@ class ResponseStream(Iterator[bytes]):
         self.close()
 
     def __del__(self) -> None:
+        if sys.is_finalizing():
+            return  # exiting: a thread stopped for good may hold a lock this would take
         with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to cancel
             self.close()
 

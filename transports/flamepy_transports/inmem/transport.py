@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping
@@ -149,6 +150,8 @@ class _Responses(Iterator[bytes]):
         self._items.close()
 
     def __del__(self) -> None:
+        if sys.is_finalizing():
+            return  # exiting: a thread stopped for good may hold a lock this would take
         with contextlib.suppress(Exception):
             self.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -262,5 +263,7 @@ class StreamResponses(Iterator[bytes]):
             self._link.abandon(self._call)
 
     def __del__(self) -> None:
+        if sys.is_finalizing():
+            return  # exiting: a thread stopped for good may hold a lock this would take
         with contextlib.suppress(Exception):
             self.close()
