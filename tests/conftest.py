@@ -10,6 +10,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -231,3 +232,76 @@ def flame_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         reset_default_connection()
         local.stop_server(home, timeout=20)
         shutil.rmtree(home, ignore_errors=True)
+
+
+class Background:
+    """Run a call on a daemon thread; record its outcome and when it ended."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.ended = 0.0
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], object]) -> None:
+        try:
+            self.result = call()
+        except BaseException as exc:
+            self.error = exc
+        self.ended = time.monotonic()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the call did not end within {timeout} s"
+
+
+class ServerChild:
+    """A server in a child process: ``python -c code *args``, which prints ``READY <endpoint>`` once it
+    serves (the endpoint is then :attr:`endpoint`) and may print more lines (:meth:`read_line`). Every
+    read has a deadline; :meth:`kill` continues a stopped child first, and closes its pipes."""
+
+    def __init__(self, code: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            line = self.read_line(20.0)
+            assert line.startswith("READY "), f"child said {line!r}; stderr: {self._stderr()}"
+        except BaseException:
+            self.kill()
+            raise
+        self.endpoint = line.split(" ", 1)[1]
+
+    def read_line(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        data = b""
+        deadline = time.monotonic() + timeout
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError(f"no line from the child within {timeout} s (got {data!r})")
+            chunk = os.read(fd, 1)
+            if not chunk:
+                raise AssertionError(f"the child exited (got {data!r}); stderr: {self._stderr()}")
+            data += chunk
+        return data.decode().strip()
+
+    def _stderr(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # (a stopped child) then kill it
+            self.proc.kill()
+        self.proc.wait(10)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -12,12 +12,10 @@ and a stopped child is always continued and killed.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Background, ServerChild
 from flamepy_transports.uds.transport import PREAMBLE, UdsTransport, socket_path
 
 from flamepy_core.contracts import FlameError, FlameErrorCode
@@ -94,44 +93,11 @@ server.stop(0)
 """
 
 
-class Child:
+class Child(ServerChild):
     """A uds server in a child process; it says ``HANDLING`` when a hanging call has reached its handler."""
 
     def __init__(self, endpoint: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, endpoint],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            line = self.read_line(20.0)
-            assert line.startswith("READY "), f"child said {line!r}; stderr: {self._stderr()}"
-        except BaseException:
-            self.kill()
-            raise
-        self.endpoint = line.split(" ", 1)[1]
-
-    def read_line(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        data = b""
-        deadline = time.monotonic() + timeout
-        while not data.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise AssertionError(f"no line from the child within {timeout} s (got {data!r})")
-            chunk = os.read(fd, 1)
-            if not chunk:
-                raise AssertionError(f"the child exited (got {data!r}); stderr: {self._stderr()}")
-            data += chunk
-        return data.decode().strip()
-
-    def _stderr(self) -> str:
-        if self.proc.poll() is None:
-            return "(still running)"
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode(errors="replace")
+        super().__init__(CHILD, endpoint)
 
     def stop(self) -> float:
         """SIGSTOP the child; returns when it is seen stopped (the signal is delivered asynchronously)."""
@@ -142,15 +108,6 @@ class Child:
             assert time.monotonic() < deadline, "the child was not stopped"
             time.sleep(0.005)
         return stopped
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)  # (a stopped child) then kill it
-            self.proc.kill()
-        self.proc.wait(10)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 def _state(pid: int) -> str:
@@ -171,28 +128,6 @@ def child(tmp_path: Path) -> Iterator[Child]:
 
 def uds(**options: Any) -> Any:
     return get_registry().transport("uds", **{**FAST, **options})
-
-
-class Background:
-    """Run a call on a daemon thread; record its outcome and when it ended."""
-
-    def __init__(self, call: Callable[[], object]) -> None:
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.ended = 0.0
-        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self._thread.start()
-
-    def _run(self, call: Callable[[], object]) -> None:
-        try:
-            self.result = call()
-        except BaseException as exc:
-            self.error = exc
-        self.ended = time.monotonic()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"the call did not end within {timeout} s"
 
 
 def _outcome_of_future(future: Future[bytes]) -> Callable[[], object]:

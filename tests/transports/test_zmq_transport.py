@@ -14,8 +14,6 @@ import queue
 import random
 import select
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +23,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.auth
-from conftest import FlameEnv, echo_example_over
+from conftest import Background, FlameEnv, ServerChild, echo_example_over
 from flamepy_transports.zmq import framing
 from flamepy_transports.zmq.config import STREAM_WINDOW_ITEMS
 
@@ -146,50 +144,9 @@ server.stop(0)
 """
 
 
-class Child:
+class Child(ServerChild):
     def __init__(self, endpoint: str, options: dict[str, Any]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, endpoint, json.dumps(options)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            line = self.read_line(20.0)
-            assert line.startswith("READY "), f"child said {line!r}; stderr: {self._stderr()}"
-        except BaseException:
-            self.kill()
-            raise
-        self.endpoint = line.split(" ", 1)[1]
-
-    def read_line(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        data = b""
-        deadline = time.monotonic() + timeout
-        while not data.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise AssertionError(f"no line from the child within {timeout} s (got {data!r})")
-            chunk = os.read(fd, 1)
-            if not chunk:
-                raise AssertionError(f"the child exited (got {data!r}); stderr: {self._stderr()}")
-            data += chunk
-        return data.decode().strip()
-
-    def _stderr(self) -> str:
-        if self.proc.poll() is None:
-            return "(still running)"
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        super().__init__(CHILD, endpoint, json.dumps(options))
 
 
 @pytest.fixture()
@@ -203,31 +160,7 @@ def children() -> Iterator[Callable[[str, dict[str, Any]], Child]]:
 
     yield start
     for child in made:
-        if child.proc.poll() is None:
-            os.kill(child.proc.pid, signal.SIGCONT)  # (a frozen child) then kill it
         child.kill()
-
-
-class Background:
-    """Run a call on a daemon thread; record its outcome and when it ended."""
-
-    def __init__(self, call: Callable[[], object]) -> None:
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.ended = 0.0
-        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self._thread.start()
-
-    def _run(self, call: Callable[[], object]) -> None:
-        try:
-            self.result = call()
-        except BaseException as exc:
-            self.error = exc
-        self.ended = time.monotonic()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"the call did not end within {timeout} s"
 
 
 # -- the basics on both kinds of endpoint --------------------------------------------------------------
