@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,11 @@ from types import FrameType
 
 from flamepy_core.contracts.errors import FlameError
 from flamepy_core.wire.flight import require_pyarrow
+
+SIGNAL_CHECK = 0.5
+"""Seconds between the main thread's looks for a signal handled on its behalf (see :func:`main`)."""
+STOP_GRACE = 10.0
+"""Seconds the calls in flight get to finish once a stop is asked for."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"Flame-compatible Flight cache listening on {server.endpoint}", flush=True)
-    stopped.wait()
-    server.stop()
+    # The kernel may hand SIGTERM to one of the Flight server's own threads: Python then runs the handler
+    # only when the main thread next runs Python code, which a wait without a deadline never does. So the
+    # wait is cut every SIGNAL_CHECK seconds (it hung the process under load).
+    while not stopped.wait(SIGNAL_CHECK):
+        pass
+    # Arrow Flight's shutdown waits for the calls in flight, with no deadline of its own: a client that
+    # never ends its call would keep this process for ever. They get STOP_GRACE seconds.
+    stopping = threading.Thread(target=server.stop, name="flight-stop", daemon=True)
+    stopping.start()
+    stopping.join(STOP_GRACE)
+    if stopping.is_alive():
+        logging.getLogger(__name__).warning(
+            "calls still in flight %.0f s after the stop was asked for: exiting without them", STOP_GRACE
+        )
+        logging.shutdown()
+        os._exit(0)  # the server's own threads are still in its shutdown: do not wait for them at exit either
     return 0
 
 
