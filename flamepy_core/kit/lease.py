@@ -156,21 +156,29 @@ class LinkLease:
             self._waker.signal()  # the reader stops watching the link
         failed = False
         timed_out = False
+        # Whether to ask the socket before waiting on it: not at first (the wait sees what is there, and a
+        # caller that has just sent its request finds nothing yet: one system call less per call), then after
+        # every wait (the reader may have read what woke it) and before giving up at the deadline.
+        look = False
         try:
             while True:
                 with self.read_lock:
-                    while self.readable():
+                    while self.link.pending() or (look and self._probe.poll(0)):
                         if self.handle(self.link.recv()):
                             self.host_worked = True
                             return True
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if not look:
+                        look = True
+                        continue
                     timed_out = True
                     return True
                 ready = dict(self._host_watch.poll(int(left * 1000) + 1))
                 if self._host_waker.fd in ready:
                     self._host_waker.drain()
                     return True
+                look = True
         except Exception:
             failed = True
             self.link.close()
