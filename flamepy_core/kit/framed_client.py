@@ -70,6 +70,28 @@ class PeerWatch(NamedTuple):
     timeout: float
 
 
+class _Credit:
+    """What a stream's reader has taken of its window, given back in halves: the server rarely waits for
+    window, and CREDIT frames stay few."""
+
+    __slots__ = ("bytes", "items")
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.bytes = 0
+
+    def taken(self, size: int) -> tuple[int, int] | None:
+        """Count one item of ``size`` bytes taken: the CREDIT to send (items, KiB) once half the window is,
+        else None."""
+        self.items += 1
+        self.bytes += size + ITEM_OVERHEAD
+        if self.items < STREAM_WINDOW_ITEMS // 2 and self.bytes < STREAM_WINDOW_KIB * 512:
+            return None
+        credit = (self.items, -(-self.bytes // 1024))
+        self.items = self.bytes = 0
+        return credit
+
+
 class _Call:
     """One call in flight; :meth:`answer` and :meth:`fail` run on the reader thread (or the failing one)."""
 
@@ -470,7 +492,7 @@ class _CallbackStream(_Call):
     waits on it. ``on_item`` gets each item in order, then ``on_end`` None or the error, exactly once. The
     window is given back in halves as the items are handed over, as :class:`StreamResponses` does."""
 
-    __slots__ = ("_bytes", "_ended", "_items", "conn", "on_end", "on_item")
+    __slots__ = ("_credit", "_ended", "conn", "on_end", "on_item")
 
     def __init__(
         self,
@@ -484,19 +506,15 @@ class _CallbackStream(_Call):
         self.on_item = on_item
         self.on_end = on_end
         self.conn: _Connection | None = None
-        self._items = 0
-        self._bytes = 0
+        self._credit = _Credit()
         self._ended = False
 
     def answer(self, frame: Frame) -> bool:
         if frame.kind is Kind.ITEM:
             item = bytes(frame.payload)
-            self._items += 1
-            self._bytes += len(item) + ITEM_OVERHEAD
-            if (self._items >= STREAM_WINDOW_ITEMS // 2 or self._bytes >= STREAM_WINDOW_KIB * 512) and self.conn:
-                kib = -(-self._bytes // 1024)
-                self.conn.control(frames.encode(Kind.CREDIT, self.call_id, a=self._items, b=kib))
-                self._items = self._bytes = 0
+            credit = self._credit.taken(len(item))
+            if credit is not None and self.conn is not None:
+                self.conn.control(frames.encode(Kind.CREDIT, self.call_id, a=credit[0], b=credit[1]))
             try:
                 self.on_item(item)
             except Exception as exc:  # the caller's bug: this stream ends with it, the link and other calls go on
@@ -527,8 +545,7 @@ class StreamResponses(Iterator[bytes]):
         self._call = call
         self._conn = conn
         self._finished = False
-        self._items = 0
-        self._bytes = 0
+        self._credit = _Credit()
 
     def __iter__(self) -> StreamResponses:
         return self
@@ -556,13 +573,9 @@ class StreamResponses(Iterator[bytes]):
         return item
 
     def _consumed(self, size: int) -> None:
-        # Give the window back in halves, so the server rarely waits and CREDIT frames stay few.
-        self._items += 1
-        self._bytes += size + ITEM_OVERHEAD
-        if self._items >= STREAM_WINDOW_ITEMS // 2 or self._bytes >= STREAM_WINDOW_KIB * 512:
-            kib = -(-self._bytes // 1024)
-            self._conn.control(frames.encode(Kind.CREDIT, self._call.call_id, a=self._items, b=kib))
-            self._items = self._bytes = 0
+        credit = self._credit.taken(size)
+        if credit is not None:
+            self._conn.control(frames.encode(Kind.CREDIT, self._call.call_id, a=credit[0], b=credit[1]))
 
     def close(self) -> None:
         """Stop reading: the server is told to cancel the call. Idempotent."""

@@ -25,7 +25,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -47,7 +47,7 @@ from flamepy_core.kit.basics import (
 from flamepy_core.kit.framed_client import ITEM_OVERHEAD
 from flamepy_core.kit.frames import Frame, Kind
 from flamepy_core.kit.lease import LinkLease, Waker, lendable
-from flamepy_core.kit.links import Link, Listener, Oversized, sends_nowait
+from flamepy_core.kit.links import Link, Listener, NowaitLink, Oversized, sends_nowait
 
 STOP_WAIT = 5.0
 """Seconds ``stop`` waits, after the grace, for reader threads to notice their links were closed."""
@@ -267,10 +267,6 @@ class _Writer:
             call.end(final, posted=True)
 
 
-def _nothing() -> None:
-    """The ``flush`` of a link that cannot send without waiting: it never keeps anything."""
-
-
 def _checked(method: str, value: object, limit: int, endpoint: str, what: str = "response") -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise FlameError(FlameErrorCode.INTERNAL, f"handler for {method} returned {type(value).__name__}, not bytes")
@@ -300,11 +296,8 @@ class _Peer:
         self._gone = False
         self._backlog = False
         """Something was posted and is not written yet: later answers queue behind it (read without the lock)."""
-        self._nowait: Callable[[list[bytes | memoryview]], bool | None] | None = None
-        """The link's ``send_nowait``, when it has one (with ``flush``): None, and every send blocks."""
-        self._flush: Callable[[], None] = _nothing
-        if sends_nowait(link):
-            self._nowait, self._flush = link.send_nowait, link.flush
+        self._nowait: NowaitLink | None = link if sends_nowait(link) else None
+        """The link, when it can send without waiting (``send_nowait``, ``flush``): None, and every send blocks."""
         self.lease: LinkLease | None = None
         """Set when the server is hosted (see :meth:`FramedServer.host_wait`): the link may be lent."""
         if server.hosted:
@@ -331,13 +324,13 @@ class _Peer:
                 self.link.send(parts)
                 return
             if not self._backlog:
-                sent = nowait(parts)
+                sent = nowait.send_nowait(parts)
                 if sent:
                     return
                 if not self.server.hosted:
                     self.post(parts if sent is False else None)
                 elif sent is None:
-                    self._flush()
+                    nowait.flush()
                 else:
                     self._write(parts)
                 return
@@ -351,10 +344,10 @@ class _Peer:
         if nowait is None:
             self.link.send(parts)
             return
-        while (sent := nowait(parts)) is False:
-            self._flush()  # the rest of an earlier answer goes first
+        while (sent := nowait.send_nowait(parts)) is False:
+            nowait.flush()  # the rest of an earlier answer goes first
         if sent is None:
-            self._flush()
+            nowait.flush()
 
     def post(self, parts: list[bytes | memoryview] | None) -> None:
         """Queue ``parts`` for the sender thread (started on first use): never blocks the caller. None: the
@@ -380,7 +373,8 @@ class _Peer:
                 parts = self._posted.popleft()
             with contextlib.suppress(OSError):  # the client has gone: its reader cleans up
                 if parts is None:
-                    self._flush()
+                    assert self._nowait is not None  # only a link that keeps a rest has it flushed
+                    self._nowait.flush()
                 else:
                     self._write(parts)
 

@@ -210,7 +210,7 @@ class SocketLink:
             sock.sendall(preamble)
 
     def send(self, parts: Sequence[Part]) -> None:
-        size = sum(len(p) for p in parts)
+        size = sum(map(len, parts))
         with self._send_lock:
             if self._rest is not None:
                 self._write_rest()
@@ -229,7 +229,7 @@ class SocketLink:
         one from its parts without a copy. The lock is only ever held for such a call here, so a thread
         never waits behind a write that waits for the peer.
         """
-        size = sum(len(p) for p in parts)
+        size = sum(map(len, parts))
         with self._send_lock:
             if self._rest is not None:
                 return False
