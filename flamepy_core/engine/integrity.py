@@ -57,9 +57,9 @@ def store_damaged(path: Path, detail: str) -> FlameError:
     return FlameError(
         FlameErrorCode.INVALID_STATE,
         f"the store {path} is damaged, so the server will not serve it (sqlite: {detail}). Nothing was changed "
-        f"in it. Stop anything using it; then move it aside together with its -wal and -shm files and the "
-        f"folder of its large payloads (e.g. mv {path} {path}.damaged, and likewise {path}-wal, {path}-shm and "
-        f"{Path(path).parent / PAYLOADS_DIRECTORY}) to start with an empty store, or "
+        f"in it. Stop anything using it; then move it aside together with its -wal, -shm and -ahead files and "
+        f"the folder of its large payloads (e.g. mv {path} {path}.damaged, and likewise {path}-wal, {path}-shm, "
+        f"{path}-ahead and {Path(path).parent / PAYLOADS_DIRECTORY}) to start with an empty store, or "
         f"put back a copy you trust. `sqlite3 {path} .recover` can salvage the rows that are still readable.",
     )
 

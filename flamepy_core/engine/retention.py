@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError
+from flamepy_core.engine.ahead_log import SUFFIX as AHEAD_SUFFIX
 from flamepy_core.engine.payload_files import DIRECTORY_NAME as PAYLOADS_DIRECTORY
 from flamepy_core.engine.store import Op, Store
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
@@ -90,9 +91,10 @@ class CollectReport:
 
 
 def store_bytes(path: str) -> int:
-    """The store's size on disk: the database file, its write-ahead log and the payload files."""
+    """The store's size on disk: the database file, its write-ahead log, its ahead log and the payload
+    files."""
     total = 0
-    for name in (path, f"{path}-wal"):
+    for name in (path, f"{path}-wal", path + AHEAD_SUFFIX):
         with contextlib.suppress(FileNotFoundError):
             total += os.path.getsize(name)
     with contextlib.suppress(FileNotFoundError):

@@ -309,7 +309,12 @@ class FlameServer:
         sound = check_store(self.db_path, self.settings.store_check_timeout)
         create_private_file(self.db_path)  # 0600 from the start; sqlite's -wal and -shm take its mode
         try:
-            self.store = Store(self.db_path, durability=self.durability, retry_window=self.settings.store_retry_window)
+            self.store = Store(
+                self.db_path,
+                durability=self.durability,
+                retry_window=self.settings.store_retry_window,
+                ahead_log=True,  # (in "batched" mode: a commit on an answer's path is one append; see Store)
+            )
             self.engine = Engine(
                 self.store,
                 task_retry_limit=self.settings.task_retry_limit,

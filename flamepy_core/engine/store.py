@@ -43,6 +43,15 @@ loss may drop the last transactions before the next checkpoint (the file stays c
 runs with ``synchronous=FULL``: every commit is fsync-ed, so it survives a power loss too, at the cost
 of an fsync per group commit.
 
+The ahead log (``ahead_log=True``, the server's store in ``"batched"`` mode). A group that would be
+committed on a caller's thread is appended to a log file of its own instead (:mod:`.ahead_log`: one
+``write``, as durable as the commit at ``synchronous=NORMAL``), and its callbacks run at once; the writer
+thread applies what the log holds to sqlite at most ``FOLD_DELAY`` later, in one transaction for all of
+it, and every transaction applies it first, so the order of writes is the order they were queued. A read
+(:meth:`Store.query`) applies it before it reads: what was acknowledged is what a read sees. A start
+applies what a crash left in the log before anything is served. While the store is failing, and in
+``"strict"`` mode, commits go to sqlite as before.
+
 Large payloads. A task's input or output of ``FILE_PAYLOAD_BYTES`` (1 MiB) or more is kept in a file of
 its own under ``payloads/`` next to the database, written before the row that names it is committed;
 the row holds the file's name and size. See :mod:`.payload_files` for why, and for what survives what.
@@ -79,6 +88,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.ahead_log import STORE_ID_BYTES, AheadLog, ForeignLog, NotLoggable, encode_ops, read_records
+from flamepy_core.engine.ahead_log import SUFFIX as AHEAD_SUFFIX
 from flamepy_core.engine.payload_files import DIRECTORY_NAME as PAYLOADS_DIRECTORY
 from flamepy_core.engine.payload_files import PayloadFiles
 
@@ -121,6 +132,11 @@ CREATE TABLE IF NOT EXISTS objects (
     version INTEGER NOT NULL,
     base_version INTEGER NOT NULL,
     base BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ahead_applied (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    seq INTEGER NOT NULL,                   -- the last ahead-log record applied (engine.ahead_log)
+    log_id BLOB NOT NULL                    -- the id in the header of this store's ahead log
 );
 CREATE TABLE IF NOT EXISTS object_patches (
     key TEXT NOT NULL,
@@ -222,6 +238,19 @@ CHECKPOINT_MIN_INTERVAL = 0.5
 """Seconds between two checkpoints asked for by size (a reader can keep one from completing)."""
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
+FOLD_DELAY = 0.05
+"""Seconds a write acknowledged by the ahead log may wait before the writer thread applies it to sqlite
+(with every other one logged meanwhile: one transaction for all of them)."""
+AHEAD_MAX = 4096
+"""Logged writes not yet applied beyond which a commit goes to sqlite (applying them all with it): the
+memory they hold stays bounded when the writer thread falls behind."""
+AHEAD_LOG_LIMIT = 16 << 20
+"""Bytes of ahead log beyond which a commit goes to sqlite, which applies everything logged, and the log
+is emptied (the writer thread applies records while others are appended, so it does not empty it)."""
+AHEAD_RECORD_MAX = 64 << 10
+"""A group of writes whose records are larger than this is committed to sqlite directly: a large payload
+is written once."""
+_MARK_APPLIED = "UPDATE ahead_applied SET seq = ? WHERE id = 0"
 
 _DISK_ERRORS = frozenset({"SQLITE_FULL", "SQLITE_NOMEM"})
 """sqlite errors (besides every SQLITE_IOERR_*) that mean "no room": RESOURCE_EXHAUSTED."""
@@ -298,7 +327,14 @@ class Store:
     need: callbacks run on the committing thread.
     """
 
-    def __init__(self, path: Path | str, *, durability: str = "batched", retry_window: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        durability: str = "batched",
+        retry_window: float = 2.0,
+        ahead_log: bool = False,
+    ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
         self.path = str(path)
@@ -352,6 +388,19 @@ class Store:
         self.commits = 0
         self.checkpoints = 0
         """Checkpoints run by the checkpointer thread (diagnostics and tests)."""
+        self._conn_lock = threading.RLock()
+        """One transaction at a time on the write connection: a leader's, a fold's, ``exclusive``'s."""
+        self._log_lock = threading.Lock()
+        """Appending to the ahead log, and emptying it."""
+        self._ahead: list[tuple[int, list[Op]]] = []
+        """Writes the ahead log acknowledged and sqlite does not hold yet, oldest first: (record seq, ops)."""
+        self._ahead_due: float | None = None
+        """When the writer thread applies ``_ahead`` (FOLD_DELAY after the first of them was logged)."""
+        self._applied_seq = self._logged_seq = self._recover_ahead()
+        """The last record applied to sqlite; the last appended. A read finding them apart applies the rest."""
+        self._ahead_log: AheadLog | None = None
+        if ahead_log and durability == "batched":
+            self._ahead_log = AheadLog(self.path + AHEAD_SUFFIX, self._log_id)
         # Connected here, before any write: a connection's set-up (its PRAGMAs) waits for the write lock,
         # which writes that never pause kept from it for its whole busy timeout (30 s), while the log grew.
         checkpoint_conn = self._connect()
@@ -467,7 +516,7 @@ class Store:
                 self._urgent = 0
                 self._untried = False
                 self._lazy_due = None
-            error = self._attempt(batch)
+            error = None if self._log_ahead(batch) else self._attempt(batch)
             if error is not None:
                 with self._mutex:
                     self._queue.extendleft(reversed(batch))  # the writer retries them, in order
@@ -529,27 +578,191 @@ class Store:
                 + (f": {self._failure.message}" if self._failure else ""),
             )
 
-    def _attempt(self, batch: list[_Write]) -> BaseException | None:
-        """One transaction for ``batch``; the exception if it failed (rolled back)."""
+    # -- the ahead log ---------------------------------------------------------------------------------
+
+    def _log_ahead(self, batch: list[_Write]) -> bool:
+        """Make ``batch`` durable with one append to the ahead log (its callbacks may run as soon as this
+        returns True); False: commit it to sqlite instead (no log, a full one, a large group, a failed
+        append)."""
+        ahead_log = self._ahead_log
+        if ahead_log is None or ahead_log.size >= AHEAD_LOG_LIMIT or len(self._ahead) >= AHEAD_MAX:
+            return False
+        writes = [item.ops for item in batch if item.ops]
+        if not writes:
+            return True  # nothing to store: what was queued before is logged or committed already
+        try:
+            bodies = [encode_ops(ops) for ops in writes]
+        except NotLoggable:
+            return False
+        if sum(map(len, bodies)) > AHEAD_RECORD_MAX:
+            return False
+        with self._log_lock:
+            first = self._logged_seq + 1
+            try:
+                ahead_log.append(first, bodies)
+            except OSError as exc:
+                if ahead_log.broken:
+                    self._ahead_log = None
+                    log.error("the ahead log %s cannot be appended to (%s): commits go to sqlite", ahead_log.path, exc)
+                else:
+                    log.warning("an append to the ahead log %s failed (%s): committed to sqlite", ahead_log.path, exc)
+                return False
+            self._logged_seq = first + len(writes) - 1
+        due = time.monotonic() + FOLD_DELAY
+        with self._mutex:
+            self._ahead += enumerate(writes, first)
+            if self._ahead_due is None:
+                self._ahead_due = due
+                wakes_at = self._writer_wakes_at
+                if wakes_at is None or wakes_at > due:
+                    self._writer_wakes_at = due
+                    self._cond.notify()
+        return True
+
+    def _take_ahead(self) -> list[tuple[int, list[Op]]]:
+        with self._mutex:
+            ahead, self._ahead = self._ahead, []
+            self._ahead_due = None
+        return ahead
+
+    def _give_back(self, ahead: list[tuple[int, list[Op]]]) -> None:
+        """Logged writes a transaction could not apply: first in line again (nobody waits for them)."""
+        with self._mutex:
+            self._ahead[:0] = ahead
+            if self._ahead_due is None:
+                self._ahead_due = time.monotonic() + FOLD_DELAY
+
+    def _fold_ahead(self) -> BaseException | None:
+        """Apply what the ahead log acknowledged to sqlite now, in one transaction (the writer thread,
+        ``FOLD_DELAY`` after it was logged, without holding up the commits meanwhile; a read, before it
+        reads); the exception if it could not."""
+        with self._conn_lock:
+            with self._mutex:
+                if not self._ahead:
+                    return None
+            exc = self._attempt([])
+            if exc is not None and not _is_transient(exc):
+                self._isolate_ahead()
+                return exc if self._ahead else None
+            return exc
+
+    def _isolate_ahead(self) -> None:
+        """A logged statement failed for a reason of its own (a bug): apply the others, drop that one."""
+        with self._conn_lock:
+            ahead = self._take_ahead()
+            for index, record in enumerate(ahead):
+                exc = self._transaction([record], [])
+                if exc is not None and _is_transient(exc):
+                    self._give_back(ahead[index:])
+                    return
+                if exc is not None:
+                    log.error("an acknowledged store write was dropped: %r failed: %s", record[1][:1], exc)
+                    self._transaction([(record[0], [])], [])  # past it (if this fails, a start drops it again)
+                self._applied_seq = record[0]
+
+    def _recover_ahead(self) -> int:
+        """Apply what a previous server's ahead log acknowledged and sqlite does not hold (it stopped
+        before its writer thread applied it), before anything is served; the last record's seq."""
+        path = self.path + AHEAD_SUFFIX
+        self._write.execute(
+            "INSERT OR IGNORE INTO ahead_applied (id, seq, log_id) VALUES (0, 0, randomblob(?))", (STORE_ID_BYTES,)
+        )
+        seq, log_id = self._write.execute("SELECT seq, log_id FROM ahead_applied WHERE id = 0").fetchone()
+        applied = int(seq)
+        self._log_id = bytes(log_id)
+        try:
+            records, torn = read_records(path, self._log_id)
+        except ForeignLog as foreign:
+            raise FlameError(
+                FlameErrorCode.INVALID_STATE,
+                f"{foreign}, not of the store {self.path} (the store was moved aside or replaced without its ahead "
+                f"log), so it is not applied. Nothing was changed in either. Move {path} aside too (or put back "
+                f"the store it belongs to), then start the server again",
+            ) from None
+        if torn:
+            log.warning(
+                "the last %d bytes of %s are not a whole record (an append cut short, never acknowledged): ignored",
+                torn,
+                path,
+            )
+        pending = [record for record in records if record[0] > applied]
+        if pending:
+            exc = self._transaction(pending, [])
+            if exc is not None and not _is_transient(exc):
+                with self._mutex:
+                    self._ahead = pending
+                self._isolate_ahead()
+                exc = None if not self._ahead else exc
+            if exc is not None:
+                name = str(getattr(exc, "sqlite_errorname", "") or type(exc).__name__)
+                raise FlameError(
+                    FlameErrorCode.RESOURCE_EXHAUSTED if _is_transient(exc) else FlameErrorCode.INTERNAL,
+                    f"cannot apply {path} (writes the last server acknowledged) to the store {self.path}: {exc} "
+                    f"({name}). Nothing is lost: the file is kept and applied at the next start; free space "
+                    f"(or fix what the error names) and start the server again",
+                ) from exc
+            log.info("applied %d writes from %s (the last server stopped before it applied them)", len(pending), path)
+            applied = pending[-1][0]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # all of it applied (a new log starts empty)
+        return applied
+
+    def _maybe_reset_log(self) -> None:
+        """Empty a large ahead log once everything appended to it is applied (a commit to sqlite by the
+        leader: nobody appends meanwhile)."""
+        ahead_log = self._ahead_log
+        if ahead_log is not None and ahead_log.size >= AHEAD_LOG_LIMIT:
+            with self._log_lock:
+                if self._logged_seq == self._applied_seq:
+                    try:
+                        ahead_log.reset()
+                    except OSError as exc:  # it stays full: commits go to sqlite, as without a log
+                        log.warning("cannot empty the ahead log %s: %s", ahead_log.path, exc)
+
+    # -- transactions -----------------------------------------------------------------------------------
+
+    def _transaction(self, ahead: list[tuple[int, list[Op]]], batch: list[_Write]) -> BaseException | None:
+        """One transaction: the logged writes ``ahead`` (oldest first) and their mark, then ``batch``;
+        the exception if it failed (rolled back)."""
         conn = self._write
-        single = _single_statement(batch)
+        single = None if ahead else _single_statement(batch)
         try:
             if single is not None:
                 conn.execute(*single)  # sqlite's own transaction for one statement: as atomic, two calls fewer
             else:
                 conn.execute("BEGIN")
+                for _seq, ops in ahead:
+                    for sql, params in ops:
+                        conn.execute(sql, params)
+                if ahead:
+                    conn.execute(_MARK_APPLIED, (ahead[-1][0],))
                 for item in batch:
                     for sql, params in item.ops:
                         conn.execute(sql, params)
                 conn.execute("COMMIT")
         except BaseException as exc:  # sqlite errors, and anything else: never leave a transaction open
-            self._note_damage(exc)
             try:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             except sqlite3.Error:
                 log.debug("rollback failed", exc_info=True)
             return exc
+        return None
+
+    def _attempt(self, batch: list[_Write]) -> BaseException | None:
+        """One transaction for ``batch``, after what the ahead log holds (the order they were queued in);
+        the exception if it failed (rolled back)."""
+        with self._conn_lock:
+            ahead = self._take_ahead() if self._ahead else []
+            exc = self._transaction(ahead, batch)
+            if exc is not None:
+                self._note_damage(exc)
+                if ahead:
+                    self._give_back(ahead)
+                return exc
+            if ahead:
+                self._applied_seq = ahead[-1][0]
+            self._maybe_reset_log()
         self.commits += 1
         self._last_commit = time.monotonic()
         if self.log_bytes() > CHECKPOINT_BYTES:
@@ -571,7 +784,9 @@ class Store:
         except OSError:
             return 0
 
-    def _done(self, batch: Iterable[_Write], error: FlameError | None) -> None:
+    def _done(self, batch: list[_Write], error: FlameError | None) -> None:
+        if not batch:
+            return  # (a fold of the ahead log: its callbacks ran when it was logged)
         for item in batch:
             if item.on_done is not None:
                 try:
@@ -588,6 +803,7 @@ class Store:
 
     def _run_writer(self) -> None:
         while True:
+            fold = False
             with self._cond:
                 while True:
                     if self._closing and not self._leader:
@@ -596,18 +812,29 @@ class Store:
                     due = self._next_due(now)
                     if due is not None and due <= now and not self._leader and not self._exclusive_waiting:
                         break
+                    fold_due = self._ahead_due if self._ahead and self._failure is None else None
+                    if fold_due is not None and fold_due <= now:
+                        fold = True
+                        break
+                    if fold_due is not None:
+                        due = fold_due if due is None else min(due, fold_due)
                     kept = self._writer_wakes_at
                     if due is None and kept is not None and kept > now:
                         due = kept  # the queue emptied, but lazy writes queued until then count on this
                     self._writer_wakes_at = None if due is None else max(now + 0.001, due)
                     self._cond.wait(None if due is None else max(0.001, due - now))
-                self._leader = True
-                batch = list(self._queue)
-                self._queue.clear()
-                self._taken_seq = self._seq
-                self._urgent = 0
-                self._untried = False
-                self._lazy_due = None
+                if not fold:
+                    self._leader = True
+                    batch = list(self._queue)
+                    self._queue.clear()
+                    self._taken_seq = self._seq
+                    self._urgent = 0
+                    self._untried = False
+                    self._lazy_due = None
+            if fold:
+                # Not as the leader: a commit meanwhile is logged, not held up by this transaction.
+                self._writer_round([])
+                continue
             try:
                 self._writer_round(batch)
             finally:
@@ -618,7 +845,8 @@ class Store:
     def _next_due(self, now: float) -> float | None:
         """When the writer should commit next (called with the condition's lock held)."""
         if not self._queue:
-            return None
+            # While failing, what the ahead log holds is retried as the queue would be (as the leader).
+            return self._retry_at if self._ahead and self._failure is not None else None
         if self._failure is not None:
             return now if self._untried else self._retry_at
         if self.durability == "strict" or (self._untried and self._lazy_due is None):
@@ -661,6 +889,7 @@ class Store:
 
     def _isolate(self, batch: list[_Write]) -> None:
         """A statement failed for a reason of its own (a bug): commit the others, fail that one."""
+        self._isolate_ahead()
         for item in batch:
             exc = self._attempt([item])
             if exc is None:
@@ -712,6 +941,11 @@ class Store:
     # -- reads ---------------------------------------------------------------------------------------
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of a read, which sees every write acknowledged before it (the ahead log's included)."""
+        if self._applied_seq != self._logged_seq:
+            exc = self._fold_ahead()
+            if exc is not None:  # kept, and applied when the store can write again: this read may miss them
+                log.warning("a read of %s does not see the writes the ahead log holds: %s", self.path, exc)
         with self._read_lock:
             try:
                 return list(self._read.execute(sql, params))
@@ -770,7 +1004,8 @@ class Store:
                 self._exclusive_waiting -= 1
             self._leader = True
         try:
-            return fn(self._write)
+            with self._conn_lock:
+                return fn(self._write)
         finally:
             with self._cond:
                 self._leader = False
@@ -789,8 +1024,10 @@ class Store:
         deadline = time.monotonic() + timeout
         while True:
             self.commit()
+            if self._ahead:
+                self._fold_ahead()
             with self._cond:
-                if not self._queue and not self._leader:
+                if not self._queue and not self._leader and not self._ahead:
                     self._closing = True
                     self._cond.notify_all()
                     break
@@ -802,12 +1039,25 @@ class Store:
                     log.error(
                         "closing the store %s with %d writes it could not commit: %s", self.path, lost, self._failure
                     )
+                    if self._ahead:
+                        log.error(
+                            "%d writes it acknowledged stay in %s, applied at the next start",
+                            len(self._ahead),
+                            self.path + AHEAD_SUFFIX,
+                        )
                     break
                 self._cond.wait(0.05)
         self._writer.join(timeout=timeout)
         self._checkpoint_wanted.set()
         self._checkpointer.join(timeout=timeout)
         self._closed = True
+        applied = not self._ahead and self._applied_seq == self._logged_seq
+        if self._ahead_log is not None:
+            self._ahead_log.close(remove=applied)
+        elif applied:  # (one that broke, its records all applied since)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path + AHEAD_SUFFIX)
+        clean = clean and applied
         self._write.close()
         self._read.close()
         if self._wal_index is not None:

@@ -1,8 +1,9 @@
 """An invoke's result is in the store before the client reads it, though its creation was not committed first.
 
-A real server is killed with SIGKILL right after the invokes returned: what the store file holds then is
-what a crash keeps. RunTask commits a task's creation with its result (docs/runtime.md, "What is committed
-when"); a result reported before that commit would be missing here.
+A real server is killed with SIGKILL right after the invokes returned: what the store's files hold then
+(the database, its WAL and the store's ahead log) is what a crash keeps, and what the next start reads.
+RunTask commits a task's creation with its result (docs/runtime.md, "What is committed when"); a result
+reported before that commit would be missing here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from conftest import FlameEnv, wait_for
 
 import flamepy
 from flamepy_core.client.local import live_server
+from flamepy_core.engine.store import Store
 from flamepy_core.wire.proto import types_pb2 as pb
 
 SERVICE = """
@@ -44,6 +46,7 @@ def test_every_reported_invoke_survives_a_kill_of_the_server(flame_env: FlameEnv
     os.kill(pid, signal.SIGKILL)  # no orderly close: only what was committed is in the file
     wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, "the server to die")
 
+    Store(flame_env.home / "flame.db").close()  # a start applies what the ahead log holds (the server's own does)
     db = sqlite3.connect(f"file:{flame_env.home / 'flame.db'}?mode=ro", uri=True)
     try:
         rows = db.execute(
