@@ -238,6 +238,10 @@ CHECKPOINT_MIN_INTERVAL = 0.5
 """Seconds between two checkpoints asked for by size (a reader can keep one from completing)."""
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 1.0
+BUSY_TIMEOUT = 30
+"""Seconds a connection waits for sqlite's lock (another process's transaction) before its statement fails."""
+READ_WAIT = 1.0
+"""Seconds a read waits for what the ahead log holds to be applied before it reads without it."""
 FOLD_DELAY = 0.05
 """Seconds a write acknowledged by the ahead log may wait before the writer thread applies it to sqlite
 (with every other one logged meanwhile: one transaction for all of them)."""
@@ -416,7 +420,7 @@ class Store:
         self._checkpointer.start()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT)
         # Takes effect on a new file only (before WAL and the first table), or at the next VACUUM.
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
@@ -943,9 +947,7 @@ class Store:
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """Rows of a read, which sees every write acknowledged before it (the ahead log's included)."""
         if self._applied_seq != self._logged_seq:
-            exc = self._fold_ahead()
-            if exc is not None:  # kept, and applied when the store can write again: this read may miss them
-                log.warning("a read of %s does not see the writes the ahead log holds: %s", self.path, exc)
+            self._apply_for_read()
         with self._read_lock:
             try:
                 return list(self._read.execute(sql, params))
@@ -972,6 +974,23 @@ class Store:
     def remove_orphan_payload_files(self) -> int:
         """Remove the payload files no row names (a crash between a file and its commit left them)."""
         return self.payloads.remove_orphans(self.payload_file_names)
+
+    def _apply_for_read(self) -> None:
+        """Apply what the ahead log holds before a read, waiting at most ``READ_WAIT`` for it: reads keep
+        working while the store cannot write (they then miss what the log holds, which is not lost)."""
+        if not self._conn_lock.acquire(timeout=READ_WAIT):
+            log.warning("a read of %s does not see the writes the ahead log holds: the store is busy", self.path)
+            return
+        try:
+            self._write.execute(f"PRAGMA busy_timeout = {int(READ_WAIT * 1000)}")
+            try:
+                exc = self._fold_ahead()
+            finally:
+                self._write.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT * 1000}")
+        finally:
+            self._conn_lock.release()
+        if exc is not None:  # kept, and applied when the store can write again
+            log.warning("a read of %s does not see the writes the ahead log holds: %s", self.path, exc)
 
     def iter_query(self, sql: str, *params: Any, batch: int = 500) -> Iterator[tuple[Any, ...]]:
         """Stream rows in batches without holding the read lock between batches."""

@@ -187,6 +187,20 @@ def test_the_writer_thread_applies_the_log_by_itself(tmp_path: Path, monkeypatch
         store.close()
 
 
+def test_reads_keep_working_while_another_process_holds_the_database(logged: Store) -> None:
+    blocker = sqlite3.connect(logged.path, timeout=10, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        logged.write_wait(
+            [("INSERT INTO t VALUES (1, NULL)", ())]
+        )  # acknowledged by the log: sqlite's lock is not asked
+        assert logged.query("SELECT k FROM t") == [], "a read did not answer from what flame.db holds"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert logged.query("SELECT k FROM t") == [(1,)], "the logged write was not applied once the lock was gone"
+
+
 def test_a_commit_to_sqlite_applies_what_was_logged_before_it_first(logged: Store) -> None:
     logged.write_wait([("INSERT INTO t VALUES (1, x'01')", ())])
     big = b"b" * (store_module.AHEAD_RECORD_MAX + 1)  # too large to log: committed directly
