@@ -168,7 +168,7 @@ def test_an_acknowledged_write_is_logged_and_every_read_sees_it(logged: Store) -
     assert raw_rows(db, "SELECT seq FROM ahead_applied") == [(logged._logged_seq,)]
 
 
-def test_the_writer_thread_applies_the_log_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fold_thread_applies_the_log_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "FOLD_DELAY", 0.01)
     store = Store(tmp_path / "flame.db", ahead_log=True)
     try:
@@ -182,9 +182,16 @@ def test_the_writer_thread_applies_the_log_by_itself(tmp_path: Path, monkeypatch
             except sqlite3.OperationalError:  # no table yet
                 return False
 
-        wait_for(applied, 10, "the writer thread to apply the logged writes")
+        wait_for(applied, 10, "the fold thread to apply the logged writes")
     finally:
         store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_the_fold_thread_runs_at_the_lowest_priority(logged: Store) -> None:
+    assert logged._folder is not None and logged._folder.native_id is not None
+    assert os.sched_getscheduler(logged._folder.native_id) == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE, "the priority of the thread that opened the store changed"
 
 
 def test_reads_keep_working_while_another_process_holds_the_database(logged: Store) -> None:

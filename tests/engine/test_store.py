@@ -29,10 +29,12 @@ BLOB = 5000  # more than a page (4 KiB): every row needs new pages
 
 
 class StoreMachine(RuleBasedStateMachine):
+    ahead_log = False
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="fs-"))
-        self.store = Store(self.dir / "flame.db", retry_window=0.0)
+        self.store = Store(self.dir / "flame.db", retry_window=0.0, ahead_log=self.ahead_log)
         self.store.write_wait([("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB)", ())])
         self.full = False
         self.next_id = 0
@@ -105,6 +107,17 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+
+
+class LoggedStoreMachine(StoreMachine):
+    """The same rules with the ahead log (the server's store): a write it acknowledged before the disk
+    filled is kept, and applied once there is room."""
+
+    ahead_log = True
+
+
+TestLoggedStoreMachine = LoggedStoreMachine.TestCase
+TestLoggedStoreMachine.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
 
 
 def test_a_lazy_write_is_committed_without_anyone_committing(tmp_path: Path) -> None:
