@@ -863,8 +863,8 @@ class Store:
         Not as the leader: commits meanwhile are logged, not held up by this transaction. At the lowest
         priority there is (``SCHED_IDLE``, Linux): the fold uses a CPU nothing else wants. At the same
         priority as the server's other threads, a warm invoke woken on the CPU a fold ran on waited for
-        the fold's time slice: with 50 ms folds, the p99 of ``/tmp``-measured warm invokes went from
-        0.9-1.0 ms to 1.3-1.4 ms; at ``SCHED_IDLE`` it stayed at 0.7-0.8 ms (runs alternated)."""
+        the fold's time slice: with 50 ms folds, the p99 of a loop of warm invokes went from 0.9-1.0 ms
+        (no ahead log) to 1.3-1.4 ms; at ``SCHED_IDLE`` it was 0.7-0.8 ms (runs alternated, 2 CPUs)."""
         _lowest_priority()
         while True:
             with self._mutex:
