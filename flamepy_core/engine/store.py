@@ -46,7 +46,7 @@ of an fsync per group commit.
 The ahead log (``ahead_log=True``, the server's store in ``"batched"`` mode). A group that would be
 committed on a caller's thread is appended to a log file of its own instead (:mod:`.ahead_log`: one
 ``write``, as durable as the commit at ``synchronous=NORMAL``), and its callbacks run at once; a fold
-thread of the lowest priority applies what the log holds to sqlite at most ``FOLD_DELAY`` later, in one
+thread applies what the log holds to sqlite at most ``FOLD_DELAY`` later, in one
 transaction for all of it, and every transaction applies it first, so the order of writes is the order
 they were queued. A read
 (:meth:`Store.query`) applies it before it reads: what was acknowledged is what a read sees. A start
@@ -246,7 +246,8 @@ READ_WAIT = 1.0
 FOLD_DELAY = 0.01
 """Seconds a write acknowledged by the ahead log may wait before the fold thread applies it to sqlite
 (with every other one logged meanwhile: one transaction for all of them). Short: a fold of 10 ms of warm
-invokes (~25 rows) takes a few hundred µs, where 50 ms of them held a CPU long enough to show in the p99."""
+invokes (~25 rows) takes a few hundred µs, where 50 ms of them held a CPU long enough to show in the p99
+(see ``Store._run_folder``)."""
 AHEAD_MAX = 4096
 """Logged writes not yet applied beyond which a commit goes to sqlite (applying them all with it): the
 memory they hold stays bounded when the fold thread falls behind."""
@@ -316,18 +317,6 @@ def _open_wal_index(path: str) -> int | None:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-
-
-def _lowest_priority() -> None:
-    """Run the calling thread only on a CPU nothing else wants (``SCHED_IDLE``; Linux only: elsewhere
-    it keeps its priority, as the calls that lower it there act on the whole process)."""
-    idle = getattr(os, "SCHED_IDLE", None)
-    if idle is None or not sys.platform.startswith("linux"):
-        return
-    try:
-        os.sched_setscheduler(0, idle, os.sched_param(0))  # 0: this thread (a task, to Linux)
-    except OSError as exc:  # (a sandbox that forbids it)
-        log.debug("the store's fold thread keeps its priority: %s", exc)
 
 
 def _single_statement(batch: list[_Write]) -> Op | None:
@@ -860,12 +849,13 @@ class Store:
     def _run_folder(self) -> None:
         """Apply what the ahead log holds, ``FOLD_DELAY`` after the first of it was appended.
 
-        Not as the leader: commits meanwhile are logged, not held up by this transaction. At the lowest
-        priority there is (``SCHED_IDLE``, Linux): the fold uses a CPU nothing else wants. At the same
-        priority as the server's other threads, a warm invoke woken on the CPU a fold ran on waited for
-        the fold's time slice: with 50 ms folds, the p99 of a loop of warm invokes went from 0.9-1.0 ms
-        (no ahead log) to 1.3-1.4 ms; at ``SCHED_IDLE`` it was 0.7-0.8 ms (runs alternated, 2 CPUs)."""
-        _lowest_priority()
+        Not as the leader: commits meanwhile are logged, not held up by this transaction. Often and small
+        (``FOLD_DELAY``): a warm invoke woken on the CPU a fold runs on waits for the fold's time slice,
+        and with 50 ms folds the p99 of a loop of warm invokes went from 0.9-1.0 ms (no ahead log) to
+        1.3-1.4 ms, where 10 ms folds kept it at 1.0 (runs alternated, 2 CPUs). The lowest priority
+        (``SCHED_IDLE``) kept it at 0.7-0.8 ms, but a thread of that priority waits for as long as every
+        CPU is busy, holding the connection a commit to sqlite then waits for: during a ``run()`` of
+        CPU-bound tasks, every acknowledgement would wait for the end of the burst."""
         while True:
             with self._mutex:
                 while True:

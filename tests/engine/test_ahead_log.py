@@ -187,13 +187,6 @@ def test_the_fold_thread_applies_the_log_by_itself(tmp_path: Path, monkeypatch: 
         store.close()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
-def test_the_fold_thread_runs_at_the_lowest_priority(logged: Store) -> None:
-    assert logged._folder is not None and logged._folder.native_id is not None
-    assert os.sched_getscheduler(logged._folder.native_id) == os.SCHED_IDLE
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE, "the priority of the thread that opened the store changed"
-
-
 def test_reads_keep_working_while_another_process_holds_the_database(logged: Store) -> None:
     blocker = sqlite3.connect(logged.path, timeout=10, isolation_level=None)
     try:
