@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine.ahead_log import SUFFIX
 from flamepy_core.engine.state import Engine
 from flamepy_core.engine.store import Store
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -42,10 +43,12 @@ def expect_error(code: FlameErrorCode, fn, *args) -> None:  # type: ignore[no-un
 
 
 class EngineMachine(RuleBasedStateMachine):
+    ahead_log = False
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="fe-"))
-        self.store = Store(self.dir / "flame.db")
+        self.store = Store(self.dir / "flame.db", ahead_log=self.ahead_log)
         self.engine = Engine(self.store)
         self.apps: set[str] = set()
         self.sessions: dict[str, ModelSession] = {}
@@ -153,7 +156,32 @@ class EngineMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         self.store.close()
-        self.store = Store(self.dir / "flame.db")
+        self.store = Store(self.dir / "flame.db", ahead_log=self.ahead_log)
+        self.engine = Engine(self.store)
+
+    @rule(sid=SESSIONS, data=st.binary(max_size=16), first=st.sampled_from(["nothing", "create", "complete"]))
+    def crash(self, sid: str, data: bytes, first: str) -> None:
+        """The server dies right after a call (the invariant's reads apply the ahead log: a crash after
+        them alone would find it applied): its files as they are then (no transaction or append under
+        way), read by a new server."""
+        model = self.sessions.get(sid)
+        if first == "create":
+            self.create_task(sid, data)
+        elif first == "complete" and model is not None and model.open and S.Pending in model.tasks.values():
+            task = self.engine.take_task(sid, timeout=0)
+            assert task is not None
+            self.engine.complete_task(sid, task.metadata.id, b"done")
+            model.tasks[int(task.metadata.id)] = S.Succeed
+            model.outputs[int(task.metadata.id)] = b"done"
+        crashed = Path(tempfile.mkdtemp(prefix="fe-crash-"))
+        with self.store._log_lock, self.store._conn_lock:
+            for suffix in ("", "-wal", SUFFIX):
+                if Path(f"{self.store.path}{suffix}").exists():
+                    shutil.copyfile(f"{self.store.path}{suffix}", crashed / f"flame.db{suffix}")
+        self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = crashed
+        self.store = Store(self.dir / "flame.db", ahead_log=self.ahead_log)
         self.engine = Engine(self.store)
 
     @invariant()
@@ -183,3 +211,14 @@ class EngineMachine(RuleBasedStateMachine):
 
 TestEngineMachine = EngineMachine.TestCase
 TestEngineMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+class LoggedEngineMachine(EngineMachine):
+    """The same rules on the server's store, with its ahead log: what the engine was told is committed is
+    read back, across restarts and crashes, as the model says."""
+
+    ahead_log = True
+
+
+TestLoggedEngineMachine = LoggedEngineMachine.TestCase
+TestLoggedEngineMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
