@@ -26,6 +26,7 @@ from flamepy_core.kit.basics import (
     run_calls_on,
     stream_async,
     unary_async,
+    unary_read,
     unavailable,
     unimplemented,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "run_calls_on",
     "stream_async",
     "unary_async",
+    "unary_read",
     "unavailable",
     "unimplemented",
 ]

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         run_calls_on,
         stream_async,
         unary_async,
+        unary_read,
         unavailable,
         unimplemented,
     )
@@ -98,6 +99,7 @@ __all__ = [
     "run_calls_on",
     "stream_async",
     "unary_async",
+    "unary_read",
     "unavailable",
     "unimplemented",
 ]
@@ -139,6 +141,7 @@ _WHERE: dict[str, str] = {
     "run_calls_on": "flamepy_core.kit.basics",
     "stream_async": "flamepy_core.kit.basics",
     "unary_async": "flamepy_core.kit.basics",
+    "unary_read": "flamepy_core.kit.basics",
     "unavailable": "flamepy_core.kit.basics",
     "unimplemented": "flamepy_core.kit.basics",
 }

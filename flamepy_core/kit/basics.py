@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -494,6 +494,27 @@ def unary_async(
     if native is not None:
         return native(method, request, timeout)  # type: ignore[no-any-return]
     return _fallback_pool().submit(channel.unary, method, request, timeout)
+
+
+_R = TypeVar("_R")
+
+
+def unary_read(
+    channel: Channel,
+    method: str,
+    request: Sequence[bytes | memoryview],
+    read: Callable[[memoryview], _R],
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> _R:
+    """``channel.unary_read`` when the channel has it (:class:`~flamepy_core.contracts.transport.ReadingChannel`):
+    the request sent as its parts, the response read by ``read`` where it arrived; otherwise the parts joined
+    (one part as it is) for ``channel.unary``, and ``read`` run on its answer. Either way ``read`` gets a
+    buffer valid only while it runs, and copies what it keeps."""
+    native = getattr(channel, "unary_read", None)
+    if native is not None:
+        return native(method, request, read, timeout)  # type: ignore[no-any-return]
+    data = request[0] if len(request) == 1 else b"".join(request)
+    return read(memoryview(channel.unary(method, bytes(data), timeout)))
 
 
 def stream_async(

@@ -34,6 +34,7 @@ __all__ = [
     "WITHDRAW_TASKS",
     "TaskCall",
     "create_task_request",
+    "create_task_request_parts",
     "read_create_task_request",
     "read_enter_result",
     "read_session_context",
@@ -207,11 +208,17 @@ def create_task_request(session_id: str, task_input: bytes | None) -> bytes:
 
     The nested message's length is computed, not built, so the input is copied once, by the join.
     """
+    return b"".join(create_task_request_parts(session_id, task_input))
+
+
+def create_task_request_parts(session_id: str, task_input: bytes | None) -> list[bytes]:
+    """:func:`create_task_request` as the parts it joins: what comes before the input, then the input itself
+    (not copied), for a transport that sends a message's parts as they are (``kit.unary_read``)."""
     head = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
     if task_input is None:
-        return b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head)), head))
+        return [b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head)), head))]
     head += _INPUT_IN_SPEC_KEY + _varint(len(task_input))
-    return b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head) + len(task_input)), head, task_input))
+    return [b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head) + len(task_input)), head)), task_input]
 
 
 _SPEC_IN_REQUEST_KEY = bytes((1 << 3 | _LEN,))
@@ -317,7 +324,7 @@ def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("malformed message: a varint longer than ten bytes")
 
 
-def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def _length(data: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
     """The length (a varint) at ``pos`` and the position after it, a one-byte length read inline: the
     straight-through readers below take every field's length here."""
     if pos < end and data[pos] < 0x80:
@@ -476,9 +483,10 @@ def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | Non
     return session_id, task_input
 
 
-def _run_task_reply_as_written(data: bytes) -> tuple[bytes, bytes | None] | None:
+def _run_task_reply_as_written(data: bytes | memoryview) -> tuple[bytes, bytes | None] | None:
     """:func:`run_task_reply_parts` of a reply in the layout :func:`task_reply` writes (metadata; a spec of
-    session id and output; status), read straight through; None for any other layout."""
+    session id and output; status), read straight through; None for any other layout. On a ``memoryview``
+    the status and the output are each copied out once, into ``bytes``."""
     end = len(data)
     if end < 2 or data[0] != _METADATA_KEY[0]:
         return None
@@ -496,26 +504,29 @@ def _run_task_reply_as_written(data: bytes) -> tuple[bytes, bytes | None] | None
     output = None
     if pos < spec_end and data[pos] == _OUTPUT_IN_SPEC_KEY[0]:
         size, pos = _length(data, pos + 1, end)
-        output = data[pos : pos + size]
+        output = bytes(data[pos : pos + size])  # (the slice itself for bytes)
         pos += size
     if pos != spec_end or pos >= end or data[pos] != _STATUS_KEY[0]:
         return None
     size, pos = _length(data, pos + 1, end)
     if pos + size != end:
         return None
-    return data[pos:end], output
+    return bytes(data[pos:end]), output
 
 
-def run_task_reply_parts(data: bytes) -> tuple[bytes, bytes | None]:
+def run_task_reply_parts(data: bytes | memoryview) -> tuple[bytes, bytes | None]:
     """A ``flame.v1.Task`` as RunTask answers it -> ``(status, spec.output or None)``: the serialized
     ``TaskStatus`` (every occurrence, joined: protobuf merges them as it would in the whole message) for
     the caller to parse, and the output as one slice (protobuf copies a large output twice). The status
     is small and holds 6-byte timestamps and the task's events, which protobuf's parser reads five times
-    faster than Python can step over them."""
-    data = bytes(data)
+    faster than Python can step over them.
+
+    ``data`` may be a view of a buffer that is reused later (the link's, ``kit.unary_read``): what is
+    returned is ``bytes``, the output copied out of it once."""
     read = _run_task_reply_as_written(data)
     if read is not None:
         return read
+    data = bytes(data)  # another layout (not this server's): read from a copy
     output: bytes | None = None
     status: list[bytes] = []
     for outer, start, end in _fields(data):  # one pass; the last value of each wins, as in _sub_fields

@@ -115,6 +115,26 @@ def test_a_payload_round_trips_byte_for_byte_and_reads_back_after_a_restart(flam
     assert (task.input, task.output) == (data, data[::-1])
 
 
+def test_large_invokes_one_after_another_and_at_once_each_get_their_own_output(flame_env) -> None:
+    """Large inputs and outputs, all distinct, through the whole path on the local default (uds): each
+    process reads a large message into a buffer its link keeps for the next one, and the client reads its
+    answer there and the server its request (neither copied into ``bytes`` first). Every output is kept
+    and compared after the others went through the same buffers: a view kept past its message, in any
+    process, would read another task's bytes. Sizes around the thresholds: a view into the request
+    (64 KiB), a payload file (1 MiB)."""
+    flame_env.write_service("handoff", SERVICE)
+    session = flamepy.create_session("handoff", min_instances=2, max_instances=2)
+    sizes = [64 * 1024 - 1, 64 * 1024, 200_000, MIB - 1, MIB, 3 * MIB + 7, 16 * MIB]
+    inputs = [os.urandom(size) for size in sizes]
+    outputs = [session.invoke(data) for data in inputs]
+    assert outputs == [data[::-1] for data in inputs]
+    with ThreadPoolExecutor(4) as pool:  # one connection: some answers read by their caller, some for it
+        at_once = list(pool.map(session.invoke, inputs * 2))
+    assert at_once == [data[::-1] for data in inputs * 2]
+    for task in session.list_tasks():  # what was stored is what was sent and answered
+        assert task.input is not None and task.output == task.input[::-1]
+
+
 def test_a_large_output_of_a_small_input_is_written_by_the_service_in_a_folder_made_private(flame_env) -> None:
     """The server's first payload file is the service's: the server makes the folder (0700) before it
     names a file in it, so the service writes there and does not fall back to sending the bytes."""
