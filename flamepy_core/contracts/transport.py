@@ -150,6 +150,18 @@ class Responder(Protocol):
         ...
 
 
+@runtime_checkable
+class PartsResponder(Responder, Protocol):
+    """A responder that sends a reply given in parts as they are (optional: :func:`flamepy_core.kit.send_parts`
+    calls it when a responder has it, and joins the parts for ``send`` otherwise). For a large reply built
+    around a payload: the payload is not copied into one message first."""
+
+    def send_parts(self, parts: Sequence[bytes]) -> bool:
+        """:meth:`Responder.send` of the concatenation of ``parts``, without joining them: the transport
+        may hold the parts until the reply is written (``bytes``, which cannot change meanwhile)."""
+        ...
+
+
 DeferredFn = Callable[[bytes, CallContext, Responder], None]
 
 

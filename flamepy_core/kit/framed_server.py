@@ -25,7 +25,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -41,6 +41,7 @@ from flamepy_core.kit.basics import (
     SimpleCallContext,
     check_size,
     error_from_handler,
+    request_borrowed,
     unavailable,
     unimplemented,
 )
@@ -163,6 +164,26 @@ class _Responder:
         except FlameError as exc:
             return self.fail(exc)
         return call.end(frames.encode(Kind.REPLY, call.call_id, data))
+
+    def send_parts(self, parts: Sequence[bytes]) -> bool:
+        """:meth:`send` of the parts' concatenation, none copied: the link writes them as one message (and a
+        link that keeps what the socket did not take at once keeps views of them, the parts being ``bytes``)."""
+        call = self._call
+        if call.ended or not call.ctx.is_active():
+            call.end(None)
+            return False
+        if any(type(part) is not bytes for part in parts):  # not ours to hold: copied, as send copies
+            parts = [bytes(part) for part in parts]
+        try:
+            check_size(
+                sum(map(len, parts)),
+                call.peer.server.limit,
+                what=f"response to {call.method}",
+                endpoint=call.peer.server.endpoint,
+            )
+        except FlameError as exc:
+            return self.fail(exc)
+        return call.end(frames.encode(Kind.REPLY, call.call_id) + [part for part in parts if part])
 
     def fail(self, error: BaseException) -> bool:
         call = self._call
@@ -546,15 +567,19 @@ class FramedServer:
         call = _Served(peer, call_id, method, frame.timeout, window)
         with peer.lock:
             peer.calls[call_id] = call
-        request = bytes(frame.payload)
         if isinstance(handler, DeferredHandler):
             call.deferred = True
             responder = _Responder(call)
+            # A function that borrows its request reads it where the link read it: it returns before the
+            # link reads its next message (this thread reads it), and keeps nothing of it.
+            fn: Callable[..., None] = handler.fn  # (given bytes, or a view when it borrows)
+            request = frame.payload if request_borrowed(fn) else bytes(frame.payload)
             try:
-                handler.fn(request, call.ctx, responder)
+                fn(request, call.ctx, responder)
             except BaseException as exc:  # raised before completing the reply: the call fails with it
                 responder.fail(exc)
             return True
+        request = bytes(frame.payload)
         if isinstance(handler, DeferredStreamHandler):
             call.deferred = True
             writer = call.writer = _Writer(call)

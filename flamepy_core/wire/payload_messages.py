@@ -48,6 +48,7 @@ __all__ = [
     "task_batch",
     "task_context",
     "task_reply",
+    "task_reply_parts",
     "task_result",
     "tasks_offered",
     "withdrawn_tasks",
@@ -232,16 +233,23 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
 
     metadata = 1 (id = 1, name = 2), spec = 2 (session_id = 2, optional output = 4), status = 3.
     """
+    return b"".join(task_reply_parts(task_id, name, session_id, output, status))
+
+
+def task_reply_parts(task_id: str, name: str, session_id: str, output: bytes | None, status: bytes) -> list[bytes]:
+    """:func:`task_reply` as three parts: what comes before the output, the output itself (not copied), and
+    what follows it (only the first when there is no output), for a transport that sends a reply's parts
+    as they are (``kit.send_parts``)."""
     # As task_context: every RunTask's answer is built here.
     metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
     spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
     output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
     spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
-    parts = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
-    if output is not None:
-        parts.append(output)
-    parts += (_STATUS_KEY, _varint(len(status)), status)
-    return b"".join(parts)
+    head = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
+    tail = b"".join((_STATUS_KEY, _varint(len(status)), status))
+    if output is None:
+        return [b"".join((*head, tail))]
+    return [b"".join(head), output, tail]
 
 
 _METADATA_KEY = bytes((1 << 3 | _LEN,))
@@ -415,8 +423,8 @@ def _fields(
     return out
 
 
-def _text(data: bytes, start: int, end: int) -> str:
-    return data[start:end].decode()  # strict: protobuf refuses a string that is not UTF-8
+def _text(data: bytes | memoryview, start: int, end: int) -> str:
+    return str(data[start:end], "utf-8")  # strict: protobuf refuses a string that is not UTF-8
 
 
 def _sub_fields(data: bytes, number: int, varints: dict[int, int] | None = None) -> list[tuple[int, int, int]]:
@@ -435,7 +443,7 @@ VIEW_BYTES = 64 * 1024
 """An input this large is read as a view into its request, not copied out of it (see below)."""
 
 
-def _create_task_request_as_written(data: bytes) -> tuple[str, bytes | memoryview | None] | None:
+def _create_task_request_as_written(data: bytes | memoryview) -> tuple[str, bytes | memoryview | None] | None:
     """:func:`read_create_task_request` of a request in the layout :func:`create_task_request` writes (one
     task: its session id, then its input), read straight through; None for any other layout (fields
     repeated, unknown, out of order), which the general reader then reads."""
@@ -459,20 +467,21 @@ def _create_task_request_as_written(data: bytes) -> tuple[str, bytes | memoryvie
     size, pos = _length(data, pos + 1, end)
     if pos + size != end:
         return None
-    return session_id, data[pos:end] if size < VIEW_BYTES else memoryview(data)[pos:end]
+    return session_id, bytes(data[pos:end]) if size < VIEW_BYTES else memoryview(data)[pos:end]
 
 
-def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | None]:
+def read_create_task_request(data: bytes | memoryview) -> tuple[str, bytes | memoryview | None]:
     """``flame.v1.CreateTaskRequest`` -> ``(task.session_id, task.input or None)``.
 
     The input is one slice (protobuf's parse and then its accessor copied a 16 MiB input twice); one of
     ``VIEW_BYTES`` or more is a ``memoryview`` into ``data``, not a copy: the server writes a large input
-    straight to its payload file and keeps no other copy of it.
+    straight to its payload file and keeps no other copy of it. ``data`` may itself be a view (of the
+    buffer the transport read the request into): it is not copied either, and a smaller input is ``bytes``.
     """
-    data = bytes(data)
     read = _create_task_request_as_written(data)
     if read is not None:
         return read
+    data = bytes(data)  # another layout (not this SDK's): read from a copy
     session_id = ""
     task_input: bytes | memoryview | None = None
     for number, start, end in _sub_fields(data, 1):

@@ -17,11 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flamepy_core.contracts import CallContext, FlameError, FlameErrorCode, UnaryHandler
-from flamepy_core.kit.basics import unary_read
+from flamepy_core.kit.basics import borrows_request, request_borrowed, send_parts, unary_read
 from flamepy_core.plugins import get_registry
 
 TURN = "/test.Large/Turn"
@@ -182,3 +183,163 @@ def test_concurrent_callers_with_distinct_readers() -> None:
         assert all(got == r[::-1][:16] for r, got in out["head"])  # type: ignore[index,misc]
     finally:
         s.close()
+
+
+# -- the server side: a deferred handler that borrows its request, a reply sent as parts --------------------
+
+HOLD = "/test.Large/Hold"
+HOLD_COPY = "/test.Large/HoldCopy"
+PARTS = "/test.Large/Parts"
+
+
+class Holding:
+    """A uds server whose deferred handlers record what they were given and answer later (from the test)."""
+
+    def __init__(self) -> None:
+        from flamepy_core.contracts.transport import DeferredHandler
+
+        self.dir = tempfile.mkdtemp(prefix="fl-borrow-", dir="/tmp")
+        self.given: list[tuple[object, Any]] = []
+        self.lock = threading.Lock()
+        transport = get_registry().transport("uds")
+
+        @borrows_request
+        def hold(request: bytes | memoryview, ctx: CallContext, responder: Any) -> None:
+            with self.lock:  # keeps the request as it was given (a view): what the mark promises not to do
+                self.given.append((request, responder))
+
+        @borrows_request
+        def hold_copy(request: bytes | memoryview, ctx: CallContext, responder: Any) -> None:
+            with self.lock:
+                self.given.append((bytes(request), responder))
+
+        def parts(request: bytes, ctx: CallContext, responder: Any) -> None:
+            cut = [request[i : i + 100_000] for i in range(0, len(request), 100_000)]
+            send_parts(responder, [b"<", *cut, b">"])
+
+        self.server: Any = transport.serve(
+            f"uds://{self.dir}/s.sock",
+            {HOLD: DeferredHandler(hold), HOLD_COPY: DeferredHandler(hold_copy), PARTS: DeferredHandler(parts)},
+        )
+        self.channel: Any = transport.connect(self.server.endpoint)
+
+    def wait_for(self, count: int) -> list[tuple[object, Any]]:
+        def received() -> list[tuple[object, Any]] | None:
+            with self.lock:
+                return list(self.given) if len(self.given) >= count else None
+
+        return wait_for(received, 20, f"{count} calls to be received")  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(0.2)
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        os.rmdir(self.dir)
+
+
+@pytest.fixture()
+def holding() -> Iterator[Holding]:
+    h = Holding()
+    yield h
+    h.close()
+
+
+def test_a_borrowing_handler_gets_a_large_request_where_the_link_read_it(holding: Holding) -> None:
+    """Marked ``borrows_request``, a deferred handler is given a view of the link's buffer (no copy into
+    ``bytes``), valid while it runs: a view kept past that sees the next large request."""
+    first, second = os.urandom(2 << 20), os.urandom(2 << 20)
+    answers = [holding.channel.unary_async(HOLD, first, timeout=60)]
+    ((view, _),) = holding.wait_for(1)
+    assert isinstance(view, memoryview) and bytes(view) == first
+    answers.append(holding.channel.unary_async(HOLD, second, timeout=60))
+    holding.wait_for(2)
+    assert bytes(view) == second  # kept past its call: why a borrowing handler must copy what it keeps
+    for _, responder in holding.given:
+        responder.send(b"ok")
+    assert [a.result(timeout=60) for a in answers] == [b"ok", b"ok"]
+
+
+def test_a_borrowing_handler_that_copies_keeps_each_large_request_whole(holding: Holding) -> None:
+    """Large requests with distinct contents, held by the handler all at once after copying what it was
+    given, while the link read each next one into the buffer it keeps: each is its own."""
+    requests = [os.urandom((2 << 20) - i) for i in range(4)]
+    answers = [holding.channel.unary_async(HOLD_COPY, r, timeout=60) for r in requests]
+    given = holding.wait_for(len(requests))
+    assert [request for request, _ in given] == requests
+    for request, responder in given:
+        assert isinstance(request, bytes)
+        responder.send(request[::-1])
+    assert [a.result(timeout=60) for a in answers] == [r[::-1] for r in requests]
+
+
+def test_a_handler_not_marked_gets_bytes_of_its_own() -> None:
+    """The kit copies the request for a handler that did not say it borrows it (``Hosted`` handlers keep
+    theirs: ``test_large_requests_held_together_each_keep_their_own_bytes``)."""
+    assert not request_borrowed(turn)
+    assert request_borrowed(borrows_request(lambda request, ctx, responder: None))
+
+
+@pytest.mark.parametrize("size", [0, 5, 70_000, 3 << 20])
+def test_a_reply_sent_as_parts_arrives_as_their_concatenation(holding: Holding, size: int) -> None:
+    request = os.urandom(size)
+    assert holding.channel.unary(PARTS, request, timeout=60) == b"<" + request + b">"
+
+
+def test_large_replies_sent_as_parts_at_once_each_arrive_whole(holding: Holding) -> None:
+    """Replies of several MiB from parts, to callers waiting at once: what the socket does not take at once
+    is written later by the link's sender thread, from the parts themselves."""
+    requests = [os.urandom((3 << 20) + i) for i in range(6)]
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda r: holding.channel.unary(PARTS, r, timeout=120), requests))
+    assert replies == [b"<" + r + b">" for r in requests]
+
+
+def test_a_reply_from_parts_over_the_limit_is_refused_naming_both_sizes() -> None:
+    from flamepy_core.kit.framed_server import _Responder
+
+    class Call:
+        ended = False
+        method = "/m"
+        call_id = 1
+        ctx = type("Ctx", (), {"is_active": staticmethod(lambda: True)})()
+        peer = type("Peer", (), {"server": type("Server", (), {"limit": 10, "endpoint": "uds:///x"})()})()
+        outcome: list[object] = []
+
+        def end(self, parts: object, *, posted: bool = False) -> bool:
+            self.outcome.append(parts)
+            return True
+
+    call = Call()
+    assert _Responder(call).send_parts([b"123456", b"78901"])  # type: ignore[arg-type]
+    (sent,) = call.outcome
+    assert isinstance(sent, list) and b"11 bytes" in bytes(sent[-1]) and b"10 bytes" in bytes(sent[-1])
+
+
+def test_send_parts_joins_them_for_a_responder_without_it() -> None:
+    from flamepy_core.kit.basics import FutureResponder
+
+    responder = FutureResponder()
+    assert send_parts(responder, [b"ab", b"", b"cd"])
+    assert responder.future.result(timeout=1) == b"abcd"
+
+
+def test_the_servers_call_counter_keeps_what_its_handlers_can_do() -> None:
+    """The server wraps every handler to count calls in flight: a wrapped handler that borrows its request
+    still does, and a reply's parts go through the wrapped responder as parts."""
+    from flamepy_core.contracts.transport import DeferredHandler
+    from flamepy_core.engine.server import _Activity, _ExitOnReply
+    from flamepy_core.kit.basics import FutureResponder
+
+    borrowing = borrows_request(lambda request, ctx, responder: None)
+    wrapped = _Activity().wrap({"/b": DeferredHandler(borrowing), "/n": DeferredHandler(lambda r, c, s: None)})
+    assert request_borrowed(wrapped["/b"].fn) and not request_borrowed(wrapped["/n"].fn)
+
+    class Parts(FutureResponder):
+        def send_parts(self, parts: list[bytes]) -> bool:
+            self.parts = parts
+            return self.send(b"".join(parts))
+
+    inner, settled = Parts(), []
+    assert send_parts(_ExitOnReply(inner, lambda: settled.append(1)), [b"a", b"b"])
+    assert inner.parts == [b"a", b"b"] and settled == [1]
