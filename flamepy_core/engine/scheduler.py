@@ -985,10 +985,13 @@ class Scheduler:
             future = Future()
             future.set_exception(exc)
         handle = self._handle_now if now else self.post
-        if prepare is None:
-            future.add_done_callback(lambda f: handle(then, inst, *args, f))
-        else:
-            future.add_done_callback(lambda f: handle(then, inst, *args, prepare(f)))
+        files = self.engine.store.payloads
+
+        def answered(f: Future[bytes]) -> None:
+            handle(then, inst, *args, f if prepare is None else prepare(f))
+            files.drop_due()  # after the answer was handled (a RunTask's reply sent): off its path
+
+        future.add_done_callback(answered)
 
     def _on_entered(self, inst: Instance, session_id: str, future: Future[bytes]) -> None:
         if inst.state != State.ENTERING or inst.session_id != session_id:
@@ -1307,6 +1310,7 @@ class Scheduler:
                 return
             tid, output_name = expected.popleft()
             self.post(self._on_task_done, inst, sid, tid, self._task_outcome(sid, tid, output_name, payload))
+            self.engine.store.payloads.drop_due()
 
         def on_end(error: FlameError | None) -> None:
             hear()

@@ -989,6 +989,8 @@ class Engine:
             self.scheduler.tasks_pending(session_id)
         else:
             self.store.commit()
+        if any(spilled):
+            files.drop_due()  # earlier payload files let go of while the instance runs this task
 
     def _submit(
         self,

@@ -361,3 +361,49 @@ def test_a_restart_leaves_a_waiting_input_in_its_file_and_hands_it_out_from_ther
     assert started is not None and started[2] is not None
     assert (folder / "payloads" / started[2].name).read_bytes() == b"i" * 100
     engine.store.close()
+
+
+def test_files_leave_the_page_cache_at_the_first_drop_due_after_their_time_never_before(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cached`` only notes a file; ``drop_due`` lets go of those whose time came, at each step of
+    ``DROP_CACHED_AFTER``, and of nothing earlier (the server calls it off the path of an answer)."""
+    from flamepy_core.engine import payload_files as module
+
+    now = [100.0]
+    dropped: list[str] = []
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(module, "drop_cached", lambda path: dropped.append(path.name))
+    files = PayloadFiles(folder, sync=False)
+    files.cached("p-a")
+    files.drop_due()
+    assert dropped == [], "dropped before its writeback could end"
+    now[0] += module.DROP_CACHED_AFTER[0]
+    files.cached("p-b")
+    assert dropped == [], "cached() dropped something itself: it must not (it runs on an answer's path)"
+    files.drop_due()
+    assert dropped == ["p-a"]
+    now[0] += module.DROP_CACHED_AFTER[-1]
+    files.drop_due()
+    assert sorted(dropped) == ["p-a", "p-a", "p-b"], "the second drop of the first file, the first of the next"
+    now[0] += module.DROP_CACHED_AFTER[-1]
+    files.drop_due()
+    assert sorted(dropped) == ["p-a", "p-a", "p-b", "p-b"]
+    files.drop_due()
+    assert len(dropped) == 4, "a file was dropped more often than DROP_CACHED_AFTER has steps"
+
+
+def test_a_task_sent_to_its_instance_drops_what_is_due(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Creating tasks with a large input lets go of the payload files whose time came (the RunTask
+    handler does it after its task went to the instance, while the instance runs it)."""
+    engine = open_engine(folder)
+    try:
+        _session(engine)
+        calls: list[int] = []
+        monkeypatch.setattr(engine.store.payloads, "drop_due", lambda: calls.append(1))
+        engine.create_task("s", b"small")
+        assert calls == [], "no payload file, nothing to look at"
+        engine.create_task("s", b"x" * THRESHOLD)
+        assert calls == [1]
+    finally:
+        engine.store.close(timeout=5)
