@@ -28,6 +28,7 @@ one that does not, the core adapts (:func:`flamepy_core.kit.adapt_handlers`, :fu
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -150,15 +151,21 @@ class Responder(Protocol):
         ...
 
 
+ReplyPart = Union[bytes, memoryview, mmap.mmap]  # noqa: UP007 - a runtime alias that must work on 3.10
+"""A part of a reply sent as parts: ``bytes``, or another read-only buffer whose contents do not change (a
+read-only mapping of a file nobody writes, a view of either)."""
+
+
 @runtime_checkable
 class PartsResponder(Responder, Protocol):
     """A responder that sends a reply given in parts as they are (optional: :func:`flamepy_core.kit.send_parts`
     calls it when a responder has it, and joins the parts for ``send`` otherwise). For a large reply built
     around a payload: the payload is not copied into one message first."""
 
-    def send_parts(self, parts: Sequence[bytes]) -> bool:
+    def send_parts(self, parts: Sequence[ReplyPart]) -> bool:
         """:meth:`Responder.send` of the concatenation of ``parts``, without joining them: the transport
-        may hold the parts until the reply is written (``bytes``, which cannot change meanwhile)."""
+        may hold the parts until the reply is written (read-only, they cannot change meanwhile; a writable
+        buffer is copied first)."""
         ...
 
 

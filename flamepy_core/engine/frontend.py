@@ -34,6 +34,7 @@ from flamepy_core.engine.watches import StreamFeed
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.transport_kit import borrows_request, send_parts
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
+from flamepy_core.wire.payload_handoff import Mapped
 from flamepy_core.wire.payload_messages import read_create_task_request, task_reply_parts
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
@@ -132,12 +133,14 @@ def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None
     return settle
 
 
-def _answer_task(responder: Responder) -> Callable[[pb.Task | None, bytes | None, FlameError | None], None]:
+def _answer_task(responder: Responder) -> Callable[[pb.Task | None, Mapped | None, FlameError | None], None]:
     """A callback completing ``responder`` with a final task and its output as RunTask answers it: no input
-    echoed, the output copied once, into the answer (through ``reply_task`` and protobuf a 16 MiB output
-    was copied three times; the engine now hands it over as it came, see ``state.OutputWaiter``)."""
+    echoed, the output not copied where the transport sends a reply's parts as they are (``kit.send_parts``;
+    otherwise once, into the answer). Through ``reply_task`` and protobuf a 16 MiB output was copied three
+    times; the engine hands it over as it came (see ``state.OutputWaiter``): ``bytes``, or the mapping of
+    the payload file its service process wrote."""
 
-    def settle(task: pb.Task | None, output: bytes | None, error: FlameError | None) -> None:
+    def settle(task: pb.Task | None, output: Mapped | None, error: FlameError | None) -> None:
         if error is not None:
             responder.fail(error)
             return

@@ -51,7 +51,13 @@ from typing import NamedTuple, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.privacy import private_subdir
-from flamepy_core.wire.payload_handoff import TEMP_SUFFIX, drop_cached, read_payload_file, write_payload_file
+from flamepy_core.wire.payload_handoff import (
+    TEMP_SUFFIX,
+    Mapped,
+    drop_cached,
+    read_payload_file,
+    write_payload_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,7 @@ class PayloadFiles:
 
     # -- writing ---------------------------------------------------------------------------------------
 
-    def spill(self, data: bytes | memoryview | None) -> PayloadFile | None:
+    def spill(self, data: Mapped | memoryview | None) -> PayloadFile | None:
         """Write ``data`` to a new file when it is large; the file, or None to keep it inline.
 
         None too when the file cannot be written (full disk, file size limit): the row then holds the
@@ -183,7 +189,7 @@ class PayloadFiles:
         for old in due:
             drop_cached(self.path(old))
 
-    def _write(self, name: str, data: bytes | memoryview) -> None:
+    def _write(self, name: str, data: Mapped | memoryview) -> None:
         try:
             write_payload_file(self.path(name), data, sync=self.sync)
         except FileNotFoundError:  # the first large payload (or the folder was removed): made 0700

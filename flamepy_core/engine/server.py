@@ -26,6 +26,7 @@ from flamepy_core.contracts.transport import (
     DeferredHandler,
     DeferredStreamHandler,
     Handler,
+    ReplyPart,
     Responder,
     SecureTransport,
     Server,
@@ -186,7 +187,7 @@ class _ExitOnReply(_Once):
         finally:
             self.settled()
 
-    def send_parts(self, parts: Sequence[bytes]) -> bool:
+    def send_parts(self, parts: Sequence[ReplyPart]) -> bool:
         """As :meth:`send`, the reply's parts passed on as they are (``kit.send_parts``)."""
         try:
             return send_reply_parts(self._responder, parts)

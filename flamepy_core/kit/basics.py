@@ -29,6 +29,7 @@ from flamepy_core.contracts.transport import (
     DeferredHandler,
     DeferredStreamHandler,
     Handler,
+    ReplyPart,
     Responder,
     StreamEndFn,
     StreamHandler,
@@ -519,14 +520,14 @@ def unary_async(
     return _fallback_pool().submit(channel.unary, method, request, timeout)
 
 
-def send_parts(responder: Responder, parts: Sequence[bytes]) -> bool:
+def send_parts(responder: Responder, parts: Sequence[ReplyPart]) -> bool:
     """``responder.send_parts(parts)`` when the responder has it
     (:class:`~flamepy_core.contracts.transport.PartsResponder`: the parts sent as they are, none copied into
     one message); otherwise ``responder.send`` of the parts joined. Returns what that returned."""
     native = getattr(responder, "send_parts", None)
     if native is not None:
         return bool(native(parts))
-    return responder.send(parts[0] if len(parts) == 1 else b"".join(parts))
+    return responder.send(parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts))
 
 
 _R = TypeVar("_R")

@@ -33,6 +33,7 @@ from flamepy_core.contracts.transport import (
     DeferredHandler,
     DeferredStreamHandler,
     Handler,
+    ReplyPart,
     StreamHandler,
     UnaryHandler,
 )
@@ -165,15 +166,20 @@ class _Responder:
             return self.fail(exc)
         return call.end(frames.encode(Kind.REPLY, call.call_id, data))
 
-    def send_parts(self, parts: Sequence[bytes]) -> bool:
+    def send_parts(self, parts: Sequence[ReplyPart]) -> bool:
         """:meth:`send` of the parts' concatenation, none copied: the link writes them as one message (and a
-        link that keeps what the socket did not take at once keeps views of them, the parts being ``bytes``)."""
+        link that keeps what the socket did not take at once keeps views of them, the parts being read-only)."""
         call = self._call
         if call.ended or not call.ctx.is_active():
             call.end(None)
             return False
-        if any(type(part) is not bytes for part in parts):  # not ours to hold: copied, as send copies
-            parts = [bytes(part) for part in parts]
+        held: list[bytes | memoryview] = []
+        for part in parts:
+            if type(part) is not bytes:
+                view = memoryview(part)
+                part = view if view.readonly else bytes(view)  # a writable buffer may change: copied, as send does
+            held.append(part)
+        parts = held
         try:
             check_size(
                 sum(map(len, parts)),

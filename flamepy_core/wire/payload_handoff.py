@@ -31,6 +31,7 @@ cached. Pages that are dropped go back to the free lists and are reused while st
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from pathlib import Path
 
@@ -47,7 +48,9 @@ __all__ = [
     "REPLY_ROOM",
     "TEMP_SUFFIX",
     "WRITE_CHUNK",
+    "Mapped",
     "drop_cached",
+    "map_payload_file",
     "read_payload_file",
     "write_payload_file",
 ]
@@ -84,7 +87,7 @@ FILE_MODE = 0o600
 keeps them equal)."""
 
 
-def write_payload_file(path: Path, data: bytes | bytearray | memoryview, *, sync: bool) -> None:
+def write_payload_file(path: Path, data: bytes | bytearray | memoryview | mmap.mmap, *, sync: bool) -> None:
     """Write ``data`` to a new file ``path`` (0600), whole or not at all: through ``<path>.part``.
 
     With ``sync`` the file and then its folder's entry are fsync-ed. Raises OSError (a missing folder:
@@ -127,6 +130,35 @@ def read_payload_file(path: Path, size: int) -> bytes:
     if len(data) != size:
         raise ValueError(f"it holds {len(data)} bytes where {size} were written")
     return data
+
+
+Mapped = bytes | mmap.mmap
+"""A payload as :func:`map_payload_file` gives it: ``bytes``, or a read-only mapping of its file."""
+
+
+def map_payload_file(path: Path, size: int) -> Mapped:
+    """The ``size`` bytes of the payload file ``path``, mapped read-only rather than read (``bytes`` where
+    mapping is not possible: an empty file, a system without ``mmap``).
+
+    For a payload read to be sent on at once (the server's reply with an output its service process wrote):
+    the pages are the page cache's, so no copy is made and no memory is faulted in, and a transport that
+    sends a buffer as it is (``kit.send_parts``) writes them to the socket straight from the cache. A
+    payload file is never written again once renamed into place, so the mapping's contents do not change;
+    removing the file meanwhile leaves them readable. The mapping is released with its last reference.
+    Raises OSError when it cannot be read, ValueError naming both sizes when it holds another size.
+    """
+    with open(path, "rb", buffering=0) as fh:
+        found = os.fstat(fh.fileno()).st_size
+        if found != size:
+            raise ValueError(f"it holds {found} bytes where {size} were written")
+        if not size:
+            return b""
+        try:
+            # MAP_POPULATE (Linux): the cached pages are mapped at once rather than faulted in one by one.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            return mmap.mmap(fh.fileno(), size, flags=flags, prot=mmap.PROT_READ)
+        except (OSError, ValueError, AttributeError):  # (no MAP_SHARED/PROT_READ: Windows)
+            return read_payload_file(path, size)
 
 
 def drop_cached(path: Path) -> None:

@@ -236,10 +236,12 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
     return b"".join(task_reply_parts(task_id, name, session_id, output, status))
 
 
-def task_reply_parts(task_id: str, name: str, session_id: str, output: bytes | None, status: bytes) -> list[bytes]:
-    """:func:`task_reply` as three parts: what comes before the output, the output itself (not copied), and
-    what follows it (only the first when there is no output), for a transport that sends a reply's parts
-    as they are (``kit.send_parts``)."""
+def task_reply_parts(
+    task_id: str, name: str, session_id: str, output: handoff.Mapped | None, status: bytes
+) -> list[handoff.Mapped]:
+    """:func:`task_reply` as three parts: what comes before the output, the output itself (not copied: bytes,
+    or a payload file's mapping), and what follows it (only the first when there is no output), for a
+    transport that sends a reply's parts as they are (``kit.send_parts``)."""
     # As task_context: every RunTask's answer is built here.
     metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
     spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))

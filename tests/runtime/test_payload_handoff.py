@@ -131,6 +131,9 @@ def test_large_invokes_one_after_another_and_at_once_each_get_their_own_output(f
     with ThreadPoolExecutor(4) as pool:  # one connection: some answers read by their caller, some for it
         at_once = list(pool.map(session.invoke, inputs * 2))
     assert at_once == [data[::-1] for data in inputs * 2]
+    # Through run(): the outputs go to the session's watchers too (copied out of the mapped files).
+    futures = [session.run(data) for data in inputs]
+    assert [f.result(timeout=120) for f in futures] == [data[::-1] for data in inputs]
     for task in session.list_tasks():  # what was stored is what was sent and answered
         assert task.input is not None and task.output == task.input[::-1]
 
@@ -287,6 +290,28 @@ def drops_clean_pages(folder: Path) -> bool:
     dropped = cached_pages(probe) == 0
     probe.unlink()
     return dropped
+
+
+def test_a_payload_file_mapped_reads_as_written_even_once_removed(tmp_path: Path) -> None:
+    """The server maps an output its service process wrote (for a reply written from the page cache): the
+    mapping holds the file's bytes, a size other than the one written is refused naming both, and removing
+    the file (a purge, a deleted session) leaves a mapping being sent readable."""
+    path = tmp_path / "p-out"
+    data = os.urandom(3 * MIB + 5)
+    payload_handoff.write_payload_file(path, data, sync=False)
+    mapped = payload_handoff.map_payload_file(path, len(data))
+    assert isinstance(mapped, mmap.mmap) and len(mapped) == len(data)
+    assert memoryview(mapped).readonly, "a mapping the server could write through"
+    path.unlink()
+    assert bytes(mapped) == data
+    with pytest.raises(ValueError, match=f"it holds {len(data)} bytes where {len(data) + 1} were written"):
+        payload_handoff.write_payload_file(path, data, sync=False)
+        payload_handoff.map_payload_file(path, len(data) + 1)
+    empty = tmp_path / "p-empty"
+    payload_handoff.write_payload_file(empty, b"", sync=False)
+    assert payload_handoff.map_payload_file(empty, 0) == b""
+    with pytest.raises(OSError):
+        payload_handoff.map_payload_file(tmp_path / "p-gone", 1)
 
 
 needs_fadvise = pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise and mincore: Linux")

@@ -316,6 +316,43 @@ def test_a_reply_from_parts_over_the_limit_is_refused_naming_both_sizes() -> Non
     assert isinstance(sent, list) and b"11 bytes" in bytes(sent[-1]) and b"10 bytes" in bytes(sent[-1])
 
 
+def test_a_reply_from_parts_holds_read_only_ones_and_copies_writable_ones() -> None:
+    """The link may hold a reply's parts until the client takes them: ``bytes`` and other read-only buffers
+    (a payload file's mapping) are held as they are, a writable one is copied first (it could change)."""
+    import mmap
+
+    from flamepy_core.kit.framed_server import _Responder
+
+    class Call:
+        ended = False
+        method = "/m"
+        call_id = 1
+        ctx = type("Ctx", (), {"is_active": staticmethod(lambda: True)})()
+        peer = type("Peer", (), {"server": type("Server", (), {"limit": 1 << 30, "endpoint": "uds:///x"})()})()
+        outcome: list[list[object]] = []
+
+        def end(self, parts: list[object], *, posted: bool = False) -> bool:
+            self.outcome.append(parts)
+            return True
+
+    mapped = mmap.mmap(-1, 4096)
+    mapped.write(b"m" * 4096)
+    read_only = memoryview(mapped).toreadonly()
+    writable = bytearray(b"w" * 10)
+    kept = b"k" * 10
+    call = Call()
+    assert _Responder(call).send_parts([kept, read_only, writable])  # type: ignore[arg-type]
+    (sent,) = call.outcome
+    _head, *parts = sent
+    assert parts[0] is kept and isinstance(parts[1], memoryview) and parts[1].obj is mapped
+    assert parts[2] == b"w" * 10 and parts[2] is not writable
+    writable[:] = b"x" * 10
+    assert parts[2] == b"w" * 10
+    del parts, sent, read_only
+    call.outcome.clear()
+    mapped.close()
+
+
 def test_send_parts_joins_them_for_a_responder_without_it() -> None:
     from flamepy_core.kit.basics import FutureResponder
 
