@@ -87,11 +87,16 @@ FILE_MODE = 0o600
 keeps them equal)."""
 
 
-def write_payload_file(path: Path, data: bytes | bytearray | memoryview | mmap.mmap, *, sync: bool) -> None:
+def write_payload_file(
+    path: Path, data: bytes | bytearray | memoryview | mmap.mmap, *, sync: bool, start_writeback: bool = True
+) -> None:
     """Write ``data`` to a new file ``path`` (0600), whole or not at all: through ``<path>.part``.
 
-    With ``sync`` the file and then its folder's entry are fsync-ed. Raises OSError (a missing folder:
-    FileNotFoundError; a full disk) with no file left behind under either name.
+    With ``sync`` the file and then its folder's entry are fsync-ed. Otherwise its writeback is started
+    (see :func:`drop_cached`), unless ``start_writeback`` is False: the writer then does it itself soon
+    after, off the way of whoever waits for the file (the server, once the file's task went to its
+    instance). Raises OSError (a missing folder: FileNotFoundError; a full disk) with no file left behind
+    under either name.
     """
     temp = path.with_name(path.name + TEMP_SUFFIX)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -102,7 +107,7 @@ def write_payload_file(path: Path, data: bytes | bytearray | memoryview | mmap.m
                 view = view[os.write(fd, view[:WRITE_CHUNK]) :]
             if sync:
                 os.fsync(fd)
-            else:
+            elif start_writeback:
                 _drop_clean_pages(fd)  # starts the writeback now, so the pages are clean once it is read
         finally:
             os.close(fd)
@@ -162,7 +167,8 @@ def map_payload_file(path: Path, size: int) -> Mapped:
 
 
 def drop_cached(path: Path) -> None:
-    """Drop the pages of payload file ``path`` that are on the disk from the page cache (the file stays).
+    """Drop the pages of payload file ``path`` that are on the disk from the page cache (the file stays), and
+    start the writeback of those that are not.
 
     Pages still being written back stay: call it once the writeback had time to end. A file removed
     meanwhile is fine.

@@ -407,3 +407,32 @@ def test_a_task_sent_to_its_instance_drops_what_is_due(folder: Path, monkeypatch
         assert calls == [1]
     finally:
         engine.store.close(timeout=5)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_file_written_here_has_its_writeback_started_at_the_next_drop_due(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    """In ``batched`` durability the writer starts a payload file's writeback; the server does it at its
+    next ``drop_due`` (after the task went to its instance) rather than on the way there. ``strict``
+    fsyncs the file before its row anyway: nothing to start."""
+    from flamepy_core.engine import payload_files as module
+
+    started: list[str] = []
+    writes: list[bool] = []
+    real_write = module.write_payload_file
+
+    def write(path: Path, data: bytes, *, sync: bool, start_writeback: bool = True) -> None:
+        writes.append(start_writeback)
+        real_write(path, data, sync=sync, start_writeback=start_writeback)
+
+    monkeypatch.setattr(module, "write_payload_file", write)
+    monkeypatch.setattr(module, "drop_cached", lambda path: started.append(path.name))
+    files = PayloadFiles(folder, sync=sync, threshold=THRESHOLD)
+    spilled = files.spill(b"x" * THRESHOLD)
+    assert spilled is not None and files.path(spilled.name).read_bytes() == b"x" * THRESHOLD
+    assert writes == [False] and started == []
+    files.drop_due()
+    assert started == ([] if sync else [spilled.name])
+    files.drop_due()
+    assert started == ([] if sync else [spilled.name]), "started twice"
