@@ -311,7 +311,7 @@ class Connection:
         valid only while it runs (see ``kit.unary_read``), and what it returns is returned. The request goes
         as its parts: the input is not joined into one message first."""
         # By hand: protobuf would copy the input twice.
-        request: list[bytes | memoryview] = list(create_task_request_parts(session_id, input_data))
+        request = create_task_request_parts(session_id, input_data)
         path = EXT["RunTask"].path
         start = time.monotonic()
         try:

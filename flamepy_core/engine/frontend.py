@@ -35,7 +35,7 @@ from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.transport_kit import borrows_request, send_parts
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
 from flamepy_core.wire.payload_handoff import Mapped
-from flamepy_core.wire.payload_messages import read_create_task_request, task_reply_parts
+from flamepy_core.wire.payload_messages import VIEW_BYTES, read_create_task_request, task_reply, task_reply_parts
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -146,6 +146,11 @@ def _answer_task(responder: Responder) -> Callable[[pb.Task | None, Mapped | Non
             return
         assert task is not None
         meta = task.metadata
+        if output is None or (type(output) is bytes and len(output) < VIEW_BYTES):  # small: one message
+            responder.send(
+                task_reply(meta.id, meta.name, task.spec.session_id, output, task.status.SerializeToString())
+            )
+            return
         # The output is not copied into the reply where the transport sends a reply's parts as they are.
         send_parts(
             responder,

@@ -180,6 +180,8 @@ class PayloadFiles:
         answered): starting a 16 MiB file's writeback, or letting go of its pages, takes about half a
         millisecond, and two files per invoke are let go of twice. Nothing due costs a look under a lock.
         """
+        if not (self._writeback or self._to_drop[0] or self._to_drop[1]):
+            return  # (read without the lock: a file noted meanwhile is seen by the next call)
         now = time.monotonic()
         with self._lock:
             due, self._writeback = self._writeback, []

@@ -274,7 +274,7 @@ class _Connection:
             b=STREAM_WINDOW_KIB if window else 0,
         )
         if type(request) is list:
-            parts += [part for part in request if len(part)]
+            parts += request
         try:
             self.link.send(parts)
         except OSError as exc:
@@ -715,7 +715,7 @@ class FramedChannel:
         link's reader thread), on a view of the link's buffer, before the link reads its next message: a
         large reply is not copied into ``bytes`` first, and ``read`` copies out only what it keeps.
         """
-        parts = [part if type(part) is bytes else memoryview(part) for part in request]
+        parts = [part for part in request if len(part)]  # (the link sends no empty part)
         check_size(sum(map(len, parts)), self.limit, what="request", endpoint=self._endpoint)
         seconds = resolve_timeout(timeout, self.default_timeout)
         call = _Unary(0, method, seconds, read)

@@ -496,6 +496,12 @@ class FramedServer:
         self.endpoint = listener.endpoint
         self._listener = listener
         self._handlers = dict(handlers)
+        self._borrowing = frozenset(
+            method
+            for method, handler in handlers.items()
+            if isinstance(handler, DeferredHandler) and request_borrowed(handler.fn)
+        )
+        """The methods whose deferred handler borrows its request (``kit.borrows_request``)."""
         self._pid = os.getpid()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flamepy-kit-handler")
         self._peers: set[_Peer] = set()
@@ -579,7 +585,7 @@ class FramedServer:
             # A function that borrows its request reads it where the link read it: it returns before the
             # link reads its next message (this thread reads it), and keeps nothing of it.
             fn: Callable[..., None] = handler.fn  # (given bytes, or a view when it borrows)
-            request = frame.payload if request_borrowed(fn) else bytes(frame.payload)
+            request = frame.payload if method in self._borrowing else bytes(frame.payload)
             try:
                 fn(request, call.ctx, responder)
             except BaseException as exc:  # raised before completing the reply: the call fails with it

@@ -233,7 +233,16 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
 
     metadata = 1 (id = 1, name = 2), spec = 2 (session_id = 2, optional output = 4), status = 3.
     """
-    return b"".join(task_reply_parts(task_id, name, session_id, output, status))
+    # As task_context: every RunTask's answer is built here (a large one by task_reply_parts).
+    metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
+    spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
+    output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
+    spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
+    parts = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
+    if output is not None:
+        parts.append(output)
+    parts += (_STATUS_KEY, _varint(len(status)), status)
+    return b"".join(parts)
 
 
 def task_reply_parts(
@@ -241,8 +250,7 @@ def task_reply_parts(
 ) -> list[handoff.Mapped]:
     """:func:`task_reply` as three parts: what comes before the output, the output itself (not copied: bytes,
     or a payload file's mapping), and what follows it (only the first when there is no output), for a
-    transport that sends a reply's parts as they are (``kit.send_parts``)."""
-    # As task_context: every RunTask's answer is built here.
+    transport that sends a reply's parts as they are (``kit.send_parts``): a large RunTask answer."""
     metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
     spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
     output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
