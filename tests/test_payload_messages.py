@@ -18,6 +18,7 @@ from flamepy_core.wire.payload_messages import (
     VIEW_BYTES,
     TaskCall,
     create_task_request,
+    create_task_request_parts,
     read_create_task_request,
     read_enter_result,
     read_session_context,
@@ -74,6 +75,10 @@ def test_create_task_request_is_what_protobuf_writes(session_id: str, task_input
     assert encoded == expected.SerializeToString()
     decoded = frontend_pb2.CreateTaskRequest.FromString(encoded)
     assert decoded == expected and decoded.task.HasField("input") == (task_input is not None)
+    parts = create_task_request_parts(session_id, task_input)
+    assert b"".join(parts) == encoded
+    if task_input is not None:  # the input is sent as it is, never copied into the request
+        assert parts[-1] is task_input
 
 
 _IDS = st.text(min_size=1, max_size=40)
@@ -109,6 +114,13 @@ def test_task_reply_is_what_protobuf_writes_for_the_reply(
     encoded = task_reply(task_id, task_id, session_id, output, task.status.SerializeToString())
     assert encoded == reply_task(task).SerializeToString()
     assert not pb.Task.FromString(encoded).spec.HasField("input")
+    # Read where it arrived (a view of a buffer reused afterwards): the same, as bytes of their own.
+    buffer = bytearray(encoded)
+    read = run_task_reply_parts(memoryview(buffer))
+    assert read == (task.status.SerializeToString(), output)
+    assert all(part is None or type(part) is bytes for part in read)
+    buffer[:] = bytes(len(buffer))
+    assert read == (task.status.SerializeToString(), output)
 
 
 def test_a_large_payload_keeps_its_length_prefix() -> None:
@@ -326,6 +338,10 @@ def test_a_run_task_reply_is_read_as_protobuf_reads_it(
     status, output = run_task_reply_parts(data)
     assert pb.TaskStatus.FromString(status) == parsed.status
     assert output == (parsed.spec.output if parsed.spec.HasField("output") else None)
+    buffer = bytearray(data)
+    read = run_task_reply_parts(memoryview(buffer))  # a view of a buffer reused afterwards: bytes of their own
+    buffer[:] = bytes(len(buffer))
+    assert read == (status, output) and all(part is None or type(part) is bytes for part in read)
 
 
 # -- the payload files handed to and from flamepy's own instances (wire.payload_handoff) ------------------

@@ -35,14 +35,15 @@ from flamepy_core.model import (
     task_from_proto,
 )
 from flamepy_core.plugins import get_registry, local_endpoint
-from flamepy_core.transport_kit import unary_async
+from flamepy_core.transport_kit import unary_async, unary_read
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, RUNTIME
-from flamepy_core.wire.payload_messages import create_task_request
+from flamepy_core.wire.payload_messages import create_task_request_parts
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
 from flamepy_core.wire.proto import types_pb2 as pb
 
 M = TypeVar("M", bound=Message)
+_T = TypeVar("_T")
 
 GC_TIMEOUT = 3600.0
 """Seconds ``collect_garbage`` waits: a store created before incremental compaction is rebuilt whole."""
@@ -79,12 +80,17 @@ class Connection:
 
     def unary(self, rpc: str, path: str, data: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
         """One call on the channel; after the local server went away, restart it (and retry if safe)."""
+        return self._recovering(rpc, lambda: self.channel.unary(path, data, timeout=timeout))
+
+    def _recovering(self, rpc: str, call: Callable[[], _T]) -> _T:
+        """``call()`` (one call of ``rpc`` on the channel); after the local server went away, restart it (and
+        call again if that is safe)."""
         if rpc in self._NOT_RETRIED and self.recover is not None and time.monotonic() - self._last_ok > 1.0:
             # After a quiet spell the local server may have exited (idle exit): make sure it is there
             # before a call that cannot be repeated safely.
             self.recover()
         try:
-            reply = self.channel.unary(path, data, timeout=timeout)
+            reply = call()
         except FlameError as exc:
             if exc.code != FlameErrorCode.UNAVAILABLE or self.recover is None or not self.recover():
                 raise
@@ -94,7 +100,7 @@ class Connection:
                     f"{exc.message}; the local server had stopped and was restarted: check whether the task "
                     f"was created (list the session's tasks) before you submit it again",
                 ) from exc
-            reply = self.channel.unary(path, data, timeout=timeout)
+            reply = call()
         self._last_ok = time.monotonic()
         return reply
 
@@ -295,16 +301,21 @@ class Connection:
         task: pb.Task = self.call("GetTask", fe.GetTaskRequest(session_id=session_id, task_id=task_id), "get task")
         return task
 
-    def run_task(self, session_id: str, input_data: bytes | None, timeout: float | None = None) -> bytes:
+    def run_task(
+        self, session_id: str, input_data: bytes | None, read: Callable[[memoryview], _T], timeout: float | None = None
+    ) -> _T:
         """flamepy.ext.v1 RunTask: create the task and get it back completed, in one round trip.
 
-        The answer is the serialized ``flame.v1.Task``, for the caller to read only what it needs
-        (``payload_messages.run_task_reply_parts``: protobuf copies a large output twice)."""
-        request = create_task_request(session_id, input_data)  # by hand: protobuf would copy the input twice
-        method = EXT["RunTask"]
+        The answer, the serialized ``flame.v1.Task``, goes to ``read``, for it to copy out only what it needs
+        (``payload_messages.run_task_reply_parts``: protobuf copies a large output twice): it gets a buffer
+        valid only while it runs (see ``kit.unary_read``), and what it returns is returned. The request goes
+        as its parts: the input is not joined into one message first."""
+        # By hand: protobuf would copy the input twice.
+        request = create_task_request_parts(session_id, input_data)
+        path = EXT["RunTask"].path
         start = time.monotonic()
         try:
-            raw = self.unary("RunTask", method.path, request, timeout)
+            raw = self._recovering("RunTask", lambda: unary_read(self.channel, path, request, read, timeout))
         except FlameError as exc:
             # The server drops the call when our deadline passes; its CANCELLED can beat our own timer.
             timed_out = exc.code == FlameErrorCode.DEADLINE_EXCEEDED or (

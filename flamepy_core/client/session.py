@@ -240,13 +240,24 @@ _SUCCEED = int(pb.TaskState.Succeed)
 _STATUS = pb.TaskStatus.FromString
 
 
-def _reply_outcome(reply: bytes) -> bytes | None:
-    """The output of a task as RunTask answers it (serialized), reading only what decides the result: the
-    output is one slice of the reply, the state protobuf's read of the status alone."""
+def _read_reply(reply: memoryview) -> tuple[bool, bytes | None]:
+    """RunTask's answer (a serialized ``flame.v1.Task``) read where it arrived (``Connection.run_task``):
+    ``(True, output)`` for a task that succeeded, the output copied out of the reply once, and the state
+    read by protobuf from the status alone; ``(False, the whole reply)`` for any other, whose error
+    carries the whole task (see :func:`_reply_outcome`)."""
     status, output = run_task_reply_parts(reply)
     if _STATUS(status).state == _SUCCEED:
-        return output
-    return _outcome(task_from_proto(pb.Task.FromString(reply)))  # a failure: the error carries the whole task
+        return True, output
+    return False, bytes(reply)
+
+
+def _reply_outcome(read: tuple[bool, bytes | None]) -> bytes | None:
+    """The output of a task as :func:`_read_reply` read RunTask's answer, or its failure raised."""
+    succeeded, data = read
+    if succeeded:
+        return data
+    assert data is not None
+    return _outcome(task_from_proto(pb.Task.FromString(data)))
 
 
 def _settle_outcome(future: Future[bytes | None], outcome: ext_pb2.TaskOutcome, session_id: str) -> None:
@@ -808,7 +819,9 @@ class Session:
         if self.connection.has_extensions is not False:
             try:
                 with self._waiting():
-                    done = self.connection.run_task(self.id, None if input_data is None else bytes(input_data), timeout)
+                    done = self.connection.run_task(
+                        self.id, None if input_data is None else bytes(input_data), _read_reply, timeout
+                    )
             except FlameError as exc:
                 if exc.code != FlameErrorCode.UNIMPLEMENTED:
                     raise

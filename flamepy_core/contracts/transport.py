@@ -28,10 +28,11 @@ one that does not, the core adapts (:func:`flamepy_core.kit.adapt_handlers`, :fu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import mmap
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Final, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Final, Optional, Protocol, TypeVar, Union, runtime_checkable
 
 from flamepy_core.contracts.errors import FlameError
 
@@ -147,6 +148,24 @@ class Responder(Protocol):
 
     def fail(self, error: BaseException) -> bool:
         """Complete the call with an error: a ``FlameError`` as it is, anything else as INTERNAL."""
+        ...
+
+
+ReplyPart = Union[bytes, memoryview, mmap.mmap]  # noqa: UP007 - a runtime alias that must work on 3.10
+"""A part of a reply sent as parts: ``bytes``, or another read-only buffer whose contents do not change (a
+read-only mapping of a file nobody writes, a view of either)."""
+
+
+@runtime_checkable
+class PartsResponder(Responder, Protocol):
+    """A responder that sends a reply given in parts as they are (optional: :func:`flamepy_core.kit.send_parts`
+    calls it when a responder has it, and joins the parts for ``send`` otherwise). For a large reply built
+    around a payload: the payload is not copied into one message first."""
+
+    def send_parts(self, parts: Sequence[ReplyPart]) -> bool:
+        """:meth:`Responder.send` of the concatenation of ``parts``, without joining them: the transport
+        may hold the parts until the reply is written (read-only, they cannot change meanwhile; a writable
+        buffer is copied first)."""
         ...
 
 
@@ -370,6 +389,31 @@ class AsyncChannel(Channel, Protocol):
         Callbacks added to the future run on the thread that completes it (often the channel's I/O
         thread): they must not block. Errors are the same as :meth:`Channel.unary`'s.
         """
+        ...
+
+
+_Read = TypeVar("_Read")
+
+
+@runtime_checkable
+class ReadingChannel(Channel, Protocol):
+    """A channel that sends a request made of parts as they are, and lets the caller read the response where
+    it arrived (optional: :func:`flamepy_core.kit.unary_read` calls it when a channel has it, and joins the
+    parts and reads ``unary``'s answer otherwise). For large payloads: the parts are not joined into one
+    message first, and the caller copies out of the response only what it keeps."""
+
+    def unary_read(
+        self,
+        method: str,
+        request: Sequence[bytes | memoryview],
+        read: Callable[[memoryview], _Read],
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> _Read:
+        """Send one request, the concatenation of ``request``'s parts (not kept after this returns), and
+        return what ``read`` returns for the response. ``read`` gets the response as a buffer that is valid
+        only while it runs (the transport may read its next message into it): it copies what it keeps. It
+        may run on a thread of the transport's, and what it raises is raised here. Errors and deadlines are
+        :meth:`Channel.unary`'s; ``read`` is not called for an error."""
         ...
 
 

@@ -32,8 +32,10 @@ from flamepy_core.engine.retention import Retention
 from flamepy_core.engine.state import Engine, echo_input, reply_task
 from flamepy_core.engine.watches import StreamFeed
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
+from flamepy_core.transport_kit import borrows_request, send_parts
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
-from flamepy_core.wire.payload_messages import read_create_task_request, task_reply
+from flamepy_core.wire.payload_handoff import Mapped
+from flamepy_core.wire.payload_messages import VIEW_BYTES, read_create_task_request, task_reply, task_reply_parts
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -131,18 +133,29 @@ def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None
     return settle
 
 
-def _answer_task(responder: Responder) -> Callable[[pb.Task | None, bytes | None, FlameError | None], None]:
+def _answer_task(responder: Responder) -> Callable[[pb.Task | None, Mapped | None, FlameError | None], None]:
     """A callback completing ``responder`` with a final task and its output as RunTask answers it: no input
-    echoed, the output copied once, into the answer (through ``reply_task`` and protobuf a 16 MiB output
-    was copied three times; the engine now hands it over as it came, see ``state.OutputWaiter``)."""
+    echoed, the output not copied where the transport sends a reply's parts as they are (``kit.send_parts``;
+    otherwise once, into the answer). Through ``reply_task`` and protobuf a 16 MiB output was copied three
+    times; the engine hands it over as it came (see ``state.OutputWaiter``): ``bytes``, or the mapping of
+    the payload file its service process wrote."""
 
-    def settle(task: pb.Task | None, output: bytes | None, error: FlameError | None) -> None:
+    def settle(task: pb.Task | None, output: Mapped | None, error: FlameError | None) -> None:
         if error is not None:
             responder.fail(error)
             return
         assert task is not None
         meta = task.metadata
-        responder.send(task_reply(meta.id, meta.name, task.spec.session_id, output, task.status.SerializeToString()))
+        if output is None or (type(output) is bytes and len(output) < VIEW_BYTES):  # small: one message
+            responder.send(
+                task_reply(meta.id, meta.name, task.spec.session_id, output, task.status.SerializeToString())
+            )
+            return
+        # The output is not copied into the reply where the transport sends a reply's parts as they are.
+        send_parts(
+            responder,
+            task_reply_parts(meta.id, meta.name, task.spec.session_id, output, task.status.SerializeToString()),
+        )
 
     return settle
 
@@ -355,8 +368,11 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
     """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()), ``Runtime`` (what
     the server runs, for ``flmctl top`` and ``flmctl list -e``) and ``Control`` (cancel, forced close)."""
 
-    def run_task(data: bytes, _ctx: CallContext, responder: Responder) -> None:
-        # Read by hand: protobuf's parse and accessor copied a large input twice.
+    @borrows_request
+    def run_task(data: bytes | memoryview, _ctx: CallContext, responder: Responder) -> None:
+        # Read by hand: protobuf's parse and accessor copied a large input twice. ``data`` may be the
+        # transport's buffer (borrowed while this runs): the engine writes a large input to its file from
+        # it and copies a smaller one, and keeps no view of it (Engine.run_task).
         try:
             session_id, task_input = read_create_task_request(data)
         except ValueError as exc:

@@ -65,7 +65,7 @@ from flamepy_core.engine.state import (
 from flamepy_core.engine.supervisor import Supervisor
 from flamepy_core.transport_kit import answering, left_to_waiting_thread, stream_async, unary_async
 from flamepy_core.wire.methods import INSTANCE
-from flamepy_core.wire.payload_handoff import read_payload_file
+from flamepy_core.wire.payload_handoff import Mapped, map_payload_file
 from flamepy_core.wire.payload_messages import (
     RUN_TASKS,
     WITHDRAW_TASKS,
@@ -260,7 +260,9 @@ class _Outcome:
     error: FlameError | None = None
     """The call failed (the task did not answer)."""
     return_code: int = 0
-    output: bytes | None = None
+    output: Mapped | None = None
+    """A large output its service process wrote into a payload file is that file mapped (see
+    ``payload_handoff.map_payload_file``)."""
     message: str = ""
     """Why the task failed (``return_code`` not 0)."""
     output_file: PayloadFile | None = None
@@ -985,10 +987,13 @@ class Scheduler:
             future = Future()
             future.set_exception(exc)
         handle = self._handle_now if now else self.post
-        if prepare is None:
-            future.add_done_callback(lambda f: handle(then, inst, *args, f))
-        else:
-            future.add_done_callback(lambda f: handle(then, inst, *args, prepare(f)))
+        files = self.engine.store.payloads
+
+        def answered(f: Future[bytes]) -> None:
+            handle(then, inst, *args, f if prepare is None else prepare(f))
+            files.drop_due()  # after the answer was handled (a RunTask's reply sent): off its path
+
+        future.add_done_callback(answered)
 
     def _on_entered(self, inst: Instance, session_id: str, future: Future[bytes]) -> None:
         if inst.state != State.ENTERING or inst.session_id != session_id:
@@ -1307,6 +1312,7 @@ class Scheduler:
                 return
             tid, output_name = expected.popleft()
             self.post(self._on_task_done, inst, sid, tid, self._task_outcome(sid, tid, output_name, payload))
+            self.engine.store.payloads.drop_due()
 
         def on_end(error: FlameError | None) -> None:
             hear()
@@ -1431,7 +1437,8 @@ class Scheduler:
                 return _Outcome(output=output, output_file=files.spill(output))
             path = files.path(output_name)
             try:
-                output = read_payload_file(path, output_size)
+                # Mapped, not read: the reply is written to the client straight from the page cache.
+                mapped = map_payload_file(path, output_size)
             except (OSError, ValueError) as exc:
                 why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
                 failure = (
@@ -1441,7 +1448,7 @@ class Scheduler:
                 return _Outcome(return_code=-1, message=failure)
             files.cached(output_name)  # written by the instance, read once here: its pages leave the cache
             taken, output_name = PayloadFile(output_name, output_size), None
-            return _Outcome(output=output, output_file=taken)
+            return _Outcome(output=mapped, output_file=taken)
         except Exception as exc:  # a bug here must not leave the task running forever: it fails, saying so
             log.exception("reading the result of task %s of %s failed", tid, session_id)
             return _Outcome(return_code=-1, message=f"reading the task's result failed: {exc!r}")

@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +26,7 @@ from flamepy_core.contracts.transport import (
     DeferredHandler,
     DeferredStreamHandler,
     Handler,
+    ReplyPart,
     Responder,
     SecureTransport,
     Server,
@@ -62,7 +63,8 @@ from flamepy_core.home import (
 )
 from flamepy_core.plugins import PluginRegistry, get_registry
 from flamepy_core.privacy import create_private_file, private_dir, private_subdir, private_umask
-from flamepy_core.transport_kit import adapt_handlers
+from flamepy_core.transport_kit import adapt_handlers, borrows_request, request_borrowed
+from flamepy_core.transport_kit import send_parts as send_reply_parts
 from flamepy_core.wire.flight import ENV_CACHE_PROTOCOL, PROTOCOL_FLAMEPY, PROTOCOL_FLIGHT
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,8 @@ class _Activity:
                 counted.settled()
                 raise
 
-        return call
+        # It passes the request on as it gets it, while it runs: it borrows it if the handler does.
+        return borrows_request(call) if request_borrowed(handler.fn) else call
 
     def _deferred_stream(self, handler: DeferredStreamHandler) -> Any:
         def call(data: bytes, ctx: CallContext, writer: StreamWriter) -> None:
@@ -181,6 +184,13 @@ class _ExitOnReply(_Once):
     def send(self, response: bytes) -> bool:
         try:
             return self._responder.send(response)
+        finally:
+            self.settled()
+
+    def send_parts(self, parts: Sequence[ReplyPart]) -> bool:
+        """As :meth:`send`, the reply's parts passed on as they are (``kit.send_parts``)."""
+        try:
+            return send_reply_parts(self._responder, parts)
         finally:
             self.settled()
 

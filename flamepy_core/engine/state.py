@@ -51,6 +51,7 @@ from flamepy_core.engine.store import Op, QueuedWrite, Store, session_deletion
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.transport_kit import answering
+from flamepy_core.wire.payload_handoff import Mapped
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,9 @@ class OutputWaiter(NamedTuple):
     of a 16 MiB output that nobody else reads when the session has no watcher. With only such waiters,
     the engine leaves the output out of the task's message."""
 
-    call: Callable[[pb.Task, bytes | None], None]
+    call: Callable[[pb.Task, Mapped | None], None]
+    """Given the output as it came: ``bytes``, or the mapping of the payload file its service process wrote
+    (``payload_handoff.map_payload_file``), for a reply written from it."""
 
 
 Waiter = TaskWaiter | OutputWaiter
@@ -389,9 +392,11 @@ def _creation_ops(session_id: str, tid: int, state: int, data: bytes | None, sta
     return [(_INSERT_TASK, (session_id, tid, state, status)), _payload_row(session_id, tid, INPUT, data, None)]
 
 
-def _payload_row(session_id: str, tid: int, kind: int, data: bytes, file: PayloadFile | None) -> Op:
+def _payload_row(session_id: str, tid: int, kind: int, data: Mapped, file: PayloadFile | None) -> Op:
     """The row of a task's input or output given as bytes: the bytes, or the file that holds them."""
-    return (_SAVE_PAYLOAD, (session_id, tid, kind, data)) if file is None else _file_row(session_id, tid, kind, file)
+    if file is not None:
+        return _file_row(session_id, tid, kind, file)
+    return (_SAVE_PAYLOAD, (session_id, tid, kind, data if type(data) is bytes else bytes(data)))
 
 
 def _file_row(session_id: str, tid: int, kind: int, file: PayloadFile) -> Op:
@@ -989,6 +994,8 @@ class Engine:
             self.scheduler.tasks_pending(session_id)
         else:
             self.store.commit()
+        if any(spilled):
+            files.drop_due()  # earlier payload files let go of while the instance runs this task
 
     def _submit(
         self,
@@ -1148,7 +1155,7 @@ class Engine:
         self,
         session_id: str,
         task_input: bytes | memoryview | None,
-        on_done: Callable[[pb.Task | None, bytes | None, FlameError | None], None],
+        on_done: Callable[[pb.Task | None, Mapped | None, FlameError | None], None],
     ) -> None:
         """Create a task and call ``on_done`` with it and its output once its final state is committed
         (flamepy's RunTask), or with the error.
@@ -1687,7 +1694,7 @@ class Engine:
         session_id: str,
         task_id: int,
         *,
-        output: bytes | None = None,
+        output: Mapped | None = None,
         failure: str | None = None,
         on_committed: Callable[[], None] | None = None,
         commit: bool = True,
@@ -1714,7 +1721,7 @@ class Engine:
         self,
         session_id: str,
         task_id: int,
-        output: bytes | None,
+        output: Mapped | None,
         output_file: PayloadFile | None,
         failure: str | None,
         on_committed: Callable[[], None] | None,
@@ -1742,7 +1749,7 @@ class Engine:
         task: pb.Task,
         state: int,
         message: str | None,
-        output: bytes | None = None,
+        output: Mapped | None = None,
         on_committed: Callable[[], None] | None = None,
         *,
         output_file: PayloadFile | None = None,
@@ -1804,7 +1811,7 @@ class Engine:
         entry: SessionEntry,
         tid: int,
         final: pb.TaskStatus,
-        output: bytes | None,
+        output: Mapped | None,
         on_committed: Callable[[], None] | None,
         error: FlameError | None,
     ) -> None:
@@ -1827,7 +1834,7 @@ class Engine:
             watched = bool(entry.watches) or tid in entry.task_watches
             # Only OutputWaiters wanting it, they get it as it came (see OutputWaiter).
             if output is not None and (watched or not all(isinstance(w, OutputWaiter) for w in waiters)):
-                task.spec.output = output
+                task.spec.output = output if type(output) is bytes else bytes(output)  # (a mapped file's: copied)
             entry.attempts.pop(tid, None)
             entry.timeouts.pop(tid, None)
             entry.input_files.pop(tid, None)
@@ -1845,7 +1852,7 @@ class Engine:
             on_committed()
 
     @staticmethod
-    def _notify_waiters(waiting: list[tuple[list[Waiter], pb.Task]], output: bytes | None = None) -> None:
+    def _notify_waiters(waiting: list[tuple[list[Waiter], pb.Task]], output: Mapped | None = None) -> None:
         """Call each task's waiters; ``output``, when given, is the output of the one task of ``waiting``
         (which may have been left out of its message: see :class:`OutputWaiter`)."""
         for waiters, task in waiting:

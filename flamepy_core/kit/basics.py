@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -29,6 +29,8 @@ from flamepy_core.contracts.transport import (
     DeferredHandler,
     DeferredStreamHandler,
     Handler,
+    ReplyPart,
+    Responder,
     StreamEndFn,
     StreamHandler,
     StreamItemFn,
@@ -297,6 +299,28 @@ def calls_run_on(fn: Callable[..., Any]) -> Executor | None:
     return executor if isinstance(executor, Executor) else None
 
 
+_BORROWS = "flamepy_borrows_request"
+"""The attribute of a handler's function that :func:`borrows_request` sets."""
+
+
+def borrows_request(fn: _Fn) -> _Fn:
+    """Mark a :class:`DeferredHandler`'s function: it reads its request only while it runs and keeps nothing
+    of it (it copies what it keeps); returns ``fn``.
+
+    A hint for a transport that reads messages into a buffer it reuses (the framed kit's links keep one
+    for large messages): it may then pass the request as a ``memoryview`` of that buffer, valid until the
+    function returns, instead of copying it into ``bytes`` first. A transport that does not look for the
+    hint passes ``bytes``, as always: the function must take either.
+    """
+    setattr(fn, _BORROWS, True)
+    return fn
+
+
+def request_borrowed(fn: Callable[..., Any]) -> bool:
+    """Whether :func:`borrows_request` marked a handler's function."""
+    return getattr(fn, _BORROWS, False) is True
+
+
 def blocking_unary(handler: DeferredHandler) -> UnaryHandler:
     """A deferred handler as a plain unary one, for a transport without ``deferred_replies``.
 
@@ -494,6 +518,37 @@ def unary_async(
     if native is not None:
         return native(method, request, timeout)  # type: ignore[no-any-return]
     return _fallback_pool().submit(channel.unary, method, request, timeout)
+
+
+def send_parts(responder: Responder, parts: Sequence[ReplyPart]) -> bool:
+    """``responder.send_parts(parts)`` when the responder has it
+    (:class:`~flamepy_core.contracts.transport.PartsResponder`: the parts sent as they are, none copied into
+    one message); otherwise ``responder.send`` of the parts joined. Returns what that returned."""
+    native = getattr(responder, "send_parts", None)
+    if native is not None:
+        return bool(native(parts))
+    return responder.send(parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts))
+
+
+_R = TypeVar("_R")
+
+
+def unary_read(
+    channel: Channel,
+    method: str,
+    request: Sequence[bytes | memoryview],
+    read: Callable[[memoryview], _R],
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> _R:
+    """``channel.unary_read`` when the channel has it (:class:`~flamepy_core.contracts.transport.ReadingChannel`):
+    the request sent as its parts, the response read by ``read`` where it arrived; otherwise the parts joined
+    (one part as it is) for ``channel.unary``, and ``read`` run on its answer. Either way ``read`` gets a
+    buffer valid only while it runs, and copies what it keeps."""
+    native = getattr(channel, "unary_read", None)
+    if native is not None:
+        return native(method, request, read, timeout)  # type: ignore[no-any-return]
+    data = request[0] if len(request) == 1 else b"".join(request)
+    return read(memoryview(channel.unary(method, bytes(data), timeout)))
 
 
 def stream_async(

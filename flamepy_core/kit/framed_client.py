@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import DEFAULT_TIMEOUT, Timeout
@@ -37,7 +37,7 @@ from flamepy_core.kit.basics import (
 )
 from flamepy_core.kit.frames import Frame, Kind
 from flamepy_core.kit.lease import LinkLease, Waker, lendable
-from flamepy_core.kit.links import Link, Oversized
+from flamepy_core.kit.links import Link, Oversized, Part
 
 STREAM_WINDOW_ITEMS = 256
 STREAM_WINDOW_KIB = 8 * 1024
@@ -48,6 +48,8 @@ HOST_SLICE = 1.0
 """A caller reading its own answer looks this often (seconds) whether its connection has died meanwhile."""
 
 log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
 
 Dial = Callable[[float], Link]
 """Opens a link to the channel's endpoint within the given seconds (raises ``FlameError(UNAVAILABLE)``)."""
@@ -116,19 +118,29 @@ def _wrong(call: _Call, what: str) -> FlameError:
 
 
 class _Unary(_Call):
-    __slots__ = ("error", "ready", "result")
+    __slots__ = ("error", "read", "ready", "result")
 
-    def __init__(self, call_id: int, method: str, timeout: float | None) -> None:
+    def __init__(
+        self, call_id: int, method: str, timeout: float | None, read: Callable[[memoryview], Any] | None = None
+    ) -> None:
         super().__init__(call_id, method, timeout)
         self.ready = threading.Event()
-        self.result: bytes = b""
-        self.error: FlameError | None = None
+        self.result: Any = b""
+        self.error: BaseException | None = None
+        self.read = read
+        """:meth:`FramedChannel.unary_read`'s reader: run on the reply where the link read it, before the link
+        reads its next message (which may land in the same buffer)."""
 
     def answer(self, frame: Frame) -> bool:
-        if frame.kind is Kind.REPLY:
+        if frame.kind is not Kind.REPLY:
+            self.error = frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name)
+        elif self.read is None:
             self.result = bytes(frame.payload)
         else:
-            self.error = frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name)
+            try:
+                self.result = self.read(memoryview(frame.payload))
+            except Exception as exc:  # the caller's reader: raised to the caller, the link goes on
+                self.error = exc
         self.ready.set()
         return True
 
@@ -238,8 +250,9 @@ class _Connection:
     def usable(self) -> bool:
         return self.dead is None and self.pid == os.getpid()
 
-    def start(self, call: _Call, kind: Kind, method: bytes, request: bytes, window: bool = False) -> None:
-        """Register ``call`` and send its request (the call id is chosen here)."""
+    def start(self, call: _Call, kind: Kind, method: bytes, request: bytes | list[Part], window: bool = False) -> None:
+        """Register ``call`` and send its request (the call id is chosen here): ``bytes``, or a list of parts
+        sent as one message after the header, without joining them."""
         with self._lock:
             if self.dead is not None:
                 raise self.dead
@@ -254,12 +267,14 @@ class _Connection:
         parts = frames.encode(
             kind,
             call.call_id,
-            request,
+            request if type(request) is bytes else b"",
             method=method,
             timeout=remaining,
             a=STREAM_WINDOW_ITEMS if window else 0,
             b=STREAM_WINDOW_KIB if window else 0,
         )
+        if type(request) is list:
+            parts += request
         try:
             self.link.send(parts)
         except OSError as exc:
@@ -660,7 +675,7 @@ class FramedChannel:
         check_size(len(data), self.limit, what="request", endpoint=self._endpoint)
         return data, resolve_timeout(timeout, self.default_timeout)
 
-    def _begin(self, call: _Call, kind: Kind, request: bytes, window: bool = False) -> _Connection:
+    def _begin(self, call: _Call, kind: Kind, request: bytes | list[Part], window: bool = False) -> _Connection:
         conn = self._connection(call.deadline, call.timeout)
         conn.start(call, kind, self._method(call.method), request, window)
         return conn
@@ -670,16 +685,44 @@ class FramedChannel:
         data, seconds = self._prepare(request, timeout)
         call = _Unary(0, method, seconds)
         conn = self._begin(call, Kind.UNARY, data)
+        self._wait(call, conn)
+        result: bytes = call.result
+        return result
+
+    def _wait(self, call: _Unary, conn: _Connection) -> None:
+        """Wait for ``call``'s answer (reading the link itself when it can); raises its error."""
         conn.host_until(call)
         if call.deadline is None:
             call.ready.wait()
         elif not call.ready.wait(max(0.0, call.deadline - time.monotonic())):
             if conn.give_up(call):
-                raise deadline_exceeded(method, self._endpoint, seconds)
+                raise deadline_exceeded(call.method, self._endpoint, call.timeout)
             call.ready.wait()  # answered by the reader first: its outcome is being delivered
         if call.error is not None:
             raise call.error
-        return call.result
+
+    def unary_read(
+        self,
+        method: str,
+        request: Sequence[Part],
+        read: Callable[[memoryview], _R],
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> _R:
+        """Send one request made of ``request``'s parts (not joined: the link writes them as one message) and
+        return what ``read`` makes of the reply (see :class:`~flamepy_core.contracts.transport.ReadingChannel`).
+
+        ``read`` runs on whichever thread reads the reply (this one when it reads its own answer, else the
+        link's reader thread), on a view of the link's buffer, before the link reads its next message: a
+        large reply is not copied into ``bytes`` first, and ``read`` copies out only what it keeps.
+        """
+        parts = [part for part in request if len(part)]  # (the link sends no empty part)
+        check_size(sum(map(len, parts)), self.limit, what="request", endpoint=self._endpoint)
+        seconds = resolve_timeout(timeout, self.default_timeout)
+        call = _Unary(0, method, seconds, read)
+        conn = self._begin(call, Kind.UNARY, parts)
+        self._wait(call, conn)
+        result: _R = call.result
+        return result
 
     def unary_async(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Future[bytes]:
         """Send one request now and return at once; the future completes with the response or a FlameError.

@@ -25,7 +25,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -33,6 +33,7 @@ from flamepy_core.contracts.transport import (
     DeferredHandler,
     DeferredStreamHandler,
     Handler,
+    ReplyPart,
     StreamHandler,
     UnaryHandler,
 )
@@ -41,6 +42,7 @@ from flamepy_core.kit.basics import (
     SimpleCallContext,
     check_size,
     error_from_handler,
+    request_borrowed,
     unavailable,
     unimplemented,
 )
@@ -163,6 +165,31 @@ class _Responder:
         except FlameError as exc:
             return self.fail(exc)
         return call.end(frames.encode(Kind.REPLY, call.call_id, data))
+
+    def send_parts(self, parts: Sequence[ReplyPart]) -> bool:
+        """:meth:`send` of the parts' concatenation, none copied: the link writes them as one message (and a
+        link that keeps what the socket did not take at once keeps views of them, the parts being read-only)."""
+        call = self._call
+        if call.ended or not call.ctx.is_active():
+            call.end(None)
+            return False
+        held: list[bytes | memoryview] = []
+        for part in parts:
+            if type(part) is not bytes:
+                view = memoryview(part)
+                part = view if view.readonly else bytes(view)  # a writable buffer may change: copied, as send does
+            held.append(part)
+        parts = held
+        try:
+            check_size(
+                sum(map(len, parts)),
+                call.peer.server.limit,
+                what=f"response to {call.method}",
+                endpoint=call.peer.server.endpoint,
+            )
+        except FlameError as exc:
+            return self.fail(exc)
+        return call.end(frames.encode(Kind.REPLY, call.call_id) + [part for part in parts if part])
 
     def fail(self, error: BaseException) -> bool:
         call = self._call
@@ -469,6 +496,12 @@ class FramedServer:
         self.endpoint = listener.endpoint
         self._listener = listener
         self._handlers = dict(handlers)
+        self._borrowing = frozenset(
+            method
+            for method, handler in handlers.items()
+            if isinstance(handler, DeferredHandler) and request_borrowed(handler.fn)
+        )
+        """The methods whose deferred handler borrows its request (``kit.borrows_request``)."""
         self._pid = os.getpid()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flamepy-kit-handler")
         self._peers: set[_Peer] = set()
@@ -546,15 +579,19 @@ class FramedServer:
         call = _Served(peer, call_id, method, frame.timeout, window)
         with peer.lock:
             peer.calls[call_id] = call
-        request = bytes(frame.payload)
         if isinstance(handler, DeferredHandler):
             call.deferred = True
             responder = _Responder(call)
+            # A function that borrows its request reads it where the link read it: it returns before the
+            # link reads its next message (this thread reads it), and keeps nothing of it.
+            fn: Callable[..., None] = handler.fn  # (given bytes, or a view when it borrows)
+            request = frame.payload if method in self._borrowing else bytes(frame.payload)
             try:
-                handler.fn(request, call.ctx, responder)
+                fn(request, call.ctx, responder)
             except BaseException as exc:  # raised before completing the reply: the call fails with it
                 responder.fail(exc)
             return True
+        request = bytes(frame.payload)
         if isinstance(handler, DeferredStreamHandler):
             call.deferred = True
             writer = call.writer = _Writer(call)

@@ -216,10 +216,11 @@ class SocketLink:
                 self._write_rest()
             if size <= _COALESCE:
                 self.sock.sendall(b"".join([_LENGTH.pack(size), *parts]))
-            else:
-                self.sock.sendall(_LENGTH.pack(size) + bytes(parts[0]))
-                for part in parts[1:]:
-                    self.sock.sendall(part)
+                return
+            # A large message from its parts, none copied: one system call unless a signal cuts it short.
+            buffers: Sequence[Part] = [_LENGTH.pack(size), *parts]
+            while buffers:
+                buffers = _after(buffers, self.sock.sendmsg(buffers))
 
     def send_nowait(self, parts: Sequence[Part]) -> bool | None:
         """Send one message with what the socket takes now (see :class:`Link`): True when it went whole, None

@@ -31,6 +31,7 @@ cached. Pages that are dropped go back to the free lists and are reused while st
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from pathlib import Path
 
@@ -47,7 +48,9 @@ __all__ = [
     "REPLY_ROOM",
     "TEMP_SUFFIX",
     "WRITE_CHUNK",
+    "Mapped",
     "drop_cached",
+    "map_payload_file",
     "read_payload_file",
     "write_payload_file",
 ]
@@ -84,11 +87,16 @@ FILE_MODE = 0o600
 keeps them equal)."""
 
 
-def write_payload_file(path: Path, data: bytes | bytearray | memoryview, *, sync: bool) -> None:
+def write_payload_file(
+    path: Path, data: bytes | bytearray | memoryview | mmap.mmap, *, sync: bool, start_writeback: bool = True
+) -> None:
     """Write ``data`` to a new file ``path`` (0600), whole or not at all: through ``<path>.part``.
 
-    With ``sync`` the file and then its folder's entry are fsync-ed. Raises OSError (a missing folder:
-    FileNotFoundError; a full disk) with no file left behind under either name.
+    With ``sync`` the file and then its folder's entry are fsync-ed. Otherwise its writeback is started
+    (see :func:`drop_cached`), unless ``start_writeback`` is False: the writer then does it itself soon
+    after, off the way of whoever waits for the file (the server, once the file's task went to its
+    instance). Raises OSError (a missing folder: FileNotFoundError; a full disk) with no file left behind
+    under either name.
     """
     temp = path.with_name(path.name + TEMP_SUFFIX)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -99,7 +107,7 @@ def write_payload_file(path: Path, data: bytes | bytearray | memoryview, *, sync
                 view = view[os.write(fd, view[:WRITE_CHUNK]) :]
             if sync:
                 os.fsync(fd)
-            else:
+            elif start_writeback:
                 _drop_clean_pages(fd)  # starts the writeback now, so the pages are clean once it is read
         finally:
             os.close(fd)
@@ -129,8 +137,38 @@ def read_payload_file(path: Path, size: int) -> bytes:
     return data
 
 
+Mapped = bytes | mmap.mmap
+"""A payload as :func:`map_payload_file` gives it: ``bytes``, or a read-only mapping of its file."""
+
+
+def map_payload_file(path: Path, size: int) -> Mapped:
+    """The ``size`` bytes of the payload file ``path``, mapped read-only rather than read (``bytes`` where
+    mapping is not possible: an empty file, a system without ``mmap``).
+
+    For a payload read to be sent on at once (the server's reply with an output its service process wrote):
+    the pages are the page cache's, so no copy is made and no memory is faulted in, and a transport that
+    sends a buffer as it is (``kit.send_parts``) writes them to the socket straight from the cache. A
+    payload file is never written again once renamed into place, so the mapping's contents do not change;
+    removing the file meanwhile leaves them readable. The mapping is released with its last reference.
+    Raises OSError when it cannot be read, ValueError naming both sizes when it holds another size.
+    """
+    with open(path, "rb", buffering=0) as fh:
+        found = os.fstat(fh.fileno()).st_size
+        if found != size:
+            raise ValueError(f"it holds {found} bytes where {size} were written")
+        if not size:
+            return b""
+        try:
+            # MAP_POPULATE (Linux): the cached pages are mapped at once rather than faulted in one by one.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            return mmap.mmap(fh.fileno(), size, flags=flags, prot=mmap.PROT_READ)
+        except (OSError, ValueError, AttributeError):  # (no MAP_SHARED/PROT_READ: Windows)
+            return read_payload_file(path, size)
+
+
 def drop_cached(path: Path) -> None:
-    """Drop the pages of payload file ``path`` that are on the disk from the page cache (the file stays).
+    """Drop the pages of payload file ``path`` that are on the disk from the page cache (the file stays), and
+    start the writeback of those that are not.
 
     Pages still being written back stay: call it once the writeback had time to end. A file removed
     meanwhile is fine.

@@ -34,6 +34,7 @@ __all__ = [
     "WITHDRAW_TASKS",
     "TaskCall",
     "create_task_request",
+    "create_task_request_parts",
     "read_create_task_request",
     "read_enter_result",
     "read_session_context",
@@ -47,6 +48,7 @@ __all__ = [
     "task_batch",
     "task_context",
     "task_reply",
+    "task_reply_parts",
     "task_result",
     "tasks_offered",
     "withdrawn_tasks",
@@ -207,11 +209,17 @@ def create_task_request(session_id: str, task_input: bytes | None) -> bytes:
 
     The nested message's length is computed, not built, so the input is copied once, by the join.
     """
+    return b"".join(create_task_request_parts(session_id, task_input))
+
+
+def create_task_request_parts(session_id: str, task_input: bytes | None) -> list[bytes]:
+    """:func:`create_task_request` as the parts it joins: what comes before the input, then the input itself
+    (not copied), for a transport that sends a message's parts as they are (``kit.unary_read``)."""
     head = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
     if task_input is None:
-        return b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head)), head))
+        return [b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head)), head))]
     head += _INPUT_IN_SPEC_KEY + _varint(len(task_input))
-    return b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head) + len(task_input)), head, task_input))
+    return [b"".join((_SPEC_IN_REQUEST_KEY, _varint(len(head) + len(task_input)), head)), task_input]
 
 
 _SPEC_IN_REQUEST_KEY = bytes((1 << 3 | _LEN,))
@@ -225,7 +233,7 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
 
     metadata = 1 (id = 1, name = 2), spec = 2 (session_id = 2, optional output = 4), status = 3.
     """
-    # As task_context: every RunTask's answer is built here.
+    # As task_context: every RunTask's answer is built here (a large one by task_reply_parts).
     metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
     spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
     output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
@@ -235,6 +243,23 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
         parts.append(output)
     parts += (_STATUS_KEY, _varint(len(status)), status)
     return b"".join(parts)
+
+
+def task_reply_parts(
+    task_id: str, name: str, session_id: str, output: handoff.Mapped | None, status: bytes
+) -> list[handoff.Mapped]:
+    """:func:`task_reply` as three parts: what comes before the output, the output itself (not copied: bytes,
+    or a payload file's mapping), and what follows it (only the first when there is no output), for a
+    transport that sends a reply's parts as they are (``kit.send_parts``): a large RunTask answer."""
+    metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
+    spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
+    output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
+    spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
+    head = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
+    tail = b"".join((_STATUS_KEY, _varint(len(status)), status))
+    if output is None:
+        return [b"".join((*head, tail))]
+    return [b"".join(head), output, tail]
 
 
 _METADATA_KEY = bytes((1 << 3 | _LEN,))
@@ -317,7 +342,7 @@ def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("malformed message: a varint longer than ten bytes")
 
 
-def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def _length(data: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
     """The length (a varint) at ``pos`` and the position after it, a one-byte length read inline: the
     straight-through readers below take every field's length here."""
     if pos < end and data[pos] < 0x80:
@@ -408,8 +433,8 @@ def _fields(
     return out
 
 
-def _text(data: bytes, start: int, end: int) -> str:
-    return data[start:end].decode()  # strict: protobuf refuses a string that is not UTF-8
+def _text(data: bytes | memoryview, start: int, end: int) -> str:
+    return str(data[start:end], "utf-8")  # strict: protobuf refuses a string that is not UTF-8
 
 
 def _sub_fields(data: bytes, number: int, varints: dict[int, int] | None = None) -> list[tuple[int, int, int]]:
@@ -428,7 +453,7 @@ VIEW_BYTES = 64 * 1024
 """An input this large is read as a view into its request, not copied out of it (see below)."""
 
 
-def _create_task_request_as_written(data: bytes) -> tuple[str, bytes | memoryview | None] | None:
+def _create_task_request_as_written(data: bytes | memoryview) -> tuple[str, bytes | memoryview | None] | None:
     """:func:`read_create_task_request` of a request in the layout :func:`create_task_request` writes (one
     task: its session id, then its input), read straight through; None for any other layout (fields
     repeated, unknown, out of order), which the general reader then reads."""
@@ -452,20 +477,21 @@ def _create_task_request_as_written(data: bytes) -> tuple[str, bytes | memoryvie
     size, pos = _length(data, pos + 1, end)
     if pos + size != end:
         return None
-    return session_id, data[pos:end] if size < VIEW_BYTES else memoryview(data)[pos:end]
+    return session_id, bytes(data[pos:end]) if size < VIEW_BYTES else memoryview(data)[pos:end]
 
 
-def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | None]:
+def read_create_task_request(data: bytes | memoryview) -> tuple[str, bytes | memoryview | None]:
     """``flame.v1.CreateTaskRequest`` -> ``(task.session_id, task.input or None)``.
 
     The input is one slice (protobuf's parse and then its accessor copied a 16 MiB input twice); one of
     ``VIEW_BYTES`` or more is a ``memoryview`` into ``data``, not a copy: the server writes a large input
-    straight to its payload file and keeps no other copy of it.
+    straight to its payload file and keeps no other copy of it. ``data`` may itself be a view (of the
+    buffer the transport read the request into): it is not copied either, and a smaller input is ``bytes``.
     """
-    data = bytes(data)
     read = _create_task_request_as_written(data)
     if read is not None:
         return read
+    data = bytes(data)  # another layout (not this SDK's): read from a copy
     session_id = ""
     task_input: bytes | memoryview | None = None
     for number, start, end in _sub_fields(data, 1):
@@ -476,9 +502,10 @@ def read_create_task_request(data: bytes) -> tuple[str, bytes | memoryview | Non
     return session_id, task_input
 
 
-def _run_task_reply_as_written(data: bytes) -> tuple[bytes, bytes | None] | None:
+def _run_task_reply_as_written(data: bytes | memoryview) -> tuple[bytes, bytes | None] | None:
     """:func:`run_task_reply_parts` of a reply in the layout :func:`task_reply` writes (metadata; a spec of
-    session id and output; status), read straight through; None for any other layout."""
+    session id and output; status), read straight through; None for any other layout. On a ``memoryview``
+    the status and the output are each copied out once, into ``bytes``."""
     end = len(data)
     if end < 2 or data[0] != _METADATA_KEY[0]:
         return None
@@ -496,26 +523,29 @@ def _run_task_reply_as_written(data: bytes) -> tuple[bytes, bytes | None] | None
     output = None
     if pos < spec_end and data[pos] == _OUTPUT_IN_SPEC_KEY[0]:
         size, pos = _length(data, pos + 1, end)
-        output = data[pos : pos + size]
+        output = bytes(data[pos : pos + size])  # (the slice itself for bytes)
         pos += size
     if pos != spec_end or pos >= end or data[pos] != _STATUS_KEY[0]:
         return None
     size, pos = _length(data, pos + 1, end)
     if pos + size != end:
         return None
-    return data[pos:end], output
+    return bytes(data[pos:end]), output
 
 
-def run_task_reply_parts(data: bytes) -> tuple[bytes, bytes | None]:
+def run_task_reply_parts(data: bytes | memoryview) -> tuple[bytes, bytes | None]:
     """A ``flame.v1.Task`` as RunTask answers it -> ``(status, spec.output or None)``: the serialized
     ``TaskStatus`` (every occurrence, joined: protobuf merges them as it would in the whole message) for
     the caller to parse, and the output as one slice (protobuf copies a large output twice). The status
     is small and holds 6-byte timestamps and the task's events, which protobuf's parser reads five times
-    faster than Python can step over them."""
-    data = bytes(data)
+    faster than Python can step over them.
+
+    ``data`` may be a view of a buffer that is reused later (the link's, ``kit.unary_read``): what is
+    returned is ``bytes``, the output copied out of it once."""
     read = _run_task_reply_as_written(data)
     if read is not None:
         return read
+    data = bytes(data)  # another layout (not this server's): read from a copy
     output: bytes | None = None
     status: list[bytes] = []
     for outer, start, end in _fields(data):  # one pass; the last value of each wins, as in _sub_fields

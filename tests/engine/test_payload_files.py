@@ -361,3 +361,78 @@ def test_a_restart_leaves_a_waiting_input_in_its_file_and_hands_it_out_from_ther
     assert started is not None and started[2] is not None
     assert (folder / "payloads" / started[2].name).read_bytes() == b"i" * 100
     engine.store.close()
+
+
+def test_files_leave_the_page_cache_at_the_first_drop_due_after_their_time_never_before(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cached`` only notes a file; ``drop_due`` lets go of those whose time came, at each step of
+    ``DROP_CACHED_AFTER``, and of nothing earlier (the server calls it off the path of an answer)."""
+    from flamepy_core.engine import payload_files as module
+
+    now = [100.0]
+    dropped: list[str] = []
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(module, "drop_cached", lambda path: dropped.append(path.name))
+    files = PayloadFiles(folder, sync=False)
+    files.cached("p-a")
+    files.drop_due()
+    assert dropped == [], "dropped before its writeback could end"
+    now[0] += module.DROP_CACHED_AFTER[0]
+    files.cached("p-b")
+    assert dropped == [], "cached() dropped something itself: it must not (it runs on an answer's path)"
+    files.drop_due()
+    assert dropped == ["p-a"]
+    now[0] += module.DROP_CACHED_AFTER[-1]
+    files.drop_due()
+    assert sorted(dropped) == ["p-a", "p-a", "p-b"], "the second drop of the first file, the first of the next"
+    now[0] += module.DROP_CACHED_AFTER[-1]
+    files.drop_due()
+    assert sorted(dropped) == ["p-a", "p-a", "p-b", "p-b"]
+    files.drop_due()
+    assert len(dropped) == 4, "a file was dropped more often than DROP_CACHED_AFTER has steps"
+
+
+def test_a_task_sent_to_its_instance_drops_what_is_due(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Creating tasks with a large input lets go of the payload files whose time came (the RunTask
+    handler does it after its task went to the instance, while the instance runs it)."""
+    engine = open_engine(folder)
+    try:
+        _session(engine)
+        calls: list[int] = []
+        monkeypatch.setattr(engine.store.payloads, "drop_due", lambda: calls.append(1))
+        engine.create_task("s", b"small")
+        assert calls == [], "no payload file, nothing to look at"
+        engine.create_task("s", b"x" * THRESHOLD)
+        assert calls == [1]
+    finally:
+        engine.store.close(timeout=5)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_file_written_here_has_its_writeback_started_at_the_next_drop_due(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    """In ``batched`` durability the writer starts a payload file's writeback; the server does it at its
+    next ``drop_due`` (after the task went to its instance) rather than on the way there. ``strict``
+    fsyncs the file before its row anyway: nothing to start."""
+    from flamepy_core.engine import payload_files as module
+
+    started: list[str] = []
+    writes: list[bool] = []
+    real_write = module.write_payload_file
+
+    def write(path: Path, data: bytes, *, sync: bool, start_writeback: bool = True) -> None:
+        writes.append(start_writeback)
+        real_write(path, data, sync=sync, start_writeback=start_writeback)
+
+    monkeypatch.setattr(module, "write_payload_file", write)
+    monkeypatch.setattr(module, "drop_cached", lambda path: started.append(path.name))
+    files = PayloadFiles(folder, sync=sync, threshold=THRESHOLD)
+    spilled = files.spill(b"x" * THRESHOLD)
+    assert spilled is not None and files.path(spilled.name).read_bytes() == b"x" * THRESHOLD
+    assert writes == [False] and started == []
+    files.drop_due()
+    assert started == ([] if sync else [spilled.name])
+    files.drop_due()
+    assert started == ([] if sync else [spilled.name]), "started twice"

@@ -13,6 +13,7 @@ sqlite store driven the way the scheduler drives it (``start_next``, then ``fini
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -333,3 +334,35 @@ def test_a_warm_task_whose_creation_is_not_last_is_still_stored_right(engine: En
     if between != "a cancel":
         ((task, output, error),) = recorder.heard
         assert error is None and output == b"out" and task is not None
+
+
+@pytest.mark.parametrize("size", [100, 70_000, 2 << 20])
+@pytest.mark.parametrize("file_fails", [False, True])
+def test_a_run_task_input_given_as_a_view_of_a_reused_buffer_is_not_kept_as_one(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, size: int, file_fails: bool
+) -> None:
+    """The RunTask handler borrows its request (``kit.borrows_request``): the input may be a view of the
+    buffer the transport reads its next message into. The engine keeps none: a small input is copied, a
+    large one written to its file before ``run_task`` returns, or copied into its row when the file cannot
+    be written. The buffer is overwritten afterwards, as the next message would: what runs and what is
+    stored is still the input."""
+    if file_fails:
+
+        def refuse(*_args: object, **_kwargs: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("flamepy_core.engine.payload_files.write_payload_file", refuse)
+    data = os.urandom(size)
+    buffer = bytearray(data)
+    outcomes: list[tuple[pb.Task | None, bytes | None, FlameError | None]] = []
+    engine.run_task("s1", memoryview(buffer)[:size], lambda task, output, error: outcomes.append((task, output, error)))
+    buffer[:] = bytes(size)  # the transport reads its next message into the same buffer
+    started = engine.start_next("s1")
+    assert started is not None and started[1] == data
+    assert engine.finish_task("s1", started[0], output=b"out")
+    wait_for(lambda: outcomes, 10, "the result")
+    assert outcomes[0][2] is None
+    engine.store.flush(timeout=10)
+    assert engine.get_task("s1", str(started[0])).spec.input == data  # read from its row, or from its file
+    if size < engine.store.payloads.threshold or file_fails:
+        assert [p for kind, p in stored(engine, started[0])[1] if kind == 0] == [data]

@@ -125,7 +125,7 @@ def test_a_closed_session_refuses_a_warm_task(runtime: LocalRuntime) -> None:
     sid = session.id
     flamepy.close_session(sid)
     with pytest.raises(flamepy.FlameError) as raised:
-        default_connection().run_task(sid, b"late")
+        default_connection().run_task(sid, b"late", bytes)
     assert "closed" in str(raised.value)
 
 
