@@ -129,22 +129,23 @@ def test_a_closed_session_refuses_a_warm_task(runtime: LocalRuntime) -> None:
     assert "closed" in str(raised.value)
 
 
+@pytest.mark.parametrize("broken", ["_task_context", "_call"])  # before the lock is released; the send, after
 def test_a_lane_task_that_cannot_be_sent_fails_saying_why_and_the_instance_serves_on(
-    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, broken: str
 ) -> None:
     scheduler = runtime.server.scheduler
     session = flamepy.create_session("rev")
     assert session.invoke(b"warm up") == b"pu mraw"
-    real = scheduler._task_context
+    real = getattr(scheduler, broken)
     calls = []
 
     def broken_once(*args: object, **kwargs: object) -> object:
         calls.append(args)
         if len(calls) == 1:
             raise OSError("the payload folder is gone")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(scheduler, "_task_context", broken_once)
+    monkeypatch.setattr(scheduler, broken, broken_once)
     with pytest.raises(TaskFailedError, match=r"sending the task to instance .* failed: OSError") as raised:
         session.invoke(b"lost")
     assert "the payload folder is gone" in str(raised.value)
