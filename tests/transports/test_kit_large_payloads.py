@@ -33,13 +33,12 @@ def turn(request: bytes, ctx: CallContext) -> bytes:
     return request[::-1]
 
 
-class Served:
-    def __init__(self, transport: str = "uds") -> None:
-        self.dir = tempfile.mkdtemp(prefix="fl-large-", dir="/tmp")
-        self.transport = get_registry().transport(transport)
-        endpoint = f"uds://{self.dir}/s.sock" if transport == "uds" else f"inmem://large-{os.getpid()}-{id(self)}"
-        self.server: Any = self.transport.serve(endpoint, {TURN: UnaryHandler(turn)})
-        self.channel: Any = self.transport.connect(self.server.endpoint)
+class _Pair:
+    """A server and a channel to it, in a folder of their own, stopped and removed by :meth:`close`."""
+
+    dir: str
+    server: Any
+    channel: Any
 
     def close(self) -> None:
         self.channel.close()
@@ -47,6 +46,15 @@ class Served:
         for name in os.listdir(self.dir):
             os.unlink(os.path.join(self.dir, name))
         os.rmdir(self.dir)
+
+
+class Served(_Pair):
+    def __init__(self, transport: str = "uds") -> None:
+        self.dir = tempfile.mkdtemp(prefix="fl-large-", dir="/tmp")
+        self.transport = get_registry().transport(transport)
+        endpoint = f"uds://{self.dir}/s.sock" if transport == "uds" else f"inmem://large-{os.getpid()}-{id(self)}"
+        self.server: Any = self.transport.serve(endpoint, {TURN: UnaryHandler(turn)})
+        self.channel: Any = self.transport.connect(self.server.endpoint)
 
 
 @pytest.fixture()
@@ -192,7 +200,7 @@ HOLD_COPY = "/test.Large/HoldCopy"
 PARTS = "/test.Large/Parts"
 
 
-class Holding:
+class Holding(_Pair):
     """A uds server whose deferred handlers record what they were given and answer later (from the test)."""
 
     def __init__(self) -> None:
@@ -229,13 +237,6 @@ class Holding:
                 return list(self.given) if len(self.given) >= count else None
 
         return wait_for(received, 20, f"{count} calls to be received")  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.channel.close()
-        self.server.stop(0.2)
-        for name in os.listdir(self.dir):
-            os.unlink(os.path.join(self.dir, name))
-        os.rmdir(self.dir)
 
 
 @pytest.fixture()
