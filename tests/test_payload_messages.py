@@ -32,6 +32,7 @@ from flamepy_core.wire.payload_messages import (
     task_batch,
     task_context,
     task_reply,
+    task_reply_parts,
     task_result,
     tasks_offered,
     withdrawn_tasks,
@@ -114,6 +115,10 @@ def test_task_reply_is_what_protobuf_writes_for_the_reply(
     encoded = task_reply(task_id, task_id, session_id, output, task.status.SerializeToString())
     assert encoded == reply_task(task).SerializeToString()
     assert not pb.Task.FromString(encoded).spec.HasField("input")
+    parts = task_reply_parts(task_id, task_id, session_id, output, task.status.SerializeToString())
+    assert b"".join(parts) == encoded, "the reply as parts is not the reply"
+    if output is not None:  # the output is sent as it is, never copied into the reply
+        assert parts[1] is output and len(parts) == 3
     # Read where it arrived (a view of a buffer reused afterwards): the same, as bytes of their own.
     buffer = bytearray(encoded)
     read = run_task_reply_parts(memoryview(buffer))

@@ -41,6 +41,8 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+from flamepy_core.privacy import open_private
+
 __all__ = ["AheadLog", "ForeignLog", "NotLoggable", "decode_ops", "encode_ops", "read_records"]
 
 log = logging.getLogger(__name__)
@@ -210,8 +212,8 @@ class AheadLog:
             raise ValueError(f"a store id is {STORE_ID_BYTES} bytes, got {len(store_id)}")
         self.path = path
         self._header = MAGIC + store_id
-        # 0600 from its creation: it holds tasks' inputs and outputs, as the store does (see flamepy_core.privacy).
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # 0600 from its creation: it holds tasks' inputs and outputs, as the store does.
+        self._fd = open_private(path, os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
         self.size = 0
         """Bytes in the file: its header and what was appended since it was last emptied."""
         self.broken = False
@@ -235,14 +237,10 @@ class AheadLog:
 
         ``OSError`` when they could not be written whole (the disk is full): the file is cut back to where
         it was, so no part of them stays to stop the reading of records appended later."""
-        if len(bodies) == 1:
-            body = bodies[0]
-            record = _HEADER.pack(len(body), _checksum(first_seq, body), first_seq) + body
-        else:
-            parts: list[bytes] = []
-            for seq, body in enumerate(bodies, first_seq):
-                parts += (_HEADER.pack(len(body), _checksum(seq, body), seq), body)
-            record = b"".join(parts)
+        parts: list[bytes] = []
+        for seq, body in enumerate(bodies, first_seq):
+            parts += (_HEADER.pack(len(body), _checksum(seq, body), seq), body)
+        record = b"".join(parts)
         try:
             written = os.write(self._fd, record)
             if written != len(record):

@@ -870,13 +870,9 @@ class Store:
                 self._folder_wakes_at = None
             exc = self._fold_ahead()
             if exc is not None:  # the store cannot write: the writer thread retries it all, as the leader
-                error = store_error(self.path, exc)
+                self._note_failure(exc)
                 with self._cond:
-                    if self._failure is None:
-                        log.error("%s", error.message)
-                    self._failure = error
-                    self._retry_at = time.monotonic() + self._backoff
-                    self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+                    self._retry_later(time.monotonic())
                     self._cond.notify_all()
 
     def _next_due(self, now: float) -> float | None:
@@ -902,12 +898,8 @@ class Store:
         if not _is_transient(exc):
             self._isolate(batch)
             return
-        error = store_error(self.path, exc)
         now = time.monotonic()
-        was_failing = self._failure is not None
-        if not was_failing:
-            log.error("%s", error.message)
-        self._failure = error
+        error, was_failing = self._note_failure(exc)
         keep: list[_Write] = []
         give_up: list[_Write] = []
         for item in batch:
@@ -920,9 +912,22 @@ class Store:
         with self._cond:
             self._queue.extendleft(reversed(keep))
             self._urgent += sum(1 for item in keep if not item.lazy)
-            self._retry_at = now + self._backoff
-            self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+            self._retry_later(now)
         self._done(give_up, error)
+
+    def _note_failure(self, exc: BaseException) -> tuple[FlameError, bool]:
+        """The store cannot write: its error (logged when it starts failing), and whether it was failing."""
+        error = store_error(self.path, exc)
+        was_failing = self._failure is not None
+        if not was_failing:
+            log.error("%s", error.message)
+        self._failure = error
+        return error, was_failing
+
+    def _retry_later(self, now: float) -> None:
+        """When the writer thread tries again, with back-off (called with the condition's lock held)."""
+        self._retry_at = now + self._backoff
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2)
 
     def _isolate(self, batch: list[_Write]) -> None:
         """A statement failed for a reason of its own (a bug): commit the others, fail that one."""

@@ -155,11 +155,18 @@ class _Responder:
     def __init__(self, call: _Served) -> None:
         self._call = call
 
-    def send(self, response: bytes) -> bool:
+    def _late(self) -> bool:
+        """The call ended, or its caller has gone or its deadline passed: whatever completes it is dropped."""
         call = self._call
         if call.ended or not call.ctx.is_active():
-            call.end(None)  # late: the caller has gone or its deadline passed; dropped
+            call.end(None)
+            return True
+        return False
+
+    def send(self, response: bytes) -> bool:
+        if self._late():
             return False
+        call = self._call
         try:
             data = _checked(call.method, response, call.peer.server.limit, call.peer.server.endpoint)
         except FlameError as exc:
@@ -169,10 +176,9 @@ class _Responder:
     def send_parts(self, parts: Sequence[ReplyPart]) -> bool:
         """:meth:`send` of the parts' concatenation, none copied: the link writes them as one message (and a
         link that keeps what the socket did not take at once keeps views of them, the parts being read-only)."""
-        call = self._call
-        if call.ended or not call.ctx.is_active():
-            call.end(None)
+        if self._late():
             return False
+        call = self._call
         held: list[bytes | memoryview] = []
         for part in parts:
             if type(part) is not bytes:
@@ -192,10 +198,9 @@ class _Responder:
         return call.end(frames.encode(Kind.REPLY, call.call_id) + [part for part in parts if part])
 
     def fail(self, error: BaseException) -> bool:
-        call = self._call
-        if call.ended or not call.ctx.is_active():
-            call.end(None)
+        if self._late():
             return False
+        call = self._call
         return call.end(frames.error(call.call_id, error_from_handler(call.method, error)))
 
 

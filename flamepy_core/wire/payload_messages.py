@@ -234,14 +234,10 @@ def task_reply(task_id: str, name: str, session_id: str, output: bytes | None, s
     metadata = 1 (id = 1, name = 2), spec = 2 (session_id = 2, optional output = 4), status = 3.
     """
     # As task_context: every RunTask's answer is built here (a large one by task_reply_parts).
-    metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
-    spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
-    output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
-    spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
-    parts = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
+    parts, after = _around_output(task_id, name, session_id, None if output is None else len(output), status)
     if output is not None:
         parts.append(output)
-    parts += (_STATUS_KEY, _varint(len(status)), status)
+    parts += after
     return b"".join(parts)
 
 
@@ -251,15 +247,23 @@ def task_reply_parts(
     """:func:`task_reply` as three parts: what comes before the output, the output itself (not copied: bytes,
     or a payload file's mapping), and what follows it (only the first when there is no output), for a
     transport that sends a reply's parts as they are (``kit.send_parts``): a large RunTask answer."""
+    head, tail = _around_output(task_id, name, session_id, None if output is None else len(output), status)
+    if output is None:
+        return [b"".join((*head, *tail))]
+    return [b"".join(head), output, b"".join(tail)]
+
+
+def _around_output(
+    task_id: str, name: str, session_id: str, output_size: int | None, status: bytes
+) -> tuple[list[bytes], tuple[bytes, bytes, bytes]]:
+    """The parts of RunTask's answer before its output (metadata, the spec's start, the output's key and
+    length) and after it (the status), for an output of ``output_size`` bytes (None: no output)."""
     metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
     spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
-    output_head = b"" if output is None else _OUTPUT_IN_SPEC_KEY + _varint(len(output))
-    spec_size = len(spec) + len(output_head) + (0 if output is None else len(output))
+    output_head = b"" if output_size is None else _OUTPUT_IN_SPEC_KEY + _varint(output_size)
+    spec_size = len(spec) + len(output_head) + (output_size or 0)
     head = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
-    tail = b"".join((_STATUS_KEY, _varint(len(status)), status))
-    if output is None:
-        return [b"".join((*head, tail))]
-    return [b"".join(head), output, tail]
+    return head, (_STATUS_KEY, _varint(len(status)), status)
 
 
 _METADATA_KEY = bytes((1 << 3 | _LEN,))
