@@ -403,22 +403,30 @@ class Scheduler:
                 or session_id in self._wanting
             ):
                 return False
-            tid = self.engine.start_warm(session_id, data, waiter, on_created)
+
+            broken: list[Exception] = []
+
+            def send(task_id: int, record: Callable[[], None]) -> None:
+                inst.state = State.BUSY
+                try:
+                    # Outside the engine's own ``answering`` block (submit_tasks'): this task's, named here.
+                    with answering(task_key(session_id, task_id)):
+                        self._send_task(inst, session_id, task_id, data, None, now=True, on_sent=record)
+                except Exception as exc:  # a bug below: the task fails, saying so, rather than stay Running
+                    log.exception("sending task %s of %s to instance %s failed", task_id, session_id, inst.id)
+                    inst.inflight.pop(task_id, None)
+                    inst.lone = None
+                    inst.state = State.IDLE
+                    broken.append(exc)
+
+            # The instance gets the task before the engine records it (see Engine.start_warm).
+            tid = self.engine.start_warm(session_id, data, waiter, on_created, send=send)
             if tid is None:
                 return False
-            inst.state = State.BUSY
             self.warm_runs += 1
-            try:
-                # Outside the engine's own ``answering`` block (submit_tasks'): this task's, named here.
-                with answering(task_key(session_id, tid)):
-                    self._send_task(inst, session_id, tid, data, None, now=True)
-            except Exception as exc:  # a bug below: the task fails, saying so, rather than stay Running for ever
-                log.exception("sending task %s of %s to instance %s failed", tid, session_id, inst.id)
-                inst.inflight.pop(tid, None)
-                inst.lone = None
-                inst.state = State.IDLE
+            if broken:
                 failure = (
-                    f"sending the task to instance {inst.id} failed: {exc!r}; it did not run: run it again "
+                    f"sending the task to instance {inst.id} failed: {broken[0]!r}; it did not run: run it again "
                     "(the server's log has the traceback)"
                 )
                 self.engine.finish_task(session_id, tid, failure=failure, commit=False)
@@ -970,6 +978,7 @@ class Scheduler:
         prepare: Callable[[Future[bytes]], Any] | None = None,
         answers: Hashable | None = None,
         now: bool = False,
+        on_sent: Callable[[], None] | None = None,
     ) -> None:
         """Call the instance asynchronously; ``then(inst, *args, future)`` runs as an event when it answers.
 
@@ -977,7 +986,9 @@ class Scheduler:
         that completed it, before the event is posted: for work that must not hold the scheduler's lock.
         ``answers`` names the call for :func:`flamepy_core.transport_kit.answering` (a task's, whose
         result is the reply a waiting RunTask thread sends). With ``now``, ``then`` runs on that thread
-        at once (:meth:`_handle_now`) rather than through the event queue.
+        at once (:meth:`_handle_now`) rather than through the event queue. ``on_sent`` runs once the call
+        is on its way, before anything handles its answer (an answer that came first is handled when the
+        callback is added, on this thread: after ``on_sent``).
         """
         process = inst.process
         assert process is not None
@@ -986,6 +997,8 @@ class Scheduler:
         except FlameError as exc:
             future = Future()
             future.set_exception(exc)
+        if on_sent is not None:
+            on_sent()
         handle = self._handle_now if now else self.post
         files = self.engine.store.payloads
 
@@ -1261,9 +1274,11 @@ class Scheduler:
         input_file: PayloadFile | None,
         *,
         now: bool = False,
+        on_sent: Callable[[], None] | None = None,
     ) -> None:
         """Send one started task to the instance (``OnTaskInvoke``), which runs it next; its result is handled
-        by ``_on_task_done`` (at once on the thread that reads it, with ``now``: see :meth:`_call`)."""
+        by ``_on_task_done`` (at once on the thread that reads it, with ``now``: see :meth:`_call`, as
+        ``on_sent``)."""
         sent = time.monotonic()
         self._new_head(inst, sent)
         inst.inflight[tid] = sent
@@ -1272,7 +1287,19 @@ class Scheduler:
         prepare = partial(self._task_outcome, sid, tid, output_name)
         key = task_key(sid, tid)
         inst.lone = tid if left_to_waiting_thread(key) else None
-        self._call(inst, ON_TASK_INVOKE, ctx, None, self._on_task_done, sid, tid, prepare=prepare, answers=key, now=now)
+        self._call(
+            inst,
+            ON_TASK_INVOKE,
+            ctx,
+            None,
+            self._on_task_done,
+            sid,
+            tid,
+            prepare=prepare,
+            answers=key,
+            now=now,
+            on_sent=on_sent,
+        )
 
     def _send_batch(self, inst: Instance, sid: str, batch: list[tuple[int, bytes | None, PayloadFile | None]]) -> None:
         """``RunTasks`` with these tasks: each result comes back as a stream item, in order, and is handled

@@ -1177,7 +1177,14 @@ class Engine:
             task_input = data  # (copied once, if it was a view)
         self.submit_tasks(session_id, [task_input], created, waiter=done, acknowledged=False)
 
-    def start_warm(self, session_id: str, data: bytes | None, waiter: OutputWaiter, on_created: Created) -> int | None:
+    def start_warm(
+        self,
+        session_id: str,
+        data: bytes | None,
+        waiter: OutputWaiter,
+        on_created: Created,
+        send: Callable[[int, Callable[[], None]], None] | None = None,
+    ) -> int | None:
         """For the scheduler's warm lane (:meth:`Scheduler.run_warm`): create RunTask's task already RUNNING,
         for the idle instance the scheduler holds; its id, or None when the general path must take it.
 
@@ -1187,6 +1194,14 @@ class Engine:
         latest) with the same withdrawal should the store refuse it. Only a task not queued behind others
         of an open session, on a store that writes, takes this lane; ``data`` is small enough to be kept
         in the store (``run_task`` sees to it).
+
+        ``send(task_id, record)``, when given, sends the task to its instance once it is admitted, and calls
+        ``record()`` (which records it) as soon as the call is on its way, before anything may handle its
+        answer: the instance starts on the task while the server records it (about a fifth of the server's
+        work on a warm invoke's way in). All of it under the engine's lock, and the scheduler's caller
+        holds its own: nobody sees the task sent and not recorded, and its answer, handled under the
+        scheduler's lock, comes after. Should ``send`` return or raise without calling ``record``, the task
+        is recorded then (the caller fails it, saying why).
         """
         if self.store.failure is not None:
             return None
@@ -1196,29 +1211,46 @@ class Engine:
                 return None
             tid = entry.next_id
             entry.next_id = tid + 1
-            ts = now_ms()
-            task = pb.Task()
-            task.metadata.id = task.metadata.name = str(tid)
-            task.spec.session_id = session_id
-            if data is not None:
-                task.spec.input = data
-            task.status.creation_time = ts
-            task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
-            _mark(task, RUNNING, None, ts)
-            ops = _creation_ops(session_id, tid, int(RUNNING), data, task.status.SerializeToString())
-            entry.tasks[tid] = task
-            entry.waiters[tid] = [waiter]
-            entry.message.status.running += 1
-            withdraw = partial(self._withdraw_unacknowledged, entry, [task], on_created)
-            creation = self.store.enqueue(ops, withdraw, durable=False, lazy=True)
-            if len(ops) == 1:  # the input in the task's row: the result may be written into it (_finalize)
-                entry.creations[tid] = (creation, data)
-            if entry.task_watches:  # (a call less per task where nobody watches one)
-                self._claim_task_watches(entry, tid)
-            entry.wake()
+            recorded: list[bool] = []
+
+            def record() -> None:
+                if not recorded:
+                    recorded.append(True)
+                    self._record_warm(entry, tid, data, waiter, on_created)
+
+            try:
+                if send is not None:
+                    send(tid, record)
+            finally:
+                record()
         if self._due:
             self._run_due()
         return tid
+
+    def _record_warm(
+        self, entry: SessionEntry, tid: int, data: bytes | None, waiter: OutputWaiter, on_created: Created
+    ) -> None:
+        """The warm lane's task ``tid``, recorded RUNNING (:meth:`start_warm`, with the lock held)."""
+        ts = now_ms()
+        task = pb.Task()
+        task.metadata.id = task.metadata.name = str(tid)
+        task.spec.session_id = entry.id
+        if data is not None:
+            task.spec.input = data
+        task.status.creation_time = ts
+        task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
+        _mark(task, RUNNING, None, ts)
+        ops = _creation_ops(entry.id, tid, int(RUNNING), data, task.status.SerializeToString())
+        entry.tasks[tid] = task
+        entry.waiters[tid] = [waiter]
+        entry.message.status.running += 1
+        withdraw = partial(self._withdraw_unacknowledged, entry, [task], on_created)
+        creation = self.store.enqueue(ops, withdraw, durable=False, lazy=True)
+        if len(ops) == 1:  # the input in the task's row: the result may be written into it (_finalize)
+            entry.creations[tid] = (creation, data)
+        if entry.task_watches:  # (a call less per task where nobody watches one)
+            self._claim_task_watches(entry, tid)
+        entry.wake()
 
     # -- reading tasks -------------------------------------------------------------------------------
 

@@ -307,8 +307,9 @@ class _Connection:
                     self._take(self.link.recv())
                 elif lease.reader_turn():
                     with lease.read_lock:
-                        if lease.readable():  # (else a caller reading its own answer read it first)
-                            self._take(self.link.recv())
+                        message = lease.read_now()  # (None: a caller reading its own answer read it first)
+                        if message is not None:
+                            self._take(message)
         except frames.ProtocolError as exc:
             reason = f"the server broke the protocol: {exc}"
         except (EOFError, OSError, ValueError) as exc:

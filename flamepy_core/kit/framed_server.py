@@ -448,9 +448,10 @@ class _Peer:
                     continue
                 else:
                     with lease.read_lock:
-                        if not lease.readable():
+                        message = lease.read_now()
+                        if message is None:
                             continue  # the host read it first
-                        admitted = self.handle(self.link.recv())
+                        admitted = self.handle(message)
                 if admitted and server.hosted:
                     server.host_waker.signal()  # a host waiting elsewhere runs what this queued
         except (EOFError, OSError, ValueError, frames.ProtocolError):

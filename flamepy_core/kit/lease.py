@@ -16,6 +16,9 @@ the order they came. The ZeroMQ transport's server lends its socket the same way
 
 A link can be lent when it has ``fileno()`` (a descriptor that turns readable when bytes arrive) and
 ``pending()`` (bytes of a next message already read): :class:`~flamepy_core.kit.links.SocketLink` has both.
+With ``recv_now()`` too (the next message if it has begun to arrive, else None at once), a thread woken
+because the link turned readable reads it with one system call rather than asking first whether another
+thread read it meanwhile; SocketLink has it.
 """
 
 from __future__ import annotations
@@ -106,16 +109,21 @@ class LinkLease:
         self._host_watch.register(host_waker.fd, select.POLLIN)
         self._host_waker = host_waker
         self._fd = fd
+        self._recv_now: Callable[[], Any] | None = getattr(link, "recv_now", None)
 
-    def readable(self) -> bool:
-        """With ``read_lock`` held: whether a message (or its start) can be read now without waiting."""
-        return self.link.pending() or bool(self._probe.poll(0))
+    def read_now(self) -> Any:
+        """With ``read_lock`` held: the next message if it (or its start) is here, else None, without waiting."""
+        if self.link.pending():
+            return self.link.recv()
+        if self._recv_now is not None:
+            return self._recv_now()
+        return self.link.recv() if self._probe.poll(0) else None
 
     # -- the reader thread ----------------------------------------------------------------------------
 
     def reader_turn(self) -> bool:
-        """Wait, on the reader thread, for its turn; True when the link looks readable (check :meth:`readable`
-        holding ``read_lock`` before reading: the host may have read it first)."""
+        """Wait, on the reader thread, for its turn; True when the link looks readable (read it with
+        :meth:`read_now`, holding ``read_lock``: the host may have read it first)."""
         self.joined = True
         if self.lent:
             forever = self.host_waiting and time.monotonic() - self.host_idle_since >= HOST_IDLE
@@ -163,8 +171,11 @@ class LinkLease:
         try:
             while True:
                 with self.read_lock:
-                    while self.link.pending() or (look and self._probe.poll(0)):
-                        if self.handle(self.link.recv()):
+                    while True:
+                        message = self.read_now() if look else self.link.recv() if self.link.pending() else None
+                        if message is None:
+                            break
+                        if self.handle(message):
                             self.host_worked = True
                             return True
                 left = deadline - time.monotonic()

@@ -350,6 +350,27 @@ class SocketLink:
             _kept_buffers.give(len(self._large))
             self._large = None
 
+    def recv_now(self) -> bytes | bytearray | memoryview | Oversized | None:
+        """The next message if its first bytes are here already (the rest is read as it comes, as
+        :meth:`recv` would), else None, without waiting: one system call where asking the socket whether
+        it is readable and then reading it took two. For a thread that was told the link turned readable,
+        but may have been beaten to it (a link lent to a host: :mod:`~flamepy_core.kit.lease`)."""
+        if self._start >= len(self._buffer):
+            try:
+                chunk = self.sock.recv(_COALESCE, _DONTWAIT)
+            except BlockingIOError:
+                return None
+            except BaseException:
+                self._release()
+                raise
+            if not chunk:
+                self._release()
+                raise EOFError("the peer closed the connection")
+            self._buffer.clear()
+            self._start = 0
+            self._buffer += chunk
+        return self.recv()
+
     def recv(self) -> bytes | bytearray | memoryview | Oversized:
         try:
             return self._recv()

@@ -155,3 +155,34 @@ def test_a_lane_task_that_cannot_be_sent_fails_saying_why_and_the_instance_serve
     assert scheduler.warm_runs == before + 1
     counts = flamepy.get_session(session.id)
     assert (counts.succeed, counts.failed, counts.running) == (2, 1, 0)
+
+
+def test_a_lane_task_answered_before_its_call_returns_is_recorded_first(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane sends the task before the engine records it (the instance starts meanwhile); an answer that
+    is complete before the call even returns (a fast instance, a channel that answers at once) is handled
+    on the sending thread as the callback is added, and must find the task recorded, not be dropped."""
+    from concurrent.futures import Future
+
+    from flamepy_core.engine import scheduler as scheduler_module
+
+    session = flamepy.create_session("rev")
+    assert session.invoke(b"warm up") == b"pu mraw"
+    real = scheduler_module.unary_async
+    waited: list[Future[bytes]] = []
+
+    def answered_before_returning(*args: object, **kwargs: object) -> Future[bytes]:
+        future: Future[bytes] = real(*args, **kwargs)  # type: ignore[arg-type]
+        future.result(timeout=10)  # the instance has answered: the answer is there before the callback
+        waited.append(future)
+        return future
+
+    monkeypatch.setattr(scheduler_module, "unary_async", answered_before_returning)
+    before = runtime.server.scheduler.warm_runs
+    assert default_connection().run_task(session.id, b"quick", bytes, timeout=10)
+    assert runtime.server.scheduler.warm_runs == before + 1 and waited, "the task did not take the lane"
+    assert _task(session.id, 2).status.state == pb.TaskState.Succeed
+    assert _task(session.id, 2).spec.output == b"kciuq"
+    counts = flamepy.get_session(session.id)
+    assert (counts.succeed, counts.failed, counts.running) == (2, 0, 0)
