@@ -117,6 +117,35 @@ def _wrong(call: _Call, what: str) -> FlameError:
     return FlameError(FlameErrorCode.INTERNAL, f"the server sent {what} to the call of {call.method}")
 
 
+class _Ready:
+    """``threading.Event``'s ``set``, ``is_set`` and ``wait`` for one blocking call, made of one lock held
+    until set: an Event builds a lock and a condition for every call, and most calls read their own
+    answer (:meth:`_Connection.host_until`) and never wait on it."""
+
+    __slots__ = ("_held", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._held = threading.Lock()
+        self._held.acquire()
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            with contextlib.suppress(RuntimeError):  # set twice at once (an answer, and the link failing)
+                self._held.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        if self._held.acquire(timeout=-1 if timeout is None else timeout):
+            self._held.release()  # for whoever waits next
+        return self._set
+
+
 class _Unary(_Call):
     __slots__ = ("error", "read", "ready", "result")
 
@@ -124,7 +153,7 @@ class _Unary(_Call):
         self, call_id: int, method: str, timeout: float | None, read: Callable[[memoryview], Any] | None = None
     ) -> None:
         super().__init__(call_id, method, timeout)
-        self.ready = threading.Event()
+        self.ready = _Ready()
         self.result: Any = b""
         self.error: BaseException | None = None
         self.read = read
@@ -305,6 +334,10 @@ class _Connection:
             while True:
                 if lease is None:
                     self._take(self.link.recv())
+                elif lease.reading_alone():
+                    with lease.read_lock:
+                        if lease.reading_alone():  # (a host may have asked meanwhile)
+                            self._take(self.link.recv())
                 elif lease.reader_turn():
                     with lease.read_lock:
                         message = lease.read_now()  # (None: a caller reading its own answer read it first)

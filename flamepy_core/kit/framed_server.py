@@ -444,6 +444,11 @@ class _Peer:
                 lease = self.lease  # (a host may give this link a lease on its first wait: see host_wait)
                 if lease is None:
                     admitted = self.handle(self.link.recv())
+                elif lease.reading_alone():
+                    with lease.read_lock:
+                        if not lease.reading_alone():  # (a host asked meanwhile)
+                            continue
+                        admitted = self.handle(self.link.recv())
                 elif not lease.reader_turn():
                     continue
                 else:
@@ -549,7 +554,8 @@ class FramedServer:
     def finished(self) -> None:
         with self._lock:
             self._running -= 1
-            self._lock.notify_all()
+            if self._stopping:  # only :meth:`stop` waits for the count (and sets this first)
+                self._lock.notify_all()
 
     def _refuse(self, peer: _Peer, call_id: int, error: FlameError) -> None:
         peer.send(frames.error(call_id, error))
