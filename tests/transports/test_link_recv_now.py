@@ -76,6 +76,7 @@ def test_a_message_over_the_limit_comes_as_oversized(pair: tuple[socket.socket, 
     sender = threading.Thread(target=writer.sendall, args=(PREAMBLE + _framed([b"y" * (2 * LIMIT), b"after"]),))
     sender.start()
     try:
+        assert select.select([link.sock], [], [], 10)[0], "nothing came within 10 s"
         big = link.recv_now()
         assert isinstance(big, Oversized) and big.size == 2 * LIMIT
         assert bytes(link.recv()) == b"after"  # type: ignore[arg-type]
