@@ -165,8 +165,13 @@ def handle(req):
         fh.write(f"{os.getpid()} {i}\\n")
     if action == "die" and not os.path.exists("died"):
         open("died", "w").close()
-        time.sleep(0.02)  # the result before this one leaves the process (it was sent before this began)
-        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of a batch
+        # Until the test has every result before this one (a result sent may still sit in the transport's
+        # buffers of this process: killed with it, its task would rightly run again), then kill -9 in the
+        # middle of a batch.
+        deadline = time.monotonic() + 60
+        while not os.path.exists("kill") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGKILL)
     if action == "wait":  # until the task behind it has run (it signals with a file)
         deadline = time.monotonic() + 20
         while not os.path.exists("go") and time.monotonic() < deadline:
@@ -193,7 +198,9 @@ def test_kill_9_mid_batch_loses_no_task_and_reruns_only_the_one_running(flame_en
     count, victim = 600, 300
     with Session("batchkill") as session:
         futures = [session.run((i, "die" if i == victim else "")) for i in range(count)]
-        results = [f.result(timeout=120) for f in futures]
+        before = [f.result(timeout=120) for f in futures[:victim]]
+        (folder / "kill").touch()  # the victim runs meanwhile, and now dies
+        results = before + [f.result(timeout=120) for f in futures[victim:]]
         tasks = {t.id: t for t in default_connection().list_tasks(session.id())}
     assert results == list(range(count)), "every task succeeded, with its own result"
     runs = _runs(folder)
