@@ -360,9 +360,10 @@ class SocketLink:
                 chunk = self.sock.recv(_COALESCE, _DONTWAIT)
             except BlockingIOError:
                 return None
-            except BaseException:
+            except OSError:
                 self._release()
                 raise
+            # (Whatever else it raises, a signal's handler raised: nothing was read, and the link goes on.)
             if not chunk:
                 self._release()
                 raise EOFError("the peer closed the connection")
