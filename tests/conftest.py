@@ -125,6 +125,21 @@ def start_service_as_runtime(
     return process
 
 
+class ServedPair:
+    """A server and a channel to it, in a folder of their own (``dir``), stopped and removed by :meth:`close`."""
+
+    dir: str
+    server: Any
+    channel: Any
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(0.2)
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        os.rmdir(self.dir)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something true; fail naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -379,9 +379,9 @@ class Scheduler:
         self.post(self._on_application_removed, name)
 
     def run_warm(self, session_id: str, data: bytes | None, waiter: OutputWaiter, on_created: Created) -> bool:
-        """RunTask's warm lane: the session has an idle instance, so the task is created RUNNING for it and
-        sent to it at once, on this thread (the one that received RunTask); False, with nothing done, when
-        the general path must take it (no idle instance, tasks queued, a failing store...).
+        """RunTask's warm lane: the session has an idle instance, so the task is sent to it at once, on this
+        thread (the one that received RunTask), and created RUNNING for it while it runs; False, with nothing
+        done, when the general path must take it (no idle instance, tasks queued, a failing store...).
 
         The general path queues the task, posts an event, and the event's handler looks for an instance,
         takes the task from the queue and marks it RUNNING: about a thousand bytecodes more on a warm
@@ -1277,8 +1277,8 @@ class Scheduler:
         on_sent: Callable[[], None] | None = None,
     ) -> None:
         """Send one started task to the instance (``OnTaskInvoke``), which runs it next; its result is handled
-        by ``_on_task_done`` (at once on the thread that reads it, with ``now``: see :meth:`_call`, as
-        ``on_sent``)."""
+        by ``_on_task_done`` (at once on the thread that reads it, with ``now``). ``now`` and ``on_sent``:
+        see :meth:`_call`."""
         sent = time.monotonic()
         self._new_head(inst, sent)
         inst.inflight[tid] = sent

@@ -238,8 +238,8 @@ class SchedulerHooks(Protocol):
         ...
 
     def run_warm(self, session_id: str, data: bytes | None, waiter: OutputWaiter, on_created: Created) -> bool:
-        """RunTask on a session with an idle instance: create the task (:meth:`Engine.start_warm`) and send
-        it to that instance now; False (nothing done) when the general path must take it."""
+        """RunTask on a session with an idle instance: send the task to that instance now, and create it
+        meanwhile (:meth:`Engine.start_warm`); False (nothing done) when the general path must take it."""
         ...
 
     def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
@@ -1211,11 +1211,14 @@ class Engine:
                 return None
             tid = entry.next_id
             entry.next_id = tid + 1
-            recorded: list[bool] = []
+            recorded = False
 
             def record() -> None:
+                # Once (``send`` calls it, then the ``finally`` below). Not told by ``entry.tasks``: an answer
+                # handled on this thread as ``send`` returns may have finished the task, and taken it out.
+                nonlocal recorded
                 if not recorded:
-                    recorded.append(True)
+                    recorded = True
                     self._record_warm(entry, tid, data, waiter, on_created)
 
             try:

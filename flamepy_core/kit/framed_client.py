@@ -334,15 +334,8 @@ class _Connection:
             while True:
                 if lease is None:
                     self._take(self.link.recv())
-                elif lease.reading_alone():
-                    with lease.read_lock:
-                        if lease.reading_alone():  # (a host may have asked meanwhile)
-                            self._take(self.link.recv())
-                elif lease.reader_turn():
-                    with lease.read_lock:
-                        message = lease.read_now()  # (None: a caller reading its own answer read it first)
-                        if message is not None:
-                            self._take(message)
+                else:
+                    lease.reader_step()  # (nothing, when a caller reading its own answer read it first)
         except frames.ProtocolError as exc:
             reason = f"the server broke the protocol: {exc}"
         except (EOFError, OSError, ValueError) as exc:

@@ -442,21 +442,8 @@ class _Peer:
         try:
             while True:
                 lease = self.lease  # (a host may give this link a lease on its first wait: see host_wait)
-                if lease is None:
-                    admitted = self.handle(self.link.recv())
-                elif lease.reading_alone():
-                    with lease.read_lock:
-                        if not lease.reading_alone():  # (a host asked meanwhile)
-                            continue
-                        admitted = self.handle(self.link.recv())
-                elif not lease.reader_turn():
-                    continue
-                else:
-                    with lease.read_lock:
-                        message = lease.read_now()
-                        if message is None:
-                            continue  # the host read it first
-                        admitted = self.handle(message)
+                # (With a lease: False too when the host read the message, or has the link.)
+                admitted = self.handle(self.link.recv()) if lease is None else lease.reader_step()
                 if admitted and server.hosted:
                     server.host_waker.signal()  # a host waiting elsewhere runs what this queued
         except (EOFError, OSError, ValueError, frames.ProtocolError):

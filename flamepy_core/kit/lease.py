@@ -17,12 +17,12 @@ the order they came. The ZeroMQ transport's server lends its socket the same way
 A link can be lent when it has ``fileno()`` (a descriptor that turns readable when bytes arrive) and
 ``pending()`` (bytes of a next message already read): :class:`~flamepy_core.kit.links.SocketLink` has both.
 Until a host first asks for the link, the reader waits for its messages in the read itself, holding
-``read_lock`` (:meth:`LinkLease.reading_alone`), not in a ``poll`` beside a waker: nobody else reads the
+``read_lock`` (:meth:`LinkLease.reader_step`), not in a ``poll`` beside a waker: nobody else reads the
 link, and a peer's message wakes a thread blocked in a read for less than one blocked in ``poll`` (on 2
 vCPUs, about 10 µs per message; a server's links to its service processes are never lent, and each
 warm invoke's result crosses one). The first host to ask waits for ``read_lock`` until that read
-returns (a message the reader then handles: the host's own answer, maybe) or its deadline passes;
-from then on the two take turns as above.
+returns (a message the reader then handles: the host's own answer, maybe), its deadline passes or
+its waker rings; from then on the two take turns as above.
 
 With ``recv_now()`` too (the next message if it has begun to arrive, else None at once), a thread woken
 because the link turned readable reads it with one system call rather than asking first whether another
@@ -104,7 +104,7 @@ class LinkLease:
         self.joined = False
         """The reader thread reads the link through this lease (only then may the host read it too)."""
         self.asked = False
-        """A host has asked for the link once: the reader no longer waits in a read (see :meth:`reading_alone`)."""
+        """A host has asked for the link once: the reader no longer waits in a read (see :meth:`reader_step`)."""
         self._waker = Waker()
         fd = link.fileno()
         self._watch = select.poll()
@@ -131,16 +131,29 @@ class LinkLease:
 
     # -- the reader thread ----------------------------------------------------------------------------
 
-    def reading_alone(self) -> bool:
-        """Whether the reader may wait for the next message in the read itself, holding ``read_lock`` (no host
-        has ever asked for the link); else it takes its turns (:meth:`reader_turn`). Check it again once
-        holding the lock: a host may have asked meanwhile."""
+    def reader_step(self) -> bool:
+        """On the reader thread: read and handle the next message that is the reader's to read, holding
+        ``read_lock``; what ``handle`` returned, or False when there was none (the host read it, or has the
+        link).
+
+        Until a host first asks for the link (:attr:`asked`), the reader waits for the message in the read
+        itself; from then on it takes its turns (:meth:`reader_turn`) and reads what is there
+        (:meth:`read_now`)."""
         self.joined = True
-        return not self.asked
+        if not self.asked:
+            with self.read_lock:
+                if not self.asked:  # (a host may have asked while this waited for the lock)
+                    return self.handle(self.link.recv())
+            return False
+        if not self.reader_turn():
+            return False
+        with self.read_lock:
+            message = self.read_now()
+            return False if message is None else self.handle(message)
 
     def reader_turn(self) -> bool:
-        """Wait, on the reader thread, for its turn; True when the link looks readable (read it with
-        :meth:`read_now`, holding ``read_lock``: the host may have read it first)."""
+        """Wait, on the reader thread, for its turn; True when the link looks readable (:meth:`reader_step`
+        then reads it with :meth:`read_now`, holding ``read_lock``: the host may have read it first)."""
         self.joined = True
         if self.lent:
             forever = self.host_waiting and time.monotonic() - self.host_idle_since >= HOST_IDLE
@@ -236,7 +249,7 @@ class LinkLease:
         """``read_lock`` for the host: True once held, False at ``deadline``, None when the host waker rang.
 
         The reader holds it while it handles a message, and, until a host first asks for the link, while it
-        waits in a read (:meth:`reading_alone`): the host then waits on the link and the host waker, not on
+        waits in a read (:meth:`reader_step`): the host then waits on the link and the host waker, not on
         the lock, so that :meth:`~flamepy_core.kit.framed_server.FramedServer.wake_host` still ends its
         wait, and takes the lock once the reader has read and handled what came."""
         while not self.read_lock.acquire(blocking=False):

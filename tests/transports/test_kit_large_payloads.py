@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import ServedPair, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,22 +33,7 @@ def turn(request: bytes, ctx: CallContext) -> bytes:
     return request[::-1]
 
 
-class _Pair:
-    """A server and a channel to it, in a folder of their own, stopped and removed by :meth:`close`."""
-
-    dir: str
-    server: Any
-    channel: Any
-
-    def close(self) -> None:
-        self.channel.close()
-        self.server.stop(0.2)
-        for name in os.listdir(self.dir):
-            os.unlink(os.path.join(self.dir, name))
-        os.rmdir(self.dir)
-
-
-class Served(_Pair):
+class Served(ServedPair):
     def __init__(self, transport: str = "uds") -> None:
         self.dir = tempfile.mkdtemp(prefix="fl-large-", dir="/tmp")
         self.transport = get_registry().transport(transport)
@@ -200,7 +185,7 @@ HOLD_COPY = "/test.Large/HoldCopy"
 PARTS = "/test.Large/Parts"
 
 
-class Holding(_Pair):
+class Holding(ServedPair):
     """A uds server whose deferred handlers record what they were given and answer later (from the test)."""
 
     def __init__(self) -> None:

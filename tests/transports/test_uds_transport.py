@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FlameEnv, echo_example_over
+from conftest import FlameEnv, ServedPair, echo_example_over
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +42,7 @@ def count(request: bytes, ctx: CallContext) -> Iterator[bytes]:
         yield b"%d" % i
 
 
-class Hosted:
+class Hosted(ServedPair):
     """A uds server whose deferred calls are recorded (thread, request, responder), and a channel to it."""
 
     def __init__(self) -> None:
@@ -69,13 +69,6 @@ class Hosted:
                     return self.seen.pop(0)
             assert time.monotonic() < end, "no call was received"
             assert self.server.host_wait(1.0), "the framed server refused to host"
-
-    def close(self) -> None:
-        self.channel.close()
-        self.server.stop(0.2)
-        for name in os.listdir(self.dir):
-            os.unlink(os.path.join(self.dir, name))
-        os.rmdir(self.dir)
 
 
 def send_when_hosted(hosted: Hosted, request: bytes) -> Future[bytes]:
