@@ -187,6 +187,47 @@ def test_the_fold_thread_applies_the_log_by_itself(tmp_path: Path, monkeypatch: 
         store.close()
 
 
+def test_the_fold_thread_applies_a_long_log_in_chunks_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "FOLD_DELAY", 3600.0)
+    monkeypatch.setattr(store_module, "FOLD_CHUNK", 2)
+    store = Store(tmp_path / "flame.db", ahead_log=True)
+    try:
+        store.write_wait([("CREATE TABLE t (k INTEGER PRIMARY KEY)", ())])
+        store.query("SELECT 1")  # (applies the table)
+        for k in range(5):
+            store.write_wait([("INSERT INTO t VALUES (?)", (k,))])
+        commits = store.commits
+        with store._mutex:  # due now: the fold thread takes the first chunk, and the rest without waiting
+            store._ahead_due = 0.0
+            store._fold_cond.notify()
+
+        def applied() -> bool:
+            return raw_rows(Path(store.path), "SELECT COUNT(*) FROM t") == [(5,)]
+
+        wait_for(applied, 10, "the fold thread to apply all five logged writes, two at a time")
+        assert store.commits - commits == 3, "five writes in chunks of two are three transactions"
+        assert raw_rows(Path(store.path), "SELECT seq FROM ahead_applied") == [(store._logged_seq,)]
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own priority is Linux's")
+def test_the_fold_thread_runs_at_a_lower_priority_than_the_rest(tmp_path: Path) -> None:
+    store = Store(tmp_path / "flame.db", ahead_log=True)
+    try:
+        (fold,) = [t for t in threading.enumerate() if t.name == "flame-store-fold"]
+        assert fold.native_id is not None
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        wait_for(
+            lambda: os.getpriority(os.PRIO_PROCESS, fold.native_id) == min(19, mine + store_module.FOLD_NICE),
+            10,
+            "the fold thread to lower its priority",
+        )
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine, "the caller's priority moved"
+    finally:
+        store.close()
+
+
 def test_reads_keep_working_while_another_process_holds_the_database(logged: Store) -> None:
     blocker = sqlite3.connect(logged.path, timeout=10, isolation_level=None)
     try:
@@ -415,6 +456,10 @@ class AheadLogMachine(RuleBasedStateMachine):
     @rule()
     def writer_applies(self) -> None:
         assert self.store._fold_ahead() is None
+
+    @rule(limit=st.integers(1, 3))
+    def fold_thread_applies_a_chunk(self, limit: int) -> None:
+        assert self.store._fold_ahead(limit) is None
 
     @rule()
     def crash_and_start_again(self) -> None:
