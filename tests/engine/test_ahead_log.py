@@ -215,11 +215,12 @@ def test_the_fold_thread_applies_a_long_log_in_chunks_at_once(tmp_path: Path, mo
 def test_the_fold_thread_runs_at_a_lower_priority_than_the_rest(tmp_path: Path) -> None:
     store = Store(tmp_path / "flame.db", ahead_log=True)
     try:
-        (fold,) = [t for t in threading.enumerate() if t.name == "flame-store-fold"]
-        assert fold.native_id is not None
+        fold = store._folder
+        assert fold is not None and fold.native_id is not None  # (started by the store's constructor)
+        fold_id = fold.native_id
         mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         wait_for(
-            lambda: os.getpriority(os.PRIO_PROCESS, fold.native_id) == min(19, mine + store_module.FOLD_NICE),
+            lambda: os.getpriority(os.PRIO_PROCESS, fold_id) == min(19, mine + store_module.FOLD_NICE),
             10,
             "the fold thread to lower its priority",
         )
