@@ -314,7 +314,10 @@ def main() -> int:
         "--peers", default="ray,dask", help="comma-separated peers to run beside flamepy (default: ray,dask)"
     )
     parser.add_argument(
-        "--transport", default="zmq", choices=("zmq", "grpc"), help="flamepy's transport (default: zmq)"
+        "--transport",
+        default="uds",
+        choices=("uds", "zmq", "grpc"),
+        help="flamepy's transport (default: uds, the local default)",
     )
     parser.add_argument(
         "--no-compile",
