@@ -47,6 +47,9 @@ class Kind(IntEnum):
     """Ends the call with ``FlameError(code, payload as UTF-8)``."""
 
 
+_KINDS: dict[int, Kind] = {int(kind): kind for kind in Kind}
+"""Each kind by its number: a lookup, where ``Kind(number)`` runs the enum's Python code (0.3 µs of the
+1.3 a frame's decode took, and every warm invoke decodes four frames)."""
 REQUESTS = frozenset({Kind.UNARY, Kind.STREAM})
 ANSWERS = frozenset({Kind.REPLY, Kind.ITEM, Kind.END, Kind.ERROR})
 
@@ -101,15 +104,14 @@ def decode(message: bytes | bytearray | memoryview) -> Frame:
         raise ProtocolError(f"not a flamepy frame (it starts {bytes(view[:8])!r})")
     if version != VERSION:
         raise ProtocolError(f"the peer speaks version {version} of the framed protocol; this side speaks {VERSION}")
-    try:
-        kind = Kind(kind)
-    except ValueError:
-        raise ProtocolError(f"unknown frame kind {kind}") from None
+    known = _KINDS.get(kind)
+    if known is None:
+        raise ProtocolError(f"unknown frame kind {kind}")
     end = HEADER.size + method_len
     if end > len(view):
         raise ProtocolError("a frame's method is cut short")
-    method = bytes(view[HEADER.size : end]).decode("utf-8", "replace")
-    return Frame(kind, call_id, method, view[end:], code, None if timeout < 0 else timeout, a, b)
+    method = bytes(view[HEADER.size : end]).decode("utf-8", "replace") if method_len else ""  # (answers: none)
+    return Frame(known, call_id, method, view[end:], code, None if timeout < 0 else timeout, a, b)
 
 
 def peek(head: bytes | memoryview) -> tuple[Kind, int, str] | None:

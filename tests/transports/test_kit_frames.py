@@ -1,0 +1,57 @@
+"""The kit's frames: what ``encode`` writes, ``decode`` reads back field for field, and anything that is not
+a frame of this protocol is refused as a ``ProtocolError`` naming what was wrong."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flamepy_core.kit import frames
+from flamepy_core.kit.frames import HEADER, Kind, ProtocolError
+
+methods = st.text(max_size=60).map(lambda text: text.encode("utf-8"))
+payloads = st.binary(max_size=300)
+
+
+@given(
+    kind=st.sampled_from(list(Kind)),
+    call_id=st.integers(0, (1 << 64) - 1),
+    payload=payloads,
+    method=methods,
+    code=st.integers(0, 255),
+    timeout=st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False)),
+    a=st.integers(0, (1 << 32) - 1),
+    b=st.integers(0, (1 << 32) - 1),
+)
+def test_a_frame_reads_back_as_it_was_written(
+    kind: Kind, call_id: int, payload: bytes, method: bytes, code: int, timeout: float | None, a: int, b: int
+) -> None:
+    message = b"".join(
+        bytes(part)
+        for part in frames.encode(kind, call_id, payload, method=method, code=code, timeout=timeout, a=a, b=b)
+    )
+    frame = frames.decode(message)
+    assert frame.kind is kind
+    assert (frame.call_id, frame.method, bytes(frame.payload)) == (call_id, method.decode("utf-8"), payload)
+    assert (frame.code, frame.timeout, frame.a, frame.b) == (code, timeout, a, b)
+
+
+@given(number=st.integers(0, 255).filter(lambda n: n not in {int(k) for k in Kind}))
+def test_an_unknown_kind_is_refused_naming_it(number: int) -> None:
+    message = HEADER.pack(frames.MAGIC, frames.VERSION, number, 0, 0, 1, -1.0, 0, 0)
+    with pytest.raises(ProtocolError, match=f"unknown frame kind {number}"):
+        frames.decode(message)
+
+
+def test_what_is_not_a_frame_is_refused_saying_why() -> None:
+    with pytest.raises(ProtocolError, match="shorter than"):
+        frames.decode(b"FK")
+    with pytest.raises(ProtocolError, match="not a flamepy frame"):
+        frames.decode(b"XX" + bytes(HEADER.size))
+    newer = HEADER.pack(frames.MAGIC, frames.VERSION + 1, int(Kind.REPLY), 0, 0, 1, -1.0, 0, 0)
+    with pytest.raises(ProtocolError, match="version"):
+        frames.decode(newer)
+    cut = HEADER.pack(frames.MAGIC, frames.VERSION, int(Kind.UNARY), 0, 10, 1, -1.0, 0, 0) + b"/abc"
+    with pytest.raises(ProtocolError, match="cut short"):
+        frames.decode(cut)
