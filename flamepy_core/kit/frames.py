@@ -119,10 +119,11 @@ def peek(head: bytes | memoryview) -> tuple[Kind, int, str] | None:
     if len(head) < HEADER.size:
         return None
     magic, version, kind, _code, method_len, call_id, _t, _a, _b = HEADER.unpack_from(head)
-    if magic != MAGIC or version != VERSION or kind not in Kind._value2member_map_:
+    known = _KINDS.get(kind)
+    if magic != MAGIC or version != VERSION or known is None:
         return None
     method = bytes(head[HEADER.size : HEADER.size + method_len]).decode("utf-8", "replace")
-    return Kind(kind), call_id, method
+    return known, call_id, method
 
 
 def error_of(frame: Frame) -> FlameError:

@@ -24,9 +24,9 @@ tells the socket's waiters that it may write again, and a blocked read does not 
 so each task a service process read woke the server's reader of its link for nothing, inside the
 service process's ``recv`` (traced with ``perf``: one wake-up of the other vCPU per warm invoke, gone
 with ``poll``, which is woken by readable news only; the warm median 8 µs lower over 13 alternated
-pairs). The first host to ask waits for ``read_lock`` until
-that wait and read return (a message the reader then handles: the host's own answer, maybe), its
-deadline passes or its waker rings; from then on the two take turns as above.
+pairs). The first host to ask waits for ``read_lock`` until that wait and read return (a message the
+reader then handles: the host's own answer, maybe), its deadline passes or its waker rings; from then on
+the two take turns as above.
 
 With ``recv_now()`` too (the next message if it has begun to arrive, else None at once), a thread woken
 because the link turned readable reads it with one system call rather than asking first whether another

@@ -55,3 +55,12 @@ def test_what_is_not_a_frame_is_refused_saying_why() -> None:
     cut = HEADER.pack(frames.MAGIC, frames.VERSION, int(Kind.UNARY), 0, 10, 1, -1.0, 0, 0) + b"/abc"
     with pytest.raises(ProtocolError, match="cut short"):
         frames.decode(cut)
+
+
+@given(kind=st.sampled_from(list(Kind)), call_id=st.integers(0, (1 << 64) - 1), method=methods)
+def test_the_head_of_a_frame_too_large_to_keep_names_its_call(kind: Kind, call_id: int, method: bytes) -> None:
+    head = b"".join(bytes(part) for part in frames.encode(kind, call_id, b"x" * 10, method=method))
+    assert frames.peek(head) == (kind, call_id, method.decode("utf-8"))
+    assert frames.peek(head[: HEADER.size - 1]) is None, "a head cut before its end was read as a frame"
+    unknown = HEADER.pack(frames.MAGIC, frames.VERSION, 99, 0, 0, call_id, -1.0, 0, 0)
+    assert frames.peek(unknown) is None, "a head of an unknown kind was read as a frame"
