@@ -89,7 +89,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.engine.ahead_log import STORE_ID_BYTES, AheadLog, ForeignLog, NotLoggable, encode_ops, read_records
+from flamepy_core.engine.ahead_log import (
+    STORE_ID_BYTES,
+    AheadLog,
+    ForeignLog,
+    NotLoggable,
+    encode_ops,
+    merged_statements,
+    read_records,
+)
 from flamepy_core.engine.ahead_log import SUFFIX as AHEAD_SUFFIX
 from flamepy_core.engine.payload_files import DIRECTORY_NAME as PAYLOADS_DIRECTORY
 from flamepy_core.engine.payload_files import PayloadFiles
@@ -756,9 +764,10 @@ class Store:
                 conn.execute(*single)  # sqlite's own transaction for one statement: as atomic, two calls fewer
             else:
                 conn.execute("BEGIN")
-                for _seq, ops in ahead:
-                    for sql, params in ops:
-                        conn.execute(sql, params)
+                # The logged statements in order, each run of one insert as one statement (see
+                # merged_statements: the GIL is let go of and taken back once per statement).
+                for sql, params in merged_statements([op for _seq, ops in ahead for op in ops]):
+                    conn.execute(sql, params)
                 if ahead:
                     conn.execute(_MARK_APPLIED, (ahead[-1][0],))
                 for item in batch:
