@@ -128,3 +128,51 @@ def test_any_cut_of_the_bytes_gives_the_messages_in_order(messages: list[bytes],
         sender.join(10)
         writer.close()
         link.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(
+        st.one_of(st.integers(0, 3000), st.integers(links._COALESCE - 20, links.HEAD_KEEP + 1100)),
+        min_size=1,
+        max_size=8,
+    ),
+    cuts=st.lists(st.integers(min_value=1, max_value=70_000), max_size=12),
+)
+def test_recv_reads_any_cut_of_the_bytes_whole_and_in_order(sizes: list[int], cuts: list[int]) -> None:
+    """The blocking ``recv`` too: a message whole in what one read brought, one cut anywhere (its length
+    included), one larger than a read, one over the link's limit (its head kept), in any order and any
+    chunks, comes whole and in order."""
+    limit = 1000
+    writer, reader = socket.socketpair()
+    link = SocketLink(reader, limit, preamble=PREAMBLE, dialled=False)
+    messages = [bytes([index % 251]) * size for index, size in enumerate(sizes)]
+    data = PREAMBLE + _framed(messages)
+    chunks, at = [], 0
+    for cut in cuts:
+        if at >= len(data):
+            break
+        chunks.append(data[at : at + cut])
+        at += cut
+    chunks.append(data[at:])
+
+    def write() -> None:
+        for chunk in chunks:
+            writer.sendall(chunk)
+            time.sleep(0.0005)
+
+    sender = threading.Thread(target=write)
+    sender.start()
+    try:
+        for message in messages:
+            got = link.recv()
+            if len(message) > limit + links.HEAD_KEEP:
+                assert isinstance(got, Oversized) and got.size == len(message)
+                assert got.head == message[: links.HEAD_KEEP]
+            else:
+                assert bytes(got) == message  # type: ignore[arg-type]
+        assert not link.pending()
+    finally:
+        sender.join(10)
+        writer.close()
+        link.close()
