@@ -30,6 +30,7 @@ from flamepy_core.kit.basics import (
     stream_async,
     unary_async,
     unary_read,
+    unary_then,
     unavailable,
     unimplemented,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "stream_async",
     "unary_async",
     "unary_read",
+    "unary_then",
     "unavailable",
     "unimplemented",
 ]

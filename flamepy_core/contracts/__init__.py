@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         DEFAULT_TIMEOUT,
         AsyncChannel,
         AsyncStreamChannel,
+        CallbackChannel,
         CallContext,
         Channel,
         DeferredHandler,
@@ -49,6 +50,7 @@ __all__ = [
     "AsyncChannel",
     "AsyncStreamChannel",
     "CallContext",
+    "CallbackChannel",
     "Channel",
     "DeferredHandler",
     "DeferredStreamHandler",
@@ -82,6 +84,7 @@ __all__ = [
 _WHERE: dict[str, str] = {
     "AsyncChannel": "flamepy_core.contracts.transport",
     "AsyncStreamChannel": "flamepy_core.contracts.transport",
+    "CallbackChannel": "flamepy_core.contracts.transport",
     "CallContext": "flamepy_core.contracts.transport",
     "Channel": "flamepy_core.contracts.transport",
     "ReadingChannel": "flamepy_core.contracts.transport",

@@ -417,6 +417,29 @@ class ReadingChannel(Channel, Protocol):
         ...
 
 
+@runtime_checkable
+class CallbackChannel(Channel, Protocol):
+    """A channel that hands a unary call's outcome to a callback rather than a future (optional:
+    :func:`flamepy_core.kit.unary_then` calls it when a channel has it, and uses
+    :meth:`AsyncChannel.unary_async`'s future otherwise). For the calls a server makes per task: a
+    ``Future`` costs a lock, a condition and a list of callbacks per call."""
+
+    def unary_then(
+        self,
+        method: str,
+        request: bytes,
+        on_done: Callable[[bytes | None, FlameError | None], None],
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> Callable[[], None]:
+        """Send one request now and return ``arm``. ``on_done(response, None)``, or ``on_done(None, error)``
+        with :meth:`Channel.unary`'s errors and deadline, runs exactly once, and never before ``arm()`` was
+        called: on a thread of the transport's (it must not block), or inside ``arm`` on the caller's
+        thread when the outcome came first. Between the two the caller records the call, sure that its
+        answer is not handled before. An error before the request went out is raised here, and
+        ``on_done`` is then never called."""
+        ...
+
+
 StreamItemFn = Callable[[bytes], None]
 StreamEndFn = Callable[[Optional[FlameError]], None]  # noqa: UP045 - a runtime alias that must work on 3.10
 

@@ -44,7 +44,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from flamepy_core.config import ENV_TASK_TIMEOUT, RuntimeSettings, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -63,7 +63,7 @@ from flamepy_core.engine.state import (
     task_key,
 )
 from flamepy_core.engine.supervisor import Supervisor
-from flamepy_core.transport_kit import answering, left_to_waiting_thread, stream_async, unary_async
+from flamepy_core.transport_kit import answering, left_to_waiting_thread, stream_async, unary_async, unary_then
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.payload_handoff import Mapped, map_payload_file
 from flamepy_core.wire.payload_messages import (
@@ -975,23 +975,38 @@ class Scheduler:
         timeout: float | None,
         then: Callable[..., None],
         *args: Any,
-        prepare: Callable[[Future[bytes]], Any] | None = None,
+        prepare: Callable[[bytes | FlameError], Any] | None = None,
         answers: Hashable | None = None,
         now: bool = False,
         on_sent: Callable[[], None] | None = None,
     ) -> None:
         """Call the instance asynchronously; ``then(inst, *args, future)`` runs as an event when it answers.
 
-        ``prepare``, when given, turns the answered future into what ``then`` gets instead, on the thread
-        that completed it, before the event is posted: for work that must not hold the scheduler's lock.
-        ``answers`` names the call for :func:`flamepy_core.transport_kit.answering` (a task's, whose
-        result is the reply a waiting RunTask thread sends). With ``now``, ``then`` runs on that thread
-        at once (:meth:`_handle_now`) rather than through the event queue. ``on_sent`` runs once the call
-        is on its way, before anything handles its answer (an answer that came first is handled when the
-        callback is added, on this thread: after ``on_sent``).
+        ``prepare``, when given, turns the answer (the response, or the call's error) into what ``then``
+        gets instead of a future, on the thread that received it, before the event is posted: for work
+        that must not hold the scheduler's lock. Such a call (a task's) is made without a future
+        (:func:`flamepy_core.transport_kit.unary_then`). ``answers`` names the call for
+        :func:`flamepy_core.transport_kit.answering` (a task's, whose result is the reply a waiting RunTask
+        thread sends). With ``now``, ``then`` runs on that thread at once (:meth:`_handle_now`) rather than
+        through the event queue. ``on_sent`` runs once the call is on its way, before anything handles
+        its answer (an answer that came first is handled after it, on this thread).
         """
         process = inst.process
         assert process is not None
+        handle = self._handle_now if now else self.post
+        files = self.engine.store.payloads
+        if prepare is not None:
+            ready = prepare
+
+            def done(response: bytes | None, error: FlameError | None) -> None:
+                handle(then, inst, *args, ready(error if error is not None else cast(bytes, response)))
+                files.drop_due()  # after the answer was handled (a RunTask's reply sent): off its path
+
+            arm = unary_then(process.channel, method, request, done, timeout, answers=answers)
+            if on_sent is not None:
+                on_sent()
+            arm()
+            return
         try:
             future = unary_async(process.channel, method, request, timeout, answers=answers)
         except FlameError as exc:
@@ -999,12 +1014,10 @@ class Scheduler:
             future.set_exception(exc)
         if on_sent is not None:
             on_sent()
-        handle = self._handle_now if now else self.post
-        files = self.engine.store.payloads
 
         def answered(f: Future[bytes]) -> None:
-            handle(then, inst, *args, f if prepare is None else prepare(f))
-            files.drop_due()  # after the answer was handled (a RunTask's reply sent): off its path
+            handle(then, inst, *args, f)
+            files.drop_due()
 
         future.add_done_callback(answered)
 
@@ -1437,23 +1450,17 @@ class Scheduler:
         output = (files.path_text(output_name), files.threshold, self.settings.max_message_size, files.sync)
         return task_context(str(tid), sid, task_input, input_file=given, output_file=output), output_name
 
-    def _task_outcome(
-        self, session_id: str, tid: int, output_name: str | None, answer: Future[bytes] | bytes
-    ) -> _Outcome:
-        """What the instance answered to OnTaskInvoke (or in a batch's stream), read on the thread that
-        received it (not under the scheduler's lock): the result parsed, and a large output in its payload
-        file (written here, or written by the instance and read back for the waiting client)."""
+    def _task_outcome(self, session_id: str, tid: int, output_name: str | None, answer: bytes | FlameError) -> _Outcome:
+        """What the instance answered to OnTaskInvoke (or in a batch's stream), or the call's error, read on
+        the thread that received it (not under the scheduler's lock): the result parsed, and a large output
+        in its payload file (written here, or written by the instance and read back for the waiting client)."""
         files = self.engine.store.payloads
-        error = None if isinstance(answer, bytes) else answer.exception()
         written = True  # for all we know, something was written under ``output_name``
         try:
-            if error is not None:
-                if not isinstance(error, FlameError):  # a bug below the transport's contract
-                    error = FlameError(FlameErrorCode.INTERNAL, f"calling the instance failed: {error!r}")
-                return _Outcome(error=error)
+            if isinstance(answer, FlameError):
+                return _Outcome(error=answer)
             try:
-                data = answer if isinstance(answer, bytes) else answer.result()
-                return_code, output, message, output_size = read_task_result(data)
+                return_code, output, message, output_size = read_task_result(answer)
             except ValueError as exc:
                 return _Outcome(return_code=-1, message=f"the instance answered a malformed TaskResult: {exc}")
             if output_size is None:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         stream_async,
         unary_async,
         unary_read,
+        unary_then,
         unavailable,
         unimplemented,
     )
@@ -106,6 +107,7 @@ __all__ = [
     "stream_async",
     "unary_async",
     "unary_read",
+    "unary_then",
     "unavailable",
     "unimplemented",
 ]
@@ -151,6 +153,7 @@ _WHERE: dict[str, str] = {
     "stream_async": "flamepy_core.kit.basics",
     "unary_async": "flamepy_core.kit.basics",
     "unary_read": "flamepy_core.kit.basics",
+    "unary_then": "flamepy_core.kit.basics",
     "unavailable": "flamepy_core.kit.basics",
     "unimplemented": "flamepy_core.kit.basics",
 }

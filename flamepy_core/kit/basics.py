@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from typing import Any, TypeVar
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -518,6 +519,47 @@ def unary_async(
     if native is not None:
         return native(method, request, timeout)  # type: ignore[no-any-return]
     return _fallback_pool().submit(channel.unary, method, request, timeout)
+
+
+def unary_then(
+    channel: Channel,
+    method: str,
+    request: bytes,
+    on_done: Callable[[bytes | None, FlameError | None], None],
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    *,
+    answers: Hashable | None = None,
+) -> Callable[[], None]:
+    """``channel.unary_then`` when the channel has it
+    (:class:`~flamepy_core.contracts.transport.CallbackChannel`); otherwise :func:`unary_async`'s future,
+    whose outcome goes to ``on_done`` once ``arm()`` was called. Either way: send now, return ``arm``, and
+    call ``on_done(response, None)`` or ``on_done(None, error)`` exactly once, never before ``arm()``
+    (which runs it itself when the outcome came first). An error before the request went out comes
+    through ``on_done`` too, once armed. ``answers``: as :func:`unary_async`'s (such a call takes the
+    future's way)."""
+    native = getattr(channel, "unary_then", None)
+    scope = None if answers is None else _waiting.scope
+    if native is not None and (scope is None or scope.key != answers):
+        try:
+            arm: Callable[[], None] = native(method, request, on_done, timeout)
+        except FlameError as exc:
+            return partial(on_done, None, exc)
+        return arm
+    future = unary_async(channel, method, request, timeout, answers=answers)
+
+    def deliver(done: Future[bytes]) -> None:
+        error = done.exception()
+        if error is None:
+            on_done(done.result(), None)
+        else:
+            on_done(None, error if isinstance(error, FlameError) else _not_flame(method, error))
+
+    return partial(future.add_done_callback, deliver)
+
+
+def _not_flame(method: str, error: BaseException) -> FlameError:
+    """An error below a channel's contract (which raises FlameErrors only), as the one a caller gets."""
+    return FlameError(FlameErrorCode.INTERNAL, f"calling {method} failed: {error!r}")
 
 
 def send_parts(responder: Responder, parts: Sequence[ReplyPart]) -> bool:

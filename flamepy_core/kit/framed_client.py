@@ -222,6 +222,47 @@ class _Stream(_Call):
         self.items.put(error)
 
 
+class _Then(_Call):
+    """A call whose outcome goes to a callback (:meth:`FramedChannel.unary_then`), not a future: no lock,
+    condition or callback list per call (a ``Future``'s cost 2.9 µs a call in a loop; this, 0.6).
+
+    Two things must happen before ``on_done`` runs, the outcome and :meth:`arm`, in either order: whichever
+    comes second delivers it (each takes one token from a list; taking from a list is atomic under the GIL,
+    and the one that finds none left is second). So an answer that comes before the caller armed the call
+    waits for it, and is delivered by ``arm`` on the caller's thread."""
+
+    __slots__ = ("_tokens", "on_done", "outcome")
+
+    def __init__(
+        self, call_id: int, method: str, timeout: float | None, on_done: Callable[[Any, FlameError | None], None]
+    ) -> None:
+        super().__init__(call_id, method, timeout)
+        self.on_done = on_done
+        self.outcome: tuple[bytes | None, FlameError | None] = (None, None)
+        self._tokens = [None]
+
+    def arm(self) -> None:
+        self._second()
+
+    def answer(self, frame: Frame) -> bool:
+        if frame.kind is Kind.REPLY:
+            self.outcome = (bytes(frame.payload), None)
+        else:
+            self.outcome = (None, frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name))
+        self._second()
+        return True
+
+    def fail(self, error: FlameError) -> None:
+        self.outcome = (None, error)
+        self._second()
+
+    def _second(self) -> None:
+        try:
+            self._tokens.pop()
+        except IndexError:
+            self.on_done(*self.outcome)
+
+
 def _can_tell_stopped(link: Link) -> bool:
     """Whether ``link`` can tell that its peer is stopped (asked once, when the connection is made: a link
     that cannot costs its connection no timer thread)."""
@@ -287,7 +328,7 @@ class _Connection:
                 raise self.dead
             call.call_id = self._last_id = next(self._ids)
             self._calls[call.call_id] = call
-            if isinstance(call, (_Async, _CallbackStream)) and call.deadline is not None:
+            if isinstance(call, (_Async, _Then, _CallbackStream)) and call.deadline is not None:
                 heapq.heappush(self._timers, (call.deadline, call.call_id))
                 self._ensure_timer()
             if self._watch_at is None and self._watch is not None:
@@ -767,6 +808,25 @@ class FramedChannel:
             failed.set_exception(exc)
             return failed
         return call.future
+
+    def unary_then(
+        self,
+        method: str,
+        request: bytes,
+        on_done: Callable[[bytes | None, FlameError | None], None],
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> Callable[[], None]:
+        """Send one request now; ``on_done(response, None)`` or ``on_done(None, error)`` runs once, after the
+        returned ``arm()`` was called (see :class:`~flamepy_core.contracts.transport.CallbackChannel`): on
+        the thread reading the link (it must not block), or in ``arm`` when the answer came first. An
+        error before the request went out is raised here, as a :class:`FlameError`.
+
+        What ``unary_async`` does without its ``Future``: the server's call of a task to its service process
+        is made with it (:func:`flamepy_core.kit.unary_then`)."""
+        data, seconds = self._prepare(request, timeout)
+        call = _Then(0, method, seconds, on_done)
+        self._begin(call, Kind.UNARY, data)
+        return call.arm
 
     def stream(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> Iterator[bytes]:
         """Send one request and iterate the responses; one deadline covers the whole stream."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import wait_for
 
 import flamepy
 from flamepy.testing import LocalRuntime, local_runtime
@@ -161,24 +163,26 @@ def test_a_lane_task_answered_before_its_call_returns_is_recorded_first(
     runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lane sends the task before the engine records it (the instance starts meanwhile); an answer that
-    is complete before the call even returns (a fast instance, a channel that answers at once) is handled
-    on the sending thread as the callback is added, and must find the task recorded, not be dropped."""
-    from concurrent.futures import Future
-
+    is complete before the call is armed (a fast instance, a channel that answers at once) is handled on
+    the sending thread when it arms the call, after the record, and must find the task recorded, not be
+    dropped."""
     from flamepy_core.engine import scheduler as scheduler_module
 
     session = flamepy.create_session("rev")
     assert session.invoke(b"warm up") == b"pu mraw"
-    real = scheduler_module.unary_async
-    waited: list[Future[bytes]] = []
+    real = scheduler_module.unary_then
+    waited: list[object] = []
 
-    def answered_before_returning(*args: object, **kwargs: object) -> Future[bytes]:
-        future: Future[bytes] = real(*args, **kwargs)  # type: ignore[arg-type]
-        future.result(timeout=10)  # the instance has answered: the answer is there before the callback
-        waited.append(future)
-        return future
+    def answered_before_arming(*args: Any, **kwargs: Any) -> Callable[[], None]:
+        arm: Callable[[], None] = real(*args, **kwargs)
+        call = getattr(arm, "__self__", None)  # the kit's call (uds: the channel's own unary_then)
+        assert call is not None and hasattr(call, "_tokens"), f"not the kit's call: {arm!r}"
+        # The first of its answer and its arming takes the call's one token; the answer has, here.
+        wait_for(lambda: not call._tokens, 10, "the instance's answer, before the call is armed")
+        waited.append(call)
+        return arm
 
-    monkeypatch.setattr(scheduler_module, "unary_async", answered_before_returning)
+    monkeypatch.setattr(scheduler_module, "unary_then", answered_before_arming)
     before = runtime.server.scheduler.warm_runs
     assert default_connection().run_task(session.id, b"quick", bytes, timeout=10)
     assert runtime.server.scheduler.warm_runs == before + 1 and waited, "the task did not take the lane"
