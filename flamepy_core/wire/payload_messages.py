@@ -619,7 +619,12 @@ def _read_task_call_as_written(data: bytes) -> TaskCall | None:
     fields: list[bytes | None] = [None, None, None]  # task id, session id, input: each at most once, in order
     for index, key in enumerate(_CONTEXT_KEYS):
         if pos < end and data[pos] == key:
-            size, pos = _length(data, pos + 1, end)
+            pos += 1
+            size = data[pos] if pos < end else 0x80  # (a one-byte length read here: ids, and small inputs)
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = _read_varint(data, pos)
             if pos + size > end:
                 return None
             fields[index] = data[pos : pos + size]
