@@ -40,6 +40,26 @@ def _framed(messages: list[bytes]) -> bytes:
     return b"".join(links._LENGTH.pack(len(m)) + m for m in messages)
 
 
+def _sending(writer: socket.socket, data: bytes, cuts: list[int]) -> threading.Thread:
+    """A started thread writing ``data`` in chunks cut at ``cuts`` (then the rest), with pauses between them."""
+    chunks, at = [], 0
+    for cut in cuts:
+        if at >= len(data):
+            break
+        chunks.append(data[at : at + cut])
+        at += cut
+    chunks.append(data[at:])
+
+    def write() -> None:
+        for chunk in chunks:
+            writer.sendall(chunk)
+            time.sleep(0.0005)
+
+    sender = threading.Thread(target=write)
+    sender.start()
+    return sender
+
+
 def test_nothing_there_is_none_at_once_and_the_link_still_reads(pair: tuple[socket.socket, SocketLink]) -> None:
     writer, link = pair
     assert link.recv_now() is None
@@ -96,21 +116,7 @@ def test_any_cut_of_the_bytes_gives_the_messages_in_order(messages: list[bytes],
     writer, reader = socket.socketpair()
     link = SocketLink(reader, LIMIT, preamble=PREAMBLE, dialled=False)
     data = PREAMBLE + _framed(messages)
-    chunks, at = [], 0
-    for cut in cuts:
-        if at >= len(data):
-            break
-        chunks.append(data[at : at + cut])
-        at += cut
-    chunks.append(data[at:])
-
-    def write() -> None:
-        for chunk in chunks:
-            writer.sendall(chunk)
-            time.sleep(0.0005)
-
-    sender = threading.Thread(target=write)
-    sender.start()
+    sender = _sending(writer, data, cuts)
     got: list[bytes] = []
     try:
         deadline = time.monotonic() + 10
@@ -148,21 +154,7 @@ def test_recv_reads_any_cut_of_the_bytes_whole_and_in_order(sizes: list[int], cu
     link = SocketLink(reader, limit, preamble=PREAMBLE, dialled=False)
     messages = [bytes([index % 251]) * size for index, size in enumerate(sizes)]
     data = PREAMBLE + _framed(messages)
-    chunks, at = [], 0
-    for cut in cuts:
-        if at >= len(data):
-            break
-        chunks.append(data[at : at + cut])
-        at += cut
-    chunks.append(data[at:])
-
-    def write() -> None:
-        for chunk in chunks:
-            writer.sendall(chunk)
-            time.sleep(0.0005)
-
-    sender = threading.Thread(target=write)
-    sender.start()
+    sender = _sending(writer, data, cuts)
     try:
         for message in messages:
             got = link.recv()
