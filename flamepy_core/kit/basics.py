@@ -545,7 +545,10 @@ def unary_then(
         except FlameError as exc:
             return partial(on_done, None, exc)
         return arm
-    future = unary_async(channel, method, request, timeout, answers=answers)
+    try:
+        future = unary_async(channel, method, request, timeout, answers=answers)
+    except FlameError as exc:  # (a channel's own unary_async that raises rather than fail its future)
+        return partial(on_done, None, exc)
 
     def deliver(done: Future[bytes]) -> None:
         error = done.exception()

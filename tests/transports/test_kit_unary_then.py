@@ -224,3 +224,38 @@ def test_many_calls_each_outcome_once_whatever_comes_first(plan: list[tuple[bool
         assert got == {i: [b"answer %d" % i] for i in got}
     finally:
         s.close()
+
+
+class _Raising:
+    """A channel whose ``unary_async`` raises its FlameError instead of failing the future (allowed before a
+    request goes out), and one whose future fails with something that is not a FlameError (a bug below the
+    contract): ``unary_then`` turns both into an outcome, once armed."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def unary(self, method: str, request: bytes, timeout: Any = None) -> bytes:
+        raise AssertionError("not called")
+
+    def unary_async(self, method: str, request: bytes, timeout: Any = None) -> Any:
+        from concurrent.futures import Future
+
+        if self.how == "raises":
+            raise FlameError(FlameErrorCode.RESOURCE_EXHAUSTED, "no room to send")
+        failed: Future[bytes] = Future()
+        failed.set_exception(RuntimeError("a bug below the contract"))
+        return failed
+
+
+@pytest.mark.parametrize(
+    ("how", "code"), [("raises", FlameErrorCode.RESOURCE_EXHAUSTED), ("not a FlameError", FlameErrorCode.INTERNAL)]
+)
+def test_a_channel_without_unary_then_that_fails_early_gives_an_outcome_once_armed(
+    how: str, code: FlameErrorCode
+) -> None:
+    outcomes = Outcomes()
+    arm = unary_then(_Raising(how), "/test.Then/Any", b"x", outcomes, timeout=5)
+    assert outcomes.got == [], "on_done ran before arm()"
+    arm()
+    response, error, _thread = outcomes.one()
+    assert response is None and error is not None and error.code == code
