@@ -428,15 +428,15 @@ class CallbackChannel(Channel, Protocol):
         self,
         method: str,
         request: bytes,
-        on_done: Callable[[bytes | None, FlameError | None], None],
+        on_done: Callable[[bytes | FlameError], None],
         timeout: Timeout = DEFAULT_TIMEOUT,
     ) -> Callable[[], None]:
-        """Send one request now and return ``arm``. ``on_done(response, None)``, or ``on_done(None, error)``
-        with :meth:`Channel.unary`'s errors and deadline, runs exactly once, and never before ``arm()`` was
-        called: on a thread of the transport's (it must not block), or inside ``arm`` on the caller's
-        thread when the outcome came first. Between the two the caller records the call, sure that its
-        answer is not handled before. An error before the request went out is raised here, and
-        ``on_done`` is then never called."""
+        """Send one request now and return ``arm``. ``on_done(response)``, or ``on_done(error)`` with
+        :meth:`Channel.unary`'s errors and deadline (a :class:`FlameError`), runs exactly once, and never
+        before ``arm()`` was called: on a thread of the transport's (it must not block), or inside ``arm``
+        on the caller's thread when the outcome came first. Between the two the caller records the call,
+        sure that its answer is not handled before. An error before the request went out is raised here,
+        and ``on_done`` is then never called."""
         ...
 
 

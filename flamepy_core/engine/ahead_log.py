@@ -177,13 +177,13 @@ _row_shapes: dict[str, tuple[str, str] | None] = {}
 
 
 def _row_shape(sql: str) -> tuple[str, str] | None:
-    shape = _row_shapes.get(sql, False)
-    if shape is False:
-        match = _ONE_ROW_INSERT.fullmatch(sql)
-        shape = None if match is None else (sql[: match.start(1)], match.group(1))
-        if len(_row_shapes) < 1024:
-            _row_shapes[sql] = shape
-    return shape  # type: ignore[return-value]
+    if sql in _row_shapes:
+        return _row_shapes[sql]
+    match = _ONE_ROW_INSERT.fullmatch(sql)
+    shape = None if match is None else (sql[: match.start(1)], match.group(1))
+    if len(_row_shapes) < 1024:
+        _row_shapes[sql] = shape
+    return shape
 
 
 def merged_statements(ops: Sequence[Op]) -> list[Op]:
@@ -205,16 +205,15 @@ def merged_statements(ops: Sequence[Op]) -> list[Op]:
     at = 0
     while at < len(ops):
         sql, params = ops[at]
-        shape = _row_shape(sql)
         end = at + 1
-        if shape is not None and params:
-            while end < len(ops) and ops[end][0] == sql and len(ops[end][1]) == len(params):
-                end += 1
-        if end - at == 1:
-            merged.append(ops[at])
+        while end < len(ops) and ops[end][0] == sql and len(ops[end][1]) == len(params):
+            end += 1
+        shape = _row_shape(sql) if end - at > 1 and params else None
+        if shape is None:
+            merged += ops[at:end]
             at = end
             continue
-        head, row = shape  # type: ignore[misc]
+        head, row = shape
         most = max(1, MERGED_PARAMETERS // len(params))
         while at < end:
             rows = 1 << (min(end - at, most).bit_length() - 1)

@@ -41,10 +41,9 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from flamepy_core.config import ENV_TASK_TIMEOUT, RuntimeSettings, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
@@ -63,7 +62,7 @@ from flamepy_core.engine.state import (
     task_key,
 )
 from flamepy_core.engine.supervisor import Supervisor
-from flamepy_core.transport_kit import answering, left_to_waiting_thread, stream_async, unary_async, unary_then
+from flamepy_core.transport_kit import answering, left_to_waiting_thread, stream_async, unary_then
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.payload_handoff import Mapped, map_payload_file
 from flamepy_core.wire.payload_messages import (
@@ -980,55 +979,38 @@ class Scheduler:
         now: bool = False,
         on_sent: Callable[[], None] | None = None,
     ) -> None:
-        """Call the instance asynchronously; ``then(inst, *args, future)`` runs as an event when it answers.
+        """Call the instance asynchronously; ``then(inst, *args, answer)`` runs as an event when it answers,
+        ``answer`` the response or the call's :class:`FlameError`.
 
-        ``prepare``, when given, turns the answer (the response, or the call's error) into what ``then``
-        gets instead of a future, on the thread that received it, before the event is posted: for work
-        that must not hold the scheduler's lock. Such a call (a task's) is made without a future
-        (:func:`flamepy_core.transport_kit.unary_then`). ``answers`` names the call for
-        :func:`flamepy_core.transport_kit.answering` (a task's, whose result is the reply a waiting RunTask
-        thread sends). With ``now``, ``then`` runs on that thread at once (:meth:`_handle_now`) rather than
-        through the event queue. ``on_sent`` runs once the call is on its way, before anything handles
-        its answer (an answer that came first is handled after it, on this thread).
+        The call holds no future (:func:`flamepy_core.transport_kit.unary_then`). ``prepare``, when given,
+        turns the answer into what ``then`` gets instead, on the thread that received it, before the event
+        is posted: for work that must not hold the scheduler's lock. ``answers`` names the call for
+        :func:`flamepy_core.transport_kit.answering` (a task's, whose result is the reply a waiting
+        RunTask thread sends). With ``now``, ``then`` runs on that thread at once (:meth:`_handle_now`)
+        rather than through the event queue. ``on_sent`` runs once the call is on its way, before anything
+        handles its answer (an answer that came first is handled after it, on this thread).
         """
         process = inst.process
         assert process is not None
         handle = self._handle_now if now else self.post
         files = self.engine.store.payloads
-        if prepare is not None:
-            ready = prepare
 
-            def done(response: bytes | None, error: FlameError | None) -> None:
-                handle(then, inst, *args, ready(error if error is not None else cast(bytes, response)))
-                files.drop_due()  # after the answer was handled (a RunTask's reply sent): off its path
+        def answered(answer: bytes | FlameError) -> None:
+            handle(then, inst, *args, answer if prepare is None else prepare(answer))
+            files.drop_due()  # after the answer was handled (a RunTask's reply sent): off its path
 
-            arm = unary_then(process.channel, method, request, done, timeout, answers=answers)
-            if on_sent is not None:
-                on_sent()
-            arm()
-            return
-        try:
-            future = unary_async(process.channel, method, request, timeout, answers=answers)
-        except FlameError as exc:
-            future = Future()
-            future.set_exception(exc)
+        arm = unary_then(process.channel, method, request, answered, timeout, answers=answers)
         if on_sent is not None:
             on_sent()
+        arm()
 
-        def answered(f: Future[bytes]) -> None:
-            handle(then, inst, *args, f)
-            files.drop_due()
-
-        future.add_done_callback(answered)
-
-    def _on_entered(self, inst: Instance, session_id: str, future: Future[bytes]) -> None:
+    def _on_entered(self, inst: Instance, session_id: str, answer: bytes | FlameError) -> None:
         if inst.state != State.ENTERING or inst.session_id != session_id:
             return
         process = inst.process
         assert process is not None
-        error = future.exception()
-        if error is not None:
-            assert isinstance(error, FlameError)
+        if isinstance(answer, FlameError):
+            error = answer
             if (
                 error.code in _LINK_DOWN
                 and process.alive()
@@ -1052,7 +1034,6 @@ class Scheduler:
             self._stop(inst, deliberate=True)
             self._bind_failed(session_id, inst.app, detail)
             return
-        answer = future.result()
         return_code, message, inst.handoff = read_enter_result(answer)
         inst.batches = tasks_offered(answer)
         if return_code != 0:
@@ -1096,12 +1077,11 @@ class Scheduler:
         inst.since = time.monotonic()
         self._call(inst, ON_SESSION_LEAVE, b"", self.settings.instance_call_timeout, self._on_left, replace)
 
-    def _on_left(self, inst: Instance, replace: bool, future: Future[bytes]) -> None:
+    def _on_left(self, inst: Instance, replace: bool, answer: bytes | FlameError) -> None:
         if inst.state != State.LEAVING:
             return
-        error = future.exception()
-        if error is not None:
-            log.warning("instance %s: OnSessionLeave of %s failed: %s", inst.id, inst.session_id, error)
+        if isinstance(answer, FlameError):
+            log.warning("instance %s: OnSessionLeave of %s failed: %s", inst.id, inst.session_id, answer)
         self._stop(inst, deliberate=True)
         if replace:
             self._replace_with_spare(inst.app)
@@ -1402,16 +1382,17 @@ class Scheduler:
         inst.short = False
         self._call(inst, WITHDRAW_TASKS, b"", self.settings.instance_call_timeout, self._on_withdrawn)
 
-    def _on_withdrawn(self, inst: Instance, future: Future[bytes]) -> None:
+    def _on_withdrawn(self, inst: Instance, answer: bytes | FlameError) -> None:
         inst.withdrawing = False
         sid = inst.session_id
-        error = future.exception()
-        if error is not None or sid is None:
+        if isinstance(answer, FlameError):
             # A broken link: its exit requeues what it had not started. Anything else: they run there.
-            log.info("instance %s: WithdrawTasks failed: %s", inst.id, error)
+            log.info("instance %s: WithdrawTasks failed: %s", inst.id, answer)
+            return
+        if sid is None:
             return
         try:
-            ids = [int(tid) for tid in read_withdrawn_tasks(future.result())]
+            ids = [int(tid) for tid in read_withdrawn_tasks(answer)]
         except ValueError as exc:
             log.warning("instance %s answered a malformed WithdrawTasks: %s", inst.id, exc)
             return

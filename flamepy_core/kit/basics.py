@@ -525,7 +525,7 @@ def unary_then(
     channel: Channel,
     method: str,
     request: bytes,
-    on_done: Callable[[bytes | None, FlameError | None], None],
+    on_done: Callable[[bytes | FlameError], None],
     timeout: Timeout = DEFAULT_TIMEOUT,
     *,
     answers: Hashable | None = None,
@@ -533,7 +533,7 @@ def unary_then(
     """``channel.unary_then`` when the channel has it
     (:class:`~flamepy_core.contracts.transport.CallbackChannel`); otherwise :func:`unary_async`'s future,
     whose outcome goes to ``on_done`` once ``arm()`` was called. Either way: send now, return ``arm``, and
-    call ``on_done(response, None)`` or ``on_done(None, error)`` exactly once, never before ``arm()``
+    call ``on_done(response)`` or ``on_done(error)`` (a :class:`FlameError`) exactly once, never before ``arm()``
     (which runs it itself when the outcome came first). An error before the request went out comes
     through ``on_done`` too, once armed. ``answers``: as :func:`unary_async`'s (such a call takes the
     future's way)."""
@@ -543,26 +543,30 @@ def unary_then(
         try:
             arm: Callable[[], None] = native(method, request, on_done, timeout)
         except FlameError as exc:
-            return partial(on_done, None, exc)
+            return partial(on_done, exc)
         return arm
     try:
         future = unary_async(channel, method, request, timeout, answers=answers)
     except FlameError as exc:  # (a channel's own unary_async that raises rather than fail its future)
-        return partial(on_done, None, exc)
+        return partial(on_done, exc)
 
     def deliver(done: Future[bytes]) -> None:
         error = done.exception()
         if error is None:
-            on_done(done.result(), None)
+            on_done(done.result())
         else:
-            on_done(None, error if isinstance(error, FlameError) else _not_flame(method, error))
+            on_done(error if isinstance(error, FlameError) else _not_flame(method, error))
 
     return partial(future.add_done_callback, deliver)
 
 
 def _not_flame(method: str, error: BaseException) -> FlameError:
     """An error below a channel's contract (which raises FlameErrors only), as the one a caller gets."""
-    return FlameError(FlameErrorCode.INTERNAL, f"calling {method} failed: {error!r}")
+    return FlameError(
+        FlameErrorCode.INTERNAL,
+        f"calling {method} failed: {error!r} (the channel broke its contract, which fails a call with a "
+        "FlameError: report it to the transport's authors)",
+    )
 
 
 def send_parts(responder: Responder, parts: Sequence[ReplyPart]) -> bool:

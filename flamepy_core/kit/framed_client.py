@@ -234,11 +234,11 @@ class _Then(_Call):
     __slots__ = ("_tokens", "on_done", "outcome")
 
     def __init__(
-        self, call_id: int, method: str, timeout: float | None, on_done: Callable[[Any, FlameError | None], None]
+        self, call_id: int, method: str, timeout: float | None, on_done: Callable[[bytes | FlameError], None]
     ) -> None:
         super().__init__(call_id, method, timeout)
         self.on_done = on_done
-        self.outcome: tuple[bytes | None, FlameError | None] = (None, None)
+        self.outcome: bytes | FlameError = b""
         self._tokens = [None]
 
     def arm(self) -> None:
@@ -246,21 +246,21 @@ class _Then(_Call):
 
     def answer(self, frame: Frame) -> bool:
         if frame.kind is Kind.REPLY:
-            self.outcome = (bytes(frame.payload), None)
+            self.outcome = bytes(frame.payload)
         else:
-            self.outcome = (None, frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name))
+            self.outcome = frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name)
         self._second()
         return True
 
     def fail(self, error: FlameError) -> None:
-        self.outcome = (None, error)
+        self.outcome = error
         self._second()
 
     def _second(self) -> None:
         try:
             self._tokens.pop()
         except IndexError:
-            self.on_done(*self.outcome)
+            self.on_done(self.outcome)
 
 
 def _can_tell_stopped(link: Link) -> bool:
@@ -813,10 +813,10 @@ class FramedChannel:
         self,
         method: str,
         request: bytes,
-        on_done: Callable[[bytes | None, FlameError | None], None],
+        on_done: Callable[[bytes | FlameError], None],
         timeout: Timeout = DEFAULT_TIMEOUT,
     ) -> Callable[[], None]:
-        """Send one request now; ``on_done(response, None)`` or ``on_done(None, error)`` runs once, after the
+        """Send one request now; ``on_done(response)`` or ``on_done(error)`` runs once, after the
         returned ``arm()`` was called (see :class:`~flamepy_core.contracts.transport.CallbackChannel`): on
         the thread reading the link (it must not block), or in ``arm`` when the answer came first. An
         error before the request went out is raised here, as a :class:`FlameError`.

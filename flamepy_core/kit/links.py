@@ -411,8 +411,10 @@ class SocketLink:
         return Oversized(head, size)
 
     def _buffered(self) -> bytes | None:
-        """The next message if the buffer holds all of it and it is one to keep (not oversized), taken out of
-        the buffer; else None, the buffer as it was."""
+        """The next message if the buffer holds all of it and it is one to keep, taken out of the buffer; else
+        None, the buffer as it was. (An oversized message is never whole in the buffer today, which holds at
+        most one read past the message before it, less than ``HEAD_KEEP``; the size is checked anyway, so
+        that a larger read would not make this keep one.)"""
         buffer, start = self._buffer, self._start
         body = start + _LENGTH.size
         if body > len(buffer):

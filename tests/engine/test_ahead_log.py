@@ -208,24 +208,17 @@ def test_statements_that_are_not_a_run_of_one_insert_are_left_as_they_are() -> N
     assert merged_statements(ops) == ops
 
 
-def test_applying_the_log_inserts_a_run_of_rows_with_a_statement_per_power_of_two(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(store_module, "FOLD_DELAY", 3600.0)
-    store = Store(tmp_path / "flame.db", ahead_log=True)
+def test_applying_the_log_inserts_a_run_of_rows_with_a_statement_per_power_of_two(logged: Store) -> None:
+    for k in range(27):
+        logged.write_wait([("INSERT INTO t (k, v) VALUES (?, ?)", (k, b"x"))])
+    ran: list[str] = []
+    logged._write.set_trace_callback(ran.append)
     try:
-        store.write_wait([("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)", ())])
-        store.query("SELECT 1")  # (applies the table)
-        for k in range(27):
-            store.write_wait([("INSERT INTO t (k, v) VALUES (?, ?)", (k, b"x"))])
-        ran: list[str] = []
-        store._write.set_trace_callback(ran.append)
-        assert store.query("SELECT COUNT(*) FROM t") == [(27,)]  # (a read applies the log first)
-        inserts = [sql for sql in ran if sql.startswith("INSERT")]
-        assert [sql.count("x'78')") for sql in inserts] == [16, 8, 2, 1], ran  # (the trace shows the values)
+        assert logged.query("SELECT COUNT(*) FROM t") == [(27,)]  # (a read applies the log first)
     finally:
-        store._write.set_trace_callback(None)
-        store.close()
+        logged._write.set_trace_callback(None)
+    inserts = [sql for sql in ran if sql.startswith("INSERT")]
+    assert [sql.count("x'78')") for sql in inserts] == [16, 8, 2, 1], ran  # (the trace shows the values)
 
 
 @settings(max_examples=50, deadline=None)
@@ -318,28 +311,21 @@ def test_the_fold_thread_applies_the_log_by_itself(tmp_path: Path, monkeypatch: 
         store.close()
 
 
-def test_the_fold_thread_applies_a_long_log_in_chunks_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "FOLD_DELAY", 3600.0)
+def test_the_fold_thread_applies_a_long_log_in_chunks_at_once(logged: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "FOLD_CHUNK", 2)
-    store = Store(tmp_path / "flame.db", ahead_log=True)
-    try:
-        store.write_wait([("CREATE TABLE t (k INTEGER PRIMARY KEY)", ())])
-        store.query("SELECT 1")  # (applies the table)
-        for k in range(5):
-            store.write_wait([("INSERT INTO t VALUES (?)", (k,))])
-        commits = store.commits
-        with store._mutex:  # due now: the fold thread takes the first chunk, and the rest without waiting
-            store._ahead_due = 0.0
-            store._fold_cond.notify()
+    for k in range(5):
+        logged.write_wait([("INSERT INTO t (k) VALUES (?)", (k,))])
+    commits = logged.commits
+    with logged._mutex:  # due now: the fold thread takes the first chunk, and the rest without waiting
+        logged._ahead_due = 0.0
+        logged._fold_cond.notify()
 
-        def applied() -> bool:
-            return raw_rows(Path(store.path), "SELECT COUNT(*) FROM t") == [(5,)]
+    def applied() -> bool:
+        return raw_rows(Path(logged.path), "SELECT COUNT(*) FROM t") == [(5,)]
 
-        wait_for(applied, 10, "the fold thread to apply all five logged writes, two at a time")
-        assert store.commits - commits == 3, "five writes in chunks of two are three transactions"
-        assert raw_rows(Path(store.path), "SELECT seq FROM ahead_applied") == [(store._logged_seq,)]
-    finally:
-        store.close()
+    wait_for(applied, 10, "the fold thread to apply all five logged writes, two at a time")
+    assert logged.commits - commits == 3, "five writes in chunks of two are three transactions"
+    assert raw_rows(Path(logged.path), "SELECT seq FROM ahead_applied") == [(logged._logged_seq,)]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own priority is Linux's")

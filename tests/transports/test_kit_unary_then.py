@@ -78,14 +78,14 @@ class Outcomes:
     """What ``on_done`` got, with the thread it ran on."""
 
     def __init__(self) -> None:
-        self.got: list[tuple[bytes | None, FlameError | None, int]] = []
+        self.got: list[tuple[bytes | FlameError, int]] = []
         self.done = threading.Event()
 
-    def __call__(self, response: bytes | None, error: FlameError | None) -> None:
-        self.got.append((response, error, threading.get_ident()))
+    def __call__(self, outcome: bytes | FlameError) -> None:
+        self.got.append((outcome, threading.get_ident()))
         self.done.set()
 
-    def one(self) -> tuple[bytes | None, FlameError | None, int]:
+    def one(self) -> tuple[bytes | FlameError, int]:
         assert self.done.wait(10), "on_done was not called within 10 s"
         time.sleep(0.05)  # (a second call, were there one, would come about now)
         assert len(self.got) == 1, f"on_done ran {len(self.got)} times"
@@ -115,8 +115,8 @@ def test_an_answer_before_arm_waits_for_it_and_is_delivered_by_it(served: Served
     assert outcomes.got == [], "on_done ran before arm()"
     arm()
     assert outcomes.got, "arm() did not deliver the answer that had come"
-    response, error, thread = outcomes.one()
-    assert (response, error) == (b"early", None)
+    outcome, thread = outcomes.one()
+    assert outcome == b"early"
     assert thread == threading.get_ident(), "an answer that came first is delivered on the thread that arms"
 
 
@@ -130,24 +130,24 @@ def test_an_answer_after_arm_comes_on_another_thread(served: Served) -> None:
     answering = threading.Thread(target=served.answer_next, args=(lambda request: request.upper(),))
     answering.start()
     answering.join(10)
-    response, error, thread = outcomes.one()
-    assert (response, error) == (b"LATE", None)
+    outcome, thread = outcomes.one()
+    assert outcome == b"LATE"
     assert thread != threading.get_ident()
 
 
 def test_a_handlers_error_is_an_outcome(served: Served) -> None:
     outcomes = Outcomes()
     unary_then(served.channel, FAIL, b"thing", outcomes, timeout=10)()
-    response, error, _thread = outcomes.one()
-    assert response is None and error is not None
+    error, _thread = outcomes.one()
+    assert isinstance(error, FlameError)
     assert error.code == FlameErrorCode.NOT_FOUND and "thing" in error.message
 
 
 def test_a_missed_deadline_is_an_outcome_once(served: Served) -> None:
     outcomes = Outcomes()
     unary_then(served.channel, HOLD, b"never", outcomes, timeout=0.2)()
-    response, error, _thread = outcomes.one()
-    assert response is None and error is not None and error.code == FlameErrorCode.DEADLINE_EXCEEDED
+    error, _thread = outcomes.one()
+    assert isinstance(error, FlameError) and error.code == FlameErrorCode.DEADLINE_EXCEEDED
     _request, responder = served.held.get(timeout=10)
     responder.send(b"too late")  # the server answers after all: nothing more reaches on_done
     time.sleep(0.2)
@@ -159,8 +159,8 @@ def test_a_lost_server_is_an_outcome_once(served: Served) -> None:
     unary_then(served.channel, HOLD, b"waiting", outcomes, timeout=30)()
     served.held.get(timeout=10)
     served.server.stop(0)
-    response, error, _thread = outcomes.one()
-    assert response is None and error is not None
+    error, _thread = outcomes.one()
+    assert isinstance(error, FlameError)
     assert error.code in (FlameErrorCode.UNAVAILABLE, FlameErrorCode.CANCELLED), error
 
 
@@ -172,8 +172,8 @@ def test_a_failure_before_sending_waits_for_arm_too() -> None:
         arm = unary_then(channel, ECHO, b"x", outcomes, timeout=5)
         assert outcomes.got == [], "on_done ran before arm()"
         arm()
-        response, error, thread = outcomes.one()
-        assert response is None and error is not None and error.code == FlameErrorCode.UNAVAILABLE
+        error, thread = outcomes.one()
+        assert isinstance(error, FlameError) and error.code == FlameErrorCode.UNAVAILABLE
         assert thread == threading.get_ident()
     finally:
         channel.close()
@@ -189,12 +189,12 @@ def test_many_calls_each_outcome_once_whatever_comes_first(plan: list[tuple[bool
     try:
         armed: list[bool] = [False] * len(plan)
         early: list[int] = []
-        got: dict[int, list[bytes | None]] = {i: [] for i in range(len(plan))}
+        got: dict[int, list[bytes | FlameError]] = {i: [] for i in range(len(plan))}
 
-        def on_done(index: int, response: bytes | None, error: FlameError | None) -> None:
+        def on_done(index: int, outcome: bytes | FlameError) -> None:
             if not armed[index]:
                 early.append(index)
-            got[index].append(response)
+            got[index].append(outcome)
 
         arms = [unary_then(s.channel, HOLD, str(i).encode(), partial(on_done, i), 10) for i in range(len(plan))]
         answers = {int(request): responder for request, responder in (s.held.get(timeout=10) for _ in plan)}
@@ -257,5 +257,5 @@ def test_a_channel_without_unary_then_that_fails_early_gives_an_outcome_once_arm
     arm = unary_then(_Raising(how), "/test.Then/Any", b"x", outcomes, timeout=5)
     assert outcomes.got == [], "on_done ran before arm()"
     arm()
-    response, error, _thread = outcomes.one()
-    assert response is None and error is not None and error.code == code
+    error, _thread = outcomes.one()
+    assert isinstance(error, FlameError) and error.code == code
