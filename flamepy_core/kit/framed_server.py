@@ -442,9 +442,8 @@ class _Peer:
         try:
             while True:
                 lease = self.lease  # (a host may give this link a lease on its first wait: see host_wait)
-                # (With a lease: False too when the host read the message, or has the link.) Without one, in
-                # the read itself, which the client's reads of our answers wake for nothing (see the lease
-                # module): waiting in poll instead made a warm invoke slower (docs/architecture.md).
+                # (With a lease: False too when the host read the message, or has the link.) Without one, the
+                # link's own wait, in ``poll``: the client's reads of our answers do not wake it (SocketLink).
                 admitted = self.handle(self.link.recv()) if lease is None else lease.reader_step()
                 if admitted and server.hosted:
                     server.host_waker.signal()  # a host waiting elsewhere runs what this queued
