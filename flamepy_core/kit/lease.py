@@ -31,6 +31,10 @@ the two take turns as above.
 With ``recv_now()`` too (the next message if it has begun to arrive, else None at once), a thread woken
 because the link turned readable reads it with one system call rather than asking first whether another
 thread read it meanwhile; SocketLink has it.
+
+A host without a deadline on a link lent already (a client's warm call) keeps ``read_lock`` from its
+first look to its answer (:meth:`LinkLease.host_lent`): the reader naps meanwhile and never asks for it,
+so the lock is taken once per answer and the wait needs no deadline worked out.
 """
 
 from __future__ import annotations
@@ -250,6 +254,56 @@ class LinkLease:
                 # back soon): the reader must watch the link meanwhile. A wait that timed out is followed
                 # by another at once, and needs no wake-up.
                 self._waker.signal()
+
+    def host_lent(self, slice_ms: int) -> bool | None:
+        """:meth:`host` for a caller without a deadline on a link lent already (a warm call's case), holding
+        ``read_lock`` from its first look to its answer rather than around each read: one lock taken, one
+        ``poll`` and no deadline to work out per answer. The reader naps meanwhile, as it does while the
+        link is lent and a host waits (:meth:`reader_turn`), so nobody else wants the lock.
+
+        None, having done nothing, when the link is not lent yet or the reader holds the lock (it is
+        handling a message): :meth:`host` then. Otherwise what :meth:`host` returns: True once a message
+        was handled that ended the host's call, the host waker rang, or ``slice_ms`` passed (the caller
+        looks at its connection, then hosts again); False when the link failed here."""
+        if not self.lent or not self.read_lock.acquire(blocking=False):
+            return None
+        if self.host_worked:  # idle from now, as in host()
+            self.host_idle_since = time.monotonic()
+            self.host_worked = False
+        self.host_waiting = True
+        failed = False
+        timed_out = False
+        link = self.link
+        try:
+            message = link.recv() if link.pending() else None  # (the wait sees what the socket holds)
+            while True:
+                while message is not None:
+                    if self.handle(message):
+                        self.host_worked = True
+                        return True
+                    message = self.read_now()
+                ready = self._host_watch.poll(slice_ms)
+                if not ready:
+                    timed_out = True
+                    return True
+                for fd, _events in ready:
+                    if fd == self._host_waker.fd:
+                        self._host_waker.drain()
+                        return True
+                message = self.read_now()
+        except Exception:
+            failed = True
+            link.close()
+            return False
+        finally:
+            self.read_lock.release()
+            self.host_waiting = False  # before reading _napping (see reader_turn)
+            self.host_since = time.monotonic()
+            if failed:
+                self.lent = False
+                self._waker.signal()
+            elif self._napping and not timed_out:
+                self._waker.signal()  # as in host(): the reader must watch the link while the host is away
 
     def _take_read_lock(self, deadline: float) -> bool | None:
         """``read_lock`` for the host: True once held, False at ``deadline``, None when the host waker rang.

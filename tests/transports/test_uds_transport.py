@@ -415,3 +415,70 @@ def test_a_stream_callback_that_raises_ends_its_stream_alone(hosted: Hosted) -> 
     assert len(ended) == 1 and ended[0] is not None and ended[0].code == FlameErrorCode.INTERNAL
     assert "ValueError" in ended[0].message and "boom" in ended[0].message
     assert hosted.channel.unary(ECHO, b"still", timeout=20) == b"still"
+
+
+def test_calls_without_a_deadline_read_their_own_answers_and_each_others(hosted: Hosted) -> None:
+    """A blocking call with no deadline on a lent link holds the link's read lock from its first look to its
+    answer (``LinkLease.host_lent``): its answer still comes whole and in order, other threads' calls made
+    meanwhile are answered too (the caller reading the link hands theirs over), and most answers are read
+    by their own caller."""
+    for i in range(40):
+        assert hosted.channel.unary(ECHO, b"%d" % i, timeout=None) == b"%d" % i
+    read_by_caller = hosted.channel.stats()["replies_read_by_caller"]
+    assert read_by_caller >= 30, f"only {read_by_caller} of 40 answers were read by their caller"
+
+    answers: dict[int, bytes] = {}
+
+    def call(n: int) -> None:
+        for k in range(30):
+            answers[n * 100 + k] = hosted.channel.unary(ECHO, b"%d" % (n * 100 + k), timeout=None)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a call without a deadline was never answered"
+    assert answers == {key: b"%d" % key for key in answers} and len(answers) == 180
+
+
+def test_after_a_long_call_without_a_deadline_the_reader_reads_the_link_again(hosted: Hosted) -> None:
+    """While a caller waits long (past ``HOST_IDLE``) for its answer, the link's reader thread naps without a
+    deadline; when the caller leaves, it must be woken to read the link, or an asynchronous call made next,
+    which no caller reads, would never be answered."""
+    assert hosted.channel.unary(ECHO, b"lent", timeout=None) == b"lent"  # the link is lent from here on
+    got: list[bytes] = []
+    caller = threading.Thread(target=lambda: got.append(hosted.channel.unary(DEFER, b"long", timeout=None)))
+    caller.start()
+    _thread, request, responder = hosted.take()
+    assert request == b"long"
+    time.sleep(0.4)  # past HOST_IDLE (0.1 s): the reader naps without a deadline
+    responder.send(b"done")
+    caller.join(20)
+    assert got == [b"done"]
+    assert hosted.channel.unary_async(ECHO, b"after", timeout=20).result(timeout=20) == b"after"
+
+
+def test_a_link_that_fails_under_a_caller_without_a_deadline_fails_its_call(hosted: Hosted) -> None:
+    """The server going away while a call with no deadline waits, its caller reading the link: the call
+    fails with ``UNAVAILABLE`` naming what happened (not the link's own ``EOFError``), and the channel
+    connects afresh for the next call."""
+    assert hosted.channel.unary(ECHO, b"lent", timeout=None) == b"lent"
+    errors: list[BaseException] = []
+
+    def wait_forever() -> None:
+        try:
+            hosted.channel.unary(DEFER, b"never answered", timeout=None)
+        except BaseException as exc:  # what the call ended with is the test's to read
+            errors.append(exc)
+
+    caller = threading.Thread(target=wait_forever)
+    caller.start()
+    assert hosted.take()[1] == b"never answered"
+    for peer in list(hosted.server._peers):
+        peer.link.close()  # the server's end of the connection, as a crashed server's would be
+    caller.join(20)
+    assert not caller.is_alive(), "the call kept waiting on a link that had failed"
+    assert len(errors) == 1 and isinstance(errors[0], FlameError), errors
+    assert errors[0].code == FlameErrorCode.UNAVAILABLE, errors[0]
+    assert hosted.channel.unary(ECHO, b"again", timeout=20) == b"again"
