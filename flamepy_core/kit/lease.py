@@ -244,16 +244,7 @@ class LinkLease:
             self.link.close()
             return False
         finally:
-            self.host_waiting = False  # before reading _napping (see reader_turn)
-            self.host_since = time.monotonic()
-            if failed:
-                self.lent = False
-                self._waker.signal()
-            elif self._napping and not timed_out:
-                # It naps without a deadline, and the host leaves for a call (or was woken: it may not be
-                # back soon): the reader must watch the link meanwhile. A wait that timed out is followed
-                # by another at once, and needs no wake-up.
-                self._waker.signal()
+            self._host_left(failed, timed_out)
 
     def host_lent(self, slice_ms: int) -> bool | None:
         """:meth:`host` for a caller without a deadline on a link lent already (a warm call's case), holding
@@ -297,13 +288,20 @@ class LinkLease:
             return False
         finally:
             self.read_lock.release()
-            self.host_waiting = False  # before reading _napping (see reader_turn)
-            self.host_since = time.monotonic()
-            if failed:
-                self.lent = False
-                self._waker.signal()
-            elif self._napping and not timed_out:
-                self._waker.signal()  # as in host(): the reader must watch the link while the host is away
+            self._host_left(failed, timed_out)
+
+    def _host_left(self, failed: bool, timed_out: bool) -> None:
+        """The host's way out of a wait (:meth:`host`, :meth:`host_lent`): a link that failed under it goes
+        back to the reader; a reader napping without a deadline is woken, since the host leaves for a call
+        (or was woken: it may not be back soon) and the link must be watched meanwhile. A wait that timed
+        out is followed by another at once, and needs no wake-up."""
+        self.host_waiting = False  # before reading _napping (see reader_turn)
+        self.host_since = time.monotonic()
+        if failed:
+            self.lent = False
+            self._waker.signal()
+        elif self._napping and not timed_out:
+            self._waker.signal()
 
     def _take_read_lock(self, deadline: float) -> bool | None:
         """``read_lock`` for the host: True once held, False at ``deadline``, None when the host waker rang.
