@@ -118,12 +118,6 @@ def _wrong(call: _Call, what: str) -> FlameError:
 
 
 _HOST_SLICE_MS = int(HOST_SLICE * 1000)
-_HEADER = frames.HEADER
-_HEAD = frames.HEADER.size
-_REPLY = int(Kind.REPLY)
-_MAGIC = frames.MAGIC
-_VERSION = frames.VERSION
-"""A frame's header, read in place for the answer a caller reads itself (:meth:`_Connection._take`)."""
 
 
 class _Ready:
@@ -407,26 +401,12 @@ class _Connection:
         reading the link (which then returns to it).
 
         The answer of the call whose caller reads the link, read on its thread (a warm call's every answer),
-        goes to that call from the frame's header, without a :class:`Frame`, the frame kinds' checks and the
-        call table's hand-off: 3-6 µs of a warm invoke on this machine (docs/benchmarks.md). Anything else,
-        or a reply too large to keep, takes the general way below."""
+        goes to that call from the frame's header (:func:`frames.reply_of`), without a :class:`Frame`, the
+        frame kinds' checks or :meth:`_dispatch`: 3-6 µs of a warm invoke on this machine
+        (docs/benchmarks.md). Anything else, or a reply too large to keep, takes the general way below."""
         hosting = self._hosting
-        if hosting is not None and not isinstance(message, Oversized) and len(message) >= _HEAD:
-            magic, version, kind, _code, method_len, call_id, _t, _a, _b = _HEADER.unpack_from(message)
-            if (
-                kind == _REPLY
-                and call_id == hosting.call_id
-                and magic == _MAGIC
-                and version == _VERSION
-                and len(message) - _HEAD - method_len <= self.limit
-                and threading.get_ident() == self._host_ident
-            ):
-                with self._lock:
-                    mine = self._calls.pop(call_id, None) is hosting
-                if mine:
-                    hosting.reply(memoryview(message)[_HEAD + method_len :])
-                    self.replies_read_by_caller += 1
-                    return True
+        if hosting is not None and not isinstance(message, Oversized) and self._answers_host(hosting, message):
+            return True
         if isinstance(message, Oversized):
             self._oversized(message)
             return False
@@ -441,6 +421,20 @@ class _Connection:
             self.replies_read_by_caller += 1
         elif self._host_waker is not None:
             self._host_waker.signal()  # the reader got there first: the caller stops reading
+        return True
+
+    def _answers_host(self, hosting: _Unary, message: bytes | bytearray | memoryview) -> bool:
+        """Whether ``message`` was the hosted call's answer, read by its own thread (which then completed it)."""
+        reply = frames.reply_of(message)
+        if reply is None or reply[0] != hosting.call_id or len(reply[1]) > self.limit:
+            return False
+        if threading.get_ident() != self._host_ident:
+            return False
+        with self._lock:
+            if self._calls.pop(reply[0], None) is not hosting:
+                return False
+        hosting.reply(reply[1])
+        self.replies_read_by_caller += 1
         return True
 
     def host_until(self, call: _Unary) -> None:

@@ -114,6 +114,21 @@ def decode(message: bytes | bytearray | memoryview) -> Frame:
     return Frame(known, call_id, method, view[end:], code, None if timeout < 0 else timeout, a, b)
 
 
+def reply_of(message: bytes | bytearray | memoryview) -> tuple[int, memoryview] | None:
+    """``(call_id, payload)`` when ``message`` is a ``REPLY`` frame of this protocol, else None (anything else,
+    a malformed frame included, is for :func:`decode`). What a caller reading its own answer asks of every
+    message (``framed_client._Connection._take``): the header read in place, no :class:`Frame` built."""
+    if len(message) < HEADER.size:
+        return None
+    magic, version, kind, _code, method_len, call_id, _t, _a, _b = HEADER.unpack_from(message)
+    if kind != _REPLY or magic != MAGIC or version != VERSION or HEADER.size + method_len > len(message):
+        return None
+    return call_id, memoryview(message)[HEADER.size + method_len :]
+
+
+_REPLY = int(Kind.REPLY)
+
+
 def peek(head: bytes | memoryview) -> tuple[Kind, int, str] | None:
     """``(kind, call_id, method)`` from the first bytes of a frame too large to keep, or None when unreadable."""
     if len(head) < HEADER.size:

@@ -395,13 +395,9 @@ class SocketLink:
                 try:
                     chunk = self.sock.recv(_COALESCE, _DONTWAIT)
                 except BlockingIOError:
-                    # Nothing yet: wait in ``poll``, not in the read. A unix socket wakes a thread blocked in
-                    # a read on it each time its peer reads what this side sent (the kernel tells the
-                    # socket's waiters that it may write again, and a blocked read does not ask what the
-                    # news is): each reply a client read woke the server's reader of its link for nothing,
-                    # from inside the client's ``recv`` (an interrupt to the other vCPU, 15-18 µs of the
-                    # client's read on this machine). ``poll`` is woken by readable news only; what came
-                    # while this was busy is read without it.
+                    # Nothing yet: wait in ``poll``, which readable news alone ends, not in the read, which
+                    # each read of the peer's ends (see kit.lease): the server's reader of a client's link
+                    # was woken by every answer the client read.
                     self._readable.poll()
                     chunk = self.sock.recv(_COALESCE)
                 if not chunk:

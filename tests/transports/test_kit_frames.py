@@ -64,3 +64,28 @@ def test_the_head_of_a_frame_too_large_to_keep_names_its_call(kind: Kind, call_i
     assert frames.peek(head[: HEADER.size - 1]) is None, "a head cut before its end was read as a frame"
     unknown = HEADER.pack(frames.MAGIC, frames.VERSION, 99, 0, 0, call_id, -1.0, 0, 0)
     assert frames.peek(unknown) is None, "a head of an unknown kind was read as a frame"
+
+
+@given(
+    kind=st.sampled_from(list(Kind)),
+    call_id=st.integers(0, (1 << 64) - 1),
+    payload=payloads,
+    method=methods,
+)
+def test_reply_of_reads_a_reply_in_place_and_nothing_else(
+    kind: Kind, call_id: int, payload: bytes, method: bytes
+) -> None:
+    """``reply_of`` (a caller reading its own answer asks it of every message) agrees with ``decode``: the
+    call and payload of a REPLY, None for every other kind, a frame of another protocol or version, and one
+    cut inside its header or method."""
+    message = b"".join(bytes(part) for part in frames.encode(kind, call_id, payload, method=method))
+    found = frames.reply_of(message)
+    if kind is Kind.REPLY:
+        assert found is not None and found[0] == call_id and bytes(found[1]) == payload
+    else:
+        assert found is None
+    assert frames.reply_of(b"XY" + message[2:]) is None  # another protocol
+    assert frames.reply_of(message[:2] + bytes([frames.VERSION + 1]) + message[3:]) is None  # another version
+    assert frames.reply_of(message[: HEADER.size - 1]) is None
+    if method:
+        assert frames.reply_of(message[: HEADER.size + len(method) - 1]) is None  # its method cut short

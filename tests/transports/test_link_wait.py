@@ -32,8 +32,8 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/<pi
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, SocketLink]]:
     peer, ours = socket.socketpair()
-    link = SocketLink(ours, LIMIT, preamble=PREAMBLE, dialled=False)
-    link._greeted = True  # (the preamble is the dialling side's: not what these tests are about)
+    link = SocketLink(ours, LIMIT, preamble=PREAMBLE, dialled=True)  # (it greets: its reads are messages)
+    assert peer.recv(len(PREAMBLE), socket.MSG_WAITALL) == PREAMBLE
     try:
         yield peer, link
     finally:
