@@ -210,6 +210,9 @@ class Instance:
     """A ``WithdrawTasks`` is in flight: nothing more is sent until it is answered."""
     cancels: dict[int, str] = field(default_factory=dict)
     """Tasks queued on it that were cancelled, and why: withdrawn, or it is stopped if one started."""
+    idle_after_answer: bool = False
+    """Its warm task's result was handled with nothing queued behind it: it becomes idle once the result's
+    answer has left (:meth:`Scheduler._call`), not before (see :meth:`Scheduler._on_task_done`)."""
 
     @property
     def pid(self) -> int | None:
@@ -289,6 +292,9 @@ class Scheduler:
         self._events: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._events_lock = threading.Lock()
         self._draining = False
+        self._handling_now = False
+        """An event runs through :meth:`_handle_now` (read with the lock held): its thread goes on to commit,
+        which sends the answers its writes wait for, and then looks at ``Instance.idle_after_answer``."""
         self._ids = itertools.count(1)
         self._instances: dict[str, Instance] = {}
         self._bind_failures: dict[str, int] = defaultdict(int)
@@ -347,13 +353,17 @@ class Scheduler:
         be queued, taken off the queue and committed by the same thread anyway, unless another thread is
         handling events (this one then waits for the lock instead: the order of two threads' events is
         theirs)."""
-        self._run_event(handler, args)
+        self._run_event(handler, args, now=True)
         self._commit_events()
 
-    def _run_event(self, handler: Callable[..., None], args: tuple[Any, ...]) -> None:
+    def _run_event(self, handler: Callable[..., None], args: tuple[Any, ...], *, now: bool = False) -> None:
         try:
             with self._lock:
-                handler(*args)
+                outer, self._handling_now = self._handling_now, now
+                try:
+                    handler(*args)
+                finally:
+                    self._handling_now = outer
         except Exception:  # a bug in one event must not stop the others
             log.exception("scheduler event %s failed", getattr(handler, "__name__", handler))
 
@@ -393,6 +403,8 @@ class Scheduler:
             return False
         failed = False
         with self._lock:
+            if inst.idle_after_answer:  # its last answer is on its way: it is idle (see _on_task_done)
+                self._idle_after_answer(inst)
             if (
                 self._closed
                 or inst.state != State.IDLE
@@ -997,6 +1009,8 @@ class Scheduler:
 
         def answered(answer: bytes | FlameError) -> None:
             handle(then, inst, *args, answer if prepare is None else prepare(answer))
+            if inst.idle_after_answer:
+                self._run_event(self._idle_after_answer, (inst,))
             files.drop_due()  # after the answer was handled (a RunTask's reply sent): off its path
 
         arm = unary_then(process.channel, method, request, answered, timeout, answers=answers)
@@ -1411,6 +1425,11 @@ class Scheduler:
             return
         self._dispatch(inst)
 
+    def _idle_after_answer(self, inst: Instance) -> None:
+        if inst.idle_after_answer:
+            inst.idle_after_answer = False
+            self._dispatch(inst)
+
     def _return(self, sid: str, tids: list[int], why: str) -> None:
         """Tasks an instance never started go back to the head of the queue, in order, no retry spent."""
         self.engine.return_tasks(sid, tids, why)
@@ -1495,6 +1514,12 @@ class Scheduler:
                 )
             else:
                 self.engine.finish_task(session_id, tid, failure=outcome.message, commit=False)
+            if self._handling_now and not inst.inflight and not self.engine.pending_hint(session_id):
+                # Nothing to send it: a warm invoke's instance, idle again. Made so once the answer has left
+                # (on this thread, right after): its next task cannot come before its caller has the answer,
+                # and whatever comes meanwhile is queued and sent by that _dispatch. 4 µs of a warm invoke.
+                inst.idle_after_answer = True
+                return
             self._dispatch(inst)
             return
         if error.code == FlameErrorCode.MESSAGE_TOO_LARGE:

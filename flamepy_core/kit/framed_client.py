@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import queue
+import struct
 import sys
 import threading
 import time
@@ -109,6 +110,11 @@ class _Call:
         """Take one answer; True when it ends the call."""
         raise NotImplementedError
 
+    def replied(self, payload: memoryview) -> None:
+        """Take the call's ``REPLY``, its payload read where the link read it (valid only while this runs):
+        :meth:`answer` of the frame, where a call kind has no quicker way."""
+        self.answer(Frame(Kind.REPLY, self.call_id, "", payload))
+
     def fail(self, error: FlameError) -> None:
         raise NotImplementedError
 
@@ -118,6 +124,11 @@ def _wrong(call: _Call, what: str) -> FlameError:
 
 
 _HOST_SLICE_MS = int(HOST_SLICE * 1000)
+_UNARY = int(Kind.UNARY)
+_REQUEST_HEAD = struct.Struct("!2sBBBxHQ")
+"""A request's header up to its call id (``frames.HEADER`` without the timeout and window fields)."""
+_NO_DEADLINE_TAIL = struct.pack("!dII", frames.NO_TIMEOUT, 0, 0)
+"""The rest of the header of a request without a deadline or window."""
 
 
 class _Ready:
@@ -163,7 +174,7 @@ class _Unary(_Call):
         """:meth:`FramedChannel.unary_read`'s reader: run on the reply where the link read it, before the link
         reads its next message (which may land in the same buffer)."""
 
-    def reply(self, payload: memoryview) -> None:
+    def replied(self, payload: memoryview) -> None:
         """Complete the call with its ``REPLY``'s payload (read where the link read it, when it has a reader)."""
         if self.read is None:
             self.result = bytes(payload)
@@ -176,7 +187,7 @@ class _Unary(_Call):
 
     def answer(self, frame: Frame) -> bool:
         if frame.kind is Kind.REPLY:
-            self.reply(memoryview(frame.payload))
+            self.replied(memoryview(frame.payload))
             return True
         self.error = frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name)
         self.ready.set()
@@ -194,6 +205,9 @@ class _Async(_Call):
         super().__init__(call_id, method, timeout)
         self.future: Future[bytes] = Future()
         self.future.set_running_or_notify_cancel()
+
+    def replied(self, payload: memoryview) -> None:
+        self.future.set_result(bytes(payload))
 
     def answer(self, frame: Frame) -> bool:
         if frame.kind is Kind.REPLY:
@@ -251,6 +265,10 @@ class _Then(_Call):
         self._tokens = [None]
 
     def arm(self) -> None:
+        self._second()
+
+    def replied(self, payload: memoryview) -> None:
+        self.outcome = bytes(payload)
         self._second()
 
     def answer(self, frame: Frame) -> bool:
@@ -327,7 +345,7 @@ class _Connection:
         threading.Thread(target=self._read, name=f"flamepy-kit-reader {endpoint}", daemon=True).start()
 
     def usable(self) -> bool:
-        return self.dead is None and self.pid == os.getpid()
+        return self.dead is None and self.pid == _pid
 
     def start(self, call: _Call, kind: Kind, method: bytes, request: bytes | list[Part], window: bool = False) -> None:
         """Register ``call`` and send its request (the call id is chosen here): ``bytes``, or a list of parts
@@ -354,11 +372,69 @@ class _Connection:
         )
         if type(request) is list:
             parts += request
+        self._send(parts)
+
+    def _send(self, parts: list[Part]) -> None:
+        """Send one request's frame; a link that breaks fails the connection (and this call with it)."""
         try:
             self.link.send(parts)
         except OSError as exc:
             self.fail(unavailable(self.endpoint, f"the connection broke while sending: {exc}"))
             raise (self.dead or unavailable(self.endpoint, str(exc))) from exc
+
+    def call_hosted(
+        self, method_name: str, method: bytes, parts: list[Part], read: Callable[[memoryview], Any] | None
+    ) -> _Unary | None:
+        """:meth:`start` and :meth:`host_until` in one, for a blocking unary call without a deadline on a link
+        lent already that nobody else reads (a warm invoke's case): the call, sent and read on this thread
+        until answered (or until the link failed: the reader then fails it; wait for it with ``ready``).
+        None, having sent nothing, when it is not that case (:meth:`start` and :meth:`host_until` then).
+
+        ``read_lock`` is taken before the request goes, so the answer finds this thread reading, and nobody
+        can read it before this thread does: the call is made and registered once the request is on its way
+        (while the server works on it), and only the frame's header is packed before it."""
+        lease = self.lease
+        if lease is None or not self._host_lock.acquire(blocking=False):
+            return None
+        try:
+            if not lease.hold_lent():
+                return None
+            call_id = next(self._ids)  # (atomic: ``itertools.count`` is not Python code)
+            try:
+                if self.dead is not None:
+                    raise self.dead
+                head = _REQUEST_HEAD.pack(frames.MAGIC, frames.VERSION, _UNARY, 0, len(method), call_id)
+                self._send([head + _NO_DEADLINE_TAIL + method, *parts])
+            except BaseException:
+                lease.read_lock.release()
+                raise
+            call = _Unary(call_id, method_name, None, read)
+            with self._lock:
+                dead = self.dead
+                if dead is None:
+                    self._last_id = call_id
+                    self._calls[call_id] = call
+                    if self._watch_at is None and self._watch is not None:
+                        self._arm_watch()
+            if dead is not None:  # failed since the send, before the call was there to be failed
+                call.fail(FlameError(dead.code, dead.message))
+            self._host_ident = threading.get_ident()
+            self._hosting = call
+            held = True
+            while not call.ready.is_set() and self.dead is None:
+                hosted = lease.host_lent(_HOST_SLICE_MS, held=held)
+                held = False
+                if hosted is None:  # the reader is handling a message, or took the link back: the general wait
+                    hosted = lease.host(time.monotonic() + HOST_SLICE)
+                if not hosted:
+                    break  # the link failed on this thread: the reader ends it, and the call with it
+            if held:  # (failed before its first read)
+                lease.read_lock.release()
+            return call
+        finally:
+            self._hosting = None
+            self._host_ident = 0
+            self._host_lock.release()
 
     def take(self, call_id: int) -> _Call | None:
         """Remove a call: whoever gets it owns its outcome."""
@@ -400,41 +476,40 @@ class _Connection:
         """Handle one message, on the reader thread or a caller's; True when it ended the call of the caller
         reading the link (which then returns to it).
 
-        The answer of the call whose caller reads the link, read on its thread (a warm call's every answer),
-        goes to that call from the frame's header (:func:`frames.reply_of`), without a :class:`Frame`, the
-        frame kinds' checks or :meth:`_dispatch`: 3-6 µs of a warm invoke on this machine
-        (docs/benchmarks.md). Anything else, or a reply too large to keep, takes the general way below."""
+        A reply (every warm call's answer: a warm invoke's client and the server's read of its service's
+        result) goes to its call from the frame's header (:func:`frames.reply_of`), without a :class:`Frame`,
+        the frame kinds' checks or :meth:`_dispatch`: 3-6 µs of a warm invoke on this machine, on each side
+        (docs/benchmarks.md). Anything else takes the general way below."""
+        if not isinstance(message, Oversized):
+            reply = frames.reply_of(message)
+            if reply is not None:
+                call_id, payload = reply
+                with self._lock:
+                    call = self._calls.pop(call_id, None)
+                if call is not None:  # (None: its caller gave up; dropped, never another call's)
+                    if len(payload) > self.limit:
+                        call.fail(self._too_large(call, len(payload)))
+                    else:
+                        call.replied(payload)
+                return self._ended_host(call_id)
+            frame = frames.decode(message)
+            if frame.kind not in frames.ANSWERS:
+                raise frames.ProtocolError(f"a server sent a {frame.kind.name} frame")
+            self._dispatch(frame)
+            return self._ended_host(frame.call_id)
+        self._oversized(message)
+        return False
+
+    def _ended_host(self, call_id: int) -> bool:
+        """After the answer to ``call_id`` was handled: True when it ended the call of the caller reading the
+        link (counted when that caller read it; its caller woken when the reader thread got there first)."""
         hosting = self._hosting
-        if hosting is not None and not isinstance(message, Oversized) and self._answers_host(hosting, message):
-            return True
-        if isinstance(message, Oversized):
-            self._oversized(message)
-            return False
-        frame = frames.decode(message)
-        if frame.kind not in frames.ANSWERS:
-            raise frames.ProtocolError(f"a server sent a {frame.kind.name} frame")
-        self._dispatch(frame)
-        hosting = self._hosting
-        if hosting is None or frame.call_id != hosting.call_id or not hosting.ready.is_set():
+        if hosting is None or call_id != hosting.call_id or not hosting.ready.is_set():
             return False
         if threading.get_ident() == self._host_ident:
             self.replies_read_by_caller += 1
         elif self._host_waker is not None:
             self._host_waker.signal()  # the reader got there first: the caller stops reading
-        return True
-
-    def _answers_host(self, hosting: _Unary, message: bytes | bytearray | memoryview) -> bool:
-        """Whether ``message`` was the hosted call's answer, read by its own thread (which then completed it)."""
-        reply = frames.reply_of(message)
-        if reply is None or reply[0] != hosting.call_id or len(reply[1]) > self.limit:
-            return False
-        if threading.get_ident() != self._host_ident:
-            return False
-        with self._lock:
-            if self._calls.pop(reply[0], None) is not hosting:
-                return False
-        hosting.reply(reply[1])
-        self.replies_read_by_caller += 1
         return True
 
     def host_until(self, call: _Unary) -> None:
@@ -475,14 +550,10 @@ class _Connection:
         call = self.take(frame.call_id)
         if call is None:
             return  # its caller gave up (deadline, a closed stream): dropped, never another call's
-        if frame.kind is Kind.REPLY and len(frame.payload) > self.limit:
-            call.fail(
-                message_too_large(
-                    len(frame.payload), self.limit, what=f"response to {call.method}", endpoint=self.endpoint
-                )
-            )
-            return
         call.answer(frame)
+
+    def _too_large(self, call: _Call, size: int) -> FlameError:
+        return message_too_large(size, self.limit, what=f"response to {call.method}", endpoint=self.endpoint)
 
     def _oversized(self, message: Oversized) -> None:
         found = frames.peek(message.head)
@@ -788,11 +859,31 @@ class FramedChannel:
     def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
         """Send one request and return the one response; every failure is a :class:`FlameError`."""
         data, seconds = self._prepare(request, timeout)
+        hosted = None if seconds is not None else self._hosted(method, [data] if data else [], None)
+        if hosted is not None:
+            answer: bytes = hosted.result
+            return answer
         call = _Unary(0, method, seconds)
         conn = self._begin(call, Kind.UNARY, data)
         self._wait(call, conn)
         result: bytes = call.result
         return result
+
+    def _hosted(self, method: str, parts: list[Part], read: Callable[[memoryview], Any] | None) -> _Unary | None:
+        """A call without a deadline made and read on this thread in one step (:meth:`_Connection.call_hosted`)
+        when the connection's link is lent already: the call, answered (its ``error`` raised here); None when
+        it is not that case, nothing sent (the general way then)."""
+        conn = self._conn
+        if conn is None or not conn.usable() or self._closed:
+            return None
+        call = conn.call_hosted(method, self._method(method), parts, read)
+        if call is None:
+            return None
+        if not call.ready.is_set():
+            call.ready.wait()  # the link failed under it: the reader fails the call
+        if call.error is not None:
+            raise call.error
+        return call
 
     def _wait(self, call: _Unary, conn: _Connection) -> None:
         """Wait for ``call``'s answer (reading the link itself when it can); raises its error."""
@@ -823,6 +914,10 @@ class FramedChannel:
         parts = [part for part in request if len(part)]  # (the link sends no empty part)
         check_size(sum(map(len, parts)), self.limit, what="request", endpoint=self._endpoint)
         seconds = resolve_timeout(timeout, self.default_timeout)
+        hosted = None if seconds is not None else self._hosted(method, parts, read)
+        if hosted is not None:
+            read_answer: _R = hosted.result
+            return read_answer
         call = _Unary(0, method, seconds, read)
         conn = self._begin(call, Kind.UNARY, parts)
         self._wait(call, conn)
@@ -937,7 +1032,14 @@ class FramedChannel:
 _channels: weakref.WeakSet[FramedChannel] = weakref.WeakSet()
 
 
+_pid = os.getpid()
+"""This process's id, kept by the at-fork hook: asked of every call (a connection is its process's alone),
+where ``os.getpid()`` is a system call each time."""
+
+
 def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
     for channel in list(_channels):
         channel._after_fork_in_child()
 

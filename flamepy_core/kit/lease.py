@@ -246,17 +246,26 @@ class LinkLease:
         finally:
             self._host_left(failed, timed_out)
 
-    def host_lent(self, slice_ms: int) -> bool | None:
+    def hold_lent(self) -> bool:
+        """Take ``read_lock`` for a host when the link is lent already and the reader is not handling a
+        message: True when taken (then :meth:`host_lent` with ``held=True``), False, having done nothing,
+        otherwise. A caller takes it before sending its request (``framed_client._Connection.call_hosted``),
+        so that the answer finds it reading."""
+        return self.lent and self.read_lock.acquire(blocking=False)
+
+    def host_lent(self, slice_ms: int, *, held: bool = False) -> bool | None:
         """:meth:`host` for a caller without a deadline on a link lent already (a warm call's case), holding
         ``read_lock`` from its first look to its answer rather than around each read: one lock taken, one
         ``poll`` and no deadline to work out per answer. The reader naps meanwhile, as it does while the
         link is lent and a host waits (:meth:`reader_turn`), so nobody else wants the lock.
 
         None, having done nothing, when the link is not lent yet or the reader holds the lock (it is
-        handling a message): :meth:`host` then. Otherwise what :meth:`host` returns: True once a message
-        was handled that ended the host's call, the host waker rang, or ``slice_ms`` passed (the caller
-        looks at its connection, then hosts again); False when the link failed here."""
-        if not self.lent or not self.read_lock.acquire(blocking=False):
+        handling a message): :meth:`host` then. ``held``: the caller took ``read_lock`` with
+        :meth:`hold_lent` (it is let go of here, as when taken here). Otherwise what :meth:`host`
+        returns: True once a message was handled that ended the host's call, the host waker rang, or
+        ``slice_ms`` passed (the caller looks at its connection, then hosts again); False when the link
+        failed here."""
+        if not held and not self.hold_lent():
             return None
         if self.host_worked:  # idle from now, as in host()
             self.host_idle_since = time.monotonic()

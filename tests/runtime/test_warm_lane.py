@@ -22,6 +22,7 @@ import flamepy
 from flamepy.testing import LocalRuntime, local_runtime
 from flamepy_core.client.connection import default_connection, reset_default_connection
 from flamepy_core.client.session import TaskFailedError
+from flamepy_core.engine.scheduler import State
 from flamepy_core.wire.proto import types_pb2 as pb
 
 REVERSE = """
@@ -190,3 +191,25 @@ def test_a_lane_task_answered_before_its_call_returns_is_recorded_first(
     assert _task(session.id, 2).spec.output == b"kciuq"
     counts = flamepy.get_session(session.id)
     assert (counts.succeed, counts.failed, counts.running) == (2, 0, 0)
+
+
+def test_an_instance_is_idle_again_once_its_warm_answer_has_left(runtime: LocalRuntime) -> None:
+    """After a warm task's result with nothing queued behind it, its instance is made idle once the answer
+    has left (``Instance.idle_after_answer``), on the thread that sent it: it must not stay BUSY with
+    nothing in flight, and a RunTask that comes in between (the answer on its way) takes the lane."""
+    scheduler = runtime.server.scheduler
+    session = flamepy.create_session("rev")
+    assert session.invoke(b"first") == b"tsrif"
+    for i in range(3):
+        assert session.invoke(b"w%d" % i) == (b"w%d" % i)[::-1]
+    [inst] = [i for i in scheduler._instances.values() if i.session_id == session.id]
+    wait_for(lambda: inst.state == State.IDLE and not inst.idle_after_answer, 10, "the instance idle again")
+
+    # The moment between a result handled and its answer gone: BUSY, nothing in flight, the flag up.
+    with scheduler._lock:
+        inst.state, inst.idle_after_answer = State.BUSY, True
+    before = scheduler.warm_runs
+    assert session.invoke(b"between") == b"neewteb"
+    assert scheduler.warm_runs == before + 1, "a task that came while the last answer left missed the lane"
+    wait_for(lambda: inst.state == State.IDLE and not inst.idle_after_answer, 10, "the instance idle again")
+    session.close()

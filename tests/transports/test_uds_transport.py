@@ -482,3 +482,71 @@ def test_a_link_that_fails_under_a_caller_without_a_deadline_fails_its_call(host
     assert len(errors) == 1 and isinstance(errors[0], FlameError), errors
     assert errors[0].code == FlameErrorCode.UNAVAILABLE, errors[0]
     assert hosted.channel.unary(ECHO, b"again", timeout=20) == b"again"
+
+
+def test_a_read_call_without_a_deadline_is_sent_and_read_by_its_caller(hosted: Hosted) -> None:
+    """``unary_read`` without a deadline on a lent link takes the one-step way (``_Connection.call_hosted``):
+    the caller sends and reads, ``read`` runs once on its own reply (a reader returning None returns None,
+    the call not sent again), and calls from other threads meanwhile get theirs."""
+    calls_before = hosted.channel.stats()["replies_read_by_caller"]
+    seen: list[bytes] = []
+
+    def keep(view: memoryview) -> None:
+        seen.append(bytes(view))
+
+    for i in range(30):
+        assert hosted.channel.unary_read(ECHO, [b"r%d" % i], keep, timeout=None) is None
+    assert seen == [b"r%d" % i for i in range(30)], "each reply read once, in order, none sent twice"
+    assert hosted.channel.stats()["replies_read_by_caller"] - calls_before >= 20
+
+    answers: dict[int, bytes] = {}
+
+    def call(n: int) -> None:
+        for k in range(25):
+            key = n * 100 + k
+            answers[key] = hosted.channel.unary_read(ECHO, [b"%d" % key], bytes, timeout=None)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a call without a deadline was never answered"
+    assert answers == {key: b"%d" % key for key in answers} and len(answers) == 100
+
+
+GROW = "/test.Uds/Grow"
+
+
+def test_a_reply_over_the_callers_limit_fails_that_call_alone(tmp_path: Path) -> None:
+    """A reply whose payload is over the channel's limit (the message itself small enough to be read whole)
+    fails its call with MESSAGE_TOO_LARGE naming the sizes, however the call waited (its caller reading the
+    link, with or without a deadline, or the reader thread for an asynchronous call); the link goes on."""
+    limit = 4096
+
+    def grow(request: bytes, ctx: CallContext) -> bytes:
+        return b"g" * int(request)
+
+    server: Any = get_registry().transport("uds").serve(
+        f"uds://{tmp_path}/s.sock", {ECHO: UnaryHandler(echo), GROW: UnaryHandler(grow)}
+    )
+    channel: Any = get_registry().transport("uds", max_message_size=limit).connect(server.endpoint)
+    try:
+        assert channel.unary(ECHO, b"lend", timeout=None) == b"lend"
+        over = b"%d" % (limit + 1)
+        attempts = (
+            lambda: channel.unary(GROW, over, timeout=None),
+            lambda: channel.unary(GROW, over, timeout=20),
+            lambda: channel.unary_read(GROW, [over], bytes, timeout=None),
+            lambda: channel.unary_async(GROW, over, timeout=20).result(timeout=20),
+        )
+        for attempt in attempts:
+            with pytest.raises(FlameError) as raised:
+                attempt()
+            assert raised.value.code == FlameErrorCode.MESSAGE_TOO_LARGE, raised.value
+            assert f"response to {GROW} of {limit + 1} bytes" in raised.value.message, raised.value.message
+            assert channel.unary(ECHO, b"still", timeout=None) == b"still"
+        assert channel.unary(GROW, b"%d" % limit, timeout=None) == b"g" * limit
+    finally:
+        channel.close()
+        server.stop(grace=1)
