@@ -527,9 +527,8 @@ def test_a_reply_over_the_callers_limit_fails_that_call_alone(tmp_path: Path) ->
     def grow(request: bytes, ctx: CallContext) -> bytes:
         return b"g" * int(request)
 
-    server: Any = get_registry().transport("uds").serve(
-        f"uds://{tmp_path}/s.sock", {ECHO: UnaryHandler(echo), GROW: UnaryHandler(grow)}
-    )
+    handlers = {ECHO: UnaryHandler(echo), GROW: UnaryHandler(grow)}
+    server: Any = get_registry().transport("uds").serve(f"uds://{tmp_path}/s.sock", handlers)
     channel: Any = get_registry().transport("uds", max_message_size=limit).connect(server.endpoint)
     try:
         assert channel.unary(ECHO, b"lend", timeout=None) == b"lend"
