@@ -13,7 +13,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,24 @@ def send_when_hosted(hosted: Hosted, request: bytes) -> Future[bytes]:
             break
         time.sleep(0.001)
     return hosted.channel.unary_async(DEFER, request, timeout=20)
+
+
+def all_answered_from_threads(threads: int, calls: int, call: Callable[[bytes], bytes]) -> None:
+    """``calls`` calls from each of ``threads`` threads at once: each call gets its own answer, none is lost."""
+    answers: dict[int, bytes] = {}
+
+    def run(n: int) -> None:
+        for k in range(calls):
+            key = n * 100 + k
+            answers[key] = call(b"%d" % key)
+
+    started = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in started), "a call was never answered"
+    assert answers == {key: b"%d" % key for key in answers} and len(answers) == threads * calls
 
 
 @pytest.fixture()
@@ -378,18 +396,7 @@ def test_a_blocking_call_on_an_idle_channel_reads_its_own_answer(hosted: Hosted)
     # caller past the reader's look now and then; most are the caller's own.
     assert read_by_caller >= 30, f"only {read_by_caller} of 40 answers were read by their caller"
 
-    answers: dict[int, bytes] = {}
-
-    def call(n: int) -> None:
-        for k in range(20):
-            answers[n * 100 + k] = hosted.channel.unary(ECHO, b"%d" % (n * 100 + k), timeout=20)
-
-    threads = [threading.Thread(target=call, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert answers == {key: b"%d" % key for key in answers} and len(answers) == 120
+    all_answered_from_threads(6, 20, lambda request: hosted.channel.unary(ECHO, request, timeout=20))
 
 
 def test_a_stream_callback_that_raises_ends_its_stream_alone(hosted: Hosted) -> None:
@@ -427,19 +434,7 @@ def test_calls_without_a_deadline_read_their_own_answers_and_each_others(hosted:
     read_by_caller = hosted.channel.stats()["replies_read_by_caller"]
     assert read_by_caller >= 30, f"only {read_by_caller} of 40 answers were read by their caller"
 
-    answers: dict[int, bytes] = {}
-
-    def call(n: int) -> None:
-        for k in range(30):
-            answers[n * 100 + k] = hosted.channel.unary(ECHO, b"%d" % (n * 100 + k), timeout=None)
-
-    threads = [threading.Thread(target=call, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads), "a call without a deadline was never answered"
-    assert answers == {key: b"%d" % key for key in answers} and len(answers) == 180
+    all_answered_from_threads(6, 30, lambda request: hosted.channel.unary(ECHO, request, timeout=None))
 
 
 def test_after_a_long_call_without_a_deadline_the_reader_reads_the_link_again(hosted: Hosted) -> None:
@@ -499,20 +494,7 @@ def test_a_read_call_without_a_deadline_is_sent_and_read_by_its_caller(hosted: H
     assert seen == [b"r%d" % i for i in range(30)], "each reply read once, in order, none sent twice"
     assert hosted.channel.stats()["replies_read_by_caller"] - calls_before >= 20
 
-    answers: dict[int, bytes] = {}
-
-    def call(n: int) -> None:
-        for k in range(25):
-            key = n * 100 + k
-            answers[key] = hosted.channel.unary_read(ECHO, [b"%d" % key], bytes, timeout=None)
-
-    threads = [threading.Thread(target=call, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads), "a call without a deadline was never answered"
-    assert answers == {key: b"%d" % key for key in answers} and len(answers) == 100
+    all_answered_from_threads(4, 25, lambda request: hosted.channel.unary_read(ECHO, [request], bytes, timeout=None))
 
 
 GROW = "/test.Uds/Grow"
