@@ -586,8 +586,19 @@ def main() -> int:
         action="store_true",
         help="do not compile flamepy's packages to bytecode first (measures a source checkout as it is)",
     )
+    parser.add_argument(
+        "--one-cpu",
+        action="store_true",
+        help="run every process (the floors', the server and its service processes, which inherit it) on one "
+        "CPU: no wake-up crosses CPUs, so each row is its path's CPU work and context switches, a ratio that "
+        "does not move with what waking another CPU costs on this machine at the moment (Linux)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.one_cpu:
+        if not hasattr(os, "sched_setaffinity"):
+            parser.error("--one-cpu needs os.sched_setaffinity (Linux); run without it here")
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     compiled = [] if args.no_compile else compile_packages()
 
     load_before = os.getloadavg()  # other work on the machine inflates every row: say how much there was
@@ -665,15 +676,17 @@ def main() -> int:
             "python": python,
             "load_average": [load_before, load_after],
             "bytecode_compiled": bool(compiled),
+            "one_cpu": args.one_cpu,
         }
         doc = {"machine": machine, "rows": rows, "large_rows": large_rows, "start_rows": start_rows, **scalars}
         print(json.dumps(doc, indent=2))
         return 0
     before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
     bytecode = "flamepy compiled to bytecode first" if compiled else "flamepy's bytecode as found (--no-compile)"
+    cpus = "all on one of its" if args.one_cpu else "on"
     print(
-        f"transport {args.transport}, {os.cpu_count()} CPUs, Python {python}, load average {before} -> {after}, "
-        f"{bytecode}"
+        f"transport {args.transport}, {cpus} {os.cpu_count()} CPUs, Python {python}, load average {before} -> "
+        f"{after}, {bytecode}"
     )
     print(f"{'path (100-byte payload)':<40}{'median':>12}{'p99':>12}{'ratio':>8}")
     for label, med, p99, ratio in rows:
