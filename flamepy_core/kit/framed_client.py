@@ -424,7 +424,7 @@ class _Connection:
             if call is None:
                 call = _Unary(call_id, method_name, None, read)
                 with self._lock:
-                    dead = self.dead
+                    dead: FlameError | None = self.dead  # (typed: not the None it was narrowed to above)
                     if dead is None:
                         self._calls[call_id] = call
                 if dead is not None:  # failed since the send, before the call was there to be failed
