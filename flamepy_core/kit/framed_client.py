@@ -17,7 +17,6 @@ import itertools
 import logging
 import os
 import queue
-import struct
 import sys
 import threading
 import time
@@ -124,14 +123,9 @@ def _wrong(call: _Call, what: str) -> FlameError:
 
 
 _HOST_SLICE_MS = int(HOST_SLICE * 1000)
-_UNARY = int(Kind.UNARY)
 _SENT_AT_ONCE = 64 * 1024
 """A request this small is taken by a unix socket's buffer at once when no earlier one waits unread there
 (a blocking call's earlier requests were answered, so read): its send cannot block."""
-_REQUEST_HEAD = struct.Struct("!2sBBBxHQ")
-"""A request's header up to its call id (``frames.HEADER`` without the timeout and window fields)."""
-_NO_DEADLINE_TAIL = struct.pack("!dII", frames.NO_TIMEOUT, 0, 0)
-"""The rest of the header of a request without a deadline or window."""
 
 
 class _Ready:
@@ -214,7 +208,7 @@ class _Async(_Call):
 
     def answer(self, frame: Frame) -> bool:
         if frame.kind is Kind.REPLY:
-            self.future.set_result(bytes(frame.payload))
+            self.replied(memoryview(frame.payload))
         else:
             self.fail(frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name))
         return True
@@ -276,9 +270,9 @@ class _Then(_Call):
 
     def answer(self, frame: Frame) -> bool:
         if frame.kind is Kind.REPLY:
-            self.outcome = bytes(frame.payload)
-        else:
-            self.outcome = frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name)
+            self.replied(memoryview(frame.payload))
+            return True
+        self.outcome = frames.error_of(frame) if frame.kind is Kind.ERROR else _wrong(self, frame.kind.name)
         self._second()
         return True
 
@@ -386,7 +380,12 @@ class _Connection:
             raise (self.dead or unavailable(self.endpoint, str(exc))) from exc
 
     def call_hosted(
-        self, method_name: str, method: bytes, parts: list[Part], read: Callable[[memoryview], Any] | None
+        self,
+        method_name: str,
+        method: bytes,
+        parts: list[Part],
+        size: int,
+        read: Callable[[memoryview], Any] | None,
     ) -> _Unary | None:
         """:meth:`start` and :meth:`host_until` in one, for a blocking unary call without a deadline on a link
         lent already that nobody else reads (a warm invoke's case): the call, sent and read on this thread
@@ -405,7 +404,7 @@ class _Connection:
                 return None
             # A request the socket may not take at once (a peer that stopped reading then blocks its send) is
             # registered first, so that the peer watch, which looks only while calls wait, can end it.
-            call = _Unary(0, method_name, None, read) if sum(map(len, parts)) > _SENT_AT_ONCE else None
+            call = _Unary(0, method_name, None, read) if size > _SENT_AT_ONCE else None
             try:
                 with self._lock:
                     if self.dead is not None:
@@ -416,8 +415,7 @@ class _Connection:
                         self._calls[call_id] = call
                     if self._watch_at is None and self._watch is not None:
                         self._arm_watch()
-                head = _REQUEST_HEAD.pack(frames.MAGIC, frames.VERSION, _UNARY, 0, len(method), call_id)
-                self._send([head + _NO_DEADLINE_TAIL + method, *parts])
+                self._send([frames.unary_head(call_id, method), *parts])
             except BaseException:
                 lease.read_lock.release()
                 raise
@@ -429,22 +427,9 @@ class _Connection:
                         self._calls[call_id] = call
                 if dead is not None:  # failed since the send, before the call was there to be failed
                     call.fail(FlameError(dead.code, dead.message))
-            self._host_ident = threading.get_ident()
-            self._hosting = call
-            held = True
-            while not call.ready.is_set() and self.dead is None:
-                hosted = lease.host_lent(_HOST_SLICE_MS, held=held)
-                held = False
-                if hosted is None:  # the reader is handling a message, or took the link back: the general wait
-                    hosted = lease.host(time.monotonic() + HOST_SLICE)
-                if not hosted:
-                    break  # the link failed on this thread: the reader ends it, and the call with it
-            if held:  # (failed before its first read)
-                lease.read_lock.release()
+            self._host(call, lease, held=True)
             return call
         finally:
-            self._hosting = None
-            self._host_ident = 0
             self._host_lock.release()
 
     def take(self, call_id: int) -> _Call | None:
@@ -532,11 +517,21 @@ class _Connection:
         if lease is None or not self._host_lock.acquire(blocking=False):
             return
         try:
-            self._host_ident = threading.get_ident()
-            self._hosting = call
+            self._host(call, lease)
+        finally:
+            self._host_lock.release()
+
+    def _host(self, call: _Unary, lease: LinkLease, *, held: bool = False) -> None:
+        """The hosting loop of :meth:`host_until` and :meth:`call_hosted` (``_host_lock`` held): read until
+        ``call`` is answered, its deadline passes or the link dies. ``held``: the caller holds ``read_lock``
+        (``LinkLease.hold_lent``), which the first wait takes over, or which is let go of here."""
+        self._host_ident = threading.get_ident()
+        self._hosting = call
+        try:
             while not call.ready.is_set() and self.dead is None:
                 if call.deadline is None:
-                    hosted = lease.host_lent(_HOST_SLICE_MS)
+                    hosted = lease.host_lent(_HOST_SLICE_MS, held=held)
+                    held = False
                     if hosted is not None:
                         if not hosted:
                             return  # the link failed on this thread: the reader ends it, and the call with it
@@ -547,9 +542,10 @@ class _Connection:
                 if not lease.host(now + HOST_SLICE if call.deadline is None else min(call.deadline, now + HOST_SLICE)):
                     return  # the link failed on this thread: the reader ends it, and the call with it
         finally:
+            if held:  # (answered or failed before its first wait)
+                lease.read_lock.release()
             self._hosting = None
             self._host_ident = 0
-            self._host_lock.release()
 
     def _dispatch(self, frame: Frame) -> None:
         if frame.kind is Kind.ITEM:
@@ -870,7 +866,7 @@ class FramedChannel:
     def unary(self, method: str, request: bytes, timeout: Timeout = DEFAULT_TIMEOUT) -> bytes:
         """Send one request and return the one response; every failure is a :class:`FlameError`."""
         data, seconds = self._prepare(request, timeout)
-        hosted = None if seconds is not None else self._hosted(method, [data] if data else [], None)
+        hosted = None if seconds is not None else self._hosted(method, [data] if data else [], len(data), None)
         if hosted is not None:
             answer: bytes = hosted.result
             return answer
@@ -880,14 +876,16 @@ class FramedChannel:
         result: bytes = call.result
         return result
 
-    def _hosted(self, method: str, parts: list[Part], read: Callable[[memoryview], Any] | None) -> _Unary | None:
+    def _hosted(
+        self, method: str, parts: list[Part], size: int, read: Callable[[memoryview], Any] | None
+    ) -> _Unary | None:
         """A call without a deadline made and read on this thread in one step (:meth:`_Connection.call_hosted`)
         when the connection's link is lent already: the call, answered (its ``error`` raised here); None when
         it is not that case, nothing sent (the general way then)."""
         conn = self._conn
         if conn is None or not conn.usable() or self._closed:
             return None
-        call = conn.call_hosted(method, self._method(method), parts, read)
+        call = conn.call_hosted(method, self._method(method), parts, size, read)
         if call is None:
             return None
         if not call.ready.is_set():
@@ -923,9 +921,10 @@ class FramedChannel:
         large reply is not copied into ``bytes`` first, and ``read`` copies out only what it keeps.
         """
         parts = [part for part in request if len(part)]  # (the link sends no empty part)
-        check_size(sum(map(len, parts)), self.limit, what="request", endpoint=self._endpoint)
+        size = sum(map(len, parts))
+        check_size(size, self.limit, what="request", endpoint=self._endpoint)
         seconds = resolve_timeout(timeout, self.default_timeout)
-        hosted = None if seconds is not None else self._hosted(method, parts, read)
+        hosted = None if seconds is not None else self._hosted(method, parts, size, read)
         if hosted is not None:
             read_answer: _R = hosted.result
             return read_answer

@@ -87,6 +87,16 @@ def encode(
     return [head + method, payload] if len(payload) else [head + method]
 
 
+_UNARY_HEAD = struct.Struct("!2sBBBxHQ")
+_NO_DEADLINE_TAIL = struct.pack("!dII", NO_TIMEOUT, 0, 0)
+
+
+def unary_head(call_id: int, method: bytes) -> bytes:
+    """:func:`encode`'s first part for a ``UNARY`` request without a deadline (the header and the method),
+    packed with no keyword arguments to work out: what a caller sends before anything else on a warm call."""
+    return _UNARY_HEAD.pack(MAGIC, VERSION, _UNARY, 0, len(method), call_id) + _NO_DEADLINE_TAIL + method
+
+
 def error(call_id: int, err: FlameError) -> list[bytes | memoryview]:
     message = err.message.encode("utf-8", "replace")
     if len(message) > MAX_ERROR_MESSAGE:
@@ -127,6 +137,7 @@ def reply_of(message: bytes | bytearray | memoryview) -> tuple[int, memoryview] 
 
 
 _REPLY = int(Kind.REPLY)
+_UNARY = int(Kind.UNARY)
 
 
 def peek(head: bytes | memoryview) -> tuple[Kind, int, str] | None:

@@ -89,3 +89,11 @@ def test_reply_of_reads_a_reply_in_place_and_nothing_else(
     assert frames.reply_of(message[: HEADER.size - 1]) is None
     if method:
         assert frames.reply_of(message[: HEADER.size + len(method) - 1]) is None  # its method cut short
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.binary(max_size=300))
+def test_unary_head_is_what_encode_writes_for_a_request_without_a_deadline(call_id: int, method: bytes) -> None:
+    """The warm call's header, packed by hand (``frames.unary_head``), is byte for byte :func:`frames.encode`'s."""
+    assert frames.unary_head(call_id, method) == frames.encode(Kind.UNARY, call_id, method=method)[0]
+    frame = frames.decode(frames.unary_head(call_id, method) + b"payload")
+    assert (frame.kind, frame.call_id, frame.timeout, frame.payload) == (Kind.UNARY, call_id, None, b"payload")
