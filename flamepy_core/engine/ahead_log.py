@@ -186,7 +186,7 @@ def _row_shape(sql: str) -> tuple[str, str] | None:
     return shape
 
 
-def merged_statements(ops: Sequence[Op]) -> list[Op]:
+def merged_statements(ops: Sequence[Op], most_rows: int | None = None) -> list[Op]:
     """The statements ``ops`` with the rows of each run of one single-row INSERT inserted by multi-row
     INSERTs of that statement: what applying them to sqlite runs, to the same effect (sqlite inserts a
     ``VALUES`` list's rows in order, firing the same triggers, and a conflict resolves as it would
@@ -199,8 +199,9 @@ def merged_statements(ops: Sequence[Op]) -> list[Op]:
     times, and cost less (27 rows in one: 188 -> 138 µs of CPU, the same rows alone).
 
     A run is cut into statements of a power of two rows each (27: 16, 8, 2 and 1), at most
-    ``MERGED_PARAMETERS`` parameters: a statement has a handful of shapes, which the connection's cache
-    of prepared statements (128 by default) keeps, rather than one per length of run."""
+    ``MERGED_PARAMETERS`` parameters and ``most_rows`` rows (when given; the fold thread's slices, see
+    ``store.FOLD_SLICE_ROWS``): a statement has a handful of shapes, which the connection's cache of
+    prepared statements (128 by default) keeps, rather than one per length of run."""
     merged: list[Op] = []
     at = 0
     while at < len(ops):
@@ -215,6 +216,8 @@ def merged_statements(ops: Sequence[Op]) -> list[Op]:
             continue
         head, row = shape
         most = max(1, MERGED_PARAMETERS // len(params))
+        if most_rows is not None:
+            most = max(1, min(most, most_rows))
         while at < end:
             rows = 1 << (min(end - at, most).bit_length() - 1)
             if rows == 1:

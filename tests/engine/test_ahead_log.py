@@ -194,6 +194,19 @@ def test_a_run_is_merged_into_few_statements_of_a_few_shapes_within_sqlites_limi
     assert len(merged) <= (rows * width // MERGED_PARAMETERS) + 10
 
 
+@given(st.integers(1, 300), st.integers(1, 12), st.integers(1, 64))
+def test_a_run_merged_with_a_row_cap_keeps_every_value_in_statements_of_that_many_rows_at_most(
+    rows: int, width: int, most_rows: int
+) -> None:
+    sql = f"INSERT INTO x ({', '.join(f'c{i}' for i in range(width))}) VALUES ({','.join('?' * width)})"
+    ops = [(sql, tuple(range(row, row + width))) for row in range(rows)]
+    merged = merged_statements(ops, most_rows)
+    assert [value for _sql, values in merged for value in values] == [v for _sql, values in ops for v in values]
+    sizes = [len(values) // width for _sql, values in merged]
+    assert max(sizes) <= most_rows and all(len(values) <= MERGED_PARAMETERS for _sql, values in merged)
+    assert all(size & (size - 1) == 0 for size in sizes), f"a statement of a length that is no power of two: {sizes}"
+
+
 def test_statements_that_are_not_a_run_of_one_insert_are_left_as_they_are() -> None:
     ops = [
         ("INSERT INTO t (k) VALUES (?) ON CONFLICT (k) DO NOTHING", (1,)),
@@ -316,9 +329,7 @@ def test_the_fold_thread_applies_a_long_log_in_chunks_at_once(logged: Store, mon
     for k in range(5):
         logged.write_wait([("INSERT INTO t (k) VALUES (?)", (k,))])
     commits = logged.commits
-    with logged._mutex:  # due now: the fold thread takes the first chunk, and the rest without waiting
-        logged._ahead_due = 0.0
-        logged._fold_cond.notify()
+    _fold_now(logged)  # the fold thread takes the first chunk, and the rest without waiting
 
     def applied() -> bool:
         return raw_rows(Path(logged.path), "SELECT COUNT(*) FROM t") == [(5,)]
@@ -326,6 +337,71 @@ def test_the_fold_thread_applies_a_long_log_in_chunks_at_once(logged: Store, mon
     wait_for(applied, 10, "the fold thread to apply all five logged writes, two at a time")
     assert logged.commits - commits == 3, "five writes in chunks of two are three transactions"
     assert raw_rows(Path(logged.path), "SELECT seq FROM ahead_applied") == [(logged._logged_seq,)]
+
+
+def _fold_now(store: Store) -> None:
+    """Make what the store's ahead log holds due: its fold thread applies it at once."""
+    with store._mutex:
+        store._ahead_due = 0.0
+        store._fold_cond.notify()
+
+
+def test_the_fold_thread_applies_the_log_in_slices_with_pauses_between(
+    logged: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+    real_sleep = store_module.time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is logged._folder:
+            pauses.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(store_module.time, "sleep", sleep)
+    for k in range(27):
+        logged.write_wait([("INSERT INTO t (k, v) VALUES (?, ?)", (k, b"x"))])
+    ran: list[str] = []
+    logged._write.set_trace_callback(ran.append)
+    try:
+        _fold_now(logged)
+        wait_for(lambda: raw_rows(Path(logged.path), "SELECT COUNT(*) FROM t") == [(27,)], 10, "the fold")
+    finally:
+        logged._write.set_trace_callback(None)
+    inserts = [sql for sql in ran if sql.startswith("INSERT")]
+    assert [sql.count("x'78')") for sql in inserts] == [8, 8, 8, 2, 1], ran
+    assert pauses == [store_module.FOLD_PAUSE] * 4, "one pause between two slices, none after the last"
+    assert [sql for sql in ran if sql in ("BEGIN", "COMMIT")] == ["BEGIN", "COMMIT"], "one transaction"
+
+
+def test_a_read_during_a_paced_fold_ends_its_pauses_and_sees_every_write(
+    logged: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "FOLD_SLICE_ROWS", 1)
+    monkeypatch.setattr(store_module, "FOLD_PAUSE", 0.3)  # 19 pauses: 5.7 s, far past a read's wait (READ_WAIT)
+    pausing = threading.Event()
+    real_sleep = store_module.time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is logged._folder:
+            pausing.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(store_module.time, "sleep", sleep)
+    for k in range(20):
+        logged.write_wait([("INSERT INTO t (k, v) VALUES (?, ?)", (k, b"x"))])
+    _fold_now(logged)
+    assert pausing.wait(10), "the fold thread never paused"
+    assert logged.query("SELECT COUNT(*) FROM t") == [(20,)], "the read gave up waiting for a pausing fold"
+
+
+def test_a_fold_pauses_for_half_the_fold_delay_at_most(logged: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "FOLD_SLICE_ROWS", 1)
+    monkeypatch.setattr(store_module, "FOLD_PAUSE", 0.5)
+    monkeypatch.setattr(store_module, "FOLD_DELAY", 2.0)  # 1 s of pauses: two, where unbounded would be 19
+    for k in range(20):
+        logged.write_wait([("INSERT INTO t (k, v) VALUES (?, ?)", (k, b"x"))])
+    _fold_now(logged)
+    wait_for(lambda: raw_rows(Path(logged.path), "SELECT COUNT(*) FROM t") == [(20,)], 5, "a fold of bounded pauses")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own priority is Linux's")
