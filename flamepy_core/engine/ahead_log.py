@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ from typing import Any
 
 from flamepy_core.privacy import open_private
 
-__all__ = ["AheadLog", "ForeignLog", "NotLoggable", "decode_ops", "encode_ops", "merged_statements", "read_records"]
+__all__ = ["AheadLog", "ForeignLog", "NotLoggable", "decode_ops", "encode_ops", "read_records"]
 
 log = logging.getLogger(__name__)
 
@@ -163,72 +162,6 @@ def decode_ops(body: bytes | memoryview) -> list[Op]:
     if at != len(view):
         raise ValueError(f"{len(view) - at} bytes after a record's statements")
     return ops
-
-
-MERGED_PARAMETERS = 999
-"""Parameters of one merged statement at most: sqlite's smallest limit on a statement's parameters (999,
-the default of releases before 3.32), so that a merge never makes a statement sqlite refuses."""
-_VALUE = r"\s*(?:\?|NULL|X'')\s*"
-_ONE_ROW_INSERT = re.compile(
-    rf"INSERT(?: OR [A-Z]+)? INTO \w+ \([\w, ]+\) VALUES (\((?:{_VALUE},)*{_VALUE}\))", re.ASCII
-)
-_row_shapes: dict[str, tuple[str, str] | None] = {}
-"""Each statement's head and row (``VALUES (?,...)`` split off) if it inserts one row of parameters, else None."""
-
-
-def _row_shape(sql: str) -> tuple[str, str] | None:
-    if sql in _row_shapes:
-        return _row_shapes[sql]
-    match = _ONE_ROW_INSERT.fullmatch(sql)
-    shape = None if match is None else (sql[: match.start(1)], match.group(1))
-    if len(_row_shapes) < 1024:
-        _row_shapes[sql] = shape
-    return shape
-
-
-def merged_statements(ops: Sequence[Op], most_rows: int | None = None) -> list[Op]:
-    """The statements ``ops`` with the rows of each run of one single-row INSERT inserted by multi-row
-    INSERTs of that statement: what applying them to sqlite runs, to the same effect (sqlite inserts a
-    ``VALUES`` list's rows in order, firing the same triggers, and a conflict resolves as it would
-    between two statements; where one fails, the transaction they are in fails either way).
-
-    Why. The fold thread applies a few hundred logged results at once, and Python's sqlite module lets go
-    of the GIL for each statement it runs and takes it back after: a fold of 27 warm results took it about
-    a hundred times, and a server thread with a client's answer to send found it taken in one invoke in
-    ten, waiting ~36 µs (measured with uprobes on ``take_gil``, 2 CPUs). Fewer statements take it fewer
-    times, and cost less (27 rows in one: 188 -> 138 µs of CPU, the same rows alone).
-
-    A run is cut into statements of a power of two rows each (27: 16, 8, 2 and 1), at most
-    ``MERGED_PARAMETERS`` parameters and ``most_rows`` rows (when given; the fold thread's slices, see
-    ``store.FOLD_SLICE_ROWS``): a statement has a handful of shapes, which the connection's cache of
-    prepared statements (128 by default) keeps, rather than one per length of run."""
-    merged: list[Op] = []
-    at = 0
-    while at < len(ops):
-        sql, params = ops[at]
-        end = at + 1
-        while end < len(ops) and ops[end][0] == sql and len(ops[end][1]) == len(params):
-            end += 1
-        shape = _row_shape(sql) if end - at > 1 and params else None
-        if shape is None:
-            merged += ops[at:end]
-            at = end
-            continue
-        head, row = shape
-        most = max(1, MERGED_PARAMETERS // len(params))
-        if most_rows is not None:
-            most = max(1, min(most, most_rows))
-        while at < end:
-            rows = 1 << (min(end - at, most).bit_length() - 1)
-            if rows == 1:
-                merged.append(ops[at])
-            else:
-                values: list[Any] = []
-                for _sql, row_params in ops[at : at + rows]:
-                    values += row_params
-                merged.append((head + ",".join([row] * rows), tuple(values)))
-            at += rows
-    return merged
 
 
 def _checksum(seq: int, body: bytes | memoryview) -> int:

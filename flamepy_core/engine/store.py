@@ -95,12 +95,12 @@ from flamepy_core.engine.ahead_log import (
     ForeignLog,
     NotLoggable,
     encode_ops,
-    merged_statements,
     read_records,
 )
 from flamepy_core.engine.ahead_log import SUFFIX as AHEAD_SUFFIX
 from flamepy_core.engine.payload_files import DIRECTORY_NAME as PAYLOADS_DIRECTORY
 from flamepy_core.engine.payload_files import PayloadFiles
+from flamepy_core.engine.statements import merged_statements
 
 log = logging.getLogger(__name__)
 
@@ -797,7 +797,7 @@ class Store:
                 conn.execute(*single)  # sqlite's own transaction for one statement: as atomic, two calls fewer
             else:
                 conn.execute("BEGIN")
-                # The logged statements in order, each run of one insert as one statement (see
+                # The statements in order, each run of one insert or update as a few (see
                 # merged_statements: the GIL is let go of and taken back once per statement).
                 logged = [op for _seq, ops in ahead for op in ops]
                 if paced:
@@ -812,9 +812,8 @@ class Store:
                         conn.execute(sql, params)
                 if ahead:
                     conn.execute(_MARK_APPLIED, (ahead[-1][0],))
-                for item in batch:
-                    for sql, params in item.ops:
-                        conn.execute(sql, params)
+                for sql, params in merged_statements([op for item in batch for op in item.ops]):
+                    conn.execute(sql, params)
                 conn.execute("COMMIT")
         except BaseException as exc:  # sqlite errors, and anything else: never leave a transaction open
             try:
