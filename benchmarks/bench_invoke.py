@@ -24,6 +24,10 @@ Measured in one run, on this machine:
 
 With uds, the raw pyzmq floor is printed beside its own as a reference: the floor issue 10's targets name.
 
+The 100-byte rows (the floors, core and service invoke) are measured in ``WARM_ROUNDS`` rounds of blocks
+alternated between them, and the 16 MiB rows likewise, so that a floor and our path see the same moments
+of the machine (see :func:`interleaved`); the floors' processes run, idle, beside the server throughout.
+
 Usage: ``python benchmarks/bench_invoke.py [--iterations 2000] [--tasks 10000] [--transport grpc|zmq|uds]``.
 Prints a table; ratios are ours / raw. No timing is asserted anywhere: this is a measurement.
 """
@@ -45,6 +49,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
+from functools import partial
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -123,18 +128,36 @@ def _two_hops(
             proc.join(5)
 
 
-def raw_two_hop(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
-    """The raw grpcio two-hop floor: 100-byte samples and 16 MiB samples."""
+RoundTrip = Callable[[bytes], object]
+"""One call of a raw floor: the payload there and back."""
+
+
+def _samples(round_trip: RoundTrip, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
+    """A floor's 100-byte samples and 16 MiB samples (none when ``large_iterations`` is 0)."""
+    samples = _measure(lambda: round_trip(PAYLOAD), iterations)
+    large = _measure(lambda: round_trip(LARGE), large_iterations, warmup=3) if large_iterations else []
+    return samples, large
+
+
+@contextlib.contextmanager
+def grpc_floor(tmp: Path) -> Iterator[RoundTrip]:
+    """The raw grpcio two-hop floor, running: its round trip."""
     import grpc
 
     relay_path = str(tmp / "r.sock")
     with _two_hops(_raw_worker, _raw_relay, str(tmp / "w.sock"), relay_path):
         channel = grpc.insecure_channel(f"unix://{relay_path}", options=GRPC_UNLIMITED)
         call = channel.unary_unary("/b.R/Relay")
-        samples = _measure(lambda: call(PAYLOAD, timeout=10), iterations)
-        large = _measure(lambda: call(LARGE, timeout=60), large_iterations, warmup=3)
-        channel.close()
-        return samples, large
+        try:
+            yield lambda payload: call(payload, timeout=60)
+        finally:
+            channel.close()
+
+
+def raw_two_hop(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
+    """The raw grpcio two-hop floor: 100-byte samples and 16 MiB samples."""
+    with grpc_floor(tmp) as round_trip:
+        return _samples(round_trip, iterations, large_iterations)
 
 
 def _zmq_worker(path: str, ready: mp.synchronize.Event) -> None:
@@ -162,18 +185,17 @@ def _zmq_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
         front.send_multipart([ident, back.recv()])
 
 
-def raw_two_hop_zmq(
+@contextlib.contextmanager
+def zmq_floor(
     tmp: Path,
-    iterations: int,
-    large_iterations: int,
     *,
     worker: Callable[..., None] = _zmq_worker,
     relay: Callable[..., None] = _zmq_relay,
     worker_name: str = "w.ipc",
-) -> tuple[list[float], list[float]]:
-    """The raw pyzmq two-hop floor: 100-byte samples and 16 MiB samples (none when ``large_iterations`` is
-    0). Another ``worker`` and ``relay`` (and the worker's socket file name) measure a variant of it: the
-    client's hop stays a ZeroMQ DEALER to the relay's ``ipc`` socket."""
+) -> Iterator[RoundTrip]:
+    """The raw pyzmq two-hop floor, running: its round trip. Another ``worker`` and ``relay`` (and the
+    worker's socket file name) run a variant of it: the client's hop stays a ZeroMQ DEALER to the relay's
+    ``ipc`` socket."""
     import zmq
 
     relay_path = str(tmp / f"r-{Path(worker_name).stem}.ipc")
@@ -187,10 +209,25 @@ def raw_two_hop_zmq(
             sock.send(payload)
             return sock.recv()
 
-        samples = _measure(lambda: round_trip(PAYLOAD), iterations)
-        large = _measure(lambda: round_trip(LARGE), large_iterations, warmup=3) if large_iterations else []
-        sock.close()
-        return samples, large
+        try:
+            yield round_trip
+        finally:
+            sock.close()
+
+
+def raw_two_hop_zmq(
+    tmp: Path,
+    iterations: int,
+    large_iterations: int,
+    *,
+    worker: Callable[..., None] = _zmq_worker,
+    relay: Callable[..., None] = _zmq_relay,
+    worker_name: str = "w.ipc",
+) -> tuple[list[float], list[float]]:
+    """The raw pyzmq two-hop floor: 100-byte samples and 16 MiB samples (none when ``large_iterations`` is
+    0); ``worker``, ``relay``, ``worker_name``: see :func:`zmq_floor`."""
+    with zmq_floor(tmp, worker=worker, relay=relay, worker_name=worker_name) as round_trip:
+        return _samples(round_trip, iterations, large_iterations)
 
 
 def unix_send(sock: socket.socket, payload: bytes | bytearray) -> None:
@@ -256,23 +293,61 @@ def _unix_relay(path: str, worker: str, ready: mp.synchronize.Event) -> None:
             unix_send(front, unix_recv(back))
 
 
-def raw_two_hop_unix(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
-    """The raw unix-socket two-hop floor (length-prefixed messages, a blocking thread in each process): the
-    floor of the ``uds`` transport. 100-byte samples and 16 MiB samples (none when ``large_iterations`` is 0)."""
+@contextlib.contextmanager
+def unix_floor(tmp: Path) -> Iterator[RoundTrip]:
+    """The raw unix-socket two-hop floor (length-prefixed messages, a blocking thread in each process), the
+    floor of the ``uds`` transport, running: its round trip."""
     relay_path = str(tmp / "r-unix.sock")
     with _two_hops(_unix_worker, _unix_relay, str(tmp / "w-unix.sock"), relay_path):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(60)
         sock.connect(relay_path)
 
-        def round_trip(payload: bytes) -> bytes:
+        def round_trip(payload: bytes) -> bytes | bytearray:
             unix_send(sock, payload)
             return unix_recv(sock)
 
-        samples = _measure(lambda: round_trip(PAYLOAD), iterations)
-        large = _measure(lambda: round_trip(LARGE), large_iterations, warmup=3) if large_iterations else []
-        sock.close()
-        return samples, large
+        try:
+            yield round_trip
+        finally:
+            sock.close()
+
+
+def raw_two_hop_unix(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
+    """The raw unix-socket two-hop floor: 100-byte samples and 16 MiB samples (none when ``large_iterations``
+    is 0)."""
+    with unix_floor(tmp) as round_trip:
+        return _samples(round_trip, iterations, large_iterations)
+
+
+WARM_ROUNDS = 8
+"""Rounds the warm rows are measured in (see :func:`interleaved`)."""
+QUIET = 0.03
+"""Seconds before each block of :func:`interleaved`: what the block before left running ends first (the
+server's store applies what a block of invokes wrote within ``FOLD_DELAY`` and its pauses, ~15 ms)."""
+
+
+def interleaved(
+    calls: dict[str, Callable[[], object]], iterations: int, rounds: int = WARM_ROUNDS, warmup: int = 200
+) -> dict[str, list[float]]:
+    """Seconds per call of each of ``calls``, ``iterations`` of them in all, measured in ``rounds`` blocks
+    alternated between the calls (each round in another order), after ``warmup`` calls each.
+
+    Why. On a VM a round trip between processes is mostly the wake-up of another vCPU, whose cost moves
+    with the host's load: the floors here read 124 µs and 62 µs an hour apart, and two runs of the same
+    code minutes apart 258 and 436 µs. Measured one after the other, a floor and a path compare two
+    moments of the machine; alternated in blocks, both see the same ones, and their ratio is the path's."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    block = max(1, iterations // rounds)
+    for index in range(rounds):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            time.sleep(QUIET)
+            samples[name] += _measure(calls[name], block, warmup=10)
+    return samples
 
 
 # -- the cold-start floor: spawn a process until it answers -------------------------------------------
@@ -459,8 +534,17 @@ def run_throughput(application: str, tasks: int) -> tuple[float, int]:
 
 
 def flamepy_numbers(
-    tmp: Path, iterations: int, tasks: int, large_iterations: int, cold_runs: int, transport: str
+    tmp: Path,
+    iterations: int,
+    tasks: int,
+    large_iterations: int,
+    cold_runs: int,
+    transport: str,
+    floors: dict[str, RoundTrip],
 ) -> dict[str, object]:
+    """Every measurement of flamepy, the warm rows alternated with ``floors`` (name -> a running floor's
+    round trip; ``"floor"``, the transport's own, is measured with 16 MiB too): their samples are in the
+    result under their names (``"floor_16mib"`` for the large ones)."""
     import flamepy
     from flamepy.service import Session as ServiceSession
 
@@ -488,11 +572,20 @@ def flamepy_numbers(
 
     session = flamepy.create_session("bench", min_instances=1, max_instances=1)
     session.invoke(PAYLOAD)
-    # Warm means a quiet server, as the floors had: the generic process this session may have been handed
-    # is replaced in the background, and that process's start would share the CPUs with the calls below.
-    time.sleep(SPARE_WAIT)
-    results["core_invoke"] = _measure(lambda: session.invoke(PAYLOAD), iterations)
-    results["core_invoke_16mib"] = _measure(lambda: session.invoke(LARGE), large_iterations, warmup=3)
+    with ServiceSession("bench-typed") as typed:
+        typed.invoke(PAYLOAD)
+        # Warm means a quiet server, as the floors have: the generic process a session may have been handed
+        # is replaced in the background, and that process's start would share the CPUs with the calls below.
+        time.sleep(SPARE_WAIT)
+        calls: dict[str, Callable[[], object]] = {name: partial(floor, PAYLOAD) for name, floor in floors.items()}
+        calls["core_invoke"] = lambda: session.invoke(PAYLOAD)
+        calls["service_invoke"] = lambda: typed.invoke(PAYLOAD)
+        results.update(interleaved(calls, iterations))
+    large = {"floor_16mib": partial(floors["floor"], LARGE), "core_invoke_16mib": lambda: session.invoke(LARGE)}
+    if large_iterations:
+        results.update(interleaved(large, large_iterations, rounds=min(4, large_iterations), warmup=3))
+    else:
+        results.update({name: [] for name in large})
     session.close()
 
     # A spare of the application is started when the previous session's process leaves.
@@ -505,11 +598,6 @@ def flamepy_numbers(
         spare.append(time.perf_counter() - start)
         session.close()
     results["new_session_spare_s"] = spare
-
-    with ServiceSession("bench-typed") as typed:
-        typed.invoke(PAYLOAD)
-        time.sleep(SPARE_WAIT)  # (as above: a quiet server)
-        results["service_invoke"] = _measure(lambda: typed.invoke(PAYLOAD), iterations)
 
     results["throughput_tasks_per_s"], results["throughput_failed"] = run_throughput("bench", tasks)
     if transport == "grpc":
@@ -610,14 +698,19 @@ def main() -> int:
     from flamepy_core.client.local import stop_server
 
     try:
-        measure_floor = {"zmq": raw_two_hop_zmq, "uds": raw_two_hop_unix}.get(args.transport, raw_two_hop)
-        raw, raw_large = measure_floor(tmp, args.iterations, args.large_iterations)
-        # With uds, the raw pyzmq floor too: the reference issue 10's targets are written against.
-        zmq_raw = raw_two_hop_zmq(tmp, args.iterations, 0)[0] if args.transport == "uds" else []
-        ours = flamepy_numbers(tmp, args.iterations, args.tasks, args.large_iterations, args.cold_runs, args.transport)
+        with contextlib.ExitStack() as running:
+            run_floor = {"zmq": zmq_floor, "uds": unix_floor}.get(args.transport, grpc_floor)
+            floors = {"floor": running.enter_context(run_floor(tmp))}
+            if args.transport == "uds":  # the raw pyzmq floor too: the reference issue 10's targets name
+                floors["zmq_floor"] = running.enter_context(zmq_floor(tmp))
+            ours = flamepy_numbers(
+                tmp, args.iterations, args.tasks, args.large_iterations, args.cold_runs, args.transport, floors
+            )
     finally:
         stop_server(tmp / "home")
         shutil.rmtree(tmp, ignore_errors=True)
+    raw, raw_large, zmq_raw = ours.pop("floor"), ours.pop("floor_16mib"), ours.pop("zmq_floor", [])
+    assert isinstance(raw, list) and isinstance(raw_large, list) and isinstance(zmq_raw, list)
 
     def row(label: str, samples: object, floor: float, tail: float) -> tuple[str, float, float, float]:
         assert isinstance(samples, list)
