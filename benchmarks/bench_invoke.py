@@ -328,10 +328,15 @@ server's store applies what a block of invokes wrote within ``FOLD_DELAY`` and i
 
 
 def interleaved(
-    calls: dict[str, Callable[[], object]], iterations: int, rounds: int = WARM_ROUNDS, warmup: int = 200
+    calls: dict[str, Callable[[], object]],
+    iterations: int,
+    rounds: int = WARM_ROUNDS,
+    warmup: int = 200,
+    block_warmup: int = 10,
 ) -> dict[str, list[float]]:
     """Seconds per call of each of ``calls``, ``iterations`` of them in all, measured in ``rounds`` blocks
-    alternated between the calls (each round in another order), after ``warmup`` calls each.
+    alternated between the calls (each round in another order), after ``warmup`` calls each, and
+    ``block_warmup`` untimed calls before each block.
 
     Why. On a VM a round trip between processes is mostly the wake-up of another vCPU, whose cost moves
     with the host's load: the floors here read 124 µs and 62 µs an hour apart, and two runs of the same
@@ -346,7 +351,7 @@ def interleaved(
     for index in range(rounds):
         for name in names[index % len(names) :] + names[: index % len(names)]:
             time.sleep(QUIET)
-            samples[name] += _measure(calls[name], block, warmup=10)
+            samples[name] += _measure(calls[name], block, warmup=block_warmup)
     return samples
 
 
@@ -583,7 +588,7 @@ def flamepy_numbers(
         results.update(interleaved(calls, iterations))
     large = {"floor_16mib": partial(floors["floor"], LARGE), "core_invoke_16mib": lambda: session.invoke(LARGE)}
     if large_iterations:
-        results.update(interleaved(large, large_iterations, rounds=min(4, large_iterations), warmup=3))
+        results.update(interleaved(large, large_iterations, rounds=min(4, large_iterations), warmup=3, block_warmup=1))
     else:
         results.update({name: [] for name in large})
     session.close()
