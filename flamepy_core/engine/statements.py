@@ -22,7 +22,9 @@ Two shapes are merged, each only where the result is the same as running the sta
   (VALUES (...), ...) AS v WHERE t.k = v.columnN AND ...`` (sqlite 3.33 or later), with no key twice in
   one statement: sqlite updates each row it joins once, with one of the joined rows, so a key named
   twice would be updated once with either value; a repeated key starts a new statement, keeping the later
-  value last. Each row updated fires its row triggers as the single update would.
+  value last. An update that sets a column it is keyed by is left as it is (one by one, a later update
+  can find a row at the key an earlier one moved it to). Each row updated fires its row triggers as the
+  single update would (the store's triggers write other tables only).
 
 A run is cut into statements of a power of two rows each (27: 16, 8, 2 and 1), at most
 ``MERGED_PARAMETERS`` parameters and ``most_rows`` rows: a statement has a handful of shapes, which the
@@ -84,6 +86,11 @@ def _shape(sql: str) -> _Shape | None:
             table = update.group(1)
             columns = [part.split(" = ")[0] for part in update.group(2).split(", ")]
             keys = [part.split(" = ")[0] for part in update.group(3).split(" AND ")]
+            if set(columns) & set(keys):
+                # One by one, an update that moves a row to a key makes a later one find it there; joined,
+                # every row is matched against its key before the statement: not the same. Left as it is.
+                _shapes[sql] = None
+                return None
             width = len(columns) + len(keys)
             sets = ", ".join(f"{column} = v.column{at}" for at, column in enumerate(columns, 1))
             where = " AND ".join(f"{table}.{key} = v.column{at}" for at, key in enumerate(keys, len(columns) + 1))

@@ -801,7 +801,7 @@ class Store:
                 # merged_statements: the GIL is let go of and taken back once per statement).
                 logged = [op for _seq, ops in ahead for op in ops]
                 if paced:
-                    pauses = int(FOLD_DELAY / 2 / FOLD_PAUSE)
+                    pauses = int(FOLD_DELAY / 2 / FOLD_PAUSE) if FOLD_PAUSE > 0 else 0
                     for index, (sql, params) in enumerate(merged_statements(logged, FOLD_SLICE_ROWS)):
                         if index and pauses and not self._conn_waiting:
                             pauses -= 1
@@ -932,9 +932,9 @@ class Store:
         commit as before (its cost, ~30 µs, is paid once), its work in slices of ~60 µs. A thread that
         waits for the connection meanwhile (a read, a commit to sqlite) ends the pauses, and they take
         ``FOLD_DELAY / 2`` per transaction at most, so a fold keeps up under load. Measured by switching
-        it on and off in the running server, blocks of 1,500-2,000 warm invokes alternated (2 CPUs, four
-        runs): p99 535 -> 416, 480 -> 365, 958 -> 757 and 447 -> 433 µs, p99.9 lower in all four
-        (1.24 -> 0.64 ms in one), the median unchanged."""
+        it on and off in the running server, blocks of 500-2,000 warm invokes alternated (2 CPUs, eight
+        runs): the p99 lower in all eight, by 14 to 811 µs (535 -> 416, 803 -> 473), the p99.9 too, the
+        median level (-23 to +23 µs). Slices of 16 or 32 rows did no better (docs/benchmarks.md)."""
         _lower_priority(FOLD_NICE)
         while True:
             with self._mutex:

@@ -152,6 +152,16 @@ def test_a_run_of_keyed_updates_never_names_a_key_twice_in_one_statement_and_the
     assert conn.execute("SELECT k, v FROM t ORDER BY k").fetchall() == [(0, 20), (1, 11), (2, 12), (3, 13), (4, 0)]
 
 
+def test_an_update_that_sets_its_own_key_is_left_as_it_is_and_a_row_it_moved_is_found_by_the_next() -> None:
+    ops = [("UPDATE t SET k = ? WHERE k = ?", (2, 1)), ("UPDATE t SET k = ? WHERE k = ?", (3, 2))]
+    assert merged_statements(ops) == ops
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v INTEGER)")
+    conn.execute("INSERT INTO t VALUES (1, 0)")
+    assert _apply(conn, merged_statements(ops)) is None
+    assert conn.execute("SELECT k FROM t").fetchall() == [(3,)]
+
+
 def test_updates_are_left_as_they_are_where_sqlite_has_no_update_from(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(statements_module, "UPDATE_FROM", False)
     monkeypatch.setattr(statements_module, "_shapes", {})
