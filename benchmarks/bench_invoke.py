@@ -132,13 +132,6 @@ RoundTrip = Callable[[bytes], object]
 """One call of a raw floor: the payload there and back."""
 
 
-def _samples(round_trip: RoundTrip, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
-    """A floor's 100-byte samples and 16 MiB samples (none when ``large_iterations`` is 0)."""
-    samples = _measure(lambda: round_trip(PAYLOAD), iterations)
-    large = _measure(lambda: round_trip(LARGE), large_iterations, warmup=3) if large_iterations else []
-    return samples, large
-
-
 @contextlib.contextmanager
 def grpc_floor(tmp: Path) -> Iterator[RoundTrip]:
     """The raw grpcio two-hop floor, running: its round trip."""
@@ -152,12 +145,6 @@ def grpc_floor(tmp: Path) -> Iterator[RoundTrip]:
             yield lambda payload: call(payload, timeout=60)
         finally:
             channel.close()
-
-
-def raw_two_hop(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
-    """The raw grpcio two-hop floor: 100-byte samples and 16 MiB samples."""
-    with grpc_floor(tmp) as round_trip:
-        return _samples(round_trip, iterations, large_iterations)
 
 
 def _zmq_worker(path: str, ready: mp.synchronize.Event) -> None:
@@ -224,10 +211,13 @@ def raw_two_hop_zmq(
     relay: Callable[..., None] = _zmq_relay,
     worker_name: str = "w.ipc",
 ) -> tuple[list[float], list[float]]:
-    """The raw pyzmq two-hop floor: 100-byte samples and 16 MiB samples (none when ``large_iterations`` is
-    0); ``worker``, ``relay``, ``worker_name``: see :func:`zmq_floor`."""
+    """The raw pyzmq two-hop floor measured alone (``bench_timeline.py``'s): 100-byte samples and 16 MiB
+    samples (none when ``large_iterations`` is 0); ``worker``, ``relay``, ``worker_name``: see
+    :func:`zmq_floor`."""
     with zmq_floor(tmp, worker=worker, relay=relay, worker_name=worker_name) as round_trip:
-        return _samples(round_trip, iterations, large_iterations)
+        samples = _measure(lambda: round_trip(PAYLOAD), iterations)
+        large = _measure(lambda: round_trip(LARGE), large_iterations, warmup=3) if large_iterations else []
+        return samples, large
 
 
 def unix_send(sock: socket.socket, payload: bytes | bytearray) -> None:
@@ -311,13 +301,6 @@ def unix_floor(tmp: Path) -> Iterator[RoundTrip]:
             yield round_trip
         finally:
             sock.close()
-
-
-def raw_two_hop_unix(tmp: Path, iterations: int, large_iterations: int) -> tuple[list[float], list[float]]:
-    """The raw unix-socket two-hop floor: 100-byte samples and 16 MiB samples (none when ``large_iterations``
-    is 0)."""
-    with unix_floor(tmp) as round_trip:
-        return _samples(round_trip, iterations, large_iterations)
 
 
 WARM_ROUNDS = 8

@@ -58,11 +58,13 @@ _ONE_ROW_UPDATE = re.compile(r"UPDATE (\w+) SET (\w+ = \?(?:, \w+ = \?)*) WHERE 
 
 class _Shape(NamedTuple):
     """How a run of one statement is merged: ``head``, then ``row`` once per row (comma-separated),
-    then ``tail``; the last ``keys`` parameters of a row name the row it writes (0: an insert)."""
+    then ``tail``; a row takes ``width`` parameters, the last ``keys`` of which name the row it writes (0:
+    an insert)."""
 
     head: str
     row: str
     tail: str
+    width: int
     keys: int
 
     def statement(self, rows: int) -> str:
@@ -78,24 +80,22 @@ def _shape(sql: str) -> _Shape | None:
         return _shapes[sql]
     shape = None
     insert = _ONE_ROW_INSERT.fullmatch(sql)
+    update = None if insert is not None or not UPDATE_FROM else _ONE_ROW_UPDATE.fullmatch(sql)
     if insert is not None:
-        shape = _Shape(sql[: insert.start(1)], insert.group(1), "", 0)
-    elif UPDATE_FROM:
-        update = _ONE_ROW_UPDATE.fullmatch(sql)
-        if update is not None:
-            table = update.group(1)
-            columns = [part.split(" = ")[0] for part in update.group(2).split(", ")]
-            keys = [part.split(" = ")[0] for part in update.group(3).split(" AND ")]
-            if set(columns) & set(keys):
-                # One by one, an update that moves a row to a key makes a later one find it there; joined,
-                # every row is matched against its key before the statement: not the same. Left as it is.
-                _shapes[sql] = None
-                return None
+        row = insert.group(1)
+        shape = _Shape(sql[: insert.start(1)], row, "", row.count("?"), 0)
+    elif update is not None:
+        table = update.group(1)
+        columns = [part.split(" = ")[0] for part in update.group(2).split(", ")]
+        keys = [part.split(" = ")[0] for part in update.group(3).split(" AND ")]
+        # One by one, an update that moves a row to a key makes a later one find it there; joined, every
+        # row is matched against its key before the statement: not the same, so such an update is left as it is.
+        if not set(columns) & set(keys):
             width = len(columns) + len(keys)
             sets = ", ".join(f"{column} = v.column{at}" for at, column in enumerate(columns, 1))
             where = " AND ".join(f"{table}.{key} = v.column{at}" for at, key in enumerate(keys, len(columns) + 1))
-            row = f"({','.join('?' * width)})"
-            shape = _Shape(f"UPDATE {table} SET {sets} FROM (VALUES ", row, f") AS v WHERE {where}", len(keys))
+            head, tail = f"UPDATE {table} SET {sets} FROM (VALUES ", f") AS v WHERE {where}"
+            shape = _Shape(head, f"({','.join('?' * width)})", tail, width, len(keys))
     if len(_shapes) < 1024:
         _shapes[sql] = shape
     return shape
@@ -125,7 +125,7 @@ def merged_statements(ops: Sequence[Op], most_rows: int | None = None) -> list[O
         while end < len(ops) and ops[end][0] == sql and len(ops[end][1]) == len(params):
             end += 1
         shape = _shape(sql) if end - at > 1 and params else None
-        if shape is None or len(params) != shape.row.count("?"):  # (a statement sqlite will refuse: as it is)
+        if shape is None or len(params) != shape.width:  # (a statement sqlite will refuse: as it is)
             merged += ops[at:end]
             at = end
             continue

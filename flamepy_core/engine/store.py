@@ -46,9 +46,9 @@ of an fsync per group commit.
 The ahead log (``ahead_log=True``, the server's store in ``"batched"`` mode). A group that would be
 committed on a caller's thread is appended to a log file of its own instead (:mod:`.ahead_log`: one
 ``write``, as durable as the commit at ``synchronous=NORMAL``), and its callbacks run at once; a fold
-thread applies what the log holds to sqlite at most ``FOLD_DELAY`` later, in one
-transaction for all of it, and every transaction applies it first, so the order of writes is the order
-they were queued. A read
+thread applies what the log holds to sqlite ``FOLD_DELAY`` later, in one transaction for all of it (its
+rows in slices of ``FOLD_SLICE_ROWS`` with ``FOLD_PAUSE`` between them: see ``Store._run_folder``), and
+every transaction applies it first, so the order of writes is the order they were queued. A read
 (:meth:`Store.query`) applies it before it reads: what was acknowledged is what a read sees. A start
 applies what a crash left in the log before anything is served. While the store is failing, and in
 ``"strict"`` mode, commits go to sqlite as before.
@@ -800,16 +800,12 @@ class Store:
                 # The statements in order, each run of one insert or update as a few (see
                 # merged_statements: the GIL is let go of and taken back once per statement).
                 logged = [op for _seq, ops in ahead for op in ops]
-                if paced:
-                    pauses = int(FOLD_DELAY / 2 / FOLD_PAUSE) if FOLD_PAUSE > 0 else 0
-                    for index, (sql, params) in enumerate(merged_statements(logged, FOLD_SLICE_ROWS)):
-                        if index and pauses and not self._conn_waiting:
-                            pauses -= 1
-                            time.sleep(FOLD_PAUSE)
-                        conn.execute(sql, params)
-                else:
-                    for sql, params in merged_statements(logged):
-                        conn.execute(sql, params)
+                pauses = int(FOLD_DELAY / 2 / FOLD_PAUSE) if paced and FOLD_PAUSE > 0 else 0
+                for index, (sql, params) in enumerate(merged_statements(logged, FOLD_SLICE_ROWS if paced else None)):
+                    if index and pauses and not self._conn_waiting:
+                        pauses -= 1
+                        time.sleep(FOLD_PAUSE)
+                    conn.execute(sql, params)
                 if ahead:
                     conn.execute(_MARK_APPLIED, (ahead[-1][0],))
                 for sql, params in merged_statements([op for item in batch for op in item.ops]):
