@@ -35,7 +35,14 @@ from flamepy_core.model import EVENT_PAYLOADS_PURGED
 from flamepy_core.transport_kit import borrows_request, send_parts
 from flamepy_core.wire.methods import CONTROL, EXT, FRONTEND, OBJECT_CACHE, RUNTIME, Method
 from flamepy_core.wire.payload_handoff import Mapped
-from flamepy_core.wire.payload_messages import VIEW_BYTES, read_create_task_request, task_reply, task_reply_parts
+from flamepy_core.wire.payload_messages import (
+    VIEW_BYTES,
+    read_create_task_request,
+    task_outcome_entry,
+    task_outcomes_entry,
+    task_reply,
+    task_reply_parts,
+)
 from flamepy_core.wire.proto import cache_pb2, ext_pb2, frontend_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -350,18 +357,43 @@ is split rather than refused as too large."""
 def outcome_messages(tasks: list[pb.Task]) -> Iterator[bytes]:
     """``tasks`` as ``TaskOutcomes`` messages of at most about ``OUTCOMES_MESSAGE_BYTES`` each.
 
-    Each outcome is written in place in its message (no copy of its output); a task whose output would
-    take the message past the limit starts the next one, so a message is over it only by one output."""
-    batch = ext_pb2.TaskOutcomes()
+    Each outcome's output is copied once, into its message; a task whose outcome would take the message
+    past the limit starts the next one, so a message is over it only by one outcome."""
+    parts: list[bytes] = []
     size = 0
     for task in tasks:
-        if batch.tasks and size + len(task.spec.output) > OUTCOMES_MESSAGE_BYTES:
-            yield batch.SerializeToString()
-            batch = ext_pb2.TaskOutcomes()
+        entry, added = _outcome_entry(task)
+        if parts and size + added > OUTCOMES_MESSAGE_BYTES:
+            yield b"".join(parts)
+            parts = []
             size = 0
-        size += _fill_outcome(batch.tasks.add(), task)
-    if batch.tasks:
-        yield batch.SerializeToString()
+        parts += entry
+        size += added
+    if parts:
+        yield b"".join(parts)
+
+
+_SUCCEED = pb.TaskState.Succeed
+"""(A constant: reading an enum's value off its wrapper runs a Python ``__getattr__`` each time.)"""
+
+
+def _outcome_entry(task: pb.Task) -> tuple[list[bytes], int]:
+    """``task``'s outcome (see :func:`_fill_outcome`) as an entry of a ``TaskOutcomes`` message, and its size:
+    written by hand in the usual case (nothing came after the final state's event), by protobuf otherwise."""
+    status = task.status
+    state = status.state
+    message = ""
+    events = status.events
+    if events:
+        last = events[-1]
+        if last.code != state:  # a purge, or a history read back from elsewhere: the general rule
+            written = outcome(task).SerializeToString()
+            return task_outcomes_entry(written), len(written)
+        if state != _SUCCEED:
+            message = last.message
+    spec = task.spec
+    output = spec.output if spec.HasField("output") else None
+    return task_outcome_entry(int(task.metadata.id), state, output, message)
 
 
 def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> dict[str, Handler]:

@@ -294,6 +294,36 @@ class Capacity:
     gpu: int = 0
 
 
+class RunningRows:
+    """The RUNNING rows of the tasks one batch started (:meth:`Engine.start_many`), queued as one write whose
+    statements are made when a commit takes it (``Store.enqueue_rows``): a task whose final row is queued
+    before then is left out (:meth:`discard`), as the final row overwrites it anyway. A write per task cost
+    a queued write, and a ``Store.drop`` once its result came, for nearly every task of a ``run()``."""
+
+    __slots__ = ("_lock", "_rows")
+
+    def __init__(self) -> None:
+        self._rows: dict[int, Op] = {}
+        self._lock = threading.Lock()  # (a commit takes the rows on its own thread)
+
+    def add(self, tid: int, op: Op) -> None:
+        self._rows[tid] = op
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def discard(self, tid: int) -> None:
+        """Leave task ``tid``'s row out, unless a commit took the rows already."""
+        with self._lock:
+            self._rows.pop(tid, None)
+
+    def take(self) -> list[Op]:
+        """The rows left, for the commit that takes the write (once)."""
+        with self._lock:
+            rows, self._rows = list(self._rows.values()), {}
+        return rows
+
+
 @dataclass(eq=False)
 class SessionEntry:
     """A live session: its message, its tasks in flight and its queue of pending task ids."""
@@ -328,9 +358,10 @@ class SessionEntry:
     ``completions`` it has read up to (see :mod:`.watches`)."""
     task_watches: dict[int, list[TaskWatch]] = field(default_factory=dict)
     """Watchers of one task each (WatchTask), by task id."""
-    running_writes: dict[int, QueuedWrite] = field(default_factory=dict)
-    """The queued write of each running task's RUNNING row: dropped when its final state is queued
-    before a commit took it (the final row overwrites it in the same transaction)."""
+    running_writes: dict[int, QueuedWrite | RunningRows] = field(default_factory=dict)
+    """The queued write of each running task's RUNNING row (or the rows of the batch it started with):
+    dropped when its final state is queued before a commit took it (the final row overwrites it in the same
+    transaction)."""
     creations: dict[int, tuple[QueuedWrite, bytes | None]] = field(default_factory=dict)
     """The queued creation (and the input in its row) of each warm lane task (``Engine.start_warm``) whose
     input is in its row: its final state is written into that same row, one statement instead of two,
@@ -345,9 +376,10 @@ class SessionEntry:
     """The payload files of the large outputs of finishing tasks (result queued, not committed), by id:
     removed if the task is withdrawn meanwhile."""
 
-    @property
-    def id(self) -> str:
-        return self.message.metadata.id
+    def __post_init__(self) -> None:
+        self.id: str = self.message.metadata.id
+        """The session's id, kept: it never changes, and reading it from the message makes a new string each
+        time (a task's rows name it, so a ``run()`` read it several times per task)."""
 
     @property
     def is_open(self) -> bool:
@@ -387,6 +419,11 @@ def _task_ops(entry: SessionEntry, task: pb.Task) -> list[Op]:
     if task.status.state in TERMINAL and task.spec.HasField("output"):
         ops.append(_output_op(entry.id, tid, task))
     return ops
+
+
+def _running_op(session_id: str, tid: int, task: pb.Task) -> Op:
+    """The row of task ``tid`` that just became RUNNING (:func:`_task_ops`' one statement, for that state)."""
+    return (_UPDATE_TASK, (int(RUNNING), task.status.SerializeToString(), None, session_id, tid))
 
 
 def _creation_ops(session_id: str, tid: int, state: int, data: bytes | None, status: bytes) -> list[Op]:
@@ -1546,14 +1583,17 @@ class Engine:
             if limit < least or entry.closing:
                 return started
             size = 0
+            rows = RunningRows()
             while len(started) < limit and size <= max_bytes:
-                task = self._start_next(entry)
+                task = self._start_next(entry, rows)
                 if task is None:
                     break
                 one = self._started(entry, task, input_as_file)
                 if one is not None:
                     size += len(one[1] or b"")
                     started.append(one)
+            if rows:  # (queued once all are in: a commit may take it at once)
+                self.store.enqueue_rows(rows.take)
         if started and self._due:
             self._run_due()
         return started
@@ -1653,17 +1693,22 @@ class Engine:
         self._finalize(entry, task, FAILED, error.message)
         self.store.execute(_DROP_INPUT, entry.id, int(task.metadata.id))  # the row named what is gone
 
-    def _start_next(self, entry: SessionEntry) -> pb.Task | None:
-        """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none."""
+    def _start_next(self, entry: SessionEntry, rows: RunningRows | None = None) -> pb.Task | None:
+        """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none. Its
+        RUNNING row is queued, or added to ``rows`` when given (the caller queues them)."""
         if not entry.pending or entry.closing:
             return None
-        task = entry.tasks[entry.pending.popleft()]
+        tid = entry.pending.popleft()
+        task = entry.tasks[tid]
         status = entry.message.status
         status.pending -= 1
         status.running += 1
         _mark(task, RUNNING, None, now_ms())
-        tid = int(task.metadata.id)
-        entry.running_writes[tid] = self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
+        if rows is None:
+            entry.running_writes[tid] = self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
+        else:
+            rows.add(tid, _running_op(entry.id, tid, task))
+            entry.running_writes[tid] = rows
         if entry.task_watches:  # (a call less per task where nobody watches one)
             self._claim_task_watches(entry, tid)
         entry.wake()
@@ -1843,7 +1888,9 @@ class Engine:
         on_done = self.store.payloads.on_settled([output_file], finished)
         self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
         running = entry.running_writes.pop(tid, None)
-        if running is not None:  # queued before the final row, so taken by the same commit or an earlier one
+        if isinstance(running, RunningRows):
+            running.discard(tid)
+        elif running is not None:  # queued before the final row, so taken by the same commit or an earlier one
             self.store.drop(running)
 
     def _finished(

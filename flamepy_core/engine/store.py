@@ -289,10 +289,19 @@ _UNAVAILABLE_ERRORS = frozenset(
 class _Write:
     """Queued changes, their callback, and how a failure treats them."""
 
-    __slots__ = ("deadline", "durable", "lazy", "on_done", "ops", "seq")
+    __slots__ = ("deadline", "durable", "lazy", "make", "on_done", "ops", "seq")
 
-    def __init__(self, ops: list[Op], on_done: OnDone | None, durable: bool, lazy: bool = False) -> None:
+    def __init__(
+        self,
+        ops: list[Op],
+        on_done: OnDone | None,
+        durable: bool,
+        lazy: bool = False,
+        make: Callable[[], list[Op]] | None = None,
+    ) -> None:
         self.ops = ops
+        self.make = make
+        """Makes ``ops`` when a commit takes the write (see :meth:`Store.enqueue_rows`); None once made."""
         self.on_done = on_done
         self.durable = durable
         self.lazy = lazy
@@ -476,18 +485,19 @@ class Store:
         durable: bool = True,
         lazy: bool = False,
         within: float | None = None,
+        make: Callable[[], list[Op]] | None = None,
     ) -> QueuedWrite:
         """Queue ``ops`` as one unit; ``on_done(None)`` after their commit, ``on_done(error)`` if withdrawn.
 
         Nothing is written until :meth:`commit` runs (here or on another thread), or, for a ``lazy``
         write, at most ``LAZY_DELAY`` seconds later (``within`` seconds, when given: a write someone will
         be told of, which may wait that long for others to share its transaction). Writes are committed
-        in the order they were queued.
+        in the order they were queued. ``make``: see :meth:`enqueue_rows`.
         """
         with self._mutex:
             if self._closed or self._closing:
                 raise FlameError(FlameErrorCode.UNAVAILABLE, f"the store {self.path} is closed: the server is stopping")
-            write = _Write(ops, on_done, durable, lazy)
+            write = _Write(ops, on_done, durable, lazy, make)
             self._seq += 1
             write.seq = self._seq
             self._queue.append(write)
@@ -508,6 +518,29 @@ class Store:
                     self.writer_wakeups += 1
                     self._cond.notify()
         return write
+
+    def enqueue_rows(self, make: Callable[[], list[Op]], *, lazy: bool = True) -> QueuedWrite:
+        """Queue a durable write whose statements ``make()`` gives when a commit takes it (once, with the
+        store's lock held: it may take a lock of its own, never this store's).
+
+        For statements that may become needless while they wait: the RUNNING rows of a batch of tasks sent
+        to an instance, less those whose final row is queued by then (see ``engine.state.RunningRows``).
+        One write for the batch, where a write per task cost a queued write and a :meth:`drop` each.
+        """
+        return self.enqueue([], durable=True, lazy=lazy, make=make)
+
+    def _take_queue(self) -> list[_Write]:
+        """Everything queued, for a commit (called with the lock held): deferred statements made now."""
+        batch = list(self._queue)
+        self._queue.clear()
+        self._taken_seq = self._seq
+        self._urgent = 0
+        self._untried = False
+        self._lazy_due = None
+        for item in batch:
+            if item.make is not None:
+                item.ops, item.make = item.make(), None
+        return batch
 
     def drop(self, write: QueuedWrite) -> bool:
         """Empty a queued lazy write that no commit has taken yet and nobody awaits: a write queued after
@@ -546,12 +579,7 @@ class Store:
             self._leader = True
         for _ in range(MAX_INLINE_ROUNDS):
             with self._mutex:
-                batch = list(self._queue)
-                self._queue.clear()
-                self._taken_seq = self._seq
-                self._urgent = 0
-                self._untried = False
-                self._lazy_due = None
+                batch = self._take_queue()
             error = None if self._log_ahead(batch) else self._attempt(batch)
             if error is not None:
                 with self._mutex:
@@ -888,12 +916,7 @@ class Store:
                     self._writer_wakes_at = None if due is None else max(now + 0.001, due)
                     self._cond.wait(None if due is None else max(0.001, due - now))
                 self._leader = True
-                batch = list(self._queue)
-                self._queue.clear()
-                self._taken_seq = self._seq
-                self._urgent = 0
-                self._untried = False
-                self._lazy_due = None
+                batch = self._take_queue()
             try:
                 self._writer_round(batch)
             finally:

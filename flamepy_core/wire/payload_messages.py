@@ -47,6 +47,8 @@ __all__ = [
     "run_task_reply_parts",
     "task_batch",
     "task_context",
+    "task_outcome_entry",
+    "task_outcomes_entry",
     "task_reply",
     "task_reply_parts",
     "task_result",
@@ -297,6 +299,52 @@ def task_batch(contexts: list[bytes]) -> bytes:
     for context in contexts:
         _length_delimited(parts, 1, context)
     return b"".join(parts)
+
+
+_OUTCOMES_ENTRY_KEY = bytes((1 << 3 | _LEN,))
+_OUTCOME_ID_KEY = bytes((1 << 3 | _VARINT,))
+_OUTCOME_STATE_KEY = bytes((2 << 3 | _VARINT,))
+_OUTCOME_OUTPUT_KEY = bytes((3 << 3 | _LEN,))
+_OUTCOME_MESSAGE_KEY = bytes((4 << 3 | _LEN,))
+"""The key of ``TaskOutcomes``' tasks (1), and of ``TaskOutcome``'s task_id (1), state (2), output (3) and
+message (4)."""
+
+
+def task_outcome_entry(task_id: int, state: int, output: bytes | None, message: str) -> tuple[list[bytes], int]:
+    """One ``flamepy.ext.v1.TaskOutcome`` (task_id = 1, state = 2, optional output = 3, message = 4; purged =
+    5 left unset) as an entry of ``TaskOutcomes.tasks`` (field 1): its parts, to be joined with the other
+    entries of a message, and the outcome's size. The output is not copied until that join.
+
+    Why by hand: the server writes one per task a ``run()`` watches, and protobuf's setters and serializer
+    cost twice this (``benchmarks/bench_calls.py``, docs/benchmarks.md)."""
+    # (One-byte varints looked up: a state always, a short output's length and a small task id too.)
+    small = (
+        (_OUTCOME_ID_KEY + (_ONE_BYTE[task_id] if task_id < 0x80 else _varint(task_id))) if task_id else b""
+    )  # (a task id is never 0; protobuf leaves 0 out)
+    if state:
+        # An enum is an int32, written as protobuf writes one (a negative one in ten bytes).
+        small += _OUTCOME_STATE_KEY + (_ONE_BYTE[state] if 0 < state < 0x80 else _varint(state & 0xFFFFFFFFFFFFFFFF))
+    if output is None and not message:
+        return [_OUTCOMES_ENTRY_KEY, _ONE_BYTE[len(small)], small], len(small)  # (at most 22 bytes)
+    parts = [_OUTCOMES_ENTRY_KEY, b"", small]
+    size = len(small)
+    if output is not None:
+        n = len(output)
+        length = _ONE_BYTE[n] if n < 0x80 else _varint(n)
+        parts += (_OUTCOME_OUTPUT_KEY, length, output)
+        size += 1 + len(length) + n
+    if message:
+        text = message.encode()
+        length = _varint(len(text))
+        parts += (_OUTCOME_MESSAGE_KEY, length, text)
+        size += 1 + len(length) + len(text)
+    parts[1] = _ONE_BYTE[size] if size < 0x80 else _varint(size)
+    return parts, size
+
+
+def task_outcomes_entry(outcome: bytes) -> list[bytes]:
+    """A ``TaskOutcome`` serialized elsewhere (by protobuf) as an entry of ``TaskOutcomes.tasks``: its parts."""
+    return [_OUTCOMES_ENTRY_KEY, _varint(len(outcome)), outcome]
 
 
 def withdrawn_tasks(task_ids: list[str]) -> bytes:

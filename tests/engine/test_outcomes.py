@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from flamepy_core.engine import frontend
 from flamepy_core.engine.frontend import outcome, outcome_messages
 from flamepy_core.model import EVENT_PAYLOADS_PURGED
+from flamepy_core.wire.payload_messages import task_outcome_entry
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -78,3 +79,32 @@ def test_outcome_messages_carry_every_task_in_order_and_split_by_size(task_list:
         outputs = [len(item.output) for item in message.tasks]
         # over the limit only by the output that started it being over (one output alone may exceed it)
         assert sum(outputs[:-1]) <= limit or len(outputs) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(tasks(), max_size=20))
+def test_outcome_messages_are_the_bytes_protobuf_writes(task_list: list[pb.Task]) -> None:
+    # Written by hand for the usual case: the same bytes as protobuf's serializer gives (field order,
+    # defaults left out), so any reader, ours or another language's, reads the same message.
+    written = b"".join(outcome_messages(task_list))
+    assert written == ext_pb2.TaskOutcomes(tasks=[reference(task) for task in task_list]).SerializeToString()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 2**64 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+    st.none() | st.binary(max_size=300),
+    st.text(max_size=200),
+)
+def test_an_outcome_entry_is_protobufs_for_any_value(
+    task_id: int, state: int, output: bytes | None, message: str
+) -> None:
+    # Lengths of one and two bytes, a task id of ten, an enum value outside the known ones (negative: ten
+    # bytes, as protobuf writes an int32), an empty output that is still set, and text beyond ASCII.
+    parts, size = task_outcome_entry(task_id, state, output, message)
+    expected = ext_pb2.TaskOutcome(task_id=task_id, state=state, message=message)  # type: ignore[arg-type]
+    if output is not None:
+        expected.output = output
+    assert size == expected.ByteSize()
+    assert b"".join(parts) == ext_pb2.TaskOutcomes(tasks=[expected]).SerializeToString()

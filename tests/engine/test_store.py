@@ -333,3 +333,64 @@ def test_the_log_starts_over_under_a_steady_load(tmp_path: Path, monkeypatch) ->
         assert files == sorted(files), "the log's file was cut back under load (by the commit that started it over)"
     finally:
         store.close()
+
+
+def test_rows_queued_as_one_write_are_made_when_a_commit_takes_them(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A batch's RUNNING rows (``RunningRows`` through ``enqueue_rows``): one write, whose statements are the
+    rows still there when a commit takes it. A row discarded before that is never written; one discarded
+    after it was written stays (its final row, queued later, overwrites it); the write keeps its place in
+    the order of writes."""
+    from flamepy_core.engine.state import RunningRows
+
+    monkeypatch.setattr(store_module, "LAZY_DELAY", 60.0)  # the writer thread stays out of this test
+    store = Store(tmp_path / "flame.db")
+    try:
+        store.write_wait([("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", ())])
+        store.write_wait([("INSERT INTO t VALUES (?, 'pending')", (k,)) for k in range(1, 5)])
+        rows = RunningRows()
+        for k in range(1, 5):
+            rows.add(k, ("UPDATE t SET v = 'running' WHERE k = ?", (k,)))
+        taken: list[int] = []
+
+        def take() -> list[tuple[str, tuple[int, ...]]]:
+            made = rows.take()
+            taken.append(len(made))
+            return made
+
+        store.enqueue_rows(take)
+        rows.discard(2)  # its result came before any commit: its RUNNING row is not needed
+        store.enqueue([("UPDATE t SET v = 'done' WHERE k = ?", (2,))])
+        assert taken == [], "the rows were made before a commit took them"
+        store.commit()
+        assert taken == [3], "the discarded row was made, or the rows were made twice"
+        rows.discard(3)  # too late: it is written, and a final row written later overwrites it
+        store.write_wait([("UPDATE t SET v = 'done' WHERE k = ?", (3,))])
+        assert store.query("SELECT k, v FROM t ORDER BY k") == [
+            (1, "running"),
+            (2, "done"),
+            (3, "done"),
+            (4, "running"),
+        ]
+        assert taken == [3]
+    finally:
+        store.close()
+
+
+def test_rows_queued_as_one_write_keep_their_place_before_a_later_write(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The rows are made at the commit, but written where the write was queued: before a write queued after
+    it about the same row (a task requeued, its PENDING row), not after."""
+    from flamepy_core.engine.state import RunningRows
+
+    monkeypatch.setattr(store_module, "LAZY_DELAY", 60.0)
+    store = Store(tmp_path / "flame.db")
+    try:
+        store.write_wait(
+            [("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", ()), ("INSERT INTO t VALUES (1, 'p')", ())]
+        )
+        rows = RunningRows()
+        rows.add(1, ("UPDATE t SET v = 'running' WHERE k = ?", (1,)))
+        store.enqueue_rows(rows.take)
+        store.write_wait([("UPDATE t SET v = 'pending again' WHERE k = ?", (1,))])
+        assert store.query("SELECT v FROM t") == [("pending again",)]
+    finally:
+        store.close()
