@@ -116,16 +116,21 @@ def _two_hops(
         ctx.Process(target=worker, args=(worker_path, ready_w), daemon=True),
         ctx.Process(target=relay, args=(relay_path, worker_path, ready_r), daemon=True),
     ]
-    for proc in procs:
-        proc.start()
     try:
-        if not (ready_w.wait(30) and ready_r.wait(30)):
-            raise RuntimeError("raw baseline servers did not start")
+        # The worker listens before the relay starts: a relay that connects with a plain unix socket (the
+        # mixed floor's) fails at once on a path nobody listens on yet.
+        procs[0].start()
+        if not ready_w.wait(30):
+            raise RuntimeError("the raw baseline's worker did not start")
+        procs[1].start()
+        if not ready_r.wait(30):
+            raise RuntimeError("the raw baseline's relay did not start")
         yield procs
     finally:
         for proc in procs:
-            proc.terminate()
-            proc.join(5)
+            if proc.pid is not None:  # (started)
+                proc.terminate()
+                proc.join(5)
 
 
 RoundTrip = Callable[[bytes], object]

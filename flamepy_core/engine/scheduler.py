@@ -99,6 +99,8 @@ BATCH_MAX = 64
 them up once half have answered."""
 BATCH_BYTES = 1 << 20
 """Input bytes in one batch at most (beyond its first task): a batch is one message."""
+RESULTS_TOGETHER = 16
+"""A batch's results read together are handled as one event, this many at most (see ``_send_batch``)."""
 BATCH_SHORT = 0.005
 """Seconds: an instance gets tasks queued behind the one it runs only while its tasks take less than this
 (its last result came sooner after the one before). Longer tasks go one at a time, as to any instance."""
@@ -309,6 +311,9 @@ class Scheduler:
         there; an entry is dropped when its session closes)."""
         self.warm_runs = 0
         """How many tasks took the warm lane (:meth:`run_warm`): for tests and benchmarks."""
+        self.results_together = 0
+        self.result_groups = 0
+        """Results of batches handled together (:meth:`_on_tasks_done`), and in how many groups: for tests."""
         self._capacity_noted: set[str] = set()
         """Sessions told (event 1006) that they wait for the machine-wide cap; forgotten once served."""
         self._spares_due: set[str] = set()
@@ -1333,6 +1338,17 @@ class Scheduler:
                 heard = True
                 self.post(self._on_batch_heard, inst)
 
+        arrived: list[tuple[int, _Outcome]] = []
+        later = getattr(process.channel, "after_reading", None)
+
+        def deliver() -> None:
+            """The results read so far, as one event (nothing when another call took them already)."""
+            if arrived:
+                done = arrived[:]
+                arrived.clear()
+                self.post(self._on_tasks_done, inst, sid, done)
+                self.engine.store.payloads.drop_due()
+
         def on_item(payload: bytes) -> None:
             hear()
             if not expected:  # more results than tasks: a bug of the instance's; its tasks were answered
@@ -1345,8 +1361,12 @@ class Scheduler:
                 )
                 return
             tid, output_name = expected.popleft()
-            self.post(self._on_task_done, inst, sid, tid, self._task_outcome(sid, tid, output_name, payload))
-            self.engine.store.payloads.drop_due()
+            arrived.append((tid, self._task_outcome(sid, tid, output_name, payload)))
+            # The results the link brought together are handled together (one event, one dispatch, one
+            # commit), once they are all read: the channel runs ``deliver`` then, where it can.
+            count = len(arrived)
+            if count >= RESULTS_TOGETHER or (count == 1 and (later is None or not later(deliver))):
+                deliver()
 
         def on_end(error: FlameError | None) -> None:
             hear()
@@ -1490,17 +1510,33 @@ class Scheduler:
             if output_name is not None:
                 files.release(output_name, written=written)
 
+    def _on_tasks_done(self, inst: Instance, session_id: str, done: list[tuple[int, _Outcome]]) -> None:
+        """Results of a batch read together: each handled as :meth:`_on_task_done` does, the instance's next
+        tasks looked for once, after the last."""
+        self.result_groups += 1
+        self.results_together += len(done)
+        dispatch = False
+        for tid, outcome in done:
+            dispatch = self._task_done(inst, session_id, tid, outcome) or dispatch
+        if dispatch:
+            self._dispatch(inst)
+
     def _on_task_done(self, inst: Instance, session_id: str, tid: int, outcome: _Outcome) -> None:
+        if self._task_done(inst, session_id, tid, outcome):
+            self._dispatch(inst)
+
+    def _task_done(self, inst: Instance, session_id: str, tid: int, outcome: _Outcome) -> bool:
+        """A task's result (or its call's failure) recorded; True when the instance may be sent more now."""
         if tid == inst.lone:
             inst.lone = None
         if tid not in inst.inflight or self._closed:
             # Settled elsewhere (it timed out, its instance was lost), or the server is stopping: its file
             # is not kept.
             self.engine.store.payloads.settled([outcome.output_file], "the task is no longer running")
-            return
+            return False
         error = outcome.error
         if error is not None and self._link_lost(inst, error):
-            return
+            return False
         del inst.inflight[tid]
         now = time.monotonic()
         inst.short = now - inst.head_since < BATCH_SHORT  # since it started (the previous result, or sent idle)
@@ -1519,16 +1555,14 @@ class Scheduler:
                 # (on this thread, right after): its next task cannot come before its caller has the answer,
                 # and whatever comes meanwhile is queued and sent by that _dispatch. 4 µs of a warm invoke.
                 inst.idle_after_answer = True
-                return
-            self._dispatch(inst)
-            return
+                return False
+            return True
         if error.code == FlameErrorCode.MESSAGE_TOO_LARGE:
             # The instance answered, but too much: the task fails once, the instance is fine.
             self.engine.finish_task(session_id, tid, failure=f"the task's result was refused: {error}")
-            self._dispatch(inst)
-            return
+            return True
         self.engine.finish_task(session_id, tid, failure=f"calling the instance failed: {error}", commit=False)
-        self._dispatch(inst)
+        return True
 
     def _link_lost(self, inst: Instance, error: FlameError) -> bool:
         """Whether ``error`` means the instance is lost (its link broke, or its process is gone); if so, its

@@ -117,9 +117,17 @@ class _Call:
     def fail(self, error: FlameError) -> None:
         raise NotImplementedError
 
+    def item(self, payload: bytes | memoryview) -> None:
+        """An ``ITEM`` for this call, read without a :class:`Frame` (:func:`frames.item_of`)."""
+        self.answer(Frame(Kind.ITEM, self.call_id, "", payload))
+
 
 def _wrong(call: _Call, what: str) -> FlameError:
     return FlameError(FlameErrorCode.INTERNAL, f"the server sent {what} to the call of {call.method}")
+
+
+def _nothing_read_ahead() -> bool:
+    return False
 
 
 _HOST_SLICE_MS = int(HOST_SLICE * 1000)
@@ -325,6 +333,11 @@ class _Connection:
         if lendable(link):
             self._host_waker = Waker()
             self.lease = LinkLease(link, self._take, self._host_waker)
+        self._after: list[Callable[[], None]] = []
+        """What the reader thread runs once the messages it read so far are handled (:meth:`after_reading`)."""
+        self._reader_ident = 0
+        self._read_ahead: Callable[[], bool] = getattr(link, "pending", _nothing_read_ahead)
+        """Whether the link holds bytes of a next message already (a link that cannot tell: never)."""
         self._watch = watch if watch is not None and _can_tell_stopped(link) else None
         """The peer watch, None when off (not asked for, or the link cannot tell)."""
         self._watch_at: float | None = None
@@ -452,6 +465,7 @@ class _Connection:
     def _read(self) -> None:
         reason = "the server closed the connection"
         lease = self.lease
+        self._reader_ident = threading.get_ident()
         try:
             while True:
                 if lease is None:
@@ -476,6 +490,8 @@ class _Connection:
         result) goes to its call from the frame's header (:func:`frames.reply_of`), without a :class:`Frame`,
         the frame kinds' checks or :meth:`_dispatch`: 3-6 µs of a warm invoke on this machine, on each side
         (docs/benchmarks.md). Anything else takes the general way below."""
+        if self._after and not frames.is_item(message):
+            self._run_after()  # what the items before it left for later comes first
         if not isinstance(message, Oversized):
             reply = frames.reply_of(message)
             if reply is not None:
@@ -488,13 +504,42 @@ class _Connection:
                     else:
                         call.replied(payload)
                 return self._ended_host(call_id)
+            item = frames.item_of(message)
+            if item is not None:  # (every result of a batch of tasks: no Frame either)
+                with self._lock:
+                    streaming = self._calls.get(item[0])
+                if streaming is not None:
+                    streaming.item(item[1])
+                if self._after and not self._read_ahead():
+                    self._run_after()  # nothing more read: before the reader waits for more
+                return False
             frame = frames.decode(message)
             if frame.kind not in frames.ANSWERS:
                 raise frames.ProtocolError(f"a server sent a {frame.kind.name} frame")
             self._dispatch(frame)
+            if self._after and not self._read_ahead():
+                self._run_after()  # nothing more read: before the reader waits for more
             return self._ended_host(frame.call_id)
         self._oversized(message)
         return False
+
+    def after_reading(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` on the reader thread once the messages it has read are handled: before it waits for
+        more, before it handles anything but a stream's item, and before a failure of the connection ends
+        its calls. True when it will; False on any other thread (a caller reading its own answer) or once the
+        connection failed: the caller then runs ``fn`` itself."""
+        if threading.get_ident() != self._reader_ident or self.dead is not None:
+            return False
+        self._after.append(fn)
+        return True
+
+    def _run_after(self) -> None:
+        after, self._after = self._after, []
+        for fn in after:
+            try:
+                fn()
+            except Exception:  # the caller's bug: the others still run, and so does the reading
+                log.exception("a callback left for after the reading failed")
 
     def _ended_host(self, call_id: int) -> bool:
         """After the answer to ``call_id`` was handled: True when it ended the call of the caller reading the
@@ -581,6 +626,8 @@ class _Connection:
             waiting = list(self._calls.values())
             self._calls.clear()
             self._timer_wake.notify_all()
+        if self._after:
+            self._run_after()  # what the items read before the failure left for later, before the ends
         for call in waiting:
             call.fail(FlameError(error.code, error.message))
         self.link.close()
@@ -707,19 +754,22 @@ class _CallbackStream(_Call):
         self._credit = _Credit()
         self._ended = False
 
+    def item(self, payload: bytes | memoryview) -> None:
+        item = bytes(payload)
+        credit = self._credit.taken(len(item))
+        if credit is not None and self.conn is not None:
+            self.conn.control(frames.encode(Kind.CREDIT, self.call_id, a=credit[0], b=credit[1]))
+        try:
+            self.on_item(item)
+        except Exception as exc:  # the caller's bug: this stream ends with it, the link and other calls go on
+            log.exception("on_item of a stream of %s raised; the stream is cancelled", self.method)
+            if self.conn is not None:
+                self.conn.give_up(self)
+            self._end(FlameError(FlameErrorCode.INTERNAL, f"on_item raised {type(exc).__name__}: {exc}"))
+
     def answer(self, frame: Frame) -> bool:
         if frame.kind is Kind.ITEM:
-            item = bytes(frame.payload)
-            credit = self._credit.taken(len(item))
-            if credit is not None and self.conn is not None:
-                self.conn.control(frames.encode(Kind.CREDIT, self.call_id, a=credit[0], b=credit[1]))
-            try:
-                self.on_item(item)
-            except Exception as exc:  # the caller's bug: this stream ends with it, the link and other calls go on
-                log.exception("on_item of a stream of %s raised; the stream is cancelled", self.method)
-                if self.conn is not None:
-                    self.conn.give_up(self)
-                self._end(FlameError(FlameErrorCode.INTERNAL, f"on_item raised {type(exc).__name__}: {exc}"))
+            self.item(frame.payload)
             return False
         if frame.kind is Kind.END:
             self._end(None)
@@ -1001,6 +1051,12 @@ class FramedChannel:
                 on_end(exc)
             else:
                 call.fail(exc)  # once: a link lost while sending may have failed it already
+
+    def after_reading(self, fn: Callable[[], None]) -> bool:
+        """See :meth:`_Connection.after_reading`: for a stream's ``on_item`` that would rather handle the items
+        read together at once (False: run ``fn`` now)."""
+        conn = self._conn
+        return conn is not None and conn.after_reading(fn)
 
     def close(self) -> None:
         """Close the link and fail the calls in flight with ``UNAVAILABLE``. Idempotent."""

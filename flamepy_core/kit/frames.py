@@ -136,6 +136,23 @@ def reply_of(message: bytes | bytearray | memoryview) -> tuple[int, memoryview] 
     return call_id, memoryview(message)[HEADER.size + method_len :]
 
 
+def is_item(message: bytes | bytearray | memoryview | object) -> bool:
+    """Whether ``message`` looks like an ``ITEM`` frame (its kind byte only: for a quick look before decoding)."""
+    return isinstance(message, (bytes, bytearray, memoryview)) and len(message) > 3 and message[3] == _ITEM
+
+
+def item_of(message: bytes | bytearray | memoryview) -> tuple[int, memoryview] | None:
+    """``(call_id, payload)`` when ``message`` is an ``ITEM`` frame of this protocol, else None: as
+    :func:`reply_of`, for each item of a stream read by callbacks (every result of a batch of tasks)."""
+    if len(message) < HEADER.size:
+        return None
+    magic, version, kind, _code, method_len, call_id, _t, _a, _b = HEADER.unpack_from(message)
+    if kind != _ITEM or magic != MAGIC or version != VERSION or HEADER.size + method_len > len(message):
+        return None
+    return call_id, memoryview(message)[HEADER.size + method_len :]
+
+
+_ITEM = int(Kind.ITEM)
 _REPLY = int(Kind.REPLY)
 _UNARY = int(Kind.UNARY)
 

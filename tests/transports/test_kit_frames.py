@@ -91,6 +91,33 @@ def test_reply_of_reads_a_reply_in_place_and_nothing_else(
         assert frames.reply_of(message[: HEADER.size + len(method) - 1]) is None  # its method cut short
 
 
+@given(
+    kind=st.sampled_from(list(Kind)),
+    call_id=st.integers(min_value=0, max_value=2**64 - 1),
+    payload=payloads,
+    method=methods,
+)
+def test_item_of_reads_an_item_in_place_and_nothing_else(
+    kind: Kind, call_id: int, payload: bytes, method: bytes
+) -> None:
+    """``item_of`` (each result of a batch of tasks) agrees with ``decode`` as ``reply_of`` does, for ITEM
+    frames; ``is_item`` looks at the kind alone, and says no to what is not a message at all."""
+    message = b"".join(bytes(part) for part in frames.encode(kind, call_id, payload, method=method))
+    found = frames.item_of(message)
+    if kind is Kind.ITEM:
+        assert found is not None and found[0] == call_id and bytes(found[1]) == payload
+        assert frames.decode(message).kind is Kind.ITEM
+    else:
+        assert found is None
+    assert frames.is_item(message) == (kind is Kind.ITEM)
+    assert frames.item_of(b"XY" + message[2:]) is None  # another protocol
+    assert frames.item_of(message[:2] + bytes([frames.VERSION + 1]) + message[3:]) is None  # another version
+    assert frames.item_of(message[: HEADER.size - 1]) is None
+    assert not frames.is_item(object()) and not frames.is_item(b"FK")
+    if method:
+        assert frames.item_of(message[: HEADER.size + len(method) - 1]) is None  # its method cut short
+
+
 @given(st.integers(min_value=0, max_value=2**64 - 1), st.binary(max_size=300))
 def test_unary_head_is_what_encode_writes_for_a_request_without_a_deadline(call_id: int, method: bytes) -> None:
     """The warm call's header, packed by hand (``frames.unary_head``), is byte for byte :func:`frames.encode`'s."""
