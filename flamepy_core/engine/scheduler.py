@@ -58,6 +58,7 @@ from flamepy_core.engine.state import (
     EVENT_WAITING_FOR_CAPACITY,
     Created,
     Engine,
+    Finished,
     OutputWaiter,
     task_key,
 )
@@ -1516,8 +1517,11 @@ class Scheduler:
         self.result_groups += 1
         self.results_together += len(done)
         dispatch = False
+        finished: list[Finished] = []
         for tid, outcome in done:
-            dispatch = self._task_done(inst, session_id, tid, outcome) or dispatch
+            dispatch = self._task_done(inst, session_id, tid, outcome, finished) or dispatch
+        if finished:  # their final states, under one engine lock and in one write (Engine.finish_tasks)
+            self.engine.finish_tasks(session_id, finished)
         if dispatch:
             self._dispatch(inst)
 
@@ -1525,8 +1529,12 @@ class Scheduler:
         if self._task_done(inst, session_id, tid, outcome):
             self._dispatch(inst)
 
-    def _task_done(self, inst: Instance, session_id: str, tid: int, outcome: _Outcome) -> bool:
-        """A task's result (or its call's failure) recorded; True when the instance may be sent more now."""
+    def _task_done(
+        self, inst: Instance, session_id: str, tid: int, outcome: _Outcome, finished: list[Finished] | None = None
+    ) -> bool:
+        """A task's result (or its call's failure) recorded; True when the instance may be sent more now.
+        ``finished``: a result or a failure is added there, for the caller to finish with the others', rather
+        than finished here."""
         if tid == inst.lone:
             inst.lone = None
         if tid not in inst.inflight or self._closed:
@@ -1544,7 +1552,10 @@ class Scheduler:
         if error is None:
             inst.tasks_served += 1
             self._bind_failures.pop(session_id, None)  # the session's instances work
-            if outcome.return_code == 0:
+            if finished is not None:
+                failure = None if outcome.return_code == 0 else outcome.message
+                finished.append((tid, outcome.output, outcome.output_file, failure))
+            elif outcome.return_code == 0:
                 self.engine.finish_task(
                     session_id, tid, output=outcome.output, output_file=outcome.output_file, commit=False
                 )
@@ -1559,9 +1570,17 @@ class Scheduler:
             return True
         if error.code == FlameErrorCode.MESSAGE_TOO_LARGE:
             # The instance answered, but too much: the task fails once, the instance is fine.
-            self.engine.finish_task(session_id, tid, failure=f"the task's result was refused: {error}")
+            refused = f"the task's result was refused: {error}"
+            if finished is not None:
+                finished.append((tid, None, None, refused))
+            else:
+                self.engine.finish_task(session_id, tid, failure=refused)
             return True
-        self.engine.finish_task(session_id, tid, failure=f"calling the instance failed: {error}", commit=False)
+        failure = f"calling the instance failed: {error}"
+        if finished is not None:
+            finished.append((tid, None, None, failure))
+        else:
+            self.engine.finish_task(session_id, tid, failure=failure, commit=False)
         return True
 
     def _link_lost(self, inst: Instance, error: FlameError) -> bool:

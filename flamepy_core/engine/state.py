@@ -47,7 +47,7 @@ from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
 from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
-from flamepy_core.engine.store import Op, QueuedWrite, Store, session_deletion
+from flamepy_core.engine.store import OnDone, Op, QueuedWrite, Store, session_deletion
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.transport_kit import answering
@@ -419,6 +419,21 @@ def _task_ops(entry: SessionEntry, task: pb.Task) -> list[Op]:
     if task.status.state in TERMINAL and task.spec.HasField("output"):
         ops.append(_output_op(entry.id, tid, task))
     return ops
+
+
+Finished = tuple[int, Mapped | None, PayloadFile | None, str | None]
+"""A task's result for :meth:`Engine.finish_tasks`: its id, its output (and the file holding it, if any), and
+why it failed (None: it succeeded)."""
+
+
+def _each_done(callbacks: list[OnDone], error: FlameError | None) -> None:
+    """The callbacks of writes queued as one (:meth:`Engine.finish_tasks`), each given the outcome, in order;
+    one that raises does not keep the others from running."""
+    for callback in callbacks:
+        try:
+            callback(error)
+        except Exception:
+            log.exception("a commit callback of a task's final state failed")
 
 
 def _running_op(session_id: str, tid: int, task: pb.Task) -> Op:
@@ -1802,6 +1817,42 @@ class Engine:
             self.store.commit()
         return True
 
+    def finish_tasks(self, session_id: str, results: Sequence[Finished]) -> None:
+        """:meth:`finish_task` with ``commit=False`` for several running tasks of one session (the results of a
+        batch read together): under one lock, and queued as one write whose callback applies each in order.
+        A task that is not running (settled or cancelled meanwhile) is skipped, its output's file dropped."""
+        files = self.store.payloads
+        # Large outputs are written to their files here, before the lock (as finish_task does).
+        spilled = [
+            (tid, output, files.spill(output) if output_file is None else output_file, failure)
+            for tid, output, output_file, failure in results
+        ]
+        queued: list[tuple[list[Op], OnDone]] = []
+        linger = True
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            for tid, output, output_file, failure in spilled:
+                task = entry.tasks.get(tid) if entry is not None else None
+                if entry is None or task is None or task.status.state != RUNNING or tid in entry.finishing:
+                    files.settled([output_file], "the task is not running")
+                    continue
+                state = SUCCEED if failure is None else FAILED
+                # As _finish decides it for one: the write may wait for the results behind it (one transaction
+                # and one delivery to the watchers for all) only when nobody waits on it alone.
+                linger = linger and (
+                    tid not in entry.waiters
+                    and (bool(entry.pending) or entry.message.status.running - len(entry.finishing) > 1)
+                )
+                self._finalize(entry, task, state, failure, output, output_file=output_file, into=queued)
+        if not queued:
+            return
+        if len(queued) == 1:
+            ops, on_done = queued[0]
+        else:
+            ops = [op for one, _done in queued for op in one]
+            on_done = partial(_each_done, [done for _ops, done in queued])
+        self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
+
     def _finish(
         self,
         session_id: str,
@@ -1839,11 +1890,14 @@ class Engine:
         *,
         output_file: PayloadFile | None = None,
         linger: bool = False,
+        into: list[tuple[list[Op], OnDone]] | None = None,
     ) -> None:
         """Queue a task's final state; it is applied when committed (called with the lock held).
 
         ``output_file``: the output is already in that file (:meth:`PayloadFiles.spill`). ``linger``: the
-        commit may wait up to ``RESULT_LINGER`` for other writes (or come with the next commit)."""
+        commit may wait up to ``RESULT_LINGER`` for other writes (or come with the next commit). ``into``:
+        the statements and their callback are added there, for the caller to queue with others', instead
+        (:meth:`finish_tasks`)."""
         tid = int(task.metadata.id)
         entry.finishing.add(tid)
         if task.status.state == PENDING:
@@ -1886,7 +1940,10 @@ class Engine:
             entry.output_files[tid] = output_file
         finished = partial(self._finished, entry, tid, final, output, on_committed)
         on_done = self.store.payloads.on_settled([output_file], finished)
-        self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
+        if into is None:
+            self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
+        else:
+            into.append((ops, on_done))
         running = entry.running_writes.pop(tid, None)
         if isinstance(running, RunningRows):
             running.discard(tid)

@@ -366,3 +366,37 @@ def test_a_run_task_input_given_as_a_view_of_a_reused_buffer_is_not_kept_as_one(
     assert engine.get_task("s1", str(started[0])).spec.input == data  # read from its row, or from its file
     if size < engine.store.payloads.threshold or file_fails:
         assert [p for kind, p in stored(engine, started[0])[1] if kind == 0] == [data]
+
+
+def test_results_finished_together_leave_what_one_by_one_leaves_in_one_write(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``finish_tasks`` (a batch's results read together): each task ends as ``finish_task`` would end it
+    (state, output, failure, counters, rows), a task no longer running is skipped, and they are queued as
+    one write: one transaction, one callback run per task."""
+    created: list[list[pb.Task] | None] = []
+    engine.submit_tasks("s1", [b"a", b"b", b"c", b"d"], lambda tasks, error: created.append(tasks))
+    wait_for(lambda: created, 10, "the tasks to be created")
+    started = engine.start_many("s1", 4, 1, 1 << 20)
+    assert [tid for tid, _input, _file in started] == [1, 2, 3, 4]
+    assert engine.finish_task("s1", 4, output=b"first")  # finished already: skipped below
+    engine.store.flush()
+    queued: list[int] = []
+    enqueue = engine.store.enqueue
+    monkeypatch.setattr(engine.store, "enqueue", lambda ops, *a, **k: queued.append(len(ops)) or enqueue(ops, *a, **k))
+    results = [(1, b"A", None, None), (2, None, None, "ValueError: no"), (3, b"C", None, None)]
+    results.append((4, b"again", None, None))
+    engine.finish_tasks("s1", results)
+    engine.finish_tasks("s1", [(99, b"x", None, None)])  # no such task: nothing queued, nothing raised
+    assert len(queued) == 1 and queued[0] >= 3, f"the group's final states were queued as {queued}"
+    engine.store.flush()
+    one = engine.get_task("s1", "1")
+    assert one.status.state == pb.TaskState.Succeed and one.spec.output == b"A"
+    two = engine.get_task("s1", "2")
+    assert two.status.state == pb.TaskState.Failed and two.status.events[-1].message == "ValueError: no"
+    assert engine.get_task("s1", "3").spec.output == b"C"
+    assert stored(engine, 1) == ([(int(pb.TaskState.Succeed),)], [(0, b"a"), (1, b"A")])
+    assert stored(engine, 2)[0] == [(int(pb.TaskState.Failed),)]
+    assert engine.get_task("s1", "4").spec.output == b"first", "a task that had ended was finished again"
+    status = engine.get_session("s1").status
+    assert (status.succeed, status.failed, status.running) == (3, 1, 0), "a counter moved wrongly"
