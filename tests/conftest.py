@@ -320,3 +320,42 @@ class ServerChild:
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+REVERSE_SERVICE = """
+import os
+import flamepy
+from flamepy.core import FlameService
+
+
+class Reverse(FlameService):
+    def on_task_invoke(self, context):
+        if context.input == b"die once" and not os.path.exists("died"):
+            open("died", "w").close()
+            os._exit(3)  # a crash in the middle of the task: its instance is lost
+        return context.input[::-1]
+
+
+if __name__ == "__main__":
+    flamepy.run(Reverse())
+"""
+"""A service that answers its input reversed, and kills its own process the first time it is given
+``b"die once"``."""
+
+
+@pytest.fixture
+def reverse_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A local runtime (real store, real service processes on uds) with ``REVERSE_SERVICE`` registered as
+    ``rev``, and no ``FLAME_*`` variable of the caller's environment."""
+    from flamepy.testing import local_runtime
+
+    for key in [k for k in os.environ if k.startswith("FLAME_")]:
+        monkeypatch.delenv(key)
+    reset_default_connection()
+    service = tmp_path / "svc" / "reverse_service.py"
+    service.parent.mkdir()
+    service.write_text(textwrap.dedent(REVERSE_SERVICE))
+    with local_runtime(tmp_path / "home", instances="process") as rt:
+        rt.register("rev", service)
+        yield rt
+    reset_default_connection()

@@ -18,6 +18,7 @@ credit given back (items, KiB) on ``CREDIT``.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -124,16 +125,32 @@ def decode(message: bytes | bytearray | memoryview) -> Frame:
     return Frame(known, call_id, method, view[end:], code, None if timeout < 0 else timeout, a, b)
 
 
-def reply_of(message: bytes | bytearray | memoryview) -> tuple[int, memoryview] | None:
-    """``(call_id, payload)`` when ``message`` is a ``REPLY`` frame of this protocol, else None (anything else,
-    a malformed frame included, is for :func:`decode`). What a caller reading its own answer asks of every
-    message (``framed_client._Connection._take``): the header read in place, no :class:`Frame` built."""
-    if len(message) < HEADER.size:
-        return None
-    magic, version, kind, _code, method_len, call_id, _t, _a, _b = HEADER.unpack_from(message)
-    if kind != _REPLY or magic != MAGIC or version != VERSION or HEADER.size + method_len > len(message):
-        return None
-    return call_id, memoryview(message)[HEADER.size + method_len :]
+AnswerOf = Callable[[bytes | bytearray | memoryview], "tuple[int, memoryview] | None"]
+
+
+def _answer_of(wanted: Kind) -> AnswerOf:
+    """A reader of one kind of answer: ``(call_id, payload)`` when a message is a frame of that kind of this
+    protocol, else None (anything else, a malformed frame included, is for :func:`decode`); the header read
+    in place, no :class:`Frame` built."""
+    number = int(wanted)
+
+    def answer_of(message: bytes | bytearray | memoryview) -> tuple[int, memoryview] | None:
+        if len(message) < HEADER.size:
+            return None
+        magic, version, kind, _code, method_len, call_id, _t, _a, _b = HEADER.unpack_from(message)
+        if kind != number or magic != MAGIC or version != VERSION or HEADER.size + method_len > len(message):
+            return None
+        return call_id, memoryview(message)[HEADER.size + method_len :]
+
+    return answer_of
+
+
+reply_of = _answer_of(Kind.REPLY)
+"""``(call_id, payload)`` of a ``REPLY`` frame, else None (see :func:`_answer_of`): what a caller reading its
+own answer asks of every message (``framed_client._Connection._take``)."""
+item_of = _answer_of(Kind.ITEM)
+"""``(call_id, payload)`` of an ``ITEM`` frame, else None: each item of a stream read by callbacks (every
+result of a batch of tasks)."""
 
 
 def is_item(message: bytes | bytearray | memoryview | object) -> bool:
@@ -141,19 +158,7 @@ def is_item(message: bytes | bytearray | memoryview | object) -> bool:
     return isinstance(message, (bytes, bytearray, memoryview)) and len(message) > 3 and message[3] == _ITEM
 
 
-def item_of(message: bytes | bytearray | memoryview) -> tuple[int, memoryview] | None:
-    """``(call_id, payload)`` when ``message`` is an ``ITEM`` frame of this protocol, else None: as
-    :func:`reply_of`, for each item of a stream read by callbacks (every result of a batch of tasks)."""
-    if len(message) < HEADER.size:
-        return None
-    magic, version, kind, _code, method_len, call_id, _t, _a, _b = HEADER.unpack_from(message)
-    if kind != _ITEM or magic != MAGIC or version != VERSION or HEADER.size + method_len > len(message):
-        return None
-    return call_id, memoryview(message)[HEADER.size + method_len :]
-
-
 _ITEM = int(Kind.ITEM)
-_REPLY = int(Kind.REPLY)
 _UNARY = int(Kind.UNARY)
 
 

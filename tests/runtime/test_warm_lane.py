@@ -9,53 +9,23 @@ as for any other. Real service processes, a real store.
 
 from __future__ import annotations
 
-import os
-import textwrap
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import wait_for
 
 import flamepy
-from flamepy.testing import LocalRuntime, local_runtime
-from flamepy_core.client.connection import default_connection, reset_default_connection
+from flamepy.testing import LocalRuntime
+from flamepy_core.client.connection import default_connection
 from flamepy_core.client.session import TaskFailedError
 from flamepy_core.engine.scheduler import State
 from flamepy_core.wire.proto import types_pb2 as pb
 
-REVERSE = """
-import os
-import flamepy
-from flamepy.core import FlameService
-
-
-class Reverse(FlameService):
-    def on_task_invoke(self, context):
-        if context.input == b"die once" and not os.path.exists("died"):
-            open("died", "w").close()
-            os._exit(3)  # a crash in the middle of the task: its instance is lost
-        return context.input[::-1]
-
-
-if __name__ == "__main__":
-    flamepy.run(Reverse())
-"""
-
 
 @pytest.fixture
-def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalRuntime]:
-    for key in [k for k in os.environ if k.startswith("FLAME_")]:
-        monkeypatch.delenv(key)
-    reset_default_connection()
-    service = tmp_path / "svc" / "reverse_service.py"
-    service.parent.mkdir()
-    service.write_text(textwrap.dedent(REVERSE))
-    with local_runtime(tmp_path / "home", instances="process") as rt:
-        rt.register("rev", service)
-        yield rt
-    reset_default_connection()
+def runtime(reverse_runtime: LocalRuntime) -> LocalRuntime:
+    return reverse_runtime
 
 
 def _task(session_id: str, task_id: int) -> pb.Task:
