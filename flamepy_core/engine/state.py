@@ -436,6 +436,21 @@ def _each_done(callbacks: list[OnDone], error: FlameError | None) -> None:
             log.exception("a commit callback of a task's final state failed")
 
 
+def _finishable(entry: SessionEntry, tid: int) -> pb.Task | None:
+    """Task ``tid`` if it is running and its result not queued yet (called with the lock held), else None."""
+    task = entry.tasks.get(tid)
+    if task is None or task.status.state != RUNNING or tid in entry.finishing:
+        return None
+    return task
+
+
+def _may_linger(entry: SessionEntry, tid: int) -> bool:
+    """Whether task ``tid``'s final state may wait ``RESULT_LINGER`` for the results behind it (one
+    transaction and one delivery to the session's watchers for all of them, instead of one each): in a burst
+    (more of the session's tasks in flight), when nobody waits on this one by itself."""
+    return tid not in entry.waiters and (bool(entry.pending) or entry.message.status.running - len(entry.finishing) > 1)
+
+
 def _running_op(session_id: str, tid: int, task: pb.Task) -> Op:
     """The row of task ``tid`` that just became RUNNING (:func:`_task_ops`' one statement, for that state)."""
     return (_UPDATE_TASK, (int(RUNNING), task.status.SerializeToString(), None, session_id, tid))
@@ -1819,30 +1834,25 @@ class Engine:
 
     def finish_tasks(self, session_id: str, results: Sequence[Finished]) -> None:
         """:meth:`finish_task` with ``commit=False`` for several running tasks of one session (the results of a
-        batch read together): under one lock, and queued as one write whose callback applies each in order.
-        A task that is not running (settled or cancelled meanwhile) is skipped, its output's file dropped."""
+        batch read together): under one lock, and queued as one write whose callback applies each in order;
+        it may wait ``RESULT_LINGER`` only if each of them may (:func:`_may_linger`). A task that is not
+        running (settled or cancelled meanwhile) is skipped, its output's file dropped.
+
+        A large output must be in its file already (``output_file``), as the scheduler's results are
+        (``Scheduler._task_outcome`` spills them on the thread that read them): an output given alone is
+        stored as it is."""
         files = self.store.payloads
-        # Large outputs are written to their files here, before the lock (as finish_task does).
-        spilled = [
-            (tid, output, files.spill(output) if output_file is None else output_file, failure)
-            for tid, output, output_file, failure in results
-        ]
         queued: list[tuple[list[Op], OnDone]] = []
         linger = True
         with self.lock:
             entry = self._sessions.get(session_id)
-            for tid, output, output_file, failure in spilled:
-                task = entry.tasks.get(tid) if entry is not None else None
-                if entry is None or task is None or task.status.state != RUNNING or tid in entry.finishing:
+            for tid, output, output_file, failure in results:
+                task = _finishable(entry, tid) if entry is not None else None
+                if entry is None or task is None:
                     files.settled([output_file], "the task is not running")
                     continue
+                linger = linger and _may_linger(entry, tid)
                 state = SUCCEED if failure is None else FAILED
-                # As _finish decides it for one: the write may wait for the results behind it (one transaction
-                # and one delivery to the watchers for all) only when nobody waits on it alone.
-                linger = linger and (
-                    tid not in entry.waiters
-                    and (bool(entry.pending) or entry.message.status.running - len(entry.finishing) > 1)
-                )
                 self._finalize(entry, task, state, failure, output, output_file=output_file, into=queued)
         if not queued:
             return
@@ -1864,18 +1874,11 @@ class Engine:
     ) -> bool:
         with self.lock:
             entry = self._sessions.get(session_id)
-            task = entry.tasks.get(task_id) if entry is not None else None
-            if entry is None or task is None or task.status.state != RUNNING or task_id in entry.finishing:
+            task = _finishable(entry, task_id) if entry is not None else None
+            if entry is None or task is None:
                 return False
+            linger = on_committed is None and _may_linger(entry, task_id)
             state = SUCCEED if failure is None else FAILED
-            # In a burst (more of the session's tasks in flight) a result nobody waits on by itself may
-            # wait RESULT_LINGER for the results behind it: one transaction and one delivery to the
-            # session's watchers for all of them, instead of one each.
-            linger = (
-                on_committed is None
-                and task_id not in entry.waiters
-                and (bool(entry.pending) or entry.message.status.running - len(entry.finishing) > 1)
-            )
             self._finalize(entry, task, state, failure, output, on_committed, output_file=output_file, linger=linger)
         return True
 

@@ -519,15 +519,15 @@ class Store:
                     self._cond.notify()
         return write
 
-    def enqueue_rows(self, make: Callable[[], list[Op]], *, lazy: bool = True) -> QueuedWrite:
-        """Queue a durable write whose statements ``make()`` gives when a commit takes it (once, with the
+    def enqueue_rows(self, make: Callable[[], list[Op]]) -> QueuedWrite:
+        """Queue a durable, lazy write whose statements ``make()`` gives when a commit takes it (once, with the
         store's lock held: it may take a lock of its own, never this store's).
 
         For statements that may become needless while they wait: the RUNNING rows of a batch of tasks sent
         to an instance, less those whose final row is queued by then (see ``engine.state.RunningRows``).
         One write for the batch, where a write per task cost a queued write and a :meth:`drop` each.
         """
-        return self.enqueue([], durable=True, lazy=lazy, make=make)
+        return self.enqueue([], durable=True, lazy=True, make=make)
 
     def _take_queue(self) -> list[_Write]:
         """Everything queued, for a commit (called with the lock held): deferred statements made now."""

@@ -490,8 +490,18 @@ class _Connection:
         result) goes to its call from the frame's header (:func:`frames.reply_of`), without a :class:`Frame`,
         the frame kinds' checks or :meth:`_dispatch`: 3-6 µs of a warm invoke on this machine, on each side
         (docs/benchmarks.md). Anything else takes the general way below."""
-        if self._after and not frames.is_item(message):
-            self._run_after()  # what the items before it left for later comes first
+        if frames.is_item(message):  # (a stream's item, every result of a batch of tasks: no Frame either)
+            item = frames.item_of(message)
+            if item is not None:
+                with self._lock:
+                    streaming = self._calls.get(item[0])
+                if streaming is not None:
+                    streaming.item(item[1])
+                if self._after and not self._read_ahead():
+                    self._run_after()  # nothing more read: before the reader waits for more
+                return False
+        elif self._after:
+            self._run_after()  # what the items before this message left for later comes first
         if not isinstance(message, Oversized):
             reply = frames.reply_of(message)
             if reply is not None:
@@ -504,21 +514,10 @@ class _Connection:
                     else:
                         call.replied(payload)
                 return self._ended_host(call_id)
-            item = frames.item_of(message)
-            if item is not None:  # (every result of a batch of tasks: no Frame either)
-                with self._lock:
-                    streaming = self._calls.get(item[0])
-                if streaming is not None:
-                    streaming.item(item[1])
-                if self._after and not self._read_ahead():
-                    self._run_after()  # nothing more read: before the reader waits for more
-                return False
             frame = frames.decode(message)
             if frame.kind not in frames.ANSWERS:
                 raise frames.ProtocolError(f"a server sent a {frame.kind.name} frame")
             self._dispatch(frame)
-            if self._after and not self._read_ahead():
-                self._run_after()  # nothing more read: before the reader waits for more
             return self._ended_host(frame.call_id)
         self._oversized(message)
         return False

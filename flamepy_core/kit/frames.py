@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from enum import IntEnum
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
@@ -153,7 +153,7 @@ item_of = _answer_of(Kind.ITEM)
 result of a batch of tasks)."""
 
 
-def is_item(message: bytes | bytearray | memoryview | object) -> bool:
+def is_item(message: object) -> TypeGuard[bytes | bytearray | memoryview]:
     """Whether ``message`` looks like an ``ITEM`` frame (its kind byte only: for a quick look before decoding)."""
     return isinstance(message, (bytes, bytearray, memoryview)) and len(message) > 3 and message[3] == _ITEM
 

@@ -316,7 +316,7 @@ def task_outcome_entry(task_id: int, state: int, output: bytes | None, message: 
     entries of a message, and the outcome's size. The output is not copied until that join.
 
     Why by hand: the server writes one per task a ``run()`` watches, and protobuf's setters and serializer
-    cost twice this (``benchmarks/bench_calls.py``, docs/benchmarks.md)."""
+    cost about twice this (7.0 against 3.7 µs a task for 64 outcomes, docs/benchmarks.md)."""
     # (One-byte varints looked up: a state always, a short output's length and a small task id too.)
     small = (
         (_OUTCOME_ID_KEY + (_ONE_BYTE[task_id] if task_id < 0x80 else _varint(task_id))) if task_id else b""
