@@ -8,6 +8,7 @@ Clients find it there, and start one when there is none (see :mod:`flamepy_core.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -161,24 +162,31 @@ class _Activity:
 
 
 class _Once:
-    """Calls ``on_done`` once, on the first :meth:`settled` (the activity counter's exit for one call)."""
+    """Calls ``on_done`` once, on the first :meth:`settled` (the activity counter's exit for one call).
+
+    Once without a lock: the first ``next`` of a counter is 0 for one caller only (one C call, atomic under
+    the GIL). One of these is made for every deferred call (each warm invoke's RunTask), and a lock of its
+    own cost an allocation and two calls more."""
+
+    __slots__ = ("_on_done", "_turns")
 
     def __init__(self, on_done: Callable[[], None]) -> None:
-        self._on_done: Callable[[], None] | None = on_done
-        self._lock = threading.Lock()
+        self._on_done = on_done
+        self._turns = itertools.count()
 
     def settled(self) -> None:
-        with self._lock:
-            on_done, self._on_done = self._on_done, None
-        if on_done is not None:
-            on_done()
+        if next(self._turns) == 0:
+            self._on_done()
 
 
 class _ExitOnReply(_Once):
     """A responder that tells the activity counter once, when the reply is completed (or given up)."""
 
+    __slots__ = ("_responder",)
+
     def __init__(self, responder: Responder, on_done: Callable[[], None]) -> None:
-        super().__init__(on_done)
+        self._on_done = on_done  # (_Once's fields set here: a call less per RunTask)
+        self._turns = itertools.count()
         self._responder = responder
 
     def send(self, response: bytes) -> bool:
@@ -203,6 +211,8 @@ class _ExitOnReply(_Once):
 
 class _ExitOnEnd(_Once):
     """A stream writer that tells the activity counter once, when the stream ends (or is given up)."""
+
+    __slots__ = ("_writer",)
 
     def __init__(self, writer: StreamWriter, on_done: Callable[[], None]) -> None:
         super().__init__(on_done)

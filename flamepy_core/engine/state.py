@@ -1814,6 +1814,7 @@ class Engine:
         on_committed: Callable[[], None] | None = None,
         commit: bool = True,
         output_file: PayloadFile | None = None,
+        spilled: bool = False,
     ) -> bool:
         """Record a running task's result: SUCCEED with ``output``, or FAILED with ``failure``.
 
@@ -1822,8 +1823,10 @@ class Engine:
         With ``commit=False`` the caller commits (with other writes of its own, in one group).
         ``output_file``: a large output is already in that payload file (:meth:`PayloadFiles.spill`
         before a lock, or written by the instance and adopted), which is settled with the row.
+        ``spilled``: the caller spilled the output already (``Scheduler._task_outcome``: a large one is in
+        ``output_file``), so it is not looked at again here.
         """
-        if output_file is None:
+        if output_file is None and not spilled:
             output_file = self.store.payloads.spill(output)  # a large output's file, written before the lock
         if not self._finish(session_id, task_id, output, output_file, failure, on_committed):
             self.store.payloads.settled([output_file], "the task is not running")
@@ -1975,10 +1978,11 @@ class Engine:
             task.status.CopyFrom(final)
             waiters = entry.waiters.pop(tid, [])
             watched = bool(entry.watches) or tid in entry.task_watches
+            lone = len(waiters) == 1 and isinstance(waiters[0], OutputWaiter)  # (RunTask's)
             # Only OutputWaiters wanting it, they get it as it came (see OutputWaiter).
-            if output is not None and (watched or not all(isinstance(w, OutputWaiter) for w in waiters)):
+            if output is not None and (watched or not (lone or all(isinstance(w, OutputWaiter) for w in waiters))):
                 task.spec.output = output if type(output) is bytes else bytes(output)  # (a mapped file's: copied)
-            if len(waiters) == 1 and isinstance(waiters[0], OutputWaiter) and len(output or b"") <= EARLY_ANSWER_BYTES:
+            if lone and len(output or b"") <= EARLY_ANSWER_BYTES:
                 # RunTask's answer leaves first, the lock held: the rest is applied while it travels, and
                 # whoever asks meanwhile (its caller, told, asking at once) waits for the lock, so nothing
                 # is seen before it is applied. A small answer only: a transport takes it without waiting
@@ -1998,7 +2002,8 @@ class Engine:
                     claim(watch, self._due, entry)
             if entry.task_watches:  # (a call less per task where nobody watches one)
                 self._claim_task_watches(entry, tid)
-            entry.wake()
+            if entry.sleepers:  # (entry.wake(), a call less on every result's way)
+                entry.cond.notify_all()
         if waiters:
             self._notify_waiters([(waiters, task)], output)
         # The watchers claimed here are fed once every result of this commit is applied

@@ -651,13 +651,17 @@ class Store:
         ahead_log = self._ahead_log
         if ahead_log is None or ahead_log.size >= AHEAD_LOG_LIMIT or len(self._ahead) >= AHEAD_MAX:
             return False
-        writes = [item.ops for item in batch if item.ops]
-        if not writes:
-            return True  # nothing to store: what was queued before is logged or committed already
+        writes: list[list[Op]] = []
+        bodies: list[bytes] = []
         try:
-            bodies = [encode_ops(ops) for ops in writes]
+            for item in batch:  # (a loop, not two comprehensions: two calls fewer on every warm invoke's commit)
+                if item.ops:
+                    writes.append(item.ops)
+                    bodies.append(encode_ops(item.ops))
         except NotLoggable:
             return False
+        if not writes:
+            return True  # nothing to store: what was queued before is logged or committed already
         if sum(map(len, bodies)) > AHEAD_RECORD_MAX:
             return False
         with self._log_lock:

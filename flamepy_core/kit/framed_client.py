@@ -141,28 +141,32 @@ class _Ready:
     until set: an Event builds a lock and a condition for every call, and most calls read their own
     answer (:meth:`_Connection.host_until`) and never wait on it."""
 
-    __slots__ = ("_held", "_set")
+    __slots__ = ("_held", "done")
 
     def __init__(self) -> None:
-        self._set = False
+        self.done = False
+        """Whether it is set: read as it is where a call's answer is looked for on every turn (a warm invoke
+        looks four times), :meth:`is_set` being a call more each time."""
         self._held = threading.Lock()
         self._held.acquire()
 
     def set(self) -> None:
-        if not self._set:
-            self._set = True
-            with contextlib.suppress(RuntimeError):  # set twice at once (an answer, and the link failing)
+        if not self.done:
+            self.done = True
+            try:  # noqa: SIM105 (not contextlib.suppress: three Python calls more, on every blocking call's answer)
                 self._held.release()
+            except RuntimeError:  # set twice at once (an answer, and the link failing)
+                pass
 
     def is_set(self) -> bool:
-        return self._set
+        return self.done
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self._set:
+        if self.done:
             return True
         if self._held.acquire(timeout=-1 if timeout is None else timeout):
             self._held.release()  # for whoever waits next
-        return self._set
+        return self.done
 
 
 class _Unary(_Call):
@@ -544,7 +548,7 @@ class _Connection:
         """After the answer to ``call_id`` was handled: True when it ended the call of the caller reading the
         link (counted when that caller read it; its caller woken when the reader thread got there first)."""
         hosting = self._hosting
-        if hosting is None or call_id != hosting.call_id or not hosting.ready.is_set():
+        if hosting is None or call_id != hosting.call_id or not hosting.ready.done:
             return False
         if threading.get_ident() == self._host_ident:
             self.replies_read_by_caller += 1
@@ -572,7 +576,7 @@ class _Connection:
         self._host_ident = threading.get_ident()
         self._hosting = call
         try:
-            while not call.ready.is_set() and self.dead is None:
+            while not call.ready.done and self.dead is None:
                 if call.deadline is None:
                     hosted = lease.host_lent(_HOST_SLICE_MS, held=held)
                     held = False
@@ -904,7 +908,8 @@ class FramedChannel:
 
     def _prepare(self, request: bytes, timeout: Timeout) -> tuple[bytes, float | None]:
         data = request if type(request) is bytes else bytes(request)
-        check_size(len(data), self.limit, what="request", endpoint=self._endpoint)
+        if len(data) > self.limit:  # (a call less on every request's way)
+            check_size(len(data), self.limit, what="request", endpoint=self._endpoint)
         return data, resolve_timeout(timeout, self.default_timeout)
 
     def _begin(self, call: _Call, kind: Kind, request: bytes | list[Part], window: bool = False) -> _Connection:
@@ -937,7 +942,7 @@ class FramedChannel:
         call = conn.call_hosted(method, self._method(method), parts, size, read)
         if call is None:
             return None
-        if not call.ready.is_set():
+        if not call.ready.done:
             call.ready.wait()  # the link failed under it: the reader fails the call
         if call.error is not None:
             raise call.error
@@ -971,7 +976,8 @@ class FramedChannel:
         """
         parts = [part for part in request if len(part)]  # (the link sends no empty part)
         size = sum(map(len, parts))
-        check_size(size, self.limit, what="request", endpoint=self._endpoint)
+        if size > self.limit:  # (a call less on every request's way)
+            check_size(size, self.limit, what="request", endpoint=self._endpoint)
         seconds = resolve_timeout(timeout, self.default_timeout)
         hosted = None if seconds is not None else self._hosted(method, parts, size, read)
         if hosted is not None:

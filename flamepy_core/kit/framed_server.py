@@ -302,7 +302,8 @@ class _Writer:
 def _checked(method: str, value: object, limit: int, endpoint: str, what: str = "response") -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise FlameError(FlameErrorCode.INTERNAL, f"handler for {method} returned {type(value).__name__}, not bytes")
-    check_size(len(value), limit, what=f"{what} to {method}", endpoint=endpoint)
+    if len(value) > limit:  # (looked at first: the error's text is made only for the error)
+        check_size(len(value), limit, what=f"{what} to {method}", endpoint=endpoint)
     return value if type(value) is bytes else bytes(value)
 
 
@@ -505,7 +506,11 @@ class FramedServer:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flamepy-kit-handler")
         self._peers: set[_Peer] = set()
         self._running = 0
-        self._lock = threading.Condition()
+        self._mutex = threading.Lock()
+        """Guards the count of running calls, the stopping flag and the links. Taken as it is on every call's
+        way in and out and every wait of a host (a ``Condition``'s ``with`` is two Python calls more);
+        ``_lock`` is the condition on it, for :meth:`stop` to wait on."""
+        self._lock = threading.Condition(self._mutex)
         self._stopping = False
         self._stopped = threading.Event()
         self.hosted = False
@@ -540,7 +545,7 @@ class FramedServer:
             self._peers.discard(peer)
 
     def finished(self) -> None:
-        with self._lock:
+        with self._mutex:
             self._running -= 1
             if self._stopping:  # only :meth:`stop` waits for the count (and sets this first)
                 self._lock.notify_all()
@@ -565,12 +570,13 @@ class FramedServer:
                 FlameError(FlameErrorCode.UNIMPLEMENTED, f"{method} on {self.endpoint} is {shape} method"),
             )
             return False
-        try:
-            check_size(len(frame.payload), self.limit, what=f"request to {method}", endpoint=self.endpoint)
-        except FlameError as exc:
-            self._refuse(peer, call_id, exc)
-            return False
-        with self._lock:
+        if len(frame.payload) > self.limit:  # (looked at first: the error's text is made only for the error)
+            try:
+                check_size(len(frame.payload), self.limit, what=f"request to {method}", endpoint=self.endpoint)
+            except FlameError as exc:
+                self._refuse(peer, call_id, exc)
+                return False
+        with self._mutex:
             if self._stopping:
                 self._refuse(peer, call_id, unavailable(self.endpoint, "the server is shutting down"))
                 return False
@@ -662,7 +668,7 @@ class FramedServer:
         if self._stopping or os.getpid() != self._pid:
             return False
         self.hosted = True
-        with self._lock:
+        with self._mutex:
             peers = list(self._peers)
         if len(peers) == 1:
             lease = peers[0].give_lease()

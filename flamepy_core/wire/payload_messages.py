@@ -260,12 +260,21 @@ def _around_output(
 ) -> tuple[list[bytes], tuple[bytes, bytes, bytes]]:
     """The parts of RunTask's answer before its output (metadata, the spec's start, the output's key and
     length) and after it (the status), for an output of ``output_size`` bytes (None: no output)."""
-    metadata = b"".join(_strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, name.encode())))
-    spec = b"".join(_strings((_SESSION_ID_KEY, session_id.encode())))
+    tid, named, sid = task_id.encode(), name.encode(), session_id.encode()
+    if 0 < len(tid) < 0x20 and 0 < len(named) < 0x20 and 0 < len(sid) < 0x7E and len(status) < 0x80:
+        # Every answer's case (ids of a few digits, a session id, a status of a few events): each length one
+        # byte, looked up here; six calls fewer on every warm invoke's way back than the general case below.
+        metadata = b"".join((_TASK_ID_KEY, _ONE_BYTE[len(tid)], tid, _SESSION_ID_KEY, _ONE_BYTE[len(named)], named))
+        spec = b"".join((_SESSION_ID_KEY, _ONE_BYTE[len(sid)], sid))
+        metadata_head, status_head = _ONE_BYTE[len(metadata)], _ONE_BYTE[len(status)]
+    else:
+        metadata = b"".join(_strings((_TASK_ID_KEY, tid), (_SESSION_ID_KEY, named)))
+        spec = b"".join(_strings((_SESSION_ID_KEY, sid)))
+        metadata_head, status_head = _varint(len(metadata)), _varint(len(status))
     output_head = b"" if output_size is None else _OUTPUT_IN_SPEC_KEY + _varint(output_size)
     spec_size = len(spec) + len(output_head) + (output_size or 0)
-    head = [_METADATA_KEY, _varint(len(metadata)), metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
-    return head, (_STATUS_KEY, _varint(len(status)), status)
+    head = [_METADATA_KEY, metadata_head, metadata, _SPEC_KEY, _varint(spec_size), spec, output_head]
+    return head, (_STATUS_KEY, status_head, status)
 
 
 _METADATA_KEY = bytes((1 << 3 | _LEN,))
