@@ -1351,7 +1351,8 @@ class Scheduler:
                 self.engine.store.payloads.drop_due()
 
         def on_item(payload: bytes) -> None:
-            hear()
+            if not heard:  # (the first only: a call less per result)
+                hear()
             if not expected:  # more results than tasks: a bug of the instance's; its tasks were answered
                 log.warning(
                     "instance %s of session %s answered more results than its batch of %d tasks had: the extra "

@@ -1049,7 +1049,8 @@ class Engine:
         """
         files = self.store.payloads
         # Large inputs are written to their files here, before the lock: not while everyone waits.
-        spilled = [files.spill(task_input) for task_input in inputs]
+        large = files.threshold  # (spill's own test first: a call less per task of a run(), nearly all small)
+        spilled = [None if data is None or len(data) < large else files.spill(data) for data in inputs]
         early = not acknowledged and self.store.failure is None
         try:
             first = self._submit(session_id, inputs, spilled, on_created, waiter, timeouts, early)
@@ -1614,8 +1615,9 @@ class Engine:
                 return started
             size = 0
             rows = RunningRows()
+            ts = now_ms()
             while len(started) < limit and size <= max_bytes:
-                task = self._start_next(entry, rows)
+                task = self._start_next(entry, rows, ts)
                 if task is None:
                     break
                 one = self._started(entry, task, input_as_file)
@@ -1723,9 +1725,12 @@ class Engine:
         self._finalize(entry, task, FAILED, error.message)
         self.store.execute(_DROP_INPUT, entry.id, int(task.metadata.id))  # the row named what is gone
 
-    def _start_next(self, entry: SessionEntry, rows: RunningRows | None = None) -> pb.Task | None:
+    def _start_next(
+        self, entry: SessionEntry, rows: RunningRows | None = None, ts: int | None = None
+    ) -> pb.Task | None:
         """Pop the oldest pending task and mark it RUNNING (called with the lock held); None if none. Its
-        RUNNING row is queued, or added to ``rows`` when given (the caller queues them)."""
+        RUNNING row is queued, or added to ``rows`` when given (the caller queues them). ``ts``: the time it
+        starts at (epoch ms; now when not given: a batch's tasks start at one time, taken once)."""
         if not entry.pending or entry.closing:
             return None
         tid = entry.pending.popleft()
@@ -1733,7 +1738,7 @@ class Engine:
         status = entry.message.status
         status.pending -= 1
         status.running += 1
-        _mark(task, RUNNING, None, now_ms())
+        _mark(task, RUNNING, None, now_ms() if ts is None else ts)
         if rows is None:
             entry.running_writes[tid] = self.store.enqueue(_task_ops(entry, task), durable=True, lazy=True)
         else:
@@ -1741,7 +1746,8 @@ class Engine:
             entry.running_writes[tid] = rows
         if entry.task_watches:  # (a call less per task where nobody watches one)
             self._claim_task_watches(entry, tid)
-        entry.wake()
+        if entry.sleepers:  # (entry.wake(), a call less per task started)
+            entry.cond.notify_all()
         return task
 
     def task_timeout(self, session_id: str, task_id: int) -> float | None:
@@ -1847,6 +1853,7 @@ class Engine:
         files = self.store.payloads
         queued: list[tuple[list[Op], OnDone]] = []
         linger = True
+        ts = now_ms()  # (results read together: one time for all)
         with self.lock:
             entry = self._sessions.get(session_id)
             for tid, output, output_file, failure in results:
@@ -1856,7 +1863,7 @@ class Engine:
                     continue
                 linger = linger and _may_linger(entry, tid)
                 state = SUCCEED if failure is None else FAILED
-                self._finalize(entry, task, state, failure, output, output_file=output_file, into=queued)
+                self._finalize(entry, task, state, failure, output, output_file=output_file, into=queued, ts=ts)
         if not queued:
             return
         if len(queued) == 1:
@@ -1897,13 +1904,14 @@ class Engine:
         output_file: PayloadFile | None = None,
         linger: bool = False,
         into: list[tuple[list[Op], OnDone]] | None = None,
+        ts: int | None = None,
     ) -> None:
         """Queue a task's final state; it is applied when committed (called with the lock held).
 
         ``output_file``: the output is already in that file (:meth:`PayloadFiles.spill`). ``linger``: the
         commit may wait up to ``RESULT_LINGER`` for other writes (or come with the next commit). ``into``:
         the statements and their callback are added there, for the caller to queue with others', instead
-        (:meth:`finish_tasks`)."""
+        (:meth:`finish_tasks`). ``ts``: when it ended (epoch ms; now when not given)."""
         tid = int(task.metadata.id)
         entry.finishing.add(tid)
         if task.status.state == PENDING:
@@ -1915,7 +1923,8 @@ class Engine:
         # copying the whole task would copy its input, however large.
         final = pb.TaskStatus()
         final.CopyFrom(task.status)
-        ts = now_ms()
+        if ts is None:
+            ts = now_ms()
         final.state = state  # type: ignore[assignment]
         final.completion_time = ts
         event = final.events.add(code=int(state), creation_time=ts)
@@ -1945,7 +1954,7 @@ class Engine:
         if output_file is not None:
             entry.output_files[tid] = output_file
         finished = partial(self._finished, entry, tid, final, output, on_committed)
-        on_done = self.store.payloads.on_settled([output_file], finished)
+        on_done = finished if output_file is None else self.store.payloads.on_settled([output_file], finished)
         if into is None:
             self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
         else:

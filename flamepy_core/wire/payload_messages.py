@@ -139,7 +139,8 @@ def task_context(
     # Keys written as constants, one-byte lengths looked up: this runs for every task the server sends.
     parts = _strings((_TASK_ID_KEY, task_id.encode()), (_SESSION_ID_KEY, session_id.encode()))
     if task_input is not None:
-        parts += (_INPUT_KEY, _varint(len(task_input)), task_input)
+        size = len(task_input)
+        parts += (_INPUT_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), task_input)
     if input_file is not None:
         _length_delimited(parts, handoff.INPUT_FILE, input_file[0].encode())
         _varint_field(parts, handoff.INPUT_SIZE, input_file[1])
@@ -305,9 +306,14 @@ def result(
 def task_batch(contexts: list[bytes]) -> bytes:
     """``flamepy.ext.v1.TaskBatch`` (repeated bytes tasks = 1), each a serialized ``TaskContext``."""
     parts: list[bytes] = []
-    for context in contexts:
-        _length_delimited(parts, 1, context)
+    for context in contexts:  # (the key and a one- or two-byte length inline: three calls fewer per task)
+        size = len(context)
+        parts += (_BATCH_TASK_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), context)
     return b"".join(parts)
+
+
+_BATCH_TASK_KEY = bytes((1 << 3 | _LEN,))
+"""The key of ``TaskBatch``'s tasks (1)."""
 
 
 _OUTCOMES_ENTRY_KEY = bytes((1 << 3 | _LEN,))
