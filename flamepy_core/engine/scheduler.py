@@ -1490,8 +1490,6 @@ class Scheduler:
             if return_code != 0:
                 return _Outcome(return_code=return_code, message=message or "the task failed without a message")
             if output_size is None or output_name is None:
-                if output is None or len(output) < files.threshold:  # (spill's own test: a call less per task)
-                    return _Outcome(output=output)
                 return _Outcome(output=output, output_file=files.spill(output))
             path = files.path(output_name)
             try:

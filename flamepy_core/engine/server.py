@@ -185,8 +185,7 @@ class _ExitOnReply(_Once):
     __slots__ = ("_responder",)
 
     def __init__(self, responder: Responder, on_done: Callable[[], None]) -> None:
-        self._on_done = on_done  # (_Once's fields set here: a call less per RunTask)
-        self._turns = itertools.count()
+        super().__init__(on_done)
         self._responder = responder
 
     def send(self, response: bytes) -> bool:

@@ -1049,8 +1049,7 @@ class Engine:
         """
         files = self.store.payloads
         # Large inputs are written to their files here, before the lock: not while everyone waits.
-        large = files.threshold  # (spill's own test first: a call less per task of a run(), nearly all small)
-        spilled = [None if data is None or len(data) < large else files.spill(data) for data in inputs]
+        spilled = [files.spill(task_input) for task_input in inputs]
         early = not acknowledged and self.store.failure is None
         try:
             first = self._submit(session_id, inputs, spilled, on_created, waiter, timeouts, early)
@@ -1746,8 +1745,7 @@ class Engine:
             entry.running_writes[tid] = rows
         if entry.task_watches:  # (a call less per task where nobody watches one)
             self._claim_task_watches(entry, tid)
-        if entry.sleepers:  # (entry.wake(), a call less per task started)
-            entry.cond.notify_all()
+        entry.wake()
         return task
 
     def task_timeout(self, session_id: str, task_id: int) -> float | None:
@@ -2011,8 +2009,7 @@ class Engine:
                     claim(watch, self._due, entry)
             if entry.task_watches:  # (a call less per task where nobody watches one)
                 self._claim_task_watches(entry, tid)
-            if entry.sleepers:  # (entry.wake(), a call less on every result's way)
-                entry.cond.notify_all()
+            entry.wake()
         if waiters:
             self._notify_waiters([(waiters, task)], output)
         # The watchers claimed here are fed once every result of this commit is applied

@@ -137,7 +137,7 @@ _SENT_AT_ONCE = 64 * 1024
 
 
 class _Ready:
-    """``threading.Event``'s ``set``, ``is_set`` and ``wait`` for one blocking call, made of one lock held
+    """``threading.Event``'s ``set``, ``is_set`` (``done``) and ``wait`` for one blocking call, made of one lock held
     until set: an Event builds a lock and a condition for every call, and most calls read their own
     answer (:meth:`_Connection.host_until`) and never wait on it."""
 
@@ -145,8 +145,8 @@ class _Ready:
 
     def __init__(self) -> None:
         self.done = False
-        """Whether it is set: read as it is where a call's answer is looked for on every turn (a warm invoke
-        looks four times), :meth:`is_set` being a call more each time."""
+        """Whether it is set: an attribute, not ``is_set()``, as a call's answer is looked for on every turn (a
+        warm invoke looks four times)."""
         self._held = threading.Lock()
         self._held.acquire()
 
@@ -157,9 +157,6 @@ class _Ready:
                 self._held.release()
             except RuntimeError:  # set twice at once (an answer, and the link failing)
                 pass
-
-    def is_set(self) -> bool:
-        return self.done
 
     def wait(self, timeout: float | None = None) -> bool:
         if self.done:
