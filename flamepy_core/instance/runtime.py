@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import ParamSpec, TypeVar
@@ -279,7 +280,8 @@ class MainThreadServing(Executor):
 
     A server that can lend its socket (``host_wait``: the kit's framed servers, uds's among them, and
     zmq's; see :meth:`host_on`) has the serving thread receive the calls itself while it has nothing to
-    run: no hand-off from the transport's thread.
+    run: no hand-off from the transport's thread. The kit's also runs a task the serving thread reads
+    there at once, inside the wait (``serve_inline``), while nothing queued waits to run before it.
     """
 
     def __init__(self, service: FlameService) -> None:
@@ -314,6 +316,11 @@ class MainThreadServing(Executor):
         wake = getattr(server, "wake_host", None)
         if callable(host) and callable(wake):
             self._host, self._wake = host, wake
+            inline = getattr(server, "serve_inline", None)
+            if callable(inline):
+                # A task the serving thread reads while it waits runs there at once, answered by the server
+                # (the kit's; uds's among them): no queue, no trip back through serve() per task.
+                inline(ON_TASK_INVOKE, partial(self._run_inline, self._calls[ON_TASK_INVOKE]), self._queue.empty)
 
     def handlers(self) -> dict[str, Handler]:
         def deferred(call: Callable[[bytes], bytes], here: bool) -> DeferredHandler:
@@ -385,6 +392,8 @@ class MainThreadServing(Executor):
                     try:
                         if not host(SIGNAL_CHECK):
                             self._host = None
+                    except Interrupted:
+                        return  # stopped in the middle of a task run inline: nobody gets its reply
                     finally:
                         self._hosting = False
                 continue
@@ -411,6 +420,17 @@ class MainThreadServing(Executor):
         future: Future[_T] = Future()
         self._queue.put(_Routine(future, fn, args, kwargs))  # type: ignore[arg-type]
         return future
+
+    def _run_inline(self, call: Callable[[bytes], bytes], data: bytes) -> bytes:
+        """A task the serving thread read while it waited (``serve_inline``): run as :meth:`_answer` runs one,
+        the server sending what this returns, or the error it raises; ``Interrupted`` passes through."""
+        if self._stopping:
+            raise Interrupted("stopped before the callback started")
+        self.busy = True
+        try:
+            return self._context.run(call, data)
+        finally:
+            self.busy = False
 
     def _answer(self, call: Callable[[bytes], bytes], data: bytes, responder: Responder) -> None:
         """Run one callback and complete its reply (on the serving thread); ``Interrupted`` passes through.

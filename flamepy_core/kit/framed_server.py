@@ -307,6 +307,10 @@ def _checked(method: str, value: object, limit: int, endpoint: str, what: str = 
     return value if type(value) is bytes else bytes(value)
 
 
+def _always() -> bool:
+    return True
+
+
 class _Peer:
     """One client link: its reader thread, the calls it has in flight, and (started on first use) a sender
     thread that writes, in order, what deferred streams post and what the socket did not take at once.
@@ -437,6 +441,29 @@ class _Peer:
             return False
         raise frames.ProtocolError("an answer from a client: not this protocol")
 
+    def take_inline(self, message: bytes | bytearray | memoryview | Oversized) -> Callable[[], None] | None:
+        """For a host thread (:meth:`LinkLease.host`): what runs a call the server serves inline
+        (:meth:`FramedServer.serve_inline`) and sends its answer, or None for any other message (a call with
+        a deadline, too large, one the server refuses as it stops...: handled as they always are)."""
+        server = self.server
+        if isinstance(message, Oversized):
+            return None
+        frame = frames.decode(message)
+        fn = server._inline.get(frame.method) if frame.kind is Kind.UNARY and frame.timeout is None else None
+        if fn is None or len(frame.payload) > server.limit or server._stopping or not server._inline_ready():
+            return None
+        call_id, method, request = frame.call_id, frame.method, bytes(frame.payload)
+
+        def run() -> None:
+            try:
+                reply = _checked(method, fn(request), server.limit, server.endpoint)
+            except Exception as exc:  # the caller's error, never a hang
+                self.send(frames.error(call_id, error_from_handler(method, exc)))
+                return
+            self.send(frames.encode(Kind.REPLY, call_id, reply))
+
+        return run
+
     def _read(self) -> None:
         server = self.server
         lease: LinkLease | None = None
@@ -515,6 +542,9 @@ class FramedServer:
         self._stopped = threading.Event()
         self.hosted = False
         """A thread has called :meth:`host_wait`: links accepted from then on may be lent to it."""
+        self._inline: dict[str, Callable[[bytes], bytes]] = {}
+        """The unary methods a host runs itself as it reads them (:meth:`serve_inline`)."""
+        self._inline_ready: Callable[[], bool] = _always
         self.host_waker = Waker()
         """Ends a host's wait: :meth:`wake_host`, a new link, a call a reader thread queued, :meth:`stop`."""
         self._host_alone = select.poll()
@@ -673,11 +703,27 @@ class FramedServer:
         if len(peers) == 1:
             lease = peers[0].give_lease()
             if lease is not None and lease.joined:
-                lease.host(time.monotonic() + timeout)
+                lease.host(time.monotonic() + timeout, peers[0].take_inline if self._inline else None)
                 return True
         if self._host_alone.poll(int(timeout * 1000) + 1):
             self.host_waker.drain()
         return True
+
+    def serve_inline(self, method: str, fn: Callable[[bytes], bytes], ready: Callable[[], bool] = _always) -> None:
+        """Have a host thread (:meth:`host_wait`) run ``fn(request) -> reply`` itself for a unary call of
+        ``method`` without a deadline that it reads, and send the reply (or the error ``fn`` raised), instead
+        of admitting the call for the method's handler to run. Calls of ``method`` that the link's reader
+        thread reads (the host away), that carry a deadline, or that come while ``ready()`` is false (the
+        host has other calls to run first, queued by the reader meanwhile: they keep their order) go to the
+        handler as before (see :meth:`_Peer.take_inline`).
+
+        Why: a service process runs every task on its main thread, which hosts its one link. Admitted, a task
+        went through the call's bookkeeping, the handler, the serving thread's queue and back to this wait:
+        about twenty Python calls of a warm invoke (docs/benchmarks.md). ``fn`` runs on the host thread,
+        which must be the only thread that runs the calls of ``method``; an exception that is not an
+        ``Exception`` (a signal's) leaves ``host_wait`` with the call unanswered."""
+        self._inline[method] = fn
+        self._inline_ready = ready
 
     def wake_host(self) -> None:
         """End a host thread's :meth:`host_wait` now (from another thread, or a signal handler)."""

@@ -189,8 +189,15 @@ class LinkLease:
 
     # -- the host thread ------------------------------------------------------------------------------
 
-    def host(self, deadline: float) -> bool:
+    def host(self, deadline: float, take: Callable[[Any], Callable[[], None] | None] | None = None) -> bool:
         """Read the link on this thread until a call was admitted, the host waker rang, or ``deadline``.
+
+        ``take(message)``, when given, may take a message the host reads: it returns what runs the call and
+        sends its answer, run here at once (the link let go of meanwhile, as when the host leaves to run a
+        call: the reader reads it if the call runs past ``HOST_LOOK``), after which the host reads on; or
+        None, and the message is handled as any other. A call then costs no hand-off to the thread that runs
+        it and no return to the caller's loop (a service process's task: see
+        ``FramedServer.serve_inline``).
 
         A link that fails here (its peer gone, a protocol broken) is closed and handed back to the reader,
         which ends it as when it fails there: False then (do not host it again)."""
@@ -217,16 +224,33 @@ class LinkLease:
                 if not taken:
                     timed_out = True
                     return True
+                run = None
                 try:
                     while True:
                         message = self.read_now() if look else self.link.recv() if self.link.pending() else None
                         if message is None:
+                            break
+                        run = None if take is None else take(message)
+                        if run is not None:
                             break
                         if self.handle(message):
                             self.host_worked = True
                             return True
                 finally:
                     self.read_lock.release()
+                if run is not None:
+                    self._host_left(False, False)  # away while it runs: the reader may read the link meanwhile
+                    run()
+                    self.host_waiting = True
+                    self.host_idle_since = time.monotonic()  # (busy until now: the reader naps with a deadline)
+                    # Nobody else read the link meanwhile: what it holds is in ``pending`` (the answer just went
+                    # out, so the socket holds nothing yet, but for calls sent back to back), and no system
+                    # call need ask. Otherwise the reader stops watching it, and the host asks the socket.
+                    look = not self.lent
+                    if look:
+                        self.lent = True
+                        self._waker.signal()
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     if not look:

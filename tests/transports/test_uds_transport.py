@@ -227,6 +227,135 @@ def test_a_link_that_fails_on_the_host_is_ended_and_a_new_one_served(hosted: Hos
     assert answer.result(20) == b"served"
 
 
+INLINE = "/test.Uds/Inline"
+
+
+class Inline(Hosted):
+    """:class:`Hosted` with ``INLINE`` served inline by the host (``serve_inline``) and by the deferred
+    handler otherwise (which records the call, as ``DEFER``'s does)."""
+
+    def __init__(self, fn: Callable[[bytes], bytes], ready: Callable[[], bool] = lambda: True) -> None:
+        super().__init__()
+        self.fn = fn
+        self.server._handlers[INLINE] = DeferredHandler(self._defer)
+        self.server.serve_inline(INLINE, fn, ready)
+        self.hosting = threading.Event()
+        self.handled = 0
+        """Calls of ``INLINE`` the handler got (the reader read them), answered by the host thread's loop."""
+
+    def host(self) -> threading.Thread:
+        """A host thread until :meth:`stop_hosting`, as a service process's main thread: it waits in
+        ``host_wait`` and runs what the handler queued (with ``fn``, as what it runs inline)."""
+
+        def run() -> None:
+            while not self.hosting.is_set():
+                self.server.host_wait(0.05)
+                with self.lock:
+                    queued, self.seen[:] = list(self.seen), []
+                for _ident, request, responder in queued:
+                    self.handled += 1
+                    try:
+                        responder.send(self.fn(request))
+                    except Exception as exc:
+                        responder.fail(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def stop_hosting(self, thread: threading.Thread) -> None:
+        self.hosting.set()
+        self.server.wake_host()
+        thread.join(20)
+        assert not thread.is_alive(), "the host thread did not return"
+
+
+def test_calls_served_inline_run_on_the_host_in_order_and_answer() -> None:
+    ran: list[tuple[int, bytes]] = []
+    inline = Inline(lambda request: ran.append((threading.get_ident(), request)) or request[::-1])
+    host = inline.host()
+    try:
+        requests = [b"task %d" % i for i in range(50)]
+        for request in requests:  # one at a time, as a server sends a warm instance its tasks
+            assert inline.channel.unary_async(INLINE, request, timeout=None).result(20) == request[::-1]
+        assert [request for _ident, request in ran] == requests, "a call ran twice, out of order, or not at all"
+        on_host = sum(ident == host.ident for ident, _request in ran)
+        assert on_host >= 40, f"only {on_host} of 50 calls ran on the host thread"
+        assert inline.handled <= 10, f"{inline.handled} of 50 calls went to the handler"
+    finally:
+        inline.stop_hosting(host)
+        inline.close()
+
+
+def test_an_inline_call_that_raises_answers_its_caller_with_the_error() -> None:
+    def fail(request: bytes) -> bytes:
+        raise ValueError(f"no {request.decode()}")
+
+    inline = Inline(fail)
+    host = inline.host()
+    try:
+        for _ in range(3):
+            with pytest.raises(FlameError) as failed:
+                inline.channel.unary_async(INLINE, b"way", timeout=None).result(20)
+            assert "no way" in failed.value.message and "ValueError" in failed.value.message
+        # and the host goes on serving: the link is fine
+        assert inline.channel.unary(ECHO, b"still", timeout=20) == b"still"
+    finally:
+        inline.stop_hosting(host)
+        inline.close()
+
+
+@pytest.mark.parametrize("why", ["a deadline", "not ready"])
+def test_a_call_the_host_may_not_run_inline_goes_to_the_handler(why: str) -> None:
+    """A call with a deadline (it may be cancelled: the handler's bookkeeping sees to it), and one that comes
+    while ``ready()`` is false (calls queued before it must run first), are admitted as ever."""
+    ran: list[bytes] = []
+    inline = Inline(lambda request: ran.append(request) or request, ready=lambda: why != "not ready")
+    try:
+        answer = inline.channel.unary_async(INLINE, b"call", timeout=20 if why == "a deadline" else None)
+        _ident, request, responder = inline.take()
+        assert request == b"call" and ran == []
+        responder.send(b"by the handler")
+        assert answer.result(20) == b"by the handler"
+    finally:
+        inline.close()
+
+
+def test_a_long_inline_call_leaves_the_link_to_the_reader_until_it_ends() -> None:
+    """While a call runs inline, past the reader's look, the reader reads the link: another call (a service
+    process's ``WithdrawTasks``, say) is answered meanwhile; then the host takes the link back and serves
+    inline again."""
+    release = threading.Event()
+    ran: list[bytes] = []
+
+    def run(request: bytes) -> bytes:
+        ran.append(request)
+        if request == b"long":
+            assert release.wait(20), "the test never released the long call"
+        return request[::-1]
+
+    inline = Inline(run)
+    host = inline.host()
+    try:
+        assert inline.channel.unary_async(INLINE, b"warm", timeout=None).result(20) == b"mraw"
+        long = inline.channel.unary_async(INLINE, b"long", timeout=None)
+        deadline = time.monotonic() + 20
+        while ran[-1:] != [b"long"]:
+            assert time.monotonic() < deadline, "the long call never started"
+            time.sleep(0.001)
+        time.sleep(HOST_LOOK * 3)
+        assert inline.channel.unary(ECHO, b"meanwhile", timeout=20) == b"meanwhile", "nobody read the link"
+        assert not long.done()
+        release.set()
+        assert long.result(20) == b"gnol"
+        for i in range(5):
+            assert inline.channel.unary_async(INLINE, b"%d" % i, timeout=None).result(20) == b"%d" % i
+    finally:
+        release.set()
+        inline.stop_hosting(host)
+        inline.close()
+
+
 @pytest.mark.parametrize(
     "endpoint",
     ["uds://relative/path.sock", "uds:/missing-slashes", "tcp:///tmp/x.sock", "uds:///" + "d" * 120 + "/s.sock"],
