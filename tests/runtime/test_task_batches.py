@@ -16,6 +16,7 @@ with real processes (``flame_env``). Every wait has a deadline.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,13 @@ from test_instance_links import FLAME_STYLE_SERVICE
 
 from flamepy.service import Session
 from flamepy_core.client.connection import default_connection
-from flamepy_core.contracts.transport import CallContext, DeferredStreamHandler, UnaryHandler
+from flamepy_core.contracts.transport import CallContext, DeferredHandler, DeferredStreamHandler, UnaryHandler
 from flamepy_core.instance.runtime import MainThreadServing
 from flamepy_core.instance.service import FlameService, TaskContext
+from flamepy_core.plugins import get_registry
 from flamepy_core.wire.payload_messages import (
     ON_SESSION_ENTER,
+    ON_TASK_INVOKE,
     RUN_TASKS,
     WITHDRAW_TASKS,
     read_task_result,
@@ -81,6 +84,52 @@ def _serving(service: FlameService) -> tuple[MainThreadServing, threading.Thread
 
 def _outputs(writer: RecordingWriter) -> list[bytes | None]:
     return [read_task_result(item)[1] for item in writer.items]
+
+
+def test_a_task_the_serving_thread_reads_runs_inline_and_a_batch_behind_it_is_withdrawn_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Over a real kit server (uds), the serving thread runs an ``OnTaskInvoke`` it reads while it waits
+    itself (``serve_inline``: the call's handler is not involved); while such a task runs long, the link's
+    reader reads a batch sent behind it and its withdrawal, and answers the withdrawal at once."""
+    service = _Recorder(block="long")
+    serving = MainThreadServing(service)
+    handlers = serving.handlers()
+    by_handler: list[bytes] = []
+    deferred = handlers[ON_TASK_INVOKE]
+    assert isinstance(deferred, DeferredHandler)
+    handlers[ON_TASK_INVOKE] = DeferredHandler(
+        lambda data, ctx, responder: by_handler.append(data) or deferred.fn(data, ctx, responder)
+    )
+    transport = get_registry().transport("uds")
+    server = transport.serve(f"uds://{tmp_path}/i.sock", handlers)
+    serving.host_on(server)
+    thread = threading.Thread(target=serving.serve, daemon=True)
+    thread.start()
+    channel = transport.connect(server.endpoint)
+    try:
+        for i in range(30):
+            answer = channel.unary_async(ON_TASK_INVOKE, task_context(str(i), "s", b"%d" % i), timeout=None)
+            assert read_task_result(answer.result(10))[1] == b"out-%d" % i
+        assert len(by_handler) <= 5, f"{len(by_handler)} of 30 tasks went through the handler, not inline"
+        assert service.ran == [str(i) for i in range(30)]
+
+        long = channel.unary_async(ON_TASK_INVOKE, task_context("long", "s", b"l"), timeout=None)
+        assert service.blocked.wait(10), "the long task never started"
+        channel.stream_async(RUN_TASKS, _batch(range(100, 103)), lambda _item: None, lambda _error: None, None)
+        time.sleep(0.1)  # past the reader's look (HOST_LOOK): it reads the link while the task runs
+        withdrawn = channel.unary(WITHDRAW_TASKS, b"", timeout=10)
+        assert sorted(read_withdrawn_tasks(withdrawn)) == ["100", "101", "102"], "the batch was not withdrawn"
+        service.release.set()
+        assert read_task_result(long.result(10))[1] == b"out-l"
+        assert "100" not in service.ran
+    finally:
+        service.release.set()
+        serving.stop()
+        thread.join(10)
+        channel.close()
+        server.stop(grace=1.0)
+    assert not thread.is_alive()
 
 
 def test_an_instance_of_this_sdk_offers_batches_on_entering() -> None:
