@@ -320,7 +320,8 @@ class MainThreadServing(Executor):
             if callable(inline):
                 # A task the serving thread reads while it waits runs there at once, answered by the server
                 # (the kit's; uds's among them): no queue, no trip back through serve() per task.
-                inline(ON_TASK_INVOKE, partial(self._run_inline, self._calls[ON_TASK_INVOKE]), self._queue.empty)
+                run = partial(self._run_inline, self._calls[ON_TASK_INVOKE])
+                inline(ON_TASK_INVOKE, run, self._queue.empty, (Interrupted,))
 
     def handlers(self) -> dict[str, Handler]:
         def deferred(call: Callable[[bytes], bytes], here: bool) -> DeferredHandler:
@@ -423,7 +424,8 @@ class MainThreadServing(Executor):
 
     def _run_inline(self, call: Callable[[bytes], bytes], data: bytes) -> bytes:
         """A task the serving thread read while it waited (``serve_inline``): run as :meth:`_answer` runs one,
-        the server sending what this returns, or the error it raises; ``Interrupted`` passes through."""
+        the server sending what this returns, or the error it raises (and one that is not an ``Exception``
+        then ends :meth:`serve`, as there); ``Interrupted`` passes through unanswered."""
         if self._stopping:
             raise Interrupted("stopped before the callback started")
         self.busy = True

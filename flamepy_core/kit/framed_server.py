@@ -453,12 +453,17 @@ class _Peer:
         if fn is None or len(frame.payload) > server.limit or server._stopping or not server._inline_ready():
             return None
         call_id, method, request = frame.call_id, frame.method, bytes(frame.payload)
+        unanswered = server._inline_unanswered
 
         def run() -> None:
             try:
                 reply = _checked(method, fn(request), server.limit, server.endpoint)
-            except Exception as exc:  # the caller's error, never a hang
+            except BaseException as exc:  # the caller's error, never a hang
+                if isinstance(exc, unanswered):
+                    raise
                 self.send(frames.error(call_id, error_from_handler(method, exc)))
+                if not isinstance(exc, Exception):
+                    raise
                 return
             self.send(frames.encode(Kind.REPLY, call_id, reply))
 
@@ -545,6 +550,7 @@ class FramedServer:
         self._inline: dict[str, Callable[[bytes], bytes]] = {}
         """The unary methods a host runs itself as it reads them (:meth:`serve_inline`)."""
         self._inline_ready: Callable[[], bool] = _always
+        self._inline_unanswered: tuple[type[BaseException], ...] = ()
         self.host_waker = Waker()
         """Ends a host's wait: :meth:`wake_host`, a new link, a call a reader thread queued, :meth:`stop`."""
         self._host_alone = select.poll()
@@ -709,7 +715,13 @@ class FramedServer:
             self.host_waker.drain()
         return True
 
-    def serve_inline(self, method: str, fn: Callable[[bytes], bytes], ready: Callable[[], bool] = _always) -> None:
+    def serve_inline(
+        self,
+        method: str,
+        fn: Callable[[bytes], bytes],
+        ready: Callable[[], bool] = _always,
+        unanswered: tuple[type[BaseException], ...] = (),
+    ) -> None:
         """Have a host thread (:meth:`host_wait`) run ``fn(request) -> reply`` itself for a unary call of
         ``method`` without a deadline that it reads, and send the reply (or the error ``fn`` raised), instead
         of admitting the call for the method's handler to run. Calls of ``method`` that the link's reader
@@ -720,10 +732,13 @@ class FramedServer:
         Why: a service process runs every task on its main thread, which hosts its one link. Admitted, a task
         went through the call's bookkeeping, the handler, the serving thread's queue and back to this wait:
         about twenty Python calls of a warm invoke (docs/benchmarks.md). ``fn`` runs on the host thread,
-        which must be the only thread that runs the calls of ``method``; an exception that is not an
-        ``Exception`` (a signal's) leaves ``host_wait`` with the call unanswered."""
+        which must be the only thread that runs the calls of ``method``. What ``fn`` raises is the caller's
+        error, as a handler's is; one that is not an ``Exception`` (``SystemExit``...) then leaves
+        ``host_wait``, and one of the types ``unanswered`` (a signal's that stops the call) leaves it at once,
+        the call unanswered."""
         self._inline[method] = fn
         self._inline_ready = ready
+        self._inline_unanswered = unanswered
 
     def wake_host(self) -> None:
         """End a host thread's :meth:`host_wait` now (from another thread, or a signal handler)."""

@@ -305,6 +305,66 @@ def test_an_inline_call_that_raises_answers_its_caller_with_the_error() -> None:
         inline.close()
 
 
+class _Stop(BaseException):
+    """Not an ``Exception``: as ``SystemExit``, or the runtime's ``Interrupted``."""
+
+
+def _when_lent(hosted: Hosted) -> None:
+    """Return once the host waits with the link lent to it (it reads the next call itself)."""
+    deadline = time.monotonic() + 10
+    while True:
+        peers = list(hosted.server._peers)
+        lease = peers[0].lease if len(peers) == 1 else None
+        if lease is not None and lease.lent and lease.host_waiting:
+            return
+        assert time.monotonic() < deadline, "the host never had the link"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("unanswered", [False, True])
+def test_an_inline_call_that_raises_past_exception_leaves_the_host_answered_or_not(unanswered: bool) -> None:
+    """A ``BaseException`` that is not an ``Exception`` leaves ``host_wait`` (it ends the host's loop, as
+    ``SystemExit`` does); its caller is told, unless its type is one of ``unanswered`` (a signal stopping
+    the call: nobody gets a reply)."""
+
+    def run(request: bytes) -> bytes:
+        if request == b"stop":
+            raise _Stop("stop")
+        return request
+
+    inline = Inline(run)
+    inline.server._inline_unanswered = (_Stop,) if unanswered else ()
+    answers: list[Future[bytes]] = []
+
+    def send() -> None:
+        for _ in range(3):  # the link made and lent (the first calls may be the reader's: the loop answers them)
+            assert inline.channel.unary_async(INLINE, b"warm", timeout=None).result(20) == b"warm"
+        _when_lent(inline)
+        answers.append(inline.channel.unary_async(INLINE, b"stop", timeout=None))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        with pytest.raises(_Stop):
+            for _ in range(400):
+                inline.server.host_wait(0.05)
+                with inline.lock:
+                    queued, inline.seen[:] = list(inline.seen), []
+                for _ident, request, responder in queued:
+                    responder.send(run(request))
+        sender.join(20)
+        if unanswered:
+            time.sleep(0.2)
+            assert not answers[0].done(), "a call stopped by a signal was answered"
+        else:
+            with pytest.raises(FlameError) as failed:
+                answers[0].result(20)
+            assert "_Stop" in failed.value.message
+    finally:
+        sender.join(20)
+        inline.close()
+
+
 @pytest.mark.parametrize("why", ["a deadline", "not ready"])
 def test_a_call_the_host_may_not_run_inline_goes_to_the_handler(why: str) -> None:
     """A call with a deadline (it may be cancelled: the handler's bookkeeping sees to it), and one that comes
