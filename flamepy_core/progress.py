@@ -149,9 +149,6 @@ def waiting(
 ) -> contextlib.AbstractContextManager[object]:
     """:class:`Waiting` on stderr when it is a terminal, else a shared no-op: what hot paths use, so a
     program whose stderr is not a terminal pays one ``isatty`` per call and starts no thread."""
-    seen, answer = _stderr_seen
-    if seen is sys.stderr and not answer:  # (known not a terminal: what enabled() says, two calls fewer)
-        return _NO_WAITING
     if not enabled():
         return _NO_WAITING
     return Waiting(describe, delay=delay, interval=interval)

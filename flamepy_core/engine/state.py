@@ -1952,7 +1952,7 @@ class Engine:
         if output_file is not None:
             entry.output_files[tid] = output_file
         finished = partial(self._finished, entry, tid, final, output, on_committed)
-        on_done = finished if output_file is None else self.store.payloads.on_settled([output_file], finished)
+        on_done = self.store.payloads.on_settled([output_file], finished)
         if into is None:
             self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
         else:

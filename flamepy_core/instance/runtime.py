@@ -320,7 +320,7 @@ class MainThreadServing(Executor):
             if callable(inline):
                 # A task the serving thread reads while it waits runs there at once, answered by the server
                 # (the kit's; uds's among them): no queue, no trip back through serve() per task.
-                run = partial(self._run_inline, self._calls[ON_TASK_INVOKE])
+                run = partial(self._run_call, self._calls[ON_TASK_INVOKE])
                 inline(ON_TASK_INVOKE, run, self._queue.empty, (Interrupted,))
 
     def handlers(self) -> dict[str, Handler]:
@@ -422,10 +422,13 @@ class MainThreadServing(Executor):
         self._queue.put(_Routine(future, fn, args, kwargs))  # type: ignore[arg-type]
         return future
 
-    def _run_inline(self, call: Callable[[bytes], bytes], data: bytes) -> bytes:
-        """A task the serving thread read while it waited (``serve_inline``): run as :meth:`_answer` runs one,
-        the server sending what this returns, or the error it raises (and one that is not an ``Exception``
-        then ends :meth:`serve`, as there); ``Interrupted`` passes through unanswered."""
+    def _run_call(self, call: Callable[[bytes], bytes], data: bytes) -> bytes:
+        """Run one callback on the serving thread and return its reply (a task read while the thread waited is
+        run this way by the server itself, ``serve_inline``, which sends the reply or the error raised here).
+
+        Once stopped, a callback does not start: the server's routine of a task (see :meth:`submit`) may
+        have been waiting for its request when the signal came, and the task must not run to its end.
+        """
         if self._stopping:
             raise Interrupted("stopped before the callback started")
         self.busy = True
@@ -435,16 +438,9 @@ class MainThreadServing(Executor):
             self.busy = False
 
     def _answer(self, call: Callable[[bytes], bytes], data: bytes, responder: Responder) -> None:
-        """Run one callback and complete its reply (on the serving thread); ``Interrupted`` passes through.
-
-        Once stopped, a callback does not start: the server's routine of a task (see :meth:`submit`) may
-        have been waiting for its request when the signal came, and the task must not run to its end.
-        """
-        if self._stopping:
-            raise Interrupted("stopped before the callback started")
-        self.busy = True
+        """Run one callback and complete its reply (on the serving thread); ``Interrupted`` passes through."""
         try:
-            reply = self._context.run(call, data)
+            reply = self._run_call(call, data)
         except Interrupted:
             raise  # stopped in the middle: nobody gets this reply
         except BaseException as exc:  # a bug of ours (the callbacks catch the service's exceptions)
@@ -452,8 +448,6 @@ class MainThreadServing(Executor):
             if not isinstance(exc, Exception):
                 raise
             return
-        finally:
-            self.busy = False
         responder.send(reply)
 
     def _batch_task(self, batch: _Batch, index: int) -> bool:

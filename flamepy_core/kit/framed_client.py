@@ -137,9 +137,9 @@ _SENT_AT_ONCE = 64 * 1024
 
 
 class _Ready:
-    """``threading.Event``'s ``set``, ``is_set`` (``done``) and ``wait`` for one blocking call, made of one lock held
-    until set: an Event builds a lock and a condition for every call, and most calls read their own
-    answer (:meth:`_Connection.host_until`) and never wait on it."""
+    """``threading.Event``'s ``set`` and ``wait`` (and ``is_set``, as the attribute ``done``) for one blocking
+    call, made of one lock held until set: an Event builds a lock and a condition for every call, and most
+    calls read their own answer (:meth:`_Connection.host_until`) and never wait on it."""
 
     __slots__ = ("_held", "done")
 

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
@@ -311,6 +312,14 @@ def _always() -> bool:
     return True
 
 
+class _Inline(NamedTuple):
+    """How a host runs the calls of one method itself (:meth:`FramedServer.serve_inline`)."""
+
+    fn: Callable[[bytes], bytes]
+    ready: Callable[[], bool]
+    unanswered: tuple[type[BaseException], ...]
+
+
 class _Peer:
     """One client link: its reader thread, the calls it has in flight, and (started on first use) a sender
     thread that writes, in order, what deferred streams post and what the socket did not take at once.
@@ -428,7 +437,9 @@ class _Peer:
         if isinstance(message, Oversized):
             self._oversized(message)
             return False
-        frame = frames.decode(message)
+        return self._handle_frame(frames.decode(message))
+
+    def _handle_frame(self, frame: Frame) -> bool:
         if frame.kind in frames.REQUESTS:
             return self.server._admit(self, frame)
         if frame.kind is Kind.CANCEL or frame.kind is Kind.CREDIT:
@@ -441,25 +452,26 @@ class _Peer:
             return False
         raise frames.ProtocolError("an answer from a client: not this protocol")
 
-    def take_inline(self, message: bytes | bytearray | memoryview | Oversized) -> Callable[[], None] | None:
-        """For a host thread (:meth:`LinkLease.host`): what runs a call the server serves inline
-        (:meth:`FramedServer.serve_inline`) and sends its answer, or None for any other message (a call with
-        a deadline, too large, one the server refuses as it stops...: handled as they always are)."""
-        server = self.server
+    def handle_hosted(self, message: bytes | bytearray | memoryview | Oversized) -> bool | Callable[[], None]:
+        """:meth:`handle` for the host thread (:meth:`LinkLease.host`), the message decoded once: what runs a
+        call the server serves inline (:meth:`FramedServer.serve_inline`) and sends its answer, for the host
+        to run once it has let go of the link; otherwise the message handled here, and what :meth:`handle`
+        returns (a call with a deadline, too large, refused as the server stops...: as it always is)."""
         if isinstance(message, Oversized):
-            return None
+            self._oversized(message)
+            return False
         frame = frames.decode(message)
-        fn = server._inline.get(frame.method) if frame.kind is Kind.UNARY and frame.timeout is None else None
-        if fn is None or len(frame.payload) > server.limit or server._stopping or not server._inline_ready():
-            return None
+        server = self.server
+        inline = server._inline.get(frame.method) if frame.kind is Kind.UNARY and frame.timeout is None else None
+        if inline is None or len(frame.payload) > server.limit or server._stopping or not inline.ready():
+            return self._handle_frame(frame)
         call_id, method, request = frame.call_id, frame.method, bytes(frame.payload)
-        unanswered = server._inline_unanswered
 
         def run() -> None:
             try:
-                reply = _checked(method, fn(request), server.limit, server.endpoint)
+                reply = _checked(method, inline.fn(request), server.limit, server.endpoint)
             except BaseException as exc:  # the caller's error, never a hang
-                if isinstance(exc, unanswered):
+                if isinstance(exc, inline.unanswered):
                     raise
                 self.send(frames.error(call_id, error_from_handler(method, exc)))
                 if not isinstance(exc, Exception):
@@ -547,10 +559,8 @@ class FramedServer:
         self._stopped = threading.Event()
         self.hosted = False
         """A thread has called :meth:`host_wait`: links accepted from then on may be lent to it."""
-        self._inline: dict[str, Callable[[bytes], bytes]] = {}
+        self._inline: dict[str, _Inline] = {}
         """The unary methods a host runs itself as it reads them (:meth:`serve_inline`)."""
-        self._inline_ready: Callable[[], bool] = _always
-        self._inline_unanswered: tuple[type[BaseException], ...] = ()
         self.host_waker = Waker()
         """Ends a host's wait: :meth:`wake_host`, a new link, a call a reader thread queued, :meth:`stop`."""
         self._host_alone = select.poll()
@@ -709,7 +719,7 @@ class FramedServer:
         if len(peers) == 1:
             lease = peers[0].give_lease()
             if lease is not None and lease.joined:
-                lease.host(time.monotonic() + timeout, peers[0].take_inline if self._inline else None)
+                lease.host(time.monotonic() + timeout, peers[0].handle_hosted if self._inline else None)
                 return True
         if self._host_alone.poll(int(timeout * 1000) + 1):
             self.host_waker.drain()
@@ -727,7 +737,7 @@ class FramedServer:
         of admitting the call for the method's handler to run. Calls of ``method`` that the link's reader
         thread reads (the host away), that carry a deadline, or that come while ``ready()`` is false (the
         host has other calls to run first, queued by the reader meanwhile: they keep their order) go to the
-        handler as before (see :meth:`_Peer.take_inline`).
+        handler as before (see :meth:`_Peer.handle_hosted`).
 
         Why: a service process runs every task on its main thread, which hosts its one link. Admitted, a task
         went through the call's bookkeeping, the handler, the serving thread's queue and back to this wait:
@@ -736,9 +746,7 @@ class FramedServer:
         error, as a handler's is; one that is not an ``Exception`` (``SystemExit``...) then leaves
         ``host_wait``, and one of the types ``unanswered`` (a signal's that stops the call) leaves it at once,
         the call unanswered."""
-        self._inline[method] = fn
-        self._inline_ready = ready
-        self._inline_unanswered = unanswered
+        self._inline[method] = _Inline(fn, ready, unanswered)
 
     def wake_host(self) -> None:
         """End a host thread's :meth:`host_wait` now (from another thread, or a signal handler)."""

@@ -189,14 +189,14 @@ class LinkLease:
 
     # -- the host thread ------------------------------------------------------------------------------
 
-    def host(self, deadline: float, take: Callable[[Any], Callable[[], None] | None] | None = None) -> bool:
+    def host(self, deadline: float, handle: Callable[[Any], bool | Callable[[], None]] | None = None) -> bool:
         """Read the link on this thread until a call was admitted, the host waker rang, or ``deadline``.
 
-        ``take(message)``, when given, may take a message the host reads: it returns what runs the call and
-        sends its answer, run here at once (the link let go of meanwhile, as when the host leaves to run a
-        call: the reader reads it if the call runs past ``HOST_LOOK``), after which the host reads on; or
-        None, and the message is handled as any other. A call then costs no hand-off to the thread that runs
-        it and no return to the caller's loop (a service process's task: see
+        ``handle(message)``, when given, handles what the host reads instead of the lease's ``handle``, and
+        may return, rather than whether it admitted a call, what runs a call and sends its answer: run here at
+        once (the link let go of meanwhile, as when the host leaves to run a call: the reader reads it if the
+        call runs past ``HOST_LOOK``), after which the host reads on. Such a call costs no hand-off to the
+        thread that runs it and no return to the caller's loop (a service process's task: see
         ``FramedServer.serve_inline``).
 
         A link that fails here (its peer gone, a protocol broken) is closed and handed back to the reader,
@@ -230,12 +230,13 @@ class LinkLease:
                         message = self.read_now() if look else self.link.recv() if self.link.pending() else None
                         if message is None:
                             break
-                        run = None if take is None else take(message)
-                        if run is not None:
-                            break
-                        if self.handle(message):
+                        handled = self.handle(message) if handle is None else handle(message)
+                        if handled is True:
                             self.host_worked = True
                             return True
+                        if handled is not False:
+                            run = handled
+                            break
                 finally:
                     self.read_lock.release()
                 if run is not None:

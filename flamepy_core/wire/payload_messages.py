@@ -303,6 +303,10 @@ def result(
     return b"".join(parts)
 
 
+_BATCH_TASK_KEY = bytes((1 << 3 | _LEN,))
+"""The key of ``TaskBatch``'s tasks (1)."""
+
+
 def task_batch(contexts: list[bytes]) -> bytes:
     """``flamepy.ext.v1.TaskBatch`` (repeated bytes tasks = 1), each a serialized ``TaskContext``."""
     parts: list[bytes] = []
@@ -310,10 +314,6 @@ def task_batch(contexts: list[bytes]) -> bytes:
         size = len(context)
         parts += (_BATCH_TASK_KEY, _ONE_BYTE[size] if size < 0x80 else _varint(size), context)
     return b"".join(parts)
-
-
-_BATCH_TASK_KEY = bytes((1 << 3 | _LEN,))
-"""The key of ``TaskBatch``'s tasks (1)."""
 
 
 _OUTCOMES_ENTRY_KEY = bytes((1 << 3 | _LEN,))

@@ -234,11 +234,16 @@ class Inline(Hosted):
     """:class:`Hosted` with ``INLINE`` served inline by the host (``serve_inline``) and by the deferred
     handler otherwise (which records the call, as ``DEFER``'s does)."""
 
-    def __init__(self, fn: Callable[[bytes], bytes], ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        fn: Callable[[bytes], bytes],
+        ready: Callable[[], bool] = lambda: True,
+        unanswered: tuple[type[BaseException], ...] = (),
+    ) -> None:
         super().__init__()
         self.fn = fn
         self.server._handlers[INLINE] = DeferredHandler(self._defer)
-        self.server.serve_inline(INLINE, fn, ready)
+        self.server.serve_inline(INLINE, fn, ready, unanswered)
         self.hosting = threading.Event()
         self.handled = 0
         """Calls of ``INLINE`` the handler got (the reader read them), answered by the host thread's loop."""
@@ -332,8 +337,7 @@ def test_an_inline_call_that_raises_past_exception_leaves_the_host_answered_or_n
             raise _Stop("stop")
         return request
 
-    inline = Inline(run)
-    inline.server._inline_unanswered = (_Stop,) if unanswered else ()
+    inline = Inline(run, unanswered=(_Stop,) if unanswered else ())
     answers: list[Future[bytes]] = []
 
     def send() -> None:
