@@ -721,6 +721,12 @@ class FramedServer:
             if lease is not None and lease.joined:
                 lease.host(time.monotonic() + timeout, peers[0].handle_hosted if self._inline else None)
                 return True
+        for peer in peers:
+            # A link lent while it was the only one is read by its reader again: a wait of the host that ended
+            # at its deadline did not wake that reader (the host reads on at once, as a rule), and it may be
+            # napping until the host leaves a wait it will not start now.
+            if peer.lease is not None:
+                peer.lease.give_back()
         if self._host_alone.poll(int(timeout * 1000) + 1):
             self.host_waker.drain()
         return True

@@ -324,11 +324,19 @@ class LinkLease:
             self.read_lock.release()
             self._host_left(failed, timed_out)
 
+    def give_back(self) -> None:
+        """The host will not read the link for now (the server has other links too): if it was lent, its
+        reader reads it again at once, awake even from a nap without a deadline."""
+        if self.lent:
+            self.lent = False
+            self._waker.signal()
+
     def _host_left(self, failed: bool, timed_out: bool) -> None:
         """The host's way out of a wait (:meth:`host`, :meth:`host_lent`): a link that failed under it goes
         back to the reader; a reader napping without a deadline is woken, since the host leaves for a call
         (or was woken: it may not be back soon) and the link must be watched meanwhile. A wait that timed
-        out is followed by another at once, and needs no wake-up."""
+        out is followed by another at once, and needs no wake-up (unless the server has another link by
+        then: :meth:`give_back`)."""
         self.host_waiting = False  # before reading _napping (see reader_turn)
         self.host_since = time.monotonic()
         if failed:

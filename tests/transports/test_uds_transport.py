@@ -724,3 +724,41 @@ def test_a_reply_over_the_callers_limit_fails_that_call_alone(tmp_path: Path) ->
     finally:
         channel.close()
         server.stop(grace=1)
+
+
+def test_a_link_lent_to_the_host_is_read_again_once_a_second_link_comes(hosted: Hosted) -> None:
+    """A host's wait that ends at its deadline does not wake the reader (the host waits again at once, as a
+    rule), and a reader of a link lent to a host idle that long naps with no deadline. A second link then
+    stops the host from reading the first (only a link that is the only one is lent): the first link's
+    reader must read it again. It napped on, and a service process whose server's link was joined by
+    another connection never read its server's calls again (seen in one probe run in two)."""
+    assert hosted.channel.unary(ECHO, b"link", timeout=20) == b"link"
+    assert hosted.server.host_wait(0.01)  # the link's lease is made
+    assert hosted.channel.unary(ECHO, b"again", timeout=20) == b"again"  # its reader takes it up after this
+    peer = next(iter(hosted.server._peers))
+    deadline = time.monotonic() + 10
+    while peer.lease is None or not peer.lease.joined:
+        assert time.monotonic() < deadline, "the link's reader never took up its lease"
+        time.sleep(0.001)
+    # The host asks for the link; the reader, done with the message it was waiting for, naps for the host,
+    # which reads nothing more and leaves at its deadline.
+    during = threading.Timer(0.05, lambda: hosted.channel.unary(ECHO, b"during", timeout=20))
+    during.start()
+    assert hosted.server.host_wait(0.5)
+    during.join(20)
+    lease = peer.lease
+    while not lease._napping:  # (the case this is about: napping, lent to a host that has left)
+        assert time.monotonic() < deadline, "the reader never napped for the host"
+        time.sleep(0.001)
+    assert lease.lent
+    second = hosted.transport.connect(hosted.server.endpoint)
+    try:
+        assert second.unary(ECHO, b"second", timeout=20) == b"second"  # (its accept's wake-up waits for the host)
+        answer = hosted.channel.unary_async(DEFER, b"first's", timeout=20)
+        _ident, request, responder = hosted.take(deadline=10)
+        assert request == b"first's"
+        responder.send(b"read")
+        assert answer.result(20) == b"read"
+        assert not lease.lent, "the host reads two links' calls through their readers, lending neither"
+    finally:
+        second.close()
