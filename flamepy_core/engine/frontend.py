@@ -140,29 +140,26 @@ def _answer(responder: Responder) -> Callable[[Message | None, FlameError | None
     return settle
 
 
-def _answer_task(responder: Responder) -> Callable[[pb.Task | None, Mapped | None, FlameError | None], None]:
+def _answer_task(
+    responder: Responder,
+) -> Callable[[pb.Task | None, Mapped | None, bytes | None, FlameError | None], None]:
     """A callback completing ``responder`` with a final task and its output as RunTask answers it: no input
     echoed, the output not copied where the transport sends a reply's parts as they are (``kit.send_parts``;
     otherwise once, into the answer). Through ``reply_task`` and protobuf a 16 MiB output was copied three
     times; the engine hands it over as it came (see ``state.OutputWaiter``): ``bytes``, or the mapping of
     the payload file its service process wrote."""
 
-    def settle(task: pb.Task | None, output: Mapped | None, error: FlameError | None) -> None:
+    def settle(task: pb.Task | None, output: Mapped | None, status: bytes | None, error: FlameError | None) -> None:
         if error is not None:
             responder.fail(error)
             return
-        assert task is not None
+        assert task is not None and status is not None
         meta = task.metadata
         if output is None or (type(output) is bytes and len(output) < VIEW_BYTES):  # small: one message
-            responder.send(
-                task_reply(meta.id, meta.name, task.spec.session_id, output, task.status.SerializeToString())
-            )
+            responder.send(task_reply(meta.id, meta.name, task.spec.session_id, output, status))
             return
         # The output is not copied into the reply where the transport sends a reply's parts as they are.
-        send_parts(
-            responder,
-            task_reply_parts(meta.id, meta.name, task.spec.session_id, output, task.status.SerializeToString()),
-        )
+        send_parts(responder, task_reply_parts(meta.id, meta.name, task.spec.session_id, output, status))
 
     return settle
 

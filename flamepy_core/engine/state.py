@@ -154,9 +154,11 @@ class OutputWaiter(NamedTuple):
     of a 16 MiB output that nobody else reads when the session has no watcher. With only such waiters,
     the engine leaves the output out of the task's message."""
 
-    call: Callable[[pb.Task, Mapped | None], None]
+    call: Callable[[pb.Task, Mapped | None, bytes], None]
     """Given the output as it came: ``bytes``, or the mapping of the payload file its service process wrote
-    (``payload_handoff.map_payload_file``), for a reply written from it."""
+    (``payload_handoff.map_payload_file``), for a reply written from it; and the task's final status,
+    serialized, which its message may not show yet (RunTask's answer leaves before the task's final state
+    is applied to it: see ``Engine._finished``)."""
 
 
 Waiter = TaskWaiter | OutputWaiter
@@ -1227,20 +1229,21 @@ class Engine:
         self,
         session_id: str,
         task_input: bytes | memoryview | None,
-        on_done: Callable[[pb.Task | None, Mapped | None, FlameError | None], None],
+        on_done: Callable[[pb.Task | None, Mapped | None, bytes | None, FlameError | None], None],
     ) -> None:
-        """Create a task and call ``on_done`` with it and its output once its final state is committed
-        (flamepy's RunTask), or with the error.
+        """Create a task and call ``on_done(task, output, status, None)`` once its final state is committed
+        (flamepy's RunTask), or ``on_done(None, None, None, error)``.
 
-        The task given is the engine's own, final, never changed again: read it, do not change it. Its
-        message may lack the output (see :class:`OutputWaiter`): read the output given beside it.
+        The task given is the engine's own: read it, do not change it. Its message may lack the output (see
+        :class:`OutputWaiter`) and, while ``on_done`` runs, its final status, which is applied once the
+        answer has left: read the output and the final status (serialized) given beside it.
         """
 
         def created(tasks: list[pb.Task] | None, error: FlameError | None) -> None:
             if error is not None:
-                on_done(None, None, error)
+                on_done(None, None, None, error)
 
-        done = OutputWaiter(lambda task, output: on_done(task, output, None))
+        done = OutputWaiter(lambda task, output, status: on_done(task, output, status, None))
         # The warm lane (Scheduler.run_warm) takes an input kept in the store, not one for a payload file.
         if task_input is None or len(task_input) < self.store.payloads.threshold:
             data = task_input if task_input is None or type(task_input) is bytes else bytes(task_input)
@@ -1951,7 +1954,7 @@ class Engine:
                 ops.append(_output_op(entry.id, tid, task))
         if output_file is not None:
             entry.output_files[tid] = output_file
-        finished = partial(self._finished, entry, tid, final, output, on_committed)
+        finished = partial(self._finished, entry, tid, final, row, output, on_committed)
         on_done = self.store.payloads.on_settled([output_file], finished)
         if into is None:
             self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
@@ -1968,10 +1971,12 @@ class Engine:
         entry: SessionEntry,
         tid: int,
         final: pb.TaskStatus,
+        row: bytes,
         output: Mapped | None,
         on_committed: Callable[[], None] | None,
         error: FlameError | None,
     ) -> None:
+        """The task's final state is committed (``final``, ``row`` serialized): apply it, and tell its waiters."""
         if error is not None:  # only a bug can make a durable write fail for good
             log.error("the final state of task %s of %s was not stored: %s", tid, entry.id, error)
         with self.lock:
@@ -1980,22 +1985,24 @@ class Engine:
             task = entry.tasks.pop(tid, None)
             if task is None:
                 return
+            waiters = entry.waiters.pop(tid, [])
+            lone = len(waiters) == 1 and isinstance(waiters[0], OutputWaiter)  # (RunTask's)
+            if lone and len(output or b"") <= EARLY_ANSWER_BYTES:
+                # RunTask's answer leaves first, the lock held, built from the final status as committed
+                # (``row``): all the rest, the task's own message too, is applied while it travels, and
+                # whoever asks meanwhile (its caller, told, asking at once) waits for the lock, so nothing
+                # is seen before it is applied. A small answer only: a transport takes it without waiting
+                # for its client. 3 µs of a warm invoke, and 4 more for the status not copied and
+                # serialized again before it (docs/benchmarks.md).
+                self._notify_waiters([(waiters, task)], output, row)
+                waiters = []
             old = _COUNTER[task.status.state]
             # In place: watch_task holds this object.
             task.status.CopyFrom(final)
-            waiters = entry.waiters.pop(tid, [])
             watched = bool(entry.watches) or tid in entry.task_watches
-            lone = len(waiters) == 1 and isinstance(waiters[0], OutputWaiter)  # (RunTask's)
             # Only OutputWaiters wanting it, they get it as it came (see OutputWaiter).
             if output is not None and (watched or not (lone or all(isinstance(w, OutputWaiter) for w in waiters))):
                 task.spec.output = output if type(output) is bytes else bytes(output)  # (a mapped file's: copied)
-            if lone and len(output or b"") <= EARLY_ANSWER_BYTES:
-                # RunTask's answer leaves first, the lock held: the rest is applied while it travels, and
-                # whoever asks meanwhile (its caller, told, asking at once) waits for the lock, so nothing
-                # is seen before it is applied. A small answer only: a transport takes it without waiting
-                # for its client. 3 µs of a warm invoke (docs/benchmarks.md).
-                self._notify_waiters([(waiters, task)], output)
-                waiters = []
             status = entry.message.status
             setattr(status, old, getattr(status, old) - 1)
             new = _COUNTER[final.state]
@@ -2018,9 +2025,12 @@ class Engine:
             on_committed()
 
     @staticmethod
-    def _notify_waiters(waiting: list[tuple[list[Waiter], pb.Task]], output: Mapped | None = None) -> None:
+    def _notify_waiters(
+        waiting: list[tuple[list[Waiter], pb.Task]], output: Mapped | None = None, status: bytes | None = None
+    ) -> None:
         """Call each task's waiters; ``output``, when given, is the output of the one task of ``waiting``
-        (which may have been left out of its message: see :class:`OutputWaiter`)."""
+        (which may have been left out of its message: see :class:`OutputWaiter`), and ``status`` its final
+        status serialized (else its message's is)."""
         for waiters, task in waiting:
             for waiter in waiters:
                 try:
@@ -2028,7 +2038,7 @@ class Engine:
                         given = output
                         if given is None and task.spec.HasField("output"):  # (kept from before a restart)
                             given = task.spec.output
-                        waiter.call(task, given)
+                        waiter.call(task, given, task.status.SerializeToString() if status is None else status)
                     else:
                         waiter(task)
                 except Exception:  # a waiter's bug must not stop the others

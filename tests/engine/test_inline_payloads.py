@@ -55,7 +55,7 @@ def test_payloads_are_kept_by_size_and_read_back_the_same(tasks: list[tuple[int 
             task_input = None if input_size is None else bytes([index % 256]) * input_size
             output = None if output_size is None else bytes([(index + 1) % 256]) * output_size
             if as_run_task:
-                engine.run_task("s", task_input, lambda _task, _output, _error: None)
+                engine.run_task("s", task_input, lambda _task, _output, _status, _error: None)
             else:
                 engine.create_task("s", task_input)
             started = engine.start_next("s")

@@ -67,8 +67,14 @@ def fill_up(store: Store) -> None:
 
 def test_a_run_tasks_creation_is_committed_with_its_result(engine: Engine) -> None:
     outcomes: list[tuple[pb.Task | None, bytes | None, FlameError | None]] = []
+    statuses: list[bytes | None] = []
     before = engine.store.commits
-    engine.run_task("s1", b"in", lambda task, output, error: outcomes.append((task, output, error)))
+
+    def done(task: pb.Task | None, output: bytes | None, status: bytes | None, error: FlameError | None) -> None:
+        outcomes.append((task, output, error))
+        statuses.append(status)
+
+    engine.run_task("s1", b"in", done)
     assert engine.store.commits == before, "the creation of a RunTask got a transaction of its own"
     assert stored(engine, 1) == ([], []), "the task is in the store before anything was committed"
 
@@ -82,6 +88,8 @@ def test_a_run_tasks_creation_is_committed_with_its_result(engine: Engine) -> No
     assert len(outcomes) == 1 and outcomes[0][2] is None
     task, output = outcomes[0][:2]
     assert task is not None and task.status.state == pb.TaskState.Succeed and output == b"out"
+    # The answer is built from the final status given beside the task (sent before it is applied to the task).
+    assert statuses[0] is not None and pb.TaskStatus.FromString(statuses[0]) == task.status
     assert stored(engine, 1) == ([(int(pb.TaskState.Succeed),)], [(0, b"in"), (1, b"out")])
     session = engine.get_session("s1").status
     assert (session.pending, session.running, session.succeed) == (0, 0, 1)
@@ -96,7 +104,7 @@ def test_create_task_still_commits_before_it_answers(engine: Engine) -> None:
 
 def test_a_refused_creation_withdraws_a_pending_run_task(engine: Engine) -> None:
     outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
-    engine.run_task("s1", BIG, lambda task, _output, error: outcomes.append((task, error)))
+    engine.run_task("s1", BIG, lambda task, _output, _status, error: outcomes.append((task, error)))
     fill_up(engine.store)
     engine.store.commit()  # the creation is tried, refused and given up (no retry window here)
     wait_for(lambda: outcomes, 10, "the caller to hear that its task was withdrawn")
@@ -110,7 +118,7 @@ def test_a_refused_creation_withdraws_a_pending_run_task(engine: Engine) -> None
 
 def test_a_refused_creation_withdraws_a_run_task_whose_result_is_queued(engine: Engine) -> None:
     outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
-    engine.run_task("s1", BIG, lambda task, _output, error: outcomes.append((task, error)))
+    engine.run_task("s1", BIG, lambda task, _output, _status, error: outcomes.append((task, error)))
     assert engine.start_next("s1") == (1, BIG, None)
     fill_up(engine.store)
     # The result is durable: kept and retried; the creation it rides with is given up.
@@ -168,7 +176,7 @@ def test_a_result_someone_waits_for_is_committed_at_once(engine: Engine, monkeyp
     monkeypatch.setattr(state_module, "RESULT_LINGER", 60.0)
     outcomes: list[tuple[pb.Task | None, bytes | None]] = []
     engine.create_task("s1", b"other")  # in flight too: a burst, but the RunTask's caller waits
-    engine.run_task("s1", b"in", lambda task, output, _error: outcomes.append((task, output)))
+    engine.run_task("s1", b"in", lambda task, output, _status, _error: outcomes.append((task, output)))
     assert engine.start_next("s1") is not None and engine.start_next("s1") == (2, b"in", None)
     assert engine.finish_task("s1", 2, output=b"out", commit=False)
     engine.store.commit(lazy=False)
@@ -179,7 +187,7 @@ def test_a_withdrawn_task_whose_result_is_queued_loses_the_output_file_its_insta
     """A service process writes a large output into a file the server reserved (wire.payload_handoff);
     when the task's creation is refused after that result was queued, the file goes with the task."""
     outcomes: list[tuple[pb.Task | None, FlameError | None]] = []
-    engine.run_task("s1", BIG, lambda task, _output, error: outcomes.append((task, error)))
+    engine.run_task("s1", BIG, lambda task, _output, _status, error: outcomes.append((task, error)))
     assert engine.start_next("s1", input_as_file=True) == (1, BIG, None), "a small input stays in memory"
     files = engine.store.payloads
     name = files.reserve(for_instance=True)
@@ -214,7 +222,7 @@ def running_rows(statements: list[str]) -> int:
 def test_a_running_row_overwritten_in_the_same_commit_is_not_written(engine: Engine) -> None:
     statements: list[str] = []
     engine.store._write.set_trace_callback(statements.append)
-    engine.run_task("s1", b"in", lambda _task, _output, _error: None)
+    engine.run_task("s1", b"in", lambda _task, _output, _status, _error: None)
     assert engine.start_next("s1") is not None
     engine.store.commit(lazy=False)  # the scheduler's commit after sending it: lazy writes wait
     assert engine.finish_task("s1", 1, output=b"out")
@@ -225,7 +233,7 @@ def test_a_running_row_overwritten_in_the_same_commit_is_not_written(engine: Eng
 def test_a_running_row_committed_before_the_result_is_written(engine: Engine) -> None:
     statements: list[str] = []
     engine.store._write.set_trace_callback(statements.append)
-    engine.run_task("s1", b"in", lambda _task, _output, _error: None)
+    engine.run_task("s1", b"in", lambda _task, _output, _status, _error: None)
     assert engine.start_next("s1") is not None
     engine.store.commit()  # something else commits now: the task is RUNNING in the store
     assert stored(engine, 1)[0] == [(int(pb.TaskState.Running),)]
@@ -239,7 +247,7 @@ def test_a_run_tasks_output_is_handed_over_and_kept_in_its_message_for_watchers(
     """Protobuf copies a bytes field in and out: with no watcher, a RunTask's output goes to its caller as
     it came, not through the task's message; a watcher still reads it there."""
     outcomes: list[tuple[pb.Task | None, bytes | None]] = []
-    engine.run_task("s1", b"in", lambda task, output, _error: outcomes.append((task, output)))
+    engine.run_task("s1", b"in", lambda task, output, _status, _error: outcomes.append((task, output)))
     delivered: list[pb.Task] = []
     feed = StreamFeed(lambda tasks: delivered.extend(tasks) or True, lambda _error: None, lambda: True)
     if watched == "WatchSession":
@@ -269,7 +277,7 @@ class _Recorder:
 
 def _start_warm(engine: Engine, data: bytes, recorder: _Recorder) -> int:
     """A warm lane task, as ``Scheduler.run_warm`` makes it (the engine's half of it)."""
-    waiter = state_module.OutputWaiter(lambda task, output: recorder(task, output, None))
+    waiter = state_module.OutputWaiter(lambda task, output, _status: recorder(task, output, None))
     tid = engine.start_warm("s1", data, waiter, lambda _tasks, error: recorder(None, None, error))
     assert tid is not None
     return tid
@@ -355,7 +363,9 @@ def test_a_run_task_input_given_as_a_view_of_a_reused_buffer_is_not_kept_as_one(
     data = os.urandom(size)
     buffer = bytearray(data)
     outcomes: list[tuple[pb.Task | None, bytes | None, FlameError | None]] = []
-    engine.run_task("s1", memoryview(buffer)[:size], lambda task, output, error: outcomes.append((task, output, error)))
+    engine.run_task(
+        "s1", memoryview(buffer)[:size], lambda task, output, _status, error: outcomes.append((task, output, error))
+    )
     buffer[:] = bytes(size)  # the transport reads its next message into the same buffer
     started = engine.start_next("s1")
     assert started is not None and started[1] == data

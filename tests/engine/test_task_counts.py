@@ -88,7 +88,7 @@ class TaskCountsMachine(RuleBasedStateMachine):
     def run_task(self, sid: str) -> None:
         """A RunTask: its creation is committed lazily, with the next commit or its result's."""
         if self.is_open(sid):
-            self.engine.run_task(sid, b"in", lambda _task, _output, _error: None)
+            self.engine.run_task(sid, b"in", lambda _task, _output, _status, _error: None)
 
     @rule(sid=SESSIONS)
     def take(self, sid: str) -> None:
