@@ -166,6 +166,15 @@ Created = Callable[[list[pb.Task] | None, FlameError | None], None]
 """Called, outside the engine lock, with the created tasks once committed, or with why they were not."""
 
 
+def _created_then_finished(withdraw: OnDone | None, finished: OnDone, error: FlameError | None) -> None:
+    """The callback of a warm task's creation refilled with its final row (``Engine._finalize``): refused,
+    the task is withdrawn, as its creation alone would have been; committed, its final state is applied."""
+    if error is None:
+        finished(None)
+    elif withdraw is not None:
+        withdraw(error)
+
+
 def _task_from_row(files: PayloadFiles, session_id: str, row: tuple[Any, ...]) -> pb.Task:
     """A task as the store keeps it (a row of ``_SELECT_TASKS``): the id, the input and output (inline or
     in a file), and the status message. A payload file that is missing or short raises a FlameError
@@ -1933,17 +1942,27 @@ class Engine:
             event.message = bound_failure_text(message)  # a service's text: bounded, controls escaped
         ops: list[Op]
         row = final.SerializeToString()
+        finished = partial(self._finished, entry, tid, final, row, output, on_committed)
         creation = entry.creations.pop(tid, None) if entry.creations else None
         if (
             creation is not None
             and output_file is None
             and (output is None or len(output) <= INLINE_PAYLOAD_BYTES)
+            and into is None
+            and not linger
             and self.store.refill(
-                creation[0], [(_INSERT_FINAL_TASK, (entry.id, tid, int(state), creation[1], output, row, ts))]
+                creation[0],
+                [(_INSERT_FINAL_TASK, (entry.id, tid, int(state), creation[1], output, row, ts))],
+                partial(_created_then_finished, creation[0].on_done, finished),
             )
         ):
-            ops = []  # the creation, not committed yet, now writes the final row (see SessionEntry.creations)
-        elif output is not None and output_file is None and len(output) <= INLINE_PAYLOAD_BYTES:
+            # The creation, not committed yet, now writes the final row, and its commit applies it (see
+            # SessionEntry.creations): nothing more to queue.
+            running = entry.running_writes.pop(tid, None)
+            if running is not None:
+                self._drop_running(running, tid)
+            return
+        if output is not None and output_file is None and len(output) <= INLINE_PAYLOAD_BYTES:
             ops = [(_UPDATE_TASK_WITH_OUTPUT, (int(state), row, ts, output, entry.id, tid))]
         elif output is not None:
             ops = [(_UPDATE_TASK, (int(state), row, ts, entry.id, tid))]
@@ -1954,16 +1973,20 @@ class Engine:
                 ops.append(_output_op(entry.id, tid, task))
         if output_file is not None:
             entry.output_files[tid] = output_file
-        finished = partial(self._finished, entry, tid, final, row, output, on_committed)
         on_done = self.store.payloads.on_settled([output_file], finished)
         if into is None:
             self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
         else:
             into.append((ops, on_done))
         running = entry.running_writes.pop(tid, None)
+        if running is not None:
+            self._drop_running(running, tid)
+
+    def _drop_running(self, running: QueuedWrite | RunningRows, tid: int) -> None:
+        """Leave out the RUNNING row of task ``tid``, whose final row is queued now."""
         if isinstance(running, RunningRows):
             running.discard(tid)
-        elif running is not None:  # queued before the final row, so taken by the same commit or an earlier one
+        else:  # queued before the final row, so taken by the same commit or an earlier one
             self.store.drop(running)
 
     def _finished(

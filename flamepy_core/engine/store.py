@@ -552,14 +552,19 @@ class Store:
             write.ops = []
             return True
 
-    def refill(self, write: QueuedWrite, ops: list[Op]) -> bool:
-        """Replace the statements of a queued write that no commit has taken yet and after which nothing was
-        queued (a warm task's creation, which then writes its final row: ``SessionEntry.creations``); False
-        when it was taken already, or another write came after it (which may be about the same row)."""
+    def refill(self, write: QueuedWrite, ops: list[Op], on_done: OnDone) -> bool:
+        """Replace the statements and the callback of a queued write that no commit has taken yet and after
+        which nothing was queued (a warm task's creation, which then writes its final row, and tells of it:
+        ``SessionEntry.creations``); False when it was taken already, or another write came after it (which
+        may be about the same row). Someone waits for it now: a lazy write is committed by the next commit."""
         with self._mutex:
             if write.seq != self._seq or write.seq <= self._taken_seq:
                 return False
             write.ops = ops
+            write.on_done = on_done
+            if write.lazy:
+                write.lazy = False
+                self._urgent += 1
             return True
 
     def commit(self, *, lazy: bool = True) -> None:

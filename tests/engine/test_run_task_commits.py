@@ -14,6 +14,7 @@ sqlite store driven the way the scheduler drives it (``start_next``, then ``fini
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,6 +311,32 @@ def test_a_warm_tasks_creation_and_result_are_one_statement_when_nothing_came_be
     assert error is None and output == b"out" and task is not None
     assert [e.code for e in task.status.events] == [0, int(pb.TaskState.Running), int(pb.TaskState.Succeed)]
     assert _counts(engine) == (0, 0, 1, 0, 0), "the session's stored counts are off"
+
+
+def test_a_warm_task_whose_creation_and_result_are_refused_is_withdrawn_and_its_caller_told(engine: Engine) -> None:
+    """The creation, refilled with the final row, is still a creation nobody was told of: refused, the task
+    is withdrawn as its creation alone would be (the caller hears the store's error, nothing is stored),
+    never reported done."""
+    recorder = _Recorder()
+    tid = _start_warm(engine, b"in", recorder)
+    fill_up(engine.store)
+    with pytest.raises(sqlite3.OperationalError):  # the tasks' pages full too: a small row of its own fails
+        for junk in range(100_000):
+            engine.store._write.execute(
+                "INSERT INTO tasks (session_id, id, state, status) VALUES ('s0', ?, 2, randomblob(64))", (junk,)
+            )
+    assert engine.finish_task("s1", tid, output=b"out")
+    wait_for(lambda: recorder.heard, 10, "the caller to hear that its task was withdrawn")
+    ((task, output, error),) = recorder.heard
+    assert task is None and output is None
+    assert error is not None and error.code == FlameErrorCode.RESOURCE_EXHAUSTED
+    engine.store._write.execute("PRAGMA max_page_count = 1000000000")  # space returns
+    engine.store.flush(timeout=10)
+    assert stored(engine, tid) == ([], []), "a withdrawn task was stored after all"
+    assert len(recorder.heard) == 1, "a withdrawn task was reported done too"
+    assert _counts(engine) == (0, 0, 0, 0, 0)
+    session = engine.get_session("s1").status
+    assert (session.pending, session.running, session.succeed) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("between", ["another task created", "a commit", "a cancel", "a requeue"])
