@@ -1940,7 +1940,7 @@ class Engine:
         event = final.events.add(code=int(state), creation_time=ts)
         if message is not None:
             event.message = bound_failure_text(message)  # a service's text: bounded, controls escaped
-        ops: list[Op]
+        ops: list[Op] | None
         row = final.SerializeToString()
         finished = partial(self._finished, entry, tid, final, row, output, on_committed)
         creation = entry.creations.pop(tid, None) if entry.creations else None
@@ -1958,11 +1958,8 @@ class Engine:
         ):
             # The creation, not committed yet, now writes the final row, and its commit applies it (see
             # SessionEntry.creations): nothing more to queue.
-            running = entry.running_writes.pop(tid, None)
-            if running is not None:
-                self._drop_running(running, tid)
-            return
-        if output is not None and output_file is None and len(output) <= INLINE_PAYLOAD_BYTES:
+            ops = None
+        elif output is not None and output_file is None and len(output) <= INLINE_PAYLOAD_BYTES:
             ops = [(_UPDATE_TASK_WITH_OUTPUT, (int(state), row, ts, output, entry.id, tid))]
         elif output is not None:
             ops = [(_UPDATE_TASK, (int(state), row, ts, entry.id, tid))]
@@ -1971,22 +1968,18 @@ class Engine:
             ops = [(_UPDATE_TASK, (int(state), row, ts, entry.id, tid))]
             if task.spec.HasField("output"):  # (a task finished twice over a restart keeps its output)
                 ops.append(_output_op(entry.id, tid, task))
-        if output_file is not None:
-            entry.output_files[tid] = output_file
-        on_done = self.store.payloads.on_settled([output_file], finished)
-        if into is None:
-            self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
-        else:
-            into.append((ops, on_done))
+        if ops is not None:
+            if output_file is not None:
+                entry.output_files[tid] = output_file
+            on_done = self.store.payloads.on_settled([output_file], finished)
+            if into is None:
+                self.store.enqueue(ops, on_done, lazy=linger, within=RESULT_LINGER if linger else None)
+            else:
+                into.append((ops, on_done))
         running = entry.running_writes.pop(tid, None)
-        if running is not None:
-            self._drop_running(running, tid)
-
-    def _drop_running(self, running: QueuedWrite | RunningRows, tid: int) -> None:
-        """Leave out the RUNNING row of task ``tid``, whose final row is queued now."""
         if isinstance(running, RunningRows):
             running.discard(tid)
-        else:  # queued before the final row, so taken by the same commit or an earlier one
+        elif running is not None:  # queued before the final row, so taken by the same commit or an earlier one
             self.store.drop(running)
 
     def _finished(
