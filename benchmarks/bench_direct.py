@@ -57,7 +57,10 @@ def listening_socket_of(pid: int) -> str:
     """The path of the unix socket process ``pid`` listens on (its own ``/proc`` entries, so Linux only)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed since it was listed
+            continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
     with open(f"/proc/{pid}/net/unix") as table:
@@ -67,7 +70,10 @@ def listening_socket_of(pid: int) -> str:
             # Num RefCount Protocol Flags Type St Inode Path; a listening socket has __SO_ACCEPTCON (0x10000).
             if len(fields) >= 8 and fields[6] in inodes and int(fields[3], 16) & 0x10000:
                 return fields[7]
-    raise SystemExit(f"process {pid} listens on no unix socket: is it the session's service process?")
+    raise SystemExit(
+        f"process {pid} listens on no unix socket: the session's service process serves another transport "
+        f"(this benchmark needs the local default, uds: unset FLAME_TRANSPORT) or has exited"
+    )
 
 
 def main() -> int:
@@ -84,8 +90,10 @@ def main() -> int:
                 from flamepy_core.wire.payload_messages import read_task_result, task_context
 
                 through = interleaved({**floors, "invoke": lambda: session.invoke(PAYLOAD)}, args.iterations)
-                (instance,) = [i for i in default_connection().list_instances() if i.session_id == session.id]
-                endpoint = "uds://" + listening_socket_of(instance.pid)
+                pids = [i.pid for i in default_connection().list_instances() if i.session_id == session.id]
+                if len(pids) != 1 or not pids[0]:
+                    raise SystemExit(f"the session {session.id} should have one running instance, not pids {pids}")
+                endpoint = "uds://" + listening_socket_of(pids[0])
                 channel = get_registry().transport(endpoint).connect(endpoint)
                 log = os.open(tmp / "lane.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 task_ids = iter(range(1 << 40, 1 << 41))

@@ -1948,8 +1948,8 @@ class Engine:
             creation is not None
             and output_file is None
             and (output is None or len(output) <= INLINE_PAYLOAD_BYTES)
-            and into is None
-            and not linger
+            and into is None  # (a caller queueing several results as one write: each its own statements)
+            and not linger  # (a final row that may wait: the refilled creation is committed at once)
             and self.store.refill(
                 creation[0],
                 [(_INSERT_FINAL_TASK, (entry.id, tid, int(state), creation[1], output, row, ts))],
