@@ -140,6 +140,22 @@ class ServedPair:
         os.rmdir(self.dir)
 
 
+def run_benchmark(script: str, *args: str, timeout: float = 110) -> str:
+    """Run ``benchmarks/<script>`` with ``args`` as a user would (from the repository, without this test
+    run's ``FLAME_*`` settings) and return what it printed; fail the test, showing both streams, if it failed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something true; fail naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

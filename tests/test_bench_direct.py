@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import run_benchmark
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
-SCRIPT = BENCHMARKS / "bench_direct.py"
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/net/unix").exists(), reason="reads /proc (Linux)")
 
@@ -50,17 +48,8 @@ def test_the_listening_socket_of_a_process_is_found_and_its_absence_named(direct
 
 
 def test_a_tiny_run_prints_every_row_with_its_ratios() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--iterations", "80"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    rows = [line for line in proc.stdout.splitlines()[2:] if line.strip()]
+    out = run_benchmark("bench_direct.py", "--iterations", "80")
+    rows = [line for line in out.splitlines()[2:] if line.strip()]
     titles = [row[:40].strip() for row in rows]
     assert titles == [
         "raw unix two hops",
@@ -69,7 +58,7 @@ def test_a_tiny_run_prints_every_row_with_its_ratios() -> None:
         "raw unix two hops",
         "raw pyzmq two hops",
         "direct to the service process, + append",
-    ], proc.stdout
+    ], out
     for row in rows:
         median, p99, to_pyzmq, to_unix = row[40:].split()
         assert float(median.removesuffix("us")) > 0 and float(p99.removesuffix("us")) > 0, row

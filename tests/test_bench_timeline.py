@@ -6,17 +6,14 @@ prints every window. No timing is asserted."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import run_benchmark
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
-SCRIPT = BENCHMARKS / "bench_timeline.py"
 CHAIN = ("runtask_in", "task_out", "result_in", "commit_start", "commit_end", "answer_send", "answer_out")
 
 
@@ -52,17 +49,8 @@ def test_rounds_keep_each_steps_first_mark_in_order_and_the_after_send_marks(tim
 
 @pytest.mark.parametrize("transport", ["uds", "zmq"])
 def test_a_tiny_run_prints_every_window(transport: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--invokes", "60", "--transport", transport],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    rows = {line[:34].strip(): line[34:].split() for line in proc.stdout.splitlines()[2:]}
+    out = run_benchmark("bench_timeline.py", "--invokes", "60", "--transport", transport)
+    rows = {line[:34].strip(): line[34:].split() for line in out.splitlines()[2:]}
     windows = [
         "RunTask in -> task out",
         "task out -> result in",
@@ -77,4 +65,4 @@ def test_a_tiny_run_prints_every_window(transport: str) -> None:
     for window in windows:
         median = float(rows[window][0].removesuffix("us"))
         assert median > 0, f"{window}: {rows[window]}"
-    assert f"on {transport}" in proc.stdout.splitlines()[0]
+    assert f"on {transport}" in out.splitlines()[0]
