@@ -385,7 +385,11 @@ class MainThreadServing(Executor):
             host = self._host
             try:
                 item = self._queue.get(timeout=SIGNAL_CHECK) if host is None else self._queue.get_nowait()
+                empty = False
             except queue.Empty:
+                empty = True  # (not handled in the except block: a task run inline below would raise its
+                # service's exception with queue.Empty as its context, and our frames in its traceback)
+            if empty:
                 # Nothing queued: receive calls here until a handler queues one (or the wait is cut, as
                 # above); a server that cannot lend its socket (any more) leaves the waiting to the queue.
                 if host is not None:
