@@ -422,6 +422,8 @@ def test_method_tables() -> None:
     # The batch paths the instance runtime and the scheduler use without loading the descriptors.
     assert methods.INSTANCE_TASKS["RunTasks"].path == payload_messages.RUN_TASKS
     assert methods.INSTANCE_TASKS["WithdrawTasks"].path == payload_messages.WITHDRAW_TASKS
+    assert methods.INSTANCE_TASKS["GrantLane"].path == payload_messages.GRANT_LANE
+    assert methods.INSTANCE_TASKS["RunLaneTask"].path == payload_messages.RUN_LANE_TASK
     assert methods.INSTANCE_TASKS["RunTasks"].response.DESCRIPTOR.full_name == "flame.v1.TaskResult"
     assert set(methods.EXT) == {"RunTask", "WatchSession", "CreateTasks", "WatchOutcomes"}
     assert methods.RUNTIME["ListInstances"].path == "/flamepy.ext.v1.Runtime/ListInstances"

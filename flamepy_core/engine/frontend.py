@@ -238,10 +238,10 @@ def frontend_handlers(
     def watch_task(r: frontend_pb2.WatchTaskRequest, ctx: CallContext, writer: StreamWriter) -> None:
         # Flame's semantics: the initial state is not sent unless the task is complete; ends after a
         # final state (see Engine.watch_task).
-        engine.watch_task(r.session_id, r.task_id, _watch_feed(writer, ctx, _each_task))
+        engine.watch_task(caught_up(engine, r.session_id), r.task_id, _watch_feed(writer, ctx, _each_task))
 
     def list_tasks(r: frontend_pb2.ListTaskRequest, ctx: CallContext) -> Iterator[pb.Task]:
-        return engine.list_tasks(r.session_id)
+        return engine.list_tasks(caught_up(engine, r.session_id))
 
     def not_here(what: str) -> Callable[[Any], Message]:
         def refuse(_r: Any) -> Message:
@@ -272,10 +272,10 @@ def frontend_handlers(
         "CreateSession": create_session,
         "DeleteSession": lambda r: freeing(engine.delete_session(r.session_id)),
         "OpenSession": open_session,
-        "CloseSession": lambda r: freeing(engine.close_session(r.session_id)),
-        "GetSession": lambda r: engine.get_session(r.session_id),
-        "ListSession": lambda r: pb.SessionList(sessions=engine.list_sessions()),
-        "GetTask": lambda r: engine.get_task(r.session_id, r.task_id),
+        "CloseSession": lambda r: freeing(engine.close_session(lanes_taken_back(engine, r.session_id))),
+        "GetSession": lambda r: engine.get_session(caught_up(engine, r.session_id)),
+        "ListSession": lambda r: pb.SessionList(sessions=engine.list_sessions(*all_caught_up(engine))),
+        "GetTask": lambda r: engine.get_task(caught_up(engine, r.session_id), r.task_id),
     }
     streams: dict[str, Callable[[Any, CallContext], Iterator[Message]]] = {
         "ListTask": list_tasks,
@@ -393,6 +393,40 @@ def _outcome_entry(task: pb.Task) -> tuple[list[bytes], int]:
     return task_outcome_entry(int(task.metadata.id), state, output, message)
 
 
+LANE_CLOSE_WAIT = 1.0
+"""Seconds a close waits for a task running on one of the session's lanes (then it is refused, as a close
+is while a task runs)."""
+
+
+def caught_up(engine: Engine, session_id: str) -> str:
+    """``session_id``, once what its lanes ran is recorded: a client that read a lane's answer and then asks
+    the server sees its task (:mod:`flamepy_core.engine.lanes`)."""
+    lanes = engine.lanes
+    if lanes is not None:
+        lanes.catch_up(session_id)
+    return session_id
+
+
+def all_caught_up(engine: Engine) -> tuple[()]:
+    """:func:`caught_up` for every session (no arguments for the call it precedes)."""
+    lanes = engine.lanes
+    if lanes is not None:
+        lanes.catch_up_all()
+    return ()
+
+
+def lanes_taken_back(engine: Engine, session_id: str) -> str:
+    """``session_id``, once its lanes are closed and what they ran recorded (before a close); INVALID_STATE,
+    as for any running task, when a lane's task still runs after ``LANE_CLOSE_WAIT``."""
+    if not engine.scheduler.take_lanes_back(session_id, LANE_CLOSE_WAIT):
+        raise FlameError(
+            FlameErrorCode.INVALID_STATE,
+            f"Cannot close session with running tasks: a task of session {session_id} runs on a client's "
+            "lane; wait for it to finish, then close it",
+        )
+    return session_id
+
+
 def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> dict[str, Handler]:
     """The ``flamepy.ext.v1`` tables: ``Tasks`` (faster paths for invoke and run()), ``Runtime`` (what
     the server runs, for ``flmctl top`` and ``flmctl list -e``) and ``Control`` (cancel, forced close)."""
@@ -439,10 +473,18 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
         engine.submit_tasks(r.session_id, inputs, created, timeouts=timeouts)
 
     def watch_session(r: ext_pb2.WatchSessionRequest, ctx: CallContext, writer: StreamWriter) -> None:
-        engine.watch_session(r.session_id, r.after_task_id, _watch_feed(writer, ctx, _each_reply))
+        engine.watch_session(caught_up(engine, r.session_id), r.after_task_id, _watch_feed(writer, ctx, _each_reply))
 
     def watch_outcomes(r: ext_pb2.WatchSessionRequest, ctx: CallContext, writer: StreamWriter) -> None:
-        engine.watch_session(r.session_id, r.after_task_id, _watch_feed(writer, ctx, outcome_messages))
+        engine.watch_session(
+            caught_up(engine, r.session_id), r.after_task_id, _watch_feed(writer, ctx, outcome_messages)
+        )
+
+    def open_lane(r: ext_pb2.OpenLaneRequest) -> ext_pb2.Lane:
+        lease = engine.scheduler.open_lane(r.session_id)
+        return ext_pb2.Lane(
+            endpoint=lease.endpoint, token=lease.token, first_task_id=lease.first, count=lease.end - lease.first
+        )
 
     def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:
         return ext_pb2.InstanceList(instances=[instance_message(i) for i in engine.scheduler.instances()])
@@ -453,6 +495,7 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
             responder.send(ext_pb2.CancelTasksReply(tasks=tasks).SerializeToString())
 
         by = _requested_by(r.requested_by)
+        caught_up(engine, r.session_id)
         if r.HasField("task_id"):
             engine.cancel_task(r.session_id, r.task_id, by, lambda task: settle([task]))
         else:
@@ -460,10 +503,11 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
 
     def close_session(r: ext_pb2.CloseSessionRequest, ctx: CallContext) -> pb.Session:
         if not r.force:
-            closed = engine.close_session(r.session_id)
+            closed = engine.close_session(lanes_taken_back(engine, r.session_id))
         else:
             remaining = ctx.time_remaining()
             wait = FORCE_CLOSE_WAIT if remaining is None else min(remaining, FORCE_CLOSE_WAIT)
+            engine.scheduler.take_lanes_back(r.session_id, wait)
             closed = engine.force_close_session(r.session_id, _requested_by(r.requested_by), timeout=wait)
         on_freed()
         return closed
@@ -473,6 +517,7 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
         EXT["WatchSession"].path: _deferred_stream(EXT["WatchSession"], watch_session),
         EXT["CreateTasks"].path: _deferred(EXT["CreateTasks"], create_tasks),
         EXT["WatchOutcomes"].path: _deferred_stream(EXT["WatchOutcomes"], watch_outcomes),
+        EXT["OpenLane"].path: _unary(EXT["OpenLane"], open_lane),
         RUNTIME["ListInstances"].path: _unary(RUNTIME["ListInstances"], list_instances),
         CONTROL["CancelTasks"].path: _deferred(CONTROL["CancelTasks"], cancel_tasks),
         CONTROL["CloseSession"].path: _unary_with_context(CONTROL["CloseSession"], close_session),

@@ -50,6 +50,7 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.executor import GenericSlot, InstanceLauncher, process_status
 from flamepy_core.engine.executor import Instance as InstanceHandle
 from flamepy_core.engine.instances import InstanceInfo
+from flamepy_core.engine.lanes import LaneBook, LaneLease, ending_when_heard
 from flamepy_core.engine.payload_files import PayloadFile
 from flamepy_core.engine.state import (
     EVENT_BIND_FAILED,
@@ -67,8 +68,10 @@ from flamepy_core.transport_kit import answering, left_to_waiting_thread, stream
 from flamepy_core.wire.methods import INSTANCE
 from flamepy_core.wire.payload_handoff import Mapped, map_payload_file
 from flamepy_core.wire.payload_messages import (
+    GRANT_LANE,
     RUN_TASKS,
     WITHDRAW_TASKS,
+    lanes_offered,
     read_enter_result,
     read_task_result,
     read_withdrawn_tasks,
@@ -76,7 +79,7 @@ from flamepy_core.wire.payload_messages import (
     task_context,
     tasks_offered,
 )
-from flamepy_core.wire.proto import shim_pb2
+from flamepy_core.wire.proto import ext_pb2, shim_pb2
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,8 @@ ON_SESSION_ENTER = INSTANCE["OnSessionEnter"].path
 ON_TASK_INVOKE = INSTANCE["OnTaskInvoke"].path
 ON_SESSION_LEAVE = INSTANCE["OnSessionLeave"].path
 _LINK_DOWN = frozenset({FlameErrorCode.UNAVAILABLE, FlameErrorCode.CANCELLED})
+LANE_GRANT_TIMEOUT = 10.0
+"""Seconds the server waits for an idle instance to open a lane it lends (it answers at once, unless stuck)."""
 LOST_GRACE = 1.0
 """Seconds to wait for the exit of an instance whose link broke, before calling it unresponsive."""
 ENTER_RETRY_DELAY = 0.01
@@ -216,6 +221,10 @@ class Instance:
     idle_after_answer: bool = False
     """Its warm task's result was handled with nothing queued behind it: it becomes idle once the result's
     answer has left (:meth:`Scheduler._call`), not before (see :meth:`Scheduler._on_task_done`)."""
+    lanes: bool = False
+    """Its process opens lanes (it said so entering its session: ``GrantLane``)."""
+    lane: LaneLease | None = None
+    """The lane it is lent to now (:meth:`Scheduler.open_lane`): the next call sent to it takes it back."""
 
     @property
     def pid(self) -> int | None:
@@ -451,6 +460,107 @@ class Scheduler:
         if failed:
             self._commit_events()  # the failure is the caller's answer
         return True
+
+    # -- lanes (flamepy_core.engine.lanes) -------------------------------------------------------------
+
+    @property
+    def _lanes(self) -> LaneBook:
+        lanes = self.engine.lanes
+        assert lanes is not None, "a lane was lent by a server without a lane book"
+        return lanes
+
+    def open_lane(self, session_id: str, timeout: float = LANE_GRANT_TIMEOUT) -> LaneLease:
+        """Lend the session's idle service process to the caller for its warm tasks (``OpenLane``): the
+        lease, once the instance opened the lane; else ``INVALID_STATE`` saying why (the caller then
+        sends its tasks through the server, as before).
+
+        Lent only what the server would otherwise run at once on the warm path: an idle instance of an open
+        session with nothing queued, whose process opens lanes on a unix socket of this machine; not while
+        it is lent to another client, nor for an application with a task timeout (the server enforces it,
+        and a lane's tasks do not pass through it).
+        """
+        lanes = self.engine.lanes
+        with self._lock:
+            inst = self._idle.get(session_id)
+            if inst is not None and inst.idle_after_answer:
+                self._idle_after_answer(inst)
+            why = self._why_no_lane(inst, session_id)
+            if why is not None:
+                raise _no_lane(session_id, why)
+            assert inst is not None and inst.process is not None and lanes is not None
+            process = inst.process
+            lease = lanes.lend(session_id, inst.id, process.url)
+            if lease is None:
+                raise _no_lane(session_id, "tasks are queued, or the session is closing")
+            inst.lane = lease
+        request = ext_pb2.GrantLaneRequest(
+            token=lease.token, first_task_id=lease.first, count=lease.end - lease.first, log_path=str(lease.path)
+        ).SerializeToString()
+        try:
+            code, message, _handoff = read_enter_result(process.channel.unary(GRANT_LANE, request, timeout))
+        except FlameError as exc:
+            code, message = -1, exc.message
+        if code != 0:
+            with self._lock:
+                if inst.lane is lease:
+                    inst.lane = None
+            lanes.end(lease)
+            raise _no_lane(session_id, f"instance {inst.id} did not open it: {message}")
+        return lease
+
+    def _why_no_lane(self, inst: Instance | None, session_id: str) -> str | None:
+        if self.engine.lanes is None:
+            return "this server lends no lanes"
+        if inst is None:
+            return "no idle instance"
+        if (
+            self._closed
+            or inst.state != State.IDLE
+            or inst.session_id != session_id
+            or inst.inflight
+            or inst.process is None
+            or session_id in self._wanting
+        ):
+            return "no idle instance"
+        if not inst.lanes:
+            return f"instance {inst.id} does not open lanes (not flamepy's service runtime)"
+        if not inst.process.url.startswith("uds://"):
+            return f"instance {inst.id} is not served on a unix socket"
+        if inst.lane is not None:
+            return f"instance {inst.id} is lent to another client"
+        if inst.task_timeout is not None:
+            return f"application {inst.app} has a task timeout, which only the server's path enforces"
+        return None
+
+    def _take_lane_back(self, inst: Instance) -> LaneLease | None:
+        """A call is about to be sent to ``inst``: the lane it is lent to (if any) closes when the instance
+        receives it, and its log is complete once the call is answered (the caller then ends it)."""
+        lane = inst.lane
+        if lane is not None:
+            inst.lane = None
+        return lane
+
+    def take_lanes_back(self, session_id: str, timeout: float) -> bool:
+        """Close the session's lanes and record what they ran (before the session closes): True once done,
+        False when a lane's task still ran after ``timeout`` s (the lane is closed all the same)."""
+        lanes = self.engine.lanes
+        if lanes is None or not lanes.leases(session_id):
+            return True
+        waits: list[threading.Event] = []
+        with self._lock:
+            for inst in self._instances.values():
+                if inst.lane is None or inst.lane.session_id != session_id or inst.process is None:
+                    continue
+                done = threading.Event()
+                waits.append(done)
+                # A grant of no ids: it closes the lane when received, and is answered once the lane's task
+                # (if one runs) is done and in the log.
+                closing = ext_pb2.GrantLaneRequest(count=0).SerializeToString()
+                self._call(inst, GRANT_LANE, closing, timeout, _lane_closed, done)
+        deadline = time.monotonic() + timeout
+        finished = all(done.wait(max(0.0, deadline - time.monotonic())) for done in waits)
+        lanes.catch_up(session_id)
+        return finished
 
     def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
         """Stop the instance running a cancelled task (``flame.v1.Instance`` has no call to cancel one).
@@ -754,6 +864,9 @@ class Scheduler:
         description = inst.cause or (process.describe_exit(wait=0) if process is not None else "the instance ended")
         if process is not None:
             process.cleanup()
+        lane, inst.lane = inst.lane, None
+        if lane is not None:  # the process is gone: nothing more is appended to the lane's log
+            self._lanes.end(lane)
         if self._closed:
             return
         lost = list(inst.inflight) if inst.session_id else []
@@ -782,6 +895,9 @@ class Scheduler:
         idle release, going beyond a CPU share, SIGKILL after the grace period; and the engine's sweep of
         watch streams whose caller has gone (at most once per ``WATCH_SWEEP``)."""
         self.engine.sweep_watches(now)
+        for inst in self._instances.values():  # a lane in use is no idle instance to release
+            if inst.lane is not None and inst.lane.news_at > inst.since:
+                inst.since = inst.lane.news_at
         self._expire_tasks(now)
         for inst in list(self._instances.values()):
             if len(inst.inflight) > 1 and inst.state == State.BUSY and now - inst.head_since > BATCH_HOLD:
@@ -1012,12 +1128,15 @@ class Scheduler:
         assert process is not None
         handle = self._handle_now if now else self.post
         files = self.engine.store.payloads
+        lane = self._take_lane_back(inst)
 
         def answered(answer: bytes | FlameError) -> None:
             handle(then, inst, *args, answer if prepare is None else prepare(answer))
             if inst.idle_after_answer:
                 self._run_event(self._idle_after_answer, (inst,))
             files.drop_due()  # after the answer was handled (a RunTask's reply sent): off its path
+            if lane is not None:  # answered after the call that closed it: the lane's log is complete
+                self._lanes.end(lane)
 
         arm = unary_then(process.channel, method, request, answered, timeout, answers=answers)
         if on_sent is not None:
@@ -1056,6 +1175,7 @@ class Scheduler:
             return
         return_code, message, inst.handoff = read_enter_result(answer)
         inst.batches = tasks_offered(answer)
+        inst.lanes = lanes_offered(answer)
         if return_code != 0:
             self._stop(inst, deliberate=True)
             self._bind_failed(session_id, inst.app, f"on_session_enter raised: {message}")
@@ -1382,7 +1502,12 @@ class Scheduler:
                 self.post(self._on_batch_failed, inst, sid, [tid for tid, _name in left], error)
             # Ended with tasks left and no error: they were withdrawn (``_on_withdrawn`` has them).
 
-        stream_async(process.channel, RUN_TASKS, task_batch(contexts), on_item, on_end, None)
+        item: Callable[[bytes], None] = on_item
+        end: Callable[[FlameError | None], None] = on_end
+        lane = self._take_lane_back(inst)
+        if lane is not None:  # its log is complete once the batch is heard from (a result or its end)
+            item, end = ending_when_heard(partial(self._lanes.end, lane), on_item, on_end)
+        stream_async(process.channel, RUN_TASKS, task_batch(contexts), item, end, None)
 
     def _on_batch_heard(self, inst: Instance) -> None:
         """A batch answered for the first time: its tasks are queued on the instance, another may follow."""
@@ -1683,3 +1808,13 @@ class Scheduler:
         if self.generic is not None:
             self.generic.close()
         self.supervisor.shutdown([i for i in instances if i.process is not None], timeout)
+
+
+def _no_lane(session_id: str, why: str) -> FlameError:
+    return FlameError(
+        FlameErrorCode.INVALID_STATE, f"no lane for session {session_id}: {why}; send tasks through the server"
+    )
+
+
+def _lane_closed(_inst: Instance, done: threading.Event, _answer: bytes | FlameError) -> None:
+    done.set()

@@ -50,6 +50,8 @@ from flamepy_core.engine.frontend import cache_handlers, ext_handlers, frontend_
 from flamepy_core.engine.inprocess import INSTANCE_MODES, InProcessLauncher
 from flamepy_core.engine.installer import AppInstaller, object_cache_reader
 from flamepy_core.engine.integrity import check_store, seal_store, store_damaged
+from flamepy_core.engine.lanes import DIRECTORY_SUFFIX as LANES_SUFFIX
+from flamepy_core.engine.lanes import LaneBook
 from flamepy_core.engine.objects import ObjectCache
 from flamepy_core.engine.retention import Retention
 from flamepy_core.engine.scheduler import Scheduler
@@ -342,6 +344,10 @@ class FlameServer:
         except sqlite3.DatabaseError as exc:  # damage the bounded check did not reach, found while loading
             raise store_damaged(self.db_path, str(exc)) from None
         self._store_sound = sound
+        # Lanes (engine.lanes): what clients' lanes ran while this store was last open is recorded first.
+        self.lanes = self.engine.lanes = LaneBook(self.engine, Path(f"{self.db_path}{LANES_SUFFIX}"))
+        self.lanes.recover()
+        self.lanes.start()
         self.retention = Retention(self.store, self.settings.payload_retention)
         self.retention.start()  # purges and compacts in the background from now on
         # The cache endpoint must be known before the cache answers, and the frontend server needs the
@@ -475,7 +481,10 @@ class FlameServer:
         self.stop()
 
     def _busy(self) -> bool:
-        return any(s.status.running for s in self.engine.list_sessions())
+        # A lane lent is in use as far as the server knows (a client sends it tasks without a call here);
+        # its instance leaves it after its application's delay_release without news, and the lane with it.
+        lanes = getattr(self, "lanes", None)
+        return any(s.status.running for s in self.engine.list_sessions()) or (lanes is not None and lanes.lent())
 
     def stop(self) -> None:
         if self._stopped.is_set() and not self._servers:
@@ -495,6 +504,9 @@ class FlameServer:
         retention = getattr(self, "retention", None)
         if retention is not None:
             retention.stop()
+        lanes = getattr(self, "lanes", None)
+        if lanes is not None:
+            lanes.close()
         store = getattr(self, "store", None)
         if store is not None and store.close() and self._store_sound:
             seal_store(self.db_path)  # the next start need not read it again (see engine.integrity)

@@ -46,11 +46,13 @@ from flamepy_core import validation
 from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
+from flamepy_core.engine.lanes import LaneBook, LaneLease
 from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
 from flamepy_core.engine.store import OnDone, Op, QueuedWrite, Store, session_deletion
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.transport_kit import answering
+from flamepy_core.wire.lane_log import LaneResult
 from flamepy_core.wire.payload_handoff import Mapped
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -268,6 +270,16 @@ class SchedulerHooks(Protocol):
         """
         ...
 
+    def open_lane(self, session_id: str) -> LaneLease:
+        """Lend the session's idle instance to the caller (``OpenLane``, :mod:`.lanes`), or raise
+        INVALID_STATE saying why not."""
+        ...
+
+    def take_lanes_back(self, session_id: str, timeout: float) -> bool:
+        """Close the session's lanes and record what they ran; False when a lane's task still ran after
+        ``timeout`` s."""
+        ...
+
 
 class _NoScheduler:
     def tasks_pending(self, session_id: str) -> None:
@@ -290,6 +302,12 @@ class _NoScheduler:
 
     def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
         return False
+
+    def open_lane(self, session_id: str) -> LaneLease:
+        raise FlameError(FlameErrorCode.INVALID_STATE, f"no lane for session {session_id}: no scheduler")
+
+    def take_lanes_back(self, session_id: str, timeout: float) -> bool:
+        return True
 
 
 @dataclass
@@ -586,6 +604,8 @@ class Engine:
         self.default_resreq = default_resreq or pb.ResourceRequirement(cpu=1, memory=1 << 30, gpu=0)
         self.lock = threading.RLock()
         self.scheduler: SchedulerHooks = _NoScheduler()
+        self.lanes: LaneBook | None = None
+        """The lanes lent (:mod:`.lanes`), on a server that lends them."""
         self._apps: dict[str, pb.Application] = {}
         self._sessions: dict[str, SessionEntry] = {}
         self._reserved: set[str] = set()
@@ -1315,10 +1335,18 @@ class Engine:
         return tid
 
     def _record_warm(
-        self, entry: SessionEntry, tid: int, data: bytes | None, waiter: OutputWaiter, on_created: Created
-    ) -> None:
-        """The warm lane's task ``tid``, recorded RUNNING (:meth:`start_warm`, with the lock held)."""
-        ts = now_ms()
+        self,
+        entry: SessionEntry,
+        tid: int,
+        data: bytes | None,
+        waiter: OutputWaiter | None,
+        on_created: Created,
+        ts: int | None = None,
+    ) -> pb.Task:
+        """The warm lane's task ``tid``, recorded RUNNING (:meth:`start_warm`, with the lock held); a lane's
+        (:meth:`record_lane_results`) has no waiter and its own start time ``ts``."""
+        if ts is None:
+            ts = now_ms()
         task = pb.Task()
         task.metadata.id = task.metadata.name = str(tid)
         task.spec.session_id = entry.id
@@ -1329,7 +1357,8 @@ class Engine:
         _mark(task, RUNNING, None, ts)
         ops = _creation_ops(entry.id, tid, int(RUNNING), data, task.status.SerializeToString())
         entry.tasks[tid] = task
-        entry.waiters[tid] = [waiter]
+        if waiter is not None:
+            entry.waiters[tid] = [waiter]
         entry.message.status.running += 1
         withdraw = partial(self._withdraw_unacknowledged, entry, [task], on_created)
         creation = self.store.enqueue(ops, withdraw, durable=False, lazy=True)
@@ -1338,6 +1367,84 @@ class Engine:
         if entry.task_watches:  # (a call less per task where nobody watches one)
             self._claim_task_watches(entry, tid)
         entry.wake()
+        return task
+
+    # -- lanes (flamepy_core.engine.lanes) -----------------------------------------------------------
+
+    def lend_task_ids(self, session_id: str, count: int) -> int | None:
+        """Reserve ``count`` consecutive task ids of an open session for a lane: the first, or None when the
+        session cannot lend any now (unknown, closing, a failing store, or tasks queued: those go first)."""
+        if self.store.failure is not None:
+            return None
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or entry.pending or entry.closing or not entry.is_open:
+                return None
+            first = entry.next_id
+            entry.next_id = first + count
+            return first
+
+    def return_task_ids(self, session_id: str, end: int, used_end: int) -> None:
+        """A lane's ids from ``used_end`` to ``end`` were not used: taken back when no id was given after them."""
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            if entry is not None and entry.next_id == end:
+                entry.next_id = used_end
+
+    def record_lane_results(
+        self, session_id: str, results: Sequence[LaneResult], on_committed: Callable[[FlameError | None], None]
+    ) -> None:
+        """Record tasks a lane ran (read from its log, :mod:`.lanes`) as the warm lane records its own: the
+        same rows, events (PENDING and RUNNING at its start, then its end), counters and watchers; then
+        ``on_committed(None)`` once all of them are committed, or ``on_committed(error)`` if the store
+        refused them (the log must then be kept). A task already known (recovery read it twice) is skipped.
+        """
+        pending = len(results) + 1
+        refused: list[FlameError] = []
+        gate = threading.Lock()
+
+        def one_done(error: FlameError | None = None) -> None:
+            nonlocal pending
+            with gate:
+                if error is not None:
+                    refused.append(error)
+                pending -= 1
+                last = pending == 0
+            if last:
+                on_committed(refused[0] if refused else None)
+
+        def created(_tasks: list[pb.Task] | None, error: FlameError | None) -> None:
+            if error is not None:
+                one_done(error)
+
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            if entry is None:
+                log.warning("%d lane tasks of session %s, which is gone, were dropped", len(results), session_id)
+                results = []
+            for lane_result in results:
+                assert entry is not None
+                tid = lane_result.task_id
+                if tid in entry.tasks:
+                    one_done()
+                    continue
+                if tid >= entry.next_id:
+                    entry.next_id = tid + 1
+                task = self._record_warm(entry, tid, lane_result.input, None, created, ts=lane_result.start_ms)
+                state = SUCCEED if lane_result.succeeded else FAILED
+                self._finalize(
+                    entry,
+                    task,
+                    state,
+                    lane_result.message,
+                    lane_result.output,
+                    lambda: one_done(None),
+                    ts=max(lane_result.end_ms, lane_result.start_ms),
+                )
+        self.store.commit()
+        if self._due:
+            self._run_due()
+        one_done()
 
     # -- reading tasks -------------------------------------------------------------------------------
 

@@ -39,15 +39,18 @@ from flamepy_core.contracts.transport import (
     UnaryHandler,
 )
 from flamepy_core.failure_text import bound_failure_text
+from flamepy_core.instance.lane import LaneDesk
 from flamepy_core.instance.service import ApplicationContext, FlameService, SessionContext, TaskContext
 from flamepy_core.kit.basics import run_calls_on
 from flamepy_core.plugin_classes import build_transport_of_class
 from flamepy_core.privacy import private_umask
 from flamepy_core.wire.payload_handoff import REPLY_ROOM, read_payload_file, write_payload_file
 from flamepy_core.wire.payload_messages import (
+    GRANT_LANE,
     ON_SESSION_ENTER,
     ON_SESSION_LEAVE,
     ON_TASK_INVOKE,
+    RUN_LANE_TASK,
     RUN_TASKS,
     WITHDRAW_TASKS,
     read_session_context,
@@ -97,6 +100,8 @@ class _Callbacks:
     def __init__(self, service: FlameService, *, batches: bool = False) -> None:
         self.service = service
         self._entered = _ENTERED_BATCHES if batches else _ENTERED
+        self.session_id: str | None = None
+        """The session entered (None outside one)."""
 
     def enter(self, data: bytes) -> bytes:
         session_id, common_data, app = read_session_context(data)
@@ -116,6 +121,7 @@ class _Callbacks:
         except Exception as exc:
             log.exception("on_session_enter failed")
             return result(-1, describe_exception(exc))
+        self.session_id = session_id
         return self._entered
 
     def invoke(self, data: bytes) -> bytes:
@@ -126,17 +132,9 @@ class _Callbacks:
                 task_input = read_payload_file(Path(call.input_file[0]), call.input_file[1])
             except (OSError, ValueError) as exc:
                 return task_result(-1, message=_unreadable_input(call.input_file[0], exc))
-        context = TaskContext(call.task_id, call.session_id, task_input)
-        try:
-            output = self.service.on_task_invoke(context)
-        except Exception as exc:
-            return task_result(-1, message=describe_exception(exc))
-        if output is not None and not isinstance(output, (bytes, bytearray, memoryview)):
-            message = (
-                f"TypeError: on_task_invoke of {type(self.service).__name__} returned "
-                f"{type(output).__name__}; it must return bytes or None"
-            )
-            return task_result(-1, message=message)
+        output, failure = self.run_task(call.task_id, call.session_id, task_input)
+        if failure is not None:
+            return task_result(-1, message=failure)
         if output is not None and call.output_file is not None and _to_file(len(output), call.output_file):
             path, _least, _most, sync = call.output_file
             try:
@@ -146,7 +144,24 @@ class _Callbacks:
                 log.warning("cannot write the output of task %s to %s (%s): sent inline", call.task_id, path, exc)
         return task_result(0, None if output is None else bytes(output))  # encoded with one copy of output
 
+    def run_task(
+        self, task_id: str, session_id: str, task_input: bytes | None
+    ) -> tuple[bytes | bytearray | memoryview | None, str | None]:
+        """Run the service's entrypoint: ``(output, None)``, or ``(None, why it failed)`` (its exception
+        described, or an output that is not bytes)."""
+        try:
+            output = self.service.on_task_invoke(TaskContext(task_id, session_id, task_input))
+        except Exception as exc:
+            return None, describe_exception(exc)
+        if output is not None and not isinstance(output, (bytes, bytearray, memoryview)):
+            return None, (
+                f"TypeError: on_task_invoke of {type(self.service).__name__} returned "
+                f"{type(output).__name__}; it must return bytes or None"
+            )
+        return output, None
+
     def leave(self, _data: bytes) -> bytes:
+        self.session_id = None
         try:
             self.service.on_session_leave()
         except Exception as exc:
@@ -161,8 +176,9 @@ class _Callbacks:
 _OK = result(0)
 _ENTERED = result(0, handoff_offered=True)
 """OnSessionEnter's answer: entered, and payload files are welcome (see ``wire.payload_handoff``)."""
-_ENTERED_BATCHES = result(0, handoff_offered=True, tasks_offered=True)
-"""The same from a service process, which also takes tasks in batches (``RunTasks``, see :class:`_Batch`)."""
+_ENTERED_BATCHES = result(0, handoff_offered=True, tasks_offered=True, lanes_offered=True)
+"""The same from a service process, which also takes tasks in batches (``RunTasks``, see :class:`_Batch`) and
+opens lanes (:mod:`flamepy_core.instance.lane`)."""
 
 
 def _to_file(size: int, offer: tuple[str, int, int, bool]) -> bool:
@@ -286,8 +302,9 @@ class MainThreadServing(Executor):
 
     def __init__(self, service: FlameService) -> None:
         callbacks = _Callbacks(service, batches=True)
-        self._calls = callbacks.table()
-        self._invoke = callbacks.invoke
+        self._lanes = LaneDesk(callbacks.run_task, lambda: callbacks.session_id)
+        self._calls = {path: self._server_call(call) for path, call in callbacks.table().items()}
+        self._invoke = self._server_call(callbacks.invoke)
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._open: list[_Batch] = []
@@ -323,9 +340,23 @@ class MainThreadServing(Executor):
                 run = partial(self._run_call, self._calls[ON_TASK_INVOKE])
                 inline(ON_TASK_INVOKE, run, self._queue.empty, (Interrupted,))
 
+    def _server_call(self, call: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+        """``call`` as the serving thread runs it for the server: the lane the server took back (if any) is
+        closed first; every lane task received before this call has run (see :mod:`.lane`)."""
+        lanes = self._lanes
+
+        def run(data: bytes) -> bytes:
+            lanes.server_call_runs()
+            return call(data)
+
+        return run
+
     def handlers(self) -> dict[str, Handler]:
+        lanes = self._lanes
+
         def deferred(call: Callable[[bytes], bytes], here: bool) -> DeferredHandler:
             def handle(data: bytes, _ctx: CallContext, responder: Responder) -> None:
+                lanes.server_call_received()
                 if threading.get_ident() == self._thread and not self._hosting:  # a routine: see submit
                     self._answer(call, data, responder)
                 else:
@@ -338,9 +369,24 @@ class MainThreadServing(Executor):
         table: dict[str, Handler] = {path: deferred(call, path == ON_TASK_INVOKE) for path, call in self._calls.items()}
         table[RUN_TASKS] = DeferredStreamHandler(self._run_tasks)
         table[WITHDRAW_TASKS] = UnaryHandler(self._withdraw)
+        table[GRANT_LANE] = DeferredHandler(self._grant_lane)
+        table[RUN_LANE_TASK] = DeferredHandler(self._lane_task)
         return table
 
+    def _grant_lane(self, data: bytes, _ctx: CallContext, responder: Responder) -> None:
+        grant = self._lanes.grant_received(data)
+        self._queue.put((partial(self._lanes.open, grant), b"", responder))
+
+    def _lane_task(self, data: bytes, _ctx: CallContext, responder: Responder) -> None:
+        try:
+            call = self._lanes.admit(data)
+        except FlameError as exc:
+            responder.fail(exc)
+            return
+        self._queue.put((partial(self._lanes.run, call), b"", responder))
+
     def _run_tasks(self, data: bytes, _ctx: CallContext, writer: StreamWriter) -> None:
+        self._lanes.server_call_received()
         batch = _Batch(read_task_batch(data), writer)
         if not batch.tasks:
             writer.close()
@@ -351,6 +397,7 @@ class MainThreadServing(Executor):
                 self._queue.put((batch, index))
 
     def _withdraw(self, _data: bytes, _ctx: CallContext) -> bytes:
+        self._lanes.server_call_received()
         taken: list[bytes] = []
         finished: list[_Batch] = []
         with self._lock:

@@ -25,9 +25,12 @@ from typing import NamedTuple
 from flamepy_core.wire import payload_handoff as handoff
 
 __all__ = [
+    "GRANT_LANE",
+    "LANES_OFFERED",
     "ON_SESSION_ENTER",
     "ON_SESSION_LEAVE",
     "ON_TASK_INVOKE",
+    "RUN_LANE_TASK",
     "RUN_TASKS",
     "TASKS_OFFERED",
     "VIEW_BYTES",
@@ -35,6 +38,7 @@ __all__ = [
     "TaskCall",
     "create_task_request",
     "create_task_request_parts",
+    "lanes_offered",
     "read_create_task_request",
     "read_enter_result",
     "read_session_context",
@@ -69,6 +73,11 @@ a test keeps these equal to the descriptors' paths)."""
 TASKS_OFFERED = 1002
 """``flame.v1.Result`` of OnSessionEnter, varint: 1 = this instance takes ``RunTasks`` (an unknown field to
 Flame's executors, which never receive it: it travels instance -> server only)."""
+GRANT_LANE = "/flamepy.ext.v1.InstanceTasks/GrantLane"
+RUN_LANE_TASK = "/flamepy.ext.v1.InstanceTasks/RunLaneTask"
+"""Lanes: the server opens one on its instance; the lane's client sends it tasks (see the ``Lane`` message)."""
+LANES_OFFERED = 1003
+"""``flame.v1.Result`` of OnSessionEnter, varint: 1 = this instance opens lanes (``GrantLane``)."""
 
 _LEN = 2
 """Wire type of a length-delimited field (bytes, string)."""
@@ -286,12 +295,18 @@ _OUTPUT_IN_SPEC_KEY = bytes((4 << 3 | _LEN,))
 
 
 def result(
-    return_code: int, message: str | None = None, *, handoff_offered: bool = False, tasks_offered: bool = False
+    return_code: int,
+    message: str | None = None,
+    *,
+    handoff_offered: bool = False,
+    tasks_offered: bool = False,
+    lanes_offered: bool = False,
 ) -> bytes:
     """``flame.v1.Result`` (int32 return_code = 1, optional message = 2), serialized.
 
     ``handoff_offered``: this instance takes payload files (:mod:`.payload_handoff`), said in OnSessionEnter's;
-    ``tasks_offered``: it takes tasks in batches (``RunTasks``, :data:`TASKS_OFFERED`).
+    ``tasks_offered``: it takes tasks in batches (``RunTasks``, :data:`TASKS_OFFERED`); ``lanes_offered``: it
+    opens lanes (:data:`LANES_OFFERED`).
     """
     parts = _return_code(return_code)
     if message is not None:
@@ -300,6 +315,8 @@ def result(
         _varint_field(parts, handoff.HANDOFF, 1)
     if tasks_offered:
         _varint_field(parts, TASKS_OFFERED, 1)
+    if lanes_offered:
+        _varint_field(parts, LANES_OFFERED, 1)
     return b"".join(parts)
 
 
@@ -767,6 +784,13 @@ def tasks_offered(data: bytes) -> bool:
     numbers: dict[int, int] = {}
     _fields(bytes(data), numbers)
     return numbers.get(TASKS_OFFERED) == 1
+
+
+def lanes_offered(data: bytes) -> bool:
+    """Whether OnSessionEnter's ``flame.v1.Result`` says the instance opens lanes (``GrantLane``)."""
+    numbers: dict[int, int] = {}
+    _fields(bytes(data), numbers)
+    return numbers.get(LANES_OFFERED) == 1
 
 
 def read_task_batch(data: bytes) -> list[bytes]:

@@ -140,6 +140,24 @@ class CloseSessionRequest(_message.Message):
     requested_by: str
     def __init__(self, session_id: _Optional[str] = ..., force: _Optional[bool] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
+class OpenLaneRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class Lane(_message.Message):
+    __slots__ = ("endpoint", "token", "first_task_id", "count")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    token: bytes
+    first_task_id: int
+    count: int
+    def __init__(self, endpoint: _Optional[str] = ..., token: _Optional[bytes] = ..., first_task_id: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
 class TaskBatch(_message.Message):
     __slots__ = ("tasks",)
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -155,3 +173,25 @@ class WithdrawnTasks(_message.Message):
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     task_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GrantLaneRequest(_message.Message):
+    __slots__ = ("token", "first_task_id", "count", "log_path")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    token: bytes
+    first_task_id: int
+    count: int
+    log_path: str
+    def __init__(self, token: _Optional[bytes] = ..., first_task_id: _Optional[int] = ..., count: _Optional[int] = ..., log_path: _Optional[str] = ...) -> None: ...
+
+class LaneTask(_message.Message):
+    __slots__ = ("token", "task_id", "input")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    token: bytes
+    task_id: int
+    input: bytes
+    def __init__(self, token: _Optional[bytes] = ..., task_id: _Optional[int] = ..., input: _Optional[bytes] = ...) -> None: ...

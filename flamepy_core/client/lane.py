@@ -1,0 +1,217 @@
+"""A session's lane, as its client holds it: warm tasks sent to the session's service process directly.
+
+Why. ``invoke`` through flamepy's server crosses it twice, and the server's part is most of what a warm
+invoke costs above the raw two-hop floor (docs/benchmarks.md). With a lane (``FLAMEPY_LANES=1``) the
+client asks the server once for the session's idle instance (``OpenLane``: its unix socket, a token and a
+block of task ids), then sends each task there itself (``RunLaneTask``); the service process keeps each
+result in the lane's log before it answers, and the server records the tasks from that log
+(:mod:`flamepy_core.engine.lanes`). What the caller sees is what ``invoke`` through the server gives: the
+output, or the same ``TaskFailedError``; and what the server shows after is the same task, with the same
+events.
+
+When the lane is not used (the call goes through the server, as without lanes):
+
+* another thread of this session is on the lane (one task at a time: the instance runs one anyway, and
+  the server's path lets the scheduler give the others more instances);
+* the server lends none now (no idle instance, tasks queued, another client holds it...): asked again
+  after ``RETRY_AFTER`` calls;
+* the lane was closed by the server (it gave its instance other work): the task did not run there.
+
+A lane broken while its task ran (the service process died) is the server path's case: if the server has
+the task from the lane's log, its outcome is the answer; if not, the task is sent through the server,
+which runs it again (at least once, as a task whose instance dies is run again there).
+
+Known limit, why lanes are not the default yet: a task on a lane is seen by the server only once it has
+finished: until then ``list_tasks`` does not show it running, and it cannot be cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.contracts.transport import Channel
+from flamepy_core.failure_text import bound_failure_text
+from flamepy_core.model import Event, Task, TaskState
+from flamepy_core.plugins import get_registry
+from flamepy_core.wire.methods import EXT
+from flamepy_core.wire.payload_messages import RUN_LANE_TASK, read_task_result
+from flamepy_core.wire.proto import ext_pb2
+from flamepy_core.wire.proto import types_pb2 as pb
+
+if TYPE_CHECKING:
+    from flamepy_core.client.connection import Connection
+
+__all__ = ["LANES_ENV", "NOT_TAKEN", "Lane", "LaneAnswer", "lanes_wanted"]
+
+log = logging.getLogger(__name__)
+
+LANES_ENV = "FLAMEPY_LANES"
+"""``1`` (or ``true``, ``yes``, ``on``): ``invoke`` uses lanes where the server lends them. Off by default."""
+
+RETRY_AFTER = 64
+"""Calls sent through the server before a refused client asks for a lane again."""
+
+NOT_TAKEN = None
+"""What :meth:`Lane.invoke` returns when the task did not run on the lane: send it through the server."""
+
+
+class LaneAnswer:
+    """What a lane's task gave: its output, or the task failed (``failed``, a ``Task`` the caller raises as
+    ``TaskFailedError``, with ``message``)."""
+
+    __slots__ = ("failed", "message", "output")
+
+    def __init__(self, output: bytes | None, failed: Task | None = None, message: str = "") -> None:
+        self.output = output
+        self.failed = failed
+        self.message = message
+
+
+def lanes_wanted(env: dict[str, str] | None = None) -> bool:
+    """Whether ``FLAMEPY_LANES`` asks for lanes."""
+    value = (os.environ if env is None else env).get(LANES_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+class Lane:
+    """One session's lane from this client: lent by the server, used one task at a time, opened again when
+    its ids are used up or the server took it back."""
+
+    def __init__(self, connection: Connection, session_id: str) -> None:
+        self._connection = connection
+        self._session_id = session_id
+        self._busy = threading.Lock()
+        self._grant: ext_pb2.Lane | None = None
+        self._next = 0
+        self._end = 0
+        self._channel: Channel | None = None
+        self._endpoint = ""
+        self._skip = 0
+        """Calls left to send through the server before asking for a lane again."""
+        self._unsupported = False
+
+    def invoke(self, input_data: bytes | None, timeout: float | None) -> LaneAnswer | Task | None:
+        """Run one task on the lane: its answer; the task as the server has it (a lane that broke while the
+        task ran, whose log had its result); or :data:`NOT_TAKEN` when it did not run here (the caller
+        sends it through the server)."""
+        if self._unsupported or not self._busy.acquire(blocking=False):
+            return NOT_TAKEN
+        try:
+            if not self._ready():
+                return NOT_TAKEN
+            assert self._grant is not None and self._channel is not None
+            tid = self._next
+            self._next += 1
+            request = ext_pb2.LaneTask(token=self._grant.token, task_id=tid)
+            if input_data is not None:
+                request.input = input_data
+            try:
+                reply = self._channel.unary(RUN_LANE_TASK, request.SerializeToString(), timeout=timeout)
+            except FlameError as exc:
+                return self._failed_call(tid, exc, timeout)
+        finally:
+            self._busy.release()
+        return self._outcome(tid, reply)
+
+    def close(self) -> None:
+        """Let the lane go (the session closes): its link to the service process is closed."""
+        with self._busy:
+            self._drop(close_channel=True)
+
+    # -- inside the lane's lock -----------------------------------------------------------------------------
+
+    def _ready(self) -> bool:
+        """A lane with ids left, asking the server for one if needed; False: use the server this time."""
+        if self._grant is not None and self._next < self._end:
+            return True
+        if self._skip > 0:
+            self._skip -= 1
+            return False
+        try:
+            raw = self._connection.unary(
+                "OpenLane",
+                EXT["OpenLane"].path,
+                ext_pb2.OpenLaneRequest(session_id=self._session_id).SerializeToString(),
+            )
+        except FlameError as exc:
+            if exc.code == FlameErrorCode.UNIMPLEMENTED:  # a server without lanes (an older flamepy)
+                self._unsupported = True
+            else:
+                log.debug("no lane for session %s: %s", self._session_id, exc.message)
+                self._skip = RETRY_AFTER
+            self._drop(close_channel=False)
+            return False
+        grant = ext_pb2.Lane.FromString(raw)
+        if self._channel is None or grant.endpoint != self._endpoint:
+            self._drop(close_channel=True)
+            try:
+                self._channel = get_registry().transport(grant.endpoint).connect(grant.endpoint)
+            except FlameError as exc:
+                log.debug("the lane of session %s cannot be reached at %s: %s", self._session_id, grant.endpoint, exc)
+                self._skip = RETRY_AFTER
+                return False
+            self._endpoint = grant.endpoint
+        self._grant = grant
+        self._next = grant.first_task_id
+        self._end = grant.first_task_id + grant.count
+        return True
+
+    def _drop(self, *, close_channel: bool) -> None:
+        self._grant = None
+        self._next = self._end = 0
+        if close_channel and self._channel is not None:
+            channel, self._channel, self._endpoint = self._channel, None, ""
+            try:
+                channel.close()
+            except Exception:  # closing a link that broke: nothing more to do with it
+                log.debug("closing a lane's link failed", exc_info=True)
+
+    def _failed_call(self, tid: int, exc: FlameError, timeout: float | None) -> Task | None:
+        if exc.code == FlameErrorCode.INVALID_STATE:  # the lane was closed: the task did not run
+            self._drop(close_channel=False)
+            return NOT_TAKEN
+        if exc.code == FlameErrorCode.DEADLINE_EXCEEDED:  # it keeps running, as through the server
+            raise FlameError(
+                FlameErrorCode.DEADLINE_EXCEEDED,
+                f"task {tid} of session {self._session_id} did not finish within {timeout} s (it keeps running)",
+            ) from None
+        # The link broke while the task ran (its process died), or the result was not kept: the server
+        # has it, if its log has it; otherwise it is sent through the server.
+        self._drop(close_channel=True)
+        try:
+            task = self._connection.get_task(self._session_id, str(tid))
+        except FlameError as lookup:
+            if lookup.code != FlameErrorCode.NOT_FOUND:
+                raise
+            log.info(
+                "task %s of session %s did not finish on its lane (%s): sent through the server",
+                tid,
+                self._session_id,
+                exc.message,
+            )
+            return NOT_TAKEN
+        if task.is_completed():
+            return task
+        return NOT_TAKEN  # (the server does not hold a lane's task unfinished)
+
+    def _outcome(self, tid: int, reply: bytes) -> LaneAnswer:
+        code, output, message, _size = read_task_result(reply)
+        if code == 0:
+            return LaneAnswer(output)
+        text = bound_failure_text(message or "Task failed without error message")
+        now = datetime.now(timezone.utc)
+        failed = int(pb.TaskState.Failed)
+        task = Task(
+            id=str(tid),
+            session_id=self._session_id,
+            state=TaskState.FAILED,
+            creation_time=now,
+            completion_time=now,
+            events=[Event(code=failed, message=text, creation_time=now)],
+        )
+        return LaneAnswer(None, task, text)

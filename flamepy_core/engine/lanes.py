@@ -1,0 +1,334 @@
+"""The server's side of lanes: what it lent, and the lane logs it records tasks from.
+
+Why. On a warm invoke through the server, the server's part (the request read, the task recorded, the
+result made durable, the answer) is most of what the invoke costs above the raw two-hop floor, and after
+years of trims it is work, not waiting (docs/benchmarks.md). A lane takes it off the path: the scheduler
+lends a session's idle service process to one client (:meth:`flamepy_core.engine.scheduler.Scheduler.open_lane`),
+the client sends its tasks to it directly, and the service process appends each result to the lane's log
+before it answers (:mod:`flamepy_core.instance.lane`). The server records those tasks afterwards, from the
+log, with the same rows, events and counters the warm path gives its own (:meth:`Engine.record_lane_results`).
+
+When the server reads a log:
+
+* before it answers a read of the session (``get_task``, ``list_tasks``, ``get_session``, a watch, a close):
+  a client that read its lane's answer then asks the server sees its task (read your writes);
+* every ``READ_EVERY`` seconds on the book's own thread, for everyone else (watchers, ``flmctl``);
+* once the lane is over: the server took its instance back (any call it sends the instance closes the lane
+  there, and the answer to that call means nothing more will be appended) or the instance exited. Then the
+  ids not used are given back when nobody took ids after them, and the log is removed once everything read
+  from it is committed to the store;
+* at start (:meth:`LaneBook.recover`): the logs of a server that stopped before it recorded them. A task the
+  store has already is skipped; a log the store refuses is kept for the next start.
+
+Threads. A log is read and its tasks recorded by the book's thread, or by a frontend thread catching a
+session up before a read: never by a thread that may hold the engine's or the scheduler's lock (the
+scheduler tells the book a lane ended, :meth:`LaneBook.end`, and goes on).
+
+Durability: a lane result is in its log (a ``write(2)``) before the client is told, as a warm result is in
+the store's ahead log before RunTask answers; both survive the crash of any process, not a power loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flamepy_core.contracts.errors import FlameError
+from flamepy_core.privacy import private_dir
+from flamepy_core.wire.lane_log import ForeignLaneLog, IncompleteLaneLog, LaneResult, read_lane_log
+
+if TYPE_CHECKING:
+    from flamepy_core.engine.state import Engine
+
+__all__ = ["LANE_IDS", "LaneBook", "LaneLease", "ending_when_heard"]
+
+log = logging.getLogger(__name__)
+
+LANE_IDS = 4096
+"""Task ids lent with a lane. Its client asks for a new lane when it has used them all (one round trip to
+the server per this many tasks); ids not used are given back when the lane ends, unless others were given
+after them (then the session's ids have a gap, as Flame's have after a failed creation)."""
+
+SUFFIX = ".lane"
+"""A lane log's file name ends so (in the lanes' directory, the store's name with ``-lanes`` added)."""
+DIRECTORY_SUFFIX = "-lanes"
+CATCH_UP_WAIT = 30.0
+"""Seconds a read of a session waits at most for its lanes' tasks to be committed (a store that stalls)."""
+READ_EVERY = 0.1
+"""Seconds between two reads of the open lanes' logs by the book's thread (the scheduler's tick)."""
+
+
+@dataclass(eq=False)
+class LaneLease:
+    """One lane lent: to which session and instance, its ids, its log, and how far the server read it."""
+
+    token: bytes
+    session_id: str
+    instance_id: str
+    endpoint: str
+    path: Path
+    first: int
+    end: int
+    offset: int = 0
+    """Where the next read of the log starts (0: at its first record)."""
+    used_end: int = 0
+    """One past the highest id read from the log (``first`` until one is)."""
+    unsettled: int = 0
+    """Groups of tasks recorded from the log whose commit has not been heard of."""
+    over: bool = False
+    """The log is complete (the lane ended) and was read to its end."""
+    keep: bool = False
+    """The store refused what was read from it: the log stays for the next start."""
+    news_at: float = 0.0
+    """When (``time.monotonic``) a read of its log last found tasks: the instance is in use, not idle."""
+
+
+class LaneBook:
+    """The lanes lent and not over, by session; the one reader of their logs.
+
+    Two locks: ``_reading`` serializes the reads of the logs (each record is recorded once, in order), and
+    is taken before the engine's, never while it is held; ``_state`` guards the leases' books and takes no
+    other lock (a commit's callback, :meth:`_settled`, takes it on the store's thread).
+    """
+
+    def __init__(self, engine: Engine, directory: Path) -> None:
+        self.engine = engine
+        self.directory = private_dir(directory, "the lanes' directory")
+        self._reading = threading.Lock()
+        self._state = threading.Condition(threading.Lock())
+        self._leases: dict[str, list[LaneLease]] = {}
+        self._ended: list[LaneLease] = []
+        """Lanes over whose logs the thread has to finish."""
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread that reads the logs every ``READ_EVERY`` s and finishes the lanes that ended."""
+        self._thread = threading.Thread(target=self._run, name="flamepy-lanes", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread (a log not finished stays, for the next start's :meth:`recover`)."""
+        with self._state:
+            self._stopping = True
+            self._state.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._state:
+                if not self._ended and not self._stopping:
+                    self._state.wait(READ_EVERY if self._leases else 1.0)
+                ended, self._ended = self._ended, []
+                stopping = self._stopping
+            try:
+                for lease in ended:
+                    self._finish(lease)
+                if stopping:  # (the lanes that ended as the server stopped its instances are finished)
+                    return
+                self.catch_up_all()
+            except Exception:  # a bug here must not stop the reads of the other lanes
+                log.exception("reading the lanes' logs failed")
+
+    def lend(self, session_id: str, instance_id: str, endpoint: str) -> LaneLease | None:
+        """A new lane's lease (ids reserved, its log's path chosen), or None when the session lends none now."""
+        first = self.engine.lend_task_ids(session_id, LANE_IDS)
+        if first is None:
+            return None
+        token = os.urandom(16)
+        path = self.directory / f"{instance_id}-{token[:6].hex()}{SUFFIX}"
+        lease = LaneLease(token, session_id, instance_id, endpoint, path, first, first + LANE_IDS, used_end=first)
+        with self._state:
+            self._leases.setdefault(session_id, []).append(lease)
+        return lease
+
+    def lent(self) -> bool:
+        """Whether a lane is lent now (not over)."""
+        with self._state:
+            return any(not lease.over for group in self._leases.values() for lease in group)
+
+    def leases(self, session_id: str) -> list[LaneLease]:
+        with self._state:
+            return list(self._leases.get(session_id, ()))
+
+    def catch_up(self, session_id: str, timeout: float = CATCH_UP_WAIT) -> None:
+        """Record what the session's lanes ran so far, and return once it is committed and applied (before
+        the server answers a read of the session: the task a client just had from a lane is seen final)."""
+        if not self._leases:  # (no lock: a server without lanes pays one check)
+            return
+        for lease in self.leases(session_id):
+            self.read(lease)
+        deadline = time.monotonic() + timeout
+        with self._state:
+            while any(lease.unsettled for lease in self._leases.get(session_id, ())):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("the lanes' tasks of session %s were not committed within %s s", session_id, timeout)
+                    return
+                self._state.wait(left)
+
+    def catch_up_all(self) -> None:
+        """Record what every lane ran so far (without waiting for its commit)."""
+        with self._state:
+            leases = [lease for group in self._leases.values() for lease in group]
+        for lease in leases:
+            self.read(lease)
+
+    def read(self, lease: LaneLease) -> int:
+        """Record the tasks appended to ``lease``'s log since the last read; how many."""
+        with self._reading:
+            if lease.over:
+                return 0
+            return self._read(lease)
+
+    def _read(self, lease: LaneLease) -> int:
+        try:
+            header, results, offset = read_lane_log(str(lease.path), lease.offset)
+        except (FileNotFoundError, IncompleteLaneLog):
+            return 0  # not opened yet by its instance (or the grant was refused)
+        except (OSError, ForeignLaneLog) as exc:
+            log.error("the log of a lane of session %s cannot be read: %s", lease.session_id, exc)
+            with self._state:
+                lease.keep = True
+            return 0
+        if header.token != lease.token or header.session_id != lease.session_id:
+            log.error("%s is not the log of the lane lent for session %s: not read", lease.path, lease.session_id)
+            with self._state:
+                lease.keep = True
+            return 0
+        lease.offset = offset
+        if not results:
+            return 0
+        lease.used_end = max(lease.used_end, max(r.task_id for r in results) + 1)
+        lease.news_at = time.monotonic()
+        with self._state:
+            lease.unsettled += 1
+        self.engine.record_lane_results(lease.session_id, results, partial(self._settled, lease))
+        return len(results)
+
+    def end(self, lease: LaneLease) -> None:
+        """The lane is over and its log complete: the book's thread records the rest, gives the unused ids
+        back, and removes the log once all of it is committed. Safe under any lock; once is enough."""
+        with self._state:
+            self._ended.append(lease)
+            self._state.notify()
+
+    def _finish(self, lease: LaneLease) -> None:
+        with self._reading:
+            if lease.over:
+                return
+            self._read(lease)
+            with self._state:
+                lease.over = True
+                remove = self._settle_over(lease)
+        self.engine.return_task_ids(lease.session_id, lease.end, lease.used_end)
+        if remove:
+            _unlink(lease.path)
+
+    def _settle_over(self, lease: LaneLease) -> bool:
+        """A lease over with nothing unsettled leaves the book (with ``_state`` held); True when its log
+        is to be removed."""
+        if not lease.over or lease.unsettled:
+            return False
+        group = self._leases.get(lease.session_id, [])
+        if lease in group:
+            group.remove(lease)
+            if not group:
+                del self._leases[lease.session_id]
+        self._state.notify_all()
+        return not lease.keep
+
+    def _settled(self, lease: LaneLease, error: FlameError | None) -> None:
+        with self._state:
+            lease.unsettled -= 1
+            if error is not None:
+                log.error(
+                    "tasks of a lane of session %s were not stored (%s): %s is kept",
+                    lease.session_id,
+                    error,
+                    lease.path,
+                )
+                lease.keep = True
+            self._state.notify_all()
+            remove = self._settle_over(lease)
+        if remove:
+            _unlink(lease.path)
+
+    def recover(self) -> int:
+        """At start: record the tasks of the lane logs a previous server left (those its store lacks), and
+        remove each log once they are committed. The number of tasks recorded."""
+        recorded = 0
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            try:
+                header, results, _offset = read_lane_log(str(path), 0)
+            except IncompleteLaneLog:
+                _unlink(path)  # opened, nothing appended: nothing to record
+                continue
+            except (OSError, ForeignLaneLog) as exc:
+                log.error("lane log %s cannot be read, kept: %s", path, exc)
+                continue
+            fresh = self._not_stored(header.session_id, results)
+            lease = LaneLease(header.token, header.session_id, "", "", path, 0, 0, over=True)
+            if not fresh:
+                _unlink(path)
+                continue
+            with self._state:
+                lease.unsettled += 1
+            self.engine.record_lane_results(header.session_id, fresh, partial(self._settled, lease))
+            recorded += len(fresh)
+        if recorded:
+            log.info("recorded %d tasks from the lanes of the previous server", recorded)
+        return recorded
+
+    def _not_stored(self, session_id: str, results: list[LaneResult]) -> list[LaneResult]:
+        if not results:
+            return []
+        low = min(r.task_id for r in results)
+        high = max(r.task_id for r in results)
+        stored = {
+            row[0]
+            for row in self.engine.store.query(
+                "SELECT id FROM tasks WHERE session_id = ? AND id BETWEEN ? AND ?", session_id, low, high
+            )
+        }
+        return [r for r in results if r.task_id not in stored]
+
+
+def ending_when_heard(
+    end: Callable[[], None], on_item: Callable[[bytes], None], on_end: Callable[[FlameError | None], None]
+) -> tuple[Callable[[bytes], None], Callable[[FlameError | None], None]]:
+    """A stream's callbacks that call ``end()`` first, once, at its first item or its end: a batch sent to
+    an instance that was lent closes the lane, whose log is complete once the batch is heard from."""
+    pending = [True]
+
+    def once() -> None:
+        if pending:
+            pending.clear()
+            end()
+
+    def item(payload: bytes) -> None:
+        once()
+        on_item(payload)
+
+    def ended(error: FlameError | None) -> None:
+        once()
+        on_end(error)
+
+    return item, ended
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove the lane log %s: %s", path, exc)

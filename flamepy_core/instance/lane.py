@@ -1,0 +1,205 @@
+"""The service process's side of a lane: the one lane it holds open, which tasks it takes, and when it closes.
+
+Why. A warm invoke through the server crosses it twice, and the server's part of it is most of what the
+invoke costs above the raw two-hop floor (docs/benchmarks.md). A lane takes the server off that path: the
+server lends this instance to one client (``GrantLane``: a token, a block of task ids, a log file), the
+client sends its tasks here itself (``RunLaneTask``), and this process makes each result durable by
+appending it to the lane's log (:mod:`flamepy_core.wire.lane_log`) before it answers. The server records
+the tasks from that log later.
+
+When a lane closes. The server owns the instance: any call it sends (a task, a batch, a withdrawal, a
+leave, another grant) closes the lane at once, *when it is received*. A lane task received before that
+call runs before it (the serving thread runs calls in arrival order), and is in the log before the
+server's call is answered; one received after is refused (``INVALID_STATE``: it did not run, the
+client sends it through the server). So once the server has an answer to a call it sent after it took
+the lane back, the lane's log is complete: nothing is ever appended to it again.
+
+Threads. :meth:`LaneDesk.admit` and the ``*_received`` methods run on the transport's receiving thread;
+:meth:`LaneDesk.open`, :meth:`LaneDesk.run` and :meth:`LaneDesk.close_stale` on the serving thread only
+(the log's writer is used there alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult
+from flamepy_core.wire.payload_messages import result, task_result
+from flamepy_core.wire.proto import ext_pb2
+
+__all__ = ["LaneDesk", "LaneGrant"]
+
+log = logging.getLogger(__name__)
+
+RunTask = Callable[[str, str, "bytes | None"], "tuple[bytes | bytearray | memoryview | None, str | None]"]
+"""``(task_id, session_id, input) -> (output, None)`` or ``(None, failure message)``: the service's entrypoint."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaneGrant:
+    """A ``GrantLane`` as received: what the lane will be, and the epoch it was received in."""
+
+    token: bytes
+    first: int
+    end: int
+    log_path: str
+    epoch: int
+
+
+@dataclass(slots=True)
+class _Lane:
+    token: bytes
+    next: int
+    end: int
+    epoch: int
+    session_id: str
+    writer: LaneLogWriter
+
+
+@dataclass(frozen=True, slots=True)
+class LaneCall:
+    """A lane task admitted (received while its lane was open): it runs, in turn, on the serving thread."""
+
+    task_id: int
+    input: bytes | None
+    lane: _Lane
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _closed(why: str) -> FlameError:
+    return FlameError(
+        FlameErrorCode.INVALID_STATE,
+        f"the lane is closed ({why}); the task did not run: send it through the server",
+    )
+
+
+class LaneDesk:
+    """The lane this instance holds open, if any, and the tasks it admits (see the module's docstring)."""
+
+    def __init__(self, run_task: RunTask, session_id: Callable[[], str | None]) -> None:
+        self._run_task = run_task
+        self._session_id = session_id
+        self._lock = threading.Lock()
+        self._epoch = 0
+        """Bumped by every call from the server as it is received: a lane opened in an older one is closed."""
+        self._open: _Lane | None = None
+        """The lane granted last (closed once ``_epoch`` moved past its own)."""
+
+    # -- the receiving thread ---------------------------------------------------------------------------
+
+    def server_call_received(self) -> None:
+        """A call from the server arrived: the lane open now (if any) takes no task received after it."""
+        with self._lock:
+            self._epoch += 1
+
+    def server_call_runs(self) -> None:
+        """A call from the server is about to run on the serving thread (received then, when the server's
+        own transport hands it there): the lane is closed, and its log with it."""
+        with self._lock:
+            self._epoch += 1
+        if self._open is not None:
+            self.close_stale()
+
+    def grant_received(self, data: bytes) -> LaneGrant:
+        """A ``GrantLane`` arrived: it closes the lane open (as any call from the server does) and names the
+        next one, opened when the serving thread reaches it (:meth:`open`)."""
+        request = ext_pb2.GrantLaneRequest.FromString(data)
+        with self._lock:
+            self._epoch += 1
+            epoch = self._epoch
+        return LaneGrant(
+            bytes(request.token), request.first_task_id, request.first_task_id + request.count, request.log_path, epoch
+        )
+
+    def admit(self, data: bytes) -> LaneCall:
+        """A ``RunLaneTask`` arrived: the call to run, or ``INVALID_STATE`` (it will not run)."""
+        try:
+            request = ext_pb2.LaneTask.FromString(data)
+        except Exception as exc:  # protobuf's DecodeError: the client's bytes, not a bug of ours
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"a RunLaneTask request did not parse: {exc}") from None
+        with self._lock:
+            lane = self._open
+            if lane is None or lane.epoch != self._epoch:
+                raise _closed("the server took its instance back")
+            if request.token != lane.token:
+                raise _closed("another lane's token")
+            tid = request.task_id
+            if not lane.next <= tid < lane.end:
+                raise _closed(f"task id {tid} is not one of the lane's next ids, {lane.next} to {lane.end - 1}")
+            lane.next = tid + 1
+        return LaneCall(tid, request.input if request.HasField("input") else None, lane)
+
+    # -- the serving thread -----------------------------------------------------------------------------
+
+    def open(self, grant: LaneGrant, _data: bytes = b"") -> bytes:
+        """Open the lane ``grant`` names (``flame.v1.Result``); refused when another call from the server came
+        after the grant, which then closed it already."""
+        self.close_stale()
+        session_id = self._session_id()
+        if session_id is None:
+            return result(-1, "no lane: the instance is in no session")
+        with self._lock:
+            if grant.epoch != self._epoch:
+                return result(-1, "no lane: a later call from the server closed it")
+        try:
+            writer = LaneLogWriter(grant.log_path, session_id, grant.token)
+        except (OSError, ValueError) as exc:
+            return result(-1, f"no lane: its log {grant.log_path} cannot be opened ({exc})")
+        with self._lock:
+            if grant.epoch != self._epoch:  # (a call came while the file was opened)
+                writer.close()
+                return result(-1, "no lane: a later call from the server closed it")
+            self._open = _Lane(grant.token, grant.first, grant.end, grant.epoch, session_id, writer)
+        return result(0)
+
+    def close_stale(self) -> None:
+        """Close the lane's log if the server took the lane back: a call of the server's is about to run, so
+        every lane task received before it has run (and none is taken after it)."""
+        with self._lock:
+            lane = self._open
+            if lane is None or lane.epoch == self._epoch:
+                return
+            self._open = None
+        lane.writer.close()
+
+    def run(self, call: LaneCall, _data: bytes = b"") -> bytes:
+        """Run an admitted lane task, append its result to the lane's log, and return its
+        ``flame.v1.TaskResult``. A result the log does not take is not answered as done: the client gets
+        ``UNAVAILABLE`` and the lane closes."""
+        lane = call.lane
+        start = _now_ms()
+        produced, failure = self._run_task(str(call.task_id), lane.session_id, call.input)
+        output = None if produced is None else bytes(produced)
+        end = _now_ms()
+        record = LaneResult(call.task_id, start, end, failure is None, call.input, output, failure)
+        try:
+            lane.writer.append(record)
+        except OSError as exc:
+            with self._lock:
+                if self._open is lane:
+                    self._open = None
+            lane.writer.close()
+            log.error("the lane's log could not take task %s's result: %s", call.task_id, exc)
+            raise FlameError(
+                FlameErrorCode.UNAVAILABLE,
+                f"task {call.task_id} ran, but its result could not be kept in the lane's log ({exc}); the lane "
+                "is closed: send the task again through the server",
+            ) from None
+        if failure is not None:
+            return task_result(-1, message=failure)
+        return task_result(0, output)
+
+    def close(self) -> None:
+        """The process stops: close the log (what it holds is kept)."""
+        with self._lock:
+            lane, self._open = self._open, None
+        if lane is not None:
+            lane.writer.close()
