@@ -21,6 +21,8 @@ from flamepy_core.wire.payload_messages import (
     create_task_request_parts,
     read_create_task_request,
     read_enter_result,
+    read_grant_lane,
+    read_lane_task,
     read_session_context,
     read_task_batch,
     read_task_call,
@@ -482,3 +484,34 @@ def test_a_task_context_with_more_than_the_server_writes_is_read_by_protobufs_ru
     assert call.output_file == output_file
     # The same bytes read twice (the second time, the sizes come from what the first remembered).
     assert read_task_call(data) == call
+
+
+@given(
+    token=st.binary(max_size=40),
+    task_id=st.integers(0, 2**64 - 1),
+    task_input=st.none() | st.binary(max_size=300),
+)
+def test_a_lane_task_reads_back_as_protobuf_wrote_it(token: bytes, task_id: int, task_input: bytes | None) -> None:
+    # The service process reads LaneTask by hand (it starts without protobuf): any message protobuf
+    # writes must read back the same, an empty input kept apart from no input.
+    message = ext_pb2.LaneTask(token=token, task_id=task_id)
+    if task_input is not None:
+        message.input = task_input
+    assert read_lane_task(message.SerializeToString()) == (token, task_id, task_input)
+
+
+@given(
+    token=st.binary(max_size=40),
+    first=st.integers(0, 2**64 - 1),
+    count=st.integers(0, 2**32 - 1),
+    log_path=st.text(max_size=80),
+)
+def test_a_lane_grant_reads_back_as_protobuf_wrote_it(token: bytes, first: int, count: int, log_path: str) -> None:
+    message = ext_pb2.GrantLaneRequest(token=token, first_task_id=first, count=count, log_path=log_path)
+    assert read_grant_lane(message.SerializeToString()) == (token, first, count, log_path)
+
+
+def test_a_truncated_lane_task_is_refused() -> None:
+    data = ext_pb2.LaneTask(token=b"t" * 16, task_id=7, input=b"payload").SerializeToString()
+    with pytest.raises(ValueError, match="truncated"):
+        read_lane_task(data[:-3])

@@ -54,7 +54,9 @@ LANES_ENV = "FLAMEPY_LANES"
 """``1`` (or ``true``, ``yes``, ``on``): ``invoke`` uses lanes where the server lends them. Off by default."""
 
 RETRY_AFTER = 64
-"""Calls sent through the server before a refused client asks for a lane again."""
+"""At most this many calls go through the server before a refused client asks for a lane again: 1 after a
+first refusal (a new session's first invoke starts its instance), then twice as many after each refusal in a
+row, up to this."""
 
 NOT_TAKEN = None
 """What :meth:`Lane.invoke` returns when the task did not run on the lane: send it through the server."""
@@ -93,6 +95,8 @@ class Lane:
         self._endpoint = ""
         self._skip = 0
         """Calls left to send through the server before asking for a lane again."""
+        self._backoff = 1
+        """The next refusal's ``_skip``."""
         self._unsupported = False
 
     def invoke(self, input_data: bytes | None, timeout: float | None) -> LaneAnswer | Task | None:
@@ -143,7 +147,7 @@ class Lane:
                 self._unsupported = True
             else:
                 log.debug("no lane for session %s: %s", self._session_id, exc.message)
-                self._skip = RETRY_AFTER
+                self._refused()
             self._drop(close_channel=False)
             return False
         grant = ext_pb2.Lane.FromString(raw)
@@ -153,13 +157,18 @@ class Lane:
                 self._channel = get_registry().transport(grant.endpoint).connect(grant.endpoint)
             except FlameError as exc:
                 log.debug("the lane of session %s cannot be reached at %s: %s", self._session_id, grant.endpoint, exc)
-                self._skip = RETRY_AFTER
+                self._refused()
                 return False
             self._endpoint = grant.endpoint
         self._grant = grant
+        self._backoff = 1
         self._next = grant.first_task_id
         self._end = grant.first_task_id + grant.count
         return True
+
+    def _refused(self) -> None:
+        self._skip = self._backoff
+        self._backoff = min(2 * self._backoff, RETRY_AFTER)
 
     def _drop(self, *, close_channel: bool) -> None:
         self._grant = None

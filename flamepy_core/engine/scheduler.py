@@ -439,7 +439,8 @@ class Scheduler:
                     with answering(task_key(session_id, task_id)):
                         self._send_task(inst, session_id, task_id, data, None, now=True, on_sent=record)
                 except Exception as exc:  # a bug below: the task fails, saying so, rather than stay Running
-                    log.exception("sending task %s of %s to instance %s failed", task_id, session_id, inst.id)
+                    if not (isinstance(exc, FlameError) and exc.code in _LINK_DOWN):  # (a dead instance: below)
+                        log.exception("sending task %s of %s to instance %s failed", task_id, session_id, inst.id)
                     inst.inflight.pop(task_id, None)
                     inst.lone = None
                     inst.state = State.IDLE
@@ -450,7 +451,13 @@ class Scheduler:
             if tid is None:
                 return False
             self.warm_runs += 1
-            if broken:
+            if broken and isinstance(broken[0], FlameError) and broken[0].code in _LINK_DOWN:
+                # The instance is gone (its exit not handled yet): the task never left, so it goes back to
+                # the queue, for the instance that replaces it, without spending a retry.
+                if self._idle.get(session_id) is inst:
+                    del self._idle[session_id]
+                self._return(session_id, [tid], f"not started: instance {inst.id} is gone ({broken[0].message})")
+            elif broken:
                 failure = (
                     f"sending the task to instance {inst.id} failed: {broken[0]!r}; it did not run: run it again "
                     "(the server's log has the traceback)"
@@ -475,9 +482,10 @@ class Scheduler:
         sends its tasks through the server, as before).
 
         Lent only what the server would otherwise run at once on the warm path: an idle instance of an open
-        session with nothing queued, whose process opens lanes on a unix socket of this machine; not while
-        it is lent to another client, nor for an application with a task timeout (the server enforces it,
-        and a lane's tasks do not pass through it).
+        session with nothing queued, whose process opens lanes; not while it is lent to another client, nor
+        for an application with a task timeout (the server enforces it, and a lane's tasks do not pass
+        through it). The client reaches the instance at its link's endpoint (a local one: a client on
+        another machine cannot, and keeps the server's path).
         """
         lanes = self.engine.lanes
         with self._lock:
@@ -524,8 +532,6 @@ class Scheduler:
             return "no idle instance"
         if not inst.lanes:
             return f"instance {inst.id} does not open lanes (not flamepy's service runtime)"
-        if not inst.process.url.startswith("uds://"):
-            return f"instance {inst.id} is not served on a unix socket"
         if inst.lane is not None:
             return f"instance {inst.id} is lent to another client"
         if inst.task_timeout is not None:
@@ -867,6 +873,8 @@ class Scheduler:
         lane, inst.lane = inst.lane, None
         if lane is not None:  # the process is gone: nothing more is appended to the lane's log
             self._lanes.end(lane)
+        if inst.session_id is not None and self._idle.get(inst.session_id) is inst:
+            del self._idle[inst.session_id]  # (an idle instance that died is no warm path for the next task)
         if self._closed:
             return
         lost = list(inst.inflight) if inst.session_id else []

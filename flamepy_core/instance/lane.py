@@ -29,8 +29,7 @@ from dataclasses import dataclass
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult
-from flamepy_core.wire.payload_messages import result, task_result
-from flamepy_core.wire.proto import ext_pb2
+from flamepy_core.wire.payload_messages import read_grant_lane, read_lane_task, result, task_result
 
 __all__ = ["LaneDesk", "LaneGrant"]
 
@@ -111,31 +110,28 @@ class LaneDesk:
     def grant_received(self, data: bytes) -> LaneGrant:
         """A ``GrantLane`` arrived: it closes the lane open (as any call from the server does) and names the
         next one, opened when the serving thread reaches it (:meth:`open`)."""
-        request = ext_pb2.GrantLaneRequest.FromString(data)
         with self._lock:
             self._epoch += 1
             epoch = self._epoch
-        return LaneGrant(
-            bytes(request.token), request.first_task_id, request.first_task_id + request.count, request.log_path, epoch
-        )
+        token, first, count, log_path = read_grant_lane(data)
+        return LaneGrant(token, first, first + count, log_path, epoch)
 
     def admit(self, data: bytes) -> LaneCall:
         """A ``RunLaneTask`` arrived: the call to run, or ``INVALID_STATE`` (it will not run)."""
         try:
-            request = ext_pb2.LaneTask.FromString(data)
-        except Exception as exc:  # protobuf's DecodeError: the client's bytes, not a bug of ours
+            token, tid, task_input = read_lane_task(data)
+        except ValueError as exc:  # the client's bytes, not a bug of ours
             raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"a RunLaneTask request did not parse: {exc}") from None
         with self._lock:
             lane = self._open
             if lane is None or lane.epoch != self._epoch:
                 raise _closed("the server took its instance back")
-            if request.token != lane.token:
+            if token != lane.token:
                 raise _closed("another lane's token")
-            tid = request.task_id
             if not lane.next <= tid < lane.end:
                 raise _closed(f"task id {tid} is not one of the lane's next ids, {lane.next} to {lane.end - 1}")
             lane.next = tid + 1
-        return LaneCall(tid, request.input if request.HasField("input") else None, lane)
+        return LaneCall(tid, task_input, lane)
 
     # -- the serving thread -----------------------------------------------------------------------------
 
@@ -143,6 +139,8 @@ class LaneDesk:
         """Open the lane ``grant`` names (``flame.v1.Result``); refused when another call from the server came
         after the grant, which then closed it already."""
         self.close_stale()
+        if grant.first == grant.end:  # a grant of no ids: the server closes the lane, and opens none
+            return result(0)
         session_id = self._session_id()
         if session_id is None:
             return result(-1, "no lane: the instance is in no session")

@@ -41,6 +41,8 @@ __all__ = [
     "lanes_offered",
     "read_create_task_request",
     "read_enter_result",
+    "read_grant_lane",
+    "read_lane_task",
     "read_session_context",
     "read_task_batch",
     "read_task_call",
@@ -791,6 +793,35 @@ def lanes_offered(data: bytes) -> bool:
     numbers: dict[int, int] = {}
     _fields(bytes(data), numbers)
     return numbers.get(LANES_OFFERED) == 1
+
+
+def read_lane_task(data: bytes) -> tuple[bytes, int, bytes | None]:
+    """``flamepy.ext.v1.LaneTask`` -> ``(token, task_id, input or None)``: read by hand, as on every lane
+    task's path, and without protobuf in a service process (it starts without it)."""
+    data = bytes(data)
+    numbers: dict[int, int] = {}
+    token = b""
+    task_input: bytes | None = None
+    for number, start, end in _fields(data, numbers):
+        if number == 1:
+            token = data[start:end]
+        elif number == 3:
+            task_input = data[start:end]
+    return token, numbers.get(2, 0), task_input
+
+
+def read_grant_lane(data: bytes) -> tuple[bytes, int, int, str]:
+    """``flamepy.ext.v1.GrantLaneRequest`` -> ``(token, first_task_id, count, log_path)``."""
+    data = bytes(data)
+    numbers: dict[int, int] = {}
+    token = b""
+    log_path = ""
+    for number, start, end in _fields(data, numbers):
+        if number == 1:
+            token = data[start:end]
+        elif number == 4:
+            log_path = _text(data, start, end)
+    return token, numbers.get(2, 0), numbers.get(3, 0), log_path
 
 
 def read_task_batch(data: bytes) -> list[bytes]:

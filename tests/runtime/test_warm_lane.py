@@ -9,6 +9,8 @@ as for any other. Real service processes, a real store.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -182,4 +184,20 @@ def test_an_instance_is_idle_again_once_its_warm_answer_has_left(runtime: LocalR
     assert session.invoke(b"between") == b"neewteb"
     assert scheduler.warm_runs == before + 1, "a task that came while the last answer left missed the lane"
     wait_for(lambda: inst.state == State.IDLE and not inst.idle_after_answer, 10, "the instance idle again")
+    session.close()
+
+
+def test_an_idle_instance_that_died_is_not_given_the_next_task(runtime: LocalRuntime) -> None:
+    # Its exit is handled while it is the session's idle instance: the next RunTask must not be sent to it
+    # (it failed "instance ... is not listening yet", and every later one with it), but run by a new one.
+    scheduler = runtime.server.scheduler
+    session = flamepy.create_session("rev")
+    assert session.invoke(b"abc") == b"cba"
+    [inst] = [i for i in scheduler._instances.values() if i.session_id == session.id]
+    wait_for(lambda: inst.state == State.IDLE, 30, "the instance to be idle")
+    assert inst.process is not None and inst.process.pid
+    os.kill(inst.process.pid, signal.SIGKILL)
+    wait_for(lambda: inst.id not in scheduler._instances, 30, "the instance's exit to be handled")
+    assert session.invoke(b"xyz", timeout=60) == b"zyx"
+    assert session.invoke(b"xyz2", timeout=60) == b"2zyx"
     session.close()

@@ -1,0 +1,339 @@
+"""Lanes (``FLAMEPY_LANES=1``): a client sends its session's warm tasks to the session's idle service
+process itself, and the server records them afterwards from the lane's log.
+
+A lane is only worth having if nobody can tell it from the server's path: the caller gets the same output
+or the same error, and the server shows the same tasks (states, inputs, outputs, events, counters) as soon
+as it is asked, whatever happens meanwhile: the server takes its instance back, the service process dies
+in the middle of a task, the server stops before it read the log, the session closes. Without the
+variable nothing may change. Real service processes on unix sockets, a real store, no mocks.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+import flamepy
+from flamepy.testing import LocalRuntime
+from flamepy_core.client.connection import default_connection, reset_default_connection
+from flamepy_core.client.lane import LANES_ENV, Lane
+from flamepy_core.client.session import Session, TaskFailedError
+from flamepy_core.engine.embedded import ensure_inprocess_server, stop_inprocess_server
+from flamepy_core.engine.scheduler import State
+from flamepy_core.model import Task
+from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult
+from flamepy_core.wire.proto import types_pb2 as pb
+
+WAIT = 60.0
+"""Seconds any one call or wait of these tests may take (an instance's start included)."""
+
+PICKY_SERVICE = """
+import flamepy
+from flamepy.core import FlameService
+
+
+class Picky(FlameService):
+    def on_task_invoke(self, context):
+        if context.input == b"42":
+            raise ValueError("bad input 42")
+        return context.input[::-1]
+
+
+if __name__ == "__main__":
+    flamepy.run(Picky())
+"""
+"""Answers its input reversed, and fails with ``ValueError("bad input 42")`` on ``b"42"``."""
+
+
+@pytest.fixture
+def runtime(reverse_runtime: LocalRuntime) -> LocalRuntime:
+    return reverse_runtime
+
+
+def _lane_of(session: Session) -> Lane:
+    lane = session._lane
+    assert lane is not None, f"{LANES_ENV}=1 did not give the session a lane"
+    return lane
+
+
+def _without_lanes(monkeypatch: pytest.MonkeyPatch, session_id: str) -> Session:
+    """Another client of the same session, whose invokes go through the server."""
+    monkeypatch.delenv(LANES_ENV, raising=False)
+    other = flamepy.get_session(session_id)
+    assert other._lane is None, f"a session object made without {LANES_ENV} has a lane"
+    return other
+
+
+def _wait_idle(rt: LocalRuntime, session_id: str) -> None:
+    """Wait until the session has an idle instance (one the server can lend)."""
+    scheduler = rt.server.scheduler
+    wait_for(
+        lambda: any(
+            i.session_id == session_id and i.state == State.IDLE and i.process is not None
+            for i in list(scheduler._instances.values())
+        ),
+        WAIT,
+        f"an idle instance of session {session_id}",
+    )
+
+
+def _warm_session(rt: LocalRuntime, monkeypatch: pytest.MonkeyPatch, app: str = "rev") -> Session:
+    """A session with lanes, its instance started by a task through the server (``run()``: the lane's
+    first ``invoke`` would find no idle instance and not ask again for ``RETRY_AFTER`` calls), then idle."""
+    monkeypatch.setenv(LANES_ENV, "1")
+    session = flamepy.create_session(app)
+    _lane_of(session)
+    assert session.run(b"warm up").result(timeout=WAIT) == b"pu mraw"
+    _wait_idle(rt, session.id)
+    return session
+
+
+def _tasks(session: Session) -> list[Task]:
+    return sorted(session.list_tasks(), key=lambda t: int(t.id))
+
+
+def _message(session_id: str, task_id: str) -> pb.Task:
+    return default_connection().get_task_message(session_id, task_id)
+
+
+def _lane_logs(rt: LocalRuntime) -> list[Path]:
+    return sorted(Path(f"{rt.server.db_path}-lanes").glob("*.lane"))
+
+
+def test_warm_invokes_go_on_the_lane_and_the_server_shows_them_at_once_as_its_own_tasks(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = runtime.server.scheduler
+    session = _warm_session(runtime, monkeypatch)
+    lane = _lane_of(session)
+    before = scheduler.warm_runs
+    inputs = [b"lane %d" % i for i in range(20)]
+    for data in inputs:
+        assert session.invoke(data, timeout=WAIT) == data[::-1]
+    assert lane._grant is not None, "the session holds no lane after warm invokes"
+    assert scheduler.warm_runs == before, "warm invokes with a lane went through the server"
+
+    tasks = _tasks(session)  # right away: the read records what the lane ran first
+    assert [int(t.id) for t in tasks] == list(range(1, 22)), f"ids not 1..21: {[t.id for t in tasks]}"
+    assert [t.state.name for t in tasks] == ["SUCCEED"] * 21
+    assert [t.input for t in tasks] == [b"warm up", *inputs]
+    assert [t.output for t in tasks] == [b"pu mraw", *(d[::-1] for d in inputs)]
+    counts = flamepy.get_session(session.id)
+    assert (counts.succeed, counts.running, counts.pending, counts.failed) == (21, 0, 0, 0), (
+        "the session's counters do not count the lane's tasks"
+    )
+
+    # The same session's warm task through the server (another client, without lanes), for comparison.
+    plain = _without_lanes(monkeypatch, session.id)
+    assert plain.invoke(b"server", timeout=WAIT) == b"revres"
+    assert scheduler.warm_runs == before + 1, "the comparison task did not take the server's warm path"
+    [through_server] = [t for t in _tasks(session) if t.input == b"server"]
+    served = _message(session.id, through_server.id)
+    codes = [e.code for e in served.status.events]
+    for lane_task in tasks[1:]:
+        assert [e.code for e in _message(session.id, lane_task.id).status.events] == codes, (
+            f"lane task {lane_task.id}'s events are not those of the same task through the server"
+        )
+    on_lane = _message(session.id, tasks[1].id)
+    for task in (on_lane, served):
+        assert task.status.state == pb.TaskState.Succeed
+        assert task.status.creation_time <= task.status.completion_time
+    assert on_lane.spec.input == b"lane 0" and on_lane.spec.output == b"0 enal"
+    session.close()
+
+
+def test_a_service_failure_on_a_lane_raises_the_error_the_server_path_raises(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    service = tmp_path / "picky" / "picky_service.py"
+    service.parent.mkdir()
+    service.write_text(textwrap.dedent(PICKY_SERVICE))
+    runtime.register("picky", service)
+    session = _warm_session(runtime, monkeypatch, "picky")
+    lane = _lane_of(session)
+    assert session.invoke(b"ok", timeout=WAIT) == b"ko"
+    assert lane._grant is not None, "the lane did not open"
+    with pytest.raises(TaskFailedError) as on_lane:
+        session.invoke(b"42", timeout=WAIT)
+    assert lane._grant is not None, "a failing task closed the lane"
+
+    plain = _without_lanes(monkeypatch, session.id)
+    with pytest.raises(TaskFailedError) as through_server:
+        plain.invoke(b"42", timeout=WAIT)
+    assert type(on_lane.value) is type(through_server.value)
+    assert "ValueError: bad input 42" in through_server.value.message
+    assert on_lane.value.message == through_server.value.message, (
+        f"the lane's failure text differs:\n--- lane\n{on_lane.value.message}\n--- server\n"
+        f"{through_server.value.message}"
+    )
+    assert on_lane.value.code == through_server.value.code
+    assert str(on_lane.value) == str(through_server.value)
+    assert on_lane.value.task.state == through_server.value.task.state
+
+    # The server records the lane's failure as it records its own.
+    failed = [t for t in _tasks(session) if t.input == b"42"]
+    assert [t.state.name for t in failed] == ["FAILED", "FAILED"]
+    lane_task, server_task = (_message(session.id, t.id) for t in failed)
+    assert [e.code for e in lane_task.status.events] == [e.code for e in server_task.status.events]
+    assert lane_task.status.events[-1].message == server_task.status.events[-1].message
+    counts = flamepy.get_session(session.id)
+    assert (counts.succeed, counts.failed, counts.running) == (2, 2, 0)
+    session.close()
+
+
+@pytest.mark.parametrize("taker", ["another client's invoke", "this session's run()"])
+def test_the_server_takes_the_instance_back_and_the_lane_client_carries_on(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, taker: str
+) -> None:
+    session = _warm_session(runtime, monkeypatch)
+    lane = _lane_of(session)
+    assert session.invoke(b"on lane", timeout=WAIT) == b"enal no"
+    first_grant = lane._grant
+    assert first_grant is not None, "the lane did not open"
+    assert runtime.server.lanes.lent()
+
+    if taker == "another client's invoke":
+        plain = _without_lanes(monkeypatch, session.id)
+        assert plain.invoke(b"taker", timeout=WAIT) == b"rekat"
+    else:
+        assert session.run(b"taker").result(timeout=WAIT) == b"rekat"
+    wait_for(lambda: not runtime.server.lanes.lent(), WAIT, "the lane taken back")
+
+    # The lane client does not know yet: its task is refused there, and goes through the server.
+    assert session.invoke(b"after", timeout=WAIT) == b"retfa"
+    assert lane._grant is None, "the lane client did not learn that the server took its lane back"
+    assert session.invoke(b"again", timeout=WAIT) == b"niaga"
+    assert lane._grant is not None and lane._grant.token != first_grant.token, "the lane client did not open a new lane"
+    assert session.invoke(b"last", timeout=WAIT) == b"tsal"
+
+    tasks = _tasks(session)
+    inputs = Counter(t.input for t in tasks)
+    expected = [b"warm up", b"on lane", b"taker", b"after", b"again", b"last"]
+    assert inputs == Counter(expected), f"not every task exactly once: {inputs}"
+    assert len({t.id for t in tasks}) == len(tasks), "a task id was given twice"
+    assert all(t.state.name == "SUCCEED" for t in tasks), [(t.id, t.state.name) for t in tasks]
+    counts = flamepy.get_session(session.id)
+    assert (counts.succeed, counts.failed, counts.running, counts.pending) == (6, 0, 0, 0)
+    session.close()
+    wait_for(lambda: not _lane_logs(runtime), WAIT, "the lanes' logs removed once recorded")
+
+
+def test_a_lane_task_whose_process_dies_is_sent_again_through_the_server(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The task's result never reached the lane's log, so the server has no such task: the client sends it
+    through the server, which must run it on a new instance (at least once, as the server's own path does
+    for a task whose instance dies), and the session serves on."""
+    session = _warm_session(runtime, monkeypatch)
+    lane = _lane_of(session)
+    assert session.invoke(b"on lane", timeout=WAIT) == b"enal no"
+    assert lane._grant is not None, "the lane did not open"
+
+    assert session.invoke(b"die once", timeout=WAIT) == b"ecno eid"
+    assert (tmp_path / "svc" / "died").exists(), "the service process did not die"
+    assert lane._grant is None, "the broken lane is still held"
+    wait_for(lambda: not runtime.server.lanes.lent(), WAIT, "the broken lane ended on the server")
+
+    assert session.invoke(b"after", timeout=WAIT) == b"retfa"
+    assert session.invoke(b"again", timeout=WAIT) == b"niaga"
+    tasks = _tasks(session)
+    inputs = Counter(t.input for t in tasks)
+    assert inputs == Counter([b"warm up", b"on lane", b"die once", b"after", b"again"]), (
+        f"not every task exactly once: {inputs}"
+    )
+    assert len({t.id for t in tasks}) == len(tasks), "a task id was given twice"
+    assert all(t.state.name == "SUCCEED" for t in tasks), [(t.id, t.state.name) for t in tasks]
+    counts = flamepy.get_session(session.id)
+    assert (counts.succeed, counts.failed, counts.running) == (5, 0, 0)
+    session.close()
+
+
+def test_a_lane_log_left_by_a_stopped_server_is_recorded_at_the_next_start_once(runtime: LocalRuntime) -> None:
+    session = flamepy.create_session("rev")
+    assert session.invoke(b"stored", timeout=WAIT) == b"derots"
+    sid = session.id
+    lanes = Path(f"{runtime.server.db_path}-lanes")
+    assert stop_inprocess_server(runtime.endpoint)
+
+    path = lanes / "i1-0123456789ab.lane"
+    now = time.time_ns() // 1_000_000  # (times of long ago would have their payloads purged at once)
+    with LaneLogWriter(str(path), sid, b"t" * 16) as writer:
+        # Task 1 is in the store already (a log read before the stop, say): it must not be recorded again.
+        writer.append(LaneResult(1, now, now + 1, True, b"stored", b"not this", None))
+        writer.append(LaneResult(2, now + 2, now + 3, True, b"two", b"owt", None))
+        writer.append(LaneResult(3, now + 4, now + 5, False, b"three", None, "ValueError: not three"))
+        writer.append(LaneResult(4, now + 6, now + 7, True, b"four", b"ruof", None))
+
+    reset_default_connection()
+    runtime.server = ensure_inprocess_server(runtime.endpoint, runtime.home, instance_mode="process")
+    tasks = _tasks(flamepy.get_session(sid))
+    assert [(int(t.id), t.state.name, t.input, t.output) for t in tasks] == [
+        (1, "SUCCEED", b"stored", b"derots"),
+        (2, "SUCCEED", b"two", b"owt"),
+        (3, "FAILED", b"three", None),
+        (4, "SUCCEED", b"four", b"ruof"),
+    ]
+    failed = _message(sid, "3")
+    assert failed.status.events[-1].message == "ValueError: not three"
+    assert [e.code for e in _message(sid, "2").status.events] == [e.code for e in _message(sid, "1").status.events]
+    counts = flamepy.get_session(sid)
+    assert (counts.succeed, counts.failed, counts.running, counts.pending) == (3, 1, 0, 0)
+    wait_for(lambda: not path.exists(), WAIT, "the recorded lane log removed")
+
+    # The session goes on after them: the next task takes the next id.
+    assert flamepy.get_session(sid).invoke(b"five", timeout=WAIT) == b"evif"
+    assert [int(t.id) for t in _tasks(flamepy.get_session(sid))] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("closer", ["the session itself", "another client"])
+def test_closing_a_session_after_lane_invokes_closes_it_with_the_lanes_tasks_counted(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, closer: str
+) -> None:
+    session = _warm_session(runtime, monkeypatch)
+    lane = _lane_of(session)
+    for i in range(5):
+        assert session.invoke(b"%d" % i, timeout=WAIT) == b"%d" % i
+    assert lane._grant is not None and runtime.server.lanes.lent(), "the lane did not open"
+    if closer == "the session itself":
+        session.close()
+        assert session.state.name == "CLOSED"
+        closed = flamepy.get_session(session.id)
+    else:  # the close's own answer counts the lane's tasks: the server took the lane back first
+        closed = flamepy.close_session(session.id)
+    assert closed.state.name == "CLOSED"
+    assert (closed.succeed, closed.failed, closed.running, closed.pending) == (6, 0, 0, 0), (
+        "the closed session's counters miss the lane's tasks"
+    )
+    if closer == "another client":
+        # The lane client still holds its grant: its next task must not run on the closed session's lane.
+        with pytest.raises(flamepy.FlameError, match="closed"):
+            session.invoke(b"late", timeout=WAIT)
+        assert b"late" not in [t.input for t in _tasks(session)], "a task ran on a closed session's lane"
+    wait_for(lambda: not runtime.server.lanes.lent(), WAIT, "the closed session's lane given back")
+    wait_for(lambda: not _lane_logs(runtime), WAIT, "the closed lane's log removed")
+
+
+@pytest.mark.parametrize("value", [None, "0", "off"])
+def test_without_flamepy_lanes_nothing_changes(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv(LANES_ENV, raising=False)
+    else:
+        monkeypatch.setenv(LANES_ENV, value)
+    scheduler = runtime.server.scheduler
+    session = flamepy.create_session("rev")
+    assert session._lane is None, f"{LANES_ENV}={value!r} gave the session a lane"
+    assert session.invoke(b"first", timeout=WAIT) == b"tsrif"
+    before = scheduler.warm_runs
+    for i in range(5):
+        assert session.invoke(b"w%d" % i, timeout=WAIT) == (b"w%d" % i)[::-1]
+        assert not runtime.server.lanes.lent(), "a lane was lent without lanes asked for"
+    assert scheduler.warm_runs == before + 5, "warm invokes did not take the server's warm path"
+    assert not _lane_logs(runtime), "a lane log was written without lanes"
+    session.close()

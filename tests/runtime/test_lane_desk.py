@@ -1,0 +1,214 @@
+"""The service process's side of a lane (``flamepy_core.instance.lane.LaneDesk``), driven as the runtime drives
+it: calls received on the transport's thread, run in arrival order on the serving thread.
+
+What the server relies on: once it has an answer to a call it sent after it took the lane back, the lane's
+log is complete (nothing is appended to it again); every task the lane admitted is run once and is in the
+log before its answer; a task the lane refused did not run. A wrong implementation breaks these.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.instance.lane import LaneDesk
+from flamepy_core.wire.lane_log import read_lane_log
+from flamepy_core.wire.payload_messages import read_enter_result, read_task_result
+from flamepy_core.wire.proto import ext_pb2
+
+SESSION = "s-1"
+
+
+class Service:
+    """The entrypoint: reverses its input, fails on b"fail"; records what ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def __call__(self, task_id: str, session_id: str, task_input: bytes | None) -> tuple[bytes | None, str | None]:
+        assert session_id == SESSION
+        self.ran.append(task_id)
+        if task_input == b"fail":
+            return None, "ValueError: fail"
+        return (task_input or b"")[::-1], None
+
+
+def grant(token: bytes, first: int, count: int, path: Path) -> bytes:
+    return ext_pb2.GrantLaneRequest(
+        token=token, first_task_id=first, count=count, log_path=str(path)
+    ).SerializeToString()
+
+
+def lane_task(token: bytes, task_id: int, data: bytes | None = b"abc") -> bytes:
+    message = ext_pb2.LaneTask(token=token, task_id=task_id)
+    if data is not None:
+        message.input = data
+    return message.SerializeToString()
+
+
+def opened(desk: LaneDesk, token: bytes, first: int, count: int, path: Path) -> None:
+    code, message, _ = read_enter_result(desk.open(desk.grant_received(grant(token, first, count, path))))
+    assert code == 0, message
+
+
+def refused(call: Callable[[], object]) -> str:
+    with pytest.raises(FlameError) as caught:
+        call()
+    assert caught.value.code == FlameErrorCode.INVALID_STATE, caught.value
+    return caught.value.message
+
+
+@pytest.fixture
+def service() -> Service:
+    return Service()
+
+
+@pytest.fixture
+def desk(service: Service) -> LaneDesk:
+    return LaneDesk(service, lambda: SESSION)
+
+
+def test_a_task_runs_and_is_in_the_log_before_its_answer(desk: LaneDesk, service: Service, tmp_path: Path) -> None:
+    log = tmp_path / "a.lane"
+    opened(desk, b"T", 10, 5, log)
+    answer = desk.run(desk.admit(lane_task(b"T", 10, b"hello")))
+    assert read_task_result(answer)[:2] == (0, b"olleh")
+    header, records, _ = read_lane_log(str(log))
+    assert (header.session_id, header.token) == (SESSION, b"T")
+    assert [(r.task_id, r.succeeded, r.input, r.output) for r in records] == [(10, True, b"hello", b"olleh")]
+    assert records[0].start_ms <= records[0].end_ms
+    failed = desk.run(desk.admit(lane_task(b"T", 11, b"fail")))
+    assert read_task_result(failed)[0] == -1 and read_task_result(failed)[2] == "ValueError: fail"
+    last = read_lane_log(str(log))[1][-1]
+    assert (last.task_id, last.succeeded, last.output, last.message) == (11, False, None, "ValueError: fail")
+    assert service.ran == ["10", "11"]
+
+
+def test_a_task_with_another_token_or_id_is_refused_and_does_not_run(
+    desk: LaneDesk, service: Service, tmp_path: Path
+) -> None:
+    opened(desk, b"T", 10, 3, tmp_path / "a.lane")
+    assert "token" in refused(lambda: desk.admit(lane_task(b"X", 10)))
+    assert "task id 13" in refused(lambda: desk.admit(lane_task(b"T", 13)))  # past the block
+    desk.run(desk.admit(lane_task(b"T", 11)))  # ids in order, one may be skipped
+    assert "task id 11" in refused(lambda: desk.admit(lane_task(b"T", 11)))  # never twice
+    assert "task id 10" in refused(lambda: desk.admit(lane_task(b"T", 10)))  # nor backwards
+    assert service.ran == ["11"]
+
+
+def test_a_call_from_the_server_closes_the_lane_when_received(desk: LaneDesk, tmp_path: Path) -> None:
+    log = tmp_path / "a.lane"
+    opened(desk, b"T", 1, 100, log)
+    before = desk.admit(lane_task(b"T", 1))  # received before the server's call: it runs
+    desk.server_call_received()
+    assert "took its instance back" in refused(lambda: desk.admit(lane_task(b"T", 2)))
+    desk.run(before)
+    desk.server_call_runs()  # the server's call runs after the lane's task: the log is complete
+    assert [r.task_id for r in read_lane_log(str(log))[1]] == [1]
+
+
+def test_a_grant_overtaken_by_a_server_call_opens_nothing(desk: LaneDesk, tmp_path: Path) -> None:
+    pending = desk.grant_received(grant(b"T", 1, 10, tmp_path / "a.lane"))
+    desk.server_call_received()  # a task the server sent right after its grant
+    code, message, _ = read_enter_result(desk.open(pending))
+    assert code != 0 and "later call" in message
+    refused(lambda: desk.admit(lane_task(b"T", 1)))
+
+
+def test_a_grant_of_no_ids_closes_the_lane_and_opens_none(desk: LaneDesk, tmp_path: Path) -> None:
+    opened(desk, b"T", 1, 10, tmp_path / "a.lane")
+    code, _message, _ = read_enter_result(desk.open(desk.grant_received(grant(b"", 0, 0, tmp_path / "none"))))
+    assert code == 0
+    refused(lambda: desk.admit(lane_task(b"T", 1)))
+    assert not (tmp_path / "none").exists()
+
+
+def test_no_lane_outside_a_session(service: Service, tmp_path: Path) -> None:
+    desk = LaneDesk(service, lambda: None)
+    code, message, _ = read_enter_result(desk.open(desk.grant_received(grant(b"T", 1, 10, tmp_path / "a.lane"))))
+    assert code != 0 and "no session" in message
+
+
+def test_a_result_the_log_cannot_take_is_not_answered_and_closes_the_lane(
+    desk: LaneDesk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened(desk, b"T", 1, 10, tmp_path / "a.lane")
+    call = desk.admit(lane_task(b"T", 1))
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(FlameError) as caught:
+        desk.run(call)
+    monkeypatch.setattr(os, "write", real_write)
+    assert caught.value.code == FlameErrorCode.UNAVAILABLE and "not be kept" in caught.value.message
+    refused(lambda: desk.admit(lane_task(b"T", 2)))
+
+
+# One interleaving after another: grants, the server's calls and lane tasks arrive on the receiving thread in
+# any order, and the serving thread runs what was queued, in order, whenever it gets to it.
+EVENTS = st.lists(st.sampled_from(["grant", "server call", "lane task", "serve one"]), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=EVENTS)
+def test_once_a_server_call_has_run_nothing_is_added_to_the_lanes_it_closed(events: list[str]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        service = Service()
+        desk = LaneDesk(service, lambda: SESSION)
+        queue: deque[Callable[[], object]] = deque()
+        logs: list[Path] = []
+        token = b""
+        next_id = 0
+        complete: dict[Path, int] = {}
+        """Each log closed by a server call that ran, and how many records it had then."""
+        admitted: list[int] = []
+
+        def serve_one() -> None:
+            queue.popleft()()
+            for path, count in complete.items():
+                assert len(read_lane_log(str(path))[1]) == count, "a task was appended after the lane closed"
+
+        def server_call() -> None:
+            desk.server_call_runs()
+            for path in logs:
+                if path.exists() and path not in complete:
+                    complete[path] = len(read_lane_log(str(path))[1])
+
+        for index, event in enumerate(events):
+            if event == "grant":
+                path = Path(folder) / f"{index}.lane"
+                token = b"t%d" % index
+                logs.append(path)
+                pending = desk.grant_received(grant(token, next_id, 1000, path))
+                queue.append(lambda pending=pending: desk.open(pending))
+            elif event == "server call":
+                desk.server_call_received()
+                queue.append(server_call)
+            elif event == "lane task":
+                try:
+                    call = desk.admit(lane_task(token, next_id))
+                except FlameError:
+                    continue
+                admitted.append(next_id)
+                next_id += 1
+                queue.append(lambda call=call: desk.run(call))
+            elif queue:
+                serve_one()
+        while queue:
+            serve_one()
+        ran = [int(task_id) for task_id in service.ran]
+        assert ran == admitted, "an admitted task did not run once, in order"
+        logged = [r.task_id for path in logs if path.exists() for r in read_lane_log(str(path))[1]]
+        assert sorted(logged) == admitted, "a task that ran is not in its lane's log"
