@@ -7,7 +7,11 @@ Measured in one run, on this machine:
   process) for uds, the default; plain pyzmq DEALER/ROUTER over ipc with ``--transport zmq``; plain grpcio
   (identity serializers) over unix sockets with ``--transport grpc``. The floor of that transport for any
   client -> server -> instance path.
-* ``core invoke``: ``flamepy.core`` ``Session.invoke(bytes)`` on a warm session (instance already bound).
+* ``core invoke``: ``flamepy.core`` ``Session.invoke(bytes)`` on a warm session (instance already bound),
+  as a user gets it: on a lane (the session's service process lent to the client, the server off the path;
+  docs/architecture.md) where the server lends one, as it does a warm session's idle instance.
+* ``core invoke, through the server``: the same on another session made with ``FLAMEPY_LANES=0`` (its own
+  instance): every call through the server, RunTask; the path a client takes when no lane is lent.
 * ``service invoke``: ``flamepy.service.Session.invoke(obj)`` (adds cloudpickle both ways).
 * with ``--transport grpc``, ``core invoke, gRPC instance link too``: a server started with
   ``--instance-transport grpc`` (a gRPC server links these services over the local default, uds, otherwise).
@@ -565,6 +569,9 @@ def flamepy_numbers(
 
     session = flamepy.create_session("bench", min_instances=1, max_instances=1)
     session.invoke(PAYLOAD)
+    with lanes_off():  # another session, on an instance of its own: its invokes go through the server
+        through = flamepy.create_session("bench", min_instances=1, max_instances=1)
+    through.invoke(PAYLOAD)
     with ServiceSession("bench-typed") as typed:
         typed.invoke(PAYLOAD)
         # Warm means a quiet server, as the floors have: the generic process a session may have been handed
@@ -572,8 +579,12 @@ def flamepy_numbers(
         time.sleep(SPARE_WAIT)
         calls: dict[str, Callable[[], object]] = {name: partial(floor, PAYLOAD) for name, floor in floors.items()}
         calls["core_invoke"] = lambda: session.invoke(PAYLOAD)
+        calls["core_invoke_server"] = lambda: through.invoke(PAYLOAD)
         calls["service_invoke"] = lambda: typed.invoke(PAYLOAD)
         results.update(interleaved(calls, iterations))
+        lane = getattr(session, "_lane", None)
+        results["core_invoke_on_lane"] = lane is not None and lane._grant is not None
+    through.close()
     large = {"floor_16mib": partial(floors["floor"], LARGE), "core_invoke_16mib": lambda: session.invoke(LARGE)}
     if large_iterations:
         results.update(interleaved(large, large_iterations, rounds=min(4, large_iterations), warmup=3, block_warmup=1))
@@ -596,6 +607,20 @@ def flamepy_numbers(
     if transport == "grpc":
         results["core_invoke_grpc_link"] = warm_invoke_linked_by(tmp, app_dir, "grpc", iterations)
     return results
+
+
+@contextlib.contextmanager
+def lanes_off() -> Iterator[None]:
+    """Sessions made in the block send their invokes through the server (``FLAMEPY_LANES=0``), not a lane."""
+    before = os.environ.get("FLAMEPY_LANES")
+    os.environ["FLAMEPY_LANES"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["FLAMEPY_LANES"]
+        else:
+            os.environ["FLAMEPY_LANES"] = before
 
 
 def warm_invoke_linked_by(tmp: Path, app_dir: Path, link: str, iterations: int) -> list[float]:
@@ -715,6 +740,7 @@ def main() -> int:
     rows = [(f"{floor} (floor)", raw_med, _percentile(raw, 99), 1.0)]
     for key, label in (
         ("core_invoke", "flamepy core invoke (warm)"),
+        ("core_invoke_server", "core invoke, through the server"),
         ("service_invoke", "flamepy service invoke"),
         ("core_invoke_grpc_link", "core invoke, gRPC instance link too"),
     ):
@@ -724,7 +750,11 @@ def main() -> int:
     if zmq_raw:
         zmq_med = statistics.median(zmq_raw)
         rows.append(("raw pyzmq two hops (reference)", zmq_med, _percentile(zmq_raw, 99), zmq_med / raw_med))
-        for key, label in (("core_invoke", "  core invoke / pyzmq floor"), ("service_invoke", "  service / pyzmq")):
+        for key, label in (
+            ("core_invoke", "  core invoke / pyzmq floor"),
+            ("core_invoke_server", "  through the server / pyzmq"),
+            ("service_invoke", "  service / pyzmq"),
+        ):
             samples = ours[key]
             assert isinstance(samples, list)
             med = statistics.median(samples)
@@ -774,7 +804,8 @@ def main() -> int:
         f"transport {args.transport}, {cpus} {os.cpu_count()} CPUs, Python {python}, load average {before} -> "
         f"{after}, {bytecode}"
     )
-    print(f"{'path (100-byte payload)':<40}{'median':>12}{'p99':>12}{'ratio':>8}")
+    on_lane = "on a lane" if ours.get("core_invoke_on_lane") else "through the server (no lane was lent)"
+    print(f"{'path (100-byte payload)':<40}{'median':>12}{'p99':>12}{'ratio':>8}   (core invoke: {on_lane})")
     for label, med, p99, ratio in rows:
         print(f"{label:<40}{med * 1e6:>10.0f}us{p99 * 1e6:>10.0f}us{ratio:>8.2f}")
     print(f"{'path (16 MiB request and response)':<40}{'median':>12}{'p99':>12}{'ratio':>8}")

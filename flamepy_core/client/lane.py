@@ -1,10 +1,10 @@
 """A session's lane, as its client holds it: warm tasks sent to the session's service process directly.
 
 Why. ``invoke`` through flamepy's server crosses it twice, and the server's part is most of what a warm
-invoke costs above the raw two-hop floor (docs/benchmarks.md). With a lane (``FLAMEPY_LANES=1``) the
-client asks the server once for the session's idle instance (``OpenLane``: its unix socket, a token and a
-block of task ids), then sends each task there itself (``RunLaneTask``); the service process keeps each
-result in the lane's log before it answers, and the server records the tasks from that log
+invoke costs above the raw two-hop floor (docs/benchmarks.md). With a lane (the default; ``FLAMEPY_LANES=0``
+turns lanes off) the client asks the server once for the session's idle instance (``OpenLane``: its
+endpoint, a token and a block of task ids), then sends each task there itself (``RunLaneTask``); the
+service process keeps each result in the lane's log before it answers, and the server records the tasks from that log
 (:mod:`flamepy_core.engine.lanes`). What the caller sees is what ``invoke`` through the server gives: the
 output, or the same ``TaskFailedError``; and what the server shows after is the same task, with the same
 events.
@@ -17,12 +17,13 @@ When the lane is not used (the call goes through the server, as without lanes):
   after ``RETRY_AFTER`` calls;
 * the lane was closed by the server (it gave its instance other work): the task did not run there.
 
-A lane broken while its task ran (the service process died) is the server path's case: if the server has
-the task from the lane's log, its outcome is the answer; if not, the task is sent through the server,
-which runs it again (at least once, as a task whose instance dies is run again there).
+While a task runs on a lane the server shows it RUNNING (the service process logs that it began before it
+runs it), and cancelling it stops its instance, as for any running task.
 
-Known limit, why lanes are not the default yet: a task on a lane is seen by the server only once it has
-finished: until then ``list_tasks`` does not show it running, and it cannot be cancelled.
+A lane broken while its task ran (the service process died, or was stopped to cancel the task) is the
+server path's case: the client asks the server for the task. Finished, its outcome is the answer; begun,
+the server runs it again as any task whose instance died (or records it CANCELLED), and the client waits
+for it there; unknown to the server, it never began, and is sent through the server.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -51,7 +53,7 @@ __all__ = ["LANES_ENV", "NOT_TAKEN", "Lane", "LaneAnswer", "lanes_wanted"]
 log = logging.getLogger(__name__)
 
 LANES_ENV = "FLAMEPY_LANES"
-"""``1`` (or ``true``, ``yes``, ``on``): ``invoke`` uses lanes where the server lends them. Off by default."""
+"""``0`` (or ``false``, ``no``, ``off``): ``invoke`` never asks for a lane. Lanes are used by default."""
 
 RETRY_AFTER = 64
 """At most this many calls go through the server before a refused client asks for a lane again: 1 after a
@@ -74,10 +76,10 @@ class LaneAnswer:
         self.message = message
 
 
-def lanes_wanted(env: dict[str, str] | None = None) -> bool:
-    """Whether ``FLAMEPY_LANES`` asks for lanes."""
+def lanes_wanted(env: Mapping[str, str] | None = None) -> bool:
+    """Whether lanes are used: unless ``FLAMEPY_LANES`` says ``0``, ``false``, ``no`` or ``off``."""
     value = (os.environ if env is None else env).get(LANES_ENV, "")
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 class Lane:
@@ -101,7 +103,7 @@ class Lane:
 
     def invoke(self, input_data: bytes | None, timeout: float | None) -> LaneAnswer | Task | None:
         """Run one task on the lane: its answer; the task as the server has it (a lane that broke while the
-        task ran, whose log had its result); or :data:`NOT_TAKEN` when it did not run here (the caller
+        task ran: finished, or to wait for); or :data:`NOT_TAKEN` when it did not run here (the caller
         sends it through the server)."""
         if self._unsupported or not self._busy.acquire(blocking=False):
             return NOT_TAKEN
@@ -204,9 +206,7 @@ class Lane:
                 exc.message,
             )
             return NOT_TAKEN
-        if task.is_completed():
-            return task
-        return NOT_TAKEN  # (the server does not hold a lane's task unfinished)
+        return task  # finished, or begun and run again by the server (the caller waits for it there)
 
     def _outcome(self, tid: int, reply: bytes) -> LaneAnswer:
         code, output, message, _size = read_task_result(reply)

@@ -724,8 +724,8 @@ class Session:
         self.max_instances: int | None = message.spec.max_instances if message.spec.HasField("max_instances") else None
         self._common_data = message.spec.common_data if message.spec.HasField("common_data") else None
         self._lane = Lane(connection, self.id) if lanes_wanted() else None
-        """The session's lane (``FLAMEPY_LANES=1``, :mod:`flamepy_core.client.lane`): warm invokes sent to
-        its service process directly."""
+        """The session's lane (:mod:`flamepy_core.client.lane`; none with ``FLAMEPY_LANES=0``): warm invokes
+        sent to its service process directly."""
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, application={self.application!r}, state={self.state.name})"
@@ -827,8 +827,10 @@ class Session:
         if lane is not None and (input_data is None or len(input_data) <= LANE_INPUT_LIMIT):
             with self._waiting():
                 answer = lane.invoke(None if input_data is None else bytes(input_data), timeout)
-            if isinstance(answer, Task):  # the lane broke; the server had the task from its log
-                return _outcome(answer)
+            if isinstance(answer, Task):  # the lane broke while it ran: the server has the task
+                if answer.is_completed():
+                    return _outcome(answer)
+                return self._await_within(answer.id, timeout)  # run again by the server, as any task so lost
             if answer is not NOT_TAKEN:
                 if answer.failed is not None:
                     raise TaskFailedError(answer.failed, answer.message)
@@ -847,16 +849,21 @@ class Session:
                 self.connection.has_extensions = True
                 return _reply_outcome(done)
         task = self.create_task(input_data)
+        return self._await_within(task.id, timeout)
+
+    def _await_within(self, task_id: str, timeout: float | None) -> bytes | None:
+        """The output of one of the session's tasks once it finishes (its failure raised); ``timeout`` bounds
+        the wait."""
         if timeout is None:
             with self._waiting():
-                return self._await(task.id)
-        future = self.connection.watches.pool().submit(self._await, task.id)
+                return self._await(task_id)
+        future = self.connection.watches.pool().submit(self._await, task_id)
         try:
             return future.result(timeout=timeout)
         except FutureTimeout:
             raise FlameError(
                 FlameErrorCode.DEADLINE_EXCEEDED,
-                f"task {task.id} of session {self.id} did not finish within {timeout} s (it keeps running)",
+                f"task {task_id} of session {self.id} did not finish within {timeout} s (it keeps running)",
             ) from None
 
     def _waiting(self) -> contextlib.AbstractContextManager[object]:

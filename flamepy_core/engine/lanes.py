@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from flamepy_core.contracts.errors import FlameError
 from flamepy_core.privacy import private_dir
 from flamepy_core.wire.lane_log import ForeignLaneLog, IncompleteLaneLog, LaneResult, read_lane_log
+from flamepy_core.wire.proto import types_pb2 as pb
 
 if TYPE_CHECKING:
     from flamepy_core.engine.state import Engine
@@ -88,6 +89,12 @@ class LaneLease:
     """The store refused what was read from it: the log stays for the next start."""
     news_at: float = 0.0
     """When (``time.monotonic``) a read of its log last found tasks: the instance is in use, not idle."""
+    running: set[int] = field(default_factory=set)
+    """Tasks the log says began, and not (yet) what they gave."""
+    why_ended: str = ""
+    """Why the lane ended, when its instance did: a task it ran then is retried as any task so lost."""
+    reread_from: int | None = None
+    """The store refused what was read from here on: read again (what it has skipped) once it writes."""
 
 
 class LaneBook:
@@ -183,15 +190,26 @@ class LaneBook:
             self.read(lease)
 
     def read(self, lease: LaneLease) -> int:
-        """Record the tasks appended to ``lease``'s log since the last read; how many."""
+        """Record the tasks appended to ``lease``'s log since the last read (and, once the store writes
+        again, what it refused before); how many."""
+        lost: list[int] = []
         with self._reading:
-            if lease.over:
+            if lease.over and lease.reread_from is None:
                 return 0
-            return self._read(lease)
+            count = self._read(lease)
+            if lease.over:  # read again after a refusal: what began and never ended is lost as at its end
+                with self._state:
+                    lost, lease.running = sorted(lease.running), set()
+        self._retry(lease, lost)
+        return count
 
     def _read(self, lease: LaneLease) -> int:
+        again = lease.reread_from
+        if again is not None and self.engine.store.failure is not None:
+            return 0  # (still refused: read again once it writes)
+        start = lease.offset if again is None else again
         try:
-            header, results, offset = read_lane_log(str(lease.path), lease.offset)
+            header, results, offset = read_lane_log(str(lease.path), start)
         except (FileNotFoundError, IncompleteLaneLog):
             return 0  # not opened yet by its instance (or the grant was refused)
         except (OSError, ForeignLaneLog) as exc:
@@ -205,21 +223,37 @@ class LaneBook:
                 lease.keep = True
             return 0
         lease.offset = offset
+        if again is not None:
+            lease.reread_from = None
+            results = self._not_stored(lease.session_id, results)
         if not results:
             return 0
         lease.used_end = max(lease.used_end, max(r.task_id for r in results) + 1)
         lease.news_at = time.monotonic()
         with self._state:
             lease.unsettled += 1
-        self.engine.record_lane_results(lease.session_id, results, partial(self._settled, lease))
+            for record in results:
+                if record.started:
+                    lease.running.add(record.task_id)
+                else:
+                    lease.running.discard(record.task_id)
+        self.engine.record_lane_results(lease.session_id, results, partial(self._settled, lease, start))
         return len(results)
 
-    def end(self, lease: LaneLease) -> None:
+    def end(self, lease: LaneLease, why: str = "") -> None:
         """The lane is over and its log complete: the book's thread records the rest, gives the unused ids
-        back, and removes the log once all of it is committed. Safe under any lock; once is enough."""
+        back, and removes the log once all of it is committed. ``why``: its instance ended so (a task it ran
+        then is retried, or CANCELLED if that was why). Safe under any lock; once is enough."""
         with self._state:
+            if why and not lease.why_ended:
+                lease.why_ended = why
             self._ended.append(lease)
             self._state.notify()
+
+    def running_on(self, session_id: str, task_id: int) -> LaneLease | None:
+        """The lane a task of the session runs on now, as far as its log says."""
+        with self._state:
+            return next((lease for lease in self._leases.get(session_id, ()) if task_id in lease.running), None)
 
     def _finish(self, lease: LaneLease) -> None:
         with self._reading:
@@ -228,15 +262,23 @@ class LaneBook:
             self._read(lease)
             with self._state:
                 lease.over = True
+                lost, lease.running = sorted(lease.running), set()
                 remove = self._settle_over(lease)
+        self._retry(lease, lost)
         self.engine.return_task_ids(lease.session_id, lease.end, lease.used_end)
         if remove:
             _unlink(lease.path)
 
+    def _retry(self, lease: LaneLease, lost: list[int]) -> None:
+        """Tasks that began on a lane whose instance ended first: retried as any task so lost."""
+        for tid in lost:
+            why = lease.why_ended or "the instance of its lane ended while it ran"
+            self.engine.retry_task(lease.session_id, str(tid), why)
+
     def _settle_over(self, lease: LaneLease) -> bool:
-        """A lease over with nothing unsettled leaves the book (with ``_state`` held); True when its log
-        is to be removed."""
-        if not lease.over or lease.unsettled:
+        """A lease over with nothing unsettled nor to read again leaves the book (with ``_state`` held);
+        True when its log is to be removed."""
+        if not lease.over or lease.unsettled or lease.reread_from is not None:
             return False
         group = self._leases.get(lease.session_id, [])
         if lease in group:
@@ -246,21 +288,32 @@ class LaneBook:
         self._state.notify_all()
         return not lease.keep
 
-    def _settled(self, lease: LaneLease, error: FlameError | None) -> None:
+    def _settled(self, lease: LaneLease, start: int, error: FlameError | None) -> None:
         with self._state:
             lease.unsettled -= 1
-            if error is not None:
-                log.error(
-                    "tasks of a lane of session %s were not stored (%s): %s is kept",
+            if error is not None:  # read again from there once the store writes (what it has, skipped)
+                log.warning(
+                    "tasks of a lane of session %s were not stored (%s): they are recorded from %s once the "
+                    "store writes again",
                     lease.session_id,
                     error,
                     lease.path,
                 )
-                lease.keep = True
+                if lease.reread_from is None or start < lease.reread_from:
+                    lease.reread_from = start
             self._state.notify_all()
             remove = self._settle_over(lease)
         if remove:
             _unlink(lease.path)
+
+    @staticmethod
+    def _recovered(path: Path, error: FlameError | None) -> None:
+        """A log read at start is removed once what it held is committed; kept when the store refused it
+        (the next start reads it again)."""
+        if error is not None:
+            log.error("the lane log %s could not be recorded (%s): kept for the next start", path, error)
+        else:
+            _unlink(path)
 
     def recover(self) -> int:
         """At start: record the tasks of the lane logs a previous server left (those its store lacks), and
@@ -276,14 +329,14 @@ class LaneBook:
                 log.error("lane log %s cannot be read, kept: %s", path, exc)
                 continue
             fresh = self._not_stored(header.session_id, results)
-            lease = LaneLease(header.token, header.session_id, "", "", path, 0, 0, over=True)
             if not fresh:
                 _unlink(path)
                 continue
-            with self._state:
-                lease.unsettled += 1
-            self.engine.record_lane_results(header.session_id, fresh, partial(self._settled, lease))
+            self.engine.record_lane_results(header.session_id, fresh, partial(self._recovered, path))
             recorded += len(fresh)
+            ended = {r.task_id for r in results if not r.started}
+            for tid in sorted({r.task_id for r in fresh if r.started} - ended):  # running when all stopped
+                self.engine.retry_task(header.session_id, str(tid), "the server restarted while it ran on a lane")
         if recorded:
             log.info("recorded %d tasks from the lanes of the previous server", recorded)
         return recorded
@@ -294,12 +347,16 @@ class LaneBook:
         low = min(r.task_id for r in results)
         high = max(r.task_id for r in results)
         stored = {
-            row[0]
+            row[0]: row[1] in _FINAL
             for row in self.engine.store.query(
-                "SELECT id FROM tasks WHERE session_id = ? AND id BETWEEN ? AND ?", session_id, low, high
+                "SELECT id, state FROM tasks WHERE session_id = ? AND id BETWEEN ? AND ?", session_id, low, high
             )
         }
-        return [r for r in results if r.task_id not in stored]
+        # A start the store has is skipped; a result too, unless its task is stored unfinished (begun).
+        return [r for r in results if r.task_id not in stored or (not r.started and not stored[r.task_id])]
+
+
+_FINAL = frozenset(int(state) for state in (pb.TaskState.Succeed, pb.TaskState.Failed, pb.TaskState.Cancelled))
 
 
 def ending_when_heard(

@@ -580,10 +580,31 @@ class Scheduler:
             inst = next(
                 (i for i in self._instances.values() if i.session_id == session_id and task_id in i.inflight), None
             )
+            lanes = self.engine.lanes
+            lane = lanes.running_on(session_id, task_id) if inst is None and lanes is not None else None
+            if lane is not None:  # a client's lane runs it: its instance is stopped, as for any running task
+                lent = self._instances.get(lane.instance_id)
+                if lent is not None:
+                    self.post(self._stop_lane_instance, lent, task_id, reason)
+                    return True
         if inst is None:
             return False
         self.post(self._on_cancel, inst, task_id, reason)
         return True
+
+    def _stop_lane_instance(self, inst: Instance, task_id: int, reason: str) -> None:
+        """Stop an instance running a lane's task that was cancelled: its exit ends the lane, and the task,
+        as the lane's log leaves it (begun, no result), is recorded CANCELLED (:meth:`LaneBook.end`)."""
+        if inst.state == State.STOPPING or inst.process is None:
+            return
+        log.info(
+            "instance %s: stopping it to cancel task %s of %s (on a lane: %s)",
+            inst.id,
+            task_id,
+            inst.session_id,
+            reason,
+        )
+        self._stop(inst, deliberate=True)
 
     def _on_cancel(self, inst: Instance, task_id: int, reason: str) -> None:
         if task_id not in inst.inflight:
@@ -872,7 +893,7 @@ class Scheduler:
             process.cleanup()
         lane, inst.lane = inst.lane, None
         if lane is not None:  # the process is gone: nothing more is appended to the lane's log
-            self._lanes.end(lane)
+            self._lanes.end(lane, f"instance {inst.id} ended ({description})")
         if inst.session_id is not None and self._idle.get(inst.session_id) is inst:
             del self._idle[inst.session_id]  # (an idle instance that died is no warm path for the next task)
         if self._closed:

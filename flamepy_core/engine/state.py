@@ -1394,10 +1394,11 @@ class Engine:
     def record_lane_results(
         self, session_id: str, results: Sequence[LaneResult], on_committed: Callable[[FlameError | None], None]
     ) -> None:
-        """Record tasks a lane ran (read from its log, :mod:`.lanes`) as the warm lane records its own: the
-        same rows, events (PENDING and RUNNING at its start, then its end), counters and watchers; then
-        ``on_committed(None)`` once all of them are committed, or ``on_committed(error)`` if the store
-        refused them (the log must then be kept). A task already known (recovery read it twice) is skipped.
+        """Record what a lane's log says (:mod:`.lanes`), as the warm lane records its own tasks: the same
+        rows, events (PENDING and RUNNING at its start, then its end), counters and watchers. A start record
+        makes the task RUNNING (seen, and cancellable, while it runs); its result finalizes it (a task
+        already final, cancelled meanwhile, keeps that). ``on_committed(None)`` once the results are
+        committed, or ``on_committed(error)`` if the store refused them (the log must then be kept).
         """
         pending = len(results) + 1
         refused: list[FlameError] = []
@@ -1425,12 +1426,20 @@ class Engine:
             for lane_result in results:
                 assert entry is not None
                 tid = lane_result.task_id
-                if tid in entry.tasks:
-                    one_done()
+                task = entry.tasks.get(tid)
+                if lane_result.started or task is None:
+                    if task is not None:  # (recovery read it twice)
+                        one_done()
+                        continue
+                    if tid >= entry.next_id:
+                        entry.next_id = tid + 1
+                    task = self._record_warm(entry, tid, lane_result.input, None, created, ts=lane_result.start_ms)
+                    if lane_result.started:  # its result comes in a later record (or its instance's end)
+                        one_done()
+                        continue
+                elif task.status.state != RUNNING or tid in entry.finishing:
+                    one_done()  # final already (cancelled while it ran): the result comes too late
                     continue
-                if tid >= entry.next_id:
-                    entry.next_id = tid + 1
-                task = self._record_warm(entry, tid, lane_result.input, None, created, ts=lane_result.start_ms)
                 state = SUCCEED if lane_result.succeeded else FAILED
                 self._finalize(
                     entry,

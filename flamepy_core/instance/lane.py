@@ -22,6 +22,7 @@ Threads. :meth:`LaneDesk.admit` and the ``*_received`` methods run on the transp
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -69,6 +70,10 @@ class LaneCall:
     lane: _Lane
 
 
+LOG_FAILED_EXIT = 75
+"""The exit status of a service process whose lane's log could not take a result (``EX_TEMPFAIL``)."""
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -83,8 +88,14 @@ def _closed(why: str) -> FlameError:
 class LaneDesk:
     """The lane this instance holds open, if any, and the tasks it admits (see the module's docstring)."""
 
-    def __init__(self, run_task: RunTask, session_id: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        run_task: RunTask,
+        session_id: Callable[[], str | None],
+        stop_process: Callable[[], None] = lambda: os._exit(LOG_FAILED_EXIT),
+    ) -> None:
         self._run_task = run_task
+        self._stop_process = stop_process
         self._session_id = session_id
         self._lock = threading.Lock()
         self._epoch = 0
@@ -169,31 +180,44 @@ class LaneDesk:
         lane.writer.close()
 
     def run(self, call: LaneCall, _data: bytes = b"") -> bytes:
-        """Run an admitted lane task, append its result to the lane's log, and return its
-        ``flame.v1.TaskResult``. A result the log does not take is not answered as done: the client gets
-        ``UNAVAILABLE`` and the lane closes."""
+        """Run an admitted lane task and return its ``flame.v1.TaskResult``; the log gets a record that it
+        began (the server shows it running, and can cancel it) and then its result, before the answer.
+
+        A log that does not take the first record refuses the task, which does not run (``INVALID_STATE``:
+        the client sends it through the server) and closes the lane. One that does not take the result
+        stops this process: the task is then as any task whose instance died, begun and not finished, and
+        the server runs it again (its client waits for it there); answering it here could not be kept.
+        """
         lane = call.lane
         start = _now_ms()
+        try:
+            lane.writer.append(LaneResult(call.task_id, start, start, False, call.input, None, None, started=True))
+        except (OSError, ValueError) as exc:
+            self._lose(lane)
+            log.error("the lane's log could not take task %s: %s", call.task_id, exc)
+            raise _closed(f"its log cannot be written: {exc}") from None
         produced, failure = self._run_task(str(call.task_id), lane.session_id, call.input)
         output = None if produced is None else bytes(produced)
-        end = _now_ms()
-        record = LaneResult(call.task_id, start, end, failure is None, call.input, output, failure)
         try:
-            lane.writer.append(record)
-        except OSError as exc:
-            with self._lock:
-                if self._open is lane:
-                    self._open = None
-            lane.writer.close()
-            log.error("the lane's log could not take task %s's result: %s", call.task_id, exc)
-            raise FlameError(
-                FlameErrorCode.UNAVAILABLE,
-                f"task {call.task_id} ran, but its result could not be kept in the lane's log ({exc}); the lane "
-                "is closed: send the task again through the server",
-            ) from None
+            lane.writer.append(LaneResult(call.task_id, start, _now_ms(), failure is None, None, output, failure))
+        except (OSError, ValueError) as exc:
+            log.critical(
+                "the lane's log could not take the result of task %s (%s): this service process stops, and the "
+                "server runs the task again",
+                call.task_id,
+                exc,
+            )
+            self._stop_process()
+            raise  # (where the process could not be stopped: the client gets the error)
         if failure is not None:
             return task_result(-1, message=failure)
         return task_result(0, output)
+
+    def _lose(self, lane: _Lane) -> None:
+        with self._lock:
+            if self._open is lane:
+                self._open = None
+        lane.writer.close()
 
     def close(self) -> None:
         """The process stops: close the log (what it holds is kept)."""

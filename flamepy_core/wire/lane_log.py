@@ -23,7 +23,8 @@ only when it names that grant, and a service process refuses to append to a log 
 
 A record: ``length (u32) | crc32 (u32)``, then ``length`` bytes of body; the checksum (``zlib.crc32``)
 covers the body. The body: ``task_id (u64) | start_ms (i64) | end_ms (i64) | state (u8: 0 succeeded,
-1 failed) | flags (u8: bit 0 input present, bit 1 output present, bit 2 message present)``, then, for
+1 failed, 2 started: the task began, its result follows in a later record) | flags (u8: bit 0 input
+present, bit 1 output present, bit 2 message present)``, then, for
 each field present, in the order input, output, message, ``u32`` length + bytes (the message is UTF-8
 text). All integers are little-endian. Reading a record runs nothing: its fields are data only.
 
@@ -74,7 +75,7 @@ _RECORD = struct.Struct("<II")
 _FIXED = struct.Struct("<QqqBB")
 """A body's fixed part: task id, start and end (ms), state, flags."""
 
-_SUCCEEDED, _FAILED = 0, 1
+_SUCCEEDED, _FAILED, _STARTED = 0, 1, 2
 _INPUT, _OUTPUT, _MESSAGE = 0x01, 0x02, 0x04
 _FLAGS = _INPUT | _OUTPUT | _MESSAGE
 _U16_MAX = (1 << 16) - 1
@@ -91,7 +92,8 @@ class IncompleteLaneLog(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class LaneResult:
-    """One lane task's result, as the service process answered it."""
+    """One lane task's result, as the service process answered it; or, with ``started``, the record that it
+    began (appended before the service runs it, so the server sees it running: its input, no result)."""
 
     task_id: int
     start_ms: int
@@ -100,6 +102,7 @@ class LaneResult:
     input: bytes | None
     output: bytes | None
     message: str | None
+    started: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +136,8 @@ def encode_result(result: LaneResult) -> bytes:
         flags |= _MESSAGE
         fields.append(result.message.encode())
     try:
-        fixed = _FIXED.pack(
-            result.task_id, result.start_ms, result.end_ms, _SUCCEEDED if result.succeeded else _FAILED, flags
-        )
+        state = _STARTED if result.started else _SUCCEEDED if result.succeeded else _FAILED
+        fixed = _FIXED.pack(result.task_id, result.start_ms, result.end_ms, state, flags)
     except struct.error as exc:
         raise ValueError(f"a lane result the log cannot carry: {exc}") from None
     parts = [fixed]
@@ -154,7 +156,7 @@ def decode_body(body: bytes | memoryview) -> LaneResult:
     view = memoryview(body)
     try:
         task_id, start_ms, end_ms, state, flags = _FIXED.unpack_from(view, 0)
-        if state not in (_SUCCEEDED, _FAILED):
+        if state not in (_SUCCEEDED, _FAILED, _STARTED):
             raise ValueError(f"unknown state {state}")
         if flags & ~_FLAGS:
             raise ValueError(f"unknown flags {flags:#04x}")
@@ -175,7 +177,9 @@ def decode_body(body: bytes | memoryview) -> LaneResult:
         raise ValueError(f"not a lane result: {exc}") from exc
     if at != len(view):
         raise ValueError(f"{len(view) - at} bytes after a lane result")
-    return LaneResult(task_id, start_ms, end_ms, state == _SUCCEEDED, fields[0], fields[1], message)
+    return LaneResult(
+        task_id, start_ms, end_ms, state == _SUCCEEDED, fields[0], fields[1], message, started=state == _STARTED
+    )
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:

@@ -15,6 +15,7 @@ The rules (``flamepy_core.wire.lane_log``):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import signal
@@ -60,7 +61,8 @@ results = st.builds(
     input=st.none() | st.binary(max_size=300),
     output=st.none() | st.binary(max_size=300),
     message=st.none() | st.text(max_size=100),
-)
+    started=st.booleans(),
+).map(lambda r: dataclasses.replace(r, succeeded=False) if r.started else r)  # (a start has no outcome)
 
 
 def result(task_id: int, *, size: int = 10) -> LaneResult:
@@ -151,7 +153,7 @@ def test_a_value_out_of_the_formats_range_is_refused(item: LaneResult) -> None:
 def test_a_body_no_writer_wrote_is_refused() -> None:
     body = encode_result(LaneResult(1, 2, 3, True, b"abc", None, None))[8:]
     fixed = struct.calcsize("<QqqBB")
-    bad_state = body[: fixed - 2] + b"\x02" + body[fixed - 1 :]
+    bad_state = body[: fixed - 2] + b"\x03" + body[fixed - 1 :]
     bad_flags = body[: fixed - 1] + b"\x09" + body[fixed:]
     bad_text = encode_result(LaneResult(1, 2, 3, True, None, None, "x"))[8:-1] + b"\xff"
     for bad in (body + b"\x00", body[:-1], body[: fixed - 1], bad_state, bad_flags, bad_text, b""):

@@ -1,16 +1,17 @@
-"""Lanes (``FLAMEPY_LANES=1``): a client sends its session's warm tasks to the session's idle service
-process itself, and the server records them afterwards from the lane's log.
+"""Lanes (the default; ``FLAMEPY_LANES=0`` turns them off): a client sends its session's warm tasks to the
+session's idle service process itself, and the server records them afterwards from the lane's log.
 
 A lane is only worth having if nobody can tell it from the server's path: the caller gets the same output
 or the same error, and the server shows the same tasks (states, inputs, outputs, events, counters) as soon
 as it is asked, whatever happens meanwhile: the server takes its instance back, the service process dies
-in the middle of a task, the server stops before it read the log, the session closes. Without the
-variable nothing may change. Real service processes on unix sockets, a real store, no mocks.
+in the middle of a task, the server stops before it read the log, the session closes. With lanes turned
+off nothing may change. Real service processes on unix sockets, a real store, no mocks.
 """
 
 from __future__ import annotations
 
 import textwrap
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,10 +23,10 @@ import flamepy
 from flamepy.testing import LocalRuntime
 from flamepy_core.client.connection import default_connection, reset_default_connection
 from flamepy_core.client.lane import LANES_ENV, Lane
-from flamepy_core.client.session import Session, TaskFailedError
+from flamepy_core.client.session import Session, TaskCancelledError, TaskFailedError
 from flamepy_core.engine.embedded import ensure_inprocess_server, stop_inprocess_server
 from flamepy_core.engine.scheduler import State
-from flamepy_core.model import Task
+from flamepy_core.model import Task, TaskState
 from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -63,9 +64,9 @@ def _lane_of(session: Session) -> Lane:
 
 def _without_lanes(monkeypatch: pytest.MonkeyPatch, session_id: str) -> Session:
     """Another client of the same session, whose invokes go through the server."""
-    monkeypatch.delenv(LANES_ENV, raising=False)
+    monkeypatch.setenv(LANES_ENV, "0")
     other = flamepy.get_session(session_id)
-    assert other._lane is None, f"a session object made without {LANES_ENV} has a lane"
+    assert other._lane is None, f"a session object made with {LANES_ENV}=0 has a lane"
     return other
 
 
@@ -318,14 +319,21 @@ def test_closing_a_session_after_lane_invokes_closes_it_with_the_lanes_tasks_cou
     wait_for(lambda: not _lane_logs(runtime), WAIT, "the closed lane's log removed")
 
 
-@pytest.mark.parametrize("value", [None, "0", "off"])
-def test_without_flamepy_lanes_nothing_changes(
-    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, value: str | None
+def test_lanes_are_the_default(runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(LANES_ENV, raising=False)
+    session = flamepy.create_session("rev")
+    assert session._lane is not None, f"a session made without {LANES_ENV} has no lane"
+    for i in range(5):  # the first starts the instance; a refused lane is asked for again soon after
+        assert session.invoke(b"w%d" % i, timeout=WAIT) == (b"w%d" % i)[::-1]
+    assert session._lane._grant is not None, "warm invokes of a session made without the variable took no lane"
+    session.close()
+
+
+@pytest.mark.parametrize("value", ["0", "off", "false"])
+def test_with_lanes_turned_off_nothing_changes(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
-    if value is None:
-        monkeypatch.delenv(LANES_ENV, raising=False)
-    else:
-        monkeypatch.setenv(LANES_ENV, value)
+    monkeypatch.setenv(LANES_ENV, value)
     scheduler = runtime.server.scheduler
     session = flamepy.create_session("rev")
     assert session._lane is None, f"{LANES_ENV}={value!r} gave the session a lane"
@@ -336,4 +344,96 @@ def test_without_flamepy_lanes_nothing_changes(
         assert not runtime.server.lanes.lent(), "a lane was lent without lanes asked for"
     assert scheduler.warm_runs == before + 5, "warm invokes did not take the server's warm path"
     assert not _lane_logs(runtime), "a lane log was written without lanes"
+    session.close()
+
+
+WAITING_SERVICE = """
+import os
+import time
+
+import flamepy
+from flamepy.core import FlameService
+
+
+class Waiting(FlameService):
+    def on_task_invoke(self, context):
+        if context.input.startswith(b"wait:"):  # says it started, then runs until the gate file exists
+            gate = context.input[5:].decode()
+            open(gate + ".started", "w").close()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return b"done"
+        return context.input[::-1]
+
+
+if __name__ == "__main__":
+    flamepy.run(Waiting())
+"""
+"""Answers its input reversed; ``b"wait:<path>"`` creates ``<path>.started`` and runs until ``<path>`` exists."""
+
+
+def _waiting_session(rt: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Session:
+    service = tmp_path / "waiting" / "waiting_service.py"
+    service.parent.mkdir()
+    service.write_text(textwrap.dedent(WAITING_SERVICE))
+    rt.register("waiting", service)
+    session = _warm_session(rt, monkeypatch, "waiting")
+    assert session.invoke(b"ab", timeout=WAIT) == b"ba"
+    assert _lane_of(session)._grant is not None, "the lane did not open"
+    return session
+
+
+def _invoke_in_thread(session: Session, data: bytes) -> tuple[threading.Thread, dict[str, object]]:
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["output"] = session.invoke(data, timeout=WAIT)
+        except Exception as exc:  # the test reads it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_task_running_on_a_lane_is_shown_running_to_everyone(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    session = _waiting_session(runtime, monkeypatch, tmp_path)
+    gate = tmp_path / "gate"
+    thread, outcome = _invoke_in_thread(session, b"wait:" + str(gate).encode())
+    wait_for(lambda: Path(f"{gate}.started").exists(), WAIT, "the lane's task to start")
+    other = _without_lanes(monkeypatch, session.id)
+    # Another client sees it running (the service process logged that it began, before it ran it).
+    running = [t for t in other.list_tasks() if t.state == TaskState.RUNNING]
+    assert [t.input for t in running] == [b"wait:" + str(gate).encode()], "the lane's task is not shown running"
+    assert flamepy.get_session(session.id).running == 1
+    gate.touch()
+    thread.join(WAIT)
+    assert outcome == {"output": b"done"}
+    done = other.get_task(running[0].id)
+    assert (done.state, done.output) == (TaskState.SUCCEED, b"done")
+    assert flamepy.get_session(session.id).running == 0
+    session.close()
+
+
+def test_cancelling_a_task_running_on_a_lane_stops_it_and_its_caller_is_told(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    session = _waiting_session(runtime, monkeypatch, tmp_path)
+    gate = tmp_path / "never"
+    thread, outcome = _invoke_in_thread(session, b"wait:" + str(gate).encode())
+    wait_for(lambda: Path(f"{gate}.started").exists(), WAIT, "the lane's task to start")
+    other = _without_lanes(monkeypatch, session.id)
+    [running] = [t for t in other.list_tasks() if t.state == TaskState.RUNNING]
+    cancelled = other.cancel_task(running.id)  # answered once the task is final: its instance is stopped
+    assert cancelled.state == TaskState.CANCELLED, cancelled
+    thread.join(WAIT)
+    assert isinstance(outcome.get("error"), TaskCancelledError), outcome
+    assert other.get_task(running.id).state == TaskState.CANCELLED
+    # The session goes on: the next invoke gets a new instance (through the server, then a lane again).
+    assert session.invoke(b"after", timeout=WAIT) == b"retfa"
+    assert [t.id for t in _tasks(session) if t.state == TaskState.RUNNING] == []
     session.close()

@@ -82,8 +82,12 @@ def test_a_task_runs_and_is_in_the_log_before_its_answer(desk: LaneDesk, service
     assert read_task_result(answer)[:2] == (0, b"olleh")
     header, records, _ = read_lane_log(str(log))
     assert (header.session_id, header.token) == (SESSION, b"T")
-    assert [(r.task_id, r.succeeded, r.input, r.output) for r in records] == [(10, True, b"hello", b"olleh")]
-    assert records[0].start_ms <= records[0].end_ms
+    # That it began (with its input: the server shows it running), then what it gave.
+    assert [(r.task_id, r.started, r.succeeded, r.input, r.output) for r in records] == [
+        (10, True, False, b"hello", None),
+        (10, False, True, None, b"olleh"),
+    ]
+    assert records[0].start_ms == records[1].start_ms <= records[1].end_ms
     failed = desk.run(desk.admit(lane_task(b"T", 11, b"fail")))
     assert read_task_result(failed)[0] == -1 and read_task_result(failed)[2] == "ValueError: fail"
     last = read_lane_log(str(log))[1][-1]
@@ -111,7 +115,7 @@ def test_a_call_from_the_server_closes_the_lane_when_received(desk: LaneDesk, tm
     assert "took its instance back" in refused(lambda: desk.admit(lane_task(b"T", 2)))
     desk.run(before)
     desk.server_call_runs()  # the server's call runs after the lane's task: the log is complete
-    assert [r.task_id for r in read_lane_log(str(log))[1]] == [1]
+    assert [r.task_id for r in read_lane_log(str(log))[1] if not r.started] == [1]
 
 
 def test_a_grant_overtaken_by_a_server_call_opens_nothing(desk: LaneDesk, tmp_path: Path) -> None:
@@ -136,22 +140,43 @@ def test_no_lane_outside_a_session(service: Service, tmp_path: Path) -> None:
     assert code != 0 and "no session" in message
 
 
-def test_a_result_the_log_cannot_take_is_not_answered_and_closes_the_lane(
-    desk: LaneDesk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_task_the_log_cannot_record_does_not_run_and_closes_the_lane(
+    desk: LaneDesk, service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened(desk, b"T", 1, 10, tmp_path / "a.lane")
     call = desk.admit(lane_task(b"T", 1))
-    real_write = os.write
-
-    def full(fd: int, data: bytes) -> int:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "write", full)
-    with pytest.raises(FlameError) as caught:
-        desk.run(call)
-    monkeypatch.setattr(os, "write", real_write)
-    assert caught.value.code == FlameErrorCode.UNAVAILABLE and "not be kept" in caught.value.message
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", full_disk)
+        message = refused(lambda: desk.run(call))
+    assert "cannot be written" in message and service.ran == []
     refused(lambda: desk.admit(lane_task(b"T", 2)))
+
+
+def test_a_result_the_log_cannot_take_stops_the_process_before_any_answer(
+    service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stopped: list[str] = []
+    desk = LaneDesk(service, lambda: SESSION, stop_process=lambda: stopped.append("stopped"))
+    opened(desk, b"T", 1, 10, tmp_path / "a.lane")
+    call = desk.admit(lane_task(b"T", 1))
+    real_write = os.write
+    writes: list[int] = []
+
+    def second_fails(fd: int, data: bytes) -> int:  # the record that it began goes in, its result does not
+        writes.append(fd)
+        return real_write(fd, data) if len(writes) == 1 else full_disk(fd, data)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", second_fails)
+        with pytest.raises(OSError):
+            desk.run(call)
+    assert stopped == ["stopped"] and service.ran == ["1"]
+    [began] = read_lane_log(str(tmp_path / "a.lane"))[1]
+    assert began.started, "the log holds more than that the task began"
+
+
+def full_disk(fd: int, data: bytes) -> int:
+    raise OSError(28, "No space left on device")
 
 
 # One interleaving after another: grants, the server's calls and lane tasks arrive on the receiving thread in
@@ -210,5 +235,6 @@ def test_once_a_server_call_has_run_nothing_is_added_to_the_lanes_it_closed(even
             serve_one()
         ran = [int(task_id) for task_id in service.ran]
         assert ran == admitted, "an admitted task did not run once, in order"
-        logged = [r.task_id for path in logs if path.exists() for r in read_lane_log(str(path))[1]]
-        assert sorted(logged) == admitted, "a task that ran is not in its lane's log"
+        records = [r for path in logs if path.exists() for r in read_lane_log(str(path))[1]]
+        assert sorted(r.task_id for r in records if not r.started) == admitted, "a task's result is not logged"
+        assert sorted(r.task_id for r in records if r.started) == admitted, "a task ran before its start was logged"

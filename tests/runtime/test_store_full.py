@@ -68,6 +68,13 @@ def expect_store_error(call, what: str) -> FlameError:  # type: ignore[no-untype
     return error
 
 
+@pytest.fixture
+def server_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invokes through the server (what its store's refusals are about), not on a client's lane past it."""
+    monkeypatch.setenv("FLAMEPY_LANES", "0")
+
+
+@pytest.mark.usefixtures("server_path")
 def test_a_store_that_cannot_grow_loses_no_acknowledged_task_and_recovers_without_restart(flame_env):
     flame_env.write_service("rev", SERVICE)
     session = flamepy.create_session("rev")
@@ -127,6 +134,7 @@ def test_a_store_that_cannot_grow_loses_no_acknowledged_task_and_recovers_withou
     assert flamepy.get_object(ref) == {"x": 2}
 
 
+@pytest.mark.usefixtures("server_path")
 def test_a_warm_invoke_the_store_refuses_is_withdrawn_and_never_stored(flame_env):
     """An idle instance takes a warm invoke at once (the scheduler's warm lane, before anything is written):
     a store that cannot write its creation and result must still refuse it, and keep nothing of it."""
@@ -151,3 +159,41 @@ def test_a_warm_invoke_the_store_refuses_is_withdrawn_and_never_stored(flame_env
     tasks = list(flamepy.get_session(session.id).list_tasks())
     assert sorted(t.input for t in tasks) == [b"warm-1", b"warm-2", b"warm-3"], "the refused task was stored"
     assert all(t.state == flamepy.TaskState.SUCCEED for t in tasks)
+
+
+def test_a_lanes_tasks_while_the_store_cannot_grow_are_kept_and_recorded_once_it_can(flame_env, monkeypatch):
+    """A lane's tasks do not pass through the server's store: the service process keeps each in the lane's
+    log before it answers. While the server's store refuses to write, those results are not lost: the server
+    records them once it writes again, on the same server (no restart), each once."""
+    monkeypatch.setenv("FLAMEPY_LANES", "1")
+    flame_env.write_service("rev", SERVICE)
+    session = flamepy.create_session("rev")
+    for i in range(4):  # the first starts the instance; a lane opens on the next ones
+        assert session.invoke(b"warm-%d" % i) == (b"warm-%d" % i)[::-1]
+    lane = session._lane
+    assert lane is not None and lane._grant is not None, "no lane opened"
+    server = live_server(flame_env.home)
+    assert server
+    pid = int(server["pid"])
+    set_file_limit(pid, SMALL)
+    try:
+        for i in range(5):  # answered by the lane, kept in its log
+            assert session.invoke(b"lane-%d" % i) == (b"lane-%d" % i)[::-1]
+        # The server reads the log meanwhile, and its store refuses what it read for good once the refused
+        # writes have been retried for store_retry_window (2 s).
+        time.sleep(3.0)
+        expect_store_error(lambda: session.create_task(b"refused-create"), "create_task")
+    finally:
+        set_file_limit(pid, resource.RLIM_INFINITY)
+    expected = sorted([b"warm-%d" % i for i in range(4)] + [b"lane-%d" % i for i in range(5)])
+
+    def recorded() -> list[bytes]:
+        return sorted(t.input for t in session.list_tasks() if t.state == flamepy.TaskState.SUCCEED)
+
+    wait_for(lambda: recorded() == expected, 20, "the lane's tasks recorded once the store writes again")
+    assert int(live_server(flame_env.home)["pid"]) == pid, "the server restarted"
+    flame_env.flmctl("server", "stop")
+    reset_default_connection()
+    tasks = list(flamepy.get_session(session.id).list_tasks())
+    assert sorted(t.input for t in tasks) == expected, "a lane's task was lost or stored twice"
+    assert all(t.output == t.input[::-1] for t in tasks)

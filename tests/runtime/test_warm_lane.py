@@ -26,7 +26,8 @@ from flamepy_core.wire.proto import types_pb2 as pb
 
 
 @pytest.fixture
-def runtime(reverse_runtime: LocalRuntime) -> LocalRuntime:
+def runtime(reverse_runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch) -> LocalRuntime:
+    monkeypatch.setenv("FLAMEPY_LANES", "0")  # the server's own warm path, not a client's lane past it
     return reverse_runtime
 
 
