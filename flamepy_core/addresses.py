@@ -7,11 +7,13 @@ settings classes and their validation are a noticeable part of an instance's col
 
 from __future__ import annotations
 
+import functools
 import re
+import socket
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
-__all__ = ["normalize_endpoint"]
+__all__ = ["normalize_endpoint", "this_machine"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}$")
@@ -39,3 +41,15 @@ def normalize_endpoint(value: str) -> str:
     if _HOST_PORT.match(v):
         return f"http://{v}"
     return v
+
+
+@functools.cache
+def this_machine() -> str:
+    """A name of this machine as it runs now: its boot's id where the kernel gives one (Linux), else its host
+    name. Two processes that read the same name can reach each other's local endpoints (unix sockets,
+    loopback ports); a lane's endpoint is only used by a client that reads the name its server read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            return "boot:" + boot.read().strip()
+    except OSError:
+        return "host:" + socket.gethostname()

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from flamepy_core.addresses import this_machine
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel
 from flamepy_core.failure_text import bound_failure_text
@@ -59,6 +60,9 @@ RETRY_AFTER = 64
 """At most this many calls go through the server before a refused client asks for a lane again: 1 after a
 first refusal (a new session's first invoke starts its instance), then twice as many after each refusal in a
 row, up to this."""
+
+UNREACHABLE_LIMIT = 3
+"""Lanes in a row that broke before their first answer, after which this client asks for no more."""
 
 NOT_TAKEN = None
 """What :meth:`Lane.invoke` returns when the task did not run on the lane: send it through the server."""
@@ -100,6 +104,10 @@ class Lane:
         self._backoff = 1
         """The next refusal's ``_skip``."""
         self._unsupported = False
+        self._answered = False
+        """The lane granted last has answered a task (its endpoint is reachable from here)."""
+        self._unreachable = 0
+        """Lanes in a row whose endpoint did not answer: after ``UNREACHABLE_LIMIT``, lanes are not asked for."""
 
     def invoke(self, input_data: bytes | None, timeout: float | None) -> LaneAnswer | Task | None:
         """Run one task on the lane: its answer; the task as the server has it (a lane that broke while the
@@ -120,9 +128,9 @@ class Lane:
                 reply = self._channel.unary(RUN_LANE_TASK, request.SerializeToString(), timeout=timeout)
             except FlameError as exc:
                 return self._failed_call(tid, exc, timeout)
+            return self._outcome(tid, reply)
         finally:
             self._busy.release()
-        return self._outcome(tid, reply)
 
     def close(self) -> None:
         """Let the lane go (the session closes): its link to the service process is closed."""
@@ -153,6 +161,10 @@ class Lane:
             self._drop(close_channel=False)
             return False
         grant = ext_pb2.Lane.FromString(raw)
+        if grant.machine != this_machine():  # a server on another machine: its instances' endpoints are its own
+            log.debug("no lanes for session %s: its server runs on another machine", self._session_id)
+            self._unsupported = True
+            return False
         if self._channel is None or grant.endpoint != self._endpoint:
             self._drop(close_channel=True)
             try:
@@ -163,6 +175,7 @@ class Lane:
                 return False
             self._endpoint = grant.endpoint
         self._grant = grant
+        self._answered = False
         self._backoff = 1
         self._next = grant.first_task_id
         self._end = grant.first_task_id + grant.count
@@ -193,6 +206,10 @@ class Lane:
             ) from None
         # The link broke while the task ran (its process died), or the result was not kept: the server
         # has it, if its log has it; otherwise it is sent through the server.
+        if not self._answered:  # a lane that never answered: its endpoint may not be reachable from here
+            self._unreachable += 1
+            self._unsupported = self._unreachable >= UNREACHABLE_LIMIT
+            self._refused()
         self._drop(close_channel=True)
         try:
             task = self._connection.get_task(self._session_id, str(tid))
@@ -209,6 +226,8 @@ class Lane:
         return task  # finished, or begun and run again by the server (the caller waits for it there)
 
     def _outcome(self, tid: int, reply: bytes) -> LaneAnswer:
+        self._answered = True
+        self._unreachable = 0
         code, output, message, _size = read_task_result(reply)
         if code == 0:
             return LaneAnswer(output)

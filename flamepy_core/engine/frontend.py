@@ -14,6 +14,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
+from flamepy_core.addresses import this_machine
 from flamepy_core.config import parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import (
@@ -483,7 +484,11 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
     def open_lane(r: ext_pb2.OpenLaneRequest) -> ext_pb2.Lane:
         lease = engine.scheduler.open_lane(r.session_id)
         return ext_pb2.Lane(
-            endpoint=lease.endpoint, token=lease.token, first_task_id=lease.first, count=lease.end - lease.first
+            endpoint=lease.endpoint,
+            token=lease.token,
+            first_task_id=lease.first,
+            count=lease.end - lease.first,
+            machine=this_machine(),
         )
 
     def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:

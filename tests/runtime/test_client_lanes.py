@@ -437,3 +437,18 @@ def test_cancelling_a_task_running_on_a_lane_stops_it_and_its_caller_is_told(
     assert session.invoke(b"after", timeout=WAIT) == b"retfa"
     assert [t.id for t in _tasks(session) if t.state == TaskState.RUNNING] == []
     session.close()
+
+
+def test_a_client_on_another_machine_than_its_server_asks_for_no_lane(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lane's endpoint is the server's machine's (a unix socket, a loopback port): a client that reads
+    # another machine name must not connect to whatever answers at that address on its own machine.
+    monkeypatch.setattr("flamepy_core.client.lane.this_machine", lambda: "boot:elsewhere")
+    session = _warm_session(runtime, monkeypatch)
+    for i in range(4):
+        assert session.invoke(b"x%d" % i, timeout=WAIT) == (b"x%d" % i)[::-1]
+    lane = _lane_of(session)
+    assert lane._grant is None and lane._channel is None, "a client of another machine used a lane"
+    assert lane._unsupported, "it keeps asking the server for lanes it cannot use"
+    session.close()

@@ -147,16 +147,18 @@ class OpenLaneRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class Lane(_message.Message):
-    __slots__ = ("endpoint", "token", "first_task_id", "count")
+    __slots__ = ("endpoint", "token", "first_task_id", "count", "machine")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     FIRST_TASK_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     token: bytes
     first_task_id: int
     count: int
-    def __init__(self, endpoint: _Optional[str] = ..., token: _Optional[bytes] = ..., first_task_id: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    machine: str
+    def __init__(self, endpoint: _Optional[str] = ..., token: _Optional[bytes] = ..., first_task_id: _Optional[int] = ..., count: _Optional[int] = ..., machine: _Optional[str] = ...) -> None: ...
 
 class TaskBatch(_message.Message):
     __slots__ = ("tasks",)
