@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import re
-import socket
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 
@@ -52,4 +51,6 @@ def this_machine() -> str:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
             return "boot:" + boot.read().strip()
     except OSError:
+        import socket  # (here: a service process imports this module, and need not load socket to start)
+
         return "host:" + socket.gethostname()
