@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flamepy_core.privacy import open_private
+from flamepy_core.wire.appends import NotCutBack, append_whole
 
 __all__ = ["AheadLog", "ForeignLog", "NotLoggable", "decode_ops", "encode_ops", "read_records"]
 
@@ -242,16 +243,10 @@ class AheadLog:
             parts += (_HEADER.pack(len(body), _checksum(seq, body), seq), body)
         record = b"".join(parts)
         try:
-            written = os.write(self._fd, record)
-            if written != len(record):
-                raise OSError(f"only {written} of {len(record)} bytes were written to {self.path}")
-        except OSError:
-            try:
-                os.ftruncate(self._fd, self.size)
-            except OSError:
-                self.broken = True
+            self.size = append_whole(self._fd, record, self.size, str(self.path))
+        except NotCutBack:
+            self.broken = True
             raise
-        self.size += written
 
     def reset(self) -> None:
         """Empty the file but for its header: every record in it is applied (the store's marker says so)."""

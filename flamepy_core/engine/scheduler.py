@@ -420,14 +420,7 @@ class Scheduler:
         with self._lock:
             if inst.idle_after_answer:  # its last answer is on its way: it is idle (see _on_task_done)
                 self._idle_after_answer(inst)
-            if (
-                self._closed
-                or inst.state != State.IDLE
-                or inst.session_id != session_id
-                or inst.inflight
-                or inst.process is None
-                or session_id in self._wanting
-            ):
+            if not self._takes_now(inst, session_id):
                 return False
 
             broken: list[Exception] = []
@@ -467,6 +460,18 @@ class Scheduler:
         if failed:
             self._commit_events()  # the failure is the caller's answer
         return True
+
+    def _takes_now(self, inst: Instance, session_id: str) -> bool:
+        """Whether ``inst``, the session's idle instance, can take the session's next task at once (the warm
+        path, or a lane): idle, bound to it, with a process, and no instance being started for it."""
+        return not (
+            self._closed
+            or inst.state != State.IDLE
+            or inst.session_id != session_id
+            or inst.inflight
+            or inst.process is None
+            or session_id in self._wanting
+        )
 
     # -- lanes (flamepy_core.engine.lanes) -------------------------------------------------------------
 
@@ -519,16 +524,7 @@ class Scheduler:
     def _why_no_lane(self, inst: Instance | None, session_id: str) -> str | None:
         if self.engine.lanes is None:
             return "this server lends no lanes"
-        if inst is None:
-            return "no idle instance"
-        if (
-            self._closed
-            or inst.state != State.IDLE
-            or inst.session_id != session_id
-            or inst.inflight
-            or inst.process is None
-            or session_id in self._wanting
-        ):
+        if inst is None or not self._takes_now(inst, session_id):
             return "no idle instance"
         if not inst.lanes:
             return f"instance {inst.id} does not open lanes (not flamepy's service runtime)"

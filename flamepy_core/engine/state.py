@@ -1307,11 +1307,9 @@ class Engine:
         scheduler's lock, comes after. Should ``send`` return or raise without calling ``record``, the task
         is recorded then (the caller fails it, saying why).
         """
-        if self.store.failure is not None:
-            return None
         with self.lock:
-            entry = self._sessions.get(session_id)
-            if entry is None or entry.pending or entry.closing or not entry.is_open:
+            entry = self._takes_now(session_id)
+            if entry is None:
                 return None
             tid = entry.next_id
             entry.next_id = tid + 1
@@ -1374,15 +1372,21 @@ class Engine:
     def lend_task_ids(self, session_id: str, count: int) -> int | None:
         """Reserve ``count`` consecutive task ids of an open session for a lane: the first, or None when the
         session cannot lend any now (unknown, closing, a failing store, or tasks queued: those go first)."""
-        if self.store.failure is not None:
-            return None
         with self.lock:
-            entry = self._sessions.get(session_id)
-            if entry is None or entry.pending or entry.closing or not entry.is_open:
+            entry = self._takes_now(session_id)
+            if entry is None:
                 return None
             first = entry.next_id
             entry.next_id = first + count
             return first
+
+    def _takes_now(self, session_id: str) -> SessionEntry | None:
+        """The session, if a task of it may start at once (with the lock held): open, nothing queued before
+        it, on a store that writes (the warm path's task, a lane's)."""
+        entry = self._sessions.get(session_id)
+        if entry is None or entry.pending or entry.closing or not entry.is_open or self.store.failure is not None:
+            return None
+        return entry
 
     def return_task_ids(self, session_id: str, end: int, used_end: int) -> None:
         """A lane's ids from ``used_end`` to ``end`` were not used: taken back when no id was given after them."""

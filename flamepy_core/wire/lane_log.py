@@ -48,6 +48,8 @@ import zlib
 from dataclasses import dataclass
 from types import TracebackType
 
+from flamepy_core.wire.appends import NotCutBack, append_whole
+
 __all__ = [
     "FILE_MODE",
     "MAGIC",
@@ -343,16 +345,10 @@ class LaneLogWriter:
             os.ftruncate(self._fd, self.size)  # (raises while it still cannot be cut)
             self.broken = False
         try:
-            written = os.write(self._fd, record)
-            if written != len(record):
-                raise OSError(f"only {written} of {len(record)} bytes of a lane result were written to {self.path}")
-        except OSError:
-            try:
-                os.ftruncate(self._fd, self.size)
-            except OSError:
-                self.broken = True
+            self.size = append_whole(self._fd, record, self.size, str(self.path))
+        except NotCutBack:
+            self.broken = True
             raise
-        self.size += written
 
     def close(self) -> None:
         """Close the file (again: nothing)."""

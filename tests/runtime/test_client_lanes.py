@@ -398,16 +398,24 @@ def _invoke_in_thread(session: Session, data: bytes) -> tuple[threading.Thread, 
     return thread, outcome
 
 
+def _task_running_on_the_lane(
+    session: Session, gate: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Thread, dict[str, object], Session, list[Task]]:
+    """Invoke ``b"wait:<gate>"`` in a thread, on the session's lane; once it runs: the thread, its outcome,
+    another client of the session (no lane) and the tasks that client sees running."""
+    thread, outcome = _invoke_in_thread(session, b"wait:" + str(gate).encode())
+    wait_for(lambda: Path(f"{gate}.started").exists(), WAIT, "the lane's task to start")
+    other = _without_lanes(monkeypatch, session.id)
+    return thread, outcome, other, [t for t in other.list_tasks() if t.state == TaskState.RUNNING]
+
+
 def test_a_task_running_on_a_lane_is_shown_running_to_everyone(
     runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     session = _waiting_session(runtime, monkeypatch, tmp_path)
     gate = tmp_path / "gate"
-    thread, outcome = _invoke_in_thread(session, b"wait:" + str(gate).encode())
-    wait_for(lambda: Path(f"{gate}.started").exists(), WAIT, "the lane's task to start")
-    other = _without_lanes(monkeypatch, session.id)
     # Another client sees it running (the service process logged that it began, before it ran it).
-    running = [t for t in other.list_tasks() if t.state == TaskState.RUNNING]
+    thread, outcome, other, running = _task_running_on_the_lane(session, gate, monkeypatch)
     assert [t.input for t in running] == [b"wait:" + str(gate).encode()], "the lane's task is not shown running"
     assert flamepy.get_session(session.id).running == 1
     gate.touch()
@@ -423,11 +431,7 @@ def test_cancelling_a_task_running_on_a_lane_stops_it_and_its_caller_is_told(
     runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     session = _waiting_session(runtime, monkeypatch, tmp_path)
-    gate = tmp_path / "never"
-    thread, outcome = _invoke_in_thread(session, b"wait:" + str(gate).encode())
-    wait_for(lambda: Path(f"{gate}.started").exists(), WAIT, "the lane's task to start")
-    other = _without_lanes(monkeypatch, session.id)
-    [running] = [t for t in other.list_tasks() if t.state == TaskState.RUNNING]
+    thread, outcome, other, [running] = _task_running_on_the_lane(session, tmp_path / "never", monkeypatch)
     cancelled = other.cancel_task(running.id)  # answered once the task is final: its instance is stopped
     assert cancelled.state == TaskState.CANCELLED, cancelled
     thread.join(WAIT)
