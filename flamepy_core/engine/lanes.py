@@ -360,23 +360,24 @@ _FINAL = frozenset(int(state) for state in (pb.TaskState.Succeed, pb.TaskState.F
 
 
 def ending_when_heard(
-    end: Callable[[], None], on_item: Callable[[bytes], None], on_end: Callable[[FlameError | None], None]
+    heard: Callable[[object], None], on_item: Callable[[bytes], None], on_end: Callable[[FlameError | None], None]
 ) -> tuple[Callable[[bytes], None], Callable[[FlameError | None], None]]:
-    """A stream's callbacks that call ``end()`` first, once, at its first item or its end: a batch sent to
-    an instance that was lent closes the lane, whose log is complete once the batch is heard from."""
+    """A stream's callbacks that call ``heard(what)`` first, once, at its first item (its bytes) or its end
+    (its error, or None): a batch sent to an instance that was lent closes the lane, whose log is complete
+    once the instance answered the batch."""
     pending = [True]
 
-    def once() -> None:
+    def once(what: object) -> None:
         if pending:
             pending.clear()
-            end()
+            heard(what)
 
     def item(payload: bytes) -> None:
-        once()
+        once(payload)
         on_item(payload)
 
     def ended(error: FlameError | None) -> None:
-        once()
+        once(error)
         on_end(error)
 
     return item, ended

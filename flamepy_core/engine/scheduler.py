@@ -225,6 +225,10 @@ class Instance:
     """Its process opens lanes (it said so entering its session: ``GrantLane``)."""
     lane: LaneLease | None = None
     """The lane it is lent to now (:meth:`Scheduler.open_lane`): the next call sent to it takes it back."""
+    lanes_closing: list[LaneLease] = field(default_factory=list)
+    """Lanes taken back whose logs are not known complete yet: the call that took them back got no answer
+    from the instance (its deadline passed while a lane task ran). The next call it answers, or its exit,
+    ends them."""
 
     @property
     def pid(self) -> int | None:
@@ -528,19 +532,31 @@ class Scheduler:
             return "no idle instance"
         if not inst.lanes:
             return f"instance {inst.id} does not open lanes (not flamepy's service runtime)"
-        if inst.lane is not None:
+        if inst.lane is not None or inst.lanes_closing:
             return f"instance {inst.id} is lent to another client"
         if inst.task_timeout is not None:
             return f"application {inst.app} has a task timeout, which only the server's path enforces"
         return None
 
-    def _take_lane_back(self, inst: Instance) -> LaneLease | None:
+    def _take_lane_back(self, inst: Instance) -> list[LaneLease]:
         """A call is about to be sent to ``inst``: the lane it is lent to (if any) closes when the instance
-        receives it, and its log is complete once the call is answered (the caller then ends it)."""
-        lane = inst.lane
-        if lane is not None:
+        receives it, and its log is complete once the instance has answered the call (not when the call
+        failed here: a deadline passes while a lane's task still runs). The caller hands the lanes to
+        :meth:`_lanes_heard` with the answer."""
+        lanes = inst.lanes_closing
+        if inst.lane is not None:
+            lanes.append(inst.lane)
             inst.lane = None
-        return lane
+        inst.lanes_closing = []
+        return lanes
+
+    def _lanes_heard(self, inst: Instance, lanes: list[LaneLease], answer: object) -> None:
+        """The call that took ``lanes`` back was answered (``answer``: its reply, or a FlameError)."""
+        if isinstance(answer, FlameError):  # no word from the instance: ended by a later answer, or its exit
+            inst.lanes_closing.extend(lanes)
+            return
+        for lane in lanes:
+            self._lanes.end(lane)
 
     def take_lanes_back(self, session_id: str, timeout: float) -> bool:
         """Close the session's lanes and record what they ran (before the session closes): True once done,
@@ -556,9 +572,10 @@ class Scheduler:
                 done = threading.Event()
                 waits.append(done)
                 # A grant of no ids: it closes the lane when received, and is answered once the lane's task
-                # (if one runs) is done and in the log.
+                # (if one runs) is done and in the log. No deadline on the call (the task may run long):
+                # the close waits for ``done`` as long as it will, and the lane ends when the answer comes.
                 closing = ext_pb2.GrantLaneRequest(count=0).SerializeToString()
-                self._call(inst, GRANT_LANE, closing, timeout, _lane_closed, done)
+                self._call(inst, GRANT_LANE, closing, None, _lane_closed, done)
         deadline = time.monotonic() + timeout
         finished = all(done.wait(max(0.0, deadline - time.monotonic())) for done in waits)
         lanes.catch_up(session_id)
@@ -887,8 +904,7 @@ class Scheduler:
         description = inst.cause or (process.describe_exit(wait=0) if process is not None else "the instance ended")
         if process is not None:
             process.cleanup()
-        lane, inst.lane = inst.lane, None
-        if lane is not None:  # the process is gone: nothing more is appended to the lane's log
+        for lane in self._take_lane_back(inst):  # the process is gone: nothing more is appended to the logs
             self._lanes.end(lane, f"instance {inst.id} ended ({description})")
         if inst.session_id is not None and self._idle.get(inst.session_id) is inst:
             del self._idle[inst.session_id]  # (an idle instance that died is no warm path for the next task)
@@ -1153,15 +1169,17 @@ class Scheduler:
         assert process is not None
         handle = self._handle_now if now else self.post
         files = self.engine.store.payloads
-        lane = self._take_lane_back(inst)
+        # (WithdrawTasks is answered by the instance's receiving thread at once, not after the lane's task:
+        # it does not take a lane back, and the instance does not close one for it.)
+        lanes = self._take_lane_back(inst) if method != WITHDRAW_TASKS else []
 
         def answered(answer: bytes | FlameError) -> None:
             handle(then, inst, *args, answer if prepare is None else prepare(answer))
             if inst.idle_after_answer:
                 self._run_event(self._idle_after_answer, (inst,))
             files.drop_due()  # after the answer was handled (a RunTask's reply sent): off its path
-            if lane is not None:  # answered after the call that closed it: the lane's log is complete
-                self._lanes.end(lane)
+            if lanes:  # answered after the call that closed them: the lanes' logs are complete
+                self._lanes_heard(inst, lanes, answer)
 
         arm = unary_then(process.channel, method, request, answered, timeout, answers=answers)
         if on_sent is not None:
@@ -1529,9 +1547,9 @@ class Scheduler:
 
         item: Callable[[bytes], None] = on_item
         end: Callable[[FlameError | None], None] = on_end
-        lane = self._take_lane_back(inst)
-        if lane is not None:  # its log is complete once the batch is heard from (a result or its end)
-            item, end = ending_when_heard(partial(self._lanes.end, lane), on_item, on_end)
+        lanes = self._take_lane_back(inst)
+        if lanes:  # their logs are complete once the batch is heard from (a result, or its end)
+            item, end = ending_when_heard(partial(self._lanes_heard, inst, lanes), on_item, on_end)
         stream_async(process.channel, RUN_TASKS, task_batch(contexts), item, end, None)
 
     def _on_batch_heard(self, inst: Instance) -> None:

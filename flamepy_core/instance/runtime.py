@@ -397,7 +397,8 @@ class MainThreadServing(Executor):
                 self._queue.put((batch, index))
 
     def _withdraw(self, _data: bytes, _ctx: CallContext) -> bytes:
-        self._lanes.server_call_received()
+        # (No lane is closed: answered at once on this thread, it does not wait for a lane's task, and the
+        # server does not take a lane back with it.)
         taken: list[bytes] = []
         finished: list[_Batch] = []
         with self._lock:

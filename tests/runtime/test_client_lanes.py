@@ -24,6 +24,7 @@ from flamepy.testing import LocalRuntime
 from flamepy_core.client.connection import default_connection, reset_default_connection
 from flamepy_core.client.lane import LANES_ENV, Lane
 from flamepy_core.client.session import Session, TaskCancelledError, TaskFailedError
+from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.embedded import ensure_inprocess_server, stop_inprocess_server
 from flamepy_core.engine.scheduler import State
 from flamepy_core.model import Task, TaskState
@@ -359,7 +360,8 @@ class Waiting(FlameService):
     def on_task_invoke(self, context):
         if context.input.startswith(b"wait:"):  # says it started, then runs until the gate file exists
             gate = context.input[5:].decode()
-            open(gate + ".started", "w").close()
+            with open(gate + ".started", "a") as started:  # a line per run
+                started.write("ran\\n")
             deadline = time.monotonic() + 60
             while not os.path.exists(gate) and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -370,7 +372,8 @@ class Waiting(FlameService):
 if __name__ == "__main__":
     flamepy.run(Waiting())
 """
-"""Answers its input reversed; ``b"wait:<path>"`` creates ``<path>.started`` and runs until ``<path>`` exists."""
+"""Answers its input reversed; ``b"wait:<path>"`` adds a line to ``<path>.started`` and runs until ``<path>``
+exists."""
 
 
 def _waiting_session(rt: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Session:
@@ -456,3 +459,29 @@ def test_a_client_on_another_machine_than_its_server_asks_for_no_lane(
     assert lane._grant is None and lane._channel is None, "a client of another machine used a lane"
     assert lane._unsupported, "it keeps asking the server for lanes it cannot use"
     session.close()
+
+
+def test_a_close_while_a_lane_task_runs_is_refused_and_the_task_finishes_once(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The close takes the lane back and waits a second for its task (LANE_CLOSE_WAIT), then is refused as
+    # any close of a session with a running task. The lane is not over while its task runs: the task is
+    # neither recorded lost (and run again) nor left Running once it ends.
+    session = _waiting_session(runtime, monkeypatch, tmp_path)
+    gate = tmp_path / "gate"
+    thread, outcome, other, [running] = _task_running_on_the_lane(session, gate, monkeypatch)
+    with pytest.raises(FlameError) as refused:
+        other.close()
+    assert refused.value.code == FlameErrorCode.INVALID_STATE and "running" in refused.value.message
+    time.sleep(1.0)  # (the server's lane thread reads the log meanwhile)
+    assert other.get_task(running.id).state == TaskState.RUNNING, "the lane's task was taken for lost"
+    gate.touch()
+    thread.join(WAIT)
+    assert outcome == {"output": b"done"}
+    wait_for(lambda: other.get_task(running.id).state == TaskState.SUCCEED, WAIT, "the lane's task recorded")
+    inputs = [t.input for t in _tasks(session)]
+    assert inputs.count(b"wait:" + str(gate).encode()) == 1, "the lane's task was recorded twice"
+    time.sleep(0.5)  # (a second run, had the task been taken for lost, would have begun by now)
+    assert Path(f"{gate}.started").read_text() == "ran\n", "the lane's task ran twice"
+    other.close()
+    assert flamepy.get_session(session.id).succeed == len(inputs)
