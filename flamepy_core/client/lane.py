@@ -104,6 +104,8 @@ class Lane:
         self._backoff = 1
         """The next refusal's ``_skip``."""
         self._unsupported = False
+        self._closing = False
+        """The session is closed: no more tasks on the lane."""
         self._answered = False
         """The lane granted last has answered a task (its endpoint is reachable from here)."""
         self._unreachable = 0
@@ -113,7 +115,7 @@ class Lane:
         """Run one task on the lane: its answer; the task as the server has it (a lane that broke while the
         task ran: finished, or to wait for); or :data:`NOT_TAKEN` when it did not run here (the caller
         sends it through the server)."""
-        if self._unsupported or not self._busy.acquire(blocking=False):
+        if self._unsupported or self._closing or not self._busy.acquire(blocking=False):
             return NOT_TAKEN
         try:
             if not self._ready():
@@ -127,15 +129,22 @@ class Lane:
             try:
                 reply = self._channel.unary(RUN_LANE_TASK, request.SerializeToString(), timeout=timeout)
             except FlameError as exc:
-                return self._failed_call(tid, exc, timeout)
+                return self._failed_call(tid, exc, timeout, input_data)
             return self._outcome(tid, reply)
         finally:
+            if self._closing:
+                self._drop(close_channel=True)
             self._busy.release()
 
     def close(self) -> None:
-        """Let the lane go (the session closes): its link to the service process is closed."""
-        with self._busy:
-            self._drop(close_channel=True)
+        """Let the lane go (the session closes): its link to the service process is closed, now or, while a
+        task of another thread is on it, once that task is answered (the close does not wait for it)."""
+        self._closing = True
+        if self._busy.acquire(blocking=False):
+            try:
+                self._drop(close_channel=True)
+            finally:
+                self._busy.release()
 
     # -- inside the lane's lock -----------------------------------------------------------------------------
 
@@ -195,7 +204,7 @@ class Lane:
             except Exception:  # closing a link that broke: nothing more to do with it
                 log.debug("closing a lane's link failed", exc_info=True)
 
-    def _failed_call(self, tid: int, exc: FlameError, timeout: float | None) -> Task | None:
+    def _failed_call(self, tid: int, exc: FlameError, timeout: float | None, input_data: bytes | None) -> Task | None:
         if exc.code == FlameErrorCode.INVALID_STATE:  # the lane was closed: the task did not run
             self._drop(close_channel=False)
             return NOT_TAKEN
@@ -221,6 +230,11 @@ class Lane:
                 tid,
                 self._session_id,
                 exc.message,
+            )
+            return NOT_TAKEN
+        if task.input != input_data:  # another task's id: ours never began (its lane's ids were not kept)
+            log.info(
+                "task %s of session %s is not the one sent on the lane: sent through the server", tid, self._session_id
             )
             return NOT_TAKEN
         return task  # finished, or begun and run again by the server (the caller waits for it there)

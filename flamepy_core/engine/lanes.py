@@ -139,7 +139,8 @@ class LaneBook:
             try:
                 for lease in ended:
                     self._finish(lease)
-                if stopping:  # (the lanes that ended as the server stopped its instances are finished)
+                if stopping:  # what the lanes ran until the server stopped, recorded while the store is open
+                    self.catch_up_all()
                     return
                 self.catch_up_all()
             except Exception:  # a bug here must not stop the reads of the other lanes
@@ -197,10 +198,14 @@ class LaneBook:
             if lease.over and lease.reread_from is None:
                 return 0
             count = self._read(lease)
+            remove = False
             if lease.over:  # read again after a refusal: what began and never ended is lost as at its end
                 with self._state:
                     lost, lease.running = sorted(lease.running), set()
+                    remove = self._settle_over(lease)
         self._retry(lease, lost)
+        if remove:
+            _unlink(lease.path)
         return count
 
     def _read(self, lease: LaneLease) -> int:
@@ -237,7 +242,9 @@ class LaneBook:
                     lease.running.add(record.task_id)
                 else:
                     lease.running.discard(record.task_id)
-        self.engine.record_lane_results(lease.session_id, results, partial(self._settled, lease, start))
+        self.engine.record_lane_results(
+            lease.session_id, results, partial(self._settled, lease, start), partial(self._refused, lease, start)
+        )
         return len(results)
 
     def end(self, lease: LaneLease, why: str = "") -> None:
@@ -265,7 +272,8 @@ class LaneBook:
                 lost, lease.running = sorted(lease.running), set()
                 remove = self._settle_over(lease)
         self._retry(lease, lost)
-        self.engine.return_task_ids(lease.session_id, lease.end, lease.used_end)
+        # (The ids it did not use are not given back: its client may still hold the lane, and would ask the
+        # server for a task of that id when the lane breaks; another task must never have it.)
         if remove:
             _unlink(lease.path)
 
@@ -288,6 +296,13 @@ class LaneBook:
         self._state.notify_all()
         return not lease.keep
 
+    def _refused(self, lease: LaneLease, start: int, error: FlameError) -> None:
+        """The store refused a task's start read from ``start`` on: read again from there once it writes."""
+        with self._state:
+            if lease.reread_from is None or start < lease.reread_from:
+                lease.reread_from = start
+        log.warning("a lane task's start was not stored (%s): %s is read again once it writes", error, lease.path)
+
     def _settled(self, lease: LaneLease, start: int, error: FlameError | None) -> None:
         with self._state:
             lease.unsettled -= 1
@@ -307,11 +322,11 @@ class LaneBook:
             _unlink(lease.path)
 
     @staticmethod
-    def _recovered(path: Path, error: FlameError | None) -> None:
-        """A log read at start is removed once what it held is committed; kept when the store refused it
-        (the next start reads it again)."""
-        if error is not None:
-            log.error("the lane log %s could not be recorded (%s): kept for the next start", path, error)
+    def _recovered(path: Path, refused: list[FlameError], error: FlameError | None) -> None:
+        """A log read at start is removed once what it held is committed; kept when the store refused any of
+        it (``error``, or a start in ``refused``): the next start reads it again."""
+        if error is not None or refused:
+            log.error("the lane log %s could not be recorded (%s): kept for the next start", path, error or refused[0])
         else:
             _unlink(path)
 
@@ -332,7 +347,10 @@ class LaneBook:
             if not fresh:
                 _unlink(path)
                 continue
-            self.engine.record_lane_results(header.session_id, fresh, partial(self._recovered, path))
+            refused: list[FlameError] = []
+            self.engine.record_lane_results(
+                header.session_id, fresh, partial(self._recovered, path, refused), refused.append
+            )
             recorded += len(fresh)
             ended = {r.task_id for r in results if not r.started}
             for tid in sorted({r.task_id for r in fresh if r.started} - ended):  # running when all stopped

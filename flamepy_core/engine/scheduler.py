@@ -497,6 +497,13 @@ class Scheduler:
         another machine cannot, and keeps the server's path).
         """
         lanes = self.engine.lanes
+        answered = threading.Event()
+        answers: list[bytes | FlameError] = []
+
+        def granted(answer: bytes | FlameError) -> None:
+            answers.append(answer)
+            answered.set()
+
         with self._lock:
             inst = self._idle.get(session_id)
             if inst is not None and inst.idle_after_answer:
@@ -510,19 +517,29 @@ class Scheduler:
             if lease is None:
                 raise _no_lane(session_id, "tasks are queued, or the session is closing")
             inst.lane = lease
-        request = ext_pb2.GrantLaneRequest(
-            token=lease.token, first_task_id=lease.first, count=lease.end - lease.first, log_path=str(lease.path)
-        ).SerializeToString()
-        try:
-            code, message, _handoff = read_enter_result(process.channel.unary(GRANT_LANE, request, timeout))
-        except FlameError as exc:
-            code, message = -1, exc.message
+            request = ext_pb2.GrantLaneRequest(
+                token=lease.token, first_task_id=lease.first, count=lease.end - lease.first, log_path=str(lease.path)
+            ).SerializeToString()
+            # Sent under the lock: every call the scheduler sends the instance later goes after the grant on
+            # the link, so the instance receives it after, closes the lane, and its answer ends the lease.
+            unary_then(process.channel, GRANT_LANE, request, granted, timeout)()
+        if not answered.wait(timeout + 1.0):
+            answers.append(FlameError(FlameErrorCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"))
+        answer = answers[0]
+        if isinstance(answer, FlameError):
+            code, message = -1, answer.message
+        else:
+            code, message, _handoff = read_enter_result(answer)
+        with self._lock:
+            taken_back = inst.lane is not lease
+            if code != 0 and not taken_back:
+                inst.lane = None
         if code != 0:
-            with self._lock:
-                if inst.lane is lease:
-                    inst.lane = None
-            lanes.end(lease)
+            if not taken_back:  # (taken back: the call that did ends it once answered)
+                lanes.end(lease)
             raise _no_lane(session_id, f"instance {inst.id} did not open it: {message}")
+        if taken_back:
+            raise _no_lane(session_id, f"instance {inst.id} was given other work meanwhile")
         return lease
 
     def _why_no_lane(self, inst: Instance | None, session_id: str) -> str | None:
@@ -552,11 +569,17 @@ class Scheduler:
 
     def _lanes_heard(self, inst: Instance, lanes: list[LaneLease], answer: object) -> None:
         """The call that took ``lanes`` back was answered (``answer``: its reply, or a FlameError)."""
-        if isinstance(answer, FlameError):  # no word from the instance: ended by a later answer, or its exit
-            inst.lanes_closing.extend(lanes)
-            return
+        why = ""
+        if isinstance(answer, FlameError):
+            with self._lock:
+                if answer.code not in _LINK_DOWN and inst.id in self._instances:
+                    # No word from a live instance (a deadline passed while a lane's task ran): a later
+                    # answer, or its exit, ends them.
+                    inst.lanes_closing.extend(lanes)
+                    return
+            why = f"instance {inst.id} is gone ({answer.message})"  # (its exit may have been handled first)
         for lane in lanes:
-            self._lanes.end(lane)
+            self._lanes.end(lane, why)
 
     def take_lanes_back(self, session_id: str, timeout: float) -> bool:
         """Close the session's lanes and record what they ran (before the session closes): True once done,
@@ -798,7 +821,7 @@ class Scheduler:
         """Instances bound to a session that has nothing pending, beyond its ``min_instances``: longest idle first."""
         by_session: dict[str, list[Instance]] = defaultdict(list)
         for inst in self._instances.values():
-            if inst.state == State.IDLE and inst.session_id is not None:
+            if inst.state == State.IDLE and inst.session_id is not None and not _runs_lane_task(inst):
                 by_session[inst.session_id].append(inst)
         idle: list[Instance] = []
         for sid, instances in by_session.items():
@@ -1861,3 +1884,8 @@ def _no_lane(session_id: str, why: str) -> FlameError:
 
 def _lane_closed(_inst: Instance, done: threading.Event, _answer: bytes | FlameError) -> None:
     done.set()
+
+
+def _runs_lane_task(inst: Instance) -> bool:
+    """Whether a lane's log says a task began on ``inst`` and has not ended: busy, though idle to the server."""
+    return any(lane.running for lane in ([inst.lane] if inst.lane else []) + inst.lanes_closing)

@@ -1396,13 +1396,19 @@ class Engine:
                 entry.next_id = used_end
 
     def record_lane_results(
-        self, session_id: str, results: Sequence[LaneResult], on_committed: Callable[[FlameError | None], None]
+        self,
+        session_id: str,
+        results: Sequence[LaneResult],
+        on_committed: Callable[[FlameError | None], None],
+        on_refused: Callable[[FlameError], None],
     ) -> None:
         """Record what a lane's log says (:mod:`.lanes`), as the warm lane records its own tasks: the same
         rows, events (PENDING and RUNNING at its start, then its end), counters and watchers. A start record
         makes the task RUNNING (seen, and cancellable, while it runs); its result finalizes it (a task
         already final, cancelled meanwhile, keeps that). ``on_committed(None)`` once the results are
-        committed, or ``on_committed(error)`` if the store refused them (the log must then be kept).
+        committed, or ``on_committed(error)`` if the store refused them; ``on_refused(error)`` when it refused
+        a start (the log must then be read again). A result also finalizes a task requeued meanwhile (a
+        server that restarted after it had the start and not the result): its client was told it.
         """
         pending = len(results) + 1
         refused: list[FlameError] = []
@@ -1422,6 +1428,10 @@ class Engine:
             if error is not None:
                 one_done(error)
 
+        def start_created(_tasks: list[pb.Task] | None, error: FlameError | None) -> None:
+            if error is not None:  # (a start is not counted in ``pending``: its result is, or the lane's end)
+                on_refused(error)
+
         with self.lock:
             entry = self._sessions.get(session_id)
             if entry is None:
@@ -1437,11 +1447,12 @@ class Engine:
                         continue
                     if tid >= entry.next_id:
                         entry.next_id = tid + 1
-                    task = self._record_warm(entry, tid, lane_result.input, None, created, ts=lane_result.start_ms)
+                    made = start_created if lane_result.started else created
+                    task = self._record_warm(entry, tid, lane_result.input, None, made, ts=lane_result.start_ms)
                     if lane_result.started:  # its result comes in a later record (or its instance's end)
                         one_done()
                         continue
-                elif task.status.state != RUNNING or tid in entry.finishing:
+                elif task.status.state not in (RUNNING, PENDING) or tid in entry.finishing:
                     one_done()  # final already (cancelled while it ran): the result comes too late
                     continue
                 state = SUCCEED if lane_result.succeeded else FAILED
