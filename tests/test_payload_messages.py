@@ -19,6 +19,7 @@ from flamepy_core.wire.payload_messages import (
     TaskCall,
     create_task_request,
     create_task_request_parts,
+    lane_task,
     read_create_task_request,
     read_enter_result,
     read_grant_lane,
@@ -492,12 +493,14 @@ def test_a_task_context_with_more_than_the_server_writes_is_read_by_protobufs_ru
     task_input=st.none() | st.binary(max_size=300),
 )
 def test_a_lane_task_reads_back_as_protobuf_wrote_it(token: bytes, task_id: int, task_input: bytes | None) -> None:
-    # The service process reads LaneTask by hand (it starts without protobuf): any message protobuf
-    # writes must read back the same, an empty input kept apart from no input.
+    # The service process reads LaneTask by hand (it starts without protobuf), and the client writes it by
+    # hand: protobuf's bytes must read back the same, and the hand-written ones be protobuf's, an empty input
+    # kept apart from no input.
     message = ext_pb2.LaneTask(token=token, task_id=task_id)
     if task_input is not None:
         message.input = task_input
     assert read_lane_task(message.SerializeToString()) == (token, task_id, task_input)
+    assert lane_task(token, task_id, task_input) == message.SerializeToString()
 
 
 @given(

@@ -32,19 +32,16 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from flamepy_core.addresses import this_machine
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel
-from flamepy_core.failure_text import bound_failure_text
-from flamepy_core.model import Event, Task, TaskState
+from flamepy_core.model import Task
 from flamepy_core.plugins import get_registry
 from flamepy_core.wire.methods import EXT
-from flamepy_core.wire.payload_messages import RUN_LANE_TASK, read_task_result
+from flamepy_core.wire.payload_messages import RUN_LANE_TASK, lane_task, read_task_result
 from flamepy_core.wire.proto import ext_pb2
-from flamepy_core.wire.proto import types_pb2 as pb
 
 if TYPE_CHECKING:
     from flamepy_core.client.connection import Connection
@@ -68,16 +65,13 @@ NOT_TAKEN = None
 """What :meth:`Lane.invoke` returns when the task did not run on the lane: send it through the server."""
 
 
-class LaneAnswer:
-    """What a lane's task gave: its output, or the task failed (``failed``, a ``Task`` the caller raises as
-    ``TaskFailedError``, with ``message``)."""
+class LaneAnswer(NamedTuple):
+    """What a lane's task gave: its output, or why it failed (the service's text, as the server's path
+    would have recorded it; the caller raises it as ``TaskFailedError``)."""
 
-    __slots__ = ("failed", "message", "output")
-
-    def __init__(self, output: bytes | None, failed: Task | None = None, message: str = "") -> None:
-        self.output = output
-        self.failed = failed
-        self.message = message
+    task_id: int
+    output: bytes | None
+    failure: str | None = None
 
 
 def lanes_wanted(env: Mapping[str, str] | None = None) -> bool:
@@ -123,11 +117,9 @@ class Lane:
             assert self._grant is not None and self._channel is not None
             tid = self._next
             self._next += 1
-            request = ext_pb2.LaneTask(token=self._grant.token, task_id=tid)
-            if input_data is not None:
-                request.input = input_data
+            request = lane_task(self._grant.token, tid, input_data)
             try:
-                reply = self._channel.unary(RUN_LANE_TASK, request.SerializeToString(), timeout=timeout)
+                reply = self._channel.unary(RUN_LANE_TASK, request, timeout=timeout)
             except FlameError as exc:
                 return self._failed_call(tid, exc, timeout, input_data)
             return self._outcome(tid, reply)
@@ -244,16 +236,5 @@ class Lane:
         self._unreachable = 0
         code, output, message, _size = read_task_result(reply)
         if code == 0:
-            return LaneAnswer(output)
-        text = bound_failure_text(message or "Task failed without error message")
-        now = datetime.now(timezone.utc)
-        failed = int(pb.TaskState.Failed)
-        task = Task(
-            id=str(tid),
-            session_id=self._session_id,
-            state=TaskState.FAILED,
-            creation_time=now,
-            completion_time=now,
-            events=[Event(code=failed, message=text, creation_time=now)],
-        )
-        return LaneAnswer(None, task, text)
+            return LaneAnswer(tid, output)
+        return LaneAnswer(tid, None, message or "")

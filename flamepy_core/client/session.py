@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, TypeVar
 from flamepy_core.client.lane import NOT_TAKEN, Lane, lanes_wanted
 from flamepy_core.config import parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.model import (
     EVENT_PAYLOADS_PURGED,
     Event,
@@ -280,16 +281,23 @@ def _settle_outcome(future: Future[bytes | None], outcome: ext_pb2.TaskOutcome, 
         cancelled = Task(id=tid, session_id=session_id, state=TaskState.CANCELLED, creation_time=now, events=events)
         future.set_exception(TaskCancelledError(cancelled))
         return
-    message = outcome.message or "Task failed without error message"
+    future.set_exception(_failed(tid, session_id, outcome.message, TaskState(int(state))))
+
+
+def _failed(task_id: str, session_id: str, message: str | None, state: TaskState = TaskState.FAILED) -> TaskFailedError:
+    """The error of a task known by its outcome alone (a WatchOutcomes entry, a lane's answer): a ``Task``
+    with the one event that says why, as the caller reads it."""
+    message = message or "Task failed without error message"
+    now = datetime.now(timezone.utc)
     task = Task(
-        id=tid,
+        id=task_id,
         session_id=session_id,
-        state=TaskState(int(state)),
+        state=state,
         creation_time=now,
         completion_time=now,
         events=[Event(code=int(pb.TaskState.Failed), message=message, creation_time=now)],
     )
-    future.set_exception(TaskFailedError(task, message))
+    return TaskFailedError(task, message)
 
 
 class TaskCreation:
@@ -832,8 +840,8 @@ class Session:
                     return _outcome(answer)
                 return self._await_within(answer.id, timeout)  # run again by the server, as any task so lost
             if answer is not NOT_TAKEN:
-                if answer.failed is not None:
-                    raise TaskFailedError(answer.failed, answer.message)
+                if answer.failure is not None:
+                    raise _failed(str(answer.task_id), self.id, bound_failure_text(answer.failure))
                 return answer.output
         if self.connection.has_extensions is not False:
             try:

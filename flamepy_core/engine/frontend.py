@@ -241,6 +241,12 @@ def frontend_handlers(
         # final state (see Engine.watch_task).
         engine.watch_task(caught_up(engine, r.session_id), r.task_id, _watch_feed(writer, ctx, _each_task))
 
+    def list_sessions(_r: frontend_pb2.ListSessionRequest) -> pb.SessionList:
+        lanes = engine.lanes
+        if lanes is not None:  # (every session's: what the lanes ran, recorded first)
+            lanes.catch_up_all()
+        return pb.SessionList(sessions=engine.list_sessions())
+
     def list_tasks(r: frontend_pb2.ListTaskRequest, ctx: CallContext) -> Iterator[pb.Task]:
         return engine.list_tasks(caught_up(engine, r.session_id))
 
@@ -275,7 +281,7 @@ def frontend_handlers(
         "OpenSession": open_session,
         "CloseSession": lambda r: freeing(engine.close_session(lanes_taken_back(engine, r.session_id))),
         "GetSession": lambda r: engine.get_session(caught_up(engine, r.session_id)),
-        "ListSession": lambda r: pb.SessionList(sessions=engine.list_sessions(*all_caught_up(engine))),
+        "ListSession": list_sessions,
         "GetTask": lambda r: engine.get_task(caught_up(engine, r.session_id), r.task_id),
     }
     streams: dict[str, Callable[[Any, CallContext], Iterator[Message]]] = {
@@ -406,14 +412,6 @@ def caught_up(engine: Engine, session_id: str) -> str:
     if lanes is not None:
         lanes.catch_up(session_id)
     return session_id
-
-
-def all_caught_up(engine: Engine) -> tuple[()]:
-    """:func:`caught_up` for every session (no arguments for the call it precedes)."""
-    lanes = engine.lanes
-    if lanes is not None:
-        lanes.catch_up_all()
-    return ()
 
 
 def lanes_taken_back(engine: Engine, session_id: str) -> str:

@@ -79,8 +79,6 @@ class LaneLease:
     end: int
     offset: int = 0
     """Where the next read of the log starts (0: at its first record)."""
-    used_end: int = 0
-    """One past the highest id read from the log (``first`` until one is)."""
     unsettled: int = 0
     """Groups of tasks recorded from the log whose commit has not been heard of."""
     over: bool = False
@@ -153,7 +151,7 @@ class LaneBook:
             return None
         token = os.urandom(16)
         path = self.directory / f"{instance_id}-{token[:6].hex()}{SUFFIX}"
-        lease = LaneLease(token, session_id, instance_id, endpoint, path, first, first + LANE_IDS, used_end=first)
+        lease = LaneLease(token, session_id, instance_id, endpoint, path, first, first + LANE_IDS)
         with self._state:
             self._leases.setdefault(session_id, []).append(lease)
         return lease
@@ -193,19 +191,12 @@ class LaneBook:
     def read(self, lease: LaneLease) -> int:
         """Record the tasks appended to ``lease``'s log since the last read (and, once the store writes
         again, what it refused before); how many."""
-        lost: list[int] = []
         with self._reading:
             if lease.over and lease.reread_from is None:
                 return 0
             count = self._read(lease)
-            remove = False
-            if lease.over:  # read again after a refusal: what began and never ended is lost as at its end
-                with self._state:
-                    lost, lease.running = sorted(lease.running), set()
-                    remove = self._settle_over(lease)
-        self._retry(lease, lost)
-        if remove:
-            _unlink(lease.path)
+            lost, remove = self._read_to_its_end(lease)  # (a lane over, read again after a refusal)
+        self._after_its_end(lease, lost, remove)
         return count
 
     def _read(self, lease: LaneLease) -> int:
@@ -233,7 +224,6 @@ class LaneBook:
             results = self._not_stored(lease.session_id, results)
         if not results:
             return 0
-        lease.used_end = max(lease.used_end, max(r.task_id for r in results) + 1)
         lease.news_at = time.monotonic()
         with self._state:
             lease.unsettled += 1
@@ -248,8 +238,8 @@ class LaneBook:
         return len(results)
 
     def end(self, lease: LaneLease, why: str = "") -> None:
-        """The lane is over and its log complete: the book's thread records the rest, gives the unused ids
-        back, and removes the log once all of it is committed. ``why``: its instance ended so (a task it ran
+        """The lane is over and its log complete: the book's thread records the rest, and removes the log once
+        all of it is committed. ``why``: its instance ended so (a task it ran
         then is retried, or CANCELLED if that was why). Safe under any lock; once is enough."""
         with self._state:
             if why and not lease.why_ended:
@@ -269,19 +259,27 @@ class LaneBook:
             self._read(lease)
             with self._state:
                 lease.over = True
-                lost, lease.running = sorted(lease.running), set()
-                remove = self._settle_over(lease)
-        self._retry(lease, lost)
+            lost, remove = self._read_to_its_end(lease)
         # (The ids it did not use are not given back: its client may still hold the lane, and would ask the
         # server for a task of that id when the lane breaks; another task must never have it.)
-        if remove:
-            _unlink(lease.path)
+        self._after_its_end(lease, lost, remove)
 
-    def _retry(self, lease: LaneLease, lost: list[int]) -> None:
-        """Tasks that began on a lane whose instance ended first: retried as any task so lost."""
+    def _read_to_its_end(self, lease: LaneLease) -> tuple[list[int], bool]:
+        """After a read (``_reading`` held): for a lane over, the tasks that began and never ended (lost
+        with its instance), and whether its log is to be removed now."""
+        if not lease.over:
+            return [], False
+        with self._state:
+            lost, lease.running = sorted(lease.running), set()
+            return lost, self._settle_over(lease)
+
+    def _after_its_end(self, lease: LaneLease, lost: list[int], remove: bool) -> None:
+        """Retry the tasks lost with the lane's instance, as any task so lost; remove its log if read whole."""
         for tid in lost:
             why = lease.why_ended or "the instance of its lane ended while it ran"
             self.engine.retry_task(lease.session_id, str(tid), why)
+        if remove:
+            _unlink(lease.path)
 
     def _settle_over(self, lease: LaneLease) -> bool:
         """A lease over with nothing unsettled nor to read again leaves the book (with ``_state`` held);
@@ -296,11 +294,16 @@ class LaneBook:
         self._state.notify_all()
         return not lease.keep
 
+    @staticmethod
+    def _read_again_from(lease: LaneLease, start: int) -> None:
+        """The store refused what was read from ``start`` on: read it again once it writes (``_state`` held)."""
+        if lease.reread_from is None or start < lease.reread_from:
+            lease.reread_from = start
+
     def _refused(self, lease: LaneLease, start: int, error: FlameError) -> None:
         """The store refused a task's start read from ``start`` on: read again from there once it writes."""
         with self._state:
-            if lease.reread_from is None or start < lease.reread_from:
-                lease.reread_from = start
+            self._read_again_from(lease, start)
         log.warning("a lane task's start was not stored (%s): %s is read again once it writes", error, lease.path)
 
     def _settled(self, lease: LaneLease, start: int, error: FlameError | None) -> None:
@@ -314,8 +317,7 @@ class LaneBook:
                     error,
                     lease.path,
                 )
-                if lease.reread_from is None or start < lease.reread_from:
-                    lease.reread_from = start
+                self._read_again_from(lease, start)
             self._state.notify_all()
             remove = self._settle_over(lease)
         if remove:

@@ -40,7 +40,7 @@ import os
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -555,11 +555,13 @@ class Scheduler:
             return f"application {inst.app} has a task timeout, which only the server's path enforces"
         return None
 
-    def _take_lane_back(self, inst: Instance) -> list[LaneLease]:
+    def _take_lane_back(self, inst: Instance) -> Sequence[LaneLease]:
         """A call is about to be sent to ``inst``: the lane it is lent to (if any) closes when the instance
         receives it, and its log is complete once the instance has answered the call (not when the call
         failed here: a deadline passes while a lane's task still runs). The caller hands the lanes to
         :meth:`_lanes_heard` with the answer."""
+        if inst.lane is None and not inst.lanes_closing:
+            return _NO_LANES  # (every call to an instance asks: nothing built when it is lent to nobody)
         lanes = inst.lanes_closing
         if inst.lane is not None:
             lanes.append(inst.lane)
@@ -567,7 +569,7 @@ class Scheduler:
         inst.lanes_closing = []
         return lanes
 
-    def _lanes_heard(self, inst: Instance, lanes: list[LaneLease], answer: object) -> None:
+    def _lanes_heard(self, inst: Instance, lanes: Sequence[LaneLease], answer: object) -> None:
         """The call that took ``lanes`` back was answered (``answer``: its reply, or a FlameError)."""
         why = ""
         if isinstance(answer, FlameError):
@@ -1194,7 +1196,7 @@ class Scheduler:
         files = self.engine.store.payloads
         # (WithdrawTasks is answered by the instance's receiving thread at once, not after the lane's task:
         # it does not take a lane back, and the instance does not close one for it.)
-        lanes = self._take_lane_back(inst) if method != WITHDRAW_TASKS else []
+        lanes = self._take_lane_back(inst) if method != WITHDRAW_TASKS else _NO_LANES
 
         def answered(answer: bytes | FlameError) -> None:
             handle(then, inst, *args, answer if prepare is None else prepare(answer))
@@ -1874,6 +1876,10 @@ class Scheduler:
         if self.generic is not None:
             self.generic.close()
         self.supervisor.shutdown([i for i in instances if i.process is not None], timeout)
+
+
+_NO_LANES: tuple[LaneLease, ...] = ()
+"""What :meth:`Scheduler._take_lane_back` returns for an instance lent to nobody."""
 
 
 def _no_lane(session_id: str, why: str) -> FlameError:

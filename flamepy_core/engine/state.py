@@ -1388,13 +1388,6 @@ class Engine:
             return None
         return entry
 
-    def return_task_ids(self, session_id: str, end: int, used_end: int) -> None:
-        """A lane's ids from ``used_end`` to ``end`` were not used: taken back when no id was given after them."""
-        with self.lock:
-            entry = self._sessions.get(session_id)
-            if entry is not None and entry.next_id == end:
-                entry.next_id = used_end
-
     def record_lane_results(
         self,
         session_id: str,

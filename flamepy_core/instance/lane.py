@@ -102,26 +102,31 @@ class LaneDesk:
         """Bumped by every call from the server as it is received: a lane opened in an older one is closed."""
         self._open: _Lane | None = None
         """The lane granted last (closed once ``_epoch`` moved past its own)."""
+        self._granted = False
+        """A grant was ever received: until then no lane can be open, and a server call need not count."""
 
     # -- the receiving thread ---------------------------------------------------------------------------
 
     def server_call_received(self) -> None:
         """A call from the server arrived: the lane open now (if any) takes no task received after it."""
-        with self._lock:
-            self._epoch += 1
+        if self._granted:  # (every task of the server's path asks: one check for a process never lent)
+            with self._lock:
+                self._epoch += 1
 
     def server_call_runs(self) -> None:
         """A call from the server is about to run on the serving thread (received then, when the server's
         own transport hands it there): the lane is closed, and its log with it."""
-        with self._lock:
-            self._epoch += 1
-        if self._open is not None:
-            self.close_stale()
+        if self._granted:
+            with self._lock:
+                self._epoch += 1
+            if self._open is not None:
+                self.close_stale()
 
     def grant_received(self, data: bytes) -> LaneGrant:
         """A ``GrantLane`` arrived: it closes the lane open (as any call from the server does) and names the
         next one, opened when the serving thread reaches it (:meth:`open`)."""
         with self._lock:
+            self._granted = True
             self._epoch += 1
             epoch = self._epoch
         token, first, count, log_path = read_grant_lane(data)
@@ -218,10 +223,3 @@ class LaneDesk:
             if self._open is lane:
                 self._open = None
         lane.writer.close()
-
-    def close(self) -> None:
-        """The process stops: close the log (what it holds is kept)."""
-        with self._lock:
-            lane, self._open = self._open, None
-        if lane is not None:
-            lane.writer.close()

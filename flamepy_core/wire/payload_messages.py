@@ -38,6 +38,7 @@ __all__ = [
     "TaskCall",
     "create_task_request",
     "create_task_request_parts",
+    "lane_task",
     "lanes_offered",
     "read_create_task_request",
     "read_enter_result",
@@ -793,6 +794,19 @@ def lanes_offered(data: bytes) -> bool:
     numbers: dict[int, int] = {}
     _fields(bytes(data), numbers)
     return numbers.get(LANES_OFFERED) == 1
+
+
+def lane_task(token: bytes, task_id: int, task_input: bytes | None) -> bytes:
+    """``flamepy.ext.v1.LaneTask`` (bytes token = 1, uint64 task_id = 2, optional bytes input = 3), serialized
+    by hand: every task on a lane is, on its client's path (the input copied once, by the join)."""
+    parts: list[bytes] = []
+    if token:
+        _length_delimited(parts, 1, token)
+    if task_id:
+        _varint_field(parts, 2, task_id)
+    if task_input is not None:
+        _length_delimited(parts, 3, task_input)
+    return b"".join(parts)
 
 
 def read_lane_task(data: bytes) -> tuple[bytes, int, bytes | None]:
