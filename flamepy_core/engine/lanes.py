@@ -103,9 +103,13 @@ class LaneBook:
     other lock (a commit's callback, :meth:`_settled`, takes it on the store's thread).
     """
 
-    def __init__(self, engine: Engine, directory: Path) -> None:
+    def __init__(self, engine: Engine, directory: Path, *, lends: bool = True) -> None:
         self.engine = engine
         self.directory = private_dir(directory, "the lanes' directory")
+        self.lends = lends
+        """Whether lanes are lent at all. Not in ``strict`` durability, which fsyncs every result before its
+        client is told: a lane's log is only written (an fsync per task would cost what the lane saves). The
+        book still recovers the logs an earlier server in ``batched`` mode left."""
         self._reading = threading.Lock()
         self._state = threading.Condition(threading.Lock())
         self._leases: dict[str, list[LaneLease]] = {}

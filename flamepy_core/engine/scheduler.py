@@ -543,8 +543,8 @@ class Scheduler:
         return lease
 
     def _why_no_lane(self, inst: Instance | None, session_id: str) -> str | None:
-        if self.engine.lanes is None:
-            return "this server lends no lanes"
+        if self.engine.lanes is None or not self.engine.lanes.lends:
+            return "this server lends no lanes (it runs in strict durability, or without lanes)"
         if inst is None or not self._takes_now(inst, session_id):
             return "no idle instance"
         if not inst.lanes:

@@ -345,7 +345,9 @@ class FlameServer:
             raise store_damaged(self.db_path, str(exc)) from None
         self._store_sound = sound
         # Lanes (engine.lanes): what clients' lanes ran while this store was last open is recorded first.
-        self.lanes = self.engine.lanes = LaneBook(self.engine, Path(f"{self.db_path}{LANES_SUFFIX}"))
+        self.lanes = self.engine.lanes = LaneBook(
+            self.engine, Path(f"{self.db_path}{LANES_SUFFIX}"), lends=self.durability != "strict"
+        )
         self.lanes.recover()
         self.lanes.start()
         self.retention = Retention(self.store, self.settings.payload_retention)

@@ -10,19 +10,23 @@ off nothing may change. Real service processes on unix sockets, a real store, no
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import REVERSE_SERVICE, wait_for
 
 import flamepy
 from flamepy.testing import LocalRuntime
 from flamepy_core.client.connection import default_connection, reset_default_connection
 from flamepy_core.client.lane import LANES_ENV, Lane
+from flamepy_core.client.local import live_server, stop_server
 from flamepy_core.client.session import Session, TaskCancelledError, TaskFailedError
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.embedded import ensure_inprocess_server, stop_inprocess_server
@@ -485,3 +489,27 @@ def test_a_close_while_a_lane_task_runs_is_refused_and_the_task_finishes_once(
     assert Path(f"{gate}.started").read_text() == "ran\n", "the lane's task ran twice"
     other.close()
     assert flamepy.get_session(session.id).succeed == len(inputs)
+
+
+def test_a_server_in_strict_durability_lends_no_lane(flame_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Strict durability fsyncs every result before its client is told; a lane's log is only written, so such
+    # a server keeps every task on its own path (and recovers the logs a batched server left).
+    monkeypatch.delenv(LANES_ENV, raising=False)
+    argv = [sys.executable, "-m", "flamepy_core.engine", "--home", str(flame_env.home), "--durability", "strict"]
+    strict = subprocess.Popen(argv, env=flame_env.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: live_server(flame_env.home), 30, "the strict server to start")
+        flame_env.write_service("rev", REVERSE_SERVICE)
+        session = flamepy.create_session("rev")
+        for i in range(6):  # (a refused lane is asked for again after 1, 2, 4 calls through the server)
+            assert session.invoke(b"s%d" % i, timeout=WAIT) == (b"s%d" % i)[::-1]
+        assert _lane_of(session)._grant is None, "a server in strict durability lent a lane"
+        assert not list((flame_env.home / "flame.db-lanes").glob("*.lane")), "a lane log was written"
+        assert [t.state for t in _tasks(session)] == [TaskState.SUCCEED] * 6
+        session.close()
+    finally:
+        reset_default_connection()
+        stop_server(flame_env.home, timeout=20)
+        if strict.poll() is None:
+            strict.kill()
+        strict.wait(timeout=30)
