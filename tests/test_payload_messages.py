@@ -491,16 +491,25 @@ def test_a_task_context_with_more_than_the_server_writes_is_read_by_protobufs_ru
     token=st.binary(max_size=40),
     task_id=st.integers(0, 2**64 - 1),
     task_input=st.none() | st.binary(max_size=300),
+    input_size=st.none() | st.integers(0, 2**64 - 1),
+    output_file=st.booleans(),
 )
-def test_a_lane_task_reads_back_as_protobuf_wrote_it(token: bytes, task_id: int, task_input: bytes | None) -> None:
+def test_a_lane_task_reads_back_as_protobuf_wrote_it(
+    token: bytes, task_id: int, task_input: bytes | None, input_size: int | None, output_file: bool
+) -> None:
     # The service process reads LaneTask by hand (it starts without protobuf), and the client writes it by
     # hand: protobuf's bytes must read back the same, and the hand-written ones be protobuf's, an empty input
-    # kept apart from no input.
-    message = ext_pb2.LaneTask(token=token, task_id=task_id)
+    # kept apart from no input, an input size of 0 from none.
+    message = ext_pb2.LaneTask(token=token, task_id=task_id, output_file=output_file)
     if task_input is not None:
         message.input = task_input
-    assert read_lane_task(message.SerializeToString()) == (token, task_id, task_input)
-    assert lane_task(token, task_id, task_input) == message.SerializeToString()
+    if input_size is not None:
+        message.input_size = input_size
+    read = read_lane_task(message.SerializeToString())
+    assert read == (token, task_id, task_input, input_size, output_file)
+    assert (read.input, read.input_size, read.output_file) == (task_input, input_size, output_file)
+    written = lane_task(token, task_id, task_input, input_size=input_size, output_file=output_file)
+    assert written == message.SerializeToString()
 
 
 @given(

@@ -28,10 +28,12 @@ for it there; unknown to the server, it never began, and is sent through the ser
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from flamepy_core.addresses import this_machine
@@ -39,7 +41,9 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel
 from flamepy_core.model import Task
 from flamepy_core.plugins import get_registry
+from flamepy_core.wire.lane_log import FILE_BYTES, payload_path
 from flamepy_core.wire.methods import EXT
+from flamepy_core.wire.payload_handoff import read_payload_file, write_payload_file
 from flamepy_core.wire.payload_messages import RUN_LANE_TASK, lane_task, read_task_result
 from flamepy_core.wire.proto import ext_pb2
 
@@ -80,6 +84,30 @@ def lanes_wanted(env: Mapping[str, str] | None = None) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
+def _input_to_file(log_path: str, tid: int, input_data: bytes | None) -> int | None:
+    """Write a large input to its payload file beside the lane's log (the service process reads it there,
+    and the server takes the file as it is: ``flamepy_core.wire.lane_log``); its size, or None to send it in
+    the message (a small input, a server that names no log, a file that cannot be written)."""
+    if input_data is None or len(input_data) < FILE_BYTES or not log_path:
+        return None
+    path = payload_path(log_path, tid, "input")
+    try:
+        write_payload_file(Path(path), input_data, sync=False)
+    except OSError as exc:
+        log.debug("the input of lane task %s cannot be written to %s (%s): sent in the message", tid, path, exc)
+        return None
+    return len(input_data)
+
+
+_NOT_RUN = (FlameErrorCode.INVALID_STATE, FlameErrorCode.INVALID_ARGUMENT)
+"""A lane's refusals of a task it did not run (its input's file is then of no use)."""
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):  # (gone already, or the lane's folder with it: nothing to clean)
+        os.unlink(path)
+
+
 class Lane:
     """One session's lane from this client: lent by the server, used one task at a time, opened again when
     its ids are used up or the server took it back."""
@@ -114,15 +142,28 @@ class Lane:
         try:
             if not self._ready():
                 return NOT_TAKEN
-            assert self._grant is not None and self._channel is not None
+            grant, channel = self._grant, self._channel
+            assert grant is not None and channel is not None
             tid = self._next
             self._next += 1
-            request = lane_task(self._grant.token, tid, input_data)
+            input_size = _input_to_file(grant.log_path, tid, input_data)
+            request = lane_task(
+                grant.token,
+                tid,
+                input_data if input_size is None else None,
+                input_size=input_size,
+                output_file=bool(grant.log_path),
+            )
             try:
-                reply = self._channel.unary(RUN_LANE_TASK, request, timeout=timeout)
+                reply = channel.unary(RUN_LANE_TASK, request, timeout=timeout)
             except FlameError as exc:
+                if input_size is not None and exc.code in (
+                    FlameErrorCode.INVALID_STATE,
+                    FlameErrorCode.INVALID_ARGUMENT,
+                ):
+                    _remove(payload_path(grant.log_path, tid, "input"))  # (the task did not run)
                 return self._failed_call(tid, exc, timeout, input_data)
-            return self._outcome(tid, reply)
+            return self._outcome(tid, reply, grant.log_path)
         finally:
             if self._closing:
                 self._drop(close_channel=True)
@@ -231,10 +272,19 @@ class Lane:
             return NOT_TAKEN
         return task  # finished, or begun and run again by the server (the caller waits for it there)
 
-    def _outcome(self, tid: int, reply: bytes) -> LaneAnswer:
+    def _outcome(self, tid: int, reply: bytes, log_path: str) -> LaneAnswer | Task:
         self._answered = True
         self._unreachable = 0
-        code, output, message, _size = read_task_result(reply)
-        if code == 0:
+        code, output, message, size = read_task_result(reply)
+        if code != 0:
+            return LaneAnswer(tid, None, message or "")
+        if size is None:
             return LaneAnswer(tid, output)
-        return LaneAnswer(tid, None, message or "")
+        path = payload_path(log_path, tid, "output")
+        try:
+            return LaneAnswer(tid, read_payload_file(Path(path), size))
+        except (OSError, ValueError) as exc:
+            # The server may have recorded the task and removed the lane's files already (it took the
+            # instance back meanwhile): it has the output.
+            log.debug("the output of lane task %s is not in %s (%s): asked of the server", tid, path, exc)
+            return self._connection.get_task(self._session_id, str(tid))

@@ -487,6 +487,7 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
             first_task_id=lease.first,
             count=lease.end - lease.first,
             machine=this_machine(),
+            log_path=str(lease.path),
         )
 
     def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:

@@ -30,6 +30,8 @@ the store's ahead log before RunTask answers; both survive the crash of any proc
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import logging
 import os
 import threading
@@ -38,17 +40,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from flamepy_core.contracts.errors import FlameError
+from flamepy_core.engine.payload_files import PayloadFile
 from flamepy_core.privacy import private_dir
-from flamepy_core.wire.lane_log import ForeignLaneLog, IncompleteLaneLog, LaneResult, read_lane_log
+from flamepy_core.wire.lane_log import ForeignLaneLog, IncompleteLaneLog, LaneResult, payload_path, read_lane_log
+from flamepy_core.wire.payload_handoff import Mapped, map_payload_file
 from flamepy_core.wire.proto import types_pb2 as pb
 
 if TYPE_CHECKING:
     from flamepy_core.engine.state import Engine
 
-__all__ = ["LANE_IDS", "LaneBook", "LaneLease", "ending_when_heard"]
+__all__ = ["LANE_IDS", "LaneBook", "LaneLease", "LaneRecord", "ending_when_heard"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,18 @@ CATCH_UP_WAIT = 30.0
 """Seconds a read of a session waits at most for its lanes' tasks to be committed (a store that stalls)."""
 READ_EVERY = 0.1
 """Seconds between two reads of the open lanes' logs by the book's thread (the scheduler's tick)."""
+
+
+class LaneRecord(NamedTuple):
+    """A record of a lane's log as the server records it: the result, with the payload files its service
+    process wrote for it (:func:`flamepy_core.wire.lane_log.payload_path`) taken as the store's own
+    (:meth:`PayloadFiles.adopt`: pending until the row naming them is committed or given up)."""
+
+    result: LaneResult
+    input_file: PayloadFile | None = None
+    output_file: PayloadFile | None = None
+    output: Mapped | None = None
+    """The output: the record's bytes, or ``output_file`` mapped (what a watcher of the task is given)."""
 
 
 @dataclass(eq=False)
@@ -145,6 +161,7 @@ class LaneBook:
                     self.catch_up_all()
                     return
                 self.catch_up_all()
+                self.engine.store.payloads.drop_due()  # (the files adopted from the lanes leave the page cache)
             except Exception:  # a bug here must not stop the reads of the other lanes
                 log.exception("reading the lanes' logs failed")
 
@@ -237,7 +254,10 @@ class LaneBook:
                 else:
                     lease.running.discard(record.task_id)
         self.engine.record_lane_results(
-            lease.session_id, results, partial(self._settled, lease, start), partial(self._refused, lease, start)
+            lease.session_id,
+            self._adopt(lease.path, lease.session_id, results),
+            partial(self._settled, lease, start),
+            partial(self._refused, lease, start),
         )
         return len(results)
 
@@ -355,15 +375,65 @@ class LaneBook:
                 continue
             refused: list[FlameError] = []
             self.engine.record_lane_results(
-                header.session_id, fresh, partial(self._recovered, path, refused), refused.append
+                header.session_id,
+                self._adopt(path, header.session_id, fresh),
+                partial(self._recovered, path, refused),
+                refused.append,
             )
             recorded += len(fresh)
             ended = {r.task_id for r in results if not r.started}
             for tid in sorted({r.task_id for r in fresh if r.started} - ended):  # running when all stopped
                 self.engine.retry_task(header.session_id, str(tid), "the server restarted while it ran on a lane")
+        for payload in self.directory.glob(f"*{SUFFIX}.*"):  # (files of logs gone: a crash as they were removed)
+            if not payload.with_name(payload.name.split(f"{SUFFIX}.", 1)[0] + SUFFIX).exists():
+                _remove(payload)
         if recorded:
             log.info("recorded %d tasks from the lanes of the previous server", recorded)
         return recorded
+
+    def _adopt(self, log_path: Path, session_id: str, results: list[LaneResult]) -> list[LaneRecord]:
+        """The records to record, each with the payload files its service process wrote taken as the
+        store's (no copy: :meth:`PayloadFiles.adopt`). Without a lock held: a link is a system call.
+
+        A file that is gone or holds another size than its record says was removed or damaged outside
+        flamepy (the service process writes it whole before it appends the record): an input is then
+        recorded as absent, an output makes its task Failed with a message naming the file (either way
+        the server says so in its log)."""
+        records: list[LaneRecord] = []
+        files = self.engine.store.payloads
+        for result in results:
+            input_file = output_file = output = None
+            if result.input_size is not None:
+                source = payload_path(log_path, result.task_id, "input")
+                try:
+                    input_file = files.adopt(source, result.input_size)
+                except (OSError, ValueError) as exc:
+                    log.error(
+                        "the input of lane task %s of session %s cannot be taken from %s (%s): it is recorded "
+                        "without its input",
+                        result.task_id,
+                        session_id,
+                        source,
+                        exc,
+                    )
+            if result.output_size is not None:
+                source = payload_path(log_path, result.task_id, "output")
+                try:
+                    output_file = files.adopt(source, result.output_size)
+                    output = map_payload_file(files.path(output_file.name), output_file.size, populate=False)
+                except (OSError, ValueError) as exc:
+                    if output_file is not None:
+                        files.release(output_file.name)
+                        output_file = None
+                    why = (
+                        f"the service wrote the output of task {result.task_id} of session {session_id} to "
+                        f"{source}, but it cannot be taken ({exc}): the file was removed or damaged outside "
+                        f"flamepy. Run the task again"
+                    )
+                    log.error("%s", why)
+                    result = dataclasses.replace(result, succeeded=False, output_size=None, message=why)
+            records.append(LaneRecord(result, input_file, output_file, output))
+        return records
 
     def _not_stored(self, session_id: str, results: list[LaneResult]) -> list[LaneResult]:
         if not results:
@@ -408,9 +478,17 @@ def ending_when_heard(
 
 
 def _unlink(path: Path) -> None:
+    """Remove a lane's log, its payload files first (a crash in between leaves a log whose records the
+    store has: nothing asks for their files again)."""
+    for payload in path.parent.glob(f"{glob.escape(path.name)}.*"):
+        _remove(payload)
+    _remove(path)
+
+
+def _remove(path: Path) -> None:
     try:
         path.unlink()
     except FileNotFoundError:
         pass
     except OSError as exc:
-        log.warning("cannot remove the lane log %s: %s", path, exc)
+        log.warning("cannot remove %s of a lane: %s", path, exc)

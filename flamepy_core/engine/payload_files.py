@@ -138,6 +138,38 @@ class PayloadFiles:
         self.cached(name)
         return PayloadFile(name, len(data))
 
+    def adopt(self, source: str, size: int) -> PayloadFile:
+        """Take the finished file ``source`` of ``size`` bytes (a lane's payload file, written by a service
+        process beside its lane's log: :func:`flamepy_core.wire.lane_log.payload_path`) as a payload file,
+        ``pending`` until settled.
+
+        By a hard link: no byte is copied, and ``source`` keeps its name until its lane's log is removed, so
+        the server can take it again if the store refuses the row (:meth:`settled` with an error removes
+        the link only). Copied where no link can be made (another file system, one without hard links).
+        Raises OSError when ``source`` cannot be read, ValueError naming both sizes when it holds another
+        size.
+        """
+        found = os.stat(source).st_size
+        if found != size:
+            raise ValueError(f"it holds {found} bytes where {size} were written")
+        name = self.reserve(for_instance=True)
+        try:
+            try:
+                os.link(source, self.path(name))
+            except FileNotFoundError:
+                if not os.path.exists(source):
+                    raise
+                private_subdir(self.directory)  # (the folder was removed meanwhile: made 0700 again)
+                os.link(source, self.path(name))
+            except OSError as exc:  # (no hard link here: EXDEV, EPERM, EMLINK)
+                log.debug("cannot link %s into %s (%s): copied", source, self.directory, exc)
+                self._write(name, read_payload_file(Path(source), size))
+        except BaseException:
+            self.release(name)
+            raise
+        self.cached(name)  # (its writer started the writeback: its pages leave the cache a little later)
+        return PayloadFile(name, size)
+
     def reserve(self, *, for_instance: bool = False) -> str:
         """A new file name, ``pending`` until settled: for a file written here or by an instance.
 

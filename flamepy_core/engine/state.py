@@ -46,13 +46,12 @@ from flamepy_core import validation
 from flamepy_core.config import ENV_TASK_TIMEOUT, parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.instances import InstanceInfo
-from flamepy_core.engine.lanes import LaneBook, LaneLease
+from flamepy_core.engine.lanes import LaneBook, LaneLease, LaneRecord
 from flamepy_core.engine.payload_files import PayloadFile, PayloadFiles
 from flamepy_core.engine.store import OnDone, Op, QueuedWrite, Store, session_deletion
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.transport_kit import answering
-from flamepy_core.wire.lane_log import LaneResult
 from flamepy_core.wire.payload_handoff import Mapped
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -491,6 +490,11 @@ def _creation_ops(session_id: str, tid: int, state: int, data: bytes | None, sta
     if data is None or len(data) <= INLINE_PAYLOAD_BYTES:
         return [(_INSERT_TASK_WITH_INPUT, (session_id, tid, state, data, status))]
     return [(_INSERT_TASK, (session_id, tid, state, status)), _payload_row(session_id, tid, INPUT, data, None)]
+
+
+def _record_files(records: Sequence[LaneRecord]) -> list[PayloadFile | None]:
+    """The payload files adopted for lane records (to settle where they are not recorded)."""
+    return [file for record in records for file in (record.input_file, record.output_file)]
 
 
 def _payload_row(session_id: str, tid: int, kind: int, data: Mapped, file: PayloadFile | None) -> Op:
@@ -1340,9 +1344,11 @@ class Engine:
         waiter: OutputWaiter | None,
         on_created: Created,
         ts: int | None = None,
+        input_file: PayloadFile | None = None,
     ) -> pb.Task:
         """The warm lane's task ``tid``, recorded RUNNING (:meth:`start_warm`, with the lock held); a lane's
-        (:meth:`record_lane_results`) has no waiter and its own start time ``ts``."""
+        (:meth:`record_lane_results`) has no waiter and its own start time ``ts``, and a large input in the
+        payload file ``input_file`` (``data`` None) rather than in memory."""
         if ts is None:
             ts = now_ms()
         task = pb.Task()
@@ -1353,13 +1359,19 @@ class Engine:
         task.status.creation_time = ts
         task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
         _mark(task, RUNNING, None, ts)
-        ops = _creation_ops(entry.id, tid, int(RUNNING), data, task.status.SerializeToString())
+        status = task.status.SerializeToString()
+        if input_file is None:
+            ops = _creation_ops(entry.id, tid, int(RUNNING), data, status)
+        else:  # a large input lives in its file only (see SessionEntry.input_files)
+            ops = [(_INSERT_TASK, (entry.id, tid, int(RUNNING), status)), _file_row(entry.id, tid, INPUT, input_file)]
+            entry.input_files[tid] = input_file
         entry.tasks[tid] = task
         if waiter is not None:
             entry.waiters[tid] = [waiter]
         entry.message.status.running += 1
         withdraw = partial(self._withdraw_unacknowledged, entry, [task], on_created)
-        creation = self.store.enqueue(ops, withdraw, durable=False, lazy=True)
+        on_done = self.store.payloads.on_settled([input_file], withdraw)
+        creation = self.store.enqueue(ops, on_done, durable=False, lazy=True)
         if len(ops) == 1:  # the input in the task's row: the result may be written into it (_finalize)
             entry.creations[tid] = (creation, data)
         if entry.task_watches:  # (a call less per task where nobody watches one)
@@ -1391,7 +1403,7 @@ class Engine:
     def record_lane_results(
         self,
         session_id: str,
-        results: Sequence[LaneResult],
+        records: Sequence[LaneRecord],
         on_committed: Callable[[FlameError | None], None],
         on_refused: Callable[[FlameError], None],
     ) -> None:
@@ -1401,9 +1413,10 @@ class Engine:
         already final, cancelled meanwhile, keeps that). ``on_committed(None)`` once the results are
         committed, or ``on_committed(error)`` if the store refused them; ``on_refused(error)`` when it refused
         a start (the log must then be read again). A result also finalizes a task requeued meanwhile (a
-        server that restarted after it had the start and not the result): its client was told it.
+        server that restarted after it had the start and not the result): its client was told it. A record's
+        payload files (adopted, :class:`LaneRecord`) are named by its rows, or released where it is skipped.
         """
-        pending = len(results) + 1
+        pending = len(records) + 1
         refused: list[FlameError] = []
         gate = threading.Lock()
 
@@ -1425,27 +1438,34 @@ class Engine:
             if error is not None:  # (a start is not counted in ``pending``: its result is, or the lane's end)
                 on_refused(error)
 
+        files = self.store.payloads
         with self.lock:
             entry = self._sessions.get(session_id)
             if entry is None:
-                log.warning("%d lane tasks of session %s, which is gone, were dropped", len(results), session_id)
-                results = []
-            for lane_result in results:
+                log.warning("%d lane tasks of session %s, which is gone, were dropped", len(records), session_id)
+                files.settled(_record_files(records), "the session is gone")
+                records = []
+            for record in records:
                 assert entry is not None
+                lane_result = record.result
                 tid = lane_result.task_id
                 task = entry.tasks.get(tid)
                 if lane_result.started or task is None:
                     if task is not None:  # (recovery read it twice)
+                        files.settled(_record_files([record]), "recorded already")
                         one_done()
                         continue
                     if tid >= entry.next_id:
                         entry.next_id = tid + 1
                     made = start_created if lane_result.started else created
-                    task = self._record_warm(entry, tid, lane_result.input, None, made, ts=lane_result.start_ms)
+                    task = self._record_warm(
+                        entry, tid, lane_result.input, None, made, ts=lane_result.start_ms, input_file=record.input_file
+                    )
                     if lane_result.started:  # its result comes in a later record (or its instance's end)
                         one_done()
                         continue
                 elif task.status.state not in (RUNNING, PENDING) or tid in entry.finishing:
+                    files.settled(_record_files([record]), "the task is final already")
                     one_done()  # final already (cancelled while it ran): the result comes too late
                     continue
                 state = SUCCEED if lane_result.succeeded else FAILED
@@ -1454,8 +1474,9 @@ class Engine:
                     task,
                     state,
                     lane_result.message,
-                    lane_result.output,
+                    lane_result.output if record.output is None else record.output,
                     lambda: one_done(None),
+                    output_file=record.output_file,
                     ts=max(lane_result.end_ms, lane_result.start_ms),
                 )
         self.store.commit()

@@ -27,9 +27,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
-from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult
+from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult, payload_path
+from flamepy_core.wire.payload_handoff import read_payload_file
 from flamepy_core.wire.payload_messages import read_grant_lane, read_lane_task, result, task_result
 
 __all__ = ["LaneDesk", "LaneGrant"]
@@ -68,6 +70,10 @@ class LaneCall:
     task_id: int
     input: bytes | None
     lane: _Lane
+    input_size: int | None = None
+    """Set: the client wrote the input to its payload file beside the lane's log (``input`` is None)."""
+    output_file: bool = False
+    """The client reads a large output from its payload file (the answer names only its size)."""
 
 
 LOG_FAILED_EXIT = 75
@@ -135,19 +141,20 @@ class LaneDesk:
     def admit(self, data: bytes) -> LaneCall:
         """A ``RunLaneTask`` arrived: the call to run, or ``INVALID_STATE`` (it will not run)."""
         try:
-            token, tid, task_input = read_lane_task(data)
+            request = read_lane_task(data)
         except ValueError as exc:  # the client's bytes, not a bug of ours
             raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"a RunLaneTask request did not parse: {exc}") from None
+        tid = request.task_id
         with self._lock:
             lane = self._open
             if lane is None or lane.epoch != self._epoch:
                 raise _closed("the server took its instance back")
-            if token != lane.token:
+            if request.token != lane.token:
                 raise _closed("another lane's token")
             if not lane.next <= tid < lane.end:
                 raise _closed(f"task id {tid} is not one of the lane's next ids, {lane.next} to {lane.end - 1}")
             lane.next = tid + 1
-        return LaneCall(tid, task_input, lane)
+        return LaneCall(tid, request.input, lane, request.input_size, request.output_file)
 
     # -- the serving thread -----------------------------------------------------------------------------
 
@@ -195,16 +202,20 @@ class LaneDesk:
         """
         lane = call.lane
         start = _now_ms()
+        task_input = call.input if call.input_size is None else self._input_file(call)
         try:
-            lane.writer.append(LaneResult(call.task_id, start, start, False, call.input, None, None, started=True))
+            began = LaneResult(call.task_id, start, start, False, call.input, None, None, True, call.input_size)
+            lane.writer.append(began)
         except (OSError, ValueError) as exc:
             self._lose(lane)
             log.error("the lane's log could not take task %s: %s", call.task_id, exc)
             raise _closed(f"its log cannot be written: {exc}") from None
-        produced, failure = self._run_task(str(call.task_id), lane.session_id, call.input)
+        produced, failure = self._run_task(str(call.task_id), lane.session_id, task_input)
         output = None if produced is None else bytes(produced)
         try:
-            lane.writer.append(LaneResult(call.task_id, start, _now_ms(), failure is None, None, output, failure))
+            written = lane.writer.append(
+                LaneResult(call.task_id, start, _now_ms(), failure is None, None, output, failure)
+            )
         except (OSError, ValueError) as exc:
             log.critical(
                 "the lane's log could not take the result of task %s (%s): this service process stops, and the "
@@ -216,7 +227,23 @@ class LaneDesk:
             raise  # (where the process could not be stopped: the client gets the error)
         if failure is not None:
             return task_result(-1, message=failure)
+        if written.output_size is not None and call.output_file:  # (the client reads it from the file)
+            return task_result(0, output_size=written.output_size)
         return task_result(0, output)
+
+    @staticmethod
+    def _input_file(call: LaneCall) -> bytes:
+        """The input the client wrote to its payload file (``INVALID_ARGUMENT`` if it is not there whole: the
+        task does not run, and the client sends it through the server)."""
+        assert call.input_size is not None
+        path = payload_path(call.lane.writer.path, call.task_id, "input")
+        try:
+            return read_payload_file(Path(path), call.input_size)
+        except (OSError, ValueError) as exc:
+            raise FlameError(
+                FlameErrorCode.INVALID_ARGUMENT,
+                f"the input of lane task {call.task_id} is not in its file {path} ({exc}); the task did not run",
+            ) from None
 
     def _lose(self, lane: _Lane) -> None:
         with self._lock:

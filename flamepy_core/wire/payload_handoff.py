@@ -141,7 +141,7 @@ Mapped = bytes | mmap.mmap
 """A payload as :func:`map_payload_file` gives it: ``bytes``, or a read-only mapping of its file."""
 
 
-def map_payload_file(path: Path, size: int) -> Mapped:
+def map_payload_file(path: Path, size: int, *, populate: bool = True) -> Mapped:
     """The ``size`` bytes of the payload file ``path``, mapped read-only rather than read (``bytes`` where
     mapping is not possible: an empty file, a system without ``mmap``).
 
@@ -151,6 +151,9 @@ def map_payload_file(path: Path, size: int) -> Mapped:
     payload file is never written again once renamed into place, so the mapping's contents do not change;
     removing the file meanwhile leaves them readable. The mapping is released with its last reference.
     Raises OSError when it cannot be read, ValueError naming both sizes when it holds another size.
+
+    ``populate=False`` for a payload that may never be read (a lane's output, kept for a watcher that may
+    come): its pages are faulted in only if it is (mapping 16 MiB at once takes milliseconds).
     """
     with open(path, "rb", buffering=0) as fh:
         found = os.fstat(fh.fileno()).st_size
@@ -160,7 +163,7 @@ def map_payload_file(path: Path, size: int) -> Mapped:
             return b""
         try:
             # MAP_POPULATE (Linux): the cached pages are mapped at once rather than faulted in one by one.
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
             return mmap.mmap(fh.fileno(), size, flags=flags, prot=mmap.PROT_READ)
         except (OSError, ValueError, AttributeError):  # (no MAP_SHARED/PROT_READ: Windows)
             return read_payload_file(path, size)

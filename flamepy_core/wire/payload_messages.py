@@ -796,9 +796,12 @@ def lanes_offered(data: bytes) -> bool:
     return numbers.get(LANES_OFFERED) == 1
 
 
-def lane_task(token: bytes, task_id: int, task_input: bytes | None) -> bytes:
-    """``flamepy.ext.v1.LaneTask`` (bytes token = 1, uint64 task_id = 2, optional bytes input = 3), serialized
-    by hand: every task on a lane is, on its client's path (the input copied once, by the join)."""
+def lane_task(
+    token: bytes, task_id: int, task_input: bytes | None, *, input_size: int | None = None, output_file: bool = False
+) -> bytes:
+    """``flamepy.ext.v1.LaneTask`` (bytes token = 1, uint64 task_id = 2, optional bytes input = 3, optional
+    uint64 input_size = 4, bool output_file = 5), serialized by hand: every task on a lane is, on its
+    client's path (the input copied once, by the join)."""
     parts: list[bytes] = []
     if token:
         _length_delimited(parts, 1, token)
@@ -806,12 +809,31 @@ def lane_task(token: bytes, task_id: int, task_input: bytes | None) -> bytes:
         _varint_field(parts, 2, task_id)
     if task_input is not None:
         _length_delimited(parts, 3, task_input)
+    if input_size is not None:
+        parts += (_LANE_INPUT_SIZE_KEY, _varint(input_size))  # (present even when 0: the field is optional)
+    if output_file:
+        _varint_field(parts, 5, 1)
     return b"".join(parts)
 
 
-def read_lane_task(data: bytes) -> tuple[bytes, int, bytes | None]:
-    """``flamepy.ext.v1.LaneTask`` -> ``(token, task_id, input or None)``: read by hand, as on every lane
-    task's path, and without protobuf in a service process (it starts without it)."""
+_LANE_INPUT_SIZE_KEY = _varint(4 << 3)
+
+
+class LaneTaskRequest(NamedTuple):
+    """A ``flamepy.ext.v1.LaneTask`` as read (:func:`read_lane_task`)."""
+
+    token: bytes
+    task_id: int
+    input: bytes | None
+    input_size: int | None
+    """Set: the input is in its payload file beside the lane's log, this many bytes (``input`` is None)."""
+    output_file: bool
+    """The client reads a large output from its payload file."""
+
+
+def read_lane_task(data: bytes) -> LaneTaskRequest:
+    """``flamepy.ext.v1.LaneTask``, read by hand, as on every lane task's path, and without protobuf in a
+    service process (it starts without it)."""
     data = bytes(data)
     numbers: dict[int, int] = {}
     token = b""
@@ -821,7 +843,7 @@ def read_lane_task(data: bytes) -> tuple[bytes, int, bytes | None]:
             token = data[start:end]
         elif number == 3:
             task_input = data[start:end]
-    return token, numbers.get(2, 0), task_input
+    return LaneTaskRequest(token, numbers.get(2, 0), task_input, numbers.get(4), numbers.get(5, 0) == 1)
 
 
 def read_grant_lane(data: bytes) -> tuple[bytes, int, int, str]:

@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import os
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from hypothesis import strategies as st
 
 from flamepy_core.privacy import PRIVATE_FILE_MODE
 from flamepy_core.wire.lane_log import (
+    FILE_BYTES,
     FILE_MODE,
     MAGIC,
     ForeignLaneLog,
@@ -42,6 +44,7 @@ from flamepy_core.wire.lane_log import (
     LaneResult,
     decode_body,
     encode_result,
+    payload_path,
     read_lane_log,
 )
 
@@ -52,14 +55,19 @@ OS_WRITE = "flamepy_core.wire.lane_log.os.write"
 OS_FTRUNCATE = "flamepy_core.wire.lane_log.os.ftruncate"
 """Patched for a failing disk (the module's ``os`` is the process's: the fakes touch the writer's file only)."""
 
+payloads = st.one_of(
+    st.none().map(lambda _: (None, None)),
+    st.binary(max_size=300).map(lambda data: (data, None)),  # in the record
+    st.integers(0, (1 << 64) - 1).map(lambda size: (None, size)),  # in its file, named by its size
+)
 results = st.builds(
-    LaneResult,
+    lambda inp, out, **fields: LaneResult(input=inp[0], input_size=inp[1], output=out[0], output_size=out[1], **fields),
+    inp=payloads,
+    out=payloads,
     task_id=st.integers(0, (1 << 64) - 1),
     start_ms=st.integers(-(1 << 63), (1 << 63) - 1),
     end_ms=st.integers(-(1 << 63), (1 << 63) - 1),
     succeeded=st.booleans(),
-    input=st.none() | st.binary(max_size=300),
-    output=st.none() | st.binary(max_size=300),
     message=st.none() | st.text(max_size=100),
     started=st.booleans(),
 ).map(lambda r: dataclasses.replace(r, succeeded=False) if r.started else r)  # (a start has no outcome)
@@ -116,6 +124,29 @@ def test_a_record_is_exactly_the_documented_bytes() -> None:
     assert decode_body(body) == item
 
 
+def test_a_record_of_payloads_in_their_files_is_exactly_the_documented_bytes() -> None:
+    item = LaneResult(7, 1, 2, True, None, None, None, input_size=1 << 24, output_size=3)
+    body = (
+        (7).to_bytes(8, "little")
+        + (1).to_bytes(8, "little", signed=True)
+        + (2).to_bytes(8, "little", signed=True)
+        + b"\x00"  # succeeded
+        + b"\x18"  # input and output in their files
+        + (1 << 24).to_bytes(8, "little")  # the input's size, u64
+        + (3).to_bytes(8, "little")
+    )
+    assert encode_result(item) == len(body).to_bytes(4, "little") + zlib.crc32(body).to_bytes(4, "little") + body
+    assert decode_body(body) == item
+    assert payload_path("d/a.lane", 7, "input") == "d/a.lane.7.input"
+
+
+def test_a_payload_in_the_record_and_in_its_file_at_once_is_refused() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        encode_result(LaneResult(1, 2, 3, True, b"in", None, None, input_size=2))
+    with pytest.raises(ValueError, match="not both"):
+        encode_result(LaneResult(1, 2, 3, True, None, b"out", None, output_size=3))
+
+
 def test_a_new_log_starts_with_the_documented_header(tmp_path: Path) -> None:
     path = tmp_path / "lane"
     with LaneLogWriter(path, "séance", b"\x00\xfftok") as writer:
@@ -154,9 +185,10 @@ def test_a_body_no_writer_wrote_is_refused() -> None:
     body = encode_result(LaneResult(1, 2, 3, True, b"abc", None, None))[8:]
     fixed = struct.calcsize("<QqqBB")
     bad_state = body[: fixed - 2] + b"\x03" + body[fixed - 1 :]
-    bad_flags = body[: fixed - 1] + b"\x09" + body[fixed:]
+    both = body[: fixed - 1] + b"\x09" + body[fixed:]  # the input in the record and in its file
+    unknown = body[: fixed - 1] + b"\x21" + body[fixed:]
     bad_text = encode_result(LaneResult(1, 2, 3, True, None, None, "x"))[8:-1] + b"\xff"
-    for bad in (body + b"\x00", body[:-1], body[: fixed - 1], bad_state, bad_flags, bad_text, b""):
+    for bad in (body + b"\x00", body[:-1], body[: fixed - 1], bad_state, both, unknown, bad_text, b""):
         with pytest.raises(ValueError):
             decode_body(bad)
 
@@ -266,6 +298,37 @@ def test_a_sound_checksum_over_a_body_no_writer_wrote_stops_the_read(tmp_path: P
 
 
 # -- failed appends --------------------------------------------------------------------------------------
+
+
+def test_a_large_payload_goes_to_its_file_whole_before_its_record(tmp_path: Path, open_umask: None) -> None:
+    path = tmp_path / "lane"
+    large, small = os.urandom(FILE_BYTES), b"s" * (FILE_BYTES - 1)
+    with LaneLogWriter(path, SESSION, TOKEN) as writer:
+        began = writer.append(LaneResult(5, 1, 1, False, large, None, None, started=True))
+        ended = writer.append(LaneResult(5, 1, 2, True, None, large[::-1], None))
+        inline = writer.append(LaneResult(6, 3, 4, True, small, small, None))
+    assert (began.input, began.input_size) == (None, FILE_BYTES)
+    assert (ended.output, ended.output_size) == (None, FILE_BYTES)
+    assert inline == LaneResult(6, 3, 4, True, small, small, None), "under FILE_BYTES stays in the record"
+    assert read_lane_log(path)[1] == [began, ended, inline]
+    assert Path(payload_path(path, 5, "input")).read_bytes() == large
+    assert Path(payload_path(path, 5, "output")).read_bytes() == large[::-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lane", "lane.5.input", "lane.5.output"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {PRIVATE_FILE_MODE}
+
+
+def test_a_payload_file_that_cannot_be_written_appends_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "lane"
+    writer = LaneLogWriter(path, SESSION, TOKEN)
+    before = writer.size
+    Path(payload_path(path, 9, "input") + ".part").mkdir()  # (its file cannot be created)
+    with pytest.raises(OSError):
+        writer.append(LaneResult(9, 1, 1, False, b"x" * FILE_BYTES, None, None, started=True))
+    assert path.stat().st_size == writer.size == before
+    assert not Path(payload_path(path, 9, "input")).exists()
+    writer.append(result(10))
+    writer.close()
+    assert [item.task_id for item in read_lane_log(path)[1]] == [10]
 
 
 @pytest.mark.parametrize("failure", ["short", "error"])

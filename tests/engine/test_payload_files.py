@@ -436,3 +436,49 @@ def test_a_file_written_here_has_its_writeback_started_at_the_next_drop_due(
     assert started == ([] if sync else [spilled.name])
     files.drop_due()
     assert started == ([] if sync else [spilled.name]), "started twice"
+
+
+def _lane_file(folder: Path, data: bytes) -> Path:
+    source = folder / "x.lane.1.output"
+    source.write_bytes(data)
+    return source
+
+
+def test_an_adopted_file_is_the_same_file_linked_and_pending_until_settled(folder: Path) -> None:
+    files = PayloadFiles(folder / "payloads", sync=False)
+    data = os.urandom(1000)
+    source = _lane_file(folder, data)
+    taken = files.adopt(str(source), len(data))
+    path = files.path(taken.name)
+    assert taken.size == len(data) and path.read_bytes() == data
+    assert path.stat().st_ino == source.stat().st_ino and source.stat().st_nlink == 2, "not a hard link"
+    assert files.remove_orphans(set) == 0, "an adopted file whose row is not committed is no orphan"
+    files.settled([taken], "refused")  # the store refused its row: the link goes, the lane's name stays
+    assert not path.exists() and source.read_bytes() == data
+    again = files.adopt(str(source), len(data))  # taken again once it writes
+    files.settled([again], None)
+    source.unlink()  # (the lane's log and its files go once all is committed)
+    assert files.path(again.name).read_bytes() == data and files.path(again.name).stat().st_nlink == 1
+
+
+def test_a_file_of_another_size_or_gone_is_not_adopted_and_reserves_nothing(folder: Path) -> None:
+    files = PayloadFiles(folder / "payloads", sync=False)
+    source = _lane_file(folder, b"abc")
+    with pytest.raises(ValueError, match="holds 3 bytes where 4 were written"):
+        files.adopt(str(source), 4)
+    with pytest.raises(FileNotFoundError):
+        files.adopt(str(folder / "gone"), 3)
+    assert files._pending == set() and files_in(folder) == set()
+
+
+def test_a_file_on_another_file_system_is_copied(folder: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == folder.stat().st_dev:
+        pytest.skip("no tmpfs on another device than the test's folder")
+    files = PayloadFiles(folder / "payloads", sync=False)
+    data = os.urandom(5000)
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        source = _lane_file(Path(other), data)
+        taken = files.adopt(str(source), len(data))  # os.link: EXDEV
+        assert files.path(taken.name).read_bytes() == data
+        assert source.stat().st_nlink == 1 and stat.S_IMODE(files.path(taken.name).stat().st_mode) == 0o600

@@ -10,6 +10,7 @@ off nothing may change. Real service processes on unix sockets, a real store, no
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from conftest import REVERSE_SERVICE, wait_for
 
 import flamepy
 from flamepy.testing import LocalRuntime
+from flamepy_core.client import lane as lane_module
 from flamepy_core.client.connection import default_connection, reset_default_connection
 from flamepy_core.client.lane import LANES_ENV, Lane
 from flamepy_core.client.local import live_server, stop_server
@@ -32,7 +34,7 @@ from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine.embedded import ensure_inprocess_server, stop_inprocess_server
 from flamepy_core.engine.scheduler import State
 from flamepy_core.model import Task, TaskState
-from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult
+from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult, payload_path
 from flamepy_core.wire.proto import types_pb2 as pb
 
 WAIT = 60.0
@@ -513,3 +515,95 @@ def test_a_server_in_strict_durability_lends_no_lane(flame_env: Any, monkeypatch
         if strict.poll() is None:
             strict.kill()
         strict.wait(timeout=30)
+
+
+MIB = 1 << 20
+
+
+def _payload_files(rt: LocalRuntime) -> dict[str, os.stat_result]:
+    folder = rt.home / "payloads"
+    return {p.name: p.stat() for p in folder.iterdir()} if folder.exists() else {}
+
+
+def _lane_payload_files(rt: LocalRuntime) -> list[str]:
+    return sorted(p.name.split(".lane.", 1)[1] for p in Path(f"{rt.server.db_path}-lanes").glob("*.lane.*"))
+
+
+def test_large_payloads_on_a_lane_travel_as_files_that_the_server_takes_without_a_copy(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A large input is written by the client beside the lane's log, and a large output by the service
+    # process: the messages carry their sizes, and the server links the very files into its payloads.
+    scheduler = runtime.server.scheduler
+    session = _warm_session(runtime, monkeypatch)
+    before = scheduler.warm_runs
+    large = os.urandom(2 * MIB)
+    assert session.invoke(large, timeout=WAIT) == large[::-1]
+    assert session.invoke(b"small", timeout=WAIT) == b"llams"
+    assert scheduler.warm_runs == before, "the large invoke went through the server"
+    lane = _lane_of(session)
+    tid = lane._next - 2
+    assert _lane_payload_files(runtime) == [f"{tid}.input", f"{tid}.output"], "not beside the lane's log"
+
+    task = session.get_task(str(tid))
+    assert (task.state, task.input, task.output) == (TaskState.SUCCEED, large, large[::-1])
+    wait_for(lambda: len(_payload_files(runtime)) == 2, WAIT, "the lane's files taken as payload files")
+    taken = _payload_files(runtime)
+    assert sorted(f.st_size for f in taken.values()) == [2 * MIB, 2 * MIB]
+    assert {f.st_nlink for f in taken.values()} == {2}, "the server copied a lane's file instead of linking it"
+
+    session.close()  # the lane ends: its log and files go, the store's links stay
+    wait_for(lambda: not _lane_payload_files(runtime) and not _lane_logs(runtime), WAIT, "the lane's files removed")
+    assert {f.st_nlink for f in _payload_files(runtime).values()} == {1}
+    stored = {t.id: (t.input, t.output) for t in flamepy.get_session(session.id).list_tasks()}
+    assert stored[str(tid)] == (large, large[::-1]) and stored[str(tid + 1)] == (b"small", b"llams")
+
+
+def test_a_lane_output_whose_file_is_gone_before_its_client_reads_it_is_asked_of_the_server(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server may have taken the instance back, recorded the task and removed the lane's files between
+    # the answer and the client's read of the output's file (a race): the server has the output.
+    session = _warm_session(runtime, monkeypatch)
+    large = os.urandom(MIB)
+    real = lane_module.read_payload_file
+
+    def gone_once(path: Path, size: int) -> bytes:
+        monkeypatch.setattr(lane_module, "read_payload_file", real)
+        runtime.server.lanes.catch_up(session.id)  # the server records the task (its own link to the file)
+        Path(path).unlink()  # and the lane's name goes, as when its log is removed
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr(lane_module, "read_payload_file", gone_once)
+    assert session.invoke(large, timeout=WAIT) == large[::-1]
+    assert lane_module.read_payload_file is real, "the output was not read from its file"
+    session.close()
+
+
+def test_a_lane_log_with_payload_files_left_by_a_stopped_server_is_recorded_at_the_next_start(
+    runtime: LocalRuntime,
+) -> None:
+    session = flamepy.create_session("rev")
+    assert session.invoke(b"stored", timeout=WAIT) == b"derots"
+    sid = session.id
+    lanes = Path(f"{runtime.server.db_path}-lanes")
+    assert stop_inprocess_server(runtime.endpoint)
+
+    path = lanes / "i1-00000000000b.lane"
+    now = time.time_ns() // 1_000_000
+    large = os.urandom(MIB)
+    with LaneLogWriter(str(path), sid, b"t" * 16) as writer:
+        writer.append(LaneResult(2, now, now, False, large, None, None, started=True))
+        writer.append(LaneResult(2, now, now + 1, True, None, large[::-1], None))
+        writer.append(LaneResult(3, now + 2, now + 2, False, b"three", None, None, started=True))
+        writer.append(LaneResult(3, now + 2, now + 3, True, None, b"x" * MIB, None))
+    Path(payload_path(path, 3, "output")).unlink()  # removed outside flamepy: its task cannot be Succeed
+
+    reset_default_connection()
+    runtime.server = ensure_inprocess_server(runtime.endpoint, runtime.home, instance_mode="process")
+    tasks = {t.id: t for t in flamepy.get_session(sid).list_tasks()}
+    assert (tasks["2"].state, tasks["2"].input, tasks["2"].output) == (TaskState.SUCCEED, large, large[::-1])
+    assert tasks["3"].state == TaskState.FAILED and tasks["3"].output is None
+    assert payload_path(path, 3, "output") in _message(sid, "3").status.events[-1].message
+    wait_for(lambda: not path.exists() and not list(lanes.glob("*.lane.*")), WAIT, "the recorded log removed")
+    assert sorted(f.st_size for f in _payload_files(runtime).values()) == [MIB, MIB]

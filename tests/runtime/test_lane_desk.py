@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.instance.lane import LaneDesk
-from flamepy_core.wire.lane_log import read_lane_log
+from flamepy_core.wire.lane_log import FILE_BYTES, payload_path, read_lane_log
 from flamepy_core.wire.payload_messages import read_enter_result, read_task_result
 from flamepy_core.wire.proto import ext_pb2
 
@@ -93,6 +93,33 @@ def test_a_task_runs_and_is_in_the_log_before_its_answer(desk: LaneDesk, service
     last = read_lane_log(str(log))[1][-1]
     assert (last.task_id, last.succeeded, last.output, last.message) == (11, False, None, "ValueError: fail")
     assert service.ran == ["10", "11"]
+
+
+def test_large_payloads_travel_in_their_files_and_a_missing_input_file_refuses_the_task(
+    desk: LaneDesk, service: Service, tmp_path: Path
+) -> None:
+    log = tmp_path / "a.lane"
+    opened(desk, b"T", 1, 5, log)
+    large = os.urandom(FILE_BYTES)
+    Path(payload_path(log, 1, "input")).write_bytes(large)  # as the client writes it
+    request = ext_pb2.LaneTask(token=b"T", task_id=1, input_size=len(large), output_file=True)
+    answer = desk.run(desk.admit(request.SerializeToString()))
+    assert read_task_result(answer) == (0, None, None, FILE_BYTES), "the output was not named by its size"
+    assert Path(payload_path(log, 1, "output")).read_bytes() == large[::-1]
+    began, ended = read_lane_log(str(log))[1]
+    assert (began.input, began.input_size, ended.output, ended.output_size) == (None, FILE_BYTES, None, FILE_BYTES)
+    # A client that does not read files gets the output in the answer (and the log names its file).
+    inline = desk.run(desk.admit(ext_pb2.LaneTask(token=b"T", task_id=2, input=large).SerializeToString()))
+    assert read_task_result(inline)[:2] == (0, large[::-1])
+    # An input file that is not there whole: the task does not run, and nothing is logged for it.
+    Path(payload_path(log, 3, "input")).write_bytes(b"short")
+    for tid in (3, 4):
+        missing = ext_pb2.LaneTask(token=b"T", task_id=tid, input_size=len(large)).SerializeToString()
+        with pytest.raises(FlameError) as caught:
+            desk.run(desk.admit(missing))
+        assert caught.value.code == FlameErrorCode.INVALID_ARGUMENT and "did not run" in caught.value.message
+    assert service.ran == ["1", "2"]
+    assert [r.task_id for r in read_lane_log(str(log))[1]] == [1, 1, 2, 2]
 
 
 def test_a_task_with_another_token_or_id_is_refused_and_does_not_run(

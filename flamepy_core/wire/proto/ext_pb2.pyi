@@ -147,18 +147,20 @@ class OpenLaneRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class Lane(_message.Message):
-    __slots__ = ("endpoint", "token", "first_task_id", "count", "machine")
+    __slots__ = ("endpoint", "token", "first_task_id", "count", "machine", "log_path")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     FIRST_TASK_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MACHINE_FIELD_NUMBER: _ClassVar[int]
+    LOG_PATH_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     token: bytes
     first_task_id: int
     count: int
     machine: str
-    def __init__(self, endpoint: _Optional[str] = ..., token: _Optional[bytes] = ..., first_task_id: _Optional[int] = ..., count: _Optional[int] = ..., machine: _Optional[str] = ...) -> None: ...
+    log_path: str
+    def __init__(self, endpoint: _Optional[str] = ..., token: _Optional[bytes] = ..., first_task_id: _Optional[int] = ..., count: _Optional[int] = ..., machine: _Optional[str] = ..., log_path: _Optional[str] = ...) -> None: ...
 
 class TaskBatch(_message.Message):
     __slots__ = ("tasks",)
@@ -189,11 +191,15 @@ class GrantLaneRequest(_message.Message):
     def __init__(self, token: _Optional[bytes] = ..., first_task_id: _Optional[int] = ..., count: _Optional[int] = ..., log_path: _Optional[str] = ...) -> None: ...
 
 class LaneTask(_message.Message):
-    __slots__ = ("token", "task_id", "input")
+    __slots__ = ("token", "task_id", "input", "input_size", "output_file")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FILE_FIELD_NUMBER: _ClassVar[int]
     token: bytes
     task_id: int
     input: bytes
-    def __init__(self, token: _Optional[bytes] = ..., task_id: _Optional[int] = ..., input: _Optional[bytes] = ...) -> None: ...
+    input_size: int
+    output_file: bool
+    def __init__(self, token: _Optional[bytes] = ..., task_id: _Optional[int] = ..., input: _Optional[bytes] = ..., input_size: _Optional[int] = ..., output_file: _Optional[bool] = ...) -> None: ...
