@@ -29,14 +29,18 @@ output is)``, then, for each field present, in the order input, output, message,
 (the message is UTF-8 text); an input or output in its payload file is a ``u64`` size instead. All
 integers are little-endian. Reading a record runs nothing: its fields are data only.
 
-Payload files. An input or output of ``FILE_BYTES`` or more is not copied into the record: it is written
-to a file of its own beside the log (:func:`payload_path`: the log's name, the task id, ``input`` or
-``output``), whole, under its final name (written to ``<name>.part`` and renamed), *before* its record is
-appended, so a record never names a file that is not there. Why: the record's checksum and the server's
-read of the log would each go over the payload again, and the server adopts the file as its own payload
-file by a hard link (``flamepy_core.engine.payload_files``) where it would otherwise copy the bytes into
-one: measured on a 2-core machine, a 16 MiB invoke on a lane took 1.0-1.1x the raw two-hop floor this way.
-The checksum covers the size, not the file; the file's size is checked when it is taken.
+Payload files. An input or output of ``FILE_BYTES`` or more is not copied into the record: it is in a
+file of its own beside the log (:func:`payload_path`: the log's name, the task id, ``input`` or
+``output``), written whole under its final name (to ``<name>.part``, then renamed) *before* its record is
+appended, so a record never names a file that is not there. The lane's client writes a large input's file
+itself and sends only its size (``LaneTask.input_size``), and reads a large output from its file (the
+answer names its size); :meth:`LaneLogWriter.append` writes the file of a large payload it is given as
+bytes. So a 16 MiB input crosses no socket and is copied into no message, and the server takes the very
+file as its own payload file by a hard link (``flamepy_core.engine.payload_files``), where it would
+otherwise read the bytes from the log and write them out again. Measured on a 2-core machine, a 16 MiB
+invoke each way on a lane took about the raw two-hop floor's time this way (docs/benchmarks.md), against
+1.5-1.6x through the server. The checksum covers the size, not the file; the file's size is checked when
+it is taken.
 
 Recovery. Reading stops at the first record that is not whole (a writer may be in the middle of it, or
 was cut short by a full disk or a machine that stopped mid-write) or whose checksum fails: what follows
