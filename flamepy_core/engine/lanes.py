@@ -68,6 +68,10 @@ CATCH_UP_WAIT = 30.0
 """Seconds a read of a session waits at most for its lanes' tasks to be committed (a store that stalls)."""
 READ_EVERY = 0.1
 """Seconds between two reads of the open lanes' logs by the book's thread (the scheduler's tick)."""
+FILE_GRACE = 1.0
+"""Seconds a lane's payload file keeps its name beside the log once the server's own link to it is
+committed: the lane's client reads an output there right after its answer (one that finds it gone asks the
+server). Then the name goes, so that a long-lived lane holds no payload the retention purged."""
 
 
 class LaneRecord(NamedTuple):
@@ -131,6 +135,9 @@ class LaneBook:
         self._leases: dict[str, list[LaneLease]] = {}
         self._ended: list[LaneLease] = []
         """Lanes over whose logs the thread has to finish."""
+        self._expiring: list[tuple[float, list[str]]] = []
+        """Lane payload files whose server link is committed, and when (``time.monotonic``) their lane's name
+        goes (``FILE_GRACE``): a few entries (the reads of the last second), looked at whole."""
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -161,6 +168,7 @@ class LaneBook:
                     self.catch_up_all()
                     return
                 self.catch_up_all()
+                self._remove_expired()
                 self.engine.store.payloads.drop_due()  # (the files adopted from the lanes leave the page cache)
             except Exception:  # a bug here must not stop the reads of the other lanes
                 log.exception("reading the lanes' logs failed")
@@ -253,11 +261,15 @@ class LaneBook:
                     lease.running.add(record.task_id)
                 else:
                     lease.running.discard(record.task_id)
+        records = self._adopt(lease.path, lease.session_id, results)
+        taken = [
+            payload_path(lease.path, record.result.task_id, field)
+            for record in records
+            for field, file in (("input", record.input_file), ("output", record.output_file))
+            if file is not None
+        ]
         self.engine.record_lane_results(
-            lease.session_id,
-            self._adopt(lease.path, lease.session_id, results),
-            partial(self._settled, lease, start),
-            partial(self._refused, lease, start),
+            lease.session_id, records, partial(self._settled, lease, start, taken), partial(self._refused, lease, start)
         )
         return len(results)
 
@@ -330,8 +342,21 @@ class LaneBook:
             self._read_again_from(lease, start)
         log.warning("a lane task's start was not stored (%s): %s is read again once it writes", error, lease.path)
 
-    def _settled(self, lease: LaneLease, start: int, error: FlameError | None) -> None:
+    def _remove_expired(self) -> None:
+        """Remove the lane names of the payload files whose ``FILE_GRACE`` passed (the server's links stay)."""
+        if not self._expiring:  # (read without the lock: one appended meanwhile is seen next time)
+            return
+        now = time.monotonic()
         with self._state:
+            due = [name for when, names in self._expiring if when <= now for name in names]
+            self._expiring = [(when, names) for when, names in self._expiring if when > now]
+        for name in due:
+            _remove(Path(name))
+
+    def _settled(self, lease: LaneLease, start: int, taken: list[str], error: FlameError | None) -> None:
+        with self._state:
+            if error is None and taken:  # (refused: kept, for the read again)
+                self._expiring.append((time.monotonic() + FILE_GRACE, taken))
             lease.unsettled -= 1
             if error is not None:  # read again from there once the store writes (what it has, skipped)
                 log.warning(

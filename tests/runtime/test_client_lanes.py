@@ -31,6 +31,7 @@ from flamepy_core.client.lane import LANES_ENV, Lane
 from flamepy_core.client.local import live_server, stop_server
 from flamepy_core.client.session import Session, TaskCancelledError, TaskFailedError
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
+from flamepy_core.engine import lanes as lanes_module
 from flamepy_core.engine.embedded import ensure_inprocess_server, stop_inprocess_server
 from flamepy_core.engine.scheduler import State
 from flamepy_core.model import Task, TaskState
@@ -535,6 +536,7 @@ def test_large_payloads_on_a_lane_travel_as_files_that_the_server_takes_without_
     # A large input is written by the client beside the lane's log, and a large output by the service
     # process: the messages carry their sizes, and the server links the very files into its payloads.
     scheduler = runtime.server.scheduler
+    monkeypatch.setattr(lanes_module, "FILE_GRACE", 3600.0)  # (the lane's names kept, to be looked at)
     session = _warm_session(runtime, monkeypatch)
     before = scheduler.warm_runs
     large = os.urandom(2 * MIB)
@@ -552,11 +554,21 @@ def test_large_payloads_on_a_lane_travel_as_files_that_the_server_takes_without_
     assert sorted(f.st_size for f in taken.values()) == [2 * MIB, 2 * MIB]
     assert {f.st_nlink for f in taken.values()} == {2}, "the server copied a lane's file instead of linking it"
 
+    # A lane held long keeps no payload file past FILE_GRACE after the server's link is committed: the
+    # retention's purge of a payload must free its space while the lane goes on.
+    monkeypatch.setattr(lanes_module, "FILE_GRACE", 0.0)
+    other = os.urandom(MIB)
+    assert session.invoke(other, timeout=WAIT) == other[::-1]
+    wait_for(lambda: _lane_payload_files(runtime) == [f"{tid}.input", f"{tid}.output"], WAIT, "its names to go")
+    assert lane._grant is not None and _lane_logs(runtime), "the lane ended"
+    assert sorted(f.st_nlink for f in _payload_files(runtime).values()) == [1, 1, 2, 2]
+
     session.close()  # the lane ends: its log and files go, the store's links stay
     wait_for(lambda: not _lane_payload_files(runtime) and not _lane_logs(runtime), WAIT, "the lane's files removed")
     assert {f.st_nlink for f in _payload_files(runtime).values()} == {1}
     stored = {t.id: (t.input, t.output) for t in flamepy.get_session(session.id).list_tasks()}
     assert stored[str(tid)] == (large, large[::-1]) and stored[str(tid + 1)] == (b"small", b"llams")
+    assert stored[str(tid + 2)] == (other, other[::-1])
 
 
 def test_a_lane_output_whose_file_is_gone_before_its_client_reads_it_is_asked_of_the_server(
