@@ -157,11 +157,8 @@ class Lane:
             try:
                 reply = channel.unary(RUN_LANE_TASK, request, timeout=timeout)
             except FlameError as exc:
-                if input_size is not None and exc.code in (
-                    FlameErrorCode.INVALID_STATE,
-                    FlameErrorCode.INVALID_ARGUMENT,
-                ):
-                    _remove(payload_path(grant.log_path, tid, "input"))  # (the task did not run)
+                if input_size is not None and exc.code in _NOT_RUN:
+                    _remove(payload_path(grant.log_path, tid, "input"))
                 return self._failed_call(tid, exc, timeout, input_data)
             return self._outcome(tid, reply, grant.log_path)
         finally:

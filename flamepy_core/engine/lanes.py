@@ -417,11 +417,12 @@ class LaneBook:
         return recorded
 
     def _adopt(self, log_path: Path, session_id: str, results: list[LaneResult]) -> list[LaneRecord]:
-        """The records to record, each with the payload files its service process wrote taken as the
-        store's (no copy: :meth:`PayloadFiles.adopt`). Without a lock held: a link is a system call.
+        """The records to record, each with its payload files beside the log (a large input its client
+        wrote, a large output its service process wrote) taken as the store's (no copy:
+        :meth:`PayloadFiles.adopt`). Without a lock held: a link is a system call.
 
         A file that is gone or holds another size than its record says was removed or damaged outside
-        flamepy (the service process writes it whole before it appends the record): an input is then
+        flamepy (each is written whole before the record naming it is appended): an input is then
         recorded as absent, an output makes its task Failed with a message naming the file (either way
         the server says so in its log)."""
         records: list[LaneRecord] = []

@@ -139,15 +139,15 @@ class PayloadFiles:
         return PayloadFile(name, len(data))
 
     def adopt(self, source: str, size: int) -> PayloadFile:
-        """Take the finished file ``source`` of ``size`` bytes (a lane's payload file, written by a service
-        process beside its lane's log: :func:`flamepy_core.wire.lane_log.payload_path`) as a payload file,
-        ``pending`` until settled.
+        """Take the finished file ``source`` of ``size`` bytes (a lane's payload file, written beside its
+        lane's log by the lane's client or service process: :func:`flamepy_core.wire.lane_log.payload_path`)
+        as a payload file, ``pending`` until settled.
 
-        By a hard link: no byte is copied, and ``source`` keeps its name until its lane's log is removed, so
-        the server can take it again if the store refuses the row (:meth:`settled` with an error removes
-        the link only). Copied where no link can be made (another file system, one without hard links).
-        Raises OSError when ``source`` cannot be read, ValueError naming both sizes when it holds another
-        size.
+        By a hard link: no byte is copied, and ``source`` keeps its own name until the lane lets it go
+        (``engine.lanes``), so the server can take it again if the store refuses the row (:meth:`settled`
+        with an error removes the link only). Copied where no link can be made (another file system, one
+        without hard links). Raises OSError when ``source`` cannot be read, ValueError naming both sizes
+        when it holds another size.
         """
         found = os.stat(source).st_size
         if found != size:
