@@ -84,10 +84,19 @@ def lanes_wanted(env: Mapping[str, str] | None = None) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
+def _files_beside(log_path: str) -> str:
+    """``log_path`` when this process may write and read files beside the lane's log (the server's user:
+    its folder is private to it), else "" (large payloads then travel in the lane's messages)."""
+    if not log_path or not os.access(os.path.dirname(log_path), os.R_OK | os.W_OK | os.X_OK):
+        return ""
+    return log_path
+
+
 def _input_to_file(log_path: str, tid: int, input_data: bytes | None) -> int | None:
     """Write a large input to its payload file beside the lane's log (the service process reads it there,
     and the server takes the file as it is: ``flamepy_core.wire.lane_log``); its size, or None to send it in
-    the message (a small input, a server that names no log, a file that cannot be written)."""
+    the message (a small input, no files beside the log: :func:`_files_beside`, a file that cannot be
+    written)."""
     if input_data is None or len(input_data) < FILE_BYTES or not log_path:
         return None
     path = payload_path(log_path, tid, "input")
@@ -132,6 +141,8 @@ class Lane:
         """The lane granted last has answered a task (its endpoint is reachable from here)."""
         self._unreachable = 0
         """Lanes in a row whose endpoint did not answer: after ``UNREACHABLE_LIMIT``, lanes are not asked for."""
+        self._files = ""
+        """The lane's log, beside which large payloads travel as files; empty: in the messages."""
 
     def invoke(self, input_data: bytes | None, timeout: float | None) -> LaneAnswer | Task | None:
         """Run one task on the lane: its answer; the task as the server has it (a lane that broke while the
@@ -146,21 +157,22 @@ class Lane:
             assert grant is not None and channel is not None
             tid = self._next
             self._next += 1
-            input_size = _input_to_file(grant.log_path, tid, input_data)
+            files = self._files
+            input_size = _input_to_file(files, tid, input_data)
             request = lane_task(
                 grant.token,
                 tid,
                 input_data if input_size is None else None,
                 input_size=input_size,
-                output_file=bool(grant.log_path),
+                output_file=bool(files),
             )
             try:
                 reply = channel.unary(RUN_LANE_TASK, request, timeout=timeout)
             except FlameError as exc:
                 if input_size is not None and exc.code in _NOT_RUN:
-                    _remove(payload_path(grant.log_path, tid, "input"))
+                    _remove(payload_path(files, tid, "input"))
                 return self._failed_call(tid, exc, timeout, input_data)
-            return self._outcome(tid, reply, grant.log_path)
+            return self._outcome(tid, reply, files)
         finally:
             if self._closing:
                 self._drop(close_channel=True)
@@ -214,6 +226,7 @@ class Lane:
                 return False
             self._endpoint = grant.endpoint
         self._grant = grant
+        self._files = _files_beside(grant.log_path)
         self._answered = False
         self._backoff = 1
         self._next = grant.first_task_id

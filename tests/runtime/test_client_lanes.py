@@ -619,3 +619,30 @@ def test_a_lane_log_with_payload_files_left_by_a_stopped_server_is_recorded_at_t
     assert payload_path(path, 3, "output") in _message(sid, "3").status.events[-1].message
     wait_for(lambda: not path.exists() and not list(lanes.glob("*.lane.*")), WAIT, "the recorded log removed")
     assert sorted(f.st_size for f in _payload_files(runtime).values()) == [MIB, MIB]
+
+
+def test_a_client_that_cannot_use_the_lanes_folder_sends_large_payloads_in_the_messages(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client of another user (the folder is the server's user's, 0700) cannot write or read files
+    # beside the lane's log: its large payloads travel in the lane's messages, and the lane still works.
+    lanes_folder = f"{runtime.server.db_path}-lanes"
+    real_access = os.access
+    monkeypatch.setattr(
+        lane_module.os, "access", lambda path, mode: False if str(path) == lanes_folder else real_access(path, mode)
+    )
+
+    def no_file(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the client used a file beside the lane's log it may not use")
+
+    monkeypatch.setattr(lane_module, "write_payload_file", no_file)
+    monkeypatch.setattr(lane_module, "read_payload_file", no_file)
+    scheduler = runtime.server.scheduler
+    session = _warm_session(runtime, monkeypatch)
+    before = scheduler.warm_runs
+    large = os.urandom(MIB)
+    assert session.invoke(large, timeout=WAIT) == large[::-1]
+    assert scheduler.warm_runs == before, "the large invoke did not take the lane"
+    task = session.get_task(str(_lane_of(session)._next - 1))
+    assert (task.input, task.output) == (large, large[::-1])
+    session.close()
