@@ -163,23 +163,19 @@ def encode_result(result: LaneResult) -> bytes:
     flags = 0
     fields: list[bytes] = []
     """Each field present, as it is in the body (its length first, or the size of its file)."""
-    if result.input is not None and result.input_size is not None:
-        raise ValueError("a lane result's input is in the record or in its file, not both")
-    if result.output is not None and result.output_size is not None:
-        raise ValueError("a lane result's output is in the record or in its file, not both")
     try:
-        if result.input is not None:
-            flags |= _INPUT
-            fields += _sized(bytes(result.input))
-        elif result.input_size is not None:
-            flags |= _INPUT_FILE
-            fields.append(_U64.pack(result.input_size))
-        if result.output is not None:
-            flags |= _OUTPUT
-            fields += _sized(bytes(result.output))
-        elif result.output_size is not None:
-            flags |= _OUTPUT_FILE
-            fields.append(_U64.pack(result.output_size))
+        for name, data, size, bits in (
+            ("input", result.input, result.input_size, (_INPUT, _INPUT_FILE)),
+            ("output", result.output, result.output_size, (_OUTPUT, _OUTPUT_FILE)),
+        ):
+            if data is not None and size is not None:
+                raise ValueError(f"a lane result's {name} is in the record or in its file, not both")
+            if data is not None:
+                flags |= bits[0]
+                fields += _sized(bytes(data))
+            elif size is not None:
+                flags |= bits[1]
+                fields.append(_U64.pack(size))
         if result.message is not None:
             flags |= _MESSAGE
             fields += _sized(result.message.encode())

@@ -262,13 +262,18 @@ def test_a_lane_task_whose_process_dies_is_sent_again_through_the_server(
     session.close()
 
 
-def test_a_lane_log_left_by_a_stopped_server_is_recorded_at_the_next_start_once(runtime: LocalRuntime) -> None:
+def _stopped_after_one_task(runtime: LocalRuntime) -> tuple[str, Path]:
+    """A session whose task 1 (``b"stored"``) went through the server, then the server stopped: the session's
+    id and the lanes' folder (where a test leaves a log for the next start)."""
     session = flamepy.create_session("rev")
     assert session.invoke(b"stored", timeout=WAIT) == b"derots"
-    sid = session.id
     lanes = Path(f"{runtime.server.db_path}-lanes")
     assert stop_inprocess_server(runtime.endpoint)
+    return session.id, lanes
 
+
+def test_a_lane_log_left_by_a_stopped_server_is_recorded_at_the_next_start_once(runtime: LocalRuntime) -> None:
+    sid, lanes = _stopped_after_one_task(runtime)
     path = lanes / "i1-0123456789ab.lane"
     now = time.time_ns() // 1_000_000  # (times of long ago would have their payloads purged at once)
     with LaneLogWriter(str(path), sid, b"t" * 16) as writer:
@@ -595,12 +600,7 @@ def test_a_lane_output_whose_file_is_gone_before_its_client_reads_it_is_asked_of
 def test_a_lane_log_with_payload_files_left_by_a_stopped_server_is_recorded_at_the_next_start(
     runtime: LocalRuntime,
 ) -> None:
-    session = flamepy.create_session("rev")
-    assert session.invoke(b"stored", timeout=WAIT) == b"derots"
-    sid = session.id
-    lanes = Path(f"{runtime.server.db_path}-lanes")
-    assert stop_inprocess_server(runtime.endpoint)
-
+    sid, lanes = _stopped_after_one_task(runtime)
     path = lanes / "i1-00000000000b.lane"
     now = time.time_ns() // 1_000_000
     large = os.urandom(MIB)

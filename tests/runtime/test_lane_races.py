@@ -170,14 +170,10 @@ def test_a_lane_task_longer_than_delay_release_is_not_released_as_idle_nor_run_t
 
 def test_a_task_begun_on_a_lane_when_the_server_stopped_is_run_again_at_the_next_start(runtime: LocalRuntime) -> None:
     from flamepy_core.client.connection import reset_default_connection
-    from flamepy_core.engine.embedded import ensure_inprocess_server, stop_inprocess_server
+    from flamepy_core.engine.embedded import ensure_inprocess_server
     from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult
 
-    session = flamepy.create_session("rev")
-    assert session.invoke(b"stored", timeout=WAIT) == b"derots"
-    sid = session.id
-    lanes = Path(f"{runtime.server.db_path}-lanes")
-    assert stop_inprocess_server(runtime.endpoint)
+    sid, lanes = T._stopped_after_one_task(runtime)
     now = time.time_ns() // 1_000_000
     with LaneLogWriter(str(lanes / "i1-0123456789ab.lane"), sid, b"t" * 16) as writer:
         writer.append(LaneResult(2, now, now, False, b"begun", None, None, started=True))
