@@ -646,3 +646,43 @@ def test_a_client_that_cannot_use_the_lanes_folder_sends_large_payloads_in_the_m
     task = session.get_task(str(_lane_of(session)._next - 1))
     assert (task.input, task.output) == (large, large[::-1])
     session.close()
+
+
+DIES_ON_LARGE_SERVICE = """
+import os
+import flamepy
+from flamepy.core import FlameService
+
+
+class DiesOnLarge(FlameService):
+    def on_task_invoke(self, context):
+        if len(context.input) >= 1 << 20 and not os.path.exists("died-large"):
+            open("died-large", "w").close()
+            os._exit(3)  # once, in the middle of a large task
+        return context.input[::-1]
+
+
+if __name__ == "__main__":
+    flamepy.run(DiesOnLarge())
+"""
+
+
+def test_a_large_lane_task_whose_process_dies_runs_again_from_its_file_through_the_server(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The lane's log says the task began, naming the input's file (the client wrote it): the server takes
+    # that file as the task's input, and runs the task again on a new instance from it.
+    service = tmp_path / "dies" / "dies_service.py"
+    service.parent.mkdir()
+    service.write_text(DIES_ON_LARGE_SERVICE)
+    runtime.register("dies", service)
+    session = _warm_session(runtime, monkeypatch, app="dies")
+    large = os.urandom(MIB)
+    assert session.invoke(large, timeout=WAIT) == large[::-1]
+    assert (service.parent / "died-large").exists(), "the service process did not die"
+    tasks = _tasks(session)
+    assert [(t.state, len(t.input or b"")) for t in tasks] == [(TaskState.SUCCEED, 7), (TaskState.SUCCEED, MIB)]
+    assert (tasks[1].input, tasks[1].output) == (large, large[::-1])
+    messages = [e.message for e in _message(session.id, tasks[1].id).status.events]
+    assert any(m.startswith("retry 1/3: instance") for m in messages), f"not retried by the server: {messages}"
+    session.close()
