@@ -109,7 +109,8 @@ def _input_to_file(log_path: str, tid: int, input_data: bytes | None) -> int | N
 
 
 _NOT_RUN = (FlameErrorCode.INVALID_STATE, FlameErrorCode.INVALID_ARGUMENT)
-"""A lane's refusals of a task it did not run (its input's file is then of no use)."""
+"""A lane's refusals of a task it did not run: the lane closed, or the request (its input's file) refused.
+The task goes through the server; its input's file, if any, is of no use."""
 
 
 def _remove(path: str) -> None:
@@ -248,8 +249,9 @@ class Lane:
                 log.debug("closing a lane's link failed", exc_info=True)
 
     def _failed_call(self, tid: int, exc: FlameError, timeout: float | None, input_data: bytes | None) -> Task | None:
-        if exc.code == FlameErrorCode.INVALID_STATE:  # the lane was closed: the task did not run
-            self._drop(close_channel=False)
+        if exc.code in _NOT_RUN:  # the task did not run: it goes through the server
+            if exc.code == FlameErrorCode.INVALID_STATE:  # the lane was closed (a refused input's file: not)
+                self._drop(close_channel=False)
             return NOT_TAKEN
         if exc.code == FlameErrorCode.DEADLINE_EXCEEDED:  # it keeps running, as through the server
             raise FlameError(

@@ -238,8 +238,8 @@ def _outcome(task: Task) -> bytes | None:
 
 
 LANE_INPUT_LIMIT = 64 << 20
-"""Inputs up to this size go on a lane (the service process writes one of 1 MiB or more to a payload file of
-its own, which the server then takes without a copy: ``flamepy_core.wire.lane_log``); a larger one goes
+"""Inputs up to this size go on a lane (one of 1 MiB or more as a file beside the lane's log, which this
+client writes and the server then takes without a copy: ``flamepy_core.wire.lane_log``); a larger one goes
 through the server, which hands it to the service process as a file rather than in a message, so that
 neither holds two copies of it at once."""
 

@@ -428,7 +428,8 @@ class LaneBook:
         records: list[LaneRecord] = []
         files = self.engine.store.payloads
         for result in results:
-            input_file = output_file = output = None
+            input_file = output_file = None
+            output: Mapped | None = result.output
             if result.input_size is not None:
                 source = payload_path(log_path, result.task_id, "input")
                 try:

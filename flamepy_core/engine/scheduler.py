@@ -1894,4 +1894,4 @@ def _lane_closed(_inst: Instance, done: threading.Event, _answer: bytes | FlameE
 
 def _runs_lane_task(inst: Instance) -> bool:
     """Whether a lane's log says a task began on ``inst`` and has not ended: busy, though idle to the server."""
-    return any(lane.running for lane in ([inst.lane] if inst.lane else []) + inst.lanes_closing)
+    return (inst.lane is not None and bool(inst.lane.running)) or any(lane.running for lane in inst.lanes_closing)

@@ -484,9 +484,14 @@ def _running_op(session_id: str, tid: int, task: pb.Task) -> Op:
     return (_UPDATE_TASK, (int(RUNNING), task.status.SerializeToString(), None, session_id, tid))
 
 
-def _creation_ops(session_id: str, tid: int, state: int, data: bytes | None, status: bytes) -> list[Op]:
+def _creation_ops(
+    session_id: str, tid: int, state: int, data: bytes | None, status: bytes, input_file: PayloadFile | None = None
+) -> list[Op]:
     """The rows of a new task whose input (if any) is kept in the store: in the task's own row when small
-    (``INLINE_PAYLOAD_BYTES``), else in a ``task_payloads`` row of its own."""
+    (``INLINE_PAYLOAD_BYTES``), else in a ``task_payloads`` row of its own, which names ``input_file`` when
+    the input is there (``data`` is then None)."""
+    if input_file is not None:
+        return [(_INSERT_TASK, (session_id, tid, state, status)), _file_row(session_id, tid, INPUT, input_file)]
     if data is None or len(data) <= INLINE_PAYLOAD_BYTES:
         return [(_INSERT_TASK_WITH_INPUT, (session_id, tid, state, data, status))]
     return [(_INSERT_TASK, (session_id, tid, state, status)), _payload_row(session_id, tid, INPUT, data, None)]
@@ -1139,8 +1144,7 @@ class Engine:
                 task.spec.session_id = session_id
                 task.status.CopyFrom(pending)
                 if input_file is not None:  # a large input lives in its file only (see SessionEntry.input_files)
-                    ops.append((_INSERT_TASK, (session_id, tid, int(PENDING), status)))
-                    ops.append(_file_row(session_id, tid, INPUT, input_file))
+                    ops += _creation_ops(session_id, tid, int(PENDING), None, status, input_file)
                     entry.input_files[tid] = input_file
                 else:
                     # (the same object when bytes; a view into a RunTask request whose file failed: copied)
@@ -1359,11 +1363,8 @@ class Engine:
         task.status.creation_time = ts
         task.status.events.add(code=EVENT_TASK_PENDING, creation_time=ts)
         _mark(task, RUNNING, None, ts)
-        status = task.status.SerializeToString()
-        if input_file is None:
-            ops = _creation_ops(entry.id, tid, int(RUNNING), data, status)
-        else:  # a large input lives in its file only (see SessionEntry.input_files)
-            ops = [(_INSERT_TASK, (entry.id, tid, int(RUNNING), status)), _file_row(entry.id, tid, INPUT, input_file)]
+        ops = _creation_ops(entry.id, tid, int(RUNNING), data, task.status.SerializeToString(), input_file)
+        if input_file is not None:  # a large input lives in its file only (see SessionEntry.input_files)
             entry.input_files[tid] = input_file
         entry.tasks[tid] = task
         if waiter is not None:
@@ -1474,7 +1475,7 @@ class Engine:
                     task,
                     state,
                     lane_result.message,
-                    lane_result.output if record.output is None else record.output,
+                    record.output,
                     lambda: one_done(None),
                     output_file=record.output_file,
                     ts=max(lane_result.end_ms, lane_result.start_ms),

@@ -204,8 +204,11 @@ class LaneDesk:
         start = _now_ms()
         task_input = call.input if call.input_size is None else self._input_file(call)
         try:
-            began = LaneResult(call.task_id, start, start, False, call.input, None, None, True, call.input_size)
-            lane.writer.append(began)
+            lane.writer.append(
+                LaneResult(
+                    call.task_id, start, start, False, call.input, None, None, started=True, input_size=call.input_size
+                )
+            )
         except (OSError, ValueError) as exc:
             self._lose(lane)
             log.error("the lane's log could not take task %s: %s", call.task_id, exc)

@@ -796,6 +796,10 @@ def lanes_offered(data: bytes) -> bool:
     return numbers.get(LANES_OFFERED) == 1
 
 
+_LANE_INPUT_SIZE_KEY = _varint(4 << 3)
+"""``LaneTask.input_size``'s key: written even for a size of 0 (the field is optional, 0 is not absent)."""
+
+
 def lane_task(
     token: bytes, task_id: int, task_input: bytes | None, *, input_size: int | None = None, output_file: bool = False
 ) -> bytes:
@@ -814,9 +818,6 @@ def lane_task(
     if output_file:
         _varint_field(parts, 5, 1)
     return b"".join(parts)
-
-
-_LANE_INPUT_SIZE_KEY = _varint(4 << 3)
 
 
 class LaneTaskRequest(NamedTuple):

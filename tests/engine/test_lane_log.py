@@ -300,7 +300,9 @@ def test_a_sound_checksum_over_a_body_no_writer_wrote_stops_the_read(tmp_path: P
 # -- failed appends --------------------------------------------------------------------------------------
 
 
-def test_a_large_payload_goes_to_its_file_whole_before_its_record(tmp_path: Path, open_umask: None) -> None:
+def test_a_large_payload_goes_to_a_file_of_its_own_which_its_record_names_by_size(
+    tmp_path: Path, open_umask: None
+) -> None:
     path = tmp_path / "lane"
     large, small = os.urandom(FILE_BYTES), b"s" * (FILE_BYTES - 1)
     with LaneLogWriter(path, SESSION, TOKEN) as writer:

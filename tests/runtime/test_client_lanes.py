@@ -686,3 +686,24 @@ def test_a_large_lane_task_whose_process_dies_runs_again_from_its_file_through_t
     messages = [e.message for e in _message(session.id, tasks[1].id).status.events]
     assert any(m.startswith("retry 1/3: instance") for m in messages), f"not retried by the server: {messages}"
     session.close()
+
+
+def test_a_lane_task_whose_input_file_is_refused_goes_through_the_server_and_no_lane_is_taken_for_broken(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service process refuses a task whose input's file is not there whole (INVALID_ARGUMENT: it did
+    # not run). That is no broken link: the task goes through the server, once, and the client keeps its
+    # link to the service process (a broken one would be closed, and count against lanes).
+    session = _warm_session(runtime, monkeypatch)
+    assert session.invoke(b"first", timeout=WAIT) == b"tsrif"
+    lane = _lane_of(session)
+    channel = lane._channel
+    monkeypatch.setattr(lane_module, "write_payload_file", lambda *_args, **_kwargs: None)  # (it says it wrote)
+    large = os.urandom(MIB)
+    assert session.invoke(large, timeout=WAIT) == large[::-1]
+    assert lane._channel is channel, "the refusal was taken for a broken link"
+    assert [t.state for t in _tasks(session) if t.input == large] == [TaskState.SUCCEED], "not run exactly once"
+    for i in range(4):  # (the server's call took the lane back: a new one is granted on the same link)
+        assert session.invoke(b"n%d" % i, timeout=WAIT) == (b"n%d" % i)[::-1]
+    assert lane._grant is not None and lane._channel is channel and lane._unreachable == 0
+    session.close()
