@@ -29,10 +29,12 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_futures
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, TypeVar
 
 from flamepy_core.client.lane import NOT_TAKEN, Lane, lanes_wanted
+from flamepy_core.client.lane_runs import LaneRuns
 from flamepy_core.config import parse_task_timeout
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.failure_text import bound_failure_text
@@ -47,6 +49,7 @@ from flamepy_core.model import (
     task_from_proto,
 )
 from flamepy_core.progress import waiting
+from flamepy_core.wire.lane_log import FILE_BYTES
 from flamepy_core.wire.payload_messages import run_task_reply_parts
 from flamepy_core.wire.proto import ext_pb2
 from flamepy_core.wire.proto import frontend_pb2 as fe
@@ -140,6 +143,8 @@ class TaskFuture(CancellableFuture["bytes | None"]):
         """The task's id once the server created it (run() submits in batches); set by :meth:`attach`
         before ``run()`` returns the future when the batch is still to be sent."""
         self._cancel_asked = False
+        self._runs: LaneRuns | None = None
+        """The session's lanes for runs, when the task was given to them (a cancel may find it queued)."""
 
     def attach(self, created: TaskCreation) -> None:
         """The creation of this future's task, given once, before ``run()`` returns the future."""
@@ -153,9 +158,12 @@ class TaskFuture(CancellableFuture["bytes | None"]):
 
     def _task_id(self) -> int:
         try:
-            created = self._created
-            assert created is not None, "run() attaches the creation before returning the future"
-            return created.task_id(CREATE_WAIT)
+            while True:
+                created = self._created
+                assert created is not None, "run() attaches the creation before returning the future"
+                task_id = created.task_id(CREATE_WAIT)
+                if not created._moved:  # (moved: from a lane's queue to the server's, which creates it)
+                    return task_id
         except FutureTimeout:
             raise FlameError(
                 FlameErrorCode.DEADLINE_EXCEEDED,
@@ -166,6 +174,10 @@ class TaskFuture(CancellableFuture["bytes | None"]):
         global _warned_no_cancel
         if self.done():
             return self.cancelled()
+        runs = self._runs
+        if runs is not None and runs.withdraw(self):  # still queued in this client for a lane: never ran
+            self.end_cancelled()
+            return True
         try:
             task_id = self.task_id  # submitted in a batch: its id first
         except FlameError as exc:
@@ -173,22 +185,45 @@ class TaskFuture(CancellableFuture["bytes | None"]):
                 raise
             return False  # it was never created: its future holds why
         self._cancel_asked = True
-        try:
-            tasks = self.session.connection.cancel_tasks(
-                self.session.id, task_id, requested_by=requester("Future.cancel")
-            )
-        except FlameError as exc:
-            self._cancel_asked = False
-            if exc.code != FlameErrorCode.UNIMPLEMENTED:
-                raise
-            if not _warned_no_cancel:  # a Flame cluster: a future cannot be cancelled there
-                _warned_no_cancel = True
-                log.warning("%s", exc.message)
-            return False
+        deadline = time.monotonic() + CREATE_WAIT
+        pause = 0.005
+        while True:
+            try:
+                tasks = self.session.connection.cancel_tasks(
+                    self.session.id, task_id, requested_by=requester("Future.cancel")
+                )
+                break
+            except FlameError as exc:
+                if exc.code == FlameErrorCode.NOT_FOUND and runs is not None and not self.done():
+                    # Sent on a lane and not begun: the server learns of it when it begins (or the lane
+                    # refuses it, and it ends cancelled here). Asked again until then.
+                    if time.monotonic() < deadline:
+                        self._wait_done(pause)
+                        pause = min(2 * pause, 0.25)
+                        task_id = self.task_id
+                        continue
+                    raise FlameError(
+                        FlameErrorCode.DEADLINE_EXCEEDED,
+                        f"task {task_id} of session {self.session.id} waits in its service process behind "
+                        f"another task, which ran for more than {CREATE_WAIT:g} s: it is cancelled if it "
+                        f"begins; cancel the task running there to stop both",
+                    ) from None
+                if self.done():
+                    return self.cancelled()
+                self._cancel_asked = False
+                if exc.code != FlameErrorCode.UNIMPLEMENTED:
+                    raise
+                if not _warned_no_cancel:  # a Flame cluster: a future cannot be cancelled there
+                    _warned_no_cancel = True
+                    log.warning("%s", exc.message)
+                return False
         if tasks[0].status.state != pb.TaskState.Cancelled:
             return False  # it finished before the cancel could take effect
         self.end_cancelled()
         return self.cancelled()
+
+    def _wait_done(self, seconds: float) -> None:
+        wait_futures([self], timeout=seconds)
 
     def set_result(self, result: bytes | None) -> None:
         with contextlib.suppress(InvalidStateError):  # cancelled meanwhile: the late outcome is dropped
@@ -287,6 +322,15 @@ def _settle_outcome(future: Future[bytes | None], outcome: ext_pb2.TaskOutcome, 
     future.set_exception(_failed(tid, session_id, outcome.message, TaskState(int(state))))
 
 
+def cancelled_unrun(session_id: str, why: str) -> TaskCancelledError:
+    """The error of a ``run()`` future whose task was cancelled before the server ever had it (it waited
+    in this client's queue for a lane: :mod:`flamepy_core.client.lane_runs`)."""
+    now = datetime.now(timezone.utc)
+    events = [Event(code=int(pb.TaskState.Cancelled), message=why, creation_time=now)]
+    task = Task(id="", session_id=session_id, state=TaskState.CANCELLED, creation_time=now, events=events)
+    return TaskCancelledError(task)
+
+
 def _failed(task_id: str, session_id: str, message: str | None, state: TaskState = TaskState.FAILED) -> TaskFailedError:
     """The error of a task known by its outcome alone (a WatchOutcomes entry, a lane's answer): a ``Task``
     with the one event that says why, as the caller reads it."""
@@ -311,13 +355,15 @@ class TaskCreation:
     happens once the answer is known is the submitter's call to :meth:`Session._created`.
     """
 
-    __slots__ = ("_cond", "_done", "_error", "_task_id")
+    __slots__ = ("_cond", "_done", "_error", "_moved", "_task_id")
 
     def __init__(self, cond: threading.Condition) -> None:
         self._cond = cond
         self._done = False
         self._task_id = 0
         self._error: BaseException | None = None
+        self._moved = False
+        """The task went another way (a lane's, then the server's): its future has another creation now."""
 
     @classmethod
     def known(cls, task_id: int) -> TaskCreation:
@@ -329,6 +375,12 @@ class TaskCreation:
     def _settle(self, task_id: int, error: BaseException | None) -> None:
         """Record the answer (called with the condition held; the caller notifies)."""
         self._task_id, self._error, self._done = task_id, error, True
+
+    def _forget(self) -> None:
+        """The task's future has another creation now: wake this one's waiters, who look there."""
+        with self._cond:
+            self._moved = self._done = True
+            self._cond.notify_all()
 
     def done(self) -> bool:
         return self._done
@@ -734,9 +786,14 @@ class Session:
         self.min_instances: int = message.spec.min_instances
         self.max_instances: int | None = message.spec.max_instances if message.spec.HasField("max_instances") else None
         self._common_data = message.spec.common_data if message.spec.HasField("common_data") else None
-        self._lane = Lane(connection, self.id) if lanes_wanted() else None
+        wanted = lanes_wanted()
+        self._lane = Lane(connection, self.id) if wanted else None
         """The session's lane (:mod:`flamepy_core.client.lane`; none with ``FLAMEPY_LANES=0``): warm invokes
         sent to its service process directly."""
+        self._runs = (
+            LaneRuns(connection, self.id, self._through_server, self._lane_run_lost, TaskCreation) if wanted else None
+        )
+        """Its lanes for ``run()`` (:mod:`flamepy_core.client.lane_runs`), while it has all its instances."""
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, application={self.application!r}, state={self.state.name})"
@@ -792,6 +849,11 @@ class Session:
         connection = self.connection
         if connection.has_extensions is not False and connection.has_batches is not False:
             future = TaskFuture(self, None)
+            runs = self._runs
+            if runs is not None and task_timeout is None and (data is None or len(data) < FILE_BYTES):
+                future._runs = runs
+                if runs.submit(data, future):
+                    return future
             connection.watches.submit(self, data, future, task_timeout)
             return future
         if task_timeout is not None:
@@ -800,6 +862,31 @@ class Session:
         future = TaskFuture(self, TaskCreation.known(int(task.id)))
         connection.watches.pool().submit(_await_into, self, int(task.id), future)
         return future
+
+    def _through_server(self, data: bytes | None, future: TaskFuture) -> None:
+        """A task of ``run()`` that will not run on a lane: created by the server, in a batch."""
+        self.connection.watches.submit(self, data, future)
+
+    def _lane_run_lost(self, tid: int, data: bytes | None, future: TaskFuture) -> None:
+        """A task of ``run()`` whose lane broke while it was in flight (on a pool thread): finished, its
+        outcome; begun, the server runs it again, and the future waits for it there; unknown to the
+        server, it never began, and is queued again."""
+        try:
+            try:
+                task = self.connection.get_task(self.id, str(tid))
+            except FlameError as exc:
+                if exc.code != FlameErrorCode.NOT_FOUND:
+                    raise
+                task = None
+            if task is None or task.input != data:  # (another task's id: ours never began)
+                assert self._runs is not None
+                self._runs.requeue(data, future)
+            elif task.is_completed():
+                future.set_result(_outcome(task))
+            else:
+                future.set_result(self._await(task.id))
+        except BaseException as exc:
+            future.set_exception(exc)
 
     def _created(self, created: TaskCreation, future: Future[bytes | None]) -> None:
         """The answer to the creation of ``future``'s task: the future fails with a refusal, or is watched."""
@@ -959,5 +1046,8 @@ class Session:
         what = requester("Session.close(force=True)")
         if self._lane is not None:
             self._lane.close()
+        if self._runs is not None:
+            self._runs.close(force=force)  # (what waits in its queue goes through the server, or is cancelled)
+            self.connection.watches.flush(self.id)
         closed = self.connection.close_session(self.id, force=force, requested_by=what)
         self.state = closed.state

@@ -167,6 +167,8 @@ def _answer_task(
 
 FORCE_CLOSE_WAIT = 300.0
 """Seconds a forced close waits for the instances of running tasks to stop when its caller set no deadline."""
+FORCE_CLOSE_LANE_WAIT = 0.5
+"""Seconds a forced close waits for the tasks running on the session's lanes to end before it cancels them."""
 REQUESTED_BY_MAX = 200
 """Characters of a cancel's ``requested_by`` kept for the tasks' events."""
 
@@ -480,7 +482,7 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
         )
 
     def open_lane(r: ext_pb2.OpenLaneRequest) -> ext_pb2.Lane:
-        lease = engine.scheduler.open_lane(r.session_id)
+        lease = engine.scheduler.open_lane(r.session_id, for_runs=r.for_runs, renew=r.renew)
         return ext_pb2.Lane(
             endpoint=lease.endpoint,
             token=lease.token,
@@ -488,6 +490,7 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
             count=lease.end - lease.first,
             machine=this_machine(),
             log_path=str(lease.path),
+            instances=(engine.instance_cap(r.session_id) or 0) if r.for_runs else 0,
         )
 
     def list_instances(_r: ext_pb2.ListInstancesRequest) -> ext_pb2.InstanceList:
@@ -511,7 +514,9 @@ def ext_handlers(engine: Engine, *, on_freed: Callable[[], None] = _nothing) -> 
         else:
             remaining = ctx.time_remaining()
             wait = FORCE_CLOSE_WAIT if remaining is None else min(remaining, FORCE_CLOSE_WAIT)
-            engine.scheduler.take_lanes_back(r.session_id, wait)
+            # The lanes are closed at once; a task of theirs that still runs after a moment is cancelled
+            # with the others (its instance stopped), not waited for.
+            engine.scheduler.take_lanes_back(r.session_id, min(wait, FORCE_CLOSE_LANE_WAIT))
             closed = engine.force_close_session(r.session_id, _requested_by(r.requested_by), timeout=wait)
         on_freed()
         return closed

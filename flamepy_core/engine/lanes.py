@@ -113,6 +113,8 @@ class LaneLease:
     """Why the lane ended, when its instance did: a task it ran then is retried as any task so lost."""
     reread_from: int | None = None
     """The store refused what was read from here on: read again (what it has skipped) once it writes."""
+    for_runs: bool = False
+    """Lent for a client's ``run()`` tasks (``OpenLane`` with ``for_runs``), not only its invokes."""
 
 
 class LaneBook:
@@ -173,14 +175,14 @@ class LaneBook:
             except Exception:  # a bug here must not stop the reads of the other lanes
                 log.exception("reading the lanes' logs failed")
 
-    def lend(self, session_id: str, instance_id: str, endpoint: str) -> LaneLease | None:
+    def lend(self, session_id: str, instance_id: str, endpoint: str, *, for_runs: bool = False) -> LaneLease | None:
         """A new lane's lease (ids reserved, its log's path chosen), or None when the session lends none now."""
         first = self.engine.lend_task_ids(session_id, LANE_IDS)
         if first is None:
             return None
         token = os.urandom(16)
         path = self.directory / f"{instance_id}-{token[:6].hex()}{SUFFIX}"
-        lease = LaneLease(token, session_id, instance_id, endpoint, path, first, first + LANE_IDS)
+        lease = LaneLease(token, session_id, instance_id, endpoint, path, first, first + LANE_IDS, for_runs=for_runs)
         with self._state:
             self._leases.setdefault(session_id, []).append(lease)
         return lease

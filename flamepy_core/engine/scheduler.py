@@ -485,7 +485,9 @@ class Scheduler:
         assert lanes is not None, "a lane was lent by a server without a lane book"
         return lanes
 
-    def open_lane(self, session_id: str, timeout: float = LANE_GRANT_TIMEOUT) -> LaneLease:
+    def open_lane(
+        self, session_id: str, timeout: float = LANE_GRANT_TIMEOUT, *, for_runs: bool = False, renew: bytes = b""
+    ) -> LaneLease:
         """Lend the session's idle service process to the caller for its warm tasks (``OpenLane``): the
         lease, once the instance opened the lane; else ``INVALID_STATE`` saying why (the caller then
         sends its tasks through the server, as before).
@@ -495,6 +497,13 @@ class Scheduler:
         for an application with a task timeout (the server enforces it, and a lane's tasks do not pass
         through it). The client reaches the instance at its link's endpoint (a local one: a client on
         another machine cannot, and keeps the server's path).
+
+        ``for_runs``: for ``run()``'s tasks, which the client sends many at a time and queues itself. Any
+        idle instance of the session not lent yet, one per call, and only while the session has all the
+        instances it may have (``Engine.instance_cap``): a queue kept in the client is one the server
+        cannot count, and would otherwise cost the session the instances it would start for it.
+        ``renew``: the token of a lane lent for runs whose ids are used up: the same instance again, with
+        new ids and a new log (the grant closes the old lane when the instance receives it).
         """
         lanes = self.engine.lanes
         answered = threading.Event()
@@ -505,17 +514,25 @@ class Scheduler:
             answered.set()
 
         with self._lock:
-            inst = self._idle.get(session_id)
-            if inst is not None and inst.idle_after_answer:
-                self._idle_after_answer(inst)
-            why = self._why_no_lane(inst, session_id)
+            if renew:
+                inst = self._lent_for(session_id, renew)
+                why = "the lane to renew is not lent any more" if inst is None else None
+            elif for_runs:
+                inst = self._lendable_for_runs(session_id)
+                why = self._why_no_lane_for_runs(inst, session_id)
+            else:
+                inst = self._idle.get(session_id)
+                if inst is not None and inst.idle_after_answer:
+                    self._idle_after_answer(inst)
+                why = self._why_no_lane(inst, session_id)
             if why is not None:
                 raise _no_lane(session_id, why)
             assert inst is not None and inst.process is not None and lanes is not None
             process = inst.process
-            lease = lanes.lend(session_id, inst.id, process.url)
+            lease = lanes.lend(session_id, inst.id, process.url, for_runs=for_runs or bool(renew))
             if lease is None:
                 raise _no_lane(session_id, "tasks are queued, or the session is closing")
+            replaced = self._take_lane_back(inst)
             inst.lane = lease
             request = ext_pb2.GrantLaneRequest(
                 token=lease.token, first_task_id=lease.first, count=lease.end - lease.first, log_path=str(lease.path)
@@ -526,6 +543,8 @@ class Scheduler:
         if not answered.wait(timeout + 1.0):
             answers.append(FlameError(FlameErrorCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"))
         answer = answers[0]
+        if replaced:  # (the lane renewed: closed by the grant, its log complete once the grant is answered)
+            self._lanes_heard(inst, replaced, answer)
         if isinstance(answer, FlameError):
             code, message = -1, answer.message
         else:
@@ -541,6 +560,44 @@ class Scheduler:
         if taken_back:
             raise _no_lane(session_id, f"instance {inst.id} was given other work meanwhile")
         return lease
+
+    def _lent_for(self, session_id: str, token: bytes) -> Instance | None:
+        """The instance lent with the lane of ``token`` (for the session's runs), if it still is and can
+        take the session's next tasks at once."""
+        for inst in self._instances.values():
+            lane = inst.lane
+            if lane is not None and lane.token == token and lane.session_id == session_id:
+                return inst if self._takes_now(inst, session_id) and not inst.lanes_closing else None
+        return None
+
+    def _lendable_for_runs(self, session_id: str) -> Instance | None:
+        """An idle instance of the session not lent for runs: one lent to nobody first, else one lent for a
+        client's invokes (taken back: its client sends them through the server)."""
+        first = self._idle.get(session_id)
+        if first is not None and first.idle_after_answer:
+            self._idle_after_answer(first)
+        fit = [
+            i
+            for i in self._instances.values()
+            if i.session_id == session_id
+            and self._takes_now(i, session_id)
+            and i.lanes
+            and not i.lanes_closing
+            and (i.lane is None or not i.lane.for_runs)
+        ]
+        return min(fit, key=lambda i: (i.lane is not None, i is not first), default=None)
+
+    def _why_no_lane_for_runs(self, inst: Instance | None, session_id: str) -> str | None:
+        if self.engine.lanes is None or not self.engine.lanes.lends:
+            return "this server lends no lanes (it runs in strict durability, or without lanes)"
+        cap = self.engine.instance_cap(session_id)
+        if cap is None or len(self._serving(session_id)) < cap:
+            return "the session may get more instances: run()'s tasks go through the server, which starts them"
+        if inst is None:
+            return "no idle instance that is not lent for runs already"
+        if inst.task_timeout is not None:
+            return f"application {inst.app} has a task timeout, which only the server's path enforces"
+        return None
 
     def _why_no_lane(self, inst: Instance | None, session_id: str) -> str | None:
         if self.engine.lanes is None or not self.engine.lanes.lends:

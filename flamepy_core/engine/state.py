@@ -269,7 +269,7 @@ class SchedulerHooks(Protocol):
         """
         ...
 
-    def open_lane(self, session_id: str) -> LaneLease:
+    def open_lane(self, session_id: str, *, for_runs: bool = False, renew: bytes = b"") -> LaneLease:
         """Lend the session's idle instance to the caller (``OpenLane``, :mod:`.lanes`), or raise
         INVALID_STATE saying why not."""
         ...
@@ -302,7 +302,7 @@ class _NoScheduler:
     def cancel_running(self, session_id: str, task_id: int, reason: str) -> bool:
         return False
 
-    def open_lane(self, session_id: str) -> LaneLease:
+    def open_lane(self, session_id: str, *, for_runs: bool = False, renew: bytes = b"") -> LaneLease:
         raise FlameError(FlameErrorCode.INVALID_STATE, f"no lane for session {session_id}: no scheduler")
 
     def take_lanes_back(self, session_id: str, timeout: float) -> bool:
@@ -1965,6 +1965,20 @@ class Engine:
             if app is not None and app.spec.HasField("max_instances"):
                 want = min(want, app.spec.max_instances)
             return want
+
+    def instance_cap(self, session_id: str) -> int | None:
+        """The most instances the session may ever have: its ``max_instances`` or its application's, the
+        lower (None for a session that is not open, or when neither has one)."""
+        with self.lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or not entry.is_open:
+                return None
+            spec = entry.message.spec
+            cap = spec.max_instances if spec.HasField("max_instances") else None
+            app = self._apps.get(spec.application)
+            if app is not None and app.spec.HasField("max_instances"):
+                cap = app.spec.max_instances if cap is None else min(cap, app.spec.max_instances)
+            return cap
 
     def finish_task(
         self,

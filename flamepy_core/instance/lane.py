@@ -26,13 +26,20 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.wire.lane_log import LaneLogWriter, LaneResult, payload_path
 from flamepy_core.wire.payload_handoff import read_payload_file
-from flamepy_core.wire.payload_messages import read_grant_lane, read_lane_task, result, task_result
+from flamepy_core.wire.payload_messages import (
+    read_grant_lane,
+    read_lane_task,
+    read_task_batch,
+    result,
+    task_batch,
+    task_result,
+)
 
 __all__ = ["LaneDesk", "LaneGrant"]
 
@@ -57,10 +64,27 @@ class LaneGrant:
 class _Lane:
     token: bytes
     next: int
+    """Every id below it was taken, but those in ``skipped``."""
     end: int
     epoch: int
     session_id: str
     writer: LaneLogWriter
+    skipped: set[int] = field(default_factory=set)
+    """Ids passed over by a later one: a client sends many tasks at a time (``run()``), and a transport
+    whose server reads each call on a thread of a pool may hand them over out of order."""
+
+    def take(self, tid: int) -> bool:
+        """Take ``tid`` for a task: each of the lane's ids once, in any order."""
+        if tid == self.next:  # (the usual case first)
+            self.next = tid + 1
+        elif self.next < tid < self.end:
+            self.skipped.update(range(self.next, tid))
+            self.next = tid + 1
+        elif tid in self.skipped:
+            self.skipped.discard(tid)
+        else:
+            return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +175,31 @@ class LaneDesk:
                 raise _closed("the server took its instance back")
             if request.token != lane.token:
                 raise _closed("another lane's token")
-            if not lane.next <= tid < lane.end:
-                raise _closed(f"task id {tid} is not one of the lane's next ids, {lane.next} to {lane.end - 1}")
-            lane.next = tid + 1
+            if not lane.take(tid):
+                raise _closed(
+                    f"task id {tid} is not one of the lane's ids not used yet ({lane.next} to {lane.end - 1})"
+                )
         return LaneCall(tid, request.input, lane, request.input_size, request.output_file)
+
+    def admit_batch(self, data: bytes) -> list[LaneCall]:
+        """A ``RunLaneTasks`` arrived: its calls, run in turn on the serving thread; or ``INVALID_STATE`` for
+        all of them (none will run)."""
+        try:
+            requests = [read_lane_task(entry) for entry in read_task_batch(data)]
+        except ValueError as exc:  # the client's bytes, not a bug of ours
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"a RunLaneTasks request did not parse: {exc}") from None
+        if any(request.input_size is not None for request in requests):
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "a RunLaneTasks task names an input file: send it alone")
+        with self._lock:
+            lane = self._open
+            if lane is None or lane.epoch != self._epoch:
+                raise _closed("the server took its instance back")
+            if any(request.token != lane.token for request in requests):
+                raise _closed("another lane's token")
+            refused = [request.task_id for request in requests if not lane.take(request.task_id)]
+            if refused:  # (the ids taken with them are not used: none of these tasks runs)
+                raise _closed(f"task ids {refused} are not among the lane's unused ids")
+        return [LaneCall(request.task_id, request.input, lane, None, request.output_file) for request in requests]
 
     # -- the serving thread -----------------------------------------------------------------------------
 
@@ -233,6 +278,20 @@ class LaneDesk:
         if written.output_size is not None and call.output_file:  # (the client reads it from the file)
             return task_result(0, output_size=written.output_size)
         return task_result(0, output)
+
+    def run_batch(self, calls: list[LaneCall], _data: bytes = b"") -> bytes:
+        """Run admitted lane tasks in order (as :meth:`run` does each) and return the ``TaskBatch`` of their
+        results; one whose log refused it ends the batch there: it and those after it did not run (the
+        client sends them another way)."""
+        results: list[bytes] = []
+        for call in calls:
+            try:
+                results.append(self.run(call))
+            except FlameError as exc:
+                if exc.code != FlameErrorCode.INVALID_STATE or not results:
+                    raise
+                break
+        return task_batch(results)
 
     @staticmethod
     def _input_file(call: LaneCall) -> bytes:

@@ -51,6 +51,7 @@ from flamepy_core.wire.payload_messages import (
     ON_SESSION_LEAVE,
     ON_TASK_INVOKE,
     RUN_LANE_TASK,
+    RUN_LANE_TASKS,
     RUN_TASKS,
     WITHDRAW_TASKS,
     read_session_context,
@@ -371,6 +372,7 @@ class MainThreadServing(Executor):
         table[WITHDRAW_TASKS] = UnaryHandler(self._withdraw)
         table[GRANT_LANE] = DeferredHandler(self._grant_lane)
         table[RUN_LANE_TASK] = DeferredHandler(self._lane_task)
+        table[RUN_LANE_TASKS] = DeferredHandler(self._lane_tasks)
         return table
 
     def _grant_lane(self, data: bytes, _ctx: CallContext, responder: Responder) -> None:
@@ -384,6 +386,14 @@ class MainThreadServing(Executor):
             responder.fail(exc)
             return
         self._queue.put((partial(self._lanes.run, call), b"", responder))
+
+    def _lane_tasks(self, data: bytes, _ctx: CallContext, responder: Responder) -> None:
+        try:
+            calls = self._lanes.admit_batch(data)
+        except FlameError as exc:
+            responder.fail(exc)
+            return
+        self._queue.put((partial(self._lanes.run_batch, calls), b"", responder))
 
     def _run_tasks(self, data: bytes, _ctx: CallContext, writer: StreamWriter) -> None:
         self._lanes.server_call_received()

@@ -31,6 +31,7 @@ __all__ = [
     "ON_SESSION_LEAVE",
     "ON_TASK_INVOKE",
     "RUN_LANE_TASK",
+    "RUN_LANE_TASKS",
     "RUN_TASKS",
     "TASKS_OFFERED",
     "VIEW_BYTES",
@@ -79,6 +80,8 @@ Flame's executors, which never receive it: it travels instance -> server only)."
 GRANT_LANE = "/flamepy.ext.v1.InstanceTasks/GrantLane"
 RUN_LANE_TASK = "/flamepy.ext.v1.InstanceTasks/RunLaneTask"
 """Lanes: the server opens one on its instance; the lane's client sends it tasks (see the ``Lane`` message)."""
+RUN_LANE_TASKS = "/flamepy.ext.v1.InstanceTasks/RunLaneTasks"
+"""Many of a lane's tasks in one call (``TaskBatch`` each way: ``LaneTask``s in, ``TaskResult``s out)."""
 LANES_OFFERED = 1003
 """``flame.v1.Result`` of OnSessionEnter, varint: 1 = this instance opens lanes (``GrantLane``)."""
 
@@ -328,7 +331,8 @@ _BATCH_TASK_KEY = bytes((1 << 3 | _LEN,))
 
 
 def task_batch(contexts: list[bytes]) -> bytes:
-    """``flamepy.ext.v1.TaskBatch`` (repeated bytes tasks = 1), each a serialized ``TaskContext``."""
+    """``flamepy.ext.v1.TaskBatch`` (repeated bytes tasks = 1), each a serialized ``TaskContext`` (or, on a
+    lane, a ``LaneTask`` one way and a ``TaskResult`` the other)."""
     parts: list[bytes] = []
     for context in contexts:  # (the key and a one- or two-byte length inline: three calls fewer per task)
         size = len(context)

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from concurrent.futures import wait
 
+import pytest
+
 import flamepy
 from flamepy.testing import LocalRuntime
 from flamepy_core.engine.scheduler import RESULTS_TOGETHER
+
+
+@pytest.fixture(autouse=True)
+def _through_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAMEPY_LANES", "0")  # run()'s tasks through the server, not on the client's lanes
 
 
 def test_results_read_together_are_handled_together_and_each_reaches_its_caller(reverse_runtime: LocalRuntime) -> None:

@@ -141,26 +141,32 @@ class CloseSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., force: _Optional[bool] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class OpenLaneRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "for_runs", "renew")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FOR_RUNS_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    for_runs: bool
+    renew: bytes
+    def __init__(self, session_id: _Optional[str] = ..., for_runs: _Optional[bool] = ..., renew: _Optional[bytes] = ...) -> None: ...
 
 class Lane(_message.Message):
-    __slots__ = ("endpoint", "token", "first_task_id", "count", "machine", "log_path")
+    __slots__ = ("endpoint", "token", "first_task_id", "count", "machine", "log_path", "instances")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     FIRST_TASK_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MACHINE_FIELD_NUMBER: _ClassVar[int]
     LOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     token: bytes
     first_task_id: int
     count: int
     machine: str
     log_path: str
-    def __init__(self, endpoint: _Optional[str] = ..., token: _Optional[bytes] = ..., first_task_id: _Optional[int] = ..., count: _Optional[int] = ..., machine: _Optional[str] = ..., log_path: _Optional[str] = ...) -> None: ...
+    instances: int
+    def __init__(self, endpoint: _Optional[str] = ..., token: _Optional[bytes] = ..., first_task_id: _Optional[int] = ..., count: _Optional[int] = ..., machine: _Optional[str] = ..., log_path: _Optional[str] = ..., instances: _Optional[int] = ...) -> None: ...
 
 class TaskBatch(_message.Message):
     __slots__ = ("tasks",)
