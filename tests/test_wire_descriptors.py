@@ -424,6 +424,7 @@ def test_method_tables() -> None:
     assert methods.INSTANCE_TASKS["WithdrawTasks"].path == payload_messages.WITHDRAW_TASKS
     assert methods.INSTANCE_TASKS["GrantLane"].path == payload_messages.GRANT_LANE
     assert methods.INSTANCE_TASKS["RunLaneTask"].path == payload_messages.RUN_LANE_TASK
+    assert methods.INSTANCE_TASKS["RunLaneTasks"].path == payload_messages.RUN_LANE_TASKS
     assert methods.INSTANCE_TASKS["RunTasks"].response.DESCRIPTOR.full_name == "flame.v1.TaskResult"
     assert set(methods.EXT) == {"RunTask", "WatchSession", "CreateTasks", "WatchOutcomes", "OpenLane"}
     assert methods.RUNTIME["ListInstances"].path == "/flamepy.ext.v1.Runtime/ListInstances"
@@ -436,7 +437,7 @@ def test_method_tables() -> None:
     }
     assert methods.CONTROL["CancelTasks"].path == "/flamepy.ext.v1.Control/CancelTasks"
     # Frontend, Instance, ObjectCache, flamepy.ext.v1 (Tasks, Runtime, Control, InstanceTasks)
-    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 5 + 2 + 2 + 4
+    assert len(methods.ALL_METHODS) == 18 + 3 + 6 + 5 + 2 + 2 + 5
     assert all(path == m.path for path, m in methods.ALL_METHODS.items())
 
     # The tables hand out the generated classes themselves, not look-alikes.

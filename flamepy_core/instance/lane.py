@@ -75,7 +75,7 @@ class _Lane:
 
     def take(self, tid: int) -> bool:
         """Take ``tid`` for a task: each of the lane's ids once, in any order."""
-        if tid == self.next:  # (the usual case first)
+        if tid == self.next < self.end:  # (the usual case first)
             self.next = tid + 1
         elif self.next < tid < self.end:
             self.skipped.update(range(self.next, tid))

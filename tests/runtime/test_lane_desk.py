@@ -136,6 +136,73 @@ def test_a_task_with_another_token_or_id_is_refused_and_does_not_run(
     assert service.ran == ["12", "10", "13"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.integers(min_value=0, max_value=12), max_size=30))
+def test_each_id_of_a_lane_is_taken_once_in_any_order_and_none_outside_it(ids: list[int]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        desk = LaneDesk(Service(), lambda: SESSION)
+        opened(desk, b"T", 3, 6, Path(folder) / "a.lane")  # ids 3 to 8
+        seen: set[int] = set()
+        for tid in ids:
+            try:
+                desk.admit(lane_task(b"T", tid))
+                taken = True
+            except FlameError as exc:
+                assert exc.code == FlameErrorCode.INVALID_STATE
+                taken = False
+            assert taken == (3 <= tid < 9 and tid not in seen), (tid, seen)
+            seen.add(tid)
+
+
+def batch(token: bytes, ids: list[int], data: bytes = b"abc") -> bytes:
+    return ext_pb2.TaskBatch(tasks=[lane_task(token, tid, data + b"%d" % tid) for tid in ids]).SerializeToString()
+
+
+def test_a_batch_runs_in_order_each_result_logged_before_the_answer(
+    desk: LaneDesk, service: Service, tmp_path: Path
+) -> None:
+    log = tmp_path / "a.lane"
+    opened(desk, b"T", 1, 10, log)
+    answer = desk.run_batch(desk.admit_batch(batch(b"T", [1, 2, 3])))
+    results = [read_task_result(entry) for entry in ext_pb2.TaskBatch.FromString(answer).tasks]
+    assert [(code, output) for code, output, _message, _size in results] == [(0, b"1cba"), (0, b"2cba"), (0, b"3cba")]
+    assert service.ran == ["1", "2", "3"]
+    ended = [r for r in read_lane_log(str(log))[1] if not r.started]
+    assert [(r.task_id, r.output) for r in ended] == [(1, b"1cba"), (2, b"2cba"), (3, b"3cba")]
+
+
+def test_a_batch_with_any_task_not_of_the_lane_is_refused_whole_and_none_runs(
+    desk: LaneDesk, service: Service, tmp_path: Path
+) -> None:
+    opened(desk, b"T", 1, 10, tmp_path / "a.lane")
+    assert "token" in refused(lambda: desk.admit_batch(batch(b"X", [1, 2])))
+    assert "[11]" in refused(lambda: desk.admit_batch(batch(b"T", [3, 11])))
+    desk.server_call_received()  # the server took the instance back
+    refused(lambda: desk.admit_batch(batch(b"T", [4])))
+    assert service.ran == []
+
+
+def test_a_batch_whose_log_fails_midway_answers_what_ran_and_the_rest_did_not_run(
+    desk: LaneDesk, service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened(desk, b"T", 1, 10, tmp_path / "a.lane")
+    calls = desk.admit_batch(batch(b"T", [1, 2, 3]))
+    real_write = os.write
+    writes: list[int] = []
+
+    def third_fails(fd: int, data: bytes) -> int:  # task 1 begins and ends, task 2 cannot begin
+        writes.append(fd)
+        return real_write(fd, data) if len(writes) <= 2 else full_disk(fd, data)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", third_fails)
+        answer = desk.run_batch(calls)
+    assert len(ext_pb2.TaskBatch.FromString(answer).tasks) == 1 and service.ran == ["1"]
+    refused(lambda: desk.admit_batch(batch(b"T", [4])))  # the lane is closed
+
+
 def test_a_call_from_the_server_closes_the_lane_when_received(desk: LaneDesk, tmp_path: Path) -> None:
     log = tmp_path / "a.lane"
     opened(desk, b"T", 1, 100, log)
