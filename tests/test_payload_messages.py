@@ -20,6 +20,7 @@ from flamepy_core.wire.payload_messages import (
     create_task_request,
     create_task_request_parts,
     lane_task,
+    lane_task_batch,
     read_create_task_request,
     read_enter_result,
     read_grant_lane,
@@ -527,3 +528,21 @@ def test_a_truncated_lane_task_is_refused() -> None:
     data = ext_pb2.LaneTask(token=b"t" * 16, task_id=7, input=b"payload").SerializeToString()
     with pytest.raises(ValueError, match="truncated"):
         read_lane_task(data[:-3])
+
+
+@given(
+    token=st.binary(max_size=40),
+    tasks=st.lists(st.tuples(st.integers(min_value=0, max_value=(1 << 64) - 1), st.none() | st.binary()), max_size=8),
+)
+def test_a_lane_task_batch_is_what_protobuf_writes(token: bytes, tasks: list[tuple[int, bytes | None]]) -> None:
+    expected = ext_pb2.TaskBatch(
+        tasks=[
+            ext_pb2.LaneTask(token=token, task_id=tid, input=data).SerializeToString()
+            if data is not None
+            else ext_pb2.LaneTask(token=token, task_id=tid).SerializeToString()
+            for tid, data in tasks
+        ]
+    ).SerializeToString()
+    written = lane_task_batch(token, tasks)
+    assert written == expected
+    assert [read_lane_task(entry)[:3] for entry in read_task_batch(written)] == [(token, t, d) for t, d in tasks]

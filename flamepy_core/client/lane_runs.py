@@ -39,17 +39,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flamepy_core.addresses import this_machine
+from flamepy_core.client.creation import TaskCreation
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.contracts.transport import Channel
 from flamepy_core.kit import unary_then
 from flamepy_core.plugins import get_registry
 from flamepy_core.wire.methods import EXT
-from flamepy_core.wire.payload_messages import RUN_LANE_TASKS, lane_task, read_task_batch, read_task_result, task_batch
+from flamepy_core.wire.payload_messages import RUN_LANE_TASKS, lane_task_batch, read_task_batch, read_task_result
 from flamepy_core.wire.proto import ext_pb2
 
 if TYPE_CHECKING:
     from flamepy_core.client.connection import Connection
-    from flamepy_core.client.session import TaskCreation, TaskFuture
+    from flamepy_core.client.session import TaskFuture
 
 __all__ = ["LaneRuns"]
 
@@ -57,10 +58,10 @@ log = logging.getLogger(__name__)
 
 PIPELINE = 2
 """Batches in flight on one lane: the service process has the next one when it ends one."""
-BATCH_SPAN = 0.005
+BATCH_SPAN = 0.02
 """Seconds a batch of tasks takes at most, as the lane's last batches ran: a result waits no longer for the
 others of its batch (a task that runs this long or longer goes alone)."""
-BATCH_MOST = 256
+BATCH_MOST = 1024
 """Tasks in one batch at most."""
 ASK_AGAIN = 0.02
 """Seconds before asking for lanes again after a refusal (no idle instance yet, tasks queued on the server),
@@ -72,15 +73,16 @@ BATCH_BYTES = 1 << 20
 """Inputs in one batch: once they reach this many bytes, no more tasks join it."""
 
 
-class _Queued:
-    """A ``run()`` waiting for a place on a lane (or on one now)."""
+class _Queued(TaskCreation):
+    """A ``run()`` waiting for a place on a lane (or on one now), and its future's creation: its id is the
+    lane's id it is sent with (one object per task, not two)."""
 
-    __slots__ = ("creation", "data", "future")
+    __slots__ = ("data", "future")
 
-    def __init__(self, data: bytes | None, future: TaskFuture, creation: TaskCreation) -> None:
+    def __init__(self, cond: threading.Condition, data: bytes | None, future: TaskFuture) -> None:
+        super().__init__(cond)
         self.data = data
         self.future = future
-        self.creation = creation
 
 
 class _RunLane:
@@ -113,8 +115,7 @@ class LaneRuns:
     """One session's lanes for ``run()`` and the queue of tasks waiting for them (see the module's docstring).
 
     ``through_server(data, future)`` sends a task the server's way; ``lost(tid, data, future)`` settles a
-    task whose lane broke while it was in flight (on a pool thread: it asks the server);
-    ``new_creation()`` makes a future's creation (its task id, once it has one).
+    task whose lane broke while it was in flight (on a pool thread: it asks the server).
     """
 
     def __init__(
@@ -123,13 +124,11 @@ class LaneRuns:
         session_id: str,
         through_server: Callable[[bytes | None, TaskFuture], None],
         lost: Callable[[int, bytes | None, TaskFuture], None],
-        new_creation: Callable[[threading.Condition], TaskCreation],
     ) -> None:
         self._connection = connection
         self._session_id = session_id
         self._through_server = through_server
         self._lost = lost
-        self._new_creation = new_creation
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         """Shared by the creations of the tasks queued here: notified when they get their ids."""
@@ -160,13 +159,14 @@ class LaneRuns:
             if not self._lanes and not self._opening:
                 if time.monotonic() < self._next_ask:
                     return False
-                self._opening = True
-                opener = True
+                self._opening = opener = True
             else:
                 opener = False
-            item = _Queued(data, future, self._new_creation(self._cond))
-            future.attach(item.creation)
+            item = _Queued(self._cond, data, future)
+            future.attach(item)
             self._queue.append(item)
+            if not opener and (self._pumping or not any(ln.inflight < PIPELINE for ln in self._lanes)):
+                return True  # (no room now: the thread that hears a lane's next answer sends it)
         if opener:
             self._open_lanes()
         self._pump()
@@ -348,7 +348,7 @@ class LaneRuns:
                 item = queue.popleft()
                 tid = lane.next
                 lane.next = tid + 1
-                item.creation._settle(tid, None)
+                item._settle(tid, None)
                 batch.append((tid, item))
                 size += 0 if item.data is None else len(item.data)
             lane.inflight += 1
@@ -358,8 +358,7 @@ class LaneRuns:
         return sends
 
     def _send(self, lane: _RunLane, batch: list[tuple[int, _Queued]]) -> None:
-        token = lane.token
-        request = task_batch([lane_task(token, tid, item.data) for tid, item in batch])
+        request = lane_task_batch(lane.token, [(tid, item.data) for tid, item in batch])
         sent_at = time.monotonic()
         unary_then(
             lane.channel,
@@ -399,7 +398,7 @@ class LaneRuns:
                     lane.renewing = renew = True
             if lane.gone and lane.inflight == 0:
                 _close(lane.channel)
-            if 0 < len(self._lanes) < self._wanted and now >= self._next_ask and not self._opening and self._queue:
+            if 0 < len(self._lanes) < self._wanted and now >= self._next_ask and not self._opening:
                 self._opening = another = True
             orphans = self._orphans()
         if renew:
@@ -431,12 +430,11 @@ class LaneRuns:
         for item in ending:
             self._not_on_a_lane(item)
 
-    def requeue(self, data: bytes | None, future: TaskFuture) -> None:
+    def requeue(self, future: TaskFuture) -> None:
         """A task lost with its lane that never began: queued again (``lost`` decided so)."""
-        with self._lock:
-            creation = future._created
-            assert creation is not None
-            self._again([_Queued(data, future, creation)])
+        item = future._created
+        assert isinstance(item, _Queued), "a lane's task has its queue entry for creation"
+        self._again([item])
         self._pump()
 
     def _not_on_a_lane(self, item: _Queued) -> None:
@@ -449,7 +447,7 @@ class LaneRuns:
             future.set_exception(_cancelled(self._session_id))
         else:
             self._through_server(item.data, future)
-            item.creation._forget()  # (after: its waiters find the server's creation)
+            item._forget()  # (after: its waiters find the server's creation)
 
 
 _NOT_RUN = (FlameErrorCode.INVALID_STATE, FlameErrorCode.INVALID_ARGUMENT, FlameErrorCode.UNIMPLEMENTED)

@@ -33,6 +33,7 @@ from concurrent.futures import wait as wait_futures
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, TypeVar
 
+from flamepy_core.client.creation import TaskCreation
 from flamepy_core.client.lane import NOT_TAKEN, Lane, lanes_wanted
 from flamepy_core.client.lane_runs import LaneRuns
 from flamepy_core.config import parse_task_timeout
@@ -226,8 +227,10 @@ class TaskFuture(CancellableFuture["bytes | None"]):
         wait_futures([self], timeout=seconds)
 
     def set_result(self, result: bytes | None) -> None:
-        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile: the late outcome is dropped
+        try:  # (not contextlib.suppress: this runs for every task of run(), and a try costs nothing)
             super().set_result(result)
+        except InvalidStateError:  # cancelled meanwhile: the late outcome is dropped
+            return
 
     def set_exception(self, exception: BaseException | None) -> None:
         if self._cancel_asked and isinstance(exception, TaskCancelledError):
@@ -345,64 +348,6 @@ def _failed(task_id: str, session_id: str, message: str | None, state: TaskState
         events=[Event(code=int(pb.TaskState.Failed), message=message, creation_time=now)],
     )
     return TaskFailedError(task, message)
-
-
-class TaskCreation:
-    """Whether the server created one task that ``run()`` submitted: its id, or the error that refused it.
-
-    Not a ``Future``: ``run()`` makes one per task, and a future costs a lock and a condition of its own
-    plus a callback; these share their submitter's condition (one batch answers many at once), and what
-    happens once the answer is known is the submitter's call to :meth:`Session._created`.
-    """
-
-    __slots__ = ("_cond", "_done", "_error", "_moved", "_task_id")
-
-    def __init__(self, cond: threading.Condition) -> None:
-        self._cond = cond
-        self._done = False
-        self._task_id = 0
-        self._error: BaseException | None = None
-        self._moved = False
-        """The task went another way (a lane's, then the server's): its future has another creation now."""
-
-    @classmethod
-    def known(cls, task_id: int) -> TaskCreation:
-        """A task created before ``run()`` returned (against a Flame server)."""
-        creation = cls(threading.Condition())
-        creation._task_id, creation._done = task_id, True
-        return creation
-
-    def _settle(self, task_id: int, error: BaseException | None) -> None:
-        """Record the answer (called with the condition held; the caller notifies)."""
-        self._task_id, self._error, self._done = task_id, error, True
-
-    def _forget(self) -> None:
-        """The task's future has another creation now: wake this one's waiters, who look there."""
-        with self._cond:
-            self._moved = self._done = True
-            self._cond.notify_all()
-
-    def done(self) -> bool:
-        return self._done
-
-    def exception(self) -> BaseException | None:
-        """The error that refused the task (None if it was created); only once :meth:`done`."""
-        return self._error
-
-    def wait(self, timeout: float | None) -> bool:
-        """Wait at most ``timeout`` seconds for the answer; whether it came."""
-        if not self._done:
-            with self._cond:
-                return self._cond.wait_for(self.done, timeout)
-        return True
-
-    def task_id(self, timeout: float | None) -> int:
-        """The task's id, waiting at most ``timeout`` seconds (``FutureTimeout`` then); raises the refusal."""
-        if not self.wait(timeout):
-            raise FutureTimeout()
-        if self._error is not None:
-            raise self._error
-        return self._task_id
 
 
 _Submission = tuple["bytes | None", TaskCreation, "TaskFuture", "float | None"]
@@ -790,9 +735,7 @@ class Session:
         self._lane = Lane(connection, self.id) if wanted else None
         """The session's lane (:mod:`flamepy_core.client.lane`; none with ``FLAMEPY_LANES=0``): warm invokes
         sent to its service process directly."""
-        self._runs = (
-            LaneRuns(connection, self.id, self._through_server, self._lane_run_lost, TaskCreation) if wanted else None
-        )
+        self._runs = LaneRuns(connection, self.id, self._through_server, self._lane_run_lost) if wanted else None
         """Its lanes for ``run()`` (:mod:`flamepy_core.client.lane_runs`), while it has all its instances."""
 
     def __repr__(self) -> str:
@@ -880,7 +823,7 @@ class Session:
                 task = None
             if task is None or task.input != data:  # (another task's id: ours never began)
                 assert self._runs is not None
-                self._runs.requeue(data, future)
+                self._runs.requeue(future)
             elif task.is_completed():
                 future.set_result(_outcome(task))
             else:

@@ -52,6 +52,7 @@ from flamepy_core.engine.store import OnDone, Op, QueuedWrite, Store, session_de
 from flamepy_core.engine.watches import TERMINAL, SessionWatch, TaskWatch, Watch, WatchFeed, claim
 from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.transport_kit import answering
+from flamepy_core.wire.lane_log import LaneResult
 from flamepy_core.wire.payload_handoff import Mapped
 from flamepy_core.wire.proto import types_pb2 as pb
 
@@ -1440,6 +1441,11 @@ class Engine:
                 on_refused(error)
 
         files = self.store.payloads
+        # A task whose start and result are both read now, unknown so far, is recorded in one row, final,
+        # without ever being RUNNING in memory (a batch of run()'s tasks: nearly all of them).
+        ended_now = {r.result.task_id for r in records if not r.result.started and r.output_file is None}
+        began: dict[int, LaneResult] = {}
+        done: list[tuple[LaneResult, LaneRecord]] = []
         with self.lock:
             entry = self._sessions.get(session_id)
             if entry is None:
@@ -1450,6 +1456,15 @@ class Engine:
                 assert entry is not None
                 lane_result = record.result
                 tid = lane_result.task_id
+                if tid in ended_now:
+                    if lane_result.started and record.input_file is None and tid not in entry.tasks:
+                        if not entry.task_watches.get(tid):
+                            began[tid] = lane_result
+                            one_done()
+                            continue
+                    elif not lane_result.started and tid in began:
+                        done.append((began.pop(tid), record))
+                        continue
                 task = entry.tasks.get(tid)
                 if lane_result.started or task is None:
                     if task is not None:  # (recovery read it twice)
@@ -1480,10 +1495,83 @@ class Engine:
                     output_file=record.output_file,
                     ts=max(lane_result.end_ms, lane_result.start_ms),
                 )
+            if done:
+                assert entry is not None
+                self._record_lane_done(entry, done, one_done)
         self.store.commit()
         if self._due:
             self._run_due()
         one_done()
+
+    def _record_lane_done(
+        self,
+        entry: SessionEntry,
+        done: list[tuple[LaneResult, LaneRecord]],
+        one_done: Callable[[FlameError | None], None],
+    ) -> None:
+        """Lane tasks read whole at once (their start, their result), recorded final in one write (with the
+        lock held): the rows and events the two records would have given, and the counters and watchers once
+        committed (``one_done`` then, once per task)."""
+        sid = entry.id
+        ops: list[Op] = []
+        finals: list[tuple[int, pb.TaskStatus, bytes | None, Mapped | None]] = []
+        for start, record in done:
+            result = record.result
+            tid = result.task_id
+            if tid >= entry.next_id:
+                entry.next_id = tid + 1
+            begun, ended = start.start_ms, max(result.end_ms, start.start_ms)
+            state = SUCCEED if result.succeeded else FAILED
+            final = pb.TaskStatus(state=state, creation_time=begun, completion_time=ended)
+            events = final.events
+            events.add(code=EVENT_TASK_PENDING, creation_time=begun)
+            events.add(code=int(RUNNING), creation_time=begun)
+            event = events.add(code=int(state), creation_time=ended)
+            if result.message is not None:
+                event.message = bound_failure_text(result.message)
+            data, output = start.input, record.output
+            small_input = data is None or len(data) <= INLINE_PAYLOAD_BYTES
+            small_output = output is None or len(output) <= INLINE_PAYLOAD_BYTES
+            row = (sid, tid, int(state), data if small_input else None, output if small_output else None)
+            ops.append((_INSERT_FINAL_TASK, (*row, final.SerializeToString(), ended)))
+            if not small_input:
+                assert data is not None
+                ops.append(_payload_row(sid, tid, INPUT, data, None))
+            if not small_output:
+                assert output is not None
+                ops.append(_payload_row(sid, tid, OUTPUT, output, None))
+            finals.append((tid, final, data, output))
+
+        def committed(error: FlameError | None) -> None:
+            if error is None:
+                with self.lock:
+                    self._apply_lane_done(entry, finals)
+            for _ in finals:
+                one_done(error)
+
+        self.store.enqueue(ops, committed, durable=False)
+
+    def _apply_lane_done(
+        self, entry: SessionEntry, finals: list[tuple[int, pb.TaskStatus, bytes | None, Mapped | None]]
+    ) -> None:
+        """Lane tasks recorded final are committed: counted, and their session's watchers told (lock held)."""
+        status = entry.message.status
+        succeeded = sum(1 for _tid, final, _data, _output in finals if final.state == SUCCEED)
+        status.succeed += succeeded
+        status.failed += len(finals) - succeeded
+        if entry.watches:
+            for tid, final, data, output in finals:
+                task = pb.Task(status=final)
+                task.metadata.id = task.metadata.name = str(tid)
+                task.spec.session_id = entry.id
+                if data is not None:
+                    task.spec.input = data
+                if output is not None:
+                    task.spec.output = output if type(output) is bytes else bytes(output)
+                entry.completions.append(task)
+            for watch in entry.watches.values():
+                claim(watch, self._due, entry)
+        entry.wake()
 
     # -- reading tasks -------------------------------------------------------------------------------
 

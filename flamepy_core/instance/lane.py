@@ -108,6 +108,11 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _began(call: LaneCall, start: int) -> LaneResult:
+    """The record that a lane task began (its input with it: the server can run it again)."""
+    return LaneResult(call.task_id, start, start, False, call.input, None, None, started=True)
+
+
 def _closed(why: str) -> FlameError:
     return FlameError(
         FlameErrorCode.INVALID_STATE,
@@ -280,18 +285,52 @@ class LaneDesk:
         return task_result(0, output)
 
     def run_batch(self, calls: list[LaneCall], _data: bytes = b"") -> bytes:
-        """Run admitted lane tasks in order (as :meth:`run` does each) and return the ``TaskBatch`` of their
-        results; one whose log refused it ends the batch there: it and those after it did not run (the
-        client sends them another way)."""
-        results: list[bytes] = []
-        for call in calls:
+        """Run admitted lane tasks in order, as :meth:`run` runs each, and return the ``TaskBatch`` of their
+        results; the result of one and the record that the next began go to the log in one write.
+
+        A log that does not take the record that the first began refuses the batch (``INVALID_STATE``: none
+        ran) and closes the lane. One that does not take a result stops this process, as in :meth:`run`:
+        the results answered are those already in the log, and none is (the batch is answered at its end).
+        """
+        if not calls:
+            return task_batch([])
+        lane = calls[0].lane
+        writer = lane.writer
+        start = _now_ms()
+        try:
+            writer.append(_began(calls[0], start))
+        except (OSError, ValueError) as exc:
+            self._lose(lane)
+            log.error("the lane's log could not take task %s: %s", calls[0].task_id, exc)
+            raise _closed(f"its log cannot be written: {exc}") from None
+        answers: list[bytes] = []
+        run_task = self._run_task
+        session_id = lane.session_id
+        last = len(calls) - 1
+        for index, call in enumerate(calls):
+            produced, failure = run_task(str(call.task_id), session_id, call.input)
+            output = None if produced is None else bytes(produced)
+            end = _now_ms()
+            done = LaneResult(call.task_id, start, end, failure is None, None, output, failure)
             try:
-                results.append(self.run(call))
-            except FlameError as exc:
-                if exc.code != FlameErrorCode.INVALID_STATE or not results:
-                    raise
-                break
-        return task_batch(results)
+                written = writer.append_many([done, _began(calls[index + 1], end)] if index < last else [done])[0]
+            except (OSError, ValueError) as exc:
+                log.critical(
+                    "the lane's log could not take the result of task %s (%s): this service process stops, and "
+                    "the server runs the task again",
+                    call.task_id,
+                    exc,
+                )
+                self._stop_process()
+                raise
+            start = end
+            if failure is not None:
+                answers.append(task_result(-1, message=failure))
+            elif written.output_size is not None and call.output_file:
+                answers.append(task_result(0, output_size=written.output_size))
+            else:
+                answers.append(task_result(0, output))
+        return task_batch(answers)
 
     @staticmethod
     def _input_file(call: LaneCall) -> bytes:

@@ -104,6 +104,7 @@ _U64 = struct.Struct("<Q")
 _SUCCEEDED, _FAILED, _STARTED = 0, 1, 2
 _INPUT, _OUTPUT, _MESSAGE, _INPUT_FILE, _OUTPUT_FILE = 0x01, 0x02, 0x04, 0x08, 0x10
 _FLAGS = _INPUT | _OUTPUT | _MESSAGE | _INPUT_FILE | _OUTPUT_FILE
+_INPUT_BOTH, _OUTPUT_BOTH = _INPUT | _INPUT_FILE, _OUTPUT | _OUTPUT_FILE
 _U16_MAX = (1 << 16) - 1
 _U32_MAX = (1 << 32) - 1
 
@@ -116,7 +117,7 @@ class IncompleteLaneLog(ValueError):
     """The file's header is not whole yet (a file just created): it holds no record."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LaneResult:
     """One lane task's result, as the service process answered it; or, with ``started``, the record that it
     began (appended before the service runs it, so the server sees it running: its input, no result)."""
@@ -198,49 +199,60 @@ def _sized(field: bytes) -> tuple[bytes, bytes]:
 
 
 def decode_body(body: bytes | memoryview) -> LaneResult:
-    """The result a record's body holds; ``ValueError`` when the body is not one :func:`encode_result` wrote."""
+    """The result a record's body holds; ``ValueError`` when the body is not one :func:`encode_result` wrote.
+
+    Written out field by field: the server decodes two records per lane task (its start, its result)."""
     view = memoryview(body)
+    end = len(view)
     try:
         task_id, start_ms, end_ms, state, flags = _FIXED.unpack_from(view, 0)
         if state not in (_SUCCEEDED, _FAILED, _STARTED):
             raise ValueError(f"unknown state {state}")
         if flags & ~_FLAGS:
             raise ValueError(f"unknown flags {flags:#04x}")
-        if any(flags & both == both for both in (_INPUT | _INPUT_FILE, _OUTPUT | _OUTPUT_FILE)):
+        if flags & _INPUT_BOTH == _INPUT_BOTH or flags & _OUTPUT_BOTH == _OUTPUT_BOTH:
             raise ValueError(f"a field both in the record and in its file (flags {flags:#04x})")
         at = _FIXED.size
-        fields: list[bytes | None] = []
-        sizes: list[int | None] = [None, None]
-        for index, (bit, in_file) in enumerate(((_INPUT, _INPUT_FILE), (_OUTPUT, _OUTPUT_FILE), (_MESSAGE, 0))):
-            if flags & in_file:
-                (sizes[index],) = _U64.unpack_from(view, at)
-                at += _U64.size
-            if not flags & bit:
-                fields.append(None)
-                continue
-            (size,) = _U32.unpack_from(view, at)
-            at += _U32.size
-            if at + size > len(view):
-                raise ValueError("a field runs past the record")
-            fields.append(bytes(view[at : at + size]))
-            at += size
-        message = fields[2].decode() if fields[2] is not None else None
+        task_input = output = message = None
+        input_size = output_size = None
+        if flags & _INPUT_FILE:
+            (input_size,) = _U64.unpack_from(view, at)
+            at += 8
+        if flags & _INPUT:
+            task_input, at = _field(view, at, end)
+        if flags & _OUTPUT_FILE:
+            (output_size,) = _U64.unpack_from(view, at)
+            at += 8
+        if flags & _OUTPUT:
+            output, at = _field(view, at, end)
+        if flags & _MESSAGE:
+            text, at = _field(view, at, end)
+            message = text.decode()
     except (struct.error, UnicodeDecodeError) as exc:
         raise ValueError(f"not a lane result: {exc}") from exc
-    if at != len(view):
-        raise ValueError(f"{len(view) - at} bytes after a lane result")
+    if at != end:
+        raise ValueError(f"{end - at} bytes after a lane result")
     return LaneResult(
         task_id,
         start_ms,
         end_ms,
         state == _SUCCEEDED,
-        fields[0],
-        fields[1],
+        task_input,
+        output,
         message,
-        started=state == _STARTED,
-        input_size=sizes[0],
-        output_size=sizes[1],
+        state == _STARTED,
+        input_size,
+        output_size,
     )
+
+
+def _field(view: memoryview, at: int, end: int) -> tuple[bytes, int]:
+    """A ``u32`` length and that many bytes at ``at``: the bytes, and where the next field starts."""
+    (size,) = _U32.unpack_from(view, at)
+    at += 4
+    if at + size > end:
+        raise ValueError("a field runs past the record")
+    return bytes(view[at : at + size]), at + size
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:
@@ -415,6 +427,23 @@ class LaneLogWriter:
             self.broken = True
             raise
         return result
+
+    def append_many(self, results: list[LaneResult]) -> list[LaneResult]:
+        """Append ``results`` in one ``write(2)`` (all or none, as :meth:`append` does one): a lane batch's
+        result of one task and the record that the next began go together."""
+        if self._fd < 0:
+            raise ValueError(f"{self.path}: the lane log is closed")
+        results = [self._in_files(result) for result in results]
+        records = b"".join([encode_result(result) for result in results])
+        if self.broken:
+            os.ftruncate(self._fd, self.size)
+            self.broken = False
+        try:
+            self.size = append_whole(self._fd, records, self.size, str(self.path))
+        except NotCutBack:
+            self.broken = True
+            raise
+        return results
 
     def _in_files(self, result: LaneResult) -> LaneResult:
         """``result`` with its large input and output written to their payload files, and named by size."""

@@ -824,6 +824,31 @@ def lane_task(
     return b"".join(parts)
 
 
+_LANE_TOKEN_KEY = bytes((1 << 3 | _LEN,))
+_LANE_TASK_ID_KEY = bytes((2 << 3 | _VARINT,))
+_LANE_INPUT_KEY = bytes((3 << 3 | _LEN,))
+
+
+def lane_task_batch(token: bytes, tasks: list[tuple[int, bytes | None]]) -> bytes:
+    """A ``TaskBatch`` of ``LaneTask``s of one lane (``token``), each ``(task id, input)``: what
+    ``[lane_task(token, tid, data) ...]`` joined by :func:`task_batch` gives, built in one pass (``run()``'s
+    batches: a few microseconds less per task on the client's one thread)."""
+    head = _LANE_TOKEN_KEY + _varint(len(token)) + token if token else b""
+    parts: list[bytes] = []
+    append = parts.append
+    for task_id, data in tasks:
+        tid = _LANE_TASK_ID_KEY + _varint(task_id) if task_id else b""
+        if data is None:
+            size = len(head) + len(tid)
+            parts += (_BATCH_TASK_KEY, _varint(size), head, tid)
+            continue
+        length = _varint(len(data))
+        size = len(head) + len(tid) + 1 + len(length) + len(data)
+        parts += (_BATCH_TASK_KEY, _varint(size), head, tid, _LANE_INPUT_KEY, length)
+        append(data)
+    return b"".join(parts)
+
+
 class LaneTaskRequest(NamedTuple):
     """A ``flamepy.ext.v1.LaneTask`` as read (:func:`read_lane_task`)."""
 

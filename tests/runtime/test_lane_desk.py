@@ -184,23 +184,40 @@ def test_a_batch_with_any_task_not_of_the_lane_is_refused_whole_and_none_runs(
     assert service.ran == []
 
 
-def test_a_batch_whose_log_fails_midway_answers_what_ran_and_the_rest_did_not_run(
-    desk: LaneDesk, service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_batch_whose_log_fails_midway_stops_the_process_with_the_log_saying_what_began(
+    service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opened(desk, b"T", 1, 10, tmp_path / "a.lane")
+    stopped: list[str] = []
+    desk = LaneDesk(service, lambda: SESSION, stop_process=lambda: stopped.append("stopped"))
+    log = tmp_path / "a.lane"
+    opened(desk, b"T", 1, 10, log)
     calls = desk.admit_batch(batch(b"T", [1, 2, 3]))
     real_write = os.write
     writes: list[int] = []
 
-    def third_fails(fd: int, data: bytes) -> int:  # task 1 begins and ends, task 2 cannot begin
+    def third_fails(fd: int, data: bytes) -> int:  # 1 began; 1 ended and 2 began; 2's result is not taken
         writes.append(fd)
         return real_write(fd, data) if len(writes) <= 2 else full_disk(fd, data)
 
     with monkeypatch.context() as patched:
         patched.setattr(os, "write", third_fails)
-        answer = desk.run_batch(calls)
-    assert len(ext_pb2.TaskBatch.FromString(answer).tasks) == 1 and service.ran == ["1"]
-    refused(lambda: desk.admit_batch(batch(b"T", [4])))  # the lane is closed
+        with pytest.raises(OSError):
+            desk.run_batch(calls)
+    assert stopped == ["stopped"] and service.ran == ["1", "2"]
+    records = [(r.task_id, r.started) for r in read_lane_log(str(log))[1]]
+    assert records == [(1, True), (1, False), (2, True)], "the server must see 1 done and 2 begun, 3 never"
+
+
+def test_a_batch_whose_first_task_cannot_begin_runs_none_and_closes_the_lane(
+    desk: LaneDesk, service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened(desk, b"T", 1, 10, tmp_path / "a.lane")
+    calls = desk.admit_batch(batch(b"T", [1, 2]))
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", full_disk)
+        assert "cannot be written" in refused(lambda: desk.run_batch(calls))
+    assert service.ran == []
+    refused(lambda: desk.admit_batch(batch(b"T", [3])))
 
 
 def test_a_call_from_the_server_closes_the_lane_when_received(desk: LaneDesk, tmp_path: Path) -> None:
