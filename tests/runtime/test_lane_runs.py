@@ -117,6 +117,10 @@ def test_runs_of_a_session_at_its_cap_go_on_lanes_and_the_server_shows_each_task
     _reversed_each_once(session, inputs, futures)
     runs = session._runs
     assert runs is not None and len(runs._lanes) == 2, "not both instances were lent for runs"
+    # Each as the server's path shows a task: created, running, then done, in that order.
+    one = session.get_task(futures[1234].task_id)
+    assert [e.code for e in one.events or []] == [0, int(TaskState.RUNNING), int(TaskState.SUCCEED)]
+    assert one.creation_time <= one.completion_time if one.completion_time else False
     assert runtime.server.scheduler.warm_runs == 0, "tasks went through the server's warm path"
     status = flamepy.get_session(session.id)
     assert (status.failed, status.running, status.pending) == (0, 0, 0)
@@ -146,6 +150,7 @@ def test_a_failing_task_on_a_lane_fails_its_future_as_the_server_path_does(runti
     assert isinstance(error, TaskFailedError) and "asked to fail" in str(error), error
     failed = session.get_task(futures[1].task_id)
     assert failed.state == TaskState.FAILED
+    assert "asked to fail" in (failed.events or [])[-1].message
     session.close()
 
 
