@@ -16,7 +16,9 @@ Measured in one run, on this machine:
 * with ``--transport grpc``, ``core invoke, gRPC instance link too``: a server started with
   ``--instance-transport grpc`` (a gRPC server links these services over the local default, uds, otherwise).
 * ``16 MiB``: a 16 MiB request answered with 16 MiB, raw two hops against ``flamepy.core`` ``invoke``.
-* ``run() throughput``: N no-op tasks submitted with ``Session.run()`` to one session with 2 instances.
+* ``run() throughput``: N no-op tasks submitted with ``Session.run()`` to one session with 2 instances (its
+  ``max_instances``: on lanes, docs/architecture.md), until every future is done, and until the session's
+  close returns (the server has recorded every task); then the same through the server (``FLAMEPY_LANES=0``).
 * cold start: ``spawn until it answers`` (the floor: start a Python process that imports the transport's
   library, listens on a unix socket and answers one call) against ``new session + first invoke`` of an
   application with no process yet (each cold sample right after a floor sample, so both see the same
@@ -512,9 +514,11 @@ def first_invokes_of_new_applications(
     return cold
 
 
-def run_throughput(application: str, tasks: int) -> tuple[float, int]:
-    """``tasks`` no-op ``Session.run()`` calls on one session of ``application`` with two instances:
-    tasks per second until every future is done, and how many failed (or were not done after 600 s)."""
+def run_throughput(application: str, tasks: int) -> tuple[float, float, int]:
+    """``tasks`` no-op ``Session.run()`` calls on one session of ``application`` with two instances (its
+    ``max_instances``: on lanes, unless ``FLAMEPY_LANES=0``): tasks per second until every future is done,
+    tasks per second until the session's close returns (the server has recorded every task then), and how
+    many failed (or were not done after 600 s)."""
     import flamepy
 
     session = flamepy.create_session(application, min_instances=2, max_instances=2)
@@ -527,7 +531,8 @@ def run_throughput(application: str, tasks: int) -> tuple[float, int]:
         failed = sum(1 for f in futures if not f.done() or f.exception() is not None)
     finally:
         session.close()
-    return tasks / elapsed, failed
+    recorded = time.perf_counter() - start
+    return tasks / elapsed, tasks / recorded, failed
 
 
 def flamepy_numbers(
@@ -603,7 +608,15 @@ def flamepy_numbers(
         session.close()
     results["new_session_spare_s"] = spare
 
-    results["throughput_tasks_per_s"], results["throughput_failed"] = run_throughput("bench", tasks)
+    rate, recorded, failed = run_throughput("bench", tasks)
+    with lanes_off():
+        server_rate, server_recorded, server_failed = run_throughput("bench", tasks)
+    results["throughput_tasks_per_s"], results["throughput_recorded_per_s"] = rate, recorded
+    results["throughput_server_path_per_s"], results["throughput_server_path_recorded_per_s"] = (
+        server_rate,
+        server_recorded,
+    )
+    results["throughput_failed"] = failed + server_failed
     if transport == "grpc":
         results["core_invoke_grpc_link"] = warm_invoke_linked_by(tmp, app_dir, "grpc", iterations)
     return results
@@ -814,9 +827,19 @@ def main() -> int:
     print(f"{'start (new session + first invoke)':<40}{'median':>12}{'max':>12}{'ratio':>8}")
     for label, med, worst, ratio in start_rows:
         print(f"{label:<40}{med * 1e3:>10.1f}ms{worst * 1e3:>10.1f}ms{ratio:>8.2f}")
+    lanes, lanes_recorded, server, server_recorded = (
+        float(ours[key])  # type: ignore[arg-type]
+        for key in (
+            "throughput_tasks_per_s",
+            "throughput_recorded_per_s",
+            "throughput_server_path_per_s",
+            "throughput_server_path_recorded_per_s",
+        )
+    )
     print(
-        f"run() throughput, {args.tasks} no-op tasks, 2 instances: "
-        f"{float(ours['throughput_tasks_per_s']):.0f} tasks/s ({ours['throughput_failed']} failed)"  # type: ignore[arg-type]
+        f"run() throughput, {args.tasks} no-op tasks, 2 instances: {lanes:.0f} tasks/s on lanes (every task "
+        f"recorded by the server: {lanes_recorded:.0f}/s); through the server {server:.0f}/s "
+        f"({server_recorded:.0f}/s); {ours['throughput_failed']} failed"
     )
     return 0
 

@@ -64,3 +64,6 @@ def test_a_tiny_run_prints_every_row_with_its_ratio_to_its_floor() -> None:
     ]
     assert len(doc["start_rows"]) == 4
     assert doc["throughput_failed"] == 0 and doc["throughput_tasks_per_s"] > 0
+    # The rate until the server recorded every task is the lower one (the close waits for it).
+    assert 0 < doc["throughput_recorded_per_s"] <= doc["throughput_tasks_per_s"]
+    assert 0 < doc["throughput_server_path_recorded_per_s"] <= doc["throughput_server_path_per_s"]
