@@ -21,6 +21,7 @@ from flamepy_core.wire.payload_messages import (
     create_task_request_parts,
     lane_task,
     lane_task_batch,
+    ran_task_status,
     read_create_task_request,
     read_enter_result,
     read_grant_lane,
@@ -546,3 +547,19 @@ def test_a_lane_task_batch_is_what_protobuf_writes(token: bytes, tasks: list[tup
     written = lane_task_batch(token, tasks)
     assert written == expected
     assert [read_lane_task(entry)[:3] for entry in read_task_batch(written)] == [(token, t, d) for t, d in tasks]
+
+
+@given(
+    state=st.sampled_from([2, 3, 4]),
+    created=st.integers(min_value=0, max_value=(1 << 62)),
+    took=st.integers(min_value=0, max_value=1 << 40),
+    message=st.none() | st.text(),
+)
+def test_a_ran_task_status_is_what_protobuf_writes(state: int, created: int, took: int, message: str | None) -> None:
+    expected = pb.TaskStatus(state=state, creation_time=created, completion_time=created + took)  # type: ignore[arg-type]
+    expected.events.add(code=0, creation_time=created)
+    expected.events.add(code=1, creation_time=created)
+    last = expected.events.add(code=state, creation_time=created + took)
+    if message is not None:
+        last.message = message
+    assert ran_task_status(state, created, created + took, message) == expected.SerializeToString()

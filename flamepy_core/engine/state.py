@@ -54,6 +54,7 @@ from flamepy_core.failure_text import bound_failure_text
 from flamepy_core.transport_kit import answering
 from flamepy_core.wire.lane_log import LaneResult
 from flamepy_core.wire.payload_handoff import Mapped
+from flamepy_core.wire.payload_messages import ran_task_status
 from flamepy_core.wire.proto import types_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -1514,33 +1515,29 @@ class Engine:
         committed (``one_done`` then, once per task)."""
         sid = entry.id
         ops: list[Op] = []
-        finals: list[tuple[int, pb.TaskStatus, bytes | None, Mapped | None]] = []
+        finals: list[tuple[int, int, bytes, bytes | None, Mapped | None]] = []
+        succeed, failed = int(SUCCEED), int(FAILED)
         for start, record in done:
             result = record.result
             tid = result.task_id
             if tid >= entry.next_id:
                 entry.next_id = tid + 1
             begun, ended = start.start_ms, max(result.end_ms, start.start_ms)
-            state = SUCCEED if result.succeeded else FAILED
-            final = pb.TaskStatus(state=state, creation_time=begun, completion_time=ended)
-            events = final.events
-            events.add(code=EVENT_TASK_PENDING, creation_time=begun)
-            events.add(code=int(RUNNING), creation_time=begun)
-            event = events.add(code=int(state), creation_time=ended)
-            if result.message is not None:
-                event.message = bound_failure_text(result.message)
+            state = succeed if result.succeeded else failed
+            message = None if result.message is None else bound_failure_text(result.message)
+            final = ran_task_status(state, begun, ended, message)  # (created and running at its start)
             data, output = start.input, record.output
             small_input = data is None or len(data) <= INLINE_PAYLOAD_BYTES
             small_output = output is None or len(output) <= INLINE_PAYLOAD_BYTES
-            row = (sid, tid, int(state), data if small_input else None, output if small_output else None)
-            ops.append((_INSERT_FINAL_TASK, (*row, final.SerializeToString(), ended)))
+            row = (sid, tid, state, data if small_input else None, output if small_output else None)
+            ops.append((_INSERT_FINAL_TASK, (*row, final, ended)))
             if not small_input:
                 assert data is not None
                 ops.append(_payload_row(sid, tid, INPUT, data, None))
             if not small_output:
                 assert output is not None
                 ops.append(_payload_row(sid, tid, OUTPUT, output, None))
-            finals.append((tid, final, data, output))
+            finals.append((tid, state, final, data, output))
 
         def committed(error: FlameError | None) -> None:
             if error is None:
@@ -1552,16 +1549,16 @@ class Engine:
         self.store.enqueue(ops, committed, durable=False)
 
     def _apply_lane_done(
-        self, entry: SessionEntry, finals: list[tuple[int, pb.TaskStatus, bytes | None, Mapped | None]]
+        self, entry: SessionEntry, finals: list[tuple[int, int, bytes, bytes | None, Mapped | None]]
     ) -> None:
         """Lane tasks recorded final are committed: counted, and their session's watchers told (lock held)."""
         status = entry.message.status
-        succeeded = sum(1 for _tid, final, _data, _output in finals if final.state == SUCCEED)
+        succeeded = sum(1 for _tid, state, _final, _data, _output in finals if state == SUCCEED)
         status.succeed += succeeded
         status.failed += len(finals) - succeeded
         if entry.watches:
-            for tid, final, data, output in finals:
-                task = pb.Task(status=final)
+            for tid, _state, final, data, output in finals:
+                task = pb.Task(status=pb.TaskStatus.FromString(final))
                 task.metadata.id = task.metadata.name = str(tid)
                 task.spec.session_id = entry.id
                 if data is not None:
