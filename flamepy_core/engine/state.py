@@ -1546,7 +1546,9 @@ class Engine:
             for _ in finals:
                 one_done(error)
 
-        self.store.enqueue(ops, committed, durable=False)
+        # Durable: kept and retried while the store refuses (a full disk), never given up: its log was read
+        # past, and the retry is what tells the store writes again.
+        self.store.enqueue(ops, committed)
 
     def _apply_lane_done(
         self, entry: SessionEntry, finals: list[tuple[int, int, bytes, bytes | None, Mapped | None]]
