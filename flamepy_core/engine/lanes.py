@@ -285,6 +285,11 @@ class LaneBook:
             self._ended.append(lease)
             self._state.notify()
 
+    def running_in(self, session_id: str) -> bool:
+        """Whether a task of the session runs on one of its lanes now, as far as their logs say."""
+        with self._state:
+            return any(lease.running for lease in self._leases.get(session_id, ()))
+
     def running_on(self, session_id: str, task_id: int) -> LaneLease | None:
         """The lane a task of the session runs on now, as far as its log says."""
         with self._state:

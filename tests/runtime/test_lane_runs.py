@@ -239,3 +239,18 @@ def test_closing_with_force_cancels_what_waits_for_a_lane(runtime: LocalRuntime,
     for future in [blocked, *behind]:
         assert future.cancelled() or isinstance(future.exception(), TaskCancelledError), future.exception()
     assert flamepy.get_session(session.id).state.name == "CLOSED"
+
+
+def test_a_close_right_after_a_burst_waits_for_the_lanes_answers_when_no_task_runs(
+    runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lanes' answers to the close can come after ``LANE_CLOSE_WAIT`` when the server is busy recording
+    what they ran: with no task running on them (their logs say so), that is no reason to refuse the close."""
+    from flamepy_core.engine import frontend
+
+    session = _capped(2)
+    inputs = [f"t{n}".encode() for n in range(2000)]
+    _reversed_each_once(session, inputs, _run_all(session, inputs))
+    monkeypatch.setattr(frontend, "LANE_CLOSE_WAIT", 1e-6)  # (the server runs in this process)
+    session.close()
+    assert flamepy.get_session(session.id).state.name == "CLOSED"
