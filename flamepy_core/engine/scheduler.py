@@ -515,6 +515,10 @@ class Scheduler:
             answers.append(answer)
             answered.set()
 
+        if for_runs and lanes is not None:
+            # What the session's lanes run now, read fresh: an instance running a lane's task is busy, and
+            # lent for runs its new client's tasks would wait behind it (a recursive service: for ever).
+            lanes.catch_up(session_id)
         with self._lock:
             if renew:
                 inst = self._lent_for(session_id, renew)
@@ -574,7 +578,7 @@ class Scheduler:
 
     def _lendable_for_runs(self, session_id: str) -> Instance | None:
         """An idle instance of the session not lent for runs: one lent to nobody first, else one lent for a
-        client's invokes (taken back: its client sends them through the server)."""
+        client's invokes and running none of them (taken back: its client sends them through the server)."""
         first = self._idle.get(session_id)
         if first is not None and first.idle_after_answer:
             self._idle_after_answer(first)
@@ -585,7 +589,7 @@ class Scheduler:
             and self._takes_now(i, session_id)
             and i.lanes
             and not i.lanes_closing
-            and (i.lane is None or not i.lane.for_runs)
+            and (i.lane is None or not (i.lane.for_runs or i.lane.running))
         ]
         return min(fit, key=lambda i: (i.lane is not None, i is not first), default=None)
 

@@ -254,3 +254,48 @@ def test_a_close_right_after_a_burst_waits_for_the_lanes_answers_when_no_task_ru
     monkeypatch.setattr(frontend, "LANE_CLOSE_WAIT", 1e-6)  # (the server runs in this process)
     session.close()
     assert flamepy.get_session(session.id).state.name == "CLOSED"
+
+
+FAN_SERVICE = """
+import flamepy
+from flamepy.core import FlameService
+
+
+class Fan(FlameService):
+    def on_task_invoke(self, context):
+        depth = int(context.input)
+        if depth == 0:
+            return b"1"
+        # Tasks of its own session, waited for while this one holds its instance (a recursive service).
+        session = flamepy.get_session(context.session_id)
+        futures = [session.run(b"%d" % (depth - 1)) for _ in range(2)]
+        return b"%d" % (1 + sum(int(f.result(timeout=60)) for f in futures))
+
+
+if __name__ == "__main__":
+    flamepy.run(Fan())
+"""
+
+
+def test_a_recursive_service_in_a_session_at_its_cap_is_not_lent_its_own_busy_instance(
+    runtime: LocalRuntime, tmp_path: Path
+) -> None:
+    """A task that runs tasks of its own session and waits for them: its client asks for lanes for runs,
+    and must not be lent the instance that runs the waiting task (nor may the server queue a child behind
+    it), or both wait for ever."""
+    service = tmp_path / "fan" / "fan_service.py"
+    service.parent.mkdir()
+    service.write_text(textwrap.dedent(FAN_SERVICE))
+    runtime.register("fan", service)
+    session = flamepy.create_session("fan", min_instances=3, max_instances=3)
+    wait_for(
+        lambda: session.run(b"0").result(timeout=WAIT) == b"1" and len(_lent(runtime, session)) >= 1, WAIT, "a lane"
+    )
+    for _ in range(3):  # on the lane of its invokes, or through the server
+        assert session.invoke(b"1", timeout=WAIT) == b"3"
+    assert session.run(b"1").result(timeout=WAIT) == b"3"
+    session.close()
+
+
+def _lent(rt: LocalRuntime, session: Session) -> list[object]:
+    return [lease for lease in rt.server.lanes.leases(session.id) if not lease.over]
