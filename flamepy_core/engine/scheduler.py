@@ -515,7 +515,7 @@ class Scheduler:
             answers.append(answer)
             answered.set()
 
-        if for_runs and lanes is not None:
+        if for_runs and not renew and lanes is not None:
             # What the session's lanes run now, read fresh: an instance running a lane's task is busy, and
             # lent for runs its new client's tasks would wait behind it (a recursive service: for ever).
             lanes.catch_up(session_id)
