@@ -248,6 +248,7 @@ class _Batch:
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+_Call = TypeVar("_Call")
 
 
 class _Routine:
@@ -380,20 +381,22 @@ class MainThreadServing(Executor):
         self._queue.put((partial(self._lanes.open, grant), b"", responder))
 
     def _lane_task(self, data: bytes, _ctx: CallContext, responder: Responder) -> None:
-        try:
-            call = self._lanes.admit(data)
-        except FlameError as exc:
-            responder.fail(exc)
-            return
-        self._queue.put((partial(self._lanes.run, call), b"", responder))
+        self._admitted(self._lanes.admit, self._lanes.run, data, responder)
 
     def _lane_tasks(self, data: bytes, _ctx: CallContext, responder: Responder) -> None:
+        self._admitted(self._lanes.admit_batch, self._lanes.run_batch, data, responder)
+
+    def _admitted(
+        self, admit: Callable[[bytes], _Call], run: Callable[[_Call, bytes], bytes], data: bytes, responder: Responder
+    ) -> None:
+        """A lane's call, on the receiving thread: admitted now (or refused, answered at once), run in turn
+        on the serving thread."""
         try:
-            calls = self._lanes.admit_batch(data)
+            call = admit(data)
         except FlameError as exc:
             responder.fail(exc)
             return
-        self._queue.put((partial(self._lanes.run_batch, calls), b"", responder))
+        self._queue.put((partial(run, call), b"", responder))
 
     def _run_tasks(self, data: bytes, _ctx: CallContext, writer: StreamWriter) -> None:
         self._lanes.server_call_received()

@@ -414,29 +414,17 @@ class LaneLogWriter:
         An input or output of ``FILE_BYTES`` or more is first written to its payload file
         (:func:`payload_path`), whole; the record then holds its size. ``OSError`` too when that file cannot
         be written (nothing is appended then, and no part of the file is left)."""
-        if self._fd < 0:
-            raise ValueError(f"{self.path}: the lane log is closed")
-        result = self._in_files(result)
-        record = encode_result(result)
-        if self.broken:
-            os.ftruncate(self._fd, self.size)  # (raises while it still cannot be cut)
-            self.broken = False
-        try:
-            self.size = append_whole(self._fd, record, self.size, str(self.path))
-        except NotCutBack:
-            self.broken = True
-            raise
-        return result
+        return self.append_many([result])[0]
 
     def append_many(self, results: list[LaneResult]) -> list[LaneResult]:
-        """Append ``results`` in one ``write(2)`` (all or none, as :meth:`append` does one): a lane batch's
+        """Append ``results`` in one ``write(2)``, all or none, as :meth:`append` does one: a lane batch's
         result of one task and the record that the next began go together."""
         if self._fd < 0:
             raise ValueError(f"{self.path}: the lane log is closed")
         results = [self._in_files(result) for result in results]
         records = b"".join([encode_result(result) for result in results])
         if self.broken:
-            os.ftruncate(self._fd, self.size)
+            os.ftruncate(self._fd, self.size)  # (raises while it still cannot be cut)
             self.broken = False
         try:
             self.size = append_whole(self._fd, records, self.size, str(self.path))
