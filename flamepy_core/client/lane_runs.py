@@ -56,8 +56,11 @@ __all__ = ["LaneRuns"]
 
 log = logging.getLogger(__name__)
 
-PIPELINE = 2
-"""Batches in flight on one lane: the service process has the next one when it ends one."""
+PIPELINE = 1
+"""Batches in flight on one lane. One: the next goes once it is answered, so a lane's tasks run in the order
+of their ``run()`` calls on every transport (a server that reads calls on a pool's threads, gRPC's, may
+run two batches sent together in either order); a batch spans ``BATCH_SPAN`` of tasks, and the round trip
+between two costs little beside it."""
 BATCH_SPAN = 0.02
 """Seconds a batch of tasks takes at most, as the lane's last batches ran: a result waits no longer for the
 others of its batch (a task that runs this long or longer goes alone)."""
