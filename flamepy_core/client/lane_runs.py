@@ -118,7 +118,8 @@ class LaneRuns:
     """One session's lanes for ``run()`` and the queue of tasks waiting for them (see the module's docstring).
 
     ``through_server(data, future)`` sends a task the server's way; ``lost(tid, data, future)`` settles a
-    task whose lane broke while it was in flight (on a pool thread: it asks the server).
+    task whose lane broke while it was in flight (on a pool thread: it asks the server), True when it never
+    began.
     """
 
     def __init__(
@@ -126,7 +127,7 @@ class LaneRuns:
         connection: Connection,
         session_id: str,
         through_server: Callable[[bytes | None, TaskFuture], None],
-        lost: Callable[[int, bytes | None, TaskFuture], None],
+        lost: Callable[[int, bytes | None, TaskFuture], bool],
     ) -> None:
         self._connection = connection
         self._session_id = session_id
@@ -409,9 +410,8 @@ class LaneRuns:
         if another:
             self._connection.watches.pool().submit(self._open_another)
         if isinstance(answer, FlameError) and answer.code not in _NOT_RUN:
-            pool = self._connection.watches.pool()  # (the link broke: the server is asked what ran)
-            for tid, item in batch:
-                pool.submit(self._lost, tid, item.data, item.future)
+            # (the link broke: the server is asked what ran, task by task, in order)
+            self._connection.watches.pool().submit(self._lost_batch, batch)
         else:
             self._again([item for _tid, item in batch[len(results) :]])
         for orphan in orphans:
@@ -433,11 +433,11 @@ class LaneRuns:
         for item in ending:
             self._not_on_a_lane(item)
 
-    def requeue(self, future: TaskFuture) -> None:
-        """A task lost with its lane that never began: queued again (``lost`` decided so)."""
-        item = future._created
-        assert isinstance(item, _Queued), "a lane's task has its queue entry for creation"
-        self._again([item])
+    def _lost_batch(self, batch: list[tuple[int, _Queued]]) -> None:
+        """A batch in flight when its lane broke (on a pool thread): each task settled as ``lost`` decides,
+        in order, and those that never began queued again together, in their order, at the head."""
+        again = [item for tid, item in batch if self._lost(tid, item.data, item.future)]
+        self._again(again)
         self._pump()
 
     def _not_on_a_lane(self, item: _Queued) -> None:

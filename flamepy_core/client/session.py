@@ -73,6 +73,8 @@ WATCH_WORKERS = 32
 BATCH_MAX_TASKS = 4096
 BATCH_MAX_BYTES = 4 << 20
 """A CreateTasks message carries at most this many tasks / input bytes (the rest go in the next one)."""
+RERUN_WAIT = 10.0
+"""Seconds a client whose lane broke waits for the server to queue again the task that began there."""
 CREATE_WAIT = 120.0
 """Seconds ``TaskFuture.cancel()`` waits for the server to create the task it is to cancel."""
 
@@ -810,10 +812,11 @@ class Session:
         """A task of ``run()`` that will not run on a lane: created by the server, in a batch."""
         self.connection.watches.submit(self, data, future)
 
-    def _lane_run_lost(self, tid: int, data: bytes | None, future: TaskFuture) -> None:
+    def _lane_run_lost(self, tid: int, data: bytes | None, future: TaskFuture) -> bool:
         """A task of ``run()`` whose lane broke while it was in flight (on a pool thread): finished, its
-        outcome; begun, the server runs it again, and the future waits for it there; unknown to the
-        server, it never began, and is queued again."""
+        outcome; begun, the server runs it again, and the future waits for it there (on another of the
+        pool's threads); True when the server never heard of it: it never began (the caller queues it
+        again)."""
         try:
             try:
                 task = self.connection.get_task(self.id, str(tid))
@@ -822,14 +825,23 @@ class Session:
                     raise
                 task = None
             if task is None or task.input != data:  # (another task's id: ours never began)
-                assert self._runs is not None
-                self._runs.requeue(future)
-            elif task.is_completed():
+                return True
+            if task.is_completed():
                 future.set_result(_outcome(task))
-            else:
-                future.set_result(self._await(task.id))
+                return False
+            began = len(task.events or [])
+            # Queued again by the server once it learns the lane's instance died: wait until it has (a
+            # new event), so that the tasks behind it, sent again by the caller, go after it, in order.
+            deadline = time.monotonic() + RERUN_WAIT
+            while time.monotonic() < deadline:
+                now = self.connection.get_task(self.id, str(tid))
+                if now.state != TaskState.RUNNING or len(now.events or []) > began:
+                    break
+                time.sleep(0.02)
+            self.connection.watches.pool().submit(_await_into, self, tid, future)
         except BaseException as exc:
             future.set_exception(exc)
+        return False
 
     def _created(self, created: TaskCreation, future: Future[bytes | None]) -> None:
         """The answer to the creation of ``future``'s task: the future fails with a refusal, or is watched."""
