@@ -13,9 +13,9 @@ path: its queue must be the server's, which starts instances for it. Nor for a t
 ``task_timeout`` (the server enforces it), nor for an input of ``FILE_BYTES`` or more (it travels as a
 file on the server's path).
 
-How many in flight. ``WINDOW`` on a lane whose tasks are short (answered less than ``SHORT_TASK`` apart),
-one otherwise: a task waiting in a service process behind another cannot go to an idle one, and is not
-seen by the server until it begins.
+How many in flight. One batch per lane (``PIPELINE``), of as many tasks as the lane ran in ``BATCH_SPAN``
+(up to ``BATCH_MOST``): a task of that long or longer goes alone, so none waits long in a service process
+behind another while an instance may be idle (nor is it seen by the server until it begins).
 
 When a task does not run on its lane:
 
@@ -119,7 +119,8 @@ class LaneRuns:
 
     ``through_server(data, future)`` sends a task the server's way; ``lost(tid, data, future)`` settles a
     task whose lane broke while it was in flight (on a pool thread: it asks the server), True when it never
-    began.
+    began; ``failed(tid, message)`` is the error of a task that failed, ``cancelled(why)`` that of one
+    cancelled before it ran (the session module's errors, which imports this one).
     """
 
     def __init__(
@@ -128,11 +129,15 @@ class LaneRuns:
         session_id: str,
         through_server: Callable[[bytes | None, TaskFuture], None],
         lost: Callable[[int, bytes | None, TaskFuture], bool],
+        failed: Callable[[int, str], BaseException],
+        cancelled: Callable[[str], BaseException],
     ) -> None:
         self._connection = connection
         self._session_id = session_id
         self._through_server = through_server
         self._lost = lost
+        self._failed = failed
+        self._cancelled = cancelled
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         """Shared by the creations of the tasks queued here: notified when they get their ids."""
@@ -148,7 +153,6 @@ class LaneRuns:
         self._ask_gap = ASK_AGAIN
         """While fewer lanes are lent than ``_wanted``: when (``time.monotonic``) another is asked for, and
         the wait after a refusal (doubled each time, up to ``ASK_AGAIN_MOST``)."""
-        self._granted_instances = 0
         self._closing: str | None = None
         """The session is closing: ``"force"`` (what is queued ends cancelled) or ``"close"`` (it goes to the
         server, which decides)."""
@@ -202,6 +206,7 @@ class LaneRuns:
         """Ask the server for every lane it lends the session for runs (one per instance), on the caller's
         thread; with none, the queue goes through the server."""
         opened: list[_RunLane] = []
+        instances = 0
         try:
             while True:
                 grant = self._ask(renew=b"")
@@ -211,14 +216,19 @@ class LaneRuns:
                 if channel is None:
                     break
                 opened.append(_RunLane(grant, channel))
-                if len(opened) >= grant.instances:
+                instances = grant.instances
+                if len(opened) >= instances:
                     break
         finally:
             with self._lock:
                 self._opening = False
+                if self._closing is not None:  # (closed meanwhile: these lanes take no task)
+                    for lane in opened:
+                        _close(lane.channel)
+                    opened = []
                 self._lanes.extend(opened)
                 if opened:
-                    self._wanted = max(self._wanted, len(opened), self._granted_instances)
+                    self._wanted = max(self._wanted, len(opened), instances)
                     self._ask_gap = ASK_AGAIN
                 else:
                     self._ask_gap = min(2 * self._ask_gap, ASK_AGAIN_MOST)
@@ -239,7 +249,6 @@ class LaneRuns:
                 log.debug("no lane for the runs of session %s: %s", self._session_id, exc.message)
             return None
         grant = ext_pb2.Lane.FromString(raw)
-        self._granted_instances = grant.instances
         if grant.machine != this_machine():  # a server on another machine: its instances' endpoints are its own
             self._off = True
             return None
@@ -385,6 +394,7 @@ class LaneRuns:
                 answer = FlameError(FlameErrorCode.INTERNAL, f"a lane's answer did not parse: {exc}")
         renew = another = False
         with self._lock:
+            dropped_before = lane.gone
             lane.inflight -= 1
             if isinstance(answer, FlameError):
                 if answer.code == FlameErrorCode.UNIMPLEMENTED:  # a service process of an older flamepy
@@ -400,7 +410,7 @@ class LaneRuns:
                     self._drop(lane)
                 elif lane.next >= lane.end and lane.inflight == 0 and not lane.renewing and not lane.gone:
                     lane.renewing = renew = True
-            if lane.gone and lane.inflight == 0:
+            if dropped_before and lane.inflight == 0:  # (the last answer of a lane dropped with tasks in flight)
                 _close(lane.channel)
             if 0 < len(self._lanes) < self._wanted and now >= self._next_ask and not self._opening:
                 self._opening = another = True
@@ -417,9 +427,12 @@ class LaneRuns:
         for orphan in orphans:
             self._not_on_a_lane(orphan)
         self._pump()
-        session_id = self._session_id
         for (tid, item), result in zip(batch, results, strict=False):  # (those that ran)
-            _settle(item.future, tid, session_id, result)
+            code, output, message, _size = read_task_result(result)  # (no output in a file: none was asked)
+            if code != 0:
+                item.future.set_exception(self._failed(tid, message or ""))
+            else:
+                item.future.set_result(output)
 
     def _again(self, items: list[_Queued]) -> None:
         """Tasks a lane refused (they did not run): first in the queue again, in order, for another lane or
@@ -447,7 +460,7 @@ class LaneRuns:
         if future._cancel_asked:
             future.end_cancelled()
         elif self._closing == "force":
-            future.set_exception(_cancelled(self._session_id))
+            future.set_exception(self._cancelled("the session was closed with force while the task waited for a lane"))
         else:
             self._through_server(item.data, future)
             item._forget()  # (after: its waiters find the server's creation)
@@ -455,22 +468,6 @@ class LaneRuns:
 
 _NOT_RUN = (FlameErrorCode.INVALID_STATE, FlameErrorCode.INVALID_ARGUMENT, FlameErrorCode.UNIMPLEMENTED)
 """A lane's refusals of tasks that did not run: closed, a request refused, or no batches there."""
-
-
-def _cancelled(session_id: str) -> FlameError:
-    from flamepy_core.client.session import cancelled_unrun  # (the session module imports this one)
-
-    return cancelled_unrun(session_id, "the session was closed with force while the task waited for a lane")
-
-
-def _settle(future: TaskFuture, tid: int, session_id: str, answer: bytes) -> None:
-    from flamepy_core.client.session import _failed  # (the session module imports this one)
-
-    code, output, message, _size = read_task_result(answer)
-    if code != 0:
-        future.set_exception(_failed(str(tid), session_id, message or ""))
-    else:
-        future.set_result(output)
 
 
 def _close(channel: Channel) -> None:

@@ -31,6 +31,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_futures
 from datetime import datetime, timezone
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from flamepy_core.client.creation import TaskCreation
@@ -737,7 +738,18 @@ class Session:
         self._lane = Lane(connection, self.id) if wanted else None
         """The session's lane (:mod:`flamepy_core.client.lane`; none with ``FLAMEPY_LANES=0``): warm invokes
         sent to its service process directly."""
-        self._runs = LaneRuns(connection, self.id, self._through_server, self._lane_run_lost) if wanted else None
+        self._runs = (
+            LaneRuns(
+                connection,
+                self.id,
+                self._through_server,
+                self._lane_run_lost,
+                lambda tid, message: _failed(str(tid), self.id, message),
+                partial(cancelled_unrun, self.id),
+            )
+            if wanted
+            else None
+        )
         """Its lanes for ``run()`` (:mod:`flamepy_core.client.lane_runs`), while it has all its instances."""
 
     def __repr__(self) -> str:
@@ -795,10 +807,10 @@ class Session:
         if connection.has_extensions is not False and connection.has_batches is not False:
             future = TaskFuture(self, None)
             runs = self._runs
-            if runs is not None and task_timeout is None and (data is None or len(data) < FILE_BYTES):
-                future._runs = runs
-                if runs.submit(data, future):
-                    return future
+            on_lanes = runs is not None and task_timeout is None and (data is None or len(data) < FILE_BYTES)
+            if on_lanes and runs is not None and runs.submit(data, future):
+                future._runs = runs  # (set before the caller has the future: its cancel looks here)
+                return future
             connection.watches.submit(self, data, future, task_timeout)
             return future
         if task_timeout is not None:

@@ -594,25 +594,20 @@ class Scheduler:
         return min(fit, key=lambda i: (i.lane is not None, i is not first), default=None)
 
     def _why_no_lane_for_runs(self, inst: Instance | None, session_id: str) -> str | None:
-        if self.engine.lanes is None or not self.engine.lanes.lends:
-            return "this server lends no lanes (it runs in strict durability, or without lanes)"
         cap = self.engine.instance_cap(session_id)
         if cap is None or len(self._serving(session_id)) < cap:
             return "the session may get more instances: run()'s tasks go through the server, which starts them"
-        if inst is None:
-            return "no idle instance that is not lent for runs already"
-        if inst.task_timeout is not None:
-            return f"application {inst.app} has a task timeout, which only the server's path enforces"
-        return None
+        # (an instance lent for a client's invokes may be taken back for runs: _lendable_for_runs)
+        return self._why_no_lane(inst, session_id, lent_ok=True)
 
-    def _why_no_lane(self, inst: Instance | None, session_id: str) -> str | None:
+    def _why_no_lane(self, inst: Instance | None, session_id: str, *, lent_ok: bool = False) -> str | None:
         if self.engine.lanes is None or not self.engine.lanes.lends:
             return "this server lends no lanes (it runs in strict durability, or without lanes)"
         if inst is None or not self._takes_now(inst, session_id):
             return "no idle instance"
         if not inst.lanes:
             return f"instance {inst.id} does not open lanes (not flamepy's service runtime)"
-        if inst.lane is not None or inst.lanes_closing:
+        if (inst.lane is not None and not lent_ok) or inst.lanes_closing:
             return f"instance {inst.id} is lent to another client"
         if inst.task_timeout is not None:
             return f"application {inst.app} has a task timeout, which only the server's path enforces"

@@ -110,7 +110,7 @@ def _now_ms() -> int:
 
 def _began(call: LaneCall, start: int) -> LaneResult:
     """The record that a lane task began (its input with it: the server can run it again)."""
-    return LaneResult(call.task_id, start, start, False, call.input, None, None, started=True)
+    return LaneResult(call.task_id, start, start, False, call.input, None, None, True, call.input_size)
 
 
 def _closed(why: str) -> FlameError:
@@ -242,73 +242,42 @@ class LaneDesk:
         lane.writer.close()
 
     def run(self, call: LaneCall, _data: bytes = b"") -> bytes:
-        """Run an admitted lane task and return its ``flame.v1.TaskResult``; the log gets a record that it
-        began (the server shows it running, and can cancel it) and then its result, before the answer.
-
-        A log that does not take the first record refuses the task, which does not run (``INVALID_STATE``:
-        the client sends it through the server) and closes the lane. One that does not take the result
-        stops this process: the task is then as any task whose instance died, begun and not finished, and
-        the server runs it again (its client waits for it there); answering it here could not be kept.
-        """
-        lane = call.lane
-        start = _now_ms()
-        task_input = call.input if call.input_size is None else self._input_file(call)
-        try:
-            lane.writer.append(
-                LaneResult(
-                    call.task_id, start, start, False, call.input, None, None, started=True, input_size=call.input_size
-                )
-            )
-        except (OSError, ValueError) as exc:
-            self._lose(lane)
-            log.error("the lane's log could not take task %s: %s", call.task_id, exc)
-            raise _closed(f"its log cannot be written: {exc}") from None
-        produced, failure = self._run_task(str(call.task_id), lane.session_id, task_input)
-        output = None if produced is None else bytes(produced)
-        try:
-            written = lane.writer.append(
-                LaneResult(call.task_id, start, _now_ms(), failure is None, None, output, failure)
-            )
-        except (OSError, ValueError) as exc:
-            log.critical(
-                "the lane's log could not take the result of task %s (%s): this service process stops, and the "
-                "server runs the task again",
-                call.task_id,
-                exc,
-            )
-            self._stop_process()
-            raise  # (where the process could not be stopped: the client gets the error)
-        if failure is not None:
-            return task_result(-1, message=failure)
-        if written.output_size is not None and call.output_file:  # (the client reads it from the file)
-            return task_result(0, output_size=written.output_size)
-        return task_result(0, output)
+        """Run an admitted lane task and return its ``flame.v1.TaskResult`` (see :meth:`_run_in_order`)."""
+        return self._run_in_order([call])[0]
 
     def run_batch(self, calls: list[LaneCall], _data: bytes = b"") -> bytes:
-        """Run admitted lane tasks in order, as :meth:`run` runs each, and return the ``TaskBatch`` of their
-        results; the result of one and the record that the next began go to the log in one write.
+        """Run admitted lane tasks in order and return the ``TaskBatch`` of their results (see
+        :meth:`_run_in_order`)."""
+        return task_batch(self._run_in_order(calls) if calls else [])
 
-        A log that does not take the record that the first began refuses the batch (``INVALID_STATE``: none
-        ran) and closes the lane. One that does not take a result stops this process, as in :meth:`run`:
-        the results answered are those already in the log, and none is (the batch is answered at its end).
+    def _run_in_order(self, calls: list[LaneCall]) -> list[bytes]:
+        """Run admitted lane tasks in order; their ``flame.v1.TaskResult``s. The log gets a record that each
+        began (the server shows it running, and can cancel it) and then its result, before the answer; the
+        result of one and the record that the next began go together, in one write.
+
+        A log that does not take the record that the first began refuses them (``INVALID_STATE``: none
+        ran, the client sends them another way) and closes the lane. One that does not take a result stops
+        this process: the task is then as any task whose instance died, begun and not finished, and the
+        server runs it again (its client waits for it there); answering it here could not be kept. Only
+        the first may have its input in a file (a batch's are in its message: ``admit_batch``).
         """
-        if not calls:
-            return task_batch([])
-        lane = calls[0].lane
+        first = calls[0]
+        lane = first.lane
         writer = lane.writer
+        first_input = first.input if first.input_size is None else self._input_file(first)
         start = _now_ms()
         try:
-            writer.append(_began(calls[0], start))
+            writer.append(_began(first, start))
         except (OSError, ValueError) as exc:
             self._lose(lane)
-            log.error("the lane's log could not take task %s: %s", calls[0].task_id, exc)
+            log.error("the lane's log could not take task %s: %s", first.task_id, exc)
             raise _closed(f"its log cannot be written: {exc}") from None
         answers: list[bytes] = []
         run_task = self._run_task
         session_id = lane.session_id
         last = len(calls) - 1
         for index, call in enumerate(calls):
-            produced, failure = run_task(str(call.task_id), session_id, call.input)
+            produced, failure = run_task(str(call.task_id), session_id, first_input if index == 0 else call.input)
             output = None if produced is None else bytes(produced)
             end = _now_ms()
             done = LaneResult(call.task_id, start, end, failure is None, None, output, failure)
@@ -322,15 +291,15 @@ class LaneDesk:
                     exc,
                 )
                 self._stop_process()
-                raise
+                raise  # (where the process could not be stopped: the client gets the error)
             start = end
             if failure is not None:
                 answers.append(task_result(-1, message=failure))
-            elif written.output_size is not None and call.output_file:
+            elif written.output_size is not None and call.output_file:  # (the client reads it from the file)
                 answers.append(task_result(0, output_size=written.output_size))
             else:
                 answers.append(task_result(0, output))
-        return task_batch(answers)
+        return answers
 
     @staticmethod
     def _input_file(call: LaneCall) -> bytes:

@@ -23,6 +23,7 @@ from conftest import wait_for
 import flamepy
 from flamepy.testing import LocalRuntime
 from flamepy_core.client.lane import LANES_ENV
+from flamepy_core.client.lane_runs import LaneRuns
 from flamepy_core.client.session import Session, TaskCancelledError, TaskFailedError, TaskFuture
 from flamepy_core.contracts.errors import FlameError, FlameErrorCode
 from flamepy_core.engine import lanes as lanes_module
@@ -120,7 +121,7 @@ def test_runs_of_a_session_at_its_cap_go_on_lanes_and_the_server_shows_each_task
     # Each as the server's path shows a task: created, running, then done, in that order.
     one = session.get_task(futures[1234].task_id)
     assert [e.code for e in one.events or []] == [0, int(TaskState.RUNNING), int(TaskState.SUCCEED)]
-    assert one.creation_time <= one.completion_time if one.completion_time else False
+    assert one.completion_time is not None and one.creation_time <= one.completion_time
     assert runtime.server.scheduler.warm_runs == 0, "tasks went through the server's warm path"
     status = flamepy.get_session(session.id)
     assert (status.failed, status.running, status.pending) == (0, 0, 0)
@@ -156,11 +157,20 @@ def test_a_failing_task_on_a_lane_fails_its_future_as_the_server_path_does(runti
 
 def test_lanes_whose_ids_are_used_up_are_lent_again(runtime: LocalRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lanes_module, "LANE_IDS", 16)  # (the server runs in this process)
-    session = _capped(2)
+    renewals: list[bytes] = []
+    elsewhere: list[object] = []
+    real_renew, real_elsewhere = LaneRuns._renew, LaneRuns._not_on_a_lane
+    monkeypatch.setattr(LaneRuns, "_renew", lambda runs, lane: (renewals.append(lane.token), real_renew(runs, lane)))
+    session = _capped(2)  # (its first runs go through the server, while no instance is idle to lend)
+    monkeypatch.setattr(
+        LaneRuns, "_not_on_a_lane", lambda runs, item: (elsewhere.append(item), real_elsewhere(runs, item))
+    )
     inputs = [f"renewed {n}".encode() for n in range(500)]
     futures = _run_all(session, inputs)
     _reversed_each_once(session, inputs, futures)
     assert len({int(f.task_id) for f in futures}) == len(futures)
+    assert len(renewals) >= 500 // 16 - 2, f"only {len(renewals)} renewals for 500 tasks in blocks of 16 ids"
+    assert elsewhere == [], "tasks left the lanes for the server's path"
     session.close()
 
 
